@@ -1,0 +1,30 @@
+"""Shared fixtures. Tests that read ../shared/data skip only when it is absent (CI makes sure it
+is present)."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # transformers must never reach for the network
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def mbert_vocab(shared_data) -> Path:
+    return shared_data / "mbert" / "vocab.txt"
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,126 @@
+"""Command line: a thin click layer that turns options into library calls.
+
+``xlt-engine init`` writes a random-weight model (for trials with no download);
+``xlt-engine inspect`` reports what loading a checkpoint would do, from file headers alone.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import click
+
+from xlt_engine import __version__
+
+
+def _fail(err: Exception) -> None:
+    raise click.ClickException(str(err))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="xlt-engine")
+def main() -> None:
+    """xlt-engine: zero-shot cross-lingual transfer without parallel data."""
+
+
+@main.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--vocab", type=click.Path(exists=True, path_type=Path), default=None,
+              help="vocab.txt, tokenizer.json or a folder with them; default: a small embedded vocabulary")
+@click.option("--layers", default=2, show_default=True, help="num_hidden_layers")
+@click.option("--hidden", default=128, show_default=True, help="hidden_size")
+@click.option("--heads", default=2, show_default=True, help="num_attention_heads")
+@click.option("--intermediate", default=512, show_default=True, help="intermediate_size")
+@click.option("--max-positions", default=512, show_default=True, help="max_position_embeddings")
+@click.option("--seed", default=0, show_default=True)
+def init(out: Path, vocab: Path | None, layers: int, hidden: int, heads: int, intermediate: int,
+         max_positions: int, seed: int) -> None:
+    """Write a random-weight BERT MLM model in Hugging Face layout to OUT."""
+    import torch
+
+    from xlt_engine.data.tokenizer import default_tokenizer, load_tokenizer
+    from xlt_engine.model import BertConfig, BertForMLM, save_pretrained
+
+    try:
+        tokenizer = load_tokenizer(vocab) if vocab is not None else default_tokenizer()
+        config = BertConfig(
+            vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+            num_attention_heads=heads, intermediate_size=intermediate,
+            max_position_embeddings=max_positions,
+        )
+        torch.manual_seed(seed)
+        model = BertForMLM(config)
+        save_pretrained(model, out, tokenizer)
+    except ValueError as err:
+        _fail(err)
+    click.echo(f"wrote {out} ({sum(p.numel() for p in model.parameters()):,} parameters)")
+
+
+def _part(name: str) -> str:
+    if name.startswith("encoder.embeddings."):
+        return "embeddings"
+    if name.startswith("encoder.layers."):
+        return "encoder layers"
+    return "mlm head"
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--encoder", is_flag=True, help="inspect as an encoder only (MLM head ignored)")
+def inspect(path: Path, encoder: bool) -> None:
+    """Report a checkpoint: config, parameters by part, dtypes, tokenizer, renamed and
+    ignored keys. Reads file headers only; no weights are loaded."""
+    from xlt_engine.data.tokenizer import load_tokenizer
+    from xlt_engine.model import plan_checkpoint
+
+    try:
+        plan = plan_checkpoint(path, "encoder" if encoder else "mlm")
+    except ValueError as err:
+        _fail(err)
+    c = plan.config
+    click.echo(f"checkpoint   {path}")
+    click.echo(f"config       {plan.config_path}")
+    click.echo("weights      " + ", ".join(str(f) for f in plan.weight_files))
+    click.echo(
+        f"model        BERT L={c.num_hidden_layers} H={c.hidden_size} heads={c.num_attention_heads} "
+        f"FFN={c.intermediate_size} V={c.vocab_size} max_pos={c.max_position_embeddings} "
+        f"act={c.hidden_act} eps={c.layer_norm_eps}"
+    )
+    counts: dict[str, int] = defaultdict(int)
+    for name, entry in plan.tensors.items():
+        n = 1
+        for d in entry.shape:
+            n *= d
+        counts[_part(name)] += n
+    click.echo("parameters")
+    for part in ("embeddings", "encoder layers", "mlm head"):
+        if part in counts:
+            extra = f" ({c.num_hidden_layers} x {counts[part] // c.num_hidden_layers:,})" if part == "encoder layers" else ""
+            click.echo(f"  {part:<14} {counts[part]:>14,}{extra}")
+    click.echo(f"  {'total':<14} {sum(counts.values()):>14,}")
+    click.echo("stored dtypes " + ", ".join(f"{k} x{v}" for k, v in sorted(plan.stored_dtypes.items())))
+    if plan.aliases:
+        click.echo("tied copies  " + ", ".join(e.key for e, _ in plan.aliases) + " (checked equal on load)")
+    click.echo(f"renamed keys {len(plan.renamed)}")
+    for old, new in plan.renamed:
+        click.echo(f"  {old} -> {new}")
+    click.echo(f"ignored keys {len(plan.ignored)}")
+    for key, why in plan.ignored:
+        click.echo(f"  {key}: {why}")
+    if plan.tokenizer_dir is None:
+        click.echo("tokenizer    none beside the weights")
+    else:
+        tok = load_tokenizer(plan.tokenizer_dir)
+        s = tok.settings
+        click.echo(
+            f"tokenizer    {tok.vocab_size:,} tokens, do_lower_case={s.do_lower_case}, "
+            f"strip_accents={s.strip_accents}, tokenize_chinese_chars={s.tokenize_chinese_chars} "
+            f"({s.source})"
+        )
+        click.echo(
+            f"  special ids [PAD]={tok.pad_id} [UNK]={tok.unk_id} [CLS]={tok.cls_id} "
+            f"[SEP]={tok.sep_id} [MASK]={tok.mask_id}"
+        )
+        sample = "Zürich liegt in der Schweiz."
+        click.echo(f"  sample      {sample!r} -> {tok.tokenize(sample)}")

@@ -1,0 +1,283 @@
+"""BERT WordPiece tokenizer on the Rust ``tokenizers`` library, interchangeable with
+Hugging Face's ``BertTokenizerFast``.
+
+``load_tokenizer(path)`` takes a folder (``tokenizer.json`` when present, else ``vocab.txt`` with
+``tokenizer_config.json``), or one of those files directly. Both routes build the same pipeline
+(BertNormalizer -> BertPreTokenizer -> WordPiece -> ``[CLS] A [SEP] (B [SEP])``) and give identical
+ids. mBERT is cased: no lower-casing, no accent stripping, CJK characters split.
+
+When no ``tokenizer_config.json`` says whether to lower-case, the casing is inferred from the
+vocabulary itself (a vocabulary holding upper-case word pieces is cased); Hugging Face would
+lower-case by default, which silently ruins a cased vocabulary such as mBERT's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Encoding, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+@dataclass(frozen=True)
+class TokenizerSettings:
+    do_lower_case: bool
+    strip_accents: bool | None  # None: follow do_lower_case, as in BERT
+    tokenize_chinese_chars: bool
+    source: str  # where the settings came from, for ``inspect``
+
+
+class WordPieceTokenizer:
+    """A ``tokenizers.Tokenizer`` plus BERT's special ids and settings.
+
+    ``backend`` is the Rust tokenizer, for batch encoding and anything not wrapped here.
+    """
+
+    def __init__(self, backend: Tokenizer, settings: TokenizerSettings, vocab: list[str]):
+        self.backend = backend
+        self.settings = settings
+        self._vocab = vocab  # id -> token
+        ids = {tok: backend.token_to_id(tok) for tok in SPECIAL_TOKENS}
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
+            ids[t] for t in SPECIAL_TOKENS
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def vocab(self) -> list[str]:
+        """Tokens by id."""
+        return list(self._vocab)
+
+    def encode(self, text: str, pair: str | None = None, add_special_tokens: bool = True) -> list[int]:
+        return self.backend.encode(text, pair, add_special_tokens=add_special_tokens).ids
+
+    def encode_batch(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)]
+
+    def encode_words(self, words: list[str], add_special_tokens: bool = True) -> Encoding:
+        """Encode pre-split words (NER); ``Encoding.word_ids`` maps each piece to its word."""
+        return self.backend.encode(words, is_pretokenized=True, add_special_tokens=add_special_tokens)
+
+    def tokenize(self, text: str) -> list[str]:
+        return self.backend.encode(text, add_special_tokens=False).tokens
+
+    def decode(self, ids: list[int]) -> str:
+        return self.backend.decode(ids)
+
+    def save(self, folder: str | Path) -> None:
+        """Write tokenizer.json, vocab.txt, tokenizer_config.json and special_tokens_map.json:
+        what both this loader and transformers' ``BertTokenizerFast`` read."""
+        folder = Path(folder)
+        self.backend.save(str(folder / "tokenizer.json"))
+        (folder / "vocab.txt").write_text("".join(t + "\n" for t in self._vocab), encoding="utf-8")
+        cfg = {
+            "tokenizer_class": "BertTokenizer",
+            "do_lower_case": self.settings.do_lower_case,
+            "strip_accents": self.settings.strip_accents,
+            "tokenize_chinese_chars": self.settings.tokenize_chinese_chars,
+            "unk_token": "[UNK]",
+            "sep_token": "[SEP]",
+            "pad_token": "[PAD]",
+            "cls_token": "[CLS]",
+            "mask_token": "[MASK]",
+        }
+        (folder / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        special = {t.strip("[]").lower() + "_token": t for t in SPECIAL_TOKENS}
+        (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (
+            f"WordPieceTokenizer(vocab_size={self.vocab_size}, do_lower_case={s.do_lower_case}, "
+            f"strip_accents={s.strip_accents}, tokenize_chinese_chars={s.tokenize_chinese_chars})"
+        )
+
+
+def read_vocab(path: Path) -> list[str]:
+    """One token per line; id = line number. Errors name the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line}: not UTF-8") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read vocabulary ({err.strerror or err})") from None
+    tokens = text.split("\n")
+    if tokens and tokens[-1] == "":
+        tokens.pop()
+    tokens = [t.rstrip("\r") for t in tokens]
+    if not tokens:
+        raise ValueError(f"{path}: empty vocabulary")
+    seen: dict[str, int] = {}
+    for i, tok in enumerate(tokens):
+        if tok == "" or tok != tok.strip():
+            raise ValueError(f"{path}: line {i + 1}: empty token or surrounding whitespace {tok!r}")
+        if tok in seen:
+            raise ValueError(f"{path}: line {i + 1}: token {tok!r} repeats line {seen[tok] + 1}")
+        seen[tok] = i
+    missing = [t for t in SPECIAL_TOKENS if t not in seen]
+    if missing:
+        raise ValueError(f"{path}: special tokens missing from the vocabulary: {missing}")
+    return tokens
+
+
+def _is_cased(vocab: list[str]) -> bool:
+    """A vocabulary is cased if a noticeable share of its word pieces hold upper-case letters."""
+    words = [t for t in vocab if not (t.startswith("[") and t.endswith("]"))]
+    upper = sum(1 for t in words if any(c.isupper() for c in t))
+    return upper >= max(1, len(words) // 100)
+
+
+def build_wordpiece(vocab: list[str], settings: TokenizerSettings) -> Tokenizer:
+    """The BERT pipeline for ``vocab`` (ids = list positions) with ``settings``."""
+    tok = Tokenizer(
+        models.WordPiece(
+            {t: i for i, t in enumerate(vocab)}, unk_token="[UNK]", max_input_chars_per_word=100
+        )
+    )
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True,
+        handle_chinese_chars=settings.tokenize_chinese_chars,
+        strip_accents=settings.strip_accents,
+        lowercase=settings.do_lower_case,
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    cls, sep = vocab.index("[CLS]"), vocab.index("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A:0 [SEP]:0",
+        pair="[CLS] $A:0 [SEP]:0 $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
+    )
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    return tok
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return raw
+
+
+def _config_settings(
+    config_path: Path | None, vocab: list[str], do_lower_case: bool | None
+) -> TokenizerSettings:
+    raw = _read_json(config_path) if config_path is not None else {}
+    source = str(config_path) if config_path is not None else "inferred from the vocabulary"
+    for key in ("do_lower_case", "tokenize_chinese_chars"):
+        if key in raw and not isinstance(raw[key], bool):
+            raise ValueError(f"{config_path}: key {key!r} must be true or false, got {raw[key]!r}")
+    if "strip_accents" in raw and raw["strip_accents"] not in (True, False, None):
+        raise ValueError(
+            f"{config_path}: key 'strip_accents' must be true, false or null, got "
+            f"{raw['strip_accents']!r}"
+        )
+    if do_lower_case is not None:
+        source = "argument do_lower_case"
+    elif "do_lower_case" in raw:
+        do_lower_case = raw["do_lower_case"]
+    else:
+        do_lower_case = not _is_cased(vocab)
+        source = f"{source}: no do_lower_case given, vocabulary is {'un' if do_lower_case else ''}cased"
+    return TokenizerSettings(
+        do_lower_case=do_lower_case,
+        strip_accents=raw.get("strip_accents"),
+        tokenize_chinese_chars=raw.get("tokenize_chinese_chars", True),
+        source=source,
+    )
+
+
+def _from_tokenizer_json(path: Path, do_lower_case: bool | None) -> WordPieceTokenizer:
+    raw = _read_json(path)
+    model, norm = raw.get("model") or {}, raw.get("normalizer") or {}
+    if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
+        raise ValueError(f"{path}: key 'model' is not a WordPiece model with a vocab")
+    if norm.get("type") != "BertNormalizer":
+        raise ValueError(f"{path}: key 'normalizer' is {norm.get('type')!r}, expected BertNormalizer")
+    by_id = sorted(model["vocab"].items(), key=lambda kv: kv[1])
+    if [i for _, i in by_id] != list(range(len(by_id))):
+        raise ValueError(f"{path}: key 'model.vocab' ids are not 0..{len(by_id) - 1}")
+    vocab = [t for t, _ in by_id]
+    missing = [t for t in SPECIAL_TOKENS if t not in model["vocab"]]
+    if missing:
+        raise ValueError(f"{path}: special tokens missing from the vocabulary: {missing}")
+    settings = TokenizerSettings(
+        do_lower_case=bool(norm.get("lowercase", False)),
+        strip_accents=norm.get("strip_accents"),
+        tokenize_chinese_chars=bool(norm.get("handle_chinese_chars", True)),
+        source=str(path),
+    )
+    config_path = path.parent / "tokenizer_config.json"
+    if config_path.is_file():
+        raw_cfg = _read_json(config_path)
+        for key, ours in (
+            ("do_lower_case", settings.do_lower_case),
+            ("strip_accents", settings.strip_accents),
+            ("tokenize_chinese_chars", settings.tokenize_chinese_chars),
+        ):
+            if key in raw_cfg and raw_cfg[key] != ours:
+                raise ValueError(
+                    f"{config_path}: key {key!r} is {raw_cfg[key]!r} but {path} says {ours!r}"
+                )
+    if do_lower_case is not None and do_lower_case != settings.do_lower_case:
+        # an explicit override wins: rebuild the pipeline with it
+        settings = TokenizerSettings(
+            do_lower_case, settings.strip_accents, settings.tokenize_chinese_chars,
+            "argument do_lower_case",
+        )
+        return WordPieceTokenizer(build_wordpiece(vocab, settings), settings, vocab)
+    try:
+        backend = Tokenizer.from_file(str(path))
+    except Exception as err:  # the Rust side raises a plain Exception
+        raise ValueError(f"{path}: cannot load tokenizer ({err})") from None
+    return WordPieceTokenizer(backend, settings, vocab)
+
+
+def load_tokenizer(path: str | Path, do_lower_case: bool | None = None) -> WordPieceTokenizer:
+    """Load a BERT WordPiece tokenizer from a folder, ``tokenizer.json`` or ``vocab.txt``.
+
+    ``do_lower_case`` overrides whatever the files say (None: use the files, else infer it
+    from the vocabulary).
+    """
+    path = Path(path)
+    if path.is_dir():
+        if (path / "tokenizer.json").is_file():
+            return _from_tokenizer_json(path / "tokenizer.json", do_lower_case)
+        vocab_path = path / "vocab.txt"
+        if not vocab_path.is_file():
+            raise ValueError(f"{path}: no tokenizer.json or vocab.txt in this folder")
+    elif path.is_file():
+        if path.name.endswith(".json"):
+            return _from_tokenizer_json(path, do_lower_case)
+        vocab_path = path
+    else:
+        raise ValueError(f"{path}: no such tokenizer file or folder")
+    vocab = read_vocab(vocab_path)
+    config_path = vocab_path.parent / "tokenizer_config.json"
+    settings = _config_settings(config_path if config_path.is_file() else None, vocab, do_lower_case)
+    return WordPieceTokenizer(build_wordpiece(vocab, settings), settings, vocab)
+
+
+def default_vocab() -> list[str]:
+    """A small embedded, cased, character-level WordPiece vocabulary: the special tokens, then
+    every printable ASCII and Latin-1 character as a word start and as a ``##`` continuation.
+    For models built from scratch (``xlt-engine init``, the quickstart) with no file at hand."""
+    chars = [chr(c) for c in range(33, 127)] + [chr(c) for c in range(0xC0, 0x100) if c not in (0xD7, 0xF7)]
+    return list(SPECIAL_TOKENS) + chars + ["##" + c for c in chars]
+
+
+def default_tokenizer() -> WordPieceTokenizer:
+    """The tokenizer of ``default_vocab()`` (cased, CJK split)."""
+    vocab = default_vocab()
+    settings = TokenizerSettings(False, None, True, "embedded default vocabulary")
+    return WordPieceTokenizer(build_wordpiece(vocab, settings), settings, vocab)

@@ -1,0 +1,1 @@
+"""Training loop and stages (btf, finetune, selftrain, evaluate). Lands in its own issues."""

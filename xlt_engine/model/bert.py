@@ -1,0 +1,236 @@
+"""A from-scratch BERT encoder and MLM head, numerically equal to Hugging Face's ``BertModel``.
+
+Read top to bottom: embeddings, one post-LN transformer layer, the encoder, the MLM head. The
+parameter names are our own; ``checkpoint.py`` maps them to and from Hugging Face key names.
+
+Attention goes through ``torch.nn.functional.scaled_dot_product_attention`` so CUDA picks a
+fused kernel. A key-padding mask is passed only when the caller gives ``attention_mask``; with
+no mask the flash backend is eligible. Limits: absolute positions only, no decoder / cross
+attention, no KV cache (this is an encoder for fine-tuning and MLM, not generation).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xlt_engine.model.config import BertConfig
+
+
+def activation(name: str):
+    """The activation named by ``BertConfig.hidden_act`` (gelu is the exact erf form)."""
+    if name == "gelu":
+        return nn.GELU()
+    if name == "gelu_new":
+        return nn.GELU(approximate="tanh")
+    if name == "relu":
+        return nn.ReLU()
+    raise ValueError(f"unsupported activation {name!r}")
+
+
+class BertEmbeddings(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        H = config.hidden_size
+        self.word = nn.Embedding(config.vocab_size, H, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_position_embeddings, H)
+        self.token_type = nn.Embedding(config.type_vocab_size, H)
+        self.norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        T = input_ids.shape[1]
+        positions = torch.arange(T, device=input_ids.device)  # (T,), broadcast over the batch
+        x = self.word(input_ids) + self.position(positions)
+        if token_type_ids is None:
+            x = x + self.token_type.weight[0]  # every token is segment 0
+        else:
+            x = x + self.token_type(token_type_ids)
+        return self.dropout(self.norm(x))  # (B, T, H)
+
+
+class BertSelfAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        H = config.hidden_size
+        self.n_head = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.q = nn.Linear(H, H)
+        self.k = nn.Linear(H, H)
+        self.v = nn.Linear(H, H)
+        self.out = nn.Linear(H, H)
+        self.attn_dropout = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, H = x.shape
+        # (B, T, H) -> (B, nh, T, hs)
+        q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.k(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        v = self.v(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
+        )  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, H)  # (B, T, H)
+        return self.out(y)
+
+
+class BertLayer(nn.Module):
+    """Post-LN transformer layer: x = LN(x + attn(x)); x = LN(x + ffn(x))."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        H = config.hidden_size
+        self.attn = BertSelfAttention(config)
+        self.attn_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        self.ffn_in = nn.Linear(H, config.intermediate_size)
+        self.act = activation(config.hidden_act)
+        self.ffn_out = nn.Linear(config.intermediate_size, H)
+        self.ffn_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        x = self.attn_norm(x + self.dropout(self.attn(x, mask)))
+        x = self.ffn_norm(x + self.dropout(self.ffn_out(self.act(self.ffn_in(x)))))
+        return x
+
+
+def init_bert_weights(module: nn.Module, std: float) -> None:
+    """BERT's initialisation: N(0, std) weights, zero biases, unit LayerNorm, zero pad row."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if m.padding_idx is not None:
+                with torch.no_grad():
+                    m.weight[m.padding_idx].zero_()
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class BertEncoder(nn.Module):
+    """Embeddings + ``num_hidden_layers`` post-LN layers; returns the last hidden state."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        init_bert_weights(self, config.initializer_range)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """input_ids, attention_mask (1 = token, 0 = padding), token_type_ids: int [B, T]
+        on the model's device. Returns the last hidden state [B, T, H] in the compute dtype.
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        if T > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {T} exceeds max_position_embeddings "
+                f"{self.config.max_position_embeddings}: split long inputs into windows"
+            )
+        for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if t is not None and t.shape != input_ids.shape:
+                raise ValueError(
+                    f"{name} has shape {tuple(t.shape)}, input_ids has {tuple(input_ids.shape)}"
+                )
+        mask = None
+        if attention_mask is not None:
+            # key-padding mask, True = may attend; (B, 1, 1, T) broadcasts over heads and queries
+            mask = attention_mask.bool()[:, None, None, :]
+        x = self.embeddings(input_ids, token_type_ids)
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+class BertMLMHead(nn.Module):
+    """transform (dense, activation, LayerNorm) then the decoder tied to the word embeddings.
+
+    The decoder weight is not a parameter here: it is passed in (the encoder's word embedding
+    matrix), so the tie cannot break. ``bias`` is ``cls.predictions.bias`` in Hugging Face names.
+    """
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        H = config.hidden_size
+        self.dense = nn.Linear(H, H)
+        self.act = activation(config.hidden_act)
+        self.norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def transform(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, H] -> [N, H]: the input of the decoder projection (and of ``fused_mlm_loss``)."""
+        return self.norm(self.act(self.dense(hidden)))
+
+    def forward(self, hidden: torch.Tensor, decoder_weight: torch.Tensor) -> torch.Tensor:
+        """[N, H] hidden states of the selected positions -> [N, V] logits."""
+        return F.linear(self.transform(hidden), decoder_weight, self.bias)
+
+
+def select_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rows of ``hidden`` [B, T, H] at ``positions``: a bool mask [B, T] or flat indices [N]
+    into B*T. Flat indices avoid the host sync that boolean indexing implies."""
+    B, T, H = hidden.shape
+    if positions.dtype == torch.bool:
+        if positions.shape != (B, T):
+            raise ValueError(f"positions mask has shape {tuple(positions.shape)}, expected {(B, T)}")
+        return hidden[positions]  # (N, H)
+    if positions.dim() != 1 or positions.dtype not in (torch.int32, torch.int64):
+        raise ValueError("positions must be a bool mask [B, T] or integer flat indices [N]")
+    return hidden.reshape(B * T, H).index_select(0, positions)  # (N, H)
+
+
+class BertForMLM(nn.Module):
+    """``BertEncoder`` + MLM head. Logits are computed only for the positions asked for."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = BertEncoder(config)
+        self.head = BertMLMHead(config)
+        init_bert_weights(self.head, config.initializer_range)
+        nn.init.zeros_(self.head.bias)
+
+    @property
+    def decoder_weight(self) -> torch.Tensor:
+        """The tied decoder weight [V, H] (the word embedding matrix)."""
+        return self.encoder.embeddings.word.weight
+
+    def masked_hidden(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Transformed hidden states [N, H] of the selected positions: with
+        ``decoder_weight`` and ``head.bias`` the inputs of ``fused_mlm_loss``."""
+        hidden = self.encoder(input_ids, attention_mask, token_type_ids)
+        return self.head.transform(select_positions(hidden, positions))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """MLM logits [N, V] for ``positions`` (bool [B, T] or flat indices [N]) only."""
+        h = self.masked_hidden(input_ids, positions, attention_mask, token_type_ids)
+        return F.linear(h, self.decoder_weight, self.head.bias)

@@ -1,0 +1,577 @@
+"""Load and save BERT checkpoints in Hugging Face layout (safetensors; ``.bin`` read-only).
+
+A checkpoint is a folder with ``config.json`` and ``model.safetensors`` (or a sharded
+``model.safetensors.index.json``, or ``pytorch_model.bin``), or a single weights file with a
+``config.json`` beside it (or a config passed in). Loading first *plans*: it reads only the file
+headers, maps every Hugging Face key to a parameter here through a declarative table, and
+collects every problem (missing key, unexpected key, wrong shape, non-float dtype, both
+``LayerNorm.gamma`` and ``LayerNorm.weight``) into one ``ValueError``. Only then are tensors read,
+one at a time, converted to the requested dtype and device and assigned into a model built on
+the meta device, so peak memory is the model plus one tensor, never two full copies.
+
+Key rules (DESIGN.md "Checkpoints"): the ``bert.`` prefix may be present or absent; legacy
+``LayerNorm.gamma``/``LayerNorm.beta`` become ``weight``/``bias`` (under ``LayerNorm.`` only);
+``embeddings.position_ids``, the NSP classifier ``cls.seq_relationship.*`` and the NSP pooler
+``pooler.*`` are ignored; the decoder weight is tied to the word embeddings and may be absent (if
+present it must equal them); ``cls.predictions.decoder.bias``, if present, must equal
+``cls.predictions.bias``. ``.bin`` files are read only through
+``torch.load(weights_only=True)``: no pickle code runs.
+
+Saving writes Hugging Face names (``bert.`` prefix, ``cls.predictions.*``), ``config.json`` and
+the tokenizer files into a temporary folder that replaces the target only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from xlt_engine.model.bert import BertEncoder, BertForMLM
+from xlt_engine.model.config import BertConfig
+
+# Hugging Face key (after the ``bert.`` prefix is stripped and gamma/beta renamed) <-> our name
+# in BertForMLM. ``{i}`` is a layer index, ``{p}`` is weight or bias; the table reads both ways.
+KEY_TABLE: list[tuple[str, str]] = [
+    ("embeddings.word_embeddings.weight", "encoder.embeddings.word.weight"),
+    ("embeddings.position_embeddings.weight", "encoder.embeddings.position.weight"),
+    ("embeddings.token_type_embeddings.weight", "encoder.embeddings.token_type.weight"),
+    ("embeddings.LayerNorm.{p}", "encoder.embeddings.norm.{p}"),
+    ("encoder.layer.{i}.attention.self.query.{p}", "encoder.layers.{i}.attn.q.{p}"),
+    ("encoder.layer.{i}.attention.self.key.{p}", "encoder.layers.{i}.attn.k.{p}"),
+    ("encoder.layer.{i}.attention.self.value.{p}", "encoder.layers.{i}.attn.v.{p}"),
+    ("encoder.layer.{i}.attention.output.dense.{p}", "encoder.layers.{i}.attn.out.{p}"),
+    ("encoder.layer.{i}.attention.output.LayerNorm.{p}", "encoder.layers.{i}.attn_norm.{p}"),
+    ("encoder.layer.{i}.intermediate.dense.{p}", "encoder.layers.{i}.ffn_in.{p}"),
+    ("encoder.layer.{i}.output.dense.{p}", "encoder.layers.{i}.ffn_out.{p}"),
+    ("encoder.layer.{i}.output.LayerNorm.{p}", "encoder.layers.{i}.ffn_norm.{p}"),
+    ("cls.predictions.transform.dense.{p}", "head.dense.{p}"),
+    ("cls.predictions.transform.LayerNorm.{p}", "head.norm.{p}"),
+    ("cls.predictions.bias", "head.bias"),
+]
+
+
+def _template_regex(template: str) -> re.Pattern:
+    rx = re.escape(template)
+    rx = rx.replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)")
+    return re.compile(rx + r"\Z")
+
+
+_HF_TO_OURS = [(_template_regex(hf), ours) for hf, ours in KEY_TABLE]
+_OURS_TO_HF = [(_template_regex(ours), hf) for hf, ours in KEY_TABLE]
+
+# Keys that duplicate another tensor: checked for equality, never loaded.
+ALIASES = {
+    "cls.predictions.decoder.weight": "encoder.embeddings.word.weight",
+    "cls.predictions.decoder.bias": "head.bias",
+}
+
+# Keys dropped on load, with the reason shown by ``xlt-engine inspect``.
+IGNORED: list[tuple[str, str]] = [
+    (r"embeddings\.position_ids", "position-id buffer (recomputed)"),
+    (r"cls\.seq_relationship\..*", "next-sentence-prediction classifier"),
+    (r"pooler\.dense\.(weight|bias)", "next-sentence-prediction pooler"),
+]
+_IGNORED = [(re.compile(p + r"\Z"), why) for p, why in IGNORED]
+
+_FLOAT_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+}
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def hf_to_ours(key: str) -> str | None:
+    """Our BertForMLM name for a normalised Hugging Face key, or None if it has none."""
+    for rx, target in _HF_TO_OURS:
+        m = rx.match(key)
+        if m:
+            return target.format(**m.groupdict())
+    return None
+
+
+def ours_to_hf(name: str) -> str:
+    """Hugging Face key (with ``bert.`` on encoder keys) for our BertForMLM name."""
+    for rx, target in _OURS_TO_HF:
+        m = rx.match(name)
+        if m:
+            hf = target.format(**m.groupdict())
+            return hf if hf.startswith("cls.") else "bert." + hf
+    raise KeyError(f"no Hugging Face name for parameter {name!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# weight sources: list keys with shape and dtype from headers; read one tensor at a time
+
+
+class _Source:
+    path: Path
+
+    def keys(self) -> list[str]: ...
+    def shape(self, key: str) -> tuple[int, ...]: ...
+    def dtype_name(self, key: str) -> str: ...
+    def tensor(self, key: str) -> torch.Tensor: ...
+    def rows(self, key: str, start: int, stop: int) -> torch.Tensor: ...
+
+
+class _SafetensorsSource(_Source):
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self._f = safe_open(str(path), framework="pt", device="cpu")
+            self._keys = list(self._f.keys())
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{path}: corrupt or truncated safetensors file ({err})") from None
+
+    def keys(self) -> list[str]:
+        return self._keys
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._f.get_slice(key).get_shape())
+
+    def dtype_name(self, key: str) -> str:
+        return self._f.get_slice(key).get_dtype()
+
+    def tensor(self, key: str) -> torch.Tensor:
+        try:
+            return self._f.get_tensor(key)
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{self.path}: cannot read tensor {key!r} ({err})") from None
+
+    def rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+        return self._f.get_slice(key)[start:stop]
+
+
+_TORCH_DTYPE_NAMES = {v: k for k, v in _FLOAT_DTYPES.items()}
+
+
+class _TorchBinSource(_Source):
+    """A ``pytorch_model.bin`` read with ``weights_only=True`` (memory-mapped when possible)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            try:
+                sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError as err:
+                if "mmap" not in str(err):
+                    raise
+                sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
+        except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+            raise ValueError(f"{path}: corrupt, truncated or unsafe .bin file ({err})") from None
+        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+            raise ValueError(f"{path}: expected a flat state dict of tensors")
+        self._sd: dict[str, torch.Tensor] = sd
+
+    def keys(self) -> list[str]:
+        return list(self._sd)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._sd[key].shape)
+
+    def dtype_name(self, key: str) -> str:
+        return _TORCH_DTYPE_NAMES.get(self._sd[key].dtype, str(self._sd[key].dtype))
+
+    def tensor(self, key: str) -> torch.Tensor:
+        return self._sd[key]
+
+    def rows(self, key: str, start: int, stop: int) -> torch.Tensor:
+        return self._sd[key][start:stop]
+
+
+def _open_weights(path: Path) -> _Source:
+    if not path.is_file():
+        raise ValueError(f"{path}: weights file not found")
+    if path.suffix == ".safetensors":
+        return _SafetensorsSource(path)
+    if path.suffix == ".bin":
+        return _TorchBinSource(path)
+    raise ValueError(f"{path}: unknown weights format (expected .safetensors or .bin)")
+
+
+def _read_index(path: Path) -> list[Path]:
+    """Shard files named by a ``*.index.json`` (in first-seen order)."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read index ({err.strerror or err})") from None
+    weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{path}: key 'weight_map' missing or empty")
+    shards: list[Path] = []
+    for key, name in weight_map.items():
+        if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+            raise ValueError(f"{path}: weight_map[{key!r}] names an invalid shard {name!r}")
+        shard = path.parent / name
+        if shard not in shards:
+            shards.append(shard)
+    missing = [str(s) for s in shards if not s.is_file()]
+    if missing:
+        raise ValueError(f"{path}: shard files listed in weight_map are missing: {missing}")
+    return shards
+
+
+# ---------------------------------------------------------------------------------------------
+# planning: headers only
+
+
+@dataclass
+class _Entry:
+    source: _Source
+    key: str  # the key as stored
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass
+class CheckpointPlan:
+    """What loading ``path`` would do, read from headers alone."""
+
+    config: BertConfig
+    config_path: Path | None
+    weight_files: list[Path]
+    target: str  # "mlm" or "encoder"
+    tensors: dict[str, _Entry] = field(default_factory=dict)  # our name -> stored tensor
+    aliases: list[tuple[_Entry, str]] = field(default_factory=list)  # checked, not loaded
+    renamed: list[tuple[str, str]] = field(default_factory=list)  # (stored key, HF key)
+    ignored: list[tuple[str, str]] = field(default_factory=list)  # (stored key, reason)
+    tokenizer_dir: Path | None = None
+
+    @property
+    def stored_dtypes(self) -> dict[str, int]:
+        """Stored dtype -> number of loaded tensors."""
+        out: dict[str, int] = {}
+        for e in self.tensors.values():
+            out[e.dtype] = out.get(e.dtype, 0) + 1
+        return out
+
+
+def _resolve(path: Path, config: BertConfig | None) -> tuple[list[Path], BertConfig, Path | None]:
+    """Weight files, config and config path for a checkpoint folder or file."""
+    path = Path(path)
+    if path.is_dir():
+        folder = path
+        found = [folder / n for n in WEIGHT_FILES if (folder / n).is_file()]
+        if not found:
+            raise ValueError(f"{folder}: no weights found (looked for {', '.join(WEIGHT_FILES)})")
+        weights = found[0]
+    elif path.is_file():
+        folder, weights = path.parent, path
+    else:
+        raise ValueError(f"{path}: no such checkpoint file or folder")
+    files = _read_index(weights) if weights.name.endswith(".index.json") else [weights]
+    config_path = None
+    if config is None:
+        config_path = folder / "config.json"
+        if not config_path.is_file():
+            raise ValueError(
+                f"{path}: no config.json beside the weights (pass a BertConfig to load it)"
+            )
+        config = BertConfig.from_json(config_path)
+    return files, config, config_path
+
+
+def _normalise(key: str) -> tuple[str, bool]:
+    """Strip ``bert.``; rename legacy ``LayerNorm.gamma/beta``. Returns (key, renamed)."""
+    if key.startswith("bert."):
+        key = key[len("bert.") :]
+    new = re.sub(r"(^|\.)LayerNorm\.gamma\Z", r"\1LayerNorm.weight", key)
+    new = re.sub(r"(^|\.)LayerNorm\.beta\Z", r"\1LayerNorm.bias", new)
+    return new, new != key
+
+
+def expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+    """Our BertForMLM parameter names and shapes, computed without allocating."""
+    with torch.device("meta"):
+        model = BertForMLM(config)
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+def plan_checkpoint(
+    path: str | Path, target: str = "mlm", config: BertConfig | None = None
+) -> CheckpointPlan:
+    """Check a checkpoint from its headers and say what loading it would do.
+
+    ``target`` is ``"mlm"`` (BertForMLM: encoder and MLM head) or ``"encoder"`` (BertEncoder:
+    MLM head keys are then ignored). Raises one ``ValueError`` listing every problem.
+    """
+    if target not in ("mlm", "encoder"):
+        raise ValueError(f"target must be 'mlm' or 'encoder', got {target!r}")
+    files, config, config_path = _resolve(Path(path), config)
+    plan = CheckpointPlan(config, config_path, files, target)
+    expected = expected_shapes(config)
+    if target == "encoder":
+        expected = {k: v for k, v in expected.items() if k.startswith("encoder.")}
+
+    problems: list[str] = []
+    unexpected: list[str] = []
+    seen: dict[str, str] = {}  # normalised HF key -> stored key
+    for source in [_open_weights(f) for f in files]:
+        where = f" in {source.path.name}" if len(files) > 1 else ""
+        for key in source.keys():
+            hf, renamed = _normalise(key)
+            if hf in seen:
+                problems.append(
+                    f"{key!r} and {seen[hf]!r} are the same parameter ({hf}){where}: "
+                    "both present (e.g. LayerNorm.gamma and LayerNorm.weight)"
+                )
+                continue
+            seen[hf] = key
+            if renamed:
+                plan.renamed.append((key, hf))
+            entry = _Entry(source, key, source.shape(key), source.dtype_name(key))
+            reason = next((why for rx, why in _IGNORED if rx.match(hf)), None)
+            if reason is None and target == "encoder" and hf.startswith("cls.predictions."):
+                reason = "MLM head (not part of an encoder)"
+            if reason is not None:
+                plan.ignored.append((key, reason))
+                continue
+            if hf in ALIASES:
+                plan.aliases.append((entry, ALIASES[hf]))
+                continue
+            ours = hf_to_ours(hf)
+            if ours is None or ours not in expected:
+                unexpected.append(key + where)
+                continue
+            if entry.dtype not in _FLOAT_DTYPES:
+                problems.append(f"{key}: dtype {entry.dtype} is not a floating-point type")
+            if entry.shape != expected[ours]:
+                hint = ""
+                if ours == "encoder.embeddings.word.weight":
+                    hint = f" (config vocab_size={config.vocab_size}, hidden_size={config.hidden_size})"
+                elif ours == "head.bias":
+                    hint = f" (config vocab_size={config.vocab_size})"
+                elif ours == "encoder.embeddings.position.weight":
+                    hint = f" (config max_position_embeddings={config.max_position_embeddings})"
+                problems.append(
+                    f"{key}: shape {list(entry.shape)} in the checkpoint, "
+                    f"{list(expected[ours])} expected{hint}"
+                )
+            plan.tensors[ours] = entry
+
+    for entry, ours in plan.aliases:
+        if ours in expected and entry.shape != expected[ours]:
+            problems.append(f"{entry.key}: shape {list(entry.shape)}, {list(expected[ours])} expected")
+    missing = sorted(set(expected) - set(plan.tensors), key=_natural)
+    if missing:
+        problems.append("missing keys: " + ", ".join(_hf_name(m) for m in missing))
+    if unexpected:
+        problems.append("unexpected keys: " + ", ".join(sorted(unexpected, key=_natural)))
+
+    folder = files[0].parent
+    if (folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file():
+        plan.tokenizer_dir = folder
+        from xlt_engine.data.tokenizer import load_tokenizer
+
+        try:
+            n = load_tokenizer(folder).vocab_size
+        except ValueError as err:
+            problems.append(f"tokenizer: {err}")
+        else:
+            if n > config.vocab_size:
+                problems.append(
+                    f"tokenizer in {folder} has {n} tokens but config vocab_size is "
+                    f"{config.vocab_size}: ids past the embedding table would crash"
+                )
+    if problems:
+        raise ValueError(f"{path}: cannot load checkpoint:\n  - " + "\n  - ".join(problems))
+    return plan
+
+
+def _natural(s: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def _hf_name(ours: str) -> str:
+    try:
+        return ours_to_hf(ours)
+    except KeyError:
+        return ours
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def _check_alias(entry: _Entry, target: torch.Tensor, ours: str, chunk_rows: int = 4096) -> None:
+    """A tied copy must equal the tensor it duplicates; compared in row chunks so the copy is
+    never fully in memory."""
+    n = entry.shape[0]
+    for start in range(0, n, chunk_rows):
+        stored = entry.source.rows(entry.key, start, min(n, start + chunk_rows))
+        mine = target[start : start + stored.shape[0]]
+        if not torch.equal(stored.to(device=mine.device, dtype=mine.dtype), mine):
+            raise ValueError(
+                f"{entry.source.path}: {entry.key} is tied and must equal "
+                f"{_hf_name(ours)}, but differs (rows {start}..)"
+            )
+
+
+def _materialise(
+    plan: CheckpointPlan, dtype: torch.dtype | None, device: torch.device | str
+) -> BertForMLM | BertEncoder:
+    stored = {_FLOAT_DTYPES[e.dtype] for e in plan.tensors.values()}
+    if dtype is None:
+        if len(stored) != 1:
+            raise ValueError(
+                f"checkpoint mixes dtypes {sorted(map(str, stored))}: pass dtype= to load it"
+            )
+        dtype = stored.pop()
+    with torch.device("meta"):
+        model = BertForMLM(plan.config)
+    state: dict[str, torch.Tensor] = {}
+    for ours, entry in plan.tensors.items():
+        # one stored tensor at a time: read, convert, keep only the converted copy
+        state[ours] = entry.source.tensor(entry.key).to(device=device, dtype=dtype)
+    if plan.target == "encoder":
+        encoder = model.encoder
+        encoder.load_state_dict(
+            {k[len("encoder.") :]: v for k, v in state.items()}, strict=True, assign=True
+        )
+        result: BertForMLM | BertEncoder = encoder
+    else:
+        model.load_state_dict(state, strict=True, assign=True)
+        result = model
+    params = dict(model.named_parameters())
+    for entry, ours in plan.aliases:  # only for target "mlm": head keys are ignored otherwise
+        _check_alias(entry, params[ours].detach(), ours)
+    return result
+
+
+def load_pretrained(
+    path: str | Path,
+    *,
+    dtype: torch.dtype | None = torch.float32,
+    device: torch.device | str = "cpu",
+    config: BertConfig | None = None,
+) -> BertForMLM:
+    """Load a BERT MLM checkpoint (encoder + MLM head) in Hugging Face layout.
+
+    ``dtype=None`` keeps the stored dtype; otherwise every tensor is converted (fp32 default:
+    master weights for training). The model is returned in eval mode on ``device``.
+    """
+    model = _materialise(plan_checkpoint(path, "mlm", config), dtype, device)
+    return model.eval()
+
+
+def load_encoder(
+    path: str | Path,
+    *,
+    dtype: torch.dtype | None = torch.float32,
+    device: torch.device | str = "cpu",
+    config: BertConfig | None = None,
+) -> BertEncoder:
+    """Load only the encoder of a BERT checkpoint (an MLM head, if stored, is ignored)."""
+    model = _materialise(plan_checkpoint(path, "encoder", config), dtype, device)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# saving
+
+
+def hf_state_dict(model: BertForMLM | BertEncoder) -> dict[str, torch.Tensor]:
+    """Hugging Face named tensors (CPU, contiguous) for ``model``; the tied decoder is omitted,
+    as transformers itself omits it."""
+    if isinstance(model, BertEncoder):
+        named = {"encoder." + k: v for k, v in model.state_dict().items()}
+    elif isinstance(model, BertForMLM):
+        named = model.state_dict()
+    else:
+        raise TypeError(f"save_pretrained takes a BertForMLM or BertEncoder, got {type(model)}")
+    return {ours_to_hf(k): v.detach().to("cpu").contiguous() for k, v in named.items()}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def save_pretrained(
+    model: BertForMLM | BertEncoder,
+    out_dir: str | Path,
+    tokenizer=None,
+    *,
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write ``config.json``, ``model.safetensors`` (Hugging Face key names) and, if given,
+    the tokenizer files into ``out_dir``, atomically: everything goes to a temporary sibling
+    folder that replaces ``out_dir`` only once complete. ``dtype`` converts on the way out.
+    """
+    out_dir = Path(out_dir)
+    config: BertConfig = model.config
+    if tokenizer is not None and tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(
+            f"tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+            f"{config.vocab_size}"
+        )
+    tensors = hf_state_dict(model)
+    if dtype is not None:
+        tensors = {k: v.to(dtype) for k, v in tensors.items()}
+    dtypes = {v.dtype for v in tensors.values()}
+    cfg = config.to_dict()
+    cfg["architectures"] = ["BertForMaskedLM" if isinstance(model, BertForMLM) else "BertModel"]
+    cfg["dtype"] = str(dtypes.pop()).removeprefix("torch.") if len(dtypes) == 1 else "float32"
+    cfg["tie_word_embeddings"] = True
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        _write_json(tmp / "config.json", cfg)
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        for f in tmp.iterdir():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        old = None
+        if out_dir.exists():
+            if not out_dir.is_dir():
+                raise ValueError(f"{out_dir}: exists and is not a folder")
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.rmdir(old)
+            os.rename(out_dir, old)
+        os.rename(tmp, out_dir)
+        _fsync_dir(out_dir.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def iter_parameter_groups(model: BertForMLM | BertEncoder) -> Iterator[tuple[str, int]]:
+    """(part, parameter count) for embeddings, each layer and the MLM head."""
+    encoder = model.encoder if isinstance(model, BertForMLM) else model
+    yield "embeddings", sum(p.numel() for p in encoder.embeddings.parameters())
+    for i, layer in enumerate(encoder.layers):
+        yield f"layer {i}", sum(p.numel() for p in layer.parameters())
+    if isinstance(model, BertForMLM):
+        yield "mlm head", sum(p.numel() for p in model.head.parameters())

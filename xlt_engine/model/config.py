@@ -1,0 +1,144 @@
+"""BERT configuration: a frozen dataclass read from a Hugging Face ``config.json``.
+
+Only the settings the from-scratch encoder implements are accepted: absolute position
+embeddings, a gelu / gelu_new / relu activation, and a hidden size divisible by the number of
+heads. Anything else raises a ``ValueError`` naming the key, so a checkpoint that would load but
+compute something different is refused up front. Keys of ``config.json`` that do not change the
+computation (``architectures``, ``transformers_version``, ...) are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "relu")
+
+# config.json keys that change the computation but have only one value we implement.
+_FIXED_KEYS = {
+    "position_embedding_type": "absolute",
+    "is_decoder": False,
+    "add_cross_attention": False,
+}
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """Shape and numerics of a BERT encoder (defaults: bert-base-multilingual-cased)."""
+
+    vocab_size: int = 119547
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+    position_embedding_type: str = "absolute"
+    # derived in __post_init__
+    head_dim: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "type_vocab_size",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"BertConfig.{name} must be a number in [0, 1), got {value!r}")
+        for name in ("layer_norm_eps", "initializer_range"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ValueError(f"BertConfig.{name} must be a positive number, got {value!r}")
+        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
+            raise ValueError(
+                f"BertConfig.hidden_act {self.hidden_act!r} is not supported "
+                f"(supported: {', '.join(SUPPORTED_ACTIVATIONS)})"
+            )
+        if self.position_embedding_type != "absolute":
+            raise ValueError(
+                f"BertConfig.position_embedding_type {self.position_embedding_type!r} is not "
+                "supported (only 'absolute')"
+            )
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"BertConfig.hidden_size {self.hidden_size} is not divisible by "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
+        if isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int):
+            raise ValueError(f"BertConfig.pad_token_id must be an integer, got {self.pad_token_id!r}")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(
+                f"BertConfig.pad_token_id {self.pad_token_id} is outside the vocabulary "
+                f"(vocab_size {self.vocab_size})"
+            )
+        object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.init]
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "config") -> BertConfig:
+        """Build from a Hugging Face config dict; ``source`` names it in error messages."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"{source}: expected a JSON object, got {type(raw).__name__}")
+        model_type = raw.get("model_type", "bert")
+        if model_type != "bert":
+            raise ValueError(f"{source}: key 'model_type' is {model_type!r}; only 'bert' is supported")
+        for key, wanted in _FIXED_KEYS.items():
+            if key in raw and raw[key] != wanted:
+                raise ValueError(
+                    f"{source}: key {key!r} is {raw[key]!r}; only {wanted!r} is supported"
+                )
+        kwargs = {name: raw[name] for name in cls.field_names() if name in raw}
+        try:
+            return cls(**kwargs)
+        except ValueError as err:
+            # re-raise with the file and the config.json key (our fields carry HF names)
+            raise ValueError(f"{source}: {err}".replace("BertConfig.", "key ")) from None
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> BertConfig:
+        """Read a Hugging Face ``config.json``; errors name the file and the key or line."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise ValueError(f"{path}: cannot read config ({err.strerror or err})") from None
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+            ) from None
+        return cls.from_dict(raw, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Hugging Face ``config.json`` fields (without ``architectures``/``dtype``)."""
+        out: dict[str, Any] = {"model_type": "bert"}
+        out.update({name: getattr(self, name) for name in self.field_names()})
+        return out

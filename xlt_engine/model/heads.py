@@ -1,0 +1,116 @@
+"""Task heads on top of ``BertEncoder``: [CLS] sequence classification, per-token
+classification, and the Voters Module of the reference paper.
+
+``VotersModule`` holds M voters; voter i is an independent feature encoder H -> d_i -> H (two
+linear layers, GELU, dropout) followed by its own linear classifier H -> C. The inner widths d_i
+differ slightly (by default spread evenly over 0.75H .. 1.25H) so the voters agree on easy inputs
+and disagree on doubtful ones. Logits come back stacked as [M, ..., C]; training losses average
+over voters, prediction uses the mean of the voters' probabilities. M = 1 is one voter of width H:
+a plain head (the paper's "-VM" ablation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from xlt_engine.model.bert import init_bert_weights
+
+
+class SequenceClassificationHead(nn.Module):
+    """hidden [B, T, H] -> logits [B, C] from the [CLS] (first) position."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1, std: float = 0.02):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+        init_bert_weights(self, std)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(hidden[:, 0]))  # (B, C)
+
+
+class TokenClassificationHead(nn.Module):
+    """hidden [B, T, H] -> logits [B, T, C] for every position."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1, std: float = 0.02):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+        init_bert_weights(self, std)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(hidden))  # (B, T, C)
+
+
+def default_voter_widths(hidden_size: int, num_voters: int) -> list[int]:
+    """Inner widths spread evenly over 0.75H .. 1.25H (H itself for a single voter)."""
+    if num_voters == 1:
+        return [hidden_size]
+    lo, hi = 0.75 * hidden_size, 1.25 * hidden_size
+    return [round(lo + (hi - lo) * i / (num_voters - 1)) for i in range(num_voters)]
+
+
+class Voter(nn.Module):
+    """features [..., H] -> logits [..., C] through H -> d -> H and a linear classifier."""
+
+    def __init__(self, hidden_size: int, width: int, num_labels: int, dropout: float):
+        super().__init__()
+        self.fc_in = nn.Linear(hidden_size, width)
+        self.fc_out = nn.Linear(width, hidden_size)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(x)
+        x = self.dropout(F.gelu(self.fc_in(x)))
+        x = self.dropout(F.gelu(self.fc_out(x)))
+        return self.classifier(x)
+
+
+class VotersModule(nn.Module):
+    """M voters over the same features: features [..., H] -> logits [M, ..., C]."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_labels: int,
+        num_voters: int = 3,
+        widths: Sequence[int] | None = None,
+        dropout: float = 0.1,
+        std: float = 0.02,
+    ):
+        super().__init__()
+        if num_voters < 1:
+            raise ValueError(f"num_voters must be >= 1, got {num_voters}")
+        if num_labels < 2:
+            raise ValueError(f"num_labels must be >= 2, got {num_labels}")
+        if widths is None:
+            widths = default_voter_widths(hidden_size, num_voters)
+        widths = list(widths)
+        if len(widths) != num_voters:
+            raise ValueError(f"widths has {len(widths)} entries for num_voters={num_voters}")
+        if any(int(w) < 1 for w in widths):
+            raise ValueError(f"voter widths must be positive, got {widths}")
+        self.num_labels = num_labels
+        self.widths = [int(w) for w in widths]
+        self.voters = nn.ModuleList(
+            Voter(hidden_size, w, num_labels, dropout) for w in self.widths
+        )
+        init_bert_weights(self, std)
+
+    @property
+    def num_voters(self) -> int:
+        return len(self.voters)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features [..., H] (e.g. [B, H] for [CLS], [B, T, H] per token) -> [M, ..., C]."""
+        return torch.stack([voter(features) for voter in self.voters])
+
+    @staticmethod
+    def probs(logits: torch.Tensor) -> torch.Tensor:
+        """[M, ..., C] voter logits -> [..., C] mean of the voters' probabilities (fp32)."""
+        return logits.float().softmax(dim=-1).mean(dim=0)

@@ -131,31 +131,58 @@ class _Source:
 
 
 class _SafetensorsSource(_Source):
+    """A safetensors file. The ``safetensors`` library validates it (truncation, overlapping
+    offsets); tensors are then read with plain file reads into freshly allocated tensors, not
+    through a memory map, so the file's pages never count as a second copy of the model."""
+
     def __init__(self, path: Path):
         self.path = path
         try:
-            self._f = safe_open(str(path), framework="pt", device="cpu")
-            self._keys = list(self._f.keys())
-        except (SafetensorError, OSError) as err:
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                keys = list(f.keys())
+            with open(path, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(n))
+        except (SafetensorError, OSError, ValueError) as err:
             raise ValueError(f"{path}: corrupt or truncated safetensors file ({err})") from None
+        self._data_start = 8 + n
+        # key -> (dtype name, shape, begin, end); offsets relative to the data section
+        self._meta = {
+            k: (header[k]["dtype"], tuple(header[k]["shape"]), *header[k]["data_offsets"]) for k in keys
+        }
 
     def keys(self) -> list[str]:
-        return self._keys
+        return list(self._meta)
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._f.get_slice(key).get_shape())
+        return self._meta[key][1]
 
     def dtype_name(self, key: str) -> str:
-        return self._f.get_slice(key).get_dtype()
+        return self._meta[key][0]
+
+    def _read(self, key: str, shape: tuple[int, ...], offset: int, nbytes: int) -> torch.Tensor:
+        dtype = _FLOAT_DTYPES.get(self._meta[key][0])
+        if dtype is None:
+            raise ValueError(f"{self.path}: {key}: dtype {self._meta[key][0]} is not floating-point")
+        out = torch.empty(shape, dtype=dtype)
+        if nbytes:
+            buf = memoryview(out.view(-1).view(torch.uint8).numpy())
+            with open(self.path, "rb") as fh:
+                fh.seek(self._data_start + offset)
+                got = fh.readinto(buf)
+            if got != nbytes:
+                raise ValueError(f"{self.path}: truncated while reading {key!r}")
+        return out
 
     def tensor(self, key: str) -> torch.Tensor:
-        try:
-            return self._f.get_tensor(key)
-        except (SafetensorError, OSError) as err:
-            raise ValueError(f"{self.path}: cannot read tensor {key!r} ({err})") from None
+        _, shape, begin, end = self._meta[key]
+        return self._read(key, shape, begin, end - begin)
 
     def rows(self, key: str, start: int, stop: int) -> torch.Tensor:
-        return self._f.get_slice(key)[start:stop]
+        _, shape, begin, end = self._meta[key]
+        stop = min(stop, shape[0])
+        row_bytes = (end - begin) // shape[0] if shape[0] else 0
+        return self._read(key, (stop - start, *shape[1:]), begin + start * row_bytes, (stop - start) * row_bytes)
 
 
 _TORCH_DTYPE_NAMES = {v: k for k, v in _FLOAT_DTYPES.items()}

@@ -1,0 +1,84 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from xlt_engine.model import SequenceClassificationHead, TokenClassificationHead, VotersModule
+from xlt_engine.model.heads import default_voter_widths
+
+
+def test_voters_shapes_and_widths():
+    vm = VotersModule(hidden_size=40, num_labels=9, num_voters=3)
+    assert vm.widths == [30, 40, 50]  # 0.75H, H, 1.25H
+    assert vm(torch.randn(4, 7, 40)).shape == (3, 4, 7, 9)  # per token
+    assert vm(torch.randn(5, 40)).shape == (3, 5, 9)  # [CLS]
+    assert [v.fc_in.out_features for v in vm.voters] == [30, 40, 50]
+
+
+def test_voters_are_independent_and_differ():
+    vm = VotersModule(hidden_size=16, num_labels=2, num_voters=4).eval()
+    out = vm(torch.randn(8, 16))
+    assert not torch.allclose(out[0], out[1])
+    params = [set(map(id, v.parameters())) for v in vm.voters]
+    assert all(not (a & b) for i, a in enumerate(params) for b in params[i + 1:])
+    out.sum().backward()
+    assert all(v.fc_in.weight.grad is not None and v.fc_in.weight.grad.abs().sum() > 0 for v in vm.voters)
+
+
+def test_voter_computation_is_h_d_h_then_classifier():
+    vm = VotersModule(hidden_size=12, num_labels=3, num_voters=1).eval()
+    x = torch.randn(5, 12)
+    v = vm.voters[0]
+    want = v.classifier(F.gelu(v.fc_out(F.gelu(v.fc_in(x)))))
+    torch.testing.assert_close(vm(x)[0], want)
+
+
+def test_single_voter_is_a_plain_head():
+    vm = VotersModule(hidden_size=12, num_labels=3, num_voters=1).eval()
+    assert vm.widths == [12]
+    x = torch.randn(6, 12)
+    logits = vm(x)
+    assert logits.shape == (1, 6, 3)
+    torch.testing.assert_close(VotersModule.probs(logits), logits[0].softmax(-1))
+
+
+def test_probs_is_mean_of_voter_probabilities():
+    logits = torch.randn(3, 4, 5)
+    want = (logits[0].softmax(-1) + logits[1].softmax(-1) + logits[2].softmax(-1)) / 3
+    torch.testing.assert_close(VotersModule.probs(logits), want)
+    torch.testing.assert_close(VotersModule.probs(logits.bfloat16()).sum(-1), torch.ones(4), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(num_voters=0), "num_voters"),
+    (dict(num_labels=1), "num_labels"),
+    (dict(num_voters=2, widths=[8]), "widths"),
+    (dict(num_voters=2, widths=[8, 0]), "widths"),
+])
+def test_voters_bad_arguments(kw, msg):
+    args = dict(hidden_size=8, num_labels=2)
+    args.update(kw)
+    with pytest.raises(ValueError, match=msg):
+        VotersModule(**args)
+
+
+def test_default_widths_spread():
+    assert default_voter_widths(768, 3) == [576, 768, 960]
+    assert default_voter_widths(768, 5) == [576, 672, 768, 864, 960]
+
+
+def test_sequence_head_reads_cls_only():
+    head = SequenceClassificationHead(8, 2).eval()
+    h = torch.randn(3, 5, 8)
+    out = head(h)
+    assert out.shape == (3, 2)
+    h2 = h.clone()
+    h2[:, 1:] = torch.randn(3, 4, 8)
+    torch.testing.assert_close(head(h2), out)
+
+
+def test_token_head_shape():
+    head = TokenClassificationHead(8, 9).eval()
+    h = torch.randn(2, 6, 8)
+    out = head(h)
+    assert out.shape == (2, 6, 9)
+    torch.testing.assert_close(out[1, 3], head.classifier(h[1, 3]))

@@ -26,16 +26,28 @@ def main() -> None:
 
 @main.command()
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--vocab", type=click.Path(exists=True, path_type=Path), default=None,
-              help="vocab.txt, tokenizer.json or a folder with them; default: a small embedded vocabulary")
+@click.option(
+    "--vocab",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="vocab.txt, tokenizer.json or a folder with them; default: a small embedded vocabulary",
+)
 @click.option("--layers", default=2, show_default=True, help="num_hidden_layers")
 @click.option("--hidden", default=128, show_default=True, help="hidden_size")
 @click.option("--heads", default=2, show_default=True, help="num_attention_heads")
 @click.option("--intermediate", default=512, show_default=True, help="intermediate_size")
 @click.option("--max-positions", default=512, show_default=True, help="max_position_embeddings")
 @click.option("--seed", default=0, show_default=True)
-def init(out: Path, vocab: Path | None, layers: int, hidden: int, heads: int, intermediate: int,
-         max_positions: int, seed: int) -> None:
+def init(
+    out: Path,
+    vocab: Path | None,
+    layers: int,
+    hidden: int,
+    heads: int,
+    intermediate: int,
+    max_positions: int,
+    seed: int,
+) -> None:
     """Write a random-weight BERT MLM model in Hugging Face layout to OUT."""
     import torch
 
@@ -45,8 +57,11 @@ def init(out: Path, vocab: Path | None, layers: int, hidden: int, heads: int, in
     try:
         tokenizer = load_tokenizer(vocab) if vocab is not None else default_tokenizer()
         config = BertConfig(
-            vocab_size=tokenizer.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-            num_attention_heads=heads, intermediate_size=intermediate,
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            intermediate_size=intermediate,
             max_position_embeddings=max_positions,
         )
         torch.manual_seed(seed)
@@ -96,12 +111,20 @@ def inspect(path: Path, encoder: bool) -> None:
     click.echo("parameters")
     for part in ("embeddings", "encoder layers", "mlm head"):
         if part in counts:
-            extra = f" ({c.num_hidden_layers} x {counts[part] // c.num_hidden_layers:,})" if part == "encoder layers" else ""
+            extra = (
+                f" ({c.num_hidden_layers} x {counts[part] // c.num_hidden_layers:,})"
+                if part == "encoder layers"
+                else ""
+            )
             click.echo(f"  {part:<14} {counts[part]:>14,}{extra}")
     click.echo(f"  {'total':<14} {sum(counts.values()):>14,}")
-    click.echo("stored dtypes " + ", ".join(f"{k} x{v}" for k, v in sorted(plan.stored_dtypes.items())))
+    click.echo(
+        "stored dtypes " + ", ".join(f"{k} x{v}" for k, v in sorted(plan.stored_dtypes.items()))
+    )
     if plan.aliases:
-        click.echo("tied copies  " + ", ".join(e.key for e, _ in plan.aliases) + " (checked equal on load)")
+        click.echo(
+            "tied copies  " + ", ".join(e.key for e, _ in plan.aliases) + " (checked equal on load)"
+        )
     click.echo(f"renamed keys {len(plan.renamed)}")
     for old, new in plan.renamed:
         click.echo(f"  {old} -> {new}")

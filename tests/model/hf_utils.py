@@ -12,15 +12,40 @@ from xlt_engine.model import BertConfig
 
 # small configs that differ in every dimension the encoder has
 TINY_CONFIGS = [
-    dict(vocab_size=97, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-         intermediate_size=64, hidden_act="gelu", layer_norm_eps=1e-12, type_vocab_size=2,
-         max_position_embeddings=40),
-    dict(vocab_size=131, hidden_size=48, num_hidden_layers=3, num_attention_heads=3,
-         intermediate_size=80, hidden_act="gelu_new", layer_norm_eps=1e-5, type_vocab_size=3,
-         max_position_embeddings=24),
-    dict(vocab_size=64, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
-         intermediate_size=128, hidden_act="relu", layer_norm_eps=1e-7, type_vocab_size=2,
-         max_position_embeddings=16, pad_token_id=3),
+    dict(
+        vocab_size=97,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        hidden_act="gelu",
+        layer_norm_eps=1e-12,
+        type_vocab_size=2,
+        max_position_embeddings=40,
+    ),
+    dict(
+        vocab_size=131,
+        hidden_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=3,
+        intermediate_size=80,
+        hidden_act="gelu_new",
+        layer_norm_eps=1e-5,
+        type_vocab_size=3,
+        max_position_embeddings=24,
+    ),
+    dict(
+        vocab_size=64,
+        hidden_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=128,
+        hidden_act="relu",
+        layer_norm_eps=1e-7,
+        type_vocab_size=2,
+        max_position_embeddings=16,
+        pad_token_id=3,
+    ),
 ]
 
 
@@ -40,11 +65,13 @@ def convention(sd: dict[str, torch.Tensor], prefix: bool, gamma_beta: bool) -> d
     out = {}
     for k, v in sd.items():
         if k.startswith("bert."):
-            k = k[len("bert."):]
+            k = k[len("bert.") :]
         if prefix and not k.startswith("cls."):
             k = "bert." + k
         if gamma_beta and ".LayerNorm." in k:
-            k = k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
+            k = k.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+                "LayerNorm.bias", "LayerNorm.beta"
+            )
         out[k] = v.detach().clone().contiguous()
     return out
 

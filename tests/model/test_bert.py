@@ -3,8 +3,14 @@ import torch
 
 from xlt_engine.model import BertConfig, BertEncoder, BertForMLM
 
-CFG = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                 intermediate_size=64, max_position_embeddings=16)
+CFG = BertConfig(
+    vocab_size=50,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=16,
+)
 
 
 def test_padding_does_not_change_real_tokens():

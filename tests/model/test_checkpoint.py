@@ -7,9 +7,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from tests.model.hf_utils import TINY_CONFIGS, batch, write_checkpoint
+from tests.model.hf_utils import TINY_CONFIGS, batch
 from xlt_engine.data.tokenizer import default_tokenizer
-from xlt_engine.model import BertConfig, BertForMLM, load_encoder, load_pretrained, plan_checkpoint, save_pretrained
+from xlt_engine.model import (
+    BertConfig,
+    BertForMLM,
+    load_encoder,
+    load_pretrained,
+    plan_checkpoint,
+    save_pretrained,
+)
 from xlt_engine.model import checkpoint as ckpt
 
 CFG = TINY_CONFIGS[0]
@@ -73,7 +80,11 @@ def test_wrong_shape(saved):
     sd["bert.encoder.layer.1.intermediate.dense.weight"] = torch.zeros(3, 5)
     rewrite(folder, sd)
     msg = error_of(folder)
-    assert "bert.encoder.layer.1.intermediate.dense.weight" in msg and "[3, 5]" in msg and "[64, 32]" in msg
+    assert (
+        "bert.encoder.layer.1.intermediate.dense.weight" in msg
+        and "[3, 5]" in msg
+        and "[64, 32]" in msg
+    )
 
 
 def test_all_problems_in_one_error(saved):
@@ -83,7 +94,11 @@ def test_all_problems_in_one_error(saved):
     sd["cls.predictions.bias"] = torch.zeros(5)
     rewrite(folder, sd)
     msg = error_of(folder)
-    assert "bert.embeddings.LayerNorm.weight" in msg and "extra.key" in msg and "cls.predictions.bias" in msg
+    assert (
+        "bert.embeddings.LayerNorm.weight" in msg
+        and "extra.key" in msg
+        and "cls.predictions.bias" in msg
+    )
 
 
 def test_truncated_file_names_the_file(saved):
@@ -118,7 +133,9 @@ def test_tokenizer_larger_than_vocab_size(tmp_path):
     cfg["vocab_size"] = 100
     (folder / "config.json").write_text(json.dumps(cfg))
     sd = load_file(str(folder / "model.safetensors"))
-    sd["bert.embeddings.word_embeddings.weight"] = sd["bert.embeddings.word_embeddings.weight"][:100].clone()
+    sd["bert.embeddings.word_embeddings.weight"] = sd["bert.embeddings.word_embeddings.weight"][
+        :100
+    ].clone()
     sd["cls.predictions.bias"] = sd["cls.predictions.bias"][:100].clone()
     rewrite(folder, sd)
     msg = error_of(folder)
@@ -160,8 +177,13 @@ def test_ignored_keys_are_reported(saved):
     rewrite(folder, sd)
     plan = plan_checkpoint(folder)
     assert sorted(k for k, _ in plan.ignored) == sorted(
-        ["bert.embeddings.position_ids", "cls.seq_relationship.weight", "cls.seq_relationship.bias",
-         "bert.pooler.dense.weight", "bert.pooler.dense.bias"]
+        [
+            "bert.embeddings.position_ids",
+            "cls.seq_relationship.weight",
+            "cls.seq_relationship.bias",
+            "bert.pooler.dense.weight",
+            "bert.pooler.dense.bias",
+        ]
     )
     load_pretrained(folder)
 
@@ -212,7 +234,7 @@ def test_mixed_stored_dtypes_need_a_dtype(saved):
 
 
 def test_single_file_path_and_explicit_config(saved, tmp_path):
-    model, folder, sd = saved
+    model, folder, _sd = saved
     lone = tmp_path / "lone"
     lone.mkdir()
     shutil.copy(folder / "model.safetensors", lone / "weights.safetensors")
@@ -228,7 +250,10 @@ def test_sharded_index(saved):
     model, folder, sd = saved
     keys = sorted(sd)
     half = len(keys) // 2
-    shards = {"model-00001-of-00002.safetensors": keys[:half], "model-00002-of-00002.safetensors": keys[half:]}
+    shards = {
+        "model-00001-of-00002.safetensors": keys[:half],
+        "model-00002-of-00002.safetensors": keys[half:],
+    }
     for name, ks in shards.items():
         save_file({k: sd[k] for k in ks}, str(folder / name))
     (folder / "model.safetensors").unlink()
@@ -248,11 +273,15 @@ def test_bin_loads_with_weights_only(saved, tmp_path):
     model, folder, sd = saved
     b = tmp_path / "bin"
     b.mkdir()
-    torch.save({k.replace("LayerNorm.weight", "LayerNorm.gamma"): v for k, v in sd.items()},
-               b / "pytorch_model.bin")
+    torch.save(
+        {k.replace("LayerNorm.weight", "LayerNorm.gamma"): v for k, v in sd.items()},
+        b / "pytorch_model.bin",
+    )
     shutil.copy(folder / "config.json", b)
     loaded = load_pretrained(b)
-    assert torch.equal(loaded.encoder.layers[0].attn_norm.weight, model.encoder.layers[0].attn_norm.weight)
+    assert torch.equal(
+        loaded.encoder.layers[0].attn_norm.weight, model.encoder.layers[0].attn_norm.weight
+    )
     assert len(plan_checkpoint(b).renamed) == 2 * CFG["num_hidden_layers"] + 2
 
 
@@ -306,7 +335,7 @@ def test_load_pretrained_needs_the_head(tmp_path):
 
 
 def test_save_replaces_atomically_and_cleans_up_on_failure(saved, monkeypatch):
-    model, folder, sd = saved
+    model, folder, _sd = saved
     before = (folder / "model.safetensors").read_bytes()
 
     def boom(*a, **k):
@@ -352,19 +381,32 @@ print(size, hwm_mib() - before)
 """
 
 
-@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="needs Linux /proc")
+@pytest.mark.skipif(
+    not __import__("os").path.exists("/proc/self/status"), reason="needs Linux /proc"
+)
 @pytest.mark.parametrize("stored, wanted", [("float32", "float32"), ("bfloat16", "float32")])
 def test_loading_keeps_no_second_full_copy(tmp_path, stored, wanted):
     """Peak memory while loading is the model plus about one tensor, not two models."""
     import subprocess
     import sys
 
-    cfg = BertConfig(vocab_size=1000, hidden_size=384, num_attention_heads=6, num_hidden_layers=6,
-                     intermediate_size=1536)
+    cfg = BertConfig(
+        vocab_size=1000,
+        hidden_size=384,
+        num_attention_heads=6,
+        num_hidden_layers=6,
+        intermediate_size=1536,
+    )
     save_pretrained(BertForMLM(cfg), tmp_path / "big", dtype=getattr(torch, stored))
-    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, str(tmp_path), stored, wanted],
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, str(tmp_path), stored, wanted],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     size, growth = float(out[0]), float(out[1])
     assert size > 40
     # the largest single tensor is 1536 x 384 fp32 = 2.25 MiB; allow allocator slack
-    assert growth < 1.15 * size + 4, f"loading a {size:.0f} MiB model grew the peak by {growth:.0f} MiB"
+    assert growth < 1.15 * size + 4, (
+        f"loading a {size:.0f} MiB model grew the peak by {growth:.0f} MiB"
+    )

@@ -82,6 +82,13 @@ def test_missing_file(tmp_path):
 
 
 def test_to_dict_round_trips():
-    cfg = BertConfig(vocab_size=99, hidden_size=48, num_attention_heads=3, num_hidden_layers=2,
-                     intermediate_size=96, hidden_act="relu", layer_norm_eps=1e-5)
+    cfg = BertConfig(
+        vocab_size=99,
+        hidden_size=48,
+        num_attention_heads=3,
+        num_hidden_layers=2,
+        intermediate_size=96,
+        hidden_act="relu",
+        layer_norm_eps=1e-5,
+    )
     assert BertConfig.from_dict(cfg.to_dict()) == cfg

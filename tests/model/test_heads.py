@@ -19,9 +19,11 @@ def test_voters_are_independent_and_differ():
     out = vm(torch.randn(8, 16))
     assert not torch.allclose(out[0], out[1])
     params = [set(map(id, v.parameters())) for v in vm.voters]
-    assert all(not (a & b) for i, a in enumerate(params) for b in params[i + 1:])
+    assert all(not (a & b) for i, a in enumerate(params) for b in params[i + 1 :])
     out.sum().backward()
-    assert all(v.fc_in.weight.grad is not None and v.fc_in.weight.grad.abs().sum() > 0 for v in vm.voters)
+    assert all(
+        v.fc_in.weight.grad is not None and v.fc_in.weight.grad.abs().sum() > 0 for v in vm.voters
+    )
 
 
 def test_voter_computation_is_h_d_h_then_classifier():
@@ -45,15 +47,20 @@ def test_probs_is_mean_of_voter_probabilities():
     logits = torch.randn(3, 4, 5)
     want = (logits[0].softmax(-1) + logits[1].softmax(-1) + logits[2].softmax(-1)) / 3
     torch.testing.assert_close(VotersModule.probs(logits), want)
-    torch.testing.assert_close(VotersModule.probs(logits.bfloat16()).sum(-1), torch.ones(4), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        VotersModule.probs(logits.bfloat16()).sum(-1), torch.ones(4), atol=1e-6, rtol=0
+    )
 
 
-@pytest.mark.parametrize("kw, msg", [
-    (dict(num_voters=0), "num_voters"),
-    (dict(num_labels=1), "num_labels"),
-    (dict(num_voters=2, widths=[8]), "widths"),
-    (dict(num_voters=2, widths=[8, 0]), "widths"),
-])
+@pytest.mark.parametrize(
+    "kw, msg",
+    [
+        (dict(num_voters=0), "num_voters"),
+        (dict(num_labels=1), "num_labels"),
+        (dict(num_voters=2, widths=[8]), "widths"),
+        (dict(num_voters=2, widths=[8, 0]), "widths"),
+    ],
+)
 def test_voters_bad_arguments(kw, msg):
     args = dict(hidden_size=8, num_labels=2)
     args.update(kw)

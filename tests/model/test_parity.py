@@ -5,7 +5,14 @@ import pytest
 import torch
 import transformers
 
-from tests.model.hf_utils import TINY_CONFIGS, batch, convention, hf_config, randomize_, write_checkpoint
+from tests.model.hf_utils import (
+    TINY_CONFIGS,
+    batch,
+    convention,
+    hf_config,
+    randomize_,
+    write_checkpoint,
+)
 from xlt_engine.model import BertConfig, BertForMLM, load_encoder, load_pretrained, save_pretrained
 
 CONVENTIONS = [(p, g) for p in (True, False) for g in (False, True)]
@@ -39,7 +46,9 @@ def test_mlm_matches_bert_for_masked_lm(tmp_path, cfg, prefix, gamma_beta):
     # legacy checkpoints store the tied decoder weight and bias explicitly: keep them in one
     # convention, drop them in another
     if gamma_beta:
-        sd["cls.predictions.decoder.weight"] = ref.bert.embeddings.word_embeddings.weight.detach().clone()
+        sd["cls.predictions.decoder.weight"] = (
+            ref.bert.embeddings.word_embeddings.weight.detach().clone()
+        )
         sd["cls.predictions.decoder.bias"] = ref.cls.predictions.bias.detach().clone()
     else:
         sd.pop("cls.predictions.decoder.weight", None)
@@ -63,12 +72,17 @@ def test_round_trip_into_transformers(tmp_path, cfg):
     randomize_(ours)
     ours.eval()
     save_pretrained(ours, tmp_path / "out")
-    ref, info = transformers.BertForMaskedLM.from_pretrained(tmp_path / "out", output_loading_info=True)
+    ref, info = transformers.BertForMaskedLM.from_pretrained(
+        tmp_path / "out", output_loading_info=True
+    )
     ref.eval()
     assert info["missing_keys"] in ([], set())
     assert info["unexpected_keys"] in ([], set())
     assert info["mismatched_keys"] in ([], set())
-    assert ref.cls.predictions.decoder.weight.data_ptr() == ref.bert.embeddings.word_embeddings.weight.data_ptr()
+    assert (
+        ref.cls.predictions.decoder.weight.data_ptr()
+        == ref.bert.embeddings.word_embeddings.weight.data_ptr()
+    )
     ids, mask, types = batch(cfg, seed=1)
     with torch.no_grad():
         want = ref(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
@@ -91,10 +105,14 @@ def test_encoder_saved_alone_loads_in_transformers(tmp_path):
     ids, mask, types = batch(cfg)
     with torch.no_grad():
         torch.testing.assert_close(
-            ours(ids, mask, types), ref(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state,
-            atol=ATOL, rtol=0,
+            ours(ids, mask, types),
+            ref(input_ids=ids, attention_mask=mask, token_type_ids=types).last_hidden_state,
+            atol=ATOL,
+            rtol=0,
         )
-    assert torch.equal(load_encoder(tmp_path / "enc").embeddings.word.weight, ours.embeddings.word.weight)
+    assert torch.equal(
+        load_encoder(tmp_path / "enc").embeddings.word.weight, ours.embeddings.word.weight
+    )
 
 
 def test_gradients_match_transformers(tmp_path):
@@ -112,11 +130,17 @@ def test_gradients_match_transformers(tmp_path):
     logits = ours(ids, sel, attention_mask=mask, token_type_ids=types)
     torch.nn.functional.cross_entropy(logits, labels[sel]).backward()
     torch.testing.assert_close(
-        ours.encoder.embeddings.word.weight.grad, ref.bert.embeddings.word_embeddings.weight.grad,
-        atol=1e-5, rtol=1e-4,
+        ours.encoder.embeddings.word.weight.grad,
+        ref.bert.embeddings.word_embeddings.weight.grad,
+        atol=1e-5,
+        rtol=1e-4,
     )
     torch.testing.assert_close(
         ours.encoder.layers[0].attn.q.weight.grad,
-        ref.bert.encoder.layer[0].attention.self.query.weight.grad, atol=1e-5, rtol=1e-4,
+        ref.bert.encoder.layer[0].attention.self.query.weight.grad,
+        atol=1e-5,
+        rtol=1e-4,
     )
-    torch.testing.assert_close(ours.head.bias.grad, ref.cls.predictions.bias.grad, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(
+        ours.head.bias.grad, ref.cls.predictions.bias.grad, atol=1e-6, rtol=1e-4
+    )

@@ -17,7 +17,17 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokenizers import Encoding, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import (
+    Encoding,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+)
+
+from xlt_engine.fileio import atomic_write_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
@@ -54,15 +64,21 @@ class WordPieceTokenizer:
         """Tokens by id."""
         return list(self._vocab)
 
-    def encode(self, text: str, pair: str | None = None, add_special_tokens: bool = True) -> list[int]:
+    def encode(
+        self, text: str, pair: str | None = None, add_special_tokens: bool = True
+    ) -> list[int]:
         return self.backend.encode(text, pair, add_special_tokens=add_special_tokens).ids
 
     def encode_batch(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
-        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)]
+        return [
+            e.ids for e in self.backend.encode_batch(texts, add_special_tokens=add_special_tokens)
+        ]
 
     def encode_words(self, words: list[str], add_special_tokens: bool = True) -> Encoding:
         """Encode pre-split words (NER); ``Encoding.word_ids`` maps each piece to its word."""
-        return self.backend.encode(words, is_pretokenized=True, add_special_tokens=add_special_tokens)
+        return self.backend.encode(
+            words, is_pretokenized=True, add_special_tokens=add_special_tokens
+        )
 
     def tokenize(self, text: str) -> list[str]:
         return self.backend.encode(text, add_special_tokens=False).tokens
@@ -74,8 +90,9 @@ class WordPieceTokenizer:
         """Write tokenizer.json, vocab.txt, tokenizer_config.json and special_tokens_map.json:
         what both this loader and transformers' ``BertTokenizerFast`` read."""
         folder = Path(folder)
-        self.backend.save(str(folder / "tokenizer.json"))
-        (folder / "vocab.txt").write_text("".join(t + "\n" for t in self._vocab), encoding="utf-8")
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / "tokenizer.json", self.backend.to_str(pretty=True))
+        atomic_write_text(folder / "vocab.txt", "".join(t + "\n" for t in self._vocab))
         cfg = {
             "tokenizer_class": "BertTokenizer",
             "do_lower_case": self.settings.do_lower_case,
@@ -87,9 +104,9 @@ class WordPieceTokenizer:
             "cls_token": "[CLS]",
             "mask_token": "[MASK]",
         }
-        (folder / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        atomic_write_text(folder / "tokenizer_config.json", json.dumps(cfg, indent=2) + "\n")
         special = {t.strip("[]").lower() + "_token": t for t in SPECIAL_TOKENS}
-        (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+        atomic_write_text(folder / "special_tokens_map.json", json.dumps(special, indent=2) + "\n")
 
     def __repr__(self) -> str:
         s = self.settings
@@ -188,7 +205,9 @@ def _config_settings(
         do_lower_case = raw["do_lower_case"]
     else:
         do_lower_case = not _is_cased(vocab)
-        source = f"{source}: no do_lower_case given, vocabulary is {'un' if do_lower_case else ''}cased"
+        source = (
+            f"{source}: no do_lower_case given, vocabulary is {'un' if do_lower_case else ''}cased"
+        )
     return TokenizerSettings(
         do_lower_case=do_lower_case,
         strip_accents=raw.get("strip_accents"),
@@ -203,7 +222,9 @@ def _from_tokenizer_json(path: Path, do_lower_case: bool | None) -> WordPieceTok
     if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
         raise ValueError(f"{path}: key 'model' is not a WordPiece model with a vocab")
     if norm.get("type") != "BertNormalizer":
-        raise ValueError(f"{path}: key 'normalizer' is {norm.get('type')!r}, expected BertNormalizer")
+        raise ValueError(
+            f"{path}: key 'normalizer' is {norm.get('type')!r}, expected BertNormalizer"
+        )
     by_id = sorted(model["vocab"].items(), key=lambda kv: kv[1])
     if [i for _, i in by_id] != list(range(len(by_id))):
         raise ValueError(f"{path}: key 'model.vocab' ids are not 0..{len(by_id) - 1}")
@@ -232,7 +253,9 @@ def _from_tokenizer_json(path: Path, do_lower_case: bool | None) -> WordPieceTok
     if do_lower_case is not None and do_lower_case != settings.do_lower_case:
         # an explicit override wins: rebuild the pipeline with it
         settings = TokenizerSettings(
-            do_lower_case, settings.strip_accents, settings.tokenize_chinese_chars,
+            do_lower_case,
+            settings.strip_accents,
+            settings.tokenize_chinese_chars,
             "argument do_lower_case",
         )
         return WordPieceTokenizer(build_wordpiece(vocab, settings), settings, vocab)
@@ -264,7 +287,9 @@ def load_tokenizer(path: str | Path, do_lower_case: bool | None = None) -> WordP
         raise ValueError(f"{path}: no such tokenizer file or folder")
     vocab = read_vocab(vocab_path)
     config_path = vocab_path.parent / "tokenizer_config.json"
-    settings = _config_settings(config_path if config_path.is_file() else None, vocab, do_lower_case)
+    settings = _config_settings(
+        config_path if config_path.is_file() else None, vocab, do_lower_case
+    )
     return WordPieceTokenizer(build_wordpiece(vocab, settings), settings, vocab)
 
 
@@ -272,7 +297,9 @@ def default_vocab() -> list[str]:
     """A small embedded, cased, character-level WordPiece vocabulary: the special tokens, then
     every printable ASCII and Latin-1 character as a word start and as a ``##`` continuation.
     For models built from scratch (``xlt-engine init``, the quickstart) with no file at hand."""
-    chars = [chr(c) for c in range(33, 127)] + [chr(c) for c in range(0xC0, 0x100) if c not in (0xD7, 0xF7)]
+    chars = [chr(c) for c in range(33, 127)] + [
+        chr(c) for c in range(0xC0, 0x100) if c not in (0xD7, 0xF7)
+    ]
     return list(SPECIAL_TOKENS) + chars + ["##" + c for c in chars]
 
 

@@ -11,8 +11,6 @@ attention, no KV cache (this is an encoder for fine-tuning and MLM, not generati
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -135,7 +133,7 @@ class BertEncoder(nn.Module):
         """
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
-        B, T = input_ids.shape
+        T = input_ids.shape[1]
         if T > self.config.max_position_embeddings:
             raise ValueError(
                 f"sequence length {T} exceeds max_position_embeddings "
@@ -189,7 +187,9 @@ def select_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Ten
     B, T, H = hidden.shape
     if positions.dtype == torch.bool:
         if positions.shape != (B, T):
-            raise ValueError(f"positions mask has shape {tuple(positions.shape)}, expected {(B, T)}")
+            raise ValueError(
+                f"positions mask has shape {tuple(positions.shape)}, expected {(B, T)}"
+            )
         return hidden[positions]  # (N, H)
     if positions.dim() != 1 or positions.dtype not in (torch.int32, torch.int64):
         raise ValueError("positions must be a bool mask [B, T] or integer flat indices [N]")

@@ -28,7 +28,6 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from xlt_engine.fileio import fsync_dir
 from xlt_engine.model.bert import BertEncoder, BertForMLM
 from xlt_engine.model.config import BertConfig
 
@@ -148,7 +148,8 @@ class _SafetensorsSource(_Source):
         self._data_start = 8 + n
         # key -> (dtype name, shape, begin, end); offsets relative to the data section
         self._meta = {
-            k: (header[k]["dtype"], tuple(header[k]["shape"]), *header[k]["data_offsets"]) for k in keys
+            k: (header[k]["dtype"], tuple(header[k]["shape"]), *header[k]["data_offsets"])
+            for k in keys
         }
 
     def keys(self) -> list[str]:
@@ -163,7 +164,9 @@ class _SafetensorsSource(_Source):
     def _read(self, key: str, shape: tuple[int, ...], offset: int, nbytes: int) -> torch.Tensor:
         dtype = _FLOAT_DTYPES.get(self._meta[key][0])
         if dtype is None:
-            raise ValueError(f"{self.path}: {key}: dtype {self._meta[key][0]} is not floating-point")
+            raise ValueError(
+                f"{self.path}: {key}: dtype {self._meta[key][0]} is not floating-point"
+            )
         out = torch.empty(shape, dtype=dtype)
         if nbytes:
             buf = memoryview(out.view(-1).view(torch.uint8).numpy())
@@ -182,7 +185,9 @@ class _SafetensorsSource(_Source):
         _, shape, begin, end = self._meta[key]
         stop = min(stop, shape[0])
         row_bytes = (end - begin) // shape[0] if shape[0] else 0
-        return self._read(key, (stop - start, *shape[1:]), begin + start * row_bytes, (stop - start) * row_bytes)
+        return self._read(
+            key, (stop - start, *shape[1:]), begin + start * row_bytes, (stop - start) * row_bytes
+        )
 
 
 _TORCH_DTYPE_NAMES = {v: k for k, v in _FLOAT_DTYPES.items()}
@@ -396,7 +401,9 @@ def plan_checkpoint(
 
     for entry, ours in plan.aliases:
         if ours in expected and entry.shape != expected[ours]:
-            problems.append(f"{entry.key}: shape {list(entry.shape)}, {list(expected[ours])} expected")
+            problems.append(
+                f"{entry.key}: shape {list(entry.shape)}, {list(expected[ours])} expected"
+            )
     missing = sorted(set(expected) - set(plan.tensors), key=_natural)
     if missing:
         problems.append("missing keys: " + ", ".join(_hf_name(m) for m in missing))
@@ -527,14 +534,6 @@ def hf_state_dict(model: BertForMLM | BertEncoder) -> dict[str, torch.Tensor]:
     return {ours_to_hf(k): v.detach().to("cpu").contiguous() for k, v in named.items()}
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -576,7 +575,7 @@ def save_pretrained(
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         old = None
         if out_dir.exists():
             if not out_dir.is_dir():
@@ -585,20 +584,10 @@ def save_pretrained(
             os.rmdir(old)
             os.rename(out_dir, old)
         os.rename(tmp, out_dir)
-        _fsync_dir(out_dir.parent)
+        fsync_dir(out_dir.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
-
-
-def iter_parameter_groups(model: BertForMLM | BertEncoder) -> Iterator[tuple[str, int]]:
-    """(part, parameter count) for embeddings, each layer and the MLM head."""
-    encoder = model.encoder if isinstance(model, BertForMLM) else model
-    yield "embeddings", sum(p.numel() for p in encoder.embeddings.parameters())
-    for i, layer in enumerate(encoder.layers):
-        yield f"layer {i}", sum(p.numel() for p in layer.parameters())
-    if isinstance(model, BertForMLM):
-        yield "mlm head", sum(p.numel() for p in model.head.parameters())

@@ -89,7 +89,9 @@ class BertConfig:
                 f"num_attention_heads {self.num_attention_heads}"
             )
         if isinstance(self.pad_token_id, bool) or not isinstance(self.pad_token_id, int):
-            raise ValueError(f"BertConfig.pad_token_id must be an integer, got {self.pad_token_id!r}")
+            raise ValueError(
+                f"BertConfig.pad_token_id must be an integer, got {self.pad_token_id!r}"
+            )
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(
                 f"BertConfig.pad_token_id {self.pad_token_id} is outside the vocabulary "
@@ -108,7 +110,9 @@ class BertConfig:
             raise ValueError(f"{source}: expected a JSON object, got {type(raw).__name__}")
         model_type = raw.get("model_type", "bert")
         if model_type != "bert":
-            raise ValueError(f"{source}: key 'model_type' is {model_type!r}; only 'bert' is supported")
+            raise ValueError(
+                f"{source}: key 'model_type' is {model_type!r}; only 'bert' is supported"
+            )
         for key, wanted in _FIXED_KEYS.items():
             if key in raw and raw[key] != wanted:
                 raise ValueError(

@@ -97,9 +97,7 @@ class VotersModule(nn.Module):
             raise ValueError(f"voter widths must be positive, got {widths}")
         self.num_labels = num_labels
         self.widths = [int(w) for w in widths]
-        self.voters = nn.ModuleList(
-            Voter(hidden_size, w, num_labels, dropout) for w in self.widths
-        )
+        self.voters = nn.ModuleList(Voter(hidden_size, w, num_labels, dropout) for w in self.widths)
         init_bert_weights(self, std)
 
     @property

@@ -410,3 +410,20 @@ def test_loading_keeps_no_second_full_copy(tmp_path, stored, wanted):
     assert growth < 1.15 * size + 4, (
         f"loading a {size:.0f} MiB model grew the peak by {growth:.0f} MiB"
     )
+
+
+def test_save_refuses_to_replace_a_foreign_folder(tmp_path):
+    model = BertForMLM(BertConfig(**CFG))
+    precious = tmp_path / "work"
+    (precious / "src").mkdir(parents=True)
+    (precious / "notes.md").write_text("keep me")
+    with pytest.raises(ValueError, match="refusing to replace"):
+        save_pretrained(model, precious)
+    assert (precious / "notes.md").read_text() == "keep me" and (precious / "src").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="not a folder"):
+        save_pretrained(model, tmp_path / "file")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    save_pretrained(model, empty)
+    assert (empty / "model.safetensors").is_file()

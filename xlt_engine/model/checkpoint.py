@@ -221,7 +221,8 @@ class _TorchBinSource(_Source):
         return _TORCH_DTYPE_NAMES.get(self._sd[key].dtype, str(self._sd[key].dtype))
 
     def tensor(self, key: str) -> torch.Tensor:
-        return self._sd[key]
+        # a private copy: a parameter must not stay backed by the file's memory map
+        return self._sd[key].clone()
 
     def rows(self, key: str, start: int, stop: int) -> torch.Tensor:
         return self._sd[key][start:stop]
@@ -538,6 +539,26 @@ def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+CHECKPOINT_SUFFIXES = (".json", ".safetensors", ".bin", ".txt")
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    """``save_pretrained`` replaces ``out_dir`` whole, so it must be an earlier checkpoint (or
+    empty): never a folder holding anything else."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ValueError(f"{out_dir}: exists and is not a folder")
+    foreign = [
+        p.name for p in out_dir.iterdir() if not (p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
+    ]
+    if foreign:
+        raise ValueError(
+            f"{out_dir}: exists and holds more than a checkpoint ({', '.join(sorted(foreign)[:5])}); "
+            "refusing to replace it: choose another folder"
+        )
+
+
 def save_pretrained(
     model: BertForMLM | BertEncoder,
     out_dir: str | Path,
@@ -547,7 +568,8 @@ def save_pretrained(
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` (Hugging Face key names) and, if given,
     the tokenizer files into ``out_dir``, atomically: everything goes to a temporary sibling
-    folder that replaces ``out_dir`` only once complete. ``dtype`` converts on the way out.
+    folder that replaces ``out_dir`` only once complete. An existing ``out_dir`` is replaced only
+    if it holds nothing but checkpoint files. ``dtype`` converts on the way out.
     """
     out_dir = Path(out_dir)
     config: BertConfig = model.config
@@ -565,6 +587,7 @@ def save_pretrained(
     cfg["dtype"] = str(dtypes.pop()).removeprefix("torch.") if len(dtypes) == 1 else "float32"
     cfg["tie_word_embeddings"] = True
 
+    _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
@@ -578,12 +601,15 @@ def save_pretrained(
         fsync_dir(tmp)
         old = None
         if out_dir.exists():
-            if not out_dir.is_dir():
-                raise ValueError(f"{out_dir}: exists and is not a folder")
             old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
             os.rmdir(old)
             os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
+        try:
+            os.rename(tmp, out_dir)
+        except BaseException:
+            if old is not None:
+                os.rename(old, out_dir)  # put the previous checkpoint back
+            raise
         fsync_dir(out_dir.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

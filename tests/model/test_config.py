@@ -92,3 +92,13 @@ def test_to_dict_round_trips():
         layer_norm_eps=1e-5,
     )
     assert BertConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_null_values_take_defaults(tmp_path):
+    cfg = BertConfig.from_json(
+        write(
+            tmp_path,
+            {"pad_token_id": None, "vocab_size": 10, "hidden_size": 8, "num_attention_heads": 2},
+        )
+    )
+    assert cfg.pad_token_id == 0

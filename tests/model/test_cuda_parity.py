@@ -70,3 +70,14 @@ def test_bf16_error_at_most_twice_transformers(tmp_path, cfg, mode):
     hf_err = (hf_out.double() - gold).abs().max().item()
     our_err = (our_out.double() - gold).abs().max().item()
     assert our_err <= 2 * hf_err + 1e-3, (our_err, hf_err)
+
+
+def test_fully_padded_row_stays_finite(tmp_path):
+    """A sequence with no real token (an empty window) must not turn the batch into NaN."""
+    _, ours = models(tmp_path, TINY_CONFIGS[0])
+    ids, mask, types = (t.cuda() for t in batch(TINY_CONFIGS[0]))
+    mask[1] = 0
+    for dtype in (torch.float32, torch.bfloat16):
+        with torch.no_grad():
+            out = ours.to(dtype).encoder(ids, mask, types)
+        assert torch.isfinite(out).all(), dtype

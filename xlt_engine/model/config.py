@@ -118,7 +118,8 @@ class BertConfig:
                 raise ValueError(
                     f"{source}: key {key!r} is {raw[key]!r}; only {wanted!r} is supported"
                 )
-        kwargs = {name: raw[name] for name in cls.field_names() if name in raw}
+        # null values (seen for pad_token_id in some exports) fall back to the defaults
+        kwargs = {name: raw[name] for name in cls.field_names() if raw.get(name) is not None}
         try:
             return cls(**kwargs)
         except ValueError as err:

@@ -132,8 +132,9 @@ class _Source:
 
 class _SafetensorsSource(_Source):
     """A safetensors file. The ``safetensors`` library validates it (truncation, overlapping
-    offsets); tensors are then read with plain file reads into freshly allocated tensors, not
-    through a memory map, so the file's pages never count as a second copy of the model."""
+    offsets); tensors are then read with plain file reads into freshly allocated tensors. The
+    model thus owns private memory, never pages of a file mapping that a later in-place rewrite
+    of the checkpoint could change under it, and the one-tensor staging cost is explicit."""
 
     def __init__(self, path: Path):
         self.path = path

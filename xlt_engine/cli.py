@@ -86,7 +86,6 @@ def _part(name: str) -> str:
 def inspect(path: Path, encoder: bool) -> None:
     """Report a checkpoint: config, parameters by part, dtypes, tokenizer, renamed and
     ignored keys. Reads file headers only; no weights are loaded."""
-    from xlt_engine.data.tokenizer import load_tokenizer
     from xlt_engine.model import plan_checkpoint
 
     try:
@@ -131,10 +130,10 @@ def inspect(path: Path, encoder: bool) -> None:
     click.echo(f"ignored keys {len(plan.ignored)}")
     for key, why in plan.ignored:
         click.echo(f"  {key}: {why}")
-    if plan.tokenizer_dir is None:
+    if plan.tokenizer is None:
         click.echo("tokenizer    none beside the weights")
     else:
-        tok = load_tokenizer(plan.tokenizer_dir)
+        tok = plan.tokenizer  # loaded once, while the plan checked it against vocab_size
         s = tok.settings
         click.echo(
             f"tokenizer    {tok.vocab_size:,} tokens, do_lower_case={s.do_lower_case}, "

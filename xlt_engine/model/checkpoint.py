@@ -288,6 +288,7 @@ class CheckpointPlan:
     renamed: list[tuple[str, str]] = field(default_factory=list)  # (stored key, HF key)
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (stored key, reason)
     tokenizer_dir: Path | None = None
+    tokenizer: object | None = None  # the WordPieceTokenizer beside the weights, if any
 
     @property
     def stored_dtypes(self) -> dict[str, int]:
@@ -418,10 +419,11 @@ def plan_checkpoint(
         from xlt_engine.data.tokenizer import load_tokenizer
 
         try:
-            n = load_tokenizer(folder).vocab_size
+            plan.tokenizer = load_tokenizer(folder)
         except ValueError as err:
             problems.append(f"tokenizer: {err}")
         else:
+            n = plan.tokenizer.vocab_size
             if n > config.vocab_size:
                 problems.append(
                     f"tokenizer in {folder} has {n} tokens but config vocab_size is "

@@ -27,7 +27,9 @@ def use_triton(kernel, *tensors: torch.Tensor) -> bool:
     """Decide between the Triton kernel and the torch reference for these input tensors."""
     choice = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
     if choice not in _CHOICES:
-        raise ValueError(f"{ENV_VAR}={os.environ[ENV_VAR]!r}: expected one of {', '.join(_CHOICES)}")
+        raise ValueError(
+            f"{ENV_VAR}={os.environ[ENV_VAR]!r}: expected one of {', '.join(_CHOICES)}"
+        )
     on_cuda = tensors[0].is_cuda
     if choice == "torch" or (choice == "auto" and not on_cuda):
         return False
@@ -58,7 +60,9 @@ def check_float(op: str, name: str, t: torch.Tensor) -> None:
     if not isinstance(t, torch.Tensor):
         raise ValueError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in _FLOATS:
-        raise ValueError(f"{op}: {name} must be float32, float16, bfloat16 or float64, got {t.dtype}")
+        raise ValueError(
+            f"{op}: {name} must be float32, float16, bfloat16 or float64, got {t.dtype}"
+        )
 
 
 def check_int(op: str, name: str, t: torch.Tensor) -> None:

@@ -232,7 +232,9 @@ def fused_mlm_loss_dh_kernel(
             other=0.0,
         )  # [BLOCK_V, BLOCK_H]
         acc = _mma(g.to(w.dtype), w, acc, IEEE)
-    tl.store(dh_ptr + rows[:, None] * H + offs_h[None, :], acc, mask=row_ok[:, None] & h_ok[None, :])
+    tl.store(
+        dh_ptr + rows[:, None] * H + offs_h[None, :], acc, mask=row_ok[:, None] & h_ok[None, :]
+    )
 
 
 @triton.jit
@@ -264,7 +266,7 @@ def fused_mlm_loss_dw_kernel(
     pid_h = tl.program_id(1)
     n_valid = tl.load(n_valid_ptr)
     n_rows = tl.minimum(n_valid - chunk_start, chunk_rows)  # valid rows in this chunk
-    if ACCUMULATE:
+    if ACCUMULATE:  # noqa: SIM102 (a constexpr test around a run-time one)
         if n_rows <= 0:
             return  # nothing to add to what earlier chunks wrote
     inv_count = tl.load(inv_count_ptr)
@@ -303,7 +305,7 @@ def fused_mlm_loss_dw_kernel(
         if ACCUMULATE:
             acc += tl.load(dw_ptr + idx, mask=ok, other=0.0)
         tl.store(dw_ptr + idx, acc.to(dw_ptr.dtype.element_ty), mask=ok)
-    if DB:
+    if DB:  # noqa: SIM102 (a constexpr test around a run-time one)
         if pid_h == 0:
             if ACCUMULATE:
                 gb += tl.load(db_ptr + offs_v, mask=v_ok, other=0.0)
@@ -432,7 +434,7 @@ class FusedMLMLossFunction(torch.autograd.Function):
         dh, dw, db = ctx.grads
         ctx.grads = None
         out = []
-        for grad, dtype in zip((dh, dw, db), ctx.dtypes):
+        for grad, dtype in zip((dh, dw, db), ctx.dtypes, strict=True):
             out.append(None if grad is None else (grad * grad_loss).to(dtype))
         return out[0], out[1], out[2], None, None, None, None
 
@@ -498,9 +500,10 @@ def fused_mlm_loss(
         compute_dtype = torch.get_autocast_dtype(device_type)
     else:
         compute_dtype = hidden.dtype
-    if not (torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (hidden, weight, bias)
-    )):  # inference: the loss alone, no gradient kernels
+    if not (
+        torch.is_grad_enabled()
+        and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    ):  # inference: the loss alone, no gradient kernels
         h, w = hidden.to(compute_dtype), weight.to(compute_dtype)
         b = bias.to(compute_dtype) if bias is not None else None
         return fused_mlm_loss_fwd(h, w, b, labels, ignore_index, (False,) * 3, chunk_rows)[0]

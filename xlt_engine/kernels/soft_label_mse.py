@@ -1,0 +1,229 @@
+"""soft_label_mse: the soft step's loss, ``mean((softmax(z) - p)^2)`` over valid rows and classes.
+
+Maths: for student logits z (one row, C classes), s = softmax(z), teacher probabilities p and
+weight w = 1 / (M * K * C), with K valid rows and M voters,
+
+    loss = w * sum_{m, valid rows, c} (s_c - p_c)^2
+    g = 2 w (s - p)                      d loss / d s
+    dz = s * (g - <g, s>)                softmax Jacobian applied to g
+    dp = -sum_m g                        (only when the teacher probabilities require grad)
+
+z may carry a leading voter dimension M that p does not have (``z [M, ..., C]``,
+``p [..., C]``): each voter fits the same teacher and the loss is averaged over voters.
+
+One kernel, ``soft_label_mse_fwd_kernel``, does forward and backward: each program takes a block
+of rows (C is tiny, 2 for sentiment and 9 for BIO NER, so a program holds hundreds of rows),
+loads the teacher row once and loops over the voters. Memory: reads M*R*C logits, R*C teacher
+probabilities and R mask bytes, writes M*R*C gradients and one partial sum per program; the
+softmax is never written. Backward only scales the stored gradient.
+
+Rows outside the mask are never read, so padding may hold anything. A mask with no valid row gives
+loss 0 and zero gradients. The count K is read from device memory: no host sync.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from xlt_engine.kernels._dispatch import (
+    check_float,
+    check_same_device,
+    shape_str,
+    use_triton,
+)
+
+_OP = "soft_label_mse"
+
+
+@triton.jit
+def soft_label_mse_fwd_kernel(
+    z_ptr,  # [M, R, C] student logits, contiguous
+    p_ptr,  # [R, C] teacher probabilities, contiguous
+    mask_ptr,  # [R] bool (unused when HAS_MASK is false)
+    scale_ptr,  # [1] fp32: w = 1 / (M * max(K, 1) * C)
+    partial_ptr,  # [n_programs] fp32 output: sum of squared errors of this program's rows
+    dz_ptr,  # [M, R, C] output, z's dtype
+    dp_ptr,  # [R, C] fp32 output (only when NEED_DP)
+    M,
+    R,
+    C,
+    HAS_MASK: tl.constexpr,
+    NEED_DZ: tl.constexpr,
+    NEED_DP: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_c = tl.arange(0, BLOCK_C)
+    r_ok = offs_r < R
+    if HAS_MASK:
+        r_ok = r_ok & (tl.load(mask_ptr + offs_r, mask=r_ok, other=0) != 0)
+    c_ok = offs_c < C
+    ok = r_ok[:, None] & c_ok[None, :]
+    idx = offs_r.to(tl.int64)[:, None] * C + offs_c[None, :]  # [BLOCK_R, BLOCK_C]
+    p = tl.load(p_ptr + idx, mask=ok, other=0.0).to(tl.float32)
+    scale = tl.load(scale_ptr)
+    sq = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+    dp = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+    for m in range(M):
+        base = m * R * C
+        z = tl.load(z_ptr + base + idx, mask=ok, other=float("-inf")).to(tl.float32)
+        z_max = tl.max(z, axis=1)
+        z_max = tl.where(r_ok, z_max, 0.0)  # rows never loaded: avoid -inf - -inf
+        e = tl.exp(z - z_max[:, None])
+        denom = tl.sum(e, axis=1)
+        s = e / tl.where(r_ok, denom, 1.0)[:, None]
+        d = tl.where(ok, s - p, 0.0)
+        sq += d * d
+        if NEED_DZ or NEED_DP:
+            g = 2.0 * scale * d
+            if NEED_DZ:
+                dz = s * (g - tl.sum(g * s, axis=1)[:, None])
+                # rows outside the mask get an exact zero gradient
+                tl.store(
+                    dz_ptr + base + idx,
+                    dz.to(dz_ptr.dtype.element_ty),
+                    mask=(offs_r < R)[:, None] & c_ok[None, :],
+                )
+            if NEED_DP:
+                dp -= g
+    tl.store(partial_ptr + pid, tl.sum(tl.sum(sq, axis=1), axis=0))
+    if NEED_DP:
+        tl.store(dp_ptr + idx, dp, mask=(offs_r < R)[:, None] & c_ok[None, :])
+
+
+def soft_label_mse_fwd(
+    z: torch.Tensor, p: torch.Tensor, mask: torch.Tensor | None, need_dz: bool, need_dp: bool
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """z [M, R, C], p [R, C], mask [R] or None, all contiguous. Returns the loss (0-d fp32),
+    dz [M, R, C] in z's dtype and dp [R, C] fp32 (None when not needed)."""
+    M, R, C = z.shape
+    count = mask.sum(dtype=torch.int64) if mask is not None else torch.tensor(R, device=z.device)
+    scale = (1.0 / (count.clamp(min=1).to(torch.float32) * (M * C))).reshape(1)
+    block_c = triton.next_power_of_2(C)
+    block_r = max(16, min(1024, 8192 // block_c))
+    n_prog = triton.cdiv(R, block_r)
+    partial = torch.empty(max(n_prog, 1), device=z.device, dtype=torch.float32)
+    dz = torch.empty_like(z) if need_dz else None
+    dp = torch.empty(R, C, device=z.device, dtype=torch.float32) if need_dp else None
+    if n_prog == 0:
+        partial.zero_()
+    else:
+        soft_label_mse_fwd_kernel[(n_prog,)](
+            z, p, mask if mask is not None else p, scale, partial,
+            dz if need_dz else z, dp if need_dp else p,
+            M, R, C,
+            HAS_MASK=mask is not None, NEED_DZ=need_dz, NEED_DP=need_dp,
+            BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4,
+        )  # fmt: skip
+    return partial.sum() * scale[0], dz, dp
+
+
+class SoftLabelMSEFunction(torch.autograd.Function):
+    """Forward computes the loss and its gradients; backward scales them."""
+
+    @staticmethod
+    def forward(ctx, z, p, mask):
+        loss, dz, dp = soft_label_mse_fwd(
+            z, p, mask, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        )
+        ctx.grads = (dz, dp)
+        ctx.p_dtype = p.dtype
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        dz, dp = ctx.grads
+        ctx.grads = None
+        if dz is not None:
+            dz = dz * grad_loss  # a 0-d fp32 factor keeps dz's dtype
+        if dp is not None:
+            dp = (dp * grad_loss).to(ctx.p_dtype)
+        return dz, dp, None
+
+
+def _normalise(z, p, mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Check shapes and view the inputs as z [M, R, C], p [R, C], mask [R]."""
+    check_float(_OP, "student_logits", z)
+    check_float(_OP, "teacher_probs", p)
+    check_same_device(_OP, student_logits=z, teacher_probs=p, mask=mask)
+    if p.dim() < 1 or p.shape[-1] < 1:
+        raise ValueError(f"{_OP}: teacher_probs must be [..., C] with C >= 1, got {shape_str(p)}")
+    if z.shape == p.shape:
+        M = 1
+    elif z.dim() == p.dim() + 1 and z.shape[1:] == p.shape:
+        M = z.shape[0]
+    else:
+        raise ValueError(
+            f"{_OP}: student_logits {shape_str(z)} must equal teacher_probs {shape_str(p)} or "
+            f"add one leading voter dimension [M, ...]"
+        )
+    if M < 1:
+        raise ValueError(f"{_OP}: the voter dimension of student_logits is empty")
+    if mask is not None:
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            kind = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"{_OP}: mask must be a bool tensor, got {kind}")
+        if mask.shape != p.shape[:-1]:
+            raise ValueError(
+                f"{_OP}: mask {shape_str(mask)} must have teacher_probs' shape without the class "
+                f"dimension, [{', '.join(str(d) for d in p.shape[:-1])}]"
+            )
+    C = p.shape[-1]
+    R = p.numel() // C
+    z3 = z.reshape(M, R, C).contiguous()
+    p2 = p.reshape(R, C).contiguous()
+    m1 = mask.reshape(R).contiguous() if mask is not None else None
+    return z3, p2, m1
+
+
+def soft_label_mse(
+    student_logits: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean of ``(softmax(student_logits) - teacher_probs)^2`` over valid rows and classes.
+
+    student_logits [..., C] or [M, ..., C] (M voters, averaged over); teacher_probs [..., C];
+    mask [...] bool (True = row counts) or None. Float tensors on one device; the maths runs in
+    fp32 (fp64 inputs go to the reference). Returns a 0-d fp32 tensor (fp64 for fp64 inputs),
+    differentiable w.r.t. both tensors; 0 when no row is valid.
+    """
+    z3, p2, m1 = _normalise(student_logits, teacher_probs, mask)
+    if (
+        student_logits.dtype == torch.float64
+        or teacher_probs.dtype == torch.float64
+        or not use_triton(soft_label_mse_fwd_kernel, student_logits)
+    ):
+        return soft_label_mse_ref(student_logits, teacher_probs, mask)
+    if torch.is_grad_enabled() and (student_logits.requires_grad or teacher_probs.requires_grad):
+        loss = SoftLabelMSEFunction.apply(z3, p2, m1)
+    else:
+        loss = soft_label_mse_fwd(z3, p2, m1, False, False)[0]
+    return loss
+
+
+def soft_label_mse_ref(
+    student_logits: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    upcast: bool = True,
+) -> torch.Tensor:
+    """The torch composition (upcast=True: fp32, fp64 kept; upcast=False: the inputs' dtype).
+    Memory: reads M*R*C + R*C, writes the M*R*C softmax and the squared errors."""
+    z, p = student_logits, teacher_probs
+    if upcast:
+        dtype = torch.float64 if torch.float64 in (z.dtype, p.dtype) else torch.float32
+        z, p = z.to(dtype), p.to(dtype)
+    sq = (z.softmax(-1) - p.to(z.dtype)) ** 2  # [M, ..., C]; p broadcasts over voters
+    M = z.shape[0] if z.dim() == p.dim() + 1 else 1
+    C = p.shape[-1]
+    if mask is None:
+        return sq.mean()
+    sq = torch.where(mask[..., None], sq, 0.0)  # where, not *: padding rows may hold inf/NaN
+    count = mask.sum().clamp(min=1) * (M * C)
+    return sq.sum() / count

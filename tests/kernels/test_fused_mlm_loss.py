@@ -1,0 +1,191 @@
+"""fused_mlm_loss against float64, with torch in the same precision as the yardstick."""
+
+import pytest
+import torch
+
+from tests.kernels.conftest import DEVICE, DTYPES, assert_rule, max_err
+from xlt_engine.kernels import fused_mlm_loss, fused_mlm_loss_ref
+
+N, H, V = 37, 48, 5003  # deliberately odd
+ATOL = {torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
+
+
+def make_inputs(dtype, ignored_frac=0.0, n=N, h=H, v=V, scale=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, h, generator=g) * scale
+    weight = torch.randn(v, h, generator=g) / h**0.5
+    bias = torch.randn(v, generator=g) * 0.1
+    labels = torch.randint(0, v, (n,), generator=g)
+    labels[torch.rand(n, generator=g) < ignored_frac] = -100
+    if ignored_frac == 1.0:
+        labels[:] = -100
+    leaves = [t.to(DEVICE, dtype).requires_grad_() for t in (hidden, weight, bias)]
+    return (*leaves, labels.to(DEVICE))
+
+
+def loss_and_grads(fn, hidden, weight, bias, labels, **kw):
+    for t in (hidden, weight, bias):
+        t.grad = None
+    loss = fn(hidden, weight, bias, labels, **kw)
+    loss.backward()
+    grads = [t.grad.clone() for t in (hidden, weight, bias)]
+    for t in (hidden, weight, bias):
+        t.grad = None
+    return loss.detach(), grads
+
+
+def reference(hidden, weight, bias, labels):
+    leaves = [t.detach().double().requires_grad_() for t in (hidden, weight, bias)]
+    return loss_and_grads(fused_mlm_loss_ref, *leaves, labels)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("ignored", [0.0, 0.5, 1.0])
+def test_forward_and_every_gradient(provider, dtype, ignored):
+    inputs = make_inputs(dtype, ignored)
+    out, grads = loss_and_grads(fused_mlm_loss, *inputs)
+    ref, ref_grads = reference(*inputs)
+    same, same_grads = loss_and_grads(fused_mlm_loss_ref, *inputs, upcast=False)
+    assert out.dtype == torch.float32
+    assert_rule("loss", out, ref, same, ATOL[dtype])
+    for name, g, r, s, t in zip(
+        ("d hidden", "d weight", "d bias"), grads, ref_grads, same_grads, inputs[:3], strict=True
+    ):
+        assert g.dtype == t.dtype and g.shape == t.shape
+        assert_rule(name, g, r, s, ATOL[dtype])
+    if ignored == 1.0:  # all ignored: 0, not NaN, and exactly zero gradients
+        assert out.item() == 0.0
+        assert all(g.abs().max().item() == 0.0 for g in grads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("chunk_rows", [1, 8, 16])
+def test_chunking_gives_the_same_result(use_triton, dtype, chunk_rows):
+    """Several chunks accumulate dW/db in fp32 across chunks, including chunks whose rows are
+    all ignored (the valid rows are sorted first)."""
+    inputs = make_inputs(dtype, ignored_frac=0.5, n=33, v=257)
+    one, one_grads = loss_and_grads(fused_mlm_loss, *inputs)
+    many, many_grads = loss_and_grads(fused_mlm_loss, *inputs, chunk_rows=chunk_rows)
+    ref, ref_grads = reference(*inputs)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert max_err(many, ref) <= tol
+    for a, b, r in zip(one_grads, many_grads, ref_grads, strict=True):
+        assert max_err(b, r) <= max(2 * max_err(a, r), tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_logits_of_magnitude_1e4(provider, dtype):
+    # hidden scaled so that |logits| reaches ~1e4: the softmax is one-hot, nothing overflows
+    inputs = make_inputs(dtype, 0.25, scale=1.5e3, v=1009)
+    out, grads = loss_and_grads(fused_mlm_loss, *inputs)
+    ref, ref_grads = reference(*inputs)
+    same, same_grads = loss_and_grads(fused_mlm_loss_ref, *inputs, upcast=False)
+    logits = inputs[0].detach().double() @ inputs[1].detach().double().T
+    assert logits.abs().max() > 5e3
+    assert torch.isfinite(out) and all(torch.isfinite(g).all() for g in grads)
+    # One rounding of a logit of size |z| moves a near-tied softmax by ~eps |z|; that is the
+    # conditioning of the problem, whoever computes it, so it sets the absolute tolerance.
+    eps_z = torch.finfo(dtype).eps * logits.abs().max().item()
+    assert_rule("loss", out, ref, same, eps_z)
+    w_max = inputs[1].detach().abs().max().item()
+    for name, g, r, s in zip(("dh", "dw", "db"), grads, ref_grads, same_grads, strict=True):
+        scale = w_max if name == "dh" else inputs[0].detach().abs().max().item()
+        assert_rule(name, g, r, s, eps_z * (scale if name != "db" else 1.0) / 10)
+
+
+def test_ignored_rows_are_never_read(use_triton):
+    """The kernels stop at the valid rows: NaN in ignored rows of hidden changes nothing."""
+    hidden, weight, bias, labels = make_inputs(torch.float32, 0.5, v=503)
+    out, grads = loss_and_grads(fused_mlm_loss, hidden, weight, bias, labels)
+    poisoned = hidden.detach().clone()
+    poisoned[labels == -100] = float("nan")
+    poisoned.requires_grad_()
+    out2, grads2 = loss_and_grads(fused_mlm_loss, poisoned, weight, bias, labels)
+    assert torch.equal(out, out2)
+    assert torch.equal(grads[1], grads2[1]) and torch.equal(grads[2], grads2[2])
+    assert torch.equal(grads2[0][labels == -100], torch.zeros_like(grads2[0][labels == -100]))
+
+
+def test_no_bias_and_frozen_weight(provider):
+    hidden, weight, _, labels = make_inputs(torch.float32, 0.3, v=503)
+    weight.requires_grad_(False)  # btf freezes the tied word embeddings
+    out = fused_mlm_loss(hidden, weight, None, labels)
+    out.backward()
+    ref_h = hidden.detach().double().requires_grad_()
+    ref = fused_mlm_loss_ref(ref_h, weight.double(), None, labels)
+    ref.backward()
+    assert max_err(out, ref) < 1e-5 and max_err(hidden.grad, ref_h.grad) < 1e-6
+    assert weight.grad is None
+
+
+def test_autocast_keeps_master_weights_fp32(provider):
+    if DEVICE == "cpu" and provider == "torch":
+        pytest.skip("the CPU reference computes in fp32 under autocast too (covered elsewhere)")
+    hidden, weight, bias, labels = make_inputs(torch.float32, 0.3, v=503)
+    h16 = hidden.detach().to(torch.bfloat16).requires_grad_()
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        out = fused_mlm_loss(h16, weight, bias, labels)
+    out.backward()
+    assert out.dtype == torch.float32
+    assert h16.grad.dtype == torch.bfloat16
+    assert weight.grad.dtype == torch.float32 and bias.grad.dtype == torch.float32
+    ref, ref_grads = reference(h16, weight, bias, labels)
+    assert max_err(out, ref) < 2e-2
+    assert max_err(weight.grad, ref_grads[1]) < 2e-3
+
+
+def test_inference_needs_no_grad(provider):
+    inputs = make_inputs(torch.float32, 0.3, v=503)
+    with torch.no_grad():
+        out = fused_mlm_loss(*inputs)
+    assert not out.requires_grad
+    assert max_err(out, reference(*inputs)[0]) < 1e-5
+
+
+def test_matches_torch_composition_over_50_training_steps(provider):
+    """A tiny linear MLM head (projection + tied-style weight + bias) trained with Adam for 50
+    steps with the fused loss and with the torch composition: the losses agree step by step."""
+    n, h, v = 64, 32, 311
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(n, h, generator=g).to(DEVICE)
+    labels = torch.randint(0, v, (n,), generator=g)
+    labels[torch.rand(n, generator=g) < 0.3] = -100
+    labels = labels.to(DEVICE)
+    init = [torch.randn(h, h, generator=g) / h**0.5, torch.randn(v, h, generator=g) / h**0.5]
+
+    def run(loss_fn):
+        proj, weight = (t.clone().to(DEVICE).requires_grad_() for t in init)
+        bias = torch.zeros(v, device=DEVICE, requires_grad=True)
+        opt = torch.optim.Adam([proj, weight, bias], lr=1e-2)
+        losses = []
+        for _ in range(50):
+            loss = loss_fn(torch.tanh(x @ proj), weight, bias, labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return losses
+
+    fused, composed = run(fused_mlm_loss), run(fused_mlm_loss_ref)
+    assert composed[-1] < 0.5 * composed[0]  # it learns
+    for step, (a, b) in enumerate(zip(fused, composed, strict=True)):
+        assert abs(a - b) <= 1e-4 * abs(b) + 1e-5, f"step {step}: {a} vs {b}"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda h, w, b, y: (h[0], w, b, y), "hidden must be [N, H]"),
+        (lambda h, w, b, y: (h, w[:, :-1], b, y), "disagree on H"),
+        (lambda h, w, b, y: (h, w, b[:-1], y), "bias must be [V]"),
+        (lambda h, w, b, y: (h, w, b, y[:-1]), "labels must be [N]"),
+        (lambda h, w, b, y: (h, w, b, y.float()), "labels must hold integers"),
+        (lambda h, w, b, y: (h.long(), w, b, y), "hidden must be float32"),
+        (lambda h, w, b, y: (h, w, b, y.clone().fill_(V)), f"labels[0] = {V} is outside"),
+        (lambda h, w, b, y: (h, w, b, y.clone().fill_(-1)), "labels[0] = -1 is outside"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(change, message):
+    inputs = make_inputs(torch.float32)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        fused_mlm_loss(*change(*inputs))

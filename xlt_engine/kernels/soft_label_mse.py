@@ -219,11 +219,12 @@ def soft_label_mse_ref(
     if upcast:
         dtype = torch.float64 if torch.float64 in (z.dtype, p.dtype) else torch.float32
         z, p = z.to(dtype), p.to(dtype)
-    sq = (z.softmax(-1) - p.to(z.dtype)) ** 2  # [M, ..., C]; p broadcasts over voters
     M = z.shape[0] if z.dim() == p.dim() + 1 else 1
     C = p.shape[-1]
     if mask is None:
-        return sq.mean()
-    sq = torch.where(mask[..., None], sq, 0.0)  # where, not *: padding rows may hold inf/NaN
+        return ((z.softmax(-1) - p.to(z.dtype)) ** 2).mean()  # p broadcasts over voters
+    keep = mask[..., None]
+    z = torch.where(keep, z, 0.0)  # padding rows may hold inf/NaN: keep them out of the graph
+    sq = torch.where(keep, (z.softmax(-1) - p.to(z.dtype)) ** 2, 0.0)  # [M, ..., C]
     count = mask.sum().clamp(min=1) * (M * C)
     return sq.sum() / count

@@ -101,7 +101,7 @@ def soft_label_mse_fwd(
     """z [M, R, C], p [R, C], mask [R] or None, all contiguous. Returns the loss (0-d fp32),
     dz [M, R, C] in z's dtype and dp [R, C] fp32 (None when not needed)."""
     M, R, C = z.shape
-    count = mask.sum(dtype=torch.int64) if mask is not None else torch.tensor(R, device=z.device)
+    count = mask.sum(dtype=torch.int64) if mask is not None else torch.full((), R, device=z.device)
     scale = (1.0 / (count.clamp(min=1).to(torch.float32) * (M * C))).reshape(1)
     block_c = triton.next_power_of_2(C)
     block_r = max(16, min(1024, 8192 // block_c))

@@ -90,7 +90,7 @@ def threshold_curve_counts(
 
 def _finish(covered, hits, n_correct, n: int) -> ThresholdCurve:
     covered, hits = covered.to(torch.float64), hits.to(torch.float64)
-    nan = torch.tensor(float("nan"), dtype=torch.float64, device=covered.device)
+    nan = torch.full((), float("nan"), dtype=torch.float64, device=covered.device)
     accuracy = torch.where(covered > 0, hits / covered.clamp(min=1), nan)
     recall = torch.where(n_correct > 0, hits / n_correct.clamp(min=1).to(torch.float64), nan)
     return ThresholdCurve(accuracy, recall, covered / n)

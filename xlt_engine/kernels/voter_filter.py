@@ -107,7 +107,7 @@ def _alpha_tensor(alpha, device: torch.device) -> torch.Tensor:
         raise ValueError(f"{_OP}: alpha must be a float in [0, 1], got {alpha!r}")
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"{_OP}: alpha must lie in [0, 1], got {alpha}")
-    return torch.tensor([float(alpha)], device=device, dtype=torch.float32)
+    return torch.full((1,), float(alpha), device=device, dtype=torch.float32)  # no H2D copy
 
 
 def voter_filter(

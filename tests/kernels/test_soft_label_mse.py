@@ -14,7 +14,7 @@ def make_inputs(dtype, voters, C, mask_kind, rows=(37, 5), scale=3.0, seed=0):
     g = torch.Generator().manual_seed(seed)
     shape = ((voters,) if voters else ()) + rows + (C,)
     z = (torch.randn(shape, generator=g) * scale).to(DEVICE, dtype).requires_grad_()
-    p = torch.randn(rows + (C,), generator=g).softmax(-1).to(DEVICE).requires_grad_()
+    p = torch.randn((*rows, C), generator=g).softmax(-1).to(DEVICE).requires_grad_()
     mask = {
         None: None,
         "half": torch.rand(rows, generator=g) < 0.5,

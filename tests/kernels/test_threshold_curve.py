@@ -41,7 +41,7 @@ def curves(draw):
     correct = draw(hnp.arrays(np.bool_, N))
     thresholds = draw(
         st.lists(
-            st.one_of(st.sampled_from(grid + [-0.5, 1.5]), st.floats(-2, 2, width=32)),
+            st.one_of(st.sampled_from([*grid, -0.5, 1.5]), st.floats(-2, 2, width=32)),
             min_size=1,
             max_size=70,
         )
@@ -101,7 +101,7 @@ def test_reference_handles_ten_million_rows_in_one_pass():
     conf = torch.rand(10_000_000, generator=g)
     correct = torch.rand(10_000_000, generator=g) < conf
     thresholds = torch.cat([torch.arange(50, 100) / 100, torch.tensor([0.995, 0.999])])
-    acc, rec, cov = threshold_curve_ref(conf, correct, thresholds)
+    acc, _rec, cov = threshold_curve_ref(conf, correct, thresholds)
     assert abs(cov[0].item() - 0.5) < 1e-3 and abs(cov[-1].item() - 0.001) < 1e-4
     # for conf ~ U(0,1) and P(correct | conf) = conf: accuracy above t is (1 + t) / 2
     assert abs(acc[0].item() - 0.75) < 1e-3

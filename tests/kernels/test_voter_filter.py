@@ -91,7 +91,7 @@ def test_dtypes_and_tensor_alpha(provider, dtype):
     g = torch.Generator().manual_seed(0)
     z = (torch.randn(3, 1000, 9, generator=g) * 4).to(DEVICE, dtype)
     alpha = torch.tensor(0.6, device=DEVICE)
-    labels, conf, mean = voter_filter(z, alpha)
+    labels, _conf, mean = voter_filter(z, alpha)
     want = numpy_voter_filter(z.float().cpu().double().numpy(), 0.6)
     decided = np.abs(want[1] - 0.6) > 1e-6
     np.testing.assert_array_equal(labels.cpu().numpy()[decided], want[0][decided])
@@ -101,7 +101,7 @@ def test_dtypes_and_tensor_alpha(provider, dtype):
 
 def test_one_voter_is_a_plain_confidence_filter(provider):
     z = torch.tensor([[[2.0, 0.0], [0.0, 0.1], [-1.0, 3.0]]], device=DEVICE)
-    labels, conf, mean = voter_filter(z, 0.7)
+    labels, _conf, mean = voter_filter(z, 0.7)
     assert labels.tolist() == [0, -1, 1]
     assert torch.allclose(mean, z[0].softmax(-1))
 

@@ -146,3 +146,44 @@ def inspect(path: Path, encoder: bool) -> None:
         )
         sample = "Zürich liegt in der Schweiz."
         click.echo(f"  sample      {sample!r} -> {tok.tokenize(sample)}")
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks (results as a table, plus JSON/CSV under benchmarks/results/)."""
+
+
+@bench.command("kernels")
+@click.option(
+    "--op", "ops", multiple=True, type=click.Choice(["mlm", "mse", "voters", "threshold"]),
+    help="ops to time (repeatable; default: all)",
+)  # fmt: skip
+@click.option(
+    "--provider", "providers", multiple=True,
+    type=click.Choice(["triton", "torch", "compile", "hf", "liger"]),
+    help="providers (repeatable; default: all on a GPU, torch and compile on CPU)",
+)  # fmt: skip
+@click.option(
+    "--mode", "modes", multiple=True, type=click.Choice(["forward", "backward", "full"]),
+    help="modes (repeatable; default: all)",
+)  # fmt: skip
+@click.option("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when present)")
+@click.option("--reps", type=int, default=None, help="timed repetitions on CPU / backward mode")
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path),
+    default=Path("benchmarks/results"), show_default=True, help="folder for the JSON and CSV",
+)  # fmt: skip
+@click.option("--no-save", is_flag=True, help="print the table only")
+def bench_kernels(ops, providers, modes, device, reps, out, no_save) -> None:
+    """Time the fused kernels against torch, torch.compile, Hugging Face and Liger."""
+    from xlt_engine import bench as bench_mod
+
+    bench_mod.run(
+        ops=ops or bench_mod.OPS,
+        providers=providers or None,
+        modes=modes or bench_mod.MODES,
+        device=device,
+        reps=reps,
+        out_dir=None if no_save else out,
+        echo=click.echo,
+    )

@@ -432,7 +432,6 @@ class FusedMLMLossFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
         dh, dw, db = ctx.grads
-        ctx.grads = None
         out = []
         for grad, dtype in zip((dh, dw, db), ctx.dtypes, strict=True):
             out.append(None if grad is None else (grad * grad_loss).to(dtype))

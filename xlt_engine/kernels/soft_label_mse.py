@@ -138,7 +138,6 @@ class SoftLabelMSEFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
         dz, dp = ctx.grads
-        ctx.grads = None
         if dz is not None:
             dz = dz * grad_loss  # a 0-d fp32 factor keeps dz's dtype
         if dp is not None:

@@ -1,0 +1,504 @@
+"""Kernel benchmarks: every fused op against its eager torch reference, torch.compile of that
+reference and, for the MLM loss, the Hugging Face path and Liger's fused linear cross-entropy
+(when installed). Shared by ``benchmarks/bench_kernels.py`` and ``xlt-engine bench kernels``.
+
+For each case: median milliseconds (``triton.testing.do_bench`` on CUDA, a wall-clock median on
+CPU), achieved TFLOP/s (MLM loss) or GB/s (the others) against the work counted below, and peak
+extra memory (CUDA only). Two yardsticks are measured in the same run: a large bf16 matmul
+(TFLOP/s) and a device copy (GB/s), so the fractions in the issue's targets can be read off.
+
+Counted work (what the op must do, whoever does it):
+- fused_mlm_loss, N rows: forward 2NVH flops, backward 4NVH, full 6NVH. The fused op computes the
+  gradients in its forward, so its forward time already holds the full work; its backward is a
+  scaling.
+- soft_label_mse: forward reads z (M*R*C), p (R*C), mask (R); backward writes dz (M*R*C);
+  full = both.
+- voter_filter: reads M*N*C logits, writes N labels (8 B), N confidences (4 B), N*C means (4 B).
+- threshold_curve: reads N confidences and N bools.
+
+On a CPU-only machine only the torch providers run, at reduced sizes, and the table says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import io
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from xlt_engine import __version__
+from xlt_engine.fileio import atomic_write_text
+from xlt_engine.kernels import (
+    fused_mlm_loss,
+    fused_mlm_loss_ref,
+    soft_label_mse,
+    soft_label_mse_ref,
+    threshold_curve,
+    threshold_curve_ref,
+    voter_filter,
+    voter_filter_ref,
+)
+
+OPS = ("mlm", "mse", "voters", "threshold")
+PROVIDERS = ("triton", "torch", "compile", "hf", "liger")
+MODES = ("forward", "backward", "full")
+MBERT_V, MBERT_H = 119547, 768
+
+
+@dataclass
+class Case:
+    op: str
+    shape: str
+    provider: str
+    mode: str
+    run: Callable[[], object]  # the timed call
+    setup: Callable[[], None] | None = None  # untimed, before each timed call (backward mode)
+    flops: float = 0.0
+    nbytes: float = 0.0
+    result: dict = field(default_factory=dict)
+
+
+@contextmanager
+def kernels(provider: str):
+    """Force the dispatch rule for one provider: triton for ours, torch for the references."""
+    old = os.environ.get("XLT_KERNELS")
+    os.environ["XLT_KERNELS"] = "triton" if provider == "triton" else "torch"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("XLT_KERNELS", None)
+        else:
+            os.environ["XLT_KERNELS"] = old
+
+
+def _liger_loss():
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except ImportError:
+        return None
+    return LigerFusedLinearCrossEntropyLoss()
+
+
+def _compiled(fn):
+    return torch.compile(fn, dynamic=False)
+
+
+# --- cases -----------------------------------------------------------------------------------
+
+
+def mlm_cases(device, dtype, shapes, providers, modes) -> list[Case]:
+    """shapes: (label, rows N, all positions B*T or None, V, H)."""
+    cases = []
+    liger = _liger_loss() if "liger" in providers else None
+    for label, n, bt, v, h in shapes:
+        g = torch.Generator(device=device).manual_seed(0)
+        weight = (torch.randn(v, h, device=device, generator=g) * 0.05).to(dtype)
+        bias = torch.zeros(v, device=device, dtype=dtype)
+        rows = torch.randn(n, h, device=device, generator=g).to(dtype)
+        labels = torch.randint(0, v, (n,), device=device, generator=g)
+        fns: dict[str, Callable] = {
+            "triton": lambda hh, w, b, y: fused_mlm_loss(hh, w, b, y, check_labels=False),
+            "torch": lambda hh, w, b, y: fused_mlm_loss_ref(hh, w, b, y, upcast=False),
+        }
+        if "compile" in providers:
+            compiled = _compiled(lambda hh, w, b, y: fused_mlm_loss_ref(hh, w, b, y, upcast=False))
+            fns["compile"] = compiled
+        if liger is not None:
+            fns["liger"] = lambda hh, w, b, y: liger(w, hh, y, b)
+        inputs = dict.fromkeys(fns, (rows, labels))
+        if bt is not None and "hf" in providers:
+            # Hugging Face's BertForMaskedLM: logits for every position, loss over masked ones
+            everything = torch.randn(bt, h, device=device, generator=g).to(dtype)
+            every_label = torch.full((bt,), -100, device=device, dtype=torch.long)
+            every_label[torch.randperm(bt, device=device, generator=g)[:n]] = labels
+            fns["hf"] = lambda hh, w, b, y: F.cross_entropy(F.linear(hh, w, b).float(), y)
+            inputs["hf"] = (everything, every_label)
+        for provider, fn in fns.items():
+            if provider not in providers:
+                continue
+            x, y = inputs[provider]
+            for mode in modes:
+                cases.append(
+                    _autograd_case(
+                        "mlm", label, provider, mode, fn, [x, weight, bias], y,
+                        flops={"forward": 2, "backward": 4, "full": 6}[mode] * n * v * h,
+                    )
+                )  # fmt: skip
+    return cases
+
+
+def mse_cases(device, dtype, shapes, providers, modes) -> list[Case]:
+    """shapes: (label, M, R, C). z in ``dtype``, teacher probabilities fp32, a 90% mask."""
+    cases = []
+    for label, m, r, c in shapes:
+        g = torch.Generator(device=device).manual_seed(0)
+        z = (torch.randn(m, r, c, device=device, generator=g) * 3).to(dtype)
+        p = torch.randn(r, c, device=device, generator=g).softmax(-1)
+        mask = torch.rand(r, device=device, generator=g) < 0.9
+        zb = z.element_size()
+        read = m * r * c * zb + r * c * 4 + r
+        nbytes = {"forward": read, "backward": m * r * c * zb, "full": read + m * r * c * zb}
+        fns = {
+            "triton": lambda zz, pp, mm: soft_label_mse(zz, pp, mm),
+            "torch": lambda zz, pp, mm: soft_label_mse_ref(zz, pp, mm, upcast=False),
+        }
+        if "compile" in providers:
+            fns["compile"] = _compiled(lambda zz, pp, mm: soft_label_mse_ref(zz, pp, mm))
+        for provider, fn in fns.items():
+            if provider not in providers:
+                continue
+            for mode in modes:
+                cases.append(
+                    _autograd_case(
+                        "mse", label, provider, mode, lambda zz, pp, mm, _fn=fn: _fn(zz, pp, mm),
+                        [z], p, extra=(mask,), nbytes=nbytes[mode],
+                    )
+                )  # fmt: skip
+    return cases
+
+
+def voter_cases(device, dtype, shapes, providers) -> list[Case]:
+    cases = []
+    for label, m, n, c in shapes:
+        g = torch.Generator(device=device).manual_seed(0)
+        z = (torch.randn(m, n, c, device=device, generator=g) * 3).to(dtype)
+        nbytes = m * n * c * z.element_size() + n * (8 + 4 + 4 * c)
+        fns = {"triton": voter_filter, "torch": voter_filter_ref}
+        if "compile" in providers:
+            fns["compile"] = _compiled(voter_filter_ref)
+        for provider, fn in fns.items():
+            if provider in providers:
+                cases.append(
+                    Case(
+                        "voters",
+                        label,
+                        provider,
+                        "forward",
+                        lambda f=fn, z=z: f(z, 0.7),
+                        nbytes=nbytes,
+                    )
+                )
+    return cases
+
+
+def threshold_cases(device, shapes, providers) -> list[Case]:
+    cases = []
+    for label, n, k in shapes:
+        g = torch.Generator(device=device).manual_seed(0)
+        conf = torch.rand(n, device=device, generator=g)
+        correct = torch.rand(n, device=device, generator=g) < conf
+        thresholds = torch.linspace(0.5, 0.999, k, device=device)
+        fns = {"triton": threshold_curve, "torch": threshold_curve_ref}
+        if "compile" in providers:
+            fns["compile"] = _compiled(threshold_curve_ref)
+        for provider, fn in fns.items():
+            if provider in providers:
+                cases.append(
+                    Case(
+                        "threshold", label, provider, "forward",
+                        lambda f=fn, a=(conf, correct, thresholds): f(*a), nbytes=n * 5,
+                    )
+                )  # fmt: skip
+    return cases
+
+
+def _autograd_case(op, label, provider, mode, fn, leaves, target, *, extra=(), flops=0, nbytes=0):
+    leaves = [t.detach().requires_grad_() for t in leaves]
+    state: dict = {}
+
+    def forward():
+        return fn(*leaves, target, *extra)
+
+    def make_graph():
+        for t in leaves:
+            t.grad = None
+        state["loss"] = forward()
+
+    if mode == "forward":
+        run, setup = forward, None
+    elif mode == "backward":
+        run, setup = (lambda: state["loss"].backward()), make_graph
+    else:
+
+        def run():
+            forward().backward()
+
+        setup = None
+    return Case(op, label, provider, mode, run, setup=setup, flops=flops, nbytes=nbytes)
+
+
+# --- timing ----------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_case(case: Case, device: torch.device, reps: int) -> None:
+    """Median ms and peak extra memory; the provider's dispatch is forced while it runs."""
+    with kernels(case.provider):
+        try:
+            if case.setup:
+                case.setup()
+            case.run()  # warm-up, and compilation for the compiled providers
+            _sync(device)
+            if device.type == "cuda":
+                import triton.testing
+
+                torch.cuda.empty_cache()
+                base = torch.cuda.memory_allocated(device)
+                torch.cuda.reset_peak_memory_stats(device)
+                if case.setup:
+                    case.setup()
+                case.run()
+                _sync(device)
+                peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+                if case.setup:  # backward alone: rebuild the graph before each timed call
+                    times = []
+                    for _ in range(reps):
+                        case.setup()
+                        _sync(device)
+                        start = torch.cuda.Event(enable_timing=True)
+                        end = torch.cuda.Event(enable_timing=True)
+                        start.record()
+                        case.run()
+                        end.record()
+                        end.synchronize()
+                        times.append(start.elapsed_time(end))
+                    ms = statistics.median(times)
+                else:
+                    ms = triton.testing.do_bench(case.run, return_mode="median")
+            else:
+                peak = float("nan")
+                times = []
+                for _ in range(reps):
+                    if case.setup:
+                        case.setup()
+                    t0 = time.perf_counter()
+                    case.run()
+                    times.append((time.perf_counter() - t0) * 1e3)
+                ms = statistics.median(times)
+        except Exception as err:  # one failing provider must not hide the others' numbers
+            case.result = {"error": f"{type(err).__name__}: {err}".splitlines()[0][:200]}
+            return
+    rate = {}
+    if case.flops:
+        rate["tflops"] = case.flops / ms / 1e9
+    if case.nbytes:
+        rate["gbps"] = case.nbytes / ms / 1e6
+    case.result = {"ms": ms, "peak_mib": peak, **rate}
+
+
+def yardsticks(device: torch.device, reps: int) -> dict:
+    """The machine's own bf16 matmul rate and copy bandwidth, measured now."""
+    if device.type != "cuda":
+        return {}
+    import triton.testing
+
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    ms_mm = triton.testing.do_bench(lambda: a @ b, return_mode="median")
+    src = torch.empty(1 << 30, device=device, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    ms_copy = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
+    return {
+        "matmul_bf16_tflops": 2 * 8192**3 / ms_mm / 1e9,
+        "copy_gbps": 2 * src.numel() / ms_copy / 1e6,
+    }
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+def default_shapes(device: torch.device) -> dict:
+    if device.type == "cuda":
+        mask = 0.15
+        return {
+            "mlm": [
+                (f"{b}x{t} ({int(b * t * mask)} rows)", int(b * t * mask), b * t, MBERT_V, MBERT_H)
+                for b, t in ((32, 128), (32, 256))
+            ]
+            + [(f"N={n // 1024}K", n, None, MBERT_V, MBERT_H) for n in (8192, 32768, 65536)],
+            "mse": [
+                (f"M=3 N={_size(n)} C={c}", 3, n, c)
+                for c in (2, 9)
+                for n in (1 << 16, 1 << 20, 1 << 24)
+            ],
+            "voters": [
+                (f"M=3 N={_size(n)} C={c}", 3, n, c)
+                for c in (2, 9)
+                for n in (1 << 16, 1 << 20, 1 << 24)
+            ],
+            "threshold": [(f"N={_size(n)} K=52", n, 52) for n in (1 << 20, 10_000_000)],
+        }
+    return {  # CPU: reduced sizes
+        "mlm": [("N=256 V=8192 H=256", 256, 32 * 64, 8192, 256)],
+        "mse": [(f"M=3 N={_size(n)} C={c}", 3, n, c) for c in (2, 9) for n in (1 << 16,)],
+        "voters": [(f"M=3 N={_size(n)} C={c}", 3, n, c) for c in (2, 9) for n in (1 << 16,)],
+        "threshold": [(f"N={_size(n)} K=52", n, 52) for n in (1 << 20,)],
+    }
+
+
+def _size(n: int) -> str:
+    if n >= 1 << 20 and n % (1 << 20) == 0:
+        return f"{n >> 20}M"
+    if n >= 1_000_000 and n % 1_000_000 == 0:
+        return f"{n // 1_000_000}M"
+    return f"{n >> 10}K" if n % 1024 == 0 else str(n)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def run(
+    ops=OPS,
+    providers=None,
+    modes=MODES,
+    device: str | None = None,
+    reps: int | None = None,
+    out_dir: Path | None = None,
+    echo: Callable[[str], None] = print,
+) -> dict:
+    """Run the benchmark; print a table; write JSON and CSV into ``out_dir`` (None: no files)."""
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = dev.type == "cuda"
+    if providers is None:
+        providers = PROVIDERS if on_gpu else ("torch", "compile")
+    providers = tuple(providers)
+    if not on_gpu:
+        dropped = [p for p in providers if p in ("triton", "liger")]
+        providers = tuple(p for p in providers if p not in dropped)
+        echo(
+            "No GPU: running the torch providers only, at reduced sizes"
+            + (f" (skipping {', '.join(dropped)})" if dropped else "")
+        )
+    reps = reps or (50 if on_gpu else 3)
+    shapes = default_shapes(dev)
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    cases: list[Case] = []
+    if "mlm" in ops:
+        cases += mlm_cases(dev, dtype, shapes["mlm"], providers, modes)
+    if "mse" in ops:
+        cases += mse_cases(dev, dtype, shapes["mse"], providers, modes)
+    if "voters" in ops:
+        cases += voter_cases(dev, dtype, shapes["voters"], providers)
+    if "threshold" in ops:
+        cases += threshold_cases(dev, shapes["threshold"], providers)
+    for case in cases:
+        time_case(case, dev, reps)
+        if on_gpu:
+            torch.cuda.empty_cache()
+    record = {
+        "what": "kernels",
+        "device": device_name(dev),
+        "date": datetime.date.today().isoformat(),
+        "xlt_engine": __version__,
+        "git_sha": _git_sha(),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "liger_kernel": _version("liger_kernel"),
+        "python": platform.python_version(),
+        "dtype": str(dtype).replace("torch.", ""),
+        "reduced_sizes": not on_gpu,
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "yardsticks": yardsticks(dev, reps),
+        "rows": [
+            {"op": c.op, "shape": c.shape, "provider": c.provider, "mode": c.mode, **c.result}
+            for c in cases
+        ],
+    }
+    echo(format_table(record))
+    if out_dir is not None:
+        record["files"] = [str(p) for p in save(record, Path(out_dir))]
+        echo("wrote " + ", ".join(record["files"]))
+    return record
+
+
+def _version(name: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(name.replace("_", "-"))
+    except Exception:
+        return None
+
+
+def format_table(record: dict) -> str:
+    head = f"{record['device']} | torch {record['torch']} | triton {record['triton']} | {record['dtype']}"
+    if record["reduced_sizes"]:
+        head += " | CPU: torch providers at reduced sizes"
+    lines = [head]
+    for key, value in record["yardsticks"].items():
+        lines.append(f"  {key}: {value:,.1f}")
+    cols = (
+        f"{'op':<10}{'shape':<26}{'mode':<9}{'provider':<9}{'ms':>10}{'rate':>14}{'peak MiB':>10}"
+    )
+    lines += [cols, "-" * len(cols)]
+    for r in record["rows"]:
+        if "error" in r:
+            rest = f"  error: {r['error']}"
+        else:
+            rate = f"{r['tflops']:.1f} TFLOP/s" if "tflops" in r else f"{r.get('gbps', 0):.1f} GB/s"
+            peak = "" if r["peak_mib"] != r["peak_mib"] else f"{r['peak_mib']:.0f}"
+            rest = f"{r['ms']:>10.3f}{rate:>14}{peak:>10}"
+        lines.append(f"{r['op']:<10}{r['shape']:<26}{r['mode']:<9}{r['provider']:<9}{rest}")
+    return "\n".join(lines)
+
+
+def save(record: dict, out_dir: Path) -> list[Path]:
+    """Append this run to ``kernels_<gpu>_<yyyymmdd>.json`` (a list of runs) and its rows to the
+    CSV beside it; both rewritten atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tag = "".join(ch if ch.isalnum() else "-" for ch in record["device"].lower()).strip("-")
+    tag = "-".join(part for part in tag.split("-") if part)[:40]
+    stem = out_dir / f"kernels_{tag}_{record['date'].replace('-', '')}"
+    json_path, csv_path = stem.with_suffix(".json"), stem.with_suffix(".csv")
+    runs = json.loads(json_path.read_text()) if json_path.exists() else []
+    runs.append(record)
+    atomic_write_text(json_path, json.dumps(runs, indent=1) + "\n")
+    fields = ["date", "device", "git_sha", "torch", "triton", "dtype", "op", "shape", "mode",
+              "provider", "ms", "tflops", "gbps", "peak_mib", "error"]  # fmt: skip
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    writer.writeheader()
+    for run_record in runs:
+        meta = {
+            k: run_record.get(k) for k in ("date", "device", "git_sha", "torch", "triton", "dtype")
+        }
+        for row in run_record["rows"]:
+            writer.writerow({**meta, **row})
+    atomic_write_text(csv_path, buf.getvalue())
+    return [json_path, csv_path]

@@ -189,3 +189,11 @@ def test_bad_inputs_raise_clear_errors(change, message):
     inputs = make_inputs(torch.float32)
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         fused_mlm_loss(*change(*inputs))
+
+
+def test_no_rows_at_all(provider):
+    hidden, weight, bias, labels = make_inputs(torch.float32, n=0, v=33)
+    loss = fused_mlm_loss(hidden, weight, bias, labels)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert weight.grad.abs().max().item() == 0.0 and bias.grad.abs().max().item() == 0.0

@@ -115,3 +115,10 @@ def test_bad_shapes(z_shape, p_shape, mask_shape, message):
 def test_bad_mask_dtype():
     with pytest.raises(ValueError, match="mask must be a bool tensor"):
         soft_label_mse(torch.zeros(4, 3), torch.zeros(4, 3), torch.ones(4))
+
+
+def test_no_rows_at_all(provider):
+    z = torch.zeros(3, 0, 2, device=DEVICE, requires_grad=True)
+    loss = soft_label_mse(z, torch.zeros(0, 2, device=DEVICE))
+    loss.backward()
+    assert loss.item() == 0.0 and z.grad.shape == z.shape

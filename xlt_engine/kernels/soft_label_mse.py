@@ -221,7 +221,8 @@ def soft_label_mse_ref(
     M = z.shape[0] if z.dim() == p.dim() + 1 else 1
     C = p.shape[-1]
     if mask is None:
-        return ((z.softmax(-1) - p.to(z.dtype)) ** 2).mean()  # p broadcasts over voters
+        sq = (z.softmax(-1) - p.to(z.dtype)) ** 2  # p broadcasts over voters
+        return sq.sum() / max(sq.numel(), 1)  # no rows: 0, not the NaN of an empty mean
     keep = mask[..., None]
     z = torch.where(keep, z, 0.0)  # padding rows may hold inf/NaN: keep them out of the graph
     sq = torch.where(keep, (z.softmax(-1) - p.to(z.dtype)) ** 2, 0.0)  # [M, ..., C]

@@ -1,0 +1,168 @@
+"""CoNLL NER reader: the 2002 (Spanish, Dutch) and 2003 (English, German) formats and their quirks.
+
+One token per line, whitespace-separated columns, the NER tag in the LAST column (files have 2 to
+5 columns; every token line of a file must have the same count). Sentences end at blank lines
+and at ``-DOCSTART-`` lines (Dutch has DOCSTART lines with no blank line after them); DOCSTART
+lines are counted as documents, never as sentences or tokens. Tags are returned in IOB2: IOB1
+files (English, German) are converted, and an IOB2 file passes through unchanged except that an
+``I-X`` with no ``B-X`` before it (one in Spanish train) becomes ``B-X``, as seqeval reads it.
+
+Encoding: UTF-8 (a BOM is dropped), falling back to latin-1 when the bytes are not UTF-8 (the
+German files), or exactly the encoding given. Every error names the file and the line.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DOCSTART = "-DOCSTART-"
+
+
+@dataclass(frozen=True)
+class Sentence:
+    tokens: list[str]
+    tags: list[str]  # IOB2
+    line: int  # 1-based line of the first token in the file
+
+
+@dataclass
+class ConllFile:
+    """The sentences of one file, with the counts the data README gives."""
+
+    path: Path
+    encoding: str
+    sentences: list[Sentence] = field(repr=False)
+    documents: int  # -DOCSTART- lines
+    converted_tags: int  # tags changed by the IOB1 -> IOB2 conversion
+
+    def __len__(self) -> int:
+        return len(self.sentences)
+
+    def __iter__(self):
+        return iter(self.sentences)
+
+    def __getitem__(self, i):
+        return self.sentences[i]
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(s.tokens) for s in self.sentences)
+
+    @property
+    def sentences_and_docstarts(self) -> int:
+        """The count the reference paper's table uses (DOCSTART lines counted as sentences)."""
+        return len(self.sentences) + self.documents
+
+    def label_counts(self) -> Counter:
+        return Counter(tag for s in self.sentences for tag in s.tags)
+
+    def entity_types(self) -> list[str]:
+        return sorted({t[2:] for s in self.sentences for t in s.tags if t != "O"})
+
+
+def decode(path: Path, data: bytes, encoding: str | None) -> tuple[str, str]:
+    """Bytes -> text. None: UTF-8, else latin-1 (which accepts any byte). An explicit encoding
+    that fails is an error naming the file, line and byte."""
+    if encoding is None:
+        try:
+            return data.decode("utf-8-sig"), "utf-8"
+        except UnicodeDecodeError:
+            return data.decode("latin-1"), "latin-1"
+    try:
+        return data.decode(encoding), encoding
+    except LookupError:
+        raise ValueError(f"{path}: unknown encoding {encoding!r}") from None
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{path}:{line}: byte 0x{data[err.start]:02x} is not valid {encoding} "
+            f"({err.reason}); leave encoding unset to fall back to latin-1"
+        ) from None
+
+
+def check_tag(path: Path, lineno: int, tag: str) -> None:
+    if tag == "O" or (len(tag) > 2 and tag[:2] in ("B-", "I-")):
+        return
+    raise ValueError(f"{path}:{lineno}: tag {tag!r} is not O, B-<type> or I-<type>")
+
+
+def to_iob2(tags: list[str]) -> tuple[list[str], int]:
+    """IOB1 (or loose IOB2) -> IOB2: an I-X that does not continue an X entity starts one."""
+    out, changed, prev = [], 0, "O"
+    for tag in tags:
+        if tag.startswith("I-") and (prev == "O" or prev[2:] != tag[2:]):
+            tag = "B-" + tag[2:]
+            changed += 1
+        out.append(tag)
+        prev = tag
+    return out, changed
+
+
+def read_conll(path: str | Path, encoding: str | None = None) -> ConllFile:
+    """Read a CoNLL NER file into sentences with ``.tokens`` and IOB2 ``.tags``."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a folder, not a CoNLL file") from None
+    text, used = decode(path, data, encoding)
+    sentences: list[Sentence] = []
+    documents = converted = 0
+    columns = None
+    tokens: list[str] = []
+    tags: list[str] = []
+    first = 0
+
+    def flush() -> None:
+        nonlocal tokens, tags, converted
+        if tokens:
+            iob2, changed = to_iob2(tags)
+            converted += changed
+            sentences.append(Sentence(tokens, iob2, first))
+        tokens, tags = [], []
+
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            flush()
+            continue
+        if fields[0] == DOCSTART:
+            flush()
+            documents += 1
+            continue
+        if len(fields) < 2:
+            raise ValueError(
+                f"{path}:{lineno}: a token line needs at least a word and a tag, got {line!r}"
+            )
+        if columns is None:
+            columns = len(fields)
+        elif len(fields) != columns:
+            raise ValueError(
+                f"{path}:{lineno}: {len(fields)} columns, but the file's first token line has "
+                f"{columns}: {line!r}"
+            )
+        check_tag(path, lineno, fields[-1])
+        if not tokens:
+            first = lineno
+        tokens.append(fields[0])
+        tags.append(fields[-1])
+    flush()
+    if not sentences:
+        raise ValueError(f"{path}: no sentences (the file is empty or holds only DOCSTART lines)")
+    return ConllFile(path, used, sentences, documents, converted)
+
+
+def check_labels_known(train: ConllFile, other: ConllFile, allow_unseen: bool = False) -> list[str]:
+    """Entity types of ``other`` that ``train`` never has. An error unless ``allow_unseen``, then
+    returned for the caller to warn about."""
+    unseen = sorted(set(other.entity_types()) - set(train.entity_types()))
+    if unseen and not allow_unseen:
+        raise ValueError(
+            f"{other.path}: entity types {', '.join(unseen)} never occur in {train.path}; "
+            "a model trained there cannot predict them"
+        )
+    return unseen

@@ -126,7 +126,8 @@ def mlm_cases(device, dtype, shapes, providers, modes) -> list[Case]:
             everything = torch.randn(bt, h, device=device, generator=g).to(dtype)
             every_label = torch.full((bt,), -100, device=device, dtype=torch.long)
             every_label[torch.randperm(bt, device=device, generator=g)[:n]] = labels
-            fns["hf"] = lambda hh, w, b, y: F.cross_entropy(F.linear(hh, w, b).float(), y)
+            # as BertForMaskedLM computes it: CrossEntropyLoss on the logits in their own dtype
+            fns["hf"] = lambda hh, w, b, y: F.cross_entropy(F.linear(hh, w, b), y)
             inputs["hf"] = (everything, every_label)
         for provider, fn in fns.items():
             if provider not in providers:
@@ -158,7 +159,9 @@ def mse_cases(device, dtype, shapes, providers, modes) -> list[Case]:
             "torch": lambda zz, pp, mm: soft_label_mse_ref(zz, pp, mm, upcast=False),
         }
         if "compile" in providers:
-            fns["compile"] = _compiled(lambda zz, pp, mm: soft_label_mse_ref(zz, pp, mm))
+            fns["compile"] = _compiled(
+                lambda zz, pp, mm: soft_label_mse_ref(zz, pp, mm, upcast=False)
+            )
         for provider, fn in fns.items():
             if provider not in providers:
                 continue
@@ -179,20 +182,7 @@ def voter_cases(device, dtype, shapes, providers) -> list[Case]:
         z = (torch.randn(m, n, c, device=device, generator=g) * 3).to(dtype)
         nbytes = m * n * c * z.element_size() + n * (8 + 4 + 4 * c)
         fns = {"triton": voter_filter, "torch": voter_filter_ref}
-        if "compile" in providers:
-            fns["compile"] = _compiled(voter_filter_ref)
-        for provider, fn in fns.items():
-            if provider in providers:
-                cases.append(
-                    Case(
-                        "voters",
-                        label,
-                        provider,
-                        "forward",
-                        lambda f=fn, z=z: f(z, 0.7),
-                        nbytes=nbytes,
-                    )
-                )
+        cases += _forward_cases("voters", label, fns, providers, (z, 0.7), nbytes)
     return cases
 
 
@@ -204,17 +194,20 @@ def threshold_cases(device, shapes, providers) -> list[Case]:
         correct = torch.rand(n, device=device, generator=g) < conf
         thresholds = torch.linspace(0.5, 0.999, k, device=device)
         fns = {"triton": threshold_curve, "torch": threshold_curve_ref}
-        if "compile" in providers:
-            fns["compile"] = _compiled(threshold_curve_ref)
-        for provider, fn in fns.items():
-            if provider in providers:
-                cases.append(
-                    Case(
-                        "threshold", label, provider, "forward",
-                        lambda f=fn, a=(conf, correct, thresholds): f(*a), nbytes=n * 5,
-                    )
-                )  # fmt: skip
+        args = (conf, correct, thresholds)
+        cases += _forward_cases("threshold", label, fns, providers, args, n * 5)
     return cases
+
+
+def _forward_cases(op, label, fns, providers, args, nbytes) -> list[Case]:
+    """Ops with no backward: one forward case per provider; compile compiles the reference."""
+    if "compile" in providers:
+        fns = {**fns, "compile": _compiled(fns["torch"])}
+    return [
+        Case(op, label, provider, "forward", lambda f=fn: f(*args), nbytes=nbytes)
+        for provider, fn in fns.items()
+        if provider in providers
+    ]
 
 
 def _autograd_case(op, label, provider, mode, fn, leaves, target, *, extra=(), flops=0, nbytes=0):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 
 import torch
-import triton
 
 ENV_VAR = "XLT_KERNELS"
 _CHOICES = ("auto", "triton", "torch")
@@ -43,10 +42,6 @@ def use_triton(kernel, *tensors: torch.Tensor) -> bool:
     return True
 
 
-def triton_version() -> str:
-    return triton.__version__
-
-
 def check_same_device(op: str, **tensors: torch.Tensor | None) -> torch.device:
     devices = {name: t.device for name, t in tensors.items() if t is not None}
     first = next(iter(devices.values()))
@@ -74,14 +69,3 @@ def check_int(op: str, name: str, t: torch.Tensor) -> None:
 
 def shape_str(t: torch.Tensor) -> str:
     return "[" + ", ".join(str(s) for s in t.shape) + "]"
-
-
-def tl_dtype(dtype: torch.dtype):
-    import triton.language as tl
-
-    return {
-        torch.float32: tl.float32,
-        torch.float16: tl.float16,
-        torch.bfloat16: tl.bfloat16,
-        torch.float64: tl.float64,
-    }[dtype]

@@ -420,9 +420,7 @@ class FusedMLMLossFunction(torch.autograd.Function):
             ctx.needs_input_grad[1],
             bias is not None and ctx.needs_input_grad[2],
         )
-        h = hidden.to(compute_dtype).contiguous()
-        w = weight.to(compute_dtype)
-        b = bias.to(compute_dtype) if bias is not None else None
+        h, w, b = _cast(compute_dtype, hidden, weight, bias)
         loss, dh, dw, db = fused_mlm_loss_fwd(h, w, b, labels, ignore_index, need, chunk_rows)
         ctx.grads = (dh, dw, db)
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
@@ -436,6 +434,15 @@ class FusedMLMLossFunction(torch.autograd.Function):
         for grad, dtype in zip((dh, dw, db), ctx.dtypes, strict=True):
             out.append(None if grad is None else (grad * grad_loss).to(dtype))
         return out[0], out[1], out[2], None, None, None, None
+
+
+def _cast(dtype, hidden, weight, bias):
+    """The inputs in the compute dtype (a copy only where the dtype differs, as autocast does)."""
+    return (
+        hidden.to(dtype).contiguous(),
+        weight.to(dtype),
+        bias.to(dtype) if bias is not None else None,
+    )
 
 
 def _check_inputs(hidden, weight, bias, labels, ignore_index, check_labels) -> None:
@@ -503,8 +510,7 @@ def fused_mlm_loss(
         torch.is_grad_enabled()
         and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     ):  # inference: the loss alone, no gradient kernels
-        h, w = hidden.to(compute_dtype), weight.to(compute_dtype)
-        b = bias.to(compute_dtype) if bias is not None else None
+        h, w, b = _cast(compute_dtype, hidden, weight, bias)
         return fused_mlm_loss_fwd(h, w, b, labels, ignore_index, (False,) * 3, chunk_rows)[0]
     with torch.autocast(device_type, enabled=False):
         return FusedMLMLossFunction.apply(

@@ -145,8 +145,8 @@ class SoftLabelMSEFunction(torch.autograd.Function):
         return dz, dp, None
 
 
-def _normalise(z, p, mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Check shapes and view the inputs as z [M, R, C], p [R, C], mask [R]."""
+def _check(z, p, mask) -> tuple[int, int, int]:
+    """Check the inputs; return M (voters), R (rows) and C (classes)."""
     check_float(_OP, "student_logits", z)
     check_float(_OP, "teacher_probs", p)
     check_same_device(_OP, student_logits=z, teacher_probs=p, mask=mask)
@@ -173,11 +173,7 @@ def _normalise(z, p, mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | N
                 f"dimension, [{', '.join(str(d) for d in p.shape[:-1])}]"
             )
     C = p.shape[-1]
-    R = p.numel() // C
-    z3 = z.reshape(M, R, C).contiguous()
-    p2 = p.reshape(R, C).contiguous()
-    m1 = mask.reshape(R).contiguous() if mask is not None else None
-    return z3, p2, m1
+    return M, p.numel() // C, C
 
 
 def soft_label_mse(
@@ -192,13 +188,17 @@ def soft_label_mse(
     fp32 (fp64 inputs go to the reference). Returns a 0-d fp32 tensor (fp64 for fp64 inputs),
     differentiable w.r.t. both tensors; 0 when no row is valid.
     """
-    z3, p2, m1 = _normalise(student_logits, teacher_probs, mask)
+    M, R, C = _check(student_logits, teacher_probs, mask)
     if (
         student_logits.dtype == torch.float64
         or teacher_probs.dtype == torch.float64
         or not use_triton(soft_label_mse_fwd_kernel, student_logits)
     ):
         return soft_label_mse_ref(student_logits, teacher_probs, mask)
+    # the kernel's layout: z [M, R, C], p [R, C], mask [R] (copies only for strided inputs)
+    z3 = student_logits.reshape(M, R, C).contiguous()
+    p2 = teacher_probs.reshape(R, C).contiguous()
+    m1 = mask.reshape(R).contiguous() if mask is not None else None
     if torch.is_grad_enabled() and (student_logits.requires_grad or teacher_probs.requires_grad):
         loss = SoftLabelMSEFunction.apply(z3, p2, m1)
     else:

@@ -128,7 +128,7 @@ def threshold_curve(confidence: torch.Tensor, correct: torch.Tensor, thresholds)
     """
     thresholds = _check(confidence, correct, thresholds)
     if not use_triton(threshold_curve_kernel, confidence):
-        return threshold_curve_ref(confidence, correct, thresholds)
+        return _curve_ref(confidence, correct, thresholds)
     cmp = torch.float64 if confidence.dtype == torch.float64 else torch.float32
     covered, hits, n_correct = threshold_curve_counts(
         confidence.detach().contiguous(),
@@ -145,7 +145,10 @@ def threshold_curve_ref(
     confidence (``searchsorted``), histogram those counts and take suffix sums. O(N log K) time,
     O(N + K) memory, so the CPU path also copes with N = 10M. Memory: reads N + N, writes N
     bucket indices."""
-    thresholds = _check(confidence, correct, thresholds)
+    return _curve_ref(confidence, correct, _check(confidence, correct, thresholds))
+
+
+def _curve_ref(confidence, correct, thresholds: torch.Tensor) -> ThresholdCurve:
     cmp = torch.float64 if confidence.dtype == torch.float64 else torch.float32
     conf = confidence.detach().to(cmp)
     thr, order = thresholds.detach().to(cmp).sort()

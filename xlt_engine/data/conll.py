@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xlt_engine.data.examples import check_labels_known as _check_known
+
 DOCSTART = "-DOCSTART-"
 
 
@@ -157,12 +159,8 @@ def read_conll(path: str | Path, encoding: str | None = None) -> ConllFile:
 
 
 def check_labels_known(train: ConllFile, other: ConllFile, allow_unseen: bool = False) -> list[str]:
-    """Entity types of ``other`` that ``train`` never has. An error unless ``allow_unseen``, then
-    returned for the caller to warn about."""
-    unseen = sorted(set(other.entity_types()) - set(train.entity_types()))
-    if unseen and not allow_unseen:
-        raise ValueError(
-            f"{other.path}: entity types {', '.join(unseen)} never occur in {train.path}; "
-            "a model trained there cannot predict them"
-        )
-    return unseen
+    """Entity types of ``other`` that ``train`` never has: an error, or a warning when
+    ``allow_unseen`` (then returned for the caller)."""
+    return _check_known(
+        train.entity_types(), other.path, other.entity_types(), allow_unseen, "entity types"
+    )

@@ -1,0 +1,123 @@
+"""Webis-CLS-10 reader: Amazon reviews in ``.review`` XML (``<items><item>...</item></items>``).
+
+Each item has a ``rating`` (1.0-5.0) and a ``text``, plus a ``summary`` (English; German and
+French have it too) and/or a ``title`` (de/fr/jp: the product title). The example text is the
+first present head field (``summary``, else ``title``, by default) and the review text, joined
+by a newline (an item may have an empty text when its head is there: jp/books/test has one).
+The label rule maps the rating to a label or to None (dropped): by default
+``> 3`` positive, ``< 3`` negative, 3 dropped.
+
+Parsed with expat as a stream, so every error (malformed XML, a missing or non-numeric rating, no
+text) names the file and the line of the item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from xml.parsers import expat
+
+from xlt_engine.data.examples import Example, TextDataset, read_bytes
+
+CLS_LABELS = ("negative", "positive")
+
+
+def rating_label(rating: float) -> str | None:
+    """The CLS-10 rule: > 3 positive, < 3 negative, 3 dropped."""
+    if rating > 3:
+        return "positive"
+    if rating < 3:
+        return "negative"
+    return None
+
+
+def read_cls10(
+    path: str | Path,
+    label_rule: Callable[[float], str | None] = rating_label,
+    head_fields: Sequence[str] = ("summary", "title"),
+    unlabeled: bool = False,
+) -> TextDataset:
+    """Read a CLS-10 ``.review`` file into examples labeled ``positive``/``negative``.
+
+    ``label_rule``: rating -> label, or None to drop the item. ``head_fields``: the fields tried
+    in order for the text's first line (empty tuple: review text only). ``unlabeled``: keep every
+    item with ``label=None`` (the target-language train file used as unlabeled data); ratings
+    are then still parsed but not required.
+    """
+    path = Path(path)
+    data = read_bytes(path, "a CLS-10 .review file")
+    items: list[tuple[int, dict[str, str]]] = []
+    fields: dict[str, str] = {}
+    parts: list[str] = []
+    state = {"depth": 0, "item_line": 0, "field": None}
+    parser = expat.ParserCreate()
+
+    def start(name, _attrs):
+        state["depth"] += 1
+        depth = state["depth"]
+        if depth == 2:
+            if name != "item":
+                raise ValueError(
+                    f"{path}:{parser.CurrentLineNumber}: expected <item>, found <{name}>"
+                )
+            state["item_line"] = parser.CurrentLineNumber
+            fields.clear()
+        elif depth == 3:
+            state["field"] = name
+            parts.clear()
+
+    def end(name):
+        depth = state["depth"]
+        if depth == 2:
+            items.append((state["item_line"], dict(fields)))
+        elif depth == 3:
+            fields[name] = "".join(parts).strip()
+            state["field"] = None
+        state["depth"] -= 1
+
+    def chars(text):
+        if state["field"] is not None:
+            parts.append(text)
+
+    parser.StartElementHandler = start
+    parser.EndElementHandler = end
+    parser.CharacterDataHandler = chars
+    try:
+        parser.Parse(data, True)
+    except expat.ExpatError as err:
+        raise ValueError(
+            f"{path}:{err.lineno}: malformed XML ({expat.ErrorString(err.code)}, "
+            f"column {err.offset + 1})"
+        ) from None
+
+    examples: list[Example] = []
+    dropped = 0
+    for line, item in items:
+        text = item.get("text", "")
+        head = next((item[f] for f in head_fields if item.get(f)), "")
+        full = "\n".join(t for t in (head, text) if t)
+        if not full:  # an empty <text> alone happens (one in jp/books/test): the head suffices
+            raise ValueError(f"{path}:{line}: item has no <text> and no {'/'.join(head_fields)}")
+        raw = item.get("rating")
+        if raw is None:
+            if unlabeled:
+                examples.append(Example(full, None, line))
+                continue
+            raise ValueError(f"{path}:{line}: item has no <rating>")
+        try:
+            rating = float(raw)
+        except ValueError:
+            raise ValueError(f"{path}:{line}: rating {raw!r} is not a number") from None
+        if not 1.0 <= rating <= 5.0:
+            raise ValueError(f"{path}:{line}: rating {raw!r} is outside 1-5")
+        if unlabeled:
+            examples.append(Example(full, None, line))
+            continue
+        label = label_rule(rating)
+        if label is None:
+            dropped += 1
+            continue
+        examples.append(Example(full, label, line))
+    if not examples:
+        raise ValueError(f"{path}: no reviews (no <item> kept out of {len(items)})")
+    return TextDataset(path, examples, dropped)

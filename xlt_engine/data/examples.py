@@ -1,0 +1,135 @@
+"""Labeled text examples shared by the classification readers (CLS-10, MARC, XNLI, JSONL/TSV),
+and the file helpers they use: strict UTF-8 decoding whose errors name the file and line, and
+the check that a test file holds no label the training file lacks.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labeled (or unlabeled: ``label=None``) text; ``text_pair`` for sentence pairs."""
+
+    text: str
+    label: str | None
+    line: int  # 1-based line where the example starts in its file
+    text_pair: str | None = None
+
+
+@dataclass
+class TextDataset:
+    """The examples of one file, and how many were dropped by the label rule (e.g. 3 stars)."""
+
+    path: Path
+    examples: list[Example] = field(repr=False)
+    dropped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __iter__(self) -> Iterator[Example]:
+        return iter(self.examples)
+
+    def __getitem__(self, i):
+        return self.examples[i]
+
+    @property
+    def texts(self) -> list[str]:
+        return [e.text for e in self.examples]
+
+    @property
+    def labels(self) -> list[str | None]:
+        return [e.label for e in self.examples]
+
+    def label_set(self) -> list[str]:
+        return sorted({e.label for e in self.examples if e.label is not None})
+
+    def label_counts(self) -> Counter:
+        return Counter(e.label for e in self.examples)
+
+
+def read_bytes(path: Path, what: str) -> bytes:
+    """The whole file; a missing file, a folder or an empty file is an error naming it."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a folder, not {what}") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read ({err.strerror or err})") from None
+    if not data.strip():
+        raise ValueError(f"{path}: the file is empty")
+    return data
+
+
+def check_file(path: Path, what: str) -> None:
+    """A missing file, a folder or a zero-byte file is an error naming it (without reading it)."""
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, not {what}")
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: the file is empty")
+
+
+def decode_utf8(path: Path, data: bytes, encoding: str = "utf-8") -> str:
+    """Bytes -> text (a UTF-8 BOM is dropped); a bad byte is an error naming the line."""
+    if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
+        encoding = "utf-8-sig"
+    try:
+        return data.decode(encoding)
+    except LookupError:
+        raise ValueError(f"{path}: unknown encoding {encoding!r}") from None
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{path}:{line}: byte 0x{data[err.start]:02x} is not valid {encoding} ({err.reason})"
+        ) from None
+
+
+def iter_lines(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+    """Stream ``(line number, line without its end)`` from a text file of any size; memory holds
+    one line. Bad bytes are an error naming the file and line."""
+    path = Path(path)
+    try:
+        f = open(path, "rb")  # noqa: SIM115 (closed by the with below; open errors named here)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a folder, not a text file") from None
+    with f:
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            try:
+                line = raw.decode(encoding)
+            except UnicodeDecodeError as err:
+                raise ValueError(
+                    f"{path}:{lineno}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is "
+                    f"not valid {encoding} ({err.reason})"
+                ) from None
+            yield lineno, line.rstrip("\r\n")
+
+
+def check_labels_known(
+    train_labels, path: Path | str, other_labels, allow_unseen: bool = False, what: str = "labels"
+) -> list[str]:
+    """Labels of ``other_labels`` (a file at ``path``) absent from ``train_labels``. An error
+    naming them and the file, or a warning when ``allow_unseen``. Returns them sorted."""
+    unseen = sorted(set(other_labels) - set(train_labels) - {None})
+    if unseen:
+        msg = (
+            f"{path}: {what} {', '.join(map(str, unseen))} never occur in the training data; "
+            "a model trained there cannot predict them"
+        )
+        if not allow_unseen:
+            raise ValueError(msg)
+        warnings.warn(msg, stacklevel=2)
+    return unseen

@@ -167,7 +167,9 @@ def test_xnli_real_files(shared_data, lang):
     for split, n in (("dev", 2490), ("test", 5010)):
         path = shared_data / "xnli" / f"{split}-{lang}.tsv"
         ds = read_xnli(path)
-        assert ds.label_counts() == dict.fromkeys(("entailment", "neutral", "contradiction"), n // 3)
+        assert ds.label_counts() == dict.fromkeys(
+            ("entailment", "neutral", "contradiction"), n // 3
+        )
         raw = path.read_bytes().decode("utf-8").splitlines()
         assert [e.line for e in ds] == list(range(1, n + 1))
         for ex, line in zip(ds.examples[:200], raw, strict=False):

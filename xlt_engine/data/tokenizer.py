@@ -55,6 +55,17 @@ class WordPieceTokenizer:
             ids[t] for t in SPECIAL_TOKENS
         )
 
+    def truncating(self, max_len: int) -> Tokenizer:
+        """A copy of the backend that truncates to ``max_len`` ids (specials included), longest
+        first for pairs, as Hugging Face's ``truncation=True``. Cached per length."""
+        cache = self.__dict__.setdefault("_truncating", {})
+        if max_len not in cache:
+            clone = Tokenizer.from_str(self.backend.to_str())
+            clone.enable_truncation(max_len, strategy="longest_first")
+            clone.no_padding()
+            cache[max_len] = clone
+        return cache[max_len]
+
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)

@@ -187,3 +187,45 @@ def bench_kernels(ops, providers, modes, device, reps, out, no_save) -> None:
         out_dir=None if no_save else out,
         echo=click.echo,
     )
+
+
+@main.command()
+@click.option(
+    "--source", "sources", multiple=True, required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CoNLL training file(s) whose entities are searched for (repeatable)",
+)  # fmt: skip
+@click.option(
+    "--target-text", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="target-language plain text, one sentence per line (streamed)",
+)  # fmt: skip
+@click.option(
+    "--entity-map", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="TSV of 'source name<TAB>target name' rows",
+)  # fmt: skip
+@click.option(
+    "--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="output text file (written atomically)",
+)  # fmt: skip
+@click.option("--max-per-entity", default=100, show_default=True, help="lines kept per name")
+@click.option("--min-length", default=2, show_default=True, help="shortest name, in characters")
+@click.option("--top", default=10, show_default=True, help="entities listed in the summary")
+def corpus(sources, target_text, entity_map, out, max_per_entity, min_length, top) -> None:
+    """Select target-language lines that hold entities of the source training data."""
+    import time
+
+    from xlt_engine.data.conll import read_conll
+    from xlt_engine.data.corpus import build_corpus, entity_names, read_entity_map
+
+    try:
+        files = [read_conll(p) for p in sources]
+        mapping = read_entity_map(entity_map) if entity_map is not None else None
+        names = entity_names(files, mapping, min_length)
+        start = time.perf_counter()
+        stats = build_corpus(names, target_text, out, max_per_entity)
+        seconds = time.perf_counter() - start
+    except ValueError as err:
+        _fail(err)
+    click.echo(stats.summary(top))
+    rate = stats.lines_read / seconds if seconds > 0 else float("inf")
+    click.echo(f"wrote {out} in {seconds:.1f} s ({rate:,.0f} lines/s)")

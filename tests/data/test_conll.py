@@ -107,3 +107,73 @@ def test_label_unseen_in_training(tmp_path):
         check_labels_known(train, test)
     with pytest.warns(UserWarning, match="entity types LOC never occur"):
         assert check_labels_known(train, test, allow_unseen=True) == ["LOC"]
+
+
+# ----------------------------------------------------------------------------- property tests
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+WORD = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc"),
+                           blacklist_characters="\ufeff"), min_size=1,
+    max_size=6,
+).filter(lambda w: w.split() == [w] and w != "-DOCSTART-")  # fmt: skip
+TAG = st.sampled_from(["O", "O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "I-MISC"])
+SENTENCE = st.lists(st.tuples(WORD, TAG), min_size=1, max_size=8)
+
+
+def iob2_valid(tags):
+    prev = "O"
+    for tag in tags:
+        if tag.startswith("I-") and prev[2:] != tag[2:]:
+            return False
+        prev = tag
+    return True
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    docs=st.lists(st.lists(SENTENCE, min_size=1, max_size=4), min_size=1, max_size=4),
+    columns=st.integers(2, 5),
+    docstart=st.booleans(),
+    blank_after_docstart=st.booleans(),
+    blanks=st.integers(1, 3),
+    encoding=st.sampled_from(["utf-8", "latin-1"]),
+    crlf=st.booleans(),
+)
+def test_reader_round_trip_property(
+    tmp_path_factory, docs, columns, docstart, blank_after_docstart, blanks, encoding, crlf
+):
+    """Any file written in the format reads back to the same words, IOB2 tags and counts."""
+    lines = []
+    for doc in docs:
+        if docstart:
+            lines.append(" ".join(["-DOCSTART-"] + ["-X-"] * (columns - 2) + ["O"]))
+            if blank_after_docstart:
+                lines.append("")
+        for sent in doc:
+            lines += [" ".join([w] + ["X"] * (columns - 2) + [t]) for w, t in sent]
+            lines += [""] * blanks
+    text = ("\r\n" if crlf else "\n").join(lines)
+    sentences = [s for doc in docs for s in doc]
+    expected_words = [[w for w, _ in s] for s in sentences]
+    if encoding == "latin-1":  # only what latin-1 can hold
+        fix = lambda x: "".join(c if ord(c) < 256 else "?" for c in x)  # noqa: E731
+        text, expected_words = fix(text), [[fix(w) for w in s] for s in expected_words]
+    data = text.encode(encoding)
+    try:
+        data.decode("utf-8")
+        detected = "utf-8"
+    except UnicodeDecodeError:
+        detected = "latin-1"
+    path = tmp_path_factory.mktemp("conll") / "f.conll"
+    path.write_bytes(data)
+    f = read_conll(path)
+    assert f.encoding == detected
+    assert [s.tokens for s in f] == expected_words
+    expected_tags = [to_iob2([t for _, t in s])[0] for s in sentences]
+    assert [s.tags for s in f] == expected_tags
+    assert all(iob2_valid(s.tags) for s in f)
+    assert f.documents == (len(docs) if docstart else 0)
+    assert f.num_tokens == sum(len(s) for s in expected_words)

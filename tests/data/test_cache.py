@@ -35,7 +35,7 @@ def test_build_read_and_reuse(tmp_path, text_file, mbert_vocab, monkeypatch):
 
     class NoEncoding:
         def __getattr__(self, name):
-            if name == "encode_batch":
+            if name.startswith("encode"):
                 raise AssertionError("tokenised again")
             return getattr(backend, name)
 
@@ -81,6 +81,8 @@ def test_interrupted_build_leaves_nothing(tmp_path, text_file, monkeypatch):
             if calls["n"] == 2:
                 raise KeyboardInterrupt
             return real(*args, **kwargs)
+
+        encode_batch_fast = encode_batch
 
     monkeypatch.setattr(tok, "backend", Flaky())
     with pytest.raises(KeyboardInterrupt):

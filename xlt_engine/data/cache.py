@@ -93,10 +93,14 @@ class TokenCache:
             ):
                 batch: list[str] = []
                 numbers: list[int] = []
+                backend = (
+                    tokenizer.backend
+                )  # encode_batch_fast skips the offsets (tokenizers 0.21+)
+                encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
 
                 def flush() -> None:
                     nonlocal n_lines, n_ids
-                    encs = tokenizer.backend.encode_batch(batch, add_special_tokens=False)
+                    encs = encode(batch, add_special_tokens=False)
                     lens = np.fromiter((len(e.ids) for e in encs), np.int64, len(encs))
                     if lens.sum():
                         ids_f.write(np.concatenate([e.ids for e in encs]).astype(np.int32))

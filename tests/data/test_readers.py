@@ -162,7 +162,10 @@ def test_marc_bad_bytes(tmp_path):
 # ----------------------------------------------------------------------------- XNLI
 
 
-@pytest.mark.parametrize("lang", ["ar", "bg", "de", "el", "en", "es", "fr", "hi"])
+XNLI_LANGS = "ar bg de el en es fr hi ru sw th tr ur vi zh".split()
+
+
+@pytest.mark.parametrize("lang", XNLI_LANGS)
 def test_xnli_real_files(shared_data, lang):
     for split, n in (("dev", 2490), ("test", 5010)):
         path = shared_data / "xnli" / f"{split}-{lang}.tsv"

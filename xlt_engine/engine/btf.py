@@ -1,0 +1,144 @@
+"""Stage ``btf``: Bilingual Task Fitting, continued MLM on task-related source and target text.
+
+Each text file (one per language) is tokenised once into a ``TokenCache``, cut into windows of
+``max_len``; every epoch mixes the languages by ``resample`` (equal shares by default), batches
+them by length and shards the batches by rank. Masking (``MlmMasker``) returns only the masked
+positions; only those rows go through the MLM head transform and ``fused_mlm_loss``. The
+embeddings (and so the tied decoder weight) and the bottom ``freeze_layers`` encoder layers are
+frozen. Output: the Base Model in Hugging Face layout (``out/base-model``), loadable by
+transformers' ``BertForMaskedLM``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xlt_engine.data.batching import length_batches, pad_batch, resample, shard
+from xlt_engine.data.cache import TokenCache
+from xlt_engine.data.masking import MlmMasker
+from xlt_engine.data.tokenizer import WordPieceTokenizer, load_tokenizer
+from xlt_engine.engine.loop import TrainConfig, TrainResult, freeze, train
+from xlt_engine.kernels import fused_mlm_loss
+from xlt_engine.model import BertForMLM, load_pretrained, save_pretrained
+
+
+@dataclass(frozen=True)
+class BtfConfig:
+    model: str  # Hugging Face layout folder (mBERT, or `xlt-engine init` output)
+    texts: tuple[str, ...]  # plain-text files, one per language
+    out: str  # run folder; the Base Model goes to out/base-model
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1000))
+    shares: tuple[float, ...] | None = None  # per text file; None: equal
+    epoch_size: int | None = None  # windows per epoch; None: the corpora's total
+    max_len: int = 128
+    batch_size: int = 32
+    max_tokens: int | None = None
+    mlm_probability: float = 0.15
+    whole_word: bool = False
+    max_predictions: int | None = None
+    freeze_layers: int = 3  # bottom encoder layers frozen, with the embeddings
+    cache_dir: str | None = None  # default: out/cache
+    device: str = "auto"
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self):
+        if not self.texts:
+            raise ValueError("texts: give at least one text file")
+        for t in self.texts:
+            if not Path(t).is_file():
+                raise ValueError(f"texts: {t}: no such file")
+        if not Path(self.model).exists():
+            raise ValueError(f"model: {self.model}: no such folder")
+        if self.shares is not None and len(self.shares) != len(self.texts):
+            raise ValueError(f"shares: {len(self.shares)} values for {len(self.texts)} texts")
+        if self.max_len < 8:
+            raise ValueError(f"max_len must be >= 8, got {self.max_len}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.freeze_layers < 0:
+            raise ValueError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
+
+
+class MlmData:
+    """Windows of several token caches, resampled per epoch into length-bucketed batches."""
+
+    def __init__(self, caches: list[TokenCache], tok: WordPieceTokenizer, cfg: BtfConfig):
+        self.caches, self.tok, self.cfg = caches, tok, cfg
+        self.windows = [c.windows(cfg.max_len) for c in caches]
+        self._epoch: tuple[int, list, np.ndarray] | None = None
+
+    def _plan(self, epoch: int):
+        if self._epoch is None or self._epoch[0] != epoch:
+            cfg = self.cfg
+            mix = resample([len(w) for w in self.windows], cfg.shares, cfg.epoch_size,
+                           cfg.train.seed, epoch)  # fmt: skip
+            lengths = np.empty(len(mix), dtype=np.int64)
+            for c, w in enumerate(self.windows):
+                sel = mix[:, 0] == c
+                lengths[sel] = w[mix[sel, 1], 2] - w[mix[sel, 1], 1] + 2  # + [CLS], [SEP]
+            batches = length_batches(lengths, cfg.batch_size, cfg.max_tokens,
+                                     seed=cfg.train.seed, epoch=epoch)  # fmt: skip
+            batches = shard(batches, cfg.rank, cfg.world_size)
+            self._epoch = (epoch, batches, mix)
+        return self._epoch
+
+    def num_batches(self, epoch: int) -> int:
+        return len(self._plan(epoch)[1])
+
+    def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+        _, batches, mix = self._plan(epoch)
+        seqs = []
+        for c, i in mix[batches[index]]:
+            entry, start, end = self.windows[c][i]
+            seqs.append(self.caches[c].window(entry, start, end, self.tok.cls_id, self.tok.sep_id))
+        return pad_batch(seqs, self.tok.pad_id)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run_btf(cfg: BtfConfig, resume: bool = False, echo=print, _kill_at_step=None) -> TrainResult:
+    out = Path(cfg.out)
+    device = _device(cfg.device)
+    tok = load_tokenizer(cfg.model)
+    model = load_pretrained(cfg.model, dtype=torch.float32, device=device)
+    frozen_patterns = (r"encoder\.embeddings\.",) + tuple(
+        rf"encoder\.layers\.{i}\." for i in range(min(cfg.freeze_layers, len(model.encoder.layers)))
+    )
+    freeze(model, frozen_patterns)
+    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
+    caches = [TokenCache.build(t, tok, cache_root) for t in cfg.texts]
+    data = MlmData(caches, tok, cfg)
+    masker = MlmMasker.from_tokenizer(
+        tok, probability=cfg.mlm_probability, whole_word=cfg.whole_word,
+        max_predictions=cfg.max_predictions,
+    )  # fmt: skip
+
+    def loss_fn(m: BertForMLM, batch: dict, gen: torch.Generator) -> torch.Tensor:
+        masked = masker(batch["input_ids"], batch["attention_mask"], gen)
+        ids = masked.input_ids.to(device, non_blocking=True)
+        attn = batch["attention_mask"].to(device, non_blocking=True)
+        h = m.masked_hidden(ids, masked.positions.to(device), attn)  # (N, H): masked rows only
+        return fused_mlm_loss(h, m.decoder_weight, m.head.bias, masked.labels.to(device))
+
+    def save(m, folder):
+        save_pretrained(m, folder, tok)
+
+    def load(m, folder):
+        m.load_state_dict(load_pretrained(folder, dtype=torch.float32, device=device).state_dict())
+
+    result = train(
+        model, loss_fn, data, cfg.train, out, save_model=save, load_model=load, resume=resume,
+        echo=echo, rank=cfg.rank, _kill_at_step=_kill_at_step,
+    )  # fmt: skip
+    if cfg.rank == 0:
+        save_pretrained(model, out / "base-model", tok)
+    return result

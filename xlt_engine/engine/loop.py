@@ -1,0 +1,370 @@
+"""The training loop: one readable function, no callbacks, no framework.
+
+``train(model, loss_fn, data, cfg, run_dir, ...)`` runs ``cfg.max_steps`` optimizer steps of
+AdamW (fused on CUDA) with linear warm-up over ``warmup_ratio`` of the steps then linear decay,
+gradient accumulation, clipping, parameter freezing by name pattern, and mixed precision (bf16
+autocast on CUDA by default, fp16 with a grad scaler as an option, fp32 on CPU; master weights
+stay fp32).
+
+Data is a ``DataSource``: ``num_batches(epoch)`` and ``batch(epoch, index)``, each a pure
+function of its arguments (the order of an epoch comes from ``(seed, epoch)``), so the data
+position is just ``(epoch, index)`` and a resumed run reads the same batches. ``loss_fn(model,
+batch, generator)`` gets a ``torch.Generator`` seeded from ``(seed, epoch, index)`` for any
+randomness of its own (MLM masking); dropout draws from torch's global RNG, whose state is saved.
+
+Checkpoints: ``run_dir/ckpt-<step>/`` holds the model (``save_model``: for BERT, safetensors
+with Hugging Face names) and ``state.pt`` (optimizer, scaler, step, data position, RNG states of
+python / numpy / torch / cuda); ``run_dir/latest`` names the newest complete one and is
+replaced atomically after both are written, so a kill at any moment leaves a usable checkpoint.
+``resume=True`` continues from it exactly: on CPU the final weights equal an uninterrupted run's
+bit for bit. SIGINT / SIGTERM finish the current step, write a checkpoint and raise
+``Interrupted`` (whose message says how to resume). A non-finite loss stops the run with an
+error naming the step and batch before any checkpoint after it is written.
+
+Metrics go to ``run_dir/metrics.jsonl`` (one JSON object per log interval or evaluation);
+``.item()`` is called only there. Distributed (DDP): pass ``rank``/``world_size`` through the
+data source and wrap the model before calling ``train``; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from xlt_engine.fileio import atomic_write_text, fsync_dir
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM: a checkpoint was written; the message says how to resume."""
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    max_steps: int
+    lr: float = 2e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    grad_accum: int = 1
+    clip: float = 1.0  # max grad norm; 0 disables
+    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    freeze: tuple[str, ...] = ()  # regexes matched (re.match) against parameter names
+    log_every: int = 10
+    save_every: int = 0  # 0: only at the end (and on SIGINT/SIGTERM)
+    eval_every: int = 0
+    keep_checkpoints: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("max_steps", "grad_accum", "log_every", "keep_checkpoints"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("save_every", "eval_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if self.weight_decay < 0 or self.clip < 0:
+            raise ValueError("weight_decay and clip must be >= 0")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        for pattern in self.freeze:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"freeze pattern {pattern!r} is not a regex: {err}") from None
+
+
+class DataSource(Protocol):
+    def num_batches(self, epoch: int) -> int: ...
+
+    def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass
+class TrainResult:
+    step: int
+    last_loss: float
+    checkpoint: Path | None
+    history: list[dict] = field(default_factory=list)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_ratio * max_steps`` steps, then linear decay to 0."""
+    warm = int(cfg.warmup_ratio * cfg.max_steps)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    return cfg.lr * max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - warm))
+
+
+def freeze(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
+    """Set ``requires_grad=False`` on parameters whose name matches a pattern; returns them.
+    A pattern that matches nothing is an error (a typo would silently train everything)."""
+    frozen = []
+    for pattern in patterns:
+        hits = [n for n, _ in model.named_parameters() if re.match(pattern, n)]
+        if not hits:
+            raise ValueError(f"freeze pattern {pattern!r} matches no parameter")
+        frozen += hits
+    frozen = sorted(set(frozen))
+    for name, p in model.named_parameters():
+        if name in frozen:
+            p.requires_grad_(False)
+    return frozen
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None: fp32)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return None
+    if device.type != "cuda" and precision == "fp16":
+        raise ValueError("fp16 needs CUDA (use fp32 or bf16 on CPU)")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def _generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(hash((seed, epoch, index)) & (2**63 - 1))
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state(legacy=False)  # its key array as a tensor: no pickle needed
+    np_state["state"]["key"] = torch.from_numpy(np_state["state"]["key"].astype(np.int64))
+    state = {
+        "python": random.getstate(),
+        "numpy": np_state,
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np_state = state["numpy"]
+    np_state["state"]["key"] = np_state["state"]["key"].numpy().astype(np.uint32)
+    np.random.set_state(np_state)
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = run_dir / "latest"
+    if not pointer.is_file():
+        return None
+    folder = run_dir / pointer.read_text(encoding="utf-8").strip()
+    if not (folder / "state.pt").is_file():
+        raise ValueError(f"{pointer} names {folder.name}, which has no state.pt")
+    return folder
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def train(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, dict, torch.Generator], torch.Tensor],
+    data: DataSource,
+    cfg: TrainConfig,
+    run_dir: str | Path,
+    *,
+    save_model: Callable[[nn.Module, Path], None],
+    load_model: Callable[[nn.Module, Path], None],
+    resume: bool = False,
+    evaluate: Callable[[nn.Module], dict] | None = None,
+    echo: Callable[[str], None] | None = print,
+    rank: int = 0,
+    _kill_at_step: int | None = None,
+) -> TrainResult:
+    """Train ``model`` in place (see the module docstring). ``save_model(model, folder)`` and
+    ``load_model(model, folder)`` write and read the weights of a checkpoint."""
+    run_dir = Path(run_dir)
+    is_main = rank == 0
+    core = _unwrap(model)
+    device = next(core.parameters()).device
+    amp_dtype = resolve_precision(cfg.precision, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("every parameter is frozen: nothing to train")
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]  # biases and LayerNorm
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, fused=device.type == "cuda",
+    )  # fmt: skip
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    step, epoch, index = 0, 0, 0
+    history: list[dict] = []
+    random.seed(cfg.seed)  # a fresh run is a function of the seed (dropout included)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed + rank)
+    if resume:
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise ValueError(f"{run_dir}: nothing to resume (no checkpoint written yet)")
+        load_model(core, ckpt / "model")
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        opt.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        step, epoch, index = state["step"], state["epoch"], state["index"]
+        _set_rng_state(state["rng"])
+        if echo and is_main:
+            echo(f"resumed from {ckpt} at step {step}")
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    def checkpoint() -> Path | None:
+        if not is_main:
+            return None
+        folder = run_dir / f"ckpt-{step:08d}"
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        save_model(core, folder / "model")
+        state = {
+            "optimizer": opt.state_dict(),
+            "scaler": scaler.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "index": index,
+            "rng": _rng_state(),
+            "config": asdict(cfg),
+        }
+        tmp = folder / "state.pt.tmp"
+        torch.save(state, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, folder / "state.pt")
+        fsync_dir(folder)
+        atomic_write_text(run_dir / "latest", folder.name + "\n")
+        old = sorted(p for p in run_dir.glob("ckpt-*") if p.is_dir() and p != folder)
+        for p in old[: max(0, len(old) - (cfg.keep_checkpoints - 1))]:
+            shutil.rmtree(p, ignore_errors=True)
+        return folder
+
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    metrics_path = run_dir / "metrics.jsonl"
+    loss_sum = torch.zeros((), device=device)
+    tokens = 0
+    t_last = time.perf_counter()
+    last_loss = float("nan")
+    last_ckpt = None
+    try:
+        model.train()
+        while step < cfg.max_steps:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            where = []
+            for _ in range(cfg.grad_accum):
+                n = data.num_batches(epoch)
+                if n == 0:
+                    raise ValueError(f"epoch {epoch} has no batches")
+                if index >= n:
+                    epoch, index = epoch + 1, 0
+                batch = data.batch(epoch, index)
+                gen = _generator(cfg.seed, epoch, index)
+                where.append((epoch, index))
+                index += 1
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                    enabled=amp_dtype is not None):  # fmt: skip
+                    loss = loss_fn(model, batch, gen)
+                scaler.scale(loss / cfg.grad_accum).backward()
+                loss_sum += loss.detach() / cfg.grad_accum
+                if "attention_mask" in batch:
+                    tokens += int(batch["attention_mask"].sum())
+                # CPU: checking is free; CUDA: at log intervals (a sync), before any checkpoint
+                if device.type != "cuda" and not torch.isfinite(loss):
+                    raise NonFiniteLoss(
+                        f"non-finite loss {float(loss.detach())} at step {step + 1}, epoch {epoch}, batch "
+                        f"{where[-1][1]}; the last good checkpoint is {latest_checkpoint(run_dir)}"
+                    )
+            if cfg.clip > 0:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+            scaler.step(opt)
+            scaler.update()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            if _kill_at_step is not None and step == _kill_at_step:
+                os.kill(os.getpid(), signal.SIGKILL)  # test hook: die without any clean-up
+
+            log_now = step % cfg.log_every == 0 or step == cfg.max_steps
+            save_now = (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps
+            if log_now or save_now or stop["signal"] is not None:
+                n_steps = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+                if dist.is_available() and dist.is_initialized():
+                    dist.all_reduce(loss_sum)
+                    loss_sum /= dist.get_world_size()
+                mean = loss_sum.item() / max(1, n_steps)  # the sync point
+                if not math.isfinite(mean):
+                    raise NonFiniteLoss(
+                        f"non-finite loss in steps {step - n_steps + 1}-{step} (last batch: epoch "
+                        f"{where[-1][0]}, index {where[-1][1]}); the last good checkpoint is "
+                        f"{latest_checkpoint(run_dir)}"
+                    )
+                last_loss = mean
+                now = time.perf_counter()
+                record = {
+                    "step": step,
+                    "loss": mean,
+                    "lr": lr_at(step - 1, cfg),
+                    "tokens_per_s": tokens / max(now - t_last, 1e-9),
+                    "epoch": epoch,
+                }
+                loss_sum.zero_()
+                tokens, t_last = 0, now
+                if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
+                    record.update(evaluate(core))
+                    model.train()
+                history.append(record)
+                if is_main:
+                    with open(metrics_path, "a", encoding="utf-8") as f:
+                        f.write(json.dumps(record) + "\n")
+                    if echo:
+                        echo(f"step {step}/{cfg.max_steps} loss {mean:.4f} "
+                             f"lr {record['lr']:.2e} {record['tokens_per_s']:,.0f} tok/s")  # fmt: skip
+            if save_now or stop["signal"] is not None:
+                last_ckpt = checkpoint()
+            if stop["signal"] is not None:
+                name = signal.Signals(stop["signal"]).name
+                raise Interrupted(
+                    f"{name} received: checkpoint written at step {step} in {run_dir}; "
+                    "continue with the same command plus --resume"
+                )
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return TrainResult(step, last_loss, last_ckpt, history)

@@ -4,7 +4,6 @@ writes a checkpoint, freezing holds, the Base Model loads in transformers."""
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -72,7 +71,7 @@ def test_loss_goes_down_and_frozen_weights_hold(setup, tmp_path):
 def test_base_model_loads_in_transformers(setup, tmp_path):
     transformers = pytest.importorskip("transformers")
     run_btf(config(setup, tmp_path / "run", max_steps=2), echo=None)
-    model, info = transformers.BertForMaskedLM.from_pretrained(
+    _, info = transformers.BertForMaskedLM.from_pretrained(
         tmp_path / "run" / "base-model", output_loading_info=True
     )
     assert not info["missing_keys"] and not info["unexpected_keys"]

@@ -110,9 +110,8 @@ def run_btf(cfg: BtfConfig, resume: bool = False, echo=print, _kill_at_step=None
     device = _device(cfg.device)
     tok = load_tokenizer(cfg.model)
     model = load_pretrained(cfg.model, dtype=torch.float32, device=device)
-    frozen_patterns = (r"encoder\.embeddings\.",) + tuple(
-        rf"encoder\.layers\.{i}\." for i in range(min(cfg.freeze_layers, len(model.encoder.layers)))
-    )
+    bottom = range(min(cfg.freeze_layers, len(model.encoder.layers)))
+    frozen_patterns = (r"encoder\.embeddings\.", *(rf"encoder\.layers\.{i}\." for i in bottom))
     freeze(model, frozen_patterns)
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
     caches = [TokenCache.build(t, tok, cache_root) for t in cfg.texts]

@@ -167,6 +167,8 @@ def test_reader_round_trip_property(
         detected = "utf-8"
     except UnicodeDecodeError:
         detected = "latin-1"
+    # latin-1 bytes can also be valid UTF-8 ("Â¡" is C2 A1): the reader then rightly reads UTF-8
+    expected_words = [[w.encode(encoding).decode(detected) for w in s] for s in expected_words]
     path = tmp_path_factory.mktemp("conll") / "f.conll"
     path.write_bytes(data)
     f = read_conll(path)

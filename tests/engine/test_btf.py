@@ -178,3 +178,20 @@ def test_train_config_errors():
         TrainConfig(max_steps=1, precision="fp8")
     with pytest.raises(ValueError, match="freeze pattern '\\(' is not a regex"):
         TrainConfig(max_steps=1, freeze=("(",))
+
+
+def test_logged_loss_is_the_mean_of_its_own_steps(tmp_path):
+    """Saving between log intervals also logs; each record averages only the steps since the
+    previous record (a fixed loss of 2.0 must log 2.0 every time)."""
+    model = torch.nn.Linear(3, 1)
+
+    def loss_fn(m, batch, gen):
+        return m(batch["x"]).sum() * 0 + 2.0
+
+    def save(m, folder):
+        folder.mkdir()
+
+    cfg = TrainConfig(max_steps=12, lr=1e-3, log_every=4, save_every=3)
+    r = train(model, loss_fn, Data(), cfg, tmp_path, save_model=save, load_model=None, echo=None)
+    assert [h["step"] for h in r.history] == [3, 4, 6, 8, 9, 12]
+    assert all(abs(h["loss"] - 2.0) < 1e-6 for h in r.history), r.history

@@ -278,7 +278,7 @@ def train(
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     metrics_path = run_dir / "metrics.jsonl"
     loss_sum = torch.zeros((), device=device)
-    tokens = 0
+    tokens = steps_since_log = 0
     t_last = time.perf_counter()
     last_loss = float("nan")
     last_ckpt = None
@@ -318,13 +318,14 @@ def train(
             scaler.update()
             opt.zero_grad(set_to_none=True)
             step += 1
+            steps_since_log += 1
             if _kill_at_step is not None and step == _kill_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)  # test hook: die without any clean-up
 
             log_now = step % cfg.log_every == 0 or step == cfg.max_steps
             save_now = (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps
             if log_now or save_now or stop["signal"] is not None:
-                n_steps = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+                n_steps = steps_since_log  # a save or signal may log between log intervals
                 if dist.is_available() and dist.is_initialized():
                     dist.all_reduce(loss_sum)
                     loss_sum /= dist.get_world_size()
@@ -345,7 +346,7 @@ def train(
                     "epoch": epoch,
                 }
                 loss_sum.zero_()
-                tokens, t_last = 0, now
+                tokens, steps_since_log, t_last = 0, 0, now
                 if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
                     record.update(evaluate(core))
                     model.train()

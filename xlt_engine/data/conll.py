@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xlt_engine.data.examples import check_labels_known as _check_known
+from xlt_engine.data.examples import decode_text, read_bytes
 
 DOCSTART = "-DOCSTART-"
 
@@ -72,16 +73,8 @@ def decode(path: Path, data: bytes, encoding: str | None) -> tuple[str, str]:
             return data.decode("utf-8-sig"), "utf-8"
         except UnicodeDecodeError:
             return data.decode("latin-1"), "latin-1"
-    try:
-        return data.decode(encoding), encoding
-    except LookupError:
-        raise ValueError(f"{path}: unknown encoding {encoding!r}") from None
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise ValueError(
-            f"{path}:{line}: byte 0x{data[err.start]:02x} is not valid {encoding} "
-            f"({err.reason}); leave encoding unset to fall back to latin-1"
-        ) from None
+    hint = "; leave encoding unset to fall back to latin-1"
+    return decode_text(path, data, encoding, hint), encoding
 
 
 def check_tag(path: Path, lineno: int, tag: str) -> None:
@@ -105,12 +98,7 @@ def to_iob2(tags: list[str]) -> tuple[list[str], int]:
 def read_conll(path: str | Path, encoding: str | None = None) -> ConllFile:
     """Read a CoNLL NER file into sentences with ``.tokens`` and IOB2 ``.tags``."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ValueError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise ValueError(f"{path}: is a folder, not a CoNLL file") from None
+    data = read_bytes(path, "a CoNLL file", allow_empty=True)  # empty: "no sentences" below
     text, used = decode(path, data, encoding)
     sentences: list[Sentence] = []
     documents = converted = 0

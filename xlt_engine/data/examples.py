@@ -54,8 +54,9 @@ class TextDataset:
         return Counter(e.label for e in self.examples)
 
 
-def read_bytes(path: Path, what: str) -> bytes:
-    """The whole file; a missing file, a folder or an empty file is an error naming it."""
+def read_bytes(path: Path, what: str, allow_empty: bool = False) -> bytes:
+    """The whole file; a missing file, a folder or (unless ``allow_empty``) an empty file is an
+    error naming it."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -64,7 +65,7 @@ def read_bytes(path: Path, what: str) -> bytes:
         raise ValueError(f"{path}: is a folder, not {what}") from None
     except OSError as err:
         raise ValueError(f"{path}: cannot read ({err.strerror or err})") from None
-    if not data.strip():
+    if not allow_empty and not data.strip():
         raise ValueError(f"{path}: the file is empty")
     return data
 
@@ -79,18 +80,21 @@ def check_file(path: Path, what: str) -> None:
         raise ValueError(f"{path}: the file is empty")
 
 
-def decode_utf8(path: Path, data: bytes, encoding: str = "utf-8") -> str:
-    """Bytes -> text (a UTF-8 BOM is dropped); a bad byte is an error naming the line."""
+def decode_text(path: Path, data: bytes, encoding: str = "utf-8", hint: str = "") -> str:
+    """Bytes -> text (for UTF-8 a BOM is dropped); a bad byte is an error naming the line and
+    byte, followed by ``hint``."""
+    codec = encoding
     if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
-        encoding = "utf-8-sig"
+        codec = "utf-8-sig"
     try:
-        return data.decode(encoding)
+        return data.decode(codec)
     except LookupError:
         raise ValueError(f"{path}: unknown encoding {encoding!r}") from None
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
         raise ValueError(
-            f"{path}:{line}: byte 0x{data[err.start]:02x} is not valid {encoding} ({err.reason})"
+            f"{path}:{line}: byte 0x{data[err.start]:02x} is not valid {encoding} "
+            f"({err.reason}){hint}"
         ) from None
 
 

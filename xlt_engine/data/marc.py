@@ -12,7 +12,7 @@ import io
 from collections.abc import Callable
 from pathlib import Path
 
-from xlt_engine.data.examples import Example, TextDataset, decode_utf8, read_bytes
+from xlt_engine.data.examples import Example, TextDataset, decode_text, read_bytes
 
 
 def stars_label(stars: int) -> str | None:
@@ -34,7 +34,7 @@ def read_marc(
     """Read a MARC CSV into examples; ``label_rule`` maps stars to a label or None (dropped).
     ``unlabeled``: keep every row with ``label=None``."""
     path = Path(path)
-    text = decode_utf8(path, read_bytes(path, "a MARC CSV file"))
+    text = decode_text(path, read_bytes(path, "a MARC CSV file"))
     f = io.StringIO(text, newline="")
     reader = csv.reader(f, strict=True)
     try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xlt_engine.data.examples import Example, TextDataset, decode_utf8, read_bytes
+from xlt_engine.data.examples import Example, TextDataset, decode_text, read_bytes
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 _ALIASES = {"contradictory": "contradiction"}
@@ -16,7 +16,7 @@ def read_xnli(path: str | Path, unlabeled: bool = False) -> TextDataset:
     """Read an XNLI TSV into sentence-pair examples (``text`` premise, ``text_pair``
     hypothesis). ``unlabeled``: rows may have two columns and labels are dropped."""
     path = Path(path)
-    text = decode_utf8(path, read_bytes(path, "an XNLI TSV file"))
+    text = decode_text(path, read_bytes(path, "an XNLI TSV file"))
     examples: list[Example] = []
     for lineno, line in enumerate(text.split("\n"), start=1):
         line = line.rstrip("\r")

@@ -16,11 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from xlt_engine.data.batching import length_batches, pad_batch, resample, shard
 from xlt_engine.data.cache import TokenCache
 from xlt_engine.data.masking import MlmMasker
 from xlt_engine.data.tokenizer import WordPieceTokenizer, load_tokenizer
+from xlt_engine.engine import distributed
+from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.loop import TrainConfig, TrainResult, freeze, train
 from xlt_engine.kernels import fused_mlm_loss
 from xlt_engine.model import BertForMLM, load_pretrained, save_pretrained
@@ -31,7 +34,7 @@ class BtfConfig:
     model: str  # Hugging Face layout folder (mBERT, or `xlt-engine init` output)
     texts: tuple[str, ...]  # plain-text files, one per language
     out: str  # run folder; the Base Model goes to out/base-model
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1000))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=2e-5))
     shares: tuple[float, ...] | None = None  # per text file; None: equal
     epoch_size: int | None = None  # windows per epoch; None: the corpora's total
     max_len: int = 128
@@ -43,8 +46,6 @@ class BtfConfig:
     freeze_layers: int = 3  # bottom encoder layers frozen, with the embeddings
     cache_dir: str | None = None  # default: out/cache
     device: str = "auto"
-    rank: int = 0
-    world_size: int = 1
 
     def __post_init__(self):
         if not self.texts:
@@ -69,6 +70,7 @@ class MlmData:
 
     def __init__(self, caches: list[TokenCache], tok: WordPieceTokenizer, cfg: BtfConfig):
         self.caches, self.tok, self.cfg = caches, tok, cfg
+        self.rank, self.world = rank_world()
         self.windows = [c.windows(cfg.max_len) for c in caches]
         self._epoch: tuple[int, list, np.ndarray] | None = None
 
@@ -83,7 +85,7 @@ class MlmData:
                 lengths[sel] = w[mix[sel, 1], 2] - w[mix[sel, 1], 1] + 2  # + [CLS], [SEP]
             batches = length_batches(lengths, cfg.batch_size, cfg.max_tokens,
                                      seed=cfg.train.seed, epoch=epoch)  # fmt: skip
-            batches = shard(batches, cfg.rank, cfg.world_size)
+            batches = shard(batches, self.rank, self.world)
             self._epoch = (epoch, batches, mix)
         return self._epoch
 
@@ -99,15 +101,26 @@ class MlmData:
         return pad_batch(seqs, self.tok.pad_id)
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+class MlmObjective(nn.Module):
+    """The MLM loss as a module, so that DDP sees a ``forward`` call: masked rows only, through
+    the head transform, into ``fused_mlm_loss`` with the tied decoder weight."""
+
+    def __init__(self, model: BertForMLM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, positions, attention_mask, labels) -> torch.Tensor:
+        m = self.model
+        h = m.masked_hidden(input_ids, positions, attention_mask)  # (N, H): masked rows only
+        return fused_mlm_loss(h, m.decoder_weight, m.head.bias, labels)
 
 
-def run_btf(cfg: BtfConfig, resume: bool = False, echo=print, _kill_at_step=None) -> TrainResult:
+def run_btf(
+    cfg: BtfConfig, resume: bool = False, echo=print, progress=None, _kill_at_step=None
+) -> TrainResult:
     out = Path(cfg.out)
-    device = _device(cfg.device)
+    device = distributed.init(cfg.device)
+    rank, _ = rank_world()
     tok = load_tokenizer(cfg.model)
     model = load_pretrained(cfg.model, dtype=torch.float32, device=device)
     bottom = range(min(cfg.freeze_layers, len(model.encoder.layers)))
@@ -121,23 +134,26 @@ def run_btf(cfg: BtfConfig, resume: bool = False, echo=print, _kill_at_step=None
         max_predictions=cfg.max_predictions,
     )  # fmt: skip
 
-    def loss_fn(m: BertForMLM, batch: dict, gen: torch.Generator) -> torch.Tensor:
+    def loss_fn(objective: nn.Module, batch: dict, gen: torch.Generator) -> torch.Tensor:
         masked = masker(batch["input_ids"], batch["attention_mask"], gen)
         ids = masked.input_ids.to(device, non_blocking=True)
         attn = batch["attention_mask"].to(device, non_blocking=True)
-        h = m.masked_hidden(ids, masked.positions.to(device), attn)  # (N, H): masked rows only
-        return fused_mlm_loss(h, m.decoder_weight, m.head.bias, masked.labels.to(device))
+        return objective(ids, masked.positions.to(device), attn, masked.labels.to(device))
 
-    def save(m, folder):
-        save_pretrained(m, folder, tok)
+    def save(objective, folder):
+        save_pretrained(objective.model, folder, tok)
 
-    def load(m, folder):
-        m.load_state_dict(load_pretrained(folder, dtype=torch.float32, device=device).state_dict())
+    def load(objective, folder):
+        state = load_pretrained(folder, dtype=torch.float32, device=device).state_dict()
+        objective.model.load_state_dict(state)
 
+    train_cfg = cfg.train.with_steps(data.num_batches(0))
     result = train(
-        model, loss_fn, data, cfg.train, out, save_model=save, load_model=load, resume=resume,
-        echo=echo, rank=cfg.rank, _kill_at_step=_kill_at_step,
+        distributed.wrap(MlmObjective(model), device), loss_fn, data, train_cfg, out,
+        save_model=save, load_model=load, resume=resume, echo=echo, progress=progress,
+        _kill_at_step=_kill_at_step,
     )  # fmt: skip
-    if cfg.rank == 0:
+    if rank == 0:
         save_pretrained(model, out / "base-model", tok)
+    distributed.barrier()
     return result

@@ -22,8 +22,11 @@ bit for bit. SIGINT / SIGTERM finish the current step, write a checkpoint and ra
 error naming the step and batch before any checkpoint after it is written.
 
 Metrics go to ``run_dir/metrics.jsonl`` (one JSON object per log interval or evaluation);
-``.item()`` is called only there. Distributed (DDP): pass ``rank``/``world_size`` through the
-data source and wrap the model before calling ``train``; only rank 0 writes.
+``.item()`` is called only there. Distributed (DDP, ``torch.distributed`` initialised, e.g. by
+``engine.distributed.init``): freeze, then wrap the model before calling ``train``; the data
+source shards batches round-robin by rank (``data.batching.shard``); the logged loss and token
+counts are reduced over ranks; signals stop every rank at the same step; each rank's RNG state
+goes into the checkpoint; only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -35,12 +38,14 @@ import random
 import re
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+import click
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -61,7 +66,8 @@ class NonFiniteLoss(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    max_steps: int
+    max_steps: int = 0  # optimizer steps; 0: from ``epochs`` (``with_steps``)
+    epochs: float = 0.0  # used when max_steps is 0
     lr: float = 2e-5
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
@@ -76,18 +82,24 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("max_steps", "grad_accum", "log_every", "keep_checkpoints"):
+        for name in ("grad_accum", "log_every", "keep_checkpoints"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("save_every", "eval_every"):
+        for name in ("max_steps", "save_every", "eval_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if not (isinstance(self.epochs, int | float) and self.epochs >= 0):
+            raise ValueError(f"epochs must be a number >= 0, got {self.epochs!r}")
+        if self.max_steps == 0 and not self.epochs > 0:
+            raise ValueError("max_steps must be a positive integer (or give epochs > 0)")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        if self.weight_decay < 0 or self.clip < 0:
-            raise ValueError("weight_decay and clip must be >= 0")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.clip < 0:
+            raise ValueError(f"clip must be >= 0, got {self.clip!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for pattern in self.freeze:
@@ -95,6 +107,16 @@ class TrainConfig:
                 re.compile(pattern)
             except re.error as err:
                 raise ValueError(f"freeze pattern {pattern!r} is not a regex: {err}") from None
+
+    def with_steps(self, batches_per_epoch: int) -> TrainConfig:
+        """``max_steps`` from ``epochs`` when it is 0: ceil(epochs * batches / grad_accum),
+        with ``batches_per_epoch`` counted per rank."""
+        if self.max_steps:
+            return self
+        if batches_per_epoch < 1:
+            raise ValueError("the training data gives no batches")
+        steps = math.ceil(self.epochs * batches_per_epoch / self.grad_accum)
+        return replace(self, max_steps=max(1, steps))
 
 
 class DataSource(Protocol):
@@ -199,12 +221,19 @@ def train(
     resume: bool = False,
     evaluate: Callable[[nn.Module], dict] | None = None,
     echo: Callable[[str], None] | None = print,
-    rank: int = 0,
+    progress: bool | None = None,
     _kill_at_step: int | None = None,
 ) -> TrainResult:
     """Train ``model`` in place (see the module docstring). ``save_model(model, folder)`` and
-    ``load_model(model, folder)`` write and read the weights of a checkpoint."""
+    ``load_model(model, folder)`` write and read the weights of a checkpoint. ``progress``: a
+    click progress bar on stderr (None: when stderr is a terminal); log lines go to ``echo``
+    when there is no bar."""
+    if cfg.max_steps < 1:
+        raise ValueError("TrainConfig.max_steps is 0: resolve epochs first (cfg.with_steps)")
     run_dir = Path(run_dir)
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank() if distributed else 0
+    world = dist.get_world_size() if distributed else 1
     is_main = rank == 0
     core = _unwrap(model)
     device = next(core.parameters()).device
@@ -235,13 +264,21 @@ def train(
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         step, epoch, index = state["step"], state["epoch"], state["index"]
-        _set_rng_state(state["rng"])
+        rng = state["rng"]
+        if len(state.get("rng_ranks", ())) == world:
+            rng = state["rng_ranks"][rank]  # each rank continues its own streams (dropout)
+        _set_rng_state(rng)
         if echo and is_main:
             echo(f"resumed from {ckpt} at step {step}")
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
 
     def checkpoint() -> Path | None:
+        rng = _rng_state()
+        rng_ranks = [rng]
+        if distributed:
+            rng_ranks = [None] * world
+            dist.all_gather_object(rng_ranks, rng)
         if not is_main:
             return None
         folder = run_dir / f"ckpt-{step:08d}"
@@ -255,7 +292,8 @@ def train(
             "step": step,
             "epoch": epoch,
             "index": index,
-            "rng": _rng_state(),
+            "rng": rng,
+            "rng_ranks": rng_ranks,
             "config": asdict(cfg),
         }
         tmp = folder / "state.pt.tmp"
@@ -278,7 +316,16 @@ def train(
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     metrics_path = run_dir / "metrics.jsonl"
     loss_sum = torch.zeros((), device=device)
-    tokens = steps_since_log = 0
+    steps_since_log = 0
+    tokens = torch.zeros((), dtype=torch.float64)  # CPU: the masks are CPU tensors
+    if progress is None:
+        progress = sys.stderr.isatty()
+    bar = None
+    if progress and is_main:
+        bar = click.progressbar(length=cfg.max_steps, label=run_dir.name, file=sys.stderr,
+                                show_eta=True, item_show_func=lambda s: s)  # fmt: skip
+        bar.__enter__()
+        bar.update(step)
     t_last = time.perf_counter()
     last_loss = float("nan")
     last_ckpt = None
@@ -295,7 +342,10 @@ def train(
                 if index >= n:
                     epoch, index = epoch + 1, 0
                 batch = data.batch(epoch, index)
-                gen = _generator(cfg.seed, epoch, index)
+                # keyed by the global batch number: rank r's i-th batch is batch i*world + r of
+                # the epoch (``shard`` is round-robin), so a DDP run draws the same masks as one
+                # process running grad_accum = world over the same batches
+                gen = _generator(cfg.seed, epoch, index * world + rank)
                 where.append((epoch, index))
                 index += 1
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
@@ -304,9 +354,10 @@ def train(
                 scaler.scale(loss / cfg.grad_accum).backward()
                 loss_sum += loss.detach() / cfg.grad_accum
                 if "attention_mask" in batch:
-                    tokens += int(batch["attention_mask"].sum())
-                # CPU: checking is free; CUDA: at log intervals (a sync), before any checkpoint
-                if device.type != "cuda" and not torch.isfinite(loss):
+                    tokens += batch["attention_mask"].sum()
+                # CPU: checking is free; CUDA and DDP: at log intervals (a sync; every rank
+                # sees the reduced loss, so all stop together), before any checkpoint
+                if device.type != "cuda" and not distributed and not torch.isfinite(loss):
                     raise NonFiniteLoss(
                         f"non-finite loss {float(loss.detach())} at step {step + 1}, epoch {epoch}, batch "
                         f"{where[-1][1]}; the last good checkpoint is {latest_checkpoint(run_dir)}"
@@ -321,14 +372,25 @@ def train(
             steps_since_log += 1
             if _kill_at_step is not None and step == _kill_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)  # test hook: die without any clean-up
+            if distributed:  # a signal may reach the ranks at different steps: stop together
+                flag = torch.tensor(
+                    [0 if stop["signal"] is None else stop["signal"]], device=device
+                )
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                if int(flag.item()):
+                    stop["signal"] = int(flag.item())
+            if bar is not None:
+                bar.update(1)
 
             log_now = step % cfg.log_every == 0 or step == cfg.max_steps
             save_now = (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps
             if log_now or save_now or stop["signal"] is not None:
                 n_steps = steps_since_log  # a save or signal may log between log intervals
-                if dist.is_available() and dist.is_initialized():
-                    dist.all_reduce(loss_sum)
-                    loss_sum /= dist.get_world_size()
+                if distributed:
+                    sums = torch.stack([loss_sum.double(), tokens.to(device)])
+                    dist.all_reduce(sums)
+                    loss_sum.copy_(sums[0] / world)
+                    tokens = sums[1].cpu()
                 mean = loss_sum.item() / max(1, n_steps)  # the sync point
                 if not math.isfinite(mean):
                     raise NonFiniteLoss(
@@ -342,21 +404,27 @@ def train(
                     "step": step,
                     "loss": mean,
                     "lr": lr_at(step - 1, cfg),
-                    "tokens_per_s": tokens / max(now - t_last, 1e-9),
+                    "tokens_per_s": float(tokens) / max(now - t_last, 1e-9),
                     "epoch": epoch,
                 }
                 loss_sum.zero_()
-                tokens, steps_since_log, t_last = 0, 0, now
-                if evaluate is not None and cfg.eval_every and step % cfg.eval_every == 0:
+                tokens = torch.zeros((), dtype=torch.float64)
+                steps_since_log, t_last = 0, now
+                due = cfg.eval_every and step % cfg.eval_every == 0
+                if evaluate is not None and due and is_main:
                     record.update(evaluate(core))
                     model.train()
                 history.append(record)
                 if is_main:
                     with open(metrics_path, "a", encoding="utf-8") as f:
                         f.write(json.dumps(record) + "\n")
-                    if echo:
-                        echo(f"step {step}/{cfg.max_steps} loss {mean:.4f} "
-                             f"lr {record['lr']:.2e} {record['tokens_per_s']:,.0f} tok/s")  # fmt: skip
+                    line = (f"loss {mean:.4f} lr {record['lr']:.2e} "
+                            f"{record['tokens_per_s']:,.0f} tok/s")  # fmt: skip
+                    if bar is not None:
+                        bar.current_item = line
+                        bar.render_progress()
+                    elif echo:
+                        echo(f"step {step}/{cfg.max_steps} {line}")
             if save_now or stop["signal"] is not None:
                 last_ckpt = checkpoint()
             if stop["signal"] is not None:
@@ -366,6 +434,8 @@ def train(
                     "continue with the same command plus --resume"
                 )
     finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
         for s, handler in previous.items():
             signal.signal(s, handler)
     return TrainResult(step, last_loss, last_ckpt, history)

@@ -9,6 +9,7 @@ from xlt_engine.model.checkpoint import (
 )
 from xlt_engine.model.config import BertConfig
 from xlt_engine.model.heads import SequenceClassificationHead, TokenClassificationHead, VotersModule
+from xlt_engine.model.task import TaskModel, load_task_model, new_task_model, save_task_model
 
 __all__ = [
     "BertConfig",
@@ -16,9 +17,13 @@ __all__ = [
     "BertForMLM",
     "SequenceClassificationHead",
     "TokenClassificationHead",
+    "TaskModel",
     "VotersModule",
     "load_encoder",
     "load_pretrained",
+    "load_task_model",
+    "new_task_model",
     "plan_checkpoint",
     "save_pretrained",
+    "save_task_model",
 ]

@@ -568,11 +568,13 @@ def save_pretrained(
     tokenizer=None,
     *,
     dtype: torch.dtype | None = None,
+    extra=None,
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` (Hugging Face key names) and, if given,
     the tokenizer files into ``out_dir``, atomically: everything goes to a temporary sibling
     folder that replaces ``out_dir`` only once complete. An existing ``out_dir`` is replaced only
-    if it holds nothing but checkpoint files. ``dtype`` converts on the way out.
+    if it holds nothing but checkpoint files. ``dtype`` converts on the way out. ``extra(folder)``
+    writes more files (``.json`` / ``.safetensors``: a task head) into the folder before the swap.
     """
     out_dir = Path(out_dir)
     config: BertConfig = model.config
@@ -598,6 +600,8 @@ def save_pretrained(
         _write_json(tmp / "config.json", cfg)
         if tokenizer is not None:
             tokenizer.save(tmp)
+        if extra is not None:
+            extra(tmp)
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())

@@ -1,0 +1,65 @@
+"""torch.distributed set-up for runs launched by ``torchrun`` (NCCL on CUDA, gloo on CPU).
+
+``init(device)`` reads torchrun's environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``); with
+more than one process it initialises the default process group once and returns this rank's
+device (``cuda:LOCAL_RANK`` on CUDA). Without torchrun it is a no-op for one process. ``wrap``
+puts a model, whose frozen parameters are already set, into ``DistributedDataParallel``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r}: CUDA is not available on this machine")
+    return device
+
+
+def init(device: str = "auto") -> torch.device:
+    """Join the process group torchrun describes (if any) and return this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = resolve_device(device)
+    if world == 1:
+        return dev
+    if dev.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        kwargs = {"device_id": dev} if dev.type == "cuda" else {}
+        dist.init_process_group(backend=backend, **kwargs)
+    return dev
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """DDP around ``model`` when the process group is up (freeze parameters before this)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

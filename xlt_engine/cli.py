@@ -229,3 +229,46 @@ def corpus(sources, target_text, entity_map, out, max_per_entity, min_length, to
     click.echo(stats.summary(top))
     rate = stats.lines_read / seconds if seconds > 0 else float("inf")
     click.echo(f"wrote {out} in {seconds:.1f} s ({rate:,.0f} lines/s)")
+
+
+@main.command()
+@click.option(
+    "--stage", required=True, type=click.Choice(["btf", "finetune", "evaluate", "predict"]),
+    help="the stage to run (its inputs come from the config and earlier stages' folders)",
+)  # fmt: skip
+@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
+              help="a TOML experiment config (see configs/)")  # fmt: skip
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a config key, e.g. --set data.root=../shared/data (repeatable)")  # fmt: skip
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="run folder (default: the config's out, else runs/<config>/<src>-<tgt>)")  # fmt: skip
+@click.option("--resume", is_flag=True, help="continue the stage from its latest checkpoint")
+@click.option("--progress/--no-progress", default=None,
+              help="progress bar (default: when stderr is a terminal)")  # fmt: skip
+def run(stage, config_path, overrides, out, resume, progress) -> None:
+    """Run one stage of an experiment: xlt-engine run --stage finetune --config configs/conll.toml
+
+    Launch with torchrun for several processes (NCCL on CUDA, gloo on CPU); rank 0 alone writes.
+    """
+    import dataclasses
+    import os
+    import sys
+
+    from xlt_engine.engine import distributed
+    from xlt_engine.engine.config import load_config
+    from xlt_engine.engine.experiment import run_stage
+    from xlt_engine.engine.loop import Interrupted, NonFiniteLoss
+
+    try:
+        cfg = load_config(config_path, overrides)
+        if out is not None:
+            cfg = dataclasses.replace(cfg, out=str(out))
+        echo = click.echo if os.environ.get("RANK", "0") == "0" else None
+        run_stage(cfg, stage, resume=resume, echo=echo, progress=progress)
+    except Interrupted as err:
+        click.echo(str(err), err=True)
+        sys.exit(130)
+    except (ValueError, NonFiniteLoss) as err:
+        _fail(err)
+    finally:
+        distributed.shutdown()

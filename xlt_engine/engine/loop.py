@@ -255,6 +255,11 @@ def train(
     random.seed(cfg.seed)  # a fresh run is a function of the seed (dropout included)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed + rank)
+    if not resume and latest_checkpoint(run_dir) is not None:
+        raise ValueError(
+            f"{run_dir} holds the checkpoints of an earlier run (latest: "
+            f"{latest_checkpoint(run_dir).name}): resume it (--resume) or choose another folder"
+        )
     if resume:
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:

@@ -1,0 +1,351 @@
+"""Experiment configs: a TOML file (stdlib ``tomllib``) mapped onto frozen dataclasses.
+
+``load_config(path, overrides)`` reads the file, applies ``--set key=value`` overrides (dotted
+keys; the value is read as a TOML value, and as a plain string when it is not one), and builds
+an ``ExperimentConfig``. Every problem is collected before anything runs and reported at once in
+a ``ConfigError`` naming the file and the key: unknown keys, wrong types, bad values. Missing
+files are checked per stage by ``check_files(cfg, stage)``, again naming the key.
+
+Relative data paths (``languages.<lang>.*``) are read against ``data.root``; ``data.root``,
+``model.path`` and ``out`` against the working directory. The stage configs (``BtfConfig``,
+``FinetuneConfig``, ...) are built from an experiment by ``engine.experiment``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+
+from xlt_engine.engine.loop import TrainConfig
+from xlt_engine.engine.tasks import FORMATS
+
+TASKS = ("ner", "classification")
+STAGES = ("btf", "finetune", "evaluate", "predict")
+
+
+class ConfigError(ValueError):
+    def __init__(self, where: str, problems: list[str]):
+        self.where, self.problems = where, problems
+        super().__init__(f"{where}: " + "; ".join(problems) if len(problems) == 1 else
+                         f"{where}: {len(problems)} problems:\n  " + "\n  ".join(problems))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LanguageFiles:
+    train: str | None = None  # labeled training data (the source language)
+    dev: str | None = None  # labeled dev data (finetune's dev score)
+    test: str | None = None  # labeled test data (evaluate)
+    unlabeled: str | None = None  # target-language data whose labels, if any, are ignored
+    text: str | None = None  # plain text (one sentence or document per line) for btf
+
+
+@dataclass(frozen=True)
+class DataSection:
+    root: str = "."
+    format: str = "conll"
+
+    def __post_init__(self):
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    path: str = ""  # the pretrained model folder (mBERT in Hugging Face layout)
+    max_len: int = 128
+    voters: int = 3
+    voter_widths: tuple[int, ...] = ()  # () : spread over 0.75H .. 1.25H
+    voter_dropout: float = 0.1
+
+    def __post_init__(self):
+        if not self.path:
+            raise ValueError("path: give the pretrained model folder (model.path)")
+        if self.max_len < 8:
+            raise ValueError(f"max_len must be >= 8, got {self.max_len}")
+        if self.voters < 1:
+            raise ValueError(f"voters must be >= 1, got {self.voters}")
+        if self.voter_widths and len(self.voter_widths) != self.voters:
+            raise ValueError(f"voter_widths has {len(self.voter_widths)} entries for "
+                             f"voters = {self.voters}")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class BtfSection:
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=2e-5))
+    batch_size: int = 32
+    max_tokens: int | None = None
+    mlm_probability: float = 0.15
+    whole_word: bool = False
+    freeze_layers: int = 3
+    epoch_size: int | None = None  # windows per epoch (None: the corpora's total)
+
+    def __post_init__(self):
+        if not 0 < self.mlm_probability < 1:
+            raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if self.batch_size < 1 or self.freeze_layers < 0:
+            raise ValueError("batch_size must be >= 1 and freeze_layers >= 0")
+
+
+@dataclass(frozen=True)
+class FinetuneSection:
+    init: str = "btf"  # "btf" (this target's Base Model), "pretrained" (model.path) or a folder
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=2e-5))
+    batch_size: int = 32
+    max_tokens: int | None = None
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class EvaluateSection:
+    model: str = "finetune"  # a stage name ("finetune", "finetune-direct") or a model folder
+    max_tokens: int = 16384
+
+
+@dataclass(frozen=True)
+class PredictSection:
+    model: str = "finetune"
+    input: str | None = None
+    output: str | None = None
+    max_tokens: int = 16384
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    task: str
+    source: str
+    targets: tuple[str, ...]
+    languages: dict[str, LanguageFiles]
+    model: ModelSection
+    target: str | None = None  # the target btf works on (default: the first of targets)
+    out: str | None = None  # run folder (default: runs/<config name>/<source>-<target>)
+    seed: int = 42
+    device: str = "auto"
+    data: DataSection = field(default_factory=DataSection)
+    btf: BtfSection = field(default_factory=BtfSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    predict: PredictSection = field(default_factory=PredictSection)
+    name: str = ""  # set from the file name
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        kind = "ner" if self.data.format == "conll" else "classification"
+        if kind != self.task:
+            raise ValueError(f"task {self.task!r} does not go with data.format "
+                             f"{self.data.format!r}")  # fmt: skip
+        if not self.targets:
+            raise ValueError("targets: give at least one target language")
+        for lang in (self.source, *self.targets):
+            if lang not in self.languages:
+                raise ValueError(f"languages: no [languages.{lang}] table for language {lang!r}")
+        if self.target is not None and self.target not in self.targets:
+            raise ValueError(f"target: {self.target!r} is not one of targets {list(self.targets)}")
+        for stage in ("btf", "finetune"):
+            if getattr(self, stage).train.seed != 0:
+                raise ValueError(f"{stage}.train.seed: set the top-level seed (one for all stages)")
+        if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
+            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+    @property
+    def pair_target(self) -> str:
+        return self.target or self.targets[0]
+
+    def data_path(self, lang: str, role: str) -> Path | None:
+        rel = getattr(self.languages[lang], role)
+        return None if rel is None else Path(self.data.root) / rel
+
+    def run_dir(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        return Path("runs") / (self.name or "run") / f"{self.source}-{self.pair_target}"
+
+
+# ---------------------------------------------------------------------------------------------
+# TOML -> dataclasses
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("NoneType", "none")
+
+
+def _convert(tp, value, key: str, problems: list[str]):
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        return _convert(inner[0], value, key, problems)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.append(f"{key}: expected a table, got {value!r}")
+            return None
+        return _build(tp, value, key + ".", problems)
+    if origin is tuple:
+        if not isinstance(value, list):
+            problems.append(f"{key}: expected a list, got {value!r}")
+            return None
+        return tuple(_convert(args[0], v, f"{key}[{i}]", problems) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{key}: expected a table, got {value!r}")
+            return None
+        return {k: _convert(args[1], v, f"{key}.{k}", problems) for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp in (str, bool):
+        if isinstance(value, tp):
+            return value
+    else:
+        raise TypeError(f"config type {tp} is not supported")
+    problems.append(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    return None
+
+
+def _build(cls, table: dict, prefix: str, problems: list[str], base=None):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    n_before = len(problems)
+    for k in table:
+        if k not in fields or (k == "name" and cls is ExperimentConfig):
+            known = ", ".join(n for n in fields if n != "name")
+            problems.append(f"{prefix}{k}: unknown key (known here: {known})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in table:
+            no_default = (
+                f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+            )
+            if no_default and base is None:
+                problems.append(f"{prefix}{name}: missing")
+            continue
+        default = None
+        if dataclasses.is_dataclass(hints[name]) and isinstance(table[name], dict):
+            if f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            if base is not None:
+                default = getattr(base, name)
+        if default is not None:  # a section starts from its default values (e.g. lr per stage)
+            kwargs[name] = _build(hints[name], table[name], f"{prefix}{name}.", problems, default)
+        else:
+            kwargs[name] = _convert(hints[name], table[name], prefix + name, problems)
+    if len(problems) > n_before:
+        return None
+    try:
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+    except (ValueError, TypeError) as err:
+        problems.append(f"{prefix.rstrip('.') or 'config'}: {err}")
+        return None
+
+
+def parse_override(item: str) -> tuple[list[str], object]:
+    """``a.b.c=value`` -> (["a", "b", "c"], value read as TOML, else the raw string)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ValueError(
+            f"--set {item!r}: expected key=value with a dotted key, e.g. btf.train.lr=1e-5"
+        )
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.split("."), value
+
+
+def apply_overrides(table: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = table
+        for i, part in enumerate(path[:-1]):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item!r}: {'.'.join(path[: i + 1])} is not a table")
+        node[path[-1]] = value
+    return table
+
+
+def config_from_dict(table: dict, where: str, name: str = "") -> ExperimentConfig:
+    problems: list[str] = []
+    cfg = _build(ExperimentConfig, table, "", problems)
+    if problems:
+        raise ConfigError(where, problems)
+    return dataclasses.replace(cfg, name=name)
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(str(path), [f"cannot read: {err.strerror}"]) from None
+    try:
+        table = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(str(path), [f"not UTF-8 at byte {err.start}"]) from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(str(path), [f"not valid TOML: {err}"]) from None
+    try:
+        apply_overrides(table, list(overrides))
+    except ValueError as err:
+        raise ConfigError(str(path), [str(err)]) from None
+    return config_from_dict(table, str(path), path.stem)
+
+
+def to_dict(cfg) -> dict:
+    """The resolved config as plain data (for ``config.json`` in the run folder)."""
+    return dataclasses.asdict(cfg)
+
+
+def check_files(cfg: ExperimentConfig, stage: str) -> None:
+    """Every file ``stage`` reads must exist; one ``ConfigError`` lists all that do not."""
+    problems = []
+
+    def need(key: str, path: Path | None, folder: bool = False, required: bool = True):
+        if path is None:
+            if required:
+                problems.append(f"{key}: missing (stage {stage} needs it)")
+            return
+        ok = path.is_dir() if folder else path.is_file()
+        if not ok:
+            problems.append(f"{key}: {path}: no such {'folder' if folder else 'file'}")
+
+    if not Path(cfg.data.root).is_dir():
+        problems.append(f"data.root: {cfg.data.root}: no such folder")
+    need("model.path", Path(cfg.model.path), folder=True)
+    src, tgt = cfg.source, cfg.pair_target
+    if stage == "btf":
+        for lang, roles in ((src, ("text", "train")), (tgt, ("text", "unlabeled", "train"))):
+            role = next((r for r in roles if getattr(cfg.languages[lang], r)), None)
+            if role is None:
+                problems.append(f"languages.{lang}: btf needs text (one of {', '.join(roles)})")
+            else:
+                need(f"languages.{lang}.{role}", cfg.data_path(lang, role))
+    elif stage == "finetune":
+        need(f"languages.{src}.train", cfg.data_path(src, "train"))
+        need(f"languages.{src}.dev", cfg.data_path(src, "dev"), required=False)
+    elif stage == "evaluate":
+        for lang in (src, *cfg.targets):
+            need(f"languages.{lang}.test", cfg.data_path(lang, "test"))
+    elif stage == "predict":
+        if cfg.predict.input is None:
+            problems.append("predict.input: missing (the file to predict)")
+        else:
+            need("predict.input", Path(cfg.predict.input))
+        if cfg.predict.output is None:
+            problems.append("predict.output: missing (where to write the predictions)")
+    else:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    if problems:
+        raise ConfigError(cfg.name or "config", problems)

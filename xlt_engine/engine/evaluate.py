@@ -1,0 +1,185 @@
+"""Stages ``evaluate`` and ``predict``.
+
+``evaluate``: a fine-tuned task model on one test file per language (the source language too):
+accuracy, or entity-level micro F1 in seqeval's default mode and strict IOB2; the transfer gap
+of each target language (source score minus its score). Writes ``results.json`` and
+``results.md`` (a Markdown table) into ``out``.
+
+``predict``: predictions for one file. CoNLL input -> the same file with the predicted tag
+appended to every token line (so ``word ... gold predicted``, conlleval's layout); any other
+format -> JSON lines ``{"line", "label", "probs"}``, one per example of the file read as
+unlabeled data (so nothing is dropped: CLS-10 3-star reviews get a prediction too), ``line``
+its line in the input. Written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xlt_engine.data.conll import DOCSTART
+from xlt_engine.data.examples import decode_text, read_bytes
+from xlt_engine.data.tokenizer import load_tokenizer
+from xlt_engine.engine.distributed import resolve_device
+from xlt_engine.engine.finetune import evaluate_model
+from xlt_engine.engine.loop import resolve_precision
+from xlt_engine.engine.tasks import encode, predict_logits, predicted_labels, read_task_file
+from xlt_engine.engine.tasks import task_kind as _task_kind
+from xlt_engine.fileio import atomic_write_text
+from xlt_engine.model.heads import VotersModule
+from xlt_engine.model.task import load_task_model, read_task_meta
+
+
+def _check_model(path: str, fmt: str) -> None:
+    if not Path(path).is_dir():
+        raise ValueError(f"model: {path}: no such folder")
+    kind = read_task_meta(path)["kind"]
+    if kind != _task_kind(fmt):
+        raise ValueError(f"model: {path} is a {kind} classifier, format {fmt!r} needs "
+                         f"{_task_kind(fmt)} classification")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    model: str  # a task model folder (finetune's out/model)
+    tests: dict[str, str]  # language -> labeled test file
+    out: str
+    format: str = "conll"
+    source: str | None = None  # a language of ``tests``: the transfer gap is measured from it
+    max_len: int = 128
+    max_tokens: int = 16384
+    device: str = "auto"
+    extra: dict[str, str] = field(default_factory=dict)  # written into results.json as is
+
+    def __post_init__(self):
+        _task_kind(self.format)
+        if not self.tests:
+            raise ValueError("tests: give at least one language = test file")
+        for lang, path in self.tests.items():
+            if not Path(path).is_file():
+                raise ValueError(f"tests.{lang}: {path}: no such file")
+        if self.source is not None and self.source not in self.tests:
+            raise ValueError(f"source: {self.source!r} is not one of tests {sorted(self.tests)}")
+        _check_model(self.model, self.format)
+
+
+def markdown_table(results: dict) -> str:
+    ner = results["metric"] == "entity_f1"
+    head = ["language", "F1" if ner else "accuracy"] + (["strict F1"] if ner else []) + ["gap"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for lang, s in results["languages"].items():
+        gap = results["transfer_gap"].get(lang)
+        cells = [
+            lang + (" (source)" if lang == results["source"] else ""),
+            f"{100 * s['score']:.2f}",
+        ]
+        if ner:
+            cells.append(f"{100 * s['strict_f1']:.2f}")
+        cells.append("" if gap is None else f"{100 * gap:.2f}")
+        rows.append("| " + " | ".join(cells) + " |")
+    if results.get("mean_target") is not None:
+        cells = ["mean (targets)", f"{100 * results['mean_target']:.2f}"] + ([""] if ner else [])
+        cells.append("" if results["mean_gap"] is None else f"{100 * results['mean_gap']:.2f}")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def run_evaluate(cfg: EvaluateConfig, echo=print) -> dict:
+    out = Path(cfg.out)
+    device = resolve_device(cfg.device)
+    tok = load_tokenizer(cfg.model)
+    model = load_task_model(cfg.model, device=device)
+    scores = {}
+    for lang, path in cfg.tests.items():
+        data = read_task_file(path, cfg.format)
+        scores[lang] = evaluate_model(model, data, tok, cfg.max_len, device, cfg.max_tokens)
+        scores[lang]["file"] = str(path)
+        if echo:
+            echo(f"{lang}: {scores[lang]['metric']} {scores[lang]['score']:.4f} ({path})")
+    targets = [lang for lang in scores if lang != cfg.source]
+    gap = {}
+    if cfg.source is not None:
+        gap = {t: scores[cfg.source]["score"] - scores[t]["score"] for t in targets}
+    results = {
+        "model": str(cfg.model),
+        "metric": next(iter(scores.values()))["metric"],
+        "source": cfg.source,
+        "languages": scores,
+        "transfer_gap": gap,
+        "mean_target": (sum(scores[t]["score"] for t in targets) / len(targets))
+        if targets
+        else None,
+        "mean_gap": (sum(gap.values()) / len(gap)) if gap else None,
+        **cfg.extra,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    table = markdown_table(results)
+    atomic_write_text(out / "results.md", table)
+    if echo:
+        echo(table.rstrip())
+    return results
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    model: str  # a task model folder
+    input: str
+    output: str
+    format: str = "conll"
+    max_len: int = 128
+    max_tokens: int = 16384
+    device: str = "auto"
+
+    def __post_init__(self):
+        _task_kind(self.format)
+        if not Path(self.input).is_file():
+            raise ValueError(f"input: {self.input}: no such file")
+        if Path(self.output).resolve() == Path(self.input).resolve():
+            raise ValueError(f"output: {self.output} is the input file; choose another path")
+        _check_model(self.model, self.format)
+
+
+def _conll_with_predictions(data, tags: list[list[str]]) -> str:
+    """The input file's lines, each token line with its predicted tag appended."""
+    text = decode_text(data.path, read_bytes(data.path, "a CoNLL file"), data.conll.encoding)
+    flat = iter([t for sent in tags for t in sent])
+    lines = []
+    for line in text.splitlines():
+        fields = line.split()
+        if fields and fields[0] != DOCSTART:
+            line = f"{line.rstrip()} {next(flat)}"
+        lines.append(line)
+    if next(flat, None) is not None:
+        raise ValueError(f"{data.path}: more predictions than token lines")
+    return "\n".join(lines) + "\n"
+
+
+def run_predict(cfg: PredictConfig, echo=print) -> Path:
+    device = resolve_device(cfg.device)
+    tok = load_tokenizer(cfg.model)
+    model = load_task_model(cfg.model, device=device)
+    data = read_task_file(cfg.input, cfg.format, unlabeled=cfg.format != "conll")
+    if cfg.format == "conll":  # the tags of a CoNLL input are kept as the gold column only
+        data.labels = None
+    enc = encode(data, tok, model.labels, cfg.max_len)
+    logits = predict_logits(model, enc, tok.pad_id, device, cfg.max_tokens,
+                            resolve_precision("auto", device))  # fmt: skip
+    preds = predicted_labels(enc, logits, model.labels)
+    out = Path(cfg.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.format == "conll":
+        atomic_write_text(out, _conll_with_predictions(data, preds))
+        n = sum(len(p) for p in preds)
+    else:
+        probs = VotersModule.probs(logits).numpy()
+        rows = []
+        for i, (line, label) in enumerate(zip(data.lines, preds, strict=True)):
+            p = {name: round(float(x), 6) for name, x in zip(model.labels, probs[i], strict=True)}
+            rows.append(json.dumps({"line": line, "label": label, "probs": p}))
+        atomic_write_text(out, "\n".join(rows) + "\n")
+        n = len(preds)
+    if echo:
+        echo(f"wrote {n} predictions to {out}")
+    return out

@@ -1,0 +1,153 @@
+"""Stage ``finetune``: the Base Model (or mBERT) + a fresh ``VotersModule`` trained with
+cross-entropy on the source language's labeled data, averaged over voters. Sequence
+classification (CLS-10, MARC, XNLI pairs, JSONL/TSV) classifies [CLS]; token classification
+(CoNLL NER) classifies each word's first sub-token, long sentences in windows.
+
+Output in ``out``: ``model/`` (a task model folder, see ``model.task``), ``dev.json`` (the
+dev-set score, when a dev file is given), ``metrics.jsonl`` and the loop's checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from xlt_engine.data.tokenizer import load_tokenizer
+from xlt_engine.engine import distributed
+from xlt_engine.engine.distributed import rank_world
+from xlt_engine.engine.loop import TrainConfig, TrainResult, resolve_precision, train
+from xlt_engine.engine.tasks import (
+    TaskBatches,
+    encode,
+    predict_logits,
+    predicted_labels,
+    read_task_file,
+    score,
+    task_kind,
+    voters_loss,
+)
+from xlt_engine.fileio import atomic_write_text
+from xlt_engine.model.checkpoint import load_encoder
+from xlt_engine.model.task import TaskModel, load_task_model, new_task_model, save_task_model
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    model: str  # Base Model or mBERT folder (Hugging Face layout, with its tokenizer files)
+    train_file: str  # labeled source-language data
+    out: str  # run folder; the fine-tuned model goes to out/model
+    format: str = "conll"  # conll | cls10 | marc | xnli | jsonl | tsv
+    dev_file: str | None = None
+    labels: tuple[str, ...] | None = None  # label order; None: sorted from the train file
+    max_len: int = 128
+    num_voters: int = 3
+    voter_widths: tuple[int, ...] | None = None
+    voter_dropout: float = 0.1
+    batch_size: int = 32
+    max_tokens: int | None = None
+    eval_max_tokens: int = 16384  # padded tokens per inference batch
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=2e-5))
+    device: str = "auto"
+
+    def __post_init__(self):
+        task_kind(self.format)
+        for name in ("train_file", "dev_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: {path}: no such file")
+        if not Path(self.model).is_dir():
+            raise ValueError(f"model: {self.model}: no such folder")
+        if self.max_len < 8:
+            raise ValueError(f"max_len must be >= 8, got {self.max_len}")
+        if self.num_voters < 1:
+            raise ValueError(f"num_voters must be >= 1, got {self.num_voters}")
+        if self.voter_widths is not None and len(self.voter_widths) != self.num_voters:
+            raise ValueError(
+                f"voter_widths has {len(self.voter_widths)} entries for num_voters={self.num_voters}"
+            )
+        if not 0 <= self.voter_dropout < 1:
+            raise ValueError(f"voter_dropout must be in [0, 1), got {self.voter_dropout}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class FinetuneResult:
+    model: Path
+    dev: dict | None
+    train: TrainResult
+
+
+def evaluate_model(model: TaskModel, data, tok, max_len: int, device, max_tokens: int) -> dict:
+    """Score ``model`` on labeled ``TaskData`` (the dev set here, the test sets in evaluate)."""
+    enc = encode(data, tok, model.labels, max_len)
+    amp = resolve_precision("auto", device)
+    logits = predict_logits(model, enc, tok.pad_id, device, max_tokens, amp)
+    return score(data, predicted_labels(enc, logits, model.labels))
+
+
+def run_finetune(
+    cfg: FinetuneConfig, resume: bool = False, echo=print, progress=None, _kill_at_step=None
+) -> FinetuneResult:
+    out = Path(cfg.out)
+    device = distributed.init(cfg.device)
+    rank, _ = rank_world()
+    tok = load_tokenizer(cfg.model)
+    train_data = read_task_file(cfg.train_file, cfg.format)
+    labels = list(cfg.labels) if cfg.labels else train_data.label_set()
+    if len(labels) < 2:
+        raise ValueError(f"{cfg.train_file}: needs at least 2 labels, found {labels}")
+    dev_data = read_task_file(cfg.dev_file, cfg.format) if cfg.dev_file else None
+    enc = encode(train_data, tok, labels, cfg.max_len)
+    if dev_data is not None:
+        encode(dev_data, tok, labels, cfg.max_len)  # unknown dev labels: an error before training
+
+    encoder = load_encoder(cfg.model, dtype=torch.float32, device=device)
+    torch.manual_seed(cfg.train.seed)  # the fresh voters are a function of the seed
+    model = new_task_model(encoder, train_data.kind, labels, cfg.num_voters, cfg.voter_widths,
+                           cfg.voter_dropout)  # fmt: skip
+    data = TaskBatches(enc, tok.pad_id, cfg.batch_size, cfg.max_tokens, cfg.train.seed)
+
+    def loss_fn(m: nn.Module, batch: dict, gen: torch.Generator) -> torch.Tensor:
+        types = batch.get("token_type_ids")
+        logits = m(
+            batch["input_ids"].to(device, non_blocking=True),
+            batch["attention_mask"].to(device, non_blocking=True),
+            types.to(device, non_blocking=True) if types is not None else None,
+            batch["positions"].to(device, non_blocking=True),
+        )  # fmt: skip
+        return voters_loss(logits, batch["targets"].to(device, non_blocking=True))
+
+    def save(m, folder):
+        save_task_model(m, folder, tok)
+
+    def load(m, folder):
+        m.load_state_dict(load_task_model(folder, device=device).state_dict())
+
+    evaluate = None
+    if dev_data is not None:
+
+        def evaluate(m):
+            s = evaluate_model(m, dev_data, tok, cfg.max_len, device, cfg.eval_max_tokens)
+            return {"dev_" + s["metric"]: s["score"]}
+
+    result = train(
+        distributed.wrap(model, device), loss_fn, data, cfg.train.with_steps(data.num_batches(0)),
+        out, save_model=save, load_model=load, resume=resume, evaluate=evaluate, echo=echo,
+        progress=progress, _kill_at_step=_kill_at_step,
+    )  # fmt: skip
+    dev = None
+    if rank == 0:
+        save_task_model(model, out / "model", tok)
+        if dev_data is not None:
+            dev = evaluate_model(model, dev_data, tok, cfg.max_len, device, cfg.eval_max_tokens)
+            dev["file"] = str(cfg.dev_file)
+            atomic_write_text(out / "dev.json", json.dumps(dev, indent=2) + "\n")
+            if echo:
+                echo(f"dev {dev['metric']} {dev['score']:.4f} ({cfg.dev_file})")
+    distributed.barrier()
+    return FinetuneResult(out / "model", dev, result)

@@ -1,0 +1,65 @@
+"""Engine fixtures: a tiny random model (2 layers, hidden 64) with the real mBERT vocabulary,
+and slices of the real CoNLL files (cut at sentence boundaries, original lines kept)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SHARED_DATA
+
+
+def make_tiny(out: Path, dropout: float | None = None) -> Path:
+    from click.testing import CliRunner
+
+    from xlt_engine.cli import main
+
+    res = CliRunner().invoke(main, ["init", str(out), "--vocab", str(SHARED_DATA / "mbert" / "vocab.txt"),
+                                    "--layers", "2", "--hidden", "64", "--heads", "2",
+                                    "--intermediate", "128", "--seed", "3"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    if dropout is not None:
+        cfg = json.loads((out / "config.json").read_text())
+        cfg["hidden_dropout_prob"] = cfg["attention_probs_dropout_prob"] = dropout
+        (out / "config.json").write_text(json.dumps(cfg))
+    return out
+
+
+def conll_slice(src: Path, out: Path, sentences: int, skip: int = 0) -> Path:
+    """Sentences ``skip .. skip + sentences`` of a CoNLL file (with their DOCSTART lines)."""
+    raw = src.read_text(encoding="utf-8")  # eng, esp, ned (not the latin-1 German files)
+    keep, seen, in_sent = [], 0, False
+    for line in raw.splitlines():
+        blank = not line.strip()
+        if blank and in_sent:
+            seen += 1
+        in_sent = not blank and not line.startswith("-DOCSTART-")
+        if seen < skip:
+            continue
+        if seen >= skip + sentences:
+            break
+        keep.append(line)
+    out.write_text("\n".join(keep) + "\n", encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent")
+    return make_tiny(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def conll(tmp_path_factory) -> dict[str, Path]:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent")
+    tmp = tmp_path_factory.mktemp("conll")
+    return {
+        "eng.train": conll_slice(SHARED_DATA / "conll2003_en/eng.train", tmp / "eng.train", 240),
+        "eng.dev": conll_slice(SHARED_DATA / "conll2003_en/eng.testa", tmp / "eng.dev", 60),
+        "eng.test": conll_slice(SHARED_DATA / "conll2003_en/eng.testb", tmp / "eng.test", 60),
+        "esp.train": conll_slice(SHARED_DATA / "conll2002/esp.train", tmp / "esp.train", 240),
+        "esp.test": conll_slice(SHARED_DATA / "conll2002/esp.testb", tmp / "esp.test", 60),
+        "ned.test": conll_slice(SHARED_DATA / "conll2002/ned.testb", tmp / "ned.test", 60),
+    }

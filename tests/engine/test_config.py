@@ -1,0 +1,217 @@
+"""TOML experiment configs: keyed errors before anything runs, --set overrides, the shipped
+presets, and the CLI `run` command end to end (btf -> finetune -> evaluate -> predict)."""
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import SHARED_DATA
+from xlt_engine.cli import main
+from xlt_engine.engine.config import (
+    ConfigError,
+    apply_overrides,
+    check_files,
+    config_from_dict,
+    load_config,
+    parse_override,
+)
+from xlt_engine.engine.experiment import build_stage
+
+ROOT = Path(__file__).resolve().parents[2]
+CONLL = ROOT / "configs" / "conll.toml"
+CLS = ROOT / "configs" / "cls.toml"
+
+MINIMAL = """
+task = "ner"
+source = "eng"
+targets = ["esp"]
+[model]
+path = "m"
+[languages.eng]
+train = "eng.train"
+[languages.esp]
+unlabeled = "esp.train"
+"""
+
+
+def write(tmp_path, text, name="exp.toml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def problems(tmp_path, text, *overrides):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), list(overrides))
+    return info.value.problems
+
+
+def test_minimal_config_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL))
+    assert cfg.name == "exp" and cfg.pair_target == "esp" and cfg.seed == 42
+    assert cfg.btf.train.lr == 2e-5 and cfg.btf.train.epochs == 3 and cfg.btf.freeze_layers == 3
+    assert cfg.run_dir() == Path("runs/exp/eng-esp")
+
+
+def test_section_keeps_its_defaults_when_partly_given(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL + "[btf.train]\nlr = 1e-4\n"))
+    assert cfg.btf.train.lr == 1e-4 and cfg.btf.train.epochs == 3  # epochs: the section default
+
+
+def test_unknown_keys_and_wrong_types_are_all_named(tmp_path):
+    text = (
+        "colour = 1\n"
+        + MINIMAL
+        + '[btf]\nbatch_size = "big"\nfreze_layers = 2\n[btf.train]\nlr = true\n'
+    )
+    got = problems(tmp_path, text)
+    assert any(p.startswith("colour: unknown key") for p in got), got
+    assert any(p.startswith("btf.freze_layers: unknown key") and "freeze_layers" in p for p in got)
+    assert "btf.batch_size: expected int, got 'big'" in got
+    assert "btf.train.lr: expected float, got True" in got
+    assert len(got) == 4
+
+
+def test_bad_values_name_their_section(tmp_path):
+    got = problems(tmp_path, MINIMAL, "btf.train.warmup_ratio=1.5")
+    assert got == ["btf.train: warmup_ratio must be in [0, 1), got 1.5"]
+    got = problems(tmp_path, MINIMAL, "model.voters=0")
+    assert got == ["model: voters must be >= 1, got 0"]
+    got = problems(tmp_path, MINIMAL, "target=deu")
+    assert got == ["config: target: 'deu' is not one of targets ['esp']"]
+    got = problems(tmp_path, MINIMAL, "data.format=cls10")
+    assert got == ["config: task 'ner' does not go with data.format 'cls10'"]
+    got = problems(tmp_path, MINIMAL.replace('targets = ["esp"]', 'targets = ["esp", "ned"]'))
+    assert got == ["config: languages: no [languages.ned] table for language 'ned'"]
+    got = problems(tmp_path, MINIMAL, "finetune.train.seed=3")
+    assert "set the top-level seed" in got[0]
+
+
+def test_missing_keys_and_broken_toml(tmp_path):
+    got = problems(tmp_path, 'task = "ner"\n')
+    assert sorted(got) == [
+        "languages: missing",
+        "model: missing",
+        "source: missing",
+        "targets: missing",
+    ]
+    got = problems(tmp_path, MINIMAL + "[btf\n")
+    assert got[0].startswith("not valid TOML")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "none.toml")
+
+
+def test_set_overrides_parse_toml_values(tmp_path):
+    assert parse_override("btf.train.lr=1e-4") == (["btf", "train", "lr"], 1e-4)
+    assert parse_override('targets=["a", "b"]') == (["targets"], ["a", "b"])
+    assert parse_override("data.root=../shared/data") == (["data", "root"], "../shared/data")
+    assert parse_override("btf.whole_word=true") == (["btf", "whole_word"], True)
+    with pytest.raises(ValueError, match="expected key=value"):
+        parse_override("btf.lr")
+    with pytest.raises(ValueError, match="expected key=value"):
+        parse_override("btf..lr=1")
+    with pytest.raises(ValueError, match="model.path is not a table"):
+        apply_overrides({"model": {"path": "x"}}, ["model.path.deep=1"])
+    cfg = load_config(write(tmp_path, MINIMAL), ["btf.train.max_steps=7", "seed=3"])
+    assert cfg.btf.train.max_steps == 7 and cfg.seed == 3
+
+
+def test_shipped_presets_load_and_find_their_data(tiny):
+    for path, lang in ((CONLL, "eng"), (CLS, "en")):
+        cfg = load_config(path, [f"data.root={SHARED_DATA}", f"model.path={tiny}"])
+        assert cfg.source == lang and len(cfg.targets) == 3
+        for stage in ("btf", "finetune", "evaluate"):
+            check_files(cfg, stage)
+    conll = load_config(CONLL, [f"data.root={SHARED_DATA}", f"model.path={tiny}"])
+    assert conll.model.max_len == 128 and conll.btf.train.lr == 2e-5 and conll.btf.batch_size == 32
+    assert load_config(CLS).model.max_len == 256
+
+
+def test_missing_files_are_named_per_stage(tmp_path, tiny):
+    cfg = load_config(CONLL, [f"data.root={tmp_path}", f"model.path={tiny}"])
+    with pytest.raises(ConfigError) as info:
+        check_files(cfg, "evaluate")
+    got = info.value.problems
+    assert (
+        len(got) == 4
+        and got[0] == f"languages.eng.test: {tmp_path}/conll2003_en/eng.testb: no such file"
+    )
+    with pytest.raises(ConfigError, match="model.path: nowhere: no such folder"):
+        check_files(load_config(CONLL, [f"data.root={SHARED_DATA}", "model.path=nowhere"]), "btf")
+    with pytest.raises(ConfigError, match="predict.input: missing"):
+        check_files(
+            load_config(CONLL, [f"data.root={SHARED_DATA}", f"model.path={tiny}"]), "predict"
+        )
+
+
+def test_finetune_needs_its_base_model_first(tmp_path, tiny):
+    cfg = load_config(CONLL, [f"data.root={SHARED_DATA}", f"model.path={tiny}", f"out={tmp_path}"])
+    with pytest.raises(
+        ConfigError, match=r"finetune.init: .*btf/base-model: no such folder \(run the btf"
+    ):
+        build_stage(cfg, "finetune")
+    cfg = load_config(CONLL, [f"data.root={SHARED_DATA}", f"model.path={tiny}", f"out={tmp_path}",
+                              "finetune.init=pretrained"])  # fmt: skip
+    assert build_stage(cfg, "finetune").model == str(tiny)
+
+
+def test_cli_reports_config_errors_before_running(tmp_path):
+    res = CliRunner().invoke(main, ["run", "--stage", "btf", "--config", str(CONLL), "--set",
+                                    "btf.train.lr=-1", "--out", str(tmp_path / "run")])  # fmt: skip
+    assert res.exit_code == 1
+    assert "btf.train: lr must be a positive number, got -1" in res.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_cli_runs_every_stage(tiny, conll, tmp_path):
+    base = [
+        "--config", str(CONLL), "--out", str(tmp_path / "run"), "--no-progress",
+        "--set", f"data.root={SHARED_DATA}", "--set", f"model.path={tiny}",
+        "--set", "model.max_len=48", "--set", "targets=[\"esp\", \"ned\"]",
+        "--set", f"languages.eng.train={conll['eng.train']}",
+        "--set", f"languages.eng.dev={conll['eng.dev']}",
+        "--set", f"languages.eng.test={conll['eng.test']}",
+        "--set", f"languages.esp.unlabeled={conll['esp.train']}",
+        "--set", f"languages.esp.test={conll['esp.test']}",
+        "--set", f"languages.ned.test={conll['ned.test']}",
+        "--set", "btf.batch_size=8", "--set", "finetune.batch_size=8",
+        "--set", "btf.train.max_steps=6", "--set", "finetune.train.max_steps=6",
+        "--set", "btf.train.log_every=3", "--set", "finetune.train.log_every=3",
+    ]  # fmt: skip
+    run = tmp_path / "run"
+    for stage in ("btf", "finetune", "evaluate"):
+        res = CliRunner().invoke(main, ["run", "--stage", stage, *base])
+        assert res.exit_code == 0, (stage, res.output, res.exception)
+    assert (run / "btf" / "base-model" / "model.safetensors").is_file()
+    texts = (run / "btf" / "texts" / "esp.txt").read_text().splitlines()
+    assert len(texts) == 240  # the target's sentences, its tags not read
+    info = json.loads((run / "finetune" / "run.json").read_text())
+    assert info["version"] and info["git_sha"] and info["world_size"] == 1
+    resolved = json.loads((run / "finetune" / "config.json").read_text())
+    assert resolved["stage"] == "finetune" and resolved["stage_config"]["train"]["max_steps"] == 6
+    assert resolved["stage_config"]["model"] == str(run / "btf" / "base-model")
+    assert (run / "finetune" / "dev.json").is_file()
+    results = json.loads((run / "evaluate-finetune" / "results.json").read_text())
+    assert sorted(results["languages"]) == ["eng", "esp", "ned"]
+    assert "| eng (source) |" in res.output
+    res = CliRunner().invoke(main, ["run", "--stage", "predict", *base, "--set",
+                                    f"predict.input={conll['esp.test']}", "--set",
+                                    f"predict.output={tmp_path / 'esp.pred'}"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "esp.pred").is_file()
+    # a second fresh run into the same folder is refused; --resume at the end is a no-op
+    res = CliRunner().invoke(main, ["run", "--stage", "finetune", *base])
+    assert res.exit_code == 1 and "--resume" in res.output
+    res = CliRunner().invoke(main, ["run", "--stage", "finetune", *base, "--resume"])
+    assert res.exit_code == 0, res.output
+
+
+def test_config_from_dict_reports_all_problems_at_once():
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"task": "pos", "source": 1, "targets": "esp", "model": {}, "languages": {}},
+                         "inline")  # fmt: skip
+    got = info.value.problems
+    assert "source: expected str, got 1" in got and "targets: expected a list, got 'esp'" in got
+    assert "inline: 3 problems" in str(info.value) or len(got) >= 2

@@ -1,0 +1,234 @@
+"""Stages finetune, evaluate and predict on slices of the real CoNLL, CLS-10 and XNLI files with
+a tiny random model: losses go down, outputs are what the stages promise, kill/resume is exact."""
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import SHARED_DATA
+from xlt_engine.data import read_conll
+from xlt_engine.engine.evaluate import EvaluateConfig, PredictConfig, run_evaluate, run_predict
+from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
+from xlt_engine.engine.loop import TrainConfig, latest_checkpoint
+from xlt_engine.engine.tasks import encode, predict_logits, read_task_file
+from xlt_engine.model.task import load_task_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def ner_config(tiny, conll, out, **train_kw):
+    kw = dict(max_steps=30, lr=3e-3, log_every=5, seed=1)
+    kw.update(train_kw)
+    return FinetuneConfig(model=str(tiny), train_file=str(conll["eng.train"]), out=str(out),
+                          format="conll", dev_file=str(conll["eng.dev"]), max_len=48,
+                          batch_size=8, train=TrainConfig(**kw))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ner_run(tiny, conll, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ner") / "run"
+    return out, run_finetune(ner_config(tiny, conll, out), echo=None)
+
+
+def test_ner_finetune_loss_goes_down_and_writes_model_and_dev_score(ner_run, tiny):
+    out, r = ner_run
+    losses = [h["loss"] for h in r.train.history]
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.5, losses
+    meta = json.loads((out / "model" / "task.json").read_text())
+    assert meta["kind"] == "token" and meta["num_voters"] == 3
+    assert meta["labels"] == ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG",
+                              "B-PER", "I-PER"]  # fmt: skip
+    dev = json.loads((out / "dev.json").read_text())
+    assert dev["metric"] == "entity_f1" and dev == {**r.dev}
+    assert 0 <= dev["score"] <= 1 and dev["sentences"] == 60
+    # the encoder changed from the initial model and round-trips through the folder
+    before = load_file(str(tiny / "model.safetensors"))
+    after = load_file(str(out / "model" / "model.safetensors"))
+    assert any(not torch.equal(before[k], after[k]) for k in after)
+
+
+def test_finetuned_model_reloads_to_the_same_predictions(ner_run, conll):
+    out, _ = ner_run
+    model = load_task_model(out / "model")
+    from xlt_engine.data import load_tokenizer
+
+    tok = load_tokenizer(out / "model")
+    data = read_task_file(conll["eng.dev"], "conll")
+    enc = encode(data, tok, model.labels, 48)
+    a = predict_logits(model, enc, tok.pad_id, torch.device("cpu"), max_tokens=256)
+    b = predict_logits(model, enc, tok.pad_id, torch.device("cpu"), max_tokens=4096)
+    assert a.shape == (3, sum(len(s) for s in data.inputs), 9)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # batching does not change results
+
+
+def test_encoder_of_finetuned_model_loads_in_transformers(ner_run):
+    transformers = pytest.importorskip("transformers")
+    out, _ = ner_run
+    _, info = transformers.BertModel.from_pretrained(out / "model", output_loading_info=True,
+                                                     add_pooling_layer=False)  # fmt: skip
+    assert not info["missing_keys"] and not info["mismatched_keys"]
+
+
+def test_evaluate_writes_results_with_transfer_gap(ner_run, conll, tmp_path):
+    out, _ = ner_run
+    tests = {"eng": str(conll["eng.test"]), "esp": str(conll["esp.test"]),
+             "ned": str(conll["ned.test"])}  # fmt: skip
+    res = run_evaluate(EvaluateConfig(model=str(out / "model"), tests=tests, out=str(tmp_path),
+                                      source="eng", max_len=48), echo=None)  # fmt: skip
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved == json.loads(json.dumps(res))
+    for lang in tests:
+        s = saved["languages"][lang]
+        assert {"score", "strict_f1", "precision", "recall", "per_type"} <= s.keys()
+    for lang in ("esp", "ned"):
+        gap = saved["languages"]["eng"]["score"] - saved["languages"][lang]["score"]
+        assert saved["transfer_gap"][lang] == pytest.approx(gap)
+    assert saved["mean_target"] == pytest.approx(
+        (saved["languages"]["esp"]["score"] + saved["languages"]["ned"]["score"]) / 2
+    )
+    table = (tmp_path / "results.md").read_text().splitlines()
+    assert table[0] == "| language | F1 | strict F1 | gap |"
+    assert table[2].startswith("| eng (source) | ") and len(table) == 6
+
+
+def test_predict_conll_one_tag_per_token_line(ner_run, conll, tmp_path):
+    out, _ = ner_run
+    pred = tmp_path / "esp.pred"
+    run_predict(PredictConfig(model=str(out / "model"), input=str(conll["esp.test"]),
+                              output=str(pred), max_len=16), echo=None)  # fmt: skip
+    src = conll["esp.test"].read_text(encoding="utf-8").splitlines()
+    got = pred.read_text(encoding="utf-8").splitlines()
+    assert len(got) == len(src)
+    labels = set(load_task_model(out / "model").labels)
+    n = 0
+    for a, b in zip(src, got, strict=True):
+        if a.split():
+            assert (
+                b.startswith(a) and b.split()[-1] in labels and len(b.split()) == len(a.split()) + 1
+            )
+            n += 1
+        else:
+            assert b == a
+    assert n == sum(len(s.tokens) for s in read_conll(conll["esp.test"]))
+    # max_len 16 split long sentences into windows; still one prediction per word (checked above)
+
+
+def test_predict_refuses_to_overwrite_its_input(ner_run, conll):
+    out, _ = ner_run
+    with pytest.raises(ValueError, match="is the input file"):
+        PredictConfig(model=str(out / "model"), input=str(conll["esp.test"]),
+                      output=str(conll["esp.test"]))  # fmt: skip
+
+
+KILL = """
+import sys
+from pathlib import Path
+from tests.engine.test_finetune import ner_config
+from xlt_engine.engine.finetune import run_finetune
+conll = {"eng.train": Path(sys.argv[2]), "eng.dev": Path(sys.argv[3])}
+run_finetune(ner_config(Path(sys.argv[1]), conll, sys.argv[4], max_steps=12, save_every=4),
+             echo=None, _kill_at_step=int(sys.argv[5]))
+"""
+
+
+def test_finetune_sigkill_then_resume_is_bit_exact(tiny, conll, tmp_path):
+    cfg = ner_config(tiny, conll, tmp_path / "full", max_steps=12, save_every=4)
+    run_finetune(cfg, echo=None)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL, str(tiny), str(conll["eng.train"]), str(conll["eng.dev"]),
+         str(tmp_path / "cut"), "10"], cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert latest_checkpoint(tmp_path / "cut").name == "ckpt-00000008"
+    with pytest.raises(ValueError, match="resume it"):  # a fresh run would overwrite it
+        run_finetune(
+            ner_config(tiny, conll, tmp_path / "cut", max_steps=12, save_every=4), echo=None
+        )
+    run_finetune(ner_config(tiny, conll, tmp_path / "cut", max_steps=12, save_every=4),
+                 resume=True, echo=None)  # fmt: skip
+    for name in ("model.safetensors", "voters.safetensors"):
+        full = load_file(str(tmp_path / "full" / "model" / name))
+        cut = load_file(str(tmp_path / "cut" / "model" / name))
+        assert all(torch.equal(full[k], cut[k]) for k in full), name
+
+
+def test_cls10_finetune_evaluate_predict(tiny, tmp_path):
+    cls = SHARED_DATA / "cls10"
+    cfg = FinetuneConfig(model=str(tiny), train_file=str(cls / "en/books/train.review"),
+                         out=str(tmp_path / "run"), format="cls10", max_len=64, batch_size=16,
+                         num_voters=2, train=TrainConfig(max_steps=30, lr=2e-3, log_every=10))  # fmt: skip
+    r = run_finetune(cfg, echo=None)
+    assert len(r.train.history) == 3 and all(0.5 < h["loss"] < 0.9 for h in r.train.history)
+    assert r.dev is None and not (tmp_path / "run" / "dev.json").exists()
+    meta = json.loads((tmp_path / "run" / "model" / "task.json").read_text())
+    assert meta["kind"] == "sequence" and meta["labels"] == ["negative", "positive"]
+    res = run_evaluate(EvaluateConfig(model=str(tmp_path / "run" / "model"), format="cls10",
+                                      tests={"en": str(cls / "en/books/test.review"),
+                                             "de": str(cls / "de/books/test.review")},
+                                      source="en", out=str(tmp_path / "eval"), max_len=64), echo=None)  # fmt: skip
+    assert res["metric"] == "accuracy" and res["languages"]["de"]["examples"] == 2000
+    assert "| language | accuracy | gap |" in (tmp_path / "eval" / "results.md").read_text()
+    pred = tmp_path / "de.jsonl"
+    run_predict(PredictConfig(model=str(tmp_path / "run" / "model"), format="cls10",
+                              input=str(cls / "de/books/test.review"), output=str(pred), max_len=64),
+                echo=None)  # fmt: skip
+    rows = [json.loads(line) for line in pred.read_text().splitlines()]
+    assert len(rows) == 2000
+    assert all(r["label"] in ("negative", "positive") for r in rows)
+    assert all(abs(sum(r["probs"].values()) - 1) < 1e-4 for r in rows)
+    assert rows[0]["line"] < rows[1]["line"]
+
+
+def test_sequence_classification_fits_a_small_training_set(tiny, tmp_path):
+    """32 real CLS-10 reviews (as JSONL): the classifier must learn them (labels reach [CLS])."""
+    from xlt_engine.data import read_cls10
+
+    ds = read_cls10(SHARED_DATA / "cls10/en/books/train.review")
+    rows = [ex for ex in ds if ex.label == "positive"][:16] + [
+        ex for ex in ds if ex.label == "negative"
+    ][:16]
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in rows))
+    cfg = FinetuneConfig(model=str(tiny), train_file=str(path), dev_file=str(path), format="jsonl",
+                         out=str(tmp_path / "run"), max_len=32, batch_size=8, num_voters=2,
+                         train=TrainConfig(max_steps=60, lr=3e-3, log_every=20, warmup_ratio=0.0))  # fmt: skip
+    r = run_finetune(cfg, echo=None)
+    assert r.dev["score"] >= 0.9, (r.dev, r.train.history)
+
+
+def test_xnli_pairs_finetune_uses_token_types(tiny, tmp_path):
+    cfg = FinetuneConfig(model=str(tiny), train_file=str(SHARED_DATA / "xnli/dev-en.tsv"),
+                         out=str(tmp_path / "run"), format="xnli", max_len=64, batch_size=16,
+                         dev_file=str(SHARED_DATA / "xnli/dev-de.tsv"),
+                         train=TrainConfig(max_steps=5, lr=1e-3))  # fmt: skip
+    r = run_finetune(cfg, echo=None)
+    assert r.dev["metric"] == "accuracy" and r.dev["examples"] == 2490
+    meta = json.loads((tmp_path / "run" / "model" / "task.json").read_text())
+    assert meta["labels"] == ["contradiction", "entailment", "neutral"]
+    from xlt_engine.data import load_tokenizer
+
+    data = read_task_file(SHARED_DATA / "xnli/dev-en.tsv", "xnli")
+    enc = encode(data, load_tokenizer(tiny), meta["labels"], 64)
+    assert enc.token_type_ids is not None and max(t.max() for t in enc.token_type_ids) == 1
+
+
+def test_finetune_config_errors(tiny, conll, tmp_path):
+    with pytest.raises(ValueError, match="format must be one of"):
+        FinetuneConfig(model=str(tiny), train_file=str(conll["eng.train"]), out="x", format="csv")
+    with pytest.raises(ValueError, match="dev_file: .*nope: no such file"):
+        FinetuneConfig(model=str(tiny), train_file=str(conll["eng.train"]), out="x",
+                       dev_file=str(tmp_path / "nope"))  # fmt: skip
+    with pytest.raises(ValueError, match="voter_widths has 2 entries for num_voters=3"):
+        FinetuneConfig(model=str(tiny), train_file=str(conll["eng.train"]), out="x",
+                       voter_widths=(4, 5))  # fmt: skip
+
+
+def test_evaluate_refuses_a_model_without_a_task_head(tiny, conll, tmp_path):
+    with pytest.raises(ValueError, match="no task.json: not a fine-tuned task model"):
+        EvaluateConfig(model=str(tiny), tests={"eng": str(conll["eng.test"])}, out=str(tmp_path))

@@ -11,3 +11,4 @@ python -m pytest -q -m cuda tests -p no:cacheprovider 2>&1 | tail -15
 python benchmarks/bench_encoder.py --precision autocast-bf16
 python benchmarks/bench_encoder.py --precision bf16
 python benchmarks/bench_kernels.py
+python benchmarks/bench_btf_step.py --data ../shared/data

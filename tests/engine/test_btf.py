@@ -195,3 +195,29 @@ def test_logged_loss_is_the_mean_of_its_own_steps(tmp_path):
     r = train(model, loss_fn, Data(), cfg, tmp_path, save_model=save, load_model=None, echo=None)
     assert [h["step"] for h in r.history] == [3, 4, 6, 8, 9, 12]
     assert all(abs(h["loss"] - 2.0) < 1e-6 for h in r.history), r.history
+
+
+def test_progress_bar_and_fresh_run_guard(tmp_path, capsys):
+    model = torch.nn.Linear(3, 1)
+
+    def loss_fn(m, batch, gen):
+        return m(batch["x"]).pow(2).mean()
+
+    def save(m, folder):
+        folder.mkdir()
+
+    cfg = TrainConfig(max_steps=4, lr=1e-3, log_every=2)
+    run = tmp_path / "bar-run"
+    train(model, loss_fn, Data(), cfg, run, save_model=save, load_model=None, echo=None,
+          progress=True)  # fmt: skip
+    assert "bar-run" in capsys.readouterr().err  # click's bar (hidden off a terminal: its label)
+    with pytest.raises(ValueError, match="holds the checkpoints of an earlier run"):
+        train(model, loss_fn, Data(), cfg, run, save_model=save, load_model=None, echo=None)
+
+
+def test_epochs_resolve_to_steps():
+    assert TrainConfig(epochs=2.5, grad_accum=2).with_steps(9).max_steps == 12  # ceil(22.5 / 2)
+    assert TrainConfig(max_steps=5, epochs=3).with_steps(100).max_steps == 5  # max_steps wins
+    with pytest.raises(ValueError, match="resolve epochs first"):
+        train(torch.nn.Linear(1, 1), None, Data(), TrainConfig(epochs=1), "x", save_model=None,
+              load_model=None)  # fmt: skip

@@ -1,0 +1,201 @@
+"""BTF training-step throughput: xlt-engine's btf step against transformers' ``BertForMaskedLM``.
+
+Both run a whole optimizer step on the same batch of real text (CoNLL English and Spanish
+sentences tokenised with the mBERT vocabulary, packed into ``--batch`` x ``--seq`` windows, 15%
+masked by ``MlmMasker``), with random weights, the embeddings and bottom ``--freeze`` layers
+frozen as btf does, and AdamW (fused on CUDA):
+
+- ``xlt-engine``: ``MlmObjective`` (the btf stage's): only the masked rows reach the MLM head,
+  through ``fused_mlm_loss`` (Triton on CUDA, torch reference on CPU);
+- ``transformers sdpa``: ``BertForMaskedLM(attn_implementation="sdpa")`` with its own loss
+  (logits at every position, cross-entropy over the masked ones).
+
+bf16 autocast on CUDA (fp32 master weights), fp32 on CPU. MFU (CUDA only) counts the same model
+FLOPs for both (forward 2N + attention, decoder only at masked rows; backward twice the forward,
+the frozen part's weight gradients included for simplicity) against ``--peak-tflops``.
+
+    PYTHONPATH=. python benchmarks/bench_btf_step.py --data ../shared/data            # CUDA, mBERT-base
+    PYTHONPATH=. python benchmarks/bench_btf_step.py --data ../shared/data --device cpu --tiny
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.bench_encoder import _version, sync, time_steps
+from xlt_engine.data import load_tokenizer, read_conll
+from xlt_engine.data.masking import MlmMasker
+from xlt_engine.engine.btf import MlmObjective
+from xlt_engine.engine.loop import freeze
+from xlt_engine.model import BertConfig, BertForMLM, save_pretrained
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="the shared data folder")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--tiny", action="store_true", help="2 layers, hidden 64 (CPU comparison)")
+    p.add_argument("--batch", type=int, default=None, help="default 32 (8 with --tiny)")
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--freeze", type=int, default=3, help="bottom layers frozen (with embeddings)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--peak-tflops", type=float, default=989.4, help="H100/H200 dense bf16")
+    p.add_argument("--no-save", action="store_true")
+    return p.parse_args(argv)
+
+
+def real_batch(data: Path, tok, B: int, T: int) -> torch.Tensor:
+    """[B, T] windows of real sentences: [CLS] pieces [SEP], packed back to back."""
+    sents = []
+    for f in ("conll2003_en/eng.train", "conll2002/esp.train"):
+        sents += [" ".join(s.tokens) for s in read_conll(data / f)][:2000]
+    ids = np.concatenate([np.asarray(e.ids, np.int64) for e in
+                          tok.backend.encode_batch(sents, add_special_tokens=False)])  # fmt: skip
+    room = T - 2
+    if len(ids) < B * room:
+        raise SystemExit(f"not enough text for {B} x {T}")
+    body = ids[: B * room].reshape(B, room)
+    out = np.empty((B, T), np.int64)
+    out[:, 0], out[:, 1:-1], out[:, -1] = tok.cls_id, body, tok.sep_id
+    return torch.from_numpy(out)
+
+
+def model_flops(cfg: BertConfig, B: int, T: int, masked: int) -> float:
+    H, L, F, V = cfg.hidden_size, cfg.num_hidden_layers, cfg.intermediate_size, cfg.vocab_size
+    layer = 2 * B * T * (4 * H * H + 2 * H * F) + 4 * B * T * T * H  # matmuls + attention
+    head = 2 * masked * (H * H + H * V)
+    return 3 * (L * layer + head)  # forward + backward (2x)
+
+
+def main(argv=None) -> list[dict]:
+    import transformers
+
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    B = args.batch or (8 if args.tiny else 32)
+    T = args.seq
+    tok = load_tokenizer(args.data / "mbert" / "vocab.txt")
+    shape = (dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+             if args.tiny else {})  # fmt: skip
+    cfg = BertConfig(vocab_size=tok.vocab_size, **shape)
+    torch.manual_seed(0)
+    ours = BertForMLM(cfg)
+    with tempfile.TemporaryDirectory() as tmp:  # the same random weights in both
+        save_pretrained(ours, tmp)
+        ref = transformers.BertForMaskedLM.from_pretrained(tmp, attn_implementation="sdpa")
+    ours, ref = ours.to(device).train(), ref.to(device).train()
+    k = min(args.freeze, cfg.num_hidden_layers)
+    freeze(ours, (r"encoder\.embeddings\.", *(rf"encoder\.layers\.{i}\." for i in range(k))))
+    for name, p in ref.named_parameters():
+        if name.startswith("bert.embeddings.") or any(name.startswith(f"bert.encoder.layer.{i}.")
+                                                       for i in range(k)):  # fmt: skip
+            p.requires_grad_(False)
+    fused = device.type == "cuda"
+    opt_ours = torch.optim.AdamW(
+        [p for p in ours.parameters() if p.requires_grad], lr=2e-5, fused=fused
+    )
+    opt_ref = torch.optim.AdamW(
+        [p for p in ref.parameters() if p.requires_grad], lr=2e-5, fused=fused
+    )
+    objective = MlmObjective(ours)
+    amp = dict(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    ids = real_batch(args.data, tok, B, T)
+    attn = torch.ones_like(ids)
+    masked = MlmMasker.from_tokenizer(tok)(ids, attn, torch.Generator().manual_seed(0))
+    m_ids, m_pos = masked.input_ids.to(device), masked.positions.to(device)
+    m_labels, attn_d = masked.labels.to(device), attn.to(device)
+    hf_labels = torch.full((B * T,), -100, dtype=torch.long)
+    hf_labels[masked.positions] = masked.labels
+    hf_labels = hf_labels.view(B, T).to(device)
+    n_masked = int((masked.labels != -100).sum())
+
+    def step_ours():
+        with torch.autocast(**amp):
+            loss = objective(m_ids, m_pos, attn_d, m_labels)
+        loss.backward()
+        opt_ours.step()
+        opt_ours.zero_grad(set_to_none=True)
+
+    def step_ref():
+        with torch.autocast(**amp):
+            loss = ref(input_ids=m_ids, attention_mask=attn_d, labels=hf_labels).loss
+        loss.backward()
+        opt_ref.step()
+        opt_ref.zero_grad(set_to_none=True)
+
+    flops = model_flops(cfg, B, T, n_masked)
+    rows = []
+    for name, step in (("xlt-engine", step_ours), ("transformers sdpa", step_ref)):
+        ms, peak = time_steps(step, device, args.warmup, args.iters)
+        row = {"impl": name, "ms_per_step": round(ms, 3), "steps_per_s": round(1e3 / ms, 3),
+               "tokens_per_s": round(B * T / ms * 1e3), "peak_mib": round(peak, 1)}  # fmt: skip
+        if device.type == "cuda":
+            row["mfu"] = round(flops / (ms / 1e3) / (args.peak_tflops * 1e12), 4)
+        rows.append(row)
+    sync(device)
+    speedup = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
+    gpu = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu"
+    )
+    record = {
+        "what": "BTF optimizer step (masked MLM, frozen embeddings + bottom layers, AdamW)",
+        "date": datetime.date.today().isoformat(),
+        "device": gpu,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+        "command": "PYTHONPATH=. python benchmarks/bench_btf_step.py "
+        + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "shape": {
+            "batch": B,
+            "seq": T,
+            "layers": cfg.num_hidden_layers,
+            "hidden": cfg.hidden_size,
+            "vocab": cfg.vocab_size,
+            "frozen_layers": k,
+            "masked": n_masked,
+        },
+        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        "rows": rows,
+        "speedup_tokens_per_s": round(speedup, 3),
+    }
+    if not args.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        tag = "".join(
+            c if c.isalnum() else "-" for c in (gpu if device.type == "cuda" else "cpu").lower()
+        )
+        out = RESULTS / f"btf_step_{tag.strip('-')}_{datetime.date.today():%Y%m%d}.json"
+        with out.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(f"appended to {out}")
+    print(f"{gpu}  B={B} T={T} L={cfg.num_hidden_layers} H={cfg.hidden_size} V={cfg.vocab_size} "
+          f"masked={n_masked} {record['precision']}")  # fmt: skip
+    print(f"{'impl':<20}{'ms/step':>10}{'steps/s':>9}{'tokens/s':>11}{'peak MiB':>10}{'MFU':>7}")
+    for r in rows:
+        mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
+        print(f"{r['impl']:<20}{r['ms_per_step']:>10.2f}{r['steps_per_s']:>9.2f}"
+              f"{r['tokens_per_s']:>11,}{r['peak_mib']:>10.0f}{mfu:>7}")  # fmt: skip
+    print(f"speed-up (tokens/s): {speedup:.2f}x")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

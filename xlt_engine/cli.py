@@ -272,3 +272,7 @@ def run(stage, config_path, overrides, out, resume, progress) -> None:
         _fail(err)
     finally:
         distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()

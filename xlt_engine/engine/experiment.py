@@ -26,6 +26,7 @@ import torch
 import xlt_engine
 from xlt_engine.engine.btf import BtfConfig, run_btf
 from xlt_engine.engine.config import ConfigError, ExperimentConfig, check_files, to_dict
+from xlt_engine.engine import distributed
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.evaluate import EvaluateConfig, PredictConfig, run_evaluate, run_predict
 from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
@@ -188,7 +189,12 @@ def build_stage(cfg: ExperimentConfig, stage: str):
 
 
 def run_stage(cfg: ExperimentConfig, stage: str, resume: bool = False, echo=print, progress=None):
+    """Build the stage's config (every problem raised first), then run it. Under torchrun the
+    process group is joined first; evaluate and predict run on rank 0 only."""
+    distributed.init(cfg.device)
     stage_cfg = build_stage(cfg, stage)
+    if stage in ("evaluate", "predict") and rank_world()[0] != 0:
+        return None
     if stage == "predict":
         return run_predict(stage_cfg, echo=echo)
     folder = Path(stage_cfg.out)

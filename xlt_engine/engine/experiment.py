@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 
 import xlt_engine
+from xlt_engine.engine import distributed
 from xlt_engine.engine.btf import BtfConfig, run_btf
 from xlt_engine.engine.config import ConfigError, ExperimentConfig, check_files, to_dict
-from xlt_engine.engine import distributed
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.evaluate import EvaluateConfig, PredictConfig, run_evaluate, run_predict
 from xlt_engine.engine.finetune import FinetuneConfig, run_finetune

@@ -33,13 +33,16 @@ def ner_config(tiny, conll, out, **train_kw):
 @pytest.fixture(scope="module")
 def ner_run(tiny, conll, tmp_path_factory):
     out = tmp_path_factory.mktemp("ner") / "run"
-    return out, run_finetune(ner_config(tiny, conll, out), echo=None)
+    return out, run_finetune(ner_config(tiny, conll, out, eval_every=15), echo=None)
 
 
 def test_ner_finetune_loss_goes_down_and_writes_model_and_dev_score(ner_run, tiny):
     out, r = ner_run
     losses = [h["loss"] for h in r.train.history]
     assert len(losses) == 6 and losses[-1] < losses[0] - 0.5, losses
+    scored = [h["step"] for h in r.train.history if "dev_entity_f1" in h]
+    assert scored == [15, 30]  # periodic dev evaluation, logged with the loss
+    assert r.train.history[-1]["dev_entity_f1"] == pytest.approx(r.dev["score"])
     meta = json.loads((out / "model" / "task.json").read_text())
     assert meta["kind"] == "token" and meta["num_voters"] == 3
     assert meta["labels"] == ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG",

@@ -82,9 +82,13 @@ class FinetuneResult:
     train: TrainResult
 
 
-def evaluate_model(model: TaskModel, data, tok, max_len: int, device, max_tokens: int) -> dict:
-    """Score ``model`` on labeled ``TaskData`` (the dev set here, the test sets in evaluate)."""
-    enc = encode(data, tok, model.labels, max_len)
+def evaluate_model(
+    model: TaskModel, data, tok, max_len: int, device, max_tokens: int, enc=None
+) -> dict:
+    """Score ``model`` on labeled ``TaskData`` (the dev set here, the test sets in evaluate);
+    ``enc``: ``data`` already encoded with the model's labels."""
+    if enc is None:
+        enc = encode(data, tok, model.labels, max_len)
     amp = resolve_precision("auto", device)
     logits = predict_logits(model, enc, tok.pad_id, device, max_tokens, amp)
     return score(data, predicted_labels(enc, logits, model.labels))
@@ -103,8 +107,9 @@ def run_finetune(
         raise ValueError(f"{cfg.train_file}: needs at least 2 labels, found {labels}")
     dev_data = read_task_file(cfg.dev_file, cfg.format) if cfg.dev_file else None
     enc = encode(train_data, tok, labels, cfg.max_len)
+    dev_enc = None  # encoded once: unknown dev labels are an error before training
     if dev_data is not None:
-        encode(dev_data, tok, labels, cfg.max_len)  # unknown dev labels: an error before training
+        dev_enc = encode(dev_data, tok, labels, cfg.max_len)
 
     encoder = load_encoder(cfg.model, dtype=torch.float32, device=device)
     torch.manual_seed(cfg.train.seed)  # the fresh voters are a function of the seed
@@ -132,7 +137,7 @@ def run_finetune(
     if dev_data is not None:
 
         def evaluate(m):
-            s = evaluate_model(m, dev_data, tok, cfg.max_len, device, cfg.eval_max_tokens)
+            s = evaluate_model(m, dev_data, tok, cfg.max_len, device, cfg.eval_max_tokens, dev_enc)
             return {"dev_" + s["metric"]: s["score"]}
 
     result = train(
@@ -144,7 +149,9 @@ def run_finetune(
     if rank == 0:
         save_task_model(model, out / "model", tok)
         if dev_data is not None:
-            dev = evaluate_model(model, dev_data, tok, cfg.max_len, device, cfg.eval_max_tokens)
+            dev = evaluate_model(
+                model, dev_data, tok, cfg.max_len, device, cfg.eval_max_tokens, dev_enc
+            )
             dev["file"] = str(cfg.dev_file)
             atomic_write_text(out / "dev.json", json.dumps(dev, indent=2) + "\n")
             if echo:

@@ -1,1 +1,10 @@
-"""Training loop and stages (btf, finetune, selftrain, evaluate). Lands in its own issues."""
+"""Training loop, distributed set-up, experiment configs, the stages and their metrics.
+
+Stages (each a function taking a config dataclass): ``btf.run_btf``, ``finetune.run_finetune``,
+``evaluate.run_evaluate``, ``evaluate.run_predict``; ``select_threshold`` picks the self-training
+confidence threshold.
+"""
+
+from xlt_engine.engine.threshold import ThresholdChoice, select_threshold
+
+__all__ = ["ThresholdChoice", "select_threshold"]

@@ -1,0 +1,132 @@
+"""The automatic confidence threshold (the paper's section 3.2, equation 3; DESIGN.md
+"select_threshold").
+
+Over a grid of thresholds (default 0.50 to 0.99 by 0.01, then 0.995 and 0.999; points below
+1/C dropped, since a max probability is never below 1/C), ``threshold_curve`` gives accuracy(t)
+of the soft student on the source labeled data. Grid points where accuracy is undefined (no
+sample above t) are skipped. Methods:
+
+- ``curvature`` (default): the interior point of greatest curvature |A''| / (1 + A'^2)^1.5;
+- ``max_second_difference``: the paper's equation read literally, the interior point of greatest
+  (signed) second derivative A'';
+- ``fixed``: a given alpha (the "-AT" ablation); the curve is still computed and logged.
+
+Derivatives use three-point finite differences that respect uneven spacing (exact for a
+quadratic), so the 0.99 -> 0.995 -> 0.999 tail is not mistaken for a bend. Ties go to the lowest
+threshold. With fewer than three defined points there is no interior point: the lowest defined
+threshold is chosen and ``fallback`` says why.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from xlt_engine.kernels import threshold_curve
+
+METHODS = ("curvature", "max_second_difference", "fixed")
+DEFAULT_GRID = (*(round(0.50 + 0.01 * i, 2) for i in range(50)), 0.995, 0.999)
+
+
+def threshold_grid(num_classes: int, grid: Sequence[float] | None = None) -> list[float]:
+    """The sorted, de-duplicated grid with the points below 1/num_classes dropped."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    grid = DEFAULT_GRID if grid is None else grid
+    bad = [t for t in grid if not 0 < t < 1]
+    if bad:
+        raise ValueError(f"thresholds must lie in (0, 1), got {bad}")
+    kept = sorted({float(t) for t in grid if t >= 1 / num_classes})
+    if not kept:
+        raise ValueError(f"no grid point is at or above 1/{num_classes}")
+    return kept
+
+
+def finite_differences(t: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """First and second derivatives at the interior points t[1:-1] of an unevenly spaced
+    curve (three-point formulas)."""
+    h1 = t[1:-1] - t[:-2]
+    h2 = t[2:] - t[1:-1]
+    a0, a1, a2 = a[:-2], a[1:-1], a[2:]
+    d1 = (-h2 / (h1 * (h1 + h2))) * a0 + ((h2 - h1) / (h1 * h2)) * a1 + (h1 / (h2 * (h1 + h2))) * a2
+    d2 = 2 * (h2 * a0 - (h1 + h2) * a1 + h1 * a2) / (h1 * h2 * (h1 + h2))
+    return d1, d2
+
+
+@dataclass
+class ThresholdChoice:
+    alpha: float
+    method: str
+    thresholds: list[float]
+    accuracy: list[float]  # NaN where undefined
+    recall: list[float]
+    coverage: list[float]
+    score: list[float]  # the method's criterion per grid point (NaN where not computed)
+    fallback: str | None = None
+
+    def to_json(self) -> dict:
+        """JSON-safe (NaN -> None)."""
+        d = asdict(self)
+        for key in ("accuracy", "recall", "coverage", "score"):
+            d[key] = [None if math.isnan(x) else x for x in d[key]]
+        return d
+
+    def to_csv(self) -> str:
+        """threshold, accuracy, recall, coverage, score, chosen: one row per grid point."""
+        out = io.StringIO()
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(["threshold", "accuracy", "recall", "coverage", "score", "chosen"])
+        for i, t in enumerate(self.thresholds):
+            vals = [self.accuracy[i], self.recall[i], self.coverage[i], self.score[i]]
+            w.writerow([t, *("" if math.isnan(v) else repr(v) for v in vals), int(t == self.alpha)])
+        return out.getvalue()
+
+
+def choose(thresholds: Sequence[float], accuracy: Sequence[float], method: str = "curvature"):
+    """(alpha, score per point, fallback) from a given accuracy curve (NaN points skipped)."""
+    if method not in ("curvature", "max_second_difference"):
+        raise ValueError(f"method must be curvature or max_second_difference, got {method!r}")
+    t = np.asarray(thresholds, dtype=np.float64)
+    a = np.asarray(accuracy, dtype=np.float64)
+    score = np.full(len(t), np.nan)
+    ok = np.flatnonzero(~np.isnan(a))
+    if len(ok) < 3:
+        if len(ok) == 0:
+            raise ValueError("accuracy is undefined at every threshold (no sample above any)")
+        why = f"accuracy is defined at {len(ok)} threshold(s) only: no interior point"
+        return float(t[ok[0]]), score.tolist(), why
+    d1, d2 = finite_differences(t[ok], a[ok])
+    crit = np.abs(d2) / (1 + d1**2) ** 1.5 if method == "curvature" else d2
+    score[ok[1:-1]] = crit
+    best = ok[1:-1][int(np.argmax(crit))]  # the first maximum: the lowest threshold on ties
+    return float(t[best]), score.tolist(), None
+
+
+def select_threshold(
+    confidence: torch.Tensor,
+    correct: torch.Tensor,
+    num_classes: int,
+    method: str = "curvature",
+    grid: Sequence[float] | None = None,
+    alpha: float | None = None,
+) -> ThresholdChoice:
+    """Pick alpha from the soft student's ``confidence`` [N] on the source labeled data and
+    whether each prediction is ``correct`` [N] (see the module docstring)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "fixed" and (alpha is None or not 0 <= alpha < 1):
+        raise ValueError(f"method 'fixed' needs alpha in [0, 1), got {alpha!r}")
+    ts = threshold_grid(num_classes, grid)
+    grid_t = torch.tensor(ts, dtype=torch.float64, device=confidence.device)
+    curve = threshold_curve(confidence, correct, grid_t)
+    acc, rec, cov = (x.double().cpu().tolist() for x in curve)
+    if method == "fixed":
+        return ThresholdChoice(float(alpha), method, ts, acc, rec, cov, [math.nan] * len(ts))
+    chosen, score, fallback = choose(ts, acc, method)
+    return ThresholdChoice(chosen, method, ts, acc, rec, cov, score, fallback)

@@ -25,7 +25,8 @@ Metrics go to ``run_dir/metrics.jsonl`` (one JSON object per log interval or eva
 ``.item()`` is called only there. Distributed (DDP, ``torch.distributed`` initialised, e.g. by
 ``engine.distributed.init``): freeze, then wrap the model before calling ``train``; the data
 source shards batches round-robin by rank (``data.batching.shard``); the logged loss and token
-counts are reduced over ranks; signals stop every rank at the same step; each rank's RNG state
+counts are reduced over ranks; a signal stops every rank at the next log or save point (no
+per-step sync); each rank's RNG state
 goes into the checkpoint; only rank 0 writes.
 """
 
@@ -255,10 +256,11 @@ def train(
     random.seed(cfg.seed)  # a fresh run is a function of the seed (dropout included)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed + rank)
-    if not resume and latest_checkpoint(run_dir) is not None:
+    earlier = None if resume else latest_checkpoint(run_dir)
+    if earlier is not None:
         raise ValueError(
-            f"{run_dir} holds the checkpoints of an earlier run (latest: "
-            f"{latest_checkpoint(run_dir).name}): resume it (--resume) or choose another folder"
+            f"{run_dir} holds the checkpoints of an earlier run (latest: {earlier.name}): "
+            "resume it (--resume) or choose another folder"
         )
     if resume:
         ckpt = latest_checkpoint(run_dir)
@@ -377,19 +379,21 @@ def train(
             steps_since_log += 1
             if _kill_at_step is not None and step == _kill_at_step:
                 os.kill(os.getpid(), signal.SIGKILL)  # test hook: die without any clean-up
-            if distributed:  # a signal may reach the ranks at different steps: stop together
-                flag = torch.tensor(
-                    [0 if stop["signal"] is None else stop["signal"]], device=device
-                )
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                if int(flag.item()):
-                    stop["signal"] = int(flag.item())
             if bar is not None:
                 bar.update(1)
 
             log_now = step % cfg.log_every == 0 or step == cfg.max_steps
             save_now = (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps
-            if log_now or save_now or stop["signal"] is not None:
+            stopping = stop["signal"]
+            if distributed:
+                # a signal may reach the ranks at different steps: they agree on it at log and
+                # save points only (already a sync), so a DDP run stops at the next such point
+                stopping = None
+                if log_now or save_now:
+                    flag = torch.tensor([stop["signal"] or 0], device=device)
+                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                    stopping = int(flag.item()) or None
+            if log_now or save_now or stopping is not None:
                 n_steps = steps_since_log  # a save or signal may log between log intervals
                 if distributed:
                     sums = torch.stack([loss_sum.double(), tokens.to(device)])
@@ -430,10 +434,10 @@ def train(
                         bar.render_progress()
                     elif echo:
                         echo(f"step {step}/{cfg.max_steps} {line}")
-            if save_now or stop["signal"] is not None:
+            if save_now or stopping is not None:
                 last_ckpt = checkpoint()
-            if stop["signal"] is not None:
-                name = signal.Signals(stop["signal"]).name
+            if stopping is not None:
+                name = signal.Signals(stopping).name
                 raise Interrupted(
                     f"{name} received: checkpoint written at step {step} in {run_dir}; "
                     "continue with the same command plus --resume"

@@ -127,7 +127,11 @@ def run_btf(
     frozen_patterns = (r"encoder\.embeddings\.", *(rf"encoder\.layers\.{i}\." for i in bottom))
     freeze(model, frozen_patterns)
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
+    if rank != 0:  # rank 0 tokenises; the others open its caches
+        distributed.barrier()
     caches = [TokenCache.build(t, tok, cache_root) for t in cfg.texts]
+    if rank == 0:
+        distributed.barrier()
     data = MlmData(caches, tok, cfg)
     masker = MlmMasker.from_tokenizer(
         tok, probability=cfg.mlm_probability, whole_word=cfg.whole_word,

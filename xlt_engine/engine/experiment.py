@@ -119,6 +119,7 @@ def btf_texts(cfg: ExperimentConfig, folder: Path) -> tuple[str, ...]:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, text)
         out.append(str(path))
+    distributed.barrier()  # the other ranks read what rank 0 wrote
     return tuple(out)
 
 

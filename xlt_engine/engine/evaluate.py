@@ -22,10 +22,15 @@ from xlt_engine.data.conll import DOCSTART
 from xlt_engine.data.examples import decode_text, read_bytes
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine.distributed import resolve_device
-from xlt_engine.engine.finetune import evaluate_model
 from xlt_engine.engine.loop import resolve_precision
-from xlt_engine.engine.tasks import encode, predict_logits, predicted_labels, read_task_file
-from xlt_engine.engine.tasks import task_kind as _task_kind
+from xlt_engine.engine.tasks import (
+    encode,
+    evaluate_model,
+    predict_logits,
+    predicted_labels,
+    read_task_file,
+    task_kind,
+)
 from xlt_engine.fileio import atomic_write_text
 from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import load_task_model, read_task_meta
@@ -35,9 +40,9 @@ def _check_model(path: str, fmt: str) -> None:
     if not Path(path).is_dir():
         raise ValueError(f"model: {path}: no such folder")
     kind = read_task_meta(path)["kind"]
-    if kind != _task_kind(fmt):
+    if kind != task_kind(fmt):
         raise ValueError(f"model: {path} is a {kind} classifier, format {fmt!r} needs "
-                         f"{_task_kind(fmt)} classification")  # fmt: skip
+                         f"{task_kind(fmt)} classification")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,7 @@ class EvaluateConfig:
     extra: dict[str, str] = field(default_factory=dict)  # written into results.json as is
 
     def __post_init__(self):
-        _task_kind(self.format)
+        task_kind(self.format)
         if not self.tests:
             raise ValueError("tests: give at least one language = test file")
         for lang, path in self.tests.items():
@@ -133,7 +138,7 @@ class PredictConfig:
     device: str = "auto"
 
     def __post_init__(self):
-        _task_kind(self.format)
+        task_kind(self.format)
         if not Path(self.input).is_file():
             raise ValueError(f"input: {self.input}: no such file")
         if Path(self.output).resolve() == Path(self.input).resolve():

@@ -19,20 +19,18 @@ from torch import nn
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
 from xlt_engine.engine.distributed import rank_world
-from xlt_engine.engine.loop import TrainConfig, TrainResult, resolve_precision, train
+from xlt_engine.engine.loop import TrainConfig, TrainResult, train
 from xlt_engine.engine.tasks import (
     TaskBatches,
     encode,
-    predict_logits,
-    predicted_labels,
+    evaluate_model,
     read_task_file,
-    score,
     task_kind,
     voters_loss,
 )
 from xlt_engine.fileio import atomic_write_text
 from xlt_engine.model.checkpoint import load_encoder
-from xlt_engine.model.task import TaskModel, load_task_model, new_task_model, save_task_model
+from xlt_engine.model.task import load_task_model, new_task_model, save_task_model
 
 
 @dataclass(frozen=True)
@@ -80,18 +78,6 @@ class FinetuneResult:
     model: Path
     dev: dict | None
     train: TrainResult
-
-
-def evaluate_model(
-    model: TaskModel, data, tok, max_len: int, device, max_tokens: int, enc=None
-) -> dict:
-    """Score ``model`` on labeled ``TaskData`` (the dev set here, the test sets in evaluate);
-    ``enc``: ``data`` already encoded with the model's labels."""
-    if enc is None:
-        enc = encode(data, tok, model.labels, max_len)
-    amp = resolve_precision("auto", device)
-    logits = predict_logits(model, enc, tok.pad_id, device, max_tokens, amp)
-    return score(data, predicted_labels(enc, logits, model.labels))
 
 
 def run_finetune(

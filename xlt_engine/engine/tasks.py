@@ -28,6 +28,7 @@ from xlt_engine.data.text import read_labeled
 from xlt_engine.data.tokenizer import WordPieceTokenizer
 from xlt_engine.data.xnli import read_xnli
 from xlt_engine.engine.distributed import rank_world
+from xlt_engine.engine.loop import resolve_precision
 from xlt_engine.engine.metrics import accuracy, entity_f1
 from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import TaskModel
@@ -287,3 +288,15 @@ def score(data: TaskData, predictions: list) -> dict:
         "per_type": {t: s.f1 for t, s in default.per_type.items()},
         "sentences": len(data),
     }
+
+
+def evaluate_model(
+    model: TaskModel, data, tok, max_len: int, device, max_tokens: int, enc=None
+) -> dict:
+    """Score ``model`` on labeled ``TaskData`` (finetune's dev set, evaluate's test sets);
+    ``enc``: ``data`` already encoded with the model's labels."""
+    if enc is None:
+        enc = encode(data, tok, model.labels, max_len)
+    amp = resolve_precision("auto", device)
+    logits = predict_logits(model, enc, tok.pad_id, device, max_tokens, amp)
+    return score(data, predicted_labels(enc, logits, model.labels))

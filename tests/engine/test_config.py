@@ -214,4 +214,5 @@ def test_config_from_dict_reports_all_problems_at_once():
                          "inline")  # fmt: skip
     got = info.value.problems
     assert "source: expected str, got 1" in got and "targets: expected a list, got 'esp'" in got
-    assert "inline: 3 problems" in str(info.value) or len(got) >= 2
+    assert "model: path: give the pretrained model folder (model.path)" in got
+    assert len(got) == 3 and str(info.value).startswith("inline: 3 problems:")

@@ -97,8 +97,9 @@ def choose(thresholds: Sequence[float], accuracy: Sequence[float], method: str =
     score = np.full(len(t), np.nan)
     ok = np.flatnonzero(~np.isnan(a))
     if len(ok) < 3:
-        if len(ok) == 0:
-            raise ValueError("accuracy is undefined at every threshold (no sample above any)")
+        if len(ok) == 0:  # an untrained student: no confidence above the lowest point
+            why = "no sample is above any threshold: the lowest grid point stands"
+            return float(t[0]), score.tolist(), why
         why = f"accuracy is defined at {len(ok)} threshold(s) only: no interior point"
         return float(t[ok[0]]), score.tolist(), why
     d1, d2 = finite_differences(t[ok], a[ok])

@@ -231,40 +231,38 @@ def corpus(sources, target_text, entity_map, out, max_per_entity, min_length, to
     click.echo(f"wrote {out} in {seconds:.1f} s ({rate:,.0f} lines/s)")
 
 
-@main.command()
-@click.option(
-    "--stage", required=True, type=click.Choice(["btf", "finetune", "evaluate", "predict"]),
-    help="the stage to run (its inputs come from the config and earlier stages' folders)",
-)  # fmt: skip
-@click.option("--config", "config_path", required=True, type=click.Path(path_type=Path),
-              help="a TOML experiment config (see configs/)")  # fmt: skip
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="override a config key, e.g. --set data.root=../shared/data (repeatable)")  # fmt: skip
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="run folder (default: the config's out, else runs/<config>/<src>-<tgt>)")  # fmt: skip
-@click.option("--resume", is_flag=True, help="continue the stage from its latest checkpoint")
-@click.option("--progress/--no-progress", default=None,
-              help="progress bar (default: when stderr is a terminal)")  # fmt: skip
-def run(stage, config_path, overrides, out, resume, progress) -> None:
-    """Run one stage of an experiment: xlt-engine run --stage finetune --config configs/conll.toml
+def _ablation_overrides(no_btf: bool, fixed_threshold, voters) -> list[str]:
+    """The switches of the paper's ablation rows as config overrides."""
+    sets = []
+    if no_btf:
+        sets += ["finetune.init=pretrained", "selftrain.base=pretrained",
+                 "selftrain.teacher=finetune-direct"]  # fmt: skip
+    if fixed_threshold is not None:
+        sets += ["selftrain.threshold=fixed", f"selftrain.alpha={fixed_threshold!r}"]
+    if voters is not None:
+        sets += [f"model.voters={voters}", "model.voter_widths=[]"]
+    return sets
 
-    Launch with torchrun for several processes (NCCL on CUDA, gloo on CPU); rank 0 alone writes.
-    """
+
+def _experiment(config_path, overrides, out):
     import dataclasses
-    import os
+
+    from xlt_engine.engine.config import load_config
+
+    cfg = load_config(config_path, overrides)
+    return dataclasses.replace(cfg, out=str(out)) if out is not None else cfg
+
+
+def _run_guarded(fn) -> None:
+    """Run ``fn``; an interrupt exits 130 with the resume hint, a config or data problem is a
+    clean error; the process group is closed either way."""
     import sys
 
     from xlt_engine.engine import distributed
-    from xlt_engine.engine.config import load_config
-    from xlt_engine.engine.experiment import run_stage
     from xlt_engine.engine.loop import Interrupted, NonFiniteLoss
 
     try:
-        cfg = load_config(config_path, overrides)
-        if out is not None:
-            cfg = dataclasses.replace(cfg, out=str(out))
-        echo = click.echo if os.environ.get("RANK", "0") == "0" else None
-        run_stage(cfg, stage, resume=resume, echo=echo, progress=progress)
+        fn()
     except Interrupted as err:
         click.echo(str(err), err=True)
         sys.exit(130)
@@ -272,6 +270,96 @@ def run(stage, config_path, overrides, out, resume, progress) -> None:
         _fail(err)
     finally:
         distributed.shutdown()
+
+
+_config_option = click.option("--config", "config_path", required=True,
+                              type=click.Path(path_type=Path),
+                              help="a TOML experiment config (see configs/)")  # fmt: skip
+_set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                           help="override a config key, e.g. --set data.root=../shared/data "
+                           "(repeatable)")  # fmt: skip
+_progress_option = click.option("--progress/--no-progress", default=None,
+                                help="progress bar (default: when stderr is a terminal)")  # fmt: skip
+
+
+@main.command()
+@click.option(
+    "--stage", required=True,
+    type=click.Choice(["btf", "finetune", "selftrain", "evaluate", "predict", "all"]),
+    help="the stage to run (its inputs come from the config and earlier stages' folders); "
+    "all: btf, finetune, selftrain, evaluate and the table",
+)  # fmt: skip
+@_config_option
+@_set_option
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="run folder (default: the config's out, else runs/<config>/<src>-<tgt>)")  # fmt: skip
+@click.option("--resume", is_flag=True, help="continue the stage from its latest checkpoint")
+@click.option("--no-btf", is_flag=True,
+              help="ablation -BTF: fine-tune and self-train from the pretrained model")  # fmt: skip
+@click.option("--no-selftrain", is_flag=True, help="ablation -ST (stage all): stop after finetune")
+@click.option("--fixed-threshold", type=float, default=None, metavar="A",
+              help="ablation -AT: a fixed confidence threshold A instead of the automatic one")  # fmt: skip
+@click.option("--voters", type=int, default=None,
+              help="number of voters (1: the -VM ablation, a plain head)")  # fmt: skip
+@_progress_option
+def run(stage, config_path, overrides, out, resume, no_btf, no_selftrain, fixed_threshold, voters,
+        progress) -> None:  # fmt: skip
+    """Run one stage of an experiment: xlt-engine run --stage selftrain --config configs/conll.toml
+
+    Launch with torchrun for several processes (NCCL on CUDA, gloo on CPU); rank 0 alone writes.
+    """
+    import os
+
+    if no_selftrain and stage != "all":
+        _fail(ValueError("--no-selftrain goes with --stage all"))
+    sets = list(overrides) + _ablation_overrides(no_btf, fixed_threshold, voters)
+    echo = click.echo if os.environ.get("RANK", "0") == "0" else None
+
+    def go():
+        from xlt_engine.engine.experiment import run_stage
+        from xlt_engine.engine.pipeline import run_all
+
+        cfg = _experiment(config_path, sets, out)
+        if stage == "all":
+            run_all(cfg, btf=not no_btf, selftrain=not no_selftrain, resume=resume, echo=echo,
+                    progress=progress)  # fmt: skip
+        else:
+            run_stage(cfg, stage, resume=resume, echo=echo, progress=progress)
+
+    _run_guarded(go)
+
+
+@main.command()
+@_config_option
+@_set_option
+@click.option("--seeds", required=True, metavar="S1,S2,...",
+              help="comma-separated seeds, e.g. 1,2,3 (mean ± std over them)")  # fmt: skip
+@click.option("--fixed-threshold", type=float, default=0.9, show_default=True, metavar="A",
+              help="the fixed threshold of the -AT row")  # fmt: skip
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="folder for the seeds' runs and the table (default: runs/<config>)")  # fmt: skip
+@click.option("--resume", is_flag=True, help="continue stages a killed run left half-way")
+@_progress_option
+def ablate(config_path, overrides, seeds, fixed_threshold, out, resume, progress) -> None:
+    """Run the ablation rows (Ours, -AT, -VM, -BTF, -ST, direct transfer) for every seed and
+    write the table (ablation.md, ablation.json) like the paper's tables 5 and 6."""
+    import os
+
+    try:
+        seed_list = [int(x) for x in seeds.replace(" ", "").split(",") if x]
+    except ValueError:
+        _fail(ValueError(f"--seeds: expected comma-separated integers, got {seeds!r}"))
+    if not 0 <= fixed_threshold < 1:
+        _fail(ValueError(f"--fixed-threshold must be in [0, 1), got {fixed_threshold}"))
+    echo = click.echo if os.environ.get("RANK", "0") == "0" else None
+
+    def go():
+        from xlt_engine.engine.pipeline import run_ablate
+
+        cfg = _experiment(config_path, overrides, out)
+        run_ablate(cfg, seed_list, fixed_threshold, resume=resume, echo=echo, progress=progress)
+
+    _run_guarded(go)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from xlt_engine.engine.loop import TrainConfig
 from xlt_engine.engine.tasks import FORMATS
 
 TASKS = ("ner", "classification")
-STAGES = ("btf", "finetune", "evaluate", "predict")
+STAGES = ("btf", "finetune", "selftrain", "evaluate", "predict")
 
 
 class ConfigError(ValueError):
@@ -104,6 +104,40 @@ class FinetuneSection:
 
 
 @dataclass(frozen=True)
+class SelftrainSection:
+    base: str = "btf"  # the students' start: "btf" (the Base Model), "pretrained" or a folder
+    teacher: str = "finetune"  # round 1's teacher: "finetune", "finetune-direct" or a folder
+    rounds: float = 1.5  # N; a trailing .5 ends with a soft step
+    batch_size: int = 32
+    max_tokens: int | None = None
+    soft: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=3e-5))
+    hard: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=1e-6))
+    threshold: str = "curvature"  # curvature | max_second_difference | fixed
+    alpha: float | None = None  # with threshold = "fixed" (the "-AT" ablation)
+    grid: tuple[float, ...] = ()  # () : 0.50..0.99 by 0.01, then 0.995 and 0.999
+    filter_unit: str = "word"  # word | sequence
+    source_filter: bool = True
+    max_unlabeled: int | None = None  # down-sample the unlabeled target data (CLS: 10000)
+
+    def __post_init__(self):
+        if not (self.rounds >= 0.5 and 2 * self.rounds == int(2 * self.rounds)):
+            raise ValueError(f"rounds must be a positive multiple of 0.5, got {self.rounds}")
+        if self.threshold not in ("curvature", "max_second_difference", "fixed"):
+            raise ValueError("threshold must be curvature, max_second_difference or fixed, got "
+                             f"{self.threshold!r}")  # fmt: skip
+        if self.threshold == "fixed" and (self.alpha is None or not 0 <= self.alpha < 1):
+            raise ValueError(f"threshold = 'fixed' needs alpha in [0, 1), got {self.alpha!r}")
+        if self.threshold != "fixed" and self.alpha is not None:
+            raise ValueError(f"alpha = {self.alpha} is read only with threshold = 'fixed'")
+        if self.filter_unit not in ("word", "sequence"):
+            raise ValueError(f"filter_unit must be word or sequence, got {self.filter_unit!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_unlabeled is not None and self.max_unlabeled < 1:
+            raise ValueError(f"max_unlabeled must be >= 1, got {self.max_unlabeled}")
+
+
+@dataclass(frozen=True)
 class EvaluateSection:
     model: str = "finetune"  # a stage name ("finetune", "finetune-direct") or a model folder
     max_tokens: int = 16384
@@ -131,6 +165,7 @@ class ExperimentConfig:
     data: DataSection = field(default_factory=DataSection)
     btf: BtfSection = field(default_factory=BtfSection)
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
+    selftrain: SelftrainSection = field(default_factory=SelftrainSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     predict: PredictSection = field(default_factory=PredictSection)
     name: str = ""  # set from the file name
@@ -149,9 +184,15 @@ class ExperimentConfig:
                 raise ValueError(f"languages: no [languages.{lang}] table for language {lang!r}")
         if self.target is not None and self.target not in self.targets:
             raise ValueError(f"target: {self.target!r} is not one of targets {list(self.targets)}")
-        for stage in ("btf", "finetune"):
-            if getattr(self, stage).train.seed != 0:
-                raise ValueError(f"{stage}.train.seed: set the top-level seed (one for all stages)")
+        trains = {
+            "btf.train": self.btf.train,
+            "finetune.train": self.finetune.train,
+            "selftrain.soft": self.selftrain.soft,
+            "selftrain.hard": self.selftrain.hard,
+        }
+        for key, train in trains.items():
+            if train.seed != 0:
+                raise ValueError(f"{key}.seed: set the top-level seed (one for all stages)")
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
             raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 
@@ -335,6 +376,14 @@ def check_files(cfg: ExperimentConfig, stage: str) -> None:
     elif stage == "finetune":
         need(f"languages.{src}.train", cfg.data_path(src, "train"))
         need(f"languages.{src}.dev", cfg.data_path(src, "dev"), required=False)
+    elif stage == "selftrain":
+        need(f"languages.{src}.train", cfg.data_path(src, "train"))
+        role = next((r for r in ("unlabeled", "train") if getattr(cfg.languages[tgt], r)), None)
+        if role is None:
+            problems.append(f"languages.{tgt}: selftrain needs unlabeled target data "
+                            "(unlabeled or train)")  # fmt: skip
+        else:
+            need(f"languages.{tgt}.{role}", cfg.data_path(tgt, role))
     elif stage == "evaluate":
         for lang in (src, *cfg.targets):
             need(f"languages.{lang}.test", cfg.data_path(lang, "test"))

@@ -5,7 +5,13 @@ Run folder layout (``cfg.run_dir()``, one per source-target pair)::
     btf/              base-model/ (the Base Model), texts/, cache/, checkpoints, metrics.jsonl
     finetune/         model/ (the fine-tuned task model), dev.json, ...  (init = "btf")
     finetune-direct/  the same from the pretrained model                (init = "pretrained")
+    selftrain/        round-<r>/..., model/ (the final student)          (base = "btf")
+    selftrain-direct/ the same from the pretrained model                (base = "pretrained")
     evaluate-<model>/ results.json, results.md
+
+Ablation variants add ``-voters<M>`` (model.voters != 3) to finetune and selftrain folders and
+``-alpha<A>`` (a fixed threshold) to selftrain folders, so variants share what they have in
+common (btf always).
     predict/          (the output path is the config's)
 
 Every stage folder gets ``config.json`` (the resolved experiment and stage configs) and
@@ -31,6 +37,7 @@ from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.evaluate import EvaluateConfig, PredictConfig, run_evaluate, run_predict
 from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
 from xlt_engine.engine.loop import latest_checkpoint
+from xlt_engine.engine.selftrain import SelftrainConfig, run_selftrain
 from xlt_engine.engine.tasks import read_task_file
 from xlt_engine.fileio import atomic_write_text
 
@@ -71,26 +78,50 @@ def write_run_info(folder: Path, cfg: ExperimentConfig, stage: str, stage_cfg) -
     atomic_write_text(folder / "run.json", json.dumps(info, indent=2) + "\n")
 
 
+def _variant(cfg: ExperimentConfig) -> str:
+    """Folder-name suffix of the settings an ablation changes after btf (so the variants of one
+    pair share btf and whatever else they have in common)."""
+    return f"-voters{cfg.model.voters}" if cfg.model.voters != 3 else ""
+
+
 def stage_dir(cfg: ExperimentConfig, stage: str) -> Path:
-    if stage == "finetune" and cfg.finetune.init == "pretrained":
-        return cfg.run_dir() / "finetune-direct"
-    return cfg.run_dir() / stage
+    """btf/, finetune/ (init btf), finetune-direct/ (init pretrained), selftrain/ (from the Base
+    Model), selftrain-direct/ (from the pretrained model); ``-voters<M>`` when model.voters is
+    not 3 and ``-alpha<A>`` for a fixed threshold."""
+    run = cfg.run_dir()
+    if stage == "finetune":
+        direct = "-direct" if cfg.finetune.init == "pretrained" else ""
+        return run / f"finetune{direct}{_variant(cfg)}"
+    if stage == "selftrain":
+        s = cfg.selftrain
+        direct = "-direct" if s.base == "pretrained" else ""
+        fixed = f"-alpha{s.alpha:g}" if s.threshold == "fixed" else ""
+        return run / f"selftrain{direct}{_variant(cfg)}{fixed}"
+    return run / stage
 
 
 def model_path(cfg: ExperimentConfig, name: str, key: str) -> Path:
-    """A model named by a stage ("btf", "finetune", "finetune-direct", "pretrained") or a path."""
+    """A model named by a stage ("btf", "finetune", "finetune-direct", "selftrain",
+    "pretrained") or a path."""
     run = cfg.run_dir()
     named = {
         "pretrained": Path(cfg.model.path),
         "btf": run / "btf" / "base-model",
-        "finetune": run / "finetune" / "model",
-        "finetune-direct": run / "finetune-direct" / "model",
+        "finetune": stage_dir(_with(cfg, "finetune", init="btf"), "finetune") / "model",
+        "finetune-direct": stage_dir(_with(cfg, "finetune", init="pretrained"), "finetune")
+        / "model",
+        "selftrain": stage_dir(cfg, "selftrain") / "model",
     }
     path = named.get(name, Path(name))
     if not path.is_dir():
         hint = f" (run the {name.split('-')[0]} stage first)" if name in named else ""
         raise ConfigError(cfg.name or "config", [f"{key}: {path}: no such folder{hint}"])
     return path
+
+
+def _with(cfg: ExperimentConfig, section: str, **changes) -> ExperimentConfig:
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section),
+                                                                    **changes)})  # fmt: skip
 
 
 def btf_texts(cfg: ExperimentConfig, folder: Path) -> tuple[str, ...]:
@@ -154,11 +185,32 @@ def build_finetune(cfg: ExperimentConfig) -> FinetuneConfig:
     )  # fmt: skip
 
 
+def build_selftrain(cfg: ExperimentConfig) -> SelftrainConfig:
+    check_files(cfg, "selftrain")
+    s = cfg.selftrain
+    tgt = cfg.pair_target
+    role = next(r for r in ("unlabeled", "train") if getattr(cfg.languages[tgt], r))
+    return SelftrainConfig(
+        base_model=str(model_path(cfg, s.base, "selftrain.base")),
+        teacher=str(model_path(cfg, s.teacher, "selftrain.teacher")),
+        source_file=str(cfg.data_path(cfg.source, "train")),
+        unlabeled_file=str(cfg.data_path(tgt, role)), out=str(stage_dir(cfg, "selftrain")),
+        format=cfg.data.format, rounds=s.rounds, max_len=cfg.model.max_len,
+        num_voters=cfg.model.voters, voter_widths=cfg.model.voter_widths or None,
+        voter_dropout=cfg.model.voter_dropout, batch_size=s.batch_size, max_tokens=s.max_tokens,
+        soft=dataclasses.replace(s.soft, seed=cfg.seed),
+        hard=dataclasses.replace(s.hard, seed=cfg.seed), threshold=s.threshold, alpha=s.alpha,
+        grid=s.grid or None, filter_unit=s.filter_unit, source_filter=s.source_filter,
+        max_unlabeled=s.max_unlabeled, device=cfg.device,
+    )  # fmt: skip
+
+
 def build_evaluate(cfg: ExperimentConfig) -> EvaluateConfig:
     check_files(cfg, "evaluate")
     name = cfg.evaluate.model
     model = model_path(cfg, name, "evaluate.model")
-    folder = cfg.run_dir() / ("evaluate-" + (name if model != Path(name) else "model"))
+    label = model.parent.name if name in ("finetune", "finetune-direct", "selftrain") else name
+    folder = cfg.run_dir() / ("evaluate-" + (label if model != Path(name) else "model"))
     tests = {lang: str(cfg.data_path(lang, "test")) for lang in (cfg.source, *cfg.targets)}
     return EvaluateConfig(model=str(model), tests=tests, out=str(folder), format=cfg.data.format,
                           source=cfg.source, max_len=cfg.model.max_len,
@@ -173,8 +225,8 @@ def build_predict(cfg: ExperimentConfig) -> PredictConfig:
                          max_tokens=cfg.predict.max_tokens, device=cfg.device)  # fmt: skip
 
 
-BUILDERS = {"btf": build_btf, "finetune": build_finetune, "evaluate": build_evaluate,
-            "predict": build_predict}  # fmt: skip
+BUILDERS = {"btf": build_btf, "finetune": build_finetune, "selftrain": build_selftrain,
+            "evaluate": build_evaluate, "predict": build_predict}  # fmt: skip
 
 
 def build_stage(cfg: ExperimentConfig, stage: str):
@@ -199,7 +251,10 @@ def run_stage(cfg: ExperimentConfig, stage: str, resume: bool = False, echo=prin
     if stage == "predict":
         return run_predict(stage_cfg, echo=echo)
     folder = Path(stage_cfg.out)
-    if stage in ("btf", "finetune") and not resume and latest_checkpoint(folder) is not None:
+    earlier = latest_checkpoint(folder) is not None
+    if stage == "selftrain":
+        earlier = (folder / "selftrain.jsonl").exists() or any(folder.glob("round-*"))
+    if stage in ("btf", "finetune", "selftrain") and not resume and earlier:
         raise ValueError(f"{folder} holds the checkpoints of an earlier run: resume it (--resume) "
                          "or choose another folder (--out)")  # fmt: skip
     write_run_info(folder, cfg, stage, stage_cfg)
@@ -207,4 +262,6 @@ def run_stage(cfg: ExperimentConfig, stage: str, resume: bool = False, echo=prin
         return run_btf(stage_cfg, resume=resume, echo=echo, progress=progress)
     if stage == "finetune":
         return run_finetune(stage_cfg, resume=resume, echo=echo, progress=progress)
+    if stage == "selftrain":
+        return run_selftrain(stage_cfg, resume=resume, echo=echo, progress=progress)
     return run_evaluate(stage_cfg, echo=echo)

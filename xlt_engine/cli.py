@@ -362,5 +362,40 @@ def ablate(config_path, overrides, seeds, fixed_threshold, out, resume, progress
     _run_guarded(go)
 
 
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("runs/quickstart"), show_default=True,
+              help="folder for the generated data, the model and the runs")  # fmt: skip
+@click.option("--seed", default=1, show_default=True,
+              help="seed of the generated task and of every stage")  # fmt: skip
+@click.option("--resume", is_flag=True, help="continue a quickstart that was interrupted")
+@_progress_option
+def quickstart(out, seed, resume, progress) -> None:
+    """The whole method on an embedded synthetic bilingual NER task, on CPU, with no download:
+    btf, finetune, selftrain, evaluate, then the table (direct transfer, + BTF, + self-training).
+    """
+    import time
+
+    def go():
+        from xlt_engine.engine.config import load_config
+        from xlt_engine.engine.pipeline import run_all
+        from xlt_engine.quickstart import prepare
+
+        start = time.perf_counter()
+        if resume and (out / "quickstart.toml").is_file():
+            cfg_path = out / "quickstart.toml"
+        else:
+            if (out / "runs").exists():
+                raise ValueError(f"{out} holds an earlier quickstart: --resume it, or choose "
+                                 "another folder (--out)")  # fmt: skip
+            cfg_path = prepare(out, seed)
+            click.echo(f"generated the task, vocabulary and tiny model in {out} (seed {seed})")
+        cfg = load_config(cfg_path, [f"seed={seed}", f"out={str(out / 'runs')!r}"])
+        run_all(cfg, resume=resume, echo=click.echo, progress=progress)
+        click.echo(f"quickstart: {time.perf_counter() - start:.0f} s; tables in {out / 'runs'}")
+
+    _run_guarded(go)
+
+
 if __name__ == "__main__":
     main()

@@ -44,6 +44,7 @@ class BtfConfig:
     whole_word: bool = False
     max_predictions: int | None = None
     freeze_layers: int = 3  # bottom encoder layers frozen, with the embeddings
+    freeze_embeddings: bool = True  # False: only for a model with no pretraining to keep
     cache_dir: str | None = None  # default: out/cache
     device: str = "auto"
 
@@ -124,7 +125,10 @@ def run_btf(
     tok = load_tokenizer(cfg.model)
     model = load_pretrained(cfg.model, dtype=torch.float32, device=device)
     bottom = range(min(cfg.freeze_layers, len(model.encoder.layers)))
-    frozen_patterns = (r"encoder\.embeddings\.", *(rf"encoder\.layers\.{i}\." for i in bottom))
+    frozen_patterns = (
+        *([r"encoder\.embeddings\."] if cfg.freeze_embeddings else []),
+        *(rf"encoder\.layers\.{i}\." for i in bottom),
+    )
     freeze(model, frozen_patterns)
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
     if rank != 0:  # rank 0 tokenises; the others open its caches

@@ -82,6 +82,7 @@ class BtfSection:
     mlm_probability: float = 0.15
     whole_word: bool = False
     freeze_layers: int = 3
+    freeze_embeddings: bool = True  # false only for a model with no pretraining (quickstart)
     epoch_size: int | None = None  # windows per epoch (None: the corpora's total)
 
     def __post_init__(self):

@@ -165,7 +165,7 @@ def build_btf(cfg: ExperimentConfig) -> BtfConfig:
     return BtfConfig(
         model=cfg.model.path, texts=btf_texts(cfg, folder), out=str(folder), train=_train_cfg(cfg, b),
         max_len=cfg.model.max_len, batch_size=b.batch_size, max_tokens=b.max_tokens,
-        mlm_probability=b.mlm_probability, whole_word=b.whole_word, freeze_layers=b.freeze_layers,
+        mlm_probability=b.mlm_probability, whole_word=b.whole_word, freeze_layers=b.freeze_layers, freeze_embeddings=b.freeze_embeddings,
         epoch_size=b.epoch_size, device=cfg.device,
     )  # fmt: skip
 

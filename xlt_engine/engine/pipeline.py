@@ -114,11 +114,13 @@ def run_all(
     echo=print,
     progress=None,
     direct: bool = True,
+    table_name: str = "all",
 ) -> dict:
     """Run the pipeline for every pair; returns ``{"metric", "source", "targets": {target:
     {"direct", "btf", "selftrain" (scores or None), "source": {...}}}}`` and writes
     ``all.json`` and ``all.md`` into ``table_dir(cfg)``. ``direct=False`` skips the direct
-    transfer model when btf runs (an ablation variant that does not need it)."""
+    transfer model when btf runs (an ablation variant that does not need it); ``table_name``
+    names the two files."""
     distributed.init(cfg.device)
     check_all(cfg, btf, selftrain)
     if not btf:
@@ -150,9 +152,9 @@ def run_all(
     if rank_world()[0] == 0:
         folder = table_dir(cfg)
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / "all.json", json.dumps(results, indent=2) + "\n")
+        atomic_write_text(folder / f"{table_name}.json", json.dumps(results, indent=2) + "\n")
         table = all_table(results)
-        atomic_write_text(folder / "all.md", table)
+        atomic_write_text(folder / f"{table_name}.md", table)
         if echo:
             echo(table.rstrip())
     return results
@@ -209,11 +211,29 @@ def run_ablate(
             echo(f"=== seed {seed}")
         runs = {
             "full": run_all(seeded(cfg), resume=resume, echo=echo, progress=progress),
-            "fixed": run_all(seeded(fixed), resume=resume, echo=echo, progress=progress),
-            "voters1": run_all(
-                seeded(voters1), resume=resume, echo=echo, progress=progress, direct=False
+            "fixed": run_all(
+                seeded(fixed),
+                resume=resume,
+                echo=echo,
+                progress=progress,
+                table_name=f"all-alpha{fixed_alpha:g}",
             ),
-            "nobtf": run_all(seeded(cfg), btf=False, resume=resume, echo=echo, progress=progress),
+            "voters1": run_all(
+                seeded(voters1),
+                resume=resume,
+                echo=echo,
+                progress=progress,
+                direct=False,
+                table_name="all-voters1",
+            ),
+            "nobtf": run_all(
+                seeded(cfg),
+                btf=False,
+                resume=resume,
+                echo=echo,
+                progress=progress,
+                table_name="all-no-btf",
+            ),
         }
         picks = {"Ours": ("full", "selftrain"), "- AT": ("fixed", "selftrain"),
                  "- VM": ("voters1", "selftrain"), "- BTF": ("nobtf", "selftrain"),

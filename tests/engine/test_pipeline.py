@@ -1,0 +1,241 @@
+"""The whole pipeline (``run --stage all``) on slices of the real CoNLL and CLS-10 files with a
+tiny random model (real mBERT vocabulary), the ablation switches and ``ablate``."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.conftest import SHARED_DATA
+from tests.engine.conftest import conll_slice
+from xlt_engine.cli import main
+from xlt_engine.data import read_conll
+from xlt_engine.engine.config import load_config
+from xlt_engine.engine.experiment import stage_dir
+from xlt_engine.engine.pipeline import ablation_table, all_table
+
+FAST = """
+[btf]
+batch_size = 8
+[btf.train]
+max_steps = 6
+lr = 1e-3
+log_every = 3
+[finetune]
+batch_size = 8
+[finetune.train]
+max_steps = 16
+lr = 3e-3
+log_every = 8
+[selftrain]
+rounds = 1.5
+batch_size = 8
+[selftrain.soft]
+max_steps = 6
+lr = 3e-3
+log_every = 3
+[selftrain.hard]
+max_steps = 6
+lr = 1e-3
+log_every = 3
+"""
+
+
+def cls_slice(src: Path, out: Path, items: int) -> Path:
+    """``items`` reviews of a CLS-10 file taken at an even stride (the files are sorted by
+    rating, so both classes are in)."""
+    raw = src.read_text(encoding="utf-8")
+    found = re.findall(r"<item>.*?</item>", raw, flags=re.S)
+    step = max(1, len(found) // items)
+    keep = found[::step][:items]
+    out.write_text('<?xml version="1.0" encoding="utf-8"?>\n<items>' + "\n".join(keep)
+                   + "\n</items>\n", encoding="utf-8")  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def ner_cfg(tiny, conll, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ner-data")
+    for name, path in conll.items():
+        (root / name).write_bytes(path.read_bytes())
+    conll_slice(SHARED_DATA / "conll2002/ned.train", root / "ned.train", 240)
+    cfg = root / "ner.toml"
+    cfg.write_text(
+        f"""task = "ner"
+source = "eng"
+targets = ["esp", "ned"]
+seed = 5
+device = "cpu"
+[data]
+root = "{root}"
+[model]
+path = "{tiny}"
+max_len = 48
+[languages.eng]
+train = "eng.train"
+dev = "eng.dev"
+test = "eng.test"
+[languages.esp]
+unlabeled = "esp.train"
+test = "esp.test"
+[languages.ned]
+unlabeled = "ned.train"
+test = "ned.test"
+"""
+        + FAST
+    )
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def ner_all(ner_cfg, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ner-run")
+    res = CliRunner().invoke(main, ["run", "--stage", "all", "--config", str(ner_cfg), "--out",
+                                    str(out), "--no-progress"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    return out, res.output
+
+
+def test_all_runs_every_stage_per_target_and_prints_the_table(ner_all):
+    out, output = ner_all
+    results = json.loads((out / "all.json").read_text())
+    assert results["metric"] == "entity_f1" and set(results["targets"]) == {"esp", "ned"}
+    for tgt in ("esp", "ned"):
+        pair = out / f"eng-{tgt}"
+        for folder in ("btf/base-model", "finetune-direct/model", "finetune/model",
+                       "selftrain/model"):  # fmt: skip
+            assert (pair / folder).is_dir(), folder
+        for col, folder in (("direct", "finetune-direct"), ("btf", "finetune"),
+                            ("selftrain", "selftrain")):  # fmt: skip
+            scored = json.loads((pair / f"evaluate-{folder}" / "results.json").read_text())
+            assert results["targets"][tgt][col] == scored["languages"][tgt]["score"]
+            assert results["targets"][tgt]["source"][col] == scored["languages"]["eng"]["score"]
+        # the selftrain stage ran on this pair's own target text, from this pair's Base Model
+        st = json.loads((pair / "selftrain" / "config.json").read_text())["stage_config"]
+        assert st["unlabeled_file"].endswith(f"{tgt}.train")
+        assert st["base_model"] == str(pair / "btf" / "base-model")
+        assert st["teacher"] == str(pair / "finetune" / "model")
+        assert (pair / "selftrain" / "round-2" / "soft" / "model").is_dir()  # N = 1.5
+        assert not (pair / "selftrain" / "round-2" / "hard").exists()
+    table = (out / "all.md").read_text()
+    assert table in output + "\n" and table == all_table(results)
+    assert "| language | direct transfer | + BTF | + self-training |" in table
+    assert re.search(r"\| esp \| \d+\.\d\d \| \d+\.\d\d \| \d+\.\d\d \|", table)
+
+
+def test_all_again_runs_nothing_twice(ner_cfg, ner_all):
+    out, _ = ner_all
+    before = (out / "eng-esp" / "selftrain" / "selftrain.jsonl").read_text()
+    res = CliRunner().invoke(main, ["run", "--stage", "all", "--config", str(ner_cfg), "--out",
+                                    str(out), "--set", "target=esp", "--no-progress"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert res.output.count("not run again") == 4  # btf, both finetunes, selftrain
+    assert (out / "eng-esp" / "selftrain" / "selftrain.jsonl").read_text() == before
+
+
+def test_selftrain_model_predicts_one_tag_per_input_word(ner_cfg, ner_all, conll, tmp_path):
+    out, _ = ner_all
+    pred = tmp_path / "esp.pred"
+    res = CliRunner().invoke(main, [
+        "run", "--stage", "predict", "--config", str(ner_cfg), "--out", str(out / "eng-esp"),
+        "--set", "predict.model=selftrain", "--set", f"predict.input={conll['esp.test']}",
+        "--set", f"predict.output={pred}", "--set", "target=esp"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    gold = read_conll(conll["esp.test"])
+    lines = [x.split() for x in pred.read_text().splitlines() if x.strip()]
+    lines = [x for x in lines if x[0] != "-DOCSTART-"]
+    assert len(lines) == sum(len(s.tokens) for s in gold)
+    assert [x[0] for x in lines] == [t for s in gold for t in s.tokens]
+    assert all(len(x) == 4 for x in lines)  # word, POS, gold, then one prediction
+    assert {x[3] for x in lines} <= {"O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG",
+                                     "B-PER", "I-PER"}  # fmt: skip
+
+
+def test_ablation_switches_name_their_own_folders(ner_cfg, tmp_path):
+    cfg = load_config(ner_cfg, ["selftrain.threshold=fixed", "selftrain.alpha=0.9",
+                                "model.voters=1", f"out={str(tmp_path)!r}"])  # fmt: skip
+    assert stage_dir(cfg, "selftrain").name == "selftrain-voters1-alpha0.9"
+    assert stage_dir(cfg, "finetune").name == "finetune-voters1"
+    res = CliRunner().invoke(main, ["run", "--stage", "selftrain", "--config", str(ner_cfg),
+                                    "--no-selftrain"])  # fmt: skip
+    assert res.exit_code != 0 and "--no-selftrain goes with --stage all" in res.output
+
+
+def test_cls10_all_with_fixed_threshold_and_one_voter(tiny, tmp_path):
+    cls = SHARED_DATA / "cls10"
+    root = tmp_path / "data"
+    root.mkdir()
+    cls_slice(cls / "en/books/train.review", root / "en.train", 96)
+    cls_slice(cls / "en/books/test.review", root / "en.test", 48)
+    cls_slice(cls / "de/books/train.review", root / "de.train", 96)
+    cls_slice(cls / "de/books/test.review", root / "de.test", 48)
+    cfg = tmp_path / "cls.toml"
+    cfg.write_text(
+        f"""task = "classification"
+source = "en"
+targets = ["de"]
+device = "cpu"
+[data]
+root = "{root}"
+format = "cls10"
+[model]
+path = "{tiny}"
+max_len = 64
+[languages.en]
+train = "en.train"
+test = "en.test"
+[languages.de]
+unlabeled = "de.train"
+test = "de.test"
+"""
+        + FAST.replace("rounds = 1.5", "rounds = 2")
+    )
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["run", "--stage", "all", "--config", str(cfg), "--out",
+                                    str(out), "--fixed-threshold", "0.55", "--voters", "1",
+                                    "--no-progress"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    pair = out / "en-de"
+    st = pair / "selftrain-voters1-alpha0.55"
+    for r in (1, 2):
+        assert json.loads((st / f"round-{r}" / "threshold.json").read_text())["alpha"] == 0.55
+        counts = json.loads((st / f"round-{r}" / "filter.json").read_text())
+        assert counts["target_rows"] == 96 and counts["source_rows"] == 96  # one row per review
+    assert json.loads((st / "model" / "task.json").read_text())["num_voters"] == 1
+    results = json.loads((out / "all.json").read_text())
+    assert results["metric"] == "accuracy"
+    assert all(0 <= results["targets"]["de"][c] <= 1 for c in ("direct", "btf", "selftrain"))
+
+
+def test_ablate_table_has_every_row_with_mean_and_std(tiny, tmp_path):
+    from xlt_engine.quickstart import Sizes, prepare
+
+    cfg_path = prepare(tmp_path / "qs", seed=3, sizes=Sizes(train=60, dev=20, test=40))
+    out = tmp_path / "ablate"
+    res = CliRunner().invoke(main, ["ablate", "--config", str(cfg_path), "--seeds", "1,2",
+                                    "--out", str(out), "--set", "btf.train.max_steps=4",
+                                    "--set", "finetune.train.max_steps=8",
+                                    "--set", "selftrain.soft.max_steps=4",
+                                    "--set", "selftrain.hard.max_steps=4",
+                                    "--no-progress"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "ablation.json").read_text())
+    assert list(result["scores"]) == ["Ours", "- AT", "- VM", "- BTF", "- ST", "direct transfer"]
+    assert all(len(v["tgt"]) == 2 for v in result["scores"].values())  # one score per seed
+    table = (out / "ablation.md").read_text()
+    assert table == ablation_table(result)
+    assert re.search(r"\| - VM \| \d+\.\d\d ± \d+\.\d\d \| \d+\.\d\d ± \d+\.\d\d \|", table)
+    pair = out / "seed-1" / "src-tgt"
+    assert sorted(p.name for p in pair.iterdir() if p.name.startswith("selftrain")) == [
+        "selftrain",
+        "selftrain-alpha0.9",
+        "selftrain-direct",
+        "selftrain-voters1",
+    ]
+    # the -ST row is the +BTF model of the full run, the direct row its direct transfer
+    full = json.loads((out / "seed-1" / "all.json").read_text())["targets"]["tgt"]
+    assert (out / "seed-1" / "all-no-btf.md").is_file()  # each variant keeps its own table
+    assert result["scores"]["- ST"]["tgt"][0] == full["btf"]
+    assert result["scores"]["direct transfer"]["tgt"][0] == full["direct"]

@@ -1,0 +1,233 @@
+"""Stage selftrain on slices of real CoNLL files with a tiny random model: the round structure,
+the teacher/student chain, the threshold, both filters, the saved artefacts against the logs,
+and kill-and-resume mid-round."""
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from xlt_engine.data.tokenizer import load_tokenizer
+from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
+from xlt_engine.engine.loop import TrainConfig
+from xlt_engine.engine.selftrain import (
+    SelftrainConfig,
+    encoder_digest,
+    row_units,
+    run_selftrain,
+    whole_units,
+    with_targets,
+)
+from xlt_engine.engine.tasks import Encoded, encode, predict_logits, read_task_file
+from xlt_engine.engine.threshold import threshold_grid
+from xlt_engine.kernels import voter_filter
+from xlt_engine.model.checkpoint import load_encoder
+from xlt_engine.model.heads import VotersModule
+from xlt_engine.model.task import load_task_model
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny, conll, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("teacher") / "ft"
+    cfg = FinetuneConfig(model=str(tiny), train_file=str(conll["eng.train"]), out=str(out),
+                         max_len=48, batch_size=8,
+                         train=TrainConfig(max_steps=40, lr=3e-3, log_every=20, seed=1))  # fmt: skip
+    return run_finetune(cfg, echo=None).model
+
+
+def st_config(tiny, teacher, conll, out, **kw) -> SelftrainConfig:
+    base = dict(
+        base_model=str(tiny), teacher=str(teacher), source_file=str(conll["eng.train"]),
+        unlabeled_file=str(conll["esp.train"]), out=str(out), max_len=48, batch_size=8, rounds=2,
+        soft=TrainConfig(max_steps=12, lr=3e-3, log_every=4, save_every=4, seed=1),
+        hard=TrainConfig(max_steps=12, lr=1e-3, log_every=4, save_every=4, seed=1),
+    )  # fmt: skip
+    base.update(kw)
+    return SelftrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def st_run(tiny, teacher, conll, tmp_path_factory):
+    out = tmp_path_factory.mktemp("st") / "run"
+    return out, run_selftrain(st_config(tiny, teacher, conll, out), echo=None)
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "selftrain.jsonl").read_text().splitlines()]
+
+
+def test_rounds_alternate_soft_and_hard_and_may_end_half_way(tiny, teacher, conll, tmp_path):
+    steps = {n: st_config(tiny, teacher, conll, tmp_path, rounds=n).steps for n in (0.5, 1, 1.5, 2)}
+    assert steps[0.5] == [(1, "soft")]
+    assert steps[1] == [(1, "soft"), (1, "hard")]
+    assert steps[1.5] == [(1, "soft"), (1, "hard"), (2, "soft")]
+    assert steps[2] == [(1, "soft"), (1, "hard"), (2, "soft"), (2, "hard")]
+    for bad, match in ((1.2, "multiple of 0.5"), (0, "multiple of 0.5")):
+        with pytest.raises(ValueError, match=match):
+            st_config(tiny, teacher, conll, tmp_path, rounds=bad)
+    with pytest.raises(ValueError, match="needs alpha"):
+        st_config(tiny, teacher, conll, tmp_path, threshold="fixed")
+    with pytest.raises(ValueError, match="filter_unit"):
+        st_config(tiny, teacher, conll, tmp_path, filter_unit="token")
+    with pytest.raises(ValueError, match="not a fine-tuned task model"):
+        st_config(tiny, tiny, conll, tmp_path)  # a Base Model is no teacher
+
+
+def test_every_student_starts_from_the_base_model_and_teachers_chain(st_run, tiny, teacher):
+    out, res = st_run
+    recs = _records(out)
+    assert [(r["round"], r["step"]) for r in recs] == [
+        (1, "teacher"), (1, "soft"), (1, "threshold"), (1, "filter"), (1, "hard"),
+        (2, "teacher"), (2, "soft"), (2, "threshold"), (2, "filter"), (2, "hard"),
+    ]  # fmt: skip
+    base = encoder_digest(load_encoder(tiny))
+    softs = [r for r in recs if r["step"] == "soft"]
+    assert [r["student_init"] for r in softs] == [base, base]  # bit-exact, every round
+    assert encoder_digest(load_encoder(teacher)) != base  # (the teacher is not the Base Model)
+    teachers = [r["teacher"] for r in recs if r["step"] == "teacher"]
+    assert teachers == [str(teacher), str(out / "round-1" / "hard" / "model")]
+    # a fresh VotersModule each round: round 2's soft student's voters are not round 1's
+    v1 = load_file(str(out / "round-1" / "soft" / "model" / "voters.safetensors"))
+    v2 = load_file(str(out / "round-2" / "soft" / "model" / "voters.safetensors"))
+    assert any(not torch.equal(v1[k], v2[k]) for k in v1)
+    # the final model is the last student
+    final = load_file(str(out / "model" / "model.safetensors"))
+    last = load_file(str(out / "round-2" / "hard" / "model" / "model.safetensors"))
+    assert all(torch.equal(final[k], last[k]) for k in final)
+    assert res.model == out / "model"
+
+
+def test_teacher_probabilities_are_the_teachers_mean_of_voters(st_run, teacher, conll):
+    out, _ = st_run
+    probs = load_file(str(out / "round-1" / "teacher-probs.safetensors"))["probs"]
+    assert probs.dtype == torch.float16  # stored compactly
+    model = load_task_model(teacher)
+    tok = load_tokenizer(teacher)
+    enc = encode(read_task_file(conll["esp.train"], "conll", unlabeled=True), tok, model.labels, 48)
+    want = VotersModule.probs(predict_logits(model, enc, tok.pad_id, torch.device("cpu")))
+    assert probs.shape == want.shape == (int(enc.row_offsets[-1]), 9)
+    torch.testing.assert_close(probs.float(), want, atol=1e-3, rtol=0)
+
+
+def test_threshold_is_on_the_grid_and_the_curve_is_logged(st_run):
+    out, _ = st_run
+    for r in (1, 2):
+        th = json.loads((out / f"round-{r}" / "threshold.json").read_text())
+        assert th["thresholds"] == threshold_grid(9)
+        assert th["alpha"] in th["thresholds"] and th["method"] == "curvature"
+        rows = (out / f"round-{r}" / "threshold.csv").read_text().splitlines()
+        assert rows[0] == "threshold,accuracy,recall,coverage,score,chosen"
+        assert len(rows) == 1 + len(th["thresholds"])
+        assert sum(int(x.rsplit(",", 1)[1]) for x in rows[1:]) == 1  # one chosen point
+        cov = [c for c in th["coverage"] if c is not None]
+        assert cov == sorted(cov, reverse=True)  # coverage falls as the threshold rises
+
+
+def test_filters_match_the_logs_and_the_student(st_run, conll):
+    out, _ = st_run
+    recs = {(r["round"], r["step"]): r for r in _records(out)}
+    keeps = []
+    for r in (1, 2):
+        saved = load_file(str(out / f"round-{r}" / "filter.safetensors"))
+        counts = json.loads((out / f"round-{r}" / "filter.json").read_text())
+        keep, pseudo = saved["source_keep"].numpy() > 0, saved["pseudo"].numpy()
+        log = recs[(r, "filter")]
+        assert counts["source_rows_kept"] == log["source_rows_kept"] == int(keep.sum())
+        assert counts["pseudo_rows"] == log["pseudo_rows"] == int((pseudo >= 0).sum())
+        names = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+        assert counts["pseudo_distribution"] == {
+            n: int((pseudo == i).sum()) for i, n in enumerate(names)
+        }
+        keeps.append(keep)
+        # the pseudo labels are exactly voter_filter of that round's soft student at alpha
+        student = load_task_model(out / f"round-{r}" / "soft" / "model")
+        tok = load_tokenizer(out / f"round-{r}" / "soft" / "model")
+        enc = encode(read_task_file(conll["esp.train"], "conll", unlabeled=True), tok,
+                     student.labels, 48)  # fmt: skip
+        logits = predict_logits(student, enc, tok.pad_id, torch.device("cpu"))
+        want, _, _ = voter_filter(logits, counts["alpha"])
+        assert np.array_equal(pseudo, want.numpy())
+        # the source filter removes the rows the soft student mispredicts, for good
+        src = encode(read_task_file(conll["eng.train"], "conll"), tok, student.labels, 48)
+        pred = VotersModule.probs(predict_logits(student, src, tok.pad_id, torch.device("cpu")))
+        ok = pred.argmax(-1).numpy() == np.concatenate(src.targets)
+        before = keeps[-2] if r == 2 else np.ones_like(keep)
+        assert np.array_equal(keep, before & ok)
+        assert log["source_rows_removed"] == int(before.sum() - keep.sum())
+    assert not (keeps[1] & ~keeps[0]).any()  # nothing removed comes back
+
+
+def test_sequence_filter_unit_keeps_or_drops_whole_sentences(tiny, teacher, conll, tmp_path):
+    out = tmp_path / "seq"
+    cfg = st_config(tiny, teacher, conll, out, rounds=1, filter_unit="sequence",
+                    threshold="fixed", alpha=0.3)  # fmt: skip
+    run_selftrain(cfg, echo=None)
+    saved = load_file(str(out / "round-1" / "filter.safetensors"))
+    tok = load_tokenizer(tiny)
+    labels = load_task_model(teacher).labels
+    tgt = encode(read_task_file(conll["esp.train"], "conll", unlabeled=True), tok, labels, 48)
+    src = encode(read_task_file(conll["eng.train"], "conll"), tok, labels, 48)
+    for enc, kept in ((tgt, saved["pseudo"].numpy() >= 0), (src, saved["source_keep"].numpy() > 0)):
+        units = row_units(enc)
+        for u in np.unique(units):
+            assert kept[units == u].all() or not kept[units == u].any()
+    assert json.loads((out / "round-1" / "threshold.json").read_text())["alpha"] == 0.3
+
+
+def test_unit_helpers():
+    ok = np.array([True, False, True, True, True])
+    units = np.array([0, 0, 1, 1, 2])
+    assert whole_units(ok, units).tolist() == [False, False, True, True, True]
+    enc = Encoded("token", [np.arange(4), np.arange(3)], None,
+                  [np.array([1, 2]), np.array([1])], [np.array([0, 0]), np.array([0])], None)  # fmt: skip
+    sub = with_targets(enc, np.array([-1, 3, -1]))  # item 1 has no label left: dropped
+    assert len(sub) == 1 and sub.targets[0].tolist() == [-100, 3]
+
+
+KILL = """
+import sys
+from tests.engine.test_selftrain import st_config
+from xlt_engine.engine.selftrain import run_selftrain
+from pathlib import Path
+conll = {"eng.train": sys.argv[3], "esp.train": sys.argv[4]}
+run_selftrain(st_config(sys.argv[1], sys.argv[2], conll, sys.argv[5]), echo=None,
+              _kill_at=(int(sys.argv[6]), sys.argv[7], int(sys.argv[8])))
+"""
+
+
+def test_sigkill_mid_round_then_resume_gives_the_same_student(
+    st_run, tiny, teacher, conll, tmp_path
+):
+    full, _ = st_run
+    cut = tmp_path / "cut"
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL, str(tiny), str(teacher), str(conll["eng.train"]),
+         str(conll["esp.train"]), str(cut), "2", "soft", "10"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert (cut / "round-1" / "hard" / "model").is_dir()  # round 1 finished ...
+    assert not (cut / "round-2" / "soft" / "model").exists()  # ... round 2 died in its soft step
+    cfg = st_config(tiny, teacher, conll, cut)
+    with pytest.raises(ValueError, match="earlier self-training run"):
+        run_selftrain(cfg, echo=None)
+    run_selftrain(cfg, resume=True, echo=None)
+    steps = [(r["round"], r["step"]) for r in _records(cut)]
+    assert steps.count((1, "hard")) == 1 and steps.count((2, "teacher")) == 1  # nothing redone
+    for name in ("model.safetensors", "voters.safetensors"):
+        a = load_file(str(full / "model" / name))
+        b = load_file(str(cut / "model" / name))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    for r in (1, 2):
+        for name in ("filter.safetensors", "teacher-probs.safetensors"):
+            a = load_file(str(full / f"round-{r}" / name))
+            b = load_file(str(cut / f"round-{r}" / name))
+            assert all(torch.equal(a[k], b[k]) for k in a), (r, name)

@@ -1,0 +1,81 @@
+"""The quickstart: its generated task has the promised properties, and the command runs the whole
+pipeline from nothing (no ../shared, no download) and prints the table."""
+
+import json
+import re
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from xlt_engine.cli import main
+from xlt_engine.data import read_conll
+from xlt_engine.quickstart import CONFIG, Sizes, build_vocab, generate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _split(path: Path):
+    """(plain words, entity names, digits) of a generated file."""
+    words, names, digits = set(), set(), set()
+    for s in read_conll(path):
+        for w, t in zip(s.tokens, s.tags, strict=True):
+            (digits if w.isdigit() else names if t != "O" else words).add(w)
+    return words, names, digits
+
+
+def test_generator_is_a_function_of_the_seed(tmp_path):
+    a = generate(tmp_path / "a", seed=7, sizes=Sizes(train=50, dev=10, test=20))
+    b = generate(tmp_path / "b", seed=7, sizes=Sizes(train=50, dev=10, test=20))
+    c = generate(tmp_path / "c", seed=8, sizes=Sizes(train=50, dev=10, test=20))
+    assert sorted(a) == ["src.dev", "src.test", "src.train", "tgt.test", "tgt.train"]
+    assert all(a[k].read_bytes() == b[k].read_bytes() for k in a)
+    assert a["src.train"].read_bytes() != c["src.train"].read_bytes()
+
+
+def test_languages_differ_in_lexicon_and_share_names_and_digits(tmp_path):
+    f = generate(tmp_path, seed=1)
+    src_words, src_names, src_digits = _split(f["src.train"])
+    tgt_words, tgt_names, tgt_digits = _split(f["tgt.train"])
+    assert len(src_words) > 100 and len(tgt_words) > 100
+    # own lexicons: only a few short words collide by chance (as false friends do)
+    assert len(src_words & tgt_words) < 0.1 * min(len(src_words), len(tgt_words))
+    assert len(src_names & tgt_names) > 0.8 * len(tgt_names)  # the same names
+    assert src_digits & tgt_digits
+    # a part of the names occurs in the test files only
+    test_names = _split(f["tgt.test"])[1] | _split(f["src.test"])[1]
+    assert test_names - src_names - tgt_names
+    # IOB2 tags of three entity types
+    tags = {t for s in read_conll(f["src.train"]) for t in s.tags}
+    assert tags == {"O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG"}
+    # no parallel data: the two training files share no sentence skeleton by construction,
+    # and their sentence counts are the same only because the sizes say so
+    assert len(read_conll(f["src.train"])) == len(read_conll(f["tgt.train"])) == Sizes().train
+
+
+def test_vocabulary_is_wordpiece_with_the_bert_specials(tmp_path):
+    f = generate(tmp_path, seed=1, sizes=Sizes(train=100, dev=10, test=10))
+    vocab = build_vocab([f["src.train"], f["tgt.train"]], tmp_path / "vocab.txt", 400)
+    lines = vocab.read_text().splitlines()
+    assert lines[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert len(lines) <= 400 and any(x.startswith("##") for x in lines)
+
+
+def test_embedded_config_is_configs_quickstart_toml():
+    assert (ROOT / "configs" / "quickstart.toml").read_text() == CONFIG
+
+
+def test_quickstart_runs_the_whole_pipeline(tmp_path):
+    out = tmp_path / "qs"
+    res = CliRunner().invoke(main, ["quickstart", "--out", str(out), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "| language | direct transfer | + BTF | + self-training |" in res.output
+    assert re.search(r"\| tgt \| \d+\.\d\d \| \d+\.\d\d \| \d+\.\d\d \|", res.output)
+    results = json.loads((out / "runs" / "all.json").read_text())
+    row = results["targets"]["tgt"]
+    assert all(0 <= row[c] <= 1 for c in ("direct", "btf", "selftrain"))
+    pair = out / "runs" / "src-tgt"
+    assert (pair / "selftrain" / "round-2" / "soft" / "model").is_dir()
+    again = CliRunner().invoke(main, ["quickstart", "--out", str(out)])
+    assert again.exit_code != 0 and "--resume" in again.output  # never overwrites a run
+    resumed = CliRunner().invoke(main, ["quickstart", "--out", str(out), "--resume"])
+    assert resumed.exit_code == 0 and resumed.output.count("not run again") == 4

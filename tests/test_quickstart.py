@@ -5,11 +5,13 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from xlt_engine.cli import main
 from xlt_engine.data import read_conll
-from xlt_engine.quickstart import CONFIG, Sizes, build_vocab, generate
+from xlt_engine.data.tokenizer import load_tokenizer
+from xlt_engine.quickstart import CONFIG, Sizes, build_vocab, generate, learn_wordpieces
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,6 +62,35 @@ def test_vocabulary_is_wordpiece_with_the_bert_specials(tmp_path):
     assert len(lines) <= 400 and any(x.startswith("##") for x in lines)
 
 
+def test_vocabulary_is_a_function_of_the_text(tmp_path):
+    # the tokenizers WordPiece trainer gave another vocabulary on every run (ties broken by
+    # hash-map order), and with it other numbers for one quickstart seed
+    f = generate(tmp_path, seed=3, sizes=Sizes(train=200, dev=10, test=10))
+    texts = [f["src.train"], f["tgt.train"]]
+    a = build_vocab(texts, tmp_path / "a.txt", 600).read_bytes()
+    assert all(build_vocab(texts, tmp_path / "b.txt", 600).read_bytes() == a for _ in range(3))
+    vocab = a.decode().splitlines()
+    assert len(vocab) == len(set(vocab)) == 600
+    # every training word is covered: no [UNK] under the tokenizers WordPiece model
+    tok = load_tokenizer(tmp_path / "a.txt", do_lower_case=False)
+    words = [line.split()[0] for p in texts for line in p.read_text().splitlines() if line]
+    assert all(tok.unk_id not in tok.encode(w, add_special_tokens=False) for w in words)
+
+
+def test_wordpiece_merges_follow_frequency_then_order():
+    specials = ("[UNK]",)
+    # "c"+"##d" occurs 3 times, "a"+"##b" twice: the first merge is "cd"
+    assert learn_wordpieces({"ab": 2, "cd": 3}, 6, specials)[-1] == "cd"
+    # equal counts: the pair that sorts first wins, whatever the order of the counts
+    assert learn_wordpieces({"cd": 2, "ab": 2}, 6, specials)[-1] == "ab"
+    # merges continue on merged pieces, inside words too ("##b" + "##c" -> "##bc")
+    got = learn_wordpieces({"abc": 5, "xbc": 4}, 20, specials)
+    assert got[:1] == ["[UNK]"] and "##bc" in got and "abc" in got and "xbc" in got
+    assert len(got) < 20  # stops when no pair is left
+    with pytest.raises(ValueError, match="vocab_size 3 is below the 1 special"):
+        learn_wordpieces({"abc": 1}, 3, specials)
+
+
 def test_embedded_config_is_configs_quickstart_toml():
     assert (ROOT / "configs" / "quickstart.toml").read_text() == CONFIG
 
@@ -79,3 +110,11 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
     assert again.exit_code != 0 and "--resume" in again.output  # never overwrites a run
     resumed = CliRunner().invoke(main, ["quickstart", "--out", str(out), "--resume"])
     assert resumed.exit_code == 0 and resumed.output.count("not run again") == 4
+    # one seed, one result: a second run from nothing prints the same table, bit for bit
+    twin = tmp_path / "twin"
+    res2 = CliRunner().invoke(main, ["quickstart", "--out", str(twin), "--no-progress"])
+    assert res2.exit_code == 0, res2.output
+    assert json.loads((twin / "runs" / "all.json").read_text())["targets"] == results["targets"]
+    for name in ("model.safetensors", "voters.safetensors"):
+        final = Path("runs", "src-tgt", "selftrain", "model", name)
+        assert (twin / final).read_bytes() == (out / final).read_bytes()

@@ -7,8 +7,9 @@ lexicon (made of its own syllables) for the same concepts, and partly different 
 about half of its sentences). Both share what real language pairs share: named entities (people,
 places, organisations, written the same way) and digits. Sentences of the two languages are
 drawn independently (no parallel data); a part of the entity names occurs only in the test
-files. A WordPiece vocabulary is trained on the training text with ``tokenizers``, a tiny BERT
-is initialised at random, and ``engine.pipeline.run_all`` runs btf, finetune (from the random
+files. A WordPiece vocabulary is learnt from the training text (``learn_wordpieces``:
+deterministic, so that a seed gives the same numbers on every run), a tiny BERT is initialised
+at random, and ``engine.pipeline.run_all`` runs btf, finetune (from the random
 model: direct transfer, and from the Base Model), selftrain and evaluate with
 ``configs/quickstart.toml`` (embedded here as ``CONFIG``).
 """
@@ -18,8 +19,10 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
+from xlt_engine.data.tokenizer import SPECIAL_TOKENS
 from xlt_engine.fileio import atomic_write_text
 
 CONFIG = """\
@@ -209,30 +212,84 @@ def generate(folder: str | Path, seed: int = 0, sizes: Sizes = Sizes()) -> dict[
     return out
 
 
+def _word_counts(texts: list[Path]) -> dict[str, int]:
+    """How often each word of CoNLL ``texts`` occurs, split as BERT's pre-tokenizer splits."""
+    from tokenizers import pre_tokenizers
+
+    split = pre_tokenizers.BertPreTokenizer()
+    counts: dict[str, int] = {}
+    for path in texts:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                for piece, _ in split.pre_tokenize_str(line.split()[0]):
+                    counts[piece] = counts.get(piece, 0) + 1
+    return counts
+
+
+def learn_wordpieces(counts: dict[str, int], vocab_size: int, special=SPECIAL_TOKENS) -> list[str]:
+    """A WordPiece vocabulary learnt from word counts by byte-pair merges, deterministically.
+
+    Starts from every character (``##c`` inside a word) and merges the most frequent adjacent
+    pair until ``vocab_size`` tokens exist or no pair is left. Ties go to the pair whose pieces
+    sort first, so the result is a function of ``counts`` alone. (The ``tokenizers``
+    WordPieceTrainer breaks ties by hash-map order and gives another vocabulary on every run.)
+    """
+    words = sorted(counts)
+    symbols = [[w[0]] + ["##" + c for c in w[1:]] for w in words]
+    freq = [counts[w] for w in words]
+    alphabet = sorted({s for syms in symbols for s in syms})
+    if len(special) + len(alphabet) > vocab_size:
+        raise ValueError(f"vocab_size {vocab_size} is below the {len(special)} special tokens "
+                         f"plus the {len(alphabet)} characters of the text")  # fmt: skip
+    vocab = list(special) + alphabet
+    pairs: dict[tuple[str, str], int] = {}
+    where: dict[tuple[str, str], set[int]] = {}
+
+    def count(i: int, sign: int) -> None:
+        syms = symbols[i]
+        for pair in pairwise(syms):
+            pairs[pair] = pairs.get(pair, 0) + sign * freq[i]
+            if sign > 0:
+                where.setdefault(pair, set()).add(i)
+
+    for i in range(len(words)):
+        count(i, 1)
+    known = set(vocab)
+    while len(vocab) < vocab_size:
+        live = [(-n, p) for p, n in pairs.items() if n > 0]
+        if not live:
+            break
+        best = min(live)[1]  # the most frequent pair; of equals, the one that sorts first
+        a, b = best
+        merged = a + b[2:]
+        for i in sorted(where.pop(best, ())):
+            syms = symbols[i]
+            count(i, -1)
+            out, j = [], 0
+            while j < len(syms):
+                if j + 1 < len(syms) and syms[j] == a and syms[j + 1] == b:
+                    out.append(merged)
+                    j += 2
+                else:
+                    out.append(syms[j])
+                    j += 1
+            symbols[i] = out
+            count(i, 1)
+        pairs.pop(best, None)
+        if merged not in known:
+            known.add(merged)
+            vocab.append(merged)
+    return vocab
+
+
 def build_vocab(texts: list[Path], out: Path, vocab_size: int) -> Path:
-    """A cased WordPiece vocabulary trained on the words of CoNLL ``texts`` -> ``out``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    """A cased WordPiece vocabulary learnt from the words of CoNLL ``texts`` -> ``out``.
 
-    def sentences():
-        for path in texts:
-            words = []
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    words.append(line.split()[0])
-                elif words:
-                    yield " ".join(words)
-                    words = []
-            if words:
-                yield " ".join(words)
-
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=special,
-                                        continuing_subword_prefix="##", show_progress=False)  # fmt: skip
-    tok.train_from_iterator(sentences(), trainer)
-    vocab = sorted(tok.get_vocab().items(), key=lambda kv: kv[1])
-    atomic_write_text(out, "\n".join(w for w, _ in vocab) + "\n")
+    The same texts always give the same file (see ``learn_wordpieces``); every training word
+    tokenizes without ``[UNK]`` under the ``tokenizers`` WordPiece model built from it.
+    """
+    vocab = learn_wordpieces(_word_counts(texts), vocab_size)
+    atomic_write_text(out, "\n".join(vocab) + "\n")
     return out
 
 

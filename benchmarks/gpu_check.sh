@@ -12,3 +12,4 @@ python benchmarks/bench_encoder.py --precision autocast-bf16
 python benchmarks/bench_encoder.py --precision bf16
 python benchmarks/bench_kernels.py
 python benchmarks/bench_btf_step.py --data ../shared/data
+python benchmarks/bench_round.py --data ../shared/data

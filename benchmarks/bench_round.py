@@ -1,0 +1,209 @@
+"""One self-training round (soft + threshold + filter + hard), timed by part.
+
+``run_selftrain`` runs one round (N = 1) with random weights at mBERT-base shapes (the real
+119,547-token vocabulary) on real data: CoNLL-2003 ``eng.train`` as the labeled source,
+CoNLL-2002 ``esp.train`` as the unlabeled target (its tags are never read). The round's own log
+(``selftrain.jsonl``) gives the seconds of each part; this script adds the tokens each part
+processes and prints where the time goes:
+
+- ``teacher``: the fine-tuned model's probabilities on the target (inference, written as fp16);
+- ``soft``: the student fits them (``soft_label_mse``), loop checkpoint and model save included;
+- ``threshold``: the soft student on the source, ``voter_filter`` at alpha 0, the curve, alpha;
+- ``filter``: the soft student on the target, ``voter_filter`` at alpha (the pseudo labels);
+- ``hard``: cross-entropy on the kept source rows plus the pseudo-labeled target rows;
+- ``other``: the rest of the round (reading and tokenising the files, loading the models).
+
+``train tokens/s`` is the loop's own rate (optimizer steps only, no checkpoint writes).
+bf16 autocast on CUDA, fp32 on CPU. The teacher is a random task model, so its probabilities are
+nearly uniform and hardly any pseudo label passes; the source filter is off so that the hard step
+still trains on the whole source (a trained teacher adds the pseudo-labeled target rows to it,
+at the same tokens/s).
+
+    PYTHONPATH=. python benchmarks/bench_round.py --data ../shared/data               # CUDA
+    PYTHONPATH=. python benchmarks/bench_round.py --data ../shared/data --device cpu --tiny --limit 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.bench_encoder import _version
+from xlt_engine.data import load_tokenizer, read_conll
+from xlt_engine.engine.loop import TrainConfig
+from xlt_engine.engine.selftrain import SelftrainConfig, run_selftrain
+from xlt_engine.engine.tasks import encode, read_task_file
+from xlt_engine.fileio import atomic_write_text
+from xlt_engine.model import BertConfig, BertForMLM, save_pretrained
+from xlt_engine.model.checkpoint import load_encoder
+from xlt_engine.model.task import new_task_model, save_task_model
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PARTS = ("teacher", "soft", "threshold", "filter", "hard")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="the shared data folder")
+    p.add_argument("--source", default="conll2003_en/eng.train")
+    p.add_argument("--unlabeled", default="conll2002/esp.train")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--tiny", action="store_true", help="2 layers, hidden 64 (CPU smoke run)")
+    p.add_argument("--limit", type=int, default=0, help="sentences per file (0: all)")
+    p.add_argument("--epochs", type=float, default=1.0, help="of the soft and the hard step")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--max-len", type=int, default=128)
+    p.add_argument("--voters", type=int, default=3)
+    p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp one)")
+    p.add_argument("--no-save", action="store_true")
+    return p.parse_args(argv)
+
+
+def _sliced(path: Path, limit: int, out: Path) -> Path:
+    """``path`` itself, or its first ``limit`` sentences as a ``word tag`` CoNLL file."""
+    if not limit:
+        return path
+    sents = read_conll(path)[:limit]
+    blocks = ("".join(f"{w} {t}\n" for w, t in zip(s.tokens, s.tags, strict=True)) for s in sents)
+    atomic_write_text(out, "\n".join(blocks) + "\n")
+    return out
+
+
+def run(args: argparse.Namespace, work: Path) -> dict:
+    device = torch.device(args.device)
+    tok = load_tokenizer(args.data / "mbert" / "vocab.txt")
+    src_file = _sliced(args.data / args.source, args.limit, work / "source.conll")
+    tgt_file = _sliced(args.data / args.unlabeled, args.limit, work / "unlabeled.conll")
+    src_data = read_task_file(src_file, "conll")
+    labels = src_data.label_set()
+    shape = (dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+             if args.tiny else {})  # fmt: skip
+    cfg = BertConfig(vocab_size=tok.vocab_size, **shape)
+    torch.manual_seed(0)
+    save_pretrained(BertForMLM(cfg), work / "base", tok)
+    teacher = new_task_model(load_encoder(work / "base"), "token", labels, args.voters)
+    save_task_model(teacher, work / "teacher", tok)
+    del teacher
+
+    # tokens each part reads (the inference parts: every real sub-token of the file)
+    src_tokens = int(encode(src_data, tok, labels, args.max_len).lengths.sum())
+    tgt_data = read_task_file(tgt_file, "conll", unlabeled=True)
+    tgt_tokens = int(encode(tgt_data, tok, labels, args.max_len).lengths.sum())
+
+    def train_cfg(lr: float) -> TrainConfig:
+        return TrainConfig(epochs=args.epochs, lr=lr, log_every=20, seed=1)
+
+    st = SelftrainConfig(base_model=str(work / "base"), teacher=str(work / "teacher"),
+                         source_file=str(src_file), unlabeled_file=str(tgt_file),
+                         out=str(work / "selftrain"), rounds=1, max_len=args.max_len,
+                         batch_size=args.batch, soft=train_cfg(3e-5), hard=train_cfg(1e-6),
+                         source_filter=False, device=args.device)  # fmt: skip
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    result = run_selftrain(st, echo=None)
+    total = time.perf_counter() - t0
+    by_step = {r["step"]: r for r in result.rounds}
+    hard_items = by_step["hard"]["items"]
+    epochs = args.epochs
+    tokens = {"teacher": tgt_tokens, "soft": round(tgt_tokens * epochs),
+              "threshold": src_tokens, "filter": tgt_tokens, "hard": None}  # fmt: skip
+    rows = []
+    for part in PARTS:
+        rec = by_step[part]
+        secs = rec["seconds"]
+        row = {"part": part, "seconds": round(secs, 3), "share": round(secs / total, 4)}
+        if tokens[part] is not None:
+            row["tokens"] = tokens[part]
+            row["tokens_per_s"] = round(tokens[part] / secs)
+        if part in ("soft", "hard"):
+            row["steps"] = rec["steps"]
+            row["train_tokens_per_s"] = round(rec["tokens_per_s"]) if rec["tokens_per_s"] else None
+        rows.append(row)
+    other = total - sum(r["seconds"] for r in rows)  # reading, tokenising, loading the models
+    rows.append({"part": "other", "seconds": round(other, 3), "share": round(other / total, 4)})
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {
+        "rows": rows,
+        "total_seconds": round(total, 3),
+        "source": {"file": args.source, "sentences": len(src_data), "tokens": src_tokens},
+        "unlabeled": {"file": args.unlabeled, "sentences": len(tgt_data), "tokens": tgt_tokens},
+        "hard_items": hard_items,
+        "pseudo_rows": by_step["filter"]["pseudo_rows"],
+        "alpha": by_step["threshold"]["alpha"],
+        "shape": {
+            "layers": cfg.num_hidden_layers,
+            "hidden": cfg.hidden_size,
+            "vocab": cfg.vocab_size,
+            "voters": args.voters,
+            "batch": args.batch,
+            "max_len": args.max_len,
+            "epochs": epochs,
+        },
+        "peak_mib": round(peak, 1) if peak is not None else None,
+    }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if args.work is not None:
+        args.work.mkdir(parents=True, exist_ok=False)
+        out = run(args, args.work)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = run(args, Path(tmp))
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    gpu = gpu or "cpu"
+    record = {
+        "what": "one self-training round (N = 1): teacher, soft, threshold, filter, hard",
+        "date": datetime.date.today().isoformat(),
+        "device": gpu,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "python": platform.python_version(),
+        "command": "PYTHONPATH=. python benchmarks/bench_round.py "
+        + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+        **out,
+    }
+    if not args.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        tag = "".join(c if c.isalnum() else "-" for c in (gpu if device.type == "cuda" else "cpu")
+                      .lower()).strip("-")  # fmt: skip
+        path = RESULTS / f"round_{tag}_{datetime.date.today():%Y%m%d}.json"
+        with path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(f"appended to {path}")
+    s = out["shape"]
+    print(
+        f"{gpu}  L={s['layers']} H={s['hidden']} V={s['vocab']} voters={s['voters']} "
+        f"batch={s['batch']} max_len={s['max_len']} epochs={s['epochs']} {record['precision']}"
+    )
+    print(
+        f"source {out['source']['sentences']} sentences ({out['source']['tokens']:,} tokens), "
+        f"target {out['unlabeled']['sentences']} ({out['unlabeled']['tokens']:,}); "
+        f"alpha {out['alpha']}, pseudo rows {out['pseudo_rows']}, hard items {out['hard_items']}"
+    )
+    print(f"{'part':<11}{'seconds':>9}{'share':>8}{'tokens/s':>11}{'train tok/s':>13}")
+    for r in out["rows"]:
+        tps = f"{r['tokens_per_s']:,}" if "tokens_per_s" in r else "-"
+        train = f"{r['train_tokens_per_s']:,}" if r.get("train_tokens_per_s") else "-"
+        print(f"{r['part']:<11}{r['seconds']:>9.2f}{r['share']:>8.1%}{tps:>11}{train:>13}")
+    print(f"{'round':<11}{out['total_seconds']:>9.2f}")
+    return record
+
+
+if __name__ == "__main__":
+    main()

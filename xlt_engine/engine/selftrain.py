@@ -463,8 +463,11 @@ def run_selftrain(
         if (hard_dir / "model").is_dir():
             student = load_task_model(hard_dir / "model", device=device)
         else:
-            src_targets = np.where(source_keep, gold, -1)
-            hard = concat(with_targets(src, src_targets), with_targets(tgt, pseudo))
+            hard_src = with_targets(src, np.where(source_keep, gold, -1))
+            hard_tgt = with_targets(tgt, pseudo)
+            hard = concat(hard_src, hard_tgt)
+            src_y, tgt_y = (np.concatenate([np.zeros(0, np.int64), *part.targets])
+                            for part in (hard_src, hard_tgt))  # fmt: skip
             if len(hard) == 0:
                 raise ValueError(f"round {r}: no training data for the hard step: every source "
                                  f"row was removed and no target row passed alpha = {alpha}")  # fmt: skip
@@ -474,7 +477,10 @@ def run_selftrain(
                 return voters_loss(_forward(m, batch, device), batch["targets"].to(device))
 
             res, secs, toks = run_loop(student, hard_loss, data, cfg.hard, hard_dir, "hard", r)
-            log({"round": r, "step": "hard", "items": len(hard), "steps": res.step,
+            log({"round": r, "step": "hard", "items": len(hard), "source_items": len(hard_src),
+                 "source_rows": int((src_y >= 0).sum()), "target_items": len(hard_tgt),
+                 "target_rows": int((tgt_y >= 0).sum()),
+                 "target_distribution": _distribution(tgt_y, labels), "steps": res.step,
                  "loss": res.last_loss, "seconds": secs, "tokens_per_s": toks})  # fmt: skip
             say(f"round {r}: hard step on {len(hard)} items done, loss {res.last_loss:.5f} "
                 f"({secs:.1f} s)")  # fmt: skip

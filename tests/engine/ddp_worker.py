@@ -1,4 +1,5 @@
-"""Run btf or finetune from a JSON spec (argv[1]); launched by torchrun in test_ddp.py."""
+"""Run btf, finetune or selftrain from a JSON spec (argv[1]); launched by torchrun in
+test_ddp.py."""
 
 import json
 import sys
@@ -7,13 +8,20 @@ from xlt_engine.engine import distributed
 from xlt_engine.engine.btf import BtfConfig, run_btf
 from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
 from xlt_engine.engine.loop import TrainConfig
+from xlt_engine.engine.selftrain import SelftrainConfig, run_selftrain
 
 
 def main(spec: dict) -> None:
-    train = TrainConfig(**spec.pop("train"))
     stage = spec.pop("stage")
+    if stage == "selftrain":
+        for step in ("soft", "hard"):
+            spec[step] = TrainConfig(**spec[step])
+    else:
+        train = TrainConfig(**spec.pop("train"))
     try:
-        if stage == "btf":
+        if stage == "selftrain":
+            run_selftrain(SelftrainConfig(**spec), echo=None, progress=False)
+        elif stage == "btf":
             spec["texts"] = tuple(spec["texts"])
             run_btf(BtfConfig(train=train, **spec), echo=None, progress=False)
         else:

@@ -1,5 +1,6 @@
-"""DDP on CPU: btf and finetune with 2 gloo processes under torchrun give the weights of one
-process running the same global batch (grad_accum = 2 over the same batches)."""
+"""DDP on CPU: btf, finetune and selftrain with 2 gloo processes under torchrun give the
+weights (and selftrain's artefacts) of one process running the same global batch (grad_accum = 2
+over the same batches)."""
 
 import json
 import os
@@ -7,11 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from tests.engine.conftest import make_tiny
+from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
+from xlt_engine.engine.loop import TrainConfig
+from xlt_engine.engine.tasks import shard_items
+from xlt_engine.quickstart import Sizes, prepare
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,3 +84,62 @@ def test_finetune_two_gloo_processes_equal_one_process(tiny_nodrop, conll, tmp_p
     assert n > 20
     state = torch.load(tmp_path / "ddp" / "ckpt-00000008" / "state.pt", weights_only=True)
     assert len(state["rng_ranks"]) == 2  # each rank's RNG streams are kept for an exact resume
+
+
+def test_shard_items_cuts_contiguous_shares_of_about_equal_tokens():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 60, size=101)
+    for world in (1, 2, 3, 8):
+        b = shard_items(lengths, world)
+        assert b[0] == 0 and b[-1] == len(lengths) and (np.diff(b) >= 0).all()
+        tokens = [lengths[b[k] : b[k + 1]].sum() for k in range(world)]
+        assert max(tokens) - min(tokens) <= 2 * lengths.max()
+    b = shard_items(np.array([7, 7]), 4)  # more ranks than items: some take none
+    assert b[0] == 0 and b[-1] == 2 and (np.diff(b) >= 0).all()
+
+
+@pytest.fixture(scope="module")
+def synth_nodrop(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    prepare(root, seed=2, sizes=Sizes(train=240, dev=10, test=10))
+    cfg = json.loads((root / "pretrained" / "config.json").read_text())
+    cfg["hidden_dropout_prob"] = cfg["attention_probs_dropout_prob"] = 0.0
+    (root / "pretrained" / "config.json").write_text(json.dumps(cfg))
+    teacher = run_finetune(
+        FinetuneConfig(model=str(root / "pretrained"), train_file=str(root / "data" / "src.train"),
+                       out=str(root / "ft"), max_len=48, batch_size=16, voter_dropout=0.0,
+                       train=TrainConfig(max_steps=120, lr=1e-3, log_every=40, seed=1)),
+        echo=None,
+    ).model  # fmt: skip
+    return root, teacher
+
+
+def test_selftrain_two_gloo_processes_equal_one_process(synth_nodrop, tmp_path):
+    # the inference passes are split over the ranks and gathered, the soft and hard steps run
+    # DDP: the artefacts and the student equal one process's (grad_accum = 2; each step stays
+    # inside one epoch, where the two consume the same batches)
+    root, teacher = synth_nodrop
+    base = dict(stage="selftrain", base_model=str(root / "pretrained"), teacher=str(teacher),
+                source_file=str(root / "data" / "src.train"),
+                unlabeled_file=str(root / "data" / "tgt.train"), max_len=48, batch_size=8,
+                rounds=1.5, voter_dropout=0.0, threshold="fixed", alpha=0.3, device="cpu")  # fmt: skip
+    soft = dict(max_steps=12, lr=1e-2, log_every=6, seed=1)
+    hard = dict(max_steps=6, lr=1e-4, log_every=3, seed=1)
+    launch({**base, "out": str(tmp_path / "ddp"), "soft": soft, "hard": hard}, nproc=2)
+    launch({**base, "out": str(tmp_path / "one"), "soft": {**soft, "grad_accum": 2},
+            "hard": {**hard, "grad_accum": 2}}, nproc=1)  # fmt: skip
+    ddp, one = tmp_path / "ddp", tmp_path / "one"
+    recs = [json.loads(x) for x in (ddp / "selftrain.jsonl").read_text().splitlines()]
+    assert [r["ranks"] for r in recs if r["step"] == "teacher"] == [2, 2]
+    for r in (1, 2):
+        a = load_file(str(ddp / f"round-{r}" / "teacher-probs.safetensors"))["probs"]
+        b = load_file(str(one / f"round-{r}" / "teacher-probs.safetensors"))["probs"]
+        torch.testing.assert_close(a.float(), b.float(), atol=2e-3, rtol=0)
+    th = [json.loads((d / "round-1" / "threshold.json").read_text()) for d in (ddp, one)]
+    assert th[0]["alpha"] == th[1]["alpha"] and th[0]["coverage"] == pytest.approx(
+        th[1]["coverage"]
+    )
+    fa, fb = (load_file(str(d / "round-1" / "filter.safetensors")) for d in (ddp, one))
+    assert torch.equal(fa["source_keep"], fb["source_keep"])
+    assert torch.equal(fa["pseudo"], fb["pseudo"]) and (fa["pseudo"] >= 0).any()
+    assert_close_weights(ddp / "model", one / "model", ("model.safetensors", "voters.safetensors"))

@@ -33,6 +33,10 @@ Folder ``out``::
     model/                                the final student
     selftrain.jsonl                       one record per finished step (timings, counts)
 
+Under torchrun the soft and hard steps train with DDP (batches sharded by rank), and each
+inference pass (teacher, threshold, filter) is split over the ranks by items and gathered
+(``predict_logits_all_ranks``); rank 0 writes every artefact, the others wait and read it.
+
 Every artefact is written atomically and marks its step as done: a killed run resumed with
 ``resume=True`` redoes nothing that finished, and a killed soft or hard step continues from its
 latest loop checkpoint. The student's encoder digest at the start of each round is logged, so the
@@ -65,7 +69,7 @@ from xlt_engine.engine.tasks import (
     TaskBatches,
     TaskData,
     encode,
-    predict_logits,
+    predict_logits_all_ranks,
     read_task_file,
     task_kind,
     voters_loss,
@@ -258,7 +262,7 @@ def run_selftrain(
     ``(round, "soft" | "hard", step)`` that SIGKILLs the process at that loop step."""
     out = Path(cfg.out)
     device = distributed.init(cfg.device)
-    rank, _ = rank_world()
+    rank, world = rank_world()
     main = rank == 0
     say = echo if (echo and main) else (lambda _s: None)
     log_path = out / "selftrain.jsonl"
@@ -343,14 +347,16 @@ def run_selftrain(
             if not tp.is_file():
                 t0 = time.perf_counter()
                 teacher = load_task_model(teacher_path, device=device)
-                logits = predict_logits(teacher, tgt, tok.pad_id, device, cfg.eval_max_tokens, amp)
+                logits = predict_logits_all_ranks(
+                    teacher, tgt, tok.pad_id, device, cfg.eval_max_tokens, amp
+                )
                 probs = VotersModule.probs(logits).to(torch.float16)
                 del teacher, logits
                 if main:
                     _write_tensors(tp, {"probs": probs}, {"teacher": str(teacher_path)})
                 distributed.barrier()
                 secs = time.perf_counter() - t0
-                log({"round": r, "step": "teacher", "teacher": str(teacher_path),
+                log({"round": r, "step": "teacher", "teacher": str(teacher_path), "ranks": world,
                      "rows": int(probs.shape[0]), "seconds": secs,
                      "tokens_per_s": float(tgt.lengths.sum()) / max(secs, 1e-9)})  # fmt: skip
                 say(f"round {r}: teacher {teacher_path} on {probs.shape[0]} target rows "
@@ -387,7 +393,9 @@ def run_selftrain(
         th_path = rdir / "threshold.json"
         if not th_path.is_file():
             t0 = time.perf_counter()
-            logits = predict_logits(student, src, tok.pad_id, device, cfg.eval_max_tokens, amp)
+            logits = predict_logits_all_ranks(
+                student, src, tok.pad_id, device, cfg.eval_max_tokens, amp
+            )
             agreed, conf, mean = voter_filter(logits, 0.0)
             correct = torch.from_numpy(gold) == agreed
             choice = select_threshold(conf, correct, C, cfg.threshold, cfg.grid, cfg.alpha)
@@ -424,7 +432,9 @@ def run_selftrain(
                     else whole_units(predicted_ok, src_units)
                 )
                 keep &= ok
-            logits = predict_logits(student, tgt, tok.pad_id, device, cfg.eval_max_tokens, amp)
+            logits = predict_logits_all_ranks(
+                student, tgt, tok.pad_id, device, cfg.eval_max_tokens, amp
+            )
             pseudo, _, _ = voter_filter(logits, alpha)
             pseudo = pseudo.numpy()
             if cfg.filter_unit == "sequence":

@@ -257,6 +257,54 @@ def predict_logits(
     return out
 
 
+def shard_items(lengths: np.ndarray, world: int) -> np.ndarray:
+    """Boundaries ``[world + 1]`` that cut items ``0..n`` into ``world`` contiguous shares of
+    about equal token counts (rank ``k`` takes items ``bounds[k]:bounds[k + 1]``)."""
+    cum = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    bounds = np.searchsorted(cum, cum[-1] * np.arange(world + 1) / world, side="left")
+    bounds[0], bounds[-1] = 0, len(lengths)
+    return np.maximum.accumulate(bounds)
+
+
+def items_of(enc: Encoded, lo: int, hi: int) -> Encoded:
+    """Items ``lo:hi`` of ``enc`` (no word alignment: for inference only)."""
+    types = None if enc.token_type_ids is None else enc.token_type_ids[lo:hi]
+    return Encoded(enc.kind, enc.input_ids[lo:hi], types, enc.positions[lo:hi],
+                   enc.targets[lo:hi], None)  # fmt: skip
+
+
+def predict_logits_all_ranks(
+    model: TaskModel,
+    enc: Encoded,
+    pad_id: int,
+    device: torch.device,
+    max_tokens: int = 16384,
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``predict_logits`` with the work split over the ranks of a torchrun job: each rank runs
+    a contiguous share of the items (``shard_items``) and every rank gets all the rows back,
+    ``[M, rows, C]`` fp32 on CPU, in input order. One process: ``predict_logits`` itself."""
+    import torch.distributed as dist
+
+    rank, world = rank_world()
+    if world == 1:
+        return predict_logits(model, enc, pad_id, device, max_tokens, amp_dtype)
+    bounds = shard_items(enc.lengths, world)
+    offsets = enc.row_offsets
+    rows = [int(offsets[bounds[k + 1]] - offsets[bounds[k]]) for k in range(world)]
+    M, C = model.voters.num_voters, model.voters.num_labels
+    lo, hi = int(bounds[rank]), int(bounds[rank + 1])
+    part = torch.empty(M, 0, C)
+    if hi > lo:
+        part = predict_logits(model, items_of(enc, lo, hi), pad_id, device, max_tokens, amp_dtype)
+    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    padded = torch.zeros(M, max(max(rows), 1), C, device=comm)
+    padded[:, : rows[rank]] = part.to(comm)
+    gathered = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[:, :n].cpu() for g, n in zip(gathered, rows, strict=True)], dim=1)
+
+
 def predicted_labels(enc: Encoded, logits: torch.Tensor, labels: Sequence[str]) -> list:
     """Mean-of-voters argmax -> token: one tag list per sentence (one tag per word);
     sequence: one label per item."""

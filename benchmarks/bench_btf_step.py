@@ -21,25 +21,19 @@ the frozen part's weight gradients included for simplicity) against ``--peak-tfl
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
-import shlex
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.bench_encoder import _version, sync, time_steps
+from benchmarks.bench_encoder import sync, time_steps
+from benchmarks.record import append, environment
 from xlt_engine.data import load_tokenizer, read_conll
 from xlt_engine.data.masking import MlmMasker
 from xlt_engine.engine.btf import MlmObjective
 from xlt_engine.engine.loop import freeze
 from xlt_engine.model import BertConfig, BertForMLM, save_pretrained
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -148,22 +142,11 @@ def main(argv=None) -> list[dict]:
         rows.append(row)
     sync(device)
     speedup = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
-    gpu = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or "cpu"
-    )
+    env = environment(device, "bench_btf_step.py", argv)
+    gpu = env["device"]
     record = {
         "what": "BTF optimizer step (masked MLM, frozen embeddings + bottom layers, AdamW)",
-        "date": datetime.date.today().isoformat(),
-        "device": gpu,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "triton": _version("triton"),
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "command": "PYTHONPATH=. python benchmarks/bench_btf_step.py "
-        + shlex.join(argv if argv is not None else sys.argv[1:]),
+        **env,
         "shape": {
             "batch": B,
             "seq": T,
@@ -178,14 +161,7 @@ def main(argv=None) -> list[dict]:
         "speedup_tokens_per_s": round(speedup, 3),
     }
     if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        tag = "".join(
-            c if c.isalnum() else "-" for c in (gpu if device.type == "cuda" else "cpu").lower()
-        )
-        out = RESULTS / f"btf_step_{tag.strip('-')}_{datetime.date.today():%Y%m%d}.json"
-        with out.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(f"appended to {out}")
+        append("btf_step", device, record)
     print(f"{gpu}  B={B} T={T} L={cfg.num_hidden_layers} H={cfg.hidden_size} V={cfg.vocab_size} "
           f"masked={n_masked} {record['precision']}")  # fmt: skip
     print(f"{'impl':<20}{'ms/step':>10}{'steps/s':>9}{'tokens/s':>11}{'peak MiB':>10}{'MFU':>7}")

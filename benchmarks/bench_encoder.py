@@ -15,21 +15,14 @@ tokens/s and peak memory; appends a JSON record with the GPU, versions and comma
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
-import shlex
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.record import append, environment
 from xlt_engine.model import BertConfig, BertForMLM, save_pretrained
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -150,32 +143,17 @@ def main(argv=None) -> list[dict]:
             }
         )
 
-    gpu = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or "cpu"
-    )
+    env = environment(device, "bench_encoder.py", argv)
+    gpu = env["device"]
     record = {
         "what": "BERT MLM forward+backward",
-        "date": datetime.date.today().isoformat(),
-        "device": gpu,
-        "torch": torch.__version__,
-        "triton": _version("triton"),
-        "transformers": transformers.__version__,
-        "python": platform.python_version(),
-        "command": "PYTHONPATH=. python benchmarks/bench_encoder.py "
-        + shlex.join(argv if argv is not None else sys.argv[1:]),
+        **env,
         "args": vars(args),
         "masked_positions": int(flat.numel()),
         "rows": rows,
     }
     if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        tag = "".join(c if c.isalnum() else "-" for c in gpu.lower()).strip("-")
-        out = RESULTS / f"encoder_{tag}_{datetime.date.today():%Y%m%d}.json"
-        with out.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(f"appended to {out}")
+        append("encoder", device, record)
     print(f"{gpu}  B={B} T={T} L={args.layers} H={args.hidden} V={args.vocab} {args.precision}")
     print(f"{'impl':<24}{'ms/step':>10}{'tokens/s':>12}{'peak MiB':>10}")
     for r in rows:
@@ -183,13 +161,6 @@ def main(argv=None) -> list[dict]:
             f"{r['impl']:<24}{r['ms_per_step']:>10.2f}{r['tokens_per_s']:>12,}{r['peak_mib']:>10.0f}"
         )
     return rows
-
-
-def _version(name: str) -> str | None:
-    try:
-        return __import__(name).__version__
-    except ImportError:
-        return None
 
 
 if __name__ == "__main__":

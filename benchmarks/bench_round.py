@@ -26,18 +26,13 @@ at the same tokens/s).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
-import shlex
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from benchmarks.bench_encoder import _version
+from benchmarks.record import append, environment
 from xlt_engine.data import load_tokenizer, read_conll
 from xlt_engine.engine.loop import TrainConfig
 from xlt_engine.engine.selftrain import SelftrainConfig, run_selftrain
@@ -47,7 +42,6 @@ from xlt_engine.model import BertConfig, BertForMLM, save_pretrained
 from xlt_engine.model.checkpoint import load_encoder
 from xlt_engine.model.task import new_task_model, save_task_model
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PARTS = ("teacher", "soft", "threshold", "filter", "hard")
 
 
@@ -163,29 +157,16 @@ def main(argv=None) -> dict:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             out = run(args, Path(tmp))
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    gpu = gpu or "cpu"
+    env = environment(device, "bench_round.py", argv)
+    gpu = env["device"]
     record = {
         "what": "one self-training round (N = 1): teacher, soft, threshold, filter, hard",
-        "date": datetime.date.today().isoformat(),
-        "device": gpu,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "triton": _version("triton"),
-        "python": platform.python_version(),
-        "command": "PYTHONPATH=. python benchmarks/bench_round.py "
-        + shlex.join(argv if argv is not None else sys.argv[1:]),
+        **env,
         "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
         **out,
     }
     if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        tag = "".join(c if c.isalnum() else "-" for c in (gpu if device.type == "cuda" else "cpu")
-                      .lower()).strip("-")  # fmt: skip
-        path = RESULTS / f"round_{tag}_{datetime.date.today():%Y%m%d}.json"
-        with path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        print(f"appended to {path}")
+        append("round", device, record)
     s = out["shape"]
     print(
         f"{gpu}  L={s['layers']} H={s['hidden']} V={s['vocab']} voters={s['voters']} "

@@ -216,12 +216,14 @@ def _word_counts(texts: list[Path]) -> dict[str, int]:
     """How often each word of CoNLL ``texts`` occurs, split as BERT's pre-tokenizer splits."""
     from tokenizers import pre_tokenizers
 
+    from xlt_engine.data import read_conll
+
     split = pre_tokenizers.BertPreTokenizer()
     counts: dict[str, int] = {}
     for path in texts:
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                for piece, _ in split.pre_tokenize_str(line.split()[0]):
+        for sentence in read_conll(path):
+            for word in sentence.tokens:
+                for piece, _ in split.pre_tokenize_str(word):
                     counts[piece] = counts.get(piece, 0) + 1
     return counts
 

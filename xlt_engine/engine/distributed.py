@@ -55,6 +55,21 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def all_gather_rows(part: torch.Tensor, sizes: list[int], device: torch.device) -> torch.Tensor:
+    """Every rank's ``part`` (``[..., sizes[rank], ...]`` along dim 1), concatenated in rank
+    order along dim 1 on every rank, on CPU. Parts are padded to the largest for the collective
+    (through ``device`` on NCCL, CPU on gloo)."""
+    rank = dist.get_rank()
+    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    shape = list(part.shape)
+    shape[1] = max(max(sizes), 1)
+    padded = torch.zeros(shape, dtype=part.dtype, device=comm)
+    padded[:, : sizes[rank]] = part.to(comm)
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[:, :n].cpu() for g, n in zip(gathered, sizes, strict=True)], dim=1)
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

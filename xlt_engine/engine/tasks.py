@@ -27,7 +27,7 @@ from xlt_engine.data.marc import read_marc
 from xlt_engine.data.text import read_labeled
 from xlt_engine.data.tokenizer import WordPieceTokenizer
 from xlt_engine.data.xnli import read_xnli
-from xlt_engine.engine.distributed import rank_world
+from xlt_engine.engine.distributed import all_gather_rows, rank_world
 from xlt_engine.engine.loop import resolve_precision
 from xlt_engine.engine.metrics import accuracy, entity_f1
 from xlt_engine.model.heads import VotersModule
@@ -284,8 +284,6 @@ def predict_logits_all_ranks(
     """``predict_logits`` with the work split over the ranks of a torchrun job: each rank runs
     a contiguous share of the items (``shard_items``) and every rank gets all the rows back,
     ``[M, rows, C]`` fp32 on CPU, in input order. One process: ``predict_logits`` itself."""
-    import torch.distributed as dist
-
     rank, world = rank_world()
     if world == 1:
         return predict_logits(model, enc, pad_id, device, max_tokens, amp_dtype)
@@ -297,12 +295,7 @@ def predict_logits_all_ranks(
     part = torch.empty(M, 0, C)
     if hi > lo:
         part = predict_logits(model, items_of(enc, lo, hi), pad_id, device, max_tokens, amp_dtype)
-    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    padded = torch.zeros(M, max(max(rows), 1), C, device=comm)
-    padded[:, : rows[rank]] = part.to(comm)
-    gathered = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(gathered, padded)
-    return torch.cat([g[:, :n].cpu() for g, n in zip(gathered, rows, strict=True)], dim=1)
+    return all_gather_rows(part, rows, device)
 
 
 def predicted_labels(enc: Encoded, logits: torch.Tensor, labels: Sequence[str]) -> list:

@@ -143,3 +143,25 @@ def test_selftrain_two_gloo_processes_equal_one_process(synth_nodrop, tmp_path):
     assert torch.equal(fa["source_keep"], fb["source_keep"])
     assert torch.equal(fa["pseudo"], fb["pseudo"]) and (fa["pseudo"] >= 0).any()
     assert_close_weights(ddp / "model", one / "model", ("model.safetensors", "voters.safetensors"))
+
+
+def test_grad_accum_under_ddp_all_reduces_once_per_step_and_equals_one_process(tmp_path):
+    # 2 ranks x grad_accum 2 consume global batches 0-3 per step, as 1 process with grad_accum 4
+    worker = ROOT / "tests" / "engine" / "ddp_accum_worker.py"
+    for nproc, accum, out in ((2, 2, tmp_path / "ddp"), (1, 4, tmp_path / "one")):
+        out.mkdir()
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", str(worker), str(out), str(accum)]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    calls = json.loads((tmp_path / "ddp" / "calls.json").read_text())
+    # no_sync on the first micro-batch: as many all-reduces per step as without accumulation
+    assert calls["accum1"] > 0 and calls["accum2"] == calls["accum1"], calls
+    ddp = load_file(str(tmp_path / "ddp" / "weights.safetensors"))
+    one = load_file(str(tmp_path / "one" / "weights.safetensors"))
+    init = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    assert ddp.keys() == one.keys()
+    for k in ddp:
+        torch.testing.assert_close(ddp[k], one[k], rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(v, init.state_dict()[k]) for k, v in ddp.items())  # it trained

@@ -32,6 +32,7 @@ goes into the checkpoint; only rank 0 writes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -237,6 +238,7 @@ def train(
     world = dist.get_world_size() if distributed else 1
     is_main = rank == 0
     core = _unwrap(model)
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     device = next(core.parameters()).device
     amp_dtype = resolve_precision(cfg.precision, device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -342,7 +344,7 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             where = []
-            for _ in range(cfg.grad_accum):
+            for micro in range(cfg.grad_accum):
                 n = data.num_batches(epoch)
                 if n == 0:
                     raise ValueError(f"epoch {epoch} has no batches")
@@ -355,10 +357,16 @@ def train(
                 gen = _generator(cfg.seed, epoch, index * world + rank)
                 where.append((epoch, index))
                 index += 1
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                    enabled=amp_dtype is not None):  # fmt: skip
+                # DDP all-reduces gradients in backward: only the last micro-batch of an
+                # accumulation needs it, the others accumulate locally (no_sync)
+                last = micro == cfg.grad_accum - 1
+                sync = contextlib.nullcontext() if last or not ddp else model.no_sync()
+                autocast = torch.autocast(
+                    device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+                )
+                with sync, autocast:
                     loss = loss_fn(model, batch, gen)
-                scaler.scale(loss / cfg.grad_accum).backward()
+                    scaler.scale(loss / cfg.grad_accum).backward()
                 loss_sum += loss.detach() / cfg.grad_accum
                 if "attention_mask" in batch:
                     tokens += batch["attention_mask"].sum()

@@ -235,3 +235,25 @@ def test_finetune_config_errors(tiny, conll, tmp_path):
 def test_evaluate_refuses_a_model_without_a_task_head(tiny, conll, tmp_path):
     with pytest.raises(ValueError, match="no task.json: not a fine-tuned task model"):
         EvaluateConfig(model=str(tiny), tests={"eng": str(conll["eng.test"])}, out=str(tmp_path))
+
+
+def test_finetune_freezes_what_train_freeze_names(tiny, conll, tmp_path):
+    # a 4-step finetune: the frozen embeddings and layer 0 keep their initial values exactly,
+    # layer 1 and the voters train
+    cfg = ner_config(tiny, conll, tmp_path / "run", max_steps=4, log_every=2,
+                     freeze=(r"encoder\.embeddings\.", r"encoder\.layers\.0\."))  # fmt: skip
+    run_finetune(cfg, echo=None)
+    before = load_file(str(tiny / "model.safetensors"))
+    after = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))
+    frozen = [k for k in after if "embeddings" in k or ".layer.0." in k]
+    trained = [k for k in after if ".layer.1." in k]
+    assert len(frozen) > 5 and len(trained) > 5
+    for k in frozen:
+        assert torch.equal(before[k], after[k]), k
+    assert all(not torch.equal(before[k], after[k]) for k in trained if k.endswith("weight"))
+
+
+def test_a_freeze_pattern_that_matches_nothing_is_an_error_naming_it(tiny, conll, tmp_path):
+    cfg = ner_config(tiny, conll, tmp_path / "run", max_steps=2, freeze=(r"bert\.layer\.0",))
+    with pytest.raises(ValueError, match=r"freeze pattern 'bert\\\\.layer\\\\.0' matches no"):
+        run_finetune(cfg, echo=None)

@@ -309,3 +309,21 @@ def test_sigkill_mid_round_then_resume_gives_the_same_student(
             a = load_file(str(full / f"round-{r}" / name))
             b = load_file(str(cut / f"round-{r}" / name))
             assert all(torch.equal(a[k], b[k]) for k in a), (r, name)
+
+
+def test_soft_and_hard_steps_freeze_what_their_freeze_names(base, teacher, data, tmp_path):
+    # soft freezes layer 0, hard freezes layer 1 (and only it: layer 0 trains again)
+    soft = TrainConfig(max_steps=8, lr=1e-3, log_every=4, seed=1, freeze=(r"encoder\.layers\.0\.",))
+    hard = TrainConfig(max_steps=8, lr=1e-3, log_every=4, seed=1, freeze=(r"encoder\.layers\.1\.",))
+    out = tmp_path / "st"
+    run_selftrain(st_config(base, teacher, data, out, rounds=1, threshold="fixed", alpha=0.0,
+                            soft=soft, hard=hard), echo=None)  # fmt: skip
+    init = load_file(str(base / "model.safetensors"))
+    after_soft = load_file(str(out / "round-1" / "soft" / "model" / "model.safetensors"))
+    after_hard = load_file(str(out / "round-1" / "hard" / "model" / "model.safetensors"))
+    layer = {i: [k for k in init if f".layer.{i}." in k and k.endswith("weight")] for i in (0, 1)}
+    assert layer[0] and layer[1]
+    assert all(torch.equal(init[k], after_soft[k]) for k in layer[0])
+    assert all(not torch.equal(init[k], after_soft[k]) for k in layer[1])
+    assert all(torch.equal(after_soft[k], after_hard[k]) for k in layer[1])
+    assert all(not torch.equal(after_soft[k], after_hard[k]) for k in layer[0])

@@ -24,7 +24,7 @@ from xlt_engine.data.masking import MlmMasker
 from xlt_engine.data.tokenizer import WordPieceTokenizer, load_tokenizer
 from xlt_engine.engine import distributed
 from xlt_engine.engine.distributed import rank_world
-from xlt_engine.engine.loop import TrainConfig, TrainResult, freeze, train
+from xlt_engine.engine.loop import TrainConfig, TrainResult, prepare, train
 from xlt_engine.kernels import fused_mlm_loss
 from xlt_engine.model import BertForMLM, load_pretrained, save_pretrained
 
@@ -108,7 +108,10 @@ class MlmObjective(nn.Module):
 
     def __init__(self, model: BertForMLM):
         super().__init__()
-        self.model = model
+        # BertForMLM's own submodules, so parameter names (freeze patterns, DDP) are the
+        # model's: encoder.*, head.*
+        self.encoder, self.head = model.encoder, model.head
+        self.__dict__["model"] = model  # not registered twice
 
     def forward(self, input_ids, positions, attention_mask, labels) -> torch.Tensor:
         m = self.model
@@ -129,7 +132,6 @@ def run_btf(
         *([r"encoder\.embeddings\."] if cfg.freeze_embeddings else []),
         *(rf"encoder\.layers\.{i}\." for i in bottom),
     )
-    freeze(model, frozen_patterns)
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
     if rank != 0:  # rank 0 tokenises; the others open its caches
         distributed.barrier()
@@ -157,7 +159,7 @@ def run_btf(
 
     train_cfg = cfg.train.with_steps(data.num_batches(0))
     result = train(
-        distributed.wrap(MlmObjective(model), device), loss_fn, data, train_cfg, out,
+        prepare(MlmObjective(model), train_cfg, device, frozen_patterns), loss_fn, data, train_cfg, out,
         save_model=save, load_model=load, resume=resume, echo=echo, progress=progress,
         _kill_at_step=_kill_at_step,
     )  # fmt: skip

@@ -19,7 +19,7 @@ from torch import nn
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
 from xlt_engine.engine.distributed import rank_world
-from xlt_engine.engine.loop import TrainConfig, TrainResult, train
+from xlt_engine.engine.loop import TrainConfig, TrainResult, prepare, train
 from xlt_engine.engine.tasks import (
     TaskBatches,
     encode,
@@ -127,7 +127,7 @@ def run_finetune(
             return {"dev_" + s["metric"]: s["score"]}
 
     result = train(
-        distributed.wrap(model, device), loss_fn, data, cfg.train.with_steps(data.num_batches(0)),
+        prepare(model, cfg.train, device), loss_fn, data, cfg.train.with_steps(data.num_batches(0)),
         out, save_model=save, load_model=load, resume=resume, evaluate=evaluate, echo=echo,
         progress=progress, _kill_at_step=_kill_at_step,
     )  # fmt: skip

@@ -53,6 +53,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from xlt_engine.engine import distributed
 from xlt_engine.fileio import atomic_write_text, fsync_dir
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -76,7 +77,8 @@ class TrainConfig:
     grad_accum: int = 1
     clip: float = 1.0  # max grad norm; 0 disables
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    freeze: tuple[str, ...] = ()  # regexes matched (re.match) against parameter names
+    freeze: tuple[str, ...] = ()  # regexes matched (re.match) against the trained model's
+    # parameter names: encoder.embeddings.*, encoder.layers.<i>.*, voters.* (task), head.* (MLM)
     log_every: int = 10
     save_every: int = 0  # 0: only at the end (and on SIGINT/SIGTERM)
     eval_every: int = 0
@@ -143,20 +145,40 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - warm))
 
 
-def freeze(model: nn.Module, patterns: tuple[str, ...]) -> list[str]:
-    """Set ``requires_grad=False`` on parameters whose name matches a pattern; returns them.
-    A pattern that matches nothing is an error (a typo would silently train everything)."""
+def freeze(model: nn.Module, patterns: tuple[str, ...] | list[str], apply: bool = True) -> list[str]:
+    """Set ``requires_grad=False`` on parameters whose name matches a pattern (``re.match``);
+    returns their names. A pattern that matches nothing is an error (a typo would silently
+    train everything). ``apply=False`` only checks that they are frozen already (a model
+    wrapped in DDP must be frozen before wrapping)."""
+    names = [n for n, _ in model.named_parameters()]
     frozen = []
     for pattern in patterns:
-        hits = [n for n, _ in model.named_parameters() if re.match(pattern, n)]
+        hits = [n for n in names if re.match(pattern, n)]
         if not hits:
-            raise ValueError(f"freeze pattern {pattern!r} matches no parameter")
+            raise ValueError(
+                f"freeze pattern {pattern!r} matches no parameter (names look like {names[0]!r})"
+            )
         frozen += hits
     frozen = sorted(set(frozen))
     for name, p in model.named_parameters():
-        if name in frozen:
+        if name in frozen and p.requires_grad:
+            if not apply:
+                raise ValueError(
+                    f"{name} matches a freeze pattern but is trainable: freeze before wrapping "
+                    "the model in DDP (loop.prepare)"
+                )
             p.requires_grad_(False)
     return frozen
+
+
+def prepare(model: nn.Module, cfg: TrainConfig, device: torch.device, frozen=()) -> nn.Module:
+    """Freeze exactly ``frozen`` and ``cfg.freeze`` (patterns over ``model``'s parameter names;
+    every other parameter trains, whatever an earlier step froze), then wrap the model in DDP
+    when a process group is up: what a stage hands to ``train``."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    freeze(model, (*frozen, *cfg.freeze))
+    return distributed.wrap(model, device)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -241,6 +263,7 @@ def train(
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     device = next(core.parameters()).device
     amp_dtype = resolve_precision(cfg.precision, device)
+    freeze(core, cfg.freeze, apply=not ddp)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("every parameter is frozen: nothing to train")

@@ -63,7 +63,7 @@ from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.evaluate import _check_model
-from xlt_engine.engine.loop import TrainConfig, latest_checkpoint, resolve_precision, train
+from xlt_engine.engine.loop import TrainConfig, latest_checkpoint, prepare, resolve_precision, train
 from xlt_engine.engine.tasks import (
     Encoded,
     TaskBatches,
@@ -322,7 +322,7 @@ def run_selftrain(
         go_on = latest_checkpoint(folder) is not None
         t0 = time.perf_counter()
         result = train(
-            distributed.wrap(model, device), loss_fn, data,
+            prepare(model, train_cfg, device), loss_fn, data,
             train_cfg.with_steps(data.num_batches(0)), folder, save_model=save_model,
             load_model=load_model, resume=go_on, echo=echo if main else None,
             progress=progress, _kill_at_step=kill,

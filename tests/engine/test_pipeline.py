@@ -13,8 +13,10 @@ from tests.engine.conftest import conll_slice
 from xlt_engine.cli import main
 from xlt_engine.data import read_conll
 from xlt_engine.engine.config import load_config
-from xlt_engine.engine.experiment import stage_dir
+from xlt_engine.engine.runs import stage_dir
 from xlt_engine.engine.pipeline import ablation_table, all_table
+
+ROOT = Path(__file__).resolve().parents[2]
 
 FAST = """
 [btf]
@@ -133,6 +135,81 @@ def test_all_again_runs_nothing_twice(ner_cfg, ner_all):
     assert res.exit_code == 0, res.output
     assert res.output.count("not run again") == 4  # btf, both finetunes, selftrain
     assert (out / "eng-esp" / "selftrain" / "selftrain.jsonl").read_text() == before
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("sets", "changed"),
+    [
+        (["selftrain.rounds=2"], ["selftrain.rounds: 1.5 -> 2.0"]),
+        (["selftrain.threshold=max_second_difference"],
+         ["selftrain.threshold: 'curvature' -> 'max_second_difference'"]),
+        (["selftrain.grid=[0.6, 0.7, 0.8]"], ["selftrain.grid: [] -> [0.6, 0.7, 0.8]"]),
+        (["finetune.train.lr=0.001"],
+         ["finetune.train.lr: 0.003 -> 0.001", "upstream selftrain.teacher: fingerprint"]),
+        (["btf.train.lr=0.01"],
+         ["btf.train.lr: 0.001 -> 0.01", "upstream finetune.init: fingerprint",
+          "upstream selftrain.base: fingerprint"]),
+    ],
+)  # fmt: skip
+def test_all_with_changed_settings_stops_before_any_work(ner_cfg, ner_all, sets, changed):
+    # the old rule reused any existing stage folder ("exists, not run again"): now a folder made
+    # with other settings stops the run, naming each change, and nothing in it is touched
+    out, _ = ner_all
+    pair = out / "eng-esp"
+    before = _tree(pair)
+    args = ["run", "--stage", "all", "--config", str(ner_cfg), "--out", str(out), "--set",
+            "target=esp", "--no-progress"]  # fmt: skip
+    for item in sets:
+        args += ["--set", item]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1, res.output
+    for line in changed:
+        assert line in res.output, res.output
+    assert "was made with other settings" in res.output and "--out" in res.output
+    assert _tree(pair) == before
+
+
+def test_all_with_changed_data_file_stops_naming_it(ner_cfg, ner_all, tmp_path):
+    out, _ = ner_all
+    root = Path(load_config(ner_cfg).data.root)
+    edited = tmp_path / "esp.train"
+    edited.write_bytes((root / "esp.train").read_bytes().replace(b" O\n", b" B-LOC\n", 1))
+    pair = out / "eng-esp"
+    before = _tree(pair)
+    res = CliRunner().invoke(main, ["run", "--stage", "all", "--config", str(ner_cfg), "--out",
+                                    str(out), "--set", "target=esp", "--set",
+                                    f"languages.esp.unlabeled={str(edited)!r}", "--no-progress"])  # fmt: skip
+    assert res.exit_code == 1, res.output
+    assert f"input languages.esp.unlabeled: {root / 'esp.train'} -> {edited}" in res.output
+    assert str(pair / "btf") in res.output and str(pair / "selftrain") in res.output
+    assert _tree(pair) == before
+
+
+def test_a_data_file_changed_in_place_is_seen(tiny, conll, tmp_path):
+    # same path, other content (same size): the sha256 of the file tells
+    train = tmp_path / "eng.train"
+    train.write_bytes(conll["eng.train"].read_bytes())
+    args = ["run", "--stage", "finetune", "--config", str(ROOT / "configs" / "conll.toml"),
+            "--out", str(tmp_path / "run"), "--no-progress", "--set", f"data.root={SHARED_DATA}",
+            "--set", f"model.path={tiny}", "--set", "model.max_len=48", "--set",
+            "finetune.init=pretrained", "--set", f"languages.eng.train={train}", "--set",
+            f"languages.eng.dev={conll['eng.dev']}", "--set", "finetune.batch_size=8", "--set",
+            "finetune.train.max_steps=2", "--set", "targets=[\"esp\"]"]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    model = (tmp_path / "run" / "finetune-direct" / "model" / "model.safetensors").read_bytes()
+    raw = train.read_bytes()
+    i = raw.index(b" I-ORG")
+    train.write_bytes(raw[:i] + b" I-PER" + raw[i + 6 :])
+    res = CliRunner().invoke(main, [*args, "--resume"])
+    assert res.exit_code == 1
+    assert f"input languages.eng.train: {train}: " in res.output and "sha256" in res.output
+    assert (tmp_path / "run" / "finetune-direct" / "model" / "model.safetensors").read_bytes() == model
 
 
 def test_selftrain_model_predicts_one_tag_per_input_word(ner_cfg, ner_all, conll, tmp_path):

@@ -1,21 +1,9 @@
 """From an ``ExperimentConfig`` to the stage configs, and running one stage of it.
 
-Run folder layout (``cfg.run_dir()``, one per source-target pair)::
-
-    btf/              base-model/ (the Base Model), texts/, cache/, checkpoints, metrics.jsonl
-    finetune/         model/ (the fine-tuned task model), dev.json, ...  (init = "btf")
-    finetune-direct/  the same from the pretrained model                (init = "pretrained")
-    selftrain/        round-<r>/..., model/ (the final student)          (base = "btf")
-    selftrain-direct/ the same from the pretrained model                (base = "pretrained")
-    evaluate-<model>/ results.json, results.md
-
-Ablation variants add ``-voters<M>`` (model.voters != 3) to finetune and selftrain folders and
-``-alpha<A>`` (a fixed threshold) to selftrain folders, so variants share what they have in
-common (btf always).
-    predict/          (the output path is the config's)
-
-Every stage folder gets ``config.json`` (the resolved experiment and stage configs) and
-``run.json`` (package version, git sha, torch / Python versions, command line, world size).
+The run folder layout, the fingerprints and the reuse / resume decision are ``engine.runs``'s.
+Every stage folder gets ``fingerprint.json`` (``runs``), ``config.json`` (the resolved
+experiment and stage configs) and ``run.json`` (package version, git sha, torch / Python
+versions, command line, world size).
 """
 
 from __future__ import annotations
@@ -36,7 +24,14 @@ from xlt_engine.engine.config import ConfigError, ExperimentConfig, check_files,
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.evaluate import EvaluateConfig, PredictConfig, run_evaluate, run_predict
 from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
-from xlt_engine.engine.loop import latest_checkpoint
+from xlt_engine.engine.runs import (
+    check_plans,
+    model_path,
+    plan_stage,
+    stage_dir,
+    text_roles,
+    unlabeled_role,
+)
 from xlt_engine.engine.selftrain import SelftrainConfig, run_selftrain
 from xlt_engine.engine.tasks import read_task_file
 from xlt_engine.fileio import atomic_write_text
@@ -78,61 +73,14 @@ def write_run_info(folder: Path, cfg: ExperimentConfig, stage: str, stage_cfg) -
     atomic_write_text(folder / "run.json", json.dumps(info, indent=2) + "\n")
 
 
-def _variant(cfg: ExperimentConfig) -> str:
-    """Folder-name suffix of the settings an ablation changes after btf (so the variants of one
-    pair share btf and whatever else they have in common)."""
-    return f"-voters{cfg.model.voters}" if cfg.model.voters != 3 else ""
-
-
-def stage_dir(cfg: ExperimentConfig, stage: str) -> Path:
-    """btf/, finetune/ (init btf), finetune-direct/ (init pretrained), selftrain/ (from the Base
-    Model), selftrain-direct/ (from the pretrained model); ``-voters<M>`` when model.voters is
-    not 3 and ``-alpha<A>`` for a fixed threshold."""
-    run = cfg.run_dir()
-    if stage == "finetune":
-        direct = "-direct" if cfg.finetune.init == "pretrained" else ""
-        return run / f"finetune{direct}{_variant(cfg)}"
-    if stage == "selftrain":
-        s = cfg.selftrain
-        direct = "-direct" if s.base == "pretrained" else ""
-        fixed = f"-alpha{s.alpha:g}" if s.threshold == "fixed" else ""
-        return run / f"selftrain{direct}{_variant(cfg)}{fixed}"
-    return run / stage
-
-
-def model_path(cfg: ExperimentConfig, name: str, key: str) -> Path:
-    """A model named by a stage ("btf", "finetune", "finetune-direct", "selftrain",
-    "pretrained") or a path."""
-    run = cfg.run_dir()
-    named = {
-        "pretrained": Path(cfg.model.path),
-        "btf": run / "btf" / "base-model",
-        "finetune": stage_dir(_with(cfg, "finetune", init="btf"), "finetune") / "model",
-        "finetune-direct": stage_dir(_with(cfg, "finetune", init="pretrained"), "finetune")
-        / "model",
-        "selftrain": stage_dir(cfg, "selftrain") / "model",
-    }
-    path = named.get(name, Path(name))
-    if not path.is_dir():
-        hint = f" (run the {name.split('-')[0]} stage first)" if name in named else ""
-        raise ConfigError(cfg.name or "config", [f"{key}: {path}: no such folder{hint}"])
-    return path
-
-
-def _with(cfg: ExperimentConfig, section: str, **changes) -> ExperimentConfig:
-    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section),
-                                                                    **changes)})  # fmt: skip
-
-
 def btf_texts(cfg: ExperimentConfig, folder: Path) -> tuple[str, ...]:
     """One plain-text file per language (source, then the pair's target): the ``text`` file
     when given, else the labeled/unlabeled file's text written to ``folder/texts/<lang>.txt``."""
     out = []
-    for lang, roles in ((cfg.source, ("train",)), (cfg.pair_target, ("unlabeled", "train"))):
-        if cfg.languages[lang].text:
+    for lang, role in text_roles(cfg).items():
+        if role == "text":
             out.append(str(cfg.data_path(lang, "text")))
             continue
-        role = next(r for r in roles if getattr(cfg.languages[lang], r))
         data = read_task_file(cfg.data_path(lang, role), cfg.data.format, unlabeled=True)
         if data.kind == "token":
             lines = [" ".join(words) for words in data.inputs]
@@ -189,7 +137,7 @@ def build_selftrain(cfg: ExperimentConfig) -> SelftrainConfig:
     check_files(cfg, "selftrain")
     s = cfg.selftrain
     tgt = cfg.pair_target
-    role = next(r for r in ("unlabeled", "train") if getattr(cfg.languages[tgt], r))
+    role = unlabeled_role(cfg)
     return SelftrainConfig(
         base_model=str(model_path(cfg, s.base, "selftrain.base")),
         teacher=str(model_path(cfg, s.teacher, "selftrain.teacher")),
@@ -207,10 +155,8 @@ def build_selftrain(cfg: ExperimentConfig) -> SelftrainConfig:
 
 def build_evaluate(cfg: ExperimentConfig) -> EvaluateConfig:
     check_files(cfg, "evaluate")
-    name = cfg.evaluate.model
-    model = model_path(cfg, name, "evaluate.model")
-    label = model.parent.name if name in ("finetune", "finetune-direct", "selftrain") else name
-    folder = cfg.run_dir() / ("evaluate-" + (label if model != Path(name) else "model"))
+    model = model_path(cfg, cfg.evaluate.model, "evaluate.model")
+    folder = stage_dir(cfg, "evaluate")
     tests = {lang: str(cfg.data_path(lang, "test")) for lang in (cfg.source, *cfg.targets)}
     return EvaluateConfig(model=str(model), tests=tests, out=str(folder), format=cfg.data.format,
                           source=cfg.source, max_len=cfg.model.max_len,
@@ -241,27 +187,45 @@ def build_stage(cfg: ExperimentConfig, stage: str):
         raise ConfigError(cfg.name or "config", [f"[{stage}] {err}"]) from None
 
 
-def run_stage(cfg: ExperimentConfig, stage: str, resume: bool = False, echo=print, progress=None):
-    """Build the stage's config (every problem raised first), then run it. Under torchrun the
-    process group is joined first; evaluate and predict run on rank 0 only."""
+def run_stage(
+    cfg: ExperimentConfig, stage: str, resume: bool = False, echo=print, progress=None,
+    reuse: bool = False,
+):  # fmt: skip
+    """Run one stage of ``cfg``: its config problems and a stale folder (``runs``) are raised
+    before any work. A finished stage with the same fingerprint is not run again: with
+    ``reuse`` or ``resume`` its output is returned (evaluate: the results dict), else it is an
+    error (a second fresh run into one folder is a mistake more often than not). A started one
+    needs ``resume``. Under torchrun the process group is joined first; evaluate and predict run
+    on rank 0 only."""
     distributed.init(cfg.device)
-    stage_cfg = build_stage(cfg, stage)
-    if stage in ("evaluate", "predict") and rank_world()[0] != 0:
-        return None
+    main = rank_world()[0] == 0
     if stage == "predict":
-        return run_predict(stage_cfg, echo=echo)
-    folder = Path(stage_cfg.out)
-    earlier = latest_checkpoint(folder) is not None
-    if stage == "selftrain":
-        earlier = (folder / "selftrain.jsonl").exists() or any(folder.glob("round-*"))
-    if stage in ("btf", "finetune", "selftrain") and not resume and earlier:
-        raise ValueError(f"{folder} holds the checkpoints of an earlier run: resume it (--resume) "
-                         "or choose another folder (--out)")  # fmt: skip
-    write_run_info(folder, cfg, stage, stage_cfg)
-    if stage == "btf":
-        return run_btf(stage_cfg, resume=resume, echo=echo, progress=progress)
-    if stage == "finetune":
-        return run_finetune(stage_cfg, resume=resume, echo=echo, progress=progress)
-    if stage == "selftrain":
-        return run_selftrain(stage_cfg, resume=resume, echo=echo, progress=progress)
+        stage_cfg = build_stage(cfg, stage)
+        return run_predict(stage_cfg, echo=echo) if main else None
+    check_files(cfg, stage)
+    plan = plan_stage(cfg, stage)
+    check_plans([plan])
+    if plan.output.exists():
+        if not (reuse or resume):
+            raise ValueError(f"{plan.folder} holds the finished {stage} of an earlier run with "
+                             "the same settings: --resume returns it as it is, or choose "
+                             "another folder (--out)")  # fmt: skip
+        if echo:
+            echo(f"{stage}: {plan.output} exists with the same fingerprint, not run again")
+        if stage == "evaluate":
+            return json.loads(plan.output.read_text(encoding="utf-8"))
+        return plan.output
+    if plan.started() and not resume:
+        raise ValueError(f"{plan.folder} holds the checkpoints of an earlier run: resume it "
+                         "(--resume) or choose another folder (--out)")  # fmt: skip
+    stage_cfg = build_stage(cfg, stage)
+    if stage == "evaluate" and not main:
+        return None
+    if main:
+        plan.begin()
+        write_run_info(plan.folder, cfg, stage, stage_cfg)
+    distributed.barrier()
+    runner = {"btf": run_btf, "finetune": run_finetune, "selftrain": run_selftrain}
+    if stage in runner:
+        return runner[stage](stage_cfg, resume=resume, echo=echo, progress=progress)
     return run_evaluate(stage_cfg, echo=echo)

@@ -2,9 +2,11 @@
 
 ``run_all``: for every target language (or the config's ``target``): btf -> finetune (from the
 Base Model) and finetune-direct (from the pretrained model: direct transfer) -> selftrain ->
-evaluate, then one table per target: direct transfer, + BTF, + self-training. A stage whose
-output already exists is not run again, so variants share their common stages and a re-run
-picks up where an earlier one stopped (a stage killed half-way continues with ``resume``).
+evaluate, then one table per target: direct transfer, + BTF, + self-training. Every stage
+folder of the whole run is checked against its fingerprint (``engine.runs``) before anything
+runs: a finished stage made with the same settings and inputs is reused (so variants share
+their common stages and a re-run picks up where an earlier one stopped; a stage killed
+half-way continues with ``resume``), and one made otherwise stops the run, naming each change.
 Switches give the paper's ablation rows: ``btf=False`` (-BTF: fine-tuning and self-training
 start from the pretrained model), ``selftrain=False`` (-ST), ``selftrain.threshold = "fixed"``
 (-AT), ``model.voters = 1`` (-VM).
@@ -21,11 +23,10 @@ import statistics
 from pathlib import Path
 
 from xlt_engine.engine import distributed
-from xlt_engine.engine.config import ExperimentConfig
+from xlt_engine.engine.config import ExperimentConfig, check_files
 from xlt_engine.engine.distributed import rank_world
-from xlt_engine.engine.evaluate import EvaluateConfig, run_evaluate
-from xlt_engine.engine.experiment import _with, build_stage, run_stage, stage_dir
-from xlt_engine.engine.loop import latest_checkpoint
+from xlt_engine.engine.experiment import run_stage
+from xlt_engine.engine.runs import check_plans, plan_stage, with_section
 from xlt_engine.fileio import atomic_write_text
 
 COLUMNS = ("direct", "btf", "selftrain")
@@ -33,48 +34,16 @@ HEADINGS = {"direct": "direct transfer", "btf": "+ BTF", "selftrain": "+ self-tr
 ABLATION_ROWS = ("Ours", "- AT", "- VM", "- BTF", "- ST", "direct transfer")
 
 
-def _done(cfg: ExperimentConfig, stage: str) -> Path | None:
-    """The stage's output when it exists (then the stage is not run again)."""
-    folder = stage_dir(cfg, stage)
-    out = folder / ("base-model" if stage == "btf" else "model")
-    return out if out.is_dir() else None
-
-
-def _started(cfg: ExperimentConfig, stage: str) -> bool:
-    folder = stage_dir(cfg, stage)
-    if stage == "selftrain":
-        return (folder / "selftrain.jsonl").exists() or any(folder.glob("round-*"))
-    return latest_checkpoint(folder) is not None
-
-
-def _ensure(cfg: ExperimentConfig, stage: str, resume: bool, echo, progress) -> Path:
-    done = _done(cfg, stage)
-    if done is not None:
-        if echo:
-            echo(f"[{cfg.source}-{cfg.pair_target}] {stage}: {done} exists, not run again")
-        return done
-    if echo:
-        echo(f"[{cfg.source}-{cfg.pair_target}] {stage} -> {stage_dir(cfg, stage)}")
-    run_stage(cfg, stage, resume=resume and _started(cfg, stage), echo=echo, progress=progress)
-    distributed.barrier()
-    return _done(cfg, stage)
-
-
-def _evaluate(cfg: ExperimentConfig, model: Path, echo) -> dict | None:
-    """Source and pair-target scores of ``model`` (rank 0; the others get None)."""
-    if rank_world()[0] != 0:
+def _evaluate_row(pc: ExperimentConfig, model: str, resume: bool, echo) -> dict | None:
+    """Source and pair-target scores of the model ``model`` names (rank 0; the others None)."""
+    res = run_stage(with_section(pc, "evaluate", model=model), "evaluate", echo=None, reuse=True)
+    if res is None:
         return None
-    tests = {lang: str(cfg.data_path(lang, "test")) for lang in (cfg.source, cfg.pair_target)}
-    out = cfg.run_dir() / f"evaluate-{model.parent.name}"
-    ecfg = EvaluateConfig(model=str(model), tests=tests, out=str(out), format=cfg.data.format,
-                          source=cfg.source, max_len=cfg.model.max_len,
-                          max_tokens=cfg.evaluate.max_tokens, device=cfg.device)  # fmt: skip
-    res = run_evaluate(ecfg, echo=None)
     if echo:
-        s = res["languages"]
-        echo(f"[{cfg.source}-{cfg.pair_target}] {model.parent.name}: {res['metric']} "
-             f"{cfg.source} {100 * s[cfg.source]['score']:.2f}, {cfg.pair_target} "
-             f"{100 * s[cfg.pair_target]['score']:.2f}")  # fmt: skip
+        s, name = res["languages"], Path(res["model"]).parent.name
+        echo(f"[{pc.source}-{pc.pair_target}] {name}: {res['metric']} {pc.source} "
+             f"{100 * s[pc.source]['score']:.2f}, {pc.pair_target} "
+             f"{100 * s[pc.pair_target]['score']:.2f}")  # fmt: skip
     return res
 
 
@@ -95,15 +64,39 @@ def table_dir(cfg: ExperimentConfig) -> Path:
     return Path(cfg.out) if cfg.out else Path("runs") / (cfg.name or "run")
 
 
-def check_all(cfg: ExperimentConfig, btf: bool = True, selftrain: bool = True) -> None:
-    """Every config problem of every stage ``run_all`` would run, before anything runs (the
-    stages' own checks for models not yet trained are left to the stage)."""
-    from xlt_engine.engine.config import check_files
-
+def plan_all(cfg: ExperimentConfig, btf: bool = True, selftrain: bool = True,
+             direct: bool = True) -> list[tuple[ExperimentConfig, str]]:
+    """The (config, stage) steps ``run_all`` takes, in order: per pair btf, finetune-direct,
+    finetune, selftrain, then the evaluation of each model (``evaluate.model`` set)."""
+    if not btf:
+        cfg = with_section(cfg, "selftrain", base="pretrained", teacher="finetune-direct")
+    steps = []
     for pc in pair_configs(cfg):
-        stages = (["btf"] if btf else []) + ["finetune"] + (["selftrain"] if selftrain else [])
-        for stage in [*stages, "evaluate"]:
-            check_files(pc, stage)
+        models = {}
+        if btf:
+            steps.append((pc, "btf"))
+        if direct or not btf:  # without btf, the direct model is the teacher
+            steps.append((with_section(pc, "finetune", init="pretrained"), "finetune"))
+            models["direct"] = "finetune-direct"
+        if btf:
+            steps.append((with_section(pc, "finetune", init="btf"), "finetune"))
+            models["btf"] = "finetune"
+        if selftrain:
+            steps.append((pc, "selftrain"))
+            models["selftrain"] = "selftrain"
+        steps += [(with_section(pc, "evaluate", model=m), "evaluate") for m in models.values()]
+    return steps
+
+
+def check_all(cfg: ExperimentConfig, btf: bool = True, selftrain: bool = True,
+              direct: bool = True) -> list[tuple[ExperimentConfig, str]]:
+    """Every file problem and every stale stage folder of the whole run, before anything runs;
+    returns the steps (``plan_all``)."""
+    steps = plan_all(cfg, btf, selftrain, direct)
+    for pc, stage in steps:
+        check_files(pc, stage)
+    check_plans([plan_stage(pc, stage) for pc, stage in steps])
+    return steps
 
 
 def run_all(
@@ -122,33 +115,31 @@ def run_all(
     transfer model when btf runs (an ablation variant that does not need it); ``table_name``
     names the two files."""
     distributed.init(cfg.device)
-    check_all(cfg, btf, selftrain)
-    if not btf:
-        cfg = _with(cfg, "selftrain", base="pretrained", teacher="finetune-direct")
+    steps = check_all(cfg, btf, selftrain, direct)
     results: dict = {"metric": None, "source": cfg.source, "targets": {}}
-    for pc in pair_configs(cfg):
-        models = {}
-        if btf:
-            _ensure(pc, "btf", resume, echo, progress)
-        if direct or not btf:  # without btf, the direct model is the teacher
-            models["direct"] = _ensure(_with(pc, "finetune", init="pretrained"), "finetune",
-                                       resume, echo, progress)  # fmt: skip
-        if btf:
-            models["btf"] = _ensure(_with(pc, "finetune", init="btf"), "finetune", resume, echo,
-                                    progress)  # fmt: skip
-        if selftrain:
-            build_stage(pc, "selftrain")  # its config problems before a long run
-            models["selftrain"] = _ensure(pc, "selftrain", resume, echo, progress)
-        row = dict.fromkeys(COLUMNS)
-        row["source"] = dict.fromkeys(COLUMNS)
-        for col, model in models.items():
-            res = _evaluate(pc, model, echo)
-            if res is None:
-                continue
-            results["metric"] = res["metric"]
-            row[col] = res["languages"][pc.pair_target]["score"]
-            row["source"][col] = res["languages"][pc.source]["score"]
-        results["targets"][pc.pair_target] = row
+    column = {"finetune-direct": "direct", "finetune": "btf", "selftrain": "selftrain"}
+    for pc, stage in steps:
+        where = f"[{pc.source}-{pc.pair_target}]"
+        row = results["targets"].setdefault(
+            pc.pair_target, {**dict.fromkeys(COLUMNS), "source": dict.fromkeys(COLUMNS)}
+        )
+        if stage == "evaluate":
+            res = _evaluate_row(pc, pc.evaluate.model, resume, echo)
+            if res is not None:
+                col = column[pc.evaluate.model]
+                results["metric"] = res["metric"]
+                row[col] = res["languages"][pc.pair_target]["score"]
+                row["source"][col] = res["languages"][pc.source]["score"]
+            continue
+        plan = plan_stage(pc, stage)
+        if plan.output.exists():
+            if echo:
+                echo(f"{where} {stage}: {plan.output} exists, same fingerprint, not run again")
+            continue
+        if echo:
+            echo(f"{where} {stage} -> {plan.folder}")
+        run_stage(pc, stage, resume=resume and plan.started(), echo=echo, progress=progress)
+        distributed.barrier()
     if rank_world()[0] == 0:
         folder = table_dir(cfg)
         folder.mkdir(parents=True, exist_ok=True)
@@ -199,7 +190,7 @@ def run_ablate(
         raise ValueError("seeds: give at least one seed")
     root = table_dir(cfg)
     scores: dict[str, dict[str, list[float]]] = {row: {} for row in ABLATION_ROWS}
-    fixed = _with(cfg, "selftrain", threshold="fixed", alpha=fixed_alpha)
+    fixed = with_section(cfg, "selftrain", threshold="fixed", alpha=fixed_alpha)
     voters1 = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, voters=1,
                                                                   voter_widths=()))  # fmt: skip
     for seed in seeds:

@@ -1,0 +1,321 @@
+"""Run folders: where each stage of an experiment writes, what produced it, and whether it may be
+reused, resumed or must run. The one place these rules live.
+
+Layout (``cfg.run_dir()``, one per source-target pair)::
+
+    btf/                     base-model/ (the Base Model), texts/, cache/, checkpoints
+    finetune/                model/ (fine-tuned from the Base Model)         (finetune.init = btf)
+    finetune-direct/         the same from the pretrained model   (finetune.init = pretrained)
+    selftrain/               round-<r>/..., model/ (the final student)      (selftrain.base = btf)
+    selftrain-direct/        the same from the pretrained model
+    evaluate-<model folder>/ results.json, results.md
+
+Ablation variants add ``-voters<M>`` (model.voters != 3) to finetune and selftrain folders and
+``-alpha<A>`` (a fixed threshold) to selftrain folders, so the rows of an ablation share the
+folders whose settings they share (btf always).
+
+**Fingerprints.** Every stage folder holds ``fingerprint.json``, written before the stage does
+any work: the stage's resolved settings (dotted keys, only those the stage reads), the
+fingerprints of the stages it reads (its upstream), and the identity of every input file (size,
+mtime and a sha256 of its first and last MiB, or of the whole file when it is at most 2 MiB; a
+model folder given by path: every file in it). A finished stage is reused only when its recorded
+fingerprint equals the one the current config gives; a started one is resumed only then. Any
+difference stops the run before any work with a ``StaleStageError`` listing each changed key
+with its old and new value: a finished stage's results are never overwritten in place.
+Settings that do not change results (log/save intervals, kept checkpoints, the device, the
+inference batch size) are left out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from xlt_engine.engine.config import ConfigError, ExperimentConfig
+from xlt_engine.engine.loop import latest_checkpoint
+from xlt_engine.fileio import atomic_write_text
+
+FINGERPRINT = "fingerprint.json"
+MIB = 1 << 20
+# keys that change neither a stage's results nor what it reads
+VOLATILE = ("log_every", "save_every", "keep_checkpoints")
+NAMED_MODELS = ("pretrained", "btf", "finetune", "finetune-direct", "selftrain")
+
+
+class StaleStageError(ValueError):
+    """Stage folders made with other settings than the current config's."""
+
+
+def with_section(cfg: ExperimentConfig, section: str, **changes) -> ExperimentConfig:
+    """``cfg`` with fields of one section replaced (e.g. ``finetune``, ``init="pretrained"``)."""
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
+
+
+def _variant(cfg: ExperimentConfig) -> str:
+    return f"-voters{cfg.model.voters}" if cfg.model.voters != 3 else ""
+
+
+def stage_dir(cfg: ExperimentConfig, stage: str) -> Path:
+    """The folder of ``stage`` for this config (see the module docstring)."""
+    run = cfg.run_dir()
+    if stage == "finetune":
+        direct = "-direct" if cfg.finetune.init == "pretrained" else ""
+        return run / f"finetune{direct}{_variant(cfg)}"
+    if stage == "selftrain":
+        s = cfg.selftrain
+        direct = "-direct" if s.base == "pretrained" else ""
+        fixed = f"-alpha{s.alpha:g}" if s.threshold == "fixed" else ""
+        return run / f"selftrain{direct}{_variant(cfg)}{fixed}"
+    if stage == "evaluate":
+        name = cfg.evaluate.model
+        label = stage_dir(*_model_stage(cfg, name)).name if name in NAMED_MODELS[1:] else "model"
+        return run / f"evaluate-{label}"
+    return run / stage
+
+
+def _model_stage(cfg: ExperimentConfig, name: str) -> tuple[ExperimentConfig, str]:
+    """The (config, stage) whose output is the model called ``name``."""
+    if name == "finetune":
+        return with_section(cfg, "finetune", init="btf"), "finetune"
+    if name == "finetune-direct":
+        return with_section(cfg, "finetune", init="pretrained"), "finetune"
+    return cfg, name
+
+
+def output_of(cfg: ExperimentConfig, stage: str) -> Path:
+    """What a finished stage leaves: its model folder, or evaluate's results.json."""
+    name = {"btf": "base-model", "evaluate": "results.json"}.get(stage, "model")
+    return stage_dir(cfg, stage) / name
+
+
+def model_path(cfg: ExperimentConfig, name: str, key: str, must_exist: bool = True) -> Path:
+    """A model named by a stage ("pretrained", "btf", "finetune", "finetune-direct",
+    "selftrain") or a folder; ``key`` is the config key that named it (for errors)."""
+    if name == "pretrained":
+        path = Path(cfg.model.path)
+    elif name in NAMED_MODELS:
+        path = output_of(*_model_stage(cfg, name))
+    else:
+        path = Path(name)
+    if must_exist and not path.is_dir():
+        hint = f" (run the {name.split('-')[0]} stage first)" if name in NAMED_MODELS else ""
+        raise ConfigError(cfg.name or "config", [f"{key}: {path}: no such folder{hint}"])
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# fingerprints
+
+
+def file_identity(path: Path) -> dict:
+    """Size, mtime and a sha256 of the first and last MiB (the whole file up to 2 MiB)."""
+    st = path.stat()
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if st.st_size <= 2 * MIB:
+            h.update(f.read())
+        else:
+            h.update(f.read(MIB))
+            f.seek(-MIB, 2)
+            h.update(f.read(MIB))
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
+
+
+def input_identity(path: Path) -> dict:
+    """A file's identity, or for a folder the identity of every file directly in it."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file())
+        return {"path": str(path), "files": {p.name: file_identity(p) for p in files}}
+    return {"path": str(path), **file_identity(path)}
+
+
+def _flat(prefix: str, value, out: dict) -> dict:
+    if dataclasses.is_dataclass(value):
+        for f in dataclasses.fields(value):
+            if f.name not in VOLATILE:
+                _flat(f"{prefix}.{f.name}", getattr(value, f.name), out)
+    else:
+        out[prefix] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+@dataclass
+class StagePlan:
+    """One stage of an experiment: its folder, settings, inputs and upstream stages."""
+
+    cfg: ExperimentConfig
+    stage: str
+    settings: dict
+    inputs: dict[str, Path]
+    upstream: dict[str, StagePlan] = field(default_factory=dict)
+    _fingerprint: dict | None = None
+
+    @property
+    def folder(self) -> Path:
+        return stage_dir(self.cfg, self.stage)
+
+    @property
+    def output(self) -> Path:
+        return output_of(self.cfg, self.stage)
+
+    def fingerprint(self) -> dict:
+        if self._fingerprint is None:
+            body = {
+                "stage": self.stage,
+                "settings": self.settings,
+                "inputs": {k: input_identity(p) for k, p in sorted(self.inputs.items())},
+                "upstream": {k: u.fingerprint()["digest"] for k, u in sorted(self.upstream.items())},
+            }
+            canon = json.dumps(body, sort_keys=True, default=str).encode()
+            self._fingerprint = {**body, "digest": hashlib.sha256(canon).hexdigest()}
+        return self._fingerprint
+
+    def recorded(self) -> dict | None:
+        path = self.folder / FINGERPRINT
+        if not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise StaleStageError(f"{path}: unreadable ({err}); move the folder away") from None
+
+    def started(self) -> bool:
+        """Work of an earlier run is in the folder (a loop checkpoint, selftrain rounds)."""
+        folder = self.folder
+        if self.stage == "selftrain":
+            return (folder / "selftrain.jsonl").exists() or any(folder.glob("round-*"))
+        return latest_checkpoint(folder) is not None
+
+    def differences(self) -> list[str]:
+        """What changed since the folder's fingerprint was written ([] when it matches or the
+        folder holds no work)."""
+        old = self.recorded()
+        if old is None:
+            has_work = self.output.exists() or (self.folder.is_dir() and self.started())
+            return ["no fingerprint.json (made by an older xlt-engine)"] if has_work else []
+        new = self.fingerprint()
+        if old.get("digest") == new["digest"]:
+            return []
+        return _diff(old, new)
+
+    def begin(self) -> None:
+        """Record the fingerprint (rank 0, before the stage's first write)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if self.recorded() is None:
+            text = json.dumps(self.fingerprint(), indent=2, default=str) + "\n"
+            atomic_write_text(self.folder / FINGERPRINT, text)
+
+
+def _diff(old: dict, new: dict) -> list[str]:
+    out = []
+    for part, label in (("settings", ""), ("upstream", "upstream "), ("inputs", "input ")):
+        a, b = old.get(part, {}), new.get(part, {})
+        for key in sorted(set(a) | set(b)):
+            x, y = a.get(key, "(absent)"), b.get(key, "(absent)")
+            if x == y:
+                continue
+            if part == "inputs" and isinstance(x, dict) and isinstance(y, dict):
+                out.append(f"{label}{key}: {_describe_file_change(x, y)}")
+            elif part == "upstream":
+                out.append(f"{label}{key}: fingerprint {str(x)[:12]} -> {str(y)[:12]}")
+            else:
+                out.append(f"{label}{key}: {x!r} -> {y!r}")
+    return out or ["the fingerprint differs"]
+
+
+def _describe_file_change(x: dict, y: dict) -> str:
+    if x.get("path") != y.get("path"):
+        return f"{x.get('path')} -> {y.get('path')}"
+    if "files" in x or "files" in y:
+        fx, fy = x.get("files", {}), y.get("files", {})
+        changed = sorted(n for n in set(fx) | set(fy) if fx.get(n) != fy.get(n))
+        return f"{y['path']}: files changed: {', '.join(changed)}"
+    what = [k for k in ("size", "mtime_ns", "sha256") if x.get(k) != y.get(k)]
+    sizes = f" (size {x.get('size')} -> {y.get('size')})" if "size" in what else ""
+    return f"{y['path']}: {', '.join(what)} changed{sizes}"
+
+
+def check_plans(plans: list[StagePlan]) -> None:
+    """Every planned stage whose folder was made with other settings, in one error."""
+    problems = []
+    seen = set()
+    for plan in plans:
+        if plan.folder in seen:
+            continue
+        seen.add(plan.folder)
+        diff = plan.differences()
+        if diff:
+            problems.append(f"{plan.folder} was made with other settings:\n    " + "\n    ".join(diff))
+    if problems:
+        raise StaleStageError(
+            "\n".join(problems) + "\nIts results are kept as they are. To proceed: run into another "
+            "folder (--out), or move that folder away to compute it again with the current "
+            "settings, or restore the settings it was made with."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# what each stage reads
+
+
+def text_roles(cfg: ExperimentConfig) -> dict[str, str]:
+    """btf's text per language: ``text`` when given, else the source's ``train`` and the
+    target's ``unlabeled`` (or ``train``) file."""
+    out = {}
+    for lang, roles in ((cfg.source, ("text", "train")), (cfg.pair_target, ("text", "unlabeled", "train"))):
+        out[lang] = next(r for r in roles if getattr(cfg.languages[lang], r))
+    return out
+
+
+def unlabeled_role(cfg: ExperimentConfig) -> str:
+    return next(r for r in ("unlabeled", "train") if getattr(cfg.languages[cfg.pair_target], r))
+
+
+def _model_input(cfg: ExperimentConfig, name: str, key: str, plan: StagePlan) -> None:
+    """A model the stage reads: a planned stage (upstream) or a folder (input)."""
+    if name in NAMED_MODELS[1:]:
+        plan.upstream[key] = plan_stage(*_model_stage(cfg, name))
+    else:
+        plan.inputs[key] = model_path(cfg, name, key, must_exist=False)
+
+
+def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
+    """The stage's settings, inputs and upstream stages (nothing is read but file headers)."""
+    common = {"task": cfg.task, "data.format": cfg.data.format, "seed": cfg.seed,
+              "model.max_len": cfg.model.max_len}  # fmt: skip
+    head = {k: v for k, v in _flat("model", cfg.model, {}).items() if k not in ("model.path", "model.max_len")}
+    src, tgt = cfg.source, cfg.pair_target
+    if stage == "btf":
+        plan = StagePlan(cfg, stage, {**common, **_flat("btf", cfg.btf, {})}, {})
+        plan.inputs["model.path"] = Path(cfg.model.path)
+        for lang, role in text_roles(cfg).items():
+            plan.inputs[f"languages.{lang}.{role}"] = cfg.data_path(lang, role)
+    elif stage == "finetune":
+        settings = _flat("finetune", cfg.finetune, {})
+        settings.pop("finetune.init")
+        plan = StagePlan(cfg, stage, {**common, **head, **settings}, {})
+        _model_input(cfg, cfg.finetune.init, "finetune.init", plan)
+        for role in ("train", "dev"):
+            if getattr(cfg.languages[src], role):
+                plan.inputs[f"languages.{src}.{role}"] = cfg.data_path(src, role)
+    elif stage == "selftrain":
+        settings = _flat("selftrain", cfg.selftrain, {})
+        for key in ("selftrain.base", "selftrain.teacher"):
+            settings.pop(key)
+        plan = StagePlan(cfg, stage, {**common, **head, **settings}, {})
+        _model_input(cfg, cfg.selftrain.base, "selftrain.base", plan)
+        _model_input(cfg, cfg.selftrain.teacher, "selftrain.teacher", plan)
+        plan.inputs[f"languages.{src}.train"] = cfg.data_path(src, "train")
+        role = unlabeled_role(cfg)
+        plan.inputs[f"languages.{tgt}.{role}"] = cfg.data_path(tgt, role)
+    elif stage == "evaluate":
+        plan = StagePlan(cfg, stage, common, {})
+        _model_input(cfg, cfg.evaluate.model, "evaluate.model", plan)
+        for lang in (src, *cfg.targets):
+            plan.inputs[f"languages.{lang}.test"] = cfg.data_path(lang, "test")
+    else:
+        raise ValueError(f"stage {stage!r} has no run folder")
+    return plan

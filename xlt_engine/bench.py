@@ -22,14 +22,11 @@ On a CPU-only machine only the torch providers run, at reduced sizes, and the ta
 from __future__ import annotations
 
 import csv
-import datetime
 import io
 import json
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -40,7 +37,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from xlt_engine import __version__
 from xlt_engine.fileio import atomic_write_text
 from xlt_engine.kernels import (
     fused_mlm_loss,
@@ -52,6 +48,7 @@ from xlt_engine.kernels import (
     voter_filter,
     voter_filter_ref,
 )
+from xlt_engine.provenance import environment, version
 
 OPS = ("mlm", "mse", "voters", "threshold")
 PROVIDERS = ("triton", "torch", "compile", "hf", "liger")
@@ -356,26 +353,6 @@ def _size(n: int) -> str:
     return f"{n >> 10}K" if n % 1024 == 0 else str(n)
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
-def _git_sha() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def run(
     ops=OPS,
     providers=None,
@@ -416,14 +393,8 @@ def run(
             torch.cuda.empty_cache()
     record = {
         "what": "kernels",
-        "device": device_name(dev),
-        "date": datetime.date.today().isoformat(),
-        "xlt_engine": __version__,
-        "git_sha": _git_sha(),
-        "torch": torch.__version__,
-        "triton": _version("triton"),
-        "liger_kernel": _version("liger_kernel"),
-        "python": platform.python_version(),
+        **environment(dev),
+        "liger_kernel": version("liger_kernel"),
         "dtype": str(dtype).replace("torch.", ""),
         "reduced_sizes": not on_gpu,
         "command": " ".join(shlex.quote(a) for a in sys.argv),
@@ -438,15 +409,6 @@ def run(
         record["files"] = [str(p) for p in save(record, Path(out_dir))]
         echo("wrote " + ", ".join(record["files"]))
     return record
-
-
-def _version(name: str) -> str | None:
-    try:
-        from importlib.metadata import version
-
-        return version(name.replace("_", "-"))
-    except Exception:
-        return None
 
 
 def format_table(record: dict) -> str:

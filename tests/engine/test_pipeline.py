@@ -13,8 +13,8 @@ from tests.engine.conftest import conll_slice
 from xlt_engine.cli import main
 from xlt_engine.data import read_conll
 from xlt_engine.engine.config import load_config
-from xlt_engine.engine.runs import stage_dir
 from xlt_engine.engine.pipeline import ablation_table, all_table
+from xlt_engine.engine.runs import stage_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 

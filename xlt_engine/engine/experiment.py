@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import platform
-import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
-import xlt_engine
+from xlt_engine import provenance
 from xlt_engine.engine import distributed
 from xlt_engine.engine.btf import BtfConfig, run_btf
 from xlt_engine.engine.config import ConfigError, ExperimentConfig, check_files, to_dict
-from xlt_engine.engine.distributed import rank_world
+from xlt_engine.engine.distributed import rank_world, resolve_device
 from xlt_engine.engine.evaluate import EvaluateConfig, PredictConfig, run_evaluate, run_predict
 from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
 from xlt_engine.engine.runs import (
@@ -37,22 +33,6 @@ from xlt_engine.engine.tasks import read_task_file
 from xlt_engine.fileio import atomic_write_text
 
 
-def git_sha() -> str:
-    """The commit of the source tree the package runs from ("+dirty" if modified), or
-    "unknown" outside a git checkout."""
-    root = Path(xlt_engine.__file__).resolve().parents[1]
-    if not (root / ".git").exists():
-        return "unknown"
-    try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return sha + ("+dirty" if dirty else "")
-
-
 def write_run_info(folder: Path, cfg: ExperimentConfig, stage: str, stage_cfg) -> None:
     if rank_world()[0] != 0:
         return
@@ -60,16 +40,8 @@ def write_run_info(folder: Path, cfg: ExperimentConfig, stage: str, stage_cfg) -
     resolved = {"experiment": to_dict(cfg), "stage": stage,
                 "stage_config": dataclasses.asdict(stage_cfg)}  # fmt: skip
     atomic_write_text(folder / "config.json", json.dumps(resolved, indent=2) + "\n")
-    info = {
-        "version": xlt_engine.__version__,
-        "git_sha": git_sha(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cuda": torch.version.cuda,
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "argv": sys.argv,
-        "world_size": rank_world()[1],
-    }
+    env = provenance.environment(resolve_device(cfg.device))
+    info = {"version": env.pop("xlt_engine"), **env, "argv": sys.argv, "world_size": rank_world()[1]}
     atomic_write_text(folder / "run.json", json.dumps(info, indent=2) + "\n")
 
 

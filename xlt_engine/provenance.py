@@ -1,0 +1,63 @@
+"""Where a result came from: the source tree's git commit, package versions and the device.
+Every record the engine writes (a run folder's ``run.json``, a benchmark result) takes its
+provenance fields from here."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+import xlt_engine
+
+
+def git_sha() -> str:
+    """The commit of the source tree the package runs from ("+dirty" if modified), or
+    "unknown" outside a git checkout."""
+    root = Path(xlt_engine.__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return "unknown"
+    git = ["git", "-C", str(root)]
+    try:
+        sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("+dirty" if dirty else "")
+
+
+def version(name: str) -> str | None:
+    """An installed distribution's version (None when it is not installed)."""
+    try:
+        return metadata.version(name.replace("_", "-"))
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def environment(device: torch.device) -> dict:
+    """The common head of a result record: date, device, threads, versions, git commit."""
+    return {
+        "date": datetime.date.today().isoformat(),
+        "device": device_name(device),
+        "threads": torch.get_num_threads(),
+        "xlt_engine": xlt_engine.__version__,
+        "git_sha": git_sha(),
+        "torch": torch.__version__,
+        "triton": version("triton"),
+        "transformers": version("transformers"),
+        "python": platform.python_version(),
+        "cuda": torch.version.cuda,
+    }

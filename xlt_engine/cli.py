@@ -231,26 +231,25 @@ def corpus(sources, target_text, entity_map, out, max_per_entity, min_length, to
     click.echo(f"wrote {out} in {seconds:.1f} s ({rate:,.0f} lines/s)")
 
 
-def _ablation_overrides(no_btf: bool, fixed_threshold, voters) -> list[str]:
-    """The switches of the paper's ablation rows as config overrides."""
-    sets = []
-    if no_btf:
-        sets += ["finetune.init=pretrained", "selftrain.base=pretrained",
-                 "selftrain.teacher=finetune-direct"]  # fmt: skip
-    if fixed_threshold is not None:
-        sets += ["selftrain.threshold=fixed", f"selftrain.alpha={fixed_threshold!r}"]
-    if voters is not None:
-        sets += [f"model.voters={voters}", "model.voter_widths=[]"]
-    return sets
-
-
-def _experiment(config_path, overrides, out):
+def _experiment(config_path, overrides, out, no_btf=False, fixed_threshold=None, voters=None):
+    """The config tree from the file and ``--set``, then the CLI's switches set on its fields
+    (the ablation rows: -BTF, -AT, -VM)."""
     import dataclasses
 
     from xlt_engine.engine.config import load_config
+    from xlt_engine.engine.runs import with_section
 
     cfg = load_config(config_path, overrides)
-    return dataclasses.replace(cfg, out=str(out)) if out is not None else cfg
+    if out is not None:
+        cfg = dataclasses.replace(cfg, out=str(out))
+    if no_btf:
+        cfg = with_section(cfg, "finetune", init="pretrained")
+        cfg = with_section(cfg, "selftrain", base="pretrained", teacher="finetune-direct")
+    if fixed_threshold is not None:
+        cfg = with_section(cfg, "selftrain", threshold="fixed", alpha=fixed_threshold)
+    if voters is not None:
+        cfg = with_section(cfg, "model", voters=voters, voter_widths=())
+    return cfg
 
 
 def _run_guarded(fn) -> None:
@@ -312,14 +311,13 @@ def run(stage, config_path, overrides, out, resume, no_btf, no_selftrain, fixed_
 
     if no_selftrain and stage != "all":
         _fail(ValueError("--no-selftrain goes with --stage all"))
-    sets = list(overrides) + _ablation_overrides(no_btf, fixed_threshold, voters)
     echo = click.echo if os.environ.get("RANK", "0") == "0" else None
 
     def go():
         from xlt_engine.engine.experiment import run_stage
         from xlt_engine.engine.pipeline import run_all
 
-        cfg = _experiment(config_path, sets, out)
+        cfg = _experiment(config_path, overrides, out, no_btf, fixed_threshold, voters)
         if stage == "all":
             run_all(cfg, btf=not no_btf, selftrain=not no_selftrain, resume=resume, echo=echo,
                     progress=progress)  # fmt: skip

@@ -1,6 +1,7 @@
 """The training loop through the btf stage: loss goes down, kill/resume is bit-exact, SIGTERM
 writes a checkpoint, freezing holds, the Base Model loads in transformers."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -83,7 +84,7 @@ import sys
 from tests.engine.test_btf import config
 from xlt_engine.engine.btf import run_btf
 setup = (__import__("pathlib").Path(sys.argv[1]), tuple(sys.argv[2:4]))
-run_btf(config(setup, sys.argv[4]), echo=None, _kill_at_step=int(sys.argv[5]))
+run_btf(config(setup, sys.argv[4]), echo=None)
 """
 
 
@@ -92,8 +93,8 @@ def test_sigkill_then_resume_is_bit_exact(setup, tmp_path, kill_at):
     tmp, texts = setup
     run_btf(config(setup, tmp_path / "full"), echo=None)
     proc = subprocess.run(
-        [sys.executable, "-c", KILL, str(tmp), *texts, str(tmp_path / "cut"), str(kill_at)],
-        cwd=ROOT, capture_output=True, text=True,
+        [sys.executable, "-c", KILL, str(tmp), *texts, str(tmp_path / "cut")],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "XLT_KILL_AT": str(kill_at)},
     )  # fmt: skip
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     ckpt = latest_checkpoint(tmp_path / "cut")

@@ -2,6 +2,7 @@
 a tiny random model: losses go down, outputs are what the stages promise, kill/resume is exact."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -136,7 +137,7 @@ from tests.engine.test_finetune import ner_config
 from xlt_engine.engine.finetune import run_finetune
 conll = {"eng.train": Path(sys.argv[2]), "eng.dev": Path(sys.argv[3])}
 run_finetune(ner_config(Path(sys.argv[1]), conll, sys.argv[4], max_steps=12, save_every=4),
-             echo=None, _kill_at_step=int(sys.argv[5]))
+             echo=None)
 """
 
 
@@ -145,7 +146,8 @@ def test_finetune_sigkill_then_resume_is_bit_exact(tiny, conll, tmp_path):
     run_finetune(cfg, echo=None)
     proc = subprocess.run(
         [sys.executable, "-c", KILL, str(tiny), str(conll["eng.train"]), str(conll["eng.dev"]),
-         str(tmp_path / "cut"), "10"], cwd=ROOT, capture_output=True, text=True,
+         str(tmp_path / "cut")], cwd=ROOT, capture_output=True, text=True,
+        env={**os.environ, "XLT_KILL_AT": "10"},
     )  # fmt: skip
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert latest_checkpoint(tmp_path / "cut").name == "ckpt-00000008"

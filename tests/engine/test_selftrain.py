@@ -9,6 +9,7 @@ real CoNLL slices predicts O for every word at any affordable step count, which 
 of these checks vacuously; the real-data run of the whole pipeline is in test_pipeline.py.)"""
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -276,8 +277,7 @@ from tests.engine.test_selftrain import st_config
 from xlt_engine.engine.selftrain import run_selftrain
 from pathlib import Path
 data = {"src": sys.argv[3], "tgt": sys.argv[4]}
-run_selftrain(st_config(sys.argv[1], sys.argv[2], data, sys.argv[5]), echo=None,
-              _kill_at=(int(sys.argv[6]), sys.argv[7], int(sys.argv[8])))
+run_selftrain(st_config(sys.argv[1], sys.argv[2], data, sys.argv[5]), echo=None)
 """
 
 
@@ -288,8 +288,8 @@ def test_sigkill_mid_round_then_resume_gives_the_same_student(
     cut = tmp_path / "cut"
     proc = subprocess.run(
         [sys.executable, "-c", KILL, str(base), str(teacher), str(data["src"]),
-         str(data["tgt"]), str(cut), "2", "soft", "150"],
-        cwd=ROOT, capture_output=True, text=True,
+         str(data["tgt"]), str(cut)],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "XLT_KILL_AT": "round-2/soft:150"},
     )  # fmt: skip
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert (cut / "round-1" / "hard" / "model").is_dir()  # round 1 finished ...

@@ -120,7 +120,7 @@ class MlmObjective(nn.Module):
 
 
 def run_btf(
-    cfg: BtfConfig, resume: bool = False, echo=print, progress=None, _kill_at_step=None
+    cfg: BtfConfig, resume: bool = False, echo=print, progress=None
 ) -> TrainResult:
     out = Path(cfg.out)
     device = distributed.init(cfg.device)
@@ -161,7 +161,6 @@ def run_btf(
     result = train(
         prepare(MlmObjective(model), train_cfg, device, frozen_patterns), loss_fn, data, train_cfg, out,
         save_model=save, load_model=load, resume=resume, echo=echo, progress=progress,
-        _kill_at_step=_kill_at_step,
     )  # fmt: skip
     if rank == 0:
         save_pretrained(model, out / "base-model", tok)

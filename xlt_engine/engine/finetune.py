@@ -81,7 +81,7 @@ class FinetuneResult:
 
 
 def run_finetune(
-    cfg: FinetuneConfig, resume: bool = False, echo=print, progress=None, _kill_at_step=None
+    cfg: FinetuneConfig, resume: bool = False, echo=print, progress=None
 ) -> FinetuneResult:
     out = Path(cfg.out)
     device = distributed.init(cfg.device)
@@ -129,7 +129,7 @@ def run_finetune(
     result = train(
         prepare(model, cfg.train, device), loss_fn, data, cfg.train.with_steps(data.num_batches(0)),
         out, save_model=save, load_model=load, resume=resume, evaluate=evaluate, echo=echo,
-        progress=progress, _kill_at_step=_kill_at_step,
+        progress=progress,
     )  # fmt: skip
     dev = None
     if rank == 0:

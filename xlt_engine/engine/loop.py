@@ -229,6 +229,22 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return folder
 
 
+def fault_kill_step(run_dir: Path) -> int | None:
+    """Fault injection for the kill-and-resume tests: ``XLT_KILL_AT="[FOLDER:]STEP"`` makes
+    ``train`` SIGKILL its own process right after optimizer step STEP, in a run folder whose
+    path ends with FOLDER (any folder when it is left out), e.g. ``round-2/soft:150``."""
+    spec = os.environ.get("XLT_KILL_AT", "")
+    if not spec:
+        return None
+    folder, _, step = spec.rpartition(":")
+    if folder and not run_dir.as_posix().endswith(folder):
+        return None
+    try:
+        return int(step)
+    except ValueError:
+        raise ValueError(f"XLT_KILL_AT={spec!r}: expected [FOLDER:]STEP") from None
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
@@ -246,7 +262,6 @@ def train(
     evaluate: Callable[[nn.Module], dict] | None = None,
     echo: Callable[[str], None] | None = print,
     progress: bool | None = None,
-    _kill_at_step: int | None = None,
 ) -> TrainResult:
     """Train ``model`` in place (see the module docstring). ``save_model(model, folder)`` and
     ``load_model(model, folder)`` write and read the weights of a checkpoint. ``progress``: a
@@ -255,6 +270,7 @@ def train(
     if cfg.max_steps < 1:
         raise ValueError("TrainConfig.max_steps is 0: resolve epochs first (cfg.with_steps)")
     run_dir = Path(run_dir)
+    kill_at = fault_kill_step(run_dir)
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
@@ -408,8 +424,8 @@ def train(
             opt.zero_grad(set_to_none=True)
             step += 1
             steps_since_log += 1
-            if _kill_at_step is not None and step == _kill_at_step:
-                os.kill(os.getpid(), signal.SIGKILL)  # test hook: die without any clean-up
+            if step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)  # fault injection: die without clean-up
             if bar is not None:
                 bar.update(1)
 

@@ -256,10 +256,9 @@ def _distribution(labels: np.ndarray, names: list[str]) -> dict[str, int]:
 
 
 def run_selftrain(
-    cfg: SelftrainConfig, resume: bool = False, echo=print, progress=None, _kill_at=None
+    cfg: SelftrainConfig, resume: bool = False, echo=print, progress=None
 ) -> SelftrainResult:
-    """Run (or, with ``resume``, continue) self-training; ``_kill_at``: a test hook
-    ``(round, "soft" | "hard", step)`` that SIGKILLs the process at that loop step."""
+    """Run (or, with ``resume``, continue) self-training."""
     out = Path(cfg.out)
     device = distributed.init(cfg.device)
     rank, world = rank_world()
@@ -316,16 +315,13 @@ def run_selftrain(
         m.load_state_dict(load_task_model(folder, device=device).state_dict())
 
     def run_loop(model, loss_fn, data, train_cfg, folder, which, r):
-        kill = None
-        if _kill_at is not None and _kill_at[:2] == (r, which):
-            kill = _kill_at[2]
         go_on = latest_checkpoint(folder) is not None
         t0 = time.perf_counter()
         result = train(
             prepare(model, train_cfg, device), loss_fn, data,
             train_cfg.with_steps(data.num_batches(0)), folder, save_model=save_model,
             load_model=load_model, resume=go_on, echo=echo if main else None,
-            progress=progress, _kill_at_step=kill,
+            progress=progress,
         )  # fmt: skip
         if main:
             save_task_model(model, folder / "model", tok)

@@ -216,3 +216,17 @@ def test_config_from_dict_reports_all_problems_at_once():
     assert "source: expected str, got 1" in got and "targets: expected a list, got 'esp'" in got
     assert "model: path: give the pretrained model folder (model.path)" in got
     assert len(got) == 3 and str(info.value).startswith("inline: 3 problems:")
+
+
+def test_choices_are_checked_once_for_toml_and_library_callers(tmp_path):
+    from xlt_engine.engine.config import SelftrainSection, SelftrainSettings
+
+    with pytest.raises(ConfigError, match="selftrain: threshold must be one of curvature, "
+                       "max_second_difference, fixed, got 'curvy'"):  # fmt: skip
+        load_config(CONLL, ["selftrain.threshold=curvy"])
+    with pytest.raises(ConfigError, match="selftrain: filter_unit must be one of word, sequence"):
+        load_config(CONLL, ["selftrain.filter_unit=token"])
+    for cls in (SelftrainSettings, SelftrainSection):  # the section is the settings' subclass
+        with pytest.raises(ValueError, match="threshold = 'fixed' needs alpha"):
+            cls(threshold="fixed")
+    assert SelftrainSection().steps == [(1, "soft"), (1, "hard"), (2, "soft")]

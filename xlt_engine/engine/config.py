@@ -14,10 +14,12 @@ Relative data paths (``languages.<lang>.*``) are read against ``data.root``; ``d
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import tomllib
 
@@ -104,38 +106,65 @@ class FinetuneSection:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
+Threshold = Literal["curvature", "max_second_difference", "fixed"]
+FilterUnit = Literal["word", "sequence"]
+
+
+def check_choices(obj) -> None:
+    """Every ``Literal``-typed field of a config dataclass holds one of its choices."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        tp = hints[f.name]
+        if typing.get_origin(tp) is Literal and getattr(obj, f.name) not in typing.get_args(tp):
+            choices = ", ".join(map(str, typing.get_args(tp)))
+            raise ValueError(f"{f.name} must be one of {choices}, got {getattr(obj, f.name)!r}")
+
+
 @dataclass(frozen=True)
-class SelftrainSection:
-    base: str = "btf"  # the students' start: "btf" (the Base Model), "pretrained" or a folder
-    teacher: str = "finetune"  # round 1's teacher: "finetune", "finetune-direct" or a folder
+class SelftrainSettings:
+    """The self-training method's settings: the ``[selftrain]`` section and the library's
+    ``SelftrainConfig`` both are these (defaults and checks written here only)."""
+
     rounds: float = 1.5  # N; a trailing .5 ends with a soft step
     batch_size: int = 32
     max_tokens: int | None = None
     soft: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=3e-5))
     hard: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=1e-6))
-    threshold: str = "curvature"  # curvature | max_second_difference | fixed
+    threshold: Threshold = "curvature"
     alpha: float | None = None  # with threshold = "fixed" (the "-AT" ablation)
     grid: tuple[float, ...] = ()  # () : 0.50..0.99 by 0.01, then 0.995 and 0.999
-    filter_unit: str = "word"  # word | sequence
+    filter_unit: FilterUnit = "word"
     source_filter: bool = True
     max_unlabeled: int | None = None  # down-sample the unlabeled target data (CLS: 10000)
 
     def __post_init__(self):
+        check_choices(self)
         if not (self.rounds >= 0.5 and 2 * self.rounds == int(2 * self.rounds)):
             raise ValueError(f"rounds must be a positive multiple of 0.5, got {self.rounds}")
-        if self.threshold not in ("curvature", "max_second_difference", "fixed"):
-            raise ValueError("threshold must be curvature, max_second_difference or fixed, got "
-                             f"{self.threshold!r}")  # fmt: skip
         if self.threshold == "fixed" and (self.alpha is None or not 0 <= self.alpha < 1):
             raise ValueError(f"threshold = 'fixed' needs alpha in [0, 1), got {self.alpha!r}")
         if self.threshold != "fixed" and self.alpha is not None:
             raise ValueError(f"alpha = {self.alpha} is read only with threshold = 'fixed'")
-        if self.filter_unit not in ("word", "sequence"):
-            raise ValueError(f"filter_unit must be word or sequence, got {self.filter_unit!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_unlabeled is not None and self.max_unlabeled < 1:
             raise ValueError(f"max_unlabeled must be >= 1, got {self.max_unlabeled}")
+
+    @property
+    def steps(self) -> list[tuple[int, str]]:
+        """(round, "soft" | "hard") in order: N = 1.5 -> (1, soft), (1, hard), (2, soft)."""
+        out = []
+        for r in range(1, math.ceil(self.rounds) + 1):
+            out.append((r, "soft"))
+            if r <= self.rounds:
+                out.append((r, "hard"))
+        return out
+
+
+@dataclass(frozen=True)
+class SelftrainSection(SelftrainSettings):
+    base: str = "btf"  # the students' start: "btf" (the Base Model), "pretrained" or a folder
+    teacher: str = "finetune"  # round 1's teacher: "finetune", "finetune-direct" or a folder
 
 
 @dataclass(frozen=True)
@@ -225,6 +254,8 @@ def _convert(tp, value, key: str, problems: list[str]):
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         return _convert(inner[0], value, key, problems)
+    if origin is Literal:  # its choices are checked by the section (check_choices)
+        return _convert(type(args[0]), value, key, problems)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             problems.append(f"{key}: expected a table, got {value!r}")

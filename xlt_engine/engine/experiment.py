@@ -16,7 +16,13 @@ from pathlib import Path
 from xlt_engine import provenance
 from xlt_engine.engine import distributed
 from xlt_engine.engine.btf import BtfConfig, run_btf
-from xlt_engine.engine.config import ConfigError, ExperimentConfig, check_files, to_dict
+from xlt_engine.engine.config import (
+    ConfigError,
+    ExperimentConfig,
+    SelftrainSettings,
+    check_files,
+    to_dict,
+)
 from xlt_engine.engine.distributed import rank_world, resolve_device
 from xlt_engine.engine.evaluate import EvaluateConfig, PredictConfig, run_evaluate, run_predict
 from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
@@ -110,18 +116,17 @@ def build_selftrain(cfg: ExperimentConfig) -> SelftrainConfig:
     s = cfg.selftrain
     tgt = cfg.pair_target
     role = unlabeled_role(cfg)
+    settings = {f.name: getattr(s, f.name) for f in dataclasses.fields(SelftrainSettings)}
+    settings["soft"] = dataclasses.replace(s.soft, seed=cfg.seed)  # one seed for every stage
+    settings["hard"] = dataclasses.replace(s.hard, seed=cfg.seed)
     return SelftrainConfig(
-        base_model=str(model_path(cfg, s.base, "selftrain.base")),
+        **settings, base_model=str(model_path(cfg, s.base, "selftrain.base")),
         teacher=str(model_path(cfg, s.teacher, "selftrain.teacher")),
         source_file=str(cfg.data_path(cfg.source, "train")),
         unlabeled_file=str(cfg.data_path(tgt, role)), out=str(stage_dir(cfg, "selftrain")),
-        format=cfg.data.format, rounds=s.rounds, max_len=cfg.model.max_len,
-        num_voters=cfg.model.voters, voter_widths=cfg.model.voter_widths or None,
-        voter_dropout=cfg.model.voter_dropout, batch_size=s.batch_size, max_tokens=s.max_tokens,
-        soft=dataclasses.replace(s.soft, seed=cfg.seed),
-        hard=dataclasses.replace(s.hard, seed=cfg.seed), threshold=s.threshold, alpha=s.alpha,
-        grid=s.grid or None, filter_unit=s.filter_unit, source_filter=s.source_filter,
-        max_unlabeled=s.max_unlabeled, device=cfg.device,
+        format=cfg.data.format, max_len=cfg.model.max_len, num_voters=cfg.model.voters,
+        voter_widths=cfg.model.voter_widths or None, voter_dropout=cfg.model.voter_dropout,
+        device=cfg.device,
     )  # fmt: skip
 
 

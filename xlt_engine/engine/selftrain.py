@@ -47,10 +47,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +60,10 @@ from torch import nn
 from xlt_engine.data.align import IGNORE
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
+from xlt_engine.engine.config import SelftrainSettings
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.evaluate import _check_model
-from xlt_engine.engine.loop import TrainConfig, latest_checkpoint, prepare, resolve_precision, train
+from xlt_engine.engine.loop import latest_checkpoint, prepare, resolve_precision, train
 from xlt_engine.engine.tasks import (
     Encoded,
     TaskBatches,
@@ -74,45 +74,37 @@ from xlt_engine.engine.tasks import (
     task_kind,
     voters_loss,
 )
-from xlt_engine.engine.threshold import METHODS, select_threshold
+from xlt_engine.engine.threshold import select_threshold
 from xlt_engine.fileio import atomic_write_bytes, atomic_write_text
 from xlt_engine.kernels import soft_label_mse, voter_filter
 from xlt_engine.model.checkpoint import load_encoder
 from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import load_task_model, new_task_model, save_task_model
 
-FILTER_UNITS = ("word", "sequence")
 TEACHER_FILE = "teacher-probs.safetensors"
 FILTER_FILE = "filter.safetensors"
 
 
-@dataclass(frozen=True)
-class SelftrainConfig:
+@dataclass(frozen=True, kw_only=True)
+class SelftrainConfig(SelftrainSettings):
+    """The method's settings (``SelftrainSettings``: rounds, steps, threshold, filters) plus
+    what this run reads and where it writes."""
+
     base_model: str  # the Base Model (btf's base-model, or mBERT): every student starts from it
     teacher: str  # the fine-tuned task model: round 1's teacher
     source_file: str  # D_src: labeled source-language data
     unlabeled_file: str  # U_tgt: target-language data (labels, if any, are never read)
     out: str
     format: str = "conll"
-    rounds: float = 1.5  # N; a trailing .5 ends with a soft step
     max_len: int = 128
     num_voters: int | None = None  # the student's voters; None: as the teacher's
     voter_widths: tuple[int, ...] | None = None
     voter_dropout: float | None = None
-    batch_size: int = 32
-    max_tokens: int | None = None
     eval_max_tokens: int = 16384  # padded tokens per inference batch
-    soft: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=3e-5))
-    hard: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=1e-6))
-    threshold: str = "curvature"  # curvature | max_second_difference | fixed
-    alpha: float | None = None  # the fixed threshold (threshold = "fixed")
-    grid: tuple[float, ...] | None = None  # None: 0.50..0.99 by 0.01, 0.995, 0.999
-    filter_unit: str = "word"  # word | sequence
-    source_filter: bool = True
-    max_unlabeled: int | None = None  # down-sample U_tgt to this many examples (seeded)
     device: str = "auto"
 
     def __post_init__(self):
+        super().__post_init__()
         task_kind(self.format)
         for name in ("source_file", "unlabeled_file"):
             if not Path(getattr(self, name)).is_file():
@@ -120,32 +112,10 @@ class SelftrainConfig:
         if not Path(self.base_model).is_dir():
             raise ValueError(f"base_model: {self.base_model}: no such folder")
         _check_model(self.teacher, self.format)
-        if not (self.rounds >= 0.5 and (2 * self.rounds) == int(2 * self.rounds)):
-            raise ValueError(f"rounds must be a positive multiple of 0.5, got {self.rounds}")
-        if self.threshold not in METHODS:
-            raise ValueError(f"threshold must be one of {METHODS}, got {self.threshold!r}")
-        if self.threshold == "fixed" and (self.alpha is None or not 0 <= self.alpha < 1):
-            raise ValueError(f"threshold 'fixed' needs alpha in [0, 1), got {self.alpha!r}")
-        if self.threshold != "fixed" and self.alpha is not None:
-            raise ValueError(f"alpha = {self.alpha} is only read with threshold = 'fixed'")
-        if self.filter_unit not in FILTER_UNITS:
-            raise ValueError(f"filter_unit must be one of {FILTER_UNITS}, got {self.filter_unit!r}")
-        if self.max_len < 8 or self.batch_size < 1:
-            raise ValueError("max_len must be >= 8 and batch_size >= 1")
+        if self.max_len < 8:
+            raise ValueError(f"max_len must be >= 8, got {self.max_len}")
         if self.num_voters is not None and self.num_voters < 1:
             raise ValueError(f"num_voters must be >= 1, got {self.num_voters}")
-        if self.max_unlabeled is not None and self.max_unlabeled < 1:
-            raise ValueError(f"max_unlabeled must be >= 1, got {self.max_unlabeled}")
-
-    @property
-    def steps(self) -> list[tuple[int, str]]:
-        """(round, "soft" | "hard") in order: N = 1.5 -> (1, soft), (1, hard), (2, soft)."""
-        out = []
-        for r in range(1, math.ceil(self.rounds) + 1):
-            out.append((r, "soft"))
-            if r <= self.rounds:
-                out.append((r, "hard"))
-        return out
 
 
 @dataclass
@@ -394,7 +364,7 @@ def run_selftrain(
             )
             agreed, conf, mean = voter_filter(logits, 0.0)
             correct = torch.from_numpy(gold) == agreed
-            choice = select_threshold(conf, correct, C, cfg.threshold, cfg.grid, cfg.alpha)
+            choice = select_threshold(conf, correct, C, cfg.threshold, cfg.grid or None, cfg.alpha)
             predicted_ok = (mean.argmax(-1) == torch.from_numpy(gold)).numpy()
             if main:
                 record = choice.to_json() | {"round": r, "rows": len(gold),

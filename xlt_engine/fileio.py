@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -33,3 +34,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_results(folder: str | Path, stem: str, data: dict, table: str, echo=None) -> None:
+    """``<stem>.json`` (``data``) and ``<stem>.md`` (``table``, Markdown) in ``folder``, each
+    written atomically; ``echo`` (if given) prints the table."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / f"{stem}.json", json.dumps(data, indent=2) + "\n")
+    atomic_write_text(folder / f"{stem}.md", table)
+    if echo:
+        echo(table.rstrip())

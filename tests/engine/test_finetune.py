@@ -167,7 +167,7 @@ def test_cls10_finetune_evaluate_predict(tiny, tmp_path):
     cls = SHARED_DATA / "cls10"
     cfg = FinetuneConfig(model=str(tiny), train_file=str(cls / "en/books/train.review"),
                          out=str(tmp_path / "run"), format="cls10", max_len=64, batch_size=16,
-                         num_voters=2, train=TrainConfig(max_steps=30, lr=2e-3, log_every=10))  # fmt: skip
+                         voters=2, train=TrainConfig(max_steps=30, lr=2e-3, log_every=10))  # fmt: skip
     r = run_finetune(cfg, echo=None)
     assert len(r.train.history) == 3 and all(0.5 < h["loss"] < 0.9 for h in r.train.history)
     assert r.dev is None and not (tmp_path / "run" / "dev.json").exists()
@@ -201,7 +201,7 @@ def test_sequence_classification_fits_a_small_training_set(tiny, tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in rows))
     cfg = FinetuneConfig(model=str(tiny), train_file=str(path), dev_file=str(path), format="jsonl",
-                         out=str(tmp_path / "run"), max_len=32, batch_size=8, num_voters=2,
+                         out=str(tmp_path / "run"), max_len=32, batch_size=8, voters=2,
                          train=TrainConfig(max_steps=60, lr=3e-3, log_every=20, warmup_ratio=0.0))  # fmt: skip
     r = run_finetune(cfg, echo=None)
     assert r.dev["score"] >= 0.9, (r.dev, r.train.history)
@@ -229,7 +229,7 @@ def test_finetune_config_errors(tiny, conll, tmp_path):
     with pytest.raises(ValueError, match="dev_file: .*nope: no such file"):
         FinetuneConfig(model=str(tiny), train_file=str(conll["eng.train"]), out="x",
                        dev_file=str(tmp_path / "nope"))  # fmt: skip
-    with pytest.raises(ValueError, match="voter_widths has 2 entries for num_voters=3"):
+    with pytest.raises(ValueError, match="voter_widths has 2 entries for voters = 3"):
         FinetuneConfig(model=str(tiny), train_file=str(conll["eng.train"]), out="x",
                        voter_widths=(4, 5))  # fmt: skip
 

@@ -11,7 +11,7 @@ transformers' ``BertForMaskedLM``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,32 +23,29 @@ from xlt_engine.data.cache import TokenCache
 from xlt_engine.data.masking import MlmMasker
 from xlt_engine.data.tokenizer import WordPieceTokenizer, load_tokenizer
 from xlt_engine.engine import distributed
+from xlt_engine.engine.config import BtfSection
 from xlt_engine.engine.distributed import rank_world
-from xlt_engine.engine.loop import TrainConfig, TrainResult, prepare, train
+from xlt_engine.engine.loop import TrainResult, prepare, train
 from xlt_engine.kernels import fused_mlm_loss
 from xlt_engine.model import BertForMLM, load_pretrained, save_pretrained
 
 
-@dataclass(frozen=True)
-class BtfConfig:
+@dataclass(frozen=True, kw_only=True)
+class BtfConfig(BtfSection):
+    """btf's settings (``BtfSection``: train, batch, masking, freezing) plus what this run reads
+    and where it writes."""
+
     model: str  # Hugging Face layout folder (mBERT, or `xlt-engine init` output)
     texts: tuple[str, ...]  # plain-text files, one per language
     out: str  # run folder; the Base Model goes to out/base-model
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=2e-5))
     shares: tuple[float, ...] | None = None  # per text file; None: equal
-    epoch_size: int | None = None  # windows per epoch; None: the corpora's total
     max_len: int = 128
-    batch_size: int = 32
-    max_tokens: int | None = None
-    mlm_probability: float = 0.15
-    whole_word: bool = False
     max_predictions: int | None = None
-    freeze_layers: int = 3  # bottom encoder layers frozen, with the embeddings
-    freeze_embeddings: bool = True  # False: only for a model with no pretraining to keep
     cache_dir: str | None = None  # default: out/cache
     device: str = "auto"
 
     def __post_init__(self):
+        super().__post_init__()
         if not self.texts:
             raise ValueError("texts: give at least one text file")
         for t in self.texts:
@@ -60,10 +57,6 @@ class BtfConfig:
             raise ValueError(f"shares: {len(self.shares)} values for {len(self.texts)} texts")
         if self.max_len < 8:
             raise ValueError(f"max_len must be >= 8, got {self.max_len}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.freeze_layers < 0:
-            raise ValueError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
 
 
 class MlmData:

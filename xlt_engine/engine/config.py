@@ -56,47 +56,70 @@ class DataSection:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
 
 
+def settings_of(section, cls) -> dict:
+    """The fields of ``cls`` (a settings class ``section`` derives from) as keyword arguments:
+    how a stage config takes its section's settings without naming each one again."""
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(cls)}
+
+
 @dataclass(frozen=True)
-class ModelSection:
-    path: str = ""  # the pretrained model folder (mBERT in Hugging Face layout)
-    max_len: int = 128
-    voters: int = 3
+class HeadSettings:
+    """The VotersModule of every task model (``[model]`` and the library's FinetuneConfig)."""
+
+    voters: int = 3  # 1: the -VM ablation
     voter_widths: tuple[int, ...] = ()  # () : spread over 0.75H .. 1.25H
     voter_dropout: float = 0.1
 
     def __post_init__(self):
+        if self.voters < 1:
+            raise ValueError(f"voters must be >= 1, got {self.voters}")
+        if self.voter_widths and len(self.voter_widths) != self.voters:
+            raise ValueError(
+                f"voter_widths has {len(self.voter_widths)} entries for voters = {self.voters}"
+            )
+        if not 0 <= self.voter_dropout < 1:
+            raise ValueError(f"voter_dropout must be in [0, 1), got {self.voter_dropout}")
+
+
+@dataclass(frozen=True)
+class ModelSection(HeadSettings):
+    path: str = ""  # the pretrained model folder (mBERT in Hugging Face layout)
+    max_len: int = 128
+
+    def __post_init__(self):
+        super().__post_init__()
         if not self.path:
             raise ValueError("path: give the pretrained model folder (model.path)")
         if self.max_len < 8:
             raise ValueError(f"max_len must be >= 8, got {self.max_len}")
-        if self.voters < 1:
-            raise ValueError(f"voters must be >= 1, got {self.voters}")
-        if self.voter_widths and len(self.voter_widths) != self.voters:
-            raise ValueError(f"voter_widths has {len(self.voter_widths)} entries for "
-                             f"voters = {self.voters}")  # fmt: skip
 
 
 @dataclass(frozen=True)
 class BtfSection:
+    """btf's settings: the ``[btf]`` section, and the base of the library's ``BtfConfig``."""
+
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=2e-5))
     batch_size: int = 32
     max_tokens: int | None = None
     mlm_probability: float = 0.15
     whole_word: bool = False
-    freeze_layers: int = 3
+    freeze_layers: int = 3  # bottom encoder layers frozen (with the embeddings)
     freeze_embeddings: bool = True  # false only for a model with no pretraining (quickstart)
     epoch_size: int | None = None  # windows per epoch (None: the corpora's total)
 
     def __post_init__(self):
         if not 0 < self.mlm_probability < 1:
             raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
-        if self.batch_size < 1 or self.freeze_layers < 0:
-            raise ValueError("batch_size must be >= 1 and freeze_layers >= 0")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.freeze_layers < 0:
+            raise ValueError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
 
 
 @dataclass(frozen=True)
-class FinetuneSection:
-    init: str = "btf"  # "btf" (this target's Base Model), "pretrained" (model.path) or a folder
+class FinetuneSettings:
+    """Source fine-tuning's settings: ``[finetune]`` and the library's ``FinetuneConfig``."""
+
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=2e-5))
     batch_size: int = 32
     max_tokens: int | None = None
@@ -104,6 +127,11 @@ class FinetuneSection:
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class FinetuneSection(FinetuneSettings):
+    init: str = "btf"  # "btf" (this target's Base Model), "pretrained" (model.path) or a folder
 
 
 Threshold = Literal["curvature", "max_second_difference", "fixed"]

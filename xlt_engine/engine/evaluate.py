@@ -31,7 +31,7 @@ from xlt_engine.engine.tasks import (
     read_task_file,
     task_kind,
 )
-from xlt_engine.fileio import atomic_write_text
+from xlt_engine.fileio import atomic_write_text, write_results
 from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import load_task_model, read_task_meta
 
@@ -118,12 +118,7 @@ def run_evaluate(cfg: EvaluateConfig, echo=print) -> dict:
         "mean_gap": (sum(gap.values()) / len(gap)) if gap else None,
         **cfg.extra,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
-    table = markdown_table(results)
-    atomic_write_text(out / "results.md", table)
-    if echo:
-        echo(table.rstrip())
+    write_results(out, "results", results, markdown_table(results), echo)
     return results
 
 

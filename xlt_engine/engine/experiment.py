@@ -17,15 +17,20 @@ from xlt_engine import provenance
 from xlt_engine.engine import distributed
 from xlt_engine.engine.btf import BtfConfig, run_btf
 from xlt_engine.engine.config import (
+    BtfSection,
     ConfigError,
     ExperimentConfig,
+    FinetuneSettings,
+    HeadSettings,
     SelftrainSettings,
     check_files,
+    settings_of,
     to_dict,
 )
 from xlt_engine.engine.distributed import rank_world, resolve_device
 from xlt_engine.engine.evaluate import EvaluateConfig, PredictConfig, run_evaluate, run_predict
 from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
+from xlt_engine.engine.loop import TrainConfig
 from xlt_engine.engine.runs import (
     check_plans,
     model_path,
@@ -80,33 +85,30 @@ def btf_texts(cfg: ExperimentConfig, folder: Path) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _train_cfg(cfg: ExperimentConfig, section):
-    return dataclasses.replace(section.train, seed=cfg.seed)  # one seed for every stage
+def _seeded(train: TrainConfig, cfg: ExperimentConfig) -> TrainConfig:
+    return dataclasses.replace(train, seed=cfg.seed)  # one seed for every stage
 
 
 def build_btf(cfg: ExperimentConfig) -> BtfConfig:
     check_files(cfg, "btf")
     folder = stage_dir(cfg, "btf")
-    b = cfg.btf
     return BtfConfig(
-        model=cfg.model.path, texts=btf_texts(cfg, folder), out=str(folder), train=_train_cfg(cfg, b),
-        max_len=cfg.model.max_len, batch_size=b.batch_size, max_tokens=b.max_tokens,
-        mlm_probability=b.mlm_probability, whole_word=b.whole_word, freeze_layers=b.freeze_layers, freeze_embeddings=b.freeze_embeddings,
-        epoch_size=b.epoch_size, device=cfg.device,
+        **settings_of(cfg.btf, BtfSection) | {"train": _seeded(cfg.btf.train, cfg)},
+        model=cfg.model.path, texts=btf_texts(cfg, folder), out=str(folder),
+        max_len=cfg.model.max_len, device=cfg.device,
     )  # fmt: skip
 
 
 def build_finetune(cfg: ExperimentConfig) -> FinetuneConfig:
     check_files(cfg, "finetune")
     f = cfg.finetune
-    init = model_path(cfg, f.init, "finetune.init")
     dev = cfg.data_path(cfg.source, "dev")
     return FinetuneConfig(
-        model=str(init), train_file=str(cfg.data_path(cfg.source, "train")),
-        out=str(stage_dir(cfg, "finetune")), format=cfg.data.format,
-        dev_file=str(dev) if dev else None, max_len=cfg.model.max_len, num_voters=cfg.model.voters,
-        voter_widths=cfg.model.voter_widths or None, voter_dropout=cfg.model.voter_dropout,
-        batch_size=f.batch_size, max_tokens=f.max_tokens, train=_train_cfg(cfg, f),
+        **settings_of(f, FinetuneSettings) | {"train": _seeded(f.train, cfg)},
+        **settings_of(cfg.model, HeadSettings),
+        model=str(model_path(cfg, f.init, "finetune.init")),
+        train_file=str(cfg.data_path(cfg.source, "train")), out=str(stage_dir(cfg, "finetune")),
+        format=cfg.data.format, dev_file=str(dev) if dev else None, max_len=cfg.model.max_len,
         device=cfg.device,
     )  # fmt: skip
 
@@ -116,9 +118,8 @@ def build_selftrain(cfg: ExperimentConfig) -> SelftrainConfig:
     s = cfg.selftrain
     tgt = cfg.pair_target
     role = unlabeled_role(cfg)
-    settings = {f.name: getattr(s, f.name) for f in dataclasses.fields(SelftrainSettings)}
-    settings["soft"] = dataclasses.replace(s.soft, seed=cfg.seed)  # one seed for every stage
-    settings["hard"] = dataclasses.replace(s.hard, seed=cfg.seed)
+    settings = settings_of(s, SelftrainSettings)
+    settings.update(soft=_seeded(s.soft, cfg), hard=_seeded(s.hard, cfg))
     return SelftrainConfig(
         **settings, base_model=str(model_path(cfg, s.base, "selftrain.base")),
         teacher=str(model_path(cfg, s.teacher, "selftrain.teacher")),

@@ -10,7 +10,7 @@ dev-set score, when a dev file is given), ``metrics.jsonl`` and the loop's check
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,8 +18,9 @@ from torch import nn
 
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
+from xlt_engine.engine.config import FinetuneSettings, HeadSettings
 from xlt_engine.engine.distributed import rank_world
-from xlt_engine.engine.loop import TrainConfig, TrainResult, prepare, train
+from xlt_engine.engine.loop import TrainResult, prepare, train
 from xlt_engine.engine.tasks import (
     TaskBatches,
     encode,
@@ -33,8 +34,11 @@ from xlt_engine.model.checkpoint import load_encoder
 from xlt_engine.model.task import load_task_model, new_task_model, save_task_model
 
 
-@dataclass(frozen=True)
-class FinetuneConfig:
+@dataclass(frozen=True, kw_only=True)
+class FinetuneConfig(FinetuneSettings, HeadSettings):
+    """Fine-tuning's settings (``FinetuneSettings``) and the head's (``HeadSettings``: voters,
+    voter_widths, voter_dropout) plus what this run reads and where it writes."""
+
     model: str  # Base Model or mBERT folder (Hugging Face layout, with its tokenizer files)
     train_file: str  # labeled source-language data
     out: str  # run folder; the fine-tuned model goes to out/model
@@ -42,16 +46,12 @@ class FinetuneConfig:
     dev_file: str | None = None
     labels: tuple[str, ...] | None = None  # label order; None: sorted from the train file
     max_len: int = 128
-    num_voters: int = 3
-    voter_widths: tuple[int, ...] | None = None
-    voter_dropout: float = 0.1
-    batch_size: int = 32
-    max_tokens: int | None = None
     eval_max_tokens: int = 16384  # padded tokens per inference batch
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=2e-5))
     device: str = "auto"
 
     def __post_init__(self):
+        FinetuneSettings.__post_init__(self)
+        HeadSettings.__post_init__(self)
         task_kind(self.format)
         for name in ("train_file", "dev_file"):
             path = getattr(self, name)
@@ -61,16 +61,6 @@ class FinetuneConfig:
             raise ValueError(f"model: {self.model}: no such folder")
         if self.max_len < 8:
             raise ValueError(f"max_len must be >= 8, got {self.max_len}")
-        if self.num_voters < 1:
-            raise ValueError(f"num_voters must be >= 1, got {self.num_voters}")
-        if self.voter_widths is not None and len(self.voter_widths) != self.num_voters:
-            raise ValueError(
-                f"voter_widths has {len(self.voter_widths)} entries for num_voters={self.num_voters}"
-            )
-        if not 0 <= self.voter_dropout < 1:
-            raise ValueError(f"voter_dropout must be in [0, 1), got {self.voter_dropout}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass
@@ -99,8 +89,9 @@ def run_finetune(
 
     encoder = load_encoder(cfg.model, dtype=torch.float32, device=device)
     torch.manual_seed(cfg.train.seed)  # the fresh voters are a function of the seed
-    model = new_task_model(encoder, train_data.kind, labels, cfg.num_voters, cfg.voter_widths,
-                           cfg.voter_dropout)  # fmt: skip
+    model = new_task_model(
+        encoder, train_data.kind, labels, cfg.voters, cfg.voter_widths or None, cfg.voter_dropout
+    )
     data = TaskBatches(enc, tok.pad_id, cfg.batch_size, cfg.max_tokens, cfg.train.seed)
 
     def loss_fn(m: nn.Module, batch: dict, gen: torch.Generator) -> torch.Tensor:

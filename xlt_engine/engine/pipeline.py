@@ -18,7 +18,6 @@ transfer) for every seed, and a table of mean +- std over seeds per target and o
 from __future__ import annotations
 
 import dataclasses
-import json
 import statistics
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from xlt_engine.engine.config import ExperimentConfig, check_files
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.experiment import run_stage
 from xlt_engine.engine.runs import check_plans, plan_stage, with_section
-from xlt_engine.fileio import atomic_write_text
+from xlt_engine.fileio import write_results
 
 COLUMNS = ("direct", "btf", "selftrain")
 HEADINGS = {"direct": "direct transfer", "btf": "+ BTF", "selftrain": "+ self-training"}
@@ -141,13 +140,7 @@ def run_all(
         run_stage(pc, stage, resume=resume and plan.started(), echo=echo, progress=progress)
         distributed.barrier()
     if rank_world()[0] == 0:
-        folder = table_dir(cfg)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(folder / f"{table_name}.json", json.dumps(results, indent=2) + "\n")
-        table = all_table(results)
-        atomic_write_text(folder / f"{table_name}.md", table)
-        if echo:
-            echo(table.rstrip())
+        write_results(table_dir(cfg), table_name, results, all_table(results), echo)
     return results
 
 
@@ -200,31 +193,15 @@ def run_ablate(
 
         if echo:
             echo(f"=== seed {seed}")
+        variants = {  # name: (config, run_all switches)
+            "full": (cfg, {}),
+            "fixed": (fixed, {"table_name": f"all-alpha{fixed_alpha:g}"}),
+            "voters1": (voters1, {"direct": False, "table_name": "all-voters1"}),
+            "nobtf": (cfg, {"btf": False, "table_name": "all-no-btf"}),
+        }
         runs = {
-            "full": run_all(seeded(cfg), resume=resume, echo=echo, progress=progress),
-            "fixed": run_all(
-                seeded(fixed),
-                resume=resume,
-                echo=echo,
-                progress=progress,
-                table_name=f"all-alpha{fixed_alpha:g}",
-            ),
-            "voters1": run_all(
-                seeded(voters1),
-                resume=resume,
-                echo=echo,
-                progress=progress,
-                direct=False,
-                table_name="all-voters1",
-            ),
-            "nobtf": run_all(
-                seeded(cfg),
-                btf=False,
-                resume=resume,
-                echo=echo,
-                progress=progress,
-                table_name="all-no-btf",
-            ),
+            name: run_all(seeded(c), resume=resume, echo=echo, progress=progress, **switches)
+            for name, (c, switches) in variants.items()
         }
         picks = {"Ours": ("full", "selftrain"), "- AT": ("fixed", "selftrain"),
                  "- VM": ("voters1", "selftrain"), "- BTF": ("nobtf", "selftrain"),
@@ -240,12 +217,7 @@ def run_ablate(
         "scores": scores,
     }
     if rank_world()[0] == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(root / "ablation.json", json.dumps(result, indent=2) + "\n")
-        table = ablation_table(result)
-        atomic_write_text(root / "ablation.md", table)
-        if echo:
-            echo(table.rstrip())
+        write_results(root, "ablation", result, ablation_table(result), echo)
     return result
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from xlt_engine import __version__
+from xlt_engine import STAGES, __version__
 
 
 def _fail(err: Exception) -> None:
@@ -284,7 +284,7 @@ _progress_option = click.option("--progress/--no-progress", default=None,
 @main.command()
 @click.option(
     "--stage", required=True,
-    type=click.Choice(["btf", "finetune", "selftrain", "evaluate", "predict", "all"]),
+    type=click.Choice([*STAGES, "all"]),
     help="the stage to run (its inputs come from the config and earlier stages' folders); "
     "all: btf, finetune, selftrain, evaluate and the table",
 )  # fmt: skip

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from tests.engine.conftest import make_tiny
 from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
+from xlt_engine.engine.inference import shard_items
 from xlt_engine.engine.loop import TrainConfig
-from xlt_engine.engine.tasks import shard_items
 from xlt_engine.quickstart import Sizes, prepare
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,10 +14,11 @@ from safetensors.torch import load_file
 
 from tests.conftest import SHARED_DATA
 from xlt_engine.data import read_conll
+from xlt_engine.data.task import encode, read_task_file
 from xlt_engine.engine.evaluate import EvaluateConfig, PredictConfig, run_evaluate, run_predict
 from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
+from xlt_engine.engine.inference import predict_logits
 from xlt_engine.engine.loop import TrainConfig, latest_checkpoint
-from xlt_engine.engine.tasks import encode, predict_logits, read_task_file
 from xlt_engine.model.task import load_task_model
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,8 +21,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from xlt_engine.data.task import Encoded, encode, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
+from xlt_engine.engine.inference import predict_logits
 from xlt_engine.engine.loop import TrainConfig
 from xlt_engine.engine.selftrain import (
     FILTER_FILE,
@@ -33,7 +35,6 @@ from xlt_engine.engine.selftrain import (
     whole_units,
     with_targets,
 )
-from xlt_engine.engine.tasks import Encoded, encode, predict_logits, read_task_file
 from xlt_engine.engine.threshold import select_threshold, threshold_grid
 from xlt_engine.kernels import voter_filter
 from xlt_engine.model.checkpoint import load_encoder

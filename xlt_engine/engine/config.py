@@ -23,11 +23,11 @@ from typing import Literal
 
 import tomllib
 
+from xlt_engine import STAGES
+from xlt_engine.data.task import FORMATS
 from xlt_engine.engine.loop import TrainConfig
-from xlt_engine.engine.tasks import FORMATS
 
 TASKS = ("ner", "classification")
-STAGES = ("btf", "finetune", "selftrain", "evaluate", "predict")
 
 
 class ConfigError(ValueError):

@@ -57,7 +57,7 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
 
 def all_gather_rows(part: torch.Tensor, sizes: list[int], device: torch.device) -> torch.Tensor:
     """Every rank's ``part`` (``[..., sizes[rank], ...]`` along dim 1), concatenated in rank
-    order along dim 1 on every rank, on CPU. Parts are padded to the largest for the collective
+    order along dim 1 on every rank, on ``device``. Parts are padded to the largest for the collective
     (through ``device`` on NCCL, CPU on gloo)."""
     rank = dist.get_rank()
     comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
@@ -67,7 +67,7 @@ def all_gather_rows(part: torch.Tensor, sizes: list[int], device: torch.device) 
     padded[:, : sizes[rank]] = part.to(comm)
     gathered = [torch.empty_like(padded) for _ in sizes]
     dist.all_gather(gathered, padded)
-    return torch.cat([g[:, :n].cpu() for g, n in zip(gathered, sizes, strict=True)], dim=1)
+    return torch.cat([g[:, :n] for g, n in zip(gathered, sizes, strict=True)], dim=1).to(device)
 
 
 def barrier() -> None:

@@ -20,29 +20,19 @@ from pathlib import Path
 
 from xlt_engine.data.conll import DOCSTART
 from xlt_engine.data.examples import decode_text, read_bytes
+from xlt_engine.data.task import encode, read_task_file, task_kind
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine.distributed import resolve_device
-from xlt_engine.engine.loop import resolve_precision
-from xlt_engine.engine.tasks import (
-    encode,
+from xlt_engine.engine.inference import (
+    check_task_model,
     evaluate_model,
     predict_logits,
     predicted_labels,
-    read_task_file,
-    task_kind,
 )
+from xlt_engine.engine.loop import resolve_precision
 from xlt_engine.fileio import atomic_write_text, write_results
 from xlt_engine.model.heads import VotersModule
-from xlt_engine.model.task import load_task_model, read_task_meta
-
-
-def _check_model(path: str, fmt: str) -> None:
-    if not Path(path).is_dir():
-        raise ValueError(f"model: {path}: no such folder")
-    kind = read_task_meta(path)["kind"]
-    if kind != task_kind(fmt):
-        raise ValueError(f"model: {path} is a {kind} classifier, format {fmt!r} needs "
-                         f"{task_kind(fmt)} classification")  # fmt: skip
+from xlt_engine.model.task import load_task_model
 
 
 @dataclass(frozen=True)
@@ -66,7 +56,7 @@ class EvaluateConfig:
                 raise ValueError(f"tests.{lang}: {path}: no such file")
         if self.source is not None and self.source not in self.tests:
             raise ValueError(f"source: {self.source!r} is not one of tests {sorted(self.tests)}")
-        _check_model(self.model, self.format)
+        check_task_model(self.model, self.format)
 
 
 def markdown_table(results: dict) -> str:
@@ -138,7 +128,7 @@ class PredictConfig:
             raise ValueError(f"input: {self.input}: no such file")
         if Path(self.output).resolve() == Path(self.input).resolve():
             raise ValueError(f"output: {self.output} is the input file; choose another path")
-        _check_model(self.model, self.format)
+        check_task_model(self.model, self.format)
 
 
 def _conll_with_predictions(data, tags: list[list[str]]) -> str:
@@ -173,7 +163,7 @@ def run_predict(cfg: PredictConfig, echo=print) -> Path:
         atomic_write_text(out, _conll_with_predictions(data, preds))
         n = sum(len(p) for p in preds)
     else:
-        probs = VotersModule.probs(logits).numpy()
+        probs = VotersModule.probs(logits).cpu().numpy()
         rows = []
         for i, (line, label) in enumerate(zip(data.lines, preds, strict=True)):
             p = {name: round(float(x), 6) for name, x in zip(model.labels, probs[i], strict=True)}

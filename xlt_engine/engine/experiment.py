@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from xlt_engine import provenance
+from xlt_engine.data.task import read_task_file
 from xlt_engine.engine import distributed
 from xlt_engine.engine.btf import BtfConfig, run_btf
 from xlt_engine.engine.config import (
@@ -40,7 +41,6 @@ from xlt_engine.engine.runs import (
     unlabeled_role,
 )
 from xlt_engine.engine.selftrain import SelftrainConfig, run_selftrain
-from xlt_engine.engine.tasks import read_task_file
 from xlt_engine.fileio import atomic_write_text
 
 

@@ -16,21 +16,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from xlt_engine.data.task import TaskBatches, encode, read_task_file, task_kind
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
 from xlt_engine.engine.config import FinetuneSettings, HeadSettings
 from xlt_engine.engine.distributed import rank_world
+from xlt_engine.engine.inference import evaluate_model, forward_batch
 from xlt_engine.engine.loop import TrainResult, prepare, train
-from xlt_engine.engine.tasks import (
-    TaskBatches,
-    encode,
-    evaluate_model,
-    read_task_file,
-    task_kind,
-    voters_loss,
-)
 from xlt_engine.fileio import atomic_write_text
 from xlt_engine.model.checkpoint import load_encoder
+from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import load_task_model, new_task_model, save_task_model
 
 
@@ -95,14 +90,8 @@ def run_finetune(
     data = TaskBatches(enc, tok.pad_id, cfg.batch_size, cfg.max_tokens, cfg.train.seed)
 
     def loss_fn(m: nn.Module, batch: dict, gen: torch.Generator) -> torch.Tensor:
-        types = batch.get("token_type_ids")
-        logits = m(
-            batch["input_ids"].to(device, non_blocking=True),
-            batch["attention_mask"].to(device, non_blocking=True),
-            types.to(device, non_blocking=True) if types is not None else None,
-            batch["positions"].to(device, non_blocking=True),
-        )  # fmt: skip
-        return voters_loss(logits, batch["targets"].to(device, non_blocking=True))
+        logits = forward_batch(m, batch, device)
+        return VotersModule.loss(logits, batch["targets"].to(device, non_blocking=True))
 
     def save(m, folder):
         save_task_model(m, folder, tok)

@@ -49,8 +49,10 @@ import hashlib
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -58,29 +60,21 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from xlt_engine.data.align import IGNORE
+from xlt_engine.data.task import Encoded, TaskBatches, TaskData, encode, read_task_file, task_kind
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
 from xlt_engine.engine.config import SelftrainSettings
 from xlt_engine.engine.distributed import rank_world
-from xlt_engine.engine.evaluate import _check_model
+from xlt_engine.engine.inference import check_task_model, forward_batch, predict_logits_all_ranks
 from xlt_engine.engine.loop import latest_checkpoint, prepare, resolve_precision, train
-from xlt_engine.engine.tasks import (
-    Encoded,
-    TaskBatches,
-    TaskData,
-    encode,
-    predict_logits_all_ranks,
-    read_task_file,
-    task_kind,
-    voters_loss,
-)
 from xlt_engine.engine.threshold import select_threshold
 from xlt_engine.fileio import atomic_write_bytes, atomic_write_text
 from xlt_engine.kernels import soft_label_mse, voter_filter
 from xlt_engine.model.checkpoint import load_encoder
 from xlt_engine.model.heads import VotersModule
-from xlt_engine.model.task import load_task_model, new_task_model, save_task_model
+from xlt_engine.model.task import TaskModel, load_task_model, new_task_model, save_task_model
 
+T = TypeVar("T")
 TEACHER_FILE = "teacher-probs.safetensors"
 FILTER_FILE = "filter.safetensors"
 
@@ -111,7 +105,7 @@ class SelftrainConfig(SelftrainSettings):
                 raise ValueError(f"{name}: {getattr(self, name)}: no such file")
         if not Path(self.base_model).is_dir():
             raise ValueError(f"base_model: {self.base_model}: no such folder")
-        _check_model(self.teacher, self.format)
+        check_task_model(self.teacher, self.format)
         if self.max_len < 8:
             raise ValueError(f"max_len must be >= 8, got {self.max_len}")
         if self.num_voters is not None and self.num_voters < 1:
@@ -205,18 +199,8 @@ class SoftBatches(TaskBatches):
         return out
 
 
-def _forward(m: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
-    types = batch.get("token_type_ids")
-    return m(
-        batch["input_ids"].to(device, non_blocking=True),
-        batch["attention_mask"].to(device, non_blocking=True),
-        types.to(device, non_blocking=True) if types is not None else None,
-        batch["positions"].to(device, non_blocking=True),
-    )  # fmt: skip
-
-
 def _write_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
-    data = save({k: v.contiguous() for k, v in tensors.items()}, metadata=meta)
+    data = save({k: v.cpu().contiguous() for k, v in tensors.items()}, metadata=meta)
     atomic_write_bytes(path, data)
 
 
@@ -225,250 +209,297 @@ def _distribution(labels: np.ndarray, names: list[str]) -> dict[str, int]:
     return {names[i]: counts.get(i, 0) for i in range(len(names))}
 
 
-def run_selftrain(
-    cfg: SelftrainConfig, resume: bool = False, echo=print, progress=None
-) -> SelftrainResult:
-    """Run (or, with ``resume``, continue) self-training."""
-    out = Path(cfg.out)
-    device = distributed.init(cfg.device)
-    rank, world = rank_world()
-    main = rank == 0
-    say = echo if (echo and main) else (lambda _s: None)
-    log_path = out / "selftrain.jsonl"
-    if not resume and (log_path.exists() or any(out.glob("round-*"))):
-        raise ValueError(f"{out} holds an earlier self-training run: resume it (--resume) or "
-                         "choose another folder (--out)")  # fmt: skip
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
+def shared(path: Path, compute: Callable[[], T], write: Callable[[T], None],
+           read: Callable[[], T]) -> T:  # fmt: skip
+    """Compute once, write atomically, share with every rank, read back: the pattern of every
+    artefact of a round. When ``path`` exists (an earlier run got this far) it is only read;
+    else every rank computes (inference is split over the ranks and gathered), rank 0 writes
+    (``write`` marks the step done by writing ``path`` last), every rank waits and reads."""
+    if not path.is_file():
+        value = compute()
+        if rank_world()[0] == 0:
+            write(value)
+        distributed.barrier()
+    return read()
 
-    tok = load_tokenizer(cfg.base_model)
-    first_teacher = load_task_model(cfg.teacher, device="cpu")
-    labels, kind = first_teacher.labels, first_teacher.kind
-    num_voters = cfg.num_voters or first_teacher.voters.num_voters
-    widths = cfg.voter_widths
-    if widths is None and num_voters == first_teacher.voters.num_voters:
-        widths = tuple(first_teacher.voters.widths)
-    dropout = cfg.voter_dropout
-    if dropout is None:
-        dropout = first_teacher.voters.voters[0].dropout.p
-    del first_teacher
-    C = len(labels)
-    seed = cfg.soft.seed
 
-    src_data = read_task_file(cfg.source_file, cfg.format)
-    src = encode(src_data, tok, labels, cfg.max_len)
-    tgt_data = subsample(read_task_file(cfg.unlabeled_file, cfg.format, unlabeled=True),
-                         cfg.max_unlabeled, seed)  # fmt: skip
-    tgt = encode(tgt_data, tok, labels, cfg.max_len)
-    gold = np.concatenate(src.targets)
-    src_units, tgt_units = row_units(src), row_units(tgt)
-    amp = resolve_precision("auto", device)
-    say(f"selftrain: {len(src_data)} source examples ({len(gold)} rows), {len(tgt_data)} "
-        f"unlabeled target examples ({int(tgt.row_offsets[-1])} rows), labels {labels}, "
-        f"N = {cfg.rounds}")  # fmt: skip
+class SelfTraining:
+    """The state of one self-training run (data, tokenizer, voters' shape, log) and its steps:
+    ``teacher_probs``, ``soft_step``, ``pick_alpha``, ``filter``, ``hard_step``."""
 
-    records: list[dict] = []
-    if log_path.exists():
-        lines = log_path.read_text(encoding="utf-8").splitlines()
-        records = [json.loads(x) for x in lines if x.strip()]
+    def __init__(self, cfg: SelftrainConfig, device: torch.device, echo, progress):
+        self.cfg, self.device, self.progress = cfg, device, progress
+        self.out = Path(cfg.out)
+        self.main = rank_world()[0] == 0
+        self.echo = echo if self.main else None
+        self.say = echo if (echo and self.main) else (lambda _s: None)
+        self.tok = load_tokenizer(cfg.base_model)
+        first = load_task_model(cfg.teacher, device="cpu")
+        self.labels, self.kind = first.labels, first.kind
+        self.num_voters = cfg.num_voters or first.voters.num_voters
+        self.widths = cfg.voter_widths
+        if self.widths is None and self.num_voters == first.voters.num_voters:
+            self.widths = tuple(first.voters.widths)
+        self.dropout = cfg.voter_dropout
+        if self.dropout is None:
+            self.dropout = first.voters.voters[0].dropout.p
+        del first
+        self.seed = cfg.soft.seed
+        src_data = read_task_file(cfg.source_file, cfg.format)
+        self.src = encode(src_data, self.tok, self.labels, cfg.max_len)
+        tgt_data = read_task_file(cfg.unlabeled_file, cfg.format, unlabeled=True)
+        tgt_data = subsample(tgt_data, cfg.max_unlabeled, self.seed)
+        self.tgt = encode(tgt_data, self.tok, self.labels, cfg.max_len)
+        self.gold = np.concatenate(self.src.targets)
+        self.src_units, self.tgt_units = row_units(self.src), row_units(self.tgt)
+        self.amp = resolve_precision("auto", device)
+        self.log_path = self.out / "selftrain.jsonl"
+        self.records: list[dict] = []
+        if self.log_path.exists():
+            lines = self.log_path.read_text(encoding="utf-8").splitlines()
+            self.records = [json.loads(x) for x in lines if x.strip()]
+        self.say(f"selftrain: {len(src_data)} source examples ({len(self.gold)} rows), "
+                 f"{len(tgt_data)} unlabeled target examples ({self.tgt_rows} rows), labels "
+                 f"{self.labels}, N = {cfg.rounds}")  # fmt: skip
 
-    def log(record: dict) -> None:
-        records.append(record)
-        if main:
-            with open(log_path, "a", encoding="utf-8") as f:
+    @property
+    def tgt_rows(self) -> int:
+        return int(self.tgt.row_offsets[-1])
+
+    def log(self, record: dict) -> None:
+        self.records.append(record)
+        if self.main:
+            with open(self.log_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
-    def save_model(m, folder):
-        save_task_model(m, folder, tok)
+    def logits(self, model: nn.Module, enc: Encoded) -> torch.Tensor:
+        """Voter logits [M, rows, C] on the device, the work split over the ranks."""
+        return predict_logits_all_ranks(
+            model, enc, self.tok.pad_id, self.device, self.cfg.eval_max_tokens, self.amp
+        )
 
-    def load_model(m, folder):
-        m.load_state_dict(load_task_model(folder, device=device).state_dict())
-
-    def run_loop(model, loss_fn, data, train_cfg, folder, which, r):
-        go_on = latest_checkpoint(folder) is not None
+    def train_step(self, model, loss_fn, data, train_cfg, folder: Path):
+        """One soft or hard step through the loop (resumed from its checkpoint, if any)."""
         t0 = time.perf_counter()
         result = train(
-            prepare(model, train_cfg, device), loss_fn, data,
-            train_cfg.with_steps(data.num_batches(0)), folder, save_model=save_model,
-            load_model=load_model, resume=go_on, echo=echo if main else None,
-            progress=progress,
+            prepare(model, train_cfg, self.device), loss_fn, data,
+            train_cfg.with_steps(data.num_batches(0)), folder,
+            save_model=lambda m, f: save_task_model(m, f, self.tok),
+            load_model=lambda m, f: m.load_state_dict(
+                load_task_model(f, device=self.device).state_dict()),
+            resume=latest_checkpoint(folder) is not None, echo=self.echo,
+            progress=self.progress,
         )  # fmt: skip
-        if main:
-            save_task_model(model, folder / "model", tok)
+        if self.main:
+            save_task_model(model, folder / "model", self.tok)
         distributed.barrier()
         rates = [h["tokens_per_s"] for h in result.history]
         return result, time.perf_counter() - t0, (sum(rates) / len(rates) if rates else None)
 
-    source_keep = np.ones(len(gold), dtype=bool)
-    teacher_path = Path(cfg.teacher)
-    student = None
-    for r, which in cfg.steps:
-        rdir = out / f"round-{r}"
-        if main:
-            rdir.mkdir(parents=True, exist_ok=True)
-        if which == "soft":
-            student = None
-            # teacher probabilities on U_tgt: once per round, inference mode, stored as fp16
-            tp = rdir / TEACHER_FILE
-            if not tp.is_file():
-                t0 = time.perf_counter()
-                teacher = load_task_model(teacher_path, device=device)
-                logits = predict_logits_all_ranks(
-                    teacher, tgt, tok.pad_id, device, cfg.eval_max_tokens, amp
-                )
-                probs = VotersModule.probs(logits).to(torch.float16)
-                del teacher, logits
-                if main:
-                    _write_tensors(tp, {"probs": probs}, {"teacher": str(teacher_path)})
-                distributed.barrier()
-                secs = time.perf_counter() - t0
-                log({"round": r, "step": "teacher", "teacher": str(teacher_path), "ranks": world,
-                     "rows": int(probs.shape[0]), "seconds": secs,
-                     "tokens_per_s": float(tgt.lengths.sum()) / max(secs, 1e-9)})  # fmt: skip
-                say(f"round {r}: teacher {teacher_path} on {probs.shape[0]} target rows "
-                    f"({secs:.1f} s)")  # fmt: skip
-            probs = load_file(str(tp))["probs"]
-            if probs.shape != (int(tgt.row_offsets[-1]), C):
-                raise ValueError(f"{tp}: probabilities {tuple(probs.shape)} do not fit the "
-                                 f"{int(tgt.row_offsets[-1])} target rows x {C} labels")  # fmt: skip
+    # ---- the steps of a round
 
-            soft_dir = rdir / "soft"
-            if (soft_dir / "model").is_dir():
-                student = load_task_model(soft_dir / "model", device=device)
-            else:
-                encoder = load_encoder(cfg.base_model, dtype=torch.float32, device=device)
-                digest = encoder_digest(encoder)
-                torch.manual_seed(seed + 1000 * r)  # the fresh voters: a function of seed, round
-                student = new_task_model(encoder, kind, labels, num_voters, widths, dropout)
-                data = SoftBatches(tgt, probs, tok.pad_id, cfg.batch_size, cfg.max_tokens, seed)
+    def teacher_probs(self, r: int, teacher: Path) -> torch.Tensor:
+        """T's mean-of-voters probabilities on U_tgt [rows, C], fp16 on CPU, once per round."""
+        path = self.out / f"round-{r}" / TEACHER_FILE
 
-                def soft_loss(m, batch, gen):
-                    p = batch["probs"].to(device, non_blocking=True)
-                    return soft_label_mse(_forward(m, batch, device), p)
-
-                res, secs, toks = run_loop(student, soft_loss, data, cfg.soft, soft_dir, "soft", r)
-                log({"round": r, "step": "soft", "student_init": digest,
-                     "base_model": cfg.base_model, "teacher": str(teacher_path),
-                     "steps": res.step, "loss": res.last_loss, "seconds": secs,
-                     "tokens_per_s": toks})  # fmt: skip
-                say(f"round {r}: soft step done, loss {res.last_loss:.5f} ({secs:.1f} s)")
-            continue
-
-        # ---- hard half of round r: threshold, source filter, pseudo labels, hard step
-        assert student is not None
-        th_path = rdir / "threshold.json"
-        if not th_path.is_file():
+        def compute():
             t0 = time.perf_counter()
-            logits = predict_logits_all_ranks(
-                student, src, tok.pad_id, device, cfg.eval_max_tokens, amp
-            )
-            agreed, conf, mean = voter_filter(logits, 0.0)
-            correct = torch.from_numpy(gold) == agreed
-            choice = select_threshold(conf, correct, C, cfg.threshold, cfg.grid or None, cfg.alpha)
-            predicted_ok = (mean.argmax(-1) == torch.from_numpy(gold)).numpy()
-            if main:
-                record = choice.to_json() | {"round": r, "rows": len(gold),
-                                             "correct_rows": int(predicted_ok.sum())}  # fmt: skip
-                atomic_write_text(rdir / "threshold.csv", choice.to_csv())
-                np_ok = predicted_ok.astype(np.uint8)
-                _write_tensors(rdir / "source-correct.safetensors",
-                               {"correct": torch.from_numpy(np_ok)}, {})  # fmt: skip
-                atomic_write_text(th_path, json.dumps(record, indent=2) + "\n")
-            distributed.barrier()
+            model = load_task_model(teacher, device=self.device)
+            probs = VotersModule.probs(self.logits(model, self.tgt)).to(torch.float16).cpu()
             secs = time.perf_counter() - t0
-            log({"round": r, "step": "threshold", "alpha": choice.alpha, "method": choice.method,
-                 "fallback": choice.fallback, "seconds": secs})  # fmt: skip
-            say(f"round {r}: alpha = {choice.alpha} ({choice.method}"
-                + (f"; {choice.fallback}" if choice.fallback else "") + ")")  # fmt: skip
-        alpha = float(json.loads(th_path.read_text(encoding="utf-8"))["alpha"])
-        predicted_ok = load_file(str(rdir / "source-correct.safetensors"))["correct"].numpy() > 0
+            self.log({"round": r, "step": "teacher", "teacher": str(teacher),
+                      "ranks": rank_world()[1], "rows": int(probs.shape[0]), "seconds": secs,
+                      "tokens_per_s": float(self.tgt.lengths.sum()) / max(secs, 1e-9)})  # fmt: skip
+            self.say(f"round {r}: teacher {teacher} on {probs.shape[0]} target rows ({secs:.1f} s)")
+            return probs
 
-        f_path = rdir / FILTER_FILE
-        if r > 1:  # the permanent source filter of the previous rounds
-            source_keep = load_file(str(out / f"round-{r - 1}" / FILTER_FILE))["source_keep"]
-            source_keep = source_keep.numpy() > 0
-        if not f_path.is_file():
+        probs = shared(path, compute, lambda p: _write_tensors(path, {"probs": p}, {"teacher": str(teacher)}),
+                       lambda: load_file(str(path))["probs"])  # fmt: skip
+        if probs.shape != (self.tgt_rows, len(self.labels)):
+            raise ValueError(f"{path}: probabilities {tuple(probs.shape)} do not fit the "
+                             f"{self.tgt_rows} target rows x {len(self.labels)} labels")  # fmt: skip
+        return probs
+
+    def soft_step(self, r: int, probs: torch.Tensor, teacher: Path) -> TaskModel:
+        """S = Base Model + fresh voters, trained to fit ``probs`` with soft_label_mse."""
+        folder = self.out / f"round-{r}" / "soft"
+        if (folder / "model").is_dir():
+            return load_task_model(folder / "model", device=self.device)
+        cfg, device = self.cfg, self.device
+        encoder = load_encoder(cfg.base_model, dtype=torch.float32, device=device)
+        digest = encoder_digest(encoder)
+        torch.manual_seed(self.seed + 1000 * r)  # the fresh voters: a function of seed, round
+        student = new_task_model(encoder, self.kind, self.labels, self.num_voters, self.widths,
+                                 self.dropout)  # fmt: skip
+        data = SoftBatches(self.tgt, probs, self.tok.pad_id, cfg.batch_size, cfg.max_tokens,
+                           self.seed)  # fmt: skip
+
+        def soft_loss(m, batch, gen):
+            p = batch["probs"].to(device, non_blocking=True)
+            return soft_label_mse(forward_batch(m, batch, device), p)
+
+        res, secs, toks = self.train_step(student, soft_loss, data, cfg.soft, folder)
+        self.log({"round": r, "step": "soft", "student_init": digest,
+                  "base_model": cfg.base_model, "teacher": str(teacher), "steps": res.step,
+                  "loss": res.last_loss, "seconds": secs, "tokens_per_s": toks})  # fmt: skip
+        self.say(f"round {r}: soft step done, loss {res.last_loss:.5f} ({secs:.1f} s)")
+        return student
+
+    def pick_alpha(self, r: int, student: TaskModel) -> tuple[float, np.ndarray]:
+        """alpha from the threshold curve of S on D_src, and which source rows S predicts
+        correctly (the source filter's input)."""
+        rdir = self.out / f"round-{r}"
+        path = rdir / "threshold.json"
+
+        def compute():
+            t0 = time.perf_counter()
+            agreed, conf, mean = voter_filter(self.logits(student, self.src), 0.0)
+            gold = torch.from_numpy(self.gold).to(agreed.device)
+            choice = select_threshold(conf, gold == agreed, len(self.labels), self.cfg.threshold,
+                                      self.cfg.grid or None, self.cfg.alpha)  # fmt: skip
+            predicted_ok = (mean.argmax(-1) == gold).cpu().numpy()
+            secs = time.perf_counter() - t0
+            self.log({"round": r, "step": "threshold", "alpha": choice.alpha,
+                      "method": choice.method, "fallback": choice.fallback, "seconds": secs})  # fmt: skip
+            self.say(f"round {r}: alpha = {choice.alpha} ({choice.method}"
+                     + (f"; {choice.fallback}" if choice.fallback else "") + ")")  # fmt: skip
+            return choice, predicted_ok
+
+        def write(value):
+            choice, predicted_ok = value
+            record = choice.to_json() | {"round": r, "rows": len(self.gold),
+                                         "correct_rows": int(predicted_ok.sum())}  # fmt: skip
+            atomic_write_text(rdir / "threshold.csv", choice.to_csv())
+            ok = torch.from_numpy(predicted_ok.astype(np.uint8))
+            _write_tensors(rdir / "source-correct.safetensors", {"correct": ok}, {})
+            atomic_write_text(path, json.dumps(record, indent=2) + "\n")  # last: marks it done
+
+        def read():
+            alpha = float(json.loads(path.read_text(encoding="utf-8"))["alpha"])
+            ok = load_file(str(rdir / "source-correct.safetensors"))["correct"].numpy() > 0
+            return alpha, ok
+
+        return shared(path, compute, write, read)
+
+    def filter(self, r: int, student: TaskModel, alpha: float, predicted_ok: np.ndarray,
+               source_keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """The permanent source filter (rows of D_keep that S predicts correctly) and the pseudo
+        labels (voter_filter at alpha, -1 = none); returns (source_keep, pseudo)."""
+        cfg, rdir = self.cfg, self.out / f"round-{r}"
+        path = rdir / FILTER_FILE
+
+        def compute():
             t0 = time.perf_counter()
             before = int(source_keep.sum())
             keep = source_keep.copy()
             if cfg.source_filter:
-                ok = (
-                    predicted_ok
-                    if cfg.filter_unit == "word"
-                    else whole_units(predicted_ok, src_units)
-                )
-                keep &= ok
-            logits = predict_logits_all_ranks(
-                student, tgt, tok.pad_id, device, cfg.eval_max_tokens, amp
-            )
-            pseudo, _, _ = voter_filter(logits, alpha)
-            pseudo = pseudo.numpy()
+                unit = cfg.filter_unit == "word"
+                keep &= predicted_ok if unit else whole_units(predicted_ok, self.src_units)
+            pseudo, _, _ = voter_filter(self.logits(student, self.tgt), alpha)
+            pseudo = pseudo.cpu().numpy()
             if cfg.filter_unit == "sequence":
-                pseudo = np.where(whole_units(pseudo >= 0, tgt_units), pseudo, -1)
+                pseudo = np.where(whole_units(pseudo >= 0, self.tgt_units), pseudo, -1)
+            units = self.src_units, self.tgt_units
             counts = {
                 "round": r,
                 "filter_unit": cfg.filter_unit,
                 "alpha": alpha,
-                "source_rows": len(gold),
+                "source_rows": len(self.gold),
                 "source_rows_before": before,
                 "source_rows_kept": int(keep.sum()),
                 "source_rows_removed": before - int(keep.sum()),
-                "source_units_kept": int(np.unique(src_units[keep]).size),
+                "source_units_kept": int(np.unique(units[0][keep]).size),
                 "target_rows": len(pseudo),
                 "pseudo_rows": int((pseudo >= 0).sum()),
-                "target_units": int(np.unique(tgt_units).size),
-                "pseudo_units": int(np.unique(tgt_units[pseudo >= 0]).size),
-                "pseudo_distribution": _distribution(pseudo, labels),
+                "target_units": int(np.unique(units[1]).size),
+                "pseudo_units": int(np.unique(units[1][pseudo >= 0]).size),
+                "pseudo_distribution": _distribution(pseudo, self.labels),
             }
-            if main:
-                _write_tensors(f_path, {"source_keep": torch.from_numpy(keep.astype(np.uint8)),
-                                        "pseudo": torch.from_numpy(pseudo.astype(np.int64))},
-                               {})  # fmt: skip
-                atomic_write_text(rdir / "filter.json", json.dumps(counts, indent=2) + "\n")
-            distributed.barrier()
-            log({"step": "filter", **counts, "seconds": time.perf_counter() - t0})
-            say(f"round {r}: source rows kept {counts['source_rows_kept']}/{len(gold)} "
-                f"(-{counts['source_rows_removed']}), pseudo-labeled target rows "
-                f"{counts['pseudo_rows']}/{len(pseudo)} in {counts['pseudo_units']} units; "
-                f"classes {counts['pseudo_distribution']}")  # fmt: skip
-        saved = load_file(str(f_path))
-        source_keep = saved["source_keep"].numpy() > 0
-        pseudo = saved["pseudo"].numpy()
+            self.log({"step": "filter", **counts, "seconds": time.perf_counter() - t0})
+            self.say(f"round {r}: source rows kept {counts['source_rows_kept']}/{len(self.gold)} "
+                     f"(-{counts['source_rows_removed']}), pseudo-labeled target rows "
+                     f"{counts['pseudo_rows']}/{len(pseudo)} in {counts['pseudo_units']} units; "
+                     f"classes {counts['pseudo_distribution']}")  # fmt: skip
+            return keep, pseudo, counts
 
-        hard_dir = rdir / "hard"
-        if (hard_dir / "model").is_dir():
-            student = load_task_model(hard_dir / "model", device=device)
-        else:
-            hard_src = with_targets(src, np.where(source_keep, gold, -1))
-            hard_tgt = with_targets(tgt, pseudo)
-            hard = concat(hard_src, hard_tgt)
-            src_y, tgt_y = (np.concatenate([np.zeros(0, np.int64), *part.targets])
-                            for part in (hard_src, hard_tgt))  # fmt: skip
-            if len(hard) == 0:
-                raise ValueError(f"round {r}: no training data for the hard step: every source "
-                                 f"row was removed and no target row passed alpha = {alpha}")  # fmt: skip
-            data = TaskBatches(hard, tok.pad_id, cfg.batch_size, cfg.max_tokens, seed)
+        def write(value):
+            keep, pseudo, counts = value
+            atomic_write_text(rdir / "filter.json", json.dumps(counts, indent=2) + "\n")
+            _write_tensors(path, {"source_keep": torch.from_numpy(keep.astype(np.uint8)),
+                                  "pseudo": torch.from_numpy(pseudo.astype(np.int64))}, {})  # fmt: skip
 
-            def hard_loss(m, batch, gen):
-                return voters_loss(_forward(m, batch, device), batch["targets"].to(device))
+        def read():
+            saved = load_file(str(path))
+            return saved["source_keep"].numpy() > 0, saved["pseudo"].numpy()
 
-            res, secs, toks = run_loop(student, hard_loss, data, cfg.hard, hard_dir, "hard", r)
-            log({"round": r, "step": "hard", "items": len(hard), "source_items": len(hard_src),
-                 "source_rows": int((src_y >= 0).sum()), "target_items": len(hard_tgt),
-                 "target_rows": int((tgt_y >= 0).sum()),
-                 "target_distribution": _distribution(tgt_y, labels), "steps": res.step,
-                 "loss": res.last_loss, "seconds": secs, "tokens_per_s": toks})  # fmt: skip
-            say(f"round {r}: hard step on {len(hard)} items done, loss {res.last_loss:.5f} "
-                f"({secs:.1f} s)")  # fmt: skip
-        teacher_path = hard_dir / "model"
+        return shared(path, compute, write, read)
 
-    assert student is not None
+    def hard_step(self, r: int, student: TaskModel, source_keep: np.ndarray,
+                  pseudo: np.ndarray, alpha: float) -> TaskModel:  # fmt: skip
+        """S continues with cross-entropy on D_keep + P."""
+        folder = self.out / f"round-{r}" / "hard"
+        if (folder / "model").is_dir():
+            return load_task_model(folder / "model", device=self.device)
+        cfg, device = self.cfg, self.device
+        hard_src = with_targets(self.src, np.where(source_keep, self.gold, -1))
+        hard_tgt = with_targets(self.tgt, pseudo)
+        hard = concat(hard_src, hard_tgt)
+        src_y, tgt_y = (np.concatenate([np.zeros(0, np.int64), *part.targets])
+                        for part in (hard_src, hard_tgt))  # fmt: skip
+        if len(hard) == 0:
+            raise ValueError(f"round {r}: no training data for the hard step: every source row "
+                             f"was removed and no target row passed alpha = {alpha}")  # fmt: skip
+        data = TaskBatches(hard, self.tok.pad_id, cfg.batch_size, cfg.max_tokens, self.seed)
+
+        def hard_loss(m, batch, gen):
+            return VotersModule.loss(forward_batch(m, batch, device), batch["targets"].to(device))
+
+        res, secs, toks = self.train_step(student, hard_loss, data, cfg.hard, folder)
+        self.log({"round": r, "step": "hard", "items": len(hard), "source_items": len(hard_src),
+                  "source_rows": int((src_y >= 0).sum()), "target_items": len(hard_tgt),
+                  "target_rows": int((tgt_y >= 0).sum()),
+                  "target_distribution": _distribution(tgt_y, self.labels), "steps": res.step,
+                  "loss": res.last_loss, "seconds": secs, "tokens_per_s": toks})  # fmt: skip
+        self.say(f"round {r}: hard step on {len(hard)} items done, loss {res.last_loss:.5f} "
+                 f"({secs:.1f} s)")  # fmt: skip
+        return student
+
+
+def run_selftrain(
+    cfg: SelftrainConfig, resume: bool = False, echo=print, progress=None
+) -> SelftrainResult:
+    """Run (or, with ``resume``, continue) self-training: the method in the module docstring,
+    step by step."""
+    out = Path(cfg.out)
+    device = distributed.init(cfg.device)
+    main = rank_world()[0] == 0
+    if not resume and ((out / "selftrain.jsonl").exists() or any(out.glob("round-*"))):
+        raise ValueError(f"{out} holds an earlier self-training run: resume it (--resume) or "
+                         "choose another folder (--out)")  # fmt: skip
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    run = SelfTraining(cfg, device, echo, progress)
+    source_keep = np.ones(len(run.gold), dtype=bool)  # D_keep = D_src
+    teacher = Path(cfg.teacher)
+    student = None
+    for r, which in cfg.steps:
+        if main:
+            (out / f"round-{r}").mkdir(parents=True, exist_ok=True)
+        if which == "soft":
+            probs = run.teacher_probs(r, teacher)
+            student = run.soft_step(r, probs, teacher)
+            continue
+        alpha, predicted_ok = run.pick_alpha(r, student)
+        source_keep, pseudo = run.filter(r, student, alpha, predicted_ok, source_keep)
+        student = run.hard_step(r, student, source_keep, pseudo, alpha)
+        teacher = out / f"round-{r}" / "hard" / "model"  # T = S
+
     final = out / "model"
     if main:
-        save_task_model(student, final, tok)
+        save_task_model(student, final, run.tok)
         summary = {"rounds": cfg.rounds, "steps": [f"{w}{r}" for r, w in cfg.steps],
-                   "model": str(final), "log": records}  # fmt: skip
+                   "model": str(final), "log": run.records}  # fmt: skip
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     distributed.barrier()
-    say(f"selftrain: final student in {final}")
-    return SelftrainResult(final, records)
+    run.say(f"selftrain: final student in {final}")
+    return SelftrainResult(final, run.records)

@@ -112,3 +112,12 @@ class VotersModule(nn.Module):
     def probs(logits: torch.Tensor) -> torch.Tensor:
         """[M, ..., C] voter logits -> [..., C] mean of the voters' probabilities (fp32)."""
         return logits.float().softmax(dim=-1).mean(dim=0)
+
+    @staticmethod
+    def loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+        """Cross-entropy of ``[M, N, C]`` voter logits against ``[N]`` targets (``ignore_index``
+        rows ignored), averaged over voters (each voter sees the same rows: the mean over all)."""
+        M, N, C = logits.shape
+        return F.cross_entropy(
+            logits.float().reshape(M * N, C), targets.repeat(M), ignore_index=ignore_index
+        )

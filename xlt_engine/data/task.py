@@ -1,5 +1,5 @@
-"""Task data for the finetune / evaluate / predict stages: read a file in any supported format,
-encode it for a ``TaskModel``, batch it, predict, score.
+"""Task data for the finetune / selftrain / evaluate / predict stages: read a file in any
+supported format, encode it for a ``TaskModel`` and batch it.
 
 One representation serves both task kinds. Every encoded item is an input sequence plus the
 positions whose hidden states are classified and one target per position: for token
@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from xlt_engine.data.align import IGNORE, AlignedWords, align_words, encode_texts, word_predictions
+from xlt_engine.data.align import IGNORE, AlignedWords, align_words, encode_texts
 from xlt_engine.data.batching import length_batches, pad_batch, shard
 from xlt_engine.data.cls10 import read_cls10
 from xlt_engine.data.conll import ConllFile, read_conll
@@ -27,11 +28,6 @@ from xlt_engine.data.marc import read_marc
 from xlt_engine.data.text import read_labeled
 from xlt_engine.data.tokenizer import WordPieceTokenizer
 from xlt_engine.data.xnli import read_xnli
-from xlt_engine.engine.distributed import all_gather_rows, rank_world
-from xlt_engine.engine.loop import resolve_precision
-from xlt_engine.engine.metrics import accuracy, entity_f1
-from xlt_engine.model.heads import VotersModule
-from xlt_engine.model.task import TaskModel
 
 FORMATS = ("conll", "cls10", "marc", "xnli", "jsonl", "tsv")
 
@@ -190,7 +186,8 @@ class TaskBatches:
         )
         self.seed = seed
         self.lengths = enc.lengths
-        self.rank, self.world = rank_world()
+        ddp = dist.is_available() and dist.is_initialized()
+        self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
         self._epoch: tuple[int, list[np.ndarray]] | None = None
 
     def _batches(self, epoch: int) -> list[np.ndarray]:
@@ -205,139 +202,3 @@ class TaskBatches:
 
     def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
         return make_batch(self.enc, self._batches(epoch)[index], self.pad_id)
-
-
-def voters_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of ``[M, N, C]`` voter logits against ``[N]`` targets (-100 ignored),
-    averaged over voters (each voter sees the same rows, so this is the mean over all)."""
-    M, N, C = logits.shape
-    return torch.nn.functional.cross_entropy(
-        logits.float().reshape(M * N, C), targets.repeat(M), ignore_index=IGNORE
-    )
-
-
-@torch.inference_mode()
-def predict_logits(
-    model: TaskModel,
-    enc: Encoded,
-    pad_id: int,
-    device: torch.device,
-    max_tokens: int = 16384,
-    amp_dtype: torch.dtype | None = None,
-    out_dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Voter logits ``[M, rows, C]`` (on CPU, ``out_dtype``) for every position of every item,
-    rows in input order. Items are batched by length (at most ``max_tokens`` padded tokens)."""
-    was_training = model.training
-    model.eval()
-    offsets = enc.row_offsets
-    M, C = model.voters.num_voters, model.voters.num_labels
-    out = torch.empty(M, int(offsets[-1]), C, dtype=out_dtype)
-    lengths = enc.lengths
-    order = np.argsort(lengths, kind="stable")
-    longest = int(lengths.max()) if len(lengths) else 0
-    batches = length_batches(lengths[order], None, max(max_tokens, -(-longest // 8) * 8),
-                             shuffle=False)  # fmt: skip
-    try:
-        for b in batches:
-            items = order[b]
-            batch = make_batch(enc, items, pad_id)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                enabled=amp_dtype is not None):  # fmt: skip
-                logits = model(
-                    batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                    batch["token_type_ids"].to(device) if "token_type_ids" in batch else None,
-                    batch["positions"].to(device),
-                )  # fmt: skip
-            logits = logits.to("cpu", out_dtype)
-            rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in items])
-            out[:, torch.from_numpy(rows)] = logits
-    finally:
-        model.train(was_training)
-    return out
-
-
-def shard_items(lengths: np.ndarray, world: int) -> np.ndarray:
-    """Boundaries ``[world + 1]`` that cut items ``0..n`` into ``world`` contiguous shares of
-    about equal token counts (rank ``k`` takes items ``bounds[k]:bounds[k + 1]``)."""
-    cum = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
-    bounds = np.searchsorted(cum, cum[-1] * np.arange(world + 1) / world, side="left")
-    bounds[0], bounds[-1] = 0, len(lengths)
-    return np.maximum.accumulate(bounds)
-
-
-def items_of(enc: Encoded, lo: int, hi: int) -> Encoded:
-    """Items ``lo:hi`` of ``enc`` (no word alignment: for inference only)."""
-    types = None if enc.token_type_ids is None else enc.token_type_ids[lo:hi]
-    return Encoded(enc.kind, enc.input_ids[lo:hi], types, enc.positions[lo:hi],
-                   enc.targets[lo:hi], None)  # fmt: skip
-
-
-def predict_logits_all_ranks(
-    model: TaskModel,
-    enc: Encoded,
-    pad_id: int,
-    device: torch.device,
-    max_tokens: int = 16384,
-    amp_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """``predict_logits`` with the work split over the ranks of a torchrun job: each rank runs
-    a contiguous share of the items (``shard_items``) and every rank gets all the rows back,
-    ``[M, rows, C]`` fp32 on CPU, in input order. One process: ``predict_logits`` itself."""
-    rank, world = rank_world()
-    if world == 1:
-        return predict_logits(model, enc, pad_id, device, max_tokens, amp_dtype)
-    bounds = shard_items(enc.lengths, world)
-    offsets = enc.row_offsets
-    rows = [int(offsets[bounds[k + 1]] - offsets[bounds[k]]) for k in range(world)]
-    M, C = model.voters.num_voters, model.voters.num_labels
-    lo, hi = int(bounds[rank]), int(bounds[rank + 1])
-    part = torch.empty(M, 0, C)
-    if hi > lo:
-        part = predict_logits(model, items_of(enc, lo, hi), pad_id, device, max_tokens, amp_dtype)
-    return all_gather_rows(part, rows, device)
-
-
-def predicted_labels(enc: Encoded, logits: torch.Tensor, labels: Sequence[str]) -> list:
-    """Mean-of-voters argmax -> token: one tag list per sentence (one tag per word);
-    sequence: one label per item."""
-    best = VotersModule.probs(logits).argmax(-1).numpy()
-    if enc.kind == "sequence":
-        return [labels[i] for i in best]
-    offsets = enc.row_offsets
-    per_window = [best[offsets[i] : offsets[i + 1]] for i in range(len(enc))]
-    return [[labels[i] for i in sent] for sent in word_predictions(enc.aligned, per_window)]
-
-
-def score(data: TaskData, predictions: list) -> dict:
-    """token: entity F1 (seqeval default and strict modes); sequence: accuracy."""
-    if data.labels is None:
-        raise ValueError(f"{data.path}: no labels to score against")
-    if data.kind == "sequence":
-        return {"metric": "accuracy", "score": accuracy(data.labels, predictions),
-                "examples": len(data)}  # fmt: skip
-    default = entity_f1(data.labels, predictions, mode="default")
-    strict = entity_f1(data.labels, predictions, mode="strict")
-    return {
-        "metric": "entity_f1",
-        "score": default.f1,
-        "precision": default.precision,
-        "recall": default.recall,
-        "strict_f1": strict.f1,
-        "strict_precision": strict.precision,
-        "strict_recall": strict.recall,
-        "per_type": {t: s.f1 for t, s in default.per_type.items()},
-        "sentences": len(data),
-    }
-
-
-def evaluate_model(
-    model: TaskModel, data, tok, max_len: int, device, max_tokens: int, enc=None
-) -> dict:
-    """Score ``model`` on labeled ``TaskData`` (finetune's dev set, evaluate's test sets);
-    ``enc``: ``data`` already encoded with the model's labels."""
-    if enc is None:
-        enc = encode(data, tok, model.labels, max_len)
-    amp = resolve_precision("auto", device)
-    logits = predict_logits(model, enc, tok.pad_id, device, max_tokens, amp)
-    return score(data, predicted_labels(enc, logits, model.labels))

@@ -1,0 +1,169 @@
+"""Inference for task models: voter logits for encoded items (batched by length, split over
+the ranks of a torchrun job), predictions per word or text, and scores.
+
+Logits stay on the model's device (``[M, rows, C]``), so what follows them (``voter_filter``,
+``threshold_curve``) runs as Triton kernels on a GPU; only what is written to disk or scored by
+label name goes to the CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xlt_engine.data.align import word_predictions
+from xlt_engine.data.batching import length_batches
+from xlt_engine.data.task import Encoded, TaskData, encode, make_batch, task_kind
+from xlt_engine.engine.distributed import all_gather_rows, rank_world
+from xlt_engine.engine.loop import resolve_precision
+from xlt_engine.engine.metrics import accuracy, entity_f1
+from xlt_engine.model.heads import VotersModule
+from xlt_engine.model.task import TaskModel, read_task_meta
+
+
+def check_task_model(path: str | Path, format: str) -> None:
+    """``path`` is a task model folder whose kind (token / sequence) suits ``format``."""
+    if not Path(path).is_dir():
+        raise ValueError(f"model: {path}: no such folder")
+    kind = read_task_meta(path)["kind"]
+    if kind != task_kind(format):
+        raise ValueError(
+            f"model: {path} is a {kind} classifier, format {format!r} needs "
+            f"{task_kind(format)} classification"
+        )
+
+
+def forward_batch(model: torch.nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+    """A task model (or its DDP wrapper) on a ``make_batch`` batch: voter logits [M, rows, C]."""
+    types = batch.get("token_type_ids")
+    return model(
+        batch["input_ids"].to(device, non_blocking=True),
+        batch["attention_mask"].to(device, non_blocking=True),
+        types.to(device, non_blocking=True) if types is not None else None,
+        batch["positions"].to(device, non_blocking=True),
+    )
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: TaskModel,
+    enc: Encoded,
+    pad_id: int,
+    device: torch.device,
+    max_tokens: int = 16384,
+    amp_dtype: torch.dtype | None = None,
+    out_dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Voter logits ``[M, rows, C]`` (on ``device``, ``out_dtype``) for every position of every item,
+    rows in input order. Items are batched by length (at most ``max_tokens`` padded tokens)."""
+    was_training = model.training
+    model.eval()
+    offsets = enc.row_offsets
+    M, C = model.voters.num_voters, model.voters.num_labels
+    out = torch.empty(M, int(offsets[-1]), C, dtype=out_dtype, device=device)
+    lengths = enc.lengths
+    order = np.argsort(lengths, kind="stable")
+    longest = int(lengths.max()) if len(lengths) else 0
+    batches = length_batches(lengths[order], None, max(max_tokens, -(-longest // 8) * 8),
+                             shuffle=False)  # fmt: skip
+    try:
+        for b in batches:
+            items = order[b]
+            batch = make_batch(enc, items, pad_id)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
+                                enabled=amp_dtype is not None):  # fmt: skip
+                logits = forward_batch(model, batch, device)
+            rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in items])
+            out[:, torch.from_numpy(rows).to(device)] = logits.to(out_dtype)
+    finally:
+        model.train(was_training)
+    return out
+
+
+def shard_items(lengths: np.ndarray, world: int) -> np.ndarray:
+    """Boundaries ``[world + 1]`` that cut items ``0..n`` into ``world`` contiguous shares of
+    about equal token counts (rank ``k`` takes items ``bounds[k]:bounds[k + 1]``)."""
+    cum = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+    bounds = np.searchsorted(cum, cum[-1] * np.arange(world + 1) / world, side="left")
+    bounds[0], bounds[-1] = 0, len(lengths)
+    return np.maximum.accumulate(bounds)
+
+
+def items_of(enc: Encoded, lo: int, hi: int) -> Encoded:
+    """Items ``lo:hi`` of ``enc`` (no word alignment: for inference only)."""
+    types = None if enc.token_type_ids is None else enc.token_type_ids[lo:hi]
+    return Encoded(enc.kind, enc.input_ids[lo:hi], types, enc.positions[lo:hi],
+                   enc.targets[lo:hi], None)  # fmt: skip
+
+
+def predict_logits_all_ranks(
+    model: TaskModel,
+    enc: Encoded,
+    pad_id: int,
+    device: torch.device,
+    max_tokens: int = 16384,
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``predict_logits`` with the work split over the ranks of a torchrun job: each rank runs
+    a contiguous share of the items (``shard_items``) and every rank gets all the rows back,
+    ``[M, rows, C]`` fp32 on ``device``, in input order. One process: ``predict_logits`` itself."""
+    rank, world = rank_world()
+    if world == 1:
+        return predict_logits(model, enc, pad_id, device, max_tokens, amp_dtype)
+    bounds = shard_items(enc.lengths, world)
+    offsets = enc.row_offsets
+    rows = [int(offsets[bounds[k + 1]] - offsets[bounds[k]]) for k in range(world)]
+    M, C = model.voters.num_voters, model.voters.num_labels
+    lo, hi = int(bounds[rank]), int(bounds[rank + 1])
+    part = torch.empty(M, 0, C, device=device)
+    if hi > lo:
+        part = predict_logits(model, items_of(enc, lo, hi), pad_id, device, max_tokens, amp_dtype)
+    return all_gather_rows(part, rows, device)
+
+
+def predicted_labels(enc: Encoded, logits: torch.Tensor, labels: Sequence[str]) -> list:
+    """Mean-of-voters argmax -> token: one tag list per sentence (one tag per word);
+    sequence: one label per item."""
+    best = VotersModule.probs(logits).argmax(-1).cpu().numpy()
+    if enc.kind == "sequence":
+        return [labels[i] for i in best]
+    offsets = enc.row_offsets
+    per_window = [best[offsets[i] : offsets[i + 1]] for i in range(len(enc))]
+    return [[labels[i] for i in sent] for sent in word_predictions(enc.aligned, per_window)]
+
+
+def score(data: TaskData, predictions: list) -> dict:
+    """token: entity F1 (seqeval default and strict modes); sequence: accuracy."""
+    if data.labels is None:
+        raise ValueError(f"{data.path}: no labels to score against")
+    if data.kind == "sequence":
+        return {"metric": "accuracy", "score": accuracy(data.labels, predictions),
+                "examples": len(data)}  # fmt: skip
+    default = entity_f1(data.labels, predictions, mode="default")
+    strict = entity_f1(data.labels, predictions, mode="strict")
+    return {
+        "metric": "entity_f1",
+        "score": default.f1,
+        "precision": default.precision,
+        "recall": default.recall,
+        "strict_f1": strict.f1,
+        "strict_precision": strict.precision,
+        "strict_recall": strict.recall,
+        "per_type": {t: s.f1 for t, s in default.per_type.items()},
+        "sentences": len(data),
+    }
+
+
+def evaluate_model(
+    model: TaskModel, data, tok, max_len: int, device, max_tokens: int, enc=None
+) -> dict:
+    """Score ``model`` on labeled ``TaskData`` (finetune's dev set, evaluate's test sets);
+    ``enc``: ``data`` already encoded with the model's labels."""
+    if enc is None:
+        enc = encode(data, tok, model.labels, max_len)
+    amp = resolve_precision("auto", device)
+    logits = predict_logits(model, enc, tok.pad_id, device, max_tokens, amp)
+    return score(data, predicted_labels(enc, logits, model.labels))

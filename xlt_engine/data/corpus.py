@@ -22,9 +22,7 @@ temporary file and renamed into place at the end.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -32,7 +30,7 @@ from pathlib import Path
 
 from xlt_engine.data.conll import ConllFile
 from xlt_engine.data.examples import iter_lines
-from xlt_engine.fileio import fsync_dir
+from xlt_engine.fileio import atomic_file
 
 _WORD = re.compile(r"\w+|[^\w\s]")
 _END = ""  # trie key marking "a name ends here" (never a word token)
@@ -163,37 +161,28 @@ def build_corpus(
     counts = [0] * len(matcher)
     seen: set[bytes] = set()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for _, line in iter_lines(target_text, encoding):
-                stats.lines_read += 1
-                line = line.strip()
-                if not line:
-                    continue
-                found = matcher.find(line)
-                if not found:
-                    continue
-                stats.lines_matched += 1
-                digest = hashlib.blake2b(line.encode("utf-8"), digest_size=16).digest()
-                if digest in seen:
-                    stats.duplicates += 1
-                    continue
-                if all(counts[i] >= max_per_entity for i in found):
-                    stats.capped += 1
-                    continue
-                seen.add(digest)
-                f.write(line + "\n")
-                stats.lines_kept += 1
-                for i in found:
-                    counts[i] += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-        fsync_dir(out.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(out, "w", encoding="utf-8", newline="\n") as f:
+        for _, line in iter_lines(target_text, encoding):
+            stats.lines_read += 1
+            line = line.strip()
+            if not line:
+                continue
+            found = matcher.find(line)
+            if not found:
+                continue
+            stats.lines_matched += 1
+            digest = hashlib.blake2b(line.encode("utf-8"), digest_size=16).digest()
+            if digest in seen:
+                stats.duplicates += 1
+                continue
+            if all(counts[i] >= max_per_entity for i in found):
+                stats.capped += 1
+                continue
+            seen.add(digest)
+            f.write(line + "\n")
+            stats.lines_kept += 1
+            for i in found:
+                counts[i] += 1
     stats.kept_per_entity = Counter({matcher.names[i]: c for i, c in enumerate(counts) if c})
     return stats
 

@@ -54,7 +54,7 @@ import torch.distributed as dist
 from torch import nn
 
 from xlt_engine.engine import distributed
-from xlt_engine.fileio import atomic_write_text, fsync_dir
+from xlt_engine.fileio import atomic_file, atomic_write_text
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -344,12 +344,8 @@ def train(
             "rng_ranks": rng_ranks,
             "config": asdict(cfg),
         }
-        tmp = folder / "state.pt.tmp"
-        torch.save(state, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, folder / "state.pt")
-        fsync_dir(folder)
+        with atomic_file(folder / "state.pt") as f:
+            torch.save(state, f)
         atomic_write_text(run_dir / "latest", folder.name + "\n")
         old = sorted(p for p in run_dir.glob("ckpt-*") if p.is_dir() and p != folder)
         for p in old[: max(0, len(old) - (cfg.keep_checkpoints - 1))]:

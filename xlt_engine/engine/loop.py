@@ -249,6 +249,64 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+class Checkpoints:
+    """The checkpoints of one run folder: ``ckpt-<step>/`` with the model (``save_model``) and
+    ``state.pt`` (optimizer, scaler, data position, every rank's RNG states), the ``latest``
+    pointer replaced atomically after both are written, and pruning to ``keep`` folders."""
+
+    def __init__(self, run_dir: Path, save_model, load_model, keep: int):
+        self.run_dir, self.save_model, self.load_model, self.keep = run_dir, save_model, load_model, keep
+        self.rank, self.world = distributed.rank_world()
+
+    def latest(self) -> Path | None:
+        return latest_checkpoint(self.run_dir)
+
+    def check_fresh(self) -> None:
+        earlier = self.latest()
+        if earlier is not None:
+            raise ValueError(
+                f"{self.run_dir} holds the checkpoints of an earlier run (latest: {earlier.name}): "
+                "resume it (--resume) or choose another folder"
+            )
+
+    def load(self, model: nn.Module) -> dict:
+        """Load the latest checkpoint's weights into ``model`` and this rank's RNG states;
+        returns the rest of its state (optimizer, scaler, step, data position)."""
+        ckpt = self.latest()
+        if ckpt is None:
+            raise ValueError(f"{self.run_dir}: nothing to resume (no checkpoint written yet)")
+        self.load_model(model, ckpt / "model")
+        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        rng = state["rng"]
+        if len(state.get("rng_ranks", ())) == self.world:
+            rng = state["rng_ranks"][self.rank]  # each rank continues its own streams (dropout)
+        _set_rng_state(rng)
+        return state
+
+    def save(self, model: nn.Module, step: int, state: dict) -> Path | None:
+        """Every rank's RNG states are gathered (a collective: call on every rank); rank 0
+        writes ``ckpt-<step>``, points ``latest`` at it and prunes older ones."""
+        rng = _rng_state()
+        rng_ranks = [rng]
+        if self.world > 1:
+            rng_ranks = [None] * self.world
+            dist.all_gather_object(rng_ranks, rng)
+        if self.rank != 0:
+            return None
+        folder = self.run_dir / f"ckpt-{step:08d}"
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        self.save_model(model, folder / "model")
+        with atomic_file(folder / "state.pt") as f:
+            torch.save({**state, "rng": rng, "rng_ranks": rng_ranks}, f)
+        atomic_write_text(self.run_dir / "latest", folder.name + "\n")
+        old = sorted(p for p in self.run_dir.glob("ckpt-*") if p.is_dir() and p != folder)
+        for p in old[: max(0, len(old) - (self.keep - 1))]:
+            shutil.rmtree(p, ignore_errors=True)
+        return folder
+
+
 def train(
     model: nn.Module,
     loss_fn: Callable[[nn.Module, dict, torch.Generator], torch.Tensor],
@@ -297,60 +355,23 @@ def train(
     random.seed(cfg.seed)  # a fresh run is a function of the seed (dropout included)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed + rank)
-    earlier = None if resume else latest_checkpoint(run_dir)
-    if earlier is not None:
-        raise ValueError(
-            f"{run_dir} holds the checkpoints of an earlier run (latest: {earlier.name}): "
-            "resume it (--resume) or choose another folder"
-        )
+    ckpts = Checkpoints(run_dir, save_model, load_model, cfg.keep_checkpoints)
     if resume:
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
-            raise ValueError(f"{run_dir}: nothing to resume (no checkpoint written yet)")
-        load_model(core, ckpt / "model")
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        state = ckpts.load(core)
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         step, epoch, index = state["step"], state["epoch"], state["index"]
-        rng = state["rng"]
-        if len(state.get("rng_ranks", ())) == world:
-            rng = state["rng_ranks"][rank]  # each rank continues its own streams (dropout)
-        _set_rng_state(rng)
         if echo and is_main:
-            echo(f"resumed from {ckpt} at step {step}")
+            echo(f"resumed from {ckpts.latest()} at step {step}")
+    else:
+        ckpts.check_fresh()
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
 
     def checkpoint() -> Path | None:
-        rng = _rng_state()
-        rng_ranks = [rng]
-        if distributed:
-            rng_ranks = [None] * world
-            dist.all_gather_object(rng_ranks, rng)
-        if not is_main:
-            return None
-        folder = run_dir / f"ckpt-{step:08d}"
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        save_model(core, folder / "model")
-        state = {
-            "optimizer": opt.state_dict(),
-            "scaler": scaler.state_dict(),
-            "step": step,
-            "epoch": epoch,
-            "index": index,
-            "rng": rng,
-            "rng_ranks": rng_ranks,
-            "config": asdict(cfg),
-        }
-        with atomic_file(folder / "state.pt") as f:
-            torch.save(state, f)
-        atomic_write_text(run_dir / "latest", folder.name + "\n")
-        old = sorted(p for p in run_dir.glob("ckpt-*") if p.is_dir() and p != folder)
-        for p in old[: max(0, len(old) - (cfg.keep_checkpoints - 1))]:
-            shutil.rmtree(p, ignore_errors=True)
-        return folder
+        state = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                 "epoch": epoch, "index": index, "config": asdict(cfg)}  # fmt: skip
+        return ckpts.save(core, step, state)
 
     stop = {"signal": None}
 

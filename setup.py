@@ -12,6 +12,7 @@ setup(
     long_description=Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["xlt_engine", "xlt_engine.*"]),
+    package_data={"xlt_engine": ["quickstart.toml"]},
     python_requires=">=3.10",
     # torch: a floor, not a pin, so an installed CPU or CUDA build is kept as it is
     install_requires=[

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from xlt_engine.cli import main
 from xlt_engine.data import read_conll
 from xlt_engine.data.tokenizer import load_tokenizer
-from xlt_engine.quickstart import CONFIG, Sizes, build_vocab, generate, learn_wordpieces
+from xlt_engine.quickstart import Sizes, build_vocab, default_config, generate, learn_wordpieces
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,8 +91,9 @@ def test_wordpiece_merges_follow_frequency_then_order():
         learn_wordpieces({"abc": 1}, 3, specials)
 
 
-def test_embedded_config_is_configs_quickstart_toml():
-    assert (ROOT / "configs" / "quickstart.toml").read_text() == CONFIG
+def test_the_shipped_config_is_configs_quickstart_toml():
+    assert (ROOT / "configs" / "quickstart.toml").read_text() == default_config()
+    assert (ROOT / "configs" / "quickstart.toml").resolve() == ROOT / "xlt_engine" / "quickstart.toml"
 
 
 def test_quickstart_runs_the_whole_pipeline(tmp_path):

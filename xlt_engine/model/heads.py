@@ -20,27 +20,26 @@ from torch import nn
 from xlt_engine.model.bert import init_bert_weights
 
 
-class SequenceClassificationHead(nn.Module):
-    """hidden [B, T, H] -> logits [B, C] from the [CLS] (first) position."""
+class LinearHead(nn.Module):
+    """Dropout, then one linear layer H -> C (standard BERT fine-tuning); the subclasses pick
+    the positions."""
 
     def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1, std: float = 0.02):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(hidden_size, num_labels)
         init_bert_weights(self, std)
+
+
+class SequenceClassificationHead(LinearHead):
+    """hidden [B, T, H] -> logits [B, C] from the [CLS] (first) position."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(hidden[:, 0]))  # (B, C)
 
 
-class TokenClassificationHead(nn.Module):
+class TokenClassificationHead(LinearHead):
     """hidden [B, T, H] -> logits [B, T, C] for every position."""
-
-    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1, std: float = 0.02):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(hidden_size, num_labels)
-        init_bert_weights(self, std)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(hidden))  # (B, T, C)

@@ -56,8 +56,12 @@ def real_batch(data: Path, tok, B: int, T: int) -> torch.Tensor:
     sents = []
     for f in ("conll2003_en/eng.train", "conll2002/esp.train"):
         sents += [" ".join(s.tokens) for s in read_conll(data / f)][:2000]
-    ids = np.concatenate([np.asarray(e.ids, np.int64) for e in
-                          tok.backend.encode_batch(sents, add_special_tokens=False)])  # fmt: skip
+    ids = np.concatenate(
+        [
+            np.asarray(e.ids, np.int64)
+            for e in tok.backend.encode_batch(sents, add_special_tokens=False)
+        ]
+    )
     room = T - 2
     if len(ids) < B * room:
         raise SystemExit(f"not enough text for {B} x {T}")
@@ -82,8 +86,11 @@ def main(argv=None) -> list[dict]:
     B = args.batch or (8 if args.tiny else 32)
     T = args.seq
     tok = load_tokenizer(args.data / "mbert" / "vocab.txt")
-    shape = (dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
-             if args.tiny else {})  # fmt: skip
+    shape = (
+        dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+        if args.tiny
+        else {}
+    )
     cfg = BertConfig(vocab_size=tok.vocab_size, **shape)
     torch.manual_seed(0)
     ours = BertForMLM(cfg)
@@ -94,8 +101,9 @@ def main(argv=None) -> list[dict]:
     k = min(args.freeze, cfg.num_hidden_layers)
     freeze(ours, (r"encoder\.embeddings\.", *(rf"encoder\.layers\.{i}\." for i in range(k))))
     for name, p in ref.named_parameters():
-        if name.startswith("bert.embeddings.") or any(name.startswith(f"bert.encoder.layer.{i}.")
-                                                       for i in range(k)):  # fmt: skip
+        if name.startswith("bert.embeddings.") or any(
+            name.startswith(f"bert.encoder.layer.{i}.") for i in range(k)
+        ):
             p.requires_grad_(False)
     fused = device.type == "cuda"
     opt_ours = torch.optim.AdamW(
@@ -135,8 +143,13 @@ def main(argv=None) -> list[dict]:
     rows = []
     for name, step in (("xlt-engine", step_ours), ("transformers sdpa", step_ref)):
         ms, peak = time_steps(step, device, args.warmup, args.iters)
-        row = {"impl": name, "ms_per_step": round(ms, 3), "steps_per_s": round(1e3 / ms, 3),
-               "tokens_per_s": round(B * T / ms * 1e3), "peak_mib": round(peak, 1)}  # fmt: skip
+        row = {
+            "impl": name,
+            "ms_per_step": round(ms, 3),
+            "steps_per_s": round(1e3 / ms, 3),
+            "tokens_per_s": round(B * T / ms * 1e3),
+            "peak_mib": round(peak, 1),
+        }
         if device.type == "cuda":
             row["mfu"] = round(flops / (ms / 1e3) / (args.peak_tflops * 1e12), 4)
         rows.append(row)
@@ -162,13 +175,17 @@ def main(argv=None) -> list[dict]:
     }
     if not args.no_save:
         append("btf_step", device, record)
-    print(f"{gpu}  B={B} T={T} L={cfg.num_hidden_layers} H={cfg.hidden_size} V={cfg.vocab_size} "
-          f"masked={n_masked} {record['precision']}")  # fmt: skip
+    print(
+        f"{gpu}  B={B} T={T} L={cfg.num_hidden_layers} H={cfg.hidden_size} V={cfg.vocab_size} "
+        f"masked={n_masked} {record['precision']}"
+    )
     print(f"{'impl':<20}{'ms/step':>10}{'steps/s':>9}{'tokens/s':>11}{'peak MiB':>10}{'MFU':>7}")
     for r in rows:
         mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
-        print(f"{r['impl']:<20}{r['ms_per_step']:>10.2f}{r['steps_per_s']:>9.2f}"
-              f"{r['tokens_per_s']:>11,}{r['peak_mib']:>10.0f}{mfu:>7}")  # fmt: skip
+        print(
+            f"{r['impl']:<20}{r['ms_per_step']:>10.2f}{r['steps_per_s']:>9.2f}"
+            f"{r['tokens_per_s']:>11,}{r['peak_mib']:>10.0f}{mfu:>7}"
+        )
     print(f"speed-up (tokens/s): {speedup:.2f}x")
     return rows
 

@@ -85,8 +85,11 @@ def run(task: str, args: dict) -> dict:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out = subprocess.run(
         [sys.executable, "-c", CHILD, task, json.dumps(args)],
-        capture_output=True, text=True, env=env, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
     if out.returncode != 0:
         raise SystemExit(f"{task} failed:\n{out.stderr}")
     return json.loads(out.stdout.strip().splitlines()[-1])

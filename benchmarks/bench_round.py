@@ -79,8 +79,11 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     tgt_file = _sliced(args.data / args.unlabeled, args.limit, work / "unlabeled.conll")
     src_data = read_task_file(src_file, "conll")
     labels = src_data.label_set()
-    shape = (dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
-             if args.tiny else {})  # fmt: skip
+    shape = (
+        dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+        if args.tiny
+        else {}
+    )
     cfg = BertConfig(vocab_size=tok.vocab_size, **shape)
     torch.manual_seed(0)
     save_pretrained(BertForMLM(cfg), work / "base", tok)
@@ -96,11 +99,20 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     def train_cfg(lr: float) -> TrainConfig:
         return TrainConfig(epochs=args.epochs, lr=lr, log_every=20, seed=1)
 
-    st = SelftrainConfig(base_model=str(work / "base"), teacher=str(work / "teacher"),
-                         source_file=str(src_file), unlabeled_file=str(tgt_file),
-                         out=str(work / "selftrain"), rounds=1, max_len=args.max_len,
-                         batch_size=args.batch, soft=train_cfg(3e-5), hard=train_cfg(1e-6),
-                         source_filter=False, device=args.device)  # fmt: skip
+    st = SelftrainConfig(
+        base_model=str(work / "base"),
+        teacher=str(work / "teacher"),
+        source_file=str(src_file),
+        unlabeled_file=str(tgt_file),
+        out=str(work / "selftrain"),
+        rounds=1,
+        max_len=args.max_len,
+        batch_size=args.batch,
+        soft=train_cfg(3e-5),
+        hard=train_cfg(1e-6),
+        source_filter=False,
+        device=args.device,
+    )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -110,8 +122,13 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     by_step = {r["step"]: r for r in result.rounds}
     hard_items = by_step["hard"]["items"]
     epochs = args.epochs
-    tokens = {"teacher": tgt_tokens, "soft": round(tgt_tokens * epochs),
-              "threshold": src_tokens, "filter": tgt_tokens, "hard": None}  # fmt: skip
+    tokens = {
+        "teacher": tgt_tokens,
+        "soft": round(tgt_tokens * epochs),
+        "threshold": src_tokens,
+        "filter": tgt_tokens,
+        "hard": None,
+    }
     rows = []
     for part in PARTS:
         rec = by_step[part]

@@ -23,8 +23,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def environment(device: torch.device, script: str, argv: list[str] | None) -> dict:
     """``script``: the benchmark's file name; ``argv``: its arguments (None: ``sys.argv``)."""
     command = f"PYTHONPATH=. python benchmarks/{script} "
-    return {**provenance.environment(device),
-            "command": command + shlex.join(argv if argv is not None else sys.argv[1:])}  # fmt: skip
+    return {
+        **provenance.environment(device),
+        "command": command + shlex.join(argv if argv is not None else sys.argv[1:]),
+    }
 
 
 def append(name: str, device: torch.device, record: dict) -> Path:

@@ -93,7 +93,9 @@ def test_wordpiece_merges_follow_frequency_then_order():
 
 def test_the_shipped_config_is_configs_quickstart_toml():
     assert (ROOT / "configs" / "quickstart.toml").read_text() == default_config()
-    assert (ROOT / "configs" / "quickstart.toml").resolve() == ROOT / "xlt_engine" / "quickstart.toml"
+    assert (
+        ROOT / "configs" / "quickstart.toml"
+    ).resolve() == ROOT / "xlt_engine" / "quickstart.toml"
 
 
 def test_quickstart_runs_the_whole_pipeline(tmp_path):

@@ -133,10 +133,16 @@ def mlm_cases(device, dtype, shapes, providers, modes) -> list[Case]:
             for mode in modes:
                 cases.append(
                     _autograd_case(
-                        "mlm", label, provider, mode, fn, [x, weight, bias], y,
+                        "mlm",
+                        label,
+                        provider,
+                        mode,
+                        fn,
+                        [x, weight, bias],
+                        y,
                         flops={"forward": 2, "backward": 4, "full": 6}[mode] * n * v * h,
                     )
-                )  # fmt: skip
+                )
     return cases
 
 
@@ -165,10 +171,17 @@ def mse_cases(device, dtype, shapes, providers, modes) -> list[Case]:
             for mode in modes:
                 cases.append(
                     _autograd_case(
-                        "mse", label, provider, mode, lambda zz, pp, mm, _fn=fn: _fn(zz, pp, mm),
-                        [z], p, extra=(mask,), nbytes=nbytes[mode],
+                        "mse",
+                        label,
+                        provider,
+                        mode,
+                        lambda zz, pp, mm, _fn=fn: _fn(zz, pp, mm),
+                        [z],
+                        p,
+                        extra=(mask,),
+                        nbytes=nbytes[mode],
                     )
-                )  # fmt: skip
+                )
     return cases
 
 
@@ -444,8 +457,23 @@ def save(record: dict, out_dir: Path) -> list[Path]:
     runs = json.loads(json_path.read_text()) if json_path.exists() else []
     runs.append(record)
     atomic_write_text(json_path, json.dumps(runs, indent=1) + "\n")
-    fields = ["date", "device", "git_sha", "torch", "triton", "dtype", "op", "shape", "mode",
-              "provider", "ms", "tflops", "gbps", "peak_mib", "error"]  # fmt: skip
+    fields = [
+        "date",
+        "device",
+        "git_sha",
+        "torch",
+        "triton",
+        "dtype",
+        "op",
+        "shape",
+        "mode",
+        "provider",
+        "ms",
+        "tflops",
+        "gbps",
+        "peak_mib",
+        "error",
+    ]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()

@@ -155,24 +155,35 @@ def bench() -> None:
 
 @bench.command("kernels")
 @click.option(
-    "--op", "ops", multiple=True, type=click.Choice(["mlm", "mse", "voters", "threshold"]),
+    "--op",
+    "ops",
+    multiple=True,
+    type=click.Choice(["mlm", "mse", "voters", "threshold"]),
     help="ops to time (repeatable; default: all)",
-)  # fmt: skip
+)
 @click.option(
-    "--provider", "providers", multiple=True,
+    "--provider",
+    "providers",
+    multiple=True,
     type=click.Choice(["triton", "torch", "compile", "hf", "liger"]),
     help="providers (repeatable; default: all on a GPU, torch and compile on CPU)",
-)  # fmt: skip
+)
 @click.option(
-    "--mode", "modes", multiple=True, type=click.Choice(["forward", "backward", "full"]),
+    "--mode",
+    "modes",
+    multiple=True,
+    type=click.Choice(["forward", "backward", "full"]),
     help="modes (repeatable; default: all)",
-)  # fmt: skip
+)
 @click.option("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when present)")
 @click.option("--reps", type=int, default=None, help="timed repetitions on CPU / backward mode")
 @click.option(
-    "--out", type=click.Path(file_okay=False, path_type=Path),
-    default=Path("benchmarks/results"), show_default=True, help="folder for the JSON and CSV",
-)  # fmt: skip
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("benchmarks/results"),
+    show_default=True,
+    help="folder for the JSON and CSV",
+)
 @click.option("--no-save", is_flag=True, help="print the table only")
 def bench_kernels(ops, providers, modes, device, reps, out, no_save) -> None:
     """Time the fused kernels against torch, torch.compile, Hugging Face and Liger."""
@@ -191,22 +202,31 @@ def bench_kernels(ops, providers, modes, device, reps, out, no_save) -> None:
 
 @main.command()
 @click.option(
-    "--source", "sources", multiple=True, required=True,
+    "--source",
+    "sources",
+    multiple=True,
+    required=True,
     type=click.Path(dir_okay=False, path_type=Path),
     help="CoNLL training file(s) whose entities are searched for (repeatable)",
-)  # fmt: skip
+)
 @click.option(
-    "--target-text", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    "--target-text",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
     help="target-language plain text, one sentence per line (streamed)",
-)  # fmt: skip
+)
 @click.option(
-    "--entity-map", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    "--entity-map",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
     help="TSV of 'source name<TAB>target name' rows",
-)  # fmt: skip
+)
 @click.option(
-    "--out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
     help="output text file (written atomically)",
-)  # fmt: skip
+)
 @click.option("--max-per-entity", default=100, show_default=True, help="lines kept per name")
 @click.option("--min-length", default=2, show_default=True, help="shortest name, in characters")
 @click.option("--top", default=10, show_default=True, help="entities listed in the summary")
@@ -271,38 +291,73 @@ def _run_guarded(fn) -> None:
         distributed.shutdown()
 
 
-_config_option = click.option("--config", "config_path", required=True,
-                              type=click.Path(path_type=Path),
-                              help="a TOML experiment config (see configs/)")  # fmt: skip
-_set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                           help="override a config key, e.g. --set data.root=../shared/data "
-                           "(repeatable)")  # fmt: skip
-_progress_option = click.option("--progress/--no-progress", default=None,
-                                help="progress bar (default: when stderr is a terminal)")  # fmt: skip
+_config_option = click.option(
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="a TOML experiment config (see configs/)",
+)
+_set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="override a config key, e.g. --set data.root=../shared/data (repeatable)",
+)
+_progress_option = click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="progress bar (default: when stderr is a terminal)",
+)
 
 
 @main.command()
 @click.option(
-    "--stage", required=True,
+    "--stage",
+    required=True,
     type=click.Choice([*STAGES, "all"]),
     help="the stage to run (its inputs come from the config and earlier stages' folders); "
     "all: btf, finetune, selftrain, evaluate and the table",
-)  # fmt: skip
+)
 @_config_option
 @_set_option
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="run folder (default: the config's out, else runs/<config>/<src>-<tgt>)")  # fmt: skip
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="run folder (default: the config's out, else runs/<config>/<src>-<tgt>)",
+)
 @click.option("--resume", is_flag=True, help="continue the stage from its latest checkpoint")
-@click.option("--no-btf", is_flag=True,
-              help="ablation -BTF: fine-tune and self-train from the pretrained model")  # fmt: skip
+@click.option(
+    "--no-btf",
+    is_flag=True,
+    help="ablation -BTF: fine-tune and self-train from the pretrained model",
+)
 @click.option("--no-selftrain", is_flag=True, help="ablation -ST (stage all): stop after finetune")
-@click.option("--fixed-threshold", type=float, default=None, metavar="A",
-              help="ablation -AT: a fixed confidence threshold A instead of the automatic one")  # fmt: skip
-@click.option("--voters", type=int, default=None,
-              help="number of voters (1: the -VM ablation, a plain head)")  # fmt: skip
+@click.option(
+    "--fixed-threshold",
+    type=float,
+    default=None,
+    metavar="A",
+    help="ablation -AT: a fixed confidence threshold A instead of the automatic one",
+)
+@click.option(
+    "--voters", type=int, default=None, help="number of voters (1: the -VM ablation, a plain head)"
+)
 @_progress_option
-def run(stage, config_path, overrides, out, resume, no_btf, no_selftrain, fixed_threshold, voters,
-        progress) -> None:  # fmt: skip
+def run(
+    stage,
+    config_path,
+    overrides,
+    out,
+    resume,
+    no_btf,
+    no_selftrain,
+    fixed_threshold,
+    voters,
+    progress,
+) -> None:
     """Run one stage of an experiment: xlt-engine run --stage selftrain --config configs/conll.toml
 
     Launch with torchrun for several processes (NCCL on CUDA, gloo on CPU); rank 0 alone writes.
@@ -319,8 +374,14 @@ def run(stage, config_path, overrides, out, resume, no_btf, no_selftrain, fixed_
 
         cfg = _experiment(config_path, overrides, out, no_btf, fixed_threshold, voters)
         if stage == "all":
-            run_all(cfg, btf=not no_btf, selftrain=not no_selftrain, resume=resume, echo=echo,
-                    progress=progress)  # fmt: skip
+            run_all(
+                cfg,
+                btf=not no_btf,
+                selftrain=not no_selftrain,
+                resume=resume,
+                echo=echo,
+                progress=progress,
+            )
         else:
             run_stage(cfg, stage, resume=resume, echo=echo, progress=progress)
 
@@ -330,12 +391,26 @@ def run(stage, config_path, overrides, out, resume, no_btf, no_selftrain, fixed_
 @main.command()
 @_config_option
 @_set_option
-@click.option("--seeds", required=True, metavar="S1,S2,...",
-              help="comma-separated seeds, e.g. 1,2,3 (mean ± std over them)")  # fmt: skip
-@click.option("--fixed-threshold", type=float, default=0.9, show_default=True, metavar="A",
-              help="the fixed threshold of the -AT row")  # fmt: skip
-@click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="folder for the seeds' runs and the table (default: runs/<config>)")  # fmt: skip
+@click.option(
+    "--seeds",
+    required=True,
+    metavar="S1,S2,...",
+    help="comma-separated seeds, e.g. 1,2,3 (mean ± std over them)",
+)
+@click.option(
+    "--fixed-threshold",
+    type=float,
+    default=0.9,
+    show_default=True,
+    metavar="A",
+    help="the fixed threshold of the -AT row",
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="folder for the seeds' runs and the table (default: runs/<config>)",
+)
 @click.option("--resume", is_flag=True, help="continue stages a killed run left half-way")
 @_progress_option
 def ablate(config_path, overrides, seeds, fixed_threshold, out, resume, progress) -> None:
@@ -361,11 +436,16 @@ def ablate(config_path, overrides, seeds, fixed_threshold, out, resume, progress
 
 
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("runs/quickstart"), show_default=True,
-              help="folder for the generated data, the model and the runs")  # fmt: skip
-@click.option("--seed", default=1, show_default=True,
-              help="seed of the generated task and of every stage")  # fmt: skip
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/quickstart"),
+    show_default=True,
+    help="folder for the generated data, the model and the runs",
+)
+@click.option(
+    "--seed", default=1, show_default=True, help="seed of the generated task and of every stage"
+)
 @click.option("--resume", is_flag=True, help="continue a quickstart that was interrupted")
 @_progress_option
 def quickstart(out, seed, resume, progress) -> None:
@@ -384,8 +464,10 @@ def quickstart(out, seed, resume, progress) -> None:
             cfg_path = out / "quickstart.toml"
         else:
             if (out / "runs").exists():
-                raise ValueError(f"{out} holds an earlier quickstart: --resume it, or choose "
-                                 "another folder (--out)")  # fmt: skip
+                raise ValueError(
+                    f"{out} holds an earlier quickstart: --resume it, or choose "
+                    "another folder (--out)"
+                )
             cfg_path = prepare(out, seed)
             click.echo(f"generated the task, vocabulary and tiny model in {out} (seed {seed})")
         cfg = load_config(cfg_path, [f"seed={seed}", f"out={str(out / 'runs')!r}"])

@@ -32,6 +32,7 @@ def default_config() -> str:
     (``configs/quickstart.toml`` is a link to it), with data.root and model.path to be filled in."""
     return resources.files("xlt_engine").joinpath("quickstart.toml").read_text(encoding="utf-8")
 
+
 ENTITY_TYPES = ("PER", "LOC", "ORG")
 
 
@@ -139,9 +140,13 @@ def generate(folder: str | Path, seed: int = 0, sizes: Sizes = Sizes()) -> dict[
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = {}
-    plan = [("src.train", "src", sizes.train, train_pool), ("src.dev", "src", sizes.dev, train_pool),
-            ("src.test", "src", sizes.test, all_pool), ("tgt.train", "tgt", sizes.train, train_pool),
-            ("tgt.test", "tgt", sizes.test, all_pool)]  # fmt: skip
+    plan = [
+        ("src.train", "src", sizes.train, train_pool),
+        ("src.dev", "src", sizes.dev, train_pool),
+        ("src.test", "src", sizes.test, all_pool),
+        ("tgt.train", "tgt", sizes.train, train_pool),
+        ("tgt.test", "tgt", sizes.test, all_pool),
+    ]
     for name, lang, n, pool in plan:
         lines = []
         for _ in range(n):
@@ -180,8 +185,10 @@ def learn_wordpieces(counts: dict[str, int], vocab_size: int, special=SPECIAL_TO
     freq = [counts[w] for w in words]
     alphabet = sorted({s for syms in symbols for s in syms})
     if len(special) + len(alphabet) > vocab_size:
-        raise ValueError(f"vocab_size {vocab_size} is below the {len(special)} special tokens "
-                         f"plus the {len(alphabet)} characters of the text")  # fmt: skip
+        raise ValueError(
+            f"vocab_size {vocab_size} is below the {len(special)} special tokens "
+            f"plus the {len(alphabet)} characters of the text"
+        )
     vocab = list(special) + alphabet
     pairs: dict[tuple[str, str], int] = {}
     where: dict[tuple[str, str], set[int]] = {}
@@ -243,11 +250,18 @@ def prepare(out: str | Path, seed: int = 0, sizes: Sizes = Sizes()) -> Path:
 
     out = Path(out)
     files = generate(out / "data", seed, sizes)
-    vocab = build_vocab([files["src.train"], files["tgt.train"]], out / "data" / "vocab.txt",
-                        sizes.vocab_size)  # fmt: skip
+    vocab = build_vocab(
+        [files["src.train"], files["tgt.train"]], out / "data" / "vocab.txt", sizes.vocab_size
+    )
     tok = load_tokenizer(vocab, do_lower_case=False)
-    config = BertConfig(vocab_size=tok.vocab_size, hidden_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=128, max_position_embeddings=128)  # fmt: skip
+    config = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=128,
+    )
     torch.manual_seed(seed)
     save_pretrained(BertForMLM(config), out / "pretrained", tok)
     cfg_path = out / "quickstart.toml"

@@ -4,9 +4,24 @@ from benchmarks.bench_round import PARTS, main
 
 
 def test_bench_round_smoke(shared_data, tmp_path, capsys):
-    record = main(["--data", str(shared_data), "--device", "cpu", "--tiny", "--limit", "40",
-                   "--batch", "8", "--max-len", "48", "--work", str(tmp_path / "w"),
-                   "--no-save"])  # fmt: skip
+    record = main(
+        [
+            "--data",
+            str(shared_data),
+            "--device",
+            "cpu",
+            "--tiny",
+            "--limit",
+            "40",
+            "--batch",
+            "8",
+            "--max-len",
+            "48",
+            "--work",
+            str(tmp_path / "w"),
+            "--no-save",
+        ]
+    )
     rows = {r["part"]: r for r in record["rows"]}
     assert list(rows) == [*PARTS, "other"]
     assert all(r["seconds"] > 0 for r in rows.values())

@@ -109,8 +109,9 @@ def test_encode_pairs_match_transformers(shared_data, mbert, tmp_path):
     ex = ds.examples[:300]
     for max_len in (128, 24):
         ours = encode_texts(mbert, [e.text for e in ex], [e.text_pair for e in ex], max_len)
-        ref = hf([e.text for e in ex], [e.text_pair for e in ex], truncation=True,
-                 max_length=max_len)  # fmt: skip
+        ref = hf(
+            [e.text for e in ex], [e.text_pair for e in ex], truncation=True, max_length=max_len
+        )
         assert [x.tolist() for x in ours.input_ids] == ref["input_ids"]
         assert [x.tolist() for x in ours.token_type_ids] == ref["token_type_ids"]
         full = hf([e.text for e in ex], [e.text_pair for e in ex])["input_ids"]

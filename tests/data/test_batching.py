@@ -44,8 +44,11 @@ def test_resample_bad_input(kwargs, message):
 def test_length_batches_cover_everything_once_and_respect_limits():
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 200, size=1000)
-    for kwargs in (dict(batch_size=32), dict(batch_size=None, max_tokens=4096),
-                   dict(batch_size=16, max_tokens=2048)):  # fmt: skip
+    for kwargs in (
+        dict(batch_size=32),
+        dict(batch_size=None, max_tokens=4096),
+        dict(batch_size=16, max_tokens=2048),
+    ):
         batches = length_batches(lengths, seed=3, **kwargs)
         flat = np.concatenate(batches)
         assert sorted(flat.tolist()) == list(range(1000))
@@ -55,12 +58,15 @@ def test_length_batches_cover_everything_once_and_respect_limits():
             if kwargs.get("max_tokens"):
                 assert len(b) * padded_length(int(lengths[b].max())) <= kwargs["max_tokens"]
         # similar lengths together: far less padding than random batches of the same sizes
-        waste = sum(len(b) * padded_length(int(lengths[b].max())) - lengths[b].sum()
-                    for b in batches)  # fmt: skip
+        waste = sum(
+            len(b) * padded_length(int(lengths[b].max())) - lengths[b].sum() for b in batches
+        )
         perm = rng.permutation(1000)
         sizes = np.cumsum([len(b) for b in batches])[:-1]
-        random_waste = sum(len(b) * padded_length(int(lengths[b].max())) - lengths[b].sum()
-                           for b in np.split(perm, sizes))  # fmt: skip
+        random_waste = sum(
+            len(b) * padded_length(int(lengths[b].max())) - lengths[b].sum()
+            for b in np.split(perm, sizes)
+        )
         assert waste < 0.3 * random_waste
     c = length_batches(lengths, 32, seed=4)
     a, b = length_batches(lengths, 32, seed=3), length_batches(lengths, 32, seed=3)
@@ -98,9 +104,11 @@ def test_shard_equal_counts(n, world):
 
 def test_pad_batch():
     out = pad_batch(
-        [np.array([1, 2, 3]), np.array([4])], pad_id=0, labels=[np.array([7, 8, 9]), np.array([5])],
+        [np.array([1, 2, 3]), np.array([4])],
+        pad_id=0,
+        labels=[np.array([7, 8, 9]), np.array([5])],
         token_type_ids=[np.array([0, 1, 1]), np.array([0])],
-    )  # fmt: skip
+    )
     assert out["input_ids"].shape == (2, 8)
     assert out["input_ids"][1].tolist() == [4, 0, 0, 0, 0, 0, 0, 0]
     assert out["attention_mask"].sum(1).tolist() == [3, 1]

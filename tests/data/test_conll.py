@@ -115,10 +115,12 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 WORD = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc"),
-                           blacklist_characters="\ufeff"), min_size=1,
+    alphabet=st.characters(
+        blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc"), blacklist_characters="\ufeff"
+    ),
+    min_size=1,
     max_size=6,
-).filter(lambda w: w.split() == [w] and w != "-DOCSTART-")  # fmt: skip
+).filter(lambda w: w.split() == [w] and w != "-DOCSTART-")
 TAG = st.sampled_from(["O", "O", "O", "B-PER", "I-PER", "B-LOC", "I-LOC", "I-MISC"])
 SENTENCE = st.lists(st.tuples(WORD, TAG), min_size=1, max_size=8)
 

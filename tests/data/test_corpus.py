@@ -49,8 +49,12 @@ def source(tmp_path):
 def test_source_entities_and_names(source, tmp_path):
     conll = read_conll(source)
     assert source_entities([conll]) == {
-        "EU": 1, "German": 1, "British": 1, "Peter Blackburn": 1, "New York": 1,
-    }  # fmt: skip
+        "EU": 1,
+        "German": 1,
+        "British": 1,
+        "Peter Blackburn": 1,
+        "New York": 1,
+    }
     m = tmp_path / "map.tsv"
     m.write_text("# comment\nGerman\tdeutsche\nGerman\tdeutschen\nNew York\tNew York City\n")
     mapping = read_entity_map(m)
@@ -134,9 +138,17 @@ def test_cli(source, tmp_path):
     assert "entities: 5" in res.output and "lines read: 3" in res.output
     assert "lines kept: 2" in res.output and re.search(r"lines/s", res.output)
     res = CliRunner().invoke(
-        main, ["corpus", "--source", str(tmp_path / "no.train"), "--target-text", str(text),
-               "--out", str(out)],
-    )  # fmt: skip
+        main,
+        [
+            "corpus",
+            "--source",
+            str(tmp_path / "no.train"),
+            "--target-text",
+            str(text),
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code != 0 and "no.train: no such file" in res.output
 
 
@@ -159,8 +171,10 @@ def test_memory_stays_flat(tmp_path):
                 f.write(f"Zeile {i} mit etwas Text über Berlin und andere Orte {i * 7}\n")
         out = subprocess.run(
             [sys.executable, "-c", PEAK, str(text), str(tmp_path / "out.txt")],
-            capture_output=True, text=True, check=True,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         peaks.append(int(out.stdout.strip()))
     # 200k lines are ~13 MB of text; a held file would add that and more
     assert peaks[1] - peaks[0] < 4 * 1024, peaks  # KiB

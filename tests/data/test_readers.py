@@ -162,7 +162,23 @@ def test_marc_bad_bytes(tmp_path):
 # ----------------------------------------------------------------------------- XNLI
 
 
-XNLI_LANGS = ["ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh"]  # fmt: skip
+XNLI_LANGS = [
+    "ar",
+    "bg",
+    "de",
+    "el",
+    "en",
+    "es",
+    "fr",
+    "hi",
+    "ru",
+    "sw",
+    "th",
+    "tr",
+    "ur",
+    "vi",
+    "zh",
+]
 
 
 @pytest.mark.parametrize("lang", XNLI_LANGS)

@@ -14,9 +14,25 @@ def make_tiny(out: Path, dropout: float | None = None) -> Path:
 
     from xlt_engine.cli import main
 
-    res = CliRunner().invoke(main, ["init", str(out), "--vocab", str(SHARED_DATA / "mbert" / "vocab.txt"),
-                                    "--layers", "2", "--hidden", "64", "--heads", "2",
-                                    "--intermediate", "128", "--seed", "3"])  # fmt: skip
+    res = CliRunner().invoke(
+        main,
+        [
+            "init",
+            str(out),
+            "--vocab",
+            str(SHARED_DATA / "mbert" / "vocab.txt"),
+            "--layers",
+            "2",
+            "--hidden",
+            "64",
+            "--heads",
+            "2",
+            "--intermediate",
+            "128",
+            "--seed",
+            "3",
+        ],
+    )
     assert res.exit_code == 0, res.output
     if dropout is not None:
         cfg = json.loads((out / "config.json").read_text())

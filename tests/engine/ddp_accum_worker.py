@@ -49,8 +49,17 @@ def run(out: Path, grad_accum: int, steps: int) -> tuple[int, dict]:
         return nn.functional.mse_loss(m(batch["x"]), batch["y"])
 
     cfg = TrainConfig(max_steps=steps, lr=1e-2, grad_accum=grad_accum, log_every=steps, seed=1)
-    train(wrapped, loss_fn, Batches(rank, world), cfg, out, save_model=lambda m, f: None,
-          load_model=lambda m, f: None, echo=None, progress=False)  # fmt: skip
+    train(
+        wrapped,
+        loss_fn,
+        Batches(rank, world),
+        cfg,
+        out,
+        save_model=lambda m, f: None,
+        load_model=lambda m, f: None,
+        echo=None,
+        progress=False,
+    )
     return calls["n"], {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

@@ -29,9 +29,23 @@ def setup(tmp_path_factory):
     from xlt_engine.data import read_conll
 
     tmp = tmp_path_factory.mktemp("btf")
-    res = CliRunner().invoke(main, ["init", str(tmp / "tiny"), "--vocab",
-                                    str(SHARED_DATA / "mbert" / "vocab.txt"), "--layers", "2",
-                                    "--hidden", "64", "--heads", "2", "--intermediate", "128"])  # fmt: skip
+    res = CliRunner().invoke(
+        main,
+        [
+            "init",
+            str(tmp / "tiny"),
+            "--vocab",
+            str(SHARED_DATA / "mbert" / "vocab.txt"),
+            "--layers",
+            "2",
+            "--hidden",
+            "64",
+            "--heads",
+            "2",
+            "--intermediate",
+            "128",
+        ],
+    )
     assert res.exit_code == 0, res.output
     texts = []
     for name, f in (("en", "conll2003_en/eng.train"), ("es", "conll2002/esp.train")):
@@ -45,8 +59,16 @@ def config(setup, out, **train_kw):
     tmp, texts = setup
     kw = dict(max_steps=20, lr=5e-3, log_every=5, save_every=5, seed=1)
     kw.update(train_kw)
-    return BtfConfig(model=str(tmp / "tiny"), texts=texts, out=str(out), train=TrainConfig(**kw),
-                     batch_size=8, max_len=48, freeze_layers=1, cache_dir=str(tmp / "cache"))  # fmt: skip
+    return BtfConfig(
+        model=str(tmp / "tiny"),
+        texts=texts,
+        out=str(out),
+        train=TrainConfig(**kw),
+        batch_size=8,
+        max_len=48,
+        freeze_layers=1,
+        cache_dir=str(tmp / "cache"),
+    )
 
 
 def weights(folder):
@@ -94,8 +116,11 @@ def test_sigkill_then_resume_is_bit_exact(setup, tmp_path, kill_at):
     run_btf(config(setup, tmp_path / "full"), echo=None)
     proc = subprocess.run(
         [sys.executable, "-c", KILL, str(tmp), *texts, str(tmp_path / "cut")],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "XLT_KILL_AT": str(kill_at)},
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XLT_KILL_AT": str(kill_at)},
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     ckpt = latest_checkpoint(tmp_path / "cut")
     assert ckpt.name == f"ckpt-{((kill_at - 1) // 5) * 5:08d}"  # killed before saving kill_at
@@ -131,8 +156,10 @@ def test_sigterm_writes_checkpoint_and_says_how_to_resume(setup, tmp_path):
     tmp, texts = setup
     proc = subprocess.run(
         [sys.executable, "-c", SIGTERM, str(tmp), *texts, str(tmp_path / "run")],
-        cwd=ROOT, capture_output=True, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 3, proc.stderr
     assert "SIGTERM received: checkpoint written at step 8" in proc.stdout
     assert "--resume" in proc.stdout
@@ -209,8 +236,9 @@ def test_progress_bar_and_fresh_run_guard(tmp_path, capsys):
 
     cfg = TrainConfig(max_steps=4, lr=1e-3, log_every=2)
     run = tmp_path / "bar-run"
-    train(model, loss_fn, Data(), cfg, run, save_model=save, load_model=None, echo=None,
-          progress=True)  # fmt: skip
+    train(
+        model, loss_fn, Data(), cfg, run, save_model=save, load_model=None, echo=None, progress=True
+    )
     assert "bar-run" in capsys.readouterr().err  # click's bar (hidden off a terminal: its label)
     with pytest.raises(ValueError, match="holds the checkpoints of an earlier run"):
         train(model, loss_fn, Data(), cfg, run, save_model=save, load_model=None, echo=None)
@@ -220,5 +248,12 @@ def test_epochs_resolve_to_steps():
     assert TrainConfig(epochs=2.5, grad_accum=2).with_steps(9).max_steps == 12  # ceil(22.5 / 2)
     assert TrainConfig(max_steps=5, epochs=3).with_steps(100).max_steps == 5  # max_steps wins
     with pytest.raises(ValueError, match="resolve epochs first"):
-        train(torch.nn.Linear(1, 1), None, Data(), TrainConfig(epochs=1), "x", save_model=None,
-              load_model=None)  # fmt: skip
+        train(
+            torch.nn.Linear(1, 1),
+            None,
+            Data(),
+            TrainConfig(epochs=1),
+            "x",
+            save_model=None,
+            load_model=None,
+        )

@@ -152,14 +152,33 @@ def test_finetune_needs_its_base_model_first(tmp_path, tiny):
         ConfigError, match=r"finetune.init: .*btf/base-model: no such folder \(run the btf"
     ):
         build_stage(cfg, "finetune")
-    cfg = load_config(CONLL, [f"data.root={SHARED_DATA}", f"model.path={tiny}", f"out={tmp_path}",
-                              "finetune.init=pretrained"])  # fmt: skip
+    cfg = load_config(
+        CONLL,
+        [
+            f"data.root={SHARED_DATA}",
+            f"model.path={tiny}",
+            f"out={tmp_path}",
+            "finetune.init=pretrained",
+        ],
+    )
     assert build_stage(cfg, "finetune").model == str(tiny)
 
 
 def test_cli_reports_config_errors_before_running(tmp_path):
-    res = CliRunner().invoke(main, ["run", "--stage", "btf", "--config", str(CONLL), "--set",
-                                    "btf.train.lr=-1", "--out", str(tmp_path / "run")])  # fmt: skip
+    res = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--stage",
+            "btf",
+            "--config",
+            str(CONLL),
+            "--set",
+            "btf.train.lr=-1",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+    )
     assert res.exit_code == 1
     assert "btf.train: lr must be a positive number, got -1" in res.output
     assert not (tmp_path / "run").exists()
@@ -167,19 +186,44 @@ def test_cli_reports_config_errors_before_running(tmp_path):
 
 def test_cli_runs_every_stage(tiny, conll, tmp_path):
     base = [
-        "--config", str(CONLL), "--out", str(tmp_path / "run"), "--no-progress",
-        "--set", f"data.root={SHARED_DATA}", "--set", f"model.path={tiny}",
-        "--set", "model.max_len=48", "--set", "targets=[\"esp\", \"ned\"]",
-        "--set", f"languages.eng.train={conll['eng.train']}",
-        "--set", f"languages.eng.dev={conll['eng.dev']}",
-        "--set", f"languages.eng.test={conll['eng.test']}",
-        "--set", f"languages.esp.unlabeled={conll['esp.train']}",
-        "--set", f"languages.esp.test={conll['esp.test']}",
-        "--set", f"languages.ned.test={conll['ned.test']}",
-        "--set", "btf.batch_size=8", "--set", "finetune.batch_size=8",
-        "--set", "btf.train.max_steps=6", "--set", "finetune.train.max_steps=6",
-        "--set", "btf.train.log_every=3", "--set", "finetune.train.log_every=3",
-    ]  # fmt: skip
+        "--config",
+        str(CONLL),
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+        "--set",
+        f"data.root={SHARED_DATA}",
+        "--set",
+        f"model.path={tiny}",
+        "--set",
+        "model.max_len=48",
+        "--set",
+        'targets=["esp", "ned"]',
+        "--set",
+        f"languages.eng.train={conll['eng.train']}",
+        "--set",
+        f"languages.eng.dev={conll['eng.dev']}",
+        "--set",
+        f"languages.eng.test={conll['eng.test']}",
+        "--set",
+        f"languages.esp.unlabeled={conll['esp.train']}",
+        "--set",
+        f"languages.esp.test={conll['esp.test']}",
+        "--set",
+        f"languages.ned.test={conll['ned.test']}",
+        "--set",
+        "btf.batch_size=8",
+        "--set",
+        "finetune.batch_size=8",
+        "--set",
+        "btf.train.max_steps=6",
+        "--set",
+        "finetune.train.max_steps=6",
+        "--set",
+        "btf.train.log_every=3",
+        "--set",
+        "finetune.train.log_every=3",
+    ]
     run = tmp_path / "run"
     for stage in ("btf", "finetune", "evaluate"):
         res = CliRunner().invoke(main, ["run", "--stage", stage, *base])
@@ -196,9 +240,19 @@ def test_cli_runs_every_stage(tiny, conll, tmp_path):
     results = json.loads((run / "evaluate-finetune" / "results.json").read_text())
     assert sorted(results["languages"]) == ["eng", "esp", "ned"]
     assert "| eng (source) |" in res.output
-    res = CliRunner().invoke(main, ["run", "--stage", "predict", *base, "--set",
-                                    f"predict.input={conll['esp.test']}", "--set",
-                                    f"predict.output={tmp_path / 'esp.pred'}"])  # fmt: skip
+    res = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--stage",
+            "predict",
+            *base,
+            "--set",
+            f"predict.input={conll['esp.test']}",
+            "--set",
+            f"predict.output={tmp_path / 'esp.pred'}",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "esp.pred").is_file()
     # a second fresh run into the same folder is refused; --resume at the end is a no-op
@@ -210,8 +264,9 @@ def test_cli_runs_every_stage(tiny, conll, tmp_path):
 
 def test_config_from_dict_reports_all_problems_at_once():
     with pytest.raises(ConfigError) as info:
-        config_from_dict({"task": "pos", "source": 1, "targets": "esp", "model": {}, "languages": {}},
-                         "inline")  # fmt: skip
+        config_from_dict(
+            {"task": "pos", "source": 1, "targets": "esp", "model": {}, "languages": {}}, "inline"
+        )
     got = info.value.problems
     assert "source: expected str, got 1" in got and "targets: expected a list, got 'esp'" in got
     assert "model: path: give the pretrained model folder (model.path)" in got
@@ -221,8 +276,11 @@ def test_config_from_dict_reports_all_problems_at_once():
 def test_choices_are_checked_once_for_toml_and_library_callers(tmp_path):
     from xlt_engine.engine.config import SelftrainSection, SelftrainSettings
 
-    with pytest.raises(ConfigError, match="selftrain: threshold must be one of curvature, "
-                       "max_second_difference, fixed, got 'curvy'"):  # fmt: skip
+    with pytest.raises(
+        ConfigError,
+        match="selftrain: threshold must be one of curvature, "
+        "max_second_difference, fixed, got 'curvy'",
+    ):
         load_config(CONLL, ["selftrain.threshold=curvy"])
     with pytest.raises(ConfigError, match="selftrain: filter_unit must be one of word, sequence"):
         load_config(CONLL, ["selftrain.filter_unit=token"])

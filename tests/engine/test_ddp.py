@@ -29,8 +29,15 @@ def tiny_nodrop(tmp_path_factory, tiny):
 
 
 def launch(spec: dict, nproc: int) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           str(ROOT / "tests" / "engine" / "ddp_worker.py"), json.dumps(spec)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        str(ROOT / "tests" / "engine" / "ddp_worker.py"),
+        json.dumps(spec),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -57,8 +64,16 @@ def test_btf_two_gloo_processes_equal_one_process(tiny_nodrop, conll, tmp_path):
         sents = [" ".join(s.tokens) for s in read_conll(conll[f"{lang}.train"])]
         (tmp_path / f"{lang}.txt").write_text("\n".join(sents) + "\n")
         texts.append(str(tmp_path / f"{lang}.txt"))
-    base = dict(stage="btf", model=str(tiny_nodrop), texts=texts, batch_size=4, max_len=48,
-                freeze_layers=1, cache_dir=str(tmp_path / "cache"), device="cpu")  # fmt: skip
+    base = dict(
+        stage="btf",
+        model=str(tiny_nodrop),
+        texts=texts,
+        batch_size=4,
+        max_len=48,
+        freeze_layers=1,
+        cache_dir=str(tmp_path / "cache"),
+        device="cpu",
+    )
     train = dict(max_steps=8, lr=5e-3, log_every=4, seed=5)
     launch({**base, "out": str(tmp_path / "ddp"), "train": train}, nproc=2)
     launch({**base, "out": str(tmp_path / "one"), "train": {**train, "grad_accum": 2}}, nproc=1)
@@ -66,21 +81,34 @@ def test_btf_two_gloo_processes_equal_one_process(tiny_nodrop, conll, tmp_path):
     ddp = load_file(str(tmp_path / "ddp" / "base-model" / "model.safetensors"))
     assert any(not torch.equal(init[k], ddp[k]) for k in init)  # it trained
     assert_close_weights(tmp_path / "ddp" / "base-model", tmp_path / "one" / "base-model")
-    logs = [[json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
-            for r in ("ddp", "one")]  # fmt: skip
+    logs = [
+        [json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+        for r in ("ddp", "one")
+    ]
     assert [r["step"] for r in logs[0]] == [4, 8]
     for a, b in zip(*logs, strict=True):  # the logged loss is reduced over ranks
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
 
 
 def test_finetune_two_gloo_processes_equal_one_process(tiny_nodrop, conll, tmp_path):
-    base = dict(stage="finetune", model=str(tiny_nodrop), train_file=str(conll["eng.train"]),
-                format="conll", max_len=48, batch_size=4, voter_dropout=0.0, device="cpu")  # fmt: skip
+    base = dict(
+        stage="finetune",
+        model=str(tiny_nodrop),
+        train_file=str(conll["eng.train"]),
+        format="conll",
+        max_len=48,
+        batch_size=4,
+        voter_dropout=0.0,
+        device="cpu",
+    )
     train = dict(max_steps=8, lr=3e-3, log_every=4, seed=5, save_every=4)
     launch({**base, "out": str(tmp_path / "ddp"), "train": train}, nproc=2)
     launch({**base, "out": str(tmp_path / "one"), "train": {**train, "grad_accum": 2}}, nproc=1)
-    n = assert_close_weights(tmp_path / "ddp" / "model", tmp_path / "one" / "model",
-                             ("model.safetensors", "voters.safetensors"))  # fmt: skip
+    n = assert_close_weights(
+        tmp_path / "ddp" / "model",
+        tmp_path / "one" / "model",
+        ("model.safetensors", "voters.safetensors"),
+    )
     assert n > 20
     state = torch.load(tmp_path / "ddp" / "ckpt-00000008" / "state.pt", weights_only=True)
     assert len(state["rng_ranks"]) == 2  # each rank's RNG streams are kept for an exact resume
@@ -106,11 +134,17 @@ def synth_nodrop(tmp_path_factory):
     cfg["hidden_dropout_prob"] = cfg["attention_probs_dropout_prob"] = 0.0
     (root / "pretrained" / "config.json").write_text(json.dumps(cfg))
     teacher = run_finetune(
-        FinetuneConfig(model=str(root / "pretrained"), train_file=str(root / "data" / "src.train"),
-                       out=str(root / "ft"), max_len=48, batch_size=16, voter_dropout=0.0,
-                       train=TrainConfig(max_steps=120, lr=1e-3, log_every=40, seed=1)),
+        FinetuneConfig(
+            model=str(root / "pretrained"),
+            train_file=str(root / "data" / "src.train"),
+            out=str(root / "ft"),
+            max_len=48,
+            batch_size=16,
+            voter_dropout=0.0,
+            train=TrainConfig(max_steps=120, lr=1e-3, log_every=40, seed=1),
+        ),
         echo=None,
-    ).model  # fmt: skip
+    ).model
     return root, teacher
 
 
@@ -119,15 +153,32 @@ def test_selftrain_two_gloo_processes_equal_one_process(synth_nodrop, tmp_path):
     # DDP: the artefacts and the student equal one process's (grad_accum = 2; each step stays
     # inside one epoch, where the two consume the same batches)
     root, teacher = synth_nodrop
-    base = dict(stage="selftrain", base_model=str(root / "pretrained"), teacher=str(teacher),
-                source_file=str(root / "data" / "src.train"),
-                unlabeled_file=str(root / "data" / "tgt.train"), max_len=48, batch_size=8,
-                rounds=1.5, voter_dropout=0.0, threshold="fixed", alpha=0.3, device="cpu")  # fmt: skip
+    base = dict(
+        stage="selftrain",
+        base_model=str(root / "pretrained"),
+        teacher=str(teacher),
+        source_file=str(root / "data" / "src.train"),
+        unlabeled_file=str(root / "data" / "tgt.train"),
+        max_len=48,
+        batch_size=8,
+        rounds=1.5,
+        voter_dropout=0.0,
+        threshold="fixed",
+        alpha=0.3,
+        device="cpu",
+    )
     soft = dict(max_steps=12, lr=1e-2, log_every=6, seed=1)
     hard = dict(max_steps=6, lr=1e-4, log_every=3, seed=1)
     launch({**base, "out": str(tmp_path / "ddp"), "soft": soft, "hard": hard}, nproc=2)
-    launch({**base, "out": str(tmp_path / "one"), "soft": {**soft, "grad_accum": 2},
-            "hard": {**hard, "grad_accum": 2}}, nproc=1)  # fmt: skip
+    launch(
+        {
+            **base,
+            "out": str(tmp_path / "one"),
+            "soft": {**soft, "grad_accum": 2},
+            "hard": {**hard, "grad_accum": 2},
+        },
+        nproc=1,
+    )
     ddp, one = tmp_path / "ddp", tmp_path / "one"
     recs = [json.loads(x) for x in (ddp / "selftrain.jsonl").read_text().splitlines()]
     assert [r["ranks"] for r in recs if r["step"] == "teacher"] == [2, 2]
@@ -150,8 +201,16 @@ def test_grad_accum_under_ddp_all_reduces_once_per_step_and_equals_one_process(t
     worker = ROOT / "tests" / "engine" / "ddp_accum_worker.py"
     for nproc, accum, out in ((2, 2, tmp_path / "ddp"), (1, 4, tmp_path / "one")):
         out.mkdir()
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", str(worker), str(out), str(accum)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            str(worker),
+            str(out),
+            str(accum),
+        ]
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-4000:]

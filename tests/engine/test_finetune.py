@@ -27,9 +27,16 @@ ROOT = Path(__file__).resolve().parents[2]
 def ner_config(tiny, conll, out, **train_kw):
     kw = dict(max_steps=30, lr=3e-3, log_every=5, seed=1)
     kw.update(train_kw)
-    return FinetuneConfig(model=str(tiny), train_file=str(conll["eng.train"]), out=str(out),
-                          format="conll", dev_file=str(conll["eng.dev"]), max_len=48,
-                          batch_size=8, train=TrainConfig(**kw))  # fmt: skip
+    return FinetuneConfig(
+        model=str(tiny),
+        train_file=str(conll["eng.train"]),
+        out=str(out),
+        format="conll",
+        dev_file=str(conll["eng.dev"]),
+        max_len=48,
+        batch_size=8,
+        train=TrainConfig(**kw),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +54,17 @@ def test_ner_finetune_loss_goes_down_and_writes_model_and_dev_score(ner_run, tin
     assert r.train.history[-1]["dev_entity_f1"] == pytest.approx(r.dev["score"])
     meta = json.loads((out / "model" / "task.json").read_text())
     assert meta["kind"] == "token" and meta["num_voters"] == 3
-    assert meta["labels"] == ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG",
-                              "B-PER", "I-PER"]  # fmt: skip
+    assert meta["labels"] == [
+        "O",
+        "B-LOC",
+        "I-LOC",
+        "B-MISC",
+        "I-MISC",
+        "B-ORG",
+        "I-ORG",
+        "B-PER",
+        "I-PER",
+    ]
     dev = json.loads((out / "dev.json").read_text())
     assert dev["metric"] == "entity_f1" and dev == {**r.dev}
     assert 0 <= dev["score"] <= 1 and dev["sentences"] == 60
@@ -75,17 +91,25 @@ def test_finetuned_model_reloads_to_the_same_predictions(ner_run, conll):
 def test_encoder_of_finetuned_model_loads_in_transformers(ner_run):
     transformers = pytest.importorskip("transformers")
     out, _ = ner_run
-    _, info = transformers.BertModel.from_pretrained(out / "model", output_loading_info=True,
-                                                     add_pooling_layer=False)  # fmt: skip
+    _, info = transformers.BertModel.from_pretrained(
+        out / "model", output_loading_info=True, add_pooling_layer=False
+    )
     assert not info["missing_keys"] and not info["mismatched_keys"]
 
 
 def test_evaluate_writes_results_with_transfer_gap(ner_run, conll, tmp_path):
     out, _ = ner_run
-    tests = {"eng": str(conll["eng.test"]), "esp": str(conll["esp.test"]),
-             "ned": str(conll["ned.test"])}  # fmt: skip
-    res = run_evaluate(EvaluateConfig(model=str(out / "model"), tests=tests, out=str(tmp_path),
-                                      source="eng", max_len=48), echo=None)  # fmt: skip
+    tests = {
+        "eng": str(conll["eng.test"]),
+        "esp": str(conll["esp.test"]),
+        "ned": str(conll["ned.test"]),
+    }
+    res = run_evaluate(
+        EvaluateConfig(
+            model=str(out / "model"), tests=tests, out=str(tmp_path), source="eng", max_len=48
+        ),
+        echo=None,
+    )
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved == json.loads(json.dumps(res))
     for lang in tests:
@@ -105,8 +129,12 @@ def test_evaluate_writes_results_with_transfer_gap(ner_run, conll, tmp_path):
 def test_predict_conll_one_tag_per_token_line(ner_run, conll, tmp_path):
     out, _ = ner_run
     pred = tmp_path / "esp.pred"
-    run_predict(PredictConfig(model=str(out / "model"), input=str(conll["esp.test"]),
-                              output=str(pred), max_len=16), echo=None)  # fmt: skip
+    run_predict(
+        PredictConfig(
+            model=str(out / "model"), input=str(conll["esp.test"]), output=str(pred), max_len=16
+        ),
+        echo=None,
+    )
     src = conll["esp.test"].read_text(encoding="utf-8").splitlines()
     got = pred.read_text(encoding="utf-8").splitlines()
     assert len(got) == len(src)
@@ -127,8 +155,9 @@ def test_predict_conll_one_tag_per_token_line(ner_run, conll, tmp_path):
 def test_predict_refuses_to_overwrite_its_input(ner_run, conll):
     out, _ = ner_run
     with pytest.raises(ValueError, match="is the input file"):
-        PredictConfig(model=str(out / "model"), input=str(conll["esp.test"]),
-                      output=str(conll["esp.test"]))  # fmt: skip
+        PredictConfig(
+            model=str(out / "model"), input=str(conll["esp.test"]), output=str(conll["esp.test"])
+        )
 
 
 KILL = """
@@ -146,18 +175,31 @@ def test_finetune_sigkill_then_resume_is_bit_exact(tiny, conll, tmp_path):
     cfg = ner_config(tiny, conll, tmp_path / "full", max_steps=12, save_every=4)
     run_finetune(cfg, echo=None)
     proc = subprocess.run(
-        [sys.executable, "-c", KILL, str(tiny), str(conll["eng.train"]), str(conll["eng.dev"]),
-         str(tmp_path / "cut")], cwd=ROOT, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-c",
+            KILL,
+            str(tiny),
+            str(conll["eng.train"]),
+            str(conll["eng.dev"]),
+            str(tmp_path / "cut"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
         env={**os.environ, "XLT_KILL_AT": "10"},
-    )  # fmt: skip
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert latest_checkpoint(tmp_path / "cut").name == "ckpt-00000008"
     with pytest.raises(ValueError, match="resume it"):  # a fresh run would overwrite it
         run_finetune(
             ner_config(tiny, conll, tmp_path / "cut", max_steps=12, save_every=4), echo=None
         )
-    run_finetune(ner_config(tiny, conll, tmp_path / "cut", max_steps=12, save_every=4),
-                 resume=True, echo=None)  # fmt: skip
+    run_finetune(
+        ner_config(tiny, conll, tmp_path / "cut", max_steps=12, save_every=4),
+        resume=True,
+        echo=None,
+    )
     for name in ("model.safetensors", "voters.safetensors"):
         full = load_file(str(tmp_path / "full" / "model" / name))
         cut = load_file(str(tmp_path / "cut" / "model" / name))
@@ -166,24 +208,48 @@ def test_finetune_sigkill_then_resume_is_bit_exact(tiny, conll, tmp_path):
 
 def test_cls10_finetune_evaluate_predict(tiny, tmp_path):
     cls = SHARED_DATA / "cls10"
-    cfg = FinetuneConfig(model=str(tiny), train_file=str(cls / "en/books/train.review"),
-                         out=str(tmp_path / "run"), format="cls10", max_len=64, batch_size=16,
-                         voters=2, train=TrainConfig(max_steps=30, lr=2e-3, log_every=10))  # fmt: skip
+    cfg = FinetuneConfig(
+        model=str(tiny),
+        train_file=str(cls / "en/books/train.review"),
+        out=str(tmp_path / "run"),
+        format="cls10",
+        max_len=64,
+        batch_size=16,
+        voters=2,
+        train=TrainConfig(max_steps=30, lr=2e-3, log_every=10),
+    )
     r = run_finetune(cfg, echo=None)
     assert len(r.train.history) == 3 and all(0.5 < h["loss"] < 0.9 for h in r.train.history)
     assert r.dev is None and not (tmp_path / "run" / "dev.json").exists()
     meta = json.loads((tmp_path / "run" / "model" / "task.json").read_text())
     assert meta["kind"] == "sequence" and meta["labels"] == ["negative", "positive"]
-    res = run_evaluate(EvaluateConfig(model=str(tmp_path / "run" / "model"), format="cls10",
-                                      tests={"en": str(cls / "en/books/test.review"),
-                                             "de": str(cls / "de/books/test.review")},
-                                      source="en", out=str(tmp_path / "eval"), max_len=64), echo=None)  # fmt: skip
+    res = run_evaluate(
+        EvaluateConfig(
+            model=str(tmp_path / "run" / "model"),
+            format="cls10",
+            tests={
+                "en": str(cls / "en/books/test.review"),
+                "de": str(cls / "de/books/test.review"),
+            },
+            source="en",
+            out=str(tmp_path / "eval"),
+            max_len=64,
+        ),
+        echo=None,
+    )
     assert res["metric"] == "accuracy" and res["languages"]["de"]["examples"] == 2000
     assert "| language | accuracy | gap |" in (tmp_path / "eval" / "results.md").read_text()
     pred = tmp_path / "de.jsonl"
-    run_predict(PredictConfig(model=str(tmp_path / "run" / "model"), format="cls10",
-                              input=str(cls / "de/books/test.review"), output=str(pred), max_len=64),
-                echo=None)  # fmt: skip
+    run_predict(
+        PredictConfig(
+            model=str(tmp_path / "run" / "model"),
+            format="cls10",
+            input=str(cls / "de/books/test.review"),
+            output=str(pred),
+            max_len=64,
+        ),
+        echo=None,
+    )
     rows = [json.loads(line) for line in pred.read_text().splitlines()]
     assert len(rows) == 2000
     assert all(r["label"] in ("negative", "positive") for r in rows)
@@ -201,18 +267,32 @@ def test_sequence_classification_fits_a_small_training_set(tiny, tmp_path):
     ][:16]
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in rows))
-    cfg = FinetuneConfig(model=str(tiny), train_file=str(path), dev_file=str(path), format="jsonl",
-                         out=str(tmp_path / "run"), max_len=32, batch_size=8, voters=2,
-                         train=TrainConfig(max_steps=60, lr=3e-3, log_every=20, warmup_ratio=0.0))  # fmt: skip
+    cfg = FinetuneConfig(
+        model=str(tiny),
+        train_file=str(path),
+        dev_file=str(path),
+        format="jsonl",
+        out=str(tmp_path / "run"),
+        max_len=32,
+        batch_size=8,
+        voters=2,
+        train=TrainConfig(max_steps=60, lr=3e-3, log_every=20, warmup_ratio=0.0),
+    )
     r = run_finetune(cfg, echo=None)
     assert r.dev["score"] >= 0.9, (r.dev, r.train.history)
 
 
 def test_xnli_pairs_finetune_uses_token_types(tiny, tmp_path):
-    cfg = FinetuneConfig(model=str(tiny), train_file=str(SHARED_DATA / "xnli/dev-en.tsv"),
-                         out=str(tmp_path / "run"), format="xnli", max_len=64, batch_size=16,
-                         dev_file=str(SHARED_DATA / "xnli/dev-de.tsv"),
-                         train=TrainConfig(max_steps=5, lr=1e-3))  # fmt: skip
+    cfg = FinetuneConfig(
+        model=str(tiny),
+        train_file=str(SHARED_DATA / "xnli/dev-en.tsv"),
+        out=str(tmp_path / "run"),
+        format="xnli",
+        max_len=64,
+        batch_size=16,
+        dev_file=str(SHARED_DATA / "xnli/dev-de.tsv"),
+        train=TrainConfig(max_steps=5, lr=1e-3),
+    )
     r = run_finetune(cfg, echo=None)
     assert r.dev["metric"] == "accuracy" and r.dev["examples"] == 2490
     meta = json.loads((tmp_path / "run" / "model" / "task.json").read_text())
@@ -228,11 +308,16 @@ def test_finetune_config_errors(tiny, conll, tmp_path):
     with pytest.raises(ValueError, match="format must be one of"):
         FinetuneConfig(model=str(tiny), train_file=str(conll["eng.train"]), out="x", format="csv")
     with pytest.raises(ValueError, match="dev_file: .*nope: no such file"):
-        FinetuneConfig(model=str(tiny), train_file=str(conll["eng.train"]), out="x",
-                       dev_file=str(tmp_path / "nope"))  # fmt: skip
+        FinetuneConfig(
+            model=str(tiny),
+            train_file=str(conll["eng.train"]),
+            out="x",
+            dev_file=str(tmp_path / "nope"),
+        )
     with pytest.raises(ValueError, match="voter_widths has 2 entries for voters = 3"):
-        FinetuneConfig(model=str(tiny), train_file=str(conll["eng.train"]), out="x",
-                       voter_widths=(4, 5))  # fmt: skip
+        FinetuneConfig(
+            model=str(tiny), train_file=str(conll["eng.train"]), out="x", voter_widths=(4, 5)
+        )
 
 
 def test_evaluate_refuses_a_model_without_a_task_head(tiny, conll, tmp_path):
@@ -243,8 +328,14 @@ def test_evaluate_refuses_a_model_without_a_task_head(tiny, conll, tmp_path):
 def test_finetune_freezes_what_train_freeze_names(tiny, conll, tmp_path):
     # a 4-step finetune: the frozen embeddings and layer 0 keep their initial values exactly,
     # layer 1 and the voters train
-    cfg = ner_config(tiny, conll, tmp_path / "run", max_steps=4, log_every=2,
-                     freeze=(r"encoder\.embeddings\.", r"encoder\.layers\.0\."))  # fmt: skip
+    cfg = ner_config(
+        tiny,
+        conll,
+        tmp_path / "run",
+        max_steps=4,
+        log_every=2,
+        freeze=(r"encoder\.embeddings\.", r"encoder\.layers\.0\."),
+    )
     run_finetune(cfg, echo=None)
     before = load_file(str(tiny / "model.safetensors"))
     after = load_file(str(tmp_path / "run" / "model" / "model.safetensors"))

@@ -14,8 +14,14 @@ from xlt_engine.model.task import new_task_model
 
 
 def tiny_task_model(device: str):
-    cfg = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=32)  # fmt: skip
+    cfg = BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=32,
+    )
     torch.manual_seed(0)
     return new_task_model(BertEncoder(cfg), "token", ["O", "B-X", "I-X"], 3, None, 0.0).to(device)
 
@@ -37,8 +43,12 @@ def check_on(device: str) -> None:
     acc, _, _ = threshold_curve(conf, labels >= 0, torch.tensor([0.5, 0.9], device=device))
     assert acc.device.type == device
     # the rows come back in input order: item by item against a one-item run
-    first = predict_logits(model, Encoded("token", enc.input_ids[:1], None, enc.positions[:1],
-                                          enc.targets[:1], None), 0, torch.device(device))  # fmt: skip
+    first = predict_logits(
+        model,
+        Encoded("token", enc.input_ids[:1], None, enc.positions[:1], enc.targets[:1], None),
+        0,
+        torch.device(device),
+    )
     torch.testing.assert_close(logits[:, : first.shape[1]], first, atol=1e-5, rtol=1e-5)
 
 

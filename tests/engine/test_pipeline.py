@@ -52,8 +52,10 @@ def cls_slice(src: Path, out: Path, items: int) -> Path:
     found = re.findall(r"<item>.*?</item>", raw, flags=re.S)
     step = max(1, len(found) // items)
     keep = found[::step][:items]
-    out.write_text('<?xml version="1.0" encoding="utf-8"?>\n<items>' + "\n".join(keep)
-                   + "\n</items>\n", encoding="utf-8")  # fmt: skip
+    out.write_text(
+        '<?xml version="1.0" encoding="utf-8"?>\n<items>' + "\n".join(keep) + "\n</items>\n",
+        encoding="utf-8",
+    )
     return out
 
 
@@ -94,8 +96,10 @@ test = "ned.test"
 @pytest.fixture(scope="module")
 def ner_all(ner_cfg, tmp_path_factory):
     out = tmp_path_factory.mktemp("ner-run")
-    res = CliRunner().invoke(main, ["run", "--stage", "all", "--config", str(ner_cfg), "--out",
-                                    str(out), "--no-progress"])  # fmt: skip
+    res = CliRunner().invoke(
+        main,
+        ["run", "--stage", "all", "--config", str(ner_cfg), "--out", str(out), "--no-progress"],
+    )
     assert res.exit_code == 0, res.output
     return out, res.output
 
@@ -106,11 +110,18 @@ def test_all_runs_every_stage_per_target_and_prints_the_table(ner_all):
     assert results["metric"] == "entity_f1" and set(results["targets"]) == {"esp", "ned"}
     for tgt in ("esp", "ned"):
         pair = out / f"eng-{tgt}"
-        for folder in ("btf/base-model", "finetune-direct/model", "finetune/model",
-                       "selftrain/model"):  # fmt: skip
+        for folder in (
+            "btf/base-model",
+            "finetune-direct/model",
+            "finetune/model",
+            "selftrain/model",
+        ):
             assert (pair / folder).is_dir(), folder
-        for col, folder in (("direct", "finetune-direct"), ("btf", "finetune"),
-                            ("selftrain", "selftrain")):  # fmt: skip
+        for col, folder in (
+            ("direct", "finetune-direct"),
+            ("btf", "finetune"),
+            ("selftrain", "selftrain"),
+        ):
             scored = json.loads((pair / f"evaluate-{folder}" / "results.json").read_text())
             assert results["targets"][tgt][col] == scored["languages"][tgt]["score"]
             assert results["targets"][tgt]["source"][col] == scored["languages"]["eng"]["score"]
@@ -130,40 +141,73 @@ def test_all_runs_every_stage_per_target_and_prints_the_table(ner_all):
 def test_all_again_runs_nothing_twice(ner_cfg, ner_all):
     out, _ = ner_all
     before = (out / "eng-esp" / "selftrain" / "selftrain.jsonl").read_text()
-    res = CliRunner().invoke(main, ["run", "--stage", "all", "--config", str(ner_cfg), "--out",
-                                    str(out), "--set", "target=esp", "--no-progress"])  # fmt: skip
+    res = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--stage",
+            "all",
+            "--config",
+            str(ner_cfg),
+            "--out",
+            str(out),
+            "--set",
+            "target=esp",
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert res.output.count("not run again") == 4  # btf, both finetunes, selftrain
     assert (out / "eng-esp" / "selftrain" / "selftrain.jsonl").read_text() == before
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.mark.parametrize(
     ("sets", "changed"),
     [
         (["selftrain.rounds=2"], ["selftrain.rounds: 1.5 -> 2.0"]),
-        (["selftrain.threshold=max_second_difference"],
-         ["selftrain.threshold: 'curvature' -> 'max_second_difference'"]),
+        (
+            ["selftrain.threshold=max_second_difference"],
+            ["selftrain.threshold: 'curvature' -> 'max_second_difference'"],
+        ),
         (["selftrain.grid=[0.6, 0.7, 0.8]"], ["selftrain.grid: [] -> [0.6, 0.7, 0.8]"]),
-        (["finetune.train.lr=0.001"],
-         ["finetune.train.lr: 0.003 -> 0.001", "upstream selftrain.teacher: fingerprint"]),
-        (["btf.train.lr=0.01"],
-         ["btf.train.lr: 0.001 -> 0.01", "upstream finetune.init: fingerprint",
-          "upstream selftrain.base: fingerprint"]),
+        (
+            ["finetune.train.lr=0.001"],
+            ["finetune.train.lr: 0.003 -> 0.001", "upstream selftrain.teacher: fingerprint"],
+        ),
+        (
+            ["btf.train.lr=0.01"],
+            [
+                "btf.train.lr: 0.001 -> 0.01",
+                "upstream finetune.init: fingerprint",
+                "upstream selftrain.base: fingerprint",
+            ],
+        ),
     ],
-)  # fmt: skip
+)
 def test_all_with_changed_settings_stops_before_any_work(ner_cfg, ner_all, sets, changed):
     # the old rule reused any existing stage folder ("exists, not run again"): now a folder made
     # with other settings stops the run, naming each change, and nothing in it is touched
     out, _ = ner_all
     pair = out / "eng-esp"
     before = _tree(pair)
-    args = ["run", "--stage", "all", "--config", str(ner_cfg), "--out", str(out), "--set",
-            "target=esp", "--no-progress"]  # fmt: skip
+    args = [
+        "run",
+        "--stage",
+        "all",
+        "--config",
+        str(ner_cfg),
+        "--out",
+        str(out),
+        "--set",
+        "target=esp",
+        "--no-progress",
+    ]
     for item in sets:
         args += ["--set", item]
     res = CliRunner().invoke(main, args)
@@ -181,9 +225,23 @@ def test_all_with_changed_data_file_stops_naming_it(ner_cfg, ner_all, tmp_path):
     edited.write_bytes((root / "esp.train").read_bytes().replace(b" O\n", b" B-LOC\n", 1))
     pair = out / "eng-esp"
     before = _tree(pair)
-    res = CliRunner().invoke(main, ["run", "--stage", "all", "--config", str(ner_cfg), "--out",
-                                    str(out), "--set", "target=esp", "--set",
-                                    f"languages.esp.unlabeled={str(edited)!r}", "--no-progress"])  # fmt: skip
+    res = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--stage",
+            "all",
+            "--config",
+            str(ner_cfg),
+            "--out",
+            str(out),
+            "--set",
+            "target=esp",
+            "--set",
+            f"languages.esp.unlabeled={str(edited)!r}",
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 1, res.output
     assert f"input languages.esp.unlabeled: {root / 'esp.train'} -> {edited}" in res.output
     assert str(pair / "btf") in res.output and str(pair / "selftrain") in res.output
@@ -194,12 +252,34 @@ def test_a_data_file_changed_in_place_is_seen(tiny, conll, tmp_path):
     # same path, other content (same size): the sha256 of the file tells
     train = tmp_path / "eng.train"
     train.write_bytes(conll["eng.train"].read_bytes())
-    args = ["run", "--stage", "finetune", "--config", str(ROOT / "configs" / "conll.toml"),
-            "--out", str(tmp_path / "run"), "--no-progress", "--set", f"data.root={SHARED_DATA}",
-            "--set", f"model.path={tiny}", "--set", "model.max_len=48", "--set",
-            "finetune.init=pretrained", "--set", f"languages.eng.train={train}", "--set",
-            f"languages.eng.dev={conll['eng.dev']}", "--set", "finetune.batch_size=8", "--set",
-            "finetune.train.max_steps=2", "--set", "targets=[\"esp\"]"]  # fmt: skip
+    args = [
+        "run",
+        "--stage",
+        "finetune",
+        "--config",
+        str(ROOT / "configs" / "conll.toml"),
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+        "--set",
+        f"data.root={SHARED_DATA}",
+        "--set",
+        f"model.path={tiny}",
+        "--set",
+        "model.max_len=48",
+        "--set",
+        "finetune.init=pretrained",
+        "--set",
+        f"languages.eng.train={train}",
+        "--set",
+        f"languages.eng.dev={conll['eng.dev']}",
+        "--set",
+        "finetune.batch_size=8",
+        "--set",
+        "finetune.train.max_steps=2",
+        "--set",
+        'targets=["esp"]',
+    ]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     model = (tmp_path / "run" / "finetune-direct" / "model" / "model.safetensors").read_bytes()
@@ -209,16 +289,34 @@ def test_a_data_file_changed_in_place_is_seen(tiny, conll, tmp_path):
     res = CliRunner().invoke(main, [*args, "--resume"])
     assert res.exit_code == 1
     assert f"input languages.eng.train: {train}: " in res.output and "sha256" in res.output
-    assert (tmp_path / "run" / "finetune-direct" / "model" / "model.safetensors").read_bytes() == model
+    assert (
+        tmp_path / "run" / "finetune-direct" / "model" / "model.safetensors"
+    ).read_bytes() == model
 
 
 def test_selftrain_model_predicts_one_tag_per_input_word(ner_cfg, ner_all, conll, tmp_path):
     out, _ = ner_all
     pred = tmp_path / "esp.pred"
-    res = CliRunner().invoke(main, [
-        "run", "--stage", "predict", "--config", str(ner_cfg), "--out", str(out / "eng-esp"),
-        "--set", "predict.model=selftrain", "--set", f"predict.input={conll['esp.test']}",
-        "--set", f"predict.output={pred}", "--set", "target=esp"])  # fmt: skip
+    res = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--stage",
+            "predict",
+            "--config",
+            str(ner_cfg),
+            "--out",
+            str(out / "eng-esp"),
+            "--set",
+            "predict.model=selftrain",
+            "--set",
+            f"predict.input={conll['esp.test']}",
+            "--set",
+            f"predict.output={pred}",
+            "--set",
+            "target=esp",
+        ],
+    )
     assert res.exit_code == 0, res.output
     gold = read_conll(conll["esp.test"])
     lines = [x.split() for x in pred.read_text().splitlines() if x.strip()]
@@ -226,17 +324,34 @@ def test_selftrain_model_predicts_one_tag_per_input_word(ner_cfg, ner_all, conll
     assert len(lines) == sum(len(s.tokens) for s in gold)
     assert [x[0] for x in lines] == [t for s in gold for t in s.tokens]
     assert all(len(x) == 4 for x in lines)  # word, POS, gold, then one prediction
-    assert {x[3] for x in lines} <= {"O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG",
-                                     "B-PER", "I-PER"}  # fmt: skip
+    assert {x[3] for x in lines} <= {
+        "O",
+        "B-LOC",
+        "I-LOC",
+        "B-MISC",
+        "I-MISC",
+        "B-ORG",
+        "I-ORG",
+        "B-PER",
+        "I-PER",
+    }
 
 
 def test_ablation_switches_name_their_own_folders(ner_cfg, tmp_path):
-    cfg = load_config(ner_cfg, ["selftrain.threshold=fixed", "selftrain.alpha=0.9",
-                                "model.voters=1", f"out={str(tmp_path)!r}"])  # fmt: skip
+    cfg = load_config(
+        ner_cfg,
+        [
+            "selftrain.threshold=fixed",
+            "selftrain.alpha=0.9",
+            "model.voters=1",
+            f"out={str(tmp_path)!r}",
+        ],
+    )
     assert stage_dir(cfg, "selftrain").name == "selftrain-voters1-alpha0.9"
     assert stage_dir(cfg, "finetune").name == "finetune-voters1"
-    res = CliRunner().invoke(main, ["run", "--stage", "selftrain", "--config", str(ner_cfg),
-                                    "--no-selftrain"])  # fmt: skip
+    res = CliRunner().invoke(
+        main, ["run", "--stage", "selftrain", "--config", str(ner_cfg), "--no-selftrain"]
+    )
     assert res.exit_code != 0 and "--no-selftrain goes with --stage all" in res.output
 
 
@@ -270,9 +385,23 @@ test = "de.test"
         + FAST.replace("rounds = 1.5", "rounds = 2")
     )
     out = tmp_path / "run"
-    res = CliRunner().invoke(main, ["run", "--stage", "all", "--config", str(cfg), "--out",
-                                    str(out), "--fixed-threshold", "0.55", "--voters", "1",
-                                    "--no-progress"])  # fmt: skip
+    res = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--stage",
+            "all",
+            "--config",
+            str(cfg),
+            "--out",
+            str(out),
+            "--fixed-threshold",
+            "0.55",
+            "--voters",
+            "1",
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
     pair = out / "en-de"
     st = pair / "selftrain-voters1-alpha0.55"
@@ -291,12 +420,27 @@ def test_ablate_table_has_every_row_with_mean_and_std(tiny, tmp_path):
 
     cfg_path = prepare(tmp_path / "qs", seed=3, sizes=Sizes(train=60, dev=20, test=40))
     out = tmp_path / "ablate"
-    res = CliRunner().invoke(main, ["ablate", "--config", str(cfg_path), "--seeds", "1,2",
-                                    "--out", str(out), "--set", "btf.train.max_steps=4",
-                                    "--set", "finetune.train.max_steps=8",
-                                    "--set", "selftrain.soft.max_steps=4",
-                                    "--set", "selftrain.hard.max_steps=4",
-                                    "--no-progress"])  # fmt: skip
+    res = CliRunner().invoke(
+        main,
+        [
+            "ablate",
+            "--config",
+            str(cfg_path),
+            "--seeds",
+            "1,2",
+            "--out",
+            str(out),
+            "--set",
+            "btf.train.max_steps=4",
+            "--set",
+            "finetune.train.max_steps=8",
+            "--set",
+            "selftrain.soft.max_steps=4",
+            "--set",
+            "selftrain.hard.max_steps=4",
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 0, res.output
     result = json.loads((out / "ablation.json").read_text())
     assert list(result["scores"]) == ["Ours", "- AT", "- VM", "- BTF", "- ST", "direct transfer"]

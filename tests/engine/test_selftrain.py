@@ -65,19 +65,30 @@ def data(synth) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def teacher(base, data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("teacher") / "ft"
-    cfg = FinetuneConfig(model=str(base), train_file=str(data["src"]), out=str(out),
-                         max_len=48, batch_size=16,
-                         train=TrainConfig(max_steps=300, lr=1e-3, log_every=50, seed=1))  # fmt: skip
+    cfg = FinetuneConfig(
+        model=str(base),
+        train_file=str(data["src"]),
+        out=str(out),
+        max_len=48,
+        batch_size=16,
+        train=TrainConfig(max_steps=300, lr=1e-3, log_every=50, seed=1),
+    )
     return run_finetune(cfg, echo=None).model
 
 
 def st_config(base, teacher, data, out, **kw) -> SelftrainConfig:
     cfg = dict(
-        base_model=str(base), teacher=str(teacher), source_file=str(data["src"]),
-        unlabeled_file=str(data["tgt"]), out=str(out), max_len=48, batch_size=16, rounds=2,
+        base_model=str(base),
+        teacher=str(teacher),
+        source_file=str(data["src"]),
+        unlabeled_file=str(data["tgt"]),
+        out=str(out),
+        max_len=48,
+        batch_size=16,
+        rounds=2,
         soft=TrainConfig(max_steps=300, lr=1e-3, log_every=50, save_every=100, seed=1),
         hard=TrainConfig(max_steps=20, lr=1e-4, log_every=10, save_every=10, seed=1),
-    )  # fmt: skip
+    )
     cfg.update(kw)
     return SelftrainConfig(**cfg)
 
@@ -113,9 +124,17 @@ def test_every_student_starts_from_the_base_model_and_teachers_chain(st_run, bas
     out, res = st_run
     recs = _records(out)
     assert [(r["round"], r["step"]) for r in recs] == [
-        (1, "teacher"), (1, "soft"), (1, "threshold"), (1, "filter"), (1, "hard"),
-        (2, "teacher"), (2, "soft"), (2, "threshold"), (2, "filter"), (2, "hard"),
-    ]  # fmt: skip
+        (1, "teacher"),
+        (1, "soft"),
+        (1, "threshold"),
+        (1, "filter"),
+        (1, "hard"),
+        (2, "teacher"),
+        (2, "soft"),
+        (2, "threshold"),
+        (2, "filter"),
+        (2, "hard"),
+    ]
     digest = encoder_digest(load_encoder(base))
     softs = [r for r in recs if r["step"] == "soft"]
     assert [r["student_init"] for r in softs] == [digest, digest]  # bit-exact, every round
@@ -194,8 +213,7 @@ def test_filters_match_the_logs_and_the_student(st_run, data):
         # the pseudo labels are exactly voter_filter of that round's soft student at alpha
         student = load_task_model(out / f"round-{r}" / "soft" / "model")
         tok = load_tokenizer(out / f"round-{r}" / "soft" / "model")
-        enc = encode(read_task_file(data["tgt"], "conll", unlabeled=True), tok,
-                     student.labels, 48)  # fmt: skip
+        enc = encode(read_task_file(data["tgt"], "conll", unlabeled=True), tok, student.labels, 48)
         logits = predict_logits(student, enc, tok.pad_id, torch.device("cpu"))
         want, _, _ = voter_filter(logits, counts["alpha"])
         assert np.array_equal(pseudo, want.numpy())
@@ -247,8 +265,9 @@ def test_a_removed_source_row_stays_removed_even_when_predicted_right(
 
 def test_sequence_filter_unit_keeps_or_drops_whole_sentences(base, teacher, data, tmp_path):
     out = tmp_path / "seq"
-    cfg = st_config(base, teacher, data, out, rounds=1, filter_unit="sequence",
-                    threshold="fixed", alpha=0.3)  # fmt: skip
+    cfg = st_config(
+        base, teacher, data, out, rounds=1, filter_unit="sequence", threshold="fixed", alpha=0.3
+    )
     run_selftrain(cfg, echo=None)
     saved = load_file(str(out / "round-1" / "filter.safetensors"))
     tok = load_tokenizer(base)
@@ -266,8 +285,14 @@ def test_unit_helpers():
     ok = np.array([True, False, True, True, True])
     units = np.array([0, 0, 1, 1, 2])
     assert whole_units(ok, units).tolist() == [False, False, True, True, True]
-    enc = Encoded("token", [np.arange(4), np.arange(3)], None,
-                  [np.array([1, 2]), np.array([1])], [np.array([0, 0]), np.array([0])], None)  # fmt: skip
+    enc = Encoded(
+        "token",
+        [np.arange(4), np.arange(3)],
+        None,
+        [np.array([1, 2]), np.array([1])],
+        [np.array([0, 0]), np.array([0])],
+        None,
+    )
     sub = with_targets(enc, np.array([-1, 3, -1]))  # item 1 has no label left: dropped
     assert len(sub) == 1 and sub.targets[0].tolist() == [-100, 3]
 
@@ -288,10 +313,21 @@ def test_sigkill_mid_round_then_resume_gives_the_same_student(
     full, _ = st_run
     cut = tmp_path / "cut"
     proc = subprocess.run(
-        [sys.executable, "-c", KILL, str(base), str(teacher), str(data["src"]),
-         str(data["tgt"]), str(cut)],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "XLT_KILL_AT": "round-2/soft:150"},
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            KILL,
+            str(base),
+            str(teacher),
+            str(data["src"]),
+            str(data["tgt"]),
+            str(cut),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XLT_KILL_AT": "round-2/soft:150"},
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert (cut / "round-1" / "hard" / "model").is_dir()  # round 1 finished ...
     assert not (cut / "round-2" / "soft" / "model").exists()  # ... round 2 died in its soft step
@@ -317,8 +353,12 @@ def test_soft_and_hard_steps_freeze_what_their_freeze_names(base, teacher, data,
     soft = TrainConfig(max_steps=8, lr=1e-3, log_every=4, seed=1, freeze=(r"encoder\.layers\.0\.",))
     hard = TrainConfig(max_steps=8, lr=1e-3, log_every=4, seed=1, freeze=(r"encoder\.layers\.1\.",))
     out = tmp_path / "st"
-    run_selftrain(st_config(base, teacher, data, out, rounds=1, threshold="fixed", alpha=0.0,
-                            soft=soft, hard=hard), echo=None)  # fmt: skip
+    run_selftrain(
+        st_config(
+            base, teacher, data, out, rounds=1, threshold="fixed", alpha=0.0, soft=soft, hard=hard
+        ),
+        echo=None,
+    )
     init = load_file(str(base / "model.safetensors"))
     after_soft = load_file(str(out / "round-1" / "soft" / "model" / "model.safetensors"))
     after_hard = load_file(str(out / "round-1" / "hard" / "model" / "model.safetensors"))

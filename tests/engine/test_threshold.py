@@ -32,8 +32,12 @@ def test_default_grid_and_points_below_one_over_c():
         threshold_grid(2, [0.1, 0.2])
 
 
-@given(st.lists(st.floats(0.01, 0.2), min_size=2, max_size=12),
-       st.floats(-3, 3), st.floats(-3, 3), st.floats(-3, 3))  # fmt: skip
+@given(
+    st.lists(st.floats(0.01, 0.2), min_size=2, max_size=12),
+    st.floats(-3, 3),
+    st.floats(-3, 3),
+    st.floats(-3, 3),
+)
 @settings(max_examples=60, deadline=None)
 def test_finite_differences_are_exact_for_quadratics_on_uneven_grids(steps, a, b, c):
     t = np.concatenate([[0.3], 0.3 + np.cumsum(steps)])

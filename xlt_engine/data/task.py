@@ -72,8 +72,9 @@ def read_task_file(path: str | Path, format: str, unlabeled: bool = False) -> Ta
     if format == "conll":
         cf = read_conll(path)
         tags = None if unlabeled else [s.tags for s in cf]
-        return TaskData(path, format, kind, [s.tokens for s in cf], None, tags,
-                        [s.line for s in cf], cf)  # fmt: skip
+        return TaskData(
+            path, format, kind, [s.tokens for s in cf], None, tags, [s.line for s in cf], cf
+        )
     if format == "cls10":
         ds = read_cls10(path, unlabeled=unlabeled)
     elif format == "marc":
@@ -144,10 +145,13 @@ def encode(data: TaskData, tok: WordPieceTokenizer, labels: Sequence[str], max_l
         aligned = align_words(tok, data.inputs, ids, max_len)
         ws = aligned.windows
         return Encoded(
-            "token", [w.input_ids for w in ws], None,
+            "token",
+            [w.input_ids for w in ws],
+            None,
             [w.word_positions.astype(np.int64) for w in ws],
-            [w.labels[w.word_positions] for w in ws], aligned,
-        )  # fmt: skip
+            [w.labels[w.word_positions] for w in ws],
+            aligned,
+        )
     enc = encode_texts(tok, data.inputs, data.pairs, max_len)
     types = enc.token_type_ids if data.pairs is not None else None
     zero = np.zeros(1, dtype=np.int64)
@@ -155,8 +159,9 @@ def encode(data: TaskData, tok: WordPieceTokenizer, labels: Sequence[str], max_l
         targets = [np.full(1, IGNORE, dtype=np.int64) for _ in data.inputs]
     else:
         targets = [np.array([index[lab]], dtype=np.int64) for lab in data.labels]
-    return Encoded("sequence", enc.input_ids, types, [zero] * len(targets), targets, None,
-                   enc.truncated)  # fmt: skip
+    return Encoded(
+        "sequence", enc.input_ids, types, [zero] * len(targets), targets, None, enc.truncated
+    )
 
 
 def make_batch(enc: Encoded, items: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
@@ -192,8 +197,9 @@ class TaskBatches:
 
     def _batches(self, epoch: int) -> list[np.ndarray]:
         if self._epoch is None or self._epoch[0] != epoch:
-            b = length_batches(self.lengths, self.batch_size, self.max_tokens, seed=self.seed,
-                               epoch=epoch)  # fmt: skip
+            b = length_batches(
+                self.lengths, self.batch_size, self.max_tokens, seed=self.seed, epoch=epoch
+            )
             self._epoch = (epoch, shard(b, self.rank, self.world))
         return self._epoch[1]
 

@@ -71,14 +71,16 @@ class MlmData:
     def _plan(self, epoch: int):
         if self._epoch is None or self._epoch[0] != epoch:
             cfg = self.cfg
-            mix = resample([len(w) for w in self.windows], cfg.shares, cfg.epoch_size,
-                           cfg.train.seed, epoch)  # fmt: skip
+            mix = resample(
+                [len(w) for w in self.windows], cfg.shares, cfg.epoch_size, cfg.train.seed, epoch
+            )
             lengths = np.empty(len(mix), dtype=np.int64)
             for c, w in enumerate(self.windows):
                 sel = mix[:, 0] == c
                 lengths[sel] = w[mix[sel, 1], 2] - w[mix[sel, 1], 1] + 2  # + [CLS], [SEP]
-            batches = length_batches(lengths, cfg.batch_size, cfg.max_tokens,
-                                     seed=cfg.train.seed, epoch=epoch)  # fmt: skip
+            batches = length_batches(
+                lengths, cfg.batch_size, cfg.max_tokens, seed=cfg.train.seed, epoch=epoch
+            )
             batches = shard(batches, self.rank, self.world)
             self._epoch = (epoch, batches, mix)
         return self._epoch
@@ -112,9 +114,7 @@ class MlmObjective(nn.Module):
         return fused_mlm_loss(h, m.decoder_weight, m.head.bias, labels)
 
 
-def run_btf(
-    cfg: BtfConfig, resume: bool = False, echo=print, progress=None
-) -> TrainResult:
+def run_btf(cfg: BtfConfig, resume: bool = False, echo=print, progress=None) -> TrainResult:
     out = Path(cfg.out)
     device = distributed.init(cfg.device)
     rank, _ = rank_world()
@@ -133,9 +133,11 @@ def run_btf(
         distributed.barrier()
     data = MlmData(caches, tok, cfg)
     masker = MlmMasker.from_tokenizer(
-        tok, probability=cfg.mlm_probability, whole_word=cfg.whole_word,
+        tok,
+        probability=cfg.mlm_probability,
+        whole_word=cfg.whole_word,
         max_predictions=cfg.max_predictions,
-    )  # fmt: skip
+    )
 
     def loss_fn(objective: nn.Module, batch: dict, gen: torch.Generator) -> torch.Tensor:
         masked = masker(batch["input_ids"], batch["attention_mask"], gen)
@@ -152,9 +154,17 @@ def run_btf(
 
     train_cfg = cfg.train.with_steps(data.num_batches(0))
     result = train(
-        prepare(MlmObjective(model), train_cfg, device, frozen_patterns), loss_fn, data, train_cfg, out,
-        save_model=save, load_model=load, resume=resume, echo=echo, progress=progress,
-    )  # fmt: skip
+        prepare(MlmObjective(model), train_cfg, device, frozen_patterns),
+        loss_fn,
+        data,
+        train_cfg,
+        out,
+        save_model=save,
+        load_model=load,
+        resume=resume,
+        echo=echo,
+        progress=progress,
+    )
     if rank == 0:
         save_pretrained(model, out / "base-model", tok)
     distributed.barrier()

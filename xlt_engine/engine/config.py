@@ -33,8 +33,11 @@ TASKS = ("ner", "classification")
 class ConfigError(ValueError):
     def __init__(self, where: str, problems: list[str]):
         self.where, self.problems = where, problems
-        super().__init__(f"{where}: " + "; ".join(problems) if len(problems) == 1 else
-                         f"{where}: {len(problems)} problems:\n  " + "\n  ".join(problems))  # fmt: skip
+        super().__init__(
+            f"{where}: " + "; ".join(problems)
+            if len(problems) == 1
+            else f"{where}: {len(problems)} problems:\n  " + "\n  ".join(problems)
+        )
 
 
 @dataclass(frozen=True)
@@ -233,8 +236,9 @@ class ExperimentConfig:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         kind = "ner" if self.data.format == "conll" else "classification"
         if kind != self.task:
-            raise ValueError(f"task {self.task!r} does not go with data.format "
-                             f"{self.data.format!r}")  # fmt: skip
+            raise ValueError(
+                f"task {self.task!r} does not go with data.format {self.data.format!r}"
+            )
         if not self.targets:
             raise ValueError("targets: give at least one target language")
         for lang in (self.source, *self.targets):
@@ -440,8 +444,9 @@ def check_files(cfg: ExperimentConfig, stage: str) -> None:
         need(f"languages.{src}.train", cfg.data_path(src, "train"))
         role = next((r for r in ("unlabeled", "train") if getattr(cfg.languages[tgt], r)), None)
         if role is None:
-            problems.append(f"languages.{tgt}: selftrain needs unlabeled target data "
-                            "(unlabeled or train)")  # fmt: skip
+            problems.append(
+                f"languages.{tgt}: selftrain needs unlabeled target data (unlabeled or train)"
+            )
         else:
             need(f"languages.{tgt}.{role}", cfg.data_path(tgt, role))
     elif stage == "evaluate":

@@ -154,8 +154,9 @@ def run_predict(cfg: PredictConfig, echo=print) -> Path:
     if cfg.format == "conll":  # the tags of a CoNLL input are kept as the gold column only
         data.labels = None
     enc = encode(data, tok, model.labels, cfg.max_len)
-    logits = predict_logits(model, enc, tok.pad_id, device, cfg.max_tokens,
-                            resolve_precision("auto", device))  # fmt: skip
+    logits = predict_logits(
+        model, enc, tok.pad_id, device, cfg.max_tokens, resolve_precision("auto", device)
+    )
     preds = predicted_labels(enc, logits, model.labels)
     out = Path(cfg.output)
     out.parent.mkdir(parents=True, exist_ok=True)

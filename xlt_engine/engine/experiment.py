@@ -48,11 +48,19 @@ def write_run_info(folder: Path, cfg: ExperimentConfig, stage: str, stage_cfg) -
     if rank_world()[0] != 0:
         return
     folder.mkdir(parents=True, exist_ok=True)
-    resolved = {"experiment": to_dict(cfg), "stage": stage,
-                "stage_config": dataclasses.asdict(stage_cfg)}  # fmt: skip
+    resolved = {
+        "experiment": to_dict(cfg),
+        "stage": stage,
+        "stage_config": dataclasses.asdict(stage_cfg),
+    }
     atomic_write_text(folder / "config.json", json.dumps(resolved, indent=2) + "\n")
     env = provenance.environment(resolve_device(cfg.device))
-    info = {"version": env.pop("xlt_engine"), **env, "argv": sys.argv, "world_size": rank_world()[1]}
+    info = {
+        "version": env.pop("xlt_engine"),
+        **env,
+        "argv": sys.argv,
+        "world_size": rank_world()[1],
+    }
     atomic_write_text(folder / "run.json", json.dumps(info, indent=2) + "\n")
 
 
@@ -94,9 +102,12 @@ def build_btf(cfg: ExperimentConfig) -> BtfConfig:
     folder = stage_dir(cfg, "btf")
     return BtfConfig(
         **settings_of(cfg.btf, BtfSection) | {"train": _seeded(cfg.btf.train, cfg)},
-        model=cfg.model.path, texts=btf_texts(cfg, folder), out=str(folder),
-        max_len=cfg.model.max_len, device=cfg.device,
-    )  # fmt: skip
+        model=cfg.model.path,
+        texts=btf_texts(cfg, folder),
+        out=str(folder),
+        max_len=cfg.model.max_len,
+        device=cfg.device,
+    )
 
 
 def build_finetune(cfg: ExperimentConfig) -> FinetuneConfig:
@@ -107,10 +118,13 @@ def build_finetune(cfg: ExperimentConfig) -> FinetuneConfig:
         **settings_of(f, FinetuneSettings) | {"train": _seeded(f.train, cfg)},
         **settings_of(cfg.model, HeadSettings),
         model=str(model_path(cfg, f.init, "finetune.init")),
-        train_file=str(cfg.data_path(cfg.source, "train")), out=str(stage_dir(cfg, "finetune")),
-        format=cfg.data.format, dev_file=str(dev) if dev else None, max_len=cfg.model.max_len,
+        train_file=str(cfg.data_path(cfg.source, "train")),
+        out=str(stage_dir(cfg, "finetune")),
+        format=cfg.data.format,
+        dev_file=str(dev) if dev else None,
+        max_len=cfg.model.max_len,
         device=cfg.device,
-    )  # fmt: skip
+    )
 
 
 def build_selftrain(cfg: ExperimentConfig) -> SelftrainConfig:
@@ -121,14 +135,19 @@ def build_selftrain(cfg: ExperimentConfig) -> SelftrainConfig:
     settings = settings_of(s, SelftrainSettings)
     settings.update(soft=_seeded(s.soft, cfg), hard=_seeded(s.hard, cfg))
     return SelftrainConfig(
-        **settings, base_model=str(model_path(cfg, s.base, "selftrain.base")),
+        **settings,
+        base_model=str(model_path(cfg, s.base, "selftrain.base")),
         teacher=str(model_path(cfg, s.teacher, "selftrain.teacher")),
         source_file=str(cfg.data_path(cfg.source, "train")),
-        unlabeled_file=str(cfg.data_path(tgt, role)), out=str(stage_dir(cfg, "selftrain")),
-        format=cfg.data.format, max_len=cfg.model.max_len, num_voters=cfg.model.voters,
-        voter_widths=cfg.model.voter_widths or None, voter_dropout=cfg.model.voter_dropout,
+        unlabeled_file=str(cfg.data_path(tgt, role)),
+        out=str(stage_dir(cfg, "selftrain")),
+        format=cfg.data.format,
+        max_len=cfg.model.max_len,
+        num_voters=cfg.model.voters,
+        voter_widths=cfg.model.voter_widths or None,
+        voter_dropout=cfg.model.voter_dropout,
         device=cfg.device,
-    )  # fmt: skip
+    )
 
 
 def build_evaluate(cfg: ExperimentConfig) -> EvaluateConfig:
@@ -136,21 +155,39 @@ def build_evaluate(cfg: ExperimentConfig) -> EvaluateConfig:
     model = model_path(cfg, cfg.evaluate.model, "evaluate.model")
     folder = stage_dir(cfg, "evaluate")
     tests = {lang: str(cfg.data_path(lang, "test")) for lang in (cfg.source, *cfg.targets)}
-    return EvaluateConfig(model=str(model), tests=tests, out=str(folder), format=cfg.data.format,
-                          source=cfg.source, max_len=cfg.model.max_len,
-                          max_tokens=cfg.evaluate.max_tokens, device=cfg.device)  # fmt: skip
+    return EvaluateConfig(
+        model=str(model),
+        tests=tests,
+        out=str(folder),
+        format=cfg.data.format,
+        source=cfg.source,
+        max_len=cfg.model.max_len,
+        max_tokens=cfg.evaluate.max_tokens,
+        device=cfg.device,
+    )
 
 
 def build_predict(cfg: ExperimentConfig) -> PredictConfig:
     check_files(cfg, "predict")
     model = model_path(cfg, cfg.predict.model, "predict.model")
-    return PredictConfig(model=str(model), input=cfg.predict.input, output=cfg.predict.output,
-                         format=cfg.data.format, max_len=cfg.model.max_len,
-                         max_tokens=cfg.predict.max_tokens, device=cfg.device)  # fmt: skip
+    return PredictConfig(
+        model=str(model),
+        input=cfg.predict.input,
+        output=cfg.predict.output,
+        format=cfg.data.format,
+        max_len=cfg.model.max_len,
+        max_tokens=cfg.predict.max_tokens,
+        device=cfg.device,
+    )
 
 
-BUILDERS = {"btf": build_btf, "finetune": build_finetune, "selftrain": build_selftrain,
-            "evaluate": build_evaluate, "predict": build_predict}  # fmt: skip
+BUILDERS = {
+    "btf": build_btf,
+    "finetune": build_finetune,
+    "selftrain": build_selftrain,
+    "evaluate": build_evaluate,
+    "predict": build_predict,
+}
 
 
 def build_stage(cfg: ExperimentConfig, stage: str):
@@ -166,9 +203,13 @@ def build_stage(cfg: ExperimentConfig, stage: str):
 
 
 def run_stage(
-    cfg: ExperimentConfig, stage: str, resume: bool = False, echo=print, progress=None,
+    cfg: ExperimentConfig,
+    stage: str,
+    resume: bool = False,
+    echo=print,
+    progress=None,
     reuse: bool = False,
-):  # fmt: skip
+):
     """Run one stage of ``cfg``: its config problems and a stale folder (``runs``) are raised
     before any work. A finished stage with the same fingerprint is not run again: with
     ``reuse`` or ``resume`` its output is returned (evaluate: the results dict), else it is an
@@ -185,17 +226,21 @@ def run_stage(
     check_plans([plan])
     if plan.output.exists():
         if not (reuse or resume):
-            raise ValueError(f"{plan.folder} holds the finished {stage} of an earlier run with "
-                             "the same settings: --resume returns it as it is, or choose "
-                             "another folder (--out)")  # fmt: skip
+            raise ValueError(
+                f"{plan.folder} holds the finished {stage} of an earlier run with "
+                "the same settings: --resume returns it as it is, or choose "
+                "another folder (--out)"
+            )
         if echo:
             echo(f"{stage}: {plan.output} exists with the same fingerprint, not run again")
         if stage == "evaluate":
             return json.loads(plan.output.read_text(encoding="utf-8"))
         return plan.output
     if plan.started() and not resume:
-        raise ValueError(f"{plan.folder} holds the checkpoints of an earlier run: resume it "
-                         "(--resume) or choose another folder (--out)")  # fmt: skip
+        raise ValueError(
+            f"{plan.folder} holds the checkpoints of an earlier run: resume it "
+            "(--resume) or choose another folder (--out)"
+        )
     stage_cfg = build_stage(cfg, stage)
     if stage == "evaluate" and not main:
         return None

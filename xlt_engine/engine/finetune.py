@@ -107,10 +107,18 @@ def run_finetune(
             return {"dev_" + s["metric"]: s["score"]}
 
     result = train(
-        prepare(model, cfg.train, device), loss_fn, data, cfg.train.with_steps(data.num_batches(0)),
-        out, save_model=save, load_model=load, resume=resume, evaluate=evaluate, echo=echo,
+        prepare(model, cfg.train, device),
+        loss_fn,
+        data,
+        cfg.train.with_steps(data.num_batches(0)),
+        out,
+        save_model=save,
+        load_model=load,
+        resume=resume,
+        evaluate=evaluate,
+        echo=echo,
         progress=progress,
-    )  # fmt: skip
+    )
     dev = None
     if rank == 0:
         save_task_model(model, out / "model", tok)

@@ -67,14 +67,16 @@ def predict_logits(
     lengths = enc.lengths
     order = np.argsort(lengths, kind="stable")
     longest = int(lengths.max()) if len(lengths) else 0
-    batches = length_batches(lengths[order], None, max(max_tokens, -(-longest // 8) * 8),
-                             shuffle=False)  # fmt: skip
+    batches = length_batches(
+        lengths[order], None, max(max_tokens, -(-longest // 8) * 8), shuffle=False
+    )
     try:
         for b in batches:
             items = order[b]
             batch = make_batch(enc, items, pad_id)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32,
-                                enabled=amp_dtype is not None):  # fmt: skip
+            with torch.autocast(
+                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+            ):
                 logits = forward_batch(model, batch, device)
             rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in items])
             out[:, torch.from_numpy(rows).to(device)] = logits.to(out_dtype)
@@ -95,8 +97,9 @@ def shard_items(lengths: np.ndarray, world: int) -> np.ndarray:
 def items_of(enc: Encoded, lo: int, hi: int) -> Encoded:
     """Items ``lo:hi`` of ``enc`` (no word alignment: for inference only)."""
     types = None if enc.token_type_ids is None else enc.token_type_ids[lo:hi]
-    return Encoded(enc.kind, enc.input_ids[lo:hi], types, enc.positions[lo:hi],
-                   enc.targets[lo:hi], None)  # fmt: skip
+    return Encoded(
+        enc.kind, enc.input_ids[lo:hi], types, enc.positions[lo:hi], enc.targets[lo:hi], None
+    )
 
 
 def predict_logits_all_ranks(
@@ -140,8 +143,11 @@ def score(data: TaskData, predictions: list) -> dict:
     if data.labels is None:
         raise ValueError(f"{data.path}: no labels to score against")
     if data.kind == "sequence":
-        return {"metric": "accuracy", "score": accuracy(data.labels, predictions),
-                "examples": len(data)}  # fmt: skip
+        return {
+            "metric": "accuracy",
+            "score": accuracy(data.labels, predictions),
+            "examples": len(data),
+        }
     default = entity_f1(data.labels, predictions, mode="default")
     strict = entity_f1(data.labels, predictions, mode="strict")
     return {

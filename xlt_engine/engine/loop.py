@@ -145,7 +145,9 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - warm))
 
 
-def freeze(model: nn.Module, patterns: tuple[str, ...] | list[str], apply: bool = True) -> list[str]:
+def freeze(
+    model: nn.Module, patterns: tuple[str, ...] | list[str], apply: bool = True
+) -> list[str]:
     """Set ``requires_grad=False`` on parameters whose name matches a pattern (``re.match``);
     returns their names. A pattern that matches nothing is an error (a typo would silently
     train everything). ``apply=False`` only checks that they are frozen already (a model
@@ -255,7 +257,12 @@ class Checkpoints:
     pointer replaced atomically after both are written, and pruning to ``keep`` folders."""
 
     def __init__(self, run_dir: Path, save_model, load_model, keep: int):
-        self.run_dir, self.save_model, self.load_model, self.keep = run_dir, save_model, load_model, keep
+        self.run_dir, self.save_model, self.load_model, self.keep = (
+            run_dir,
+            save_model,
+            load_model,
+            keep,
+        )
         self.rank, self.world = distributed.rank_world()
 
     def latest(self) -> Path | None:
@@ -344,10 +351,13 @@ def train(
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]  # biases and LayerNorm
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, fused=device.type == "cuda",
-    )  # fmt: skip
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        fused=device.type == "cuda",
+    )
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     step, epoch, index = 0, 0, 0
@@ -369,8 +379,14 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
 
     def checkpoint() -> Path | None:
-        state = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                 "epoch": epoch, "index": index, "config": asdict(cfg)}  # fmt: skip
+        state = {
+            "optimizer": opt.state_dict(),
+            "scaler": scaler.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "index": index,
+            "config": asdict(cfg),
+        }
         return ckpts.save(core, step, state)
 
     stop = {"signal": None}
@@ -387,8 +403,13 @@ def train(
         progress = sys.stderr.isatty()
     bar = None
     if progress and is_main:
-        bar = click.progressbar(length=cfg.max_steps, label=run_dir.name, file=sys.stderr,
-                                show_eta=True, item_show_func=lambda s: s)  # fmt: skip
+        bar = click.progressbar(
+            length=cfg.max_steps,
+            label=run_dir.name,
+            file=sys.stderr,
+            show_eta=True,
+            item_show_func=lambda s: s,
+        )
         bar.__enter__()
         bar.update(step)
     t_last = time.perf_counter()
@@ -491,8 +512,9 @@ def train(
                 if is_main:
                     with open(metrics_path, "a", encoding="utf-8") as f:
                         f.write(json.dumps(record) + "\n")
-                    line = (f"loss {mean:.4f} lr {record['lr']:.2e} "
-                            f"{record['tokens_per_s']:,.0f} tok/s")  # fmt: skip
+                    line = (
+                        f"loss {mean:.4f} lr {record['lr']:.2e} {record['tokens_per_s']:,.0f} tok/s"
+                    )
                     if bar is not None:
                         bar.current_item = line
                         bar.render_progress()

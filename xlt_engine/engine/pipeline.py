@@ -40,9 +40,11 @@ def _evaluate_row(pc: ExperimentConfig, model: str, resume: bool, echo) -> dict 
         return None
     if echo:
         s, name = res["languages"], Path(res["model"]).parent.name
-        echo(f"[{pc.source}-{pc.pair_target}] {name}: {res['metric']} {pc.source} "
-             f"{100 * s[pc.source]['score']:.2f}, {pc.pair_target} "
-             f"{100 * s[pc.pair_target]['score']:.2f}")  # fmt: skip
+        echo(
+            f"[{pc.source}-{pc.pair_target}] {name}: {res['metric']} {pc.source} "
+            f"{100 * s[pc.source]['score']:.2f}, {pc.pair_target} "
+            f"{100 * s[pc.pair_target]['score']:.2f}"
+        )
     return res
 
 
@@ -63,8 +65,9 @@ def table_dir(cfg: ExperimentConfig) -> Path:
     return Path(cfg.out) if cfg.out else Path("runs") / (cfg.name or "run")
 
 
-def plan_all(cfg: ExperimentConfig, btf: bool = True, selftrain: bool = True,
-             direct: bool = True) -> list[tuple[ExperimentConfig, str]]:
+def plan_all(
+    cfg: ExperimentConfig, btf: bool = True, selftrain: bool = True, direct: bool = True
+) -> list[tuple[ExperimentConfig, str]]:
     """The (config, stage) steps ``run_all`` takes, in order: per pair btf, finetune-direct,
     finetune, selftrain, then the evaluation of each model (``evaluate.model`` set)."""
     if not btf:
@@ -87,8 +90,9 @@ def plan_all(cfg: ExperimentConfig, btf: bool = True, selftrain: bool = True,
     return steps
 
 
-def check_all(cfg: ExperimentConfig, btf: bool = True, selftrain: bool = True,
-              direct: bool = True) -> list[tuple[ExperimentConfig, str]]:
+def check_all(
+    cfg: ExperimentConfig, btf: bool = True, selftrain: bool = True, direct: bool = True
+) -> list[tuple[ExperimentConfig, str]]:
     """Every file problem and every stale stage folder of the whole run, before anything runs;
     returns the steps (``plan_all``)."""
     steps = plan_all(cfg, btf, selftrain, direct)
@@ -164,8 +168,11 @@ def all_table(results: dict) -> str:
         rows.append("| " + " | ".join(["mean (targets)", *means]) + " |")
     src = next(iter(targets.values()))["source"] if targets else {}
     if src:
-        rows.append("| " + " | ".join([f"{results['source']} (source)"]
-                                      + [_pct(src[c]) for c in COLUMNS]) + " |")  # fmt: skip
+        rows.append(
+            "| "
+            + " | ".join([f"{results['source']} (source)"] + [_pct(src[c]) for c in COLUMNS])
+            + " |"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -184,8 +191,9 @@ def run_ablate(
     root = table_dir(cfg)
     scores: dict[str, dict[str, list[float]]] = {row: {} for row in ABLATION_ROWS}
     fixed = with_section(cfg, "selftrain", threshold="fixed", alpha=fixed_alpha)
-    voters1 = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, voters=1,
-                                                                  voter_widths=()))  # fmt: skip
+    voters1 = dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, voters=1, voter_widths=())
+    )
     for seed in seeds:
 
         def seeded(c: ExperimentConfig, seed: int = seed) -> ExperimentConfig:
@@ -203,9 +211,14 @@ def run_ablate(
             name: run_all(seeded(c), resume=resume, echo=echo, progress=progress, **switches)
             for name, (c, switches) in variants.items()
         }
-        picks = {"Ours": ("full", "selftrain"), "- AT": ("fixed", "selftrain"),
-                 "- VM": ("voters1", "selftrain"), "- BTF": ("nobtf", "selftrain"),
-                 "- ST": ("full", "btf"), "direct transfer": ("full", "direct")}  # fmt: skip
+        picks = {
+            "Ours": ("full", "selftrain"),
+            "- AT": ("fixed", "selftrain"),
+            "- VM": ("voters1", "selftrain"),
+            "- BTF": ("nobtf", "selftrain"),
+            "- ST": ("full", "btf"),
+            "direct transfer": ("full", "direct"),
+        }
         for row, (run, col) in picks.items():
             for t, r in runs[run]["targets"].items():
                 if r[col] is not None:

@@ -51,7 +51,9 @@ class StaleStageError(ValueError):
 
 def with_section(cfg: ExperimentConfig, section: str, **changes) -> ExperimentConfig:
     """``cfg`` with fields of one section replaced (e.g. ``finetune``, ``init="pretrained"``)."""
-    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
+    return dataclasses.replace(
+        cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)}
+    )
 
 
 def _variant(cfg: ExperimentConfig) -> str:
@@ -167,7 +169,9 @@ class StagePlan:
                 "stage": self.stage,
                 "settings": self.settings,
                 "inputs": {k: input_identity(p) for k, p in sorted(self.inputs.items())},
-                "upstream": {k: u.fingerprint()["digest"] for k, u in sorted(self.upstream.items())},
+                "upstream": {
+                    k: u.fingerprint()["digest"] for k, u in sorted(self.upstream.items())
+                },
             }
             canon = json.dumps(body, sort_keys=True, default=str).encode()
             self._fingerprint = {**body, "digest": hashlib.sha256(canon).hexdigest()}
@@ -248,10 +252,13 @@ def check_plans(plans: list[StagePlan]) -> None:
         seen.add(plan.folder)
         diff = plan.differences()
         if diff:
-            problems.append(f"{plan.folder} was made with other settings:\n    " + "\n    ".join(diff))
+            problems.append(
+                f"{plan.folder} was made with other settings:\n    " + "\n    ".join(diff)
+            )
     if problems:
         raise StaleStageError(
-            "\n".join(problems) + "\nIts results are kept as they are. To proceed: run into another "
+            "\n".join(problems)
+            + "\nIts results are kept as they are. To proceed: run into another "
             "folder (--out), or move that folder away to compute it again with the current "
             "settings, or restore the settings it was made with."
         )
@@ -265,7 +272,10 @@ def text_roles(cfg: ExperimentConfig) -> dict[str, str]:
     """btf's text per language: ``text`` when given, else the source's ``train`` and the
     target's ``unlabeled`` (or ``train``) file."""
     out = {}
-    for lang, roles in ((cfg.source, ("text", "train")), (cfg.pair_target, ("text", "unlabeled", "train"))):
+    for lang, roles in (
+        (cfg.source, ("text", "train")),
+        (cfg.pair_target, ("text", "unlabeled", "train")),
+    ):
         out[lang] = next(r for r in roles if getattr(cfg.languages[lang], r))
     return out
 
@@ -284,9 +294,17 @@ def _model_input(cfg: ExperimentConfig, name: str, key: str, plan: StagePlan) ->
 
 def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
     """The stage's settings, inputs and upstream stages (nothing is read but file headers)."""
-    common = {"task": cfg.task, "data.format": cfg.data.format, "seed": cfg.seed,
-              "model.max_len": cfg.model.max_len}  # fmt: skip
-    head = {k: v for k, v in _flat("model", cfg.model, {}).items() if k not in ("model.path", "model.max_len")}
+    common = {
+        "task": cfg.task,
+        "data.format": cfg.data.format,
+        "seed": cfg.seed,
+        "model.max_len": cfg.model.max_len,
+    }
+    head = {
+        k: v
+        for k, v in _flat("model", cfg.model, {}).items()
+        if k not in ("model.path", "model.max_len")
+    }
     src, tgt = cfg.source, cfg.pair_target
     if stage == "btf":
         plan = StagePlan(cfg, stage, {**common, **_flat("btf", cfg.btf, {})}, {})

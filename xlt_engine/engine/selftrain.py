@@ -171,16 +171,28 @@ def with_targets(enc: Encoded, targets: np.ndarray) -> Encoded:
             items.append(i)
             tg.append(np.where(t >= 0, t, IGNORE).astype(np.int64))
     types = None if enc.token_type_ids is None else [enc.token_type_ids[i] for i in items]
-    return Encoded(enc.kind, [enc.input_ids[i] for i in items], types,
-                   [enc.positions[i] for i in items], tg, None)  # fmt: skip
+    return Encoded(
+        enc.kind,
+        [enc.input_ids[i] for i in items],
+        types,
+        [enc.positions[i] for i in items],
+        tg,
+        None,
+    )
 
 
 def concat(a: Encoded, b: Encoded) -> Encoded:
     types = None
     if a.token_type_ids is not None or b.token_type_ids is not None:
         types = (a.token_type_ids or []) + (b.token_type_ids or [])
-    return Encoded(a.kind, a.input_ids + b.input_ids, types, a.positions + b.positions,
-                   a.targets + b.targets, None)  # fmt: skip
+    return Encoded(
+        a.kind,
+        a.input_ids + b.input_ids,
+        types,
+        a.positions + b.positions,
+        a.targets + b.targets,
+        None,
+    )
 
 
 class SoftBatches(TaskBatches):
@@ -209,8 +221,9 @@ def _distribution(labels: np.ndarray, names: list[str]) -> dict[str, int]:
     return {names[i]: counts.get(i, 0) for i in range(len(names))}
 
 
-def shared(path: Path, compute: Callable[[], T], write: Callable[[T], None],
-           read: Callable[[], T]) -> T:  # fmt: skip
+def shared(
+    path: Path, compute: Callable[[], T], write: Callable[[T], None], read: Callable[[], T]
+) -> T:
     """Compute once, write atomically, share with every rank, read back: the pattern of every
     artefact of a round. When ``path`` exists (an earlier run got this far) it is only read;
     else every rank computes (inference is split over the ranks and gathered), rank 0 writes
@@ -258,9 +271,11 @@ class SelfTraining:
         if self.log_path.exists():
             lines = self.log_path.read_text(encoding="utf-8").splitlines()
             self.records = [json.loads(x) for x in lines if x.strip()]
-        self.say(f"selftrain: {len(src_data)} source examples ({len(self.gold)} rows), "
-                 f"{len(tgt_data)} unlabeled target examples ({self.tgt_rows} rows), labels "
-                 f"{self.labels}, N = {cfg.rounds}")  # fmt: skip
+        self.say(
+            f"selftrain: {len(src_data)} source examples ({len(self.gold)} rows), "
+            f"{len(tgt_data)} unlabeled target examples ({self.tgt_rows} rows), labels "
+            f"{self.labels}, N = {cfg.rounds}"
+        )
 
     @property
     def tgt_rows(self) -> int:
@@ -282,14 +297,19 @@ class SelfTraining:
         """One soft or hard step through the loop (resumed from its checkpoint, if any)."""
         t0 = time.perf_counter()
         result = train(
-            prepare(model, train_cfg, self.device), loss_fn, data,
-            train_cfg.with_steps(data.num_batches(0)), folder,
+            prepare(model, train_cfg, self.device),
+            loss_fn,
+            data,
+            train_cfg.with_steps(data.num_batches(0)),
+            folder,
             save_model=lambda m, f: save_task_model(m, f, self.tok),
             load_model=lambda m, f: m.load_state_dict(
-                load_task_model(f, device=self.device).state_dict()),
-            resume=latest_checkpoint(folder) is not None, echo=self.echo,
+                load_task_model(f, device=self.device).state_dict()
+            ),
+            resume=latest_checkpoint(folder) is not None,
+            echo=self.echo,
             progress=self.progress,
-        )  # fmt: skip
+        )
         if self.main:
             save_task_model(model, folder / "model", self.tok)
         distributed.barrier()
@@ -307,17 +327,31 @@ class SelfTraining:
             model = load_task_model(teacher, device=self.device)
             probs = VotersModule.probs(self.logits(model, self.tgt)).to(torch.float16).cpu()
             secs = time.perf_counter() - t0
-            self.log({"round": r, "step": "teacher", "teacher": str(teacher),
-                      "ranks": rank_world()[1], "rows": int(probs.shape[0]), "seconds": secs,
-                      "tokens_per_s": float(self.tgt.lengths.sum()) / max(secs, 1e-9)})  # fmt: skip
+            self.log(
+                {
+                    "round": r,
+                    "step": "teacher",
+                    "teacher": str(teacher),
+                    "ranks": rank_world()[1],
+                    "rows": int(probs.shape[0]),
+                    "seconds": secs,
+                    "tokens_per_s": float(self.tgt.lengths.sum()) / max(secs, 1e-9),
+                }
+            )
             self.say(f"round {r}: teacher {teacher} on {probs.shape[0]} target rows ({secs:.1f} s)")
             return probs
 
-        probs = shared(path, compute, lambda p: _write_tensors(path, {"probs": p}, {"teacher": str(teacher)}),
-                       lambda: load_file(str(path))["probs"])  # fmt: skip
+        probs = shared(
+            path,
+            compute,
+            lambda p: _write_tensors(path, {"probs": p}, {"teacher": str(teacher)}),
+            lambda: load_file(str(path))["probs"],
+        )
         if probs.shape != (self.tgt_rows, len(self.labels)):
-            raise ValueError(f"{path}: probabilities {tuple(probs.shape)} do not fit the "
-                             f"{self.tgt_rows} target rows x {len(self.labels)} labels")  # fmt: skip
+            raise ValueError(
+                f"{path}: probabilities {tuple(probs.shape)} do not fit the "
+                f"{self.tgt_rows} target rows x {len(self.labels)} labels"
+            )
         return probs
 
     def soft_step(self, r: int, probs: torch.Tensor, teacher: Path) -> TaskModel:
@@ -329,19 +363,31 @@ class SelfTraining:
         encoder = load_encoder(cfg.base_model, dtype=torch.float32, device=device)
         digest = encoder_digest(encoder)
         torch.manual_seed(self.seed + 1000 * r)  # the fresh voters: a function of seed, round
-        student = new_task_model(encoder, self.kind, self.labels, self.num_voters, self.widths,
-                                 self.dropout)  # fmt: skip
-        data = SoftBatches(self.tgt, probs, self.tok.pad_id, cfg.batch_size, cfg.max_tokens,
-                           self.seed)  # fmt: skip
+        student = new_task_model(
+            encoder, self.kind, self.labels, self.num_voters, self.widths, self.dropout
+        )
+        data = SoftBatches(
+            self.tgt, probs, self.tok.pad_id, cfg.batch_size, cfg.max_tokens, self.seed
+        )
 
         def soft_loss(m, batch, gen):
             p = batch["probs"].to(device, non_blocking=True)
             return soft_label_mse(forward_batch(m, batch, device), p)
 
         res, secs, toks = self.train_step(student, soft_loss, data, cfg.soft, folder)
-        self.log({"round": r, "step": "soft", "student_init": digest,
-                  "base_model": cfg.base_model, "teacher": str(teacher), "steps": res.step,
-                  "loss": res.last_loss, "seconds": secs, "tokens_per_s": toks})  # fmt: skip
+        self.log(
+            {
+                "round": r,
+                "step": "soft",
+                "student_init": digest,
+                "base_model": cfg.base_model,
+                "teacher": str(teacher),
+                "steps": res.step,
+                "loss": res.last_loss,
+                "seconds": secs,
+                "tokens_per_s": toks,
+            }
+        )
         self.say(f"round {r}: soft step done, loss {res.last_loss:.5f} ({secs:.1f} s)")
         return student
 
@@ -355,20 +401,40 @@ class SelfTraining:
             t0 = time.perf_counter()
             agreed, conf, mean = voter_filter(self.logits(student, self.src), 0.0)
             gold = torch.from_numpy(self.gold).to(agreed.device)
-            choice = select_threshold(conf, gold == agreed, len(self.labels), self.cfg.threshold,
-                                      self.cfg.grid or None, self.cfg.alpha)  # fmt: skip
+            choice = select_threshold(
+                conf,
+                gold == agreed,
+                len(self.labels),
+                self.cfg.threshold,
+                self.cfg.grid or None,
+                self.cfg.alpha,
+            )
             predicted_ok = (mean.argmax(-1) == gold).cpu().numpy()
             secs = time.perf_counter() - t0
-            self.log({"round": r, "step": "threshold", "alpha": choice.alpha,
-                      "method": choice.method, "fallback": choice.fallback, "seconds": secs})  # fmt: skip
-            self.say(f"round {r}: alpha = {choice.alpha} ({choice.method}"
-                     + (f"; {choice.fallback}" if choice.fallback else "") + ")")  # fmt: skip
+            self.log(
+                {
+                    "round": r,
+                    "step": "threshold",
+                    "alpha": choice.alpha,
+                    "method": choice.method,
+                    "fallback": choice.fallback,
+                    "seconds": secs,
+                }
+            )
+            self.say(
+                f"round {r}: alpha = {choice.alpha} ({choice.method}"
+                + (f"; {choice.fallback}" if choice.fallback else "")
+                + ")"
+            )
             return choice, predicted_ok
 
         def write(value):
             choice, predicted_ok = value
-            record = choice.to_json() | {"round": r, "rows": len(self.gold),
-                                         "correct_rows": int(predicted_ok.sum())}  # fmt: skip
+            record = choice.to_json() | {
+                "round": r,
+                "rows": len(self.gold),
+                "correct_rows": int(predicted_ok.sum()),
+            }
             atomic_write_text(rdir / "threshold.csv", choice.to_csv())
             ok = torch.from_numpy(predicted_ok.astype(np.uint8))
             _write_tensors(rdir / "source-correct.safetensors", {"correct": ok}, {})
@@ -381,8 +447,14 @@ class SelfTraining:
 
         return shared(path, compute, write, read)
 
-    def filter(self, r: int, student: TaskModel, alpha: float, predicted_ok: np.ndarray,
-               source_keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    def filter(
+        self,
+        r: int,
+        student: TaskModel,
+        alpha: float,
+        predicted_ok: np.ndarray,
+        source_keep: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The permanent source filter (rows of D_keep that S predicts correctly) and the pseudo
         labels (voter_filter at alpha, -1 = none); returns (source_keep, pseudo)."""
         cfg, rdir = self.cfg, self.out / f"round-{r}"
@@ -416,17 +488,25 @@ class SelfTraining:
                 "pseudo_distribution": _distribution(pseudo, self.labels),
             }
             self.log({"step": "filter", **counts, "seconds": time.perf_counter() - t0})
-            self.say(f"round {r}: source rows kept {counts['source_rows_kept']}/{len(self.gold)} "
-                     f"(-{counts['source_rows_removed']}), pseudo-labeled target rows "
-                     f"{counts['pseudo_rows']}/{len(pseudo)} in {counts['pseudo_units']} units; "
-                     f"classes {counts['pseudo_distribution']}")  # fmt: skip
+            self.say(
+                f"round {r}: source rows kept {counts['source_rows_kept']}/{len(self.gold)} "
+                f"(-{counts['source_rows_removed']}), pseudo-labeled target rows "
+                f"{counts['pseudo_rows']}/{len(pseudo)} in {counts['pseudo_units']} units; "
+                f"classes {counts['pseudo_distribution']}"
+            )
             return keep, pseudo, counts
 
         def write(value):
             keep, pseudo, counts = value
             atomic_write_text(rdir / "filter.json", json.dumps(counts, indent=2) + "\n")
-            _write_tensors(path, {"source_keep": torch.from_numpy(keep.astype(np.uint8)),
-                                  "pseudo": torch.from_numpy(pseudo.astype(np.int64))}, {})  # fmt: skip
+            _write_tensors(
+                path,
+                {
+                    "source_keep": torch.from_numpy(keep.astype(np.uint8)),
+                    "pseudo": torch.from_numpy(pseudo.astype(np.int64)),
+                },
+                {},
+            )
 
         def read():
             saved = load_file(str(path))
@@ -434,8 +514,9 @@ class SelfTraining:
 
         return shared(path, compute, write, read)
 
-    def hard_step(self, r: int, student: TaskModel, source_keep: np.ndarray,
-                  pseudo: np.ndarray, alpha: float) -> TaskModel:  # fmt: skip
+    def hard_step(
+        self, r: int, student: TaskModel, source_keep: np.ndarray, pseudo: np.ndarray, alpha: float
+    ) -> TaskModel:
         """S continues with cross-entropy on D_keep + P."""
         folder = self.out / f"round-{r}" / "hard"
         if (folder / "model").is_dir():
@@ -444,24 +525,40 @@ class SelfTraining:
         hard_src = with_targets(self.src, np.where(source_keep, self.gold, -1))
         hard_tgt = with_targets(self.tgt, pseudo)
         hard = concat(hard_src, hard_tgt)
-        src_y, tgt_y = (np.concatenate([np.zeros(0, np.int64), *part.targets])
-                        for part in (hard_src, hard_tgt))  # fmt: skip
+        src_y, tgt_y = (
+            np.concatenate([np.zeros(0, np.int64), *part.targets]) for part in (hard_src, hard_tgt)
+        )
         if len(hard) == 0:
-            raise ValueError(f"round {r}: no training data for the hard step: every source row "
-                             f"was removed and no target row passed alpha = {alpha}")  # fmt: skip
+            raise ValueError(
+                f"round {r}: no training data for the hard step: every source row "
+                f"was removed and no target row passed alpha = {alpha}"
+            )
         data = TaskBatches(hard, self.tok.pad_id, cfg.batch_size, cfg.max_tokens, self.seed)
 
         def hard_loss(m, batch, gen):
             return VotersModule.loss(forward_batch(m, batch, device), batch["targets"].to(device))
 
         res, secs, toks = self.train_step(student, hard_loss, data, cfg.hard, folder)
-        self.log({"round": r, "step": "hard", "items": len(hard), "source_items": len(hard_src),
-                  "source_rows": int((src_y >= 0).sum()), "target_items": len(hard_tgt),
-                  "target_rows": int((tgt_y >= 0).sum()),
-                  "target_distribution": _distribution(tgt_y, self.labels), "steps": res.step,
-                  "loss": res.last_loss, "seconds": secs, "tokens_per_s": toks})  # fmt: skip
-        self.say(f"round {r}: hard step on {len(hard)} items done, loss {res.last_loss:.5f} "
-                 f"({secs:.1f} s)")  # fmt: skip
+        self.log(
+            {
+                "round": r,
+                "step": "hard",
+                "items": len(hard),
+                "source_items": len(hard_src),
+                "source_rows": int((src_y >= 0).sum()),
+                "target_items": len(hard_tgt),
+                "target_rows": int((tgt_y >= 0).sum()),
+                "target_distribution": _distribution(tgt_y, self.labels),
+                "steps": res.step,
+                "loss": res.last_loss,
+                "seconds": secs,
+                "tokens_per_s": toks,
+            }
+        )
+        self.say(
+            f"round {r}: hard step on {len(hard)} items done, loss {res.last_loss:.5f} "
+            f"({secs:.1f} s)"
+        )
         return student
 
 
@@ -474,8 +571,10 @@ def run_selftrain(
     device = distributed.init(cfg.device)
     main = rank_world()[0] == 0
     if not resume and ((out / "selftrain.jsonl").exists() or any(out.glob("round-*"))):
-        raise ValueError(f"{out} holds an earlier self-training run: resume it (--resume) or "
-                         "choose another folder (--out)")  # fmt: skip
+        raise ValueError(
+            f"{out} holds an earlier self-training run: resume it (--resume) or "
+            "choose another folder (--out)"
+        )
     if main:
         out.mkdir(parents=True, exist_ok=True)
     run = SelfTraining(cfg, device, echo, progress)
@@ -497,8 +596,12 @@ def run_selftrain(
     final = out / "model"
     if main:
         save_task_model(student, final, run.tok)
-        summary = {"rounds": cfg.rounds, "steps": [f"{w}{r}" for r, w in cfg.steps],
-                   "model": str(final), "log": run.records}  # fmt: skip
+        summary = {
+            "rounds": cfg.rounds,
+            "steps": [f"{w}{r}" for r, w in cfg.steps],
+            "model": str(final),
+            "log": run.records,
+        }
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     distributed.barrier()
     run.say(f"selftrain: final student in {final}")

@@ -113,12 +113,23 @@ def soft_label_mse_fwd(
         partial.zero_()
     else:
         soft_label_mse_fwd_kernel[(n_prog,)](
-            z, p, mask if mask is not None else p, scale, partial,
-            dz if need_dz else z, dp if need_dp else p,
-            M, R, C,
-            HAS_MASK=mask is not None, NEED_DZ=need_dz, NEED_DP=need_dp,
-            BLOCK_R=block_r, BLOCK_C=block_c, num_warps=4,
-        )  # fmt: skip
+            z,
+            p,
+            mask if mask is not None else p,
+            scale,
+            partial,
+            dz if need_dz else z,
+            dp if need_dp else p,
+            M,
+            R,
+            C,
+            HAS_MASK=mask is not None,
+            NEED_DZ=need_dz,
+            NEED_DP=need_dp,
+            BLOCK_R=block_r,
+            BLOCK_C=block_c,
+            num_warps=4,
+        )
     return partial.sum() * scale[0], dz, dp
 
 

@@ -82,9 +82,18 @@ def threshold_curve_counts(
     block_n = 1024 if block_k <= 16 else 256
     if N and K:
         threshold_curve_kernel[(triton.cdiv(N, block_n),)](
-            conf, correct, thresholds, covered, hits, n_correct, N, K,
-            BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
-        )  # fmt: skip
+            conf,
+            correct,
+            thresholds,
+            covered,
+            hits,
+            n_correct,
+            N,
+            K,
+            BLOCK_N=block_n,
+            BLOCK_K=block_k,
+            num_warps=4,
+        )
     return covered, hits, n_correct[0]
 
 

@@ -119,8 +119,13 @@ def load_task_model(
     path = Path(path)
     meta = read_task_meta(path)
     encoder = load_encoder(path, dtype=dtype, device=device)
-    voters = VotersModule(encoder.config.hidden_size, len(meta["labels"]), meta["num_voters"],
-                          meta["widths"], meta["dropout"])  # fmt: skip
+    voters = VotersModule(
+        encoder.config.hidden_size,
+        len(meta["labels"]),
+        meta["num_voters"],
+        meta["widths"],
+        meta["dropout"],
+    )
     state = load_file(str(path / VOTERS_FILE))
     expected = voters.state_dict()
     missing = sorted(set(expected) - set(state))

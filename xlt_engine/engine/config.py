@@ -212,6 +212,13 @@ class PredictSection:
     max_tokens: int = 16384
 
 
+# files that may serve a use, in order of preference: ROLES[use][is the source language]
+ROLES = {
+    "text": {True: ("text", "train"), False: ("text", "unlabeled", "train")},
+    "unlabeled": {True: ("unlabeled", "train"), False: ("unlabeled", "train")},
+}
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     task: str
@@ -261,6 +268,13 @@ class ExperimentConfig:
     @property
     def pair_target(self) -> str:
         return self.target or self.targets[0]
+
+    def role(self, lang: str, use: str) -> str | None:
+        """Which file of ``lang`` serves ``use``: "text" (btf's plain text: ``text``, else the
+        source's ``train`` or the target's ``unlabeled`` / ``train``) or "unlabeled" (the
+        target's ``unlabeled``, else ``train``, labels never read); None when none is given."""
+        roles = ROLES[use][lang == self.source]
+        return next((r for r in roles if getattr(self.languages[lang], r)), None)
 
     def data_path(self, lang: str, role: str) -> Path | None:
         rel = getattr(self.languages[lang], role)
@@ -431,10 +445,11 @@ def check_files(cfg: ExperimentConfig, stage: str) -> None:
     need("model.path", Path(cfg.model.path), folder=True)
     src, tgt = cfg.source, cfg.pair_target
     if stage == "btf":
-        for lang, roles in ((src, ("text", "train")), (tgt, ("text", "unlabeled", "train"))):
-            role = next((r for r in roles if getattr(cfg.languages[lang], r)), None)
+        for lang in (src, tgt):
+            role = cfg.role(lang, "text")
             if role is None:
-                problems.append(f"languages.{lang}: btf needs text (one of {', '.join(roles)})")
+                roles = ", ".join(ROLES["text"][lang == src])
+                problems.append(f"languages.{lang}: btf needs text (one of {roles})")
             else:
                 need(f"languages.{lang}.{role}", cfg.data_path(lang, role))
     elif stage == "finetune":
@@ -442,7 +457,7 @@ def check_files(cfg: ExperimentConfig, stage: str) -> None:
         need(f"languages.{src}.dev", cfg.data_path(src, "dev"), required=False)
     elif stage == "selftrain":
         need(f"languages.{src}.train", cfg.data_path(src, "train"))
-        role = next((r for r in ("unlabeled", "train") if getattr(cfg.languages[tgt], r)), None)
+        role = cfg.role(tgt, "unlabeled")
         if role is None:
             problems.append(
                 f"languages.{tgt}: selftrain needs unlabeled target data (unlabeled or train)"

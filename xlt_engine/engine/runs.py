@@ -269,19 +269,12 @@ def check_plans(plans: list[StagePlan]) -> None:
 
 
 def text_roles(cfg: ExperimentConfig) -> dict[str, str]:
-    """btf's text per language: ``text`` when given, else the source's ``train`` and the
-    target's ``unlabeled`` (or ``train``) file."""
-    out = {}
-    for lang, roles in (
-        (cfg.source, ("text", "train")),
-        (cfg.pair_target, ("text", "unlabeled", "train")),
-    ):
-        out[lang] = next(r for r in roles if getattr(cfg.languages[lang], r))
-    return out
+    """btf's text file per language (source, then the pair's target): ``{lang: role}``."""
+    return {lang: cfg.role(lang, "text") for lang in (cfg.source, cfg.pair_target)}
 
 
 def unlabeled_role(cfg: ExperimentConfig) -> str:
-    return next(r for r in ("unlabeled", "train") if getattr(cfg.languages[cfg.pair_target], r))
+    return cfg.role(cfg.pair_target, "unlabeled")
 
 
 def _model_input(cfg: ExperimentConfig, name: str, key: str, plan: StagePlan) -> None:

@@ -288,3 +288,11 @@ def test_choices_are_checked_once_for_toml_and_library_callers(tmp_path):
         with pytest.raises(ValueError, match="threshold = 'fixed' needs alpha"):
             cls(threshold="fixed")
     assert SelftrainSection().steps == [(1, "soft"), (1, "hard"), (2, "soft")]
+
+
+def test_a_stage_reading_its_own_output_is_a_config_error():
+    from xlt_engine.engine.runs import plan_stage
+
+    cfg = load_config(CONLL, ["selftrain.teacher=selftrain"])
+    with pytest.raises(ConfigError, match="selftrain.teacher: 'selftrain' is this stage's own"):
+        plan_stage(cfg, "selftrain")

@@ -280,6 +280,8 @@ def unlabeled_role(cfg: ExperimentConfig) -> str:
 def _model_input(cfg: ExperimentConfig, name: str, key: str, plan: StagePlan) -> None:
     """A model the stage reads: a planned stage (upstream) or a folder (input)."""
     if name in NAMED_MODELS[1:]:
+        if name == plan.stage:
+            raise ConfigError(cfg.name or "config", [f"{key}: {name!r} is this stage's own output"])
         plan.upstream[key] = plan_stage(*_model_stage(cfg, name))
     else:
         plan.inputs[key] = model_path(cfg, name, key, must_exist=False)

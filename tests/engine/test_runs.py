@@ -1,0 +1,51 @@
+"""Run folders: file identities, fingerprints and what a changed one reports."""
+
+import os
+
+import pytest
+
+from tests.engine.test_config import CONLL
+from xlt_engine.engine.config import load_config
+from xlt_engine.engine.runs import MIB, StagePlan, StaleStageError, check_plans, file_identity
+
+
+def test_file_identity_hashes_small_files_whole_and_large_ones_at_both_ends(tmp_path):
+    small = tmp_path / "small"
+    small.write_bytes(b"a" * 1000)
+    a = file_identity(small)
+    small.write_bytes(b"a" * 999 + b"b")  # same size
+    os.utime(small, ns=(a["mtime_ns"], a["mtime_ns"]))  # same mtime: only the hash tells
+    assert file_identity(small)["sha256"] != a["sha256"]
+    big = tmp_path / "big"
+    data = bytearray(b"x" * (3 * MIB))
+    big.write_bytes(data)
+    b = file_identity(big)
+    data[-1:] = b"y"  # in the last MiB
+    big.write_bytes(data)
+    assert file_identity(big)["sha256"] != b["sha256"]
+    data[-1:] = b"x"
+    data[MIB + 5 : MIB + 6] = b"y"  # in the middle: size and mtime are what tell
+    big.write_bytes(data)
+    os.utime(big, ns=(b["mtime_ns"] + 10**9, b["mtime_ns"] + 10**9))
+    c = file_identity(big)
+    assert c["sha256"] == b["sha256"] and c["size"] == b["size"] and c["mtime_ns"] != b["mtime_ns"]
+
+
+def test_a_changed_setting_is_listed_with_old_and_new_value(tmp_path):
+    cfg = load_config(CONLL, [f"out={str(tmp_path)!r}"])
+    data = tmp_path / "train.txt"
+    data.write_text("a\n")
+    old = StagePlan(cfg, "btf", {"btf.train.lr": 2e-5, "seed": 1}, {"text": data})
+    old.begin()
+    assert old.differences() == []
+    new = StagePlan(cfg, "btf", {"btf.train.lr": 1e-4, "seed": 1}, {"text": data})
+    assert new.differences() == ["btf.train.lr: 2e-05 -> 0.0001"]
+    data.write_text("b\n")
+    changed = StagePlan(cfg, "btf", {"btf.train.lr": 2e-5, "seed": 1}, {"text": data})
+    diff = changed.differences()
+    assert len(diff) == 1 and diff[0].startswith(f"input text: {data}: ") and "sha256" in diff[0]
+    with pytest.raises(StaleStageError, match="was made with other settings"):
+        check_plans([changed])
+    (tmp_path / "btf" / "base-model").mkdir()  # work in the folder but no fingerprint
+    (tmp_path / "btf" / "fingerprint.json").unlink()
+    assert "no fingerprint.json" in changed.differences()[0]

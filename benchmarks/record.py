@@ -7,7 +7,6 @@ exact command); ``append`` adds a record as one JSON line to
 
 from __future__ import annotations
 
-import datetime
 import json
 import shlex
 import sys
@@ -30,10 +29,9 @@ def environment(device: torch.device, script: str, argv: list[str] | None) -> di
 
 
 def append(name: str, device: torch.device, record: dict) -> Path:
-    tag = provenance.device_name(device) if device.type == "cuda" else "cpu"
-    tag = "".join(c if c.isalnum() else "-" for c in tag.lower()).strip("-")
+    """Add ``record`` as one JSON line to ``provenance.result_file(RESULTS, name, device)``."""
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{name}_{tag}_{datetime.date.today():%Y%m%d}.json"
+    out = provenance.result_file(RESULTS, name, device)
     with out.open("a") as f:
         f.write(json.dumps(record) + "\n")
     print(f"appended to {out}")

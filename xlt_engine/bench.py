@@ -48,7 +48,7 @@ from xlt_engine.kernels import (
     voter_filter,
     voter_filter_ref,
 )
-from xlt_engine.provenance import environment, version
+from xlt_engine.provenance import environment, result_file, version
 
 OPS = ("mlm", "mse", "voters", "threshold")
 PROVIDERS = ("triton", "torch", "compile", "hf", "liger")
@@ -419,7 +419,7 @@ def run(
     }
     echo(format_table(record))
     if out_dir is not None:
-        record["files"] = [str(p) for p in save(record, Path(out_dir))]
+        record["files"] = [str(p) for p in save(record, Path(out_dir), dev)]
         echo("wrote " + ", ".join(record["files"]))
     return record
 
@@ -446,14 +446,12 @@ def format_table(record: dict) -> str:
     return "\n".join(lines)
 
 
-def save(record: dict, out_dir: Path) -> list[Path]:
+def save(record: dict, out_dir: Path, device: torch.device) -> list[Path]:
     """Append this run to ``kernels_<gpu>_<yyyymmdd>.json`` (a list of runs) and its rows to the
     CSV beside it; both rewritten atomically."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tag = "".join(ch if ch.isalnum() else "-" for ch in record["device"].lower()).strip("-")
-    tag = "-".join(part for part in tag.split("-") if part)[:40]
-    stem = out_dir / f"kernels_{tag}_{record['date'].replace('-', '')}"
-    json_path, csv_path = stem.with_suffix(".json"), stem.with_suffix(".csv")
+    json_path = result_file(out_dir, "kernels", device)
+    csv_path = json_path.with_suffix(".csv")
     runs = json.loads(json_path.read_text()) if json_path.exists() else []
     runs.append(record)
     atomic_write_text(json_path, json.dumps(runs, indent=1) + "\n")

@@ -66,3 +66,13 @@ def environment(device: torch.device) -> dict:
         "python": platform.python_version(),
         "cuda": torch.version.cuda,
     }
+
+
+def result_file(folder: str | Path, what: str, device: torch.device, suffix: str = ".json") -> Path:
+    """Where a benchmark result goes: ``<folder>/<what>_<gpu>_<yyyymmdd><suffix>`` (``cpu``
+    in place of the GPU name off CUDA), the naming of every file under benchmarks/results."""
+    tag = device_name(device) if device.type == "cuda" else "cpu"
+    tag = "-".join(
+        part for part in "".join(c if c.isalnum() else "-" for c in tag.lower()).split("-") if part
+    )
+    return Path(folder) / f"{what}_{tag}_{datetime.date.today():%Y%m%d}{suffix}"

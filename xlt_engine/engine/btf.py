@@ -23,7 +23,7 @@ from xlt_engine.data.cache import TokenCache
 from xlt_engine.data.masking import MlmMasker
 from xlt_engine.data.tokenizer import WordPieceTokenizer, load_tokenizer
 from xlt_engine.engine import distributed
-from xlt_engine.engine.config import BtfSection
+from xlt_engine.engine.config import BtfSection, InputSettings
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.loop import TrainResult, prepare, train
 from xlt_engine.kernels import fused_mlm_loss
@@ -31,7 +31,7 @@ from xlt_engine.model import BertForMLM, load_pretrained, save_pretrained
 
 
 @dataclass(frozen=True, kw_only=True)
-class BtfConfig(BtfSection):
+class BtfConfig(BtfSection, InputSettings):
     """btf's settings (``BtfSection``: train, batch, masking, freezing) plus what this run reads
     and where it writes."""
 
@@ -39,13 +39,13 @@ class BtfConfig(BtfSection):
     texts: tuple[str, ...]  # plain-text files, one per language
     out: str  # run folder; the Base Model goes to out/base-model
     shares: tuple[float, ...] | None = None  # per text file; None: equal
-    max_len: int = 128
     max_predictions: int | None = None
     cache_dir: str | None = None  # default: out/cache
     device: str = "auto"
 
     def __post_init__(self):
-        super().__post_init__()
+        BtfSection.__post_init__(self)
+        InputSettings.__post_init__(self)
         if not self.texts:
             raise ValueError("texts: give at least one text file")
         for t in self.texts:
@@ -55,8 +55,6 @@ class BtfConfig(BtfSection):
             raise ValueError(f"model: {self.model}: no such folder")
         if self.shares is not None and len(self.shares) != len(self.texts):
             raise ValueError(f"shares: {len(self.shares)} values for {len(self.texts)} texts")
-        if self.max_len < 8:
-            raise ValueError(f"max_len must be >= 8, got {self.max_len}")
 
 
 class MlmData:

@@ -85,16 +85,25 @@ class HeadSettings:
 
 
 @dataclass(frozen=True)
-class ModelSection(HeadSettings):
-    path: str = ""  # the pretrained model folder (mBERT in Hugging Face layout)
-    max_len: int = 128
+class InputSettings:
+    """How inputs are cut: ``[model]`` and every library stage config that encodes text."""
+
+    max_len: int = 128  # tokens per sequence (NER: longer sentences go in windows)
 
     def __post_init__(self):
-        super().__post_init__()
-        if not self.path:
-            raise ValueError("path: give the pretrained model folder (model.path)")
         if self.max_len < 8:
             raise ValueError(f"max_len must be >= 8, got {self.max_len}")
+
+
+@dataclass(frozen=True)
+class ModelSection(HeadSettings, InputSettings):
+    path: str = ""  # the pretrained model folder (mBERT in Hugging Face layout)
+
+    def __post_init__(self):
+        HeadSettings.__post_init__(self)
+        InputSettings.__post_init__(self)
+        if not self.path:
+            raise ValueError("path: give the pretrained model folder (model.path)")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from xlt_engine.data.conll import DOCSTART
 from xlt_engine.data.examples import decode_text, read_bytes
 from xlt_engine.data.task import encode, read_task_file, task_kind
 from xlt_engine.data.tokenizer import load_tokenizer
+from xlt_engine.engine.config import InputSettings
 from xlt_engine.engine.distributed import resolve_device
 from xlt_engine.engine.inference import (
     check_task_model,
@@ -35,19 +36,19 @@ from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import load_task_model
 
 
-@dataclass(frozen=True)
-class EvaluateConfig:
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig(InputSettings):
     model: str  # a task model folder (finetune's out/model)
     tests: dict[str, str]  # language -> labeled test file
     out: str
     format: str = "conll"
     source: str | None = None  # a language of ``tests``: the transfer gap is measured from it
-    max_len: int = 128
     max_tokens: int = 16384
     device: str = "auto"
     extra: dict[str, str] = field(default_factory=dict)  # written into results.json as is
 
     def __post_init__(self):
+        super().__post_init__()
         task_kind(self.format)
         if not self.tests:
             raise ValueError("tests: give at least one language = test file")
@@ -112,17 +113,17 @@ def run_evaluate(cfg: EvaluateConfig, echo=print) -> dict:
     return results
 
 
-@dataclass(frozen=True)
-class PredictConfig:
+@dataclass(frozen=True, kw_only=True)
+class PredictConfig(InputSettings):
     model: str  # a task model folder
     input: str
     output: str
     format: str = "conll"
-    max_len: int = 128
     max_tokens: int = 16384
     device: str = "auto"
 
     def __post_init__(self):
+        super().__post_init__()
         task_kind(self.format)
         if not Path(self.input).is_file():
             raise ValueError(f"input: {self.input}: no such file")

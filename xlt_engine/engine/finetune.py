@@ -19,7 +19,7 @@ from torch import nn
 from xlt_engine.data.task import TaskBatches, encode, read_task_file, task_kind
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
-from xlt_engine.engine.config import FinetuneSettings, HeadSettings
+from xlt_engine.engine.config import FinetuneSettings, HeadSettings, InputSettings
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.inference import evaluate_model, forward_batch
 from xlt_engine.engine.loop import TrainResult, prepare, train
@@ -30,7 +30,7 @@ from xlt_engine.model.task import load_task_model, new_task_model, save_task_mod
 
 
 @dataclass(frozen=True, kw_only=True)
-class FinetuneConfig(FinetuneSettings, HeadSettings):
+class FinetuneConfig(FinetuneSettings, HeadSettings, InputSettings):
     """Fine-tuning's settings (``FinetuneSettings``) and the head's (``HeadSettings``: voters,
     voter_widths, voter_dropout) plus what this run reads and where it writes."""
 
@@ -40,13 +40,13 @@ class FinetuneConfig(FinetuneSettings, HeadSettings):
     format: str = "conll"  # conll | cls10 | marc | xnli | jsonl | tsv
     dev_file: str | None = None
     labels: tuple[str, ...] | None = None  # label order; None: sorted from the train file
-    max_len: int = 128
     eval_max_tokens: int = 16384  # padded tokens per inference batch
     device: str = "auto"
 
     def __post_init__(self):
         FinetuneSettings.__post_init__(self)
         HeadSettings.__post_init__(self)
+        InputSettings.__post_init__(self)
         task_kind(self.format)
         for name in ("train_file", "dev_file"):
             path = getattr(self, name)
@@ -54,8 +54,6 @@ class FinetuneConfig(FinetuneSettings, HeadSettings):
                 raise ValueError(f"{name}: {path}: no such file")
         if not Path(self.model).is_dir():
             raise ValueError(f"model: {self.model}: no such folder")
-        if self.max_len < 8:
-            raise ValueError(f"max_len must be >= 8, got {self.max_len}")
 
 
 @dataclass

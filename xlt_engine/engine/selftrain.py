@@ -63,7 +63,7 @@ from xlt_engine.data.align import IGNORE
 from xlt_engine.data.task import Encoded, TaskBatches, TaskData, encode, read_task_file, task_kind
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
-from xlt_engine.engine.config import SelftrainSettings
+from xlt_engine.engine.config import InputSettings, SelftrainSettings
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.inference import check_task_model, forward_batch, predict_logits_all_ranks
 from xlt_engine.engine.loop import latest_checkpoint, prepare, resolve_precision, train
@@ -80,7 +80,7 @@ FILTER_FILE = "filter.safetensors"
 
 
 @dataclass(frozen=True, kw_only=True)
-class SelftrainConfig(SelftrainSettings):
+class SelftrainConfig(SelftrainSettings, InputSettings):
     """The method's settings (``SelftrainSettings``: rounds, steps, threshold, filters) plus
     what this run reads and where it writes."""
 
@@ -90,7 +90,6 @@ class SelftrainConfig(SelftrainSettings):
     unlabeled_file: str  # U_tgt: target-language data (labels, if any, are never read)
     out: str
     format: str = "conll"
-    max_len: int = 128
     num_voters: int | None = None  # the student's voters; None: as the teacher's
     voter_widths: tuple[int, ...] | None = None
     voter_dropout: float | None = None
@@ -98,7 +97,8 @@ class SelftrainConfig(SelftrainSettings):
     device: str = "auto"
 
     def __post_init__(self):
-        super().__post_init__()
+        SelftrainSettings.__post_init__(self)
+        InputSettings.__post_init__(self)
         task_kind(self.format)
         for name in ("source_file", "unlabeled_file"):
             if not Path(getattr(self, name)).is_file():
@@ -106,8 +106,6 @@ class SelftrainConfig(SelftrainSettings):
         if not Path(self.base_model).is_dir():
             raise ValueError(f"base_model: {self.base_model}: no such folder")
         check_task_model(self.teacher, self.format)
-        if self.max_len < 8:
-            raise ValueError(f"max_len must be >= 8, got {self.max_len}")
         if self.num_voters is not None and self.num_voters < 1:
             raise ValueError(f"num_voters must be >= 1, got {self.num_voters}")
 

@@ -200,33 +200,22 @@ def bench_kernels(ops, providers, modes, device, reps, out, no_save) -> None:
     )
 
 
+def _file_option(*names: str, **kwargs):
+    """An option naming one file (not a folder), given as a ``Path``."""
+    return click.option(*names, type=click.Path(dir_okay=False, path_type=Path), **kwargs)
+
+
 @main.command()
-@click.option(
-    "--source",
-    "sources",
-    multiple=True,
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+@_file_option(
+    "--source", "sources", multiple=True, required=True,
     help="CoNLL training file(s) whose entities are searched for (repeatable)",
-)
-@click.option(
-    "--target-text",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
+)  # fmt: skip
+@_file_option(
+    "--target-text", required=True,
     help="target-language plain text, one sentence per line (streamed)",
-)
-@click.option(
-    "--entity-map",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="TSV of 'source name<TAB>target name' rows",
-)
-@click.option(
-    "--out",
-    required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="output text file (written atomically)",
-)
+)  # fmt: skip
+@_file_option("--entity-map", default=None, help="TSV of 'source name<TAB>target name' rows")
+@_file_option("--out", required=True, help="output text file (written atomically)")
 @click.option("--max-per-entity", default=100, show_default=True, help="lines kept per name")
 @click.option("--min-length", default=2, show_default=True, help="shortest name, in characters")
 @click.option("--top", default=10, show_default=True, help="entities listed in the summary")

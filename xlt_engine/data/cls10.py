@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from xml.parsers import expat
 
-from xlt_engine.data.examples import Example, TextDataset, read_bytes
+from xlt_engine.data.examples import Example, TextDataset, parse_stars, read_bytes
 
 CLS_LABELS = ("negative", "positive")
 
@@ -104,12 +104,7 @@ def read_cls10(
                 examples.append(Example(full, None, line))
                 continue
             raise ValueError(f"{path}:{line}: item has no <rating>")
-        try:
-            rating = float(raw)
-        except ValueError:
-            raise ValueError(f"{path}:{line}: rating {raw!r} is not a number") from None
-        if not 1.0 <= rating <= 5.0:
-            raise ValueError(f"{path}:{line}: rating {raw!r} is outside 1-5")
+        rating = parse_stars(raw, float, f"{path}:{line}", "rating")
         if unlabeled:
             examples.append(Example(full, None, line))
             continue

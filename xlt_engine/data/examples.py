@@ -137,3 +137,17 @@ def check_labels_known(
             raise ValueError(msg)
         warnings.warn(msg, stacklevel=2)
     return unseen
+
+
+def parse_stars(raw: str, kind: type, where: str, name: str) -> float | int:
+    """A 1-5 star rating read as ``kind`` (float for CLS-10, int for MARC); ``where`` is
+    ``path:line`` and ``name`` the field, for the error."""
+    try:
+        stars = kind(raw)
+    except ValueError:
+        what = "a number" if kind is float else "an integer"
+        raise ValueError(f"{where}: {name} {raw!r} is not {what}") from None
+    if not 1 <= stars <= 5:
+        shown = repr(raw) if kind is float else stars  # as each reader has always said it
+        raise ValueError(f"{where}: {name} {shown} is outside 1-5")
+    return stars

@@ -12,7 +12,7 @@ import io
 from collections.abc import Callable
 from pathlib import Path
 
-from xlt_engine.data.examples import Example, TextDataset, decode_text, read_bytes
+from xlt_engine.data.examples import Example, TextDataset, decode_text, parse_stars, read_bytes
 
 
 def stars_label(stars: int) -> str | None:
@@ -67,12 +67,7 @@ def read_marc(
             examples.append(Example(body, None, line))
             continue
         raw = row[li].strip()
-        try:
-            stars = int(raw)
-        except ValueError:
-            raise ValueError(f"{path}:{line}: {label_column} {raw!r} is not an integer") from None
-        if not 1 <= stars <= 5:
-            raise ValueError(f"{path}:{line}: {label_column} {stars} is outside 1-5")
+        stars = parse_stars(raw, int, f"{path}:{line}", label_column)
         label = label_rule(stars)
         if label is None:
             dropped += 1

@@ -301,6 +301,10 @@ _progress_option = click.option(
 )
 
 
+def _out_option(help: str):
+    return click.option("--out", type=click.Path(path_type=Path), default=None, help=help)
+
+
 @main.command()
 @click.option(
     "--stage",
@@ -311,12 +315,7 @@ _progress_option = click.option(
 )
 @_config_option
 @_set_option
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="run folder (default: the config's out, else runs/<config>/<src>-<tgt>)",
-)
+@_out_option("run folder (default: the config's out, else runs/<config>/<src>-<tgt>)")
 @click.option("--resume", is_flag=True, help="continue the stage from its latest checkpoint")
 @click.option(
     "--no-btf",
@@ -394,12 +393,7 @@ def run(
     metavar="A",
     help="the fixed threshold of the -AT row",
 )
-@click.option(
-    "--out",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="folder for the seeds' runs and the table (default: runs/<config>)",
-)
+@_out_option("folder for the seeds' runs and the table (default: runs/<config>)")
 @click.option("--resume", is_flag=True, help="continue stages a killed run left half-way")
 @_progress_option
 def ablate(config_path, overrides, seeds, fixed_threshold, out, resume, progress) -> None:

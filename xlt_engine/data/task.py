@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -29,7 +30,8 @@ from xlt_engine.data.text import read_labeled
 from xlt_engine.data.tokenizer import WordPieceTokenizer
 from xlt_engine.data.xnli import read_xnli
 
-FORMATS = ("conll", "cls10", "marc", "xnli", "jsonl", "tsv")
+Format = Literal["conll", "cls10", "marc", "xnli", "jsonl", "tsv"]
+FORMATS = get_args(Format)
 
 
 def task_kind(format: str) -> str:

@@ -23,7 +23,7 @@ from xlt_engine.data.cache import TokenCache
 from xlt_engine.data.masking import MlmMasker
 from xlt_engine.data.tokenizer import WordPieceTokenizer, load_tokenizer
 from xlt_engine.engine import distributed
-from xlt_engine.engine.config import BtfSection, InputSettings
+from xlt_engine.engine.config import BtfSection, StageSettings
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.loop import TrainResult, prepare, train
 from xlt_engine.kernels import fused_mlm_loss
@@ -31,7 +31,7 @@ from xlt_engine.model import BertForMLM, load_pretrained, save_pretrained
 
 
 @dataclass(frozen=True, kw_only=True)
-class BtfConfig(BtfSection, InputSettings):
+class BtfConfig(BtfSection, StageSettings):
     """btf's settings (``BtfSection``: train, batch, masking, freezing) plus what this run reads
     and where it writes."""
 
@@ -41,11 +41,10 @@ class BtfConfig(BtfSection, InputSettings):
     shares: tuple[float, ...] | None = None  # per text file; None: equal
     max_predictions: int | None = None
     cache_dir: str | None = None  # default: out/cache
-    device: str = "auto"
 
     def __post_init__(self):
         BtfSection.__post_init__(self)
-        InputSettings.__post_init__(self)
+        StageSettings.__post_init__(self)
         if not self.texts:
             raise ValueError("texts: give at least one text file")
         for t in self.texts:

@@ -24,7 +24,7 @@ from typing import Literal
 import tomllib
 
 from xlt_engine import STAGES
-from xlt_engine.data.task import FORMATS
+from xlt_engine.data.task import Format
 from xlt_engine.engine.loop import TrainConfig
 
 TASKS = ("ner", "classification")
@@ -40,6 +40,16 @@ class ConfigError(ValueError):
         )
 
 
+def check_choices(obj) -> None:
+    """Every ``Literal``-typed field of a config dataclass holds one of its choices."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        tp = hints[f.name]
+        if typing.get_origin(tp) is Literal and getattr(obj, f.name) not in typing.get_args(tp):
+            choices = ", ".join(map(str, typing.get_args(tp)))
+            raise ValueError(f"{f.name} must be one of {choices}, got {getattr(obj, f.name)!r}")
+
+
 @dataclass(frozen=True)
 class LanguageFiles:
     train: str | None = None  # labeled training data (the source language)
@@ -52,11 +62,10 @@ class LanguageFiles:
 @dataclass(frozen=True)
 class DataSection:
     root: str = "."
-    format: str = "conll"
+    format: Format = "conll"
 
     def __post_init__(self):
-        if self.format not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+        check_choices(self)
 
 
 def settings_of(section, cls) -> dict:
@@ -84,6 +93,14 @@ class HeadSettings:
             raise ValueError(f"voter_dropout must be in [0, 1), got {self.voter_dropout}")
 
 
+EVAL_MAX_TOKENS = 16384  # padded tokens per inference batch, unless a config says otherwise
+
+
+def check_device(device: str) -> None:
+    if device != "auto" and not device.startswith(("cpu", "cuda")):
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+
+
 @dataclass(frozen=True)
 class InputSettings:
     """How inputs are cut: ``[model]`` and every library stage config that encodes text."""
@@ -93,6 +110,32 @@ class InputSettings:
     def __post_init__(self):
         if self.max_len < 8:
             raise ValueError(f"max_len must be >= 8, got {self.max_len}")
+
+
+@dataclass(frozen=True)
+class StageSettings(InputSettings):
+    """What every library stage config shares: how inputs are cut and where the model runs."""
+
+    device: str = "auto"  # auto (cuda when present), cpu, cuda[:N]
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_device(self.device)
+
+
+@dataclass(frozen=True)
+class TaskSettings(StageSettings):
+    """... and for the stages of task models (finetune, selftrain, evaluate, predict): the
+    data's format and the inference batch."""
+
+    format: Format = "conll"
+    eval_max_tokens: int = EVAL_MAX_TOKENS
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choices(self)
+        if self.eval_max_tokens < 8:
+            raise ValueError(f"eval_max_tokens must be >= 8, got {self.eval_max_tokens}")
 
 
 @dataclass(frozen=True)
@@ -150,16 +193,6 @@ Threshold = Literal["curvature", "max_second_difference", "fixed"]
 FilterUnit = Literal["word", "sequence"]
 
 
-def check_choices(obj) -> None:
-    """Every ``Literal``-typed field of a config dataclass holds one of its choices."""
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        tp = hints[f.name]
-        if typing.get_origin(tp) is Literal and getattr(obj, f.name) not in typing.get_args(tp):
-            choices = ", ".join(map(str, typing.get_args(tp)))
-            raise ValueError(f"{f.name} must be one of {choices}, got {getattr(obj, f.name)!r}")
-
-
 @dataclass(frozen=True)
 class SelftrainSettings:
     """The self-training method's settings: the ``[selftrain]`` section and the library's
@@ -210,7 +243,7 @@ class SelftrainSection(SelftrainSettings):
 @dataclass(frozen=True)
 class EvaluateSection:
     model: str = "finetune"  # a stage name ("finetune", "finetune-direct") or a model folder
-    max_tokens: int = 16384
+    max_tokens: int = EVAL_MAX_TOKENS
 
 
 @dataclass(frozen=True)
@@ -218,7 +251,7 @@ class PredictSection:
     model: str = "finetune"
     input: str | None = None
     output: str | None = None
-    max_tokens: int = 16384
+    max_tokens: int = EVAL_MAX_TOKENS
 
 
 # files that may serve a use, in order of preference: ROLES[use][is the source language]
@@ -271,8 +304,7 @@ class ExperimentConfig:
         for key, train in trains.items():
             if train.seed != 0:
                 raise ValueError(f"{key}.seed: set the top-level seed (one for all stages)")
-        if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
-            raise ValueError(f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        check_device(self.device)
 
     @property
     def pair_target(self) -> str:

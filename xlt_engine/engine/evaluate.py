@@ -20,9 +20,9 @@ from pathlib import Path
 
 from xlt_engine.data.conll import DOCSTART
 from xlt_engine.data.examples import decode_text, read_bytes
-from xlt_engine.data.task import encode, read_task_file, task_kind
+from xlt_engine.data.task import encode, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
-from xlt_engine.engine.config import InputSettings
+from xlt_engine.engine.config import TaskSettings
 from xlt_engine.engine.distributed import resolve_device
 from xlt_engine.engine.inference import (
     check_task_model,
@@ -37,19 +37,15 @@ from xlt_engine.model.task import load_task_model
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvaluateConfig(InputSettings):
+class EvaluateConfig(TaskSettings):
     model: str  # a task model folder (finetune's out/model)
     tests: dict[str, str]  # language -> labeled test file
     out: str
-    format: str = "conll"
     source: str | None = None  # a language of ``tests``: the transfer gap is measured from it
-    max_tokens: int = 16384
-    device: str = "auto"
     extra: dict[str, str] = field(default_factory=dict)  # written into results.json as is
 
     def __post_init__(self):
         super().__post_init__()
-        task_kind(self.format)
         if not self.tests:
             raise ValueError("tests: give at least one language = test file")
         for lang, path in self.tests.items():
@@ -89,7 +85,7 @@ def run_evaluate(cfg: EvaluateConfig, echo=print) -> dict:
     scores = {}
     for lang, path in cfg.tests.items():
         data = read_task_file(path, cfg.format)
-        scores[lang] = evaluate_model(model, data, tok, cfg.max_len, device, cfg.max_tokens)
+        scores[lang] = evaluate_model(model, data, tok, cfg.max_len, device, cfg.eval_max_tokens)
         scores[lang]["file"] = str(path)
         if echo:
             echo(f"{lang}: {scores[lang]['metric']} {scores[lang]['score']:.4f} ({path})")
@@ -114,17 +110,13 @@ def run_evaluate(cfg: EvaluateConfig, echo=print) -> dict:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PredictConfig(InputSettings):
+class PredictConfig(TaskSettings):
     model: str  # a task model folder
     input: str
     output: str
-    format: str = "conll"
-    max_tokens: int = 16384
-    device: str = "auto"
 
     def __post_init__(self):
         super().__post_init__()
-        task_kind(self.format)
         if not Path(self.input).is_file():
             raise ValueError(f"input: {self.input}: no such file")
         if Path(self.output).resolve() == Path(self.input).resolve():
@@ -156,7 +148,7 @@ def run_predict(cfg: PredictConfig, echo=print) -> Path:
         data.labels = None
     enc = encode(data, tok, model.labels, cfg.max_len)
     logits = predict_logits(
-        model, enc, tok.pad_id, device, cfg.max_tokens, resolve_precision("auto", device)
+        model, enc, tok.pad_id, device, cfg.eval_max_tokens, resolve_precision("auto", device)
     )
     preds = predicted_labels(enc, logits, model.labels)
     out = Path(cfg.output)

@@ -162,7 +162,7 @@ def build_evaluate(cfg: ExperimentConfig) -> EvaluateConfig:
         format=cfg.data.format,
         source=cfg.source,
         max_len=cfg.model.max_len,
-        max_tokens=cfg.evaluate.max_tokens,
+        eval_max_tokens=cfg.evaluate.max_tokens,
         device=cfg.device,
     )
 
@@ -176,7 +176,7 @@ def build_predict(cfg: ExperimentConfig) -> PredictConfig:
         output=cfg.predict.output,
         format=cfg.data.format,
         max_len=cfg.model.max_len,
-        max_tokens=cfg.predict.max_tokens,
+        eval_max_tokens=cfg.predict.max_tokens,
         device=cfg.device,
     )
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xlt_engine.data.task import TaskBatches, encode, read_task_file, task_kind
+from xlt_engine.data.task import TaskBatches, encode, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
-from xlt_engine.engine.config import FinetuneSettings, HeadSettings, InputSettings
+from xlt_engine.engine.config import FinetuneSettings, HeadSettings, TaskSettings
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.inference import evaluate_model, forward_batch
 from xlt_engine.engine.loop import TrainResult, prepare, train
@@ -30,24 +30,20 @@ from xlt_engine.model.task import load_task_model, new_task_model, save_task_mod
 
 
 @dataclass(frozen=True, kw_only=True)
-class FinetuneConfig(FinetuneSettings, HeadSettings, InputSettings):
+class FinetuneConfig(FinetuneSettings, HeadSettings, TaskSettings):
     """Fine-tuning's settings (``FinetuneSettings``) and the head's (``HeadSettings``: voters,
     voter_widths, voter_dropout) plus what this run reads and where it writes."""
 
     model: str  # Base Model or mBERT folder (Hugging Face layout, with its tokenizer files)
     train_file: str  # labeled source-language data
     out: str  # run folder; the fine-tuned model goes to out/model
-    format: str = "conll"  # conll | cls10 | marc | xnli | jsonl | tsv
     dev_file: str | None = None
     labels: tuple[str, ...] | None = None  # label order; None: sorted from the train file
-    eval_max_tokens: int = 16384  # padded tokens per inference batch
-    device: str = "auto"
 
     def __post_init__(self):
         FinetuneSettings.__post_init__(self)
         HeadSettings.__post_init__(self)
-        InputSettings.__post_init__(self)
-        task_kind(self.format)
+        TaskSettings.__post_init__(self)
         for name in ("train_file", "dev_file"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():

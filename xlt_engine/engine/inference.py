@@ -17,6 +17,7 @@ import torch
 from xlt_engine.data.align import word_predictions
 from xlt_engine.data.batching import length_batches
 from xlt_engine.data.task import Encoded, TaskData, encode, make_batch, task_kind
+from xlt_engine.engine.config import EVAL_MAX_TOKENS
 from xlt_engine.engine.distributed import all_gather_rows, rank_world
 from xlt_engine.engine.loop import resolve_precision
 from xlt_engine.engine.metrics import accuracy, entity_f1
@@ -53,7 +54,7 @@ def predict_logits(
     enc: Encoded,
     pad_id: int,
     device: torch.device,
-    max_tokens: int = 16384,
+    max_tokens: int = EVAL_MAX_TOKENS,
     amp_dtype: torch.dtype | None = None,
     out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
@@ -107,7 +108,7 @@ def predict_logits_all_ranks(
     enc: Encoded,
     pad_id: int,
     device: torch.device,
-    max_tokens: int = 16384,
+    max_tokens: int = EVAL_MAX_TOKENS,
     amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """``predict_logits`` with the work split over the ranks of a torchrun job: each rank runs

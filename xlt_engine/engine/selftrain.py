@@ -60,10 +60,10 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from xlt_engine.data.align import IGNORE
-from xlt_engine.data.task import Encoded, TaskBatches, TaskData, encode, read_task_file, task_kind
+from xlt_engine.data.task import Encoded, TaskBatches, TaskData, encode, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
-from xlt_engine.engine.config import InputSettings, SelftrainSettings
+from xlt_engine.engine.config import SelftrainSettings, TaskSettings
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.inference import check_task_model, forward_batch, predict_logits_all_ranks
 from xlt_engine.engine.loop import latest_checkpoint, prepare, resolve_precision, train
@@ -80,7 +80,7 @@ FILTER_FILE = "filter.safetensors"
 
 
 @dataclass(frozen=True, kw_only=True)
-class SelftrainConfig(SelftrainSettings, InputSettings):
+class SelftrainConfig(SelftrainSettings, TaskSettings):
     """The method's settings (``SelftrainSettings``: rounds, steps, threshold, filters) plus
     what this run reads and where it writes."""
 
@@ -89,17 +89,13 @@ class SelftrainConfig(SelftrainSettings, InputSettings):
     source_file: str  # D_src: labeled source-language data
     unlabeled_file: str  # U_tgt: target-language data (labels, if any, are never read)
     out: str
-    format: str = "conll"
     num_voters: int | None = None  # the student's voters; None: as the teacher's
     voter_widths: tuple[int, ...] | None = None
     voter_dropout: float | None = None
-    eval_max_tokens: int = 16384  # padded tokens per inference batch
-    device: str = "auto"
 
     def __post_init__(self):
         SelftrainSettings.__post_init__(self)
-        InputSettings.__post_init__(self)
-        task_kind(self.format)
+        TaskSettings.__post_init__(self)
         for name in ("source_file", "unlabeled_file"):
             if not Path(getattr(self, name)).is_file():
                 raise ValueError(f"{name}: {getattr(self, name)}: no such file")

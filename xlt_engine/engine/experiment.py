@@ -143,7 +143,7 @@ def build_selftrain(cfg: ExperimentConfig) -> SelftrainConfig:
         out=str(stage_dir(cfg, "selftrain")),
         format=cfg.data.format,
         max_len=cfg.model.max_len,
-        num_voters=cfg.model.voters,
+        voters=cfg.model.voters,
         voter_widths=cfg.model.voter_widths or None,
         voter_dropout=cfg.model.voter_dropout,
         device=cfg.device,

@@ -63,7 +63,7 @@ from xlt_engine.data.align import IGNORE
 from xlt_engine.data.task import Encoded, TaskBatches, TaskData, encode, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
-from xlt_engine.engine.config import SelftrainSettings, TaskSettings
+from xlt_engine.engine.config import HeadSettings, SelftrainSettings, TaskSettings
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.inference import check_task_model, forward_batch, predict_logits_all_ranks
 from xlt_engine.engine.loop import latest_checkpoint, prepare, resolve_precision, train
@@ -89,7 +89,7 @@ class SelftrainConfig(SelftrainSettings, TaskSettings):
     source_file: str  # D_src: labeled source-language data
     unlabeled_file: str  # U_tgt: target-language data (labels, if any, are never read)
     out: str
-    num_voters: int | None = None  # the student's voters; None: as the teacher's
+    voters: int | None = None  # the student's voters (None: the teacher's head, all three)
     voter_widths: tuple[int, ...] | None = None
     voter_dropout: float | None = None
 
@@ -102,8 +102,8 @@ class SelftrainConfig(SelftrainSettings, TaskSettings):
         if not Path(self.base_model).is_dir():
             raise ValueError(f"base_model: {self.base_model}: no such folder")
         check_task_model(self.teacher, self.format)
-        if self.num_voters is not None and self.num_voters < 1:
-            raise ValueError(f"num_voters must be >= 1, got {self.num_voters}")
+        if self.voters is not None:  # the checks of HeadSettings, once the head is given
+            HeadSettings(self.voters, self.voter_widths or (), self.voter_dropout or 0.0)
 
 
 @dataclass
@@ -243,7 +243,7 @@ class SelfTraining:
         self.tok = load_tokenizer(cfg.base_model)
         first = load_task_model(cfg.teacher, device="cpu")
         self.labels, self.kind = first.labels, first.kind
-        self.num_voters = cfg.num_voters or first.voters.num_voters
+        self.num_voters = cfg.voters or first.voters.num_voters
         self.widths = cfg.voter_widths
         if self.widths is None and self.num_voters == first.voters.num_voters:
             self.widths = tuple(first.voters.widths)

@@ -224,3 +224,27 @@ def test_grad_accum_under_ddp_all_reduces_once_per_step_and_equals_one_process(t
     for k in ddp:
         torch.testing.assert_close(ddp[k], one[k], rtol=1e-5, atol=1e-6)
     assert any(not torch.equal(v, init.state_dict()[k]) for k, v in ddp.items())  # it trained
+
+
+def test_run_all_under_torchrun_runs_and_reuses_every_stage(tmp_path):
+    # the whole pipeline with 2 gloo ranks: evaluate runs on rank 0 alone and no rank waits at a
+    # collective the others skip; a second run reuses every stage by its fingerprint
+    cfg = prepare(tmp_path / "qs", seed=4, sizes=Sizes(train=48, dev=10, test=16))
+    steps = ["btf.train.max_steps=2", "finetune.train.max_steps=2", "selftrain.soft.max_steps=2",
+             "selftrain.hard.max_steps=2", "selftrain.threshold=fixed", "selftrain.alpha=0.0"]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "xlt_engine.cli", "run", "--stage", "all", "--config", str(cfg), "--out",
+           str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    for item in steps:
+        cmd += ["--set", item]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for _ in range(2):
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.count("same fingerprint, not run again") == 4, proc.stdout
+    results = json.loads((tmp_path / "run" / "all.json").read_text())
+    assert all(results["targets"]["tgt"][c] is not None for c in ("direct", "btf", "selftrain"))
+    run_json = json.loads(
+        (tmp_path / "run" / "src-tgt" / "selftrain-alpha0" / "run.json").read_text()
+    )
+    assert run_json["world_size"] == 2

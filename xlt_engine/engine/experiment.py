@@ -242,13 +242,11 @@ def run_stage(
             "(--resume) or choose another folder (--out)"
         )
     stage_cfg = build_stage(cfg, stage)
-    if stage == "evaluate" and not main:
-        return None
     if main:
         plan.begin()
         write_run_info(plan.folder, cfg, stage, stage_cfg)
+    if stage == "evaluate":  # rank 0 alone, and no collective: the others go on at once
+        return run_evaluate(stage_cfg, echo=echo) if main else None
     distributed.barrier()
     runner = {"btf": run_btf, "finetune": run_finetune, "selftrain": run_selftrain}
-    if stage in runner:
-        return runner[stage](stage_cfg, resume=resume, echo=echo, progress=progress)
-    return run_evaluate(stage_cfg, echo=echo)
+    return runner[stage](stage_cfg, resume=resume, echo=echo, progress=progress)

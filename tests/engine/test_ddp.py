@@ -244,6 +244,11 @@ def test_run_all_under_torchrun_runs_and_reuses_every_stage(tmp_path):
     assert proc.stdout.count("same fingerprint, not run again") == 4, proc.stdout
     results = json.loads((tmp_path / "run" / "all.json").read_text())
     assert all(results["targets"]["tgt"][c] is not None for c in ("direct", "btf", "selftrain"))
+    # the same run on one process is another run: its folders were made by 2 processes
+    one = [a for a in cmd if a != "--nproc-per-node=2"]
+    one.insert(one.index("--standalone") + 1, "--nproc-per-node=1")
+    proc = subprocess.run(one, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "world_size: 2 -> 1" in proc.stderr + proc.stdout
     run_json = json.loads(
         (tmp_path / "run" / "src-tgt" / "selftrain-alpha0" / "run.json").read_text()
     )

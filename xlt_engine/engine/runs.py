@@ -23,7 +23,8 @@ fingerprint equals the one the current config gives; a started one is resumed on
 difference stops the run before any work with a ``StaleStageError`` listing each changed key
 with its old and new value: a finished stage's results are never overwritten in place.
 Settings that do not change results (log/save intervals, kept checkpoints, the device, the
-inference batch size) are left out.
+inference batch size) are left out; the number of processes of a training stage is in (the
+global batch and a checkpoint's data position depend on it).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xlt_engine.engine.config import ConfigError, ExperimentConfig
+from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.loop import latest_checkpoint
 from xlt_engine.fileio import atomic_write_text
 
@@ -295,6 +297,9 @@ def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
         "seed": cfg.seed,
         "model.max_len": cfg.model.max_len,
     }
+    # the global batch is batch_size x processes x grad_accum, and a checkpoint's data position
+    # is per rank: a trained stage is another one on another number of processes
+    trained = {"world_size": rank_world()[1]}
     head = {
         k: v
         for k, v in _flat("model", cfg.model, {}).items()
@@ -302,14 +307,14 @@ def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
     }
     src, tgt = cfg.source, cfg.pair_target
     if stage == "btf":
-        plan = StagePlan(cfg, stage, {**common, **_flat("btf", cfg.btf, {})}, {})
+        plan = StagePlan(cfg, stage, {**common, **trained, **_flat("btf", cfg.btf, {})}, {})
         plan.inputs["model.path"] = Path(cfg.model.path)
         for lang, role in text_roles(cfg).items():
             plan.inputs[f"languages.{lang}.{role}"] = cfg.data_path(lang, role)
     elif stage == "finetune":
         settings = _flat("finetune", cfg.finetune, {})
         settings.pop("finetune.init")
-        plan = StagePlan(cfg, stage, {**common, **head, **settings}, {})
+        plan = StagePlan(cfg, stage, {**common, **trained, **head, **settings}, {})
         _model_input(cfg, cfg.finetune.init, "finetune.init", plan)
         for role in ("train", "dev"):
             if getattr(cfg.languages[src], role):
@@ -318,7 +323,7 @@ def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
         settings = _flat("selftrain", cfg.selftrain, {})
         for key in ("selftrain.base", "selftrain.teacher"):
             settings.pop(key)
-        plan = StagePlan(cfg, stage, {**common, **head, **settings}, {})
+        plan = StagePlan(cfg, stage, {**common, **trained, **head, **settings}, {})
         _model_input(cfg, cfg.selftrain.base, "selftrain.base", plan)
         _model_input(cfg, cfg.selftrain.teacher, "selftrain.teacher", plan)
         plan.inputs[f"languages.{src}.train"] = cfg.data_path(src, "train")

@@ -25,7 +25,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "transformers>=4.44", "seqeval>=1.2.2", "hypothesis>=6.100"],
-        "dev": ["ruff>=0.6"],
+        "dev": ["ruff==0.17.6"],
     },
     entry_points={"console_scripts": ["xlt-engine = xlt_engine.cli:main"]},
 )

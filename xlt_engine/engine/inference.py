@@ -57,13 +57,21 @@ def predict_logits(
     max_tokens: int = EVAL_MAX_TOKENS,
     amp_dtype: torch.dtype | None = None,
     out_dtype: torch.dtype = torch.float32,
+    split_ranks: bool = False,
 ) -> torch.Tensor:
-    """Voter logits ``[M, rows, C]`` (on ``device``, ``out_dtype``) for every position of every item,
-    rows in input order. Items are batched by length (at most ``max_tokens`` padded tokens)."""
+    """Voter logits ``[M, rows, C]`` (on ``device``, ``out_dtype``) for every position of every
+    item, rows in input order. Items are batched by length (at most ``max_tokens`` padded
+    tokens). ``split_ranks``: under torchrun each rank runs a share of the items and every rank
+    gets all rows back (``split_over_ranks``)."""
+    M, C = model.voters.num_voters, model.voters.num_labels
+    if split_ranks and rank_world()[1] > 1:
+        args = (pad_id, device, max_tokens, amp_dtype, out_dtype)
+        return split_over_ranks(
+            enc, lambda part: predict_logits(model, part, *args), (M, C), device
+        )
     was_training = model.training
     model.eval()
     offsets = enc.row_offsets
-    M, C = model.voters.num_voters, model.voters.num_labels
     out = torch.empty(M, int(offsets[-1]), C, dtype=out_dtype, device=device)
     lengths = enc.lengths
     order = np.argsort(lengths, kind="stable")
@@ -103,29 +111,17 @@ def items_of(enc: Encoded, lo: int, hi: int) -> Encoded:
     )
 
 
-def predict_logits_all_ranks(
-    model: TaskModel,
-    enc: Encoded,
-    pad_id: int,
-    device: torch.device,
-    max_tokens: int = EVAL_MAX_TOKENS,
-    amp_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """``predict_logits`` with the work split over the ranks of a torchrun job: each rank runs
+def split_over_ranks(enc: Encoded, predict, shape: tuple[int, int], device) -> torch.Tensor:
+    """``predict(items)`` with the work split over the ranks of a torchrun job: each rank runs
     a contiguous share of the items (``shard_items``) and every rank gets all the rows back,
-    ``[M, rows, C]`` fp32 on ``device``, in input order. One process: ``predict_logits`` itself."""
+    ``[M, rows, C]`` on ``device``, in input order. ``shape``: (M, C)."""
     rank, world = rank_world()
-    if world == 1:
-        return predict_logits(model, enc, pad_id, device, max_tokens, amp_dtype)
     bounds = shard_items(enc.lengths, world)
     offsets = enc.row_offsets
     rows = [int(offsets[bounds[k + 1]] - offsets[bounds[k]]) for k in range(world)]
-    M, C = model.voters.num_voters, model.voters.num_labels
     lo, hi = int(bounds[rank]), int(bounds[rank + 1])
-    part = torch.empty(M, 0, C, device=device)
-    if hi > lo:
-        part = predict_logits(model, items_of(enc, lo, hi), pad_id, device, max_tokens, amp_dtype)
-    return all_gather_rows(part, rows, device)
+    part = predict(items_of(enc, lo, hi)) if hi > lo else torch.empty(shape[0], 0, shape[1])
+    return all_gather_rows(part.to(device), rows, device)
 
 
 def predicted_labels(enc: Encoded, logits: torch.Tensor, labels: Sequence[str]) -> list:

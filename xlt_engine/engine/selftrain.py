@@ -35,7 +35,7 @@ Folder ``out``::
 
 Under torchrun the soft and hard steps train with DDP (batches sharded by rank), and each
 inference pass (teacher, threshold, filter) is split over the ranks by items and gathered
-(``predict_logits_all_ranks``); rank 0 writes every artefact, the others wait and read it.
+(``predict_logits(..., split_ranks=True)``); rank 0 writes every artefact, the others wait and read it.
 
 Every artefact is written atomically and marks its step as done: a killed run resumed with
 ``resume=True`` redoes nothing that finished, and a killed soft or hard step continues from its
@@ -65,7 +65,7 @@ from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
 from xlt_engine.engine.config import HeadSettings, SelftrainSettings, TaskSettings
 from xlt_engine.engine.distributed import rank_world
-from xlt_engine.engine.inference import check_task_model, forward_batch, predict_logits_all_ranks
+from xlt_engine.engine.inference import check_task_model, forward_batch, predict_logits
 from xlt_engine.engine.loop import latest_checkpoint, prepare, resolve_precision, train
 from xlt_engine.engine.threshold import select_threshold
 from xlt_engine.fileio import atomic_write_bytes, atomic_write_text
@@ -283,9 +283,8 @@ class SelfTraining:
 
     def logits(self, model: nn.Module, enc: Encoded) -> torch.Tensor:
         """Voter logits [M, rows, C] on the device, the work split over the ranks."""
-        return predict_logits_all_ranks(
-            model, enc, self.tok.pad_id, self.device, self.cfg.eval_max_tokens, self.amp
-        )
+        args = (self.tok.pad_id, self.device, self.cfg.eval_max_tokens, self.amp)
+        return predict_logits(model, enc, *args, split_ranks=True)
 
     def train_step(self, model, loss_fn, data, train_cfg, folder: Path):
         """One soft or hard step through the loop (resumed from its checkpoint, if any)."""

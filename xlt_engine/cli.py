@@ -148,6 +148,17 @@ def inspect(path: Path, encoder: bool) -> None:
         click.echo(f"  sample      {sample!r} -> {tok.tokenize(sample)}")
 
 
+def _folder_option(default: str, help: str):
+    """``--out`` naming a folder, with a default."""
+    return click.option(
+        "--out",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=Path(default),
+        show_default=True,
+        help=help,
+    )
+
+
 @main.group()
 def bench() -> None:
     """Benchmarks (results as a table, plus JSON/CSV under benchmarks/results/)."""
@@ -177,13 +188,7 @@ def bench() -> None:
 )
 @click.option("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when present)")
 @click.option("--reps", type=int, default=None, help="timed repetitions on CPU / backward mode")
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("benchmarks/results"),
-    show_default=True,
-    help="folder for the JSON and CSV",
-)
+@_folder_option("benchmarks/results", "folder for the JSON and CSV")
 @click.option("--no-save", is_flag=True, help="print the table only")
 def bench_kernels(ops, providers, modes, device, reps, out, no_save) -> None:
     """Time the fused kernels against torch, torch.compile, Hugging Face and Liger."""
@@ -419,13 +424,7 @@ def ablate(config_path, overrides, seeds, fixed_threshold, out, resume, progress
 
 
 @main.command()
-@click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("runs/quickstart"),
-    show_default=True,
-    help="folder for the generated data, the model and the runs",
-)
+@_folder_option("runs/quickstart", "folder for the generated data, the model and the runs")
 @click.option(
     "--seed", default=1, show_default=True, help="seed of the generated task and of every stage"
 )

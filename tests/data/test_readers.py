@@ -7,14 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from xlt_engine.data import (
-    iter_text,
-    read_cls10,
-    read_labeled,
-    read_marc,
-    read_text,
-    read_xnli,
-)
+from xlt_engine.data import iter_text, read_cls10, read_labeled, read_marc, read_text, read_xnli
 from xlt_engine.data.examples import check_labels_known
 
 # ----------------------------------------------------------------------------- CLS-10

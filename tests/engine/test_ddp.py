@@ -28,19 +28,19 @@ def tiny_nodrop(tmp_path_factory, tiny):
     return make_tiny(tmp_path_factory.mktemp("nodrop") / "tiny", dropout=0.0)
 
 
-def launch(spec: dict, nproc: int) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-        str(ROOT / "tests" / "engine" / "ddp_worker.py"),
-        json.dumps(spec),
-    ]
+def torchrun(nproc: int, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m torch.distributed.run --standalone --nproc-per-node=N ARGS`` (gloo on CPU)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={nproc}", *args]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    if check:
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def launch(spec: dict, nproc: int) -> None:
+    torchrun(nproc, str(ROOT / "tests" / "engine" / "ddp_worker.py"), json.dumps(spec))
 
 
 def assert_close_weights(a: Path, b: Path, names=("model.safetensors",)):
@@ -201,19 +201,7 @@ def test_grad_accum_under_ddp_all_reduces_once_per_step_and_equals_one_process(t
     worker = ROOT / "tests" / "engine" / "ddp_accum_worker.py"
     for nproc, accum, out in ((2, 2, tmp_path / "ddp"), (1, 4, tmp_path / "one")):
         out.mkdir()
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={nproc}",
-            str(worker),
-            str(out),
-            str(accum),
-        ]
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-4000:]
+        torchrun(nproc, str(worker), str(out), str(accum))
     calls = json.loads((tmp_path / "ddp" / "calls.json").read_text())
     # no_sync on the first micro-batch: as many all-reduces per step as without accumulation
     assert calls["accum1"] > 0 and calls["accum2"] == calls["accum1"], calls
@@ -232,22 +220,16 @@ def test_run_all_under_torchrun_runs_and_reuses_every_stage(tmp_path):
     cfg = prepare(tmp_path / "qs", seed=4, sizes=Sizes(train=48, dev=10, test=16))
     steps = ["btf.train.max_steps=2", "finetune.train.max_steps=2", "selftrain.soft.max_steps=2",
              "selftrain.hard.max_steps=2", "selftrain.threshold=fixed", "selftrain.alpha=0.0"]  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "xlt_engine.cli", "run", "--stage", "all", "--config", str(cfg), "--out",
-           str(tmp_path / "run"), "--no-progress"]  # fmt: skip
-    for item in steps:
-        cmd += ["--set", item]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    for _ in range(2):
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-4000:]
+    args = ["-m", "xlt_engine.cli", "run", "--stage", "all", "--config", str(cfg), "--out",
+            str(tmp_path / "run"), "--no-progress"]  # fmt: skip
+    args += [a for item in steps for a in ("--set", item)]
+    torchrun(2, *args)
+    proc = torchrun(2, *args)
     assert proc.stdout.count("same fingerprint, not run again") == 4, proc.stdout
     results = json.loads((tmp_path / "run" / "all.json").read_text())
     assert all(results["targets"]["tgt"][c] is not None for c in ("direct", "btf", "selftrain"))
     # the same run on one process is another run: its folders were made by 2 processes
-    one = [a for a in cmd if a != "--nproc-per-node=2"]
-    one.insert(one.index("--standalone") + 1, "--nproc-per-node=1")
-    proc = subprocess.run(one, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = torchrun(1, *args, check=False)
     assert proc.returncode == 1 and "world_size: 2 -> 1" in proc.stderr + proc.stdout
     run_json = json.loads(
         (tmp_path / "run" / "src-tgt" / "selftrain-alpha0" / "run.json").read_text()

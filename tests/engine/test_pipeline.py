@@ -141,24 +141,16 @@ def test_all_runs_every_stage_per_target_and_prints_the_table(ner_all):
 def test_all_again_runs_nothing_twice(ner_cfg, ner_all):
     out, _ = ner_all
     before = (out / "eng-esp" / "selftrain" / "selftrain.jsonl").read_text()
-    res = CliRunner().invoke(
-        main,
-        [
-            "run",
-            "--stage",
-            "all",
-            "--config",
-            str(ner_cfg),
-            "--out",
-            str(out),
-            "--set",
-            "target=esp",
-            "--no-progress",
-        ],
-    )
+    res = run_all_cli(ner_cfg, out, "target=esp")
     assert res.exit_code == 0, res.output
     assert res.output.count("not run again") == 4  # btf, both finetunes, selftrain
     assert (out / "eng-esp" / "selftrain" / "selftrain.jsonl").read_text() == before
+
+
+def run_all_cli(cfg: Path, out: Path, *sets: str, stage: str = "all"):
+    """``xlt-engine run --stage <stage> --config cfg --out out --no-progress --set ...``."""
+    args = ["run", "--stage", stage, "--config", str(cfg), "--out", str(out), "--no-progress"]
+    return CliRunner().invoke(main, args + [a for item in sets for a in ("--set", item)])
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -196,21 +188,7 @@ def test_all_with_changed_settings_stops_before_any_work(ner_cfg, ner_all, sets,
     out, _ = ner_all
     pair = out / "eng-esp"
     before = _tree(pair)
-    args = [
-        "run",
-        "--stage",
-        "all",
-        "--config",
-        str(ner_cfg),
-        "--out",
-        str(out),
-        "--set",
-        "target=esp",
-        "--no-progress",
-    ]
-    for item in sets:
-        args += ["--set", item]
-    res = CliRunner().invoke(main, args)
+    res = run_all_cli(ner_cfg, out, "target=esp", *sets)
     assert res.exit_code == 1, res.output
     for line in changed:
         assert line in res.output, res.output
@@ -225,23 +203,7 @@ def test_all_with_changed_data_file_stops_naming_it(ner_cfg, ner_all, tmp_path):
     edited.write_bytes((root / "esp.train").read_bytes().replace(b" O\n", b" B-LOC\n", 1))
     pair = out / "eng-esp"
     before = _tree(pair)
-    res = CliRunner().invoke(
-        main,
-        [
-            "run",
-            "--stage",
-            "all",
-            "--config",
-            str(ner_cfg),
-            "--out",
-            str(out),
-            "--set",
-            "target=esp",
-            "--set",
-            f"languages.esp.unlabeled={str(edited)!r}",
-            "--no-progress",
-        ],
-    )
+    res = run_all_cli(ner_cfg, out, "target=esp", f"languages.esp.unlabeled={str(edited)!r}")
     assert res.exit_code == 1, res.output
     assert f"input languages.esp.unlabeled: {root / 'esp.train'} -> {edited}" in res.output
     assert str(pair / "btf") in res.output and str(pair / "selftrain") in res.output
@@ -252,41 +214,20 @@ def test_a_data_file_changed_in_place_is_seen(tiny, conll, tmp_path):
     # same path, other content (same size): the sha256 of the file tells
     train = tmp_path / "eng.train"
     train.write_bytes(conll["eng.train"].read_bytes())
-    args = [
-        "run",
-        "--stage",
-        "finetune",
-        "--config",
-        str(ROOT / "configs" / "conll.toml"),
-        "--out",
-        str(tmp_path / "run"),
-        "--no-progress",
-        "--set",
-        f"data.root={SHARED_DATA}",
-        "--set",
-        f"model.path={tiny}",
-        "--set",
-        "model.max_len=48",
-        "--set",
-        "finetune.init=pretrained",
-        "--set",
-        f"languages.eng.train={train}",
-        "--set",
-        f"languages.eng.dev={conll['eng.dev']}",
-        "--set",
-        "finetune.batch_size=8",
-        "--set",
-        "finetune.train.max_steps=2",
-        "--set",
-        'targets=["esp"]',
-    ]
-    res = CliRunner().invoke(main, args)
+    sets = [f"data.root={SHARED_DATA}", f"model.path={tiny}", "model.max_len=48",
+            "finetune.init=pretrained", f"languages.eng.train={train}",
+            f"languages.eng.dev={conll['eng.dev']}", "finetune.batch_size=8",
+            "finetune.train.max_steps=2", 'targets=["esp"]']  # fmt: skip
+    conll_toml, out = ROOT / "configs" / "conll.toml", tmp_path / "run"
+    res = run_all_cli(conll_toml, out, *sets, stage="finetune")
     assert res.exit_code == 0, res.output
     model = (tmp_path / "run" / "finetune-direct" / "model" / "model.safetensors").read_bytes()
     raw = train.read_bytes()
     i = raw.index(b" I-ORG")
     train.write_bytes(raw[:i] + b" I-PER" + raw[i + 6 :])
-    res = CliRunner().invoke(main, [*args, "--resume"])
+    res = CliRunner().invoke(main, ["run", "--stage", "finetune", "--config", str(conll_toml),
+                                    "--out", str(out), "--resume"]
+                             + [a for item in sets for a in ("--set", item)])  # fmt: skip
     assert res.exit_code == 1
     assert f"input languages.eng.train: {train}: " in res.output and "sha256" in res.output
     assert (

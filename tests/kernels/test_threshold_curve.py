@@ -33,9 +33,7 @@ def curves(draw):
     grid = [0.0, 0.25, 0.5, 0.5, 0.75, 0.99, 1.0]  # duplicates: ties with thresholds happen
     conf = draw(
         hnp.arrays(
-            np.float32,
-            N,
-            elements=st.one_of(st.sampled_from(grid), st.floats(0, 1, width=32)),
+            np.float32, N, elements=st.one_of(st.sampled_from(grid), st.floats(0, 1, width=32))
         )
     )
     correct = draw(hnp.arrays(np.bool_, N))

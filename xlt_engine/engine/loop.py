@@ -201,11 +201,7 @@ def _generator(seed: int, epoch: int, index: int) -> torch.Generator:
 def _rng_state() -> dict:
     np_state = np.random.get_state(legacy=False)  # its key array as a tensor: no pickle needed
     np_state["state"]["key"] = torch.from_numpy(np_state["state"]["key"].astype(np.int64))
-    state = {
-        "python": random.getstate(),
-        "numpy": np_state,
-        "torch": torch.get_rng_state(),
-    }
+    state = {"python": random.getstate(), "numpy": np_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

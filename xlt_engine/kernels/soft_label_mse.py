@@ -27,12 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from xlt_engine.kernels._dispatch import (
-    check_float,
-    check_same_device,
-    shape_str,
-    use_triton,
-)
+from xlt_engine.kernels._dispatch import check_float, check_same_device, shape_str, use_triton
 
 _OP = "soft_label_mse"
 
@@ -188,9 +183,7 @@ def _check(z, p, mask) -> tuple[int, int, int]:
 
 
 def soft_label_mse(
-    student_logits: torch.Tensor,
-    teacher_probs: torch.Tensor,
-    mask: torch.Tensor | None = None,
+    student_logits: torch.Tensor, teacher_probs: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Mean of ``(softmax(student_logits) - teacher_probs)^2`` over valid rows and classes.
 

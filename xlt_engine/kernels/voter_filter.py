@@ -87,17 +87,7 @@ def voter_filter_fwd(
         block_c = triton.next_power_of_2(C)
         block_n = max(16, min(1024, 8192 // block_c))
         voter_filter_fwd_kernel[(triton.cdiv(N, block_n),)](
-            z,
-            alpha,
-            labels,
-            conf,
-            probs,
-            M,
-            N,
-            C,
-            BLOCK_N=block_n,
-            BLOCK_C=block_c,
-            num_warps=4,
+            z, alpha, labels, conf, probs, M, N, C, BLOCK_N=block_n, BLOCK_C=block_c, num_warps=4
         )
     return labels, conf, probs
 

@@ -181,3 +181,36 @@ def test_reader_round_trip_property(
     assert all(iob2_valid(s.tags) for s in f)
     assert f.documents == (len(docs) if docstart else 0)
     assert f.num_tokens == sum(len(s) for s in expected_words)
+
+
+# characters Python's splitlines() / str.split() break on, which are not line or column ends here
+SEPARATORS = ["\x85", "\u2028", "\u2029", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\xa0"]
+
+
+@pytest.mark.parametrize("sep", SEPARATORS, ids=[f"U+{ord(c):04X}" for c in SEPARATORS])
+def test_only_newline_ends_a_line_and_only_space_or_tab_a_column(tmp_path, sep):
+    path = tmp_path / "x.conll"
+    text = f"EU NNP B-ORG\nre{sep}jects VBZ O\n\nPeter NNP B-PER\r\nBlack{sep} NNP I-PER\n"
+    path.write_text(text, encoding="utf-8", newline="")
+    cf = read_conll(path)
+    assert [s.tokens for s in cf] == [["EU", f"re{sep}jects"], ["Peter", f"Black{sep}"]]
+    assert [s.tags for s in cf] == [["B-ORG", "O"], ["B-PER", "I-PER"]]
+    assert [s.line for s in cf] == [1, 4]
+    # an error after such a line names the line the file's \n count gives
+    path.write_text(f"a{sep}b X O\nc X O\nd O\n", encoding="utf-8", newline="")
+    with pytest.raises(ValueError, match=r"x\.conll:3: 2 columns"):
+        read_conll(path)
+
+
+def test_latin1_file_with_byte_0x85_reads(tmp_path):
+    path = tmp_path / "deu.conll"
+    path.write_bytes(b"Bonn NE B-LOC\nsagte\x85 VVFIN O\n\n")  # \x85: NEL in latin-1
+    cf = read_conll(path)
+    assert cf.encoding == "latin-1" and [s.tokens for s in cf] == [["Bonn", "sagte\x85"]]
+
+
+def test_cr_only_line_ends_are_a_clear_error(tmp_path):
+    path = tmp_path / "mac.conll"
+    path.write_bytes(b"EU NNP B-ORG\rrejects VBZ O\r\r")
+    with pytest.raises(ValueError, match=r"mac\.conll: lines end in a bare carriage return"):
+        read_conll(path)

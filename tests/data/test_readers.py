@@ -299,3 +299,23 @@ def test_unseen_test_label(tmp_path):
     with pytest.warns(UserWarning, match="neutral"):
         assert check_labels_known(tr.label_set(), te.path, te.label_set(), True) == ["neutral"]
     assert check_labels_known(tr.label_set(), tr.path, tr.label_set()) == []
+
+
+def test_jsonl_nested_too_deeply_is_an_error_naming_file_and_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    deep = "[" * 100_000 + "]" * 100_000
+    path.write_text('{"text": "a", "label": "x"}\n' + deep + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"d\.jsonl:2: JSON nested too deeply"):
+        read_labeled(path, "jsonl")
+
+
+def test_line_readers_keep_unicode_separators_and_refuse_cr_only_files(tmp_path):
+    path = tmp_path / "s.jsonl"
+    rows = [{"text": "a\u2028b\x85c", "label": "x"}, {"text": "d\x0ce", "label": "y"}]
+    body = "\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n"
+    path.write_text(body, encoding="utf-8", newline="")
+    ds = read_labeled(path, "jsonl")
+    assert ds.texts == ["a\u2028b\x85c", "d\x0ce"] and [e.line for e in ds] == [1, 2]
+    path.write_bytes(b'{"text": "a", "label": "x"}\r{"text": "b", "label": "y"}\r')
+    with pytest.raises(ValueError, match=r"s\.jsonl: lines end in a bare carriage return"):
+        read_labeled(path, "jsonl")

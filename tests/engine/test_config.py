@@ -296,3 +296,29 @@ def test_a_stage_reading_its_own_output_is_a_config_error():
     cfg = load_config(CONLL, ["selftrain.teacher=selftrain"])
     with pytest.raises(ConfigError, match="selftrain.teacher: 'selftrain' is this stage's own"):
         plan_stage(cfg, "selftrain")
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("btf.train.epochs=1e308", "btf.train: epochs must be a number in [0, 1e+06]"),
+        ("btf.train.lr=inf", "btf.train.lr: expected a finite number, got inf"),
+        ("finetune.train.weight_decay=nan", "finetune.train.weight_decay: expected a finite"),
+        ("selftrain.rounds=1e308", "selftrain: rounds must be a multiple of 0.5 in [0.5, 1000]"),
+        ("selftrain.grid=[0.5, 1.5]", "selftrain: grid: thresholds must be in (0, 1)"),
+        ("model.voter_widths=[0, 4, 4]", "model: voter_widths must be positive"),
+        ("btf.train.max_steps=99999999999999", "btf.train: max_steps must be at most"),
+    ],
+)
+def test_out_of_range_numbers_are_config_errors_naming_the_key(item, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(CONLL, [item])
+    assert any(message in p for p in info.value.problems), info.value.problems
+
+
+def test_library_train_configs_refuse_non_finite_numbers():
+    from xlt_engine.engine.loop import TrainConfig
+
+    for kw in (dict(weight_decay=float("nan")), dict(clip=float("inf")), dict(epochs=1e308)):
+        with pytest.raises(ValueError):
+            TrainConfig(max_steps=1, **kw) if "epochs" not in kw else TrainConfig(**kw)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xlt_engine.data.examples import check_labels_known as _check_known
-from xlt_engine.data.examples import decode_text, read_bytes
+from xlt_engine.data.examples import decode_text, read_bytes, split_columns, split_lines
 
 DOCSTART = "-DOCSTART-"
 
@@ -115,8 +115,8 @@ def read_conll(path: str | Path, encoding: str | None = None) -> ConllFile:
             sentences.append(Sentence(tokens, iob2, first))
         tokens, tags = [], []
 
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        fields = line.split()
+    for lineno, line in enumerate(split_lines(text, path), start=1):
+        fields = split_columns(line)
         if not fields:
             flush()
             continue

@@ -5,6 +5,7 @@ the check that a test file holds no label the training file lacks.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections import Counter
 from collections.abc import Iterator
@@ -98,6 +99,44 @@ def decode_text(path: Path, data: bytes, encoding: str = "utf-8", hint: str = ""
         ) from None
 
 
+COLUMN_SEPARATOR = re.compile(r"[ \t]+")
+
+
+def end_of_line(line: str) -> str:
+    """``line`` without its end: one ``\n``, then one ``\r`` (CRLF files)."""
+    line = line.removesuffix("\n")
+    return line.removesuffix("\r")
+
+
+def split_lines(text: str, path: Path) -> list[str]:
+    """The lines of a whole decoded file. Only ``\n`` (and ``\r\n``) end a line: the other
+    characters Python's ``splitlines()`` breaks on (``\x85``, ``\u2028``, ``\x0b``, ``\x0c``,
+    ``\x1c``-``\x1e``, ...) belong to the line's text, so sentences and line numbers are what
+    the file says. A file whose lines end in a bare ``\r`` is an error saying so."""
+    check_cr_only(text, path)
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()  # the final line end
+    return [end_of_line(x) for x in lines]
+
+
+def check_cr_only(text: str, path: Path) -> None:
+    """``text`` (a whole file, or its first line when streaming) has no ``\n`` but a ``\r``
+    before its end: a file whose lines end in a bare CR, which would read as one line."""
+    if "\n" not in text and "\r" in text.removesuffix("\r"):
+        raise ValueError(
+            f"{path}: lines end in a bare carriage return (CR, old Mac style); convert the file "
+            "to \\n line ends"
+        )
+
+
+def split_columns(line: str) -> list[str]:
+    """The columns of a CoNLL token line: split on spaces and tabs only (other whitespace,
+    e.g. ``\xa0`` or ``\u2028``, is part of a token)."""
+    stripped = line.strip(" \t")
+    return COLUMN_SEPARATOR.split(stripped) if stripped else []
+
+
 def iter_lines(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
     """Stream ``(line number, line without its end)`` from a text file of any size; memory holds
     one line. Bad bytes are an error naming the file and line."""
@@ -119,7 +158,9 @@ def iter_lines(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int,
                     f"{path}:{lineno}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is "
                     f"not valid {encoding} ({err.reason})"
                 ) from None
-            yield lineno, line.rstrip("\r\n")
+            if lineno == 1:
+                check_cr_only(line, path)
+            yield lineno, end_of_line(line)
 
 
 def check_labels_known(

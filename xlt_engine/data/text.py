@@ -59,6 +59,8 @@ def _jsonl_example(path: Path, lineno: int, line: str) -> Example:
         obj = json.loads(line)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg}, column {err.colno})") from None
+    except RecursionError:
+        raise ValueError(f"{path}:{lineno}: JSON nested too deeply to be an example") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
     for key in ("text", "label"):

@@ -85,6 +85,8 @@ class HeadSettings:
     def __post_init__(self):
         if self.voters < 1:
             raise ValueError(f"voters must be >= 1, got {self.voters}")
+        if any(w < 1 for w in self.voter_widths):
+            raise ValueError(f"voter_widths must be positive, got {list(self.voter_widths)}")
         if self.voter_widths and len(self.voter_widths) != self.voters:
             raise ValueError(
                 f"voter_widths has {len(self.voter_widths)} entries for voters = {self.voters}"
@@ -212,8 +214,11 @@ class SelftrainSettings:
 
     def __post_init__(self):
         check_choices(self)
-        if not (self.rounds >= 0.5 and 2 * self.rounds == int(2 * self.rounds)):
-            raise ValueError(f"rounds must be a positive multiple of 0.5, got {self.rounds}")
+        if not (0.5 <= self.rounds <= 1000 and 2 * self.rounds == int(2 * self.rounds)):
+            raise ValueError(f"rounds must be a multiple of 0.5 in [0.5, 1000], got {self.rounds}")
+        bad = [t for t in self.grid if not 0 < t < 1]
+        if bad:
+            raise ValueError(f"grid: thresholds must be in (0, 1), got {bad}")
         if self.threshold == "fixed" and (self.alpha is None or not 0 <= self.alpha < 1):
             raise ValueError(f"threshold = 'fixed' needs alpha in [0, 1), got {self.alpha!r}")
         if self.threshold != "fixed" and self.alpha is not None:
@@ -360,6 +365,9 @@ def _convert(tp, value, key: str, problems: list[str]):
         return {k: _convert(args[1], v, f"{key}.{k}", problems) for k, v in value.items()}
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):  # TOML reads inf and nan: no setting means them
+                problems.append(f"{key}: expected a finite number, got {value!r}")
+                return None
             return float(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):

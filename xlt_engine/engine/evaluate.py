@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xlt_engine.data.conll import DOCSTART
-from xlt_engine.data.examples import decode_text, read_bytes
+from xlt_engine.data.examples import decode_text, read_bytes, split_columns, split_lines
 from xlt_engine.data.task import encode, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine.config import TaskSettings
@@ -129,10 +129,10 @@ def _conll_with_predictions(data, tags: list[list[str]]) -> str:
     text = decode_text(data.path, read_bytes(data.path, "a CoNLL file"), data.conll.encoding)
     flat = iter([t for sent in tags for t in sent])
     lines = []
-    for line in text.splitlines():
-        fields = line.split()
+    for line in split_lines(text, data.path):
+        fields = split_columns(line)
         if fields and fields[0] != DOCSTART:
-            line = f"{line.rstrip()} {next(flat)}"
+            line = line.rstrip(" \t") + " " + next(flat)
         lines.append(line)
     if next(flat, None) is not None:
         raise ValueError(f"{data.path}: more predictions than token lines")

@@ -57,6 +57,8 @@ from xlt_engine.engine import distributed
 from xlt_engine.fileio import atomic_file, atomic_write_text
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+MAX_EPOCHS = 1e6  # beyond these a typo, not a plan (and 1e308 epochs overflowed the step count)
+MAX_STEPS = 10**12
 
 
 class Interrupted(Exception):
@@ -92,18 +94,22 @@ class TrainConfig:
         for name in ("max_steps", "save_every", "eval_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        if not (isinstance(self.epochs, int | float) and self.epochs >= 0):
-            raise ValueError(f"epochs must be a number >= 0, got {self.epochs!r}")
+        if not (isinstance(self.epochs, int | float) and 0 <= self.epochs <= MAX_EPOCHS):
+            raise ValueError(f"epochs must be a number in [0, {MAX_EPOCHS:g}], got {self.epochs!r}")
+        if self.max_steps > MAX_STEPS:
+            raise ValueError(f"max_steps must be at most {MAX_STEPS:g}, got {self.max_steps!r}")
         if self.max_steps == 0 and not self.epochs > 0:
             raise ValueError("max_steps must be a positive integer (or give epochs > 0)")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.clip < 0:
-            raise ValueError(f"clip must be >= 0, got {self.clip!r}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(
+                f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}"
+            )
+        if not (self.clip >= 0 and math.isfinite(self.clip)):
+            raise ValueError(f"clip must be a finite number >= 0, got {self.clip!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         for pattern in self.freeze:

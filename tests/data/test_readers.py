@@ -7,7 +7,15 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from xlt_engine.data import iter_text, read_cls10, read_labeled, read_marc, read_text, read_xnli
+from xlt_engine.data import (
+    iter_text,
+    read_cls10,
+    read_conll,
+    read_labeled,
+    read_marc,
+    read_text,
+    read_xnli,
+)
 from xlt_engine.data.examples import check_labels_known
 
 # ----------------------------------------------------------------------------- CLS-10
@@ -319,3 +327,35 @@ def test_line_readers_keep_unicode_separators_and_refuse_cr_only_files(tmp_path)
     path.write_bytes(b'{"text": "a", "label": "x"}\r{"text": "b", "label": "y"}\r')
     with pytest.raises(ValueError, match=r"s\.jsonl: lines end in a bare carriage return"):
         read_labeled(path, "jsonl")
+
+
+VALID = {  # one small valid file per reader, and its reading as (text, label) pairs
+    "conll": (b"EU NNP B-ORG\nrejects VBZ O\n\n", lambda p: read_conll(p), [(["EU", "rejects"], ["B-ORG", "O"])]),
+    "cls10": (b'<?xml version="1.0"?><items><item><rating>5.0</rating><text>good</text></item>'
+              b"<item><rating>1.0</rating><text>bad</text></item></items>\n",
+              lambda p: read_cls10(p), [("good", "positive"), ("bad", "negative")]),
+    "marc": (b"i,review_body,stars\n0,good,5\n1,bad,1\n", lambda p: read_marc(p),
+             [("good", "positive"), ("bad", "negative")]),
+    "xnli": (b"a\tb\tneutral\n", lambda p: read_xnli(p), [("a", "neutral")]),
+    "jsonl": (b'{"text": "a", "label": "x"}\n', lambda p: read_labeled(p, "jsonl"), [("a", "x")]),
+    "tsv": (b"a\tx\n", lambda p: read_labeled(p, "tsv"), [("a", "x")]),
+    "text": (b"one line\n", lambda p: read_text(p), [("one line", None)]),
+}  # fmt: skip
+
+
+def _pairs(ds):
+    if hasattr(ds, "sentences"):
+        return [(s.tokens, s.tags) for s in ds]
+    return [(e.text, e.label) for e in ds]
+
+
+@pytest.mark.parametrize("reader", sorted(VALID))
+def test_every_reader_accepts_a_bom_and_names_the_file_when_it_holds_no_data(tmp_path, reader):
+    body, read, expected = VALID[reader]
+    path = tmp_path / f"f.{reader}"
+    path.write_bytes(b"\xef\xbb\xbf" + body)
+    assert _pairs(read(path)) == expected
+    for empty in (b"", b"\xef\xbb\xbf", b"\n\n", b"\xef\xbb\xbf\r\n"):
+        path.write_bytes(empty)
+        with pytest.raises(ValueError, match=rf"{path.name}: "):
+            read(path)

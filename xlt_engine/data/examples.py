@@ -66,8 +66,8 @@ def read_bytes(path: Path, what: str, allow_empty: bool = False) -> bytes:
         raise ValueError(f"{path}: is a folder, not {what}") from None
     except OSError as err:
         raise ValueError(f"{path}: cannot read ({err.strerror or err})") from None
-    if not allow_empty and not data.strip():
-        raise ValueError(f"{path}: the file is empty")
+    if not allow_empty and not data.removeprefix(b"\xef\xbb\xbf").strip():
+        raise ValueError(f"{path}: the file is empty (no data, at most a byte-order mark)")
     return data
 
 

@@ -12,7 +12,14 @@ import io
 from collections.abc import Callable
 from pathlib import Path
 
-from xlt_engine.data.examples import Example, TextDataset, decode_text, parse_stars, read_bytes
+from xlt_engine.data.examples import (
+    Example,
+    TextDataset,
+    check_cr_only,
+    decode_text,
+    parse_stars,
+    read_bytes,
+)
 
 
 def stars_label(stars: int) -> str | None:
@@ -35,10 +42,13 @@ def read_marc(
     ``unlabeled``: keep every row with ``label=None``."""
     path = Path(path)
     text = decode_text(path, read_bytes(path, "a MARC CSV file"))
+    check_cr_only(text, path)
     f = io.StringIO(text, newline="")
     reader = csv.reader(f, strict=True)
     try:
         header = next(reader)
+    except StopIteration:
+        raise ValueError(f"{path}: no CSV header (the file holds only blank lines)") from None
     except csv.Error as err:
         raise ValueError(f"{path}:1: malformed CSV header ({err})") from None
     missing = [c for c in (text_column, label_column) if c not in header]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xlt_engine.data.examples import Example, TextDataset, decode_text, read_bytes
+from xlt_engine.data.examples import Example, TextDataset, decode_text, read_bytes, split_lines
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 _ALIASES = {"contradictory": "contradiction"}
@@ -18,8 +18,7 @@ def read_xnli(path: str | Path, unlabeled: bool = False) -> TextDataset:
     path = Path(path)
     text = decode_text(path, read_bytes(path, "an XNLI TSV file"))
     examples: list[Example] = []
-    for lineno, line in enumerate(text.split("\n"), start=1):
-        line = line.rstrip("\r")
+    for lineno, line in enumerate(split_lines(text, path), start=1):
         if not line.strip():
             continue
         fields = line.split("\t")
@@ -41,4 +40,6 @@ def read_xnli(path: str | Path, unlabeled: bool = False) -> TextDataset:
                 f"{path}:{lineno}: label {fields[2]!r} is not one of {', '.join(NLI_LABELS)}"
             )
         examples.append(Example(premise, label, lineno, hypothesis))
+    if not examples:
+        raise ValueError(f"{path}: no examples (only blank lines)")
     return TextDataset(path, examples)

@@ -100,6 +100,9 @@ def decode_text(path: Path, data: bytes, encoding: str = "utf-8", hint: str = ""
 
 
 COLUMN_SEPARATOR = re.compile(r"[ \t]+")
+# what is stripped from the edges of a field or tested for a blank line: spaces, tabs and a
+# line end's CR; every other character (\x85, U+2028, \xa0, ...) is text
+BLANK = " \t\r"
 
 
 def end_of_line(line: str) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from xlt_engine.data.examples import (
+    BLANK,
     Example,
     TextDataset,
     check_cr_only,
@@ -72,11 +73,11 @@ def read_marc(
             raise ValueError(
                 f"{path}:{line}: {len(row)} fields, the header has {len(header)}: {row[:3]}..."
             )
-        body = row[ti].strip()
+        body = row[ti].strip(BLANK)
         if unlabeled:
             examples.append(Example(body, None, line))
             continue
-        raw = row[li].strip()
+        raw = row[li].strip(BLANK)
         stars = parse_stars(raw, int, f"{path}:{line}", label_column)
         label = label_rule(stars)
         if label is None:

@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from xlt_engine.data.examples import Example, TextDataset, check_file, iter_lines
+from xlt_engine.data.examples import BLANK, Example, TextDataset, check_file, iter_lines
 
 
 def read_labeled(path: str | Path, format: str | None = None) -> TextDataset:
@@ -28,13 +28,13 @@ def read_labeled(path: str | Path, format: str | None = None) -> TextDataset:
     check_file(path, "a labeled text file")
     examples: list[Example] = []
     for lineno, line in iter_lines(path):
-        if not line.strip():
+        if not line.strip(BLANK):
             continue
         if format == "jsonl":
             examples.append(_jsonl_example(path, lineno, line))
             continue
         fields = line.split("\t")
-        if lineno == 1 and [f.strip().lower() for f in fields[:1] + fields[-1:]] == [
+        if lineno == 1 and [f.strip(BLANK).lower() for f in fields[:1] + fields[-1:]] == [
             "text",
             "label",
         ]:
@@ -44,7 +44,7 @@ def read_labeled(path: str | Path, format: str | None = None) -> TextDataset:
                 f"{path}:{lineno}: {len(fields)} tab-separated fields, expected text<TAB>label "
                 "or text<TAB>text_pair<TAB>label"
             )
-        label = fields[-1].strip()
+        label = fields[-1].strip(BLANK)
         if not label:
             raise ValueError(f"{path}:{lineno}: empty label")
         pair = fields[1] if len(fields) == 3 else None

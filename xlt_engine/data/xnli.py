@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from xlt_engine.data.examples import Example, TextDataset, decode_text, read_bytes, split_lines
+from xlt_engine.data.examples import (
+    BLANK,
+    Example,
+    TextDataset,
+    decode_text,
+    read_bytes,
+    split_lines,
+)
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 _ALIASES = {"contradictory": "contradiction"}
@@ -19,7 +26,7 @@ def read_xnli(path: str | Path, unlabeled: bool = False) -> TextDataset:
     text = decode_text(path, read_bytes(path, "an XNLI TSV file"))
     examples: list[Example] = []
     for lineno, line in enumerate(split_lines(text, path), start=1):
-        if not line.strip():
+        if not line.strip(BLANK):
             continue
         fields = line.split("\t")
         if len(fields) != 3 and not (unlabeled and len(fields) == 2):
@@ -27,13 +34,13 @@ def read_xnli(path: str | Path, unlabeled: bool = False) -> TextDataset:
                 f"{path}:{lineno}: {len(fields)} tab-separated fields, expected 3 "
                 "(premise, hypothesis, label)"
             )
-        premise, hypothesis = fields[0].strip(), fields[1].strip()
+        premise, hypothesis = fields[0].strip(BLANK), fields[1].strip(BLANK)
         if not premise or not hypothesis:
             raise ValueError(f"{path}:{lineno}: empty premise or hypothesis")
         if unlabeled:
             examples.append(Example(premise, None, lineno, hypothesis))
             continue
-        label = fields[2].strip()
+        label = fields[2].strip(BLANK)
         label = _ALIASES.get(label, label)
         if label not in NLI_LABELS:
             raise ValueError(

@@ -308,6 +308,9 @@ def test_a_stage_reading_its_own_output_is_a_config_error():
         ("selftrain.grid=[0.5, 1.5]", "selftrain: grid: thresholds must be in (0, 1)"),
         ("model.voter_widths=[0, 4, 4]", "model: voter_widths must be positive"),
         ("btf.train.max_steps=99999999999999", "btf.train: max_steps must be at most"),
+        ("finetune.max_tokens=0", "finetune: max_tokens must be >= 8 (or left out), got 0"),
+        ("selftrain.batch_size=0", "selftrain: batch_size must be >= 1, got 0"),
+        ("btf.epoch_size=-5", "btf: epoch_size must be >= 1 (or left out), got -5"),
     ],
 )
 def test_out_of_range_numbers_are_config_errors_naming_the_key(item, message):

@@ -152,12 +152,24 @@ class ModelSection(HeadSettings, InputSettings):
 
 
 @dataclass(frozen=True)
-class BtfSection:
+class BatchSettings:
+    """How a training stage batches: the base of [btf], [finetune] and [selftrain]."""
+
+    batch_size: int = 32
+    max_tokens: int | None = None  # padded tokens per batch (with batch_size: both hold)
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_tokens is not None and self.max_tokens < 8:
+            raise ValueError(f"max_tokens must be >= 8 (or left out), got {self.max_tokens}")
+
+
+@dataclass(frozen=True)
+class BtfSection(BatchSettings):
     """btf's settings: the ``[btf]`` section, and the base of the library's ``BtfConfig``."""
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=2e-5))
-    batch_size: int = 32
-    max_tokens: int | None = None
     mlm_probability: float = 0.15
     whole_word: bool = False
     freeze_layers: int = 3  # bottom encoder layers frozen (with the embeddings)
@@ -165,25 +177,20 @@ class BtfSection:
     epoch_size: int | None = None  # windows per epoch (None: the corpora's total)
 
     def __post_init__(self):
+        super().__post_init__()
         if not 0 < self.mlm_probability < 1:
             raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.freeze_layers < 0:
             raise ValueError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
+        if self.epoch_size is not None and self.epoch_size < 1:
+            raise ValueError(f"epoch_size must be >= 1 (or left out), got {self.epoch_size}")
 
 
 @dataclass(frozen=True)
-class FinetuneSettings:
+class FinetuneSettings(BatchSettings):
     """Source fine-tuning's settings: ``[finetune]`` and the library's ``FinetuneConfig``."""
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=2e-5))
-    batch_size: int = 32
-    max_tokens: int | None = None
-
-    def __post_init__(self):
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 @dataclass(frozen=True)
@@ -196,13 +203,11 @@ FilterUnit = Literal["word", "sequence"]
 
 
 @dataclass(frozen=True)
-class SelftrainSettings:
+class SelftrainSettings(BatchSettings):
     """The self-training method's settings: the ``[selftrain]`` section and the library's
     ``SelftrainConfig`` both are these (defaults and checks written here only)."""
 
     rounds: float = 1.5  # N; a trailing .5 ends with a soft step
-    batch_size: int = 32
-    max_tokens: int | None = None
     soft: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=3e-5))
     hard: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=1e-6))
     threshold: Threshold = "curvature"
@@ -213,6 +218,7 @@ class SelftrainSettings:
     max_unlabeled: int | None = None  # down-sample the unlabeled target data (CLS: 10000)
 
     def __post_init__(self):
+        super().__post_init__()
         check_choices(self)
         if not (0.5 <= self.rounds <= 1000 and 2 * self.rounds == int(2 * self.rounds)):
             raise ValueError(f"rounds must be a multiple of 0.5 in [0.5, 1000], got {self.rounds}")
@@ -223,8 +229,6 @@ class SelftrainSettings:
             raise ValueError(f"threshold = 'fixed' needs alpha in [0, 1), got {self.alpha!r}")
         if self.threshold != "fixed" and self.alpha is not None:
             raise ValueError(f"alpha = {self.alpha} is read only with threshold = 'fixed'")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_unlabeled is not None and self.max_unlabeled < 1:
             raise ValueError(f"max_unlabeled must be >= 1, got {self.max_unlabeled}")
 

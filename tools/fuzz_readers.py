@@ -1,4 +1,4 @@
-"""Fuzz the line-based readers (CoNLL, JSONL, TSV, XNLI, MARC) with generated files and count
+"""Fuzz the line-based readers (CoNLL, JSONL, TSV, XNLI, MARC, plain text) with generated files and count
 what happens. Not product code: a repository tool for issue 21's question, "is bad input ever
 misread?".
 
@@ -29,7 +29,7 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from xlt_engine.data import read_conll, read_labeled, read_marc, read_xnli
+from xlt_engine.data import read_conll, read_labeled, read_marc, read_text, read_xnli
 
 SEPARATORS = "\x85\u2028\u2029\x0b\x0c\x1c\x1d\x1e\xa0"
 LETTERS = "abcXYZ9é"
@@ -90,12 +90,18 @@ def marc_case(rng):
     return lines, [(t, "positive" if s > 3 else "negative") for t, s in rows], "0,a,b,c,d"
 
 
+def text_case(rng):
+    lines = [text(rng) for _ in range(rng.randint(1, 6))]
+    return lines, [(t, None, i + 1) for i, t in enumerate(lines)], None
+
+
 READERS = {  # name: (case generator, reader, what a reading is compared as)
     "conll": (conll_case, read_conll, lambda r: [(tuple(s.tokens), tuple(s.tags)) for s in r]),
     "jsonl": (jsonl_case, lambda p: read_labeled(p, "jsonl"), lambda r: [(e.text, e.label, e.line) for e in r]),
     "tsv": (tsv_case, lambda p: read_labeled(p, "tsv"), lambda r: [(e.text, e.label, e.line) for e in r]),
     "xnli": (xnli_case, read_xnli, lambda r: [(e.text, e.text_pair, e.label, e.line) for e in r]),
     "marc": (marc_case, read_marc, lambda r: [(e.text, e.label) for e in r]),
+    "text": (text_case, read_text, lambda r: [(e.text, e.label, e.line) for e in r]),
 }  # fmt: skip
 
 
@@ -103,7 +109,12 @@ def one_case(name: str, rng: random.Random, folder: Path) -> str:
     make, read, view = READERS[name]
     lines, expected, bad = make(rng)
     eol = rng.choice(["\n", "\r\n"])
-    mutation = rng.choice([None, None, "bad line", "cr only", "empty"])
+    kinds = (
+        [None, None, "bad line", "cr only", "empty"]
+        if bad is not None
+        else [None, None, "cr only", "empty"]
+    )
+    mutation = rng.choice(kinds)  # plain text has no malformed line
     bad_line = None
     if mutation == "bad line":
         first = 1 if name == "marc" else 0  # after MARC's header

@@ -75,9 +75,10 @@ def _jsonl_example(path: Path, lineno: int, line: str) -> Example:
 
 
 def iter_text(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
-    """Stream ``(line number, text)`` for every non-blank line (stripped) of a plain-text file."""
+    """Stream ``(line number, text)`` for every non-blank line of a plain-text file, stripped of
+    spaces and tabs (other separators, e.g. NEL or U+2028, are text)."""
     for lineno, line in iter_lines(path, encoding):
-        line = line.strip()
+        line = line.strip(BLANK)
         if line:
             yield lineno, line
 

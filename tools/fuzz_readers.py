@@ -1,11 +1,12 @@
-"""Fuzz the line-based readers (CoNLL, JSONL, TSV, XNLI, MARC, plain text) with generated files and count
+"""Fuzz the readers (CoNLL, JSONL, TSV, XNLI, MARC, CLS-10, plain text) with generated files and count
 what happens. Not product code: a repository tool for issue 21's question, "is bad input ever
 misread?".
 
 Each case is a valid file generated from random texts and labels (with Unicode separators such
 as NEL, U+2028 and form feed inside the texts, LF or CRLF line ends, sometimes a BOM), either
 left valid or given one mutation: a malformed line at a known line, CR-only line ends, an empty
-or BOM-only file. Outcomes:
+or BOM-only file. CLS-10 is XML, where a bare CR is a valid line end (XML normalises it), so a
+CR-only CLS-10 file counts as valid and must read correctly. Outcomes:
 
 - ``correct read``: a valid file read back exactly (texts, labels, line numbers);
 - ``clean error``: a mutated file refused with a ``ValueError`` naming the file (and the
@@ -28,19 +29,26 @@ import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
+from xml.sax.saxutils import escape
 
-from xlt_engine.data import read_conll, read_labeled, read_marc, read_text, read_xnli
+from xlt_engine.data import read_cls10, read_conll, read_labeled, read_marc, read_text, read_xnli
 
 SEPARATORS = "\x85\u2028\u2029\x0b\x0c\x1c\x1d\x1e\xa0"
 LETTERS = "abcXYZ9é"
 
 
-def word(rng: random.Random) -> str:
-    return "".join(rng.choice(LETTERS + SEPARATORS) for _ in range(rng.randint(1, 6)))
+XML_SEPARATORS = "\x85\u2028\u2029\xa0"  # XML 1.0 forbids \x0b, \x0c and \x1c-\x1e
+# where a malformed line may go: lines of header before, of footer after (MARC's CSV header;
+# CLS-10's XML declaration and <items> ... </items>)
+FRAME = {"marc": (1, 0), "cls10": (2, 1)}
 
 
-def text(rng: random.Random) -> str:
-    return " ".join(word(rng) for _ in range(rng.randint(1, 4)))
+def word(rng: random.Random, chars: str = LETTERS + SEPARATORS) -> str:
+    return "".join(rng.choice(chars) for _ in range(rng.randint(1, 6)))
+
+
+def text(rng: random.Random, chars: str = LETTERS + SEPARATORS) -> str:
+    return " ".join(word(rng, chars) for _ in range(rng.randint(1, 4)))
 
 
 def conll_case(rng):
@@ -90,6 +98,26 @@ def marc_case(rng):
     return lines, [(t, "positive" if s > 3 else "negative") for t, s in rows], "0,a,b,c,d"
 
 
+def cls10_case(rng):
+    rows = [
+        (text(rng, LETTERS + XML_SEPARATORS + "&<"), text(rng, LETTERS + XML_SEPARATORS + ">"))
+        for _ in range(rng.randint(1, 6))
+    ]
+    ratings = [rng.choice(["1.0", "2.0", "4.0", "5.0"]) for _ in rows]
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>', "<items>"]
+    for (summary, body), rating in zip(rows, ratings, strict=True):
+        lines.append(
+            f"<item><rating>{rating}</rating><summary>{escape(summary)}</summary>"
+            f"<text>{escape(body)}</text></item>"
+        )
+    lines.append("</items>")
+    expected = [
+        (f"{a}\n{b}", "positive" if float(r) > 3 else "negative")
+        for (a, b), r in zip(rows, ratings, strict=True)
+    ]
+    return lines, expected, "<item><rating>four</rating><text>t</text></item>"
+
+
 def text_case(rng):
     lines = [text(rng) for _ in range(rng.randint(1, 6))]
     return lines, [(t, None, i + 1) for i, t in enumerate(lines)], None
@@ -101,6 +129,7 @@ READERS = {  # name: (case generator, reader, what a reading is compared as)
     "tsv": (tsv_case, lambda p: read_labeled(p, "tsv"), lambda r: [(e.text, e.label, e.line) for e in r]),
     "xnli": (xnli_case, read_xnli, lambda r: [(e.text, e.text_pair, e.label, e.line) for e in r]),
     "marc": (marc_case, read_marc, lambda r: [(e.text, e.label) for e in r]),
+    "cls10": (cls10_case, read_cls10, lambda r: [(e.text, e.label) for e in r]),
     "text": (text_case, read_text, lambda r: [(e.text, e.label, e.line) for e in r]),
 }  # fmt: skip
 
@@ -117,15 +146,15 @@ def one_case(name: str, rng: random.Random, folder: Path) -> str:
     mutation = rng.choice(kinds)  # plain text has no malformed line
     bad_line = None
     if mutation == "bad line":
-        first = 1 if name == "marc" else 0  # after MARC's header
-        at = rng.randint(first, len(lines))
+        before, after = FRAME.get(name, (0, 0))
+        at = rng.randint(before, len(lines) - after)
         lines = [*lines[:at], bad, *lines[at:]]
         bad_line = at + 1
     body = (eol.join(lines) + eol).encode("utf-8")
     if mutation == "cr only":
         body = "\r".join(lines).encode("utf-8") + b"\r"
-        if len(lines) == 1:
-            mutation = None  # one line ending in CR: a valid file, read as it is
+        if len(lines) == 1 or name == "cls10":
+            mutation = None  # one line ending in CR, or XML: a valid file, read as it is
     elif mutation == "empty":
         body = rng.choice([b"", b"\xef\xbb\xbf", b"\n\n", b"\xef\xbb\xbf\r\n"])
     elif rng.random() < 0.2:

@@ -104,6 +104,25 @@ def test_build_dedup_cap_and_counts(tmp_path):
     assert "lines kept: 3" in stats.summary()
 
 
+def test_unicode_separators_are_text_not_line_ends_or_blanks(tmp_path):
+    """Only \\n ends a line and only spaces, tabs and CR are stripped (issue 21): a NEL or
+    U+2028 at a line's edge is kept, a U+2028 inside a line does not split it, and a line holding
+    only \\x85 is not blank."""
+    text = tmp_path / "t.txt"
+    text.write_bytes("\x85Berlin ist gro\u00df.\u2028Paris\t\r\n \t\n\x85\nRom\xa0\n".encode())
+    out = tmp_path / "task.txt"
+    stats = build_corpus(["Berlin", "Paris", "Rom"], text, out)
+    assert out.read_bytes().decode().split("\n") == [
+        "\x85Berlin ist gro\u00df.\u2028Paris",
+        "Rom\xa0",
+        "",
+    ]
+    assert (stats.lines_read, stats.lines_kept) == (4, 2)
+    m = tmp_path / "map.tsv"
+    m.write_bytes("New\xa0York \tNueva\u2028York\r\n".encode())
+    assert read_entity_map(m) == {"New\xa0York": ["Nueva\u2028York"]}
+
+
 def test_failed_build_keeps_old_output(tmp_path):
     out = tmp_path / "task.txt"
     out.write_text("previous\n")

@@ -1,4 +1,4 @@
-"""Property tests over the line-based readers (issue 21): a valid file generated from tokens and
+"""Property tests over every reader (issue 21): a valid file generated from tokens and
 labels reads back exactly those, whatever Unicode separators (NEL, U+2028, form feed, ...) are
 inside its texts and whether lines end in LF or CRLF; a file with one malformed line gives a
 ``ValueError`` naming the file and that line, and never another exception."""
@@ -6,12 +6,13 @@ inside its texts and whether lines end in LF or CRLF; a file with one malformed 
 import csv
 import io
 import json
+from xml.sax.saxutils import escape
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xlt_engine.data import read_conll, read_labeled, read_marc, read_xnli
+from xlt_engine.data import read_cls10, read_conll, read_labeled, read_marc, read_text, read_xnli
 
 # characters str.split() / splitlines() break on, which are ordinary text for the readers
 SEPARATORS = "\x85\u2028\u2029\x0b\x0c\x1c\x1d\x1e\xa0"
@@ -98,6 +99,48 @@ def test_marc_reads_back_what_was_written(tmp_path, rows):
     ]
 
 
+# XML 1.0 forbids \x0b, \x0c and \x1c-\x1e; the rest are text, as are XML's special characters
+XML_TEXT = st.lists(
+    st.text(alphabet=st.sampled_from("abcé&<>'\"\x85\u2028\u2029\xa0"), min_size=1, max_size=6),
+    min_size=1,
+    max_size=4,
+).map(" ".join)
+
+
+@CASES
+@given(
+    rows=st.lists(
+        st.tuples(XML_TEXT, XML_TEXT, st.sampled_from(["1.0", "2.0", "4.0", "5.0"])),
+        min_size=1,
+        max_size=5,
+    ),
+    eol=st.sampled_from(["\n", "\r\n", "\r"]),
+)
+def test_cls10_reads_back_what_was_written(tmp_path, rows, eol):
+    lines = ['<?xml version="1.0" encoding="UTF-8"?>', "<items>"]
+    lines += [
+        f"<item><rating>{r}</rating><summary>{escape(a)}</summary><text>{escape(b)}</text></item>"
+        for a, b, r in rows
+    ]
+    ds = read_cls10(write(tmp_path, "p.review", [*lines, "</items>"], eol))
+    assert [(e.text, e.label, e.line) for e in ds] == [
+        (f"{a}\n{b}", "positive" if float(r) > 3 else "negative", i + 3)
+        for i, (a, b, r) in enumerate(rows)
+    ]
+
+
+@CASES
+@given(texts=st.lists(TEXT, min_size=1, max_size=6), blanks=st.lists(st.integers(0, 2)), eol=EOL)
+def test_plain_text_reads_back_what_was_written(tmp_path, texts, blanks, eol):
+    lines, expected = [], []
+    for i, t in enumerate(texts):
+        lines += [" \t"] * (blanks[i] if i < len(blanks) else 0)  # blank lines are skipped
+        lines.append(t)
+        expected.append((t, len(lines)))
+    ds = read_text(write(tmp_path, "p.txt", lines, eol))
+    assert [(e.text, e.line) for e in ds] == expected
+
+
 BAD_LINE = {  # reader -> (file name, how to read, a valid line, a malformed line, error text)
     "conll": ("b.conll", read_conll, "w\x0bv X O", "lonely", "needs at least a word and a tag"),
     "jsonl": (
@@ -109,6 +152,18 @@ BAD_LINE = {  # reader -> (file name, how to read, a valid line, a malformed lin
     ),
     "tsv": ("b.tsv", lambda p: read_labeled(p, "tsv"), "a\x85b\tx", "a\tb\tc\td", "fields"),
     "xnli": ("b.xnli", read_xnli, "a\u2028\tb\tneutral", "only one field", "fields"),
+    "marc": ("b.csv", read_marc, "1,a\x85b,4", "2,a,b,c", "fields, the header has"),
+    "cls10": (
+        "b.review",
+        read_cls10,
+        "<item><rating>4.0</rating><text>a\u2028b</text></item>",
+        "<item><rating>four</rating><text>t</text></item>",
+        "rating",
+    ),
+}
+FRAME = {  # reader -> (lines before the data, lines after it)
+    "marc": (["id,review_body,stars"], []),
+    "cls10": (['<?xml version="1.0"?>', "<items>"], ["</items>"]),
 }
 
 
@@ -119,8 +174,10 @@ def test_a_malformed_line_is_a_value_error_naming_file_and_line(
     tmp_path, reader, before, after, eol
 ):
     name, read, good, bad, message = BAD_LINE[reader]
-    lines = [good] * before + [bad] + [good] * after
+    head, tail = FRAME.get(reader, ([], []))
+    lines = [*head, *[good] * before, bad, *[good] * after, *tail]
     path = write(tmp_path, name, lines, eol)
     with pytest.raises(ValueError) as info:
         read(path)
-    assert f"{name}:{before + 1}:" in str(info.value) and message in str(info.value)
+    assert f"{name}:{len(head) + before + 1}:" in str(info.value), str(info.value)
+    assert message in str(info.value)

@@ -2,6 +2,7 @@
 presets, and the CLI `run` command end to end (btf -> finetune -> evaluate -> predict)."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from xlt_engine.engine.config import (
     config_from_dict,
     load_config,
     parse_override,
+    to_dict,
 )
 from xlt_engine.engine.experiment import build_stage
 
@@ -78,7 +80,7 @@ def test_bad_values_name_their_section(tmp_path):
     got = problems(tmp_path, MINIMAL, "btf.train.warmup_ratio=1.5")
     assert got == ["btf.train: warmup_ratio must be in [0, 1), got 1.5"]
     got = problems(tmp_path, MINIMAL, "model.voters=0")
-    assert got == ["model: voters must be >= 1, got 0"]
+    assert got == ["model: voters must be in [1, 1024], got 0"]
     got = problems(tmp_path, MINIMAL, "target=deu")
     assert got == ["config: target: 'deu' is not one of targets ['esp']"]
     got = problems(tmp_path, MINIMAL, "data.format=cls10")
@@ -325,3 +327,62 @@ def test_library_train_configs_refuse_non_finite_numbers():
     for kw in (dict(weight_decay=float("nan")), dict(clip=float("inf")), dict(epochs=1e308)):
         with pytest.raises(ValueError):
             TrainConfig(max_steps=1, **kw) if "epochs" not in kw else TrainConfig(**kw)
+
+
+def numeric_keys(table: dict, prefix: str = ""):
+    """Every numeric (or numeric-list, or unset optional) leaf of a resolved config."""
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from numeric_keys(value, name + ".")
+            continue
+        numbers = (isinstance(value, int | float) and not isinstance(value, bool)) or (
+            isinstance(value, list) and value and all(isinstance(x, int | float) for x in value)
+        )
+        unset = value is None and not name.startswith(("languages.", "predict."))
+        if numbers or unset:
+            yield name, value
+
+
+BOUNDARY = ["nan", "inf", "-inf", "0", "-1", "-0.5", "0.5", "4294967296", "1e308"]
+
+
+def test_boundary_sweep_of_every_numeric_key_fails_at_load_naming_the_key():
+    """Issue 21 (4): each numeric key set to nan, +-inf, 0, -1, 2**32, 1e308, ... is either a
+    ConfigError naming that key or a value that is finite (and integral where a count is meant):
+    never another exception, never an error naming something else."""
+    keys = dict(numeric_keys(to_dict(load_config(CONLL))))
+    assert {"btf.train.lr", "model.voters", "selftrain.rounds", "evaluate.max_tokens"} <= set(keys)
+    accepted = {}
+    for key, default in keys.items():
+        section, _, leaf = key.rpartition(".")
+        for raw in BOUNDARY:
+            item = f"{key}=[{raw}]" if isinstance(default, list) else f"{key}={raw}"
+            try:
+                cfg = load_config(CONLL, [item])
+            except ConfigError as err:
+                assert any(leaf in p and section in p for p in err.problems), (item, err.problems)
+                continue
+            value = to_dict(cfg)
+            for part in key.split("."):
+                value = value[part]
+            for v in value if isinstance(value, list) else [value]:
+                assert math.isfinite(v), (item, v)
+                if isinstance(default, int) and default is not None:
+                    assert isinstance(v, int), (item, v)
+            accepted.setdefault(key, []).append(raw)
+    # what used to pass and fail late: 0 or -1 padded tokens per inference batch, 2**32 voters
+    assert "0" not in accepted.get("evaluate.max_tokens", [])
+    assert "-1" not in accepted.get("predict.max_tokens", [])
+    assert "4294967296" not in accepted.get("model.voters", [])
+    assert not any("nan" in values for values in accepted.values())
+
+
+def test_max_len_beyond_the_models_positions_is_a_config_error(tiny):
+    positions = json.loads((tiny / "config.json").read_text())["max_position_embeddings"]
+    over = [f"data.root={SHARED_DATA}", f"model.path={tiny}", f"model.max_len={positions + 1}"]
+    with pytest.raises(
+        ConfigError, match=rf"model.max_len: {positions + 1} is more than the model"
+    ):
+        check_files(load_config(CONLL, over), "finetune")
+    check_files(load_config(CONLL, [*over[:2], f"model.max_len={positions}"]), "finetune")

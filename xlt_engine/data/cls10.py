@@ -7,6 +7,9 @@ by a newline (an item may have an empty text when its head is there: jp/books/te
 The label rule maps the rating to a label or to None (dropped): by default
 ``> 3`` positive, ``< 3`` negative, 3 dropped.
 
+Fields are stripped of XML whitespace (space, tab, CR, LF) only. Line ends follow XML: LF, CRLF
+and a bare CR all end a line (the parser normalises them), so a CR-only file is valid here.
+
 Parsed with expat as a stream, so every error (malformed XML, a missing or non-numeric rating, no
 text) names the file and the line of the item.
 """
@@ -20,6 +23,9 @@ from xml.parsers import expat
 from xlt_engine.data.examples import Example, TextDataset, parse_stars, read_bytes
 
 CLS_LABELS = ("negative", "positive")
+# XML's own whitespace (the S production of XML 1.0): what is stripped from a field's edges; any
+# other character there (\xa0, \x85, U+2028, ...) is part of the review's text
+XML_SPACE = " \t\r\n"
 
 
 def rating_label(rating: float) -> str | None:
@@ -71,7 +77,7 @@ def read_cls10(
         if depth == 2:
             items.append((state["item_line"], dict(fields)))
         elif depth == 3:
-            fields[name] = "".join(parts).strip()
+            fields[name] = "".join(parts).strip(XML_SPACE)
             state["field"] = None
         state["depth"] -= 1
 

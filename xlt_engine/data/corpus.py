@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xlt_engine.data.conll import ConllFile
-from xlt_engine.data.examples import iter_lines
+from xlt_engine.data.examples import BLANK, iter_lines
 from xlt_engine.fileio import atomic_file
 
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -60,14 +60,14 @@ def read_entity_map(path: str | Path) -> dict[str, list[str]]:
     path = Path(path)
     out: dict[str, list[str]] = {}
     for lineno, line in iter_lines(path):
-        if not line.strip() or line.startswith("#"):
+        if not line.strip(BLANK) or line.startswith("#"):
             continue
         fields = line.split("\t")
-        if len(fields) != 2 or not fields[0].strip() or not fields[1].strip():
+        src, tgt = (f.strip(BLANK) for f in fields) if len(fields) == 2 else ("", "")
+        if not src or not tgt:
             raise ValueError(
                 f"{path}:{lineno}: expected 'source name<TAB>target name', got {line!r}"
             )
-        src, tgt = fields[0].strip(), fields[1].strip()
         if tgt not in out.setdefault(src, []):
             out[src].append(tgt)
     if not out:
@@ -164,7 +164,7 @@ def build_corpus(
     with atomic_file(out, "w", encoding="utf-8", newline="\n") as f:
         for _, line in iter_lines(target_text, encoding):
             stats.lines_read += 1
-            line = line.strip()
+            line = line.strip(BLANK)
             if not line:
                 continue
             found = matcher.find(line)

@@ -14,6 +14,7 @@ Relative data paths (``languages.<lang>.*``) are read against ``data.root``; ``d
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -74,6 +75,11 @@ def settings_of(section, cls) -> dict:
     return {f.name: getattr(section, f.name) for f in dataclasses.fields(cls)}
 
 
+MAX_VOTERS = (
+    1024  # far above any ensemble worth training; 2**32 would only fail late, out of memory
+)
+
+
 @dataclass(frozen=True)
 class HeadSettings:
     """The VotersModule of every task model (``[model]`` and the library's FinetuneConfig)."""
@@ -83,8 +89,8 @@ class HeadSettings:
     voter_dropout: float = 0.1
 
     def __post_init__(self):
-        if self.voters < 1:
-            raise ValueError(f"voters must be >= 1, got {self.voters}")
+        if not 1 <= self.voters <= MAX_VOTERS:
+            raise ValueError(f"voters must be in [1, {MAX_VOTERS}], got {self.voters}")
         if any(w < 1 for w in self.voter_widths):
             raise ValueError(f"voter_widths must be positive, got {list(self.voter_widths)}")
         if self.voter_widths and len(self.voter_widths) != self.voters:
@@ -252,15 +258,17 @@ class SelftrainSection(SelftrainSettings):
 @dataclass(frozen=True)
 class EvaluateSection:
     model: str = "finetune"  # a stage name ("finetune", "finetune-direct") or a model folder
-    max_tokens: int = EVAL_MAX_TOKENS
+    max_tokens: int = EVAL_MAX_TOKENS  # padded tokens per inference batch
+
+    def __post_init__(self):
+        if self.max_tokens < 8:
+            raise ValueError(f"max_tokens must be >= 8, got {self.max_tokens}")
 
 
 @dataclass(frozen=True)
-class PredictSection:
-    model: str = "finetune"
+class PredictSection(EvaluateSection):
     input: str | None = None
     output: str | None = None
-    max_tokens: int = EVAL_MAX_TOKENS
 
 
 # files that may serve a use, in order of preference: ROLES[use][is the source language]
@@ -480,6 +488,18 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def max_positions(folder: Path) -> int | None:
+    """``max_position_embeddings`` of the model in ``folder``, or None when its config.json is
+    absent or unreadable (loading the model reports that, naming the file)."""
+    try:
+        value = json.loads((folder / "config.json").read_text(encoding="utf-8")).get(
+            "max_position_embeddings"
+        )
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def check_files(cfg: ExperimentConfig, stage: str) -> None:
     """Every file ``stage`` reads must exist; one ``ConfigError`` lists all that do not."""
     problems = []
@@ -496,6 +516,12 @@ def check_files(cfg: ExperimentConfig, stage: str) -> None:
     if not Path(cfg.data.root).is_dir():
         problems.append(f"data.root: {cfg.data.root}: no such folder")
     need("model.path", Path(cfg.model.path), folder=True)
+    positions = max_positions(Path(cfg.model.path))
+    if positions is not None and cfg.model.max_len > positions:
+        problems.append(
+            f"model.max_len: {cfg.model.max_len} is more than the model's "
+            f"max_position_embeddings ({positions}, {Path(cfg.model.path) / 'config.json'})"
+        )
     src, tgt = cfg.source, cfg.pair_target
     if stage == "btf":
         for lang in (src, tgt):

@@ -1,218 +1,180 @@
-"""Compile every Triton kernel, at the launch configurations the launchers use, for sm_90
-(H100/H200) without a GPU: it catches what the interpreter lets through (tl.dot shape and dtype
-rules, returns inside loops, shared memory over the limit). Run without TRITON_INTERPRET:
+"""Compile every Triton kernel for sm_90 (H100/H200) at the launchers' own settings, without a GPU.
 
-    python tests/kernels/sm90_compile.py
+The real launchers run on small CPU tensors inside ``xlt_engine.kernels._launch.recording()``:
+each launch is recorded instead of run, then compiled here with the argument types and the
+16-byte alignment Triton specialises on, and the block sizes, warps and stages the launcher chose
+from the shared table. No signature or block size is copied here. For each kernel the cubin's
+registers, spills (STL/LDL instructions) and shared memory are read with the cuobjdump that Triton
+ships; a kernel over 227 KB of shared memory, or with any spill store or load, fails. Run without TRITON_INTERPRET:
+
+    python tests/kernels/sm90_compile.py [--json resources.json]
+
+With another Triton first on ``PYTHONPATH`` (CI does this with Triton 3.6.0, the version of our
+GPU machines) it checks that version's compiler and API.
 """
 
-import importlib
-import os
-import sys
+from __future__ import annotations
 
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+if os.environ.get("TRITON_INTERPRET"):
+    sys.exit("unset TRITON_INTERPRET: the interpreter's kernels cannot be compiled")
+
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-if os.environ.get("TRITON_INTERPRET"):
-    sys.exit("unset TRITON_INTERPRET: the interpreter's kernels cannot be compiled")
-m, s, v, t = (
-    importlib.import_module("xlt_engine.kernels." + n)
-    for n in ("mlm_loss", "soft_label_mse", "voter_filter", "threshold_curve")
-)
+from xlt_engine.kernels._launch import recording
+from xlt_engine.kernels.mlm_loss import fused_mlm_loss_fwd
+from xlt_engine.kernels.soft_label_mse import soft_label_mse_fwd
+from xlt_engine.kernels.threshold_curve import threshold_curve_counts
+from xlt_engine.kernels.voter_filter import voter_filter_fwd
+
+SHARED_LIMIT = 227 * 1024  # H100/H200 shared memory per block
+TARGET = GPUTarget("cuda", 90, 32)
+TYPES = {
+    torch.float32: "fp32",
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.float64: "fp64",
+    torch.int64: "i64",
+    torch.int32: "i32",
+    torch.int8: "i8",
+    torch.bool: "i1",
+}
+OPTIONS = ("num_warps", "num_stages")
 
 
-def sig(kernel, types, consts):
-    names = kernel.arg_names
-    out = {}
-    for n in names:
-        if n in consts:
-            out[n] = "constexpr"
-        else:
-            out[n] = types.get(n, "i32")
+def launches() -> list[tuple[str, tuple]]:
+    """Run every launcher at the settings it uses, recording (name, launch) pairs."""
+    out = []
+    g = torch.Generator().manual_seed(0)
+
+    def record(name, fn, *args):
+        with recording() as got:
+            fn(*args)
+        out.extend((f"{name} #{i}" if len(got) > 1 else name, x) for i, x in enumerate(got))
+
+    for dt in (torch.bfloat16, torch.float16, torch.float32):
+        h, w, b = torch.randn(8, 32, generator=g), torch.randn(100, 32, generator=g), None
+        labels = torch.randint(0, 100, (8,), generator=g)
+        h, w = h.to(dt), w.to(dt)
+        b = torch.zeros(100, dtype=dt)
+        record(f"mlm rows {TYPES[dt]} grad", fused_mlm_loss_fwd, h, w, b, labels, -100, (True,) * 3)
+        record(
+            f"mlm rows {TYPES[dt]} loss", fused_mlm_loss_fwd, h, w, None, labels, -100, (False,) * 3
+        )
+        for c in (2, 9, 16):
+            z = torch.randn(3, 64, c, generator=g).to(dt)
+            p = torch.rand(64, c, generator=g)
+            mask = torch.ones(64, dtype=torch.bool)
+            record(f"mse {TYPES[dt]} C={c}", soft_label_mse_fwd, z, p, mask, True, True)
+            record(f"voters {TYPES[dt]} C={c}", voter_filter_fwd, z, torch.zeros(1))
+    for dt in (torch.float32, torch.float64):
+        for k in (8, 50):
+            conf = torch.rand(100, generator=g).to(dt)
+            thr = torch.linspace(0, 1, k, dtype=dt)
+            correct = torch.ones(100, dtype=torch.bool)
+            record(f"threshold {TYPES[dt]} K={k}", threshold_curve_counts, conf, correct, thr)
     return out
 
 
-def build(kernel, types, consts, num_warps=4, num_stages=3):
-    src = ASTSource(
-        fn=kernel,
-        signature=sig(kernel, types, consts),
-        constexprs={(kernel.arg_names.index(k),): v for k, v in consts.items()},
-    )
-    ck = triton.compile(
-        src,
-        target=GPUTarget("cuda", 90, 32),
-        options={"num_warps": num_warps, "num_stages": num_stages},
-    )
-    return ck
+def source(kernel, args: tuple, cfg: dict) -> ASTSource:
+    """The ASTSource Triton would build for this launch: types, constants and alignment."""
+    names = kernel.arg_names
+    consts = {k: v for k, v in cfg.items() if k not in OPTIONS}
+    signature, constexprs, attrs = {}, {}, {}
+    values = list(args) + [consts[n] for n in names[len(args) :]]
+    for i, (name, v) in enumerate(zip(names, values, strict=True)):
+        if name in consts:
+            signature[name], constexprs[(i,)] = "constexpr", v
+        elif isinstance(v, torch.Tensor):
+            signature[name] = "*" + TYPES[v.dtype]
+            if v.data_ptr() % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(v, bool):
+            signature[name] = "i1"
+        elif isinstance(v, int):
+            if v == 1:  # Triton turns an integer argument equal to 1 into a constant
+                signature[name], constexprs[(i,)] = "constexpr", 1
+                continue
+            signature[name] = "i32" if -(2**31) <= v < 2**31 else "i64"
+            if v % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(v, float):
+            signature[name] = "fp32"
+        else:
+            raise TypeError(f"{kernel.__name__}: argument {name} of type {type(v).__name__}")
+    return ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs)
 
 
-def P(d):
-    return "*" + d
+def resources(cubin: bytes) -> dict:
+    """Registers, stack bytes and shared bytes of a cubin (cuobjdump's resource usage), and its
+    spill stores and loads (STL / LDL instructions in the SASS)."""
+    tool = str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+
+        def dump(flag):
+            return subprocess.run(
+                [tool, flag, f.name], capture_output=True, text=True, check=True
+            ).stdout
+
+        usage, sass = dump("--dump-resource-usage"), dump("-sass")
+    found = {k.lower(): int(v) for k, v in re.findall(r"(REG|STACK|SHARED):(\d+)", usage)}
+    if "reg" not in found:
+        raise ValueError(f"cuobjdump printed no resource usage:\n{usage}")
+    found["spill_stores"] = len(re.findall(r"\bSTL(?:\.\w+)*\s", sass))
+    found["spill_loads"] = len(re.findall(r"\bLDL(?:\.\w+)*\s", sass))
+    return found
 
 
-cases = []
-for dt, ieee, blocks in (
-    ("bf16", False, m._blocks(False)),
-    ("fp32", True, m._blocks(True)),
-    ("fp16", False, m._blocks(False)),
-):
-    bn, bv, bh, w = blocks["fwd"]
-    cases.append(
-        (
-            "mlm fwd " + dt,
-            m.fused_mlm_loss_fwd_kernel,
-            dict(
-                hidden_ptr=P(dt),
-                weight_ptr=P(dt),
-                bias_ptr=P(dt),
-                labels_ptr="*i64",
-                rows_ptr="*i32",
-                n_valid_ptr="*i32",
-                logits_ptr="*fp32",
-                part_max_ptr="*fp32",
-                part_sum_ptr="*fp32",
-                target_ptr="*fp32",
-            ),
-            dict(HAS_BIAS=True, IEEE=ieee, BLOCK_N=bn, BLOCK_V=bv, BLOCK_H=bh),
-            w,
-        )
-    )
-    dn, dv, dh, w2 = blocks["dh"]
-    cases.append(
-        (
-            "mlm dh " + dt,
-            m.fused_mlm_loss_dh_kernel,
-            dict(
-                logits_ptr="*fp32",
-                lse_ptr="*fp32",
-                weight_ptr=P(dt),
-                labels_ptr="*i64",
-                rows_ptr="*i32",
-                n_valid_ptr="*i32",
-                inv_count_ptr="*fp32",
-                dh_ptr="*fp32",
-            ),
-            dict(IEEE=ieee, BLOCK_N=dn, BLOCK_V=dv, BLOCK_H=dh),
-            w2,
-        )
-    )
-    wv, wh, wn, w3 = blocks["dw"]
-    for acc in (False, True):
-        cases.append(
-            (
-                f"mlm dw {dt} acc={acc}",
-                m.fused_mlm_loss_dw_kernel,
-                dict(
-                    logits_ptr="*fp32",
-                    lse_ptr="*fp32",
-                    hidden_ptr=P(dt),
-                    labels_ptr="*i64",
-                    rows_ptr="*i32",
-                    n_valid_ptr="*i32",
-                    inv_count_ptr="*fp32",
-                    dw_ptr="*fp32" if acc else P(dt),
-                    db_ptr="*fp32",
-                ),
-                dict(
-                    ACCUMULATE=acc, DW=True, DB=True, IEEE=ieee, BLOCK_N=wn, BLOCK_V=wv, BLOCK_H=wh
-                ),
-                w3,
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path, help="write the resources of every kernel here")
+    ns = parser.parse_args()
+    print(f"triton {triton.__version__}, target sm_{TARGET.arch}")
+    bad, table = 0, []
+    for name, (kernel, args, cfg) in launches():
+        options = {k: cfg[k] for k in OPTIONS if k in cfg}
+        try:
+            ck = triton.compile(source(kernel, args, cfg), target=TARGET, options=options)
+            res = resources(ck.asm["cubin"])
+            res["shared"] = max(res.get("shared", 0), ck.metadata.shared)
+            problems = []
+            if res["shared"] > SHARED_LIMIT:
+                problems.append(f"{res['shared']} bytes of shared memory, over {SHARED_LIMIT}")
+            if res["spill_stores"] or res["spill_loads"]:
+                problems.append(
+                    f"register spills: {res['spill_stores']} stores, {res['spill_loads']} loads"
+                )
+            line = (
+                f"{name:26s} regs={res['reg']:3d} spills={res['spill_stores']:3d} "
+                f"stack={res.get('stack', 0):4d} shared={res['shared']:6d} {cfg}"
             )
-        )
-cases.append(
-    (
-        "mlm lse",
-        m.fused_mlm_loss_lse_kernel,
-        dict(
-            part_max_ptr="*fp32",
-            part_sum_ptr="*fp32",
-            target_ptr="*fp32",
-            n_valid_ptr="*i32",
-            lse_ptr="*fp32",
-            row_loss_ptr="*fp32",
-        ),
-        dict(BLOCK_N=64, BLOCK_T=64),
-        4,
-    )
-)
-for c in (2, 9):
-    bc = triton.next_power_of_2(c)
-    br = max(16, min(1024, 8192 // bc))
-    cases.append(
-        (
-            f"mse C={c}",
-            s.soft_label_mse_fwd_kernel,
-            dict(
-                z_ptr="*bf16",
-                p_ptr="*fp32",
-                mask_ptr="*i1",
-                scale_ptr="*fp32",
-                partial_ptr="*fp32",
-                dz_ptr="*bf16",
-                dp_ptr="*fp32",
-            ),
-            dict(HAS_MASK=True, NEED_DZ=True, NEED_DP=True, BLOCK_R=br, BLOCK_C=bc),
-            4,
-        )
-    )
-    cases.append(
-        (
-            f"voters C={c}",
-            v.voter_filter_fwd_kernel,
-            dict(
-                z_ptr="*bf16",
-                alpha_ptr="*fp32",
-                labels_ptr="*i64",
-                conf_ptr="*fp32",
-                probs_ptr="*fp32",
-            ),
-            dict(BLOCK_N=br, BLOCK_C=bc),
-            4,
-        )
-    )
-cases.append(
-    (
-        "threshold",
-        t.threshold_curve_kernel,
-        dict(
-            conf_ptr="*fp32",
-            correct_ptr="*i1",
-            thr_ptr="*fp32",
-            covered_ptr="*i64",
-            hits_ptr="*i64",
-            n_correct_ptr="*i64",
-        ),
-        dict(BLOCK_N=256, BLOCK_K=64),
-        4,
-    )
-)
-cases.append(
-    (
-        "threshold fp64",
-        t.threshold_curve_kernel,
-        dict(
-            conf_ptr="*fp64",
-            correct_ptr="*i1",
-            thr_ptr="*fp64",
-            covered_ptr="*i64",
-            hits_ptr="*i64",
-            n_correct_ptr="*i64",
-        ),
-        dict(BLOCK_N=256, BLOCK_K=64),
-        4,
-    )
-)
-SHARED_LIMIT = 227 * 1024  # H100/H200 shared memory per block
+            table.append({"name": name, "config": cfg, **res})
+            if problems:
+                bad += 1
+                print(f"FAIL {line}: {'; '.join(problems)}")
+            else:
+                print(f"ok   {line}")
+        except Exception as e:  # report every kernel, then fail
+            bad += 1
+            print(f"FAIL {name}: {type(e).__name__}: {str(e)[:600]}")
+    if ns.json:
+        ns.json.write_text(json.dumps({"triton": triton.__version__, "kernels": table}, indent=1))
+    print(f"{len(table) - bad} ok, {bad} failed")
+    return 1 if bad else 0
 
-bad = 0
-for name, k, types, consts, w in cases:
-    try:
-        ck = build(k, types, consts, num_warps=w)
-        shared = ck.metadata.shared
-        if shared > SHARED_LIMIT:
-            raise ValueError(f"needs {shared} bytes of shared memory, over {SHARED_LIMIT}")
-        print(f"ok   {name:28s} shared={shared}")
-    except Exception as e:
-        bad += 1
-        print(f"FAIL {name}: {type(e).__name__}: {str(e)[:600]}")
-sys.exit(1 if bad else 0)
+
+if __name__ == "__main__":
+    sys.exit(main())

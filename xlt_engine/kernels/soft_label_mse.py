@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from xlt_engine.kernels._dispatch import check_float, check_same_device, shape_str, use_triton
+from xlt_engine.kernels._launch import config, launch
 
 _OP = "soft_label_mse"
 
@@ -44,6 +45,7 @@ def soft_label_mse_fwd_kernel(
     M,
     R,
     C,
+    stride_m,  # R * C, passed in so that Triton widens it to int64 when it passes 2^31
     HAS_MASK: tl.constexpr,
     NEED_DZ: tl.constexpr,
     NEED_DP: tl.constexpr,
@@ -63,9 +65,9 @@ def soft_label_mse_fwd_kernel(
     scale = tl.load(scale_ptr)
     sq = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
     dp = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
-    for m in range(M):
-        base = m * R * C
-        z = tl.load(z_ptr + base + idx, mask=ok, other=float("-inf")).to(tl.float32)
+    z_m, dz_m = z_ptr, dz_ptr  # voter m's rows: pointers move by stride_m, no int32 m*R*C
+    for _ in range(M):
+        z = tl.load(z_m + idx, mask=ok, other=float("-inf")).to(tl.float32)
         z_max = tl.max(z, axis=1)
         z_max = tl.where(r_ok, z_max, 0.0)  # rows never loaded: avoid -inf - -inf
         e = tl.exp(z - z_max[:, None])
@@ -79,12 +81,14 @@ def soft_label_mse_fwd_kernel(
                 dz = s * (g - tl.sum(g * s, axis=1)[:, None])
                 # rows outside the mask get an exact zero gradient
                 tl.store(
-                    dz_ptr + base + idx,
+                    dz_m + idx,
                     dz.to(dz_ptr.dtype.element_ty),
                     mask=(offs_r < R)[:, None] & c_ok[None, :],
                 )
             if NEED_DP:
                 dp -= g
+        z_m += stride_m
+        dz_m += stride_m
     tl.store(partial_ptr + pid, tl.sum(tl.sum(sq, axis=1), axis=0))
     if NEED_DP:
         tl.store(dp_ptr + idx, dp, mask=(offs_r < R)[:, None] & c_ok[None, :])
@@ -98,16 +102,17 @@ def soft_label_mse_fwd(
     M, R, C = z.shape
     count = mask.sum(dtype=torch.int64) if mask is not None else torch.full((), R, device=z.device)
     scale = (1.0 / (count.clamp(min=1).to(torch.float32) * (M * C))).reshape(1)
-    block_c = triton.next_power_of_2(C)
-    block_r = max(16, min(1024, 8192 // block_c))
-    n_prog = triton.cdiv(R, block_r)
+    cfg = config("soft_label_mse", C)
+    n_prog = triton.cdiv(R, cfg["BLOCK_R"])
     partial = torch.empty(max(n_prog, 1), device=z.device, dtype=torch.float32)
     dz = torch.empty_like(z) if need_dz else None
     dp = torch.empty(R, C, device=z.device, dtype=torch.float32) if need_dp else None
     if n_prog == 0:
         partial.zero_()
     else:
-        soft_label_mse_fwd_kernel[(n_prog,)](
+        launch(
+            soft_label_mse_fwd_kernel,
+            (n_prog,),
             z,
             p,
             mask if mask is not None else p,
@@ -118,12 +123,11 @@ def soft_label_mse_fwd(
             M,
             R,
             C,
+            R * C,
             HAS_MASK=mask is not None,
             NEED_DZ=need_dz,
             NEED_DP=need_dp,
-            BLOCK_R=block_r,
-            BLOCK_C=block_c,
-            num_warps=4,
+            **cfg,
         )
     return partial.sum() * scale[0], dz, dp
 

@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from xlt_engine.kernels._dispatch import check_float, check_same_device, shape_str, use_triton
+from xlt_engine.kernels._launch import config, launch
 
 _OP = "threshold_curve"
 
@@ -78,10 +79,11 @@ def threshold_curve_counts(
     covered = torch.zeros(K, device=conf.device, dtype=torch.int64)
     hits = torch.zeros(K, device=conf.device, dtype=torch.int64)
     n_correct = torch.zeros(1, device=conf.device, dtype=torch.int64)
-    block_k = min(64, triton.next_power_of_2(max(K, 1)))
-    block_n = 1024 if block_k <= 16 else 256
+    cfg = config("threshold_curve", K)
     if N and K:
-        threshold_curve_kernel[(triton.cdiv(N, block_n),)](
+        launch(
+            threshold_curve_kernel,
+            (triton.cdiv(N, cfg["BLOCK_N"]),),
             conf,
             correct,
             thresholds,
@@ -90,9 +92,7 @@ def threshold_curve_counts(
             n_correct,
             N,
             K,
-            BLOCK_N=block_n,
-            BLOCK_K=block_k,
-            num_warps=4,
+            **cfg,
         )
     return covered, hits, n_correct[0]
 

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from xlt_engine.kernels._dispatch import check_float, shape_str, use_triton
+from xlt_engine.kernels._launch import config, launch
 
 _OP = "voter_filter"
 
@@ -39,23 +40,26 @@ def voter_filter_fwd_kernel(
     M,
     N,
     C,
-    BLOCK_N: tl.constexpr,
+    stride_m,  # N * C, passed in so that Triton widens it to int64 when it passes 2^31
+    BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_n = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     offs_c = tl.arange(0, BLOCK_C)
     n_ok = offs_n < N
     ok = n_ok[:, None] & (offs_c < C)[None, :]
     idx = offs_n.to(tl.int64)[:, None] * C + offs_c[None, :]
     alpha = tl.load(alpha_ptr)
 
-    first = tl.zeros([BLOCK_N], dtype=tl.int32)
+    first = tl.zeros([BLOCK_R], dtype=tl.int32)
     agree = n_ok
-    conf = tl.full([BLOCK_N], float("inf"), tl.float32)
-    psum = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
+    conf = tl.full([BLOCK_R], float("inf"), tl.float32)
+    psum = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
+    z_m = z_ptr  # voter m's logits: the pointer moves by stride_m, so no int32 product m*N*C
     for m in range(M):
-        z = tl.load(z_ptr + m * N * C + idx, mask=ok, other=float("-inf")).to(tl.float32)
+        z = tl.load(z_m + idx, mask=ok, other=float("-inf")).to(tl.float32)
+        z_m += stride_m
         z_max = tl.max(z, axis=1)
         z_max = tl.where(n_ok, z_max, 0.0)
         e = tl.exp(z - z_max[:, None])
@@ -84,11 +88,9 @@ def voter_filter_fwd(
     conf = torch.empty(N, device=z.device, dtype=torch.float32)
     probs = torch.empty(N, C, device=z.device, dtype=torch.float32)
     if N:
-        block_c = triton.next_power_of_2(C)
-        block_n = max(16, min(1024, 8192 // block_c))
-        voter_filter_fwd_kernel[(triton.cdiv(N, block_n),)](
-            z, alpha, labels, conf, probs, M, N, C, BLOCK_N=block_n, BLOCK_C=block_c, num_warps=4
-        )
+        cfg = config("voter_filter", C)
+        grid = (triton.cdiv(N, cfg["BLOCK_R"]),)
+        launch(voter_filter_fwd_kernel, grid, z, alpha, labels, conf, probs, M, N, C, N * C, **cfg)
     return labels, conf, probs
 
 

@@ -2,12 +2,14 @@
 
 ``environment`` gives the common head of a result record (date, device, threads, versions, the
 exact command); ``append`` adds a record as one JSON line to
-``benchmarks/results/<name>_<device>_<yyyymmdd>.json`` (device ``cpu`` off CUDA).
+``benchmarks/results/<name>_<device>_<yyyymmdd>.json`` (device ``cpu`` off CUDA), or under the
+folder in ``XLT_BENCH_RESULTS`` when set (``gpu_check.sh`` points it at its output folder).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -30,8 +32,9 @@ def environment(device: torch.device, script: str, argv: list[str] | None) -> di
 
 def append(name: str, device: torch.device, record: dict) -> Path:
     """Add ``record`` as one JSON line to ``provenance.result_file(RESULTS, name, device)``."""
-    RESULTS.mkdir(exist_ok=True)
-    out = provenance.result_file(RESULTS, name, device)
+    folder = Path(os.environ.get("XLT_BENCH_RESULTS") or RESULTS)
+    folder.mkdir(parents=True, exist_ok=True)
+    out = provenance.result_file(folder, name, device)
     with out.open("a") as f:
         f.write(json.dumps(record) + "\n")
     print(f"appended to {out}")

@@ -3,14 +3,17 @@ reference and, for the MLM loss, the Hugging Face path and Liger's fused linear 
 (when installed). Shared by ``benchmarks/bench_kernels.py`` and ``xlt-engine bench kernels``.
 
 For each case: median milliseconds (``triton.testing.do_bench`` on CUDA, a wall-clock median on
-CPU), achieved TFLOP/s (MLM loss) or GB/s (the others) against the work counted below, and peak
-extra memory (CUDA only). Two yardsticks are measured in the same run: a large bf16 matmul
-(TFLOP/s) and a device copy (GB/s), so the fractions in the issue's targets can be read off.
+CPU), achieved TFLOP/s (MLM loss) or GB/s (the others) against the work counted below, peak extra
+memory (CUDA only), and measured time over roofline. Two yardsticks are measured in the same run:
+a large matmul in the run's dtype (TFLOP/s) and a device copy (GB/s); the roofline of a case is
+its counted work at those rates, so "of roof" is the fraction of the machine's own speed reached.
 
 Counted work (what the op must do, whoever does it):
-- fused_mlm_loss, N rows: forward 2NVH flops, backward 4NVH, full 6NVH. The fused op computes the
-  gradients in its forward, so its forward time already holds the full work; its backward is a
-  scaling.
+- fused_mlm_loss, N rows: forward 2NVH flops, backward 4NVH, full 6NVH, frozen (full with the
+  weight frozen, as in BTF: no dW) 4NVH. The fused op computes the gradients in its forward, so
+  its forward time already holds the full work; its backward is a scaling. Its roofline (full
+  and frozen) adds 4NV elements moved (the row kernel's two reads and one write of the logits,
+  and db's read) at the measured copy bandwidth to the flops at the measured matmul rate.
 - soft_label_mse: forward reads z (M*R*C), p (R*C), mask (R); backward writes dz (M*R*C);
   full = both.
 - voter_filter: reads M*N*C logits, writes N labels (8 B), N confidences (4 B), N*C means (4 B).
@@ -52,7 +55,8 @@ from xlt_engine.provenance import environment, result_file, version
 
 OPS = ("mlm", "mse", "voters", "threshold")
 PROVIDERS = ("triton", "torch", "compile", "hf", "liger")
-MODES = ("forward", "backward", "full")
+MODES = ("forward", "backward", "full", "frozen")
+MLM_FLOPS = {"forward": 2, "backward": 4, "full": 6, "frozen": 4}  # times N * V * H
 MBERT_V, MBERT_H = 119547, 768
 
 
@@ -66,7 +70,22 @@ class Case:
     setup: Callable[[], None] | None = None  # untimed, before each timed call (backward mode)
     flops: float = 0.0
     nbytes: float = 0.0
+    floor_bytes: float = 0.0  # bytes the roofline counts when they differ from nbytes (MLM)
     result: dict = field(default_factory=dict)
+
+    def roofline_ms(self, yard: dict) -> float | None:
+        """The least time this case can take at the measured matmul rate and copy bandwidth:
+        flops / matmul rate + bytes / copy bandwidth. None where no roofline is counted (the
+        MLM loss's forward and backward alone)."""
+        if not yard:
+            return None
+        if self.flops:  # MLM: only where the bytes that go with the flops are counted
+            if not self.floor_bytes:
+                return None
+            return self.flops / (yard["matmul_tflops"] * 1e9) + self.floor_bytes / (
+                yard["copy_gbps"] * 1e6
+            )
+        return self.nbytes / (yard["copy_gbps"] * 1e6) if self.nbytes else None
 
 
 @contextmanager
@@ -130,19 +149,20 @@ def mlm_cases(device, dtype, shapes, providers, modes) -> list[Case]:
             if provider not in providers:
                 continue
             x, y = inputs[provider]
+            # the least the op must move: the logits written, read twice and their gradient
+            # written once (the fused row kernel), read once more for db; in the compute dtype
+            floor_bytes = 4 * n * v * weight.element_size()
             for mode in modes:
-                cases.append(
-                    _autograd_case(
-                        "mlm",
-                        label,
-                        provider,
-                        mode,
-                        fn,
-                        [x, weight, bias],
-                        y,
-                        flops={"forward": 2, "backward": 4, "full": 6}[mode] * n * v * h,
-                    )
-                )
+                if mode == "frozen":  # full, with the weight frozen (BTF): no dW
+                    leaves = [x, bias]
+                    call = lambda hh, b, yy, _fn=fn, _w=weight: _fn(hh, _w, b, yy)  # noqa: E731
+                else:
+                    leaves, call = [x, weight, bias], fn
+                flops = MLM_FLOPS[mode] * n * v * h
+                case = _autograd_case("mlm", label, provider, mode, call, leaves, y, flops=flops)
+                if mode in ("full", "frozen"):
+                    case.floor_bytes = floor_bytes
+                cases.append(case)
     return cases
 
 
@@ -168,7 +188,7 @@ def mse_cases(device, dtype, shapes, providers, modes) -> list[Case]:
         for provider, fn in fns.items():
             if provider not in providers:
                 continue
-            for mode in modes:
+            for mode in (m for m in modes if m in nbytes):  # no weight, so no "frozen"
                 cases.append(
                     _autograd_case(
                         "mse",
@@ -308,22 +328,33 @@ def time_case(case: Case, device: torch.device, reps: int) -> None:
     case.result = {"ms": ms, "peak_mib": peak, **rate}
 
 
-def yardsticks(device: torch.device, reps: int) -> dict:
-    """The machine's own bf16 matmul rate and copy bandwidth, measured now."""
-    if device.type != "cuda":
-        return {}
-    import triton.testing
-
-    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    ms_mm = triton.testing.do_bench(lambda: a @ b, return_mode="median")
-    src = torch.empty(1 << 30, device=device, dtype=torch.uint8)
+def yardsticks(device: torch.device, dtype: torch.dtype, reps: int) -> dict:
+    """The machine's own matmul rate (in the run's dtype) and copy bandwidth (bytes read plus
+    written), measured now: the roofline of every case is taken against these."""
+    n, nbytes = (8192, 1 << 30) if device.type == "cuda" else (1024, 1 << 26)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    src = torch.empty(nbytes, device=device, dtype=torch.uint8)
     dst = torch.empty_like(src)
-    ms_copy = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
-    return {
-        "matmul_bf16_tflops": 2 * 8192**3 / ms_mm / 1e9,
-        "copy_gbps": 2 * src.numel() / ms_copy / 1e6,
-    }
+    if device.type == "cuda":
+        import triton.testing
+
+        ms_mm = triton.testing.do_bench(lambda: a @ b, return_mode="median")
+        ms_copy = triton.testing.do_bench(lambda: dst.copy_(src), return_mode="median")
+    else:
+        ms_mm = _cpu_median(lambda: a @ b, reps)
+        ms_copy = _cpu_median(lambda: dst.copy_(src), reps)
+    return {"matmul_tflops": 2 * n**3 / ms_mm / 1e9, "copy_gbps": 2 * nbytes / ms_copy / 1e6}
+
+
+def _cpu_median(fn, reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(max(reps, 3)):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -400,8 +431,12 @@ def run(
         cases += voter_cases(dev, dtype, shapes["voters"], providers)
     if "threshold" in ops:
         cases += threshold_cases(dev, shapes["threshold"], providers)
+    yard = yardsticks(dev, dtype, reps)
     for case in cases:
         time_case(case, dev, reps)
+        roof = case.roofline_ms(yard)
+        if roof is not None and "ms" in case.result:
+            case.result["roofline_ms"] = roof
         if on_gpu:
             torch.cuda.empty_cache()
     record = {
@@ -411,7 +446,7 @@ def run(
         "dtype": str(dtype).replace("torch.", ""),
         "reduced_sizes": not on_gpu,
         "command": " ".join(shlex.quote(a) for a in sys.argv),
-        "yardsticks": yardsticks(dev, reps),
+        "yardsticks": yard,
         "rows": [
             {"op": c.op, "shape": c.shape, "provider": c.provider, "mode": c.mode, **c.result}
             for c in cases
@@ -432,7 +467,8 @@ def format_table(record: dict) -> str:
     for key, value in record["yardsticks"].items():
         lines.append(f"  {key}: {value:,.1f}")
     cols = (
-        f"{'op':<10}{'shape':<26}{'mode':<9}{'provider':<9}{'ms':>10}{'rate':>14}{'peak MiB':>10}"
+        f"{'op':<10}{'shape':<26}{'mode':<9}{'provider':<9}{'ms':>10}{'rate':>14}"
+        f"{'roof ms':>9}{'of roof':>8}{'peak MiB':>10}"
     )
     lines += [cols, "-" * len(cols)]
     for r in record["rows"]:
@@ -441,7 +477,9 @@ def format_table(record: dict) -> str:
         else:
             rate = f"{r['tflops']:.1f} TFLOP/s" if "tflops" in r else f"{r.get('gbps', 0):.1f} GB/s"
             peak = "" if r["peak_mib"] != r["peak_mib"] else f"{r['peak_mib']:.0f}"
-            rest = f"{r['ms']:>10.3f}{rate:>14}{peak:>10}"
+            roof = r.get("roofline_ms")
+            roofs = f"{roof:>9.3f}{roof / r['ms']:>8.0%}" if roof else f"{'':>17}"
+            rest = f"{r['ms']:>10.3f}{rate:>14}{roofs}{peak:>10}"
         lines.append(f"{r['op']:<10}{r['shape']:<26}{r['mode']:<9}{r['provider']:<9}{rest}")
     return "\n".join(lines)
 
@@ -469,6 +507,7 @@ def save(record: dict, out_dir: Path, device: torch.device) -> list[Path]:
         "ms",
         "tflops",
         "gbps",
+        "roofline_ms",
         "peak_mib",
         "error",
     ]

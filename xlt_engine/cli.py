@@ -183,8 +183,8 @@ def bench() -> None:
     "--mode",
     "modes",
     multiple=True,
-    type=click.Choice(["forward", "backward", "full"]),
-    help="modes (repeatable; default: all)",
+    type=click.Choice(["forward", "backward", "full", "frozen"]),
+    help="modes (repeatable; default: all); frozen: full with the MLM weight frozen (BTF)",
 )
 @click.option("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when present)")
 @click.option("--reps", type=int, default=None, help="timed repetitions on CPU / backward mode")

@@ -4,6 +4,7 @@ to its JSON/CSV files."""
 import csv
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from xlt_engine.cli import main
@@ -30,7 +31,33 @@ def test_cpu_run_prints_a_table_and_appends_results(tmp_path):
     with open(json_path.with_suffix(".csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(runs[0]["rows"]) + len(runs[1]["rows"])
-    assert {"ms", "gbps", "tflops", "provider", "git_sha"} <= set(rows[0])
+    assert {"ms", "gbps", "tflops", "roofline_ms", "provider", "git_sha"} <= set(rows[0])
+
+
+def test_every_row_reports_its_roofline_from_the_measured_yardsticks(tmp_path):
+    """measured / roofline: the roofline is the counted work at the matmul rate and copy
+    bandwidth measured in the same run; the MLM loss counts it for full and frozen only."""
+    args = ["bench", "kernels", "--provider", "torch", "--reps", "1", "--out", str(tmp_path)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "of roof" in result.output
+    (run,) = json.loads(next(tmp_path.glob("kernels_cpu*.json")).read_text())
+    yard = run["yardsticks"]
+    assert yard["matmul_tflops"] > 0 and yard["copy_gbps"] > 0
+    modes = {(r["op"], r["mode"]) for r in run["rows"]}
+    assert ("mlm", "frozen") in modes and ("mse", "frozen") not in modes
+    n, v, h = 256, 8192, 256  # the CPU shape
+    for r in run["rows"]:
+        if r["op"] == "mlm" and r["mode"] in ("forward", "backward"):
+            assert "roofline_ms" not in r
+            continue
+        if r["op"] == "mlm":
+            flops = {"full": 6, "frozen": 4}[r["mode"]] * n * v * h
+            assert r["tflops"] * 1e9 * r["ms"] == pytest.approx(flops)
+            want = flops / (yard["matmul_tflops"] * 1e9) + 4 * n * v * 4 / (yard["copy_gbps"] * 1e6)
+        else:
+            want = r["gbps"] * r["ms"] / yard["copy_gbps"]
+        assert r["roofline_ms"] == pytest.approx(want, rel=1e-9), r
 
 
 def test_no_save_writes_nothing(tmp_path, monkeypatch):

@@ -158,16 +158,23 @@ def test_ignored_rows_are_never_read(use_triton):
     assert torch.equal(grads2[0][labels == -100], torch.zeros_like(grads2[0][labels == -100]))
 
 
-def test_no_bias_and_frozen_weight(provider):
-    hidden, weight, _, labels = make_inputs(torch.float32, 0.3, v=503)
-    weight.requires_grad_(False)  # btf freezes the tied word embeddings
-    out = fused_mlm_loss(hidden, weight, None, labels)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_frozen_weight(provider, with_bias):
+    """BTF freezes the tied word embeddings: no dW is asked for, dh and db are still right."""
+    hidden, weight, bias, labels = make_inputs(torch.float32, 0.3, v=503)
+    weight.requires_grad_(False)
+    bias = bias if with_bias else None
+    out = fused_mlm_loss(hidden, weight, bias, labels)
     out.backward()
     ref_h = hidden.detach().double().requires_grad_()
-    ref = fused_mlm_loss_ref(ref_h, weight.double(), None, labels)
+    ref_b = bias.detach().double().requires_grad_() if with_bias else None
+    ref = fused_mlm_loss_ref(ref_h, weight.double(), ref_b, labels)
     ref.backward()
-    assert max_err(out, ref) < 1e-5 and max_err(hidden.grad, ref_h.grad) < 1e-6
     assert weight.grad is None
+    assert max_err(out, ref) < 1e-5
+    assert max_err(hidden.grad, ref_h.grad) <= 1e-6 * ref_h.grad.abs().max().item()
+    if with_bias:
+        assert max_err(bias.grad, ref_b.grad) <= 1e-6 * ref_b.grad.abs().max().item()
 
 
 def test_autocast_keeps_master_weights_fp32(provider):

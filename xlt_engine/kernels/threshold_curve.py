@@ -15,6 +15,11 @@ the block's counts to K int64 counters with atomics (integer adds, so the result
 on the order). Memory: reads N confidences and N bools, writes 2K + 1 counters; compute is N*K
 comparisons. The confidence is compared in its own precision widened to fp32 (fp64 stays fp64),
 exactly as the numpy reference does.
+
+Roofline: bytes = 5N (fp32 confidence and a bool), compute = N*K comparisons. N = 10M, K = 52:
+50 MB, 15 us at H100's 3.35 TB/s (10 us at H200's 4.8 TB/s), and 5.2e8 comparisons and selects,
+about 20 us at the fp32 non-tensor rate of either GPU, so the op is about balanced; it runs once
+per self-training round and is not on a hot path.
 """
 
 from __future__ import annotations

@@ -16,6 +16,10 @@ One kernel, ``voter_filter_fwd_kernel``: a program holds a block of rows and loo
 voters, keeping the running agreement, minimum confidence and probability sum in registers.
 Memory: reads M*N*C logits; writes N labels, N confidences and N*C mean probabilities. No voter's
 probabilities are ever written out. Not differentiable (pseudo labels are targets).
+
+Roofline (memory-bound): bytes = M*N*C*b + N*(8 + 4 + 4*C), b the logits' element size. M = 3,
+N = 1M, C = 9, bf16: 102 MB, 30 us at H100's 3.35 TB/s and 21 us at H200's 4.8 TB/s; C = 2: 36 MB,
+11 us and 8 us. The aim is 70% of the copy bandwidth measured by ``bench kernels``.
 """
 
 from __future__ import annotations

@@ -135,15 +135,26 @@ def inspect(path: Path, encoder: bool) -> None:
     else:
         tok = plan.tokenizer  # loaded once, while the plan checked it against vocab_size
         s = tok.settings
+        if s is not None:  # BERT WordPiece
+            click.echo(
+                f"tokenizer    {tok.kind}, {tok.vocab_size:,} tokens, "
+                f"do_lower_case={s.do_lower_case}, strip_accents={s.strip_accents}, "
+                f"tokenize_chinese_chars={s.tokenize_chinese_chars} ({s.source})"
+            )
+        else:
+            click.echo(f"tokenizer    {tok.kind}, {tok.vocab_size:,} tokens (its own pipeline)")
+        ids = (tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id)
+        roles = ("pad", "unk", "cls", "sep", "mask")
         click.echo(
-            f"tokenizer    {tok.vocab_size:,} tokens, do_lower_case={s.do_lower_case}, "
-            f"strip_accents={s.strip_accents}, tokenize_chinese_chars={s.tokenize_chinese_chars} "
-            f"({s.source})"
+            "  special ids "
+            + " ".join(f"{r} {tok.special_tokens[r]}={i}" for r, i in zip(roles, ids, strict=True))
         )
-        click.echo(
-            f"  special ids [PAD]={tok.pad_id} [UNK]={tok.unk_id} [CLS]={tok.cls_id} "
-            f"[SEP]={tok.sep_id} [MASK]={tok.mask_id}"
-        )
+        for what, done in (
+            ("padding", tok.padding_disabled),
+            ("truncation", tok.truncation_disabled),
+        ):
+            if done:
+                click.echo(f"  {what}     the file enables {what}; turned off (the engine does it)")
         sample = "Zürich liegt in der Schweiz."
         click.echo(f"  sample      {sample!r} -> {tok.tokenize(sample)}")
 

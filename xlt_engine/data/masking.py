@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from xlt_engine.data.tokenizer import WordPieceTokenizer
+from xlt_engine.data.tokenizer import SubwordTokenizer
 
 IGNORE = -100
 
@@ -48,7 +48,12 @@ class MlmMasker:
         max_predictions: int | None = None,
         mask_ratio: float = 0.8,
         random_ratio: float = 0.1,
+        special_ids: list[int] | None = None,
+        continuation: list[bool] | None = None,
     ):
+        """``special_ids``: ids never masked nor drawn as replacements (None: tokens written
+        ``[XYZ]``, BERT's convention); ``continuation``: per id, whether the piece continues a word
+        (None: ``##`` pieces), for whole-word masking."""
         if not 0.0 < probability < 1.0:
             raise ValueError(f"probability must be in (0, 1), got {probability}")
         if mask_ratio < 0 or random_ratio < 0 or mask_ratio + random_ratio > 1:
@@ -63,16 +68,31 @@ class MlmMasker:
         self.max_predictions = max_predictions
         self.mask_ratio, self.random_ratio = mask_ratio, random_ratio
         self.mask_id = mask_id
-        special = [len(t) > 2 and t[0] == "[" and t[-1] == "]" for t in vocab]
-        self.special = torch.tensor(special, dtype=torch.bool)  # [V]
-        self.continuation = torch.tensor([t.startswith("##") for t in vocab], dtype=torch.bool)
+        if special_ids is None:
+            special = [len(t) > 2 and t[0] == "[" and t[-1] == "]" for t in vocab]
+            self.special = torch.tensor(special, dtype=torch.bool)  # [V]
+        else:
+            self.special = torch.zeros(len(vocab), dtype=torch.bool)
+            self.special[torch.tensor(special_ids, dtype=torch.long)] = True
+        if continuation is None:
+            continuation = [t.startswith("##") for t in vocab]
+        if len(continuation) != len(vocab):
+            raise ValueError(f"continuation has {len(continuation)} entries for {len(vocab)} ids")
+        self.continuation = torch.tensor(continuation, dtype=torch.bool)
         self.random_pool = (~self.special).nonzero().squeeze(1)  # ids a random replacement uses
         if len(self.random_pool) == 0:
             raise ValueError("the vocabulary has no non-special token to draw replacements from")
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: WordPieceTokenizer, **kwargs) -> MlmMasker:
-        return cls(tokenizer.vocab, tokenizer.mask_id, **kwargs)
+    def from_tokenizer(cls, tokenizer: SubwordTokenizer, **kwargs) -> MlmMasker:
+        """The tokenizer's own special ids and word-continuation pieces (any model type)."""
+        return cls(
+            tokenizer.vocab,
+            tokenizer.mask_id,
+            special_ids=tokenizer.special_ids,
+            continuation=tokenizer.continuation(),
+            **kwargs,
+        )
 
     def __call__(
         self,

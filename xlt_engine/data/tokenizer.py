@@ -1,14 +1,23 @@
-"""BERT WordPiece tokenizer on the Rust ``tokenizers`` library, interchangeable with
-Hugging Face's ``BertTokenizerFast``.
+"""Tokenizers on the Rust ``tokenizers`` library: BERT WordPiece (interchangeable with Hugging
+Face's ``BertTokenizerFast``) and any other ``tokenizer.json`` it reads (Unigram / SentencePiece
+with Metaspace, as XLM-R, e5 and LaBSE-style models ship, or BPE).
 
 ``load_tokenizer(path)`` takes a folder (``tokenizer.json`` when present, else ``vocab.txt`` with
-``tokenizer_config.json``), or one of those files directly. Both routes build the same pipeline
-(BertNormalizer -> BertPreTokenizer -> WordPiece -> ``[CLS] A [SEP] (B [SEP])``) and give identical
-ids. mBERT is cased: no lower-casing, no accent stripping, CJK characters split.
+``tokenizer_config.json``), or one of those files directly.
 
-When no ``tokenizer_config.json`` says whether to lower-case, the casing is inferred from the
-vocabulary itself (a vocabulary holding upper-case word pieces is cased); Hugging Face would
-lower-case by default, which silently ruins a cased vocabulary such as mBERT's.
+WordPiece: both routes build the same pipeline (BertNormalizer -> BertPreTokenizer -> WordPiece ->
+``[CLS] A [SEP] (B [SEP])``) and give identical ids. mBERT is cased: no lower-casing, no accent
+stripping, CJK characters split. When no ``tokenizer_config.json`` says whether to lower-case, the
+casing is inferred from the vocabulary itself (a vocabulary holding upper-case word pieces is
+cased); Hugging Face would lower-case by default, which silently ruins a cased vocabulary such as
+mBERT's.
+
+Other models: the file's own pipeline is used as it is. The special tokens (cls or bos, sep or eos,
+pad, mask, unk) are named by ``tokenizer_config.json`` and ``special_tokens_map.json`` beside it
+when present, else found in the vocabulary under their usual names (``<s>``, ``</s>``, ``<pad>``,
+``<mask>``, ``<unk>``, or BERT's ``[CLS]``-style names); a role with no token is an error naming
+the file. Whatever padding or truncation a file enables is turned off (the engine pads and windows
+itself) and ``padding_disabled`` / ``truncation_disabled`` say so.
 """
 
 from __future__ import annotations
@@ -30,6 +39,23 @@ from tokenizers import (
 from xlt_engine.fileio import atomic_write_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+ROLES = ("pad", "unk", "cls", "sep", "mask")  # the order of SPECIAL_TOKENS
+# where a role's token is named in tokenizer_config.json / special_tokens_map.json, first first
+ROLE_KEYS = {
+    "pad": ("pad_token",),
+    "unk": ("unk_token",),
+    "cls": ("cls_token", "bos_token"),
+    "sep": ("sep_token", "eos_token"),
+    "mask": ("mask_token",),
+}
+ROLE_NAMES = {  # usual names, when no file names the role
+    "pad": ("<pad>", "[PAD]"),
+    "unk": ("<unk>", "[UNK]"),
+    "cls": ("<s>", "[CLS]", "<cls>"),
+    "sep": ("</s>", "[SEP]", "<sep>"),
+    "mask": ("<mask>", "[MASK]"),
+}
+WORD_START = {"Unigram": "\u2581", "BPE": "\u0120"}  # SentencePiece's ▁, byte-level BPE's Ġ
 
 
 @dataclass(frozen=True)
@@ -40,20 +66,56 @@ class TokenizerSettings:
     source: str  # where the settings came from, for ``inspect``
 
 
-class WordPieceTokenizer:
-    """A ``tokenizers.Tokenizer`` plus BERT's special ids and settings.
+class SubwordTokenizer:
+    """A ``tokenizers.Tokenizer`` plus the special ids the engine needs.
 
-    ``backend`` is the Rust tokenizer, for batch encoding and anything not wrapped here.
+    ``backend`` is the Rust tokenizer, for batch encoding and anything not wrapped here;
+    ``special_tokens`` maps each role (pad, unk, cls, sep, mask) to its token. ``settings`` holds
+    BERT's normaliser settings for WordPiece tokenizers, and is None for the others.
     """
 
-    def __init__(self, backend: Tokenizer, settings: TokenizerSettings, vocab: list[str]):
+    settings: TokenizerSettings | None = None
+
+    def __init__(self, backend: Tokenizer, vocab: list[str], special_tokens: dict[str, str]):
         self.backend = backend
-        self.settings = settings
         self._vocab = vocab  # id -> token
-        ids = {tok: backend.token_to_id(tok) for tok in SPECIAL_TOKENS}
-        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (
-            ids[t] for t in SPECIAL_TOKENS
-        )
+        self.special_tokens = dict(special_tokens)
+        self.padding_disabled = backend.padding is not None
+        self.truncation_disabled = backend.truncation is not None
+        backend.no_padding()  # the engine pads and windows itself
+        backend.no_truncation()
+        ids = {}
+        for role in ROLES:
+            ids[role] = backend.token_to_id(special_tokens[role])
+            if ids[role] is None:
+                raise ValueError(
+                    f"the {role} token {special_tokens[role]!r} is not in the vocabulary"
+                )
+        self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id = (ids[r] for r in ROLES)
+
+    @property
+    def kind(self) -> str:
+        """The model type: WordPiece, Unigram, BPE or WordLevel."""
+        return type(self.backend.model).__name__
+
+    @property
+    def special_ids(self) -> list[int]:
+        """Ids of every special token: the five roles and the file's other special tokens."""
+        added = self.backend.get_added_tokens_decoder()
+        ids = {i for i, t in added.items() if t.special}
+        ids |= {self.pad_id, self.unk_id, self.cls_id, self.sep_id, self.mask_id}
+        return sorted(ids)
+
+    def continuation(self) -> list[bool]:
+        """Per id: True for a piece that continues a word (``##x`` in WordPiece; a piece without
+        the word-start mark ``▁`` / ``Ġ`` in Unigram / BPE), for whole-word masking."""
+        special = set(self.special_ids)
+        if self.kind == "WordPiece":
+            return [t.startswith("##") for t in self._vocab]
+        start = WORD_START.get(self.kind)
+        if start is None:
+            return [False] * len(self._vocab)
+        return [i not in special and not t.startswith(start) for i, t in enumerate(self._vocab)]
 
     def truncating(self, max_len: int) -> Tokenizer:
         """A copy of the backend that truncates to ``max_len`` ids (specials included), longest
@@ -96,6 +158,31 @@ class WordPieceTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.backend.decode(ids)
+
+    def save(self, folder: str | Path) -> None:
+        """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json: what this
+        loader and transformers' ``PreTrainedTokenizerFast`` (``AutoTokenizer``) read."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(folder / "tokenizer.json", self.backend.to_str(pretty=True))
+        names = {r + "_token": self.special_tokens[r] for r in ROLES}
+        names["bos_token"], names["eos_token"] = names["cls_token"], names["sep_token"]
+        # transformers 5 ignores a tokenizer.json whose config names a slow SentencePiece class
+        cfg = {"tokenizer_class": "PreTrainedTokenizerFast", **names}
+        atomic_write_text(folder / "tokenizer_config.json", json.dumps(cfg, indent=2) + "\n")
+        atomic_write_text(folder / "special_tokens_map.json", json.dumps(names, indent=2) + "\n")
+
+    def __repr__(self) -> str:
+        roles = ", ".join(f"{r}={self.special_tokens[r]!r}" for r in ROLES)
+        return f"SubwordTokenizer({self.kind}, vocab_size={self.vocab_size}, {roles})"
+
+
+class WordPieceTokenizer(SubwordTokenizer):
+    """BERT's WordPiece tokenizer, with its normaliser settings."""
+
+    def __init__(self, backend: Tokenizer, settings: TokenizerSettings, vocab: list[str]):
+        super().__init__(backend, vocab, dict(zip(ROLES, SPECIAL_TOKENS, strict=True)))
+        self.settings = settings
 
     def save(self, folder: str | Path) -> None:
         """Write tokenizer.json, vocab.txt, tokenizer_config.json and special_tokens_map.json:
@@ -227,15 +314,69 @@ def _config_settings(
     )
 
 
-def _from_tokenizer_json(path: Path, do_lower_case: bool | None) -> WordPieceTokenizer:
+def _special_tokens(path: Path, vocab: set[str]) -> dict[str, str]:
+    """Each role's token: from tokenizer_config.json, then special_tokens_map.json beside
+    ``path``, then the usual names found in the vocabulary."""
+    named: dict[str, str] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the config wins
+        f = path.parent / name
+        if not f.is_file():
+            continue
+        raw = _read_json(f)
+        for role, keys in ROLE_KEYS.items():
+            for key in keys:
+                value = raw.get(key)
+                if isinstance(value, dict):  # {"content": "<s>", "lstrip": ...}
+                    value = value.get("content")
+                if value is None:
+                    continue
+                if not isinstance(value, str) or value not in vocab:
+                    raise ValueError(
+                        f"{f}: key {key!r} names {value!r}, which is not in the vocabulary of "
+                        f"{path}"
+                    )
+                named[role] = value
+                break
+    for role in ROLES:
+        if role not in named:
+            found = [t for t in ROLE_NAMES[role] if t in vocab]
+            if not found:
+                raise ValueError(
+                    f"{path}: no {role} token: none of {', '.join(ROLE_NAMES[role])} is in the "
+                    f"vocabulary and no tokenizer_config.json or special_tokens_map.json beside "
+                    f"it names one ({' or '.join(ROLE_KEYS[role])})"
+                )
+            named[role] = found[0]
+    return named
+
+
+def _from_any_tokenizer_json(path: Path, do_lower_case: bool | None) -> SubwordTokenizer:
+    """A tokenizer.json that is not BERT's WordPiece pipeline, used as it is."""
+    if do_lower_case is not None:
+        raise ValueError(
+            f"{path}: do_lower_case applies to BERT WordPiece tokenizers only; this file's own "
+            "normaliser decides the casing"
+        )
+    try:
+        backend = Tokenizer.from_file(str(path))
+    except Exception as err:  # the Rust side raises a plain Exception
+        raise ValueError(f"{path}: cannot load tokenizer ({err})") from None
+    by_id = sorted(backend.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
+    if [i for _, i in by_id] != list(range(len(by_id))):
+        raise ValueError(f"{path}: token ids are not 0..{len(by_id) - 1}")
+    vocab = [t for t, _ in by_id]
+    return SubwordTokenizer(backend, vocab, _special_tokens(path, set(vocab)))
+
+
+def _from_tokenizer_json(path: Path, do_lower_case: bool | None) -> SubwordTokenizer:
     raw = _read_json(path)
     model, norm = raw.get("model") or {}, raw.get("normalizer") or {}
-    if model.get("type") != "WordPiece" or not isinstance(model.get("vocab"), dict):
+    if not isinstance(model, dict) or not isinstance(norm, dict):
+        raise ValueError(f"{path}: keys 'model' and 'normalizer' must be JSON objects")
+    if model.get("type") != "WordPiece" or norm.get("type") != "BertNormalizer":
+        return _from_any_tokenizer_json(path, do_lower_case)
+    if not isinstance(model.get("vocab"), dict):
         raise ValueError(f"{path}: key 'model' is not a WordPiece model with a vocab")
-    if norm.get("type") != "BertNormalizer":
-        raise ValueError(
-            f"{path}: key 'normalizer' is {norm.get('type')!r}, expected BertNormalizer"
-        )
     by_id = sorted(model["vocab"].items(), key=lambda kv: kv[1])
     if [i for _, i in by_id] != list(range(len(by_id))):
         raise ValueError(f"{path}: key 'model.vocab' ids are not 0..{len(by_id) - 1}")
@@ -277,11 +418,12 @@ def _from_tokenizer_json(path: Path, do_lower_case: bool | None) -> WordPieceTok
     return WordPieceTokenizer(backend, settings, vocab)
 
 
-def load_tokenizer(path: str | Path, do_lower_case: bool | None = None) -> WordPieceTokenizer:
-    """Load a BERT WordPiece tokenizer from a folder, ``tokenizer.json`` or ``vocab.txt``.
+def load_tokenizer(path: str | Path, do_lower_case: bool | None = None) -> SubwordTokenizer:
+    """Load a tokenizer from a folder, ``tokenizer.json`` or ``vocab.txt``: BERT WordPiece
+    (a ``WordPieceTokenizer``) or any other model a ``tokenizer.json`` holds.
 
-    ``do_lower_case`` overrides whatever the files say (None: use the files, else infer it
-    from the vocabulary).
+    ``do_lower_case`` (WordPiece only) overrides whatever the files say (None: use the files,
+    else infer it from the vocabulary).
     """
     path = Path(path)
     if path.is_dir():

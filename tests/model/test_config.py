@@ -53,7 +53,7 @@ def test_config_is_frozen():
         ({"hidden_dropout_prob": 1.5}, "hidden_dropout_prob"),
         ({"layer_norm_eps": -1}, "layer_norm_eps"),
         ({"num_hidden_layers": "12"}, "num_hidden_layers"),
-        ({"model_type": "roberta"}, "model_type"),
+        ({"model_type": "gpt2"}, "model_type"),
         ({"is_decoder": True}, "is_decoder"),
         ({"pad_token_id": 200000}, "pad_token_id"),
     ],

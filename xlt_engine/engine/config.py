@@ -14,7 +14,6 @@ Relative data paths (``languages.<lang>.*``) are read against ``data.root``; ``d
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import types
 import typing
@@ -27,6 +26,7 @@ import tomllib
 from xlt_engine import STAGES
 from xlt_engine.data.task import Format
 from xlt_engine.engine.loop import TrainConfig
+from xlt_engine.model.config import BertConfig
 
 TASKS = ("ner", "classification")
 
@@ -489,15 +489,13 @@ def to_dict(cfg) -> dict:
 
 
 def max_positions(folder: Path) -> int | None:
-    """``max_position_embeddings`` of the model in ``folder``, or None when its config.json is
-    absent or unreadable (loading the model reports that, naming the file)."""
+    """The longest input the model in ``folder`` takes (``BertConfig.max_tokens``), or None
+    when its config.json is absent or invalid (loading the model reports that, naming the
+    file)."""
     try:
-        value = json.loads((folder / "config.json").read_text(encoding="utf-8")).get(
-            "max_position_embeddings"
-        )
-    except (OSError, ValueError, AttributeError):
+        return BertConfig.from_json(folder / "config.json").max_tokens
+    except ValueError:
         return None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def check_files(cfg: ExperimentConfig, stage: str) -> None:
@@ -519,8 +517,8 @@ def check_files(cfg: ExperimentConfig, stage: str) -> None:
     positions = max_positions(Path(cfg.model.path))
     if positions is not None and cfg.model.max_len > positions:
         problems.append(
-            f"model.max_len: {cfg.model.max_len} is more than the model's "
-            f"max_position_embeddings ({positions}, {Path(cfg.model.path) / 'config.json'})"
+            f"model.max_len: {cfg.model.max_len} is more than the {positions} positions of the "
+            f"model ({Path(cfg.model.path) / 'config.json'})"
         )
     src, tgt = cfg.source, cfg.pair_target
     if stage == "btf":

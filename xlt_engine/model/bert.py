@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xlt_engine.model.config import BertConfig
+from xlt_engine.model.config import ROBERTA_FAMILY, BertConfig
 
 
 def activation(name: str):
@@ -38,10 +38,17 @@ class BertEmbeddings(nn.Module):
         self.token_type = nn.Embedding(config.type_vocab_size, H)
         self.norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.position_offset = config.position_offset
+        self.pad_id = config.pad_token_id
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None) -> torch.Tensor:
-        T = input_ids.shape[1]
-        positions = torch.arange(T, device=input_ids.device)  # (T,), broadcast over the batch
+        if self.position_offset:
+            # RoBERTa: real tokens count from pad_token_id + 1, padding sits at pad_token_id
+            real = (input_ids != self.pad_id).long()
+            positions = torch.cumsum(real, 1) * real + self.pad_id  # (B, T)
+        else:
+            T = input_ids.shape[1]
+            positions = torch.arange(T, device=input_ids.device)  # (T,), broadcast over the batch
         x = self.word(input_ids) + self.position(positions)
         if token_type_ids is None:
             x = x + self.token_type.weight[0]  # every token is segment 0
@@ -134,10 +141,11 @@ class BertEncoder(nn.Module):
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
         T = input_ids.shape[1]
-        if T > self.config.max_position_embeddings:
+        if T > self.config.max_tokens:
             raise ValueError(
-                f"sequence length {T} exceeds max_position_embeddings "
-                f"{self.config.max_position_embeddings}: split long inputs into windows"
+                f"sequence length {T} exceeds the {self.config.max_tokens} positions of the "
+                f"model (max_position_embeddings {self.config.max_position_embeddings}): split "
+                "long inputs into windows"
             )
         for name, t in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
             if t is not None and t.shape != input_ids.shape:
@@ -168,7 +176,8 @@ class BertMLMHead(nn.Module):
         super().__init__()
         H = config.hidden_size
         self.dense = nn.Linear(H, H)
-        self.act = activation(config.hidden_act)
+        # RoBERTa's head always uses the exact gelu, whatever the encoder's hidden_act
+        self.act = activation("gelu" if config.model_type in ROBERTA_FAMILY else config.hidden_act)
         self.norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 

@@ -17,8 +17,13 @@ present it must equal them); ``cls.predictions.decoder.bias``, if present, must 
 ``cls.predictions.bias``. ``.bin`` files are read only through
 ``torch.load(weights_only=True)``: no pickle code runs.
 
-Saving writes Hugging Face names (``bert.`` prefix, ``cls.predictions.*``), ``config.json`` and
-the tokenizer files into a temporary folder that replaces the target only when complete.
+The RoBERTa family (``model_type`` ``roberta`` / ``xlm-roberta``) reads and writes its own names
+through the same table: ``roberta.`` for ``bert.``, ``lm_head.dense`` / ``lm_head.layer_norm`` /
+``lm_head.bias`` / ``lm_head.decoder`` for ``cls.predictions.transform.dense`` / ``.LayerNorm`` /
+``.bias`` / ``.decoder`` (``FAMILIES``).
+
+Saving writes Hugging Face names (``bert.`` prefix, ``cls.predictions.*``, or the RoBERTa
+family's), ``config.json`` and the tokenizer files into a temporary folder that replaces the target only when complete.
 """
 
 from __future__ import annotations
@@ -66,6 +71,31 @@ def _template_regex(template: str) -> re.Pattern:
 _HF_TO_OURS = [(_template_regex(hf), ours) for hf, ours in KEY_TABLE]
 _OURS_TO_HF = [(_template_regex(ours), hf) for hf, ours in KEY_TABLE]
 
+# Per model family (BertConfig.model_type): the encoder's key prefix, and how its MLM head's keys
+# read in the BERT names of KEY_TABLE (prefix -> prefix, both ways).
+FAMILIES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "bert": ("bert.", ()),
+    "roberta": (
+        "roberta.",
+        (
+            ("lm_head.dense.", "cls.predictions.transform.dense."),
+            ("lm_head.layer_norm.", "cls.predictions.transform.LayerNorm."),
+            ("lm_head.decoder.", "cls.predictions.decoder."),
+            ("lm_head.bias", "cls.predictions.bias"),
+        ),
+    ),
+}
+ARCHITECTURES = {  # model_type -> (with the MLM head, encoder only)
+    "bert": ("BertForMaskedLM", "BertModel"),
+    "roberta": ("RobertaForMaskedLM", "RobertaModel"),
+    "xlm-roberta": ("XLMRobertaForMaskedLM", "XLMRobertaModel"),
+}
+
+
+def family(config: BertConfig) -> str:
+    return "bert" if config.model_type == "bert" else "roberta"
+
+
 # Keys that duplicate another tensor: checked for equality, never loaded.
 ALIASES = {
     "cls.predictions.decoder.weight": "encoder.embeddings.word.weight",
@@ -103,13 +133,21 @@ def hf_to_ours(key: str) -> str | None:
     return None
 
 
-def ours_to_hf(name: str) -> str:
-    """Hugging Face key (with ``bert.`` on encoder keys) for our BertForMLM name."""
+def ours_to_hf(name: str, kind: str = "bert") -> str:
+    """Hugging Face key for our BertForMLM name, in the naming of model family ``kind``
+    (``bert``: ``bert.`` on encoder keys, ``cls.predictions.*``; ``roberta``: ``roberta.``,
+    ``lm_head.*``)."""
+    prefix, head = FAMILIES[kind]
     for rx, target in _OURS_TO_HF:
         m = rx.match(name)
         if m:
             hf = target.format(**m.groupdict())
-            return hf if hf.startswith("cls.") else "bert." + hf
+            if not hf.startswith("cls."):
+                return prefix + hf
+            for theirs, bert in head:
+                if hf.startswith(bert):
+                    return theirs + hf[len(bert) :]
+            return hf
     raise KeyError(f"no Hugging Face name for parameter {name!r}")
 
 
@@ -321,10 +359,16 @@ def _resolve(path: Path, config: BertConfig | None) -> tuple[list[Path], BertCon
     return files, config, config_path
 
 
-def _normalise(key: str) -> tuple[str, bool]:
-    """Strip ``bert.``; rename legacy ``LayerNorm.gamma/beta``. Returns (key, renamed)."""
-    if key.startswith("bert."):
-        key = key[len("bert.") :]
+def _normalise(key: str, kind: str = "bert") -> tuple[str, bool]:
+    """Strip the family's prefix (``bert.``, ``roberta.``) and read its head keys in BERT names;
+    rename legacy ``LayerNorm.gamma/beta``. Returns (key, renamed by gamma/beta)."""
+    prefix, head = FAMILIES[kind]
+    if key.startswith(prefix):
+        key = key[len(prefix) :]
+    for theirs, bert in head:
+        if key.startswith(theirs):
+            key = bert + key[len(theirs) :]
+            break
     new = re.sub(r"(^|\.)LayerNorm\.gamma\Z", r"\1LayerNorm.weight", key)
     new = re.sub(r"(^|\.)LayerNorm\.beta\Z", r"\1LayerNorm.bias", new)
     return new, new != key
@@ -356,10 +400,11 @@ def plan_checkpoint(
     problems: list[str] = []
     unexpected: list[str] = []
     seen: dict[str, str] = {}  # normalised HF key -> stored key
+    kind = family(config)
     for source in [_open_weights(f) for f in files]:
         where = f" in {source.path.name}" if len(files) > 1 else ""
         for key in source.keys():
-            hf, renamed = _normalise(key)
+            hf, renamed = _normalise(key, kind)
             if hf in seen:
                 problems.append(
                     f"{key!r} and {seen[hf]!r} are the same parameter ({hf}){where}: "
@@ -406,7 +451,7 @@ def plan_checkpoint(
             )
     missing = sorted(set(expected) - set(plan.tensors), key=_natural)
     if missing:
-        problems.append("missing keys: " + ", ".join(_hf_name(m) for m in missing))
+        problems.append("missing keys: " + ", ".join(_hf_name(m, kind) for m in missing))
     if unexpected:
         problems.append("unexpected keys: " + ", ".join(sorted(unexpected, key=_natural)))
 
@@ -435,9 +480,9 @@ def _natural(s: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
-def _hf_name(ours: str) -> str:
+def _hf_name(ours: str, kind: str = "bert") -> str:
     try:
-        return ours_to_hf(ours)
+        return ours_to_hf(ours, kind)
     except KeyError:
         return ours
 
@@ -532,7 +577,8 @@ def hf_state_dict(model: BertForMLM | BertEncoder) -> dict[str, torch.Tensor]:
         named = model.state_dict()
     else:
         raise TypeError(f"save_pretrained takes a BertForMLM or BertEncoder, got {type(model)}")
-    return {ours_to_hf(k): v.detach().to("cpu").contiguous() for k, v in named.items()}
+    kind = family(model.config)
+    return {ours_to_hf(k, kind): v.detach().to("cpu").contiguous() for k, v in named.items()}
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -585,7 +631,8 @@ def save_pretrained(
         tensors = {k: v.to(dtype) for k, v in tensors.items()}
     dtypes = {v.dtype for v in tensors.values()}
     cfg = config.to_dict()
-    cfg["architectures"] = ["BertForMaskedLM" if isinstance(model, BertForMLM) else "BertModel"]
+    with_head, encoder_only = ARCHITECTURES[config.model_type]
+    cfg["architectures"] = [with_head if isinstance(model, BertForMLM) else encoder_only]
     cfg["dtype"] = str(dtypes.pop()).removeprefix("torch.") if len(dtypes) == 1 else "float32"
     cfg["tie_word_embeddings"] = True
 

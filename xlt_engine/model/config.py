@@ -2,7 +2,9 @@
 
 Only the settings the from-scratch encoder implements are accepted: absolute position
 embeddings, a gelu / gelu_new / relu activation, and a hidden size divisible by the number of
-heads. Anything else raises a ``ValueError`` naming the key, so a checkpoint that would load but
+heads. ``model_type`` is ``bert`` or one of the RoBERTa family (``roberta``, ``xlm-roberta``: the
+same encoder, with positions counted from ``pad_token_id + 1`` over the non-pad tokens, as
+Hugging Face's RoBERTa does). Anything else raises a ``ValueError`` naming the key, so a checkpoint that would load but
 compute something different is refused up front. Keys of ``config.json`` that do not change the
 computation (``architectures``, ``transformers_version``, ...) are ignored.
 """
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "relu")
+MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
+ROBERTA_FAMILY = ("roberta", "xlm-roberta")
 
 # config.json keys that change the computation but have only one value we implement.
 _FIXED_KEYS = {
@@ -44,6 +48,7 @@ class BertConfig:
     initializer_range: float = 0.02
     pad_token_id: int = 0
     position_embedding_type: str = "absolute"
+    model_type: str = "bert"
     # derived in __post_init__
     head_dim: int = field(init=False)
 
@@ -83,6 +88,11 @@ class BertConfig:
                 f"BertConfig.position_embedding_type {self.position_embedding_type!r} is not "
                 "supported (only 'absolute')"
             )
+        if self.model_type not in MODEL_TYPES:
+            raise ValueError(
+                f"BertConfig.model_type {self.model_type!r} is not supported "
+                f"(supported: {', '.join(MODEL_TYPES)})"
+            )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"BertConfig.hidden_size {self.hidden_size} is not divisible by "
@@ -97,7 +107,23 @@ class BertConfig:
                 f"BertConfig.pad_token_id {self.pad_token_id} is outside the vocabulary "
                 f"(vocab_size {self.vocab_size})"
             )
+        if self.max_position_embeddings <= self.position_offset:
+            raise ValueError(
+                f"BertConfig.max_position_embeddings {self.max_position_embeddings} leaves no "
+                f"position for a {self.model_type} model (positions start at pad_token_id + 1 = "
+                f"{self.position_offset})"
+            )
         object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+
+    @property
+    def position_offset(self) -> int:
+        """The first position id of a real token: 0 for BERT, ``pad_token_id + 1`` for RoBERTa."""
+        return self.pad_token_id + 1 if self.model_type in ROBERTA_FAMILY else 0
+
+    @property
+    def max_tokens(self) -> int:
+        """The longest input (special tokens included) the position embeddings cover."""
+        return self.max_position_embeddings - self.position_offset
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -109,9 +135,9 @@ class BertConfig:
         if not isinstance(raw, dict):
             raise ValueError(f"{source}: expected a JSON object, got {type(raw).__name__}")
         model_type = raw.get("model_type", "bert")
-        if model_type != "bert":
+        if model_type not in MODEL_TYPES:
             raise ValueError(
-                f"{source}: key 'model_type' is {model_type!r}; only 'bert' is supported"
+                f"{source}: key 'model_type' is {model_type!r}; supported: {', '.join(MODEL_TYPES)}"
             )
         for key, wanted in _FIXED_KEYS.items():
             if key in raw and raw[key] != wanted:
@@ -144,6 +170,4 @@ class BertConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Hugging Face ``config.json`` fields (without ``architectures``/``dtype``)."""
-        out: dict[str, Any] = {"model_type": "bert"}
-        out.update({name: getattr(self, name) for name in self.field_names()})
-        return out
+        return {name: getattr(self, name) for name in self.field_names()}

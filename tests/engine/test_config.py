@@ -382,7 +382,7 @@ def test_max_len_beyond_the_models_positions_is_a_config_error(tiny):
     positions = json.loads((tiny / "config.json").read_text())["max_position_embeddings"]
     over = [f"data.root={SHARED_DATA}", f"model.path={tiny}", f"model.max_len={positions + 1}"]
     with pytest.raises(
-        ConfigError, match=rf"model.max_len: {positions + 1} is more than the model"
+        ConfigError, match=rf"model.max_len: {positions + 1} is more than the {positions} positions"
     ):
         check_files(load_config(CONLL, over), "finetune")
     check_files(load_config(CONLL, [*over[:2], f"model.max_len={positions}"]), "finetune")

@@ -120,14 +120,29 @@ def init_bert_weights(module: nn.Module, std: float) -> None:
 
 
 class BertEncoder(nn.Module):
-    """Embeddings + ``num_hidden_layers`` post-LN layers; returns the last hidden state."""
+    """Embeddings + ``num_hidden_layers`` post-LN layers; returns the last hidden state.
 
-    def __init__(self, config: BertConfig):
+    ``pooler``: also hold BERT's pooler (``tanh(dense(h[:, 0]))``, ``pooler.dense`` in Hugging
+    Face names), as checkpoints that ship one (LaBSE, ``BertModel`` saves) need for a pooled
+    sentence representation; ``pooled(hidden)`` applies it.
+    """
+
+    def __init__(self, config: BertConfig, pooler: bool = False):
         super().__init__()
         self.config = config
         self.embeddings = BertEmbeddings(config)
         self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+        self.pooler = nn.Linear(config.hidden_size, config.hidden_size) if pooler else None
         init_bert_weights(self, config.initializer_range)
+
+    def pooled(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[B, T, H] last hidden state -> [B, H] pooler output."""
+        if self.pooler is None:
+            raise ValueError(
+                "this encoder has no pooler (its checkpoint holds no pooler.dense weights): "
+                "use the cls or mean representation"
+            )
+        return torch.tanh(self.pooler(hidden[:, 0]))
 
     def forward(
         self,
@@ -208,10 +223,10 @@ def select_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Ten
 class BertForMLM(nn.Module):
     """``BertEncoder`` + MLM head. Logits are computed only for the positions asked for."""
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertConfig, pooler: bool = False):
         super().__init__()
         self.config = config
-        self.encoder = BertEncoder(config)
+        self.encoder = BertEncoder(config, pooler)
         self.head = BertMLMHead(config)
         init_bert_weights(self.head, config.initializer_range)
         nn.init.zeros_(self.head.bias)

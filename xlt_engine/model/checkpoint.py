@@ -11,8 +11,11 @@ the meta device, so peak memory is the model plus one tensor, never two full cop
 
 Key rules (DESIGN.md "Checkpoints"): the ``bert.`` prefix may be present or absent; legacy
 ``LayerNorm.gamma``/``LayerNorm.beta`` become ``weight``/``bias`` (under ``LayerNorm.`` only);
-``embeddings.position_ids``, the NSP classifier ``cls.seq_relationship.*`` and the NSP pooler
-``pooler.*`` are ignored; the decoder weight is tied to the word embeddings and may be absent (if
+``embeddings.position_ids`` and the NSP classifier ``cls.seq_relationship.*`` are ignored; the
+pooler (``pooler.dense``) is loaded when present (the encoder then has one) and saved back; a
+checkpoint with no MLM head at all (an embedding model such as e5 or LaBSE, any ``BertModel``
+save) loads into ``BertForMLM`` with a fresh head (transform initialised as BERT does, decoder
+tied, bias zero), and the plan lists it under ``initialised``; the decoder weight is tied to the word embeddings and may be absent (if
 present it must equal them); ``cls.predictions.decoder.bias``, if present, must equal
 ``cls.predictions.bias``. ``.bin`` files are read only through
 ``torch.load(weights_only=True)``: no pickle code runs.
@@ -38,7 +41,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from xlt_engine.fileio import atomic_folder
-from xlt_engine.model.bert import BertEncoder, BertForMLM
+from xlt_engine.model.bert import BertEncoder, BertForMLM, BertMLMHead, init_bert_weights
 from xlt_engine.model.config import BertConfig
 
 # Hugging Face key (after the ``bert.`` prefix is stripped and gamma/beta renamed) <-> our name
@@ -59,6 +62,7 @@ KEY_TABLE: list[tuple[str, str]] = [
     ("cls.predictions.transform.dense.{p}", "head.dense.{p}"),
     ("cls.predictions.transform.LayerNorm.{p}", "head.norm.{p}"),
     ("cls.predictions.bias", "head.bias"),
+    ("pooler.dense.{p}", "encoder.pooler.{p}"),
 ]
 
 
@@ -106,7 +110,6 @@ ALIASES = {
 IGNORED: list[tuple[str, str]] = [
     (r"embeddings\.position_ids", "position-id buffer (recomputed)"),
     (r"cls\.seq_relationship\..*", "next-sentence-prediction classifier"),
-    (r"pooler\.dense\.(weight|bias)", "next-sentence-prediction pooler"),
 ]
 _IGNORED = [(re.compile(p + r"\Z"), why) for p, why in IGNORED]
 
@@ -323,7 +326,9 @@ class CheckpointPlan:
     renamed: list[tuple[str, str]] = field(default_factory=list)  # (stored key, HF key)
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (stored key, reason)
     tokenizer_dir: Path | None = None
-    tokenizer: object | None = None  # the WordPieceTokenizer beside the weights, if any
+    tokenizer: object | None = None  # the tokenizer beside the weights, if any
+    pooler: bool = False  # the checkpoint holds pooler.dense
+    initialised: list[str] = field(default_factory=list)  # our names built fresh (no MLM head)
 
     @property
     def stored_dtypes(self) -> dict[str, int]:
@@ -374,10 +379,10 @@ def _normalise(key: str, kind: str = "bert") -> tuple[str, bool]:
     return new, new != key
 
 
-def expected_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+def expected_shapes(config: BertConfig, pooler: bool = False) -> dict[str, tuple[int, ...]]:
     """Our BertForMLM parameter names and shapes, computed without allocating."""
     with torch.device("meta"):
-        model = BertForMLM(config)
+        model = BertForMLM(config, pooler)
     return {name: tuple(p.shape) for name, p in model.named_parameters()}
 
 
@@ -393,15 +398,22 @@ def plan_checkpoint(
         raise ValueError(f"target must be 'mlm' or 'encoder', got {target!r}")
     files, config, config_path = _resolve(Path(path), config)
     plan = CheckpointPlan(config, config_path, files, target)
-    expected = expected_shapes(config)
+    kind = family(config)
+    sources = [_open_weights(f) for f in files]
+    stored = [_normalise(k, kind)[0] for src in sources for k in src.keys()]
+    plan.pooler = any(k.startswith("pooler.dense.") for k in stored)
+    expected = expected_shapes(config, plan.pooler)
     if target == "encoder":
         expected = {k: v for k, v in expected.items() if k.startswith("encoder.")}
+    elif not any(k.startswith("cls.predictions.") for k in stored):
+        # no MLM head at all: build it fresh rather than call every head key missing
+        plan.initialised = sorted(k for k in expected if k.startswith("head."))
+        expected = {k: v for k, v in expected.items() if not k.startswith("head.")}
 
     problems: list[str] = []
     unexpected: list[str] = []
     seen: dict[str, str] = {}  # normalised HF key -> stored key
-    kind = family(config)
-    for source in [_open_weights(f) for f in files]:
+    for source in sources:
         where = f" in {source.path.name}" if len(files) > 1 else ""
         for key in source.keys():
             hf, renamed = _normalise(key, kind)
@@ -516,11 +528,19 @@ def _materialise(
             )
         dtype = stored.pop()
     with torch.device("meta"):
-        model = BertForMLM(plan.config)
+        model = BertForMLM(plan.config, plan.pooler)
     state: dict[str, torch.Tensor] = {}
     for ours, entry in plan.tensors.items():
         # one stored tensor at a time: read, convert, keep only the converted copy
         state[ours] = entry.source.tensor(entry.key).to(device=device, dtype=dtype)
+    if plan.initialised:  # no MLM head stored: BERT's initialisation, bias zero
+        with torch.random.fork_rng(devices=[]):  # the same head for the same checkpoint, always
+            torch.manual_seed(0)
+            head = BertMLMHead(plan.config)
+            init_bert_weights(head, plan.config.initializer_range)
+        torch.nn.init.zeros_(head.bias)
+        for name, value in head.state_dict().items():
+            state["head." + name] = value.to(device=device, dtype=dtype)
     if plan.target == "encoder":
         encoder = model.encoder
         encoder.load_state_dict(
@@ -546,7 +566,9 @@ def load_pretrained(
     """Load a BERT MLM checkpoint (encoder + MLM head) in Hugging Face layout.
 
     ``dtype=None`` keeps the stored dtype; otherwise every tensor is converted (fp32 default:
-    master weights for training). The model is returned in eval mode on ``device``.
+    master weights for training). The model is returned in eval mode on ``device``. A
+    checkpoint with no MLM head gets a fresh one (``plan_checkpoint(path).initialised`` names
+    its parameters).
     """
     model = _materialise(plan_checkpoint(path, "mlm", config), dtype, device)
     return model.eval()

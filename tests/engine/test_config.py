@@ -386,3 +386,34 @@ def test_max_len_beyond_the_models_positions_is_a_config_error(tiny):
     ):
         check_files(load_config(CONLL, over), "finetune")
     check_files(load_config(CONLL, [*over[:2], f"model.max_len={positions}"]), "finetune")
+
+
+def test_model_representation_is_checked_where_it_can_go_wrong(tmp_path, tiny):
+    got = problems(tmp_path, MINIMAL, "model.representation=max")
+    assert got == ["model: representation must be one of cls, pooler, mean, got 'max'"]
+    got = problems(tmp_path, MINIMAL, "model.representation=mean")
+    assert got == [
+        "config: model.representation: 'mean' is for sequence tasks (NER labels every word's "
+        "first sub-token; leave it 'cls')"
+    ]
+    over = [f"data.root={SHARED_DATA}", f"model.path={tiny}", "model.representation=pooler"]
+    cfg = load_config(CLS, over)  # the tiny model (xlt-engine init) has no pooler
+    for stage in ("finetune", "selftrain"):
+        with pytest.raises(ConfigError, match=r"model.representation: 'pooler', but .* no pooler"):
+            check_files(cfg, stage)
+    check_files(cfg, "btf")  # btf does not read it
+    check_files(load_config(CLS, [*over[:2], "model.representation=mean"]), "finetune")
+
+
+def test_the_representation_is_in_the_task_stages_fingerprints(tiny):
+    from xlt_engine.engine.runs import plan_stage
+
+    base = [f"data.root={SHARED_DATA}", f"model.path={tiny}"]
+    cls_cfg = load_config(CLS, base)
+    mean_cfg = load_config(CLS, [*base, "model.representation=mean"])
+    for stage in ("finetune", "selftrain"):
+        a, b = plan_stage(cls_cfg, stage), plan_stage(mean_cfg, stage)
+        assert a.settings["model.representation"] == "cls"
+        assert b.settings["model.representation"] == "mean"
+        assert a.fingerprint()["digest"] != b.fingerprint()["digest"]
+    assert "model.representation" not in plan_stage(cls_cfg, "btf").settings

@@ -257,8 +257,25 @@ def test_cls10_finetune_evaluate_predict(tiny, tmp_path):
     assert rows[0]["line"] < rows[1]["line"]
 
 
-def test_sequence_classification_fits_a_small_training_set(tiny, tmp_path):
-    """32 real CLS-10 reviews (as JSONL): the classifier must learn them (labels reach [CLS])."""
+@pytest.fixture(scope="module")
+def tiny_with_pooler(tiny, tmp_path_factory) -> Path:
+    """The tiny model with a (random) pooler, saved as a checkpoint that ships one (LaBSE)."""
+    from xlt_engine.data import load_tokenizer
+    from xlt_engine.model import BertForMLM, load_pretrained, save_pretrained
+
+    plain = load_pretrained(tiny)
+    model = BertForMLM(plain.config, pooler=True)
+    missing = model.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert sorted(missing) == ["encoder.pooler.bias", "encoder.pooler.weight"]
+    return save_pretrained(model, tmp_path_factory.mktemp("pooled") / "m", load_tokenizer(tiny))
+
+
+@pytest.mark.parametrize("representation", ["cls", "mean", "pooler"])
+def test_sequence_classification_fits_a_small_training_set(
+    tiny_with_pooler, tmp_path, representation
+):
+    """32 real CLS-10 reviews (as JSONL): the classifier must learn them through each sentence
+    representation, which the saved model keeps."""
     from xlt_engine.data import read_cls10
 
     ds = read_cls10(SHARED_DATA / "cls10/en/books/train.review")
@@ -268,7 +285,7 @@ def test_sequence_classification_fits_a_small_training_set(tiny, tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in rows))
     cfg = FinetuneConfig(
-        model=str(tiny),
+        model=str(tiny_with_pooler),
         train_file=str(path),
         dev_file=str(path),
         format="jsonl",
@@ -276,10 +293,12 @@ def test_sequence_classification_fits_a_small_training_set(tiny, tmp_path):
         max_len=32,
         batch_size=8,
         voters=2,
+        representation=representation,
         train=TrainConfig(max_steps=60, lr=3e-3, log_every=20, warmup_ratio=0.0),
     )
     r = run_finetune(cfg, echo=None)
     assert r.dev["score"] >= 0.9, (r.dev, r.train.history)
+    assert load_task_model(r.model).representation == representation
 
 
 def test_xnli_pairs_finetune_uses_token_types(tiny, tmp_path):

@@ -120,3 +120,61 @@ def test_translations_score_above_unrelated_pairs(loaded, shared_data):
         paired, unrelated = sim.diag().mean(), sim[~torch.eye(30, dtype=torch.bool)].mean()
         assert paired > unrelated + 0.1, (lang, paired.item(), unrelated.item())
         assert (sim.argmax(1) == torch.arange(30)).float().mean() >= 0.8, lang
+
+
+def cls10_slice(src, out, per_label: int):
+    """The first ``per_label`` positive and negative reviews of a CLS-10 file, as a CLS-10 file."""
+    import re
+
+    items = re.findall(r"<item>.*?</item>", src.read_text(encoding="utf-8"), flags=re.S)
+    rating = [float(re.search(r"<rating>(.*?)</rating>", i).group(1)) for i in items]
+    pos = [i for i, r in zip(items, rating, strict=True) if r > 3][:per_label]
+    neg = [i for i, r in zip(items, rating, strict=True) if r < 3][:per_label]
+    body = "\n".join(pos + neg)
+    out.write_text(f'<?xml version="1.0" encoding="utf-8"?>\n<items>{body}\n</items>\n', "utf-8")
+    return out
+
+
+def test_the_e5_preset_runs_btf_finetune_and_evaluate(converted, shared_data, tmp_path):
+    """configs/e5-small-cls.toml on the converted model: btf starts from a fresh MLM head (the
+    checkpoint has none), finetune reads the mean representation, evaluate scores de."""
+    import json
+    from pathlib import Path
+
+    from click.testing import CliRunner
+    from safetensors import safe_open
+
+    from xlt_engine.cli import main
+
+    cls = shared_data / "cls10"
+    en, de = cls / "en" / "books", cls / "de" / "books"
+    files = {
+        "languages.en.train": cls10_slice(en / "train.review", tmp_path / "en.train", 8),
+        "languages.en.test": cls10_slice(en / "test.review", tmp_path / "en.test", 4),
+        "languages.de.unlabeled": cls10_slice(de / "train.review", tmp_path / "de.train", 8),
+        "languages.de.test": cls10_slice(de / "test.review", tmp_path / "de.test", 4),
+    }
+    preset = Path(__file__).resolve().parents[2] / "configs" / "e5-small-cls.toml"
+    sets = {
+        "model.path": converted,
+        "targets": '["de"]',
+        "model.max_len": 64,
+        "btf.batch_size": 4,
+        "btf.train.max_steps": 2,
+        "finetune.batch_size": 4,
+        "finetune.train.max_steps": 3,
+        **files,
+    }
+    args = ["--config", str(preset), "--out", str(tmp_path / "run"), "--no-progress"]
+    for key, value in sets.items():
+        args += ["--set", f"{key}={value}"]
+    run = tmp_path / "run"
+    for stage in ("btf", "finetune", "evaluate"):
+        res = CliRunner().invoke(main, ["run", "--stage", stage, *args])
+        assert res.exit_code == 0, (stage, res.output, res.exception)
+    with safe_open(str(run / "btf" / "base-model" / "model.safetensors"), "pt") as f:
+        assert "cls.predictions.transform.dense.weight" in f.keys()  # the fresh head, trained
+    meta = json.loads((run / "finetune" / "model" / "task.json").read_text())
+    assert meta["representation"] == "mean"
+    results = json.loads((run / "evaluate-finetune" / "results.json").read_text())
+    assert sorted(results["languages"]) == ["de", "en"]

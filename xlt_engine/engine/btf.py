@@ -105,6 +105,9 @@ class MlmObjective(nn.Module):
         self.encoder, self.head = model.encoder, model.head
         self.__dict__["model"] = model  # not registered twice
 
+    def idle_parameters(self) -> list[str]:
+        return self.model.idle_parameters()
+
     def forward(self, input_ids, positions, attention_mask, labels) -> torch.Tensor:
         m = self.model
         h = m.masked_hidden(input_ids, positions, attention_mask)  # (N, H): masked rows only

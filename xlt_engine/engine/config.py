@@ -26,6 +26,7 @@ import tomllib
 from xlt_engine import STAGES
 from xlt_engine.data.task import Format
 from xlt_engine.engine.loop import TrainConfig
+from xlt_engine.model.checkpoint import plan_checkpoint
 from xlt_engine.model.config import BertConfig
 
 TASKS = ("ner", "classification")
@@ -80,15 +81,21 @@ MAX_VOTERS = (
 )
 
 
+Representation = Literal["cls", "pooler", "mean"]  # model.task.REPRESENTATIONS
+
+
 @dataclass(frozen=True)
 class HeadSettings:
-    """The VotersModule of every task model (``[model]`` and the library's FinetuneConfig)."""
+    """The head of every task model (``[model]`` and the library's FinetuneConfig): the
+    VotersModule and, for sequence tasks, the sentence vector it reads."""
 
     voters: int = 3  # 1: the -VM ablation
     voter_widths: tuple[int, ...] = ()  # () : spread over 0.75H .. 1.25H
     voter_dropout: float = 0.1
+    representation: Representation = "cls"  # sequence tasks: cls, pooler (needs one) or mean
 
     def __post_init__(self):
+        check_choices(self)
         if not 1 <= self.voters <= MAX_VOTERS:
             raise ValueError(f"voters must be in [1, {MAX_VOTERS}], got {self.voters}")
         if any(w < 1 for w in self.voter_widths):
@@ -305,6 +312,11 @@ class ExperimentConfig:
             raise ValueError(
                 f"task {self.task!r} does not go with data.format {self.data.format!r}"
             )
+        if self.task == "ner" and self.model.representation != "cls":
+            raise ValueError(
+                f"model.representation: {self.model.representation!r} is for sequence tasks "
+                "(NER labels every word's first sub-token; leave it 'cls')"
+            )
         if not self.targets:
             raise ValueError("targets: give at least one target language")
         for lang in (self.source, *self.targets):
@@ -498,6 +510,15 @@ def max_positions(folder: Path) -> int | None:
         return None
 
 
+def has_pooler(folder: Path) -> bool | None:
+    """Whether the checkpoint in ``folder`` holds ``pooler.dense`` (header reads only), or None
+    when it cannot be planned (loading it reports why, naming the file)."""
+    try:
+        return plan_checkpoint(folder, "encoder").pooler
+    except (ValueError, OSError):
+        return None
+
+
 def check_files(cfg: ExperimentConfig, stage: str) -> None:
     """Every file ``stage`` reads must exist; one ``ConfigError`` lists all that do not."""
     problems = []
@@ -519,6 +540,15 @@ def check_files(cfg: ExperimentConfig, stage: str) -> None:
         problems.append(
             f"model.max_len: {cfg.model.max_len} is more than the {positions} positions of the "
             f"model ({Path(cfg.model.path) / 'config.json'})"
+        )
+    if (
+        stage in ("finetune", "selftrain")
+        and cfg.model.representation == "pooler"
+        and has_pooler(Path(cfg.model.path)) is False
+    ):
+        problems.append(
+            f"model.representation: 'pooler', but {cfg.model.path} holds no pooler.dense "
+            "weights (use 'cls' or 'mean')"
         )
     src, tgt = cfg.source, cfg.pair_target
     if stage == "btf":

@@ -146,6 +146,7 @@ def build_selftrain(cfg: ExperimentConfig) -> SelftrainConfig:
         voters=cfg.model.voters,
         voter_widths=cfg.model.voter_widths or None,
         voter_dropout=cfg.model.voter_dropout,
+        representation=cfg.model.representation,
         device=cfg.device,
     )
 

@@ -32,7 +32,8 @@ from xlt_engine.model.task import load_task_model, new_task_model, save_task_mod
 @dataclass(frozen=True, kw_only=True)
 class FinetuneConfig(FinetuneSettings, HeadSettings, TaskSettings):
     """Fine-tuning's settings (``FinetuneSettings``) and the head's (``HeadSettings``: voters,
-    voter_widths, voter_dropout) plus what this run reads and where it writes."""
+    voter_widths, voter_dropout, representation) plus what this run reads and where it
+    writes."""
 
     model: str  # Base Model or mBERT folder (Hugging Face layout, with its tokenizer files)
     train_file: str  # labeled source-language data
@@ -78,9 +79,18 @@ def run_finetune(
 
     encoder = load_encoder(cfg.model, dtype=torch.float32, device=device)
     torch.manual_seed(cfg.train.seed)  # the fresh voters are a function of the seed
-    model = new_task_model(
-        encoder, train_data.kind, labels, cfg.voters, cfg.voter_widths or None, cfg.voter_dropout
-    )
+    try:
+        model = new_task_model(
+            encoder,
+            train_data.kind,
+            labels,
+            cfg.voters,
+            cfg.voter_widths or None,
+            cfg.voter_dropout,
+            cfg.representation,
+        )
+    except ValueError as err:
+        raise ValueError(f"{cfg.model}: {err}") from None
     data = TaskBatches(enc, tok.pad_id, cfg.batch_size, cfg.max_tokens, cfg.train.seed)
 
     def loss_fn(m: nn.Module, batch: dict, gen: torch.Generator) -> torch.Tensor:

@@ -180,12 +180,15 @@ def freeze(
 
 
 def prepare(model: nn.Module, cfg: TrainConfig, device: torch.device, frozen=()) -> nn.Module:
-    """Freeze exactly ``frozen`` and ``cfg.freeze`` (patterns over ``model``'s parameter names;
-    every other parameter trains, whatever an earlier step froze), then wrap the model in DDP
+    """Freeze exactly ``frozen``, ``cfg.freeze`` (patterns over ``model``'s parameter names)
+    and the parameters the model says it never reads (``model.idle_parameters()``, e.g. a
+    pooler that the loss does not use: DDP needs a gradient for every trainable parameter);
+    every other parameter trains, whatever an earlier step froze. Then wrap the model in DDP
     when a process group is up: what a stage hands to ``train``."""
     for p in model.parameters():
         p.requires_grad_(True)
-    freeze(model, (*frozen, *cfg.freeze))
+    idle = model.idle_parameters() if hasattr(model, "idle_parameters") else []
+    freeze(model, (*frozen, *cfg.freeze, *(re.escape(n) + r"\Z" for n in idle)))
     return distributed.wrap(model, device)
 
 

@@ -92,6 +92,7 @@ class SelftrainConfig(SelftrainSettings, TaskSettings):
     voters: int | None = None  # the student's voters (None: the teacher's head, all three)
     voter_widths: tuple[int, ...] | None = None
     voter_dropout: float | None = None
+    representation: str | None = None  # the students' sentence vector (None: the teacher's)
 
     def __post_init__(self):
         SelftrainSettings.__post_init__(self)
@@ -104,6 +105,8 @@ class SelftrainConfig(SelftrainSettings, TaskSettings):
         check_task_model(self.teacher, self.format)
         if self.voters is not None:  # the checks of HeadSettings, once the head is given
             HeadSettings(self.voters, self.voter_widths or (), self.voter_dropout or 0.0)
+        if self.representation is not None:
+            HeadSettings(representation=self.representation)
 
 
 @dataclass
@@ -250,6 +253,7 @@ class SelfTraining:
         self.dropout = cfg.voter_dropout
         if self.dropout is None:
             self.dropout = first.voters.voters[0].dropout.p
+        self.representation = cfg.representation or first.representation
         del first
         self.seed = cfg.soft.seed
         src_data = read_task_file(cfg.source_file, cfg.format)
@@ -356,9 +360,18 @@ class SelfTraining:
         encoder = load_encoder(cfg.base_model, dtype=torch.float32, device=device)
         digest = encoder_digest(encoder)
         torch.manual_seed(self.seed + 1000 * r)  # the fresh voters: a function of seed, round
-        student = new_task_model(
-            encoder, self.kind, self.labels, self.num_voters, self.widths, self.dropout
-        )
+        try:
+            student = new_task_model(
+                encoder,
+                self.kind,
+                self.labels,
+                self.num_voters,
+                self.widths,
+                self.dropout,
+                self.representation,
+            )
+        except ValueError as err:
+            raise ValueError(f"{cfg.base_model}: {err}") from None
         data = SoftBatches(
             self.tgt, probs, self.tok.pad_id, cfg.batch_size, cfg.max_tokens, self.seed
         )

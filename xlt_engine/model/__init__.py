@@ -9,9 +9,16 @@ from xlt_engine.model.checkpoint import (
 )
 from xlt_engine.model.config import BertConfig
 from xlt_engine.model.heads import SequenceClassificationHead, TokenClassificationHead, VotersModule
-from xlt_engine.model.task import TaskModel, load_task_model, new_task_model, save_task_model
+from xlt_engine.model.task import (
+    REPRESENTATIONS,
+    TaskModel,
+    load_task_model,
+    new_task_model,
+    save_task_model,
+)
 
 __all__ = [
+    "REPRESENTATIONS",
     "BertConfig",
     "BertEncoder",
     "BertForMLM",

@@ -231,6 +231,11 @@ class BertForMLM(nn.Module):
         init_bert_weights(self.head, config.initializer_range)
         nn.init.zeros_(self.head.bias)
 
+    def idle_parameters(self) -> list[str]:
+        """Parameters the MLM loss never reads (the pooler): ``loop.prepare`` freezes them, as
+        DDP needs every trainable parameter to get a gradient."""
+        return [n for n, _ in self.named_parameters() if n.startswith("encoder.pooler.")]
+
     @property
     def decoder_weight(self) -> torch.Tensor:
         """The tied decoder weight [V, H] (the word embedding matrix)."""

@@ -15,9 +15,9 @@ Key rules (DESIGN.md "Checkpoints"): the ``bert.`` prefix may be present or abse
 pooler (``pooler.dense``) is loaded when present (the encoder then has one) and saved back; a
 checkpoint with no MLM head at all (an embedding model such as e5 or LaBSE, any ``BertModel``
 save) loads into ``BertForMLM`` with a fresh head (transform initialised as BERT does, decoder
-tied, bias zero), and the plan lists it under ``initialised``; the decoder weight is tied to the word embeddings and may be absent (if
-present it must equal them); ``cls.predictions.decoder.bias``, if present, must equal
-``cls.predictions.bias``. ``.bin`` files are read only through
+tied, bias zero), and the plan lists it under ``initialised``; the decoder weight is tied to the
+word embeddings and may be absent (if present it must equal them);
+``cls.predictions.decoder.bias``, if present, must equal ``cls.predictions.bias``. ``.bin`` files are read only through
 ``torch.load(weights_only=True)``: no pickle code runs.
 
 The RoBERTa family (``model_type`` ``roberta`` / ``xlm-roberta``) reads and writes its own names
@@ -26,7 +26,8 @@ through the same table: ``roberta.`` for ``bert.``, ``lm_head.dense`` / ``lm_hea
 ``.bias`` / ``.decoder`` (``FAMILIES``).
 
 Saving writes Hugging Face names (``bert.`` prefix, ``cls.predictions.*``, or the RoBERTa
-family's), ``config.json`` and the tokenizer files into a temporary folder that replaces the target only when complete.
+family's), ``config.json`` and the tokenizer files into a temporary folder that replaces the
+target only when complete.
 """
 
 from __future__ import annotations
@@ -570,7 +571,9 @@ def load_pretrained(
     checkpoint with no MLM head gets a fresh one (``plan_checkpoint(path).initialised`` names
     its parameters).
     """
-    model = _materialise(plan_checkpoint(path, "mlm", config), dtype, device)
+    plan = plan_checkpoint(path, "mlm", config)
+    plan.tokenizer = None  # checked; not held while the weights load (250K pieces: ~0.3 GB)
+    model = _materialise(plan, dtype, device)
     return model.eval()
 
 
@@ -582,7 +585,9 @@ def load_encoder(
     config: BertConfig | None = None,
 ) -> BertEncoder:
     """Load only the encoder of a BERT checkpoint (an MLM head, if stored, is ignored)."""
-    model = _materialise(plan_checkpoint(path, "encoder", config), dtype, device)
+    plan = plan_checkpoint(path, "encoder", config)
+    plan.tokenizer = None  # checked; not held while the weights load (250K pieces: ~0.3 GB)
+    model = _materialise(plan, dtype, device)
     return model.eval()
 
 

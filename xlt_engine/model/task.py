@@ -1,11 +1,16 @@
-"""A task model: the BERT encoder plus a ``VotersModule``, for sequence classification (the
-[CLS] position: CLS-10, MARC, XNLI) or token classification (one label per word, on its first
+"""A task model: the BERT encoder plus a ``VotersModule``, for sequence classification (one
+vector per input: CLS-10, MARC, XNLI) or token classification (one label per word, on its first
 sub-token: CoNLL NER).
+
+A sequence is represented (``REPRESENTATIONS``) by its first position's last hidden state
+(``cls``, BERT fine-tuning's default), by BERT's pooler over it (``pooler``: tanh(dense(h[CLS])),
+for checkpoints that ship ``pooler.dense``, as LaBSE does), or by the mean of the last hidden
+state over the attention mask (``mean``: how e5 and most sentence-embedding models pool).
 
 Saved as a Hugging Face folder (``config.json``, ``model.safetensors`` with the encoder under
 ``bert.*``, the tokenizer) plus ``voters.safetensors`` and ``task.json`` (kind, label names,
-voter widths, dropout). transformers' ``BertModel`` loads the encoder from the same folder and
-ignores the two extra files.
+voter widths, dropout, representation). transformers' ``BertModel`` loads the encoder from the
+same folder and ignores the two extra files.
 """
 
 from __future__ import annotations
@@ -23,8 +28,44 @@ from xlt_engine.model.checkpoint import load_encoder, save_pretrained
 from xlt_engine.model.heads import VotersModule
 
 KINDS = ("sequence", "token")
+REPRESENTATIONS = ("cls", "pooler", "mean")
 TASK_FILE = "task.json"
 VOTERS_FILE = "voters.safetensors"
+
+
+def check_representation(representation: str, kind: str, encoder: BertEncoder) -> None:
+    if representation not in REPRESENTATIONS:
+        raise ValueError(
+            f"representation must be one of {', '.join(REPRESENTATIONS)}, got {representation!r}"
+        )
+    if kind == "token" and representation != "cls":
+        raise ValueError(
+            f"representation {representation!r} is for sequence tasks: token classification "
+            "labels every word's first sub-token (leave representation = 'cls')"
+        )
+    if representation == "pooler" and encoder.pooler is None:
+        raise ValueError(
+            "representation 'pooler': the encoder has no pooler (its checkpoint holds no "
+            "pooler.dense weights); use 'cls' or 'mean'"
+        )
+
+
+def represent(
+    encoder: BertEncoder,
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    representation: str,
+) -> torch.Tensor:
+    """[B, T, H] last hidden state -> [B, H] sentence vectors (see the module docstring)."""
+    if representation == "cls":
+        return hidden[:, 0]
+    if representation == "pooler":
+        return encoder.pooled(hidden)
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    mask = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    # a fully padded row (never made by the batcher) gives zeros, not NaN
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
 
 
 class TaskModel(nn.Module):
@@ -33,15 +74,30 @@ class TaskModel(nn.Module):
     ``[M, B, T, C]``."""
 
     def __init__(
-        self, encoder: BertEncoder, voters: VotersModule, kind: str, labels: Sequence[str]
+        self,
+        encoder: BertEncoder,
+        voters: VotersModule,
+        kind: str,
+        labels: Sequence[str],
+        representation: str = "cls",
     ):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         if len(labels) != voters.num_labels:
             raise ValueError(f"{len(labels)} label names for {voters.num_labels} voter classes")
+        check_representation(representation, kind, encoder)
         self.encoder, self.voters, self.kind, self.labels = encoder, voters, kind, list(labels)
+        self.representation = representation
         self.config = encoder.config
+
+    def idle_parameters(self) -> list[str]:
+        """Parameters this model never reads (the pooler, unless it is the representation):
+        ``loop.prepare`` freezes them, as DDP needs every trainable parameter to get a
+        gradient."""
+        if self.representation == "pooler":
+            return []
+        return [n for n, _ in self.named_parameters() if n.startswith("encoder.pooler.")]
 
     def forward(
         self,
@@ -52,7 +108,8 @@ class TaskModel(nn.Module):
     ) -> torch.Tensor:
         hidden = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)
         if self.kind == "sequence":
-            return self.voters(hidden[:, 0])  # (M, B, C)
+            features = represent(self.encoder, hidden, attention_mask, self.representation)
+            return self.voters(features)  # (M, B, C)
         if positions is not None:
             B, T, H = hidden.shape
             return self.voters(hidden.reshape(B * T, H).index_select(0, positions))  # (M, N, C)
@@ -66,11 +123,14 @@ def new_task_model(
     num_voters: int = 3,
     widths: Sequence[int] | None = None,
     dropout: float = 0.1,
+    representation: str = "cls",
 ) -> TaskModel:
     """``encoder`` plus a freshly initialised ``VotersModule`` (on the encoder's device)."""
+    check_representation(representation, kind, encoder)  # before drawing any weights
     p = next(encoder.parameters())
     voters = VotersModule(encoder.config.hidden_size, len(labels), num_voters, widths, dropout)
-    return TaskModel(encoder, voters.to(device=p.device, dtype=p.dtype), kind, labels)
+    voters = voters.to(device=p.device, dtype=p.dtype)
+    return TaskModel(encoder, voters, kind, labels, representation)
 
 
 def save_task_model(model: TaskModel, out_dir: str | Path, tokenizer=None) -> Path:
@@ -82,6 +142,7 @@ def save_task_model(model: TaskModel, out_dir: str | Path, tokenizer=None) -> Pa
         "num_voters": voters.num_voters,
         "widths": voters.widths,
         "dropout": voters.voters[0].dropout.p,
+        "representation": model.representation,
     }
 
     def extra(folder: Path) -> None:
@@ -109,6 +170,12 @@ def read_task_meta(path: str | Path) -> dict:
             raise ValueError(f"{meta_path}: missing key {key!r}")
     if meta["kind"] not in KINDS:
         raise ValueError(f"{meta_path}: kind {meta['kind']!r} is not one of {KINDS}")
+    meta.setdefault("representation", "cls")  # folders written before it was a setting
+    if meta["representation"] not in REPRESENTATIONS:
+        raise ValueError(
+            f"{meta_path}: representation {meta['representation']!r} is not one of "
+            f"{', '.join(REPRESENTATIONS)}"
+        )
     return meta
 
 
@@ -137,5 +204,14 @@ def load_task_model(
             f"{unexpected}, wrong shape {bad}"
         )
     voters.load_state_dict(state)
-    model = TaskModel(encoder, voters.to(device=device, dtype=dtype), meta["kind"], meta["labels"])
+    try:
+        model = TaskModel(
+            encoder,
+            voters.to(device=device, dtype=dtype),
+            meta["kind"],
+            meta["labels"],
+            meta["representation"],
+        )
+    except ValueError as err:
+        raise ValueError(f"{path / TASK_FILE}: {err}") from None
     return model.eval()

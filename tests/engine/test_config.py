@@ -121,7 +121,8 @@ def test_set_overrides_parse_toml_values(tmp_path):
 
 
 def test_shipped_presets_load_and_find_their_data(tiny):
-    for path, lang in ((CONLL, "eng"), (CLS, "en")):
+    e5_conll, e5_cls = (ROOT / "configs" / f"e5-small-{t}.toml" for t in ("conll", "cls"))
+    for path, lang in ((CONLL, "eng"), (CLS, "en"), (e5_conll, "eng"), (e5_cls, "en")):
         cfg = load_config(path, [f"data.root={SHARED_DATA}", f"model.path={tiny}"])
         assert cfg.source == lang and len(cfg.targets) == 3
         for stage in ("btf", "finetune", "evaluate"):

@@ -1,5 +1,7 @@
 import json
+from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
@@ -7,6 +9,8 @@ from safetensors.torch import load_file, save_file
 from xlt_engine import __version__
 from xlt_engine.cli import main
 from xlt_engine.model import load_pretrained
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(*args):
@@ -80,3 +84,51 @@ def test_init_with_mbert_vocab(tmp_path, mbert_vocab):
     assert r.exit_code == 0, r.output
     r = run("inspect", tmp_path / "m")
     assert "V=119547" in r.output and "[CLS]=101" in r.output
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "dev-null", "is-a-file"])
+def test_bad_output_locations_are_one_line_errors_before_any_work(tmp_path, where):
+    """An --out that cannot be a folder gave NotADirectoryError / FileExistsError tracebacks."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    out = {
+        "under-a-file": blocker / "run",
+        "dev-null": Path("/dev/null/run"),
+        "is-a-file": blocker,
+    }[where]
+    commands = [
+        ["init", str(out)],
+        ["quickstart", "--out", str(out)],
+        ["bench", "kernels", "--op", "mse", "--out", str(out)],
+        [
+            "run",
+            "--stage",
+            "finetune",
+            "--config",
+            str(ROOT / "configs" / "quickstart.toml"),
+            "--out",
+            str(out),
+        ],
+    ]
+    for args in commands:
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code in (1, 2), (args, res.output, res.exception)  # 2: click's usage
+        assert isinstance(res.exception, SystemExit), (args, res.exception)
+        line = res.output.strip().splitlines()[-1]
+        assert line.startswith("Error: ") and str(out) in line, (args, res.output)
+        assert "not a folder" in line or "is a file" in line, (args, line)
+    assert blocker.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_check_writable_names_what_cannot_be_written(tmp_path, monkeypatch):
+    """A folder the process may not write in (faked: this test may run as root, which may)."""
+    import tempfile
+
+    from xlt_engine.fileio import check_writable
+
+    def refuse(*_a, **_k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(ValueError, match=rf"--out {tmp_path}/x/y: cannot write in {tmp_path} "):
+        check_writable(tmp_path / "x" / "y", "--out")

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from xlt_engine import STAGES, __version__
+from xlt_engine.fileio import check_writable
 
 
 def _fail(err: Exception) -> None:
@@ -55,6 +56,7 @@ def init(
     from xlt_engine.model import BertConfig, BertForMLM, save_pretrained
 
     try:
+        check_writable(out, "OUT")
         tokenizer = load_tokenizer(vocab) if vocab is not None else default_tokenizer()
         config = BertConfig(
             vocab_size=tokenizer.vocab_size,
@@ -212,6 +214,11 @@ def bench_kernels(ops, providers, modes, device, reps, out, no_save) -> None:
     """Time the fused kernels against torch, torch.compile, Hugging Face and Liger."""
     from xlt_engine import bench as bench_mod
 
+    if not no_save:
+        try:
+            check_writable(out, "--out")
+        except ValueError as err:
+            _fail(err)
     bench_mod.run(
         ops=ops or bench_mod.OPS,
         providers=providers or None,
@@ -250,6 +257,7 @@ def corpus(sources, target_text, entity_map, out, max_per_entity, min_length, to
     from xlt_engine.data.corpus import build_corpus, entity_names, read_entity_map
 
     try:
+        check_writable(out.parent, "--out")
         files = [read_conll(p) for p in sources]
         mapping = read_entity_map(entity_map) if entity_map is not None else None
         names = entity_names(files, mapping, min_length)
@@ -274,6 +282,7 @@ def _experiment(config_path, overrides, out, no_btf=False, fixed_threshold=None,
     cfg = load_config(config_path, overrides)
     if out is not None:
         cfg = dataclasses.replace(cfg, out=str(out))
+    check_writable(cfg.run_dir(), "--out" if out is not None else "out (the run folder)")
     if no_btf:
         cfg = with_section(cfg, "finetune", init="pretrained")
         cfg = with_section(cfg, "selftrain", base="pretrained", teacher="finetune-direct")
@@ -460,6 +469,7 @@ def quickstart(out, seed, resume, progress) -> None:
         from xlt_engine.quickstart import prepare
 
         start = time.perf_counter()
+        check_writable(out, "--out")
         if resume and (out / "quickstart.toml").is_file():
             cfg_path = out / "quickstart.toml"
         else:

@@ -1,5 +1,6 @@
 """Atomic file writing: a temporary file in the same folder, fsync, then rename, so a reader
-(or a crash) never sees a half-written file."""
+(or a crash) never sees a half-written file. Files and folders get the permissions ``open`` and
+``mkdir`` would give them (0666 / 0777 less the umask), not the 0600 / 0700 of ``tempfile``."""
 
 from __future__ import annotations
 
@@ -11,6 +12,49 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux says it (``/proc``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and put back at once
+    os.umask(mask)
+    return mask
+
+
+def temp_dir_beside(prefix: str, dir: str | Path) -> Path:
+    """``tempfile.mkdtemp`` with the permissions of ``mkdir`` (it would be 0700)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp
+
+
+def check_writable(path: str | Path, what: str) -> None:
+    """``path`` (a folder to write into, created later if missing) can be made and written:
+    its nearest existing ancestor is a folder where a file can be created. A ``ValueError``
+    naming ``what`` (e.g. ``--out``) and the path otherwise; nothing is left behind."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path}: is a file, not a folder")
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ValueError(f"{what} {path}: {probe} is not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".xlt-write-check-", dir=probe)
+    except OSError as err:
+        raise ValueError(f"{what} {path}: cannot write in {probe} ({err.strerror})") from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -29,6 +73,7 @@ def atomic_file(path: str | Path, mode: str = "wb", **open_kwargs) -> Iterator[I
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes it 0600
         with os.fdopen(fd, mode, **open_kwargs) as f:
             yield f
             f.flush()
@@ -43,15 +88,17 @@ def atomic_file(path: str | Path, mode: str = "wb", **open_kwargs) -> Iterator[I
 @contextmanager
 def atomic_folder(path: str | Path) -> Iterator[Path]:
     """Build the folder ``path`` in a temporary folder beside it: on a clean exit its files are
-    fsynced and it replaces ``path`` (an existing ``path`` is moved aside first and put back if
+    given the umask's mode, fsynced, and it replaces ``path`` (an existing ``path`` is moved aside first and put back if
     the rename fails); on an error the temporary folder is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = temp_dir_beside(f".{path.name}.tmp-", path.parent)
     try:
         yield tmp
+        mode = 0o666 & ~current_umask()
         for f in tmp.iterdir():
             with open(f, "rb") as fh:
+                os.fchmod(fh.fileno(), mode)  # writers such as safetensors' make them 0600
                 os.fsync(fh.fileno())
         fsync_dir(tmp)
         old = None

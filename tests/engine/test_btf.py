@@ -257,3 +257,32 @@ def test_epochs_resolve_to_steps():
             save_model=None,
             load_model=None,
         )
+
+
+def test_checkpoints_are_written_by_the_clock_by_default(tmp_path):
+    """A kill loses at most ``save_minutes`` of training: with no save_every, a step that
+    outlasts the period is followed by a checkpoint; save_minutes = 0 saves only at the end."""
+    import time
+
+    assert TrainConfig(max_steps=1).save_minutes == 10  # on unless turned off
+    model = torch.nn.Linear(3, 1)
+
+    def loss_fn(m, batch, gen):
+        time.sleep(0.01)  # 10 ms a step, more than the 6 ms period below
+        return m(batch["x"]).pow(2).mean()
+
+    for minutes, want in ((1e-4, [1, 2, 3, 4, 5]), (0, [5])):
+        saved = []
+
+        def save(m, folder, saved=saved):
+            folder.mkdir()
+            saved.append(int(folder.parent.name.split("-")[1]))
+
+        cfg = TrainConfig(max_steps=5, lr=1e-3, log_every=100, save_minutes=minutes)
+        out = tmp_path / f"m{minutes}"
+        train(model, loss_fn, Data(), cfg, out, save_model=save, load_model=None, echo=None)
+        assert saved == want
+        assert [p.name for p in out.glob("ckpt-*")] == ["ckpt-00000005"]  # keep_checkpoints 1
+    for bad in (-1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="save_minutes must be a finite number >= 0"):
+            TrainConfig(max_steps=1, save_minutes=bad)

@@ -19,14 +19,13 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from xlt_engine.data.text import iter_text
 from xlt_engine.data.tokenizer import WordPieceTokenizer
-from xlt_engine.fileio import atomic_write_text, fsync_dir
+from xlt_engine.fileio import atomic_write_text, fsync_dir, temp_dir_beside
 
 FORMAT = 1
 
@@ -83,7 +82,7 @@ class TokenCache:
         if (folder / "meta.json").is_file():
             return cls(folder)
         cache_root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=cache_root))
+        tmp = temp_dir_beside(f".{folder.name}.", cache_root)
         try:
             n_lines = n_ids = 0
             with (

@@ -12,7 +12,9 @@ position is just ``(epoch, index)`` and a resumed run reads the same batches. ``
 batch, generator)`` gets a ``torch.Generator`` seeded from ``(seed, epoch, index)`` for any
 randomness of its own (MLM masking); dropout draws from torch's global RNG, whose state is saved.
 
-Checkpoints: ``run_dir/ckpt-<step>/`` holds the model (``save_model``: for BERT, safetensors
+Checkpoints are written every ``save_minutes`` of training (10 by default, so a kill loses at
+most that), every ``save_every`` steps if set, at the end and on SIGINT/SIGTERM; the newest
+``keep_checkpoints`` stay. ``run_dir/ckpt-<step>/`` holds the model (``save_model``: for BERT, safetensors
 with Hugging Face names) and ``state.pt`` (optimizer, scaler, step, data position, RNG states of
 python / numpy / torch / cuda); ``run_dir/latest`` names the newest complete one and is
 replaced atomically after both are written, so a kill at any moment leaves a usable checkpoint.
@@ -25,9 +27,9 @@ Metrics go to ``run_dir/metrics.jsonl`` (one JSON object per log interval or eva
 ``.item()`` is called only there. Distributed (DDP, ``torch.distributed`` initialised, e.g. by
 ``engine.distributed.init``): freeze, then wrap the model before calling ``train``; the data
 source shards batches round-robin by rank (``data.batching.shard``); the logged loss and token
-counts are reduced over ranks; a signal stops every rank at the next log or save point (no
-per-step sync); each rank's RNG state
-goes into the checkpoint; only rank 0 writes.
+counts are reduced over ranks; a signal stops, and a due time-based save saves, every rank at
+the next log or save point (no per-step sync); each rank's RNG state goes into the
+checkpoint; only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ class TrainConfig:
     freeze: tuple[str, ...] = ()  # regexes matched (re.match) against the trained model's
     # parameter names: encoder.embeddings.*, encoder.layers.<i>.*, voters.* (task), head.* (MLM)
     log_every: int = 10
-    save_every: int = 0  # 0: only at the end (and on SIGINT/SIGTERM)
+    save_every: int = 0  # a checkpoint every this many steps (0: none by count)
+    save_minutes: float = 10.0  # and one every this many minutes of training (0: none by time);
+    # always one at the end and on SIGINT/SIGTERM. Under DDP the ranks agree at log points.
     eval_every: int = 0
     keep_checkpoints: int = 1
     seed: int = 0
@@ -107,6 +111,14 @@ class TrainConfig:
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise ValueError(
                 f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}"
+            )
+        if not (
+            isinstance(self.save_minutes, int | float)
+            and self.save_minutes >= 0
+            and math.isfinite(self.save_minutes)
+        ):
+            raise ValueError(
+                f"save_minutes must be a finite number >= 0, got {self.save_minutes!r}"
             )
         if not (self.clip >= 0 and math.isfinite(self.clip)):
             raise ValueError(f"clip must be a finite number >= 0, got {self.clip!r}")
@@ -417,7 +429,8 @@ def train(
         )
         bar.__enter__()
         bar.update(step)
-    t_last = time.perf_counter()
+    t_last = t_saved = time.perf_counter()
+    save_period = cfg.save_minutes * 60
     last_loss = float("nan")
     last_ckpt = None
     try:
@@ -474,15 +487,20 @@ def train(
 
             log_now = step % cfg.log_every == 0 or step == cfg.max_steps
             save_now = (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps
+            timed = bool(save_period) and time.perf_counter() - t_saved >= save_period
             stopping = stop["signal"]
             if distributed:
-                # a signal may reach the ranks at different steps: they agree on it at log and
-                # save points only (already a sync), so a DDP run stops at the next such point
+                # a signal or the save clock may reach the ranks at different steps: they agree
+                # at log and save points only (already a sync), so a DDP run stops or saves at
+                # the next such point
                 stopping = None
                 if log_now or save_now:
-                    flag = torch.tensor([stop["signal"] or 0], device=device)
+                    flag = torch.tensor([stop["signal"] or 0, int(timed)], device=device)
                     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                    stopping = int(flag.item()) or None
+                    stopping = int(flag[0].item()) or None
+                    save_now = save_now or bool(flag[1].item())
+            else:
+                save_now = save_now or timed
             if log_now or save_now or stopping is not None:
                 n_steps = steps_since_log  # a save or signal may log between log intervals
                 if distributed:
@@ -527,6 +545,7 @@ def train(
                         echo(f"step {step}/{cfg.max_steps} {line}")
             if save_now or stopping is not None:
                 last_ckpt = checkpoint()
+                t_saved = time.perf_counter()
             if stopping is not None:
                 name = signal.Signals(stopping).name
                 raise Interrupted(

@@ -43,7 +43,7 @@ from xlt_engine.fileio import atomic_write_text
 FINGERPRINT = "fingerprint.json"
 MIB = 1 << 20
 # keys that change neither a stage's results nor what it reads
-VOLATILE = ("log_every", "save_every", "keep_checkpoints")
+VOLATILE = ("log_every", "save_every", "save_minutes", "keep_checkpoints")
 NAMED_MODELS = ("pretrained", "btf", "finetune", "finetune-direct", "selftrain")
 
 

@@ -1,9 +1,11 @@
 """read_conll on the real CoNLL files (official counts) and on small crafted ones."""
 
+import warnings
+
 import pytest
 
 from xlt_engine.data import read_conll
-from xlt_engine.data.conll import check_labels_known, to_iob2
+from xlt_engine.data.conll import EncodingFallback, check_labels_known, to_iob2
 
 OFFICIAL = {  # sentences, documents, tokens: ../shared/data/README.md
     "conll2003_en/eng.train": (14041, 946, 203621),
@@ -37,7 +39,8 @@ def test_paper_count_includes_docstart_lines(shared_data):
 
 
 def test_german_is_latin1_and_decoded(shared_data):
-    f = read_conll(shared_data / "conll2003_de/deu.testa")
+    with pytest.warns(EncodingFallback, match=r"deu.testa: read as latin-1: 8,917 byte sequences"):
+        f = read_conll(shared_data / "conll2003_de/deu.testa")
     assert f.encoding == "latin-1"
     assert f[0].tokens[:2] == ["Großer", "Foto-Wettbeweb"]
     assert f.converted_tags > 0  # IOB1
@@ -67,9 +70,28 @@ def test_docstart_without_blank_line_splits_sentences(tmp_path):
     assert f.documents == 2 and f[0].line == 2 and f[1].line == 5
 
 
+def test_utf8_with_a_stray_latin1_byte_is_an_error_not_mojibake(tmp_path, shared_data):
+    """It was decoded entirely as latin-1 with no word: every UTF-8 letter became two."""
+    text = (shared_data / "conll2002/esp.testa").read_bytes()[:20000]  # UTF-8 Spanish
+    text = text[: text.rindex(b"\n") + 1]
+    cut = text.index(b"\n", 10000) + 1
+    p = tmp_path / "x.conll"
+    p.write_bytes(text[:cut] + b"Gro\xdfe NC O\n" + text[cut:])  # one latin-1 sharp s
+    line = text[:cut].count(b"\n") + 1
+    with pytest.raises(ValueError) as info:
+        read_conll(p)
+    msg = str(info.value)
+    assert msg.startswith(f"{p}:{line}: not valid UTF-8 at byte 0xdf at offset {cut + 3} ")
+    assert "stray bytes" in msg and "encoding=" in msg
+    assert read_conll(p, encoding="latin-1").encoding == "latin-1"  # the way out
+
+
 def test_explicit_encoding_error_names_the_line(tmp_path):
     p = write(tmp_path, "a O\n\nGroße O\n", encoding="latin-1")
-    assert read_conll(p).encoding == "latin-1"
+    with pytest.warns(
+        EncodingFallback, match=r"x.conll: read as latin-1: 1 byte sequences .* 0xdf"
+    ):
+        assert read_conll(p).encoding == "latin-1"
     with pytest.raises(ValueError, match=r"x.conll:3: byte 0xdf is not valid utf-8"):
         read_conll(p, encoding="utf-8")
     assert read_conll(p, encoding="latin-1")[1].tokens == ["Große"]
@@ -164,16 +186,27 @@ def test_reader_round_trip_property(
         fix = lambda x: "".join(c if ord(c) < 256 else "?" for c in x)  # noqa: E731
         text, expected_words = fix(text), [[fix(w) for w in s] for s in expected_words]
     data = text.encode(encoding)
+    path = tmp_path_factory.mktemp("conll") / "f.conll"
+    path.write_bytes(data)
     try:
         data.decode("utf-8")
         detected = "utf-8"
     except UnicodeDecodeError:
         detected = "latin-1"
-    # latin-1 bytes can also be valid UTF-8 ("Â¡" is C2 A1): the reader then rightly reads UTF-8
+        # latin-1 bytes can also be valid UTF-8 ("Â¡" is C2 A1): a file where such pairs are
+        # not rare next to the invalid bytes is refused, not guessed
+        lenient = data.decode("utf-8", errors="replace")
+        bad = lenient.count("\ufffd")
+        valid = sum(ord(c) > 127 for c in lenient) - bad
+        if valid * 20 > bad:
+            with pytest.raises(ValueError, match="a UTF-8 file with stray bytes"):
+                read_conll(path)
+            return
+    # ... and a file that is valid UTF-8 is read as UTF-8
     expected_words = [[w.encode(encoding).decode(detected) for w in s] for s in expected_words]
-    path = tmp_path_factory.mktemp("conll") / "f.conll"
-    path.write_bytes(data)
-    f = read_conll(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EncodingFallback)
+        f = read_conll(path)
     assert f.encoding == detected
     assert [s.tokens for s in f] == expected_words
     expected_tags = [to_iob2([t for _, t in s])[0] for s in sentences]

@@ -7,12 +7,18 @@ lines are counted as documents, never as sentences or tokens. Tags are returned 
 files (English, German) are converted, and an IOB2 file passes through unchanged except that an
 ``I-X`` with no ``B-X`` before it (one in Spanish train) becomes ``B-X``, as seqeval reads it.
 
-Encoding: UTF-8 (a BOM is dropped), falling back to latin-1 when the bytes are not UTF-8 (the
-German files), or exactly the encoding given. Every error names the file and the line.
+Encoding: UTF-8 (a BOM is dropped), or exactly the encoding given. A file that is not UTF-8 at
+all by a clear margin (the German files: 8,917 bytes invalid as UTF-8, no valid UTF-8 character)
+is read as latin-1 with an ``EncodingFallback`` warning saying why; a file that is mostly
+UTF-8 with a few stray bytes is an error naming the first one's line and offset (decoding it
+as latin-1 would turn every UTF-8 character into mojibake). Every error names the file and the
+line.
 """
 
 from __future__ import annotations
 
+import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +27,7 @@ from xlt_engine.data.examples import check_labels_known as _check_known
 from xlt_engine.data.examples import decode_text, read_bytes, split_columns, split_lines
 
 DOCSTART = "-DOCSTART-"
+NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 
 @dataclass(frozen=True)
@@ -65,16 +72,41 @@ class ConllFile:
         return sorted({t[2:] for s in self.sentences for t in s.tags if t != "O"})
 
 
+class EncodingFallback(UserWarning):
+    """A file without an encoding given was read as latin-1 (the message says why)."""
+
+
+LATIN1_MARGIN = 20  # latin-1 only when invalid UTF-8 sequences outnumber valid ones 20 to 1
+
+
 def decode(path: Path, data: bytes, encoding: str | None) -> tuple[str, str]:
-    """Bytes -> text. None: UTF-8, else latin-1 (which accepts any byte). An explicit encoding
+    """Bytes -> text and the encoding used (see the module docstring). An explicit encoding
     that fails is an error naming the file, line and byte."""
-    if encoding is None:
-        try:
-            return data.decode("utf-8-sig"), "utf-8"
-        except UnicodeDecodeError:
-            return data.decode("latin-1"), "latin-1"
-    hint = "; leave encoding unset to fall back to latin-1"
-    return decode_text(path, data, encoding, hint), encoding
+    if encoding is not None:
+        return decode_text(path, data, encoding), encoding
+    try:
+        return data.decode("utf-8-sig"), "utf-8"
+    except UnicodeDecodeError as err:
+        first = err.start
+    lenient = data.decode("utf-8", errors="replace")
+    bad = lenient.count("\ufffd") - data.count("\ufffd".encode())  # invalid sequences
+    valid = len(NON_ASCII.findall(lenient)) - lenient.count("\ufffd")
+    line = data.count(b"\n", 0, first) + 1
+    where = f"byte 0x{data[first]:02x} at offset {first} (line {line})"
+    if valid * LATIN1_MARGIN > bad:
+        raise ValueError(
+            f"{path}:{line}: not valid UTF-8 at {where}, yet {valid:,} characters are valid "
+            f"UTF-8 ({bad:,} invalid sequences): a UTF-8 file with stray bytes, which latin-1 "
+            "would turn into mojibake. Fix those bytes, or give the encoding (read_conll(path, "
+            "encoding=...); iconv converts a file to UTF-8)"
+        )
+    warnings.warn(
+        f"{path}: read as latin-1: {bad:,} byte sequences are not UTF-8 (the first: {where}) and "
+        f"{valid:,} are; give the encoding to read it otherwise",
+        EncodingFallback,
+        stacklevel=3,
+    )
+    return data.decode("latin-1"), "latin-1"
 
 
 def check_tag(path: Path, lineno: int, tag: str) -> None:

@@ -286,3 +286,85 @@ def test_checkpoints_are_written_by_the_clock_by_default(tmp_path):
     for bad in (-1, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="save_minutes must be a finite number >= 0"):
             TrainConfig(max_steps=1, save_minutes=bad)
+
+
+def test_small_losses_print_and_nan_before_any_checkpoint_says_so(tmp_path):
+    model = torch.nn.Linear(3, 1)
+    lines = []
+
+    def tiny_loss(m, batch, gen):
+        return m(batch["x"]).sum() * 0 + 1.9e-7
+
+    def save(m, folder):
+        folder.mkdir()
+
+    cfg = TrainConfig(max_steps=2, lr=1e-3, log_every=1)
+    train(
+        model,
+        tiny_loss,
+        Data(),
+        cfg,
+        tmp_path / "a",
+        save_model=save,
+        load_model=None,
+        echo=lines.append,
+    )
+    assert "loss 1.9e-07 " in lines[0], lines  # a fixed 4 decimals printed 0.0000
+
+    def nan_loss(m, batch, gen):
+        return m(batch["x"]).sum() * float("nan")
+
+    with pytest.raises(NonFiniteLoss, match="no checkpoint was written yet") as info:
+        train(
+            model,
+            nan_loss,
+            Data(),
+            cfg,
+            tmp_path / "b",
+            save_model=save,
+            load_model=None,
+            echo=None,
+        )
+    assert "None" not in str(info.value)
+
+
+def test_metrics_records_carry_a_run_id_and_time_and_never_mix_runs(tmp_path):
+    """A fresh run into a folder a killed run left records in (no checkpoint yet) starts the
+    file over; a resumed run drops the killed run's records after its checkpoint."""
+    import json
+
+    model = torch.nn.Linear(3, 1)
+
+    def loss_fn(m, batch, gen):
+        return m(batch["x"]).pow(2).mean()
+
+    def save(m, folder):
+        folder.mkdir()
+        torch.save(m.state_dict(), folder / "w.pt")
+
+    def load(m, folder):
+        m.load_state_dict(torch.load(folder / "w.pt"))
+
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = {"run": "killed", "step": 1, "loss": 9.0}
+    (run / "metrics.jsonl").write_text(json.dumps(stale) + "\n" + '{"step": 2, "lo')  # cut
+    cfg = TrainConfig(max_steps=6, lr=1e-3, log_every=1, save_every=3)
+    train(model, loss_fn, Data(), cfg, run, save_model=save, load_model=load, echo=None)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert len({r["run"] for r in records}) == 1 and all(r["time"] > 1.7e9 for r in records)
+    # as if killed after step 5: its checkpoint is step 3; the resumed run logs 4..6 again
+    (run / "latest").write_text("ckpt-00000003\n")
+    import shutil
+
+    shutil.copytree(run / "ckpt-00000006", run / "ckpt-00000003")
+    state = torch.load(run / "ckpt-00000003" / "state.pt", weights_only=False)
+    state.update(step=3, index=3)
+    torch.save(state, run / "ckpt-00000003" / "state.pt")
+    train(
+        model, loss_fn, Data(), cfg, run, save_model=save, load_model=load, resume=True, echo=None
+    )
+    again = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in again] == [1, 2, 3, 4, 5, 6]
+    assert again[:3] == records[:3] and again[3]["run"] != records[0]["run"]

@@ -370,3 +370,20 @@ def test_a_freeze_pattern_that_matches_nothing_is_an_error_naming_it(tiny, conll
     cfg = ner_config(tiny, conll, tmp_path / "run", max_steps=2, freeze=(r"bert\.layer\.0",))
     with pytest.raises(ValueError, match=r"freeze pattern 'bert\\\\.layer\\\\.0' matches no"):
         run_finetune(cfg, echo=None)
+
+
+def test_finetune_prints_label_counts_and_warns_about_a_rare_label(tiny, conll, tmp_path):
+    """A B-XYZ typo became a class of the model without a word."""
+    from xlt_engine.engine.finetune import report_labels
+
+    text = conll["eng.train"].read_text().replace(" B-LOC\n", " B-LCO\n", 1)
+    typo = tmp_path / "typo.train"
+    typo.write_text(text)
+    lines = []
+    with pytest.warns(UserWarning, match=r"typo.train: label 'B-LCO' occurs 1 time\(s\) only"):
+        report_labels(read_task_file(typo, "conll"), lines.append)
+    assert lines[0].startswith(f"labels of {typo}: O ") and "B-LCO 1" in lines[0]
+    data = read_task_file(conll["eng.train"], "conll")
+    counts = data.label_counts()
+    assert sum(counts.values()) == sum(len(t) for t in data.labels)
+    assert list(counts) == sorted(counts, key=counts.get, reverse=True)

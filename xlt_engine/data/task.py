@@ -12,6 +12,7 @@ NER: every word of every sentence, in order).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,13 @@ class TaskData:
 
     def __len__(self) -> int:
         return len(self.inputs)
+
+    def label_counts(self) -> dict[str, int]:
+        """How often each label occurs (per word for token tasks), most frequent first."""
+        if self.labels is None:
+            return {}
+        flat = [t for tags in self.labels for t in tags] if self.kind == "token" else self.labels
+        return dict(Counter(flat).most_common())
 
     def label_set(self) -> list[str]:
         if self.labels is None:

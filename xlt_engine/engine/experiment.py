@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 from pathlib import Path
 
 from xlt_engine import provenance
@@ -243,11 +244,32 @@ def run_stage(
             "(--resume) or choose another folder (--out)"
         )
     stage_cfg = build_stage(cfg, stage)
+    start = time.perf_counter()
     if main:
         plan.begin()
         write_run_info(plan.folder, cfg, stage, stage_cfg)
     if stage == "evaluate":  # rank 0 alone, and no collective: the others go on at once
-        return run_evaluate(stage_cfg, echo=echo) if main else None
-    distributed.barrier()
-    runner = {"btf": run_btf, "finetune": run_finetune, "selftrain": run_selftrain}
-    return runner[stage](stage_cfg, resume=resume, echo=echo, progress=progress)
+        if not main:
+            return None
+        result = run_evaluate(stage_cfg, echo=echo)
+    else:
+        distributed.barrier()
+        runner = {"btf": run_btf, "finetune": run_finetune, "selftrain": run_selftrain}
+        result = runner[stage](stage_cfg, resume=resume, echo=echo, progress=progress)
+    if echo and main:
+        echo(
+            f"{stage}: done in {format_seconds(time.perf_counter() - start)}; wrote "
+            f"{plan.folder}, result {plan.output}"
+        )
+    return result
+
+
+def format_seconds(seconds: float) -> str:
+    """12.3 s, 4 min 05 s, 2 h 03 min."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"

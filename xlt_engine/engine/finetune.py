@@ -10,6 +10,7 @@ dev-set score, when a dev file is given), ``metrics.jsonl`` and the loop's check
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +54,24 @@ class FinetuneConfig(FinetuneSettings, HeadSettings, TaskSettings):
             raise ValueError(f"model: {self.model}: no such folder")
 
 
+RARE_LABEL = 3  # fewer occurrences than this: most likely a typo (a B-XYZ became a class)
+
+
+def report_labels(data, echo) -> None:
+    """Print the training labels with their counts; warn about any seen fewer than
+    ``RARE_LABEL`` times."""
+    counts = data.label_counts()
+    if echo:
+        echo(f"labels of {data.path}: " + ", ".join(f"{k} {n:,}" for k, n in counts.items()))
+    for label, n in counts.items():
+        if n < RARE_LABEL:
+            warnings.warn(
+                f"{data.path}: label {label!r} occurs {n} time(s) only: a typo? It becomes a "
+                "class of the model",
+                stacklevel=2,
+            )
+
+
 @dataclass
 class FinetuneResult:
     model: Path
@@ -68,6 +87,7 @@ def run_finetune(
     rank, _ = rank_world()
     tok = load_tokenizer(cfg.model)
     train_data = read_task_file(cfg.train_file, cfg.format)
+    report_labels(train_data, echo if rank == 0 else None)
     labels = list(cfg.labels) if cfg.labels else train_data.label_set()
     if len(labels) < 2:
         raise ValueError(f"{cfg.train_file}: needs at least 2 labels, found {labels}")

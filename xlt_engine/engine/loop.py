@@ -23,8 +23,9 @@ bit for bit. SIGINT / SIGTERM finish the current step, write a checkpoint and ra
 ``Interrupted`` (whose message says how to resume). A non-finite loss stops the run with an
 error naming the step and batch before any checkpoint after it is written.
 
-Metrics go to ``run_dir/metrics.jsonl`` (one JSON object per log interval or evaluation);
-``.item()`` is called only there. Distributed (DDP, ``torch.distributed`` initialised, e.g. by
+Metrics go to ``run_dir/metrics.jsonl`` (one JSON object per log interval or evaluation, with
+``run``, an id per call of ``train``, and ``time``, Unix seconds); a fresh run starts the file
+over and a resumed one drops the records after its checkpoint. ``.item()`` is called only there. Distributed (DDP, ``torch.distributed`` initialised, e.g. by
 ``engine.distributed.init``): freeze, then wrap the model before calling ``train``; the data
 source shards batches round-robin by rank (``data.batching.shard``); the logged loss and token
 counts are reduced over ranks; a signal stops, and a due time-based save saves, every rank at
@@ -44,6 +45,7 @@ import shutil
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -264,6 +266,33 @@ def fault_kill_step(run_dir: Path) -> int | None:
         raise ValueError(f"XLT_KILL_AT={spec!r}: expected [FOLDER:]STEP") from None
 
 
+def _restart_metrics(path: Path, step: int) -> None:
+    """Keep the records of steps up to ``step`` (the checkpoint a run resumes from; 0: a fresh
+    run), so the file never holds a killed run's steps twice or an older run's at all."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:  # a line cut by the kill
+            continue
+    atomic_write_text(path, "".join(keep))
+
+
+def _last_good(run_dir: Path) -> str:
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        return "no checkpoint was written yet (the run starts over)"
+    return f"the last good checkpoint is {ckpt}"
+
+
+def format_loss(value: float) -> str:
+    """Four significant digits: 0.6931, 12.35, 1.9e-07 (a fixed 4 decimals printed 0.0000)."""
+    return f"{value:.4g}"
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
@@ -392,8 +421,10 @@ def train(
             echo(f"resumed from {ckpts.latest()} at step {step}")
     else:
         ckpts.check_fresh()
+    run_id = uuid.uuid4().hex[:12]  # tells a resumed run's records from the killed one's
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        _restart_metrics(run_dir / "metrics.jsonl", step if resume else 0)
 
     def checkpoint() -> Path | None:
         state = {
@@ -470,7 +501,7 @@ def train(
                 if device.type != "cuda" and not distributed and not torch.isfinite(loss):
                     raise NonFiniteLoss(
                         f"non-finite loss {float(loss.detach())} at step {step + 1}, epoch {epoch}, batch "
-                        f"{where[-1][1]}; the last good checkpoint is {latest_checkpoint(run_dir)}"
+                        f"{where[-1][1]}; {_last_good(run_dir)}"
                     )
             if cfg.clip > 0:
                 scaler.unscale_(opt)
@@ -512,12 +543,13 @@ def train(
                 if not math.isfinite(mean):
                     raise NonFiniteLoss(
                         f"non-finite loss in steps {step - n_steps + 1}-{step} (last batch: epoch "
-                        f"{where[-1][0]}, index {where[-1][1]}); the last good checkpoint is "
-                        f"{latest_checkpoint(run_dir)}"
+                        f"{where[-1][0]}, index {where[-1][1]}); {_last_good(run_dir)}"
                     )
                 last_loss = mean
                 now = time.perf_counter()
                 record = {
+                    "run": run_id,
+                    "time": round(time.time(), 3),
                     "step": step,
                     "loss": mean,
                     "lr": lr_at(step - 1, cfg),
@@ -536,7 +568,8 @@ def train(
                     with open(metrics_path, "a", encoding="utf-8") as f:
                         f.write(json.dumps(record) + "\n")
                     line = (
-                        f"loss {mean:.4f} lr {record['lr']:.2e} {record['tokens_per_s']:,.0f} tok/s"
+                        f"loss {format_loss(mean)} lr {record['lr']:.2e} "
+                        f"{record['tokens_per_s']:,.0f} tok/s"
                     )
                     if bar is not None:
                         bar.current_item = line

@@ -271,9 +271,39 @@ def corpus(sources, target_text, entity_map, out, max_per_entity, min_length, to
     click.echo(f"wrote {out} in {seconds:.1f} s ({rate:,.0f} lines/s)")
 
 
-def _experiment(config_path, overrides, out, no_btf=False, fixed_threshold=None, voters=None):
+SMOKE_EXAMPLES = {"max_train": 200, "max_dev": 100, "max_test": 100, "max_unlabeled": 200}
+SMOKE_STEPS = 4
+SMOKE_MAX_LEN = 64
+
+
+def smoke_config(cfg):
+    """``cfg`` cut down to check it end to end in minutes: a few hundred examples per file, a
+    few steps per training stage, inputs of at most 64 tokens, and its own folder
+    (``<out>/smoke``) so that it never mixes with the real run."""
+    import dataclasses
+
+    from xlt_engine.engine.runs import with_section
+
+    steps = dict(max_steps=SMOKE_STEPS, log_every=1)
+    cfg = dataclasses.replace(cfg, out=str(cfg.out_root() / "smoke"))
+    cfg = with_section(cfg, "data", **SMOKE_EXAMPLES)
+    cfg = with_section(cfg, "model", max_len=min(cfg.model.max_len, SMOKE_MAX_LEN))
+    cfg = with_section(cfg, "btf", train=dataclasses.replace(cfg.btf.train, **steps))
+    cfg = with_section(cfg, "finetune", train=dataclasses.replace(cfg.finetune.train, **steps))
+    s = cfg.selftrain
+    return with_section(
+        cfg,
+        "selftrain",
+        soft=dataclasses.replace(s.soft, **steps),
+        hard=dataclasses.replace(s.hard, **steps),
+    )
+
+
+def _experiment(
+    config_path, overrides, out, no_btf=False, fixed_threshold=None, voters=None, smoke=False
+):
     """The config tree from the file and ``--set``, then the CLI's switches set on its fields
-    (the ablation rows: -BTF, -AT, -VM)."""
+    (the ablation rows: -BTF, -AT, -VM; ``--smoke``)."""
     import dataclasses
 
     from xlt_engine.engine.config import load_config
@@ -282,6 +312,8 @@ def _experiment(config_path, overrides, out, no_btf=False, fixed_threshold=None,
     cfg = load_config(config_path, overrides)
     if out is not None:
         cfg = dataclasses.replace(cfg, out=str(out))
+    if smoke:
+        cfg = smoke_config(cfg)
     check_writable(cfg.run_dir(), "--out" if out is not None else "out (the run folder)")
     if no_btf:
         cfg = with_section(cfg, "finetune", init="pretrained")
@@ -365,6 +397,12 @@ def _out_option(help: str):
 @click.option(
     "--voters", type=int, default=None, help="number of voters (1: the -VM ablation, a plain head)"
 )
+@click.option(
+    "--smoke",
+    is_flag=True,
+    help="check the config end to end in minutes: a few hundred examples per file, "
+    f"{SMOKE_STEPS} steps per training stage, into <out>/smoke",
+)
 @_progress_option
 def run(
     stage,
@@ -376,6 +414,7 @@ def run(
     no_selftrain,
     fixed_threshold,
     voters,
+    smoke,
     progress,
 ) -> None:
     """Run one stage of an experiment: xlt-engine run --stage selftrain --config configs/conll.toml
@@ -392,7 +431,7 @@ def run(
         from xlt_engine.engine.experiment import run_stage
         from xlt_engine.engine.pipeline import run_all
 
-        cfg = _experiment(config_path, overrides, out, no_btf, fixed_threshold, voters)
+        cfg = _experiment(config_path, overrides, out, no_btf, fixed_threshold, voters, smoke)
         if stage == "all":
             run_all(
                 cfg,

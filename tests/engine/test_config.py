@@ -227,7 +227,7 @@ def test_cli_runs_every_stage(tiny, conll, tmp_path):
         "--set",
         "finetune.train.log_every=3",
     ]
-    run = tmp_path / "run"
+    run = tmp_path / "run" / "eng-esp"  # the pair's run folder inside --out
     for stage in ("btf", "finetune", "evaluate"):
         res = CliRunner().invoke(main, ["run", "--stage", stage, *base])
         assert res.exit_code == 0, (stage, res.output, res.exception)
@@ -421,3 +421,15 @@ def test_the_representation_is_in_the_task_stages_fingerprints(tiny):
         assert b.settings["model.representation"] == "mean"
         assert a.fingerprint()["digest"] != b.fingerprint()["digest"]
     assert "model.representation" not in plan_stage(cls_cfg, "btf").settings
+
+
+def test_data_caps_are_checked_and_in_fingerprints_only_when_set(tmp_path, tiny):
+    from xlt_engine.engine.runs import plan_stage
+
+    got = problems(tmp_path, MINIMAL, "data.max_train=0")
+    assert got == ["data: max_train must be >= 1 (or left out), got 0"]
+    base = [f"data.root={SHARED_DATA}", f"model.path={tiny}"]
+    plain = plan_stage(load_config(CONLL, base), "evaluate").settings
+    assert not any(k.startswith("data.max_") for k in plain)  # older folders stay valid
+    capped = plan_stage(load_config(CONLL, [*base, "data.max_test=50"]), "evaluate").settings
+    assert capped["data.max_test"] == 50

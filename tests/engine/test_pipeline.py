@@ -221,7 +221,7 @@ def test_a_data_file_changed_in_place_is_seen(tiny, conll, tmp_path):
     conll_toml, out = ROOT / "configs" / "conll.toml", tmp_path / "run"
     res = run_all_cli(conll_toml, out, *sets, stage="finetune")
     assert res.exit_code == 0, res.output
-    model = (tmp_path / "run" / "finetune-direct" / "model" / "model.safetensors").read_bytes()
+    model = (out / "eng-esp" / "finetune-direct" / "model" / "model.safetensors").read_bytes()
     raw = train.read_bytes()
     i = raw.index(b" I-ORG")
     train.write_bytes(raw[:i] + b" I-PER" + raw[i + 6 :])
@@ -231,7 +231,7 @@ def test_a_data_file_changed_in_place_is_seen(tiny, conll, tmp_path):
     assert res.exit_code == 1
     assert f"input languages.eng.train: {train}: " in res.output and "sha256" in res.output
     assert (
-        tmp_path / "run" / "finetune-direct" / "model" / "model.safetensors"
+        out / "eng-esp" / "finetune-direct" / "model" / "model.safetensors"
     ).read_bytes() == model
 
 
@@ -401,3 +401,25 @@ def test_ablate_table_has_every_row_with_mean_and_std(tiny, tmp_path):
     assert (out / "seed-1" / "all-no-btf.md").is_file()  # each variant keeps its own table
     assert result["scores"]["- ST"]["tgt"][0] == full["btf"]
     assert result["scores"]["direct transfer"]["tgt"][0] == full["direct"]
+
+
+def test_smoke_runs_every_stage_on_a_sample_into_its_own_folder(tiny, tmp_path):
+    """--smoke: the real CoNLL files capped to a few hundred sentences, a few steps a stage."""
+    out = tmp_path / "exp"
+    args = ["run", "--stage", "all", "--smoke", "--config", str(ROOT / "configs" / "conll.toml"),
+            "--out", str(out), "--no-progress", "--set", f"data.root={SHARED_DATA}",
+            "--set", f"model.path={tiny}", "--set", 'targets=["esp"]']  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, (res.output, res.exception)
+    pair = out / "smoke" / "eng-esp"
+    assert not (out / "eng-esp").exists()  # never mixed with the real run
+    texts = (pair / "btf" / "texts" / "esp.txt").read_text().splitlines()
+    assert len(texts) == 200  # data.max_unlabeled of 8,323 sentences
+    fp = json.loads((pair / "finetune" / "fingerprint.json").read_text())["settings"]
+    assert fp["data.max_train"] == 200 and fp["finetune.train.max_steps"] == 4
+    results = json.loads((pair / "evaluate-selftrain" / "results.json").read_text())
+    assert {s["sentences"] for s in results["languages"].values()} == {100}
+    st = [json.loads(x) for x in (pair / "selftrain" / "selftrain.jsonl").read_text().splitlines()]
+    soft = [r for r in st if r["step"] == "soft"]
+    assert [r["steps"] for r in soft] == [4, 4]  # N = 1.5: rounds 1 and 2
+    assert (out / "smoke" / "all.md").is_file()

@@ -1,6 +1,7 @@
 """Run folders: file identities, fingerprints and what a changed one reports."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +47,35 @@ def test_a_changed_setting_is_listed_with_old_and_new_value(tmp_path):
     assert len(diff) == 1 and diff[0].startswith(f"input text: {data}: ") and "sha256" in diff[0]
     with pytest.raises(StaleStageError, match="was made with other settings"):
         check_plans([changed])
-    (tmp_path / "btf" / "base-model").mkdir()  # work in the folder but no fingerprint
-    (tmp_path / "btf" / "fingerprint.json").unlink()
+    (tmp_path / "eng-esp" / "btf" / "base-model").mkdir()  # work in the folder, no fingerprint
+    (tmp_path / "eng-esp" / "btf" / "fingerprint.json").unlink()
     assert "no fingerprint.json" in changed.differences()[0]
+
+
+def test_out_is_the_experiment_folder_for_one_stage_and_for_all(tmp_path):
+    """--out meant the pair's folder for one stage and the experiment's for --stage all."""
+    from xlt_engine.engine.pipeline import pair_configs, table_dir
+    from xlt_engine.engine.runs import stage_dir
+
+    cfg = load_config(CONLL, [f"out={str(tmp_path)!r}"])
+    assert cfg.run_dir() == tmp_path / "eng-esp" and table_dir(cfg) == tmp_path
+    assert [c.run_dir() for c in pair_configs(cfg)] == [
+        tmp_path / "eng-esp",
+        tmp_path / "eng-ned",
+        tmp_path / "eng-deu",
+    ]
+    assert stage_dir(load_config(CONLL, ["target=ned"]), "btf") == Path("runs/conll/eng-ned/btf")
+
+
+def test_a_missing_model_names_the_setting_and_the_model_that_exists(tmp_path):
+    from xlt_engine.engine.config import ConfigError
+    from xlt_engine.engine.runs import model_path
+
+    cfg = load_config(CONLL, [f"out={str(tmp_path)!r}"])
+    (tmp_path / "eng-esp" / "finetune-direct" / "model").mkdir(parents=True)
+    with pytest.raises(ConfigError) as info:
+        model_path(cfg, "finetune", "evaluate.model")
+    msg = str(info.value)
+    assert "evaluate.model: " in msg and "run the finetune stage first" in msg
+    assert "or set evaluate.model = 'finetune-direct': that model exists" in msg
+    model_path(cfg, "finetune-direct", "evaluate.model")  # exists: no error

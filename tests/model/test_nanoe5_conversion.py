@@ -168,7 +168,7 @@ def test_the_e5_preset_runs_btf_finetune_and_evaluate(converted, shared_data, tm
     args = ["--config", str(preset), "--out", str(tmp_path / "run"), "--no-progress"]
     for key, value in sets.items():
         args += ["--set", f"{key}={value}"]
-    run = tmp_path / "run"
+    run = tmp_path / "run" / "en-de"  # the pair's run folder inside --out
     for stage in ("btf", "finetune", "evaluate"):
         res = CliRunner().invoke(main, ["run", "--stage", stage, *args])
         assert res.exit_code == 0, (stage, res.output, res.exception)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -75,10 +75,16 @@ class TaskData:
         return sorted(set(self.labels))
 
 
-def read_task_file(path: str | Path, format: str, unlabeled: bool = False) -> TaskData:
-    """Read ``path`` in ``format``; ``unlabeled``: the labels (if any) are not kept."""
+def read_task_file(
+    path: str | Path, format: str, unlabeled: bool = False, limit: int | None = None, seed: int = 0
+) -> TaskData:
+    """Read ``path`` in ``format``; ``unlabeled``: the labels (if any) are not kept;
+    ``limit``: at most that many examples, sampled from ``seed`` (``subsample``)."""
+    return subsample(_read_task_file(Path(path), format, unlabeled), limit, seed)
+
+
+def _read_task_file(path: Path, format: str, unlabeled: bool) -> TaskData:
     kind = task_kind(format)
-    path = Path(path)
     if format == "conll":
         cf = read_conll(path)
         tags = None if unlabeled else [s.tags for s in cf]
@@ -117,6 +123,34 @@ def check_known_labels(data: TaskData, labels: Sequence[str]) -> None:
         raise ValueError(
             f"{data.path}: labels {unknown} are not among the model's labels {list(labels)}"
         )
+
+
+def sample_indices(n: int, limit: int, seed: int) -> list[int]:
+    """``limit`` of ``range(n)``, drawn without replacement from ``seed``, in order."""
+    keep = np.sort(np.random.default_rng(seed).choice(n, limit, replace=False))
+    return [int(i) for i in keep]
+
+
+def subsample_items(items: list, limit: int | None, seed: int) -> list:
+    if limit is None or len(items) <= limit:
+        return items
+    return [items[i] for i in sample_indices(len(items), limit, seed)]
+
+
+def subsample(data: TaskData, limit: int | None, seed: int) -> TaskData:
+    """At most ``limit`` examples of ``data``, drawn without replacement from ``seed``, kept in
+    file order."""
+    if limit is None or len(data) <= limit:
+        return data
+    pick = sample_indices(len(data), limit, seed)
+    return replace(
+        data,
+        inputs=[data.inputs[i] for i in pick],
+        pairs=None if data.pairs is None else [data.pairs[i] for i in pick],
+        labels=None if data.labels is None else [data.labels[i] for i in pick],
+        lines=[data.lines[i] for i in pick],
+        conll=None,
+    )
 
 
 @dataclass

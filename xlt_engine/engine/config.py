@@ -61,13 +61,32 @@ class LanguageFiles:
     text: str | None = None  # plain text (one sentence or document per line) for btf
 
 
+def check_limit(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise ValueError(f"{name} must be >= 1 (or left out), got {value}")
+
+
+LIMITS = ("max_train", "max_dev", "max_test", "max_unlabeled")
+
+
 @dataclass(frozen=True)
 class DataSection:
+    """The data's location and format, and caps for a small run: at most ``max_<role>``
+    examples (sentences, reviews) of each file of that role, sampled without replacement from
+    the experiment's seed and kept in file order (btf's texts included: the source's from
+    ``max_train``, the target's from ``max_unlabeled``). In every stage's fingerprint."""
+
     root: str = "."
     format: Format = "conll"
+    max_train: int | None = None
+    max_dev: int | None = None
+    max_test: int | None = None  # of each test file
+    max_unlabeled: int | None = None
 
     def __post_init__(self):
         check_choices(self)
+        for name in LIMITS:
+            check_limit(name, getattr(self, name))
 
 
 def settings_of(section, cls) -> dict:
@@ -293,7 +312,8 @@ class ExperimentConfig:
     languages: dict[str, LanguageFiles]
     model: ModelSection
     target: str | None = None  # the target btf works on (default: the first of targets)
-    out: str | None = None  # run folder (default: runs/<config name>/<source>-<target>)
+    out: str | None = None  # the experiment's folder (default: runs/<config name>); each
+    # source-target pair runs in <out>/<source>-<target>
     seed: int = 42
     device: str = "auto"
     data: DataSection = field(default_factory=DataSection)
@@ -350,10 +370,15 @@ class ExperimentConfig:
         rel = getattr(self.languages[lang], role)
         return None if rel is None else Path(self.data.root) / rel
 
+    def out_root(self) -> Path:
+        """The experiment's folder: ``out``, else ``runs/<config name>``. The tables over all
+        pairs go here; each pair has its run folder inside (``run_dir``)."""
+        return Path(self.out) if self.out else Path("runs") / (self.name or "run")
+
     def run_dir(self) -> Path:
-        if self.out:
-            return Path(self.out)
-        return Path("runs") / (self.name or "run") / f"{self.source}-{self.pair_target}"
+        """The run folder of the source-target pair: ``<out_root>/<source>-<target>``, for a
+        single stage and for ``run --stage all`` alike."""
+        return self.out_root() / f"{self.source}-{self.pair_target}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from xlt_engine.data.conll import DOCSTART
 from xlt_engine.data.examples import decode_text, read_bytes, split_columns, split_lines
 from xlt_engine.data.task import encode, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
-from xlt_engine.engine.config import TaskSettings
+from xlt_engine.engine.config import TaskSettings, check_limit
 from xlt_engine.engine.distributed import resolve_device
 from xlt_engine.engine.inference import (
     check_task_model,
@@ -43,9 +43,12 @@ class EvaluateConfig(TaskSettings):
     out: str
     source: str | None = None  # a language of ``tests``: the transfer gap is measured from it
     extra: dict[str, str] = field(default_factory=dict)  # written into results.json as is
+    max_test: int | None = None  # examples sampled from each test file (sample_seed), None: all
+    sample_seed: int = 0
 
     def __post_init__(self):
         super().__post_init__()
+        check_limit("max_test", self.max_test)
         if not self.tests:
             raise ValueError("tests: give at least one language = test file")
         for lang, path in self.tests.items():
@@ -84,7 +87,7 @@ def run_evaluate(cfg: EvaluateConfig, echo=print) -> dict:
     model = load_task_model(cfg.model, device=device)
     scores = {}
     for lang, path in cfg.tests.items():
-        data = read_task_file(path, cfg.format)
+        data = read_task_file(path, cfg.format, limit=cfg.max_test, seed=cfg.sample_seed)
         scores[lang] = evaluate_model(model, data, tok, cfg.max_len, device, cfg.eval_max_tokens)
         scores[lang]["file"] = str(path)
         if echo:

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 from xlt_engine import provenance
-from xlt_engine.data.task import read_task_file
+from xlt_engine.data.task import read_task_file, subsample_items
+from xlt_engine.data.text import read_text
 from xlt_engine.engine import distributed
 from xlt_engine.engine.btf import BtfConfig, run_btf
 from xlt_engine.engine.config import (
@@ -67,21 +68,27 @@ def write_run_info(folder: Path, cfg: ExperimentConfig, stage: str, stage_cfg) -
 
 def btf_texts(cfg: ExperimentConfig, folder: Path) -> tuple[str, ...]:
     """One plain-text file per language (source, then the pair's target): the ``text`` file
-    when given, else the labeled/unlabeled file's text written to ``folder/texts/<lang>.txt``."""
+    when given, else the labeled/unlabeled file's text written to ``folder/texts/<lang>.txt``;
+    with ``data.max_train`` (source) / ``data.max_unlabeled`` (target) a sample of it."""
     out = []
     for lang, role in text_roles(cfg).items():
-        if role == "text":
-            out.append(str(cfg.data_path(lang, "text")))
+        limit = cfg.data.max_train if lang == cfg.source else cfg.data.max_unlabeled
+        path = cfg.data_path(lang, role)
+        if role == "text" and limit is None:
+            out.append(str(path))
             continue
-        data = read_task_file(cfg.data_path(lang, role), cfg.data.format, unlabeled=True)
-        if data.kind == "token":
-            lines = [" ".join(words) for words in data.inputs]
+        if role == "text":
+            lines = subsample_items(read_text(path).texts, limit, cfg.seed)
         else:
-            pairs = data.pairs or [None] * len(data)
-            lines = [
-                " ".join((t + " " + (p or "")).split())
-                for t, p in zip(data.inputs, pairs, strict=True)
-            ]
+            data = read_task_file(path, cfg.data.format, True, limit=limit, seed=cfg.seed)
+            if data.kind == "token":
+                lines = [" ".join(words) for words in data.inputs]
+            else:
+                pairs = data.pairs or [None] * len(data)
+                lines = [
+                    " ".join((t + " " + (p or "")).split())
+                    for t, p in zip(data.inputs, pairs, strict=True)
+                ]
         path = folder / "texts" / f"{lang}.txt"
         text = "\n".join(lines) + "\n"
         if rank_world()[0] == 0 and not (
@@ -125,6 +132,8 @@ def build_finetune(cfg: ExperimentConfig) -> FinetuneConfig:
         dev_file=str(dev) if dev else None,
         max_len=cfg.model.max_len,
         device=cfg.device,
+        max_train=cfg.data.max_train,
+        max_dev=cfg.data.max_dev,
     )
 
 
@@ -135,6 +144,8 @@ def build_selftrain(cfg: ExperimentConfig) -> SelftrainConfig:
     role = unlabeled_role(cfg)
     settings = settings_of(s, SelftrainSettings)
     settings.update(soft=_seeded(s.soft, cfg), hard=_seeded(s.hard, cfg))
+    caps = [n for n in (s.max_unlabeled, cfg.data.max_unlabeled) if n is not None]
+    settings["max_unlabeled"] = min(caps) if caps else None
     return SelftrainConfig(
         **settings,
         base_model=str(model_path(cfg, s.base, "selftrain.base")),
@@ -149,6 +160,7 @@ def build_selftrain(cfg: ExperimentConfig) -> SelftrainConfig:
         voter_dropout=cfg.model.voter_dropout,
         representation=cfg.model.representation,
         device=cfg.device,
+        max_source=cfg.data.max_train,
     )
 
 
@@ -166,6 +178,8 @@ def build_evaluate(cfg: ExperimentConfig) -> EvaluateConfig:
         max_len=cfg.model.max_len,
         eval_max_tokens=cfg.evaluate.max_tokens,
         device=cfg.device,
+        max_test=cfg.data.max_test,
+        sample_seed=cfg.seed,
     )
 
 

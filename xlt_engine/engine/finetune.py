@@ -20,7 +20,7 @@ from torch import nn
 from xlt_engine.data.task import TaskBatches, encode, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
-from xlt_engine.engine.config import FinetuneSettings, HeadSettings, TaskSettings
+from xlt_engine.engine.config import FinetuneSettings, HeadSettings, TaskSettings, check_limit
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.inference import evaluate_model, forward_batch
 from xlt_engine.engine.loop import TrainResult, prepare, train
@@ -41,11 +41,15 @@ class FinetuneConfig(FinetuneSettings, HeadSettings, TaskSettings):
     out: str  # run folder; the fine-tuned model goes to out/model
     dev_file: str | None = None
     labels: tuple[str, ...] | None = None  # label order; None: sorted from the train file
+    max_train: int | None = None  # examples sampled from train_file (train.seed), None: all
+    max_dev: int | None = None  # ... and from dev_file
 
     def __post_init__(self):
         FinetuneSettings.__post_init__(self)
         HeadSettings.__post_init__(self)
         TaskSettings.__post_init__(self)
+        check_limit("max_train", self.max_train)
+        check_limit("max_dev", self.max_dev)
         for name in ("train_file", "dev_file"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
@@ -86,12 +90,15 @@ def run_finetune(
     device = distributed.init(cfg.device)
     rank, _ = rank_world()
     tok = load_tokenizer(cfg.model)
-    train_data = read_task_file(cfg.train_file, cfg.format)
+    seed = cfg.train.seed
+    train_data = read_task_file(cfg.train_file, cfg.format, limit=cfg.max_train, seed=seed)
     report_labels(train_data, echo if rank == 0 else None)
     labels = list(cfg.labels) if cfg.labels else train_data.label_set()
     if len(labels) < 2:
         raise ValueError(f"{cfg.train_file}: needs at least 2 labels, found {labels}")
-    dev_data = read_task_file(cfg.dev_file, cfg.format) if cfg.dev_file else None
+    dev_data = None
+    if cfg.dev_file:
+        dev_data = read_task_file(cfg.dev_file, cfg.format, limit=cfg.max_dev, seed=seed)
     enc = encode(train_data, tok, labels, cfg.max_len)
     dev_enc = None  # encoded once: unknown dev labels are an error before training
     if dev_data is not None:

@@ -49,20 +49,14 @@ def _evaluate_row(pc: ExperimentConfig, model: str, resume: bool, echo) -> dict 
 
 
 def pair_configs(cfg: ExperimentConfig) -> list[ExperimentConfig]:
-    """One config per target (``target`` set, ``out`` per pair when the config gives one)."""
+    """One config per target (``target`` set; its run folder is ``run_dir()``)."""
     targets = [cfg.target] if cfg.target else list(cfg.targets)
-    out = []
-    for t in targets:
-        pc = dataclasses.replace(cfg, target=t)
-        if cfg.out:
-            pc = dataclasses.replace(pc, out=str(Path(cfg.out) / f"{cfg.source}-{t}"))
-        out.append(pc)
-    return out
+    return [dataclasses.replace(cfg, target=t) for t in targets]
 
 
 def table_dir(cfg: ExperimentConfig) -> Path:
     """Where the tables over all pairs go: ``out`` when given, else ``runs/<config name>``."""
-    return Path(cfg.out) if cfg.out else Path("runs") / (cfg.name or "run")
+    return cfg.out_root()
 
 
 def plan_all(

@@ -1,7 +1,8 @@
 """Run folders: where each stage of an experiment writes, what produced it, and whether it may be
 reused, resumed or must run. The one place these rules live.
 
-Layout (``cfg.run_dir()``, one per source-target pair)::
+Layout (``cfg.run_dir()`` = ``<out>/<source>-<target>``, one per source-target pair, for a
+single stage and ``run --stage all`` alike; the tables over all pairs go to ``<out>``)::
 
     btf/                     base-model/ (the Base Model), texts/, cache/, checkpoints
     finetune/                model/ (fine-tuned from the Base Model)         (finetune.init = btf)
@@ -35,7 +36,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xlt_engine.engine.config import ConfigError, ExperimentConfig
+from xlt_engine.engine.config import LIMITS, ConfigError, ExperimentConfig
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.loop import latest_checkpoint
 from xlt_engine.fileio import atomic_write_text
@@ -105,7 +106,14 @@ def model_path(cfg: ExperimentConfig, name: str, key: str, must_exist: bool = Tr
     else:
         path = Path(name)
     if must_exist and not path.is_dir():
-        hint = f" (run the {name.split('-')[0]} stage first)" if name in NAMED_MODELS else ""
+        hint = ""
+        if name in NAMED_MODELS:
+            hint = f" (run the {name.split('-')[0]} stage first"
+            # e.g. finetune ran with finetune.init = "pretrained": its model is finetune-direct
+            twin = {"finetune": "finetune-direct", "finetune-direct": "finetune"}.get(name)
+            if twin and output_of(*_model_stage(cfg, twin)).is_dir():
+                hint += f", or set {key} = {twin!r}: that model exists"
+            hint += ")"
         raise ConfigError(cfg.name or "config", [f"{key}: {path}: no such folder{hint}"])
     return path
 
@@ -296,6 +304,8 @@ def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
         "data.format": cfg.data.format,
         "seed": cfg.seed,
         "model.max_len": cfg.model.max_len,
+        # the data caps of a small run, when set (unset ones leave older fingerprints valid)
+        **{f"data.{k}": v for k in LIMITS if (v := getattr(cfg.data, k)) is not None},
     }
     # the global batch is batch_size x processes x grad_accum, and a checkpoint's data position
     # is per rank: a trained stage is another one on another number of processes

@@ -50,7 +50,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -60,13 +60,13 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from xlt_engine.data.align import IGNORE
-from xlt_engine.data.task import Encoded, TaskBatches, TaskData, encode, read_task_file
+from xlt_engine.data.task import Encoded, TaskBatches, encode, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
-from xlt_engine.engine.config import HeadSettings, SelftrainSettings, TaskSettings
+from xlt_engine.engine.config import HeadSettings, SelftrainSettings, TaskSettings, check_limit
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.inference import check_task_model, forward_batch, predict_logits
-from xlt_engine.engine.loop import latest_checkpoint, prepare, resolve_precision, train
+from xlt_engine.engine.loop import format_loss, latest_checkpoint, prepare, resolve_precision, train
 from xlt_engine.engine.threshold import select_threshold
 from xlt_engine.fileio import atomic_write_bytes, atomic_write_text
 from xlt_engine.kernels import soft_label_mse, voter_filter
@@ -93,6 +93,7 @@ class SelftrainConfig(SelftrainSettings, TaskSettings):
     voter_widths: tuple[int, ...] | None = None
     voter_dropout: float | None = None
     representation: str | None = None  # the students' sentence vector (None: the teacher's)
+    max_source: int | None = None  # examples sampled from source_file (soft.seed), None: all
 
     def __post_init__(self):
         SelftrainSettings.__post_init__(self)
@@ -107,6 +108,7 @@ class SelftrainConfig(SelftrainSettings, TaskSettings):
             HeadSettings(self.voters, self.voter_widths or (), self.voter_dropout or 0.0)
         if self.representation is not None:
             HeadSettings(representation=self.representation)
+        check_limit("max_source", self.max_source)
 
 
 @dataclass
@@ -123,23 +125,6 @@ def encoder_digest(model: nn.Module) -> str:
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-def subsample(data: TaskData, limit: int | None, seed: int) -> TaskData:
-    """At most ``limit`` examples of ``data``, drawn without replacement from ``seed``, kept in
-    file order."""
-    if limit is None or len(data) <= limit:
-        return data
-    keep = np.sort(np.random.default_rng(seed).choice(len(data), limit, replace=False))
-    pick = [int(i) for i in keep]
-    return replace(
-        data,
-        inputs=[data.inputs[i] for i in pick],
-        pairs=None if data.pairs is None else [data.pairs[i] for i in pick],
-        labels=None if data.labels is None else [data.labels[i] for i in pick],
-        lines=[data.lines[i] for i in pick],
-        conll=None,
-    )
 
 
 def row_units(enc: Encoded) -> np.ndarray:
@@ -256,10 +241,11 @@ class SelfTraining:
         self.representation = cfg.representation or first.representation
         del first
         self.seed = cfg.soft.seed
-        src_data = read_task_file(cfg.source_file, cfg.format)
+        src_data = read_task_file(cfg.source_file, cfg.format, limit=cfg.max_source, seed=self.seed)
         self.src = encode(src_data, self.tok, self.labels, cfg.max_len)
-        tgt_data = read_task_file(cfg.unlabeled_file, cfg.format, unlabeled=True)
-        tgt_data = subsample(tgt_data, cfg.max_unlabeled, self.seed)
+        tgt_data = read_task_file(
+            cfg.unlabeled_file, cfg.format, True, limit=cfg.max_unlabeled, seed=self.seed
+        )
         self.tgt = encode(tgt_data, self.tok, self.labels, cfg.max_len)
         self.gold = np.concatenate(self.src.targets)
         self.src_units, self.tgt_units = row_units(self.src), row_units(self.tgt)
@@ -394,7 +380,7 @@ class SelfTraining:
                 "tokens_per_s": toks,
             }
         )
-        self.say(f"round {r}: soft step done, loss {res.last_loss:.5f} ({secs:.1f} s)")
+        self.say(f"round {r}: soft step done, loss {format_loss(res.last_loss)} ({secs:.1f} s)")
         return student
 
     def pick_alpha(self, r: int, student: TaskModel) -> tuple[float, np.ndarray]:
@@ -562,7 +548,7 @@ class SelfTraining:
             }
         )
         self.say(
-            f"round {r}: hard step on {len(hard)} items done, loss {res.last_loss:.5f} "
+            f"round {r}: hard step on {len(hard)} items done, loss {format_loss(res.last_loss)} "
             f"({secs:.1f} s)"
         )
         return student

@@ -44,7 +44,8 @@ def _kernel_lines(run: dict) -> list[str]:
         base = torch_ms.get((r["op"], r["shape"], r["mode"]))
         speed = f"{base / r['ms']:.2f}x" if base and r["provider"] != "torch" else ""
         roof = f"{r['roofline_ms'] / r['ms']:.0%}" if r.get("roofline_ms") else ""
-        peak = "" if r.get("peak_mib") != r.get("peak_mib") else f"{r['peak_mib']:.0f}"
+        p = r.get("peak_mib")  # null (older records: NaN) where not measured (CPU)
+        peak = "n/a" if p is None or p != p else f"{p:.0f}"
         lines.append(
             f"  {r['op']:<10}{r['shape']:<26}{r['mode']:<13}{r['provider']:<9}"
             f"{r['ms']:>9.3f}{speed:>9}{roof:>9}{peak:>10}"

@@ -51,6 +51,7 @@ from xlt_engine.kernels import (
     voter_filter,
     voter_filter_ref,
 )
+from xlt_engine.kernels.threshold_curve import _curve_ref
 from xlt_engine.provenance import environment, result_file, version
 
 OPS = ("mlm", "mse", "voters", "threshold")
@@ -225,14 +226,19 @@ def threshold_cases(device, shapes, providers) -> list[Case]:
         thresholds = torch.linspace(0.5, 0.999, k, device=device)
         fns = {"triton": threshold_curve, "torch": threshold_curve_ref}
         args = (conf, correct, thresholds)
-        cases += _forward_cases("threshold", label, fns, providers, args, n * 5)
+        # compile the reference's computation: its input checks read a value on the host (a
+        # graph break that dynamo warns about at every compile)
+        cases += _forward_cases(
+            "threshold", label, fns, providers, args, n * 5, compile_target=_curve_ref
+        )
     return cases
 
 
-def _forward_cases(op, label, fns, providers, args, nbytes) -> list[Case]:
-    """Ops with no backward: one forward case per provider; compile compiles the reference."""
+def _forward_cases(op, label, fns, providers, args, nbytes, compile_target=None) -> list[Case]:
+    """Ops with no backward: one forward case per provider; compile compiles the reference
+    (or ``compile_target``)."""
     if "compile" in providers:
-        fns = {**fns, "compile": _compiled(fns["torch"])}
+        fns = {**fns, "compile": _compiled(compile_target or fns["torch"])}
     return [
         Case(op, label, provider, "forward", lambda f=fn: f(*args), nbytes=nbytes)
         for provider, fn in fns.items()
@@ -308,7 +314,7 @@ def time_case(case: Case, device: torch.device, reps: int) -> None:
                 else:
                     ms = triton.testing.do_bench(case.run, return_mode="median")
             else:
-                peak = float("nan")
+                peak = None  # no allocator statistics on CPU: null in the JSON, n/a in the table
                 times = []
                 for _ in range(reps):
                     if case.setup:
@@ -459,15 +465,28 @@ def run(
     return record
 
 
+def format_rate(value: float, unit: str) -> str:
+    """``value`` (in units of 1e12 for FLOP/s, 1e9 for B/s, as recorded) with the prefix that
+    fits: 0.098 TFLOP/s prints as 98.0 GFLOP/s (a fixed unit printed 0.0)."""
+    base = value * (1e12 if unit == "FLOP/s" else 1e9)
+    for prefix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if base >= scale:
+            return f"{base / scale:.1f} {prefix}{unit}"
+    return f"{base:.1f} {unit}"
+
+
 def format_table(record: dict) -> str:
     head = f"{record['device']} | torch {record['torch']} | triton {record['triton']} | {record['dtype']}"
     if record["reduced_sizes"]:
         head += " | CPU: torch providers at reduced sizes"
     lines = [head]
-    for key, value in record["yardsticks"].items():
-        lines.append(f"  {key}: {value:,.1f}")
+    yard = record["yardsticks"]
+    lines.append(
+        f"  yardsticks: matmul {format_rate(yard['matmul_tflops'], 'FLOP/s')} "
+        f"({record['dtype']}), copy {format_rate(yard['copy_gbps'], 'B/s')}"
+    )
     cols = (
-        f"{'op':<10}{'shape':<26}{'mode':<9}{'provider':<9}{'ms':>10}{'rate':>14}"
+        f"{'op':<10}{'shape':<26}{'mode':<9}{'provider':<9}{'ms':>10}{'rate':>16}"
         f"{'roof ms':>9}{'of roof':>8}{'peak MiB':>10}"
     )
     lines += [cols, "-" * len(cols)]
@@ -475,11 +494,14 @@ def format_table(record: dict) -> str:
         if "error" in r:
             rest = f"  error: {r['error']}"
         else:
-            rate = f"{r['tflops']:.1f} TFLOP/s" if "tflops" in r else f"{r.get('gbps', 0):.1f} GB/s"
-            peak = "" if r["peak_mib"] != r["peak_mib"] else f"{r['peak_mib']:.0f}"
+            if "tflops" in r:
+                rate = format_rate(r["tflops"], "FLOP/s")
+            else:
+                rate = format_rate(r.get("gbps", 0), "B/s")
+            peak = "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}"
             roof = r.get("roofline_ms")
             roofs = f"{roof:>9.3f}{roof / r['ms']:>8.0%}" if roof else f"{'':>17}"
-            rest = f"{r['ms']:>10.3f}{rate:>14}{roofs}{peak:>10}"
+            rest = f"{r['ms']:>10.3f}{rate:>16}{roofs}{peak:>10}"
         lines.append(f"{r['op']:<10}{r['shape']:<26}{r['mode']:<9}{r['provider']:<9}{rest}")
     return "\n".join(lines)
 
@@ -492,7 +514,7 @@ def save(record: dict, out_dir: Path, device: torch.device) -> list[Path]:
     csv_path = json_path.with_suffix(".csv")
     runs = json.loads(json_path.read_text()) if json_path.exists() else []
     runs.append(record)
-    atomic_write_text(json_path, json.dumps(runs, indent=1) + "\n")
+    atomic_write_text(json_path, json.dumps(runs, indent=1, allow_nan=False) + "\n")
     fields = [
         "date",
         "device",

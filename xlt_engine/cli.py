@@ -208,13 +208,19 @@ def bench() -> None:
 )
 @click.option("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when present)")
 @click.option("--reps", type=int, default=None, help="timed repetitions on CPU / backward mode")
-@_folder_option("benchmarks/results", "folder for the JSON and CSV")
-@click.option("--no-save", is_flag=True, help="print the table only")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="append the run to the JSON and CSV in this folder (e.g. benchmarks/results); "
+    "without it the table is only printed",
+)
+@click.option("--no-save", is_flag=True, help="print the table only, even with --out")
 def bench_kernels(ops, providers, modes, device, reps, out, no_save) -> None:
     """Time the fused kernels against torch, torch.compile, Hugging Face and Liger."""
     from xlt_engine import bench as bench_mod
 
-    if not no_save:
+    if out is not None and not no_save:
         try:
             check_writable(out, "--out")
         except ValueError as err:
@@ -225,7 +231,7 @@ def bench_kernels(ops, providers, modes, device, reps, out, no_save) -> None:
         modes=modes or bench_mod.MODES,
         device=device,
         reps=reps,
-        out_dir=None if no_save else out,
+        out_dir=None if no_save else out,  # None unless --out
         echo=click.echo,
     )
 

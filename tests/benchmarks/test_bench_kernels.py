@@ -67,3 +67,32 @@ def test_no_save_writes_nothing(tmp_path, monkeypatch):
     )
     assert result.exit_code == 0, result.output
     assert not any(tmp_path.iterdir())
+
+
+def test_cpu_table_units_fit_json_is_strict_and_nothing_is_written_without_out(
+    tmp_path, monkeypatch
+):
+    """It printed 0.0 TFLOP/s and 0.0 GB/s, an empty peak column, wrote NaN into the JSON and
+    wrote into benchmarks/results of the working directory unasked."""
+    import re
+
+    from xlt_engine.bench import format_rate
+
+    assert format_rate(0.0983, "FLOP/s") == "98.3 GFLOP/s"
+    assert format_rate(2.5, "FLOP/s") == "2.5 TFLOP/s"
+    assert format_rate(0.0004, "B/s") == "400.0 kB/s"
+    monkeypatch.chdir(tmp_path)
+    args = ["bench", "kernels", "--op", "mse", "--op", "voters", "--provider", "torch"]
+    res = CliRunner().invoke(main, [*args, "--reps", "1"])
+    assert res.exit_code == 0, res.output
+    assert not any(tmp_path.iterdir())  # no --out: printed only
+    assert not re.search(r"\b0\.0 [TGMk]?(FLOP|B)/s", res.output), res.output
+    assert "yardsticks: matmul " in res.output
+    rows = [x for x in res.output.splitlines() if x.startswith(("mse ", "voters "))]
+    assert rows and all(x.rstrip().endswith("n/a") for x in rows)
+    res = CliRunner().invoke(main, [*args, "--reps", "1", "--out", str(tmp_path / "r")])
+    (path,) = (tmp_path / "r").glob("kernels_cpu*.json")
+    text = path.read_text()
+    assert "NaN" not in text
+    runs = json.loads(text)
+    assert all(r["peak_mib"] is None for r in runs[0]["rows"])

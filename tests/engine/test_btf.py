@@ -368,3 +368,20 @@ def test_metrics_records_carry_a_run_id_and_time_and_never_mix_runs(tmp_path):
     again = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in again] == [1, 2, 3, 4, 5, 6]
     assert again[:3] == records[:3] and again[3]["run"] != records[0]["run"]
+
+
+def test_freeze_layers_all_trains_only_the_head(setup, tmp_path):
+    import dataclasses
+
+    tmp, _ = setup
+    cfg = dataclasses.replace(
+        config(setup, tmp_path / "run", max_steps=3, lr=2e-2), freeze_layers="all"
+    )
+    run_btf(cfg, echo=None)
+    before, after = weights(tmp / "tiny"), weights(tmp_path / "run" / "base-model")
+    body = [k for k in before if k.startswith("bert.")]
+    assert body and all(torch.equal(before[k], after[k]) for k in body)
+    assert not torch.equal(
+        before["cls.predictions.transform.dense.weight"],
+        after["cls.predictions.transform.dense.weight"],
+    )

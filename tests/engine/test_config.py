@@ -20,6 +20,7 @@ from xlt_engine.engine.config import (
     to_dict,
 )
 from xlt_engine.engine.experiment import build_stage
+from xlt_engine.engine.runs import with_section
 
 ROOT = Path(__file__).resolve().parents[2]
 CONLL = ROOT / "configs" / "conll.toml"
@@ -123,7 +124,9 @@ def test_set_overrides_parse_toml_values(tmp_path):
 def test_shipped_presets_load_and_find_their_data(tiny):
     e5_conll, e5_cls = (ROOT / "configs" / f"e5-small-{t}.toml" for t in ("conll", "cls"))
     for path, lang in ((CONLL, "eng"), (CLS, "en"), (e5_conll, "eng"), (e5_cls, "en")):
-        cfg = load_config(path, [f"data.root={SHARED_DATA}", f"model.path={tiny}"])
+        # the tiny model has 2 layers: the presets' freeze_layers = 3 would freeze them all
+        over = [f"data.root={SHARED_DATA}", f"model.path={tiny}", "btf.freeze_layers=1"]
+        cfg = load_config(path, over)
         assert cfg.source == lang and len(cfg.targets) == 3
         for stage in ("btf", "finetune", "evaluate"):
             check_files(cfg, stage)
@@ -216,6 +219,8 @@ def test_cli_runs_every_stage(tiny, conll, tmp_path):
         f"languages.ned.test={conll['ned.test']}",
         "--set",
         "btf.batch_size=8",
+        "--set",
+        "btf.freeze_layers=1",
         "--set",
         "finetune.batch_size=8",
         "--set",
@@ -405,7 +410,7 @@ def test_model_representation_is_checked_where_it_can_go_wrong(tmp_path, tiny):
     for stage in ("finetune", "selftrain"):
         with pytest.raises(ConfigError, match=r"model.representation: 'pooler', but .* no pooler"):
             check_files(cfg, stage)
-    check_files(cfg, "btf")  # btf does not read it
+    check_files(with_section(cfg, "btf", freeze_layers=1), "btf")  # btf does not read it
     check_files(load_config(CLS, [*over[:2], "model.representation=mean"]), "finetune")
 
 
@@ -433,3 +438,18 @@ def test_data_caps_are_checked_and_in_fingerprints_only_when_set(tmp_path, tiny)
     assert not any(k.startswith("data.max_") for k in plain)  # older folders stay valid
     capped = plan_stage(load_config(CONLL, [*base, "data.max_test=50"]), "evaluate").settings
     assert capped["data.max_test"] == 50
+
+
+def test_freeze_layers_covering_the_whole_model_must_say_all(tmp_path, tiny):
+    """A freeze_layers of 3 on a 2-layer model froze every layer without a word."""
+    base = [f"data.root={SHARED_DATA}", f"model.path={tiny}"]  # tiny: 2 layers
+    with pytest.raises(ConfigError, match=r"btf.freeze_layers: 2 freezes all 2 layers"):
+        check_files(load_config(CONLL, [*base, "btf.freeze_layers=2"]), "btf")
+    check_files(load_config(CONLL, [*base, "btf.freeze_layers=1"]), "btf")
+    cfg = load_config(CONLL, [*base, "btf.freeze_layers=all"])
+    assert cfg.btf.freeze_layers == "all"
+    check_files(cfg, "btf")
+    got = problems(tmp_path, MINIMAL, "btf.freeze_layers=some")
+    assert got == ["btf: freeze_layers must be a number >= 0 or 'all', got 'some'"]
+    got = problems(tmp_path, MINIMAL, "btf.freeze_layers=1.5")
+    assert got == ["btf.freeze_layers: expected int or 'all', got 1.5"]

@@ -21,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FAST = """
 [btf]
 batch_size = 8
+freeze_layers = 1
 [btf.train]
 max_steps = 6
 lr = 1e-3
@@ -408,7 +409,8 @@ def test_smoke_runs_every_stage_on_a_sample_into_its_own_folder(tiny, tmp_path):
     out = tmp_path / "exp"
     args = ["run", "--stage", "all", "--smoke", "--config", str(ROOT / "configs" / "conll.toml"),
             "--out", str(out), "--no-progress", "--set", f"data.root={SHARED_DATA}",
-            "--set", f"model.path={tiny}", "--set", 'targets=["esp"]']  # fmt: skip
+            "--set", f"model.path={tiny}", "--set", 'targets=["esp"]',
+            "--set", "btf.freeze_layers=1"]  # fmt: skip
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, (res.output, res.exception)
     pair = out / "smoke" / "eng-esp"
@@ -423,3 +425,7 @@ def test_smoke_runs_every_stage_on_a_sample_into_its_own_folder(tiny, tmp_path):
     soft = [r for r in st if r["step"] == "soft"]
     assert [r["steps"] for r in soft] == [4, 4]  # N = 1.5: rounds 1 and 2
     assert (out / "smoke" / "all.md").is_file()
+    summary = res.output[res.output.index("summary:") :].splitlines()
+    assert any(x.split()[:2] == ["[eng-esp]", "btf"] for x in summary[1:]), summary
+    last = summary[-1]
+    assert str(out / "smoke" / "all.md") in last and last.endswith(" MiB"), last

@@ -120,7 +120,8 @@ def run_btf(cfg: BtfConfig, resume: bool = False, echo=print, progress=None) -> 
     rank, _ = rank_world()
     tok = load_tokenizer(cfg.model)
     model = load_pretrained(cfg.model, dtype=torch.float32, device=device)
-    bottom = range(min(cfg.freeze_layers, len(model.encoder.layers)))
+    layers = len(model.encoder.layers)
+    bottom = range(layers if cfg.freeze_layers == "all" else min(cfg.freeze_layers, layers))
     frozen_patterns = (
         *([r"encoder\.embeddings\."] if cfg.freeze_embeddings else []),
         *(rf"encoder\.layers\.{i}\." for i in bottom),

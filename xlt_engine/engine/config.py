@@ -204,7 +204,8 @@ class BtfSection(BatchSettings):
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=2e-5))
     mlm_probability: float = 0.15
     whole_word: bool = False
-    freeze_layers: int = 3  # bottom encoder layers frozen (with the embeddings)
+    freeze_layers: int | Literal["all"] = 3  # bottom encoder layers frozen (with the
+    # embeddings); "all": every layer (a number >= the model's layers is refused as a slip)
     freeze_embeddings: bool = True  # false only for a model with no pretraining (quickstart)
     epoch_size: int | None = None  # windows per epoch (None: the corpora's total)
 
@@ -212,7 +213,12 @@ class BtfSection(BatchSettings):
         super().__post_init__()
         if not 0 < self.mlm_probability < 1:
             raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
-        if self.freeze_layers < 0:
+        if isinstance(self.freeze_layers, str):
+            if self.freeze_layers != "all":
+                raise ValueError(
+                    f"freeze_layers must be a number >= 0 or 'all', got {self.freeze_layers!r}"
+                )
+        elif self.freeze_layers < 0:
             raise ValueError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
         if self.epoch_size is not None and self.epoch_size < 1:
             raise ValueError(f"epoch_size must be >= 1 (or left out), got {self.epoch_size}")
@@ -386,6 +392,8 @@ class ExperimentConfig:
 
 
 def _type_name(tp) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
     return getattr(tp, "__name__", str(tp)).replace("NoneType", "none")
 
 
@@ -394,7 +402,17 @@ def _convert(tp, value, key: str, problems: list[str]):
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, key, problems)
+        for candidate in inner:  # the first type that takes the value (int | "all")
+            trial: list[str] = []
+            converted = _convert(candidate, value, key, trial)
+            if not trial:
+                return converted
+        if len(inner) == 1:
+            problems.extend(trial)
+        else:
+            names = " or ".join(_type_name(a) for a in inner)
+            problems.append(f"{key}: expected {names}, got {value!r}")
+        return None
     if origin is Literal:  # its choices are checked by the section (check_choices)
         return _convert(type(args[0]), value, key, problems)
     if dataclasses.is_dataclass(tp):
@@ -525,14 +543,19 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def max_positions(folder: Path) -> int | None:
-    """The longest input the model in ``folder`` takes (``BertConfig.max_tokens``), or None
-    when its config.json is absent or invalid (loading the model reports that, naming the
-    file)."""
+def model_config(folder: Path) -> BertConfig | None:
+    """The config of the model in ``folder``, or None when its config.json is absent or
+    invalid (loading the model reports that, naming the file)."""
     try:
-        return BertConfig.from_json(folder / "config.json").max_tokens
+        return BertConfig.from_json(folder / "config.json")
     except ValueError:
         return None
+
+
+def max_positions(folder: Path) -> int | None:
+    """The longest input the model in ``folder`` takes (``BertConfig.max_tokens``)."""
+    config = model_config(folder)
+    return None if config is None else config.max_tokens
 
 
 def has_pooler(folder: Path) -> bool | None:
@@ -561,6 +584,14 @@ def check_files(cfg: ExperimentConfig, stage: str) -> None:
         problems.append(f"data.root: {cfg.data.root}: no such folder")
     need("model.path", Path(cfg.model.path), folder=True)
     positions = max_positions(Path(cfg.model.path))
+    config = model_config(Path(cfg.model.path))
+    frozen = cfg.btf.freeze_layers
+    covers = config is not None and frozen != "all" and frozen >= config.num_hidden_layers
+    if stage == "btf" and covers:
+        problems.append(
+            f"btf.freeze_layers: {frozen} freezes all {config.num_hidden_layers} layers of "
+            "the model (only the MLM head would train); set it to 'all' if that is meant"
+        )
     if positions is not None and cfg.model.max_len > positions:
         problems.append(
             f"model.max_len: {cfg.model.max_len} is more than the {positions} positions of the "

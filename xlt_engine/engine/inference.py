@@ -8,9 +8,11 @@ label name goes to the CPU.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import click
 import numpy as np
 import torch
 
@@ -79,8 +81,17 @@ def predict_logits(
     batches = length_batches(
         lengths[order], None, max(max_tokens, -(-longest // 8) * 8), shuffle=False
     )
+    bar = None
+    if len(batches) > 1 and rank_world()[0] == 0 and sys.stderr.isatty():
+        # a long inference pass (evaluate, teacher probabilities) shows where it is
+        bar = click.progressbar(
+            length=len(batches), label="inference", file=sys.stderr, show_eta=True
+        )
+        bar.__enter__()
     try:
         for b in batches:
+            if bar is not None:
+                bar.update(1)
             items = order[b]
             batch = make_batch(enc, items, pad_id)
             with torch.autocast(
@@ -90,6 +101,8 @@ def predict_logits(
             rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in items])
             out[:, torch.from_numpy(rows).to(device)] = logits.to(out_dtype)
     finally:
+        if bar is not None:
+            bar.__exit__(None, None, None)
         model.train(was_training)
     return out
 

@@ -17,14 +17,17 @@ transfer) for every seed, and a table of mean +- std over seeds per target and o
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import os
 import statistics
+import time
 from pathlib import Path
 
 from xlt_engine.engine import distributed
 from xlt_engine.engine.config import ExperimentConfig, check_files
 from xlt_engine.engine.distributed import rank_world
-from xlt_engine.engine.experiment import run_stage
+from xlt_engine.engine.experiment import format_seconds, run_stage
 from xlt_engine.engine.runs import check_plans, plan_stage, with_section
 from xlt_engine.fileio import write_results
 
@@ -113,6 +116,8 @@ def run_all(
     names the two files."""
     distributed.init(cfg.device)
     steps = check_all(cfg, btf, selftrain, direct)
+    start = time.perf_counter()
+    timings: list[tuple[str, float | None]] = []  # (pair and stage, seconds; None: reused)
     results: dict = {"metric": None, "source": cfg.source, "targets": {}}
     column = {"finetune-direct": "direct", "finetune": "btf", "selftrain": "selftrain"}
     for pc, stage in steps:
@@ -121,7 +126,9 @@ def run_all(
             pc.pair_target, {**dict.fromkeys(COLUMNS), "source": dict.fromkeys(COLUMNS)}
         )
         if stage == "evaluate":
+            t0 = time.perf_counter()
             res = _evaluate_row(pc, pc.evaluate.model, resume, echo)
+            timings.append((f"{where} evaluate {pc.evaluate.model}", time.perf_counter() - t0))
             if res is not None:
                 col = column[pc.evaluate.model]
                 results["metric"] = res["metric"]
@@ -132,14 +139,42 @@ def run_all(
         if plan.output.exists():
             if echo:
                 echo(f"{where} {stage}: {plan.output} exists, same fingerprint, not run again")
+            timings.append((f"{where} {plan.folder.name}", None))
             continue
         if echo:
             echo(f"{where} {stage} -> {plan.folder}")
+        t0 = time.perf_counter()
         run_stage(pc, stage, resume=resume and plan.started(), echo=echo, progress=progress)
+        timings.append((f"{where} {plan.folder.name}", time.perf_counter() - t0))
         distributed.barrier()
     if rank_world()[0] == 0:
         write_results(table_dir(cfg), table_name, results, all_table(results), echo)
+        if echo:
+            echo(run_summary(timings, time.perf_counter() - start, table_dir(cfg), table_name))
     return results
+
+
+def folder_bytes(folder: Path) -> int:
+    """The size of the files below ``folder`` (links not followed)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):  # removed while walking
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+def run_summary(timings, seconds: float, folder: Path, table_name: str) -> str:
+    """What ``run --stage all`` did: time per stage (or reused), the tables, the disk used."""
+    lines = ["summary:"]
+    for name, secs in timings:
+        lines.append(f"  {name:<40} {'reused' if secs is None else format_seconds(secs)}")
+    size = folder_bytes(folder)
+    lines.append(
+        f"  all in {format_seconds(seconds)}; tables {folder / (table_name + '.md')} and .json; "
+        f"{folder} holds {size / 2**20:,.1f} MiB"
+    )
+    return "\n".join(lines)
 
 
 def _pct(x) -> str:

@@ -47,3 +47,31 @@ def test_files_and_folders_get_the_umask_modes(tmp_path, umask):
     assert got["folder"] == got["model"] == 0o777 & ~umask
     assert got["model/model.safetensors"] == got["model/config.json"] == 0o666 & ~umask
     assert not [p for p in got if os.path.basename(p).startswith(".")]  # no temporaries left
+
+
+def test_remove_debris_takes_only_what_killed_atomic_writes_left(tmp_path):
+    keep = [tmp_path / "model", tmp_path / "model" / "model.safetensors", tmp_path / ".hidden"]
+    keep[0].mkdir()
+    keep[1].write_bytes(b"w")
+    keep[2].write_text("a user's file")
+    debris = [
+        tmp_path / ".model.tmp-k2j4h1x_",  # a half-written model folder
+        tmp_path / "ckpt-00000004" / ".state.pt.tmp-abc123",
+        tmp_path / ".latest.tmp-9z8y7x",
+        tmp_path / ".model.old-q1w2e3",
+    ]
+    debris[0].mkdir()
+    (debris[0] / "model.safetensors").write_bytes(b"x" * 100)
+    debris[1].parent.mkdir()
+    debris[1].write_bytes(b"s")
+    debris[2].write_text("ckpt-0")
+    debris[3].mkdir()
+    from xlt_engine.fileio import remove_debris
+
+    assert sorted(remove_debris(tmp_path)) == sorted(debris)
+    assert all(p.exists() for p in keep) and not any(p.exists() for p in debris)
+    with atomic_folder(tmp_path / "again") as tmp:  # the names atomic writes use match
+        (tmp / "f").write_text("x")
+        assert remove_debris(tmp_path) == [tmp]
+        tmp.mkdir()  # (put back for the context manager)
+        (tmp / "f").write_text("x")

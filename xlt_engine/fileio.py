@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -55,6 +56,30 @@ def check_writable(path: str | Path, what: str) -> None:
         raise ValueError(f"{what} {path}: cannot write in {probe} ({err.strerror})") from None
     os.close(fd)
     os.unlink(tmp)
+
+
+DEBRIS = re.compile(r"\..+\.(tmp|old)-[A-Za-z0-9_]+\Z")  # what atomic writes leave when killed
+
+
+def remove_debris(folder: str | Path) -> list[Path]:
+    """Remove the temporary files and folders that atomic writes below ``folder`` left when a
+    kill stopped them (``.model.tmp-*``: about 700 MB at mBERT size); returns what it removed.
+    Call it only where no other process is writing (the start of a stage, on rank 0)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = []
+    for dirpath, dirs, files in os.walk(folder):
+        for name in [*dirs, *files]:
+            if DEBRIS.match(name):
+                found.append(Path(dirpath) / name)
+        dirs[:] = [d for d in dirs if not DEBRIS.match(d)]  # removed whole below
+    for path in found:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return found
 
 
 def fsync_dir(path: str | Path) -> None:

@@ -385,3 +385,47 @@ def test_freeze_layers_all_trains_only_the_head(setup, tmp_path):
         before["cls.predictions.transform.dense.weight"],
         after["cls.predictions.transform.dense.weight"],
     )
+
+
+def test_weights_that_overflowed_are_never_saved_as_a_good_checkpoint(tmp_path):
+    """lr = 1e30 made a checkpoint of inf weights the 'last good' one; resuming gave NaN again.
+    Here a finite loss with an infinite gradient (sqrt at 0) turns the bias into NaN at step 1."""
+    model = torch.nn.Linear(3, 1)
+
+    def loss_fn(m, batch, gen):
+        return (m.bias - m.bias.detach()).sqrt().sum() + m(batch["x"]).pow(2).mean()
+
+    def save(m, folder):
+        folder.mkdir()
+        torch.save(m.state_dict(), folder / "w.pt")
+
+    cfg = TrainConfig(max_steps=6, lr=1e-3, log_every=100, save_every=1, clip=0.0)
+    with pytest.raises(NonFiniteLoss, match=r"non-finite weights at step 1 \(bias\)") as info:
+        train(model, loss_fn, Data(), cfg, tmp_path, save_model=save, load_model=None, echo=None)
+    assert "no checkpoint was written yet" in str(info.value)
+    assert latest_checkpoint(tmp_path) is None
+
+
+def test_resume_refuses_a_changed_training_setting_by_name(tmp_path):
+    model = torch.nn.Linear(3, 1)
+
+    def loss_fn(m, batch, gen):
+        return m(batch["x"]).pow(2).mean()
+
+    def save(m, folder):
+        folder.mkdir()
+        torch.save(m.state_dict(), folder / "w.pt")
+
+    def load(m, folder):
+        m.load_state_dict(torch.load(folder / "w.pt"))
+
+    cfg = TrainConfig(max_steps=3, lr=1e-3, log_every=1, freeze=("bias",))
+    train(model, loss_fn, Data(), cfg, tmp_path, save_model=save, load_model=load, echo=None)
+    more = dict(save_model=save, load_model=load, resume=True, echo=None)
+    changed = TrainConfig(max_steps=3, lr=2e-3, log_every=5, freeze=("bias",))
+    with pytest.raises(ValueError, match=r"other settings: lr: 0.001 -> 0.002; resume with"):
+        train(model, loss_fn, Data(), changed, tmp_path, **more)
+    train(model, loss_fn, Data(), changed, tmp_path, accept_changes=True, **more)
+    # log_every is free to change, and a stored tuple reads back equal
+    train(model, loss_fn, Data(), TrainConfig(**{**cfg.__dict__, "log_every": 7}), tmp_path,
+          **more)  # fmt: skip

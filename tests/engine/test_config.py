@@ -186,7 +186,7 @@ def test_cli_reports_config_errors_before_running(tmp_path):
         ],
     )
     assert res.exit_code == 1
-    assert "btf.train: lr must be a positive number, got -1" in res.output
+    assert "btf.train: lr must be in (0, 10], got -1" in res.output
     assert not (tmp_path / "run").exists()
 
 
@@ -384,6 +384,7 @@ def test_boundary_sweep_of_every_numeric_key_fails_at_load_naming_the_key():
     assert "0" not in accepted.get("evaluate.max_tokens", [])
     assert "-1" not in accepted.get("predict.max_tokens", [])
     assert "4294967296" not in accepted.get("model.voters", [])
+    assert "1e308" not in accepted.get("btf.train.lr", [])  # a RuntimeError in AdamW
     assert not any("nan" in values for values in accepted.values())
 
 

@@ -82,7 +82,7 @@ class TokenCache:
         if (folder / "meta.json").is_file():
             return cls(folder)
         cache_root.mkdir(parents=True, exist_ok=True)
-        tmp = temp_dir_beside(f".{folder.name}.", cache_root)
+        tmp = temp_dir_beside(f".{folder.name}.tmp-", cache_root)
         try:
             n_lines = n_ids = 0
             with (

@@ -43,7 +43,7 @@ from xlt_engine.engine.runs import (
     unlabeled_role,
 )
 from xlt_engine.engine.selftrain import SelftrainConfig, run_selftrain
-from xlt_engine.fileio import atomic_write_text
+from xlt_engine.fileio import atomic_write_text, remove_debris
 
 
 def write_run_info(folder: Path, cfg: ExperimentConfig, stage: str, stage_cfg) -> None:
@@ -260,6 +260,9 @@ def run_stage(
     stage_cfg = build_stage(cfg, stage)
     start = time.perf_counter()
     if main:
+        removed = remove_debris(plan.folder)  # what a kill left half-written
+        if removed and echo:
+            echo(f"{stage}: removed {len(removed)} temporary file(s) a killed run left")
         plan.begin()
         write_run_info(plan.folder, cfg, stage, stage_cfg)
     if stage == "evaluate":  # rank 0 alone, and no collective: the others go on at once

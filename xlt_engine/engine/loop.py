@@ -19,9 +19,11 @@ with Hugging Face names) and ``state.pt`` (optimizer, scaler, step, data positio
 python / numpy / torch / cuda); ``run_dir/latest`` names the newest complete one and is
 replaced atomically after both are written, so a kill at any moment leaves a usable checkpoint.
 ``resume=True`` continues from it exactly: on CPU the final weights equal an uninterrupted run's
-bit for bit. SIGINT / SIGTERM finish the current step, write a checkpoint and raise
+bit for bit; a changed training setting (other than ``RESUME_FREE``) is refused by name unless
+``accept_changes``. SIGINT / SIGTERM finish the current step, write a checkpoint and raise
 ``Interrupted`` (whose message says how to resume). A non-finite loss stops the run with an
-error naming the step and batch before any checkpoint after it is written.
+error naming the step and batch before any checkpoint after it is written, and weights that are
+not finite are never saved as a checkpoint.
 
 Metrics go to ``run_dir/metrics.jsonl`` (one JSON object per log interval or evaluation, with
 ``run``, an id per call of ``train``, and ``time``, Unix seconds); a fresh run starts the file
@@ -63,6 +65,7 @@ from xlt_engine.fileio import atomic_file, atomic_write_text
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 MAX_EPOCHS = 1e6  # beyond these a typo, not a plan (and 1e308 epochs overflowed the step count)
 MAX_STEPS = 10**12
+MAX_LR = 10.0  # AdamW on these models trains below 1e-2; lr 1e39 was a RuntimeError in AdamW
 
 
 class Interrupted(Exception):
@@ -106,8 +109,8 @@ class TrainConfig:
             raise ValueError(f"max_steps must be at most {MAX_STEPS:g}, got {self.max_steps!r}")
         if self.max_steps == 0 and not self.epochs > 0:
             raise ValueError("max_steps must be a positive integer (or give epochs > 0)")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not (0 < self.lr <= MAX_LR):
+            raise ValueError(f"lr must be in (0, {MAX_LR:g}], got {self.lr!r}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
@@ -281,6 +284,33 @@ def _restart_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(keep))
 
 
+RESUME_FREE = ("log_every", "save_every", "save_minutes", "eval_every", "keep_checkpoints")
+
+
+def config_changes(stored: dict | None, current: dict) -> list[str]:
+    """``key: old -> new`` for each training setting a resume would change (those that do not
+    change the result, ``RESUME_FREE``, may change)."""
+    if stored is None:  # a checkpoint from before settings were stored
+        return []
+    out = []
+    for key in sorted(set(stored) | set(current)):
+        old, new = stored.get(key), current.get(key)
+        if isinstance(old, list):  # a tuple comes back from torch.load as a list
+            old = tuple(old)
+        if key not in RESUME_FREE and old != new:
+            out.append(f"{key}: {old!r} -> {new!r}")
+    return out
+
+
+def non_finite_parameters(model: nn.Module) -> list[str]:
+    """Names of the parameters holding inf or NaN (one host sync for all of them)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
+    if not named:
+        return []
+    ok = torch.stack([p.detach().isfinite().all() for _, p in named]).cpu()
+    return [n for (n, _), good in zip(named, ok.tolist(), strict=True) if not good]
+
+
 def _last_good(run_dir: Path) -> str:
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
@@ -370,6 +400,7 @@ def train(
     save_model: Callable[[nn.Module, Path], None],
     load_model: Callable[[nn.Module, Path], None],
     resume: bool = False,
+    accept_changes: bool = False,
     evaluate: Callable[[nn.Module], dict] | None = None,
     echo: Callable[[str], None] | None = print,
     progress: bool | None = None,
@@ -414,6 +445,12 @@ def train(
     ckpts = Checkpoints(run_dir, save_model, load_model, cfg.keep_checkpoints)
     if resume:
         state = ckpts.load(core)
+        changed = config_changes(state.get("config"), asdict(cfg))
+        if changed and not accept_changes:
+            raise ValueError(
+                f"{ckpts.latest()} was written with other settings: {'; '.join(changed)}; "
+                "resume with the same settings (or accept_changes=True)"
+            )
         opt.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         step, epoch, index = state["step"], state["epoch"], state["index"]
@@ -427,6 +464,14 @@ def train(
         _restart_metrics(run_dir / "metrics.jsonl", step if resume else 0)
 
     def checkpoint() -> Path | None:
+        # every rank checks (their weights are equal), so all stop before the collective save
+        bad = non_finite_parameters(core)
+        if bad:
+            raise NonFiniteLoss(
+                f"non-finite weights at step {step} ({', '.join(bad[:3])}"
+                f"{', ...' if len(bad) > 3 else ''}): not saved as a checkpoint; "
+                f"{_last_good(run_dir)}"
+            )
         state = {
             "optimizer": opt.state_dict(),
             "scaler": scaler.state_dict(),

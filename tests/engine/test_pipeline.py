@@ -248,7 +248,7 @@ def test_selftrain_model_predicts_one_tag_per_input_word(ner_cfg, ner_all, conll
             "--config",
             str(ner_cfg),
             "--out",
-            str(out / "eng-esp"),
+            str(out),  # the experiment's folder, as for --stage all (the pair is inside)
             "--set",
             "predict.model=selftrain",
             "--set",

@@ -454,3 +454,15 @@ def test_freeze_layers_covering_the_whole_model_must_say_all(tmp_path, tiny):
     assert got == ["btf: freeze_layers must be a number >= 0 or 'all', got 'some'"]
     got = problems(tmp_path, MINIMAL, "btf.freeze_layers=1.5")
     assert got == ["btf.freeze_layers: expected int or 'all', got 1.5"]
+
+
+def test_data_encoding_reaches_every_reader_and_is_checked(tmp_path, tiny):
+    got = problems(tmp_path, MINIMAL, "data.encoding=klingon")
+    assert got == ["data: encoding: unknown encoding 'klingon'"]
+    over = [f"data.root={SHARED_DATA}", f"model.path={tiny}", f"out={tmp_path}"]
+    over += ["data.encoding=latin-1", "finetune.init=pretrained"]
+    cfg = load_config(CONLL, over)
+    assert build_stage(cfg, "finetune").encoding == "latin-1"
+    from xlt_engine.engine.runs import plan_stage
+
+    assert plan_stage(cfg, "finetune").settings["data.encoding"] == "latin-1"

@@ -387,3 +387,16 @@ def test_finetune_prints_label_counts_and_warns_about_a_rare_label(tiny, conll, 
     counts = data.label_counts()
     assert sum(counts.values()) == sum(len(t) for t in data.labels)
     assert list(counts) == sorted(counts, key=counts.get, reverse=True)
+
+
+def test_finetune_reads_with_the_encoding_it_is_given(tiny, conll, tmp_path):
+    """A UTF-8 file with one stray byte is refused unless the encoding is given."""
+    raw = conll["eng.train"].read_bytes()
+    bad = tmp_path / "mixed.train"
+    bad.write_bytes("Zürich NNP I-NP B-LOC\n\n".encode() + b"Gro\xdfe JJ I-NP O\n\n" + raw)
+    kw = dict(model=str(tiny), train_file=str(bad), format="conll", max_len=32, batch_size=8,
+              train=TrainConfig(max_steps=1, lr=1e-3))  # fmt: skip
+    with pytest.raises(ValueError, match="a UTF-8 file with stray bytes"):
+        run_finetune(FinetuneConfig(out=str(tmp_path / "a"), **kw), echo=None)
+    r = run_finetune(FinetuneConfig(out=str(tmp_path / "b"), encoding="latin-1", **kw), echo=None)
+    assert r.model.is_dir()

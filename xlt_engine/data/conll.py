@@ -97,8 +97,8 @@ def decode(path: Path, data: bytes, encoding: str | None) -> tuple[str, str]:
         raise ValueError(
             f"{path}:{line}: not valid UTF-8 at {where}, yet {valid:,} characters are valid "
             f"UTF-8 ({bad:,} invalid sequences): a UTF-8 file with stray bytes, which latin-1 "
-            "would turn into mojibake. Fix those bytes, or give the encoding (read_conll(path, "
-            "encoding=...); iconv converts a file to UTF-8)"
+            "would turn into mojibake. Fix those bytes, or give the encoding (data.encoding in a "
+            "config, read_conll(path, encoding=...) in code; iconv converts a file to UTF-8)"
         )
     warnings.warn(
         f"{path}: read as latin-1: {bad:,} byte sequences are not UTF-8 (the first: {where}) and "

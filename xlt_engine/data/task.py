@@ -76,17 +76,23 @@ class TaskData:
 
 
 def read_task_file(
-    path: str | Path, format: str, unlabeled: bool = False, limit: int | None = None, seed: int = 0
+    path: str | Path,
+    format: str,
+    unlabeled: bool = False,
+    limit: int | None = None,
+    seed: int = 0,
+    encoding: str | None = None,
 ) -> TaskData:
     """Read ``path`` in ``format``; ``unlabeled``: the labels (if any) are not kept;
-    ``limit``: at most that many examples, sampled from ``seed`` (``subsample``)."""
-    return subsample(_read_task_file(Path(path), format, unlabeled), limit, seed)
+    ``limit``: at most that many examples, sampled from ``seed`` (``subsample``); ``encoding``:
+    a CoNLL file's (None: UTF-8, or latin-1 by a clear margin; see ``read_conll``)."""
+    return subsample(_read_task_file(Path(path), format, unlabeled, encoding), limit, seed)
 
 
-def _read_task_file(path: Path, format: str, unlabeled: bool) -> TaskData:
+def _read_task_file(path: Path, format: str, unlabeled: bool, encoding: str | None) -> TaskData:
     kind = task_kind(format)
     if format == "conll":
-        cf = read_conll(path)
+        cf = read_conll(path, encoding)
         tags = None if unlabeled else [s.tags for s in cf]
         return TaskData(
             path, format, kind, [s.tokens for s in cf], None, tags, [s.line for s in cf], cf

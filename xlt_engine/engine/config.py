@@ -13,6 +13,7 @@ Relative data paths (``languages.<lang>.*``) are read against ``data.root``; ``d
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import math
 import types
@@ -61,6 +62,14 @@ class LanguageFiles:
     text: str | None = None  # plain text (one sentence or document per line) for btf
 
 
+def check_encoding(encoding: str | None) -> None:
+    if encoding is not None:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(f"encoding: unknown encoding {encoding!r}") from None
+
+
 def check_limit(name: str, value: int | None) -> None:
     if value is not None and value < 1:
         raise ValueError(f"{name} must be >= 1 (or left out), got {value}")
@@ -78,6 +87,7 @@ class DataSection:
 
     root: str = "."
     format: Format = "conll"
+    encoding: str | None = None  # CoNLL files (None: UTF-8, or latin-1 when clearly not UTF-8)
     max_train: int | None = None
     max_dev: int | None = None
     max_test: int | None = None  # of each test file
@@ -85,6 +95,7 @@ class DataSection:
 
     def __post_init__(self):
         check_choices(self)
+        check_encoding(self.encoding)
         for name in LIMITS:
             check_limit(name, getattr(self, name))
 
@@ -164,10 +175,12 @@ class TaskSettings(StageSettings):
 
     format: Format = "conll"
     eval_max_tokens: int = EVAL_MAX_TOKENS
+    encoding: str | None = None  # CoNLL files' encoding (None: UTF-8, latin-1 by a margin)
 
     def __post_init__(self):
         super().__post_init__()
         check_choices(self)
+        check_encoding(self.encoding)
         if self.eval_max_tokens < 8:
             raise ValueError(f"eval_max_tokens must be >= 8, got {self.eval_max_tokens}")
 

@@ -87,7 +87,7 @@ def run_evaluate(cfg: EvaluateConfig, echo=print) -> dict:
     model = load_task_model(cfg.model, device=device)
     scores = {}
     for lang, path in cfg.tests.items():
-        data = read_task_file(path, cfg.format, limit=cfg.max_test, seed=cfg.sample_seed)
+        data = read_task_file(path, cfg.format, False, cfg.max_test, cfg.sample_seed, cfg.encoding)
         scores[lang] = evaluate_model(model, data, tok, cfg.max_len, device, cfg.eval_max_tokens)
         scores[lang]["file"] = str(path)
         if echo:
@@ -146,7 +146,9 @@ def run_predict(cfg: PredictConfig, echo=print) -> Path:
     device = resolve_device(cfg.device)
     tok = load_tokenizer(cfg.model)
     model = load_task_model(cfg.model, device=device)
-    data = read_task_file(cfg.input, cfg.format, unlabeled=cfg.format != "conll")
+    data = read_task_file(
+        cfg.input, cfg.format, unlabeled=cfg.format != "conll", encoding=cfg.encoding
+    )
     if cfg.format == "conll":  # the tags of a CoNLL input are kept as the gold column only
         data.labels = None
     enc = encode(data, tok, model.labels, cfg.max_len)

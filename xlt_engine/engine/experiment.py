@@ -80,7 +80,7 @@ def btf_texts(cfg: ExperimentConfig, folder: Path) -> tuple[str, ...]:
         if role == "text":
             lines = subsample_items(read_text(path).texts, limit, cfg.seed)
         else:
-            data = read_task_file(path, cfg.data.format, True, limit=limit, seed=cfg.seed)
+            data = read_task_file(path, cfg.data.format, True, limit, cfg.seed, cfg.data.encoding)
             if data.kind == "token":
                 lines = [" ".join(words) for words in data.inputs]
             else:
@@ -129,6 +129,7 @@ def build_finetune(cfg: ExperimentConfig) -> FinetuneConfig:
         train_file=str(cfg.data_path(cfg.source, "train")),
         out=str(stage_dir(cfg, "finetune")),
         format=cfg.data.format,
+        encoding=cfg.data.encoding,
         dev_file=str(dev) if dev else None,
         max_len=cfg.model.max_len,
         device=cfg.device,
@@ -154,6 +155,7 @@ def build_selftrain(cfg: ExperimentConfig) -> SelftrainConfig:
         unlabeled_file=str(cfg.data_path(tgt, role)),
         out=str(stage_dir(cfg, "selftrain")),
         format=cfg.data.format,
+        encoding=cfg.data.encoding,
         max_len=cfg.model.max_len,
         voters=cfg.model.voters,
         voter_widths=cfg.model.voter_widths or None,
@@ -174,6 +176,7 @@ def build_evaluate(cfg: ExperimentConfig) -> EvaluateConfig:
         tests=tests,
         out=str(folder),
         format=cfg.data.format,
+        encoding=cfg.data.encoding,
         source=cfg.source,
         max_len=cfg.model.max_len,
         eval_max_tokens=cfg.evaluate.max_tokens,
@@ -191,6 +194,7 @@ def build_predict(cfg: ExperimentConfig) -> PredictConfig:
         input=cfg.predict.input,
         output=cfg.predict.output,
         format=cfg.data.format,
+        encoding=cfg.data.encoding,
         max_len=cfg.model.max_len,
         eval_max_tokens=cfg.predict.max_tokens,
         device=cfg.device,

@@ -91,14 +91,16 @@ def run_finetune(
     rank, _ = rank_world()
     tok = load_tokenizer(cfg.model)
     seed = cfg.train.seed
-    train_data = read_task_file(cfg.train_file, cfg.format, limit=cfg.max_train, seed=seed)
+    train_data = read_task_file(
+        cfg.train_file, cfg.format, False, cfg.max_train, seed, cfg.encoding
+    )
     report_labels(train_data, echo if rank == 0 else None)
     labels = list(cfg.labels) if cfg.labels else train_data.label_set()
     if len(labels) < 2:
         raise ValueError(f"{cfg.train_file}: needs at least 2 labels, found {labels}")
     dev_data = None
     if cfg.dev_file:
-        dev_data = read_task_file(cfg.dev_file, cfg.format, limit=cfg.max_dev, seed=seed)
+        dev_data = read_task_file(cfg.dev_file, cfg.format, False, cfg.max_dev, seed, cfg.encoding)
     enc = encode(train_data, tok, labels, cfg.max_len)
     dev_enc = None  # encoded once: unknown dev labels are an error before training
     if dev_data is not None:

@@ -305,7 +305,9 @@ def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
         "seed": cfg.seed,
         "model.max_len": cfg.model.max_len,
         # the data caps of a small run, when set (unset ones leave older fingerprints valid)
-        **{f"data.{k}": v for k in LIMITS if (v := getattr(cfg.data, k)) is not None},
+        **{
+            f"data.{k}": v for k in (*LIMITS, "encoding") if (v := getattr(cfg.data, k)) is not None
+        },
     }
     # the global batch is batch_size x processes x grad_accum, and a checkpoint's data position
     # is per rank: a trained stage is another one on another number of processes

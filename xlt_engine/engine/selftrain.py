@@ -241,10 +241,12 @@ class SelfTraining:
         self.representation = cfg.representation or first.representation
         del first
         self.seed = cfg.soft.seed
-        src_data = read_task_file(cfg.source_file, cfg.format, limit=cfg.max_source, seed=self.seed)
+        src_data = read_task_file(
+            cfg.source_file, cfg.format, False, cfg.max_source, self.seed, cfg.encoding
+        )
         self.src = encode(src_data, self.tok, self.labels, cfg.max_len)
         tgt_data = read_task_file(
-            cfg.unlabeled_file, cfg.format, True, limit=cfg.max_unlabeled, seed=self.seed
+            cfg.unlabeled_file, cfg.format, True, cfg.max_unlabeled, self.seed, cfg.encoding
         )
         self.tgt = encode(tgt_data, self.tok, self.labels, cfg.max_len)
         self.gold = np.concatenate(self.src.targets)

@@ -178,6 +178,19 @@ class Data:
         return {"x": torch.full((2, 3), float(index))}
 
 
+def square_loss(m, batch, gen):
+    return m(batch["x"]).pow(2).mean()
+
+
+def save_weights(m, folder):
+    folder.mkdir()
+    torch.save(m.state_dict(), folder / "w.pt")
+
+
+def load_weights(m, folder):
+    m.load_state_dict(torch.load(folder / "w.pt"))
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     model = torch.nn.Linear(3, 1)
     calls = {"n": 0}
@@ -334,17 +347,7 @@ def test_metrics_records_carry_a_run_id_and_time_and_never_mix_runs(tmp_path):
     import json
 
     model = torch.nn.Linear(3, 1)
-
-    def loss_fn(m, batch, gen):
-        return m(batch["x"]).pow(2).mean()
-
-    def save(m, folder):
-        folder.mkdir()
-        torch.save(m.state_dict(), folder / "w.pt")
-
-    def load(m, folder):
-        m.load_state_dict(torch.load(folder / "w.pt"))
-
+    loss_fn, save, load = square_loss, save_weights, load_weights
     run = tmp_path / "run"
     run.mkdir()
     stale = {"run": "killed", "step": 1, "loss": 9.0}
@@ -408,17 +411,7 @@ def test_weights_that_overflowed_are_never_saved_as_a_good_checkpoint(tmp_path):
 
 def test_resume_refuses_a_changed_training_setting_by_name(tmp_path):
     model = torch.nn.Linear(3, 1)
-
-    def loss_fn(m, batch, gen):
-        return m(batch["x"]).pow(2).mean()
-
-    def save(m, folder):
-        folder.mkdir()
-        torch.save(m.state_dict(), folder / "w.pt")
-
-    def load(m, folder):
-        m.load_state_dict(torch.load(folder / "w.pt"))
-
+    loss_fn, save, load = square_loss, save_weights, load_weights
     cfg = TrainConfig(max_steps=3, lr=1e-3, log_every=1, freeze=("bias",))
     train(model, loss_fn, Data(), cfg, tmp_path, save_model=save, load_model=load, echo=None)
     more = dict(save_model=save, load_model=load, resume=True, echo=None)

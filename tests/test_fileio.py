@@ -75,3 +75,22 @@ def test_remove_debris_takes_only_what_killed_atomic_writes_left(tmp_path):
         assert remove_debris(tmp_path) == [tmp]
         tmp.mkdir()  # (put back for the context manager)
         (tmp / "f").write_text("x")
+
+
+def test_a_torn_last_log_record_is_skipped_with_a_warning_and_a_bad_middle_one_is_an_error(
+    tmp_path,
+):
+    """A kill while selftrain.jsonl was appended made the resume crash with JSONDecodeError."""
+    from xlt_engine.fileio import append_jsonl, read_jsonl
+
+    log = tmp_path / "selftrain.jsonl"
+    append_jsonl(log, {"round": 1, "step": "soft"})
+    append_jsonl(log, {"round": 1, "step": "hard"})
+    assert read_jsonl(log) == [{"round": 1, "step": "soft"}, {"round": 1, "step": "hard"}]
+    with open(log, "a") as f:
+        f.write('{"round": 2, "st')  # cut by the kill
+    with pytest.warns(UserWarning, match=r"selftrain.jsonl:3: a torn last record is skipped"):
+        assert len(read_jsonl(log)) == 2
+    log.write_text('{"a": 1}\n{"b": \n{"c": 3}\n')
+    with pytest.raises(ValueError, match=r"selftrain.jsonl:2: not a JSON record"):
+        read_jsonl(log)

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -143,6 +144,37 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Append one JSON line and fsync it: a log read back after a kill holds every record
+    written before it, and at most the last line torn."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of an append-only JSON-lines log. A torn last line (a kill while it was
+    written) is skipped with a warning naming the file; a bad line before it is an error naming
+    file and line."""
+    path = Path(path)
+    lines = path.read_text(encoding="utf-8").split("\n")
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1:  # no newline after it: the write was cut
+                warnings.warn(
+                    f"{path}:{i + 1}: a torn last record is skipped ({err})", stacklevel=2
+                )
+                break
+            raise ValueError(f"{path}:{i + 1}: not a JSON record ({err})") from None
+    return records
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

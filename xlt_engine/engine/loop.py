@@ -60,7 +60,7 @@ import torch.distributed as dist
 from torch import nn
 
 from xlt_engine.engine import distributed
-from xlt_engine.fileio import atomic_file, atomic_write_text
+from xlt_engine.fileio import append_jsonl, atomic_file, atomic_write_text, read_jsonl
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 MAX_EPOCHS = 1e6  # beyond these a typo, not a plan (and 1e308 epochs overflowed the step count)
@@ -274,14 +274,8 @@ def _restart_metrics(path: Path, step: int) -> None:
     run), so the file never holds a killed run's steps twice or an older run's at all."""
     if not path.exists():
         return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:  # a line cut by the kill
-            continue
-    atomic_write_text(path, "".join(keep))
+    keep = [r for r in read_jsonl(path) if r.get("step", 0) <= step] if step else []
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 RESUME_FREE = ("log_every", "save_every", "save_minutes", "eval_every", "keep_checkpoints")
@@ -610,8 +604,7 @@ def train(
                     model.train()
                 history.append(record)
                 if is_main:
-                    with open(metrics_path, "a", encoding="utf-8") as f:
-                        f.write(json.dumps(record) + "\n")
+                    append_jsonl(metrics_path, record)
                     line = (
                         f"loss {format_loss(mean)} lr {record['lr']:.2e} "
                         f"{record['tokens_per_s']:,.0f} tok/s"

@@ -68,7 +68,7 @@ from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.inference import check_task_model, forward_batch, predict_logits
 from xlt_engine.engine.loop import format_loss, latest_checkpoint, prepare, resolve_precision, train
 from xlt_engine.engine.threshold import select_threshold
-from xlt_engine.fileio import atomic_write_bytes, atomic_write_text
+from xlt_engine.fileio import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
 from xlt_engine.kernels import soft_label_mse, voter_filter
 from xlt_engine.model.checkpoint import load_encoder
 from xlt_engine.model.heads import VotersModule
@@ -255,8 +255,7 @@ class SelfTraining:
         self.log_path = self.out / "selftrain.jsonl"
         self.records: list[dict] = []
         if self.log_path.exists():
-            lines = self.log_path.read_text(encoding="utf-8").splitlines()
-            self.records = [json.loads(x) for x in lines if x.strip()]
+            self.records = read_jsonl(self.log_path)
         self.say(
             f"selftrain: {len(src_data)} source examples ({len(self.gold)} rows), "
             f"{len(tgt_data)} unlabeled target examples ({self.tgt_rows} rows), labels "
@@ -270,8 +269,7 @@ class SelfTraining:
     def log(self, record: dict) -> None:
         self.records.append(record)
         if self.main:
-            with open(self.log_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+            append_jsonl(self.log_path, record)
 
     def logits(self, model: nn.Module, enc: Encoded) -> torch.Tensor:
         """Voter logits [M, rows, C] on the device, the work split over the ranks."""

@@ -2,6 +2,7 @@
 and slices of the real CoNLL files (cut at sentence boundaries, original lines kept)."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,20 @@ def conll_slice(src: Path, out: Path, sentences: int, skip: int = 0) -> Path:
             break
         keep.append(line)
     out.write_text("\n".join(keep) + "\n", encoding="utf-8")
+    return out
+
+
+def cls_slice(src: Path, out: Path, items: int) -> Path:
+    """``items`` reviews of a CLS-10 file taken at an even stride (the files are sorted by
+    rating, so both classes are in)."""
+    raw = src.read_text(encoding="utf-8")
+    found = re.findall(r"<item>.*?</item>", raw, flags=re.S)
+    step = max(1, len(found) // items)
+    keep = found[::step][:items]
+    out.write_text(
+        '<?xml version="1.0" encoding="utf-8"?>\n<items>' + "\n".join(keep) + "\n</items>\n",
+        encoding="utf-8",
+    )
     return out
 
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.conftest import SHARED_DATA
-from tests.engine.conftest import conll_slice
+from tests.engine.conftest import cls_slice, conll_slice
 from xlt_engine.cli import main
 from xlt_engine.data import read_conll
 from xlt_engine.engine.config import load_config
@@ -44,20 +44,6 @@ max_steps = 6
 lr = 1e-3
 log_every = 3
 """
-
-
-def cls_slice(src: Path, out: Path, items: int) -> Path:
-    """``items`` reviews of a CLS-10 file taken at an even stride (the files are sorted by
-    rating, so both classes are in)."""
-    raw = src.read_text(encoding="utf-8")
-    found = re.findall(r"<item>.*?</item>", raw, flags=re.S)
-    step = max(1, len(found) // items)
-    keep = found[::step][:items]
-    out.write_text(
-        '<?xml version="1.0" encoding="utf-8"?>\n<items>' + "\n".join(keep) + "\n</items>\n",
-        encoding="utf-8",
-    )
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ unrelated pairs."""
 import pytest
 import torch
 
+from tests.engine.conftest import cls_slice
 from xlt_engine.data import load_tokenizer
 from xlt_engine.model import load_encoder
 
@@ -122,19 +123,6 @@ def test_translations_score_above_unrelated_pairs(loaded, shared_data):
         assert (sim.argmax(1) == torch.arange(30)).float().mean() >= 0.8, lang
 
 
-def cls10_slice(src, out, per_label: int):
-    """The first ``per_label`` positive and negative reviews of a CLS-10 file, as a CLS-10 file."""
-    import re
-
-    items = re.findall(r"<item>.*?</item>", src.read_text(encoding="utf-8"), flags=re.S)
-    rating = [float(re.search(r"<rating>(.*?)</rating>", i).group(1)) for i in items]
-    pos = [i for i, r in zip(items, rating, strict=True) if r > 3][:per_label]
-    neg = [i for i, r in zip(items, rating, strict=True) if r < 3][:per_label]
-    body = "\n".join(pos + neg)
-    out.write_text(f'<?xml version="1.0" encoding="utf-8"?>\n<items>{body}\n</items>\n', "utf-8")
-    return out
-
-
 def test_the_e5_preset_runs_btf_finetune_and_evaluate(converted, shared_data, tmp_path):
     """configs/e5-small-cls.toml on the converted model: btf starts from a fresh MLM head (the
     checkpoint has none), finetune reads the mean representation, evaluate scores de."""
@@ -149,10 +137,10 @@ def test_the_e5_preset_runs_btf_finetune_and_evaluate(converted, shared_data, tm
     cls = shared_data / "cls10"
     en, de = cls / "en" / "books", cls / "de" / "books"
     files = {
-        "languages.en.train": cls10_slice(en / "train.review", tmp_path / "en.train", 8),
-        "languages.en.test": cls10_slice(en / "test.review", tmp_path / "en.test", 4),
-        "languages.de.unlabeled": cls10_slice(de / "train.review", tmp_path / "de.train", 8),
-        "languages.de.test": cls10_slice(de / "test.review", tmp_path / "de.test", 4),
+        "languages.en.train": cls_slice(en / "train.review", tmp_path / "en.train", 16),
+        "languages.en.test": cls_slice(en / "test.review", tmp_path / "en.test", 8),
+        "languages.de.unlabeled": cls_slice(de / "train.review", tmp_path / "de.train", 16),
+        "languages.de.test": cls_slice(de / "test.review", tmp_path / "de.test", 8),
     }
     preset = Path(__file__).resolve().parents[2] / "configs" / "e5-small-cls.toml"
     sets = {

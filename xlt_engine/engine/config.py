@@ -565,12 +565,6 @@ def model_config(folder: Path) -> BertConfig | None:
         return None
 
 
-def max_positions(folder: Path) -> int | None:
-    """The longest input the model in ``folder`` takes (``BertConfig.max_tokens``)."""
-    config = model_config(folder)
-    return None if config is None else config.max_tokens
-
-
 def has_pooler(folder: Path) -> bool | None:
     """Whether the checkpoint in ``folder`` holds ``pooler.dense`` (header reads only), or None
     when it cannot be planned (loading it reports why, naming the file)."""
@@ -596,8 +590,8 @@ def check_files(cfg: ExperimentConfig, stage: str) -> None:
     if not Path(cfg.data.root).is_dir():
         problems.append(f"data.root: {cfg.data.root}: no such folder")
     need("model.path", Path(cfg.model.path), folder=True)
-    positions = max_positions(Path(cfg.model.path))
-    config = model_config(Path(cfg.model.path))
+    config = model_config(Path(cfg.model.path))  # read once, for the checks below
+    positions = None if config is None else config.max_tokens
     frozen = cfg.btf.freeze_layers
     covers = config is not None and frozen != "all" and frozen >= config.num_hidden_layers
     if stage == "btf" and covers:

@@ -1,5 +1,7 @@
-"""Parity with transformers on CUDA: fp32 within 1e-5, and bf16 no worse than twice the error
-transformers itself shows in bf16, both against an fp64 reference (flash-attention's rule)."""
+"""Parity with transformers on CUDA: in fp32 and bf16 our logits are no further from an fp64
+reference than twice transformers' own error in that precision (flash-attention's rule), and
+fp32 within 1e-4 of transformers. (1e-5 held for the tiny shapes but not at hidden 768, where
+the two fp32 models differ by 1.3e-5 from summation order alone: seen on an H100.)"""
 
 import pytest
 import torch
@@ -25,10 +27,15 @@ BASE_LIKE = {
 
 
 def models(tmp_path, cfg):
-    ref = transformers.BertForMaskedLM(hf_config(cfg), attn_implementation="sdpa").eval()
+    """transformers' model with SDPA attention and ours, from one saved random checkpoint. The
+    attention choice goes through from_pretrained: transformers 5 took it out of the model's
+    constructor (a TypeError there, first seen on the GPU machine with 5.17)."""
+    ref = transformers.BertForMaskedLM(hf_config(cfg))
     randomize_(ref)
     ref.save_pretrained(tmp_path)
-    return ref, load_pretrained(tmp_path, device="cuda")
+    ref = transformers.BertForMaskedLM.from_pretrained(tmp_path, attn_implementation="sdpa")
+    assert ref.config._attn_implementation == "sdpa"
+    return ref.eval(), load_pretrained(tmp_path, device="cuda")
 
 
 def logits_of(model, ids, mask, types, ours):
@@ -42,14 +49,15 @@ def logits_of(model, ids, mask, types, ours):
 @pytest.mark.parametrize("cfg", [*TINY_CONFIGS, BASE_LIKE])
 def test_fp32_on_cuda(tmp_path, cfg):
     ref, ours = models(tmp_path, cfg)
-    ref = ref.cuda()
     ids, mask, types = (t.cuda() for t in batch(cfg, B=4, T=64))
-    torch.testing.assert_close(
-        logits_of(ours, ids, mask, types, True),
-        logits_of(ref, ids, mask, types, False),
-        atol=1e-5,
-        rtol=0,
-    )
+    gold = logits_of(ref.double().cuda(), ids, mask, types, False)  # fp64 reference
+    ref = ref.float()
+    hf_out = logits_of(ref, ids, mask, types, False)
+    our_out = logits_of(ours, ids, mask, types, True)
+    torch.testing.assert_close(our_out, hf_out, atol=1e-4, rtol=0)
+    hf_err = (hf_out.double() - gold).abs().max().item()
+    our_err = (our_out.double() - gold).abs().max().item()
+    assert our_err <= 2 * hf_err + 1e-6, (our_err, hf_err)
 
 
 @pytest.mark.parametrize("cfg", [*TINY_CONFIGS, BASE_LIKE])

@@ -4,6 +4,8 @@ test_ddp.py."""
 import json
 import sys
 
+import torch.distributed as dist
+
 from xlt_engine.engine import distributed
 from xlt_engine.engine.btf import BtfConfig, run_btf
 from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
@@ -11,7 +13,25 @@ from xlt_engine.engine.loop import TrainConfig
 from xlt_engine.engine.selftrain import SelftrainConfig, run_selftrain
 
 
+def report_wrap():
+    """Print what ``distributed.wrap`` made of the model, with the process group it runs in."""
+    wrap = distributed.wrap
+
+    def recording(model, device):
+        out = wrap(model, device)
+        if dist.is_initialized():
+            print(
+                f"process group: {dist.get_backend()}, world {dist.get_world_size()}, "
+                f"model {type(out).__name__}",
+                flush=True,
+            )
+        return out
+
+    distributed.wrap = recording
+
+
 def main(spec: dict) -> None:
+    report_wrap()
     stage = spec.pop("stage")
     if stage == "selftrain":
         for step in ("soft", "hard"):

@@ -1,9 +1,11 @@
 """torch.distributed set-up for runs launched by ``torchrun`` (NCCL on CUDA, gloo on CPU).
 
-``init(device)`` reads torchrun's environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``); with
-more than one process it initialises the default process group once and returns this rank's
-device (``cuda:LOCAL_RANK`` on CUDA). Without torchrun it is a no-op for one process. ``wrap``
-puts a model, whose frozen parameters are already set, into ``DistributedDataParallel``.
+``init(device)`` reads torchrun's environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``); under
+torchrun (one process or more) it initialises the default process group once and returns this
+rank's device (``cuda:LOCAL_RANK`` on CUDA). Without torchrun it is a no-op. ``wrap`` puts a
+model, whose frozen parameters are already set, into ``DistributedDataParallel`` whenever the
+group is up, so ``torchrun --nproc-per-node 1`` runs the same NCCL and DDP code as a multi-GPU
+run (the way to check that code on a machine with one GPU).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def init(device: str = "auto") -> torch.device:
     """Join the process group torchrun describes (if any) and return this rank's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     dev = resolve_device(device)
-    if world == 1:
+    if world == 1 and "TORCHELASTIC_RUN_ID" not in os.environ:  # not launched by torchrun
         return dev
     if dev.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -49,7 +51,7 @@ def init(device: str = "auto") -> torch.device:
 
 def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     """DDP around ``model`` when the process group is up (freeze parameters before this)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not (dist.is_available() and dist.is_initialized()):
         return model
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)

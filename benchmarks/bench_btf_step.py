@@ -48,7 +48,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--peak-tflops", type=float, default=989.4, help="H100/H200 dense bf16")
     p.add_argument("--no-save", action="store_true")
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="ROWS",
+        help="after timing, profile 3 steps of each and print the ROWS kernels with the most GPU time",
+    )
     return p.parse_args(argv)
+
+
+def profile(name: str, step, device: torch.device, rows: int) -> None:
+    """torch.profiler over 3 steps: GPU time against host time per step, and the top kernels."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    step()
+    sync(device)
+    with torch_profile(activities=activities) as prof:
+        for _ in range(3):
+            step()
+        sync(device)
+    events = prof.key_averages()
+    gpu_us = sum(e.self_device_time_total for e in events) / 3
+    print(f"profile {name}: GPU busy {gpu_us / 1e3:.2f} ms per step")
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(events.table(sort_by=sort, row_limit=rows, max_name_column_width=60))
 
 
 def real_batch(data: Path, tok, B: int, T: int) -> torch.Tensor:
@@ -187,6 +213,9 @@ def main(argv=None) -> list[dict]:
             f"{r['tokens_per_s']:>11,}{r['peak_mib']:>10.0f}{mfu:>7}"
         )
     print(f"speed-up (tokens/s): {speedup:.2f}x")
+    if args.profile:
+        profile("xlt-engine", step_ours, device, args.profile)
+        profile("transformers sdpa", step_ref, device, args.profile)
     return rows
 
 

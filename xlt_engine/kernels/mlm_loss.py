@@ -10,15 +10,20 @@ number of the others):
     dh = G W,  dW = G^T h,  db = sum_n G_n
 
 Design: the three matmuls go through cuBLAS (``torch.mm``, fp32 accumulation), one Triton kernel
-does everything between them. Rows are taken in chunks whose logits fit a budget (1 GiB by
-default, in the compute dtype, each row padded to a multiple of 64 elements so that every row
-starts 128-byte aligned). For each chunk:
+does everything between them. The weight is first copied, in the compute dtype, into a buffer of
+V_pad = V rounded up to 64 rows whose extra rows are zero (under autocast this is the cast that
+had to happen anyway), so every matmul has dimensions in multiples of 64: with mBERT's odd
+V = 119,547, cuBLAS chose sm_75 kernels on an H100 (logits 1.22 ms, dh 0.87 ms at 614 rows; 0.18
+and 0.15 ms padded). Rows are taken in chunks whose logits fit a budget (1 GiB by default, in the
+compute dtype, V_pad per row, so every row starts 128-byte aligned). For each chunk:
 
-1. ``torch.mm(h_c, W^T)`` writes the chunk's logits into the padded buffer;
+1. ``torch.mm(h_c, W_pad^T)`` writes the chunk's logits (the V_pad - V extra columns are 0);
 2. ``mlm_rows_kernel`` (one program per row) adds the bias, computes the row max and
-   log-sum-exp online, the row loss ``lse - z_y``, and overwrites the row's logits in place with
-   ``G = (softmax - onehot) * (1/K)`` (the one-hot term is subtracted in fp32 before rounding);
-3. ``dh_c = G W`` and ``dW += G^T h_c`` (cuBLAS), ``db += sum_rows G`` (fp32).
+   log-sum-exp online, the row loss ``lse - z_y``, and overwrites the row's first V logits in
+   place with ``G = (softmax - onehot) * (1/K)`` (the one-hot term is subtracted in fp32 before
+   rounding);
+3. ``dh_c = G W_pad`` and ``dW += G^T h_c`` (cuBLAS, V_pad rows, the extra ones 0 and cut off),
+   ``db += sum_rows G`` (fp32).
 
 So the gradients are computed in the forward pass; backward only scales them by the incoming
 gradient. 1/K is read from device memory: no host sync anywhere. Ignored rows get loss 0 and a
@@ -38,13 +43,11 @@ Roofline (N masked rows, V = 119,547, H = 768, bf16; H100 SXM: 989 TFLOP/s dense
   N = 8,192: 5.9 GB = 1.75 ms on H100, 1.22 ms on H200; N = 614: 0.13 ms / 0.09 ms.
 - ``db``: reads G once, N x V x 2 bytes. N = 8,192: 0.58 ms on H100, 0.41 ms on H200.
 
-Total at N = 8,192 on H100: 6.9 ms with ``dW`` (5.4 ms without). Eager PyTorch
-(``F.linear`` + ``F.cross_entropy`` in bf16) does the same matmuls plus about five passes over
-the ``[N, V]`` logits (log-softmax write and read, gradient write, bias-gradient read, and the
-logits themselves), about 2.9 ms at N = 8,192, so about 7.5 ms: the fused op can be at most about
-1.1-1.3x faster than eager at these shapes, because the matmuls dominate both. Its real gain is
-memory: extra memory is one chunk (1 GiB), ``N x H`` for dh and, with several chunks, an fp32
-``V x H`` accumulator for dW (367 MB), against 2 x N x V x 2 bytes (31 GB at N = 64K) for eager.
+Total at N = 8,192 on H100: 6.9 ms with ``dW`` (5.4 ms without). Measured there
+(benchmarks/results/gpu_h100_20261123/): 12.1 ms forward + backward with ``dW`` (75% of that
+roofline; eager bf16 PyTorch 42.8 ms, 3.5x), 8.0 ms without (eager 32.8 ms); at BTF's 614 rows
+1.52 ms (eager 3.64 ms, 2.4x); peak extra memory 1.75 GB against eager's 5.6 GB at N = 8,192 and
+1.9 GB against 44.8 GB at N = 64K. Eager loses mostly to the same odd-V matmul kernels.
 ``xlt-engine bench kernels`` prints measured time over this roofline.
 
 Limits: float32, float16 and bfloat16 (float64 goes to the reference). Under autocast the
@@ -145,9 +148,10 @@ def fused_mlm_loss_fwd(
     need: tuple[bool, bool, bool],
     chunk_rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """The chunked loop. Inputs are in one compute dtype (any strides). Returns the loss (0-d
-    fp32) and dh [N, H] (compute dtype), dW [V, H] (compute dtype with one chunk, else fp32),
-    db [V] fp32, each None when ``need`` says so; the gradients are of the mean loss."""
+    """The chunked loop. ``hidden`` and ``bias`` are in the compute dtype, ``weight`` in any float
+    dtype (it is cast while it is padded); any strides. Returns the loss (0-d fp32) and dh [N, H]
+    (compute dtype), dW [V, H] (compute dtype with one chunk, else fp32), db [V] fp32, each None
+    when ``need`` says so; the gradients are of the mean loss."""
     N, H = hidden.shape
     V = weight.shape[0]
     device, dtype = hidden.device, hidden.dtype
@@ -163,19 +167,26 @@ def fused_mlm_loss_fwd(
     rows = chunk_rows_for(N, V, dtype, chunk_rows)
     n_chunks = triton.cdiv(N, rows)
     v_pad = triton.cdiv(V, ROW_ALIGN) * ROW_ALIGN
+    # The weight, cast to the compute dtype and padded with zero rows to V_pad (one copy, the one
+    # autocast would make anyway): every matmul then has dimensions in multiples of 64. With an
+    # odd V (mBERT's 119,547) cuBLAS fell back to sm_75 kernels, 3-4x slower on an H100.
+    w_pad = torch.empty(v_pad, H, device=device, dtype=dtype)
+    w_pad[:V].copy_(weight)
+    w_pad[V:].zero_()
     buf = torch.empty(rows, v_pad, device=device, dtype=dtype)
     row_loss = torch.zeros(N, device=device, dtype=torch.float32)
     dh = torch.empty(N, H, device=device, dtype=dtype) if need_dh else None
     dw_dtype = dtype if n_chunks <= 1 else torch.float32
     new = torch.empty if n_chunks == 1 else torch.zeros  # one chunk writes dW whole
-    dw = new(V, H, device=device, dtype=dw_dtype) if need_dw else None
+    dw = new(v_pad, H, device=device, dtype=dw_dtype) if need_dw else None
     db = torch.zeros(V, device=device, dtype=torch.float32) if need_db else None
     cfg = config("mlm_rows", dtype.itemsize)
-    wt = weight.t()
+    wt = w_pad.t()
     for start in range(0, N, rows):
         end = min(start + rows, N)
-        h_c, z = hidden[start:end], buf[: end - start, :V]
-        torch.mm(h_c, wt, out=z)
+        h_c, zp = hidden[start:end], buf[: end - start]
+        z = zp[:, :V]
+        torch.mm(h_c, wt, out=zp)  # the padding columns are h . 0 = 0 and stay so
         launch(
             mlm_rows_kernel,
             (end - start,),
@@ -192,16 +203,18 @@ def fused_mlm_loss_fwd(
             **cfg,
         )
         if need_dh:
-            torch.mm(z, weight, out=dh[start:end])
+            torch.mm(zp, w_pad, out=dh[start:end])
         if need_dw:
             if n_chunks == 1:
-                torch.mm(z.t(), h_c, out=dw)
+                torch.mm(zp.t(), h_c, out=dw)
             elif dtype == torch.float32:
-                dw.addmm_(z.t(), h_c)
+                dw.addmm_(zp.t(), h_c)
             else:  # torch has no mixed-dtype addmm on every device: add the chunk in fp32
-                dw.add_(torch.mm(z.t(), h_c))
+                dw.add_(torch.mm(zp.t(), h_c))
         if need_db:
             db.add_(z.sum(0, dtype=torch.float32))
+    if need_dw:
+        dw = dw[:V]  # the padding rows are 0^T h = 0
     loss = row_loss.sum() * inv_count[0]
     return loss, dh, dw, db
 
@@ -233,8 +246,9 @@ class FusedMLMLossFunction(torch.autograd.Function):
 
 
 def _cast(dtype, hidden, weight, bias):
-    """The inputs in the compute dtype (a copy only where the dtype differs, as autocast does)."""
-    return (hidden.to(dtype), weight.to(dtype), bias.to(dtype) if bias is not None else None)
+    """hidden and bias in the compute dtype (a copy only where the dtype differs, as autocast
+    does); the weight as it is, since ``fused_mlm_loss_fwd`` casts it into its padded copy."""
+    return (hidden.to(dtype), weight, bias.to(dtype) if bias is not None else None)
 
 
 def _check_inputs(hidden, weight, bias, labels, ignore_index, check_labels) -> None:

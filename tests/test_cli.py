@@ -1,4 +1,7 @@
 import json
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -7,7 +10,7 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from xlt_engine import __version__
-from xlt_engine.cli import main
+from xlt_engine.cli import _run_guarded, main
 from xlt_engine.model import load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,3 +135,23 @@ def test_check_writable_names_what_cannot_be_written(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "mkstemp", refuse)
     with pytest.raises(ValueError, match=rf"--out {tmp_path}/x/y: cannot write in {tmp_path} "):
         check_writable(tmp_path / "x" / "y", "--out")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_outside_a_training_loop_exits_130_with_the_resume_hint(sig, capsys):
+    """Issue 23 (5): SIGTERM outside the loop ended the process with no word (SIGINT with a
+    KeyboardInterrupt traceback); both now say what is kept and how to resume, as the loop does."""
+    before = signal.getsignal(signal.SIGTERM)
+
+    def work():
+        os.kill(os.getpid(), sig)
+        time.sleep(5)  # the signal interrupts this
+        raise AssertionError("the signal did not stop the work")
+
+    with pytest.raises(SystemExit) as stopped:
+        _run_guarded(work)
+    assert stopped.value.code == 130
+    err = capsys.readouterr().err
+    assert f"{sig.name} received outside a training loop" in err
+    assert "continue with the same command plus --resume" in err
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back

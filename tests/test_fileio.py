@@ -1,6 +1,7 @@
 """Atomic writes keep the user's umask: model files, config.json and run.json were 0600 (the
 mode of ``tempfile``), so a colleague in the same group could not read a run."""
 
+import json
 import os
 import stat
 
@@ -94,3 +95,17 @@ def test_a_torn_last_log_record_is_skipped_with_a_warning_and_a_bad_middle_one_i
     log.write_text('{"a": 1}\n{"b": \n{"c": 3}\n')
     with pytest.raises(ValueError, match=r"selftrain.jsonl:2: not a JSON record"):
         read_jsonl(log)
+
+
+def test_results_json_marks_done_so_it_is_written_after_its_table(tmp_path, monkeypatch):
+    """Issue 23 (5): results.json (what marks evaluate finished) was written before results.md,
+    so a kill between the two left a finished stage without its table."""
+    import xlt_engine.fileio as fileio
+
+    order, real = [], fileio.atomic_write_text
+    monkeypatch.setattr(
+        fileio, "atomic_write_text", lambda p, t, **kw: (order.append(p.name), real(p, t, **kw))
+    )
+    fileio.write_results(tmp_path, "results", {"a": 1}, "| a |\n")
+    assert order == ["results.md", "results.json"]
+    assert json.loads((tmp_path / "results.json").read_text()) == {"a": 1}

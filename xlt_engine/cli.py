@@ -331,22 +331,43 @@ def _experiment(
     return cfg
 
 
+OUTSIDE_LOOP = (
+    "{name} received outside a training loop (evaluation, threshold, filters, reading data): "
+    "every finished step is kept and the one under way is redone; continue with the same "
+    "command plus --resume"
+)
+
+
 def _run_guarded(fn) -> None:
     """Run ``fn``; an interrupt exits 130 with the resume hint, a config or data problem is a
-    clean error; the process group is closed either way."""
+    clean error; the process group is closed either way. Inside a training loop SIGINT/SIGTERM
+    write a checkpoint first (the loop's own handlers); outside one they stop at once with the
+    same hint, SIGTERM included (by default it ended the process with no word)."""
+    import signal
     import sys
+    import threading
 
     from xlt_engine.engine import distributed
     from xlt_engine.engine.loop import Interrupted, NonFiniteLoss
 
+    def on_term(signum, _frame):
+        raise Interrupted(OUTSIDE_LOOP.format(name=signal.Signals(signum).name))
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_term) if main_thread else None
     try:
         fn()
     except Interrupted as err:
         click.echo(str(err), err=True)
         sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo(OUTSIDE_LOOP.format(name="SIGINT"), err=True)
+        sys.exit(130)
     except (ValueError, NonFiniteLoss) as err:
         _fail(err)
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         distributed.shutdown()
 
 

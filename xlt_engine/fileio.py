@@ -187,11 +187,12 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def write_results(folder: str | Path, stem: str, data: dict, table: str, echo=None) -> None:
-    """``<stem>.json`` (``data``) and ``<stem>.md`` (``table``, Markdown) in ``folder``, each
-    written atomically; ``echo`` (if given) prints the table."""
+    """``<stem>.md`` (``table``, Markdown) and ``<stem>.json`` (``data``) in ``folder``, each
+    written atomically, the JSON last: it is what marks a stage done, so it never stands without
+    its table. ``echo`` (if given) prints the table."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / f"{stem}.json", json.dumps(data, indent=2) + "\n")
     atomic_write_text(folder / f"{stem}.md", table)
+    atomic_write_text(folder / f"{stem}.json", json.dumps(data, indent=2) + "\n")
     if echo:
         echo(table.rstrip())

@@ -1,5 +1,8 @@
 """Pre-tokenised, memory-mapped corpus cache."""
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -106,3 +109,27 @@ def test_bad_input(tmp_path):
         TokenCache.build(bad, tok, tmp_path / "c")
     with pytest.raises(ValueError, match="not a token cache"):
         TokenCache(tmp_path)
+
+
+def test_every_array_is_on_disk_before_meta_json_vouches_for_it(tmp_path, text_file, monkeypatch):
+    """Issue 23 (5): offsets.npy and lines.npy were written without fsync, so a power cut after
+    the rename could leave a cache whose meta.json names arrays that never reached the disk."""
+    import xlt_engine.data.cache as cache_mod
+
+    events = []
+    real_fsync, real_write = os.fsync, cache_mod.atomic_write_text
+
+    def fsync(fd):
+        events.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")).name))
+        return real_fsync(fd)
+
+    def write(path, text):
+        events.append(("write", Path(path).name))
+        return real_write(path, text)
+
+    monkeypatch.setattr(cache_mod.os, "fsync", fsync)
+    monkeypatch.setattr(cache_mod, "atomic_write_text", write)
+    TokenCache.build(text_file, default_tokenizer(), tmp_path / "cache")
+    meta = events.index(("write", "meta.json"))
+    synced = {name for kind, name in events[:meta] if kind == "fsync"}
+    assert {"ids.bin", "offsets.npy", "lines.npy"} <= synced, events

@@ -353,11 +353,24 @@ def numeric_keys(table: dict, prefix: str = ""):
             yield name, value
 
 
-BOUNDARY = ["nan", "inf", "-inf", "0", "-1", "-0.5", "0.5", "4294967296", "1e308"]
+BOUNDARY = [
+    "nan",
+    "inf",
+    "-inf",
+    "0",
+    "-1",
+    "-0.5",
+    "0.5",
+    "4294967296",
+    "9223372036854775807",
+    "1e308",
+    "[]",
+]
 
 
 def test_boundary_sweep_of_every_numeric_key_fails_at_load_naming_the_key():
-    """Issue 21 (4): each numeric key set to nan, +-inf, 0, -1, 2**32, 1e308, ... is either a
+    """Issue 21 (4), 23 (4): each numeric key set to nan, +-inf, 0, -1, 2**32, 2**63 - 1, 1e308,
+    [] ... is either a
     ConfigError naming that key or a value that is finite (and integral where a count is meant):
     never another exception, never an error naming something else."""
     keys = dict(numeric_keys(to_dict(load_config(CONLL))))
@@ -366,7 +379,8 @@ def test_boundary_sweep_of_every_numeric_key_fails_at_load_naming_the_key():
     for key, default in keys.items():
         section, _, leaf = key.rpartition(".")
         for raw in BOUNDARY:
-            item = f"{key}=[{raw}]" if isinstance(default, list) else f"{key}={raw}"
+            wrap = isinstance(default, list) and raw != "[]"
+            item = f"{key}=[{raw}]" if wrap else f"{key}={raw}"
             try:
                 cfg = load_config(CONLL, [item])
             except ConfigError as err:
@@ -384,6 +398,7 @@ def test_boundary_sweep_of_every_numeric_key_fails_at_load_naming_the_key():
     assert "0" not in accepted.get("evaluate.max_tokens", [])
     assert "-1" not in accepted.get("predict.max_tokens", [])
     assert "4294967296" not in accepted.get("model.voters", [])
+    assert "9223372036854775807" not in accepted.get("model.voters", [])  # it hung
     assert "1e308" not in accepted.get("btf.train.lr", [])  # a RuntimeError in AdamW
     assert not any("nan" in values for values in accepted.values())
 

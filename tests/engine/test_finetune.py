@@ -400,3 +400,20 @@ def test_finetune_reads_with_the_encoding_it_is_given(tiny, conll, tmp_path):
         run_finetune(FinetuneConfig(out=str(tmp_path / "a"), **kw), echo=None)
     r = run_finetune(FinetuneConfig(out=str(tmp_path / "b"), encoding="latin-1", **kw), echo=None)
     assert r.model.is_dir()
+
+
+def test_model_folder_is_written_last_as_the_stage_marker(tiny, conll, tmp_path, monkeypatch):
+    """Issue 23 (5): model/ (what marks finetune finished) was saved before dev.json, so a kill
+    between the two left a finished stage without its dev score."""
+    import xlt_engine.engine.finetune as finetune
+
+    out, real, seen = tmp_path / "run", finetune.save_task_model, []
+
+    def save(model, folder, tok):
+        if Path(folder) == out / "model":
+            seen.append((out / "dev.json").is_file())
+        return real(model, folder, tok)
+
+    monkeypatch.setattr(finetune, "save_task_model", save)
+    run_finetune(ner_config(tiny, conll, out, max_steps=2, log_every=1), echo=None)
+    assert seen == [True]

@@ -373,3 +373,22 @@ def test_soft_and_hard_steps_freeze_what_their_freeze_names(base, teacher, data,
     assert all(not torch.equal(init[k], after_soft[k]) for k in layer[1])
     assert all(torch.equal(after_soft[k], after_hard[k]) for k in layer[1])
     assert all(not torch.equal(after_soft[k], after_hard[k]) for k in layer[0])
+
+
+def test_final_model_is_written_last_as_the_stage_marker(
+    base, teacher, data, tmp_path, monkeypatch
+):
+    """Issue 23 (5): model/ (what marks selftrain finished) was saved before summary.json."""
+    import xlt_engine.engine.selftrain as selftrain
+
+    out, real, seen = tmp_path / "st", selftrain.save_task_model, []
+
+    def save(model, folder, tok):
+        if Path(folder) == out / "model":
+            seen.append((out / "summary.json").is_file())
+        return real(model, folder, tok)
+
+    monkeypatch.setattr(selftrain, "save_task_model", save)
+    soft = TrainConfig(max_steps=2, lr=1e-3, log_every=1, seed=1)
+    run_selftrain(st_config(base, teacher, data, out, rounds=0.5, soft=soft), echo=None)
+    assert seen == [True]

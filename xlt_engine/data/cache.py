@@ -7,7 +7,8 @@ back), ``offsets.npy`` (int64 ``[n + 1]``: line i is ``ids[offsets[i]:offsets[i 
 and ``meta.json``. Its name is keyed by the SHA-256 of the input file's bytes and of the
 tokenizer's serialised pipeline: change either and a new cache is built; the same pair reuses
 the old one. The folder is built under a temporary name and renamed into place, so an
-interrupted build leaves no half cache behind.
+interrupted build leaves no half cache behind; every array is fsynced before ``meta.json`` is
+written, and ``meta.json`` before the rename.
 
 Building streams the file in batches of lines through ``encode_batch`` (Rust, multi-threaded),
 appending ids and lengths to files; memory stays flat whatever the file size.
@@ -40,6 +41,14 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 def tokenizer_sha256(tokenizer: WordPieceTokenizer) -> str:
     return hashlib.sha256(tokenizer.backend.to_str().encode("utf-8")).hexdigest()
+
+
+def _save_synced(path: Path, array: np.ndarray) -> None:
+    """``np.save`` and fsync: every array is on disk before ``meta.json`` vouches for it."""
+    with open(path, "wb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 class TokenCache:
@@ -125,8 +134,8 @@ class TokenCache:
             lengths = np.fromfile(tmp / "lengths.bin", dtype=np.int64)
             offsets = np.zeros(n_lines + 1, dtype=np.int64)
             np.cumsum(lengths, out=offsets[1:])
-            np.save(tmp / "offsets.npy", offsets)
-            np.save(tmp / "lines.npy", np.fromfile(tmp / "lines.bin", dtype=np.int64))
+            _save_synced(tmp / "offsets.npy", offsets)
+            _save_synced(tmp / "lines.npy", np.fromfile(tmp / "lines.bin", dtype=np.int64))
             (tmp / "lengths.bin").unlink()
             (tmp / "lines.bin").unlink()
             meta = {

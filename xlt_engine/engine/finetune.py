@@ -154,7 +154,6 @@ def run_finetune(
     )
     dev = None
     if rank == 0:
-        save_task_model(model, out / "model", tok)
         if dev_data is not None:
             dev = evaluate_model(
                 model, dev_data, tok, cfg.max_len, device, cfg.eval_max_tokens, dev_enc
@@ -163,5 +162,7 @@ def run_finetune(
             atomic_write_text(out / "dev.json", json.dumps(dev, indent=2) + "\n")
             if echo:
                 echo(f"dev {dev['metric']} {dev['score']:.4f} ({cfg.dev_file})")
+        # last: model/ marks the stage finished, so it never stands without dev.json
+        save_task_model(model, out / "model", tok)
     distributed.barrier()
     return FinetuneResult(out / "model", dev, result)

@@ -587,7 +587,6 @@ def run_selftrain(
 
     final = out / "model"
     if main:
-        save_task_model(student, final, run.tok)
         summary = {
             "rounds": cfg.rounds,
             "steps": [f"{w}{r}" for r, w in cfg.steps],
@@ -595,6 +594,7 @@ def run_selftrain(
             "log": run.records,
         }
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+        save_task_model(student, final, run.tok)  # last: model/ marks the stage finished
     distributed.barrier()
     run.say(f"selftrain: final student in {final}")
     return SelftrainResult(final, run.records)

@@ -306,7 +306,14 @@ def smoke_config(cfg):
 
 
 def _experiment(
-    config_path, overrides, out, no_btf=False, fixed_threshold=None, voters=None, smoke=False
+    config_path,
+    overrides,
+    out,
+    no_btf=False,
+    fixed_threshold=None,
+    voters=None,
+    smoke=False,
+    linear_head=False,
 ):
     """The config tree from the file and ``--set``, then the CLI's switches set on its fields
     (the ablation rows: -BTF, -AT, -VM; ``--smoke``)."""
@@ -328,6 +335,8 @@ def _experiment(
         cfg = with_section(cfg, "selftrain", threshold="fixed", alpha=fixed_threshold)
     if voters is not None:
         cfg = with_section(cfg, "model", voters=voters, voter_widths=())
+    if linear_head:
+        cfg = with_section(cfg, "model", head="linear", voter_widths=())
     return cfg
 
 
@@ -421,8 +430,11 @@ def _out_option(help: str):
     metavar="A",
     help="ablation -AT: a fixed confidence threshold A instead of the automatic one",
 )
+@click.option("--voters", type=int, default=None, help="number of voters of the Voters Module")
 @click.option(
-    "--voters", type=int, default=None, help="number of voters (1: the -VM ablation, a plain head)"
+    "--linear-head",
+    is_flag=True,
+    help="ablation -VM: a plain linear head (dropout + one linear layer) instead of the voters",
 )
 @click.option(
     "--smoke",
@@ -441,6 +453,7 @@ def run(
     no_selftrain,
     fixed_threshold,
     voters,
+    linear_head,
     smoke,
     progress,
 ) -> None:
@@ -458,7 +471,9 @@ def run(
         from xlt_engine.engine.experiment import run_stage
         from xlt_engine.engine.pipeline import run_all
 
-        cfg = _experiment(config_path, overrides, out, no_btf, fixed_threshold, voters, smoke)
+        cfg = _experiment(
+            config_path, overrides, out, no_btf, fixed_threshold, voters, smoke, linear_head
+        )
         if stage == "all":
             run_all(
                 cfg,

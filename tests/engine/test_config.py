@@ -317,7 +317,7 @@ def test_a_stage_reading_its_own_output_is_a_config_error():
         ("finetune.train.weight_decay=nan", "finetune.train.weight_decay: expected a finite"),
         ("selftrain.rounds=1e308", "selftrain: rounds must be a multiple of 0.5 in [0.5, 1000]"),
         ("selftrain.grid=[0.5, 1.5]", "selftrain: grid: thresholds must be in (0, 1)"),
-        ("model.voter_widths=[0, 4, 4]", "model: voter_widths must be positive"),
+        ("model.voter_widths=[-1, 4, 4]", "model: voter_widths must be >= 0 (0: a linear voter)"),
         ("btf.train.max_steps=99999999999999", "btf.train: max_steps must be at most"),
         ("finetune.max_tokens=0", "finetune: max_tokens must be >= 8 (or left out), got 0"),
         ("selftrain.batch_size=0", "selftrain: batch_size must be >= 1, got 0"),

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from safetensors.torch import load_file
 
 from tests.conftest import SHARED_DATA
 from tests.engine.conftest import cls_slice, conll_slice
 from xlt_engine.cli import main
 from xlt_engine.data import read_conll
-from xlt_engine.engine.config import load_config
+from xlt_engine.engine.config import ConfigError, load_config
 from xlt_engine.engine.pipeline import ablation_table, all_table
 from xlt_engine.engine.runs import stage_dir
 
@@ -99,19 +100,26 @@ def test_all_runs_every_stage_per_target_and_prints_the_table(ner_all):
         pair = out / f"eng-{tgt}"
         for folder in (
             "btf/base-model",
-            "finetune-direct/model",
+            "finetune-direct-linear/model",
             "finetune/model",
             "selftrain/model",
         ):
             assert (pair / folder).is_dir(), folder
         for col, folder in (
-            ("direct", "finetune-direct"),
+            ("direct", "finetune-direct-linear"),
             ("btf", "finetune"),
             ("selftrain", "selftrain"),
         ):
             scored = json.loads((pair / f"evaluate-{folder}" / "results.json").read_text())
             assert results["targets"][tgt][col] == scored["languages"][tgt]["score"]
             assert results["targets"][tgt]["source"][col] == scored["languages"]["eng"]["score"]
+        # the direct-transfer baseline has a plain linear head (one linear voter), the method's
+        # models the Voters Module
+        direct = json.loads((pair / "finetune-direct-linear/model/task.json").read_text())
+        assert (direct["num_voters"], direct["widths"]) == (1, [0])
+        voters = load_file(str(pair / "finetune-direct-linear/model/voters.safetensors"))
+        assert sorted(voters) == ["voters.0.classifier.bias", "voters.0.classifier.weight"]
+        assert json.loads((pair / "finetune/model/task.json").read_text())["num_voters"] == 3
         # the selftrain stage ran on this pair's own target text, from this pair's Base Model
         st = json.loads((pair / "selftrain" / "config.json").read_text())["stage_config"]
         assert st["unlabeled_file"].endswith(f"{tgt}.train")
@@ -277,6 +285,11 @@ def test_ablation_switches_name_their_own_folders(ner_cfg, tmp_path):
     )
     assert stage_dir(cfg, "selftrain").name == "selftrain-voters1-alpha0.9"
     assert stage_dir(cfg, "finetune").name == "finetune-voters1"
+    linear = load_config(ner_cfg, ["model.head=linear", f"out={str(tmp_path)!r}"])
+    assert stage_dir(linear, "selftrain").name == "selftrain-linear"
+    assert stage_dir(linear, "finetune").name == "finetune-linear"
+    with pytest.raises(ConfigError, match="voter_widths is for head = 'voters'"):
+        load_config(ner_cfg, ["model.head=linear", "model.voter_widths=[100]"])
     res = CliRunner().invoke(
         main, ["run", "--stage", "selftrain", "--config", str(ner_cfg), "--no-selftrain"]
     )
@@ -381,8 +394,13 @@ def test_ablate_table_has_every_row_with_mean_and_std(tiny, tmp_path):
         "selftrain",
         "selftrain-alpha0.9",
         "selftrain-direct",
-        "selftrain-voters1",
+        "selftrain-linear",
     ]
+    # -VM's student and teacher have the plain linear head; the direct row's model too
+    st = json.loads((pair / "selftrain-linear" / "model" / "task.json").read_text())
+    assert (st["num_voters"], st["widths"]) == (1, [0])
+    assert (pair / "finetune-direct-linear" / "model").is_dir()  # the direct-transfer row
+    assert (pair / "finetune-direct" / "model").is_dir()  # -BTF's teacher (voters head)
     # the -ST row is the +BTF model of the full run, the direct row its direct transfer
     full = json.loads((out / "seed-1" / "all.json").read_text())["targets"]["tgt"]
     assert (out / "seed-1" / "all-no-btf.md").is_file()  # each variant keeps its own table

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from xlt_engine.model import SequenceClassificationHead, TokenClassificationHead, VotersModule
-from xlt_engine.model.heads import default_voter_widths
+from xlt_engine.model.heads import LINEAR, default_voter_widths
 
 
 def test_voters_shapes_and_widths():
@@ -34,7 +34,7 @@ def test_voter_computation_is_h_d_h_then_classifier():
     torch.testing.assert_close(vm(x)[0], want)
 
 
-def test_single_voter_is_a_plain_head():
+def test_single_voter_is_one_mlp_voter_and_its_probs_are_its_own():
     vm = VotersModule(hidden_size=12, num_labels=3, num_voters=1).eval()
     assert vm.widths == [12]
     x = torch.randn(6, 12)
@@ -58,7 +58,7 @@ def test_probs_is_mean_of_voter_probabilities():
         (dict(num_voters=0), "num_voters"),
         (dict(num_labels=1), "num_labels"),
         (dict(num_voters=2, widths=[8]), "widths"),
-        (dict(num_voters=2, widths=[8, 0]), "widths"),
+        (dict(num_voters=2, widths=[8, -1]), "widths"),
     ],
 )
 def test_voters_bad_arguments(kw, msg):
@@ -89,3 +89,23 @@ def test_token_head_shape():
     out = head(h)
     assert out.shape == (2, 6, 9)
     torch.testing.assert_close(out[1, 3], head.classifier(h[1, 3]))
+
+
+def test_a_linear_voter_is_dropout_then_one_linear_layer():
+    """Issue 17 (1): the plain linear head of standard fine-tuning (-VM, direct transfer) is one
+    voter of width LINEAR, with no hidden layers; a voter of width H (voters = 1) has two."""
+    torch.manual_seed(0)
+    vm = VotersModule(hidden_size=12, num_labels=3, num_voters=1, widths=[LINEAR])
+    assert sorted(n for n, _ in vm.named_parameters()) == [
+        "voters.0.classifier.bias",
+        "voters.0.classifier.weight",
+    ]
+    x = torch.randn(6, 12)
+    v = vm.voters[0]
+    torch.testing.assert_close(vm.eval()(x)[0], v.classifier(x))
+    vm.train()  # dropout on the input, as BERT's classification heads do
+    assert not torch.equal(vm(x)[0], v.classifier(x))
+    mixed = VotersModule(hidden_size=12, num_labels=3, num_voters=2, widths=[LINEAR, 12])
+    assert mixed(x).shape == (2, 6, 3) and not hasattr(mixed.voters[0], "fc_in")
+    with pytest.raises(ValueError, match=">= 0"):
+        VotersModule(hidden_size=12, num_labels=3, num_voters=1, widths=[-1])

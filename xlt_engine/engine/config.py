@@ -29,6 +29,7 @@ from xlt_engine.data.task import Format
 from xlt_engine.engine.loop import TrainConfig
 from xlt_engine.model.checkpoint import plan_checkpoint
 from xlt_engine.model.config import BertConfig
+from xlt_engine.model.heads import LINEAR
 
 TASKS = ("ner", "classification")
 
@@ -117,23 +118,37 @@ Representation = Literal["cls", "pooler", "mean"]  # model.task.REPRESENTATIONS
 @dataclass(frozen=True)
 class HeadSettings:
     """The head of every task model (``[model]`` and the library's FinetuneConfig): the
-    VotersModule and, for sequence tasks, the sentence vector it reads."""
+    VotersModule (``head = "voters"``) or a plain linear head (``head = "linear"``: dropout and
+    one linear layer, as standard BERT fine-tuning; the direct-transfer baseline and the -VM
+    ablation), and, for sequence tasks, the sentence vector it reads."""
 
-    voters: int = 3  # 1: the -VM ablation
-    voter_widths: tuple[int, ...] = ()  # () : spread over 0.75H .. 1.25H
-    voter_dropout: float = 0.1
+    head: Literal["voters", "linear"] = "voters"
+    voters: int = 3  # with head = "voters"
+    voter_widths: tuple[int, ...] = ()  # () : spread over 0.75H .. 1.25H; 0: a linear voter
+    voter_dropout: float = 0.1  # the head's dropout (either head)
     representation: Representation = "cls"  # sequence tasks: cls, pooler (needs one) or mean
 
     def __post_init__(self):
         check_choices(self)
         if not 1 <= self.voters <= MAX_VOTERS:
             raise ValueError(f"voters must be in [1, {MAX_VOTERS}], got {self.voters}")
-        if any(w < 1 for w in self.voter_widths):
-            raise ValueError(f"voter_widths must be positive, got {list(self.voter_widths)}")
+        if any(w < 0 for w in self.voter_widths):
+            raise ValueError(
+                f"voter_widths must be >= 0 (0: a linear voter), got {list(self.voter_widths)}"
+            )
+        if self.head == "linear" and self.voter_widths:
+            raise ValueError("voter_widths is for head = 'voters' (a linear head has no width)")
         if self.voter_widths and len(self.voter_widths) != self.voters:
             raise ValueError(
                 f"voter_widths has {len(self.voter_widths)} entries for voters = {self.voters}"
             )
+
+    def voter_shape(self) -> tuple[int, tuple[int, ...] | None]:
+        """(number of voters, their widths or None for the default spread) of this head: one
+        linear voter for ``head = "linear"``."""
+        if self.head == "linear":
+            return 1, (LINEAR,)
+        return self.voters, self.voter_widths or None
         if not 0 <= self.voter_dropout < 1:
             raise ValueError(f"voter_dropout must be in [0, 1), got {self.voter_dropout}")
 

@@ -157,6 +157,7 @@ def build_selftrain(cfg: ExperimentConfig) -> SelftrainConfig:
         format=cfg.data.format,
         encoding=cfg.data.encoding,
         max_len=cfg.model.max_len,
+        head=cfg.model.head,
         voters=cfg.model.voters,
         voter_widths=cfg.model.voter_widths or None,
         voter_dropout=cfg.model.voter_dropout,

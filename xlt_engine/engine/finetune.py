@@ -32,8 +32,8 @@ from xlt_engine.model.task import load_task_model, new_task_model, save_task_mod
 
 @dataclass(frozen=True, kw_only=True)
 class FinetuneConfig(FinetuneSettings, HeadSettings, TaskSettings):
-    """Fine-tuning's settings (``FinetuneSettings``) and the head's (``HeadSettings``: voters,
-    voter_widths, voter_dropout, representation) plus what this run reads and where it
+    """Fine-tuning's settings (``FinetuneSettings``) and the head's (``HeadSettings``: head,
+    voters, voter_widths, voter_dropout, representation) plus what this run reads and where it
     writes."""
 
     model: str  # Base Model or mBERT folder (Hugging Face layout, with its tokenizer files)
@@ -113,8 +113,7 @@ def run_finetune(
             encoder,
             train_data.kind,
             labels,
-            cfg.voters,
-            cfg.voter_widths or None,
+            *cfg.voter_shape(),
             cfg.voter_dropout,
             cfg.representation,
         )

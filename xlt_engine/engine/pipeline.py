@@ -9,7 +9,10 @@ their common stages and a re-run picks up where an earlier one stopped; a stage 
 half-way continues with ``resume``), and one made otherwise stops the run, naming each change.
 Switches give the paper's ablation rows: ``btf=False`` (-BTF: fine-tuning and self-training
 start from the pretrained model), ``selftrain=False`` (-ST), ``selftrain.threshold = "fixed"``
-(-AT), ``model.voters = 1`` (-VM).
+(-AT), ``model.head = "linear"`` (-VM). The direct-transfer column is always the pretrained
+model fine-tuned with a plain linear head (``finetune-direct-linear``), standard mBERT
+fine-tuning as in the paper's baseline; without btf the teacher is the pretrained model
+fine-tuned with the configured head (``finetune-direct``).
 
 ``run_ablate``: every row of the paper's tables 5 and 6 (Ours, -AT, -VM, -BTF, -ST, direct
 transfer) for every seed, and a table of mean +- std over seeds per target and on average.
@@ -71,19 +74,24 @@ def plan_all(
         cfg = with_section(cfg, "selftrain", base="pretrained", teacher="finetune-direct")
     steps = []
     for pc in pair_configs(cfg):
-        models = {}
+        models = []  # (config, model name) to evaluate
         if btf:
             steps.append((pc, "btf"))
-        if direct or not btf:  # without btf, the direct model is the teacher
-            steps.append((with_section(pc, "finetune", init="pretrained"), "finetune"))
-            models["direct"] = "finetune-direct"
+        if direct:  # the baseline: a plain linear head on the pretrained model
+            dc = with_section(pc, "model", head="linear", voter_widths=())
+            steps.append((with_section(dc, "finetune", init="pretrained"), "finetune"))
+            models.append((dc, "finetune-direct"))
+        if not btf:  # the teacher: the configured head on the pretrained model
+            step = (with_section(pc, "finetune", init="pretrained"), "finetune")
+            if step not in steps:
+                steps.append(step)
         if btf:
             steps.append((with_section(pc, "finetune", init="btf"), "finetune"))
-            models["btf"] = "finetune"
+            models.append((pc, "finetune"))
         if selftrain:
             steps.append((pc, "selftrain"))
-            models["selftrain"] = "selftrain"
-        steps += [(with_section(pc, "evaluate", model=m), "evaluate") for m in models.values()]
+            models.append((pc, "selftrain"))
+        steps += [(with_section(c, "evaluate", model=m), "evaluate") for c, m in models]
     return steps
 
 
@@ -220,8 +228,8 @@ def run_ablate(
     root = table_dir(cfg)
     scores: dict[str, dict[str, list[float]]] = {row: {} for row in ABLATION_ROWS}
     fixed = with_section(cfg, "selftrain", threshold="fixed", alpha=fixed_alpha)
-    voters1 = dataclasses.replace(
-        cfg, model=dataclasses.replace(cfg.model, voters=1, voter_widths=())
+    linear = dataclasses.replace(
+        cfg, model=dataclasses.replace(cfg.model, head="linear", voter_widths=())
     )
     for seed in seeds:
 
@@ -233,7 +241,7 @@ def run_ablate(
         variants = {  # name: (config, run_all switches)
             "full": (cfg, {}),
             "fixed": (fixed, {"table_name": f"all-alpha{fixed_alpha:g}"}),
-            "voters1": (voters1, {"direct": False, "table_name": "all-voters1"}),
+            "linear": (linear, {"direct": False, "table_name": "all-linear-head"}),
             "nobtf": (cfg, {"btf": False, "table_name": "all-no-btf"}),
         }
         runs = {
@@ -243,7 +251,7 @@ def run_ablate(
         picks = {
             "Ours": ("full", "selftrain"),
             "- AT": ("fixed", "selftrain"),
-            "- VM": ("voters1", "selftrain"),
+            "- VM": ("linear", "selftrain"),
             "- BTF": ("nobtf", "selftrain"),
             "- ST": ("full", "btf"),
             "direct transfer": ("full", "direct"),

@@ -60,6 +60,8 @@ def with_section(cfg: ExperimentConfig, section: str, **changes) -> ExperimentCo
 
 
 def _variant(cfg: ExperimentConfig) -> str:
+    if cfg.model.head == "linear":
+        return "-linear"
     return f"-voters{cfg.model.voters}" if cfg.model.voters != 3 else ""
 
 

@@ -71,7 +71,7 @@ from xlt_engine.engine.threshold import select_threshold
 from xlt_engine.fileio import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
 from xlt_engine.kernels import soft_label_mse, voter_filter
 from xlt_engine.model.checkpoint import load_encoder
-from xlt_engine.model.heads import VotersModule
+from xlt_engine.model.heads import LINEAR, VotersModule
 from xlt_engine.model.task import TaskModel, load_task_model, new_task_model, save_task_model
 
 T = TypeVar("T")
@@ -89,6 +89,7 @@ class SelftrainConfig(SelftrainSettings, TaskSettings):
     source_file: str  # D_src: labeled source-language data
     unlabeled_file: str  # U_tgt: target-language data (labels, if any, are never read)
     out: str
+    head: str | None = None  # the students' head: voters, linear (None: the teacher's kind)
     voters: int | None = None  # the student's voters (None: the teacher's head, all three)
     voter_widths: tuple[int, ...] | None = None
     voter_dropout: float | None = None
@@ -104,8 +105,13 @@ class SelftrainConfig(SelftrainSettings, TaskSettings):
         if not Path(self.base_model).is_dir():
             raise ValueError(f"base_model: {self.base_model}: no such folder")
         check_task_model(self.teacher, self.format)
-        if self.voters is not None:  # the checks of HeadSettings, once the head is given
-            HeadSettings(self.voters, self.voter_widths or (), self.voter_dropout or 0.0)
+        if self.head is not None or self.voters is not None:  # HeadSettings' checks
+            HeadSettings(
+                self.head or "voters",
+                self.voters or 1,
+                self.voter_widths or (),
+                self.voter_dropout or 0.0,
+            )
         if self.representation is not None:
             HeadSettings(representation=self.representation)
         check_limit("max_source", self.max_source)
@@ -233,7 +239,13 @@ class SelfTraining:
         self.labels, self.kind = first.labels, first.kind
         self.num_voters = cfg.voters or first.voters.num_voters
         self.widths = cfg.voter_widths
-        if self.widths is None and self.num_voters == first.voters.num_voters:
+        if cfg.head == "linear":
+            self.num_voters, self.widths = HeadSettings(head="linear").voter_shape()
+        elif (
+            self.widths is None
+            and self.num_voters == first.voters.num_voters
+            and (cfg.head is None or LINEAR not in first.voters.widths)
+        ):  # the teacher's widths, unless the head was asked to differ in kind
             self.widths = tuple(first.voters.widths)
         self.dropout = cfg.voter_dropout
         if self.dropout is None:

@@ -5,8 +5,10 @@ classification, and the Voters Module of the reference paper.
 linear layers, GELU, dropout) followed by its own linear classifier H -> C. The inner widths d_i
 differ slightly (by default spread evenly over 0.75H .. 1.25H) so the voters agree on easy inputs
 and disagree on doubtful ones. Logits come back stacked as [M, ..., C]; training losses average
-over voters, prediction uses the mean of the voters' probabilities. M = 1 is one voter of width H:
-a plain head (the paper's "-VM" ablation).
+over voters, prediction uses the mean of the voters' probabilities. A voter of width 0 is a linear voter: dropout, then the
+classifier H -> C, nothing between. One linear voter is the plain linear head of standard BERT
+fine-tuning (``model.head = "linear"``: the direct-transfer baseline and the paper's "-VM"
+ablation); M = 1 with width H is one MLP voter, a different thing.
 """
 
 from __future__ import annotations
@@ -53,20 +55,27 @@ def default_voter_widths(hidden_size: int, num_voters: int) -> list[int]:
     return [round(lo + (hi - lo) * i / (num_voters - 1)) for i in range(num_voters)]
 
 
+LINEAR = 0  # the width of a linear voter: dropout, then the classifier
+
+
 class Voter(nn.Module):
-    """features [..., H] -> logits [..., C] through H -> d -> H and a linear classifier."""
+    """features [..., H] -> logits [..., C] through H -> d -> H and a linear classifier; with
+    ``width = LINEAR`` (0), dropout and the classifier alone."""
 
     def __init__(self, hidden_size: int, width: int, num_labels: int, dropout: float):
         super().__init__()
-        self.fc_in = nn.Linear(hidden_size, width)
-        self.fc_out = nn.Linear(width, hidden_size)
+        self.linear = width == LINEAR
+        if not self.linear:
+            self.fc_in = nn.Linear(hidden_size, width)
+            self.fc_out = nn.Linear(width, hidden_size)
         self.classifier = nn.Linear(hidden_size, num_labels)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dropout(x)
-        x = self.dropout(F.gelu(self.fc_in(x)))
-        x = self.dropout(F.gelu(self.fc_out(x)))
+        if not self.linear:
+            x = self.dropout(F.gelu(self.fc_in(x)))
+            x = self.dropout(F.gelu(self.fc_out(x)))
         return self.classifier(x)
 
 
@@ -92,8 +101,8 @@ class VotersModule(nn.Module):
         widths = list(widths)
         if len(widths) != num_voters:
             raise ValueError(f"widths has {len(widths)} entries for num_voters={num_voters}")
-        if any(int(w) < 1 for w in widths):
-            raise ValueError(f"voter widths must be positive, got {widths}")
+        if any(int(w) < 0 for w in widths):
+            raise ValueError(f"voter widths must be >= 0 (0: a linear voter), got {widths}")
         self.num_labels = num_labels
         self.widths = [int(w) for w in widths]
         self.voters = nn.ModuleList(Voter(hidden_size, w, num_labels, dropout) for w in self.widths)

@@ -94,3 +94,17 @@ def conll(tmp_path_factory) -> dict[str, Path]:
         "esp.test": conll_slice(SHARED_DATA / "conll2002/esp.testb", tmp / "esp.test", 60),
         "ned.test": conll_slice(SHARED_DATA / "conll2002/ned.testb", tmp / "ned.test", 60),
     }
+
+
+def watch_final_save(monkeypatch, module, out: Path, sibling: str) -> list[bool]:
+    """Wrap ``module.save_task_model``: each save into ``out/model`` (a stage's completion
+    marker) appends whether ``out/sibling`` was already written."""
+    real, seen = module.save_task_model, []
+
+    def save(model, folder, tok):
+        if Path(folder) == out / "model":
+            seen.append((out / sibling).is_file())
+        return real(model, folder, tok)
+
+    monkeypatch.setattr(module, "save_task_model", save)
+    return seen

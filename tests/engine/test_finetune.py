@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import SHARED_DATA
+from tests.engine.conftest import watch_final_save
 from xlt_engine.data import read_conll
 from xlt_engine.data.task import encode, read_task_file
 from xlt_engine.engine.evaluate import EvaluateConfig, PredictConfig, run_evaluate, run_predict
@@ -407,13 +408,7 @@ def test_model_folder_is_written_last_as_the_stage_marker(tiny, conll, tmp_path,
     between the two left a finished stage without its dev score."""
     import xlt_engine.engine.finetune as finetune
 
-    out, real, seen = tmp_path / "run", finetune.save_task_model, []
-
-    def save(model, folder, tok):
-        if Path(folder) == out / "model":
-            seen.append((out / "dev.json").is_file())
-        return real(model, folder, tok)
-
-    monkeypatch.setattr(finetune, "save_task_model", save)
+    out = tmp_path / "run"
+    seen = watch_final_save(monkeypatch, finetune, out, "dev.json")
     run_finetune(ner_config(tiny, conll, out, max_steps=2, log_every=1), echo=None)
     assert seen == [True]

@@ -21,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.engine.conftest import watch_final_save
 from xlt_engine.data.task import Encoded, encode, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
@@ -381,14 +382,8 @@ def test_final_model_is_written_last_as_the_stage_marker(
     """Issue 23 (5): model/ (what marks selftrain finished) was saved before summary.json."""
     import xlt_engine.engine.selftrain as selftrain
 
-    out, real, seen = tmp_path / "st", selftrain.save_task_model, []
-
-    def save(model, folder, tok):
-        if Path(folder) == out / "model":
-            seen.append((out / "summary.json").is_file())
-        return real(model, folder, tok)
-
-    monkeypatch.setattr(selftrain, "save_task_model", save)
+    out = tmp_path / "st"
+    seen = watch_final_save(monkeypatch, selftrain, out, "summary.json")
     soft = TrainConfig(max_steps=2, lr=1e-3, log_every=1, seed=1)
     run_selftrain(st_config(base, teacher, data, out, rounds=0.5, soft=soft), echo=None)
     assert seen == [True]

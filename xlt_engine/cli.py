@@ -320,7 +320,7 @@ def _experiment(
     import dataclasses
 
     from xlt_engine.engine.config import load_config
-    from xlt_engine.engine.runs import with_section
+    from xlt_engine.engine.runs import with_linear_head, with_section
 
     cfg = load_config(config_path, overrides)
     if out is not None:
@@ -336,7 +336,7 @@ def _experiment(
     if voters is not None:
         cfg = with_section(cfg, "model", voters=voters, voter_widths=())
     if linear_head:
-        cfg = with_section(cfg, "model", head="linear", voter_widths=())
+        cfg = with_linear_head(cfg)
     return cfg
 
 

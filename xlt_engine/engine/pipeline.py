@@ -31,7 +31,7 @@ from xlt_engine.engine import distributed
 from xlt_engine.engine.config import ExperimentConfig, check_files
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.experiment import format_seconds, run_stage
-from xlt_engine.engine.runs import check_plans, plan_stage, with_section
+from xlt_engine.engine.runs import check_plans, plan_stage, with_linear_head, with_section
 from xlt_engine.fileio import write_results
 
 COLUMNS = ("direct", "btf", "selftrain")
@@ -78,7 +78,7 @@ def plan_all(
         if btf:
             steps.append((pc, "btf"))
         if direct:  # the baseline: a plain linear head on the pretrained model
-            dc = with_section(pc, "model", head="linear", voter_widths=())
+            dc = with_linear_head(pc)
             steps.append((with_section(dc, "finetune", init="pretrained"), "finetune"))
             models.append((dc, "finetune-direct"))
         if not btf:  # the teacher: the configured head on the pretrained model
@@ -228,9 +228,7 @@ def run_ablate(
     root = table_dir(cfg)
     scores: dict[str, dict[str, list[float]]] = {row: {} for row in ABLATION_ROWS}
     fixed = with_section(cfg, "selftrain", threshold="fixed", alpha=fixed_alpha)
-    linear = dataclasses.replace(
-        cfg, model=dataclasses.replace(cfg.model, head="linear", voter_widths=())
-    )
+    linear = with_linear_head(cfg)
     for seed in seeds:
 
         def seeded(c: ExperimentConfig, seed: int = seed) -> ExperimentConfig:

@@ -59,6 +59,12 @@ def with_section(cfg: ExperimentConfig, section: str, **changes) -> ExperimentCo
     )
 
 
+def with_linear_head(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with the plain linear head (``model.head = "linear"``): the direct-transfer
+    baseline and the -VM ablation."""
+    return with_section(cfg, "model", head="linear", voter_widths=())
+
+
 def _variant(cfg: ExperimentConfig) -> str:
     if cfg.model.head == "linear":
         return "-linear"

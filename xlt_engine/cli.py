@@ -489,6 +489,15 @@ def run(
     _run_guarded(go)
 
 
+def _numbers(option: str, text: str, kind):
+    """``"1, 2,3"`` -> [1, 2, 3] (``kind`` int or float), or exit naming the option."""
+    try:
+        return [kind(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        name = "integers" if kind is int else "numbers"
+        _fail(ValueError(f"{option}: expected comma-separated {name}, got {text!r}"))
+
+
 @main.command()
 @_config_option
 @_set_option
@@ -506,27 +515,66 @@ def run(
     metavar="A",
     help="the fixed threshold of the -AT row",
 )
+@click.option(
+    "--study",
+    type=click.Choice(["ablation", "threshold", "rounds"]),
+    default="ablation",
+    show_default=True,
+    help="ablation: the rows of the paper's tables 5-6; threshold: self-training at each fixed "
+    "alpha of --alphas beside the automatic one; rounds: the student after every step up to "
+    "--max-rounds",
+)
+@click.option(
+    "--alphas",
+    default="0.5,0.6,0.7,0.8,0.9,0.95",
+    show_default=True,
+    metavar="A1,A2,...",
+    help="the fixed thresholds of --study threshold",
+)
+@click.option(
+    "--max-rounds",
+    type=float,
+    default=3.0,
+    show_default=True,
+    metavar="N",
+    help="rounds of --study rounds (a multiple of 0.5)",
+)
 @_out_option("folder for the seeds' runs and the table (default: runs/<config>)")
 @click.option("--resume", is_flag=True, help="continue stages a killed run left half-way")
 @_progress_option
-def ablate(config_path, overrides, seeds, fixed_threshold, out, resume, progress) -> None:
+def ablate(
+    config_path, overrides, seeds, fixed_threshold, study, alphas, max_rounds, out, resume, progress
+) -> None:
     """Run the ablation rows (Ours, -AT, -VM, -BTF, -ST, direct transfer) for every seed and
-    write the table (ablation.md, ablation.json) like the paper's tables 5 and 6."""
+    write the table (ablation.md, ablation.json) like the paper's tables 5 and 6; or, with
+    --study, its threshold table (threshold-study.md, .json) or rounds table (rounds-study.md,
+    .json). The seeds' runs share every stage they have in common."""
     import os
 
-    try:
-        seed_list = [int(x) for x in seeds.replace(" ", "").split(",") if x]
-    except ValueError:
-        _fail(ValueError(f"--seeds: expected comma-separated integers, got {seeds!r}"))
+    seed_list = _numbers("--seeds", seeds, int)
+    alpha_list = _numbers("--alphas", alphas, float)
     if not 0 <= fixed_threshold < 1:
         _fail(ValueError(f"--fixed-threshold must be in [0, 1), got {fixed_threshold}"))
+    bad = [a for a in alpha_list if not 0 <= a < 1]
+    if bad:
+        _fail(ValueError(f"--alphas must be in [0, 1), got {bad}"))
+    if not (0.5 <= max_rounds <= 1000 and 2 * max_rounds == int(2 * max_rounds)):
+        _fail(
+            ValueError(f"--max-rounds must be a multiple of 0.5 in [0.5, 1000], got {max_rounds}")
+        )
     echo = click.echo if os.environ.get("RANK", "0") == "0" else None
 
     def go():
-        from xlt_engine.engine.pipeline import run_ablate
+        from xlt_engine.engine import pipeline
 
         cfg = _experiment(config_path, overrides, out)
-        run_ablate(cfg, seed_list, fixed_threshold, resume=resume, echo=echo, progress=progress)
+        kw = {"resume": resume, "echo": echo, "progress": progress}
+        if study == "threshold":
+            pipeline.run_threshold_study(cfg, seed_list, alpha_list, **kw)
+        elif study == "rounds":
+            pipeline.run_rounds_study(cfg, seed_list, max_rounds, **kw)
+        else:
+            pipeline.run_ablate(cfg, seed_list, fixed_threshold, **kw)
 
     _run_guarded(go)
 

@@ -12,6 +12,7 @@ from tests.conftest import SHARED_DATA
 from xlt_engine.cli import main
 from xlt_engine.engine.config import (
     ConfigError,
+    FreezeSettings,
     apply_overrides,
     check_files,
     config_from_dict,
@@ -20,9 +21,10 @@ from xlt_engine.engine.config import (
     to_dict,
 )
 from xlt_engine.engine.experiment import build_stage
-from xlt_engine.engine.runs import with_section
+from xlt_engine.engine.runs import plan_stage, with_section
 
 ROOT = Path(__file__).resolve().parents[2]
+TINY_FREEZE = "model.freeze_layers=1"  # the presets freeze 3 layers; the tiny model has 2
 CONLL = ROOT / "configs" / "conll.toml"
 CLS = ROOT / "configs" / "cls.toml"
 
@@ -54,7 +56,12 @@ def problems(tmp_path, text, *overrides):
 def test_minimal_config_defaults(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL))
     assert cfg.name == "exp" and cfg.pair_target == "esp" and cfg.seed == 42
-    assert cfg.btf.train.lr == 2e-5 and cfg.btf.train.epochs == 3 and cfg.btf.freeze_layers == 3
+    assert cfg.btf.train.lr == 2e-5 and cfg.btf.train.epochs == 3
+    # the paper's freezing (embeddings and the bottom 3 layers) in every training stage
+    assert cfg.model.freeze_layers == 3 and cfg.model.freeze_embeddings
+    for stage in ("btf", "finetune", "selftrain"):
+        assert getattr(cfg, stage).freeze_layers is None
+        assert cfg.freeze(stage) == FreezeSettings(3, True)
     assert cfg.run_dir() == Path("runs/exp/eng-esp")
 
 
@@ -125,18 +132,18 @@ def test_shipped_presets_load_and_find_their_data(tiny):
     e5_conll, e5_cls = (ROOT / "configs" / f"e5-small-{t}.toml" for t in ("conll", "cls"))
     for path, lang in ((CONLL, "eng"), (CLS, "en"), (e5_conll, "eng"), (e5_cls, "en")):
         # the tiny model has 2 layers: the presets' freeze_layers = 3 would freeze them all
-        over = [f"data.root={SHARED_DATA}", f"model.path={tiny}", "btf.freeze_layers=1"]
+        over = [f"data.root={SHARED_DATA}", f"model.path={tiny}", "model.freeze_layers=1"]
         cfg = load_config(path, over)
         assert cfg.source == lang and len(cfg.targets) == 3
         for stage in ("btf", "finetune", "evaluate"):
             check_files(cfg, stage)
-    conll = load_config(CONLL, [f"data.root={SHARED_DATA}", f"model.path={tiny}"])
+    conll = load_config(CONLL, [f"data.root={SHARED_DATA}", f"model.path={tiny}", TINY_FREEZE])
     assert conll.model.max_len == 128 and conll.btf.train.lr == 2e-5 and conll.btf.batch_size == 32
     assert load_config(CLS).model.max_len == 256
 
 
 def test_missing_files_are_named_per_stage(tmp_path, tiny):
-    cfg = load_config(CONLL, [f"data.root={tmp_path}", f"model.path={tiny}"])
+    cfg = load_config(CONLL, [f"data.root={tmp_path}", f"model.path={tiny}", TINY_FREEZE])
     with pytest.raises(ConfigError) as info:
         check_files(cfg, "evaluate")
     got = info.value.problems
@@ -148,12 +155,15 @@ def test_missing_files_are_named_per_stage(tmp_path, tiny):
         check_files(load_config(CONLL, [f"data.root={SHARED_DATA}", "model.path=nowhere"]), "btf")
     with pytest.raises(ConfigError, match="predict.input: missing"):
         check_files(
-            load_config(CONLL, [f"data.root={SHARED_DATA}", f"model.path={tiny}"]), "predict"
+            load_config(CONLL, [f"data.root={SHARED_DATA}", f"model.path={tiny}", TINY_FREEZE]),
+            "predict",
         )
 
 
 def test_finetune_needs_its_base_model_first(tmp_path, tiny):
-    cfg = load_config(CONLL, [f"data.root={SHARED_DATA}", f"model.path={tiny}", f"out={tmp_path}"])
+    cfg = load_config(
+        CONLL, [f"data.root={SHARED_DATA}", f"model.path={tiny}", TINY_FREEZE, f"out={tmp_path}"]
+    )
     with pytest.raises(
         ConfigError, match=r"finetune.init: .*btf/base-model: no such folder \(run the btf"
     ):
@@ -163,6 +173,7 @@ def test_finetune_needs_its_base_model_first(tmp_path, tiny):
         [
             f"data.root={SHARED_DATA}",
             f"model.path={tiny}",
+            TINY_FREEZE,
             f"out={tmp_path}",
             "finetune.init=pretrained",
         ],
@@ -220,7 +231,7 @@ def test_cli_runs_every_stage(tiny, conll, tmp_path):
         "--set",
         "btf.batch_size=8",
         "--set",
-        "btf.freeze_layers=1",
+        "model.freeze_layers=1",
         "--set",
         "finetune.batch_size=8",
         "--set",
@@ -244,6 +255,7 @@ def test_cli_runs_every_stage(tiny, conll, tmp_path):
     assert len(texts) == 240  # the target's sentences, its tags not read
     info = json.loads((run / "finetune" / "run.json").read_text())
     assert info["version"] and info["git_sha"] and info["world_size"] == 1
+    assert 0 < info["seconds"] < 600  # the stage's wall time, added when it finished
     resolved = json.loads((run / "finetune" / "config.json").read_text())
     assert resolved["stage"] == "finetune" and resolved["stage_config"]["train"]["max_steps"] == 6
     assert resolved["stage_config"]["model"] == str(run / "btf" / "base-model")
@@ -405,12 +417,17 @@ def test_boundary_sweep_of_every_numeric_key_fails_at_load_naming_the_key():
 
 def test_max_len_beyond_the_models_positions_is_a_config_error(tiny):
     positions = json.loads((tiny / "config.json").read_text())["max_position_embeddings"]
-    over = [f"data.root={SHARED_DATA}", f"model.path={tiny}", f"model.max_len={positions + 1}"]
+    over = [
+        f"data.root={SHARED_DATA}",
+        f"model.path={tiny}",
+        TINY_FREEZE,
+        f"model.max_len={positions + 1}",
+    ]
     with pytest.raises(
         ConfigError, match=rf"model.max_len: {positions + 1} is more than the {positions} positions"
     ):
         check_files(load_config(CONLL, over), "finetune")
-    check_files(load_config(CONLL, [*over[:2], f"model.max_len={positions}"]), "finetune")
+    check_files(load_config(CONLL, [*over[:3], f"model.max_len={positions}"]), "finetune")
 
 
 def test_model_representation_is_checked_where_it_can_go_wrong(tmp_path, tiny):
@@ -421,19 +438,24 @@ def test_model_representation_is_checked_where_it_can_go_wrong(tmp_path, tiny):
         "config: model.representation: 'mean' is for sequence tasks (NER labels every word's "
         "first sub-token; leave it 'cls')"
     ]
-    over = [f"data.root={SHARED_DATA}", f"model.path={tiny}", "model.representation=pooler"]
+    over = [
+        f"data.root={SHARED_DATA}",
+        f"model.path={tiny}",
+        TINY_FREEZE,
+        "model.representation=pooler",
+    ]
     cfg = load_config(CLS, over)  # the tiny model (xlt-engine init) has no pooler
     for stage in ("finetune", "selftrain"):
         with pytest.raises(ConfigError, match=r"model.representation: 'pooler', but .* no pooler"):
             check_files(cfg, stage)
     check_files(with_section(cfg, "btf", freeze_layers=1), "btf")  # btf does not read it
-    check_files(load_config(CLS, [*over[:2], "model.representation=mean"]), "finetune")
+    check_files(load_config(CLS, [*over[:3], "model.representation=mean"]), "finetune")
 
 
 def test_the_representation_is_in_the_task_stages_fingerprints(tiny):
     from xlt_engine.engine.runs import plan_stage
 
-    base = [f"data.root={SHARED_DATA}", f"model.path={tiny}"]
+    base = [f"data.root={SHARED_DATA}", f"model.path={tiny}", TINY_FREEZE]
     cls_cfg = load_config(CLS, base)
     mean_cfg = load_config(CLS, [*base, "model.representation=mean"])
     for stage in ("finetune", "selftrain"):
@@ -449,7 +471,7 @@ def test_data_caps_are_checked_and_in_fingerprints_only_when_set(tmp_path, tiny)
 
     got = problems(tmp_path, MINIMAL, "data.max_train=0")
     assert got == ["data: max_train must be >= 1 (or left out), got 0"]
-    base = [f"data.root={SHARED_DATA}", f"model.path={tiny}"]
+    base = [f"data.root={SHARED_DATA}", f"model.path={tiny}", TINY_FREEZE]
     plain = plan_stage(load_config(CONLL, base), "evaluate").settings
     assert not any(k.startswith("data.max_") for k in plain)  # older folders stay valid
     capped = plan_stage(load_config(CONLL, [*base, "data.max_test=50"]), "evaluate").settings
@@ -457,24 +479,63 @@ def test_data_caps_are_checked_and_in_fingerprints_only_when_set(tmp_path, tiny)
 
 
 def test_freeze_layers_covering_the_whole_model_must_say_all(tmp_path, tiny):
-    """A freeze_layers of 3 on a 2-layer model froze every layer without a word."""
+    """A freeze_layers of 3 on a 2-layer model froze every layer without a word; the check
+    covers every training stage and names the key that set the value."""
     base = [f"data.root={SHARED_DATA}", f"model.path={tiny}"]  # tiny: 2 layers
     with pytest.raises(ConfigError, match=r"btf.freeze_layers: 2 freezes all 2 layers"):
-        check_files(load_config(CONLL, [*base, "btf.freeze_layers=2"]), "btf")
-    check_files(load_config(CONLL, [*base, "btf.freeze_layers=1"]), "btf")
+        check_files(
+            load_config(CONLL, [*base, "model.freeze_layers=1", "btf.freeze_layers=2"]), "btf"
+        )
+    for stage in ("btf", "finetune", "selftrain"):  # the presets' model.freeze_layers = 3
+        with pytest.raises(
+            ConfigError, match=rf"model.freeze_layers: 3 freezes all 2 layers .* {stage}"
+        ):
+            check_files(load_config(CONLL, base), stage)
+        over = [*base, f"{stage}.freeze_layers=1"]
+        check_files(load_config(CONLL, over), stage)  # the stage's own setting wins
     cfg = load_config(CONLL, [*base, "btf.freeze_layers=all"])
-    assert cfg.btf.freeze_layers == "all"
+    assert cfg.btf.freeze_layers == "all" and cfg.freeze("btf").freeze_layers == "all"
     check_files(cfg, "btf")
     got = problems(tmp_path, MINIMAL, "btf.freeze_layers=some")
     assert got == ["btf: freeze_layers must be a number >= 0 or 'all', got 'some'"]
+    got = problems(tmp_path, MINIMAL, "model.freeze_layers=-1")
+    assert got == ["model: freeze_layers must be >= 0, got -1"]
     got = problems(tmp_path, MINIMAL, "btf.freeze_layers=1.5")
     assert got == ["btf.freeze_layers: expected int or 'all', got 1.5"]
+
+
+def test_each_stage_config_gets_the_freezing_it_resolves_to(tmp_path, tiny):
+    base = [f"data.root={SHARED_DATA}", f"model.path={tiny}", "model.freeze_layers=1"]
+    cfg = load_config(
+        CONLL, [*base, "finetune.freeze_layers=0", "selftrain.freeze_embeddings=false"]
+    )
+    assert cfg.freeze("btf") == FreezeSettings(1, True)
+    assert cfg.freeze("finetune") == FreezeSettings(0, True)
+    assert cfg.freeze("selftrain") == FreezeSettings(1, False)
+    assert FreezeSettings(1, True).frozen_patterns(2) == (
+        r"encoder\.embeddings\.",
+        r"encoder\.layers\.0\.",
+    )
+    assert FreezeSettings("all", False).frozen_patterns(2) == (
+        r"encoder\.layers\.0\.",
+        r"encoder\.layers\.1\.",
+    )
+    # the fingerprint holds what the stage freezes, wherever it was set: moving the setting from
+    # [model] to the stage changes nothing, changing the value changes the stage
+    plan = plan_stage(cfg, "finetune").settings
+    assert plan["finetune.freeze_layers"] == 0 and plan["finetune.freeze_embeddings"] is True
+    assert "model.freeze_layers" not in plan
+    same = load_config(CONLL, [*base, "finetune.freeze_layers=0"])
+    moved = load_config(CONLL, [*base[:2], "model.freeze_layers=0", "btf.freeze_layers=1"])
+    assert plan_stage(same, "finetune").settings == plan_stage(moved, "finetune").settings
+    assert plan_stage(same, "btf").settings == plan_stage(moved, "btf").settings
+    assert plan_stage(same, "selftrain").settings != plan_stage(moved, "selftrain").settings
 
 
 def test_data_encoding_reaches_every_reader_and_is_checked(tmp_path, tiny):
     got = problems(tmp_path, MINIMAL, "data.encoding=klingon")
     assert got == ["data: encoding: unknown encoding 'klingon'"]
-    over = [f"data.root={SHARED_DATA}", f"model.path={tiny}", f"out={tmp_path}"]
+    over = [f"data.root={SHARED_DATA}", f"model.path={tiny}", TINY_FREEZE, f"out={tmp_path}"]
     over += ["data.encoding=latin-1", "finetune.init=pretrained"]
     cfg = load_config(CONLL, over)
     assert build_stage(cfg, "finetune").encoding == "latin-1"

@@ -37,6 +37,8 @@ def ner_config(tiny, conll, out, **train_kw):
         max_len=48,
         batch_size=8,
         train=TrainConfig(**kw),
+        freeze_layers=0,  # the tiny model has no pretraining to keep
+        freeze_embeddings=False,
     )
 
 
@@ -217,6 +219,8 @@ def test_cls10_finetune_evaluate_predict(tiny, tmp_path):
         max_len=64,
         batch_size=16,
         voters=2,
+        freeze_layers=0,  # the tiny model has no pretraining to keep
+        freeze_embeddings=False,
         train=TrainConfig(max_steps=30, lr=2e-3, log_every=10),
     )
     r = run_finetune(cfg, echo=None)
@@ -294,6 +298,8 @@ def test_sequence_classification_fits_a_small_training_set(
         max_len=32,
         batch_size=8,
         voters=2,
+        freeze_layers=0,  # the tiny model has no pretraining to keep
+        freeze_embeddings=False,
         representation=representation,
         train=TrainConfig(max_steps=60, lr=3e-3, log_every=20, warmup_ratio=0.0),
     )

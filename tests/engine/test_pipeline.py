@@ -14,7 +14,7 @@ from tests.engine.conftest import cls_slice, conll_slice
 from xlt_engine.cli import main
 from xlt_engine.data import read_conll
 from xlt_engine.engine.config import ConfigError, load_config
-from xlt_engine.engine.pipeline import ablation_table, all_table
+from xlt_engine.engine.pipeline import ablation_table, all_table, study_table
 from xlt_engine.engine.runs import stage_dir
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +64,7 @@ device = "cpu"
 root = "{root}"
 [model]
 path = "{tiny}"
+freeze_layers = 1  # the tiny model has 2 layers
 max_len = 48
 [languages.eng]
 train = "eng.train"
@@ -157,7 +158,10 @@ def _tree(folder: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize(
     ("sets", "changed"),
     [
-        (["selftrain.rounds=2"], ["selftrain.rounds: 1.5 -> 2.0"]),
+        (
+            ["selftrain.source_filter=correct"],
+            ["selftrain.source_filter: 'confident' -> 'correct'"],
+        ),
         (
             ["selftrain.threshold=max_second_difference"],
             ["selftrain.threshold: 'curvature' -> 'max_second_difference'"],
@@ -212,7 +216,7 @@ def test_a_data_file_changed_in_place_is_seen(tiny, conll, tmp_path):
     sets = [f"data.root={SHARED_DATA}", f"model.path={tiny}", "model.max_len=48",
             "finetune.init=pretrained", f"languages.eng.train={train}",
             f"languages.eng.dev={conll['eng.dev']}", "finetune.batch_size=8",
-            "finetune.train.max_steps=2", 'targets=["esp"]']  # fmt: skip
+            "finetune.train.max_steps=2", 'targets=["esp"]', "model.freeze_layers=1"]  # fmt: skip
     conll_toml, out = ROOT / "configs" / "conll.toml", tmp_path / "run"
     res = run_all_cli(conll_toml, out, *sets, stage="finetune")
     assert res.exit_code == 0, res.output
@@ -315,6 +319,7 @@ root = "{root}"
 format = "cls10"
 [model]
 path = "{tiny}"
+freeze_layers = 1  # the tiny model has 2 layers
 max_len = 64
 [languages.en]
 train = "en.train"
@@ -345,7 +350,7 @@ test = "de.test"
     )
     assert res.exit_code == 0, res.output
     pair = out / "en-de"
-    st = pair / "selftrain-voters1-alpha0.55"
+    st = pair / "selftrain-voters1-alpha0.55-rounds2"  # N = 2, not the paper's 1.5
     for r in (1, 2):
         assert json.loads((st / f"round-{r}" / "threshold.json").read_text())["alpha"] == 0.55
         counts = json.loads((st / f"round-{r}" / "filter.json").read_text())
@@ -414,7 +419,7 @@ def test_smoke_runs_every_stage_on_a_sample_into_its_own_folder(tiny, tmp_path):
     args = ["run", "--stage", "all", "--smoke", "--config", str(ROOT / "configs" / "conll.toml"),
             "--out", str(out), "--no-progress", "--set", f"data.root={SHARED_DATA}",
             "--set", f"model.path={tiny}", "--set", 'targets=["esp"]',
-            "--set", "btf.freeze_layers=1"]  # fmt: skip
+            "--set", "model.freeze_layers=1"]  # fmt: skip
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, (res.output, res.exception)
     pair = out / "smoke" / "eng-esp"
@@ -433,3 +438,54 @@ def test_smoke_runs_every_stage_on_a_sample_into_its_own_folder(tiny, tmp_path):
     assert any(x.split()[:2] == ["[eng-esp]", "btf"] for x in summary[1:]), summary
     last = summary[-1]
     assert str(out / "smoke" / "all.md") in last and last.endswith(" MiB"), last
+
+
+def test_threshold_and_rounds_studies_are_tables_over_seeds(tiny, tmp_path):
+    """ablate --study threshold: one row per fixed alpha and the automatic row; --study rounds:
+    the student after every soft and hard step, each a real evaluation of that step's model."""
+    from xlt_engine.quickstart import Sizes, prepare
+
+    cfg_path = prepare(tmp_path / "qs", seed=3, sizes=Sizes(train=60, dev=20, test=40))
+    out = tmp_path / "study"
+    steps = ["btf.train.max_steps=4", "finetune.train.max_steps=8", "selftrain.soft.max_steps=4",
+             "selftrain.hard.max_steps=4"]  # fmt: skip
+    common = ["--config", str(cfg_path), "--seeds", "1,2", "--out", str(out), "--no-progress"]
+    common += [a for s in steps for a in ("--set", s)]
+    res = CliRunner().invoke(
+        main, ["ablate", "--study", "threshold", "--alphas", "0.5,0.8", *common]
+    )
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "threshold-study.json").read_text())
+    assert list(result["scores"]) == ["alpha = 0.5", "alpha = 0.8", "automatic (curvature)"]
+    assert all(len(v["tgt"]) == 2 for v in result["scores"].values())
+    assert (out / "threshold-study.md").read_text() == study_table(
+        result, (out / "threshold-study.md").read_text().split("; ", 1)[1].split("\n")[0]
+    )
+    pair = out / "seed-2" / "src-tgt"
+    for a in ("0.5", "0.8"):  # each row is the run at that alpha
+        th = json.loads((pair / f"selftrain-alpha{a}" / "round-1" / "threshold.json").read_text())
+        assert th["alpha"] == float(a)
+        got = json.loads((out / "seed-2" / f"all-alpha{a}.json").read_text())["targets"]["tgt"]
+        assert result["scores"][f"alpha = {a}"]["tgt"][1] == got["selftrain"]
+    log = json.loads((pair / "selftrain" / "summary.json").read_text())["log"]
+    assert result["automatic_alphas"]["tgt"][1] == [
+        x["alpha"] for x in log if x["step"] == "threshold"
+    ]
+
+    res = CliRunner().invoke(main, ["ablate", "--study", "rounds", "--max-rounds", "1.5", *common])
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "rounds-study.json").read_text())
+    assert list(result["scores"]) == ["N = 0 (teacher)", "N = 0.5", "N = 1", "N = 1.5"]
+    assert all(len(v["tgt"]) == 2 for v in result["scores"].values())
+    full = json.loads((out / "seed-1" / "all-rounds1.5.json").read_text())["targets"]["tgt"]
+    assert result["scores"]["N = 0 (teacher)"]["tgt"][0] == full["btf"]
+    assert result["scores"]["N = 1.5"]["tgt"][0] == full["selftrain"]  # the final student
+    # N = 1.5 is the paper's default: the study's runs are the ablation's own (reused)
+    pair = out / "seed-1" / "src-tgt"
+    assert not any(p.name.startswith("selftrain-rounds") for p in pair.iterdir())
+    for r, which, score in (("round-1", "soft", "N = 0.5"), ("round-1", "hard", "N = 1")):
+        ev = json.loads((pair / f"evaluate-selftrain-{r}-{which}" / "results.json").read_text())
+        assert ev["model"] == str(pair / "selftrain" / r / which / "model")
+        assert result["scores"][score]["tgt"][0] == ev["languages"]["tgt"]["score"]
+    bad = CliRunner().invoke(main, ["ablate", "--study", "rounds", "--max-rounds", "1.2", *common])
+    assert bad.exit_code != 0 and "--max-rounds must be a multiple of 0.5" in bad.output

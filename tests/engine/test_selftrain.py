@@ -29,6 +29,7 @@ from xlt_engine.engine.inference import predict_logits
 from xlt_engine.engine.loop import TrainConfig
 from xlt_engine.engine.selftrain import (
     FILTER_FILE,
+    SOURCE_OK_FILE,
     SelftrainConfig,
     encoder_digest,
     row_units,
@@ -44,6 +45,8 @@ from xlt_engine.model.task import load_task_model
 from xlt_engine.quickstart import Sizes, prepare
 
 ROOT = Path(__file__).resolve().parents[2]
+# the synthetic task's model has no pretraining: nothing is frozen (as in the quickstart)
+NO_FREEZE = {"freeze_layers": 0, "freeze_embeddings": False}
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +76,7 @@ def teacher(base, data, tmp_path_factory) -> Path:
         max_len=48,
         batch_size=16,
         train=TrainConfig(max_steps=300, lr=1e-3, log_every=50, seed=1),
+        **NO_FREEZE,
     )
     return run_finetune(cfg, echo=None).model
 
@@ -89,6 +93,7 @@ def st_config(base, teacher, data, out, **kw) -> SelftrainConfig:
         rounds=2,
         soft=TrainConfig(max_steps=300, lr=1e-3, log_every=50, save_every=100, seed=1),
         hard=TrainConfig(max_steps=20, lr=1e-4, log_every=10, save_every=10, seed=1),
+        **NO_FREEZE,
     )
     cfg.update(kw)
     return SelftrainConfig(**cfg)
@@ -182,17 +187,29 @@ def test_threshold_is_on_the_grid_and_the_curve_is_logged(st_run, data):
         assert sum(int(x.rsplit(",", 1)[1]) for x in rows[1:]) == 1  # one chosen point
         cov = [c for c in th["coverage"] if c is not None]
         assert cov == sorted(cov, reverse=True)  # coverage falls as the threshold rises
-        # the curve is the soft student's on the source: confidence = the smallest top
-        # probability of the voters, correct = every voter picks the gold label
+        # the curve is the pseudo-label rule on the source, by the soft student: a row counts
+        # at t when every voter picks one label with its top probability above t, and is
+        # right when that label is gold. So accuracy(t) is the precision of the labels
+        # voter_filter gives the source rows at t, and coverage(t) the share it labels.
         student = load_task_model(out / f"round-{r}" / "soft" / "model")
         tok = load_tokenizer(out / f"round-{r}" / "soft" / "model")
         src = encode(read_task_file(data["src"], "conll"), tok, student.labels, 48)
         logits = predict_logits(student, src, tok.pad_id, torch.device("cpu"))
         gold = torch.from_numpy(np.concatenate(src.targets))
         top = logits.float().softmax(-1).max(-1)  # per voter [M, rows]
-        assert not (top.indices == top.indices[0]).all()  # voters disagree on some rows
+        agree = (top.indices == top.indices[0]).all(0)
+        assert not agree.all()  # voters disagree on some rows (test_threshold.py has rows
+        # where they disagree above t, which the curve counted before as covered and wrong)
         assert 0 < th["coverage"][0] < 1 and len(set(th["coverage"])) > 5
-        want = select_threshold(top.values.min(0).values, (top.indices == gold).all(0), 7)
+        for i, t in enumerate(th["thresholds"]):
+            labels, _, _ = voter_filter(logits, t)
+            given = labels >= 0
+            assert th["coverage"][i] == pytest.approx(given.double().mean().item(), abs=1e-12)
+            if given.any():
+                precision = (labels[given] == gold[given]).double().mean().item()
+                assert th["accuracy"][i] == pytest.approx(precision, abs=1e-12), t
+        conf = torch.where(agree, top.values.min(0).values, -1.0)
+        want = select_threshold(conf, (top.indices == gold).all(0), 7)
         assert want.to_json() == {k: th[k] for k in want.to_json()}
 
 
@@ -223,11 +240,15 @@ def test_filters_match_the_logs_and_the_student(st_run, data):
         logits = predict_logits(student, enc, tok.pad_id, torch.device("cpu"))
         want, _, _ = voter_filter(logits, counts["alpha"])
         assert np.array_equal(pseudo, want.numpy())
-        # the source filter removes the rows the soft student mispredicts, for good
+        # the source filter (confident, the default) removes, for good, the rows the pseudo-
+        # label rule at alpha does not accept with their gold label
         src = encode(read_task_file(data["src"], "conll"), tok, student.labels, 48)
-        pred = VotersModule.probs(predict_logits(student, src, tok.pad_id, torch.device("cpu")))
-        ok = pred.argmax(-1).numpy() == np.concatenate(src.targets)
+        src_labels, _, _ = voter_filter(
+            predict_logits(student, src, tok.pad_id, torch.device("cpu")), counts["alpha"]
+        )
+        ok = src_labels.numpy() == np.concatenate(src.targets)
         before = keeps[-2] if r == 2 else np.ones_like(keep)
+        assert counts["source_filter"] == "confident"
         assert np.array_equal(keep, before & ok)
         assert log["source_rows_removed"] == int(before.sum() - keep.sum())
         # the hard step trains on exactly the kept source rows and the pseudo-labeled target
@@ -255,7 +276,7 @@ def test_a_removed_source_row_stays_removed_even_when_predicted_right(
         path = out / "round-2" / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     shutil.rmtree(out / "model")
-    correct2 = load_file(str(out / "round-2" / "source-correct.safetensors"))["correct"] > 0
+    correct2 = load_file(str(out / "round-2" / SOURCE_OK_FILE))["confident"] > 0
     f1 = out / "round-1" / FILTER_FILE
     saved = load_file(str(f1))
     keep1 = saved["source_keep"] > 0
@@ -387,3 +408,80 @@ def test_final_model_is_written_last_as_the_stage_marker(
     soft = TrainConfig(max_steps=2, lr=1e-3, log_every=1, seed=1)
     run_selftrain(st_config(base, teacher, data, out, rounds=0.5, soft=soft), echo=None)
     assert seen == [True]
+
+
+@pytest.mark.parametrize("rule", ["correct", "off"])
+def test_source_filter_correct_and_off(base, teacher, data, tmp_path, rule):
+    """source_filter = "correct" keeps the rows the voters' mean predicts right (the old rule),
+    "off" keeps every row; the default ("confident", checked above) keeps fewer than "correct"
+    here, so the setting matters."""
+    out = tmp_path / rule
+    soft = TrainConfig(max_steps=150, lr=1e-3, log_every=50, seed=1)
+    hard = TrainConfig(max_steps=2, lr=1e-4, log_every=1, seed=1)
+    cfg = st_config(base, teacher, data, out, rounds=1, source_filter=rule, soft=soft, hard=hard)
+    run_selftrain(cfg, echo=None)
+    keep = load_file(str(out / "round-1" / FILTER_FILE))["source_keep"].numpy() > 0
+    counts = json.loads((out / "round-1" / "filter.json").read_text())
+    assert counts["source_filter"] == rule and counts["source_rows_kept"] == keep.sum()
+    ok = load_file(str(out / "round-1" / SOURCE_OK_FILE))
+    if rule == "off":
+        assert keep.all()
+        return
+    student = load_task_model(out / "round-1" / "soft" / "model")
+    tok = load_tokenizer(base)
+    src = encode(read_task_file(data["src"], "conll"), tok, student.labels, 48)
+    pred = VotersModule.probs(predict_logits(student, src, tok.pad_id, torch.device("cpu")))
+    want = pred.argmax(-1).numpy() == np.concatenate(src.targets)
+    assert np.array_equal(keep, want) and not keep.all()
+    confident = ok["confident"].numpy() > 0
+    assert not (confident & ~keep).any() and confident.sum() < keep.sum()
+
+
+def test_finetune_and_both_selftrain_steps_keep_the_embeddings_and_bottom_layers(
+    base, teacher, data, tmp_path
+):
+    """The paper freezes the embeddings and the bottom layers "during training": fine-tuning
+    and both self-training steps, not btf alone (before, they trained every layer)."""
+    init = load_file(str(base / "model.safetensors"))
+    fixed = [k for k in init if k.startswith("embeddings.") or ".layer.0." in k]
+    free = [k for k in init if ".layer.1." in k and k.endswith("weight")]
+    assert fixed and free
+    ft = FinetuneConfig(
+        model=str(base),
+        train_file=str(data["src"]),
+        out=str(tmp_path / "ft"),
+        max_len=48,
+        batch_size=16,
+        train=TrainConfig(max_steps=3, lr=1e-3, log_every=1, seed=1),
+        freeze_layers=1,
+    )
+    models = [run_finetune(ft, echo=None).model]
+    step = TrainConfig(max_steps=3, lr=1e-3, log_every=1, seed=1)
+    out = tmp_path / "st"
+    cfg = st_config(base, teacher, data, out, rounds=1, soft=step, hard=step, threshold="fixed",
+                    alpha=0.0, freeze_layers=1, freeze_embeddings=True)  # fmt: skip
+    run_selftrain(cfg, echo=None)
+    models += [out / "round-1" / which / "model" for which in ("soft", "hard")]
+    for model in models:
+        after = load_file(str(model / "model.safetensors"))
+        assert all(torch.equal(init[k], after[k]) for k in fixed), model
+        assert all(not torch.equal(init[k], after[k]) for k in free), model
+
+
+def test_a_hard_step_with_no_data_is_skipped_and_logged(base, teacher, data, tmp_path):
+    """A student too unsure for the rule (every voter below alpha everywhere): the confident
+    source filter removes every source row and no target row gets a label. The round goes on
+    with the soft student (it used to stop the whole pipeline with an error)."""
+    out = tmp_path / "st"
+    soft = TrainConfig(max_steps=2, lr=1e-3, log_every=1, seed=1)
+    cfg = st_config(base, teacher, data, out, rounds=1.5, soft=soft, threshold="fixed", alpha=0.999)
+    with pytest.warns(UserWarning, match="round 1: hard step skipped: no training data"):
+        run_selftrain(cfg, echo=None)
+    hard = [r for r in _records(out) if r["step"] == "hard"]
+    assert hard == [
+        {"round": 1, "step": "hard", "items": 0, "steps": 0, "skipped": hard[0]["skipped"]}
+    ]
+    a = load_file(str(out / "round-1" / "soft" / "model" / "model.safetensors"))
+    b = load_file(str(out / "round-1" / "hard" / "model" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert (out / "model").is_dir()  # round 2's soft step ran from it

@@ -13,9 +13,11 @@ from xlt_engine.engine.threshold import (
     DEFAULT_GRID,
     choose,
     finite_differences,
+    rule_curve_inputs,
     select_threshold,
     threshold_grid,
 )
+from xlt_engine.kernels import voter_filter
 
 
 def test_default_grid_and_points_below_one_over_c():
@@ -102,3 +104,38 @@ def test_fixed_alpha_still_logs_the_curve():
         select_threshold(conf, correct, num_classes=2, method="fixed")
     with pytest.raises(ValueError, match="method must be one of"):
         select_threshold(conf, correct, num_classes=2, method="elbow")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(1, 4), st.integers(2, 5))
+def test_the_curve_is_the_precision_of_the_pseudo_label_rule(seed, voters, classes):
+    """accuracy(t) = the precision of the labels voter_filter gives at t, coverage(t) = the
+    share it labels. Before, a row whose voters disagreed, all above t, counted as covered and
+    wrong, so the curve sat below the rule's precision."""
+    g = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(voters, 200, classes, generator=g)
+    gold = torch.randint(0, classes, (200,), generator=g)
+    agreed, conf, _ = voter_filter(logits, 0.0)
+    choice = select_threshold(*rule_curve_inputs(agreed, conf, gold), classes)
+    correct_agreed = int((agreed == gold).sum())
+    for i, t in enumerate(choice.thresholds):
+        labels, _, _ = voter_filter(logits, t)
+        given = labels >= 0
+        assert choice.coverage[i] == pytest.approx(given.float().mean().item())
+        if not given.any():
+            assert math.isnan(choice.accuracy[i])
+            continue
+        hits = int((labels[given] == gold[given]).sum())
+        assert choice.accuracy[i] == pytest.approx(hits / int(given.sum()))
+        if correct_agreed:
+            assert choice.recall[i] == pytest.approx(hits / correct_agreed)
+
+
+def test_voters_that_disagree_confidently_are_not_covered():
+    # row 0: voters agree on 0 (right); row 1: voters split 0 / 1, each at 0.99
+    big = 10.0
+    logits = torch.tensor([[[big, 0.0], [big, 0.0]], [[big, 0.0], [0.0, big]]])  # [M, N, C]
+    agreed, conf, _ = voter_filter(logits, 0.0)
+    assert agreed.tolist() == [0, -1] and conf.min() > 0.99
+    choice = select_threshold(*rule_curve_inputs(agreed, conf, torch.tensor([0, 0])), 2)
+    assert choice.coverage[0] == 0.5 and choice.accuracy[0] == 1.0

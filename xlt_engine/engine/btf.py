@@ -5,7 +5,7 @@ Each text file (one per language) is tokenised once into a ``TokenCache``, cut i
 them by length and shards the batches by rank. Masking (``MlmMasker``) returns only the masked
 positions; only those rows go through the MLM head transform and ``fused_mlm_loss``. The
 embeddings (and so the tied decoder weight) and the bottom ``freeze_layers`` encoder layers are
-frozen. Output: the Base Model in Hugging Face layout (``out/base-model``), loadable by
+frozen (``FreezeSettings``), as in fine-tuning and self-training. Output: the Base Model in Hugging Face layout (``out/base-model``), loadable by
 transformers' ``BertForMaskedLM``.
 """
 
@@ -23,7 +23,7 @@ from xlt_engine.data.cache import TokenCache
 from xlt_engine.data.masking import MlmMasker
 from xlt_engine.data.tokenizer import WordPieceTokenizer, load_tokenizer
 from xlt_engine.engine import distributed
-from xlt_engine.engine.config import BtfSection, StageSettings
+from xlt_engine.engine.config import BtfSettings, FreezeSettings, StageSettings
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.loop import TrainResult, prepare, train
 from xlt_engine.kernels import fused_mlm_loss
@@ -31,9 +31,9 @@ from xlt_engine.model import BertForMLM, load_pretrained, save_pretrained
 
 
 @dataclass(frozen=True, kw_only=True)
-class BtfConfig(BtfSection, StageSettings):
-    """btf's settings (``BtfSection``: train, batch, masking, freezing) plus what this run reads
-    and where it writes."""
+class BtfConfig(BtfSettings, FreezeSettings, StageSettings):
+    """btf's settings (``BtfSettings``: train, batch, masking; ``FreezeSettings``) plus what
+    this run reads and where it writes."""
 
     model: str  # Hugging Face layout folder (mBERT, or `xlt-engine init` output)
     texts: tuple[str, ...]  # plain-text files, one per language
@@ -43,7 +43,8 @@ class BtfConfig(BtfSection, StageSettings):
     cache_dir: str | None = None  # default: out/cache
 
     def __post_init__(self):
-        BtfSection.__post_init__(self)
+        BtfSettings.__post_init__(self)
+        FreezeSettings.__post_init__(self)
         StageSettings.__post_init__(self)
         if not self.texts:
             raise ValueError("texts: give at least one text file")
@@ -120,12 +121,7 @@ def run_btf(cfg: BtfConfig, resume: bool = False, echo=print, progress=None) -> 
     rank, _ = rank_world()
     tok = load_tokenizer(cfg.model)
     model = load_pretrained(cfg.model, dtype=torch.float32, device=device)
-    layers = len(model.encoder.layers)
-    bottom = range(layers if cfg.freeze_layers == "all" else min(cfg.freeze_layers, layers))
-    frozen_patterns = (
-        *([r"encoder\.embeddings\."] if cfg.freeze_embeddings else []),
-        *(rf"encoder\.layers\.{i}\." for i in bottom),
-    )
+    frozen_patterns = cfg.frozen_patterns(len(model.encoder.layers))
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
     if rank != 0:  # rank 0 tokenises; the others open its caches
         distributed.barrier()

@@ -142,6 +142,8 @@ class HeadSettings:
             raise ValueError(
                 f"voter_widths has {len(self.voter_widths)} entries for voters = {self.voters}"
             )
+        if not 0 <= self.voter_dropout < 1:
+            raise ValueError(f"voter_dropout must be in [0, 1), got {self.voter_dropout}")
 
     def voter_shape(self) -> tuple[int, tuple[int, ...] | None]:
         """(number of voters, their widths or None for the default spread) of this head: one
@@ -149,8 +151,59 @@ class HeadSettings:
         if self.head == "linear":
             return 1, (LINEAR,)
         return self.voters, self.voter_widths or None
-        if not 0 <= self.voter_dropout < 1:
-            raise ValueError(f"voter_dropout must be in [0, 1), got {self.voter_dropout}")
+
+
+FreezeLayers = int | Literal["all"]
+
+
+def check_freeze_layers(value) -> None:
+    if isinstance(value, str):
+        if value != "all":
+            raise ValueError(f"freeze_layers must be a number >= 0 or 'all', got {value!r}")
+    elif value is not None and value < 0:
+        raise ValueError(f"freeze_layers must be >= 0, got {value}")
+
+
+@dataclass(frozen=True)
+class FreezeSettings:
+    """What a training stage keeps fixed (the paper freezes the embeddings and the bottom 3
+    layers "during training": btf, fine-tuning and both self-training steps): ``[model]``'s
+    default for every stage, and the library's stage configs."""
+
+    freeze_layers: FreezeLayers = 3  # bottom encoder layers frozen; "all": every layer (a
+    # number >= the model's layers is refused by an experiment as a slip)
+    freeze_embeddings: bool = True  # false only for a model with no pretraining (quickstart)
+
+    def __post_init__(self):
+        check_freeze_layers(self.freeze_layers)
+
+    def frozen_patterns(self, num_layers: int) -> tuple[str, ...]:
+        """Regexes (``loop.freeze``) over the parameter names of a model whose encoder is
+        ``encoder.*`` (task models, btf's MLM objective): the embeddings, when frozen, and the
+        bottom layers."""
+        n = num_layers if self.freeze_layers == "all" else min(self.freeze_layers, num_layers)
+        return (
+            *([r"encoder\.embeddings\."] if self.freeze_embeddings else []),
+            *(rf"encoder\.layers\.{i}\." for i in range(n)),
+        )
+
+
+@dataclass(frozen=True)
+class FreezeOverride:
+    """A stage section's own freezing (``[btf]``, ``[finetune]``, ``[selftrain]``); None:
+    ``[model]``'s."""
+
+    freeze_layers: FreezeLayers | None = None
+    freeze_embeddings: bool | None = None
+
+    def __post_init__(self):
+        check_freeze_layers(self.freeze_layers)
+
+    def over(self, model: FreezeSettings) -> FreezeSettings:
+        return FreezeSettings(
+            model.freeze_layers if self.freeze_layers is None else self.freeze_layers,
+            model.freeze_embeddings if self.freeze_embeddings is None else self.freeze_embeddings,
+        )
 
 
 EVAL_MAX_TOKENS = 16384  # padded tokens per inference batch, unless a config says otherwise
@@ -201,11 +254,12 @@ class TaskSettings(StageSettings):
 
 
 @dataclass(frozen=True)
-class ModelSection(HeadSettings, InputSettings):
+class ModelSection(HeadSettings, FreezeSettings, InputSettings):
     path: str = ""  # the pretrained model folder (mBERT in Hugging Face layout)
 
     def __post_init__(self):
         HeadSettings.__post_init__(self)
+        FreezeSettings.__post_init__(self)
         InputSettings.__post_init__(self)
         if not self.path:
             raise ValueError("path: give the pretrained model folder (model.path)")
@@ -226,30 +280,28 @@ class BatchSettings:
 
 
 @dataclass(frozen=True)
-class BtfSection(BatchSettings):
-    """btf's settings: the ``[btf]`` section, and the base of the library's ``BtfConfig``."""
+class BtfSettings(BatchSettings):
+    """btf's settings: the ``[btf]`` section's (less freezing) and the library's
+    ``BtfConfig``'s."""
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=2e-5))
     mlm_probability: float = 0.15
     whole_word: bool = False
-    freeze_layers: int | Literal["all"] = 3  # bottom encoder layers frozen (with the
-    # embeddings); "all": every layer (a number >= the model's layers is refused as a slip)
-    freeze_embeddings: bool = True  # false only for a model with no pretraining (quickstart)
     epoch_size: int | None = None  # windows per epoch (None: the corpora's total)
 
     def __post_init__(self):
         super().__post_init__()
         if not 0 < self.mlm_probability < 1:
             raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
-        if isinstance(self.freeze_layers, str):
-            if self.freeze_layers != "all":
-                raise ValueError(
-                    f"freeze_layers must be a number >= 0 or 'all', got {self.freeze_layers!r}"
-                )
-        elif self.freeze_layers < 0:
-            raise ValueError(f"freeze_layers must be >= 0, got {self.freeze_layers}")
         if self.epoch_size is not None and self.epoch_size < 1:
             raise ValueError(f"epoch_size must be >= 1 (or left out), got {self.epoch_size}")
+
+
+@dataclass(frozen=True)
+class BtfSection(BtfSettings, FreezeOverride):
+    def __post_init__(self):
+        BtfSettings.__post_init__(self)
+        FreezeOverride.__post_init__(self)
 
 
 @dataclass(frozen=True)
@@ -260,12 +312,17 @@ class FinetuneSettings(BatchSettings):
 
 
 @dataclass(frozen=True)
-class FinetuneSection(FinetuneSettings):
+class FinetuneSection(FinetuneSettings, FreezeOverride):
     init: str = "btf"  # "btf" (this target's Base Model), "pretrained" (model.path) or a folder
+
+    def __post_init__(self):
+        FinetuneSettings.__post_init__(self)
+        FreezeOverride.__post_init__(self)
 
 
 Threshold = Literal["curvature", "max_second_difference", "fixed"]
 FilterUnit = Literal["word", "sequence"]
+SourceFilter = Literal["confident", "correct", "off"]
 
 
 @dataclass(frozen=True)
@@ -280,7 +337,9 @@ class SelftrainSettings(BatchSettings):
     alpha: float | None = None  # with threshold = "fixed" (the "-AT" ablation)
     grid: tuple[float, ...] = ()  # () : 0.50..0.99 by 0.01, then 0.995 and 0.999
     filter_unit: FilterUnit = "word"
-    source_filter: bool = True
+    source_filter: SourceFilter = "confident"  # which source rows the hard steps keep:
+    # confident (the pseudo-label rule at alpha, on the gold label), correct (the voters' mean
+    # predicts the gold label), off (all)
     max_unlabeled: int | None = None  # down-sample the unlabeled target data (CLS: 10000)
 
     def __post_init__(self):
@@ -310,9 +369,16 @@ class SelftrainSettings(BatchSettings):
 
 
 @dataclass(frozen=True)
-class SelftrainSection(SelftrainSettings):
+class SelftrainSection(SelftrainSettings, FreezeOverride):
+    """... the soft and the hard step freeze alike (``freeze_layers``); a step's
+    ``train.freeze`` patterns add to it."""
+
     base: str = "btf"  # the students' start: "btf" (the Base Model), "pretrained" or a folder
     teacher: str = "finetune"  # round 1's teacher: "finetune", "finetune-direct" or a folder
+
+    def __post_init__(self):
+        SelftrainSettings.__post_init__(self)
+        FreezeOverride.__post_init__(self)
 
 
 @dataclass(frozen=True)
@@ -388,6 +454,16 @@ class ExperimentConfig:
             if train.seed != 0:
                 raise ValueError(f"{key}.seed: set the top-level seed (one for all stages)")
         check_device(self.device)
+
+    def freeze(self, stage: str) -> FreezeSettings:
+        """What ``stage`` (btf, finetune, selftrain) freezes: its section's setting, else
+        ``[model]``'s."""
+        return getattr(self, stage).over(self.model)
+
+    def freeze_key(self, stage: str) -> str:
+        """The key that set ``stage``'s freeze_layers (for messages)."""
+        own = getattr(self, stage).freeze_layers is not None
+        return f"{stage if own else 'model'}.freeze_layers"
 
     @property
     def pair_target(self) -> str:
@@ -607,13 +683,15 @@ def check_files(cfg: ExperimentConfig, stage: str) -> None:
     need("model.path", Path(cfg.model.path), folder=True)
     config = model_config(Path(cfg.model.path))  # read once, for the checks below
     positions = None if config is None else config.max_tokens
-    frozen = cfg.btf.freeze_layers
-    covers = config is not None and frozen != "all" and frozen >= config.num_hidden_layers
-    if stage == "btf" and covers:
-        problems.append(
-            f"btf.freeze_layers: {frozen} freezes all {config.num_hidden_layers} layers of "
-            "the model (only the MLM head would train); set it to 'all' if that is meant"
-        )
+    if stage in ("btf", "finetune", "selftrain") and config is not None:
+        frozen = cfg.freeze(stage).freeze_layers
+        if frozen != "all" and frozen >= config.num_hidden_layers:
+            head = "the MLM head" if stage == "btf" else "the task head"
+            problems.append(
+                f"{cfg.freeze_key(stage)}: {frozen} freezes all {config.num_hidden_layers} "
+                f"layers of the model (only {head} would train in {stage}); set it to 'all' "
+                "if that is meant"
+            )
     if positions is not None and cfg.model.max_len > positions:
         problems.append(
             f"model.max_len: {cfg.model.max_len} is more than the {positions} positions of the "

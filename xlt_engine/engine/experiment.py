@@ -3,7 +3,7 @@
 The run folder layout, the fingerprints and the reuse / resume decision are ``engine.runs``'s.
 Every stage folder gets ``fingerprint.json`` (``runs``), ``config.json`` (the resolved
 experiment and stage configs) and ``run.json`` (package version, git sha, torch / Python
-versions, command line, world size).
+versions, command line, world size, and once the stage is done its wall time ``seconds``).
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ from xlt_engine.data.text import read_text
 from xlt_engine.engine import distributed
 from xlt_engine.engine.btf import BtfConfig, run_btf
 from xlt_engine.engine.config import (
-    BtfSection,
+    BtfSettings,
     ConfigError,
     ExperimentConfig,
     FinetuneSettings,
+    FreezeSettings,
     HeadSettings,
     SelftrainSettings,
     check_files,
@@ -109,7 +110,8 @@ def build_btf(cfg: ExperimentConfig) -> BtfConfig:
     check_files(cfg, "btf")
     folder = stage_dir(cfg, "btf")
     return BtfConfig(
-        **settings_of(cfg.btf, BtfSection) | {"train": _seeded(cfg.btf.train, cfg)},
+        **settings_of(cfg.btf, BtfSettings) | {"train": _seeded(cfg.btf.train, cfg)},
+        **settings_of(cfg.freeze("btf"), FreezeSettings),
         model=cfg.model.path,
         texts=btf_texts(cfg, folder),
         out=str(folder),
@@ -125,6 +127,7 @@ def build_finetune(cfg: ExperimentConfig) -> FinetuneConfig:
     return FinetuneConfig(
         **settings_of(f, FinetuneSettings) | {"train": _seeded(f.train, cfg)},
         **settings_of(cfg.model, HeadSettings),
+        **settings_of(cfg.freeze("finetune"), FreezeSettings),
         model=str(model_path(cfg, f.init, "finetune.init")),
         train_file=str(cfg.data_path(cfg.source, "train")),
         out=str(stage_dir(cfg, "finetune")),
@@ -149,6 +152,7 @@ def build_selftrain(cfg: ExperimentConfig) -> SelftrainConfig:
     settings["max_unlabeled"] = min(caps) if caps else None
     return SelftrainConfig(
         **settings,
+        **settings_of(cfg.freeze("selftrain"), FreezeSettings),
         base_model=str(model_path(cfg, s.base, "selftrain.base")),
         teacher=str(model_path(cfg, s.teacher, "selftrain.teacher")),
         source_file=str(cfg.data_path(cfg.source, "train")),
@@ -278,12 +282,23 @@ def run_stage(
         distributed.barrier()
         runner = {"btf": run_btf, "finetune": run_finetune, "selftrain": run_selftrain}
         result = runner[stage](stage_cfg, resume=resume, echo=echo, progress=progress)
+    seconds = time.perf_counter() - start
+    if main:
+        record_seconds(plan.folder, seconds)
     if echo and main:
         echo(
-            f"{stage}: done in {format_seconds(time.perf_counter() - start)}; wrote "
-            f"{plan.folder}, result {plan.output}"
+            f"{stage}: done in {format_seconds(seconds)}; wrote {plan.folder}, result {plan.output}"
         )
     return result
+
+
+def record_seconds(folder: Path, seconds: float) -> None:
+    """Add the stage's wall time (this run of it: a resumed stage counts from its resume) to
+    its ``run.json``."""
+    path = folder / "run.json"
+    info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    info["seconds"] = round(seconds, 3)
+    atomic_write_text(path, json.dumps(info, indent=2) + "\n")
 
 
 def format_seconds(seconds: float) -> str:

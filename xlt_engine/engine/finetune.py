@@ -1,5 +1,6 @@
 """Stage ``finetune``: the Base Model (or mBERT) + a fresh ``VotersModule`` trained with
-cross-entropy on the source language's labeled data, averaged over voters. Sequence
+cross-entropy on the source language's labeled data, averaged over voters; the embeddings and
+the bottom ``freeze_layers`` layers stay fixed (``FreezeSettings``). Sequence
 classification (CLS-10, MARC, XNLI pairs, JSONL/TSV) classifies [CLS]; token classification
 (CoNLL NER) classifies each word's first sub-token, long sentences in windows.
 
@@ -20,7 +21,13 @@ from torch import nn
 from xlt_engine.data.task import TaskBatches, encode, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
-from xlt_engine.engine.config import FinetuneSettings, HeadSettings, TaskSettings, check_limit
+from xlt_engine.engine.config import (
+    FinetuneSettings,
+    FreezeSettings,
+    HeadSettings,
+    TaskSettings,
+    check_limit,
+)
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.inference import evaluate_model, forward_batch
 from xlt_engine.engine.loop import TrainResult, prepare, train
@@ -31,10 +38,11 @@ from xlt_engine.model.task import load_task_model, new_task_model, save_task_mod
 
 
 @dataclass(frozen=True, kw_only=True)
-class FinetuneConfig(FinetuneSettings, HeadSettings, TaskSettings):
-    """Fine-tuning's settings (``FinetuneSettings``) and the head's (``HeadSettings``: head,
-    voters, voter_widths, voter_dropout, representation) plus what this run reads and where it
-    writes."""
+class FinetuneConfig(FinetuneSettings, FreezeSettings, HeadSettings, TaskSettings):
+    """Fine-tuning's settings (``FinetuneSettings``), what it freezes (``FreezeSettings``: the
+    embeddings and the bottom 3 layers by default, as the paper) and the head's
+    (``HeadSettings``: head, voters, voter_widths, voter_dropout, representation) plus what this
+    run reads and where it writes."""
 
     model: str  # Base Model or mBERT folder (Hugging Face layout, with its tokenizer files)
     train_file: str  # labeled source-language data
@@ -46,6 +54,7 @@ class FinetuneConfig(FinetuneSettings, HeadSettings, TaskSettings):
 
     def __post_init__(self):
         FinetuneSettings.__post_init__(self)
+        FreezeSettings.__post_init__(self)
         HeadSettings.__post_init__(self)
         TaskSettings.__post_init__(self)
         check_limit("max_train", self.max_train)
@@ -139,7 +148,7 @@ def run_finetune(
             return {"dev_" + s["metric"]: s["score"]}
 
     result = train(
-        prepare(model, cfg.train, device),
+        prepare(model, cfg.train, device, cfg.frozen_patterns(len(encoder.layers))),
         loss_fn,
         data,
         cfg.train.with_steps(data.num_batches(0)),

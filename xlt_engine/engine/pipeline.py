@@ -16,12 +16,16 @@ fine-tuned with the configured head (``finetune-direct``).
 
 ``run_ablate``: every row of the paper's tables 5 and 6 (Ours, -AT, -VM, -BTF, -ST, direct
 transfer) for every seed, and a table of mean +- std over seeds per target and on average.
+The paper's two studies, tables alike: ``run_threshold_study`` (self-training at each fixed
+alpha of a list, beside the automatic threshold) and ``run_rounds_study`` (the student after
+every soft and hard step up to N rounds).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import statistics
 import time
@@ -31,7 +35,13 @@ from xlt_engine.engine import distributed
 from xlt_engine.engine.config import ExperimentConfig, check_files
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.experiment import format_seconds, run_stage
-from xlt_engine.engine.runs import check_plans, plan_stage, with_linear_head, with_section
+from xlt_engine.engine.runs import (
+    check_plans,
+    plan_stage,
+    stage_dir,
+    with_linear_head,
+    with_section,
+)
 from xlt_engine.fileio import write_results
 
 COLUMNS = ("direct", "btf", "selftrain")
@@ -269,6 +279,129 @@ def run_ablate(
     return result
 
 
+def _seeded(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
+    """``cfg`` for one seed of a study: its runs in ``<table_dir>/seed-<s>`` (shared with the
+    ablation's, so every stage they have in common is reused)."""
+    return dataclasses.replace(cfg, seed=seed, out=str(table_dir(cfg) / f"seed-{seed}"))
+
+
+def _check_seeds(seeds: list[int]) -> None:
+    if not seeds:
+        raise ValueError("seeds: give at least one seed")
+
+
+def run_threshold_study(
+    cfg: ExperimentConfig,
+    seeds: list[int],
+    alphas: list[float],
+    resume: bool = False,
+    echo=print,
+    progress=None,
+) -> dict:
+    """The paper's threshold table: self-training with alpha fixed at each of ``alphas`` (one
+    row each) and with the automatic threshold (``cfg.selftrain.threshold``), for every seed;
+    ``threshold-study.json`` and ``.md`` (mean +- std over seeds) in ``table_dir(cfg)``. The
+    chosen alphas of the automatic rows are in the json, per target and seed."""
+    _check_seeds(seeds)
+    if not alphas or any(not 0 <= a < 1 for a in alphas):
+        raise ValueError(f"alphas: give thresholds in [0, 1), got {alphas}")
+    auto = f"automatic ({cfg.selftrain.threshold})"
+    rows = {f"alpha = {a:g}": a for a in alphas}
+    scores: dict[str, dict[str, list[float]]] = {row: {} for row in (*rows, auto)}
+    chosen: dict[str, list[list[float]]] = {}
+    metric = None
+    for seed in seeds:
+        if echo:
+            echo(f"=== seed {seed}")
+        variants = {auto: (cfg, "all")}
+        for row, a in rows.items():
+            fixed = with_section(cfg, "selftrain", threshold="fixed", alpha=a)
+            variants[row] = (fixed, f"all-alpha{a:g}")
+        for row, (c, table) in variants.items():
+            res = run_all(_seeded(c, seed), resume=resume, echo=echo, progress=progress,
+                          table_name=table)  # fmt: skip
+            metric = res["metric"]
+            for t, r in res["targets"].items():
+                if r["selftrain"] is not None:
+                    scores[row].setdefault(t, []).append(r["selftrain"])
+        for pc in pair_configs(_seeded(cfg, seed)):
+            summary = stage_dir(pc, "selftrain") / "summary.json"
+            if summary.is_file():
+                log = json.loads(summary.read_text(encoding="utf-8"))["log"]
+                alphas_used = [x["alpha"] for x in log if x["step"] == "threshold"]
+                chosen.setdefault(pc.pair_target, []).append(alphas_used)
+    result = {
+        "study": "threshold",
+        "metric": metric,
+        "seeds": list(seeds),
+        "alphas": list(alphas),
+        "scores": scores,
+        "automatic_alphas": chosen,  # per target, per seed: alpha of each round
+    }
+    if rank_world()[0] == 0:
+        caption = (
+            f"self-training with a fixed threshold alpha, and the automatic one "
+            f"({cfg.selftrain.threshold}; the alphas it chose are in threshold-study.json)"
+        )
+        write_results(table_dir(cfg), "threshold-study", result, study_table(result, caption), echo)
+    return result
+
+
+def run_rounds_study(
+    cfg: ExperimentConfig,
+    seeds: list[int],
+    max_rounds: float,
+    resume: bool = False,
+    echo=print,
+    progress=None,
+) -> dict:
+    """The paper's rounds table: one self-training run of ``max_rounds`` rounds per seed, and
+    the student evaluated after every step (N = 0.5: round 1's soft step, N = 1: its hard step,
+    ...); N = 0 is the teacher (+ BTF). ``rounds-study.json`` and ``.md`` in
+    ``table_dir(cfg)``."""
+    _check_seeds(seeds)
+    long = with_section(cfg, "selftrain", rounds=max_rounds)  # checks max_rounds
+    rows = ["N = 0 (teacher)"] + [f"N = {n:g}" for n in _halves(long.selftrain.rounds)]
+    scores: dict[str, dict[str, list[float]]] = {row: {} for row in rows}
+    metric = None
+    for seed in seeds:
+        if echo:
+            echo(f"=== seed {seed}")
+        seeded = _seeded(long, seed)
+        res = run_all(seeded, resume=resume, echo=echo, progress=progress,
+                      table_name=f"all-rounds{max_rounds:g}")  # fmt: skip
+        metric = res["metric"]
+        for pc in pair_configs(seeded):
+            t = pc.pair_target
+            if res["targets"][t]["btf"] is not None:
+                scores[rows[0]].setdefault(t, []).append(res["targets"][t]["btf"])
+            folder = stage_dir(pc, "selftrain")
+            for row, (r, which) in zip(rows[1:], pc.selftrain.steps, strict=True):
+                model = str(folder / f"round-{r}" / which / "model")
+                got = _evaluate_row(pc, model, resume, echo)
+                if got is not None:
+                    scores[row].setdefault(t, []).append(got["languages"][t]["score"])
+    result = {
+        "study": "rounds",
+        "metric": metric,
+        "seeds": list(seeds),
+        "max_rounds": max_rounds,
+        "scores": scores,
+    }
+    if rank_world()[0] == 0:
+        caption = (
+            "the student after N rounds of self-training (N = r - 0.5: round r's soft step, "
+            "N = r: its hard step); N = 0: the fine-tuned teacher (+ BTF)"
+        )
+        write_results(table_dir(cfg), "rounds-study", result, study_table(result, caption), echo)
+    return result
+
+
+def _halves(n: float) -> list[float]:
+    """0.5, 1, 1.5, ..., n."""
+    return [k / 2 for k in range(1, int(2 * n) + 1)]
+
+
 def _mean_std(vals: list[float]) -> str:
     if not vals:
         return "–"
@@ -280,12 +413,17 @@ def _mean_std(vals: list[float]) -> str:
 def ablation_table(result: dict) -> str:
     """Rows: the ablation rows; columns: targets, then their average (per seed, then mean +-
     std over seeds)."""
+    return study_table(result, f"- AT uses alpha = {result['fixed_alpha']}")
+
+
+def study_table(result: dict, caption: str) -> str:
+    """Rows: ``result["scores"]``' rows; columns: targets, then their average (per seed, then
+    mean +- std over seeds)."""
     targets = sorted({t for row in result["scores"].values() for t in row})
     metric = "entity F1" if result["metric"] == "entity_f1" else "accuracy"
     head = ["model", *targets, "average"]
     lines = [
-        f"{metric} (%), mean ± std over seeds {result['seeds']}; - AT uses alpha = "
-        f"{result['fixed_alpha']}\n",
+        f"{metric} (%), mean ± std over seeds {result['seeds']}; {caption}\n",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]

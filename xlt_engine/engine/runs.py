@@ -11,9 +11,12 @@ single stage and ``run --stage all`` alike; the tables over all pairs go to ``<o
     selftrain-direct/        the same from the pretrained model
     evaluate-<model folder>/ results.json, results.md
 
-Ablation variants add ``-voters<M>`` (model.voters != 3) to finetune and selftrain folders and
-``-alpha<A>`` (a fixed threshold) to selftrain folders, so the rows of an ablation share the
-folders whose settings they share (btf always).
+Ablation variants add ``-voters<M>`` (model.voters != 3) to finetune and selftrain folders,
+``-alpha<A>`` (a fixed threshold) and ``-rounds<N>`` (N other than the paper's 1.5) to selftrain
+folders, so the rows of an ablation and the studies share the folders whose settings they share
+(btf always). A model given by a folder inside the run folder is evaluated into
+``evaluate-<its path, "/" as "-", less the trailing "model">`` (a round's student:
+``evaluate-selftrain-rounds3-round-2-soft``), any other folder into ``evaluate-model``.
 
 **Fingerprints.** Every stage folder holds ``fingerprint.json``, written before the stage does
 any work: the stage's resolved settings (dotted keys, only those the stage reads), the
@@ -36,7 +39,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xlt_engine.engine.config import LIMITS, ConfigError, ExperimentConfig
+from xlt_engine.engine.config import (
+    LIMITS,
+    ConfigError,
+    ExperimentConfig,
+    FreezeSettings,
+    SelftrainSettings,
+)
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.loop import latest_checkpoint
 from xlt_engine.fileio import atomic_write_text
@@ -46,6 +55,7 @@ MIB = 1 << 20
 # keys that change neither a stage's results nor what it reads
 VOLATILE = ("log_every", "save_every", "save_minutes", "keep_checkpoints")
 NAMED_MODELS = ("pretrained", "btf", "finetune", "finetune-direct", "selftrain")
+PAPER_ROUNDS = SelftrainSettings.rounds  # the default N (1.5): others get their own folder
 
 
 class StaleStageError(ValueError):
@@ -81,11 +91,20 @@ def stage_dir(cfg: ExperimentConfig, stage: str) -> Path:
         s = cfg.selftrain
         direct = "-direct" if s.base == "pretrained" else ""
         fixed = f"-alpha{s.alpha:g}" if s.threshold == "fixed" else ""
-        return run / f"selftrain{direct}{_variant(cfg)}{fixed}"
+        rounds = f"-rounds{s.rounds:g}" if s.rounds != PAPER_ROUNDS else ""
+        return run / f"selftrain{direct}{_variant(cfg)}{fixed}{rounds}"
     if stage == "evaluate":
         name = cfg.evaluate.model
-        label = stage_dir(*_model_stage(cfg, name)).name if name in NAMED_MODELS[1:] else "model"
-        return run / f"evaluate-{label}"
+        if name in NAMED_MODELS[1:]:
+            return run / f"evaluate-{stage_dir(*_model_stage(cfg, name)).name}"
+        parts = Path(name).resolve().parts
+        inside = run.resolve().parts
+        if parts[: len(inside)] == inside and len(parts) > len(inside):
+            rel = list(parts[len(inside) :])
+            if rel[-1] == "model" and len(rel) > 1:
+                rel = rel[:-1]
+            return run / ("evaluate-" + "-".join(rel))
+        return run / "evaluate-model"
     return run / stage
 
 
@@ -320,21 +339,24 @@ def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
     # the global batch is batch_size x processes x grad_accum, and a checkpoint's data position
     # is per rank: a trained stage is another one on another number of processes
     trained = {"world_size": rank_world()[1]}
+    freeze_keys = [f"model.{f.name}" for f in dataclasses.fields(FreezeSettings)]
     head = {
         k: v
         for k, v in _flat("model", cfg.model, {}).items()
-        if k not in ("model.path", "model.max_len")
+        if k not in ("model.path", "model.max_len", *freeze_keys)
     }
+    if stage in ("btf", "finetune", "selftrain"):  # what it freezes, wherever that was set
+        trained |= _flat(stage, cfg.freeze(stage), {})
     src, tgt = cfg.source, cfg.pair_target
     if stage == "btf":
-        plan = StagePlan(cfg, stage, {**common, **trained, **_flat("btf", cfg.btf, {})}, {})
+        plan = StagePlan(cfg, stage, {**common, **_flat("btf", cfg.btf, {}), **trained}, {})
         plan.inputs["model.path"] = Path(cfg.model.path)
         for lang, role in text_roles(cfg).items():
             plan.inputs[f"languages.{lang}.{role}"] = cfg.data_path(lang, role)
     elif stage == "finetune":
         settings = _flat("finetune", cfg.finetune, {})
         settings.pop("finetune.init")
-        plan = StagePlan(cfg, stage, {**common, **trained, **head, **settings}, {})
+        plan = StagePlan(cfg, stage, {**common, **head, **settings, **trained}, {})
         _model_input(cfg, cfg.finetune.init, "finetune.init", plan)
         for role in ("train", "dev"):
             if getattr(cfg.languages[src], role):
@@ -343,7 +365,7 @@ def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
         settings = _flat("selftrain", cfg.selftrain, {})
         for key in ("selftrain.base", "selftrain.teacher"):
             settings.pop(key)
-        plan = StagePlan(cfg, stage, {**common, **trained, **head, **settings}, {})
+        plan = StagePlan(cfg, stage, {**common, **head, **settings, **trained}, {})
         _model_input(cfg, cfg.selftrain.base, "selftrain.base", plan)
         _model_input(cfg, cfg.selftrain.teacher, "selftrain.teacher", plan)
         plan.inputs[f"languages.{src}.train"] = cfg.data_path(src, "train")

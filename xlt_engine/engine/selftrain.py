@@ -7,26 +7,33 @@ method", step 3)::
         soft step: S fits T's probabilities on U_tgt (soft_label_mse, each voter)
         if r > N: stop                                # a half round ends after its soft step
         alpha = select_threshold(curve of S on D_src)
-        D_keep = rows of D_keep that S predicts correctly          # removed for good
+        D_keep = rows of D_keep that S's voters give their gold label,
+                 unanimously and all above alpha                   # removed for good
         P = voter_filter(S's voters on U_tgt, alpha)               # unanimous and confident
         hard step: S continues with cross-entropy on D_keep + P
         T = S
+
+The embeddings and the bottom ``freeze_layers`` layers stay fixed in both steps
+(``FreezeSettings``, as in btf and fine-tuning).
 
 Rows are what the model classifies: a word (its first sub-token) for NER, a text for sequence
 classification. Both filters work per row; an item (a sentence window, a text) with no row left
 is dropped. ``filter_unit = "sequence"`` drops a whole sentence as soon as one of its words fails.
 
-The confidence of the threshold curve and of ``voter_filter`` is the smallest of the voters'
-top probabilities, and a source row counts as correct when all voters agree on its gold label:
-accuracy(t) is then the precision the pseudo labels would have at threshold t. The source
-filter keeps a row when the prediction (the mean of the voters' probabilities) is its gold
-label.
+The threshold curve is the pseudo-label rule measured on the source: at threshold t it covers
+the rows whose voters agree with every voter's top probability above t, and accuracy(t) is
+the share of those whose agreed label is the gold one: the precision the pseudo labels would
+have at t (``threshold.rule_curve_inputs``). The source filter (``source_filter``) keeps a row
+when that rule at alpha accepts it with its gold label (``confident``, the paper's "choose
+alpha to select credible data in the source language"), when the mean of the voters'
+probabilities predicts its gold label (``correct``), or always (``off``).
 
 Folder ``out``::
 
     round-<r>/teacher-probs.safetensors   T's mean-of-voters probabilities on U_tgt, fp16 [rows, C]
     round-<r>/soft/                       the soft step's loop folder; soft/model: S after it
     round-<r>/threshold.json, .csv        alpha and the whole curve (threshold, accuracy, ...)
+    round-<r>/source-ok.safetensors       per source row (uint8): confident, correct
     round-<r>/filter.safetensors, .json   source_keep [src rows] bool, pseudo [tgt rows] int64
                                           (-1: no label); the counts and class distribution
     round-<r>/hard/                       the hard step's loop folder; hard/model: S after it
@@ -48,6 +55,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,11 +71,17 @@ from xlt_engine.data.align import IGNORE
 from xlt_engine.data.task import Encoded, TaskBatches, encode, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
-from xlt_engine.engine.config import HeadSettings, SelftrainSettings, TaskSettings, check_limit
+from xlt_engine.engine.config import (
+    FreezeSettings,
+    HeadSettings,
+    SelftrainSettings,
+    TaskSettings,
+    check_limit,
+)
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.inference import check_task_model, forward_batch, predict_logits
 from xlt_engine.engine.loop import format_loss, latest_checkpoint, prepare, resolve_precision, train
-from xlt_engine.engine.threshold import select_threshold
+from xlt_engine.engine.threshold import rule_curve_inputs, select_threshold
 from xlt_engine.fileio import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
 from xlt_engine.kernels import soft_label_mse, voter_filter
 from xlt_engine.model.checkpoint import load_encoder
@@ -77,12 +91,14 @@ from xlt_engine.model.task import TaskModel, load_task_model, new_task_model, sa
 T = TypeVar("T")
 TEACHER_FILE = "teacher-probs.safetensors"
 FILTER_FILE = "filter.safetensors"
+SOURCE_OK_FILE = "source-ok.safetensors"
 
 
 @dataclass(frozen=True, kw_only=True)
-class SelftrainConfig(SelftrainSettings, TaskSettings):
-    """The method's settings (``SelftrainSettings``: rounds, steps, threshold, filters) plus
-    what this run reads and where it writes."""
+class SelftrainConfig(SelftrainSettings, FreezeSettings, TaskSettings):
+    """The method's settings (``SelftrainSettings``: rounds, steps, threshold, filters), what
+    the soft and hard steps freeze (``FreezeSettings``) plus what this run reads and where it
+    writes."""
 
     base_model: str  # the Base Model (btf's base-model, or mBERT): every student starts from it
     teacher: str  # the fine-tuned task model: round 1's teacher
@@ -98,6 +114,7 @@ class SelftrainConfig(SelftrainSettings, TaskSettings):
 
     def __post_init__(self):
         SelftrainSettings.__post_init__(self)
+        FreezeSettings.__post_init__(self)
         TaskSettings.__post_init__(self)
         for name in ("source_file", "unlabeled_file"):
             if not Path(getattr(self, name)).is_file():
@@ -288,11 +305,15 @@ class SelfTraining:
         args = (self.tok.pad_id, self.device, self.cfg.eval_max_tokens, self.amp)
         return predict_logits(model, enc, *args, split_ranks=True)
 
+    def frozen(self, model: TaskModel) -> tuple[str, ...]:
+        """The embeddings and bottom layers the soft and hard steps keep fixed."""
+        return self.cfg.frozen_patterns(len(model.encoder.layers))
+
     def train_step(self, model, loss_fn, data, train_cfg, folder: Path):
         """One soft or hard step through the loop (resumed from its checkpoint, if any)."""
         t0 = time.perf_counter()
         result = train(
-            prepare(model, train_cfg, self.device),
+            prepare(model, train_cfg, self.device, self.frozen(model)),
             loss_fn,
             data,
             train_cfg.with_steps(data.num_batches(0)),
@@ -396,8 +417,8 @@ class SelfTraining:
         return student
 
     def pick_alpha(self, r: int, student: TaskModel) -> tuple[float, np.ndarray]:
-        """alpha from the threshold curve of S on D_src, and which source rows S predicts
-        correctly (the source filter's input)."""
+        """alpha from the threshold curve of S on D_src, and which source rows pass the source
+        filter's test (``source_filter``: confident, correct, or all for off)."""
         rdir = self.out / f"round-{r}"
         path = rdir / "threshold.json"
 
@@ -405,15 +426,17 @@ class SelfTraining:
             t0 = time.perf_counter()
             agreed, conf, mean = voter_filter(self.logits(student, self.src), 0.0)
             gold = torch.from_numpy(self.gold).to(agreed.device)
+            rule_conf, rule_correct = rule_curve_inputs(agreed, conf, gold)
             choice = select_threshold(
-                conf,
-                gold == agreed,
+                rule_conf,
+                rule_correct,
                 len(self.labels),
                 self.cfg.threshold,
                 self.cfg.grid or None,
                 self.cfg.alpha,
             )
             predicted_ok = (mean.argmax(-1) == gold).cpu().numpy()
+            confident_ok = (rule_correct & (rule_conf > choice.alpha)).cpu().numpy()
             secs = time.perf_counter() - t0
             self.log(
                 {
@@ -430,24 +453,27 @@ class SelfTraining:
                 + (f"; {choice.fallback}" if choice.fallback else "")
                 + ")"
             )
-            return choice, predicted_ok
+            return choice, {"correct": predicted_ok, "confident": confident_ok}
 
         def write(value):
-            choice, predicted_ok = value
+            choice, ok = value
             record = choice.to_json() | {
                 "round": r,
                 "rows": len(self.gold),
-                "correct_rows": int(predicted_ok.sum()),
+                "correct_rows": int(ok["correct"].sum()),
+                "confident_rows": int(ok["confident"].sum()),
             }
             atomic_write_text(rdir / "threshold.csv", choice.to_csv())
-            ok = torch.from_numpy(predicted_ok.astype(np.uint8))
-            _write_tensors(rdir / "source-correct.safetensors", {"correct": ok}, {})
+            tensors = {k: torch.from_numpy(v.astype(np.uint8)) for k, v in ok.items()}
+            _write_tensors(rdir / SOURCE_OK_FILE, tensors, {})
             atomic_write_text(path, json.dumps(record, indent=2) + "\n")  # last: marks it done
 
         def read():
             alpha = float(json.loads(path.read_text(encoding="utf-8"))["alpha"])
-            ok = load_file(str(rdir / "source-correct.safetensors"))["correct"].numpy() > 0
-            return alpha, ok
+            if self.cfg.source_filter == "off":
+                return alpha, np.ones(len(self.gold), dtype=bool)
+            ok = load_file(str(rdir / SOURCE_OK_FILE))[self.cfg.source_filter]
+            return alpha, ok.numpy() > 0
 
         return shared(path, compute, write, read)
 
@@ -456,11 +482,12 @@ class SelfTraining:
         r: int,
         student: TaskModel,
         alpha: float,
-        predicted_ok: np.ndarray,
+        source_ok: np.ndarray,
         source_keep: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The permanent source filter (rows of D_keep that S predicts correctly) and the pseudo
-        labels (voter_filter at alpha, -1 = none); returns (source_keep, pseudo)."""
+        """The permanent source filter (rows of D_keep that pass ``source_ok``, see
+        ``pick_alpha``) and the pseudo labels (voter_filter at alpha, -1 = none); returns
+        (source_keep, pseudo)."""
         cfg, rdir = self.cfg, self.out / f"round-{r}"
         path = rdir / FILTER_FILE
 
@@ -468,9 +495,10 @@ class SelfTraining:
             t0 = time.perf_counter()
             before = int(source_keep.sum())
             keep = source_keep.copy()
-            if cfg.source_filter:
-                unit = cfg.filter_unit == "word"
-                keep &= predicted_ok if unit else whole_units(predicted_ok, self.src_units)
+            if cfg.filter_unit == "word":
+                keep &= source_ok
+            else:
+                keep &= whole_units(source_ok, self.src_units)
             pseudo, _, _ = voter_filter(self.logits(student, self.tgt), alpha)
             pseudo = pseudo.cpu().numpy()
             if cfg.filter_unit == "sequence":
@@ -479,6 +507,7 @@ class SelfTraining:
             counts = {
                 "round": r,
                 "filter_unit": cfg.filter_unit,
+                "source_filter": cfg.source_filter,
                 "alpha": alpha,
                 "source_rows": len(self.gold),
                 "source_rows_before": before,
@@ -532,11 +561,18 @@ class SelfTraining:
         src_y, tgt_y = (
             np.concatenate([np.zeros(0, np.int64), *part.targets]) for part in (hard_src, hard_tgt)
         )
-        if len(hard) == 0:
-            raise ValueError(
-                f"round {r}: no training data for the hard step: every source row "
-                f"was removed and no target row passed alpha = {alpha}"
+        if len(hard) == 0:  # a student too unsure for the rule: nothing to fit, S stays as it is
+            why = (
+                f"no training data: the source filter removed every source row and no target "
+                f"row passed alpha = {alpha}"
             )
+            if self.main:
+                save_task_model(student, folder / "model", self.tok)
+            distributed.barrier()
+            self.log({"round": r, "step": "hard", "items": 0, "steps": 0, "skipped": why})
+            warnings.warn(f"round {r}: hard step skipped: {why}", stacklevel=2)
+            self.say(f"round {r}: hard step skipped: {why}; the student stays the soft one")
+            return student
         data = TaskBatches(hard, self.tok.pad_id, cfg.batch_size, cfg.max_tokens, self.seed)
 
         def hard_loss(m, batch, gen):
@@ -592,8 +628,8 @@ def run_selftrain(
             probs = run.teacher_probs(r, teacher)
             student = run.soft_step(r, probs, teacher)
             continue
-        alpha, predicted_ok = run.pick_alpha(r, student)
-        source_keep, pseudo = run.filter(r, student, alpha, predicted_ok, source_keep)
+        alpha, source_ok = run.pick_alpha(r, student)
+        source_keep, pseudo = run.filter(r, student, alpha, source_ok, source_keep)
         student = run.hard_step(r, student, source_keep, pseudo, alpha)
         teacher = out / f"round-{r}" / "hard" / "model"  # T = S
 

@@ -3,7 +3,8 @@
 
 Over a grid of thresholds (default 0.50 to 0.99 by 0.01, then 0.995 and 0.999; points below
 1/C dropped, since a max probability is never below 1/C), ``threshold_curve`` gives accuracy(t)
-of the soft student on the source labeled data. Grid points where accuracy is undefined (no
+of the soft student on the source labeled data: with ``rule_curve_inputs``, the precision of
+the pseudo-label rule (voters unanimous, all above t) at each t. Grid points where accuracy is undefined (no
 sample above t) are skipped. Methods:
 
 - ``curvature`` (default): the interior point of greatest curvature |A''| / (1 + A'^2)^1.5;
@@ -107,6 +108,27 @@ def choose(thresholds: Sequence[float], accuracy: Sequence[float], method: str =
     score[ok[1:-1]] = crit
     best = ok[1:-1][int(np.argmax(crit))]  # the first maximum: the lowest threshold on ties
     return float(t[best]), score.tolist(), None
+
+
+def rule_curve_inputs(
+    agreed: torch.Tensor, confidence: torch.Tensor, gold: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The curve's inputs for the pseudo-label rule, from ``voter_filter`` at alpha = 0 on the
+    source rows (``agreed`` label or -1, the voters' smallest top probability) and the rows'
+    ``gold`` labels: (confidence, correct) for ``select_threshold``.
+
+    The rule accepts a row at threshold t when its voters agree and every voter's top
+    probability is above t. So a row whose voters disagree is never covered (its confidence
+    becomes -1, below any threshold), and a row is correct when the agreed label is the gold
+    one. Then, at every t:
+
+    - accuracy(t) = correct rows accepted / rows accepted: the precision of the labels the rule
+      would give at t;
+    - coverage(t) = rows accepted / all rows;
+    - recall(t) = correct rows accepted / correct rows (rows agreed on their gold label).
+    """
+    accepted = torch.where(agreed >= 0, confidence, torch.full_like(confidence, -1.0))
+    return accepted, agreed == gold
 
 
 def select_threshold(

@@ -1,0 +1,165 @@
+"""The paper's ablation on real data (issue 17): the rows of its tables 5-6 (Ours, -AT, -VM,
+-BTF, -ST, direct transfer) over seeds, run by ``run_ablate``, written with every seed's score,
+mean +- std and each row's wall time to ``benchmarks/results/study_<name>_<date>.md`` and
+``.json``.
+
+A row's wall time is what it takes to make that row from nothing: the sum, over seeds and
+target pairs, of the ``seconds`` in the ``run.json`` of every stage it needs (btf, the
+fine-tuned model, self-training, its evaluation), so stages shared between rows count in each.
+The whole study's wall time is measured around the call.
+
+    python benchmarks/study.py --config configs/e5-small-conll.toml --name conll_e5small_cpu \\
+        --seeds 1,2,3 --out runs/study-conll --set data.max_train=600 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from xlt_engine import provenance
+from xlt_engine.engine.config import load_config
+from xlt_engine.engine.pipeline import ablation_table, pair_configs, run_ablate
+from xlt_engine.engine.runs import stage_dir, with_linear_head, with_section
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def row_stages(pc, fixed_alpha: float) -> dict[str, list[Path]]:
+    """The stage folders each ablation row of one seed's pair needs (``run_ablate``'s runs)."""
+
+    def ev(c, model):
+        return stage_dir(with_section(c, "evaluate", model=model), "evaluate")
+
+    fixed = with_section(pc, "selftrain", threshold="fixed", alpha=fixed_alpha)
+    linear = with_linear_head(pc)
+    direct = with_section(pc, "finetune", init="pretrained")
+    nobtf = with_section(pc, "selftrain", base="pretrained", teacher="finetune-direct")
+    btf, teacher = stage_dir(pc, "btf"), stage_dir(pc, "finetune")
+    return {
+        "Ours": [btf, teacher, stage_dir(pc, "selftrain"), ev(pc, "selftrain")],
+        "- AT": [btf, teacher, stage_dir(fixed, "selftrain"), ev(fixed, "selftrain")],
+        "- VM": [
+            btf,
+            stage_dir(linear, "finetune"),
+            stage_dir(linear, "selftrain"),
+            ev(linear, "selftrain"),
+        ],
+        "- BTF": [
+            stage_dir(direct, "finetune"),
+            stage_dir(nobtf, "selftrain"),
+            ev(nobtf, "selftrain"),
+        ],
+        "- ST": [btf, teacher, ev(pc, "finetune")],
+        "direct transfer": [
+            stage_dir(with_linear_head(direct), "finetune"),
+            ev(with_linear_head(pc), "finetune-direct"),
+        ],
+    }
+
+
+def seconds_of(folder: Path) -> float:
+    info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    if "seconds" not in info:
+        raise ValueError(f"{folder / 'run.json'}: no seconds (the stage never finished?)")
+    return float(info["seconds"])
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--name", required=True, help="e.g. conll_e5small_cpu")
+    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--fixed-threshold", type=float, default=0.9)
+    p.add_argument("--out", required=True, help="folder for the runs")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--how", default="", help="how the data was subsampled, for the table")
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    args = p.parse_args(argv)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cfg = load_config(args.config, [*args.overrides, f"out={args.out!r}"])
+    start = time.perf_counter()
+    result = run_ablate(cfg, seeds, args.fixed_threshold, resume=True, echo=print)
+    total = time.perf_counter() - start
+
+    seconds: dict[str, float] = {}
+    for seed in seeds:
+        seeded = dataclasses.replace(cfg, seed=seed, out=str(Path(args.out) / f"seed-{seed}"))
+        for pc in pair_configs(seeded):
+            for row, folders in row_stages(pc, args.fixed_threshold).items():
+                seconds[row] = seconds.get(row, 0.0) + sum(seconds_of(f) for f in folders)
+
+    rows = {}
+    for row, per_target in result["scores"].items():
+        targets = sorted(per_target)
+        n = min(len(per_target[t]) for t in targets)
+        average = [statistics.fmean(per_target[t][i] for t in targets) for i in range(n)]
+        rows[row] = {
+            "scores": per_target,
+            "mean_std": {t: mean_std(v) for t, v in per_target.items()},
+            "average": average,
+            "average_mean_std": mean_std(average),
+            "seconds": round(seconds[row], 1),
+        }
+    env = provenance.environment(torch.device("cpu"))
+    command = " ".join(["python", "benchmarks/study.py", *(argv or sys.argv[1:])])
+    report = {
+        "name": args.name,
+        "date": date.today().isoformat(),
+        "command": command,
+        "config": args.config,
+        "overrides": args.overrides,
+        "how": args.how,
+        "metric": result["metric"],
+        "seeds": seeds,
+        "fixed_alpha": args.fixed_threshold,
+        "rows": rows,
+        "study_seconds": round(total, 1),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "environment": env,
+    }
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"study_{args.name}_{date.today().strftime('%Y%m%d')}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    lines = [
+        f"# Ablation study: {args.name}, {report['date']}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Data: {args.how}" if args.how else "",
+        "",
+        ablation_table(result),
+        "Per seed (%) and wall time of each row (all seeds and targets, every stage it needs):",
+        "",
+        "| model | " + " | ".join(f"seed {s}" for s in seeds) + " | wall time |",
+        "|---|" + "---|" * (len(seeds) + 1),
+    ]
+    for row, info in rows.items():
+        cells = [f"{100 * x:.2f}" for x in info["average"]]
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {info['seconds'] / 60:.1f} min |")
+    lines += [
+        "",
+        f"Whole study: {total / 60:.1f} min on {report['machine']}; torch {env.get('torch')}, "
+        f"xlt-engine {env.get('xlt_engine')} ({env.get('git_sha', '')[:10]}).",
+        "",
+    ]
+    stem.with_suffix(".md").write_text("\n".join(lines), encoding="utf-8")
+    print(f"wrote {stem}.md and .json")
+
+
+if __name__ == "__main__":
+    main()

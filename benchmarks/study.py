@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
             "seconds": round(seconds[row], 1),
         }
     env = provenance.environment(torch.device("cpu"))
-    command = " ".join(["python", "benchmarks/study.py", *(argv or sys.argv[1:])])
+    command = shlex.join(["python", "benchmarks/study.py", *(argv or sys.argv[1:])])
     report = {
         "name": args.name,
         "date": date.today().isoformat(),

@@ -485,6 +485,10 @@ def run(
             )
         else:
             run_stage(cfg, stage, resume=resume, echo=echo, progress=progress)
+            if stage == "finetune" and cfg.teachers_per_source and cfg.finetune.source is None:
+                from xlt_engine.engine.experiment import run_teachers
+
+                run_teachers(cfg, resume=resume, echo=echo, progress=progress)
 
     _run_guarded(go)
 

@@ -542,3 +542,52 @@ def test_data_encoding_reaches_every_reader_and_is_checked(tmp_path, tiny):
     from xlt_engine.engine.runs import plan_stage
 
     assert plan_stage(cfg, "finetune").settings["data.encoding"] == "latin-1"
+
+
+def test_several_sources_are_checked_and_planned(tmp_path, tiny):
+    multi = ["sources=['eng', 'esp']", "languages.esp.train='esp.train'", "targets=['ned']",
+             "languages.ned.unlabeled='ned.train'"]  # fmt: skip
+    text = MINIMAL + "[languages.ned]\n"
+    assert problems(
+        tmp_path, text, "sources=['eng']", "targets=['ned']", "languages.ned.unlabeled='x'"
+    ) == ["config: sources: give two or more different languages, got ['eng']"]
+    got = problems(
+        tmp_path, text, "sources=['esp', 'ned']", "targets=['ned']", "languages.ned.unlabeled='x'"
+    )
+    assert got == ["config: source: 'eng' is not one of sources ['esp', 'ned']"]
+    got = problems(tmp_path, MINIMAL, "sources=['eng', 'esp']")
+    assert got == ["config: targets: ['esp'] are source languages too"]
+    got = problems(tmp_path, text, *multi, "multi_source=all")
+    assert got == ["config: multi_source must be one of teachers, union, got 'all'"]
+    got = problems(tmp_path, text, *multi, "finetune.source=ned")
+    assert got == ["config: finetune.source: 'ned' is not a source language (['eng', 'esp'])"]
+    base = [f"data.root={SHARED_DATA}", f"model.path={tiny}", TINY_FREEZE]
+    over = [*base, "sources=['eng', 'esp']", "targets=['ned']",
+            "languages.esp.train='conll2002/esp.train'"]  # fmt: skip
+    cfg = load_config(CONLL, over)
+    assert cfg.run_dir().name == "eng+esp-ned" and cfg.teachers_per_source
+    st = plan_stage(cfg, "selftrain")
+    assert set(st.upstream) == {
+        "selftrain.base",
+        "selftrain.teacher[eng]",
+        "selftrain.teacher[esp]",
+    }
+    assert st.upstream["selftrain.teacher[esp]"].folder.name == "finetune-esp"
+    assert {"languages.eng.train", "languages.esp.train"} <= set(st.inputs)
+    assert st.settings["sources"] == ["eng", "esp"]
+    built = build_stage(with_section(cfg, "finetune", init="pretrained"), "finetune")  # union
+    assert (Path(built.train_file).name, [Path(f).name for f in built.more_train_files]) == (
+        "eng.train",
+        ["esp.train"],
+    )
+    union = load_config(CONLL, [*over, "multi_source=union"])
+    assert not union.teachers_per_source
+    st = plan_stage(union, "selftrain")
+    assert set(st.upstream) == {"selftrain.base", "selftrain.teacher"}
+    assert st.upstream["selftrain.teacher"].folder.name == "finetune"
+    with pytest.raises(
+        ConfigError, match=r"languages.esp.train: missing \(stage finetune needs it\)"
+    ):
+        check_files(
+            load_config(CONLL, [*base, "sources=['eng', 'esp']", "targets=['ned']"]), "finetune"
+        )

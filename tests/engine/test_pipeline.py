@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
@@ -489,3 +490,70 @@ def test_threshold_and_rounds_studies_are_tables_over_seeds(tiny, tmp_path):
         assert result["scores"][score]["tgt"][0] == ev["languages"]["tgt"]["score"]
     bad = CliRunner().invoke(main, ["ablate", "--study", "rounds", "--max-rounds", "1.2", *common])
     assert bad.exit_code != 0 and "--max-rounds must be a multiple of 0.5" in bad.output
+
+
+def test_two_sources_one_teacher_each_and_a_row_per_source(ner_cfg, conll, tiny, tmp_path):
+    """sources = [eng, esp] -> ned: btf reads both sources' text; one teacher per source, and
+    round 1's soft labels are the mean of their probabilities; the source filter and the hard
+    step see both sources' rows; ablate adds the method from each source alone."""
+    from xlt_engine.data.task import encode, read_task_file
+    from xlt_engine.data.tokenizer import load_tokenizer
+    from xlt_engine.engine.inference import predict_logits
+    from xlt_engine.engine.pipeline import ABLATION_ROWS
+    from xlt_engine.model.heads import VotersModule
+    from xlt_engine.model.task import load_task_model
+
+    out = tmp_path / "multi"
+    sets = ['sources=["eng", "esp"]', 'targets=["ned"]', "languages.esp.train=esp.train"]
+    args = ["ablate", "--config", str(ner_cfg), "--seeds", "1", "--out", str(out), "--no-progress"]
+    res = CliRunner().invoke(main, args + [a for s in sets for a in ("--set", s)])
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "ablation.json").read_text())
+    assert list(result["scores"]) == [*ABLATION_ROWS, "Ours (eng only)", "Ours (esp only)"]
+    for lang in ("eng", "esp"):  # each source alone: its own runs and table
+        alone = json.loads((out / "seed-1" / f"all-{lang}-only.json").read_text())
+        assert result["scores"][f"Ours ({lang} only)"]["ned"] == [
+            alone["targets"]["ned"]["selftrain"]
+        ]
+        assert (out / "seed-1" / f"{lang}-ned" / "selftrain" / "model").is_dir()
+    pair = out / "seed-1" / "eng+esp-ned"
+    finetuned = sorted(p.name for p in pair.iterdir() if p.name.startswith("finetune"))
+    assert finetuned == ["finetune", "finetune-direct-eng", "finetune-direct-esp",
+                         "finetune-direct-linear", "finetune-eng", "finetune-esp", "finetune-linear",
+                         "finetune-linear-eng", "finetune-linear-esp"]  # fmt: skip
+    assert sorted(p.name for p in (pair / "btf" / "texts").iterdir()) == [
+        "eng.txt",
+        "esp.txt",
+        "ned.txt",
+    ]
+    fp = json.loads((pair / "selftrain" / "fingerprint.json").read_text())
+    assert {"selftrain.teacher[eng]", "selftrain.teacher[esp]"} <= set(fp["upstream"])
+    # the union model (+ BTF column) learned from both sources' files
+    union = json.loads((pair / "finetune" / "fingerprint.json").read_text())["inputs"]
+    assert {"languages.eng.train", "languages.esp.train"} <= set(union)
+    # round 1: the mean of the two teachers' probabilities on the target text
+    tok = load_tokenizer(tiny)
+    root = Path(
+        json.loads((pair / "selftrain" / "config.json").read_text())["experiment"]["data"]["root"]
+    )
+    teachers = [load_task_model(pair / f"finetune-{lang}" / "model") for lang in ("eng", "esp")]
+    labels = teachers[0].labels
+    ned = encode(read_task_file(root / "ned.train", "conll", unlabeled=True), tok, labels, 48)
+    want = (
+        sum(
+            VotersModule.probs(predict_logits(t, ned, tok.pad_id, torch.device("cpu")))
+            for t in teachers
+        )
+        / 2
+    )
+    probs = load_file(str(pair / "selftrain" / "round-1" / "teacher-probs.safetensors"))["probs"]
+    torch.testing.assert_close(probs.float(), want, atol=1e-3, rtol=0)
+    # the threshold, the source filter and the hard step read every source's rows
+    rows = sum(
+        int(encode(read_task_file(root / f, "conll"), tok, labels, 48).row_offsets[-1])
+        for f in ("eng.train", "esp.train")
+    )
+    assert (
+        json.loads((pair / "selftrain" / "round-1" / "filter.json").read_text())["source_rows"]
+        == rows
+    )

@@ -67,12 +67,37 @@ class TaskData:
         return dict(Counter(flat).most_common())
 
     def label_set(self) -> list[str]:
-        if self.labels is None:
-            return []
-        if self.kind == "token":  # O, then B-X and I-X for every entity type X seen
-            types = sorted({t[2:] for tags in self.labels for t in tags if t != "O"})
-            return ["O"] + [f"{p}-{t}" for t in types for p in "BI"]
-        return sorted(set(self.labels))
+        return label_set([self])
+
+
+def label_set(parts: Sequence[TaskData]) -> list[str]:
+    """The labels of one or more files of one kind, in the models' order: for tokens O, then
+    B-X and I-X for every entity type X seen; for sequences sorted."""
+    seen = [x for d in parts if d.labels is not None for x in d.labels]
+    if parts and parts[0].kind == "token":
+        types = sorted({t[2:] for tags in seen for t in tags if t != "O"})
+        return ["O"] + [f"{p}-{t}" for t in types for p in "BI"] if seen else []
+    return sorted(set(seen))
+
+
+def concat_encoded(parts: Sequence[Encoded]) -> Encoded:
+    """One ``Encoded`` of several, items in order (``aligned`` is not kept: a row's words are
+    its own part's)."""
+    if any(p.token_type_ids is not None for p in parts):
+        types = [
+            t for p in parts for t in (p.token_type_ids or [np.zeros_like(x) for x in p.input_ids])
+        ]
+    else:
+        types = None
+    return Encoded(
+        parts[0].kind,
+        [x for p in parts for x in p.input_ids],
+        types,
+        [x for p in parts for x in p.positions],
+        [x for p in parts for x in p.targets],
+        None,
+        sum(p.truncated for p in parts),
+    )
 
 
 def read_task_file(

@@ -314,6 +314,8 @@ class FinetuneSettings(BatchSettings):
 @dataclass(frozen=True)
 class FinetuneSection(FinetuneSettings, FreezeOverride):
     init: str = "btf"  # "btf" (this target's Base Model), "pretrained" (model.path) or a folder
+    source: str | None = None  # with several sources: train on this one alone (a teacher of
+    # multi_source = "teachers"); None: on every source's train file (their union)
 
     def __post_init__(self):
         FinetuneSettings.__post_init__(self)
@@ -321,6 +323,7 @@ class FinetuneSection(FinetuneSettings, FreezeOverride):
 
 
 Threshold = Literal["curvature", "max_second_difference", "fixed"]
+MultiSource = Literal["teachers", "union"]
 FilterUnit = Literal["word", "sequence"]
 SourceFilter = Literal["confident", "correct", "off"]
 
@@ -416,6 +419,10 @@ class ExperimentConfig:
     # source-target pair runs in <out>/<source>-<target>
     seed: int = 42
     device: str = "auto"
+    sources: tuple[str, ...] = ()  # several source languages (source among them, the one whose
+    # dev file fine-tuning reports and whose test is the tables' source row); () : source alone
+    multi_source: MultiSource = "teachers"  # with sources: round 1's soft labels are the mean
+    # of one teacher per source ("teachers") or one teacher fine-tuned on their union ("union")
     data: DataSection = field(default_factory=DataSection)
     btf: BtfSection = field(default_factory=BtfSection)
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
@@ -439,9 +446,27 @@ class ExperimentConfig:
             )
         if not self.targets:
             raise ValueError("targets: give at least one target language")
-        for lang in (self.source, *self.targets):
+        check_choices(self)
+        if self.sources:
+            if len(set(self.sources)) != len(self.sources) or len(self.sources) < 2:
+                raise ValueError(
+                    f"sources: give two or more different languages, got {list(self.sources)}"
+                )
+            if self.source not in self.sources:
+                raise ValueError(
+                    f"source: {self.source!r} is not one of sources {list(self.sources)}"
+                )
+        both = sorted(set(self.source_languages) & set(self.targets))
+        if both:
+            raise ValueError(f"targets: {both} are source languages too")
+        for lang in (*self.source_languages, *self.targets):
             if lang not in self.languages:
                 raise ValueError(f"languages: no [languages.{lang}] table for language {lang!r}")
+        one = self.finetune.source
+        if one is not None and one not in self.source_languages:
+            raise ValueError(
+                f"finetune.source: {one!r} is not a source language ({list(self.source_languages)})"
+            )
         if self.target is not None and self.target not in self.targets:
             raise ValueError(f"target: {self.target!r} is not one of targets {list(self.targets)}")
         trains = {
@@ -454,6 +479,21 @@ class ExperimentConfig:
             if train.seed != 0:
                 raise ValueError(f"{key}.seed: set the top-level seed (one for all stages)")
         check_device(self.device)
+
+    @property
+    def source_languages(self) -> tuple[str, ...]:
+        """Every source language: ``sources``, or ``source`` alone."""
+        return self.sources or (self.source,)
+
+    @property
+    def teachers_per_source(self) -> bool:
+        """Several sources with one teacher each (``multi_source = "teachers"``)."""
+        return len(self.source_languages) > 1 and self.multi_source == "teachers"
+
+    def finetune_languages(self) -> tuple[str, ...]:
+        """The source languages whose train files ``finetune`` reads."""
+        one = self.finetune.source
+        return (one,) if one is not None else self.source_languages
 
     def freeze(self, stage: str) -> FreezeSettings:
         """What ``stage`` (btf, finetune, selftrain) freezes: its section's setting, else
@@ -473,7 +513,7 @@ class ExperimentConfig:
         """Which file of ``lang`` serves ``use``: "text" (btf's plain text: ``text``, else the
         source's ``train`` or the target's ``unlabeled`` / ``train``) or "unlabeled" (the
         target's ``unlabeled``, else ``train``, labels never read); None when none is given."""
-        roles = ROLES[use][lang == self.source]
+        roles = ROLES[use][lang in self.source_languages]
         return next((r for r in roles if getattr(self.languages[lang], r)), None)
 
     def data_path(self, lang: str, role: str) -> Path | None:
@@ -486,9 +526,10 @@ class ExperimentConfig:
         return Path(self.out) if self.out else Path("runs") / (self.name or "run")
 
     def run_dir(self) -> Path:
-        """The run folder of the source-target pair: ``<out_root>/<source>-<target>``, for a
-        single stage and for ``run --stage all`` alike."""
-        return self.out_root() / f"{self.source}-{self.pair_target}"
+        """The run folder of the source-target pair: ``<out_root>/<source>-<target>`` (several
+        sources: ``<s1>+<s2>-<target>``), for a single stage and for ``run --stage all``
+        alike."""
+        return self.out_root() / f"{'+'.join(self.source_languages)}-{self.pair_target}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -708,18 +749,21 @@ def check_files(cfg: ExperimentConfig, stage: str) -> None:
         )
     src, tgt = cfg.source, cfg.pair_target
     if stage == "btf":
-        for lang in (src, tgt):
+        for lang in (*cfg.source_languages, tgt):
             role = cfg.role(lang, "text")
             if role is None:
-                roles = ", ".join(ROLES["text"][lang == src])
+                roles = ", ".join(ROLES["text"][lang in cfg.source_languages])
                 problems.append(f"languages.{lang}: btf needs text (one of {roles})")
             else:
                 need(f"languages.{lang}.{role}", cfg.data_path(lang, role))
     elif stage == "finetune":
-        need(f"languages.{src}.train", cfg.data_path(src, "train"))
-        need(f"languages.{src}.dev", cfg.data_path(src, "dev"), required=False)
+        for lang in cfg.finetune_languages():
+            need(f"languages.{lang}.train", cfg.data_path(lang, "train"))
+        dev = cfg.finetune.source or src
+        need(f"languages.{dev}.dev", cfg.data_path(dev, "dev"), required=False)
     elif stage == "selftrain":
-        need(f"languages.{src}.train", cfg.data_path(src, "train"))
+        for lang in cfg.source_languages:
+            need(f"languages.{lang}.train", cfg.data_path(lang, "train"))
         role = cfg.role(tgt, "unlabeled")
         if role is None:
             problems.append(
@@ -730,6 +774,8 @@ def check_files(cfg: ExperimentConfig, stage: str) -> None:
     elif stage == "evaluate":
         for lang in (src, *cfg.targets):
             need(f"languages.{lang}.test", cfg.data_path(lang, "test"))
+        for lang in cfg.source_languages:  # the other sources' tests, when given
+            need(f"languages.{lang}.test", cfg.data_path(lang, "test"), required=False)
     elif stage == "predict":
         if cfg.predict.input is None:
             problems.append("predict.input: missing (the file to predict)")

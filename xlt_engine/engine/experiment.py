@@ -37,11 +37,14 @@ from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
 from xlt_engine.engine.loop import TrainConfig
 from xlt_engine.engine.runs import (
     check_plans,
+    evaluated_languages,
     model_path,
     plan_stage,
     stage_dir,
+    teacher_models,
     text_roles,
     unlabeled_role,
+    with_section,
 )
 from xlt_engine.engine.selftrain import SelftrainConfig, run_selftrain
 from xlt_engine.fileio import atomic_write_text, remove_debris
@@ -73,7 +76,7 @@ def btf_texts(cfg: ExperimentConfig, folder: Path) -> tuple[str, ...]:
     with ``data.max_train`` (source) / ``data.max_unlabeled`` (target) a sample of it."""
     out = []
     for lang, role in text_roles(cfg).items():
-        limit = cfg.data.max_train if lang == cfg.source else cfg.data.max_unlabeled
+        limit = cfg.data.max_train if lang in cfg.source_languages else cfg.data.max_unlabeled
         path = cfg.data_path(lang, role)
         if role == "text" and limit is None:
             out.append(str(path))
@@ -123,13 +126,15 @@ def build_btf(cfg: ExperimentConfig) -> BtfConfig:
 def build_finetune(cfg: ExperimentConfig) -> FinetuneConfig:
     check_files(cfg, "finetune")
     f = cfg.finetune
-    dev = cfg.data_path(cfg.source, "dev")
+    dev = cfg.data_path(f.source or cfg.source, "dev")
+    train, *more = (str(cfg.data_path(lang, "train")) for lang in cfg.finetune_languages())
     return FinetuneConfig(
         **settings_of(f, FinetuneSettings) | {"train": _seeded(f.train, cfg)},
         **settings_of(cfg.model, HeadSettings),
         **settings_of(cfg.freeze("finetune"), FreezeSettings),
         model=str(model_path(cfg, f.init, "finetune.init")),
-        train_file=str(cfg.data_path(cfg.source, "train")),
+        train_file=train,
+        more_train_files=tuple(more),
         out=str(stage_dir(cfg, "finetune")),
         format=cfg.data.format,
         encoding=cfg.data.encoding,
@@ -150,12 +155,18 @@ def build_selftrain(cfg: ExperimentConfig) -> SelftrainConfig:
     settings.update(soft=_seeded(s.soft, cfg), hard=_seeded(s.hard, cfg))
     caps = [n for n in (s.max_unlabeled, cfg.data.max_unlabeled) if n is not None]
     settings["max_unlabeled"] = min(caps) if caps else None
+    teacher, *more_teachers = (
+        str(model_path(c, name, key)) for key, (c, name) in teacher_models(cfg).items()
+    )
+    source, *more_sources = (str(cfg.data_path(x, "train")) for x in cfg.source_languages)
     return SelftrainConfig(
         **settings,
         **settings_of(cfg.freeze("selftrain"), FreezeSettings),
         base_model=str(model_path(cfg, s.base, "selftrain.base")),
-        teacher=str(model_path(cfg, s.teacher, "selftrain.teacher")),
-        source_file=str(cfg.data_path(cfg.source, "train")),
+        teacher=teacher,
+        more_teachers=tuple(more_teachers),
+        source_file=source,
+        more_source_files=tuple(more_sources),
         unlabeled_file=str(cfg.data_path(tgt, role)),
         out=str(stage_dir(cfg, "selftrain")),
         format=cfg.data.format,
@@ -175,7 +186,7 @@ def build_evaluate(cfg: ExperimentConfig) -> EvaluateConfig:
     check_files(cfg, "evaluate")
     model = model_path(cfg, cfg.evaluate.model, "evaluate.model")
     folder = stage_dir(cfg, "evaluate")
-    tests = {lang: str(cfg.data_path(lang, "test")) for lang in (cfg.source, *cfg.targets)}
+    tests = {lang: str(cfg.data_path(lang, "test")) for lang in evaluated_languages(cfg)}
     return EvaluateConfig(
         model=str(model),
         tests=tests,
@@ -290,6 +301,18 @@ def run_stage(
             f"{stage}: done in {format_seconds(seconds)}; wrote {plan.folder}, result {plan.output}"
         )
     return result
+
+
+def run_teachers(cfg: ExperimentConfig, resume: bool = False, echo=print, progress=None) -> list:
+    """``finetune`` on each source alone: self-training's teachers with several sources and
+    ``multi_source = "teachers"`` (``run --stage finetune`` runs them after the union's)."""
+    out = []
+    for lang in cfg.source_languages:
+        one = with_section(cfg, "finetune", source=lang)
+        out.append(
+            run_stage(one, "finetune", resume=resume, echo=echo, progress=progress, reuse=True)
+        )
+    return out
 
 
 def record_seconds(folder: Path, seconds: float) -> None:

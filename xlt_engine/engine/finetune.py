@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xlt_engine.data.task import TaskBatches, encode, read_task_file
+from xlt_engine.data.task import TaskBatches, concat_encoded, encode, label_set, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
 from xlt_engine.engine.config import (
@@ -47,6 +47,7 @@ class FinetuneConfig(FinetuneSettings, FreezeSettings, HeadSettings, TaskSetting
     model: str  # Base Model or mBERT folder (Hugging Face layout, with its tokenizer files)
     train_file: str  # labeled source-language data
     out: str  # run folder; the fine-tuned model goes to out/model
+    more_train_files: tuple[str, ...] = ()  # other sources' labeled data: trained on the union
     dev_file: str | None = None
     labels: tuple[str, ...] | None = None  # label order; None: sorted from the train file
     max_train: int | None = None  # examples sampled from train_file (train.seed), None: all
@@ -63,6 +64,9 @@ class FinetuneConfig(FinetuneSettings, FreezeSettings, HeadSettings, TaskSetting
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name}: {path}: no such file")
+        for path in self.more_train_files:
+            if not Path(path).is_file():
+                raise ValueError(f"more_train_files: {path}: no such file")
         if not Path(self.model).is_dir():
             raise ValueError(f"model: {self.model}: no such folder")
 
@@ -100,17 +104,20 @@ def run_finetune(
     rank, _ = rank_world()
     tok = load_tokenizer(cfg.model)
     seed = cfg.train.seed
-    train_data = read_task_file(
-        cfg.train_file, cfg.format, False, cfg.max_train, seed, cfg.encoding
-    )
-    report_labels(train_data, echo if rank == 0 else None)
-    labels = list(cfg.labels) if cfg.labels else train_data.label_set()
+    parts = [  # max_train examples of each file
+        read_task_file(path, cfg.format, False, cfg.max_train, seed, cfg.encoding)
+        for path in (cfg.train_file, *cfg.more_train_files)
+    ]
+    for part in parts:
+        report_labels(part, echo if rank == 0 else None)
+    train_data = parts[0]
+    labels = list(cfg.labels) if cfg.labels else label_set(parts)
     if len(labels) < 2:
         raise ValueError(f"{cfg.train_file}: needs at least 2 labels, found {labels}")
     dev_data = None
     if cfg.dev_file:
         dev_data = read_task_file(cfg.dev_file, cfg.format, False, cfg.max_dev, seed, cfg.encoding)
-    enc = encode(train_data, tok, labels, cfg.max_len)
+    enc = concat_encoded([encode(part, tok, labels, cfg.max_len) for part in parts])
     dev_enc = None  # encoded once: unknown dev labels are an error before training
     if dev_data is not None:
         dev_enc = encode(dev_data, tok, labels, cfg.max_len)

@@ -15,7 +15,13 @@ fine-tuning as in the paper's baseline; without btf the teacher is the pretraine
 fine-tuned with the configured head (``finetune-direct``).
 
 ``run_ablate``: every row of the paper's tables 5 and 6 (Ours, -AT, -VM, -BTF, -ST, direct
-transfer) for every seed, and a table of mean +- std over seeds per target and on average.
+transfer) for every seed, and a table of mean +- std over seeds per target and on average;
+with several source languages also the method from each source alone (a row per source, its
+runs in ``<s>-<target>`` beside the multi-source ``<s1>+<s2>-<target>``).
+With several sources (``sources``) btf reads every source's text and the target's; the
++ BTF and direct-transfer columns fine-tune on the union of the sources' training data; with
+``multi_source = "teachers"`` self-training starts from one teacher per source
+(``finetune-<lang>``), the mean of their probabilities.
 The paper's two studies, tables alike: ``run_threshold_study`` (self-training at each fixed
 alpha of a list, beside the automatic threshold) and ``run_rounds_study`` (the student after
 every soft and hard step up to N rounds).
@@ -37,8 +43,10 @@ from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.experiment import format_seconds, run_stage
 from xlt_engine.engine.runs import (
     check_plans,
+    model_stage,
     plan_stage,
     stage_dir,
+    teacher_models,
     with_linear_head,
     with_section,
 )
@@ -91,14 +99,17 @@ def plan_all(
             dc = with_linear_head(pc)
             steps.append((with_section(dc, "finetune", init="pretrained"), "finetune"))
             models.append((dc, "finetune-direct"))
-        if not btf:  # the teacher: the configured head on the pretrained model
+        if not btf and not pc.teachers_per_source:  # the teacher: configured head, pretrained
             step = (with_section(pc, "finetune", init="pretrained"), "finetune")
             if step not in steps:
                 steps.append(step)
         if btf:
             steps.append((with_section(pc, "finetune", init="btf"), "finetune"))
             models.append((pc, "finetune"))
-        if selftrain:
+        if selftrain:  # several sources, one teacher each: each fine-tuned on its source
+            for key, (c, name) in teacher_models(pc).items():
+                if key != "selftrain.teacher":
+                    steps.append(model_stage(c, name))
             steps.append((pc, "selftrain"))
             models.append((pc, "selftrain"))
         steps += [(with_section(c, "evaluate", model=m), "evaluate") for c, m in models]
@@ -236,7 +247,9 @@ def run_ablate(
     if not seeds:
         raise ValueError("seeds: give at least one seed")
     root = table_dir(cfg)
-    scores: dict[str, dict[str, list[float]]] = {row: {} for row in ABLATION_ROWS}
+    single_sources = cfg.source_languages if len(cfg.source_languages) > 1 else ()
+    rows = (*ABLATION_ROWS, *(f"Ours ({lang} only)" for lang in single_sources))
+    scores: dict[str, dict[str, list[float]]] = {row: {} for row in rows}
     fixed = with_section(cfg, "selftrain", threshold="fixed", alpha=fixed_alpha)
     linear = with_linear_head(cfg)
     for seed in seeds:
@@ -264,6 +277,11 @@ def run_ablate(
             "- ST": ("full", "btf"),
             "direct transfer": ("full", "direct"),
         }
+        for lang in single_sources:  # several sources: the method from each one alone
+            alone = dataclasses.replace(cfg, source=lang, sources=())
+            runs[lang] = run_all(seeded(alone), resume=resume, echo=echo, progress=progress,
+                                 table_name=f"all-{lang}-only")  # fmt: skip
+            picks[f"Ours ({lang} only)"] = (lang, "selftrain")
         for row, (run, col) in picks.items():
             for t, r in runs[run]["targets"].items():
                 if r[col] is not None:

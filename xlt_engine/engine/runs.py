@@ -86,7 +86,9 @@ def stage_dir(cfg: ExperimentConfig, stage: str) -> Path:
     run = cfg.run_dir()
     if stage == "finetune":
         direct = "-direct" if cfg.finetune.init == "pretrained" else ""
-        return run / f"finetune{direct}{_variant(cfg)}"
+        one = cfg.finetune.source
+        alone = f"-{one}" if one is not None and len(cfg.source_languages) > 1 else ""
+        return run / f"finetune{direct}{_variant(cfg)}{alone}"
     if stage == "selftrain":
         s = cfg.selftrain
         direct = "-direct" if s.base == "pretrained" else ""
@@ -96,7 +98,7 @@ def stage_dir(cfg: ExperimentConfig, stage: str) -> Path:
     if stage == "evaluate":
         name = cfg.evaluate.model
         if name in NAMED_MODELS[1:]:
-            return run / f"evaluate-{stage_dir(*_model_stage(cfg, name)).name}"
+            return run / f"evaluate-{stage_dir(*model_stage(cfg, name)).name}"
         parts = Path(name).resolve().parts
         inside = run.resolve().parts
         if parts[: len(inside)] == inside and len(parts) > len(inside):
@@ -108,7 +110,7 @@ def stage_dir(cfg: ExperimentConfig, stage: str) -> Path:
     return run / stage
 
 
-def _model_stage(cfg: ExperimentConfig, name: str) -> tuple[ExperimentConfig, str]:
+def model_stage(cfg: ExperimentConfig, name: str) -> tuple[ExperimentConfig, str]:
     """The (config, stage) whose output is the model called ``name``."""
     if name == "finetune":
         return with_section(cfg, "finetune", init="btf"), "finetune"
@@ -129,7 +131,7 @@ def model_path(cfg: ExperimentConfig, name: str, key: str, must_exist: bool = Tr
     if name == "pretrained":
         path = Path(cfg.model.path)
     elif name in NAMED_MODELS:
-        path = output_of(*_model_stage(cfg, name))
+        path = output_of(*model_stage(cfg, name))
     else:
         path = Path(name)
     if must_exist and not path.is_dir():
@@ -138,7 +140,7 @@ def model_path(cfg: ExperimentConfig, name: str, key: str, must_exist: bool = Tr
             hint = f" (run the {name.split('-')[0]} stage first"
             # e.g. finetune ran with finetune.init = "pretrained": its model is finetune-direct
             twin = {"finetune": "finetune-direct", "finetune-direct": "finetune"}.get(name)
-            if twin and output_of(*_model_stage(cfg, twin)).is_dir():
+            if twin and output_of(*model_stage(cfg, twin)).is_dir():
                 hint += f", or set {key} = {twin!r}: that model exists"
             hint += ")"
         raise ConfigError(cfg.name or "config", [f"{key}: {path}: no such folder{hint}"])
@@ -306,8 +308,28 @@ def check_plans(plans: list[StagePlan]) -> None:
 
 
 def text_roles(cfg: ExperimentConfig) -> dict[str, str]:
-    """btf's text file per language (source, then the pair's target): ``{lang: role}``."""
-    return {lang: cfg.role(lang, "text") for lang in (cfg.source, cfg.pair_target)}
+    """btf's text file per language (the sources, then the pair's target): ``{lang: role}``."""
+    return {lang: cfg.role(lang, "text") for lang in (*cfg.source_languages, cfg.pair_target)}
+
+
+def teacher_models(cfg: ExperimentConfig) -> dict[str, tuple[ExperimentConfig, str]]:
+    """Round 1's teachers as ``{config key: (config, model name)}``: ``selftrain.teacher``, or
+    with several sources and ``multi_source = "teachers"`` the same model fine-tuned on each
+    source alone (``finetune.source``), one per source."""
+    name = cfg.selftrain.teacher
+    if cfg.teachers_per_source and name in ("finetune", "finetune-direct"):
+        return {
+            f"selftrain.teacher[{lang}]": (with_section(cfg, "finetune", source=lang), name)
+            for lang in cfg.source_languages
+        }
+    return {"selftrain.teacher": (cfg, name)}
+
+
+def evaluated_languages(cfg: ExperimentConfig) -> list[str]:
+    """The languages ``evaluate`` scores: the source, every other source with a test file, the
+    targets."""
+    others = [x for x in cfg.source_languages if x != cfg.source and cfg.languages[x].test]
+    return [cfg.source, *others, *cfg.targets]
 
 
 def unlabeled_role(cfg: ExperimentConfig) -> str:
@@ -319,7 +341,7 @@ def _model_input(cfg: ExperimentConfig, name: str, key: str, plan: StagePlan) ->
     if name in NAMED_MODELS[1:]:
         if name == plan.stage:
             raise ConfigError(cfg.name or "config", [f"{key}: {name!r} is this stage's own output"])
-        plan.upstream[key] = plan_stage(*_model_stage(cfg, name))
+        plan.upstream[key] = plan_stage(*model_stage(cfg, name))
     else:
         plan.inputs[key] = model_path(cfg, name, key, must_exist=False)
 
@@ -347,6 +369,8 @@ def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
     }
     if stage in ("btf", "finetune", "selftrain"):  # what it freezes, wherever that was set
         trained |= _flat(stage, cfg.freeze(stage), {})
+    if len(cfg.source_languages) > 1:  # (one source: older fingerprints stay valid)
+        common |= {"sources": list(cfg.sources), "multi_source": cfg.multi_source}
     src, tgt = cfg.source, cfg.pair_target
     if stage == "btf":
         plan = StagePlan(cfg, stage, {**common, **_flat("btf", cfg.btf, {}), **trained}, {})
@@ -356,25 +380,31 @@ def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
     elif stage == "finetune":
         settings = _flat("finetune", cfg.finetune, {})
         settings.pop("finetune.init")
+        if cfg.finetune.source is None:
+            settings.pop("finetune.source")
         plan = StagePlan(cfg, stage, {**common, **head, **settings, **trained}, {})
         _model_input(cfg, cfg.finetune.init, "finetune.init", plan)
-        for role in ("train", "dev"):
-            if getattr(cfg.languages[src], role):
-                plan.inputs[f"languages.{src}.{role}"] = cfg.data_path(src, role)
+        for lang in cfg.finetune_languages():
+            plan.inputs[f"languages.{lang}.train"] = cfg.data_path(lang, "train")
+        dev = cfg.finetune.source or src
+        if cfg.languages[dev].dev:
+            plan.inputs[f"languages.{dev}.dev"] = cfg.data_path(dev, "dev")
     elif stage == "selftrain":
         settings = _flat("selftrain", cfg.selftrain, {})
         for key in ("selftrain.base", "selftrain.teacher"):
             settings.pop(key)
         plan = StagePlan(cfg, stage, {**common, **head, **settings, **trained}, {})
         _model_input(cfg, cfg.selftrain.base, "selftrain.base", plan)
-        _model_input(cfg, cfg.selftrain.teacher, "selftrain.teacher", plan)
-        plan.inputs[f"languages.{src}.train"] = cfg.data_path(src, "train")
+        for key, (c, name) in teacher_models(cfg).items():
+            _model_input(c, name, key, plan)
+        for lang in cfg.source_languages:
+            plan.inputs[f"languages.{lang}.train"] = cfg.data_path(lang, "train")
         role = unlabeled_role(cfg)
         plan.inputs[f"languages.{tgt}.{role}"] = cfg.data_path(tgt, role)
     elif stage == "evaluate":
         plan = StagePlan(cfg, stage, common, {})
         _model_input(cfg, cfg.evaluate.model, "evaluate.model", plan)
-        for lang in (src, *cfg.targets):
+        for lang in evaluated_languages(cfg):
             plan.inputs[f"languages.{lang}.test"] = cfg.data_path(lang, "test")
     else:
         raise ValueError(f"stage {stage!r} has no run folder")

@@ -68,7 +68,7 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from xlt_engine.data.align import IGNORE
-from xlt_engine.data.task import Encoded, TaskBatches, encode, read_task_file
+from xlt_engine.data.task import Encoded, TaskBatches, concat_encoded, encode, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
 from xlt_engine.engine.config import (
@@ -110,7 +110,11 @@ class SelftrainConfig(SelftrainSettings, FreezeSettings, TaskSettings):
     voter_widths: tuple[int, ...] | None = None
     voter_dropout: float | None = None
     representation: str | None = None  # the students' sentence vector (None: the teacher's)
-    max_source: int | None = None  # examples sampled from source_file (soft.seed), None: all
+    max_source: int | None = None  # examples sampled from each source file (soft.seed)
+    more_teachers: tuple[str, ...] = ()  # several sources: round 1's soft labels are the mean
+    # of the teachers' probabilities (teacher and these)
+    more_source_files: tuple[str, ...] = ()  # other sources' labeled data: the threshold, the
+    # source filter and the hard steps use every source's rows
 
     def __post_init__(self):
         SelftrainSettings.__post_init__(self)
@@ -119,9 +123,13 @@ class SelftrainConfig(SelftrainSettings, FreezeSettings, TaskSettings):
         for name in ("source_file", "unlabeled_file"):
             if not Path(getattr(self, name)).is_file():
                 raise ValueError(f"{name}: {getattr(self, name)}: no such file")
+        for path in self.more_source_files:
+            if not Path(path).is_file():
+                raise ValueError(f"more_source_files: {path}: no such file")
         if not Path(self.base_model).is_dir():
             raise ValueError(f"base_model: {self.base_model}: no such folder")
-        check_task_model(self.teacher, self.format)
+        for teacher in (self.teacher, *self.more_teachers):
+            check_task_model(teacher, self.format)
         if self.head is not None or self.voters is not None:  # HeadSettings' checks
             HeadSettings(
                 self.head or "voters",
@@ -186,20 +194,6 @@ def with_targets(enc: Encoded, targets: np.ndarray) -> Encoded:
     )
 
 
-def concat(a: Encoded, b: Encoded) -> Encoded:
-    types = None
-    if a.token_type_ids is not None or b.token_type_ids is not None:
-        types = (a.token_type_ids or []) + (b.token_type_ids or [])
-    return Encoded(
-        a.kind,
-        a.input_ids + b.input_ids,
-        types,
-        a.positions + b.positions,
-        a.targets + b.targets,
-        None,
-    )
-
-
 class SoftBatches(TaskBatches):
     """``TaskBatches`` over U_tgt whose batches also carry the teacher's ``probs`` per row."""
 
@@ -219,6 +213,11 @@ class SoftBatches(TaskBatches):
 def _write_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
     data = save({k: v.cpu().contiguous() for k, v in tensors.items()}, metadata=meta)
     atomic_write_bytes(path, data)
+
+
+def _names(teachers: list[Path]) -> str | list[str]:
+    """How the log names a round's teacher(s): one path, or the list."""
+    return str(teachers[0]) if len(teachers) == 1 else [str(t) for t in teachers]
 
 
 def _distribution(labels: np.ndarray, names: list[str]) -> dict[str, int]:
@@ -270,23 +269,31 @@ class SelfTraining:
         self.representation = cfg.representation or first.representation
         del first
         self.seed = cfg.soft.seed
-        src_data = read_task_file(
-            cfg.source_file, cfg.format, False, cfg.max_source, self.seed, cfg.encoding
-        )
-        self.src = encode(src_data, self.tok, self.labels, cfg.max_len)
+        parts, n_src = [], 0
+        for path in (cfg.source_file, *cfg.more_source_files):
+            data = read_task_file(path, cfg.format, False, cfg.max_source, self.seed, cfg.encoding)
+            parts.append(encode(data, self.tok, self.labels, cfg.max_len))
+            n_src += len(data)
+        units, start = [], 0
+        for part in parts:  # a unit (sentence, text) is one of its own file: numbered apart
+            u = row_units(part)
+            units.append(u + start)
+            start += int(u.max()) + 1 if len(u) else 0
+        self.src = concat_encoded(parts)
+        self.src_units = np.concatenate(units) if units else np.zeros(0, np.int64)
         tgt_data = read_task_file(
             cfg.unlabeled_file, cfg.format, True, cfg.max_unlabeled, self.seed, cfg.encoding
         )
         self.tgt = encode(tgt_data, self.tok, self.labels, cfg.max_len)
         self.gold = np.concatenate(self.src.targets)
-        self.src_units, self.tgt_units = row_units(self.src), row_units(self.tgt)
+        self.tgt_units = row_units(self.tgt)
         self.amp = resolve_precision("auto", device)
         self.log_path = self.out / "selftrain.jsonl"
         self.records: list[dict] = []
         if self.log_path.exists():
             self.records = read_jsonl(self.log_path)
         self.say(
-            f"selftrain: {len(src_data)} source examples ({len(self.gold)} rows), "
+            f"selftrain: {n_src} source examples in {len(parts)} file(s) ({len(self.gold)} rows), "
             f"{len(tgt_data)} unlabeled target examples ({self.tgt_rows} rows), labels "
             f"{self.labels}, N = {cfg.rounds}"
         )
@@ -334,20 +341,32 @@ class SelfTraining:
 
     # ---- the steps of a round
 
-    def teacher_probs(self, r: int, teacher: Path) -> torch.Tensor:
-        """T's mean-of-voters probabilities on U_tgt [rows, C], fp16 on CPU, once per round."""
+    def teacher_probs(self, r: int, teachers: list[Path]) -> torch.Tensor:
+        """T's mean-of-voters probabilities on U_tgt [rows, C], fp16 on CPU, once per round;
+        with several teachers (one per source language) the mean of theirs."""
         path = self.out / f"round-{r}" / TEACHER_FILE
+        teacher = _names(teachers)
 
         def compute():
             t0 = time.perf_counter()
-            model = load_task_model(teacher, device=self.device)
-            probs = VotersModule.probs(self.logits(model, self.tgt)).to(torch.float16).cpu()
+            total = None
+            for folder in teachers:
+                model = load_task_model(folder, device=self.device)
+                if model.labels != self.labels:
+                    raise ValueError(
+                        f"{folder}: the teacher's labels {model.labels} are not the first "
+                        f"teacher's {self.labels} (same labels, same order)"
+                    )
+                p = VotersModule.probs(self.logits(model, self.tgt)).float()
+                total = p if total is None else total + p
+                del model
+            probs = (total / len(teachers)).to(torch.float16).cpu()
             secs = time.perf_counter() - t0
             self.log(
                 {
                     "round": r,
                     "step": "teacher",
-                    "teacher": str(teacher),
+                    "teacher": teacher,
                     "ranks": rank_world()[1],
                     "rows": int(probs.shape[0]),
                     "seconds": secs,
@@ -360,7 +379,11 @@ class SelfTraining:
         probs = shared(
             path,
             compute,
-            lambda p: _write_tensors(path, {"probs": p}, {"teacher": str(teacher)}),
+            lambda p: _write_tensors(
+                path,
+                {"probs": p},
+                {"teacher": teacher if isinstance(teacher, str) else json.dumps(teacher)},
+            ),
             lambda: load_file(str(path))["probs"],
         )
         if probs.shape != (self.tgt_rows, len(self.labels)):
@@ -370,7 +393,7 @@ class SelfTraining:
             )
         return probs
 
-    def soft_step(self, r: int, probs: torch.Tensor, teacher: Path) -> TaskModel:
+    def soft_step(self, r: int, probs: torch.Tensor, teachers: list[Path]) -> TaskModel:
         """S = Base Model + fresh voters, trained to fit ``probs`` with soft_label_mse."""
         folder = self.out / f"round-{r}" / "soft"
         if (folder / "model").is_dir():
@@ -406,7 +429,7 @@ class SelfTraining:
                 "step": "soft",
                 "student_init": digest,
                 "base_model": cfg.base_model,
-                "teacher": str(teacher),
+                "teacher": _names(teachers),
                 "steps": res.step,
                 "loss": res.last_loss,
                 "seconds": secs,
@@ -557,7 +580,7 @@ class SelfTraining:
         cfg, device = self.cfg, self.device
         hard_src = with_targets(self.src, np.where(source_keep, self.gold, -1))
         hard_tgt = with_targets(self.tgt, pseudo)
-        hard = concat(hard_src, hard_tgt)
+        hard = concat_encoded([hard_src, hard_tgt])
         src_y, tgt_y = (
             np.concatenate([np.zeros(0, np.int64), *part.targets]) for part in (hard_src, hard_tgt)
         )
@@ -619,19 +642,19 @@ def run_selftrain(
         out.mkdir(parents=True, exist_ok=True)
     run = SelfTraining(cfg, device, echo, progress)
     source_keep = np.ones(len(run.gold), dtype=bool)  # D_keep = D_src
-    teacher = Path(cfg.teacher)
+    teachers = [Path(t) for t in (cfg.teacher, *cfg.more_teachers)]
     student = None
     for r, which in cfg.steps:
         if main:
             (out / f"round-{r}").mkdir(parents=True, exist_ok=True)
         if which == "soft":
-            probs = run.teacher_probs(r, teacher)
-            student = run.soft_step(r, probs, teacher)
+            probs = run.teacher_probs(r, teachers)
+            student = run.soft_step(r, probs, teachers)
             continue
         alpha, source_ok = run.pick_alpha(r, student)
         source_keep, pseudo = run.filter(r, student, alpha, source_ok, source_keep)
         student = run.hard_step(r, student, source_keep, pseudo, alpha)
-        teacher = out / f"round-{r}" / "hard" / "model"  # T = S
+        teachers = [out / f"round-{r}" / "hard" / "model"]  # T = S
 
     final = out / "model"
     if main:

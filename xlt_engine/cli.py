@@ -493,6 +493,36 @@ def run(
     _run_guarded(go)
 
 
+@main.command()
+@click.argument(
+    "folders", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path)
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("report.html"),
+    show_default=True,
+    help="the HTML file to write",
+)
+def report(folders, out) -> None:
+    """One self-contained HTML report (tables, training curves, threshold curves, pseudo-label
+    counts, evaluations, configs) of run folders: an experiment's folder, an ablation's, or one
+    pair's; several are reported one after the other."""
+
+    def go():
+        from xlt_engine.report import NO_PLOTS, write_report
+
+        path, images = write_report(list(folders), out)
+        click.echo(f"report: {path} ({images} plots)")
+        if images == 0:
+            from xlt_engine.report import load_pyplot
+
+            if load_pyplot() is None:
+                click.echo(NO_PLOTS)
+
+    _run_guarded(go)
+
+
 def _numbers(option: str, text: str, kind):
     """``"1, 2,3"`` -> [1, 2, 3] (``kind`` int or float), or exit naming the option."""
     try:
@@ -615,7 +645,11 @@ def quickstart(out, seed, resume, progress) -> None:
             click.echo(f"generated the task, vocabulary and tiny model in {out} (seed {seed})")
         cfg = load_config(cfg_path, [f"seed={seed}", f"out={str(out / 'runs')!r}"])
         run_all(cfg, resume=resume, echo=click.echo, progress=progress)
+        from xlt_engine.report import write_report
+
+        page, images = write_report([out / "runs"], out / "report.html")
         click.echo(f"quickstart: {time.perf_counter() - start:.0f} s; tables in {out / 'runs'}")
+        click.echo(f"report: {page} ({images} plots; open it in a browser)")
 
     _run_guarded(go)
 

@@ -557,3 +557,54 @@ def test_two_sources_one_teacher_each_and_a_row_per_source(ner_cfg, conll, tiny,
         json.loads((pair / "selftrain" / "round-1" / "filter.json").read_text())["source_rows"]
         == rows
     )
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_report_of_a_run_has_every_section_and_the_results_numbers(ner_all, tmp_path, monkeypatch):
+    import base64
+
+    import xlt_engine.report as report
+
+    out, _ = ner_all
+    page = tmp_path / "report.html"
+    res = CliRunner().invoke(main, ["report", str(out), "--out", str(page)])
+    assert res.exit_code == 0, res.output
+    text = page.read_text()
+    assert f"report: {page} (" in res.output
+    for section in ("<h2>results</h2>", "<h3>all.json: entity F1 (%)</h3>", "<h2>eng-esp</h2>",
+                    "<h2>eng-ned</h2>", "<h4>btf</h4>", "<h4>finetune</h4>",
+                    "<h4>finetune-direct-linear</h4>", "<h4>selftrain</h4>", "<h5>round-1</h5>",
+                    "<h3>evaluations</h3>", "F1 (%) per entity type", "configs and provenance",
+                    "pseudo-labeled target rows"):  # fmt: skip
+        assert section in text, section
+    # every number of the results table is all.json's
+    results = json.loads((out / "all.json").read_text())
+    table = text.split("<h3>all.json: entity F1 (%)</h3>", 1)[1].split("</table>", 1)[0]
+    for target, row in results["targets"].items():
+        cells = re.search(rf"<tr><td>{target}</td>(.*?)</tr>", table).group(1)
+        got = re.findall(r"<td>([^<]*)</td>", cells)
+        want = [f"{100 * row[c]:.2f}" for c in ("direct", "btf", "selftrain")]
+        assert got[:3] == want
+        assert got[3] == f"{100 * (row['selftrain'] - row['btf']):+.2f}"
+    # the plots are real PNG images, and the page fetches nothing
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
+    assert len(images) >= 10
+    assert all(min(_png_size(base64.b64decode(b))) > 50 for b in images)
+    assert "http://" not in text and "https://" not in text and "<script" not in text
+    # without matplotlib: the same tables, no image, and how to get the plots
+    monkeypatch.setattr(report, "load_pyplot", lambda: None)
+    res = CliRunner().invoke(
+        main, ["report", str(out / "eng-esp"), "--out", str(tmp_path / "p.html")]
+    )
+    assert res.exit_code == 0, res.output
+    plain = (tmp_path / "p.html").read_text()
+    assert "<img" not in plain and "pip install &#x27;xlt-engine[report]&#x27;" in plain
+    assert "<h4>selftrain</h4>" in plain and "pip install" in res.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = CliRunner().invoke(main, ["report", str(empty), "--out", str(tmp_path / "e.html")])
+    assert res.exit_code == 1 and f"{empty}: no run found" in res.output

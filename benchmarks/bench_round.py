@@ -110,7 +110,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         batch_size=args.batch,
         soft=train_cfg(3e-5),
         hard=train_cfg(1e-6),
-        source_filter=False,
+        source_filter="off",
         device=args.device,
     )
     if device.type == "cuda":

@@ -3,6 +3,8 @@ tiny random model (real mBERT vocabulary), the ablation switches and ``ablate``.
 
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -608,3 +610,33 @@ def test_report_of_a_run_has_every_section_and_the_results_numbers(ner_all, tmp_
     empty.mkdir()
     res = CliRunner().invoke(main, ["report", str(empty), "--out", str(tmp_path / "e.html")])
     assert res.exit_code == 1 and f"{empty}: no run found" in res.output
+
+
+CHECK_IMAGES = """<script>
+window.addEventListener("load", () => {
+  const imgs = [...document.images];
+  const bad = imgs.filter((i) => !(i.complete && i.naturalWidth > 0 && i.naturalHeight > 0));
+  document.title = `images ${imgs.length} broken ${bad.length}`;
+});
+</script>"""
+
+
+def test_report_renders_in_headless_chromium(ner_all, tmp_path):
+    """The page loads in a real browser with no console error and every image decodes (a script
+    appended to a copy of the page counts them; the report itself has none)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    from xlt_engine.report import write_report
+
+    out, _ = ner_all
+    page, images = write_report([out], tmp_path / "report.html")
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.read_text().replace("</body>", CHECK_IMAGES + "</body>"))
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+           "--v=0", "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"<title>images {images} broken 0</title>" in proc.stdout, proc.stdout[:500]
+    console = [x for x in proc.stderr.splitlines() if "CONSOLE" in x or "Uncaught" in x]
+    assert not console, console

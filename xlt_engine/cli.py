@@ -442,6 +442,12 @@ def _out_option(help: str):
     help="check the config end to end in minutes: a few hundred examples per file, "
     f"{SMOKE_STEPS} steps per training stage, into <out>/smoke",
 )
+@click.option(
+    "--tensorboard",
+    is_flag=True,
+    help="also write every training stage's metrics as TensorBoard events into "
+    "<stage folder>/tensorboard (needs the tensorboard package)",
+)
 @_progress_option
 def run(
     stage,
@@ -455,6 +461,7 @@ def run(
     voters,
     linear_head,
     smoke,
+    tensorboard,
     progress,
 ) -> None:
     """Run one stage of an experiment: xlt-engine run --stage selftrain --config configs/conll.toml
@@ -465,6 +472,9 @@ def run(
 
     if no_selftrain and stage != "all":
         _fail(ValueError("--no-selftrain goes with --stage all"))
+    if tensorboard:  # every train table of the tree
+        trains = ("btf.train", "finetune.train", "selftrain.soft", "selftrain.hard")
+        overrides = (*overrides, *(f"{t}.tensorboard=true" for t in trains))
     echo = click.echo if os.environ.get("RANK", "0") == "0" else None
 
     def go():

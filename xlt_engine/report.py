@@ -9,9 +9,9 @@ one after the other, so runs can be read side by side. Sections:
 - results: every ``all*.json`` table (per target: direct transfer, + BTF, + self-training, and
   the gap self-training closes); ablation and study tables with mean +- std and a bar chart
   with error bars;
-- per stage with a ``metrics.jsonl``: loss, learning rate and tokens/s against step (self-
-  training: each soft and hard step in turn, the boundaries marked), the dev score, the wall
-  time (``run.json``) and mean throughput;
+- per stage with a ``metrics.jsonl``: loss, learning rate, tokens/s and the gradient norm
+  against step (self-training: each soft and hard step in turn, the boundaries marked), the dev
+  score, the wall time (``run.json``) and mean throughput;
 - per self-training round: the threshold curve (accuracy, recall, coverage) with alpha
   marked, the pseudo-label counts and class distribution, the source rows kept;
 - per evaluation: the score per language, and for NER the F1 per entity type;
@@ -101,11 +101,12 @@ class Figures:
         label) where a new part (a self-training step) starts."""
         if self.plt is None or not records:
             return ""
-        fig, axes = self.plt.subplots(1, 3, figsize=(13, 3.2))
+        panels = [("loss", "loss"), ("lr", "learning rate"), ("tokens_per_s", "tokens/s")]
+        if any(r.get("grad_norm") is not None for r in records):
+            panels.append(("grad_norm", "gradient norm (before clipping)"))
+        fig, axes = self.plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.2))
         x = [r["x"] for r in records]
-        for ax, key, label in zip(
-            axes, ("loss", "lr", "tokens_per_s"), ("loss", "learning rate", "tokens/s"), strict=True
-        ):
+        for ax, (key, label) in zip(axes, panels, strict=True):
             ax.plot(x, [r.get(key) for r in records], marker=".", linewidth=1)
             ax.set_xlabel("step")
             ax.set_title(f"{title}: {label}", fontsize=10)

@@ -245,12 +245,15 @@ def test_cli_runs_every_stage(tiny, conll, tmp_path):
     ]
     run = tmp_path / "run" / "eng-esp"  # the pair's run folder inside --out
     for stage in ("btf", "finetune", "evaluate"):
-        res = CliRunner().invoke(main, ["run", "--stage", stage, *base])
+        board = ["--tensorboard"] if stage == "btf" else []  # (not in the fingerprint)
+        res = CliRunner().invoke(main, ["run", "--stage", stage, *board, *base])
         assert res.exit_code == 0, (stage, res.output, res.exception)
         last = res.output.strip().splitlines()[-1]
         assert last.startswith(f"{stage}: done in ") and str(run) in last, res.output
     assert "result " + str(run / "evaluate-finetune" / "results.json") in last
     assert (run / "btf" / "base-model" / "model.safetensors").is_file()
+    assert any((run / "btf" / "tensorboard").glob("events.out.tfevents.*"))
+    assert not (run / "finetune" / "tensorboard").exists()
     texts = (run / "btf" / "texts" / "esp.txt").read_text().splitlines()
     assert len(texts) == 240  # the target's sentences, its tags not read
     info = json.loads((run / "finetune" / "run.json").read_text())

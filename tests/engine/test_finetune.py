@@ -418,3 +418,32 @@ def test_model_folder_is_written_last_as_the_stage_marker(tiny, conll, tmp_path,
     seen = watch_final_save(monkeypatch, finetune, out, "dev.json")
     run_finetune(ner_config(tiny, conll, out, max_steps=2, log_every=1), echo=None)
     assert seen == [True]
+
+
+def test_grad_norm_is_logged_and_tensorboard_gets_every_record(tiny, conll, tmp_path, monkeypatch):
+    """Each log record holds the gradient norm before clipping; with tensorboard = true the
+    same records go to TensorBoard scalars in <run>/tensorboard."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = ner_config(tiny, conll, tmp_path / "run", max_steps=6, log_every=2, clip=1e-3,
+                     tensorboard=True)  # fmt: skip
+    run_finetune(cfg, echo=None)
+    records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert all(r["grad_norm"] > 1e-3 for r in records)  # before clipping to 1e-3
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    assert {"loss", "lr", "tokens_per_s", "grad_norm"} <= set(events.Tags()["scalars"])
+    for key in ("loss", "lr", "grad_norm"):
+        got = [(e.step, e.value) for e in events.Scalars(key)]
+        assert got == [(r["step"], pytest.approx(r[key], rel=1e-6)) for r in records], key
+    # without the package the setting is refused when the config is made, naming it
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "tensorboard" else real(n, *a)
+    )
+    with pytest.raises(ValueError, match="tensorboard = true needs the tensorboard package"):
+        TrainConfig(max_steps=1, tensorboard=True)

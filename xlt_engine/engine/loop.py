@@ -38,6 +38,7 @@ checkpoint; only rank 0 writes.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -95,6 +96,8 @@ class TrainConfig:
     eval_every: int = 0
     keep_checkpoints: int = 1
     seed: int = 0
+    tensorboard: bool = False  # also write each metric record as TensorBoard scalars into
+    # <run folder>/tensorboard (needs the tensorboard package)
 
     def __post_init__(self):
         for name in ("grad_accum", "log_every", "keep_checkpoints"):
@@ -134,6 +137,10 @@ class TrainConfig:
                 re.compile(pattern)
             except re.error as err:
                 raise ValueError(f"freeze pattern {pattern!r} is not a regex: {err}") from None
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ValueError(
+                "tensorboard = true needs the tensorboard package (pip install tensorboard)"
+            )
 
     def with_steps(self, batches_per_epoch: int) -> TrainConfig:
         """``max_steps`` from ``epochs`` when it is 0: ceil(epochs * batches / grad_accum),
@@ -144,6 +151,27 @@ class TrainConfig:
             raise ValueError("the training data gives no batches")
         steps = math.ceil(self.epochs * batches_per_epoch / self.grad_accum)
         return replace(self, max_steps=max(1, steps))
+
+
+class Board:
+    """TensorBoard scalars from the metric records (loss, lr, tokens/s, grad norm, dev scores),
+    one event file folder per training stage, so runs compare in TensorBoard."""
+
+    SKIP = ("run", "time", "step", "epoch")
+
+    def __init__(self, folder: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(folder))
+
+    def write(self, record: dict) -> None:
+        for key, value in record.items():
+            if key not in self.SKIP and isinstance(value, int | float) and math.isfinite(value):
+                self.writer.add_scalar(key, value, record["step"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class DataSource(Protocol):
@@ -278,7 +306,14 @@ def _restart_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
-RESUME_FREE = ("log_every", "save_every", "save_minutes", "eval_every", "keep_checkpoints")
+RESUME_FREE = (
+    "log_every",
+    "save_every",
+    "save_minutes",
+    "eval_every",
+    "keep_checkpoints",
+    "tensorboard",
+)
 
 
 def config_changes(stored: dict | None, current: dict) -> list[str]:
@@ -499,6 +534,8 @@ def train(
         )
         bar.__enter__()
         bar.update(step)
+    board = Board(run_dir / "tensorboard") if cfg.tensorboard and is_main else None
+    grad_norm = None
     t_last = t_saved = time.perf_counter()
     save_period = cfg.save_minutes * 60
     last_loss = float("nan")
@@ -544,7 +581,7 @@ def train(
                     )
             if cfg.clip > 0:
                 scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)  # before clipping
             scaler.step(opt)
             scaler.update()
             opt.zero_grad(set_to_none=True)
@@ -595,6 +632,9 @@ def train(
                     "tokens_per_s": float(tokens) / max(now - t_last, 1e-9),
                     "epoch": epoch,
                 }
+                if grad_norm is not None:  # the last step's, before clipping (clip > 0)
+                    norm = float(grad_norm)
+                    record["grad_norm"] = norm if math.isfinite(norm) else None
                 loss_sum.zero_()
                 tokens = torch.zeros((), dtype=torch.float64)
                 steps_since_log, t_last = 0, now
@@ -605,6 +645,8 @@ def train(
                 history.append(record)
                 if is_main:
                     append_jsonl(metrics_path, record)
+                    if board is not None:
+                        board.write(record)
                     line = (
                         f"loss {format_loss(mean)} lr {record['lr']:.2e} "
                         f"{record['tokens_per_s']:,.0f} tok/s"
@@ -626,6 +668,8 @@ def train(
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)
+        if board is not None:
+            board.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
     return TrainResult(step, last_loss, last_ckpt, history)

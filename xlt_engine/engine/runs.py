@@ -53,7 +53,7 @@ from xlt_engine.fileio import atomic_write_text
 FINGERPRINT = "fingerprint.json"
 MIB = 1 << 20
 # keys that change neither a stage's results nor what it reads
-VOLATILE = ("log_every", "save_every", "save_minutes", "keep_checkpoints")
+VOLATILE = ("log_every", "save_every", "save_minutes", "keep_checkpoints", "tensorboard")
 NAMED_MODELS = ("pretrained", "btf", "finetune", "finetune-direct", "selftrain")
 PAPER_ROUNDS = SelftrainSettings.rounds  # the default N (1.5): others get their own folder
 

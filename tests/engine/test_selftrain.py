@@ -485,3 +485,12 @@ def test_a_hard_step_with_no_data_is_skipped_and_logged(base, teacher, data, tmp
     b = load_file(str(out / "round-1" / "hard" / "model" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert (out / "model").is_dir()  # round 2's soft step ran from it
+
+
+def test_the_progress_bar_names_the_stage_round_and_step(base, teacher, data, tmp_path, capsys):
+    out = tmp_path / "selftrain"
+    soft = TrainConfig(max_steps=2, lr=1e-3, log_every=1, seed=1)
+    run_selftrain(
+        st_config(base, teacher, data, out, rounds=0.5, soft=soft), echo=None, progress=True
+    )
+    assert "selftrain round-1 soft" in capsys.readouterr().err

@@ -525,9 +525,12 @@ def train(
         progress = sys.stderr.isatty()
     bar = None
     if progress and is_main:
+        label = run_dir.name  # the stage; a self-training step: "selftrain round-1 soft"
+        if run_dir.parent.name.startswith("round-"):
+            label = f"{run_dir.parent.parent.name} {run_dir.parent.name} {run_dir.name}"
         bar = click.progressbar(
             length=cfg.max_steps,
-            label=run_dir.name,
+            label=label,
             file=sys.stderr,
             show_eta=True,
             item_show_func=lambda s: s,

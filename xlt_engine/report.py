@@ -13,7 +13,8 @@ one after the other, so runs can be read side by side. Sections:
   against step (self-training: each soft and hard step in turn, the boundaries marked), the dev
   score, the wall time (``run.json``) and mean throughput;
 - per self-training round: the threshold curve (accuracy, recall, coverage) with alpha
-  marked, the pseudo-label counts and class distribution, the source rows kept;
+  marked, the pseudo-label counts and classes beside the source gold classes, the source rows
+  kept, the share of target rows whose voters agree;
 - per evaluation: the score per language, and for NER the F1 per entity type;
 - the resolved config and ``run.json`` of every stage, folded.
 
@@ -288,11 +289,19 @@ def rounds_section(folder: Path, figs: Figures) -> str:
                 ["pseudo-labeled target rows", f"{f['pseudo_rows']} / {f['target_rows']}"],
                 ["pseudo-labeled target units", f"{f['pseudo_units']} / {f['target_units']}"],
             ]
+            if f.get("voter_agreement") is not None:
+                counts.append(
+                    ["target rows whose voters agree", f"{100 * f['voter_agreement']:.1f}%"]
+                )
             out.append(_table(["filter", "count"], counts))
-            dist = f.get("pseudo_distribution", {})
-            total = sum(dist.values())
-            rows = [[k, v, f"{100 * v / total:.1f}" if total else "–"] for k, v in dist.items()]
-            out.append(_table(["class", "pseudo labels", "%"], rows))
+            dist, gold = f.get("pseudo_distribution", {}), f.get("source_distribution", {})
+            n, m = sum(dist.values()), sum(gold.values())
+            rows = [
+                [k, v, f"{100 * v / n:.1f}" if n else "–",
+                 f"{100 * gold[k] / m:.1f}" if m and k in gold else "–"]
+                for k, v in dist.items()
+            ]  # fmt: skip
+            out.append(_table(["class", "pseudo labels", "% of them", "% of source gold"], rows))
     return "\n".join(out)
 
 

@@ -110,6 +110,11 @@ def st_run(base, teacher, data, tmp_path_factory):
     return out, run_selftrain(st_config(base, teacher, data, out, device="cpu"), echo=None)
 
 
+def top_labels(logits: torch.Tensor) -> torch.Tensor:
+    """Each voter's argmax [M, rows]."""
+    return logits.float().argmax(-1)
+
+
 def _records(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "selftrain.jsonl").read_text().splitlines()]
 
@@ -240,13 +245,19 @@ def test_filters_match_the_logs_and_the_student(st_run, data):
         logits = predict_logits(student, enc, tok.pad_id, torch.device("cpu"))
         want, _, _ = voter_filter(logits, counts["alpha"])
         assert np.array_equal(pseudo, want.numpy())
+        agree = (top_labels(logits) == top_labels(logits)[0]).all(0).double().mean().item()
+        assert counts["voter_agreement"] == pytest.approx(agree, abs=1e-12) and 0 < agree < 1
         # the source filter (confident, the default) removes, for good, the rows the pseudo-
         # label rule at alpha does not accept with their gold label
         src = encode(read_task_file(data["src"], "conll"), tok, student.labels, 48)
         src_labels, _, _ = voter_filter(
             predict_logits(student, src, tok.pad_id, torch.device("cpu")), counts["alpha"]
         )
-        ok = src_labels.numpy() == np.concatenate(src.targets)
+        gold = np.concatenate(src.targets)
+        ok = src_labels.numpy() == gold
+        assert counts["source_distribution"] == {
+            n: int((gold == i).sum()) for i, n in enumerate(names)
+        }
         before = keeps[-2] if r == 2 else np.ones_like(keep)
         assert counts["source_filter"] == "confident"
         assert np.array_equal(keep, before & ok)

@@ -522,7 +522,11 @@ class SelfTraining:
                 keep &= source_ok
             else:
                 keep &= whole_units(source_ok, self.src_units)
-            pseudo, _, _ = voter_filter(self.logits(student, self.tgt), alpha)
+            logits = self.logits(student, self.tgt)
+            pseudo, _, _ = voter_filter(logits, alpha)
+            agreed, _, _ = voter_filter(logits, 0.0)  # unanimous, at any confidence
+            agreement = float((agreed >= 0).double().mean()) if len(agreed) else 0.0
+            del logits
             pseudo = pseudo.cpu().numpy()
             if cfg.filter_unit == "sequence":
                 pseudo = np.where(whole_units(pseudo >= 0, self.tgt_units), pseudo, -1)
@@ -542,6 +546,8 @@ class SelfTraining:
                 "target_units": int(np.unique(units[1]).size),
                 "pseudo_units": int(np.unique(units[1][pseudo >= 0]).size),
                 "pseudo_distribution": _distribution(pseudo, self.labels),
+                "source_distribution": _distribution(self.gold, self.labels),  # gold, all rows
+                "voter_agreement": agreement,  # share of target rows whose voters agree
             }
             self.log({"step": "filter", **counts, "seconds": time.perf_counter() - t0})
             self.say(

@@ -15,7 +15,8 @@ one after the other, so runs can be read side by side. Sections:
 - per self-training round: the threshold curve (accuracy, recall, coverage) with alpha
   marked, the pseudo-label counts and classes beside the source gold classes, the source rows
   kept, the share of target rows whose voters agree;
-- per evaluation: the score per language, and for NER the F1 per entity type;
+- per evaluation: the score per language, for NER the F1 per entity type, and the confusion of
+  entity types (exact spans; missed and spurious entities) or of labels;
 - the resolved config and ``run.json`` of every stage, folded.
 
 Plots need matplotlib (``pip install 'xlt-engine[report]'``); without it the report holds every
@@ -324,7 +325,19 @@ def evaluation_section(folder: Path) -> str:
             for lang, s in res["languages"].items()
         ]
         out.append("<p>F1 (%) per entity type</p>" + _table(["language", *sorted(types)], per))
+    for lang, s in res["languages"].items():
+        if s.get("confusion"):
+            what = "entity types (exact spans)" if types else "labels"
+            out.append(f"<p>{html.escape(lang)}: confusion of {what}, gold (rows) by "
+                       "predicted (columns)</p>" + confusion_table(s["confusion"]))  # fmt: skip
     return "\n".join(out)
+
+
+def confusion_table(confusion: dict[str, dict[str, int]]) -> str:
+    rows = sorted(confusion, key=lambda k: (k.startswith("("), k))
+    cols = sorted({c for r in confusion.values() for c in r}, key=lambda k: (k.startswith("("), k))
+    body = [[r, *(confusion[r].get(c, 0) for c in cols)] for r in rows]
+    return _table(["gold \\ predicted", *cols], body)
 
 
 def _folded(title: str, path: Path) -> str:

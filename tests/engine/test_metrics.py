@@ -6,7 +6,13 @@ import warnings
 import pytest
 
 from xlt_engine.data import read_conll
-from xlt_engine.engine.metrics import accuracy, entities, entity_f1
+from xlt_engine.engine.metrics import (
+    accuracy,
+    entities,
+    entity_confusion,
+    entity_f1,
+    label_confusion,
+)
 
 seqeval_metrics = pytest.importorskip("seqeval.metrics")
 from seqeval.scheme import IOB2  # noqa: E402
@@ -122,3 +128,23 @@ def test_accuracy():
         accuracy([1, 2, 3], [1, 2])
     with pytest.raises(ValueError, match="no examples"):
         accuracy([], [])
+
+
+def test_entity_confusion_counts_types_on_exact_spans():
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O", "B-MISC", "I-MISC"]]
+    pred = [["B-PER", "I-PER", "O", "B-ORG"], ["O", "O", "B-MISC", "O"]]
+    got = entity_confusion(gold, pred)
+    assert got == {
+        "PER": {"PER": 1},  # right
+        "LOC": {"ORG": 1},  # the span found, the type wrong
+        "ORG": {"(missed)": 1},  # not predicted at all
+        "MISC": {"(missed)": 1},  # a boundary error: missed ...
+        "(spurious)": {"MISC": 1},  # ... and spurious
+    }
+    # the diagonal is the hits of entity_f1
+    hits = sum(row.get(t, 0) for t, row in got.items())
+    assert hits == entity_f1(gold, pred).correct == 1
+    assert label_confusion(["a", "b", "b"], ["a", "a", "b"]) == {
+        "a": {"a": 1},
+        "b": {"a": 1, "b": 1},
+    }

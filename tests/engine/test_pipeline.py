@@ -582,6 +582,7 @@ def test_report_of_a_run_has_every_section_and_the_results_numbers(ner_all, tmp_
                     "<h4>finetune-direct-linear</h4>", "<h4>selftrain</h4>", "<h5>round-1</h5>",
                     "<h3>evaluations</h3>", "F1 (%) per entity type", "configs and provenance",
                     "pseudo-labeled target rows", "% of source gold",
+                    "confusion of entity types (exact spans)",
                     "target rows whose voters agree"):  # fmt: skip
         assert section in text, section
     # every number of the results table is all.json's

@@ -22,7 +22,7 @@ from xlt_engine.data.task import Encoded, TaskData, encode, make_batch, task_kin
 from xlt_engine.engine.config import EVAL_MAX_TOKENS
 from xlt_engine.engine.distributed import all_gather_rows, rank_world
 from xlt_engine.engine.loop import resolve_precision
-from xlt_engine.engine.metrics import accuracy, entity_f1
+from xlt_engine.engine.metrics import accuracy, entity_confusion, entity_f1, label_confusion
 from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import TaskModel, read_task_meta
 
@@ -157,6 +157,7 @@ def score(data: TaskData, predictions: list) -> dict:
             "metric": "accuracy",
             "score": accuracy(data.labels, predictions),
             "examples": len(data),
+            "confusion": label_confusion(data.labels, predictions),
         }
     default = entity_f1(data.labels, predictions, mode="default")
     strict = entity_f1(data.labels, predictions, mode="strict")
@@ -169,6 +170,7 @@ def score(data: TaskData, predictions: list) -> dict:
         "strict_precision": strict.precision,
         "strict_recall": strict.recall,
         "per_type": {t: s.f1 for t, s in default.per_type.items()},
+        "confusion": entity_confusion(data.labels, predictions),  # entity spans, default mode
         "sentences": len(data),
     }
 

@@ -85,6 +85,47 @@ def entities(tags: Sequence[str], mode: str = "default", where: str = "") -> set
     raise ValueError(f"mode must be 'default' or 'strict', got {mode!r}")
 
 
+MISSED, SPURIOUS = "(missed)", "(spurious)"
+
+
+def entity_confusion(
+    gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], mode: str = "default"
+) -> dict[str, dict[str, int]]:
+    """Counts ``{gold type: {predicted type: n}}`` over entity spans: a gold entity whose exact
+    span (sentence, start, end) was predicted counts under the predicted span's type (its own
+    type: correct; another: confused); one whose span was not predicted under ``(missed)``; a
+    predicted span that is no gold span counts in the row ``(spurious)``. A boundary error is
+    one missed and one spurious entity."""
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(gold)} gold sentences but {len(pred)} predicted")
+    out: dict[str, dict[str, int]] = {}
+
+    def add(row: str, col: str) -> None:
+        out.setdefault(row, {})
+        out[row][col] = out[row].get(col, 0) + 1
+
+    for s, (g, p) in enumerate(zip(gold, pred, strict=True)):
+        gold_spans = {(b, e): t for t, b, e in entities(g, mode, f"gold sentence {s}, ")}
+        pred_spans = {(b, e): t for t, b, e in entities(p, mode, f"predicted sentence {s}, ")}
+        for span, typ in gold_spans.items():
+            add(typ, pred_spans.get(span, MISSED))
+        for span, typ in pred_spans.items():
+            if span not in gold_spans:
+                add(SPURIOUS, typ)
+    return out
+
+
+def label_confusion(gold: Sequence[str], pred: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Counts ``{gold label: {predicted label: n}}`` (sequence classification)."""
+    if len(gold) != len(pred):
+        raise ValueError(f"{len(gold)} gold labels but {len(pred)} predictions")
+    out: dict[str, dict[str, int]] = {}
+    for g, p in zip(gold, pred, strict=True):
+        out.setdefault(g, {})
+        out[g][p] = out[g].get(p, 0) + 1
+    return out
+
+
 def _score(correct: int, predicted: int, support: int) -> tuple[float, float, float]:
     p = correct / predicted if predicted else 0.0
     r = correct / support if support else 0.0

@@ -106,10 +106,13 @@ class Figures:
         panels = [("loss", "loss"), ("lr", "learning rate"), ("tokens_per_s", "tokens/s")]
         if any(r.get("grad_norm") is not None for r in records):
             panels.append(("grad_norm", "gradient norm (before clipping)"))
+        for key in sorted({k for r in records for k in r if k.startswith("dev_")}):
+            panels.append((key, key.replace("_", " ")))  # the dev score at eval_every
         fig, axes = self.plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.2))
         x = [r["x"] for r in records]
         for ax, (key, label) in zip(axes, panels, strict=True):
-            ax.plot(x, [r.get(key) for r in records], marker=".", linewidth=1)
+            y = [float("nan") if r.get(key) is None else r[key] for r in records]
+            ax.plot(x, y, marker=".", linewidth=1)
             ax.set_xlabel("step")
             ax.set_title(f"{title}: {label}", fontsize=10)
             if key == "loss" and all((r.get("loss") or 0) > 0 for r in records):
@@ -325,6 +328,16 @@ def evaluation_section(folder: Path) -> str:
             for lang, s in res["languages"].items()
         ]
         out.append("<p>F1 (%) per entity type</p>" + _table(["language", *sorted(types)], per))
+        prf = []
+        for lang, s in res["languages"].items():
+            for t, x in sorted(s.get("per_type_scores", {}).items()):
+                prf.append([f"{lang} {t}", _pct(x["precision"]), _pct(x["recall"]),
+                            _pct(x["f1"]), x["support"]])  # fmt: skip
+        if prf:
+            out.append(
+                "<p>precision, recall and F1 (%) per language and entity type</p>"
+                + _table(["language, type", "precision", "recall", "F1", "gold entities"], prf)
+            )
     for lang, s in res["languages"].items():
         if s.get("confusion"):
             what = "entity types (exact spans)" if types else "labels"

@@ -583,6 +583,7 @@ def test_report_of_a_run_has_every_section_and_the_results_numbers(ner_all, tmp_
                     "<h3>evaluations</h3>", "F1 (%) per entity type", "configs and provenance",
                     "pseudo-labeled target rows", "% of source gold",
                     "confusion of entity types (exact spans)",
+                    "precision, recall and F1 (%) per language and entity type",
                     "target rows whose voters agree"):  # fmt: skip
         assert section in text, section
     # every number of the results table is all.json's

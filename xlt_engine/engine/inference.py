@@ -170,6 +170,10 @@ def score(data: TaskData, predictions: list) -> dict:
         "strict_precision": strict.precision,
         "strict_recall": strict.recall,
         "per_type": {t: s.f1 for t, s in default.per_type.items()},
+        "per_type_scores": {  # precision, recall, F1 and gold support per entity type
+            t: {"precision": s.precision, "recall": s.recall, "f1": s.f1, "support": s.support}
+            for t, s in default.per_type.items()
+        },
         "confusion": entity_confusion(data.labels, predictions),  # entity spans, default mode
         "sentences": len(data),
     }

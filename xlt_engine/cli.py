@@ -599,9 +599,6 @@ def ablate(
     alpha_list = _numbers("--alphas", alphas, float)
     if not 0 <= fixed_threshold < 1:
         _fail(ValueError(f"--fixed-threshold must be in [0, 1), got {fixed_threshold}"))
-    bad = [a for a in alpha_list if not 0 <= a < 1]
-    if bad:
-        _fail(ValueError(f"--alphas must be in [0, 1), got {bad}"))
     if not (0.5 <= max_rounds <= 1000 and 2 * max_rounds == int(2 * max_rounds)):
         _fail(
             ValueError(f"--max-rounds must be a multiple of 0.5 in [0.5, 1000], got {max_rounds}")

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+import numpy as np
+
 
 def current_umask() -> int:
     """The process umask, read without changing it where Linux says it (``/proc``)."""
@@ -196,3 +198,57 @@ def write_results(folder: str | Path, stem: str, data: dict, table: str, echo=No
     atomic_write_text(folder / f"{stem}.json", json.dumps(data, indent=2) + "\n")
     if echo:
         echo(table.rstrip())
+
+
+# safetensors files written in place, row range by row range (by several ranks at once), and
+# read through memory maps: the per-row artefacts of self-training at any corpus size
+SAFETENSORS_DTYPES = {
+    "F16": np.float16,
+    "F32": np.float32,
+    "I64": np.int64,
+    "I32": np.int32,
+    "U8": np.uint8,
+}
+
+
+def create_safetensors(
+    path: str | Path, specs: dict[str, tuple[str, tuple[int, ...]]], metadata: dict[str, str]
+) -> None:
+    """A zero-filled safetensors file at ``path`` with tensors ``name: (dtype code, shape)``
+    laid out in the order given (``open_safetensors(path, "r+")`` fills them)."""
+    header: dict = {"__metadata__": metadata}
+    start = 0
+    for name, (code, shape) in specs.items():
+        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(SAFETENSORS_DTYPES[code]).itemsize
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [start, start + size]}
+        start += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        f.truncate(8 + len(raw) + start)
+
+
+def open_safetensors(path: str | Path, mode: str = "r") -> dict[str, np.ndarray]:
+    """The tensors of a safetensors file as numpy memory maps (``mode`` ``r`` or ``r+``)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not a safetensors file ({err})") from None
+    out = {}
+    for name, spec in header.items():
+        if name == "__metadata__":
+            continue
+        if spec["dtype"] not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{path}: tensor {name}: dtype {spec['dtype']} not supported here")
+        dtype = SAFETENSORS_DTYPES[spec["dtype"]]
+        shape = tuple(spec["shape"])
+        lo, hi = spec["data_offsets"]
+        if hi == lo:
+            out[name] = np.zeros(shape, dtype=dtype)
+        else:
+            out[name] = np.memmap(path, dtype=dtype, mode=mode, offset=8 + n + lo, shape=shape)
+    return out

@@ -17,14 +17,23 @@ line.
 
 from __future__ import annotations
 
+import codecs
 import re
 import warnings
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xlt_engine.data.examples import (
+    check_file,
+    decode_text,
+    iter_lines,
+    read_bytes,
+    split_columns,
+    split_lines,
+)
 from xlt_engine.data.examples import check_labels_known as _check_known
-from xlt_engine.data.examples import decode_text, read_bytes, split_columns, split_lines
 
 DOCSTART = "-DOCSTART-"
 NON_ASCII = re.compile(r"[^\x00-\x7f]")
@@ -132,29 +141,74 @@ def read_conll(path: str | Path, encoding: str | None = None) -> ConllFile:
     path = Path(path)
     data = read_bytes(path, "a CoNLL file", allow_empty=True)  # empty: "no sentences" below
     text, used = decode(path, data, encoding)
-    sentences: list[Sentence] = []
-    documents = converted = 0
+    counts = {"documents": 0, "converted": 0}
+    lines = enumerate(split_lines(text, path), start=1)
+    sentences = list(_parse(path, lines, counts))
+    if not sentences:
+        raise ValueError(f"{path}: no sentences (the file is empty or holds only DOCSTART lines)")
+    return ConllFile(path, used, sentences, counts["documents"], counts["converted"])
+
+
+def iter_conll(path: str | Path, encoding: str | None = None) -> Iterator[Sentence]:
+    """Stream the sentences of a CoNLL file of any size (memory holds one sentence), as
+    ``read_conll`` reads them. UTF-8 is decoded line by line; a file in another encoding given,
+    or not valid UTF-8 with no encoding given, goes through ``read_conll`` whole, since its
+    latin-1 rule weighs the whole file (the CoNLL files that need it are small)."""
+    path = Path(path)
+    check_file(path, "a CoNLL file")
+    if not (_is_utf8_name(encoding) if encoding is not None else is_utf8(path)):
+        yield from read_conll(path, encoding)
+        return
+    counts = {"documents": 0, "converted": 0}
+    n = 0
+    for sentence in _parse(path, iter_lines(path), counts):
+        n += 1
+        yield sentence
+    if not n:
+        raise ValueError(f"{path}: no sentences (the file is empty or holds only DOCSTART lines)")
+
+
+def _is_utf8_name(encoding: str) -> bool:
+    try:
+        return codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return False  # read_conll names the unknown encoding
+
+
+def is_utf8(path: Path, chunk: int = 1 << 20) -> bool:
+    """Whether the whole file decodes as UTF-8 (read in chunks: memory stays flat)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                decoder.decode(block)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _parse(path: Path, lines: Iterable[tuple[int, str]], counts: dict) -> Iterator[Sentence]:
+    """CoNLL lines ``(number, text)`` -> sentences; ``counts`` gets the DOCSTART lines
+    (``documents``) and the tags the IOB2 conversion changed (``converted``)."""
     columns = None
     tokens: list[str] = []
     tags: list[str] = []
     first = 0
 
-    def flush() -> None:
-        nonlocal tokens, tags, converted
-        if tokens:
-            iob2, changed = to_iob2(tags)
-            converted += changed
-            sentences.append(Sentence(tokens, iob2, first))
-        tokens, tags = [], []
+    def done() -> Sentence:
+        iob2, changed = to_iob2(tags)
+        counts["converted"] += changed
+        return Sentence(tokens, iob2, first)
 
-    for lineno, line in enumerate(split_lines(text, path), start=1):
+    for lineno, line in lines:
         fields = split_columns(line)
-        if not fields:
-            flush()
-            continue
-        if fields[0] == DOCSTART:
-            flush()
-            documents += 1
+        if not fields or fields[0] == DOCSTART:
+            if tokens:
+                yield done()
+                tokens, tags = [], []
+            if fields:
+                counts["documents"] += 1
             continue
         if len(fields) < 2:
             raise ValueError(
@@ -172,10 +226,8 @@ def read_conll(path: str | Path, encoding: str | None = None) -> ConllFile:
             first = lineno
         tokens.append(fields[0])
         tags.append(fields[-1])
-    flush()
-    if not sentences:
-        raise ValueError(f"{path}: no sentences (the file is empty or holds only DOCSTART lines)")
-    return ConllFile(path, used, sentences, documents, converted)
+    if tokens:
+        yield done()
 
 
 def check_labels_known(train: ConllFile, other: ConllFile, allow_unseen: bool = False) -> list[str]:

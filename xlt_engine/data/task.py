@@ -12,6 +12,7 @@ NER: every word of every sentence, in order).
 
 from __future__ import annotations
 
+import operator
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -184,29 +185,76 @@ def subsample(data: TaskData, limit: int | None, seed: int) -> TaskData:
     )
 
 
+class Ragged(Sequence):
+    """A sequence of 1-D arrays stored back to back: item i is ``flat[offsets[i]:offsets[i + 1]]``.
+    ``flat`` may be a memory map, so millions of items cost no Python objects. A slice is a
+    view (offsets not rebased); an item is a view of ``flat``."""
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray):
+        self.flat, self.offsets = flat, offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            if step != 1:
+                raise ValueError("a Ragged slice must be contiguous")
+            return Ragged(self.flat, self.offsets[start : max(stop, start) + 1])
+        i = operator.index(i)
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"item {i} out of range for {n} items")
+        i %= n
+        return self.flat[self.offsets[i] : self.offsets[i + 1]]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(np.asarray(self.offsets, dtype=np.int64))
+
+    def concatenated(self) -> np.ndarray:
+        """Every item's values, back to back (a copy, in memory)."""
+        return np.array(self.flat[self.offsets[0] : self.offsets[-1]])
+
+
 @dataclass
 class Encoded:
-    """Model inputs: per item ids, token types (or None), positions and targets."""
+    """Model inputs: per item ids, token types (or None), positions and targets. Each field is a
+    list of arrays, or a ``Ragged`` (a packed store on disk, ``data.packed``)."""
 
     kind: str
-    input_ids: list[np.ndarray]
-    token_type_ids: list[np.ndarray] | None
-    positions: list[np.ndarray]  # int64 positions classified in each item
-    targets: list[np.ndarray]  # int64 per position (-100: no label)
+    input_ids: list[np.ndarray] | Ragged
+    token_type_ids: list[np.ndarray] | Ragged | None
+    positions: list[np.ndarray] | Ragged  # int64 positions classified in each item
+    targets: list[np.ndarray] | Ragged  # int64 per position (-100: no label)
     aligned: AlignedWords | None  # token: to map rows back to words
     truncated: int = 0
+    units: np.ndarray | None = None  # int64 [items]: the unit (sentence, text) of each item,
+    # when not read from ``aligned`` (packed stores)
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     @property
     def lengths(self) -> np.ndarray:
+        if isinstance(self.input_ids, Ragged):
+            return self.input_ids.lengths
         return np.array([len(x) for x in self.input_ids], dtype=np.int64)
 
     @property
     def row_offsets(self) -> np.ndarray:
         """Start of each item's rows in the concatenated rows; last entry: the total."""
+        if isinstance(self.positions, Ragged):
+            offsets = np.asarray(self.positions.offsets, dtype=np.int64)
+            return offsets - offsets[0]
         return np.concatenate([[0], np.cumsum([len(p) for p in self.positions])]).astype(np.int64)
+
+    def flat_targets(self) -> np.ndarray:
+        """Every row's target, int64, in row order (a copy)."""
+        if isinstance(self.targets, Ragged):
+            return self.targets.concatenated().astype(np.int64)
+        return np.concatenate([np.zeros(0, np.int64), *self.targets]).astype(np.int64)
 
 
 def encode(data: TaskData, tok: WordPieceTokenizer, labels: Sequence[str], max_len: int) -> Encoded:
@@ -245,9 +293,10 @@ def make_batch(enc: Encoded, items: np.ndarray, pad_id: int) -> dict[str, torch.
     types = [enc.token_type_ids[i] for i in items] if enc.token_type_ids is not None else None
     batch = pad_batch(seqs, pad_id, token_type_ids=types)
     T = batch["input_ids"].shape[1]
-    flat = [b * T + enc.positions[i] for b, i in enumerate(items)]
+    flat = [b * T + np.asarray(enc.positions[i], dtype=np.int64) for b, i in enumerate(items)]
     batch["positions"] = torch.from_numpy(np.concatenate(flat))
-    batch["targets"] = torch.from_numpy(np.concatenate([enc.targets[i] for i in items]))
+    targets = np.concatenate([enc.targets[i] for i in items]).astype(np.int64, copy=False)
+    batch["targets"] = torch.from_numpy(targets)
     return batch
 
 

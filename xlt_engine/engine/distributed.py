@@ -72,6 +72,15 @@ def all_gather_rows(part: torch.Tensor, sizes: list[int], device: torch.device) 
     return torch.cat([g[:, :n] for g, n in zip(gathered, sizes, strict=True)], dim=1).to(device)
 
 
+def broadcast_object(obj):
+    """Rank 0's ``obj`` (picklable) on every rank; itself without a process group."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -54,9 +54,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import warnings
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +68,16 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from xlt_engine.data.align import IGNORE
-from xlt_engine.data.task import Encoded, TaskBatches, concat_encoded, encode, read_task_file
+from xlt_engine.data.packed import (
+    INPUT_FORMATS,
+    STORE_FORMAT,
+    StoreFile,
+    StoreWriter,
+    build_store,
+    open_store,
+    release,
+)
+from xlt_engine.data.task import Encoded, TaskBatches, task_kind
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
 from xlt_engine.engine.config import (
@@ -79,10 +88,25 @@ from xlt_engine.engine.config import (
     check_limit,
 )
 from xlt_engine.engine.distributed import rank_world
-from xlt_engine.engine.inference import check_task_model, forward_batch, predict_logits
+from xlt_engine.engine.inference import (
+    check_task_model,
+    forward_batch,
+    items_of,
+    predict_logits,
+    shard_items,
+)
 from xlt_engine.engine.loop import format_loss, latest_checkpoint, prepare, resolve_precision, train
 from xlt_engine.engine.threshold import rule_curve_inputs, select_threshold
-from xlt_engine.fileio import append_jsonl, atomic_write_bytes, atomic_write_text, read_jsonl
+from xlt_engine.fileio import (
+    append_jsonl,
+    atomic_folder,
+    atomic_write_bytes,
+    atomic_write_text,
+    create_safetensors,
+    fsync_dir,
+    open_safetensors,
+    read_jsonl,
+)
 from xlt_engine.kernels import soft_label_mse, voter_filter
 from xlt_engine.model.checkpoint import load_encoder
 from xlt_engine.model.heads import LINEAR, VotersModule
@@ -92,6 +116,8 @@ T = TypeVar("T")
 TEACHER_FILE = "teacher-probs.safetensors"
 FILTER_FILE = "filter.safetensors"
 SOURCE_OK_FILE = "source-ok.safetensors"
+CHUNK_ITEMS = 16384  # items per inference chunk: its logits are all a pass holds at once
+RELEASE_EVERY = 256  # batches between drops of a packed store's pages (``packed.release``)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,6 +141,9 @@ class SelftrainConfig(SelftrainSettings, FreezeSettings, TaskSettings):
     # of the teachers' probabilities (teacher and these)
     more_source_files: tuple[str, ...] = ()  # other sources' labeled data: the threshold, the
     # source filter and the hard steps use every source's rows
+    unlabeled_format: str | None = None  # U_tgt's format: None (``format``) or "text" (one
+    # sentence / text per line; NER words split on spaces and tabs)
+    cache_dir: str | None = None  # where the packed source and target data go (None: out/cache)
 
     def __post_init__(self):
         SelftrainSettings.__post_init__(self)
@@ -140,6 +169,18 @@ class SelftrainConfig(SelftrainSettings, FreezeSettings, TaskSettings):
         if self.representation is not None:
             HeadSettings(representation=self.representation)
         check_limit("max_source", self.max_source)
+        if self.unlabeled_format is not None:
+            if self.unlabeled_format not in INPUT_FORMATS:
+                raise ValueError(
+                    f"unlabeled_format must be one of {INPUT_FORMATS}, got {self.unlabeled_format!r}"
+                )
+            if self.unlabeled_format != "text" and (
+                task_kind(self.unlabeled_format) != task_kind(self.format)
+            ):
+                raise ValueError(
+                    f"unlabeled_format {self.unlabeled_format!r} is not a "
+                    f"{task_kind(self.format)} classification format like {self.format!r}"
+                )
 
 
 @dataclass
@@ -161,7 +202,9 @@ def encoder_digest(model: nn.Module) -> str:
 def row_units(enc: Encoded) -> np.ndarray:
     """The unit (sentence / text) of every row: for NER the sentence of the row's window."""
     counts = np.diff(enc.row_offsets)
-    if enc.kind == "token":
+    if enc.units is not None:
+        units = np.asarray(enc.units, dtype=np.int64)
+    elif enc.kind == "token":
         units = np.array([w.sentence for w in enc.aligned.windows], dtype=np.int64)
     else:
         units = np.arange(len(enc), dtype=np.int64)
@@ -174,39 +217,89 @@ def whole_units(ok: np.ndarray, units: np.ndarray) -> np.ndarray:
     return ok & ~np.isin(units, bad_units)
 
 
-def with_targets(enc: Encoded, targets: np.ndarray) -> Encoded:
-    """``enc``'s items that have at least one target >= 0, with ``targets`` (one per row)."""
+def labeled_items(
+    enc: Encoded, targets: np.ndarray, lo: int = 0, hi: int | None = None
+) -> dict[str, list]:
+    """Items ``lo:hi`` of ``enc`` that have at least one of ``targets`` (one per row of those
+    items, -1: none) >= 0, as lists of arrays (``StoreWriter.add``'s ``ids``, ``types``,
+    ``positions``, ``targets``; the others -100)."""
+    hi = len(enc) if hi is None else hi
     offsets = enc.row_offsets
+    base = offsets[lo]
     items, tg = [], []
-    for i in range(len(enc)):
-        t = targets[offsets[i] : offsets[i + 1]]
+    for i in range(lo, hi):
+        t = targets[offsets[i] - base : offsets[i + 1] - base]
         if (t >= 0).any():
             items.append(i)
             tg.append(np.where(t >= 0, t, IGNORE).astype(np.int64))
-    types = None if enc.token_type_ids is None else [enc.token_type_ids[i] for i in items]
-    return Encoded(
-        enc.kind,
-        [enc.input_ids[i] for i in items],
-        types,
-        [enc.positions[i] for i in items],
-        tg,
-        None,
-    )
+    return {
+        "ids": [enc.input_ids[i] for i in items],
+        "types": None if enc.token_type_ids is None else [enc.token_type_ids[i] for i in items],
+        "positions": [enc.positions[i] for i in items],
+        "targets": tg,
+    }
 
 
-class SoftBatches(TaskBatches):
-    """``TaskBatches`` over U_tgt whose batches also carry the teacher's ``probs`` per row."""
+def with_targets(enc: Encoded, targets: np.ndarray) -> Encoded:
+    """``enc``'s items that have at least one target >= 0, with ``targets`` (one per row), in
+    memory (``write_with_targets`` writes them to a store chunk by chunk)."""
+    part = labeled_items(enc, targets)
+    return Encoded(enc.kind, part["ids"], part["types"], part["positions"], part["targets"], None)
 
-    def __init__(self, enc: Encoded, probs: torch.Tensor, pad_id, batch_size, max_tokens, seed):
+
+def write_with_targets(
+    writer: StoreWriter, enc: Encoded, targets: np.ndarray, chunk: int = CHUNK_ITEMS
+) -> int:
+    """``with_targets`` into a store, ``chunk`` items at a time; ``targets`` may be a memory
+    map. Returns the items written."""
+    offsets, written = enc.row_offsets, 0
+    for lo in range(0, len(enc), chunk):
+        hi = min(lo + chunk, len(enc))
+        part = labeled_items(enc, np.asarray(targets[offsets[lo] : offsets[hi]]), lo, hi)
+        n = len(part["ids"])
+        if n:
+            types = part["types"]
+            if types is None:  # every store item has token types (zeros here)
+                types = [np.zeros(len(x), np.int8) for x in part["ids"]]
+            writer.add(
+                part
+                | {
+                    "types": types,
+                    "units": np.arange(n, dtype=np.int64),
+                    "lines": np.zeros(n, np.int64),
+                }
+            )
+        written += n
+    return written
+
+
+class StoreBatches(TaskBatches):
+    """``TaskBatches`` that drop the pages of their packed store every ``RELEASE_EVERY`` batches,
+    so an epoch over a memory-mapped corpus leaves resident memory flat."""
+
+    held: tuple = ()  # other memory maps to drop with the store's
+
+    def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+        if index % RELEASE_EVERY == RELEASE_EVERY - 1:
+            release(self.enc, *self.held)
+        return super().batch(epoch, index)
+
+
+class SoftBatches(StoreBatches):
+    """``TaskBatches`` over U_tgt whose batches also carry the teacher's ``probs`` per row
+    (``[rows, C]``, a tensor or a memory map)."""
+
+    def __init__(self, enc: Encoded, probs, pad_id, batch_size, max_tokens, seed):
         super().__init__(enc, pad_id, batch_size, max_tokens, seed)
         self.probs = probs
+        self.held = (probs,)
         self.offsets = enc.row_offsets
 
     def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
         items = self._batches(epoch)[index]
         out = super().batch(epoch, index)
         rows = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in items])
-        out["probs"] = self.probs[torch.from_numpy(rows)].float()
+        out["probs"] = torch.as_tensor(np.asarray(self.probs[rows])).float()
         return out
 
 
@@ -221,8 +314,62 @@ def _names(teachers: list[Path]) -> str | list[str]:
 
 
 def _distribution(labels: np.ndarray, names: list[str]) -> dict[str, int]:
-    counts = Counter(int(x) for x in labels if x >= 0)
-    return {names[i]: counts.get(i, 0) for i in range(len(names))}
+    labels = np.asarray(labels)
+    counts = np.bincount(labels[labels >= 0], minlength=len(names))
+    return {names[i]: int(counts[i]) for i in range(len(names))}
+
+
+def _distribution_chunked(flat: np.ndarray, lo: int, hi: int, names: list[str]) -> dict[str, int]:
+    """``_distribution`` of ``flat[lo:hi]`` (a memory map), read a million rows at a time."""
+    counts = np.zeros(len(names), dtype=np.int64)
+    for a in range(lo, hi, 1 << 20):
+        part = np.asarray(flat[a : min(a + (1 << 20), hi)])
+        counts += np.bincount(part[part >= 0], minlength=len(names))
+    return {names[i]: int(counts[i]) for i in range(len(names))}
+
+
+def drop_failed_units(enc: Encoded, pseudo: np.ndarray, chunk: int = CHUNK_ITEMS) -> None:
+    """``filter_unit = "sequence"`` on a store: every row of a unit (sentence) with a row
+    without a pseudo label loses its label (-1), in place, ``chunk`` items at a time."""
+    units, offsets = enc.units, enc.row_offsets
+    bad = np.zeros(int(units[-1]) + 1 if len(units) else 0, dtype=bool)
+    spans = [(lo, min(lo + chunk, len(enc))) for lo in range(0, len(enc), chunk)]
+    for lo, hi in spans:
+        ok = np.asarray(pseudo[offsets[lo] : offsets[hi]]) >= 0
+        item_ok = np.logical_and.reduceat(ok, offsets[lo:hi] - offsets[lo])
+        bad[np.asarray(units[lo:hi])[~item_ok]] = True
+    for lo, hi in spans:
+        rows_bad = np.repeat(bad[np.asarray(units[lo:hi])], np.diff(offsets[lo : hi + 1]))
+        seg = pseudo[offsets[lo] : offsets[hi]]
+        seg[rows_bad] = -1
+
+
+def target_counts(
+    enc: Encoded, pseudo: np.ndarray, agreed: np.ndarray, names: list[str], chunk: int = CHUNK_ITEMS
+) -> dict:
+    """filter.json's target counts, read ``chunk`` items at a time: rows, pseudo-labeled rows,
+    units with at least one, the pseudo labels' classes and the voters' agreement."""
+    units, offsets = enc.units, enc.row_offsets
+    n_units = int(units[-1]) + 1 if len(units) else 0
+    labeled_units = np.zeros(n_units, dtype=bool)
+    classes = np.zeros(len(names), dtype=np.int64)
+    agree = 0
+    for lo in range(0, len(enc), chunk):
+        hi = min(lo + chunk, len(enc))
+        p = np.asarray(pseudo[offsets[lo] : offsets[hi]])
+        item_any = np.logical_or.reduceat(p >= 0, offsets[lo:hi] - offsets[lo])
+        labeled_units[np.asarray(units[lo:hi])[item_any]] = True
+        classes += np.bincount(p[p >= 0], minlength=len(names))
+        agree += int(np.asarray(agreed[offsets[lo] : offsets[hi]]).sum())
+    rows = int(offsets[-1])
+    return {
+        "target_rows": rows,
+        "pseudo_rows": int(classes.sum()),
+        "target_units": int(np.unique(np.asarray(units)).size),
+        "pseudo_units": int(labeled_units.sum()),
+        "pseudo_distribution": {names[i]: int(classes[i]) for i in range(len(names))},
+        "voter_agreement": agree / rows if rows else 0.0,  # share of target rows whose voters agree
+    }
 
 
 def shared(
@@ -269,38 +416,94 @@ class SelfTraining:
         self.representation = cfg.representation or first.representation
         del first
         self.seed = cfg.soft.seed
-        parts, n_src = [], 0
-        for path in (cfg.source_file, *cfg.more_source_files):
-            data = read_task_file(path, cfg.format, False, cfg.max_source, self.seed, cfg.encoding)
-            parts.append(encode(data, self.tok, self.labels, cfg.max_len))
-            n_src += len(data)
-        units, start = [], 0
-        for part in parts:  # a unit (sentence, text) is one of its own file: numbered apart
-            u = row_units(part)
-            units.append(u + start)
-            start += int(u.max()) + 1 if len(u) else 0
-        self.src = concat_encoded(parts)
-        self.src_units = np.concatenate(units) if units else np.zeros(0, np.int64)
-        tgt_data = read_task_file(
-            cfg.unlabeled_file, cfg.format, True, cfg.max_unlabeled, self.seed, cfg.encoding
-        )
-        self.tgt = encode(tgt_data, self.tok, self.labels, cfg.max_len)
-        self.gold = np.concatenate(self.src.targets)
-        self.tgt_units = row_units(self.tgt)
+        # D_src and U_tgt as packed stores (built by rank 0, memory-mapped by every rank): a
+        # unit (sentence, text) is one of its own file, numbered over the files
+        self.cache = Path(cfg.cache_dir) if cfg.cache_dir else self.out / "cache"
+        sources = [
+            StoreFile(p, cfg.format, False) for p in (cfg.source_file, *cfg.more_source_files)
+        ]
+        unlabeled = StoreFile(cfg.unlabeled_file, cfg.unlabeled_format or cfg.format, True)
+        self.src, src_meta = self.store(sources, cfg.max_source)
+        self.tgt, tgt_meta = self.store([unlabeled], cfg.max_unlabeled)
+        n_src, n_tgt = src_meta["units"], tgt_meta["units"]
+        self.gold = self.src.flat_targets()
+        self.src_units = row_units(self.src)
         self.amp = resolve_precision("auto", device)
         self.log_path = self.out / "selftrain.jsonl"
         self.records: list[dict] = []
         if self.log_path.exists():
             self.records = read_jsonl(self.log_path)
         self.say(
-            f"selftrain: {n_src} source examples in {len(parts)} file(s) ({len(self.gold)} rows), "
-            f"{len(tgt_data)} unlabeled target examples ({self.tgt_rows} rows), labels "
+            f"selftrain: {n_src} source examples in {len(sources)} file(s) ({len(self.gold)} rows), "
+            f"{n_tgt} unlabeled target examples ({self.tgt_rows} rows), labels "
             f"{self.labels}, N = {cfg.rounds}"
         )
+
+    def store(self, files: list[StoreFile], limit: int | None) -> tuple[Encoded, dict]:
+        """``files`` encoded into a packed store under the cache (rank 0 builds it, or finds it
+        built), opened by every rank; and its meta.json."""
+        cfg = self.cfg
+        args = (self.kind, self.tok, self.labels, cfg.max_len, self.cache, limit, self.seed)
+        folder = None
+        if self.main:
+            folder = build_store(files, *args, encoding=cfg.encoding)
+        folder = distributed.broadcast_object(folder)
+        meta = json.loads((Path(folder) / "meta.json").read_text(encoding="utf-8"))
+        return open_store(folder), meta
 
     @property
     def tgt_rows(self) -> int:
         return int(self.tgt.row_offsets[-1])
+
+    def share(self, enc: Encoded) -> tuple[int, int]:
+        """This rank's items ``lo:hi`` of ``enc`` (contiguous, about equal token counts)."""
+        rank, world = rank_world()
+        bounds = shard_items(enc.lengths, world)
+        return int(bounds[rank]), int(bounds[rank + 1])
+
+    def chunks(self, model: nn.Module, enc: Encoded):
+        """Voter logits of this rank's share of ``enc``, ``CHUNK_ITEMS`` items at a time:
+        yields ``(first row, logits [M, rows, C] on the device)``; the store's pages are
+        dropped after each chunk."""
+        lo, hi = self.share(enc)
+        offsets = enc.row_offsets
+        args = (self.tok.pad_id, self.device, self.cfg.eval_max_tokens, self.amp)
+        for a in range(lo, hi, CHUNK_ITEMS):
+            b = min(a + CHUNK_ITEMS, hi)
+            yield int(offsets[a]), predict_logits(model, items_of(enc, a, b), *args)
+            release(enc)
+
+    def rows_file(self, path: Path, specs: dict, meta: dict[str, str], fill, finish=None) -> None:
+        """The safetensors file ``path`` of per-row tensors (``specs``: name -> (dtype code,
+        shape)), filled in place: rank 0 creates it under a temporary name, every rank writes
+        its share (``fill(arrays)``, arrays memory-mapped), rank 0 runs ``finish(arrays)`` on
+        the whole and renames it into place (last: it marks the step done). Memory: what
+        ``fill`` and ``finish`` hold, whatever the row count."""
+        tmp = path.parent / f".{path.name}.tmp-rows"
+        if self.main:
+            tmp.unlink(missing_ok=True)
+            create_safetensors(tmp, specs, meta)
+        distributed.barrier()
+        arrays = open_safetensors(tmp, "r+")
+        fill(arrays)
+        for a in arrays.values():
+            if isinstance(a, np.memmap):
+                a.flush()
+        del arrays
+        distributed.barrier()
+        if self.main:
+            if finish is not None:
+                arrays = open_safetensors(tmp, "r+")
+                finish(arrays)
+                for a in arrays.values():
+                    if isinstance(a, np.memmap):
+                        a.flush()
+                del arrays
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        distributed.barrier()
 
     def log(self, record: dict) -> None:
         self.records.append(record)
@@ -341,26 +544,50 @@ class SelfTraining:
 
     # ---- the steps of a round
 
-    def teacher_probs(self, r: int, teachers: list[Path]) -> torch.Tensor:
-        """T's mean-of-voters probabilities on U_tgt [rows, C], fp16 on CPU, once per round;
-        with several teachers (one per source language) the mean of theirs."""
+    def teacher_probs(self, r: int, teachers: list[Path]) -> np.ndarray:
+        """T's mean-of-voters probabilities on U_tgt [rows, C], fp16, once per round, as a
+        memory map of ``round-<r>/teacher-probs.safetensors``; with several teachers (one per
+        source language) the mean of theirs. Each rank computes its share of the rows, chunk
+        by chunk, into the file."""
         path = self.out / f"round-{r}" / TEACHER_FILE
         teacher = _names(teachers)
-
-        def compute():
+        C = len(self.labels)
+        if not path.is_file():
             t0 = time.perf_counter()
             total = None
-            for folder in teachers:
-                model = load_task_model(folder, device=self.device)
-                if model.labels != self.labels:
-                    raise ValueError(
-                        f"{folder}: the teacher's labels {model.labels} are not the first "
-                        f"teacher's {self.labels} (same labels, same order)"
-                    )
-                p = VotersModule.probs(self.logits(model, self.tgt)).float()
-                total = p if total is None else total + p
-                del model
-            probs = (total / len(teachers)).to(torch.float16).cpu()
+            if len(teachers) > 1:  # the sum over teachers, fp32, beside the file (debris if killed)
+                total = self.out / f"round-{r}" / f".{TEACHER_FILE}.tmp-sum"
+                if self.main:
+                    create_safetensors(total, {"sum": ("F32", (self.tgt_rows, C))}, {})
+                distributed.barrier()
+
+            def fill(arrays):
+                out = arrays["probs"]
+                acc = open_safetensors(total, "r+")["sum"] if total is not None else None
+                for k, folder in enumerate(teachers):
+                    model = load_task_model(folder, device=self.device)
+                    if model.labels != self.labels:
+                        raise ValueError(
+                            f"{folder}: the teacher's labels {model.labels} are not the first "
+                            f"teacher's {self.labels} (same labels, same order)"
+                        )
+                    for row, logits in self.chunks(model, self.tgt):
+                        p = VotersModule.probs(logits).float().cpu().numpy()
+                        rows = slice(row, row + len(p))
+                        if acc is None:
+                            out[rows] = p.astype(np.float16)
+                        elif k + 1 < len(teachers):
+                            acc[rows] = p if k == 0 else acc[rows] + p
+                        else:
+                            out[rows] = ((acc[rows] + p) / len(teachers)).astype(np.float16)
+                    del model
+                if acc is not None:
+                    acc.flush()
+
+            meta = {"teacher": teacher if isinstance(teacher, str) else json.dumps(teacher)}
+            self.rows_file(path, {"probs": ("F16", (self.tgt_rows, C))}, meta, fill)
+            if total is not None and self.main:
+                total.unlink(missing_ok=True)
             secs = time.perf_counter() - t0
             self.log(
                 {
@@ -368,28 +595,17 @@ class SelfTraining:
                     "step": "teacher",
                     "teacher": teacher,
                     "ranks": rank_world()[1],
-                    "rows": int(probs.shape[0]),
+                    "rows": self.tgt_rows,
                     "seconds": secs,
                     "tokens_per_s": float(self.tgt.lengths.sum()) / max(secs, 1e-9),
                 }
             )
-            self.say(f"round {r}: teacher {teacher} on {probs.shape[0]} target rows ({secs:.1f} s)")
-            return probs
-
-        probs = shared(
-            path,
-            compute,
-            lambda p: _write_tensors(
-                path,
-                {"probs": p},
-                {"teacher": teacher if isinstance(teacher, str) else json.dumps(teacher)},
-            ),
-            lambda: load_file(str(path))["probs"],
-        )
-        if probs.shape != (self.tgt_rows, len(self.labels)):
+            self.say(f"round {r}: teacher {teacher} on {self.tgt_rows} target rows ({secs:.1f} s)")
+        probs = open_safetensors(path)["probs"]
+        if probs.shape != (self.tgt_rows, C):
             raise ValueError(
                 f"{path}: probabilities {tuple(probs.shape)} do not fit the "
-                f"{self.tgt_rows} target rows x {len(self.labels)} labels"
+                f"{self.tgt_rows} target rows x {C} labels"
             )
         return probs
 
@@ -513,8 +729,7 @@ class SelfTraining:
         (source_keep, pseudo)."""
         cfg, rdir = self.cfg, self.out / f"round-{r}"
         path = rdir / FILTER_FILE
-
-        def compute():
+        if not path.is_file():
             t0 = time.perf_counter()
             before = int(source_keep.sum())
             keep = source_keep.copy()
@@ -522,59 +737,66 @@ class SelfTraining:
                 keep &= source_ok
             else:
                 keep &= whole_units(source_ok, self.src_units)
-            logits = self.logits(student, self.tgt)
-            pseudo, _, _ = voter_filter(logits, alpha)
-            agreed, _, _ = voter_filter(logits, 0.0)  # unanimous, at any confidence
-            agreement = float((agreed >= 0).double().mean()) if len(agreed) else 0.0
-            del logits
-            pseudo = pseudo.cpu().numpy()
-            if cfg.filter_unit == "sequence":
-                pseudo = np.where(whole_units(pseudo >= 0, self.tgt_units), pseudo, -1)
-            units = self.src_units, self.tgt_units
-            counts = {
-                "round": r,
-                "filter_unit": cfg.filter_unit,
-                "source_filter": cfg.source_filter,
-                "alpha": alpha,
-                "source_rows": len(self.gold),
-                "source_rows_before": before,
-                "source_rows_kept": int(keep.sum()),
-                "source_rows_removed": before - int(keep.sum()),
-                "source_units_kept": int(np.unique(units[0][keep]).size),
-                "target_rows": len(pseudo),
-                "pseudo_rows": int((pseudo >= 0).sum()),
-                "target_units": int(np.unique(units[1]).size),
-                "pseudo_units": int(np.unique(units[1][pseudo >= 0]).size),
-                "pseudo_distribution": _distribution(pseudo, self.labels),
-                "source_distribution": _distribution(self.gold, self.labels),  # gold, all rows
-                "voter_agreement": agreement,  # share of target rows whose voters agree
+
+            def fill(arrays):
+                for row, logits in self.chunks(student, self.tgt):
+                    pseudo, _, _ = voter_filter(logits, alpha)
+                    agreed, _, _ = voter_filter(logits, 0.0)  # unanimous, at any confidence
+                    rows = slice(row, row + pseudo.shape[0])
+                    arrays["pseudo"][rows] = pseudo.cpu().numpy()
+                    arrays["agreed"][rows] = (agreed >= 0).cpu().numpy()
+
+            def finish(arrays):
+                arrays["source_keep"][:] = keep
+                if cfg.filter_unit == "sequence":
+                    drop_failed_units(self.tgt, arrays["pseudo"])
+                counts = {
+                    "round": r,
+                    "filter_unit": cfg.filter_unit,
+                    "source_filter": cfg.source_filter,
+                    "alpha": alpha,
+                    "source_rows": len(self.gold),
+                    "source_rows_before": before,
+                    "source_rows_kept": int(keep.sum()),
+                    "source_rows_removed": before - int(keep.sum()),
+                    "source_units_kept": int(np.unique(self.src_units[keep]).size),
+                    **target_counts(self.tgt, arrays["pseudo"], arrays["agreed"], self.labels),
+                    "source_distribution": _distribution(self.gold, self.labels),  # gold, all rows
+                }
+                self.log({"step": "filter", **counts, "seconds": time.perf_counter() - t0})
+                self.say(
+                    f"round {r}: source rows kept {counts['source_rows_kept']}/{len(self.gold)} "
+                    f"(-{counts['source_rows_removed']}), pseudo-labeled target rows "
+                    f"{counts['pseudo_rows']}/{self.tgt_rows} in {counts['pseudo_units']} units; "
+                    f"classes {counts['pseudo_distribution']}"
+                )
+                atomic_write_text(rdir / "filter.json", json.dumps(counts, indent=2) + "\n")
+
+            specs = {
+                "source_keep": ("U8", (len(self.gold),)),
+                "pseudo": ("I64", (self.tgt_rows,)),
+                "agreed": ("U8", (self.tgt_rows,)),  # 1: the voters agree (at any confidence)
             }
-            self.log({"step": "filter", **counts, "seconds": time.perf_counter() - t0})
-            self.say(
-                f"round {r}: source rows kept {counts['source_rows_kept']}/{len(self.gold)} "
-                f"(-{counts['source_rows_removed']}), pseudo-labeled target rows "
-                f"{counts['pseudo_rows']}/{len(pseudo)} in {counts['pseudo_units']} units; "
-                f"classes {counts['pseudo_distribution']}"
-            )
-            return keep, pseudo, counts
+            self.rows_file(path, specs, {}, fill, finish)
+        saved = open_safetensors(path)
+        return np.asarray(saved["source_keep"]) > 0, saved["pseudo"]
 
-        def write(value):
-            keep, pseudo, counts = value
-            atomic_write_text(rdir / "filter.json", json.dumps(counts, indent=2) + "\n")
-            _write_tensors(
-                path,
-                {
-                    "source_keep": torch.from_numpy(keep.astype(np.uint8)),
-                    "pseudo": torch.from_numpy(pseudo.astype(np.int64)),
-                },
-                {},
-            )
-
-        def read():
-            saved = load_file(str(path))
-            return saved["source_keep"].numpy() > 0, saved["pseudo"].numpy()
-
-        return shared(path, compute, write, read)
+    def hard_data(self, r: int, source_keep: np.ndarray, pseudo: np.ndarray) -> tuple[Encoded, int]:
+        """D_keep + P as a packed store (``round-<r>/hard-data``, written by rank 0 chunk by
+        chunk): the source items with a kept row (gold labels), then the target items with a
+        pseudo label; and how many items are the source's."""
+        folder = self.out / f"round-{r}" / "hard-data"
+        if self.main and not (folder / "meta.json").is_file():
+            with atomic_folder(folder) as tmp:
+                writer = StoreWriter(tmp, self.kind)
+                n_src = write_with_targets(writer, self.src, np.where(source_keep, self.gold, -1))
+                write_with_targets(writer, self.tgt, pseudo)
+                pairs = self.src.token_type_ids is not None or self.tgt.token_type_ids is not None
+                meta = {"store_format": STORE_FORMAT, "source_items": n_src, "pairs": int(pairs)}
+                writer.close(meta)
+        distributed.barrier()
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        return open_store(folder), int(meta["source_items"])
 
     def hard_step(
         self, r: int, student: TaskModel, source_keep: np.ndarray, pseudo: np.ndarray, alpha: float
@@ -584,11 +806,11 @@ class SelfTraining:
         if (folder / "model").is_dir():
             return load_task_model(folder / "model", device=self.device)
         cfg, device = self.cfg, self.device
-        hard_src = with_targets(self.src, np.where(source_keep, self.gold, -1))
-        hard_tgt = with_targets(self.tgt, pseudo)
-        hard = concat_encoded([hard_src, hard_tgt])
-        src_y, tgt_y = (
-            np.concatenate([np.zeros(0, np.int64), *part.targets]) for part in (hard_src, hard_tgt)
+        hard, n_src = self.hard_data(r, source_keep, pseudo)
+        rows = np.asarray(hard.targets.offsets)
+        src_y = np.asarray(hard.targets.flat[: rows[n_src]])
+        tgt_dist = _distribution_chunked(
+            hard.targets.flat, int(rows[n_src]), int(rows[-1]), self.labels
         )
         if len(hard) == 0:  # a student too unsure for the rule: nothing to fit, S stays as it is
             why = (
@@ -602,7 +824,7 @@ class SelfTraining:
             warnings.warn(f"round {r}: hard step skipped: {why}", stacklevel=2)
             self.say(f"round {r}: hard step skipped: {why}; the student stays the soft one")
             return student
-        data = TaskBatches(hard, self.tok.pad_id, cfg.batch_size, cfg.max_tokens, self.seed)
+        data = StoreBatches(hard, self.tok.pad_id, cfg.batch_size, cfg.max_tokens, self.seed)
 
         def hard_loss(m, batch, gen):
             return VotersModule.loss(forward_batch(m, batch, device), batch["targets"].to(device))
@@ -613,11 +835,11 @@ class SelfTraining:
                 "round": r,
                 "step": "hard",
                 "items": len(hard),
-                "source_items": len(hard_src),
+                "source_items": n_src,
                 "source_rows": int((src_y >= 0).sum()),
-                "target_items": len(hard_tgt),
-                "target_rows": int((tgt_y >= 0).sum()),
-                "target_distribution": _distribution(tgt_y, self.labels),
+                "target_items": len(hard) - n_src,
+                "target_rows": sum(tgt_dist.values()),
+                "target_distribution": tgt_dist,
                 "steps": res.step,
                 "loss": res.last_loss,
                 "seconds": secs,

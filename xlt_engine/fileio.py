@@ -215,10 +215,13 @@ def create_safetensors(
     path: str | Path, specs: dict[str, tuple[str, tuple[int, ...]]], metadata: dict[str, str]
 ) -> None:
     """A zero-filled safetensors file at ``path`` with tensors ``name: (dtype code, shape)``
-    laid out in the order given (``open_safetensors(path, "r+")`` fills them)."""
+    (``open_safetensors(path, "r+")`` fills them), the widest dtypes first so every tensor
+    starts aligned to its element size."""
     header: dict = {"__metadata__": metadata}
     start = 0
-    for name, (code, shape) in specs.items():
+    order = sorted(specs, key=lambda k: -np.dtype(SAFETENSORS_DTYPES[specs[k][0]]).itemsize)
+    for name in order:
+        code, shape = specs[name]
         size = int(np.prod(shape, dtype=np.int64)) * np.dtype(SAFETENSORS_DTYPES[code]).itemsize
         header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [start, start + size]}
         start += size

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.engine.conftest import watch_final_save
-from xlt_engine.data.task import Encoded, encode, read_task_file
+from xlt_engine.data.task import Encoded, Ragged, encode, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
 from xlt_engine.engine.inference import predict_logits
@@ -505,3 +505,87 @@ def test_the_progress_bar_names_the_stage_round_and_step(base, teacher, data, tm
         st_config(base, teacher, data, out, rounds=0.5, soft=soft), echo=None, progress=True
     )
     assert "selftrain round-1 soft" in capsys.readouterr().err
+
+
+def test_source_and_target_are_memory_mapped_stores_sampled_before_encoding(
+    base, teacher, data, tmp_path
+):
+    from xlt_engine.engine.selftrain import SelfTraining
+
+    cfg = st_config(base, teacher, data, tmp_path / "st", max_unlabeled=50, max_source=60)
+    run = SelfTraining(cfg, torch.device("cpu"), None, None)
+    tok = load_tokenizer(base)
+    labels = load_task_model(teacher).labels
+    tgt = encode(read_task_file(data["tgt"], "conll", True, 50, cfg.soft.seed), tok, labels, 48)
+    src = encode(read_task_file(data["src"], "conll", False, 60, cfg.soft.seed), tok, labels, 48)
+    for got, want in ((run.tgt, tgt), (run.src, src)):
+        assert isinstance(got.input_ids, Ragged) and isinstance(got.input_ids.flat, np.memmap)
+        assert len(got) == len(want)
+        for i in range(len(want)):
+            assert np.array_equal(got.input_ids[i], want.input_ids[i])
+            assert np.array_equal(got.positions[i], want.positions[i])
+        assert np.array_equal(row_units(got), row_units(want))
+    assert np.array_equal(run.gold, np.concatenate(src.targets))
+    assert len(list((tmp_path / "st" / "cache").iterdir())) == 2  # one store each
+
+
+def test_chunked_passes_equal_one_pass(base, teacher, data, tmp_path, monkeypatch):
+    """Teacher probabilities and pseudo labels computed 7 items at a time (each chunk its own
+    batches) are those of one pass over all items: no row lands in another's place."""
+    import xlt_engine.engine.selftrain as st
+
+    kw = dict(
+        rounds=1,
+        soft=TrainConfig(max_steps=80, lr=1e-3, log_every=20, seed=1),
+        hard=TrainConfig(max_steps=2, lr=1e-4, log_every=1, seed=1),
+        threshold="fixed",
+        alpha=0.3,
+        device="cpu",
+    )
+    run_selftrain(st_config(base, teacher, data, tmp_path / "one", **kw), echo=None)
+    monkeypatch.setattr(st, "CHUNK_ITEMS", 7)
+    run_selftrain(st_config(base, teacher, data, tmp_path / "seven", **kw), echo=None)
+    one, seven = (tmp_path / x / "round-1" for x in ("one", "seven"))
+    p1 = load_file(str(one / "teacher-probs.safetensors"))["probs"].float()
+    p7 = load_file(str(seven / "teacher-probs.safetensors"))["probs"].float()
+    assert p1.shape[0] > 7 * 20 and torch.allclose(p1, p7, atol=2e-3)
+    f1, f7 = load_file(str(one / FILTER_FILE)), load_file(str(seven / FILTER_FILE))
+    assert (f1["pseudo"] >= 0).sum() > 0
+    assert (f1["pseudo"] == f7["pseudo"]).float().mean() > 0.99
+    assert (f1["agreed"] == f7["agreed"]).float().mean() > 0.99
+
+
+def test_chunked_unit_filter_and_counts_equal_the_in_memory_rules():
+    from xlt_engine.engine.selftrain import drop_failed_units, target_counts
+
+    rng = np.random.default_rng(0)
+    rows_per_item = rng.integers(1, 5, 300)
+    units = np.repeat(
+        np.arange(120), np.bincount(np.sort(rng.integers(0, 120, 300)), minlength=120)
+    )
+    offsets = np.concatenate([[0], np.cumsum(rows_per_item)])
+    flat = np.zeros(offsets[-1], np.int64)
+    enc = Encoded(
+        "token",
+        Ragged(flat, offsets),
+        None,
+        Ragged(flat, offsets),
+        Ragged(flat, offsets),
+        None,
+        units=units,
+    )
+    pseudo = np.where(rng.random(offsets[-1]) < 0.8, rng.integers(0, 3, offsets[-1]), -1)
+    agreed = (rng.random(offsets[-1]) < 0.5).astype(np.uint8)
+    per_row = row_units(enc)
+    want = np.where(whole_units(pseudo >= 0, per_row), pseudo, -1)
+    got = pseudo.copy()
+    drop_failed_units(enc, got, chunk=17)
+    assert np.array_equal(got, want) and (got >= 0).sum() < (pseudo >= 0).sum()
+    counts = target_counts(enc, pseudo, agreed, ["O", "B-X", "I-X"], chunk=13)
+    assert counts["pseudo_rows"] == (pseudo >= 0).sum()
+    assert counts["pseudo_units"] == np.unique(per_row[pseudo >= 0]).size
+    assert counts["target_units"] == np.unique(units).size
+    assert counts["pseudo_distribution"] == {
+        n: int((pseudo == i).sum()) for i, n in enumerate(["O", "B-X", "I-X"])
+    }
+    assert counts["voter_agreement"] == pytest.approx(agreed.mean())

@@ -29,6 +29,7 @@ leaves no half store, only debris that ``fileio.remove_debris`` clears.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import mmap
@@ -355,3 +356,24 @@ def release(enc: Encoded, *more: np.ndarray) -> None:
             base = getattr(base, "_mmap", None) or base.base
         if isinstance(base, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
             base.madvise(mmap.MADV_DONTNEED)
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Give the C heap's free memory back to the system (glibc ``malloc_trim``): inference
+    batches of changing shapes otherwise leave it fragmented and growing (measured: 300 ->
+    940 MB anonymous memory over 100K sentences of inference, flat at 275-290 MB with a trim
+    after each chunk). A no-op where there is no glibc."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _glibc():
+    try:
+        libc = ctypes.CDLL(None)
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _glibc()

@@ -79,3 +79,16 @@ def test_a_missing_model_names_the_setting_and_the_model_that_exists(tmp_path):
     assert "evaluate.model: " in msg and "run the finetune stage first" in msg
     assert "or set evaluate.model = 'finetune-direct': that model exists" in msg
     model_path(cfg, "finetune-direct", "evaluate.model")  # exists: no error
+
+
+def test_plain_text_unlabeled_data_is_a_setting_in_the_fingerprint_only_when_set(tmp_path):
+    from tests.engine.test_config import MINIMAL, problems, write
+    from xlt_engine.engine.runs import plan_stage
+
+    plain = load_config(write(tmp_path, MINIMAL), ["data.unlabeled_format='text'"])
+    assert plain.data.unlabeled_format == "text"
+    assert plan_stage(plain, "selftrain").settings["data.unlabeled_format"] == "text"
+    default = load_config(write(tmp_path, MINIMAL))
+    assert "data.unlabeled_format" not in plan_stage(default, "selftrain").settings
+    found = problems(tmp_path, MINIMAL, "data.unlabeled_format='conll'")
+    assert any("unlabeled_format" in p for p in found)

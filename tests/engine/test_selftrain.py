@@ -589,3 +589,26 @@ def test_chunked_unit_filter_and_counts_equal_the_in_memory_rules():
         n: int((pseudo == i).sum()) for i, n in enumerate(["O", "B-X", "I-X"])
     }
     assert counts["voter_agreement"] == pytest.approx(agreed.mean())
+
+
+def test_plain_text_target_reads_as_its_conll_form(base, teacher, data, tmp_path):
+    from xlt_engine.engine.selftrain import SelfTraining
+
+    sentences = read_task_file(data["tgt"], "conll", True).inputs
+    text = tmp_path / "tgt.txt"
+    text.write_text("".join(" ".join(words) + "\n" for words in sentences), encoding="utf-8")
+    runs = [
+        SelfTraining(
+            st_config(base, teacher, data, tmp_path / name, **kw), torch.device("cpu"), None, None
+        )
+        for name, kw in (
+            ("conll", {}),
+            ("text", {"unlabeled_file": str(text), "unlabeled_format": "text"}),
+        )
+    ]
+    a, b = (r.tgt for r in runs)
+    assert len(a) == len(b) == len(sentences)
+    assert np.array_equal(a.input_ids.flat, b.input_ids.flat)
+    assert np.array_equal(a.positions.flat, b.positions.flat)
+    with pytest.raises(ValueError, match="unlabeled_format"):
+        st_config(base, teacher, data, tmp_path, unlabeled_format="cls10")

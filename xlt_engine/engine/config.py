@@ -93,10 +93,17 @@ class DataSection:
     max_dev: int | None = None
     max_test: int | None = None  # of each test file
     max_unlabeled: int | None = None
+    unlabeled_format: Literal["text"] | None = None  # "text": the targets' unlabeled files are
+    # plain text, one sentence (NER: words split on spaces / tabs) or text per line, streamed
+    # whatever their size (None: they are in ``format``)
 
     def __post_init__(self):
         check_choices(self)
         check_encoding(self.encoding)
+        if self.unlabeled_format not in (None, "text"):
+            raise ValueError(
+                f"unlabeled_format must be 'text' or unset, got {self.unlabeled_format!r}"
+            )
         for name in LIMITS:
             check_limit(name, getattr(self, name))
 

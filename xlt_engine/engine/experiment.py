@@ -78,10 +78,11 @@ def btf_texts(cfg: ExperimentConfig, folder: Path) -> tuple[str, ...]:
     for lang, role in text_roles(cfg).items():
         limit = cfg.data.max_train if lang in cfg.source_languages else cfg.data.max_unlabeled
         path = cfg.data_path(lang, role)
-        if role == "text" and limit is None:
+        plain = role == "text" or (role == "unlabeled" and cfg.data.unlabeled_format == "text")
+        if plain and limit is None:
             out.append(str(path))
             continue
-        if role == "text":
+        if plain:
             lines = subsample_items(read_text(path).texts, limit, cfg.seed)
         else:
             data = read_task_file(path, cfg.data.format, True, limit, cfg.seed, cfg.data.encoding)
@@ -168,6 +169,7 @@ def build_selftrain(cfg: ExperimentConfig) -> SelftrainConfig:
         source_file=source,
         more_source_files=tuple(more_sources),
         unlabeled_file=str(cfg.data_path(tgt, role)),
+        unlabeled_format=cfg.data.unlabeled_format if role == "unlabeled" else None,
         out=str(stage_dir(cfg, "selftrain")),
         format=cfg.data.format,
         encoding=cfg.data.encoding,

@@ -355,7 +355,9 @@ def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
         "model.max_len": cfg.model.max_len,
         # the data caps of a small run, when set (unset ones leave older fingerprints valid)
         **{
-            f"data.{k}": v for k in (*LIMITS, "encoding") if (v := getattr(cfg.data, k)) is not None
+            f"data.{k}": v
+            for k in (*LIMITS, "encoding", "unlabeled_format")
+            if (v := getattr(cfg.data, k)) is not None
         },
     }
     # the global batch is batch_size x processes x grad_accum, and a checkpoint's data position

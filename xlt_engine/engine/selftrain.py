@@ -320,6 +320,16 @@ def _distribution(labels: np.ndarray, names: list[str]) -> dict[str, int]:
     return {names[i]: int(counts[i]) for i in range(len(names))}
 
 
+def _in_place(path: Path, work) -> None:
+    """``work(arrays)`` on the tensors of the safetensors file ``path``, memory-mapped for
+    writing; flushed after."""
+    arrays = open_safetensors(path, "r+")
+    work(arrays)
+    for a in arrays.values():
+        if isinstance(a, np.memmap):
+            a.flush()
+
+
 def _distribution_chunked(flat: np.ndarray, lo: int, hi: int, names: list[str]) -> dict[str, int]:
     """``_distribution`` of ``flat[lo:hi]`` (a memory map), read a million rows at a time."""
     counts = np.zeros(len(names), dtype=np.int64)
@@ -490,21 +500,11 @@ class SelfTraining:
             tmp.unlink(missing_ok=True)
             create_safetensors(tmp, specs, meta)
         distributed.barrier()
-        arrays = open_safetensors(tmp, "r+")
-        fill(arrays)
-        for a in arrays.values():
-            if isinstance(a, np.memmap):
-                a.flush()
-        del arrays
+        _in_place(tmp, fill)
         distributed.barrier()
         if self.main:
             if finish is not None:
-                arrays = open_safetensors(tmp, "r+")
-                finish(arrays)
-                for a in arrays.values():
-                    if isinstance(a, np.memmap):
-                        a.flush()
-                del arrays
+                _in_place(tmp, finish)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, path)

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 
 from xlt_engine.data import load_tokenizer, read_conll, read_xnli
-from xlt_engine.data.align import IGNORE, align_words, encode_texts, word_predictions
+from xlt_engine.data.align import (
+    IGNORE,
+    WordPieces,
+    align_flat,
+    align_words,
+    encode_texts,
+    word_predictions,
+)
 from xlt_engine.data.tokenizer import default_tokenizer
 
 
@@ -131,3 +138,98 @@ def test_encode_texts_bad_input():
         encode_texts(tok, ["a", "b"], ["c"])
     with pytest.raises(ValueError, match="max_len 3 leaves no room"):
         encode_texts(tok, ["a"], ["b"], max_len=3)
+
+
+def expected_flat(a) -> dict:
+    """``align_flat``'s arrays, built from ``align_words``' windows."""
+    ws = a.windows
+    return {
+        "ids": np.concatenate([w.input_ids for w in ws]),
+        "lengths": [len(w.input_ids) for w in ws],
+        "positions": np.concatenate([w.word_positions for w in ws]),
+        "rows": [len(w.word_positions) for w in ws],
+        "targets": np.concatenate([w.labels[w.word_positions] for w in ws]),
+        "units": [w.sentence for w in ws],
+    }
+
+
+def assert_flat_equal(tok, sentences, labels, max_len, chunk, limit) -> dict:
+    """``align_flat`` chunk by chunk, one ``WordPieces`` table across the chunks (``limit``
+    small: it starts again empty), equals ``align_words`` on each chunk: arrays and counts."""
+    pieces = WordPieces(tok, limit=limit)
+    totals = {"unk_words": 0, "split_sentences": 0, "clipped_words": 0}
+    for lo in range(0, len(sentences), chunk):
+        part = sentences[lo : lo + chunk]
+        part_labels = None if labels is None else labels[lo : lo + chunk]
+        ref = align_words(tok, part, part_labels, max_len)
+        got = align_flat(pieces, part, part_labels, max_len)
+        for k, v in expected_flat(ref).items():
+            np.testing.assert_array_equal(got[k], v, err_msg=k)
+        assert got["ids"].dtype == np.int32 and got["targets"].dtype == np.int64
+        assert got["stats"] == {
+            "unk_words": ref.unk_words,
+            "split_sentences": ref.split_sentences,
+            "clipped_words": ref.clipped_words,
+        }
+        for k in totals:
+            totals[k] += got["stats"][k]
+    return totals
+
+
+@pytest.mark.parametrize("max_len", [128, 24])
+def test_flat_alignment_equals_align_words_on_conll(shared_data, mbert, max_len):
+    conll = read_conll(shared_data / "conll2002" / "esp.testa")
+    labels, _ = tag_ids(conll)
+    sentences = [s.tokens for s in conll]
+    totals = assert_flat_equal(mbert, sentences, labels, max_len, chunk=700, limit=3000)
+    if max_len == 24:
+        assert totals["split_sentences"] > 100  # both paths ran: cut sentences and whole ones
+    extra = [["A", "\u200b", "B"], ["\x00"], ["ab" * 40, "y"], ["Zürich", "\u200b"]]
+    totals = assert_flat_equal(mbert, extra, [[1] * len(s) for s in extra], 16, 2, 3)
+    assert totals["unk_words"] == 3 and totals["clipped_words"] == 1
+
+
+def test_flat_alignment_cuts_and_clips_as_align_words():
+    tok = default_tokenizer()  # character level: a word of n letters has n pieces
+    rng = np.random.default_rng(0)
+    letters = list("abcdefghijklmnopqrstuvwxyz")
+    sentences = [
+        ["".join(rng.choice(letters, rng.integers(1, 12))) for _ in range(rng.integers(1, 9))]
+        for _ in range(400)
+    ]
+    labels = [list(rng.integers(0, 5, len(s))) for s in sentences]
+    totals = assert_flat_equal(tok, sentences, labels, 8, chunk=64, limit=40)
+    assert totals["split_sentences"] > 50 and totals["clipped_words"] > 20
+    assert_flat_equal(tok, sentences, None, 40, chunk=400, limit=10_000)  # unlabeled: -100
+
+
+@pytest.mark.parametrize("kind", ["unigram-always", "unigram-first", "byte-bpe"])
+def test_flat_alignment_on_other_tokenizers(tmp_path, kind):
+    """Each word encoded alone gives the pieces it gets inside a sentence (the table's
+    premise), for SentencePiece Unigram (either prepend scheme) and byte-level BPE."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+
+    from tests.data.test_tokenizer_subword import TEXTS
+
+    specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    if kind.startswith("unigram"):
+        tok = Tokenizer(models.Unigram())
+        scheme = kind.split("-")[1]
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme=scheme)
+        trainer = trainers.UnigramTrainer(
+            vocab_size=300, special_tokens=specials, unk_token="<unk>"
+        )
+    else:
+        tok = Tokenizer(models.BPE(unk_token=None))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        )
+    tok.train_from_iterator(TEXTS * 20, trainer)
+    tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tok.save(str(tmp_path / "tokenizer.json"))
+    ours = load_tokenizer(tmp_path)
+    sentences = [t.split() for t in TEXTS] + [["zorro", "Fuchs", "🦊"], ["Hund", "zorro"]]
+    assert_flat_equal(ours, sentences * 3, None, 12, chunk=5, limit=8)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from xlt_engine.data.batching import spans
 from xlt_engine.data.conll import iter_conll, read_conll
 from xlt_engine.data.packed import StoreFile, build_store, open_store, release
 from xlt_engine.data.task import (
@@ -17,6 +18,7 @@ from xlt_engine.data.task import (
     TaskData,
     concat_encoded,
     encode,
+    item_rows,
     make_batch,
     read_task_file,
 )
@@ -47,11 +49,13 @@ def assert_same_items(store, ref) -> None:
         if ref.token_type_ids is not None:
             np.testing.assert_array_equal(store.token_type_ids[i], ref.token_type_ids[i])
     assert (store.token_type_ids is None) == (ref.token_type_ids is None)
-    items = np.arange(0, len(ref), 3)
-    a, b = make_batch(store, items, 0), make_batch(ref, items, 0)
-    assert a.keys() == b.keys()
-    for k in a:
-        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+    assert store.packed and not ref.packed
+    # a batch in any order (inference sorts items by length), the store's built by gathers
+    for items in (np.arange(0, len(ref), 3), np.random.default_rng(0).permutation(len(ref))[:37]):
+        a, b = make_batch(store, items, 0), make_batch(ref, items, 0)
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
 
 
 @pytest.mark.parametrize("unlabeled", [False, True])
@@ -182,6 +186,13 @@ def test_ragged_views():
     with pytest.raises(IndexError):
         r[3]
     assert [x.tolist() for x in r] == [[], [2, 3, 4], [5, 6, 7, 8]]
+    values, lengths = r.take(np.array([2, 0, 1, 2]))
+    assert values.tolist() == [5, 6, 7, 8, 2, 3, 4, 5, 6, 7, 8] and lengths.tolist() == [4, 0, 3, 4]
+    values, lengths = s.take(np.array([1]))  # a slice's items are its own
+    assert values.tolist() == [5, 6, 7, 8] and lengths.tolist() == [4]
+    assert r.take(np.array([], dtype=np.int64))[0].size == 0
+    assert spans(np.array([7, 0, 3]), np.array([2, 0, 3])).tolist() == [7, 8, 3, 4, 5]
+    assert item_rows(np.array([0, 2, 2, 5]), np.array([2, 0])).tolist() == [2, 3, 4, 0, 1]
 
 
 def test_streamed_conll_equals_the_whole_file_reader(tmp_path):

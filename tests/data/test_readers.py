@@ -16,7 +16,7 @@ from xlt_engine.data import (
     read_text,
     read_xnli,
 )
-from xlt_engine.data.examples import check_labels_known
+from xlt_engine.data.examples import check_labels_known, iter_lines
 
 # ----------------------------------------------------------------------------- CLS-10
 
@@ -360,3 +360,21 @@ def test_every_reader_accepts_a_bom_and_names_the_file_when_it_holds_no_data(tmp
         path.write_bytes(empty)
         with pytest.raises(ValueError, match=rf"{path.name}: "):
             read(path)
+
+
+@pytest.mark.parametrize("block", [1, 3, 7, 64, 1 << 22])
+def test_streamed_lines_are_the_same_at_any_block_size(tmp_path, block):
+    """``iter_lines`` reads blocks: lines cut across blocks, longer than a block, CRLF ends, a
+    BOM, multi-byte characters, a last line without its end, and a bad byte named by line and
+    column wherever its block starts."""
+    path = tmp_path / "b.txt"
+    body = "één\r\n\nZürich liegt\tam See\n" + "x" * 50 + "\n\u2028 é \n\x85last"
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    want = [(i, x.removesuffix("\r")) for i, x in enumerate(body.split("\n"), start=1)]
+    assert list(iter_lines(path, block=block)) == want
+    path.write_bytes(b"one\ntwo\nthree \xc3\x28\n")
+    with pytest.raises(ValueError, match=r"b.txt:3: byte 0xc3 at column 7 is not valid utf-8"):
+        list(iter_lines(path, block=block))
+    path.write_bytes(b"a\rb\rc\r")
+    with pytest.raises(ValueError, match="bare carriage return"):
+        list(iter_lines(path, block=block))

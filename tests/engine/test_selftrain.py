@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.engine.conftest import watch_final_save
+from xlt_engine.data.packed import STORE_FORMAT, StoreFile, StoreWriter, build_store, open_store
 from xlt_engine.data.task import Encoded, Ragged, encode, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
@@ -36,6 +37,7 @@ from xlt_engine.engine.selftrain import (
     run_selftrain,
     whole_units,
     with_targets,
+    write_with_targets,
 )
 from xlt_engine.engine.threshold import select_threshold, threshold_grid
 from xlt_engine.kernels import voter_filter
@@ -333,6 +335,34 @@ def test_unit_helpers():
     )
     sub = with_targets(enc, np.array([-1, 3, -1]))  # item 1 has no label left: dropped
     assert len(sub) == 1 and sub.targets[0].tolist() == [-100, 3]
+
+
+def test_the_hard_steps_store_holds_the_items_with_a_target(base, data, tmp_path):
+    """``write_with_targets`` (gathers, a few items at a time, targets memory-mapped) writes
+    what ``with_targets`` keeps item by item: items with no target >= 0 dropped, -1 -> -100."""
+    tok = load_tokenizer(base)
+    labels = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    folder = build_store(
+        [StoreFile(str(data["tgt"]), "conll", True)], "token", tok, labels, 12, tmp_path
+    )
+    enc = open_store(folder)
+    rows = int(enc.row_offsets[-1])
+    targets = np.memmap(tmp_path / "t.bin", dtype=np.int64, mode="w+", shape=(rows,))
+    rng = np.random.default_rng(0)
+    targets[:] = np.where(rng.random(rows) < 0.85, -1, rng.integers(0, 5, rows))
+    ref = with_targets(enc, np.asarray(targets))
+    assert 0 < len(ref) < len(enc)  # some items dropped, some kept
+    (tmp_path / "hard").mkdir()
+    writer = StoreWriter(tmp_path / "hard", "token")
+    assert write_with_targets(writer, enc, targets, chunk=7) == len(ref)
+    writer.close({"store_format": STORE_FORMAT, "pairs": 0})
+    got = open_store(tmp_path / "hard")
+    assert len(got) == len(ref)
+    for i in range(len(ref)):
+        for field in ("input_ids", "positions", "targets"):
+            np.testing.assert_array_equal(getattr(got, field)[i], getattr(ref, field)[i])
+    with pytest.raises(ValueError, match="reads a packed store"):
+        write_with_targets(writer, ref, np.zeros(0))
 
 
 KILL = """

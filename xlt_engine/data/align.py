@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xlt_engine.data.batching import spans
 from xlt_engine.data.tokenizer import WordPieceTokenizer
 
 IGNORE = -100
@@ -88,28 +89,208 @@ def align_words(
                 ).astype(np.int32)
                 counts = np.maximum(counts, 1)
             out.num_words.append(n)
-            starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-            first = 0
-            windows_before = len(out.windows)
-            while first < n:
-                # greedy: as many whole words as fit (at least one, clipped if it alone is too long)
-                end_piece = starts[first] + room
-                last = int(np.searchsorted(starts + counts, end_piece, side="right"))
-                last = max(last, first + 1)
-                sel = slice(starts[first], min(starts[last - 1] + counts[last - 1], end_piece))
-                if counts[first] > room and last == first + 1:
-                    out.clipped_words += 1
+            cuts = cut_windows(counts, room)
+            for first, last, sel, pos, clipped in cuts:
+                out.clipped_words += clipped
                 body = ids[sel]
-                pos = (starts[first:last] - starts[first] + 1).astype(np.int32)
                 win_ids = np.empty(len(body) + 2, dtype=np.int32)
                 win_ids[0], win_ids[1:-1], win_ids[-1] = cls, body, sep
                 win_labels = np.full(len(win_ids), IGNORE, dtype=np.int64)
                 win_labels[pos] = word_labels[first:last]
                 out.windows.append(Window(win_ids, win_labels, pos, s, first))
-                first = last
-            if len(out.windows) - windows_before > 1:
+            if len(cuts) > 1:
                 out.split_sentences += 1
     return out
+
+
+def cut_windows(counts: np.ndarray, room: int) -> list[tuple[int, int, slice, np.ndarray, bool]]:
+    """A sentence whose words have ``counts`` pieces each -> its windows of at most ``room``
+    pieces, greedy: as many whole words as fit, at least one (clipped if it alone is too long).
+    Per window: its words ``first:last``, its pieces (a slice of the sentence's), each word's
+    position in the window (after [CLS]) and whether its one word was clipped."""
+    n = len(counts)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    ends = starts + counts
+    out = []
+    first = 0
+    while first < n:
+        end_piece = starts[first] + room
+        last = max(int(np.searchsorted(ends, end_piece, side="right")), first + 1)
+        sel = slice(int(starts[first]), int(min(ends[last - 1], end_piece)))
+        pos = (starts[first:last] - starts[first] + 1).astype(np.int32)
+        out.append((first, last, sel, pos, bool(counts[first] > room and last == first + 1)))
+        first = last
+    return out
+
+
+class WordPieces:
+    """Sub-token ids of words, each distinct word encoded once: the tokenizer runs only on the
+    words a chunk adds, and a sentence's pieces are gathered from the table. Exact because
+    pre-split words are encoded one by one (normaliser, pre-tokenizer and model run on each
+    word alone, with no context: ``tests/data/test_align.py`` checks it for WordPiece,
+    SentencePiece Unigram and byte-level BPE files).
+
+    A word with no piece is one ``[UNK]`` (``empty`` marks it), as in ``align_words``. The
+    table holds at most ``limit`` words: past that it starts again empty, so memory stays
+    bounded on a corpus of any vocabulary."""
+
+    def __init__(self, tokenizer, limit: int = 200_000):
+        self.tok, self.limit = tokenizer, limit
+        self.clear()
+
+    def clear(self) -> None:
+        self.index: dict[str, int] = {}
+        self.flat = np.zeros(1 << 16, dtype=np.int32)
+        self.used = 0
+        self.starts = np.zeros(0, dtype=np.int64)
+        self.counts = np.zeros(0, dtype=np.int64)
+        self.empty = np.zeros(0, dtype=bool)
+
+    def _add(self, words: list[str]) -> None:
+        """Encode ``words`` (new to the table) and append their pieces."""
+        if not words:
+            return
+        encs = self.tok.backend.encode_batch(
+            [[w] for w in words], is_pretokenized=True, add_special_tokens=False
+        )
+        pieces = [e.ids or [self.tok.unk_id] for e in encs]
+        empty = np.fromiter((not e.ids for e in encs), bool, len(encs))
+        counts = np.fromiter((len(p) for p in pieces), np.int64, len(pieces))
+        flat = np.fromiter((i for p in pieces for i in p), np.int32, int(counts.sum()))
+        if self.used + len(flat) > len(self.flat):
+            grown = np.zeros(max(2 * len(self.flat), self.used + len(flat)), dtype=np.int32)
+            grown[: self.used] = self.flat[: self.used]
+            self.flat = grown
+        self.flat[self.used : self.used + len(flat)] = flat
+        base = len(self.counts)
+        self.starts = np.concatenate([self.starts, self.used + np.cumsum(counts) - counts])
+        self.counts = np.concatenate([self.counts, counts])
+        self.empty = np.concatenate([self.empty, empty])
+        self.used += len(flat)
+        self.index.update(zip(words, range(base, base + len(words)), strict=True))
+
+    def lookup(self, sentences: Sequence[Sequence[str]]) -> np.ndarray:
+        """The table entry of every word of ``sentences``, back to back (int64)."""
+        if len(self.counts) > self.limit:
+            self.clear()
+        words = set().union(*sentences)
+        self._add(list(words - self.index.keys()))
+        get = self.index.__getitem__
+        return np.fromiter(
+            (get(w) for s in sentences for w in s), np.int64, sum(len(s) for s in sentences)
+        )
+
+
+def align_flat(
+    pieces: WordPieces,
+    sentences: Sequence[Sequence[str]],
+    labels: Sequence[Sequence[int]] | None,
+    max_len: int,
+) -> dict:
+    """``align_words`` for a packed store: the same windows, as flat arrays (``ids`` int32 and
+    ``lengths`` per window, ``positions`` int64 and ``rows`` per window, ``targets`` int64,
+    ``units``: each window's sentence) plus ``stats``, with no Python object per window. A
+    sentence that fits one window is gathered with array operations; a longer one is cut by
+    ``cut_windows`` as ``align_words`` cuts it."""
+    if max_len < 3:
+        raise ValueError(f"max_len must be at least 3 ([CLS] piece [SEP]), got {max_len}")
+    if labels is not None and len(labels) != len(sentences):
+        raise ValueError(f"{len(labels)} label lists for {len(sentences)} sentences")
+    room = max_len - 2
+    tok = pieces.tok
+    n_words = np.fromiter((len(s) for s in sentences), np.int64, len(sentences))
+    if (n_words == 0).any():
+        raise ValueError(f"sentence {int(np.argmin(n_words))} has no words")
+    entries = pieces.lookup(sentences)
+    if labels is None:
+        word_labels = np.full(len(entries), IGNORE, dtype=np.int64)
+    else:
+        for s, (words, lab) in enumerate(zip(sentences, labels, strict=True)):
+            if len(lab) != len(words):
+                raise ValueError(f"sentence {s}: {len(lab)} labels for {len(words)} words")
+        word_labels = np.fromiter((x for lab in labels for x in lab), np.int64, len(entries))
+    counts = pieces.counts[entries]
+    ids = pieces.flat[spans(pieces.starts[entries], counts)]
+    word_start = np.concatenate([[0], np.cumsum(n_words)[:-1]])  # first word of each sentence
+    piece_start = np.cumsum(counts) - counts  # first piece of each word, over the chunk
+    totals = np.add.reduceat(counts, word_start)  # pieces per sentence
+    stats = {"unk_words": int(pieces.empty[entries].sum()), "split_sentences": 0}
+    stats["clipped_words"] = 0
+    n_sent = len(sentences)
+    # the sentences that fit one window: [CLS] pieces [SEP], positions at their words' starts
+    fits = totals <= room
+    word_fits = np.repeat(fits, n_words)
+    fit_totals = totals[fits]
+    fit_lengths = fit_totals + 2
+    fit_start = np.cumsum(fit_lengths) - fit_lengths
+    fit_ids = np.empty(int(fit_lengths.sum()), dtype=np.int32)
+    fit_ids[fit_start] = tok.cls_id
+    fit_ids[fit_start + fit_lengths - 1] = tok.sep_id
+    fit_ids[spans(fit_start + 1, fit_totals)] = ids[np.repeat(word_fits, counts)]
+    word_pos = 1 + piece_start - np.repeat(piece_start[word_start], n_words)
+    fit_pos, fit_tg = word_pos[word_fits], word_labels[word_fits]
+    fit_rows = n_words[fits]
+    long = np.flatnonzero(~fits)
+    if not len(long):
+        units = np.arange(n_sent, dtype=np.int64)
+        return {
+            "ids": fit_ids,
+            "lengths": fit_lengths,
+            "positions": fit_pos,
+            "rows": fit_rows,
+            "targets": fit_tg,
+            "units": units,
+            "stats": stats,
+        }
+    # the others, cut as align_words cuts them (few: a loop), then every window in order
+    windows = np.where(fits, 1, 0)
+    cut = {}
+    for s in long:
+        w0 = int(word_start[s])
+        sent_ids = ids[piece_start[w0] : piece_start[w0] + totals[s]]
+        cuts = cut_windows(counts[w0 : w0 + n_words[s]], room)
+        stats["split_sentences"] += len(cuts) > 1
+        stats["clipped_words"] += sum(c[4] for c in cuts)
+        cut[s] = [
+            (
+                np.concatenate([[tok.cls_id], sent_ids[sel], [tok.sep_id]]).astype(np.int32),
+                pos.astype(np.int64),
+                word_labels[w0 + first : w0 + last],
+            )
+            for first, last, sel, pos, _ in cuts
+        ]
+        windows[s] = len(cuts)
+    first_window = np.cumsum(windows) - windows
+    lengths = np.zeros(int(windows.sum()), dtype=np.int64)
+    rows = np.zeros_like(lengths)
+    fit_win = first_window[fits]
+    lengths[fit_win], rows[fit_win] = fit_lengths, fit_rows
+    for s, parts in cut.items():
+        for j, (w_ids, w_pos, _) in enumerate(parts):
+            lengths[first_window[s] + j], rows[first_window[s] + j] = len(w_ids), len(w_pos)
+    out_ids = np.empty(int(lengths.sum()), dtype=np.int32)
+    out_pos = np.empty(int(rows.sum()), dtype=np.int64)
+    out_tg = np.empty_like(out_pos)
+    id_start, row_start = np.cumsum(lengths) - lengths, np.cumsum(rows) - rows
+    out_ids[spans(id_start[fit_win], fit_lengths)] = fit_ids
+    fit_rows_at = spans(row_start[fit_win], fit_rows)
+    out_pos[fit_rows_at], out_tg[fit_rows_at] = fit_pos, fit_tg
+    for s, parts in cut.items():
+        for j, (w_ids, w_pos, w_tg) in enumerate(parts):
+            k = first_window[s] + j
+            out_ids[id_start[k] : id_start[k] + len(w_ids)] = w_ids
+            out_pos[row_start[k] : row_start[k] + len(w_pos)] = w_pos
+            out_tg[row_start[k] : row_start[k] + len(w_tg)] = w_tg
+    units = np.repeat(np.arange(n_sent, dtype=np.int64), windows)
+    return {
+        "ids": out_ids,
+        "lengths": lengths,
+        "positions": out_pos,
+        "rows": rows,
+        "targets": out_tg,
+        "units": units,
+        "stats": stats,
+    }
 
 
 def word_predictions(aligned: AlignedWords, window_predictions: Sequence[Sequence]) -> list[list]:

@@ -61,6 +61,16 @@ def resample(
     return out[rng.permutation(len(out))]
 
 
+def spans(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``arange(starts[k], starts[k] + lengths[k])`` for every k, back to back (int64)."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    shift = np.asarray(starts, dtype=np.int64) - (np.cumsum(lengths) - lengths)
+    return np.repeat(shift, lengths) + np.arange(total, dtype=np.int64)
+
+
 def padded_length(n: int, pad_multiple: int = 8) -> int:
     return -(-n // pad_multiple) * pad_multiple
 

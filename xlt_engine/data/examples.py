@@ -140,9 +140,12 @@ def split_columns(line: str) -> list[str]:
     return COLUMN_SEPARATOR.split(stripped) if stripped else []
 
 
-def iter_lines(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int, str]]:
+def iter_lines(
+    path: str | Path, encoding: str = "utf-8", block: int = 1 << 22
+) -> Iterator[tuple[int, str]]:
     """Stream ``(line number, line without its end)`` from a text file of any size; memory holds
-    one line. Bad bytes are an error naming the file and line."""
+    one ``block`` of bytes (or one longer line). Bad bytes are an error naming the file, line
+    and column. Lines end at the byte ``\n`` (as with UTF-8 and the single-byte encodings)."""
     path = Path(path)
     try:
         f = open(path, "rb")  # noqa: SIM115 (closed by the with below; open errors named here)
@@ -151,19 +154,39 @@ def iter_lines(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int,
     except IsADirectoryError:
         raise ValueError(f"{path}: is a folder, not a text file") from None
     with f:
-        for lineno, raw in enumerate(f, start=1):
-            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            try:
-                line = raw.decode(encoding)
-            except UnicodeDecodeError as err:
-                raise ValueError(
-                    f"{path}:{lineno}: byte 0x{raw[err.start]:02x} at column {err.start + 1} is "
-                    f"not valid {encoding} ({err.reason})"
-                ) from None
-            if lineno == 1:
-                check_cr_only(line, path)
-            yield lineno, end_of_line(line)
+        lineno, rest = 0, b""
+        while data := f.read(block):
+            data = rest + data
+            cut = data.rfind(b"\n") + 1
+            data, rest = data[:cut], data[cut:]
+            if data:
+                yield from _block_lines(path, data, lineno, encoding)
+                lineno += data.count(b"\n")
+        if rest:
+            yield from _block_lines(path, rest, lineno, encoding)
+
+
+def _block_lines(path: Path, data: bytes, lineno: int, encoding: str) -> Iterator[tuple[int, str]]:
+    """The lines of ``data`` (whole lines; the first is line ``lineno + 1``)."""
+    if lineno == 0 and data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as err:
+        start = data.rfind(b"\n", 0, err.start) + 1
+        line = lineno + data.count(b"\n", 0, err.start) + 1
+        raise ValueError(
+            f"{path}:{line}: byte "
+            f"0x{data[err.start]:02x} at column {err.start - start + 1} is not valid "
+            f"{encoding} ({err.reason})"
+        ) from None
+    lines = text.split("\n")
+    if lineno == 0:
+        check_cr_only(lines[0] + ("\n" if len(lines) > 1 else ""), path)
+    if lines[-1] == "":
+        lines.pop()  # the block's last line end
+    for k, line in enumerate(lines, start=lineno + 1):
+        yield k, line[:-1] if line.endswith("\r") else line
 
 
 def check_labels_known(

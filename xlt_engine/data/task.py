@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 from xlt_engine.data.align import IGNORE, AlignedWords, align_words, encode_texts
-from xlt_engine.data.batching import length_batches, pad_batch, shard
+from xlt_engine.data.batching import length_batches, pad_batch, padded_length, shard, spans
 from xlt_engine.data.cls10 import read_cls10
 from xlt_engine.data.conll import ConllFile, read_conll
 from xlt_engine.data.marc import read_marc
@@ -217,6 +217,21 @@ class Ragged(Sequence):
         """Every item's values, back to back (a copy, in memory)."""
         return np.array(self.flat[self.offsets[0] : self.offsets[-1]])
 
+    def take(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Items ``items`` back to back (one gather, in memory) and their lengths: no Python
+        object per item, so a batch of a memory-mapped corpus costs a few array operations."""
+        items = np.asarray(items, dtype=np.int64)
+        offsets = np.asarray(self.offsets)
+        starts = offsets[items]
+        lengths = (offsets[items + 1] - starts).astype(np.int64)
+        return np.asarray(self.flat)[spans(starts, lengths)], lengths
+
+
+def item_rows(offsets: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """The rows of ``items``, back to back, given the row ``offsets`` (``Encoded.row_offsets``)."""
+    items = np.asarray(items, dtype=np.int64)
+    return spans(offsets[items], offsets[items + 1] - offsets[items])
+
 
 @dataclass
 class Encoded:
@@ -249,6 +264,14 @@ class Encoded:
             offsets = np.asarray(self.positions.offsets, dtype=np.int64)
             return offsets - offsets[0]
         return np.concatenate([[0], np.cumsum([len(p) for p in self.positions])]).astype(np.int64)
+
+    @property
+    def packed(self) -> bool:
+        """Every field is ``Ragged`` (a packed store or a slice of one)."""
+        fields = (self.input_ids, self.positions, self.targets)
+        return all(isinstance(f, Ragged) for f in fields) and (
+            self.token_type_ids is None or isinstance(self.token_type_ids, Ragged)
+        )
 
     def flat_targets(self) -> np.ndarray:
         """Every row's target, int64, in row order (a copy)."""
@@ -289,6 +312,8 @@ def encode(data: TaskData, tok: WordPieceTokenizer, labels: Sequence[str], max_l
 
 def make_batch(enc: Encoded, items: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
     """Padded inputs of ``items`` plus ``positions`` (flat indices into B*T) and ``targets``."""
+    if enc.packed:
+        return _packed_batch(enc, items, pad_id)
     seqs = [enc.input_ids[i] for i in items]
     types = [enc.token_type_ids[i] for i in items] if enc.token_type_ids is not None else None
     batch = pad_batch(seqs, pad_id, token_type_ids=types)
@@ -297,6 +322,33 @@ def make_batch(enc: Encoded, items: np.ndarray, pad_id: int) -> dict[str, torch.
     batch["positions"] = torch.from_numpy(np.concatenate(flat))
     targets = np.concatenate([enc.targets[i] for i in items]).astype(np.int64, copy=False)
     batch["targets"] = torch.from_numpy(targets)
+    return batch
+
+
+def _packed_batch(enc: Encoded, items: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+    """``make_batch`` of a packed ``Encoded`` (every field ``Ragged``): the same tensors from
+    a few gathers, with no loop over the items."""
+    ids, lengths = enc.input_ids.take(items)
+    B = len(lengths)
+    if not B:
+        raise ValueError("pad_batch got no sequences")
+    T = padded_length(int(lengths.max()))
+    row = np.repeat(np.arange(B, dtype=np.int64), lengths)
+    col = np.arange(len(ids), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    input_ids = np.full((B, T), pad_id, dtype=np.int64)
+    input_ids[row, col] = ids
+    mask = np.zeros((B, T), dtype=np.int64)
+    mask[row, col] = 1
+    batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+    if enc.token_type_ids is not None:
+        types = np.zeros((B, T), dtype=np.int64)
+        types[row, col] = enc.token_type_ids.take(items)[0]
+        batch["token_type_ids"] = torch.from_numpy(types)
+    positions, counts = enc.positions.take(items)
+    batch["positions"] = torch.from_numpy(
+        positions.astype(np.int64) + np.repeat(np.arange(B, dtype=np.int64) * T, counts)
+    )
+    batch["targets"] = torch.from_numpy(enc.targets.take(items)[0].astype(np.int64, copy=False))
     return batch
 
 

@@ -18,7 +18,7 @@ import torch
 
 from xlt_engine.data.align import word_predictions
 from xlt_engine.data.batching import length_batches
-from xlt_engine.data.task import Encoded, TaskData, encode, make_batch, task_kind
+from xlt_engine.data.task import Encoded, TaskData, encode, item_rows, make_batch, task_kind
 from xlt_engine.engine.config import EVAL_MAX_TOKENS
 from xlt_engine.engine.distributed import all_gather_rows, rank_world
 from xlt_engine.engine.loop import resolve_precision
@@ -98,7 +98,7 @@ def predict_logits(
                 device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
             ):
                 logits = forward_batch(model, batch, device)
-            rows = np.concatenate([np.arange(offsets[i], offsets[i + 1]) for i in items])
+            rows = item_rows(offsets, items)
             out[:, torch.from_numpy(rows).to(device)] = logits.to(out_dtype)
     finally:
         if bar is not None:

@@ -77,7 +77,7 @@ from xlt_engine.data.packed import (
     open_store,
     release,
 )
-from xlt_engine.data.task import Encoded, TaskBatches, task_kind
+from xlt_engine.data.task import Encoded, TaskBatches, item_rows, task_kind
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
 from xlt_engine.engine.config import (
@@ -253,25 +253,30 @@ def write_with_targets(
     writer: StoreWriter, enc: Encoded, targets: np.ndarray, chunk: int = CHUNK_ITEMS
 ) -> int:
     """``with_targets`` into a store, ``chunk`` items at a time; ``targets`` may be a memory
-    map. Returns the items written."""
+    map (its pages and ``enc``'s are dropped after each chunk). Returns the items written."""
+    if not enc.packed:
+        raise ValueError("write_with_targets reads a packed store (data.packed.open_store)")
     offsets, written = enc.row_offsets, 0
     for lo in range(0, len(enc), chunk):
         hi = min(lo + chunk, len(enc))
-        part = labeled_items(enc, np.asarray(targets[offsets[lo] : offsets[hi]]), lo, hi)
-        n = len(part["ids"])
+        t = np.asarray(targets[offsets[lo] : offsets[hi]])
+        # the items with a target, by gathers (no loop over the items)
+        local = offsets[lo : hi + 1] - offsets[lo]
+        labeled = np.concatenate([[0], np.cumsum(t >= 0)])
+        items = np.flatnonzero(labeled[local[1:]] > labeled[local[:-1]])
+        ids, lengths = enc.input_ids.take(lo + items)
+        types = None if enc.token_type_ids is None else enc.token_type_ids.take(lo + items)[0]
+        positions, rows = enc.positions.take(lo + items)
+        kept = t[item_rows(local, items)]
+        part = {"ids": ids, "lengths": lengths, "types": types, "positions": positions}
+        part |= {"rows": rows, "targets": np.where(kept >= 0, kept, IGNORE)}
+        n = len(part["lengths"])
         if n:
-            types = part["types"]
-            if types is None:  # every store item has token types (zeros here)
-                types = [np.zeros(len(x), np.int8) for x in part["ids"]]
             writer.add(
-                part
-                | {
-                    "types": types,
-                    "units": np.arange(n, dtype=np.int64),
-                    "lines": np.zeros(n, np.int64),
-                }
+                part | {"units": np.arange(n, dtype=np.int64), "lines": np.zeros(n, np.int64)}
             )
         written += n
+        release(enc, *([targets] if isinstance(targets, np.memmap) else []))
     return written
 
 
@@ -300,7 +305,7 @@ class SoftBatches(StoreBatches):
     def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
         items = self._batches(epoch)[index]
         out = super().batch(epoch, index)
-        rows = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in items])
+        rows = item_rows(self.offsets, items)
         out["probs"] = torch.as_tensor(np.asarray(self.probs[rows])).float()
         return out
 
@@ -350,10 +355,12 @@ def drop_failed_units(enc: Encoded, pseudo: np.ndarray, chunk: int = CHUNK_ITEMS
         ok = np.asarray(pseudo[offsets[lo] : offsets[hi]]) >= 0
         item_ok = np.logical_and.reduceat(ok, offsets[lo:hi] - offsets[lo])
         bad[np.asarray(units[lo:hi])[~item_ok]] = True
+        release(enc, pseudo)
     for lo, hi in spans:
         rows_bad = np.repeat(bad[np.asarray(units[lo:hi])], np.diff(offsets[lo : hi + 1]))
         seg = pseudo[offsets[lo] : offsets[hi]]
         seg[rows_bad] = -1
+        release(enc, pseudo)
 
 
 def target_counts(
@@ -373,6 +380,7 @@ def target_counts(
         labeled_units[np.asarray(units[lo:hi])[item_any]] = True
         classes += np.bincount(p[p >= 0], minlength=len(names))
         agree += int(np.asarray(agreed[offsets[lo] : offsets[hi]]).sum())
+        release(enc, pseudo, agreed)
     rows = int(offsets[-1])
     return {
         "target_rows": rows,
@@ -474,10 +482,10 @@ class SelfTraining:
         bounds = shard_items(enc.lengths, world)
         return int(bounds[rank]), int(bounds[rank + 1])
 
-    def chunks(self, model: nn.Module, enc: Encoded):
+    def chunks(self, model: nn.Module, enc: Encoded, *held: np.ndarray):
         """Voter logits of this rank's share of ``enc``, ``CHUNK_ITEMS`` items at a time:
-        yields ``(first row, logits [M, rows, C] on the device)``; the store's pages are
-        dropped after each chunk."""
+        yields ``(first row, logits [M, rows, C] on the device)``; the pages of the store and
+        of the memory maps ``held`` (the files the pass writes) are dropped after each chunk."""
         lo, hi = self.share(enc)
         offsets = enc.row_offsets
         args = (self.tok.pad_id, self.device, self.cfg.eval_max_tokens, self.amp)
@@ -488,7 +496,7 @@ class SelfTraining:
             self.forward_seconds += time.perf_counter() - t0
             yield int(offsets[a]), logits
             del logits
-            release(enc)
+            release(enc, *held)
 
     def rows_file(self, path: Path, specs: dict, meta: dict[str, str], fill, finish=None) -> None:
         """The safetensors file ``path`` of per-row tensors (``specs``: name -> (dtype code,
@@ -578,7 +586,8 @@ class SelfTraining:
                             f"{folder}: the teacher's labels {model.labels} are not the first "
                             f"teacher's {self.labels} (same labels, same order)"
                         )
-                    for row, logits in self.chunks(model, self.tgt):
+                    held = (out,) if acc is None else (out, acc)
+                    for row, logits in self.chunks(model, self.tgt, *held):
                         p = VotersModule.probs(logits).float().cpu().numpy()
                         rows = slice(row, row + len(p))
                         if acc is None:
@@ -748,9 +757,11 @@ class SelfTraining:
                 keep &= whole_units(source_ok, self.src_units)
 
             def fill(arrays):
-                for row, logits in self.chunks(student, self.tgt):
-                    pseudo, _, _ = voter_filter(logits, alpha)
-                    agreed, _, _ = voter_filter(logits, 0.0)  # unanimous, at any confidence
+                for row, logits in self.chunks(student, self.tgt, *arrays.values()):
+                    # unanimous at any confidence (every confidence is > 0), then at alpha:
+                    # one pass gives both, as voter_filter(logits, alpha) would
+                    agreed, conf, _ = voter_filter(logits, 0.0)
+                    pseudo = torch.where(conf > alpha, agreed, -1)
                     rows = slice(row, row + pseudo.shape[0])
                     arrays["pseudo"][rows] = pseudo.cpu().numpy()
                     arrays["agreed"][rows] = (agreed >= 0).cpu().numpy()

@@ -119,7 +119,10 @@ SOURCE_OK_FILE = "source-ok.safetensors"
 CHUNK_ITEMS = 4096  # items per inference chunk: its logits are all a pass holds at once (a
 # larger chunk leaves more of the C heap behind between trims; measured with 16K-token batches:
 # +7 MB at 2,048 items, +30 at 8,192, +118 at 16,384)
-RELEASE_EVERY = 256  # batches between drops of a packed store's pages (``packed.release``)
+RELEASE_EVERY = 1  # batches between drops of a packed store's pages (``packed.release``): a
+# training batch reads random items, and the kernel maps far more than it reads (measured: 576
+# random rows of a 175 MB memory-mapped file left 142 MB of it resident; MADV_RANDOM changed
+# nothing), so the pages go after every batch (a few madvise calls)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -287,7 +290,7 @@ class StoreBatches(TaskBatches):
     held: tuple = ()  # other memory maps to drop with the store's
 
     def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
-        if index % RELEASE_EVERY == RELEASE_EVERY - 1:
+        if index % RELEASE_EVERY == 0:
             release(self.enc, *self.held)
         return super().batch(epoch, index)
 

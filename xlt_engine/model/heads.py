@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xlt_engine.model.bert import init_bert_weights
+from xlt_engine.model.bert import gelu, init_bert_weights
 
 
 class LinearHead(nn.Module):
@@ -74,8 +74,8 @@ class Voter(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dropout(x)
         if not self.linear:
-            x = self.dropout(F.gelu(self.fc_in(x)))
-            x = self.dropout(F.gelu(self.fc_out(x)))
+            x = self.dropout(gelu(self.fc_in(x)))
+            x = self.dropout(gelu(self.fc_out(x)))
         return self.classifier(x)
 
 

@@ -18,6 +18,9 @@ Counted work (what the op must do, whoever does it):
   full = both.
 - voter_filter: reads M*N*C logits, writes N labels (8 B), N confidences (4 B), N*C means (4 B).
 - threshold_curve: reads N confidences and N bools.
+- supcon_loss, B rows of width D: forward 2B^2D flops (the scores), backward 4B^2D (ours: the
+  scores again and W @ n; eager: the two operands of n @ n.T), full 6B^2D. No roofline: its
+  bytes are B^2 either way and the flops run in fp32 / TF32, not at the yardstick's rate.
 
 On a CPU-only machine only the torch providers run, at reduced sizes, and the table says so.
 """
@@ -46,6 +49,8 @@ from xlt_engine.kernels import (
     fused_mlm_loss_ref,
     soft_label_mse,
     soft_label_mse_ref,
+    supcon_loss,
+    supcon_loss_ref,
     threshold_curve,
     threshold_curve_ref,
     voter_filter,
@@ -54,10 +59,12 @@ from xlt_engine.kernels import (
 from xlt_engine.kernels.threshold_curve import _curve_ref
 from xlt_engine.provenance import environment, result_file, version
 
-OPS = ("mlm", "mse", "voters", "threshold")
+OPS = ("mlm", "mse", "voters", "threshold", "supcon")
 PROVIDERS = ("triton", "torch", "compile", "hf", "liger")
 MODES = ("forward", "backward", "full", "frozen")
 MLM_FLOPS = {"forward": 2, "backward": 4, "full": 6, "frozen": 4}  # times N * V * H
+SUPCON_FLOPS = {"forward": 2, "backward": 4, "full": 6}  # times B * B * D (ours and eager alike)
+SUPCON_TAU = 0.3
 MBERT_V, MBERT_H = 119547, 768
 
 
@@ -203,6 +210,33 @@ def mse_cases(device, dtype, shapes, providers, modes) -> list[Case]:
                         nbytes=nbytes[mode],
                     )
                 )
+    return cases
+
+
+def supcon_cases(device, dtype, shapes, providers, modes) -> list[Case]:
+    """shapes: (label, B, D). Embeddings in ``dtype``, 3 labels (XNLI), tau 0.3."""
+    cases = []
+    for label, b, d in shapes:
+        g = torch.Generator(device=device).manual_seed(0)
+        h = torch.randn(b, d, device=device, generator=g).to(dtype)
+        labels = torch.randint(0, 3, (b,), device=device, generator=g)
+        fns = {
+            "triton": supcon_loss,
+            "torch": lambda hh, yy, tau: supcon_loss_ref(hh, yy, tau, upcast=False),
+        }
+        if "compile" in providers:
+            fns["compile"] = _compiled(lambda hh, yy, tau: supcon_loss_ref(hh, yy, tau, False))
+        for provider, fn in fns.items():
+            if provider not in providers:
+                continue
+            for mode in (m for m in modes if m in SUPCON_FLOPS):
+                flops = SUPCON_FLOPS[mode] * b * b * d
+                cases.append(
+                    _autograd_case(
+                        "supcon", label, provider, mode, fn, [h], labels,
+                        extra=(SUPCON_TAU,), flops=flops,
+                    )
+                )  # fmt: skip
     return cases
 
 
@@ -386,12 +420,14 @@ def default_shapes(device: torch.device) -> dict:
                 for n in (1 << 16, 1 << 20, 1 << 24)
             ],
             "threshold": [(f"N={_size(n)} K=52", n, 52) for n in (1 << 20, 10_000_000)],
+            "supcon": [(f"B={b} D={d}", b, d) for b, d in ((1024, 768), (4096, 1024))],
         }
     return {  # CPU: reduced sizes
         "mlm": [("N=256 V=8192 H=256", 256, 32 * 64, 8192, 256)],
         "mse": [(f"M=3 N={_size(n)} C={c}", 3, n, c) for c in (2, 9) for n in (1 << 16,)],
         "voters": [(f"M=3 N={_size(n)} C={c}", 3, n, c) for c in (2, 9) for n in (1 << 16,)],
         "threshold": [(f"N={_size(n)} K=52", n, 52) for n in (1 << 20,)],
+        "supcon": [("B=1024 D=768", 1024, 768)],  # the issue's shape: cheap enough on a CPU
     }
 
 
@@ -437,6 +473,8 @@ def run(
         cases += voter_cases(dev, dtype, shapes["voters"], providers)
     if "threshold" in ops:
         cases += threshold_cases(dev, shapes["threshold"], providers)
+    if "supcon" in ops:
+        cases += supcon_cases(dev, dtype, shapes["supcon"], providers, modes)
     yard = yardsticks(dev, dtype, reps)
     for case in cases:
         time_case(case, dev, reps)

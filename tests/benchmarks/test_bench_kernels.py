@@ -18,14 +18,14 @@ def test_cpu_run_prints_a_table_and_appends_results(tmp_path):
     assert "No GPU: running the torch providers only, at reduced sizes (skipping triton)" in (
         first.output
     )
-    for op in ("mlm", "mse", "voters", "threshold"):
+    for op in ("mlm", "mse", "voters", "threshold", "supcon"):
         assert f"\n{op} " in first.output
     again = runner.invoke(main, [*args, "--op", "threshold", "--out", str(tmp_path)])
     assert again.exit_code == 0, again.output
     (json_path,) = tmp_path.glob("kernels_cpu*.json")
     runs = json.loads(json_path.read_text())
     assert len(runs) == 2 and runs[0]["reduced_sizes"] is True
-    assert {r["op"] for r in runs[0]["rows"]} == {"mlm", "mse", "voters", "threshold"}
+    assert {r["op"] for r in runs[0]["rows"]} == {"mlm", "mse", "voters", "threshold", "supcon"}
     assert all(r["provider"] == "torch" and r["ms"] > 0 for r in runs[0]["rows"])
     assert runs[0]["torch"] and runs[0]["triton"] and "device" in runs[0]
     with open(json_path.with_suffix(".csv")) as f:
@@ -36,7 +36,8 @@ def test_cpu_run_prints_a_table_and_appends_results(tmp_path):
 
 def test_every_row_reports_its_roofline_from_the_measured_yardsticks(tmp_path):
     """measured / roofline: the roofline is the counted work at the matmul rate and copy
-    bandwidth measured in the same run; the MLM loss counts it for full and frozen only."""
+    bandwidth measured in the same run; the MLM loss counts it for full and frozen only, the
+    contrastive loss not at all (its flops are counted, its bytes are not)."""
     args = ["bench", "kernels", "--provider", "torch", "--reps", "1", "--out", str(tmp_path)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
@@ -49,6 +50,12 @@ def test_every_row_reports_its_roofline_from_the_measured_yardsticks(tmp_path):
     n, v, h = 256, 8192, 256  # the CPU shape
     for r in run["rows"]:
         if r["op"] == "mlm" and r["mode"] in ("forward", "backward"):
+            assert "roofline_ms" not in r
+            continue
+        if r["op"] == "supcon":
+            b, d = 1024, 768
+            flops = {"forward": 2, "backward": 4, "full": 6}[r["mode"]] * b * b * d
+            assert r["tflops"] * 1e9 * r["ms"] == pytest.approx(flops)
             assert "roofline_ms" not in r
             continue
         if r["op"] == "mlm":

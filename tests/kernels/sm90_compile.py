@@ -35,6 +35,7 @@ from triton.compiler import ASTSource
 from xlt_engine.kernels._launch import recording
 from xlt_engine.kernels.mlm_loss import fused_mlm_loss_fwd
 from xlt_engine.kernels.soft_label_mse import soft_label_mse_fwd
+from xlt_engine.kernels.supcon_loss import SupConFunction
 from xlt_engine.kernels.threshold_curve import threshold_curve_counts
 from xlt_engine.kernels.voter_filter import voter_filter_fwd
 
@@ -78,6 +79,14 @@ def launches() -> list[tuple[str, tuple]]:
             mask = torch.ones(64, dtype=torch.bool)
             record(f"mse {TYPES[dt]} C={c}", soft_label_mse_fwd, z, p, mask, True, True)
             record(f"voters {TYPES[dt]} C={c}", voter_filter_fwd, z, torch.zeros(1))
+        for d in (48, 768, 1024):
+            h = torch.randn(256, d, generator=g).to(dt).requires_grad_()
+            y = torch.randint(0, 3, (256,), generator=g)
+
+            def supcon(h=h, y=y):  # forward and backward: the launches are recorded, not run
+                SupConFunction.apply(h, y, 0.3).backward()
+
+            record(f"supcon {TYPES[dt]} D={d}", supcon)
     for dt in (torch.float32, torch.float64):
         for k in (8, 50):
             conf = torch.rand(100, generator=g).to(dt)

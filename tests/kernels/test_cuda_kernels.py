@@ -6,12 +6,14 @@ import pytest
 import torch
 
 from tests.conftest import requires_cuda
-from tests.kernels.conftest import assert_mlm_grads, assert_rule, max_err
+from tests.kernels.conftest import assert_mlm_grads, assert_rule, assert_scaled, max_err
 from xlt_engine.kernels import (
     fused_mlm_loss,
     fused_mlm_loss_ref,
     soft_label_mse,
     soft_label_mse_ref,
+    supcon_loss,
+    supcon_loss_ref,
     threshold_curve,
     threshold_curve_ref,
     voter_filter,
@@ -88,6 +90,7 @@ def test_no_host_sync_inside_the_ops():
     try:
         fused_mlm_loss(hidden, weight, bias, labels, check_labels=False).backward()
         soft_label_mse(z, p, mask).backward()
+        supcon_loss(hidden, labels % 3, 0.3).backward()
         voter_filter(z.detach(), alpha)
         threshold_curve(conf, correct, thresholds)
     finally:
@@ -149,3 +152,26 @@ def test_voter_filter_and_threshold_curve_match_their_references():
         strict=True,
     ):
         torch.testing.assert_close(a, b, equal_nan=True, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
+@pytest.mark.parametrize("B,D,tau", [(1024, 768, 0.3), (4096, 1024, 0.3), (333, 768, 0.05)])
+def test_supcon_loss_at_paper_shapes(dtype, B, D, tau):
+    """Loss and gradient against float64 (B up to 4K, D up to 1,024), 3 labels as XNLI."""
+    g = torch.Generator(device="cuda").manual_seed(B)
+    h = torch.randn(B, D, device="cuda", generator=g).to(dtype).requires_grad_()
+    labels = torch.randint(0, 3, (B,), device="cuda", generator=g)
+    out = []
+    for fn, x, kw in (
+        (supcon_loss, h, {}),
+        (supcon_loss_ref, h.detach().double().requires_grad_(), {}),
+        (supcon_loss_ref, h, {"upcast": False}),
+    ):
+        x.grad = None
+        loss = fn(x, labels, tau, **kw)
+        loss.backward()
+        out.append((loss.detach(), x.grad.clone()))
+    (loss, grad), (ref, ref_grad), (same, same_grad) = out
+    atol = {torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}[dtype]
+    assert_rule("loss", loss, ref, same, atol)
+    assert_scaled("d embeddings", grad, ref_grad, same_grad, atol)

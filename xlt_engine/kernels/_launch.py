@@ -46,11 +46,27 @@ def _threshold(k: int) -> dict:
     return dict(BLOCK_K=block_k, BLOCK_N=max(64, 4096 // block_k), num_warps=8)
 
 
+def _supcon_tiles(dim: int) -> dict:
+    # S tiles of 64 anchors x 64 rows, D in chunks of 64 (``tl.dot`` needs >= 16). At 4 warps the
+    # fp32 forward needed 255 registers with 7 spill stores (sm_90, Triton 3.9); 8 warps: 192 and
+    # none. Not yet timed on a GPU.
+    block_d = min(64, max(16, triton.next_power_of_2(dim)))
+    return dict(BLOCK_M=64, BLOCK_N=64, BLOCK_D=block_d, num_warps=8)
+
+
+def _supcon_rows(dim: int) -> dict:
+    # one program per row, the whole row at once (D up to a few thousand)
+    block = triton.next_power_of_2(max(dim, 1))
+    return dict(BLOCK_D=block, num_warps=8 if block >= 2048 else 4)
+
+
 _TABLE: dict[str, Callable[..., dict]] = {
     "mlm_rows": _mlm_rows,
     "soft_label_mse": _row_block,
     "voter_filter": _row_block,
     "threshold_curve": _threshold,
+    "supcon": _supcon_tiles,
+    "supcon_rows": _supcon_rows,
 }
 
 

@@ -189,7 +189,7 @@ def bench() -> None:
     "--op",
     "ops",
     multiple=True,
-    type=click.Choice(["mlm", "mse", "voters", "threshold"]),
+    type=click.Choice(["mlm", "mse", "voters", "threshold", "supcon"]),
     help="ops to time (repeatable; default: all)",
 )
 @click.option(
@@ -239,6 +239,29 @@ def bench_kernels(ops, providers, modes, device, reps, out, no_save) -> None:
 def _file_option(*names: str, **kwargs):
     """An option naming one file (not a folder), given as a ``Path``."""
     return click.option(*names, type=click.Path(dir_okay=False, path_type=Path), **kwargs)
+
+
+@main.command("xnli-parallel")
+@click.option(
+    "--xnli", "xnli_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+    help="the folder of XNLI's dev-<lang>.tsv files",
+)  # fmt: skip
+@click.option("--source", default="en", show_default=True, help="the labeled language")
+@click.option("--languages", required=True, help="target languages, by commas (e.g. de,fr,zh)")
+@click.option("-n", "n", type=int, default=200, show_default=True, help="source items drawn")
+@click.option("--seed", type=int, default=42, show_default=True)
+@_file_option("--out", required=True, help="the parallel JSONL file (written atomically)")
+def xnli_parallel(xnli_dir, source, languages, n, seed, out) -> None:
+    """A parallel file (finetune.parallel_file) from XNLI's dev files, whose rows are parallel
+    across languages: n items of the source's dev file and their rows in each language."""
+    from xlt_engine.data.parallel import build_xnli_parallel
+
+    langs = [x.strip() for x in languages.split(",") if x.strip()]
+    try:
+        rows = build_xnli_parallel(xnli_dir, source, langs, n, seed, out)
+    except ValueError as err:
+        _fail(err)
+    click.echo(f"wrote {out}: {n} items x {len(langs)} languages = {rows} rows")
 
 
 @main.command()
@@ -296,6 +319,7 @@ def smoke_config(cfg):
     cfg = with_section(cfg, "model", max_len=min(cfg.model.max_len, SMOKE_MAX_LEN))
     cfg = with_section(cfg, "btf", train=dataclasses.replace(cfg.btf.train, **steps))
     cfg = with_section(cfg, "finetune", train=dataclasses.replace(cfg.finetune.train, **steps))
+    cfg = with_section(cfg, "cotrain", train=dataclasses.replace(cfg.cotrain.train, **steps))
     s = cfg.selftrain
     return with_section(
         cfg,
@@ -473,7 +497,13 @@ def run(
     if no_selftrain and stage != "all":
         _fail(ValueError("--no-selftrain goes with --stage all"))
     if tensorboard:  # every train table of the tree
-        trains = ("btf.train", "finetune.train", "selftrain.soft", "selftrain.hard")
+        trains = (
+            "btf.train",
+            "finetune.train",
+            "selftrain.soft",
+            "selftrain.hard",
+            "cotrain.train",
+        )
         overrides = (*overrides, *(f"{t}.tensorboard=true" for t in trains))
     echo = click.echo if os.environ.get("RANK", "0") == "0" else None
 

@@ -1,6 +1,7 @@
 """TOML experiment configs: keyed errors before anything runs, --set overrides, the shipped
 presets, and the CLI `run` command end to end (btf -> finetune -> evaluate -> predict)."""
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -594,3 +595,20 @@ def test_several_sources_are_checked_and_planned(tmp_path, tiny):
         check_files(
             load_config(CONLL, [*base, "sources=['eng', 'esp']", "targets=['ned']"]), "finetune"
         )
+
+
+@pytest.mark.parametrize("name,targets", [("marc", 5), ("xnli", 14)])
+def test_cotrain_presets_find_their_data_for_every_target(tiny, name, targets):
+    """configs/marc.toml and xnli.toml: every file of every pair exists in the shared data, for
+    co-training (and finetune / evaluate); only the two model folders are for the user to give."""
+    over = [f"data.root={SHARED_DATA}", f"model.path={tiny}", "model.freeze_layers=1"]
+    cfg = load_config(ROOT / "configs" / f"{name}.toml", over)
+    assert len(cfg.targets) == targets and cfg.cotrain.predict_with == "lm"
+    with pytest.raises(ConfigError) as info:
+        check_files(cfg, "cotrain")
+    assert info.value.problems == ["cotrain.embedding_model: LaBSE: no such folder"]
+    cfg = load_config(ROOT / "configs" / f"{name}.toml", [*over, f"cotrain.embedding_model={tiny}"])
+    for target in cfg.targets:
+        pair = dataclasses.replace(cfg, target=target)
+        for stage in ("cotrain", "finetune", "evaluate"):
+            check_files(pair, stage)

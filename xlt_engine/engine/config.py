@@ -311,11 +311,56 @@ class BtfSection(BtfSettings, FreezeOverride):
         FreezeOverride.__post_init__(self)
 
 
+LA_MAX_WEIGHT = 1000.0  # a contrastive weight beyond this is a typo, not a setting
+LA_TEMPERATURES = (1e-3, 100.0)  # tau's range: S / tau stays finite in fp32 and bf16
+
+
 @dataclass(frozen=True)
 class FinetuneSettings(BatchSettings):
-    """Source fine-tuning's settings: ``[finetune]`` and the library's ``FinetuneConfig``."""
+    """Source fine-tuning's settings: ``[finetune]`` and the library's ``FinetuneConfig``.
+
+    ``label_alignment``: paper 003's Label Alignment, the supervised contrastive loss
+    (``kernels.supcon_loss``) on each batch's sentence representations (``model.representation``)
+    added to the cross-entropy with weight ``la_weight`` at temperature ``la_temperature``
+    (sequence tasks only; 0.5 and 0.3 are DESIGN's choices)."""
 
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, lr=2e-5))
+    label_alignment: bool = False
+    la_weight: float = 0.5
+    la_temperature: float = 0.3
+    parallel_file: str | None = None  # paper 003's D^bi (``data.parallel``): its translations
+    # join the training data (alone: translate-train), and Semantic Alignment reads it
+    semantic_alignment: bool = False  # then a second phase: CE + sa_weight x Eq. 4
+    sa_weight: float = 0.5
+    sa_temperature: float = 0.3
+    sa_lr_scale: float = 0.1  # phase 2's learning rate: this x train.lr
+    sa_epochs: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        lo, hi = LA_TEMPERATURES
+        for name in ("la", "sa"):
+            weight, tau = getattr(self, f"{name}_weight"), getattr(self, f"{name}_temperature")
+            if not 0 <= weight <= LA_MAX_WEIGHT:  # also refuses nan
+                raise ValueError(f"{name}_weight must be in [0, {LA_MAX_WEIGHT:g}], got {weight}")
+            if not lo <= tau <= hi:
+                raise ValueError(f"{name}_temperature must be in [{lo:g}, {hi:g}], got {tau}")
+        if not 0 < self.sa_lr_scale <= 1:
+            raise ValueError(f"sa_lr_scale must be in (0, 1], got {self.sa_lr_scale}")
+        if not 0 < self.sa_epochs <= 100:
+            raise ValueError(f"sa_epochs must be in (0, 100], got {self.sa_epochs}")
+        if self.semantic_alignment and not self.parallel_file:
+            raise ValueError("semantic_alignment needs parallel_file (the translations)")
+
+    def check_kind(self, kind: str, prefix: str = "") -> None:
+        """Paper 003's options contrast sentence representations: refused for token tasks
+        (``prefix``: how the caller names this section, e.g. ``finetune.``)."""
+        for key in ("label_alignment", "parallel_file"):
+            if getattr(self, key) and kind == "token":
+                raise ValueError(
+                    f"{prefix}{key}: paper 003's language adaptation contrasts sentence "
+                    "representations; token classification has none"
+                )
 
 
 @dataclass(frozen=True)
@@ -391,6 +436,46 @@ class SelftrainSection(SelftrainSettings, FreezeOverride):
         FreezeOverride.__post_init__(self)
 
 
+CotrainPredict = Literal["lm", "emb", "mean"]
+
+
+@dataclass(frozen=True)
+class CotrainSettings(BatchSettings):
+    """Co-training's settings (paper 003, Algorithm 1; see ``engine.cotrain``): the
+    ``[cotrain]`` section and the library's ``CotrainConfig``. DESIGN: t = 0.9, s = 3, reinit,
+    the final prediction by the LM view; paper 003: AdamW lr 5e-5, batch 16, 2 epochs on MARC
+    (5 on XNLI)."""
+
+    iterations: int = 3  # s
+    threshold: float = 0.9  # t: a prediction is a candidate when its confidence is above it
+    subset_fraction: float = 1 / 3  # each exchange draws round(fraction x n) rows at most
+    reinit: bool = True  # each iteration starts both views from their pre-trained encoders
+    predict_with: CotrainPredict = "lm"
+    exchange: Literal["cross", "self"] = "cross"  # self: each view's rows go to its own set
+    # (self-training of each view alone, paper 003's baseline)
+    lm_representation: Representation = "cls"
+    emb_representation: Representation = "mean"
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2.0, lr=5e-5))
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_choices(self)
+        if not 1 <= self.iterations <= 1000:
+            raise ValueError(f"iterations must be in [1, 1000], got {self.iterations}")
+        if not 0 <= self.threshold < 1:  # also refuses nan
+            raise ValueError(f"threshold must be in [0, 1), got {self.threshold}")
+        if not 0 < self.subset_fraction <= 1:
+            raise ValueError(f"subset_fraction must be in (0, 1], got {self.subset_fraction}")
+
+
+@dataclass(frozen=True)
+class CotrainSection(CotrainSettings):
+    """``[cotrain]``: the LM view is ``model.path``; the embedding view's encoder is
+    ``embedding_model`` (a LaBSE / e5 folder in Hugging Face layout)."""
+
+    embedding_model: str = ""
+
+
 @dataclass(frozen=True)
 class EvaluateSection:
     model: str = "finetune"  # a stage name ("finetune", "finetune-direct") or a model folder
@@ -434,6 +519,7 @@ class ExperimentConfig:
     btf: BtfSection = field(default_factory=BtfSection)
     finetune: FinetuneSection = field(default_factory=FinetuneSection)
     selftrain: SelftrainSection = field(default_factory=SelftrainSection)
+    cotrain: CotrainSection = field(default_factory=CotrainSection)
     evaluate: EvaluateSection = field(default_factory=EvaluateSection)
     predict: PredictSection = field(default_factory=PredictSection)
     name: str = ""  # set from the file name
@@ -451,6 +537,7 @@ class ExperimentConfig:
                 f"model.representation: {self.model.representation!r} is for sequence tasks "
                 "(NER labels every word's first sub-token; leave it 'cls')"
             )
+        self.finetune.check_kind("token" if self.task == "ner" else "sequence", "finetune.")
         if not self.targets:
             raise ValueError("targets: give at least one target language")
         check_choices(self)
@@ -481,6 +568,7 @@ class ExperimentConfig:
             "finetune.train": self.finetune.train,
             "selftrain.soft": self.selftrain.soft,
             "selftrain.hard": self.selftrain.hard,
+            "cotrain.train": self.cotrain.train,
         }
         for key, train in trains.items():
             if train.seed != 0:
@@ -726,6 +814,15 @@ def check_files(cfg: ExperimentConfig, stage: str) -> None:
         if not ok:
             problems.append(f"{key}: {path}: no such {'folder' if folder else 'file'}")
 
+    def need_unlabeled():  # the pair target's unlabeled data
+        role = cfg.role(tgt, "unlabeled")
+        if role is None:
+            problems.append(
+                f"languages.{tgt}: {stage} needs unlabeled target data (unlabeled or train)"
+            )
+        else:
+            need(f"languages.{tgt}.{role}", cfg.data_path(tgt, role))
+
     if not Path(cfg.data.root).is_dir():
         problems.append(f"data.root: {cfg.data.root}: no such folder")
     need("model.path", Path(cfg.model.path), folder=True)
@@ -768,16 +865,21 @@ def check_files(cfg: ExperimentConfig, stage: str) -> None:
             need(f"languages.{lang}.train", cfg.data_path(lang, "train"))
         dev = cfg.finetune.source or src
         need(f"languages.{dev}.dev", cfg.data_path(dev, "dev"), required=False)
+        if cfg.finetune.parallel_file:
+            need("finetune.parallel_file", Path(cfg.finetune.parallel_file))
     elif stage == "selftrain":
         for lang in cfg.source_languages:
             need(f"languages.{lang}.train", cfg.data_path(lang, "train"))
-        role = cfg.role(tgt, "unlabeled")
-        if role is None:
-            problems.append(
-                f"languages.{tgt}: selftrain needs unlabeled target data (unlabeled or train)"
-            )
+        need_unlabeled()
+    elif stage == "cotrain":
+        need(f"languages.{src}.train", cfg.data_path(src, "train"))
+        need_unlabeled()
+        need(f"languages.{tgt}.dev", cfg.data_path(tgt, "dev"), required=False)
+        emb = cfg.cotrain.embedding_model
+        if not emb:
+            problems.append("cotrain.embedding_model: missing (the embedding view's encoder)")
         else:
-            need(f"languages.{tgt}.{role}", cfg.data_path(tgt, role))
+            need("cotrain.embedding_model", Path(emb), folder=True)
     elif stage == "evaluate":
         for lang in (src, *cfg.targets):
             need(f"languages.{lang}.test", cfg.data_path(lang, "test"))

@@ -22,6 +22,7 @@ from xlt_engine.engine.btf import BtfConfig, run_btf
 from xlt_engine.engine.config import (
     BtfSettings,
     ConfigError,
+    CotrainSettings,
     ExperimentConfig,
     FinetuneSettings,
     FreezeSettings,
@@ -31,6 +32,7 @@ from xlt_engine.engine.config import (
     settings_of,
     to_dict,
 )
+from xlt_engine.engine.cotrain import CotrainConfig, run_cotrain
 from xlt_engine.engine.distributed import rank_world, resolve_device
 from xlt_engine.engine.evaluate import EvaluateConfig, PredictConfig, run_evaluate, run_predict
 from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
@@ -184,6 +186,29 @@ def build_selftrain(cfg: ExperimentConfig) -> SelftrainConfig:
     )
 
 
+def build_cotrain(cfg: ExperimentConfig) -> CotrainConfig:
+    check_files(cfg, "cotrain")
+    c = cfg.cotrain
+    tgt = cfg.pair_target
+    dev = cfg.data_path(tgt, "dev")
+    settings = settings_of(c, CotrainSettings) | {"train": _seeded(c.train, cfg)}
+    return CotrainConfig(
+        **settings,
+        model=cfg.model.path,
+        embedding_model=c.embedding_model,
+        train_file=str(cfg.data_path(cfg.source, "train")),
+        unlabeled_file=str(cfg.data_path(tgt, unlabeled_role(cfg))),
+        dev_file=str(dev) if dev else None,
+        out=str(stage_dir(cfg, "cotrain")),
+        format=cfg.data.format,
+        max_len=cfg.model.max_len,
+        device=cfg.device,
+        max_train=cfg.data.max_train,
+        max_unlabeled=cfg.data.max_unlabeled,
+        max_dev=cfg.data.max_dev,
+    )
+
+
 def build_evaluate(cfg: ExperimentConfig) -> EvaluateConfig:
     check_files(cfg, "evaluate")
     model = model_path(cfg, cfg.evaluate.model, "evaluate.model")
@@ -223,6 +248,7 @@ BUILDERS = {
     "btf": build_btf,
     "finetune": build_finetune,
     "selftrain": build_selftrain,
+    "cotrain": build_cotrain,
     "evaluate": build_evaluate,
     "predict": build_predict,
 }
@@ -293,7 +319,12 @@ def run_stage(
         result = run_evaluate(stage_cfg, echo=echo)
     else:
         distributed.barrier()
-        runner = {"btf": run_btf, "finetune": run_finetune, "selftrain": run_selftrain}
+        runner = {
+            "btf": run_btf,
+            "finetune": run_finetune,
+            "selftrain": run_selftrain,
+            "cotrain": run_cotrain,
+        }
         result = runner[stage](stage_cfg, resume=resume, echo=echo, progress=progress)
     seconds = time.perf_counter() - start
     if main:

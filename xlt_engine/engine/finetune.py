@@ -4,12 +4,18 @@ the bottom ``freeze_layers`` layers stay fixed (``FreezeSettings``). Sequence
 classification (CLS-10, MARC, XNLI pairs, JSONL/TSV) classifies [CLS]; token classification
 (CoNLL NER) classifies each word's first sub-token, long sentences in windows.
 
+Paper 003's options (sequence tasks): ``label_alignment`` adds the supervised contrastive loss
+of each batch's sentence representations; ``parallel_file`` adds its translations to the data
+(translate-train); ``semantic_alignment`` then runs a second phase on the parallel items alone
+(``engine.adaptation``), with its own checkpoints in ``out/semantic-alignment/``.
+
 Output in ``out``: ``model/`` (a task model folder, see ``model.task``), ``dev.json`` (the
 dev-set score, when a dev file is given), ``metrics.jsonl`` and the loop's checkpoints.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
 from dataclasses import dataclass
@@ -18,9 +24,23 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from xlt_engine.data.task import TaskBatches, concat_encoded, encode, label_set, read_task_file
+from xlt_engine.data.parallel import read_parallel
+from xlt_engine.data.task import (
+    TaskBatches,
+    concat_encoded,
+    encode,
+    label_set,
+    read_task_file,
+    task_kind,
+)
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine import distributed
+from xlt_engine.engine.adaptation import (
+    SABatches,
+    sa_encoded,
+    semantic_alignment_loss,
+    translations_data,
+)
 from xlt_engine.engine.config import (
     FinetuneSettings,
     FreezeSettings,
@@ -30,8 +50,9 @@ from xlt_engine.engine.config import (
 )
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.inference import evaluate_model, forward_batch
-from xlt_engine.engine.loop import TrainResult, prepare, train
+from xlt_engine.engine.loop import TrainResult, latest_checkpoint, prepare, train
 from xlt_engine.fileio import atomic_write_text
+from xlt_engine.kernels import supcon_loss
 from xlt_engine.model.checkpoint import load_encoder
 from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import load_task_model, new_task_model, save_task_model
@@ -69,6 +90,9 @@ class FinetuneConfig(FinetuneSettings, FreezeSettings, HeadSettings, TaskSetting
                 raise ValueError(f"more_train_files: {path}: no such file")
         if not Path(self.model).is_dir():
             raise ValueError(f"model: {self.model}: no such folder")
+        self.check_kind(task_kind(self.format))
+        if self.parallel_file is not None and not Path(self.parallel_file).is_file():
+            raise ValueError(f"parallel_file: {self.parallel_file}: no such file")
 
 
 RARE_LABEL = 3  # fewer occurrences than this: most likely a typo (a B-XYZ became a class)
@@ -87,6 +111,38 @@ def report_labels(data, echo) -> None:
                 "class of the model",
                 stacklevel=2,
             )
+
+
+def finetune_loss(cfg: FinetuneSettings, device: torch.device):
+    """The training loss: the voters' mean cross-entropy, plus ``la_weight`` x the supervised
+    contrastive loss of the batch's sentence representations (``label_alignment``)."""
+
+    def loss_fn(m: nn.Module, batch: dict, gen: torch.Generator) -> torch.Tensor:
+        targets = batch["targets"].to(device, non_blocking=True)
+        if not cfg.label_alignment:
+            return VotersModule.loss(forward_batch(m, batch, device), targets)
+        logits, reps = forward_batch(m, batch, device, features=True)
+        la = supcon_loss(reps, targets, cfg.la_temperature)
+        return VotersModule.loss(logits, targets) + cfg.la_weight * la
+
+    return loss_fn
+
+
+SA_FOLDER = "semantic-alignment"  # phase 2's checkpoints and metrics, inside the stage folder
+
+
+def semantic_alignment_step(cfg: FinetuneSettings, device: torch.device):
+    """Phase 2's loss: cross-entropy over every row of the groups plus ``sa_weight`` x the
+    Semantic Alignment loss (``adaptation.semantic_alignment_loss``)."""
+
+    def loss_fn(m: nn.Module, batch: dict, gen: torch.Generator) -> torch.Tensor:
+        targets = batch["targets"].to(device, non_blocking=True)
+        logits, reps = forward_batch(m, batch, device, features=True)
+        group = [batch[k].to(device) for k in ("sa_anchor", "sa_member", "sa_positive")]
+        sa = semantic_alignment_loss(reps, *group, cfg.sa_temperature)
+        return VotersModule.loss(logits, targets) + cfg.sa_weight * sa
+
+    return loss_fn
 
 
 @dataclass
@@ -110,6 +166,9 @@ def run_finetune(
     ]
     for part in parts:
         report_labels(part, echo if rank == 0 else None)
+    items = read_parallel(cfg.parallel_file) if cfg.parallel_file else None
+    if items is not None:  # phase 1 trains on the translations too (translate-train)
+        parts.append(translations_data(items, Path(cfg.parallel_file)))
     train_data = parts[0]
     labels = list(cfg.labels) if cfg.labels else label_set(parts)
     if len(labels) < 2:
@@ -137,9 +196,7 @@ def run_finetune(
         raise ValueError(f"{cfg.model}: {err}") from None
     data = TaskBatches(enc, tok.pad_id, cfg.batch_size, cfg.max_tokens, cfg.train.seed)
 
-    def loss_fn(m: nn.Module, batch: dict, gen: torch.Generator) -> torch.Tensor:
-        logits = forward_batch(m, batch, device)
-        return VotersModule.loss(logits, batch["targets"].to(device, non_blocking=True))
+    loss_fn = finetune_loss(cfg, device)
 
     def save(m, folder):
         save_task_model(m, folder, tok)
@@ -154,8 +211,9 @@ def run_finetune(
             s = evaluate_model(m, dev_data, tok, cfg.max_len, device, cfg.eval_max_tokens, dev_enc)
             return {"dev_" + s["metric"]: s["score"]}
 
+    frozen = cfg.frozen_patterns(len(encoder.layers))
     result = train(
-        prepare(model, cfg.train, device, cfg.frozen_patterns(len(encoder.layers))),
+        prepare(model, cfg.train, device, frozen),
         loss_fn,
         data,
         cfg.train.with_steps(data.num_batches(0)),
@@ -167,6 +225,30 @@ def run_finetune(
         echo=echo,
         progress=progress,
     )
+    if cfg.semantic_alignment:  # phase 2: CE + SA on the parallel items, a smaller lr
+        enc_sa, source_labels, rows = sa_encoded(
+            items, Path(cfg.parallel_file), tok, labels, cfg.max_len
+        )
+        group = 1 + 2 * max(len(r) for r in rows)
+        sa_data = SABatches(
+            enc_sa, source_labels, rows, tok.pad_id, cfg.batch_size // group, cfg.train.seed
+        )
+        sa_train = dataclasses.replace(
+            cfg.train, lr=cfg.train.lr * cfg.sa_lr_scale, epochs=cfg.sa_epochs, max_steps=0
+        )
+        result = train(
+            prepare(model, sa_train, device, frozen),
+            semantic_alignment_step(cfg, device),
+            sa_data,
+            sa_train.with_steps(sa_data.num_batches(0)),
+            out / SA_FOLDER,
+            save_model=save,
+            load_model=load,
+            resume=latest_checkpoint(out / SA_FOLDER) is not None,
+            evaluate=evaluate,
+            echo=echo,
+            progress=progress,
+        )
     dev = None
     if rank == 0:
         if dev_data is not None:

@@ -39,14 +39,18 @@ def check_task_model(path: str | Path, format: str) -> None:
         )
 
 
-def forward_batch(model: torch.nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
-    """A task model (or its DDP wrapper) on a ``make_batch`` batch: voter logits [M, rows, C]."""
+def forward_batch(
+    model: torch.nn.Module, batch: dict, device: torch.device, features: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """A task model (or its DDP wrapper) on a ``make_batch`` batch: voter logits [M, rows, C]
+    (``features``: and the sentence representations [B, H], as ``TaskModel.forward``)."""
     types = batch.get("token_type_ids")
     return model(
         batch["input_ids"].to(device, non_blocking=True),
         batch["attention_mask"].to(device, non_blocking=True),
         types.to(device, non_blocking=True) if types is not None else None,
         batch["positions"].to(device, non_blocking=True),
+        features=features,
     )
 
 

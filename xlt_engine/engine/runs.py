@@ -121,7 +121,9 @@ def model_stage(cfg: ExperimentConfig, name: str) -> tuple[ExperimentConfig, str
 
 def output_of(cfg: ExperimentConfig, stage: str) -> Path:
     """What a finished stage leaves: its model folder, or evaluate's results.json."""
-    name = {"btf": "base-model", "evaluate": "results.json"}.get(stage, "model")
+    name = {"btf": "base-model", "evaluate": "results.json", "cotrain": "cotrain.json"}.get(
+        stage, "model"
+    )
     return stage_dir(cfg, stage) / name
 
 
@@ -230,6 +232,8 @@ class StagePlan:
         folder = self.folder
         if self.stage == "selftrain":
             return (folder / "selftrain.jsonl").exists() or any(folder.glob("round-*"))
+        if self.stage == "cotrain":
+            return any(folder.glob("iter-*"))
         return latest_checkpoint(folder) is not None
 
     def differences(self) -> list[str]:
@@ -384,7 +388,19 @@ def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
         settings.pop("finetune.init")
         if cfg.finetune.source is None:
             settings.pop("finetune.source")
+        parallel = settings.pop("finetune.parallel_file")
+        # paper 003's options count only when on (and older fingerprints stay valid)
+        unused = []
+        if not cfg.finetune.label_alignment:
+            unused += ["label_alignment", "la_weight", "la_temperature"]
+        if not cfg.finetune.semantic_alignment:
+            unused += ["semantic_alignment", "sa_weight", "sa_temperature", "sa_lr_scale"]
+            unused += ["sa_epochs"]
+        for key in unused:
+            settings.pop(f"finetune.{key}")
         plan = StagePlan(cfg, stage, {**common, **head, **settings, **trained}, {})
+        if parallel:  # its contents, not its name
+            plan.inputs["finetune.parallel_file"] = Path(parallel)
         _model_input(cfg, cfg.finetune.init, "finetune.init", plan)
         for lang in cfg.finetune_languages():
             plan.inputs[f"languages.{lang}.train"] = cfg.data_path(lang, "train")
@@ -403,6 +419,17 @@ def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
             plan.inputs[f"languages.{lang}.train"] = cfg.data_path(lang, "train")
         role = unlabeled_role(cfg)
         plan.inputs[f"languages.{tgt}.{role}"] = cfg.data_path(tgt, role)
+    elif stage == "cotrain":
+        settings = _flat("cotrain", cfg.cotrain, {})
+        settings.pop("cotrain.embedding_model")
+        plan = StagePlan(cfg, stage, {**common, **settings, **trained}, {})
+        plan.inputs["model.path"] = Path(cfg.model.path)
+        plan.inputs["cotrain.embedding_model"] = Path(cfg.cotrain.embedding_model)
+        plan.inputs[f"languages.{src}.train"] = cfg.data_path(src, "train")
+        role = unlabeled_role(cfg)
+        plan.inputs[f"languages.{tgt}.{role}"] = cfg.data_path(tgt, role)
+        if cfg.languages[tgt].dev:
+            plan.inputs[f"languages.{tgt}.dev"] = cfg.data_path(tgt, "dev")
     elif stage == "evaluate":
         plan = StagePlan(cfg, stage, common, {})
         _model_input(cfg, cfg.evaluate.model, "evaluate.model", plan)

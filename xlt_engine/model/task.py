@@ -105,11 +105,17 @@ class TaskModel(nn.Module):
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+        features: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``features`` (sequence tasks): also return the sentence representations [B, H] the
+        voters read, as ``(logits, features)``."""
         hidden = self.encoder(input_ids, attention_mask, token_type_ids)  # (B, T, H)
         if self.kind == "sequence":
-            features = represent(self.encoder, hidden, attention_mask, self.representation)
-            return self.voters(features)  # (M, B, C)
+            reps = represent(self.encoder, hidden, attention_mask, self.representation)
+            logits = self.voters(reps)  # (M, B, C)
+            return (logits, reps) if features else logits
+        if features:
+            raise ValueError("features: token classification has no sentence representation")
         if positions is not None:
             B, T, H = hidden.shape
             return self.voters(hidden.reshape(B * T, H).index_select(0, positions))  # (M, N, C)

@@ -591,12 +591,13 @@ def _numbers(option: str, text: str, kind):
 )
 @click.option(
     "--study",
-    type=click.Choice(["ablation", "threshold", "rounds"]),
+    type=click.Choice(["ablation", "threshold", "rounds", "cotrain"]),
     default="ablation",
     show_default=True,
     help="ablation: the rows of the paper's tables 5-6; threshold: self-training at each fixed "
     "alpha of --alphas beside the automatic one; rounds: the student after every step up to "
-    "--max-rounds",
+    "--max-rounds; cotrain: paper 003's rows (fine-tune only, self-training of each view, "
+    "co-training, + LA, + SA, + LA + SA, translate-train)",
 )
 @click.option(
     "--alphas",
@@ -621,8 +622,9 @@ def ablate(
 ) -> None:
     """Run the ablation rows (Ours, -AT, -VM, -BTF, -ST, direct transfer) for every seed and
     write the table (ablation.md, ablation.json) like the paper's tables 5 and 6; or, with
-    --study, its threshold table (threshold-study.md, .json) or rounds table (rounds-study.md,
-    .json). The seeds' runs share every stage they have in common."""
+    --study, its threshold table (threshold-study.md, .json), rounds table (rounds-study.md,
+    .json) or paper 003's rows (cotrain-ablation.md, .json). The seeds' runs share every stage
+    they have in common."""
     import os
 
     seed_list = _numbers("--seeds", seeds, int)
@@ -644,6 +646,8 @@ def ablate(
             pipeline.run_threshold_study(cfg, seed_list, alpha_list, **kw)
         elif study == "rounds":
             pipeline.run_rounds_study(cfg, seed_list, max_rounds, **kw)
+        elif study == "cotrain":
+            pipeline.run_cotrain_ablation(cfg, seed_list, **kw)
         else:
             pipeline.run_ablate(cfg, seed_list, fixed_threshold, **kw)
 

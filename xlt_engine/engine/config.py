@@ -478,7 +478,9 @@ class CotrainSection(CotrainSettings):
 
 @dataclass(frozen=True)
 class EvaluateSection:
-    model: str = "finetune"  # a stage name ("finetune", "finetune-direct") or a model folder
+    model: str = "finetune"  # a stage name ("finetune", "finetune-direct", "selftrain"), a
+    # co-training model ("cotrain": its predict_with, "cotrain-lm", "cotrain-emb",
+    # "cotrain-mean": the mean of both views) or a model folder
     max_tokens: int = EVAL_MAX_TOKENS  # padded tokens per inference batch
 
     def __post_init__(self):

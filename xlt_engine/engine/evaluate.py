@@ -1,6 +1,7 @@
 """Stages ``evaluate`` and ``predict``.
 
-``evaluate``: a fine-tuned task model on one test file per language (the source language too):
+``evaluate``: a fine-tuned task model (or, for sequence tasks, the mean of several: an
+ensemble) on one test file per language (the source language too):
 accuracy, or entity-level micro F1 in seqeval's default mode and strict IOB2; the transfer gap
 of each target language (source score minus its score). Writes ``results.json`` and
 ``results.md`` (a Markdown table) into ``out``.
@@ -20,15 +21,17 @@ from pathlib import Path
 
 from xlt_engine.data.conll import DOCSTART
 from xlt_engine.data.examples import decode_text, read_bytes, split_columns, split_lines
-from xlt_engine.data.task import encode, read_task_file
+from xlt_engine.data.task import encode, read_task_file, task_kind
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine.config import TaskSettings, check_limit
 from xlt_engine.engine.distributed import resolve_device
 from xlt_engine.engine.inference import (
     check_task_model,
+    ensemble_probs,
     evaluate_model,
     predict_logits,
     predicted_labels,
+    score,
 )
 from xlt_engine.engine.loop import resolve_precision
 from xlt_engine.fileio import atomic_write_text, write_results
@@ -43,6 +46,10 @@ class EvaluateConfig(TaskSettings):
     out: str
     source: str | None = None  # a language of ``tests``: the transfer gap is measured from it
     extra: dict[str, str] = field(default_factory=dict)  # written into results.json as is
+    # more task models (sequence tasks): the prediction is the mean of every model's
+    # mean-of-voters probabilities, each model reading the text with its own tokenizer (e.g.
+    # co-training's two views, ``cotrain-mean``)
+    ensemble: tuple[str, ...] = ()
     max_test: int | None = None  # examples sampled from each test file (sample_seed), None: all
     sample_seed: int = 0
 
@@ -57,6 +64,13 @@ class EvaluateConfig(TaskSettings):
         if self.source is not None and self.source not in self.tests:
             raise ValueError(f"source: {self.source!r} is not one of tests {sorted(self.tests)}")
         check_task_model(self.model, self.format)
+        for path in self.ensemble:
+            check_task_model(path, self.format)
+        if self.ensemble and task_kind(self.format) != "sequence":
+            raise ValueError(
+                f"ensemble: the mean of several models is for sequence tasks; {self.format!r} "
+                "is token classification"
+            )
 
 
 def markdown_table(results: dict) -> str:
@@ -83,12 +97,26 @@ def markdown_table(results: dict) -> str:
 def run_evaluate(cfg: EvaluateConfig, echo=print) -> dict:
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
-    tok = load_tokenizer(cfg.model)
-    model = load_task_model(cfg.model, device=device)
+    members = [
+        (load_task_model(m, device=device), load_tokenizer(m)) for m in (cfg.model, *cfg.ensemble)
+    ]
+    labels = members[0][0].labels
+    for path, (m, _) in zip(cfg.ensemble, members[1:], strict=True):
+        if list(m.labels) != list(labels):
+            raise ValueError(
+                f"ensemble: {path} predicts {list(m.labels)}, {cfg.model} {list(labels)}"
+            )
     scores = {}
     for lang, path in cfg.tests.items():
         data = read_task_file(path, cfg.format, False, cfg.max_test, cfg.sample_seed, cfg.encoding)
-        scores[lang] = evaluate_model(model, data, tok, cfg.max_len, device, cfg.eval_max_tokens)
+        if len(members) == 1:
+            model, tok = members[0]
+            scores[lang] = evaluate_model(
+                model, data, tok, cfg.max_len, device, cfg.eval_max_tokens
+            )
+        else:
+            probs = ensemble_probs(members, data, cfg.max_len, device, cfg.eval_max_tokens)
+            scores[lang] = score(data, [labels[i] for i in probs.argmax(-1).tolist()])
         scores[lang]["file"] = str(path)
         if echo:
             echo(f"{lang}: {scores[lang]['metric']} {scores[lang]['score']:.4f} ({path})")
@@ -98,6 +126,7 @@ def run_evaluate(cfg: EvaluateConfig, echo=print) -> dict:
         gap = {t: scores[cfg.source]["score"] - scores[t]["score"] for t in targets}
     results = {
         "model": str(cfg.model),
+        **({"ensemble": [str(cfg.model), *cfg.ensemble]} if cfg.ensemble else {}),
         "metric": next(iter(scores.values()))["metric"],
         "source": cfg.source,
         "languages": scores,

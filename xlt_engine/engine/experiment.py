@@ -41,6 +41,7 @@ from xlt_engine.engine.runs import (
     check_plans,
     evaluated_languages,
     model_path,
+    model_paths,
     plan_stage,
     stage_dir,
     teacher_models,
@@ -211,11 +212,12 @@ def build_cotrain(cfg: ExperimentConfig) -> CotrainConfig:
 
 def build_evaluate(cfg: ExperimentConfig) -> EvaluateConfig:
     check_files(cfg, "evaluate")
-    model = model_path(cfg, cfg.evaluate.model, "evaluate.model")
+    model, *more = model_paths(cfg, cfg.evaluate.model, "evaluate.model")
     folder = stage_dir(cfg, "evaluate")
     tests = {lang: str(cfg.data_path(lang, "test")) for lang in evaluated_languages(cfg)}
     return EvaluateConfig(
         model=str(model),
+        ensemble=tuple(str(m) for m in more),
         tests=tests,
         out=str(folder),
         format=cfg.data.format,

@@ -193,3 +193,19 @@ def evaluate_model(
     amp = resolve_precision("auto", device)
     logits = predict_logits(model, enc, tok.pad_id, device, max_tokens, amp)
     return score(data, predicted_labels(enc, logits, model.labels))
+
+
+def ensemble_probs(
+    members: Sequence[tuple[TaskModel, object]], data, max_len: int, device, max_tokens: int
+) -> torch.Tensor:
+    """The mean of several task models' mean-of-voters probabilities ``[items, C]`` (fp32, on
+    the CPU) on sequence ``TaskData``; ``members``: (model, its tokenizer) pairs with the same
+    labels, each reading the text with its own tokenizer."""
+    amp = resolve_precision("auto", device)
+    total = None
+    for model, tok in members:
+        enc = encode(data, tok, model.labels, max_len)
+        logits = predict_logits(model, enc, tok.pad_id, device, max_tokens, amp)
+        probs = VotersModule.probs(logits.float()).cpu()
+        total = probs if total is None else total + probs
+    return total / len(members)

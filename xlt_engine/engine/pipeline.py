@@ -42,6 +42,7 @@ from xlt_engine.engine.config import ExperimentConfig, check_files
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.experiment import format_seconds, run_stage
 from xlt_engine.engine.runs import (
+    NAMED_MODELS,
     check_plans,
     model_stage,
     plan_stage,
@@ -164,23 +165,31 @@ def run_all(
                 row[col] = res["languages"][pc.pair_target]["score"]
                 row["source"][col] = res["languages"][pc.source]["score"]
             continue
-        plan = plan_stage(pc, stage)
-        if plan.output.exists():
-            if echo:
-                echo(f"{where} {stage}: {plan.output} exists, same fingerprint, not run again")
-            timings.append((f"{where} {plan.folder.name}", None))
-            continue
-        if echo:
-            echo(f"{where} {stage} -> {plan.folder}")
-        t0 = time.perf_counter()
-        run_stage(pc, stage, resume=resume and plan.started(), echo=echo, progress=progress)
-        timings.append((f"{where} {plan.folder.name}", time.perf_counter() - t0))
-        distributed.barrier()
+        timings.append(_run_step(pc, stage, resume, echo, progress))
     if rank_world()[0] == 0:
         write_results(table_dir(cfg), table_name, results, all_table(results), echo)
         if echo:
             echo(run_summary(timings, time.perf_counter() - start, table_dir(cfg), table_name))
     return results
+
+
+def _run_step(
+    pc: ExperimentConfig, stage: str, resume: bool, echo, progress
+) -> tuple[str, float | None]:
+    """Run one training stage of a checked plan, or reuse its finished output; returns (its
+    name for the summary, seconds or None when reused)."""
+    where = f"[{pc.source}-{pc.pair_target}]"
+    plan = plan_stage(pc, stage)
+    if plan.output.exists():
+        if echo:
+            echo(f"{where} {stage}: {plan.output} exists, same fingerprint, not run again")
+        return f"{where} {plan.folder.name}", None
+    if echo:
+        echo(f"{where} {stage} -> {plan.folder}")
+    t0 = time.perf_counter()
+    run_stage(pc, stage, resume=resume and plan.started(), echo=echo, progress=progress)
+    distributed.barrier()
+    return f"{where} {plan.folder.name}", time.perf_counter() - t0
 
 
 def folder_bytes(folder: Path) -> int:
@@ -451,3 +460,127 @@ def study_table(result: dict, caption: str) -> str:
         avg = [statistics.fmean(per_target[t][i] for t in targets) for i in range(n)]
         lines.append("| " + " | ".join([row, *cells, _mean_std(avg)]) + " |")
     return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# paper 003: co-training and contrastive language adaptation
+
+PARALLEL_ROWS = ("+ SA", "+ LA + SA", "translate-train")
+
+
+def cotrain_rows(cfg: ExperimentConfig) -> dict[str, tuple[ExperimentConfig, str]]:
+    """Paper 003's rows for one pair: ``{row: (config, the model it evaluates)}``. The
+    language-adaptation rows fine-tune the LM view (``model.path``, a plain linear head, from
+    the pretrained model) with the ``[finetune]`` settings; the co-training rows come from two
+    ``cotrain`` runs, one exchanging rows between the views (``cotrain/``) and one where each
+    view keeps its own (``cotrain-self/``: self-training of each view alone). The embedding
+    view fine-tuned on the source alone is co-training's first iteration. The rows that read
+    translations (``PARALLEL_ROWS``) are there only when ``finetune.parallel_file`` is set."""
+    plain = with_section(
+        with_linear_head(cfg),
+        "finetune",
+        init="pretrained",
+        label_alignment=False,
+        parallel_file=None,
+        semantic_alignment=False,
+    )
+    cross = with_section(cfg, "cotrain", exchange="cross")
+    own = with_section(cfg, "cotrain", exchange="self")
+    first = stage_dir(cross, "cotrain") / "iter-1" / "emb" / "model"
+    rows = {
+        "fine-tune only": (plain, "finetune-direct"),
+        "fine-tune only (embedding view)": (cross, str(first)),
+        "+ self-training (LM view)": (own, "cotrain-lm"),
+        "+ self-training (embedding view)": (own, "cotrain-emb"),
+        "+ co-training (LM view)": (cross, "cotrain-lm"),
+        "+ co-training (embedding view)": (cross, "cotrain-emb"),
+        "+ co-training (mean of views)": (cross, "cotrain-mean"),
+        "+ LA": (with_section(plain, "finetune", label_alignment=True), "finetune-direct"),
+    }
+    par = cfg.finetune.parallel_file
+    if par:
+        sa = dict(parallel_file=par, semantic_alignment=True)
+        rows["+ SA"] = (with_section(plain, "finetune", **sa), "finetune-direct")
+        both = with_section(plain, "finetune", label_alignment=True, **sa)
+        rows["+ LA + SA"] = (both, "finetune-direct")
+        tt = with_section(plain, "finetune", parallel_file=par)
+        rows["translate-train"] = (tt, "finetune-direct")
+    return rows
+
+
+def _cotrain_steps(cfg: ExperimentConfig) -> list[tuple[ExperimentConfig, str]]:
+    """The training stages of ``cotrain_rows`` for every pair, each once, in order."""
+    steps: list[tuple[ExperimentConfig, str]] = []
+    for pc in pair_configs(cfg):
+        for c, name in cotrain_rows(pc).values():
+            step = model_stage(c, name) if name in NAMED_MODELS else (c, "cotrain")
+            if step not in steps:
+                steps.append(step)
+    return steps
+
+
+def run_cotrain_ablation(
+    cfg: ExperimentConfig, seeds: list[int], resume: bool = False, echo=print, progress=None
+) -> dict:
+    """Paper 003's rows (``cotrain_rows``) for every seed and pair, each seed in
+    ``<table_dir>/seed-<s>``; ``cotrain-ablation.json`` and ``.md`` (mean +- std over seeds, and
+    the wall time of every stage) in ``table_dir(cfg)``. Every stage of every seed is checked
+    (files, stale folders) before any runs."""
+    _check_seeds(seeds)
+    distributed.init(cfg.device)
+    for seed in seeds:  # everything checked first: a bad file or stale folder costs nothing
+        seeded = _seeded(cfg, seed)
+        steps = _cotrain_steps(seeded)
+        evals = [
+            (with_section(c, "evaluate", model=m), "evaluate")
+            for pc in pair_configs(seeded)
+            for c, m in cotrain_rows(pc).values()
+        ]
+        for pc, stage in steps + evals:
+            check_files(pc, stage)
+        check_plans([plan_stage(pc, stage) for pc, stage in steps + evals])
+    rows = list(cotrain_rows(pair_configs(cfg)[0]))
+    scores: dict[str, dict[str, list[float]]] = {row: {} for row in rows}
+    source: dict[str, list[float]] = {row: [] for row in rows}
+    seconds: dict[str, list[float | None]] = {}
+    metric = None
+    for seed in seeds:
+        if echo:
+            echo(f"=== seed {seed}")
+        seeded = _seeded(cfg, seed)
+        for pc, stage in _cotrain_steps(seeded):
+            name, secs = _run_step(pc, stage, resume, echo, progress)
+            seconds.setdefault(name, []).append(secs)
+        for pc in pair_configs(seeded):
+            for row, (c, model) in cotrain_rows(pc).items():
+                res = _evaluate_row(c, model, resume, echo)
+                if res is None:
+                    continue
+                metric = res["metric"]
+                scores[row].setdefault(pc.pair_target, []).append(
+                    res["languages"][pc.pair_target]["score"]
+                )
+                if pc.pair_target == pair_configs(seeded)[0].pair_target:
+                    source[row].append(res["languages"][pc.source]["score"])
+    left_out = [] if cfg.finetune.parallel_file else list(PARALLEL_ROWS)
+    result = {
+        "study": "cotrain",
+        "metric": metric,
+        "seeds": list(seeds),
+        "predict_with": cfg.cotrain.predict_with,
+        "scores": scores,
+        "source_scores": source,  # each row's score on the source language's test file
+        "seconds": seconds,  # per stage folder (pair and name), per seed; None: reused
+        "left_out": left_out,
+    }
+    if rank_world()[0] == 0:
+        caption = (
+            "paper 003's rows: the LM view fine-tuned (+ LA, SA: language adaptation), "
+            "self-training of each view alone, co-training"
+        )
+        if left_out:
+            caption += f"; {', '.join(left_out)} need finetune.parallel_file (not set)"
+        write_results(
+            table_dir(cfg), "cotrain-ablation", result, study_table(result, caption), echo
+        )
+    return result

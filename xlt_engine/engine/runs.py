@@ -9,11 +9,15 @@ single stage and ``run --stage all`` alike; the tables over all pairs go to ``<o
     finetune-direct/         the same from the pretrained model   (finetune.init = pretrained)
     selftrain/               round-<r>/..., model/ (the final student)      (selftrain.base = btf)
     selftrain-direct/        the same from the pretrained model
+    cotrain/                 iter-<k>/{lm,emb}/..., cotrain.json     (paper 003's co-training)
+    cotrain-self/            the same with each view's rows kept by itself (exchange = self)
     evaluate-<model folder>/ results.json, results.md
+    evaluate-cotrain-<view>/ co-training's lm or emb view, or the mean of both
 
 Ablation variants add ``-voters<M>`` (model.voters != 3) to finetune and selftrain folders,
-``-alpha<A>`` (a fixed threshold) and ``-rounds<N>`` (N other than the paper's 1.5) to selftrain
-folders, so the rows of an ablation and the studies share the folders whose settings they share
+``-la`` / ``-tt`` / ``-sa`` (paper 003's Label Alignment, translate-train, Semantic Alignment) to
+finetune folders, ``-alpha<A>`` (a fixed threshold) and ``-rounds<N>`` (N other than the
+paper's 1.5) to selftrain folders, so the rows of an ablation and the studies share the folders whose settings they share
 (btf always). A model given by a folder inside the run folder is evaluated into
 ``evaluate-<its path, "/" as "-", less the trailing "model">`` (a round's student:
 ``evaluate-selftrain-rounds3-round-2-soft``), any other folder into ``evaluate-model``.
@@ -54,7 +58,10 @@ FINGERPRINT = "fingerprint.json"
 MIB = 1 << 20
 # keys that change neither a stage's results nor what it reads
 VOLATILE = ("log_every", "save_every", "save_minutes", "keep_checkpoints", "tensorboard")
-NAMED_MODELS = ("pretrained", "btf", "finetune", "finetune-direct", "selftrain")
+# co-training's models: its final prediction (``cotrain.predict_with``), or one view's last
+# model, or the mean of both views' probabilities (an ensemble: only evaluate reads it)
+COTRAIN_MODELS = ("cotrain", "cotrain-lm", "cotrain-emb", "cotrain-mean")
+NAMED_MODELS = ("pretrained", "btf", "finetune", "finetune-direct", "selftrain", *COTRAIN_MODELS)
 PAPER_ROUNDS = SelftrainSettings.rounds  # the default N (1.5): others get their own folder
 
 
@@ -81,6 +88,23 @@ def _variant(cfg: ExperimentConfig) -> str:
     return f"-voters{cfg.model.voters}" if cfg.model.voters != 3 else ""
 
 
+def _adaptation(cfg: ExperimentConfig) -> str:
+    """Paper 003's language adaptation in a finetune folder's name: ``-la`` (Label Alignment),
+    ``-tt`` (translate-train: the parallel file's translations, no contrastive term), ``-sa``
+    (Semantic Alignment, which trains on the translations too)."""
+    f = cfg.finetune
+    la = "-la" if f.label_alignment else ""
+    if f.semantic_alignment:
+        return la + "-sa"
+    return la + ("-tt" if f.parallel_file else "")
+
+
+def cotrain_views(cfg: ExperimentConfig, name: str) -> tuple[str, ...]:
+    """The views whose models make the prediction a co-training model name stands for."""
+    which = cfg.cotrain.predict_with if name == "cotrain" else name.split("-", 1)[1]
+    return ("lm", "emb") if which == "mean" else (which,)
+
+
 def stage_dir(cfg: ExperimentConfig, stage: str) -> Path:
     """The folder of ``stage`` for this config (see the module docstring)."""
     run = cfg.run_dir()
@@ -88,15 +112,21 @@ def stage_dir(cfg: ExperimentConfig, stage: str) -> Path:
         direct = "-direct" if cfg.finetune.init == "pretrained" else ""
         one = cfg.finetune.source
         alone = f"-{one}" if one is not None and len(cfg.source_languages) > 1 else ""
-        return run / f"finetune{direct}{_variant(cfg)}{alone}"
+        return run / f"finetune{direct}{_variant(cfg)}{_adaptation(cfg)}{alone}"
     if stage == "selftrain":
         s = cfg.selftrain
         direct = "-direct" if s.base == "pretrained" else ""
         fixed = f"-alpha{s.alpha:g}" if s.threshold == "fixed" else ""
         rounds = f"-rounds{s.rounds:g}" if s.rounds != PAPER_ROUNDS else ""
         return run / f"selftrain{direct}{_variant(cfg)}{fixed}{rounds}"
+    if stage == "cotrain":
+        return run / ("cotrain-self" if cfg.cotrain.exchange == "self" else "cotrain")
     if stage == "evaluate":
         name = cfg.evaluate.model
+        if name in COTRAIN_MODELS:
+            views = cotrain_views(cfg, name)
+            which = "mean" if len(views) > 1 else views[0]
+            return run / f"evaluate-{stage_dir(cfg, 'cotrain').name}-{which}"
         if name in NAMED_MODELS[1:]:
             return run / f"evaluate-{stage_dir(*model_stage(cfg, name)).name}"
         parts = Path(name).resolve().parts
@@ -116,6 +146,8 @@ def model_stage(cfg: ExperimentConfig, name: str) -> tuple[ExperimentConfig, str
         return with_section(cfg, "finetune", init="btf"), "finetune"
     if name == "finetune-direct":
         return with_section(cfg, "finetune", init="pretrained"), "finetune"
+    if name in COTRAIN_MODELS:
+        return cfg, "cotrain"
     return cfg, name
 
 
@@ -127,9 +159,37 @@ def output_of(cfg: ExperimentConfig, stage: str) -> Path:
     return stage_dir(cfg, stage) / name
 
 
+def model_paths(cfg: ExperimentConfig, name: str, key: str, must_exist: bool = True) -> list[Path]:
+    """The model folders a name stands for: one (``model_path``), or for co-training's
+    ``cotrain-mean`` (``cotrain`` with ``predict_with = "mean"``) its two views' models, whose
+    mean-of-voters probabilities are averaged."""
+    if name not in COTRAIN_MODELS:
+        return [model_path(cfg, name, key, must_exist)]
+    stage = stage_dir(cfg, "cotrain")
+    if must_exist and not output_of(cfg, "cotrain").is_file():
+        raise ConfigError(
+            cfg.name or "config",
+            [
+                f"{key}: {name!r}: {stage} holds no finished co-training (run the cotrain stage first)"
+            ],
+        )
+    last = stage / f"iter-{cfg.cotrain.iterations}"
+    return [last / view / "model" for view in cotrain_views(cfg, name)]
+
+
 def model_path(cfg: ExperimentConfig, name: str, key: str, must_exist: bool = True) -> Path:
     """A model named by a stage ("pretrained", "btf", "finetune", "finetune-direct",
-    "selftrain") or a folder; ``key`` is the config key that named it (for errors)."""
+    "selftrain", one co-training view: "cotrain-lm", "cotrain-emb") or a folder; ``key`` is the
+    config key that named it (for errors)."""
+    if name in COTRAIN_MODELS:
+        paths = model_paths(cfg, name, key, must_exist)
+        if len(paths) > 1:
+            raise ConfigError(
+                cfg.name or "config",
+                [f"{key}: {name!r} is the mean of two models (only evaluate reads an ensemble); "
+                 "name one view: 'cotrain-lm' or 'cotrain-emb'"],
+            )  # fmt: skip
+        return paths[0]
     if name == "pretrained":
         path = Path(cfg.model.path)
     elif name in NAMED_MODELS:
@@ -431,7 +491,10 @@ def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
         if cfg.languages[tgt].dev:
             plan.inputs[f"languages.{tgt}.dev"] = cfg.data_path(tgt, "dev")
     elif stage == "evaluate":
-        plan = StagePlan(cfg, stage, common, {})
+        settings = dict(common)
+        if cfg.evaluate.model in COTRAIN_MODELS:  # which views' probabilities make the prediction
+            settings["evaluate.views"] = list(cotrain_views(cfg, cfg.evaluate.model))
+        plan = StagePlan(cfg, stage, settings, {})
         _model_input(cfg, cfg.evaluate.model, "evaluate.model", plan)
         for lang in evaluated_languages(cfg):
             plan.inputs[f"languages.{lang}.test"] = cfg.data_path(lang, "test")

@@ -262,3 +262,28 @@ def test_self_exchange_gives_each_view_its_own_rows(tiny, files, tmp_path):
         x = result.iterations[0]["exchange"][f"{view}->{view}"]
         got = train_rows(out / "iter-2" / view / "train.jsonl")[N_SOURCE:]
         assert got == [{"text": pool[r], "label": y} for r, y in zip(x["rows"], x["labels"], strict=True)]  # fmt: skip
+
+
+def test_views_keep_what_cotrain_freezes(tiny, files, tmp_path):
+    """``freeze_layers`` / ``freeze_embeddings`` reach both views' fine-tuning: the frozen
+    weights end as the pre-trained encoder's, the others move."""
+    import torch
+
+    from xlt_engine.model.checkpoint import load_encoder
+    from xlt_engine.model.task import load_task_model
+
+    out = tmp_path / "frozen"
+    cfg = config(tiny, files, out, iterations=1, freeze_layers=1, freeze_embeddings=True)
+    run_cotrain(cfg, echo=None)
+    for view, start in (("lm", tiny), ("emb", files["emb"])):
+        before = load_encoder(start).state_dict()
+        after = load_task_model(out / "iter-1" / view / "model").encoder.state_dict()
+        seen = set()
+        for name, w in before.items():
+            frozen = name.startswith("embeddings.") or name.startswith("layers.0.")
+            if name.startswith(("embeddings.", "layers.")):
+                assert torch.equal(after[name], w) == frozen, (view, name)
+                seen.add(frozen)
+        assert seen == ({True, False} if view == "lm" else {True})  # lm: 2 layers, emb: 1
+    with pytest.raises(ValueError, match="freeze_layers"):
+        config(tiny, files, tmp_path / "x", freeze_layers=-1)

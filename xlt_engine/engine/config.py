@@ -456,10 +456,15 @@ class CotrainSettings(BatchSettings):
     lm_representation: Representation = "cls"
     emb_representation: Representation = "mean"
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2.0, lr=5e-5))
+    # what both views keep fixed while they fine-tune: nothing by default (paper 003 fine-tunes
+    # whole models); a CPU-sized run may freeze the embeddings and bottom layers
+    freeze_layers: FreezeLayers = 0
+    freeze_embeddings: bool = False
 
     def __post_init__(self):
         super().__post_init__()
         check_choices(self)
+        check_freeze_layers(self.freeze_layers)
         if not 1 <= self.iterations <= 1000:
             raise ValueError(f"iterations must be in [1, 1000], got {self.iterations}")
         if not 0 <= self.threshold < 1:  # also refuses nan

@@ -1,7 +1,8 @@
 """Stage ``cotrain``: co-training of two views (paper 003, Algorithm 1), sequence tasks.
 
-Two classifiers, each an encoder with a plain linear head (``model.head = "linear"``, nothing
-frozen: the paper fine-tunes whole models): the LM
+Two classifiers, each an encoder with a plain linear head (``model.head = "linear"``; nothing
+frozen unless ``freeze_layers`` / ``freeze_embeddings`` say so: the paper fine-tunes whole
+models): the LM
 view (``model``: mBERT, XLM-R; ``lm_representation``, default [CLS]) and the embedding view
 (``embedding_model``: LaBSE, e5; ``emb_representation``, default the mean). Both start on the
 labeled source set D (n examples) and share the unlabeled target pool U. Iteration k:
@@ -192,8 +193,8 @@ def run_cotrain(
                 labels=tuple(labels),
                 head="linear",
                 representation=reps[v],
-                freeze_layers=0,
-                freeze_embeddings=False,
+                freeze_layers=cfg.freeze_layers,
+                freeze_embeddings=cfg.freeze_embeddings,
                 max_len=cfg.max_len,
                 device=cfg.device,
                 eval_max_tokens=cfg.eval_max_tokens,

@@ -109,3 +109,37 @@ def test_results_json_marks_done_so_it_is_written_after_its_table(tmp_path, monk
     fileio.write_results(tmp_path, "results", {"a": 1}, "| a |\n")
     assert order == ["results.md", "results.json"]
     assert json.loads((tmp_path / "results.json").read_text()) == {"a": 1}
+
+
+def test_a_folder_lock_refuses_a_second_holder_and_dies_with_its_process(tmp_path):
+    import subprocess
+    import sys
+
+    from xlt_engine.fileio import folder_lock
+
+    folder = tmp_path / "stage"
+    with folder_lock(folder, "the finetune stage"):
+        # a second open of the lock file is another holder (flock is per open file)
+        held = rf"another process \(pid {os.getpid()}\) is running "
+        with pytest.raises(ValueError, match=held), folder_lock(folder, "the finetune stage"):
+            pass
+    with folder_lock(folder, "again"):  # released on exit
+        pass
+    # a holder killed by SIGKILL leaves no lock behind (the kernel drops it with the process)
+    code = (
+        "import sys, time\n"
+        "from xlt_engine.fileio import folder_lock\n"
+        f"with folder_lock({str(folder)!r}, 'x'):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=rf"pid {proc.pid}\)"), folder_lock(folder, "x"):
+            pass
+    finally:
+        proc.kill()
+        proc.wait()
+    with folder_lock(folder, "x"):
+        pass

@@ -85,6 +85,36 @@ def remove_debris(folder: str | Path) -> list[Path]:
     return found
 
 
+LOCK_FILE = ".lock"  # held (flock) by the process running a stage in its folder
+
+
+@contextmanager
+def folder_lock(folder: str | Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (``flock`` on ``folder/.lock``, released when the
+    process ends however it ends) while ``what`` runs there. A second process that tries the
+    same folder is refused at once, naming the holder's pid: two processes in one stage folder
+    would remove each other's temporary files (``remove_debris``) and interleave checkpoints."""
+    import fcntl
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ValueError(
+                f"{folder}: another process (pid {holder}) is running {what} in this folder; "
+                "wait for it to end or stop it, then run again (--resume continues its work)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def fsync_dir(path: str | Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

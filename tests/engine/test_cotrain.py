@@ -17,6 +17,7 @@ from xlt_engine.cli import main
 from xlt_engine.engine import cotrain as cotrain_mod
 from xlt_engine.engine.cotrain import CotrainConfig, draw, run_cotrain
 from xlt_engine.engine.loop import TrainConfig
+from xlt_engine.fileio import folder_lock
 
 N_SOURCE, N_POOL = 24, 40
 
@@ -233,6 +234,9 @@ lr = 1e-3
     )
     out = tmp_path / "run"
     args = ["run", "--stage", "cotrain", "--config", str(cfg), "--out", str(out), "--no-progress"]
+    with folder_lock(out / "en-de" / "cotrain", "a test"):  # another process at work there
+        res = CliRunner().invoke(main, args)
+    assert res.exit_code != 0 and "another process" in res.output, res.output
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     stage = out / "en-de" / "cotrain"

@@ -8,6 +8,7 @@ versions, command line, world size, and once the stage is done its wall time ``s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -50,7 +51,7 @@ from xlt_engine.engine.runs import (
     with_section,
 )
 from xlt_engine.engine.selftrain import SelftrainConfig, run_selftrain
-from xlt_engine.fileio import atomic_write_text, remove_debris
+from xlt_engine.fileio import atomic_write_text, folder_lock, remove_debris
 
 
 def write_run_info(folder: Path, cfg: ExperimentConfig, stage: str, stage_cfg) -> None:
@@ -308,6 +309,13 @@ def run_stage(
             "(--resume) or choose another folder (--out)"
         )
     stage_cfg = build_stage(cfg, stage)
+    with contextlib.ExitStack() as held:
+        if main:  # one process per stage folder (rank 0 speaks for a torchrun job)
+            held.enter_context(folder_lock(plan.folder, f"the {stage} stage"))
+        return _run_locked(cfg, stage, stage_cfg, plan, main, resume, echo, progress)
+
+
+def _run_locked(cfg, stage, stage_cfg, plan, main, resume, echo, progress):
     start = time.perf_counter()
     if main:
         removed = remove_debris(plan.folder)  # what a kill left half-written

@@ -2,7 +2,8 @@
 URIs, no script, no network; it opens from disk in any browser).
 
 A folder may be an experiment's folder (``all*.json`` tables, ``ablation.json``, the studies'
-``threshold-study.json`` / ``rounds-study.json``, pair folders ``<source>-<target>``, seed
+``threshold-study.json`` / ``rounds-study.json``, paper 003's ``cotrain-ablation.json``, pair
+folders ``<source>-<target>``, seed
 folders ``seed-<s>``) or one pair's run folder (its stage folders). Several folders are reported
 one after the other, so runs can be read side by side. Sections:
 
@@ -12,6 +13,8 @@ one after the other, so runs can be read side by side. Sections:
 - per stage with a ``metrics.jsonl``: loss, learning rate, tokens/s and the gradient norm
   against step (self-training: each soft and hard step in turn, the boundaries marked), the dev
   score, the wall time (``run.json``) and mean throughput;
+- per co-training stage (``cotrain``, ``cotrain-self``): an iteration a row, each view's
+  labeled set, the rows each view gave (chosen of its candidates, their classes), dev accuracy;
 - per self-training round: the threshold curve (accuracy, recall, coverage) with alpha
   marked, the pseudo-label counts and classes beside the source gold classes, the source rows
   kept, the share of target rows whose voters agree;
@@ -34,7 +37,7 @@ from pathlib import Path
 
 from xlt_engine.fileio import atomic_write_text, read_jsonl
 
-STUDIES = ("ablation", "threshold-study", "rounds-study")
+STUDIES = ("ablation", "threshold-study", "rounds-study", "cotrain-ablation")
 COLUMNS = ("direct", "btf", "selftrain")
 HEADINGS = {"direct": "direct transfer", "btf": "+ BTF", "selftrain": "+ self-training"}
 NO_PLOTS = (
@@ -361,9 +364,35 @@ def _folded(title: str, path: Path) -> str:
 
 
 def is_pair_folder(folder: Path) -> bool:
-    return any((folder / s).is_dir() for s in ("btf", "finetune", "finetune-direct-linear")) or any(
-        folder.glob("selftrain*/round-1")
-    )
+    stages = ("btf", "finetune", "finetune-direct-linear", "cotrain", "cotrain-self")
+    return any((folder / s).is_dir() for s in stages) or any(folder.glob("selftrain*/round-1"))
+
+
+def cotrain_section(folder: Path) -> str:
+    """A co-training stage, an iteration a row: each view's labeled set, the rows each view
+    gave (of its candidates above the threshold) and their classes, dev accuracy."""
+    rows = []
+    for it in sorted(folder.glob("iter-*/exchange.json"), key=lambda p: int(p.parent.name[5:])):
+        rec = _read_json(it)
+        moved = "; ".join(
+            f"{k}: {x['chosen']} of {x['candidates']} ({', '.join(f'{c} {n}' for c, n in x['distribution'].items())})"
+            for k, x in rec.get("exchange", {}).items()
+        )  # fmt: skip
+        dev = rec.get("dev_accuracy") or {}
+        rows.append(
+            [
+                rec["iteration"],
+                rec["labeled"]["lm"],
+                rec["labeled"]["emb"],
+                moved or "– (last iteration)",
+                *(_pct(dev.get(k)) for k in ("lm", "emb", "mean")),
+            ]
+        )
+    if not rows:
+        return ""
+    head = ["iteration", "labeled (lm)", "labeled (emb)", "rows given: chosen of candidates"]
+    head += ["dev lm (%)", "dev emb (%)", "dev mean (%)"]
+    return f"<h3>{html.escape(folder.name)}</h3>" + _table(head, rows)
 
 
 def pair_section(folder: Path, figs: Figures) -> str:
@@ -373,6 +402,7 @@ def pair_section(folder: Path, figs: Figures) -> str:
     order = {"btf": 0, "finetune": 1, "selftrain": 2}
     for p in sorted(trained, key=lambda p: (order[p.name.split("-")[0]], p.name)):
         out.append(stage_section(p, figs))
+    out += [cotrain_section(p) for p in stages if p.name.split("-")[0] == "cotrain"]
     evals = [p for p in stages if p.name.startswith("evaluate-") and (p / "results.json").is_file()]
     if evals:
         out.append("<h3>evaluations</h3>")

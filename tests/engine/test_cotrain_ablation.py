@@ -3,6 +3,7 @@ co-training result on test files: every row trains and scores the model it names
 differ only in an adaptation option get folders of their own, and ``cotrain-mean`` is the mean
 of the two views' probabilities. Tiny random encoders, real XNLI rows."""
 
+import html
 import json
 import shutil
 
@@ -249,3 +250,22 @@ def test_a_second_ablation_reuses_every_stage(ablation):
     again = json.loads((out / "cotrain-ablation.json").read_text())
     assert again["scores"] == result["scores"]
     assert all(v == [None] for v in again["seconds"].values())  # nothing trained again
+
+
+def test_the_report_shows_the_rows_and_each_cotrain_iteration(ablation, tmp_path):
+    out, _, result = ablation
+    page = tmp_path / "report.html"
+    res = CliRunner().invoke(main, ["report", str(out), "--out", str(page)])
+    assert res.exit_code == 0, res.output
+    text = page.read_text()
+    assert "cotrain-ablation: mean ± std over seeds [1]" in text
+    for row, per_target in result["scores"].items():
+        v = 100 * per_target["de"][0]
+        assert f"<td>{html.escape(row)}</td><td>{v:.2f} ± 0.00</td>" in text, row
+    run = out / "seed-1" / "en-de"
+    for stage in ("cotrain", "cotrain-self"):
+        assert f"<h3>{stage}</h3>" in text
+        rec = json.loads((run / stage / "iter-1" / "exchange.json").read_text())
+        x = next(iter(rec["exchange"].values()))
+        assert f"{x['chosen']} of {x['candidates']}" in text
+    assert "– (last iteration)" in text

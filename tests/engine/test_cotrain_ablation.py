@@ -211,13 +211,7 @@ def test_mean_of_views_is_the_mean_of_both_views_probabilities(ablation, xnli_co
     res = json.loads((it.parents[1] / "evaluate-cotrain-mean" / "results.json").read_text())
     assert res["ensemble"] == [str(it / "lm" / "model"), str(it / "emb" / "model")]
     data = read_task_file(str(root / "test-de.tsv"), "xnli", False)
-    probs, members = [], []
-    for view in ("lm", "emb"):  # each view on its own (its own tokenizer), then averaged here
-        model, tok = load_task_model(it / view / "model"), load_tokenizer(it / view / "model")
-        enc = encode(data, tok, model.labels, 48)
-        logits = predict_logits(model, enc, tok.pad_id, torch.device("cpu"))
-        probs.append(VotersModule.probs(logits).double())
-        members.append((model, tok))
+    probs, members = views_probs(it, data)
     assert not torch.allclose(probs[0], probs[1], atol=1e-3)  # two different views
     mean = (probs[0] + probs[1]) / 2
     got = ensemble_probs(members, data, 48, torch.device("cpu"), 4096)
@@ -225,6 +219,42 @@ def test_mean_of_views_is_the_mean_of_both_views_probabilities(ablation, xnli_co
     pred = [members[0][0].labels[i] for i in mean.argmax(-1).tolist()]
     assert res["languages"]["de"]["confusion"] == label_confusion(data.labels, pred)
     assert res["languages"]["de"]["score"] == pytest.approx(accuracy(data.labels, pred))
+
+
+def views_probs(it, data):
+    """Each view of a co-training iteration folder on its own (its own tokenizer): their
+    mean-of-voters probabilities (float64) and (model, tokenizer) pairs."""
+    probs, members = [], []
+    for view in ("lm", "emb"):
+        model, tok = load_task_model(it / view / "model"), load_tokenizer(it / view / "model")
+        enc = encode(data, tok, model.labels, 48)
+        logits = predict_logits(model, enc, tok.pad_id, torch.device("cpu"))
+        probs.append(VotersModule.probs(logits).double())
+        members.append((model, tok))
+    return probs, members
+
+
+def test_predict_with_the_mean_of_views_writes_the_mean_probabilities(
+    ablation, xnli_config, tmp_path
+):
+    out, _, _ = ablation
+    path, root = xnli_config
+    pred = tmp_path / "pred.jsonl"
+    args = ["run", "--stage", "predict", "--config", str(path), "--out", str(out / "seed-1"),
+            "--set", "seed=1", "--set", "target='de'", "--set", "predict.model='cotrain-mean'",
+            "--set", f"predict.input={str(root / 'test-de.tsv')!r}",
+            "--set", f"predict.output={str(pred)!r}"]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(x) for x in pred.read_text().splitlines()]
+    data = read_task_file(str(root / "test-de.tsv"), "xnli", True)
+    probs, members = views_probs(out / "seed-1" / "en-de" / "cotrain" / "iter-2", data)
+    mean = (probs[0] + probs[1]) / 2
+    labels = members[0][0].labels
+    assert len(rows) == len(mean) == 30
+    for row, p in zip(rows, mean.tolist(), strict=True):
+        assert [row["probs"][name] for name in labels] == pytest.approx(p, abs=2e-6)
+        assert row["label"] == labels[max(range(len(p)), key=p.__getitem__)]
 
 
 def test_an_ensemble_of_models_with_other_labels_is_refused(ablation, tmp_path):

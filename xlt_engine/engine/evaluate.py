@@ -39,6 +39,33 @@ from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import load_task_model
 
 
+def check_ensemble(model: str, ensemble: tuple[str, ...], format: str) -> None:
+    """An ensemble's members are task models of ``format``'s kind, and it is a sequence task."""
+    for path in ensemble:
+        check_task_model(path, format)
+    if ensemble and task_kind(format) != "sequence":
+        raise ValueError(
+            f"ensemble: the mean of several models is for sequence tasks; {format!r} is token "
+            "classification"
+        )
+
+
+def load_members(cfg) -> list[tuple]:
+    """(model, tokenizer) of ``cfg.model`` and each of ``cfg.ensemble``, checked to predict
+    the same labels in the same order."""
+    device = resolve_device(cfg.device)
+    members = [
+        (load_task_model(m, device=device), load_tokenizer(m)) for m in (cfg.model, *cfg.ensemble)
+    ]
+    labels = members[0][0].labels
+    for path, (m, _) in zip(cfg.ensemble, members[1:], strict=True):
+        if list(m.labels) != list(labels):
+            raise ValueError(
+                f"ensemble: {path} predicts {list(m.labels)}, {cfg.model} {list(labels)}"
+            )
+    return members
+
+
 @dataclass(frozen=True, kw_only=True)
 class EvaluateConfig(TaskSettings):
     model: str  # a task model folder (finetune's out/model)
@@ -64,13 +91,7 @@ class EvaluateConfig(TaskSettings):
         if self.source is not None and self.source not in self.tests:
             raise ValueError(f"source: {self.source!r} is not one of tests {sorted(self.tests)}")
         check_task_model(self.model, self.format)
-        for path in self.ensemble:
-            check_task_model(path, self.format)
-        if self.ensemble and task_kind(self.format) != "sequence":
-            raise ValueError(
-                f"ensemble: the mean of several models is for sequence tasks; {self.format!r} "
-                "is token classification"
-            )
+        check_ensemble(self.model, self.ensemble, self.format)
 
 
 def markdown_table(results: dict) -> str:
@@ -97,15 +118,8 @@ def markdown_table(results: dict) -> str:
 def run_evaluate(cfg: EvaluateConfig, echo=print) -> dict:
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
-    members = [
-        (load_task_model(m, device=device), load_tokenizer(m)) for m in (cfg.model, *cfg.ensemble)
-    ]
+    members = load_members(cfg)
     labels = members[0][0].labels
-    for path, (m, _) in zip(cfg.ensemble, members[1:], strict=True):
-        if list(m.labels) != list(labels):
-            raise ValueError(
-                f"ensemble: {path} predicts {list(m.labels)}, {cfg.model} {list(labels)}"
-            )
     scores = {}
     for lang, path in cfg.tests.items():
         data = read_task_file(path, cfg.format, False, cfg.max_test, cfg.sample_seed, cfg.encoding)
@@ -146,6 +160,7 @@ class PredictConfig(TaskSettings):
     model: str  # a task model folder
     input: str
     output: str
+    ensemble: tuple[str, ...] = ()  # as EvaluateConfig's: the mean of the models' probabilities
 
     def __post_init__(self):
         super().__post_init__()
@@ -154,6 +169,7 @@ class PredictConfig(TaskSettings):
         if Path(self.output).resolve() == Path(self.input).resolve():
             raise ValueError(f"output: {self.output} is the input file; choose another path")
         check_task_model(self.model, self.format)
+        check_ensemble(self.model, self.ensemble, self.format)
 
 
 def _conll_with_predictions(data, tags: list[list[str]]) -> str:
@@ -173,25 +189,29 @@ def _conll_with_predictions(data, tags: list[list[str]]) -> str:
 
 def run_predict(cfg: PredictConfig, echo=print) -> Path:
     device = resolve_device(cfg.device)
-    tok = load_tokenizer(cfg.model)
-    model = load_task_model(cfg.model, device=device)
+    members = load_members(cfg)
+    model, tok = members[0]
     data = read_task_file(
         cfg.input, cfg.format, unlabeled=cfg.format != "conll", encoding=cfg.encoding
     )
     if cfg.format == "conll":  # the tags of a CoNLL input are kept as the gold column only
         data.labels = None
-    enc = encode(data, tok, model.labels, cfg.max_len)
-    logits = predict_logits(
-        model, enc, tok.pad_id, device, cfg.eval_max_tokens, resolve_precision("auto", device)
-    )
-    preds = predicted_labels(enc, logits, model.labels)
+    if len(members) > 1:  # sequence tasks: the mean of the members' probabilities
+        probs = ensemble_probs(members, data, cfg.max_len, device, cfg.eval_max_tokens).numpy()
+        preds = [model.labels[i] for i in probs.argmax(-1).tolist()]
+    else:
+        enc = encode(data, tok, model.labels, cfg.max_len)
+        logits = predict_logits(
+            model, enc, tok.pad_id, device, cfg.eval_max_tokens, resolve_precision("auto", device)
+        )
+        preds = predicted_labels(enc, logits, model.labels)
+        probs = VotersModule.probs(logits).cpu().numpy() if cfg.format != "conll" else None
     out = Path(cfg.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     if cfg.format == "conll":
         atomic_write_text(out, _conll_with_predictions(data, preds))
         n = sum(len(p) for p in preds)
     else:
-        probs = VotersModule.probs(logits).cpu().numpy()
         rows = []
         for i, (line, label) in enumerate(zip(data.lines, preds, strict=True)):
             p = {name: round(float(x), 6) for name, x in zip(model.labels, probs[i], strict=True)}

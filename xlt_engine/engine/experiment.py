@@ -234,9 +234,10 @@ def build_evaluate(cfg: ExperimentConfig) -> EvaluateConfig:
 
 def build_predict(cfg: ExperimentConfig) -> PredictConfig:
     check_files(cfg, "predict")
-    model = model_path(cfg, cfg.predict.model, "predict.model")
+    model, *more = model_paths(cfg, cfg.predict.model, "predict.model")
     return PredictConfig(
         model=str(model),
+        ensemble=tuple(str(m) for m in more),
         input=cfg.predict.input,
         output=cfg.predict.output,
         format=cfg.data.format,

@@ -59,7 +59,7 @@ MIB = 1 << 20
 # keys that change neither a stage's results nor what it reads
 VOLATILE = ("log_every", "save_every", "save_minutes", "keep_checkpoints", "tensorboard")
 # co-training's models: its final prediction (``cotrain.predict_with``), or one view's last
-# model, or the mean of both views' probabilities (an ensemble: only evaluate reads it)
+# model, or the mean of both views' probabilities (an ensemble: evaluate and predict read it)
 COTRAIN_MODELS = ("cotrain", "cotrain-lm", "cotrain-emb", "cotrain-mean")
 NAMED_MODELS = ("pretrained", "btf", "finetune", "finetune-direct", "selftrain", *COTRAIN_MODELS)
 PAPER_ROUNDS = SelftrainSettings.rounds  # the default N (1.5): others get their own folder
@@ -186,8 +186,8 @@ def model_path(cfg: ExperimentConfig, name: str, key: str, must_exist: bool = Tr
         if len(paths) > 1:
             raise ConfigError(
                 cfg.name or "config",
-                [f"{key}: {name!r} is the mean of two models (only evaluate reads an ensemble); "
-                 "name one view: 'cotrain-lm' or 'cotrain-emb'"],
+                [f"{key}: {name!r} is the mean of two models (only evaluate and predict read "
+                 "an ensemble); name one view: 'cotrain-lm' or 'cotrain-emb'"],
             )  # fmt: skip
         return paths[0]
     if name == "pretrained":

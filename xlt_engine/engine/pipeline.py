@@ -25,6 +25,10 @@ With several sources (``sources``) btf reads every source's text and the target'
 The paper's two studies, tables alike: ``run_threshold_study`` (self-training at each fixed
 alpha of a list, beside the automatic threshold) and ``run_rounds_study`` (the student after
 every soft and hard step up to N rounds).
+
+``run_cotrain_ablation``: paper 003's rows (``cotrain_rows``: fine-tune only, self-training of
+each view, co-training, Label and Semantic Alignment, translate-train) for every seed, as a
+table of mean +- std over seeds.
 """
 
 from __future__ import annotations

@@ -64,11 +64,12 @@ ABLATION_ROWS = ("Ours", "- AT", "- VM", "- BTF", "- ST", "direct transfer")
 
 def _evaluate_row(pc: ExperimentConfig, model: str, resume: bool, echo) -> dict | None:
     """Source and pair-target scores of the model ``model`` names (rank 0; the others None)."""
-    res = run_stage(with_section(pc, "evaluate", model=model), "evaluate", echo=None, reuse=True)
+    ec = with_section(pc, "evaluate", model=model)
+    res = run_stage(ec, "evaluate", echo=None, reuse=True)
     if res is None:
         return None
-    if echo:
-        s, name = res["languages"], Path(res["model"]).parent.name
+    if echo:  # named by what was scored (evaluate-<what>), e.g. cotrain-self-emb
+        s, name = res["languages"], stage_dir(ec, "evaluate").name.removeprefix("evaluate-")
         echo(
             f"[{pc.source}-{pc.pair_target}] {name}: {res['metric']} {pc.source} "
             f"{100 * s[pc.source]['score']:.2f}, {pc.pair_target} "

@@ -299,3 +299,19 @@ def test_the_report_shows_the_rows_and_each_cotrain_iteration(ablation, tmp_path
         x = next(iter(rec["exchange"].values()))
         assert f"{x['chosen']} of {x['candidates']}" in text
     assert "– (last iteration)" in text
+
+
+def test_cotrain_moves_scores_the_given_rows_against_the_pools_hidden_labels(ablation):
+    from benchmarks.cotrain_moves import moves
+
+    out, _, _ = ablation
+    stage = out / "seed-1" / "en-de" / "cotrain"
+    got = moves(stage)
+    rec = json.loads((stage / "iter-1" / "exchange.json").read_text())
+    assert [m["exchange"] for m in got] == list(rec["exchange"])  # iteration 1's two exchanges
+    cfg = json.loads((stage / "config.json").read_text())["stage_config"]
+    pool = read_task_file(cfg["unlabeled_file"], "xnli", False, cfg["max_unlabeled"], 1)
+    for m, x in zip(got, rec["exchange"].values(), strict=True):
+        right = sum(pool.labels[r] == y for r, y in zip(x["rows"], x["labels"], strict=True))
+        assert m["right_of_rated"] == pytest.approx(right / len(x["rows"]))
+        assert m["chosen"] == len(x["rows"]) and m["three_star"] == 0

@@ -148,8 +148,14 @@ def test_a_signal_outside_a_training_loop_exits_130_with_the_resume_hint(sig, ca
         time.sleep(5)  # the signal interrupts this
         raise AssertionError("the signal did not stop the work")
 
-    with pytest.raises(SystemExit) as stopped:
-        _run_guarded(work)
+    # Python's own SIGINT handler (KeyboardInterrupt), which a test run started in the
+    # background (`cmd &`) lacks: such a process inherits SIGINT ignored, and keeps it so
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            _run_guarded(work)
+    finally:
+        signal.signal(signal.SIGINT, old_int)
     assert stopped.value.code == 130
     err = capsys.readouterr().err
     assert f"{sig.name} received outside a training loop" in err

@@ -109,3 +109,45 @@ def test_a_linear_voter_is_dropout_then_one_linear_layer():
     assert mixed(x).shape == (2, 6, 3) and not hasattr(mixed.voters[0], "fc_in")
     with pytest.raises(ValueError, match=">= 0"):
         VotersModule(hidden_size=12, num_labels=3, num_voters=1, widths=[-1])
+
+
+def test_voter_inner_layers_are_he_normal_and_classifiers_bert():
+    """The inner layers N(0, 2 / fan_in), every classifier N(0, 0.02), biases zero: with
+    N(0, 0.02) inside too, a voter's classifier read features ~20x smaller than a linear
+    head's (benchmarks/voter_init.py)."""
+    torch.manual_seed(0)
+    vm = VotersModule(hidden_size=384, num_labels=9, num_voters=3)
+    for v in vm.voters:
+        for layer in (v.fc_in, v.fc_out):
+            want = (2.0 / layer.in_features) ** 0.5
+            assert abs(layer.weight.std().item() / want - 1) < 0.05
+            assert not layer.bias.any()
+        assert abs(v.classifier.weight.std().item() / 0.02 - 1) < 0.05
+        assert not v.classifier.bias.any()
+
+
+def test_fresh_voters_learn_at_least_as_fast_as_a_linear_head():
+    """Under Adam each weight moves by about lr a step, so a head learns as fast as its
+    classifier's inputs are large. Features of e5-small's size and scale (H = 384, rms 0.26),
+    labels a linear function of them: in 10 steps the voters' loss falls at least as far as a
+    linear head's (measured: 2.5x as far; with N(0, 0.02) inner layers 0.5x)."""
+    hidden, classes = 384, 9
+    gen = torch.Generator().manual_seed(0)
+    x = 0.26 * torch.randn(512, hidden, generator=gen)
+    y = (x @ torch.randn(hidden, classes, generator=gen)).argmax(-1)
+
+    def drop(widths):
+        torch.manual_seed(1)
+        vm = VotersModule(hidden, classes, num_voters=len(widths), widths=widths)
+        opt = torch.optim.AdamW(vm.parameters(), lr=1e-4)
+        first = VotersModule.loss(vm(x), y).item()
+        for _ in range(10):
+            loss = VotersModule.loss(vm(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return first - loss.item()
+
+    linear = drop([LINEAR])
+    assert linear > 0
+    assert drop(default_voter_widths(hidden, 3)) > linear

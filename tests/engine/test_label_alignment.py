@@ -108,8 +108,9 @@ def test_label_alignment_pulls_each_label_together(tiny, reviews, tmp_path):
         r = run_finetune(cfg, echo=None)
         assert all(torch.isfinite(torch.tensor(h["loss"])) for h in r.train.history)
         margins[la] = class_margin(load_task_model(r.model), load_tokenizer(tiny), reviews)
-    # measured: 0.03 without, 0.82 with
-    assert margins[True] > margins[False] + 0.3, margins
+    # measured: 0.03 without, 0.27 with (0.82 while the voter's inner layers were N(0, 0.02) and
+    # passed the encoder ~1/16 of the cross-entropy's gradient they pass He-normal)
+    assert margins[True] > margins[False] + 0.15, margins
 
 
 def test_settings_are_checked_at_load(tiny, conll, reviews, tmp_path):

@@ -39,7 +39,7 @@ from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import load_task_model
 
 
-def check_ensemble(model: str, ensemble: tuple[str, ...], format: str) -> None:
+def check_ensemble(ensemble: tuple[str, ...], format: str) -> None:
     """An ensemble's members are task models of ``format``'s kind, and it is a sequence task."""
     for path in ensemble:
         check_task_model(path, format)
@@ -91,7 +91,7 @@ class EvaluateConfig(TaskSettings):
         if self.source is not None and self.source not in self.tests:
             raise ValueError(f"source: {self.source!r} is not one of tests {sorted(self.tests)}")
         check_task_model(self.model, self.format)
-        check_ensemble(self.model, self.ensemble, self.format)
+        check_ensemble(self.ensemble, self.format)
 
 
 def markdown_table(results: dict) -> str:
@@ -169,7 +169,7 @@ class PredictConfig(TaskSettings):
         if Path(self.output).resolve() == Path(self.input).resolve():
             raise ValueError(f"output: {self.output} is the input file; choose another path")
         check_task_model(self.model, self.format)
-        check_ensemble(self.model, self.ensemble, self.format)
+        check_ensemble(self.ensemble, self.format)
 
 
 def _conll_with_predictions(data, tags: list[list[str]]) -> str:

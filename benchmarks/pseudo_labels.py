@@ -1,0 +1,118 @@
+"""The pseudo labels of a self-training run checked against the hidden gold labels of its
+unlabeled file (a study's diagnosis, never read by the training), for sequence tasks whose
+unlabeled file carries labels (CLS-10, MARC, XNLI train files): per round, the rows given a
+pseudo label (of the pool), their classes, the share that is right, and the gold classes of the
+pool and of the rows given a label.
+
+The pool is the run's own target store (``<stage>/cache/<file>.<key>/``): its ``lines.npy`` names
+the file line of every row, and the file is read again with its labels. A row whose gold label
+is unknown (a MARC 3-star review, which the binary task leaves out and an unlabeled pool keeps)
+counts as unrated.
+
+    PYTHONPATH=. python benchmarks/pseudo_labels.py runs/study-cls/seed-*/en-de/selftrain*
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file
+
+from xlt_engine.data.packed import StoreFile, iter_examples
+
+
+def target_store(stage: Path) -> tuple[Path, dict]:
+    """The folder and meta of the stage's unlabeled store (the one whose files are unlabeled)."""
+    found = []
+    for meta_path in sorted((stage / "cache").glob("*/meta.json")):
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if all(f["unlabeled"] for f in meta["files"]):
+            found.append((meta_path.parent, meta))
+    if len(found) != 1:
+        raise ValueError(f"{stage / 'cache'}: {len(found)} unlabeled stores, expected 1")
+    folder, meta = found[0]
+    if meta["kind"] != "sequence":
+        raise ValueError(f"{folder}: a {meta['kind']} task; this check reads sequence tasks")
+    if len(meta["files"]) != 1:
+        raise ValueError(f"{folder}: {len(meta['files'])} files, expected 1")
+    return folder, meta
+
+
+def gold_of(stage: Path) -> tuple[list[str], list[int | None]]:
+    """The labels, and per store row the index of its gold label (None: unknown)."""
+    folder, meta = target_store(stage)
+    f = meta["files"][0]
+    path = Path(f["path"])
+    fmt = f["format"]
+    if fmt == "text":
+        raise ValueError(f"{path}: a plain-text pool has no labels to check against")
+    by_line = {
+        line: label
+        for line, _, _, label in iter_examples(StoreFile(str(path), fmt, False), "sequence")
+    }
+    labels = list(meta["labels"])
+    lines = np.load(folder / "lines.npy")
+    gold = [by_line.get(int(n)) for n in lines]
+    return labels, [None if g is None else labels.index(g) for g in gold]
+
+
+def rounds(stage: Path) -> list[dict]:
+    """One record per finished round of ``stage``."""
+    labels, gold = gold_of(stage)
+    pool = Counter(labels[g] for g in gold if g is not None)
+    out = []
+    for folder in sorted(stage.glob("round-*"), key=lambda p: int(p.name.split("-")[1])):
+        if not (folder / "filter.safetensors").is_file():
+            continue
+        pseudo = load_file(str(folder / "filter.safetensors"))["pseudo"]
+        if len(pseudo) != len(gold):
+            raise ValueError(
+                f"{folder / 'filter.safetensors'}: {len(pseudo)} rows, the pool {len(gold)}"
+            )
+        alpha = json.loads((folder / "filter.json").read_text(encoding="utf-8"))["alpha"]
+        given = [i for i, y in enumerate(pseudo) if y >= 0]
+        rated = [i for i in given if gold[i] is not None]
+        right = sum(int(pseudo[i]) == gold[i] for i in rated)
+        out.append(
+            {
+                "stage": str(stage),
+                "round": int(folder.name.split("-")[1]),
+                "alpha": alpha,
+                "pool": len(gold),
+                "given": len(given),
+                "classes": {c: sum(labels[int(pseudo[i])] == c for i in given) for c in labels},
+                "right_of_rated": right / len(rated) if rated else None,
+                "gold_of_given": dict(Counter(labels[gold[i]] for i in rated)),
+                "gold_of_pool": dict(pool),
+            }
+        )
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("stages", nargs="+", type=Path, help="selftrain stage folders")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    args = p.parse_args(argv)
+    rows = [r for stage in args.stages for r in rounds(stage)]
+    print("| stage | round | alpha | given / pool | classes given | right | gold of given |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        right = "–" if r["right_of_rated"] is None else f"{100 * r['right_of_rated']:.1f}%"
+        classes = ", ".join(f"{k} {v}" for k, v in r["classes"].items())
+        gold = ", ".join(f"{k} {v}" for k, v in sorted(r["gold_of_given"].items()))
+        stage = "/".join(Path(r["stage"]).parts[-3:])
+        print(
+            f"| {stage} | {r['round']} | {r['alpha']} | {r['given']} / {r['pool']} | {classes} | "
+            f"{right} | {gold} |"
+        )
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""benchmarks/pseudo_labels.py scores a self-training run's pseudo labels against the pool's
+hidden gold labels, row by row in the store's order."""
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from benchmarks.pseudo_labels import main, rounds
+from xlt_engine.data import load_tokenizer
+from xlt_engine.data.packed import StoreFile, build_store
+from xlt_engine.data.task import read_task_file
+
+LABELS = ["negative", "positive"]
+
+
+def a_stage(tmp_path, shared_data, mbert_vocab):
+    """A stage folder as selftrain leaves it: the source and the unlabeled pool (40 German
+    CLS-10 reviews drawn by seed 3) as stores under cache/, and two rounds' filter files."""
+    pool = shared_data / "cls10/de/books/train.review"
+    stage = tmp_path / "selftrain"
+    tok = load_tokenizer(mbert_vocab)
+    for f in (
+        StoreFile(str(shared_data / "cls10/en/books/train.review"), "cls10", False),
+        StoreFile(str(pool), "cls10", True),
+    ):
+        build_store([f], "sequence", tok, LABELS, 32, stage / "cache", 40, 3)
+    gold = [LABELS.index(y) for y in read_task_file(pool, "cls10", False, 40, 3).labels]
+    assert 5 < sum(gold) < 35  # both classes, so a shifted label is a wrong one
+    given = {
+        1: [g if i % 4 else 1 - g for i, g in enumerate(gold)],  # every 4th wrong
+        2: [g if i % 2 else -1 for i, g in enumerate(gold)],  # half left out, all right
+    }
+    for r, pseudo in given.items():
+        (stage / f"round-{r}").mkdir()
+        save_file(
+            {"pseudo": np.array(pseudo, dtype=np.int64)},
+            str(stage / f"round-{r}/filter.safetensors"),
+        )
+        (stage / f"round-{r}/filter.json").write_text(json.dumps({"alpha": 0.5 + r / 10}))
+    return stage, gold, given
+
+
+def test_right_share_classes_and_gold_follow_the_stores_rows(tmp_path, shared_data, mbert_vocab):
+    stage, gold, given = a_stage(tmp_path, shared_data, mbert_vocab)
+    r1, r2 = rounds(stage)
+    assert (r1["round"], r1["alpha"], r1["pool"], r1["given"]) == (1, 0.6, 40, 40)
+    assert r1["right_of_rated"] == pytest.approx(30 / 40)
+    assert r1["classes"] == {"negative": given[1].count(0), "positive": given[1].count(1)}
+    assert r1["gold_of_pool"] == {"negative": gold.count(0), "positive": gold.count(1)}
+    assert (r2["given"], r2["right_of_rated"]) == (20, 1.0)
+    odd = [g for i, g in enumerate(gold) if i % 2]
+    assert r2["gold_of_given"] == {LABELS[c]: odd.count(c) for c in set(odd)}
+
+
+def test_the_table_names_each_round(tmp_path, shared_data, mbert_vocab, capsys):
+    stage, _, _ = a_stage(tmp_path, shared_data, mbert_vocab)
+    main([str(stage), "--json", str(tmp_path / "rows.json")])
+    out = capsys.readouterr().out
+    assert "| 1 | 0.6 | 40 / 40 |" in out and "75.0%" in out and "100.0%" in out
+    assert len(json.loads((tmp_path / "rows.json").read_text())) == 2
+
+
+def test_a_token_task_is_refused(tmp_path, shared_data, mbert_vocab):
+    stage = tmp_path / "st"
+    tok = load_tokenizer(mbert_vocab)
+    conll = StoreFile(str(shared_data / "conll2002/esp.testb"), "conll", True)
+    build_store([conll], "token", tok, ["O", "B-PER"], 32, stage / "cache", 10, 0)
+    with pytest.raises(ValueError, match="token task"):
+        rounds(stage)

@@ -180,13 +180,16 @@ def main(argv: list[str] | None = None) -> None:
         cells = [f"{100 * x:.2f}" for x in info["average"]]
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {info['seconds'] / 60:.1f} min |")
     for d in details:
-        lines += [
-            "",
-            f"Seed {d['seed']}, {d['pair']}: source dev score of each fine-tuned model (%)",
-            "",
-        ]
-        lines += ["| model | dev |", "|---|---|"]
-        lines += [f"| {k} | {100 * v:.2f} |" for k, v in d["dev"].items()]
+        if d["dev"]:
+            lines += [
+                "",
+                f"Seed {d['seed']}, {d['pair']}: source dev score of each fine-tuned model (%)",
+                "",
+            ]
+            lines += ["| model | dev |", "|---|---|"]
+            lines += [f"| {k} | {100 * v:.2f} |" for k, v in d["dev"].items()]
+        else:
+            lines += ["", f"Seed {d['seed']}, {d['pair']} (no source dev file: no dev scores)"]
         lines += ["", "| self-training round | alpha | source rows kept | pseudo-labeled rows | classes |",
                   "|---|---|---|---|---|"]  # fmt: skip
         for k, c in d["rounds"].items():

@@ -70,7 +70,8 @@ def row_stages(pc, fixed_alpha: float) -> dict[str, list[Path]]:
 
 def pair_details(run: Path) -> dict:
     """The source dev score of every fine-tuned model, and per self-training run and round:
-    alpha, the source rows kept and the pseudo labels (count, classes)."""
+    alpha, the source rows kept, the pseudo labels (count, classes) and, where the run recorded
+    them, the classes of the teacher's and the soft student's argmax on the target rows."""
     dev = {}
     for f in sorted(run.glob("finetune*/dev.json")):
         d = json.loads(f.read_text(encoding="utf-8"))
@@ -87,9 +88,18 @@ def pair_details(run: Path) -> dict:
                 "target_rows",
                 "pseudo_rows",
                 "pseudo_distribution",
+                "teacher_distribution",
+                "student_distribution",
+                "teacher_agreement",
             )
+            if k in c  # the last three: runs made since 2026-11-23's fidelity record
         }
     return {"dev": dev, "rounds": rounds}
+
+
+def classes(distribution: dict[str, int]) -> str:
+    """``{"O": 5, "B-PER": 0, ...}`` -> ``"O 5"`` (the classes with a row; "–" for none)."""
+    return ", ".join(f"{n} {v:,}" for n, v in distribution.items() if v) or "–"
 
 
 def seconds_of(folder: Path) -> float:
@@ -193,11 +203,22 @@ def main(argv: list[str] | None = None) -> None:
         lines += ["", "| self-training round | alpha | source rows kept | pseudo-labeled rows | classes |",
                   "|---|---|---|---|---|"]  # fmt: skip
         for k, c in d["rounds"].items():
-            classes = ", ".join(f"{n} {v}" for n, v in c["pseudo_distribution"].items() if v)
             lines.append(
                 f"| {k} | {c['alpha']:g} | {c['source_rows_kept']:,} / {c['source_rows']:,} | "
-                f"{c['pseudo_rows']:,} / {c['target_rows']:,} | {classes or '–'} |"
+                f"{c['pseudo_rows']:,} / {c['target_rows']:,} | "
+                f"{classes(c['pseudo_distribution'])} |"
             )
+        fitted = {k: c for k, c in d["rounds"].items() if "teacher_distribution" in c}
+        if fitted:
+            lines += ["", "What the soft step's student learned of its teacher (argmax classes on "
+                      "the target rows):", "",
+                      "| self-training round | teacher | soft student | agreement |",
+                      "|---|---|---|---|"]  # fmt: skip
+            for k, c in fitted.items():
+                lines.append(
+                    f"| {k} | {classes(c['teacher_distribution'])} | "
+                    f"{classes(c['student_distribution'])} | {100 * c['teacher_agreement']:.1f}% |"
+                )
     lines += [
         "",
         f"Whole study: {total / 60:.1f} min on {report['machine']}; torch {env.get('torch')}, "

@@ -249,6 +249,20 @@ def test_filters_match_the_logs_and_the_student(st_run, data):
         assert np.array_equal(pseudo, want.numpy())
         agree = (top_labels(logits) == top_labels(logits)[0]).all(0).double().mean().item()
         assert counts["voter_agreement"] == pytest.approx(agree, abs=1e-12) and 0 < agree < 1
+        # how closely the soft student follows the probabilities it fitted: the classes of the
+        # teacher's and the student's argmax over the target rows, and their agreement
+        probs = load_file(str(out / f"round-{r}" / "teacher-probs.safetensors"))["probs"]
+        t_arg = probs.float().argmax(-1).numpy()
+        s_arg = logits.float().softmax(-1).mean(0).argmax(-1).numpy()
+        assert counts["teacher_distribution"] == {
+            n: int((t_arg == i).sum()) for i, n in enumerate(names)
+        }
+        assert counts["student_distribution"] == {
+            n: int((s_arg == i).sum()) for i, n in enumerate(names)
+        }
+        fidelity = float((t_arg == s_arg).mean())
+        assert counts["teacher_agreement"] == pytest.approx(fidelity, abs=1e-12)
+        assert 0 < fidelity < 1 and sum(n > 0 for n in counts["teacher_distribution"].values()) > 1
         # the source filter (confident, the default) removes, for good, the rows the pseudo-
         # label rule at alpha does not accept with their gold label
         src = encode(read_task_file(data["src"], "conll"), tok, student.labels, 48)

@@ -35,7 +35,9 @@ Folder ``out``::
     round-<r>/threshold.json, .csv        alpha and the whole curve (threshold, accuracy, ...)
     round-<r>/source-ok.safetensors       per source row (uint8): confident, correct
     round-<r>/filter.safetensors, .json   source_keep [src rows] bool, pseudo [tgt rows] int64
-                                          (-1: no label); the counts and class distribution
+                                          (-1: no label), student [tgt rows] (S's argmax); the
+                                          counts, the pseudo labels' classes, and how closely
+                                          S follows T (the classes of both argmaxes, agreement)
     round-<r>/hard/                       the hard step's loop folder; hard/model: S after it
     model/                                the final student
     selftrain.jsonl                       one record per finished step (timings, counts)
@@ -366,6 +368,32 @@ def drop_failed_units(enc: Encoded, pseudo: np.ndarray, chunk: int = CHUNK_ITEMS
         release(enc, pseudo)
 
 
+def fidelity_counts(
+    teacher: np.ndarray, student: np.ndarray, names: list[str], chunk: int = 1 << 20
+) -> dict:
+    """How well the soft step's student reproduces its teacher on the target rows: the classes
+    of the teacher's argmax (of its probabilities ``teacher`` [rows, C]) and of the student's
+    (``student`` [rows], the argmax of its voters' mean probabilities), and the share of rows
+    where the two agree; ``chunk`` rows at a time."""
+    C = len(names)
+    t_counts = np.zeros(C, dtype=np.int64)
+    s_counts = np.zeros(C, dtype=np.int64)
+    agree = 0
+    rows = len(student)
+    for lo in range(0, rows, chunk):
+        hi = min(lo + chunk, rows)
+        t = np.asarray(teacher[lo:hi]).argmax(axis=-1)
+        s = np.asarray(student[lo:hi])
+        t_counts += np.bincount(t, minlength=C)
+        s_counts += np.bincount(s, minlength=C)
+        agree += int((t == s).sum())
+    return {
+        "teacher_distribution": {names[i]: int(t_counts[i]) for i in range(C)},
+        "student_distribution": {names[i]: int(s_counts[i]) for i in range(C)},
+        "teacher_agreement": agree / rows if rows else 0.0,
+    }
+
+
 def target_counts(
     enc: Encoded, pseudo: np.ndarray, agreed: np.ndarray, names: list[str], chunk: int = CHUNK_ITEMS
 ) -> dict:
@@ -630,7 +658,7 @@ class SelfTraining:
             )
         return probs
 
-    def soft_step(self, r: int, probs: torch.Tensor, teachers: list[Path]) -> TaskModel:
+    def soft_step(self, r: int, probs: np.ndarray, teachers: list[Path]) -> TaskModel:
         """S = Base Model + fresh voters, trained to fit ``probs`` with soft_label_mse."""
         folder = self.out / f"round-{r}" / "soft"
         if (folder / "model").is_dir():
@@ -744,10 +772,12 @@ class SelfTraining:
         alpha: float,
         source_ok: np.ndarray,
         source_keep: np.ndarray,
+        probs: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The permanent source filter (rows of D_keep that pass ``source_ok``, see
         ``pick_alpha``) and the pseudo labels (voter_filter at alpha, -1 = none); returns
-        (source_keep, pseudo)."""
+        (source_keep, pseudo). ``probs``: the probabilities the soft step fitted, for
+        filter.json's record of how closely the student follows them (``fidelity_counts``)."""
         cfg, rdir = self.cfg, self.out / f"round-{r}"
         path = rdir / FILTER_FILE
         if not path.is_file():
@@ -763,11 +793,12 @@ class SelfTraining:
                 for row, logits in self.chunks(student, self.tgt, *arrays.values()):
                     # unanimous at any confidence (every confidence is > 0), then at alpha:
                     # one pass gives both, as voter_filter(logits, alpha) would
-                    agreed, conf, _ = voter_filter(logits, 0.0)
+                    agreed, conf, mean = voter_filter(logits, 0.0)
                     pseudo = torch.where(conf > alpha, agreed, -1)
                     rows = slice(row, row + pseudo.shape[0])
                     arrays["pseudo"][rows] = pseudo.cpu().numpy()
                     arrays["agreed"][rows] = (agreed >= 0).cpu().numpy()
+                    arrays["student"][rows] = mean.argmax(dim=-1).cpu().numpy()
 
             def finish(arrays):
                 forward, self.forward_seconds = self.forward_seconds, 0.0
@@ -785,6 +816,7 @@ class SelfTraining:
                     "source_rows_removed": before - int(keep.sum()),
                     "source_units_kept": int(np.unique(self.src_units[keep]).size),
                     **target_counts(self.tgt, arrays["pseudo"], arrays["agreed"], self.labels),
+                    **fidelity_counts(probs, arrays["student"], self.labels),
                     "source_distribution": _distribution(self.gold, self.labels),  # gold, all rows
                 }
                 secs = time.perf_counter() - t0
@@ -801,6 +833,7 @@ class SelfTraining:
                 "source_keep": ("U8", (len(self.gold),)),
                 "pseudo": ("I64", (self.tgt_rows,)),
                 "agreed": ("U8", (self.tgt_rows,)),  # 1: the voters agree (at any confidence)
+                "student": ("I32", (self.tgt_rows,)),  # argmax of the voters' mean probabilities
             }
             self.rows_file(path, specs, {}, fill, finish)
         saved = open_safetensors(path)
@@ -905,7 +938,7 @@ def run_selftrain(
             student = run.soft_step(r, probs, teachers)
             continue
         alpha, source_ok = run.pick_alpha(r, student)
-        source_keep, pseudo = run.filter(r, student, alpha, source_ok, source_keep)
+        source_keep, pseudo = run.filter(r, student, alpha, source_ok, source_keep, probs)
         student = run.hard_step(r, student, source_keep, pseudo, alpha)
         teachers = [out / f"round-{r}" / "hard" / "model"]  # T = S
 

@@ -14,4 +14,5 @@ exec "${PYTHON:-python}" benchmarks/study.py --config configs/e5-small-conll.tom
   --set finetune.batch_size=16 --set finetune.train.epochs=2 --set finetune.train.lr=3e-4 \
   --set selftrain.batch_size=16 --set selftrain.soft.epochs=3 --set selftrain.soft.lr=3e-4 \
   --set selftrain.hard.epochs=1 --set selftrain.hard.lr=3e-5 \
-  --set btf.train.log_every=25 --set finetune.train.log_every=50 --set selftrain.soft.log_every=25 --set selftrain.hard.log_every=50
+  --set btf.train.log_every=25 --set finetune.train.log_every=50 --set selftrain.soft.log_every=25 --set selftrain.hard.log_every=50 \
+  "$@"

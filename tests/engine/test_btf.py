@@ -422,3 +422,56 @@ def test_resume_refuses_a_changed_training_setting_by_name(tmp_path):
     # log_every is free to change, and a stored tuple reads back equal
     train(model, loss_fn, Data(), TrainConfig(**{**cfg.__dict__, "log_every": 7}), tmp_path,
           **more)  # fmt: skip
+
+
+class TwoPart(torch.nn.Module):
+    """An encoder stand-in and a task head named as the task model's (``voters.*``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = torch.nn.Linear(3, 3)
+        self.voters = torch.nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.voters(self.encoder(x))
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+def test_head_lr_scale_moves_the_head_that_much_faster(tmp_path, scale):
+    """Adam's first step moves every weight by lr (|m/sqrt(v)| = 1): the head's by
+    head_lr_scale x lr, the rest by lr, biases included."""
+    torch.manual_seed(0)
+    model = TwoPart()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    lr = 1e-3
+    cfg = TrainConfig(max_steps=1, lr=lr, head_lr_scale=scale, warmup_ratio=0, weight_decay=0)
+    data = type("Ones", (), {"num_batches": lambda s, e: 1,
+                             "batch": lambda s, e, i: {"x": torch.ones(2, 3)}})()  # fmt: skip
+    train(model, square_loss, data, cfg, tmp_path, save_model=save_weights, load_model=None,
+          echo=None)  # fmt: skip
+    for name, p in model.named_parameters():
+        want = lr * (scale if name.startswith("voters.") else 1.0)
+        moved = (p.detach() - before[name]).abs()
+        assert torch.allclose(moved, torch.full_like(moved, want), rtol=1e-3), (name, moved)
+
+
+def test_head_lr_scale_needs_a_head_and_a_sane_value(tmp_path):
+    with pytest.raises(ValueError, match=r"head_lr_scale must be in \(0, 1000\], got 0"):
+        TrainConfig(max_steps=1, head_lr_scale=0)
+    cfg = TrainConfig(max_steps=1, head_lr_scale=10)
+    with pytest.raises(ValueError, match=r"head_lr_scale=10: this model has no trainable task"):
+        train(torch.nn.Linear(3, 1), square_loss, Data(), cfg, tmp_path,
+              save_model=save_weights, load_model=None, echo=None)  # fmt: skip
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default():
+    from dataclasses import asdict
+
+    from xlt_engine.engine.loop import config_changes
+
+    cfg = TrainConfig(max_steps=3)
+    stored = asdict(cfg)
+    del stored["head_lr_scale"]  # written before the setting existed
+    assert config_changes(stored, asdict(cfg)) == []
+    scaled = asdict(TrainConfig(max_steps=3, head_lr_scale=10))
+    assert config_changes(stored, scaled) == ["head_lr_scale: 1.0 -> 10"]

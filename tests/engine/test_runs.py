@@ -92,3 +92,21 @@ def test_plain_text_unlabeled_data_is_a_setting_in_the_fingerprint_only_when_set
     assert "data.unlabeled_format" not in plan_stage(default, "selftrain").settings
     found = problems(tmp_path, MINIMAL, "data.unlabeled_format='conll'")
     assert any("unlabeled_format" in p for p in found)
+
+
+def test_a_setting_added_later_is_in_the_fingerprint_only_off_its_default(tmp_path):
+    """``head_lr_scale`` and ``soft_loss`` came after fingerprints: at their defaults they are
+    left out, so the folders of older runs stay valid; set, they are settings like any other."""
+    from tests.engine.test_config import MINIMAL, write
+    from xlt_engine.engine.runs import plan_stage
+
+    default = load_config(write(tmp_path, MINIMAL))
+    for stage in ("btf", "finetune", "selftrain"):
+        keys = plan_stage(default, stage).settings
+        assert not any("head_lr_scale" in k or "soft_loss" in k for k in keys)
+    scaled = load_config(write(tmp_path, MINIMAL), ["finetune.train.head_lr_scale=10"])
+    settings = plan_stage(scaled, "finetune").settings
+    assert settings["finetune.train.head_lr_scale"] == 10
+    assert not any("head_lr_scale" in k for k in plan_stage(scaled, "btf").settings)
+    kl = load_config(write(tmp_path, MINIMAL), ["selftrain.soft_loss='kl'"])
+    assert plan_stage(kl, "selftrain").settings["selftrain.soft_loss"] == "kl"

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from tests.engine.conftest import watch_final_save
@@ -656,3 +657,46 @@ def test_plain_text_target_reads_as_its_conll_form(base, teacher, data, tmp_path
     assert np.array_equal(a.positions.flat, b.positions.flat)
     with pytest.raises(ValueError, match="unlabeled_format"):
         st_config(base, teacher, data, tmp_path, unlabeled_format="cls10")
+
+
+def test_soft_label_kl_is_kl_of_teacher_to_student_with_gradient_q_minus_p():
+    from xlt_engine.engine.selftrain import soft_label_kl
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(3, 7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    p = torch.randn(7, 5, generator=gen, dtype=torch.float64).softmax(-1)
+    p[0] = torch.tensor([1.0, 0, 0, 0, 0], dtype=torch.float64)  # a one-hot row: 0 log 0 = 0
+    loss = soft_label_kl(z, p)
+    want = torch.stack(
+        [F.kl_div(z[m].log_softmax(-1), p, reduction="sum") / 7 for m in range(3)]
+    ).mean()
+    assert torch.allclose(loss, want.float())
+    loss.backward()
+    q = z.detach().softmax(-1)
+    assert torch.allclose(z.grad, (q - p) / (3 * 7), atol=1e-7)
+    assert soft_label_kl(p.log().clamp_min(-50)[None], p).abs() < 1e-6  # student = teacher
+
+
+@pytest.mark.parametrize("soft_loss", ["mse", "kl"])
+def test_the_soft_step_trains_with_the_loss_soft_loss_names(
+    base, teacher, data, tmp_path, monkeypatch, soft_loss
+):
+    import xlt_engine.engine.selftrain as st
+
+    calls = {"mse": 0, "kl": 0}
+
+    def spy(name, real):
+        def fit(z, p):
+            calls[name] += 1
+            return real(z, p)
+
+        return fit
+
+    monkeypatch.setattr(st, "soft_label_mse", spy("mse", st.soft_label_mse))
+    monkeypatch.setattr(st, "soft_label_kl", spy("kl", st.soft_label_kl))
+    soft = TrainConfig(max_steps=2, lr=1e-3, log_every=1, seed=1)
+    cfg = st_config(base, teacher, data, tmp_path, rounds=0.5, soft=soft, soft_loss=soft_loss)
+    run_selftrain(cfg, echo=None)
+    assert calls[soft_loss] == 2 and sum(calls.values()) == 2, calls
+    with pytest.raises(ValueError, match="soft_loss"):
+        st_config(base, teacher, data, tmp_path, soft_loss="ce")

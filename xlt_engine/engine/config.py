@@ -378,6 +378,7 @@ Threshold = Literal["curvature", "max_second_difference", "fixed"]
 MultiSource = Literal["teachers", "union"]
 FilterUnit = Literal["word", "sequence"]
 SourceFilter = Literal["confident", "correct", "off"]
+SoftLoss = Literal["mse", "kl"]
 
 
 @dataclass(frozen=True)
@@ -396,6 +397,8 @@ class SelftrainSettings(BatchSettings):
     # confident (the pseudo-label rule at alpha, on the gold label), correct (the voters' mean
     # predicts the gold label), off (all)
     max_unlabeled: int | None = None  # down-sample the unlabeled target data (CLS: 10000)
+    soft_loss: SoftLoss = "mse"  # the soft step's loss: mse (the paper's eq. 1, on
+    # probabilities) or kl (KL(teacher || student), the usual distillation loss)
 
     def __post_init__(self):
         super().__post_init__()

@@ -50,7 +50,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -66,6 +66,7 @@ from xlt_engine.fileio import append_jsonl, atomic_file, atomic_write_text, read
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 MAX_EPOCHS = 1e6  # beyond these a typo, not a plan (and 1e308 epochs overflowed the step count)
 MAX_STEPS = 10**12
+MAX_HEAD_LR_SCALE = 1000.0  # a fresh head at lr x 1000 is past any recipe: most likely a typo
 MAX_LR = 10.0  # AdamW on these models trains below 1e-2; lr 1e39 was a RuntimeError in AdamW
 
 
@@ -82,6 +83,7 @@ class TrainConfig:
     max_steps: int = 0  # optimizer steps; 0: from ``epochs`` (``with_steps``)
     epochs: float = 0.0  # used when max_steps is 0
     lr: float = 2e-5
+    head_lr_scale: float = 1.0  # the fresh task head's (``voters.*``) learning rate: this x lr
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     grad_accum: int = 1
@@ -114,6 +116,10 @@ class TrainConfig:
             raise ValueError("max_steps must be a positive integer (or give epochs > 0)")
         if not (0 < self.lr <= MAX_LR):
             raise ValueError(f"lr must be in (0, {MAX_LR:g}], got {self.lr!r}")
+        if not (0 < self.head_lr_scale <= MAX_HEAD_LR_SCALE):
+            raise ValueError(
+                f"head_lr_scale must be in (0, {MAX_HEAD_LR_SCALE:g}], got {self.head_lr_scale!r}"
+            )
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
@@ -194,6 +200,34 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     if step < warm:
         return cfg.lr * (step + 1) / warm
     return cfg.lr * max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - warm))
+
+
+HEAD_PREFIX = "voters."  # the task model's fresh head (``TaskModel.voters``)
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """The optimizer's groups over the trainable parameters: weight decay on matrices only (not
+    biases and LayerNorm); with ``head_lr_scale != 1`` the head's (``HEAD_PREFIX``) get their
+    own groups, whose ``lr_scale`` the schedule multiplies in. A scale with no head to apply it
+    to is an error (an MLM model has none)."""
+    named = [(n, p) for n, p in _unwrap(model).named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("every parameter is frozen: nothing to train")
+    scaled = cfg.head_lr_scale != 1.0
+    if scaled and not any(n.startswith(HEAD_PREFIX) for n, _ in named):
+        raise ValueError(
+            f"head_lr_scale={cfg.head_lr_scale:g}: this model has no trainable task head "
+            f"({HEAD_PREFIX}*) to give it to"
+        )
+    groups = []
+    for head in (False, True) if scaled else (None,):
+        part = [(n, p) for n, p in named if head is None or n.startswith(HEAD_PREFIX) == head]
+        scale = cfg.head_lr_scale if head else 1.0
+        for decay in (True, False):
+            ps = [p for _, p in part if (p.dim() >= 2) == decay]
+            wd = cfg.weight_decay if decay else 0.0
+            groups.append({"params": ps, "weight_decay": wd, "lr_scale": scale})
+    return groups
 
 
 def freeze(
@@ -321,9 +355,10 @@ def config_changes(stored: dict | None, current: dict) -> list[str]:
     change the result, ``RESUME_FREE``, may change)."""
     if stored is None:  # a checkpoint from before settings were stored
         return []
+    defaults = {f.name: f.default for f in fields(TrainConfig)}  # a setting added since
     out = []
     for key in sorted(set(stored) | set(current)):
-        old, new = stored.get(key), current.get(key)
+        old, new = stored.get(key, defaults.get(key)), current.get(key)
         if isinstance(old, list):  # a tuple comes back from torch.load as a list
             old = tuple(old)
         if key not in RESUME_FREE and old != new:
@@ -451,19 +486,8 @@ def train(
     device = next(core.parameters()).device
     amp_dtype = resolve_precision(cfg.precision, device)
     freeze(core, cfg.freeze, apply=not ddp)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("every parameter is frozen: nothing to train")
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]  # biases and LayerNorm
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-        fused=device.type == "cuda",
-    )
+    opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, fused=device.type == "cuda")
+    params = [p for group in opt.param_groups for p in group["params"]]
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     step, epoch, index = 0, 0, 0
@@ -547,7 +571,7 @@ def train(
         model.train()
         while step < cfg.max_steps:
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
+                group["lr"] = lr_at(step, cfg) * group.get("lr_scale", 1.0)
             where = []
             for micro in range(cfg.grad_accum):
                 n = data.num_batches(epoch)

@@ -58,6 +58,9 @@ FINGERPRINT = "fingerprint.json"
 MIB = 1 << 20
 # keys that change neither a stage's results nor what it reads
 VOLATILE = ("log_every", "save_every", "save_minutes", "keep_checkpoints", "tensorboard")
+# settings added after fingerprints were first written: left out while at their default, so
+# the folders of older runs stay valid
+ADDED = {"head_lr_scale": 1.0, "soft_loss": "mse"}
 # co-training's models: its final prediction (``cotrain.predict_with``), or one view's last
 # model, or the mean of both views' probabilities (an ensemble: evaluate and predict read it)
 COTRAIN_MODELS = ("cotrain", "cotrain-lm", "cotrain-emb", "cotrain-mean")
@@ -238,8 +241,9 @@ def input_identity(path: Path) -> dict:
 def _flat(prefix: str, value, out: dict) -> dict:
     if dataclasses.is_dataclass(value):
         for f in dataclasses.fields(value):
-            if f.name not in VOLATILE:
-                _flat(f"{prefix}.{f.name}", getattr(value, f.name), out)
+            v = getattr(value, f.name)
+            if f.name not in VOLATILE and not (f.name in ADDED and v == ADDED[f.name]):
+                _flat(f"{prefix}.{f.name}", v, out)
     else:
         out[prefix] = list(value) if isinstance(value, tuple) else value
     return out

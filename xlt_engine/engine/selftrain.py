@@ -115,6 +115,18 @@ from xlt_engine.model.heads import LINEAR, VotersModule
 from xlt_engine.model.task import TaskModel, load_task_model, new_task_model, save_task_model
 
 T = TypeVar("T")
+
+
+def soft_label_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
+    """``soft_loss = "kl"``: KL(p || softmax(z)) summed over classes, averaged over rows and
+    voters; student logits ``[M, N, C]``, teacher probabilities ``[N, C]``. Its gradient in the
+    logits is (softmax(z) - p) / (M N): unlike the MSE on probabilities, a class the student
+    gives little probability still gets the teacher's full pull."""
+    p = teacher_probs.float()
+    log_q = student_logits.float().log_softmax(dim=-1)
+    return (torch.special.xlogy(p, p) - p * log_q).sum(dim=-1).mean()
+
+
 TEACHER_FILE = "teacher-probs.safetensors"
 FILTER_FILE = "filter.safetensors"
 SOURCE_OK_FILE = "source-ok.safetensors"
@@ -659,7 +671,7 @@ class SelfTraining:
         return probs
 
     def soft_step(self, r: int, probs: np.ndarray, teachers: list[Path]) -> TaskModel:
-        """S = Base Model + fresh voters, trained to fit ``probs`` with soft_label_mse."""
+        """S = Base Model + fresh voters, trained to fit ``probs`` (``soft_loss``)."""
         folder = self.out / f"round-{r}" / "soft"
         if (folder / "model").is_dir():
             return load_task_model(folder / "model", device=self.device)
@@ -683,9 +695,11 @@ class SelfTraining:
             self.tgt, probs, self.tok.pad_id, cfg.batch_size, cfg.max_tokens, self.seed
         )
 
+        fit = soft_label_kl if cfg.soft_loss == "kl" else soft_label_mse
+
         def soft_loss(m, batch, gen):
             p = batch["probs"].to(device, non_blocking=True)
-            return soft_label_mse(forward_batch(m, batch, device), p)
+            return fit(forward_batch(m, batch, device), p)
 
         res, secs, toks = self.train_step(student, soft_loss, data, cfg.soft, folder)
         self.log(

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -62,6 +63,16 @@ def check_writable(path: str | Path, what: str) -> None:
 
 
 DEBRIS = re.compile(r"\..+\.(tmp|old)-[A-Za-z0-9_]+\Z")  # what atomic writes leave when killed
+
+
+def folder_bytes(folder: Path) -> int:
+    """The size of the files below ``folder`` (links not followed)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):  # removed while walking
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
 
 
 def remove_debris(folder: str | Path) -> list[Path]:

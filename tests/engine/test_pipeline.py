@@ -131,6 +131,9 @@ def test_all_runs_every_stage_per_target_and_prints_the_table(ner_all):
         assert st["teacher"] == str(pair / "finetune" / "model")
         assert (pair / "selftrain" / "round-2" / "soft" / "model").is_dir()  # N = 1.5
         assert not (pair / "selftrain" / "round-2" / "hard").exists()
+    # a finished stage drops its loop checkpoints (self-training steps' included)
+    assert not list(out.rglob("ckpt-*")) and not list(out.rglob("latest"))
+    assert "finetune: done in" in output and "(dropped its loop checkpoints: " in output
     table = (out / "all.md").read_text()
     assert table in output + "\n" and table == all_table(results)
     assert "| language | direct transfer | + BTF | + self-training |" in table
@@ -422,10 +425,12 @@ def test_smoke_runs_every_stage_on_a_sample_into_its_own_folder(tiny, tmp_path):
     args = ["run", "--stage", "all", "--smoke", "--config", str(ROOT / "configs" / "conll.toml"),
             "--out", str(out), "--no-progress", "--set", f"data.root={SHARED_DATA}",
             "--set", f"model.path={tiny}", "--set", 'targets=["esp"]',
-            "--set", "model.freeze_layers=1"]  # fmt: skip
+            "--set", "model.freeze_layers=1", "--set", "keep_loop_checkpoints=true"]  # fmt: skip
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, (res.output, res.exception)
     pair = out / "smoke" / "eng-esp"
+    for run in ("btf", "finetune", "selftrain/round-1/soft", "selftrain/round-2/soft"):
+        assert (pair / run / "ckpt-00000004" / "state.pt").is_file(), run  # kept, as asked
     assert not (out / "eng-esp").exists()  # never mixed with the real run
     texts = (pair / "btf" / "texts" / "esp.txt").read_text().splitlines()
     assert len(texts) == 200  # data.max_unlabeled of 8,323 sentences

@@ -525,6 +525,9 @@ class ExperimentConfig:
     # dev file fine-tuning reports and whose test is the tables' source row); () : source alone
     multi_source: MultiSource = "teachers"  # with sources: round 1's soft labels are the mean
     # of one teacher per source ("teachers") or one teacher fine-tuned on their union ("union")
+    keep_loop_checkpoints: bool = False  # a finished stage keeps its loop checkpoints
+    # (ckpt-*/: a copy of the model and the optimizer state); False: dropped once its output
+    # is written, as nothing reads them after that
     data: DataSection = field(default_factory=DataSection)
     btf: BtfSection = field(default_factory=BtfSection)
     finetune: FinetuneSection = field(default_factory=FinetuneSection)

@@ -37,7 +37,7 @@ from xlt_engine.engine.cotrain import CotrainConfig, run_cotrain
 from xlt_engine.engine.distributed import rank_world, resolve_device
 from xlt_engine.engine.evaluate import EvaluateConfig, PredictConfig, run_evaluate, run_predict
 from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
-from xlt_engine.engine.loop import TrainConfig
+from xlt_engine.engine.loop import TrainConfig, drop_checkpoints
 from xlt_engine.engine.runs import (
     check_plans,
     evaluated_languages,
@@ -340,9 +340,12 @@ def _run_locked(cfg, stage, stage_cfg, plan, main, resume, echo, progress):
     seconds = time.perf_counter() - start
     if main:
         record_seconds(plan.folder, seconds)
+        freed = 0 if cfg.keep_loop_checkpoints else drop_checkpoints(plan.folder)
     if echo and main:
+        dropped = f" (dropped its loop checkpoints: {freed / 2**30:.2f} GiB)" if freed else ""
         echo(
-            f"{stage}: done in {format_seconds(seconds)}; wrote {plan.folder}, result {plan.output}"
+            f"{stage}: done in {format_seconds(seconds)}; wrote {plan.folder}, result "
+            f"{plan.output}{dropped}"
         )
     return result
 

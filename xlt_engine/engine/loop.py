@@ -61,7 +61,7 @@ import torch.distributed as dist
 from torch import nn
 
 from xlt_engine.engine import distributed
-from xlt_engine.fileio import append_jsonl, atomic_file, atomic_write_text, read_jsonl
+from xlt_engine.fileio import append_jsonl, atomic_file, atomic_write_text, folder_bytes, read_jsonl
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 MAX_EPOCHS = 1e6  # beyond these a typo, not a plan (and 1e308 epochs overflowed the step count)
@@ -313,6 +313,22 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     if not (folder / "state.pt").is_file():
         raise ValueError(f"{pointer} names {folder.name}, which has no state.pt")
     return folder
+
+
+def drop_checkpoints(folder: Path) -> int:
+    """Remove the loop checkpoints (``latest`` and ``ckpt-*/``, optimizer state included) of
+    every training run at or below ``folder`` (a stage's own, a self-training step's, a
+    co-training view's): what a finished stage no longer needs. Each run's ``latest`` goes
+    first, so a kill midway leaves no pointer to a half-removed folder. Returns the bytes freed."""
+    runs = {p.parent for p in folder.rglob("latest") if p.is_file()}
+    runs |= {p.parent.parent for p in folder.rglob("ckpt-*/state.pt")}
+    freed = 0
+    for run in sorted(runs):
+        (run / "latest").unlink(missing_ok=True)
+        for ckpt in sorted(p for p in run.glob("ckpt-*") if p.is_dir()):
+            freed += folder_bytes(ckpt)
+            shutil.rmtree(ckpt)
+    return freed
 
 
 def fault_kill_step(run_dir: Path) -> int | None:

@@ -33,10 +33,8 @@ table of mean +- std over seeds.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import os
 import statistics
 import time
 from pathlib import Path
@@ -55,7 +53,7 @@ from xlt_engine.engine.runs import (
     with_linear_head,
     with_section,
 )
-from xlt_engine.fileio import write_results
+from xlt_engine.fileio import folder_bytes, write_results
 
 COLUMNS = ("direct", "btf", "selftrain")
 HEADINGS = {"direct": "direct transfer", "btf": "+ BTF", "selftrain": "+ self-training"}
@@ -195,16 +193,6 @@ def _run_step(
     run_stage(pc, stage, resume=resume and plan.started(), echo=echo, progress=progress)
     distributed.barrier()
     return f"{where} {plan.folder.name}", time.perf_counter() - t0
-
-
-def folder_bytes(folder: Path) -> int:
-    """The size of the files below ``folder`` (links not followed)."""
-    total = 0
-    for dirpath, _dirs, files in os.walk(folder):
-        for name in files:
-            with contextlib.suppress(OSError):  # removed while walking
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total
 
 
 def run_summary(timings, seconds: float, folder: Path, table_name: str) -> str:

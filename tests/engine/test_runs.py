@@ -1,5 +1,7 @@
 """Run folders: file identities, fingerprints and what a changed one reports."""
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -7,29 +9,79 @@ import pytest
 
 from tests.engine.test_config import CONLL
 from xlt_engine.engine.config import load_config
-from xlt_engine.engine.runs import MIB, StagePlan, StaleStageError, check_plans, file_identity
+from xlt_engine.engine.runs import (
+    FINGERPRINT,
+    MIB,
+    StagePlan,
+    StaleStageError,
+    check_plans,
+    file_identity,
+)
 
 
-def test_file_identity_hashes_small_files_whole_and_large_ones_at_both_ends(tmp_path):
-    small = tmp_path / "small"
-    small.write_bytes(b"a" * 1000)
-    a = file_identity(small)
-    small.write_bytes(b"a" * 999 + b"b")  # same size
-    os.utime(small, ns=(a["mtime_ns"], a["mtime_ns"]))  # same mtime: only the hash tells
-    assert file_identity(small)["sha256"] != a["sha256"]
+def test_file_identity_is_what_the_file_holds_not_when_it_was_written(tmp_path):
     big = tmp_path / "big"
     data = bytearray(b"x" * (3 * MIB))
     big.write_bytes(data)
-    b = file_identity(big)
-    data[-1:] = b"y"  # in the last MiB
+    a = file_identity(big)
+    assert a == {"size": 3 * MIB, "sha256": hashlib.sha256(data).hexdigest()}
+    os.utime(big, ns=(10**18, 10**18))  # touched (or copied): the same bytes, the same identity
+    assert file_identity(big) == a
+    data[MIB + 5 : MIB + 6] = b"y"  # an edit in the middle, same size
     big.write_bytes(data)
-    assert file_identity(big)["sha256"] != b["sha256"]
-    data[-1:] = b"x"
-    data[MIB + 5 : MIB + 6] = b"y"  # in the middle: size and mtime are what tell
-    big.write_bytes(data)
-    os.utime(big, ns=(b["mtime_ns"] + 10**9, b["mtime_ns"] + 10**9))
-    c = file_identity(big)
-    assert c["sha256"] == b["sha256"] and c["size"] == b["size"] and c["mtime_ns"] != b["mtime_ns"]
+    os.utime(big, ns=(10**18, 10**18))  # and the old mtime: only the bytes tell
+    assert file_identity(big)["sha256"] != a["sha256"]
+
+
+def _legacy_identity(path: Path) -> dict:
+    """An input's identity as xlt-engine wrote it before whole-file hashes."""
+    raw = path.read_bytes()
+    ends = raw if len(raw) <= 2 * MIB else raw[:MIB] + raw[-MIB:]
+    st = path.stat()
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "sha256": hashlib.sha256(ends).hexdigest()}  # fmt: skip
+
+
+def test_fingerprints_of_an_older_xlt_engine_stay_valid_where_they_can_tell(tmp_path):
+    """Records from before whole-file hashes (mtime + hash of the ends) still match a touched
+    file they hashed whole (up to 2 MiB) and a large one they hashed at the ends while its mtime
+    stays; a stage downstream of such a record stays valid with it."""
+    cfg = load_config(CONLL, [f"out={str(tmp_path)!r}"])
+    small, big = tmp_path / "small.txt", tmp_path / "big.txt"
+    small.write_bytes(b"a\n" * 1000)
+    big.write_bytes(b"b\n" * (3 * MIB // 2))
+    btf = StagePlan(cfg, "btf", {"seed": 1}, {"small": small, "big": big})
+    btf.begin()
+    legacy = json.loads((btf.folder / FINGERPRINT).read_text())
+    legacy["inputs"] = {"big": _legacy_identity(big), "small": _legacy_identity(small)}
+    legacy["digest"] = "0" * 64  # whatever it was: it was computed over the old identities
+    (btf.folder / FINGERPRINT).write_text(json.dumps(legacy))
+    ft = StagePlan(cfg, "finetune", {"seed": 1}, {}, {"finetune.init": btf})
+    ft.begin()
+    recorded = json.loads((ft.folder / FINGERPRINT).read_text())
+    recorded["upstream"]["finetune.init"] = "0" * 64
+    recorded["digest"] = "1" * 64
+    (ft.folder / FINGERPRINT).write_text(json.dumps(recorded))
+
+    def fresh():  # plans cache their fingerprint: a new pair sees the files as they are now
+        b = StagePlan(cfg, "btf", {"seed": 1}, {"small": small, "big": big})
+        return b, StagePlan(cfg, "finetune", {"seed": 1}, {}, {"finetune.init": b})
+
+    b, f = fresh()
+    assert b.differences() == [] and f.differences() == []
+    os.utime(small, ns=(10**18, 10**18))  # hashed whole: a touch is seen as nothing
+    b, f = fresh()
+    assert b.differences() == [] and f.differences() == []
+    os.utime(big, ns=(10**18, 10**18))  # hashed at the ends: the mtime is all that tells
+    b, f = fresh()
+    assert b.differences() == [
+        f"input big: {big}: mtime_ns changed (recorded by an older xlt-engine, which hashed "
+        "only the first and last MiB of a file this large)"
+    ]
+    assert f.differences() == ["upstream finetune.init: fingerprint 000000000000 -> " +
+                               b.fingerprint()["digest"][:12]]  # fmt: skip
+    small.write_bytes(b"c\n" * 1000)  # same size, other bytes
+    assert f"input small: {small}: sha256 changed" in fresh()[0].differences()
 
 
 def test_a_changed_setting_is_listed_with_old_and_new_value(tmp_path):

@@ -26,17 +26,9 @@ import numpy as np
 
 from xlt_engine.data.text import iter_text
 from xlt_engine.data.tokenizer import WordPieceTokenizer
-from xlt_engine.fileio import atomic_write_text, fsync_dir, temp_dir_beside
+from xlt_engine.fileio import atomic_write_text, file_sha256, fsync_dir, temp_dir_beside
 
 FORMAT = 1
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def tokenizer_sha256(tokenizer: WordPieceTokenizer) -> str:

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from xlt_engine.data.align import IGNORE, WordPieces, align_flat, encode_texts
-from xlt_engine.data.cache import file_sha256, tokenizer_sha256
+from xlt_engine.data.cache import tokenizer_sha256
 from xlt_engine.data.conll import iter_conll
 from xlt_engine.data.examples import split_columns
 from xlt_engine.data.task import (
@@ -53,7 +53,7 @@ from xlt_engine.data.task import (
 )
 from xlt_engine.data.text import iter_text
 from xlt_engine.data.tokenizer import WordPieceTokenizer
-from xlt_engine.fileio import atomic_folder, atomic_write_text
+from xlt_engine.fileio import atomic_folder, atomic_write_text, file_sha256
 
 STORE_FORMAT = 1
 TEXT = "text"  # plain text, one example per non-blank line (NER: words split on spaces / tabs)

@@ -24,10 +24,11 @@ paper's 1.5) to selftrain folders, so the rows of an ablation and the studies sh
 
 **Fingerprints.** Every stage folder holds ``fingerprint.json``, written before the stage does
 any work: the stage's resolved settings (dotted keys, only those the stage reads), the
-fingerprints of the stages it reads (its upstream), and the identity of every input file (size,
-mtime and a sha256 of its first and last MiB, or of the whole file when it is at most 2 MiB; a
-model folder given by path: every file in it). A finished stage is reused only when its recorded
-fingerprint equals the one the current config gives; a started one is resumed only then. Any
+fingerprints of the stages it reads (its upstream), and the identity of every input file (size
+and the sha256 of its bytes, so a copied or touched file that holds the same bytes changes
+nothing; a model folder given by path: every file in it). A finished stage is reused only when
+its recorded fingerprint matches the one the current config gives (``StagePlan.differences``);
+a started one is resumed only then. Any
 difference stops the run before any work with a ``StaleStageError`` listing each changed key
 with its old and new value: a finished stage's results are never overwritten in place.
 Settings that do not change results (log/save intervals, kept checkpoints, the device, the
@@ -52,7 +53,7 @@ from xlt_engine.engine.config import (
 )
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.loop import latest_checkpoint
-from xlt_engine.fileio import atomic_write_text
+from xlt_engine.fileio import atomic_write_text, file_sha256
 
 FINGERPRINT = "fingerprint.json"
 MIB = 1 << 20
@@ -217,17 +218,48 @@ def model_path(cfg: ExperimentConfig, name: str, key: str, must_exist: bool = Tr
 
 
 def file_identity(path: Path) -> dict:
-    """Size, mtime and a sha256 of the first and last MiB (the whole file up to 2 MiB)."""
-    st = path.stat()
+    """Size and the sha256 of the whole file: what it holds, not when it was written, so a
+    copy or a touch of a data file leaves every stage that read it valid."""
+    return {"size": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def _ends_sha256(path: Path) -> str:
+    """The identity hash of xlt-engine before whole-file hashes: the sha256 of the first and
+    last MiB (the whole file up to 2 MiB)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        if st.st_size <= 2 * MIB:
+        if path.stat().st_size <= 2 * MIB:
             h.update(f.read())
         else:
             h.update(f.read(MIB))
             f.seek(-MIB, 2)
             h.update(f.read(MIB))
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
+    return h.hexdigest()
+
+
+def same_file(old: dict, new: dict, path: Path) -> bool:
+    """Whether the file at ``path`` (identity ``new``) holds what the record ``old`` says. A
+    record from before whole-file hashes (it has ``mtime_ns``) hashed only the first and last
+    MiB of a larger file: such a file must also keep its mtime, as an edit in its middle would
+    show nowhere else."""
+    if old.get("size") != new["size"]:
+        return False
+    if "mtime_ns" not in old or old["size"] <= 2 * MIB:  # the old hash was of the whole file
+        return old.get("sha256") == new["sha256"]
+    return path.stat().st_mtime_ns == old["mtime_ns"] and _ends_sha256(path) == old["sha256"]
+
+
+def _file_changes(old: dict, new: dict) -> list[str]:
+    """For an input whose path is unchanged: the files that no longer hold what ``old`` says
+    ([] for a single file that does; ``[""]`` for one that does not)."""
+    where = Path(new["path"])
+    if "files" not in old and "files" not in new:
+        return [] if "size" in old and same_file(old, new, where) else [""]
+    fo, fn = old.get("files", {}), new.get("files", {})
+    names = sorted(set(fo) | set(fn))
+    return [
+        n for n in names if n not in fo or n not in fn or not same_file(fo[n], fn[n], where / n)
+    ]
 
 
 def input_identity(path: Path) -> dict:
@@ -302,7 +334,10 @@ class StagePlan:
 
     def differences(self) -> list[str]:
         """What changed since the folder's fingerprint was written ([] when it matches or the
-        folder holds no work)."""
+        folder holds no work). Equal digests match at once; otherwise each part is compared:
+        an input by what its files hold (``same_file``), an upstream stage by its digest, or
+        else by being the very folder recorded (its own recorded digest) and still valid, as
+        when an older record of it, or of its inputs, is held in another form."""
         old = self.recorded()
         if old is None:
             has_work = self.output.exists() or (self.folder.is_dir() and self.started())
@@ -310,7 +345,7 @@ class StagePlan:
         new = self.fingerprint()
         if old.get("digest") == new["digest"]:
             return []
-        return _diff(old, new)
+        return _diff(old, new, self.upstream)
 
     def begin(self) -> None:
         """Record the fingerprint (rank 0, before the stage's first write)."""
@@ -320,7 +355,14 @@ class StagePlan:
             atomic_write_text(self.folder / FINGERPRINT, text)
 
 
-def _diff(old: dict, new: dict) -> list[str]:
+def _same_upstream(recorded: str, plan: StagePlan | None) -> bool:
+    if plan is None:
+        return False
+    theirs = plan.recorded()
+    return theirs is not None and theirs.get("digest") == recorded and not plan.differences()
+
+
+def _diff(old: dict, new: dict, upstream: dict[str, StagePlan]) -> list[str]:
     out = []
     for part, label in (("settings", ""), ("upstream", "upstream "), ("inputs", "input ")):
         a, b = old.get(part, {}), new.get(part, {})
@@ -329,24 +371,29 @@ def _diff(old: dict, new: dict) -> list[str]:
             if x == y:
                 continue
             if part == "inputs" and isinstance(x, dict) and isinstance(y, dict):
-                out.append(f"{label}{key}: {_describe_file_change(x, y)}")
+                if x.get("path") != y.get("path"):
+                    out.append(f"{label}{key}: {x.get('path')} -> {y.get('path')}")
+                elif changed := _file_changes(x, y):
+                    out.append(f"{label}{key}: {_describe_file_change(x, y, changed)}")
             elif part == "upstream":
-                out.append(f"{label}{key}: fingerprint {str(x)[:12]} -> {str(y)[:12]}")
+                if not _same_upstream(x, upstream.get(key)):
+                    out.append(f"{label}{key}: fingerprint {str(x)[:12]} -> {str(y)[:12]}")
             else:
                 out.append(f"{label}{key}: {x!r} -> {y!r}")
-    return out or ["the fingerprint differs"]
+    return out
 
 
-def _describe_file_change(x: dict, y: dict) -> str:
-    if x.get("path") != y.get("path"):
-        return f"{x.get('path')} -> {y.get('path')}"
-    if "files" in x or "files" in y:
-        fx, fy = x.get("files", {}), y.get("files", {})
-        changed = sorted(n for n in set(fx) | set(fy) if fx.get(n) != fy.get(n))
+def _describe_file_change(x: dict, y: dict, changed: list[str]) -> str:
+    if changed != [""]:
         return f"{y['path']}: files changed: {', '.join(changed)}"
-    what = [k for k in ("size", "mtime_ns", "sha256") if x.get(k) != y.get(k)]
-    sizes = f" (size {x.get('size')} -> {y.get('size')})" if "size" in what else ""
-    return f"{y['path']}: {', '.join(what)} changed{sizes}"
+    if x.get("size") != y.get("size"):
+        return f"{y['path']}: size, sha256 changed (size {x.get('size')} -> {y.get('size')})"
+    if "mtime_ns" in x and x.get("size", 0) > 2 * MIB:
+        return (
+            f"{y['path']}: mtime_ns changed (recorded by an older xlt-engine, which hashed only "
+            "the first and last MiB of a file this large)"
+        )
+    return f"{y['path']}: sha256 changed"
 
 
 def check_plans(plans: list[StagePlan]) -> None:

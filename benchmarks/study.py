@@ -6,7 +6,8 @@ mean +- std and each row's wall time to ``benchmarks/results/study_<name>_<date>
 A row's wall time is what it takes to make that row from nothing: the sum, over seeds and
 target pairs, of the ``seconds`` in the ``run.json`` of every stage it needs (btf, the
 fine-tuned model, self-training, its evaluation), so stages shared between rows count in each.
-The whole study's wall time is measured around the call.
+The whole study's wall time is measured around the call. ``--merge A.json B.json`` writes
+one study from studies of the same settings on other seeds (a study extended by a later run).
 
     python benchmarks/study.py --config configs/e5-small-conll.toml --name conll_e5small_cpu \\
         --seeds 1,2,3 --out runs/study-conll --set data.max_train=600 ...
@@ -113,17 +114,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True)
-    p.add_argument("--name", required=True, help="e.g. conll_e5small_cpu")
-    p.add_argument("--seeds", default="1,2,3")
-    p.add_argument("--fixed-threshold", type=float, default=0.9)
-    p.add_argument("--out", required=True, help="folder for the runs")
-    p.add_argument("--set", dest="overrides", action="append", default=[])
-    p.add_argument("--how", default="", help="how the data was subsampled, for the table")
-    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
-    args = p.parse_args(argv)
+def run_study(args, argv: list[str]) -> dict:
+    """Run (or reuse) every row over the seeds; the report: per-seed scores, mean +- std, each
+    row's wall time, the per-pair details."""
     seeds = [int(s) for s in args.seeds.split(",")]
     cfg = load_config(args.config, [*args.overrides, f"out={args.out!r}"])
     start = time.perf_counter()
@@ -138,47 +131,136 @@ def main(argv: list[str] | None = None) -> None:
             for row, folders in row_stages(pc, args.fixed_threshold).items():
                 seconds[row] = seconds.get(row, 0.0) + sum(seconds_of(f) for f in folders)
             details.append({"seed": seed, "pair": pc.run_dir().name, **pair_details(pc.run_dir())})
+    rows = {
+        row: {"scores": per_target, "seconds": round(seconds[row], 1)}
+        for row, per_target in result["scores"].items()
+    }
+    env = provenance.environment(torch.device("cpu"))
+    return with_statistics(
+        {
+            "name": args.name,
+            "date": date.today().isoformat(),
+            "command": shlex.join(["python", "benchmarks/study.py", *argv]),
+            "config": args.config,
+            "overrides": args.overrides,
+            "how": args.how,
+            "metric": result["metric"],
+            "seeds": seeds,
+            "fixed_alpha": args.fixed_threshold,
+            "rows": rows,
+            "details": details,
+            "study_seconds": round(total, 1),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+            "environment": env,
+        }
+    )
 
-    rows = {}
-    for row, per_target in result["scores"].items():
+
+def with_statistics(report: dict) -> dict:
+    """Each row's mean +- std per target, its per-seed average over targets and that
+    average's mean +- std, from its per-seed ``scores``."""
+    for info in report["rows"].values():
+        per_target = info["scores"]
         targets = sorted(per_target)
         n = min(len(per_target[t]) for t in targets)
         average = [statistics.fmean(per_target[t][i] for t in targets) for i in range(n)]
-        rows[row] = {
-            "scores": per_target,
+        info |= {
             "mean_std": {t: mean_std(v) for t, v in per_target.items()},
             "average": average,
             "average_mean_std": mean_std(average),
-            "seconds": round(seconds[row], 1),
         }
-    env = provenance.environment(torch.device("cpu"))
-    command = shlex.join(["python", "benchmarks/study.py", *(argv or sys.argv[1:])])
-    report = {
-        "name": args.name,
-        "date": date.today().isoformat(),
-        "command": command,
-        "config": args.config,
-        "overrides": args.overrides,
-        "how": args.how,
-        "metric": result["metric"],
+    return report
+
+
+SAME_IN_MERGED = ("config", "overrides", "how", "metric", "fixed_alpha", "machine")
+
+
+def merge_studies(paths: list[Path], name: str) -> dict:
+    """One report from studies of the same rows and settings on other seeds (a study extended
+    by a later run): the seeds in order, each row's scores and wall time summed, every
+    source's command, commit and wall time kept (``merged_from``)."""
+    reports = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
+    first = reports[0]
+    for path, r in zip(paths[1:], reports[1:], strict=True):
+        for key in SAME_IN_MERGED:
+            if r.get(key) != first.get(key):
+                raise ValueError(
+                    f"{path}: {key} is {r.get(key)!r}, {paths[0]} has {first.get(key)!r}: "
+                    "only studies of the same settings merge"
+                )
+        if set(r["rows"]) != set(first["rows"]):
+            raise ValueError(
+                f"{path}: rows {sorted(r['rows'])}, {paths[0]}: {sorted(first['rows'])}"
+            )
+    seen: dict[int, Path] = {}
+    for path, r in zip(paths, reports, strict=True):
+        for seed in r["seeds"]:
+            if seed in seen:
+                raise ValueError(f"seed {seed} is in both {seen[seed]} and {path}")
+            seen[seed] = path
+    order = sorted(seen)
+    rows = {}
+    for row in first["rows"]:
+        targets = first["rows"][row]["scores"]
+        by_seed = {
+            seed: {t: r["rows"][row]["scores"][t][r["seeds"].index(seed)] for t in targets}
+            for r in reports
+            for seed in r["seeds"]
+        }
+        rows[row] = {
+            "scores": {t: [by_seed[s][t] for s in order] for t in targets},
+            "seconds": round(sum(r["rows"][row]["seconds"] for r in reports), 1),
+        }
+    details = sorted((d for r in reports for d in r["details"]), key=lambda d: d["seed"])
+    return with_statistics(
+        {
+            "name": name,
+            "date": date.today().isoformat(),
+            **{key: first.get(key) for key in SAME_IN_MERGED},
+            "seeds": order,
+            "rows": rows,
+            "details": details,
+            "study_seconds": round(sum(r["study_seconds"] for r in reports), 1),
+            "merged_from": [
+                {
+                    "file": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
+                    "seeds": r["seeds"],
+                    "command": r["command"],
+                    "study_seconds": r["study_seconds"],
+                    "environment": r["environment"],
+                }
+                for path, r in zip(paths, reports, strict=True)
+            ],
+            "environment": reports[-1]["environment"],
+        }
+    )
+
+
+def render(report: dict) -> str:
+    """The study's Markdown: the table, per-seed scores and wall times, every pair's details."""
+    seeds = report["seeds"]
+    result = {
+        "metric": report["metric"],
         "seeds": seeds,
-        "fixed_alpha": args.fixed_threshold,
-        "rows": rows,
-        "details": details,
-        "study_seconds": round(total, 1),
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-        "environment": env,
+        "fixed_alpha": report["fixed_alpha"],
+        "scores": {row: info["scores"] for row, info in report["rows"].items()},
     }
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"study_{args.name}_{date.today().strftime('%Y%m%d')}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    merged = report.get("merged_from")
+    if merged:
+        made = ["Merged from studies of the same settings on other seeds:", ""] + [
+            f"- `{m['file']}` (seeds {m['seeds']}; xlt-engine "
+            f"{m['environment'].get('git_sha', '')[:10]}, {m['study_seconds'] / 60:.1f} min): "
+            f"`{m['command']}`"
+            for m in merged
+        ]
+    else:
+        made = [f"Command: `{report['command']}`"]
     lines = [
-        f"# Ablation study: {args.name}, {report['date']}",
+        f"# Ablation study: {report['name']}, {report['date']}",
         "",
-        f"Command: `{command}`",
+        *made,
         "",
-        f"Data: {args.how}" if args.how else "",
+        f"Data: {report['how']}" if report["how"] else "",
         "",
         ablation_table(result),
         "Per seed (%) and wall time of each row (all seeds and targets, every stage it needs):",
@@ -186,10 +268,10 @@ def main(argv: list[str] | None = None) -> None:
         "| model | " + " | ".join(f"seed {s}" for s in seeds) + " | wall time |",
         "|---|" + "---|" * (len(seeds) + 1),
     ]
-    for row, info in rows.items():
+    for row, info in report["rows"].items():
         cells = [f"{100 * x:.2f}" for x in info["average"]]
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {info['seconds'] / 60:.1f} min |")
-    for d in details:
+    for d in report["details"]:
         if d["dev"]:
             lines += [
                 "",
@@ -219,13 +301,47 @@ def main(argv: list[str] | None = None) -> None:
                     f"| {k} | {classes(c['teacher_distribution'])} | "
                     f"{classes(c['student_distribution'])} | {100 * c['teacher_agreement']:.1f}% |"
                 )
+    env = report["environment"]
+    what = "Whole study (the merged runs' sum)" if merged else "Whole study"
     lines += [
         "",
-        f"Whole study: {total / 60:.1f} min on {report['machine']}; torch {env.get('torch')}, "
-        f"xlt-engine {env.get('xlt_engine')} ({env.get('git_sha', '')[:10]}).",
+        f"{what}: {report['study_seconds'] / 60:.1f} min on {report['machine']}; torch "
+        f"{env.get('torch')}, xlt-engine {env.get('xlt_engine')} ({env.get('git_sha', '')[:10]}).",
         "",
     ]
-    stem.with_suffix(".md").write_text("\n".join(lines), encoding="utf-8")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", help="the experiment config (not with --merge)")
+    p.add_argument("--name", required=True, help="e.g. conll_e5small_cpu")
+    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--fixed-threshold", type=float, default=0.9)
+    p.add_argument("--out", help="folder for the runs (not with --merge)")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--how", default="", help="how the data was subsampled, for the table")
+    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        metavar="STUDY_JSON",
+        help="write one study from these study files (same settings, other seeds) instead of running",
+    )
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(argv)
+    if args.merge:
+        report = merge_studies(args.merge, args.name)
+    elif args.config and args.out:
+        report = run_study(args, argv)
+    else:
+        p.error("give --config and --out (a study to run) or --merge (studies to merge)")
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"study_{args.name}_{date.today().strftime('%Y%m%d')}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    stem.with_suffix(".md").write_text(render(report), encoding="utf-8")
     print(f"wrote {stem}.md and .json")
 
 

@@ -3,7 +3,9 @@ self-training round's counts, with the soft student's fidelity where the run rec
 
 import json
 
-from benchmarks.study import classes, pair_details
+import pytest
+
+from benchmarks.study import classes, merge_studies, pair_details, render, with_statistics
 
 
 def test_pair_details_reads_dev_scores_and_rounds(tmp_path):
@@ -42,3 +44,48 @@ def test_pair_details_reads_dev_scores_and_rounds(tmp_path):
 def test_classes_lists_the_classes_with_rows():
     assert classes({"O": 32259, "B-LOC": 0, "B-ORG": 4925}) == "O 32,259, B-ORG 4,925"
     assert classes({"O": 0, "B-LOC": 0}) == "–"
+
+
+def _report(seeds, scores, seconds, sha, overrides=("device=cpu",)):
+    env = {"git_sha": sha, "torch": "2.13.0+cpu", "xlt_engine": "0.1.0"}
+    rows = {
+        row: {"scores": {"esp": s, "ned": [x / 2 for x in s]}, "seconds": seconds}
+        for row, s in scores.items()
+    }
+    return with_statistics({
+        "name": "x", "date": "2026-11-24", "command": f"python benchmarks/study.py --seeds {seeds}",
+        "config": "configs/e5-small-conll.toml", "overrides": list(overrides), "how": "small",
+        "metric": "entity_f1", "seeds": seeds, "fixed_alpha": 0.9, "rows": rows,
+        "details": [{"seed": s, "pair": "eng-esp", "dev": {}, "rounds": {}} for s in seeds],
+        "study_seconds": seconds * 2, "machine": "x86_64, 2 threads", "environment": env,
+    })  # fmt: skip
+
+
+def test_merge_puts_seeds_in_order_and_recomputes_mean_and_std(tmp_path):
+    a = tmp_path / "a.json"
+    b = tmp_path / "b.json"
+    a.write_text(json.dumps(_report([3, 1], {"Ours": [0.6, 0.2], "- ST": [0.5, 0.1]}, 60, "aaa")))
+    b.write_text(json.dumps(_report([2], {"Ours": [0.4], "- ST": [0.3]}, 120, "bbb")))
+    merged = merge_studies([a, b], "merged")
+    assert merged["seeds"] == [1, 2, 3]
+    ours = merged["rows"]["Ours"]
+    assert ours["scores"] == {"esp": [0.2, 0.4, 0.6], "ned": [0.1, 0.2, 0.3]}
+    assert ours["mean_std"]["esp"] == pytest.approx([0.4, 0.2])  # sample std of 0.2, 0.4, 0.6
+    assert ours["average"] == pytest.approx([0.15, 0.3, 0.45])
+    assert ours["seconds"] == 180 and merged["study_seconds"] == 360
+    assert [d["seed"] for d in merged["details"]] == [1, 2, 3]
+    md = render(merged)
+    assert "Merged from studies of the same settings" in md and "(seeds [2]; xlt-engine bbb" in md
+    assert "| Ours | 40.00 ± 20.00 | 20.00 ± 10.00 | 30.00 ± 15.00 |" in md
+    assert "| Ours | 15.00 | 30.00 | 45.00 | 3.0 min |" in md
+
+
+def test_merge_refuses_other_settings_and_a_seed_twice(tmp_path):
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps(_report([1], {"Ours": [0.6]}, 60, "a")))
+    b.write_text(json.dumps(_report([2], {"Ours": [0.4]}, 60, "b", overrides=["device=cuda"])))
+    c.write_text(json.dumps(_report([1], {"Ours": [0.4]}, 60, "c")))
+    with pytest.raises(ValueError, match=r"b.json: overrides is \['device=cuda'\]"):
+        merge_studies([a, b], "m")
+    with pytest.raises(ValueError, match="seed 1 is in both"):
+        merge_studies([a, c], "m")

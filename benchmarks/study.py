@@ -5,7 +5,8 @@ mean +- std and each row's wall time to ``benchmarks/results/study_<name>_<date>
 
 A row's wall time is what it takes to make that row from nothing: the sum, over seeds and
 target pairs, of the ``seconds`` in the ``run.json`` of every stage it needs (btf, the
-fine-tuned model, self-training, its evaluation), so stages shared between rows count in each.
+fine-tuned model, self-training, its evaluation), so stages shared between rows count in each,
+and so does a round 1 one self-training row took from another (``SelftrainConfig.round1_from``).
 The whole study's wall time is measured around the call. ``--merge A.json B.json`` writes
 one study from studies of the same settings on other seeds (a study extended by a later run).
 
@@ -32,6 +33,7 @@ from xlt_engine import provenance
 from xlt_engine.engine.config import load_config
 from xlt_engine.engine.pipeline import ablation_table, pair_configs, run_ablate
 from xlt_engine.engine.runs import stage_dir, with_linear_head, with_section
+from xlt_engine.fileio import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,10 +106,14 @@ def classes(distribution: dict[str, int]) -> str:
 
 
 def seconds_of(folder: Path) -> float:
+    """The stage's wall time, plus what the steps it took from another folder (a round 1
+    shared between self-training rows) took there."""
     info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
     if "seconds" not in info:
         raise ValueError(f"{folder / 'run.json'}: no seconds (the stage never finished?)")
-    return float(info["seconds"])
+    log = folder / "selftrain.jsonl"
+    shared = [r["seconds"] for r in read_jsonl(log) if "shared_from" in r] if log.is_file() else []
+    return float(info["seconds"]) + sum(shared)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

@@ -95,6 +95,15 @@ def file_sha256(path: str | Path) -> str:
     return _SHA256[key]
 
 
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """``dst`` as a hard link to ``src`` (no second copy on disk; safe as every writer here
+    replaces a file rather than changing it in place), or a copy across file systems."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def remove_debris(folder: str | Path) -> list[Path]:
     """Remove the temporary files and folders that atomic writes below ``folder`` left when a
     kill stopped them (``.model.tmp-*``: about 700 MB at mBERT size); returns what it removed.

@@ -19,7 +19,7 @@ from xlt_engine.cli import main
 from xlt_engine.data import read_conll
 from xlt_engine.engine.config import ConfigError, load_config
 from xlt_engine.engine.pipeline import ablation_table, all_table, study_table
-from xlt_engine.engine.runs import stage_dir
+from xlt_engine.engine.runs import round1_twin, stage_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -241,6 +241,54 @@ def test_a_data_file_changed_in_place_is_seen(tiny, conll, tmp_path):
     assert (
         out / "eng-esp" / "finetune-direct" / "model" / "model.safetensors"
     ).read_bytes() == model
+
+
+def _records(folder: Path) -> list[dict]:
+    return [json.loads(x) for x in (folder / "selftrain.jsonl").read_text().splitlines()]
+
+
+def test_rows_that_differ_after_the_soft_step_share_round_1(ner_cfg, ner_all, tmp_path):
+    """-AT (a fixed alpha) takes Ours' round-1 teacher probabilities and soft student (linked,
+    with their records) and ends with the very weights it computes alone; a change that acts
+    on the soft step (its lr) shares nothing."""
+    out, _ = ner_all
+    keep = ("btf", "finetune", "selftrain")
+    for name in keep:
+        shutil.copytree(out / "eng-esp" / name, tmp_path / "shared" / "eng-esp" / name)
+    for name in keep[:2]:
+        shutil.copytree(out / "eng-esp" / name, tmp_path / "alone" / "eng-esp" / name)
+    fixed = ["target=esp", "selftrain.threshold=fixed", "selftrain.alpha=0.15"]
+    res = run_all_cli(ner_cfg, tmp_path / "shared", *fixed, stage="selftrain")
+    assert res.exit_code == 0, res.output
+    ours = tmp_path / "shared" / "eng-esp" / "selftrain"
+    at = tmp_path / "shared" / "eng-esp" / "selftrain-alpha0.15"
+    assert f"teacher probabilities and soft student taken from {ours}" in res.output
+    shared = [r for r in _records(at) if "shared_from" in r]
+    assert [(r["round"], r["step"], r["shared_from"]) for r in shared] == [
+        (1, "teacher", str(ours)),
+        (1, "soft", str(ours)),
+    ]
+    assert [r["seconds"] for r in shared] == [r["seconds"] for r in _records(ours)[:2]]
+    for f in ("round-1/teacher-probs.safetensors", "round-1/soft/model/model.safetensors"):
+        assert os.path.samefile(at / f, ours / f), f  # linked: no second copy on disk
+    assert (at / "round-2" / "soft" / "model").is_dir()  # its own round 2
+    assert [r["steps"] > 0 for r in _records(at) if r["step"] == "hard"] == [True]
+
+    res = run_all_cli(ner_cfg, tmp_path / "alone", *fixed, stage="selftrain")
+    assert res.exit_code == 0, res.output
+    alone = tmp_path / "alone" / "eng-esp" / "selftrain-alpha0.15"
+    assert not any("shared_from" in r for r in _records(alone))
+    for f in ("filter.safetensors", "threshold.json"):
+        assert (alone / "round-1" / f).read_bytes() == (at / "round-1" / f).read_bytes(), f
+    for f in ("model.safetensors", "voters.safetensors"):
+        assert (alone / "model" / f).read_bytes() == (at / "model" / f).read_bytes(), f
+
+    def twin(*sets):
+        return round1_twin(load_config(ner_cfg, [f"out={str(tmp_path / 'shared')!r}", *sets]))
+
+    assert twin(*fixed, "selftrain.rounds=3", "selftrain.hard.lr=0.1") == ours
+    assert twin(*fixed, "selftrain.soft.lr=0.002") is None  # acts on the soft step
+    assert twin(*fixed, "selftrain.max_unlabeled=100") is None
 
 
 def test_selftrain_model_predicts_one_tag_per_input_word(ner_cfg, ner_all, conll, tmp_path):

@@ -44,6 +44,7 @@ from xlt_engine.engine.runs import (
     model_path,
     model_paths,
     plan_stage,
+    round1_twin,
     stage_dir,
     teacher_models,
     text_roles,
@@ -185,6 +186,7 @@ def build_selftrain(cfg: ExperimentConfig) -> SelftrainConfig:
         representation=cfg.model.representation,
         device=cfg.device,
         max_source=cfg.data.max_train,
+        round1_from=None if (twin := round1_twin(cfg)) is None else str(twin),
     )
 
 

@@ -552,3 +552,47 @@ def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
     else:
         raise ValueError(f"stage {stage!r} has no run folder")
     return plan
+
+
+# settings that act only after round 1's soft step: self-training folders that differ in these
+# alone make the same teacher probabilities and soft student in round 1
+AFTER_ROUND1_SOFT = (
+    "selftrain.rounds",
+    "selftrain.threshold",
+    "selftrain.alpha",
+    "selftrain.grid",
+    "selftrain.source_filter",
+)
+
+
+def _round1_part(fingerprint: dict) -> dict:
+    settings = {
+        k: v
+        for k, v in fingerprint.get("settings", {}).items()
+        if k not in AFTER_ROUND1_SOFT and not k.startswith("selftrain.hard.")
+    }
+    return {
+        "settings": settings,
+        "inputs": fingerprint.get("inputs"),
+        "upstream": fingerprint.get("upstream"),
+    }
+
+
+def round1_twin(cfg: ExperimentConfig) -> Path | None:
+    """Another self-training folder of the pair whose finished round 1 (teacher probabilities,
+    soft student) this config's would equal: its recorded fingerprint matches this one's in
+    everything but ``AFTER_ROUND1_SOFT`` and the hard step's settings (the same inputs, the
+    same upstream stages). -AT, the threshold study's rows and the rounds study's share it
+    with Ours. None when there is none."""
+    plan = plan_stage(cfg, "selftrain")
+    mine = _round1_part(plan.fingerprint())
+    for folder in sorted(plan.folder.parent.glob("selftrain*")):
+        if folder == plan.folder or not (folder / "round-1" / "soft" / "model").is_dir():
+            continue
+        try:
+            theirs = json.loads((folder / FINGERPRINT).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if _round1_part(theirs) == mine:
+            return folder
+    return None

@@ -106,6 +106,7 @@ from xlt_engine.fileio import (
     atomic_write_text,
     create_safetensors,
     fsync_dir,
+    link_or_copy,
     open_safetensors,
     read_jsonl,
 )
@@ -163,6 +164,10 @@ class SelftrainConfig(SelftrainSettings, FreezeSettings, TaskSettings):
     unlabeled_format: str | None = None  # U_tgt's format: None (``format``) or "text" (one
     # sentence / text per line; NER words split on spaces and tabs)
     cache_dir: str | None = None  # where the packed source and target data go (None: out/cache)
+    round1_from: str | None = None  # a self-training folder whose round-1 teacher probabilities
+    # and soft step this run takes as its own (linked, not computed): one made with the same
+    # settings but those that act only after the soft step (threshold, source filter, hard
+    # step, N). The caller vouches for that; ``run_stage`` finds one (``runs.round1_twin``)
 
     def __post_init__(self):
         SelftrainSettings.__post_init__(self)
@@ -176,6 +181,8 @@ class SelftrainConfig(SelftrainSettings, FreezeSettings, TaskSettings):
                 raise ValueError(f"more_source_files: {path}: no such file")
         if not Path(self.base_model).is_dir():
             raise ValueError(f"base_model: {self.base_model}: no such folder")
+        if self.round1_from is not None and not Path(self.round1_from).is_dir():
+            raise ValueError(f"round1_from: {self.round1_from}: no such folder")
         for teacher in (self.teacher, *self.more_teachers):
             check_task_model(teacher, self.format)
         if self.head is not None or self.voters is not None:  # HeadSettings' checks
@@ -602,6 +609,41 @@ class SelfTraining:
 
     # ---- the steps of a round
 
+    def take_round1(self, src: Path) -> None:
+        """Round 1's teacher probabilities and soft student from ``src`` (``round1_from``),
+        linked into this folder, each with its step's record (``shared_from`` added, the
+        seconds those steps took there kept), where this run has not made its own. Files
+        first, then the record, so a kill between them only repeats the record."""
+        mine, theirs = self.out / "round-1", src / "round-1"
+        done = {(r.get("round"), r.get("step")) for r in self.records}
+        own = (mine / "soft" / "latest").exists() or any((mine / "soft").glob("ckpt-*"))
+        if (1, "soft") in done or own:  # taken already, or a soft step of its own under way
+            return
+        records = {(r.get("round"), r.get("step")): r for r in read_jsonl(src / "selftrain.jsonl")}
+        missing = [
+            str(p) for p in (theirs / TEACHER_FILE, theirs / "soft" / "model") if not p.exists()
+        ] + [f"its round 1 {w} record" for w in ("teacher", "soft") if (1, w) not in records]
+        if missing:
+            self.say(f"round 1: not taken from {src}: no {', '.join(missing)}")
+            return
+        if self.main:
+            if not (mine / TEACHER_FILE).is_file():
+                tmp = mine / f".{TEACHER_FILE}.tmp-link"
+                tmp.unlink(missing_ok=True)
+                link_or_copy(theirs / TEACHER_FILE, tmp)
+                os.replace(tmp, mine / TEACHER_FILE)
+            if (1, "teacher") not in done:
+                self.log({**records[(1, "teacher")], "shared_from": str(src)})
+            if not (mine / "soft" / "model").is_dir():
+                with atomic_folder(mine / "soft" / "model") as tmp:
+                    for f in sorted((theirs / "soft" / "model").iterdir()):
+                        link_or_copy(f, tmp / f.name)
+            self.log({**records[(1, "soft")], "shared_from": str(src)})
+        distributed.barrier()
+        if not self.main:
+            self.records = read_jsonl(self.log_path)
+        self.say(f"round 1: teacher probabilities and soft student taken from {src}")
+
     def teacher_probs(self, r: int, teachers: list[Path]) -> np.ndarray:
         """T's mean-of-voters probabilities on U_tgt [rows, C], fp16, once per round, as a
         memory map of ``round-<r>/teacher-probs.safetensors``; with several teachers (one per
@@ -944,6 +986,10 @@ def run_selftrain(
     source_keep = np.ones(len(run.gold), dtype=bool)  # D_keep = D_src
     teachers = [Path(t) for t in (cfg.teacher, *cfg.more_teachers)]
     student = None
+    if cfg.round1_from is not None:
+        if main:
+            (out / "round-1").mkdir(parents=True, exist_ok=True)
+        run.take_round1(Path(cfg.round1_from))
     for r, which in cfg.steps:
         if main:
             (out / f"round-{r}").mkdir(parents=True, exist_ok=True)

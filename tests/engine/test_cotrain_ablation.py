@@ -5,6 +5,7 @@ of the two views' probabilities. Tiny random encoders, real XNLI rows."""
 
 import html
 import json
+import os
 import shutil
 
 import pytest
@@ -202,6 +203,33 @@ def test_ablation_scores_every_row_from_the_model_it_names(ablation):
     table = (out / "cotrain-ablation.md").read_text()
     assert all(f"| {row} |" in table for row in ROWS)
     assert any(v is not None for v in result["seconds"]["[en-de] cotrain-self"])
+
+
+def test_self_training_takes_co_trainings_first_iteration_and_ends_as_alone(
+    ablation, xnli_config, tmp_path
+):
+    """Iteration 1 trains both views on the source alone whatever the exchange: the self-
+    training run links co-training's (``shared.json``) and ends with the weights it trains
+    alone."""
+    out, _, _ = ablation
+    path, _ = xnli_config
+    run = out / "seed-1" / "en-de"
+    for v in ("lm", "emb"):
+        view = run / "cotrain-self" / "iter-1" / v
+        src = run / "cotrain" / "iter-1" / v
+        assert json.loads((view / "shared.json").read_text()) == {"shared_from": str(src)}
+        assert os.path.samefile(
+            view / "model" / "model.safetensors", src / "model" / "model.safetensors"
+        )
+    args = ["run", "--stage", "cotrain", "--config", str(path), "--out", str(tmp_path),
+            "--no-progress", "--set", "seed=1", "--set", "cotrain.exchange='self'"]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    alone = tmp_path / "en-de" / "cotrain-self"
+    assert not list(alone.rglob("shared.json"))
+    for f in ("iter-1/exchange.json", "iter-2/exchange.json", "iter-2/lm/model/model.safetensors",
+              "iter-2/emb/model/model.safetensors", "iter-2/emb/model/voters.safetensors"):  # fmt: skip
+        assert (alone / f).read_bytes() == (run / "cotrain-self" / f).read_bytes(), f
 
 
 def test_mean_of_views_is_the_mean_of_both_views_probabilities(ablation, xnli_config):

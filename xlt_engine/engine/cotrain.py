@@ -32,6 +32,11 @@ resumed run ends where an uninterrupted one does. Inference passes are split ove
 under torchrun (``predict_logits(split_ranks=True)``); rank 0 writes. ``dev.json`` (the final
 prediction's dev accuracy) and then ``cotrain.json`` (the final models, ``predict_with``) end the
 stage.
+
+``iter1_from`` (set by ``run_stage`` from ``runs.iter1_twin``): a folder whose iteration-1 views
+were trained on the same source set with the same settings (e.g. ``cotrain/`` for
+``cotrain-self/``); each is linked in (``iter-1/<view>/shared.json`` names it) when its
+``train.jsonl`` is this run's, else trained here.
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
 from xlt_engine.engine.inference import predict_logits
 from xlt_engine.engine.loop import latest_checkpoint, resolve_precision
 from xlt_engine.engine.metrics import accuracy
-from xlt_engine.fileio import atomic_write_bytes, atomic_write_text
+from xlt_engine.fileio import atomic_folder, atomic_write_bytes, atomic_write_text, link_or_copy
 from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import load_task_model
 
@@ -73,6 +78,11 @@ class CotrainConfig(CotrainSettings, TaskSettings):
     max_train: int | None = None  # examples sampled from train_file (train.seed)
     max_unlabeled: int | None = None
     max_dev: int | None = None
+    iter1_from: str | None = None  # a co-training folder whose iteration-1 views this run takes
+    # (linked, not trained): one made with the same settings but those that act from the
+    # first exchange on (``runs.AFTER_ITER1_TRAINING``); the caller vouches for that,
+    # ``run_stage`` finds one (``runs.iter1_twin``). A view whose training data differ from
+    # this run's is trained all the same
 
     def __post_init__(self):
         CotrainSettings.__post_init__(self)
@@ -87,9 +97,10 @@ class CotrainConfig(CotrainSettings, TaskSettings):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name}: {path}: no such file")
-        for name in ("model", "embedding_model"):
-            if not Path(getattr(self, name)).is_dir():
-                raise ValueError(f"{name}: {getattr(self, name)}: no such folder")
+        for name in ("model", "embedding_model", "iter1_from"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_dir():
+                raise ValueError(f"{name}: {path}: no such folder")
 
 
 @dataclass
@@ -117,6 +128,27 @@ def _view_probs(folder: Path, enc, pad_id: int, cfg: CotrainConfig, device) -> n
     amp = resolve_precision("auto", device)
     logits = predict_logits(model, enc, pad_id, device, cfg.eval_max_tokens, amp, split_ranks=True)
     return VotersModule.probs(logits.float()).cpu().numpy().astype(np.float32)
+
+
+SHARED = "shared.json"  # in a view's folder: the folder its model was taken from
+
+
+def take_view(src: Path, dst: Path, train_text: str) -> bool:
+    """Link the finished view ``src`` (its ``model/``, its training data and log) into ``dst``
+    when it was trained on exactly ``train_text``; ``shared.json`` names ``src``. False (and
+    nothing written) when it was not, or is not finished."""
+    if not (src / "model" / "task.json").is_file() or not (src / "train.jsonl").is_file():
+        return False
+    if (src / "train.jsonl").read_text(encoding="utf-8") != train_text:
+        return False
+    with atomic_folder(dst / "model") as tmp:
+        for f in sorted((src / "model").iterdir()):
+            link_or_copy(f, tmp / f.name)
+    for name in ("metrics.jsonl", "dev.json"):
+        if (src / name).is_file() and not (dst / name).exists():
+            link_or_copy(src / name, dst / name)
+    atomic_write_text(dst / SHARED, json.dumps({"shared_from": str(src)}) + "\n")
+    return True
 
 
 def draw(
@@ -175,10 +207,10 @@ def run_cotrain(
         for v in VIEWS:
             rows, ids = given[v]
             train_file = folder / v / "train.jsonl"
+            extra = _records(pool_data, rows, [labels[i] for i in ids.tolist()])
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in base + extra)
             if rank == 0:
-                extra = _records(pool_data, rows, [labels[i] for i in ids.tolist()])
                 train_file.parent.mkdir(parents=True, exist_ok=True)
-                text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in base + extra)
                 atomic_write_text(train_file, text)
             distributed.barrier()
             init = encoders[v] if cfg.reinit or it == 1 else str(models[v])
@@ -199,8 +231,17 @@ def run_cotrain(
                 device=cfg.device,
                 eval_max_tokens=cfg.eval_max_tokens,
             )  # fmt: skip
-            if not (folder / v / "model" / "task.json").is_file():  # the view's marker
-                again = latest_checkpoint(folder / v) is not None
+            done = (folder / v / "model" / "task.json").is_file()  # the view's marker
+            again = latest_checkpoint(folder / v) is not None
+            if it == 1 and cfg.iter1_from and not (done or again):
+                taken = False
+                if rank == 0:
+                    taken = take_view(Path(cfg.iter1_from) / "iter-1" / v, folder / v, text)
+                distributed.barrier()
+                done = (folder / v / "model" / "task.json").is_file()
+                if done and echo and rank == 0 and taken:
+                    echo(f"cotrain iteration 1: the {v} view taken from {cfg.iter1_from}")
+            if not done:
                 run_finetune(ft, resume=again, echo=echo, progress=progress)
             models[v] = folder / v / "model"
         probs = {v: _view_probs(models[v], pool_enc[v], toks[v].pad_id, cfg, device) for v in VIEWS}

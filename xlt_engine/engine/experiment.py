@@ -41,6 +41,7 @@ from xlt_engine.engine.loop import TrainConfig, drop_checkpoints
 from xlt_engine.engine.runs import (
     check_plans,
     evaluated_languages,
+    iter1_twin,
     model_path,
     model_paths,
     plan_stage,
@@ -210,6 +211,7 @@ def build_cotrain(cfg: ExperimentConfig) -> CotrainConfig:
         max_train=cfg.data.max_train,
         max_unlabeled=cfg.data.max_unlabeled,
         max_dev=cfg.data.max_dev,
+        iter1_from=None if (twin := iter1_twin(cfg)) is None else str(twin),
     )
 
 

@@ -555,22 +555,34 @@ def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
 
 
 # settings that act only after round 1's soft step: self-training folders that differ in these
-# alone make the same teacher probabilities and soft student in round 1
+# (and the hard step's) alone make the same teacher probabilities and soft student in round 1
 AFTER_ROUND1_SOFT = (
     "selftrain.rounds",
     "selftrain.threshold",
     "selftrain.alpha",
     "selftrain.grid",
     "selftrain.source_filter",
+    "selftrain.hard.",
+)
+# co-training's settings that act only from the first exchange on: folders that differ in these
+# alone fine-tune the same two views in iteration 1 (on the source set alone)
+AFTER_ITER1_TRAINING = (
+    "cotrain.iterations",
+    "cotrain.threshold",
+    "cotrain.subset_fraction",
+    "cotrain.reinit",
+    "cotrain.predict_with",
+    "cotrain.exchange",
 )
 
 
-def _round1_part(fingerprint: dict) -> dict:
-    settings = {
-        k: v
-        for k, v in fingerprint.get("settings", {}).items()
-        if k not in AFTER_ROUND1_SOFT and not k.startswith("selftrain.hard.")
-    }
+def _part(fingerprint: dict, free: tuple[str, ...]) -> dict:
+    """The fingerprint less the settings ``free`` names (a name ending in "." : a prefix)."""
+
+    def is_free(key: str) -> bool:
+        return any(key.startswith(f) if f.endswith(".") else key == f for f in free)
+
+    settings = {k: v for k, v in fingerprint.get("settings", {}).items() if not is_free(k)}
     return {
         "settings": settings,
         "inputs": fingerprint.get("inputs"),
@@ -578,21 +590,33 @@ def _round1_part(fingerprint: dict) -> dict:
     }
 
 
-def round1_twin(cfg: ExperimentConfig) -> Path | None:
-    """Another self-training folder of the pair whose finished round 1 (teacher probabilities,
-    soft student) this config's would equal: its recorded fingerprint matches this one's in
-    everything but ``AFTER_ROUND1_SOFT`` and the hard step's settings (the same inputs, the
-    same upstream stages). -AT, the threshold study's rows and the rounds study's share it
-    with Ours. None when there is none."""
-    plan = plan_stage(cfg, "selftrain")
-    mine = _round1_part(plan.fingerprint())
-    for folder in sorted(plan.folder.parent.glob("selftrain*")):
-        if folder == plan.folder or not (folder / "round-1" / "soft" / "model").is_dir():
+def _twin(cfg: ExperimentConfig, stage: str, free: tuple[str, ...], done: str) -> Path | None:
+    """Another folder of the pair's ``stage`` (``<stage>*``) holding ``done`` whose recorded
+    fingerprint matches this config's in everything but ``free``."""
+    plan = plan_stage(cfg, stage)
+    mine = _part(plan.fingerprint(), free)
+    for folder in sorted(plan.folder.parent.glob(f"{stage}*")):
+        if folder == plan.folder or not (folder / done).exists():
             continue
         try:
             theirs = json.loads((folder / FINGERPRINT).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if _round1_part(theirs) == mine:
+        if _part(theirs, free) == mine:
             return folder
     return None
+
+
+def round1_twin(cfg: ExperimentConfig) -> Path | None:
+    """Another self-training folder of the pair whose finished round 1 (teacher probabilities,
+    soft student) this config's would equal: its recorded fingerprint matches this one's in
+    everything but ``AFTER_ROUND1_SOFT`` (the same inputs, the same upstream stages). -AT, the
+    threshold study's rows and the rounds study's share it with Ours. None when there is none."""
+    return _twin(cfg, "selftrain", AFTER_ROUND1_SOFT, "round-1/soft/model")
+
+
+def iter1_twin(cfg: ExperimentConfig) -> Path | None:
+    """Another co-training folder of the pair whose iteration-1 views (fine-tuned on the source
+    set alone) this config's would equal: its fingerprint matches in everything but
+    ``AFTER_ITER1_TRAINING``. ``cotrain-self/`` shares them with ``cotrain/``."""
+    return _twin(cfg, "cotrain", AFTER_ITER1_TRAINING, "iter-1/state.safetensors")

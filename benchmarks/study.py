@@ -234,6 +234,7 @@ def merge_studies(paths: list[Path], name: str) -> dict:
                     "command": r["command"],
                     "study_seconds": r["study_seconds"],
                     "environment": r["environment"],
+                    **({"note": r["note"]} if r.get("note") else {}),
                 }
                 for path, r in zip(paths, reports, strict=True)
             ],
@@ -256,7 +257,7 @@ def render(report: dict) -> str:
         made = ["Merged from studies of the same settings on other seeds:", ""] + [
             f"- `{m['file']}` (seeds {m['seeds']}; xlt-engine "
             f"{m['environment'].get('git_sha', '')[:10]}, {m['study_seconds'] / 60:.1f} min): "
-            f"`{m['command']}`"
+            f"`{m['command']}`" + (f" Note: {m['note']}" if m.get("note") else "")
             for m in merged
         ]
     else:
@@ -315,6 +316,8 @@ def render(report: dict) -> str:
         f"{env.get('torch')}, xlt-engine {env.get('xlt_engine')} ({env.get('git_sha', '')[:10]}).",
         "",
     ]
+    if report.get("note"):
+        lines += [report["note"], ""]
     return "\n".join(lines)
 
 
@@ -327,6 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", help="folder for the runs (not with --merge)")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--how", default="", help="how the data was subsampled, for the table")
+    p.add_argument("--note", default="", help="what a reader must know of how it ran, last")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument(
         "--merge",
@@ -343,6 +347,8 @@ def main(argv: list[str] | None = None) -> None:
         report = run_study(args, argv)
     else:
         p.error("give --config and --out (a study to run) or --merge (studies to merge)")
+    if args.note:
+        report["note"] = args.note
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"study_{args.name}_{date.today().strftime('%Y%m%d')}"

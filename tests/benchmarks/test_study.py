@@ -65,8 +65,10 @@ def test_merge_puts_seeds_in_order_and_recomputes_mean_and_std(tmp_path):
     a = tmp_path / "a.json"
     b = tmp_path / "b.json"
     a.write_text(json.dumps(_report([3, 1], {"Ours": [0.6, 0.2], "- ST": [0.5, 0.1]}, 60, "aaa")))
-    b.write_text(json.dumps(_report([2], {"Ours": [0.4], "- ST": [0.3]}, 120, "bbb")))
-    merged = merge_studies([a, b], "merged")
+    b.write_text(
+        json.dumps(_report([2], {"Ours": [0.4], "- ST": [0.3]}, 120, "bbb") | {"note": "paused"})
+    )
+    merged = merge_studies([a, b], "merged") | {"note": "two runs"}
     assert merged["seeds"] == [1, 2, 3]
     ours = merged["rows"]["Ours"]
     assert ours["scores"] == {"esp": [0.2, 0.4, 0.6], "ned": [0.1, 0.2, 0.3]}
@@ -76,6 +78,7 @@ def test_merge_puts_seeds_in_order_and_recomputes_mean_and_std(tmp_path):
     assert [d["seed"] for d in merged["details"]] == [1, 2, 3]
     md = render(merged)
     assert "Merged from studies of the same settings" in md and "(seeds [2]; xlt-engine bbb" in md
+    assert "--seeds [2]` Note: paused" in md and md.endswith("\ntwo runs\n")
     assert "| Ours | 40.00 ± 20.00 | 20.00 ± 10.00 | 30.00 ± 15.00 |" in md
     assert "| Ours | 15.00 | 30.00 | 45.00 | 3.0 min |" in md
 

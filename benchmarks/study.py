@@ -32,43 +32,59 @@ import torch
 from xlt_engine import provenance
 from xlt_engine.engine.config import load_config
 from xlt_engine.engine.pipeline import ablation_table, pair_configs, run_ablate
-from xlt_engine.engine.runs import stage_dir, with_linear_head, with_section
+from xlt_engine.engine.runs import (
+    model_stage,
+    stage_dir,
+    teacher_models,
+    with_linear_head,
+    with_section,
+)
 from xlt_engine.fileio import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def row_stages(pc, fixed_alpha: float) -> dict[str, list[Path]]:
-    """The stage folders each ablation row of one seed's pair needs (``run_ablate``'s runs)."""
+    """The stage folders each ablation row of one seed's pair needs (``run_ablate``'s runs),
+    with several sources also each source's rows alone (``ablation_rows``)."""
 
     def ev(c, model):
         return stage_dir(with_section(c, "evaluate", model=model), "evaluate")
 
+    def teachers(c):  # round 1's teacher, or one per source
+        return [stage_dir(*model_stage(t, name)) for t, name in teacher_models(c).values()]
+
+    def method(c):  # Ours, -ST and direct transfer of one config
+        btf = stage_dir(c, "btf")
+        plus_btf = [btf, stage_dir(c, "finetune")]
+        direct = with_linear_head(with_section(c, "finetune", init="pretrained"))
+        return {
+            "Ours": [btf, *teachers(c), stage_dir(c, "selftrain"), ev(c, "selftrain")],
+            "- ST": [*plus_btf, ev(c, "finetune")],
+            "direct transfer": [
+                stage_dir(direct, "finetune"),
+                ev(with_linear_head(c), "finetune-direct"),
+            ],
+        }
+
     fixed = with_section(pc, "selftrain", threshold="fixed", alpha=fixed_alpha)
     linear = with_linear_head(pc)
-    direct = with_section(pc, "finetune", init="pretrained")
     nobtf = with_section(pc, "selftrain", base="pretrained", teacher="finetune-direct")
-    btf, teacher = stage_dir(pc, "btf"), stage_dir(pc, "finetune")
-    return {
-        "Ours": [btf, teacher, stage_dir(pc, "selftrain"), ev(pc, "selftrain")],
-        "- AT": [btf, teacher, stage_dir(fixed, "selftrain"), ev(fixed, "selftrain")],
-        "- VM": [
-            btf,
-            stage_dir(linear, "finetune"),
-            stage_dir(linear, "selftrain"),
-            ev(linear, "selftrain"),
-        ],
-        "- BTF": [
-            stage_dir(direct, "finetune"),
-            stage_dir(nobtf, "selftrain"),
-            ev(nobtf, "selftrain"),
-        ],
-        "- ST": [btf, teacher, ev(pc, "finetune")],
-        "direct transfer": [
-            stage_dir(with_linear_head(direct), "finetune"),
-            ev(with_linear_head(pc), "finetune-direct"),
-        ],
+    btf = stage_dir(pc, "btf")
+    ours = method(pc)
+    rows = {
+        "Ours": ours["Ours"],
+        "- AT": [btf, *teachers(fixed), stage_dir(fixed, "selftrain"), ev(fixed, "selftrain")],
+        "- VM": [btf, *teachers(linear), stage_dir(linear, "selftrain"), ev(linear, "selftrain")],
+        "- BTF": [*teachers(nobtf), stage_dir(nobtf, "selftrain"), ev(nobtf, "selftrain")],
+        "- ST": ours["- ST"],
+        "direct transfer": ours["direct transfer"],
     }
+    if len(pc.source_languages) > 1:
+        for lang in pc.source_languages:
+            alone = dataclasses.replace(pc, source=lang, sources=())
+            rows |= {f"{row} ({lang} only)": f for row, f in method(alone).items()}
+    return {row: list(dict.fromkeys(folders)) for row, folders in rows.items()}
 
 
 def pair_details(run: Path) -> dict:
@@ -126,7 +142,8 @@ def run_study(args, argv: list[str]) -> dict:
     seeds = [int(s) for s in args.seeds.split(",")]
     cfg = load_config(args.config, [*args.overrides, f"out={args.out!r}"])
     start = time.perf_counter()
-    result = run_ablate(cfg, seeds, args.fixed_threshold, resume=True, echo=print)
+    chosen = [r.strip() for r in args.rows.split(",")] if args.rows else None
+    result = run_ablate(cfg, seeds, args.fixed_threshold, resume=True, echo=print, rows=chosen)
     total = time.perf_counter() - start
 
     seconds: dict[str, float] = {}
@@ -135,6 +152,8 @@ def run_study(args, argv: list[str]) -> dict:
         seeded = dataclasses.replace(cfg, seed=seed, out=str(Path(args.out) / f"seed-{seed}"))
         for pc in pair_configs(seeded):
             for row, folders in row_stages(pc, args.fixed_threshold).items():
+                if row not in result["scores"]:
+                    continue
                 seconds[row] = seconds.get(row, 0.0) + sum(seconds_of(f) for f in folders)
             details.append({"seed": seed, "pair": pc.run_dir().name, **pair_details(pc.run_dir())})
     rows = {
@@ -329,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fixed-threshold", type=float, default=0.9)
     p.add_argument("--out", help="folder for the runs (not with --merge)")
     p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--rows", help="only these ablation rows, comma-separated (ablate --rows)")
     p.add_argument("--how", default="", help="how the data was subsampled, for the table")
     p.add_argument("--note", default="", help="what a reader must know of how it ran, last")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))

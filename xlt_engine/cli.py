@@ -614,11 +614,28 @@ def _numbers(option: str, text: str, kind):
     metavar="N",
     help="rounds of --study rounds (a multiple of 0.5)",
 )
+@click.option(
+    "--rows",
+    metavar="ROW1,ROW2,...",
+    help="--study ablation: only these rows (e.g. 'Ours,direct transfer'; with several sources "
+    "also 'Ours (eng only)', '- ST (eng only)', 'direct transfer (eng only)'), running only "
+    "the stages they need",
+)
 @_out_option("folder for the seeds' runs and the table (default: runs/<config>)")
 @click.option("--resume", is_flag=True, help="continue stages a killed run left half-way")
 @_progress_option
 def ablate(
-    config_path, overrides, seeds, fixed_threshold, study, alphas, max_rounds, out, resume, progress
+    config_path,
+    overrides,
+    seeds,
+    fixed_threshold,
+    study,
+    alphas,
+    max_rounds,
+    rows,
+    out,
+    resume,
+    progress,
 ) -> None:
     """Run the ablation rows (Ours, -AT, -VM, -BTF, -ST, direct transfer) for every seed and
     write the table (ablation.md, ablation.json) like the paper's tables 5 and 6; or, with
@@ -635,6 +652,9 @@ def ablate(
         _fail(
             ValueError(f"--max-rounds must be a multiple of 0.5 in [0.5, 1000], got {max_rounds}")
         )
+    row_list = None if rows is None else [r.strip() for r in rows.split(",") if r.strip()]
+    if row_list is not None and study != "ablation":
+        _fail(ValueError(f"--rows chooses rows of --study ablation, not of --study {study}"))
     echo = click.echo if os.environ.get("RANK", "0") == "0" else None
 
     def go():
@@ -649,7 +669,7 @@ def ablate(
         elif study == "cotrain":
             pipeline.run_cotrain_ablation(cfg, seed_list, **kw)
         else:
-            pipeline.run_ablate(cfg, seed_list, fixed_threshold, **kw)
+            pipeline.run_ablate(cfg, seed_list, fixed_threshold, rows=row_list, **kw)
 
     _run_guarded(go)
 

@@ -1,6 +1,7 @@
 """The whole pipeline (``run --stage all``) on slices of the real CoNLL and CLS-10 files with a
 tiny random model (real mBERT vocabulary), the ablation switches and ``ablate``."""
 
+import dataclasses
 import json
 import os
 import re
@@ -554,10 +555,11 @@ def test_two_sources_one_teacher_each_and_a_row_per_source(ner_cfg, conll, tiny,
     """sources = [eng, esp] -> ned: btf reads both sources' text; one teacher per source, and
     round 1's soft labels are the mean of their probabilities; the source filter and the hard
     step see both sources' rows; ablate adds the method from each source alone."""
+    from benchmarks.study import row_stages
     from xlt_engine.data.task import encode, read_task_file
     from xlt_engine.data.tokenizer import load_tokenizer
     from xlt_engine.engine.inference import predict_logits
-    from xlt_engine.engine.pipeline import ABLATION_ROWS
+    from xlt_engine.engine.pipeline import ABLATION_ROWS, SINGLE_SOURCE_ROWS
     from xlt_engine.model.heads import VotersModule
     from xlt_engine.model.task import load_task_model
 
@@ -567,18 +569,27 @@ def test_two_sources_one_teacher_each_and_a_row_per_source(ner_cfg, conll, tiny,
     res = CliRunner().invoke(main, args + [a for s in sets for a in ("--set", s)])
     assert res.exit_code == 0, res.output
     result = json.loads((out / "ablation.json").read_text())
-    assert list(result["scores"]) == [*ABLATION_ROWS, "Ours (eng only)", "Ours (esp only)"]
+    pair = out / "seed-1" / "eng+esp-ned"
+    alone_rows = [f"{r} ({lang} only)" for lang in ("eng", "esp") for r in SINGLE_SOURCE_ROWS]
+    assert list(result["scores"]) == [*ABLATION_ROWS, *alone_rows]
     for lang in ("eng", "esp"):  # each source alone: its own runs and table
         alone = json.loads((out / "seed-1" / f"all-{lang}-only.json").read_text())
-        assert result["scores"][f"Ours ({lang} only)"]["ned"] == [
-            alone["targets"]["ned"]["selftrain"]
-        ]
+        for row, col in (("Ours", "selftrain"), ("- ST", "btf"), ("direct transfer", "direct")):
+            got = result["scores"][f"{row} ({lang} only)"]["ned"]
+            assert got == [alone["targets"]["ned"][col]] and got[0] is not None
         assert (out / "seed-1" / f"{lang}-ned" / "selftrain" / "model").is_dir()
-    pair = out / "seed-1" / "eng+esp-ned"
+    # the study's per-row wall time sums exactly the folders these rows were made in
+    cfg = load_config(ner_cfg, [*sets, f"out={str(out / 'seed-1')!r}", "seed=1"])
+    stages = row_stages(dataclasses.replace(cfg, target="ned"), 0.9)
+    assert list(stages) == list(result["scores"])
+    made = {p.parent for p in (out / "seed-1").glob("*/*/run.json")}
+    assert set().union(*map(set, stages.values())) == made  # and no stage more
+    assert stages["Ours"][1:3] == [pair / "finetune-eng", pair / "finetune-esp"]  # its teachers
     finetuned = sorted(p.name for p in pair.iterdir() if p.name.startswith("finetune"))
     assert finetuned == ["finetune", "finetune-direct-eng", "finetune-direct-esp",
-                         "finetune-direct-linear", "finetune-eng", "finetune-esp", "finetune-linear",
+                         "finetune-direct-linear", "finetune-eng", "finetune-esp",
                          "finetune-linear-eng", "finetune-linear-esp"]  # fmt: skip
+    # (-VM needs no linear-head model on the union: its teachers are one per source)
     assert sorted(p.name for p in (pair / "btf" / "texts").iterdir()) == [
         "eng.txt",
         "esp.txt",
@@ -615,6 +626,35 @@ def test_two_sources_one_teacher_each_and_a_row_per_source(ner_cfg, conll, tiny,
         json.loads((pair / "selftrain" / "round-1" / "filter.json").read_text())["source_rows"]
         == rows
     )
+
+
+def test_ablate_rows_runs_only_the_stages_the_chosen_rows_read(ner_cfg, conll, tiny, tmp_path):
+    """ablate --rows: those rows alone, in the table's order, and only the stages they read:
+    here the two-source direct transfer and the method from English alone."""
+    out = tmp_path / "rows"
+    sets = ['sources=["eng", "esp"]', 'targets=["ned"]', "languages.esp.train=esp.train"]
+    args = ["ablate", "--config", str(ner_cfg), "--seeds", "1", "--out", str(out), "--no-progress",
+            *[a for s in sets for a in ("--set", s)]]  # fmt: skip
+    res = CliRunner().invoke(main, [*args, "--rows", "Ours (eng only), direct transfer"])
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "ablation.json").read_text())
+    assert list(result["scores"]) == ["direct transfer", "Ours (eng only)"]
+    assert all(len(v["ned"]) == 1 for v in result["scores"].values())
+
+    def made(pair):
+        return sorted(p.name for p in (out / "seed-1" / pair).iterdir() if p.is_dir())
+
+    assert made("eng+esp-ned") == ["evaluate-finetune-direct-linear", "finetune-direct-linear"]
+    assert made("eng-ned") == ["btf", "evaluate-selftrain", "finetune", "selftrain"]
+    alone = json.loads((out / "seed-1" / "all-eng-only.json").read_text())["targets"]["ned"]
+    assert result["scores"]["Ours (eng only)"]["ned"] == [alone["selftrain"]]
+    assert alone["direct"] is None and alone["btf"] is None  # no row reads them
+    bad = CliRunner().invoke(main, [*args, "--rows", "Ours,Ours (fra only)"])
+    assert bad.exit_code != 0
+    assert "rows: no row 'Ours (fra only)' for this config" in bad.output
+    assert "'direct transfer (esp only)'" in bad.output  # names the rows there are
+    bad = CliRunner().invoke(main, [*args, "--study", "threshold", "--rows", "Ours"])
+    assert bad.exit_code != 0 and "--rows chooses rows of --study ablation" in bad.output
 
 
 def _png_size(data: bytes) -> tuple[int, int]:

@@ -16,8 +16,9 @@ fine-tuned with the configured head (``finetune-direct``).
 
 ``run_ablate``: every row of the paper's tables 5 and 6 (Ours, -AT, -VM, -BTF, -ST, direct
 transfer) for every seed, and a table of mean +- std over seeds per target and on average;
-with several source languages also the method from each source alone (a row per source, its
-runs in ``<s>-<target>`` beside the multi-source ``<s1>+<s2>-<target>``).
+with several source languages also the method, -ST and direct transfer from each source alone
+(its runs in ``<s>-<target>`` beside the multi-source ``<s1>+<s2>-<target>``); ``rows`` makes
+only some rows, running only the stages they read.
 With several sources (``sources``) btf reads every source's text and the target's; the
 + BTF and direct-transfer columns fine-tune on the union of the sources' training data; with
 ``multi_source = "teachers"`` self-training starts from one teacher per source
@@ -58,6 +59,7 @@ from xlt_engine.fileio import folder_bytes, write_results
 COLUMNS = ("direct", "btf", "selftrain")
 HEADINGS = {"direct": "direct transfer", "btf": "+ BTF", "selftrain": "+ self-training"}
 ABLATION_ROWS = ("Ours", "- AT", "- VM", "- BTF", "- ST", "direct transfer")
+SINGLE_SOURCE_ROWS = ("Ours", "- ST", "direct transfer")  # per source, with several sources
 
 
 def _evaluate_row(pc: ExperimentConfig, model: str, resume: bool, echo) -> dict | None:
@@ -88,10 +90,16 @@ def table_dir(cfg: ExperimentConfig) -> Path:
 
 
 def plan_all(
-    cfg: ExperimentConfig, btf: bool = True, selftrain: bool = True, direct: bool = True
+    cfg: ExperimentConfig,
+    btf: bool = True,
+    selftrain: bool = True,
+    direct: bool = True,
+    finetuned: bool = True,
 ) -> list[tuple[ExperimentConfig, str]]:
     """The (config, stage) steps ``run_all`` takes, in order: per pair btf, finetune-direct,
-    finetune, selftrain, then the evaluation of each model (``evaluate.model`` set)."""
+    finetune, selftrain, then the evaluation of each model (``evaluate.model`` set).
+    ``finetuned=False``: no + BTF column (the model fine-tuned from the Base Model is made only
+    where it is round 1's teacher, and not evaluated)."""
     if not btf:
         cfg = with_section(cfg, "selftrain", base="pretrained", teacher="finetune-direct")
     steps = []
@@ -103,12 +111,13 @@ def plan_all(
             dc = with_linear_head(pc)
             steps.append((with_section(dc, "finetune", init="pretrained"), "finetune"))
             models.append((dc, "finetune-direct"))
-        if not btf and not pc.teachers_per_source:  # the teacher: configured head, pretrained
+        if selftrain and not btf and not pc.teachers_per_source:  # the teacher, pretrained
             step = (with_section(pc, "finetune", init="pretrained"), "finetune")
             if step not in steps:
                 steps.append(step)
-        if btf:
+        if btf and (finetuned or (selftrain and not pc.teachers_per_source)):
             steps.append((with_section(pc, "finetune", init="btf"), "finetune"))
+        if btf and finetuned:
             models.append((pc, "finetune"))
         if selftrain:  # several sources, one teacher each: each fine-tuned on its source
             for key, (c, name) in teacher_models(pc).items():
@@ -121,11 +130,15 @@ def plan_all(
 
 
 def check_all(
-    cfg: ExperimentConfig, btf: bool = True, selftrain: bool = True, direct: bool = True
+    cfg: ExperimentConfig,
+    btf: bool = True,
+    selftrain: bool = True,
+    direct: bool = True,
+    finetuned: bool = True,
 ) -> list[tuple[ExperimentConfig, str]]:
     """Every file problem and every stale stage folder of the whole run, before anything runs;
     returns the steps (``plan_all``)."""
-    steps = plan_all(cfg, btf, selftrain, direct)
+    steps = plan_all(cfg, btf, selftrain, direct, finetuned)
     for pc, stage in steps:
         check_files(pc, stage)
     check_plans([plan_stage(pc, stage) for pc, stage in steps])
@@ -141,14 +154,15 @@ def run_all(
     progress=None,
     direct: bool = True,
     table_name: str = "all",
+    finetuned: bool = True,
 ) -> dict:
     """Run the pipeline for every pair; returns ``{"metric", "source", "targets": {target:
     {"direct", "btf", "selftrain" (scores or None), "source": {...}}}}`` and writes
     ``all.json`` and ``all.md`` into ``table_dir(cfg)``. ``direct=False`` skips the direct
-    transfer model when btf runs (an ablation variant that does not need it); ``table_name``
-    names the two files."""
+    transfer model when btf runs (an ablation variant that does not need it), ``finetuned=False``
+    the + BTF column (``plan_all``); ``table_name`` names the two files."""
     distributed.init(cfg.device)
-    steps = check_all(cfg, btf, selftrain, direct)
+    steps = check_all(cfg, btf, selftrain, direct, finetuned)
     start = time.perf_counter()
     timings: list[tuple[str, float | None]] = []  # (pair and stage, seconds; None: reused)
     results: dict = {"metric": None, "source": cfg.source, "targets": {}}
@@ -236,6 +250,13 @@ def all_table(results: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
+def ablation_rows(cfg: ExperimentConfig) -> tuple[str, ...]:
+    """The rows ``run_ablate`` can make for ``cfg``: ``ABLATION_ROWS``, and with several sources
+    per source alone its Ours, - ST and direct-transfer rows (``"Ours (eng only)"``...)."""
+    alone = cfg.source_languages if len(cfg.source_languages) > 1 else ()
+    return (*ABLATION_ROWS, *(f"{r} ({lang} only)" for lang in alone for r in SINGLE_SOURCE_ROWS))
+
+
 def run_ablate(
     cfg: ExperimentConfig,
     seeds: list[int],
@@ -243,53 +264,68 @@ def run_ablate(
     resume: bool = False,
     echo=print,
     progress=None,
+    rows: list[str] | None = None,
 ) -> dict:
-    """Every ablation row for every seed (each seed in ``<table_dir>/seed-<s>``), then
-    ``ablation.json`` and ``ablation.md`` (mean +- std over seeds) in ``table_dir(cfg)``."""
+    """Every ablation row (or only ``rows``, in the order of ``ablation_rows``; a variant runs
+    only when a chosen row needs it) for every seed (each seed in ``<table_dir>/seed-<s>``),
+    then ``ablation.json`` and ``ablation.md`` (mean +- std over seeds) in ``table_dir(cfg)``."""
     if not seeds:
         raise ValueError("seeds: give at least one seed")
+    every = ablation_rows(cfg)
+    unknown = [r for r in rows or () if r not in every]
+    if unknown or rows == []:
+        got = f"no row {unknown[0]!r} for this config" if unknown else "give at least one row"
+        raise ValueError(f"rows: {got}; the rows are {list(every)}")
+    chosen = [r for r in every if rows is None or r in rows]
     root = table_dir(cfg)
-    single_sources = cfg.source_languages if len(cfg.source_languages) > 1 else ()
-    rows = (*ABLATION_ROWS, *(f"Ours ({lang} only)" for lang in single_sources))
-    scores: dict[str, dict[str, list[float]]] = {row: {} for row in rows}
-    fixed = with_section(cfg, "selftrain", threshold="fixed", alpha=fixed_alpha)
-    linear = with_linear_head(cfg)
+    scores: dict[str, dict[str, list[float]]] = {row: {} for row in chosen}
+    picks = {  # row: (variant, column of its run_all results)
+        "Ours": ("full", "selftrain"),
+        "- AT": ("fixed", "selftrain"),
+        "- VM": ("linear", "selftrain"),
+        "- BTF": ("nobtf", "selftrain"),
+        "- ST": ("full", "btf"),
+        "direct transfer": ("full", "direct"),
+    }
+    variants = {  # variant: (config, run_all switches)
+        "full": (cfg, {}),
+        "fixed": (with_section(cfg, "selftrain", threshold="fixed", alpha=fixed_alpha),
+                  {"table_name": f"all-alpha{fixed_alpha:g}"}),
+        "linear": (with_linear_head(cfg), {"table_name": "all-linear-head"}),
+        "nobtf": (cfg, {"table_name": "all-no-btf"}),
+    }  # fmt: skip
+    single = cfg.source_languages if len(cfg.source_languages) > 1 else ()
+    for lang in single:  # several sources: the method from each one alone
+        alone = dataclasses.replace(cfg, source=lang, sources=())
+        variants[lang] = (alone, {"table_name": f"all-{lang}-only"})
+        picks.update({f"{r} ({lang} only)": (lang, picks[r][1]) for r in SINGLE_SOURCE_ROWS})
+    for name, (_, switches) in variants.items():  # no model that no chosen row reads
+        cols = {picks[r][1] for r in chosen if picks[r][0] == name}
+        switches.update(
+            btf=name != "nobtf" and bool(cols & {"btf", "selftrain"}),
+            direct="direct" in cols,
+            finetuned="btf" in cols,
+            selftrain="selftrain" in cols,
+        )
+    needed = {picks[r][0] for r in chosen}
     for seed in seeds:
-
-        def seeded(c: ExperimentConfig, seed: int = seed) -> ExperimentConfig:
-            return dataclasses.replace(c, seed=seed, out=str(root / f"seed-{seed}"))
-
         if echo:
             echo(f"=== seed {seed}")
-        variants = {  # name: (config, run_all switches)
-            "full": (cfg, {}),
-            "fixed": (fixed, {"table_name": f"all-alpha{fixed_alpha:g}"}),
-            "linear": (linear, {"direct": False, "table_name": "all-linear-head"}),
-            "nobtf": (cfg, {"btf": False, "table_name": "all-no-btf"}),
-        }
         runs = {
-            name: run_all(seeded(c), resume=resume, echo=echo, progress=progress, **switches)
+            name: run_all(
+                dataclasses.replace(c, seed=seed, out=str(root / f"seed-{seed}")),
+                resume=resume, echo=echo, progress=progress, **switches,
+            )
             for name, (c, switches) in variants.items()
-        }
-        picks = {
-            "Ours": ("full", "selftrain"),
-            "- AT": ("fixed", "selftrain"),
-            "- VM": ("linear", "selftrain"),
-            "- BTF": ("nobtf", "selftrain"),
-            "- ST": ("full", "btf"),
-            "direct transfer": ("full", "direct"),
-        }
-        for lang in single_sources:  # several sources: the method from each one alone
-            alone = dataclasses.replace(cfg, source=lang, sources=())
-            runs[lang] = run_all(seeded(alone), resume=resume, echo=echo, progress=progress,
-                                 table_name=f"all-{lang}-only")  # fmt: skip
-            picks[f"Ours ({lang} only)"] = (lang, "selftrain")
-        for row, (run, col) in picks.items():
+            if name in needed
+        }  # fmt: skip
+        for row in chosen:
+            run, col = picks[row]
             for t, r in runs[run]["targets"].items():
                 if r[col] is not None:
                     scores[row].setdefault(t, []).append(r[col])
     result = {
-        "metric": runs["full"]["metric"],
+        "metric": next(iter(runs.values()))["metric"],
         "seeds": list(seeds),
         "fixed_alpha": fixed_alpha,
         "scores": scores,

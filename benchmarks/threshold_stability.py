@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from xlt_engine import provenance
-from xlt_engine.engine.config import config_from_dict
+from xlt_engine.engine.config import load_config
 from xlt_engine.engine.experiment import build_stage
 from xlt_engine.engine.selftrain import SelfTraining
 from xlt_engine.engine.threshold import DEFAULT_GRID, choose, rule_curve_inputs, threshold_grid
@@ -46,17 +46,10 @@ def weighted_curve(conf: np.ndarray, correct: np.ndarray, weight: np.ndarray, ts
         return np.where(covered > 0, right / covered, np.nan)
 
 
-def _set(table: dict) -> dict:
-    """A resolved config (``config.json``) as a config file gives it: unset keys left out."""
-    return {k: _set(v) if isinstance(v, dict) else v for k, v in table.items() if v is not None}
-
-
 def source_rule(folder: Path, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """(confidence, correct, unit of each row, classes) of the round's soft student on the
     source rows: the inputs of the pseudo-label rule's curve (``rule_curve_inputs``)."""
-    stage = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    table = {k: v for k, v in stage["experiment"].items() if k != "name"}
-    cfg = config_from_dict(_set(table), str(folder / "config.json"))
+    cfg = load_config(folder / "config.json")  # the config the stage ran with
     run = SelfTraining(build_stage(cfg, "selftrain"), torch.device("cpu"), None, False)
     student = load_task_model(folder / f"round-{r}" / "soft" / "model")
     agreed, conf, _ = voter_filter(run.logits(student, run.src), 0.0)

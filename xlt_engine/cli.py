@@ -409,7 +409,8 @@ _config_option = click.option(
     "config_path",
     required=True,
     type=click.Path(path_type=Path),
-    help="a TOML experiment config (see configs/)",
+    help="a TOML experiment config (see configs/), or a stage folder's config.json (the "
+    "resolved config that stage ran with)",
 )
 _set_option = click.option(
     "--set",

@@ -287,6 +287,39 @@ def test_cli_runs_every_stage(tiny, conll, tmp_path):
     assert res.exit_code == 1 and "--resume" in res.output
     res = CliRunner().invoke(main, ["run", "--stage", "finetune", *base, "--resume"])
     assert res.exit_code == 0, res.output
+    # the finished stage's config.json is a config: the very same stage (reused, not run again)
+    saved = str(run / "finetune" / "config.json")
+    res = CliRunner().invoke(main, ["run", "--stage", "finetune", "--config", saved, "--resume"])
+    assert res.exit_code == 0, res.output
+    assert "finetune: " + str(run / "finetune" / "model") + " exists with the same fingerprint" in (
+        res.output
+    )
+
+
+def test_a_stage_config_json_loads_back_as_the_same_config(tmp_path):
+    """A stage folder's config.json (the resolved config, every key set, unset ones null) is a
+    config file too: every preset written as a stage writes it loads back equal, takes --set like
+    the TOML, and its problems name the file."""
+    presets = sorted((ROOT / "configs").glob("*.toml"))
+    assert len(presets) >= 4
+    for path in presets:
+        cfg = load_config(path)
+        saved = tmp_path / f"{path.stem}.json"
+        doc = {"experiment": to_dict(cfg), "stage": "btf", "stage_config": {}}
+        saved.write_text(json.dumps(doc, indent=2))
+        assert load_config(saved) == cfg, path.name  # the name too: the run's config's
+        over = ["seed=7", "btf.train.lr=1e-3", f'targets=["{cfg.targets[-1]}"]']
+        assert load_config(saved, over) == load_config(path, over), path.name
+    assert any(v is None for v in to_dict(load_config(CONLL))["btf"].values())  # nulls read back
+    broken = write(tmp_path, '{"experiment": {"seed": 1,,}}', "broken.json")
+    with pytest.raises(ConfigError, match=r"broken.json: not valid JSON: .*\(line 1, column 27\)"):
+        load_config(broken)
+    with pytest.raises(ConfigError, match=r"other.json: experiment: missing"):
+        load_config(write(tmp_path, '{"seed": 1}', "other.json"))
+    doc["experiment"]["btf"]["epochs_"] = 2
+    saved.write_text(json.dumps(doc))
+    with pytest.raises(ConfigError, match=r"btf.epochs_: unknown key"):
+        load_config(saved)
 
 
 def test_config_from_dict_reports_all_problems_at_once():

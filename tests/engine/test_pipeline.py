@@ -419,6 +419,24 @@ test = "de.test"
     assert all(0 <= results["targets"]["de"][c] <= 1 for c in ("direct", "btf", "selftrain"))
 
 
+def test_threshold_stability_reads_a_run_back_from_its_config_json(ner_all):
+    """benchmarks/threshold_stability.py rebuilds the round's source rows from the stage's own
+    config.json (load_config) and gets the very curve the run recorded."""
+    import numpy as np
+
+    from benchmarks.threshold_stability import source_rule, weighted_curve
+
+    folder = ner_all[0] / "eng-esp" / "selftrain"
+    conf, correct, units, classes = source_rule(folder, 1)
+    recorded = json.loads((folder / "round-1" / "threshold.json").read_text())
+    filtered = json.loads((folder / "round-1" / "filter.json").read_text())
+    assert len(conf) == len(correct) == len(units) == filtered["source_rows"]
+    assert classes == len(json.loads((folder / "model" / "task.json").read_text())["labels"])
+    curve = weighted_curve(conf, correct, np.ones_like(conf), recorded["thresholds"])
+    want = np.array([np.nan if a is None else a for a in recorded["accuracy"]])
+    np.testing.assert_allclose(curve, want, rtol=0, atol=1e-6)
+
+
 def test_ablate_table_has_every_row_with_mean_and_std(tiny, tmp_path):
     from xlt_engine.quickstart import Sizes, prepare
 

@@ -1,6 +1,7 @@
 """Experiment configs: a TOML file (stdlib ``tomllib``) mapped onto frozen dataclasses.
 
-``load_config(path, overrides)`` reads the file, applies ``--set key=value`` overrides (dotted
+``load_config(path, overrides)`` reads the file (or a stage folder's ``config.json``: the
+resolved config that stage ran with, to run it again or alike), applies ``--set key=value`` overrides (dotted
 keys; the value is read as a TOML value, and as a plain string when it is not one), and builds
 an ``ExperimentConfig``. Every problem is collected before anything runs and reported at once in
 a ``ConfigError`` naming the file and the key: unknown keys, wrong types, bad values. Missing
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -655,6 +657,8 @@ def _convert(tp, value, key: str, problems: list[str]):
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
+        if value is None and len(inner) < len(args):  # unset (null in a stage's config.json)
+            return None
         for candidate in inner:  # the first type that takes the value (int | "all")
             trial: list[str] = []
             converted = _convert(candidate, value, key, trial)
@@ -773,22 +777,48 @@ def config_from_dict(table: dict, where: str, name: str = "") -> ExperimentConfi
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """The config of a TOML file, or of a stage folder's ``config.json`` (its ``experiment``
+    table: the resolved config, every key set, named as the run's config was), with
+    ``overrides`` (``--set``) applied."""
     path = Path(path)
     try:
         raw = path.read_bytes()
     except OSError as err:
         raise ConfigError(str(path), [f"cannot read: {err.strerror}"]) from None
+    name = path.stem
     try:
-        table = tomllib.loads(raw.decode("utf-8"))
+        if path.suffix == ".json":
+            table, name = _resolved_table(json.loads(raw.decode("utf-8")), str(path))
+        else:
+            table = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as err:
         raise ConfigError(str(path), [f"not UTF-8 at byte {err.start}"]) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(str(path), [f"not valid TOML: {err}"]) from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(
+            str(path), [f"not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})"]
+        ) from None
     try:
         apply_overrides(table, list(overrides))
     except ValueError as err:
         raise ConfigError(str(path), [str(err)]) from None
-    return config_from_dict(table, str(path), path.stem)
+    return config_from_dict(table, str(path), name)
+
+
+def _resolved_table(doc, where: str) -> tuple[dict, str]:
+    """(the config table, its name) of a stage's ``config.json`` (``to_dict`` under
+    ``experiment``)."""
+    experiment = doc.get("experiment") if isinstance(doc, dict) else None
+    if not isinstance(experiment, dict):
+        raise ConfigError(
+            where, ["experiment: missing (a stage folder's config.json has the run's config there)"]
+        )
+    table = dict(experiment)
+    name = table.pop("name", "")
+    if not isinstance(name, str):
+        raise ConfigError(where, [f"experiment.name: expected str, got {name!r}"])
+    return table, name
 
 
 def to_dict(cfg) -> dict:

@@ -104,6 +104,24 @@ def link_or_copy(src: str | Path, dst: str | Path) -> None:
         shutil.copy2(src, dst)
 
 
+def link_tree(src: str | Path, dst: str | Path, skip=lambda rel: False) -> None:
+    """Every file below ``src`` linked (``link_or_copy``) to the same place below ``dst``,
+    folders made as needed, a file already there replaced (each through a temporary link and
+    a rename); ``skip(relative path)`` true leaves a file or a whole folder out."""
+    src, dst = Path(src), Path(dst)
+    for dirpath, dirs, files in os.walk(src):
+        here = Path(dirpath).relative_to(src)
+        dirs[:] = sorted(d for d in dirs if not skip(here / d))
+        (dst / here).mkdir(parents=True, exist_ok=True)
+        for name in sorted(files):
+            if skip(here / name):
+                continue
+            tmp = dst / here / f".{name}.tmp-link"
+            tmp.unlink(missing_ok=True)
+            link_or_copy(Path(dirpath) / name, tmp)
+            os.replace(tmp, dst / here / name)
+
+
 def remove_debris(folder: str | Path) -> list[Path]:
     """Remove the temporary files and folders that atomic writes below ``folder`` left when a
     kill stopped them (``.model.tmp-*``: about 700 MB at mBERT size); returns what it removed.

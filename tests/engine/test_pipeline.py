@@ -133,6 +133,22 @@ def test_all_runs_every_stage_per_target_and_prints_the_table(ner_all):
         assert st["teacher"] == str(pair / "finetune" / "model")
         assert (pair / "selftrain" / "round-2" / "soft" / "model").is_dir()  # N = 1.5
         assert not (pair / "selftrain" / "round-2" / "hard").exists()
+    # the direct-transfer model reads nothing of the target: made once (for eng-esp) and
+    # linked into eng-ned, its evaluation too (it scores every target); the twin's seconds kept
+    esp, ned = out / "eng-esp", out / "eng-ned"
+    for folder in ("finetune-direct-linear", "evaluate-finetune-direct-linear"):
+        made = json.loads((esp / folder / "run.json").read_text())
+        info = json.loads((ned / folder / "run.json").read_text())
+        assert info["shared_from"] == str(esp / folder) and "shared_from" not in made
+        assert info["seconds"] == made["seconds"] > 0
+        assert (
+            json.loads((ned / folder / "config.json").read_text())["experiment"]["target"] == "ned"
+        )
+    assert f"linked into {ned / 'finetune-direct-linear'}, not run again" in output
+    weights = [p / "finetune-direct-linear/model/model.safetensors" for p in (esp, ned)]
+    assert weights[0].stat().st_ino == weights[1].stat().st_ino  # one copy on disk
+    for folder in ("btf", "finetune", "selftrain", "evaluate-finetune"):  # these read the target
+        assert "shared_from" not in json.loads((ned / folder / "run.json").read_text())
     # a finished stage drops its loop checkpoints (self-training steps' included)
     assert not list(out.rglob("ckpt-*")) and not list(out.rglob("latest"))
     assert "finetune: done in" in output and "(dropped its loop checkpoints: " in output
@@ -151,6 +167,36 @@ def test_all_again_runs_nothing_twice(ner_cfg, ner_all):
     assert res.exit_code == 0, res.output
     assert res.output.count("not run again") == 4  # btf, both finetunes, selftrain
     assert (out / "eng-esp" / "selftrain" / "selftrain.jsonl").read_text() == before
+
+
+def test_another_pairs_stage_is_taken_only_on_its_very_fingerprint(ner_cfg, ner_all, tmp_path):
+    """pair_twin: eng-esp's direct-transfer model stands for eng-ned's (the same fingerprint),
+    not once a setting it reads differs; and computed alone it is the very model linked."""
+    from xlt_engine.engine.runs import pair_twin, plan_stage, with_linear_head, with_section
+
+    out, _ = ner_all
+
+    def direct_plan(*sets):
+        cfg = load_config(ner_cfg, [f"out={str(out)!r}", "target=ned", *sets])
+        return plan_stage(with_section(with_linear_head(cfg), "finetune", init="pretrained"),
+                          "finetune")  # fmt: skip
+
+    assert pair_twin(direct_plan()) == out / "eng-esp" / "finetune-direct-linear"
+    for change in ("seed=6", "finetune.train.lr=1e-3", "data.max_train=100", "model.voters=2"):
+        assert pair_twin(direct_plan(change)) is None, change
+    assert (
+        pair_twin(plan_stage(load_config(ner_cfg, [f"out={str(out)!r}", "target=ned"]), "btf"))
+        is None
+    )  # fmt: skip  (reads the target's text)
+    alone = tmp_path / "alone"
+    res = run_all_cli(ner_cfg, alone, "target=ned", "finetune.init=pretrained", "model.head=linear",
+                      stage="finetune")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "linked into" not in res.output  # nothing to take from in a fresh folder
+    mine, linked = (p / "eng-ned" / "finetune-direct-linear" / "model" for p in (alone, out))
+    assert sorted(f.name for f in mine.iterdir()) == sorted(f.name for f in linked.iterdir())
+    for f in mine.iterdir():
+        assert f.read_bytes() == (linked / f.name).read_bytes(), f.name
 
 
 def run_all_cli(cfg: Path, out: Path, *sets: str, stage: str = "all"):

@@ -39,11 +39,13 @@ from xlt_engine.engine.evaluate import EvaluateConfig, PredictConfig, run_evalua
 from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
 from xlt_engine.engine.loop import TrainConfig, drop_checkpoints
 from xlt_engine.engine.runs import (
+    FINGERPRINT,
     check_plans,
     evaluated_languages,
     iter1_twin,
     model_path,
     model_paths,
+    pair_twin,
     plan_stage,
     round1_twin,
     stage_dir,
@@ -53,7 +55,15 @@ from xlt_engine.engine.runs import (
     with_section,
 )
 from xlt_engine.engine.selftrain import SelftrainConfig, run_selftrain
-from xlt_engine.fileio import atomic_write_text, folder_lock, remove_debris
+from xlt_engine.fileio import (
+    DEBRIS,
+    LOCK_FILE,
+    atomic_folder,
+    atomic_write_text,
+    folder_lock,
+    link_tree,
+    remove_debris,
+)
 
 
 def write_run_info(folder: Path, cfg: ExperimentConfig, stage: str, stage_cfg) -> None:
@@ -314,10 +324,63 @@ def run_stage(
             "(--resume) or choose another folder (--out)"
         )
     stage_cfg = build_stage(cfg, stage)
+    twin = None if plan.started() else pair_twin(plan)
     with contextlib.ExitStack() as held:
         if main:  # one process per stage folder (rank 0 speaks for a torchrun job)
             held.enter_context(folder_lock(plan.folder, f"the {stage} stage"))
+        if twin is not None:
+            return _take_twin(cfg, stage, stage_cfg, plan, twin, main, echo)
         return _run_locked(cfg, stage, stage_cfg, plan, main, resume, echo, progress)
+
+
+def _take_twin(cfg, stage, stage_cfg, plan, twin: Path, main: bool, echo):
+    """The finished stage ``twin`` (``pair_twin``: another pair's folder with this very
+    fingerprint) linked into this stage's folder instead of computed again: its files as hard
+    links, loop checkpoints left out, the output last (a kill before it leaves no finished
+    folder); this run's own config.json, and run.json with ``shared_from`` and the seconds
+    the twin took (what the stage costs from nothing)."""
+    output = plan.output.relative_to(plan.folder)
+    own = {FINGERPRINT, "run.json", "config.json", LOCK_FILE}
+
+    def skip(rel: Path) -> bool:
+        name = rel.name
+        return (
+            str(rel) in own
+            or rel == output
+            or name == "latest"
+            or name.startswith("ckpt-")
+            or DEBRIS.match(name) is not None
+        )
+
+    if main:
+        remove_debris(plan.folder)
+        plan.begin()
+        write_run_info(plan.folder, cfg, stage, stage_cfg)
+        link_tree(twin, plan.folder, skip)
+        if (twin / output).is_dir():
+            with atomic_folder(plan.output) as tmp:
+                link_tree(twin / output, tmp)
+        else:
+            link_tree(twin, plan.folder, lambda rel: rel.parts[0] != output.parts[0])
+        theirs = twin / "run.json"
+        seconds = (
+            json.loads(theirs.read_text(encoding="utf-8")).get("seconds")
+            if theirs.is_file()
+            else None
+        )
+        path = plan.folder / "run.json"
+        info = json.loads(path.read_text(encoding="utf-8"))
+        info |= {"seconds": seconds, "shared_from": str(twin)}
+        atomic_write_text(path, json.dumps(info, indent=2) + "\n")
+        if echo:
+            echo(
+                f"{stage}: {twin} made it with the same fingerprint (another pair's); linked "
+                f"into {plan.folder}, not run again"
+            )
+    if stage == "evaluate":
+        return json.loads(plan.output.read_text(encoding="utf-8")) if main else None
+    distributed.barrier()
+    return plan.output
 
 
 def _run_locked(cfg, stage, stage_cfg, plan, main, resume, echo, progress):

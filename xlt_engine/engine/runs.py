@@ -607,6 +607,30 @@ def _twin(cfg: ExperimentConfig, stage: str, free: tuple[str, ...], done: str) -
     return None
 
 
+def pair_twin(plan: StagePlan) -> Path | None:
+    """The same stage folder of another pair of the experiment (``<out>/<pair>/<name>``),
+    finished, whose recorded fingerprint is this plan's very digest: the same settings, input
+    files and upstream work. A stage that reads nothing of its pair's target (direct transfer,
+    -BTF's teacher, each source's teacher, with several targets an evaluation) is thus made
+    once per experiment, not once per target. None when there is none."""
+    here = plan.folder
+    if not here.parent.parent.is_dir():
+        return None
+    digest = plan.fingerprint()["digest"]
+    output = plan.output.relative_to(here)
+    for pair in sorted(p for p in here.parent.parent.iterdir() if p.is_dir()):
+        other = pair / here.name
+        if pair == here.parent or not (other / output).exists():
+            continue
+        try:
+            theirs = json.loads((other / FINGERPRINT).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(theirs, dict) and theirs.get("digest") == digest:
+            return other
+    return None
+
+
 def round1_twin(cfg: ExperimentConfig) -> Path | None:
     """Another self-training folder of the pair whose finished round 1 (teacher probabilities,
     soft student) this config's would equal: its recorded fingerprint matches this one's in

@@ -590,21 +590,28 @@ def _part(fingerprint: dict, free: tuple[str, ...]) -> dict:
     }
 
 
-def _twin(cfg: ExperimentConfig, stage: str, free: tuple[str, ...], done: str) -> Path | None:
-    """Another folder of the pair's ``stage`` (``<stage>*``) holding ``done`` whose recorded
-    fingerprint matches this config's in everything but ``free``."""
-    plan = plan_stage(cfg, stage)
-    mine = _part(plan.fingerprint(), free)
-    for folder in sorted(plan.folder.parent.glob(f"{stage}*")):
-        if folder == plan.folder or not (folder / done).exists():
+def _first_finished(candidates, done: str, matches) -> Path | None:
+    """The first folder of ``candidates`` holding ``done`` whose recorded fingerprint (a
+    readable one) ``matches``."""
+    for folder in candidates:
+        if not (folder / done).exists():
             continue
         try:
             theirs = json.loads((folder / FINGERPRINT).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if _part(theirs, free) == mine:
+        if isinstance(theirs, dict) and matches(theirs):
             return folder
     return None
+
+
+def _twin(cfg: ExperimentConfig, stage: str, free: tuple[str, ...], done: str) -> Path | None:
+    """Another folder of the pair's ``stage`` (``<stage>*``) holding ``done`` whose recorded
+    fingerprint matches this config's in everything but ``free``."""
+    plan = plan_stage(cfg, stage)
+    mine = _part(plan.fingerprint(), free)
+    others = [f for f in sorted(plan.folder.parent.glob(f"{stage}*")) if f != plan.folder]
+    return _first_finished(others, done, lambda theirs: _part(theirs, free) == mine)
 
 
 def pair_twin(plan: StagePlan) -> Path | None:
@@ -617,18 +624,11 @@ def pair_twin(plan: StagePlan) -> Path | None:
     if not here.parent.parent.is_dir():
         return None
     digest = plan.fingerprint()["digest"]
-    output = plan.output.relative_to(here)
-    for pair in sorted(p for p in here.parent.parent.iterdir() if p.is_dir()):
-        other = pair / here.name
-        if pair == here.parent or not (other / output).exists():
-            continue
-        try:
-            theirs = json.loads((other / FINGERPRINT).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(theirs, dict) and theirs.get("digest") == digest:
-            return other
-    return None
+    pairs = sorted(p for p in here.parent.parent.iterdir() if p.is_dir() and p != here.parent)
+    done = str(plan.output.relative_to(here))
+    return _first_finished(
+        [p / here.name for p in pairs], done, lambda t: t.get("digest") == digest
+    )
 
 
 def round1_twin(cfg: ExperimentConfig) -> Path | None:

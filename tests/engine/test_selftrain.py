@@ -34,6 +34,8 @@ from xlt_engine.engine.selftrain import (
     SOURCE_OK_FILE,
     SelftrainConfig,
     encoder_digest,
+    fidelity_counts,
+    lost_classes,
     row_units,
     run_selftrain,
     whole_units,
@@ -700,3 +702,24 @@ def test_the_soft_step_trains_with_the_loss_soft_loss_names(
     assert calls[soft_loss] == 2 and sum(calls.values()) == 2, calls
     with pytest.raises(ValueError, match="soft_loss"):
         st_config(base, teacher, data, tmp_path, soft_loss="ce")
+
+
+def test_a_soft_student_that_lost_the_teachers_classes_is_named():
+    """lost_classes: the classes the teacher gives >= 1% of the target rows and the soft
+    student none (the all-O collapse of a soft step that did not fit, seen on real data)."""
+    names = ["O", "B-LOC", "I-PER", "B-ORG"]
+    teacher = np.zeros((1000, 4), dtype=np.float16)
+    teacher[:, 0] = 1
+    teacher[:30, 1], teacher[:30, 0] = 0.9, 0.1  # B-LOC on 3% of the rows
+    teacher[30:40, 2], teacher[30:40, 0] = 0.9, 0.1  # I-PER on 1%
+    teacher[40:45, 3], teacher[40:45, 0] = 0.9, 0.1  # B-ORG on 0.5%: below the share
+    collapsed = np.zeros(1000, dtype=np.int32)
+    record = fidelity_counts(teacher, collapsed, names, chunk=300)
+    assert record["teacher_distribution"] == {"O": 955, "B-LOC": 30, "I-PER": 10, "B-ORG": 5}
+    assert record["teacher_agreement"] == pytest.approx(0.955)
+    assert lost_classes(record) == ["B-LOC", "I-PER"]
+    follows = teacher.argmax(-1).astype(np.int32)
+    follows[30:40] = 0  # the student misses I-PER alone
+    assert lost_classes(fidelity_counts(teacher, follows, names)) == ["I-PER"]
+    assert lost_classes(fidelity_counts(teacher, teacher.argmax(-1), names)) == []
+    assert lost_classes(record, share=0.005) == ["B-LOC", "I-PER", "B-ORG"]

@@ -413,6 +413,15 @@ def fidelity_counts(
     }
 
 
+def lost_classes(fidelity: dict, share: float = 0.01) -> list[str]:
+    """The classes the teacher's argmax gives at least ``share`` of the target rows and the soft
+    student's none (``fidelity_counts``' record): a soft step that did not fit its teacher
+    (e.g. an all-O student), whose pseudo labels can hold none of them."""
+    teacher, student = fidelity["teacher_distribution"], fidelity["student_distribution"]
+    rows = sum(teacher.values())
+    return [c for c, n in teacher.items() if rows and n >= share * rows and student.get(c, 0) == 0]
+
+
 def target_counts(
     enc: Encoded, pseudo: np.ndarray, agreed: np.ndarray, names: list[str], chunk: int = CHUNK_ITEMS
 ) -> dict:
@@ -884,6 +893,18 @@ class SelfTraining:
                     f"classes {counts['pseudo_distribution']}"
                 )
                 atomic_write_text(rdir / "filter.json", json.dumps(counts, indent=2) + "\n")
+                lost = lost_classes(counts)
+                if lost:
+                    msg = (
+                        f"round {r}: the soft student predicts none of {lost} on the target "
+                        f"rows, where its teacher gives each to at least 1% of them (it follows "
+                        f"the teacher on {100 * counts['teacher_agreement']:.1f}% of the rows): "
+                        "the soft step did not fit, and no pseudo label can be of these classes "
+                        "(see the soft step's loss in selftrain.jsonl; a lower selftrain.soft.lr "
+                        "or head_lr_scale may help)"
+                    )
+                    warnings.warn(msg, stacklevel=2)
+                    self.say(msg)
 
             specs = {
                 "source_keep": ("U8", (len(self.gold),)),

@@ -1,9 +1,9 @@
 """Experiment configs: a TOML file (stdlib ``tomllib``) mapped onto frozen dataclasses.
 
 ``load_config(path, overrides)`` reads the file (or a stage folder's ``config.json``: the
-resolved config that stage ran with, to run it again or alike), applies ``--set key=value`` overrides (dotted
-keys; the value is read as a TOML value, and as a plain string when it is not one), and builds
-an ``ExperimentConfig``. Every problem is collected before anything runs and reported at once in
+resolved config that stage ran with, to run it again or alike), applies ``--set key=value``
+overrides (dotted keys; the value is read as a TOML value, and as a plain string when it is not
+one), and builds an ``ExperimentConfig``. Every problem is collected before anything runs and reported at once in
 a ``ConfigError`` naming the file and the key: unknown keys, wrong types, bad values. Missing
 files are checked per stage by ``check_files(cfg, stage)``, again naming the key.
 

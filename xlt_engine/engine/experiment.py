@@ -365,15 +365,8 @@ def _take_twin(cfg, stage, stage_cfg, plan, twin: Path, main: bool, echo):
         else:
             link_tree(twin, plan.folder, lambda rel: rel.parts[0] != output.parts[0])
         theirs = twin / "run.json"
-        seconds = (
-            json.loads(theirs.read_text(encoding="utf-8")).get("seconds")
-            if theirs.is_file()
-            else None
-        )
-        path = plan.folder / "run.json"
-        info = json.loads(path.read_text(encoding="utf-8"))
-        info |= {"seconds": seconds, "shared_from": str(twin)}
-        atomic_write_text(path, json.dumps(info, indent=2) + "\n")
+        info = json.loads(theirs.read_text(encoding="utf-8")) if theirs.is_file() else {}
+        record_seconds(plan.folder, info.get("seconds"), shared_from=str(twin))
         if echo:
             echo(
                 f"{stage}: {twin} made it with the same fingerprint (another pair's); linked "
@@ -431,12 +424,12 @@ def run_teachers(cfg: ExperimentConfig, resume: bool = False, echo=print, progre
     return out
 
 
-def record_seconds(folder: Path, seconds: float) -> None:
-    """Add the stage's wall time (this run of it: a resumed stage counts from its resume) to
-    its ``run.json``."""
+def record_seconds(folder: Path, seconds: float | None, **extra) -> None:
+    """Add the stage's wall time (this run of it: a resumed stage counts from its resume; None
+    where unknown) and ``extra`` keys to its ``run.json``."""
     path = folder / "run.json"
     info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    info["seconds"] = round(seconds, 3)
+    info |= {"seconds": None if seconds is None else round(seconds, 3), **extra}
     atomic_write_text(path, json.dumps(info, indent=2) + "\n")
 
 

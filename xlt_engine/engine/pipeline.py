@@ -253,8 +253,13 @@ def all_table(results: dict) -> str:
 def ablation_rows(cfg: ExperimentConfig) -> tuple[str, ...]:
     """The rows ``run_ablate`` can make for ``cfg``: ``ABLATION_ROWS``, and with several sources
     per source alone its Ours, - ST and direct-transfer rows (``"Ours (eng only)"``...)."""
-    alone = cfg.source_languages if len(cfg.source_languages) > 1 else ()
+    alone = _alone_sources(cfg)
     return (*ABLATION_ROWS, *(f"{r} ({lang} only)" for lang in alone for r in SINGLE_SOURCE_ROWS))
+
+
+def _alone_sources(cfg: ExperimentConfig) -> tuple[str, ...]:
+    """The sources the ablation also runs alone: every one when there are several."""
+    return cfg.source_languages if len(cfg.source_languages) > 1 else ()
 
 
 def run_ablate(
@@ -294,7 +299,7 @@ def run_ablate(
         "linear": (with_linear_head(cfg), {"table_name": "all-linear-head"}),
         "nobtf": (cfg, {"table_name": "all-no-btf"}),
     }  # fmt: skip
-    single = cfg.source_languages if len(cfg.source_languages) > 1 else ()
+    single = _alone_sources(cfg)
     for lang in single:  # several sources: the method from each one alone
         alone = dataclasses.replace(cfg, source=lang, sources=())
         variants[lang] = (alone, {"table_name": f"all-{lang}-only"})

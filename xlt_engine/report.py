@@ -195,7 +195,7 @@ def results_section(folder: Path) -> str:
 
 def studies_section(folder: Path, figs: Figures) -> str:
     parts = []
-    for stem in STUDIES:
+    for stem in (*STUDIES, *(f"{s}-dev" for s in STUDIES)):  # the dev tables (evaluate.split)
         path = folder / f"{stem}.json"
         if not path.is_file():
             continue

@@ -19,8 +19,9 @@ from tests.engine.conftest import cls_slice, conll_slice
 from xlt_engine.cli import main
 from xlt_engine.data import read_conll
 from xlt_engine.engine.config import ConfigError, load_config
+from xlt_engine.engine.experiment import build_evaluate
 from xlt_engine.engine.pipeline import ablation_table, all_table, study_table
-from xlt_engine.engine.runs import round1_twin, stage_dir
+from xlt_engine.engine.runs import round1_twin, stage_dir, with_section
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -167,6 +168,52 @@ def test_all_again_runs_nothing_twice(ner_cfg, ner_all):
     assert res.exit_code == 0, res.output
     assert res.output.count("not run again") == 4  # btf, both finetunes, selftrain
     assert (out / "eng-esp" / "selftrain" / "selftrain.jsonl").read_text() == before
+
+
+def test_dev_split_scores_every_model_on_the_dev_files_beside_the_test_tables(
+    ner_cfg, ner_all, tmp_path
+):
+    """``evaluate.split = "dev"``: the same models (nothing trained again) scored on
+    ``data.max_dev`` sentences of each language's dev file, into folders and tables of their
+    own; the test scores stay as they were."""
+    out, _ = ner_all
+    pair = out / "eng-esp"
+    esp_dev = conll_slice(SHARED_DATA / "conll2002/esp.testa", tmp_path / "esp.dev", 40)
+    tests_before = {
+        name: _tree(pair / name)
+        for name in ("evaluate-finetune", "evaluate-selftrain", "evaluate-finetune-direct-linear")
+    }
+    all_before = (out / "all.json").read_bytes()
+    sets = ['targets=["esp"]', "evaluate.split=dev", f"languages.esp.dev={str(esp_dev)!r}"]
+    res = run_all_cli(ner_cfg, out, *sets)
+    assert res.exit_code == 0, res.output
+    assert res.output.count("not run again") == 4  # btf, both finetunes, selftrain
+    assert (out / "all.json").read_bytes() == all_before
+    assert {name: _tree(pair / name) for name in tests_before} == tests_before
+    dev = json.loads((out / "all-dev.json").read_text())
+    assert dev["split"] == "dev" and "on the dev files" in (out / "all-dev.md").read_text()
+    root = Path(load_config(ner_cfg).data.root)
+    for col, folder in (("direct", "finetune-direct-linear"), ("btf", "finetune"),
+                        ("selftrain", "selftrain")):  # fmt: skip
+        scored = json.loads((pair / f"evaluate-{folder}-dev" / "results.json").read_text())
+        assert scored["split"] == "dev" and scored["model"] == str(pair / folder / "model")
+        langs = scored["languages"]
+        assert (langs["esp"]["file"], langs["eng"]["file"]) == (str(esp_dev), str(root / "eng.dev"))
+        assert (langs["esp"]["sentences"], langs["eng"]["sentences"]) == (40, 60)  # all of them
+        assert dev["targets"]["esp"][col] == langs["esp"]["score"]
+        assert dev["targets"]["esp"]["source"][col] == langs["eng"]["score"]
+    # data.max_dev caps a dev evaluation as data.max_test a test one (the same seeded sample)
+    cfg = load_config(ner_cfg, [*sets, "data.max_dev=25", "data.max_test=9", f"out={str(out)!r}"])
+    assert build_evaluate(with_section(cfg, "evaluate", model="finetune")).max_test == 25
+    test = with_section(cfg, "evaluate", model="finetune", split="test")
+    assert build_evaluate(test).max_test == 9
+    # a language without a dev file is named before anything runs
+    res = run_all_cli(ner_cfg, out, "target=ned", "evaluate.split=dev")
+    assert (
+        res.exit_code == 1 and "languages.ned.dev: missing (stage evaluate needs it)" in res.output
+    )
+    res = run_all_cli(ner_cfg, out, "evaluate.split=train")
+    assert res.exit_code == 1 and "split must be one of test, dev, got 'train'" in res.output
 
 
 def test_another_pairs_stage_is_taken_only_on_its_very_fingerprint(ner_cfg, ner_all, tmp_path):
@@ -481,6 +528,56 @@ def test_threshold_stability_reads_a_run_back_from_its_config_json(ner_all):
     curve = weighted_curve(conf, correct, np.ones_like(conf), recorded["thresholds"])
     want = np.array([np.nan if a is None else a for a in recorded["accuracy"]])
     np.testing.assert_allclose(curve, want, rtol=0, atol=1e-6)
+
+
+def test_dev_sweep_links_what_the_setting_leaves_alone_and_scores_on_dev(
+    ner_cfg, ner_all, tmp_path
+):
+    """benchmarks/dev_sweep.py: one rounds study on the dev files per value of the soft lr;
+    btf and the teachers are linked from the earlier run, not trained again; the value the run
+    was made with takes its round 1 from there too, the other trains its own."""
+    from benchmarks import dev_sweep
+
+    out, _ = ner_all
+    reuse = tmp_path / "reuse"
+    reuse.mkdir()
+    (reuse / "seed-5").symlink_to(out)  # the study layout: <folder>/seed-<s>/<pair>
+    esp_dev = conll_slice(SHARED_DATA / "conll2002/esp.testa", tmp_path / "esp.dev", 30)
+    sweep, results = tmp_path / "sweep", tmp_path / "results"
+    dev_sweep.main(["--config", str(ner_cfg), "--name", "t", "--seeds", "5",
+                    "--sweep", "selftrain.soft.lr=3e-3,1e-3", "--max-rounds", "0.5",
+                    "--out", str(sweep), "--reuse", str(reuse), "--results", str(results),
+                    "--set", 'targets=["esp"]', "--set", f"languages.esp.dev={str(esp_dev)!r}"])  # fmt: skip
+    report = json.loads(next(results.glob("dev_sweep_t_*.json")).read_text())
+    assert report["key"] == "selftrain.soft.lr" and report["values"] == ["3e-3", "1e-3"]
+    teacher = set()
+    for value, shared in (("3e-3", True), ("1e-3", False)):
+        pair = sweep / f"selftrain.soft.lr={value}" / "seed-5" / "eng-esp"
+        for f in ("btf/base-model/model.safetensors", "finetune/model/model.safetensors"):
+            assert (pair / f).stat().st_ino == (out / "eng-esp" / f).stat().st_ino, f
+        st = pair / "selftrain-rounds0.5"
+        assert json.loads((st / "config.json").read_text())["stage_config"]["soft"]["lr"] == float(
+            value
+        )
+        took = [r for r in _records(st) if "shared_from" in r]
+        assert bool(took) is shared, value
+        run = report["runs"][value]
+        study = json.loads((pair.parent.parent / "rounds-study-dev.json").read_text())
+        assert study["split"] == "dev" and run["scores"] == study["scores"]
+        assert list(run["scores"]) == ["N = 0 (teacher)", "N = 0.5"]
+        scored = json.loads(
+            (pair / "evaluate-selftrain-rounds0.5-round-1-soft-dev" / "results.json").read_text()
+        )
+        assert run["scores"]["N = 0.5"]["esp"] == [scored["languages"]["esp"]["score"]]
+        assert scored["languages"]["esp"]["file"] == str(esp_dev)
+        teacher.add(run["scores"]["N = 0 (teacher)"]["esp"][0])
+        assert [f["round"] for f in run["soft_fit"]] == [1] and run["soft_fit"][0]["loss"] > 0
+    assert len(teacher) == 1  # the same linked teacher, scored on the same dev sentences
+    md = next(results.glob("dev_sweep_t_*.md")).read_text()
+    assert "| selftrain.soft.lr | N = 0 (teacher) | N = 0.5 | self-training time |" in md
+    assert re.search(r"\| 1e-3 \| \d+\.\d\d ± 0\.00 \| \d+\.\d\d ± 0\.00 \|", md)
+    with pytest.raises(SystemExit, match="KEY=V1,V2"):
+        dev_sweep.parse_sweep("selftrain.soft.lr")
 
 
 def test_ablate_table_has_every_row_with_mean_and_std(tiny, tmp_path):

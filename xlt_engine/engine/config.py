@@ -487,19 +487,31 @@ class CotrainSection(CotrainSettings):
 
 
 @dataclass(frozen=True)
-class EvaluateSection:
+class InferenceSection:
     model: str = "finetune"  # a stage name ("finetune", "finetune-direct", "selftrain"), a
     # co-training model ("cotrain": its predict_with, "cotrain-lm", "cotrain-emb",
     # "cotrain-mean": the mean of both views) or a model folder
     max_tokens: int = EVAL_MAX_TOKENS  # padded tokens per inference batch
 
     def __post_init__(self):
+        check_choices(self)
         if self.max_tokens < 8:
             raise ValueError(f"max_tokens must be >= 8, got {self.max_tokens}")
 
 
+Split = Literal["test", "dev"]
+
+
 @dataclass(frozen=True)
-class PredictSection(EvaluateSection):
+class EvaluateSection(InferenceSection):
+    # the labeled files scored: each language's test file, or its dev file (``data.max_dev``
+    # of them) for choices made on dev data only; a dev evaluation has its own folder
+    # (``evaluate-<model>-dev``) and tables (``all-dev``, ``ablation-dev``...)
+    split: Split = "test"
+
+
+@dataclass(frozen=True)
+class PredictSection(InferenceSection):
     input: str | None = None
     output: str | None = None
 
@@ -924,10 +936,11 @@ def check_files(cfg: ExperimentConfig, stage: str) -> None:
         else:
             need("cotrain.embedding_model", Path(emb), folder=True)
     elif stage == "evaluate":
+        split = cfg.evaluate.split
         for lang in (src, *cfg.targets):
-            need(f"languages.{lang}.test", cfg.data_path(lang, "test"))
-        for lang in (x for x in cfg.source_languages if x != src):  # other sources' tests
-            need(f"languages.{lang}.test", cfg.data_path(lang, "test"), required=False)
+            need(f"languages.{lang}.{split}", cfg.data_path(lang, split))
+        for lang in (x for x in cfg.source_languages if x != src):  # other sources' files
+            need(f"languages.{lang}.{split}", cfg.data_path(lang, split), required=False)
     elif stage == "predict":
         if cfg.predict.input is None:
             problems.append("predict.input: missing (the file to predict)")

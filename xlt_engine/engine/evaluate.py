@@ -23,7 +23,7 @@ from xlt_engine.data.conll import DOCSTART
 from xlt_engine.data.examples import decode_text, read_bytes, split_columns, split_lines
 from xlt_engine.data.task import encode, read_task_file, task_kind
 from xlt_engine.data.tokenizer import load_tokenizer
-from xlt_engine.engine.config import TaskSettings, check_limit
+from xlt_engine.engine.config import Split, TaskSettings, check_limit
 from xlt_engine.engine.distributed import resolve_device
 from xlt_engine.engine.inference import (
     check_task_model,
@@ -79,6 +79,7 @@ class EvaluateConfig(TaskSettings):
     ensemble: tuple[str, ...] = ()
     max_test: int | None = None  # examples sampled from each test file (sample_seed), None: all
     sample_seed: int = 0
+    split: Split = "test"  # what the files of ``tests`` are (written into results.json)
 
     def __post_init__(self):
         super().__post_init__()
@@ -98,6 +99,8 @@ def markdown_table(results: dict) -> str:
     ner = results["metric"] == "entity_f1"
     head = ["language", "F1" if ner else "accuracy"] + (["strict F1"] if ner else []) + ["gap"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if results.get("split", "test") != "test":
+        rows.insert(0, f"on the {results['split']} files\n")
     for lang, s in results["languages"].items():
         gap = results["transfer_gap"].get(lang)
         cells = [
@@ -143,6 +146,7 @@ def run_evaluate(cfg: EvaluateConfig, echo=print) -> dict:
         **({"ensemble": [str(cfg.model), *cfg.ensemble]} if cfg.ensemble else {}),
         "metric": next(iter(scores.values()))["metric"],
         "source": cfg.source,
+        "split": cfg.split,
         "languages": scores,
         "transfer_gap": gap,
         "mean_target": (sum(scores[t]["score"] for t in targets) / len(targets))

@@ -229,7 +229,8 @@ def build_evaluate(cfg: ExperimentConfig) -> EvaluateConfig:
     check_files(cfg, "evaluate")
     model, *more = model_paths(cfg, cfg.evaluate.model, "evaluate.model")
     folder = stage_dir(cfg, "evaluate")
-    tests = {lang: str(cfg.data_path(lang, "test")) for lang in evaluated_languages(cfg)}
+    split = cfg.evaluate.split
+    tests = {lang: str(cfg.data_path(lang, split)) for lang in evaluated_languages(cfg)}
     return EvaluateConfig(
         model=str(model),
         ensemble=tuple(str(m) for m in more),
@@ -241,8 +242,9 @@ def build_evaluate(cfg: ExperimentConfig) -> EvaluateConfig:
         max_len=cfg.model.max_len,
         eval_max_tokens=cfg.evaluate.max_tokens,
         device=cfg.device,
-        max_test=cfg.data.max_test,
+        max_test=cfg.data.max_test if split == "test" else cfg.data.max_dev,
         sample_seed=cfg.seed,
+        split=split,
     )
 
 

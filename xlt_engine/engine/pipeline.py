@@ -26,6 +26,9 @@ With several sources (``sources``) btf reads every source's text and the target'
 The paper's two studies, tables alike: ``run_threshold_study`` (self-training at each fixed
 alpha of a list, beside the automatic threshold) and ``run_rounds_study`` (the student after
 every soft and hard step up to N rounds).
+Every table is scored on the test files, or with ``evaluate.split = "dev"`` on the dev files
+(``data.max_dev`` of them) into tables of their own (``all-dev``, ``ablation-dev``...): choices
+such as a learning rate are made on those, the test tables reported.
 
 ``run_cotrain_ablation``: paper 003's rows (``cotrain_rows``: fine-tune only, self-training of
 each view, co-training, Label and Semantic Alignment, translate-train) for every seed, as a
@@ -49,6 +52,7 @@ from xlt_engine.engine.runs import (
     check_plans,
     model_stage,
     plan_stage,
+    split_suffix,
     stage_dir,
     teacher_models,
     with_linear_head,
@@ -165,7 +169,12 @@ def run_all(
     steps = check_all(cfg, btf, selftrain, direct, finetuned)
     start = time.perf_counter()
     timings: list[tuple[str, float | None]] = []  # (pair and stage, seconds; None: reused)
-    results: dict = {"metric": None, "source": cfg.source, "targets": {}}
+    results: dict = {
+        "metric": None,
+        "source": cfg.source,
+        "split": cfg.evaluate.split,
+        "targets": {},
+    }
     column = {"finetune-direct": "direct", "finetune": "btf", "selftrain": "selftrain"}
     for pc, stage in steps:
         where = f"[{pc.source}-{pc.pair_target}]"
@@ -184,9 +193,9 @@ def run_all(
             continue
         timings.append(_run_step(pc, stage, resume, echo, progress))
     if rank_world()[0] == 0:
-        write_results(table_dir(cfg), table_name, results, all_table(results), echo)
+        name = write_table(cfg, table_name, results, all_table(results), echo)
         if echo:
-            echo(run_summary(timings, time.perf_counter() - start, table_dir(cfg), table_name))
+            echo(run_summary(timings, time.perf_counter() - start, table_dir(cfg), name))
     return results
 
 
@@ -222,6 +231,20 @@ def run_summary(timings, seconds: float, folder: Path, table_name: str) -> str:
     return "\n".join(lines)
 
 
+def write_table(cfg: ExperimentConfig, name: str, result: dict, table: str, echo) -> str:
+    """``<name>.json`` and ``.md`` in ``table_dir(cfg)``, ``<name>-dev`` when scored on the dev
+    files (``evaluate.split``, so a dev table never replaces a test one); returns the name."""
+    name += split_suffix(cfg)
+    write_results(table_dir(cfg), name, result, table, echo)
+    return name
+
+
+def _scored_on(result: dict) -> str:
+    """`` on the dev files`` in a table's caption when it was not scored on the test files."""
+    split = result.get("split", "test")
+    return "" if split == "test" else f" on the {split} files"
+
+
 def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
@@ -230,7 +253,11 @@ def all_table(results: dict) -> str:
     """Markdown: one row per target (its score under each model), then the source language."""
     metric = "entity F1" if results["metric"] == "entity_f1" else "accuracy"
     head = ["language"] + [HEADINGS[c] for c in COLUMNS]
-    rows = [f"{metric} (%)\n", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = [
+        f"{metric} (%){_scored_on(results)}\n",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     targets = results["targets"]
     for t, row in targets.items():
         rows.append("| " + " | ".join([t] + [_pct(row[c]) for c in COLUMNS]) + " |")
@@ -333,14 +360,15 @@ def run_ablate(
         "metric": next(iter(runs.values()))["metric"],
         "seeds": list(seeds),
         "fixed_alpha": fixed_alpha,
+        "split": cfg.evaluate.split,
         "scores": scores,
     }
     if rank_world()[0] == 0:
-        write_results(root, "ablation", result, ablation_table(result), echo)
+        write_table(cfg, "ablation", result, ablation_table(result), echo)
     return result
 
 
-def _seeded(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
+def seed_config(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
     """``cfg`` for one seed of a study: its runs in ``<table_dir>/seed-<s>`` (shared with the
     ablation's, so every stage they have in common is reused)."""
     return dataclasses.replace(cfg, seed=seed, out=str(table_dir(cfg) / f"seed-{seed}"))
@@ -379,13 +407,13 @@ def run_threshold_study(
             fixed = with_section(cfg, "selftrain", threshold="fixed", alpha=a)
             variants[row] = (fixed, f"all-alpha{a:g}")
         for row, (c, table) in variants.items():
-            res = run_all(_seeded(c, seed), resume=resume, echo=echo, progress=progress,
+            res = run_all(seed_config(c, seed), resume=resume, echo=echo, progress=progress,
                           table_name=table)  # fmt: skip
             metric = res["metric"]
             for t, r in res["targets"].items():
                 if r["selftrain"] is not None:
                     scores[row].setdefault(t, []).append(r["selftrain"])
-        for pc in pair_configs(_seeded(cfg, seed)):
+        for pc in pair_configs(seed_config(cfg, seed)):
             summary = stage_dir(pc, "selftrain") / "summary.json"
             if summary.is_file():
                 log = json.loads(summary.read_text(encoding="utf-8"))["log"]
@@ -396,6 +424,7 @@ def run_threshold_study(
         "metric": metric,
         "seeds": list(seeds),
         "alphas": list(alphas),
+        "split": cfg.evaluate.split,
         "scores": scores,
         "automatic_alphas": chosen,  # per target, per seed: alpha of each round
     }
@@ -404,7 +433,7 @@ def run_threshold_study(
             f"self-training with a fixed threshold alpha, and the automatic one "
             f"({cfg.selftrain.threshold}; the alphas it chose are in threshold-study.json)"
         )
-        write_results(table_dir(cfg), "threshold-study", result, study_table(result, caption), echo)
+        write_table(cfg, "threshold-study", result, study_table(result, caption), echo)
     return result
 
 
@@ -428,7 +457,7 @@ def run_rounds_study(
     for seed in seeds:
         if echo:
             echo(f"=== seed {seed}")
-        seeded = _seeded(long, seed)
+        seeded = seed_config(long, seed)
         res = run_all(seeded, resume=resume, echo=echo, progress=progress,
                       table_name=f"all-rounds{max_rounds:g}")  # fmt: skip
         metric = res["metric"]
@@ -447,6 +476,7 @@ def run_rounds_study(
         "metric": metric,
         "seeds": list(seeds),
         "max_rounds": max_rounds,
+        "split": cfg.evaluate.split,
         "scores": scores,
     }
     if rank_world()[0] == 0:
@@ -454,7 +484,7 @@ def run_rounds_study(
             "the student after N rounds of self-training (N = r - 0.5: round r's soft step, "
             "N = r: its hard step); N = 0: the fine-tuned teacher (+ BTF)"
         )
-        write_results(table_dir(cfg), "rounds-study", result, study_table(result, caption), echo)
+        write_table(cfg, "rounds-study", result, study_table(result, caption), echo)
     return result
 
 
@@ -484,7 +514,7 @@ def study_table(result: dict, caption: str) -> str:
     metric = "entity F1" if result["metric"] == "entity_f1" else "accuracy"
     head = ["model", *targets, "average"]
     lines = [
-        f"{metric} (%), mean ± std over seeds {result['seeds']}; {caption}\n",
+        f"{metric} (%){_scored_on(result)}, mean ± std over seeds {result['seeds']}; {caption}\n",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
     ]
@@ -563,7 +593,7 @@ def run_cotrain_ablation(
     _check_seeds(seeds)
     distributed.init(cfg.device)
     for seed in seeds:  # everything checked first: a bad file or stale folder costs nothing
-        seeded = _seeded(cfg, seed)
+        seeded = seed_config(cfg, seed)
         steps = _cotrain_steps(seeded)
         evals = [
             (with_section(c, "evaluate", model=m), "evaluate")
@@ -581,7 +611,7 @@ def run_cotrain_ablation(
     for seed in seeds:
         if echo:
             echo(f"=== seed {seed}")
-        seeded = _seeded(cfg, seed)
+        seeded = seed_config(cfg, seed)
         for pc, stage in _cotrain_steps(seeded):
             name, secs = _run_step(pc, stage, resume, echo, progress)
             seconds.setdefault(name, []).append(secs)
@@ -602,8 +632,9 @@ def run_cotrain_ablation(
         "metric": metric,
         "seeds": list(seeds),
         "predict_with": cfg.cotrain.predict_with,
+        "split": cfg.evaluate.split,
         "scores": scores,
-        "source_scores": source,  # each row's score on the source language's test file
+        "source_scores": source,  # each row's score on the source language's test (dev) file
         "seconds": seconds,  # per stage folder (pair and name), per seed; None: reused
         "left_out": left_out,
     }
@@ -614,7 +645,5 @@ def run_cotrain_ablation(
         )
         if left_out:
             caption += f"; {', '.join(left_out)} need finetune.parallel_file (not set)"
-        write_results(
-            table_dir(cfg), "cotrain-ablation", result, study_table(result, caption), echo
-        )
+        write_table(cfg, "cotrain-ablation", result, study_table(result, caption), echo)
     return result

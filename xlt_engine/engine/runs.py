@@ -126,22 +126,34 @@ def stage_dir(cfg: ExperimentConfig, stage: str) -> Path:
     if stage == "cotrain":
         return run / ("cotrain-self" if cfg.cotrain.exchange == "self" else "cotrain")
     if stage == "evaluate":
-        name = cfg.evaluate.model
-        if name in COTRAIN_MODELS:
-            views = cotrain_views(cfg, name)
-            which = "mean" if len(views) > 1 else views[0]
-            return run / f"evaluate-{stage_dir(cfg, 'cotrain').name}-{which}"
-        if name in NAMED_MODELS[1:]:
-            return run / f"evaluate-{stage_dir(*model_stage(cfg, name)).name}"
-        parts = Path(name).resolve().parts
-        inside = run.resolve().parts
-        if parts[: len(inside)] == inside and len(parts) > len(inside):
-            rel = list(parts[len(inside) :])
-            if rel[-1] == "model" and len(rel) > 1:
-                rel = rel[:-1]
-            return run / ("evaluate-" + "-".join(rel))
-        return run / "evaluate-model"
+        return run / (f"evaluate-{_scored(cfg, run)}" + split_suffix(cfg))
     return run / stage
+
+
+def _scored(cfg: ExperimentConfig, run: Path) -> str:
+    """What an evaluation folder is named after: the model's stage folder (``selftrain``,
+    ``cotrain-emb``...), its path inside the run folder, or ``model``."""
+    name = cfg.evaluate.model
+    if name in COTRAIN_MODELS:
+        views = cotrain_views(cfg, name)
+        which = "mean" if len(views) > 1 else views[0]
+        return f"{stage_dir(cfg, 'cotrain').name}-{which}"
+    if name in NAMED_MODELS[1:]:
+        return stage_dir(*model_stage(cfg, name)).name
+    parts = Path(name).resolve().parts
+    inside = run.resolve().parts
+    if parts[: len(inside)] == inside and len(parts) > len(inside):
+        rel = list(parts[len(inside) :])
+        if rel[-1] == "model" and len(rel) > 1:
+            rel = rel[:-1]
+        return "-".join(rel)
+    return "model"
+
+
+def split_suffix(cfg: ExperimentConfig) -> str:
+    """``-dev`` for an evaluation on the dev files (``evaluate.split``): in its folder's and
+    its tables' names, so it never replaces the test scores."""
+    return "" if cfg.evaluate.split == "test" else f"-{cfg.evaluate.split}"
 
 
 def model_stage(cfg: ExperimentConfig, name: str) -> tuple[ExperimentConfig, str]:
@@ -441,9 +453,12 @@ def teacher_models(cfg: ExperimentConfig) -> dict[str, tuple[ExperimentConfig, s
 
 
 def evaluated_languages(cfg: ExperimentConfig) -> list[str]:
-    """The languages ``evaluate`` scores: the source, every other source with a test file, the
-    targets."""
-    others = [x for x in cfg.source_languages if x != cfg.source and cfg.languages[x].test]
+    """The languages ``evaluate`` scores: the source, every other source with a file of the
+    split (``evaluate.split``: test or dev), the targets."""
+    split = cfg.evaluate.split
+    others = [
+        x for x in cfg.source_languages if x != cfg.source and getattr(cfg.languages[x], split)
+    ]
     return [cfg.source, *others, *cfg.targets]
 
 
@@ -545,10 +560,13 @@ def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
         settings = dict(common)
         if cfg.evaluate.model in COTRAIN_MODELS:  # which views' probabilities make the prediction
             settings["evaluate.views"] = list(cotrain_views(cfg, cfg.evaluate.model))
+        split = cfg.evaluate.split
+        if split != "test":  # (test: older fingerprints stay valid)
+            settings["evaluate.split"] = split
         plan = StagePlan(cfg, stage, settings, {})
         _model_input(cfg, cfg.evaluate.model, "evaluate.model", plan)
         for lang in evaluated_languages(cfg):
-            plan.inputs[f"languages.{lang}.test"] = cfg.data_path(lang, "test")
+            plan.inputs[f"languages.{lang}.{split}"] = cfg.data_path(lang, split)
     else:
         raise ValueError(f"stage {stage!r} has no run folder")
     return plan

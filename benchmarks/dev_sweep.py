@@ -8,9 +8,10 @@ students' fit (loss, classes of their argmax) and the self-training wall time.
 Each value's runs go to ``<out>/<key>=<value>/seed-<s>``. Into them are hard-linked the finished
 training stages (btf, finetune*, selftrain*) of ``--reuse FOLDER`` (an earlier study of the same
 layout, e.g. the test study's ``runs/study-conll``) and of the values run before, except where
-the study plans that folder with another fingerprint: what the setting does not touch is
-trained once (a self-training folder that differs only after round 1's soft step gives its
-round 1: ``round1_twin``).
+the study plans that folder with another fingerprint or (a folder it does not plan) it was made
+with another value of the setting: what the setting does not touch is trained once (a
+self-training folder that differs only after round 1's soft step gives its round 1:
+``round1_twin``), and a value's folder holds nothing of another value's.
 
     python benchmarks/dev_sweep.py --config configs/e5-small-conll.toml --name soft_lr \\
         --sweep selftrain.soft.lr=3e-4,1e-4,3e-5 --max-rounds 0.5 --seeds 1,2,3 \\
@@ -20,6 +21,7 @@ round 1: ``round1_twin``).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import shlex
@@ -38,7 +40,7 @@ from xlt_engine.fileio import link_tree, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: benchmarks/ is a package of the repository
-from benchmarks.study import classes, mean_std, seconds_of  # noqa: E402
+from benchmarks.study import classes, mean_std, seconds_of, write_report  # noqa: E402
 
 TRAINED = ("btf", "finetune", "selftrain")  # stage folders --reuse links (name prefixes)
 FINISHED = ("model", "base-model")  # what a finished training stage holds
@@ -56,12 +58,21 @@ def planned_digests(cfg, seeds: list[int], max_rounds: float) -> dict[Path, str]
 
 
 def link_finished(
-    sources: list[Path], out: Path, seeds: list[int], planned: dict[Path, str]
+    sources: list[Path],
+    out: Path,
+    seeds: list[int],
+    planned: dict[Path, str],
+    setting: tuple[str, object],
 ) -> list[str]:
     """Hard-link into ``out/seed-<s>/<pair>`` every finished training stage folder of
     ``<source>/seed-<s>/<pair>`` it lacks (the first source that has one wins), unless the
-    study plans that folder with another fingerprint (it trains its own then: a value of the
-    setting that acts on it); returns what it linked (``seed-<s>/<pair>/<folder>``)."""
+    study plans that folder with another fingerprint, or (a folder it does not plan: a round-1
+    twin, another row's run) the folder was made with another value of the swept ``setting``
+    (key, value): this value trains its own, and no folder of another value is left where a
+    later run in ``out`` would take it for its own (and stop, stale). Returns what it linked
+    (``seed-<s>/<pair>/<folder>``)."""
+    key, value = setting
+    value = json.loads(json.dumps(value))  # as a fingerprint records it
     linked = []
     for source in sources:
         for seed in seeds:
@@ -73,19 +84,25 @@ def link_finished(
                     if not (folder.is_dir() and folder.name.startswith(TRAINED) and done):
                         continue
                     dst = out / f"seed-{seed}" / pair.name / folder.name
+                    theirs = _fingerprint(folder)
                     want = planned.get(dst)
-                    if dst.exists() or (want is not None and want != _digest(folder)):
+                    if want is not None:
+                        ok = want == theirs.get("digest")
+                    else:
+                        ok = theirs.get("settings", {}).get(key, value) == value
+                    if dst.exists() or not ok:
                         continue
                     link_tree(folder, dst)
                     linked.append(str(dst.relative_to(out)))
     return linked
 
 
-def _digest(folder: Path) -> str | None:
+def _fingerprint(folder: Path) -> dict:
     try:
-        return json.loads((folder / FINGERPRINT).read_text(encoding="utf-8")).get("digest")
+        found = json.loads((folder / FINGERPRINT).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
+        return {}
+    return found if isinstance(found, dict) else {}
 
 
 def selftrain_folders(cfg, seeds: list[int], max_rounds: float) -> list[tuple[int, Path]]:
@@ -143,7 +160,8 @@ def run_sweep(args, argv: list[str]) -> dict:
         sets = [*args.overrides, f"{key}={value}", "evaluate.split=dev", f"out={str(out)!r}"]
         cfg = load_config(args.config, sets)
         planned = planned_digests(cfg, seeds, args.max_rounds)
-        linked = link_finished(sources, out, seeds, planned)
+        now = functools.reduce(getattr, key.split("."), cfg)  # the value as the config reads it
+        linked = link_finished(sources, out, seeds, planned, (key, now))
         print(f"=== {key} = {value}: {len(linked)} finished stage folders linked")
         sources.append(out)  # a later value links what this one made and it leaves alone
         t0 = time.perf_counter()
@@ -215,17 +233,24 @@ def render(report: dict) -> str:
                     f"| {value} | {step} | " + " | ".join(f"{100 * v:.2f}" for v in vals) + " |"
                 )
         lines.append("")
-    lines += ["The soft students' fit (final loss of the step; argmax classes on the target rows):",
-              "", f"| {key} | seed | pair | round | loss | soft student | agreement with teacher |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    # the argmax classes are recorded by the filter after a soft step (none after the last, N = r - 0.5)
+    fits = [f for run in report["runs"].values() for f in run["soft_fit"]]
+    seen = any("student_distribution" in f for f in fits)
+    more = " | soft student's classes | agreement with teacher" if seen else ""
+    lines += ["The soft steps' final loss" + (" and the student's argmax on the target rows" if seen else "") + ":",
+              "", f"| {key} | seed | pair | round | loss{more} |",
+              "|---|---|---|---|---|" + ("---|---|" if seen else "")]  # fmt: skip
     for value, run in report["runs"].items():
         for f in run["soft_fit"]:
-            student = classes(f["student_distribution"]) if "student_distribution" in f else "–"
-            agree = f"{100 * f['teacher_agreement']:.1f}%" if "teacher_agreement" in f else "–"
-            lines.append(
-                f"| {value} | {f['seed']} | {f['pair']} | {f['round']} | {f['loss']:.4f} | "
-                f"{student} | {agree} |"
-            )
+            cells = [value, f["seed"], f["pair"], f["round"], f"{f['loss']:.4f}"]
+            if seen:
+                cells.append(
+                    classes(f["student_distribution"]) if "student_distribution" in f else "–"
+                )
+                cells.append(
+                    f"{100 * f['teacher_agreement']:.1f}%" if "teacher_agreement" in f else "–"
+                )
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
     env = report["environment"]
     lines += [
         "",
@@ -251,12 +276,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     report = run_sweep(args, argv)
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"dev_sweep_{args.name}_{date.today().strftime('%Y%m%d')}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    stem.with_suffix(".md").write_text(render(report), encoding="utf-8")
-    print(f"wrote {stem}.md and .json")
+    write_report(Path(args.results), f"dev_sweep_{args.name}", report, render(report))
 
 
 if __name__ == "__main__":

@@ -340,6 +340,15 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
+def write_report(folder: Path, name: str, report: dict, markdown: str) -> None:
+    """``<folder>/<name>_<date>.json`` and ``.md``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"{name}_{date.today().strftime('%Y%m%d')}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    stem.with_suffix(".md").write_text(markdown, encoding="utf-8")
+    print(f"wrote {stem}.md and .json")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="the experiment config (not with --merge)")
@@ -369,12 +378,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error("give --config and --out (a study to run) or --merge (studies to merge)")
     if args.note:
         report["note"] = args.note
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"study_{args.name}_{date.today().strftime('%Y%m%d')}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    stem.with_suffix(".md").write_text(render(report), encoding="utf-8")
-    print(f"wrote {stem}.md and .json")
+    write_report(Path(args.results), f"study_{args.name}", report, render(report))
 
 
 if __name__ == "__main__":

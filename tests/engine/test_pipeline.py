@@ -561,6 +561,9 @@ def test_dev_sweep_links_what_the_setting_leaves_alone_and_scores_on_dev(
         )
         took = [r for r in _records(st) if "shared_from" in r]
         assert bool(took) is shared, value
+        # the earlier run's selftrain (soft lr 3e-3, N = 1.5) is linked where it was made with the
+        # value (a round-1 twin), never into another value's folder
+        assert (pair / "selftrain").is_dir() is shared, value
         run = report["runs"][value]
         study = json.loads((pair.parent.parent / "rounds-study-dev.json").read_text())
         assert study["split"] == "dev" and run["scores"] == study["scores"]

@@ -26,6 +26,7 @@ from tests.engine.conftest import watch_final_save
 from xlt_engine.data.packed import STORE_FORMAT, StoreFile, StoreWriter, build_store, open_store
 from xlt_engine.data.task import Encoded, Ragged, encode, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
+from xlt_engine.engine import selftrain as selftrain_module
 from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
 from xlt_engine.engine.inference import predict_logits
 from xlt_engine.engine.loop import TrainConfig
@@ -38,6 +39,7 @@ from xlt_engine.engine.selftrain import (
     lost_classes,
     row_units,
     run_selftrain,
+    unlabeled_classes,
     whole_units,
     with_targets,
     write_with_targets,
@@ -723,3 +725,35 @@ def test_a_soft_student_that_lost_the_teachers_classes_is_named():
     assert lost_classes(fidelity_counts(teacher, follows, names)) == ["I-PER"]
     assert lost_classes(fidelity_counts(teacher, teacher.argmax(-1), names)) == []
     assert lost_classes(record, share=0.005) == ["B-LOC", "I-PER", "B-ORG"]
+
+
+def test_classes_alpha_admits_no_pseudo_label_of_are_named(
+    base, teacher, data, tmp_path, monkeypatch
+):
+    """unlabeled_classes: the classes the soft student gives >= 1% of the target rows and the
+    pseudo labels none (on real data an automatic alpha of 0.995 kept only O words, and the
+    hard step taught the student O on the whole target text); a run says so with its alpha."""
+    record = {
+        "student_distribution": {"O": 950, "B-LOC": 30, "I-PER": 15, "B-ORG": 5},
+        "pseudo_distribution": {"O": 600, "B-LOC": 0, "I-PER": 4, "B-ORG": 0},
+    }
+    assert unlabeled_classes(record) == ["B-LOC"]  # B-ORG: 0.5% of the rows, below the share
+    assert unlabeled_classes(record, share=0.005) == ["B-LOC", "B-ORG"]
+    record["pseudo_distribution"]["B-LOC"] = 1
+    assert unlabeled_classes(record) == []
+    # the run: the rule applied to filter.json's record, named in a warning with alpha
+    seen = []
+
+    def spy(counts, share=0.01):
+        seen.append(counts)
+        return ["B-LOC"]
+
+    monkeypatch.setattr(selftrain_module, "unlabeled_classes", spy)
+    soft = TrainConfig(max_steps=2, lr=1e-3, log_every=1, seed=1)
+    out = tmp_path / "st"
+    cfg = st_config(base, teacher, data, out, rounds=1.5, soft=soft, threshold="fixed", alpha=0.6)
+    with pytest.warns(
+        UserWarning, match=r"round 1: alpha = 0.6 admits no target pseudo label of \['B-LOC'\]"
+    ):
+        run_selftrain(cfg, echo=None)
+    assert seen == [json.loads((out / "round-1" / "filter.json").read_text())]

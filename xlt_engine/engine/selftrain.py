@@ -422,6 +422,16 @@ def lost_classes(fidelity: dict, share: float = 0.01) -> list[str]:
     return [c for c, n in teacher.items() if rows and n >= share * rows and student.get(c, 0) == 0]
 
 
+def unlabeled_classes(counts: dict, share: float = 0.01) -> list[str]:
+    """The classes the soft student's argmax gives at least ``share`` of the target rows and
+    the pseudo labels none (``filter.json``'s record): alpha admitted no target row of them
+    (e.g. an automatic alpha at the top of the grid, where on NER only O words pass), so on the
+    target text the hard step teaches the student the other classes only."""
+    student, pseudo = counts["student_distribution"], counts["pseudo_distribution"]
+    rows = sum(student.values())
+    return [c for c, n in student.items() if rows and n >= share * rows and pseudo.get(c, 0) == 0]
+
+
 def target_counts(
     enc: Encoded, pseudo: np.ndarray, agreed: np.ndarray, names: list[str], chunk: int = CHUNK_ITEMS
 ) -> dict:
@@ -902,6 +912,18 @@ class SelfTraining:
                         "the soft step did not fit, and no pseudo label can be of these classes "
                         "(see the soft step's loss in selftrain.jsonl; a lower selftrain.soft.lr "
                         "or head_lr_scale may help)"
+                    )
+                    warnings.warn(msg, stacklevel=2)
+                    self.say(msg)
+                unlabeled = unlabeled_classes(counts)
+                if unlabeled:  # (the filter comes before each hard step)
+                    msg = (
+                        f"round {r}: alpha = {alpha:g} admits no target pseudo label of "
+                        f"{unlabeled}, which the soft student predicts on at least 1% of the "
+                        "target rows each: on the target text the hard step teaches only "
+                        f"{sorted(c for c, n in counts['pseudo_distribution'].items() if n)} "
+                        "(see threshold.csv; a fixed selftrain.alpha or another "
+                        "selftrain.threshold rule may suit this task)"
                     )
                     warnings.warn(msg, stacklevel=2)
                     self.say(msg)

@@ -500,6 +500,7 @@ class InferenceSection:
 
 
 Split = Literal["test", "dev"]
+TEST_SPLIT: Split = "test"  # the default: the scores reported; any other split is marked
 
 
 @dataclass(frozen=True)
@@ -507,7 +508,7 @@ class EvaluateSection(InferenceSection):
     # the labeled files scored: each language's test file, or its dev file (``data.max_dev``
     # of them) for choices made on dev data only; a dev evaluation has its own folder
     # (``evaluate-<model>-dev``) and tables (``all-dev``, ``ablation-dev``...)
-    split: Split = "test"
+    split: Split = TEST_SPLIT
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from xlt_engine.data.conll import DOCSTART
 from xlt_engine.data.examples import decode_text, read_bytes, split_columns, split_lines
 from xlt_engine.data.task import encode, read_task_file, task_kind
 from xlt_engine.data.tokenizer import load_tokenizer
-from xlt_engine.engine.config import Split, TaskSettings, check_limit
+from xlt_engine.engine.config import TEST_SPLIT, Split, TaskSettings, check_limit
 from xlt_engine.engine.distributed import resolve_device
 from xlt_engine.engine.inference import (
     check_task_model,
@@ -77,9 +77,10 @@ class EvaluateConfig(TaskSettings):
     # mean-of-voters probabilities, each model reading the text with its own tokenizer (e.g.
     # co-training's two views, ``cotrain-mean``)
     ensemble: tuple[str, ...] = ()
-    max_test: int | None = None  # examples sampled from each test file (sample_seed), None: all
+    max_test: int | None = None  # examples sampled from each file of ``tests`` (sample_seed),
+    # None: all (``data.max_test``, or ``data.max_dev`` when they are the dev files)
     sample_seed: int = 0
-    split: Split = "test"  # what the files of ``tests`` are (written into results.json)
+    split: Split = TEST_SPLIT  # what the files of ``tests`` are (written into results.json)
 
     def __post_init__(self):
         super().__post_init__()
@@ -99,7 +100,7 @@ def markdown_table(results: dict) -> str:
     ner = results["metric"] == "entity_f1"
     head = ["language", "F1" if ner else "accuracy"] + (["strict F1"] if ner else []) + ["gap"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    if results.get("split", "test") != "test":
+    if results.get("split", TEST_SPLIT) != TEST_SPLIT:
         rows.insert(0, f"on the {results['split']} files\n")
     for lang, s in results["languages"].items():
         gap = results["transfer_gap"].get(lang)

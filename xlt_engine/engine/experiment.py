@@ -21,6 +21,7 @@ from xlt_engine.data.text import read_text
 from xlt_engine.engine import distributed
 from xlt_engine.engine.btf import BtfConfig, run_btf
 from xlt_engine.engine.config import (
+    TEST_SPLIT,
     BtfSettings,
     ConfigError,
     CotrainSettings,
@@ -242,7 +243,7 @@ def build_evaluate(cfg: ExperimentConfig) -> EvaluateConfig:
         max_len=cfg.model.max_len,
         eval_max_tokens=cfg.evaluate.max_tokens,
         device=cfg.device,
-        max_test=cfg.data.max_test if split == "test" else cfg.data.max_dev,
+        max_test=cfg.data.max_test if split == TEST_SPLIT else cfg.data.max_dev,
         sample_seed=cfg.seed,
         split=split,
     )

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 
 from xlt_engine.engine import distributed
-from xlt_engine.engine.config import ExperimentConfig, check_files
+from xlt_engine.engine.config import TEST_SPLIT, ExperimentConfig, check_files
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.experiment import format_seconds, run_stage
 from xlt_engine.engine.runs import (
@@ -241,8 +241,8 @@ def write_table(cfg: ExperimentConfig, name: str, result: dict, table: str, echo
 
 def _scored_on(result: dict) -> str:
     """`` on the dev files`` in a table's caption when it was not scored on the test files."""
-    split = result.get("split", "test")
-    return "" if split == "test" else f" on the {split} files"
+    split = result.get("split", TEST_SPLIT)
+    return "" if split == TEST_SPLIT else f" on the {split} files"
 
 
 def _pct(x) -> str:

@@ -46,6 +46,7 @@ from pathlib import Path
 
 from xlt_engine.engine.config import (
     LIMITS,
+    TEST_SPLIT,
     ConfigError,
     ExperimentConfig,
     FreezeSettings,
@@ -153,7 +154,7 @@ def _scored(cfg: ExperimentConfig, run: Path) -> str:
 def split_suffix(cfg: ExperimentConfig) -> str:
     """``-dev`` for an evaluation on the dev files (``evaluate.split``): in its folder's and
     its tables' names, so it never replaces the test scores."""
-    return "" if cfg.evaluate.split == "test" else f"-{cfg.evaluate.split}"
+    return "" if cfg.evaluate.split == TEST_SPLIT else f"-{cfg.evaluate.split}"
 
 
 def model_stage(cfg: ExperimentConfig, name: str) -> tuple[ExperimentConfig, str]:
@@ -561,7 +562,7 @@ def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
         if cfg.evaluate.model in COTRAIN_MODELS:  # which views' probabilities make the prediction
             settings["evaluate.views"] = list(cotrain_views(cfg, cfg.evaluate.model))
         split = cfg.evaluate.split
-        if split != "test":  # (test: older fingerprints stay valid)
+        if split != TEST_SPLIT:  # (test: older fingerprints stay valid)
             settings["evaluate.split"] = split
         plan = StagePlan(cfg, stage, settings, {})
         _model_input(cfg, cfg.evaluate.model, "evaluate.model", plan)

@@ -813,6 +813,18 @@ def test_ablate_rows_runs_only_the_stages_the_chosen_rows_read(ner_cfg, conll, t
     alone = json.loads((out / "seed-1" / "all-eng-only.json").read_text())["targets"]["ned"]
     assert result["scores"]["Ours (eng only)"]["ned"] == [alone["selftrain"]]
     assert alone["direct"] is None and alone["btf"] is None  # no row reads them
+    # a later --rows run adds to the table of the same settings, never drops its rows ...
+    res = CliRunner().invoke(main, [*args, "--rows", "direct transfer"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "ablation.json").read_text()) == result
+    assert "| Ours (eng only) |" in (out / "ablation.md").read_text()
+    # ... and keeps a table of other settings beside the new one
+    res = CliRunner().invoke(main, [*args, "--rows", "direct transfer", "--fixed-threshold", "0.8"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "ablation.old-1.json").read_text()) == result
+    assert "| Ours (eng only) |" in (out / "ablation.old-1.md").read_text()
+    now = json.loads((out / "ablation.json").read_text())
+    assert list(now["scores"]) == ["direct transfer"] and now["fixed_alpha"] == 0.8
     bad = CliRunner().invoke(main, [*args, "--rows", "Ours,Ours (fra only)"])
     assert bad.exit_code != 0
     assert "rows: no row 'Ours (fra only)' for this config" in bad.output
@@ -903,3 +915,40 @@ def test_report_renders_in_headless_chromium(ner_all, tmp_path):
     assert f"<title>images {images} broken 0</title>" in proc.stdout, proc.stdout[:500]
     console = [x for x in proc.stderr.splitlines() if "CONSOLE" in x or "Uncaught" in x]
     assert not console, console
+
+
+def test_ablation_table_keeps_the_rows_and_targets_an_earlier_run_scored(tmp_path):
+    """with_earlier_rows: rows and targets a run did not score stay; what it scored replaces
+    the earlier numbers; rows in the table's order; other settings: the old table kept aside."""
+    from xlt_engine.engine.pipeline import with_earlier_rows
+
+    stem = tmp_path / "ablation"
+    head = {"metric": "entity_f1", "seeds": [1, 2], "fixed_alpha": 0.9, "split": "test"}
+    esp = {**head, "scores": {"Ours": {"esp": [0.5, 0.6]}, "- ST": {"esp": [0.4, 0.4]}}}
+    assert with_earlier_rows(stem, esp, ["Ours", "- ST"]) is esp  # nothing there yet
+    stem.with_suffix(".json").write_text(json.dumps(esp))
+    stem.with_suffix(".md").write_text("esp table\n")
+    ned = {**head, "scores": {"Ours": {"ned": [0.7, 0.8]}, "direct transfer": {"ned": [0.1, 0.2]}}}
+    order = ["Ours", "- ST", "direct transfer"]
+    merged = with_earlier_rows(stem, ned, order)
+    assert merged["scores"] == {
+        "Ours": {"esp": [0.5, 0.6], "ned": [0.7, 0.8]},
+        "- ST": {"esp": [0.4, 0.4]},
+        "direct transfer": {"ned": [0.1, 0.2]},
+    }
+    assert list(merged["scores"]) == order
+    again = {**head, "scores": {"Ours": {"esp": [0.9, 0.9]}}}
+    assert with_earlier_rows(stem, again, order)["scores"]["Ours"] == {"esp": [0.9, 0.9]}
+    # a row the present config no longer has stays after the known ones
+    assert list(with_earlier_rows(stem, ned, ["direct transfer"])["scores"]) == [
+        "direct transfer", "Ours", "- ST"]  # fmt: skip
+    for key, value in (("seeds", [1]), ("fixed_alpha", 0.8), ("split", "dev")):
+        stem.with_suffix(".json").write_text(json.dumps(esp))
+        other = {**ned, key: value}
+        assert with_earlier_rows(stem, other, order) is other
+        assert not stem.with_suffix(".json").exists()
+    kept = sorted(p.name for p in tmp_path.iterdir())  # the first free number each time
+    assert kept == ["ablation.old-1.json", "ablation.old-1.md", "ablation.old-2.json",
+                    "ablation.old-3.json"]  # fmt: skip
+    assert all(json.loads((tmp_path / k).read_text()) == esp for k in kept if k.endswith("json"))
+    assert (tmp_path / "ablation.old-1.md").read_text() == "esp table\n"

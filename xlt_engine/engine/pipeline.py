@@ -364,8 +364,40 @@ def run_ablate(
         "scores": scores,
     }
     if rank_world()[0] == 0:
-        write_table(cfg, "ablation", result, ablation_table(result), echo)
+        table = with_earlier_rows(root / f"ablation{split_suffix(cfg)}", result, list(every))
+        write_table(cfg, "ablation", table, ablation_table(table), echo)
     return result
+
+
+def with_earlier_rows(stem: Path, result: dict, order: list[str]) -> dict:
+    """The table to write at ``<stem>.json``: ``result``, with the rows and targets of the
+    table already there that this run did not score (``ablate --rows``, or other
+    ``targets``), when that table has the same metric, seeds, split and fixed alpha; rows in
+    ``order``, then the earlier table's others. A table of other settings is kept as
+    ``<stem>.old-<n>.json`` and ``.md`` (the first free n) and ``result`` replaces it."""
+    path = stem.with_suffix(".json")
+    if not path.is_file():
+        return result
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        old = None
+    same = ("metric", "seeds", "fixed_alpha", "split")
+    if not isinstance(old, dict) or any(old.get(k) != result[k] for k in same):
+        n = 1
+        while stem.with_name(f"{stem.name}.old-{n}.json").exists():
+            n += 1
+        for ext in (".md", ".json"):  # the .json last: it names a whole table
+            src = stem.with_suffix(ext)
+            if src.is_file():
+                src.replace(stem.with_name(f"{stem.name}.old-{n}{ext}"))
+        return result
+    scores: dict[str, dict[str, list[float]]] = {}
+    for row in [*order, *(r for r in old["scores"] if r not in order)]:
+        merged = {**old["scores"].get(row, {}), **result["scores"].get(row, {})}
+        if merged:
+            scores[row] = dict(sorted(merged.items()))
+    return {**result, "scores": scores}
 
 
 def seed_config(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:

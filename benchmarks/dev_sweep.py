@@ -35,7 +35,7 @@ import torch
 from xlt_engine import provenance
 from xlt_engine.engine.config import load_config
 from xlt_engine.engine.pipeline import pair_configs, plan_all, run_rounds_study, seed_config
-from xlt_engine.engine.runs import FINGERPRINT, plan_stage, stage_dir, with_section
+from xlt_engine.engine.runs import plan_stage, recorded_fingerprint, stage_dir, with_section
 from xlt_engine.fileio import link_tree, read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,7 +84,7 @@ def link_finished(
                     if not (folder.is_dir() and folder.name.startswith(TRAINED) and done):
                         continue
                     dst = out / f"seed-{seed}" / pair.name / folder.name
-                    theirs = _fingerprint(folder)
+                    theirs = recorded_fingerprint(folder) or {}
                     want = planned.get(dst)
                     if want is not None:
                         ok = want == theirs.get("digest")
@@ -95,14 +95,6 @@ def link_finished(
                     link_tree(folder, dst)
                     linked.append(str(dst.relative_to(out)))
     return linked
-
-
-def _fingerprint(folder: Path) -> dict:
-    try:
-        found = json.loads((folder / FINGERPRINT).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return found if isinstance(found, dict) else {}
 
 
 def selftrain_folders(cfg, seeds: list[int], max_rounds: float) -> list[tuple[int, Path]]:

@@ -609,17 +609,24 @@ def _part(fingerprint: dict, free: tuple[str, ...]) -> dict:
     }
 
 
+def recorded_fingerprint(folder: Path) -> dict | None:
+    """The fingerprint a stage folder recorded, or None when it has none or it is unreadable
+    (for a look at other folders; ``StagePlan.recorded`` stops on an unreadable one)."""
+    try:
+        found = json.loads((folder / FINGERPRINT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None
+
+
 def _first_finished(candidates, done: str, matches) -> Path | None:
     """The first folder of ``candidates`` holding ``done`` whose recorded fingerprint (a
     readable one) ``matches``."""
     for folder in candidates:
         if not (folder / done).exists():
             continue
-        try:
-            theirs = json.loads((folder / FINGERPRINT).read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(theirs, dict) and matches(theirs):
+        theirs = recorded_fingerprint(folder)
+        if theirs is not None and matches(theirs):
             return folder
     return None
 

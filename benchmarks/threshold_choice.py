@@ -6,7 +6,8 @@ The row with the best mean dev score over seeds (averaged over targets; ties: th
 choice, and its test score is the one to quote. Writes
 ``benchmarks/results/threshold_choice_<name>_<date>.md`` and ``.json``: per row the dev and test
 scores per seed, mean +- std, the self-training wall time, and per seed the alpha of round 1
-and the classes of its pseudo labels.
+and the classes of its pseudo labels; below the candidates, the two models to measure them
+against (+ BTF, which self-training starts from, and direct transfer), on the same files.
 
     python benchmarks/threshold_choice.py --config configs/e5-small-conll.toml \\
         --name conll_e5small_cpu --alphas 0.5,0.7,0.9 --seeds 1,2,3 --out runs/study-conll \\
@@ -32,7 +33,7 @@ import torch
 
 from xlt_engine import provenance
 from xlt_engine.engine.config import load_config
-from xlt_engine.engine.pipeline import pair_configs, run_threshold_study, seed_config
+from xlt_engine.engine.pipeline import pair_configs, run_all, run_threshold_study, seed_config
 from xlt_engine.engine.runs import stage_dir, with_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +56,25 @@ def choose_row(dev: dict[str, dict[str, list[float]]]) -> str:
     return max(means, key=lambda row: (means[row], -list(means).index(row)))
 
 
+#: the rows to measure self-training against, not candidates: run_all's column of each
+REFERENCES = {"+ BTF (the teacher; no self-training)": "btf", "direct transfer": "direct"}
+
+
+def reference_scores(cfg, seeds: list[int]) -> dict[str, dict[str, list[float]]]:
+    """The model self-training starts from (+ BTF) and the direct transfer model, scored on
+    ``cfg.evaluate.split``: the pipeline without self-training, its stages reused (the threshold
+    study made them), its table written as ``references.json`` beside each seed's ``all.json``."""
+    scores: dict[str, dict[str, list[float]]] = {row: {} for row in REFERENCES}
+    for seed in seeds:
+        res = run_all(seed_config(cfg, seed), selftrain=False, resume=True, echo=print,
+                      table_name="references")  # fmt: skip
+        for target, r in res["targets"].items():
+            for row, column in REFERENCES.items():
+                if r[column] is not None:
+                    scores[row].setdefault(target, []).append(r[column])
+    return scores
+
+
 def row_configs(cfg, alphas: list[float]) -> dict[str, object]:
     """Each row of the threshold study: the config of its self-training run."""
     rows = {f"alpha = {a:g}": with_section(cfg, "selftrain", threshold="fixed", alpha=a)
@@ -71,6 +91,7 @@ def run_choice(args, argv: list[str]) -> dict:
     start = time.perf_counter()
     dev = run_threshold_study(dev_cfg, seeds, alphas, resume=True, echo=print)
     test = run_threshold_study(test_cfg, seeds, alphas, resume=True, echo=print)
+    reference = {"dev": reference_scores(dev_cfg, seeds), "test": reference_scores(test_cfg, seeds)}
     total = time.perf_counter() - start
     chosen = choose_row(dev["scores"])
 
@@ -105,6 +126,12 @@ def run_choice(args, argv: list[str]) -> dict:
         for split in ("dev", "test"):
             m, s = mean_std(per_seed_average(rows[row][split]))
             rows[row][f"{split}_mean"], rows[row][f"{split}_std"] = m, s
+    references = {}
+    for row in REFERENCES:
+        references[row] = {split: reference[split][row] for split in ("dev", "test")}
+        for split in ("dev", "test"):
+            m, s = mean_std(per_seed_average(references[row][split]))
+            references[row][f"{split}_mean"], references[row][f"{split}_std"] = m, s
     return {
         "name": args.name,
         "date": date.today().isoformat(),
@@ -117,6 +144,7 @@ def run_choice(args, argv: list[str]) -> dict:
         "alphas": alphas,
         "chosen": chosen,
         "rows": rows,
+        "references": references,
         "seconds": round(total, 1),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
         "environment": provenance.environment(torch.device("cpu")),
@@ -137,7 +165,7 @@ def render(report: dict) -> str:
         "| row | dev | dev per seed | test | test per seed | self-training time |",
         "|---|---|---|---|---|---|",
     ]
-    for row, info in report["rows"].items():
+    for row, info in [*report["rows"].items(), *report["references"].items()]:
         cells = []
         for split in ("dev", "test"):
             per = per_seed_average(info[split])
@@ -146,13 +174,14 @@ def render(report: dict) -> str:
                 " / ".join(f"{100 * x:.2f}" for x in per),
             ]
         name = f"**{row}**" if row == report["chosen"] else row
-        lines.append(
-            f"| {name} | " + " | ".join(cells) + f" | {info['selftrain_seconds'] / 60:.1f} min |"
-        )
+        took = f"{info['selftrain_seconds'] / 60:.1f} min" if "selftrain_seconds" in info else "-"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {took} |")
     lines += [
         "",
-        "Self-training time: the self-training stages of the row over all seeds (a round 1 taken "
-        "from another row counted in each). Round 1's pseudo labels:\n",
+        "The last two rows are references, not candidates: the model self-training starts from "
+        "and the direct transfer model. Self-training time: the self-training stages of the row "
+        "over all seeds (a round 1 taken from another row counted in each). Round 1's pseudo "
+        "labels:\n",
         "| row | seed | pair | alpha | pseudo-labeled rows | classes |",
         "|---|---|---|---|---|---|",
     ]

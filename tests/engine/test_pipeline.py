@@ -624,11 +624,22 @@ def test_threshold_choice_picks_the_row_best_on_dev_and_reports_its_test_score(
             == json.loads((pair / folder / "round-1" / "filter.json").read_text())["alpha"]
         )
     assert report["rows"]["alpha = 0.6"]["round_1"][0]["alpha"] == 0.6
+    # the references: the teacher and the direct model, on the dev file then the test file
+    assert list(report["references"]) == list(threshold_choice.REFERENCES)
+    for row, model in zip(
+        report["references"], ("finetune", "finetune-direct-linear"), strict=True
+    ):
+        info = report["references"][row]
+        for split, name in (("dev", f"evaluate-{model}-dev"), ("test", f"evaluate-{model}")):
+            scored = json.loads((pair / name / "results.json").read_text())["languages"]["esp"]
+            assert info[split] == {"esp": [scored["score"]]}
+            assert (scored["file"] == str(esp_dev)) == (split == "dev")
     took = [r for r in _records(pair / "selftrain-alpha0.6") if "shared_from" in r]
     assert took  # round 1 from the run's selftrain, not trained again
     assert report["chosen"] == threshold_choice.choose_row(dev["scores"])
     md = next(results.glob("threshold_choice_t_*.md")).read_text()
     assert f"Chosen on dev: **{report['chosen']}**" in md
+    assert "| direct transfer | " in md and report["chosen"] not in threshold_choice.REFERENCES
     assert (
         threshold_choice.choose_row(
             {

@@ -774,8 +774,9 @@ def test_threshold_and_rounds_studies_are_tables_over_seeds(tiny, tmp_path):
     full = json.loads((out / "seed-1" / "all-rounds1.5.json").read_text())["targets"]["tgt"]
     assert result["scores"]["N = 0 (teacher)"]["tgt"][0] == full["btf"]
     assert result["scores"]["N = 1.5"]["tgt"][0] == full["selftrain"]  # the final student
+    pair = out / "seed-1" / "src-tgt"  # ... scored once: by run_all, not again by its step
+    assert not (pair / "evaluate-selftrain-round-2-soft").exists()
     # N = 1.5 is the paper's default: the study's runs are the ablation's own (reused)
-    pair = out / "seed-1" / "src-tgt"
     assert not any(p.name.startswith("selftrain-rounds") for p in pair.iterdir())
     for r, which, score in (("round-1", "soft", "N = 0.5"), ("round-1", "hard", "N = 1")):
         ev = json.loads((pair / f"evaluate-selftrain-{r}-{which}" / "results.json").read_text())
@@ -1022,3 +1023,47 @@ def test_ablation_table_keeps_the_rows_and_targets_an_earlier_run_scored(tmp_pat
                     "ablation.old-3.json"]  # fmt: skip
     assert all(json.loads((tmp_path / k).read_text()) == esp for k in kept if k.endswith("json"))
     assert (tmp_path / "ablation.old-1.md").read_text() == "esp table\n"
+
+
+def test_study_tables_keep_the_rows_of_an_earlier_study_in_the_folder(tmp_path):
+    """A threshold study at other alphas adds its rows (by alpha, the automatic rows last) to
+    the table of the folder; a longer rounds study adds its rounds; other seeds: kept aside."""
+    from xlt_engine.engine import pipeline as pl
+
+    stem = tmp_path / "threshold-study"
+    head = {"study": "threshold", "metric": "entity_f1", "seeds": [1, 2], "split": "dev"}
+    first = {**head, "alphas": [0.5, 0.9], "automatic_alphas": {"esp": [[0.51], [0.99]]},
+             "scores": {"alpha = 0.5": {"esp": [0.5, 0.4]}, "alpha = 0.9": {"esp": [0.3, 0.2]},
+                        "automatic (curvature)": {"esp": [0.6, 0.1]}}}  # fmt: skip
+    stem.with_suffix(".json").write_text(json.dumps(first))
+    second = {**head, "alphas": [0.7], "automatic_alphas": {"esp": [[0.52], [0.98]]},
+              "scores": {"alpha = 0.7": {"esp": [0.45, 0.35]},
+                         "automatic (curvature)": {"esp": [0.61, 0.11]}}}  # fmt: skip
+    order = list(second["scores"])
+    merged = pl.with_earlier_rows(stem, second, order, pl.STUDY_SAME, pl._threshold_union)
+    assert merged["alphas"] == [0.5, 0.7, 0.9]
+    assert list(merged["scores"]) == [
+        "alpha = 0.5", "alpha = 0.7", "alpha = 0.9", "automatic (curvature)"]  # fmt: skip
+    assert merged["scores"]["automatic (curvature)"] == {"esp": [0.61, 0.11]}  # the new run's
+    assert merged["scores"]["alpha = 0.9"] == {"esp": [0.3, 0.2]}
+    assert merged["automatic_alphas"] == {"esp": [[0.52], [0.98]]}
+    other = {**second, "seeds": [1]}
+    assert pl.with_earlier_rows(stem, other, order, pl.STUDY_SAME, pl._threshold_union) is other
+    assert (tmp_path / "threshold-study.old-1.json").is_file()
+
+    stem = tmp_path / "rounds-study"
+    head = {"study": "rounds", "metric": "accuracy", "seeds": [1], "split": "test"}
+    long = {**head, "max_rounds": 2, "scores": {
+        r: {"de": [0.1 * i]} for i, r in enumerate(["N = 0 (teacher)", "N = 0.5", "N = 1",
+                                                     "N = 1.5", "N = 2"])}}  # fmt: skip
+    stem.with_suffix(".json").write_text(json.dumps(long))
+    short = {**head, "max_rounds": 1, "scores": {
+        "N = 0 (teacher)": {"de": [0.0], "fr": [0.9]}, "N = 0.5": {"fr": [0.8]},
+        "N = 1": {"fr": [0.7]}}}  # fmt: skip
+    merged = pl.with_earlier_rows(
+        stem, short, list(short["scores"]), pl.STUDY_SAME, pl._rounds_union
+    )
+    assert merged["max_rounds"] == 2
+    assert list(merged["scores"]) == list(long["scores"])
+    assert merged["scores"]["N = 1"] == {"de": [0.2], "fr": [0.7]}
+    assert merged["scores"]["N = 2"] == {"de": [0.4]}

@@ -369,12 +369,20 @@ def run_ablate(
     return result
 
 
-def with_earlier_rows(stem: Path, result: dict, order: list[str]) -> dict:
+def with_earlier_rows(
+    stem: Path,
+    result: dict,
+    order: list[str],
+    same: tuple[str, ...] = ("metric", "seeds", "fixed_alpha", "split"),
+    combine=None,
+) -> dict:
     """The table to write at ``<stem>.json``: ``result``, with the rows and targets of the
-    table already there that this run did not score (``ablate --rows``, or other
-    ``targets``), when that table has the same metric, seeds, split and fixed alpha; rows in
-    ``order``, then the earlier table's others. A table of other settings is kept as
-    ``<stem>.old-<n>.json`` and ``.md`` (the first free n) and ``result`` replaces it."""
+    table already there that this run did not score (``ablate --rows``, other ``targets``,
+    a threshold study at other alphas), when that table agrees with ``result`` on every key
+    of ``same``; rows in ``order``, then the earlier table's others; ``combine(old, merged)``
+    gives the keys besides the scores that the two tables make together (the alphas of both
+    threshold studies). A table that disagrees is kept as ``<stem>.old-<n>.json`` and ``.md``
+    (the first free n) and ``result`` replaces it."""
     path = stem.with_suffix(".json")
     if not path.is_file():
         return result
@@ -382,8 +390,7 @@ def with_earlier_rows(stem: Path, result: dict, order: list[str]) -> dict:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         old = None
-    same = ("metric", "seeds", "fixed_alpha", "split")
-    if not isinstance(old, dict) or any(old.get(k) != result[k] for k in same):
+    if not isinstance(old, dict) or any(old.get(k) != result.get(k) for k in same):
         n = 1
         while stem.with_name(f"{stem.name}.old-{n}.json").exists():
             n += 1
@@ -393,11 +400,39 @@ def with_earlier_rows(stem: Path, result: dict, order: list[str]) -> dict:
                 src.replace(stem.with_name(f"{stem.name}.old-{n}{ext}"))
         return result
     scores: dict[str, dict[str, list[float]]] = {}
-    for row in [*order, *(r for r in old["scores"] if r not in order)]:
+    for row in [*order, *(r for r in old.get("scores", {}) if r not in order)]:
         merged = {**old["scores"].get(row, {}), **result["scores"].get(row, {})}
         if merged:
             scores[row] = dict(sorted(merged.items()))
-    return {**result, "scores": scores}
+    merged = {**result, "scores": scores}
+    return merged | (combine(old, merged) if combine else {})
+
+
+STUDY_SAME = ("study", "metric", "seeds", "split")  # what two study tables must share to merge
+
+
+def _threshold_union(old: dict, merged: dict) -> dict:
+    """Two threshold studies in one table: the alphas of both (rows by alpha, the automatic
+    rows last), and the automatic alphas of each target from the run that scored it last."""
+    alphas = sorted({*old.get("alphas", []), *merged["alphas"]})
+    fixed = [f"alpha = {a:g}" for a in alphas]
+    rows = [r for r in fixed if r in merged["scores"]]
+    rows += [r for r in merged["scores"] if r not in fixed]
+    return {
+        "alphas": alphas,
+        "scores": {r: merged["scores"][r] for r in rows},
+        "automatic_alphas": {**old.get("automatic_alphas", {}), **merged["automatic_alphas"]},
+    }
+
+
+def _rounds_union(old: dict, merged: dict) -> dict:
+    """Two rounds studies in one table: the longer one's rounds, rows in order of N."""
+    longest = max(old.get("max_rounds", 0), merged["max_rounds"])
+    rows = ["N = 0 (teacher)"] + [f"N = {n:g}" for n in _halves(longest)]
+    return {
+        "max_rounds": longest,
+        "scores": {r: merged["scores"][r] for r in rows if r in merged["scores"]},
+    }
 
 
 def seed_config(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
@@ -465,7 +500,9 @@ def run_threshold_study(
             f"self-training with a fixed threshold alpha, and the automatic one "
             f"({cfg.selftrain.threshold}; the alphas it chose are in threshold-study.json)"
         )
-        write_table(cfg, "threshold-study", result, study_table(result, caption), echo)
+        stem = table_dir(cfg) / f"threshold-study{split_suffix(cfg)}"
+        table = with_earlier_rows(stem, result, list(scores), STUDY_SAME, _threshold_union)
+        write_table(cfg, "threshold-study", table, study_table(table, caption), echo)
     return result
 
 
@@ -498,11 +535,14 @@ def run_rounds_study(
             if res["targets"][t]["btf"] is not None:
                 scores[rows[0]].setdefault(t, []).append(res["targets"][t]["btf"])
             folder = stage_dir(pc, "selftrain")
-            for row, (r, which) in zip(rows[1:], pc.selftrain.steps, strict=True):
+            *middle, last = zip(rows[1:], pc.selftrain.steps, strict=True)
+            for row, (r, which) in middle:
                 model = str(folder / f"round-{r}" / which / "model")
                 got = _evaluate_row(pc, model, resume, echo)
                 if got is not None:
                     scores[row].setdefault(t, []).append(got["languages"][t]["score"])
+            if res["targets"][t]["selftrain"] is not None:  # the last step: run_all scored it
+                scores[last[0]].setdefault(t, []).append(res["targets"][t]["selftrain"])
     result = {
         "study": "rounds",
         "metric": metric,
@@ -516,7 +556,9 @@ def run_rounds_study(
             "the student after N rounds of self-training (N = r - 0.5: round r's soft step, "
             "N = r: its hard step); N = 0: the fine-tuned teacher (+ BTF)"
         )
-        write_table(cfg, "rounds-study", result, study_table(result, caption), echo)
+        stem = table_dir(cfg) / f"rounds-study{split_suffix(cfg)}"
+        table = with_earlier_rows(stem, result, rows, STUDY_SAME, _rounds_union)
+        write_table(cfg, "rounds-study", table, study_table(table, caption), echo)
     return result
 
 

@@ -166,6 +166,7 @@ def run_study(args, argv: list[str]) -> dict:
             "name": args.name,
             "date": date.today().isoformat(),
             "command": shlex.join(["python", "benchmarks/study.py", *argv]),
+            "command_resolved": resolved_command(args),
             "config": args.config,
             "overrides": args.overrides,
             "how": args.how,
@@ -281,6 +282,9 @@ def render(report: dict) -> str:
         ]
     else:
         made = [f"Command: `{report['command']}`"]
+        resolved = report.get("command_resolved")
+        if resolved and resolved != report["command"]:
+            made += ["", f"The same, each option once as it took effect: `{resolved}`"]
     lines = [
         f"# Ablation study: {report['name']}, {report['date']}",
         "",
@@ -349,7 +353,26 @@ def write_report(folder: Path, name: str, report: dict, markdown: str) -> None:
     print(f"wrote {stem}.md and .json")
 
 
-def main(argv: list[str] | None = None) -> None:
+def resolved_command(args) -> str:
+    """The study's command with each option once, as it took effect: a wrapper such as
+    ``study_conll_e5small.sh`` puts its own --name, --seeds, --out and --set before the
+    caller's, and the later ones win (a --set only over the same key)."""
+    out = ["python", "benchmarks/study.py", "--config", args.config, "--name", args.name]
+    out += ["--seeds", args.seeds, "--out", args.out]
+    if args.rows:
+        out += ["--rows", args.rows]
+    if args.fixed_threshold != 0.9:
+        out += ["--fixed-threshold", f"{args.fixed_threshold:g}"]
+    last = {s.split("=", 1)[0].strip(): i for i, s in enumerate(args.overrides)}
+    for i, s in enumerate(args.overrides):
+        if last[s.split("=", 1)[0].strip()] == i:
+            out += ["--set", s]
+    if args.how:
+        out += ["--how", args.how]
+    return shlex.join(out)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="the experiment config (not with --merge)")
     p.add_argument("--name", required=True, help="e.g. conll_e5small_cpu")
@@ -368,6 +391,11 @@ def main(argv: list[str] | None = None) -> None:
         metavar="STUDY_JSON",
         help="write one study from these study files (same settings, other seeds) instead of running",
     )
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     if args.merge:

@@ -92,3 +92,23 @@ def test_merge_refuses_other_settings_and_a_seed_twice(tmp_path):
         merge_studies([a, b], "m")
     with pytest.raises(ValueError, match="seed 1 is in both"):
         merge_studies([a, c], "m")
+
+
+def test_resolved_command_keeps_each_option_once_as_it_took_effect():
+    """A wrapper's own --name, --seeds, --out and --set come before the caller's, and the
+    later win: the resolved command has each once and parses back to the same study."""
+    import shlex
+
+    from benchmarks.study import build_parser, resolved_command
+
+    argv = ["--config", "c.toml", "--name", "wrap", "--seeds", "1", "--out", "runs/a",
+            "--how", "old", "--set", "targets=['esp']", "--set", "selftrain.soft.lr=3e-4",
+            "--set", "device=cpu", "--name", "mine", "--seeds", "1,2,3", "--out", "runs/b",
+            "--set", "targets=['ned']", "--set", "selftrain.soft.lr = 1e-4", "--how", "new",
+            "--rows", "Ours,- ST"]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    again = build_parser().parse_args(shlex.split(resolved_command(args))[2:])
+    for key in ("config", "name", "seeds", "out", "rows", "how", "fixed_threshold"):
+        assert getattr(again, key) == getattr(args, key), key
+    assert again.overrides == ["device=cpu", "targets=['ned']", "selftrain.soft.lr = 1e-4"]
+    assert resolved_command(args).count("--name") == 1

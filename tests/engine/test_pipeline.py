@@ -568,8 +568,10 @@ def test_dev_sweep_links_what_the_setting_leaves_alone_and_scores_on_dev(
         study = json.loads((pair.parent.parent / "rounds-study-dev.json").read_text())
         assert study["split"] == "dev" and run["scores"] == study["scores"]
         assert list(run["scores"]) == ["N = 0 (teacher)", "N = 0.5"]
+        # the last step is the run's own student: scored once, by run_all, not a second time
+        assert not (pair / "evaluate-selftrain-rounds0.5-round-1-soft-dev").exists()
         scored = json.loads(
-            (pair / "evaluate-selftrain-rounds0.5-round-1-soft-dev" / "results.json").read_text()
+            (pair / "evaluate-selftrain-rounds0.5-dev" / "results.json").read_text()
         )
         assert run["scores"]["N = 0.5"]["esp"] == [scored["languages"]["esp"]["score"]]
         assert scored["languages"]["esp"]["file"] == str(esp_dev)

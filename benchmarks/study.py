@@ -8,7 +8,8 @@ target pairs, of the ``seconds`` in the ``run.json`` of every stage it needs (bt
 fine-tuned model, self-training, its evaluation), so stages shared between rows count in each,
 and so does a round 1 one self-training row took from another (``SelftrainConfig.round1_from``).
 The whole study's wall time is measured around the call. ``--merge A.json B.json`` writes
-one study from studies of the same settings on other seeds (a study extended by a later run).
+one study from studies of the same settings on other seeds or with other rows (a study
+extended by a later run).
 
     python benchmarks/study.py --config configs/e5-small-conll.toml --name conll_e5small_cpu \\
         --seeds 1,2,3 --out runs/study-conll --set data.max_train=600 ...
@@ -31,7 +32,7 @@ import torch
 
 from xlt_engine import provenance
 from xlt_engine.engine.config import load_config
-from xlt_engine.engine.pipeline import ablation_table, pair_configs, run_ablate
+from xlt_engine.engine.pipeline import ABLATION_ROWS, ablation_table, pair_configs, run_ablate
 from xlt_engine.engine.runs import (
     model_stage,
     stage_dir,
@@ -201,56 +202,88 @@ def with_statistics(report: dict) -> dict:
 SAME_IN_MERGED = ("config", "overrides", "how", "metric", "fixed_alpha", "machine")
 
 
-def merge_studies(paths: list[Path], name: str) -> dict:
-    """One report from studies of the same rows and settings on other seeds (a study extended
-    by a later run): the seeds in order, each row's scores and wall time summed, every
-    source's command, commit and wall time kept (``merged_from``)."""
+def merge_studies(paths: list[Path], name: str, how: str | None = None) -> dict:
+    """One report from studies of the same settings that extend each other: other seeds of the
+    same rows (a study continued by a later run), other rows on the same seeds (rows added
+    later), or both. Every row must end up with every seed; a (row, seed) in two studies must
+    give the same scores (the same model: a reproducibility check, not an average). Each row's
+    wall time sums the studies that added seeds to it; every source's command, commit and wall
+    time is kept (``merged_from``). ``how`` replaces the sources' data descriptions, which then
+    need not match word for word (a later run's text may mention its own rows)."""
     reports = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
     first = reports[0]
     for path, r in zip(paths[1:], reports[1:], strict=True):
         for key in SAME_IN_MERGED:
+            if key == "how" and how is not None:
+                continue
             if r.get(key) != first.get(key):
                 raise ValueError(
                     f"{path}: {key} is {r.get(key)!r}, {paths[0]} has {first.get(key)!r}: "
                     "only studies of the same settings merge"
                 )
-        if set(r["rows"]) != set(first["rows"]):
-            raise ValueError(
-                f"{path}: rows {sorted(r['rows'])}, {paths[0]}: {sorted(first['rows'])}"
-            )
-    seen: dict[int, Path] = {}
+    cells: dict[tuple[str, int], tuple[dict, Path]] = {}  # (row, seed) -> scores per target
+    seconds: dict[str, float] = {}
     for path, r in zip(paths, reports, strict=True):
-        for seed in r["seeds"]:
-            if seed in seen:
-                raise ValueError(f"seed {seed} is in both {seen[seed]} and {path}")
-            seen[seed] = path
-    order = sorted(seen)
+        for row, info in r["rows"].items():
+            targets = sorted(info["scores"])
+            new = []
+            for i, seed in enumerate(r["seeds"]):
+                scores = {t: info["scores"][t][i] for t in targets}
+                if (row, seed) not in cells:
+                    cells[row, seed] = scores, path
+                    new.append(seed)
+                    continue
+                had, where = cells[row, seed]
+                if sorted(had) != targets or any(abs(had[t] - scores[t]) > 1e-9 for t in targets):
+                    raise ValueError(
+                        f"row {row!r}, seed {seed}: {where} gives {had}, {path} gives {scores}: "
+                        "not the same model, so the studies do not extend each other"
+                    )
+            if new and len(new) != len(r["seeds"]):
+                raise ValueError(
+                    f"{path}: row {row!r} repeats some of its seeds from an earlier study and "
+                    f"adds {new}; its wall time cannot be split between them"
+                )
+            if new:
+                seconds[row] = seconds.get(row, 0.0) + r["rows"][row]["seconds"]
+    order = sorted({seed for _, seed in cells})
+    known = {row: i for i, row in enumerate(ABLATION_ROWS)}
+    seen = list(dict.fromkeys(row for r in reports for row in r["rows"]))
+    names = sorted(seen, key=lambda row: (known.get(row, len(known)), seen.index(row)))
     rows = {}
-    for row in first["rows"]:
-        targets = first["rows"][row]["scores"]
-        by_seed = {
-            seed: {t: r["rows"][row]["scores"][t][r["seeds"].index(seed)] for t in targets}
-            for r in reports
-            for seed in r["seeds"]
-        }
+    for row in names:
+        missing = [s for s in order if (row, s) not in cells]
+        if missing:
+            raise ValueError(
+                f"row {row!r} has no score for seed(s) {missing} in any of the studies; "
+                "a row's mean +- std must be over the same seeds as the others'"
+            )
+        targets = sorted(cells[row, order[0]][0])
         rows[row] = {
-            "scores": {t: [by_seed[s][t] for s in order] for t in targets},
-            "seconds": round(sum(r["rows"][row]["seconds"] for r in reports), 1),
+            "scores": {t: [cells[row, s][0][t] for s in order] for t in targets},
+            "seconds": round(seconds[row], 1),
         }
-    details = sorted((d for r in reports for d in r["details"]), key=lambda d: d["seed"])
+    details: dict[tuple[int, str], dict] = {}  # one per seed and pair, each study's folders
+    for r in reports:
+        for d in r["details"]:
+            into = details.setdefault((d["seed"], d["pair"]), {**d, "dev": {}, "rounds": {}})
+            into["dev"] = {**d["dev"], **into["dev"]}
+            into["rounds"] = {**d["rounds"], **into["rounds"]}
     return with_statistics(
         {
             "name": name,
             "date": date.today().isoformat(),
             **{key: first.get(key) for key in SAME_IN_MERGED},
+            **({"how": how} if how is not None else {}),
             "seeds": order,
             "rows": rows,
-            "details": details,
+            "details": [details[k] for k in sorted(details)],
             "study_seconds": round(sum(r["study_seconds"] for r in reports), 1),
             "merged_from": [
                 {
                     "file": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
                     "seeds": r["seeds"],
+                    "rows": list(r["rows"]),
                     "command": r["command"],
                     "study_seconds": r["study_seconds"],
                     "environment": r["environment"],
@@ -274,8 +307,10 @@ def render(report: dict) -> str:
     }
     merged = report.get("merged_from")
     if merged:
-        made = ["Merged from studies of the same settings on other seeds:", ""] + [
-            f"- `{m['file']}` (seeds {m['seeds']}; xlt-engine "
+        made = ["Merged from studies of the same settings (other seeds or other rows):", ""] + [
+            f"- `{m['file']}` (seeds {m['seeds']}"
+            + (f", rows {', '.join(m['rows'])}" if "rows" in m else "")
+            + "; xlt-engine "
             f"{m['environment'].get('git_sha', '')[:10]}, {m['study_seconds'] / 60:.1f} min): "
             f"`{m['command']}`" + (f" Note: {m['note']}" if m.get("note") else "")
             for m in merged
@@ -381,7 +416,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the runs (not with --merge)")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--rows", help="only these ablation rows, comma-separated (ablate --rows)")
-    p.add_argument("--how", default="", help="how the data was subsampled, for the table")
+    p.add_argument(
+        "--how",
+        default="",
+        help="how the data was subsampled, for the table (with --merge: replaces the studies' own)",
+    )
     p.add_argument("--note", default="", help="what a reader must know of how it ran, last")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument(
@@ -389,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         type=Path,
         metavar="STUDY_JSON",
-        help="write one study from these study files (same settings, other seeds) instead of running",
+        help="write one study from these study files (same settings; other seeds or other "
+        "rows) instead of running",
     )
     return p
 
@@ -399,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     if args.merge:
-        report = merge_studies(args.merge, args.name)
+        report = merge_studies(args.merge, args.name, how=args.how or None)
     elif args.config and args.out:
         report = run_study(args, argv)
     else:

@@ -77,7 +77,10 @@ def test_merge_puts_seeds_in_order_and_recomputes_mean_and_std(tmp_path):
     assert ours["seconds"] == 180 and merged["study_seconds"] == 360
     assert [d["seed"] for d in merged["details"]] == [1, 2, 3]
     md = render(merged)
-    assert "Merged from studies of the same settings" in md and "(seeds [2]; xlt-engine bbb" in md
+    assert (
+        "Merged from studies of the same settings" in md
+        and "(seeds [2], rows Ours, - ST; xlt-engine bbb" in md
+    )
     assert "--seeds [2]` Note: paused" in md and md.endswith("\ntwo runs\n")
     assert "| Ours | 40.00 ± 20.00 | 20.00 ± 10.00 | 30.00 ± 15.00 |" in md
     assert "| Ours | 15.00 | 30.00 | 45.00 | 3.0 min |" in md
@@ -90,8 +93,53 @@ def test_merge_refuses_other_settings_and_a_seed_twice(tmp_path):
     c.write_text(json.dumps(_report([1], {"Ours": [0.4]}, 60, "c")))
     with pytest.raises(ValueError, match=r"b.json: overrides is \['device=cuda'\]"):
         merge_studies([a, b], "m")
-    with pytest.raises(ValueError, match="seed 1 is in both"):
+    with pytest.raises(
+        ValueError, match=r"row 'Ours', seed 1: .*a.json gives .*not the same model"
+    ):
         merge_studies([a, c], "m")
+
+
+def test_merge_adds_rows_run_later_on_the_same_seeds(tmp_path):
+    """A later run with other rows on the same seeds: the rows in the ablation's order, a row
+    in both kept once (and checked equal: the same models), its wall time counted once."""
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    first = _report([1, 2], {"Ours": [0.2, 0.1], "- ST": [0.6, 0.7], "direct transfer": [0.5, 0.6]}, 60, "aaa")  # fmt: skip
+    first["details"][0]["dev"] = {"finetune": 0.8}
+    counts = {"source_rows": 10, "source_rows_kept": 8, "target_rows": 12, "pseudo_rows": 5,
+              "pseudo_distribution": {"O": 5}}  # fmt: skip
+    first["details"][0]["rounds"] = {"selftrain/round-1": {"alpha": 0.99, **counts}}
+    later = _report([1, 2], {"- AT": [0.3, 0.4], "- BTF": [0.5, 0.5], "- ST": [0.6, 0.7]}, 90, "bbb")  # fmt: skip
+    later["how"] = "small, -AT alpha 0.9"
+    later["details"][0]["dev"] = {"finetune": 0.8, "finetune-pretrained": 0.7}
+    later["details"][0]["rounds"] = {"selftrain-fixed/round-1": {"alpha": 0.9, **counts}}
+    a.write_text(json.dumps(first))
+    b.write_text(json.dumps(later))
+    with pytest.raises(ValueError, match="how is 'small, -AT alpha 0.9'"):
+        merge_studies([a, b], "m")
+    merged = merge_studies([a, b], "m", how="small; -AT alpha 0.9")
+    assert merged["how"] == "small; -AT alpha 0.9" and merged["seeds"] == [1, 2]
+    assert list(merged["rows"]) == ["Ours", "- AT", "- BTF", "- ST", "direct transfer"]
+    assert merged["rows"]["- AT"]["scores"]["esp"] == [0.3, 0.4]
+    assert merged["rows"]["- ST"]["seconds"] == 60 and merged["rows"]["- AT"]["seconds"] == 90
+    assert merged["study_seconds"] == 300
+    seed1 = merged["details"][0]
+    assert seed1["dev"] == {"finetune": 0.8, "finetune-pretrained": 0.7}
+    assert set(seed1["rounds"]) == {"selftrain/round-1", "selftrain-fixed/round-1"}
+    md = render(merged)
+    assert "(seeds [1, 2], rows - AT, - BTF, - ST; xlt-engine bbb" in md
+    assert "| - AT | 22.50 | 30.00 | 1.5 min |" in md  # esp and ned (half) averaged
+
+    # the shared row from another model, a row short of a seed, a row half repeated
+    other = _report([1, 2], {"- AT": [0.3, 0.4], "- ST": [0.6, 0.65]}, 90, "c")
+    b.write_text(json.dumps(other))
+    with pytest.raises(ValueError, match=r"row '- ST', seed 2: .* gives \{'esp': 0.7"):
+        merge_studies([a, b], "m")
+    b.write_text(json.dumps(_report([1], {"- AT": [0.3]}, 90, "c")))
+    with pytest.raises(ValueError, match=r"row '- AT' has no score for seed\(s\) \[2\]"):
+        merge_studies([a, b], "m")
+    b.write_text(json.dumps(_report([2, 3], {"Ours": [0.1, 0.3], "- ST": [0.7, 0.5], "direct transfer": [0.6, 0.6]}, 90, "c")))  # fmt: skip
+    with pytest.raises(ValueError, match=r"row 'Ours' repeats some of its seeds .* adds \[3\]"):
+        merge_studies([a, b], "m")
 
 
 def test_resolved_command_keeps_each_option_once_as_it_took_effect():

@@ -13,11 +13,14 @@
 #   --with LIST   opt-in kernel baselines: compile (torch.compile, slow to build), liger
 #   --wheels DIR  pip-install the test-only packages (pytest, hypothesis, ...) from these wheels
 #   --dry-run     CPU only, tiny sizes: checks that every step runs and lands its files
+#   --only LIST   run only these steps (e.g. btf_step,round to measure again after a fix; the
+#                 steps: tests kernels encoder btf_step round, and on a GPU encoder_amp and
+#                 encoder_bf16 in place of encoder)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 out="${OUT:-benchmarks/results/gpu_check}"
-data="" with="" wheels="" dry=0
+data="" with="" wheels="" dry=0 only=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) out="$2"; shift 2 ;;
@@ -25,20 +28,28 @@ while [ $# -gt 0 ]; do
     --with) with="$2"; shift 2 ;;
     --wheels) wheels="$2"; shift 2 ;;
     --dry-run) dry=1; shift ;;
+    --only) only="$2"; shift 2 ;;
     *) echo "gpu_check.sh: unknown argument '$1' (see the header of $0)" >&2; exit 2 ;;
   esac
 done
 for w in ${with//,/ }; do
   case "$w" in compile|liger) ;; *) echo "gpu_check.sh: --with takes compile and liger, got '$w'" >&2; exit 2 ;; esac
 done
+if [ $dry -eq 1 ]; then known="tests kernels encoder btf_step round"
+else known="tests kernels encoder_amp encoder_bf16 btf_step round"; fi
+for o in ${only//,/ }; do
+  case " $known " in *" $o "*) ;; *) echo "gpu_check.sh: --only takes steps of: $known; got '$o'" >&2; exit 2 ;; esac
+done
 mkdir -p "$out/logs" || exit 2
 out="$(cd "$out" && pwd)"
 : > "$out/steps.txt"
 export PYTHONPATH=. PYTHONUNBUFFERED=1 XLT_BENCH_RESULTS="$out" TRITON_DEFAULT_FP_FUSION=1
 
-# step NAME SECONDS COMMAND...: run with a time limit, log to logs/NAME.log, show its tail
+# step NAME SECONDS COMMAND...: run with a time limit, log to logs/NAME.log, show its tail (a
+# step --only leaves out is neither run nor listed in steps.txt)
 step() {
   local name="$1" limit="$2"; shift 2
+  if [ -n "$only" ] && [ "$name" != wheels ] && [[ ",$only," != *",$name,"* ]]; then return; fi
   local t0=$SECONDS rc
   echo "== $name (limit ${limit}s): $*"
   timeout --kill-after=10 "$limit" "$@" > "$out/logs/$name.log" 2>&1

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import re
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 if os.environ.get("TRITON_INTERPRET"):
@@ -147,41 +149,66 @@ def resources(cubin: bytes) -> dict:
     return found
 
 
+_LAUNCHES: list[tuple[str, tuple]] = []  # every launch, recorded in each process (_record)
+
+
+def _record() -> None:
+    _LAUNCHES[:] = launches()
+
+
+def check(i: int) -> tuple[dict | None, list[str], str]:
+    """Compile launch ``i`` and read its resources: (its table row or None, its problems, the
+    line to print)."""
+    name, (kernel, args, cfg) = _LAUNCHES[i]
+    options = {k: cfg[k] for k in OPTIONS if k in cfg}
+    try:
+        ck = triton.compile(source(kernel, args, cfg), target=TARGET, options=options)
+        res = resources(ck.asm["cubin"])
+    except Exception as e:  # report every kernel, then fail
+        return None, ["error"], f"{name}: {type(e).__name__}: {str(e)[:600]}"
+    res["shared"] = max(res.get("shared", 0), ck.metadata.shared)
+    problems = []
+    if res["shared"] > SHARED_LIMIT:
+        problems.append(f"{res['shared']} bytes of shared memory, over {SHARED_LIMIT}")
+    if res["spill_stores"] or res["spill_loads"]:
+        problems.append(
+            f"register spills: {res['spill_stores']} stores, {res['spill_loads']} loads"
+        )
+    line = (
+        f"{name:26s} regs={res['reg']:3d} spills={res['spill_stores']:3d} "
+        f"stack={res.get('stack', 0):4d} shared={res['shared']:6d} {cfg}"
+    )
+    if problems:
+        line += f": {'; '.join(problems)}"
+    return {"name": name, "config": cfg, **res}, problems, line
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, help="write the resources of every kernel here")
+    parser.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="kernels compiled at once"
+    )
     ns = parser.parse_args()
     print(f"triton {triton.__version__}, target sm_{TARGET.arch}")
-    bad, table = 0, []
-    for name, (kernel, args, cfg) in launches():
-        options = {k: cfg[k] for k in OPTIONS if k in cfg}
-        try:
-            ck = triton.compile(source(kernel, args, cfg), target=TARGET, options=options)
-            res = resources(ck.asm["cubin"])
-            res["shared"] = max(res.get("shared", 0), ck.metadata.shared)
-            problems = []
-            if res["shared"] > SHARED_LIMIT:
-                problems.append(f"{res['shared']} bytes of shared memory, over {SHARED_LIMIT}")
-            if res["spill_stores"] or res["spill_loads"]:
-                problems.append(
-                    f"register spills: {res['spill_stores']} stores, {res['spill_loads']} loads"
-                )
-            line = (
-                f"{name:26s} regs={res['reg']:3d} spills={res['spill_stores']:3d} "
-                f"stack={res.get('stack', 0):4d} shared={res['shared']:6d} {cfg}"
-            )
-            table.append({"name": name, "config": cfg, **res})
-            if problems:
-                bad += 1
-                print(f"FAIL {line}: {'; '.join(problems)}")
-            else:
-                print(f"ok   {line}")
-        except Exception as e:  # report every kernel, then fail
-            bad += 1
-            print(f"FAIL {name}: {type(e).__name__}: {str(e)[:600]}")
+    _record()
+    # each compile is independent (LLVM, ptxas and cuobjdump, mostly outside Python), so they
+    # run in worker processes, which record the same launches and give the rows back in order.
+    # Spawned, not forked: a fork after torch and Triton have started threads once hung here
+    jobs = max(1, min(ns.jobs, len(_LAUNCHES)))
+    if jobs == 1:
+        checked = [check(i) for i in range(len(_LAUNCHES))]
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_record) as pool:
+            checked = list(pool.map(check, range(len(_LAUNCHES))))
+    table = [row for row, _, _ in checked if row is not None]
+    bad = sum(1 for _, problems, _ in checked if problems)
+    for _, problems, line in checked:
+        print(f"{'FAIL' if problems else 'ok  '} {line}")
     if ns.json:
         ns.json.write_text(json.dumps({"triton": triton.__version__, "kernels": table}, indent=1))
-    print(f"{len(table) - bad} ok, {bad} failed")
+    print(f"{len(checked) - bad} ok, {bad} failed")
     return 1 if bad else 0
 
 

@@ -203,9 +203,10 @@ def test_inference_needs_no_grad(provider):
     assert max_err(out, reference(*inputs)[0]) < 1e-5
 
 
-def test_matches_torch_composition_over_50_training_steps(provider):
-    """A tiny linear MLM head (projection + tied-style weight + bias) trained with Adam for 50
-    steps with the fused loss and with the torch composition: the losses agree step by step."""
+def test_matches_torch_composition_over_20_training_steps(provider):
+    """A tiny linear MLM head (projection + tied-style weight + bias) trained with Adam for 20
+    steps with the fused loss and with the torch composition: the losses agree step by step (the
+    loss falls to an eighth by then, so a wrong gradient has moved the two runs apart)."""
     n, h, v = 64, 32, 311
     g = torch.Generator().manual_seed(3)
     x = torch.randn(n, h, generator=g).to(DEVICE)
@@ -219,7 +220,7 @@ def test_matches_torch_composition_over_50_training_steps(provider):
         bias = torch.zeros(v, device=DEVICE, requires_grad=True)
         opt = torch.optim.Adam([proj, weight, bias], lr=1e-2)
         losses = []
-        for _ in range(50):
+        for _ in range(20):
             loss = loss_fn(torch.tanh(x @ proj), weight, bias, labels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -228,7 +229,7 @@ def test_matches_torch_composition_over_50_training_steps(provider):
         return losses
 
     fused, composed = run(fused_mlm_loss), run(fused_mlm_loss_ref)
-    assert composed[-1] < 0.5 * composed[0]  # it learns
+    assert composed[-1] < 0.2 * composed[0]  # it learns
     for step, (a, b) in enumerate(zip(fused, composed, strict=True)):
         assert abs(a - b) <= 1e-4 * abs(b) + 1e-5, f"step {step}: {a} vs {b}"
 

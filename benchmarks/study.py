@@ -202,6 +202,24 @@ def with_statistics(report: dict) -> dict:
 SAME_IN_MERGED = ("config", "overrides", "how", "metric", "fixed_alpha", "machine")
 
 
+def _sources(path: Path, report: dict) -> list[dict]:
+    """What a merged report keeps of a study it merges: its file, seeds, rows, command, commit
+    and wall time; a study that is itself a merge gives its own sources (merging is flat)."""
+    if "merged_from" in report:
+        return report["merged_from"]
+    return [
+        {
+            "file": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
+            "seeds": report["seeds"],
+            "rows": list(report["rows"]),
+            "command": report["command"],
+            "study_seconds": report["study_seconds"],
+            "environment": report["environment"],
+            **({"note": report["note"]} if report.get("note") else {}),
+        }
+    ]
+
+
 def merge_studies(paths: list[Path], name: str, how: str | None = None) -> dict:
     """One report from studies of the same settings that extend each other: other seeds of the
     same rows (a study continued by a later run), other rows on the same seeds (rows added
@@ -209,7 +227,8 @@ def merge_studies(paths: list[Path], name: str, how: str | None = None) -> dict:
     give the same scores (the same model: a reproducibility check, not an average). Each row's
     wall time sums the studies that added seeds to it; every source's command, commit and wall
     time is kept (``merged_from``). ``how`` replaces the sources' data descriptions, which then
-    need not match word for word (a later run's text may mention its own rows)."""
+    need not match word for word (a later run's text may mention its own rows). A merged report
+    merges again (rows or seeds run after the merge), keeping the first studies as its sources."""
     reports = [json.loads(p.read_text(encoding="utf-8")) for p in paths]
     first = reports[0]
     for path, r in zip(paths[1:], reports[1:], strict=True):
@@ -280,16 +299,7 @@ def merge_studies(paths: list[Path], name: str, how: str | None = None) -> dict:
             "details": [details[k] for k in sorted(details)],
             "study_seconds": round(sum(r["study_seconds"] for r in reports), 1),
             "merged_from": [
-                {
-                    "file": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path),
-                    "seeds": r["seeds"],
-                    "rows": list(r["rows"]),
-                    "command": r["command"],
-                    "study_seconds": r["study_seconds"],
-                    "environment": r["environment"],
-                    **({"note": r["note"]} if r.get("note") else {}),
-                }
-                for path, r in zip(paths, reports, strict=True)
+                m for path, r in zip(paths, reports, strict=True) for m in _sources(path, r)
             ],
             "environment": reports[-1]["environment"],
         }

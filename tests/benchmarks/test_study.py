@@ -142,6 +142,28 @@ def test_merge_adds_rows_run_later_on_the_same_seeds(tmp_path):
         merge_studies([a, b], "m")
 
 
+def test_a_merged_study_merges_again_with_a_row_run_after_it(tmp_path):
+    """A row run after a merge joins the merged report: its sources stay the first studies
+    (flat), the shared rows are checked against the merge, and wall times add up."""
+    a, b, m, c = (tmp_path / f"{x}.json" for x in "abmc")
+    a.write_text(json.dumps(_report([1, 2], {"Ours": [0.2, 0.1], "- ST": [0.6, 0.7]}, 60, "aaa")))
+    b.write_text(json.dumps(_report([1, 2], {"- AT": [0.3, 0.4], "- ST": [0.6, 0.7]}, 90, "bbb")))
+    m.write_text(json.dumps(merge_studies([a, b], "ab")))
+    c.write_text(json.dumps(_report([1, 2], {"- VM": [0.5, 0.2], "- ST": [0.6, 0.7]}, 30, "ccc")))
+    merged = merge_studies([m, c], "abc")
+    assert list(merged["rows"]) == ["Ours", "- AT", "- VM", "- ST"]
+    assert [x["file"] for x in merged["merged_from"]] == [str(a), str(b), str(c)]
+    assert [x["command"] for x in merged["merged_from"]] == [
+        "python benchmarks/study.py --seeds [1, 2]"
+    ] * 3
+    assert merged["rows"]["- VM"]["seconds"] == 30 and merged["rows"]["- ST"]["seconds"] == 60
+    assert merged["study_seconds"] == 120 + 180 + 60
+    assert "(seeds [1, 2], rows - VM, - ST; xlt-engine ccc" in render(merged)
+    c.write_text(json.dumps(_report([1, 2], {"- VM": [0.5, 0.2], "- ST": [0.6, 0.8]}, 30, "c")))
+    with pytest.raises(ValueError, match=r"row '- ST', seed 2: .*m.json gives"):
+        merge_studies([m, c], "abc")
+
+
 def test_resolved_command_keeps_each_option_once_as_it_took_effect():
     """A wrapper's own --name, --seeds, --out and --set come before the caller's, and the
     later win: the resolved command has each once and parses back to the same study."""

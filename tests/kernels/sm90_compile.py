@@ -7,7 +7,7 @@ from the shared table. No signature or block size is copied here. For each kerne
 registers, spills (STL/LDL instructions) and shared memory are read with the cuobjdump that Triton
 ships; a kernel over 227 KB of shared memory, or with any spill store or load, fails. Run without TRITON_INTERPRET:
 
-    python tests/kernels/sm90_compile.py [--json resources.json]
+    python tests/kernels/sm90_compile.py [--json resources.json] [--jobs N]
 
 With another Triton first on ``PYTHONPATH`` (CI does this with Triton 3.6.0, the version of our
 GPU machines) it checks that version's compiler and API.
@@ -194,7 +194,8 @@ def main() -> int:
     _record()
     # each compile is independent (LLVM, ptxas and cuobjdump, mostly outside Python), so they
     # run in worker processes, which record the same launches and give the rows back in order.
-    # Spawned, not forked: a fork after torch and Triton have started threads once hung here
+    # Spawned, not forked: forking a process whose torch and Triton have started threads risks
+    # a lock held by a thread that the child does not have
     jobs = max(1, min(ns.jobs, len(_LAUNCHES)))
     if jobs == 1:
         checked = [check(i) for i in range(len(_LAUNCHES))]

@@ -26,6 +26,7 @@ setup(
     extras_require={
         "test": [
             "pytest>=8",
+            "pytest-xdist>=3.5",  # the test command runs the test files in 2 processes
             "transformers>=4.44",
             "seqeval>=1.2.2",
             "hypothesis>=6.100",

@@ -14,6 +14,14 @@ if not torch.cuda.is_available():
     # the kernels are decorated: set it before anything imports xlt_engine.kernels.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # pytest -n N: N processes share the cores, so each takes its share of them for torch's
+    # threads and for the processes the tests start (torchrun workers, the CLI); more threads
+    # than cores would make every process wait on the others
+    _share = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    torch.set_num_threads(_share)
+    os.environ["OMP_NUM_THREADS"] = str(_share)
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

@@ -9,7 +9,8 @@ on average``: the mean is above, not every seed; ``does not hold``: the mean is 
 difference``: equal on every seed). A row a study did not run is ``not run``. Beside it, for
 each self-training row, on how many seeds a round's pseudo labels collapsed (none, or 99% or
 more of one class: all O on NER, all negative on sentiment): where both rows of a direction
-collapsed, it compares two collapses, not the parts the paper ablates.
+collapsed, it compares two collapses, not the parts the paper ablates. Last, every self-training
+run (row, seed, target) minus + BTF on its seed, grouped by whether its pseudo labels collapsed.
 
     python -m benchmarks.directions --name e5small_cpu \\
         --study "CoNLL eng -> esp=benchmarks/results/study_conll_..._20261124.json" ...
@@ -119,7 +120,18 @@ def study_directions(label: str, path: Path) -> dict:
             for row in SELFTRAIN_FOLDER
             if row in rows and target in pairs
         }
-        out.append({"target": target, "directions": found, "collapses": labels})
+        versus = []  # each self-training run against + BTF on its seed, and whether it collapsed
+        if "- ST" in rows:
+            base = rows["- ST"]["scores"][target]
+            for row, per_seed in labels.items():
+                for i, first in enumerate(per_seed):
+                    if first is not None:
+                        diff = 100 * (rows[row]["scores"][target][i] - base[i])
+                        versus.append({"row": row, "seed": report["seeds"][i], "diff": diff,
+                                       "collapsed": first > 0})  # fmt: skip
+        out.append(
+            {"target": target, "directions": found, "collapses": labels, "versus_st": versus}
+        )
     return {
         "label": label,
         "file": str(path),
@@ -176,6 +188,22 @@ def render(studies: list[dict], name: str) -> str:
             cells = [_collapse_cell(t["collapses"][r]) if r in t["collapses"] else "not run"
                      for r in SELFTRAIN_FOLDER]  # fmt: skip
             lines.append(f"| {s['label']} | {t['target']} | " + " | ".join(cells) + " |")
+    runs = [v for s in studies for t in s["targets"] for v in t["versus_st"]]
+    if runs:
+        lines += [
+            "",
+            "Every self-training run (each row, seed and target above) minus + BTF (- ST) on its "
+            "seed, by whether its pseudo labels collapsed:",
+            "",
+            "| pseudo labels | runs | mean ± std | runs above + BTF |",
+            "|---|---|---|---|",
+        ]
+        for collapsed, name in ((False, "kept more than one class"), (True, "collapsed")):
+            diffs = [v["diff"] for v in runs if v["collapsed"] == collapsed]
+            if diffs:
+                m, sd = mean_std(diffs)
+                above = sum(d > 0 for d in diffs)
+                lines.append(f"| {name} | {len(diffs)} | {m:+.2f} ± {sd:.2f} | {above} |")
     lines += ["", "Studies:", ""]
     lines += [f"- {s['label']}: `{s['file']}` (seeds {s['seeds']})" for s in studies]
     return "\n".join(lines) + "\n"

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from benchmarks.directions import collapsed_round, main, study_directions
+from benchmarks.directions import collapsed_round, main, render, study_directions
 
 
 def _study(rows, rounds_by_seed, seeds=(1, 2, 3), pair="eng-esp"):
@@ -72,7 +72,7 @@ def test_collapses_name_each_rows_first_collapsed_round_per_seed(tmp_path):
             "selftrain-linear/round-1": _round(O=1000, **{"B-PER": 1}),
         },
     }
-    rows = {r: [0.5, 0.5] for r in ("Ours", "- AT", "- VM", "- ST")}
+    rows = {"Ours": [0.5, 0.7], "- AT": [0.2, 0.6], "- VM": [0.6, 0.1], "- ST": [0.5, 0.5]}
     path = tmp_path / "s.json"
     path.write_text(json.dumps(_study(rows, rounds, seeds=(1, 2))))
     (t,) = study_directions("x", path)["targets"]
@@ -81,6 +81,19 @@ def test_collapses_name_each_rows_first_collapsed_round_per_seed(tmp_path):
         "- AT": [1, 0],
         "- VM": [0, 1],
     }  # - BTF was not run: no entry
+    # each self-training run against + BTF (- ST) on its seed, with its collapse
+    got = {(v["row"], v["seed"]): (round(v["diff"], 6), v["collapsed"]) for v in t["versus_st"]}
+    assert got == {
+        ("Ours", 1): (0.0, True),
+        ("Ours", 2): (20.0, False),
+        ("- AT", 1): (-30.0, True),
+        ("- AT", 2): (10.0, False),
+        ("- VM", 1): (10.0, False),
+        ("- VM", 2): (-40.0, True),
+    }
+    text = render([{"label": "x", "file": "s.json", "seeds": [1, 2], "targets": [t]}], "t")
+    assert "| kept more than one class | 3 | +13.33 ± 5.77 | 3 |" in text
+    assert "| collapsed | 3 | -23.33 ± 20.82 | 0 |" in text
 
 
 def test_rows_with_other_seeds_are_refused(tmp_path):

@@ -32,7 +32,13 @@ import torch
 
 from xlt_engine import provenance
 from xlt_engine.engine.config import load_config
-from xlt_engine.engine.pipeline import ABLATION_ROWS, ablation_table, pair_configs, run_ablate
+from xlt_engine.engine.pipeline import (
+    ABLATION_ROWS,
+    ablation_table,
+    pair_configs,
+    rule_rows,
+    run_ablate,
+)
 from xlt_engine.engine.runs import (
     model_stage,
     stage_dir,
@@ -81,6 +87,9 @@ def row_stages(pc, fixed_alpha: float) -> dict[str, list[Path]]:
         "- ST": ours["- ST"],
         "direct transfer": ours["direct transfer"],
     }
+    for row, rule in rule_rows(pc).items():  # Ours with another pseudo-label rule
+        other = with_section(pc, "selftrain", pseudo_rule=rule)
+        rows[row] = [btf, *teachers(other), stage_dir(other, "selftrain"), ev(other, "selftrain")]
     if len(pc.source_languages) > 1:
         for lang in pc.source_languages:
             alone = dataclasses.replace(pc, source=lang, sources=())
@@ -111,10 +120,20 @@ def pair_details(run: Path) -> dict:
                 "teacher_distribution",
                 "student_distribution",
                 "teacher_agreement",
+                "class_alpha",
+                "collapse",
             )
             if k in c  # the last three: runs made since 2026-11-23's fidelity record
         }
     return {"dev": dev, "rounds": rounds}
+
+
+def class_alphas(c: dict) -> str:
+    """A round's alpha, or its per-class thresholds where they differ (``O 0.995, B-PER 0.7``)."""
+    per = c.get("class_alpha") or {}
+    if len(set(per.values())) <= 1:
+        return f"{c['alpha']:g}"
+    return ", ".join(f"{n} {a:g}" for n, a in per.items())
 
 
 def classes(distribution: dict[str, int]) -> str:
@@ -357,13 +376,13 @@ def render(report: dict) -> str:
             lines += [f"| {k} | {100 * v:.2f} |" for k, v in d["dev"].items()]
         else:
             lines += ["", f"Seed {d['seed']}, {d['pair']} (no source dev file: no dev scores)"]
-        lines += ["", "| self-training round | alpha | source rows kept | pseudo-labeled rows | classes |",
-                  "|---|---|---|---|---|"]  # fmt: skip
+        lines += ["", "| self-training round | alpha | source rows kept | pseudo-labeled rows | classes "
+                  "| collapsed |", "|---|---|---|---|---|---|"]  # fmt: skip
         for k, c in d["rounds"].items():
             lines.append(
-                f"| {k} | {c['alpha']:g} | {c['source_rows_kept']:,} / {c['source_rows']:,} | "
+                f"| {k} | {class_alphas(c)} | {c['source_rows_kept']:,} / {c['source_rows']:,} | "
                 f"{c['pseudo_rows']:,} / {c['target_rows']:,} | "
-                f"{classes(c['pseudo_distribution'])} |"
+                f"{classes(c['pseudo_distribution'])} | {'; '.join(c.get('collapse') or []) or 'no'} |"
             )
         fitted = {k: c for k, c in d["rounds"].items() if "teacher_distribution" in c}
         if fitted:

@@ -280,16 +280,26 @@ def rounds_section(folder: Path, figs: Figures) -> str:
         th_path, f_path = rdir / "threshold.json", rdir / "filter.json"
         if th_path.is_file():
             th = _read_json(th_path)
-            kept = th.get("confident_rows")
+            rule = th.get("rule", "paper")
             out.append(
-                f"<h5>{rdir.name}</h5><p>alpha = {th['alpha']:g} ({html.escape(th['method'])}"
-                + (f"; {html.escape(th['fallback'])}" if th.get("fallback") else "")
-                + f"); source rows {th.get('rows')}, the rule accepts {kept} with their gold label"
-                + "</p>"
+                f"<h5>{html.escape(rdir.name)}</h5><p>alpha = {th['alpha']:g} "
+                f"({html.escape(str(th['method']))}"
+                + (f"; {html.escape(str(th['fallback']))}" if th.get("fallback") else "")
+                + f"); pseudo-label rule {html.escape(str(rule))}; source rows {th.get('rows')}</p>"
             )
+            if th.get("classes"):
+                out.append(_class_thresholds(th["classes"]))
             out.append(figs.threshold(th, f"{folder.name} {rdir.name}"))
         if f_path.is_file():
             f = _read_json(f_path)
+            if f.get("collapse"):
+                items = "".join(f"<li>{html.escape(str(x))}</li>" for x in f["collapse"])
+                out.append(
+                    f"<p class='warn'><b>collapsed</b> (on_collapse = "
+                    f"{html.escape(str(f.get('on_collapse')))}):</p><ul>{items}</ul>"
+                )
+            if f.get("classes") and f.get("pseudo_rule") == "class_quota":
+                out.append(_class_thresholds(f["classes"]))
             counts = [
                 ["source rows kept", f"{f['source_rows_kept']} / {f['source_rows']}"],
                 ["source rows removed this round", f["source_rows_removed"]],
@@ -310,6 +320,20 @@ def rounds_section(folder: Path, figs: Figures) -> str:
             ]  # fmt: skip
             out.append(_table(["class", "pseudo labels", "% of them", "% of source gold"], rows))
     return "\n".join(out)
+
+
+def _class_thresholds(classes: list[dict]) -> str:
+    """Each class's threshold, how it was reached, and the source rows it leaves (precision)."""
+
+    def num(x, fmt):
+        return "–" if x is None else format(x, fmt)
+
+    rows = [
+        [c.get("class"), num(c.get("threshold"), "g"), c.get("how"),
+         num(c.get("source_rows"), ","), num(c.get("source_precision"), ".3f")]
+        for c in classes
+    ]  # fmt: skip
+    return _table(["class", "threshold", "chosen by", "source rows above", "their precision"], rows)
 
 
 def evaluation_section(folder: Path) -> str:

@@ -162,3 +162,31 @@ def test_a_setting_added_later_is_in_the_fingerprint_only_off_its_default(tmp_pa
     assert not any("head_lr_scale" in k for k in plan_stage(scaled, "btf").settings)
     kl = load_config(write(tmp_path, MINIMAL), ["selftrain.soft_loss='kl'"])
     assert plan_stage(kl, "selftrain").settings["selftrain.soft_loss"] == "kl"
+
+
+def test_pseudo_rule_settings_name_the_folder_and_count_only_where_they_act(tmp_path):
+    """A rule other than the paper's, or a source filter other than ``correct``, gets a folder of
+    its own (rows of a study share the rest); a rule's own settings are in the fingerprint only
+    under that rule; ``on_collapse`` only when it changes the result (skip_hard)."""
+    from tests.engine.test_config import MINIMAL, write
+    from xlt_engine.engine.runs import plan_stage, stage_dir
+
+    def plan(*sets):
+        cfg = load_config(write(tmp_path, MINIMAL), list(sets))
+        return stage_dir(cfg, "selftrain").name, plan_stage(cfg, "selftrain").settings
+
+    name, settings = plan()
+    assert name == "selftrain"
+    assert settings["selftrain.pseudo_rule"] == "paper"
+    assert settings["selftrain.source_filter"] == "correct"
+    assert not {"selftrain.min_rows", "selftrain.quota", "selftrain.on_collapse"} & set(settings)
+    assert plan("selftrain.min_rows=5", "selftrain.on_collapse='error'")[1] == settings
+    name, settings = plan("selftrain.pseudo_rule='per_class_precision'", "selftrain.min_rows=5")
+    assert name == "selftrain-per_class_precision"
+    assert (settings["selftrain.min_rows"], settings["selftrain.class_precision"]) == (5, 0.9)
+    assert "selftrain.quota" not in settings
+    name, settings = plan(
+        "selftrain.pseudo_rule='class_quota'", "selftrain.source_filter='confident'"
+    )
+    assert name == "selftrain-class_quota-srcconfident" and settings["selftrain.quota"] == 0.5
+    assert plan("selftrain.on_collapse='skip_hard'")[1]["selftrain.on_collapse"] == "skip_hard"

@@ -30,6 +30,7 @@ from xlt_engine.engine import selftrain as selftrain_module
 from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
 from xlt_engine.engine.inference import predict_logits
 from xlt_engine.engine.loop import TrainConfig
+from xlt_engine.engine.pseudo_labels import check_collapse
 from xlt_engine.engine.selftrain import (
     FILTER_FILE,
     SOURCE_OK_FILE,
@@ -39,7 +40,6 @@ from xlt_engine.engine.selftrain import (
     lost_classes,
     row_units,
     run_selftrain,
-    unlabeled_classes,
     whole_units,
     with_targets,
     write_with_targets,
@@ -268,19 +268,18 @@ def test_filters_match_the_logs_and_the_student(st_run, data):
         fidelity = float((t_arg == s_arg).mean())
         assert counts["teacher_agreement"] == pytest.approx(fidelity, abs=1e-12)
         assert 0 < fidelity < 1 and sum(n > 0 for n in counts["teacher_distribution"].values()) > 1
-        # the source filter (confident, the default) removes, for good, the rows the pseudo-
-        # label rule at alpha does not accept with their gold label
+        # the source filter (correct, the default: the paper) removes, for good, the rows the
+        # soft student's mean of voters does not predict right
         src = encode(read_task_file(data["src"], "conll"), tok, student.labels, 48)
-        src_labels, _, _ = voter_filter(
-            predict_logits(student, src, tok.pad_id, torch.device("cpu")), counts["alpha"]
-        )
+        src_logits = predict_logits(student, src, tok.pad_id, torch.device("cpu"))
         gold = np.concatenate(src.targets)
-        ok = src_labels.numpy() == gold
+        ok = VotersModule.probs(src_logits).argmax(-1).numpy() == gold
         assert counts["source_distribution"] == {
             n: int((gold == i).sum()) for i, n in enumerate(names)
         }
         before = keeps[-2] if r == 2 else np.ones_like(keep)
-        assert counts["source_filter"] == "confident"
+        assert counts["source_filter"] == "correct" and counts["pseudo_rule"] == "paper"
+        assert set(counts["class_alpha"].values()) == {counts["alpha"]}  # one alpha: the paper
         assert np.array_equal(keep, before & ok)
         assert log["source_rows_removed"] == int(before.sum() - keep.sum())
         # the hard step trains on exactly the kept source rows and the pseudo-labeled target
@@ -308,14 +307,20 @@ def test_a_removed_source_row_stays_removed_even_when_predicted_right(
         path = out / "round-2" / name
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     shutil.rmtree(out / "model")
-    correct2 = load_file(str(out / "round-2" / SOURCE_OK_FILE))["confident"] > 0
+    outputs = load_file(str(out / "round-2" / SOURCE_OK_FILE))
+    student = load_task_model(out / "round-2" / "soft" / "model")
+    tok = load_tokenizer(base)
+    gold = np.concatenate(
+        encode(read_task_file(data["src"], "conll"), tok, student.labels, 48).targets
+    )
+    correct2 = outputs["predicted"] == torch.from_numpy(gold)
     f1 = out / "round-1" / FILTER_FILE
     saved = load_file(str(f1))
     keep1 = saved["source_keep"] > 0
     removed = torch.nonzero(keep1 & correct2).flatten()[:20]
     assert len(removed) == 20
     keep1[removed] = False
-    save_file({"source_keep": keep1.to(torch.uint8), "pseudo": saved["pseudo"]}, str(f1))
+    save_file({**saved, "source_keep": keep1.to(torch.uint8)}, str(f1))
     run_selftrain(st_config(base, teacher, data, out), resume=True, echo=None)
     keep2 = load_file(str(out / "round-2" / FILTER_FILE))["source_keep"] > 0
     assert not keep2[removed].any()
@@ -470,11 +475,11 @@ def test_final_model_is_written_last_as_the_stage_marker(
     assert seen == [True]
 
 
-@pytest.mark.parametrize("rule", ["correct", "off"])
-def test_source_filter_correct_and_off(base, teacher, data, tmp_path, rule):
-    """source_filter = "correct" keeps the rows the voters' mean predicts right (the old rule),
-    "off" keeps every row; the default ("confident", checked above) keeps fewer than "correct"
-    here, so the setting matters."""
+@pytest.mark.parametrize("rule", ["confident", "off"])
+def test_source_filter_confident_and_off(base, teacher, data, tmp_path, rule):
+    """source_filter = "confident" keeps the rows the voters agree on with their gold label
+    above its class's threshold, "off" keeps every row; the default ("correct", checked above)
+    keeps more than "confident" here, so the setting matters."""
     out = tmp_path / rule
     soft = TrainConfig(max_steps=150, lr=1e-3, log_every=50, seed=1)
     hard = TrainConfig(max_steps=2, lr=1e-4, log_every=1, seed=1)
@@ -490,11 +495,14 @@ def test_source_filter_correct_and_off(base, teacher, data, tmp_path, rule):
     student = load_task_model(out / "round-1" / "soft" / "model")
     tok = load_tokenizer(base)
     src = encode(read_task_file(data["src"], "conll"), tok, student.labels, 48)
-    pred = VotersModule.probs(predict_logits(student, src, tok.pad_id, torch.device("cpu")))
-    want = pred.argmax(-1).numpy() == np.concatenate(src.targets)
+    logits = predict_logits(student, src, tok.pad_id, torch.device("cpu"))
+    gold = np.concatenate(src.targets)
+    labels, _, mean = voter_filter(logits, counts["alpha"])
+    want = labels.numpy() == gold
     assert np.array_equal(keep, want) and not keep.all()
-    confident = ok["confident"].numpy() > 0
-    assert not (confident & ~keep).any() and confident.sum() < keep.sum()
+    correct = mean.argmax(-1).numpy() == gold
+    assert np.array_equal(ok["predicted"].numpy() == gold, correct)
+    assert not (keep & ~correct).any() and keep.sum() < correct.sum()
 
 
 def test_finetune_and_both_selftrain_steps_keep_the_embeddings_and_bottom_layers(
@@ -534,7 +542,10 @@ def test_a_hard_step_with_no_data_is_skipped_and_logged(base, teacher, data, tmp
     with the soft student (it used to stop the whole pipeline with an error)."""
     out = tmp_path / "st"
     soft = TrainConfig(max_steps=2, lr=1e-3, log_every=1, seed=1)
-    cfg = st_config(base, teacher, data, out, rounds=1.5, soft=soft, threshold="fixed", alpha=0.999)
+    cfg = st_config(
+        base, teacher, data, out, rounds=1.5, soft=soft, threshold="fixed", alpha=0.999,
+        source_filter="confident",
+    )  # fmt: skip
     with pytest.warns(UserWarning, match="round 1: hard step skipped: no training data"):
         run_selftrain(cfg, echo=None)
     hard = [r for r in _records(out) if r["step"] == "hard"]
@@ -727,33 +738,102 @@ def test_a_soft_student_that_lost_the_teachers_classes_is_named():
     assert lost_classes(record, share=0.005) == ["B-LOC", "I-PER", "B-ORG"]
 
 
-def test_classes_alpha_admits_no_pseudo_label_of_are_named(
-    base, teacher, data, tmp_path, monkeypatch
+def _same_weights(a: Path, b: Path) -> bool:
+    x, y = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    return all(torch.equal(x[k], y[k]) for k in x)
+
+
+def test_the_guard_records_each_round_with_the_findings_of_its_counts(st_run):
+    """filter.json's ``collapse`` is ``check_collapse`` of its own counts, and summary.json lists
+    the rounds that had any (this synthetic run's single alpha leaves out one class the student
+    predicts in each round: the guard names it, and nothing else)."""
+    out, _ = st_run
+    flagged = []
+    for r in (1, 2):
+        c = json.loads((out / f"round-{r}" / "filter.json").read_text())
+        want = check_collapse(
+            c["pseudo_distribution"], c["student_distribution"], c["source_distribution"],
+            c["source_kept_distribution"], "O",
+        )  # fmt: skip
+        assert c["collapse"] == want and c["on_collapse"] == "warn"
+        assert all(f.startswith("no pseudo label of ") for f in want)
+        flagged += [{"round": r, "findings": want, "action": "warn"}] if want else []
+    assert json.loads((out / "summary.json").read_text())["collapsed"] == flagged
+
+
+@pytest.mark.parametrize("action", ["warn", "error", "skip_hard"])
+def test_the_collapse_guard_warns_stops_or_skips_the_hard_step(
+    base, teacher, data, tmp_path, action
 ):
-    """unlabeled_classes: the classes the soft student gives >= 1% of the target rows and the
-    pseudo labels none (on real data an automatic alpha of 0.995 kept only O words, and the
-    hard step taught the student O on the whole target text); a run says so with its alpha."""
-    record = {
-        "student_distribution": {"O": 950, "B-LOC": 30, "I-PER": 15, "B-ORG": 5},
-        "pseudo_distribution": {"O": 600, "B-LOC": 0, "I-PER": 4, "B-ORG": 0},
-    }
-    assert unlabeled_classes(record) == ["B-LOC"]  # B-ORG: 0.5% of the rows, below the share
-    assert unlabeled_classes(record, share=0.005) == ["B-LOC", "B-ORG"]
-    record["pseudo_distribution"]["B-LOC"] = 1
-    assert unlabeled_classes(record) == []
-    # the run: the rule applied to filter.json's record, named in a warning with alpha
-    seen = []
-
-    def spy(counts, share=0.01):
-        seen.append(counts)
-        return ["B-LOC"]
-
-    monkeypatch.setattr(selftrain_module, "unlabeled_classes", spy)
+    """A round whose pseudo labels collapsed (here: a barely trained student at a fixed alpha of
+    0.999 gives no target row a label, while its argmax spreads over several classes) is named
+    before its hard step: ``warn`` goes on, ``error`` stops with nothing lost (a resume under
+    another setting continues from the filter), ``skip_hard`` keeps the soft student."""
+    out = tmp_path / action
     soft = TrainConfig(max_steps=2, lr=1e-3, log_every=1, seed=1)
-    out = tmp_path / "st"
-    cfg = st_config(base, teacher, data, out, rounds=1.5, soft=soft, threshold="fixed", alpha=0.6)
+    hard = TrainConfig(max_steps=2, lr=1e-4, log_every=1, seed=1)
+    kw = dict(rounds=1, soft=soft, hard=hard, threshold="fixed", alpha=0.999)
+    cfg = st_config(base, teacher, data, out, on_collapse=action, **kw)
+    if action == "error":
+        with pytest.raises(
+            selftrain_module.CollapseError, match="round 1: the pseudo labels collapsed"
+        ):
+            run_selftrain(cfg, echo=None)
+        assert (out / "round-1" / "filter.json").is_file()
+        assert not (out / "round-1" / "hard").exists() and not (out / "model").exists()
+        cfg = st_config(base, teacher, data, out, on_collapse="warn", **kw)
+        with pytest.warns(UserWarning, match="collapsed"):
+            run_selftrain(cfg, resume=True, echo=None)
+        assert (out / "model").is_dir()
+        return
     with pytest.warns(
-        UserWarning, match=r"round 1: alpha = 0.6 admits no target pseudo label of \['B-LOC'\]"
+        UserWarning,
+        match=r"round 1: the pseudo labels collapsed \(pseudo_rule = 'paper', alpha = 0.999",
     ):
         run_selftrain(cfg, echo=None)
-    assert seen == [json.loads((out / "round-1" / "filter.json").read_text())]
+    counts = json.loads((out / "round-1" / "filter.json").read_text())
+    assert counts["pseudo_rows"] == 0
+    assert counts["collapse"][0].startswith("no target row got a pseudo label")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["collapsed"] == [{"round": 1, "findings": counts["collapse"], "action": action}]
+    hard = next(r for r in _records(out) if r["step"] == "hard")
+    skipped = _same_weights(out / "round-1" / "soft" / "model", out / "round-1" / "hard" / "model")
+    if action == "skip_hard":
+        assert hard["steps"] == 0 and "collapsed" in hard["skipped"] and skipped
+    else:  # warn: the hard step ran on the kept source rows
+        assert hard["steps"] == 2 and hard["target_rows"] == 0 and not skipped
+
+
+@pytest.mark.parametrize("rule", ["per_class_precision", "class_quota", "entity_curve"])
+def test_class_aware_rules_label_with_their_per_class_thresholds(
+    st_run, base, teacher, data, tmp_path, rule
+):
+    """Each class-aware rule: threshold.json and filter.json record a threshold per class, the
+    pseudo labels are voter_filter with exactly those thresholds, and the run is recorded as
+    the rule's (round 1's soft step is the paper run's: it is reused bit for bit)."""
+    full, _ = st_run
+    out = tmp_path / rule
+    out.mkdir()
+    shutil.copytree(full / "round-1" / "soft", out / "round-1" / "soft")
+    shutil.copy(full / "round-1" / "teacher-probs.safetensors", out / "round-1")
+    shutil.copy(full / "selftrain.jsonl", out / "selftrain.jsonl")
+    hard = TrainConfig(max_steps=2, lr=1e-4, log_every=1, seed=1)
+    cfg = st_config(base, teacher, data, out, rounds=1, hard=hard, pseudo_rule=rule)
+    run_selftrain(cfg, resume=True, echo=None)
+    th = json.loads((out / "round-1" / "threshold.json").read_text())
+    counts = json.loads((out / "round-1" / "filter.json").read_text())
+    names = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
+    alpha = [counts["class_alpha"][n] for n in names]
+    assert th["rule"] == counts["pseudo_rule"] == rule and len(th["classes"]) == 7
+    assert len(set(alpha)) > 1  # the classes got thresholds of their own
+    paper = json.loads((full / "round-1" / "threshold.json").read_text())["alpha"]
+    if rule != "class_quota":
+        assert alpha[0] == th["alpha"] == paper and th["class_alpha"] == alpha  # O: the paper's
+    student = load_task_model(out / "round-1" / "soft" / "model")
+    tok = load_tokenizer(base)
+    enc = encode(read_task_file(data["tgt"], "conll", unlabeled=True), tok, student.labels, 48)
+    logits = predict_logits(student, enc, tok.pad_id, torch.device("cpu"))
+    want = voter_filter(logits, torch.tensor(alpha))[0].numpy()
+    pseudo = load_file(str(out / "round-1" / FILTER_FILE))["pseudo"].numpy()
+    assert np.array_equal(pseudo, want)
+    assert counts["pseudo_distribution"] == {n: int((want == i).sum()) for i, n in enumerate(names)}

@@ -15,8 +15,9 @@ HYPOTHESIS = settings(
 )
 
 
-def numpy_voter_filter(z: np.ndarray, alpha: float):
-    """The definition, written plainly in float64: loops, no vector tricks."""
+def numpy_voter_filter(z: np.ndarray, alpha):
+    """The definition, written plainly in float64: loops, no vector tricks. ``alpha``: one
+    threshold, or a sequence of one per class (the agreed class's applies)."""
     M, N, C = z.shape
     labels = np.full(N, -1, dtype=np.int64)
     conf = np.zeros(N)
@@ -30,7 +31,8 @@ def numpy_voter_filter(z: np.ndarray, alpha: float):
             winners.append(int(np.argmax(z[m, n])))  # first index among ties
             tops.append(probs.max())
         conf[n] = min(tops)
-        if len(set(winners)) == 1 and conf[n] > alpha:
+        threshold = alpha if np.isscalar(alpha) else alpha[winners[0]]
+        if len(set(winners)) == 1 and conf[n] > threshold:
             labels[n] = winners[0]
     return labels, conf, mean
 
@@ -99,6 +101,39 @@ def test_dtypes_and_tensor_alpha(provider, dtype):
     assert (labels >= 0).any() and (labels == -1).any()  # the case exercises both outcomes
 
 
+@st.composite
+def per_class_case(draw):
+    z, _ = draw(voter_logits())
+    C = z.shape[2]
+    alphas = draw(st.lists(st.sampled_from([0.0, 0.3, 0.5, 0.9, 1.0]), min_size=C, max_size=C))
+    return z, np.array(alphas, dtype=np.float32)
+
+
+@HYPOTHESIS
+@given(case=per_class_case())
+def test_per_class_alpha_matches_numpy(provider, case):
+    """A [C] alpha: the agreed class's own threshold decides (Triton under the interpreter too:
+    the provider fixture runs every test on both)."""
+    z, alpha = case
+    got = voter_filter(torch.from_numpy(z).to(DEVICE), torch.from_numpy(alpha).to(DEVICE))[0]
+    want_labels, want_conf, _ = numpy_voter_filter(z.astype(np.float64), alpha.astype(np.float64))
+    # fp32 and fp64 may disagree about `conf > alpha` only when they are a rounding apart
+    decided = np.abs(want_conf[:, None] - alpha[None, :].astype(np.float64)).min(axis=1) > 1e-6
+    np.testing.assert_array_equal(got.cpu().numpy()[decided], want_labels[decided])
+
+
+def test_per_class_alpha_applies_the_agreed_class_threshold(provider):
+    # three rows agreed on classes 0, 1, 2 with confidence about 0.84 each (one voter)
+    z = torch.tensor([[[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0]]], device=DEVICE)
+    conf = voter_filter(z, 0.0)[1]
+    assert torch.allclose(conf, torch.full((3,), 0.9094, device=DEVICE), atol=1e-4)
+    alpha = torch.tensor([0.95, 0.5, 1.0], device=DEVICE)
+    assert voter_filter(z, alpha)[0].tolist() == [-1, 1, -1]
+    # a [C] alpha of equal values is the scalar alpha
+    same = torch.full((3,), 0.9, device=DEVICE)
+    assert voter_filter(z, same)[0].tolist() == voter_filter(z, 0.9)[0].tolist() == [0, 1, 2]
+
+
 def test_one_voter_is_a_plain_confidence_filter(provider):
     z = torch.tensor([[[2.0, 0.0], [0.0, 0.1], [-1.0, 3.0]]], device=DEVICE)
     labels, _conf, mean = voter_filter(z, 0.7)
@@ -115,6 +150,8 @@ def test_one_voter_is_a_plain_confidence_filter(provider):
         (torch.zeros(2, 4, 3), 1.5, r"alpha must lie in \[0, 1\], got 1.5"),
         (torch.zeros(2, 4, 3), "0.5", "alpha must be a float"),
         (torch.zeros(2, 4, 3), torch.zeros(2), "1-element float tensor"),
+        (torch.zeros(2, 4, 3), torch.zeros(4), r"one threshold per class \[3\]"),
+        (torch.zeros(2, 4, 3), torch.zeros(3, dtype=torch.long), "float tensor"),
     ],
 )
 def test_bad_inputs(z, alpha, message):

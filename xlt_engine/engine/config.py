@@ -29,6 +29,7 @@ import tomllib
 from xlt_engine import STAGES
 from xlt_engine.data.task import Format
 from xlt_engine.engine.loop import TrainConfig
+from xlt_engine.engine.pseudo_labels import PseudoRule
 from xlt_engine.model.checkpoint import plan_checkpoint
 from xlt_engine.model.config import BertConfig
 from xlt_engine.model.heads import LINEAR
@@ -379,7 +380,9 @@ class FinetuneSection(FinetuneSettings, FreezeOverride):
 Threshold = Literal["curvature", "max_second_difference", "fixed"]
 MultiSource = Literal["teachers", "union"]
 FilterUnit = Literal["word", "sequence"]
-SourceFilter = Literal["confident", "correct", "off"]
+SourceFilter = Literal["correct", "confident", "off"]
+PseudoRuleName = Literal["paper", "per_class_precision", "class_quota", "entity_curve"]
+OnCollapse = Literal["warn", "error", "skip_hard"]
 SoftLoss = Literal["mse", "kl"]
 
 
@@ -393,11 +396,19 @@ class SelftrainSettings(BatchSettings):
     hard: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=1e-6))
     threshold: Threshold = "curvature"
     alpha: float | None = None  # with threshold = "fixed" (the "-AT" ablation)
-    grid: tuple[float, ...] = ()  # () : 0.50..0.99 by 0.01, then 0.995 and 0.999
+    grid: tuple[float, ...] | str = ()  # () : 0.50..0.99 by 0.01, then 0.995 and 0.999;
+    # "even": 0.50..0.99 by 0.01 only (no tail)
     filter_unit: FilterUnit = "word"
-    source_filter: SourceFilter = "confident"  # which source rows the hard steps keep:
-    # confident (the pseudo-label rule at alpha, on the gold label), correct (the voters' mean
-    # predicts the gold label), off (all)
+    source_filter: SourceFilter = "correct"  # which source rows the hard steps keep: correct
+    # (the voters' mean predicts the gold label: the paper), confident (the voters agree on the
+    # gold label above its class's threshold), off (all)
+    pseudo_rule: PseudoRuleName = "paper"  # how the thresholds are chosen (pseudo_labels.py):
+    # paper (one alpha), per_class_precision, class_quota, entity_curve
+    min_rows: int = 30  # per_class_precision: source rows a class's threshold must leave
+    class_precision: float = 0.9  # per_class_precision: their precision's Wilson lower bound
+    quota: float = 0.5  # class_quota: the share of each class's agreed target rows kept
+    on_collapse: OnCollapse = "warn"  # a round whose pseudo labels collapsed: warn, error
+    # (stop before the hard step) or skip_hard (the soft student is the round's result)
     max_unlabeled: int | None = None  # down-sample the unlabeled target data (CLS: 10000)
     soft_loss: SoftLoss = "mse"  # the soft step's loss: mse (the paper's eq. 1, on
     # probabilities) or kl (KL(teacher || student), the usual distillation loss)
@@ -407,15 +418,30 @@ class SelftrainSettings(BatchSettings):
         check_choices(self)
         if not (0.5 <= self.rounds <= 1000 and 2 * self.rounds == int(2 * self.rounds)):
             raise ValueError(f"rounds must be a multiple of 0.5 in [0.5, 1000], got {self.rounds}")
-        bad = [t for t in self.grid if not 0 < t < 1]
-        if bad:
+        if isinstance(self.grid, str):
+            if self.grid != "even":
+                raise ValueError(f"grid must be 'even' or a list of thresholds, got {self.grid!r}")
+        elif bad := [t for t in self.grid if not 0 < t < 1]:
             raise ValueError(f"grid: thresholds must be in (0, 1), got {bad}")
+        self.pseudo_rule_settings()  # its checks (min_rows, class_precision, quota)
         if self.threshold == "fixed" and (self.alpha is None or not 0 <= self.alpha < 1):
             raise ValueError(f"threshold = 'fixed' needs alpha in [0, 1), got {self.alpha!r}")
         if self.threshold != "fixed" and self.alpha is not None:
             raise ValueError(f"alpha = {self.alpha} is read only with threshold = 'fixed'")
         if self.max_unlabeled is not None and self.max_unlabeled < 1:
             raise ValueError(f"max_unlabeled must be >= 1, got {self.max_unlabeled}")
+
+    def pseudo_rule_settings(self) -> PseudoRule:
+        """The pseudo-label rule these settings describe (``engine.pseudo_labels``)."""
+        return PseudoRule(
+            name=self.pseudo_rule,
+            method=self.threshold,
+            alpha=self.alpha,
+            grid=self.grid or None,
+            min_rows=self.min_rows,
+            class_precision=self.class_precision,
+            quota=self.quota,
+        )
 
     @property
     def steps(self) -> list[tuple[int, str]]:

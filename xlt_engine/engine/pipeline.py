@@ -9,13 +9,13 @@ their common stages and a re-run picks up where an earlier one stopped; a stage 
 half-way continues with ``resume``), and one made otherwise stops the run, naming each change.
 Switches give the paper's ablation rows: ``btf=False`` (-BTF: fine-tuning and self-training
 start from the pretrained model), ``selftrain=False`` (-ST), ``selftrain.threshold = "fixed"``
-(-AT), ``model.head = "linear"`` (-VM). The direct-transfer column is always the pretrained
+(-AT), ``model.head = "linear"`` (-VM), ``selftrain.pseudo_rule`` (the class-aware rules). The direct-transfer column is always the pretrained
 model fine-tuned with a plain linear head (``finetune-direct-linear``), standard mBERT
 fine-tuning as in the paper's baseline; without btf the teacher is the pretrained model
 fine-tuned with the configured head (``finetune-direct``).
 
 ``run_ablate``: every row of the paper's tables 5 and 6 (Ours, -AT, -VM, -BTF, -ST, direct
-transfer) for every seed, and a table of mean +- std over seeds per target and on average;
+transfer) and Ours under each other pseudo-label rule (``rule = <name>``) for every seed, and a table of mean +- std over seeds per target and on average;
 with several source languages also the method, -ST and direct transfer from each source alone
 (its runs in ``<s>-<target>`` beside the multi-source ``<s1>+<s2>-<target>``); ``rows`` makes
 only some rows, running only the stages they read.
@@ -47,6 +47,7 @@ from xlt_engine.engine import distributed
 from xlt_engine.engine.config import TEST_SPLIT, ExperimentConfig, check_files
 from xlt_engine.engine.distributed import rank_world
 from xlt_engine.engine.experiment import format_seconds, run_stage
+from xlt_engine.engine.pseudo_labels import RULES as PSEUDO_RULES
 from xlt_engine.engine.runs import (
     NAMED_MODELS,
     check_plans,
@@ -277,11 +278,22 @@ def all_table(results: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
+def rule_rows(cfg: ExperimentConfig) -> dict[str, str]:
+    """``{row: pseudo_rule}``: Ours with each pseudo-label rule other than the config's own
+    (``"rule = per_class_precision"``...), the rows that compare the rules."""
+    return {f"rule = {r}": r for r in PSEUDO_RULES if r != cfg.selftrain.pseudo_rule}
+
+
 def ablation_rows(cfg: ExperimentConfig) -> tuple[str, ...]:
-    """The rows ``run_ablate`` can make for ``cfg``: ``ABLATION_ROWS``, and with several sources
-    per source alone its Ours, - ST and direct-transfer rows (``"Ours (eng only)"``...)."""
+    """The rows ``run_ablate`` can make for ``cfg``: ``ABLATION_ROWS``, Ours with each other
+    pseudo-label rule (``rule_rows``), and with several sources per source alone its Ours, - ST
+    and direct-transfer rows (``"Ours (eng only)"``...)."""
     alone = _alone_sources(cfg)
-    return (*ABLATION_ROWS, *(f"{r} ({lang} only)" for lang in alone for r in SINGLE_SOURCE_ROWS))
+    return (
+        *ABLATION_ROWS,
+        *rule_rows(cfg),
+        *(f"{r} ({lang} only)" for lang in alone for r in SINGLE_SOURCE_ROWS),
+    )
 
 
 def _alone_sources(cfg: ExperimentConfig) -> tuple[str, ...]:
@@ -298,8 +310,9 @@ def run_ablate(
     progress=None,
     rows: list[str] | None = None,
 ) -> dict:
-    """Every ablation row (or only ``rows``, in the order of ``ablation_rows``; a variant runs
-    only when a chosen row needs it) for every seed (each seed in ``<table_dir>/seed-<s>``),
+    """The paper's ablation rows (or only ``rows``, in the order of ``ablation_rows``, which
+    may also name Ours under another pseudo-label rule, ``rule = <name>``; a variant runs only
+    when a chosen row needs it) for every seed (each seed in ``<table_dir>/seed-<s>``),
     then ``ablation.json`` and ``ablation.md`` (mean +- std over seeds) in ``table_dir(cfg)``."""
     if not seeds:
         raise ValueError("seeds: give at least one seed")
@@ -308,7 +321,8 @@ def run_ablate(
     if unknown or rows == []:
         got = f"no row {unknown[0]!r} for this config" if unknown else "give at least one row"
         raise ValueError(f"rows: {got}; the rows are {list(every)}")
-    chosen = [r for r in every if rows is None or r in rows]
+    # by default the paper's rows; the other pseudo-label rules' rows only when asked for
+    chosen = [r for r in every if (r in rows if rows is not None else r not in rule_rows(cfg))]
     root = table_dir(cfg)
     scores: dict[str, dict[str, list[float]]] = {row: {} for row in chosen}
     picks = {  # row: (variant, column of its run_all results)
@@ -326,6 +340,10 @@ def run_ablate(
         "linear": (with_linear_head(cfg), {"table_name": "all-linear-head"}),
         "nobtf": (cfg, {"table_name": "all-no-btf"}),
     }  # fmt: skip
+    for row, rule in rule_rows(cfg).items():  # Ours with another pseudo-label rule
+        variants[rule] = (with_section(cfg, "selftrain", pseudo_rule=rule),
+                          {"table_name": f"all-{rule}"})  # fmt: skip
+        picks[row] = (rule, "selftrain")
     single = _alone_sources(cfg)
     for lang in single:  # several sources: the method from each one alone
         alone = dataclasses.replace(cfg, source=lang, sources=())

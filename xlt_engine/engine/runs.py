@@ -16,8 +16,9 @@ single stage and ``run --stage all`` alike; the tables over all pairs go to ``<o
 
 Ablation variants add ``-voters<M>`` (model.voters != 3) to finetune and selftrain folders,
 ``-la`` / ``-tt`` / ``-sa`` (paper 003's Label Alignment, translate-train, Semantic Alignment) to
-finetune folders, ``-alpha<A>`` (a fixed threshold) and ``-rounds<N>`` (N other than the
-paper's 1.5) to selftrain folders, so the rows of an ablation and the studies share the folders whose settings they share
+finetune folders, ``-alpha<A>`` (a fixed threshold), ``-rounds<N>`` (N other than the
+paper's 1.5), ``-<pseudo_rule>`` (a rule other than the paper's) and ``-src<filter>`` (a source
+filter other than ``correct``) to selftrain folders, so the rows of an ablation and the studies share the folders whose settings they share
 (btf always). A model given by a folder inside the run folder is evaluated into
 ``evaluate-<its path, "/" as "-", less the trailing "model">`` (a round's student:
 ``evaluate-selftrain-rounds3-round-2-soft``), any other folder into ``evaluate-model``.
@@ -123,7 +124,9 @@ def stage_dir(cfg: ExperimentConfig, stage: str) -> Path:
         direct = "-direct" if s.base == "pretrained" else ""
         fixed = f"-alpha{s.alpha:g}" if s.threshold == "fixed" else ""
         rounds = f"-rounds{s.rounds:g}" if s.rounds != PAPER_ROUNDS else ""
-        return run / f"selftrain{direct}{_variant(cfg)}{fixed}{rounds}"
+        rule = f"-{s.pseudo_rule}" if s.pseudo_rule != "paper" else ""
+        source = f"-src{s.source_filter}" if s.source_filter != "correct" else ""
+        return run / f"selftrain{direct}{_variant(cfg)}{fixed}{rounds}{rule}{source}"
     if stage == "cotrain":
         return run / ("cotrain-self" if cfg.cotrain.exchange == "self" else "cotrain")
     if stage == "evaluate":
@@ -538,6 +541,13 @@ def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
         settings = _flat("selftrain", cfg.selftrain, {})
         for key in ("selftrain.base", "selftrain.teacher"):
             settings.pop(key)
+        if cfg.selftrain.on_collapse != "skip_hard":  # warn and error change no result
+            settings.pop("selftrain.on_collapse")
+        rule = cfg.selftrain.pseudo_rule  # a rule's own settings, only where they act
+        unused = {"selftrain.min_rows": "per_class_precision",
+                  "selftrain.class_precision": "per_class_precision", "selftrain.quota": "class_quota"}  # fmt: skip
+        for key in [k for k, r in unused.items() if r != rule]:
+            settings.pop(key)
         plan = StagePlan(cfg, stage, {**common, **head, **settings, **trained}, {})
         _model_input(cfg, cfg.selftrain.base, "selftrain.base", plan)
         for key, (c, name) in teacher_models(cfg).items():
@@ -581,6 +591,11 @@ AFTER_ROUND1_SOFT = (
     "selftrain.alpha",
     "selftrain.grid",
     "selftrain.source_filter",
+    "selftrain.pseudo_rule",
+    "selftrain.min_rows",
+    "selftrain.class_precision",
+    "selftrain.quota",
+    "selftrain.on_collapse",
     "selftrain.hard.",
 )
 # co-training's settings that act only from the first exchange on: folders that differ in these

@@ -6,10 +6,10 @@ method", step 3)::
         S = Base Model + fresh VotersModule          # the student is restored every round
         soft step: S fits T's probabilities on U_tgt (soft_label_mse, each voter)
         if r > N: stop                                # a half round ends after its soft step
-        alpha = select_threshold(curve of S on D_src)
-        D_keep = rows of D_keep that S's voters give their gold label,
-                 unanimously and all above alpha                   # removed for good
-        P = voter_filter(S's voters on U_tgt, alpha)               # unanimous and confident
+        alpha[C] = choose_thresholds(S's voters on D_src, pseudo_rule)  # paper: one alpha
+        D_keep = rows of D_keep that S predicts correctly           # removed for good
+        P = voter_filter(S's voters on U_tgt, alpha[C])            # unanimous and confident
+        collapse guard (on_collapse): warn, error, or skip the hard step
         hard step: S continues with cross-entropy on D_keep + P
         T = S
 
@@ -20,24 +20,29 @@ Rows are what the model classifies: a word (its first sub-token) for NER, a text
 classification. Both filters work per row; an item (a sentence window, a text) with no row left
 is dropped. ``filter_unit = "sequence"`` drops a whole sentence as soon as one of its words fails.
 
-The threshold curve is the pseudo-label rule measured on the source: at threshold t it covers
-the rows whose voters agree with every voter's top probability above t, and accuracy(t) is
-the share of those whose agreed label is the gold one: the precision the pseudo labels would
-have at t (``threshold.rule_curve_inputs``). The source filter (``source_filter``) keeps a row
-when that rule at alpha accepts it with its gold label (``confident``, the paper's "choose
-alpha to select credible data in the source language"), when the mean of the voters'
-probabilities predicts its gold label (``correct``), or always (``off``).
+The pseudo-label rule (thresholds, how they apply, the source filter, the collapse check) lives
+in ``pseudo_labels``: ``pseudo_rule = "paper"`` is one alpha from the curve over all source rows
+(the pseudo labels' precision at each t); the class-aware rules give each class its own. The
+source filter (``source_filter``) keeps a row when the mean of the voters' probabilities
+predicts its gold label (``correct``, the paper), when the voters agree on it above its class's
+threshold (``confident``), or always (``off``). A round whose pseudo labels collapsed (almost all
+one class, no entity words, a class the student predicts left out, or a source side stripped of
+its entities) is named before its hard step (``on_collapse``).
 
 Folder ``out``::
 
     round-<r>/teacher-probs.safetensors   T's mean-of-voters probabilities on U_tgt, fp16 [rows, C]
     round-<r>/soft/                       the soft step's loop folder; soft/model: S after it
-    round-<r>/threshold.json, .csv        alpha and the whole curve (threshold, accuracy, ...)
-    round-<r>/source-ok.safetensors       per source row (uint8): confident, correct
+    round-<r>/threshold.json, .csv        the paper's alpha and the whole curve (threshold,
+                                          accuracy, ...); each class's threshold, its source
+                                          rows and precision (``classes``)
+    round-<r>/source-ok.safetensors       per source row: S's agreed label (-1: none),
+                                          confidence, predicted label (the source filter's input)
     round-<r>/filter.safetensors, .json   source_keep [src rows] bool, pseudo [tgt rows] int64
-                                          (-1: no label), student [tgt rows] (S's argmax); the
-                                          counts, the pseudo labels' classes, and how closely
-                                          S follows T (the classes of both argmaxes, agreement)
+                                          (-1: no label), agreed / confidence / student [tgt
+                                          rows]; the counts, the pseudo labels' classes, the
+                                          class thresholds, how closely S follows T (the
+                                          classes of both argmaxes, agreement), ``collapse``
     round-<r>/hard/                       the hard step's loop folder; hard/model: S after it
     model/                                the final student
     selftrain.jsonl                       one record per finished step (timings, counts)
@@ -98,7 +103,14 @@ from xlt_engine.engine.inference import (
     shard_items,
 )
 from xlt_engine.engine.loop import format_loss, latest_checkpoint, prepare, resolve_precision, train
-from xlt_engine.engine.threshold import rule_curve_inputs, select_threshold
+from xlt_engine.engine.pseudo_labels import (
+    background_class,
+    check_collapse,
+    pseudo_label,
+    rule_settings,
+    source_ok,
+    thresholds_from,
+)
 from xlt_engine.fileio import (
     append_jsonl,
     atomic_folder,
@@ -138,6 +150,10 @@ RELEASE_EVERY = 1  # batches between drops of a packed store's pages (``packed.r
 # training batch reads random items, and the kernel maps far more than it reads (measured: 576
 # random rows of a 175 MB memory-mapped file left 142 MB of it resident; MADV_RANDOM changed
 # nothing), so the pages go after every batch (a few madvise calls)
+
+
+class CollapseError(ValueError):
+    """A round's pseudo labels collapsed and ``on_collapse = "error"`` stops the run."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -339,6 +355,11 @@ def _write_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str,
     atomic_write_bytes(path, data)
 
 
+def _class_alphas(labels: list[str], alpha: list[float]) -> str:
+    """``O 0.995, B-LOC 0.7, ...``: each class's threshold, for the log (1: none admitted)."""
+    return ", ".join(f"{c} {a:g}" for c, a in zip(labels, alpha, strict=True))
+
+
 def _names(teachers: list[Path]) -> str | list[str]:
     """How the log names a round's teacher(s): one path, or the list."""
     return str(teachers[0]) if len(teachers) == 1 else [str(t) for t in teachers]
@@ -422,16 +443,6 @@ def lost_classes(fidelity: dict, share: float = 0.01) -> list[str]:
     return [c for c, n in teacher.items() if rows and n >= share * rows and student.get(c, 0) == 0]
 
 
-def unlabeled_classes(counts: dict, share: float = 0.01) -> list[str]:
-    """The classes the soft student's argmax gives at least ``share`` of the target rows and
-    the pseudo labels none (``filter.json``'s record): alpha admitted no target row of them
-    (e.g. an automatic alpha at the top of the grid, where on NER only O words pass), so on the
-    target text the hard step teaches the student the other classes only."""
-    student, pseudo = counts["student_distribution"], counts["pseudo_distribution"]
-    rows = sum(student.values())
-    return [c for c, n in student.items() if rows and n >= share * rows and pseudo.get(c, 0) == 0]
-
-
 def target_counts(
     enc: Encoded, pseudo: np.ndarray, agreed: np.ndarray, names: list[str], chunk: int = CHUNK_ITEMS
 ) -> dict:
@@ -489,6 +500,7 @@ class SelfTraining:
         self.tok = load_tokenizer(cfg.base_model)
         first = load_task_model(cfg.teacher, device="cpu")
         self.labels, self.kind = first.labels, first.kind
+        self.background = background_class(self.labels) if self.kind == "token" else None
         self.num_voters = cfg.voters or first.voters.num_voters
         self.widths = cfg.voter_widths
         if cfg.head == "linear":
@@ -521,6 +533,7 @@ class SelfTraining:
         self.forward_seconds = 0.0  # inference time of ``chunks`` (the model's forward passes)
         self.log_path = self.out / "selftrain.jsonl"
         self.records: list[dict] = []
+        self.collapsed: list[dict] = []  # rounds whose pseudo labels collapsed (``guard``)
         if self.log_path.exists():
             self.records = read_jsonl(self.log_path)
         self.say(
@@ -567,10 +580,19 @@ class SelfTraining:
             del logits
             release(enc, *held)
 
+    def warn(self, msg: str) -> None:
+        """Said once: to the run's output where it has one (the CLI), else as a Python warning
+        (a library caller's), on rank 0."""
+        if self.echo:
+            self.say(msg)
+        elif self.main:
+            warnings.warn(msg, stacklevel=3)
+
     def rows_file(self, path: Path, specs: dict, meta: dict[str, str], fill, finish=None) -> None:
         """The safetensors file ``path`` of per-row tensors (``specs``: name -> (dtype code,
         shape)), filled in place: rank 0 creates it under a temporary name, every rank writes
-        its share (``fill(arrays)``, arrays memory-mapped), rank 0 runs ``finish(arrays)`` on
+        its share (``fill(arrays)``, arrays memory-mapped; a list of such passes runs in order,
+        each one after every rank finished the one before), rank 0 runs ``finish(arrays)`` on
         the whole and renames it into place (last: it marks the step done). Memory: what
         ``fill`` and ``finish`` hold, whatever the row count."""
         tmp = path.parent / f".{path.name}.tmp-rows"
@@ -578,8 +600,9 @@ class SelfTraining:
             tmp.unlink(missing_ok=True)
             create_safetensors(tmp, specs, meta)
         distributed.barrier()
-        _in_place(tmp, fill)
-        distributed.barrier()
+        for one in fill if isinstance(fill, list) else [fill]:
+            _in_place(tmp, one)
+            distributed.barrier()
         if self.main:
             if finish is not None:
                 _in_place(tmp, finish)
@@ -779,64 +802,75 @@ class SelfTraining:
         self.say(f"round {r}: soft step done, loss {format_loss(res.last_loss)} ({secs:.1f} s)")
         return student
 
-    def pick_alpha(self, r: int, student: TaskModel) -> tuple[float, np.ndarray]:
-        """alpha from the threshold curve of S on D_src, and which source rows pass the source
-        filter's test (``source_filter``: confident, correct, or all for off)."""
+    def thresholds(self, r: int, student: TaskModel) -> tuple[dict, dict[str, np.ndarray]]:
+        """The pseudo-label rule's thresholds from S's voters on D_src (``pseudo_labels``;
+        ``class_quota``'s per-class ones come with the target, in ``filter``) and S's outputs
+        per source row (agreed label or -1, confidence, the mean's argmax), which the source
+        filter reads. ``threshold.json`` (written last: it marks the step done) holds the
+        paper's alpha and curve, each class's threshold with its source rows and precision."""
         rdir = self.out / f"round-{r}"
         path = rdir / "threshold.json"
+        rule = self.cfg.pseudo_rule_settings()
 
         def compute():
             t0 = time.perf_counter()
             agreed, conf, mean = voter_filter(self.logits(student, self.src), 0.0)
             gold = torch.from_numpy(self.gold).to(agreed.device)
-            rule_conf, rule_correct = rule_curve_inputs(agreed, conf, gold)
-            choice = select_threshold(
-                rule_conf,
-                rule_correct,
-                len(self.labels),
-                self.cfg.threshold,
-                self.cfg.grid or None,
-                self.cfg.alpha,
-            )
-            predicted_ok = (mean.argmax(-1) == gold).cpu().numpy()
-            confident_ok = (rule_correct & (rule_conf > choice.alpha)).cpu().numpy()
+            source = (agreed, conf)  # class_quota: its target part comes in ``filter``
+            th = thresholds_from(
+                agreed, conf, gold, len(self.labels), rule, background=self.background,
+                names=self.labels, target=source if rule.name == "class_quota" else None,
+            )  # fmt: skip
+            outputs = {"agreed": agreed, "confidence": conf, "predicted": mean.argmax(-1)}
             secs = time.perf_counter() - t0
+            base = th.base
             self.log(
                 {
                     "round": r,
                     "step": "threshold",
-                    "alpha": choice.alpha,
-                    "method": choice.method,
-                    "fallback": choice.fallback,
+                    "alpha": base.alpha,
+                    "method": base.method,
+                    "fallback": base.fallback,
+                    "rule": rule.name,
+                    "class_alpha": dict(zip(self.labels, th.alpha, strict=True)),
                     "seconds": secs,
                 }
             )
             self.say(
-                f"round {r}: alpha = {choice.alpha} ({choice.method}"
-                + (f"; {choice.fallback}" if choice.fallback else "")
+                f"round {r}: alpha = {base.alpha} ({base.method}"
+                + (f"; {base.fallback}" if base.fallback else "")
                 + ")"
+                + (
+                    f"; {rule.name}: {_class_alphas(self.labels, th.alpha)}"
+                    if rule.name != "paper"
+                    else ""
+                )
             )
-            return choice, {"correct": predicted_ok, "confident": confident_ok}
+            for note in th.notes:
+                self.say(f"round {r}: {note}")
+            return th, {k: v.cpu().numpy() for k, v in outputs.items()}
 
         def write(value):
-            choice, ok = value
-            record = choice.to_json() | {
+            th, outputs = value
+            record = th.base.to_json() | {
                 "round": r,
                 "rows": len(self.gold),
-                "correct_rows": int(ok["correct"].sum()),
-                "confident_rows": int(ok["confident"].sum()),
+                "rule": th.rule,
+                "rule_settings": rule_settings(rule),
+                "class_alpha": th.alpha,
+                "classes": th.classes,
+                "notes": th.notes,
             }
-            atomic_write_text(rdir / "threshold.csv", choice.to_csv())
-            tensors = {k: torch.from_numpy(v.astype(np.uint8)) for k, v in ok.items()}
-            _write_tensors(rdir / SOURCE_OK_FILE, tensors, {})
+            atomic_write_text(rdir / "threshold.csv", th.base.to_csv())
+            _write_tensors(
+                rdir / SOURCE_OK_FILE, {k: torch.from_numpy(v) for k, v in outputs.items()}, {}
+            )
             atomic_write_text(path, json.dumps(record, indent=2) + "\n")  # last: marks it done
 
         def read():
-            alpha = float(json.loads(path.read_text(encoding="utf-8"))["alpha"])
-            if self.cfg.source_filter == "off":
-                return alpha, np.ones(len(self.gold), dtype=bool)
-            ok = load_file(str(rdir / SOURCE_OK_FILE))[self.cfg.source_filter]
-            return alpha, ok.numpy() > 0
+            record = json.loads(path.read_text(encoding="utf-8"))
+            outputs = {k: v.numpy() for k, v in load_file(str(rdir / SOURCE_OK_FILE)).items()}
+            return record, outputs
 
         return shared(path, compute, write, read)
 
@@ -844,39 +878,60 @@ class SelfTraining:
         self,
         r: int,
         student: TaskModel,
-        alpha: float,
-        source_ok: np.ndarray,
+        threshold: dict,
+        source_out: dict[str, np.ndarray],
         source_keep: np.ndarray,
         probs: np.ndarray,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The permanent source filter (rows of D_keep that pass ``source_ok``, see
-        ``pick_alpha``) and the pseudo labels (voter_filter at alpha, -1 = none); returns
-        (source_keep, pseudo). ``probs``: the probabilities the soft step fitted, for
-        filter.json's record of how closely the student follows them (``fidelity_counts``)."""
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """The permanent source filter (rows of D_keep that pass ``source_filter`` at the
+        classes' thresholds) and the pseudo labels (``voter_filter`` with the per-class
+        thresholds, -1 = none; ``class_quota`` first reads the target's voters to set them, then
+        labels in a second pass); returns (source_keep, pseudo, collapse findings).
+        ``probs``: the probabilities the soft step fitted, for filter.json's record of how
+        closely the student follows them (``fidelity_counts``)."""
         cfg, rdir = self.cfg, self.out / f"round-{r}"
         path = rdir / FILTER_FILE
+        rule = cfg.pseudo_rule_settings()
+        quota = rule.name == "class_quota"
         if not path.is_file():
             t0 = time.perf_counter()
-            before = int(source_keep.sum())
-            keep = source_keep.copy()
-            if cfg.filter_unit == "word":
-                keep &= source_ok
-            else:
-                keep &= whole_units(source_ok, self.src_units)
+            alpha = np.asarray(threshold["class_alpha"], dtype=np.float64)  # as recorded
+            classes = threshold["classes"]
+            gold = torch.from_numpy(self.gold)
 
             def fill(arrays):
+                # quota: nothing passes yet (alpha 1); the voters' outputs set the thresholds
+                first = torch.ones(len(alpha)) if quota else torch.from_numpy(alpha).float()
                 for row, logits in self.chunks(student, self.tgt, *arrays.values()):
-                    # unanimous at any confidence (every confidence is > 0), then at alpha:
-                    # one pass gives both, as voter_filter(logits, alpha) would
-                    agreed, conf, mean = voter_filter(logits, 0.0)
-                    pseudo = torch.where(conf > alpha, agreed, -1)
-                    rows = slice(row, row + pseudo.shape[0])
-                    arrays["pseudo"][rows] = pseudo.cpu().numpy()
-                    arrays["agreed"][rows] = (agreed >= 0).cpu().numpy()
-                    arrays["student"][rows] = mean.argmax(dim=-1).cpu().numpy()
+                    labels = pseudo_label(logits, first.to(logits.device))[0]
+                    agreed, conf, mean = voter_filter(logits, 0.0)  # at any confidence
+                    rows = slice(row, row + labels.shape[0])
+                    out = torch.stack([labels, agreed, mean.argmax(dim=-1)]).cpu().numpy()
+                    arrays["pseudo"][rows] = out[0]
+                    arrays["agreed"][rows] = out[1]
+                    arrays["student"][rows] = out[2]
+                    arrays["confidence"][rows] = conf.cpu().numpy()
+
+            def relabel(arrays):  # class_quota's second pass, at the thresholds the first set
+                a = torch.from_numpy(alpha).float()
+                for row, logits in self.chunks(student, self.tgt, *arrays.values()):
+                    labels = pseudo_label(logits, a.to(logits.device))[0]
+                    arrays["pseudo"][row : row + labels.shape[0]] = labels.cpu().numpy()
 
             def finish(arrays):
                 forward, self.forward_seconds = self.forward_seconds, 0.0
+                ok = source_ok(
+                    torch.from_numpy(source_out["agreed"]),
+                    torch.from_numpy(source_out["confidence"]),
+                    torch.from_numpy(source_out["predicted"]),
+                    gold,
+                    torch.from_numpy(alpha),
+                    cfg.source_filter,
+                ).numpy()
+                before = int(source_keep.sum())
+                keep = source_keep & (
+                    ok if cfg.filter_unit == "word" else whole_units(ok, self.src_units)
+                )
                 arrays["source_keep"][:] = keep
                 if cfg.filter_unit == "sequence":
                     drop_failed_units(self.tgt, arrays["pseudo"])
@@ -884,16 +939,28 @@ class SelfTraining:
                     "round": r,
                     "filter_unit": cfg.filter_unit,
                     "source_filter": cfg.source_filter,
-                    "alpha": alpha,
+                    "pseudo_rule": rule.name,
+                    "alpha": threshold["alpha"],
+                    "class_alpha": dict(zip(self.labels, alpha.tolist(), strict=True)),
+                    "classes": classes,
                     "source_rows": len(self.gold),
                     "source_rows_before": before,
                     "source_rows_kept": int(keep.sum()),
                     "source_rows_removed": before - int(keep.sum()),
                     "source_units_kept": int(np.unique(self.src_units[keep]).size),
-                    **target_counts(self.tgt, arrays["pseudo"], arrays["agreed"], self.labels),
+                    **target_counts(self.tgt, arrays["pseudo"], arrays["agreed"] >= 0, self.labels),
                     **fidelity_counts(probs, arrays["student"], self.labels),
                     "source_distribution": _distribution(self.gold, self.labels),  # gold, all rows
+                    "source_kept_distribution": _distribution(self.gold[keep], self.labels),
                 }
+                counts["collapse"] = check_collapse(
+                    counts["pseudo_distribution"],
+                    counts["student_distribution"],
+                    counts["source_distribution"],
+                    counts["source_kept_distribution"],
+                    None if self.background is None else self.labels[self.background],
+                )
+                counts["on_collapse"] = cfg.on_collapse
                 secs = time.perf_counter() - t0
                 self.log({"step": "filter", **counts, "seconds": secs, "forward_seconds": forward})
                 self.say(
@@ -913,30 +980,41 @@ class SelfTraining:
                         "(see the soft step's loss in selftrain.jsonl; a lower selftrain.soft.lr "
                         "or head_lr_scale may help)"
                     )
-                    warnings.warn(msg, stacklevel=2)
-                    self.say(msg)
-                unlabeled = unlabeled_classes(counts)
-                if unlabeled:  # (the filter comes before each hard step)
-                    msg = (
-                        f"round {r}: alpha = {alpha:g} admits no target pseudo label of "
-                        f"{unlabeled}, which the soft student predicts on at least 1% of the "
-                        "target rows each: on the target text the hard step teaches only "
-                        f"{sorted(c for c, n in counts['pseudo_distribution'].items() if n)} "
-                        "(see threshold.csv; a fixed selftrain.alpha or another "
-                        "selftrain.threshold rule may suit this task)"
-                    )
-                    warnings.warn(msg, stacklevel=2)
-                    self.say(msg)
+                    self.warn(msg)
+
+            def set_quota(arrays):  # class_quota: the thresholds from the target's voters (every
+                # rank reads every rank's rows and sets the same ones)
+                th = thresholds_from(
+                    torch.from_numpy(source_out["agreed"]),
+                    torch.from_numpy(source_out["confidence"]),
+                    gold, len(self.labels), rule, background=self.background, names=self.labels,
+                    target=(torch.from_numpy(np.asarray(arrays["agreed"])),
+                            torch.from_numpy(np.asarray(arrays["confidence"]))),
+                )  # fmt: skip
+                alpha[:] = th.alpha
+                classes[:] = th.classes
+                self.say(
+                    f"round {r}: class_quota {rule.quota:g}: {_class_alphas(self.labels, th.alpha)}"
+                )
 
             specs = {
                 "source_keep": ("U8", (len(self.gold),)),
                 "pseudo": ("I64", (self.tgt_rows,)),
-                "agreed": ("U8", (self.tgt_rows,)),  # 1: the voters agree (at any confidence)
+                "agreed": (
+                    "I32",
+                    (self.tgt_rows,),
+                ),  # the voters' common label at any confidence, or -1
+                "confidence": (
+                    "F32",
+                    (self.tgt_rows,),
+                ),  # the smallest of the voters' top probabilities
                 "student": ("I32", (self.tgt_rows,)),  # argmax of the voters' mean probabilities
             }
-            self.rows_file(path, specs, {}, fill, finish)
+            passes = [fill, set_quota, relabel] if quota else [fill]
+            self.rows_file(path, specs, {}, passes, finish)
         saved = open_safetensors(path)
-        return np.asarray(saved["source_keep"]) > 0, saved["pseudo"]
+        findings = json.loads((rdir / "filter.json").read_text(encoding="utf-8"))["collapse"]
+        return np.asarray(saved["source_keep"]) > 0, saved["pseudo"], findings
 
     def hard_data(self, r: int, source_keep: np.ndarray, pseudo: np.ndarray) -> tuple[Encoded, int]:
         """D_keep + P as a packed store (``round-<r>/hard-data``, written by rank 0 chunk by
@@ -955,13 +1033,58 @@ class SelfTraining:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
         return open_store(folder), int(meta["source_items"])
 
+    def guard(self, r: int, findings: list[str], threshold: dict) -> str | None:
+        """The collapse guard (``on_collapse``), before round ``r``'s hard step: ``findings``
+        (``pseudo_labels.check_collapse``) are said in a clear block; ``warn`` goes on,
+        ``error`` stops with the block (filter.json and all before it stay: the run resumes),
+        ``skip_hard`` returns why the hard step is skipped."""
+        if not findings:
+            return None
+        cfg = self.cfg
+        msg = (
+            f"round {r}: the pseudo labels collapsed (pseudo_rule = {cfg.pseudo_rule!r}, alpha = "
+            f"{threshold['alpha']:g}, source_filter = {cfg.source_filter!r}):\n  - "
+            + "\n  - ".join(findings)
+            + "\n  a hard step on these labels teaches the student (almost) only the classes they "
+            "hold. Settings that "
+            'avoid it: selftrain.pseudo_rule = "per_class_precision" or "class_quota" (a '
+            'threshold per class), selftrain.grid = "even", a fixed alpha (selftrain.threshold '
+            '= "fixed"); selftrain.on_collapse = "skip_hard" keeps the soft student as the '
+            'round\'s result, "error" stops here'
+        )
+        self.collapsed.append({"round": r, "findings": findings, "action": cfg.on_collapse})
+        if cfg.on_collapse == "error":
+            raise CollapseError(f"{msg}\n(stopped before the hard step: resume with --resume)")
+        self.warn(msg)
+        return msg if cfg.on_collapse == "skip_hard" else None
+
+    def skip_hard(self, r: int, student: TaskModel, why: str) -> TaskModel:
+        """No hard step in round ``r``: the soft student is the round's result (hard/model)."""
+        folder = self.out / f"round-{r}" / "hard"
+        if self.main:
+            save_task_model(student, folder / "model", self.tok)
+        distributed.barrier()
+        self.log({"round": r, "step": "hard", "items": 0, "steps": 0, "skipped": why})
+        self.warn(f"round {r}: hard step skipped: {why}; the student stays the soft one")
+        return student
+
     def hard_step(
-        self, r: int, student: TaskModel, source_keep: np.ndarray, pseudo: np.ndarray, alpha: float
+        self,
+        r: int,
+        student: TaskModel,
+        source_keep: np.ndarray,
+        pseudo: np.ndarray,
+        alpha: float,
+        skip: str | None = None,
     ) -> TaskModel:
-        """S continues with cross-entropy on D_keep + P."""
+        """S continues with cross-entropy on D_keep + P (``skip``: why it does not)."""
         folder = self.out / f"round-{r}" / "hard"
         if (folder / "model").is_dir():
             return load_task_model(folder / "model", device=self.device)
+        if skip is not None:
+            return self.skip_hard(
+                r, student, "the pseudo labels collapsed (on_collapse = skip_hard)"
+            )
         cfg, device = self.cfg, self.device
         hard, n_src = self.hard_data(r, source_keep, pseudo)
         rows = np.asarray(hard.targets.offsets)
@@ -974,13 +1097,7 @@ class SelfTraining:
                 f"no training data: the source filter removed every source row and no target "
                 f"row passed alpha = {alpha}"
             )
-            if self.main:
-                save_task_model(student, folder / "model", self.tok)
-            distributed.barrier()
-            self.log({"round": r, "step": "hard", "items": 0, "steps": 0, "skipped": why})
-            warnings.warn(f"round {r}: hard step skipped: {why}", stacklevel=2)
-            self.say(f"round {r}: hard step skipped: {why}; the student stays the soft one")
-            return student
+            return self.skip_hard(r, student, why)
         data = StoreBatches(hard, self.tok.pad_id, cfg.batch_size, cfg.max_tokens, self.seed)
 
         def hard_loss(m, batch, gen):
@@ -1040,9 +1157,12 @@ def run_selftrain(
             probs = run.teacher_probs(r, teachers)
             student = run.soft_step(r, probs, teachers)
             continue
-        alpha, source_ok = run.pick_alpha(r, student)
-        source_keep, pseudo = run.filter(r, student, alpha, source_ok, source_keep, probs)
-        student = run.hard_step(r, student, source_keep, pseudo, alpha)
+        threshold, source_out = run.thresholds(r, student)
+        source_keep, pseudo, collapse = run.filter(
+            r, student, threshold, source_out, source_keep, probs
+        )
+        skip = run.guard(r, collapse, threshold)  # before every hard step
+        student = run.hard_step(r, student, source_keep, pseudo, threshold["alpha"], skip)
         teachers = [out / f"round-{r}" / "hard" / "model"]  # T = S
 
     final = out / "model"
@@ -1051,10 +1171,15 @@ def run_selftrain(
             "rounds": cfg.rounds,
             "steps": [f"{w}{r}" for r, w in cfg.steps],
             "model": str(final),
+            "collapsed": run.collapsed,
             "log": run.records,
         }
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         save_task_model(student, final, run.tok)  # last: model/ marks the stage finished
     distributed.barrier()
+    for c in run.collapsed:  # repeated where a reader of the run's end looks
+        run.say(
+            f"selftrain: round {c['round']} collapsed ({c['action']}): " + "; ".join(c["findings"])
+        )
     run.say(f"selftrain: final student in {final}")
     return SelftrainResult(final, run.records)

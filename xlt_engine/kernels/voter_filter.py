@@ -3,14 +3,16 @@
 For each row n and voter m: s_m = softmax(z_m), a_m = argmax z_m (lowest index among tied
 maxima, as numpy and torch do), c_m = max s_m = 1 / sum_c exp(z_c - max z). Then
 
-    label[n]      = a_1 if a_1 == a_2 == ... == a_M and min_m c_m > alpha, else -1
+    label[n]      = a_1 if a_1 == a_2 == ... == a_M and min_m c_m > alpha[a_1], else -1
     confidence[n] = min_m c_m
     mean_probs[n] = (1/M) sum_m s_m
 
 The argmax is taken on the logits, not on the rounded probabilities, so a near-tie that rounds to
-equal probabilities still has one winner. ``alpha`` may be a Python float in [0, 1] or a 1-element
-tensor on the inputs' device (read by the kernel, so no host sync either way); with alpha = 1 no
-row passes, with alpha = 0 every unanimous row does.
+equal probabilities still has one winner. ``alpha`` is one threshold for every class (a Python
+float in [0, 1] or a 1-element tensor) or one per class (a ``[C]`` tensor: the agreed class's
+own threshold applies, as the class-aware pseudo-label rules need); tensors live on the inputs'
+device and are read by the kernel, so there is no host sync either way. With alpha = 1 no row
+passes, with alpha = 0 every unanimous row does.
 
 One kernel, ``voter_filter_fwd_kernel``: a program holds a block of rows and loops over the
 voters, keeping the running agreement, minimum confidence and probability sum in registers.
@@ -37,7 +39,7 @@ _OP = "voter_filter"
 @triton.jit
 def voter_filter_fwd_kernel(
     z_ptr,  # [M, N, C] voter logits, contiguous
-    alpha_ptr,  # [1] fp32 confidence threshold
+    alpha_ptr,  # [C] fp32 confidence threshold of each class (a scalar alpha is expanded)
     labels_ptr,  # [N] int64 output: agreed label or -1
     conf_ptr,  # [N] fp32 output: min over voters of the max probability
     probs_ptr,  # [N, C] fp32 output: mean of the voters' probabilities
@@ -54,7 +56,6 @@ def voter_filter_fwd_kernel(
     n_ok = offs_n < N
     ok = n_ok[:, None] & (offs_c < C)[None, :]
     idx = offs_n.to(tl.int64)[:, None] * C + offs_c[None, :]
-    alpha = tl.load(alpha_ptr)
 
     first = tl.zeros([BLOCK_R], dtype=tl.int32)
     agree = n_ok
@@ -77,6 +78,8 @@ def voter_filter_fwd_kernel(
             first = winner
         else:
             agree = agree & (winner == first)
+    # the agreed class's threshold (an all-NaN row has no winner: first = BLOCK_C, none read)
+    alpha = tl.load(alpha_ptr + first, mask=n_ok & (first < C), other=1.0)
     label = tl.where(agree & (conf > alpha), first.to(tl.int64), -1)
     tl.store(labels_ptr + offs_n, label, mask=n_ok)
     tl.store(conf_ptr + offs_n, conf, mask=n_ok)
@@ -86,7 +89,7 @@ def voter_filter_fwd_kernel(
 def voter_filter_fwd(
     z: torch.Tensor, alpha: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """z [M, N, C] contiguous, alpha [1] fp32 on z's device."""
+    """z [M, N, C] contiguous, alpha [C] fp32 on z's device."""
     M, N, C = z.shape
     labels = torch.empty(N, device=z.device, dtype=torch.int64)
     conf = torch.empty(N, device=z.device, dtype=torch.float32)
@@ -98,21 +101,28 @@ def voter_filter_fwd(
     return labels, conf, probs
 
 
-def _alpha_tensor(alpha, device: torch.device) -> torch.Tensor:
+def _alpha_tensor(alpha, classes: int, device: torch.device) -> torch.Tensor:
+    """``alpha`` as a [C] fp32 tensor on ``device``: a scalar (float or 1-element tensor) is
+    expanded, a [C] tensor is taken as it is (its values are the caller's: nothing is read on
+    the host)."""
     if isinstance(alpha, torch.Tensor):
-        if alpha.numel() != 1 or not alpha.dtype.is_floating_point:
+        if (
+            alpha.numel() not in (1, classes)
+            or alpha.dim() > 1
+            or not alpha.dtype.is_floating_point
+        ):
             raise ValueError(
-                f"{_OP}: alpha must be a float or a 1-element float tensor, got "
-                f"{alpha.dtype} {shape_str(alpha)}"
+                f"{_OP}: alpha must be a float, a 1-element float tensor or a float tensor of "
+                f"one threshold per class [{classes}], got {alpha.dtype} {shape_str(alpha)}"
             )
         if alpha.device != device:
             raise ValueError(f"{_OP}: alpha is on {alpha.device}, the logits on {device}")
-        return alpha.reshape(1).to(torch.float32)
+        return alpha.reshape(-1).to(torch.float32).expand(classes).contiguous()
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise ValueError(f"{_OP}: alpha must be a float in [0, 1], got {alpha!r}")
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"{_OP}: alpha must lie in [0, 1], got {alpha}")
-    return torch.full((1,), float(alpha), device=device, dtype=torch.float32)  # no H2D copy
+    return torch.full((classes,), float(alpha), device=device, dtype=torch.float32)  # no H2D copy
 
 
 def voter_filter(
@@ -120,7 +130,9 @@ def voter_filter(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pseudo labels where all M voters agree and each is more than ``alpha`` confident.
 
-    voter_logits [M, N, C] float (any device). Returns labels [N] int64 (-1 = filtered out),
+    voter_logits [M, N, C] float (any device); alpha a float, a 1-element tensor, or a [C]
+    float tensor of per-class thresholds (the agreed class's applies), on the logits' device.
+    Returns labels [N] int64 (-1 = filtered out),
     confidence [N] fp32 (minimum over voters of the top probability) and mean_probs [N, C] fp32.
     """
     check_float(_OP, "voter_logits", voter_logits)
@@ -129,7 +141,7 @@ def voter_filter(
             f"{_OP}: voter_logits must be [M, N, C] with M >= 1 and C >= 1, got "
             f"{shape_str(voter_logits)}"
         )
-    alpha_t = _alpha_tensor(alpha, voter_logits.device)
+    alpha_t = _alpha_tensor(alpha, voter_logits.shape[2], voter_logits.device)
     with torch.no_grad():
         if voter_logits.dtype == torch.float64 or not use_triton(
             voter_filter_fwd_kernel, voter_logits
@@ -153,6 +165,10 @@ def voter_filter_ref(
     winner = torch.where(z == z.amax(-1, keepdim=True), ar, C).amin(-1)  # [M, N]
     agree = (winner == winner[:1]).all(0)
     conf = conf_m.amin(0)
-    alpha_v = alpha.reshape(()) if isinstance(alpha, torch.Tensor) else alpha
+    if isinstance(alpha, torch.Tensor):  # one per class ([1]: the same for all)
+        # [N]: the agreed class's threshold (an all-NaN row's winner is C: its conf is NaN)
+        alpha_v = alpha.reshape(-1).to(conf.dtype).expand(C)[winner[0].clamp(max=C - 1)]
+    else:
+        alpha_v = alpha
     labels = torch.where(agree & (conf > alpha_v), winner[0], -1)
     return labels.to(torch.int64), conf.to(torch.float32), probs.mean(0).to(torch.float32)

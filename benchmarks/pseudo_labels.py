@@ -1,13 +1,14 @@
 """The pseudo labels of a self-training run checked against the hidden gold labels of its
-unlabeled file (a study's diagnosis, never read by the training), for sequence tasks whose
-unlabeled file carries labels (CLS-10, MARC, XNLI train files): per round, the rows given a
-pseudo label (of the pool), their classes, the share that is right, and the gold classes of the
-pool and of the rows given a label.
+unlabeled file (a study's diagnosis, never read by the training), for tasks whose unlabeled file
+carries labels (CLS-10, MARC, XNLI train files; CoNLL train files, whose tags the run never
+reads): per round, the rows given a pseudo label (of the pool), their classes, the share that is
+right overall and per class (the precision of each class's pseudo labels), and the gold classes
+of the pool and of the rows given a label.
 
 The pool is the run's own target store (``<stage>/cache/<file>.<key>/``): its ``lines.npy`` names
-the file line of every row, and the file is read again with its labels. A row whose gold label
-is unknown (a MARC 3-star review, which the binary task leaves out and an unlabeled pool keeps)
-counts as unrated.
+the file line of every unit (a text; a sentence, whose words are its rows in order), and the file
+is read again with its labels. A row whose gold label is unknown (a MARC 3-star review, which the
+binary task leaves out and an unlabeled pool keeps) counts as unrated.
 
     PYTHONPATH=. python benchmarks/pseudo_labels.py runs/study-cls/seed-*/en-de/selftrain*
 """
@@ -35,8 +36,6 @@ def target_store(stage: Path) -> tuple[Path, dict]:
     if len(found) != 1:
         raise ValueError(f"{stage / 'cache'}: {len(found)} unlabeled stores, expected 1")
     folder, meta = found[0]
-    if meta["kind"] != "sequence":
-        raise ValueError(f"{folder}: a {meta['kind']} task; this check reads sequence tasks")
     if len(meta["files"]) != 1:
         raise ValueError(f"{folder}: {len(meta['files'])} files, expected 1")
     return folder, meta
@@ -50,14 +49,17 @@ def gold_of(stage: Path) -> tuple[list[str], list[int | None]]:
     fmt = f["format"]
     if fmt == "text":
         raise ValueError(f"{path}: a plain-text pool has no labels to check against")
+    kind = meta["kind"]
     by_line = {
-        line: label
-        for line, _, _, label in iter_examples(StoreFile(str(path), fmt, False), "sequence")
+        line: label for line, _, _, label in iter_examples(StoreFile(str(path), fmt, False), kind)
     }
     labels = list(meta["labels"])
     lines = np.load(folder / "lines.npy")
-    gold = [by_line.get(int(n)) for n in lines]
-    return labels, [None if g is None else labels.index(g) for g in gold]
+    if kind == "token":  # a sentence's rows are its words, in order
+        gold = [tag for n in lines for tag in by_line[int(n)]]
+    else:
+        gold = [by_line.get(int(n)) for n in lines]
+    return labels, [labels.index(g) if g in labels else None for g in gold]
 
 
 def rounds(stage: Path) -> list[dict]:
@@ -73,19 +75,28 @@ def rounds(stage: Path) -> list[dict]:
             raise ValueError(
                 f"{folder / 'filter.safetensors'}: {len(pseudo)} rows, the pool {len(gold)}"
             )
-        alpha = json.loads((folder / "filter.json").read_text(encoding="utf-8"))["alpha"]
+        record = json.loads((folder / "filter.json").read_text(encoding="utf-8"))
+        alpha = record["alpha"]
+        per_class = record.get("class_alpha") or {}  # the class-aware rules' thresholds
         given = [i for i, y in enumerate(pseudo) if y >= 0]
         rated = [i for i in given if gold[i] is not None]
         right = sum(int(pseudo[i]) == gold[i] for i in rated)
+        by_class = {}
+        for c, name in enumerate(labels):
+            mine = [i for i in rated if int(pseudo[i]) == c]
+            hits = sum(gold[i] == c for i in mine)
+            by_class[name] = {"given": len(mine), "right": hits,
+                              "precision": hits / len(mine) if mine else None}  # fmt: skip
         out.append(
             {
                 "stage": str(stage),
                 "round": int(folder.name.split("-")[1]),
-                "alpha": alpha,
+                "alpha": alpha if len(set(per_class.values())) <= 1 else per_class,
                 "pool": len(gold),
                 "given": len(given),
                 "classes": {c: sum(labels[int(pseudo[i])] == c for i in given) for c in labels},
                 "right_of_rated": right / len(rated) if rated else None,
+                "precision_by_class": by_class,
                 "gold_of_given": dict(Counter(labels[gold[i]] for i in rated)),
                 "gold_of_pool": dict(pool),
             }
@@ -99,16 +110,27 @@ def main(argv=None) -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = p.parse_args(argv)
     rows = [r for stage in args.stages for r in rounds(stage)]
-    print("| stage | round | alpha | given / pool | classes given | right | gold of given |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| stage | round | alpha | given / pool | classes given | right | right by class "
+        "| gold of given |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         right = "–" if r["right_of_rated"] is None else f"{100 * r['right_of_rated']:.1f}%"
         classes = ", ".join(f"{k} {v}" for k, v in r["classes"].items())
         gold = ", ".join(f"{k} {v}" for k, v in sorted(r["gold_of_given"].items()))
+        by_class = ", ".join(
+            f"{k} {100 * v['precision']:.1f}% of {v['given']}"
+            for k, v in r["precision_by_class"].items()
+            if v["given"]
+        )
         stage = "/".join(Path(r["stage"]).parts[-3:])
+        alpha = r["alpha"]
+        if isinstance(alpha, dict):
+            alpha = ", ".join(f"{k} {v:g}" for k, v in alpha.items())
         print(
-            f"| {stage} | {r['round']} | {r['alpha']} | {r['given']} / {r['pool']} | {classes} | "
-            f"{right} | {gold} |"
+            f"| {stage} | {r['round']} | {alpha} | {r['given']} / {r['pool']} | {classes} | "
+            f"{right} | {by_class or '–'} | {gold} |"
         )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")

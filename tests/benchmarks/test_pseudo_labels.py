@@ -62,10 +62,36 @@ def test_the_table_names_each_round(tmp_path, shared_data, mbert_vocab, capsys):
     assert len(json.loads((tmp_path / "rows.json").read_text())) == 2
 
 
-def test_a_token_task_is_refused(tmp_path, shared_data, mbert_vocab):
+def test_a_token_tasks_words_are_scored_per_class(tmp_path, shared_data, mbert_vocab):
+    """NER: the rows are the words of the pool's sentences in order; each class's pseudo labels
+    are scored against the CoNLL train file's own tags (which the run never reads)."""
+    from xlt_engine.data.conll import read_conll
+
+    path = shared_data / "conll2002/esp.train"
+    labels = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER", "B-MISC", "I-MISC"]
     stage = tmp_path / "st"
     tok = load_tokenizer(mbert_vocab)
-    conll = StoreFile(str(shared_data / "conll2002/esp.testb"), "conll", True)
-    build_store([conll], "token", tok, ["O", "B-PER"], 32, stage / "cache", 10, 0)
-    with pytest.raises(ValueError, match="token task"):
-        rounds(stage)
+    folder = build_store(
+        [StoreFile(str(path), "conll", True)], "token", tok, labels, 32, stage / "cache", 30, 2
+    )
+    by_line = {s.line: s.tags for s in read_conll(path).sentences}
+    lines = np.load(folder / "lines.npy")
+    gold = np.array([labels.index(t) for n in lines for t in by_line[int(n)]])
+    assert (gold > 0).sum() > 10 and len(set(gold.tolist())) > 3  # entity words of several classes
+    pseudo = gold.copy()
+    pseudo[gold == 5] = 0  # every B-PER called O: O's precision falls, B-PER gets none
+    pseudo[::7] = -1  # and some words left out
+    (stage / "round-1").mkdir()
+    save_file({"pseudo": pseudo}, str(stage / "round-1/filter.safetensors"))
+    per = dict.fromkeys(labels, 0.9) | {"O": 0.995}
+    record = {"alpha": 0.995, "class_alpha": per}
+    (stage / "round-1/filter.json").write_text(json.dumps(record))
+    (r,) = rounds(stage)
+    assert r["pool"] == len(gold) and r["given"] == int((pseudo >= 0).sum())
+    assert r["alpha"] == per  # the per-class thresholds where they differ
+    o = r["precision_by_class"]["O"]
+    given = pseudo >= 0
+    assert o["given"] == int((pseudo[given] == 0).sum())
+    assert o["right"] == int(((pseudo == 0) & (gold == 0) & given).sum()) < o["given"]
+    assert r["precision_by_class"]["B-PER"] == {"given": 0, "right": 0, "precision": None}
+    assert r["precision_by_class"]["B-LOC"]["precision"] == 1.0

@@ -33,3 +33,34 @@ def test_confusion_table_puts_missed_and_spurious_last():
     rows = re.findall(r"<tr><td>([^<]*)</td>((?:<td>[^<]*</td>)*)</tr>", table)
     assert [r[0] for r in rows] == ["PER", "(spurious)"]
     assert re.findall(r"<td>([^<]*)</td>", rows[1][1]) == ["2", "0"]
+
+
+def test_a_rounds_class_thresholds_and_collapse_are_shown_escaped(tmp_path):
+    import json
+
+    from xlt_engine.report import rounds_section
+
+    rdir = tmp_path / "selftrain" / "round-1"
+    rdir.mkdir(parents=True)
+    hostile = "<script>alert(1)</script>"
+    classes = [
+        {"class": "O", "threshold": 0.995, "how": "paper", "source_rows": 9000,
+         "source_precision": 0.999},
+        {"class": hostile, "threshold": 1.0, "how": "precision", "source_rows": 3,
+         "source_precision": None, "never_qualified": True},
+    ]  # fmt: skip
+    th = {"alpha": 0.995, "method": "curvature", "fallback": None, "rows": 9003,
+          "rule": "per_class_precision", "classes": classes, "thresholds": [0.5, 0.995],
+          "accuracy": [0.9, 0.99], "recall": [1.0, 0.5], "coverage": [1.0, 0.4]}  # fmt: skip
+    (rdir / "threshold.json").write_text(json.dumps(th))
+    f = {"collapse": [f"no pseudo label of {hostile}"], "on_collapse": "warn",
+         "source_rows_kept": 10, "source_rows": 12, "source_rows_removed": 2, "pseudo_rows": 5,
+         "target_rows": 9, "pseudo_units": 2, "target_units": 3,
+         "pseudo_distribution": {"O": 5}, "source_distribution": {"O": 12}}  # fmt: skip
+    (rdir / "filter.json").write_text(json.dumps(f))
+    page = rounds_section(tmp_path / "selftrain", Figures())
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "pseudo-label rule per_class_precision" in page
+    assert "<td>O</td><td>0.995</td><td>paper</td><td>9,000</td><td>0.999</td>" in page
+    assert "<td>1</td><td>precision</td><td>3</td><td>–</td>" in page
+    assert "<b>collapsed</b> (on_collapse = warn)" in page

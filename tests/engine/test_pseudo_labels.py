@@ -262,3 +262,28 @@ def test_the_collapse_guard_on_sequence_classification():
     found = check_collapse({"neg": 1, "pos": 400}, student, student, {"neg": 300, "pos": 100}, None)
     assert found[0].startswith("99.8% of the 401 pseudo labels are pos")
     assert found[1] == "the source filter keeps 400 of 1,000 source rows (under half)"
+
+
+def test_the_readme_example_runs_on_plain_tensors():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (code,) = [
+        c for c in re.findall(r"```python\n(.*?)\n```", readme, re.S) if "choose_thresh" in c
+    ]
+    g = torch.Generator().manual_seed(5)
+    centre = torch.randn(400, 3, generator=g) * 3
+    scope = {
+        "labels": ["O", "B-PER", "I-PER"],
+        "src_logits": centre + 0.3 * torch.randn(3, 400, 3, generator=g),
+        "src_gold": centre.argmax(-1),
+        "tgt_logits": torch.randn(3, 300, 3, generator=g) * 3,
+        "pseudo_counts": {"O": 100, "B-PER": 0, "I-PER": 0},
+        "student_counts": {"O": 80, "B-PER": 10, "I-PER": 10},
+        "src_counts": {"O": 300, "B-PER": 50, "I-PER": 50},
+        "src_kept_counts": {"O": 300, "B-PER": 50, "I-PER": 50},
+    }
+    exec(code, scope)
+    assert scope["labels_t"].shape == (300,) and scope["keep"].shape == (400,)
+    assert len(scope["th"].alpha) == 3 and scope["problems"]

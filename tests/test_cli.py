@@ -161,3 +161,47 @@ def test_a_signal_outside_a_training_loop_exits_130_with_the_resume_hint(sig, ca
     assert f"{sig.name} received outside a training loop" in err
     assert "continue with the same command plus --resume" in err
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+
+
+def test_a_run_prints_the_exact_command_that_repeats_or_continues_it(tmp_path, monkeypatch):
+    """A finished run names the command that repeats it (reusing what it made); an interrupted
+    one, or one the collapse guard stopped, the command that continues it (the same arguments,
+    quoted, plus --resume)."""
+    from xlt_engine.engine import pipeline
+    from xlt_engine.engine.loop import Interrupted
+    from xlt_engine.engine.selftrain import CollapseError
+    from xlt_engine.quickstart import Sizes, prepare
+
+    cfg = prepare(tmp_path / "odd name", seed=2, sizes=Sizes(train=20, dev=5, test=5))
+    args = ["run", "--stage", "all", "--config", str(cfg), "--set", "btf.train.lr=0.002"]
+    want = f"xlt-engine run --stage all --config '{cfg}' --set btf.train.lr=0.002"
+    outcomes = {"ok": None, "stop": Interrupted("SIGTERM: checkpoint written"),
+                "collapse": CollapseError("round 1: the pseudo labels collapsed")}  # fmt: skip
+    for name, err in outcomes.items():
+
+        def fake_run_all(cfg, err=err, **kw):
+            if err is not None:
+                raise err
+
+        monkeypatch.setattr(pipeline, "run_all", fake_run_all)
+        res = CliRunner().invoke(main, [*args, "--resume"] if name == "stop" else args)
+        if name == "ok":
+            assert res.exit_code == 0, res.output
+            assert f"to repeat it (finished stages are reused): {want}\n" in res.output
+        else:
+            assert res.exit_code == (130 if name == "stop" else 1), res.output
+            assert f"to continue: {want} --resume\n" in res.output  # once, however it was given
+            assert str(err) in res.output
+
+
+def test_the_quickstarts_config_names_its_runs_folder_and_seed(tmp_path):
+    import tomllib
+
+    from xlt_engine.engine.config import load_config
+    from xlt_engine.quickstart import Sizes, prepare
+
+    cfg = prepare(tmp_path / "qs", seed=4, sizes=Sizes(train=20, dev=5, test=5))
+    raw = tomllib.loads(cfg.read_text())
+    assert (raw["out"], raw["seed"]) == (str(tmp_path / "qs" / "runs"), 4)
+    loaded = load_config(cfg)
+    assert (loaded.out, loaded.seed) == (str(tmp_path / "qs" / "runs"), 4)

@@ -111,7 +111,17 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
     assert (pair / "selftrain" / "round-2" / "soft" / "model").is_dir()
     # it ends with its report (test_pipeline.py checks a report's sections and numbers)
     assert f"report: {out / 'report.html'} (" in res.output
-    assert "<h3>all.json: entity F1 (%)</h3>" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "<h3>all.json: entity F1 (%)</h3>" in page
+    plots = int(re.search(r"report: .* \((\d+) plots", res.output)[1])
+    assert plots > 0 and page.count('src="data:image/png;base64,') == plots  # pictures
+    # its config re-runs where it ran: run --stage all --config <it> reuses every stage
+    cfg = out / "quickstart.toml"
+    assert f"its config: {cfg}" in res.output
+    rerun = CliRunner().invoke(
+        main, ["run", "--stage", "all", "--config", str(cfg), "--no-progress"]
+    )
+    assert rerun.exit_code == 0 and rerun.output.count("not run again") == 4, rerun.output
     again = CliRunner().invoke(main, ["quickstart", "--out", str(out)])
     assert again.exit_code != 0 and "--resume" in again.output  # never overwrites a run
     resumed = CliRunner().invoke(main, ["quickstart", "--out", str(out), "--resume"])

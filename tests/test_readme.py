@@ -14,3 +14,13 @@ def test_ci_runs_the_readme_test_command():
     quickstart, tests = readme_commands()[:2]
     assert "xlt-engine" in quickstart and "pytest" in tests
     assert tests in (ROOT / ".ci" / "run").read_text().splitlines()
+
+
+def test_the_quickstart_command_installs_what_the_reports_plots_need():
+    """The first command's report has plots: it installs the ``report`` extra, which holds
+    matplotlib (the report's only optional dependency)."""
+    quickstart = readme_commands()[0]
+    assert "-e '.[report]'" in quickstart
+    setup = (ROOT / "setup.py").read_text()
+    report = re.search(r'"report": \[([^\]]*)\]', setup)
+    assert report and "matplotlib" in report[1]

@@ -19,7 +19,30 @@ def _fail(err: Exception) -> None:
     raise click.ClickException(str(err))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The command group, keeping the arguments it was given (``again`` repeats them)."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta["xlt_engine.argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+def again(resume: bool = True) -> str:
+    """The exact command that repeats the one running (its arguments as given, quoted for a
+    shell), with ``--resume`` where it continues an interrupted run."""
+    import shlex
+
+    ctx = click.get_current_context()
+    argv = [a for a in ctx.find_root().meta.get("xlt_engine.argv", []) if a != "--resume"]
+    return shlex.join(["xlt-engine", *argv, *(["--resume"] if resume else [])])
+
+
+def _resumable() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return ctx is not None and any(p.name == "resume" for p in ctx.command.params)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="xlt-engine")
 def main() -> None:
     """xlt-engine: zero-shot cross-lingual transfer without parallel data."""
@@ -376,6 +399,7 @@ def _run_guarded(fn) -> None:
     clean error; the process group is closed either way. Inside a training loop SIGINT/SIGTERM
     write a checkpoint first (the loop's own handlers); outside one they stop at once with the
     same hint, SIGTERM included (by default it ended the process with no word)."""
+    import os
     import signal
     import sys
     import threading
@@ -388,16 +412,30 @@ def _run_guarded(fn) -> None:
 
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_term) if main_thread else None
+    from xlt_engine.engine.selftrain import CollapseError
+
+    def continue_with() -> None:  # what picks the run up where it stopped
+        if _resumable():
+            click.echo(f"to continue: {again()}", err=True)
+
     try:
         fn()
     except Interrupted as err:
         click.echo(str(err), err=True)
+        continue_with()
         sys.exit(130)
     except KeyboardInterrupt:
         click.echo(OUTSIDE_LOOP.format(name="SIGINT"), err=True)
+        continue_with()
         sys.exit(130)
-    except (ValueError, NonFiniteLoss) as err:
+    except (CollapseError, NonFiniteLoss) as err:
+        continue_with()
         _fail(err)
+    except ValueError as err:
+        _fail(err)
+    else:
+        if _resumable() and os.environ.get("RANK", "0") == "0":
+            click.echo(f"to repeat it (finished stages are reused): {again(resume=False)}")
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
@@ -712,6 +750,14 @@ def quickstart(out, seed, resume, progress) -> None:
         page, images = write_report([out / "runs"], out / "report.html")
         click.echo(f"quickstart: {time.perf_counter() - start:.0f} s; tables in {out / 'runs'}")
         click.echo(f"report: {page} ({images} plots; open it in a browser)")
+        if images == 0:
+            from xlt_engine.report import NO_PLOTS
+
+            click.echo(NO_PLOTS)
+        click.echo(  # the config it wrote names its data, model and runs folder
+            f"its config: {cfg_path} (xlt-engine run --stage all --config {cfg_path} reuses "
+            f"the runs in {out / 'runs'})"
+        )
 
     _run_guarded(go)
 

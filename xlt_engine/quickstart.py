@@ -248,7 +248,7 @@ def prepare(out: str | Path, seed: int = 0, sizes: Sizes = Sizes()) -> Path:
     from xlt_engine.data.tokenizer import load_tokenizer
     from xlt_engine.model import BertConfig, BertForMLM, save_pretrained
 
-    out = Path(out)
+    out = Path(out).absolute()  # the config it writes works from any folder
     files = generate(out / "data", seed, sizes)
     vocab = build_vocab(
         [files["src.train"], files["tgt.train"]], out / "data" / "vocab.txt", sizes.vocab_size
@@ -267,5 +267,8 @@ def prepare(out: str | Path, seed: int = 0, sizes: Sizes = Sizes()) -> Path:
     cfg_path = out / "quickstart.toml"
     text = default_config().replace('root = "data"', f"root = {json.dumps(str(out / 'data'))}")
     text = text.replace('path = "pretrained"', f"path = {json.dumps(str(out / 'pretrained'))}")
+    # the config names its own runs folder and seed: run --stage all --config <it> reuses the
+    # quickstart's runs instead of training again into ./runs/quickstart
+    text = text.replace("\nseed = 1\n", f"\nseed = {seed}\nout = {json.dumps(str(out / 'runs'))}\n")
     atomic_write_text(cfg_path, text)
     return cfg_path

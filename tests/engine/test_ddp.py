@@ -151,7 +151,9 @@ def synth_nodrop(tmp_path_factory):
 def test_selftrain_two_gloo_processes_equal_one_process(synth_nodrop, tmp_path):
     # the inference passes are split over the ranks and gathered, the soft and hard steps run
     # DDP: the artefacts and the student equal one process's (grad_accum = 2; each step stays
-    # inside one epoch, where the two consume the same batches)
+    # inside one epoch, where the two consume the same batches). class_quota: its thresholds come
+    # from every rank's target rows (a pass after all ranks wrote theirs), then a second pass
+    # labels them
     root, teacher = synth_nodrop
     base = dict(
         stage="selftrain",
@@ -165,6 +167,7 @@ def test_selftrain_two_gloo_processes_equal_one_process(synth_nodrop, tmp_path):
         voter_dropout=0.0,
         threshold="fixed",
         alpha=0.3,
+        pseudo_rule="class_quota",
         device="cpu",
     )
     soft = dict(max_steps=12, lr=1e-2, log_every=6, seed=1)
@@ -190,6 +193,9 @@ def test_selftrain_two_gloo_processes_equal_one_process(synth_nodrop, tmp_path):
     assert th[0]["alpha"] == th[1]["alpha"] and th[0]["coverage"] == pytest.approx(
         th[1]["coverage"]
     )
+    fj = [json.loads((d / "round-1" / "filter.json").read_text()) for d in (ddp, one)]
+    assert fj[0]["class_alpha"] == fj[1]["class_alpha"] and fj[0]["pseudo_rule"] == "class_quota"
+    assert len(set(fj[0]["class_alpha"].values())) > 1
     fa, fb = (load_file(str(d / "round-1" / "filter.safetensors")) for d in (ddp, one))
     assert torch.equal(fa["source_keep"], fb["source_keep"])
     assert torch.equal(fa["pseudo"], fb["pseudo"]) and (fa["pseudo"] >= 0).any()

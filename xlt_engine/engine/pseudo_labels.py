@@ -48,7 +48,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from xlt_engine.engine.threshold import ThresholdChoice, select_threshold, threshold_grid
+from xlt_engine.engine.threshold import (
+    ThresholdChoice,
+    rule_curve_inputs,
+    select_threshold,
+    threshold_grid,
+)
 from xlt_engine.kernels import voter_filter
 
 RULES = ("paper", "per_class_precision", "class_quota", "entity_curve")
@@ -200,8 +205,7 @@ def thresholds_from(
     if rule.name == "class_quota" and target is None:
         raise ValueError("class_quota chooses its thresholds from the target rows: give target")
     gold = gold.to(agreed.device)
-    accepted = torch.where(agreed >= 0, conf, torch.full_like(conf, -1.0))  # the rule's curve
-    correct = agreed == gold
+    accepted, correct = rule_curve_inputs(agreed, conf, gold)  # the paper's curve: all rows
     grid = rule.grid_points()
     base = select_threshold(accepted, correct, C, rule.method, grid, rule.alpha)
     ts = threshold_grid(C, grid)

@@ -434,3 +434,43 @@ def test_save_refuses_to_replace_a_foreign_folder(tmp_path):
     empty.mkdir()
     save_pretrained(model, empty)
     assert (empty / "model.safetensors").is_file()
+
+
+def test_nan_or_inf_weights_are_refused_naming_the_tensors(saved):
+    """A diverged run's checkpoint loaded silently and failed at the next stage's first step
+    ("non-finite loss"), blaming the training; now the loader names the bad tensors."""
+    _, folder, sd = saved
+    sd["bert.encoder.layer.1.attention.self.query.weight"][0, :3] = float("nan")
+    sd["bert.embeddings.word_embeddings.weight"][5, 0] = float("inf")
+    rewrite(folder, sd)
+    for load in (load_pretrained, load_encoder):
+        with pytest.raises(ValueError) as err:
+            load(folder)
+        msg = str(err.value)
+        assert "2 tensor(s) hold NaN or inf" in msg and "allow_nonfinite=True" in msg
+        assert "bert.encoder.layer.1.attention.self.query.weight (3 of " in msg
+        assert "bert.embeddings.word_embeddings.weight (1 of " in msg
+    loaded = load_pretrained(folder, allow_nonfinite=True)  # for analysis
+    assert torch.isnan(loaded.encoder.layers[1].attn.q.weight).sum() == 3
+
+
+def test_nan_in_a_task_models_head_is_refused(saved, tmp_path):
+    from xlt_engine.model.heads import VotersModule
+    from xlt_engine.model.task import TaskModel, load_task_model, save_task_model
+
+    model, _, _ = saved
+    task = TaskModel(
+        model.encoder, VotersModule(CFG["hidden_size"], 3, 2), "token", ["O", "B", "I"]
+    )
+    out = save_task_model(task, tmp_path / "task")
+    voters = load_file(str(out / "voters.safetensors"))
+    name = sorted(voters)[0]
+    voters[name].view(-1)[0] = float("nan")
+    save_file(voters, str(out / "voters.safetensors"))
+    with pytest.raises(
+        ValueError, match=rf"voters.safetensors: 1 tensor\(s\) hold NaN or inf: {name}"
+    ):
+        load_task_model(out)
+    assert torch.isnan(
+        dict(load_task_model(out, allow_nonfinite=True).voters.named_parameters())[name]
+    ).any()

@@ -518,8 +518,41 @@ def _check_alias(entry: _Entry, target: torch.Tensor, ours: str, chunk_rows: int
             )
 
 
+class NonFiniteWeights:
+    """Collects the tensors of a checkpoint that hold NaN or inf, as they are read (each is in
+    memory anyway), and refuses them together: a checkpoint of a diverged run would otherwise
+    load silently and fail at a later stage's first step, blaming the training."""
+
+    SHOWN = 5
+
+    def __init__(self, where: str | Path):
+        self.where = where
+        self.bad: list[tuple[str, int, int]] = []  # (name, non-finite values, values)
+
+    def check(self, name: str, t: torch.Tensor) -> None:
+        if t.is_floating_point() and t.numel():
+            n = t.numel() - int(torch.isfinite(t).sum())
+            if n:
+                self.bad.append((name, n, t.numel()))
+
+    def refuse(self, allowed: bool) -> None:
+        if not self.bad or allowed:
+            return
+        shown = ", ".join(f"{k} ({n:,} of {m:,} values)" for k, n, m in self.bad[: self.SHOWN])
+        more = len(self.bad) - self.SHOWN
+        raise ValueError(
+            f"{self.where}: {len(self.bad)} tensor(s) hold NaN or inf: {shown}"
+            + (f" and {more} more" if more > 0 else "")
+            + ". The checkpoint is damaged (a diverged run?); load it for analysis with "
+            "allow_nonfinite=True"
+        )
+
+
 def _materialise(
-    plan: CheckpointPlan, dtype: torch.dtype | None, device: torch.device | str
+    plan: CheckpointPlan,
+    dtype: torch.dtype | None,
+    device: torch.device | str,
+    allow_nonfinite: bool = False,
 ) -> BertForMLM | BertEncoder:
     stored = {_FLOAT_DTYPES[e.dtype] for e in plan.tensors.values()}
     if dtype is None:
@@ -531,9 +564,15 @@ def _materialise(
     with torch.device("meta"):
         model = BertForMLM(plan.config, plan.pooler)
     state: dict[str, torch.Tensor] = {}
+    files = plan.weight_files
+    nonfinite = NonFiniteWeights(files[0] if len(files) == 1 else files[0].parent)
     for ours, entry in plan.tensors.items():
-        # one stored tensor at a time: read, convert, keep only the converted copy
-        state[ours] = entry.source.tensor(entry.key).to(device=device, dtype=dtype)
+        # one stored tensor at a time: read, check, convert, keep only the converted copy
+        stored = entry.source.tensor(entry.key)
+        nonfinite.check(entry.key, stored)
+        state[ours] = stored.to(device=device, dtype=dtype)
+        del stored
+    nonfinite.refuse(allow_nonfinite)
     if plan.initialised:  # no MLM head stored: BERT's initialisation, bias zero
         with torch.random.fork_rng(devices=[]):  # the same head for the same checkpoint, always
             torch.manual_seed(0)
@@ -563,17 +602,19 @@ def load_pretrained(
     dtype: torch.dtype | None = torch.float32,
     device: torch.device | str = "cpu",
     config: BertConfig | None = None,
+    allow_nonfinite: bool = False,
 ) -> BertForMLM:
     """Load a BERT MLM checkpoint (encoder + MLM head) in Hugging Face layout.
 
     ``dtype=None`` keeps the stored dtype; otherwise every tensor is converted (fp32 default:
     master weights for training). The model is returned in eval mode on ``device``. A
     checkpoint with no MLM head gets a fresh one (``plan_checkpoint(path).initialised`` names
-    its parameters).
+    its parameters). A tensor holding NaN or inf is refused, naming it (``allow_nonfinite``
+    loads it anyway, for analysis).
     """
     plan = plan_checkpoint(path, "mlm", config)
     plan.tokenizer = None  # checked; not held while the weights load (250K pieces: ~0.3 GB)
-    model = _materialise(plan, dtype, device)
+    model = _materialise(plan, dtype, device, allow_nonfinite)
     return model.eval()
 
 
@@ -583,11 +624,13 @@ def load_encoder(
     dtype: torch.dtype | None = torch.float32,
     device: torch.device | str = "cpu",
     config: BertConfig | None = None,
+    allow_nonfinite: bool = False,
 ) -> BertEncoder:
-    """Load only the encoder of a BERT checkpoint (an MLM head, if stored, is ignored)."""
+    """Load only the encoder of a BERT checkpoint (an MLM head, if stored, is ignored); NaN or
+    inf weights are refused as in ``load_pretrained``."""
     plan = plan_checkpoint(path, "encoder", config)
     plan.tokenizer = None  # checked; not held while the weights load (250K pieces: ~0.3 GB)
-    model = _materialise(plan, dtype, device)
+    model = _materialise(plan, dtype, device, allow_nonfinite)
     return model.eval()
 
 

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from xlt_engine.model.bert import BertEncoder
-from xlt_engine.model.checkpoint import load_encoder, save_pretrained
+from xlt_engine.model.checkpoint import NonFiniteWeights, load_encoder, save_pretrained
 from xlt_engine.model.heads import VotersModule
 
 KINDS = ("sequence", "token")
@@ -186,12 +186,17 @@ def read_task_meta(path: str | Path) -> dict:
 
 
 def load_task_model(
-    path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    path: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    allow_nonfinite: bool = False,
 ) -> TaskModel:
-    """Load a folder written by ``save_task_model``; returned in eval mode."""
+    """Load a folder written by ``save_task_model``; returned in eval mode. NaN or inf weights
+    (encoder or head) are refused, naming the tensors, unless ``allow_nonfinite``."""
     path = Path(path)
     meta = read_task_meta(path)
-    encoder = load_encoder(path, dtype=dtype, device=device)
+    encoder = load_encoder(path, dtype=dtype, device=device, allow_nonfinite=allow_nonfinite)
     voters = VotersModule(
         encoder.config.hidden_size,
         len(meta["labels"]),
@@ -209,6 +214,10 @@ def load_task_model(
             f"{path / VOTERS_FILE}: does not match {TASK_FILE}: missing {missing}, unexpected "
             f"{unexpected}, wrong shape {bad}"
         )
+    nonfinite = NonFiniteWeights(path / VOTERS_FILE)
+    for k in sorted(state):
+        nonfinite.check(k, state[k])
+    nonfinite.refuse(allow_nonfinite)
     voters.load_state_dict(state)
     try:
         model = TaskModel(

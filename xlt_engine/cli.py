@@ -89,6 +89,7 @@ def init(
             intermediate_size=intermediate,
             max_position_embeddings=max_positions,
         )
+        config.check_fits(4, "--layers/--hidden/--intermediate")  # before allocating
         torch.manual_seed(seed)
         model = BertForMLM(config)
         save_pretrained(model, out, tokenizer)

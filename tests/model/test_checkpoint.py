@@ -123,7 +123,7 @@ def test_config_vocab_size_mismatch(saved):
     cfg["vocab_size"] = 500
     (folder / "config.json").write_text(json.dumps(cfg))
     msg = error_of(folder)
-    assert "vocab_size=500" in msg and "bert.embeddings.word_embeddings.weight" in msg
+    assert "vocab_size = 500, but bert.embeddings.word_embeddings.weight has 97" in msg
 
 
 def test_tokenizer_larger_than_vocab_size(tmp_path):
@@ -474,3 +474,68 @@ def test_nan_in_a_task_models_head_is_refused(saved, tmp_path):
     assert torch.isnan(
         dict(load_task_model(out, allow_nonfinite=True).voters.named_parameters())[name]
     ).any()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("num_hidden_layers", 1_000_000, "num_hidden_layers = 1,000,000, but the weights hold 2"),
+        ("vocab_size", 2**63, "key vocab_size = 9223372036854775808 is beyond 2\\*\\*31 - 1"),
+        ("vocab_size", 2**30, "vocab_size = 1,073,741,824, but bert.embeddings.word_embeddings"),
+        ("hidden_size", 2**20, "hidden_size = 1,048,576, but bert.embeddings.word_embeddings"),
+        ("intermediate_size", 8, "intermediate_size = 8, but bert.encoder.layer.0.intermediate"),
+    ],
+)
+def test_an_absurd_config_is_refused_from_the_headers_before_anything_is_built(
+    saved, key, value, message
+):
+    """A config.json claiming a million layers allocated for two minutes (3.7 GB) before its
+    missing keys were named; a vocabulary of 2**63 gave a raw C++ traceback."""
+    import resource
+    import time
+
+    _, folder, _ = saved
+    raw = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(raw | {key: value}))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    for load in (load_pretrained, load_encoder, plan_checkpoint):
+        with pytest.raises(ValueError, match=f"config.json: .*{message}"):
+            load(folder)
+    assert time.perf_counter() - start < 10  # (it was 89 s for 100,000 layers)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+
+
+def test_a_deeply_nested_config_is_a_clear_error(saved):
+    _, folder, _ = saved
+    (folder / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="config.json: invalid config: JSON nested too deeply"):
+        load_pretrained(folder)
+
+
+def test_parameter_count_is_the_models_and_a_model_beyond_memory_is_refused(saved):
+    for c in TINY_CONFIGS:
+        cfg = BertConfig(**c)
+        model = BertForMLM(cfg)
+        assert cfg.parameter_count() == sum(p.numel() for p in model.parameters())
+        assert cfg.parameter_count(mlm_head=False) == sum(
+            p.numel() for p in model.encoder.parameters()
+        )
+    base = BertConfig()  # mBERT-base: 178M parameters with its head
+    assert 177e6 < base.parameter_count() < 180e6
+    base.check_fits(4, budget=2**30)  # 0.7 GB in 1 GiB
+    with pytest.raises(ValueError, match=r"x: the model's weights alone need 0\.7 GiB .* 0\.5 GiB"):
+        base.check_fits(4, "x", budget=2**29)
+    huge = BertConfig(num_hidden_layers=1_000_000)
+    with pytest.raises(ValueError, match="num_hidden_layers = 1,000,000"):
+        huge.check_fits(4, "--layers")  # against this machine's memory
+
+
+def test_init_refuses_a_model_beyond_this_machines_memory(tmp_path):
+    from click.testing import CliRunner
+
+    from xlt_engine.cli import main
+
+    res = CliRunner().invoke(main, ["init", str(tmp_path / "m"), "--layers", "1000000"])
+    assert res.exit_code == 1 and "the model's weights alone need" in res.output
+    assert not (tmp_path / "m").exists()

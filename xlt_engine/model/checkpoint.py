@@ -387,6 +387,34 @@ def expected_shapes(config: BertConfig, pooler: bool = False) -> dict[str, tuple
     return {name: tuple(p.shape) for name, p in model.named_parameters()}
 
 
+def _check_sizes(config: BertConfig, where: Path, shapes: dict[str, tuple[str, tuple]]) -> None:
+    """The config's sizes against the stored tensors' headers, before a model is built from the
+    config (a config.json claiming 1,000,000 layers or a vocabulary of 2**63 would otherwise
+    allocate, or fail deep in torch, before the key mismatch is named)."""
+    found = []
+
+    def compare(key: str, claimed: int, tensor: str, dim: int) -> None:
+        stored, shape = shapes.get(tensor, (tensor, ()))  # normalised name -> stored key, shape
+        if len(shape) > dim and shape[dim] != claimed:
+            found.append(f"{key} = {claimed:,}, but {stored} has {shape[dim]:,} (dim {dim})")
+
+    compare("vocab_size", config.vocab_size, "embeddings.word_embeddings.weight", 0)
+    compare("hidden_size", config.hidden_size, "embeddings.word_embeddings.weight", 1)
+    compare("max_position_embeddings", config.max_position_embeddings,
+            "embeddings.position_embeddings.weight", 0)  # fmt: skip
+    compare("type_vocab_size", config.type_vocab_size, "embeddings.token_type_embeddings.weight", 0)
+    compare("intermediate_size", config.intermediate_size,
+            "encoder.layer.0.intermediate.dense.weight", 0)  # fmt: skip
+    layers = {int(m[1]) for k in shapes if (m := re.match(r"encoder\.layer\.(\d+)\.", k))}
+    if layers and config.num_hidden_layers > max(layers) + 1:
+        found.append(
+            f"num_hidden_layers = {config.num_hidden_layers:,}, but the weights hold "
+            f"{max(layers) + 1} layers"
+        )
+    if found:
+        raise ValueError(f"{where}: the config does not match the weights: " + "; ".join(found))
+
+
 def plan_checkpoint(
     path: str | Path, target: str = "mlm", config: BertConfig | None = None
 ) -> CheckpointPlan:
@@ -402,6 +430,8 @@ def plan_checkpoint(
     kind = family(config)
     sources = [_open_weights(f) for f in files]
     stored = [_normalise(k, kind)[0] for src in sources for k in src.keys()]
+    shapes = {_normalise(k, kind)[0]: (k, src.shape(k)) for src in sources for k in src.keys()}
+    _check_sizes(config, config_path or Path(path), shapes)  # before building anything from it
     plan.pooler = any(k.startswith("pooler.dense.") for k in stored)
     expected = expected_shapes(config, plan.pooler)
     if target == "encoder":
@@ -561,6 +591,9 @@ def _materialise(
                 f"checkpoint mixes dtypes {sorted(map(str, stored))}: pass dtype= to load it"
             )
         dtype = stored.pop()
+    if torch.device(device).type == "cpu":  # on an accelerator its own allocator says
+        size = torch.empty((), dtype=dtype).element_size()
+        plan.config.check_fits(size, str(plan.config_path or plan.weight_files[0]))
     with torch.device("meta"):
         model = BertForMLM(plan.config, plan.pooler)
     state: dict[str, torch.Tensor] = {}

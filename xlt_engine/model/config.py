@@ -23,6 +23,9 @@ MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 ROBERTA_FAMILY = ("roberta", "xlm-roberta")
 
 # config.json keys that change the computation but have only one value we implement.
+# the largest size a config key may hold: tensor dimensions and embedding indices stay int32
+MAX_SIZE = 2**31 - 1
+
 _FIXED_KEYS = {
     "position_embedding_type": "absolute",
     "is_decoder": False,
@@ -65,6 +68,8 @@ class BertConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"BertConfig.{name} must be a positive integer, got {value!r}")
+            if value > MAX_SIZE:
+                raise ValueError(f"BertConfig.{name} = {value} is beyond 2**31 - 1")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
@@ -125,6 +130,34 @@ class BertConfig:
         """The longest input (special tokens included) the position embeddings cover."""
         return self.max_position_embeddings - self.position_offset
 
+    def parameter_count(self, mlm_head: bool = True) -> int:
+        """The number of parameters of ``BertForMLM`` (``mlm_head=False``: of the encoder), from
+        the sizes alone: what building the model would allocate, before anything is built."""
+        H, inter, V = self.hidden_size, self.intermediate_size, self.vocab_size
+        embeddings = (V + self.max_position_embeddings + self.type_vocab_size) * H + 2 * H
+        layer = 4 * (H * H + H) + 2 * H * inter + inter + H + 4 * H  # attention, FFN, 2 LNs
+        head = H * H + H + 2 * H + V if mlm_head else 0  # transform, LN, bias (decoder tied)
+        return embeddings + self.num_hidden_layers * layer + head
+
+    def check_fits(
+        self, bytes_per_value: int = 4, where: str = "config", budget: int | None = None
+    ) -> None:
+        """Refuse a model whose weights alone would not fit in this machine's memory (or in
+        ``budget`` bytes), naming the keys that make it large, before anything is allocated."""
+        need = self.parameter_count() * bytes_per_value
+        if budget is None:
+            budget = physical_memory()
+        if budget and need > budget:
+            sizes = ", ".join(
+                f"{k} = {getattr(self, k):,}"
+                for k in ("num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size")
+            )
+            raise ValueError(
+                f"{where}: the model's weights alone need {need / 2**30:,.1f} GiB "
+                f"({self.parameter_count():,} parameters x {bytes_per_value} bytes), more than "
+                f"this machine's {budget / 2**30:,.1f} GiB of memory ({sizes})"
+            )
+
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls) if f.init]
@@ -166,8 +199,20 @@ class BertConfig:
             raise ValueError(
                 f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
             ) from None
+        except RecursionError:
+            raise ValueError(f"{path}: invalid config: JSON nested too deeply") from None
         return cls.from_dict(raw, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
         """Hugging Face ``config.json`` fields (without ``architectures``/``dtype``)."""
         return {name: getattr(self, name) for name in self.field_names()}
+
+
+def physical_memory() -> int | None:
+    """This machine's physical memory in bytes (None where the system does not say)."""
+    import os
+
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None

@@ -91,6 +91,27 @@ def test_cls10_bad_input(tmp_path, body, message):
         read_cls10(path)
 
 
+@pytest.mark.parametrize(
+    "prolog, message",
+    [
+        (
+            '<!DOCTYPE items [<!ENTITY x SYSTEM "file:///etc/hostname">]>',
+            "document type declaration",
+        ),
+        ('<!DOCTYPE items [<!ENTITY big "aaaaaaaaaa">]>', "document type declaration"),
+        ('<!DOCTYPE items SYSTEM "http://example.invalid/items.dtd">', "document type declaration"),
+    ],
+)
+def test_cls10_refuses_dtds_and_entities(tmp_path, prolog, message):
+    """An external entity was silently dropped from the text; no file may ever be fetched or
+    read, nor an entity expanded: a DTD is refused, naming the file and line."""
+    path = tmp_path / "x.review"
+    body = "<items>\n<item><rating>5</rating><text>a &x;</text></item></items>"
+    path.write_text(prolog + "\n" + body, encoding="utf-8")
+    with pytest.raises(ValueError, match=f"x.review:1: .*{message}"):
+        read_cls10(path)
+
+
 def test_cls10_missing_file(tmp_path):
     with pytest.raises(ValueError, match="nope.review: no such file"):
         read_cls10(tmp_path / "nope.review")
@@ -144,6 +165,11 @@ def test_marc_quotes_commas_newlines_and_lines(tmp_path):
         ("i,review_body,stars\n0,a,1,9\n", r"m.csv:2: 4 fields, the header has 3"),
         ('i,review_body,stars\n0,"a\n\n1,b,1\n', r"m.csv:2: malformed CSV record"),
         ("i,review_body,stars\n0,a,3\n", r"no reviews kept \(1 dropped"),
+        (
+            "i,stars,review_body,stars\n0,1,a,5\n",
+            r"m.csv:1: header .* names the column\(s\) \['stars'\] more than once",
+        ),
+        ("review_body,i,review_body,stars\na,0,b,5\n", r"\['review_body'\] more than once"),
         ("", r"m.csv: the file is empty"),
     ],
 )
@@ -152,6 +178,15 @@ def test_marc_bad_input(tmp_path, body, message):
     path.write_text(body, encoding="utf-8")
     with pytest.raises(ValueError, match=message):
         read_marc(path)
+
+
+def test_marc_reads_a_review_longer_than_the_csv_modules_default_field_limit(tmp_path):
+    long = "word " * 60_000  # 300,000 characters (the csv module's default limit: 131,072)
+    path = tmp_path / "m.csv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([["i", "review_body", "stars"], [0, long, 5], [1, "short", 1]])
+    ds = read_marc(path)
+    assert [len(e.text) for e in ds] == [len(long.strip()), 5]
 
 
 def test_marc_bad_bytes(tmp_path):
@@ -315,6 +350,13 @@ def test_jsonl_nested_too_deeply_is_an_error_naming_file_and_line(tmp_path):
     deep = "[" * 100_000 + "]" * 100_000
     path.write_text('{"text": "a", "label": "x"}\n' + deep + "\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"d\.jsonl:2: JSON nested too deeply"):
+        read_labeled(path, "jsonl")
+
+
+def test_jsonl_label_too_long_an_integer_names_file_and_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a", "label": "x"}\n{"text": "b", "label": ' + "9" * 5000 + "}\n")
+    with pytest.raises(ValueError, match=r"d\.jsonl:2: invalid JSON value \(Exceeds the limit"):
         read_labeled(path, "jsonl")
 
 

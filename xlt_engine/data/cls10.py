@@ -85,9 +85,25 @@ def read_cls10(
         if state["field"] is not None:
             parts.append(text)
 
+    def refuse_dtd(name, *_rest):  # nothing a file declares is ever fetched, read or expanded
+        raise ValueError(
+            f"{path}:{parser.CurrentLineNumber}: a document type declaration (<!DOCTYPE {name}>) "
+            "is not allowed in a CLS-10 file: its entities could pull in other files or expand "
+            "without bound, and none are needed"
+        )
+
+    def refuse_entity(name, *_rest):
+        raise ValueError(
+            f"{path}:{parser.CurrentLineNumber}: entity declarations (<!ENTITY {name} ...>) are "
+            "not allowed in a CLS-10 file"
+        )
+
     parser.StartElementHandler = start
     parser.EndElementHandler = end
     parser.CharacterDataHandler = chars
+    parser.StartDoctypeDeclHandler = refuse_dtd
+    parser.EntityDeclHandler = refuse_entity
+    parser.SetParamEntityParsing(expat.XML_PARAM_ENTITY_PARSING_NEVER)
     try:
         parser.Parse(data, True)
     except expat.ExpatError as err:

@@ -45,6 +45,9 @@ def read_marc(
     text = decode_text(path, read_bytes(path, "a MARC CSV file"))
     check_cr_only(text, path)
     f = io.StringIO(text, newline="")
+    # a field may be as long as the file (csv's default limit, 131,072 characters, rejected
+    # valid long reviews); the file is in memory already, so nothing larger can be asked for
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.reader(f, strict=True)
     try:
         header = next(reader)
@@ -55,6 +58,12 @@ def read_marc(
     missing = [c for c in (text_column, label_column) if c not in header]
     if missing:
         raise ValueError(f"{path}:1: header {header} lacks the column(s) {missing}")
+    twice = [c for c in (text_column, label_column) if header.count(c) > 1]
+    if twice:
+        raise ValueError(
+            f"{path}:1: header {header} names the column(s) {twice} more than once: which one "
+            "to read is ambiguous"
+        )
     ti, li = header.index(text_column), header.index(label_column)
     examples: list[Example] = []
     dropped = 0

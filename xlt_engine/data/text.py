@@ -61,6 +61,8 @@ def _jsonl_example(path: Path, lineno: int, line: str) -> Example:
         raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg}, column {err.colno})") from None
     except RecursionError:
         raise ValueError(f"{path}:{lineno}: JSON nested too deeply to be an example") from None
+    except ValueError as err:  # e.g. an integer of more than 4,300 digits
+        raise ValueError(f"{path}:{lineno}: invalid JSON value ({err})") from None
     if not isinstance(obj, dict):
         raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
     for key in ("text", "label"):

@@ -79,6 +79,14 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
+def _num(x, spec: str = "g") -> str:
+    """A number as ``spec`` formats it; anything else (a hostile or damaged file) as its text,
+    so the page still builds (escape it like any value)."""
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return format(x, spec)
+    return "–" if x is None else str(x)
+
+
 def _table(head: list[str], rows: list[list]) -> str:
     out = ["<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in head) + "</tr>"]
     for row in rows:
@@ -134,7 +142,10 @@ class Figures:
         t = th["thresholds"]
         for key in ("accuracy", "recall", "coverage"):
             ax.plot(t, [float("nan") if v is None else v for v in th[key]], label=key)
-        ax.axvline(th["alpha"], color="crimson", linestyle="--", label=f"alpha = {th['alpha']:g}")
+        if isinstance(th.get("alpha"), (int, float)):
+            ax.axvline(
+                th["alpha"], color="crimson", linestyle="--", label=f"alpha = {th['alpha']:g}"
+            )
         ax.set_xlabel("threshold")
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=8)
@@ -189,7 +200,8 @@ def results_section(folder: Path) -> str:
                 [f"{res.get('source')} (source)", *(_pct(src.get(c)) for c in COLUMNS), "–"]
             )
         head = ["language", *(HEADINGS[c] for c in COLUMNS), "self-training gain"]
-        parts.append(f"<h3>{html.escape(path.name)}: {metric} (%)</h3>" + _table(head, rows))
+        title = f"{path.name}: {metric} (%)"
+        parts.append(f"<h3>{html.escape(title)}</h3>" + _table(head, rows))
     return "\n".join(parts)
 
 
@@ -281,12 +293,12 @@ def rounds_section(folder: Path, figs: Figures) -> str:
         if th_path.is_file():
             th = _read_json(th_path)
             rule = th.get("rule", "paper")
-            out.append(
-                f"<h5>{html.escape(rdir.name)}</h5><p>alpha = {th['alpha']:g} "
-                f"({html.escape(str(th['method']))}"
-                + (f"; {html.escape(str(th['fallback']))}" if th.get("fallback") else "")
-                + f"); pseudo-label rule {html.escape(str(rule))}; source rows {th.get('rows')}</p>"
+            line = (
+                f"alpha = {_num(th.get('alpha'))} ({th.get('method')}"
+                + (f"; {th['fallback']}" if th.get("fallback") else "")
+                + f"); pseudo-label rule {rule}; source rows {_num(th.get('rows'), ',')}"
             )
+            out.append(f"<h5>{html.escape(rdir.name)}</h5><p>{html.escape(line)}</p>")
             if th.get("classes"):
                 out.append(_class_thresholds(th["classes"]))
             out.append(figs.threshold(th, f"{folder.name} {rdir.name}"))
@@ -325,12 +337,9 @@ def rounds_section(folder: Path, figs: Figures) -> str:
 def _class_thresholds(classes: list[dict]) -> str:
     """Each class's threshold, how it was reached, and the source rows it leaves (precision)."""
 
-    def num(x, fmt):
-        return "–" if x is None else format(x, fmt)
-
     rows = [
-        [c.get("class"), num(c.get("threshold"), "g"), c.get("how"),
-         num(c.get("source_rows"), ","), num(c.get("source_precision"), ".3f")]
+        [c.get("class"), _num(c.get("threshold")), c.get("how"),
+         _num(c.get("source_rows"), ","), _num(c.get("source_precision"), ".3f")]
         for c in classes
     ]  # fmt: skip
     return _table(["class", "threshold", "chosen by", "source rows above", "their precision"], rows)

@@ -1067,3 +1067,41 @@ def test_study_tables_keep_the_rows_of_an_earlier_study_in_the_folder(tmp_path):
     assert list(merged["scores"]) == list(long["scores"])
     assert merged["scores"]["N = 1"] == {"de": [0.2], "fr": [0.7]}
     assert merged["scores"]["N = 2"] == {"de": [0.4]}
+
+
+def test_report_escapes_every_value_a_run_writes(ner_all, tmp_path):
+    """Every string value of every JSON / JSONL file of a real run made hostile (wrapped in a
+    live <script> tag, and a quote-breaking attribute): the page holds none of them as markup,
+    and it still builds (a value where a number was expected is shown as text)."""
+    from xlt_engine.report import build_report
+
+    out, _ = ner_all
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("*.safetensors", "*.pt", "cache"))
+    evil = "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>"
+
+    def taint(x):
+        if isinstance(x, str):
+            return f"{x}{evil}"
+        if isinstance(x, list):
+            return [taint(v) for v in x]
+        if isinstance(x, dict):
+            return {k: taint(v) for k, v in x.items()}
+        return x
+
+    tainted = 0
+    for path in [*copy.rglob("*.json"), *copy.rglob("*.jsonl")]:
+        if path.suffix == ".json":
+            path.write_text(json.dumps(taint(json.loads(path.read_text()))))
+        else:
+            rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            path.write_text("".join(json.dumps(taint(r)) + "\n" for r in rows))
+        tainted += 1
+    # and numbers where numbers are read: a hostile alpha, rows and seconds
+    for path in copy.rglob("round-1/threshold.json"):
+        th = json.loads(path.read_text())
+        path.write_text(json.dumps(th | {"alpha": evil, "rows": evil}))
+    assert tainted > 20
+    page, _ = build_report([copy])
+    assert "<script" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # shown, as text

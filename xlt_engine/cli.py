@@ -98,6 +98,27 @@ def init(
     click.echo(f"wrote {out} ({sum(p.numel() for p in model.parameters()):,} parameters)")
 
 
+@main.command()
+@click.argument("model", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
+def export(model: Path, out: Path) -> None:
+    """Write a fine-tuned task model with the linear head as a transformers classification
+    folder (BertForTokenClassification, XLMRobertaForSequenceClassification, ...: id2label and
+    label2id included), so AutoModelFor...Classification and pipeline("ner") load it. The
+    Voters Module has no exact transformers equivalent and is refused, with the reason."""
+    import json
+
+    from xlt_engine.model.export import export_hf
+
+    try:
+        check_writable(out, "OUT")
+        folder = export_hf(model, out)
+    except ValueError as err:
+        _fail(err)
+    arch = json.loads((folder / "config.json").read_text(encoding="utf-8"))["architectures"][0]
+    click.echo(f"wrote {folder} ({arch}); load it with transformers' AutoModelFor... classes")
+
+
 def _part(name: str) -> str:
     if name.startswith("encoder.embeddings."):
         return "embeddings"

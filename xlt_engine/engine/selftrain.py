@@ -59,6 +59,7 @@ chain (the student of every round starts from the Base Model) can be checked.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -816,11 +817,18 @@ class SelfTraining:
             t0 = time.perf_counter()
             agreed, conf, mean = voter_filter(self.logits(student, self.src), 0.0)
             gold = torch.from_numpy(self.gold).to(agreed.device)
-            source = (agreed, conf)  # class_quota: its target part comes in ``filter``
+            # class_quota sets its thresholds from the target rows (in ``filter``): here the
+            # paper's alpha and each class's source record at it
+            quota = rule.name == "class_quota"
             th = thresholds_from(
-                agreed, conf, gold, len(self.labels), rule, background=self.background,
-                names=self.labels, target=source if rule.name == "class_quota" else None,
+                agreed, conf, gold, len(self.labels),
+                dataclasses.replace(rule, name="paper") if quota else rule,
+                background=self.background, names=self.labels,
             )  # fmt: skip
+            if quota:
+                th.rule = rule.name
+                th.notes.append("class_quota: the class thresholds come from the target rows "
+                                "(filter.json)")  # fmt: skip
             outputs = {"agreed": agreed, "confidence": conf, "predicted": mean.argmax(-1)}
             secs = time.perf_counter() - t0
             base = th.base

@@ -30,7 +30,7 @@ from xlt_engine.engine import selftrain as selftrain_module
 from xlt_engine.engine.finetune import FinetuneConfig, run_finetune
 from xlt_engine.engine.inference import predict_logits
 from xlt_engine.engine.loop import TrainConfig
-from xlt_engine.engine.pseudo_labels import check_collapse
+from xlt_engine.engine.pseudo_labels import EVEN_GRID, check_collapse
 from xlt_engine.engine.selftrain import (
     FILTER_FILE,
     SOURCE_OK_FILE,
@@ -818,17 +818,21 @@ def test_class_aware_rules_label_with_their_per_class_thresholds(
     shutil.copy(full / "round-1" / "teacher-probs.safetensors", out / "round-1")
     shutil.copy(full / "selftrain.jsonl", out / "selftrain.jsonl")
     hard = TrainConfig(max_steps=2, lr=1e-4, log_every=1, seed=1)
-    cfg = st_config(base, teacher, data, out, rounds=1, hard=hard, pseudo_rule=rule)
+    grid = "even" if rule == "entity_curve" else ()  # (the even grid: no 0.995 / 0.999 tail)
+    cfg = st_config(base, teacher, data, out, rounds=1, hard=hard, pseudo_rule=rule, grid=grid)
     run_selftrain(cfg, resume=True, echo=None)
     th = json.loads((out / "round-1" / "threshold.json").read_text())
+    assert th["thresholds"] == threshold_grid(7, EVEN_GRID if grid else None)
     counts = json.loads((out / "round-1" / "filter.json").read_text())
     names = ["O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
     alpha = [counts["class_alpha"][n] for n in names]
     assert th["rule"] == counts["pseudo_rule"] == rule and len(th["classes"]) == 7
     assert len(set(alpha)) > 1  # the classes got thresholds of their own
     paper = json.loads((full / "round-1" / "threshold.json").read_text())["alpha"]
-    if rule != "class_quota":
+    if rule == "per_class_precision":
         assert alpha[0] == th["alpha"] == paper and th["class_alpha"] == alpha  # O: the paper's
+    if rule == "class_quota":
+        assert th["class_alpha"] == [paper] * 7 and "filter.json" in th["notes"][0]
     student = load_task_model(out / "round-1" / "soft" / "model")
     tok = load_tokenizer(base)
     enc = encode(read_task_file(data["tgt"], "conll", unlabeled=True), tok, student.labels, 48)

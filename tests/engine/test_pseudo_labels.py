@@ -287,3 +287,15 @@ def test_the_readme_example_runs_on_plain_tensors():
     exec(code, scope)
     assert scope["labels_t"].shape == (300,) and scope["keep"].shape == (400,)
     assert len(scope["th"].alpha) == 3 and scope["problems"]
+
+
+def test_without_a_background_class_every_label_gets_its_own_threshold():
+    """Sequence classification (CLS, MARC, XNLI): no O; per_class_precision sets every label's
+    threshold by its own precision, none keeps the paper's alpha."""
+    agreed, conf, gold = rows(
+        (40, 0, 0.95, 0), (40, 0, 0.605, 1),  # label 0 qualifies from 0.61
+        (60, 1, 0.7, 1), (5, 1, 0.545, 0),  # label 1: 60 / 65 up to 0.54, 60 / 60 from 0.55
+    )  # fmt: skip
+    th = thresholds_from(agreed, conf, gold, 2, PseudoRule("per_class_precision"), None)
+    assert th.alpha == [0.61, 0.55]
+    assert [c["how"] for c in th.classes] == ["precision", "precision"]

@@ -361,6 +361,24 @@ def _class_alphas(labels: list[str], alpha: list[float]) -> str:
     return ", ".join(f"{c} {a:g}" for c, a in zip(labels, alpha, strict=True))
 
 
+def _remedies(cfg: SelftrainSettings) -> str:
+    """The settings a collapsed round may be avoided with, other than the ones in use."""
+    out = []
+    others = [r for r in ("per_class_precision", "class_quota") if r != cfg.pseudo_rule]
+    out.append(" or ".join(f'selftrain.pseudo_rule = "{r}"' for r in others) + " (thresholds "
+               "per class)")  # fmt: skip
+    if cfg.pseudo_rule == "per_class_precision":
+        out.append("a lower selftrain.class_precision or min_rows (classes that never qualify "
+                   "get no pseudo label)")  # fmt: skip
+    if cfg.grid != "even" and cfg.pseudo_rule != "class_quota":
+        out.append('selftrain.grid = "even" (no 0.995 / 0.999 tail)')
+    if cfg.threshold != "fixed":
+        out.append('a fixed alpha (selftrain.threshold = "fixed")')
+    if cfg.source_filter == "confident":
+        out.append('selftrain.source_filter = "correct" (the paper\'s)')
+    return "; ".join(out)
+
+
 def _names(teachers: list[Path]) -> str | list[str]:
     """How the log names a round's teacher(s): one path, or the list."""
     return str(teachers[0]) if len(teachers) == 1 else [str(t) for t in teachers]
@@ -1054,11 +1072,8 @@ class SelfTraining:
             f"{threshold['alpha']:g}, source_filter = {cfg.source_filter!r}):\n  - "
             + "\n  - ".join(findings)
             + "\n  a hard step on these labels teaches the student (almost) only the classes they "
-            "hold. Settings that "
-            'avoid it: selftrain.pseudo_rule = "per_class_precision" or "class_quota" (a '
-            'threshold per class), selftrain.grid = "even", a fixed alpha (selftrain.threshold '
-            '= "fixed"); selftrain.on_collapse = "skip_hard" keeps the soft student as the '
-            'round\'s result, "error" stops here'
+            f"hold. Settings that may avoid it: {_remedies(cfg)}; selftrain.on_collapse = "
+            '"skip_hard" keeps the soft student as the round\'s result, "error" stops here'
         )
         self.collapsed.append({"round": r, "findings": findings, "action": cfg.on_collapse})
         if cfg.on_collapse == "error":

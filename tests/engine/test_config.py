@@ -249,8 +249,10 @@ def test_cli_runs_every_stage(tiny, conll, tmp_path):
         board = ["--tensorboard"] if stage == "btf" else []  # (not in the fingerprint)
         res = CliRunner().invoke(main, ["run", "--stage", stage, *board, *base])
         assert res.exit_code == 0, (stage, res.output, res.exception)
-        last = res.output.strip().splitlines()[-1]
+        *_, last, again = res.output.strip().splitlines()
         assert last.startswith(f"{stage}: done in ") and str(run) in last, res.output
+        assert again.startswith("to repeat it (finished stages are reused): xlt-engine run ")
+        assert f"--stage {stage}" in again and "--resume" not in again
     assert "result " + str(run / "evaluate-finetune" / "results.json") in last
     assert (run / "btf" / "base-model" / "model.safetensors").is_file()
     assert any((run / "btf" / "tensorboard").glob("events.out.tfevents.*"))

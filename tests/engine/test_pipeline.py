@@ -729,8 +729,9 @@ def test_smoke_runs_every_stage_on_a_sample_into_its_own_folder(tiny, tmp_path):
     assert (out / "smoke" / "all.md").is_file()
     summary = res.output[res.output.index("summary:") :].splitlines()
     assert any(x.split()[:2] == ["[eng-esp]", "btf"] for x in summary[1:]), summary
-    last = summary[-1]
+    last, again = summary[-2:]
     assert str(out / "smoke" / "all.md") in last and last.endswith(" MiB"), last
+    assert again.startswith("to repeat it (finished stages are reused): xlt-engine run --stage all")
 
 
 def test_threshold_and_rounds_studies_are_tables_over_seeds(tiny, tmp_path):

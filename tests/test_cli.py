@@ -192,6 +192,16 @@ def test_a_run_prints_the_exact_command_that_repeats_or_continues_it(tmp_path, m
             assert res.exit_code == (130 if name == "stop" else 1), res.output
             assert f"to continue: {want} --resume\n" in res.output  # once, however it was given
             assert str(err) in res.output
+    # a non-finite loss: the same settings would diverge again, so no "continue" line
+    from xlt_engine.engine.loop import NonFiniteLoss
+
+    def diverged(cfg, **kw):
+        raise NonFiniteLoss("non-finite loss nan at step 3")
+
+    monkeypatch.setattr(pipeline, "run_all", diverged)
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1 and "non-finite loss nan" in res.output
+    assert "to continue" not in res.output and "to repeat it" not in res.output
 
 
 def test_the_quickstarts_config_names_its_runs_folder_and_seed(tmp_path):

@@ -3,6 +3,7 @@ pipeline from nothing (no ../shared, no download) and prints the table."""
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -118,6 +119,10 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
     # its config re-runs where it ran: run --stage all --config <it> reuses every stage
     cfg = out / "quickstart.toml"
     assert f"its config: {cfg}" in res.output
+    repeat = shlex.join(
+        ["xlt-engine", "quickstart", "--out", str(out), "--no-progress", "--resume"]
+    )
+    assert f"to repeat it (finished stages are reused): {repeat}\n" in res.output
     rerun = CliRunner().invoke(
         main, ["run", "--stage", "all", "--config", str(cfg), "--no-progress"]
     )

@@ -416,11 +416,15 @@ OUTSIDE_LOOP = (
 )
 
 
-def _run_guarded(fn) -> None:
+def _run_guarded(fn, repeat_resumes: bool = False) -> None:
     """Run ``fn``; an interrupt exits 130 with the resume hint, a config or data problem is a
     clean error; the process group is closed either way. Inside a training loop SIGINT/SIGTERM
     write a checkpoint first (the loop's own handlers); outside one they stop at once with the
-    same hint, SIGTERM included (by default it ended the process with no word)."""
+    same hint, SIGTERM included (by default it ended the process with no word). A finished
+    run names the command that repeats it (with ``--resume`` where ``repeat_resumes``: a
+    command that refuses a folder it already filled); an interrupted one, or one the collapse
+    guard stopped, the command that continues it. (A non-finite loss gets no such line: the
+    same settings would diverge again.)"""
     import os
     import signal
     import sys
@@ -450,14 +454,15 @@ def _run_guarded(fn) -> None:
         click.echo(OUTSIDE_LOOP.format(name="SIGINT"), err=True)
         continue_with()
         sys.exit(130)
-    except (CollapseError, NonFiniteLoss) as err:
+    except CollapseError as err:
         continue_with()
         _fail(err)
-    except ValueError as err:
+    except (ValueError, NonFiniteLoss) as err:
         _fail(err)
     else:
         if _resumable() and os.environ.get("RANK", "0") == "0":
-            click.echo(f"to repeat it (finished stages are reused): {again(resume=False)}")
+            repeat = again(resume=repeat_resumes)
+            click.echo(f"to repeat it (finished stages are reused): {repeat}")
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
@@ -781,7 +786,7 @@ def quickstart(out, seed, resume, progress) -> None:
             f"the runs in {out / 'runs'})"
         )
 
-    _run_guarded(go)
+    _run_guarded(go, repeat_resumes=True)  # a quickstart refuses its own folder without it
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ import tomllib
 from xlt_engine import STAGES
 from xlt_engine.data.task import Format
 from xlt_engine.engine.loop import TrainConfig
-from xlt_engine.engine.pseudo_labels import PseudoRule
+from xlt_engine.engine.pseudo_labels import PseudoRule, SourceFilter
+from xlt_engine.engine.pseudo_labels import RuleName as PseudoRuleName
 from xlt_engine.model.checkpoint import plan_checkpoint
 from xlt_engine.model.config import BertConfig
 from xlt_engine.model.heads import LINEAR
@@ -380,8 +381,6 @@ class FinetuneSection(FinetuneSettings, FreezeOverride):
 Threshold = Literal["curvature", "max_second_difference", "fixed"]
 MultiSource = Literal["teachers", "union"]
 FilterUnit = Literal["word", "sequence"]
-SourceFilter = Literal["correct", "confident", "off"]
-PseudoRuleName = Literal["paper", "per_class_precision", "class_quota", "entity_curve"]
 OnCollapse = Literal["warn", "error", "skip_hard"]
 SoftLoss = Literal["mse", "kl"]
 
@@ -418,12 +417,9 @@ class SelftrainSettings(BatchSettings):
         check_choices(self)
         if not (0.5 <= self.rounds <= 1000 and 2 * self.rounds == int(2 * self.rounds)):
             raise ValueError(f"rounds must be a multiple of 0.5 in [0.5, 1000], got {self.rounds}")
-        if isinstance(self.grid, str):
-            if self.grid != "even":
-                raise ValueError(f"grid must be 'even' or a list of thresholds, got {self.grid!r}")
-        elif bad := [t for t in self.grid if not 0 < t < 1]:
+        if not isinstance(self.grid, str) and (bad := [t for t in self.grid if not 0 < t < 1]):
             raise ValueError(f"grid: thresholds must be in (0, 1), got {bad}")
-        self.pseudo_rule_settings()  # its checks (min_rows, class_precision, quota)
+        self.pseudo_rule_settings()  # the rule's own checks (grid name, min_rows, precision, quota)
         if self.threshold == "fixed" and (self.alpha is None or not 0 <= self.alpha < 1):
             raise ValueError(f"threshold = 'fixed' needs alpha in [0, 1), got {self.alpha!r}")
         if self.threshold != "fixed" and self.alpha is not None:

@@ -44,11 +44,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
 from xlt_engine.engine.threshold import (
+    EVEN_GRID,
     ThresholdChoice,
     rule_curve_inputs,
     select_threshold,
@@ -56,9 +58,10 @@ from xlt_engine.engine.threshold import (
 )
 from xlt_engine.kernels import voter_filter
 
-RULES = ("paper", "per_class_precision", "class_quota", "entity_curve")
-SOURCE_FILTERS = ("correct", "confident", "off")
-EVEN_GRID = tuple(round(0.50 + 0.01 * i, 2) for i in range(50))  # 0.50 .. 0.99, no tail
+RuleName = Literal["paper", "per_class_precision", "class_quota", "entity_curve"]
+SourceFilter = Literal["correct", "confident", "off"]
+RULES: tuple[str, ...] = get_args(RuleName)
+SOURCE_FILTERS: tuple[str, ...] = get_args(SourceFilter)
 WILSON_Z = 1.959964  # two-sided 95%
 # the collapse guard's limits (DESIGN.md; the issue that set them measured real rounds)
 ONE_CLASS_SHARE = 0.99  # pseudo labels this share one class ...

@@ -69,6 +69,8 @@ ADDED = {"head_lr_scale": 1.0, "soft_loss": "mse"}
 COTRAIN_MODELS = ("cotrain", "cotrain-lm", "cotrain-emb", "cotrain-mean")
 NAMED_MODELS = ("pretrained", "btf", "finetune", "finetune-direct", "selftrain", *COTRAIN_MODELS)
 PAPER_ROUNDS = SelftrainSettings.rounds  # the default N (1.5): others get their own folder
+PAPER_RULE = SelftrainSettings.pseudo_rule  # likewise the default rule and source filter
+PAPER_FILTER = SelftrainSettings.source_filter
 
 
 class StaleStageError(ValueError):
@@ -124,8 +126,8 @@ def stage_dir(cfg: ExperimentConfig, stage: str) -> Path:
         direct = "-direct" if s.base == "pretrained" else ""
         fixed = f"-alpha{s.alpha:g}" if s.threshold == "fixed" else ""
         rounds = f"-rounds{s.rounds:g}" if s.rounds != PAPER_ROUNDS else ""
-        rule = f"-{s.pseudo_rule}" if s.pseudo_rule != "paper" else ""
-        source = f"-src{s.source_filter}" if s.source_filter != "correct" else ""
+        rule = f"-{s.pseudo_rule}" if s.pseudo_rule != PAPER_RULE else ""
+        source = f"-src{s.source_filter}" if s.source_filter != PAPER_FILTER else ""
         return run / f"selftrain{direct}{_variant(cfg)}{fixed}{rounds}{rule}{source}"
     if stage == "cotrain":
         return run / ("cotrain-self" if cfg.cotrain.exchange == "self" else "cotrain")

@@ -926,11 +926,14 @@ class SelfTraining:
             gold = torch.from_numpy(self.gold)
 
             def fill(arrays):
-                # quota: nothing passes yet (alpha 1); the voters' outputs set the thresholds
-                first = torch.ones(len(alpha)) if quota else torch.from_numpy(alpha).float()
+                # quota: no label yet; the voters' outputs set the thresholds (``set_quota``)
+                a = torch.from_numpy(alpha).float()
                 for row, logits in self.chunks(student, self.tgt, *arrays.values()):
-                    labels = pseudo_label(logits, first.to(logits.device))[0]
                     agreed, conf, mean = voter_filter(logits, 0.0)  # at any confidence
+                    labels = (
+                        torch.full_like(agreed, -1) if quota
+                        else pseudo_label(logits, a.to(logits.device))[0]
+                    )  # fmt: skip
                     rows = slice(row, row + labels.shape[0])
                     out = torch.stack([labels, agreed, mean.argmax(dim=-1)]).cpu().numpy()
                     arrays["pseudo"][rows] = out[0]

@@ -38,7 +38,8 @@ import torch
 from xlt_engine.kernels import threshold_curve
 
 METHODS = ("curvature", "max_second_difference", "fixed")
-DEFAULT_GRID = (*(round(0.50 + 0.01 * i, 2) for i in range(50)), 0.995, 0.999)
+EVEN_GRID = tuple(round(0.50 + 0.01 * i, 2) for i in range(50))  # 0.50 .. 0.99 by 0.01
+DEFAULT_GRID = (*EVEN_GRID, 0.995, 0.999)  # and the tail
 
 
 def threshold_grid(num_classes: int, grid: Sequence[float] | None = None) -> list[float]:

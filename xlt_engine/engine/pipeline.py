@@ -9,13 +9,14 @@ their common stages and a re-run picks up where an earlier one stopped; a stage 
 half-way continues with ``resume``), and one made otherwise stops the run, naming each change.
 Switches give the paper's ablation rows: ``btf=False`` (-BTF: fine-tuning and self-training
 start from the pretrained model), ``selftrain=False`` (-ST), ``selftrain.threshold = "fixed"``
-(-AT), ``model.head = "linear"`` (-VM), ``selftrain.pseudo_rule`` (the class-aware rules). The direct-transfer column is always the pretrained
-model fine-tuned with a plain linear head (``finetune-direct-linear``), standard mBERT
-fine-tuning as in the paper's baseline; without btf the teacher is the pretrained model
+(-AT), ``model.head = "linear"`` (-VM), ``selftrain.pseudo_rule`` (the class-aware rules). The
+direct-transfer column is always the pretrained model fine-tuned with a plain linear head
+(``finetune-direct-linear``), standard mBERT fine-tuning as in the paper's baseline; without btf the teacher is the pretrained model
 fine-tuned with the configured head (``finetune-direct``).
 
 ``run_ablate``: every row of the paper's tables 5 and 6 (Ours, -AT, -VM, -BTF, -ST, direct
-transfer) and Ours under each other pseudo-label rule (``rule = <name>``) for every seed, and a table of mean +- std over seeds per target and on average;
+transfer), and on request Ours under each other pseudo-label rule (``rule = <name>``), for
+every seed, and a table of mean +- std over seeds per target and on average;
 with several source languages also the method, -ST and direct transfer from each source alone
 (its runs in ``<s>-<target>`` beside the multi-source ``<s1>+<s2>-<target>``); ``rows`` makes
 only some rows, running only the stages they read.

@@ -1,4 +1,4 @@
-"""Kernel benchmark: the same code as ``xlt-engine bench kernels`` (see xlt_engine/bench.py).
+"""Kernel benchmark: the same code as ``xlt-engine bench kernels`` (see xlt_engine/kernels/bench.py).
 
 PYTHONPATH=. python benchmarks/bench_kernels.py                     # all ops, all providers
 PYTHONPATH=. python benchmarks/bench_kernels.py --op mlm --provider triton --provider torch

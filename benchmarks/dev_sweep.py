@@ -33,10 +33,16 @@ from pathlib import Path
 import torch
 
 from xlt_engine import provenance
-from xlt_engine.engine.config import load_config
-from xlt_engine.engine.pipeline import pair_configs, plan_all, run_rounds_study, seed_config
-from xlt_engine.engine.runs import plan_stage, recorded_fingerprint, stage_dir, with_section
+from xlt_engine.engine.experiment.config import load_config
+from xlt_engine.engine.experiment.pipeline import pair_configs, plan_all, seed_config
+from xlt_engine.engine.experiment.runs import (
+    plan_stage,
+    recorded_fingerprint,
+    stage_dir,
+    with_section,
+)
 from xlt_engine.fileio import link_tree, read_jsonl
+from xlt_engine.studies.sweeps import run_rounds_study
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: benchmarks/ is a package of the repository

@@ -31,15 +31,9 @@ from pathlib import Path
 import torch
 
 from xlt_engine import provenance
-from xlt_engine.engine.config import load_config
-from xlt_engine.engine.pipeline import (
-    ABLATION_ROWS,
-    ablation_table,
-    pair_configs,
-    rule_rows,
-    run_ablate,
-)
-from xlt_engine.engine.runs import (
+from xlt_engine.engine.experiment.config import load_config
+from xlt_engine.engine.experiment.pipeline import pair_configs
+from xlt_engine.engine.experiment.runs import (
     model_stage,
     stage_dir,
     teacher_models,
@@ -47,6 +41,8 @@ from xlt_engine.engine.runs import (
     with_section,
 )
 from xlt_engine.fileio import read_jsonl
+from xlt_engine.studies.ablate import ABLATION_ROWS, rule_rows, run_ablate
+from xlt_engine.studies.tables import ablation_table
 
 ROOT = Path(__file__).resolve().parents[1]
 

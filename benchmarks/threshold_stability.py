@@ -26,10 +26,15 @@ import numpy as np
 import torch
 
 from xlt_engine import provenance
-from xlt_engine.engine.config import load_config
-from xlt_engine.engine.experiment import build_stage
-from xlt_engine.engine.selftrain import SelfTraining
-from xlt_engine.engine.threshold import DEFAULT_GRID, choose, rule_curve_inputs, threshold_grid
+from xlt_engine.engine.experiment.config import load_config
+from xlt_engine.engine.experiment.stages import build_stage
+from xlt_engine.engine.method.selftrain import SelfTraining
+from xlt_engine.engine.method.threshold import (
+    DEFAULT_GRID,
+    choose,
+    rule_curve_inputs,
+    threshold_grid,
+)
 from xlt_engine.kernels import voter_filter
 from xlt_engine.model.task import load_task_model
 

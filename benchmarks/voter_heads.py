@@ -40,7 +40,7 @@ def score_voters(folder: str, file: str, fmt: str, max_len: int) -> None:
     """The task score of the mean of the voters and of each voter alone on ``file``."""
     from xlt_engine.data.task import encode, read_task_file
     from xlt_engine.data.tokenizer import load_tokenizer
-    from xlt_engine.engine.inference import predict_logits, predicted_labels, score
+    from xlt_engine.engine.train.inference import predict_logits, predicted_labels, score
     from xlt_engine.model.task import load_task_model
 
     model, tok = load_task_model(folder), load_tokenizer(folder)

@@ -167,9 +167,9 @@ def test_a_run_prints_the_exact_command_that_repeats_or_continues_it(tmp_path, m
     """A finished run names the command that repeats it (reusing what it made); an interrupted
     one, or one the collapse guard stopped, the command that continues it (the same arguments,
     quoted, plus --resume)."""
-    from xlt_engine.engine import pipeline
-    from xlt_engine.engine.loop import Interrupted
-    from xlt_engine.engine.selftrain import CollapseError
+    from xlt_engine.engine.experiment import pipeline
+    from xlt_engine.engine.method.selftrain import CollapseError
+    from xlt_engine.engine.train.loop import Interrupted
     from xlt_engine.quickstart import Sizes, prepare
 
     cfg = prepare(tmp_path / "odd name", seed=2, sizes=Sizes(train=20, dev=5, test=5))
@@ -193,7 +193,7 @@ def test_a_run_prints_the_exact_command_that_repeats_or_continues_it(tmp_path, m
             assert f"to continue: {want} --resume\n" in res.output  # once, however it was given
             assert str(err) in res.output
     # a non-finite loss: the same settings would diverge again, so no "continue" line
-    from xlt_engine.engine.loop import NonFiniteLoss
+    from xlt_engine.engine.train.loop import NonFiniteLoss
 
     def diverged(cfg, **kw):
         raise NonFiniteLoss("non-finite loss nan at step 3")
@@ -207,7 +207,7 @@ def test_a_run_prints_the_exact_command_that_repeats_or_continues_it(tmp_path, m
 def test_the_quickstarts_config_names_its_runs_folder_and_seed(tmp_path):
     import tomllib
 
-    from xlt_engine.engine.config import load_config
+    from xlt_engine.engine.experiment.config import load_config
     from xlt_engine.quickstart import Sizes, prepare
 
     cfg = prepare(tmp_path / "qs", seed=4, sizes=Sizes(train=20, dev=5, test=5))

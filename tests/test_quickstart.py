@@ -136,8 +136,8 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
 def _small_quickstart(out: Path) -> dict:
     """The quickstart's steps (prepare, load_config, run_all) at a quarter of its data and a
     fraction of its epochs (enough for every step to train: the hard step gets rows)."""
-    from xlt_engine.engine.config import load_config
-    from xlt_engine.engine.pipeline import run_all
+    from xlt_engine.engine.experiment.config import load_config
+    from xlt_engine.engine.experiment.pipeline import run_all
     from xlt_engine.quickstart import prepare
 
     cfg_path = prepare(out, 1, Sizes(train=200, dev=30, test=60, vocab_size=600))

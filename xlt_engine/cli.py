@@ -263,7 +263,7 @@ def bench() -> None:
 @click.option("--no-save", is_flag=True, help="print the table only, even with --out")
 def bench_kernels(ops, providers, modes, device, reps, out, no_save) -> None:
     """Time the fused kernels against torch, torch.compile, Hugging Face and Liger."""
-    from xlt_engine import bench as bench_mod
+    from xlt_engine.kernels import bench as bench_mod
 
     if out is not None and not no_save:
         try:
@@ -356,7 +356,7 @@ def smoke_config(cfg):
     (``<out>/smoke``) so that it never mixes with the real run."""
     import dataclasses
 
-    from xlt_engine.engine.runs import with_section
+    from xlt_engine.engine.experiment.runs import with_section
 
     steps = dict(max_steps=SMOKE_STEPS, log_every=1)
     cfg = dataclasses.replace(cfg, out=str(cfg.out_root() / "smoke"))
@@ -388,8 +388,8 @@ def _experiment(
     (the ablation rows: -BTF, -AT, -VM; ``--smoke``)."""
     import dataclasses
 
-    from xlt_engine.engine.config import load_config
-    from xlt_engine.engine.runs import with_linear_head, with_section
+    from xlt_engine.engine.experiment.config import load_config
+    from xlt_engine.engine.experiment.runs import with_linear_head, with_section
 
     cfg = load_config(config_path, overrides)
     if out is not None:
@@ -430,15 +430,15 @@ def _run_guarded(fn, repeat_resumes: bool = False) -> None:
     import sys
     import threading
 
-    from xlt_engine.engine import distributed
-    from xlt_engine.engine.loop import Interrupted, NonFiniteLoss
+    from xlt_engine.engine.train import distributed
+    from xlt_engine.engine.train.loop import Interrupted, NonFiniteLoss
 
     def on_term(signum, _frame):
         raise Interrupted(OUTSIDE_LOOP.format(name=signal.Signals(signum).name))
 
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_term) if main_thread else None
-    from xlt_engine.engine.selftrain import CollapseError
+    from xlt_engine.engine.method.selftrain import CollapseError
 
     def continue_with() -> None:  # what picks the run up where it stopped
         if _resumable():
@@ -574,8 +574,8 @@ def run(
     echo = click.echo if os.environ.get("RANK", "0") == "0" else None
 
     def go():
-        from xlt_engine.engine.experiment import run_stage
-        from xlt_engine.engine.pipeline import run_all
+        from xlt_engine.engine.experiment.pipeline import run_all
+        from xlt_engine.engine.experiment.stages import run_stage
 
         cfg = _experiment(
             config_path, overrides, out, no_btf, fixed_threshold, voters, smoke, linear_head
@@ -592,7 +592,7 @@ def run(
         else:
             run_stage(cfg, stage, resume=resume, echo=echo, progress=progress)
             if stage == "finetune" and cfg.teachers_per_source and cfg.finetune.source is None:
-                from xlt_engine.engine.experiment import run_teachers
+                from xlt_engine.engine.experiment.stages import run_teachers
 
                 run_teachers(cfg, resume=resume, echo=echo, progress=progress)
 
@@ -616,12 +616,12 @@ def report(folders, out) -> None:
     pair's; several are reported one after the other."""
 
     def go():
-        from xlt_engine.report import NO_PLOTS, write_report
+        from xlt_engine.studies.report import NO_PLOTS, write_report
 
         path, images = write_report(list(folders), out)
         click.echo(f"report: {path} ({images} plots)")
         if images == 0:
-            from xlt_engine.report import load_pyplot
+            from xlt_engine.studies.report import load_pyplot
 
             if load_pyplot() is None:
                 click.echo(NO_PLOTS)
@@ -724,18 +724,18 @@ def ablate(
     echo = click.echo if os.environ.get("RANK", "0") == "0" else None
 
     def go():
-        from xlt_engine.engine import pipeline
+        from xlt_engine.studies import ablate, sweeps
 
         cfg = _experiment(config_path, overrides, out)
         kw = {"resume": resume, "echo": echo, "progress": progress}
         if study == "threshold":
-            pipeline.run_threshold_study(cfg, seed_list, alpha_list, **kw)
+            sweeps.run_threshold_study(cfg, seed_list, alpha_list, **kw)
         elif study == "rounds":
-            pipeline.run_rounds_study(cfg, seed_list, max_rounds, **kw)
+            sweeps.run_rounds_study(cfg, seed_list, max_rounds, **kw)
         elif study == "cotrain":
-            pipeline.run_cotrain_ablation(cfg, seed_list, **kw)
+            ablate.run_cotrain_ablation(cfg, seed_list, **kw)
         else:
-            pipeline.run_ablate(cfg, seed_list, fixed_threshold, rows=row_list, **kw)
+            ablate.run_ablate(cfg, seed_list, fixed_threshold, rows=row_list, **kw)
 
     _run_guarded(go)
 
@@ -754,8 +754,8 @@ def quickstart(out, seed, resume, progress) -> None:
     import time
 
     def go():
-        from xlt_engine.engine.config import load_config
-        from xlt_engine.engine.pipeline import run_all
+        from xlt_engine.engine.experiment.config import load_config
+        from xlt_engine.engine.experiment.pipeline import run_all
         from xlt_engine.quickstart import prepare
 
         start = time.perf_counter()
@@ -772,13 +772,13 @@ def quickstart(out, seed, resume, progress) -> None:
             click.echo(f"generated the task, vocabulary and tiny model in {out} (seed {seed})")
         cfg = load_config(cfg_path, [f"seed={seed}", f"out={str(out / 'runs')!r}"])
         run_all(cfg, resume=resume, echo=click.echo, progress=progress)
-        from xlt_engine.report import write_report
+        from xlt_engine.studies.report import write_report
 
         page, images = write_report([out / "runs"], out / "report.html")
         click.echo(f"quickstart: {time.perf_counter() - start:.0f} s; tables in {out / 'runs'}")
         click.echo(f"report: {page} ({images} plots; open it in a browser)")
         if images == 0:
-            from xlt_engine.report import NO_PLOTS
+            from xlt_engine.studies.report import NO_PLOTS
 
             click.echo(NO_PLOTS)
         click.echo(  # the config it wrote names its data, model and runs folder

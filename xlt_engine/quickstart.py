@@ -9,7 +9,7 @@ places, organisations, written the same way) and digits. Sentences of the two la
 drawn independently (no parallel data); a part of the entity names occurs only in the test
 files. A WordPiece vocabulary is learnt from the training text (``learn_wordpieces``:
 deterministic, so that a seed gives the same numbers on every run), a tiny BERT is initialised
-at random, and ``engine.pipeline.run_all`` runs btf, finetune (from the random
+at random, and ``experiment.pipeline.run_all`` runs btf, finetune (from the random
 model: direct transfer, and from the Base Model), selftrain and evaluate with
 ``configs/quickstart.toml`` (``xlt_engine/quickstart.toml``, shipped with the package).
 """

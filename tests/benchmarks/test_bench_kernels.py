@@ -83,7 +83,7 @@ def test_cpu_table_units_fit_json_is_strict_and_nothing_is_written_without_out(
     wrote into benchmarks/results of the working directory unasked."""
     import re
 
-    from xlt_engine.bench import format_rate
+    from xlt_engine.kernels.bench import format_rate
 
     assert format_rate(0.0983, "FLOP/s") == "98.3 GFLOP/s"
     assert format_rate(2.5, "FLOP/s") == "2.5 TFLOP/s"

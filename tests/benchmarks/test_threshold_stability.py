@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from benchmarks.threshold_stability import stability, weighted_curve
-from xlt_engine.engine.threshold import DEFAULT_GRID
+from xlt_engine.engine.method.threshold import DEFAULT_GRID
 from xlt_engine.kernels import threshold_curve
 
 

@@ -108,3 +108,66 @@ def watch_final_save(monkeypatch, module, out: Path, sibling: str) -> list[bool]
 
     monkeypatch.setattr(module, "save_task_model", save)
     return seen
+
+
+FAST = """
+[btf]
+batch_size = 8
+freeze_layers = 1
+[btf.train]
+max_steps = 6
+lr = 1e-3
+log_every = 3
+[finetune]
+batch_size = 8
+[finetune.train]
+max_steps = 16
+lr = 3e-3
+log_every = 8
+[selftrain]
+rounds = 1.5
+batch_size = 8
+[selftrain.soft]
+max_steps = 6
+lr = 3e-3
+log_every = 3
+[selftrain.hard]
+max_steps = 6
+lr = 1e-3
+log_every = 3
+"""
+
+
+@pytest.fixture(scope="module")
+def ner_cfg(tiny, conll, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("ner-data")
+    for name, path in conll.items():
+        (root / name).write_bytes(path.read_bytes())
+    conll_slice(SHARED_DATA / "conll2002/ned.train", root / "ned.train", 240)
+    cfg = root / "ner.toml"
+    cfg.write_text(
+        f"""task = "ner"
+source = "eng"
+targets = ["esp", "ned"]
+seed = 5
+device = "cpu"
+[data]
+root = "{root}"
+[model]
+path = "{tiny}"
+freeze_layers = 1  # the tiny model has 2 layers
+max_len = 48
+[languages.eng]
+train = "eng.train"
+dev = "eng.dev"
+test = "eng.test"
+[languages.esp]
+unlabeled = "esp.train"
+test = "esp.test"
+[languages.ned]
+unlabeled = "ned.train"
+test = "ned.test"
+"""
+        + FAST
+    )
+    return cfg

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from tests.conftest import requires_cuda
-from tests.engine.test_ddp import assert_close_weights, torchrun
-from tests.engine.test_finetune import ner_config
+from tests.engine.method.test_finetune import ner_config
+from tests.engine.train.test_ddp import assert_close_weights, torchrun
 from xlt_engine.data import read_conll
-from xlt_engine.engine.btf import BtfConfig, run_btf
-from xlt_engine.engine.finetune import run_finetune
-from xlt_engine.engine.loop import TrainConfig, latest_checkpoint
+from xlt_engine.engine.method.btf import BtfConfig, run_btf
+from xlt_engine.engine.method.finetune import run_finetune
+from xlt_engine.engine.train.loop import TrainConfig, latest_checkpoint
 
 pytestmark = [pytest.mark.cuda, requires_cuda]
 
@@ -64,7 +64,7 @@ def test_btf_under_torchrun_on_one_gpu_uses_nccl_and_ddp(tiny, conll, tmp_path):
     )
     train = dict(max_steps=8, lr=5e-3, log_every=4, seed=5)
     spec = {**base, "stage": "btf", "out": str(tmp_path / "ddp"), "train": train}
-    proc = torchrun(1, "tests/engine/ddp_worker.py", json.dumps(spec))
+    proc = torchrun(1, "tests/engine/train/ddp_worker.py", json.dumps(spec))
     assert "process group: nccl, world 1, model DistributedDataParallel" in proc.stdout
     base["texts"] = tuple(base["texts"])
     run_btf(BtfConfig(out=str(tmp_path / "one"), train=TrainConfig(**train), **base), echo=None)

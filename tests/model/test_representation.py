@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tests.model.hf_utils import TINY_CONFIGS, batch, hf_config, randomize_
-from xlt_engine.engine.btf import MlmObjective
-from xlt_engine.engine.loop import TrainConfig, prepare
+from xlt_engine.engine.method.btf import MlmObjective
+from xlt_engine.engine.train.loop import TrainConfig, prepare
 from xlt_engine.model import (
     REPRESENTATIONS,
     BertConfig,

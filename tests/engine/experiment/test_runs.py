@@ -1,0 +1,192 @@
+"""Run folders: file identities, fingerprints and what a changed one reports."""
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.engine.experiment.test_config import CONLL
+from xlt_engine.engine.experiment.config import load_config
+from xlt_engine.engine.experiment.runs import (
+    FINGERPRINT,
+    MIB,
+    StagePlan,
+    StaleStageError,
+    check_plans,
+    file_identity,
+)
+
+
+def test_file_identity_is_what_the_file_holds_not_when_it_was_written(tmp_path):
+    big = tmp_path / "big"
+    data = bytearray(b"x" * (3 * MIB))
+    big.write_bytes(data)
+    a = file_identity(big)
+    assert a == {"size": 3 * MIB, "sha256": hashlib.sha256(data).hexdigest()}
+    os.utime(big, ns=(10**18, 10**18))  # touched (or copied): the same bytes, the same identity
+    assert file_identity(big) == a
+    data[MIB + 5 : MIB + 6] = b"y"  # an edit in the middle, same size
+    big.write_bytes(data)
+    os.utime(big, ns=(10**18, 10**18))  # and the old mtime: only the bytes tell
+    assert file_identity(big)["sha256"] != a["sha256"]
+
+
+def _legacy_identity(path: Path) -> dict:
+    """An input's identity as xlt-engine wrote it before whole-file hashes."""
+    raw = path.read_bytes()
+    ends = raw if len(raw) <= 2 * MIB else raw[:MIB] + raw[-MIB:]
+    st = path.stat()
+    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "sha256": hashlib.sha256(ends).hexdigest()}  # fmt: skip
+
+
+def test_fingerprints_of_an_older_xlt_engine_stay_valid_where_they_can_tell(tmp_path):
+    """Records from before whole-file hashes (mtime + hash of the ends) still match a touched
+    file they hashed whole (up to 2 MiB) and a large one they hashed at the ends while its mtime
+    stays; a stage downstream of such a record stays valid with it."""
+    cfg = load_config(CONLL, [f"out={str(tmp_path)!r}"])
+    small, big = tmp_path / "small.txt", tmp_path / "big.txt"
+    small.write_bytes(b"a\n" * 1000)
+    big.write_bytes(b"b\n" * (3 * MIB // 2))
+    btf = StagePlan(cfg, "btf", {"seed": 1}, {"small": small, "big": big})
+    btf.begin()
+    legacy = json.loads((btf.folder / FINGERPRINT).read_text())
+    legacy["inputs"] = {"big": _legacy_identity(big), "small": _legacy_identity(small)}
+    legacy["digest"] = "0" * 64  # whatever it was: it was computed over the old identities
+    (btf.folder / FINGERPRINT).write_text(json.dumps(legacy))
+    ft = StagePlan(cfg, "finetune", {"seed": 1}, {}, {"finetune.init": btf})
+    ft.begin()
+    recorded = json.loads((ft.folder / FINGERPRINT).read_text())
+    recorded["upstream"]["finetune.init"] = "0" * 64
+    recorded["digest"] = "1" * 64
+    (ft.folder / FINGERPRINT).write_text(json.dumps(recorded))
+
+    def fresh():  # plans cache their fingerprint: a new pair sees the files as they are now
+        b = StagePlan(cfg, "btf", {"seed": 1}, {"small": small, "big": big})
+        return b, StagePlan(cfg, "finetune", {"seed": 1}, {}, {"finetune.init": b})
+
+    b, f = fresh()
+    assert b.differences() == [] and f.differences() == []
+    os.utime(small, ns=(10**18, 10**18))  # hashed whole: a touch is seen as nothing
+    b, f = fresh()
+    assert b.differences() == [] and f.differences() == []
+    os.utime(big, ns=(10**18, 10**18))  # hashed at the ends: the mtime is all that tells
+    b, f = fresh()
+    assert b.differences() == [
+        f"input big: {big}: mtime_ns changed (recorded by an older xlt-engine, which hashed "
+        "only the first and last MiB of a file this large)"
+    ]
+    assert f.differences() == ["upstream finetune.init: fingerprint 000000000000 -> " +
+                               b.fingerprint()["digest"][:12]]  # fmt: skip
+    small.write_bytes(b"c\n" * 1000)  # same size, other bytes
+    assert f"input small: {small}: sha256 changed" in fresh()[0].differences()
+
+
+def test_a_changed_setting_is_listed_with_old_and_new_value(tmp_path):
+    cfg = load_config(CONLL, [f"out={str(tmp_path)!r}"])
+    data = tmp_path / "train.txt"
+    data.write_text("a\n")
+    old = StagePlan(cfg, "btf", {"btf.train.lr": 2e-5, "seed": 1}, {"text": data})
+    old.begin()
+    assert old.differences() == []
+    new = StagePlan(cfg, "btf", {"btf.train.lr": 1e-4, "seed": 1}, {"text": data})
+    assert new.differences() == ["btf.train.lr: 2e-05 -> 0.0001"]
+    data.write_text("b\n")
+    changed = StagePlan(cfg, "btf", {"btf.train.lr": 2e-5, "seed": 1}, {"text": data})
+    diff = changed.differences()
+    assert len(diff) == 1 and diff[0].startswith(f"input text: {data}: ") and "sha256" in diff[0]
+    with pytest.raises(StaleStageError, match="was made with other settings"):
+        check_plans([changed])
+    (tmp_path / "eng-esp" / "btf" / "base-model").mkdir()  # work in the folder, no fingerprint
+    (tmp_path / "eng-esp" / "btf" / "fingerprint.json").unlink()
+    assert "no fingerprint.json" in changed.differences()[0]
+
+
+def test_out_is_the_experiment_folder_for_one_stage_and_for_all(tmp_path):
+    """--out meant the pair's folder for one stage and the experiment's for --stage all."""
+    from xlt_engine.engine.experiment.pipeline import pair_configs, table_dir
+    from xlt_engine.engine.experiment.runs import stage_dir
+
+    cfg = load_config(CONLL, [f"out={str(tmp_path)!r}"])
+    assert cfg.run_dir() == tmp_path / "eng-esp" and table_dir(cfg) == tmp_path
+    assert [c.run_dir() for c in pair_configs(cfg)] == [
+        tmp_path / "eng-esp",
+        tmp_path / "eng-ned",
+        tmp_path / "eng-deu",
+    ]
+    assert stage_dir(load_config(CONLL, ["target=ned"]), "btf") == Path("runs/conll/eng-ned/btf")
+
+
+def test_a_missing_model_names_the_setting_and_the_model_that_exists(tmp_path):
+    from xlt_engine.engine.experiment.config import ConfigError
+    from xlt_engine.engine.experiment.runs import model_path
+
+    cfg = load_config(CONLL, [f"out={str(tmp_path)!r}"])
+    (tmp_path / "eng-esp" / "finetune-direct" / "model").mkdir(parents=True)
+    with pytest.raises(ConfigError) as info:
+        model_path(cfg, "finetune", "evaluate.model")
+    msg = str(info.value)
+    assert "evaluate.model: " in msg and "run the finetune stage first" in msg
+    assert "or set evaluate.model = 'finetune-direct': that model exists" in msg
+    model_path(cfg, "finetune-direct", "evaluate.model")  # exists: no error
+
+
+def test_plain_text_unlabeled_data_is_a_setting_in_the_fingerprint_only_when_set(tmp_path):
+    from tests.engine.experiment.test_config import MINIMAL, problems, write
+    from xlt_engine.engine.experiment.runs import plan_stage
+
+    plain = load_config(write(tmp_path, MINIMAL), ["data.unlabeled_format='text'"])
+    assert plain.data.unlabeled_format == "text"
+    assert plan_stage(plain, "selftrain").settings["data.unlabeled_format"] == "text"
+    default = load_config(write(tmp_path, MINIMAL))
+    assert "data.unlabeled_format" not in plan_stage(default, "selftrain").settings
+    found = problems(tmp_path, MINIMAL, "data.unlabeled_format='conll'")
+    assert any("unlabeled_format" in p for p in found)
+
+
+def test_a_setting_added_later_is_in_the_fingerprint_only_off_its_default(tmp_path):
+    """``head_lr_scale`` and ``soft_loss`` came after fingerprints: at their defaults they are
+    left out, so the folders of older runs stay valid; set, they are settings like any other."""
+    from tests.engine.experiment.test_config import MINIMAL, write
+    from xlt_engine.engine.experiment.runs import plan_stage
+
+    default = load_config(write(tmp_path, MINIMAL))
+    for stage in ("btf", "finetune", "selftrain"):
+        keys = plan_stage(default, stage).settings
+        assert not any("head_lr_scale" in k or "soft_loss" in k for k in keys)
+    scaled = load_config(write(tmp_path, MINIMAL), ["finetune.train.head_lr_scale=10"])
+    settings = plan_stage(scaled, "finetune").settings
+    assert settings["finetune.train.head_lr_scale"] == 10
+    assert not any("head_lr_scale" in k for k in plan_stage(scaled, "btf").settings)
+    kl = load_config(write(tmp_path, MINIMAL), ["selftrain.soft_loss='kl'"])
+    assert plan_stage(kl, "selftrain").settings["selftrain.soft_loss"] == "kl"
+
+
+def test_pseudo_rule_settings_name_the_folder_and_count_only_where_they_act(tmp_path):
+    """A rule other than the paper's, or a source filter other than ``correct``, gets a folder of
+    its own (rows of a study share the rest); a rule's own settings are in the fingerprint only
+    under that rule; ``on_collapse`` only when it changes the result (skip_hard)."""
+    from tests.engine.experiment.test_config import MINIMAL, write
+    from xlt_engine.engine.experiment.runs import plan_stage, stage_dir
+
+    def plan(*sets):
+        cfg = load_config(write(tmp_path, MINIMAL), list(sets))
+        return stage_dir(cfg, "selftrain").name, plan_stage(cfg, "selftrain").settings
+
+    name, settings = plan()
+    assert name == "selftrain"
+    assert settings["selftrain.pseudo_rule"] == "paper"
+    assert settings["selftrain.source_filter"] == "correct"
+    assert not {"selftrain.min_rows", "selftrain.quota", "selftrain.on_collapse"} & set(settings)
+    assert plan("selftrain.min_rows=5", "selftrain.on_collapse='error'")[1] == settings
+    name, settings = plan("selftrain.pseudo_rule='per_class_precision'", "selftrain.min_rows=5")
+    assert name == "selftrain-per_class_precision"
+    assert (settings["selftrain.min_rows"], settings["selftrain.class_precision"]) == (5, 0.9)
+    assert "selftrain.quota" not in settings
+    name, settings = plan(
+        "selftrain.pseudo_rule='class_quota'", "selftrain.source_filter='confident'"
+    )
+    assert name == "selftrain-class_quota-srcconfident" and settings["selftrain.quota"] == 0.5
+    assert plan("selftrain.on_collapse='skip_hard'")[1]["selftrain.on_collapse"] == "skip_hard"

@@ -1,0 +1,187 @@
+"""The training loop through the btf stage: loss goes down, kill/resume is bit-exact, SIGTERM
+writes a checkpoint, freezing holds, the Base Model loads in transformers."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from xlt_engine.engine.method.btf import BtfConfig, run_btf
+from xlt_engine.engine.train.loop import TrainConfig, latest_checkpoint
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from tests.conftest import SHARED_DATA
+
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent")
+    from click.testing import CliRunner
+
+    from xlt_engine.cli import main
+    from xlt_engine.data import read_conll
+
+    tmp = tmp_path_factory.mktemp("btf")
+    res = CliRunner().invoke(
+        main,
+        [
+            "init",
+            str(tmp / "tiny"),
+            "--vocab",
+            str(SHARED_DATA / "mbert" / "vocab.txt"),
+            "--layers",
+            "2",
+            "--hidden",
+            "64",
+            "--heads",
+            "2",
+            "--intermediate",
+            "128",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    texts = []
+    for name, f in (("en", "conll2003_en/eng.train"), ("es", "conll2002/esp.train")):
+        sents = [" ".join(s.tokens) for s in read_conll(SHARED_DATA / f)][:300]
+        (tmp / f"{name}.txt").write_text("\n".join(sents) + "\n", encoding="utf-8")
+        texts.append(str(tmp / f"{name}.txt"))
+    return tmp, tuple(texts)
+
+
+def config(setup, out, **train_kw):
+    tmp, texts = setup
+    kw = dict(max_steps=20, lr=5e-3, log_every=5, save_every=5, seed=1)
+    kw.update(train_kw)
+    return BtfConfig(
+        model=str(tmp / "tiny"),
+        texts=texts,
+        out=str(out),
+        train=TrainConfig(**kw),
+        batch_size=8,
+        max_len=48,
+        freeze_layers=1,
+        cache_dir=str(tmp / "cache"),
+    )
+
+
+def weights(folder):
+    return load_file(str(Path(folder) / "model.safetensors"))
+
+
+def test_loss_goes_down_and_frozen_weights_hold(setup, tmp_path):
+    tmp, _ = setup
+    r = run_btf(config(setup, tmp_path / "run", max_steps=30, lr=2e-2), echo=None)
+    losses = [h["loss"] for h in r.history]
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.3, losses
+    before, after = weights(tmp / "tiny"), weights(tmp_path / "run" / "base-model")
+    frozen = [k for k in before if "embeddings" in k or ".layer.0." in k]
+    trained = [k for k in before if ".layer.1." in k or k.startswith("cls.")]
+    assert frozen and trained
+    for k in frozen:
+        assert torch.equal(before[k], after[k]), k
+    assert any(not torch.equal(before[k], after[k]) for k in trained)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and '"tokens_per_s"' in lines[0]
+
+
+def test_base_model_loads_in_transformers(setup, tmp_path):
+    transformers = pytest.importorskip("transformers")
+    run_btf(config(setup, tmp_path / "run", max_steps=2), echo=None)
+    _, info = transformers.BertForMaskedLM.from_pretrained(
+        tmp_path / "run" / "base-model", output_loading_info=True
+    )
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert not info["mismatched_keys"]
+
+
+KILL = """
+import sys
+from tests.engine.method.test_btf import config
+from xlt_engine.engine.method.btf import run_btf
+setup = (__import__("pathlib").Path(sys.argv[1]), tuple(sys.argv[2:4]))
+run_btf(config(setup, sys.argv[4]), echo=None)
+"""
+
+
+@pytest.mark.parametrize("kill_at", [7, 15])
+def test_sigkill_then_resume_is_bit_exact(setup, tmp_path, kill_at):
+    tmp, texts = setup
+    run_btf(config(setup, tmp_path / "full"), echo=None)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL, str(tmp), *texts, str(tmp_path / "cut")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XLT_KILL_AT": str(kill_at)},
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    ckpt = latest_checkpoint(tmp_path / "cut")
+    assert ckpt.name == f"ckpt-{((kill_at - 1) // 5) * 5:08d}"  # killed before saving kill_at
+    r = run_btf(config(setup, tmp_path / "cut"), resume=True, echo=None)
+    assert r.step == 20
+    full, cut = weights(tmp_path / "full" / "base-model"), weights(tmp_path / "cut" / "base-model")
+    assert full.keys() == cut.keys()
+    for k in full:
+        assert torch.equal(full[k], cut[k]), k
+
+
+SIGTERM = """
+import os, signal, sys
+from tests.engine.method.test_btf import config
+from xlt_engine.engine.train import loop
+from xlt_engine.engine.method.btf import run_btf
+setup = (__import__("pathlib").Path(sys.argv[1]), tuple(sys.argv[2:4]))
+real = loop.lr_at
+def lr_at(step, cfg):  # send ourselves SIGTERM during step 8
+    if step == 7:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return real(step, cfg)
+loop.lr_at = lr_at
+try:
+    run_btf(config(setup, sys.argv[4], save_every=0), echo=None)
+except loop.Interrupted as err:
+    print(err)
+    sys.exit(3)
+"""
+
+
+def test_sigterm_writes_checkpoint_and_says_how_to_resume(setup, tmp_path):
+    tmp, texts = setup
+    proc = subprocess.run(
+        [sys.executable, "-c", SIGTERM, str(tmp), *texts, str(tmp_path / "run")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 3, proc.stderr
+    assert "SIGTERM received: checkpoint written at step 8" in proc.stdout
+    assert "--resume" in proc.stdout
+    assert latest_checkpoint(tmp_path / "run").name == "ckpt-00000008"
+    run_btf(config(setup, tmp_path / "run", save_every=0), resume=True, echo=None)
+    run_btf(config(setup, tmp_path / "full", save_every=0), echo=None)
+    full, cut = weights(tmp_path / "full" / "base-model"), weights(tmp_path / "run" / "base-model")
+    assert all(torch.equal(full[k], cut[k]) for k in full)
+
+
+def test_freeze_layers_all_trains_only_the_head(setup, tmp_path):
+    import dataclasses
+
+    tmp, _ = setup
+    cfg = dataclasses.replace(
+        config(setup, tmp_path / "run", max_steps=3, lr=2e-2), freeze_layers="all"
+    )
+    run_btf(cfg, echo=None)
+    before, after = weights(tmp / "tiny"), weights(tmp_path / "run" / "base-model")
+    body = [k for k in before if k.startswith("bert.")]
+    assert body and all(torch.equal(before[k], after[k]) for k in body)
+    assert not torch.equal(
+        before["cls.predictions.transform.dense.weight"],
+        after["cls.predictions.transform.dense.weight"],
+    )

@@ -1,0 +1,298 @@
+"""The training loop on its own (a linear model, no stage): non-finite losses and weights,
+config errors, logging, the progress bar, checkpoints by the clock, resume guards, the head's
+learning-rate scale. Its kill-and-resume and SIGTERM tests run through btf (test_btf.py)."""
+
+import pytest
+import torch
+
+from xlt_engine.engine.train.loop import NonFiniteLoss, TrainConfig, latest_checkpoint, train
+
+
+class Data:
+    def num_batches(self, epoch):
+        return 4
+
+    def batch(self, epoch, index):
+        return {"x": torch.full((2, 3), float(index))}
+
+
+def square_loss(m, batch, gen):
+    return m(batch["x"]).pow(2).mean()
+
+
+def save_weights(m, folder):
+    folder.mkdir()
+    torch.save(m.state_dict(), folder / "w.pt")
+
+
+def load_weights(m, folder):
+    m.load_state_dict(torch.load(folder / "w.pt"))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    model = torch.nn.Linear(3, 1)
+    calls = {"n": 0}
+
+    def loss_fn(m, batch, gen):
+        calls["n"] += 1
+        y = m(batch["x"]).sum()
+        return y * float("nan") if calls["n"] == 7 else y**2
+
+    def save(m, folder):
+        folder.mkdir()
+        torch.save(m.state_dict(), folder / "w.pt")
+
+    cfg = TrainConfig(max_steps=10, lr=1e-3, save_every=5, log_every=1)
+    with pytest.raises(NonFiniteLoss, match=r"step 7, epoch 1, batch 2.*ckpt-00000005"):
+        train(model, loss_fn, Data(), cfg, tmp_path, save_model=save, load_model=None, echo=None)
+    assert latest_checkpoint(tmp_path).name == "ckpt-00000005"
+
+
+def test_train_config_errors():
+    with pytest.raises(ValueError, match="max_steps must be a positive integer"):
+        TrainConfig(max_steps=0)
+    with pytest.raises(ValueError, match="warmup_ratio must be in"):
+        TrainConfig(max_steps=1, warmup_ratio=1.5)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig(max_steps=1, precision="fp8")
+    with pytest.raises(ValueError, match="freeze pattern '\\(' is not a regex"):
+        TrainConfig(max_steps=1, freeze=("(",))
+
+
+def test_logged_loss_is_the_mean_of_its_own_steps(tmp_path):
+    """Saving between log intervals also logs; each record averages only the steps since the
+    previous record (a fixed loss of 2.0 must log 2.0 every time)."""
+    model = torch.nn.Linear(3, 1)
+
+    def loss_fn(m, batch, gen):
+        return m(batch["x"]).sum() * 0 + 2.0
+
+    def save(m, folder):
+        folder.mkdir()
+
+    cfg = TrainConfig(max_steps=12, lr=1e-3, log_every=4, save_every=3)
+    r = train(model, loss_fn, Data(), cfg, tmp_path, save_model=save, load_model=None, echo=None)
+    assert [h["step"] for h in r.history] == [3, 4, 6, 8, 9, 12]
+    assert all(abs(h["loss"] - 2.0) < 1e-6 for h in r.history), r.history
+
+
+def test_progress_bar_and_fresh_run_guard(tmp_path, capsys):
+    model = torch.nn.Linear(3, 1)
+
+    def loss_fn(m, batch, gen):
+        return m(batch["x"]).pow(2).mean()
+
+    def save(m, folder):
+        folder.mkdir()
+
+    cfg = TrainConfig(max_steps=4, lr=1e-3, log_every=2)
+    run = tmp_path / "bar-run"
+    train(
+        model, loss_fn, Data(), cfg, run, save_model=save, load_model=None, echo=None, progress=True
+    )
+    assert "bar-run" in capsys.readouterr().err  # click's bar (hidden off a terminal: its label)
+    with pytest.raises(ValueError, match="holds the checkpoints of an earlier run"):
+        train(model, loss_fn, Data(), cfg, run, save_model=save, load_model=None, echo=None)
+
+
+def test_epochs_resolve_to_steps():
+    assert TrainConfig(epochs=2.5, grad_accum=2).with_steps(9).max_steps == 12  # ceil(22.5 / 2)
+    assert TrainConfig(max_steps=5, epochs=3).with_steps(100).max_steps == 5  # max_steps wins
+    with pytest.raises(ValueError, match="resolve epochs first"):
+        train(
+            torch.nn.Linear(1, 1),
+            None,
+            Data(),
+            TrainConfig(epochs=1),
+            "x",
+            save_model=None,
+            load_model=None,
+        )
+
+
+def test_checkpoints_are_written_by_the_clock_by_default(tmp_path):
+    """A kill loses at most ``save_minutes`` of training: with no save_every, a step that
+    outlasts the period is followed by a checkpoint; save_minutes = 0 saves only at the end."""
+    import time
+
+    assert TrainConfig(max_steps=1).save_minutes == 10  # on unless turned off
+    model = torch.nn.Linear(3, 1)
+
+    def loss_fn(m, batch, gen):
+        time.sleep(0.01)  # 10 ms a step, more than the 6 ms period below
+        return m(batch["x"]).pow(2).mean()
+
+    for minutes, want in ((1e-4, [1, 2, 3, 4, 5]), (0, [5])):
+        saved = []
+
+        def save(m, folder, saved=saved):
+            folder.mkdir()
+            saved.append(int(folder.parent.name.split("-")[1]))
+
+        cfg = TrainConfig(max_steps=5, lr=1e-3, log_every=100, save_minutes=minutes)
+        out = tmp_path / f"m{minutes}"
+        train(model, loss_fn, Data(), cfg, out, save_model=save, load_model=None, echo=None)
+        assert saved == want
+        assert [p.name for p in out.glob("ckpt-*")] == ["ckpt-00000005"]  # keep_checkpoints 1
+    for bad in (-1, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="save_minutes must be a finite number >= 0"):
+            TrainConfig(max_steps=1, save_minutes=bad)
+
+
+def test_small_losses_print_and_nan_before_any_checkpoint_says_so(tmp_path):
+    model = torch.nn.Linear(3, 1)
+    lines = []
+
+    def tiny_loss(m, batch, gen):
+        return m(batch["x"]).sum() * 0 + 1.9e-7
+
+    def save(m, folder):
+        folder.mkdir()
+
+    cfg = TrainConfig(max_steps=2, lr=1e-3, log_every=1)
+    train(
+        model,
+        tiny_loss,
+        Data(),
+        cfg,
+        tmp_path / "a",
+        save_model=save,
+        load_model=None,
+        echo=lines.append,
+    )
+    assert "loss 1.9e-07 " in lines[0], lines  # a fixed 4 decimals printed 0.0000
+
+    def nan_loss(m, batch, gen):
+        return m(batch["x"]).sum() * float("nan")
+
+    with pytest.raises(NonFiniteLoss, match="no checkpoint was written yet") as info:
+        train(
+            model,
+            nan_loss,
+            Data(),
+            cfg,
+            tmp_path / "b",
+            save_model=save,
+            load_model=None,
+            echo=None,
+        )
+    assert "None" not in str(info.value)
+
+
+def test_metrics_records_carry_a_run_id_and_time_and_never_mix_runs(tmp_path):
+    """A fresh run into a folder a killed run left records in (no checkpoint yet) starts the
+    file over; a resumed run drops the killed run's records after its checkpoint."""
+    import json
+
+    model = torch.nn.Linear(3, 1)
+    loss_fn, save, load = square_loss, save_weights, load_weights
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = {"run": "killed", "step": 1, "loss": 9.0}
+    (run / "metrics.jsonl").write_text(json.dumps(stale) + "\n" + '{"step": 2, "lo')  # cut
+    cfg = TrainConfig(max_steps=6, lr=1e-3, log_every=1, save_every=3)
+    train(model, loss_fn, Data(), cfg, run, save_model=save, load_model=load, echo=None)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert len({r["run"] for r in records}) == 1 and all(r["time"] > 1.7e9 for r in records)
+    # as if killed after step 5: its checkpoint is step 3; the resumed run logs 4..6 again
+    (run / "latest").write_text("ckpt-00000003\n")
+    import shutil
+
+    shutil.copytree(run / "ckpt-00000006", run / "ckpt-00000003")
+    state = torch.load(run / "ckpt-00000003" / "state.pt", weights_only=False)
+    state.update(step=3, index=3)
+    torch.save(state, run / "ckpt-00000003" / "state.pt")
+    train(
+        model, loss_fn, Data(), cfg, run, save_model=save, load_model=load, resume=True, echo=None
+    )
+    again = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in again] == [1, 2, 3, 4, 5, 6]
+    assert again[:3] == records[:3] and again[3]["run"] != records[0]["run"]
+
+
+def test_weights_that_overflowed_are_never_saved_as_a_good_checkpoint(tmp_path):
+    """lr = 1e30 made a checkpoint of inf weights the 'last good' one; resuming gave NaN again.
+    Here a finite loss with an infinite gradient (sqrt at 0) turns the bias into NaN at step 1."""
+    model = torch.nn.Linear(3, 1)
+
+    def loss_fn(m, batch, gen):
+        return (m.bias - m.bias.detach()).sqrt().sum() + m(batch["x"]).pow(2).mean()
+
+    def save(m, folder):
+        folder.mkdir()
+        torch.save(m.state_dict(), folder / "w.pt")
+
+    cfg = TrainConfig(max_steps=6, lr=1e-3, log_every=100, save_every=1, clip=0.0)
+    with pytest.raises(NonFiniteLoss, match=r"non-finite weights at step 1 \(bias\)") as info:
+        train(model, loss_fn, Data(), cfg, tmp_path, save_model=save, load_model=None, echo=None)
+    assert "no checkpoint was written yet" in str(info.value)
+    assert latest_checkpoint(tmp_path) is None
+
+
+def test_resume_refuses_a_changed_training_setting_by_name(tmp_path):
+    model = torch.nn.Linear(3, 1)
+    loss_fn, save, load = square_loss, save_weights, load_weights
+    cfg = TrainConfig(max_steps=3, lr=1e-3, log_every=1, freeze=("bias",))
+    train(model, loss_fn, Data(), cfg, tmp_path, save_model=save, load_model=load, echo=None)
+    more = dict(save_model=save, load_model=load, resume=True, echo=None)
+    changed = TrainConfig(max_steps=3, lr=2e-3, log_every=5, freeze=("bias",))
+    with pytest.raises(ValueError, match=r"other settings: lr: 0.001 -> 0.002; resume with"):
+        train(model, loss_fn, Data(), changed, tmp_path, **more)
+    train(model, loss_fn, Data(), changed, tmp_path, accept_changes=True, **more)
+    # log_every is free to change, and a stored tuple reads back equal
+    train(model, loss_fn, Data(), TrainConfig(**{**cfg.__dict__, "log_every": 7}), tmp_path,
+          **more)  # fmt: skip
+
+
+class TwoPart(torch.nn.Module):
+    """An encoder stand-in and a task head named as the task model's (``voters.*``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = torch.nn.Linear(3, 3)
+        self.voters = torch.nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.voters(self.encoder(x))
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+def test_head_lr_scale_moves_the_head_that_much_faster(tmp_path, scale):
+    """Adam's first step moves every weight by lr (|m/sqrt(v)| = 1): the head's by
+    head_lr_scale x lr, the rest by lr, biases included."""
+    torch.manual_seed(0)
+    model = TwoPart()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    lr = 1e-3
+    cfg = TrainConfig(max_steps=1, lr=lr, head_lr_scale=scale, warmup_ratio=0, weight_decay=0)
+    data = type("Ones", (), {"num_batches": lambda s, e: 1,
+                             "batch": lambda s, e, i: {"x": torch.ones(2, 3)}})()  # fmt: skip
+    train(model, square_loss, data, cfg, tmp_path, save_model=save_weights, load_model=None,
+          echo=None)  # fmt: skip
+    for name, p in model.named_parameters():
+        want = lr * (scale if name.startswith("voters.") else 1.0)
+        moved = (p.detach() - before[name]).abs()
+        assert torch.allclose(moved, torch.full_like(moved, want), rtol=1e-3), (name, moved)
+
+
+def test_head_lr_scale_needs_a_head_and_a_sane_value(tmp_path):
+    with pytest.raises(ValueError, match=r"head_lr_scale must be in \(0, 1000\], got 0"):
+        TrainConfig(max_steps=1, head_lr_scale=0)
+    cfg = TrainConfig(max_steps=1, head_lr_scale=10)
+    with pytest.raises(ValueError, match=r"head_lr_scale=10: this model has no trainable task"):
+        train(torch.nn.Linear(3, 1), square_loss, Data(), cfg, tmp_path,
+              save_model=save_weights, load_model=None, echo=None)  # fmt: skip
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default():
+    from dataclasses import asdict
+
+    from xlt_engine.engine.train.loop import config_changes
+
+    cfg = TrainConfig(max_steps=3)
+    stored = asdict(cfg)
+    del stored["head_lr_scale"]  # written before the setting existed
+    assert config_changes(stored, asdict(cfg)) == []
+    scaled = asdict(TrainConfig(max_steps=3, head_lr_scale=10))
+    assert config_changes(stored, scaled) == ["head_lr_scale: 1.0 -> 10"]

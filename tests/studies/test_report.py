@@ -1,0 +1,66 @@
+"""Report pieces that need no run folder (the whole report is tested on a real run in
+tests/engine/experiment/test_pipeline.py)."""
+
+import base64
+import re
+
+import pytest
+
+from xlt_engine.studies.report import Figures, confusion_table
+
+
+def _width(img_tag: str) -> int:
+    data = base64.b64decode(re.search(r"base64,([^\"]+)", img_tag).group(1))
+    return int.from_bytes(data[16:20], "big")
+
+
+def test_training_curves_get_a_panel_per_dev_score_and_the_grad_norm():
+    pytest.importorskip("matplotlib")
+    figs = Figures()
+    base = [{"x": s, "loss": 1 / s, "lr": 1e-3, "tokens_per_s": 100.0} for s in (2, 4, 6)]
+    plain = figs.training(base, [], "finetune")
+    normed = figs.training([{**r, "grad_norm": 1.0} for r in base], [], "finetune")
+    dev = [{**r, "grad_norm": 1.0} for r in base]
+    dev[1]["dev_entity_f1"] = 0.4  # only where eval_every evaluated
+    with_dev = figs.training(dev, [(0, "round-1 soft")], "finetune")
+    assert _width(plain) < _width(normed) < _width(with_dev) and figs.count == 3
+
+
+def test_confusion_table_puts_missed_and_spurious_last():
+    table = confusion_table({"(spurious)": {"PER": 2}, "PER": {"PER": 5, "(missed)": 1}})
+    head = re.findall(r"<th>([^<]*)</th>", table)
+    assert head == ["gold \\ predicted", "PER", "(missed)"]
+    rows = re.findall(r"<tr><td>([^<]*)</td>((?:<td>[^<]*</td>)*)</tr>", table)
+    assert [r[0] for r in rows] == ["PER", "(spurious)"]
+    assert re.findall(r"<td>([^<]*)</td>", rows[1][1]) == ["2", "0"]
+
+
+def test_a_rounds_class_thresholds_and_collapse_are_shown_escaped(tmp_path):
+    import json
+
+    from xlt_engine.studies.report import rounds_section
+
+    rdir = tmp_path / "selftrain" / "round-1"
+    rdir.mkdir(parents=True)
+    hostile = "<script>alert(1)</script>"
+    classes = [
+        {"class": "O", "threshold": 0.995, "how": "paper", "source_rows": 9000,
+         "source_precision": 0.999},
+        {"class": hostile, "threshold": 1.0, "how": "precision", "source_rows": 3,
+         "source_precision": None, "never_qualified": True},
+    ]  # fmt: skip
+    th = {"alpha": 0.995, "method": "curvature", "fallback": None, "rows": 9003,
+          "rule": "per_class_precision", "classes": classes, "thresholds": [0.5, 0.995],
+          "accuracy": [0.9, 0.99], "recall": [1.0, 0.5], "coverage": [1.0, 0.4]}  # fmt: skip
+    (rdir / "threshold.json").write_text(json.dumps(th))
+    f = {"collapse": [f"no pseudo label of {hostile}"], "on_collapse": "warn",
+         "source_rows_kept": 10, "source_rows": 12, "source_rows_removed": 2, "pseudo_rows": 5,
+         "target_rows": 9, "pseudo_units": 2, "target_units": 3,
+         "pseudo_distribution": {"O": 5}, "source_distribution": {"O": 12}}  # fmt: skip
+    (rdir / "filter.json").write_text(json.dumps(f))
+    page = rounds_section(tmp_path / "selftrain", Figures())
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "pseudo-label rule per_class_precision" in page
+    assert "<td>O</td><td>0.995</td><td>paper</td><td>9,000</td><td>0.999</td>" in page
+    assert "<td>1</td><td>precision</td><td>3</td><td>–</td>" in page
+    assert "<b>collapsed</b> (on_collapse = warn)" in page

@@ -1,0 +1,268 @@
+"""The whole method in one call.
+
+``run_all``: for every target language (or the config's ``target``): btf -> finetune (from the
+Base Model) and finetune-direct (from the pretrained model: direct transfer) -> selftrain ->
+evaluate, then one table per target: direct transfer, + BTF, + self-training. Every stage
+folder of the whole run is checked against its fingerprint (``experiment.runs``) before
+anything runs: a finished stage made with the same settings and inputs is reused (so variants
+share their common stages and a re-run picks up where an earlier one stopped; a stage killed
+half-way continues with ``resume``), and one made otherwise stops the run, naming each change.
+Switches give the paper's ablation rows (``studies.ablate``): ``btf=False`` (-BTF: fine-tuning
+and self-training start from the pretrained model), ``selftrain=False`` (-ST),
+``selftrain.threshold = "fixed"`` (-AT), ``model.head = "linear"`` (-VM),
+``selftrain.pseudo_rule`` (the class-aware rules). The direct-transfer column is always the
+pretrained model fine-tuned with a plain linear head (``finetune-direct-linear``), standard
+mBERT fine-tuning as in the paper's baseline; without btf the teacher is the pretrained model
+fine-tuned with the configured head (``finetune-direct``).
+
+With several sources (``sources``) btf reads every source's text and the target's; the
++ BTF and direct-transfer columns fine-tune on the union of the sources' training data; with
+``multi_source = "teachers"`` self-training starts from one teacher per source
+(``finetune-<lang>``), the mean of their probabilities. Every table is scored on the test
+files, or with ``evaluate.split = "dev"`` on the dev files (``data.max_dev`` of them) into
+tables of their own (``all-dev``...): choices such as a learning rate are made on those, the
+test tables reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from xlt_engine.engine.experiment.config import ExperimentConfig, check_files
+from xlt_engine.engine.experiment.runs import (
+    check_plans,
+    model_stage,
+    plan_stage,
+    split_suffix,
+    stage_dir,
+    teacher_models,
+    with_linear_head,
+    with_section,
+)
+from xlt_engine.engine.experiment.stages import format_seconds, run_stage
+from xlt_engine.engine.method.settings import TEST_SPLIT
+from xlt_engine.engine.train import distributed
+from xlt_engine.engine.train.distributed import rank_world
+from xlt_engine.fileio import folder_bytes, write_results
+
+COLUMNS = ("direct", "btf", "selftrain")
+HEADINGS = {"direct": "direct transfer", "btf": "+ BTF", "selftrain": "+ self-training"}
+
+
+def evaluate_row(pc: ExperimentConfig, model: str, resume: bool, echo) -> dict | None:
+    """Source and pair-target scores of the model ``model`` names (rank 0; the others None)."""
+    ec = with_section(pc, "evaluate", model=model)
+    res = run_stage(ec, "evaluate", echo=None, reuse=True)
+    if res is None:
+        return None
+    if echo:  # named by what was scored (evaluate-<what>), e.g. cotrain-self-emb
+        s, name = res["languages"], stage_dir(ec, "evaluate").name.removeprefix("evaluate-")
+        echo(
+            f"[{pc.source}-{pc.pair_target}] {name}: {res['metric']} {pc.source} "
+            f"{100 * s[pc.source]['score']:.2f}, {pc.pair_target} "
+            f"{100 * s[pc.pair_target]['score']:.2f}"
+        )
+    return res
+
+
+def pair_configs(cfg: ExperimentConfig) -> list[ExperimentConfig]:
+    """One config per target (``target`` set; its run folder is ``run_dir()``)."""
+    targets = [cfg.target] if cfg.target else list(cfg.targets)
+    return [dataclasses.replace(cfg, target=t) for t in targets]
+
+
+def table_dir(cfg: ExperimentConfig) -> Path:
+    """Where the tables over all pairs go: ``out`` when given, else ``runs/<config name>``."""
+    return cfg.out_root()
+
+
+def plan_all(
+    cfg: ExperimentConfig,
+    btf: bool = True,
+    selftrain: bool = True,
+    direct: bool = True,
+    finetuned: bool = True,
+) -> list[tuple[ExperimentConfig, str]]:
+    """The (config, stage) steps ``run_all`` takes, in order: per pair btf, finetune-direct,
+    finetune, selftrain, then the evaluation of each model (``evaluate.model`` set).
+    ``finetuned=False``: no + BTF column (the model fine-tuned from the Base Model is made only
+    where it is round 1's teacher, and not evaluated)."""
+    if not btf:
+        cfg = with_section(cfg, "selftrain", base="pretrained", teacher="finetune-direct")
+    steps = []
+    for pc in pair_configs(cfg):
+        models = []  # (config, model name) to evaluate
+        if btf:
+            steps.append((pc, "btf"))
+        if direct:  # the baseline: a plain linear head on the pretrained model
+            dc = with_linear_head(pc)
+            steps.append((with_section(dc, "finetune", init="pretrained"), "finetune"))
+            models.append((dc, "finetune-direct"))
+        if selftrain and not btf and not pc.teachers_per_source:  # the teacher, pretrained
+            step = (with_section(pc, "finetune", init="pretrained"), "finetune")
+            if step not in steps:
+                steps.append(step)
+        if btf and (finetuned or (selftrain and not pc.teachers_per_source)):
+            steps.append((with_section(pc, "finetune", init="btf"), "finetune"))
+        if btf and finetuned:
+            models.append((pc, "finetune"))
+        if selftrain:  # several sources, one teacher each: each fine-tuned on its source
+            for key, (c, name) in teacher_models(pc).items():
+                if key != "selftrain.teacher":
+                    steps.append(model_stage(c, name))
+            steps.append((pc, "selftrain"))
+            models.append((pc, "selftrain"))
+        steps += [(with_section(c, "evaluate", model=m), "evaluate") for c, m in models]
+    return steps
+
+
+def check_all(
+    cfg: ExperimentConfig,
+    btf: bool = True,
+    selftrain: bool = True,
+    direct: bool = True,
+    finetuned: bool = True,
+) -> list[tuple[ExperimentConfig, str]]:
+    """Every file problem and every stale stage folder of the whole run, before anything runs;
+    returns the steps (``plan_all``)."""
+    steps = plan_all(cfg, btf, selftrain, direct, finetuned)
+    for pc, stage in steps:
+        check_files(pc, stage)
+    check_plans([plan_stage(pc, stage) for pc, stage in steps])
+    return steps
+
+
+def run_all(
+    cfg: ExperimentConfig,
+    btf: bool = True,
+    selftrain: bool = True,
+    resume: bool = False,
+    echo=print,
+    progress=None,
+    direct: bool = True,
+    table_name: str = "all",
+    finetuned: bool = True,
+) -> dict:
+    """Run the pipeline for every pair; returns ``{"metric", "source", "targets": {target:
+    {"direct", "btf", "selftrain" (scores or None), "source": {...}}}}`` and writes
+    ``all.json`` and ``all.md`` into ``table_dir(cfg)``. ``direct=False`` skips the direct
+    transfer model when btf runs (an ablation variant that does not need it), ``finetuned=False``
+    the + BTF column (``plan_all``); ``table_name`` names the two files."""
+    distributed.init(cfg.device)
+    steps = check_all(cfg, btf, selftrain, direct, finetuned)
+    start = time.perf_counter()
+    timings: list[tuple[str, float | None]] = []  # (pair and stage, seconds; None: reused)
+    results: dict = {
+        "metric": None,
+        "source": cfg.source,
+        "split": cfg.evaluate.split,
+        "targets": {},
+    }
+    column = {"finetune-direct": "direct", "finetune": "btf", "selftrain": "selftrain"}
+    for pc, stage in steps:
+        where = f"[{pc.source}-{pc.pair_target}]"
+        row = results["targets"].setdefault(
+            pc.pair_target, {**dict.fromkeys(COLUMNS), "source": dict.fromkeys(COLUMNS)}
+        )
+        if stage == "evaluate":
+            t0 = time.perf_counter()
+            res = evaluate_row(pc, pc.evaluate.model, resume, echo)
+            timings.append((f"{where} evaluate {pc.evaluate.model}", time.perf_counter() - t0))
+            if res is not None:
+                col = column[pc.evaluate.model]
+                results["metric"] = res["metric"]
+                row[col] = res["languages"][pc.pair_target]["score"]
+                row["source"][col] = res["languages"][pc.source]["score"]
+            continue
+        timings.append(run_step(pc, stage, resume, echo, progress))
+    if rank_world()[0] == 0:
+        name = write_table(cfg, table_name, results, all_table(results), echo)
+        if echo:
+            echo(run_summary(timings, time.perf_counter() - start, table_dir(cfg), name))
+    return results
+
+
+def run_step(
+    pc: ExperimentConfig, stage: str, resume: bool, echo, progress
+) -> tuple[str, float | None]:
+    """Run one training stage of a checked plan, or reuse its finished output; returns (its
+    name for the summary, seconds or None when reused)."""
+    where = f"[{pc.source}-{pc.pair_target}]"
+    plan = plan_stage(pc, stage)
+    if plan.output.exists():
+        if echo:
+            echo(f"{where} {stage}: {plan.output} exists, same fingerprint, not run again")
+        return f"{where} {plan.folder.name}", None
+    if echo:
+        echo(f"{where} {stage} -> {plan.folder}")
+    t0 = time.perf_counter()
+    run_stage(pc, stage, resume=resume and plan.started(), echo=echo, progress=progress)
+    distributed.barrier()
+    return f"{where} {plan.folder.name}", time.perf_counter() - t0
+
+
+def run_summary(timings, seconds: float, folder: Path, table_name: str) -> str:
+    """What ``run --stage all`` did: time per stage (or reused), the tables, the disk used."""
+    lines = ["summary:"]
+    for name, secs in timings:
+        lines.append(f"  {name:<40} {'reused' if secs is None else format_seconds(secs)}")
+    size = folder_bytes(folder)
+    lines.append(
+        f"  all in {format_seconds(seconds)}; tables {folder / (table_name + '.md')} and .json; "
+        f"{folder} holds {size / 2**20:,.1f} MiB"
+    )
+    return "\n".join(lines)
+
+
+def write_table(cfg: ExperimentConfig, name: str, result: dict, table: str, echo) -> str:
+    """``<name>.json`` and ``.md`` in ``table_dir(cfg)``, ``<name>-dev`` when scored on the dev
+    files (``evaluate.split``, so a dev table never replaces a test one); returns the name."""
+    name += split_suffix(cfg)
+    write_results(table_dir(cfg), name, result, table, echo)
+    return name
+
+
+def scored_on(result: dict) -> str:
+    """`` on the dev files`` in a table's caption when it was not scored on the test files."""
+    split = result.get("split", TEST_SPLIT)
+    return "" if split == TEST_SPLIT else f" on the {split} files"
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def all_table(results: dict) -> str:
+    """Markdown: one row per target (its score under each model), then the source language."""
+    metric = "entity F1" if results["metric"] == "entity_f1" else "accuracy"
+    head = ["language"] + [HEADINGS[c] for c in COLUMNS]
+    rows = [
+        f"{metric} (%){scored_on(results)}\n",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    targets = results["targets"]
+    for t, row in targets.items():
+        rows.append("| " + " | ".join([t] + [_pct(row[c]) for c in COLUMNS]) + " |")
+    if len(targets) > 1:
+        means = []
+        for c in COLUMNS:
+            vals = [row[c] for row in targets.values() if row[c] is not None]
+            means.append(_pct(sum(vals) / len(vals)) if len(vals) == len(targets) else "–")
+        rows.append("| " + " | ".join(["mean (targets)", *means]) + " |")
+    src = next(iter(targets.values()))["source"] if targets else {}
+    if src:
+        rows.append(
+            "| "
+            + " | ".join([f"{results['source']} (source)"] + [_pct(src[c]) for c in COLUMNS])
+            + " |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def seed_config(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
+    """``cfg`` for one seed of a study: its runs in ``<table_dir>/seed-<s>`` (shared with the
+    ablation's, so every stage they have in common is reused)."""
+    return dataclasses.replace(cfg, seed=seed, out=str(table_dir(cfg) / f"seed-{seed}"))

@@ -1,0 +1,168 @@
+"""Stage ``btf``: Bilingual Task Fitting, continued MLM on task-related source and target text.
+
+Each text file (one per language) is tokenised once into a ``TokenCache``, cut into windows of
+``max_len``; every epoch mixes the languages by ``resample`` (equal shares by default), batches
+them by length and shards the batches by rank. Masking (``MlmMasker``) returns only the masked
+positions; only those rows go through the MLM head transform and ``fused_mlm_loss``. The
+embeddings (and so the tied decoder weight) and the bottom ``freeze_layers`` encoder layers are
+frozen (``FreezeSettings``), as in fine-tuning and self-training. Output: the Base Model in Hugging Face layout (``out/base-model``), loadable by
+transformers' ``BertForMaskedLM``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from xlt_engine.data.batching import length_batches, pad_batch, resample, shard
+from xlt_engine.data.cache import TokenCache
+from xlt_engine.data.masking import MlmMasker
+from xlt_engine.data.tokenizer import WordPieceTokenizer, load_tokenizer
+from xlt_engine.engine.method.settings import BtfSettings, FreezeSettings, StageSettings
+from xlt_engine.engine.train import distributed
+from xlt_engine.engine.train.distributed import rank_world
+from xlt_engine.engine.train.loop import TrainResult, prepare, train
+from xlt_engine.kernels import fused_mlm_loss
+from xlt_engine.model import BertForMLM, load_pretrained, save_pretrained
+
+
+@dataclass(frozen=True, kw_only=True)
+class BtfConfig(BtfSettings, FreezeSettings, StageSettings):
+    """btf's settings (``BtfSettings``: train, batch, masking; ``FreezeSettings``) plus what
+    this run reads and where it writes."""
+
+    model: str  # Hugging Face layout folder (mBERT, or `xlt-engine init` output)
+    texts: tuple[str, ...]  # plain-text files, one per language
+    out: str  # run folder; the Base Model goes to out/base-model
+    shares: tuple[float, ...] | None = None  # per text file; None: equal
+    max_predictions: int | None = None
+    cache_dir: str | None = None  # default: out/cache
+
+    def __post_init__(self):
+        BtfSettings.__post_init__(self)
+        FreezeSettings.__post_init__(self)
+        StageSettings.__post_init__(self)
+        if not self.texts:
+            raise ValueError("texts: give at least one text file")
+        for t in self.texts:
+            if not Path(t).is_file():
+                raise ValueError(f"texts: {t}: no such file")
+        if not Path(self.model).exists():
+            raise ValueError(f"model: {self.model}: no such folder")
+        if self.shares is not None and len(self.shares) != len(self.texts):
+            raise ValueError(f"shares: {len(self.shares)} values for {len(self.texts)} texts")
+
+
+class MlmData:
+    """Windows of several token caches, resampled per epoch into length-bucketed batches."""
+
+    def __init__(self, caches: list[TokenCache], tok: WordPieceTokenizer, cfg: BtfConfig):
+        self.caches, self.tok, self.cfg = caches, tok, cfg
+        self.rank, self.world = rank_world()
+        self.windows = [c.windows(cfg.max_len) for c in caches]
+        self._epoch: tuple[int, list, np.ndarray] | None = None
+
+    def _plan(self, epoch: int):
+        if self._epoch is None or self._epoch[0] != epoch:
+            cfg = self.cfg
+            mix = resample(
+                [len(w) for w in self.windows], cfg.shares, cfg.epoch_size, cfg.train.seed, epoch
+            )
+            lengths = np.empty(len(mix), dtype=np.int64)
+            for c, w in enumerate(self.windows):
+                sel = mix[:, 0] == c
+                lengths[sel] = w[mix[sel, 1], 2] - w[mix[sel, 1], 1] + 2  # + [CLS], [SEP]
+            batches = length_batches(
+                lengths, cfg.batch_size, cfg.max_tokens, seed=cfg.train.seed, epoch=epoch
+            )
+            batches = shard(batches, self.rank, self.world)
+            self._epoch = (epoch, batches, mix)
+        return self._epoch
+
+    def num_batches(self, epoch: int) -> int:
+        return len(self._plan(epoch)[1])
+
+    def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+        _, batches, mix = self._plan(epoch)
+        seqs = []
+        for c, i in mix[batches[index]]:
+            entry, start, end = self.windows[c][i]
+            seqs.append(self.caches[c].window(entry, start, end, self.tok.cls_id, self.tok.sep_id))
+        return pad_batch(seqs, self.tok.pad_id)
+
+
+class MlmObjective(nn.Module):
+    """The MLM loss as a module, so that DDP sees a ``forward`` call: masked rows only, through
+    the head transform, into ``fused_mlm_loss`` with the tied decoder weight."""
+
+    def __init__(self, model: BertForMLM):
+        super().__init__()
+        # BertForMLM's own submodules, so parameter names (freeze patterns, DDP) are the
+        # model's: encoder.*, head.*
+        self.encoder, self.head = model.encoder, model.head
+        self.__dict__["model"] = model  # not registered twice
+
+    def idle_parameters(self) -> list[str]:
+        return self.model.idle_parameters()
+
+    def forward(self, input_ids, positions, attention_mask, labels) -> torch.Tensor:
+        m = self.model
+        h = m.masked_hidden(input_ids, positions, attention_mask)  # (N, H): masked rows only
+        return fused_mlm_loss(h, m.decoder_weight, m.head.bias, labels)
+
+
+def run_btf(cfg: BtfConfig, resume: bool = False, echo=print, progress=None) -> TrainResult:
+    out = Path(cfg.out)
+    device = distributed.init(cfg.device)
+    rank, _ = rank_world()
+    tok = load_tokenizer(cfg.model)
+    model = load_pretrained(cfg.model, dtype=torch.float32, device=device)
+    frozen_patterns = cfg.frozen_patterns(len(model.encoder.layers))
+    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
+    if rank != 0:  # rank 0 tokenises; the others open its caches
+        distributed.barrier()
+    caches = [TokenCache.build(t, tok, cache_root) for t in cfg.texts]
+    if rank == 0:
+        distributed.barrier()
+    data = MlmData(caches, tok, cfg)
+    masker = MlmMasker.from_tokenizer(
+        tok,
+        probability=cfg.mlm_probability,
+        whole_word=cfg.whole_word,
+        max_predictions=cfg.max_predictions,
+    )
+
+    def loss_fn(objective: nn.Module, batch: dict, gen: torch.Generator) -> torch.Tensor:
+        masked = masker(batch["input_ids"], batch["attention_mask"], gen)
+        ids = masked.input_ids.to(device, non_blocking=True)
+        attn = batch["attention_mask"].to(device, non_blocking=True)
+        return objective(ids, masked.positions.to(device), attn, masked.labels.to(device))
+
+    def save(objective, folder):
+        save_pretrained(objective.model, folder, tok)
+
+    def load(objective, folder):
+        state = load_pretrained(folder, dtype=torch.float32, device=device).state_dict()
+        objective.model.load_state_dict(state)
+
+    train_cfg = cfg.train.with_steps(data.num_batches(0))
+    result = train(
+        prepare(MlmObjective(model), train_cfg, device, frozen_patterns),
+        loss_fn,
+        data,
+        train_cfg,
+        out,
+        save_model=save,
+        load_model=load,
+        resume=resume,
+        echo=echo,
+        progress=progress,
+    )
+    if rank == 0:
+        save_pretrained(model, out / "base-model", tok)
+    distributed.barrier()
+    return result

@@ -1,0 +1,315 @@
+"""Stage ``cotrain``: co-training of two views (paper 003, Algorithm 1), sequence tasks.
+
+Two classifiers, each an encoder with a plain linear head (``model.head = "linear"``; nothing
+frozen unless ``freeze_layers`` / ``freeze_embeddings`` say so: the paper fine-tunes whole
+models): the LM
+view (``model``: mBERT, XLM-R; ``lm_representation``, default [CLS]) and the embedding view
+(``embedding_model``: LaBSE, e5; ``emb_representation``, default the mean). Both start on the
+labeled source set D (n examples) and share the unlabeled target pool U. Iteration k:
+
+1. fine-tune each view on its own labeled set (``train``: K epochs), from its pre-trained encoder
+   when ``reinit`` (DESIGN's choice), else from its model of iteration k - 1;
+2. predict U with each view: label and confidence (the top probability);
+3. (not after the last iteration, whose exchange no model would read) for each view, its
+   candidates are the rows of *its* pool with confidence > ``threshold``; draw
+   min(round(``subset_fraction`` x n), candidates) of them at random (seeded by the seed, k and
+   the view), remove them from that view's pool for good and add them, with that view's
+   labels, to the *other* view's labeled set.
+
+With ``exchange = "self"`` each view's chosen rows go to its own labeled set instead: self-training
+of each view alone, the baseline paper 003 compares co-training with.
+
+After the last iteration each view is scored on the dev file, and the final prediction is
+``predict_with``: the LM view, the embedding view, or the mean of their probabilities.
+
+Folders (``out/iter-<k>/``): ``lm/`` and ``emb/`` (each a finetune run: ``train.jsonl`` it read,
+``model/``, checkpoints), ``predictions.safetensors`` (each view's probabilities [|U|, C] and the
+pools before the exchange), ``exchange.json`` (the chosen rows, their labels and class counts,
+each view's dev accuracy) and ``state.safetensors`` (the pools and the labeled additions after
+the exchange), written last: it marks the iteration done. A killed run resumes at the first
+iteration without it, and a view's fine-tuning inside it resumes from its own checkpoints, so a
+resumed run ends where an uninterrupted one does. Inference passes are split over the ranks
+under torchrun (``predict_logits(split_ranks=True)``); rank 0 writes. ``dev.json`` (the final
+prediction's dev accuracy) and then ``cotrain.json`` (the final models, ``predict_with``) end the
+stage.
+
+``iter1_from`` (set by ``run_stage`` from ``runs.iter1_twin``): a folder whose iteration-1 views
+were trained on the same source set with the same settings (e.g. ``cotrain/`` for
+``cotrain-self/``); each is linked in (``iter-1/<view>/shared.json`` names it) when its
+``train.jsonl`` is this run's, else trained here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save as save_numpy
+
+from xlt_engine.data.task import encode, label_set, read_task_file, task_kind
+from xlt_engine.data.tokenizer import load_tokenizer
+from xlt_engine.engine.method.finetune import FinetuneConfig, run_finetune
+from xlt_engine.engine.method.settings import CotrainSettings, TaskSettings, check_limit
+from xlt_engine.engine.train import distributed
+from xlt_engine.engine.train.distributed import rank_world
+from xlt_engine.engine.train.inference import predict_logits
+from xlt_engine.engine.train.loop import latest_checkpoint, resolve_precision
+from xlt_engine.engine.train.metrics import accuracy
+from xlt_engine.fileio import atomic_folder, atomic_write_bytes, atomic_write_text, link_or_copy
+from xlt_engine.model.heads import VotersModule
+from xlt_engine.model.task import load_task_model
+
+VIEWS = ("lm", "emb")
+MARKER = "cotrain.json"  # the finished stage's summary, written last
+
+
+@dataclass(frozen=True, kw_only=True)
+class CotrainConfig(CotrainSettings, TaskSettings):
+    model: str  # the LM view's pre-trained encoder folder
+    embedding_model: str  # the embedding view's
+    train_file: str  # labeled source data (D)
+    unlabeled_file: str  # the target pool (U), read without its labels
+    out: str
+    dev_file: str | None = None  # labeled target dev data: each view's accuracy per iteration
+    labels: tuple[str, ...] | None = None  # None: sorted from the train file
+    max_train: int | None = None  # examples sampled from train_file (train.seed)
+    max_unlabeled: int | None = None
+    max_dev: int | None = None
+    iter1_from: str | None = None  # a co-training folder whose iteration-1 views this run takes
+    # (linked, not trained): one made with the same settings but those that act from the
+    # first exchange on (``runs.AFTER_ITER1_TRAINING``); the caller vouches for that,
+    # ``run_stage`` finds one (``runs.iter1_twin``). A view whose training data differ from
+    # this run's is trained all the same
+
+    def __post_init__(self):
+        CotrainSettings.__post_init__(self)
+        TaskSettings.__post_init__(self)
+        for name in ("max_train", "max_unlabeled", "max_dev"):
+            check_limit(name, getattr(self, name))
+        if task_kind(self.format) != "sequence":
+            raise ValueError(
+                f"format: co-training classifies sequences; {self.format!r} is token classification"
+            )
+        for name in ("train_file", "unlabeled_file", "dev_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: {path}: no such file")
+        for name in ("model", "embedding_model", "iter1_from"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_dir():
+                raise ValueError(f"{name}: {path}: no such folder")
+
+
+@dataclass
+class CotrainResult:
+    models: dict[str, Path]  # the last iteration's model of each view
+    iterations: list[dict]  # exchange.json of each iteration
+    dev: dict | None  # the final prediction's dev score (predict_with)
+
+
+def _records(data, rows: np.ndarray, labels: list[str]) -> list[dict]:
+    """JSONL records of ``data``'s examples ``rows`` labeled ``labels``."""
+    out = []
+    for i, label in zip(rows.tolist(), labels, strict=True):
+        rec = {"text": data.inputs[i], "label": label}
+        if data.pairs is not None:
+            rec["text_pair"] = data.pairs[i]
+        out.append(rec)
+    return out
+
+
+def _view_probs(folder: Path, enc, pad_id: int, cfg: CotrainConfig, device) -> np.ndarray:
+    """Mean-of-voters probabilities [items, C] (fp32) of the task model in ``folder`` on the
+    encoded items ``enc`` (the work split over the ranks)."""
+    model = load_task_model(folder, device=device)
+    amp = resolve_precision("auto", device)
+    logits = predict_logits(model, enc, pad_id, device, cfg.eval_max_tokens, amp, split_ranks=True)
+    return VotersModule.probs(logits.float()).cpu().numpy().astype(np.float32)
+
+
+SHARED = "shared.json"  # in a view's folder: the folder its model was taken from
+
+
+def take_view(src: Path, dst: Path, train_text: str) -> bool:
+    """Link the finished view ``src`` (its ``model/``, its training data and log) into ``dst``
+    when it was trained on exactly ``train_text``; ``shared.json`` names ``src``. False (and
+    nothing written) when it was not, or is not finished."""
+    if not (src / "model" / "task.json").is_file() or not (src / "train.jsonl").is_file():
+        return False
+    if (src / "train.jsonl").read_text(encoding="utf-8") != train_text:
+        return False
+    with atomic_folder(dst / "model") as tmp:
+        for f in sorted((src / "model").iterdir()):
+            link_or_copy(f, tmp / f.name)
+    for name in ("metrics.jsonl", "dev.json"):
+        if (src / name).is_file() and not (dst / name).exists():
+            link_or_copy(src / name, dst / name)
+    atomic_write_text(dst / SHARED, json.dumps({"shared_from": str(src)}) + "\n")
+    return True
+
+
+def draw(
+    pool: np.ndarray, conf: np.ndarray, threshold: float, size: int, seed: int, it: int, view: int
+) -> np.ndarray:
+    """Rows of ``pool`` (bool [|U|]) whose confidence is above ``threshold``: at most ``size``
+    of them, drawn at random from (seed, iteration, view), in increasing order."""
+    candidates = np.flatnonzero(pool & (conf > threshold))
+    if len(candidates) <= size:
+        return candidates
+    rng = np.random.default_rng([seed, it, view])
+    return np.sort(rng.choice(candidates, size, replace=False))
+
+
+def run_cotrain(
+    cfg: CotrainConfig, resume: bool = False, echo=print, progress=None
+) -> CotrainResult:
+    out = Path(cfg.out)
+    device = distributed.init(cfg.device)
+    rank, _ = rank_world()
+    seed = cfg.train.seed
+    source = read_task_file(cfg.train_file, cfg.format, False, cfg.max_train, seed)
+    pool_data = read_task_file(cfg.unlabeled_file, cfg.format, True, cfg.max_unlabeled, seed)
+    dev = (
+        read_task_file(cfg.dev_file, cfg.format, False, cfg.max_dev, seed) if cfg.dev_file else None
+    )
+    labels = list(cfg.labels) if cfg.labels else label_set([source])
+    n, m = len(source), len(pool_data)
+    size = max(1, round(cfg.subset_fraction * n))
+    base = _records(source, np.arange(n), source.labels)
+    # the state: each view's pool and the rows (and labels) it has been given
+    pools = {v: np.ones(m, dtype=bool) for v in VIEWS}
+    given = {v: (np.zeros(0, np.int64), np.zeros(0, np.int64)) for v in VIEWS}
+    records: list[dict] = []
+    models: dict[str, Path] = {}
+    encoders = {"lm": cfg.model, "emb": cfg.embedding_model}
+    toks = {v: load_tokenizer(encoders[v]) for v in VIEWS}  # fine-tuning keeps the tokenizer
+    # the pool and dev encoded once per view (each view has its own tokenizer)
+    pool_enc = {v: encode(pool_data, toks[v], labels, cfg.max_len) for v in VIEWS}
+    dev_enc = {v: encode(dev, toks[v], labels, cfg.max_len) for v in VIEWS} if dev else None
+    reps = {"lm": cfg.lm_representation, "emb": cfg.emb_representation}
+    if not resume and (out / "iter-1").exists():
+        raise ValueError(
+            f"{out} holds an earlier co-training run: resume it (--resume) or choose another folder"
+        )
+    for it in range(1, cfg.iterations + 1):
+        folder = out / f"iter-{it}"
+        state_path = folder / "state.safetensors"
+        if state_path.is_file():
+            st = load_numpy(state_path)
+            pools = {v: st[f"{v}.pool"].astype(bool) for v in VIEWS}
+            given = {v: (st[f"{v}.rows"], st[f"{v}.labels"]) for v in VIEWS}
+            records.append(json.loads((folder / "exchange.json").read_text()))
+            models = {v: folder / v / "model" for v in VIEWS}
+            continue
+        for v in VIEWS:
+            rows, ids = given[v]
+            train_file = folder / v / "train.jsonl"
+            extra = _records(pool_data, rows, [labels[i] for i in ids.tolist()])
+            text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in base + extra)
+            if rank == 0:
+                train_file.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_text(train_file, text)
+            distributed.barrier()
+            init = encoders[v] if cfg.reinit or it == 1 else str(models[v])
+            ft = FinetuneConfig(
+                batch_size=cfg.batch_size,
+                max_tokens=cfg.max_tokens,
+                train=cfg.train,
+                model=init,
+                train_file=str(train_file),
+                out=str(folder / v),
+                format="jsonl",
+                labels=tuple(labels),
+                head="linear",
+                representation=reps[v],
+                freeze_layers=cfg.freeze_layers,
+                freeze_embeddings=cfg.freeze_embeddings,
+                max_len=cfg.max_len,
+                device=cfg.device,
+                eval_max_tokens=cfg.eval_max_tokens,
+            )  # fmt: skip
+            done = (folder / v / "model" / "task.json").is_file()  # the view's marker
+            again = latest_checkpoint(folder / v) is not None
+            if it == 1 and cfg.iter1_from and not (done or again):
+                taken = False
+                if rank == 0:
+                    taken = take_view(Path(cfg.iter1_from) / "iter-1" / v, folder / v, text)
+                distributed.barrier()
+                done = (folder / v / "model" / "task.json").is_file()
+                if done and echo and rank == 0 and taken:
+                    echo(f"cotrain iteration 1: the {v} view taken from {cfg.iter1_from}")
+            if not done:
+                run_finetune(ft, resume=again, echo=echo, progress=progress)
+            models[v] = folder / v / "model"
+        probs = {v: _view_probs(models[v], pool_enc[v], toks[v].pad_id, cfg, device) for v in VIEWS}
+        record: dict = {"iteration": it, "labeled": {v: n + len(given[v][0]) for v in VIEWS}}
+        if dev is not None:
+            dev_probs = {
+                v: _view_probs(models[v], dev_enc[v], toks[v].pad_id, cfg, device) for v in VIEWS
+            }
+            dev_probs["mean"] = (dev_probs["lm"] + dev_probs["emb"]) / 2
+            record["dev_accuracy"] = {
+                k: accuracy(dev.labels, [labels[i] for i in p.argmax(-1).tolist()])
+                for k, p in dev_probs.items()
+            }
+        record["exchange"] = {}
+        before = dict(pools)  # the pools this iteration predicted (kept with the predictions)
+        if it < cfg.iterations:
+            new_pools = {v: pools[v].copy() for v in VIEWS}
+            new_given = dict(given)
+            for k, v in enumerate(VIEWS):
+                other = VIEWS[1 - k] if cfg.exchange == "cross" else v
+                conf, pred = probs[v].max(-1), probs[v].argmax(-1)
+                chosen = draw(pools[v], conf, cfg.threshold, size, seed, it, k)
+                new_pools[v][chosen] = False
+                rows, ids = new_given[other]
+                new_given[other] = (
+                    np.concatenate([rows, chosen]).astype(np.int64),
+                    np.concatenate([ids, pred[chosen]]).astype(np.int64),
+                )
+                counts = np.bincount(pred[chosen], minlength=len(labels))
+                record["exchange"][f"{v}->{other}"] = {
+                    "candidates": int((pools[v] & (conf > cfg.threshold)).sum()),
+                    "chosen": len(chosen),
+                    "rows": chosen.tolist(),
+                    "labels": [labels[i] for i in pred[chosen].tolist()],
+                    "distribution": {labels[i]: int(c) for i, c in enumerate(counts)},
+                }
+            pools, given = new_pools, new_given
+        if rank == 0:
+            tensors = {f"{v}.probs": probs[v] for v in VIEWS}
+            tensors |= {f"{v}.pool": before[v].astype(np.uint8) for v in VIEWS}
+            atomic_write_bytes(folder / "predictions.safetensors", save_numpy(tensors))
+            atomic_write_text(folder / "exchange.json", json.dumps(record, indent=1) + "\n")
+            state = {f"{v}.pool": pools[v].astype(np.uint8) for v in VIEWS}
+            for v in VIEWS:
+                state[f"{v}.rows"], state[f"{v}.labels"] = given[v]
+            # last: it marks the iteration done
+            atomic_write_bytes(state_path, save_numpy(state))
+        distributed.barrier()
+        records.append(record)
+        if echo and rank == 0:
+            moved = {k: x["chosen"] for k, x in record["exchange"].items()}
+            echo(f"cotrain iteration {it}: dev {record.get('dev_accuracy')}, moved {moved}")
+    final = None
+    if records and "dev_accuracy" in records[-1]:
+        final = {
+            "metric": "accuracy",
+            "predict_with": cfg.predict_with,
+            "score": records[-1]["dev_accuracy"][cfg.predict_with],
+        }
+        if rank == 0:
+            atomic_write_text(out / "dev.json", json.dumps(final, indent=2) + "\n")
+    if rank == 0:  # last: it marks the stage finished
+        summary = {
+            "models": {v: str(p) for v, p in models.items()},
+            "predict_with": cfg.predict_with,
+            "iterations": cfg.iterations,
+            "dev": final,
+        }
+        atomic_write_text(out / MARKER, json.dumps(summary, indent=2) + "\n")
+    distributed.barrier()
+    return CotrainResult(models, records, final)

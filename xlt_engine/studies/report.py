@@ -1,0 +1,495 @@
+"""``xlt-engine report``: one self-contained HTML file for run folders (images embedded as data
+URIs, no script, no network; it opens from disk in any browser).
+
+A folder may be an experiment's folder (``all*.json`` tables, ``ablation.json``, the studies'
+``threshold-study.json`` / ``rounds-study.json``, paper 003's ``cotrain-ablation.json``, pair
+folders ``<source>-<target>``, seed
+folders ``seed-<s>``) or one pair's run folder (its stage folders). Several folders are reported
+one after the other, so runs can be read side by side. Sections:
+
+- results: every ``all*.json`` table (per target: direct transfer, + BTF, + self-training, and
+  the gap self-training closes); ablation and study tables with mean +- std and a bar chart
+  with error bars;
+- per stage with a ``metrics.jsonl``: loss, learning rate, tokens/s and the gradient norm
+  against step (self-training: each soft and hard step in turn, the boundaries marked), the dev
+  score, the wall time (``run.json``) and mean throughput;
+- per co-training stage (``cotrain``, ``cotrain-self``): an iteration a row, each view's
+  labeled set, the rows each view gave (chosen of its candidates, their classes), dev accuracy;
+- per self-training round: the threshold curve (accuracy, recall, coverage) with alpha
+  marked, the pseudo-label counts and classes beside the source gold classes, the source rows
+  kept, the share of target rows whose voters agree;
+- per evaluation: the score per language, for NER the F1 per entity type, and the confusion of
+  entity types (exact spans; missed and spurious entities) or of labels;
+- the resolved config and ``run.json`` of every stage, folded.
+
+Plots need matplotlib (``pip install 'xlt-engine[report]'``); without it the report holds every
+table and says how to get the plots. The numbers in a table are the files' numbers, formatted.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import statistics
+from pathlib import Path
+
+from xlt_engine.fileio import atomic_write_text, read_jsonl
+from xlt_engine.studies.tables import mean_std
+
+STUDIES = ("ablation", "threshold-study", "rounds-study", "cotrain-ablation")
+COLUMNS = ("direct", "btf", "selftrain")
+HEADINGS = {"direct": "direct transfer", "btf": "+ BTF", "selftrain": "+ self-training"}
+NO_PLOTS = (
+    "Plots need matplotlib: pip install 'xlt-engine[report]' (or pip install matplotlib), then "
+    "run xlt-engine report again."
+)
+
+CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.6em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+img { max-width: 100%; border: 1px solid #eee; }
+.note { color: #666; } details { margin: 0.4em 0; } pre { background: #f6f6f6; padding: 0.6em; }
+"""
+
+
+def load_pyplot():
+    """matplotlib's pyplot with the file-only backend, or None when matplotlib is absent."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read: {err}") from None
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
+
+
+def _num(x, spec: str = "g") -> str:
+    """A number as ``spec`` formats it; anything else (a hostile or damaged file) as its text,
+    so the page still builds (escape it like any value)."""
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return format(x, spec)
+    return "–" if x is None else str(x)
+
+
+def _table(head: list[str], rows: list[list]) -> str:
+    out = ["<table><tr>" + "".join(f"<th>{html.escape(str(h))}</th>" for h in head) + "</tr>"]
+    for row in rows:
+        out.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>")
+    return "\n".join(out) + "</table>"
+
+
+class Figures:
+    """PNG images as ``<img>`` tags (data URIs), or a note when matplotlib is absent."""
+
+    def __init__(self):
+        self.plt = load_pyplot()
+        self.count = 0
+
+    def img(self, fig, alt: str) -> str:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+        self.plt.close(fig)
+        self.count += 1
+        data = base64.b64encode(buf.getvalue()).decode("ascii")
+        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+    def training(self, records: list[dict], bounds: list[tuple[int, str]], title: str) -> str:
+        """Loss, learning rate and tokens/s against step, one panel each; ``bounds``: (step,
+        label) where a new part (a self-training step) starts."""
+        if self.plt is None or not records:
+            return ""
+        panels = [("loss", "loss"), ("lr", "learning rate"), ("tokens_per_s", "tokens/s")]
+        if any(r.get("grad_norm") is not None for r in records):
+            panels.append(("grad_norm", "gradient norm (before clipping)"))
+        for key in sorted({k for r in records for k in r if k.startswith("dev_")}):
+            panels.append((key, key.replace("_", " ")))  # the dev score at eval_every
+        fig, axes = self.plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 3.2))
+        x = [r["x"] for r in records]
+        for ax, (key, label) in zip(axes, panels, strict=True):
+            y = [float("nan") if r.get(key) is None else r[key] for r in records]
+            ax.plot(x, y, marker=".", linewidth=1)
+            ax.set_xlabel("step")
+            ax.set_title(f"{title}: {label}", fontsize=10)
+            if key == "loss" and all((r.get("loss") or 0) > 0 for r in records):
+                ax.set_yscale("log")
+            for at, name in bounds:
+                ax.axvline(at, color="#999", linestyle=":", linewidth=1)
+                if key == "loss":
+                    ax.annotate(name, (at, 1), xycoords=("data", "axes fraction"), fontsize=7,
+                                rotation=90, va="top")  # fmt: skip
+        return self.img(fig, f"training curves of {title}")
+
+    def threshold(self, th: dict, title: str) -> str:
+        if self.plt is None:
+            return ""
+        fig, ax = self.plt.subplots(figsize=(6, 3.4))
+        t = th["thresholds"]
+        for key in ("accuracy", "recall", "coverage"):
+            ax.plot(t, [float("nan") if v is None else v for v in th[key]], label=key)
+        if isinstance(th.get("alpha"), (int, float)):
+            ax.axvline(
+                th["alpha"], color="crimson", linestyle="--", label=f"alpha = {th['alpha']:g}"
+            )
+        ax.set_xlabel("threshold")
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=8)
+        ax.set_title(title, fontsize=10)
+        return self.img(fig, f"threshold curve of {title}")
+
+    def bars(self, result: dict, title: str) -> str:
+        """Each row's mean over targets, mean +- std over seeds, as bars with error bars."""
+        if self.plt is None:
+            return ""
+        names, means, stds = [], [], []
+        for row, per_target in result["scores"].items():
+            targets = sorted(per_target)
+            n = min((len(per_target[t]) for t in targets), default=0)
+            avg = [statistics.fmean(per_target[t][i] for t in targets) for i in range(n)]
+            if not avg:
+                continue
+            names.append(row)
+            means.append(100 * statistics.fmean(avg))
+            stds.append(100 * statistics.stdev(avg) if len(avg) > 1 else 0.0)
+        if not names:
+            return ""
+        fig, ax = self.plt.subplots(figsize=(1.2 * len(names) + 2, 3.4))
+        ax.bar(range(len(names)), means, yerr=stds, capsize=4, color="#4c78a8")
+        ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel("score (%), mean over targets")
+        ax.set_title(title, fontsize=10)
+        return self.img(fig, f"bar chart of {title}")
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+
+
+def results_section(folder: Path) -> str:
+    """Every ``all*.json`` table in ``folder``: per target the three columns and the gap
+    self-training closes (self-training minus + BTF, in points)."""
+    parts = []
+    for path in sorted(folder.glob("all*.json")):
+        res = _read_json(path)
+        metric = "entity F1" if res.get("metric") == "entity_f1" else "accuracy"
+        rows = []
+        for t, row in res.get("targets", {}).items():
+            gain = None
+            if row.get("selftrain") is not None and row.get("btf") is not None:
+                gain = f"{100 * (row['selftrain'] - row['btf']):+.2f}"
+            rows.append([t, *(_pct(row.get(c)) for c in COLUMNS), gain or "–"])
+        targets = list(res.get("targets", {}).values())
+        if targets and targets[0].get("source"):
+            src = targets[0]["source"]
+            rows.append(
+                [f"{res.get('source')} (source)", *(_pct(src.get(c)) for c in COLUMNS), "–"]
+            )
+        head = ["language", *(HEADINGS[c] for c in COLUMNS), "self-training gain"]
+        title = f"{path.name}: {metric} (%)"
+        parts.append(f"<h3>{html.escape(title)}</h3>" + _table(head, rows))
+    return "\n".join(parts)
+
+
+def studies_section(folder: Path, figs: Figures) -> str:
+    parts = []
+    for stem in (*STUDIES, *(f"{s}-dev" for s in STUDIES)):  # the dev tables (evaluate.split)
+        path = folder / f"{stem}.json"
+        if not path.is_file():
+            continue
+        res = _read_json(path)
+        targets = sorted({t for row in res["scores"].values() for t in row})
+        rows = []
+        for row, per_target in res["scores"].items():
+            cells = []
+            for t in targets:
+                vals = per_target.get(t, [])
+                cells.append(mean_std(vals))
+            rows.append([row, *cells])
+        seeds = res.get("seeds")
+        parts.append(
+            f"<h3>{stem}: mean ± std over seeds {html.escape(str(seeds))}</h3>"
+            + _table(["row", *targets], rows)
+            + figs.bars(res, stem)
+        )
+    return "\n".join(parts)
+
+
+def _loop_records(folder: Path) -> list[dict]:
+    path = folder / "metrics.jsonl"
+    return read_jsonl(path) if path.is_file() else []
+
+
+def stage_section(folder: Path, figs: Figures) -> str:
+    """One training stage folder (btf, finetune*, selftrain*): curves, dev score, time."""
+    name = folder.name
+    info = _read_json(folder / "run.json") if (folder / "run.json").is_file() else {}
+    records, bounds = [], []
+    if name.startswith("selftrain"):
+        offset = 0
+        for step_dir in sorted(folder.glob("round-*/*"), key=_round_order):
+            recs = _loop_records(step_dir)
+            if not recs:
+                continue
+            label = f"{step_dir.parent.name} {step_dir.name}"
+            bounds.append((offset, label))
+            records += [{**r, "x": offset + r["step"]} for r in recs]
+            offset += recs[-1]["step"]
+    else:
+        records = [{**r, "x": r["step"]} for r in _loop_records(folder)]
+    if not records and not info:
+        return ""
+    lines = []
+    if "seconds" in info:
+        lines.append(f"wall time {info['seconds']:.1f} s")
+    rates = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
+    if rates:
+        lines.append(f"mean {statistics.fmean(rates):,.0f} tokens/s over {len(rates)} log points")
+    if records:
+        lines.append(f"last loss {records[-1].get('loss', float('nan')):.4g}")
+    dev = folder / "dev.json"
+    if dev.is_file():
+        d = _read_json(dev)
+        lines.append(f"dev {d['metric']} {100 * d['score']:.2f}")
+    out = [f"<h4>{html.escape(name)}</h4><p>{html.escape('; '.join(lines))}</p>"]
+    out.append(figs.training(records, bounds, name))
+    if name.startswith("selftrain"):
+        out.append(rounds_section(folder, figs))
+    return "\n".join(out)
+
+
+def _round_order(path: Path) -> tuple[int, int]:
+    r = int(path.parent.name.split("-")[1])
+    return r, {"soft": 0, "hard": 1}.get(path.name, 2)
+
+
+def rounds_section(folder: Path, figs: Figures) -> str:
+    """Per round: alpha and the threshold curve, the filter's counts and classes."""
+    out = []
+    rounds = sorted(folder.glob("round-*"), key=lambda p: int(p.name.split("-")[1]))
+    for rdir in rounds:
+        th_path, f_path = rdir / "threshold.json", rdir / "filter.json"
+        if th_path.is_file():
+            th = _read_json(th_path)
+            rule = th.get("rule", "paper")
+            line = (
+                f"alpha = {_num(th.get('alpha'))} ({th.get('method')}"
+                + (f"; {th['fallback']}" if th.get("fallback") else "")
+                + f"); pseudo-label rule {rule}; source rows {_num(th.get('rows'), ',')}"
+            )
+            out.append(f"<h5>{html.escape(rdir.name)}</h5><p>{html.escape(line)}</p>")
+            if th.get("classes"):
+                out.append(_class_thresholds(th["classes"]))
+            out.append(figs.threshold(th, f"{folder.name} {rdir.name}"))
+        if f_path.is_file():
+            f = _read_json(f_path)
+            if f.get("collapse"):
+                items = "".join(f"<li>{html.escape(str(x))}</li>" for x in f["collapse"])
+                out.append(
+                    f"<p class='warn'><b>collapsed</b> (on_collapse = "
+                    f"{html.escape(str(f.get('on_collapse')))}):</p><ul>{items}</ul>"
+                )
+            if f.get("classes") and f.get("pseudo_rule") == "class_quota":
+                out.append(_class_thresholds(f["classes"]))
+            counts = [
+                ["source rows kept", f"{f['source_rows_kept']} / {f['source_rows']}"],
+                ["source rows removed this round", f["source_rows_removed"]],
+                ["pseudo-labeled target rows", f"{f['pseudo_rows']} / {f['target_rows']}"],
+                ["pseudo-labeled target units", f"{f['pseudo_units']} / {f['target_units']}"],
+            ]
+            if f.get("voter_agreement") is not None:
+                counts.append(
+                    ["target rows whose voters agree", f"{100 * f['voter_agreement']:.1f}%"]
+                )
+            out.append(_table(["filter", "count"], counts))
+            dist, gold = f.get("pseudo_distribution", {}), f.get("source_distribution", {})
+            n, m = sum(dist.values()), sum(gold.values())
+            rows = [
+                [k, v, f"{100 * v / n:.1f}" if n else "–",
+                 f"{100 * gold[k] / m:.1f}" if m and k in gold else "–"]
+                for k, v in dist.items()
+            ]  # fmt: skip
+            out.append(_table(["class", "pseudo labels", "% of them", "% of source gold"], rows))
+    return "\n".join(out)
+
+
+def _class_thresholds(classes: list[dict]) -> str:
+    """Each class's threshold, how it was reached, and the source rows it leaves (precision)."""
+
+    rows = [
+        [c.get("class"), _num(c.get("threshold")), c.get("how"),
+         _num(c.get("source_rows"), ","), _num(c.get("source_precision"), ".3f")]
+        for c in classes
+    ]  # fmt: skip
+    return _table(["class", "threshold", "chosen by", "source rows above", "their precision"], rows)
+
+
+def evaluation_section(folder: Path) -> str:
+    res = _read_json(folder / "results.json")
+    metric = res["metric"]
+    rows = []
+    types: set[str] = set()
+    for lang, s in res["languages"].items():
+        gap = res.get("transfer_gap", {}).get(lang)
+        rows.append([lang, _pct(s["score"]), "–" if gap is None else f"{100 * gap:.2f}"])
+        types |= set(s.get("per_type", {}))
+    out = [
+        f"<h4>{html.escape(folder.name)}</h4><p>model {html.escape(res['model'])}</p>",
+        _table(["language", f"{metric} (%)", "transfer gap"], rows),
+    ]
+    if types:
+        per = [
+            [lang, *(_pct(s.get("per_type", {}).get(t)) for t in sorted(types))]
+            for lang, s in res["languages"].items()
+        ]
+        out.append("<p>F1 (%) per entity type</p>" + _table(["language", *sorted(types)], per))
+        prf = []
+        for lang, s in res["languages"].items():
+            for t, x in sorted(s.get("per_type_scores", {}).items()):
+                prf.append([f"{lang} {t}", _pct(x["precision"]), _pct(x["recall"]),
+                            _pct(x["f1"]), x["support"]])  # fmt: skip
+        if prf:
+            out.append(
+                "<p>precision, recall and F1 (%) per language and entity type</p>"
+                + _table(["language, type", "precision", "recall", "F1", "gold entities"], prf)
+            )
+    for lang, s in res["languages"].items():
+        if s.get("confusion"):
+            what = "entity types (exact spans)" if types else "labels"
+            out.append(f"<p>{html.escape(lang)}: confusion of {what}, gold (rows) by "
+                       "predicted (columns)</p>" + confusion_table(s["confusion"]))  # fmt: skip
+    return "\n".join(out)
+
+
+def confusion_table(confusion: dict[str, dict[str, int]]) -> str:
+    rows = sorted(confusion, key=lambda k: (k.startswith("("), k))
+    cols = sorted({c for r in confusion.values() for c in r}, key=lambda k: (k.startswith("("), k))
+    body = [[r, *(confusion[r].get(c, 0) for c in cols)] for r in rows]
+    return _table(["gold \\ predicted", *cols], body)
+
+
+def _folded(title: str, path: Path) -> str:
+    text = path.read_text(encoding="utf-8")
+    return (
+        f"<details><summary>{html.escape(title)}</summary><pre>{html.escape(text)}</pre></details>"
+    )
+
+
+def is_pair_folder(folder: Path) -> bool:
+    stages = ("btf", "finetune", "finetune-direct-linear", "cotrain", "cotrain-self")
+    return any((folder / s).is_dir() for s in stages) or any(folder.glob("selftrain*/round-1"))
+
+
+def cotrain_section(folder: Path) -> str:
+    """A co-training stage, an iteration a row: each view's labeled set, the rows each view
+    gave (of its candidates above the threshold) and their classes, dev accuracy."""
+    rows = []
+    for it in sorted(folder.glob("iter-*/exchange.json"), key=lambda p: int(p.parent.name[5:])):
+        rec = _read_json(it)
+        moved = "; ".join(
+            f"{k}: {x['chosen']} of {x['candidates']} ({', '.join(f'{c} {n}' for c, n in x['distribution'].items())})"
+            for k, x in rec.get("exchange", {}).items()
+        )  # fmt: skip
+        dev = rec.get("dev_accuracy") or {}
+        rows.append(
+            [
+                rec["iteration"],
+                rec["labeled"]["lm"],
+                rec["labeled"]["emb"],
+                moved or "– (last iteration)",
+                *(_pct(dev.get(k)) for k in ("lm", "emb", "mean")),
+            ]
+        )
+    if not rows:
+        return ""
+    head = ["iteration", "labeled (lm)", "labeled (emb)", "rows given: chosen of candidates"]
+    head += ["dev lm (%)", "dev emb (%)", "dev mean (%)"]
+    return f"<h3>{html.escape(folder.name)}</h3>" + _table(head, rows)
+
+
+def pair_section(folder: Path, figs: Figures) -> str:
+    stages = [p for p in sorted(folder.iterdir()) if p.is_dir()]
+    out = [f"<h2>{html.escape(folder.name)}</h2>"]
+    trained = [p for p in stages if p.name.split("-")[0] in ("btf", "finetune", "selftrain")]
+    order = {"btf": 0, "finetune": 1, "selftrain": 2}
+    for p in sorted(trained, key=lambda p: (order[p.name.split("-")[0]], p.name)):
+        out.append(stage_section(p, figs))
+    out += [cotrain_section(p) for p in stages if p.name.split("-")[0] == "cotrain"]
+    evals = [p for p in stages if p.name.startswith("evaluate-") and (p / "results.json").is_file()]
+    if evals:
+        out.append("<h3>evaluations</h3>")
+        out += [evaluation_section(p) for p in evals]
+    folded = [
+        _folded(f"{p.name}/{f}", p / f)
+        for p in stages
+        for f in ("config.json", "run.json")
+        if (p / f).is_file()
+    ]
+    if folded:
+        out.append("<h3>configs and provenance</h3>" + "\n".join(folded))
+    return "\n".join(x for x in out if x)
+
+
+def folder_section(folder: Path, figs: Figures) -> str:
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: no such folder")
+    out = [f"<h1>{html.escape(str(folder))}</h1>"]
+    head = results_section(folder) + studies_section(folder, figs)
+    if head:
+        out.append("<h2>results</h2>" + head)
+    if is_pair_folder(folder):
+        out.append(pair_section(folder, figs))
+    else:
+        subs = [p for p in sorted(folder.iterdir()) if p.is_dir()]
+        for p in subs:
+            if is_pair_folder(p):
+                out.append(pair_section(p, figs))
+            elif p.name.startswith("seed-"):
+                out.append(
+                    folder_section(p, figs).replace("<h1>", "<h2>", 1).replace("</h1>", "</h2>", 1)
+                )
+    if len(out) == 1:
+        raise ValueError(
+            f"{folder}: no run found (no all*.json, ablation or study table, and no stage folders)"
+        )
+    return "\n".join(out)
+
+
+def build_report(folders: list[Path]) -> tuple[str, int]:
+    """The HTML page for ``folders`` and the number of images in it."""
+    from xlt_engine import __version__
+
+    figs = Figures()
+    body = [folder_section(Path(f), figs) for f in folders]
+    note = "" if figs.plt is not None else f'<p class="note">{html.escape(NO_PLOTS)}</p>'
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>xlt-engine report</title><style>{CSS}</style></head><body>"
+        f'<p class="note">xlt-engine {html.escape(__version__)} report of '
+        + html.escape(", ".join(str(f) for f in folders))
+        + f"</p>{note}"
+        + "\n".join(body)
+        + "</body></html>\n"
+    )
+    return page, figs.count
+
+
+def write_report(folders: list[Path], out: Path) -> tuple[Path, int]:
+    page, images = build_report(folders)
+    atomic_write_text(out, page)
+    return out, images

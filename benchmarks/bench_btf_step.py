@@ -14,8 +14,8 @@ bf16 autocast on CUDA (fp32 master weights), fp32 on CPU. MFU (CUDA only) counts
 FLOPs for both (forward 2N + attention, decoder only at masked rows; backward twice the forward,
 the frozen part's weight gradients included for simplicity) against ``--peak-tflops``.
 
-    PYTHONPATH=. python benchmarks/bench_btf_step.py --data ../shared/data            # CUDA, mBERT-base
-    PYTHONPATH=. python benchmarks/bench_btf_step.py --data ../shared/data --device cpu --tiny
+    python -m benchmarks.bench_btf_step --data ../shared/data            # CUDA, mBERT-base
+    python -m benchmarks.bench_btf_step --data ../shared/data --device cpu --tiny
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ Reported per way: seconds to prepare the pool (read + encode / build the store),
 inference pass, both per 1,000 rows, and the peak resident memory of the process (``VmHWM``).
 ``--repeat`` passes are timed and the fastest is kept.
 
-    PYTHONPATH=. python benchmarks/bench_cotrain_inference.py --vocab ../shared/data/mbert \\
+    python -m benchmarks.bench_cotrain_inference --vocab ../shared/data/mbert \\
         --pool ../shared/data/marc/de.train_pool.csv --format marc --out benchmarks/results
 """
 
@@ -147,7 +147,6 @@ def main(argv=None) -> None:
 
     import xlt_engine
 
-    sys.path.insert(0, str(ROOT))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = args.model or make_model(args.vocab, work)

@@ -1,7 +1,7 @@
 """Data-layer throughput on this machine's CPU: token cache build, corpus builder, alignment,
 masking. Each measurement runs in a fresh subprocess so its peak RSS is its own.
 
-    PYTHONPATH=. python benchmarks/bench_data.py --data ../shared/data [--lines 1000000]
+    python -m benchmarks.bench_data --data ../shared/data [--lines 1000000]
 
 The text corpora are built from real CoNLL sentences (German and Dutch, as an unlabeled target
 corpus would be), each line made unique by a counter so deduplication does not shortcut work.
@@ -67,7 +67,6 @@ print(json.dumps({"task": task, "items": n, "unit": unit, "seconds": dt, "per_se
 
 
 def make_text(data: Path, path: Path, lines: int) -> None:
-    sys.path.insert(0, str(ROOT))
     from xlt_engine.data import read_conll
 
     sents = [

@@ -7,8 +7,8 @@ Three rows: ``xlt-engine`` (MLM head on the masked 15% of positions only, as tra
 tokens/s and peak memory; appends a JSON record with the GPU, versions and command under
 ``benchmarks/results/``. transformers is a test/benchmark-only dependency.
 
-    PYTHONPATH=. python benchmarks/bench_encoder.py                 # mBERT-base shapes, CUDA, bf16
-    PYTHONPATH=. python benchmarks/bench_encoder.py --device cpu --layers 2 --hidden 64 --heads 2 \
+    python -m benchmarks.bench_encoder                 # mBERT-base shapes, CUDA, bf16
+    python -m benchmarks.bench_encoder --device cpu --layers 2 --hidden 64 --heads 2 \
         --intermediate 128 --vocab 1000 --batch 4 --seq 32 --iters 2 --no-save   # smoke run
 """
 

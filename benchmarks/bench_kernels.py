@@ -1,7 +1,7 @@
 """Kernel benchmark: the same code as ``xlt-engine bench kernels`` (see xlt_engine/kernels/bench.py).
 
-PYTHONPATH=. python benchmarks/bench_kernels.py                     # all ops, all providers
-PYTHONPATH=. python benchmarks/bench_kernels.py --op mlm --provider triton --provider torch
+python -m benchmarks.bench_kernels                     # all ops, all providers
+python -m benchmarks.bench_kernels --op mlm --provider triton --provider torch
 """
 
 import sys

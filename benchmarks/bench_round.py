@@ -19,8 +19,8 @@ nearly uniform and hardly any pseudo label passes; the source filter is off so t
 still trains on the whole source (a trained teacher adds the pseudo-labeled target rows to it,
 at the same tokens/s).
 
-    PYTHONPATH=. python benchmarks/bench_round.py --data ../shared/data               # CUDA
-    PYTHONPATH=. python benchmarks/bench_round.py --data ../shared/data --device cpu --tiny --limit 200
+    python -m benchmarks.bench_round --data ../shared/data               # CUDA
+    python -m benchmarks.bench_round --data ../shared/data --device cpu --tiny --limit 200
 """
 
 from __future__ import annotations

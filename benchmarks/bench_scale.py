@@ -21,7 +21,7 @@ alone: what the kernel cannot drop), sampled every 20 ms.
 ``--code DIR`` runs another checkout's ``xlt_engine`` (e.g. a ``git worktree`` of an older
 commit) for a before / after in one run; the generated files are shared.
 
-    PYTHONPATH=. python benchmarks/bench_scale.py --vocab ../shared/data/mbert \\
+    python -m benchmarks.bench_scale --vocab ../shared/data/mbert \\
         --sizes 10000,100000,1000000 --work /tmp/scale
 """
 
@@ -96,7 +96,6 @@ def write_corpus(path: Path, n: int, fmt: str, words: list[str], seed: int, tagg
 
 def prepare(args: argparse.Namespace) -> dict:
     """The generated source and target corpora and the tiny base / teacher models (made once)."""
-    sys.path.insert(0, str(ROOT))
     import torch
 
     from xlt_engine.data import load_tokenizer
@@ -277,7 +276,6 @@ def main(argv=None) -> list[dict]:
             flush=True,
         )
     if not args.no_save:
-        sys.path.insert(0, str(ROOT))
         import torch
 
         from benchmarks.record import append, environment

@@ -80,7 +80,7 @@ cat "$out/logs/imports.log"
 
 if [ -z "$data" ]; then
   data="$(mktemp -d)/sample"
-  python3 benchmarks/make_sample.py --out "$data" --sentences $([ $dry -eq 1 ] && echo 60 || echo 2000) > "$out/logs/sample.log" 2>&1 \
+  python3 -m benchmarks.make_sample --out "$data" --sentences $([ $dry -eq 1 ] && echo 60 || echo 2000) > "$out/logs/sample.log" 2>&1 \
     || { cat "$out/logs/sample.log"; exit 1; }
 fi
 
@@ -90,18 +90,18 @@ for w in ${with//,/ }; do providers="$providers --provider $w"; done
 if [ $dry -eq 1 ]; then
   tiny_encoder="--device cpu --layers 1 --hidden 64 --heads 2 --intermediate 128 --vocab 1000 --batch 2 --seq 16 --warmup 1 --iters 1"
   step tests 300 python3 -m pytest -q -m cuda tests/kernels -p no:cacheprovider
-  step kernels 300 python3 benchmarks/bench_kernels.py --device cpu --reps 1 --provider torch --out "$out"
-  step encoder 120 python3 benchmarks/bench_encoder.py $tiny_encoder --precision fp32
-  step btf_step 120 python3 benchmarks/bench_btf_step.py --data "$data" --device cpu --tiny --warmup 1 --iters 1
-  step round 300 python3 benchmarks/bench_round.py --data "$data" --device cpu --tiny --limit 30 --batch 8 --max-len 32
+  step kernels 300 python3 -m benchmarks.bench_kernels --device cpu --reps 1 --provider torch --out "$out"
+  step encoder 120 python3 -m benchmarks.bench_encoder $tiny_encoder --precision fp32
+  step btf_step 120 python3 -m benchmarks.bench_btf_step --data "$data" --device cpu --tiny --warmup 1 --iters 1
+  step round 300 python3 -m benchmarks.bench_round --data "$data" --device cpu --tiny --limit 30 --batch 8 --max-len 32
 else
   step tests 150 python3 -m pytest -q -m cuda tests -p no:cacheprovider
-  step kernels 180 python3 benchmarks/bench_kernels.py $providers --out "$out"
-  step encoder_amp 60 python3 benchmarks/bench_encoder.py --precision autocast-bf16
-  step encoder_bf16 60 python3 benchmarks/bench_encoder.py --precision bf16
-  step btf_step 60 python3 benchmarks/bench_btf_step.py --data "$data"
-  step round 75 python3 benchmarks/bench_round.py --data "$data"
+  step kernels 180 python3 -m benchmarks.bench_kernels $providers --out "$out"
+  step encoder_amp 60 python3 -m benchmarks.bench_encoder --precision autocast-bf16
+  step encoder_bf16 60 python3 -m benchmarks.bench_encoder --precision bf16
+  step btf_step 60 python3 -m benchmarks.bench_btf_step --data "$data"
+  step round 75 python3 -m benchmarks.bench_round --data "$data"
 fi
 
-python3 benchmarks/summarize.py "$out" | tee "$out/summary.txt"
+python3 -m benchmarks.summarize "$out" | tee "$out/summary.txt"
 ! grep -qv " rc=0 " "$out/steps.txt"

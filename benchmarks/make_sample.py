@@ -8,23 +8,20 @@ mBERT's size (119,547 entries, the same special tokens) and random sentences ove
 shapes (and so the timings) are mBERT's. Write it outside the repository, or into an ignored
 folder such as ``.gpu_sample/`` to carry it to the GPU machine; never commit it.
 
-    python3 benchmarks/make_sample.py --out /tmp/sample                   # generated
-    python3 benchmarks/make_sample.py --out .gpu_sample --from ../shared/data
+    python3 -m benchmarks.make_sample --out /tmp/sample                   # generated
+    python3 -m benchmarks.make_sample --out .gpu_sample --from ../shared/data
 """
 
 from __future__ import annotations
 
 import argparse
 import random
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from xlt_engine.data import read_conll
+from xlt_engine.fileio import atomic_write_text
 
-from xlt_engine.data import read_conll  # noqa: E402
-from xlt_engine.fileio import atomic_write_text  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 MBERT_VOCAB = 119547
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

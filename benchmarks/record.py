@@ -23,7 +23,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def environment(device: torch.device, script: str, argv: list[str] | None) -> dict:
     """``script``: the benchmark's file name; ``argv``: its arguments (None: ``sys.argv``)."""
-    command = f"PYTHONPATH=. python benchmarks/{script} "
+    command = f"python -m benchmarks.{script.removesuffix('.py')} "
     return {
         **provenance.environment(device),
         "command": command + shlex.join(argv if argv is not None else sys.argv[1:]),

@@ -2,7 +2,7 @@
 rows (ours against eager torch, measured over roofline), the encoder and BTF-step tokens/s against
 transformers, and the self-training round by part. Reads only the files in the folder given.
 
-    python3 benchmarks/summarize.py OUT_DIR
+    python3 -m benchmarks.summarize OUT_DIR
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def summary(folder: Path) -> str:
 def main(argv=None) -> str:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or not Path(args[0]).is_dir():
-        sys.exit("usage: python3 benchmarks/summarize.py OUT_DIR (an existing folder)")
+        sys.exit("usage: python3 -m benchmarks.summarize OUT_DIR (an existing folder)")
     text = summary(Path(args[0]))
     print(text)
     return text

@@ -8,24 +8,21 @@ Part 2 times ``mlm_rows_kernel`` alone over BLOCK_V x num_warps x num_stages, wi
 configuration ``_launch.config("mlm_rows", 2)`` gives marked, so a change of the table is a
 measured one. Medians of ``triton.testing.do_bench``. CUDA only.
 
-    PYTHONPATH=. python3 benchmarks/tune_mlm_rows.py [--rows 614 8192] [--quick]
+    python3 -m benchmarks.tune_mlm_rows [--rows 614 8192] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from xlt_engine.kernels._launch import config
+from xlt_engine.kernels.mlm_loss import ROW_ALIGN, fused_mlm_loss_ref, mlm_rows_kernel
 
-from xlt_engine.kernels._launch import config  # noqa: E402
-from xlt_engine.kernels.mlm_loss import ROW_ALIGN, fused_mlm_loss_ref, mlm_rows_kernel  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 V, H = 119547, 768
 

@@ -24,3 +24,12 @@ def test_the_quickstart_command_installs_what_the_reports_plots_need():
     setup = (ROOT / "setup.py").read_text()
     report = re.search(r'"report": \[([^\]]*)\]', setup)
     assert report and "matplotlib" in report[1]
+
+
+def test_the_readme_stays_a_manual():
+    """The README is the short manual (at most 350 lines); the reference is docs/manual.md and
+    the study narrative lab/README.md, both linked from it."""
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 350
+    for doc in ("docs/manual.md", "lab/README.md"):
+        assert f"]({doc})" in text and (ROOT / doc).is_file()

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_both_ways_predict_the_same_rows_and_are_recorded(tmp_path):
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent")
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_cotrain_inference.py"),
+    cmd = [sys.executable, "-m", "benchmarks.bench_cotrain_inference",
            "--vocab", str(SHARED_DATA / "mbert"), "--pool",
            str(SHARED_DATA / "marc" / "de.train_pool.csv"), "--format", "marc", "--rows", "40",
            "--max-len", "32", "--repeat", "1", "--out", str(tmp_path)]  # fmt: skip

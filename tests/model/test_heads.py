@@ -114,7 +114,7 @@ def test_a_linear_voter_is_dropout_then_one_linear_layer():
 def test_voter_inner_layers_are_he_normal_and_classifiers_bert():
     """The inner layers N(0, 2 / fan_in), every classifier N(0, 0.02), biases zero: with
     N(0, 0.02) inside too, a voter's classifier read features ~20x smaller than a linear
-    head's (benchmarks/voter_init.py)."""
+    head's (lab/voter_init.py)."""
     torch.manual_seed(0)
     vm = VotersModule(hidden_size=384, num_labels=9, num_voters=3)
     for v in vm.voters:

@@ -148,7 +148,7 @@ def test_two_sources_one_teacher_each_and_a_row_per_source(ner_cfg, conll, tiny,
     """sources = [eng, esp] -> ned: btf reads both sources' text; one teacher per source, and
     round 1's soft labels are the mean of their probabilities; the source filter and the hard
     step see both sources' rows; ablate adds the method from each source alone."""
-    from benchmarks.study import row_stages
+    from lab.study import row_stages
     from xlt_engine.data.task import encode, read_task_file
     from xlt_engine.data.tokenizer import load_tokenizer
     from xlt_engine.engine.train.inference import predict_logits

@@ -331,7 +331,7 @@ def test_the_report_shows_the_rows_and_each_cotrain_iteration(ablation, tmp_path
 
 
 def test_cotrain_moves_scores_the_given_rows_against_the_pools_hidden_labels(ablation):
-    from benchmarks.cotrain_moves import moves
+    from lab.cotrain_moves import moves
 
     out, _, _ = ablation
     stage = out / "seed-1" / "en-de" / "cotrain"

@@ -15,7 +15,7 @@ a voter's two inner layers are He-normal, N(0, 2 / fan_in) (``he_init_``), so it
 reads features of the encoder's scale. With N(0, 0.02) there too, each inner layer scales its
 input by about 0.02 sqrt(H) and GELU halves it again, so a voter's logits start some 20x smaller
 than a linear head's and, under Adam, move that much slower. Measured on multilingual-e5-small's
-features of CoNLL English (``benchmarks/voter_init.py``): the gradient reaching the encoder was
+features of CoNLL English (``lab/voter_init.py``): the gradient reaching the encoder was
 40x smaller than through a linear head (He-normal: 2.4x).
 """
 

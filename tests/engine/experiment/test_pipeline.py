@@ -429,11 +429,11 @@ test = "de.test"
 
 
 def test_threshold_stability_reads_a_run_back_from_its_config_json(ner_all):
-    """benchmarks/threshold_stability.py rebuilds the round's source rows from the stage's own
+    """lab/threshold_stability.py rebuilds the round's source rows from the stage's own
     config.json (load_config) and gets the very curve the run recorded."""
     import numpy as np
 
-    from benchmarks.threshold_stability import source_rule, weighted_curve
+    from lab.threshold_stability import source_rule, weighted_curve
 
     folder = ner_all[0] / "eng-esp" / "selftrain"
     conf, correct, units, classes = source_rule(folder, 1)
@@ -449,7 +449,7 @@ def test_threshold_stability_reads_a_run_back_from_its_config_json(ner_all):
 def test_dev_sweep_links_what_the_setting_leaves_alone_and_scores_on_dev(
     ner_cfg, ner_all, tmp_path
 ):
-    """benchmarks/dev_sweep.py: one rounds study on the dev files per value of the soft lr;
+    """lab/dev_sweep.py: one rounds study on the dev files per value of the soft lr;
     btf and the teachers are linked from the earlier run, not trained again; the value the run
     was made with takes its round 1 from there too, the other trains its own."""
     from benchmarks import dev_sweep
@@ -504,7 +504,7 @@ def test_dev_sweep_links_what_the_setting_leaves_alone_and_scores_on_dev(
 def test_threshold_choice_picks_the_row_best_on_dev_and_reports_its_test_score(
     ner_cfg, ner_all, tmp_path
 ):
-    """benchmarks/threshold_choice.py: the threshold study on dev then on test, the same
+    """lab/threshold_choice.py: the threshold study on dev then on test, the same
     models (a fixed-alpha row takes round 1 from the run's selftrain); the choice is the row
     of the best dev score, whatever the test scores say."""
     from benchmarks import threshold_choice

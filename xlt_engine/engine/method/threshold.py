@@ -17,7 +17,7 @@ quadratic). That keeps the spacing itself from looking like a bend, but not the 
 chosen: on an O-dominated NER curve (83% of the source words O) accuracy is nearly flat (0.982 at
 0.5, 0.9996 at 0.999 for multilingual-e5-small) and the largest curvature falls on the grid's
 0.99 / 0.995 / 0.999 tail (0.995 in 190 of 200 bootstrap resamples,
-benchmarks/results/threshold_stability_conll_e5small_cpu_20261124.md), where almost no entity word
+lab/results/threshold_stability_conll_e5small_cpu_20261124.md), where almost no entity word
 of the target passes. ``grid = "even"`` in the self-training settings (0.50 to 0.99 by 0.01, no
 tail) and the class-aware pseudo-label rules (``method.pseudo_labels``) are the remedies offered.
 Ties go to the lowest threshold. With fewer than three defined points there is no interior point: the lowest defined

@@ -1,7 +1,7 @@
 """Choose one setting on dev data only (issue 17): the rounds study (``run_rounds_study``: the
 student after every self-training step up to ``--max-rounds``; N = 0 is the fine-tuned teacher)
 scored on the dev files (``evaluate.split = "dev"``, ``data.max_dev`` sentences a language), once
-per value of the setting, over seeds. Writes ``benchmarks/results/dev_sweep_<name>_<date>.md``
+per value of the setting, over seeds. Writes ``lab/results/dev_sweep_<name>_<date>.md``
 and ``.json``: per value and seed the dev scores after each step, mean +- std, the soft
 students' fit (loss, classes of their argmax) and the self-training wall time.
 
@@ -13,7 +13,7 @@ with another value of the setting: what the setting does not touch is trained on
 self-training folder that differs only after round 1's soft step gives its round 1:
 ``round1_twin``), and a value's folder holds nothing of another value's.
 
-    python benchmarks/dev_sweep.py --config configs/e5-small-conll.toml --name soft_lr \\
+    python -m lab.dev_sweep --config configs/e5-small-conll.toml --name soft_lr \\
         --sweep selftrain.soft.lr=3e-4,1e-4,3e-5 --max-rounds 0.5 --seeds 1,2,3 \\
         --out runs/sweep-conll --reuse runs/study-conll --set data.root=../shared/data ...
 """
@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from lab.study import classes, mean_std, seconds_of, write_report
 from xlt_engine import provenance
 from xlt_engine.engine.experiment.config import load_config
 from xlt_engine.engine.experiment.pipeline import pair_configs, plan_all, seed_config
@@ -45,8 +46,6 @@ from xlt_engine.fileio import link_tree, read_jsonl
 from xlt_engine.studies.sweeps import run_rounds_study
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script: benchmarks/ is a package of the repository
-from benchmarks.study import classes, mean_std, seconds_of, write_report  # noqa: E402
 
 TRAINED = ("btf", "finetune", "selftrain")  # stage folders --reuse links (name prefixes)
 FINISHED = ("model", "base-model")  # what a finished training stage holds
@@ -135,7 +134,7 @@ def soft_fit(folders: list[tuple[int, Path]]) -> list[dict]:
 
 def selftrain_seconds(folders: list[tuple[int, Path]]) -> float:
     """The self-training runs' wall time over seeds and pairs (a round 1 taken from another
-    folder counts what it took there: ``benchmarks/study.py``'s ``seconds_of``)."""
+    folder counts what it took there: ``lab/study.py``'s ``seconds_of``)."""
     return sum(seconds_of(st) for _, st in folders)
 
 
@@ -180,7 +179,7 @@ def run_sweep(args, argv: list[str]) -> dict:
     return {
         "name": args.name,
         "date": date.today().isoformat(),
-        "command": shlex.join(["python", "benchmarks/dev_sweep.py", *argv]),
+        "command": shlex.join(["python", "-m", "lab.dev_sweep", *argv]),
         "config": args.config,
         "overrides": args.overrides,
         "how": args.how,
@@ -270,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reuse", help="an earlier study's folder: link its finished stages")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--how", default="", help="how the data was subsampled, for the table")
-    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--results", default=str(ROOT / "lab" / "results"))
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     report = run_sweep(args, argv)

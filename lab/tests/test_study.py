@@ -1,11 +1,11 @@
-"""benchmarks/study.py's per-pair details: the dev score of each fine-tuned model and each
+"""lab/study.py's per-pair details: the dev score of each fine-tuned model and each
 self-training round's counts, with the soft student's fidelity where the run recorded it."""
 
 import json
 
 import pytest
 
-from benchmarks.study import classes, merge_studies, pair_details, render, with_statistics
+from lab.study import classes, merge_studies, pair_details, render, with_statistics
 
 
 def test_pair_details_reads_dev_scores_and_rounds(tmp_path):
@@ -53,7 +53,7 @@ def _report(seeds, scores, seconds, sha, overrides=("device=cpu",)):
         for row, s in scores.items()
     }
     return with_statistics({
-        "name": "x", "date": "2026-11-24", "command": f"python benchmarks/study.py --seeds {seeds}",
+        "name": "x", "date": "2026-11-24", "command": f"python -m lab.study --seeds {seeds}",
         "config": "configs/e5-small-conll.toml", "overrides": list(overrides), "how": "small",
         "metric": "entity_f1", "seeds": seeds, "fixed_alpha": 0.9, "rows": rows,
         "details": [{"seed": s, "pair": "eng-esp", "dev": {}, "rounds": {}} for s in seeds],
@@ -154,7 +154,7 @@ def test_a_merged_study_merges_again_with_a_row_run_after_it(tmp_path):
     assert list(merged["rows"]) == ["Ours", "- AT", "- VM", "- ST"]
     assert [x["file"] for x in merged["merged_from"]] == [str(a), str(b), str(c)]
     assert [x["command"] for x in merged["merged_from"]] == [
-        "python benchmarks/study.py --seeds [1, 2]"
+        "python -m lab.study --seeds [1, 2]"
     ] * 3
     assert merged["rows"]["- VM"]["seconds"] == 30 and merged["rows"]["- ST"]["seconds"] == 60
     assert merged["study_seconds"] == 120 + 180 + 60
@@ -169,7 +169,7 @@ def test_resolved_command_keeps_each_option_once_as_it_took_effect():
     later win: the resolved command has each once and parses back to the same study."""
     import shlex
 
-    from benchmarks.study import build_parser, resolved_command
+    from lab.study import build_parser, resolved_command
 
     argv = ["--config", "c.toml", "--name", "wrap", "--seeds", "1", "--out", "runs/a",
             "--how", "old", "--set", "targets=['esp']", "--set", "selftrain.soft.lr=3e-4",
@@ -177,7 +177,7 @@ def test_resolved_command_keeps_each_option_once_as_it_took_effect():
             "--set", "targets=['ned']", "--set", "selftrain.soft.lr = 1e-4", "--how", "new",
             "--rows", "Ours,- ST"]  # fmt: skip
     args = build_parser().parse_args(argv)
-    again = build_parser().parse_args(shlex.split(resolved_command(args))[2:])
+    again = build_parser().parse_args(shlex.split(resolved_command(args))[3:])
     for key in ("config", "name", "seeds", "out", "rows", "how", "fixed_threshold"):
         assert getattr(again, key) == getattr(args, key), key
     assert again.overrides == ["device=cpu", "targets=['ned']", "selftrain.soft.lr = 1e-4"]

@@ -1,4 +1,4 @@
-"""benchmarks/pseudo_labels.py scores a self-training run's pseudo labels against the pool's
+"""lab/pseudo_labels.py scores a self-training run's pseudo labels against the pool's
 hidden gold labels, row by row in the store's order."""
 
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from benchmarks.pseudo_labels import main, rounds
+from lab.pseudo_labels import main, rounds
 from xlt_engine.data import load_tokenizer
 from xlt_engine.data.packed import StoreFile, build_store
 from xlt_engine.data.task import read_task_file

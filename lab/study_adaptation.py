@@ -6,8 +6,8 @@ k other-or-same English dev pairs with their target translations (``xnli-paralle
 every row is scored on the same m pairs of the target's test file. Writes
 ``<out>.json`` (per-row accuracy and wall seconds, the command) and ``<out>.md``.
 
-    PYTHONPATH=. python benchmarks/study_adaptation.py --model /tmp/e5-small \\
-        --xnli ../shared/data/xnli --target de --out benchmarks/results/study_xnli_adaptation
+    python -m lab.study_adaptation --model /tmp/e5-small \\
+        --xnli ../shared/data/xnli --target de --out lab/results/study_xnli_adaptation
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 ROWS = {  # row: (label_alignment, parallel file, semantic_alignment)
     "fine-tune": (False, False, False),
@@ -107,7 +106,7 @@ def main(argv=None) -> dict:
         "epochs": args.epochs,
         "freeze_layers": args.freeze_layers,
         "seeds": seeds,
-        "command": "PYTHONPATH=. python benchmarks/study_adaptation.py "
+        "command": "python -m lab.study_adaptation "
         + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])),
     }
     lines = [

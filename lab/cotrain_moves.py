@@ -8,7 +8,7 @@ The pool is read again exactly as the stage read it (its ``config.json``: file, 
 ``max_unlabeled`` and the seed), then with its labels: MARC's stars from the CSV rows the pool's
 lines name, any other format's labels by reading the file labeled.
 
-    PYTHONPATH=. python benchmarks/cotrain_moves.py RUN/seed-*/en-de/cotrain RUN/seed-*/en-de/cotrain-self
+    python -m lab.cotrain_moves RUN/seed-*/en-de/cotrain RUN/seed-*/en-de/cotrain-self
 """
 
 from __future__ import annotations

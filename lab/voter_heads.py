@@ -3,14 +3,14 @@
 reaching the encoder, then score each voter of the fine-tuned model alone on a labeled file.
 
     # one finetune (any CLI arguments after --), then per-voter scores of its model
-    python benchmarks/voter_heads.py --first-voter-trains-encoder -- \\
+    python -m lab.voter_heads --first-voter-trains-encoder -- \\
         run --stage finetune --config configs/e5-small-conll.toml --out OUT ...
-    python benchmarks/voter_heads.py --score OUT/eng-esp/finetune-direct/model \\
+    python -m lab.voter_heads --score OUT/eng-esp/finetune-direct/model \\
         --file ../shared/data/conll2003_en/eng.testa
 
 ``--first-voter-trains-encoder`` is a diagnostic, not a method: during training every voter but
 the first reads the encoder's features detached, so the encoder learns from voter 0 alone and
-the other voters fit on top of it (``benchmarks/results/voter_heads_finetune_cpu_20261123.md``).
+the other voters fit on top of it (``lab/results/voter_heads_finetune_cpu_20261123.md``).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ the file line of every unit (a text; a sentence, whose words are its rows in ord
 is read again with its labels. A row whose gold label is unknown (a MARC 3-star review, which the
 binary task leaves out and an unlabeled pool keeps) counts as unrated.
 
-    PYTHONPATH=. python benchmarks/pseudo_labels.py runs/study-cls/seed-*/en-de/selftrain*
+    python -m lab.pseudo_labels runs/study-cls/seed-*/en-de/selftrain*
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Where the rule study's self-training loses its points: each step's student of a finished
-# seed and target of benchmarks/study_rules_conll_e5small.sh (round 1's soft student, shared by
+# seed and target of lab/study_rules_conll_e5small.sh (round 1's soft student, shared by
 # every rule; each rule's round-1 hard student; the final model, round 2's soft student, is the
 # study's own row), evaluated on the full test file with the study's settings. Arguments: the
 # runs folder of the seed (e.g. runs/study-rules/seed-1), the target, the seed.
-#   OMP_NUM_THREADS=1 bash benchmarks/study_rules_steps.sh runs/study-rules/seed-1 esp 1
+#   OMP_NUM_THREADS=1 bash lab/study_rules_steps.sh runs/study-rules/seed-1 esp 1
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=$1 target=$2 seed=$3

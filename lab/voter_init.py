@@ -13,8 +13,8 @@ training mode, averaged over seeds:
   whatever its gradient, so how fast the logits move scales with the activations the classifier
   reads, which this shows.
 
-    PYTHONPATH=. python benchmarks/voter_init.py --model models/e5-small \\
-        --conll ../shared/data/conll2003_en/eng.train --out benchmarks/results
+    python -m lab.voter_init --model models/e5-small \\
+        --conll ../shared/data/conll2003_en/eng.train --out lab/results
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def main() -> None:
     if args.out:
         cpu = torch.device("cpu")
         record = provenance.environment(cpu) | {
-            "command": "python benchmarks/voter_init.py " + shlex.join(sys.argv[1:]),
+            "command": "python -m lab.voter_init " + shlex.join(sys.argv[1:]),
             "tokens": feats.shape[0],
             "feature_rms": feats.pow(2).mean().sqrt().item(),
             "results": results,

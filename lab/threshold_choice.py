@@ -4,12 +4,12 @@ paper's threshold study (``run_threshold_study``: self-training with alpha fixed
 ``data.max_dev`` sentences a language), then on the test files; the same models, trained once.
 The row with the best mean dev score over seeds (averaged over targets; ties: the first) is the
 choice, and its test score is the one to quote. Writes
-``benchmarks/results/threshold_choice_<name>_<date>.md`` and ``.json``: per row the dev and test
+``lab/results/threshold_choice_<name>_<date>.md`` and ``.json``: per row the dev and test
 scores per seed, mean +- std, the self-training wall time, and per seed the alpha of round 1
 and the classes of its pseudo labels; below the candidates, the two models to measure them
 against (+ BTF, which self-training starts from, and direct transfer), on the same files.
 
-    python benchmarks/threshold_choice.py --config configs/e5-small-conll.toml \\
+    python -m lab.threshold_choice --config configs/e5-small-conll.toml \\
         --name conll_e5small_cpu --alphas 0.5,0.7,0.9 --seeds 1,2,3 --out runs/study-conll \\
         --set data.root=../shared/data ...
 
@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from lab.study import classes, mean_std, seconds_of, write_report
 from xlt_engine import provenance
 from xlt_engine.engine.experiment.config import load_config
 from xlt_engine.engine.experiment.pipeline import pair_configs, run_all, seed_config
@@ -38,8 +39,6 @@ from xlt_engine.engine.experiment.runs import stage_dir, with_section
 from xlt_engine.studies.sweeps import run_threshold_study
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script: benchmarks/ is a package of the repository
-from benchmarks.study import classes, mean_std, seconds_of, write_report  # noqa: E402
 
 
 def per_seed_average(scores: dict[str, list[float]]) -> list[float]:
@@ -136,7 +135,7 @@ def run_choice(args, argv: list[str]) -> dict:
     return {
         "name": args.name,
         "date": date.today().isoformat(),
-        "command": shlex.join(["python", "benchmarks/threshold_choice.py", *argv]),
+        "command": shlex.join(["python", "-m", "lab.threshold_choice", *argv]),
         "config": args.config,
         "overrides": args.overrides,
         "how": args.how,
@@ -205,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True, help="folder for the runs")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--how", default="", help="how the data was subsampled, for the table")
-    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--results", default=str(ROOT / "lab" / "results"))
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
     report = run_choice(args, argv)

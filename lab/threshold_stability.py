@@ -5,8 +5,8 @@ resamples of the source sentences (units: a sentence's words stay together). For
 grid (the default, and the default without its 0.995 / 0.999 tail) the table gives the alpha
 on the data itself and how often each alpha wins over the resamples.
 
-    python benchmarks/threshold_stability.py runs/study-conll/seed-1/eng-esp/selftrain \\
-        --resamples 200 --json benchmarks/results/threshold_stability_<name>.json
+    python -m lab.threshold_stability runs/study-conll/seed-1/eng-esp/selftrain \\
+        --resamples 200 --json lab/results/threshold_stability_<name>.json
 
 The folder must hold the round's soft student (``round-<r>/soft/model``) and ``config.json``;
 the source data is read as the stage read it (its packed cache, when still there).
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         report["folders"][str(folder)] = {"rows": len(conf), "units": n_units, "table": table}
         print(f"{folder}: {time.perf_counter() - t0:.0f} s")
     report["environment"] = provenance.environment(torch.device("cpu"))
-    md = render(report, shlex.join(["python", "benchmarks/threshold_stability.py", *argv]))
+    md = render(report, shlex.join(["python", "-m", "lab.threshold_stability", *argv]))
     print(md)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")

@@ -1,9 +1,9 @@
-"""benchmarks/voter_heads.py: the diagnostic patch lets only the first voter's gradient reach the
+"""lab/voter_heads.py: the diagnostic patch lets only the first voter's gradient reach the
 encoder (in training only), and the per-voter scores are those of each voter alone."""
 
 import torch
 
-from benchmarks.voter_heads import first_voter_trains_encoder
+from lab.voter_heads import first_voter_trains_encoder
 from xlt_engine.model import VotersModule
 
 

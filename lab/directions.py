@@ -1,5 +1,5 @@
 """The paper's ablation directions (its tables 5-6: self-training, BTF, the automatic threshold and
-the Voters Module each help) read off committed study reports (``benchmarks/study.py``), side by
+the Voters Module each help) read off committed study reports (``lab/study.py``), side by
 side over tasks and language pairs, so the README's summary is a command, not a hand count.
 
 A direction compares Ours with the row that lacks one part, seed by seed on the same target
@@ -12,10 +12,10 @@ more of one class: all O on NER, all negative on sentiment): where both rows of 
 collapsed, it compares two collapses, not the parts the paper ablates. Last, every self-training
 run (row, seed, target) minus + BTF on its seed, grouped by whether its pseudo labels collapsed.
 
-    python -m benchmarks.directions --name e5small_cpu \\
-        --study "CoNLL eng -> esp=benchmarks/results/study_conll_..._20261124.json" ...
+    python -m lab.directions --name e5small_cpu \\
+        --study "CoNLL eng -> esp=lab/results/study_conll_..._20261124.json" ...
 
-writes ``benchmarks/results/directions_<name>_<date>.md`` and ``.json``.
+writes ``lab/results/directions_<name>_<date>.md`` and ``.json``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import statistics
 from datetime import date
 from pathlib import Path
 
-from benchmarks.study import mean_std, write_report
+from lab.study import mean_std, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -155,7 +155,7 @@ def render(studies: list[dict], name: str) -> str:
         "",
         "Each direction: Ours (or + BTF) minus the row without the part, in points of the "
         "study's metric, per seed on the same target; mean ± std over seeds, the seeds where "
-        "the part helps, the verdict (`python -m benchmarks.directions`).",
+        "the part helps, the verdict (`python -m lab.directions`).",
         "",
         "| study | target | direction | mean ± std | per seed | seeds above | verdict |",
         "|---|---|---|---|---|---|---|",
@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
         metavar="LABEL=PATH",
         help="a study report (.json) and its label in the table; repeat, in table order",
     )
-    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--results", default=str(ROOT / "lab" / "results"))
     args = p.parse_args(argv)
     studies = [study_directions(label, path) for label, path in args.study]
     report = {"name": args.name, "date": date.today().isoformat(), "studies": studies}

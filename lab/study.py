@@ -1,6 +1,6 @@
 """The paper's ablation on real data (issue 17): the rows of its tables 5-6 (Ours, -AT, -VM,
 -BTF, -ST, direct transfer) over seeds, run by ``run_ablate``, written with every seed's score,
-mean +- std and each row's wall time to ``benchmarks/results/study_<name>_<date>.md`` and
+mean +- std and each row's wall time to ``lab/results/study_<name>_<date>.md`` and
 ``.json``.
 
 A row's wall time is what it takes to make that row from nothing: the sum, over seeds and
@@ -11,7 +11,7 @@ The whole study's wall time is measured around the call. ``--merge A.json B.json
 one study from studies of the same settings on other seeds or with other rows (a study
 extended by a later run).
 
-    python benchmarks/study.py --config configs/e5-small-conll.toml --name conll_e5small_cpu \\
+    python -m lab.study --config configs/e5-small-conll.toml --name conll_e5small_cpu \\
         --seeds 1,2,3 --out runs/study-conll --set data.max_train=600 ...
 """
 
@@ -181,7 +181,7 @@ def run_study(args, argv: list[str]) -> dict:
         {
             "name": args.name,
             "date": date.today().isoformat(),
-            "command": shlex.join(["python", "benchmarks/study.py", *argv]),
+            "command": shlex.join(["python", "-m", "lab.study", *argv]),
             "command_resolved": resolved_command(args),
             "config": args.config,
             "overrides": args.overrides,
@@ -417,7 +417,7 @@ def resolved_command(args) -> str:
     """The study's command with each option once, as it took effect: a wrapper such as
     ``study_conll_e5small.sh`` puts its own --name, --seeds, --out and --set before the
     caller's, and the later ones win (a --set only over the same key)."""
-    out = ["python", "benchmarks/study.py", "--config", args.config, "--name", args.name]
+    out = ["python", "-m", "lab.study", "--config", args.config, "--name", args.name]
     out += ["--seeds", args.seeds, "--out", args.out]
     if args.rows:
         out += ["--rows", args.rows]
@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how the data was subsampled, for the table (with --merge: replaces the studies' own)",
     )
     p.add_argument("--note", default="", help="what a reader must know of how it ran, last")
-    p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--results", default=str(ROOT / "lab" / "results"))
     p.add_argument(
         "--merge",
         nargs="+",

@@ -1,11 +1,11 @@
-"""benchmarks/directions.py: the paper's ablation directions read off study reports, seed by
+"""lab/directions.py: the paper's ablation directions read off study reports, seed by
 seed, with the verdicts and the pseudo-label collapses a reader needs to weigh them."""
 
 import json
 
 import pytest
 
-from benchmarks.directions import collapsed_round, main, render, study_directions
+from lab.directions import collapsed_round, main, render, study_directions
 
 
 def _study(rows, rounds_by_seed, seeds=(1, 2, 3), pair="eng-esp"):

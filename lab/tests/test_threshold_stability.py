@@ -1,10 +1,10 @@
-"""benchmarks/threshold_stability.py: the weighted curve is the engine's curve, and a clear
+"""lab/threshold_stability.py: the weighted curve is the engine's curve, and a clear
 bend is found on (nearly) every resample of the sentences."""
 
 import numpy as np
 import torch
 
-from benchmarks.threshold_stability import stability, weighted_curve
+from lab.threshold_stability import stability, weighted_curve
 from xlt_engine.engine.method.threshold import DEFAULT_GRID
 from xlt_engine.kernels import threshold_curve
 

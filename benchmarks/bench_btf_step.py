@@ -32,7 +32,7 @@ from benchmarks.record import append, environment
 from xlt_engine.data import load_tokenizer, read_conll
 from xlt_engine.data.masking import MlmMasker
 from xlt_engine.engine.method.btf import MlmObjective
-from xlt_engine.engine.train.loop import freeze
+from xlt_engine.engine.train.optim import freeze
 from xlt_engine.model import BertConfig, BertForMLM, save_pretrained
 
 

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from xlt_engine.engine.method.btf import BtfConfig, run_btf
-from xlt_engine.engine.train.loop import TrainConfig, latest_checkpoint
+from xlt_engine.engine.train.checkpoints import latest_checkpoint
+from xlt_engine.engine.train.loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[3]
 

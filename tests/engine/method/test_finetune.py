@@ -23,8 +23,9 @@ from xlt_engine.engine.method.evaluate import (
     run_predict,
 )
 from xlt_engine.engine.method.finetune import FinetuneConfig, run_finetune
+from xlt_engine.engine.train.checkpoints import latest_checkpoint
 from xlt_engine.engine.train.inference import predict_logits
-from xlt_engine.engine.train.loop import TrainConfig, latest_checkpoint
+from xlt_engine.engine.train.loop import TrainConfig
 from xlt_engine.model.task import load_task_model
 
 ROOT = Path(__file__).resolve().parents[3]

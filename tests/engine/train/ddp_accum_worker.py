@@ -13,7 +13,7 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 from xlt_engine.engine.train import distributed
-from xlt_engine.engine.train.loop import TrainConfig, train
+from xlt_engine.engine.train.loop import RunIO, TrainConfig, train
 
 
 class Batches:
@@ -55,10 +55,7 @@ def run(out: Path, grad_accum: int, steps: int) -> tuple[int, dict]:
         Batches(rank, world),
         cfg,
         out,
-        save_model=lambda m, f: None,
-        load_model=lambda m, f: None,
-        echo=None,
-        progress=False,
+        RunIO(lambda m, f: None, lambda m, f: None, echo=None, progress=False),
     )
     return calls["n"], {k: v.detach().clone() for k, v in model.state_dict().items()}
 

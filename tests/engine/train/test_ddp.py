@@ -40,7 +40,7 @@ def torchrun(nproc: int, *args: str, check: bool = True) -> subprocess.Completed
 
 
 def launch(spec: dict, nproc: int) -> None:
-    torchrun(nproc, str(ROOT / "tests" / "engine" / "ddp_worker.py"), json.dumps(spec))
+    torchrun(nproc, str(ROOT / "tests" / "engine" / "train" / "ddp_worker.py"), json.dumps(spec))
 
 
 def assert_close_weights(a: Path, b: Path, names=("model.safetensors",)):
@@ -204,7 +204,7 @@ def test_selftrain_two_gloo_processes_equal_one_process(synth_nodrop, tmp_path):
 
 def test_grad_accum_under_ddp_all_reduces_once_per_step_and_equals_one_process(tmp_path):
     # 2 ranks x grad_accum 2 consume global batches 0-3 per step, as 1 process with grad_accum 4
-    worker = ROOT / "tests" / "engine" / "ddp_accum_worker.py"
+    worker = ROOT / "tests" / "engine" / "train" / "ddp_accum_worker.py"
     for nproc, accum, out in ((2, 2, tmp_path / "ddp"), (1, 4, tmp_path / "one")):
         out.mkdir()
         torchrun(nproc, str(worker), str(out), str(accum))

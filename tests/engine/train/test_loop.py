@@ -5,7 +5,8 @@ learning-rate scale. Its kill-and-resume and SIGTERM tests run through btf (test
 import pytest
 import torch
 
-from xlt_engine.engine.train.loop import NonFiniteLoss, TrainConfig, latest_checkpoint, train
+from xlt_engine.engine.train.checkpoints import latest_checkpoint
+from xlt_engine.engine.train.loop import NonFiniteLoss, RunIO, TrainConfig, train
 
 
 class Data:
@@ -44,7 +45,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
     cfg = TrainConfig(max_steps=10, lr=1e-3, save_every=5, log_every=1)
     with pytest.raises(NonFiniteLoss, match=r"step 7, epoch 1, batch 2.*ckpt-00000005"):
-        train(model, loss_fn, Data(), cfg, tmp_path, save_model=save, load_model=None, echo=None)
+        train(model, loss_fn, Data(), cfg, tmp_path, RunIO(save, None, echo=None))
     assert latest_checkpoint(tmp_path).name == "ckpt-00000005"
 
 
@@ -71,7 +72,7 @@ def test_logged_loss_is_the_mean_of_its_own_steps(tmp_path):
         folder.mkdir()
 
     cfg = TrainConfig(max_steps=12, lr=1e-3, log_every=4, save_every=3)
-    r = train(model, loss_fn, Data(), cfg, tmp_path, save_model=save, load_model=None, echo=None)
+    r = train(model, loss_fn, Data(), cfg, tmp_path, RunIO(save, None, echo=None))
     assert [h["step"] for h in r.history] == [3, 4, 6, 8, 9, 12]
     assert all(abs(h["loss"] - 2.0) < 1e-6 for h in r.history), r.history
 
@@ -87,27 +88,17 @@ def test_progress_bar_and_fresh_run_guard(tmp_path, capsys):
 
     cfg = TrainConfig(max_steps=4, lr=1e-3, log_every=2)
     run = tmp_path / "bar-run"
-    train(
-        model, loss_fn, Data(), cfg, run, save_model=save, load_model=None, echo=None, progress=True
-    )
+    train(model, loss_fn, Data(), cfg, run, RunIO(save, None, echo=None, progress=True))
     assert "bar-run" in capsys.readouterr().err  # click's bar (hidden off a terminal: its label)
     with pytest.raises(ValueError, match="holds the checkpoints of an earlier run"):
-        train(model, loss_fn, Data(), cfg, run, save_model=save, load_model=None, echo=None)
+        train(model, loss_fn, Data(), cfg, run, RunIO(save, None, echo=None))
 
 
 def test_epochs_resolve_to_steps():
     assert TrainConfig(epochs=2.5, grad_accum=2).with_steps(9).max_steps == 12  # ceil(22.5 / 2)
     assert TrainConfig(max_steps=5, epochs=3).with_steps(100).max_steps == 5  # max_steps wins
     with pytest.raises(ValueError, match="resolve epochs first"):
-        train(
-            torch.nn.Linear(1, 1),
-            None,
-            Data(),
-            TrainConfig(epochs=1),
-            "x",
-            save_model=None,
-            load_model=None,
-        )
+        train(torch.nn.Linear(1, 1), None, Data(), TrainConfig(epochs=1), "x", RunIO(None, None))
 
 
 def test_checkpoints_are_written_by_the_clock_by_default(tmp_path):
@@ -131,7 +122,7 @@ def test_checkpoints_are_written_by_the_clock_by_default(tmp_path):
 
         cfg = TrainConfig(max_steps=5, lr=1e-3, log_every=100, save_minutes=minutes)
         out = tmp_path / f"m{minutes}"
-        train(model, loss_fn, Data(), cfg, out, save_model=save, load_model=None, echo=None)
+        train(model, loss_fn, Data(), cfg, out, RunIO(save, None, echo=None))
         assert saved == want
         assert [p.name for p in out.glob("ckpt-*")] == ["ckpt-00000005"]  # keep_checkpoints 1
     for bad in (-1, float("inf"), float("nan")):
@@ -150,32 +141,14 @@ def test_small_losses_print_and_nan_before_any_checkpoint_says_so(tmp_path):
         folder.mkdir()
 
     cfg = TrainConfig(max_steps=2, lr=1e-3, log_every=1)
-    train(
-        model,
-        tiny_loss,
-        Data(),
-        cfg,
-        tmp_path / "a",
-        save_model=save,
-        load_model=None,
-        echo=lines.append,
-    )
+    train(model, tiny_loss, Data(), cfg, tmp_path / "a", RunIO(save, None, echo=lines.append))
     assert "loss 1.9e-07 " in lines[0], lines  # a fixed 4 decimals printed 0.0000
 
     def nan_loss(m, batch, gen):
         return m(batch["x"]).sum() * float("nan")
 
     with pytest.raises(NonFiniteLoss, match="no checkpoint was written yet") as info:
-        train(
-            model,
-            nan_loss,
-            Data(),
-            cfg,
-            tmp_path / "b",
-            save_model=save,
-            load_model=None,
-            echo=None,
-        )
+        train(model, nan_loss, Data(), cfg, tmp_path / "b", RunIO(save, None, echo=None))
     assert "None" not in str(info.value)
 
 
@@ -191,7 +164,7 @@ def test_metrics_records_carry_a_run_id_and_time_and_never_mix_runs(tmp_path):
     stale = {"run": "killed", "step": 1, "loss": 9.0}
     (run / "metrics.jsonl").write_text(json.dumps(stale) + "\n" + '{"step": 2, "lo')  # cut
     cfg = TrainConfig(max_steps=6, lr=1e-3, log_every=1, save_every=3)
-    train(model, loss_fn, Data(), cfg, run, save_model=save, load_model=load, echo=None)
+    train(model, loss_fn, Data(), cfg, run, RunIO(save, load, echo=None))
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert len({r["run"] for r in records}) == 1 and all(r["time"] > 1.7e9 for r in records)
@@ -203,9 +176,7 @@ def test_metrics_records_carry_a_run_id_and_time_and_never_mix_runs(tmp_path):
     state = torch.load(run / "ckpt-00000003" / "state.pt", weights_only=False)
     state.update(step=3, index=3)
     torch.save(state, run / "ckpt-00000003" / "state.pt")
-    train(
-        model, loss_fn, Data(), cfg, run, save_model=save, load_model=load, resume=True, echo=None
-    )
+    train(model, loss_fn, Data(), cfg, run, RunIO(save, load, echo=None), resume=True)
     again = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in again] == [1, 2, 3, 4, 5, 6]
     assert again[:3] == records[:3] and again[3]["run"] != records[0]["run"]
@@ -225,7 +196,7 @@ def test_weights_that_overflowed_are_never_saved_as_a_good_checkpoint(tmp_path):
 
     cfg = TrainConfig(max_steps=6, lr=1e-3, log_every=100, save_every=1, clip=0.0)
     with pytest.raises(NonFiniteLoss, match=r"non-finite weights at step 1 \(bias\)") as info:
-        train(model, loss_fn, Data(), cfg, tmp_path, save_model=save, load_model=None, echo=None)
+        train(model, loss_fn, Data(), cfg, tmp_path, RunIO(save, None, echo=None))
     assert "no checkpoint was written yet" in str(info.value)
     assert latest_checkpoint(tmp_path) is None
 
@@ -234,15 +205,15 @@ def test_resume_refuses_a_changed_training_setting_by_name(tmp_path):
     model = torch.nn.Linear(3, 1)
     loss_fn, save, load = square_loss, save_weights, load_weights
     cfg = TrainConfig(max_steps=3, lr=1e-3, log_every=1, freeze=("bias",))
-    train(model, loss_fn, Data(), cfg, tmp_path, save_model=save, load_model=load, echo=None)
-    more = dict(save_model=save, load_model=load, resume=True, echo=None)
+    train(model, loss_fn, Data(), cfg, tmp_path, RunIO(save, load, echo=None))
+    io = RunIO(save, load, echo=None)
     changed = TrainConfig(max_steps=3, lr=2e-3, log_every=5, freeze=("bias",))
     with pytest.raises(ValueError, match=r"other settings: lr: 0.001 -> 0.002; resume with"):
-        train(model, loss_fn, Data(), changed, tmp_path, **more)
-    train(model, loss_fn, Data(), changed, tmp_path, accept_changes=True, **more)
+        train(model, loss_fn, Data(), changed, tmp_path, io, resume=True)
+    train(model, loss_fn, Data(), changed, tmp_path, io, resume="accept_changes")
     # log_every is free to change, and a stored tuple reads back equal
-    train(model, loss_fn, Data(), TrainConfig(**{**cfg.__dict__, "log_every": 7}), tmp_path,
-          **more)  # fmt: skip
+    train(model, loss_fn, Data(), TrainConfig(**{**cfg.__dict__, "log_every": 7}), tmp_path, io,
+          resume=True)  # fmt: skip
 
 
 class TwoPart(torch.nn.Module):
@@ -268,8 +239,7 @@ def test_head_lr_scale_moves_the_head_that_much_faster(tmp_path, scale):
     cfg = TrainConfig(max_steps=1, lr=lr, head_lr_scale=scale, warmup_ratio=0, weight_decay=0)
     data = type("Ones", (), {"num_batches": lambda s, e: 1,
                              "batch": lambda s, e, i: {"x": torch.ones(2, 3)}})()  # fmt: skip
-    train(model, square_loss, data, cfg, tmp_path, save_model=save_weights, load_model=None,
-          echo=None)  # fmt: skip
+    train(model, square_loss, data, cfg, tmp_path, RunIO(save_weights, None, echo=None))  # fmt: skip
     for name, p in model.named_parameters():
         want = lr * (scale if name.startswith("voters.") else 1.0)
         moved = (p.detach() - before[name]).abs()
@@ -281,8 +251,7 @@ def test_head_lr_scale_needs_a_head_and_a_sane_value(tmp_path):
         TrainConfig(max_steps=1, head_lr_scale=0)
     cfg = TrainConfig(max_steps=1, head_lr_scale=10)
     with pytest.raises(ValueError, match=r"head_lr_scale=10: this model has no trainable task"):
-        train(torch.nn.Linear(3, 1), square_loss, Data(), cfg, tmp_path,
-              save_model=save_weights, load_model=None, echo=None)  # fmt: skip
+        train(torch.nn.Linear(3, 1), square_loss, Data(), cfg, tmp_path, RunIO(save_weights, None, echo=None))  # fmt: skip
 
 
 def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default():

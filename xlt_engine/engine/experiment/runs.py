@@ -47,8 +47,8 @@ from pathlib import Path
 
 from xlt_engine.engine.experiment.config import LIMITS, ConfigError, ExperimentConfig
 from xlt_engine.engine.method.settings import TEST_SPLIT, FreezeSettings, SelftrainSettings
+from xlt_engine.engine.train.checkpoints import latest_checkpoint
 from xlt_engine.engine.train.distributed import rank_world
-from xlt_engine.engine.train.loop import latest_checkpoint
 from xlt_engine.fileio import atomic_write_text, file_sha256
 
 FINGERPRINT = "fingerprint.json"

@@ -56,8 +56,9 @@ from xlt_engine.engine.method.settings import (
     settings_of,
 )
 from xlt_engine.engine.train import distributed
+from xlt_engine.engine.train.checkpoints import drop_checkpoints
 from xlt_engine.engine.train.distributed import rank_world, resolve_device
-from xlt_engine.engine.train.loop import TrainConfig, drop_checkpoints
+from xlt_engine.engine.train.loop import TrainConfig
 from xlt_engine.fileio import (
     DEBRIS,
     LOCK_FILE,

@@ -25,7 +25,8 @@ from xlt_engine.data.tokenizer import WordPieceTokenizer, load_tokenizer
 from xlt_engine.engine.method.settings import BtfSettings, FreezeSettings, StageSettings
 from xlt_engine.engine.train import distributed
 from xlt_engine.engine.train.distributed import rank_world
-from xlt_engine.engine.train.loop import TrainResult, prepare, train
+from xlt_engine.engine.train.loop import RunIO, TrainResult, train
+from xlt_engine.engine.train.optim import prepare
 from xlt_engine.kernels import fused_mlm_loss
 from xlt_engine.model import BertForMLM, load_pretrained, save_pretrained
 
@@ -156,11 +157,8 @@ def run_btf(cfg: BtfConfig, resume: bool = False, echo=print, progress=None) -> 
         data,
         train_cfg,
         out,
-        save_model=save,
-        load_model=load,
+        RunIO(save, load, echo=echo, progress=progress),
         resume=resume,
-        echo=echo,
-        progress=progress,
     )
     if rank == 0:
         save_pretrained(model, out / "base-model", tok)

@@ -54,10 +54,11 @@ from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine.method.finetune import FinetuneConfig, run_finetune
 from xlt_engine.engine.method.settings import CotrainSettings, TaskSettings, check_limit
 from xlt_engine.engine.train import distributed
+from xlt_engine.engine.train.checkpoints import latest_checkpoint
 from xlt_engine.engine.train.distributed import rank_world
 from xlt_engine.engine.train.inference import predict_logits
-from xlt_engine.engine.train.loop import latest_checkpoint, resolve_precision
 from xlt_engine.engine.train.metrics import accuracy
+from xlt_engine.engine.train.optim import resolve_precision
 from xlt_engine.fileio import atomic_folder, atomic_write_bytes, atomic_write_text, link_or_copy
 from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import load_task_model

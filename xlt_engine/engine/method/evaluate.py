@@ -33,7 +33,7 @@ from xlt_engine.engine.train.inference import (
     predicted_labels,
     score,
 )
-from xlt_engine.engine.train.loop import resolve_precision
+from xlt_engine.engine.train.optim import resolve_precision
 from xlt_engine.fileio import atomic_write_text, write_results
 from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import load_task_model

@@ -48,9 +48,11 @@ from xlt_engine.engine.method.settings import (
     check_limit,
 )
 from xlt_engine.engine.train import distributed
+from xlt_engine.engine.train.checkpoints import latest_checkpoint
 from xlt_engine.engine.train.distributed import rank_world
 from xlt_engine.engine.train.inference import evaluate_model, forward_batch
-from xlt_engine.engine.train.loop import TrainResult, latest_checkpoint, prepare, train
+from xlt_engine.engine.train.loop import RunIO, TrainResult, train
+from xlt_engine.engine.train.optim import prepare
 from xlt_engine.fileio import atomic_write_text
 from xlt_engine.kernels import supcon_loss
 from xlt_engine.model.checkpoint import load_encoder
@@ -218,12 +220,9 @@ def run_finetune(
         data,
         cfg.train.with_steps(data.num_batches(0)),
         out,
-        save_model=save,
-        load_model=load,
+        RunIO(save, load, echo=echo, progress=progress),
         resume=resume,
         evaluate=evaluate,
-        echo=echo,
-        progress=progress,
     )
     if cfg.semantic_alignment:  # phase 2: CE + SA on the parallel items, a smaller lr
         enc_sa, source_labels, rows = sa_encoded(
@@ -242,12 +241,9 @@ def run_finetune(
             sa_data,
             sa_train.with_steps(sa_data.num_batches(0)),
             out / SA_FOLDER,
-            save_model=save,
-            load_model=load,
+            RunIO(save, load, echo=echo, progress=progress),
             resume=latest_checkpoint(out / SA_FOLDER) is not None,
             evaluate=evaluate,
-            echo=echo,
-            progress=progress,
         )
     dev = None
     if rank == 0:

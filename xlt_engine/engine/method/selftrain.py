@@ -103,6 +103,7 @@ from xlt_engine.engine.method.settings import (
     check_limit,
 )
 from xlt_engine.engine.train import distributed
+from xlt_engine.engine.train.checkpoints import latest_checkpoint
 from xlt_engine.engine.train.distributed import rank_world
 from xlt_engine.engine.train.inference import (
     check_task_model,
@@ -111,13 +112,9 @@ from xlt_engine.engine.train.inference import (
     predict_logits,
     shard_items,
 )
-from xlt_engine.engine.train.loop import (
-    format_loss,
-    latest_checkpoint,
-    prepare,
-    resolve_precision,
-    train,
-)
+from xlt_engine.engine.train.loop import RunIO, train
+from xlt_engine.engine.train.optim import prepare, resolve_precision
+from xlt_engine.engine.train.progress import format_loss
 from xlt_engine.fileio import (
     append_jsonl,
     atomic_folder,
@@ -660,13 +657,13 @@ class SelfTraining:
             data,
             train_cfg.with_steps(data.num_batches(0)),
             folder,
-            save_model=lambda m, f: save_task_model(m, f, self.tok),
-            load_model=lambda m, f: m.load_state_dict(
-                load_task_model(f, device=self.device).state_dict()
+            RunIO(
+                lambda m, f: save_task_model(m, f, self.tok),
+                lambda m, f: m.load_state_dict(load_task_model(f, device=self.device).state_dict()),
+                echo=self.echo,
+                progress=self.progress,
             ),
             resume=latest_checkpoint(folder) is not None,
-            echo=self.echo,
-            progress=self.progress,
         )
         if self.main:
             save_task_model(model, folder / "model", self.tok)

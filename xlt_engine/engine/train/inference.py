@@ -20,8 +20,8 @@ from xlt_engine.data.align import word_predictions
 from xlt_engine.data.batching import length_batches
 from xlt_engine.data.task import Encoded, TaskData, encode, item_rows, make_batch, task_kind
 from xlt_engine.engine.train.distributed import all_gather_rows, rank_world
-from xlt_engine.engine.train.loop import resolve_precision
 from xlt_engine.engine.train.metrics import accuracy, entity_confusion, entity_f1, label_confusion
+from xlt_engine.engine.train.optim import resolve_precision
 from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import TaskModel, read_task_meta
 

@@ -1,10 +1,13 @@
 """The training loop: one readable function, no callbacks, no framework.
 
-``train(model, loss_fn, data, cfg, run_dir, ...)`` runs ``cfg.max_steps`` optimizer steps of
+``train(model, loss_fn, data, cfg, run_dir, io)`` runs ``cfg.max_steps`` optimizer steps of
 AdamW (fused on CUDA) with linear warm-up over ``warmup_ratio`` of the steps then linear decay,
 gradient accumulation, clipping, parameter freezing by name pattern, and mixed precision (bf16
 autocast on CUDA by default, fp16 with a grad scaler as an option, fp32 on CPU; master weights
-stay fp32).
+stay fp32). The step reads top to bottom in ``train``; beside it, as components: ``Run`` (set-up,
+resume, records, saves), ``checkpoints`` (the folder's checkpoints), ``progress`` (metrics file,
+progress bar, TensorBoard), ``optim`` (freezing, parameter groups, schedule, precision) and
+``faults`` (the tests' fault injection).
 
 Data is a ``DataSource``: ``num_batches(epoch)`` and ``batch(epoch, index)``, each a pure
 function of its arguments (the order of an epoch comes from ``(seed, epoch)``), so the data
@@ -14,54 +17,45 @@ randomness of its own (MLM masking); dropout draws from torch's global RNG, whos
 
 Checkpoints are written every ``save_minutes`` of training (10 by default, so a kill loses at
 most that), every ``save_every`` steps if set, at the end and on SIGINT/SIGTERM; the newest
-``keep_checkpoints`` stay. ``run_dir/ckpt-<step>/`` holds the model (``save_model``: for BERT, safetensors
-with Hugging Face names) and ``state.pt`` (optimizer, scaler, step, data position, RNG states of
-python / numpy / torch / cuda); ``run_dir/latest`` names the newest complete one and is
-replaced atomically after both are written, so a kill at any moment leaves a usable checkpoint.
-``resume=True`` continues from it exactly: on CPU the final weights equal an uninterrupted run's
-bit for bit; a changed training setting (other than ``RESUME_FREE``) is refused by name unless
-``accept_changes``. SIGINT / SIGTERM finish the current step, write a checkpoint and raise
-``Interrupted`` (whose message says how to resume). A non-finite loss stops the run with an
-error naming the step and batch before any checkpoint after it is written, and weights that are
-not finite are never saved as a checkpoint.
+``keep_checkpoints`` stay (``io.save_model`` writes the model: for BERT, safetensors with
+Hugging Face names). ``resume=True`` continues from the latest exactly: on CPU the final weights
+equal an uninterrupted run's bit for bit; a changed training setting (other than
+``RESUME_FREE``) is refused by name unless ``resume="accept_changes"``. SIGINT / SIGTERM finish
+the current step, write a checkpoint and raise ``Interrupted`` (whose message says how to
+resume). A non-finite loss stops the run with an error naming the step and batch before any
+checkpoint after it is written, and weights that are not finite are never saved.
 
-Metrics go to ``run_dir/metrics.jsonl`` (one JSON object per log interval or evaluation, with
-``run``, an id per call of ``train``, and ``time``, Unix seconds); a fresh run starts the file
-over and a resumed one drops the records after its checkpoint. ``.item()`` is called only there. Distributed (DDP, ``torch.distributed`` initialised, e.g. by
-``train.distributed.init``): freeze, then wrap the model before calling ``train``; the data
-source shards batches round-robin by rank (``data.batching.shard``); the logged loss and token
-counts are reduced over ranks; a signal stops, and a due time-based save saves, every rank at
-the next log or save point (no per-step sync); each rank's RNG state goes into the
-checkpoint; only rank 0 writes.
+``.item()`` is called only at log and save points. Distributed (DDP, ``torch.distributed``
+initialised, e.g. by ``train.distributed.init``): freeze, then wrap the model before calling
+``train``; the data source shards batches round-robin by rank (``data.batching.shard``); the
+logged loss and token counts are reduced over ranks; a signal stops, and a due time-based save
+saves, every rank at the next log or save point (no per-step sync); each rank's RNG state goes
+into the checkpoint; only rank 0 writes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import math
-import os
 import random
 import re
-import shutil
 import signal
-import sys
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
-import click
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from xlt_engine.engine.train import distributed
-from xlt_engine.fileio import append_jsonl, atomic_file, atomic_write_text, folder_bytes, read_jsonl
+from xlt_engine.engine.train import distributed, faults
+from xlt_engine.engine.train.checkpoints import Checkpoints, last_good, non_finite_parameters
+from xlt_engine.engine.train.optim import freeze, lr_at, param_groups, resolve_precision, unwrap
+from xlt_engine.engine.train.progress import RunLog
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 MAX_EPOCHS = 1e6  # beyond these a typo, not a plan (and 1e308 epochs overflowed the step count)
@@ -159,27 +153,6 @@ class TrainConfig:
         return replace(self, max_steps=max(1, steps))
 
 
-class Board:
-    """TensorBoard scalars from the metric records (loss, lr, tokens/s, grad norm, dev scores),
-    one event file folder per training stage, so runs compare in TensorBoard."""
-
-    SKIP = ("run", "time", "step", "epoch")
-
-    def __init__(self, folder: Path):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(log_dir=str(folder))
-
-    def write(self, record: dict) -> None:
-        for key, value in record.items():
-            if key not in self.SKIP and isinstance(value, int | float) and math.isfinite(value):
-                self.writer.add_scalar(key, value, record["step"])
-        self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()
-
-
 class DataSource(Protocol):
     def num_batches(self, epoch: int) -> int: ...
 
@@ -192,168 +165,6 @@ class TrainResult:
     last_loss: float
     checkpoint: Path | None
     history: list[dict] = field(default_factory=list)
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up over ``warmup_ratio * max_steps`` steps, then linear decay to 0."""
-    warm = int(cfg.warmup_ratio * cfg.max_steps)
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    return cfg.lr * max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - warm))
-
-
-HEAD_PREFIX = "voters."  # the task model's fresh head (``TaskModel.voters``)
-
-
-def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
-    """The optimizer's groups over the trainable parameters: weight decay on matrices only (not
-    biases and LayerNorm); with ``head_lr_scale != 1`` the head's (``HEAD_PREFIX``) get their
-    own groups, whose ``lr_scale`` the schedule multiplies in. A scale with no head to apply it
-    to is an error (an MLM model has none)."""
-    named = [(n, p) for n, p in _unwrap(model).named_parameters() if p.requires_grad]
-    if not named:
-        raise ValueError("every parameter is frozen: nothing to train")
-    scaled = cfg.head_lr_scale != 1.0
-    if scaled and not any(n.startswith(HEAD_PREFIX) for n, _ in named):
-        raise ValueError(
-            f"head_lr_scale={cfg.head_lr_scale:g}: this model has no trainable task head "
-            f"({HEAD_PREFIX}*) to give it to"
-        )
-    groups = []
-    for head in (False, True) if scaled else (None,):
-        part = [(n, p) for n, p in named if head is None or n.startswith(HEAD_PREFIX) == head]
-        scale = cfg.head_lr_scale if head else 1.0
-        for decay in (True, False):
-            ps = [p for _, p in part if (p.dim() >= 2) == decay]
-            wd = cfg.weight_decay if decay else 0.0
-            groups.append({"params": ps, "weight_decay": wd, "lr_scale": scale})
-    return groups
-
-
-def freeze(
-    model: nn.Module, patterns: tuple[str, ...] | list[str], apply: bool = True
-) -> list[str]:
-    """Set ``requires_grad=False`` on parameters whose name matches a pattern (``re.match``);
-    returns their names. A pattern that matches nothing is an error (a typo would silently
-    train everything). ``apply=False`` only checks that they are frozen already (a model
-    wrapped in DDP must be frozen before wrapping)."""
-    names = [n for n, _ in model.named_parameters()]
-    frozen = []
-    for pattern in patterns:
-        hits = [n for n in names if re.match(pattern, n)]
-        if not hits:
-            raise ValueError(
-                f"freeze pattern {pattern!r} matches no parameter (names look like {names[0]!r})"
-            )
-        frozen += hits
-    frozen = sorted(set(frozen))
-    for name, p in model.named_parameters():
-        if name in frozen and p.requires_grad:
-            if not apply:
-                raise ValueError(
-                    f"{name} matches a freeze pattern but is trainable: freeze before wrapping "
-                    "the model in DDP (loop.prepare)"
-                )
-            p.requires_grad_(False)
-    return frozen
-
-
-def prepare(model: nn.Module, cfg: TrainConfig, device: torch.device, frozen=()) -> nn.Module:
-    """Freeze exactly ``frozen``, ``cfg.freeze`` (patterns over ``model``'s parameter names)
-    and the parameters the model says it never reads (``model.idle_parameters()``, e.g. a
-    pooler that the loss does not use: DDP needs a gradient for every trainable parameter);
-    every other parameter trains, whatever an earlier step froze. Then wrap the model in DDP
-    when a process group is up: what a stage hands to ``train``."""
-    for p in model.parameters():
-        p.requires_grad_(True)
-    idle = model.idle_parameters() if hasattr(model, "idle_parameters") else []
-    freeze(model, (*frozen, *cfg.freeze, *(re.escape(n) + r"\Z" for n in idle)))
-    return distributed.wrap(model, device)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None: fp32)."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return None
-    if device.type != "cuda" and precision == "fp16":
-        raise ValueError("fp16 needs CUDA (use fp32 or bf16 on CPU)")
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
-def _generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    return torch.Generator().manual_seed(hash((seed, epoch, index)) & (2**63 - 1))
-
-
-def _rng_state() -> dict:
-    np_state = np.random.get_state(legacy=False)  # its key array as a tensor: no pickle needed
-    np_state["state"]["key"] = torch.from_numpy(np_state["state"]["key"].astype(np.int64))
-    state = {"python": random.getstate(), "numpy": np_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np_state = state["numpy"]
-    np_state["state"]["key"] = np_state["state"]["key"].numpy().astype(np.uint32)
-    np.random.set_state(np_state)
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = run_dir / "latest"
-    if not pointer.is_file():
-        return None
-    folder = run_dir / pointer.read_text(encoding="utf-8").strip()
-    if not (folder / "state.pt").is_file():
-        raise ValueError(f"{pointer} names {folder.name}, which has no state.pt")
-    return folder
-
-
-def drop_checkpoints(folder: Path) -> int:
-    """Remove the loop checkpoints (``latest`` and ``ckpt-*/``, optimizer state included) of
-    every training run at or below ``folder`` (a stage's own, a self-training step's, a
-    co-training view's): what a finished stage no longer needs. Each run's ``latest`` goes
-    first, so a kill midway leaves no pointer to a half-removed folder. Returns the bytes freed."""
-    runs = {p.parent for p in folder.rglob("latest") if p.is_file()}
-    runs |= {p.parent.parent for p in folder.rglob("ckpt-*/state.pt")}
-    freed = 0
-    for run in sorted(runs):
-        (run / "latest").unlink(missing_ok=True)
-        for ckpt in sorted(p for p in run.glob("ckpt-*") if p.is_dir()):
-            freed += folder_bytes(ckpt)
-            shutil.rmtree(ckpt)
-    return freed
-
-
-def fault_kill_step(run_dir: Path) -> int | None:
-    """Fault injection for the kill-and-resume tests: ``XLT_KILL_AT="[FOLDER:]STEP"`` makes
-    ``train`` SIGKILL its own process right after optimizer step STEP, in a run folder whose
-    path ends with FOLDER (any folder when it is left out), e.g. ``round-2/soft:150``."""
-    spec = os.environ.get("XLT_KILL_AT", "")
-    if not spec:
-        return None
-    folder, _, step = spec.rpartition(":")
-    if folder and not run_dir.as_posix().endswith(folder):
-        return None
-    try:
-        return int(step)
-    except ValueError:
-        raise ValueError(f"XLT_KILL_AT={spec!r}: expected [FOLDER:]STEP") from None
-
-
-def _restart_metrics(path: Path, step: int) -> None:
-    """Keep the records of steps up to ``step`` (the checkpoint a run resumes from; 0: a fresh
-    run), so the file never holds a killed run's steps twice or an older run's at all."""
-    if not path.exists():
-        return
-    keep = [r for r in read_jsonl(path) if r.get("step", 0) <= step] if step else []
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
 
 RESUME_FREE = (
@@ -382,92 +193,228 @@ def config_changes(stored: dict | None, current: dict) -> list[str]:
     return out
 
 
-def non_finite_parameters(model: nn.Module) -> list[str]:
-    """Names of the parameters holding inf or NaN (one host sync for all of them)."""
-    named = [(n, p) for n, p in model.named_parameters() if p.is_floating_point()]
-    if not named:
-        return []
-    ok = torch.stack([p.detach().isfinite().all() for _, p in named]).cpu()
-    return [n for (n, _), good in zip(named, ok.tolist(), strict=True) if not good]
+def _generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    return torch.Generator().manual_seed(hash((seed, epoch, index)) & (2**63 - 1))
 
 
-def _last_good(run_dir: Path) -> str:
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        return "no checkpoint was written yet (the run starts over)"
-    return f"the last good checkpoint is {ckpt}"
+@dataclass(frozen=True)
+class RunIO:
+    """How a run keeps its model in a checkpoint (``save_model(model, folder)``,
+    ``load_model(model, folder)``) and where it reports: log lines to ``echo`` and, with
+    ``progress`` (None: when stderr is a terminal), a click progress bar on stderr instead."""
+
+    save_model: Callable[[nn.Module, Path], None]
+    load_model: Callable[[nn.Module, Path], None] | None = None
+    echo: Callable[[str], None] | None = print
+    progress: bool | None = None
 
 
-def format_loss(value: float) -> str:
-    """Four significant digits: 0.6931, 12.35, 1.9e-07 (a fixed 4 decimals printed 0.0000)."""
-    return f"{value:.4g}"
+@dataclass
+class Position:
+    """Where a run is: optimizer steps done, and the next batch's ``(epoch, index)``."""
+
+    step: int = 0
+    epoch: int = 0
+    index: int = 0
+    last: tuple[int, int] = (0, 0)  # the last batch read: (epoch, index)
+
+    def next_batch(self, data: DataSource, cfg: TrainConfig, rank: int, world: int):
+        """The next batch and its generator, keyed by the global batch number: rank r's i-th
+        batch is batch i * world + r of the epoch (``shard`` is round-robin), so a DDP run draws
+        the same masks as one process running grad_accum = world over the same batches."""
+        n = data.num_batches(self.epoch)
+        if n == 0:
+            raise ValueError(f"epoch {self.epoch} has no batches")
+        if self.index >= n:
+            self.epoch, self.index = self.epoch + 1, 0
+        batch = data.batch(self.epoch, self.index)
+        gen = _generator(cfg.seed, self.epoch, self.index * world + rank)
+        self.last = (self.epoch, self.index)
+        self.index += 1
+        return batch, gen
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") else model
+class Meter:
+    """The loss and token counts since the last record, kept on the device (no host sync until
+    a record is made), reduced over ranks when a record is made."""
+
+    def __init__(self, device: torch.device, run_id: str):
+        self.device, self.run_id = device, run_id
+        self.loss = torch.zeros((), device=device)
+        self.tokens = torch.zeros((), dtype=torch.float64)  # CPU: the masks are CPU tensors
+        self.steps, self.clock = 0, time.perf_counter()
+
+    def add(self, loss: torch.Tensor, batch: dict, grad_accum: int) -> None:
+        self.loss += loss.detach() / grad_accum
+        if "attention_mask" in batch:
+            self.tokens += batch["attention_mask"].sum()
+
+    def record(self, step: int, epoch: int, lr: float, world: int) -> dict:
+        """The mean loss of the steps since the last record (the one sync point), tokens per
+        second, then starts over; raises NonFiniteLoss on a non-finite mean."""
+        if world > 1:
+            sums = torch.stack([self.loss.double(), self.tokens.to(self.device)])
+            dist.all_reduce(sums)
+            self.loss.copy_(sums[0] / world)
+            self.tokens = sums[1].cpu()
+        mean = self.loss.item() / max(1, self.steps)
+        if not math.isfinite(mean):
+            raise NonFiniteLoss(f"non-finite loss in steps {step - self.steps + 1}-{step}")
+        now = time.perf_counter()
+        record = {
+            "run": self.run_id,
+            "time": round(time.time(), 3),
+            "step": step,
+            "loss": mean,
+            "lr": lr,
+            "tokens_per_s": float(self.tokens) / max(now - self.clock, 1e-9),
+            "epoch": epoch,
+        }
+        self.loss.zero_()
+        self.tokens = torch.zeros((), dtype=torch.float64)
+        self.steps, self.clock = 0, now
+        return record
 
 
-class Checkpoints:
-    """The checkpoints of one run folder: ``ckpt-<step>/`` with the model (``save_model``) and
-    ``state.pt`` (optimizer, scaler, data position, every rank's RNG states), the ``latest``
-    pointer replaced atomically after both are written, and pruning to ``keep`` folders."""
+class Signals:
+    """SIGINT / SIGTERM noted while training, acted on at the next log or save point."""
 
-    def __init__(self, run_dir: Path, save_model, load_model, keep: int):
-        self.run_dir, self.save_model, self.load_model, self.keep = (
-            run_dir,
-            save_model,
-            load_model,
-            keep,
-        )
-        self.rank, self.world = distributed.rank_world()
+    def __enter__(self) -> Signals:
+        self.received = None
+        self.previous = {s: signal.signal(s, self._note) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
 
-    def latest(self) -> Path | None:
-        return latest_checkpoint(self.run_dir)
+    def _note(self, signum, _frame) -> None:
+        self.received = signum
 
-    def check_fresh(self) -> None:
-        earlier = self.latest()
-        if earlier is not None:
-            raise ValueError(
-                f"{self.run_dir} holds the checkpoints of an earlier run (latest: {earlier.name}): "
-                "resume it (--resume) or choose another folder"
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def group_up() -> bool:
+    """Whether a process group is up (torchrun): then the ranks agree at log and save points."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def due(
+    cfg: TrainConfig, step: int, received, saved_at: float, device
+) -> tuple[bool, bool, int | None]:
+    """(log, save, stopping signal) after ``step``. Under DDP a signal or the save clock may
+    reach the ranks at different steps: they agree at log and save points only (already a
+    sync), so a DDP run stops or saves at the next such point."""
+    log = step % cfg.log_every == 0 or step == cfg.max_steps
+    save = bool(cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps
+    timed = bool(cfg.save_minutes) and time.perf_counter() - saved_at >= cfg.save_minutes * 60
+    if not group_up():
+        return log, save or timed, received
+    stopping = None
+    if log or save:
+        flag = torch.tensor([received or 0, int(timed)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        stopping = int(flag[0].item()) or None
+        save = save or bool(flag[1].item())
+    return log, save, stopping
+
+
+@dataclass
+class Run:
+    """What one call of ``train`` holds besides the loop: the model's parts, the optimizer and
+    scaler, the position, the checkpoints, the log and the meter."""
+
+    model: nn.Module  # as handed to train (DDP-wrapped under torchrun)
+    core: nn.Module  # the model itself
+    cfg: TrainConfig
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ckpts: Checkpoints
+    log: RunLog
+    meter: Meter
+    pos: Position
+    autocast: dict
+    rank: int = 0
+    world: int = 1
+    history: list = field(default_factory=list)
+    last_loss: float = float("nan")
+    grad_norm: torch.Tensor | None = None
+
+    @classmethod
+    def start(cls, model: nn.Module, cfg: TrainConfig, run_dir: Path, io: RunIO, resume) -> Run:
+        """Freeze, build the optimizer, seed, then resume from the latest checkpoint (its
+        weights, optimizer and RNG states; a changed training setting is refused by name unless
+        ``resume="accept_changes"``) or check that the folder holds no earlier run."""
+        rank, world = distributed.rank_world()
+        core = unwrap(model)
+        device = next(core.parameters()).device
+        amp_dtype = resolve_precision(cfg.precision, device)
+        freeze(core, cfg.freeze, apply=not isinstance(model, nn.parallel.DistributedDataParallel))
+        opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, fused=device.type == "cuda")
+        scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+        random.seed(cfg.seed)  # a fresh run is a function of the seed (dropout included)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed + rank)
+        ckpts = Checkpoints(run_dir, io.save_model, io.load_model, cfg.keep_checkpoints)
+        pos = Position()
+        if resume:
+            state = ckpts.load(core)
+            changed = config_changes(state.get("config"), asdict(cfg))
+            if changed and resume != "accept_changes":
+                raise ValueError(
+                    f"{ckpts.latest()} was written with other settings: {'; '.join(changed)}; "
+                    "resume with the same settings (or resume='accept_changes')"
+                )
+            opt.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            pos = Position(state["step"], state["epoch"], state["index"])
+            if io.echo and rank == 0:
+                io.echo(f"resumed from {ckpts.latest()} at step {pos.step}")
+        else:
+            ckpts.check_fresh()
+        log = RunLog(run_dir, cfg.max_steps, main=rank == 0, echo=io.echo, progress=io.progress,
+                     board=cfg.tensorboard)  # fmt: skip
+        log.start(pos.step, bool(resume))
+        autocast = dict(device_type=device.type, dtype=amp_dtype or torch.float32,
+                        enabled=amp_dtype is not None)  # fmt: skip
+        return cls(model, core, cfg, opt, scaler, ckpts, log, Meter(device, log.run_id), pos,
+                   autocast, rank, world)  # fmt: skip
+
+    def record(self, evaluate) -> None:
+        """A metric record of the steps since the last one (the sync point), with the last
+        step's gradient norm before clipping and, when due, the dev scores."""
+        pos, cfg = self.pos, self.cfg
+        try:
+            record = self.meter.record(pos.step, pos.epoch, lr_at(pos.step - 1, cfg), self.world)
+        except NonFiniteLoss as err:
+            raise NonFiniteLoss(
+                f"{err} (last batch: epoch {pos.last[0]}, index {pos.last[1]}); "
+                f"{last_good(self.ckpts.run_dir)}"
+            ) from None
+        self.last_loss = record["loss"]
+        if self.grad_norm is not None:
+            norm = float(self.grad_norm)
+            record["grad_norm"] = norm if math.isfinite(norm) else None
+        due_eval = cfg.eval_every and pos.step % cfg.eval_every == 0
+        if evaluate is not None and due_eval and self.rank == 0:
+            record.update(evaluate(self.core))
+            self.model.train()
+        self.history.append(record)
+        self.log.write(record)
+
+    def save(self) -> Path | None:
+        """A checkpoint. Every rank checks the weights (they are equal), so all stop before the
+        collective save; non-finite weights are never saved."""
+        bad = non_finite_parameters(self.core)
+        if bad:
+            raise NonFiniteLoss(
+                f"non-finite weights at step {self.pos.step} ({', '.join(bad[:3])}"
+                f"{', ...' if len(bad) > 3 else ''}): not saved as a checkpoint; "
+                f"{last_good(self.ckpts.run_dir)}"
             )
-
-    def load(self, model: nn.Module) -> dict:
-        """Load the latest checkpoint's weights into ``model`` and this rank's RNG states;
-        returns the rest of its state (optimizer, scaler, step, data position)."""
-        ckpt = self.latest()
-        if ckpt is None:
-            raise ValueError(f"{self.run_dir}: nothing to resume (no checkpoint written yet)")
-        self.load_model(model, ckpt / "model")
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
-        rng = state["rng"]
-        if len(state.get("rng_ranks", ())) == self.world:
-            rng = state["rng_ranks"][self.rank]  # each rank continues its own streams (dropout)
-        _set_rng_state(rng)
-        return state
-
-    def save(self, model: nn.Module, step: int, state: dict) -> Path | None:
-        """Every rank's RNG states are gathered (a collective: call on every rank); rank 0
-        writes ``ckpt-<step>``, points ``latest`` at it and prunes older ones."""
-        rng = _rng_state()
-        rng_ranks = [rng]
-        if self.world > 1:
-            rng_ranks = [None] * self.world
-            dist.all_gather_object(rng_ranks, rng)
-        if self.rank != 0:
-            return None
-        folder = self.run_dir / f"ckpt-{step:08d}"
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        self.save_model(model, folder / "model")
-        with atomic_file(folder / "state.pt") as f:
-            torch.save({**state, "rng": rng, "rng_ranks": rng_ranks}, f)
-        atomic_write_text(self.run_dir / "latest", folder.name + "\n")
-        old = sorted(p for p in self.run_dir.glob("ckpt-*") if p.is_dir() and p != folder)
-        for p in old[: max(0, len(old) - (self.keep - 1))]:
-            shutil.rmtree(p, ignore_errors=True)
-        return folder
+        pos = self.pos
+        state = {"optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
+                 "step": pos.step, "epoch": pos.epoch, "index": pos.index,
+                 "config": asdict(self.cfg)}  # fmt: skip
+        return self.ckpts.save(self.core, pos.step, state)
 
 
 def train(
@@ -476,243 +423,64 @@ def train(
     data: DataSource,
     cfg: TrainConfig,
     run_dir: str | Path,
+    io: RunIO,
     *,
-    save_model: Callable[[nn.Module, Path], None],
-    load_model: Callable[[nn.Module, Path], None],
-    resume: bool = False,
-    accept_changes: bool = False,
+    resume: bool | Literal["accept_changes"] = False,
     evaluate: Callable[[nn.Module], dict] | None = None,
-    echo: Callable[[str], None] | None = print,
-    progress: bool | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place (see the module docstring). ``save_model(model, folder)`` and
-    ``load_model(model, folder)`` write and read the weights of a checkpoint. ``progress``: a
-    click progress bar on stderr (None: when stderr is a terminal); log lines go to ``echo``
-    when there is no bar."""
+    """Train ``model`` in place (see the module docstring): ``cfg.max_steps`` optimizer steps
+    over ``data``, checkpoints in ``run_dir``, reporting through ``io``; ``evaluate(model)``
+    adds dev scores to the records every ``cfg.eval_every`` steps."""
     if cfg.max_steps < 1:
         raise ValueError("TrainConfig.max_steps is 0: resolve epochs first (cfg.with_steps)")
     run_dir = Path(run_dir)
-    kill_at = fault_kill_step(run_dir)
-    distributed = dist.is_available() and dist.is_initialized()
-    rank = dist.get_rank() if distributed else 0
-    world = dist.get_world_size() if distributed else 1
-    is_main = rank == 0
-    core = _unwrap(model)
-    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
-    device = next(core.parameters()).device
-    amp_dtype = resolve_precision(cfg.precision, device)
-    freeze(core, cfg.freeze, apply=not ddp)
-    opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, fused=device.type == "cuda")
+    run = Run.start(model, cfg, run_dir, io, resume)
+    pos, opt, scaler, meter, device = run.pos, run.opt, run.scaler, run.meter, run.meter.device
     params = [p for group in opt.param_groups for p in group["params"]]
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-
-    step, epoch, index = 0, 0, 0
-    history: list[dict] = []
-    random.seed(cfg.seed)  # a fresh run is a function of the seed (dropout included)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed + rank)
-    ckpts = Checkpoints(run_dir, save_model, load_model, cfg.keep_checkpoints)
-    if resume:
-        state = ckpts.load(core)
-        changed = config_changes(state.get("config"), asdict(cfg))
-        if changed and not accept_changes:
-            raise ValueError(
-                f"{ckpts.latest()} was written with other settings: {'; '.join(changed)}; "
-                "resume with the same settings (or accept_changes=True)"
-            )
-        opt.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        step, epoch, index = state["step"], state["epoch"], state["index"]
-        if echo and is_main:
-            echo(f"resumed from {ckpts.latest()} at step {step}")
-    else:
-        ckpts.check_fresh()
-    run_id = uuid.uuid4().hex[:12]  # tells a resumed run's records from the killed one's
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _restart_metrics(run_dir / "metrics.jsonl", step if resume else 0)
-
-    def checkpoint() -> Path | None:
-        # every rank checks (their weights are equal), so all stop before the collective save
-        bad = non_finite_parameters(core)
-        if bad:
-            raise NonFiniteLoss(
-                f"non-finite weights at step {step} ({', '.join(bad[:3])}"
-                f"{', ...' if len(bad) > 3 else ''}): not saved as a checkpoint; "
-                f"{_last_good(run_dir)}"
-            )
-        state = {
-            "optimizer": opt.state_dict(),
-            "scaler": scaler.state_dict(),
-            "step": step,
-            "epoch": epoch,
-            "index": index,
-            "config": asdict(cfg),
-        }
-        return ckpts.save(core, step, state)
-
-    stop = {"signal": None}
-
-    def on_signal(signum, _frame):
-        stop["signal"] = signum
-
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    metrics_path = run_dir / "metrics.jsonl"
-    loss_sum = torch.zeros((), device=device)
-    steps_since_log = 0
-    tokens = torch.zeros((), dtype=torch.float64)  # CPU: the masks are CPU tensors
-    if progress is None:
-        progress = sys.stderr.isatty()
-    bar = None
-    if progress and is_main:
-        label = run_dir.name  # the stage; a self-training step: "selftrain round-1 soft"
-        if run_dir.parent.name.startswith("round-"):
-            label = f"{run_dir.parent.parent.name} {run_dir.parent.name} {run_dir.name}"
-        bar = click.progressbar(
-            length=cfg.max_steps,
-            label=label,
-            file=sys.stderr,
-            show_eta=True,
-            item_show_func=lambda s: s,
-        )
-        bar.__enter__()
-        bar.update(step)
-    board = Board(run_dir / "tensorboard") if cfg.tensorboard and is_main else None
-    grad_norm = None
-    t_last = t_saved = time.perf_counter()
-    save_period = cfg.save_minutes * 60
-    last_loss = float("nan")
-    last_ckpt = None
-    try:
-        model.train()
-        while step < cfg.max_steps:
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg) * group.get("lr_scale", 1.0)
-            where = []
-            for micro in range(cfg.grad_accum):
-                n = data.num_batches(epoch)
-                if n == 0:
-                    raise ValueError(f"epoch {epoch} has no batches")
-                if index >= n:
-                    epoch, index = epoch + 1, 0
-                batch = data.batch(epoch, index)
-                # keyed by the global batch number: rank r's i-th batch is batch i*world + r of
-                # the epoch (``shard`` is round-robin), so a DDP run draws the same masks as one
-                # process running grad_accum = world over the same batches
-                gen = _generator(cfg.seed, epoch, index * world + rank)
-                where.append((epoch, index))
-                index += 1
-                # DDP all-reduces gradients in backward: only the last micro-batch of an
-                # accumulation needs it, the others accumulate locally (no_sync)
-                last = micro == cfg.grad_accum - 1
-                sync = contextlib.nullcontext() if last or not ddp else model.no_sync()
-                autocast = torch.autocast(
-                    device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
-                )
-                with sync, autocast:
-                    loss = loss_fn(model, batch, gen)
-                    scaler.scale(loss / cfg.grad_accum).backward()
-                loss_sum += loss.detach() / cfg.grad_accum
-                if "attention_mask" in batch:
-                    tokens += batch["attention_mask"].sum()
-                # CPU: checking is free; CUDA and DDP: at log intervals (a sync; every rank
-                # sees the reduced loss, so all stop together), before any checkpoint
-                if device.type != "cuda" and not distributed and not torch.isfinite(loss):
-                    raise NonFiniteLoss(
-                        f"non-finite loss {float(loss.detach())} at step {step + 1}, epoch {epoch}, batch "
-                        f"{where[-1][1]}; {_last_good(run_dir)}"
+    ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    kill, last_ckpt, saved_at = faults.die_after(run_dir), None, time.perf_counter()
+    with Signals() as signals:
+        try:
+            model.train()
+            while pos.step < cfg.max_steps:
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(pos.step, cfg) * group.get("lr_scale", 1.0)
+                for micro in range(cfg.grad_accum):
+                    batch, gen = pos.next_batch(data, cfg, run.rank, run.world)
+                    # DDP all-reduces gradients in backward: only the last micro-batch of an
+                    # accumulation needs it, the others accumulate locally (no_sync)
+                    last = micro == cfg.grad_accum - 1
+                    sync = contextlib.nullcontext() if last or not ddp else model.no_sync()
+                    with sync, torch.autocast(**run.autocast):
+                        loss = loss_fn(model, batch, gen)
+                        scaler.scale(loss / cfg.grad_accum).backward()
+                    meter.add(loss, batch, cfg.grad_accum)
+                    # CPU: checking is free; CUDA and DDP: at records (a sync), before any save
+                    if device.type != "cuda" and not group_up() and not torch.isfinite(loss):
+                        raise NonFiniteLoss(
+                            f"non-finite loss {float(loss.detach())} at step {pos.step + 1}, "
+                            f"epoch {pos.epoch}, batch {pos.last[1]}; {last_good(run_dir)}"
+                        )
+                if cfg.clip > 0:
+                    scaler.unscale_(opt)
+                    run.grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+                scaler.step(opt)
+                scaler.update()
+                opt.zero_grad(set_to_none=True)
+                pos.step += 1
+                meter.steps += 1
+                kill(pos.step)  # fault injection (tests only)
+                run.log.advance()
+                log_now, save_now, stopping = due(cfg, pos.step, signals.received, saved_at, device)
+                if log_now or save_now or stopping is not None:  # a save or signal also logs
+                    run.record(evaluate)
+                if save_now or stopping is not None:
+                    last_ckpt, saved_at = run.save(), time.perf_counter()
+                if stopping is not None:
+                    raise Interrupted(
+                        f"{signal.Signals(stopping).name} received: checkpoint written at step "
+                        f"{pos.step} in {run_dir}; continue with the same command plus --resume"
                     )
-            if cfg.clip > 0:
-                scaler.unscale_(opt)
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)  # before clipping
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            steps_since_log += 1
-            if step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)  # fault injection: die without clean-up
-            if bar is not None:
-                bar.update(1)
-
-            log_now = step % cfg.log_every == 0 or step == cfg.max_steps
-            save_now = (cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps
-            timed = bool(save_period) and time.perf_counter() - t_saved >= save_period
-            stopping = stop["signal"]
-            if distributed:
-                # a signal or the save clock may reach the ranks at different steps: they agree
-                # at log and save points only (already a sync), so a DDP run stops or saves at
-                # the next such point
-                stopping = None
-                if log_now or save_now:
-                    flag = torch.tensor([stop["signal"] or 0, int(timed)], device=device)
-                    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                    stopping = int(flag[0].item()) or None
-                    save_now = save_now or bool(flag[1].item())
-            else:
-                save_now = save_now or timed
-            if log_now or save_now or stopping is not None:
-                n_steps = steps_since_log  # a save or signal may log between log intervals
-                if distributed:
-                    sums = torch.stack([loss_sum.double(), tokens.to(device)])
-                    dist.all_reduce(sums)
-                    loss_sum.copy_(sums[0] / world)
-                    tokens = sums[1].cpu()
-                mean = loss_sum.item() / max(1, n_steps)  # the sync point
-                if not math.isfinite(mean):
-                    raise NonFiniteLoss(
-                        f"non-finite loss in steps {step - n_steps + 1}-{step} (last batch: epoch "
-                        f"{where[-1][0]}, index {where[-1][1]}); {_last_good(run_dir)}"
-                    )
-                last_loss = mean
-                now = time.perf_counter()
-                record = {
-                    "run": run_id,
-                    "time": round(time.time(), 3),
-                    "step": step,
-                    "loss": mean,
-                    "lr": lr_at(step - 1, cfg),
-                    "tokens_per_s": float(tokens) / max(now - t_last, 1e-9),
-                    "epoch": epoch,
-                }
-                if grad_norm is not None:  # the last step's, before clipping (clip > 0)
-                    norm = float(grad_norm)
-                    record["grad_norm"] = norm if math.isfinite(norm) else None
-                loss_sum.zero_()
-                tokens = torch.zeros((), dtype=torch.float64)
-                steps_since_log, t_last = 0, now
-                due = cfg.eval_every and step % cfg.eval_every == 0
-                if evaluate is not None and due and is_main:
-                    record.update(evaluate(core))
-                    model.train()
-                history.append(record)
-                if is_main:
-                    append_jsonl(metrics_path, record)
-                    if board is not None:
-                        board.write(record)
-                    line = (
-                        f"loss {format_loss(mean)} lr {record['lr']:.2e} "
-                        f"{record['tokens_per_s']:,.0f} tok/s"
-                    )
-                    if bar is not None:
-                        bar.current_item = line
-                        bar.render_progress()
-                    elif echo:
-                        echo(f"step {step}/{cfg.max_steps} {line}")
-            if save_now or stopping is not None:
-                last_ckpt = checkpoint()
-                t_saved = time.perf_counter()
-            if stopping is not None:
-                name = signal.Signals(stopping).name
-                raise Interrupted(
-                    f"{name} received: checkpoint written at step {step} in {run_dir}; "
-                    "continue with the same command plus --resume"
-                )
-    finally:
-        if bar is not None:
-            bar.__exit__(None, None, None)
-        if board is not None:
-            board.close()
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    return TrainResult(step, last_loss, last_ckpt, history)
+        finally:
+            run.log.close()
+    return TrainResult(pos.step, run.last_loss, last_ckpt, run.history)

@@ -1,0 +1,44 @@
+"""Structure numbers of the package (issue 45's measures): functions longer than a limit, functions
+with more parameters than a limit (dataclass constructors aside), lines per layer.
+
+    python tools/structure.py [--root xlt_engine] [--lines 80] [--params 8]
+"""
+
+import argparse
+import ast
+from pathlib import Path
+
+
+def functions(root: Path):
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                a = node.args
+                params = [*a.posonlyargs, *a.args, *a.kwonlyargs]
+                params = [p for p in params if p.arg not in ("self", "cls")]
+                params += [x for x in (a.vararg, a.kwarg) if x is not None]
+                start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                yield path, node.name, node.end_lineno - start + 1, len(params)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", type=Path, default=Path("xlt_engine"))
+    p.add_argument("--lines", type=int, default=80)
+    p.add_argument("--params", type=int, default=8)
+    args = p.parse_args()
+    rows = list(functions(args.root))
+    long = sorted((r for r in rows if r[2] > args.lines), key=lambda r: -r[2])
+    many = sorted((r for r in rows if r[3] > args.params), key=lambda r: -r[3])
+    print(
+        f"{len(rows)} functions; {len(long)} over {args.lines} lines, {len(many)} over {args.params} parameters"
+    )
+    for path, name, n, _ in long:
+        print(f"  {n:4d} lines  {path}:{name}")
+    for path, name, _, k in many:
+        print(f"  {k:4d} params {path}:{name}")
+
+
+if __name__ == "__main__":
+    main()

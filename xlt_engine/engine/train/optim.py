@@ -1,0 +1,108 @@
+"""What a training stage trains and how fast: freezing by name pattern, the optimizer's
+parameter groups (weight decay on matrices, the fresh head's learning-rate scale), the schedule
+(linear warm-up, then linear decay) and the autocast dtype."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from xlt_engine.engine.train import distributed
+
+if TYPE_CHECKING:
+    from xlt_engine.engine.train.loop import TrainConfig
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up over ``warmup_ratio * max_steps`` steps, then linear decay to 0."""
+    warm = int(cfg.warmup_ratio * cfg.max_steps)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    return cfg.lr * max(0.0, (cfg.max_steps - step) / max(1, cfg.max_steps - warm))
+
+
+HEAD_PREFIX = "voters."  # the task model's fresh head (``TaskModel.voters``)
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """The optimizer's groups over the trainable parameters: weight decay on matrices only (not
+    biases and LayerNorm); with ``head_lr_scale != 1`` the head's (``HEAD_PREFIX``) get their
+    own groups, whose ``lr_scale`` the schedule multiplies in. A scale with no head to apply it
+    to is an error (an MLM model has none)."""
+    named = [(n, p) for n, p in unwrap(model).named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("every parameter is frozen: nothing to train")
+    scaled = cfg.head_lr_scale != 1.0
+    if scaled and not any(n.startswith(HEAD_PREFIX) for n, _ in named):
+        raise ValueError(
+            f"head_lr_scale={cfg.head_lr_scale:g}: this model has no trainable task head "
+            f"({HEAD_PREFIX}*) to give it to"
+        )
+    groups = []
+    for head in (False, True) if scaled else (None,):
+        part = [(n, p) for n, p in named if head is None or n.startswith(HEAD_PREFIX) == head]
+        scale = cfg.head_lr_scale if head else 1.0
+        for decay in (True, False):
+            ps = [p for _, p in part if (p.dim() >= 2) == decay]
+            wd = cfg.weight_decay if decay else 0.0
+            groups.append({"params": ps, "weight_decay": wd, "lr_scale": scale})
+    return groups
+
+
+def freeze(
+    model: nn.Module, patterns: tuple[str, ...] | list[str], apply: bool = True
+) -> list[str]:
+    """Set ``requires_grad=False`` on parameters whose name matches a pattern (``re.match``);
+    returns their names. A pattern that matches nothing is an error (a typo would silently
+    train everything). ``apply=False`` only checks that they are frozen already (a model
+    wrapped in DDP must be frozen before wrapping)."""
+    names = [n for n, _ in model.named_parameters()]
+    frozen = []
+    for pattern in patterns:
+        hits = [n for n in names if re.match(pattern, n)]
+        if not hits:
+            raise ValueError(
+                f"freeze pattern {pattern!r} matches no parameter (names look like {names[0]!r})"
+            )
+        frozen += hits
+    frozen = sorted(set(frozen))
+    for name, p in model.named_parameters():
+        if name in frozen and p.requires_grad:
+            if not apply:
+                raise ValueError(
+                    f"{name} matches a freeze pattern but is trainable: freeze before wrapping "
+                    "the model in DDP (loop.prepare)"
+                )
+            p.requires_grad_(False)
+    return frozen
+
+
+def prepare(model: nn.Module, cfg: TrainConfig, device: torch.device, frozen=()) -> nn.Module:
+    """Freeze exactly ``frozen``, ``cfg.freeze`` (patterns over ``model``'s parameter names)
+    and the parameters the model says it never reads (``model.idle_parameters()``, e.g. a
+    pooler that the loss does not use: DDP needs a gradient for every trainable parameter);
+    every other parameter trains, whatever an earlier step froze. Then wrap the model in DDP
+    when a process group is up: what a stage hands to ``train``."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    idle = model.idle_parameters() if hasattr(model, "idle_parameters") else []
+    freeze(model, (*frozen, *cfg.freeze, *(re.escape(n) + r"\Z" for n in idle)))
+    return distributed.wrap(model, device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (None: fp32)."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return None
+    if device.type != "cuda" and precision == "fp16":
+        raise ValueError("fp16 needs CUDA (use fp32 or bf16 on CPU)")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if hasattr(model, "module") else model

@@ -712,12 +712,13 @@ def ablate(
 
     seed_list = _numbers("--seeds", seeds, int)
     alpha_list = _numbers("--alphas", alphas, float)
-    if not 0 <= fixed_threshold < 1:
-        _fail(ValueError(f"--fixed-threshold must be in [0, 1), got {fixed_threshold}"))
-    if not (0.5 <= max_rounds <= 1000 and 2 * max_rounds == int(2 * max_rounds)):
-        _fail(
-            ValueError(f"--max-rounds must be a multiple of 0.5 in [0.5, 1000], got {max_rounds}")
-        )
+    from xlt_engine.engine.method.threshold import check_alpha, check_rounds
+
+    try:
+        check_alpha(fixed_threshold, "--fixed-threshold must be")
+        check_rounds(max_rounds, "--max-rounds")
+    except ValueError as err:
+        _fail(err)
     row_list = None if rows is None else [r.strip() for r in rows.split(",") if r.strip()]
     if row_list is not None and study != "ablation":
         _fail(ValueError(f"--rows chooses rows of --study ablation, not of --study {study}"))

@@ -19,6 +19,7 @@ from xlt_engine.engine.experiment.pipeline import (
     write_table,
 )
 from xlt_engine.engine.experiment.runs import split_suffix, stage_dir, with_section
+from xlt_engine.engine.method.threshold import check_alpha
 from xlt_engine.engine.train.distributed import rank_world
 from xlt_engine.studies.tables import (
     STUDY_SAME,
@@ -44,8 +45,10 @@ def run_threshold_study(
     ``threshold-study.json`` and ``.md`` (mean +- std over seeds) in ``table_dir(cfg)``. The
     chosen alphas of the automatic rows are in the json, per target and seed."""
     check_seeds(seeds)
-    if not alphas or any(not 0 <= a < 1 for a in alphas):
-        raise ValueError(f"alphas: give thresholds in [0, 1), got {alphas}")
+    if not alphas:
+        raise ValueError("alphas: give at least one threshold in [0, 1)")
+    for a in alphas:
+        check_alpha(a, "alphas: give thresholds")
     auto = f"automatic ({cfg.selftrain.threshold})"
     rows = {f"alpha = {a:g}": a for a in alphas}
     scores: dict[str, dict[str, list[float]]] = {row: {} for row in (*rows, auto)}

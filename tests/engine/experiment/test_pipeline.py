@@ -452,7 +452,7 @@ def test_dev_sweep_links_what_the_setting_leaves_alone_and_scores_on_dev(
     """lab/dev_sweep.py: one rounds study on the dev files per value of the soft lr;
     btf and the teachers are linked from the earlier run, not trained again; the value the run
     was made with takes its round 1 from there too, the other trains its own."""
-    from benchmarks import dev_sweep
+    from lab import dev_sweep
 
     out, _ = ner_all
     reuse = tmp_path / "reuse"
@@ -507,7 +507,7 @@ def test_threshold_choice_picks_the_row_best_on_dev_and_reports_its_test_score(
     """lab/threshold_choice.py: the threshold study on dev then on test, the same
     models (a fixed-alpha row takes round 1 from the run's selftrain); the choice is the row
     of the best dev score, whatever the test scores say."""
-    from benchmarks import threshold_choice
+    from lab import threshold_choice
     from xlt_engine.fileio import link_tree
 
     out, _ = ner_all

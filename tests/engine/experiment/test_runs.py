@@ -11,12 +11,14 @@ from tests.engine.experiment.test_config import CONLL
 from xlt_engine.engine.experiment.config import load_config
 from xlt_engine.engine.experiment.runs import (
     FINGERPRINT,
-    MIB,
+    FORMAT,
     StagePlan,
     StaleStageError,
     check_plans,
     file_identity,
 )
+
+MIB = 1 << 20
 
 
 def test_file_identity_is_what_the_file_holds_not_when_it_was_written(tmp_path):
@@ -33,55 +35,28 @@ def test_file_identity_is_what_the_file_holds_not_when_it_was_written(tmp_path):
     assert file_identity(big)["sha256"] != a["sha256"]
 
 
-def _legacy_identity(path: Path) -> dict:
-    """An input's identity as xlt-engine wrote it before whole-file hashes."""
-    raw = path.read_bytes()
-    ends = raw if len(raw) <= 2 * MIB else raw[:MIB] + raw[-MIB:]
-    st = path.stat()
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-            "sha256": hashlib.sha256(ends).hexdigest()}  # fmt: skip
-
-
-def test_fingerprints_of_an_older_xlt_engine_stay_valid_where_they_can_tell(tmp_path):
-    """Records from before whole-file hashes (mtime + hash of the ends) still match a touched
-    file they hashed whole (up to 2 MiB) and a large one they hashed at the ends while its mtime
-    stays; a stage downstream of such a record stays valid with it."""
+def test_a_fingerprint_of_an_older_format_is_refused_by_name(tmp_path):
+    """Nothing of an older fingerprint format is read in a compatible way: a folder recorded in
+    one (no ``format``, or another) is stale, naming the format, and the run stops before any
+    work; its results are kept."""
     cfg = load_config(CONLL, [f"out={str(tmp_path)!r}"])
-    small, big = tmp_path / "small.txt", tmp_path / "big.txt"
+    small = tmp_path / "small.txt"
     small.write_bytes(b"a\n" * 1000)
-    big.write_bytes(b"b\n" * (3 * MIB // 2))
-    btf = StagePlan(cfg, "btf", {"seed": 1}, {"small": small, "big": big})
+    btf = StagePlan(cfg, "btf", {"seed": 1}, {"small": small})
     btf.begin()
+    assert btf.differences() == [] and btf.fingerprint()["format"] == FORMAT
     legacy = json.loads((btf.folder / FINGERPRINT).read_text())
-    legacy["inputs"] = {"big": _legacy_identity(big), "small": _legacy_identity(small)}
-    legacy["digest"] = "0" * 64  # whatever it was: it was computed over the old identities
+    del legacy["format"]  # as xlt-engine wrote it before formats were numbered
     (btf.folder / FINGERPRINT).write_text(json.dumps(legacy))
-    ft = StagePlan(cfg, "finetune", {"seed": 1}, {}, {"finetune.init": btf})
-    ft.begin()
-    recorded = json.loads((ft.folder / FINGERPRINT).read_text())
-    recorded["upstream"]["finetune.init"] = "0" * 64
-    recorded["digest"] = "1" * 64
-    (ft.folder / FINGERPRINT).write_text(json.dumps(recorded))
-
-    def fresh():  # plans cache their fingerprint: a new pair sees the files as they are now
-        b = StagePlan(cfg, "btf", {"seed": 1}, {"small": small, "big": big})
-        return b, StagePlan(cfg, "finetune", {"seed": 1}, {}, {"finetune.init": b})
-
-    b, f = fresh()
-    assert b.differences() == [] and f.differences() == []
-    os.utime(small, ns=(10**18, 10**18))  # hashed whole: a touch is seen as nothing
-    b, f = fresh()
-    assert b.differences() == [] and f.differences() == []
-    os.utime(big, ns=(10**18, 10**18))  # hashed at the ends: the mtime is all that tells
-    b, f = fresh()
-    assert b.differences() == [
-        f"input big: {big}: mtime_ns changed (recorded by an older xlt-engine, which hashed "
-        "only the first and last MiB of a file this large)"
+    (btf.folder / "base-model").mkdir()
+    fresh = StagePlan(cfg, "btf", {"seed": 1}, {"small": small})
+    assert fresh.differences() == [
+        f"fingerprint.json of format 1 (written by an older xlt-engine; this one writes format "
+        f"{FORMAT} and reads no other)"
     ]
-    assert f.differences() == ["upstream finetune.init: fingerprint 000000000000 -> " +
-                               b.fingerprint()["digest"][:12]]  # fmt: skip
-    small.write_bytes(b"c\n" * 1000)  # same size, other bytes
-    assert f"input small: {small}: sha256 changed" in fresh()[0].differences()
+    with pytest.raises(StaleStageError, match="was made with other settings") as info:
+        check_plans([fresh])
+    assert "format 1" in str(info.value) and (btf.folder / "base-model").is_dir()
 
 
 def test_a_changed_setting_is_listed_with_old_and_new_value(tmp_path):
@@ -146,20 +121,19 @@ def test_plain_text_unlabeled_data_is_a_setting_in_the_fingerprint_only_when_set
     assert any("unlabeled_format" in p for p in found)
 
 
-def test_a_setting_added_later_is_in_the_fingerprint_only_off_its_default(tmp_path):
-    """``head_lr_scale`` and ``soft_loss`` came after fingerprints: at their defaults they are
-    left out, so the folders of older runs stay valid; set, they are settings like any other."""
+def test_every_training_setting_is_in_the_fingerprint_at_its_default_too(tmp_path):
+    """``head_lr_scale`` and ``soft_loss`` are settings like any other: in the fingerprint
+    whatever their value (no setting is left out to keep an older folder valid)."""
     from tests.engine.experiment.test_config import MINIMAL, write
     from xlt_engine.engine.experiment.runs import plan_stage
 
     default = load_config(write(tmp_path, MINIMAL))
-    for stage in ("btf", "finetune", "selftrain"):
-        keys = plan_stage(default, stage).settings
-        assert not any("head_lr_scale" in k or "soft_loss" in k for k in keys)
+    assert plan_stage(default, "finetune").settings["finetune.train.head_lr_scale"] == 1.0
+    assert plan_stage(default, "selftrain").settings["selftrain.soft_loss"] == "mse"
     scaled = load_config(write(tmp_path, MINIMAL), ["finetune.train.head_lr_scale=10"])
     settings = plan_stage(scaled, "finetune").settings
     assert settings["finetune.train.head_lr_scale"] == 10
-    assert not any("head_lr_scale" in k for k in plan_stage(scaled, "btf").settings)
+    assert not any("finetune" in k for k in plan_stage(scaled, "btf").settings)
     kl = load_config(write(tmp_path, MINIMAL), ["selftrain.soft_loss='kl'"])
     assert plan_stage(kl, "selftrain").settings["selftrain.soft_loss"] == "kl"
 

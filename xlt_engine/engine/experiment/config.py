@@ -543,30 +543,34 @@ def has_pooler(folder: Path) -> bool | None:
         return None
 
 
-def check_files(cfg: ExperimentConfig, stage: str) -> None:
-    """Every file ``stage`` reads must exist; one ``ConfigError`` lists all that do not."""
-    problems = []
+class _Needs:
+    """The missing-file problems of one stage, collected to be reported at once."""
 
-    def need(key: str, path: Path | None, folder: bool = False, required: bool = True):
+    def __init__(self, cfg: ExperimentConfig, stage: str):
+        self.cfg, self.stage, self.problems = cfg, stage, []
+
+    def __call__(self, key: str, path: Path | None, folder: bool = False, required: bool = True):
         if path is None:
             if required:
-                problems.append(f"{key}: missing (stage {stage} needs it)")
+                self.problems.append(f"{key}: missing (stage {self.stage} needs it)")
             return
-        ok = path.is_dir() if folder else path.is_file()
-        if not ok:
-            problems.append(f"{key}: {path}: no such {'folder' if folder else 'file'}")
+        if not (path.is_dir() if folder else path.is_file()):
+            self.problems.append(f"{key}: {path}: no such {'folder' if folder else 'file'}")
 
-    def need_unlabeled():  # the pair target's unlabeled data
-        role = cfg.role(tgt, "unlabeled")
+    def unlabeled(self) -> None:  # the pair target's unlabeled data
+        tgt = self.cfg.pair_target
+        role = self.cfg.role(tgt, "unlabeled")
         if role is None:
-            problems.append(
-                f"languages.{tgt}: {stage} needs unlabeled target data (unlabeled or train)"
+            self.problems.append(
+                f"languages.{tgt}: {self.stage} needs unlabeled target data (unlabeled or train)"
             )
         else:
-            need(f"languages.{tgt}.{role}", cfg.data_path(tgt, role))
+            self(f"languages.{tgt}.{role}", self.cfg.data_path(tgt, role))
 
-    if not Path(cfg.data.root).is_dir():
-        problems.append(f"data.root: {cfg.data.root}: no such folder")
+
+def _model_problems(cfg: ExperimentConfig, stage: str, need: _Needs) -> None:
+    """The model folder, and what its config.json says of the settings: a freezing that leaves
+    only the head, a max_len beyond its positions, a pooler representation without a pooler."""
     need("model.path", Path(cfg.model.path), folder=True)
     config = model_config(Path(cfg.model.path))  # read once, for the checks below
     positions = None if config is None else config.max_tokens
@@ -574,68 +578,90 @@ def check_files(cfg: ExperimentConfig, stage: str) -> None:
         frozen = cfg.freeze(stage).freeze_layers
         if frozen != "all" and frozen >= config.num_hidden_layers:
             head = "the MLM head" if stage == "btf" else "the task head"
-            problems.append(
+            need.problems.append(
                 f"{cfg.freeze_key(stage)}: {frozen} freezes all {config.num_hidden_layers} "
                 f"layers of the model (only {head} would train in {stage}); set it to 'all' "
                 "if that is meant"
             )
     if positions is not None and cfg.model.max_len > positions:
-        problems.append(
+        need.problems.append(
             f"model.max_len: {cfg.model.max_len} is more than the {positions} positions of the "
             f"model ({Path(cfg.model.path) / 'config.json'})"
         )
-    if (
-        stage in ("finetune", "selftrain")
-        and cfg.model.representation == "pooler"
-        and has_pooler(Path(cfg.model.path)) is False
-    ):
-        problems.append(
+    pooler = cfg.model.representation == "pooler"
+    if stage in ("finetune", "selftrain") and pooler and has_pooler(Path(cfg.model.path)) is False:
+        need.problems.append(
             f"model.representation: 'pooler', but {cfg.model.path} holds no pooler.dense "
             "weights (use 'cls' or 'mean')"
         )
+
+
+def _btf_files(cfg: ExperimentConfig, need: _Needs) -> None:
+    for lang in (*cfg.source_languages, cfg.pair_target):
+        role = cfg.role(lang, "text")
+        if role is None:
+            roles = ", ".join(ROLES["text"][lang in cfg.source_languages])
+            need.problems.append(f"languages.{lang}: btf needs text (one of {roles})")
+        else:
+            need(f"languages.{lang}.{role}", cfg.data_path(lang, role))
+
+
+def _finetune_files(cfg: ExperimentConfig, need: _Needs) -> None:
+    for lang in cfg.finetune_languages():
+        need(f"languages.{lang}.train", cfg.data_path(lang, "train"))
+    dev = cfg.finetune.source or cfg.source
+    need(f"languages.{dev}.dev", cfg.data_path(dev, "dev"), required=False)
+    if cfg.finetune.parallel_file:
+        need("finetune.parallel_file", Path(cfg.finetune.parallel_file))
+
+
+def _selftrain_files(cfg: ExperimentConfig, need: _Needs) -> None:
+    for lang in cfg.source_languages:
+        need(f"languages.{lang}.train", cfg.data_path(lang, "train"))
+    need.unlabeled()
+
+
+def _cotrain_files(cfg: ExperimentConfig, need: _Needs) -> None:
     src, tgt = cfg.source, cfg.pair_target
-    if stage == "btf":
-        for lang in (*cfg.source_languages, tgt):
-            role = cfg.role(lang, "text")
-            if role is None:
-                roles = ", ".join(ROLES["text"][lang in cfg.source_languages])
-                problems.append(f"languages.{lang}: btf needs text (one of {roles})")
-            else:
-                need(f"languages.{lang}.{role}", cfg.data_path(lang, role))
-    elif stage == "finetune":
-        for lang in cfg.finetune_languages():
-            need(f"languages.{lang}.train", cfg.data_path(lang, "train"))
-        dev = cfg.finetune.source or src
-        need(f"languages.{dev}.dev", cfg.data_path(dev, "dev"), required=False)
-        if cfg.finetune.parallel_file:
-            need("finetune.parallel_file", Path(cfg.finetune.parallel_file))
-    elif stage == "selftrain":
-        for lang in cfg.source_languages:
-            need(f"languages.{lang}.train", cfg.data_path(lang, "train"))
-        need_unlabeled()
-    elif stage == "cotrain":
-        need(f"languages.{src}.train", cfg.data_path(src, "train"))
-        need_unlabeled()
-        need(f"languages.{tgt}.dev", cfg.data_path(tgt, "dev"), required=False)
-        emb = cfg.cotrain.embedding_model
-        if not emb:
-            problems.append("cotrain.embedding_model: missing (the embedding view's encoder)")
-        else:
-            need("cotrain.embedding_model", Path(emb), folder=True)
-    elif stage == "evaluate":
-        split = cfg.evaluate.split
-        for lang in (src, *cfg.targets):
-            need(f"languages.{lang}.{split}", cfg.data_path(lang, split))
-        for lang in (x for x in cfg.source_languages if x != src):  # other sources' files
-            need(f"languages.{lang}.{split}", cfg.data_path(lang, split), required=False)
-    elif stage == "predict":
-        if cfg.predict.input is None:
-            problems.append("predict.input: missing (the file to predict)")
-        else:
-            need("predict.input", Path(cfg.predict.input))
-        if cfg.predict.output is None:
-            problems.append("predict.output: missing (where to write the predictions)")
+    need(f"languages.{src}.train", cfg.data_path(src, "train"))
+    need.unlabeled()
+    need(f"languages.{tgt}.dev", cfg.data_path(tgt, "dev"), required=False)
+    emb = cfg.cotrain.embedding_model
+    if not emb:
+        need.problems.append("cotrain.embedding_model: missing (the embedding view's encoder)")
     else:
+        need("cotrain.embedding_model", Path(emb), folder=True)
+
+
+def _evaluate_files(cfg: ExperimentConfig, need: _Needs) -> None:
+    split, src = cfg.evaluate.split, cfg.source
+    for lang in (src, *cfg.targets):
+        need(f"languages.{lang}.{split}", cfg.data_path(lang, split))
+    for lang in (x for x in cfg.source_languages if x != src):  # other sources' files
+        need(f"languages.{lang}.{split}", cfg.data_path(lang, split), required=False)
+
+
+def _predict_files(cfg: ExperimentConfig, need: _Needs) -> None:
+    if cfg.predict.input is None:
+        need.problems.append("predict.input: missing (the file to predict)")
+    else:
+        need("predict.input", Path(cfg.predict.input))
+    if cfg.predict.output is None:
+        need.problems.append("predict.output: missing (where to write the predictions)")
+
+
+STAGE_FILES = {"btf": _btf_files, "finetune": _finetune_files, "selftrain": _selftrain_files,
+               "cotrain": _cotrain_files, "evaluate": _evaluate_files, "predict": _predict_files}  # fmt: skip
+
+
+def check_files(cfg: ExperimentConfig, stage: str) -> None:
+    """Every file ``stage`` reads must exist; one ``ConfigError`` lists all that do not."""
+    if stage not in STAGE_FILES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-    if problems:
-        raise ConfigError(cfg.name or "config", problems)
+    need = _Needs(cfg, stage)
+    if not Path(cfg.data.root).is_dir():
+        need.problems.append(f"data.root: {cfg.data.root}: no such folder")
+    _model_problems(cfg, stage, need)
+    STAGE_FILES[stage](cfg, need)
+    if need.problems:
+        raise ConfigError(cfg.name or "config", need.problems)

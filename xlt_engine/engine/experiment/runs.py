@@ -34,7 +34,8 @@ difference stops the run before any work with a ``StaleStageError`` listing each
 with its old and new value: a finished stage's results are never overwritten in place.
 Settings that do not change results (log/save intervals, kept checkpoints, the device, the
 inference batch size) are left out; the number of processes of a training stage is in (the
-global batch and a checkpoint's data position depend on it).
+global batch and a checkpoint's data position depend on it). A fingerprint carries its format
+(``FORMAT``): one of another format is refused, naming it, never read in a compatible way.
 """
 
 from __future__ import annotations
@@ -52,12 +53,11 @@ from xlt_engine.engine.train.distributed import rank_world
 from xlt_engine.fileio import atomic_write_text, file_sha256
 
 FINGERPRINT = "fingerprint.json"
-MIB = 1 << 20
 # keys that change neither a stage's results nor what it reads
 VOLATILE = ("log_every", "save_every", "save_minutes", "keep_checkpoints", "tensorboard")
-# settings added after fingerprints were first written: left out while at their default, so
-# the folders of older runs stay valid
-ADDED = {"head_lr_scale": 1.0, "soft_loss": "mse"}
+# the fingerprint's format: a folder recorded in another one is refused, naming it (its results
+# are kept; nothing of an older format is read in a compatible way)
+FORMAT = 2
 # co-training's models: its final prediction (``cotrain.predict_with``), or one view's last
 # model, or the mean of both views' probabilities (an ensemble: evaluate and predict read it)
 COTRAIN_MODELS = ("cotrain", "cotrain-lm", "cotrain-emb", "cotrain-mean")
@@ -235,43 +235,19 @@ def file_identity(path: Path) -> dict:
     return {"size": path.stat().st_size, "sha256": file_sha256(path)}
 
 
-def _ends_sha256(path: Path) -> str:
-    """The identity hash of xlt-engine before whole-file hashes: the sha256 of the first and
-    last MiB (the whole file up to 2 MiB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        if path.stat().st_size <= 2 * MIB:
-            h.update(f.read())
-        else:
-            h.update(f.read(MIB))
-            f.seek(-MIB, 2)
-            h.update(f.read(MIB))
-    return h.hexdigest()
-
-
-def same_file(old: dict, new: dict, path: Path) -> bool:
-    """Whether the file at ``path`` (identity ``new``) holds what the record ``old`` says. A
-    record from before whole-file hashes (it has ``mtime_ns``) hashed only the first and last
-    MiB of a larger file: such a file must also keep its mtime, as an edit in its middle would
-    show nowhere else."""
-    if old.get("size") != new["size"]:
-        return False
-    if "mtime_ns" not in old or old["size"] <= 2 * MIB:  # the old hash was of the whole file
-        return old.get("sha256") == new["sha256"]
-    return path.stat().st_mtime_ns == old["mtime_ns"] and _ends_sha256(path) == old["sha256"]
+def same_file(old: dict, new: dict) -> bool:
+    """Whether a file (identity ``new``) holds what the record ``old`` says."""
+    return old.get("size") == new["size"] and old.get("sha256") == new["sha256"]
 
 
 def _file_changes(old: dict, new: dict) -> list[str]:
     """For an input whose path is unchanged: the files that no longer hold what ``old`` says
     ([] for a single file that does; ``[""]`` for one that does not)."""
-    where = Path(new["path"])
     if "files" not in old and "files" not in new:
-        return [] if "size" in old and same_file(old, new, where) else [""]
+        return [] if same_file(old, new) else [""]
     fo, fn = old.get("files", {}), new.get("files", {})
     names = sorted(set(fo) | set(fn))
-    return [
-        n for n in names if n not in fo or n not in fn or not same_file(fo[n], fn[n], where / n)
-    ]
+    return [n for n in names if n not in fo or n not in fn or not same_file(fo[n], fn[n])]
 
 
 def input_identity(path: Path) -> dict:
@@ -286,7 +262,7 @@ def _flat(prefix: str, value, out: dict) -> dict:
     if dataclasses.is_dataclass(value):
         for f in dataclasses.fields(value):
             v = getattr(value, f.name)
-            if f.name not in VOLATILE and not (f.name in ADDED and v == ADDED[f.name]):
+            if f.name not in VOLATILE:
                 _flat(f"{prefix}.{f.name}", v, out)
     else:
         out[prefix] = list(value) if isinstance(value, tuple) else value
@@ -315,6 +291,7 @@ class StagePlan:
     def fingerprint(self) -> dict:
         if self._fingerprint is None:
             body = {
+                "format": FORMAT,
                 "stage": self.stage,
                 "settings": self.settings,
                 "inputs": {k: input_identity(p) for k, p in sorted(self.inputs.items())},
@@ -349,11 +326,16 @@ class StagePlan:
         folder holds no work). Equal digests match at once; otherwise each part is compared:
         an input by what its files hold (``same_file``), an upstream stage by its digest, or
         else by being the very folder recorded (its own recorded digest) and still valid, as
-        when an older record of it, or of its inputs, is held in another form."""
+        when its own record is valid in another form. A record of another format is refused."""
         old = self.recorded()
         if old is None:
             has_work = self.output.exists() or (self.folder.is_dir() and self.started())
             return ["no fingerprint.json (made by an older xlt-engine)"] if has_work else []
+        if old.get("format", 1) != FORMAT:
+            return [
+                f"fingerprint.json of format {old.get('format', 1)} (written by an older "
+                f"xlt-engine; this one writes format {FORMAT} and reads no other)"
+            ]
         new = self.fingerprint()
         if old.get("digest") == new["digest"]:
             return []
@@ -400,11 +382,6 @@ def _describe_file_change(x: dict, y: dict, changed: list[str]) -> str:
         return f"{y['path']}: files changed: {', '.join(changed)}"
     if x.get("size") != y.get("size"):
         return f"{y['path']}: size, sha256 changed (size {x.get('size')} -> {y.get('size')})"
-    if "mtime_ns" in x and x.get("size", 0) > 2 * MIB:
-        return (
-            f"{y['path']}: mtime_ns changed (recorded by an older xlt-engine, which hashed only "
-            "the first and last MiB of a file this large)"
-        )
     return f"{y['path']}: sha256 changed"
 
 
@@ -476,107 +453,123 @@ def _model_input(cfg: ExperimentConfig, name: str, key: str, plan: StagePlan) ->
         plan.inputs[key] = model_path(cfg, name, key, must_exist=False)
 
 
+def _btf_plan(cfg: ExperimentConfig, common: dict, head: dict, trained: dict) -> StagePlan:
+    plan = StagePlan(cfg, "btf", {**common, **_flat("btf", cfg.btf, {}), **trained}, {})
+    plan.inputs["model.path"] = Path(cfg.model.path)
+    for lang, role in text_roles(cfg).items():
+        plan.inputs[f"languages.{lang}.{role}"] = cfg.data_path(lang, role)
+    return plan
+
+
+def _finetune_plan(cfg: ExperimentConfig, common: dict, head: dict, trained: dict) -> StagePlan:
+    settings = _flat("finetune", cfg.finetune, {})
+    settings.pop("finetune.init")
+    if cfg.finetune.source is None:
+        settings.pop("finetune.source")
+    parallel = settings.pop("finetune.parallel_file")
+    unused = []  # paper 003's options count only when on
+    if not cfg.finetune.label_alignment:
+        unused += ["label_alignment", "la_weight", "la_temperature"]
+    if not cfg.finetune.semantic_alignment:
+        unused += ["semantic_alignment", "sa_weight", "sa_temperature", "sa_lr_scale", "sa_epochs"]
+    for key in unused:
+        settings.pop(f"finetune.{key}")
+    plan = StagePlan(cfg, "finetune", {**common, **head, **settings, **trained}, {})
+    if parallel:  # its contents, not its name
+        plan.inputs["finetune.parallel_file"] = Path(parallel)
+    _model_input(cfg, cfg.finetune.init, "finetune.init", plan)
+    for lang in cfg.finetune_languages():
+        plan.inputs[f"languages.{lang}.train"] = cfg.data_path(lang, "train")
+    dev = cfg.finetune.source or cfg.source
+    if cfg.languages[dev].dev:
+        plan.inputs[f"languages.{dev}.dev"] = cfg.data_path(dev, "dev")
+    return plan
+
+
+def _selftrain_plan(cfg: ExperimentConfig, common: dict, head: dict, trained: dict) -> StagePlan:
+    settings = _flat("selftrain", cfg.selftrain, {})
+    for key in ("selftrain.base", "selftrain.teacher"):
+        settings.pop(key)
+    if cfg.selftrain.on_collapse != "skip_hard":  # warn and error change no result
+        settings.pop("selftrain.on_collapse")
+    rule = cfg.selftrain.pseudo_rule  # a rule's own settings, only where they act
+    unused = {"selftrain.min_rows": "per_class_precision",
+              "selftrain.class_precision": "per_class_precision", "selftrain.quota": "class_quota"}  # fmt: skip
+    for key in [k for k, r in unused.items() if r != rule]:
+        settings.pop(key)
+    plan = StagePlan(cfg, "selftrain", {**common, **head, **settings, **trained}, {})
+    _model_input(cfg, cfg.selftrain.base, "selftrain.base", plan)
+    for key, (c, name) in teacher_models(cfg).items():
+        _model_input(c, name, key, plan)
+    for lang in cfg.source_languages:
+        plan.inputs[f"languages.{lang}.train"] = cfg.data_path(lang, "train")
+    tgt, role = cfg.pair_target, unlabeled_role(cfg)
+    plan.inputs[f"languages.{tgt}.{role}"] = cfg.data_path(tgt, role)
+    return plan
+
+
+def _cotrain_plan(cfg: ExperimentConfig, common: dict, head: dict, trained: dict) -> StagePlan:
+    settings = _flat("cotrain", cfg.cotrain, {})
+    settings.pop("cotrain.embedding_model")
+    plan = StagePlan(cfg, "cotrain", {**common, **settings, **trained}, {})
+    src, tgt, role = cfg.source, cfg.pair_target, unlabeled_role(cfg)
+    plan.inputs["model.path"] = Path(cfg.model.path)
+    plan.inputs["cotrain.embedding_model"] = Path(cfg.cotrain.embedding_model)
+    plan.inputs[f"languages.{src}.train"] = cfg.data_path(src, "train")
+    plan.inputs[f"languages.{tgt}.{role}"] = cfg.data_path(tgt, role)
+    if cfg.languages[tgt].dev:
+        plan.inputs[f"languages.{tgt}.dev"] = cfg.data_path(tgt, "dev")
+    return plan
+
+
+def _evaluate_plan(cfg: ExperimentConfig, common: dict, head: dict, trained: dict) -> StagePlan:
+    settings = dict(common)
+    if cfg.evaluate.model in COTRAIN_MODELS:  # which views' probabilities make the prediction
+        settings["evaluate.views"] = list(cotrain_views(cfg, cfg.evaluate.model))
+    split = cfg.evaluate.split
+    if split != TEST_SPLIT:  # a dev evaluation is another stage (its own folder)
+        settings["evaluate.split"] = split
+    plan = StagePlan(cfg, "evaluate", settings, {})
+    _model_input(cfg, cfg.evaluate.model, "evaluate.model", plan)
+    for lang in evaluated_languages(cfg):
+        plan.inputs[f"languages.{lang}.{split}"] = cfg.data_path(lang, split)
+    return plan
+
+
+PLANS = {"btf": _btf_plan, "finetune": _finetune_plan, "selftrain": _selftrain_plan,
+         "cotrain": _cotrain_plan, "evaluate": _evaluate_plan}  # fmt: skip
+
+
 def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
     """The stage's settings, inputs and upstream stages (nothing is read but file headers)."""
+    if stage not in PLANS:
+        raise ValueError(f"stage {stage!r} has no run folder")
     common = {
         "task": cfg.task,
         "data.format": cfg.data.format,
         "seed": cfg.seed,
         "model.max_len": cfg.model.max_len,
-        # the data caps of a small run, when set (unset ones leave older fingerprints valid)
+        # the data caps of a small run, when set
         **{
             f"data.{k}": v
             for k in (*LIMITS, "encoding", "unlabeled_format")
             if (v := getattr(cfg.data, k)) is not None
         },
     }
+    if len(cfg.source_languages) > 1:  # several sources: which, and how they teach
+        common |= {"sources": list(cfg.sources), "multi_source": cfg.multi_source}
     # the global batch is batch_size x processes x grad_accum, and a checkpoint's data position
     # is per rank: a trained stage is another one on another number of processes
     trained = {"world_size": rank_world()[1]}
+    if stage in ("btf", "finetune", "selftrain"):  # what it freezes, wherever that was set
+        trained |= _flat(stage, cfg.freeze(stage), {})
     freeze_keys = [f"model.{f.name}" for f in dataclasses.fields(FreezeSettings)]
     head = {
         k: v
         for k, v in _flat("model", cfg.model, {}).items()
         if k not in ("model.path", "model.max_len", *freeze_keys)
     }
-    if stage in ("btf", "finetune", "selftrain"):  # what it freezes, wherever that was set
-        trained |= _flat(stage, cfg.freeze(stage), {})
-    if len(cfg.source_languages) > 1:  # (one source: older fingerprints stay valid)
-        common |= {"sources": list(cfg.sources), "multi_source": cfg.multi_source}
-    src, tgt = cfg.source, cfg.pair_target
-    if stage == "btf":
-        plan = StagePlan(cfg, stage, {**common, **_flat("btf", cfg.btf, {}), **trained}, {})
-        plan.inputs["model.path"] = Path(cfg.model.path)
-        for lang, role in text_roles(cfg).items():
-            plan.inputs[f"languages.{lang}.{role}"] = cfg.data_path(lang, role)
-    elif stage == "finetune":
-        settings = _flat("finetune", cfg.finetune, {})
-        settings.pop("finetune.init")
-        if cfg.finetune.source is None:
-            settings.pop("finetune.source")
-        parallel = settings.pop("finetune.parallel_file")
-        # paper 003's options count only when on (and older fingerprints stay valid)
-        unused = []
-        if not cfg.finetune.label_alignment:
-            unused += ["label_alignment", "la_weight", "la_temperature"]
-        if not cfg.finetune.semantic_alignment:
-            unused += ["semantic_alignment", "sa_weight", "sa_temperature", "sa_lr_scale"]
-            unused += ["sa_epochs"]
-        for key in unused:
-            settings.pop(f"finetune.{key}")
-        plan = StagePlan(cfg, stage, {**common, **head, **settings, **trained}, {})
-        if parallel:  # its contents, not its name
-            plan.inputs["finetune.parallel_file"] = Path(parallel)
-        _model_input(cfg, cfg.finetune.init, "finetune.init", plan)
-        for lang in cfg.finetune_languages():
-            plan.inputs[f"languages.{lang}.train"] = cfg.data_path(lang, "train")
-        dev = cfg.finetune.source or src
-        if cfg.languages[dev].dev:
-            plan.inputs[f"languages.{dev}.dev"] = cfg.data_path(dev, "dev")
-    elif stage == "selftrain":
-        settings = _flat("selftrain", cfg.selftrain, {})
-        for key in ("selftrain.base", "selftrain.teacher"):
-            settings.pop(key)
-        if cfg.selftrain.on_collapse != "skip_hard":  # warn and error change no result
-            settings.pop("selftrain.on_collapse")
-        rule = cfg.selftrain.pseudo_rule  # a rule's own settings, only where they act
-        unused = {"selftrain.min_rows": "per_class_precision",
-                  "selftrain.class_precision": "per_class_precision", "selftrain.quota": "class_quota"}  # fmt: skip
-        for key in [k for k, r in unused.items() if r != rule]:
-            settings.pop(key)
-        plan = StagePlan(cfg, stage, {**common, **head, **settings, **trained}, {})
-        _model_input(cfg, cfg.selftrain.base, "selftrain.base", plan)
-        for key, (c, name) in teacher_models(cfg).items():
-            _model_input(c, name, key, plan)
-        for lang in cfg.source_languages:
-            plan.inputs[f"languages.{lang}.train"] = cfg.data_path(lang, "train")
-        role = unlabeled_role(cfg)
-        plan.inputs[f"languages.{tgt}.{role}"] = cfg.data_path(tgt, role)
-    elif stage == "cotrain":
-        settings = _flat("cotrain", cfg.cotrain, {})
-        settings.pop("cotrain.embedding_model")
-        plan = StagePlan(cfg, stage, {**common, **settings, **trained}, {})
-        plan.inputs["model.path"] = Path(cfg.model.path)
-        plan.inputs["cotrain.embedding_model"] = Path(cfg.cotrain.embedding_model)
-        plan.inputs[f"languages.{src}.train"] = cfg.data_path(src, "train")
-        role = unlabeled_role(cfg)
-        plan.inputs[f"languages.{tgt}.{role}"] = cfg.data_path(tgt, role)
-        if cfg.languages[tgt].dev:
-            plan.inputs[f"languages.{tgt}.dev"] = cfg.data_path(tgt, "dev")
-    elif stage == "evaluate":
-        settings = dict(common)
-        if cfg.evaluate.model in COTRAIN_MODELS:  # which views' probabilities make the prediction
-            settings["evaluate.views"] = list(cotrain_views(cfg, cfg.evaluate.model))
-        split = cfg.evaluate.split
-        if split != TEST_SPLIT:  # (test: older fingerprints stay valid)
-            settings["evaluate.split"] = split
-        plan = StagePlan(cfg, stage, settings, {})
-        _model_input(cfg, cfg.evaluate.model, "evaluate.model", plan)
-        for lang in evaluated_languages(cfg):
-            plan.inputs[f"languages.{lang}.{split}"] = cfg.data_path(lang, split)
-    else:
-        raise ValueError(f"stage {stage!r} has no run folder")
-    return plan
+    return PLANS[stage](cfg, common, head, trained)
 
 
 # settings that act only after round 1's soft step: self-training folders that differ in these

@@ -57,7 +57,7 @@ from xlt_engine.engine.train import distributed
 from xlt_engine.engine.train.checkpoints import latest_checkpoint
 from xlt_engine.engine.train.distributed import rank_world
 from xlt_engine.engine.train.inference import predict_logits
-from xlt_engine.engine.train.metrics import accuracy
+from xlt_engine.engine.train.metrics import accuracy, by_name, label_counts
 from xlt_engine.engine.train.optim import resolve_precision
 from xlt_engine.fileio import atomic_folder, atomic_write_bytes, atomic_write_text, link_or_copy
 from xlt_engine.model.heads import VotersModule
@@ -164,6 +164,95 @@ def draw(
     return np.sort(rng.choice(candidates, size, replace=False))
 
 
+def _view_config(
+    cfg: CotrainConfig, v: str, init: str, folder: Path, labels, train_file
+) -> FinetuneConfig:
+    """The fine-tuning of view ``v`` in ``folder / v``: a linear head on its representation."""
+    reps = {"lm": cfg.lm_representation, "emb": cfg.emb_representation}
+    return FinetuneConfig(
+        batch_size=cfg.batch_size, max_tokens=cfg.max_tokens, train=cfg.train, model=init,
+        train_file=str(train_file), out=str(folder / v), format="jsonl", labels=tuple(labels),
+        head="linear", representation=reps[v], freeze_layers=cfg.freeze_layers,
+        freeze_embeddings=cfg.freeze_embeddings, max_len=cfg.max_len, device=cfg.device,
+        eval_max_tokens=cfg.eval_max_tokens,
+    )  # fmt: skip
+
+
+def _fit_view(
+    cfg: CotrainConfig, it: int, v: str, ft: FinetuneConfig, text: str, echo, progress
+) -> Path:
+    """View ``v``'s model of iteration ``it``: found finished, taken from ``iter1_from`` (the
+    first iteration of a run with the same settings), resumed, or fine-tuned."""
+    rank, folder = rank_world()[0], Path(ft.out)
+    done = (folder / "model" / "task.json").is_file()  # the view's marker
+    again = latest_checkpoint(folder) is not None
+    if it == 1 and cfg.iter1_from and not (done or again):
+        taken = False
+        if rank == 0:
+            taken = take_view(Path(cfg.iter1_from) / "iter-1" / v, folder, text)
+        distributed.barrier()
+        done = (folder / "model" / "task.json").is_file()
+        if done and echo and rank == 0 and taken:
+            echo(f"cotrain iteration 1: the {v} view taken from {cfg.iter1_from}")
+    if not done:
+        run_finetune(ft, resume=again, echo=echo, progress=progress)
+    return folder / "model"
+
+
+def _exchange(cfg: CotrainConfig, it: int, probs: dict, state: tuple, labels, size: int):
+    """Each view's confident pool rows (a draw of at most ``size``) go with its predicted labels
+    to the other view (``exchange = "cross"``) or to itself; returns the new (pools, given) and
+    the record of what moved."""
+    pools, given = state
+    new_pools, new_given, record = {v: pools[v].copy() for v in VIEWS}, dict(given), {}
+    for k, v in enumerate(VIEWS):
+        other = VIEWS[1 - k] if cfg.exchange == "cross" else v
+        conf, pred = probs[v].max(-1), probs[v].argmax(-1)
+        chosen = draw(pools[v], conf, cfg.threshold, size, cfg.train.seed, it, k)
+        new_pools[v][chosen] = False
+        rows, ids = new_given[other]
+        new_given[other] = (np.concatenate([rows, chosen]).astype(np.int64),
+                            np.concatenate([ids, pred[chosen]]).astype(np.int64))  # fmt: skip
+        record[f"{v}->{other}"] = {
+            "candidates": int((pools[v] & (conf > cfg.threshold)).sum()),
+            "chosen": len(chosen),
+            "rows": chosen.tolist(),
+            "labels": [labels[i] for i in pred[chosen].tolist()],
+            "distribution": by_name(label_counts(pred[chosen], len(labels)), labels),
+        }
+    return (new_pools, new_given), record
+
+
+def _save_iteration(folder: Path, probs: dict, before: dict, record: dict, state: tuple) -> None:
+    """Rank 0: the predictions, the exchange record, then the state (last: it marks the
+    iteration done)."""
+    pools, given = state
+    tensors = {f"{v}.probs": probs[v] for v in VIEWS}
+    tensors |= {f"{v}.pool": before[v].astype(np.uint8) for v in VIEWS}
+    atomic_write_bytes(folder / "predictions.safetensors", save_numpy(tensors))
+    atomic_write_text(folder / "exchange.json", json.dumps(record, indent=1) + "\n")
+    saved = {f"{v}.pool": pools[v].astype(np.uint8) for v in VIEWS}
+    for v in VIEWS:
+        saved[f"{v}.rows"], saved[f"{v}.labels"] = given[v]
+    atomic_write_bytes(folder / "state.safetensors", save_numpy(saved))
+
+
+def _finish(cfg: CotrainConfig, out: Path, records: list, models: dict) -> dict | None:
+    """dev.json (the final prediction's dev accuracy), then the stage's marker."""
+    final, rank = None, rank_world()[0]
+    if records and "dev_accuracy" in records[-1]:
+        final = {"metric": "accuracy", "predict_with": cfg.predict_with,
+                 "score": records[-1]["dev_accuracy"][cfg.predict_with]}  # fmt: skip
+        if rank == 0:
+            atomic_write_text(out / "dev.json", json.dumps(final, indent=2) + "\n")
+    if rank == 0:  # last: it marks the stage finished
+        summary = {"models": {v: str(p) for v, p in models.items()},
+                   "predict_with": cfg.predict_with, "iterations": cfg.iterations, "dev": final}  # fmt: skip
+        atomic_write_text(out / MARKER, json.dumps(summary, indent=2) + "\n")
+    distributed.barrier()
+    return final
+
+
 def run_cotrain(
     cfg: CotrainConfig, resume: bool = False, echo=print, progress=None
 ) -> CotrainResult:
@@ -181,8 +270,8 @@ def run_cotrain(
     size = max(1, round(cfg.subset_fraction * n))
     base = _records(source, np.arange(n), source.labels)
     # the state: each view's pool and the rows (and labels) it has been given
-    pools = {v: np.ones(m, dtype=bool) for v in VIEWS}
-    given = {v: (np.zeros(0, np.int64), np.zeros(0, np.int64)) for v in VIEWS}
+    state = ({v: np.ones(m, dtype=bool) for v in VIEWS},
+             {v: (np.zeros(0, np.int64), np.zeros(0, np.int64)) for v in VIEWS})  # fmt: skip
     records: list[dict] = []
     models: dict[str, Path] = {}
     encoders = {"lm": cfg.model, "emb": cfg.embedding_model}
@@ -190,23 +279,21 @@ def run_cotrain(
     # the pool and dev encoded once per view (each view has its own tokenizer)
     pool_enc = {v: encode(pool_data, toks[v], labels, cfg.max_len) for v in VIEWS}
     dev_enc = {v: encode(dev, toks[v], labels, cfg.max_len) for v in VIEWS} if dev else None
-    reps = {"lm": cfg.lm_representation, "emb": cfg.emb_representation}
     if not resume and (out / "iter-1").exists():
         raise ValueError(
             f"{out} holds an earlier co-training run: resume it (--resume) or choose another folder"
         )
     for it in range(1, cfg.iterations + 1):
         folder = out / f"iter-{it}"
-        state_path = folder / "state.safetensors"
-        if state_path.is_file():
-            st = load_numpy(state_path)
-            pools = {v: st[f"{v}.pool"].astype(bool) for v in VIEWS}
-            given = {v: (st[f"{v}.rows"], st[f"{v}.labels"]) for v in VIEWS}
+        if (folder / "state.safetensors").is_file():
+            st = load_numpy(folder / "state.safetensors")
+            state = ({v: st[f"{v}.pool"].astype(bool) for v in VIEWS},
+                     {v: (st[f"{v}.rows"], st[f"{v}.labels"]) for v in VIEWS})  # fmt: skip
             records.append(json.loads((folder / "exchange.json").read_text()))
             models = {v: folder / v / "model" for v in VIEWS}
             continue
         for v in VIEWS:
-            rows, ids = given[v]
+            rows, ids = state[1][v]
             train_file = folder / v / "train.jsonl"
             extra = _records(pool_data, rows, [labels[i] for i in ids.tolist()])
             text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in base + extra)
@@ -215,38 +302,10 @@ def run_cotrain(
                 atomic_write_text(train_file, text)
             distributed.barrier()
             init = encoders[v] if cfg.reinit or it == 1 else str(models[v])
-            ft = FinetuneConfig(
-                batch_size=cfg.batch_size,
-                max_tokens=cfg.max_tokens,
-                train=cfg.train,
-                model=init,
-                train_file=str(train_file),
-                out=str(folder / v),
-                format="jsonl",
-                labels=tuple(labels),
-                head="linear",
-                representation=reps[v],
-                freeze_layers=cfg.freeze_layers,
-                freeze_embeddings=cfg.freeze_embeddings,
-                max_len=cfg.max_len,
-                device=cfg.device,
-                eval_max_tokens=cfg.eval_max_tokens,
-            )  # fmt: skip
-            done = (folder / v / "model" / "task.json").is_file()  # the view's marker
-            again = latest_checkpoint(folder / v) is not None
-            if it == 1 and cfg.iter1_from and not (done or again):
-                taken = False
-                if rank == 0:
-                    taken = take_view(Path(cfg.iter1_from) / "iter-1" / v, folder / v, text)
-                distributed.barrier()
-                done = (folder / v / "model" / "task.json").is_file()
-                if done and echo and rank == 0 and taken:
-                    echo(f"cotrain iteration 1: the {v} view taken from {cfg.iter1_from}")
-            if not done:
-                run_finetune(ft, resume=again, echo=echo, progress=progress)
-            models[v] = folder / v / "model"
+            ft = _view_config(cfg, v, init, folder, labels, train_file)
+            models[v] = _fit_view(cfg, it, v, ft, text, echo, progress)
         probs = {v: _view_probs(models[v], pool_enc[v], toks[v].pad_id, cfg, device) for v in VIEWS}
-        record: dict = {"iteration": it, "labeled": {v: n + len(given[v][0]) for v in VIEWS}}
+        record: dict = {"iteration": it, "labeled": {v: n + len(state[1][v][0]) for v in VIEWS}}
         if dev is not None:
             dev_probs = {
                 v: _view_probs(models[v], dev_enc[v], toks[v].pad_id, cfg, device) for v in VIEWS
@@ -257,60 +316,14 @@ def run_cotrain(
                 for k, p in dev_probs.items()
             }
         record["exchange"] = {}
-        before = dict(pools)  # the pools this iteration predicted (kept with the predictions)
+        before = dict(state[0])  # the pools this iteration predicted (kept with the predictions)
         if it < cfg.iterations:
-            new_pools = {v: pools[v].copy() for v in VIEWS}
-            new_given = dict(given)
-            for k, v in enumerate(VIEWS):
-                other = VIEWS[1 - k] if cfg.exchange == "cross" else v
-                conf, pred = probs[v].max(-1), probs[v].argmax(-1)
-                chosen = draw(pools[v], conf, cfg.threshold, size, seed, it, k)
-                new_pools[v][chosen] = False
-                rows, ids = new_given[other]
-                new_given[other] = (
-                    np.concatenate([rows, chosen]).astype(np.int64),
-                    np.concatenate([ids, pred[chosen]]).astype(np.int64),
-                )
-                counts = np.bincount(pred[chosen], minlength=len(labels))
-                record["exchange"][f"{v}->{other}"] = {
-                    "candidates": int((pools[v] & (conf > cfg.threshold)).sum()),
-                    "chosen": len(chosen),
-                    "rows": chosen.tolist(),
-                    "labels": [labels[i] for i in pred[chosen].tolist()],
-                    "distribution": {labels[i]: int(c) for i, c in enumerate(counts)},
-                }
-            pools, given = new_pools, new_given
+            state, record["exchange"] = _exchange(cfg, it, probs, state, labels, size)
         if rank == 0:
-            tensors = {f"{v}.probs": probs[v] for v in VIEWS}
-            tensors |= {f"{v}.pool": before[v].astype(np.uint8) for v in VIEWS}
-            atomic_write_bytes(folder / "predictions.safetensors", save_numpy(tensors))
-            atomic_write_text(folder / "exchange.json", json.dumps(record, indent=1) + "\n")
-            state = {f"{v}.pool": pools[v].astype(np.uint8) for v in VIEWS}
-            for v in VIEWS:
-                state[f"{v}.rows"], state[f"{v}.labels"] = given[v]
-            # last: it marks the iteration done
-            atomic_write_bytes(state_path, save_numpy(state))
+            _save_iteration(folder, probs, before, record, state)
         distributed.barrier()
         records.append(record)
         if echo and rank == 0:
             moved = {k: x["chosen"] for k, x in record["exchange"].items()}
             echo(f"cotrain iteration {it}: dev {record.get('dev_accuracy')}, moved {moved}")
-    final = None
-    if records and "dev_accuracy" in records[-1]:
-        final = {
-            "metric": "accuracy",
-            "predict_with": cfg.predict_with,
-            "score": records[-1]["dev_accuracy"][cfg.predict_with],
-        }
-        if rank == 0:
-            atomic_write_text(out / "dev.json", json.dumps(final, indent=2) + "\n")
-    if rank == 0:  # last: it marks the stage finished
-        summary = {
-            "models": {v: str(p) for v, p in models.items()},
-            "predict_with": cfg.predict_with,
-            "iterations": cfg.iterations,
-            "dev": final,
-        }
-        atomic_write_text(out / MARKER, json.dumps(summary, indent=2) + "\n")
-    distributed.barrier()
-    return CotrainResult(models, records, final)
+    return CotrainResult(models, records, _finish(cfg, out, records, models))

@@ -26,6 +26,7 @@ from torch import nn
 
 from xlt_engine.data.parallel import read_parallel
 from xlt_engine.data.task import (
+    Encoded,
     TaskBatches,
     concat_encoded,
     encode,
@@ -154,20 +155,28 @@ class FinetuneResult:
     train: TrainResult
 
 
-def run_finetune(
-    cfg: FinetuneConfig, resume: bool = False, echo=print, progress=None
-) -> FinetuneResult:
-    out = Path(cfg.out)
-    device = distributed.init(cfg.device)
-    rank, _ = rank_world()
-    tok = load_tokenizer(cfg.model)
+@dataclass
+class FinetuneData:
+    """What fine-tuning reads, encoded once: the training parts (each file's ``max_train``
+    examples, then paper 003's translations), their labels, the dev data (unknown dev labels
+    are an error before training) and the parallel items."""
+
+    train: object  # the first training file's TaskData (its kind is the task's)
+    labels: list[str]
+    enc: Encoded
+    dev: object | None
+    dev_enc: Encoded | None
+    items: list | None
+
+
+def finetune_data(cfg: FinetuneConfig, tok, echo) -> FinetuneData:
     seed = cfg.train.seed
     parts = [  # max_train examples of each file
         read_task_file(path, cfg.format, False, cfg.max_train, seed, cfg.encoding)
         for path in (cfg.train_file, *cfg.more_train_files)
     ]
     for part in parts:
-        report_labels(part, echo if rank == 0 else None)
+        report_labels(part, echo)
     items = read_parallel(cfg.parallel_file) if cfg.parallel_file else None
     if items is not None:  # phase 1 trains on the translations too (translate-train)
         parts.append(translations_data(items, Path(cfg.parallel_file)))
@@ -182,7 +191,46 @@ def run_finetune(
     dev_enc = None  # encoded once: unknown dev labels are an error before training
     if dev_data is not None:
         dev_enc = encode(dev_data, tok, labels, cfg.max_len)
+    return FinetuneData(train_data, labels, enc, dev_data, dev_enc, items)
 
+
+def semantic_alignment_phase(
+    cfg: FinetuneConfig, model, data: FinetuneData, tok, frozen, io, evaluate
+):
+    """Phase 2: CE + SA on the parallel items at ``sa_lr_scale`` x the learning rate, its
+    checkpoints in ``out/semantic-alignment``."""
+    out, device = Path(cfg.out), next(model.parameters()).device
+    enc_sa, source_labels, rows = sa_encoded(
+        data.items, Path(cfg.parallel_file), tok, data.labels, cfg.max_len
+    )
+    group = 1 + 2 * max(len(r) for r in rows)
+    sa_data = SABatches(
+        enc_sa, source_labels, rows, tok.pad_id, cfg.batch_size // group, cfg.train.seed
+    )
+    sa_train = dataclasses.replace(
+        cfg.train, lr=cfg.train.lr * cfg.sa_lr_scale, epochs=cfg.sa_epochs, max_steps=0
+    )
+    return train(
+        prepare(model, sa_train, device, frozen),
+        semantic_alignment_step(cfg, device),
+        sa_data,
+        sa_train.with_steps(sa_data.num_batches(0)),
+        out / SA_FOLDER,
+        io,
+        resume=latest_checkpoint(out / SA_FOLDER) is not None,
+        evaluate=evaluate,
+    )
+
+
+def run_finetune(
+    cfg: FinetuneConfig, resume: bool = False, echo=print, progress=None
+) -> FinetuneResult:
+    out = Path(cfg.out)
+    device = distributed.init(cfg.device)
+    rank, _ = rank_world()
+    tok = load_tokenizer(cfg.model)
+    fd = finetune_data(cfg, tok, echo if rank == 0 else None)
+    train_data, labels, enc, dev_data, dev_enc = fd.train, fd.labels, fd.enc, fd.dev, fd.dev_enc
     encoder = load_encoder(cfg.model, dtype=torch.float32, device=device)
     torch.manual_seed(cfg.train.seed)  # the fresh voters are a function of the seed
     try:
@@ -214,37 +262,19 @@ def run_finetune(
             return {"dev_" + s["metric"]: s["score"]}
 
     frozen = cfg.frozen_patterns(len(encoder.layers))
+    io = RunIO(save, load, echo=echo, progress=progress)
     result = train(
         prepare(model, cfg.train, device, frozen),
         loss_fn,
         data,
         cfg.train.with_steps(data.num_batches(0)),
         out,
-        RunIO(save, load, echo=echo, progress=progress),
+        io,
         resume=resume,
         evaluate=evaluate,
     )
     if cfg.semantic_alignment:  # phase 2: CE + SA on the parallel items, a smaller lr
-        enc_sa, source_labels, rows = sa_encoded(
-            items, Path(cfg.parallel_file), tok, labels, cfg.max_len
-        )
-        group = 1 + 2 * max(len(r) for r in rows)
-        sa_data = SABatches(
-            enc_sa, source_labels, rows, tok.pad_id, cfg.batch_size // group, cfg.train.seed
-        )
-        sa_train = dataclasses.replace(
-            cfg.train, lr=cfg.train.lr * cfg.sa_lr_scale, epochs=cfg.sa_epochs, max_steps=0
-        )
-        result = train(
-            prepare(model, sa_train, device, frozen),
-            semantic_alignment_step(cfg, device),
-            sa_data,
-            sa_train.with_steps(sa_data.num_batches(0)),
-            out / SA_FOLDER,
-            RunIO(save, load, echo=echo, progress=progress),
-            resume=latest_checkpoint(out / SA_FOLDER) is not None,
-            evaluate=evaluate,
-        )
+        result = semantic_alignment_phase(cfg, model, fd, tok, frozen, io, evaluate)
     dev = None
     if rank == 0:
         if dev_data is not None:

@@ -113,6 +113,7 @@ from xlt_engine.engine.train.inference import (
     shard_items,
 )
 from xlt_engine.engine.train.loop import RunIO, train
+from xlt_engine.engine.train.metrics import by_name, label_counts
 from xlt_engine.engine.train.optim import prepare, resolve_precision
 from xlt_engine.engine.train.progress import format_loss
 from xlt_engine.fileio import (
@@ -388,9 +389,15 @@ def _names(teachers: list[Path]) -> str | list[str]:
 
 
 def _distribution(labels: np.ndarray, names: list[str]) -> dict[str, int]:
-    labels = np.asarray(labels)
-    counts = np.bincount(labels[labels >= 0], minlength=len(names))
-    return {names[i]: int(counts[i]) for i in range(len(names))}
+    return by_name(label_counts(labels, len(names)), names)
+
+
+def _distribution_chunked(flat: np.ndarray, lo: int, hi: int, names: list[str]) -> dict[str, int]:
+    """``_distribution`` of ``flat[lo:hi]`` (a memory map), read a million rows at a time."""
+    counts = np.zeros(len(names), dtype=np.int64)
+    for a in range(lo, hi, 1 << 20):
+        counts += label_counts(flat[a : min(a + (1 << 20), hi)], len(names))
+    return by_name(counts, names)
 
 
 def _in_place(path: Path, work) -> None:
@@ -401,15 +408,6 @@ def _in_place(path: Path, work) -> None:
     for a in arrays.values():
         if isinstance(a, np.memmap):
             a.flush()
-
-
-def _distribution_chunked(flat: np.ndarray, lo: int, hi: int, names: list[str]) -> dict[str, int]:
-    """``_distribution`` of ``flat[lo:hi]`` (a memory map), read a million rows at a time."""
-    counts = np.zeros(len(names), dtype=np.int64)
-    for a in range(lo, hi, 1 << 20):
-        part = np.asarray(flat[a : min(a + (1 << 20), hi)])
-        counts += np.bincount(part[part >= 0], minlength=len(names))
-    return {names[i]: int(counts[i]) for i in range(len(names))}
 
 
 def drop_failed_units(enc: Encoded, pseudo: np.ndarray, chunk: int = CHUNK_ITEMS) -> None:
@@ -446,12 +444,12 @@ def fidelity_counts(
         hi = min(lo + chunk, rows)
         t = np.asarray(teacher[lo:hi]).argmax(axis=-1)
         s = np.asarray(student[lo:hi])
-        t_counts += np.bincount(t, minlength=C)
-        s_counts += np.bincount(s, minlength=C)
+        t_counts += label_counts(t, C)
+        s_counts += label_counts(s, C)
         agree += int((t == s).sum())
     return {
-        "teacher_distribution": {names[i]: int(t_counts[i]) for i in range(C)},
-        "student_distribution": {names[i]: int(s_counts[i]) for i in range(C)},
+        "teacher_distribution": by_name(t_counts, names),
+        "student_distribution": by_name(s_counts, names),
         "teacher_agreement": agree / rows if rows else 0.0,
     }
 
@@ -480,7 +478,7 @@ def target_counts(
         p = np.asarray(pseudo[offsets[lo] : offsets[hi]])
         item_any = np.logical_or.reduceat(p >= 0, offsets[lo:hi] - offsets[lo])
         labeled_units[np.asarray(units[lo:hi])[item_any]] = True
-        classes += np.bincount(p[p >= 0], minlength=len(names))
+        classes += label_counts(p, len(names))
         agree += int(np.asarray(agreed[offsets[lo] : offsets[hi]]).sum())
         release(enc, pseudo, agreed)
     rows = int(offsets[-1])
@@ -489,7 +487,7 @@ def target_counts(
         "pseudo_rows": int(classes.sum()),
         "target_units": int(np.unique(np.asarray(units)).size),
         "pseudo_units": int(labeled_units.sum()),
-        "pseudo_distribution": {names[i]: int(classes[i]) for i in range(len(names))},
+        "pseudo_distribution": by_name(classes, names),
         "voter_agreement": agree / rows if rows else 0.0,  # share of target rows whose voters agree
     }
 
@@ -918,132 +916,12 @@ class SelfTraining:
         labels in a second pass); returns (source_keep, pseudo, collapse findings).
         ``probs``: the probabilities the soft step fitted, for filter.json's record of how
         closely the student follows them (``fidelity_counts``)."""
-        cfg, rdir = self.cfg, self.out / f"round-{r}"
+        rdir = self.out / f"round-{r}"
         path = rdir / FILTER_FILE
-        rule = cfg.pseudo_rule_settings()
-        quota = rule.name == "class_quota"
         if not path.is_file():
-            t0 = time.perf_counter()
-            alpha = np.asarray(threshold["class_alpha"], dtype=np.float64)  # as recorded
-            classes = threshold["classes"]
-            gold = torch.from_numpy(self.gold)
-
-            def fill(arrays):
-                # quota: no label yet; the voters' outputs set the thresholds (``set_quota``)
-                a = torch.from_numpy(alpha).float()
-                for row, logits in self.chunks(student, self.tgt, *arrays.values()):
-                    agreed, conf, mean = voter_filter(logits, 0.0)  # at any confidence
-                    labels = (
-                        torch.full_like(agreed, -1) if quota
-                        else pseudo_label(logits, a.to(logits.device))[0]
-                    )  # fmt: skip
-                    rows = slice(row, row + labels.shape[0])
-                    out = torch.stack([labels, agreed, mean.argmax(dim=-1)]).cpu().numpy()
-                    arrays["pseudo"][rows] = out[0]
-                    arrays["agreed"][rows] = out[1]
-                    arrays["student"][rows] = out[2]
-                    arrays["confidence"][rows] = conf.cpu().numpy()
-
-            def relabel(arrays):  # class_quota's second pass, at the thresholds the first set
-                a = torch.from_numpy(alpha).float()
-                for row, logits in self.chunks(student, self.tgt, *arrays.values()):
-                    labels = pseudo_label(logits, a.to(logits.device))[0]
-                    arrays["pseudo"][row : row + labels.shape[0]] = labels.cpu().numpy()
-
-            def finish(arrays):
-                forward, self.forward_seconds = self.forward_seconds, 0.0
-                ok = source_ok(
-                    torch.from_numpy(source_out["agreed"]),
-                    torch.from_numpy(source_out["confidence"]),
-                    torch.from_numpy(source_out["predicted"]),
-                    gold,
-                    torch.from_numpy(alpha),
-                    cfg.source_filter,
-                ).numpy()
-                before = int(source_keep.sum())
-                keep = source_keep & (
-                    ok if cfg.filter_unit == "word" else whole_units(ok, self.src_units)
-                )
-                arrays["source_keep"][:] = keep
-                if cfg.filter_unit == "sequence":
-                    drop_failed_units(self.tgt, arrays["pseudo"])
-                counts = {
-                    "round": r,
-                    "filter_unit": cfg.filter_unit,
-                    "source_filter": cfg.source_filter,
-                    "pseudo_rule": rule.name,
-                    "alpha": threshold["alpha"],
-                    "class_alpha": dict(zip(self.labels, alpha.tolist(), strict=True)),
-                    "classes": classes,
-                    "source_rows": len(self.gold),
-                    "source_rows_before": before,
-                    "source_rows_kept": int(keep.sum()),
-                    "source_rows_removed": before - int(keep.sum()),
-                    "source_units_kept": int(np.unique(self.src_units[keep]).size),
-                    **target_counts(self.tgt, arrays["pseudo"], arrays["agreed"] >= 0, self.labels),
-                    **fidelity_counts(probs, arrays["student"], self.labels),
-                    "source_distribution": _distribution(self.gold, self.labels),  # gold, all rows
-                    "source_kept_distribution": _distribution(self.gold[keep], self.labels),
-                }
-                counts["collapse"] = check_collapse(
-                    counts["pseudo_distribution"],
-                    counts["student_distribution"],
-                    counts["source_distribution"],
-                    counts["source_kept_distribution"],
-                    None if self.background is None else self.labels[self.background],
-                )
-                counts["on_collapse"] = cfg.on_collapse
-                secs = time.perf_counter() - t0
-                self.log({"step": "filter", **counts, "seconds": secs, "forward_seconds": forward})
-                self.say(
-                    f"round {r}: source rows kept {counts['source_rows_kept']}/{len(self.gold)} "
-                    f"(-{counts['source_rows_removed']}), pseudo-labeled target rows "
-                    f"{counts['pseudo_rows']}/{self.tgt_rows} in {counts['pseudo_units']} units; "
-                    f"classes {counts['pseudo_distribution']}"
-                )
-                atomic_write_text(rdir / "filter.json", json.dumps(counts, indent=2) + "\n")
-                lost = lost_classes(counts)
-                if lost:
-                    msg = (
-                        f"round {r}: the soft student predicts none of {lost} on the target "
-                        f"rows, where its teacher gives each to at least 1% of them (it follows "
-                        f"the teacher on {100 * counts['teacher_agreement']:.1f}% of the rows): "
-                        "the soft step did not fit, and no pseudo label can be of these classes "
-                        "(see the soft step's loss in selftrain.jsonl; a lower selftrain.soft.lr "
-                        "or head_lr_scale may help)"
-                    )
-                    self.warn(msg)
-
-            def set_quota(arrays):  # class_quota: the thresholds from the target's voters (every
-                # rank reads every rank's rows and sets the same ones)
-                th = thresholds_from(
-                    torch.from_numpy(source_out["agreed"]),
-                    torch.from_numpy(source_out["confidence"]),
-                    gold, len(self.labels), rule, background=self.background, names=self.labels,
-                    target=(torch.from_numpy(np.asarray(arrays["agreed"])),
-                            torch.from_numpy(np.asarray(arrays["confidence"]))),
-                )  # fmt: skip
-                alpha[:] = th.alpha
-                classes[:] = th.classes
-                self.say(
-                    f"round {r}: class_quota {rule.quota:g}: {_class_alphas(self.labels, th.alpha)}"
-                )
-
-            specs = {
-                "source_keep": ("U8", (len(self.gold),)),
-                "pseudo": ("I64", (self.tgt_rows,)),
-                "agreed": (
-                    "I32",
-                    (self.tgt_rows,),
-                ),  # the voters' common label at any confidence, or -1
-                "confidence": (
-                    "F32",
-                    (self.tgt_rows,),
-                ),  # the smallest of the voters' top probabilities
-                "student": ("I32", (self.tgt_rows,)),  # argmax of the voters' mean probabilities
-            }
-            passes = [fill, set_quota, relabel] if quota else [fill]
-            self.rows_file(path, specs, {}, passes, finish)
+            job = RoundFilter(self, r, student, threshold, source_out, source_keep, probs)
+            passes = [job.fill, job.set_quota, job.relabel] if job.quota else [job.fill]
+            self.rows_file(path, job.specs(), {}, passes, job.finish)
         saved = open_safetensors(path)
         findings = json.loads((rdir / "filter.json").read_text(encoding="utf-8"))["collapse"]
         return np.asarray(saved["source_keep"]) > 0, saved["pseudo"], findings
@@ -1154,6 +1032,136 @@ class SelfTraining:
             f"({secs:.1f} s)"
         )
         return student
+
+
+class RoundFilter:
+    """One round's filter file (``SelfTraining.filter``), written in passes over the target
+    store: ``fill`` (the voters' agreement, confidence and argmax; the pseudo labels unless the
+    rule is ``class_quota``), for ``class_quota`` ``set_quota`` (the thresholds from the target's
+    voters) and ``relabel``, then ``finish`` (the source filter, filter.json, the warnings)."""
+
+    def __init__(self, run, r, student, threshold, source_out, source_keep, probs):
+        self.run, self.r, self.student, self.threshold = run, r, student, threshold
+        self.source_out, self.source_keep, self.probs = source_out, source_keep, probs
+        self.rule = run.cfg.pseudo_rule_settings()
+        self.quota = self.rule.name == "class_quota"
+        self.alpha = np.asarray(threshold["class_alpha"], dtype=np.float64)  # as recorded
+        self.classes = threshold["classes"]
+        self.t0 = time.perf_counter()
+
+    def specs(self) -> dict:
+        rows = self.run.tgt_rows
+        return {
+            "source_keep": ("U8", (len(self.run.gold),)),
+            "pseudo": ("I64", (rows,)),
+            "agreed": ("I32", (rows,)),  # the voters' common label at any confidence, or -1
+            "confidence": ("F32", (rows,)),  # the smallest of the voters' top probabilities
+            "student": ("I32", (rows,)),  # argmax of the voters' mean probabilities
+        }
+
+    def fill(self, arrays) -> None:
+        # quota: no label yet; the voters' outputs set the thresholds (``set_quota``)
+        a = torch.from_numpy(self.alpha).float()
+        for row, logits in self.run.chunks(self.student, self.run.tgt, *arrays.values()):
+            agreed, conf, mean = voter_filter(logits, 0.0)  # at any confidence
+            labels = (
+                torch.full_like(agreed, -1) if self.quota
+                else pseudo_label(logits, a.to(logits.device))[0]
+            )  # fmt: skip
+            rows = slice(row, row + labels.shape[0])
+            out = torch.stack([labels, agreed, mean.argmax(dim=-1)]).cpu().numpy()
+            arrays["pseudo"][rows] = out[0]
+            arrays["agreed"][rows] = out[1]
+            arrays["student"][rows] = out[2]
+            arrays["confidence"][rows] = conf.cpu().numpy()
+
+    def relabel(self, arrays) -> None:  # class_quota's second pass, at the thresholds it set
+        a = torch.from_numpy(self.alpha).float()
+        for row, logits in self.run.chunks(self.student, self.run.tgt, *arrays.values()):
+            labels = pseudo_label(logits, a.to(logits.device))[0]
+            arrays["pseudo"][row : row + labels.shape[0]] = labels.cpu().numpy()
+
+    def set_quota(self, arrays) -> None:
+        """class_quota: the thresholds from the target's voters (every rank reads every rank's
+        rows and sets the same ones)."""
+        run, src = self.run, self.source_out
+        th = thresholds_from(
+            torch.from_numpy(src["agreed"]), torch.from_numpy(src["confidence"]),
+            torch.from_numpy(run.gold), len(run.labels), self.rule, background=run.background,
+            names=run.labels,
+            target=(torch.from_numpy(np.asarray(arrays["agreed"])),
+                    torch.from_numpy(np.asarray(arrays["confidence"]))),
+        )  # fmt: skip
+        self.alpha[:] = th.alpha
+        self.classes[:] = th.classes
+        run.say(
+            f"round {self.r}: class_quota {self.rule.quota:g}: {_class_alphas(run.labels, th.alpha)}"
+        )
+
+    def kept_source(self) -> np.ndarray:
+        """D_keep after this round: the rows kept so far that pass the source filter."""
+        run, src = self.run, self.source_out
+        ok = source_ok(
+            torch.from_numpy(src["agreed"]), torch.from_numpy(src["confidence"]),
+            torch.from_numpy(src["predicted"]), torch.from_numpy(run.gold),
+            torch.from_numpy(self.alpha), run.cfg.source_filter,
+        ).numpy()  # fmt: skip
+        unit_ok = ok if run.cfg.filter_unit == "word" else whole_units(ok, run.src_units)
+        return self.source_keep & unit_ok
+
+    def record(self, arrays, keep: np.ndarray) -> dict:
+        """filter.json: the rule, the thresholds, the source and target counts, the student's
+        fidelity to its teacher, the class histograms and the collapse findings."""
+        run, cfg, before = self.run, self.run.cfg, int(self.source_keep.sum())
+        counts = {
+            "round": self.r, "filter_unit": cfg.filter_unit, "source_filter": cfg.source_filter,
+            "pseudo_rule": self.rule.name, "alpha": self.threshold["alpha"],
+            "class_alpha": dict(zip(run.labels, self.alpha.tolist(), strict=True)),
+            "classes": self.classes, "source_rows": len(run.gold), "source_rows_before": before,
+            "source_rows_kept": int(keep.sum()), "source_rows_removed": before - int(keep.sum()),
+            "source_units_kept": int(np.unique(run.src_units[keep]).size),
+            **target_counts(run.tgt, arrays["pseudo"], arrays["agreed"] >= 0, run.labels),
+            **fidelity_counts(self.probs, arrays["student"], run.labels),
+            "source_distribution": _distribution(run.gold, run.labels),  # gold, all rows
+            "source_kept_distribution": _distribution(run.gold[keep], run.labels),
+        }  # fmt: skip
+        counts["collapse"] = check_collapse(
+            counts["pseudo_distribution"], counts["student_distribution"],
+            counts["source_distribution"], counts["source_kept_distribution"],
+            None if run.background is None else run.labels[run.background],
+        )  # fmt: skip
+        counts["on_collapse"] = cfg.on_collapse
+        return counts
+
+    def finish(self, arrays) -> None:
+        run, r = self.run, self.r
+        forward, run.forward_seconds = run.forward_seconds, 0.0
+        keep = self.kept_source()
+        arrays["source_keep"][:] = keep
+        if run.cfg.filter_unit == "sequence":
+            drop_failed_units(run.tgt, arrays["pseudo"])
+        counts = self.record(arrays, keep)
+        secs = time.perf_counter() - self.t0
+        run.log({"step": "filter", **counts, "seconds": secs, "forward_seconds": forward})
+        run.say(
+            f"round {r}: source rows kept {counts['source_rows_kept']}/{len(run.gold)} "
+            f"(-{counts['source_rows_removed']}), pseudo-labeled target rows "
+            f"{counts['pseudo_rows']}/{run.tgt_rows} in {counts['pseudo_units']} units; "
+            f"classes {counts['pseudo_distribution']}"
+        )
+        atomic_write_text(
+            run.out / f"round-{r}" / "filter.json", json.dumps(counts, indent=2) + "\n"
+        )
+        lost = lost_classes(counts)
+        if lost:
+            run.warn(
+                f"round {r}: the soft student predicts none of {lost} on the target "
+                f"rows, where its teacher gives each to at least 1% of them (it follows "
+                f"the teacher on {100 * counts['teacher_agreement']:.1f}% of the rows): "
+                "the soft step did not fit, and no pseudo label can be of these classes "
+                "(see the soft step's loss in selftrain.jsonl; a lower selftrain.soft.lr "
+                "or head_lr_scale may help)"
+            )
 
 
 def run_selftrain(

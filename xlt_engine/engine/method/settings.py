@@ -19,6 +19,7 @@ from typing import Literal
 from xlt_engine.data.task import Format
 from xlt_engine.engine.method.pseudo_labels import PseudoRule, SourceFilter
 from xlt_engine.engine.method.pseudo_labels import RuleName as PseudoRuleName
+from xlt_engine.engine.method.threshold import check_alpha, check_rounds
 from xlt_engine.engine.train.inference import EVAL_MAX_TOKENS
 from xlt_engine.engine.train.loop import TrainConfig
 from xlt_engine.model.heads import LINEAR
@@ -298,13 +299,12 @@ class SelftrainSettings(BatchSettings):
     def __post_init__(self):
         super().__post_init__()
         check_choices(self)
-        if not (0.5 <= self.rounds <= 1000 and 2 * self.rounds == int(2 * self.rounds)):
-            raise ValueError(f"rounds must be a multiple of 0.5 in [0.5, 1000], got {self.rounds}")
+        check_rounds(self.rounds)
         if not isinstance(self.grid, str) and (bad := [t for t in self.grid if not 0 < t < 1]):
             raise ValueError(f"grid: thresholds must be in (0, 1), got {bad}")
         self.pseudo_rule_settings()  # the rule's own checks (grid name, min_rows, precision, quota)
-        if self.threshold == "fixed" and (self.alpha is None or not 0 <= self.alpha < 1):
-            raise ValueError(f"threshold = 'fixed' needs alpha in [0, 1), got {self.alpha!r}")
+        if self.threshold == "fixed":
+            check_alpha(self.alpha, "threshold = 'fixed' needs alpha")
         if self.threshold != "fixed" and self.alpha is not None:
             raise ValueError(f"alpha = {self.alpha} is read only with threshold = 'fixed'")
         if self.max_unlabeled is not None and self.max_unlabeled < 1:

@@ -138,6 +138,23 @@ def rule_curve_inputs(
     return accepted, agreed == gold
 
 
+def check_alpha(alpha, what: str = "alpha must be") -> float:
+    """A fixed confidence threshold: a number in [0, 1) (1 would admit nothing); ``what``
+    begins the message (e.g. ``"--fixed-threshold must be"``)."""
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha < 1:
+        raise ValueError(f"{what} in [0, 1), got {alpha!r}")
+    return float(alpha)
+
+
+def check_rounds(rounds, name: str = "rounds") -> float:
+    """Self-training's N: a multiple of 0.5 in [0.5, 1000] (a trailing .5 ends with a soft step)."""
+    if not (
+        isinstance(rounds, int | float) and 0.5 <= rounds <= 1000 and 2 * rounds == int(2 * rounds)
+    ):
+        raise ValueError(f"{name} must be a multiple of 0.5 in [0.5, 1000], got {rounds}")
+    return float(rounds)
+
+
 def select_threshold(
     confidence: torch.Tensor,
     correct: torch.Tensor,
@@ -150,8 +167,8 @@ def select_threshold(
     whether each prediction is ``correct`` [N] (see the module docstring)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if method == "fixed" and (alpha is None or not 0 <= alpha < 1):
-        raise ValueError(f"method 'fixed' needs alpha in [0, 1), got {alpha!r}")
+    if method == "fixed":
+        check_alpha(alpha, "method 'fixed' needs alpha")
     ts = threshold_grid(num_classes, grid)
     grid_t = torch.tensor(ts, dtype=torch.float64, device=confidence.device)
     curve = threshold_curve(confidence, correct, grid_t)

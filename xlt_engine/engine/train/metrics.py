@@ -21,6 +21,8 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Score:
@@ -163,3 +165,14 @@ def entity_f1(
         per_type[typ] = Score(*_score(c, n_pred, n_gold), n_gold, n_pred, c)
     p, r, f = _score(len(hits), len(pred_set), len(gold_set))
     return EntityScores(p, r, f, len(gold_set), len(pred_set), len(hits), per_type)
+
+
+def label_counts(labels, num_classes: int) -> np.ndarray:
+    """Rows per class of integer labels [N] (-1: no label, not counted): int64 [num_classes]."""
+    labels = np.asarray(labels)
+    return np.bincount(labels[labels >= 0], minlength=num_classes)
+
+
+def by_name(counts, names: Sequence[str]) -> dict[str, int]:
+    """Per-class counts as ``{name: count}``, in the classes' order (the records' histograms)."""
+    return {name: int(c) for name, c in zip(names, counts, strict=True)}

@@ -34,7 +34,7 @@ import torch
 from lab.study import classes, mean_std, seconds_of, write_report
 from xlt_engine import provenance
 from xlt_engine.engine.experiment.config import load_config
-from xlt_engine.engine.experiment.pipeline import pair_configs, run_all, seed_config
+from xlt_engine.engine.experiment.pipeline import Parts, pair_configs, run_all, seed_config
 from xlt_engine.engine.experiment.runs import stage_dir, with_section
 from xlt_engine.studies.sweeps import run_threshold_study
 
@@ -66,7 +66,7 @@ def reference_scores(cfg, seeds: list[int]) -> dict[str, dict[str, list[float]]]
     study made them), its table written as ``references.json`` beside each seed's ``all.json``."""
     scores: dict[str, dict[str, list[float]]] = {row: {} for row in REFERENCES}
     for seed in seeds:
-        res = run_all(seed_config(cfg, seed), selftrain=False, resume=True, echo=print,
+        res = run_all(seed_config(cfg, seed), Parts(selftrain=False), resume=True, echo=print,
                       table_name="references")  # fmt: skip
         for target, r in res["targets"].items():
             for row, column in REFERENCES.items():

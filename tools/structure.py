@@ -18,7 +18,9 @@ def functions(root: Path):
                 params = [*a.posonlyargs, *a.args, *a.kwonlyargs]
                 params = [p for p in params if p.arg not in ("self", "cls")]
                 params += [x for x in (a.vararg, a.kwarg) if x is not None]
-                start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+                start = (
+                    node.lineno
+                )  # the def line: a click command's option decorators are not its body
                 yield path, node.name, node.end_lineno - start + 1, len(params)
 
 

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from pathlib import Path
 
 import click
@@ -119,14 +118,6 @@ def export(model: Path, out: Path) -> None:
     click.echo(f"wrote {folder} ({arch}); load it with transformers' AutoModelFor... classes")
 
 
-def _part(name: str) -> str:
-    if name.startswith("encoder.embeddings."):
-        return "embeddings"
-    if name.startswith("encoder.layers."):
-        return "encoder layers"
-    return "mlm head"
-
-
 @main.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--encoder", is_flag=True, help="inspect as an encoder only (MLM head ignored)")
@@ -134,83 +125,14 @@ def inspect(path: Path, encoder: bool) -> None:
     """Report a checkpoint: config, parameters by part, dtypes, tokenizer, renamed and
     ignored keys. Reads file headers only; no weights are loaded."""
     from xlt_engine.model import plan_checkpoint
+    from xlt_engine.model.describe import describe
 
     try:
         plan = plan_checkpoint(path, "encoder" if encoder else "mlm")
     except ValueError as err:
         _fail(err)
-    c = plan.config
-    click.echo(f"checkpoint   {path}")
-    click.echo(f"config       {plan.config_path}")
-    click.echo("weights      " + ", ".join(str(f) for f in plan.weight_files))
-    click.echo(
-        f"model        BERT L={c.num_hidden_layers} H={c.hidden_size} heads={c.num_attention_heads} "
-        f"FFN={c.intermediate_size} V={c.vocab_size} max_pos={c.max_position_embeddings} "
-        f"act={c.hidden_act} eps={c.layer_norm_eps}"
-    )
-    counts: dict[str, int] = defaultdict(int)
-    for name, entry in plan.tensors.items():
-        n = 1
-        for d in entry.shape:
-            n *= d
-        counts[_part(name)] += n
-    click.echo("parameters")
-    for part in ("embeddings", "encoder layers", "mlm head"):
-        if part in counts:
-            extra = (
-                f" ({c.num_hidden_layers} x {counts[part] // c.num_hidden_layers:,})"
-                if part == "encoder layers"
-                else ""
-            )
-            click.echo(f"  {part:<14} {counts[part]:>14,}{extra}")
-    click.echo(f"  {'total':<14} {sum(counts.values()):>14,}")
-    click.echo(
-        "stored dtypes " + ", ".join(f"{k} x{v}" for k, v in sorted(plan.stored_dtypes.items()))
-    )
-    if plan.aliases:
-        click.echo(
-            "tied copies  " + ", ".join(e.key for e, _ in plan.aliases) + " (checked equal on load)"
-        )
-    click.echo(f"renamed keys {len(plan.renamed)}")
-    for old, new in plan.renamed:
-        click.echo(f"  {old} -> {new}")
-    click.echo(f"ignored keys {len(plan.ignored)}")
-    for key, why in plan.ignored:
-        click.echo(f"  {key}: {why}")
-    if plan.initialised:
-        click.echo(
-            f"initialised  {len(plan.initialised)}: no MLM head in the checkpoint, so btf builds "
-            "one fresh (" + ", ".join(plan.initialised) + ")"
-        )
-    if plan.pooler:
-        click.echo("pooler       loaded (pooler.dense): the pooler representation is available")
-    if plan.tokenizer is None:
-        click.echo("tokenizer    none beside the weights")
-    else:
-        tok = plan.tokenizer  # loaded once, while the plan checked it against vocab_size
-        s = tok.settings
-        if s is not None:  # BERT WordPiece
-            click.echo(
-                f"tokenizer    {tok.kind}, {tok.vocab_size:,} tokens, "
-                f"do_lower_case={s.do_lower_case}, strip_accents={s.strip_accents}, "
-                f"tokenize_chinese_chars={s.tokenize_chinese_chars} ({s.source})"
-            )
-        else:
-            click.echo(f"tokenizer    {tok.kind}, {tok.vocab_size:,} tokens (its own pipeline)")
-        ids = (tok.pad_id, tok.unk_id, tok.cls_id, tok.sep_id, tok.mask_id)
-        roles = ("pad", "unk", "cls", "sep", "mask")
-        click.echo(
-            "  special ids "
-            + " ".join(f"{r} {tok.special_tokens[r]}={i}" for r, i in zip(roles, ids, strict=True))
-        )
-        for what, done in (
-            ("padding", tok.padding_disabled),
-            ("truncation", tok.truncation_disabled),
-        ):
-            if done:
-                click.echo(f"  {what}     the file enables {what}; turned off (the engine does it)")
-        sample = "Zürich liegt in der Schweiz."
-        click.echo(f"  sample      {sample!r} -> {tok.tokenize(sample)}")
+    for line in describe(path, plan):
+        click.echo(line)
 
 
 def _folder_option(default: str, help: str):
@@ -356,22 +278,12 @@ def smoke_config(cfg):
     (``<out>/smoke``) so that it never mixes with the real run."""
     import dataclasses
 
-    from xlt_engine.engine.experiment.runs import with_section
+    from xlt_engine.engine.experiment.runs import with_section, with_trains
 
-    steps = dict(max_steps=SMOKE_STEPS, log_every=1)
     cfg = dataclasses.replace(cfg, out=str(cfg.out_root() / "smoke"))
     cfg = with_section(cfg, "data", **SMOKE_EXAMPLES)
     cfg = with_section(cfg, "model", max_len=min(cfg.model.max_len, SMOKE_MAX_LEN))
-    cfg = with_section(cfg, "btf", train=dataclasses.replace(cfg.btf.train, **steps))
-    cfg = with_section(cfg, "finetune", train=dataclasses.replace(cfg.finetune.train, **steps))
-    cfg = with_section(cfg, "cotrain", train=dataclasses.replace(cfg.cotrain.train, **steps))
-    s = cfg.selftrain
-    return with_section(
-        cfg,
-        "selftrain",
-        soft=dataclasses.replace(s.soft, **steps),
-        hard=dataclasses.replace(s.hard, **steps),
-    )
+    return with_trains(cfg, max_steps=SMOKE_STEPS, log_every=1)
 
 
 def _experiment(
@@ -563,32 +475,21 @@ def run(
     if no_selftrain and stage != "all":
         _fail(ValueError("--no-selftrain goes with --stage all"))
     if tensorboard:  # every train table of the tree
-        trains = (
-            "btf.train",
-            "finetune.train",
-            "selftrain.soft",
-            "selftrain.hard",
-            "cotrain.train",
-        )
-        overrides = (*overrides, *(f"{t}.tensorboard=true" for t in trains))
+        from xlt_engine.engine.experiment.config import TRAIN_TABLES
+
+        overrides = (*overrides, *(f"{t}.tensorboard=true" for t in TRAIN_TABLES))
     echo = click.echo if os.environ.get("RANK", "0") == "0" else None
 
     def go():
-        from xlt_engine.engine.experiment.pipeline import run_all
+        from xlt_engine.engine.experiment.pipeline import Parts, run_all
         from xlt_engine.engine.experiment.stages import run_stage
 
         cfg = _experiment(
             config_path, overrides, out, no_btf, fixed_threshold, voters, smoke, linear_head
         )
         if stage == "all":
-            run_all(
-                cfg,
-                btf=not no_btf,
-                selftrain=not no_selftrain,
-                resume=resume,
-                echo=echo,
-                progress=progress,
-            )
+            parts = Parts(btf=not no_btf, selftrain=not no_selftrain)
+            run_all(cfg, parts=parts, resume=resume, echo=echo, progress=progress)
         else:
             run_stage(cfg, stage, resume=resume, echo=echo, progress=progress)
             if stage == "finetune" and cfg.teachers_per_source and cfg.finetune.source is None:

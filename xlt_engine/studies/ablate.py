@@ -17,6 +17,7 @@ import dataclasses
 
 from xlt_engine.engine.experiment.config import ExperimentConfig, check_files
 from xlt_engine.engine.experiment.pipeline import (
+    Parts,
     evaluate_row,
     pair_configs,
     run_all,
@@ -67,30 +68,9 @@ def _alone_sources(cfg: ExperimentConfig) -> tuple[str, ...]:
     return cfg.source_languages if len(cfg.source_languages) > 1 else ()
 
 
-def run_ablate(
-    cfg: ExperimentConfig,
-    seeds: list[int],
-    fixed_alpha: float = 0.9,
-    resume: bool = False,
-    echo=print,
-    progress=None,
-    rows: list[str] | None = None,
-) -> dict:
-    """The paper's ablation rows (or only ``rows``, in the order of ``ablation_rows``, which
-    may also name Ours under another pseudo-label rule, ``rule = <name>``; a variant runs only
-    when a chosen row needs it) for every seed (each seed in ``<table_dir>/seed-<s>``),
-    then ``ablation.json`` and ``ablation.md`` (mean +- std over seeds) in ``table_dir(cfg)``."""
-    if not seeds:
-        raise ValueError("seeds: give at least one seed")
-    every = ablation_rows(cfg)
-    unknown = [r for r in rows or () if r not in every]
-    if unknown or rows == []:
-        got = f"no row {unknown[0]!r} for this config" if unknown else "give at least one row"
-        raise ValueError(f"rows: {got}; the rows are {list(every)}")
-    # by default the paper's rows; the other pseudo-label rules' rows only when asked for
-    chosen = [r for r in every if (r in rows if rows is not None else r not in rule_rows(cfg))]
-    root = table_dir(cfg)
-    scores: dict[str, dict[str, list[float]]] = {row: {} for row in chosen}
+def ablation_variants(cfg: ExperimentConfig, fixed_alpha: float, chosen: list[str]):
+    """The runs the chosen rows read (``{variant: (config, run_all switches)}``) and each row's
+    ``(variant, column of its run_all results)``; a variant makes no model no chosen row reads."""
     picks = {  # row: (variant, column of its run_all results)
         "Ours": ("full", "selftrain"),
         "- AT": ("fixed", "selftrain"),
@@ -117,12 +97,40 @@ def run_ablate(
         picks.update({f"{r} ({lang} only)": (lang, picks[r][1]) for r in SINGLE_SOURCE_ROWS})
     for name, (_, switches) in variants.items():  # no model that no chosen row reads
         cols = {picks[r][1] for r in chosen if picks[r][0] == name}
-        switches.update(
+        switches["parts"] = Parts(
             btf=name != "nobtf" and bool(cols & {"btf", "selftrain"}),
             direct="direct" in cols,
             finetuned="btf" in cols,
             selftrain="selftrain" in cols,
         )
+    return variants, picks
+
+
+def run_ablate(
+    cfg: ExperimentConfig,
+    seeds: list[int],
+    fixed_alpha: float = 0.9,
+    resume: bool = False,
+    echo=print,
+    progress=None,
+    rows: list[str] | None = None,
+) -> dict:
+    """The paper's ablation rows (or only ``rows``, in the order of ``ablation_rows``, which
+    may also name Ours under another pseudo-label rule, ``rule = <name>``; a variant runs only
+    when a chosen row needs it) for every seed (each seed in ``<table_dir>/seed-<s>``),
+    then ``ablation.json`` and ``ablation.md`` (mean +- std over seeds) in ``table_dir(cfg)``."""
+    if not seeds:
+        raise ValueError("seeds: give at least one seed")
+    every = ablation_rows(cfg)
+    unknown = [r for r in rows or () if r not in every]
+    if unknown or rows == []:
+        got = f"no row {unknown[0]!r} for this config" if unknown else "give at least one row"
+        raise ValueError(f"rows: {got}; the rows are {list(every)}")
+    # by default the paper's rows; the other pseudo-label rules' rows only when asked for
+    chosen = [r for r in every if (r in rows if rows is not None else r not in rule_rows(cfg))]
+    root = table_dir(cfg)
+    scores: dict[str, dict[str, list[float]]] = {row: {} for row in chosen}
+    variants, picks = ablation_variants(cfg, fixed_alpha, chosen)
     needed = {picks[r][0] for r in chosen}
     for seed in seeds:
         if echo:

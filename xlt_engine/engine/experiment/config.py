@@ -47,6 +47,7 @@ from xlt_engine.engine.method.settings import (
     check_limit,
 )
 from xlt_engine.engine.train.inference import EVAL_MAX_TOKENS
+from xlt_engine.engine.train.loop import TrainConfig
 from xlt_engine.model.checkpoint import plan_checkpoint
 from xlt_engine.model.config import BertConfig
 
@@ -203,6 +204,9 @@ class PredictSection(InferenceSection):
     output: str | None = None
 
 
+# every training loop's table of settings (a ``TrainConfig``): the stages' and self-training's two
+TRAIN_TABLES = ("btf.train", "finetune.train", "selftrain.soft", "selftrain.hard", "cotrain.train")
+
 # files that may serve a use, in order of preference: ROLES[use][is the source language]
 ROLES = {
     "text": {True: ("text", "train"), False: ("text", "unlabeled", "train")},
@@ -277,17 +281,18 @@ class ExperimentConfig:
             )
         if self.target is not None and self.target not in self.targets:
             raise ValueError(f"target: {self.target!r} is not one of targets {list(self.targets)}")
-        trains = {
-            "btf.train": self.btf.train,
-            "finetune.train": self.finetune.train,
-            "selftrain.soft": self.selftrain.soft,
-            "selftrain.hard": self.selftrain.hard,
-            "cotrain.train": self.cotrain.train,
-        }
-        for key, train in trains.items():
+        for key, train in self.train_tables().items():
             if train.seed != 0:
                 raise ValueError(f"{key}.seed: set the top-level seed (one for all stages)")
         check_device(self.device)
+
+    def train_tables(self) -> dict[str, TrainConfig]:
+        """Every training loop's settings, by key (``TRAIN_TABLES``)."""
+        out = {}
+        for key in TRAIN_TABLES:
+            section, name = key.split(".")
+            out[key] = getattr(getattr(self, section), name)
+        return out
 
     @property
     def source_languages(self) -> tuple[str, ...]:

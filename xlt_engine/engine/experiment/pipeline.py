@@ -7,8 +7,8 @@ folder of the whole run is checked against its fingerprint (``experiment.runs``)
 anything runs: a finished stage made with the same settings and inputs is reused (so variants
 share their common stages and a re-run picks up where an earlier one stopped; a stage killed
 half-way continues with ``resume``), and one made otherwise stops the run, naming each change.
-Switches give the paper's ablation rows (``studies.ablate``): ``btf=False`` (-BTF: fine-tuning
-and self-training start from the pretrained model), ``selftrain=False`` (-ST),
+Switches give the paper's ablation rows (``studies.ablate``): ``Parts(btf=False)`` (-BTF:
+fine-tuning and self-training start from the pretrained model), ``Parts(selftrain=False)`` (-ST),
 ``selftrain.threshold = "fixed"`` (-AT), ``model.head = "linear"`` (-VM),
 ``selftrain.pseudo_rule`` (the class-aware rules). The direct-transfer column is always the
 pretrained model fine-tuned with a plain linear head (``finetune-direct-linear``), standard
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from xlt_engine.engine.experiment.config import ExperimentConfig, check_files
@@ -78,17 +79,28 @@ def table_dir(cfg: ExperimentConfig) -> Path:
     return cfg.out_root()
 
 
+@dataclass(frozen=True)
+class Parts:
+    """Which parts of the method a whole run makes: btf (False: -BTF, fine-tuning and
+    self-training start from the pretrained model), self-training (False: -ST), the
+    direct-transfer model, and the + BTF column (False: the model fine-tuned from the Base Model
+    is made only where it is round 1's teacher, and not evaluated)."""
+
+    btf: bool = True
+    selftrain: bool = True
+    direct: bool = True
+    finetuned: bool = True
+
+
+EVERY_PART = Parts()  # the whole method: the default of a run
+
+
 def plan_all(
-    cfg: ExperimentConfig,
-    btf: bool = True,
-    selftrain: bool = True,
-    direct: bool = True,
-    finetuned: bool = True,
+    cfg: ExperimentConfig, parts: Parts = EVERY_PART
 ) -> list[tuple[ExperimentConfig, str]]:
     """The (config, stage) steps ``run_all`` takes, in order: per pair btf, finetune-direct,
-    finetune, selftrain, then the evaluation of each model (``evaluate.model`` set).
-    ``finetuned=False``: no + BTF column (the model fine-tuned from the Base Model is made only
-    where it is round 1's teacher, and not evaluated)."""
+    finetune, selftrain, then the evaluation of each model (``evaluate.model`` set)."""
+    btf, selftrain, direct, finetuned = parts.btf, parts.selftrain, parts.direct, parts.finetuned
     if not btf:
         cfg = with_section(cfg, "selftrain", base="pretrained", teacher="finetune-direct")
     steps = []
@@ -119,15 +131,11 @@ def plan_all(
 
 
 def check_all(
-    cfg: ExperimentConfig,
-    btf: bool = True,
-    selftrain: bool = True,
-    direct: bool = True,
-    finetuned: bool = True,
+    cfg: ExperimentConfig, parts: Parts = EVERY_PART
 ) -> list[tuple[ExperimentConfig, str]]:
     """Every file problem and every stale stage folder of the whole run, before anything runs;
     returns the steps (``plan_all``)."""
-    steps = plan_all(cfg, btf, selftrain, direct, finetuned)
+    steps = plan_all(cfg, parts)
     for pc, stage in steps:
         check_files(pc, stage)
     check_plans([plan_stage(pc, stage) for pc, stage in steps])
@@ -136,22 +144,18 @@ def check_all(
 
 def run_all(
     cfg: ExperimentConfig,
-    btf: bool = True,
-    selftrain: bool = True,
+    parts: Parts = EVERY_PART,
     resume: bool = False,
     echo=print,
     progress=None,
-    direct: bool = True,
     table_name: str = "all",
-    finetuned: bool = True,
 ) -> dict:
     """Run the pipeline for every pair; returns ``{"metric", "source", "targets": {target:
     {"direct", "btf", "selftrain" (scores or None), "source": {...}}}}`` and writes
-    ``all.json`` and ``all.md`` into ``table_dir(cfg)``. ``direct=False`` skips the direct
-    transfer model when btf runs (an ablation variant that does not need it), ``finetuned=False``
-    the + BTF column (``plan_all``); ``table_name`` names the two files."""
+    ``all.json`` and ``all.md`` into ``table_dir(cfg)``; ``parts`` chooses what it makes (an
+    ablation variant makes only what its rows read); ``table_name`` names the two files."""
     distributed.init(cfg.device)
-    steps = check_all(cfg, btf, selftrain, direct, finetuned)
+    steps = check_all(cfg, parts)
     start = time.perf_counter()
     timings: list[tuple[str, float | None]] = []  # (pair and stage, seconds; None: reused)
     results: dict = {

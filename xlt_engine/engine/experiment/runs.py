@@ -78,6 +78,15 @@ def with_section(cfg: ExperimentConfig, section: str, **changes) -> ExperimentCo
     )
 
 
+def with_trains(cfg: ExperimentConfig, **changes) -> ExperimentConfig:
+    """``cfg`` with the same fields replaced in every training loop's settings
+    (``TRAIN_TABLES``), e.g. ``max_steps=4``."""
+    for key, train in cfg.train_tables().items():
+        section, name = key.split(".")
+        cfg = with_section(cfg, section, **{name: dataclasses.replace(train, **changes)})
+    return cfg
+
+
 def with_linear_head(cfg: ExperimentConfig) -> ExperimentConfig:
     """``cfg`` with the plain linear head (``model.head = "linear"``): the direct-transfer
     baseline and the -VM ablation."""

@@ -185,6 +185,88 @@ def choose_thresholds(
     )
 
 
+@dataclass(frozen=True)
+class SourceRows:
+    """The source rows' voter outputs as the rules read them: the agreed class (or -1), the
+    confidence of accepted rows, whether each is right, the threshold grid, the class names."""
+
+    agreed: np.ndarray
+    conf: np.ndarray
+    correct: np.ndarray
+    grid: list[float]
+    names: list[str]
+
+    def counts(self, c: int, thresholds) -> tuple[np.ndarray, np.ndarray]:
+        """Rows agreed as class ``c`` above each threshold, and how many of them are right."""
+        mine = self.agreed == c
+        return counts_above(np.where(mine, self.conf, -1.0), self.correct & mine, thresholds)
+
+
+def _by_precision(
+    src: SourceRows, rule: PseudoRule, classes_: list[int], alpha, records
+) -> list[str]:
+    """per_class_precision: each class's lowest grid threshold at which its agreed source rows
+    number ``min_rows`` or more with a Wilson lower bound of ``class_precision``; 1.0 (no
+    pseudo labels) for a class that never qualifies, with a note."""
+    notes, ts = [], src.grid
+    for c in classes_:
+        n, k = src.counts(c, ts)
+        low = wilson_lower(k, n)
+        good = np.flatnonzero((n >= rule.min_rows) & (low >= rule.class_precision))
+        rec = {"class": src.names[c], "how": "precision"}
+        if len(good):
+            i = int(good[0])
+            alpha[c] = ts[i]
+            rec |= {"threshold": ts[i], "source_rows": int(n[i]), "source_correct": int(k[i])}
+            rec |= {"source_precision": float(k[i] / n[i]), "wilson_lower": float(low[i])}
+        else:
+            alpha[c] = 1.0
+            best = int(np.argmax(np.where(n >= rule.min_rows, low, -1.0)))
+            rec |= {"threshold": 1.0, "never_qualified": True}
+            rec |= {"best_rows": int(n[best]), "best_wilson_lower": float(low[best])}
+            notes.append(
+                f"class {src.names[c]}: no threshold of the grid gives {rule.min_rows} or more "
+                f"source rows with a precision lower bound of {rule.class_precision:g} "
+                f"(best: {float(low[best]):.3f} over {int(n[best])} rows at {ts[best]:g}): "
+                "it gets no pseudo labels"
+            )
+        records[c] = rec
+    return notes
+
+
+def _by_entity_curve(src: SourceRows, rule: PseudoRule, groups, alpha, records) -> None:
+    """entity_curve: the paper's criterion on the curve of the rows agreed as a group's classes
+    (NER: every entity class together), one threshold per group."""
+    C = len(src.names)
+    for group in groups:
+        in_group = np.isin(src.agreed, group)
+        curve_conf = torch.from_numpy(np.where(in_group, src.conf, -1.0))
+        choice = select_threshold(
+            curve_conf, torch.from_numpy(src.correct & in_group), C, rule.method,
+            rule.grid_points(), rule.alpha,
+        )  # fmt: skip
+        for c in group:
+            alpha[c] = choice.alpha
+            records[c] = {"class": src.names[c], "threshold": choice.alpha, "how": "entity_curve"}
+            if choice.fallback:
+                records[c]["fallback"] = choice.fallback
+
+
+def _by_quota(target, rule: PseudoRule, names: list[str], alpha, records) -> None:
+    """class_quota: per class, the confidence above which the most confident ``quota`` share of
+    the target rows agreed as it lie."""
+    t_agreed, t_conf = (x.cpu().numpy() for x in target)
+    for c in range(len(names)):
+        mine = np.sort(t_conf[t_agreed == c])[::-1].astype(np.float64)  # most confident first
+        keep = math.ceil(rule.quota * len(mine))
+        cut = float(mine[keep]) if keep < len(mine) else 0.0
+        if len(mine) == 0:
+            cut = 1.0
+        alpha[c] = cut
+        records[c] = {"class": names[c], "threshold": cut, "how": "quota"}
+        records[c] |= {"target_agreed": len(mine), "target_kept": int((mine > cut).sum())}
+
+
 def thresholds_from(
     agreed: torch.Tensor,
     conf: torch.Tensor,
@@ -219,58 +301,18 @@ def thresholds_from(
     classes = [{"class": names[c], "threshold": base.alpha, "how": "paper"} for c in range(C)]
     notes: list[str] = []
     others = [c for c in range(C) if c != background]
+    src = SourceRows(a, s, ok, ts, names)
     if rule.name == "per_class_precision":
-        for c in others:
-            n, k = counts_above(np.where(a == c, s, -1.0), ok & (a == c), ts)
-            low = wilson_lower(k, n)
-            good = np.flatnonzero((n >= rule.min_rows) & (low >= rule.class_precision))
-            rec = {"class": names[c], "how": "precision"}
-            if len(good):
-                i = int(good[0])
-                alpha[c] = ts[i]
-                rec |= {"threshold": ts[i], "source_rows": int(n[i]), "source_correct": int(k[i])}
-                rec |= {"source_precision": float(k[i] / n[i]), "wilson_lower": float(low[i])}
-            else:
-                alpha[c] = 1.0
-                best = int(np.argmax(np.where(n >= rule.min_rows, low, -1.0)))
-                rec |= {"threshold": 1.0, "never_qualified": True}
-                rec |= {"best_rows": int(n[best]), "best_wilson_lower": float(low[best])}
-                notes.append(
-                    f"class {names[c]}: no threshold of the grid gives {rule.min_rows} or more "
-                    f"source rows with a precision lower bound of {rule.class_precision:g} "
-                    f"(best: {float(low[best]):.3f} over {int(n[best])} rows at {ts[best]:g}): "
-                    "it gets no pseudo labels"
-                )
-            classes[c] = rec
+        notes = _by_precision(src, rule, others, alpha, classes)
     elif rule.name == "entity_curve":
         groups = [others] if background is not None else [[c] for c in range(C)]
-        for group in groups:
-            in_group = np.isin(a, group)
-            curve_conf = torch.from_numpy(np.where(in_group, s, -1.0))
-            choice = select_threshold(
-                curve_conf, torch.from_numpy(ok & in_group), C, rule.method, grid, rule.alpha
-            )
-            for c in group:
-                alpha[c] = choice.alpha
-                classes[c] = {"class": names[c], "threshold": choice.alpha, "how": "entity_curve"}
-                if choice.fallback:
-                    classes[c]["fallback"] = choice.fallback
+        _by_entity_curve(src, rule, groups, alpha, classes)
     elif rule.name == "class_quota":
-        t_agreed, t_conf = (x.cpu().numpy() for x in target)
-        for c in range(C):
-            mine = np.sort(t_conf[t_agreed == c])[::-1].astype(np.float64)  # most confident first
-            keep = math.ceil(rule.quota * len(mine))
-            cut = float(mine[keep]) if keep < len(mine) else 0.0
-            if len(mine) == 0:
-                cut = 1.0
-            alpha[c] = cut
-            passed = int((mine > cut).sum())
-            classes[c] = {"class": names[c], "threshold": cut, "how": "quota"}
-            classes[c] |= {"target_agreed": len(mine), "target_kept": passed}
+        _by_quota(target, rule, names, alpha, classes)
     # every class: the source rows the voters agree on as it, above its threshold, and their
     # precision (the record a reader checks the rule against)
     for c in range(C):
-        n, k = counts_above(np.where(a == c, s, -1.0), ok & (a == c), [alpha[c]])
+        n, k = src.counts(c, [alpha[c]])
         classes[c].setdefault("source_rows", int(n[0]))
         classes[c].setdefault("source_correct", int(k[0]))
         classes[c].setdefault("source_precision", float(k[0] / n[0]) if n[0] else None)

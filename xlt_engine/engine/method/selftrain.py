@@ -172,11 +172,9 @@ class SelftrainConfig(SelftrainSettings, FreezeSettings, TaskSettings):
     source_file: str  # D_src: labeled source-language data
     unlabeled_file: str  # U_tgt: target-language data (labels, if any, are never read)
     out: str
-    head: str | None = None  # the students' head: voters, linear (None: the teacher's kind)
-    voters: int | None = None  # the student's voters (None: the teacher's head, all three)
-    voter_widths: tuple[int, ...] | None = None
-    voter_dropout: float | None = None
-    representation: str | None = None  # the students' sentence vector (None: the teacher's)
+    student_head: HeadSettings | None = None  # the students' head (its kind, voters, widths,
+    # dropout and sentence vector; widths () : the teacher's when the voters are as many), or
+    # None: the teacher's head
     max_source: int | None = None  # examples sampled from each source file (soft.seed)
     more_teachers: tuple[str, ...] = ()  # several sources: round 1's soft labels are the mean
     # of the teachers' probabilities (teacher and these)
@@ -206,15 +204,6 @@ class SelftrainConfig(SelftrainSettings, FreezeSettings, TaskSettings):
             raise ValueError(f"round1_from: {self.round1_from}: no such folder")
         for teacher in (self.teacher, *self.more_teachers):
             check_task_model(teacher, self.format)
-        if self.head is not None or self.voters is not None:  # HeadSettings' checks
-            HeadSettings(
-                self.head or "voters",
-                self.voters or 1,
-                self.voter_widths or (),
-                self.voter_dropout or 0.0,
-            )
-        if self.representation is not None:
-            HeadSettings(representation=self.representation)
         check_limit("max_source", self.max_source)
         if self.unlabeled_format is not None:
             if self.unlabeled_format not in INPUT_FORMATS:
@@ -521,20 +510,19 @@ class SelfTraining:
         first = load_task_model(cfg.teacher, device="cpu")
         self.labels, self.kind = first.labels, first.kind
         self.background = background_class(self.labels) if self.kind == "token" else None
-        self.num_voters = cfg.voters or first.voters.num_voters
-        self.widths = cfg.voter_widths
-        if cfg.head == "linear":
-            self.num_voters, self.widths = HeadSettings(head="linear").voter_shape()
+        head = cfg.student_head
+        self.num_voters = head.voters if head else first.voters.num_voters
+        self.widths = (tuple(head.voter_widths) or None) if head else None
+        if head and head.head == "linear":
+            self.num_voters, self.widths = head.voter_shape()
         elif (
             self.widths is None
             and self.num_voters == first.voters.num_voters
-            and (cfg.head is None or LINEAR not in first.voters.widths)
+            and (head is None or LINEAR not in first.voters.widths)
         ):  # the teacher's widths, unless the head was asked to differ in kind
             self.widths = tuple(first.voters.widths)
-        self.dropout = cfg.voter_dropout
-        if self.dropout is None:
-            self.dropout = first.voters.voters[0].dropout.p
-        self.representation = cfg.representation or first.representation
+        self.dropout = head.voter_dropout if head else first.voters.voters[0].dropout.p
+        self.representation = head.representation if head else first.representation
         del first
         self.seed = cfg.soft.seed
         # D_src and U_tgt as packed stores (built by rank 0, memory-mapped by every rank): a

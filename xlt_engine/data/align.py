@@ -181,6 +181,28 @@ class WordPieces:
         )
 
 
+def _words(pieces: WordPieces, sentences, labels):
+    """Words per sentence, each word's entry in ``pieces`` and its label (IGNORE unlabeled),
+    after checking that every sentence has words and, when labeled, one label per word."""
+    if labels is not None and len(labels) != len(sentences):
+        raise ValueError(f"{len(labels)} label lists for {len(sentences)} sentences")
+    n_words = np.fromiter((len(s) for s in sentences), np.int64, len(sentences))
+    if (n_words == 0).any():
+        raise ValueError(f"sentence {int(np.argmin(n_words))} has no words")
+    entries = pieces.lookup(sentences)
+    if labels is None:
+        return n_words, entries, np.full(len(entries), IGNORE, dtype=np.int64)
+    for s, (words, lab) in enumerate(zip(sentences, labels, strict=True)):
+        if len(lab) != len(words):
+            raise ValueError(f"sentence {s}: {len(lab)} labels for {len(words)} words")
+    return n_words, entries, np.fromiter((x for lab in labels for x in lab), np.int64, len(entries))
+
+
+def _flat_windows(ids, lengths, positions, rows, targets, units, stats) -> dict:
+    return {"ids": ids, "lengths": lengths, "positions": positions, "rows": rows,
+            "targets": targets, "units": units, "stats": stats}  # fmt: skip
+
+
 def align_flat(
     pieces: WordPieces,
     sentences: Sequence[Sequence[str]],
@@ -194,28 +216,15 @@ def align_flat(
     ``cut_windows`` as ``align_words`` cuts it."""
     if max_len < 3:
         raise ValueError(f"max_len must be at least 3 ([CLS] piece [SEP]), got {max_len}")
-    if labels is not None and len(labels) != len(sentences):
-        raise ValueError(f"{len(labels)} label lists for {len(sentences)} sentences")
     room = max_len - 2
     tok = pieces.tok
-    n_words = np.fromiter((len(s) for s in sentences), np.int64, len(sentences))
-    if (n_words == 0).any():
-        raise ValueError(f"sentence {int(np.argmin(n_words))} has no words")
-    entries = pieces.lookup(sentences)
-    if labels is None:
-        word_labels = np.full(len(entries), IGNORE, dtype=np.int64)
-    else:
-        for s, (words, lab) in enumerate(zip(sentences, labels, strict=True)):
-            if len(lab) != len(words):
-                raise ValueError(f"sentence {s}: {len(lab)} labels for {len(words)} words")
-        word_labels = np.fromiter((x for lab in labels for x in lab), np.int64, len(entries))
+    n_words, entries, word_labels = _words(pieces, sentences, labels)
     counts = pieces.counts[entries]
     ids = pieces.flat[spans(pieces.starts[entries], counts)]
     word_start = np.concatenate([[0], np.cumsum(n_words)[:-1]])  # first word of each sentence
     piece_start = np.cumsum(counts) - counts  # first piece of each word, over the chunk
     totals = np.add.reduceat(counts, word_start)  # pieces per sentence
-    stats = {"unk_words": int(pieces.empty[entries].sum()), "split_sentences": 0}
-    stats["clipped_words"] = 0
+    stats = dict(unk_words=int(pieces.empty[entries].sum()), split_sentences=0, clipped_words=0)
     n_sent = len(sentences)
     # the sentences that fit one window: [CLS] pieces [SEP], positions at their words' starts
     fits = totals <= room
@@ -231,17 +240,9 @@ def align_flat(
     fit_pos, fit_tg = word_pos[word_fits], word_labels[word_fits]
     fit_rows = n_words[fits]
     long = np.flatnonzero(~fits)
-    if not len(long):
+    if not len(long):  # each window its sentence
         units = np.arange(n_sent, dtype=np.int64)
-        return {
-            "ids": fit_ids,
-            "lengths": fit_lengths,
-            "positions": fit_pos,
-            "rows": fit_rows,
-            "targets": fit_tg,
-            "units": units,
-            "stats": stats,
-        }
+        return _flat_windows(fit_ids, fit_lengths, fit_pos, fit_rows, fit_tg, units, stats)
     # the others, cut as align_words cuts them (few: a loop), then every window in order
     windows = np.where(fits, 1, 0)
     cut = {}
@@ -262,14 +263,13 @@ def align_flat(
         windows[s] = len(cuts)
     first_window = np.cumsum(windows) - windows
     lengths = np.zeros(int(windows.sum()), dtype=np.int64)
-    rows = np.zeros_like(lengths)
+    rows = np.zeros_like(lengths)  # each window's pieces and labelled rows
     fit_win = first_window[fits]
     lengths[fit_win], rows[fit_win] = fit_lengths, fit_rows
     for s, parts in cut.items():
-        for j, (w_ids, w_pos, _) in enumerate(parts):
-            lengths[first_window[s] + j], rows[first_window[s] + j] = len(w_ids), len(w_pos)
-    out_ids = np.empty(int(lengths.sum()), dtype=np.int32)
-    out_pos = np.empty(int(rows.sum()), dtype=np.int64)
+        k = first_window[s] + np.arange(len(parts))
+        lengths[k], rows[k] = [len(p[0]) for p in parts], [len(p[1]) for p in parts]
+    out_ids, out_pos = np.empty(lengths.sum(), np.int32), np.empty(rows.sum(), np.int64)
     out_tg = np.empty_like(out_pos)
     id_start, row_start = np.cumsum(lengths) - lengths, np.cumsum(rows) - rows
     out_ids[spans(id_start[fit_win], fit_lengths)] = fit_ids
@@ -282,15 +282,7 @@ def align_flat(
             out_pos[row_start[k] : row_start[k] + len(w_pos)] = w_pos
             out_tg[row_start[k] : row_start[k] + len(w_tg)] = w_tg
     units = np.repeat(np.arange(n_sent, dtype=np.int64), windows)
-    return {
-        "ids": out_ids,
-        "lengths": lengths,
-        "positions": out_pos,
-        "rows": rows,
-        "targets": out_tg,
-        "units": units,
-        "stats": stats,
-    }
+    return _flat_windows(out_ids, lengths, out_pos, rows, out_tg, units, stats)
 
 
 def word_predictions(aligned: AlignedWords, window_predictions: Sequence[Sequence]) -> list[list]:

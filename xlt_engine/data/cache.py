@@ -43,6 +43,47 @@ def _save_synced(path: Path, array: np.ndarray) -> None:
         os.fsync(f.fileno())
 
 
+def _tokenize_into(tmp: Path, text_path: Path, tokenizer, batch_lines: int, encoding: str):
+    """Tokenise every non-blank line of ``text_path`` into ``tmp``'s ids.bin (int32, all lines
+    one after the other), lengths.bin and lines.bin (int64: ids and line number per line),
+    ``batch_lines`` lines at a time, synced; returns (lines, ids)."""
+    n_lines = n_ids = 0
+    with (
+        open(tmp / "ids.bin", "wb") as ids_f,
+        open(tmp / "lengths.bin", "wb") as len_f,
+        open(tmp / "lines.bin", "wb") as line_f,
+    ):
+        batch: list[str] = []
+        numbers: list[int] = []
+        backend = tokenizer.backend  # encode_batch_fast skips the offsets (tokenizers 0.21+)
+        encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
+
+        def flush() -> None:
+            nonlocal n_lines, n_ids
+            encs = encode(batch, add_special_tokens=False)
+            lens = np.fromiter((len(e.ids) for e in encs), np.int64, len(encs))
+            if lens.sum():
+                ids_f.write(np.concatenate([e.ids for e in encs]).astype(np.int32))
+            len_f.write(lens.tobytes())
+            line_f.write(np.asarray(numbers, dtype=np.int64).tobytes())
+            n_lines += len(batch)
+            n_ids += int(lens.sum())
+            batch.clear()
+            numbers.clear()
+
+        for lineno, line in iter_text(text_path, encoding):
+            batch.append(line)
+            numbers.append(lineno)
+            if len(batch) >= batch_lines:
+                flush()
+        if batch:
+            flush()
+        for f in (ids_f, len_f, line_f):
+            f.flush()
+            os.fsync(f.fileno())
+    return n_lines, n_ids
+
+
 class TokenCache:
     """A built cache, memory-mapped. ``cache[i]`` is the int32 id array of entry i."""
 
@@ -85,42 +126,7 @@ class TokenCache:
         cache_root.mkdir(parents=True, exist_ok=True)
         tmp = temp_dir_beside(f".{folder.name}.tmp-", cache_root)
         try:
-            n_lines = n_ids = 0
-            with (
-                open(tmp / "ids.bin", "wb") as ids_f,
-                open(tmp / "lengths.bin", "wb") as len_f,
-                open(tmp / "lines.bin", "wb") as line_f,
-            ):
-                batch: list[str] = []
-                numbers: list[int] = []
-                backend = (
-                    tokenizer.backend
-                )  # encode_batch_fast skips the offsets (tokenizers 0.21+)
-                encode = getattr(backend, "encode_batch_fast", None) or backend.encode_batch
-
-                def flush() -> None:
-                    nonlocal n_lines, n_ids
-                    encs = encode(batch, add_special_tokens=False)
-                    lens = np.fromiter((len(e.ids) for e in encs), np.int64, len(encs))
-                    if lens.sum():
-                        ids_f.write(np.concatenate([e.ids for e in encs]).astype(np.int32))
-                    len_f.write(lens.tobytes())
-                    line_f.write(np.asarray(numbers, dtype=np.int64).tobytes())
-                    n_lines += len(batch)
-                    n_ids += int(lens.sum())
-                    batch.clear()
-                    numbers.clear()
-
-                for lineno, line in iter_text(text_path, encoding):
-                    batch.append(line)
-                    numbers.append(lineno)
-                    if len(batch) >= batch_lines:
-                        flush()
-                if batch:
-                    flush()
-                for f in (ids_f, len_f, line_f):
-                    f.flush()
-                    os.fsync(f.fileno())
+            n_lines, n_ids = _tokenize_into(tmp, text_path, tokenizer, batch_lines, encoding)
             if n_lines == 0:
                 raise ValueError(f"{text_path}: no non-blank lines to tokenise")
             lengths = np.fromfile(tmp / "lengths.bin", dtype=np.int64)

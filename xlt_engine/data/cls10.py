@@ -37,21 +37,9 @@ def rating_label(rating: float) -> str | None:
     return None
 
 
-def read_cls10(
-    path: str | Path,
-    label_rule: Callable[[float], str | None] = rating_label,
-    head_fields: Sequence[str] = ("summary", "title"),
-    unlabeled: bool = False,
-) -> TextDataset:
-    """Read a CLS-10 ``.review`` file into examples labeled ``positive``/``negative``.
-
-    ``label_rule``: rating -> label, or None to drop the item. ``head_fields``: the fields tried
-    in order for the text's first line (empty tuple: review text only). ``unlabeled``: keep every
-    item with ``label=None`` (the target-language train file used as unlabeled data); ratings
-    are then still parsed but not required.
-    """
-    path = Path(path)
-    data = read_bytes(path, "a CLS-10 .review file")
+def _parse_items(path: Path, data: bytes) -> list[tuple[int, dict[str, str]]]:
+    """The ``<item>``s of a CLS-10 file as (line, {field: text}), parsed with expat; a document
+    type or entity declaration is refused (nothing a file declares is fetched or expanded)."""
     items: list[tuple[int, dict[str, str]]] = []
     fields: dict[str, str] = {}
     parts: list[str] = []
@@ -111,7 +99,24 @@ def read_cls10(
             f"{path}:{err.lineno}: malformed XML ({expat.ErrorString(err.code)}, "
             f"column {err.offset + 1})"
         ) from None
+    return items
 
+
+def read_cls10(
+    path: str | Path,
+    label_rule: Callable[[float], str | None] = rating_label,
+    head_fields: Sequence[str] = ("summary", "title"),
+    unlabeled: bool = False,
+) -> TextDataset:
+    """Read a CLS-10 ``.review`` file into examples labeled ``positive``/``negative``.
+
+    ``label_rule``: rating -> label, or None to drop the item. ``head_fields``: the fields tried
+    in order for the text's first line (empty tuple: review text only). ``unlabeled``: keep every
+    item with ``label=None`` (the target-language train file used as unlabeled data); ratings
+    are then still parsed but not required.
+    """
+    path = Path(path)
+    items = _parse_items(path, read_bytes(path, "a CLS-10 .review file"))
     examples: list[Example] = []
     dropped = 0
     for line, item in items:

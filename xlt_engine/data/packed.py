@@ -167,16 +167,17 @@ def build_store(
         for f in files:
             per_file.append(
                 _encode_file(
-                    writer, f, kind, tok, labels, max_len, limit, seed, encoding, chunk, pieces
+                    writer, f, (kind, tok, labels, max_len), (limit, seed), encoding, chunk, pieces
                 )
             )
         writer.close(key | {"per_file": per_file})
     return folder
 
 
-def _encode_file(
-    writer, f, kind, tok, labels, max_len, limit, seed, encoding, chunk, pieces
-) -> dict:
+def _encode_file(writer, f, spec: tuple, sample: tuple, encoding, chunk, pieces) -> dict:
+    """One file's examples into ``writer``, ``chunk`` at a time; ``spec``: (kind, tokenizer,
+    labels, max_len); ``sample``: (limit, seed), the examples drawn before encoding."""
+    (kind, tok, labels, max_len), (limit, seed) = spec, sample
     keep = None
     total = None
     if limit is not None:  # count first, then draw the sample as ``subsample`` would

@@ -167,7 +167,7 @@ def mlm_cases(device, dtype, shapes, providers, modes) -> list[Case]:
                 else:
                     leaves, call = [x, weight, bias], fn
                 flops = MLM_FLOPS[mode] * n * v * h
-                case = _autograd_case("mlm", label, provider, mode, call, leaves, y, flops=flops)
+                case = _autograd_case(("mlm", label, provider, mode), call, leaves, y, flops=flops)
                 if mode in ("full", "frozen"):
                     case.floor_bytes = floor_bytes
                 cases.append(case)
@@ -199,10 +199,7 @@ def mse_cases(device, dtype, shapes, providers, modes) -> list[Case]:
             for mode in (m for m in modes if m in nbytes):  # no weight, so no "frozen"
                 cases.append(
                     _autograd_case(
-                        "mse",
-                        label,
-                        provider,
-                        mode,
+                        ("mse", label, provider, mode),
                         lambda zz, pp, mm, _fn=fn: _fn(zz, pp, mm),
                         [z],
                         p,
@@ -233,7 +230,7 @@ def supcon_cases(device, dtype, shapes, providers, modes) -> list[Case]:
                 flops = SUPCON_FLOPS[mode] * b * b * d
                 cases.append(
                     _autograd_case(
-                        "supcon", label, provider, mode, fn, [h], labels,
+                        ("supcon", label, provider, mode), fn, [h], labels,
                         extra=(SUPCON_TAU,), flops=flops,
                     )
                 )  # fmt: skip
@@ -280,7 +277,10 @@ def _forward_cases(op, label, fns, providers, args, nbytes, compile_target=None)
     ]
 
 
-def _autograd_case(op, label, provider, mode, fn, leaves, target, *, extra=(), flops=0, nbytes=0):
+def _autograd_case(what: tuple, fn, leaves, target, *, extra=(), flops=0, nbytes=0):
+    """A case timing ``fn(*leaves, target, *extra)`` and its backward; ``what``: (op, label,
+    provider, mode)."""
+    op, label, provider, mode = what
     leaves = [t.detach().requires_grad_() for t in leaves]
     state: dict = {}
 

@@ -139,6 +139,21 @@ def chunk_rows_for(n: int, v: int, dtype: torch.dtype, chunk_rows: int | None) -
     return max(1, min(chunk_rows, n))
 
 
+def padded_weight(weight: torch.Tensor, dtype: torch.dtype, v_pad: int) -> torch.Tensor:
+    """The weight in the compute dtype with ``v_pad`` rows, the extra ones zero, so that every
+    matmul has dimensions in multiples of 64: with an odd V (mBERT's 119,547) cuBLAS fell back
+    to sm_75 kernels, 3-4x slower on an H100. Under autocast this copy is the cast autocast
+    would make anyway; a weight already in the compute dtype costs one extra copy (0.13 ms for
+    mBERT's on an H100), and none when V is a multiple of 64."""
+    V, H = weight.shape
+    if V == v_pad and weight.dtype == dtype and weight.is_contiguous():
+        return weight
+    w_pad = torch.empty(v_pad, H, device=weight.device, dtype=dtype)
+    w_pad[:V].copy_(weight)
+    w_pad[V:].zero_()
+    return w_pad
+
+
 def fused_mlm_loss_fwd(
     hidden: torch.Tensor,
     weight: torch.Tensor,
@@ -167,17 +182,7 @@ def fused_mlm_loss_fwd(
     rows = chunk_rows_for(N, V, dtype, chunk_rows)
     n_chunks = triton.cdiv(N, rows)
     v_pad = triton.cdiv(V, ROW_ALIGN) * ROW_ALIGN
-    # The weight in the compute dtype with V_pad rows, the extra ones zero, so that every matmul
-    # has dimensions in multiples of 64: with an odd V (mBERT's 119,547) cuBLAS fell back to sm_75
-    # kernels, 3-4x slower on an H100. Under autocast this copy is the cast autocast would make
-    # anyway; a weight already in the compute dtype costs one extra copy (0.13 ms for mBERT's on
-    # an H100), and none when V is a multiple of 64.
-    if V == v_pad and weight.dtype == dtype and weight.is_contiguous():
-        w_pad = weight
-    else:
-        w_pad = torch.empty(v_pad, H, device=device, dtype=dtype)
-        w_pad[:V].copy_(weight)
-        w_pad[V:].zero_()
+    w_pad = padded_weight(weight, dtype, v_pad)
     buf = torch.empty(rows, v_pad, device=device, dtype=dtype)
     row_loss = torch.zeros(N, device=device, dtype=torch.float32)
     dh = torch.empty(N, H, device=device, dtype=dtype) if need_dh else None

@@ -415,6 +415,38 @@ def _check_sizes(config: BertConfig, where: Path, shapes: dict[str, tuple[str, t
         raise ValueError(f"{where}: the config does not match the weights: " + "; ".join(found))
 
 
+def _config_hint(ours: str, config: BertConfig) -> str:
+    """The config values a tensor's shape follows, for a shape mismatch's message."""
+    if ours == "encoder.embeddings.word.weight":
+        return f" (config vocab_size={config.vocab_size}, hidden_size={config.hidden_size})"
+    if ours == "head.bias":
+        return f" (config vocab_size={config.vocab_size})"
+    if ours == "encoder.embeddings.position.weight":
+        return f" (config max_position_embeddings={config.max_position_embeddings})"
+    return ""
+
+
+def _check_tokenizer(plan: CheckpointPlan, folder: Path) -> list[str]:
+    """Load the tokenizer beside the weights, if any, into ``plan``; the problems: one that does
+    not load, or one with more tokens than the embedding table has rows."""
+    if not ((folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file()):
+        return []
+    plan.tokenizer_dir = folder
+    from xlt_engine.data.tokenizer import load_tokenizer
+
+    try:
+        plan.tokenizer = load_tokenizer(folder)
+    except ValueError as err:
+        return [f"tokenizer: {err}"]
+    n, vocab = plan.tokenizer.vocab_size, plan.config.vocab_size
+    if n > vocab:
+        return [
+            f"tokenizer in {folder} has {n} tokens but config vocab_size is "
+            f"{vocab}: ids past the embedding table would crash"
+        ]
+    return []
+
+
 def plan_checkpoint(
     path: str | Path, target: str = "mlm", config: BertConfig | None = None
 ) -> CheckpointPlan:
@@ -474,16 +506,9 @@ def plan_checkpoint(
             if entry.dtype not in _FLOAT_DTYPES:
                 problems.append(f"{key}: dtype {entry.dtype} is not a floating-point type")
             if entry.shape != expected[ours]:
-                hint = ""
-                if ours == "encoder.embeddings.word.weight":
-                    hint = f" (config vocab_size={config.vocab_size}, hidden_size={config.hidden_size})"
-                elif ours == "head.bias":
-                    hint = f" (config vocab_size={config.vocab_size})"
-                elif ours == "encoder.embeddings.position.weight":
-                    hint = f" (config max_position_embeddings={config.max_position_embeddings})"
                 problems.append(
                     f"{key}: shape {list(entry.shape)} in the checkpoint, "
-                    f"{list(expected[ours])} expected{hint}"
+                    f"{list(expected[ours])} expected{_config_hint(ours, config)}"
                 )
             plan.tensors[ours] = entry
 
@@ -498,22 +523,7 @@ def plan_checkpoint(
     if unexpected:
         problems.append("unexpected keys: " + ", ".join(sorted(unexpected, key=_natural)))
 
-    folder = files[0].parent
-    if (folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file():
-        plan.tokenizer_dir = folder
-        from xlt_engine.data.tokenizer import load_tokenizer
-
-        try:
-            plan.tokenizer = load_tokenizer(folder)
-        except ValueError as err:
-            problems.append(f"tokenizer: {err}")
-        else:
-            n = plan.tokenizer.vocab_size
-            if n > config.vocab_size:
-                problems.append(
-                    f"tokenizer in {folder} has {n} tokens but config vocab_size is "
-                    f"{config.vocab_size}: ids past the embedding table would crash"
-                )
+    problems += _check_tokenizer(plan, files[0].parent)
     if problems:
         raise ValueError(f"{path}: cannot load checkpoint:\n  - " + "\n  - ".join(problems))
     return plan

@@ -9,6 +9,7 @@ import torch.distributed as dist
 from xlt_engine.engine.method.btf import BtfConfig, run_btf
 from xlt_engine.engine.method.finetune import FinetuneConfig, run_finetune
 from xlt_engine.engine.method.selftrain import SelftrainConfig, run_selftrain
+from xlt_engine.engine.method.settings import HeadSettings
 from xlt_engine.engine.train import distributed
 from xlt_engine.engine.train.loop import TrainConfig
 
@@ -36,6 +37,8 @@ def main(spec: dict) -> None:
     if stage == "selftrain":
         for step in ("soft", "hard"):
             spec[step] = TrainConfig(**spec[step])
+        if "student_head" in spec:
+            spec["student_head"] = HeadSettings(**spec["student_head"])
     else:
         train = TrainConfig(**spec.pop("train"))
     try:

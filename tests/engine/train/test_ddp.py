@@ -164,7 +164,7 @@ def test_selftrain_two_gloo_processes_equal_one_process(synth_nodrop, tmp_path):
         max_len=48,
         batch_size=8,
         rounds=1.5,
-        voter_dropout=0.0,
+        student_head={"voter_dropout": 0.0},  # the teacher's voters, without dropout
         threshold="fixed",
         alpha=0.3,
         pseudo_rule="class_quota",

@@ -36,6 +36,30 @@ class MaskedBatch:
     labels: torch.Tensor  # [P] int64 original ids (-100 in unused fixed-count slots)
 
 
+@dataclass(frozen=True)
+class MaskPolicy:
+    """How many positions are selected (``probability`` of the real tokens, whole words with
+    ``whole_word``, at most ``max_predictions`` a row) and what a selected one becomes: [MASK]
+    (``mask_ratio``), a random token (``random_ratio``) or itself (the rest)."""
+
+    probability: float = 0.15
+    whole_word: bool = False
+    max_predictions: int | None = None
+    mask_ratio: float = 0.8
+    random_ratio: float = 0.1
+
+    def __post_init__(self):
+        if not 0.0 < self.probability < 1.0:
+            raise ValueError(f"probability must be in (0, 1), got {self.probability}")
+        m, r = self.mask_ratio, self.random_ratio
+        if m < 0 or r < 0 or m + r > 1:
+            raise ValueError(
+                f"mask_ratio {m} and random_ratio {r} must be >= 0 and sum to at most 1"
+            )
+        if self.max_predictions is not None and self.max_predictions < 1:
+            raise ValueError(f"max_predictions must be >= 1, got {self.max_predictions}")
+
+
 class MlmMasker:
     """Masks batches of ids for one vocabulary. Build with ``MlmMasker.from_tokenizer``."""
 
@@ -43,30 +67,16 @@ class MlmMasker:
         self,
         vocab: list[str],
         mask_id: int,
-        probability: float = 0.15,
-        whole_word: bool = False,
-        max_predictions: int | None = None,
-        mask_ratio: float = 0.8,
-        random_ratio: float = 0.1,
+        policy: MaskPolicy = MaskPolicy(),
         special_ids: list[int] | None = None,
         continuation: list[bool] | None = None,
     ):
         """``special_ids``: ids never masked nor drawn as replacements (None: tokens written
         ``[XYZ]``, BERT's convention); ``continuation``: per id, whether the piece continues a word
         (None: ``##`` pieces), for whole-word masking."""
-        if not 0.0 < probability < 1.0:
-            raise ValueError(f"probability must be in (0, 1), got {probability}")
-        if mask_ratio < 0 or random_ratio < 0 or mask_ratio + random_ratio > 1:
-            raise ValueError(
-                f"mask_ratio {mask_ratio} and random_ratio {random_ratio} must be >= 0 and sum "
-                "to at most 1"
-            )
-        if max_predictions is not None and max_predictions < 1:
-            raise ValueError(f"max_predictions must be >= 1, got {max_predictions}")
-        self.probability = probability
-        self.whole_word = whole_word
-        self.max_predictions = max_predictions
-        self.mask_ratio, self.random_ratio = mask_ratio, random_ratio
+        self.probability, self.whole_word = policy.probability, policy.whole_word
+        self.max_predictions = policy.max_predictions
+        self.mask_ratio, self.random_ratio = policy.mask_ratio, policy.random_ratio
         self.mask_id = mask_id
         if special_ids is None:
             special = [len(t) > 2 and t[0] == "[" and t[-1] == "]" for t in vocab]
@@ -84,14 +94,15 @@ class MlmMasker:
             raise ValueError("the vocabulary has no non-special token to draw replacements from")
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: SubwordTokenizer, **kwargs) -> MlmMasker:
-        """The tokenizer's own special ids and word-continuation pieces (any model type)."""
+    def from_tokenizer(cls, tokenizer: SubwordTokenizer, **policy) -> MlmMasker:
+        """The tokenizer's own special ids and word-continuation pieces (any model type);
+        ``policy``: ``MaskPolicy``'s fields."""
         return cls(
             tokenizer.vocab,
             tokenizer.mask_id,
+            MaskPolicy(**policy),
             special_ids=tokenizer.special_ids,
             continuation=tokenizer.continuation(),
-            **kwargs,
         )
 
     def __call__(

@@ -37,7 +37,7 @@ from xlt_engine.data import load_tokenizer, read_conll
 from xlt_engine.data.task import encode, read_task_file
 from xlt_engine.engine.method.selftrain import SelftrainConfig, run_selftrain
 from xlt_engine.engine.train.loop import TrainConfig
-from xlt_engine.fileio import atomic_write_text
+from xlt_engine.fileio import atomic_write_text, folder_bytes
 from xlt_engine.model import BertConfig, BertForMLM, save_pretrained
 from xlt_engine.model.checkpoint import load_encoder
 from xlt_engine.model.task import new_task_model, save_task_model
@@ -116,9 +116,9 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
+    t0, written = time.perf_counter(), bytes_written()
     result = run_selftrain(st, echo=None)
-    total = time.perf_counter() - t0
+    total, written = time.perf_counter() - t0, bytes_written() - written
     by_step = {r["step"]: r for r in result.rounds}
     hard_items = by_step["hard"]["items"]
     epochs = args.epochs
@@ -162,7 +162,20 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             "epochs": epochs,
         },
         "peak_mib": round(peak, 1) if peak is not None else None,
+        # bytes this process wrote during the round (``wchar`` of /proc/self/io: every write
+        # call, files and pipes; None off Linux) and what its folder holds after it
+        "written_mib": None if written is None else round(written / 2**20, 1),
+        "folder_mib": round(folder_bytes(Path(st.out)) / 2**20, 1),
     }
+
+
+def bytes_written() -> int | None:
+    """The bytes this process has written so far (``wchar``), or None where /proc has none."""
+    try:
+        text = Path("/proc/self/io").read_text()
+    except OSError:
+        return None
+    return int(next(line.split()[1] for line in text.splitlines() if line.startswith("wchar:")))
 
 
 def main(argv=None) -> dict:
@@ -200,6 +213,7 @@ def main(argv=None) -> dict:
         train = f"{r['train_tokens_per_s']:,}" if r.get("train_tokens_per_s") else "-"
         print(f"{r['part']:<11}{r['seconds']:>9.2f}{r['share']:>8.1%}{tps:>11}{train:>13}")
     print(f"{'round':<11}{out['total_seconds']:>9.2f}")
+    print(f"written {out['written_mib']} MiB; the folder holds {out['folder_mib']} MiB")
     return record
 
 

@@ -262,14 +262,16 @@ def run_finetune(
             return {"dev_" + s["metric"]: s["score"]}
 
     frozen = cfg.frozen_patterns(len(encoder.layers))
-    io = RunIO(save, load, echo=echo, progress=progress)
+    # the model is saved right after training: no loop checkpoint at the last step, except at
+    # the end of phase 1 when Semantic Alignment follows (a resume of phase 2 passes through it)
+    io = RunIO(save, load, echo=echo, progress=progress, final_checkpoint=False)
     result = train(
         prepare(model, cfg.train, device, frozen),
         loss_fn,
         data,
         cfg.train.with_steps(data.num_batches(0)),
         out,
-        io,
+        dataclasses.replace(io, final_checkpoint=cfg.semantic_alignment),
         resume=resume,
         evaluate=evaluate,
     )

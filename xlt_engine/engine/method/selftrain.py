@@ -124,6 +124,7 @@ from xlt_engine.fileio import (
     create_safetensors,
     fsync_dir,
     link_or_copy,
+    link_tree,
     open_safetensors,
     read_jsonl,
 )
@@ -648,6 +649,7 @@ class SelfTraining:
                 lambda m, f: m.load_state_dict(load_task_model(f, device=self.device).state_dict()),
                 echo=self.echo,
                 progress=self.progress,
+                final_checkpoint=False,  # the step's model is saved right below
             ),
             resume=latest_checkpoint(folder) is not None,
         )
@@ -1200,7 +1202,9 @@ def run_selftrain(
             "log": run.records,
         }
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        save_task_model(student, final, run.tok)  # last: model/ marks the stage finished
+        last = out / f"round-{cfg.steps[-1][0]}" / cfg.steps[-1][1] / "model"
+        with atomic_folder(final) as tmp:  # the last step's model, linked: no third copy
+            link_tree(last, tmp)  # last: model/ marks the stage finished
     distributed.barrier()
     for c in run.collapsed:  # repeated where a reader of the run's end looks
         run.say(

@@ -207,6 +207,9 @@ class RunIO:
     load_model: Callable[[nn.Module, Path], None] | None = None
     echo: Callable[[str], None] | None = print
     progress: bool | None = None
+    final_checkpoint: bool = True  # False: the caller saves the model itself right after
+    # ``train`` returns, so no checkpoint (model and optimizer state) is written at the last step
+    # (a kill before that save resumes from the last timed checkpoint, or starts over)
 
 
 @dataclass
@@ -298,13 +301,15 @@ def group_up() -> bool:
 
 
 def due(
-    cfg: TrainConfig, step: int, received, saved_at: float, device
+    cfg: TrainConfig, step: int, received, saved_at: float, device, final: bool = True
 ) -> tuple[bool, bool, int | None]:
-    """(log, save, stopping signal) after ``step``. Under DDP a signal or the save clock may
+    """(log, save, stopping signal) after ``step``; ``final``: a checkpoint at the last step.
+    Under DDP a signal or the save clock may
     reach the ranks at different steps: they agree at log and save points only (already a
     sync), so a DDP run stops or saves at the next such point."""
     log = step % cfg.log_every == 0 or step == cfg.max_steps
-    save = bool(cfg.save_every and step % cfg.save_every == 0) or step == cfg.max_steps
+    last = step == cfg.max_steps and final
+    save = bool(cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps) or last
     timed = bool(cfg.save_minutes) and time.perf_counter() - saved_at >= cfg.save_minutes * 60
     if not group_up():
         return log, save or timed, received
@@ -471,7 +476,9 @@ def train(
                 meter.steps += 1
                 kill(pos.step)  # fault injection (tests only)
                 run.log.advance()
-                log_now, save_now, stopping = due(cfg, pos.step, signals.received, saved_at, device)
+                log_now, save_now, stopping = due(
+                    cfg, pos.step, signals.received, saved_at, device, io.final_checkpoint
+                )
                 if log_now or save_now or stopping is not None:  # a save or signal also logs
                     run.record(evaluate)
                 if save_now or stopping is not None:

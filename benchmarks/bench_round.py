@@ -97,7 +97,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     tgt_tokens = int(encode(tgt_data, tok, labels, args.max_len).lengths.sum())
 
     def train_cfg(lr: float) -> TrainConfig:
-        return TrainConfig(epochs=args.epochs, lr=lr, log_every=20, seed=1)
+        # as an experiment runs it: no loop checkpoint at the last step (the model is saved)
+        return TrainConfig(epochs=args.epochs, lr=lr, log_every=20, seed=1, final_checkpoint=False)
 
     st = SelftrainConfig(
         base_model=str(work / "base"),

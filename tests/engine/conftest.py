@@ -124,6 +124,7 @@ batch_size = 8
 max_steps = 16
 lr = 3e-3
 log_every = 8
+save_every = 8  # a loop checkpoint mid-run, which the finished stage drops
 [selftrain]
 rounds = 1.5
 batch_size = 8

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from tests.engine.conftest import watch_final_save
 from xlt_engine.data.packed import STORE_FORMAT, StoreFile, StoreWriter, build_store, open_store
 from xlt_engine.data.task import Encoded, Ragged, encode, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
@@ -469,10 +468,20 @@ def test_final_model_is_written_last_as_the_stage_marker(
     from xlt_engine.engine.method import selftrain
 
     out = tmp_path / "st"
-    seen = watch_final_save(monkeypatch, selftrain, out, "summary.json")
+    real, seen = selftrain.atomic_folder, []
+
+    def folder(path):  # the final model is the last step's, linked into an atomic folder
+        if Path(path) == out / "model":
+            seen.append((out / "summary.json").is_file())
+        return real(path)
+
+    monkeypatch.setattr(selftrain, "atomic_folder", folder)
     soft = TrainConfig(max_steps=2, lr=1e-3, log_every=1, seed=1)
     run_selftrain(st_config(base, teacher, data, out, rounds=0.5, soft=soft), echo=None)
     assert seen == [True]
+    final, last = out / "model", out / "round-1" / "soft" / "model"
+    for f in last.iterdir():  # one copy: the same files
+        assert (final / f.name).stat().st_ino == f.stat().st_ino
 
 
 @pytest.mark.parametrize("rule", ["confident", "off"])

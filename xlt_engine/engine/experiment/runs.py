@@ -54,7 +54,8 @@ from xlt_engine.fileio import atomic_write_text, file_sha256
 
 FINGERPRINT = "fingerprint.json"
 # keys that change neither a stage's results nor what it reads
-VOLATILE = ("log_every", "save_every", "save_minutes", "keep_checkpoints", "tensorboard")
+VOLATILE = ("log_every", "save_every", "save_minutes", "keep_checkpoints", "tensorboard",
+            "final_checkpoint")  # fmt: skip
 # the fingerprint's format: a folder recorded in another one is refused, naming it (its results
 # are kept; nothing of an older format is read in a compatible way)
 FORMAT = 2

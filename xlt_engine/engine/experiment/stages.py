@@ -127,7 +127,9 @@ def btf_texts(cfg: ExperimentConfig, folder: Path) -> tuple[str, ...]:
 
 
 def _seeded(train: TrainConfig, cfg: ExperimentConfig) -> TrainConfig:
-    return dataclasses.replace(train, seed=cfg.seed)  # one seed for every stage
+    """One seed for every stage; no loop checkpoint at a stage's last step (every stage saves
+    its model right after, and drops its loop checkpoints once finished) unless they are kept."""
+    return dataclasses.replace(train, seed=cfg.seed, final_checkpoint=cfg.keep_loop_checkpoints)
 
 
 def build_btf(cfg: ExperimentConfig) -> BtfConfig:

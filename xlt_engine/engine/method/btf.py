@@ -157,7 +157,7 @@ def run_btf(cfg: BtfConfig, resume: bool = False, echo=print, progress=None) -> 
         data,
         train_cfg,
         out,
-        RunIO(save, load, echo=echo, progress=progress, final_checkpoint=False),  # saved below
+        RunIO(save, load, echo=echo, progress=progress),
         resume=resume,
     )
     if rank == 0:

@@ -262,16 +262,21 @@ def run_finetune(
             return {"dev_" + s["metric"]: s["score"]}
 
     frozen = cfg.frozen_patterns(len(encoder.layers))
-    # the model is saved right after training: no loop checkpoint at the last step, except at
-    # the end of phase 1 when Semantic Alignment follows (a resume of phase 2 passes through it)
-    io = RunIO(save, load, echo=echo, progress=progress, final_checkpoint=False)
+    io = RunIO(save, load, echo=echo, progress=progress)
+    # phase 1 ends with a checkpoint when Semantic Alignment follows: a resume of phase 2
+    # passes through phase 1, which must find itself finished
+    phase1 = (
+        dataclasses.replace(cfg.train, final_checkpoint=True)
+        if cfg.semantic_alignment
+        else cfg.train
+    )
     result = train(
         prepare(model, cfg.train, device, frozen),
         loss_fn,
         data,
-        cfg.train.with_steps(data.num_batches(0)),
+        phase1.with_steps(data.num_batches(0)),
         out,
-        dataclasses.replace(io, final_checkpoint=cfg.semantic_alignment),
+        io,
         resume=resume,
         evaluate=evaluate,
     )

@@ -649,7 +649,6 @@ class SelfTraining:
                 lambda m, f: m.load_state_dict(load_task_model(f, device=self.device).state_dict()),
                 echo=self.echo,
                 progress=self.progress,
-                final_checkpoint=False,  # the step's model is saved right below
             ),
             resume=latest_checkpoint(folder) is not None,
         )

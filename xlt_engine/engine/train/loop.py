@@ -94,6 +94,9 @@ class TrainConfig:
     seed: int = 0
     tensorboard: bool = False  # also write each metric record as TensorBoard scalars into
     # <run folder>/tensorboard (needs the tensorboard package)
+    final_checkpoint: bool = True  # a checkpoint (model and optimizer state) at the last step;
+    # an experiment turns it off where the stage saves its model right after (a kill before that
+    # save resumes from the last timed checkpoint), unless it keeps its loop checkpoints
 
     def __post_init__(self):
         for name in ("grad_accum", "log_every", "keep_checkpoints"):
@@ -174,6 +177,7 @@ RESUME_FREE = (
     "eval_every",
     "keep_checkpoints",
     "tensorboard",
+    "final_checkpoint",
 )
 
 
@@ -207,9 +211,6 @@ class RunIO:
     load_model: Callable[[nn.Module, Path], None] | None = None
     echo: Callable[[str], None] | None = print
     progress: bool | None = None
-    final_checkpoint: bool = True  # False: the caller saves the model itself right after
-    # ``train`` returns, so no checkpoint (model and optimizer state) is written at the last step
-    # (a kill before that save resumes from the last timed checkpoint, or starts over)
 
 
 @dataclass
@@ -477,7 +478,7 @@ def train(
                 kill(pos.step)  # fault injection (tests only)
                 run.log.advance()
                 log_now, save_now, stopping = due(
-                    cfg, pos.step, signals.received, saved_at, device, io.final_checkpoint
+                    cfg, pos.step, signals.received, saved_at, device, cfg.final_checkpoint
                 )
                 if log_now or save_now or stopping is not None:  # a save or signal also logs
                     run.record(evaluate)

@@ -16,9 +16,9 @@ batch, generator)`` gets a ``torch.Generator`` seeded from ``(seed, epoch, index
 randomness of its own (MLM masking); dropout draws from torch's global RNG, whose state is saved.
 
 Checkpoints are written every ``save_minutes`` of training (10 by default, so a kill loses at
-most that), every ``save_every`` steps if set, at the end and on SIGINT/SIGTERM; the newest
-``keep_checkpoints`` stay (``io.save_model`` writes the model: for BERT, safetensors with
-Hugging Face names). ``resume=True`` continues from the latest exactly: on CPU the final weights
+most that), every ``save_every`` steps if set, at the end (``final_checkpoint``) and on
+SIGINT/SIGTERM; the newest ``keep_checkpoints`` stay (``io.save_model`` writes the model: for
+BERT, safetensors with Hugging Face names). ``resume=True`` continues from the latest exactly: on CPU the final weights
 equal an uninterrupted run's bit for bit; a changed training setting (other than
 ``RESUME_FREE``) is refused by name unless ``resume="accept_changes"``. SIGINT / SIGTERM finish
 the current step, write a checkpoint and raise ``Interrupted`` (whose message says how to
@@ -88,7 +88,8 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 0  # a checkpoint every this many steps (0: none by count)
     save_minutes: float = 10.0  # and one every this many minutes of training (0: none by time);
-    # always one at the end and on SIGINT/SIGTERM. Under DDP the ranks agree at log points.
+    # one at the end (final_checkpoint) and on SIGINT/SIGTERM. Under DDP the ranks agree at log
+    # points.
     eval_every: int = 0
     keep_checkpoints: int = 1
     seed: int = 0

@@ -50,12 +50,13 @@ from xlt_engine.engine.experiment.config import LIMITS, ConfigError, ExperimentC
 from xlt_engine.engine.method.settings import TEST_SPLIT, FreezeSettings, SelftrainSettings
 from xlt_engine.engine.train.checkpoints import latest_checkpoint
 from xlt_engine.engine.train.distributed import rank_world
+from xlt_engine.engine.train.loop import RESUME_FREE
 from xlt_engine.fileio import atomic_write_text, file_sha256
 
 FINGERPRINT = "fingerprint.json"
-# keys that change neither a stage's results nor what it reads
-VOLATILE = ("log_every", "save_every", "save_minutes", "keep_checkpoints", "tensorboard",
-            "final_checkpoint")  # fmt: skip
+# training settings that change neither a stage's results nor what it reads: those a resume may
+# change (the loop's own list, written once)
+VOLATILE = RESUME_FREE
 # the fingerprint's format: a folder recorded in another one is refused, naming it (its results
 # are kept; nothing of an older format is read in a compatible way)
 FORMAT = 2

@@ -171,6 +171,8 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
+# settings that do not change a run's result (how often it logs, saves, evaluates; what it keeps):
+# a resume may change them, and a stage's fingerprint leaves them out
 RESUME_FREE = (
     "log_every",
     "save_every",

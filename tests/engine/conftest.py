@@ -3,7 +3,9 @@ and slices of the real CoNLL files (cut at sentence boundaries, original lines k
 
 import json
 import re
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from unittest import mock
 
 import pytest
 
@@ -172,3 +174,18 @@ test = "ned.test"
         + FAST
     )
     return cfg
+
+
+@contextmanager
+def gpu_step_syncs():
+    """``HostSyncs`` over a run, with the checks that run only where they are free (on the host:
+    ``free_checks``) turned off, as on a GPU: ``syncs.in_steps()`` is what a GPU step would
+    sync."""
+    from xlt_engine.engine.train import loop
+    from xlt_engine.engine.train.host_sync import HostSyncs
+    from xlt_engine.kernels import mlm_loss
+
+    with ExitStack() as stack:
+        for module in (loop, mlm_loss):
+            stack.enter_context(mock.patch.object(module, "free_checks", lambda device: False))
+        yield stack.enter_context(HostSyncs())

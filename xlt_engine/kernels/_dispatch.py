@@ -42,6 +42,14 @@ def use_triton(kernel, *tensors: torch.Tensor) -> bool:
     return True
 
 
+def free_checks(device: torch.device) -> bool:
+    """Whether checks that read tensor values (a host sync on a GPU) are free on ``device``: on
+    the host they are, so the kernels and the loop run them there at every call; on a GPU they run
+    only where the host syncs anyway (the loop's log points) or when asked. The host-sync test
+    patches this to False to count a GPU run's syncs on CPU."""
+    return device.type == "cpu"
+
+
 def check_same_device(op: str, **tensors: torch.Tensor | None) -> torch.device:
     devices = {name: t.device for name, t in tensors.items() if t is not None}
     first = next(iter(devices.values()))

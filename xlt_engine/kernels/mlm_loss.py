@@ -66,6 +66,7 @@ from xlt_engine.kernels._dispatch import (
     check_float,
     check_int,
     check_same_device,
+    free_checks,
     shape_str,
     use_triton,
 )
@@ -286,7 +287,7 @@ def _check_inputs(hidden, weight, bias, labels, ignore_index, check_labels) -> N
     if V == 0:
         raise ValueError(f"{_OP}: weight has no rows (V = 0)")
     if check_labels is None:
-        check_labels = labels.device.type == "cpu"
+        check_labels = free_checks(labels.device)
     if check_labels:  # on a GPU this is a host sync, hence opt-in there
         bad = (labels != ignore_index) & ((labels < 0) | (labels >= V))
         if bool(bad.any()):

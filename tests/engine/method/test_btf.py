@@ -186,3 +186,16 @@ def test_freeze_layers_all_trains_only_the_head(setup, tmp_path):
         before["cls.predictions.transform.dense.weight"],
         after["cls.predictions.transform.dense.weight"],
     )
+
+
+def test_a_btf_step_makes_no_host_sync(setup, tmp_path):
+    """Masking runs in the data source (host work, read one step ahead); the step itself, as a
+    GPU runs it (host-only checks off), syncs only at its log point."""
+    from tests.engine.conftest import gpu_step_syncs
+
+    cfg = config(setup, tmp_path / "run", max_steps=6, log_every=6, save_every=0,
+                 save_minutes=0, final_checkpoint=False)  # fmt: skip
+    with gpu_step_syncs() as hs:
+        run_btf(cfg, echo=None)
+    assert hs.in_steps() == [], [s.where() for s in hs.in_steps()]
+    assert hs.syncs  # it does see the host work (masking) and the log point

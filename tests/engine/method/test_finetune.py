@@ -453,3 +453,16 @@ def test_grad_norm_is_logged_and_tensorboard_gets_every_record(tiny, conll, tmp_
     )
     with pytest.raises(ValueError, match="tensorboard = true needs the tensorboard package"):
         TrainConfig(max_steps=1, tensorboard=True)
+
+
+def test_a_finetune_step_makes_no_host_sync(tiny, conll, tmp_path):
+    from dataclasses import replace
+
+    from tests.engine.conftest import gpu_step_syncs
+
+    cfg = ner_config(tiny, conll, tmp_path / "run", max_steps=4, log_every=4, save_minutes=0,
+                     final_checkpoint=False)  # fmt: skip
+    cfg = replace(cfg, dev_file=None)
+    with gpu_step_syncs() as hs:
+        run_finetune(cfg, echo=None)
+    assert hs.in_steps() == [], [s.where() for s in hs.in_steps()]

@@ -134,3 +134,18 @@ def test_settings_are_checked_at_load(tiny, conll, reviews, tmp_path):
 def test_ner_experiment_refuses_label_alignment():
     with pytest.raises(ConfigError, match="finetune.label_alignment"):
         load_config("configs/conll.toml", ["finetune.label_alignment=true"])
+
+
+def test_a_label_alignment_step_makes_no_host_sync(tiny, reviews, tmp_path):
+    from tests.engine.conftest import gpu_step_syncs
+
+    cfg = FinetuneConfig(
+        model=str(tiny), train_file=str(reviews), format="jsonl", out=str(tmp_path / "run"),
+        max_len=32, batch_size=16, voters=1, freeze_layers=0, freeze_embeddings=False,
+        representation="mean", label_alignment=True,
+        train=TrainConfig(max_steps=4, lr=2e-3, log_every=4, save_minutes=0,
+                          final_checkpoint=False),
+    )  # fmt: skip
+    with gpu_step_syncs() as hs:
+        run_finetune(cfg, echo=None)
+    assert hs.in_steps() == [], [s.where() for s in hs.in_steps()]

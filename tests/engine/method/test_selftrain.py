@@ -850,3 +850,17 @@ def test_class_aware_rules_label_with_their_per_class_thresholds(
     pseudo = load_file(str(out / "round-1" / FILTER_FILE))["pseudo"].numpy()
     assert np.array_equal(pseudo, want)
     assert counts["pseudo_distribution"] == {n: int((want == i).sum()) for i, n in enumerate(names)}
+
+
+def test_soft_and_hard_steps_make_no_host_sync(base, teacher, data, tmp_path):
+    from tests.engine.conftest import gpu_step_syncs
+
+    soft = TrainConfig(max_steps=4, lr=1e-3, log_every=4, save_minutes=0, seed=1)
+    hard = TrainConfig(max_steps=3, lr=1e-4, log_every=3, save_minutes=0, seed=1)
+    cfg = st_config(base, teacher, data, tmp_path / "run", rounds=1, soft=soft, hard=hard,
+                    device="cpu", threshold="fixed", alpha=0.5)  # fmt: skip
+    with gpu_step_syncs() as hs:
+        run_selftrain(cfg, echo=None)
+    steps = [r["step"] for r in _records(tmp_path / "run")]
+    assert "soft" in steps and "hard" in steps, steps  # both steps ran
+    assert hs.in_steps() == [], [s.where() for s in hs.in_steps()]

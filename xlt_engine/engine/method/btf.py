@@ -25,7 +25,7 @@ from xlt_engine.data.tokenizer import WordPieceTokenizer, load_tokenizer
 from xlt_engine.engine.method.settings import BtfSettings, FreezeSettings, StageSettings
 from xlt_engine.engine.train import distributed
 from xlt_engine.engine.train.distributed import rank_world
-from xlt_engine.engine.train.loop import RunIO, TrainResult, train
+from xlt_engine.engine.train.loop import RunIO, TrainResult, batch_generator, train
 from xlt_engine.engine.train.optim import prepare
 from xlt_engine.kernels import fused_mlm_loss
 from xlt_engine.model import BertForMLM, load_pretrained, save_pretrained
@@ -59,10 +59,14 @@ class BtfConfig(BtfSettings, FreezeSettings, StageSettings):
 
 
 class MlmData:
-    """Windows of several token caches, resampled per epoch into length-bucketed batches."""
+    """Windows of several token caches, resampled per epoch into length-bucketed batches, masked
+    on the host (``masker``, drawing from the loop's generator of the batch: ``batch_generator``)
+    so that the loop copies a finished batch to the device one step ahead."""
 
-    def __init__(self, caches: list[TokenCache], tok: WordPieceTokenizer, cfg: BtfConfig):
-        self.caches, self.tok, self.cfg = caches, tok, cfg
+    def __init__(
+        self, caches: list[TokenCache], tok: WordPieceTokenizer, cfg: BtfConfig, masker: MlmMasker
+    ):
+        self.caches, self.tok, self.cfg, self.masker = caches, tok, cfg, masker
         self.rank, self.world = rank_world()
         self.windows = [c.windows(cfg.max_len) for c in caches]
         self._epoch: tuple[int, list, np.ndarray] | None = None
@@ -93,7 +97,15 @@ class MlmData:
         for c, i in mix[batches[index]]:
             entry, start, end = self.windows[c][i]
             seqs.append(self.caches[c].window(entry, start, end, self.tok.cls_id, self.tok.sep_id))
-        return pad_batch(seqs, self.tok.pad_id)
+        batch = pad_batch(seqs, self.tok.pad_id)
+        gen = batch_generator(self.cfg.train.seed, epoch, index * self.world + self.rank)
+        masked = self.masker(batch["input_ids"], batch["attention_mask"], gen)
+        return {
+            "input_ids": masked.input_ids,
+            "attention_mask": batch["attention_mask"],
+            "positions": masked.positions,
+            "labels": masked.labels,
+        }
 
 
 class MlmObjective(nn.Module):
@@ -129,19 +141,17 @@ def run_btf(cfg: BtfConfig, resume: bool = False, echo=print, progress=None) -> 
     caches = [TokenCache.build(t, tok, cache_root) for t in cfg.texts]
     if rank == 0:
         distributed.barrier()
-    data = MlmData(caches, tok, cfg)
     masker = MlmMasker.from_tokenizer(
         tok,
         probability=cfg.mlm_probability,
         whole_word=cfg.whole_word,
         max_predictions=cfg.max_predictions,
     )
+    data = MlmData(caches, tok, cfg, masker)
 
     def loss_fn(objective: nn.Module, batch: dict, gen: torch.Generator) -> torch.Tensor:
-        masked = masker(batch["input_ids"], batch["attention_mask"], gen)
-        ids = masked.input_ids.to(device, non_blocking=True)
-        attn = batch["attention_mask"].to(device, non_blocking=True)
-        return objective(ids, masked.positions.to(device), attn, masked.labels.to(device))
+        keys = ("input_ids", "positions", "attention_mask", "labels")
+        return objective(*(batch[k] for k in keys))  # on the device already (the loop's stage)
 
     def save(objective, folder):
         save_pretrained(objective.model, folder, tok)

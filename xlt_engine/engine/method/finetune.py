@@ -121,7 +121,7 @@ def finetune_loss(cfg: FinetuneSettings, device: torch.device):
     contrastive loss of the batch's sentence representations (``label_alignment``)."""
 
     def loss_fn(m: nn.Module, batch: dict, gen: torch.Generator) -> torch.Tensor:
-        targets = batch["targets"].to(device, non_blocking=True)
+        targets = batch["targets"]  # the batch is on the device (the loop's stage)
         if not cfg.label_alignment:
             return VotersModule.loss(forward_batch(m, batch, device), targets)
         logits, reps = forward_batch(m, batch, device, features=True)
@@ -139,9 +139,9 @@ def semantic_alignment_step(cfg: FinetuneSettings, device: torch.device):
     Semantic Alignment loss (``adaptation.semantic_alignment_loss``)."""
 
     def loss_fn(m: nn.Module, batch: dict, gen: torch.Generator) -> torch.Tensor:
-        targets = batch["targets"].to(device, non_blocking=True)
+        targets = batch["targets"]  # the batch is on the device (the loop's stage)
         logits, reps = forward_batch(m, batch, device, features=True)
-        group = [batch[k].to(device) for k in ("sa_anchor", "sa_member", "sa_positive")]
+        group = [batch[k] for k in ("sa_anchor", "sa_member", "sa_positive")]
         sa = semantic_alignment_loss(reps, *group, cfg.sa_temperature)
         return VotersModule.loss(logits, targets) + cfg.sa_weight * sa
 

@@ -791,8 +791,7 @@ class SelfTraining:
         fit = soft_label_kl if cfg.soft_loss == "kl" else soft_label_mse
 
         def soft_loss(m, batch, gen):
-            p = batch["probs"].to(device, non_blocking=True)
-            return fit(forward_batch(m, batch, device), p)
+            return fit(forward_batch(m, batch, device), batch["probs"])  # staged by the loop
 
         res, secs, toks = self.train_step(student, soft_loss, data, cfg.soft, folder)
         self.log(
@@ -997,7 +996,7 @@ class SelfTraining:
         data = StoreBatches(hard, self.tok.pad_id, cfg.batch_size, cfg.max_tokens, self.seed)
 
         def hard_loss(m, batch, gen):
-            return VotersModule.loss(forward_batch(m, batch, device), batch["targets"].to(device))
+            return VotersModule.loss(forward_batch(m, batch, device), batch["targets"])
 
         res, secs, toks = self.train_step(student, hard_loss, data, cfg.hard, folder)
         self.log(

@@ -20,6 +20,7 @@ from xlt_engine.data.align import word_predictions
 from xlt_engine.data.batching import length_batches
 from xlt_engine.data.task import Encoded, TaskData, encode, item_rows, make_batch, task_kind
 from xlt_engine.engine.train.distributed import all_gather_rows, rank_world
+from xlt_engine.engine.train.loop import stage
 from xlt_engine.engine.train.metrics import accuracy, entity_confusion, entity_f1, label_confusion
 from xlt_engine.engine.train.optim import resolve_precision
 from xlt_engine.model.heads import VotersModule
@@ -99,12 +100,13 @@ def predict_logits(
                 bar.update(1)
             items = order[b]
             batch = make_batch(enc, items, pad_id)
+            batch["rows"] = torch.from_numpy(item_rows(offsets, items))
+            batch = stage(batch, device)  # pinned, no host wait on CUDA
             with torch.autocast(
                 device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
             ):
                 logits = forward_batch(model, batch, device)
-            rows = item_rows(offsets, items)
-            out[:, torch.from_numpy(rows).to(device)] = logits.to(out_dtype)
+            out[:, batch["rows"]] = logits.to(out_dtype)
     finally:
         if bar is not None:
             bar.__exit__(None, None, None)

@@ -56,6 +56,7 @@ from xlt_engine.engine.train import distributed, faults
 from xlt_engine.engine.train.checkpoints import Checkpoints, last_good, non_finite_parameters
 from xlt_engine.engine.train.optim import freeze, lr_at, param_groups, resolve_precision, unwrap
 from xlt_engine.engine.train.progress import RunLog
+from xlt_engine.kernels._dispatch import free_checks
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 MAX_EPOCHS = 1e6  # beyond these a typo, not a plan (and 1e308 epochs overflowed the step count)
@@ -200,7 +201,9 @@ def config_changes(stored: dict | None, current: dict) -> list[str]:
     return out
 
 
-def _generator(seed: int, epoch: int, index: int) -> torch.Generator:
+def batch_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The generator a loss function gets for global batch ``index`` of ``epoch`` (a data
+    source that draws its own randomness, e.g. MLM masking, takes the same one)."""
     return torch.Generator().manual_seed(hash((seed, epoch, index)) & (2**63 - 1))
 
 
@@ -216,29 +219,66 @@ class RunIO:
     progress: bool | None = None
 
 
+def stage(batch: dict, device: torch.device) -> dict:
+    """A batch's tensors on ``device``: on CUDA copied from pinned memory without blocking the
+    host (the copy runs on the stream, ordered before the kernels that read it); elsewhere as
+    they are. Other values pass through."""
+    if device.type != "cuda":
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {
+        k: v.pin_memory().to(device, non_blocking=True)
+        if isinstance(v, torch.Tensor) and v.device.type == "cpu"
+        else v
+        for k, v in batch.items()
+    }
+
+
+def batch_tokens(batch: dict) -> int:
+    """Real tokens of a host batch (its attention mask's sum; 0 without one)."""
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if isinstance(mask, torch.Tensor) else 0
+
+
 @dataclass
 class Position:
-    """Where a run is: optimizer steps done, and the next batch's ``(epoch, index)``."""
+    """Where a run is: optimizer steps done, and the next batch's ``(epoch, index)``. The next
+    batch may be read (and its copy to the device started) one step ahead (``read_ahead``); the
+    position moves only when a batch is taken, so a checkpoint never counts a batch read ahead."""
 
     step: int = 0
     epoch: int = 0
     index: int = 0
     last: tuple[int, int] = (0, 0)  # the last batch read: (epoch, index)
+    ahead: tuple | None = None  # ((epoch, index), staged batch, tokens) read ahead
 
-    def next_batch(self, data: DataSource, cfg: TrainConfig, rank: int, world: int):
-        """The next batch and its generator, keyed by the global batch number: rank r's i-th
-        batch is batch i * world + r of the epoch (``shard`` is round-robin), so a DDP run draws
-        the same masks as one process running grad_accum = world over the same batches."""
+    def _next_key(self, data: DataSource) -> tuple[int, int]:
         n = data.num_batches(self.epoch)
         if n == 0:
             raise ValueError(f"epoch {self.epoch} has no batches")
-        if self.index >= n:
-            self.epoch, self.index = self.epoch + 1, 0
-        batch = data.batch(self.epoch, self.index)
-        gen = _generator(cfg.seed, self.epoch, self.index * world + rank)
-        self.last = (self.epoch, self.index)
+        return (self.epoch + 1, 0) if self.index >= n else (self.epoch, self.index)
+
+    def read_ahead(self, data: DataSource, device: torch.device) -> None:
+        """Read the next batch and start its copy to ``device`` now (the host work of the next
+        step overlaps the device work of this one)."""
+        key = self._next_key(data)
+        batch = data.batch(*key)
+        self.ahead = (key, stage(batch, device), batch_tokens(batch))
+
+    def next_batch(self, data: DataSource, cfg: TrainConfig, rank: int, world: int, device):
+        """The next batch (on ``device``), its real-token count and its generator, keyed by the
+        global batch number: rank r's i-th batch is batch i * world + r of the epoch (``shard``
+        is round-robin), so a DDP run draws the same masks as one process running grad_accum =
+        world over the same batches."""
+        key = self._next_key(data)
+        if self.ahead is None or self.ahead[0] != key:
+            self.read_ahead(data, device)
+        _, batch, tokens = self.ahead
+        self.ahead = None
+        self.epoch, self.index = key
+        gen = batch_generator(cfg.seed, self.epoch, self.index * world + rank)
+        self.last = key
         self.index += 1
-        return batch, gen
+        return batch, tokens, gen
 
 
 class Meter:
@@ -248,22 +288,22 @@ class Meter:
     def __init__(self, device: torch.device, run_id: str):
         self.device, self.run_id = device, run_id
         self.loss = torch.zeros((), device=device)
-        self.tokens = torch.zeros((), dtype=torch.float64)  # CPU: the masks are CPU tensors
+        self.tokens = 0  # real tokens, counted on the host batches
         self.steps, self.clock = 0, time.perf_counter()
 
-    def add(self, loss: torch.Tensor, batch: dict, grad_accum: int) -> None:
+    def add(self, loss: torch.Tensor, tokens: int, grad_accum: int) -> None:
         self.loss += loss.detach() / grad_accum
-        if "attention_mask" in batch:
-            self.tokens += batch["attention_mask"].sum()
+        self.tokens += tokens
 
     def record(self, step: int, epoch: int, lr: float, world: int) -> dict:
         """The mean loss of the steps since the last record (the one sync point), tokens per
         second, then starts over; raises NonFiniteLoss on a non-finite mean."""
         if world > 1:
-            sums = torch.stack([self.loss.double(), self.tokens.to(self.device)])
+            tokens = torch.tensor(float(self.tokens), dtype=torch.float64, device=self.device)
+            sums = torch.stack([self.loss.double(), tokens])
             dist.all_reduce(sums)
             self.loss.copy_(sums[0] / world)
-            self.tokens = sums[1].cpu()
+            self.tokens = float(sums[1].item())
         mean = self.loss.item() / max(1, self.steps)
         if not math.isfinite(mean):
             raise NonFiniteLoss(f"non-finite loss in steps {step - self.steps + 1}-{step}")
@@ -278,7 +318,7 @@ class Meter:
             "epoch": epoch,
         }
         self.loss.zero_()
-        self.tokens = torch.zeros((), dtype=torch.float64)
+        self.tokens = 0
         self.steps, self.clock = 0, now
         return record
 
@@ -455,7 +495,7 @@ def train(
                 for group in opt.param_groups:
                     group["lr"] = lr_at(pos.step, cfg) * group.get("lr_scale", 1.0)
                 for micro in range(cfg.grad_accum):
-                    batch, gen = pos.next_batch(data, cfg, run.rank, run.world)
+                    batch, tokens, gen = pos.next_batch(data, cfg, run.rank, run.world, device)
                     # DDP all-reduces gradients in backward: only the last micro-batch of an
                     # accumulation needs it, the others accumulate locally (no_sync)
                     last = micro == cfg.grad_accum - 1
@@ -463,13 +503,15 @@ def train(
                     with sync, torch.autocast(**run.autocast):
                         loss = loss_fn(model, batch, gen)
                         scaler.scale(loss / cfg.grad_accum).backward()
-                    meter.add(loss, batch, cfg.grad_accum)
+                    meter.add(loss, tokens, cfg.grad_accum)
                     # CPU: checking is free; CUDA and DDP: at records (a sync), before any save
-                    if device.type != "cuda" and not group_up() and not torch.isfinite(loss):
+                    if free_checks(device) and not group_up() and not torch.isfinite(loss):
                         raise NonFiniteLoss(
                             f"non-finite loss {float(loss.detach())} at step {pos.step + 1}, "
                             f"epoch {pos.epoch}, batch {pos.last[1]}; {last_good(run_dir)}"
                         )
+                if pos.step + 1 < cfg.max_steps:  # the next step's batch, while this one runs
+                    pos.read_ahead(data, device)
                 if cfg.clip > 0:
                     scaler.unscale_(opt)
                     run.grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)

@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from xlt_engine.data.batching import length_batches, pad_batch, padded_length, resample, shard
+from xlt_engine.data.batching import (
+    length_batches,
+    length_limit,
+    pad_batch,
+    padded_length,
+    resample,
+    shard,
+)
 
 
 def test_resample_equal_shares_up_and_down():
@@ -51,21 +58,23 @@ def test_length_batches_cover_everything_once_and_respect_limits():
     ):
         batches = length_batches(lengths, seed=3, **kwargs)
         flat = np.concatenate(batches)
+        assert length_limit(lengths) == 200
+
+        def padded(n):
+            return padded_length(n, limit=200)
+
         assert sorted(flat.tolist()) == list(range(1000))
         for b in batches:
             if kwargs.get("batch_size"):
                 assert len(b) <= kwargs["batch_size"]
             if kwargs.get("max_tokens"):
-                assert len(b) * padded_length(int(lengths[b].max())) <= kwargs["max_tokens"]
+                assert len(b) * padded(int(lengths[b].max())) <= kwargs["max_tokens"]
         # similar lengths together: far less padding than random batches of the same sizes
-        waste = sum(
-            len(b) * padded_length(int(lengths[b].max())) - lengths[b].sum() for b in batches
-        )
+        waste = sum(len(b) * padded(int(lengths[b].max())) - lengths[b].sum() for b in batches)
         perm = rng.permutation(1000)
         sizes = np.cumsum([len(b) for b in batches])[:-1]
         random_waste = sum(
-            len(b) * padded_length(int(lengths[b].max())) - lengths[b].sum()
-            for b in np.split(perm, sizes)
+            len(b) * padded(int(lengths[b].max())) - lengths[b].sum() for b in np.split(perm, sizes)
         )
         assert waste < 0.3 * random_waste
     c = length_batches(lengths, 32, seed=4)
@@ -109,12 +118,32 @@ def test_pad_batch():
         labels=[np.array([7, 8, 9]), np.array([5])],
         token_type_ids=[np.array([0, 1, 1]), np.array([0])],
     )
-    assert out["input_ids"].shape == (2, 8)
-    assert out["input_ids"][1].tolist() == [4, 0, 0, 0, 0, 0, 0, 0]
+    assert out["input_ids"].shape == (2, 32)  # PAD_MULTIPLE
+    assert out["input_ids"][1].tolist() == [4] + [0] * 31
     assert out["attention_mask"].sum(1).tolist() == [3, 1]
-    assert out["labels"][0].tolist() == [7, 8, 9] + [-100] * 5
-    assert out["token_type_ids"][0].tolist() == [0, 1, 1, 0, 0, 0, 0, 0]
+    assert out["labels"][0].tolist() == [7, 8, 9] + [-100] * 29
+    assert out["token_type_ids"][0].tolist() == [0, 1, 1] + [0] * 29
     assert out["input_ids"].dtype == torch.int64
     with pytest.raises(ValueError, match=r"labels\[1\] has 2 entries for 1 ids"):
         pad_batch([np.array([1]), np.array([1])], 0, labels=[np.array([1]), np.array([1, 2])])
-    assert pad_batch([np.arange(9)], 0)["input_ids"].shape == (1, 16)
+    assert pad_batch([np.arange(9)], 0)["input_ids"].shape == (1, 32)
+    assert pad_batch([np.arange(9)], 0, 8)["input_ids"].shape == (1, 16)
+    assert pad_batch([np.arange(9)], 0, limit=24)["input_ids"].shape == (1, 24)
+
+
+def test_an_epoch_of_task_batches_at_max_len_128_has_at_most_4_lengths(shared_data, mbert_vocab):
+    """Real CoNLL English with the mBERT vocabulary: lengths padded to 32 give at most 4
+    sequence lengths an epoch at max_len 128 (8 gave many more: a GPU warms up each)."""
+    from xlt_engine.data import load_tokenizer
+    from xlt_engine.data.task import TaskBatches, encode, read_task_file
+
+    tok = load_tokenizer(mbert_vocab)
+    data = read_task_file(shared_data / "conll2003_en" / "eng.train", "conll")
+    labels = sorted({t for tags in data.labels for t in tags})
+    enc = encode(data, tok, labels, 128)
+    for multiple, most in ((32, 4), (8, 16)):
+        batches = TaskBatches(enc, tok.pad_id, 32, None, seed=0, pad_multiple=multiple)
+        lengths = {batches.batch(0, i)["input_ids"].shape[1] for i in range(batches.num_batches(0))}
+        assert len(lengths) <= most and max(lengths) <= 128, (multiple, sorted(lengths))
+        if multiple == 8:
+            assert len(lengths) > 4, sorted(lengths)  # what the test guards against

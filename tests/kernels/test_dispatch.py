@@ -51,3 +51,29 @@ def test_triton_on_cpu_without_the_interpreter_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("XLT_KERNELS", "triton")
     with pytest.raises(ValueError, match="needs TRITON_INTERPRET=1"):
         _dispatch.use_triton(JITFunction(), torch.zeros(1))
+
+
+def test_row_counts_do_not_make_new_triton_specialisations():
+    """Triton compiles a kernel once per specialisation of its integer arguments (divisible by
+    16, equal to 1): a row count that changes every batch would compile again and again on a
+    GPU. Each kernel that takes a row count opts out for it."""
+    import importlib
+
+    def module(name):  # the package exports functions of the modules' names
+        return importlib.import_module(f"xlt_engine.kernels.{name}")
+
+    soft_label_mse, supcon_loss = module("soft_label_mse"), module("supcon_loss")
+    threshold_curve, voter_filter = module("threshold_curve"), module("voter_filter")
+    expected = {
+        soft_label_mse.soft_label_mse_fwd_kernel: {"R", "stride_m"},
+        supcon_loss.supcon_fwd_kernel: {"B"},
+        supcon_loss.supcon_bwd_kernel: {"B"},
+        voter_filter.voter_filter_fwd_kernel: {"N", "stride_m"},
+        threshold_curve.threshold_curve_kernel: {"N"},
+    }
+    for kernel, names in expected.items():
+        options = getattr(kernel, "kwargs", None)  # the interpreter keeps the jit options here
+        dns = options["do_not_specialize"] if options is not None else kernel.do_not_specialize
+        named = {kernel.arg_names[i] if isinstance(i, int) else i for i in dns}
+        assert names <= named, (kernel, named)
+        assert names <= set(kernel.arg_names)

@@ -6,7 +6,9 @@
   the remainder without repeats) and a random subset of a large one (down-sampling).
 - ``length_batches(lengths, ...)``: examples of similar length batched together (sorted within
   shuffled pools of ``pool_batches`` batches), a fixed batch size and/or a token budget counted
-  on the padded length; batch order shuffled. Padding is to a multiple of 8 (tensor cores).
+  on the padded length; batch order shuffled. Padding is to a multiple of ``PAD_MULTIPLE`` (32:
+  few distinct shapes, so a GPU warms up few attention plans and kernel specialisations), never
+  past the longest sequence of the data rounded to 8 (``length_limit``).
 - ``shard(batches, rank, world_size)``: every rank gets the same number of batches (the last
   ones repeat batches from the start, as ``DistributedSampler`` does, unless ``drop_last``).
 - ``pad_batch``: ragged id arrays -> ``[B, T]`` tensors, T rounded up to ``pad_multiple``.
@@ -71,15 +73,27 @@ def spans(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(shift, lengths) + np.arange(total, dtype=np.int64)
 
 
-def padded_length(n: int, pad_multiple: int = 8) -> int:
-    return -(-n // pad_multiple) * pad_multiple
+PAD_MULTIPLE = 32  # sequence lengths round up to this (at max_len 128: 4 shapes an epoch)
+
+
+def padded_length(n: int, pad_multiple: int = PAD_MULTIPLE, limit: int | None = None) -> int:
+    """``n`` rounded up to a multiple of ``pad_multiple``, but not past ``limit`` (the longest
+    sequence the data holds, so a bucket never asks the model for more positions than it
+    has; never below ``n``)."""
+    t = -(-n // pad_multiple) * pad_multiple
+    return max(n, min(t, limit)) if limit is not None else t
+
+
+def length_limit(lengths: np.ndarray) -> int | None:
+    """The cap for ``padded_length``: the longest length, rounded up to 8."""
+    return -(-int(lengths.max()) // 8) * 8 if len(lengths) else None
 
 
 def length_batches(
     lengths: Sequence[int] | np.ndarray,
     batch_size: int | None = 32,
     max_tokens: int | None = None,
-    pad_multiple: int = 8,
+    pad_multiple: int = PAD_MULTIPLE,
     shuffle: bool = True,
     seed: int = 0,
     epoch: int = 0,
@@ -94,6 +108,7 @@ def length_batches(
     without it, the batches follow the input order (evaluation).
     """
     lengths = np.asarray(lengths, dtype=np.int64)
+    limit = length_limit(lengths)
     if batch_size is None and max_tokens is None:
         raise ValueError("give batch_size, max_tokens or both")
     if batch_size is not None and batch_size < 1:
@@ -101,7 +116,7 @@ def length_batches(
     if len(lengths) and lengths.min() < 1:
         raise ValueError(f"example {int(lengths.argmin())} has length {int(lengths.min())}")
     if max_tokens is not None and len(lengths):
-        longest = padded_length(int(lengths.max()), pad_multiple)
+        longest = padded_length(int(lengths.max()), pad_multiple, limit)
         if max_tokens < longest:
             raise ValueError(
                 f"max_tokens {max_tokens} is below the longest example ({longest} padded tokens)"
@@ -114,12 +129,12 @@ def length_batches(
         order = np.concatenate([p[np.argsort(lengths[p], kind="stable")] for p in pools] or [order])
     batches, cur, cur_max = [], [], 0
     for i in order:
-        longest = max(cur_max, padded_length(int(lengths[i]), pad_multiple))
+        longest = max(cur_max, padded_length(int(lengths[i]), pad_multiple, limit))
         full = batch_size is not None and len(cur) >= batch_size
         over = max_tokens is not None and longest * (len(cur) + 1) > max_tokens
         if cur and (full or over):
             batches.append(np.asarray(cur, dtype=np.int64))
-            cur, longest = [], padded_length(int(lengths[i]), pad_multiple)
+            cur, longest = [], padded_length(int(lengths[i]), pad_multiple, limit)
         cur.append(i)
         cur_max = longest
     if cur:
@@ -151,17 +166,19 @@ def shard(
 def pad_batch(
     sequences: Sequence[np.ndarray],
     pad_id: int,
-    pad_multiple: int = 8,
+    pad_multiple: int = PAD_MULTIPLE,
     labels: Sequence[np.ndarray] | None = None,
     token_type_ids: Sequence[np.ndarray] | None = None,
+    limit: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Right-pad ragged sequences to ``[B, T]``, T a multiple of ``pad_multiple``. Returns
+    """Right-pad ragged sequences to ``[B, T]``, T a multiple of ``pad_multiple`` (at most
+    ``limit``: ``padded_length``). Returns
     ``input_ids`` (int64), ``attention_mask`` (int64), and ``labels`` (padded with -100) and
     ``token_type_ids`` (padded with 0) when given."""
     if not len(sequences):
         raise ValueError("pad_batch got no sequences")
     B = len(sequences)
-    T = padded_length(max(len(s) for s in sequences), pad_multiple)
+    T = padded_length(max(len(s) for s in sequences), pad_multiple, limit)
     ids = np.full((B, T), pad_id, dtype=np.int64)
     mask = np.zeros((B, T), dtype=np.int64)
     for i, s in enumerate(sequences):

@@ -24,7 +24,15 @@ import torch
 import torch.distributed as dist
 
 from xlt_engine.data.align import IGNORE, AlignedWords, align_words, encode_texts
-from xlt_engine.data.batching import length_batches, pad_batch, padded_length, shard, spans
+from xlt_engine.data.batching import (
+    PAD_MULTIPLE,
+    length_batches,
+    length_limit,
+    pad_batch,
+    padded_length,
+    shard,
+    spans,
+)
 from xlt_engine.data.cls10 import read_cls10
 from xlt_engine.data.conll import ConllFile, read_conll
 from xlt_engine.data.marc import read_marc
@@ -310,13 +318,20 @@ def encode(data: TaskData, tok: WordPieceTokenizer, labels: Sequence[str], max_l
     )
 
 
-def make_batch(enc: Encoded, items: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
-    """Padded inputs of ``items`` plus ``positions`` (flat indices into B*T) and ``targets``."""
+def make_batch(
+    enc: Encoded,
+    items: np.ndarray,
+    pad_id: int,
+    pad_multiple: int = PAD_MULTIPLE,
+    limit: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Padded inputs of ``items`` (``T``: ``padded_length(longest, pad_multiple, limit)``)
+    plus ``positions`` (flat indices into B*T) and ``targets``."""
     if enc.packed:
-        return _packed_batch(enc, items, pad_id)
+        return _packed_batch(enc, items, pad_id, pad_multiple, limit)
     seqs = [enc.input_ids[i] for i in items]
     types = [enc.token_type_ids[i] for i in items] if enc.token_type_ids is not None else None
-    batch = pad_batch(seqs, pad_id, token_type_ids=types)
+    batch = pad_batch(seqs, pad_id, pad_multiple, token_type_ids=types, limit=limit)
     T = batch["input_ids"].shape[1]
     flat = [b * T + np.asarray(enc.positions[i], dtype=np.int64) for b, i in enumerate(items)]
     batch["positions"] = torch.from_numpy(np.concatenate(flat))
@@ -325,14 +340,16 @@ def make_batch(enc: Encoded, items: np.ndarray, pad_id: int) -> dict[str, torch.
     return batch
 
 
-def _packed_batch(enc: Encoded, items: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+def _packed_batch(
+    enc: Encoded, items: np.ndarray, pad_id: int, pad_multiple: int, limit: int | None
+) -> dict[str, torch.Tensor]:
     """``make_batch`` of a packed ``Encoded`` (every field ``Ragged``): the same tensors from
     a few gathers, with no loop over the items."""
     ids, lengths = enc.input_ids.take(items)
     B = len(lengths)
     if not B:
         raise ValueError("pad_batch got no sequences")
-    T = padded_length(int(lengths.max()))
+    T = padded_length(int(lengths.max()), pad_multiple, limit)
     row = np.repeat(np.arange(B, dtype=np.int64), lengths)
     col = np.arange(len(ids), dtype=np.int64) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     input_ids = np.full((B, T), pad_id, dtype=np.int64)
@@ -354,10 +371,17 @@ def _packed_batch(enc: Encoded, items: np.ndarray, pad_id: int) -> dict[str, tor
 
 class TaskBatches:
     """A ``DataSource`` over encoded items: length-bucketed batches shuffled per epoch from
-    (seed, epoch), sharded round-robin by rank."""
+    (seed, epoch), sharded round-robin by rank; lengths padded to a multiple of
+    ``pad_multiple`` (not past the longest item's, rounded to 8)."""
 
     def __init__(
-        self, enc: Encoded, pad_id: int, batch_size: int, max_tokens: int | None, seed: int
+        self,
+        enc: Encoded,
+        pad_id: int,
+        batch_size: int,
+        max_tokens: int | None,
+        seed: int,
+        pad_multiple: int = PAD_MULTIPLE,
     ):
         self.enc, self.pad_id, self.batch_size, self.max_tokens = (
             enc,
@@ -367,6 +391,7 @@ class TaskBatches:
         )
         self.seed = seed
         self.lengths = enc.lengths
+        self.pad_multiple, self.limit = pad_multiple, length_limit(self.lengths)
         ddp = dist.is_available() and dist.is_initialized()
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
         self._epoch: tuple[int, list[np.ndarray]] | None = None
@@ -374,8 +399,9 @@ class TaskBatches:
     def _batches(self, epoch: int) -> list[np.ndarray]:
         if self._epoch is None or self._epoch[0] != epoch:
             b = length_batches(
-                self.lengths, self.batch_size, self.max_tokens, seed=self.seed, epoch=epoch
-            )
+                self.lengths, self.batch_size, self.max_tokens, self.pad_multiple,
+                seed=self.seed, epoch=epoch,
+            )  # fmt: skip
             self._epoch = (epoch, shard(b, self.rank, self.world))
         return self._epoch[1]
 
@@ -383,4 +409,5 @@ class TaskBatches:
         return len(self._batches(epoch))
 
     def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
-        return make_batch(self.enc, self._batches(epoch)[index], self.pad_id)
+        items = self._batches(epoch)[index]
+        return make_batch(self.enc, items, self.pad_id, self.pad_multiple, self.limit)

@@ -38,7 +38,7 @@ from xlt_engine.kernels._launch import config, launch
 _OP = "soft_label_mse"
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["R", "stride_m"])  # one compile for every row count
 def soft_label_mse_fwd_kernel(
     z_ptr,  # [M, R, C] student logits, contiguous
     p_ptr,  # [R, C] teacher probabilities, contiguous

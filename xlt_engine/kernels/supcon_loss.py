@@ -107,7 +107,7 @@ def _scores(
     return acc * inv_tau
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B"])  # one compile for every row count
 def supcon_fwd_kernel(
     n_ptr,  # [B, D] normalised rows
     y_ptr,  # [B] int64 labels
@@ -149,7 +149,7 @@ def supcon_fwd_kernel(
     tl.store(pos_cnt_ptr + offs_i, pos_cnt, mask=i_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["B"])  # one compile for every row count
 def supcon_bwd_kernel(
     n_ptr,  # [B, D] normalised rows
     y_ptr,  # [B] int64 labels

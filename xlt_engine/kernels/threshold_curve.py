@@ -44,7 +44,7 @@ class ThresholdCurve(NamedTuple):
     coverage: torch.Tensor
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N"])  # one compile for every row count
 def threshold_curve_kernel(
     conf_ptr,  # [N] confidence
     correct_ptr,  # [N] bool

@@ -36,7 +36,7 @@ from xlt_engine.kernels._launch import config, launch
 _OP = "voter_filter"
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["N", "stride_m"])  # one compile for every row count
 def voter_filter_fwd_kernel(
     z_ptr,  # [M, N, C] voter logits, contiguous
     alpha_ptr,  # [C] fp32 confidence threshold of each class (a scalar alpha is expanded)

@@ -199,3 +199,27 @@ def test_a_btf_step_makes_no_host_sync(setup, tmp_path):
         run_btf(cfg, echo=None)
     assert hs.in_steps() == [], [s.where() for s in hs.in_steps()]
     assert hs.syncs  # it does see the host work (masking) and the log point
+
+
+def test_an_epoch_of_btf_batches_has_few_shapes(setup, tmp_path):
+    """At max_len 128: at most 4 sequence lengths, and masked-row counts in multiples of 64
+    (the extra rows ignored: the loss is the mean over the real ones)."""
+    from dataclasses import replace
+
+    from xlt_engine.data.cache import TokenCache
+    from xlt_engine.data.masking import MlmMasker
+    from xlt_engine.data.tokenizer import load_tokenizer
+    from xlt_engine.engine.method.btf import MLM_ROW_MULTIPLE, MlmData
+
+    _, texts = setup
+    cfg = replace(config(setup, tmp_path / "run"), max_len=128)
+    tok = load_tokenizer(cfg.model)
+    caches = [TokenCache.build(t, tok, tmp_path / "cache") for t in texts]
+    data = MlmData(caches, tok, cfg, MlmMasker.from_tokenizer(tok))
+    batches = [data.batch(0, i) for i in range(data.num_batches(0))]
+    lengths = {b["input_ids"].shape[1] for b in batches}
+    assert len(batches) > 20 and len(lengths) <= 4 and max(lengths) <= 128, sorted(lengths)
+    for b in batches:
+        real = int((b["labels"] != -100).sum())
+        assert len(b["labels"]) % MLM_ROW_MULTIPLE == 0 and len(b["labels"]) - real < 64
+        assert (b["positions"][real:] == 0).all()  # padding rows read position 0, ignored

@@ -241,3 +241,17 @@ def test_run_all_under_torchrun_runs_and_reuses_every_stage(tmp_path):
         (tmp_path / "run" / "src-tgt" / "selftrain-alpha0" / "run.json").read_text()
     )
     assert run_json["world_size"] == 2
+
+
+def test_a_cuda_device_sets_the_engines_cuda_environment(monkeypatch):
+    from xlt_engine.engine.train import distributed
+
+    monkeypatch.delenv("TORCH_CUDNN_SDPA_AVOID_RECOMPILE", raising=False)
+    distributed.resolve_device("cpu")
+    assert "TORCH_CUDNN_SDPA_AVOID_RECOMPILE" not in os.environ
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert distributed.resolve_device("cuda").type == "cuda"
+    assert os.environ["TORCH_CUDNN_SDPA_AVOID_RECOMPILE"] == "1"
+    monkeypatch.setenv("TORCH_CUDNN_SDPA_AVOID_RECOMPILE", "0")  # the user's value wins
+    distributed.resolve_device("cuda")
+    assert os.environ["TORCH_CUDNN_SDPA_AVOID_RECOMPILE"] == "0"

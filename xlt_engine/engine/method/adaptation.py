@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xlt_engine.data.batching import shard
+from xlt_engine.data.batching import length_limit, shard
 from xlt_engine.data.parallel import ParallelItem
 from xlt_engine.data.task import Encoded, TaskData, encode, make_batch
 from xlt_engine.engine.train.distributed import rank_world
@@ -70,6 +70,7 @@ class SABatches:
         self.enc, self.pad_id, self.groups, self.seed = enc, pad_id, max(1, groups), seed
         self.labels = np.asarray(labels)
         self.translations = translations
+        self.limit = length_limit(enc.lengths)
         self.rank, self.world = rank_world()
         self._epoch: tuple[int, list[np.ndarray]] | None = None
 
@@ -103,7 +104,7 @@ class SABatches:
             members.append(list(range(first, len(rows))))
             positive.append([True] * len(pos) + [False] * len(neg))
         width = max(len(m) for m in members)
-        out = make_batch(self.enc, np.asarray(rows), self.pad_id)
+        out = make_batch(self.enc, np.asarray(rows), self.pad_id, limit=self.limit)
         out["sa_anchor"] = torch.tensor(anchors)
         out["sa_member"] = torch.tensor([m + [-1] * (width - len(m)) for m in members])
         out["sa_positive"] = torch.tensor([p + [False] * (width - len(p)) for p in positive])

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from xlt_engine.data.batching import length_batches, pad_batch, resample, shard
+from xlt_engine.data.batching import length_batches, length_limit, pad_batch, resample, shard
 from xlt_engine.data.cache import TokenCache
-from xlt_engine.data.masking import MlmMasker
+from xlt_engine.data.masking import IGNORE, MlmMasker
 from xlt_engine.data.tokenizer import WordPieceTokenizer, load_tokenizer
 from xlt_engine.engine.method.settings import BtfSettings, FreezeSettings, StageSettings
 from xlt_engine.engine.train import distributed
@@ -58,6 +58,11 @@ class BtfConfig(BtfSettings, FreezeSettings, StageSettings):
             raise ValueError(f"shares: {len(self.shares)} values for {len(self.texts)} texts")
 
 
+MLM_ROW_MULTIPLE = 64  # masked rows per batch padded to a multiple of this with ignored rows
+# (position 0, label -100): the loss is unchanged, and the MLM head's and fused loss's GEMMs see
+# few row counts
+
+
 class MlmData:
     """Windows of several token caches, resampled per epoch into length-bucketed batches, masked
     on the host (``masker``, drawing from the loop's generator of the batch: ``batch_generator``)
@@ -69,6 +74,9 @@ class MlmData:
         self.caches, self.tok, self.cfg, self.masker = caches, tok, cfg, masker
         self.rank, self.world = rank_world()
         self.windows = [c.windows(cfg.max_len) for c in caches]
+        self.limit = length_limit(
+            np.concatenate([w[:, 2] - w[:, 1] + 2 for w in self.windows])  # + [CLS], [SEP]
+        )
         self._epoch: tuple[int, list, np.ndarray] | None = None
 
     def _plan(self, epoch: int):
@@ -82,8 +90,9 @@ class MlmData:
                 sel = mix[:, 0] == c
                 lengths[sel] = w[mix[sel, 1], 2] - w[mix[sel, 1], 1] + 2  # + [CLS], [SEP]
             batches = length_batches(
-                lengths, cfg.batch_size, cfg.max_tokens, seed=cfg.train.seed, epoch=epoch
-            )
+                lengths, cfg.batch_size, cfg.max_tokens, cfg.pad_multiple,
+                seed=cfg.train.seed, epoch=epoch,
+            )  # fmt: skip
             batches = shard(batches, self.rank, self.world)
             self._epoch = (epoch, batches, mix)
         return self._epoch
@@ -97,14 +106,19 @@ class MlmData:
         for c, i in mix[batches[index]]:
             entry, start, end = self.windows[c][i]
             seqs.append(self.caches[c].window(entry, start, end, self.tok.cls_id, self.tok.sep_id))
-        batch = pad_batch(seqs, self.tok.pad_id)
+        batch = pad_batch(seqs, self.tok.pad_id, self.cfg.pad_multiple, limit=self.limit)
         gen = batch_generator(self.cfg.train.seed, epoch, index * self.world + self.rank)
         masked = self.masker(batch["input_ids"], batch["attention_mask"], gen)
+        positions, labels = masked.positions, masked.labels
+        if self.masker.max_predictions is None:  # rows padded to a fixed multiple (ignored)
+            extra = -len(labels) % MLM_ROW_MULTIPLE
+            positions = torch.cat([positions, positions.new_zeros(extra)])
+            labels = torch.cat([labels, labels.new_full((extra,), IGNORE)])
         return {
             "input_ids": masked.input_ids,
             "attention_mask": batch["attention_mask"],
-            "positions": masked.positions,
-            "labels": masked.labels,
+            "positions": positions,
+            "labels": labels,
         }
 
 

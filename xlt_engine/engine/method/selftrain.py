@@ -331,8 +331,8 @@ class SoftBatches(StoreBatches):
     """``TaskBatches`` over U_tgt whose batches also carry the teacher's ``probs`` per row
     (``[rows, C]``, a tensor or a memory map)."""
 
-    def __init__(self, enc: Encoded, probs, pad_id, batch_size, max_tokens, seed):
-        super().__init__(enc, pad_id, batch_size, max_tokens, seed)
+    def __init__(self, enc: Encoded, probs, pad_id, batch_size, max_tokens, seed, pad_multiple):
+        super().__init__(enc, pad_id, batch_size, max_tokens, seed, pad_multiple)
         self.probs = probs
         self.held = (probs,)
         self.offsets = enc.row_offsets
@@ -785,8 +785,9 @@ class SelfTraining:
         except ValueError as err:
             raise ValueError(f"{cfg.base_model}: {err}") from None
         data = SoftBatches(
-            self.tgt, probs, self.tok.pad_id, cfg.batch_size, cfg.max_tokens, self.seed
-        )
+            self.tgt, probs, self.tok.pad_id, cfg.batch_size, cfg.max_tokens, self.seed,
+            cfg.pad_multiple,
+        )  # fmt: skip
 
         fit = soft_label_kl if cfg.soft_loss == "kl" else soft_label_mse
 
@@ -993,7 +994,9 @@ class SelfTraining:
                 f"row passed alpha = {alpha}"
             )
             return self.skip_hard(r, student, why)
-        data = StoreBatches(hard, self.tok.pad_id, cfg.batch_size, cfg.max_tokens, self.seed)
+        data = StoreBatches(
+            hard, self.tok.pad_id, cfg.batch_size, cfg.max_tokens, self.seed, cfg.pad_multiple
+        )
 
         def hard_loss(m, batch, gen):
             return VotersModule.loss(forward_batch(m, batch, device), batch["targets"])

@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
+from xlt_engine.data.batching import PAD_MULTIPLE
 from xlt_engine.data.task import Format
 from xlt_engine.engine.method.pseudo_labels import PseudoRule, SourceFilter
 from xlt_engine.engine.method.pseudo_labels import RuleName as PseudoRuleName
@@ -185,10 +186,16 @@ class BatchSettings:
 
     batch_size: int = 32
     max_tokens: int | None = None  # padded tokens per batch (with batch_size: both hold)
+    pad_multiple: int = PAD_MULTIPLE  # sequence lengths round up to a multiple of this (few
+    # shapes: a GPU warms up once per shape); never past the data's longest, rounded to 8
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (isinstance(self.pad_multiple, int) and 1 <= self.pad_multiple <= 512):
+            raise ValueError(
+                f"pad_multiple must be an integer in [1, 512], got {self.pad_multiple!r}"
+            )
         if self.max_tokens is not None and self.max_tokens < 8:
             raise ValueError(f"max_tokens must be >= 8 (or left out), got {self.max_tokens}")
 

@@ -23,12 +23,22 @@ def rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+# on CUDA: cuDNN's attention builds one execution plan per shape and, without this, builds it
+# again for shapes it has seen; the user's own value wins
+CUDA_ENVIRONMENT = {"TORCH_CUDNN_SDPA_AVOID_RECOMPILE": "1"}
+
+
 def resolve_device(name: str = "auto") -> torch.device:
+    """The device ``name`` names (``auto``: CUDA when there is one); on CUDA the engine's
+    environment (``CUDA_ENVIRONMENT``) is set before the first kernel runs."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r}: CUDA is not available on this machine")
+    if device.type == "cuda":
+        for key, value in CUDA_ENVIRONMENT.items():
+            os.environ.setdefault(key, value)
     return device
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from xlt_engine.data.align import word_predictions
-from xlt_engine.data.batching import length_batches
+from xlt_engine.data.batching import length_batches, length_limit
 from xlt_engine.data.task import Encoded, TaskData, encode, item_rows, make_batch, task_kind
 from xlt_engine.engine.train.distributed import all_gather_rows, rank_world
 from xlt_engine.engine.train.loop import stage
@@ -84,6 +84,7 @@ def predict_logits(
     lengths = enc.lengths
     order = np.argsort(lengths, kind="stable")
     longest = int(lengths.max()) if len(lengths) else 0
+    limit = length_limit(lengths)
     batches = length_batches(
         lengths[order], None, max(max_tokens, -(-longest // 8) * 8), shuffle=False
     )
@@ -99,7 +100,7 @@ def predict_logits(
             if bar is not None:
                 bar.update(1)
             items = order[b]
-            batch = make_batch(enc, items, pad_id)
+            batch = make_batch(enc, items, pad_id, limit=limit)
             batch["rows"] = torch.from_numpy(item_rows(offsets, items))
             batch = stage(batch, device)  # pinned, no host wait on CUDA
             with torch.autocast(

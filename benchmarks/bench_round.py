@@ -58,6 +58,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-len", type=int, default=128)
     p.add_argument("--voters", type=int, default=3)
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp one)")
+    p.add_argument(
+        "--loop-checkpoints",
+        action="store_true",
+        help="each step also writes the loop's final checkpoint (model and AdamW state), as a "
+        "stage did before final_checkpoint existed (and as keep_loop_checkpoints does)",
+    )
     p.add_argument("--no-save", action="store_true")
     return p.parse_args(argv)
 
@@ -98,7 +104,9 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 
     def train_cfg(lr: float) -> TrainConfig:
         # as an experiment runs it: no loop checkpoint at the last step (the model is saved)
-        return TrainConfig(epochs=args.epochs, lr=lr, log_every=20, seed=1, final_checkpoint=False)
+        return TrainConfig(
+            epochs=args.epochs, lr=lr, log_every=20, seed=1, final_checkpoint=args.loop_checkpoints
+        )
 
     st = SelftrainConfig(
         base_model=str(work / "base"),
@@ -162,6 +170,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             "max_len": args.max_len,
             "epochs": epochs,
         },
+        "loop_checkpoints": args.loop_checkpoints,
         "peak_mib": round(peak, 1) if peak is not None else None,
         # bytes this process wrote during the round (``wchar`` of /proc/self/io: every write
         # call, files and pipes; None off Linux) and what its folder holds after it

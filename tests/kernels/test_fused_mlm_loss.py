@@ -259,3 +259,37 @@ def test_no_rows_at_all(provider):
     loss.backward()
     assert loss.item() == 0.0
     assert weight.grad.abs().max().item() == 0.0 and bias.grad.abs().max().item() == 0.0
+
+
+def test_the_padded_weight_is_reused_until_the_weight_changes():
+    """A frozen weight (btf) is padded and cast once, not every step; an in-place change (an
+    optimizer step, a load) or another weight makes a new copy, which holds the new values."""
+    from xlt_engine.kernels.mlm_loss import padded_weight
+
+    w = torch.randn(503, 16)
+    a = padded_weight(w, torch.bfloat16, 512)
+    assert padded_weight(w, torch.bfloat16, 512) is a  # unchanged: the same copy
+    assert torch.equal(a[:503], w.to(torch.bfloat16)) and not a[503:].any()
+    assert padded_weight(w, torch.float32, 512) is not a  # another dtype
+    with torch.no_grad():
+        w.add_(1.0)  # in place: the version counter moves
+    b = padded_weight(w, torch.bfloat16, 512)
+    assert b is not a and torch.equal(b[:503], w.to(torch.bfloat16))
+    other = w.clone()  # equal values, another tensor
+    assert padded_weight(other, torch.bfloat16, 512) is not b
+    with torch.inference_mode():  # a copy made here cannot be saved for backward later
+        c = padded_weight(other, torch.bfloat16, 512)
+    assert padded_weight(other, torch.bfloat16, 512) is not c
+
+
+def test_a_frozen_weight_over_steps_with_the_cached_copy(use_triton):
+    """Three steps on one frozen weight through the fused path equal the torch composition."""
+    hidden, weight, bias, labels = make_inputs(torch.float32, 0.2, v=503)
+    weight.requires_grad_(False)
+    for _ in range(3):
+        h = hidden.detach().requires_grad_()
+        fused_mlm_loss(h, weight, bias.detach(), labels).backward()
+        ref_h = hidden.detach().double().requires_grad_()
+        fused_mlm_loss_ref(ref_h, weight.double(), bias.detach().double(), labels).backward()
+        assert max_err(h.grad, ref_h.grad) <= 1e-6 * ref_h.grad.abs().max().item()
+        hidden = hidden + 0.1

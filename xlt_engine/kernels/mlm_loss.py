@@ -57,6 +57,8 @@ weights get an fp32 dW). fp16 logits overflow above 65,504 as they do in eager P
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -149,10 +151,21 @@ def padded_weight(weight: torch.Tensor, dtype: torch.dtype, v_pad: int) -> torch
     V, H = weight.shape
     if V == v_pad and weight.dtype == dtype and weight.is_contiguous():
         return weight
+    key = (weight._version, dtype, v_pad, torch.is_inference_mode_enabled())
+    ref, cached_key, cached = _PADDED
+    if ref is not None and ref() is weight and cached_key == key:
+        return cached  # the same weight, unchanged since (btf freezes it): no V x H pass
     w_pad = torch.empty(v_pad, H, device=weight.device, dtype=dtype)
     w_pad[:V].copy_(weight)
     w_pad[V:].zero_()
+    _PADDED[:] = [weakref.ref(weight), key, w_pad]
     return w_pad
+
+
+# the last padded copy: (a weak reference to its weight, (the weight's version counter, dtype,
+# rows, inference mode), the copy); an in-place change of the weight (an optimizer step, a
+# load) bumps its version, a new weight fails the reference, and either makes a new copy
+_PADDED: list = [None, None, None]
 
 
 def fused_mlm_loss_fwd(

@@ -26,6 +26,7 @@ at the same tokens/s).
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -65,6 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         "stage did before final_checkpoint existed (and as keep_loop_checkpoints does)",
     )
     p.add_argument("--no-save", action="store_true")
+    p.add_argument("--json", type=Path, default=None, help="also write the record here")
     return p.parse_args(argv)
 
 
@@ -104,9 +106,10 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 
     def train_cfg(lr: float) -> TrainConfig:
         # as an experiment runs it: no loop checkpoint at the last step (the model is saved)
-        return TrainConfig(
-            epochs=args.epochs, lr=lr, log_every=20, seed=1, final_checkpoint=args.loop_checkpoints
-        )
+        kw = dict(epochs=args.epochs, lr=lr, log_every=20, seed=1)
+        if "final_checkpoint" in TrainConfig.__dataclass_fields__:  # an older xlt_engine (the
+            kw["final_checkpoint"] = args.loop_checkpoints  # writes comparison) always wrote it
+        return TrainConfig(**kw)
 
     st = SelftrainConfig(
         base_model=str(work / "base"),
@@ -207,6 +210,8 @@ def main(argv=None) -> dict:
     }
     if not args.no_save:
         append("round", device, record)
+    if args.json is not None:
+        atomic_write_text(args.json, json.dumps(record) + "\n")
     s = out["shape"]
     print(
         f"{gpu}  L={s['layers']} H={s['hidden']} V={s['vocab']} voters={s['voters']} "

@@ -4,15 +4,19 @@
 # a compact table. Each step has its own time limit; logs and result files go to the output
 # folder, so whatever finished before a time-out is kept. Run from the repository root:
 #
-#   bash benchmarks/gpu_check.sh [--out DIR] [--data DIR] [--with compile,liger] [--wheels DIR]
+#   bash benchmarks/gpu_check.sh [--out DIR] [--data DIR] [--with compile,liger,cce] [--wheels DIR]
 #   bash benchmarks/gpu_check.sh --dry-run --out /tmp/check      # every step, on CPU, tiny sizes
 #
 #   --out DIR     results folder (default: $OUT when set, else benchmarks/results/gpu_check)
 #   --data DIR    a folder with mbert/vocab.txt, conll2003_en/eng.train, conll2002/esp.train
 #                 (benchmarks/make_sample.py makes one); default: a generated one of mBERT's size
 #   --with LIST   opt-in kernel baselines: compile (torch.compile, slow to build), liger
-#   --wheels DIR  pip-install the test-only packages (pytest, hypothesis, ...) from these wheels
+#                 (Liger-Kernel's fused linear cross-entropy at four chunk settings), cce (Cut
+#                 Cross-Entropy); the last two need their wheels (--wheels)
+#   --wheels DIR  pip-install the test-only packages (pytest, hypothesis, ...) and the kernel
+#                 baselines from these wheels (benchmarks/fetch_wheels.sh downloads them)
 #   --dry-run     CPU only, tiny sizes: checks that every step runs and lands its files
+#   (one device call runs at most 10 minutes: with --with, run --only kernels as a call of its own)
 #   --only LIST   run only these steps (e.g. btf_step,round to measure again after a fix; the
 #                 steps: tests kernels encoder btf_step round, and on a GPU encoder_amp and
 #                 encoder_bf16 in place of encoder)
@@ -33,7 +37,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 for w in ${with//,/ }; do
-  case "$w" in compile|liger) ;; *) echo "gpu_check.sh: --with takes compile and liger, got '$w'" >&2; exit 2 ;; esac
+  case "$w" in compile|liger|cce) ;; *) echo "gpu_check.sh: --with takes compile, liger and cce, got '$w'" >&2; exit 2 ;; esac
 done
 if [ $dry -eq 1 ]; then known="tests kernels encoder btf_step round"
 else known="tests kernels encoder_amp encoder_bf16 btf_step round"; fi
@@ -49,7 +53,7 @@ export PYTHONPATH=. PYTHONUNBUFFERED=1 XLT_BENCH_RESULTS="$out" TRITON_DEFAULT_F
 # step --only leaves out is neither run nor listed in steps.txt)
 step() {
   local name="$1" limit="$2"; shift 2
-  if [ -n "$only" ] && [ "$name" != wheels ] && [[ ",$only," != *",$name,"* ]]; then return; fi
+  if [ -n "$only" ] && [ "$name" != wheels ] && [ "$name" != baselines ] && [[ ",$only," != *",$name,"* ]]; then return; fi
   local t0=$SECONDS rc
   echo "== $name (limit ${limit}s): $*"
   timeout --kill-after=10 "$limit" "$@" > "$out/logs/$name.log" 2>&1
@@ -69,12 +73,18 @@ cat "$out/environment.txt"
 
 if [ -n "$wheels" ]; then
   step wheels 120 python3 -m pip install --no-index --find-links "$wheels" pytest hypothesis click tokenizers safetensors numpy
+  baselines=""  # the kernel baselines whose wheels are there (no dependencies beyond torch, triton)
+  ls "$wheels"/liger_kernel-*.whl > /dev/null 2>&1 && baselines="$baselines liger-kernel"
+  ls "$wheels"/cut_cross_entropy-*.whl > /dev/null 2>&1 && baselines="$baselines cut-cross-entropy"
+  [ -n "$baselines" ] && step baselines 60 python3 -m pip install --no-index --no-deps --find-links "$wheels" $baselines
 fi
 python3 - > "$out/logs/imports.log" 2>&1 <<'EOF'
 import importlib.util
 need = ["torch", "triton", "transformers", "pytest", "hypothesis", "click", "tokenizers", "safetensors", "numpy"]
 missing = [m for m in need if importlib.util.find_spec(m) is None]
 print("missing:", ", ".join(missing) if missing else "none")
+baselines = {m: importlib.util.find_spec(m) is not None for m in ("liger_kernel", "cut_cross_entropy")}
+print("kernel baselines:", ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in baselines.items()))
 EOF
 cat "$out/logs/imports.log"
 
@@ -96,7 +106,7 @@ if [ $dry -eq 1 ]; then
   step round 300 python3 -m benchmarks.bench_round --data "$data" --device cpu --tiny --limit 30 --batch 8 --max-len 32
 else
   step tests 150 python3 -m pytest -q -m cuda tests -p no:cacheprovider
-  step kernels 180 python3 -m benchmarks.bench_kernels $providers --out "$out"
+  step kernels $((180 + 60 * $(echo $with | tr ',' ' ' | wc -w))) python3 -m benchmarks.bench_kernels $providers --out "$out"
   step encoder_amp 60 python3 -m benchmarks.bench_encoder --precision autocast-bf16
   step encoder_bf16 60 python3 -m benchmarks.bench_encoder --precision bf16
   step btf_step 60 python3 -m benchmarks.bench_btf_step --data "$data"

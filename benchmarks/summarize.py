@@ -67,7 +67,7 @@ def summary(folder: Path) -> str:
             lines.append(f"{what}  {rec['device']} | {label}")
             for r in rec["rows"]:
                 lines.append(
-                    f"  {r['impl']:<24}{r['ms_per_step']:>10.2f} ms{r['tokens_per_s']:>12,} tok/s"
+                    f"  {r['impl']:<29}{r['ms_per_step']:>10.2f} ms{r['tokens_per_s']:>12,} tok/s"
                 )
             if "speedup_tokens_per_s" in rec:
                 lines.append(f"  speed-up over transformers: {rec['speedup_tokens_per_s']:.2f}x")

@@ -53,7 +53,7 @@ def test_dry_run_runs_every_step_and_lands_its_files_in_OUT(tmp_path):
 
 def test_bad_arguments_are_refused_before_any_work(tmp_path):
     done = run_check("--with", "everything", "--out", str(tmp_path / "o"))
-    assert done.returncode == 2 and "--with takes compile and liger" in done.stderr
+    assert done.returncode == 2 and "--with takes compile, liger and cce" in done.stderr
     done = run_check("--frobnicate")
     assert done.returncode == 2 and "unknown argument '--frobnicate'" in done.stderr
     done = run_check("--only", "encoder", "--out", str(tmp_path / "o"))  # a --dry-run step

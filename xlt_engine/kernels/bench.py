@@ -28,6 +28,7 @@ On a CPU-only machine only the torch providers run, at reduced sizes, and the ta
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import os
@@ -60,12 +61,17 @@ from xlt_engine.kernels.threshold_curve import _curve_ref
 from xlt_engine.provenance import environment, result_file, version
 
 OPS = ("mlm", "mse", "voters", "threshold", "supcon")
-PROVIDERS = ("triton", "torch", "compile", "hf", "liger")
+PROVIDERS = ("triton", "torch", "compile", "hf", "liger", "cce")
+# Liger's fused linear cross-entropy cuts the rows into chunks of about BT / ceil(V / (c * H))
+# (next power of 2): at BERT's V / H (156) its default c = 1 gives 154 chunks of 4 rows at
+# N = 614. "liger" runs c = 1, 16, 64 and 256 (to a single chunk): the table shows the best.
+LIGER_CHUNK_CONSTS = (1, 16, 64, 256)
 MODES = ("forward", "backward", "full", "frozen")
 MLM_FLOPS = {"forward": 2, "backward": 4, "full": 6, "frozen": 4}  # times N * V * H
 SUPCON_FLOPS = {"forward": 2, "backward": 4, "full": 6}  # times B * B * D (ours and eager alike)
 SUPCON_TAU = 0.3
 MBERT_V, MBERT_H = 119547, 768
+XLMR_V = 250002  # XLM-R's vocabulary (hidden 768 for base)
 
 
 @dataclass
@@ -110,12 +116,38 @@ def kernels(provider: str):
             os.environ["XLT_KERNELS"] = old
 
 
-def _liger_loss():
+def _liger_losses() -> dict[str, Callable]:
+    """Liger-Kernel's fused linear cross-entropy, ``(hidden, weight, bias, labels) -> loss``,
+    at each chunk setting of ``LIGER_CHUNK_CONSTS`` its version takes (``chunk_mem_const``:
+    0.8.5 and later), else at its default; {} when it is not installed."""
     try:
-        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+        from liger_kernel.ops.fused_linear_cross_entropy import (
+            LigerFusedLinearCrossEntropyFunction as Flce,
+        )
+    except ImportError:
+        return {}
+    takes_chunks = "chunk_mem_const" in inspect.signature(Flce.forward).parameters
+    out = {}
+    for c in LIGER_CHUNK_CONSTS if takes_chunks else (1,):
+        # apply's positional order: input, weight, target, bias, ce_weight, ignore_index,
+        # lse_square_scale, label_smoothing, reduction, softcap, return_z_loss, accum_dtype,
+        # use_token_scaling, return_token_accuracy, return_predicted_tokens, ce_impl, ce_mode,
+        # chunk_mem_const
+        extra = (None, False, False, False, None, None, c) if takes_chunks else ()
+        out["liger" if c == 1 else f"liger c={c}"] = lambda hh, w, b, y, _x=extra: Flce.apply(
+            hh, w, y, b, None, -100, 0.0, 0.0, "mean", None, False, *_x
+        )[0]
+    return out
+
+
+def _cce_loss() -> Callable | None:
+    """Cut Cross-Entropy (``linear_cross_entropy``); it takes no bias, so it does a little less
+    than the others (no bias add or gradient); None when it is not installed."""
+    try:
+        from cut_cross_entropy import linear_cross_entropy
     except ImportError:
         return None
-    return LigerFusedLinearCrossEntropyLoss()
+    return lambda hh, w, b, y: linear_cross_entropy(hh, w, y)
 
 
 def _compiled(fn):
@@ -128,7 +160,8 @@ def _compiled(fn):
 def mlm_cases(device, dtype, shapes, providers, modes) -> list[Case]:
     """shapes: (label, rows N, all positions B*T or None, V, H)."""
     cases = []
-    liger = _liger_loss() if "liger" in providers else None
+    liger = _liger_losses() if "liger" in providers else {}
+    cce = _cce_loss() if "cce" in providers else None
     for label, n, bt, v, h in shapes:
         g = torch.Generator(device=device).manual_seed(0)
         weight = (torch.randn(v, h, device=device, generator=g) * 0.05).to(dtype)
@@ -142,8 +175,9 @@ def mlm_cases(device, dtype, shapes, providers, modes) -> list[Case]:
         if "compile" in providers:
             compiled = _compiled(lambda hh, w, b, y: fused_mlm_loss_ref(hh, w, b, y, upcast=False))
             fns["compile"] = compiled
-        if liger is not None:
-            fns["liger"] = lambda hh, w, b, y: liger(w, hh, y, b)
+        fns.update(liger)
+        if cce is not None:
+            fns["cce"] = cce
         inputs = dict.fromkeys(fns, (rows, labels))
         if bt is not None and "hf" in providers:
             # Hugging Face's BertForMaskedLM: logits for every position, loss over masked ones
@@ -154,7 +188,7 @@ def mlm_cases(device, dtype, shapes, providers, modes) -> list[Case]:
             fns["hf"] = lambda hh, w, b, y: F.cross_entropy(F.linear(hh, w, b), y)
             inputs["hf"] = (everything, every_label)
         for provider, fn in fns.items():
-            if provider not in providers:
+            if provider.split()[0] not in providers:
                 continue
             x, y = inputs[provider]
             # the least the op must move: the logits written, read twice and their gradient
@@ -194,7 +228,7 @@ def mse_cases(device, dtype, shapes, providers, modes) -> list[Case]:
                 lambda zz, pp, mm: soft_label_mse_ref(zz, pp, mm, upcast=False)
             )
         for provider, fn in fns.items():
-            if provider not in providers:
+            if provider.split()[0] not in providers:
                 continue
             for mode in (m for m in modes if m in nbytes):  # no weight, so no "frozen"
                 cases.append(
@@ -224,7 +258,7 @@ def supcon_cases(device, dtype, shapes, providers, modes) -> list[Case]:
         if "compile" in providers:
             fns["compile"] = _compiled(lambda hh, yy, tau: supcon_loss_ref(hh, yy, tau, False))
         for provider, fn in fns.items():
-            if provider not in providers:
+            if provider.split()[0] not in providers:
                 continue
             for mode in (m for m in modes if m in SUPCON_FLOPS):
                 flops = SUPCON_FLOPS[mode] * b * b * d
@@ -408,7 +442,10 @@ def default_shapes(device: torch.device) -> dict:
                 (f"{b}x{t} ({int(b * t * mask)} rows)", int(b * t * mask), b * t, MBERT_V, MBERT_H)
                 for b, t in ((32, 128), (32, 256))
             ]
-            + [(f"N={n // 1024}K", n, None, MBERT_V, MBERT_H) for n in (8192, 32768, 65536)],
+            + [(f"N={n // 1024}K", n, None, MBERT_V, MBERT_H) for n in (8192, 32768, 65536)]
+            + [
+                (f"N={k} V=250K", n, None, XLMR_V, MBERT_H) for k, n in (("614", 614), ("8K", 8192))
+            ],
             "mse": [
                 (f"M=3 N={_size(n)} C={c}", 3, n, c)
                 for c in (2, 9)
@@ -455,7 +492,7 @@ def run(
         providers = PROVIDERS if on_gpu else ("torch", "compile")
     providers = tuple(providers)
     if not on_gpu:
-        dropped = [p for p in providers if p in ("triton", "liger")]
+        dropped = [p for p in providers if p in ("triton", "liger", "cce")]
         providers = tuple(p for p in providers if p not in dropped)
         echo(
             "No GPU: running the torch providers only, at reduced sizes"
@@ -487,6 +524,7 @@ def run(
         "what": "kernels",
         **environment(dev),
         "liger_kernel": version("liger_kernel"),
+        "cut_cross_entropy": version("cut_cross_entropy"),
         "dtype": str(dtype).replace("torch.", ""),
         "reduced_sizes": not on_gpu,
         "command": " ".join(shlex.quote(a) for a in sys.argv),

@@ -59,6 +59,11 @@ from xlt_engine.engine.train.progress import RunLog
 from xlt_engine.kernels._dispatch import free_checks
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# how the model runs in a step: eager; torch.compile (one graph per shape bucket, dynamic after
+# a recompile); "graphs": torch.compile with CUDA graphs (mode "reduce-overhead": the forward
+# and backward replayed as graphs, inputs copied into static buffers; CUDA only, elsewhere it
+# runs as "compile" and says so). The optimizer step stays eager in both.
+COMPILE_MODES = ("off", "compile", "graphs")
 MAX_EPOCHS = 1e6  # beyond these a typo, not a plan (and 1e308 epochs overflowed the step count)
 MAX_STEPS = 10**12
 MAX_HEAD_LR_SCALE = 1000.0  # a fresh head at lr x 1000 is past any recipe: most likely a typo
@@ -96,6 +101,7 @@ class TrainConfig:
     seed: int = 0
     tensorboard: bool = False  # also write each metric record as TensorBoard scalars into
     # <run folder>/tensorboard (needs the tensorboard package)
+    compile: str = "off"  # COMPILE_MODES
     final_checkpoint: bool = True  # a checkpoint (model and optimizer state) at the last step;
     # an experiment turns it off where the stage saves its model right after (a kill before that
     # save resumes from the last timed checkpoint), unless it keeps its loop checkpoints
@@ -137,6 +143,8 @@ class TrainConfig:
             raise ValueError(f"clip must be a finite number >= 0, got {self.clip!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
         for pattern in self.freeze:
             try:
                 re.compile(pattern)
@@ -339,6 +347,20 @@ class Signals:
             signal.signal(s, handler)
 
 
+def compiled(model: nn.Module, mode: str, device: torch.device, echo) -> nn.Module:
+    """``model`` as the step runs it (``TrainConfig.compile``): itself, or a compiled wrapper
+    sharing its parameters (saves and the optimizer use the model itself)."""
+    if mode == "off":
+        return model
+    if mode == "graphs" and device.type != "cuda":
+        if echo:
+            echo(f"compile = 'graphs' needs CUDA (the device is {device.type}): running 'compile'")
+        mode = "compile"
+    if mode == "graphs":
+        return torch.compile(model, mode="reduce-overhead")
+    return torch.compile(model)
+
+
 def group_up() -> bool:
     """Whether a process group is up (torchrun): then the ranks agree at log and save points."""
     return dist.is_available() and dist.is_initialized()
@@ -487,6 +509,7 @@ def train(
     pos, opt, scaler, meter, device = run.pos, run.opt, run.scaler, run.meter, run.meter.device
     params = [p for group in opt.param_groups for p in group["params"]]
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
+    step_model = compiled(model, cfg.compile, device, io.echo if run.rank == 0 else None)
     kill, last_ckpt, saved_at = faults.die_after(run_dir), None, time.perf_counter()
     with Signals() as signals:
         try:
@@ -501,7 +524,7 @@ def train(
                     last = micro == cfg.grad_accum - 1
                     sync = contextlib.nullcontext() if last or not ddp else model.no_sync()
                     with sync, torch.autocast(**run.autocast):
-                        loss = loss_fn(model, batch, gen)
+                        loss = loss_fn(step_model, batch, gen)
                         scaler.scale(loss / cfg.grad_accum).backward()
                     meter.add(loss, tokens, cfg.grad_accum)
                     # CPU: checking is free; CUDA and DDP: at records (a sync), before any save

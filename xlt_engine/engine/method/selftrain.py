@@ -1060,11 +1060,13 @@ class RoundFilter:
                 else pseudo_label(logits, a.to(logits.device))[0]
             )  # fmt: skip
             rows = slice(row, row + labels.shape[0])
-            out = torch.stack([labels, agreed, mean.argmax(dim=-1)]).cpu().numpy()
+            # one copy to the host per chunk: labels and confidence as float64 (exact for both)
+            parts = (labels, agreed, mean.argmax(dim=-1), conf)
+            out = torch.stack([x.double() for x in parts]).cpu().numpy()
             arrays["pseudo"][rows] = out[0]
             arrays["agreed"][rows] = out[1]
             arrays["student"][rows] = out[2]
-            arrays["confidence"][rows] = conf.cpu().numpy()
+            arrays["confidence"][rows] = out[3]
 
     def relabel(self, arrays) -> None:  # class_quota's second pass, at the thresholds it set
         a = torch.from_numpy(self.alpha).float()

@@ -315,3 +315,87 @@ def test_a_compiled_step_follows_the_eager_loss_curve(tmp_path, capsys):
     assert graphs == pytest.approx(eager, rel=1e-4)
     with pytest.raises(ValueError, match="compile must be one of"):
         TrainConfig(max_steps=1, compile="jit")
+
+
+def _mlm_run(tmp_path, precision, max_steps=6, resume=False, **kw):
+    """A tiny dropout-free MLM model trained by the loop at ``precision``; (losses, model)."""
+    from xlt_engine.data.masking import MlmMasker
+    from xlt_engine.data.tokenizer import default_tokenizer
+    from xlt_engine.engine.method.btf import MlmObjective
+    from xlt_engine.engine.train.loop import batch_generator
+    from xlt_engine.model import BertConfig, BertForMLM
+
+    tok = default_tokenizer()
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=0.0,
+                     attention_probs_dropout_prob=0.0)  # fmt: skip
+    model = BertForMLM(cfg)
+    masker = MlmMasker.from_tokenizer(tok)
+    # a learnable text: each row repeats a 7-token cycle, so the masked tokens can be inferred
+    ids = 10 + (torch.arange(32) % 7 + torch.arange(8)[:, None] * 7) % 280
+
+    class Batches:
+        def num_batches(self, epoch):
+            return 8
+
+        def batch(self, epoch, index):
+            attn = torch.ones_like(ids)
+            m = masker(ids, attn, batch_generator(0, epoch, index))
+            return {"ids": m.input_ids, "pos": m.positions, "attn": attn, "y": m.labels}
+
+    def loss_fn(m, b, gen):
+        return m(b["ids"], b["pos"], b["attn"], b["y"])
+
+    def save(m, folder):
+        folder.mkdir()
+        torch.save(m.model.state_dict(), folder / "w.pt")
+
+    def load(m, folder):
+        m.model.load_state_dict(torch.load(folder / "w.pt"))
+
+    train_cfg = TrainConfig(max_steps=max_steps, lr=3e-3, log_every=1, precision=precision,
+                            freeze=(r"encoder\.layers\.0\.",), warmup_ratio=0.0, **kw)  # fmt: skip
+    r = train(MlmObjective(model), loss_fn, Batches(), train_cfg, tmp_path,
+              RunIO(save, load, echo=None), resume=resume)  # fmt: skip
+    return [h["loss"] for h in r.history], model
+
+
+def test_bf16_pure_trains_like_fp32_and_autocast_and_hands_back_fp32_masters(tmp_path):
+    """precision = "bf16-pure": the step in bf16 weights, AdamW on fp32 masters. Over 6 steps the
+    loss curve stays within 1% of fp32's and of bf16 autocast's (measured: within 0.05%); the
+    model comes back in fp32, its frozen layer exactly as it was, its trained weights the
+    masters (not bf16-rounded values)."""
+    fp32, m32 = _mlm_run(tmp_path / "fp32", "fp32")
+    amp, _ = _mlm_run(tmp_path / "amp", "bf16")
+    pure, mp = _mlm_run(tmp_path / "pure", "bf16-pure")
+    assert fp32[-1] < fp32[0] - 0.1  # it trains
+    assert pure == pytest.approx(fp32, rel=0.01) and pure == pytest.approx(amp, rel=0.01)
+    assert all(p.dtype == torch.float32 for p in mp.parameters())
+    from xlt_engine.model import BertForMLM
+
+    torch.manual_seed(0)  # the same initial weights as every run above
+    init = BertForMLM(m32.config).state_dict()
+    frozen = [k for k in init if k.startswith("encoder.layers.0.")]
+    assert frozen and all(torch.equal(mp.state_dict()[k], init[k]) for k in frozen)
+    trained = mp.state_dict()["encoder.layers.1.ffn_out.weight"]
+    assert not torch.equal(trained, init["encoder.layers.1.ffn_out.weight"])
+    assert not torch.equal(trained, trained.bfloat16().float())  # masters, not bf16 values
+
+
+def test_bf16_pure_resumes_bit_exact(tmp_path):
+    """A run resumed from its step-3 checkpoint (the fp32 masters and their AdamW state: what a
+    kill after step 3 leaves) ends where the uninterrupted run ends, bit for bit."""
+    import shutil
+
+    kw = dict(save_every=3, keep_checkpoints=2)
+    _, m_whole = _mlm_run(tmp_path / "whole", "bf16-pure", **kw)
+    shutil.copytree(tmp_path / "whole", tmp_path / "cut")
+    shutil.rmtree(tmp_path / "cut" / "ckpt-00000006")
+    (tmp_path / "cut" / "latest").write_text("ckpt-00000003\n")
+    losses, m_resumed = _mlm_run(tmp_path / "cut", "bf16-pure", resume=True, **kw)
+    assert len(losses) == 3  # steps 4-6 only
+    state = torch.load(tmp_path / "cut" / "ckpt-00000003" / "model" / "w.pt")
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+    for k, v in m_whole.state_dict().items():
+        assert torch.equal(v, m_resumed.state_dict()[k]), k

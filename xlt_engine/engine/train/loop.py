@@ -4,7 +4,7 @@
 AdamW (fused on CUDA) with linear warm-up over ``warmup_ratio`` of the steps then linear decay,
 gradient accumulation, clipping, parameter freezing by name pattern, and mixed precision (bf16
 autocast on CUDA by default, fp16 with a grad scaler as an option, fp32 on CPU; master weights
-stay fp32). The step reads top to bottom in ``train``; beside it, as components: ``Run`` (set-up,
+stay fp32; ``bf16-pure`` runs the model itself in bf16 over fp32 masters: ``precision``). The step reads top to bottom in ``train``; beside it, as components: ``Run`` (set-up,
 resume, records, saves), ``checkpoints`` (the folder's checkpoints), ``progress`` (metrics file,
 progress bar, TensorBoard), ``optim`` (freezing, parameter groups, schedule, precision) and
 ``faults`` (the tests' fault injection).
@@ -55,10 +55,12 @@ from torch import nn
 from xlt_engine.engine.train import distributed, faults
 from xlt_engine.engine.train.checkpoints import Checkpoints, last_good, non_finite_parameters
 from xlt_engine.engine.train.optim import freeze, lr_at, param_groups, resolve_precision, unwrap
+from xlt_engine.engine.train.precision import PureBf16, master_groups
 from xlt_engine.engine.train.progress import RunLog
 from xlt_engine.kernels._dispatch import free_checks
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32", "bf16-pure")  # bf16, fp16: autocast;
+# bf16-pure: bf16 weights with fp32 masters (train.precision)
 # how the model runs in a step: eager; torch.compile (one graph per shape bucket, dynamic after
 # a recompile); "graphs": torch.compile with CUDA graphs (mode "reduce-overhead": the forward
 # and backward replayed as graphs, inputs copied into static buffers; CUDA only, elsewhere it
@@ -88,7 +90,8 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     grad_accum: int = 1
     clip: float = 1.0  # max grad norm; 0 disables
-    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU; bf16 / fp16: autocast over fp32
+    # weights; bf16-pure: the model in bf16, the optimizer on fp32 masters (train.precision)
     freeze: tuple[str, ...] = ()  # regexes matched (re.match) against the trained model's
     # parameter names: encoder.embeddings.*, encoder.layers.<i>.*, voters.* (task), head.* (MLM)
     log_every: int = 10
@@ -403,6 +406,7 @@ class Run:
     meter: Meter
     pos: Position
     autocast: dict
+    pure: PureBf16 | None = None  # precision = "bf16-pure"
     rank: int = 0
     world: int = 1
     history: list = field(default_factory=list)
@@ -419,7 +423,11 @@ class Run:
         device = next(core.parameters()).device
         amp_dtype = resolve_precision(cfg.precision, device)
         freeze(core, cfg.freeze, apply=not isinstance(model, nn.parallel.DistributedDataParallel))
-        opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, fused=device.type == "cuda")
+        groups = param_groups(model, cfg)
+        pure = PureBf16(model) if cfg.precision == "bf16-pure" else None
+        if pure is not None:
+            groups = master_groups(groups, pure)
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         random.seed(cfg.seed)  # a fresh run is a function of the seed (dropout included)
         np.random.seed(cfg.seed)
@@ -437,17 +445,21 @@ class Run:
             opt.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             pos = Position(state["step"], state["epoch"], state["index"])
+            if pure is not None:
+                pure.refresh()  # the loaded fp32 weights are the masters
             if io.echo and rank == 0:
                 io.echo(f"resumed from {ckpts.latest()} at step {pos.step}")
         else:
             ckpts.check_fresh()
+        if pure is not None:
+            pure.to_bf16()
         log = RunLog(run_dir, cfg.max_steps, main=rank == 0, echo=io.echo, progress=io.progress,
                      board=cfg.tensorboard)  # fmt: skip
         log.start(pos.step, bool(resume))
         autocast = dict(device_type=device.type, dtype=amp_dtype or torch.float32,
                         enabled=amp_dtype is not None)  # fmt: skip
         return cls(model, core, cfg, opt, scaler, ckpts, log, Meter(device, log.run_id), pos,
-                   autocast, rank, world)  # fmt: skip
+                   autocast, pure, rank, world)  # fmt: skip
 
     def record(self, evaluate) -> None:
         """A metric record of the steps since the last one (the sync point), with the last
@@ -466,7 +478,8 @@ class Run:
             record["grad_norm"] = norm if math.isfinite(norm) else None
         due_eval = cfg.eval_every and pos.step % cfg.eval_every == 0
         if evaluate is not None and due_eval and self.rank == 0:
-            record.update(evaluate(self.core))
+            with self.pure.full_precision() if self.pure else contextlib.nullcontext():
+                record.update(evaluate(self.core))  # on the fp32 weights
             self.model.train()
         self.history.append(record)
         self.log.write(record)
@@ -485,7 +498,8 @@ class Run:
         state = {"optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
                  "step": pos.step, "epoch": pos.epoch, "index": pos.index,
                  "config": asdict(self.cfg)}  # fmt: skip
-        return self.ckpts.save(self.core, pos.step, state)
+        with self.pure.full_precision() if self.pure else contextlib.nullcontext():
+            return self.ckpts.save(self.core, pos.step, state)  # fp32 weights
 
 
 def train(
@@ -535,11 +549,15 @@ def train(
                         )
                 if pos.step + 1 < cfg.max_steps:  # the next step's batch, while this one runs
                     pos.read_ahead(data, device)
+                if run.pure is not None:
+                    run.pure.grads_to_masters()
                 if cfg.clip > 0:
                     scaler.unscale_(opt)
                     run.grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
                 scaler.step(opt)
                 scaler.update()
+                if run.pure is not None:
+                    run.pure.masters_to_model()
                 opt.zero_grad(set_to_none=True)
                 pos.step += 1
                 meter.steps += 1
@@ -559,4 +577,6 @@ def train(
                     )
         finally:
             run.log.close()
+            if run.pure is not None:
+                run.pure.to_fp32()  # the caller gets the fp32 masters
     return TrainResult(pos.step, run.last_loss, last_ckpt, run.history)

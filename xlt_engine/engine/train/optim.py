@@ -94,7 +94,9 @@ def prepare(model: nn.Module, cfg: TrainConfig, device: torch.device, frozen=())
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None: fp32)."""
+    """The autocast dtype (None: none; ``bf16-pure`` runs the model in bf16 itself)."""
+    if precision == "bf16-pure":
+        return None
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
     if precision == "fp32":

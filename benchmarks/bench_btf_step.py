@@ -13,8 +13,10 @@ frozen as btf does, and AdamW (fused on CUDA):
   (``resize_token_embeddings(..., pad_to_multiple_of=64)``), the fair baseline on a GPU (an odd
   V sends cuBLAS to slow fallback kernels; the extra rows only add softmax columns);
 - ``xlt-engine loop``: the btf stage's step through the real ``loop.train`` (host-side masking
-  read one step ahead, the copy to the device, clipping, the schedule): the time of
-  ``warmup + iters`` steps less that of ``warmup`` steps, over ``iters``.
+  read one step ahead, the copy to the device, clipping, the schedule), timed between its own
+  records (one every ``warmup`` steps, a host sync each); with ``--variants``
+  also ``loop bf16-pure`` (``precision = "bf16-pure"``), ``loop compile`` and ``loop graphs``
+  (``train.compile``; the compile time falls in the warm-up steps).
 
 bf16 autocast on CUDA (fp32 master weights), fp32 on CPU. MFU (CUDA only) counts the same model
 FLOPs for both (forward 2N + attention, decoder only at masked rows; backward twice the forward,
@@ -28,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +39,7 @@ from benchmarks.bench_encoder import sync, time_steps
 from benchmarks.record import append, environment
 from xlt_engine.data import load_tokenizer, read_conll
 from xlt_engine.data.masking import MlmMasker
-from xlt_engine.engine.method.btf import MlmObjective
+from xlt_engine.engine.method.btf import MlmObjective, pad_rows
 from xlt_engine.engine.train.loop import RunIO, TrainConfig, batch_generator, train
 from xlt_engine.engine.train.optim import freeze, prepare
 from xlt_engine.model import BertConfig, BertForMLM, save_pretrained
@@ -47,6 +48,12 @@ from xlt_engine.model import BertConfig, BertForMLM, save_pretrained
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, required=True, help="the shared data folder")
+    p.add_argument(
+        "--variants",
+        default=None,
+        help="loop variants besides the default, comma-separated: bf16-pure, compile, graphs "
+        "(default: all on CUDA, none on CPU)",
+    )
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="2 layers, hidden 64 (CPU comparison)")
     p.add_argument("--batch", type=int, default=None, help="default 32 (8 with --tiny)")
@@ -115,9 +122,16 @@ def real_batch(data: Path, tok, B: int, T: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
+LOOP_VARIANTS = {  # TrainConfig settings of the loop rows
+    "bf16-pure": {"precision": "bf16-pure"},
+    "compile": {"compile": "compile"},
+    "graphs": {"compile": "graphs"},
+}
+
+
 class RepeatedBatch:
     """A ``DataSource`` of one real batch, masked afresh for each step on the host from the
-    loop's generator of the batch (as ``btf.MlmData``)."""
+    loop's generator of the batch, its rows padded (as ``btf.MlmData``)."""
 
     def __init__(self, ids: torch.Tensor, masker: MlmMasker, seed: int):
         self.ids, self.masker, self.seed = ids, masker, seed
@@ -128,31 +142,33 @@ class RepeatedBatch:
     def batch(self, epoch: int, index: int) -> dict:
         attn = torch.ones_like(self.ids)
         m = self.masker(self.ids, attn, batch_generator(self.seed, epoch, index))
-        return {"input_ids": m.input_ids, "attention_mask": attn, "positions": m.positions,
-                "labels": m.labels}  # fmt: skip
+        positions, labels = pad_rows(m.positions, m.labels)
+        return {"input_ids": m.input_ids, "attention_mask": attn, "positions": positions,
+                "labels": labels}  # fmt: skip
 
 
-def loop_ms_per_step(model: BertForMLM, data, frozen, device, warmup: int, iters: int) -> float:
-    """Milliseconds per step of ``loop.train`` on the btf objective: (time of warmup + iters
-    steps - time of warmup steps) / iters, each run from set-up to its last record."""
+def loop_ms_per_step(
+    model: BertForMLM, data, frozen, device, warmup: int, iters: int, **settings
+) -> float:
+    """Milliseconds per step of ``loop.train`` on the btf objective, from the run's own records:
+    one every ``warmup`` steps (each a host sync), ``iters`` rounded up to a multiple of it; the
+    time between the first record (after the warm-up, compiling included) and the last, over
+    the steps between them. ``settings``: TrainConfig's (precision, compile)."""
 
     def loss_fn(objective, batch, gen):
         return objective(
             *(batch[k] for k in ("input_ids", "positions", "attention_mask", "labels"))
         )
 
-    times = []
-    for steps in (warmup, warmup + iters):
-        cfg = TrainConfig(max_steps=steps, lr=2e-5, log_every=steps, save_minutes=0,
-                          final_checkpoint=False, warmup_ratio=0.0)  # fmt: skip
-        objective = prepare(MlmObjective(model), cfg, device, frozen)
-        with tempfile.TemporaryDirectory() as tmp:
-            sync(device)
-            t0 = time.perf_counter()
-            train(objective, loss_fn, data, cfg, tmp, RunIO(lambda m, f: None, echo=None))
-            sync(device)
-            times.append(time.perf_counter() - t0)
-    return (times[1] - times[0]) / iters * 1e3
+    warmup = max(1, warmup)
+    iters = -(-iters // warmup) * warmup
+    cfg = TrainConfig(max_steps=warmup + iters, lr=2e-5, log_every=warmup, save_minutes=0,
+                      final_checkpoint=False, warmup_ratio=0.0, **settings)  # fmt: skip
+    objective = prepare(MlmObjective(model), cfg, device, frozen)
+    with tempfile.TemporaryDirectory() as tmp:
+        history = train(objective, loss_fn, data, cfg, tmp, RunIO(lambda m, f: None, echo=None))
+    first, last = history.history[0], history.history[-1]
+    return (last["time"] - first["time"]) / (last["step"] - first["step"]) * 1e3
 
 
 def model_flops(cfg: BertConfig, B: int, T: int, masked: int) -> float:
@@ -235,12 +251,20 @@ def main(argv=None) -> list[dict]:
     rows = []
     steps = (("xlt-engine", step_ours), ("transformers sdpa", step_ref),
              ("transformers sdpa, V padded", step_pad), ("xlt-engine loop", None))  # fmt: skip
+    variants = args.variants if args.variants is not None else (
+        "bf16-pure,compile,graphs" if device.type == "cuda" else "")  # fmt: skip
+    for v in filter(None, variants.split(",")):
+        if v not in LOOP_VARIANTS:
+            raise SystemExit(f"--variants: {v!r} is not one of {', '.join(LOOP_VARIANTS)}")
+        steps += ((f"xlt-engine loop {v}", None),)
     for name, step in steps:
         if step is None:  # the loop, on a fresh copy of the same weights
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             data = RepeatedBatch(ids, MlmMasker.from_tokenizer(tok), seed=0)
-            ms = loop_ms_per_step(fresh(cfg, device), data, frozen, device, args.warmup, args.iters)
+            settings = LOOP_VARIANTS.get(name.removeprefix("xlt-engine loop").strip(), {})
+            ms = loop_ms_per_step(fresh(cfg, device), data, frozen, device, args.warmup,
+                                  args.iters, **settings)  # fmt: skip
             cuda = device.type == "cuda"
             peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else float("nan")
         else:

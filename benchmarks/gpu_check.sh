@@ -16,7 +16,9 @@
 #   --wheels DIR  pip-install the test-only packages (pytest, hypothesis, ...) and the kernel
 #                 baselines from these wheels (benchmarks/fetch_wheels.sh downloads them)
 #   --dry-run     CPU only, tiny sizes: checks that every step runs and lands its files
-#   (one device call runs at most 10 minutes: with --with, run --only kernels as a call of its own)
+#   (one device call runs at most 10 minutes, and the steps' limits add up to more: run it as
+#   two calls, --only tests,kernels,encoder_amp,encoder_bf16 then --only btf_step,round; with
+#   --with, --only kernels as a call of its own)
 #   --only LIST   run only these steps (e.g. btf_step,round to measure again after a fix; the
 #                 steps: tests kernels encoder btf_step round, and on a GPU encoder_amp and
 #                 encoder_bf16 in place of encoder)
@@ -109,7 +111,7 @@ else
   step kernels $((180 + 60 * $(echo $with | tr ',' ' ' | wc -w))) python3 -m benchmarks.bench_kernels $providers --out "$out"
   step encoder_amp 60 python3 -m benchmarks.bench_encoder --precision autocast-bf16
   step encoder_bf16 60 python3 -m benchmarks.bench_encoder --precision bf16
-  step btf_step 60 python3 -m benchmarks.bench_btf_step --data "$data"
+  step btf_step 240 python3 -m benchmarks.bench_btf_step --data "$data"  # + bf16-pure, compile, graphs
   step round 75 python3 -m benchmarks.bench_round --data "$data"
 fi
 

@@ -63,6 +63,15 @@ MLM_ROW_MULTIPLE = 64  # masked rows per batch padded to a multiple of this with
 # few row counts
 
 
+def pad_rows(positions: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked rows padded to a multiple of ``MLM_ROW_MULTIPLE``: position 0, label ignored."""
+    extra = -len(labels) % MLM_ROW_MULTIPLE
+    return (
+        torch.cat([positions, positions.new_zeros(extra)]),
+        torch.cat([labels, labels.new_full((extra,), IGNORE)]),
+    )
+
+
 class MlmData:
     """Windows of several token caches, resampled per epoch into length-bucketed batches, masked
     on the host (``masker``, drawing from the loop's generator of the batch: ``batch_generator``)
@@ -110,10 +119,8 @@ class MlmData:
         gen = batch_generator(self.cfg.train.seed, epoch, index * self.world + self.rank)
         masked = self.masker(batch["input_ids"], batch["attention_mask"], gen)
         positions, labels = masked.positions, masked.labels
-        if self.masker.max_predictions is None:  # rows padded to a fixed multiple (ignored)
-            extra = -len(labels) % MLM_ROW_MULTIPLE
-            positions = torch.cat([positions, positions.new_zeros(extra)])
-            labels = torch.cat([labels, labels.new_full((extra,), IGNORE)])
+        if self.masker.max_predictions is None:  # (with it the row count is fixed already)
+            positions, labels = pad_rows(positions, labels)
         return {
             "input_ids": masked.input_ids,
             "attention_mask": batch["attention_mask"],

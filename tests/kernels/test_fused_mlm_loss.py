@@ -293,3 +293,20 @@ def test_a_frozen_weight_over_steps_with_the_cached_copy(use_triton):
         fused_mlm_loss_ref(ref_h, weight.double(), bias.detach().double(), labels).backward()
         assert max_err(h.grad, ref_h.grad) <= 1e-6 * ref_h.grad.abs().max().item()
         hidden = hidden + 0.1
+
+
+def test_backward_scales_by_the_incoming_gradient_once(use_triton):
+    """The gradients, computed in the forward pass, are scaled in place by backward's incoming
+    gradient (3.0 here: three times those of the plain loss); a second backward through the
+    same loss is refused with a clear error instead of scaling them twice."""
+    hidden, weight, bias, labels = make_inputs(torch.float32, 0.2, v=503)
+    fused_mlm_loss(hidden, weight, bias, labels).backward()
+    plain = [t.grad.clone() for t in (hidden, weight, bias)]
+    for t in (hidden, weight, bias):
+        t.grad = None
+    loss = fused_mlm_loss(hidden, weight, bias, labels)
+    (3.0 * loss).backward(retain_graph=True)
+    for t, g in zip((hidden, weight, bias), plain, strict=True):
+        assert torch.allclose(t.grad, 3.0 * g, rtol=1e-6, atol=1e-9)
+    with pytest.raises(RuntimeError, match="a second backward through one loss"):
+        loss.backward()

@@ -262,10 +262,18 @@ class FusedMLMLossFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss):
+        if ctx.grads is None:
+            raise RuntimeError(
+                f"{_OP}: a second backward through one loss (retain_graph): its gradients are "
+                "computed in the forward pass and scaled in place by the first; compute the loss "
+                "again"
+            )
         dh, dw, db = ctx.grads
+        ctx.grads = None  # the buffers are scaled in place: this backward runs once
         out = []
         for grad, dtype in zip((dh, dw, db), ctx.dtypes, strict=True):
-            out.append(None if grad is None else (grad * grad_loss).to(dtype))
+            # in place, on the device (no host read of grad_loss, no second [V, H] buffer)
+            out.append(None if grad is None else grad.mul_(grad_loss).to(dtype))
         return out[0], out[1], out[2], None, None, None, None
 
 

@@ -70,6 +70,26 @@ def test_fused_mlm_loss_at_mbert_shapes(dtype, chunk_rows, frozen):
     assert_mlm_grads(out[1:], ref[1:], same[1:], inputs, rel)
 
 
+@pytest.mark.parametrize("chunk_rows", [None, 512])
+def test_fused_mlm_loss_fp32_master_weights_take_the_fp32_output_gemm(chunk_rows):
+    """Under bf16 autocast with fp32 master weights, dW comes from cuBLAS's fp32-output GEMM
+    (torch >= 2.8 has it on CUDA: a silent fallback would show here) and matches float64 as
+    closely as torch's own bf16 composition does."""
+    from xlt_engine.kernels.mlm_loss import has_fp32_out_gemm
+
+    assert has_fp32_out_gemm(torch.device("cuda"))
+    inputs = mlm_inputs(1500, torch.float32)
+    ref = run(
+        fused_mlm_loss_ref, *[t.detach().double().requires_grad_() for t in inputs[:3]], inputs[3]
+    )
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        same = run(fused_mlm_loss_ref, *inputs, upcast=False)
+        out = run(fused_mlm_loss, *inputs, chunk_rows=chunk_rows)
+    assert out[2].dtype == torch.float32
+    assert_rule("loss", out[0], ref[0], same[0], 1e-3)
+    assert_mlm_grads(out[1:], ref[1:], same[1:], inputs, 1e-2)
+
+
 def test_fused_mlm_loss_all_ignored_on_gpu():
     inputs = mlm_inputs(300, torch.bfloat16, ignored=1.1)
     out = run(fused_mlm_loss, *inputs)

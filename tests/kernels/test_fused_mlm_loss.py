@@ -310,3 +310,24 @@ def test_backward_scales_by_the_incoming_gradient_once(use_triton):
         assert torch.allclose(t.grad, 3.0 * g, rtol=1e-6, atol=1e-9)
     with pytest.raises(RuntimeError, match="a second backward through one loss"):
         loss.backward()
+
+
+def test_fp32_dw_without_an_fp32_output_gemm_is_exact(use_triton):
+    """The CPU has no GEMM of bf16 inputs into an fp32 output (CUDA does): the probe says so,
+    and the fallback writes the first chunk's product and adds the others in fp32, so one chunk
+    and several give an fp32 dW of an fp32 master weight under autocast, both right."""
+    from xlt_engine.kernels.mlm_loss import has_fp32_out_gemm
+
+    if DEVICE == "cpu":
+        assert not has_fp32_out_gemm(torch.device("cpu"))
+    hidden, weight, bias, labels = make_inputs(torch.float32, 0.3, v=503)
+    grads = []
+    for chunk_rows in (None, 7):
+        weight.grad = None
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            fused_mlm_loss(hidden, weight, bias, labels, chunk_rows=chunk_rows).backward()
+        assert weight.grad.dtype == torch.float32
+        grads.append(weight.grad.clone())
+    ref = reference(hidden, weight, bias, labels)[1][1]
+    scale = ref.abs().max().item()  # bf16 matmuls: about 3 significant digits
+    assert max_err(grads[0], ref) < 1e-2 * scale and max_err(grads[1], ref) < 1e-2 * scale

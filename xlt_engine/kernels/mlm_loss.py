@@ -23,10 +23,13 @@ compute dtype, V_pad per row, so every row starts 128-byte aligned). For each ch
    place with ``G = (softmax - onehot) * (1/K)`` (the one-hot term is subtracted in fp32 before
    rounding);
 3. ``dh_c = G W_pad`` and ``dW += G^T h_c`` (cuBLAS, V_pad rows, the extra ones 0 and cut off),
-   ``db += sum_rows G`` (fp32).
+   ``db += sum_rows G`` (fp32). dW is fp32 when chunks accumulate into it or the weight is an
+   fp32 master; where torch has a GEMM with an fp32 output of bf16/fp16 inputs (CUDA:
+   ``torch.addmm(..., out_dtype=torch.float32)``, see ``has_fp32_out_gemm``) it accumulates
+   straight into fp32, else each chunk's product is added in fp32.
 
-So the gradients are computed in the forward pass; backward only scales them by the incoming
-gradient. 1/K is read from device memory: no host sync anywhere. Ignored rows get loss 0 and a
+So the gradients are computed in the forward pass; backward only scales them, in place, by the
+incoming gradient. 1/K is read from device memory: no host sync anywhere. Ignored rows get loss 0 and a
 zero gradient row; their hidden rows are zeroed before ``dW`` so that NaN or inf there changes
 nothing. A label outside ``[0, V)`` that is not ``ignore_index`` makes the loss and every
 gradient NaN (a ``ValueError`` instead when the labels are on the CPU, or with
@@ -41,14 +44,23 @@ Roofline (N masked rows, V = 119,547, H = 768, bf16; H100 SXM: 989 TFLOP/s dense
   206), so they are compute-bound.
 - ``mlm_rows_kernel``: reads each logit twice and writes it once, 3 x N x V_pad x 2 bytes.
   N = 8,192: 5.9 GB = 1.75 ms on H100, 1.22 ms on H200; N = 614: 0.13 ms / 0.09 ms.
-- ``db``: reads G once, N x V x 2 bytes. N = 8,192: 0.58 ms on H100, 0.41 ms on H200.
+- ``db``: reads G once, N x V x 2 bytes. N = 8,192: 0.58 ms on H100, 0.41 ms on H200. It stays a
+  pass of its own: folding it into the ``dW`` GEMM (a column of ones beside h) gives a dW with
+  a row stride of H + 8, which autograd copies to the weight's layout (a V x H fp32 pass, more
+  than it saves below N ~ 3,000), and the row kernel would need N x V atomic adds.
+- fixed cost per step, independent of N: the padded weight, V x H read in the weight's dtype and
+  written in bf16 (0.55 GB from fp32 = 0.16 ms on H100) - none while the weight is unchanged
+  (BTF's frozen tied weight is padded once, ``padded_weight``); with ``dW``, backward's in-place
+  scale of the fp32 dW (read and written, 0.73 GB = 0.22 ms on H100, 0.15 ms on H200). The
+  scale of dh (N x H) and db (V) is small.
 
-Total at N = 8,192 on H100: 6.9 ms with ``dW`` (5.4 ms without). Measured there
-(benchmarks/results/gpu_h100_20261123/): 12.1 ms forward + backward with ``dW`` (75% of that
-roofline; eager bf16 PyTorch 42.8 ms, 3.5x), 8.0 ms without (eager 32.8 ms); at BTF's 614 rows
-1.52 ms (eager 3.64 ms, 2.4x); peak extra memory 1.75 GB against eager's 5.6 GB at N = 8,192 and
-1.9 GB against 44.8 GB at N = 64K. Eager loses mostly to the same odd-V matmul kernels.
-``xlt-engine bench kernels`` prints measured time over this roofline.
+Total at N = 8,192 on H100: 7.3 ms with a trained ``dW`` (5.4 ms without). Measured there
+(benchmarks/results/gpu_h100_20261123/, before the fp32-output GEMM, the cached padded weight
+and the in-place scale): 12.1 ms forward + backward with ``dW`` (eager bf16 PyTorch 42.8 ms,
+3.5x), 8.0 ms without (eager 32.8 ms); at BTF's 614 rows 1.52 ms (eager 3.64 ms, 2.4x); peak
+extra memory 1.75 GB against eager's 5.6 GB at N = 8,192 and 1.9 GB against 44.8 GB at N = 64K.
+Eager loses mostly to the same odd-V matmul kernels. ``xlt-engine bench kernels`` prints
+measured time over this roofline (its roofline column: ``bench.py``).
 
 Limits: float32, float16 and bfloat16 (float64 goes to the reference). Under autocast the
 matmuls run in the autocast dtype; gradients come back in each input's own dtype (fp32 master
@@ -179,7 +191,8 @@ def fused_mlm_loss_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """The chunked loop. ``hidden`` and ``bias`` are in the compute dtype, ``weight`` in any float
     dtype (it is cast while it is padded); any strides. Returns the loss (0-d fp32) and dh [N, H]
-    (compute dtype), dW [V, H] (compute dtype with one chunk, else fp32), db [V] fp32, each None
+    (compute dtype), dW [V, H] (fp32 with several chunks or, given an fp32-output GEMM, an fp32
+    weight; else the compute dtype), db [V] fp32, each None
     when ``need`` says so; the gradients are of the mean loss."""
     N, H = hidden.shape
     V = weight.shape[0]
@@ -200,8 +213,12 @@ def fused_mlm_loss_fwd(
     buf = torch.empty(rows, v_pad, device=device, dtype=dtype)
     row_loss = torch.zeros(N, device=device, dtype=torch.float32)
     dh = torch.empty(N, H, device=device, dtype=dtype) if need_dh else None
-    dw_dtype = dtype if n_chunks <= 1 else torch.float32
-    new = torch.empty if n_chunks == 1 else torch.zeros  # one chunk writes dW whole
+    mixed = dtype != torch.float32 and has_fp32_out_gemm(device)
+    # dW in fp32 when chunks accumulate into it, or when the weight itself is fp32 (autocast's
+    # master weights) and the device writes an fp32 GEMM output straight from bf16/fp16 inputs
+    fp32_dw = n_chunks > 1 or (mixed and weight.dtype == torch.float32)
+    dw_dtype = torch.float32 if fp32_dw else dtype
+    new = torch.empty if n_chunks else torch.zeros  # the first chunk writes dW whole
     dw = new(v_pad, H, device=device, dtype=dw_dtype) if need_dw else None
     db = torch.zeros(V, device=device, dtype=torch.float32) if need_db else None
     cfg = config("mlm_rows", dtype.itemsize)
@@ -229,18 +246,55 @@ def fused_mlm_loss_fwd(
         if need_dh:
             torch.mm(zp, w_pad, out=dh[start:end])
         if need_dw:
-            if n_chunks == 1:
-                torch.mm(zp.t(), h_c, out=dw)
-            elif dtype == torch.float32:
-                dw.addmm_(zp.t(), h_c)
-            else:  # torch has no mixed-dtype addmm on every device: add the chunk in fp32
-                dw.add_(torch.mm(zp.t(), h_c))
+            _add_dw(dw, zp.t(), h_c, first=start == 0, mixed=mixed)
         if need_db:
             db.add_(z.sum(0, dtype=torch.float32))
     if need_dw:
         dw = dw[:V]  # the padding rows are 0^T h = 0
     loss = row_loss.sum() * inv_count[0]
     return loss, dh, dw, db
+
+
+def _add_dw(dw: torch.Tensor, g_t: torch.Tensor, h: torch.Tensor, first: bool, mixed: bool):
+    """``dw (+)= g_t @ h``: the first chunk writes ``dw`` (allocated uninitialised), the others
+    add to it. An fp32 ``dw`` of bf16/fp16 inputs takes the fp32-output GEMM where the device has
+    one (``mixed``: no [V, H] temporary in the compute dtype and no second pass to add it), else
+    the chunk's product is added in fp32."""
+    if dw.dtype == g_t.dtype:
+        if first:
+            torch.mm(g_t, h, out=dw)
+        else:
+            dw.addmm_(g_t, h)
+    elif mixed:
+        if first:
+            torch.mm(g_t, h, out_dtype=torch.float32, out=dw)
+        else:
+            torch.addmm(dw, g_t, h, out_dtype=torch.float32, out=dw)
+    elif first:
+        dw.copy_(torch.mm(g_t, h))
+    else:
+        dw.add_(torch.mm(g_t, h))
+
+
+_FP32_OUT_GEMM: dict[str, bool] = {}
+
+
+def has_fp32_out_gemm(device: torch.device) -> bool:
+    """Whether torch on this device type computes ``mm`` and ``addmm`` of bf16 inputs into an
+    fp32 output (``out_dtype=torch.float32``: CUDA since torch 2.8; not the CPU). Probed once per
+    device type with the two calls ``_add_dw`` makes, on 64 x 64 tensors; a missing kernel
+    raises at dispatch, so the probe reads nothing back from the device."""
+    key = device.type
+    if key not in _FP32_OUT_GEMM:
+        a = torch.zeros(64, 64, device=device, dtype=torch.bfloat16)
+        c = torch.zeros(64, 64, device=device, dtype=torch.float32)
+        try:
+            torch.mm(a, a, out_dtype=torch.float32, out=c)
+            torch.addmm(c, a, a, out_dtype=torch.float32, out=c)
+            _FP32_OUT_GEMM[key] = True
+        except (RuntimeError, NotImplementedError, TypeError):
+            _FP32_OUT_GEMM[key] = False
+    return _FP32_OUT_GEMM[key]
 
 
 class FusedMLMLossFunction(torch.autograd.Function):

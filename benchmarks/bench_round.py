@@ -21,6 +21,10 @@ at the same tokens/s).
 
     python -m benchmarks.bench_round --data ../shared/data               # CUDA
     python -m benchmarks.bench_round --data ../shared/data --device cpu --tiny --limit 200
+    python -m benchmarks.bench_round --data ../shared/data --device cpu --tiny --host   # CPU goals
+
+``--host`` counts, on any device, what the steps would cost a GPU's host: syncs inside the soft
+and hard steps and the distinct batch shapes they stage (``HostCount``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import argparse
 import json
 import tempfile
 import time
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -37,6 +43,7 @@ from benchmarks.record import append, environment
 from xlt_engine.data import load_tokenizer, read_conll
 from xlt_engine.data.task import encode, read_task_file
 from xlt_engine.engine.method.selftrain import SelftrainConfig, run_selftrain
+from xlt_engine.engine.train.host_sync import HostSyncs
 from xlt_engine.engine.train.loop import TrainConfig
 from xlt_engine.fileio import atomic_write_text, folder_bytes
 from xlt_engine.model import BertConfig, BertForMLM, save_pretrained
@@ -58,12 +65,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--max-len", type=int, default=128)
     p.add_argument("--voters", type=int, default=3)
+    p.add_argument(
+        "--pad-multiple",
+        type=int,
+        default=None,
+        help="sequence lengths padded to a multiple of this (default: SelftrainConfig's)",
+    )
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp one)")
     p.add_argument(
         "--loop-checkpoints",
         action="store_true",
         help="each step also writes the loop's final checkpoint (model and AdamW state), as a "
         "stage did before final_checkpoint existed (and as keep_loop_checkpoints does)",
+    )
+    p.add_argument(
+        "--host",
+        action="store_true",
+        help="also count what a GPU step would cost the host: the host syncs inside the soft and "
+        "hard steps (HostSyncs, with the checks that are free only on the host turned off, as on "
+        "a GPU) and the distinct batch shapes the two steps stage (each one a warm-up on a GPU)",
     )
     p.add_argument("--no-save", action="store_true")
     p.add_argument("--json", type=Path, default=None, help="also write the record here")
@@ -124,12 +144,15 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         hard=train_cfg(1e-6),
         source_filter="off",
         device=args.device,
+        **({"pad_multiple": args.pad_multiple} if args.pad_multiple else {}),
     )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+    host = HostCount() if args.host else None
     t0, written = time.perf_counter(), bytes_written()
-    result = run_selftrain(st, echo=None)
+    with host if host is not None else nullcontext():
+        result = run_selftrain(st, echo=None)
     total, written = time.perf_counter() - t0, bytes_written() - written
     by_step = {r["step"]: r for r in result.rounds}
     hard_items = by_step["hard"]["items"]
@@ -171,6 +194,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             "voters": args.voters,
             "batch": args.batch,
             "max_len": args.max_len,
+            "pad_multiple": st.pad_multiple,
             "epochs": epochs,
         },
         "loop_checkpoints": args.loop_checkpoints,
@@ -179,7 +203,52 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         # call, files and pipes; None off Linux) and what its folder holds after it
         "written_mib": None if written is None else round(written / 2**20, 1),
         "folder_mib": round(folder_bytes(Path(st.out)) / 2**20, 1),
+        **({"host": host.summary()} if host is not None else {}),
     }
+
+
+class HostCount:
+    """What the round's training steps would cost a GPU's host, counted on any device: the host
+    syncs made inside ``loop.train``'s steps (``HostSyncs.in_steps``; the free host-side checks
+    turned off, as ``free_checks`` turns them off on a GPU) and the distinct ``input_ids`` shapes
+    the loop stages (every batch of the soft and the hard step; a GPU warms up once for each)."""
+
+    def __init__(self):
+        self.shapes: dict[tuple[int, ...], int] = {}
+        self.stack = ExitStack()
+
+    def __enter__(self) -> HostCount:
+        from xlt_engine.engine.train import loop
+        from xlt_engine.kernels import mlm_loss
+
+        for module in (loop, mlm_loss):
+            self.stack.enter_context(mock.patch.object(module, "free_checks", lambda d: False))
+        staged = loop.stage
+
+        def stage(batch, device):
+            ids = batch.get("input_ids")
+            if isinstance(ids, torch.Tensor):
+                key = tuple(ids.shape)
+                self.shapes[key] = self.shapes.get(key, 0) + 1
+            return staged(batch, device)
+
+        self.stack.enter_context(mock.patch.object(loop, "stage", stage))
+        self.syncs = self.stack.enter_context(HostSyncs())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stack.__exit__(*exc)
+
+    def summary(self) -> dict:
+        in_steps = self.syncs.in_steps()
+        return {
+            "batches": sum(self.shapes.values()),
+            "syncs_in_steps": len(in_steps),
+            "syncs_in_steps_where": sorted({s.where() for s in in_steps}),
+            "syncs_elsewhere": len(self.syncs.syncs) - len(in_steps),
+            "shapes": len(self.shapes),
+            "lengths": sorted({k[-1] for k in self.shapes}),
+        }
 
 
 def bytes_written() -> int | None:
@@ -229,6 +298,13 @@ def main(argv=None) -> dict:
         print(f"{r['part']:<11}{r['seconds']:>9.2f}{r['share']:>8.1%}{tps:>11}{train:>13}")
     print(f"{'round':<11}{out['total_seconds']:>9.2f}")
     print(f"written {out['written_mib']} MiB; the folder holds {out['folder_mib']} MiB")
+    if "host" in out:
+        h = out["host"]
+        print(
+            f"host: {h['syncs_in_steps']} syncs inside the {h['batches']} training steps "
+            f"({h['syncs_elsewhere']} at log points, set-up and inference); {h['shapes']} batch "
+            f"shapes, lengths {h['lengths']}"
+        )
     return record
 
 

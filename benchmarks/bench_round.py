@@ -211,10 +211,10 @@ class HostCount:
     """What the round's training steps would cost a GPU's host, counted on any device: the host
     syncs made inside ``loop.train``'s steps (``HostSyncs.in_steps``; the free host-side checks
     turned off, as ``free_checks`` turns them off on a GPU) and the distinct ``input_ids`` shapes
-    the loop stages (every batch of the soft and the hard step; a GPU warms up once for each)."""
+    the loop stages, per step (each step is one epoch here; a GPU warms up once per shape)."""
 
     def __init__(self):
-        self.shapes: dict[tuple[int, ...], int] = {}
+        self.shapes: dict[str, dict[tuple[int, ...], int]] = {"soft": {}, "hard": {}}
         self.stack = ExitStack()
 
     def __enter__(self) -> HostCount:
@@ -227,9 +227,9 @@ class HostCount:
 
         def stage(batch, device):
             ids = batch.get("input_ids")
-            if isinstance(ids, torch.Tensor):
-                key = tuple(ids.shape)
-                self.shapes[key] = self.shapes.get(key, 0) + 1
+            if isinstance(ids, torch.Tensor):  # the soft step's batches carry the teacher's probs
+                seen = self.shapes["soft" if "probs" in batch else "hard"]
+                seen[tuple(ids.shape)] = seen.get(tuple(ids.shape), 0) + 1
             return staged(batch, device)
 
         self.stack.enter_context(mock.patch.object(loop, "stage", stage))
@@ -242,12 +242,13 @@ class HostCount:
     def summary(self) -> dict:
         in_steps = self.syncs.in_steps()
         return {
-            "batches": sum(self.shapes.values()),
+            "batches": sum(sum(seen.values()) for seen in self.shapes.values()),
             "syncs_in_steps": len(in_steps),
             "syncs_in_steps_where": sorted({s.where() for s in in_steps}),
             "syncs_elsewhere": len(self.syncs.syncs) - len(in_steps),
-            "shapes": len(self.shapes),
-            "lengths": sorted({k[-1] for k in self.shapes}),
+            # per step (an epoch each in this benchmark): distinct [B, T] shapes and lengths T
+            "shapes": {step: len(seen) for step, seen in self.shapes.items()},
+            "lengths": {step: sorted({k[-1] for k in seen}) for step, seen in self.shapes.items()},
         }
 
 
@@ -302,9 +303,10 @@ def main(argv=None) -> dict:
         h = out["host"]
         print(
             f"host: {h['syncs_in_steps']} syncs inside the {h['batches']} training steps "
-            f"({h['syncs_elsewhere']} at log points, set-up and inference); {h['shapes']} batch "
-            f"shapes, lengths {h['lengths']}"
+            f"({h['syncs_elsewhere']} at log points, set-up and inference)"
         )
+        for step in ("soft", "hard"):
+            print(f"  {step} epoch: {h['shapes'][step]} batch shapes, lengths {h['lengths'][step]}")
     return record
 
 

@@ -267,22 +267,21 @@ def test_a_checkpoint_from_before_a_setting_existed_resumes_at_its_default():
     assert config_changes(stored, scaled) == ["head_lr_scale: 1.0 -> 10"]
 
 
-def _mlm_losses(tmp_path, compile_mode, capsys=None):
-    """Per-step losses of 4 btf steps of a tiny dropout-free MLM model, as the loop runs them."""
+def _tiny_mlm(layers: int, ids: torch.Tensor):
+    """A dropout-free MLM model of ``layers`` layers (seed 0), a data source that masks ``ids``
+    afresh for each (epoch, batch) as btf does, and the loss the loop calls."""
     from xlt_engine.data.masking import MlmMasker
     from xlt_engine.data.tokenizer import default_tokenizer
-    from xlt_engine.engine.method.btf import MlmObjective
     from xlt_engine.engine.train.loop import batch_generator
     from xlt_engine.model import BertConfig, BertForMLM
 
     tok = default_tokenizer()
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1,
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=layers,
                      num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=0.0,
                      attention_probs_dropout_prob=0.0)  # fmt: skip
-    objective = MlmObjective(BertForMLM(cfg))
+    model = BertForMLM(cfg)
     masker = MlmMasker.from_tokenizer(tok)
-    ids = torch.randint(5, tok.vocab_size, (4, 32))
 
     class Batches:
         def num_batches(self, epoch):
@@ -293,11 +292,23 @@ def _mlm_losses(tmp_path, compile_mode, capsys=None):
             m = masker(ids, attn, batch_generator(0, epoch, index))
             return {"ids": m.input_ids, "pos": m.positions, "attn": attn, "y": m.labels}
 
-    def loss_fn(model, b, gen):
-        return model(b["ids"], b["pos"], b["attn"], b["y"])
+    def loss_fn(m, b, gen):
+        return m(b["ids"], b["pos"], b["attn"], b["y"])
 
+    return model, Batches(), loss_fn
+
+
+def _mlm_losses(tmp_path, compile_mode, capsys=None):
+    """Per-step losses of 4 btf steps of a tiny dropout-free MLM model, as the loop runs them."""
+    from xlt_engine.data.tokenizer import default_tokenizer
+    from xlt_engine.engine.method.btf import MlmObjective
+
+    vocab = default_tokenizer().vocab_size
+    torch.manual_seed(0)  # the ids are drawn first, then the model (seed 0 again, in _tiny_mlm)
+    ids = torch.randint(5, vocab, (4, 32))
+    model, data, loss_fn = _tiny_mlm(1, ids)
     train_cfg = TrainConfig(max_steps=4, lr=1e-3, log_every=1, compile=compile_mode)
-    r = train(objective, loss_fn, Batches(), train_cfg, tmp_path / compile_mode,
+    r = train(MlmObjective(model), loss_fn, data, train_cfg, tmp_path / compile_mode,
               RunIO(save_weights, None, echo=print))  # fmt: skip
     return [h["loss"] for h in r.history]
 
@@ -319,33 +330,11 @@ def test_a_compiled_step_follows_the_eager_loss_curve(tmp_path, capsys):
 
 def _mlm_run(tmp_path, precision, max_steps=6, resume=False, **kw):
     """A tiny dropout-free MLM model trained by the loop at ``precision``; (losses, model)."""
-    from xlt_engine.data.masking import MlmMasker
-    from xlt_engine.data.tokenizer import default_tokenizer
     from xlt_engine.engine.method.btf import MlmObjective
-    from xlt_engine.engine.train.loop import batch_generator
-    from xlt_engine.model import BertConfig, BertForMLM
 
-    tok = default_tokenizer()
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=64, hidden_dropout_prob=0.0,
-                     attention_probs_dropout_prob=0.0)  # fmt: skip
-    model = BertForMLM(cfg)
-    masker = MlmMasker.from_tokenizer(tok)
     # a learnable text: each row repeats a 7-token cycle, so the masked tokens can be inferred
     ids = 10 + (torch.arange(32) % 7 + torch.arange(8)[:, None] * 7) % 280
-
-    class Batches:
-        def num_batches(self, epoch):
-            return 8
-
-        def batch(self, epoch, index):
-            attn = torch.ones_like(ids)
-            m = masker(ids, attn, batch_generator(0, epoch, index))
-            return {"ids": m.input_ids, "pos": m.positions, "attn": attn, "y": m.labels}
-
-    def loss_fn(m, b, gen):
-        return m(b["ids"], b["pos"], b["attn"], b["y"])
+    model, data, loss_fn = _tiny_mlm(2, ids)
 
     def save(m, folder):
         folder.mkdir()
@@ -356,7 +345,7 @@ def _mlm_run(tmp_path, precision, max_steps=6, resume=False, **kw):
 
     train_cfg = TrainConfig(max_steps=max_steps, lr=3e-3, log_every=1, precision=precision,
                             freeze=(r"encoder\.layers\.0\.",), warmup_ratio=0.0, **kw)  # fmt: skip
-    r = train(MlmObjective(model), loss_fn, Batches(), train_cfg, tmp_path,
+    r = train(MlmObjective(model), loss_fn, data, train_cfg, tmp_path,
               RunIO(save, load, echo=None), resume=resume)  # fmt: skip
     return [h["loss"] for h in r.history], model
 

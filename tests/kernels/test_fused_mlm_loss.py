@@ -331,3 +331,14 @@ def test_fp32_dw_without_an_fp32_output_gemm_is_exact(use_triton):
     ref = reference(hidden, weight, bias, labels)[1][1]
     scale = ref.abs().max().item()  # bf16 matmuls: about 3 significant digits
     assert max_err(grads[0], ref) < 1e-2 * scale and max_err(grads[1], ref) < 1e-2 * scale
+
+
+def test_the_fp32_output_gemm_probe_is_not_taken_while_compiling(monkeypatch):
+    """Under torch.compile's tracing the probe would run on fake tensors (whose meta kernels
+    exist on every device) and cache a wrong answer: it answers False there and caches nothing."""
+    from xlt_engine.kernels import mlm_loss
+
+    monkeypatch.setattr(mlm_loss, "_FP32_OUT_GEMM", {})
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not mlm_loss.has_fp32_out_gemm(torch.device("cpu"))
+    assert mlm_loss._FP32_OUT_GEMM == {}

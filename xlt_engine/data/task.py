@@ -78,6 +78,16 @@ class TaskData:
     def label_set(self) -> list[str]:
         return label_set([self])
 
+    def plain_lines(self) -> list[str]:
+        """Each example as one line of plain text (what btf reads of a task file): a sentence's
+        words joined by spaces, or a text and its pair on one line, whitespace collapsed."""
+        if self.kind == "token":
+            return [" ".join(words) for words in self.inputs]
+        pairs = self.pairs or [None] * len(self)
+        return [
+            " ".join((t + " " + (p or "")).split()) for t, p in zip(self.inputs, pairs, strict=True)
+        ]
+
 
 def label_set(parts: Sequence[TaskData]) -> list[str]:
     """The labels of one or more files of one kind, in the models' order: for tokens O, then

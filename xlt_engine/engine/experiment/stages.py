@@ -106,14 +106,7 @@ def btf_texts(cfg: ExperimentConfig, folder: Path) -> tuple[str, ...]:
             lines = subsample_items(read_text(path).texts, limit, cfg.seed)
         else:
             data = read_task_file(path, cfg.data.format, True, limit, cfg.seed, cfg.data.encoding)
-            if data.kind == "token":
-                lines = [" ".join(words) for words in data.inputs]
-            else:
-                pairs = data.pairs or [None] * len(data)
-                lines = [
-                    " ".join((t + " " + (p or "")).split())
-                    for t, p in zip(data.inputs, pairs, strict=True)
-                ]
+            lines = data.plain_lines()
         path = folder / "texts" / f"{lang}.txt"
         text = "\n".join(lines) + "\n"
         if rank_world()[0] == 0 and not (

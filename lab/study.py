@@ -41,7 +41,7 @@ from xlt_engine.engine.experiment.runs import (
     with_section,
 )
 from xlt_engine.fileio import read_jsonl
-from xlt_engine.studies.ablate import ABLATION_ROWS, rule_rows, run_ablate
+from xlt_engine.studies.ablate import ABLATION_ROWS, method_rows, run_ablate
 from xlt_engine.studies.tables import ablation_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,8 +83,8 @@ def row_stages(pc, fixed_alpha: float) -> dict[str, list[Path]]:
         "- ST": ours["- ST"],
         "direct transfer": ours["direct transfer"],
     }
-    for row, rule in rule_rows(pc).items():  # Ours with another pseudo-label rule
-        other = with_section(pc, "selftrain", pseudo_rule=rule)
+    for row, changes in method_rows(pc).items():  # Ours with another rule or start
+        other = with_section(pc, "selftrain", **changes)
         rows[row] = [btf, *teachers(other), stage_dir(other, "selftrain"), ev(other, "selftrain")]
     if len(pc.source_languages) > 1:
         for lang in pc.source_languages:

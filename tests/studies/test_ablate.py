@@ -174,7 +174,7 @@ def test_two_sources_one_teacher_each_and_a_row_per_source(ner_cfg, conll, tiny,
     # the study's per-row wall time sums exactly the folders these rows were made in
     cfg = load_config(ner_cfg, [*sets, f"out={str(out / 'seed-1')!r}", "seed=1"])
     stages = row_stages(dataclasses.replace(cfg, target="ned"), 0.9)
-    assert [r for r in stages if not r.startswith("rule = ")] == list(result["scores"])
+    assert [r for r in stages if not r.startswith(("rule = ", "init = "))] == list(result["scores"])
     stages = {r: f for r, f in stages.items() if r in result["scores"]}  # the rows made
     made = {p.parent for p in (out / "seed-1").glob("*/*/run.json")}
     assert set().union(*map(set, stages.values())) == made  # and no stage more
@@ -342,3 +342,44 @@ def test_study_tables_keep_the_rows_of_an_earlier_study_in_the_folder(tmp_path):
     assert list(merged["scores"]) == list(long["scores"])
     assert merged["scores"]["N = 1"] == {"de": [0.2], "fr": [0.7]}
     assert merged["scores"]["N = 2"] == {"de": [0.4]}
+
+
+def test_method_rows_cross_the_rules_with_the_students_start(ner_cfg, tmp_path):
+    """Ours under each other rule, each other student start, and both: a variant each, into
+    the self-training folder those settings name (btf and the teacher shared)."""
+    from xlt_engine.engine.method.pseudo_labels import RULES
+    from xlt_engine.studies.ablate import ablation_rows, ablation_variants, method_rows
+
+    cfg = load_config(ner_cfg, [f"out={str(tmp_path)!r}"])
+    rows = method_rows(cfg)
+    others = [r for r in RULES if r != "paper"]
+    assert list(rows) == [
+        *(f"rule = {r}" for r in others),
+        "init = teacher",
+        *(f"init = teacher; rule = {r}" for r in others),
+    ]
+    assert rows["init = teacher; rule = class_quota"] == {
+        "student_init": "teacher",
+        "pseudo_rule": "class_quota",
+    }
+    assert set(rows) <= set(ablation_rows(cfg))
+    chosen = ["- ST", "init = teacher", "init = teacher; rule = class_quota"]
+    variants, picks = ablation_variants(cfg, 0.9, chosen)
+    pair = dataclasses.replace(cfg, target="esp")
+    for row, folder in (("init = teacher", "selftrain-init_teacher"),
+                        ("init = teacher; rule = class_quota",
+                         "selftrain-class_quota-init_teacher")):  # fmt: skip
+        name, column = picks[row]
+        c, switches = variants[name]
+        assert column == "selftrain" and switches["parts"].selftrain
+        assert stage_dir(dataclasses.replace(c, target="esp"), "selftrain").name == folder
+        assert stage_dir(dataclasses.replace(c, target="esp"), "finetune") == stage_dir(
+            pair, "finetune"
+        )
+    # a config that starts from the teacher gets the paper's start as its row
+    mine = load_config(ner_cfg, [f"out={str(tmp_path)!r}", "selftrain.student_init='teacher'"])
+    assert rows.keys() - method_rows(mine).keys() == {
+        "init = teacher",
+        *(f"init = teacher; rule = {r}" for r in others),
+    }
+    assert method_rows(mine)["init = base"] == {"student_init": "base"}

@@ -64,3 +64,37 @@ def test_a_rounds_class_thresholds_and_collapse_are_shown_escaped(tmp_path):
     assert "<td>O</td><td>0.995</td><td>paper</td><td>9,000</td><td>0.999</td>" in page
     assert "<td>1</td><td>precision</td><td>3</td><td>–</td>" in page
     assert "<b>collapsed</b> (on_collapse = warn)" in page
+
+
+def test_self_trainings_checks_are_a_table_and_a_plot_per_step(tmp_path):
+    """The check after every step: all-rows and entity-row agreement, each class, the dev
+    scores, one row per step in order, names escaped, one figure."""
+    import json
+
+    from xlt_engine.studies.report import checks_section
+
+    folder = tmp_path / "selftrain"
+    folder.mkdir()
+    hostile = "<b>I-X</b>"
+
+    def check(r, of, agree, entity, lost, dev):
+        return {"round": r, "step": "check", "of": of, "teacher_agreement": agree,
+                "entity_agreement": entity, "class_agreement": {"O": 0.99, hostile: lost},
+                "dev": {"eng": {"score": dev}}}  # fmt: skip
+
+    records = [
+        {"round": 1, "step": "teacher"},
+        check(1, "soft", 0.971, 0.42, 0.0, 0.43),
+        {"round": 1, "step": "hard"},
+        check(1, "hard", 0.98, 0.8, None, 0.8),
+    ]
+    (folder / "selftrain.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    figs = Figures()
+    page = checks_section(folder, figs)
+    assert "<b>" not in page and "&lt;b&gt;I-X&lt;/b&gt;" in page
+    rows = re.findall(r"<tr><td>([^<]*)</td>((?:<td>[^<]*</td>)*)</tr>", page)
+    assert [r[0] for r in rows] == ["round 1 soft", "round 1 hard"]
+    assert re.findall(r"<td>([^<]*)</td>", rows[0][1]) == ["97.1", "42.0", "99.0", "0.0", "43.0"]
+    assert re.findall(r"<td>([^<]*)</td>", rows[1][1]) == ["98.0", "80.0", "99.0", "–", "80.0"]
+    assert figs.count == (0 if figs.plt is None else 1)
+    assert checks_section(tmp_path, figs) == ""  # no log: no section

@@ -1,6 +1,7 @@
 """The paper's ablations: ``run_ablate`` makes every row of tables 5 and 6 (Ours, -AT, -VM,
 -BTF, -ST, direct transfer) and, on request, Ours under each other pseudo-label rule
-(``rule = <name>``), for every seed, with a table of mean +- std over seeds per target and on
+(``rule = <name>``) and student start (``init = teacher``, ``init = teacher; rule = <name>``),
+for every seed, with a table of mean +- std over seeds per target and on
 average. With several sources also the method, -ST and direct transfer from each source alone
 (their runs in ``<s>-<target>`` beside the multi-source ``<s1>+<s2>-<target>``); ``rows`` makes
 only some rows, running only the stages they read. Each row is a config switch over
@@ -14,6 +15,7 @@ table of mean +- std over seeds.
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 from xlt_engine.engine.experiment.config import ExperimentConfig, check_files
 from xlt_engine.engine.experiment.pipeline import (
@@ -37,6 +39,7 @@ from xlt_engine.engine.experiment.runs import (
     with_section,
 )
 from xlt_engine.engine.method.pseudo_labels import RULES as PSEUDO_RULES
+from xlt_engine.engine.method.settings import StudentInit
 from xlt_engine.engine.train import distributed
 from xlt_engine.engine.train.distributed import rank_world
 from xlt_engine.studies.tables import ablation_table, check_seeds, study_table, with_earlier_rows
@@ -45,20 +48,36 @@ ABLATION_ROWS = ("Ours", "- AT", "- VM", "- BTF", "- ST", "direct transfer")
 SINGLE_SOURCE_ROWS = ("Ours", "- ST", "direct transfer")  # per source, with several sources
 
 
-def rule_rows(cfg: ExperimentConfig) -> dict[str, str]:
-    """``{row: pseudo_rule}``: Ours with each pseudo-label rule other than the config's own
-    (``"rule = per_class_precision"``...), the rows that compare the rules."""
-    return {f"rule = {r}": r for r in PSEUDO_RULES if r != cfg.selftrain.pseudo_rule}
+def method_rows(cfg: ExperimentConfig) -> dict[str, dict[str, str]]:
+    """``{row: selftrain settings}``: Ours with another pseudo-label rule
+    (``"rule = class_quota"``: ``{"pseudo_rule": "class_quota"}``), with students that start
+    from another encoder (``"init = teacher"``) and with both (``"init = teacher; rule =
+    class_quota"``): the rows that compare the rules and the students' start."""
+    s = cfg.selftrain
+    rules = [None, *(r for r in PSEUDO_RULES if r != s.pseudo_rule)]
+    inits = [None, *(i for i in typing.get_args(StudentInit) if i != s.student_init)]
+    rows = {}
+    for init in inits:
+        for rule in rules:
+            name = "; ".join(
+                [*([f"init = {init}"] if init else []), *([f"rule = {rule}"] if rule else [])]
+            )
+            if name:
+                rows[name] = {
+                    **({"student_init": init} if init else {}),
+                    **({"pseudo_rule": rule} if rule else {}),
+                }
+    return rows
 
 
 def ablation_rows(cfg: ExperimentConfig) -> tuple[str, ...]:
     """The rows ``run_ablate`` can make for ``cfg``: ``ABLATION_ROWS``, Ours with each other
-    pseudo-label rule (``rule_rows``), and with several sources per source alone its Ours, - ST
-    and direct-transfer rows (``"Ours (eng only)"``...)."""
+    pseudo-label rule or student start (``method_rows``), and with several sources per source
+    alone its Ours, - ST and direct-transfer rows (``"Ours (eng only)"``...)."""
     alone = _alone_sources(cfg)
     return (
         *ABLATION_ROWS,
-        *rule_rows(cfg),
+        *method_rows(cfg),
         *(f"{r} ({lang} only)" for lang in alone for r in SINGLE_SOURCE_ROWS),
     )
 
@@ -86,10 +105,11 @@ def ablation_variants(cfg: ExperimentConfig, fixed_alpha: float, chosen: list[st
         "linear": (with_linear_head(cfg), {"table_name": "all-linear-head"}),
         "nobtf": (cfg, {"table_name": "all-no-btf"}),
     }  # fmt: skip
-    for row, rule in rule_rows(cfg).items():  # Ours with another pseudo-label rule
-        variants[rule] = (with_section(cfg, "selftrain", pseudo_rule=rule),
-                          {"table_name": f"all-{rule}"})  # fmt: skip
-        picks[row] = (rule, "selftrain")
+    for row, changes in method_rows(cfg).items():  # Ours with another rule or start
+        name = "-".join(f"init_{v}" if k == "student_init" else v for k, v in changes.items())
+        variants[name] = (with_section(cfg, "selftrain", **changes),
+                          {"table_name": f"all-{name}"})  # fmt: skip
+        picks[row] = (name, "selftrain")
     single = _alone_sources(cfg)
     for lang in single:  # several sources: the method from each one alone
         alone = dataclasses.replace(cfg, source=lang, sources=())
@@ -127,7 +147,7 @@ def run_ablate(
         got = f"no row {unknown[0]!r} for this config" if unknown else "give at least one row"
         raise ValueError(f"rows: {got}; the rows are {list(every)}")
     # by default the paper's rows; the other pseudo-label rules' rows only when asked for
-    chosen = [r for r in every if (r in rows if rows is not None else r not in rule_rows(cfg))]
+    chosen = [r for r in every if (r in rows if rows is not None else r not in method_rows(cfg))]
     root = table_dir(cfg)
     scores: dict[str, dict[str, list[float]]] = {row: {} for row in chosen}
     variants, picks = ablation_variants(cfg, fixed_alpha, chosen)

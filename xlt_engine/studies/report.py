@@ -80,6 +80,20 @@ def _pct(x) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
 
+def _share(x) -> str:
+    """A share in [0, 1] as a percentage; anything else as ``_num`` shows it."""
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return f"{100 * x:.1f}"
+    return _num(x)
+
+
+def _y(x) -> float:
+    """A share as a plotted percentage (nan for none or a damaged value)."""
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return 100 * x
+    return float("nan")
+
+
 def _num(x, spec: str = "g") -> str:
     """A number as ``spec`` formats it; anything else (a hostile or damaged file) as its text,
     so the page still builds (escape it like any value)."""
@@ -135,6 +149,37 @@ class Figures:
                     ax.annotate(name, (at, 1), xycoords=("data", "axes fraction"), fontsize=7,
                                 rotation=90, va="top")  # fmt: skip
         return self.img(fig, f"training curves of {title}")
+
+    def checks(self, checks: list[dict], title: str) -> str:
+        """Self-training's check records, per step: the student's agreement with its teacher
+        (all rows, the teacher's entity rows, each class) and its dev scores."""
+        if self.plt is None or not checks:
+            return ""
+        x = range(len(checks))
+        steps = [f"{c.get('of')} {c.get('round')}" for c in checks]
+        devs = sorted({lang for c in checks for lang in c.get("dev", {})})
+        fig, axes = self.plt.subplots(1, 2 if devs else 1, figsize=(11 if devs else 6, 3.4))
+        axes = axes if devs else [axes]
+        ax = axes[0]
+        lines = [("all rows", "teacher_agreement", 2.0), ("entity rows", "entity_agreement", 2.0)]
+        for label, key, width in lines:
+            ax.plot(x, [_y(c.get(key)) for c in checks], marker="o", linewidth=width, label=label)
+        for name in checks[0].get("class_agreement", {}):
+            y = [_y(c.get("class_agreement", {}).get(name)) for c in checks]
+            ax.plot(x, y, marker=".", linewidth=0.8, linestyle="--", label=name)
+        ax.set_ylabel("% of the teacher's rows the student agrees on")
+        ax.set_title(f"{title}: student vs teacher", fontsize=10)
+        ax.legend(fontsize=7, ncol=2)
+        if devs:
+            for lang in devs:
+                y = [_y(c.get("dev", {}).get(lang, {}).get("score")) for c in checks]
+                axes[1].plot(x, y, marker="o", label=lang)
+            axes[1].set_ylabel("dev score (%)")
+            axes[1].set_title(f"{title}: each step's student on dev", fontsize=10)
+            axes[1].legend(fontsize=8)
+        for a in axes:
+            a.set_xticks(list(x), steps, fontsize=8)
+        return self.img(fig, f"checks of {title}")
 
     def threshold(self, th: dict, title: str) -> str:
         if self.plt is None:
@@ -269,8 +314,36 @@ def stage_section(folder: Path, figs: Figures) -> str:
     out = [f"<h4>{html.escape(name)}</h4><p>{html.escape('; '.join(lines))}</p>"]
     out.append(figs.training(records, bounds, name))
     if name.startswith("selftrain"):
+        out.append(checks_section(folder, figs))
         out.append(rounds_section(folder, figs))
     return "\n".join(out)
+
+
+def checks_section(folder: Path, figs: Figures) -> str:
+    """Self-training's check after every step (``selftrain.jsonl``'s ``check`` records): how
+    the step's student follows its teacher, on all target rows and on the teacher's entity
+    rows (where a lost class shows), and its dev scores."""
+    log = folder / "selftrain.jsonl"
+    checks = [r for r in read_jsonl(log) if r.get("step") == "check"] if log.is_file() else []
+    if not checks:
+        return ""
+    devs = sorted({lang for c in checks for lang in c.get("dev", {})})
+    classes = list(checks[0].get("class_agreement", {}))
+    head = ["step", "all rows", "entity rows", *classes, *(f"dev {lang}" for lang in devs)]
+    rows = []
+    for c in checks:
+        per = c.get("class_agreement", {})
+        rows.append(
+            [f"round {c.get('round')} {c.get('of')}", _share(c.get("teacher_agreement")),
+             _share(c.get("entity_agreement")), *(_share(per.get(k)) for k in classes),
+             *(_share(c.get("dev", {}).get(lang, {}).get("score")) for lang in devs)]
+        )  # fmt: skip
+    caption = (
+        "<p>Each step's student against the round's teacher on the target rows (% of the "
+        "teacher's rows of each kind where the student's argmax agrees) and on the dev files "
+        "(a diagnostic: nothing is chosen by it)</p>"
+    )
+    return caption + _table(head, rows) + figs.checks(checks, folder.name)
 
 
 def _round_order(path: Path) -> tuple[int, int]:

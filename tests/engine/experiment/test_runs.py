@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine.experiment.test_config import CONLL
-from xlt_engine.engine.experiment.config import load_config
+from xlt_engine.engine.experiment.config import ConfigError, load_config
 from xlt_engine.engine.experiment.runs import (
     FINGERPRINT,
     FORMAT,
@@ -95,7 +95,6 @@ def test_out_is_the_experiment_folder_for_one_stage_and_for_all(tmp_path):
 
 
 def test_a_missing_model_names_the_setting_and_the_model_that_exists(tmp_path):
-    from xlt_engine.engine.experiment.config import ConfigError
     from xlt_engine.engine.experiment.runs import model_path
 
     cfg = load_config(CONLL, [f"out={str(tmp_path)!r}"])
@@ -164,3 +163,28 @@ def test_pseudo_rule_settings_name_the_folder_and_count_only_where_they_act(tmp_
     )
     assert name == "selftrain-class_quota-srcconfident" and settings["selftrain.quota"] == 0.5
     assert plan("selftrain.on_collapse='skip_hard'")[1]["selftrain.on_collapse"] == "skip_hard"
+
+
+def test_student_init_names_the_folder_counts_in_the_fingerprint_and_is_no_round1_twin(tmp_path):
+    """``student_init = "teacher"`` is another self-training run: its own folder and
+    fingerprint, and (acting in round 1's soft step) never a round-1 twin of the paper's."""
+    from tests.engine.experiment.test_config import MINIMAL, write
+    from xlt_engine.engine.experiment.runs import AFTER_ROUND1_SOFT, _part, plan_stage, stage_dir
+
+    paper = load_config(write(tmp_path, MINIMAL))
+    mine = load_config(write(tmp_path, MINIMAL), ["selftrain.student_init='teacher'"])
+    both = load_config(
+        write(tmp_path, MINIMAL),
+        ["selftrain.student_init='teacher'", "selftrain.pseudo_rule='class_quota'"],
+    )
+    assert stage_dir(paper, "selftrain").name == "selftrain"
+    assert stage_dir(mine, "selftrain").name == "selftrain-init_teacher"
+    assert stage_dir(both, "selftrain").name == "selftrain-class_quota-init_teacher"
+    a, b, c = ({"settings": plan_stage(x, "selftrain").settings} for x in (paper, mine, both))
+    assert a["settings"]["selftrain.student_init"] == "base"
+    assert b["settings"]["selftrain.student_init"] == "teacher"
+    free = AFTER_ROUND1_SOFT  # the settings round-1 twins may differ in
+    assert _part(a, free) != _part(b, free)  # no twin of the paper's run ...
+    assert _part(b, free) == _part(c, free)  # ... but of its own with another rule
+    with pytest.raises(ConfigError, match="student_init"):
+        load_config(write(tmp_path, MINIMAL), ["selftrain.student_init='finetune'"])

@@ -42,7 +42,7 @@ from xlt_engine.engine.method.selftrain import (
     write_with_targets,
 )
 from xlt_engine.engine.method.threshold import EVEN_GRID, select_threshold, threshold_grid
-from xlt_engine.engine.train.inference import predict_logits
+from xlt_engine.engine.train.inference import evaluate_model, predict_logits
 from xlt_engine.engine.train.loop import TrainConfig
 from xlt_engine.kernels import voter_filter
 from xlt_engine.model.checkpoint import load_encoder
@@ -69,7 +69,8 @@ def base(synth) -> Path:
 
 @pytest.fixture(scope="module")
 def data(synth) -> dict[str, Path]:
-    return {"src": synth / "data" / "src.train", "tgt": synth / "data" / "tgt.train"}
+    d = synth / "data"
+    return {"src": d / "src.train", "tgt": d / "tgt.train", "src_dev": d / "src.dev"}
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +114,9 @@ def st_run(base, teacher, data, tmp_path_factory):
     # up to 6e-3 in probability and kept one class. Self-training on CUDA is covered by the
     # kill/resume test, which runs on the default device.
     out = tmp_path_factory.mktemp("st") / "run"
-    return out, run_selftrain(st_config(base, teacher, data, out, device="cpu"), echo=None)
+    dev = {"src": str(data["src_dev"]), "tgt": str(data["src_dev"])}  # two entries, one file
+    cfg = st_config(base, teacher, data, out, device="cpu", dev_files=dev)
+    return out, run_selftrain(cfg, echo=None)
 
 
 def top_labels(logits: torch.Tensor) -> torch.Tensor:
@@ -145,21 +148,27 @@ def test_rounds_alternate_soft_and_hard_and_may_end_half_way(base, teacher, data
 def test_every_student_starts_from_the_base_model_and_teachers_chain(st_run, base, teacher):
     out, res = st_run
     recs = _records(out)
-    assert [(r["round"], r["step"]) for r in recs] == [
-        (1, "teacher"),
-        (1, "soft"),
-        (1, "threshold"),
-        (1, "filter"),
-        (1, "hard"),
-        (2, "teacher"),
-        (2, "soft"),
-        (2, "threshold"),
-        (2, "filter"),
-        (2, "hard"),
+    assert [(r["round"], r["step"], r.get("of")) for r in recs] == [
+        (1, "teacher", None),
+        (1, "soft", None),
+        (1, "check", "soft"),
+        (1, "threshold", None),
+        (1, "filter", None),
+        (1, "hard", None),
+        (1, "check", "hard"),
+        (2, "teacher", None),
+        (2, "soft", None),
+        (2, "check", "soft"),
+        (2, "threshold", None),
+        (2, "filter", None),
+        (2, "hard", None),
+        (2, "check", "hard"),
     ]
     digest = encoder_digest(load_encoder(base))
     softs = [r for r in recs if r["step"] == "soft"]
-    assert [r["student_init"] for r in softs] == [digest, digest]  # bit-exact, every round
+    assert [r["student_digest"] for r in softs] == [digest, digest]  # bit-exact, every round
+    assert [r["student_init"] for r in softs] == ["base", "base"]
+    assert [r["student_from"] for r in softs] == [str(base), str(base)]
     assert encoder_digest(load_encoder(teacher)) != digest  # (the teacher is not the Base Model)
     teachers = [r["teacher"] for r in recs if r["step"] == "teacher"]
     assert teachers == [str(teacher), str(out / "round-1" / "hard" / "model")]
@@ -428,6 +437,7 @@ def test_sigkill_mid_round_then_resume_gives_the_same_student(
     run_selftrain(cfg, resume=True, echo=None)
     steps = [(r["round"], r["step"]) for r in _records(cut)]
     assert steps.count((1, "hard")) == 1 and steps.count((2, "teacher")) == 1  # nothing redone
+    assert steps.count((1, "check")) == 2 and steps.count((2, "check")) == 2  # a check a step
     for name in ("model.safetensors", "voters.safetensors"):
         a = load_file(str(full / "model" / name))
         b = load_file(str(cut / "model" / name))
@@ -864,3 +874,100 @@ def test_soft_and_hard_steps_make_no_host_sync(base, teacher, data, tmp_path):
     steps = [r["step"] for r in _records(tmp_path / "run")]
     assert "soft" in steps and "hard" in steps, steps  # both steps ran
     assert hs.in_steps() == [], [s.where() for s in hs.in_steps()]
+
+
+def test_the_entity_agreement_shows_a_lost_class_the_all_rows_agreement_hides():
+    """A student that follows its teacher on 98.5% of the rows but has lost B-LOC: the share
+    over the teacher's entity rows is 50% and B-LOC's own share 0 (the class the all-rows
+    number hides); the student given as probabilities reads as its argmax."""
+    names = ["O", "B-PER", "I-PER", "B-LOC"]
+    teacher = np.full((1000, 4), 0.02, dtype=np.float16)
+    teacher[:, 0] = 0.94
+    teacher[:15, 1], teacher[:15, 0] = 0.94, 0.02  # B-PER on 15 rows
+    teacher[15:30, 3], teacher[15:30, 0] = 0.94, 0.02  # B-LOC on 15 rows
+    student = teacher.argmax(-1).astype(np.int32)
+    student[15:30] = 0  # B-LOC lost: called O
+    record = fidelity_counts(teacher, student, names, background=0, chunk=7)
+    assert record["teacher_agreement"] == pytest.approx(0.985)
+    assert record["entity_agreement"] == pytest.approx(0.5)
+    assert record["class_agreement"] == {"O": 1.0, "B-PER": 1.0, "I-PER": None, "B-LOC": 0.0}
+    probs = np.eye(4, dtype=np.float16)[student]  # the same student as probabilities
+    assert fidelity_counts(teacher, probs, names, background=0, chunk=300) == record
+    assert fidelity_counts(teacher, student, names)["entity_agreement"] is None  # no background
+    student[:15] = 2  # B-PER lost too (called I-PER): every entity row disagrees
+    worse = fidelity_counts(teacher, student, names, background=0)
+    assert worse["entity_agreement"] == 0.0 and worse["teacher_agreement"] == pytest.approx(0.97)
+
+
+def test_each_step_is_checked_against_its_teacher_and_on_the_dev_files(st_run, data):
+    """Every soft and hard step's check record: the student's probabilities (its pass, saved)
+    against the round's teacher probabilities, and its dev score; the hard step's pass is
+    the next round's teacher probabilities, linked (the same bytes), not computed again."""
+    out, _ = st_run
+    checks = [r for r in _records(out) if r["step"] == "check"]
+    assert [(r["round"], r["of"]) for r in checks] == [(1, "soft"), (1, "hard"), (2, "soft"),
+                                                       (2, "hard")]  # fmt: skip
+    tok = load_tokenizer(out / "model")
+    dev = read_task_file(data["src_dev"], "conll")
+    for rec in checks:
+        step = out / f"round-{rec['round']}" / rec["of"]
+        model = load_task_model(step / "model")
+        enc = encode(read_task_file(data["tgt"], "conll", unlabeled=True), tok, model.labels, 48)
+        mine = load_file(str(step / "student-probs.safetensors"))["probs"]
+        want = VotersModule.probs(predict_logits(model, enc, tok.pad_id, torch.device("cpu")))
+        torch.testing.assert_close(mine.float(), want, atol=1e-3, rtol=0)
+        teacher = load_file(str(out / f"round-{rec['round']}" / "teacher-probs.safetensors"))
+        again = fidelity_counts(teacher["probs"].numpy(), mine.numpy(), model.labels, 0)
+        assert {k: rec[k] for k in again} == again
+        assert rec["entity_agreement"] is not None and 0 <= rec["entity_agreement"] <= 1
+        score = evaluate_model(model, dev, tok, 48, torch.device("cpu"), 4096)["score"]
+        assert rec["dev"]["src"]["score"] == pytest.approx(score)
+        assert rec["dev"]["tgt"]["score"] == rec["dev"]["src"]["score"]  # the same file
+        assert set(rec["dev"]["src"]["per_type"]) == {"LOC", "PER", "ORG"}
+    one = (out / "round-1" / "hard" / "student-probs.safetensors").read_bytes()
+    assert (out / "round-2" / "teacher-probs.safetensors").read_bytes() == one
+    teachers = [r for r in _records(out) if r["step"] == "teacher"]
+    assert "linked_from" not in teachers[0]
+    assert teachers[1]["linked_from"] == str(out / "round-1" / "hard" / "student-probs.safetensors")
+    # the soft and hard students differ: the checks are of each step's own student
+    assert checks[0]["teacher_agreement"] != checks[1]["teacher_agreement"]
+
+
+def test_student_init_teacher_starts_each_round_from_its_teachers_encoder(
+    base, teacher, data, tmp_path
+):
+    """``student_init = "teacher"``: round 1's student starts from the fine-tuned teacher's
+    encoder (bit-exact at step 0: the digest taken before training), round 2's from round 1's
+    hard student, each with fresh voters; the base model's is never used."""
+    short = dict(
+        soft=TrainConfig(max_steps=6, lr=1e-3, log_every=3, seed=1),
+        hard=TrainConfig(max_steps=4, lr=1e-4, log_every=2, seed=1),
+    )
+    out = tmp_path / "init-teacher"
+    cfg = st_config(base, teacher, data, out, rounds=1.5, student_init="teacher", **short)
+    seen = []
+    real = selftrain_module.new_task_model
+
+    def spy(encoder, *args):  # the voters each student gets, before any training
+        model = real(encoder, *args)
+        seen.append({k: v.clone() for k, v in model.voters.state_dict().items()})
+        return model
+
+    try:
+        selftrain_module.new_task_model = spy
+        run_selftrain(cfg, echo=None)
+    finally:
+        selftrain_module.new_task_model = real
+    softs = [r for r in _records(out) if r["step"] == "soft"]
+    first = out / "round-1" / "hard" / "model"
+    assert [r["student_init"] for r in softs] == ["teacher", "teacher"]
+    assert [r["student_from"] for r in softs] == [str(teacher), str(first)]
+    assert [r["student_digest"] for r in softs] == [
+        encoder_digest(load_encoder(teacher)),
+        encoder_digest(load_encoder(first)),
+    ]
+    assert encoder_digest(load_encoder(base)) not in {r["student_digest"] for r in softs}
+    theirs = load_file(str(Path(teacher) / "voters.safetensors"))
+    assert len(seen) == 2 and all(
+        any(not torch.equal(v[k], theirs[k]) for k in theirs) for v in seen
+    )  # fresh voters, not the teacher's

@@ -17,8 +17,9 @@ single stage and ``run --stage all`` alike; the tables over all pairs go to ``<o
 Ablation variants add ``-voters<M>`` (model.voters != 3) to finetune and selftrain folders,
 ``-la`` / ``-tt`` / ``-sa`` (paper 003's Label Alignment, translate-train, Semantic Alignment) to
 finetune folders, ``-alpha<A>`` (a fixed threshold), ``-rounds<N>`` (N other than the
-paper's 1.5), ``-<pseudo_rule>`` (a rule other than the paper's) and ``-src<filter>`` (a source
-filter other than ``correct``) to selftrain folders, so the rows of an ablation and the studies share the folders whose settings they share
+paper's 1.5), ``-<pseudo_rule>`` (a rule other than the paper's), ``-src<filter>`` (a source
+filter other than ``correct``) and ``-init_<student_init>`` (students that start from another
+encoder than the Base Model) to selftrain folders, so the rows of an ablation and the studies share the folders whose settings they share
 (btf always). A model given by a folder inside the run folder is evaluated into
 ``evaluate-<its path, "/" as "-", less the trailing "model">`` (a round's student:
 ``evaluate-selftrain-rounds3-round-2-soft``), any other folder into ``evaluate-model``.
@@ -67,6 +68,7 @@ NAMED_MODELS = ("pretrained", "btf", "finetune", "finetune-direct", "selftrain",
 PAPER_ROUNDS = SelftrainSettings.rounds  # the default N (1.5): others get their own folder
 PAPER_RULE = SelftrainSettings.pseudo_rule  # likewise the default rule and source filter
 PAPER_FILTER = SelftrainSettings.source_filter
+PAPER_INIT = SelftrainSettings.student_init
 
 
 class StaleStageError(ValueError):
@@ -133,7 +135,8 @@ def stage_dir(cfg: ExperimentConfig, stage: str) -> Path:
         rounds = f"-rounds{s.rounds:g}" if s.rounds != PAPER_ROUNDS else ""
         rule = f"-{s.pseudo_rule}" if s.pseudo_rule != PAPER_RULE else ""
         source = f"-src{s.source_filter}" if s.source_filter != PAPER_FILTER else ""
-        return run / f"selftrain{direct}{_variant(cfg)}{fixed}{rounds}{rule}{source}"
+        init = f"-init_{s.student_init}" if s.student_init != PAPER_INIT else ""
+        return run / f"selftrain{direct}{_variant(cfg)}{fixed}{rounds}{rule}{source}{init}"
     if stage == "cotrain":
         return run / ("cotrain-self" if cfg.cotrain.exchange == "self" else "cotrain")
     if stage == "evaluate":

@@ -192,6 +192,12 @@ def build_selftrain(cfg: ExperimentConfig) -> SelftrainConfig:
         student_head=HeadSettings(**settings_of(cfg.model, HeadSettings)),
         device=cfg.device,
         max_source=cfg.data.max_train,
+        dev_files={  # every step's student is scored on these (a diagnostic: the check)
+            lang: str(path)
+            for lang in (*cfg.source_languages, tgt)
+            if (path := cfg.data_path(lang, "dev")) is not None
+        },
+        max_dev=cfg.data.max_dev,
         round1_from=None if (twin := round1_twin(cfg)) is None else str(twin),
     )
 

@@ -3,15 +3,35 @@ method", step 3)::
 
     T = fine-tuned model; D_keep = D_src
     for r = 1, 2, ...:
-        S = Base Model + fresh VotersModule          # the student is restored every round
+        S = Base Model + fresh VotersModule          # student_init = "base": the paper
+          (or T's encoder + fresh VotersModule)      # student_init = "teacher"
         soft step: S fits T's probabilities on U_tgt (soft_label_mse, each voter)
+        check: how S follows T (all rows, T's entity rows, each class), S on the dev files
         if r > N: stop                                # a half round ends after its soft step
         alpha[C] = choose_thresholds(S's voters on D_src, pseudo_rule)  # paper: one alpha
         D_keep = rows of D_keep that S predicts correctly           # removed for good
         P = voter_filter(S's voters on U_tgt, alpha[C])            # unanimous and confident
         collapse guard (on_collapse): warn, error, or skip the hard step
         hard step: S continues with cross-entropy on D_keep + P
+        check (as after the soft step)
         T = S
+
+Where the student starts (``student_init``): the paper restores it from the Base Model every
+round and gives the soft step 18,750 steps over 60,000 sentences to relearn the task from the
+teacher; at a few hundred steps such a student learns "an entity" but not which kind (issue
+54's measurements). ``"teacher"`` starts it from the round's teacher's encoder (with several
+teachers, the first's) and fresh voters: fresh, because copied voters would make the student
+the teacher itself (the soft loss's gradient nearly zero at step 0) and the voters' agreement,
+which the filter reads, would be the source-trained head's rather than views fitted to the
+target.
+
+The check after every step (a diagnostic; nothing is chosen by it) records the student's
+agreement with the round's teacher on the target rows: on all of them, on the rows the teacher
+calls an entity (not the background class) and per class of the teacher's argmax, where a lost
+class shows at once (an all-rows agreement of 97% hid a student that had lost every entity
+kind but one); and its score on ``dev_files`` (the source dev file; a target dev file is read
+as a diagnostic only). The hard step's student pass doubles as the next round's teacher
+probabilities (linked, not computed again).
 
 The embeddings and the bottom ``freeze_layers`` layers stay fixed in both steps
 (``FreezeSettings``, as in btf and fine-tuning).
@@ -32,7 +52,9 @@ its entities) is named before its hard step (``on_collapse``).
 Folder ``out``::
 
     round-<r>/teacher-probs.safetensors   T's mean-of-voters probabilities on U_tgt, fp16 [rows, C]
-    round-<r>/soft/                       the soft step's loop folder; soft/model: S after it
+    round-<r>/soft/                       the soft step's loop folder; soft/model: S after it;
+                                          soft/student-probs.safetensors: S's probabilities
+                                          on U_tgt (the check's pass), fp16 [rows, C]
     round-<r>/threshold.json, .csv        the paper's alpha and the whole curve (threshold,
                                           accuracy, ...); each class's threshold, its source
                                           rows and precision (``classes``)
@@ -43,9 +65,12 @@ Folder ``out``::
                                           rows]; the counts, the pseudo labels' classes, the
                                           class thresholds, how closely S follows T (the
                                           classes of both argmaxes, agreement), ``collapse``
-    round-<r>/hard/                       the hard step's loop folder; hard/model: S after it
+    round-<r>/hard/                       the hard step's loop folder; hard/model: S after
+                                          it; hard/student-probs.safetensors (the check's pass,
+                                          round r + 1's teacher probabilities)
     model/                                the final student
-    selftrain.jsonl                       one record per finished step (timings, counts)
+    selftrain.jsonl                       one record per finished step (timings, counts;
+                                          ``check`` records: agreement and dev scores)
 
 Under torchrun the soft and hard steps train with DDP (batches sharded by rank), and each
 inference pass (teacher, threshold, filter) is split over the ranks by items and gathered
@@ -54,7 +79,7 @@ inference pass (teacher, threshold, filter) is split over the ranks by items and
 Every artefact is written atomically and marks its step as done: a killed run resumed with
 ``resume=True`` redoes nothing that finished, and a killed soft or hard step continues from its
 latest loop checkpoint. The student's encoder digest at the start of each round is logged, so the
-chain (the student of every round starts from the Base Model) can be checked.
+chain (the student of every round starts from the Base Model, or from its teacher) can be checked.
 """
 
 from __future__ import annotations
@@ -85,7 +110,7 @@ from xlt_engine.data.packed import (
     open_store,
     release,
 )
-from xlt_engine.data.task import Encoded, TaskBatches, item_rows, task_kind
+from xlt_engine.data.task import Encoded, TaskBatches, encode, item_rows, read_task_file, task_kind
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine.method.pseudo_labels import (
     background_class,
@@ -107,6 +132,7 @@ from xlt_engine.engine.train.checkpoints import latest_checkpoint
 from xlt_engine.engine.train.distributed import rank_world
 from xlt_engine.engine.train.inference import (
     check_task_model,
+    evaluate_model,
     forward_batch,
     items_of,
     predict_logits,
@@ -147,6 +173,7 @@ def soft_label_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> 
 
 
 TEACHER_FILE = "teacher-probs.safetensors"
+STUDENT_FILE = "student-probs.safetensors"  # a step's student on U_tgt (the check's pass)
 FILTER_FILE = "filter.safetensors"
 SOURCE_OK_FILE = "source-ok.safetensors"
 CHUNK_ITEMS = 4096  # items per inference chunk: its logits are all a pass holds at once (a
@@ -168,7 +195,8 @@ class SelftrainConfig(SelftrainSettings, FreezeSettings, TaskSettings):
     the soft and hard steps freeze (``FreezeSettings``) plus what this run reads and where it
     writes."""
 
-    base_model: str  # the Base Model (btf's base-model, or mBERT): every student starts from it
+    base_model: str  # the Base Model (btf's base-model, or mBERT): the students start from it
+    # (student_init = "base"); its tokenizer is the run's
     teacher: str  # the fine-tuned task model: round 1's teacher
     source_file: str  # D_src: labeled source-language data
     unlabeled_file: str  # U_tgt: target-language data (labels, if any, are never read)
@@ -184,6 +212,9 @@ class SelftrainConfig(SelftrainSettings, FreezeSettings, TaskSettings):
     unlabeled_format: str | None = None  # U_tgt's format: None (``format``) or "text" (one
     # sentence / text per line; NER words split on spaces and tabs)
     cache_dir: str | None = None  # where the packed source and target data go (None: out/cache)
+    dev_files: dict[str, str] = dataclasses.field(default_factory=dict)  # language ->
+    # labeled dev file: every step's student is scored on each (the check; a diagnostic)
+    max_dev: int | None = None  # examples sampled from each dev file (soft.seed); None: all
     round1_from: str | None = None  # a self-training folder whose round-1 teacher probabilities
     # and soft step this run takes as its own (linked, not computed): one made with the same
     # settings but those that act only after the soft step (threshold, source filter, hard
@@ -206,6 +237,10 @@ class SelftrainConfig(SelftrainSettings, FreezeSettings, TaskSettings):
         for teacher in (self.teacher, *self.more_teachers):
             check_task_model(teacher, self.format)
         check_limit("max_source", self.max_source)
+        check_limit("max_dev", self.max_dev)
+        for lang, path in self.dev_files.items():
+            if not Path(path).is_file():
+                raise ValueError(f"dev_files.{lang}: {path}: no such file")
         if self.unlabeled_format is not None:
             if self.unlabeled_format not in INPUT_FORMATS:
                 raise ValueError(
@@ -419,28 +454,48 @@ def drop_failed_units(enc: Encoded, pseudo: np.ndarray, chunk: int = CHUNK_ITEMS
 
 
 def fidelity_counts(
-    teacher: np.ndarray, student: np.ndarray, names: list[str], chunk: int = 1 << 20
+    teacher: np.ndarray,
+    student: np.ndarray,
+    names: list[str],
+    background: int | None = None,
+    chunk: int = 1 << 20,
 ) -> dict:
-    """How well the soft step's student reproduces its teacher on the target rows: the classes
-    of the teacher's argmax (of its probabilities ``teacher`` [rows, C]) and of the student's
-    (``student`` [rows], the argmax of its voters' mean probabilities), and the share of rows
-    where the two agree; ``chunk`` rows at a time."""
+    """How well a student reproduces its teacher on the target rows: the classes of the
+    teacher's argmax (of its probabilities ``teacher`` [rows, C]) and of the student's
+    (``student``: [rows] labels, the argmax of its voters' mean probabilities, or its
+    probabilities [rows, C]); the share of rows where the two agree (``teacher_agreement``),
+    of the rows whose teacher class is not ``background`` (``entity_agreement``: the teacher's
+    entity words; None for tasks without a background class) and per teacher class
+    (``class_agreement``: None for a class the teacher never gives). ``chunk`` rows at a
+    time. The all-rows share is dominated by the background class: a student that lost a
+    whole entity class still agrees on ~97% of CoNLL's rows."""
     C = len(names)
     t_counts = np.zeros(C, dtype=np.int64)
     s_counts = np.zeros(C, dtype=np.int64)
-    agree = 0
+    hits = np.zeros(C, dtype=np.int64)  # per teacher class: rows where the student agrees
     rows = len(student)
     for lo in range(0, rows, chunk):
         hi = min(lo + chunk, rows)
         t = np.asarray(teacher[lo:hi]).argmax(axis=-1)
         s = np.asarray(student[lo:hi])
+        s = s.argmax(axis=-1) if s.ndim == 2 else s
         t_counts += label_counts(t, C)
         s_counts += label_counts(s, C)
-        agree += int((t == s).sum())
+        hits += label_counts(t[t == s], C)
+    agree = int(hits.sum())
+    entity = None
+    if background is not None:
+        n = rows - int(t_counts[background])
+        entity = (agree - int(hits[background])) / n if n else None
     return {
         "teacher_distribution": by_name(t_counts, names),
         "student_distribution": by_name(s_counts, names),
         "teacher_agreement": agree / rows if rows else 0.0,
+        "entity_agreement": entity,
+        "class_agreement": {
+            name: (int(hits[c]) / int(t_counts[c]) if t_counts[c] else None)
+            for c, name in enumerate(names)
+        },
     }
 
 
@@ -482,6 +537,21 @@ def target_counts(
     }
 
 
+def describe_check(record: dict) -> str:
+    """A check record in one line: agreement with the teacher on all rows, on its entity
+    rows and the classes it keeps least, and the dev scores."""
+    parts = [f"follows its teacher on {100 * record['teacher_agreement']:.1f}% of the rows"]
+    if record.get("entity_agreement") is not None:
+        parts.append(f"{100 * record['entity_agreement']:.1f}% of its entity rows")
+    per = {c: a for c, a in record.get("class_agreement", {}).items() if a is not None}
+    if per:
+        low = sorted(per, key=per.get)[:3]
+        parts.append("least: " + ", ".join(f"{c} {100 * per[c]:.1f}%" for c in low))
+    for lang, d in record.get("dev", {}).items():
+        parts.append(f"dev {lang} {100 * d['score']:.2f}")
+    return "; ".join(parts)
+
+
 def shared(
     path: Path, compute: Callable[[], T], write: Callable[[T], None], read: Callable[[], T]
 ) -> T:
@@ -499,7 +569,8 @@ def shared(
 
 class SelfTraining:
     """The state of one self-training run (data, tokenizer, voters' shape, log) and its steps:
-    ``teacher_probs``, ``soft_step``, ``pick_alpha``, ``filter``, ``hard_step``."""
+    ``teacher_probs``, ``soft_step``, ``thresholds``, ``filter``, ``hard_step``, and the
+    ``check`` after each training step."""
 
     def __init__(self, cfg: SelftrainConfig, device: torch.device, echo, progress):
         self.cfg, self.device, self.progress = cfg, device, progress
@@ -538,6 +609,10 @@ class SelfTraining:
         n_src, n_tgt = src_meta["units"], tgt_meta["units"]
         self.gold = self.src.flat_targets()
         self.src_units = row_units(self.src)
+        self.dev = {}  # language -> (data, encoded): read once, so a bad file fails first
+        for lang, path in cfg.dev_files.items():
+            data = read_task_file(path, cfg.format, False, cfg.max_dev, self.seed, cfg.encoding)
+            self.dev[lang] = (data, encode(data, self.tok, self.labels, cfg.max_len))
         self.amp = resolve_precision("auto", device)
         self.forward_seconds = 0.0  # inference time of ``chunks`` (the model's forward passes)
         self.log_path = self.out / "selftrain.jsonl"
@@ -689,57 +764,90 @@ class SelfTraining:
                 with atomic_folder(mine / "soft" / "model") as tmp:
                     for f in sorted((theirs / "soft" / "model").iterdir()):
                         link_or_copy(f, tmp / f.name)
+            probs = theirs / "soft" / STUDENT_FILE  # the soft student's pass (the check's)
+            if probs.is_file() and not (mine / "soft" / STUDENT_FILE).is_file():
+                tmp = mine / "soft" / f".{STUDENT_FILE}.tmp-link"
+                tmp.unlink(missing_ok=True)
+                link_or_copy(probs, tmp)
+                os.replace(tmp, mine / "soft" / STUDENT_FILE)
             self.log({**records[(1, "soft")], "shared_from": str(src)})
         distributed.barrier()
         if not self.main:
             self.records = read_jsonl(self.log_path)
         self.say(f"round 1: teacher probabilities and soft student taken from {src}")
 
+    def probs_file(self, path: Path, models: list[Path], meta: dict[str, str]) -> None:
+        """The mean-of-voters probabilities on U_tgt [rows, C], fp16, of the task model in
+        ``models`` (several: the mean of theirs, one per source language) into ``path``, each
+        rank its share of the rows, chunk by chunk (``rows_file``)."""
+        C = len(self.labels)
+        total = None
+        if len(models) > 1:  # the sum over models, fp32, beside the file (debris if killed)
+            total = path.parent / f".{path.name}.tmp-sum"
+            if self.main:
+                create_safetensors(total, {"sum": ("F32", (self.tgt_rows, C))}, {})
+            distributed.barrier()
+
+        def fill(arrays):
+            out = arrays["probs"]
+            acc = open_safetensors(total, "r+")["sum"] if total is not None else None
+            for k, folder in enumerate(models):
+                model = load_task_model(folder, device=self.device)
+                if model.labels != self.labels:
+                    raise ValueError(
+                        f"{folder}: the teacher's labels {model.labels} are not the first "
+                        f"teacher's {self.labels} (same labels, same order)"
+                    )
+                held = (out,) if acc is None else (out, acc)
+                for row, logits in self.chunks(model, self.tgt, *held):
+                    p = VotersModule.probs(logits).float().cpu().numpy()
+                    rows = slice(row, row + len(p))
+                    if acc is None:
+                        out[rows] = p.astype(np.float16)
+                    elif k + 1 < len(models):
+                        acc[rows] = p if k == 0 else acc[rows] + p
+                    else:
+                        out[rows] = ((acc[rows] + p) / len(models)).astype(np.float16)
+                del model
+            if acc is not None:
+                acc.flush()
+
+        self.rows_file(path, {"probs": ("F16", (self.tgt_rows, C))}, meta, fill)
+        if total is not None and self.main:
+            total.unlink(missing_ok=True)
+
+    def open_probs(self, path: Path) -> np.ndarray:
+        probs = open_safetensors(path)["probs"]
+        if probs.shape != (self.tgt_rows, len(self.labels)):
+            raise ValueError(
+                f"{path}: probabilities {tuple(probs.shape)} do not fit the "
+                f"{self.tgt_rows} target rows x {len(self.labels)} labels"
+            )
+        return probs
+
     def teacher_probs(self, r: int, teachers: list[Path]) -> np.ndarray:
         """T's mean-of-voters probabilities on U_tgt [rows, C], fp16, once per round, as a
         memory map of ``round-<r>/teacher-probs.safetensors``; with several teachers (one per
-        source language) the mean of theirs. Each rank computes its share of the rows, chunk
-        by chunk, into the file."""
+        source language) the mean of theirs. A teacher that is an earlier round's hard
+        student was already read by that step's check: its pass is linked, not repeated."""
         path = self.out / f"round-{r}" / TEACHER_FILE
         teacher = _names(teachers)
-        C = len(self.labels)
         if not path.is_file():
             t0 = time.perf_counter()
-            total = None
-            if len(teachers) > 1:  # the sum over teachers, fp32, beside the file (debris if killed)
-                total = self.out / f"round-{r}" / f".{TEACHER_FILE}.tmp-sum"
+            last = self.out / f"round-{r - 1}" / "hard"  # T = the last round's student
+            checked = last / STUDENT_FILE
+            linked = teachers == [last / "model"] and checked.is_file()
+            if linked:
                 if self.main:
-                    create_safetensors(total, {"sum": ("F32", (self.tgt_rows, C))}, {})
+                    tmp = path.parent / f".{path.name}.tmp-link"
+                    tmp.unlink(missing_ok=True)
+                    link_or_copy(checked, tmp)
+                    os.replace(tmp, path)
+                    fsync_dir(path.parent)
                 distributed.barrier()
-
-            def fill(arrays):
-                out = arrays["probs"]
-                acc = open_safetensors(total, "r+")["sum"] if total is not None else None
-                for k, folder in enumerate(teachers):
-                    model = load_task_model(folder, device=self.device)
-                    if model.labels != self.labels:
-                        raise ValueError(
-                            f"{folder}: the teacher's labels {model.labels} are not the first "
-                            f"teacher's {self.labels} (same labels, same order)"
-                        )
-                    held = (out,) if acc is None else (out, acc)
-                    for row, logits in self.chunks(model, self.tgt, *held):
-                        p = VotersModule.probs(logits).float().cpu().numpy()
-                        rows = slice(row, row + len(p))
-                        if acc is None:
-                            out[rows] = p.astype(np.float16)
-                        elif k + 1 < len(teachers):
-                            acc[rows] = p if k == 0 else acc[rows] + p
-                        else:
-                            out[rows] = ((acc[rows] + p) / len(teachers)).astype(np.float16)
-                    del model
-                if acc is not None:
-                    acc.flush()
-
-            meta = {"teacher": teacher if isinstance(teacher, str) else json.dumps(teacher)}
-            self.rows_file(path, {"probs": ("F16", (self.tgt_rows, C))}, meta, fill)
-            if total is not None and self.main:
-                total.unlink(missing_ok=True)
+            else:
+                meta = {"teacher": teacher if isinstance(teacher, str) else json.dumps(teacher)}
+                self.probs_file(path, teachers, meta)
             secs = time.perf_counter() - t0
             forward, self.forward_seconds = self.forward_seconds, 0.0
             self.log(
@@ -749,27 +857,25 @@ class SelfTraining:
                     "teacher": teacher,
                     "ranks": rank_world()[1],
                     "rows": self.tgt_rows,
+                    **({"linked_from": str(checked)} if linked else {}),
                     "seconds": secs,
                     "forward_seconds": forward,  # of which the model's forward passes
                     "tokens_per_s": float(self.tgt.lengths.sum()) / max(secs, 1e-9),
                 }
             )
-            self.say(f"round {r}: teacher {teacher} on {self.tgt_rows} target rows ({secs:.1f} s)")
-        probs = open_safetensors(path)["probs"]
-        if probs.shape != (self.tgt_rows, C):
-            raise ValueError(
-                f"{path}: probabilities {tuple(probs.shape)} do not fit the "
-                f"{self.tgt_rows} target rows x {C} labels"
-            )
-        return probs
+            how = f"linked from {checked}" if linked else f"{secs:.1f} s"
+            self.say(f"round {r}: teacher {teacher} on {self.tgt_rows} target rows ({how})")
+        return self.open_probs(path)
 
     def soft_step(self, r: int, probs: np.ndarray, teachers: list[Path]) -> TaskModel:
-        """S = Base Model + fresh voters, trained to fit ``probs`` (``soft_loss``)."""
+        """S = the Base Model's encoder (``student_init = "base"``) or the first teacher's
+        (``"teacher"``) + fresh voters, trained to fit ``probs`` (``soft_loss``)."""
         folder = self.out / f"round-{r}" / "soft"
         if (folder / "model").is_dir():
             return load_task_model(folder / "model", device=self.device)
         cfg, device = self.cfg, self.device
-        encoder = load_encoder(cfg.base_model, dtype=torch.float32, device=device)
+        start = cfg.base_model if cfg.student_init == "base" else str(teachers[0])
+        encoder = load_encoder(start, dtype=torch.float32, device=device)
         digest = encoder_digest(encoder)
         torch.manual_seed(self.seed + 1000 * r)  # the fresh voters: a function of seed, round
         try:
@@ -783,7 +889,7 @@ class SelfTraining:
                 self.representation,
             )
         except ValueError as err:
-            raise ValueError(f"{cfg.base_model}: {err}") from None
+            raise ValueError(f"{start}: {err}") from None
         data = SoftBatches(
             self.tgt, probs, self.tok.pad_id, cfg.batch_size, cfg.max_tokens, self.seed,
             cfg.pad_multiple,
@@ -799,7 +905,9 @@ class SelfTraining:
             {
                 "round": r,
                 "step": "soft",
-                "student_init": digest,
+                "student_init": cfg.student_init,
+                "student_from": start,
+                "student_digest": digest,
                 "base_model": cfg.base_model,
                 "teacher": _names(teachers),
                 "steps": res.step,
@@ -810,6 +918,48 @@ class SelfTraining:
         )
         self.say(f"round {r}: soft step done, loss {format_loss(res.last_loss)} ({secs:.1f} s)")
         return student
+
+    def check(self, r: int, which: str, probs: np.ndarray) -> dict:
+        """After round ``r``'s ``which`` step: how its student (the step's saved model) follows
+        the round's teacher ``probs`` on the target rows (``fidelity_counts``: all rows, the
+        teacher's entity rows, each class) and its score on each dev file; a ``check`` record
+        (its presence marks the check done: a resumed run repeats only what it lacks)."""
+        done = [
+            x for x in self.records
+            if x.get("step") == "check" and x.get("round") == r and x.get("of") == which
+        ]  # fmt: skip
+        if done:
+            return done[-1]
+        t0 = time.perf_counter()
+        folder = self.out / f"round-{r}" / which
+        path = folder / STUDENT_FILE
+        if not path.is_file():
+            self.probs_file(path, [folder / "model"], {"student": str(folder / "model")})
+        fidelity = fidelity_counts(probs, self.open_probs(path), self.labels, self.background)
+        dev = {}
+        if self.main and self.dev:
+            model = load_task_model(folder / "model", device=self.device)
+            for lang, (data, enc) in self.dev.items():
+                args = (self.tok, self.cfg.max_len, self.device, self.cfg.eval_max_tokens)
+                res = evaluate_model(model, data, *args, enc=enc)
+                dev[lang] = {"metric": res["metric"], "score": res["score"]}
+                if "per_type" in res:
+                    dev[lang]["per_type"] = res["per_type"]
+            del model
+        distributed.barrier()
+        forward, self.forward_seconds = self.forward_seconds, 0.0
+        record = {
+            "round": r,
+            "step": "check",
+            "of": which,
+            **fidelity,
+            "dev": dev,
+            "seconds": time.perf_counter() - t0,
+            "forward_seconds": forward,
+        }
+        self.log(record)
+        self.say(f"round {r}: {which} student: {describe_check(record)}")
+        return record
 
     def thresholds(self, r: int, student: TaskModel) -> tuple[dict, dict[str, np.ndarray]]:
         """The pseudo-label rule's thresholds from S's voters on D_src (``pseudo_labels``;
@@ -1114,7 +1264,7 @@ class RoundFilter:
             "source_rows_kept": int(keep.sum()), "source_rows_removed": before - int(keep.sum()),
             "source_units_kept": int(np.unique(run.src_units[keep]).size),
             **target_counts(run.tgt, arrays["pseudo"], arrays["agreed"] >= 0, run.labels),
-            **fidelity_counts(self.probs, arrays["student"], run.labels),
+            **fidelity_counts(self.probs, arrays["student"], run.labels, run.background),
             "source_distribution": _distribution(run.gold, run.labels),  # gold, all rows
             "source_kept_distribution": _distribution(run.gold[keep], run.labels),
         }  # fmt: skip
@@ -1186,6 +1336,7 @@ def run_selftrain(
         if which == "soft":
             probs = run.teacher_probs(r, teachers)
             student = run.soft_step(r, probs, teachers)
+            run.check(r, "soft", probs)
             continue
         threshold, source_out = run.thresholds(r, student)
         source_keep, pseudo, collapse = run.filter(
@@ -1193,6 +1344,7 @@ def run_selftrain(
         )
         skip = run.guard(r, collapse, threshold)  # before every hard step
         student = run.hard_step(r, student, source_keep, pseudo, threshold["alpha"], skip)
+        run.check(r, "hard", probs)
         teachers = [out / f"round-{r}" / "hard" / "model"]  # T = S
 
     final = out / "model"

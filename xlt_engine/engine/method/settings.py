@@ -274,6 +274,7 @@ Threshold = Literal["curvature", "max_second_difference", "fixed"]
 FilterUnit = Literal["word", "sequence"]
 OnCollapse = Literal["warn", "error", "skip_hard"]
 SoftLoss = Literal["mse", "kl"]
+StudentInit = Literal["base", "teacher"]
 
 
 @dataclass(frozen=True)
@@ -302,6 +303,8 @@ class SelftrainSettings(BatchSettings):
     max_unlabeled: int | None = None  # down-sample the unlabeled target data (CLS: 10000)
     soft_loss: SoftLoss = "mse"  # the soft step's loss: mse (the paper's eq. 1, on
     # probabilities) or kl (KL(teacher || student), the usual distillation loss)
+    student_init: StudentInit = "base"  # the encoder each round's student starts from: base
+    # (the Base Model, the paper) or teacher (the round's teacher's encoder); fresh voters both
 
     def __post_init__(self):
         super().__post_init__()

@@ -121,7 +121,15 @@ def pair_details(run: Path) -> dict:
             )
             if k in c  # the last three: runs made since 2026-11-23's fidelity record
         }
-    return {"dev": dev, "rounds": rounds}
+    checks = {}  # each step's student against its teacher, and on the dev files
+    for log in sorted(run.glob("selftrain*/selftrain.jsonl")):
+        for c in read_jsonl(log):
+            if c.get("step") == "check":
+                checks[f"{log.parent.name}/round-{c['round']}/{c['of']}"] = {
+                    k: c.get(k)
+                    for k in ("teacher_agreement", "entity_agreement", "class_agreement", "dev")
+                }
+    return {"dev": dev, "rounds": rounds, "checks": checks}
 
 
 def class_alphas(c: dict) -> str:
@@ -146,6 +154,10 @@ def seconds_of(folder: Path) -> float:
     log = folder / "selftrain.jsonl"
     shared = [r["seconds"] for r in read_jsonl(log) if "shared_from" in r] if log.is_file() else []
     return float(info["seconds"]) + sum(shared)
+
+
+def pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.2f}"
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -391,6 +403,18 @@ def render(report: dict) -> str:
                     f"| {k} | {classes(c['teacher_distribution'])} | "
                     f"{classes(c['student_distribution'])} | {100 * c['teacher_agreement']:.1f}% |"
                 )
+        if d.get("checks"):
+            langs = sorted({lang for c in d["checks"].values() for lang in c.get("dev") or {}})
+            lines += ["", "Each step's student: its agreement with the round's teacher on the "
+                      "target rows (all, the teacher's entity rows) and its dev score (%)", "",
+                      "| step | all rows | entity rows | "
+                      + " | ".join(f"dev {lang}" for lang in langs) + " |",
+                      "|---|---|---|" + "---|" * len(langs)]  # fmt: skip
+            for k, c in d["checks"].items():
+                dev = c.get("dev") or {}
+                cells = [pct(c.get("teacher_agreement")), pct(c.get("entity_agreement"))]
+                cells += [pct(dev[lang]["score"]) if lang in dev else "–" for lang in langs]
+                lines.append(f"| {k} | " + " | ".join(cells) + " |")
     env = report["environment"]
     what = "Whole study (the merged runs' sum)" if merged else "Whole study"
     lines += [

@@ -39,6 +39,26 @@ def test_pair_details_reads_dev_scores_and_rounds(tmp_path):
     assert d["rounds"]["selftrain-direct/round-1"] == {
         k: v for k, v in base.items() if k != "voter_agreement"
     }
+    assert d["checks"] == {}  # no check records: none invented
+
+
+def test_pair_details_reads_each_steps_check_in_order(tmp_path):
+    run = tmp_path / "eng-esp"
+    (run / "selftrain-init_teacher").mkdir(parents=True)
+    check = {"step": "check", "teacher_agreement": 0.97, "entity_agreement": 0.4,
+             "class_agreement": {"O": 1.0, "B-PER": 0.4}, "dev": {"esp": {"score": 0.6}}}  # fmt: skip
+    log = [{"round": 1, "step": "soft"}, {**check, "round": 1, "of": "soft"},
+           {**check, "round": 1, "of": "hard", "entity_agreement": 0.9}]  # fmt: skip
+    (run / "selftrain-init_teacher" / "selftrain.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in log)
+    )
+    checks = pair_details(run)["checks"]
+    assert list(checks) == [
+        "selftrain-init_teacher/round-1/soft",
+        "selftrain-init_teacher/round-1/hard",
+    ]
+    assert checks["selftrain-init_teacher/round-1/hard"]["entity_agreement"] == 0.9
+    assert checks["selftrain-init_teacher/round-1/soft"]["dev"] == {"esp": {"score": 0.6}}
 
 
 def test_classes_lists_the_classes_with_rows():

@@ -215,3 +215,79 @@ def test_the_quickstarts_config_names_its_runs_folder_and_seed(tmp_path):
     assert (raw["out"], raw["seed"]) == (str(tmp_path / "qs" / "runs"), 4)
     loaded = load_config(cfg)
     assert (loaded.out, loaded.seed) == (str(tmp_path / "qs" / "runs"), 4)
+
+
+def _one_line_error(res, *words):
+    assert res.exit_code == 1, res.output
+    assert "Traceback" not in res.output, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.output
+    errors = [line for line in res.output.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, res.output
+    for w in words:
+        assert w in errors[0], (w, errors[0])
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    "raised",
+    [
+        OSError(28, "No space left on device", "/runs/x/model.safetensors"),
+        Exception(  # what safetensors raises from Rust on a full disk
+            'Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No '
+            'space left on device" })'
+        ),
+    ],
+)
+def test_a_full_disk_is_one_line_that_says_to_resume(tmp_path, monkeypatch, raised):
+    from tests.engine.experiment.test_config import MINIMAL
+    from xlt_engine.engine.experiment import stages
+
+    def full(*args, **kwargs):
+        raise raised
+
+    monkeypatch.setattr(stages, "run_stage", full)
+    cfg = tmp_path / "x.toml"
+    cfg.write_text(MINIMAL)
+    res = CliRunner().invoke(main, ["run", "--stage", "btf", "--config", str(cfg),
+                                    "--out", str(tmp_path / "o")])  # fmt: skip
+    line = _one_line_error(res, "no space left on device", "--resume")
+    if isinstance(raised, OSError):
+        assert line.startswith("Error: /runs/x/model.safetensors: ")
+    assert "to continue: " in res.output  # the command that picks it up
+
+
+def test_an_out_folder_in_a_link_loop_is_one_line(tmp_path):
+    from tests.engine.experiment.test_config import MINIMAL
+
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    cfg = tmp_path / "x.toml"
+    cfg.write_text(MINIMAL)
+    for args in (
+        ["run", "--stage", "btf", "--config", str(cfg), "--out", str(tmp_path / "a" / "x")],
+        ["quickstart", "--out", str(tmp_path / "a" / "q")],
+        ["report", str(tmp_path), "--out", str(tmp_path / "a" / "r.html")],
+    ):
+        res = CliRunner().invoke(main, args)
+        _one_line_error(res, str(tmp_path / "a"))
+
+
+def test_a_damaged_table_or_log_is_one_line_naming_it_or_reported(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "all.json").write_text(json.dumps({"metric": "entity_f1", "targets": {"esp": "x"}}))
+    page = tmp_path / "report.html"
+    res = CliRunner().invoke(main, ["report", str(runs), "--out", str(page)])
+    _one_line_error(res, str(runs / "all.json"), "wrong type")
+    assert not page.exists()
+    (runs / "all.json").unlink()
+    stage = runs / "eng-esp" / "finetune"
+    stage.mkdir(parents=True)
+    (stage / "metrics.jsonl").write_text(
+        '{"step": 1, "loss": 1.0, "tokens_per_s": Infinity}\n'
+        '{"step": 2, "loss": 2.0, "tokens_per_s": -Infinity}\n'
+        '{"step": 3, "loss": 0.5, "tokens_per_s": 100.0}\n'
+    )
+    res = CliRunner().invoke(main, ["report", str(runs), "--out", str(page)])
+    assert res.exit_code == 0, res.output
+    assert "mean 100 tokens/s over 1 log points" in page.read_text()

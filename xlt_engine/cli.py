@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from xlt_engine import STAGES, __version__
-from xlt_engine.fileio import check_writable
+from xlt_engine.fileio import check_writable, claim_output, record_output
 
 
 def _fail(err: Exception) -> None:
@@ -41,6 +41,14 @@ def _resumable() -> bool:
     return ctx is not None and any(p.name == "resume" for p in ctx.command.params)
 
 
+def _overwrite_option(what: str):
+    return click.option(
+        "--overwrite",
+        is_flag=True,
+        help=f"replace an existing {what} that this command did not write (never a file it reads)",
+    )
+
+
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="xlt-engine")
 def main() -> None:
@@ -61,6 +69,7 @@ def main() -> None:
 @click.option("--intermediate", default=512, show_default=True, help="intermediate_size")
 @click.option("--max-positions", default=512, show_default=True, help="max_position_embeddings")
 @click.option("--seed", default=0, show_default=True)
+@_overwrite_option("OUT folder")
 def init(
     out: Path,
     vocab: Path | None,
@@ -70,6 +79,7 @@ def init(
     intermediate: int,
     max_positions: int,
     seed: int,
+    overwrite: bool,
 ) -> None:
     """Write a random-weight BERT MLM model in Hugging Face layout to OUT."""
     import torch
@@ -79,6 +89,8 @@ def init(
 
     try:
         check_writable(out, "OUT")
+        reads = [vocab] if vocab is not None else []
+        claim_output(out, "OUT", "init", folder=True, reads=reads, overwrite=overwrite)
         tokenizer = load_tokenizer(vocab) if vocab is not None else default_tokenizer()
         config = BertConfig(
             vocab_size=tokenizer.vocab_size,
@@ -91,7 +103,8 @@ def init(
         config.check_fits(4, "--layers/--hidden/--intermediate")  # before allocating
         torch.manual_seed(seed)
         model = BertForMLM(config)
-        save_pretrained(model, out, tokenizer)
+        save_pretrained(model, out, tokenizer, replace_any=True)  # claimed above
+        record_output(out, "init", entries=[p.name for p in out.iterdir()])
     except ValueError as err:
         _fail(err)
     click.echo(f"wrote {out} ({sum(p.numel() for p in model.parameters()):,} parameters)")
@@ -100,7 +113,8 @@ def init(
 @main.command()
 @click.argument("model", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
-def export(model: Path, out: Path) -> None:
+@_overwrite_option("OUT folder")
+def export(model: Path, out: Path, overwrite: bool) -> None:
     """Write a fine-tuned task model with the linear head as a transformers classification
     folder (BertForTokenClassification, XLMRobertaForSequenceClassification, ...: id2label and
     label2id included), so AutoModelFor...Classification and pipeline("ner") load it. The
@@ -111,7 +125,7 @@ def export(model: Path, out: Path) -> None:
 
     try:
         check_writable(out, "OUT")
-        folder = export_hf(model, out)
+        folder = export_hf(model, out, overwrite=overwrite)
     except ValueError as err:
         _fail(err)
     arch = json.loads((folder / "config.json").read_text(encoding="utf-8"))["architectures"][0]
@@ -218,14 +232,17 @@ def _file_option(*names: str, **kwargs):
 @click.option("-n", "n", type=int, default=200, show_default=True, help="source items drawn")
 @click.option("--seed", type=int, default=42, show_default=True)
 @_file_option("--out", required=True, help="the parallel JSONL file (written atomically)")
-def xnli_parallel(xnli_dir, source, languages, n, seed, out) -> None:
+@_overwrite_option("--out file")
+def xnli_parallel(xnli_dir, source, languages, n, seed, out, overwrite) -> None:
     """A parallel file (finetune.parallel_file) from XNLI's dev files, whose rows are parallel
     across languages: n items of the source's dev file and their rows in each language."""
     from xlt_engine.data.parallel import build_xnli_parallel
 
     langs = [x.strip() for x in languages.split(",") if x.strip()]
     try:
+        claim_output(out, "--out", "xnli-parallel", reads=[xnli_dir], overwrite=overwrite)
         rows = build_xnli_parallel(xnli_dir, source, langs, n, seed, out)
+        record_output(out, "xnli-parallel")
     except ValueError as err:
         _fail(err)
     click.echo(f"wrote {out}: {n} items x {len(langs)} languages = {rows} rows")
@@ -245,7 +262,8 @@ def xnli_parallel(xnli_dir, source, languages, n, seed, out) -> None:
 @click.option("--max-per-entity", default=100, show_default=True, help="lines kept per name")
 @click.option("--min-length", default=2, show_default=True, help="shortest name, in characters")
 @click.option("--top", default=10, show_default=True, help="entities listed in the summary")
-def corpus(sources, target_text, entity_map, out, max_per_entity, min_length, top) -> None:
+@_overwrite_option("--out file")
+def corpus(sources, target_text, entity_map, out, max_per_entity, min_length, top, overwrite):
     """Select target-language lines that hold entities of the source training data."""
     import time
 
@@ -254,11 +272,14 @@ def corpus(sources, target_text, entity_map, out, max_per_entity, min_length, to
 
     try:
         check_writable(out.parent, "--out")
+        reads = [*sources, target_text, *([entity_map] if entity_map else [])]
+        claim_output(out, "--out", "corpus", reads=reads, overwrite=overwrite)
         files = [read_conll(p) for p in sources]
         mapping = read_entity_map(entity_map) if entity_map is not None else None
         names = entity_names(files, mapping, min_length)
         start = time.perf_counter()
         stats = build_corpus(names, target_text, out, max_per_entity)
+        record_output(out, "corpus")
         seconds = time.perf_counter() - start
     except ValueError as err:
         _fail(err)
@@ -328,6 +349,21 @@ OUTSIDE_LOOP = (
 )
 
 
+def os_problem(err: OSError) -> str:
+    """An operating-system error as one line: the file, what happened, what to do."""
+    import errno
+
+    where = f"{err.filename}: " if err.filename else ""
+    if err.errno == errno.ENOSPC:
+        return (
+            f"{where}no space left on device: free some (or choose another --out), then continue "
+            "with --resume: every finished step and the last checkpoint are kept"
+        )
+    if err.errno == errno.ELOOP:
+        return f"{where}too many levels of symbolic links (a link loop?): choose another path"
+    return f"{where}{err.strerror or err}"
+
+
 def _run_guarded(fn, repeat_resumes: bool = False) -> None:
     """Run ``fn``; an interrupt exits 130 with the resume hint, a config or data problem is a
     clean error; the process group is closed either way. Inside a training loop SIGINT/SIGTERM
@@ -337,6 +373,7 @@ def _run_guarded(fn, repeat_resumes: bool = False) -> None:
     command that refuses a folder it already filled); an interrupted one, or one the collapse
     guard stopped, the command that continues it. (A non-finite loss gets no such line: the
     same settings would diverge again.)"""
+    import errno
     import os
     import signal
     import sys
@@ -371,6 +408,15 @@ def _run_guarded(fn, repeat_resumes: bool = False) -> None:
         _fail(err)
     except (ValueError, NonFiniteLoss) as err:
         _fail(err)
+    except OSError as err:  # a full disk, a link loop, a permission: one line, what to do
+        if err.errno == errno.ENOSPC:
+            continue_with()
+        _fail(ValueError(os_problem(err)))
+    except Exception as err:  # the writers' own wrappers of a full disk (safetensors, torch.save)
+        if "No space left on device" not in str(err) and "os error 28" not in str(err):
+            raise
+        continue_with()
+        _fail(ValueError(os_problem(OSError(errno.ENOSPC, "No space left on device"))))
     else:
         if _resumable() and os.environ.get("RANK", "0") == "0":
             repeat = again(resume=repeat_resumes)
@@ -450,6 +496,7 @@ def _out_option(help: str):
     help="also write every training stage's metrics as TensorBoard events into "
     "<stage folder>/tensorboard (needs the tensorboard package)",
 )
+@_overwrite_option("predict.output")
 @_progress_option
 def run(
     stage,
@@ -464,6 +511,7 @@ def run(
     linear_head,
     smoke,
     tensorboard,
+    overwrite,
     progress,
 ) -> None:
     """Run one stage of an experiment: xlt-engine run --stage selftrain --config configs/conll.toml
@@ -478,6 +526,8 @@ def run(
         from xlt_engine.engine.experiment.config import TRAIN_TABLES
 
         overrides = (*overrides, *(f"{t}.tensorboard=true" for t in TRAIN_TABLES))
+    if overwrite:
+        overrides = (*overrides, "predict.overwrite=true")
     echo = click.echo if os.environ.get("RANK", "0") == "0" else None
 
     def go():
@@ -487,6 +537,9 @@ def run(
         cfg = _experiment(
             config_path, overrides, out, no_btf, fixed_threshold, voters, smoke, linear_head
         )
+        if stage == "predict" and cfg.predict.output:  # never the config it was given
+            claim_output(cfg.predict.output, "predict.output", "predict", reads=[config_path],
+                         overwrite=cfg.predict.overwrite)  # fmt: skip
         if stage == "all":
             parts = Parts(btf=not no_btf, selftrain=not no_selftrain)
             run_all(cfg, parts=parts, resume=resume, echo=echo, progress=progress)
@@ -511,7 +564,8 @@ def run(
     show_default=True,
     help="the HTML file to write",
 )
-def report(folders, out) -> None:
+@_overwrite_option("--out file")
+def report(folders, out, overwrite) -> None:
     """One self-contained HTML report (tables, training curves, threshold curves, pseudo-label
     counts, evaluations, configs) of run folders: an experiment's folder, an ablation's, or one
     pair's; several are reported one after the other."""
@@ -519,7 +573,7 @@ def report(folders, out) -> None:
     def go():
         from xlt_engine.studies.report import NO_PLOTS, write_report
 
-        path, images = write_report(list(folders), out)
+        path, images = write_report(list(folders), out, overwrite=overwrite)
         click.echo(f"report: {path} ({images} plots)")
         if images == 0:
             from xlt_engine.studies.report import load_pyplot
@@ -648,8 +702,9 @@ def ablate(
     "--seed", default=1, show_default=True, help="seed of the generated task and of every stage"
 )
 @click.option("--resume", is_flag=True, help="continue a quickstart that was interrupted")
+@_overwrite_option("--out folder")
 @_progress_option
-def quickstart(out, seed, resume, progress) -> None:
+def quickstart(out, seed, resume, overwrite, progress) -> None:
     """The whole method on an embedded synthetic bilingual NER task, on CPU, with no download:
     btf, finetune, selftrain, evaluate, then the table (direct transfer, + BTF, + self-training).
     """
@@ -665,18 +720,21 @@ def quickstart(out, seed, resume, progress) -> None:
         if resume and (out / "quickstart.toml").is_file():
             cfg_path = out / "quickstart.toml"
         else:
-            if (out / "runs").exists():
+            if (out / "runs").exists() and (out / "quickstart.toml").is_file():
                 raise ValueError(
                     f"{out} holds an earlier quickstart: --resume it, or choose "
                     "another folder (--out)"
                 )
+            claim_output(out, "--out", "quickstart", folder=True, overwrite=overwrite)
             cfg_path = prepare(out, seed)
+            record_output(out, "quickstart", entries=[p.name for p in out.iterdir()])
             click.echo(f"generated the task, vocabulary and tiny model in {out} (seed {seed})")
         cfg = load_config(cfg_path, [f"seed={seed}", f"out={str(out / 'runs')!r}"])
         run_all(cfg, resume=resume, echo=click.echo, progress=progress)
         from xlt_engine.studies.report import write_report
 
-        page, images = write_report([out / "runs"], out / "report.html")
+        page, images = write_report([out / "runs"], out / "report.html", overwrite=True)
+        record_output(out, "quickstart", entries=[p.name for p in out.iterdir()])
         click.echo(f"quickstart: {time.perf_counter() - start:.0f} s; tables in {out / 'runs'}")
         click.echo(f"report: {page} ({images} plots; open it in a browser)")
         if images == 0:

@@ -46,6 +46,7 @@ def check_writable(path: str | Path, what: str) -> None:
     its nearest existing ancestor is a folder where a file can be created. A ``ValueError``
     naming ``what`` (e.g. ``--out``) and the path otherwise; nothing is left behind."""
     path = Path(path)
+    _resolved(path, what)  # a link loop: one line, not an OSError deep inside a stage
     if path.exists() and not path.is_dir():
         raise ValueError(f"{what} {path}: is a file, not a folder")
     probe = path
@@ -256,7 +257,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
+            records.append(loads_json(line, path, i + 1))
         except json.JSONDecodeError as err:
             if i == len(lines) - 1:  # no newline after it: the write was cut
                 warnings.warn(
@@ -343,3 +344,203 @@ def open_safetensors(path: str | Path, mode: str = "r") -> dict[str, np.ndarray]
         else:
             out[name] = np.memmap(path, dtype=dtype, mode=mode, offset=8 + n + lo, shape=shape)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# strict JSON: a duplicated key is an error naming the file and line, never "the last one wins"
+
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]]')
+
+
+def duplicate_json_key(text: str) -> tuple[int, str] | None:
+    """(line, key) of the first key that repeats within one JSON object of ``text`` (a
+    document the json module parses), or None. Strings are skipped whole, so braces and
+    quotes inside them do not count."""
+    stack: list[set | None] = []
+    for m in _JSON_TOKEN.finditer(text):
+        tok = m.group()
+        if tok in "{[":
+            stack.append(set() if tok == "{" else None)
+        elif tok in "}]":
+            if stack:
+                stack.pop()
+        elif stack and stack[-1] is not None:
+            rest = text[m.end() : m.end() + 64].lstrip()
+            if rest.startswith(":"):  # a key, not a value
+                key = json.loads(tok)
+                if key in stack[-1]:
+                    return text.count("\n", 0, m.start()) + 1, key
+                stack[-1].add(key)
+    return None
+
+
+def _refuse_duplicates(pairs: list[tuple[str, object]]) -> dict:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise _DuplicateKey
+    return out
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+class DuplicateKeyError(ValueError):
+    """A structured file names one key (field, element) twice: refused, never "the last one
+    wins"; the message names the file and line."""
+
+
+def loads_json(text: str | bytes, where: str | Path, line: int | None = None):
+    """``json.loads`` that refuses a key given twice in one object (``ValueError`` naming
+    ``where`` and the line: ``line``, for one line of a JSON-lines file, or the line in
+    ``text``); other JSON errors are ``json.JSONDecodeError`` as ever."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    try:
+        return json.loads(text, object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey:
+        found = duplicate_json_key(text)
+        at, key = found if found is not None else (1, "?")
+        shown = key if len(key) <= 80 else key[:77] + "..."
+        raise DuplicateKeyError(
+            f"{where}:{line or at}: the key {shown!r} is given twice in one object; "
+            "keep one (a reader would silently take the last)"
+        ) from None
+
+
+def read_json(path: str | Path, what: str = "a JSON file", max_bytes: int | None = None):
+    """The JSON document in ``path``, read strictly (``loads_json``); a file over
+    ``max_bytes`` is refused before it is read, a file that is not UTF-8 JSON is a
+    ``ValueError`` naming it and the line."""
+    path = Path(path)
+    if max_bytes is not None:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ValueError(
+                f"{path}: {size:,} bytes is too large for {what} (the limit is "
+                f"{max_bytes:,}); is it the right file?"
+            )
+    raw = path.read_bytes()
+    try:
+        return loads_json(raw, path)
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: {what} must be UTF-8 (byte {err.start} is not)") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno})"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# outputs: a command never replaces a file or folder it did not write
+
+LEDGER = ".xlt-engine-outputs.json"  # in a folder: what the engine wrote there, by which command
+
+
+def _ledger(folder: Path) -> dict:
+    try:
+        doc = json.loads((folder / LEDGER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _resolved(path: Path, what: str) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError) as err:  # a symlink loop
+        raise ValueError(
+            f"{what} {path}: cannot be resolved ({err}); choose another path"
+        ) from None
+
+
+def engine_wrote(path: str | Path, by: str) -> bool:
+    """``path`` is a file that the command ``by`` wrote (its folder's ledger holds its name,
+    that command and the sha256 of the bytes it still holds), or a folder that ``by`` made
+    (its own ledger names the command and every entry the folder holds)."""
+    path = Path(path)
+    if path.is_symlink():
+        return False
+    if path.is_dir():
+        mine = _ledger(path).get("folder")
+        if not isinstance(mine, dict) or mine.get("by") != by:
+            return False
+        names = {p.name for p in path.iterdir()} - {LEDGER}
+        return names <= set(mine.get("entries", []))
+    entry = _ledger(path.parent).get("files", {}).get(path.name)
+    if not isinstance(entry, dict) or entry.get("by") != by or not path.is_file():
+        return False
+    return entry.get("size") == path.stat().st_size and entry.get("sha256") == file_sha256(path)
+
+
+def claim_output(
+    path: str | Path,
+    what: str,
+    by: str,
+    *,
+    folder: bool = False,
+    reads=(),
+    overwrite: bool = False,
+    remedy: str = "choose another path, or pass --overwrite",
+) -> Path:
+    """The one rule for the paths the engine writes for a user (predictions, reports, tables,
+    exported models, the quickstart's folder): a new path, or one the command ``by`` wrote
+    earlier and nobody changed since (``engine_wrote``), or any other existing one with
+    ``overwrite``; never a path this command reads (``reads``: files, and folders whose every
+    file it may read, such as a model folder), nor a folder holding one. A ``ValueError``
+    naming ``what`` (e.g. ``predict.output``), the path and what to do (``remedy``), otherwise."""
+    path = Path(path)
+    real = _resolved(path, what)
+    for r in reads:
+        r = Path(r)
+        mine = _resolved(r, what)
+        if _inside(real, mine):
+            where = "is" if real == mine else "is inside"
+            raise ValueError(
+                f"{what} {path}: {where} {r}, which this command reads; choose another path"
+            )
+        if folder and _inside(mine, real):
+            raise ValueError(
+                f"{what} {path}: holds {r}, which this command reads; choose another folder"
+            )
+    if not path.exists() and not path.is_symlink():
+        return path
+    if path.is_symlink():
+        kind = "a symbolic link"
+    elif folder and not path.is_dir():
+        raise ValueError(f"{what} {path}: exists and is not a folder; choose another path")
+    elif not folder and path.is_dir():
+        raise ValueError(f"{what} {path}: is a folder; name a file")
+    elif folder and not any(p.name != LEDGER for p in path.iterdir()):
+        return path  # an empty folder
+    elif engine_wrote(path, by):
+        return path
+    else:
+        kind = "a folder of files" if folder else "a file"
+    if overwrite:
+        return path
+    raise ValueError(
+        f"{what} {path}: exists and is {kind} that xlt-engine {by} did not write; "
+        f"refusing to replace it: {remedy}"
+    )
+
+
+def record_output(path: str | Path, by: str, entries=None) -> None:
+    """Note that the command ``by`` wrote ``path``: a file in its folder's ledger (name, size,
+    sha256), or, with ``entries`` (the names it made there), a folder in its own ledger. Call it
+    after the output is in place; a folder's ledger can also be written into its temporary
+    folder before the swap (``path`` that folder)."""
+    path = Path(path)
+    if entries is not None:
+        doc = {"folder": {"by": by, "entries": sorted(entries)}}
+        atomic_write_text(path / LEDGER, json.dumps(doc, indent=2) + "\n")
+        return
+    ledger = _ledger(path.parent)
+    files = ledger.get("files") if isinstance(ledger.get("files"), dict) else {}
+    files[path.name] = {"by": by, "size": path.stat().st_size, "sha256": file_sha256(path)}
+    ledger["files"] = files
+    atomic_write_text(path.parent / LEDGER, json.dumps(ledger, indent=2) + "\n")

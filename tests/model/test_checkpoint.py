@@ -539,3 +539,37 @@ def test_init_refuses_a_model_beyond_this_machines_memory(tmp_path):
     res = CliRunner().invoke(main, ["init", str(tmp_path / "m"), "--layers", "1000000"])
     assert res.exit_code == 1 and "the model's weights alone need" in res.output
     assert not (tmp_path / "m").exists()
+
+
+def test_a_finite_weight_beyond_fp16s_range_is_refused_when_loaded_as_fp16(saved):
+    """The check reads what the model will hold: 1e6 is finite in fp32 and inf in fp16."""
+    _, folder, sd = saved
+    sd["bert.encoder.layer.0.output.dense.weight"][0, 0] = 1e6
+    rewrite(folder, sd)
+    for load in (load_pretrained, load_encoder):
+        with pytest.raises(ValueError, match=r"beyond the range of the dtype asked for.*"
+                           r"layer.0.output.dense.weight \(1 of "):  # fmt: skip
+            load(folder, dtype=torch.float16)
+        load(folder, dtype=torch.bfloat16)  # bf16 holds it
+        load(folder)
+
+
+def test_weights_holding_nan_are_never_written(saved, tmp_path):
+    from xlt_engine.model.heads import VotersModule
+    from xlt_engine.model.task import TaskModel, save_task_model
+
+    model, _, _ = saved
+    with torch.no_grad():
+        model.encoder.layers[0].attn.q.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"1 tensor\(s\) hold NaN or inf: .*nothing was written"):
+        save_pretrained(model, tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+    with torch.no_grad():
+        model.encoder.layers[0].attn.q.weight[0, 0] = 0.0
+    head = VotersModule(CFG["hidden_size"], 3, 2)
+    with torch.no_grad():
+        head.voters[1].classifier.bias[0] = float("inf")
+    task = TaskModel(model.encoder, head, "token", ["O", "B", "I"])
+    with pytest.raises(ValueError, match=r"voters.safetensors: 1 tensor\(s\) hold NaN or inf"):
+        save_task_model(task, tmp_path / "task")
+    assert not (tmp_path / "task").exists()

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from click.testing import CliRunner
+from safetensors.torch import load_file, save_file
 
 from tests.model.hf_utils import TINY_CONFIGS, batch, randomize_
 from xlt_engine.cli import main
@@ -101,12 +102,49 @@ def test_what_no_transformers_class_computes_is_refused_with_the_reason(tmp_path
         export_hf(save_task_model(cls, tmp_path / "cls"), tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
     linear = save_task_model(task_model(BERT, "token", NER), tmp_path / "lin")
-    with pytest.raises(ValueError, match="is the model folder itself"):
+    with pytest.raises(ValueError, match="which this command reads"):
         export_hf(linear, linear)
+    with pytest.raises(ValueError, match="which this command reads"):
+        export_hf(linear, linear / "hf")  # inside the model folder
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.md").write_text("mine")
-    with pytest.raises(ValueError, match="holds more than a checkpoint"):
+    with pytest.raises(ValueError, match="that xlt-engine export did not write"):
         export_hf(linear, tmp_path / "busy")
+
+
+def test_export_never_replaces_a_folder_it_did_not_write(tmp_path):
+    """A folder of the user's .txt / .json files (which pass as "checkpoint files" by their
+    suffix) is refused and left byte for byte; an earlier export is replaced; --overwrite
+    replaces any folder but the model's."""
+    linear = save_task_model(task_model(BERT, "token", NER), tmp_path / "lin")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    files = {"corpus.de.txt": b"Ein Satz.\n", "labels.json": b'["O", "B-PER"]\n'}
+    for name, data in files.items():
+        (mine / name).write_bytes(data)
+    with pytest.raises(ValueError, match="refusing to replace it: .* --overwrite"):
+        export_hf(linear, mine)
+    assert {p.name: p.read_bytes() for p in mine.iterdir()} == files
+    out = export_hf(linear, tmp_path / "hf")
+    export_hf(linear, out)  # its own earlier export: replaced
+    (out / "notes.txt").write_text("added by hand")
+    with pytest.raises(ValueError, match="did not write"):
+        export_hf(linear, out)  # no longer only what export wrote
+    export_hf(linear, mine, overwrite=True)
+    assert (mine / "model.safetensors").is_file() and not (mine / "labels.json").exists()
+
+
+def test_a_head_holding_inf_is_not_exported(tmp_path):
+    model = task_model(BERT, "token", NER)
+    src = save_task_model(model, tmp_path / "lin")
+    head = load_file(str(src / "voters.safetensors"))
+    key = sorted(head)[0]
+    head[key][0] = float("inf")
+    save_file(head, str(src / "voters.safetensors"))
+    name = key.split(".", 2)[-1]  # voters.0.classifier.bias -> classifier.bias, as exported
+    with pytest.raises(ValueError, match=rf"hold NaN or inf: {name} .*nothing was written"):
+        export_hf(src, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
 
 
 def test_the_export_command(tmp_path):

@@ -21,6 +21,7 @@ from pathlib import Path
 from xml.parsers import expat
 
 from xlt_engine.data.examples import Example, TextDataset, parse_stars, read_bytes
+from xlt_engine.fileio import DuplicateKeyError
 
 CLS_LABELS = ("negative", "positive")
 # XML's own whitespace (the S production of XML 1.0): what is stripped from a field's edges; any
@@ -57,6 +58,11 @@ def _parse_items(path: Path, data: bytes) -> list[tuple[int, dict[str, str]]]:
             state["item_line"] = parser.CurrentLineNumber
             fields.clear()
         elif depth == 3:
+            if name in fields:  # never "the last one wins"
+                raise DuplicateKeyError(
+                    f"{path}:{parser.CurrentLineNumber}: the <item> of line "
+                    f"{state['item_line']} has a second <{name}>; keep one"
+                )
             state["field"] = name
             parts.clear()
 

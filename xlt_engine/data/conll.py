@@ -29,6 +29,7 @@ from xlt_engine.data.examples import (
     check_file,
     decode_text,
     iter_lines,
+    quoted,
     read_bytes,
     split_columns,
     split_lines,
@@ -118,10 +119,13 @@ def decode(path: Path, data: bytes, encoding: str | None) -> tuple[str, str]:
     return data.decode("latin-1"), "latin-1"
 
 
+MAX_COLUMNS = 10  # CoNLL-2002/2003 have 2 to 5, CoNLL-U 10
+
+
 def check_tag(path: Path, lineno: int, tag: str) -> None:
     if tag == "O" or (len(tag) > 2 and tag[:2] in ("B-", "I-")):
         return
-    raise ValueError(f"{path}:{lineno}: tag {tag!r} is not O, B-<type> or I-<type>")
+    raise ValueError(f"{path}:{lineno}: tag {quoted(tag)} is not O, B-<type> or I-<type>")
 
 
 def to_iob2(tags: list[str]) -> tuple[list[str], int]:
@@ -218,14 +222,19 @@ def _parse(path: Path, lines: Iterable[tuple[int, str]], counts: dict) -> Iterat
             continue
         if len(fields) < 2:
             raise ValueError(
-                f"{path}:{lineno}: a token line needs at least a word and a tag, got {line!r}"
+                f"{path}:{lineno}: a token line needs at least a word and a tag, got {quoted(line)}"
+            )
+        if len(fields) > MAX_COLUMNS:  # the same verdict on the first token line as on any
+            raise ValueError(
+                f"{path}:{lineno}: {len(fields):,} columns, more than a CoNLL token line has "
+                f"(at most {MAX_COLUMNS}: one token per line, its tag last): {quoted(line)}"
             )
         if columns is None:
             columns = len(fields)
         elif len(fields) != columns:
             raise ValueError(
                 f"{path}:{lineno}: {len(fields)} columns, but the file's first token line has "
-                f"{columns}: {line!r}"
+                f"{columns}: {quoted(line)}"
             )
         tag = fields[-1]
         if tag != "O" and not (len(tag) > 2 and tag[:2] in ("B-", "I-")):

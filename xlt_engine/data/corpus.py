@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xlt_engine.data.conll import ConllFile
-from xlt_engine.data.examples import BLANK, iter_lines
+from xlt_engine.data.examples import BLANK, iter_lines, quoted
 from xlt_engine.fileio import atomic_file
 
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -66,7 +66,7 @@ def read_entity_map(path: str | Path) -> dict[str, list[str]]:
         src, tgt = (f.strip(BLANK) for f in fields) if len(fields) == 2 else ("", "")
         if not src or not tgt:
             raise ValueError(
-                f"{path}:{lineno}: expected 'source name<TAB>target name', got {line!r}"
+                f"{path}:{lineno}: expected 'source name<TAB>target name', got {quoted(line)}"
             )
         if tgt not in out.setdefault(src, []):
             out[src].append(tgt)

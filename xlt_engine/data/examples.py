@@ -55,6 +55,18 @@ class TextDataset:
         return Counter(e.label for e in self.examples)
 
 
+QUOTED_MAX = 200  # characters of the offending input an error message shows
+
+
+def quoted(value, limit: int = QUOTED_MAX) -> str:
+    """``repr(value)``, cut to ``limit`` characters with the full length said: an error names
+    what it found without echoing a two-million-character line."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(str(value)):,} characters)"
+
+
 def read_bytes(path: Path, what: str, allow_empty: bool = False) -> bytes:
     """The whole file; a missing file, a folder or (unless ``allow_empty``) an empty file is an
     error naming it."""
@@ -213,7 +225,7 @@ def parse_stars(raw: str, kind: type, where: str, name: str) -> float | int:
         stars = kind(raw)
     except ValueError:
         what = "a number" if kind is float else "an integer"
-        raise ValueError(f"{where}: {name} {raw!r} is not {what}") from None
+        raise ValueError(f"{where}: {name} {quoted(raw)} is not {what}") from None
     if not 1 <= stars <= 5:
         shown = repr(raw) if kind is float else stars  # as each reader has always said it
         raise ValueError(f"{where}: {name} {shown} is outside 1-5")

@@ -21,6 +21,7 @@ from xlt_engine.data.examples import (
     parse_stars,
     read_bytes,
 )
+from xlt_engine.fileio import DuplicateKeyError
 
 
 def stars_label(stars: int) -> str | None:
@@ -58,11 +59,11 @@ def read_marc(
     missing = [c for c in (text_column, label_column) if c not in header]
     if missing:
         raise ValueError(f"{path}:1: header {header} lacks the column(s) {missing}")
-    twice = [c for c in (text_column, label_column) if header.count(c) > 1]
-    if twice:
-        raise ValueError(
-            f"{path}:1: header {header} names the column(s) {twice} more than once: which one "
-            "to read is ambiguous"
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:  # any column: a reader keyed by name would silently take one of them
+        raise DuplicateKeyError(
+            f"{path}:1: header {header[:8]} names the column(s) {twice} more than once: which "
+            "one to read is ambiguous"
         )
     ti, li = header.index(text_column), header.index(label_column)
     examples: list[Example] = []

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from xlt_engine.data.examples import check_file, iter_lines
+from xlt_engine.data.examples import check_file, iter_lines, quoted
 from xlt_engine.data.xnli import read_xnli
-from xlt_engine.fileio import atomic_write_text
+from xlt_engine.fileio import atomic_write_text, loads_json
 
 _KEYS = ("id", "text", "label", "language", "translation")
 
@@ -49,7 +49,7 @@ def read_parallel(path: str | Path) -> list[ParallelItem]:
             continue
         at = f"{path}:{lineno}"
         try:
-            row = json.loads(line)
+            row = loads_json(line, path, lineno)
         except json.JSONDecodeError as err:
             raise ValueError(f"{at}: invalid JSON ({err.msg}, column {err.colno})") from None
         if not isinstance(row, dict):
@@ -59,7 +59,7 @@ def read_parallel(path: str | Path) -> list[ParallelItem]:
             raise ValueError(f"{at}: key(s) {missing} missing")
         for k in (*_KEYS, "text_pair", "translation_pair"):
             if k in row and not isinstance(row[k], str):
-                raise ValueError(f"{at}: key {k!r} must be a string, got {row[k]!r}")
+                raise ValueError(f"{at}: key {quoted(k)} must be a string, got {quoted(row[k])}")
         if ("text_pair" in row) != ("translation_pair" in row):
             raise ValueError(f"{at}: text_pair and translation_pair go together")
         key = row["id"]
@@ -68,11 +68,11 @@ def read_parallel(path: str | Path) -> list[ParallelItem]:
         where.setdefault(key, lineno)
         if item["source"] != source:
             raise ValueError(
-                f"{at}: id {key!r} has another text, text_pair or label than on line {where[key]}"
+                f"{at}: id {quoted(key)} has another text, text_pair or label than on line {where[key]}"
             )
         lang = row["language"]
         if lang in item["translations"]:
-            raise ValueError(f"{at}: id {key!r} has a second {lang!r} translation")
+            raise ValueError(f"{at}: id {quoted(key)} has a second {quoted(lang)} translation")
         item["translations"][lang] = (row["translation"], row.get("translation_pair"))
     if not items:
         raise ValueError(f"{path}: no rows")

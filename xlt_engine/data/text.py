@@ -10,7 +10,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from xlt_engine.data.examples import BLANK, Example, TextDataset, check_file, iter_lines
+from xlt_engine.data.examples import BLANK, Example, TextDataset, check_file, iter_lines, quoted
+from xlt_engine.fileio import DuplicateKeyError, loads_json
 
 
 def read_labeled(path: str | Path, format: str | None = None) -> TextDataset:
@@ -34,10 +35,10 @@ def read_labeled(path: str | Path, format: str | None = None) -> TextDataset:
             examples.append(_jsonl_example(path, lineno, line))
             continue
         fields = line.split("\t")
-        if lineno == 1 and [f.strip(BLANK).lower() for f in fields[:1] + fields[-1:]] == [
-            "text",
-            "label",
-        ]:
+        names = [f.strip(BLANK).lower() for f in fields]
+        if lineno == 1 and [names[0], names[-1]] == ["text", "label"]:
+            if len(set(names)) != len(names):
+                raise DuplicateKeyError(f"{path}:1: the header names a column twice: {names}")
             continue
         if len(fields) not in (2, 3):
             raise ValueError(
@@ -56,7 +57,9 @@ def read_labeled(path: str | Path, format: str | None = None) -> TextDataset:
 
 def _jsonl_example(path: Path, lineno: int, line: str) -> Example:
     try:
-        obj = json.loads(line)
+        obj = loads_json(line, path, lineno)
+    except DuplicateKeyError:
+        raise
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg}, column {err.colno})") from None
     except RecursionError:
@@ -72,7 +75,9 @@ def _jsonl_example(path: Path, lineno: int, line: str) -> Example:
     if not isinstance(text, str) or (pair is not None and not isinstance(pair, str)):
         raise ValueError(f"{path}:{lineno}: key 'text' / 'text_pair' must be a string")
     if isinstance(label, bool) or not isinstance(label, (str, int)):
-        raise ValueError(f"{path}:{lineno}: key 'label' must be a string or integer, got {label!r}")
+        raise ValueError(
+            f"{path}:{lineno}: key 'label' must be a string or integer, got {quoted(label)}"
+        )
     return Example(text, str(label), lineno, pair)
 
 

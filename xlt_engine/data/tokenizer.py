@@ -36,7 +36,8 @@ from tokenizers import (
     processors,
 )
 
-from xlt_engine.fileio import atomic_write_text
+from xlt_engine.data.examples import quoted
+from xlt_engine.fileio import atomic_write_text, loads_json
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 ROLES = ("pad", "unk", "cls", "sep", "mask")  # the order of SPECIAL_TOKENS
@@ -232,9 +233,13 @@ def read_vocab(path: Path) -> list[str]:
     seen: dict[str, int] = {}
     for i, tok in enumerate(tokens):
         if tok == "" or tok != tok.strip():
-            raise ValueError(f"{path}: line {i + 1}: empty token or surrounding whitespace {tok!r}")
+            raise ValueError(
+                f"{path}: line {i + 1}: empty token or surrounding whitespace {quoted(tok)}"
+            )
         if tok in seen:
-            raise ValueError(f"{path}: line {i + 1}: token {tok!r} repeats line {seen[tok] + 1}")
+            raise ValueError(
+                f"{path}: line {i + 1}: token {quoted(tok)} repeats line {seen[tok] + 1}"
+            )
         seen[tok] = i
     missing = [t for t in SPECIAL_TOKENS if t not in seen]
     if missing:
@@ -276,7 +281,7 @@ def build_wordpiece(vocab: list[str], settings: TokenizerSettings) -> Tokenizer:
 
 def _read_json(path: Path) -> dict:
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = loads_json(path.read_text(encoding="utf-8"), path)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
     if not isinstance(raw, dict):

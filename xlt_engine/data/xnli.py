@@ -11,6 +11,7 @@ from xlt_engine.data.examples import (
     Example,
     TextDataset,
     decode_text,
+    quoted,
     read_bytes,
     split_lines,
 )
@@ -44,7 +45,7 @@ def read_xnli(path: str | Path, unlabeled: bool = False) -> TextDataset:
         label = _ALIASES.get(label, label)
         if label not in NLI_LABELS:
             raise ValueError(
-                f"{path}:{lineno}: label {fields[2]!r} is not one of {', '.join(NLI_LABELS)}"
+                f"{path}:{lineno}: label {quoted(fields[2])} is not one of {', '.join(NLI_LABELS)}"
             )
         examples.append(Example(premise, label, lineno, hypothesis))
     if not examples:

@@ -41,7 +41,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from xlt_engine.fileio import atomic_folder
+from xlt_engine.fileio import atomic_folder, loads_json
 from xlt_engine.model.bert import BertEncoder, BertForMLM, BertMLMHead, init_bert_weights
 from xlt_engine.model.config import BertConfig
 
@@ -281,7 +281,7 @@ def _open_weights(path: Path) -> _Source:
 def _read_index(path: Path) -> list[Path]:
     """Shard files named by a ``*.index.json`` (in first-seen order)."""
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = loads_json(path.read_text(encoding="utf-8"), path)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
     except OSError as err:
@@ -568,23 +568,46 @@ class NonFiniteWeights:
     def __init__(self, where: str | Path):
         self.where = where
         self.bad: list[tuple[str, int, int]] = []  # (name, non-finite values, values)
+        self.overflow: list[tuple[str, int, int]] = []  # finite as stored, not once converted
 
-    def check(self, name: str, t: torch.Tensor) -> None:
-        if t.is_floating_point() and t.numel():
-            n = t.numel() - int(torch.isfinite(t).sum())
-            if n:
-                self.bad.append((name, n, t.numel()))
+    @staticmethod
+    def count(t: torch.Tensor) -> int:
+        return t.numel() - int(torch.isfinite(t).sum()) if t.is_floating_point() else 0
 
-    def refuse(self, allowed: bool) -> None:
+    def check(self, name: str, t: torch.Tensor, converted: torch.Tensor | None = None) -> None:
+        """``t`` as stored, and ``converted``, what the model will hold (another dtype): a
+        finite value beyond the new dtype's range becomes inf there."""
+        if not t.numel():
+            return
+        if n := self.count(t):
+            self.bad.append((name, n, t.numel()))
+        elif converted is not None and (n := self.count(converted)):
+            self.overflow.append((name, n, t.numel()))
+
+    def refuse(self, allowed: bool, writing: bool = False) -> None:
+        """Raise for what ``check`` found (``allowed``: not for NaN / inf as stored);
+        ``writing``: the tensors were about to be written, and nothing was."""
+        if self.overflow:  # never allowed: the values were fine, the chosen dtype is not
+            shown = ", ".join(f"{k} ({n:,} of {m:,} values)" for k, n, m in self.overflow[:5])
+            raise ValueError(
+                f"{self.where}: {len(self.overflow)} tensor(s) hold finite values beyond the "
+                f"range of the dtype asked for, which would load as inf: {shown}; load it in "
+                "float32 or bfloat16"
+            )
         if not self.bad or allowed:
             return
         shown = ", ".join(f"{k} ({n:,} of {m:,} values)" for k, n, m in self.bad[: self.SHOWN])
         more = len(self.bad) - self.SHOWN
+        why = (
+            "; nothing was written (a diverged model?)"
+            if writing
+            else ". The checkpoint is damaged (a diverged run?); load it for analysis with "
+            "allow_nonfinite=True"
+        )
         raise ValueError(
             f"{self.where}: {len(self.bad)} tensor(s) hold NaN or inf: {shown}"
             + (f" and {more} more" if more > 0 else "")
-            + ". The checkpoint is damaged (a diverged run?); load it for analysis with "
-            "allow_nonfinite=True"
+            + why
         )
 
 
@@ -612,8 +635,8 @@ def _materialise(
     for ours, entry in plan.tensors.items():
         # one stored tensor at a time: read, check, convert, keep only the converted copy
         stored = entry.source.tensor(entry.key)
-        nonfinite.check(entry.key, stored)
         state[ours] = stored.to(device=device, dtype=dtype)
+        nonfinite.check(entry.key, stored, state[ours] if stored.dtype != dtype else None)
         del stored
     nonfinite.refuse(allow_nonfinite)
     if plan.initialised:  # no MLM head stored: BERT's initialisation, bias zero
@@ -725,12 +748,15 @@ def save_pretrained(
     *,
     dtype: torch.dtype | None = None,
     extra=None,
+    replace_any: bool = False,
 ) -> Path:
     """Write ``config.json``, ``model.safetensors`` (Hugging Face key names) and, if given,
     the tokenizer files into ``out_dir``, atomically: everything goes to a temporary sibling
     folder that replaces ``out_dir`` only once complete. An existing ``out_dir`` is replaced only
-    if it holds nothing but checkpoint files. ``dtype`` converts on the way out. ``extra(folder)``
-    writes more files (``.json`` / ``.safetensors``: a task head) into the folder before the swap.
+    if it holds nothing but checkpoint files (``replace_any``: the caller claimed it, see
+    ``fileio.claim_output``). ``dtype`` converts on the way out. ``extra(folder)`` writes more
+    files (``.json`` / ``.safetensors``: a task head) into the folder before the swap. A tensor
+    holding NaN or inf (after ``dtype``) is refused, naming it: nothing is written.
     """
     out_dir = Path(out_dir)
     config: BertConfig = model.config
@@ -748,8 +774,13 @@ def save_pretrained(
     cfg["architectures"] = [with_head if isinstance(model, BertForMLM) else encoder_only]
     cfg["dtype"] = str(dtypes.pop()).removeprefix("torch.") if len(dtypes) == 1 else "float32"
     cfg["tie_word_embeddings"] = True
+    nonfinite = NonFiniteWeights(out_dir)
+    for k in sorted(tensors):
+        nonfinite.check(k, tensors[k])
+    nonfinite.refuse(False, writing=True)
 
-    _check_replaceable(out_dir)
+    if not replace_any:
+        _check_replaceable(out_dir)
     with atomic_folder(out_dir) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         _write_json(tmp / "config.json", cfg)

@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xlt_engine.fileio import loads_json
+
+CONFIG_MAX_BYTES = 1 << 24  # 16 MiB: Hugging Face configs are a few KB (id2label included)
+
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "relu")
 MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 ROBERTA_FAMILY = ("roberta", "xlm-roberta")
@@ -187,14 +191,21 @@ class BertConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> BertConfig:
-        """Read a Hugging Face ``config.json``; errors name the file and the key or line."""
+        """Read a Hugging Face ``config.json``; errors name the file and the key or line. A
+        file over ``CONFIG_MAX_BYTES`` is refused before it is read, a key given twice too."""
         path = Path(path)
         try:
+            size = path.stat().st_size
+            if size > CONFIG_MAX_BYTES:
+                raise ValueError(
+                    f"{path}: {size:,} bytes is far too large for a model config (at most "
+                    f"{CONFIG_MAX_BYTES:,}; Hugging Face's are a few KB): is it the right file?"
+                )
             text = path.read_text(encoding="utf-8")
         except OSError as err:
             raise ValueError(f"{path}: cannot read config ({err.strerror or err})") from None
         try:
-            raw = json.loads(text)
+            raw = loads_json(text, path)
         except json.JSONDecodeError as err:
             raise ValueError(
                 f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}"

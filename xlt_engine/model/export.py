@@ -35,8 +35,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from xlt_engine.fileio import atomic_folder
-from xlt_engine.model.checkpoint import _check_replaceable
+from xlt_engine.fileio import atomic_folder, claim_output, record_output
+from xlt_engine.model.checkpoint import NonFiniteWeights
 from xlt_engine.model.config import BertConfig
 from xlt_engine.model.heads import LINEAR
 from xlt_engine.model.task import TASK_FILE, VOTERS_FILE, read_task_meta
@@ -73,15 +73,15 @@ def exportable(meta: dict) -> str | None:
     return None
 
 
-def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
+def export_hf(model_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Write ``model_dir`` (a task model folder) to ``out_dir`` as a transformers classification
     folder (``config.json`` with ``architectures``, ``id2label``, ``label2id``;
-    ``model.safetensors``; the tokenizer files), atomically. Raises ``ValueError`` naming why a
-    model cannot be exported exactly (see the module docstring)."""
+    ``model.safetensors``; the tokenizer files), atomically. ``out_dir`` is new, empty or an
+    earlier export (``fileio.claim_output``; ``overwrite``: any folder but the model's). Raises
+    ``ValueError`` naming why a model cannot be exported exactly (see the module docstring), or
+    the tensors holding NaN or inf (nothing is written)."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
-    if out_dir.resolve() == model_dir.resolve():
-        raise ValueError(f"{out_dir}: is the model folder itself; choose another folder")
-    _check_replaceable(out_dir)  # an earlier export or checkpoint, never a folder of other files
+    claim_output(out_dir, "OUT", "export", folder=True, reads=[model_dir], overwrite=overwrite)
     meta = read_task_meta(model_dir)
     why = exportable(meta)
     if why is not None:
@@ -110,6 +110,10 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
         "classifier_dropout": meta["dropout"],
     }
     cfg.pop("tie_word_embeddings", None)  # no MLM head: nothing tied
+    nonfinite = NonFiniteWeights(model_dir)  # what is written is checked, not only what is read
+    for k in sorted(tensors):
+        nonfinite.check(k, tensors[k])
+    nonfinite.refuse(False, writing=True)
     with atomic_folder(out_dir) as tmp:
         tensors = {k: v.contiguous() for k, v in tensors.items()}
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
@@ -117,4 +121,5 @@ def export_hf(model_dir: str | Path, out_dir: str | Path) -> Path:
         for f in sorted(model_dir.iterdir()):
             if f.is_file() and f.name not in NOT_COPIED:
                 shutil.copy2(f, tmp / f.name)  # the tokenizer's files
+        record_output(tmp, "export", entries=[p.name for p in tmp.iterdir()])
     return out_dir

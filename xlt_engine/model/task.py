@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from xlt_engine.fileio import loads_json
 from xlt_engine.model.bert import BertEncoder
 from xlt_engine.model.checkpoint import NonFiniteWeights, load_encoder, save_pretrained
 from xlt_engine.model.heads import VotersModule
@@ -151,8 +152,13 @@ def save_task_model(model: TaskModel, out_dir: str | Path, tokenizer=None) -> Pa
         "representation": model.representation,
     }
 
+    tensors = {k: v.detach().cpu().contiguous() for k, v in voters.state_dict().items()}
+    nonfinite = NonFiniteWeights(Path(out_dir) / VOTERS_FILE)  # checked before anything is written
+    for k in sorted(tensors):
+        nonfinite.check(k, tensors[k])
+    nonfinite.refuse(False, writing=True)
+
     def extra(folder: Path) -> None:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in voters.state_dict().items()}
         save_file(tensors, str(folder / VOTERS_FILE), metadata={"format": "pt"})
         (folder / TASK_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
@@ -168,7 +174,7 @@ def read_task_meta(path: str | Path) -> dict:
             "needs the finetune stage first)"
         )
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = loads_json(meta_path.read_text(encoding="utf-8"), meta_path)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{meta_path}: not valid JSON: {err}") from None
     for key in ("kind", "labels", "num_voters", "widths", "dropout"):
@@ -216,7 +222,7 @@ def load_task_model(
         )
     nonfinite = NonFiniteWeights(path / VOTERS_FILE)
     for k in sorted(state):
-        nonfinite.check(k, state[k])
+        nonfinite.check(k, state[k], state[k].to(dtype) if state[k].dtype != dtype else None)
     nonfinite.refuse(allow_nonfinite)
     voters.load_state_dict(state)
     try:

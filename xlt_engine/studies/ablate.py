@@ -20,6 +20,7 @@ import typing
 from xlt_engine.engine.experiment.config import ExperimentConfig, check_files
 from xlt_engine.engine.experiment.pipeline import (
     Parts,
+    claim_table,
     evaluate_row,
     pair_configs,
     run_all,
@@ -149,6 +150,7 @@ def run_ablate(
     # by default the paper's rows; the other pseudo-label rules' rows only when asked for
     chosen = [r for r in every if (r in rows if rows is not None else r not in method_rows(cfg))]
     root = table_dir(cfg)
+    claim_table(cfg, "ablation")  # before any work: never a file of the user's
     scores: dict[str, dict[str, list[float]]] = {row: {} for row in chosen}
     variants, picks = ablation_variants(cfg, fixed_alpha, chosen)
     needed = {picks[r][0] for r in chosen}
@@ -247,6 +249,7 @@ def run_cotrain_ablation(
     (files, stale folders) before any runs."""
     check_seeds(seeds)
     distributed.init(cfg.device)
+    claim_table(cfg, "cotrain-ablation")
     for seed in seeds:  # everything checked first: a bad file or stale folder costs nothing
         seeded = seed_config(cfg, seed)
         steps = _cotrain_steps(seeded)

@@ -31,11 +31,11 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
+import math
 import statistics
 from pathlib import Path
 
-from xlt_engine.fileio import atomic_write_text, read_jsonl
+from xlt_engine.fileio import atomic_write_text, claim_output, loads_json, read_jsonl, record_output
 from xlt_engine.studies.tables import mean_std
 
 STUDIES = ("ablation", "threshold-study", "rounds-study", "cotrain-ablation")
@@ -71,7 +71,7 @@ def load_pyplot():
 
 def _read_json(path: Path):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return loads_json(path.read_text(encoding="utf-8"), path)
     except (OSError, ValueError) as err:
         raise ValueError(f"{path}: cannot read: {err}") from None
 
@@ -226,29 +226,51 @@ class Figures:
 # sections
 
 
+def _of(path: Path, make):
+    """``make()``, a section built from ``path``'s data: a file whose entries have the wrong
+    type or shape (a damaged or hand-edited file) is one error naming it, not a traceback."""
+    try:
+        return make()
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError) as err:
+        if isinstance(err, ValueError) and str(err).startswith(str(path)):
+            raise
+        raise ValueError(
+            f"{path}: cannot be reported: an entry has the wrong type or shape "
+            f"({type(err).__name__}: {err}); is the file damaged? Move it aside and report again"
+        ) from None
+
+
+def _finite(values) -> list[float]:
+    """The finite numbers among ``values`` (a log may hold inf or NaN: a diverged step)."""
+    return [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
 def results_section(folder: Path) -> str:
     """Every ``all*.json`` table in ``folder``: per target the three columns and the gap
     self-training closes (self-training minus + BTF, in points)."""
-    parts = []
-    for path in sorted(folder.glob("all*.json")):
-        res = _read_json(path)
-        metric = "entity F1" if res.get("metric") == "entity_f1" else "accuracy"
-        rows = []
-        for t, row in res.get("targets", {}).items():
-            gain = None
-            if row.get("selftrain") is not None and row.get("btf") is not None:
-                gain = f"{100 * (row['selftrain'] - row['btf']):+.2f}"
-            rows.append([t, *(_pct(row.get(c)) for c in COLUMNS), gain or "–"])
-        targets = list(res.get("targets", {}).values())
-        if targets and targets[0].get("source"):
-            src = targets[0]["source"]
-            rows.append(
-                [f"{res.get('source')} (source)", *(_pct(src.get(c)) for c in COLUMNS), "–"]
-            )
-        head = ["language", *(HEADINGS[c] for c in COLUMNS), "self-training gain"]
-        title = f"{path.name}: {metric} (%)"
-        parts.append(f"<h3>{html.escape(title)}</h3>" + _table(head, rows))
-    return "\n".join(parts)
+    return "\n".join(
+        _of(path, lambda path=path: _results_table(path))
+        for path in sorted(folder.glob("all*.json"))
+    )
+
+
+def _results_table(path: Path) -> str:
+    """One ``all*.json`` table (``results_section``)."""
+    res = _read_json(path)
+    metric = "entity F1" if res.get("metric") == "entity_f1" else "accuracy"
+    rows = []
+    for t, row in res.get("targets", {}).items():
+        gain = None
+        if row.get("selftrain") is not None and row.get("btf") is not None:
+            gain = f"{100 * (row['selftrain'] - row['btf']):+.2f}"
+        rows.append([t, *(_pct(row.get(c)) for c in COLUMNS), gain or "–"])
+    targets = list(res.get("targets", {}).values())
+    if targets and targets[0].get("source"):
+        src = targets[0]["source"]
+        rows.append([f"{res.get('source')} (source)", *(_pct(src.get(c)) for c in COLUMNS), "–"])
+    head = ["language", *(HEADINGS[c] for c in COLUMNS), "self-training gain"]
+    title = f"{path.name}: {metric} (%)"
+    return f"<h3>{html.escape(title)}</h3>" + _table(head, rows)
 
 
 def studies_section(folder: Path, figs: Figures) -> str:
@@ -257,22 +279,22 @@ def studies_section(folder: Path, figs: Figures) -> str:
         path = folder / f"{stem}.json"
         if not path.is_file():
             continue
-        res = _read_json(path)
-        targets = sorted({t for row in res["scores"].values() for t in row})
-        rows = []
-        for row, per_target in res["scores"].items():
-            cells = []
-            for t in targets:
-                vals = per_target.get(t, [])
-                cells.append(mean_std(vals))
-            rows.append([row, *cells])
-        seeds = res.get("seeds")
-        parts.append(
-            f"<h3>{stem}: mean ± std over seeds {html.escape(str(seeds))}</h3>"
-            + _table(["row", *targets], rows)
-            + figs.bars(res, stem)
-        )
+        parts.append(_of(path, lambda path=path, stem=stem: _study_table(path, stem, figs)))
     return "\n".join(parts)
+
+
+def _study_table(path: Path, stem: str, figs: Figures) -> str:
+    res = _read_json(path)
+    targets = sorted({t for row in res["scores"].values() for t in row})
+    rows = []
+    for row, per_target in res["scores"].items():
+        rows.append([row, *(mean_std(_finite(per_target.get(t, []))) for t in targets)])
+    seeds = res.get("seeds")
+    return (
+        f"<h3>{html.escape(stem)}: mean ± std over seeds {html.escape(str(seeds))}</h3>"
+        + _table(["row", *targets], rows)
+        + figs.bars(res, stem)
+    )
 
 
 def _loop_records(folder: Path) -> list[dict]:
@@ -302,7 +324,7 @@ def stage_section(folder: Path, figs: Figures) -> str:
     lines = []
     if "seconds" in info:
         lines.append(f"wall time {info['seconds']:.1f} s")
-    rates = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
+    rates = _finite(r.get("tokens_per_s") for r in records)
     if rates:
         lines.append(f"mean {statistics.fmean(rates):,.0f} tokens/s over {len(rates)} log points")
     if records:
@@ -501,7 +523,7 @@ def pair_section(folder: Path, figs: Figures) -> str:
     trained = [p for p in stages if p.name.split("-")[0] in ("btf", "finetune", "selftrain")]
     order = {"btf": 0, "finetune": 1, "selftrain": 2}
     for p in sorted(trained, key=lambda p: (order[p.name.split("-")[0]], p.name)):
-        out.append(stage_section(p, figs))
+        out.append(_of(p, lambda p=p: stage_section(p, figs)))
     out += [cotrain_section(p) for p in stages if p.name.split("-")[0] == "cotrain"]
     evals = [p for p in stages if p.name.startswith("evaluate-") and (p / "results.json").is_file()]
     if evals:
@@ -562,7 +584,12 @@ def build_report(folders: list[Path]) -> tuple[str, int]:
     return page, figs.count
 
 
-def write_report(folders: list[Path], out: Path) -> tuple[Path, int]:
+def write_report(folders: list[Path], out: Path, overwrite: bool = False) -> tuple[Path, int]:
+    """The report of ``folders`` into ``out``: a new file or an earlier report
+    (``fileio.claim_output``; ``overwrite``: any file but one the report reads)."""
+    claim_output(out, "--out", "report", overwrite=overwrite)
     page, images = build_report(folders)
+    claim_output(out, "--out", "report", overwrite=overwrite)  # nothing appeared meanwhile
     atomic_write_text(out, page)
+    record_output(out, "report")
     return out, images

@@ -11,6 +11,7 @@ import json
 
 from xlt_engine.engine.experiment.config import ExperimentConfig
 from xlt_engine.engine.experiment.pipeline import (
+    claim_table,
     evaluate_row,
     pair_configs,
     run_all,
@@ -49,6 +50,7 @@ def run_threshold_study(
         raise ValueError("alphas: give at least one threshold in [0, 1)")
     for a in alphas:
         check_alpha(a, "alphas: give thresholds")
+    claim_table(cfg, "threshold-study")  # before any work: never a file of the user's
     auto = f"automatic ({cfg.selftrain.threshold})"
     rows = {f"alpha = {a:g}": a for a in alphas}
     scores: dict[str, dict[str, list[float]]] = {row: {} for row in (*rows, auto)}
@@ -108,6 +110,7 @@ def run_rounds_study(
     ``table_dir(cfg)``."""
     check_seeds(seeds)
     long = with_section(cfg, "selftrain", rounds=max_rounds)  # checks max_rounds
+    claim_table(cfg, "rounds-study")
     rows = ["N = 0 (teacher)"] + [f"N = {n:g}" for n in halves(long.selftrain.rounds)]
     scores: dict[str, dict[str, list[float]]] = {row: {} for row in rows}
     metric = None

@@ -648,3 +648,19 @@ def test_cotrain_presets_find_their_data_for_every_target(tiny, name, targets):
         pair = dataclasses.replace(cfg, target=target)
         for stage in ("cotrain", "finetune", "evaluate"):
             check_files(pair, stage)
+
+
+def test_every_problem_of_a_config_is_reported_in_one_pass(tmp_path):
+    """A bad epochs, batch size and pad multiple in one section, a bad quota in another and a
+    missing data root: all five at once (they used to come one run at a time)."""
+    text = MINIMAL + (
+        '[data]\nroot = "/no/such/root"\n[btf]\nbatch_size = 0\npad_multiple = 0\n'
+        "[btf.train]\nepochs = -1\n[selftrain]\n"
+        'threshold = "fixed"\nalpha = 0.5\nquota = 2.0\n'
+    )
+    got = problems(tmp_path, text)
+    assert [p.split(":")[0] for p in got] == ["btf.train", "btf", "btf", "selftrain", "data.root"]
+    assert "epochs" in got[0] and "batch_size" in got[1] and "pad_multiple" in got[2]
+    assert "quota" in got[3] and "/no/such/root: no such folder" in got[4]
+    # a setting that is right only with another (alpha with a fixed threshold) is no problem
+    assert not any("alpha" in p for p in got)

@@ -388,3 +388,35 @@ def test_bf16_pure_resumes_bit_exact(tmp_path):
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
     for k, v in m_whole.state_dict().items():
         assert torch.equal(v, m_resumed.state_dict()[k]), k
+
+
+def test_a_checkpoint_whose_optimizer_state_holds_nan_is_named_when_read_and_never_written(
+    tmp_path,
+):
+    """Resuming from a checkpoint with NaN Adam moments trained on until the loss went NaN and
+    then called that checkpoint "the last good one"; now the checkpoint is refused as damaged
+    when read, and a state holding NaN is never written."""
+    model = torch.nn.Linear(3, 1)
+    cfg = TrainConfig(max_steps=8, lr=1e-3, save_every=4, log_every=1)
+    io = RunIO(save_weights, load_weights, echo=None)
+    train(model, square_loss, Data(), TrainConfig(max_steps=4, lr=1e-3, log_every=1), tmp_path, io)
+    ckpt = latest_checkpoint(tmp_path)
+    state = torch.load(ckpt / "state.pt", weights_only=True)
+    state["optimizer"]["state"][0]["exp_avg_sq"][0, 1] = float("nan")
+    torch.save(state, ckpt / "state.pt")
+    with pytest.raises(
+        ValueError, match=rf"{ckpt}: a damaged checkpoint: .*optimizer.state.0.exp_avg_sq"
+    ):
+        train(torch.nn.Linear(3, 1), square_loss, Data(), cfg, tmp_path, io, resume=True)
+
+    from xlt_engine.engine.train.checkpoints import Checkpoints
+
+    other = tmp_path / "other"
+    saver = Checkpoints(other, save_weights, load_weights, keep=2)
+    bad = {"optimizer": {"state": {0: {"exp_avg": torch.tensor([1.0, float("inf")])}}}}
+    with pytest.raises(ValueError, match=r"step 3: the optimizer / scaler state holds NaN or inf "
+                       r"\(optimizer.state.0.exp_avg\); no checkpoint written"):  # fmt: skip
+        saver.save(model, 3, bad)
+    assert latest_checkpoint(other) is None
+    good = {"optimizer": {"state": {0: {"exp_avg": torch.ones(2)}}}, "scaler": {"scale": 1.0}}
+    assert saver.save(model, 4, good) == latest_checkpoint(other)

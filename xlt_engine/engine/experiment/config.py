@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ from xlt_engine.engine.method.settings import (
 )
 from xlt_engine.engine.train.inference import EVAL_MAX_TOKENS
 from xlt_engine.engine.train.loop import TrainConfig
+from xlt_engine.fileio import loads_json
 from xlt_engine.model.checkpoint import plan_checkpoint
 from xlt_engine.model.config import BertConfig
 
@@ -201,7 +203,8 @@ class EvaluateSection(InferenceSection):
 @dataclass(frozen=True)
 class PredictSection(InferenceSection):
     input: str | None = None
-    output: str | None = None
+    output: str | None = None  # a new file, or one predict wrote (``fileio.claim_output``)
+    overwrite: bool = False  # replace an existing output that predict did not write
 
 
 # every training loop's table of settings (a ``TrainConfig``): the stages' and self-training's two
@@ -413,6 +416,7 @@ def _build(cls, table: dict, prefix: str, problems: list[str], base=None):
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     n_before = len(problems)
+    blocked = False  # a required setting missing or a value of the wrong type: not built
     for k in table:
         if k not in fields or (k == "name" and cls is ExperimentConfig):
             known = ", ".join(n for n in fields if n != "name")
@@ -425,6 +429,7 @@ def _build(cls, table: dict, prefix: str, problems: list[str], base=None):
             )
             if no_default and base is None:
                 problems.append(f"{prefix}{name}: missing")
+                blocked = True
             continue
         default = None
         if dataclasses.is_dataclass(hints[name]) and isinstance(table[name], dict):
@@ -434,15 +439,40 @@ def _build(cls, table: dict, prefix: str, problems: list[str], base=None):
                 default = getattr(base, name)
         if default is not None:  # a section starts from its default values (e.g. lr per stage)
             kwargs[name] = _build(hints[name], table[name], f"{prefix}{name}.", problems, default)
+            if kwargs[name] is None:  # reported: its default stands in, so that this
+                kwargs[name] = default  # section's own values are still checked below
         else:
+            n = len(problems)
             kwargs[name] = _convert(hints[name], table[name], prefix + name, problems)
-    if len(problems) > n_before:
+            blocked |= len(problems) > n
+    if blocked:
         return None
-    try:
-        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
-    except (ValueError, TypeError) as err:
-        problems.append(f"{prefix.rstrip('.') or 'config'}: {err}")
-        return None
+    built = _construct(cls, base, kwargs, prefix, problems)
+    return built if len(problems) == n_before else None
+
+
+def _construct(cls, base, kwargs: dict, prefix: str, problems: list[str]):
+    """``cls(**kwargs)`` (or ``base`` with ``kwargs`` replaced); each problem its checks find
+    is added to ``problems``: a setting named by a problem goes back to its default and the
+    others are checked again, so one pass reports every bad value of a section."""
+    where = prefix.rstrip(".") or "config"
+    kwargs = dict(kwargs)
+    start = base if base is not None else None
+    for _ in range(len(kwargs) + 1):
+        try:
+            return dataclasses.replace(start, **kwargs) if start is not None else cls(**kwargs)
+        except (ValueError, TypeError) as err:
+            problems.append(f"{where}: {err}")
+            named = [k for k in kwargs if re.match(rf"{re.escape(k)}\b", str(err))]
+            if not named or (start is None and not _has_default(cls, named[0])):
+                return None
+            kwargs.pop(named[0])  # its default (or the base's value) stands in
+    return None
+
+
+def _has_default(cls, name: str) -> bool:
+    f = {f.name: f for f in dataclasses.fields(cls)}[name]
+    return f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
 
 
 def parse_override(item: str) -> tuple[list[str], object]:
@@ -476,7 +506,10 @@ def config_from_dict(table: dict, where: str, name: str = "") -> ExperimentConfi
     problems: list[str] = []
     cfg = _build(ExperimentConfig, table, "", problems)
     if problems:
-        raise ConfigError(where, problems)
+        root = table.get("data", {}).get("root") if isinstance(table.get("data"), dict) else None
+        if isinstance(root, str) and not Path(root).is_dir():  # what a stage would say next
+            problems.append(f"data.root: {root}: no such folder")
+        raise ConfigError(where, list(dict.fromkeys(problems)))
     return dataclasses.replace(cfg, name=name)
 
 
@@ -492,7 +525,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     name = path.stem
     try:
         if path.suffix == ".json":
-            table, name = _resolved_table(json.loads(raw.decode("utf-8")), str(path))
+            table, name = _resolved_table(loads_json(raw, path), str(path))
         else:
             table = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as err:

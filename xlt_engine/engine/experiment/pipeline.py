@@ -46,7 +46,7 @@ from xlt_engine.engine.experiment.stages import format_seconds, run_stage
 from xlt_engine.engine.method.settings import TEST_SPLIT
 from xlt_engine.engine.train import distributed
 from xlt_engine.engine.train.distributed import rank_world
-from xlt_engine.fileio import folder_bytes, write_results
+from xlt_engine.fileio import claim_output, folder_bytes, record_output, write_results
 
 COLUMNS = ("direct", "btf", "selftrain")
 HEADINGS = {"direct": "direct transfer", "btf": "+ BTF", "selftrain": "+ self-training"}
@@ -156,6 +156,7 @@ def run_all(
     ablation variant makes only what its rows read); ``table_name`` names the two files."""
     distributed.init(cfg.device)
     steps = check_all(cfg, parts)
+    claim_table(cfg, table_name)  # before any work: never a file of the user's
     start = time.perf_counter()
     timings: list[tuple[str, float | None]] = []  # (pair and stage, seconds; None: reused)
     results: dict = {
@@ -220,11 +221,24 @@ def run_summary(timings, seconds: float, folder: Path, table_name: str) -> str:
     return "\n".join(lines)
 
 
+def claim_table(cfg: ExperimentConfig, name: str) -> list[Path]:
+    """The files of table ``name`` (``write_table``), claimed (``fileio.claim_output``): new,
+    or tables a run wrote, never a user's file that happens to sit in the out folder."""
+    folder, name = table_dir(cfg), name + split_suffix(cfg)
+    files = [folder / f"{name}{ext}" for ext in (".md", ".json")]
+    for path in files:
+        claim_output(path, "a table", "run", remedy="choose another --out (out)")
+    return files
+
+
 def write_table(cfg: ExperimentConfig, name: str, result: dict, table: str, echo) -> str:
     """``<name>.json`` and ``.md`` in ``table_dir(cfg)``, ``<name>-dev`` when scored on the dev
     files (``evaluate.split``, so a dev table never replaces a test one); returns the name."""
+    files = claim_table(cfg, name)
     name += split_suffix(cfg)
     write_results(table_dir(cfg), name, result, table, echo)
+    for path in files:
+        record_output(path, "run")
     return name
 
 

@@ -262,6 +262,7 @@ def build_predict(cfg: ExperimentConfig) -> PredictConfig:
         max_len=cfg.model.max_len,
         eval_max_tokens=cfg.predict.max_tokens,
         device=cfg.device,
+        overwrite=cfg.predict.overwrite,
     )
 
 

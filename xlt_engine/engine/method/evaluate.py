@@ -34,7 +34,7 @@ from xlt_engine.engine.train.inference import (
     score,
 )
 from xlt_engine.engine.train.optim import resolve_precision
-from xlt_engine.fileio import atomic_write_text, write_results
+from xlt_engine.fileio import atomic_write_text, claim_output, record_output, write_results
 from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import load_task_model
 
@@ -164,17 +164,24 @@ def run_evaluate(cfg: EvaluateConfig, echo=print) -> dict:
 class PredictConfig(TaskSettings):
     model: str  # a task model folder
     input: str
-    output: str
+    output: str  # a new file, or one predict wrote (``fileio.claim_output``)
     ensemble: tuple[str, ...] = ()  # as EvaluateConfig's: the mean of the models' probabilities
+    reads: tuple[str, ...] = ()  # more files the caller reads (its config): never the output
+    overwrite: bool = False  # replace an existing output that predict did not write
 
     def __post_init__(self):
         super().__post_init__()
         if not Path(self.input).is_file():
             raise ValueError(f"input: {self.input}: no such file")
-        if Path(self.output).resolve() == Path(self.input).resolve():
-            raise ValueError(f"output: {self.output} is the input file; choose another path")
+        self.claim()
         check_task_model(self.model, self.format)
         check_ensemble(self.ensemble, self.format)
+
+    def claim(self) -> None:
+        """The output may be written (``fileio.claim_output``): never the input, a model
+        folder or a file the caller reads."""
+        reads = (self.input, self.model, *self.ensemble, *self.reads)
+        claim_output(self.output, "output", "predict", reads=reads, overwrite=self.overwrite)
 
 
 def _conll_with_predictions(data, tags: list[list[str]]) -> str:
@@ -212,6 +219,7 @@ def run_predict(cfg: PredictConfig, echo=print) -> Path:
         preds = predicted_labels(enc, logits, model.labels)
         probs = VotersModule.probs(logits).cpu().numpy() if cfg.format != "conll" else None
     out = Path(cfg.output)
+    cfg.claim()  # again: the file may have appeared while the models ran
     out.parent.mkdir(parents=True, exist_ok=True)
     if cfg.format == "conll":
         atomic_write_text(out, _conll_with_predictions(data, preds))
@@ -223,6 +231,7 @@ def run_predict(cfg: PredictConfig, echo=print) -> Path:
             rows.append(json.dumps({"line": line, "label": label, "probs": p}))
         atomic_write_text(out, "\n".join(rows) + "\n")
         n = len(preds)
+    record_output(out, "predict")
     if echo:
         echo(f"wrote {n} predictions to {out}")
     return out

@@ -74,6 +74,27 @@ def non_finite_parameters(model: nn.Module) -> list[str]:
     return [n for (n, _), good in zip(named, ok.tolist(), strict=True) if not good]
 
 
+def non_finite_state(state, prefix: str = "") -> list[str]:
+    """Where a checkpoint's state (optimizer moments, scaler, nested dicts and lists) holds a
+    floating tensor or number with NaN or inf, as dotted paths (``optimizer.state.3.exp_avg``)."""
+    if isinstance(state, torch.Tensor):
+        bad = state.is_floating_point() and state.numel() and not bool(state.isfinite().all())
+        return [prefix] if bad else []
+    if isinstance(state, float):
+        return [] if np.isfinite(state) else [prefix]
+    if not isinstance(state, (dict, list, tuple)):
+        return []
+    items = state.items() if isinstance(state, dict) else enumerate(state)
+    found = []
+    for k, v in items:
+        found += non_finite_state(v, f"{prefix}.{k}" if prefix else str(k))
+    return found
+
+
+def _shown(paths: list[str]) -> str:
+    return ", ".join(paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+
+
 def last_good(run_dir: Path) -> str:
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
@@ -112,8 +133,18 @@ class Checkpoints:
         ckpt = self.latest()
         if ckpt is None:
             raise ValueError(f"{self.run_dir}: nothing to resume (no checkpoint written yet)")
-        self.load_model(model, ckpt / "model")
         state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        bad = non_finite_state({k: state.get(k) for k in ("optimizer", "scaler")})
+        if bad:
+            raise ValueError(
+                f"{ckpt}: a damaged checkpoint: its optimizer / scaler state holds NaN or inf "
+                f"({_shown(bad)}); resuming would train on it. Remove {ckpt} and point "
+                f"{self.run_dir / 'latest'} at an earlier ckpt-*, or start the stage over"
+            )
+        try:
+            self.load_model(model, ckpt / "model")
+        except ValueError as err:
+            raise ValueError(f"{ckpt}: a damaged checkpoint: {err}") from None
         rng = state["rng"]
         if len(state.get("rng_ranks", ())) == self.world:
             rng = state["rng_ranks"][self.rank]  # each rank continues its own streams (dropout)
@@ -130,6 +161,12 @@ class Checkpoints:
             dist.all_gather_object(rng_ranks, rng)
         if self.rank != 0:
             return None
+        bad = non_finite_state({k: state.get(k) for k in ("optimizer", "scaler")})
+        if bad:  # never written: the latest checkpoint stays the last good one
+            raise ValueError(
+                f"{self.run_dir}: step {step}: the optimizer / scaler state holds NaN or inf "
+                f"({_shown(bad)}); no checkpoint written, {last_good(self.run_dir)}"
+            )
         folder = self.run_dir / f"ckpt-{step:08d}"
         if folder.exists():
             shutil.rmtree(folder)

@@ -584,6 +584,15 @@ class NonFiniteWeights:
         elif converted is not None and (n := self.count(converted)):
             self.overflow.append((name, n, t.numel()))
 
+    @classmethod
+    def refuse_writing(cls, where: str | Path, tensors: dict[str, torch.Tensor]) -> None:
+        """The rule for every tensor the engine writes: none holding NaN or inf (``where``:
+        the file or folder it was going to)."""
+        found = cls(where)
+        for k in sorted(tensors):
+            found.check(k, tensors[k])
+        found.refuse(False, writing=True)
+
     def refuse(self, allowed: bool, writing: bool = False) -> None:
         """Raise for what ``check`` found (``allowed``: not for NaN / inf as stored);
         ``writing``: the tensors were about to be written, and nothing was."""
@@ -774,10 +783,7 @@ def save_pretrained(
     cfg["architectures"] = [with_head if isinstance(model, BertForMLM) else encoder_only]
     cfg["dtype"] = str(dtypes.pop()).removeprefix("torch.") if len(dtypes) == 1 else "float32"
     cfg["tie_word_embeddings"] = True
-    nonfinite = NonFiniteWeights(out_dir)
-    for k in sorted(tensors):
-        nonfinite.check(k, tensors[k])
-    nonfinite.refuse(False, writing=True)
+    NonFiniteWeights.refuse_writing(out_dir, tensors)
 
     if not replace_any:
         _check_replaceable(out_dir)

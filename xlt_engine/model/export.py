@@ -110,10 +110,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, overwrite: bool = Fals
         "classifier_dropout": meta["dropout"],
     }
     cfg.pop("tie_word_embeddings", None)  # no MLM head: nothing tied
-    nonfinite = NonFiniteWeights(model_dir)  # what is written is checked, not only what is read
-    for k in sorted(tensors):
-        nonfinite.check(k, tensors[k])
-    nonfinite.refuse(False, writing=True)
+    NonFiniteWeights.refuse_writing(model_dir, tensors)  # what is written, not only what is read
     with atomic_folder(out_dir) as tmp:
         tensors = {k: v.contiguous() for k, v in tensors.items()}
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})

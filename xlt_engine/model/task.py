@@ -153,10 +153,7 @@ def save_task_model(model: TaskModel, out_dir: str | Path, tokenizer=None) -> Pa
     }
 
     tensors = {k: v.detach().cpu().contiguous() for k, v in voters.state_dict().items()}
-    nonfinite = NonFiniteWeights(Path(out_dir) / VOTERS_FILE)  # checked before anything is written
-    for k in sorted(tensors):
-        nonfinite.check(k, tensors[k])
-    nonfinite.refuse(False, writing=True)
+    NonFiniteWeights.refuse_writing(Path(out_dir) / VOTERS_FILE, tensors)  # before any write
 
     def extra(folder: Path) -> None:
         save_file(tensors, str(folder / VOTERS_FILE), metadata={"format": "pt"})

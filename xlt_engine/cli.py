@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from xlt_engine import STAGES, __version__
-from xlt_engine.fileio import check_writable, claim_output, record_output
+from xlt_engine.fileio import check_not_read, check_writable, claim_output, record_output
 
 
 def _fail(err: Exception) -> None:
@@ -329,7 +329,10 @@ def _experiment(
         cfg = dataclasses.replace(cfg, out=str(out))
     if smoke:
         cfg = smoke_config(cfg)
-    check_writable(cfg.run_dir(), "--out" if out is not None else "out (the run folder)")
+    what = "--out" if out is not None else "out (the run folder)"
+    check_writable(cfg.run_dir(), what)
+    # never inside what the run reads: the config, the model (a folder is read file by file)
+    check_not_read(cfg.out_root(), what, [config_path, cfg.model.path], holds=False)
     if no_btf:
         cfg = with_section(cfg, "finetune", init="pretrained")
         cfg = with_section(cfg, "selftrain", base="pretrained", teacher="finetune-direct")

@@ -477,6 +477,25 @@ def engine_wrote(path: str | Path, by: str) -> bool:
     return entry.get("size") == path.stat().st_size and entry.get("sha256") == file_sha256(path)
 
 
+def check_not_read(path: str | Path, what: str, reads, holds: bool = True) -> None:
+    """``path`` (where a command writes) is none of ``reads`` (what it reads: files, folders)
+    nor inside one; with ``holds``, no read path is inside it either (a folder it replaces)."""
+    path = Path(path)
+    real = _resolved(path, what)
+    for r in reads:
+        r = Path(r)
+        mine = _resolved(r, what)
+        if _inside(real, mine):
+            where = "is" if real == mine else "is inside"
+            raise ValueError(
+                f"{what} {path}: {where} {r}, which this command reads; choose another path"
+            )
+        if holds and _inside(mine, real):
+            raise ValueError(
+                f"{what} {path}: holds {r}, which this command reads; choose another folder"
+            )
+
+
 def claim_output(
     path: str | Path,
     what: str,
@@ -494,19 +513,7 @@ def claim_output(
     file it may read, such as a model folder), nor a folder holding one. A ``ValueError``
     naming ``what`` (e.g. ``predict.output``), the path and what to do (``remedy``), otherwise."""
     path = Path(path)
-    real = _resolved(path, what)
-    for r in reads:
-        r = Path(r)
-        mine = _resolved(r, what)
-        if _inside(real, mine):
-            where = "is" if real == mine else "is inside"
-            raise ValueError(
-                f"{what} {path}: {where} {r}, which this command reads; choose another path"
-            )
-        if folder and _inside(mine, real):
-            raise ValueError(
-                f"{what} {path}: holds {r}, which this command reads; choose another folder"
-            )
+    check_not_read(path, what, reads, folder)
     if not path.exists() and not path.is_symlink():
         return path
     if path.is_symlink():

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from xlt_engine.cli import main
+from xlt_engine.engine.experiment.config import load_config
 from xlt_engine.fileio import LEDGER, claim_output, engine_wrote, record_output
 
 
@@ -46,7 +47,9 @@ def made(ner_cfg, tmp_path_factory):
     notes = root / "notes.md"
     notes.write_text("my notes\n")
     data = Path(ner_cfg).parent
-    return {"cfg": cfg, "out": out, "model": model, "user": user, "notes": notes, "data": data}
+    pretrained = Path(load_config(cfg).model.path)
+    return {"cfg": cfg, "out": out, "model": model, "user": user, "notes": notes, "data": data,
+            "pretrained": pretrained}  # fmt: skip
 
 
 def _run(args) -> tuple[int, str]:
@@ -63,7 +66,8 @@ def _predict(made, output, *more):
 
 
 def test_no_writer_replaces_what_it_reads_or_what_it_did_not_write(made, tmp_path):
-    protected = [made["cfg"], made["model"], made["user"], made["notes"], made["data"]]
+    protected = [made["cfg"], made["model"], made["user"], made["notes"], made["data"],
+                 made["pretrained"]]  # fmt: skip
     before = snapshot(*protected)
     model_file = made["model"] / "model.safetensors"
     refusals = {
@@ -84,6 +88,9 @@ def test_no_writer_replaces_what_it_reads_or_what_it_did_not_write(made, tmp_pat
         "quickstart into a user's folder": _run(["quickstart", "--out", made["user"]]),
         "corpus onto a user's file": _run(["corpus", "--source", made["data"] / "eng.train",
                                            "--target-text", made["notes"], "--out", made["notes"]]),
+        "run with --out inside the model it reads": _run(
+            ["run", "--stage", "btf", "--config", made["cfg"], "--out", made["pretrained"] / "r"]
+        ),
         "run --stage all, a user's all.md in --out": None,  # below
         "ablate, a user's ablation.json in --out": None,
     }  # fmt: skip

@@ -163,7 +163,7 @@ def test_predict_conll_one_tag_per_token_line(ner_run, conll, tmp_path):
 
 def test_predict_refuses_to_overwrite_its_input(ner_run, conll):
     out, _ = ner_run
-    with pytest.raises(ValueError, match="is the input file"):
+    with pytest.raises(ValueError, match="which this command reads"):
         PredictConfig(
             model=str(out / "model"), input=str(conll["esp.test"]), output=str(conll["esp.test"])
         )

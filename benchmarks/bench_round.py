@@ -194,7 +194,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
             "voters": args.voters,
             "batch": args.batch,
             "max_len": args.max_len,
-            "pad_multiple": st.pad_multiple,
+            "pad_multiple": st.pad_for(device),
             "epochs": epochs,
         },
         "loop_checkpoints": args.loop_checkpoints,

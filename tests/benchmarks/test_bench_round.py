@@ -39,11 +39,11 @@ def test_bench_round_smoke(shared_data, tmp_path, capsys):
 
 def test_bench_round_counts_the_steps_host_syncs_and_shapes(shared_data, tmp_path):
     """--host: no sync inside a soft or hard step, one staged batch per step, and lengths padded
-    to the default multiple of 32 (at most 4 at max_len 128) against 8 when asked; a sync put
-    into the soft step's loss is counted."""
+    to a multiple of 32 (a GPU's default: at most 4 at max_len 128) against 8 (a CPU's
+    default); a sync put into the soft step's loss is counted."""
     args = ["--data", str(shared_data), "--device", "cpu", "--tiny", "--limit", "40"]
     args += ["--batch", "8", "--no-save", "--host"]
-    record = main([*args, "--work", str(tmp_path / "a")])
+    record = main([*args, "--pad-multiple", "32", "--work", str(tmp_path / "a")])
     host, rows = record["host"], {r["part"]: r for r in record["rows"]}
     assert host["syncs_in_steps"] == 0, host["syncs_in_steps_where"]
     assert host["batches"] == rows["soft"]["steps"] + rows["hard"]["steps"]
@@ -51,7 +51,9 @@ def test_bench_round_counts_the_steps_host_syncs_and_shapes(shared_data, tmp_pat
         lengths = host["lengths"][step]
         assert 1 <= len(lengths) <= 4 and all(n % 8 == 0 for n in lengths), (step, lengths)
     assert record["shape"]["pad_multiple"] == 32
-    eight = main([*args, "--pad-multiple", "8", "--work", str(tmp_path / "b")])["host"]
+    default = main([*args, "--work", str(tmp_path / "b")])  # on the CPU: 8
+    assert default["shape"]["pad_multiple"] == 8
+    eight = default["host"]
     assert len(eight["lengths"]["hard"]) > len(host["lengths"]["hard"]), (eight, host)
 
 

@@ -215,7 +215,7 @@ def test_an_epoch_of_btf_batches_has_few_shapes(setup, tmp_path):
     cfg = replace(config(setup, tmp_path / "run"), max_len=128)
     tok = load_tokenizer(cfg.model)
     caches = [TokenCache.build(t, tok, tmp_path / "cache") for t in texts]
-    data = MlmData(caches, tok, cfg, MlmMasker.from_tokenizer(tok))
+    data = MlmData(caches, tok, cfg, MlmMasker.from_tokenizer(tok), cfg.pad_for("cuda"))
     batches = [data.batch(0, i) for i in range(data.num_batches(0))]
     lengths = {b["input_ids"].shape[1] for b in batches}
     assert len(batches) > 20 and len(lengths) <= 4 and max(lengths) <= 128, sorted(lengths)
@@ -223,3 +223,18 @@ def test_an_epoch_of_btf_batches_has_few_shapes(setup, tmp_path):
         real = int((b["labels"] != -100).sum())
         assert len(b["labels"]) % MLM_ROW_MULTIPLE == 0 and len(b["labels"]) - real < 64
         assert (b["positions"][real:] == 0).all()  # padding rows read position 0, ignored
+
+
+def test_pad_multiple_auto_fits_the_device():
+    """auto: 32 on CUDA (few shapes to warm up), 8 on a CPU (every padded token is work); a
+    number is kept everywhere."""
+    from xlt_engine.engine.method.settings import BatchSettings
+
+    auto = BatchSettings()
+    assert auto.pad_multiple == "auto"
+    assert (auto.pad_for("cuda"), auto.pad_for("cuda:1"), auto.pad_for("cpu")) == (32, 32, 8)
+    assert BatchSettings(pad_multiple=16).pad_for("cpu") == 16
+    with pytest.raises(
+        ValueError, match="pad_multiple must be an integer in \\[1, 512\\] or 'auto'"
+    ):
+        BatchSettings(pad_multiple="fast")

@@ -78,9 +78,15 @@ class MlmData:
     so that the loop copies a finished batch to the device one step ahead."""
 
     def __init__(
-        self, caches: list[TokenCache], tok: WordPieceTokenizer, cfg: BtfConfig, masker: MlmMasker
+        self,
+        caches: list[TokenCache],
+        tok: WordPieceTokenizer,
+        cfg: BtfConfig,
+        masker: MlmMasker,
+        pad_multiple: int,
     ):
         self.caches, self.tok, self.cfg, self.masker = caches, tok, cfg, masker
+        self.pad_multiple = pad_multiple  # cfg.pad_for(the device)
         self.rank, self.world = rank_world()
         self.windows = [c.windows(cfg.max_len) for c in caches]
         self.limit = length_limit(
@@ -99,7 +105,7 @@ class MlmData:
                 sel = mix[:, 0] == c
                 lengths[sel] = w[mix[sel, 1], 2] - w[mix[sel, 1], 1] + 2  # + [CLS], [SEP]
             batches = length_batches(
-                lengths, cfg.batch_size, cfg.max_tokens, cfg.pad_multiple,
+                lengths, cfg.batch_size, cfg.max_tokens, self.pad_multiple,
                 seed=cfg.train.seed, epoch=epoch,
             )  # fmt: skip
             batches = shard(batches, self.rank, self.world)
@@ -115,7 +121,7 @@ class MlmData:
         for c, i in mix[batches[index]]:
             entry, start, end = self.windows[c][i]
             seqs.append(self.caches[c].window(entry, start, end, self.tok.cls_id, self.tok.sep_id))
-        batch = pad_batch(seqs, self.tok.pad_id, self.cfg.pad_multiple, limit=self.limit)
+        batch = pad_batch(seqs, self.tok.pad_id, self.pad_multiple, limit=self.limit)
         gen = batch_generator(self.cfg.train.seed, epoch, index * self.world + self.rank)
         masked = self.masker(batch["input_ids"], batch["attention_mask"], gen)
         positions, labels = masked.positions, masked.labels
@@ -168,7 +174,7 @@ def run_btf(cfg: BtfConfig, resume: bool = False, echo=print, progress=None) -> 
         whole_word=cfg.whole_word,
         max_predictions=cfg.max_predictions,
     )
-    data = MlmData(caches, tok, cfg, masker)
+    data = MlmData(caches, tok, cfg, masker, cfg.pad_for(device))
 
     def loss_fn(objective: nn.Module, batch: dict, gen: torch.Generator) -> torch.Tensor:
         keys = ("input_ids", "positions", "attention_mask", "labels")

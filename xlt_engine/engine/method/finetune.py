@@ -245,7 +245,7 @@ def run_finetune(
     except ValueError as err:
         raise ValueError(f"{cfg.model}: {err}") from None
     data = TaskBatches(
-        enc, tok.pad_id, cfg.batch_size, cfg.max_tokens, cfg.train.seed, cfg.pad_multiple
+        enc, tok.pad_id, cfg.batch_size, cfg.max_tokens, cfg.train.seed, cfg.pad_for(device)
     )
 
     loss_fn = finetune_loss(cfg, device)

@@ -892,7 +892,7 @@ class SelfTraining:
             raise ValueError(f"{start}: {err}") from None
         data = SoftBatches(
             self.tgt, probs, self.tok.pad_id, cfg.batch_size, cfg.max_tokens, self.seed,
-            cfg.pad_multiple,
+            cfg.pad_for(device),
         )  # fmt: skip
 
         fit = soft_label_kl if cfg.soft_loss == "kl" else soft_label_mse
@@ -1145,7 +1145,7 @@ class SelfTraining:
             )
             return self.skip_hard(r, student, why)
         data = StoreBatches(
-            hard, self.tok.pad_id, cfg.batch_size, cfg.max_tokens, self.seed, cfg.pad_multiple
+            hard, self.tok.pad_id, cfg.batch_size, cfg.max_tokens, self.seed, cfg.pad_for(device)
         )
 
         def hard_loss(m, batch, gen):

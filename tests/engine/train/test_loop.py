@@ -420,3 +420,43 @@ def test_a_checkpoint_whose_optimizer_state_holds_nan_is_named_when_read_and_nev
     assert latest_checkpoint(other) is None
     good = {"optimizer": {"state": {0: {"exp_avg": torch.ones(2)}}}, "scaler": {"scale": 1.0}}
     assert saver.save(model, 4, good) == latest_checkpoint(other)
+
+
+def test_auto_precision_trains_in_bf16_on_a_cpu_only_where_it_was_measured_faster(monkeypatch):
+    """auto: bf16 on CUDA; on a CPU with native bf16, for training a model whose widest layer
+    has >= 1,024 inputs (e5-small's 1,536: 2.2x fp32's tokens/s); fp32 for a small model (0.5x
+    at 128), on a CPU without native bf16, and for inference (no width given)."""
+    from xlt_engine.engine.train import optim
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: True)
+    assert optim.resolve_precision("auto", cpu, 1536) == torch.bfloat16
+    assert optim.resolve_precision("auto", cpu, 128) is None
+    assert optim.resolve_precision("auto", cpu) is None  # inference
+    assert optim.resolve_precision("fp32", cpu, 1536) is None  # asked for: kept
+    assert optim.resolve_precision("auto", cuda) == torch.bfloat16
+    monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: False)
+    assert optim.resolve_precision("auto", cpu, 1536) is None
+    model = torch.nn.Sequential(torch.nn.Linear(3, 1536), torch.nn.Linear(1536, 7))
+    assert optim.widest_layer(model) == 1536 and optim.widest_layer(torch.nn.ReLU()) == 0
+
+
+def test_the_loop_autocasts_a_wide_model_on_a_bf16_cpu(tmp_path, monkeypatch):
+    from xlt_engine.engine.train import optim
+
+    monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: True)
+    seen = []
+
+    class Wide(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(3, 1024), torch.nn.Linear(1024, 1)
+
+        def forward(self, x):
+            h = self.a(x)
+            seen.append(h.dtype)
+            return self.b(h)
+
+    cfg = TrainConfig(max_steps=2, lr=1e-3, log_every=1)
+    train(Wide(), square_loss, Data(), cfg, tmp_path, RunIO(save_weights, None, echo=None))
+    assert seen == [torch.bfloat16, torch.bfloat16]

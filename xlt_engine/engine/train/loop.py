@@ -54,7 +54,14 @@ from torch import nn
 
 from xlt_engine.engine.train import distributed, faults
 from xlt_engine.engine.train.checkpoints import Checkpoints, last_good, non_finite_parameters
-from xlt_engine.engine.train.optim import freeze, lr_at, param_groups, resolve_precision, unwrap
+from xlt_engine.engine.train.optim import (
+    freeze,
+    lr_at,
+    param_groups,
+    resolve_precision,
+    unwrap,
+    widest_layer,
+)
 from xlt_engine.engine.train.precision import PureBf16, master_groups
 from xlt_engine.engine.train.progress import RunLog
 from xlt_engine.kernels._dispatch import free_checks
@@ -90,7 +97,8 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     grad_accum: int = 1
     clip: float = 1.0  # max grad norm; 0 disables
-    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU; bf16 / fp16: autocast over fp32
+    precision: str = "auto"  # auto: bf16 on CUDA, and on a CPU with native bf16 for a model
+    # whose widest layer has >= 1,024 inputs (optim.resolve_precision), else fp32; bf16 / fp16: autocast over fp32
     # weights; bf16-pure: the model in bf16, the optimizer on fp32 masters (train.precision)
     freeze: tuple[str, ...] = ()  # regexes matched (re.match) against the trained model's
     # parameter names: encoder.embeddings.*, encoder.layers.<i>.*, voters.* (task), head.* (MLM)
@@ -421,7 +429,7 @@ class Run:
         rank, world = distributed.rank_world()
         core = unwrap(model)
         device = next(core.parameters()).device
-        amp_dtype = resolve_precision(cfg.precision, device)
+        amp_dtype = resolve_precision(cfg.precision, device, widest_layer(core))
         freeze(core, cfg.freeze, apply=not isinstance(model, nn.parallel.DistributedDataParallel))
         groups = param_groups(model, cfg)
         pure = PureBf16(model) if cfg.precision == "bf16-pure" else None

@@ -93,12 +93,42 @@ def prepare(model: nn.Module, cfg: TrainConfig, device: torch.device, frozen=())
     return distributed.wrap(model, device)
 
 
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None: none; ``bf16-pure`` runs the model in bf16 itself)."""
+CPU_BF16_MIN_WIDTH = 1024  # the widest layer (in features) from which bf16 trains faster on a
+# CPU with native bf16 dot products: the e5-small step (widest 1,536) ran 2.2x fp32's tokens/s
+# under bf16 autocast on one AVX512-BF16 thread, a 2-layer H 64 model (widest 128) 0.5x
+# (benchmarks/bench_cpu_step.py, 2026-11-26)
+
+
+def cpu_has_native_bf16() -> bool:
+    """The CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16 in its flags; Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def widest_layer(model: nn.Module) -> int:
+    """The largest ``in_features`` of the model's linear layers (0: none)."""
+    return max((m.in_features for m in model.modules() if isinstance(m, nn.Linear)), default=0)
+
+
+def resolve_precision(
+    precision: str, device: torch.device, width: int | None = None
+) -> torch.dtype | None:
+    """The autocast dtype (None: none; ``bf16-pure`` runs the model in bf16 itself).
+    ``auto``: bf16 on CUDA; on a CPU bf16 only for training a model whose widest layer
+    (``width``, ``widest_layer``) is at least ``CPU_BF16_MIN_WIDTH`` on a CPU with native bf16,
+    where it was measured faster, else fp32 (inference, which passes no width, stays fp32)."""
     if precision == "bf16-pure":
         return None
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+        fast = width is not None and width >= CPU_BF16_MIN_WIDTH and cpu_has_native_bf16()
+        precision = "bf16" if device.type == "cuda" or fast else "fp32"
     if precision == "fp32":
         return None
     if device.type != "cuda" and precision == "fp16":

@@ -202,3 +202,22 @@ def test_resolved_command_keeps_each_option_once_as_it_took_effect():
         assert getattr(again, key) == getattr(args, key), key
     assert again.overrides == ["device=cpu", "targets=['ned']", "selftrain.soft.lr = 1e-4"]
     assert resolved_command(args).count("--name") == 1
+
+
+def test_steps_lists_the_teacher_then_each_step_with_its_round_collapse(tmp_path):
+    from lab.steps import render
+
+    run = tmp_path / "eng-ned"
+    (run / "evaluate-finetune-dev").mkdir(parents=True)
+    (run / "evaluate-finetune-dev" / "results.json").write_text(
+        json.dumps({"languages": {"eng": {"score": 0.85}, "ned": {"score": 0.71}}})
+    )
+    st = run / "selftrain"
+    (st / "round-1").mkdir(parents=True)
+    (st / "round-1" / "filter.json").write_text(json.dumps({"collapse": ["no entity label"]}))
+    check = {"step": "check", "round": 1, "teacher_agreement": 0.96, "entity_agreement": 0.62,
+             "dev": {"eng": {"score": 0.39}, "ned": {"score": 0.40}}}  # fmt: skip
+    (st / "selftrain.jsonl").write_text(json.dumps({**check, "of": "soft"}) + "\n")
+    text = render([run], "partial", "python -m lab.steps ...")
+    assert "| + BTF (the teacher) | – | – | 85.00 | 71.00 | – |" in text
+    assert "| selftrain/round-1/soft | 96.00 | 62.00 | 39.00 | 40.00 | yes |" in text

@@ -60,3 +60,19 @@ def test_logits_stay_on_the_cpu_model_device():
 @requires_cuda
 def test_logits_stay_on_the_gpu_and_the_filter_runs_there():
     check_on("cuda")
+
+
+def test_inference_runs_in_bf16_on_a_cpu_exactly_where_training_does(monkeypatch):
+    """inference_dtype: the training rule (native bf16 and a model whose widest layer has >=
+    1,024 inputs) for inference too; a narrow model, or a CPU without native bf16, stays fp32."""
+    from xlt_engine.engine.train import inference, optim
+
+    wide = torch.nn.Sequential(torch.nn.Linear(4, 1536), torch.nn.Linear(1536, 4))
+    narrow = torch.nn.Sequential(torch.nn.Linear(4, 128), torch.nn.Linear(128, 4))
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: True)
+    assert inference.inference_dtype(wide, cpu) == torch.bfloat16
+    assert inference.inference_dtype(narrow, cpu) is None
+    assert inference.inference_dtype(narrow, torch.device("cuda")) == torch.bfloat16
+    monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: False)
+    assert inference.inference_dtype(wide, cpu) is None

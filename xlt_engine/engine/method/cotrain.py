@@ -56,9 +56,8 @@ from xlt_engine.engine.method.settings import CotrainSettings, TaskSettings, che
 from xlt_engine.engine.train import distributed
 from xlt_engine.engine.train.checkpoints import latest_checkpoint
 from xlt_engine.engine.train.distributed import rank_world
-from xlt_engine.engine.train.inference import predict_logits
+from xlt_engine.engine.train.inference import inference_dtype, predict_logits
 from xlt_engine.engine.train.metrics import accuracy, by_name, label_counts
-from xlt_engine.engine.train.optim import resolve_precision
 from xlt_engine.fileio import atomic_folder, atomic_write_bytes, atomic_write_text, link_or_copy
 from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import load_task_model
@@ -126,7 +125,7 @@ def _view_probs(folder: Path, enc, pad_id: int, cfg: CotrainConfig, device) -> n
     """Mean-of-voters probabilities [items, C] (fp32) of the task model in ``folder`` on the
     encoded items ``enc`` (the work split over the ranks)."""
     model = load_task_model(folder, device=device)
-    amp = resolve_precision("auto", device)
+    amp = inference_dtype(model, device)
     logits = predict_logits(model, enc, pad_id, device, cfg.eval_max_tokens, amp, split_ranks=True)
     return VotersModule.probs(logits.float()).cpu().numpy().astype(np.float32)
 

@@ -29,11 +29,11 @@ from xlt_engine.engine.train.inference import (
     check_task_model,
     ensemble_probs,
     evaluate_model,
+    inference_dtype,
     predict_logits,
     predicted_labels,
     score,
 )
-from xlt_engine.engine.train.optim import resolve_precision
 from xlt_engine.fileio import atomic_write_text, claim_output, record_output, write_results
 from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import load_task_model
@@ -214,7 +214,7 @@ def run_predict(cfg: PredictConfig, echo=print) -> Path:
     else:
         enc = encode(data, tok, model.labels, cfg.max_len)
         logits = predict_logits(
-            model, enc, tok.pad_id, device, cfg.eval_max_tokens, resolve_precision("auto", device)
+            model, enc, tok.pad_id, device, cfg.eval_max_tokens, inference_dtype(model, device)
         )
         preds = predicted_labels(enc, logits, model.labels)
         probs = VotersModule.probs(logits).cpu().numpy() if cfg.format != "conll" else None

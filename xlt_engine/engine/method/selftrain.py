@@ -134,13 +134,14 @@ from xlt_engine.engine.train.inference import (
     check_task_model,
     evaluate_model,
     forward_batch,
+    inference_dtype,
     items_of,
     predict_logits,
     shard_items,
 )
 from xlt_engine.engine.train.loop import RunIO, train
 from xlt_engine.engine.train.metrics import by_name, label_counts
-from xlt_engine.engine.train.optim import prepare, resolve_precision
+from xlt_engine.engine.train.optim import prepare
 from xlt_engine.engine.train.progress import format_loss
 from xlt_engine.fileio import (
     append_jsonl,
@@ -595,6 +596,7 @@ class SelfTraining:
             self.widths = tuple(first.voters.widths)
         self.dropout = head.voter_dropout if head else first.voters.voters[0].dropout.p
         self.representation = head.representation if head else first.representation
+        self.amp = inference_dtype(first, device)  # students and teachers alike are this wide
         del first
         self.seed = cfg.soft.seed
         # D_src and U_tgt as packed stores (built by rank 0, memory-mapped by every rank): a
@@ -613,7 +615,6 @@ class SelfTraining:
         for lang, path in cfg.dev_files.items():
             data = read_task_file(path, cfg.format, False, cfg.max_dev, self.seed, cfg.encoding)
             self.dev[lang] = (data, encode(data, self.tok, self.labels, cfg.max_len))
-        self.amp = resolve_precision("auto", device)
         self.forward_seconds = 0.0  # inference time of ``chunks`` (the model's forward passes)
         self.log_path = self.out / "selftrain.jsonl"
         self.records: list[dict] = []

@@ -123,7 +123,8 @@ def resolve_precision(
     """The autocast dtype (None: none; ``bf16-pure`` runs the model in bf16 itself).
     ``auto``: bf16 on CUDA; on a CPU bf16 only for training a model whose widest layer
     (``width``, ``widest_layer``) is at least ``CPU_BF16_MIN_WIDTH`` on a CPU with native bf16,
-    where it was measured faster, else fp32 (inference, which passes no width, stays fp32)."""
+    where it was measured faster, else fp32 (``inference.inference_dtype`` passes the width
+    too; a caller that passes none gets fp32 on a CPU)."""
     if precision == "bf16-pure":
         return None
     if precision == "auto":

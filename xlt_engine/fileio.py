@@ -408,29 +408,6 @@ def loads_json(text: str | bytes, where: str | Path, line: int | None = None):
         ) from None
 
 
-def read_json(path: str | Path, what: str = "a JSON file", max_bytes: int | None = None):
-    """The JSON document in ``path``, read strictly (``loads_json``); a file over
-    ``max_bytes`` is refused before it is read, a file that is not UTF-8 JSON is a
-    ``ValueError`` naming it and the line."""
-    path = Path(path)
-    if max_bytes is not None:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise ValueError(
-                f"{path}: {size:,} bytes is too large for {what} (the limit is "
-                f"{max_bytes:,}); is it the right file?"
-            )
-    raw = path.read_bytes()
-    try:
-        return loads_json(raw, path)
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: {what} must be UTF-8 (byte {err.start} is not)") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"{path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno})"
-        ) from None
-
-
 # ---------------------------------------------------------------------------------------------
 # outputs: a command never replaces a file or folder it did not write
 

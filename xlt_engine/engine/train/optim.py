@@ -4,6 +4,7 @@ parameter groups (weight decay on matrices, the fresh head's learning-rate scale
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import TYPE_CHECKING
 
@@ -99,8 +100,10 @@ CPU_BF16_MIN_WIDTH = 1024  # the widest layer (in features) from which bf16 trai
 # (benchmarks/bench_cpu_step.py, 2026-11-26)
 
 
+@functools.cache
 def cpu_has_native_bf16() -> bool:
-    """The CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16 in its flags; Linux)."""
+    """The CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16 in its flags; Linux); read
+    once per process (every evaluation and training stage asks)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:

@@ -11,7 +11,7 @@ layout, e.g. the test study's ``runs/study-conll``) and of the values run before
 the study plans that folder with another fingerprint or (a folder it does not plan) it was made
 with another value of the setting: what the setting does not touch is trained once (a
 self-training folder that differs only after round 1's soft step gives its round 1:
-``round1_twin``), and a value's folder holds nothing of another value's.
+``runs.partial_twin``), and a value's folder holds nothing of another value's.
 
     python -m lab.dev_sweep --config configs/e5-small-conll.toml --name soft_lr \\
         --sweep selftrain.soft.lr=3e-4,1e-4,3e-5 --max-rounds 0.5 --seeds 1,2,3 \\

@@ -6,7 +6,7 @@ mean +- std and each row's wall time to ``lab/results/study_<name>_<date>.md`` a
 A row's wall time is what it takes to make that row from nothing: the sum, over seeds and
 target pairs, of the ``seconds`` in the ``run.json`` of every stage it needs (btf, the
 fine-tuned model, self-training, its evaluation), so stages shared between rows count in each,
-and so does a round 1 one self-training row took from another (``SelftrainConfig.round1_from``).
+and so does a round 1 one self-training row took from another (``registry.Partial``: the shared round 1 is laid down in its folder).
 The whole study's wall time is measured around the call. ``--merge A.json B.json`` writes
 one study from studies of the same settings on other seeds or with other rows (a study
 extended by a later run).
@@ -33,13 +33,8 @@ import torch
 from xlt_engine import provenance
 from xlt_engine.engine.experiment.config import load_config
 from xlt_engine.engine.experiment.pipeline import pair_configs
-from xlt_engine.engine.experiment.runs import (
-    model_stage,
-    stage_dir,
-    teacher_models,
-    with_linear_head,
-    with_section,
-)
+from xlt_engine.engine.experiment.runs import model_stage, stage_dir, with_linear_head, with_section
+from xlt_engine.engine.experiment.stages.selftrain import teacher_models
 from xlt_engine.fileio import read_jsonl
 from xlt_engine.studies.ablate import ABLATION_ROWS, method_rows, run_ablate
 from xlt_engine.studies.tables import ablation_table

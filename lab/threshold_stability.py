@@ -27,7 +27,7 @@ import torch
 
 from xlt_engine import provenance
 from xlt_engine.engine.experiment.config import load_config
-from xlt_engine.engine.experiment.stages import build_stage
+from xlt_engine.engine.experiment.execute import build_stage
 from xlt_engine.engine.method.selftrain import SelfTraining
 from xlt_engine.engine.method.threshold import (
     DEFAULT_GRID,

@@ -240,12 +240,12 @@ def _one_line_error(res, *words):
 )
 def test_a_full_disk_is_one_line_that_says_to_resume(tmp_path, monkeypatch, raised):
     from tests.engine.experiment.test_config import MINIMAL
-    from xlt_engine.engine.experiment import stages
+    from xlt_engine.engine.experiment import execute
 
     def full(*args, **kwargs):
         raise raised
 
-    monkeypatch.setattr(stages, "run_stage", full)
+    monkeypatch.setattr(execute, "run_stage", full)
     cfg = tmp_path / "x.toml"
     cfg.write_text(MINIMAL)
     res = CliRunner().invoke(main, ["run", "--stage", "btf", "--config", str(cfg),

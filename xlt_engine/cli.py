@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from xlt_engine import STAGES, __version__
+from xlt_engine import __version__
 from xlt_engine.fileio import check_not_read, check_writable, claim_output, record_output
 
 
@@ -460,9 +460,9 @@ def _out_option(help: str):
 @click.option(
     "--stage",
     required=True,
-    type=click.Choice([*STAGES, "all"]),
-    help="the stage to run (its inputs come from the config and earlier stages' folders); "
-    "all: btf, finetune, selftrain, evaluate and the table",
+    help="the stage to run: btf, finetune, selftrain, cotrain, evaluate, predict, a stage the "
+    "config's plugins register, or all: btf, finetune, selftrain, evaluate and the table (a "
+    "stage's inputs come from the config and earlier stages' folders)",
 )
 @_config_option
 @_set_option
@@ -525,33 +525,33 @@ def run(
 
     if no_selftrain and stage != "all":
         _fail(ValueError("--no-selftrain goes with --stage all"))
-    if tensorboard:  # every train table of the tree
-        from xlt_engine.engine.experiment.config import TRAIN_TABLES
-
-        overrides = (*overrides, *(f"{t}.tensorboard=true" for t in TRAIN_TABLES))
     if overwrite:
         overrides = (*overrides, "predict.overwrite=true")
     echo = click.echo if os.environ.get("RANK", "0") == "0" else None
 
     def go():
+        from xlt_engine.engine.experiment import registry
+        from xlt_engine.engine.experiment.execute import run_stage
         from xlt_engine.engine.experiment.pipeline import Parts, run_all
-        from xlt_engine.engine.experiment.stages import run_stage
+        from xlt_engine.engine.experiment.runs import with_trains
 
         cfg = _experiment(
             config_path, overrides, out, no_btf, fixed_threshold, voters, smoke, linear_head
-        )
-        if stage == "predict" and cfg.predict.output:  # never the config it was given
-            claim_output(cfg.predict.output, "predict.output", "predict", reads=[config_path],
-                         overwrite=cfg.predict.overwrite)  # fmt: skip
+        )  # its plugins imported: their stages registered
+        if stage != "all":
+            spec = registry.get(stage)
+            for path, key, overwrite_it in spec.claims(cfg) if spec.claims else ():
+                # a file outside the run folder: never the config it was given
+                claim_output(path, key, stage, reads=[config_path], overwrite=overwrite_it)
+        if tensorboard:  # every training loop of the tree
+            cfg = with_trains(cfg, tensorboard=True)
         if stage == "all":
             parts = Parts(btf=not no_btf, selftrain=not no_selftrain)
             run_all(cfg, parts=parts, resume=resume, echo=echo, progress=progress)
         else:
             run_stage(cfg, stage, resume=resume, echo=echo, progress=progress)
-            if stage == "finetune" and cfg.teachers_per_source and cfg.finetune.source is None:
-                from xlt_engine.engine.experiment.stages import run_teachers
-
-                run_teachers(cfg, resume=resume, echo=echo, progress=progress)
+            if spec.then is not None:
+                spec.then(cfg, resume=resume, echo=echo, progress=progress)
 
     _run_guarded(go)
 

@@ -20,10 +20,10 @@ from xlt_engine.data.task import encode, read_task_file
 from xlt_engine.engine.experiment.config import ConfigError, load_config
 from xlt_engine.engine.experiment.pipeline import pair_configs
 from xlt_engine.engine.experiment.runs import (
-    NAMED_MODELS,
     model_path,
     model_paths,
     model_stage,
+    named_models,
     stage_dir,
     with_section,
 )
@@ -122,7 +122,7 @@ def test_each_row_trains_in_a_folder_of_its_own(xnli_config):
     folders = {}
     for row, (c, name) in rows.items():
         folders[row] = stage_dir(
-            *(model_stage(c, name) if name in NAMED_MODELS else (c, "cotrain"))
+            *(model_stage(c, name) if name in named_models() else (c, "cotrain"))
         )
     finetunes = [folders[r] for r in ("fine-tune only", "+ LA", *PARALLEL_ROWS)]
     assert len(set(finetunes)) == len(finetunes)  # five fine-tuned models, five folders

@@ -30,15 +30,15 @@ from xlt_engine.engine.experiment.pipeline import (
     write_table,
 )
 from xlt_engine.engine.experiment.runs import (
-    NAMED_MODELS,
     check_plans,
     model_stage,
+    named_models,
     plan_stage,
-    split_suffix,
     stage_dir,
     with_linear_head,
     with_section,
 )
+from xlt_engine.engine.experiment.stages.evaluate import split_suffix
 from xlt_engine.engine.method.pseudo_labels import RULES as PSEUDO_RULES
 from xlt_engine.engine.method.settings import StudentInit
 from xlt_engine.engine.train import distributed
@@ -234,7 +234,7 @@ def _cotrain_steps(cfg: ExperimentConfig) -> list[tuple[ExperimentConfig, str]]:
     steps: list[tuple[ExperimentConfig, str]] = []
     for pc in pair_configs(cfg):
         for c, name in cotrain_rows(pc).values():
-            step = model_stage(c, name) if name in NAMED_MODELS else (c, "cotrain")
+            step = model_stage(c, name) if name in named_models() else (c, "cotrain")
             if step not in steps:
                 steps.append(step)
     return steps

@@ -19,7 +19,8 @@ from xlt_engine.engine.experiment.pipeline import (
     table_dir,
     write_table,
 )
-from xlt_engine.engine.experiment.runs import split_suffix, stage_dir, with_section
+from xlt_engine.engine.experiment.runs import stage_dir, with_section
+from xlt_engine.engine.experiment.stages.evaluate import split_suffix
 from xlt_engine.engine.method.threshold import check_alpha
 from xlt_engine.engine.train.distributed import rank_world
 from xlt_engine.studies.tables import (

@@ -20,8 +20,8 @@ from xlt_engine.engine.experiment.config import (
     parse_override,
     to_dict,
 )
+from xlt_engine.engine.experiment.execute import build_stage
 from xlt_engine.engine.experiment.runs import plan_stage, with_section
-from xlt_engine.engine.experiment.stages import build_stage
 from xlt_engine.engine.method.settings import FreezeSettings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -336,7 +336,7 @@ def test_config_from_dict_reports_all_problems_at_once():
 
 
 def test_choices_are_checked_once_for_toml_and_library_callers(tmp_path):
-    from xlt_engine.engine.experiment.config import SelftrainSection
+    from xlt_engine.engine.experiment.stages.selftrain import SelftrainSection
     from xlt_engine.engine.method.settings import SelftrainSettings
 
     with pytest.raises(

@@ -19,8 +19,8 @@ from xlt_engine.cli import main
 from xlt_engine.data import read_conll
 from xlt_engine.engine.experiment.config import load_config
 from xlt_engine.engine.experiment.pipeline import all_table
-from xlt_engine.engine.experiment.runs import round1_twin, with_section
-from xlt_engine.engine.experiment.stages import build_evaluate
+from xlt_engine.engine.experiment.runs import partial_twin, with_section
+from xlt_engine.engine.experiment.stages.evaluate import build_evaluate
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -317,7 +317,9 @@ def test_rows_that_differ_after_the_soft_step_share_round_1(ner_cfg, ner_all, tm
         assert (alone / "model" / f).read_bytes() == (at / "model" / f).read_bytes(), f
 
     def twin(*sets):
-        return round1_twin(load_config(ner_cfg, [f"out={str(tmp_path / 'shared')!r}", *sets]))
+        return partial_twin(
+            load_config(ner_cfg, [f"out={str(tmp_path / 'shared')!r}", *sets]), "selftrain"
+        )
 
     assert twin(*fixed, "selftrain.rounds=3", "selftrain.hard.lr=0.1") == ours
     assert twin(*fixed, "selftrain.soft.lr=0.002") is None  # acts on the soft step

@@ -169,7 +169,8 @@ def test_student_init_names_the_folder_counts_in_the_fingerprint_and_is_no_round
     """``student_init = "teacher"`` is another self-training run: its own folder and
     fingerprint, and (acting in round 1's soft step) never a round-1 twin of the paper's."""
     from tests.engine.experiment.test_config import MINIMAL, write
-    from xlt_engine.engine.experiment.runs import AFTER_ROUND1_SOFT, _part, plan_stage, stage_dir
+    from xlt_engine.engine.experiment.runs import _part, plan_stage, stage_dir
+    from xlt_engine.engine.experiment.stages.selftrain import AFTER_ROUND1_SOFT
 
     paper = load_config(write(tmp_path, MINIMAL))
     mine = load_config(write(tmp_path, MINIMAL), ["selftrain.student_init='teacher'"])

@@ -17,6 +17,7 @@ derives from its stage's settings (``method.settings``), adding only what an exp
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import math
 import re
@@ -24,30 +25,23 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import tomllib
 
-from xlt_engine import STAGES
 from xlt_engine.data.task import Format
+from xlt_engine.engine.experiment import registry
 from xlt_engine.engine.method.settings import (
-    TEST_SPLIT,
-    BtfSettings,
-    CotrainSettings,
-    FinetuneSettings,
     FreezeLayers,
     FreezeSettings,
     HeadSettings,
     InputSettings,
-    SelftrainSettings,
-    Split,
     check_choices,
     check_device,
     check_encoding,
     check_freeze_layers,
     check_limit,
 )
-from xlt_engine.engine.train.inference import EVAL_MAX_TOKENS
 from xlt_engine.engine.train.loop import TrainConfig
 from xlt_engine.fileio import loads_json
 from xlt_engine.model.checkpoint import plan_checkpoint
@@ -137,78 +131,8 @@ class ModelSection(HeadSettings, FreezeSettings, InputSettings):
             raise ValueError("path: give the pretrained model folder (model.path)")
 
 
-@dataclass(frozen=True)
-class BtfSection(BtfSettings, FreezeOverride):
-    def __post_init__(self):
-        BtfSettings.__post_init__(self)
-        FreezeOverride.__post_init__(self)
-
-
-@dataclass(frozen=True)
-class FinetuneSection(FinetuneSettings, FreezeOverride):
-    init: str = "btf"  # "btf" (this target's Base Model), "pretrained" (model.path) or a folder
-    source: str | None = None  # with several sources: train on this one alone (a teacher of
-    # multi_source = "teachers"); None: on every source's train file (their union)
-
-    def __post_init__(self):
-        FinetuneSettings.__post_init__(self)
-        FreezeOverride.__post_init__(self)
-
-
 MultiSource = Literal["teachers", "union"]
 
-
-@dataclass(frozen=True)
-class SelftrainSection(SelftrainSettings, FreezeOverride):
-    """... the soft and the hard step freeze alike (``freeze_layers``); a step's
-    ``train.freeze`` patterns add to it."""
-
-    base: str = "btf"  # the students' start: "btf" (the Base Model), "pretrained" or a folder
-    teacher: str = "finetune"  # round 1's teacher: "finetune", "finetune-direct" or a folder
-
-    def __post_init__(self):
-        SelftrainSettings.__post_init__(self)
-        FreezeOverride.__post_init__(self)
-
-
-@dataclass(frozen=True)
-class CotrainSection(CotrainSettings):
-    """``[cotrain]``: the LM view is ``model.path``; the embedding view's encoder is
-    ``embedding_model`` (a LaBSE / e5 folder in Hugging Face layout)."""
-
-    embedding_model: str = ""
-
-
-@dataclass(frozen=True)
-class InferenceSection:
-    model: str = "finetune"  # a stage name ("finetune", "finetune-direct", "selftrain"), a
-    # co-training model ("cotrain": its predict_with, "cotrain-lm", "cotrain-emb",
-    # "cotrain-mean": the mean of both views) or a model folder
-    max_tokens: int = EVAL_MAX_TOKENS  # padded tokens per inference batch
-
-    def __post_init__(self):
-        check_choices(self)
-        if self.max_tokens < 8:
-            raise ValueError(f"max_tokens must be >= 8, got {self.max_tokens}")
-
-
-@dataclass(frozen=True)
-class EvaluateSection(InferenceSection):
-    # the labeled files scored: each language's test file, or its dev file (``data.max_dev``
-    # of them) for choices made on dev data only; a dev evaluation has its own folder
-    # (``evaluate-<model>-dev``) and tables (``all-dev``, ``ablation-dev``...)
-    split: Split = TEST_SPLIT
-
-
-@dataclass(frozen=True)
-class PredictSection(InferenceSection):
-    input: str | None = None
-    output: str | None = None  # a new file, or one predict wrote (``fileio.claim_output``)
-    overwrite: bool = False  # replace an existing output that predict did not write
-
-
-# every training loop's table of settings (a ``TrainConfig``): the stages' and self-training's two
-TRAIN_TABLES = ("btf.train", "finetune.train", "selftrain.soft", "selftrain.hard", "cotrain.train")
 
 # files that may serve a use, in order of preference: ROLES[use][is the source language]
 ROLES = {
@@ -237,12 +161,10 @@ class ExperimentConfig:
     # (ckpt-*/: a copy of the model and the optimizer state); False: dropped once its output
     # is written, as nothing reads them after that
     data: DataSection = field(default_factory=DataSection)
-    btf: BtfSection = field(default_factory=BtfSection)
-    finetune: FinetuneSection = field(default_factory=FinetuneSection)
-    selftrain: SelftrainSection = field(default_factory=SelftrainSection)
-    cotrain: CotrainSection = field(default_factory=CotrainSection)
-    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
-    predict: PredictSection = field(default_factory=PredictSection)
+    plugins: tuple[str, ...] = ()  # modules that register stages of one's own (imported
+    # before the stages' tables are read: ``registry.register``)
+    sections: dict[str, Any] = field(default_factory=dict)  # each registered stage's settings,
+    # its [<stage>] table (``cfg.<stage>``; a stage without a table here: its defaults)
     name: str = ""  # set from the file name
 
     def __post_init__(self):
@@ -258,7 +180,6 @@ class ExperimentConfig:
                 f"model.representation: {self.model.representation!r} is for sequence tasks "
                 "(NER labels every word's first sub-token; leave it 'cls')"
             )
-        self.finetune.check_kind("token" if self.task == "ner" else "sequence", "finetune.")
         if not self.targets:
             raise ValueError("targets: give at least one target language")
         check_choices(self)
@@ -277,25 +198,47 @@ class ExperimentConfig:
         for lang in (*self.source_languages, *self.targets):
             if lang not in self.languages:
                 raise ValueError(f"languages: no [languages.{lang}] table for language {lang!r}")
-        one = self.finetune.source
-        if one is not None and one not in self.source_languages:
-            raise ValueError(
-                f"finetune.source: {one!r} is not a source language ({list(self.source_languages)})"
-            )
         if self.target is not None and self.target not in self.targets:
             raise ValueError(f"target: {self.target!r} is not one of targets {list(self.targets)}")
         for key, train in self.train_tables().items():
             if train.seed != 0:
                 raise ValueError(f"{key}.seed: set the top-level seed (one for all stages)")
         check_device(self.device)
+        for stage in registry.stages():  # each stage's checks across sections
+            if stage.check is not None:
+                stage.check(self)
+
+    def __getattr__(self, name: str):
+        """A stage's settings (``cfg.selftrain``): its section, else its defaults."""
+        if name.startswith("__"):
+            raise AttributeError(name)
+        sections = self.__dict__.get("sections")
+        if sections is not None and name in sections:
+            return sections[name]
+        try:
+            stage = registry.get(name)
+        except ValueError:
+            raise AttributeError(f"ExperimentConfig has no setting or stage {name!r}") from None
+        if stage.section is None:
+            raise AttributeError(f"stage {name!r} has no settings")
+        return stage.section()
+
+    def seeded(self, train: TrainConfig) -> TrainConfig:
+        """A stage's training loop with the experiment's seed (one for every stage), and no
+        loop checkpoint at its last step (every stage saves its model right after, and drops
+        its loop checkpoints once finished) unless they are kept."""
+        return dataclasses.replace(
+            train, seed=self.seed, final_checkpoint=self.keep_loop_checkpoints
+        )
 
     def train_tables(self) -> dict[str, TrainConfig]:
-        """Every training loop's settings, by key (``TRAIN_TABLES``)."""
-        out = {}
-        for key in TRAIN_TABLES:
-            section, name = key.split(".")
-            out[key] = getattr(getattr(self, section), name)
-        return out
+        """Every training loop's settings, by key (``btf.train``, ``selftrain.soft``...: the
+        registered stages' ``trains``)."""
+        return {
+            f"{stage.name}.{name}": getattr(getattr(self, stage.name), name)
+            for stage in registry.stages()
+            for name in stage.trains
+        }
 
     @property
     def source_languages(self) -> tuple[str, ...]:
@@ -306,11 +249,6 @@ class ExperimentConfig:
     def teachers_per_source(self) -> bool:
         """Several sources with one teacher each (``multi_source = "teachers"``)."""
         return len(self.source_languages) > 1 and self.multi_source == "teachers"
-
-    def finetune_languages(self) -> tuple[str, ...]:
-        """The source languages whose train files ``finetune`` reads."""
-        one = self.finetune.source
-        return (one,) if one is not None else self.source_languages
 
     def freeze(self, stage: str) -> FreezeSettings:
         """What ``stage`` (btf, finetune, selftrain) freezes: its section's setting, else
@@ -412,17 +350,23 @@ def _convert(tp, value, key: str, problems: list[str]):
     return None
 
 
-def _build(cls, table: dict, prefix: str, problems: list[str], base=None):
+def _build(cls, table: dict, prefix: str, problems: list[str], base=None, given=None):
+    """``cls`` from ``table`` (its problems added to ``problems``; None when it cannot be
+    built); ``given``: fields built already (an experiment's stage sections)."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    given = given or {}
     n_before = len(problems)
     blocked = False  # a required setting missing or a value of the wrong type: not built
+    hidden = ("name", "sections") if cls is ExperimentConfig else ()
     for k in table:
-        if k not in fields or (k == "name" and cls is ExperimentConfig):
-            known = ", ".join(n for n in fields if n != "name")
+        if k not in fields or k in hidden:
+            known = ", ".join([*(n for n in fields if n not in hidden), *registry.names()])
             problems.append(f"{prefix}{k}: unknown key (known here: {known})")
-    kwargs = {}
+    kwargs = dict(given)
     for name, f in fields.items():
+        if name in given or name in hidden:
+            continue
         if name not in table:
             no_default = (
                 f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
@@ -502,9 +446,43 @@ def apply_overrides(table: dict, overrides: list[str]) -> dict:
     return table
 
 
+def _import_plugins(table: dict, problems: list[str]) -> None:
+    """Import the modules ``plugins`` names (each registers its stages) before the stages'
+    tables are read."""
+    plugins = table.get("plugins", [])
+    if not isinstance(plugins, list | tuple) or not all(isinstance(p, str) for p in plugins):
+        return  # reported as a wrong type by the build
+    for module in plugins:
+        try:
+            importlib.import_module(module)
+        except Exception as err:  # whatever the module raises, named
+            problems.append(f"plugins: {module!r}: cannot import it ({type(err).__name__}: {err})")
+
+
+def _sections(table: dict, problems: list[str]) -> dict[str, Any]:
+    """Every registered stage's settings from its ``[<stage>]`` table (its defaults where
+    absent), taken out of ``table``."""
+    out = {}
+    for stage in registry.stages():
+        if stage.section is None:
+            continue
+        raw, default = table.pop(stage.name, None), stage.section()
+        if raw is not None and not isinstance(raw, dict):
+            problems.append(f"{stage.name}: expected a table, got {raw!r}")
+            raw = None
+        built = (
+            None if raw is None else _build(stage.section, raw, f"{stage.name}.", problems, default)
+        )
+        out[stage.name] = default if built is None else built
+    return out
+
+
 def config_from_dict(table: dict, where: str, name: str = "") -> ExperimentConfig:
     problems: list[str] = []
-    cfg = _build(ExperimentConfig, table, "", problems)
+    table = dict(table)
+    _import_plugins(table, problems)
+    sections = _sections(table, problems)
+    cfg = _build(ExperimentConfig, table, "", problems, given={"sections": sections})
     if problems:
         root = table.get("data", {}).get("root") if isinstance(table.get("data"), dict) else None
         if isinstance(root, str) and not Path(root).is_dir():  # what a stage would say next
@@ -559,8 +537,12 @@ def _resolved_table(doc, where: str) -> tuple[dict, str]:
 
 
 def to_dict(cfg) -> dict:
-    """The resolved config as plain data (for ``config.json`` in the run folder)."""
-    return dataclasses.asdict(cfg)
+    """The resolved config as plain data (for ``config.json`` in the run folder): the TOML
+    tree's shape, each stage's table at the top level."""
+    out = dataclasses.asdict(cfg)
+    if isinstance(cfg, ExperimentConfig):
+        out |= out.pop("sections")
+    return out
 
 
 def model_config(folder: Path) -> BertConfig | None:
@@ -581,7 +563,7 @@ def has_pooler(folder: Path) -> bool | None:
         return None
 
 
-class _Needs:
+class Needs:
     """The missing-file problems of one stage, collected to be reported at once."""
 
     def __init__(self, cfg: ExperimentConfig, stage: str):
@@ -606,16 +588,17 @@ class _Needs:
             self(f"languages.{tgt}.{role}", self.cfg.data_path(tgt, role))
 
 
-def _model_problems(cfg: ExperimentConfig, stage: str, need: _Needs) -> None:
+def _model_problems(cfg: ExperimentConfig, spec: registry.Stage, need: Needs) -> None:
     """The model folder, and what its config.json says of the settings: a freezing that leaves
     only the head, a max_len beyond its positions, a pooler representation without a pooler."""
     need("model.path", Path(cfg.model.path), folder=True)
     config = model_config(Path(cfg.model.path))  # read once, for the checks below
     positions = None if config is None else config.max_tokens
-    if stage in ("btf", "finetune", "selftrain") and config is not None:
+    stage = spec.name
+    if spec.freezes is not None and config is not None:
         frozen = cfg.freeze(stage).freeze_layers
         if frozen != "all" and frozen >= config.num_hidden_layers:
-            head = "the MLM head" if stage == "btf" else "the task head"
+            head = spec.freezes
             need.problems.append(
                 f"{cfg.freeze_key(stage)}: {frozen} freezes all {config.num_hidden_layers} "
                 f"layers of the model (only {head} would train in {stage}); set it to 'all' "
@@ -627,79 +610,21 @@ def _model_problems(cfg: ExperimentConfig, stage: str, need: _Needs) -> None:
             f"model ({Path(cfg.model.path) / 'config.json'})"
         )
     pooler = cfg.model.representation == "pooler"
-    if stage in ("finetune", "selftrain") and pooler and has_pooler(Path(cfg.model.path)) is False:
+    if spec.task_head and pooler and has_pooler(Path(cfg.model.path)) is False:
         need.problems.append(
             f"model.representation: 'pooler', but {cfg.model.path} holds no pooler.dense "
             "weights (use 'cls' or 'mean')"
         )
 
 
-def _btf_files(cfg: ExperimentConfig, need: _Needs) -> None:
-    for lang in (*cfg.source_languages, cfg.pair_target):
-        role = cfg.role(lang, "text")
-        if role is None:
-            roles = ", ".join(ROLES["text"][lang in cfg.source_languages])
-            need.problems.append(f"languages.{lang}: btf needs text (one of {roles})")
-        else:
-            need(f"languages.{lang}.{role}", cfg.data_path(lang, role))
-
-
-def _finetune_files(cfg: ExperimentConfig, need: _Needs) -> None:
-    for lang in cfg.finetune_languages():
-        need(f"languages.{lang}.train", cfg.data_path(lang, "train"))
-    dev = cfg.finetune.source or cfg.source
-    need(f"languages.{dev}.dev", cfg.data_path(dev, "dev"), required=False)
-    if cfg.finetune.parallel_file:
-        need("finetune.parallel_file", Path(cfg.finetune.parallel_file))
-
-
-def _selftrain_files(cfg: ExperimentConfig, need: _Needs) -> None:
-    for lang in cfg.source_languages:
-        need(f"languages.{lang}.train", cfg.data_path(lang, "train"))
-    need.unlabeled()
-
-
-def _cotrain_files(cfg: ExperimentConfig, need: _Needs) -> None:
-    src, tgt = cfg.source, cfg.pair_target
-    need(f"languages.{src}.train", cfg.data_path(src, "train"))
-    need.unlabeled()
-    need(f"languages.{tgt}.dev", cfg.data_path(tgt, "dev"), required=False)
-    emb = cfg.cotrain.embedding_model
-    if not emb:
-        need.problems.append("cotrain.embedding_model: missing (the embedding view's encoder)")
-    else:
-        need("cotrain.embedding_model", Path(emb), folder=True)
-
-
-def _evaluate_files(cfg: ExperimentConfig, need: _Needs) -> None:
-    split, src = cfg.evaluate.split, cfg.source
-    for lang in (src, *cfg.targets):
-        need(f"languages.{lang}.{split}", cfg.data_path(lang, split))
-    for lang in (x for x in cfg.source_languages if x != src):  # other sources' files
-        need(f"languages.{lang}.{split}", cfg.data_path(lang, split), required=False)
-
-
-def _predict_files(cfg: ExperimentConfig, need: _Needs) -> None:
-    if cfg.predict.input is None:
-        need.problems.append("predict.input: missing (the file to predict)")
-    else:
-        need("predict.input", Path(cfg.predict.input))
-    if cfg.predict.output is None:
-        need.problems.append("predict.output: missing (where to write the predictions)")
-
-
-STAGE_FILES = {"btf": _btf_files, "finetune": _finetune_files, "selftrain": _selftrain_files,
-               "cotrain": _cotrain_files, "evaluate": _evaluate_files, "predict": _predict_files}  # fmt: skip
-
-
 def check_files(cfg: ExperimentConfig, stage: str) -> None:
     """Every file ``stage`` reads must exist; one ``ConfigError`` lists all that do not."""
-    if stage not in STAGE_FILES:
-        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
-    need = _Needs(cfg, stage)
+    spec = registry.get(stage)
+    need = Needs(cfg, stage)
     if not Path(cfg.data.root).is_dir():
         need.problems.append(f"data.root: {cfg.data.root}: no such folder")
-    _model_problems(cfg, stage, need)
-    STAGE_FILES[stage](cfg, need)
+    _model_problems(cfg, spec, need)
+    if spec.files is not None:
+        spec.files(cfg, need)
     if need.problems:
         raise ConfigError(cfg.name or "config", need.problems)

@@ -32,17 +32,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xlt_engine.engine.experiment.config import ExperimentConfig, check_files
+from xlt_engine.engine.experiment.execute import format_seconds, run_stage
 from xlt_engine.engine.experiment.runs import (
     check_plans,
     model_stage,
     plan_stage,
-    split_suffix,
     stage_dir,
-    teacher_models,
     with_linear_head,
     with_section,
 )
-from xlt_engine.engine.experiment.stages import format_seconds, run_stage
+from xlt_engine.engine.experiment.stages.evaluate import split_suffix
+from xlt_engine.engine.experiment.stages.selftrain import teacher_models
 from xlt_engine.engine.method.settings import TEST_SPLIT
 from xlt_engine.engine.train import distributed
 from xlt_engine.engine.train.distributed import rank_world

@@ -47,8 +47,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xlt_engine.engine.experiment import registry
 from xlt_engine.engine.experiment.config import LIMITS, ConfigError, ExperimentConfig
-from xlt_engine.engine.method.settings import TEST_SPLIT, FreezeSettings, SelftrainSettings
+from xlt_engine.engine.method.settings import FreezeSettings
 from xlt_engine.engine.train.checkpoints import latest_checkpoint
 from xlt_engine.engine.train.distributed import rank_world
 from xlt_engine.engine.train.loop import RESUME_FREE
@@ -61,14 +62,6 @@ VOLATILE = RESUME_FREE
 # the fingerprint's format: a folder recorded in another one is refused, naming it (its results
 # are kept; nothing of an older format is read in a compatible way)
 FORMAT = 2
-# co-training's models: its final prediction (``cotrain.predict_with``), or one view's last
-# model, or the mean of both views' probabilities (an ensemble: evaluate and predict read it)
-COTRAIN_MODELS = ("cotrain", "cotrain-lm", "cotrain-emb", "cotrain-mean")
-NAMED_MODELS = ("pretrained", "btf", "finetune", "finetune-direct", "selftrain", *COTRAIN_MODELS)
-PAPER_ROUNDS = SelftrainSettings.rounds  # the default N (1.5): others get their own folder
-PAPER_RULE = SelftrainSettings.pseudo_rule  # likewise the default rule and source filter
-PAPER_FILTER = SelftrainSettings.source_filter
-PAPER_INIT = SelftrainSettings.student_init
 
 
 class StaleStageError(ValueError):
@@ -76,15 +69,17 @@ class StaleStageError(ValueError):
 
 
 def with_section(cfg: ExperimentConfig, section: str, **changes) -> ExperimentConfig:
-    """``cfg`` with fields of one section replaced (e.g. ``finetune``, ``init="pretrained"``)."""
-    return dataclasses.replace(
-        cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)}
-    )
+    """``cfg`` with fields of one section replaced (e.g. ``finetune``, ``init="pretrained"``;
+    a stage's section or ``model`` / ``data``)."""
+    new = dataclasses.replace(getattr(cfg, section), **changes)
+    if section in {f.name for f in dataclasses.fields(cfg)}:
+        return dataclasses.replace(cfg, **{section: new})
+    return dataclasses.replace(cfg, sections={**cfg.sections, section: new})
 
 
 def with_trains(cfg: ExperimentConfig, **changes) -> ExperimentConfig:
     """``cfg`` with the same fields replaced in every training loop's settings
-    (``TRAIN_TABLES``), e.g. ``max_steps=4``."""
+    (``cfg.train_tables()``), e.g. ``max_steps=4``."""
     for key, train in cfg.train_tables().items():
         section, name = key.split(".")
         cfg = with_section(cfg, section, **{name: dataclasses.replace(train, **changes)})
@@ -97,143 +92,85 @@ def with_linear_head(cfg: ExperimentConfig) -> ExperimentConfig:
     return with_section(cfg, "model", head="linear", voter_widths=())
 
 
-def _variant(cfg: ExperimentConfig) -> str:
+def variant(cfg: ExperimentConfig) -> str:
+    """The head in a trained stage folder's name: ``-linear``, ``-voters<M>`` (M not 3)."""
     if cfg.model.head == "linear":
         return "-linear"
     return f"-voters{cfg.model.voters}" if cfg.model.voters != 3 else ""
 
 
-def _adaptation(cfg: ExperimentConfig) -> str:
-    """Paper 003's language adaptation in a finetune folder's name: ``-la`` (Label Alignment),
-    ``-tt`` (translate-train: the parallel file's translations, no contrastive term), ``-sa``
-    (Semantic Alignment, which trains on the translations too)."""
-    f = cfg.finetune
-    la = "-la" if f.label_alignment else ""
-    if f.semantic_alignment:
-        return la + "-sa"
-    return la + ("-tt" if f.parallel_file else "")
-
-
-def cotrain_views(cfg: ExperimentConfig, name: str) -> tuple[str, ...]:
-    """The views whose models make the prediction a co-training model name stands for."""
-    which = cfg.cotrain.predict_with if name == "cotrain" else name.split("-", 1)[1]
-    return ("lm", "emb") if which == "mean" else (which,)
-
-
 def stage_dir(cfg: ExperimentConfig, stage: str) -> Path:
-    """The folder of ``stage`` for this config (see the module docstring)."""
-    run = cfg.run_dir()
-    if stage == "finetune":
-        direct = "-direct" if cfg.finetune.init == "pretrained" else ""
-        one = cfg.finetune.source
-        alone = f"-{one}" if one is not None and len(cfg.source_languages) > 1 else ""
-        return run / f"finetune{direct}{_variant(cfg)}{_adaptation(cfg)}{alone}"
-    if stage == "selftrain":
-        s = cfg.selftrain
-        direct = "-direct" if s.base == "pretrained" else ""
-        fixed = f"-alpha{s.alpha:g}" if s.threshold == "fixed" else ""
-        rounds = f"-rounds{s.rounds:g}" if s.rounds != PAPER_ROUNDS else ""
-        rule = f"-{s.pseudo_rule}" if s.pseudo_rule != PAPER_RULE else ""
-        source = f"-src{s.source_filter}" if s.source_filter != PAPER_FILTER else ""
-        init = f"-init_{s.student_init}" if s.student_init != PAPER_INIT else ""
-        return run / f"selftrain{direct}{_variant(cfg)}{fixed}{rounds}{rule}{source}{init}"
-    if stage == "cotrain":
-        return run / ("cotrain-self" if cfg.cotrain.exchange == "self" else "cotrain")
-    if stage == "evaluate":
-        return run / (f"evaluate-{_scored(cfg, run)}" + split_suffix(cfg))
-    return run / stage
+    """The folder of ``stage`` for this config (its ``Stage.folder``; see the module
+    docstring)."""
+    return cfg.run_dir() / registry.get(stage).folder_name(cfg)
 
 
-def _scored(cfg: ExperimentConfig, run: Path) -> str:
-    """What an evaluation folder is named after: the model's stage folder (``selftrain``,
-    ``cotrain-emb``...), its path inside the run folder, or ``model``."""
-    name = cfg.evaluate.model
-    if name in COTRAIN_MODELS:
-        views = cotrain_views(cfg, name)
-        which = "mean" if len(views) > 1 else views[0]
-        return f"{stage_dir(cfg, 'cotrain').name}-{which}"
-    if name in NAMED_MODELS[1:]:
-        return stage_dir(*model_stage(cfg, name)).name
-    parts = Path(name).resolve().parts
-    inside = run.resolve().parts
-    if parts[: len(inside)] == inside and len(parts) > len(inside):
-        rel = list(parts[len(inside) :])
-        if rel[-1] == "model" and len(rel) > 1:
-            rel = rel[:-1]
-        return "-".join(rel)
-    return "model"
-
-
-def split_suffix(cfg: ExperimentConfig) -> str:
-    """``-dev`` for an evaluation on the dev files (``evaluate.split``): in its folder's and
-    its tables' names, so it never replaces the test scores."""
-    return "" if cfg.evaluate.split == TEST_SPLIT else f"-{cfg.evaluate.split}"
+def named_models() -> tuple[str, ...]:
+    """The model names a config may give for a model (``finetune.init``, ``evaluate.model``...):
+    ``pretrained`` and every name a registered stage makes."""
+    return ("pretrained", *registry.model_names())
 
 
 def model_stage(cfg: ExperimentConfig, name: str) -> tuple[ExperimentConfig, str]:
     """The (config, stage) whose output is the model called ``name``."""
-    if name == "finetune":
-        return with_section(cfg, "finetune", init="btf"), "finetune"
-    if name == "finetune-direct":
-        return with_section(cfg, "finetune", init="pretrained"), "finetune"
-    if name in COTRAIN_MODELS:
-        return cfg, "cotrain"
-    return cfg, name
+    maker = registry.model_maker(name)
+    if maker is None:
+        raise ValueError(f"no stage makes a model named {name!r}")
+    stage, change = maker
+    return change(cfg), stage.name
 
 
 def output_of(cfg: ExperimentConfig, stage: str) -> Path:
-    """What a finished stage leaves: its model folder, or evaluate's results.json."""
-    name = {"btf": "base-model", "evaluate": "results.json", "cotrain": "cotrain.json"}.get(
-        stage, "model"
-    )
-    return stage_dir(cfg, stage) / name
+    """What a finished stage leaves (its ``Stage.output``: a model folder, evaluate's
+    results.json...)."""
+    return stage_dir(cfg, stage) / registry.get(stage).output
 
 
 def model_paths(cfg: ExperimentConfig, name: str, key: str, must_exist: bool = True) -> list[Path]:
-    """The model folders a name stands for: one (``model_path``), or for co-training's
-    ``cotrain-mean`` (``cotrain`` with ``predict_with = "mean"``) its two views' models, whose
-    mean-of-voters probabilities are averaged."""
-    if name not in COTRAIN_MODELS:
+    """The model folders a name stands for: one (``model_path``), or several whose
+    mean-of-voters probabilities are averaged (an ensemble: co-training's ``cotrain-mean``,
+    its two views' models), as the stage that makes it says (``Stage.model_folders``)."""
+    maker = registry.model_maker(name)
+    if maker is None or maker[0].model_folders is None:
         return [model_path(cfg, name, key, must_exist)]
-    stage = stage_dir(cfg, "cotrain")
-    if must_exist and not output_of(cfg, "cotrain").is_file():
-        raise ConfigError(
-            cfg.name or "config",
-            [
-                f"{key}: {name!r}: {stage} holds no finished co-training (run the cotrain stage first)"
-            ],
-        )
-    last = stage / f"iter-{cfg.cotrain.iterations}"
-    return [last / view / "model" for view in cotrain_views(cfg, name)]
+    stage, change = maker
+    try:
+        return stage.model_folders(change(cfg), name)
+    except ConfigError as err:
+        if not must_exist:
+            return [output_of(change(cfg), stage.name)]
+        raise ConfigError(err.where, [f"{key}: {p}" for p in err.problems]) from None
 
 
 def model_path(cfg: ExperimentConfig, name: str, key: str, must_exist: bool = True) -> Path:
     """A model named by a stage ("pretrained", "btf", "finetune", "finetune-direct",
-    "selftrain", one co-training view: "cotrain-lm", "cotrain-emb") or a folder; ``key`` is the
-    config key that named it (for errors)."""
-    if name in COTRAIN_MODELS:
+    "selftrain", one co-training view: "cotrain-lm", "cotrain-emb": ``named_models``) or a
+    folder; ``key`` is the config key that named it (for errors)."""
+    maker = registry.model_maker(name)
+    if maker is not None and maker[0].model_folders is not None:
         paths = model_paths(cfg, name, key, must_exist)
         if len(paths) > 1:
             raise ConfigError(
                 cfg.name or "config",
-                [f"{key}: {name!r} is the mean of two models (only evaluate and predict read "
-                 "an ensemble); name one view: 'cotrain-lm' or 'cotrain-emb'"],
+                [f"{key}: {name!r} is the mean of {len(paths)} models (only evaluate and "
+                 f"predict read an ensemble); name one of them"],
             )  # fmt: skip
         return paths[0]
     if name == "pretrained":
         path = Path(cfg.model.path)
-    elif name in NAMED_MODELS:
+    elif maker is not None:
         path = output_of(*model_stage(cfg, name))
     else:
         path = Path(name)
     if must_exist and not path.is_dir():
         hint = ""
-        if name in NAMED_MODELS:
-            hint = f" (run the {name.split('-')[0]} stage first"
+        if maker is not None:
+            stage = maker[0]
+            hint = f" (run the {stage.name} stage first"
             # e.g. finetune ran with finetune.init = "pretrained": its model is finetune-direct
-            twin = {"finetune": "finetune-direct", "finetune-direct": "finetune"}.get(name)
-            if twin and output_of(*model_stage(cfg, twin)).is_dir():
-                hint += f", or set {key} = {twin!r}: that model exists"
+            for other in (n for n in stage.models if n != name):
+                if output_of(*model_stage(cfg, other)).is_dir():
+                    hint += f", or set {key} = {other!r}: that model exists"
             hint += ")"
         raise ConfigError(cfg.name or "config", [f"{key}: {path}: no such folder{hint}"])
     return path
@@ -272,12 +209,14 @@ def input_identity(path: Path) -> dict:
     return {"path": str(path), **file_identity(path)}
 
 
-def _flat(prefix: str, value, out: dict) -> dict:
+def flat(prefix: str, value, out: dict) -> dict:
+    """``value``'s settings as dotted keys under ``prefix`` (a dataclass: each field, those
+    that change no result left out: ``VOLATILE``), added to ``out``."""
     if dataclasses.is_dataclass(value):
         for f in dataclasses.fields(value):
             v = getattr(value, f.name)
             if f.name not in VOLATILE:
-                _flat(f"{prefix}.{f.name}", v, out)
+                flat(f"{prefix}.{f.name}", v, out)
     else:
         out[prefix] = list(value) if isinstance(value, tuple) else value
     return out
@@ -327,13 +266,12 @@ class StagePlan:
             raise StaleStageError(f"{path}: unreadable ({err}); move the folder away") from None
 
     def started(self) -> bool:
-        """Work of an earlier run is in the folder (a loop checkpoint, selftrain rounds)."""
-        folder = self.folder
-        if self.stage == "selftrain":
-            return (folder / "selftrain.jsonl").exists() or any(folder.glob("round-*"))
-        if self.stage == "cotrain":
-            return any(folder.glob("iter-*"))
-        return latest_checkpoint(folder) is not None
+        """Work of an earlier run is in the folder (a loop checkpoint, or what the stage says:
+        ``Stage.started``)."""
+        spec = registry.get(self.stage)
+        if spec.started is not None:
+            return spec.started(self.folder)
+        return latest_checkpoint(self.folder) is not None
 
     def differences(self) -> list[str]:
         """What changed since the folder's fingerprint was written ([] when it matches or the
@@ -425,41 +363,13 @@ def check_plans(plans: list[StagePlan]) -> None:
 # what each stage reads
 
 
-def text_roles(cfg: ExperimentConfig) -> dict[str, str]:
-    """btf's text file per language (the sources, then the pair's target): ``{lang: role}``."""
-    return {lang: cfg.role(lang, "text") for lang in (*cfg.source_languages, cfg.pair_target)}
-
-
-def teacher_models(cfg: ExperimentConfig) -> dict[str, tuple[ExperimentConfig, str]]:
-    """Round 1's teachers as ``{config key: (config, model name)}``: ``selftrain.teacher``, or
-    with several sources and ``multi_source = "teachers"`` the same model fine-tuned on each
-    source alone (``finetune.source``), one per source."""
-    name = cfg.selftrain.teacher
-    if cfg.teachers_per_source and name in ("finetune", "finetune-direct"):
-        return {
-            f"selftrain.teacher[{lang}]": (with_section(cfg, "finetune", source=lang), name)
-            for lang in cfg.source_languages
-        }
-    return {"selftrain.teacher": (cfg, name)}
-
-
-def evaluated_languages(cfg: ExperimentConfig) -> list[str]:
-    """The languages ``evaluate`` scores: the source, every other source with a file of the
-    split (``evaluate.split``: test or dev), the targets."""
-    split = cfg.evaluate.split
-    others = [
-        x for x in cfg.source_languages if x != cfg.source and getattr(cfg.languages[x], split)
-    ]
-    return [cfg.source, *others, *cfg.targets]
-
-
 def unlabeled_role(cfg: ExperimentConfig) -> str:
     return cfg.role(cfg.pair_target, "unlabeled")
 
 
-def _model_input(cfg: ExperimentConfig, name: str, key: str, plan: StagePlan) -> None:
+def model_input(cfg: ExperimentConfig, name: str, key: str, plan: StagePlan) -> None:
     """A model the stage reads: a planned stage (upstream) or a folder (input)."""
-    if name in NAMED_MODELS[1:]:
+    if registry.model_maker(name) is not None:
         if name == plan.stage:
             raise ConfigError(cfg.name or "config", [f"{key}: {name!r} is this stage's own output"])
         plan.upstream[key] = plan_stage(*model_stage(cfg, name))
@@ -467,96 +377,10 @@ def _model_input(cfg: ExperimentConfig, name: str, key: str, plan: StagePlan) ->
         plan.inputs[key] = model_path(cfg, name, key, must_exist=False)
 
 
-def _btf_plan(cfg: ExperimentConfig, common: dict, head: dict, trained: dict) -> StagePlan:
-    plan = StagePlan(cfg, "btf", {**common, **_flat("btf", cfg.btf, {}), **trained}, {})
-    plan.inputs["model.path"] = Path(cfg.model.path)
-    for lang, role in text_roles(cfg).items():
-        plan.inputs[f"languages.{lang}.{role}"] = cfg.data_path(lang, role)
-    return plan
-
-
-def _finetune_plan(cfg: ExperimentConfig, common: dict, head: dict, trained: dict) -> StagePlan:
-    settings = _flat("finetune", cfg.finetune, {})
-    settings.pop("finetune.init")
-    if cfg.finetune.source is None:
-        settings.pop("finetune.source")
-    parallel = settings.pop("finetune.parallel_file")
-    unused = []  # paper 003's options count only when on
-    if not cfg.finetune.label_alignment:
-        unused += ["label_alignment", "la_weight", "la_temperature"]
-    if not cfg.finetune.semantic_alignment:
-        unused += ["semantic_alignment", "sa_weight", "sa_temperature", "sa_lr_scale", "sa_epochs"]
-    for key in unused:
-        settings.pop(f"finetune.{key}")
-    plan = StagePlan(cfg, "finetune", {**common, **head, **settings, **trained}, {})
-    if parallel:  # its contents, not its name
-        plan.inputs["finetune.parallel_file"] = Path(parallel)
-    _model_input(cfg, cfg.finetune.init, "finetune.init", plan)
-    for lang in cfg.finetune_languages():
-        plan.inputs[f"languages.{lang}.train"] = cfg.data_path(lang, "train")
-    dev = cfg.finetune.source or cfg.source
-    if cfg.languages[dev].dev:
-        plan.inputs[f"languages.{dev}.dev"] = cfg.data_path(dev, "dev")
-    return plan
-
-
-def _selftrain_plan(cfg: ExperimentConfig, common: dict, head: dict, trained: dict) -> StagePlan:
-    settings = _flat("selftrain", cfg.selftrain, {})
-    for key in ("selftrain.base", "selftrain.teacher"):
-        settings.pop(key)
-    if cfg.selftrain.on_collapse != "skip_hard":  # warn and error change no result
-        settings.pop("selftrain.on_collapse")
-    rule = cfg.selftrain.pseudo_rule  # a rule's own settings, only where they act
-    unused = {"selftrain.min_rows": "per_class_precision",
-              "selftrain.class_precision": "per_class_precision", "selftrain.quota": "class_quota"}  # fmt: skip
-    for key in [k for k, r in unused.items() if r != rule]:
-        settings.pop(key)
-    plan = StagePlan(cfg, "selftrain", {**common, **head, **settings, **trained}, {})
-    _model_input(cfg, cfg.selftrain.base, "selftrain.base", plan)
-    for key, (c, name) in teacher_models(cfg).items():
-        _model_input(c, name, key, plan)
-    for lang in cfg.source_languages:
-        plan.inputs[f"languages.{lang}.train"] = cfg.data_path(lang, "train")
-    tgt, role = cfg.pair_target, unlabeled_role(cfg)
-    plan.inputs[f"languages.{tgt}.{role}"] = cfg.data_path(tgt, role)
-    return plan
-
-
-def _cotrain_plan(cfg: ExperimentConfig, common: dict, head: dict, trained: dict) -> StagePlan:
-    settings = _flat("cotrain", cfg.cotrain, {})
-    settings.pop("cotrain.embedding_model")
-    plan = StagePlan(cfg, "cotrain", {**common, **settings, **trained}, {})
-    src, tgt, role = cfg.source, cfg.pair_target, unlabeled_role(cfg)
-    plan.inputs["model.path"] = Path(cfg.model.path)
-    plan.inputs["cotrain.embedding_model"] = Path(cfg.cotrain.embedding_model)
-    plan.inputs[f"languages.{src}.train"] = cfg.data_path(src, "train")
-    plan.inputs[f"languages.{tgt}.{role}"] = cfg.data_path(tgt, role)
-    if cfg.languages[tgt].dev:
-        plan.inputs[f"languages.{tgt}.dev"] = cfg.data_path(tgt, "dev")
-    return plan
-
-
-def _evaluate_plan(cfg: ExperimentConfig, common: dict, head: dict, trained: dict) -> StagePlan:
-    settings = dict(common)
-    if cfg.evaluate.model in COTRAIN_MODELS:  # which views' probabilities make the prediction
-        settings["evaluate.views"] = list(cotrain_views(cfg, cfg.evaluate.model))
-    split = cfg.evaluate.split
-    if split != TEST_SPLIT:  # a dev evaluation is another stage (its own folder)
-        settings["evaluate.split"] = split
-    plan = StagePlan(cfg, "evaluate", settings, {})
-    _model_input(cfg, cfg.evaluate.model, "evaluate.model", plan)
-    for lang in evaluated_languages(cfg):
-        plan.inputs[f"languages.{lang}.{split}"] = cfg.data_path(lang, split)
-    return plan
-
-
-PLANS = {"btf": _btf_plan, "finetune": _finetune_plan, "selftrain": _selftrain_plan,
-         "cotrain": _cotrain_plan, "evaluate": _evaluate_plan}  # fmt: skip
-
-
 def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
     """The stage's settings, inputs and upstream stages (nothing is read but file headers)."""
-    if stage not in PLANS:
+    spec = registry.get(stage)
+    if spec.plan is None:
         raise ValueError(f"stage {stage!r} has no run folder")
     common = {
         "task": cfg.task,
@@ -575,42 +399,15 @@ def plan_stage(cfg: ExperimentConfig, stage: str) -> StagePlan:
     # the global batch is batch_size x processes x grad_accum, and a checkpoint's data position
     # is per rank: a trained stage is another one on another number of processes
     trained = {"world_size": rank_world()[1]}
-    if stage in ("btf", "finetune", "selftrain"):  # what it freezes, wherever that was set
-        trained |= _flat(stage, cfg.freeze(stage), {})
+    if spec.freezes is not None:  # what it freezes, wherever that was set
+        trained |= flat(stage, cfg.freeze(stage), {})
     freeze_keys = [f"model.{f.name}" for f in dataclasses.fields(FreezeSettings)]
     head = {
         k: v
-        for k, v in _flat("model", cfg.model, {}).items()
+        for k, v in flat("model", cfg.model, {}).items()
         if k not in ("model.path", "model.max_len", *freeze_keys)
     }
-    return PLANS[stage](cfg, common, head, trained)
-
-
-# settings that act only after round 1's soft step: self-training folders that differ in these
-# (and the hard step's) alone make the same teacher probabilities and soft student in round 1
-AFTER_ROUND1_SOFT = (
-    "selftrain.rounds",
-    "selftrain.threshold",
-    "selftrain.alpha",
-    "selftrain.grid",
-    "selftrain.source_filter",
-    "selftrain.pseudo_rule",
-    "selftrain.min_rows",
-    "selftrain.class_precision",
-    "selftrain.quota",
-    "selftrain.on_collapse",
-    "selftrain.hard.",
-)
-# co-training's settings that act only from the first exchange on: folders that differ in these
-# alone fine-tune the same two views in iteration 1 (on the source set alone)
-AFTER_ITER1_TRAINING = (
-    "cotrain.iterations",
-    "cotrain.threshold",
-    "cotrain.subset_fraction",
-    "cotrain.reinit",
-    "cotrain.predict_with",
-    "cotrain.exchange",
-)
+    return spec.plan(cfg, common, head, trained)
 
 
 def _part(fingerprint: dict, free: tuple[str, ...]) -> dict:
@@ -649,13 +446,19 @@ def _first_finished(candidates, done: str, matches) -> Path | None:
     return None
 
 
-def _twin(cfg: ExperimentConfig, stage: str, free: tuple[str, ...], done: str) -> Path | None:
-    """Another folder of the pair's ``stage`` (``<stage>*``) holding ``done`` whose recorded
-    fingerprint matches this config's in everything but ``free``."""
+def partial_twin(cfg: ExperimentConfig, stage: str) -> Path | None:
+    """Another folder of the pair's ``stage`` (``<stage>*``) holding its ``Partial``'s finished
+    work whose recorded fingerprint matches this config's in everything but what acts later
+    (``Partial.free``): self-training's round 1 (-AT, the threshold study's rows and the rounds
+    study's share Ours'), co-training's iteration 1 (``cotrain-self/`` shares ``cotrain/``'s).
+    None when there is none, or the stage has no ``Partial``."""
+    partial = registry.get(stage).partial
+    if partial is None:
+        return None
     plan = plan_stage(cfg, stage)
-    mine = _part(plan.fingerprint(), free)
+    mine = _part(plan.fingerprint(), partial.free)
     others = [f for f in sorted(plan.folder.parent.glob(f"{stage}*")) if f != plan.folder]
-    return _first_finished(others, done, lambda theirs: _part(theirs, free) == mine)
+    return _first_finished(others, partial.done, lambda theirs: _part(theirs, partial.free) == mine)
 
 
 def pair_twin(plan: StagePlan) -> Path | None:
@@ -673,18 +476,3 @@ def pair_twin(plan: StagePlan) -> Path | None:
     return _first_finished(
         [p / here.name for p in pairs], done, lambda t: t.get("digest") == digest
     )
-
-
-def round1_twin(cfg: ExperimentConfig) -> Path | None:
-    """Another self-training folder of the pair whose finished round 1 (teacher probabilities,
-    soft student) this config's would equal: its recorded fingerprint matches this one's in
-    everything but ``AFTER_ROUND1_SOFT`` (the same inputs, the same upstream stages). -AT, the
-    threshold study's rows and the rounds study's share it with Ours. None when there is none."""
-    return _twin(cfg, "selftrain", AFTER_ROUND1_SOFT, "round-1/soft/model")
-
-
-def iter1_twin(cfg: ExperimentConfig) -> Path | None:
-    """Another co-training folder of the pair whose iteration-1 views (fine-tuned on the source
-    set alone) this config's would equal: its fingerprint matches in everything but
-    ``AFTER_ITER1_TRAINING``. ``cotrain-self/`` shares them with ``cotrain/``."""
-    return _twin(cfg, "cotrain", AFTER_ITER1_TRAINING, "iter-1/state.safetensors")

@@ -33,15 +33,15 @@ under torchrun (``predict_logits(split_ranks=True)``); rank 0 writes. ``dev.json
 prediction's dev accuracy) and then ``cotrain.json`` (the final models, ``predict_with``) end the
 stage.
 
-``iter1_from`` (set by ``run_stage`` from ``runs.iter1_twin``): a folder whose iteration-1 views
-were trained on the same source set with the same settings (e.g. ``cotrain/`` for
-``cotrain-self/``); each is linked in (``iter-1/<view>/shared.json`` names it) when its
-``train.jsonl`` is this run's, else trained here.
+``lay_down_iteration1`` links a finished run's iteration-1 views into a new folder (the
+experiment does, for a folder whose iteration 1 would be the same: e.g. ``cotrain/``'s for
+``cotrain-self/``; ``iter-1/<view>/shared.json`` names it); the run, resumed, finds them done.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,11 +78,6 @@ class CotrainConfig(CotrainSettings, TaskSettings):
     max_train: int | None = None  # examples sampled from train_file (train.seed)
     max_unlabeled: int | None = None
     max_dev: int | None = None
-    iter1_from: str | None = None  # a co-training folder whose iteration-1 views this run takes
-    # (linked, not trained): one made with the same settings but those that act from the
-    # first exchange on (``runs.AFTER_ITER1_TRAINING``); the caller vouches for that,
-    # ``run_stage`` finds one (``runs.iter1_twin``). A view whose training data differ from
-    # this run's is trained all the same
 
     def __post_init__(self):
         CotrainSettings.__post_init__(self)
@@ -97,7 +92,7 @@ class CotrainConfig(CotrainSettings, TaskSettings):
             path = getattr(self, name)
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"{name}: {path}: no such file")
-        for name in ("model", "embedding_model", "iter1_from"):
+        for name in ("model", "embedding_model"):
             path = getattr(self, name)
             if path is not None and not Path(path).is_dir():
                 raise ValueError(f"{name}: {path}: no such folder")
@@ -133,22 +128,31 @@ def _view_probs(folder: Path, enc, pad_id: int, cfg: CotrainConfig, device) -> n
 SHARED = "shared.json"  # in a view's folder: the folder its model was taken from
 
 
-def take_view(src: Path, dst: Path, train_text: str) -> bool:
-    """Link the finished view ``src`` (its ``model/``, its training data and log) into ``dst``
-    when it was trained on exactly ``train_text``; ``shared.json`` names ``src``. False (and
-    nothing written) when it was not, or is not finished."""
-    if not (src / "model" / "task.json").is_file() or not (src / "train.jsonl").is_file():
-        return False
-    if (src / "train.jsonl").read_text(encoding="utf-8") != train_text:
-        return False
-    with atomic_folder(dst / "model") as tmp:
-        for f in sorted((src / "model").iterdir()):
-            link_or_copy(f, tmp / f.name)
-    for name in ("metrics.jsonl", "dev.json"):
-        if (src / name).is_file() and not (dst / name).exists():
-            link_or_copy(src / name, dst / name)
-    atomic_write_text(dst / SHARED, json.dumps({"shared_from": str(src)}) + "\n")
-    return True
+def lay_down_iteration1(src: Path, out: Path) -> str | None:
+    """The finished iteration-1 views of the co-training folder ``src`` (each view's
+    ``model/``, training data, log and dev score) linked into ``out``'s ``iter-1/`` where
+    ``out`` has not trained that view itself; ``shared.json`` names where each came from.
+    The experiment vouches that they are what this run would train (the same settings up to
+    the first exchange). Returns what it did (None: nothing)."""
+    taken = []
+    for v in VIEWS:
+        theirs, mine = src / "iter-1" / v, out / "iter-1" / v
+        if not (theirs / "model" / "task.json").is_file() or (mine / "model").exists():
+            continue
+        if latest_checkpoint(mine) is not None:  # its own training under way
+            continue
+        mine.mkdir(parents=True, exist_ok=True)
+        for name in ("train.jsonl", "metrics.jsonl", "dev.json"):
+            if (theirs / name).is_file() and not (mine / name).exists():
+                link_or_copy(theirs / name, mine / name)
+        atomic_write_text(mine / SHARED, json.dumps({"shared_from": str(theirs)}) + "\n")
+        with atomic_folder(mine / "model") as tmp:  # last: the view's marker
+            for f in sorted((theirs / "model").iterdir()):
+                link_or_copy(f, tmp / f.name)
+        taken.append(v)
+    if not taken:
+        return None
+    return f"cotrain iteration 1: the {' and '.join(taken)} view(s) taken from {src}"
 
 
 def draw(
@@ -177,23 +181,27 @@ def _view_config(
     )  # fmt: skip
 
 
-def _fit_view(
-    cfg: CotrainConfig, it: int, v: str, ft: FinetuneConfig, text: str, echo, progress
-) -> Path:
-    """View ``v``'s model of iteration ``it``: found finished, taken from ``iter1_from`` (the
-    first iteration of a run with the same settings), resumed, or fine-tuned."""
-    rank, folder = rank_world()[0], Path(ft.out)
-    done = (folder / "model" / "task.json").is_file()  # the view's marker
-    again = latest_checkpoint(folder) is not None
-    if it == 1 and cfg.iter1_from and not (done or again):
-        taken = False
-        if rank == 0:
-            taken = take_view(Path(cfg.iter1_from) / "iter-1" / v, folder, text)
-        distributed.barrier()
-        done = (folder / "model" / "task.json").is_file()
-        if done and echo and rank == 0 and taken:
-            echo(f"cotrain iteration 1: the {v} view taken from {cfg.iter1_from}")
-    if not done:
+def _check_shared(view: Path, text: str, echo) -> None:
+    """A view laid down from another run whose training data are not this run's (its settings
+    matched, its data did not) is dropped, to be trained here."""
+    if (view / "train.jsonl").is_file() and (view / "train.jsonl").read_text("utf-8") == text:
+        return
+    for name in ("model", SHARED):
+        path = view / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    if echo:
+        echo(f"cotrain: {view}: the view taken from another run read other data; trained here")
+
+
+def _fit_view(cfg: CotrainConfig, v: str, ft: FinetuneConfig, echo, progress) -> Path:
+    """View ``v``'s model of an iteration: found finished (trained by this run, or laid down
+    from another: ``lay_down_iteration1``), resumed, or fine-tuned."""
+    folder = Path(ft.out)
+    if not (folder / "model" / "task.json").is_file():  # the view's marker
+        again = latest_checkpoint(folder) is not None
         run_finetune(ft, resume=again, echo=echo, progress=progress)
     return folder / "model"
 
@@ -296,13 +304,15 @@ def run_cotrain(
             train_file = folder / v / "train.jsonl"
             extra = _records(pool_data, rows, [labels[i] for i in ids.tolist()])
             text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in base + extra)
+            if rank == 0 and (folder / v / SHARED).is_file():
+                _check_shared(folder / v, text, echo)
             if rank == 0:
                 train_file.parent.mkdir(parents=True, exist_ok=True)
                 atomic_write_text(train_file, text)
             distributed.barrier()
             init = encoders[v] if cfg.reinit or it == 1 else str(models[v])
             ft = _view_config(cfg, v, init, folder, labels, train_file)
-            models[v] = _fit_view(cfg, it, v, ft, text, echo, progress)
+            models[v] = _fit_view(cfg, v, ft, echo, progress)
         probs = {v: _view_probs(models[v], pool_enc[v], toks[v].pad_id, cfg, device) for v in VIEWS}
         record: dict = {"iteration": it, "labeled": {v: n + len(state[1][v][0]) for v in VIEWS}}
         if dev is not None:

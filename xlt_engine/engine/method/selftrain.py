@@ -216,10 +216,6 @@ class SelftrainConfig(SelftrainSettings, FreezeSettings, TaskSettings):
     dev_files: dict[str, str] = dataclasses.field(default_factory=dict)  # language ->
     # labeled dev file: every step's student is scored on each (the check; a diagnostic)
     max_dev: int | None = None  # examples sampled from each dev file (soft.seed); None: all
-    round1_from: str | None = None  # a self-training folder whose round-1 teacher probabilities
-    # and soft step this run takes as its own (linked, not computed): one made with the same
-    # settings but those that act only after the soft step (threshold, source filter, hard
-    # step, N). The caller vouches for that; ``run_stage`` finds one (``runs.round1_twin``)
 
     def __post_init__(self):
         SelftrainSettings.__post_init__(self)
@@ -233,8 +229,6 @@ class SelftrainConfig(SelftrainSettings, FreezeSettings, TaskSettings):
                 raise ValueError(f"more_source_files: {path}: no such file")
         if not Path(self.base_model).is_dir():
             raise ValueError(f"base_model: {self.base_model}: no such folder")
-        if self.round1_from is not None and not Path(self.round1_from).is_dir():
-            raise ValueError(f"round1_from: {self.round1_from}: no such folder")
         for teacher in (self.teacher, *self.more_teachers):
             check_task_model(teacher, self.format)
         check_limit("max_source", self.max_source)
@@ -735,47 +729,6 @@ class SelfTraining:
         return result, time.perf_counter() - t0, (sum(rates) / len(rates) if rates else None)
 
     # ---- the steps of a round
-
-    def take_round1(self, src: Path) -> None:
-        """Round 1's teacher probabilities and soft student from ``src`` (``round1_from``),
-        linked into this folder, each with its step's record (``shared_from`` added, the
-        seconds those steps took there kept), where this run has not made its own. Files
-        first, then the record, so a kill between them only repeats the record."""
-        mine, theirs = self.out / "round-1", src / "round-1"
-        done = {(r.get("round"), r.get("step")) for r in self.records}
-        own = (mine / "soft" / "latest").exists() or any((mine / "soft").glob("ckpt-*"))
-        if (1, "soft") in done or own:  # taken already, or a soft step of its own under way
-            return
-        records = {(r.get("round"), r.get("step")): r for r in read_jsonl(src / "selftrain.jsonl")}
-        missing = [
-            str(p) for p in (theirs / TEACHER_FILE, theirs / "soft" / "model") if not p.exists()
-        ] + [f"its round 1 {w} record" for w in ("teacher", "soft") if (1, w) not in records]
-        if missing:
-            self.say(f"round 1: not taken from {src}: no {', '.join(missing)}")
-            return
-        if self.main:
-            if not (mine / TEACHER_FILE).is_file():
-                tmp = mine / f".{TEACHER_FILE}.tmp-link"
-                tmp.unlink(missing_ok=True)
-                link_or_copy(theirs / TEACHER_FILE, tmp)
-                os.replace(tmp, mine / TEACHER_FILE)
-            if (1, "teacher") not in done:
-                self.log({**records[(1, "teacher")], "shared_from": str(src)})
-            if not (mine / "soft" / "model").is_dir():
-                with atomic_folder(mine / "soft" / "model") as tmp:
-                    for f in sorted((theirs / "soft" / "model").iterdir()):
-                        link_or_copy(f, tmp / f.name)
-            probs = theirs / "soft" / STUDENT_FILE  # the soft student's pass (the check's)
-            if probs.is_file() and not (mine / "soft" / STUDENT_FILE).is_file():
-                tmp = mine / "soft" / f".{STUDENT_FILE}.tmp-link"
-                tmp.unlink(missing_ok=True)
-                link_or_copy(probs, tmp)
-                os.replace(tmp, mine / "soft" / STUDENT_FILE)
-            self.log({**records[(1, "soft")], "shared_from": str(src)})
-        distributed.barrier()
-        if not self.main:
-            self.records = read_jsonl(self.log_path)
-        self.say(f"round 1: teacher probabilities and soft student taken from {src}")
 
     def probs_file(self, path: Path, models: list[Path], meta: dict[str, str]) -> None:
         """The mean-of-voters probabilities on U_tgt [rows, C], fp16, of the task model in
@@ -1308,6 +1261,49 @@ class RoundFilter:
             )
 
 
+def lay_down_round1(src: Path, out: Path) -> str | None:
+    """Round 1's teacher probabilities and soft student of the self-training folder ``src``
+    (a finished run whose round 1 this run's would equal: the experiment finds it) linked
+    into ``out``, each with its step's record (``shared_from`` added, the seconds those steps
+    took there kept), where ``out`` has not made its own: a resumed run then finds them as its
+    own. Files first, then the record, so a kill between them only repeats the record. Returns
+    what it did (None: nothing to take, or taken already)."""
+    mine, theirs = out / "round-1", src / "round-1"
+    log = out / "selftrain.jsonl"
+    done = {(r.get("round"), r.get("step")) for r in (read_jsonl(log) if log.is_file() else [])}
+    own = (mine / "soft" / "latest").exists() or any((mine / "soft").glob("ckpt-*"))
+    if (1, "soft") in done or own:  # taken already, or a soft step of its own under way
+        return None
+    records = {(r.get("round"), r.get("step")): r for r in read_jsonl(src / "selftrain.jsonl")}
+    missing = [
+        str(p) for p in (theirs / TEACHER_FILE, theirs / "soft" / "model") if not p.exists()
+    ] + [f"its round 1 {w} record" for w in ("teacher", "soft") if (1, w) not in records]
+    if missing:
+        return f"round 1: not taken from {src}: no {', '.join(missing)}"
+    (mine / "soft").mkdir(parents=True, exist_ok=True)
+    if not (mine / TEACHER_FILE).is_file():
+        _link_file(theirs / TEACHER_FILE, mine / TEACHER_FILE)
+    if (1, "teacher") not in done:
+        append_jsonl(log, {**records[(1, "teacher")], "shared_from": str(src)})
+    if not (mine / "soft" / "model").is_dir():
+        with atomic_folder(mine / "soft" / "model") as tmp:
+            for f in sorted((theirs / "soft" / "model").iterdir()):
+                link_or_copy(f, tmp / f.name)
+    probs = theirs / "soft" / STUDENT_FILE  # the soft student's pass (the check's)
+    if probs.is_file() and not (mine / "soft" / STUDENT_FILE).is_file():
+        _link_file(probs, mine / "soft" / STUDENT_FILE)
+    append_jsonl(log, {**records[(1, "soft")], "shared_from": str(src)})
+    return f"round 1: teacher probabilities and soft student taken from {src}"
+
+
+def _link_file(src: Path, dst: Path) -> None:
+    """``src`` linked (or copied) to ``dst`` through a temporary name: never half there."""
+    tmp = dst.parent / f".{dst.name}.tmp-link"
+    tmp.unlink(missing_ok=True)
+    link_or_copy(src, tmp)
+    os.replace(tmp, dst)
+
+
 def run_selftrain(
     cfg: SelftrainConfig, resume: bool = False, echo=print, progress=None
 ) -> SelftrainResult:
@@ -1327,10 +1323,6 @@ def run_selftrain(
     source_keep = np.ones(len(run.gold), dtype=bool)  # D_keep = D_src
     teachers = [Path(t) for t in (cfg.teacher, *cfg.more_teachers)]
     student = None
-    if cfg.round1_from is not None:
-        if main:
-            (out / "round-1").mkdir(parents=True, exist_ok=True)
-        run.take_round1(Path(cfg.round1_from))
     for r, which in cfg.steps:
         if main:
             (out / f"round-{r}").mkdir(parents=True, exist_ok=True)

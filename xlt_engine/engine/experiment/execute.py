@@ -1,0 +1,239 @@
+"""Running one stage of an experiment: ``run_stage`` plans it (``runs``), checks its folder's
+fingerprint, reuses a finished twin or takes a partial one's work (``registry.Partial``),
+resumes or runs it, and records what it took. It reads the stage from the registry
+(``registry.Stage``): nothing here is keyed by a stage's name.
+
+Every stage folder gets ``fingerprint.json`` (``runs``), ``config.json`` (the resolved
+experiment and stage configs) and ``run.json`` (package version, git sha, torch / Python
+versions, command line, world size, and once the stage is done its wall time ``seconds``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from xlt_engine import provenance
+from xlt_engine.engine.experiment import registry
+from xlt_engine.engine.experiment.config import ConfigError, ExperimentConfig, check_files, to_dict
+from xlt_engine.engine.experiment.runs import (
+    FINGERPRINT,
+    check_plans,
+    pair_twin,
+    partial_twin,
+    plan_stage,
+)
+from xlt_engine.engine.train import distributed
+from xlt_engine.engine.train.checkpoints import drop_checkpoints
+from xlt_engine.engine.train.distributed import rank_world, resolve_device
+from xlt_engine.fileio import (
+    DEBRIS,
+    LOCK_FILE,
+    atomic_folder,
+    atomic_write_text,
+    folder_lock,
+    link_tree,
+    remove_debris,
+)
+
+
+def write_run_info(folder: Path, cfg: ExperimentConfig, stage: str, stage_cfg) -> None:
+    if rank_world()[0] != 0:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    resolved = {
+        "experiment": to_dict(cfg),
+        "stage": stage,
+        "stage_config": dataclasses.asdict(stage_cfg),
+    }
+    atomic_write_text(folder / "config.json", json.dumps(resolved, indent=2) + "\n")
+    env = provenance.environment(resolve_device(cfg.device))
+    info = {
+        "version": env.pop("xlt_engine"),
+        **env,
+        "argv": sys.argv,
+        "world_size": rank_world()[1],
+    }
+    atomic_write_text(folder / "run.json", json.dumps(info, indent=2) + "\n")
+
+
+def build_stage(cfg: ExperimentConfig, stage: str):
+    """The stage's config dataclass; every config problem is raised here, before any run."""
+    spec = registry.get(stage)
+    check_files(cfg, stage)
+    try:
+        return spec.build(cfg)
+    except ConfigError:
+        raise
+    except ValueError as err:  # a stage config's own check (e.g. a model of the wrong kind)
+        raise ConfigError(cfg.name or "config", [f"[{stage}] {err}"]) from None
+
+
+def run_stage(
+    cfg: ExperimentConfig,
+    stage: str,
+    resume: bool = False,
+    echo=print,
+    progress=None,
+    reuse: bool = False,
+):
+    """Run one stage of ``cfg``: its config problems and a stale folder (``runs``) are raised
+    before any work. A finished stage with the same fingerprint is not run again: with
+    ``reuse`` or ``resume`` its output is returned (evaluate: the results dict), else it is an
+    error (a second fresh run into one folder is a mistake more often than not). A started one
+    needs ``resume``. Under torchrun the process group is joined first; evaluate and predict run
+    on rank 0 only."""
+    distributed.init(cfg.device)
+    main = rank_world()[0] == 0
+    spec = registry.get(stage)
+    if spec.plan is None:  # no run folder (predict): built and run, nothing to reuse
+        stage_cfg = build_stage(cfg, stage)
+        if spec.main_only and not main:
+            return None
+        return spec.run(stage_cfg, resume=resume, echo=echo, progress=progress)
+    check_files(cfg, stage)
+    plan = plan_stage(cfg, stage)
+    check_plans([plan])
+    finished, started = plan.output.exists(), plan.started()
+    twin = None if finished or started else pair_twin(plan)
+    distributed.barrier()  # every rank has looked before rank 0 writes (a twin links in a blink)
+    if finished:
+        if not (reuse or resume):
+            raise ValueError(
+                f"{plan.folder} holds the finished {stage} of an earlier run with "
+                "the same settings: --resume returns it as it is, or choose "
+                "another folder (--out)"
+            )
+        if echo:
+            echo(f"{stage}: {plan.output} exists with the same fingerprint, not run again")
+        return _result(spec, plan)
+    if started and not resume:
+        raise ValueError(
+            f"{plan.folder} holds the checkpoints of an earlier run: resume it "
+            "(--resume) or choose another folder (--out)"
+        )
+    stage_cfg = build_stage(cfg, stage)
+    with contextlib.ExitStack() as held:
+        if main:  # one process per stage folder (rank 0 speaks for a torchrun job)
+            held.enter_context(folder_lock(plan.folder, f"the {stage} stage"))
+        if twin is not None:
+            return _take_twin(cfg, stage, stage_cfg, plan, twin, main, echo)
+        return _run_locked(cfg, stage, stage_cfg, plan, main, resume, echo, progress)
+
+
+def _take_twin(cfg, stage, stage_cfg, plan, twin: Path, main: bool, echo):
+    """The finished stage ``twin`` (``pair_twin``: another pair's folder with this very
+    fingerprint) linked into this stage's folder instead of computed again: its files as hard
+    links, loop checkpoints left out, the output last (a kill before it leaves no finished
+    folder); this run's own config.json, and run.json with ``shared_from`` and the seconds
+    the twin took (what the stage costs from nothing)."""
+    spec = registry.get(stage)
+    output = plan.output.relative_to(plan.folder)
+    own = {FINGERPRINT, "run.json", "config.json", LOCK_FILE}
+
+    def skip(rel: Path) -> bool:
+        name = rel.name
+        return (
+            str(rel) in own
+            or rel == output
+            or name == "latest"
+            or name.startswith("ckpt-")
+            or DEBRIS.match(name) is not None
+        )
+
+    if main:
+        remove_debris(plan.folder)
+        plan.begin()
+        write_run_info(plan.folder, cfg, stage, stage_cfg)
+        link_tree(twin, plan.folder, skip)
+        if (twin / output).is_dir():
+            with atomic_folder(plan.output) as tmp:
+                link_tree(twin / output, tmp)
+        else:
+            link_tree(twin, plan.folder, lambda rel: rel.parts[0] != output.parts[0])
+        theirs = twin / "run.json"
+        info = json.loads(theirs.read_text(encoding="utf-8")) if theirs.is_file() else {}
+        record_seconds(plan.folder, info.get("seconds"), shared_from=str(twin))
+        if echo:
+            echo(
+                f"{stage}: {twin} made it with the same fingerprint (another pair's); linked "
+                f"into {plan.folder}, not run again"
+            )
+    if spec.main_only:
+        return _result(spec, plan) if main else None
+    distributed.barrier()
+    return _result(spec, plan)
+
+
+def _result(spec: registry.Stage, plan) -> object:
+    """What a finished stage returns: its output's path, or what the stage reads from it."""
+    return spec.result(plan.output) if spec.result is not None else plan.output
+
+
+def _run_locked(cfg, stage, stage_cfg, plan, main, resume, echo, progress):
+    spec = registry.get(stage)
+    start = time.perf_counter()
+    if main:
+        removed = remove_debris(plan.folder)  # what a kill left half-written
+        if removed and echo:
+            echo(f"{stage}: removed {len(removed)} temporary file(s) a killed run left")
+        plan.begin()
+        write_run_info(plan.folder, cfg, stage, stage_cfg)
+    resume = _take_partial(cfg, spec, plan, main, echo) or resume
+    if spec.main_only:  # rank 0 alone, and no collective: the others go on at once
+        if not main:
+            return None
+        result = spec.run(stage_cfg, resume=resume, echo=echo, progress=progress)
+    else:
+        distributed.barrier()
+        result = spec.run(stage_cfg, resume=resume, echo=echo, progress=progress)
+    seconds = time.perf_counter() - start
+    if main:
+        record_seconds(plan.folder, seconds)
+        freed = 0 if cfg.keep_loop_checkpoints else drop_checkpoints(plan.folder)
+    if echo and main:
+        dropped = f" (dropped its loop checkpoints: {freed / 2**30:.2f} GiB)" if freed else ""
+        echo(
+            f"{stage}: done in {format_seconds(seconds)}; wrote {plan.folder}, result "
+            f"{plan.output}{dropped}"
+        )
+    return result
+
+
+def _take_partial(cfg, spec: registry.Stage, plan, main: bool, echo) -> bool:
+    """Lay down a twin's finished first part (``registry.Partial``) where this folder has not
+    made its own, rank 0 under the folder's lock; True when the folder then holds work a
+    resumed run reads (the stage is run with ``resume``)."""
+    if spec.partial is None:
+        return False
+    twin = partial_twin(cfg, spec.name)
+    if twin is not None and main:
+        said = spec.partial.lay_down(twin, plan.folder)
+        if said and echo:
+            echo(f"{spec.name}: {said}")
+    distributed.barrier()
+    return plan.started()
+
+
+def record_seconds(folder: Path, seconds: float | None, **extra) -> None:
+    """Add the stage's wall time (this run of it: a resumed stage counts from its resume; None
+    where unknown) and ``extra`` keys to its ``run.json``."""
+    path = folder / "run.json"
+    info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    info |= {"seconds": None if seconds is None else round(seconds, 3), **extra}
+    atomic_write_text(path, json.dumps(info, indent=2) + "\n")
+
+
+def format_seconds(seconds: float) -> str:
+    """12.3 s, 4 min 05 s, 2 h 03 min."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"

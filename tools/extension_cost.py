@@ -42,9 +42,14 @@ def _strings(node) -> list[str]:
     return []
 
 
-def naming_sites(tree: ast.AST, names: set[str]) -> list[int]:
+def _about(node, word: str) -> bool:
+    """Whether an expression names ``word`` (``stage``, ``cfg.selftrain.pseudo_rule``...)."""
+    return word in ast.unparse(node)
+
+
+def naming_sites(tree: ast.AST, names: set[str], about: str) -> list[int]:
     """Lines of tables keyed by two or more of ``names``, lists of three or more of them, and
-    comparisons against them."""
+    comparisons of an expression naming ``about`` (``stage``, ``rule``) against them."""
     lines = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Dict):
@@ -54,7 +59,7 @@ def naming_sites(tree: ast.AST, names: set[str]) -> list[int]:
         elif isinstance(node, ast.Tuple | ast.List | ast.Set):  # a list of them (STAGES)
             if len(set(_strings(node)) & names) >= 3:
                 lines.append(node.lineno)
-        elif isinstance(node, ast.Compare):
+        elif isinstance(node, ast.Compare) and _about(node.left, about):
             found = [s for c in node.comparators for s in _strings(c)]
             if set(found) & names:
                 lines.append(node.lineno)
@@ -177,13 +182,15 @@ def main() -> None:
         return not rel(f).startswith(homes) and not rel(f).startswith(COMPOSERS)
 
     stage = {
-        rel(f): naming_sites(t, STAGE_NAMES) for f, t in trees.items() if outside(f, STAGE_HOMES)
+        rel(f): naming_sites(t, STAGE_NAMES, "stage")
+        for f, t in trees.items()
+        if outside(f, STAGE_HOMES)
     }
     stage = {f: v for f, v in stage.items() if v}
     rule = {}
     for f, t in trees.items():
         if outside(f, RULE_HOMES):
-            lines = naming_sites(t, RULE_NAMES) + param_sites(t, RULE_PARAMS)
+            lines = naming_sites(t, RULE_NAMES, "rule") + param_sites(t, RULE_PARAMS)
             if lines:
                 rule[rel(f)] = sorted(set(lines))
     print(f"a new stage touches {1 + len(stage)} package file(s): its module"

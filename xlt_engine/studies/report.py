@@ -35,6 +35,8 @@ import math
 import statistics
 from pathlib import Path
 
+from xlt_engine.engine.experiment import registry
+from xlt_engine.engine.experiment.runs import FINGERPRINT
 from xlt_engine.fileio import atomic_write_text, claim_output, loads_json, read_jsonl, record_output
 from xlt_engine.studies.tables import mean_std
 
@@ -486,8 +488,34 @@ def _folded(title: str, path: Path) -> str:
 
 
 def is_pair_folder(folder: Path) -> bool:
-    stages = ("btf", "finetune", "finetune-direct-linear", "cotrain", "cotrain-self")
-    return any((folder / s).is_dir() for s in stages) or any(folder.glob("selftrain*/round-1"))
+    """A pair's run folder: it holds a stage folder (one with a fingerprint.json)."""
+    return any(folder.glob(f"*/{FINGERPRINT}"))
+
+
+def stages_table(folder: Path) -> str:
+    """Every stage folder of a pair's run folder, a row each: its stage, whether it finished,
+    its wall time, and the columns its stage reports of it (``Stage.table``)."""
+    rows, columns = [], []
+    for path in sorted(folder.glob(f"*/{FINGERPRINT}")):
+        stage_folder = path.parent
+        recorded = _read_json(path)
+        name = recorded.get("stage") if isinstance(recorded, dict) else None
+        try:
+            spec = registry.get(name)
+        except ValueError:  # a stage this process has not registered (a plug-in's)
+            spec = None
+        done = spec is not None and (stage_folder / spec.output).exists()
+        run = stage_folder / "run.json"
+        seconds = _read_json(run).get("seconds") if run.is_file() else None
+        extra = spec.table(stage_folder) if spec is not None and spec.table and done else {}
+        columns += [c for c in extra if c not in columns]
+        rows.append((stage_folder.name, name, done, seconds, extra))
+    if not rows:
+        return ""
+    body = [[f, s, "yes" if d else "no", "–" if t is None else f"{t:.1f}",
+             *(_num(x.get(c)) for c in columns)] for f, s, d, t, x in rows]  # fmt: skip
+    head = ["folder", "stage", "finished", "seconds", *columns]
+    return "<h3>stages</h3>" + _table(head, body)
 
 
 def cotrain_section(folder: Path) -> str:
@@ -519,7 +547,7 @@ def cotrain_section(folder: Path) -> str:
 
 def pair_section(folder: Path, figs: Figures) -> str:
     stages = [p for p in sorted(folder.iterdir()) if p.is_dir()]
-    out = [f"<h2>{html.escape(folder.name)}</h2>"]
+    out = [f"<h2>{html.escape(folder.name)}</h2>", _of(folder, lambda: stages_table(folder))]
     trained = [p for p in stages if p.name.split("-")[0] in ("btf", "finetune", "selftrain")]
     order = {"btf": 0, "finetune": 1, "selftrain": 2}
     for p in sorted(trained, key=lambda p: (order[p.name.split("-")[0]], p.name)):

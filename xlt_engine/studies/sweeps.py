@@ -130,7 +130,7 @@ def run_rounds_study(
             *middle, last = zip(rows[1:], pc.selftrain.steps, strict=True)
             for row, (r, which) in middle:
                 model = str(folder / f"round-{r}" / which / "model")
-                got = evaluate_row(pc, model, resume, echo)
+                got = evaluate_row(pc, model, echo)
                 if got is not None:
                     scores[row].setdefault(t, []).append(got["languages"][t]["score"])
             if res["targets"][t]["selftrain"] is not None:  # the last step: run_all scored it

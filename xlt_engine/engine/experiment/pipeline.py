@@ -52,7 +52,7 @@ COLUMNS = ("direct", "btf", "selftrain")
 HEADINGS = {"direct": "direct transfer", "btf": "+ BTF", "selftrain": "+ self-training"}
 
 
-def evaluate_row(pc: ExperimentConfig, model: str, resume: bool, echo) -> dict | None:
+def evaluate_row(pc: ExperimentConfig, model: str, echo) -> dict | None:
     """Source and pair-target scores of the model ``model`` names (rank 0; the others None)."""
     ec = with_section(pc, "evaluate", model=model)
     res = run_stage(ec, "evaluate", echo=None, reuse=True)
@@ -173,7 +173,7 @@ def run_all(
         )
         if stage == "evaluate":
             t0 = time.perf_counter()
-            res = evaluate_row(pc, pc.evaluate.model, resume, echo)
+            res = evaluate_row(pc, pc.evaluate.model, echo)
             timings.append((f"{where} evaluate {pc.evaluate.model}", time.perf_counter() - t0))
             if res is not None:
                 col = column[pc.evaluate.model]

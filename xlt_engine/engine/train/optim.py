@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from xlt_engine.engine.train import distributed
-
-if TYPE_CHECKING:
-    from xlt_engine.engine.train.loop import TrainConfig
+from xlt_engine.engine.train.config import TrainConfig
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

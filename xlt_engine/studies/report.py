@@ -488,8 +488,12 @@ def _folded(title: str, path: Path) -> str:
 
 
 def is_pair_folder(folder: Path) -> bool:
-    """A pair's run folder: it holds a stage folder (one with a fingerprint.json)."""
-    return any(folder.glob(f"*/{FINGERPRINT}"))
+    """A pair's run folder: it holds a stage folder (one with a fingerprint.json, or named
+    after a stage: ``finetune-direct-linear``...)."""
+    stages = set(registry.names())
+    return any(folder.glob(f"*/{FINGERPRINT}")) or any(
+        p.is_dir() and p.name.split("-")[0] in stages for p in folder.iterdir()
+    )
 
 
 def stages_table(folder: Path) -> str:

@@ -134,12 +134,17 @@ def model_paths(cfg: ExperimentConfig, name: str, key: str, must_exist: bool = T
     if maker is None or maker[0].model_folders is None:
         return [model_path(cfg, name, key, must_exist)]
     stage, change = maker
-    try:
-        return stage.model_folders(change(cfg), name)
-    except ConfigError as err:
-        if not must_exist:
-            return [output_of(change(cfg), stage.name)]
-        raise ConfigError(err.where, [f"{key}: {p}" for p in err.problems]) from None
+    made = change(cfg)
+    if must_exist and not output_of(made, stage.name).exists():
+        raise ConfigError(
+            cfg.name or "config",
+            [f"{key}: {name!r}: {stage_dir(made, stage.name)} holds no finished {stage.name} "
+             f"(run the {stage.name} stage first)"],
+        )  # fmt: skip
+    return stage.model_folders(made, name)
+
+
+_NUMBERS = {2: "two", 3: "three", 4: "four"}
 
 
 def model_path(cfg: ExperimentConfig, name: str, key: str, must_exist: bool = True) -> Path:
@@ -152,8 +157,8 @@ def model_path(cfg: ExperimentConfig, name: str, key: str, must_exist: bool = Tr
         if len(paths) > 1:
             raise ConfigError(
                 cfg.name or "config",
-                [f"{key}: {name!r} is the mean of {len(paths)} models (only evaluate and "
-                 f"predict read an ensemble); name one of them"],
+                [f"{key}: {name!r} is the mean of {_NUMBERS.get(len(paths), len(paths))} models "
+                 "(only evaluate and predict read an ensemble); name one of them"],
             )  # fmt: skip
         return paths[0]
     if name == "pretrained":

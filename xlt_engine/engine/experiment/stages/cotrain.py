@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from xlt_engine.engine.experiment.config import ConfigError, ExperimentConfig, Needs
+from xlt_engine.engine.experiment.config import ExperimentConfig, Needs
 from xlt_engine.engine.experiment.registry import Partial, Stage, register
-from xlt_engine.engine.experiment.runs import StagePlan, flat, output_of, stage_dir, unlabeled_role
+from xlt_engine.engine.experiment.runs import StagePlan, flat, stage_dir, unlabeled_role
 from xlt_engine.engine.method.cotrain import CotrainConfig, lay_down_iteration1, run_cotrain
 from xlt_engine.engine.method.settings import CotrainSettings, settings_of
 
@@ -47,12 +47,6 @@ def views(cfg: ExperimentConfig, name: str) -> tuple[str, ...]:
 
 def model_folders(cfg: ExperimentConfig, name: str) -> list[Path]:
     """The last iteration's model of each view ``name`` stands for (both: their mean)."""
-    if not output_of(cfg, "cotrain").is_file():
-        raise ConfigError(
-            cfg.name or "config",
-            [f"{name!r}: {stage_dir(cfg, 'cotrain')} holds no finished co-training (run the "
-             "cotrain stage first)"],
-        )  # fmt: skip
     last = stage_dir(cfg, "cotrain") / f"iter-{cfg.cotrain.iterations}"
     return [last / view / "model" for view in views(cfg, name)]
 

@@ -34,9 +34,9 @@ from xlt_engine import provenance
 from xlt_engine.engine.experiment.config import load_config
 from xlt_engine.engine.experiment.pipeline import pair_configs
 from xlt_engine.engine.experiment.runs import model_stage, stage_dir, with_linear_head, with_section
-from xlt_engine.engine.experiment.stages.selftrain import teacher_models
+from xlt_engine.engine.experiment.stages.selftrain import teacher_models, with_rule
 from xlt_engine.fileio import read_jsonl
-from xlt_engine.studies.ablate import ABLATION_ROWS, method_rows, run_ablate
+from xlt_engine.studies.ablate import ABLATION_ROWS, method_rows, run_ablate, with_changes
 from xlt_engine.studies.tables import ablation_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def row_stages(pc, fixed_alpha: float) -> dict[str, list[Path]]:
             ],
         }
 
-    fixed = with_section(pc, "selftrain", threshold="fixed", alpha=fixed_alpha)
+    fixed = with_rule(pc, threshold="fixed", alpha=fixed_alpha)
     linear = with_linear_head(pc)
     nobtf = with_section(pc, "selftrain", base="pretrained", teacher="finetune-direct")
     btf = stage_dir(pc, "btf")
@@ -79,7 +79,7 @@ def row_stages(pc, fixed_alpha: float) -> dict[str, list[Path]]:
         "direct transfer": ours["direct transfer"],
     }
     for row, changes in method_rows(pc).items():  # Ours with another rule or start
-        other = with_section(pc, "selftrain", **changes)
+        other = with_changes(pc, changes)
         rows[row] = [btf, *teachers(other), stage_dir(other, "selftrain"), ev(other, "selftrain")]
     if len(pc.source_languages) > 1:
         for lang in pc.source_languages:

@@ -337,7 +337,9 @@ def _experiment(
         cfg = with_section(cfg, "finetune", init="pretrained")
         cfg = with_section(cfg, "selftrain", base="pretrained", teacher="finetune-direct")
     if fixed_threshold is not None:
-        cfg = with_section(cfg, "selftrain", threshold="fixed", alpha=fixed_threshold)
+        from xlt_engine.engine.experiment.stages.selftrain import with_rule
+
+        cfg = with_rule(cfg, threshold="fixed", alpha=fixed_threshold)
     if voters is not None:
         cfg = with_section(cfg, "model", voters=voters, voter_widths=())
     if linear_head:

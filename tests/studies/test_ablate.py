@@ -21,8 +21,8 @@ def test_ablation_switches_name_their_own_folders(ner_cfg, tmp_path):
     cfg = load_config(
         ner_cfg,
         [
-            "selftrain.threshold=fixed",
-            "selftrain.alpha=0.9",
+            "selftrain.rule.threshold=fixed",
+            "selftrain.rule.alpha=0.9",
             "model.voters=1",
             f"out={str(tmp_path)!r}",
         ],
@@ -347,12 +347,12 @@ def test_study_tables_keep_the_rows_of_an_earlier_study_in_the_folder(tmp_path):
 def test_method_rows_cross_the_rules_with_the_students_start(ner_cfg, tmp_path):
     """Ours under each other rule, each other student start, and both: a variant each, into
     the self-training folder those settings name (btf and the teacher shared)."""
-    from xlt_engine.engine.method.pseudo_labels import RULES
+    from xlt_engine.engine.method.rules import rule_names
     from xlt_engine.studies.ablate import ablation_rows, ablation_variants, method_rows
 
     cfg = load_config(ner_cfg, [f"out={str(tmp_path)!r}"])
     rows = method_rows(cfg)
-    others = [r for r in RULES if r != "paper"]
+    others = [r for r in rule_names() if r != "paper"]
     assert list(rows) == [
         *(f"rule = {r}" for r in others),
         "init = teacher",
@@ -360,7 +360,7 @@ def test_method_rows_cross_the_rules_with_the_students_start(ner_cfg, tmp_path):
     ]
     assert rows["init = teacher; rule = class_quota"] == {
         "student_init": "teacher",
-        "pseudo_rule": "class_quota",
+        "rule": "class_quota",
     }
     assert set(rows) <= set(ablation_rows(cfg))
     chosen = ["- ST", "init = teacher", "init = teacher; rule = class_quota"]

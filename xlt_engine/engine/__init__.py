@@ -6,6 +6,7 @@
   (``run_btf``, ``run_finetune``, ``run_selftrain``, ``run_cotrain``, ``run_evaluate``,
   ``run_predict``), their settings (``method.settings``, each written once) and the
   pseudo-label rule, tensor-level and file-free for other trainers (``PseudoRule``,
+  ``make_rule``, ``register_rule``,
   ``choose_thresholds`` -> ``Thresholds``, ``pseudo_label``, ``source_keep``,
   ``check_collapse``; ``select_threshold`` picks the paper's confidence threshold).
 - ``engine.experiment``: the TOML config tree, stage building, run folders and fingerprints,
@@ -31,6 +32,7 @@ from xlt_engine.engine.method.pseudo_labels import (
     pseudo_label,
     source_keep,
 )
+from xlt_engine.engine.method.rules import make_rule, register_rule
 from xlt_engine.engine.method.selftrain import SelftrainConfig, run_selftrain
 from xlt_engine.engine.method.threshold import ThresholdChoice, select_threshold
 from xlt_engine.engine.train import metrics
@@ -49,8 +51,10 @@ __all__ = [
     "TrainConfig",
     "check_collapse",
     "choose_thresholds",
+    "make_rule",
     "metrics",
     "pseudo_label",
+    "register_rule",
     "run_btf",
     "run_cotrain",
     "run_evaluate",

@@ -39,7 +39,8 @@ from xlt_engine.engine.experiment.runs import (
     with_section,
 )
 from xlt_engine.engine.experiment.stages.evaluate import split_suffix
-from xlt_engine.engine.method.pseudo_labels import RULES as PSEUDO_RULES
+from xlt_engine.engine.experiment.stages.selftrain import with_rule
+from xlt_engine.engine.method.rules import rule_names
 from xlt_engine.engine.method.settings import StudentInit
 from xlt_engine.engine.train import distributed
 from xlt_engine.engine.train.distributed import rank_world
@@ -51,11 +52,11 @@ SINGLE_SOURCE_ROWS = ("Ours", "- ST", "direct transfer")  # per source, with sev
 
 def method_rows(cfg: ExperimentConfig) -> dict[str, dict[str, str]]:
     """``{row: selftrain settings}``: Ours with another pseudo-label rule
-    (``"rule = class_quota"``: ``{"pseudo_rule": "class_quota"}``), with students that start
+    (``"rule = class_quota"``: ``{"rule": "class_quota"}``), with students that start
     from another encoder (``"init = teacher"``) and with both (``"init = teacher; rule =
     class_quota"``): the rows that compare the rules and the students' start."""
     s = cfg.selftrain
-    rules = [None, *(r for r in PSEUDO_RULES if r != s.pseudo_rule)]
+    rules = [None, *(r for r in rule_names() if r != s.rule.name)]
     inits = [None, *(i for i in typing.get_args(StudentInit) if i != s.student_init)]
     rows = {}
     for init in inits:
@@ -66,9 +67,17 @@ def method_rows(cfg: ExperimentConfig) -> dict[str, dict[str, str]]:
             if name:
                 rows[name] = {
                     **({"student_init": init} if init else {}),
-                    **({"pseudo_rule": rule} if rule else {}),
+                    **({"rule": rule} if rule else {}),
                 }
     return rows
+
+
+def with_changes(cfg: ExperimentConfig, changes: dict[str, str]) -> ExperimentConfig:
+    """``cfg`` with a ``method_rows`` row's changes: the rule by name, the student's start."""
+    changes = dict(changes)
+    if "rule" in changes:
+        cfg = with_rule(cfg, changes.pop("rule"))
+    return with_section(cfg, "selftrain", **changes) if changes else cfg
 
 
 def ablation_rows(cfg: ExperimentConfig) -> tuple[str, ...]:
@@ -101,14 +110,14 @@ def ablation_variants(cfg: ExperimentConfig, fixed_alpha: float, chosen: list[st
     }
     variants = {  # variant: (config, run_all switches)
         "full": (cfg, {}),
-        "fixed": (with_section(cfg, "selftrain", threshold="fixed", alpha=fixed_alpha),
+        "fixed": (with_rule(cfg, threshold="fixed", alpha=fixed_alpha),
                   {"table_name": f"all-alpha{fixed_alpha:g}"}),
         "linear": (with_linear_head(cfg), {"table_name": "all-linear-head"}),
         "nobtf": (cfg, {"table_name": "all-no-btf"}),
     }  # fmt: skip
     for row, changes in method_rows(cfg).items():  # Ours with another rule or start
         name = "-".join(f"init_{v}" if k == "student_init" else v for k, v in changes.items())
-        variants[name] = (with_section(cfg, "selftrain", **changes),
+        variants[name] = (with_changes(cfg, changes),
                           {"table_name": f"all-{name}"})  # fmt: skip
         picks[row] = (name, "selftrain")
     single = _alone_sources(cfg)

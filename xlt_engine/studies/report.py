@@ -401,7 +401,7 @@ def rounds_section(folder: Path, figs: Figures) -> str:
                     f"<p class='warn'><b>collapsed</b> (on_collapse = "
                     f"{html.escape(str(f.get('on_collapse')))}):</p><ul>{items}</ul>"
                 )
-            if f.get("classes") and f.get("pseudo_rule") == "class_quota":
+            if f.get("classes") and f.get("pseudo_rule") not in (None, "paper"):
                 out.append(_class_thresholds(f["classes"]))
             counts = [
                 ["source rows kept", f"{f['source_rows_kept']} / {f['source_rows']}"],

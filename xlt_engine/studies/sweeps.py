@@ -21,6 +21,7 @@ from xlt_engine.engine.experiment.pipeline import (
 )
 from xlt_engine.engine.experiment.runs import stage_dir, with_section
 from xlt_engine.engine.experiment.stages.evaluate import split_suffix
+from xlt_engine.engine.experiment.stages.selftrain import with_rule
 from xlt_engine.engine.method.threshold import check_alpha
 from xlt_engine.engine.train.distributed import rank_world
 from xlt_engine.studies.tables import (
@@ -43,7 +44,7 @@ def run_threshold_study(
     progress=None,
 ) -> dict:
     """The paper's threshold table: self-training with alpha fixed at each of ``alphas`` (one
-    row each) and with the automatic threshold (``cfg.selftrain.threshold``), for every seed;
+    row each) and with the automatic threshold (``cfg.selftrain.rule.threshold``), for every seed;
     ``threshold-study.json`` and ``.md`` (mean +- std over seeds) in ``table_dir(cfg)``. The
     chosen alphas of the automatic rows are in the json, per target and seed."""
     check_seeds(seeds)
@@ -52,7 +53,7 @@ def run_threshold_study(
     for a in alphas:
         check_alpha(a, "alphas: give thresholds")
     claim_table(cfg, "threshold-study")  # before any work: never a file of the user's
-    auto = f"automatic ({cfg.selftrain.threshold})"
+    auto = f"automatic ({cfg.selftrain.rule.threshold})"
     rows = {f"alpha = {a:g}": a for a in alphas}
     scores: dict[str, dict[str, list[float]]] = {row: {} for row in (*rows, auto)}
     chosen: dict[str, list[list[float]]] = {}
@@ -62,7 +63,7 @@ def run_threshold_study(
             echo(f"=== seed {seed}")
         variants = {auto: (cfg, "all")}
         for row, a in rows.items():
-            fixed = with_section(cfg, "selftrain", threshold="fixed", alpha=a)
+            fixed = with_rule(cfg, threshold="fixed", alpha=a)
             variants[row] = (fixed, f"all-alpha{a:g}")
         for row, (c, table) in variants.items():
             res = run_all(seed_config(c, seed), resume=resume, echo=echo, progress=progress,
@@ -89,7 +90,7 @@ def run_threshold_study(
     if rank_world()[0] == 0:
         caption = (
             f"self-training with a fixed threshold alpha, and the automatic one "
-            f"({cfg.selftrain.threshold}; the alphas it chose are in threshold-study.json)"
+            f"({cfg.selftrain.rule.threshold}; the alphas it chose are in threshold-study.json)"
         )
         stem = table_dir(cfg) / f"threshold-study{split_suffix(cfg)}"
         table = with_earlier_rows(stem, result, list(scores), STUDY_SAME, threshold_union)

@@ -337,19 +337,22 @@ def test_config_from_dict_reports_all_problems_at_once():
 
 def test_choices_are_checked_once_for_toml_and_library_callers(tmp_path):
     from xlt_engine.engine.experiment.stages.selftrain import SelftrainSection
+    from xlt_engine.engine.method.rules import PseudoRule
     from xlt_engine.engine.method.settings import SelftrainSettings
 
     with pytest.raises(
         ConfigError,
-        match="selftrain: threshold must be one of curvature, "
+        match="selftrain.rule: threshold must be one of curvature, "
         "max_second_difference, fixed, got 'curvy'",
     ):
-        load_config(CONLL, ["selftrain.threshold=curvy"])
+        load_config(CONLL, ["selftrain.rule.threshold=curvy"])
     with pytest.raises(ConfigError, match="selftrain: filter_unit must be one of word, sequence"):
         load_config(CONLL, ["selftrain.filter_unit=token"])
     for cls in (SelftrainSettings, SelftrainSection):  # the section is the settings' subclass
         with pytest.raises(ValueError, match="threshold = 'fixed' needs alpha"):
-            cls(threshold="fixed")
+            cls(rule=PseudoRule(threshold="fixed"))
+    with pytest.raises(ConfigError, match=r"selftrain.threshold: now selftrain.rule.threshold"):
+        load_config(CONLL, ["selftrain.threshold=fixed"])  # a key that moved names its new home
     assert SelftrainSection().steps == [(1, "soft"), (1, "hard"), (2, "soft")]
 
 
@@ -368,7 +371,7 @@ def test_a_stage_reading_its_own_output_is_a_config_error():
         ("btf.train.lr=inf", "btf.train.lr: expected a finite number, got inf"),
         ("finetune.train.weight_decay=nan", "finetune.train.weight_decay: expected a finite"),
         ("selftrain.rounds=1e308", "selftrain: rounds must be a multiple of 0.5 in [0.5, 1000]"),
-        ("selftrain.grid=[0.5, 1.5]", "selftrain: grid: thresholds must be in (0, 1)"),
+        ("selftrain.rule.grid=[0.5, 1.5]", "selftrain.rule: grid: thresholds must be in (0, 1)"),
         ("model.voter_widths=[-1, 4, 4]", "model: voter_widths must be >= 0 (0: a linear voter)"),
         ("btf.train.max_steps=99999999999999", "btf.train: max_steps must be at most"),
         ("finetune.max_tokens=0", "finetune: max_tokens must be >= 8 (or left out), got 0"),
@@ -655,11 +658,13 @@ def test_every_problem_of_a_config_is_reported_in_one_pass(tmp_path):
     missing data root: all five at once (they used to come one run at a time)."""
     text = MINIMAL + (
         '[data]\nroot = "/no/such/root"\n[btf]\nbatch_size = 0\npad_multiple = 0\n'
-        "[btf.train]\nepochs = -1\n[selftrain]\n"
-        'threshold = "fixed"\nalpha = 0.5\nquota = 2.0\n'
+        "[btf.train]\nepochs = -1\n[selftrain.rule]\n"
+        'name = "class_quota"\nthreshold = "fixed"\nalpha = 0.5\nquota = 2.0\n'
     )
     got = problems(tmp_path, text)
-    assert [p.split(":")[0] for p in got] == ["btf.train", "btf", "btf", "selftrain", "data.root"]
+    assert [p.split(":")[0] for p in got] == [
+        "btf.train", "btf", "btf", "selftrain.rule", "data.root"
+    ]  # fmt: skip
     assert "epochs" in got[0] and "batch_size" in got[1] and "pad_multiple" in got[2]
     assert "quota" in got[3] and "/no/such/root: no such folder" in got[4]
     # a setting that is right only with another (alpha with a fixed threshold) is no problem

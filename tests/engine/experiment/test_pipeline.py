@@ -205,10 +205,10 @@ def _tree(folder: Path) -> dict[str, bytes]:
     [
         (["selftrain.filter_unit=sequence"], ["selftrain.filter_unit: 'word' -> 'sequence'"]),
         (
-            ["selftrain.threshold=max_second_difference"],
-            ["selftrain.threshold: 'curvature' -> 'max_second_difference'"],
+            ["selftrain.rule.threshold=max_second_difference"],
+            ["selftrain.rule.threshold: 'curvature' -> 'max_second_difference'"],
         ),
-        (["selftrain.grid=[0.6, 0.7, 0.8]"], ["selftrain.grid: [] -> [0.6, 0.7, 0.8]"]),
+        (["selftrain.rule.grid=[0.6, 0.7, 0.8]"], ["selftrain.rule.grid: [] -> [0.6, 0.7, 0.8]"]),
         (
             ["finetune.train.lr=0.001"],
             ["finetune.train.lr: 0.003 -> 0.001", "upstream selftrain.teacher: fingerprint"],
@@ -290,7 +290,7 @@ def test_rows_that_differ_after_the_soft_step_share_round_1(ner_cfg, ner_all, tm
         shutil.copytree(out / "eng-esp" / name, tmp_path / "shared" / "eng-esp" / name)
     for name in keep[:2]:
         shutil.copytree(out / "eng-esp" / name, tmp_path / "alone" / "eng-esp" / name)
-    fixed = ["target=esp", "selftrain.threshold=fixed", "selftrain.alpha=0.15"]
+    fixed = ["target=esp", "selftrain.rule.threshold=fixed", "selftrain.rule.alpha=0.15"]
     res = run_all_cli(ner_cfg, tmp_path / "shared", *fixed, stage="selftrain")
     assert res.exit_code == 0, res.output
     ours = tmp_path / "shared" / "eng-esp" / "selftrain"

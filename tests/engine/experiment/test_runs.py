@@ -150,18 +150,26 @@ def test_pseudo_rule_settings_name_the_folder_and_count_only_where_they_act(tmp_
 
     name, settings = plan()
     assert name == "selftrain"
-    assert settings["selftrain.pseudo_rule"] == "paper"
+    assert settings["selftrain.rule.name"] == "paper"
     assert settings["selftrain.source_filter"] == "correct"
-    assert not {"selftrain.min_rows", "selftrain.quota", "selftrain.on_collapse"} & set(settings)
-    assert plan("selftrain.min_rows=5", "selftrain.on_collapse='error'")[1] == settings
-    name, settings = plan("selftrain.pseudo_rule='per_class_precision'", "selftrain.min_rows=5")
-    assert name == "selftrain-per_class_precision"
-    assert (settings["selftrain.min_rows"], settings["selftrain.class_precision"]) == (5, 0.9)
-    assert "selftrain.quota" not in settings
-    name, settings = plan(
-        "selftrain.pseudo_rule='class_quota'", "selftrain.source_filter='confident'"
+    assert not {"selftrain.rule.min_rows", "selftrain.rule.quota", "selftrain.on_collapse"} & set(
+        settings
     )
-    assert name == "selftrain-class_quota-srcconfident" and settings["selftrain.quota"] == 0.5
+    assert plan("selftrain.on_collapse='error'")[1] == settings
+    # a rule's own settings exist only under that rule (they used to be accepted and ignored)
+    with pytest.raises(ConfigError, match="a setting of the rule per_class_precision"):
+        plan("selftrain.rule.min_rows=5")
+    name, settings = plan("selftrain.rule.name='per_class_precision'", "selftrain.rule.min_rows=5")
+    assert name == "selftrain-per_class_precision"
+    assert (settings["selftrain.rule.min_rows"], settings["selftrain.rule.class_precision"]) == (
+        5,
+        0.9,
+    )
+    assert "selftrain.rule.quota" not in settings
+    name, settings = plan(
+        "selftrain.rule.name='class_quota'", "selftrain.source_filter='confident'"
+    )
+    assert name == "selftrain-class_quota-srcconfident" and settings["selftrain.rule.quota"] == 0.5
     assert plan("selftrain.on_collapse='skip_hard'")[1]["selftrain.on_collapse"] == "skip_hard"
 
 
@@ -176,7 +184,7 @@ def test_student_init_names_the_folder_counts_in_the_fingerprint_and_is_no_round
     mine = load_config(write(tmp_path, MINIMAL), ["selftrain.student_init='teacher'"])
     both = load_config(
         write(tmp_path, MINIMAL),
-        ["selftrain.student_init='teacher'", "selftrain.pseudo_rule='class_quota'"],
+        ["selftrain.student_init='teacher'", "selftrain.rule.name='class_quota'"],
     )
     assert stage_dir(paper, "selftrain").name == "selftrain"
     assert stage_dir(mine, "selftrain").name == "selftrain-init_teacher"

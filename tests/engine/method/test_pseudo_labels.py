@@ -17,12 +17,9 @@ from xlt_engine.engine import (
     select_threshold,
     source_keep,
 )
-from xlt_engine.engine.method.pseudo_labels import (
-    counts_above,
-    source_ok,
-    thresholds_from,
-    wilson_lower,
-)
+from xlt_engine.engine.method.pseudo_labels import source_ok, thresholds_from
+from xlt_engine.engine.method.rules import make_rule
+from xlt_engine.engine.method.rules.base import counts_above, wilson_lower
 from xlt_engine.engine.method.threshold import (
     DEFAULT_GRID,
     EVEN_GRID,
@@ -86,7 +83,7 @@ def test_per_class_precision_takes_the_lowest_threshold_whose_lower_bound_qualif
         (500, 0, 0.999, 0), (40, 1, 0.95, 1), (40, 1, 0.605, 0), (20, 2, 0.9, 2)
     )
     names = ["O", "B-X", "B-Y"]
-    th = thresholds_from(agreed, conf, gold, 3, PseudoRule("per_class_precision"), 0, names=names)
+    th = thresholds_from(agreed, conf, gold, 3, make_rule("per_class_precision"), 0, names=names)
     assert th.alpha[0] == th.base.alpha  # O keeps the paper's alpha
     assert th.alpha[1] == 0.61 and th.alpha[2] == 1.0
     one = th.classes[1]
@@ -95,7 +92,7 @@ def test_per_class_precision_takes_the_lowest_threshold_whose_lower_bound_qualif
     assert th.classes[2]["never_qualified"] and len(th.notes) == 1
     assert th.notes[0].startswith("class B-Y: no threshold of the grid gives 30 or more")
     # a looser setting lets class 2 in at the lowest grid point (0.5: 20 / 20 right)
-    loose = PseudoRule("per_class_precision", min_rows=20, class_precision=0.8)
+    loose = make_rule("per_class_precision", min_rows=20, class_precision=0.8)
     th = thresholds_from(agreed, conf, gold, 3, loose, 0, names=names)
     assert th.alpha[2] == 0.5 and wilson_plain(20, 20) >= 0.8 and th.notes == []
 
@@ -107,7 +104,7 @@ def test_per_class_precision_agrees_with_a_brute_force_search():
     conf = rng.uniform(0.25, 1.0, N)
     right = rng.random(N) < conf**3  # precision rises with confidence
     gold = np.where(right, np.maximum(agreed, 0), (np.maximum(agreed, 0) + 1) % C)
-    rule = PseudoRule("per_class_precision", min_rows=25, class_precision=0.75)
+    rule = make_rule("per_class_precision", min_rows=25, class_precision=0.75)
     th = thresholds_from(
         torch.from_numpy(agreed), torch.from_numpy(conf).float(), torch.from_numpy(gold), C, rule, 0
     )
@@ -130,14 +127,14 @@ def test_class_quota_keeps_the_most_confident_share_of_each_class_on_the_target(
     # -> the tie at the cut (0.8) is left out: 1 kept; class 2 has no agreed row: threshold 1
     t_agreed = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1, -1])
     t_conf = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.95, 0.8, 0.8, 0.6, 0.99])
-    th = thresholds_from(*src, 3, PseudoRule("class_quota"), 0, target=(t_agreed, t_conf))
+    th = thresholds_from(*src, 3, make_rule("class_quota"), 0, target=(t_agreed, t_conf))
     assert th.alpha == pytest.approx([0.7, 0.8, 1.0])
     assert [c["target_kept"] for c in th.classes] == [2, 1, 0]
     assert [c["target_agreed"] for c in th.classes] == [4, 4, 0]
     with pytest.raises(ValueError, match="class_quota chooses its thresholds from the target"):
-        thresholds_from(*src, 3, PseudoRule("class_quota"), 0)
+        thresholds_from(*src, 3, make_rule("class_quota"), 0)
     full = thresholds_from(
-        *src, 3, PseudoRule("class_quota", quota=1.0), 0, target=(t_agreed, t_conf)
+        *src, 3, make_rule("class_quota", quota=1.0), 0, target=(t_agreed, t_conf)
     )
     assert full.alpha[:2] == [0.0, 0.0]  # everything agreed is kept
 
@@ -149,13 +146,13 @@ def test_entity_curve_applies_the_criterion_to_the_rows_agreed_on_an_entity_clas
     conf = torch.from_numpy(rng.uniform(0.34, 1.0, N)).float()
     right = torch.from_numpy(rng.random(N)) < conf.double() ** 4
     gold = torch.where(right, agreed.clamp(min=0), 0)
-    th = thresholds_from(agreed, conf, gold, 3, PseudoRule("entity_curve"), 0)
+    th = thresholds_from(agreed, conf, gold, 3, make_rule("entity_curve"), 0)
     ent = agreed >= 1
     want = select_threshold(torch.where(ent, conf, -1.0), (agreed == gold) & ent, 3)
     assert th.alpha == [th.base.alpha, want.alpha, want.alpha]
     assert th.base.alpha != want.alpha  # the entity curve bends elsewhere: the case decides
     # without a background class (sequence classification) each label has its own curve
-    own = thresholds_from(agreed, conf, gold, 3, PseudoRule("entity_curve"), None)
+    own = thresholds_from(agreed, conf, gold, 3, make_rule("entity_curve"), None)
     for c in range(3):
         mine = agreed == c
         got = select_threshold(torch.where(mine, conf, -1.0), (agreed == gold) & mine, 3)
@@ -167,14 +164,17 @@ def test_the_even_grid_has_no_tail():
     assert PseudoRule(grid="even").grid_points() == EVEN_GRID
     with pytest.raises(ValueError, match="grid must be 'even'"):
         PseudoRule(grid="odd")
-    for bad, match in (
-        (dict(name="mine"), "pseudo_rule must be one of"),
-        (dict(min_rows=0), "min_rows"),
-        (dict(class_precision=1.0), "class_precision"),
-        (dict(quota=0.0), "quota"),
+    with pytest.raises(ValueError, match="rule must be one of"):
+        PseudoRule(name="mine")
+    with pytest.raises(ValueError, match="make_rule"):  # a rule is its own class
+        PseudoRule(name="class_quota")
+    for name, bad, match in (
+        ("per_class_precision", dict(min_rows=0), "min_rows"),
+        ("per_class_precision", dict(class_precision=1.0), "class_precision"),
+        ("class_quota", dict(quota=0.0), "quota"),
     ):
         with pytest.raises(ValueError, match=match):
-            PseudoRule(**bad)
+            make_rule(name, **bad)
 
 
 def test_source_filters_correct_confident_and_off():
@@ -203,7 +203,7 @@ def test_public_functions_work_on_voter_logits_alone():
     src = centre + 0.5 * torch.randn(M, N, C, generator=g)  # [M, N, C]
     gold = torch.where(torch.rand(N, generator=g) < 0.8, centre.argmax(-1), 0)
     tgt = torch.randn(N, C, generator=g) * 3 + 0.5 * torch.randn(M, N, C, generator=g)
-    for rule in (PseudoRule(), PseudoRule("per_class_precision", min_rows=10, class_precision=0.5)):
+    for rule in (PseudoRule(), make_rule("per_class_precision", min_rows=10, class_precision=0.5)):
         th = choose_thresholds(src, gold, rule, background=0)
         assert isinstance(th, Thresholds) and len(th.alpha) == C
         labels, confidence, mean = pseudo_label(tgt, th)
@@ -217,7 +217,7 @@ def test_public_functions_work_on_voter_logits_alone():
         assert torch.equal(keep, voter_filter(src, 0.0)[2].argmax(-1) == gold)
         assert th.to_json()["class_alpha"] == th.alpha
     quota = choose_thresholds(
-        src, gold, PseudoRule("class_quota"), background=0, target=voter_filter(tgt, 0.0)[:2]
+        src, gold, make_rule("class_quota"), background=0, target=voter_filter(tgt, 0.0)[:2]
     )
     labels = pseudo_label(tgt, quota)[0]
     agreed = voter_filter(tgt, 0.0)[0]
@@ -300,6 +300,6 @@ def test_without_a_background_class_every_label_gets_its_own_threshold():
         (40, 0, 0.95, 0), (40, 0, 0.605, 1),  # label 0 qualifies from 0.61
         (60, 1, 0.7, 1), (5, 1, 0.545, 0),  # label 1: 60 / 65 up to 0.54, 60 / 60 from 0.55
     )  # fmt: skip
-    th = thresholds_from(agreed, conf, gold, 2, PseudoRule("per_class_precision"), None)
+    th = thresholds_from(agreed, conf, gold, 2, make_rule("per_class_precision"), None)
     assert th.alpha == [0.61, 0.55]
     assert [c["how"] for c in th.classes] == ["precision", "precision"]

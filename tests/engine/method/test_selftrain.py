@@ -28,6 +28,7 @@ from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine.method import selftrain as selftrain_module
 from xlt_engine.engine.method.finetune import FinetuneConfig, run_finetune
 from xlt_engine.engine.method.pseudo_labels import check_collapse
+from xlt_engine.engine.method.rules import make_rule
 from xlt_engine.engine.method.selftrain import (
     FILTER_FILE,
     SOURCE_OK_FILE,
@@ -102,8 +103,14 @@ def st_config(base, teacher, data, out, **kw) -> SelftrainConfig:
         hard=TrainConfig(max_steps=20, lr=1e-4, log_every=10, save_every=10, seed=1),
         **NO_FREEZE,
     )
+    rule = {k: kw.pop(k) for k in RULE_KEYS if k in kw}  # the [selftrain.rule] settings
+    if rule:
+        kw["rule"] = make_rule(rule.pop("pseudo_rule", "paper"), **rule)
     cfg.update(kw)
     return SelftrainConfig(**cfg)
+
+
+RULE_KEYS = ("pseudo_rule", "threshold", "alpha", "grid", "min_rows", "class_precision", "quota")
 
 
 @pytest.fixture(scope="module")
@@ -807,7 +814,7 @@ def test_the_collapse_guard_warns_stops_or_skips_the_hard_step(
         return
     with pytest.warns(
         UserWarning,
-        match=r"round 1: the pseudo labels collapsed \(pseudo_rule = 'paper', alpha = 0.999",
+        match=r"round 1: the pseudo labels collapsed \(selftrain.rule.name = 'paper', alpha = 0.999",
     ):
         run_selftrain(cfg, echo=None)
     counts = json.loads((out / "round-1" / "filter.json").read_text())

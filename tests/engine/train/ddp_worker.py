@@ -8,6 +8,7 @@ import torch.distributed as dist
 
 from xlt_engine.engine.method.btf import BtfConfig, run_btf
 from xlt_engine.engine.method.finetune import FinetuneConfig, run_finetune
+from xlt_engine.engine.method.rules import make_rule
 from xlt_engine.engine.method.selftrain import SelftrainConfig, run_selftrain
 from xlt_engine.engine.method.settings import HeadSettings
 from xlt_engine.engine.train import distributed
@@ -39,6 +40,8 @@ def main(spec: dict) -> None:
             spec[step] = TrainConfig(**spec[step])
         if "student_head" in spec:
             spec["student_head"] = HeadSettings(**spec["student_head"])
+        if "rule" in spec:  # the [selftrain.rule] table: its name picks the rule
+            spec["rule"] = make_rule(**spec["rule"])
     else:
         train = TrainConfig(**spec.pop("train"))
     try:

@@ -165,9 +165,7 @@ def test_selftrain_two_gloo_processes_equal_one_process(synth_nodrop, tmp_path):
         batch_size=8,
         rounds=1.5,
         student_head={"voter_dropout": 0.0},  # the teacher's voters, without dropout
-        threshold="fixed",
-        alpha=0.3,
-        pseudo_rule="class_quota",
+        rule={"name": "class_quota", "threshold": "fixed", "alpha": 0.3},
         device="cpu",
     )
     soft = dict(max_steps=12, lr=1e-2, log_every=6, seed=1)
@@ -225,7 +223,7 @@ def test_run_all_under_torchrun_runs_and_reuses_every_stage(tmp_path):
     # collective the others skip; a second run reuses every stage by its fingerprint
     cfg = prepare(tmp_path / "qs", seed=4, sizes=Sizes(train=48, dev=10, test=16))
     steps = ["btf.train.max_steps=2", "finetune.train.max_steps=2", "selftrain.soft.max_steps=2",
-             "selftrain.hard.max_steps=2", "selftrain.threshold=fixed", "selftrain.alpha=0.0"]  # fmt: skip
+             "selftrain.hard.max_steps=2", "selftrain.rule.threshold=fixed", "selftrain.rule.alpha=0.0"]  # fmt: skip
     args = ["-m", "xlt_engine.cli", "run", "--stage", "all", "--config", str(cfg), "--out",
             str(tmp_path / "run"), "--no-progress"]  # fmt: skip
     args += [a for item in steps for a in ("--set", item)]

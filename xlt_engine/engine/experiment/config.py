@@ -31,6 +31,7 @@ import tomllib
 
 from xlt_engine.data.task import Format
 from xlt_engine.engine.experiment import registry
+from xlt_engine.engine.method.rules import PseudoRule, rule_class, rule_names, switch_rule
 from xlt_engine.engine.method.settings import (
     FreezeLayers,
     FreezeSettings,
@@ -359,9 +360,14 @@ def _build(cls, table: dict, prefix: str, problems: list[str], base=None, given=
     n_before = len(problems)
     blocked = False  # a required setting missing or a value of the wrong type: not built
     hidden = ("name", "sections") if cls is ExperimentConfig else ()
+    moved = getattr(cls, "MOVED", {})
     for k in table:
-        if k not in fields or k in hidden:
-            known = ", ".join([*(n for n in fields if n not in hidden), *registry.names()])
+        if k in moved:
+            home = moved[k].rsplit(".", 1)[0]
+            problems.append(f"{prefix}{k}: now {prefix}{moved[k]} (the [{prefix}{home}] table)")
+        elif k not in fields or k in hidden:
+            known = ", ".join([*(n for n in fields if n not in hidden),
+                               *(registry.names() if cls is ExperimentConfig else ())])  # fmt: skip
             problems.append(f"{prefix}{k}: unknown key (known here: {known})")
     kwargs = dict(given)
     for name, f in fields.items():
@@ -376,6 +382,9 @@ def _build(cls, table: dict, prefix: str, problems: list[str], base=None, given=
                 blocked = True
             continue
         default = None
+        if _is_rule(hints[name]):  # [selftrain.rule]: its name says which class it builds
+            kwargs[name] = _build_rule(table[name], f"{prefix}{name}", problems, base, f)
+            continue
         if dataclasses.is_dataclass(hints[name]) and isinstance(table[name], dict):
             if f.default_factory is not dataclasses.MISSING:
                 default = f.default_factory()
@@ -393,6 +402,39 @@ def _build(cls, table: dict, prefix: str, problems: list[str], base=None, given=
         return None
     built = _construct(cls, base, kwargs, prefix, problems)
     return built if len(problems) == n_before else None
+
+
+def _is_rule(tp) -> bool:
+    return isinstance(tp, type) and issubclass(tp, PseudoRule)
+
+
+def _build_rule(value, key: str, problems: list[str], base, f) -> PseudoRule:
+    """A pseudo-label rule from its table: ``name`` picks the rule (``method.rules``), the other
+    keys are its settings (the alpha settings every rule has, and its own); a rule switched by
+    name keeps the alpha settings it is switched from."""
+    start = getattr(base, f.name) if base is not None else f.default_factory()
+    if not isinstance(value, dict):
+        problems.append(f"{key}: expected a table, got {value!r}")
+        return start
+    name = value.get("name", start.name)
+    try:
+        cls = rule_class(name)
+    except ValueError as err:
+        problems.append(f"{key}.name: {err}")
+        return start
+    if type(start) is not cls:
+        start = switch_rule(start, name)
+    own = {f.name for f in dataclasses.fields(cls)}
+    for k in [k for k in value if k not in own]:  # another rule's setting: say whose
+        whose = [
+            n for n in rule_names() if k in {f.name for f in dataclasses.fields(rule_class(n))}
+        ]
+        if whose:
+            problems.append(f"{key}.{k}: a setting of the rule {' / '.join(whose)}, not of "
+                            f"{name!r} ({key}.name)")  # fmt: skip
+            value = {x: v for x, v in value.items() if x != k}
+    built = _build(cls, value, key + ".", problems, start)
+    return start if built is None else built
 
 
 def _construct(cls, base, kwargs: dict, prefix: str, problems: list[str]):

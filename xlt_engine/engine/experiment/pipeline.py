@@ -9,8 +9,8 @@ share their common stages and a re-run picks up where an earlier one stopped; a 
 half-way continues with ``resume``), and one made otherwise stops the run, naming each change.
 Switches give the paper's ablation rows (``studies.ablate``): ``Parts(btf=False)`` (-BTF:
 fine-tuning and self-training start from the pretrained model), ``Parts(selftrain=False)`` (-ST),
-``selftrain.threshold = "fixed"`` (-AT), ``model.head = "linear"`` (-VM),
-``selftrain.pseudo_rule`` (the class-aware rules). The direct-transfer column is always the
+``selftrain.rule.threshold = "fixed"`` (-AT), ``model.head = "linear"`` (-VM),
+``selftrain.rule`` (the class-aware rules). The direct-transfer column is always the
 pretrained model fine-tuned with a plain linear head (``finetune-direct-linear``), standard
 mBERT fine-tuning as in the paper's baseline; without btf the teacher is the pretrained model
 fine-tuned with the configured head (``finetune-direct``).

@@ -17,7 +17,7 @@ single stage and ``run --stage all`` alike; the tables over all pairs go to ``<o
 Ablation variants add ``-voters<M>`` (model.voters != 3) to finetune and selftrain folders,
 ``-la`` / ``-tt`` / ``-sa`` (paper 003's Label Alignment, translate-train, Semantic Alignment) to
 finetune folders, ``-alpha<A>`` (a fixed threshold), ``-rounds<N>`` (N other than the
-paper's 1.5), ``-<pseudo_rule>`` (a rule other than the paper's), ``-src<filter>`` (a source
+paper's 1.5), ``-<rule name>`` (a rule other than the paper's), ``-src<filter>`` (a source
 filter other than ``correct``) and ``-init_<student_init>`` (students that start from another
 encoder than the Base Model) to selftrain folders, so the rows of an ablation and the studies share the folders whose settings they share
 (btf always). A model given by a folder inside the run folder is evaluated into

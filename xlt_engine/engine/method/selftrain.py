@@ -8,7 +8,7 @@ method", step 3)::
         soft step: S fits T's probabilities on U_tgt (soft_label_mse, each voter)
         check: how S follows T (all rows, T's entity rows, each class), S on the dev files
         if r > N: stop                                # a half round ends after its soft step
-        alpha[C] = choose_thresholds(S's voters on D_src, pseudo_rule)  # paper: one alpha
+        alpha[C] = choose_thresholds(S's voters on D_src, rule)  # paper: one alpha
         D_keep = rows of D_keep that S predicts correctly           # removed for good
         P = voter_filter(S's voters on U_tgt, alpha[C])            # unanimous and confident
         collapse guard (on_collapse): warn, error, or skip the hard step
@@ -41,7 +41,7 @@ classification. Both filters work per row; an item (a sentence window, a text) w
 is dropped. ``filter_unit = "sequence"`` drops a whole sentence as soon as one of its words fails.
 
 The pseudo-label rule (thresholds, how they apply, the source filter, the collapse check) lives
-in ``pseudo_labels``: ``pseudo_rule = "paper"`` is one alpha from the curve over all source rows
+in ``pseudo_labels``: ``rule.name = "paper"`` is one alpha from the curve over all source rows
 (the pseudo labels' precision at each t); the class-aware rules give each class its own. The
 source filter (``source_filter``) keeps a row when the mean of the voters' probabilities
 predicts its gold label (``correct``, the paper), when the voters agree on it above its class's
@@ -120,6 +120,7 @@ from xlt_engine.engine.method.pseudo_labels import (
     source_ok,
     thresholds_from,
 )
+from xlt_engine.engine.method.rules import PseudoRule, rule_names
 from xlt_engine.engine.method.settings import (
     FreezeSettings,
     HeadSettings,
@@ -388,16 +389,15 @@ def _class_alphas(labels: list[str], alpha: list[float]) -> str:
 def _remedies(cfg: SelftrainSettings) -> str:
     """The settings a collapsed round may be avoided with, other than the ones in use."""
     out = []
-    others = [r for r in ("per_class_precision", "class_quota") if r != cfg.pseudo_rule]
-    out.append(" or ".join(f'selftrain.pseudo_rule = "{r}"' for r in others) + " (thresholds "
+    rule = cfg.rule
+    others = [n for n in rule_names() if n not in (rule.name, PseudoRule.name)]
+    out.append(" or ".join(f'selftrain.rule.name = "{r}"' for r in others) + " (thresholds "
                "per class)")  # fmt: skip
-    if cfg.pseudo_rule == "per_class_precision":
-        out.append("a lower selftrain.class_precision or min_rows (classes that never qualify "
-                   "get no pseudo label)")  # fmt: skip
-    if cfg.grid != "even" and cfg.pseudo_rule != "class_quota":
-        out.append('selftrain.grid = "even" (no 0.995 / 0.999 tail)')
-    if cfg.threshold != "fixed":
-        out.append('a fixed alpha (selftrain.threshold = "fixed")')
+    out += rule.remedies()
+    if rule.grid != "even" and not rule.reads_target:
+        out.append('selftrain.rule.grid = "even" (no 0.995 / 0.999 tail)')
+    if rule.threshold != "fixed":
+        out.append('a fixed alpha (selftrain.rule.threshold = "fixed")')
     if cfg.source_filter == "confident":
         out.append('selftrain.source_filter = "correct" (the paper\'s)')
     return "; ".join(out)
@@ -923,23 +923,22 @@ class SelfTraining:
         paper's alpha and curve, each class's threshold with its source rows and precision."""
         rdir = self.out / f"round-{r}"
         path = rdir / "threshold.json"
-        rule = self.cfg.pseudo_rule_settings()
+        rule = self.cfg.rule
 
         def compute():
             t0 = time.perf_counter()
             agreed, conf, mean = voter_filter(self.logits(student, self.src), 0.0)
             gold = torch.from_numpy(self.gold).to(agreed.device)
-            # class_quota sets its thresholds from the target rows (in ``filter``): here the
-            # paper's alpha and each class's source record at it
-            quota = rule.name == "class_quota"
+            # a rule that reads the target (class_quota) sets its thresholds from the target
+            # rows (in ``filter``): here the paper's alpha and each class's source record at it
             th = thresholds_from(
                 agreed, conf, gold, len(self.labels),
-                dataclasses.replace(rule, name="paper") if quota else rule,
+                rule.paper() if rule.reads_target else rule,
                 background=self.background, names=self.labels,
             )  # fmt: skip
-            if quota:
+            if rule.reads_target:
                 th.rule = rule.name
-                th.notes.append("class_quota: the class thresholds come from the target rows "
+                th.notes.append(f"{rule.name}: the class thresholds come from the target rows "
                                 "(filter.json)")  # fmt: skip
             outputs = {"agreed": agreed, "confidence": conf, "predicted": mean.argmax(-1)}
             secs = time.perf_counter() - t0
@@ -961,8 +960,8 @@ class SelfTraining:
                 + (f"; {base.fallback}" if base.fallback else "")
                 + ")"
                 + (
-                    f"; {rule.name}: {_class_alphas(self.labels, th.alpha)}"
-                    if rule.name != "paper"
+                    f"; {rule.describe()}: {_class_alphas(self.labels, th.alpha)}"
+                    if rule.name != PseudoRule.name  # another rule than the paper's
                     else ""
                 )
             )
@@ -1045,7 +1044,7 @@ class SelfTraining:
             return None
         cfg = self.cfg
         msg = (
-            f"round {r}: the pseudo labels collapsed (pseudo_rule = {cfg.pseudo_rule!r}, alpha = "
+            f"round {r}: the pseudo labels collapsed (selftrain.rule.name = {cfg.rule.name!r}, alpha = "
             f"{threshold['alpha']:g}, source_filter = {cfg.source_filter!r}):\n  - "
             + "\n  - ".join(findings)
             + "\n  a hard step on these labels teaches the student (almost) only the classes they "
@@ -1138,8 +1137,8 @@ class RoundFilter:
     def __init__(self, run, r, student, threshold, source_out, source_keep, probs):
         self.run, self.r, self.student, self.threshold = run, r, student, threshold
         self.source_out, self.source_keep, self.probs = source_out, source_keep, probs
-        self.rule = run.cfg.pseudo_rule_settings()
-        self.quota = self.rule.name == "class_quota"
+        self.rule = run.cfg.rule
+        self.quota = self.rule.reads_target
         self.alpha = np.asarray(threshold["class_alpha"], dtype=np.float64)  # as recorded
         self.classes = threshold["classes"]
         self.t0 = time.perf_counter()
@@ -1191,9 +1190,7 @@ class RoundFilter:
         )  # fmt: skip
         self.alpha[:] = th.alpha
         self.classes[:] = th.classes
-        run.say(
-            f"round {self.r}: class_quota {self.rule.quota:g}: {_class_alphas(run.labels, th.alpha)}"
-        )
+        run.say(f"round {self.r}: {self.rule.describe()}: {_class_alphas(run.labels, th.alpha)}")
 
     def kept_source(self) -> np.ndarray:
         """D_keep after this round: the rows kept so far that pass the source filter."""

@@ -20,9 +20,9 @@ import torch
 
 from xlt_engine.data.batching import PAD_MULTIPLE
 from xlt_engine.data.task import Format
-from xlt_engine.engine.method.pseudo_labels import PseudoRule, SourceFilter
-from xlt_engine.engine.method.pseudo_labels import RuleName as PseudoRuleName
-from xlt_engine.engine.method.threshold import check_alpha, check_rounds
+from xlt_engine.engine.method.pseudo_labels import SourceFilter
+from xlt_engine.engine.method.rules import PseudoRule
+from xlt_engine.engine.method.threshold import check_rounds
 from xlt_engine.engine.train.inference import EVAL_MAX_TOKENS
 from xlt_engine.engine.train.loop import TrainConfig
 from xlt_engine.model.heads import LINEAR
@@ -287,7 +287,6 @@ class FinetuneSettings(BatchSettings):
                 )
 
 
-Threshold = Literal["curvature", "max_second_difference", "fixed"]
 FilterUnit = Literal["word", "sequence"]
 OnCollapse = Literal["warn", "error", "skip_hard"]
 SoftLoss = Literal["mse", "kl"]
@@ -302,19 +301,14 @@ class SelftrainSettings(BatchSettings):
     rounds: float = 1.5  # N; a trailing .5 ends with a soft step
     soft: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=3e-5))
     hard: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=1e-6))
-    threshold: Threshold = "curvature"
-    alpha: float | None = None  # with threshold = "fixed" (the "-AT" ablation)
-    grid: tuple[float, ...] | str = ()  # () : 0.50..0.99 by 0.01, then 0.995 and 0.999;
-    # "even": 0.50..0.99 by 0.01 only (no tail)
     filter_unit: FilterUnit = "word"
     source_filter: SourceFilter = "correct"  # which source rows the hard steps keep: correct
     # (the voters' mean predicts the gold label: the paper), confident (the voters agree on the
     # gold label above its class's threshold), off (all)
-    pseudo_rule: PseudoRuleName = "paper"  # how the thresholds are chosen (pseudo_labels.py):
-    # paper (one alpha), per_class_precision, class_quota, entity_curve
-    min_rows: int = 30  # per_class_precision: source rows a class's threshold must leave
-    class_precision: float = 0.9  # per_class_precision: their precision's Wilson lower bound
-    quota: float = 0.5  # class_quota: the share of each class's agreed target rows kept
+    rule: PseudoRule = field(default_factory=PseudoRule)  # how the thresholds are chosen: the
+    # [selftrain.rule] table, its name (paper, per_class_precision, class_quota, entity_curve,
+    # or a rule of one's own: method.rules), the paper's alpha settings (threshold, alpha,
+    # grid) and the rule's own parameters
     on_collapse: OnCollapse = "warn"  # a round whose pseudo labels collapsed: warn, error
     # (stop before the hard step) or skip_hard (the soft student is the round's result)
     max_unlabeled: int | None = None  # down-sample the unlabeled target data (CLS: 10000)
@@ -323,31 +317,22 @@ class SelftrainSettings(BatchSettings):
     student_init: StudentInit = "base"  # the encoder each round's student starts from: base
     # (the Base Model, the paper) or teacher (the round's teacher's encoder); fresh voters both
 
+    # the settings that moved into the [selftrain.rule] table: a config that still sets one is
+    # told where it went
+    MOVED: typing.ClassVar[dict[str, str]] = {
+        "pseudo_rule": "rule.name", "threshold": "rule.threshold", "alpha": "rule.alpha",
+        "grid": "rule.grid", "min_rows": "rule.min_rows", "class_precision": "rule.class_precision",
+        "quota": "rule.quota",
+    }  # fmt: skip
+
     def __post_init__(self):
         super().__post_init__()
         check_choices(self)
         check_rounds(self.rounds)
-        if not isinstance(self.grid, str) and (bad := [t for t in self.grid if not 0 < t < 1]):
-            raise ValueError(f"grid: thresholds must be in (0, 1), got {bad}")
-        self.pseudo_rule_settings()  # the rule's own checks (grid name, min_rows, precision, quota)
-        if self.threshold == "fixed":
-            check_alpha(self.alpha, "threshold = 'fixed' needs alpha")
-        if self.threshold != "fixed" and self.alpha is not None:
-            raise ValueError(f"alpha = {self.alpha} is read only with threshold = 'fixed'")
+        if not isinstance(self.rule, PseudoRule):
+            raise ValueError(f"rule must be a PseudoRule, got {self.rule!r}")
         if self.max_unlabeled is not None and self.max_unlabeled < 1:
             raise ValueError(f"max_unlabeled must be >= 1, got {self.max_unlabeled}")
-
-    def pseudo_rule_settings(self) -> PseudoRule:
-        """The pseudo-label rule these settings describe (``method.pseudo_labels``)."""
-        return PseudoRule(
-            name=self.pseudo_rule,
-            method=self.threshold,
-            alpha=self.alpha,
-            grid=self.grid or None,
-            min_rows=self.min_rows,
-            class_precision=self.class_precision,
-            quota=self.quota,
-        )
 
     @property
     def steps(self) -> list[tuple[int, str]]:

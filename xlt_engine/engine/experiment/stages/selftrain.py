@@ -3,12 +3,13 @@ the Voters Module (``method.selftrain``), from round 1's teacher (``selftrain.te
 source with ``multi_source = "teachers"``), each round's student restored from
 ``selftrain.base``. Folders: ``selftrain``, ``selftrain-direct`` (from the pretrained model),
 with ``-voters<M>`` / ``-linear``, ``-alpha<A>`` (a fixed threshold), ``-rounds<N>``,
-``-<pseudo_rule>``, ``-src<filter>`` and ``-init_<student_init>`` where they differ from the
+``-<rule name>``, ``-src<filter>`` and ``-init_<student_init>`` where they differ from the
 paper's. Folders that differ only in what acts after round 1's soft step share that step: a new
 one takes it from a finished twin (``Partial``)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from xlt_engine.engine.experiment.runs import (
     variant,
     with_section,
 )
+from xlt_engine.engine.method.rules import switch_rule
 from xlt_engine.engine.method.selftrain import SelftrainConfig, lay_down_round1, run_selftrain
 from xlt_engine.engine.method.settings import (
     FreezeSettings,
@@ -53,20 +55,21 @@ PAPER = SelftrainSettings()  # the paper's N, rule, source filter, student start
 # (and the hard step's) alone make the same teacher probabilities and soft student in round 1
 AFTER_ROUND1_SOFT = (
     "selftrain.rounds",
-    "selftrain.threshold",
-    "selftrain.alpha",
-    "selftrain.grid",
+    "selftrain.rule.",
     "selftrain.source_filter",
-    "selftrain.pseudo_rule",
-    "selftrain.min_rows",
-    "selftrain.class_precision",
-    "selftrain.quota",
     "selftrain.on_collapse",
     "selftrain.hard.",
 )
-# a rule's own settings count only where that rule acts
-RULE_OWNS = {"min_rows": "per_class_precision", "class_precision": "per_class_precision",
-             "quota": "class_quota"}  # fmt: skip
+
+
+def with_rule(cfg: ExperimentConfig, name: str | None = None, **changes) -> ExperimentConfig:
+    """``cfg`` with another pseudo-label rule (``name``: its alpha settings carried over, its
+    own parameters' defaults) and / or rule settings changed (``threshold="fixed", alpha=0.9``:
+    the -AT ablation)."""
+    rule = cfg.selftrain.rule
+    if name is not None and name != rule.name:
+        rule = switch_rule(rule, name)
+    return with_section(cfg, "selftrain", rule=dataclasses.replace(rule, **changes))
 
 
 def teacher_models(cfg: ExperimentConfig) -> dict[str, tuple[ExperimentConfig, str]]:
@@ -91,9 +94,9 @@ def files(cfg: ExperimentConfig, need: Needs) -> None:
 def folder(cfg: ExperimentConfig) -> str:
     s = cfg.selftrain
     direct = "-direct" if s.base == "pretrained" else ""
-    fixed = f"-alpha{s.alpha:g}" if s.threshold == "fixed" else ""
+    fixed = f"-alpha{s.rule.alpha:g}" if s.rule.threshold == "fixed" else ""
     rounds = f"-rounds{s.rounds:g}" if s.rounds != PAPER.rounds else ""
-    rule = f"-{s.pseudo_rule}" if s.pseudo_rule != PAPER.pseudo_rule else ""
+    rule = f"-{s.rule.name}" if s.rule.name != PAPER.rule.name else ""
     source = f"-src{s.source_filter}" if s.source_filter != PAPER.source_filter else ""
     init = f"-init_{s.student_init}" if s.student_init != PAPER.student_init else ""
     return f"selftrain{direct}{variant(cfg)}{fixed}{rounds}{rule}{source}{init}"
@@ -143,9 +146,6 @@ def plan(cfg: ExperimentConfig, common: dict, head: dict, trained: dict) -> Stag
         settings.pop(key)
     if cfg.selftrain.on_collapse != "skip_hard":  # warn and error change no result
         settings.pop("selftrain.on_collapse")
-    for key, rule in RULE_OWNS.items():
-        if rule != cfg.selftrain.pseudo_rule:
-            settings.pop(f"selftrain.{key}")
     plan = StagePlan(cfg, "selftrain", {**common, **head, **settings, **trained}, {})
     model_input(cfg, cfg.selftrain.base, "selftrain.base", plan)
     for key, (c, name) in teacher_models(cfg).items():

@@ -1,4 +1,4 @@
-"""Kernel benchmark: the same code as ``xlt-engine bench kernels`` (see xlt_engine/kernels/bench.py).
+"""Kernel benchmark: the same code as ``xlt-engine bench kernels`` (see xlt_engine/bench/kernels.py).
 
 python -m benchmarks.bench_kernels                     # all ops, all providers
 python -m benchmarks.bench_kernels --op mlm --provider triton --provider torch

@@ -170,7 +170,7 @@ def bench() -> None:
     "--op",
     "ops",
     multiple=True,
-    type=click.Choice(["mlm", "mse", "voters", "threshold", "supcon"]),
+    type=click.Choice(["mlm", "mse", "kl", "voters", "threshold", "supcon"]),
     help="ops to time (repeatable; default: all)",
 )
 @click.option(
@@ -199,7 +199,7 @@ def bench() -> None:
 @click.option("--no-save", is_flag=True, help="print the table only, even with --out")
 def bench_kernels(ops, providers, modes, device, reps, out, no_save) -> None:
     """Time the fused kernels against torch, torch.compile, Hugging Face and Liger."""
-    from xlt_engine.kernels import bench as bench_mod
+    from xlt_engine.bench import kernels as bench_mod
 
     if out is not None and not no_save:
         try:

@@ -18,14 +18,21 @@ def test_cpu_run_prints_a_table_and_appends_results(tmp_path):
     assert "No GPU: running the torch providers only, at reduced sizes (skipping triton)" in (
         first.output
     )
-    for op in ("mlm", "mse", "voters", "threshold", "supcon"):
+    for op in ("mlm", "mse", "kl", "voters", "threshold", "supcon"):
         assert f"\n{op} " in first.output
     again = runner.invoke(main, [*args, "--op", "threshold", "--out", str(tmp_path)])
     assert again.exit_code == 0, again.output
     (json_path,) = tmp_path.glob("kernels_cpu*.json")
     runs = json.loads(json_path.read_text())
     assert len(runs) == 2 and runs[0]["reduced_sizes"] is True
-    assert {r["op"] for r in runs[0]["rows"]} == {"mlm", "mse", "voters", "threshold", "supcon"}
+    assert {r["op"] for r in runs[0]["rows"]} == {
+        "mlm",
+        "mse",
+        "kl",
+        "voters",
+        "threshold",
+        "supcon",
+    }
     assert all(r["provider"] == "torch" and r["ms"] > 0 for r in runs[0]["rows"])
     assert runs[0]["torch"] and runs[0]["triton"] and "device" in runs[0]
     with open(json_path.with_suffix(".csv")) as f:
@@ -83,7 +90,7 @@ def test_cpu_table_units_fit_json_is_strict_and_nothing_is_written_without_out(
     wrote into benchmarks/results of the working directory unasked."""
     import re
 
-    from xlt_engine.kernels.bench import format_rate
+    from xlt_engine.bench.kernels import format_rate
 
     assert format_rate(0.0983, "FLOP/s") == "98.3 GFLOP/s"
     assert format_rate(2.5, "FLOP/s") == "2.5 TFLOP/s"

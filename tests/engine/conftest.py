@@ -181,8 +181,8 @@ def gpu_step_syncs():
     """``HostSyncs`` over a run, with the checks that run only where they are free (on the host:
     ``free_checks``) turned off, as on a GPU: ``syncs.in_steps()`` is what a GPU step would
     sync."""
+    from benchmarks.host_sync import HostSyncs
     from xlt_engine.engine.train import loop
-    from xlt_engine.engine.train.host_sync import HostSyncs
     from xlt_engine.kernels import mlm_loss
 
     with ExitStack() as stack:

@@ -36,6 +36,7 @@ from triton.compiler import ASTSource
 
 from xlt_engine.kernels._launch import recording
 from xlt_engine.kernels.mlm_loss import fused_mlm_loss_fwd
+from xlt_engine.kernels.soft_label_kl import soft_label_kl_fwd
 from xlt_engine.kernels.soft_label_mse import soft_label_mse_fwd
 from xlt_engine.kernels.supcon_loss import SupConFunction
 from xlt_engine.kernels.threshold_curve import threshold_curve_counts
@@ -80,6 +81,7 @@ def launches() -> list[tuple[str, tuple]]:
             p = torch.rand(64, c, generator=g)
             mask = torch.ones(64, dtype=torch.bool)
             record(f"mse {TYPES[dt]} C={c}", soft_label_mse_fwd, z, p, mask, True, True)
+            record(f"kl {TYPES[dt]} C={c}", soft_label_kl_fwd, z, p, mask, True)
             record(f"voters {TYPES[dt]} C={c}", voter_filter_fwd, z, torch.zeros(1))
         for d in (48, 768, 1024):
             h = torch.randn(256, d, generator=g).to(dt).requires_grad_()

@@ -10,6 +10,8 @@ from tests.kernels.conftest import assert_mlm_grads, assert_rule, assert_scaled,
 from xlt_engine.kernels import (
     fused_mlm_loss,
     fused_mlm_loss_ref,
+    soft_label_kl,
+    soft_label_kl_ref,
     soft_label_mse,
     soft_label_mse_ref,
     supcon_loss,
@@ -155,6 +157,23 @@ def test_soft_label_mse_many_rows(dtype):
     same = soft_label_mse_ref(zs, p, mask, upcast=False)
     same.backward()
     assert_rule("loss", loss, ref, same, 1e-7)
+    assert_rule("dz", z.grad, zd.grad, zs.grad, 1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_soft_label_kl_many_rows(dtype):
+    z = (torch.randn(3, 1_000_003, 9, device="cuda") * 3).to(dtype).requires_grad_()
+    p = torch.randn(1_000_003, 9, device="cuda").softmax(-1)
+    mask = torch.rand(1_000_003, device="cuda") < 0.8
+    loss = soft_label_kl(z, p, mask)
+    loss.backward()
+    zd = z.detach().double().requires_grad_()
+    ref = soft_label_kl_ref(zd, p.double(), mask)
+    ref.backward()
+    zs = z.detach().clone().requires_grad_()
+    same = soft_label_kl_ref(zs, p, mask, upcast=False)
+    same.backward()
+    assert_rule("loss", loss, ref, same, 1e-6 * ref.abs().item())
     assert_rule("dz", z.grad, zd.grad, zs.grad, 1e-9)
 
 

@@ -63,9 +63,11 @@ def test_row_counts_do_not_make_new_triton_specialisations():
         return importlib.import_module(f"xlt_engine.kernels.{name}")
 
     soft_label_mse, supcon_loss = module("soft_label_mse"), module("supcon_loss")
+    soft_label_kl = module("soft_label_kl")
     threshold_curve, voter_filter = module("threshold_curve"), module("voter_filter")
     expected = {
         soft_label_mse.soft_label_mse_fwd_kernel: {"R", "stride_m"},
+        soft_label_kl.soft_label_kl_fwd_kernel: {"R", "stride_m"},
         supcon_loss.supcon_fwd_kernel: {"B"},
         supcon_loss.supcon_bwd_kernel: {"B"},
         voter_filter.voter_filter_fwd_kernel: {"N", "stride_m"},

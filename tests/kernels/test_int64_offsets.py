@@ -67,6 +67,28 @@ for m in range(M):
     assert torch.allclose(dz[m, :B].float(), want_dz[m].expand(B, C), atol=1e-3), m
 print("ok")
 """,
+    "soft_label_kl": """
+from xlt_engine.kernels.soft_label_kl import soft_label_kl_fwd_kernel
+M, R, C, B = 3, 2**29 + 8, 2, 16
+z = sparse(TMP / "z.bin", M * R * C, torch.float16).view(M, R, C)
+dz = sparse(TMP / "dz.bin", M * R * C, torch.float16).view(M, R, C)
+rows = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]).half()
+for m in range(M):
+    z[m, :B] = rows[m]
+p = torch.full((B, C), 0.5)
+partial, scale = torch.empty(1), torch.ones(1)
+soft_label_kl_fwd_kernel[(1,)](
+    z, p, p, scale, partial, dz, M, R, C, R * C,
+    HAS_MASK=False, NEED_DZ=True, BLOCK_R=B, BLOCK_C=C,
+)
+log_s = rows.float().log_softmax(-1)
+want = B * (0.5 * (torch.log(torch.tensor(0.5)) - log_s)).sum()
+assert torch.allclose(partial[0], want), (partial, want)
+want_dz = log_s.exp() - 0.5
+for m in range(M):
+    assert torch.allclose(dz[m, :B].float(), want_dz[m].expand(B, C), atol=1e-3), m
+print("ok")
+""",
     # row 2 of the logits buffer starts at 2 * stride = 2^31 + 128 elements, stride fits int32
     "mlm_rows": """
 from xlt_engine.kernels.mlm_loss import mlm_rows_kernel

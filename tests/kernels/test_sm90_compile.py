@@ -30,8 +30,8 @@ def test_every_kernel_compiles_for_sm90_without_spills(tmp_path):
     assert "FAIL" not in done.stdout
     kernels = json.loads((tmp_path / "res.json").read_text())["kernels"]
     names = {k["name"].split()[0] for k in kernels}
-    assert names == {"mlm", "mse", "voters", "threshold", "supcon"}
-    assert len(kernels) == 64  # supcon: 3 dtypes x 3 widths x 4 kernels
+    assert names == {"mlm", "mse", "kl", "voters", "threshold", "supcon"}
+    assert len(kernels) == 73  # supcon: 3 dtypes x 3 widths x 4 kernels; kl: 3 dtypes x 3 C
     for k in kernels:
         assert k["spill_stores"] == 0 and k["spill_loads"] == 0, k
         assert k["shared"] <= 227 * 1024 and 0 < k["reg"] <= 255, k

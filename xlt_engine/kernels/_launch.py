@@ -63,6 +63,7 @@ def _supcon_rows(dim: int) -> dict:
 _TABLE: dict[str, Callable[..., dict]] = {
     "mlm_rows": _mlm_rows,
     "soft_label_mse": _row_block,
+    "soft_label_kl": _row_block,
     "voter_filter": _row_block,
     "threshold_curve": _threshold,
     "supcon": _supcon_tiles,

@@ -160,31 +160,32 @@ class SoftLabelMSEFunction(torch.autograd.Function):
         return dz, dp, None
 
 
-def _check(z, p, mask) -> tuple[int, int, int]:
-    """Check the inputs; return M (voters), R (rows) and C (classes)."""
-    check_float(_OP, "student_logits", z)
-    check_float(_OP, "teacher_probs", p)
-    check_same_device(_OP, student_logits=z, teacher_probs=p, mask=mask)
+def soft_inputs(op: str, z, p, mask) -> tuple[int, int, int]:
+    """Check a soft-label loss's inputs (student logits [..., C] or [M, ..., C], teacher
+    probabilities [..., C], mask [...] bool or None); return M (voters), R (rows), C (classes)."""
+    check_float(op, "student_logits", z)
+    check_float(op, "teacher_probs", p)
+    check_same_device(op, student_logits=z, teacher_probs=p, mask=mask)
     if p.dim() < 1 or p.shape[-1] < 1:
-        raise ValueError(f"{_OP}: teacher_probs must be [..., C] with C >= 1, got {shape_str(p)}")
+        raise ValueError(f"{op}: teacher_probs must be [..., C] with C >= 1, got {shape_str(p)}")
     if z.shape == p.shape:
         M = 1
     elif z.dim() == p.dim() + 1 and z.shape[1:] == p.shape:
         M = z.shape[0]
     else:
         raise ValueError(
-            f"{_OP}: student_logits {shape_str(z)} must equal teacher_probs {shape_str(p)} or "
+            f"{op}: student_logits {shape_str(z)} must equal teacher_probs {shape_str(p)} or "
             f"add one leading voter dimension [M, ...]"
         )
     if M < 1:
-        raise ValueError(f"{_OP}: the voter dimension of student_logits is empty")
+        raise ValueError(f"{op}: the voter dimension of student_logits is empty")
     if mask is not None:
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             kind = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-            raise ValueError(f"{_OP}: mask must be a bool tensor, got {kind}")
+            raise ValueError(f"{op}: mask must be a bool tensor, got {kind}")
         if mask.shape != p.shape[:-1]:
             raise ValueError(
-                f"{_OP}: mask {shape_str(mask)} must have teacher_probs' shape without the class "
+                f"{op}: mask {shape_str(mask)} must have teacher_probs' shape without the class "
                 f"dimension, [{', '.join(str(d) for d in p.shape[:-1])}]"
             )
     C = p.shape[-1]
@@ -201,7 +202,7 @@ def soft_label_mse(
     fp32 (fp64 inputs go to the reference). Returns a 0-d fp32 tensor (fp64 for fp64 inputs),
     differentiable w.r.t. both tensors; 0 when no row is valid.
     """
-    M, R, C = _check(student_logits, teacher_probs, mask)
+    M, R, C = soft_inputs(_OP, student_logits, teacher_probs, mask)
     if (
         student_logits.dtype == torch.float64
         or teacher_probs.dtype == torch.float64

@@ -5,8 +5,8 @@ their own tests (btf, finetune, self-training: ``gpu_step_syncs``)."""
 import pytest
 import torch
 
+from benchmarks.host_sync import HostSyncs
 from tests.engine.conftest import gpu_step_syncs
-from xlt_engine.engine.train.host_sync import HostSyncs
 from xlt_engine.engine.train.loop import Position, RunIO, TrainConfig, stage, train
 
 
@@ -43,7 +43,7 @@ def test_every_kind_of_sync_is_counted_and_a_non_blocking_copy_is_not():
 
 
 def test_outside_keeps_xlt_engine_syncs_outside_the_allowed_functions(monkeypatch):
-    from xlt_engine.engine.train import host_sync
+    from benchmarks import host_sync
 
     with HostSyncs() as hs:
         f_item(torch.ones(2))

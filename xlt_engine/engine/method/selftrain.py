@@ -156,22 +156,12 @@ from xlt_engine.fileio import (
     open_safetensors,
     read_jsonl,
 )
-from xlt_engine.kernels import soft_label_mse, voter_filter
+from xlt_engine.kernels import soft_label_kl, soft_label_mse, voter_filter
 from xlt_engine.model.checkpoint import load_encoder
 from xlt_engine.model.heads import LINEAR, VotersModule
 from xlt_engine.model.task import TaskModel, load_task_model, new_task_model, save_task_model
 
 T = TypeVar("T")
-
-
-def soft_label_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
-    """``soft_loss = "kl"``: KL(p || softmax(z)) summed over classes, averaged over rows and
-    voters; student logits ``[M, N, C]``, teacher probabilities ``[N, C]``. Its gradient in the
-    logits is (softmax(z) - p) / (M N): unlike the MSE on probabilities, a class the student
-    gives little probability still gets the teacher's full pull."""
-    p = teacher_probs.float()
-    log_q = student_logits.float().log_softmax(dim=-1)
-    return (torch.special.xlogy(p, p) - p * log_q).sum(dim=-1).mean()
 
 
 TEACHER_FILE = "teacher-probs.safetensors"

@@ -14,7 +14,8 @@ Counted work (what the op must do, whoever does it):
   its forward time already holds the full work; its backward is a scaling. Its roofline (full
   and frozen) adds 4NV elements moved (the row kernel's two reads and one write of the logits,
   and db's read) at the measured copy bandwidth to the flops at the measured matmul rate.
-- soft_label_mse: forward reads z (M*R*C), p (R*C), mask (R); backward writes dz (M*R*C);
+- soft_label_mse and soft_label_kl: forward reads z (M*R*C), p (R*C), mask (R); backward writes
+  dz (M*R*C);
   full = both.
 - voter_filter: reads M*N*C logits, writes N labels (8 B), N confidences (4 B), N*C means (4 B).
 - threshold_curve: reads N confidences and N bools.
@@ -48,6 +49,8 @@ from xlt_engine.fileio import atomic_write_text
 from xlt_engine.kernels import (
     fused_mlm_loss,
     fused_mlm_loss_ref,
+    soft_label_kl,
+    soft_label_kl_ref,
     soft_label_mse,
     soft_label_mse_ref,
     supcon_loss,
@@ -60,7 +63,7 @@ from xlt_engine.kernels import (
 from xlt_engine.kernels.threshold_curve import _curve_ref
 from xlt_engine.provenance import environment, result_file, version
 
-OPS = ("mlm", "mse", "voters", "threshold", "supcon")
+OPS = ("mlm", "mse", "kl", "voters", "threshold", "supcon")
 PROVIDERS = ("triton", "torch", "compile", "hf", "liger", "cce")
 # Liger's fused linear cross-entropy cuts the rows into chunks of about BT / ceil(V / (c * H))
 # (next power of 2): at BERT's V / H (156) its default c = 1 gives 154 chunks of 4 rows at
@@ -208,8 +211,16 @@ def mlm_cases(device, dtype, shapes, providers, modes) -> list[Case]:
     return cases
 
 
-def mse_cases(device, dtype, shapes, providers, modes) -> list[Case]:
-    """shapes: (label, M, R, C). z in ``dtype``, teacher probabilities fp32, a 90% mask."""
+SOFT_LOSSES = {
+    "mse": (soft_label_mse, soft_label_mse_ref),
+    "kl": (soft_label_kl, soft_label_kl_ref),
+}
+
+
+def mse_cases(device, dtype, shapes, providers, modes, op: str = "mse") -> list[Case]:
+    """shapes: (label, M, R, C). z in ``dtype``, teacher probabilities fp32, a 90% mask; ``op``:
+    the soft loss timed (``mse``: soft_label_mse, ``kl``: soft_label_kl: the same bytes)."""
+    fused, ref = SOFT_LOSSES[op]
     cases = []
     for label, m, r, c in shapes:
         g = torch.Generator(device=device).manual_seed(0)
@@ -220,20 +231,18 @@ def mse_cases(device, dtype, shapes, providers, modes) -> list[Case]:
         read = m * r * c * zb + r * c * 4 + r
         nbytes = {"forward": read, "backward": m * r * c * zb, "full": read + m * r * c * zb}
         fns = {
-            "triton": lambda zz, pp, mm: soft_label_mse(zz, pp, mm),
-            "torch": lambda zz, pp, mm: soft_label_mse_ref(zz, pp, mm, upcast=False),
+            "triton": lambda zz, pp, mm, _f=fused: _f(zz, pp, mm),
+            "torch": lambda zz, pp, mm, _r=ref: _r(zz, pp, mm, upcast=False),
         }
         if "compile" in providers:
-            fns["compile"] = _compiled(
-                lambda zz, pp, mm: soft_label_mse_ref(zz, pp, mm, upcast=False)
-            )
+            fns["compile"] = _compiled(lambda zz, pp, mm, _r=ref: _r(zz, pp, mm, upcast=False))
         for provider, fn in fns.items():
             if provider.split()[0] not in providers:
                 continue
             for mode in (m for m in modes if m in nbytes):  # no weight, so no "frozen"
                 cases.append(
                     _autograd_case(
-                        ("mse", label, provider, mode),
+                        (op, label, provider, mode),
                         lambda zz, pp, mm, _fn=fn: _fn(zz, pp, mm),
                         [z],
                         p,
@@ -504,8 +513,9 @@ def run(
     cases: list[Case] = []
     if "mlm" in ops:
         cases += mlm_cases(dev, dtype, shapes["mlm"], providers, modes)
-    if "mse" in ops:
-        cases += mse_cases(dev, dtype, shapes["mse"], providers, modes)
+    for op in ("mse", "kl"):
+        if op in ops:
+            cases += mse_cases(dev, dtype, shapes["mse"], providers, modes, op)
     if "voters" in ops:
         cases += voter_cases(dev, dtype, shapes["voters"], providers)
     if "threshold" in ops:

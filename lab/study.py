@@ -31,10 +31,11 @@ from pathlib import Path
 import torch
 
 from xlt_engine import provenance
+from xlt_engine.engine.experiment.ablations import fixed_threshold, without_btf
 from xlt_engine.engine.experiment.config import load_config
 from xlt_engine.engine.experiment.pipeline import pair_configs
 from xlt_engine.engine.experiment.runs import model_stage, stage_dir, with_linear_head, with_section
-from xlt_engine.engine.experiment.stages.selftrain import teacher_models, with_rule
+from xlt_engine.engine.experiment.stages.selftrain import teacher_models
 from xlt_engine.fileio import read_jsonl
 from xlt_engine.studies.ablate import ABLATION_ROWS, method_rows, run_ablate, with_changes
 from xlt_engine.studies.tables import ablation_table
@@ -65,9 +66,9 @@ def row_stages(pc, fixed_alpha: float) -> dict[str, list[Path]]:
             ],
         }
 
-    fixed = with_rule(pc, threshold="fixed", alpha=fixed_alpha)
+    fixed = fixed_threshold(pc, fixed_alpha)
     linear = with_linear_head(pc)
-    nobtf = with_section(pc, "selftrain", base="pretrained", teacher="finetune-direct")
+    nobtf = without_btf(pc)
     btf = stage_dir(pc, "btf")
     ours = method(pc)
     rows = {

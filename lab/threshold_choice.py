@@ -33,10 +33,10 @@ import torch
 
 from lab.study import classes, mean_std, seconds_of, write_report
 from xlt_engine import provenance
+from xlt_engine.engine.experiment.ablations import fixed_threshold
 from xlt_engine.engine.experiment.config import load_config
 from xlt_engine.engine.experiment.pipeline import Parts, pair_configs, run_all, seed_config
 from xlt_engine.engine.experiment.runs import stage_dir, with_section
-from xlt_engine.engine.experiment.stages.selftrain import with_rule
 from xlt_engine.studies.sweeps import run_threshold_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def reference_scores(cfg, seeds: list[int]) -> dict[str, dict[str, list[float]]]
 
 def row_configs(cfg, alphas: list[float]) -> dict[str, object]:
     """Each row of the threshold study: the config of its self-training run."""
-    rows = {f"alpha = {a:g}": with_rule(cfg, threshold="fixed", alpha=a)
+    rows = {f"alpha = {a:g}": fixed_threshold(cfg, a)
             for a in alphas}  # fmt: skip
     return {**rows, f"automatic ({cfg.selftrain.rule.threshold})": cfg}
 

@@ -321,8 +321,9 @@ def _experiment(
     (the ablation rows: -BTF, -AT, -VM; ``--smoke``)."""
     import dataclasses
 
+    from xlt_engine.engine.experiment import ablations
     from xlt_engine.engine.experiment.config import load_config
-    from xlt_engine.engine.experiment.runs import with_linear_head, with_section
+    from xlt_engine.engine.experiment.runs import with_section
 
     cfg = load_config(config_path, overrides)
     if out is not None:
@@ -334,16 +335,13 @@ def _experiment(
     # never inside what the run reads: the config, the model (a folder is read file by file)
     check_not_read(cfg.out_root(), what, [config_path, cfg.model.path], holds=False)
     if no_btf:
-        cfg = with_section(cfg, "finetune", init="pretrained")
-        cfg = with_section(cfg, "selftrain", base="pretrained", teacher="finetune-direct")
+        cfg = ablations.without_btf(cfg)
     if fixed_threshold is not None:
-        from xlt_engine.engine.experiment.stages.selftrain import with_rule
-
-        cfg = with_rule(cfg, threshold="fixed", alpha=fixed_threshold)
+        cfg = ablations.fixed_threshold(cfg, fixed_threshold)
     if voters is not None:
         cfg = with_section(cfg, "model", voters=voters, voter_widths=())
     if linear_head:
-        cfg = with_linear_head(cfg)
+        cfg = ablations.linear_head(cfg)
     return cfg
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
+from xlt_engine.engine.experiment.ablations import fixed_threshold, linear_head
 from xlt_engine.engine.experiment.config import ExperimentConfig, check_files
 from xlt_engine.engine.experiment.pipeline import (
     Parts,
@@ -110,9 +111,9 @@ def ablation_variants(cfg: ExperimentConfig, fixed_alpha: float, chosen: list[st
     }
     variants = {  # variant: (config, run_all switches)
         "full": (cfg, {}),
-        "fixed": (with_rule(cfg, threshold="fixed", alpha=fixed_alpha),
+        "fixed": (fixed_threshold(cfg, fixed_alpha),
                   {"table_name": f"all-alpha{fixed_alpha:g}"}),
-        "linear": (with_linear_head(cfg), {"table_name": "all-linear-head"}),
+        "linear": (linear_head(cfg), {"table_name": "all-linear-head"}),
         "nobtf": (cfg, {"table_name": "all-no-btf"}),
     }  # fmt: skip
     for row, changes in method_rows(cfg).items():  # Ours with another rule or start

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from xlt_engine.engine.experiment.ablations import fixed_threshold
 from xlt_engine.engine.experiment.config import ExperimentConfig
 from xlt_engine.engine.experiment.pipeline import (
     claim_table,
@@ -21,7 +22,6 @@ from xlt_engine.engine.experiment.pipeline import (
 )
 from xlt_engine.engine.experiment.runs import stage_dir, with_section
 from xlt_engine.engine.experiment.stages.evaluate import split_suffix
-from xlt_engine.engine.experiment.stages.selftrain import with_rule
 from xlt_engine.engine.method.threshold import check_alpha
 from xlt_engine.engine.train.distributed import rank_world
 from xlt_engine.studies.tables import (
@@ -63,7 +63,7 @@ def run_threshold_study(
             echo(f"=== seed {seed}")
         variants = {auto: (cfg, "all")}
         for row, a in rows.items():
-            fixed = with_rule(cfg, threshold="fixed", alpha=a)
+            fixed = fixed_threshold(cfg, a)
             variants[row] = (fixed, f"all-alpha{a:g}")
         for row, (c, table) in variants.items():
             res = run_all(seed_config(c, seed), resume=resume, echo=echo, progress=progress,

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from xlt_engine.engine.experiment.ablations import without_btf
 from xlt_engine.engine.experiment.config import ExperimentConfig, check_files
 from xlt_engine.engine.experiment.execute import format_seconds, run_stage
 from xlt_engine.engine.experiment.runs import (
@@ -102,7 +103,7 @@ def plan_all(
     finetune, selftrain, then the evaluation of each model (``evaluate.model`` set)."""
     btf, selftrain, direct, finetuned = parts.btf, parts.selftrain, parts.direct, parts.finetuned
     if not btf:
-        cfg = with_section(cfg, "selftrain", base="pretrained", teacher="finetune-direct")
+        cfg = without_btf(cfg)
     steps = []
     for pc in pair_configs(cfg):
         models = []  # (config, model name) to evaluate

@@ -18,8 +18,8 @@ does: each program takes a block of rows, loads the teacher row and its p log p 
 over the voters; the log-softmax is never written. Memory and roofline are ``soft_label_mse``'s
 (about 25 flops per element: memory-bound).
 
-Rows outside the mask are never read, so padding may hold anything. A mask with no valid row gives
-loss 0 and zero gradients. The count K is read from device memory: no host sync.
+Padding rows, an empty mask and the count K are handled as in ``soft_label_mse`` (never read;
+loss 0 and zero gradients; no host sync).
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import triton
 import triton.language as tl
 
 from xlt_engine.kernels._dispatch import use_triton
-from xlt_engine.kernels._launch import config, launch
-from xlt_engine.kernels.soft_label_mse import soft_inputs
+from xlt_engine.kernels._launch import launch
+from xlt_engine.kernels.soft_label_mse import row_launch, row_layout, soft_inputs
 
 _OP = "soft_label_kl"
 
@@ -97,11 +97,7 @@ def soft_label_kl_fwd(
     """z [M, R, C], p [R, C], mask [R] or None, all contiguous. Returns the loss (0-d fp32) and
     dz [M, R, C] in z's dtype (None when not needed)."""
     M, R, C = z.shape
-    count = mask.sum(dtype=torch.int64) if mask is not None else torch.full((), R, device=z.device)
-    scale = (1.0 / (count.clamp(min=1).to(torch.float32) * M)).reshape(1)
-    cfg = config("soft_label_kl", C)
-    n_prog = triton.cdiv(R, cfg["BLOCK_R"])
-    partial = torch.empty(max(n_prog, 1), device=z.device, dtype=torch.float32)
+    scale, cfg, n_prog, partial = row_launch(_OP, z, mask, M)
     dz = torch.empty_like(z) if need_dz else None
     if n_prog == 0:
         partial.zero_()
@@ -165,10 +161,7 @@ def soft_label_kl(
         or not use_triton(soft_label_kl_fwd_kernel, student_logits)
     ):
         return soft_label_kl_ref(student_logits, teacher_probs, mask)
-    # the kernel's layout: z [M, R, C], p [R, C], mask [R] (copies only for strided inputs)
-    z3 = student_logits.reshape(M, R, C).contiguous()
-    p2 = teacher_probs.reshape(R, C).contiguous()
-    m1 = mask.reshape(R).contiguous() if mask is not None else None
+    z3, p2, m1 = row_layout(student_logits, teacher_probs, mask, M, R, C)
     if torch.is_grad_enabled() and student_logits.requires_grad:
         return SoftLabelKLFunction.apply(z3, p2, m1)
     return soft_label_kl_fwd(z3, p2, m1, False)[0]

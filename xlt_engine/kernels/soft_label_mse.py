@@ -99,17 +99,33 @@ def soft_label_mse_fwd_kernel(
         tl.store(dp_ptr + idx, dp, mask=(offs_r < R)[:, None] & c_ok[None, :])
 
 
+def row_launch(op: str, z: torch.Tensor, mask: torch.Tensor | None, per_row: int):
+    """What a soft loss's row kernel is launched with: the weight ``1 / (max(K, 1) * per_row)``
+    as a [1] fp32 tensor (K valid rows, counted on the device: no host sync), the launch
+    configuration, the number of programs and their partial sums' buffer."""
+    R, C = z.shape[1], z.shape[2]
+    count = mask.sum(dtype=torch.int64) if mask is not None else torch.full((), R, device=z.device)
+    scale = (1.0 / (count.clamp(min=1).to(torch.float32) * per_row)).reshape(1)
+    cfg = config(op, C)
+    n_prog = triton.cdiv(R, cfg["BLOCK_R"])
+    partial = torch.empty(max(n_prog, 1), device=z.device, dtype=torch.float32)
+    return scale, cfg, n_prog, partial
+
+
+def row_layout(z: torch.Tensor, p: torch.Tensor, mask: torch.Tensor | None, M: int, R: int, C: int):
+    """The row kernels' layout: z [M, R, C], p [R, C], mask [R] (copies only for strided
+    inputs)."""
+    m1 = mask.reshape(R).contiguous() if mask is not None else None
+    return z.reshape(M, R, C).contiguous(), p.reshape(R, C).contiguous(), m1
+
+
 def soft_label_mse_fwd(
     z: torch.Tensor, p: torch.Tensor, mask: torch.Tensor | None, need_dz: bool, need_dp: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """z [M, R, C], p [R, C], mask [R] or None, all contiguous. Returns the loss (0-d fp32),
     dz [M, R, C] in z's dtype and dp [R, C] fp32 (None when not needed)."""
     M, R, C = z.shape
-    count = mask.sum(dtype=torch.int64) if mask is not None else torch.full((), R, device=z.device)
-    scale = (1.0 / (count.clamp(min=1).to(torch.float32) * (M * C))).reshape(1)
-    cfg = config("soft_label_mse", C)
-    n_prog = triton.cdiv(R, cfg["BLOCK_R"])
-    partial = torch.empty(max(n_prog, 1), device=z.device, dtype=torch.float32)
+    scale, cfg, n_prog, partial = row_launch(_OP, z, mask, M * C)
     dz = torch.empty_like(z) if need_dz else None
     dp = torch.empty(R, C, device=z.device, dtype=torch.float32) if need_dp else None
     if n_prog == 0:
@@ -209,10 +225,7 @@ def soft_label_mse(
         or not use_triton(soft_label_mse_fwd_kernel, student_logits)
     ):
         return soft_label_mse_ref(student_logits, teacher_probs, mask)
-    # the kernel's layout: z [M, R, C], p [R, C], mask [R] (copies only for strided inputs)
-    z3 = student_logits.reshape(M, R, C).contiguous()
-    p2 = teacher_probs.reshape(R, C).contiguous()
-    m1 = mask.reshape(R).contiguous() if mask is not None else None
+    z3, p2, m1 = row_layout(student_logits, teacher_probs, mask, M, R, C)
     if torch.is_grad_enabled() and (student_logits.requires_grad or teacher_probs.requires_grad):
         loss = SoftLabelMSEFunction.apply(z3, p2, m1)
     else:

@@ -37,7 +37,7 @@ def test_dry_run_runs_every_step_and_lands_its_files_in_OUT(tmp_path):
         assert list(out.glob(f"{name}_cpu_*.json")), name
     kernels = json.loads(next(out.glob("kernels_cpu_*.json")).read_text())
     ops = {r["op"] for r in kernels[0]["rows"]}
-    assert ops == {"mlm", "mse", "voters", "threshold", "supcon"}
+    assert ops == {"mlm", "mse", "kl", "voters", "threshold", "supcon"}
     assert "torch" in (out / "environment.txt").read_text()
     summary = (out / "summary.txt").read_text()
     for part in (

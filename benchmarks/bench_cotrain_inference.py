@@ -80,7 +80,7 @@ def worker(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from xlt_engine.data.packed import StoreFile, build_store, open_store, release
+    from xlt_engine.data.packed import StoreFile, StoreSpec, build_store, open_store, release
     from xlt_engine.data.task import encode, read_task_file
     from xlt_engine.data.tokenizer import load_tokenizer
     from xlt_engine.engine.method.cotrain import _view_probs
@@ -98,7 +98,9 @@ def worker(args: argparse.Namespace) -> dict:
         enc = encode(data, tok, labels, args.max_len)
     else:
         files = [StoreFile(str(args.pool), args.format, True)]
-        folder = build_store(files, "sequence", tok, labels, args.max_len, args.work, args.rows, 0)
+        folder = build_store(
+            files, StoreSpec("sequence", tok, labels, args.max_len), args.work, args.rows, 0
+        )
         enc = open_store(folder)
     prepare = time.perf_counter() - t0
     rows = len(enc)

@@ -9,7 +9,7 @@ from safetensors.numpy import save_file
 
 from lab.pseudo_labels import main, rounds
 from xlt_engine.data import load_tokenizer
-from xlt_engine.data.packed import StoreFile, build_store
+from xlt_engine.data.packed import StoreFile, StoreSpec, build_store
 from xlt_engine.data.task import read_task_file
 
 LABELS = ["negative", "positive"]
@@ -25,7 +25,7 @@ def a_stage(tmp_path, shared_data, mbert_vocab):
         StoreFile(str(shared_data / "cls10/en/books/train.review"), "cls10", False),
         StoreFile(str(pool), "cls10", True),
     ):
-        build_store([f], "sequence", tok, LABELS, 32, stage / "cache", 40, 3)
+        build_store([f], StoreSpec("sequence", tok, LABELS, 32), stage / "cache", 40, 3)
     gold = [LABELS.index(y) for y in read_task_file(pool, "cls10", False, 40, 3).labels]
     assert 5 < sum(gold) < 35  # both classes, so a shifted label is a wrong one
     given = {
@@ -72,7 +72,11 @@ def test_a_token_tasks_words_are_scored_per_class(tmp_path, shared_data, mbert_v
     stage = tmp_path / "st"
     tok = load_tokenizer(mbert_vocab)
     folder = build_store(
-        [StoreFile(str(path), "conll", True)], "token", tok, labels, 32, stage / "cache", 30, 2
+        [StoreFile(str(path), "conll", True)],
+        StoreSpec("token", tok, labels, 32),
+        stage / "cache",
+        30,
+        2,
     )
     by_line = {s.line: s.tags for s in read_conll(path).sentences}
     lines = np.load(folder / "lines.npy")

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from xlt_engine.data.batching import spans
 from xlt_engine.data.conll import iter_conll, read_conll
-from xlt_engine.data.packed import StoreFile, build_store, open_store, release
+from xlt_engine.data.packed import StoreFile, StoreSpec, build_store, open_store, release
 from xlt_engine.data.task import (
     Ragged,
     TaskData,
@@ -66,10 +66,7 @@ def test_conll_store_equals_encode_with_the_same_sample(tok, shared_data, tmp_pa
     assert len(ref) > 300
     folder = build_store(
         [StoreFile(str(path), "conll", unlabeled)],
-        "token",
-        tok,
-        NER,
-        24,
+        StoreSpec("token", tok, NER, 24),
         tmp_path,
         300,
         3,
@@ -92,7 +89,9 @@ def test_several_files_are_numbered_over_files(tok, shared_data, tmp_path):
     paths = [shared_data / "conll2002" / "esp.testb", shared_data / "conll2002" / "ned.testa"]
     parts = [encode(read_task_file(p, "conll", limit=40, seed=1), tok, NER, 64) for p in paths]
     files = [StoreFile(str(p), "conll", False) for p in paths]
-    store = open_store(build_store(files, "token", tok, NER, 64, tmp_path, 40, 1, chunk=16))
+    store = open_store(
+        build_store(files, StoreSpec("token", tok, NER, 64), tmp_path, 40, 1, chunk=16)
+    )
     assert_same_items(store, concat_encoded(parts))
     want = [w.sentence + 40 * k for k, part in enumerate(parts) for w in part.aligned.windows]
     np.testing.assert_array_equal(store.units, want)
@@ -111,10 +110,7 @@ def test_texts_pairs_and_plain_text_equal_encode(tok, tmp_path):
     store = open_store(
         build_store(
             [StoreFile(str(pairs), "tsv", False)],
-            "sequence",
-            tok,
-            ["a", "b"],
-            12,
+            StoreSpec("sequence", tok, ["a", "b"], 12),
             tmp_path,
             chunk=8,
         )
@@ -129,12 +125,18 @@ def test_texts_pairs_and_plain_text_equal_encode(tok, tmp_path):
     words = [["Juan", "vive", "en", "Madrid", "."], ["Ámsterdam", "es", "grande"], ["x"]]
     data = TaskData(text, "conll", "token", words, None, None, [1, 3, 4])
     store = open_store(
-        build_store([StoreFile(str(text), "text", True)], "token", tok, NER, 128, tmp_path)
+        build_store(
+            [StoreFile(str(text), "text", True)], StoreSpec("token", tok, NER, 128), tmp_path
+        )
     )
     assert_same_items(store, encode(data, tok, NER, 128))
     np.testing.assert_array_equal(np.load(next(tmp_path.glob("u.txt.*")) / "lines.npy"), [1, 3, 4])
     seq = open_store(
-        build_store([StoreFile(str(text), "text", True)], "sequence", tok, ["a", "b"], 16, tmp_path)
+        build_store(
+            [StoreFile(str(text), "text", True)],
+            StoreSpec("sequence", tok, ["a", "b"], 16),
+            tmp_path,
+        )
     )
     texts = TaskData(
         text, "tsv", "sequence", [x.strip() for x in lines if x.strip()], None, None, []
@@ -146,12 +148,15 @@ def test_the_store_key_reuses_and_rebuilds(tok, tmp_path):
     src = tmp_path / "u.txt"
     src.write_text("a b c\nd e\n", encoding="utf-8")
     root = tmp_path / "cache"
-    args = ("token", tok, NER, 32, root)
+    args = (StoreSpec("token", tok, NER, 32), root)
     first = build_store([StoreFile(str(src), "text", True)], *args)
     stamp = (first / "meta.json").stat().st_mtime_ns
     assert build_store([StoreFile(str(src), "text", True)], *args) == first
     assert (first / "meta.json").stat().st_mtime_ns == stamp  # found, not rebuilt
-    assert build_store([StoreFile(str(src), "text", True)], "token", tok, NER, 16, root) != first
+    assert (
+        build_store([StoreFile(str(src), "text", True)], StoreSpec("token", tok, NER, 16), root)
+        != first
+    )
     src.write_text("a b c\nd f\n", encoding="utf-8")
     assert build_store([StoreFile(str(src), "text", True)], *args) != first
     assert not [p for p in root.iterdir() if ".tmp-" in p.name]  # no debris

@@ -136,20 +136,33 @@ def store_key(
     }
 
 
+@dataclass(frozen=True)
+class StoreSpec:
+    """How a store's examples are encoded: the task kind ("token" or "sequence"), the
+    tokenizer, the labels, the cut length and the CoNLL files' encoding (None: UTF-8, or latin-1
+    when clearly not UTF-8)."""
+
+    kind: str
+    tok: WordPieceTokenizer
+    labels: Sequence[str]
+    max_len: int
+    encoding: str | None = None
+
+
 def build_store(
     files: Sequence[StoreFile],
-    kind: str,
-    tok: WordPieceTokenizer,
-    labels: Sequence[str],
-    max_len: int,
+    spec: StoreSpec,
     root: str | Path,
     limit: int | None = None,
     seed: int = 0,
-    encoding: str | None = None,
     chunk: int = CHUNK,
 ) -> Path:
-    """The store of ``files`` under ``root`` (built unless one with the same key exists);
-    ``limit``: at most that many examples of each file, drawn from ``seed`` before encoding."""
+    """The store of ``files`` encoded as ``spec`` says under ``root`` (built unless one with the
+    same key exists); ``limit``: at most that many examples of each file, drawn from ``seed``
+    before encoding."""
+    kind, tok, labels, max_len, encoding = (
+        spec.kind, spec.tok, spec.labels, spec.max_len, spec.encoding
+    )  # fmt: skip
     if not files:
         raise ValueError("build_store needs at least one file")
     for f in files:

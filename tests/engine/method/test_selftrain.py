@@ -22,7 +22,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from xlt_engine.data.packed import STORE_FORMAT, StoreFile, StoreWriter, build_store, open_store
+from xlt_engine.data.packed import (
+    STORE_FORMAT,
+    StoreFile,
+    StoreSpec,
+    StoreWriter,
+    build_store,
+    open_store,
+)
 from xlt_engine.data.task import Encoded, Ragged, encode, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine.method import selftrain as selftrain_module
@@ -382,7 +389,7 @@ def test_the_hard_steps_store_holds_the_items_with_a_target(base, data, tmp_path
     tok = load_tokenizer(base)
     labels = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
     folder = build_store(
-        [StoreFile(str(data["tgt"]), "conll", True)], "token", tok, labels, 12, tmp_path
+        [StoreFile(str(data["tgt"]), "conll", True)], StoreSpec("token", tok, labels, 12), tmp_path
     )
     enc = open_store(folder)
     rows = int(enc.row_offsets[-1])

@@ -105,6 +105,7 @@ from xlt_engine.data.packed import (
     INPUT_FORMATS,
     STORE_FORMAT,
     StoreFile,
+    StoreSpec,
     StoreWriter,
     build_store,
     open_store,
@@ -615,10 +616,10 @@ class SelfTraining:
         """``files`` encoded into a packed store under the cache (rank 0 builds it, or finds it
         built), opened by every rank; and its meta.json."""
         cfg = self.cfg
-        args = (self.kind, self.tok, self.labels, cfg.max_len, self.cache, limit, self.seed)
+        spec = StoreSpec(self.kind, self.tok, self.labels, cfg.max_len, cfg.encoding)
         folder = None
         if self.main:
-            folder = build_store(files, *args, encoding=cfg.encoding)
+            folder = build_store(files, spec, self.cache, limit, self.seed)
         folder = distributed.broadcast_object(folder)
         meta = json.loads((Path(folder) / "meta.json").read_text(encoding="utf-8"))
         return open_store(folder), meta

@@ -14,12 +14,21 @@
 #   bash benchmarks/fetch_wheels.sh && bash lab/study_rules_gpu.sh prepare     # here, once
 #   run(carry=[".gpu_e5", ".gpu_data", ".whl"], timeout_s=590,
 #       command="bash lab/gpu_standing.sh")                                     # the device
+#   (STUDY_S, TOTAL_S: the study's and the whole call's seconds; STUDY_ARGS: more lab/study.py
+#   arguments, shell words, e.g. STUDY_ARGS="--rows 'Ours,- ST' --set selftrain.soft_loss=kl")
 #
-# Everything lands under $OUT: study/ (the study's report, log and every stage's summary),
-# tests/ and kernels-*/ (gpu_check.sh's folders), steps.txt (each part's rc and seconds).
+# Everything is written to a work folder and packed at the end into $OUT/standing.tgz (the device
+# tool returns at most 8 files, two folders down: on 2026-11-26 the loose files of one call were
+# mostly left behind): study/ (the study's report, log and every stage's summary), tests/ and
+# kernels-*/ (gpu_check.sh's folders), steps.txt (each part's rc and seconds); steps.txt is also
+# copied beside the archive. Unpack here with `tar xzf standing.tgz -C DIR`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out="${OUT:?OUT: the folder results go to}"
+dest="${OUT:?OUT: the folder results go to}"
+out="${WORK_DIR:-/tmp/gpu_standing}"
+pack() { tar czf "$dest/standing.tgz" -C "$out" . && cp "$out/steps.txt" "$dest/" 2>/dev/null; }
+trap pack EXIT
+trap 'exit 143' TERM INT
 study_s="${STUDY_S:-420}" total_s="${TOTAL_S:-570}"
 t0=$SECONDS
 mkdir -p "$out" || exit 2
@@ -32,7 +41,8 @@ log wheels $? $((SECONDS - t0))
 s=$SECONDS
 bash benchmarks/gpu_check.sh --only tests --out "$out/tests" > "$out/tests.log" 2>&1 &
 tests_pid=$!
-OUT="$out/study" bash lab/study_rules_gpu.sh run --budget "$study_s"
+eval "extra=(${STUDY_ARGS:-})"  # shell words: quotes group, as on a command line
+OUT="$out/study" bash lab/study_rules_gpu.sh run --budget "$study_s" "${extra[@]}"
 log study $? $((SECONDS - s))
 wait "$tests_pid"
 log tests $? $((SECONDS - s))

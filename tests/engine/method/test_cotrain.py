@@ -291,3 +291,25 @@ def test_views_keep_what_cotrain_freezes(tiny, files, tmp_path):
         assert seen == ({True, False} if view == "lm" else {True})  # lm: 2 layers, emb: 1
     with pytest.raises(ValueError, match="freeze_layers"):
         config(tiny, files, tmp_path / "x", freeze_layers=-1)
+
+
+def test_a_laid_down_view_that_read_other_data_is_dropped(tmp_path):
+    """``lay_down_iteration1`` links a finished run's iteration-1 views; a resumed run keeps one
+    only while its training data are the ones this run writes (``_check_shared``)."""
+    from xlt_engine.engine.method.cotrain import SHARED, _check_shared, lay_down_iteration1
+
+    src, out = tmp_path / "cotrain", tmp_path / "cotrain-self"
+    for v in ("lm", "emb"):
+        (src / "iter-1" / v / "model").mkdir(parents=True)
+        (src / "iter-1" / v / "model" / "task.json").write_text("{}")
+        (src / "iter-1" / v / "train.jsonl").write_text('{"text": "a"}\n')
+    said = lay_down_iteration1(src, out)
+    assert said and "lm and emb" in said
+    view = out / "iter-1" / "lm"
+    assert (view / "model" / "task.json").is_file() and (view / SHARED).is_file()
+    assert lay_down_iteration1(src, out) is None  # laid down already: nothing to do
+    _check_shared(view, '{"text": "a"}\n', None)  # the same data: kept
+    assert (view / "model").is_dir()
+    said = []
+    _check_shared(view, '{"text": "b"}\n', said.append)  # other data: dropped, trained here
+    assert not (view / "model").exists() and not (view / SHARED).exists() and said

@@ -8,10 +8,10 @@ a ``ConfigError`` naming the file and the key: unknown keys, wrong types, bad va
 files are checked per stage by ``check_files(cfg, stage)``, again naming the key.
 
 Relative data paths (``languages.<lang>.*``) are read against ``data.root``; ``data.root``,
-``model.path`` and ``out`` against the working directory. The stage configs (``BtfConfig``,
-``FinetuneConfig``, ...) are built from an experiment by ``experiment.stages``; each section
-derives from its stage's settings (``method.settings``), adding only what an experiment needs
-(where the stage starts from, a freezing override).
+``model.path`` and ``out`` against the working directory. Each registered stage's ``[<stage>]``
+table is built with the section its ``registry.Stage`` declares (the built-ins' in
+``experiment.stages.<name>``, each deriving from its stage's settings in ``method.settings``),
+and a config's ``plugins`` are imported first, so that their stages' tables are known.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from xlt_engine.engine.method.settings import (
     check_freeze_layers,
     check_limit,
 )
-from xlt_engine.engine.train.loop import TrainConfig
+from xlt_engine.engine.train.config import TrainConfig
 from xlt_engine.fileio import loads_json
 from xlt_engine.model.checkpoint import plan_checkpoint
 from xlt_engine.model.config import BertConfig
@@ -288,6 +288,9 @@ class ExperimentConfig:
         return self.out_root() / f"{'+'.join(self.source_languages)}-{self.pair_target}"
 
 
+registry.reserve(f.name for f in dataclasses.fields(ExperimentConfig))  # no stage takes them
+
+
 # ---------------------------------------------------------------------------------------------
 # TOML -> dataclasses
 
@@ -408,11 +411,11 @@ def _is_rule(tp) -> bool:
     return isinstance(tp, type) and issubclass(tp, PseudoRule)
 
 
-def _build_rule(value, key: str, problems: list[str], base, f) -> PseudoRule:
+def _build_rule(value, key: str, problems: list[str], base, field_) -> PseudoRule:
     """A pseudo-label rule from its table: ``name`` picks the rule (``method.rules``), the other
     keys are its settings (the alpha settings every rule has, and its own); a rule switched by
     name keeps the alpha settings it is switched from."""
-    start = getattr(base, f.name) if base is not None else f.default_factory()
+    start = getattr(base, field_.name) if base is not None else field_.default_factory()
     if not isinstance(value, dict):
         problems.append(f"{key}: expected a table, got {value!r}")
         return start

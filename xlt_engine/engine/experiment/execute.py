@@ -63,8 +63,13 @@ def write_run_info(folder: Path, cfg: ExperimentConfig, stage: str, stage_cfg) -
 
 def build_stage(cfg: ExperimentConfig, stage: str):
     """The stage's config dataclass; every config problem is raised here, before any run."""
-    spec = registry.get(stage)
     check_files(cfg, stage)
+    return _built(cfg, registry.get(stage))
+
+
+def _built(cfg: ExperimentConfig, spec: registry.Stage):
+    """``spec.build(cfg)``, its own checks' errors as config errors (the files checked)."""
+    stage = spec.name
     try:
         return spec.build(cfg)
     except ConfigError:
@@ -116,7 +121,7 @@ def run_stage(
             f"{plan.folder} holds the checkpoints of an earlier run: resume it "
             "(--resume) or choose another folder (--out)"
         )
-    stage_cfg = build_stage(cfg, stage)
+    stage_cfg = _built(cfg, spec)  # its files were checked above
     with contextlib.ExitStack() as held:
         if main:  # one process per stage folder (rank 0 speaks for a torchrun job)
             held.enter_context(folder_lock(plan.folder, f"the {stage} stage"))
@@ -210,8 +215,8 @@ def _take_partial(cfg, spec: registry.Stage, plan, main: bool, echo) -> bool:
     resumed run reads (the stage is run with ``resume``)."""
     if spec.partial is None:
         return False
-    twin = partial_twin(cfg, spec.name)
-    if twin is not None and main:
+    twin = partial_twin(cfg, spec.name, plan) if main else None
+    if twin is not None:
         said = spec.partial.lay_down(twin, plan.folder)
         if said and echo:
             echo(f"{spec.name}: {said}")

@@ -34,7 +34,7 @@ class Partial:
 
     free: tuple[str, ...]  # settings (dotted keys; one ending in "." is a prefix) acting later
     done: str
-    lay_down: Callable[[Path, Path], None]
+    lay_down: Callable[[Path, Path], str | None]  # returns what it did, for the log
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,9 @@ class Stage:
     run: Callable[..., Any]
     section: type | None = None  # the settings of its [<name>] table (a frozen dataclass)
     files: Callable[[Any, Any], None] | None = None  # (cfg, need): the files it reads exist
-    plan: Callable[[Any, Any], Any] | None = None  # (cfg, PlanParts) -> runs.StagePlan
+    plan: Callable[..., Any] | None = None  # (cfg, common, head, trained) -> runs.StagePlan:
+    # ``runs.plan_stage`` passes the settings every stage has (task, data caps, seed...), the
+    # model's head settings and, for a training stage, the world size and its freezing
     folder: Callable[[Any], str] | None = None  # its folder's name in the run folder (default
     # its name)
     output: str = "model"  # what a finished stage leaves (its marker), in its folder
@@ -83,19 +85,22 @@ class Stage:
                 f"stage name must be a Python identifier (it is a TOML table and an attribute "
                 f"of the config), got {self.name!r}"
             )
-        if self.name in RESERVED:
+        if self.name in _RESERVED:
             raise ValueError(f"stage name {self.name!r} is a top-level setting of the config")
 
     def folder_name(self, cfg) -> str:
         return self.folder(cfg) if self.folder is not None else self.name
 
 
-# top-level keys of an experiment config: no stage may take their names
-RESERVED = frozenset(
-    {"task", "source", "targets", "languages", "model", "target", "out", "seed", "device",
-     "sources", "multi_source", "keep_loop_checkpoints", "data", "name", "plugins", "all",
-     "sections"}
-)  # fmt: skip
+# names no stage may take: the experiment config's top-level keys (``config`` reserves them
+# where it defines them) and ``all`` (``run --stage all``)
+_RESERVED: set[str] = {"all"}
+
+
+def reserve(names) -> None:
+    """Names no stage may take (the config's own keys)."""
+    _RESERVED.update(names)
+
 
 _STAGES: dict[str, Stage] = {}
 
@@ -106,6 +111,10 @@ def register(stage: Stage, replace: bool = False) -> Stage:
     makes."""
     if stage.name in _STAGES and not replace:
         raise ValueError(f"a stage named {stage.name!r} is registered already")
+    if "pretrained" in stage.models:  # the name of model.path itself
+        raise ValueError(
+            f"stage {stage.name!r}: 'pretrained' names model.path, not a stage's model"
+        )
     for other in _STAGES.values():
         if other.name == stage.name:
             continue

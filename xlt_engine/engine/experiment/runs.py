@@ -451,16 +451,17 @@ def _first_finished(candidates, done: str, matches) -> Path | None:
     return None
 
 
-def partial_twin(cfg: ExperimentConfig, stage: str) -> Path | None:
+def partial_twin(cfg: ExperimentConfig, stage: str, plan: StagePlan | None = None) -> Path | None:
     """Another folder of the pair's ``stage`` (``<stage>*``) holding its ``Partial``'s finished
     work whose recorded fingerprint matches this config's in everything but what acts later
     (``Partial.free``): self-training's round 1 (-AT, the threshold study's rows and the rounds
     study's share Ours'), co-training's iteration 1 (``cotrain-self/`` shares ``cotrain/``'s).
-    None when there is none, or the stage has no ``Partial``."""
+    None when there is none, or the stage has no ``Partial``. ``plan``: the stage's plan, when
+    the caller has made it (its fingerprint is not computed again)."""
     partial = registry.get(stage).partial
     if partial is None:
         return None
-    plan = plan_stage(cfg, stage)
+    plan = plan or plan_stage(cfg, stage)
     mine = _part(plan.fingerprint(), partial.free)
     others = [f for f in sorted(plan.folder.parent.glob(f"{stage}*")) if f != plan.folder]
     return _first_finished(others, partial.done, lambda theirs: _part(theirs, partial.free) == mine)

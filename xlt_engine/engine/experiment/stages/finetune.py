@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from xlt_engine.engine.experiment.config import ExperimentConfig, FreezeOverride, Needs
+from xlt_engine.engine.experiment.execute import run_stage
 from xlt_engine.engine.experiment.registry import Stage, register
 from xlt_engine.engine.experiment.runs import (
     StagePlan,
@@ -133,8 +134,6 @@ def plan(cfg: ExperimentConfig, common: dict, head: dict, trained: dict) -> Stag
 def run_teachers(cfg: ExperimentConfig, resume: bool = False, echo=print, progress=None) -> list:
     """``finetune`` on each source alone: self-training's teachers with several sources and
     ``multi_source = "teachers"`` (``run --stage finetune`` runs them after the union's)."""
-    from xlt_engine.engine.experiment.execute import run_stage
-
     out = []
     for lang in cfg.source_languages:
         one = with_section(cfg, "finetune", source=lang)

@@ -22,14 +22,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, get_args
+from typing import ClassVar
 
 import numpy as np
 
-from xlt_engine.engine.method.threshold import EVEN_GRID, check_alpha
+from xlt_engine.engine.method.threshold import EVEN_GRID, METHODS, check_alpha
 
-Threshold = Literal["curvature", "max_second_difference", "fixed"]
-THRESHOLDS: tuple[str, ...] = get_args(Threshold)
 WILSON_Z = 1.959964  # two-sided 95%
 
 
@@ -101,7 +99,7 @@ class PseudoRule:
     from it, adding their parameters."""
 
     name: str = "paper"
-    threshold: Threshold = "curvature"
+    threshold: str = "curvature"  # one of threshold.METHODS
     alpha: float | None = None  # with threshold = "fixed" (the "-AT" ablation)
     grid: tuple[float, ...] | str = ()
 
@@ -116,9 +114,9 @@ class PseudoRule:
                 f"name: {self.name!r} is the rule {own.__name__} (make_rule({self.name!r}, ...) "
                 "builds it)"
             )
-        if self.threshold not in THRESHOLDS:
+        if self.threshold not in METHODS:
             raise ValueError(
-                f"threshold must be one of {', '.join(THRESHOLDS)}, got {self.threshold!r}"
+                f"threshold must be one of {', '.join(METHODS)}, got {self.threshold!r}"
             )
         if self.threshold == "fixed":
             check_alpha(self.alpha, "threshold = 'fixed' needs alpha")

@@ -60,6 +60,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="precision/pad_multiple pairs, by commas",
     )
     p.add_argument("--no-hf", action="store_true", help="leave transformers out")
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="print torch.profiler's N costliest ops (self CPU time) of each run; timings of a "
+        "profiled run carry the profiler's overhead",
+    )
     p.add_argument("--no-save", action="store_true")
     return p.parse_args(argv)
 
@@ -89,6 +97,24 @@ def gemm_rate(tokens: int, H: int, F: int, dtype: torch.dtype, reps: int = 10) -
         total_s += time.perf_counter() - t0
         total_flops += 2 * m * k * n * reps
     return total_flops / total_s / 1e9
+
+
+def profiled(args, title: str):
+    """A context that, with ``--profile N``, prints the N ops of most self CPU time under
+    ``title``; else does nothing."""
+    import contextlib
+
+    if not args.profile:
+        return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def run():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            yield
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile)
+        print(f"--- profile: {title}\n{table}")
+
+    return run()
 
 
 class Fixed:
@@ -126,7 +152,7 @@ def ours(args, enc, pad_id, probs, step: str, precision: str, pad: int, frozen) 
     cfg = TrainConfig(max_steps=n, lr=1e-4, log_every=args.warmup, save_minutes=0,
                       final_checkpoint=False, warmup_ratio=0.0, precision=precision)  # fmt: skip
     model = prepare(model, cfg, torch.device("cpu"), frozen)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, profiled(args, f"xlt-engine {step} {precision}"):
         history = train(model, loss_fn, data, cfg, tmp, RunIO(lambda m, f: None, echo=None))
     first, last = history.history[0], history.history[-1]
     steps = last["step"] - first["step"]
@@ -172,10 +198,11 @@ def transformers_step(args, enc, pad_id, precision: str, pad: int) -> dict:
 
     for b in batches[: args.warmup]:
         step(b)
-    t0 = time.perf_counter()
-    for b in batches[args.warmup :]:
-        step(b)
-    secs = (time.perf_counter() - t0) / args.iters
+    with profiled(args, f"transformers finetune {precision}"):
+        t0 = time.perf_counter()
+        for b in batches[args.warmup :]:
+            step(b)
+        secs = (time.perf_counter() - t0) / args.iters
     timed = batches[args.warmup :]
     tokens = sum(int(b["attention_mask"].sum()) for b in timed) / len(timed)
     return {"seconds_per_step": secs, "tokens_per_step": tokens}

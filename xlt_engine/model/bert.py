@@ -75,6 +75,21 @@ def activation(name: str):
     raise ValueError(f"unsupported activation {name!r}")
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` with a cheaper mask on CPU: one uniform draw per element and a comparison
+    (``rand >= p``) in place of ATen's ``bernoulli_``, the same distribution from the same
+    generator (so seeded and resumed runs stay exact), another random stream. Measured on this
+    machine's CPU, one thread, a [16, 40, 384] activation: about 700-830 us against 1,100-1,200
+    forward (issue 55: ``bernoulli_`` was 12% of an e5-small training step). Elsewhere (CUDA,
+    eval mode, p = 0) ``nn.Dropout`` as it is."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or x.device.type != "cpu" or self.p == 0.0 or self.p == 1.0:
+            return super().forward(x)
+        keep = torch.rand(x.shape, dtype=torch.float32, device=x.device) >= self.p
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+
 class BertEmbeddings(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
@@ -83,7 +98,7 @@ class BertEmbeddings(nn.Module):
         self.position = nn.Embedding(config.max_position_embeddings, H)
         self.token_type = nn.Embedding(config.type_vocab_size, H)
         self.norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
         self.position_offset = config.position_offset
         self.pad_id = config.pad_token_id
 
@@ -140,7 +155,7 @@ class BertLayer(nn.Module):
         self.act = activation(config.hidden_act)
         self.ffn_out = nn.Linear(config.intermediate_size, H)
         self.ffn_norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         x = self.attn_norm(x + self.dropout(self.attn(x, mask)))

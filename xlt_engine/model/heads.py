@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xlt_engine.model.bert import gelu, init_bert_weights
+from xlt_engine.model.bert import Dropout, gelu, init_bert_weights
 
 
 class LinearHead(nn.Module):
@@ -36,7 +36,7 @@ class LinearHead(nn.Module):
 
     def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1, std: float = 0.02):
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.classifier = nn.Linear(hidden_size, num_labels)
         init_bert_weights(self, std)
 
@@ -77,7 +77,7 @@ class Voter(nn.Module):
             self.fc_in = nn.Linear(hidden_size, width)
             self.fc_out = nn.Linear(width, hidden_size)
         self.classifier = nn.Linear(hidden_size, num_labels)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dropout(x)

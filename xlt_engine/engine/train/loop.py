@@ -1,7 +1,7 @@
 """The training loop: one readable function, no callbacks, no framework.
 
 ``train(model, loss_fn, data, cfg, run_dir, io)`` runs ``cfg.max_steps`` optimizer steps of
-AdamW (fused on CUDA) with linear warm-up over ``warmup_ratio`` of the steps then linear decay,
+AdamW (fused, on CUDA and CPU) with linear warm-up over ``warmup_ratio`` of the steps then linear decay,
 gradient accumulation, clipping, parameter freezing by name pattern, and mixed precision (bf16
 autocast on CUDA by default, fp16 with a grad scaler as an option, fp32 on CPU; master weights
 stay fp32; ``bf16-pure`` runs the model itself in bf16 over fp32 masters: ``precision``). The step reads top to bottom in ``train``; beside it, as components: ``Run`` (set-up,
@@ -332,7 +332,9 @@ class Run:
         pure = PureBf16(model) if cfg.precision == "bf16-pure" else None
         if pure is not None:
             groups = master_groups(groups, pure)
-        opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
+        # fused on CUDA and CPU: on this 2-core machine's CPU, 7.8 ms a step for e5-small's 16M
+        # trained weights against 22.7 (for-loop) and 43.1 (foreach), issue 55
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type in ("cuda", "cpu"))
         scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
         random.seed(cfg.seed)  # a fresh run is a function of the seed (dropout included)
         np.random.seed(cfg.seed)

@@ -84,7 +84,7 @@ def worker(args: argparse.Namespace) -> dict:
     from xlt_engine.data.task import encode, read_task_file
     from xlt_engine.data.tokenizer import load_tokenizer
     from xlt_engine.engine.method.cotrain import _view_probs
-    from xlt_engine.engine.method.selftrain import CHUNK_ITEMS
+    from xlt_engine.engine.method.selftrain_rows import CHUNK_ITEMS
     from xlt_engine.engine.train.inference import EVAL_MAX_TOKENS, items_of, predict_logits
     from xlt_engine.model.heads import VotersModule
     from xlt_engine.model.task import load_task_model

@@ -168,7 +168,7 @@ def test_a_run_prints_the_exact_command_that_repeats_or_continues_it(tmp_path, m
     one, or one the collapse guard stopped, the command that continues it (the same arguments,
     quoted, plus --resume)."""
     from xlt_engine.engine.experiment import pipeline
-    from xlt_engine.engine.method.selftrain import CollapseError
+    from xlt_engine.engine.method.selftrain_rows import CollapseError
     from xlt_engine.engine.train.loop import Interrupted
     from xlt_engine.quickstart import Sizes, prepare
 

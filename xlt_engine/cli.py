@@ -390,7 +390,7 @@ def _run_guarded(fn, repeat_resumes: bool = False) -> None:
 
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, on_term) if main_thread else None
-    from xlt_engine.engine.method.selftrain import CollapseError
+    from xlt_engine.engine.method.selftrain_rows import CollapseError
 
     def continue_with() -> None:  # what picks the run up where it stopped
         if _resumable():

@@ -33,18 +33,18 @@ from xlt_engine.data.packed import (
 from xlt_engine.data.task import Encoded, Ragged, encode, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine.method import selftrain as selftrain_module
+from xlt_engine.engine.method import selftrain_rows
 from xlt_engine.engine.method.finetune import FinetuneConfig, run_finetune
 from xlt_engine.engine.method.pseudo_labels import check_collapse
 from xlt_engine.engine.method.rules import make_rule
-from xlt_engine.engine.method.selftrain import (
+from xlt_engine.engine.method.selftrain import SelftrainConfig, run_selftrain
+from xlt_engine.engine.method.selftrain_rows import (
     FILTER_FILE,
     SOURCE_OK_FILE,
-    SelftrainConfig,
     encoder_digest,
     fidelity_counts,
     lost_classes,
     row_units,
-    run_selftrain,
     whole_units,
     with_targets,
     write_with_targets,
@@ -649,7 +649,7 @@ def test_chunked_passes_equal_one_pass(base, teacher, data, tmp_path, monkeypatc
 
 
 def test_chunked_unit_filter_and_counts_equal_the_in_memory_rules():
-    from xlt_engine.engine.method.selftrain import drop_failed_units, target_counts
+    from xlt_engine.engine.method.selftrain_rows import drop_failed_units, target_counts
 
     rng = np.random.default_rng(0)
     rows_per_item = rng.integers(1, 5, 300)
@@ -810,7 +810,7 @@ def test_the_collapse_guard_warns_stops_or_skips_the_hard_step(
     cfg = st_config(base, teacher, data, out, on_collapse=action, **kw)
     if action == "error":
         with pytest.raises(
-            selftrain_module.CollapseError, match="round 1: the pseudo labels collapsed"
+            selftrain_rows.CollapseError, match="round 1: the pseudo labels collapsed"
         ):
             run_selftrain(cfg, echo=None)
         assert (out / "round-1" / "filter.json").is_file()

@@ -26,7 +26,8 @@ from xlt_engine.engine.experiment.runs import (
     with_section,
 )
 from xlt_engine.engine.method.rules import switch_rule
-from xlt_engine.engine.method.selftrain import SelftrainConfig, lay_down_round1, run_selftrain
+from xlt_engine.engine.method.selftrain import SelftrainConfig, run_selftrain
+from xlt_engine.engine.method.selftrain_rows import lay_down_round1
 from xlt_engine.engine.method.settings import (
     FreezeSettings,
     HeadSettings,

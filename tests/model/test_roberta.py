@@ -6,7 +6,7 @@ import torch
 
 from tests.model.hf_utils import batch, randomize_
 from xlt_engine.model import BertConfig, load_encoder, load_pretrained, save_pretrained
-from xlt_engine.model.checkpoint import ours_to_hf
+from xlt_engine.model.keys import ours_to_hf
 
 transformers = pytest.importorskip("transformers")
 

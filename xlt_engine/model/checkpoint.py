@@ -28,6 +28,9 @@ through the same table: ``roberta.`` for ``bert.``, ``lm_head.dense`` / ``lm_hea
 Saving writes Hugging Face names (``bert.`` prefix, ``cls.predictions.*``, or the RoBERTa
 family's), ``config.json`` and the tokenizer files into a temporary folder that replaces the
 target only when complete.
+
+Beside it: ``keys`` (the key table, families, architectures, aliases, dropped keys) and
+``weights`` (the weight files read from their headers, one tensor at a time).
 """
 
 from __future__ import annotations
@@ -38,269 +41,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from xlt_engine.fileio import atomic_folder, loads_json
+from xlt_engine.fileio import atomic_folder
 from xlt_engine.model.bert import BertEncoder, BertForMLM, BertMLMHead, init_bert_weights
 from xlt_engine.model.config import BertConfig
-
-# Hugging Face key (after the ``bert.`` prefix is stripped and gamma/beta renamed) <-> our name
-# in BertForMLM. ``{i}`` is a layer index, ``{p}`` is weight or bias; the table reads both ways.
-KEY_TABLE: list[tuple[str, str]] = [
-    ("embeddings.word_embeddings.weight", "encoder.embeddings.word.weight"),
-    ("embeddings.position_embeddings.weight", "encoder.embeddings.position.weight"),
-    ("embeddings.token_type_embeddings.weight", "encoder.embeddings.token_type.weight"),
-    ("embeddings.LayerNorm.{p}", "encoder.embeddings.norm.{p}"),
-    ("encoder.layer.{i}.attention.self.query.{p}", "encoder.layers.{i}.attn.q.{p}"),
-    ("encoder.layer.{i}.attention.self.key.{p}", "encoder.layers.{i}.attn.k.{p}"),
-    ("encoder.layer.{i}.attention.self.value.{p}", "encoder.layers.{i}.attn.v.{p}"),
-    ("encoder.layer.{i}.attention.output.dense.{p}", "encoder.layers.{i}.attn.out.{p}"),
-    ("encoder.layer.{i}.attention.output.LayerNorm.{p}", "encoder.layers.{i}.attn_norm.{p}"),
-    ("encoder.layer.{i}.intermediate.dense.{p}", "encoder.layers.{i}.ffn_in.{p}"),
-    ("encoder.layer.{i}.output.dense.{p}", "encoder.layers.{i}.ffn_out.{p}"),
-    ("encoder.layer.{i}.output.LayerNorm.{p}", "encoder.layers.{i}.ffn_norm.{p}"),
-    ("cls.predictions.transform.dense.{p}", "head.dense.{p}"),
-    ("cls.predictions.transform.LayerNorm.{p}", "head.norm.{p}"),
-    ("cls.predictions.bias", "head.bias"),
-    ("pooler.dense.{p}", "encoder.pooler.{p}"),
-]
-
-
-def _template_regex(template: str) -> re.Pattern:
-    rx = re.escape(template)
-    rx = rx.replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)")
-    return re.compile(rx + r"\Z")
-
-
-_HF_TO_OURS = [(_template_regex(hf), ours) for hf, ours in KEY_TABLE]
-_OURS_TO_HF = [(_template_regex(ours), hf) for hf, ours in KEY_TABLE]
-
-# Per model family (BertConfig.model_type): the encoder's key prefix, and how its MLM head's keys
-# read in the BERT names of KEY_TABLE (prefix -> prefix, both ways).
-FAMILIES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
-    "bert": ("bert.", ()),
-    "roberta": (
-        "roberta.",
-        (
-            ("lm_head.dense.", "cls.predictions.transform.dense."),
-            ("lm_head.layer_norm.", "cls.predictions.transform.LayerNorm."),
-            ("lm_head.decoder.", "cls.predictions.decoder."),
-            ("lm_head.bias", "cls.predictions.bias"),
-        ),
-    ),
-}
-ARCHITECTURES = {  # model_type -> (with the MLM head, encoder only)
-    "bert": ("BertForMaskedLM", "BertModel"),
-    "roberta": ("RobertaForMaskedLM", "RobertaModel"),
-    "xlm-roberta": ("XLMRobertaForMaskedLM", "XLMRobertaModel"),
-}
-
-
-def family(config: BertConfig) -> str:
-    return "bert" if config.model_type == "bert" else "roberta"
-
-
-# Keys that duplicate another tensor: checked for equality, never loaded.
-ALIASES = {
-    "cls.predictions.decoder.weight": "encoder.embeddings.word.weight",
-    "cls.predictions.decoder.bias": "head.bias",
-}
-
-# Keys dropped on load, with the reason shown by ``xlt-engine inspect``.
-IGNORED: list[tuple[str, str]] = [
-    (r"embeddings\.position_ids", "position-id buffer (recomputed)"),
-    (r"cls\.seq_relationship\..*", "next-sentence-prediction classifier"),
-]
-_IGNORED = [(re.compile(p + r"\Z"), why) for p, why in IGNORED]
-
-_FLOAT_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-}
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
+from xlt_engine.model.keys import (
+    ALIASES,
+    ARCHITECTURES,
+    FAMILIES,
+    IGNORED_KEYS,
+    family,
+    hf_to_ours,
+    ours_to_hf,
 )
-
-
-def hf_to_ours(key: str) -> str | None:
-    """Our BertForMLM name for a normalised Hugging Face key, or None if it has none."""
-    for rx, target in _HF_TO_OURS:
-        m = rx.match(key)
-        if m:
-            return target.format(**m.groupdict())
-    return None
-
-
-def ours_to_hf(name: str, kind: str = "bert") -> str:
-    """Hugging Face key for our BertForMLM name, in the naming of model family ``kind``
-    (``bert``: ``bert.`` on encoder keys, ``cls.predictions.*``; ``roberta``: ``roberta.``,
-    ``lm_head.*``)."""
-    prefix, head = FAMILIES[kind]
-    for rx, target in _OURS_TO_HF:
-        m = rx.match(name)
-        if m:
-            hf = target.format(**m.groupdict())
-            if not hf.startswith("cls."):
-                return prefix + hf
-            for theirs, bert in head:
-                if hf.startswith(bert):
-                    return theirs + hf[len(bert) :]
-            return hf
-    raise KeyError(f"no Hugging Face name for parameter {name!r}")
-
-
-# ---------------------------------------------------------------------------------------------
-# weight sources: list keys with shape and dtype from headers; read one tensor at a time
-
-
-class _Source:
-    path: Path
-
-    def keys(self) -> list[str]: ...
-    def shape(self, key: str) -> tuple[int, ...]: ...
-    def dtype_name(self, key: str) -> str: ...
-    def tensor(self, key: str) -> torch.Tensor: ...
-    def rows(self, key: str, start: int, stop: int) -> torch.Tensor: ...
-
-
-class _SafetensorsSource(_Source):
-    """A safetensors file. The ``safetensors`` library validates it (truncation, overlapping
-    offsets); tensors are then read with plain file reads into freshly allocated tensors. The
-    model thus owns private memory, never pages of a file mapping that a later in-place rewrite
-    of the checkpoint could change under it, and the one-tensor staging cost is explicit."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                keys = list(f.keys())
-            with open(path, "rb") as fh:
-                n = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(n))
-        except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"{path}: corrupt or truncated safetensors file ({err})") from None
-        self._data_start = 8 + n
-        # key -> (dtype name, shape, begin, end); offsets relative to the data section
-        self._meta = {
-            k: (header[k]["dtype"], tuple(header[k]["shape"]), *header[k]["data_offsets"])
-            for k in keys
-        }
-
-    def keys(self) -> list[str]:
-        return list(self._meta)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return self._meta[key][1]
-
-    def dtype_name(self, key: str) -> str:
-        return self._meta[key][0]
-
-    def _read(self, key: str, shape: tuple[int, ...], offset: int, nbytes: int) -> torch.Tensor:
-        dtype = _FLOAT_DTYPES.get(self._meta[key][0])
-        if dtype is None:
-            raise ValueError(
-                f"{self.path}: {key}: dtype {self._meta[key][0]} is not floating-point"
-            )
-        out = torch.empty(shape, dtype=dtype)
-        if nbytes:
-            buf = memoryview(out.view(-1).view(torch.uint8).numpy())
-            with open(self.path, "rb") as fh:
-                fh.seek(self._data_start + offset)
-                got = fh.readinto(buf)
-            if got != nbytes:
-                raise ValueError(f"{self.path}: truncated while reading {key!r}")
-        return out
-
-    def tensor(self, key: str) -> torch.Tensor:
-        _, shape, begin, end = self._meta[key]
-        return self._read(key, shape, begin, end - begin)
-
-    def rows(self, key: str, start: int, stop: int) -> torch.Tensor:
-        _, shape, begin, end = self._meta[key]
-        stop = min(stop, shape[0])
-        row_bytes = (end - begin) // shape[0] if shape[0] else 0
-        return self._read(
-            key, (stop - start, *shape[1:]), begin + start * row_bytes, (stop - start) * row_bytes
-        )
-
-
-_TORCH_DTYPE_NAMES = {v: k for k, v in _FLOAT_DTYPES.items()}
-
-
-class _TorchBinSource(_Source):
-    """A ``pytorch_model.bin`` read with ``weights_only=True`` (memory-mapped when possible)."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        try:
-            try:
-                sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError as err:
-                if "mmap" not in str(err):
-                    raise
-                sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy format
-        except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
-            raise ValueError(f"{path}: corrupt, truncated or unsafe .bin file ({err})") from None
-        if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-            raise ValueError(f"{path}: expected a flat state dict of tensors")
-        self._sd: dict[str, torch.Tensor] = sd
-
-    def keys(self) -> list[str]:
-        return list(self._sd)
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._sd[key].shape)
-
-    def dtype_name(self, key: str) -> str:
-        return _TORCH_DTYPE_NAMES.get(self._sd[key].dtype, str(self._sd[key].dtype))
-
-    def tensor(self, key: str) -> torch.Tensor:
-        # a private copy: a parameter must not stay backed by the file's memory map
-        return self._sd[key].clone()
-
-    def rows(self, key: str, start: int, stop: int) -> torch.Tensor:
-        return self._sd[key][start:stop]
-
-
-def _open_weights(path: Path) -> _Source:
-    if not path.is_file():
-        raise ValueError(f"{path}: weights file not found")
-    if path.suffix == ".safetensors":
-        return _SafetensorsSource(path)
-    if path.suffix == ".bin":
-        return _TorchBinSource(path)
-    raise ValueError(f"{path}: unknown weights format (expected .safetensors or .bin)")
-
-
-def _read_index(path: Path) -> list[Path]:
-    """Shard files named by a ``*.index.json`` (in first-seen order)."""
-    try:
-        raw = loads_json(path.read_text(encoding="utf-8"), path)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read index ({err.strerror or err})") from None
-    weight_map = raw.get("weight_map") if isinstance(raw, dict) else None
-    if not isinstance(weight_map, dict) or not weight_map:
-        raise ValueError(f"{path}: key 'weight_map' missing or empty")
-    shards: list[Path] = []
-    for key, name in weight_map.items():
-        if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
-            raise ValueError(f"{path}: weight_map[{key!r}] names an invalid shard {name!r}")
-        shard = path.parent / name
-        if shard not in shards:
-            shards.append(shard)
-    missing = [str(s) for s in shards if not s.is_file()]
-    if missing:
-        raise ValueError(f"{path}: shard files listed in weight_map are missing: {missing}")
-    return shards
-
+from xlt_engine.model.weights import (
+    FLOAT_DTYPES,
+    WEIGHT_FILES,
+    WeightSource,
+    open_weights,
+    read_index,
+)
 
 # ---------------------------------------------------------------------------------------------
 # planning: headers only
@@ -308,7 +69,7 @@ def _read_index(path: Path) -> list[Path]:
 
 @dataclass
 class _Entry:
-    source: _Source
+    source: WeightSource
     key: str  # the key as stored
     shape: tuple[int, ...]
     dtype: str
@@ -353,7 +114,7 @@ def _resolve(path: Path, config: BertConfig | None) -> tuple[list[Path], BertCon
         folder, weights = path.parent, path
     else:
         raise ValueError(f"{path}: no such checkpoint file or folder")
-    files = _read_index(weights) if weights.name.endswith(".index.json") else [weights]
+    files = read_index(weights) if weights.name.endswith(".index.json") else [weights]
     config_path = None
     if config is None:
         config_path = folder / "config.json"
@@ -460,7 +221,7 @@ def plan_checkpoint(
     files, config, config_path = _resolve(Path(path), config)
     plan = CheckpointPlan(config, config_path, files, target)
     kind = family(config)
-    sources = [_open_weights(f) for f in files]
+    sources = [open_weights(f) for f in files]
     stored = [_normalise(k, kind)[0] for src in sources for k in src.keys()]
     shapes = {_normalise(k, kind)[0]: (k, src.shape(k)) for src in sources for k in src.keys()}
     _check_sizes(config, config_path or Path(path), shapes)  # before building anything from it
@@ -490,7 +251,7 @@ def plan_checkpoint(
             if renamed:
                 plan.renamed.append((key, hf))
             entry = _Entry(source, key, source.shape(key), source.dtype_name(key))
-            reason = next((why for rx, why in _IGNORED if rx.match(hf)), None)
+            reason = next((why for rx, why in IGNORED_KEYS if rx.match(hf)), None)
             if reason is None and target == "encoder" and hf.startswith("cls.predictions."):
                 reason = "MLM head (not part of an encoder)"
             if reason is not None:
@@ -503,7 +264,7 @@ def plan_checkpoint(
             if ours is None or ours not in expected:
                 unexpected.append(key + where)
                 continue
-            if entry.dtype not in _FLOAT_DTYPES:
+            if entry.dtype not in FLOAT_DTYPES:
                 problems.append(f"{key}: dtype {entry.dtype} is not a floating-point type")
             if entry.shape != expected[ours]:
                 problems.append(
@@ -626,7 +387,7 @@ def _materialise(
     device: torch.device | str,
     allow_nonfinite: bool = False,
 ) -> BertForMLM | BertEncoder:
-    stored = {_FLOAT_DTYPES[e.dtype] for e in plan.tensors.values()}
+    stored = {FLOAT_DTYPES[e.dtype] for e in plan.tensors.values()}
     if dtype is None:
         if len(stored) != 1:
             raise ValueError(

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from xlt_engine.studies.report import Figures, confusion_table
+from xlt_engine.studies.figures import Figures
+from xlt_engine.studies.report import confusion_table
 
 
 def _width(img_tag: str) -> int:

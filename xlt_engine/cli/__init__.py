@@ -331,12 +331,13 @@ def report(folders, out, overwrite) -> None:
     pair's; several are reported one after the other."""
 
     def go():
-        from xlt_engine.studies.report import NO_PLOTS, write_report
+        from xlt_engine.studies.figures import NO_PLOTS
+        from xlt_engine.studies.report import write_report
 
         path, images = write_report(list(folders), out, overwrite=overwrite)
         click.echo(f"report: {path} ({images} plots)")
         if images == 0:
-            from xlt_engine.studies.report import load_pyplot
+            from xlt_engine.studies.figures import load_pyplot
 
             if load_pyplot() is None:
                 click.echo(NO_PLOTS)
@@ -498,7 +499,7 @@ def quickstart(out, seed, resume, overwrite, progress) -> None:
         click.echo(f"quickstart: {time.perf_counter() - start:.0f} s; tables in {out / 'runs'}")
         click.echo(f"report: {page} ({images} plots; open it in a browser)")
         if images == 0:
-            from xlt_engine.studies.report import NO_PLOTS
+            from xlt_engine.studies.figures import NO_PLOTS
 
             click.echo(NO_PLOTS)
         click.echo(  # the config it wrote names its data, model and runs folder

@@ -13,13 +13,12 @@ from tests.conftest import SHARED_DATA
 from xlt_engine.cli import main
 from xlt_engine.engine.experiment.config import (
     ConfigError,
-    apply_overrides,
     check_files,
     config_from_dict,
     load_config,
-    parse_override,
     to_dict,
 )
+from xlt_engine.engine.experiment.from_toml import apply_overrides, parse_override
 from xlt_engine.engine.experiment.execute import build_stage
 from xlt_engine.engine.experiment.runs import plan_stage, with_section
 from xlt_engine.engine.method.settings import FreezeSettings

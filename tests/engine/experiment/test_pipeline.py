@@ -611,7 +611,7 @@ def _png_size(data: bytes) -> tuple[int, int]:
 def test_report_of_a_run_has_every_section_and_the_results_numbers(ner_all, tmp_path, monkeypatch):
     import base64
 
-    from xlt_engine.studies import report
+    from xlt_engine.studies import figures
 
     out, _ = ner_all
     page = tmp_path / "report.html"
@@ -643,7 +643,7 @@ def test_report_of_a_run_has_every_section_and_the_results_numbers(ner_all, tmp_
     assert all(min(_png_size(base64.b64decode(b))) > 50 for b in images)
     assert "http://" not in text and "https://" not in text and "<script" not in text
     # without matplotlib: the same tables, no image, and how to get the plots
-    monkeypatch.setattr(report, "load_pyplot", lambda: None)
+    monkeypatch.setattr(figures, "load_pyplot", lambda: None)
     res = CliRunner().invoke(
         main, ["report", str(out / "eng-esp"), "--out", str(tmp_path / "p.html")]
     )

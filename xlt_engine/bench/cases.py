@@ -244,10 +244,14 @@ def supcon_cases(device, dtype, shapes, providers, modes) -> list[Case]:
                 flops = SUPCON_FLOPS[mode] * b * b * d
                 cases.append(
                     _autograd_case(
-                        ("supcon", label, provider, mode), fn, [h], labels,
-                        extra=(SUPCON_TAU,), flops=flops,
+                        ("supcon", label, provider, mode),
+                        fn,
+                        [h],
+                        labels,
+                        extra=(SUPCON_TAU,),
+                        flops=flops,
                     )
-                )  # fmt: skip
+                )
     return cases
 
 

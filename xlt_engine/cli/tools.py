@@ -166,9 +166,12 @@ def bench_kernels(ops, providers, modes, device, reps, out, no_save) -> None:
 
 @click.command("xnli-parallel")
 @click.option(
-    "--xnli", "xnli_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+    "--xnli",
+    "xnli_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
     help="the folder of XNLI's dev-<lang>.tsv files",
-)  # fmt: skip
+)
 @click.option("--source", default="en", show_default=True, help="the labeled language")
 @click.option("--languages", required=True, help="target languages, by commas (e.g. de,fr,zh)")
 @click.option("-n", "n", type=int, default=200, show_default=True, help="source items drawn")
@@ -192,13 +195,17 @@ def xnli_parallel(xnli_dir, source, languages, n, seed, out, overwrite) -> None:
 
 @click.command()
 @file_option(
-    "--source", "sources", multiple=True, required=True,
+    "--source",
+    "sources",
+    multiple=True,
+    required=True,
     help="CoNLL training file(s) whose entities are searched for (repeatable)",
-)  # fmt: skip
+)
 @file_option(
-    "--target-text", required=True,
+    "--target-text",
+    required=True,
     help="target-language plain text, one sentence per line (streamed)",
-)  # fmt: skip
+)
 @file_option("--entity-map", default=None, help="TSV of 'source name<TAB>target name' rows")
 @file_option("--out", required=True, help="output text file (written atomically)")
 @click.option("--max-per-entity", default=100, show_default=True, help="lines kept per name")

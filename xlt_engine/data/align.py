@@ -199,8 +199,15 @@ def _words(pieces: WordPieces, sentences, labels):
 
 
 def _flat_windows(ids, lengths, positions, rows, targets, units, stats) -> dict:
-    return {"ids": ids, "lengths": lengths, "positions": positions, "rows": rows,
-            "targets": targets, "units": units, "stats": stats}  # fmt: skip
+    return {
+        "ids": ids,
+        "lengths": lengths,
+        "positions": positions,
+        "rows": rows,
+        "targets": targets,
+        "units": units,
+        "stats": stats,
+    }
 
 
 def align_flat(

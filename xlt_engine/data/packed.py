@@ -161,8 +161,12 @@ def build_store(
     same key exists); ``limit``: at most that many examples of each file, drawn from ``seed``
     before encoding."""
     kind, tok, labels, max_len, encoding = (
-        spec.kind, spec.tok, spec.labels, spec.max_len, spec.encoding
-    )  # fmt: skip
+        spec.kind,
+        spec.tok,
+        spec.labels,
+        spec.max_len,
+        spec.encoding,
+    )
     if not files:
         raise ValueError("build_store needs at least one file")
     for f in files:

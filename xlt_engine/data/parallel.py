@@ -110,8 +110,15 @@ def build_xnli_parallel(
         s = src[i]
         for lang in languages:
             t = others[lang][i]
-            rec = {"id": str(i), "text": s.text, "text_pair": s.text_pair, "label": s.label,
-                   "language": lang, "translation": t.text, "translation_pair": t.text_pair}  # fmt: skip
+            rec = {
+                "id": str(i),
+                "text": s.text,
+                "text_pair": s.text_pair,
+                "label": s.label,
+                "language": lang,
+                "translation": t.text,
+                "translation_pair": t.text_pair,
+            }
             lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
     atomic_write_text(out, "".join(lines))
     return len(lines)

@@ -409,9 +409,13 @@ class TaskBatches:
     def _batches(self, epoch: int) -> list[np.ndarray]:
         if self._epoch is None or self._epoch[0] != epoch:
             b = length_batches(
-                self.lengths, self.batch_size, self.max_tokens, self.pad_multiple,
-                seed=self.seed, epoch=epoch,
-            )  # fmt: skip
+                self.lengths,
+                self.batch_size,
+                self.max_tokens,
+                self.pad_multiple,
+                seed=self.seed,
+                epoch=epoch,
+            )
             self._epoch = (epoch, shard(b, self.rank, self.world))
         return self._epoch[1]
 

@@ -231,10 +231,17 @@ def supcon_fwd(n: torch.Tensor, y: torch.Tensor, tau: float, ieee: bool):
     launch(
         supcon_fwd_kernel,
         (triton.cdiv(B, cfg["BLOCK_M"]),),
-        n, y, lse, pos_sum, pos_cnt, B, D, 1.0 / tau,
+        n,
+        y,
+        lse,
+        pos_sum,
+        pos_cnt,
+        B,
+        D,
+        1.0 / tau,
         IEEE=ieee,
         **cfg,
-    )  # fmt: skip
+    )
     return lse, pos_sum, pos_cnt
 
 
@@ -272,10 +279,18 @@ class SupConFunction(torch.autograd.Function):
         launch(
             supcon_bwd_kernel,
             (triton.cdiv(B, cfg["BLOCK_M"]), triton.cdiv(B, cfg["BLOCK_N"])),
-            n, y, lse, coef * g, scale * g, w, B, D, 1.0 / ctx.tau,
+            n,
+            y,
+            lse,
+            coef * g,
+            scale * g,
+            w,
+            B,
+            D,
+            1.0 / ctx.tau,
             IEEE=ctx.ieee,
             **cfg,
-        )  # fmt: skip
+        )
         dn = torch.mm(w, n) * (1.0 / ctx.tau)
         dh = torch.empty(B, D, device=n.device, dtype=ctx.h_dtype)
         launch(supcon_norm_bwd_kernel, (B,), n, rnorm, dn, dh, D, **config("supcon_rows", D))

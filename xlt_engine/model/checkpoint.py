@@ -161,11 +161,19 @@ def _check_sizes(config: BertConfig, where: Path, shapes: dict[str, tuple[str, t
 
     compare("vocab_size", config.vocab_size, "embeddings.word_embeddings.weight", 0)
     compare("hidden_size", config.hidden_size, "embeddings.word_embeddings.weight", 1)
-    compare("max_position_embeddings", config.max_position_embeddings,
-            "embeddings.position_embeddings.weight", 0)  # fmt: skip
+    compare(
+        "max_position_embeddings",
+        config.max_position_embeddings,
+        "embeddings.position_embeddings.weight",
+        0,
+    )
     compare("type_vocab_size", config.type_vocab_size, "embeddings.token_type_embeddings.weight", 0)
-    compare("intermediate_size", config.intermediate_size,
-            "encoder.layer.0.intermediate.dense.weight", 0)  # fmt: skip
+    compare(
+        "intermediate_size",
+        config.intermediate_size,
+        "encoder.layer.0.intermediate.dense.weight",
+        0,
+    )
     layers = {int(m[1]) for k in shapes if (m := re.match(r"encoder\.layer\.(\d+)\.", k))}
     if layers and config.num_hidden_layers > max(layers) + 1:
         found.append(

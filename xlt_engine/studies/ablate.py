@@ -111,15 +111,13 @@ def ablation_variants(cfg: ExperimentConfig, fixed_alpha: float, chosen: list[st
     }
     variants = {  # variant: (config, run_all switches)
         "full": (cfg, {}),
-        "fixed": (fixed_threshold(cfg, fixed_alpha),
-                  {"table_name": f"all-alpha{fixed_alpha:g}"}),
+        "fixed": (fixed_threshold(cfg, fixed_alpha), {"table_name": f"all-alpha{fixed_alpha:g}"}),
         "linear": (linear_head(cfg), {"table_name": "all-linear-head"}),
         "nobtf": (cfg, {"table_name": "all-no-btf"}),
-    }  # fmt: skip
+    }
     for row, changes in method_rows(cfg).items():  # Ours with another rule or start
         name = "-".join(f"init_{v}" if k == "student_init" else v for k, v in changes.items())
-        variants[name] = (with_changes(cfg, changes),
-                          {"table_name": f"all-{name}"})  # fmt: skip
+        variants[name] = (with_changes(cfg, changes), {"table_name": f"all-{name}"})
         picks[row] = (name, "selftrain")
     single = _alone_sources(cfg)
     for lang in single:  # several sources: the method from each one alone
@@ -170,11 +168,14 @@ def run_ablate(
         runs = {
             name: run_all(
                 dataclasses.replace(c, seed=seed, out=str(root / f"seed-{seed}")),
-                resume=resume, echo=echo, progress=progress, **switches,
+                resume=resume,
+                echo=echo,
+                progress=progress,
+                **switches,
             )
             for name, (c, switches) in variants.items()
             if name in needed
-        }  # fmt: skip
+        }
         for row in chosen:
             run, col = picks[row]
             for t, r in runs[run]["targets"].items():

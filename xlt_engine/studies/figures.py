@@ -71,8 +71,14 @@ class Figures:
             for at, name in bounds:
                 ax.axvline(at, color="#999", linestyle=":", linewidth=1)
                 if key == "loss":
-                    ax.annotate(name, (at, 1), xycoords=("data", "axes fraction"), fontsize=7,
-                                rotation=90, va="top")  # fmt: skip
+                    ax.annotate(
+                        name,
+                        (at, 1),
+                        xycoords=("data", "axes fraction"),
+                        fontsize=7,
+                        rotation=90,
+                        va="top",
+                    )
         return self.img(fig, f"training curves of {title}")
 
     def checks(self, checks: list[dict], title: str) -> str:

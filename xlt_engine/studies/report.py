@@ -220,10 +220,14 @@ def checks_section(folder: Path, figs: Figures) -> str:
     for c in checks:
         per = c.get("class_agreement", {})
         rows.append(
-            [f"round {c.get('round')} {c.get('of')}", _share(c.get("teacher_agreement")),
-             _share(c.get("entity_agreement")), *(_share(per.get(k)) for k in classes),
-             *(_share(c.get("dev", {}).get(lang, {}).get("score")) for lang in devs)]
-        )  # fmt: skip
+            [
+                f"round {c.get('round')} {c.get('of')}",
+                _share(c.get("teacher_agreement")),
+                _share(c.get("entity_agreement")),
+                *(_share(per.get(k)) for k in classes),
+                *(_share(c.get("dev", {}).get(lang, {}).get("score")) for lang in devs),
+            ]
+        )
     caption = (
         "<p>Each step's student against the round's teacher on the target rows (% of the "
         "teacher's rows of each kind where the student's argmax agrees) and on the dev files "
@@ -279,10 +283,14 @@ def rounds_section(folder: Path, figs: Figures) -> str:
             dist, gold = f.get("pseudo_distribution", {}), f.get("source_distribution", {})
             n, m = sum(dist.values()), sum(gold.values())
             rows = [
-                [k, v, f"{100 * v / n:.1f}" if n else "–",
-                 f"{100 * gold[k] / m:.1f}" if m and k in gold else "–"]
+                [
+                    k,
+                    v,
+                    f"{100 * v / n:.1f}" if n else "–",
+                    f"{100 * gold[k] / m:.1f}" if m and k in gold else "–",
+                ]
                 for k, v in dist.items()
-            ]  # fmt: skip
+            ]
             out.append(_table(["class", "pseudo labels", "% of them", "% of source gold"], rows))
     return "\n".join(out)
 
@@ -291,10 +299,15 @@ def _class_thresholds(classes: list[dict]) -> str:
     """Each class's threshold, how it was reached, and the source rows it leaves (precision)."""
 
     rows = [
-        [c.get("class"), _num(c.get("threshold")), c.get("how"),
-         _num(c.get("source_rows"), ","), _num(c.get("source_precision"), ".3f")]
+        [
+            c.get("class"),
+            _num(c.get("threshold")),
+            c.get("how"),
+            _num(c.get("source_rows"), ","),
+            _num(c.get("source_precision"), ".3f"),
+        ]
         for c in classes
-    ]  # fmt: skip
+    ]
     return _table(["class", "threshold", "chosen by", "source rows above", "their precision"], rows)
 
 
@@ -320,8 +333,15 @@ def evaluation_section(folder: Path) -> str:
         prf = []
         for lang, s in res["languages"].items():
             for t, x in sorted(s.get("per_type_scores", {}).items()):
-                prf.append([f"{lang} {t}", _pct(x["precision"]), _pct(x["recall"]),
-                            _pct(x["f1"]), x["support"]])  # fmt: skip
+                prf.append(
+                    [
+                        f"{lang} {t}",
+                        _pct(x["precision"]),
+                        _pct(x["recall"]),
+                        _pct(x["f1"]),
+                        x["support"],
+                    ]
+                )
         if prf:
             out.append(
                 "<p>precision, recall and F1 (%) per language and entity type</p>"
@@ -330,8 +350,10 @@ def evaluation_section(folder: Path) -> str:
     for lang, s in res["languages"].items():
         if s.get("confusion"):
             what = "entity types (exact spans)" if types else "labels"
-            out.append(f"<p>{html.escape(lang)}: confusion of {what}, gold (rows) by "
-                       "predicted (columns)</p>" + confusion_table(s["confusion"]))  # fmt: skip
+            out.append(
+                f"<p>{html.escape(lang)}: confusion of {what}, gold (rows) by "
+                "predicted (columns)</p>" + confusion_table(s["confusion"])
+            )
     return "\n".join(out)
 
 
@@ -378,8 +400,16 @@ def stages_table(folder: Path) -> str:
         rows.append((stage_folder.name, name, done, seconds, extra))
     if not rows:
         return ""
-    body = [[f, s, "yes" if d else "no", "–" if t is None else f"{t:.1f}",
-             *(_num(x.get(c)) for c in columns)] for f, s, d, t, x in rows]  # fmt: skip
+    body = [
+        [
+            f,
+            s,
+            "yes" if d else "no",
+            "–" if t is None else f"{t:.1f}",
+            *(_num(x.get(c)) for c in columns),
+        ]
+        for f, s, d, t, x in rows
+    ]
     head = ["folder", "stage", "finished", "seconds", *columns]
     return "<h3>stages</h3>" + _table(head, body)
 
@@ -393,7 +423,7 @@ def cotrain_section(folder: Path) -> str:
         moved = "; ".join(
             f"{k}: {x['chosen']} of {x['candidates']} ({', '.join(f'{c} {n}' for c, n in x['distribution'].items())})"
             for k, x in rec.get("exchange", {}).items()
-        )  # fmt: skip
+        )
         dev = rec.get("dev_accuracy") or {}
         rows.append(
             [

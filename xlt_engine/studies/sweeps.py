@@ -66,8 +66,9 @@ def run_threshold_study(
             fixed = fixed_threshold(cfg, a)
             variants[row] = (fixed, f"all-alpha{a:g}")
         for row, (c, table) in variants.items():
-            res = run_all(seed_config(c, seed), resume=resume, echo=echo, progress=progress,
-                          table_name=table)  # fmt: skip
+            res = run_all(
+                seed_config(c, seed), resume=resume, echo=echo, progress=progress, table_name=table
+            )
             metric = res["metric"]
             for t, r in res["targets"].items():
                 if r["selftrain"] is not None:
@@ -120,8 +121,13 @@ def run_rounds_study(
         if echo:
             echo(f"=== seed {seed}")
         seeded = seed_config(long, seed)
-        res = run_all(seeded, resume=resume, echo=echo, progress=progress,
-                      table_name=f"all-rounds{max_rounds:g}")  # fmt: skip
+        res = run_all(
+            seeded,
+            resume=resume,
+            echo=echo,
+            progress=progress,
+            table_name=f"all-rounds{max_rounds:g}",
+        )
         metric = res["metric"]
         for pc in pair_configs(seeded):
             t = pc.pair_target

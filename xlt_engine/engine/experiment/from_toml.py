@@ -157,8 +157,10 @@ def _build_rule(value, key: str, problems: list[str], base, field_) -> PseudoRul
             n for n in rule_names() if k in {f.name for f in dataclasses.fields(rule_class(n))}
         ]
         if whose:
-            problems.append(f"{key}.{k}: a setting of the rule {' / '.join(whose)}, not of "
-                            f"{name!r} ({key}.name)")  # fmt: skip
+            problems.append(
+                f"{key}.{k}: a setting of the rule {' / '.join(whose)}, not of "
+                f"{name!r} ({key}.name)"
+            )
             value = {x: v for x, v in value.items() if x != k}
     built = build_table(cls, value, key + ".", problems, start)
     return start if built is None else built

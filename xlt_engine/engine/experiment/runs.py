@@ -138,9 +138,11 @@ def model_paths(cfg: ExperimentConfig, name: str, key: str, must_exist: bool = T
     if must_exist and not output_of(made, stage.name).exists():
         raise ConfigError(
             cfg.name or "config",
-            [f"{key}: {name!r}: {stage_dir(made, stage.name)} holds no finished {stage.name} "
-             f"(run the {stage.name} stage first)"],
-        )  # fmt: skip
+            [
+                f"{key}: {name!r}: {stage_dir(made, stage.name)} holds no finished {stage.name} "
+                f"(run the {stage.name} stage first)"
+            ],
+        )
     return stage.model_folders(made, name)
 
 
@@ -157,9 +159,11 @@ def model_path(cfg: ExperimentConfig, name: str, key: str, must_exist: bool = Tr
         if len(paths) > 1:
             raise ConfigError(
                 cfg.name or "config",
-                [f"{key}: {name!r} is the mean of {_NUMBERS.get(len(paths), len(paths))} models "
-                 "(only evaluate and predict read an ensemble); name one of them"],
-            )  # fmt: skip
+                [
+                    f"{key}: {name!r} is the mean of {_NUMBERS.get(len(paths), len(paths))} models "
+                    "(only evaluate and predict read an ensemble); name one of them"
+                ],
+            )
         return paths[0]
     if name == "pretrained":
         path = Path(cfg.model.path)

@@ -32,9 +32,14 @@ def translations_data(items: Sequence[ParallelItem], path) -> TaskData:
     rows = [(t, p, it.label) for it in items for _, t, p in it.translations]
     pairs = [p for _, p, _ in rows] if any(p is not None for _, p, _ in rows) else None
     return TaskData(
-        path, "jsonl", "sequence", [t for t, _, _ in rows], pairs, [y for *_, y in rows],
+        path,
+        "jsonl",
+        "sequence",
+        [t for t, _, _ in rows],
+        pairs,
+        [y for *_, y in rows],
         list(range(1, len(rows) + 1)),
-    )  # fmt: skip
+    )
 
 
 def group_data(items: Sequence[ParallelItem], path) -> tuple[TaskData, list[list[int]]]:
@@ -50,9 +55,14 @@ def group_data(items: Sequence[ParallelItem], path) -> tuple[TaskData, list[list
     if any(p is not None for _, p, _ in sources):
         pairs = [p for _, p, _ in sources] + (trans.pairs or [None] * len(trans))
     data = TaskData(
-        path, "jsonl", "sequence", [t for t, _, _ in sources] + trans.inputs, pairs,
-        [y for *_, y in sources] + trans.labels, list(range(1, len(sources) + len(trans) + 1)),
-    )  # fmt: skip
+        path,
+        "jsonl",
+        "sequence",
+        [t for t, _, _ in sources] + trans.inputs,
+        pairs,
+        [y for *_, y in sources] + trans.labels,
+        list(range(1, len(sources) + len(trans) + 1)),
+    )
     return data, rows
 
 
@@ -64,9 +74,14 @@ class SABatches:
     and ``sa_positive`` [G, K] (which of them are translations)."""
 
     def __init__(
-        self, enc: Encoded, labels: Sequence[int], translations: list[list[int]], pad_id: int,
-        groups: int, seed: int,
-    ):  # fmt: skip
+        self,
+        enc: Encoded,
+        labels: Sequence[int],
+        translations: list[list[int]],
+        pad_id: int,
+        groups: int,
+        seed: int,
+    ):
         self.enc, self.pad_id, self.groups, self.seed = enc, pad_id, max(1, groups), seed
         self.labels = np.asarray(labels)
         self.translations = translations

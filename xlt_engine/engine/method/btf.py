@@ -105,9 +105,13 @@ class MlmData:
                 sel = mix[:, 0] == c
                 lengths[sel] = w[mix[sel, 1], 2] - w[mix[sel, 1], 1] + 2  # + [CLS], [SEP]
             batches = length_batches(
-                lengths, cfg.batch_size, cfg.max_tokens, self.pad_multiple,
-                seed=cfg.train.seed, epoch=epoch,
-            )  # fmt: skip
+                lengths,
+                cfg.batch_size,
+                cfg.max_tokens,
+                self.pad_multiple,
+                seed=cfg.train.seed,
+                epoch=epoch,
+            )
             batches = shard(batches, self.rank, self.world)
             self._epoch = (epoch, batches, mix)
         return self._epoch

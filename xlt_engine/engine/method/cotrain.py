@@ -173,12 +173,22 @@ def _view_config(
     """The fine-tuning of view ``v`` in ``folder / v``: a linear head on its representation."""
     reps = {"lm": cfg.lm_representation, "emb": cfg.emb_representation}
     return FinetuneConfig(
-        batch_size=cfg.batch_size, max_tokens=cfg.max_tokens, train=cfg.train, model=init,
-        train_file=str(train_file), out=str(folder / v), format="jsonl", labels=tuple(labels),
-        head="linear", representation=reps[v], freeze_layers=cfg.freeze_layers,
-        freeze_embeddings=cfg.freeze_embeddings, max_len=cfg.max_len, device=cfg.device,
+        batch_size=cfg.batch_size,
+        max_tokens=cfg.max_tokens,
+        train=cfg.train,
+        model=init,
+        train_file=str(train_file),
+        out=str(folder / v),
+        format="jsonl",
+        labels=tuple(labels),
+        head="linear",
+        representation=reps[v],
+        freeze_layers=cfg.freeze_layers,
+        freeze_embeddings=cfg.freeze_embeddings,
+        max_len=cfg.max_len,
+        device=cfg.device,
         eval_max_tokens=cfg.eval_max_tokens,
-    )  # fmt: skip
+    )
 
 
 def _check_shared(view: Path, text: str, echo) -> None:
@@ -218,8 +228,10 @@ def _exchange(cfg: CotrainConfig, it: int, probs: dict, state: tuple, labels, si
         chosen = draw(pools[v], conf, cfg.threshold, size, cfg.train.seed, it, k)
         new_pools[v][chosen] = False
         rows, ids = new_given[other]
-        new_given[other] = (np.concatenate([rows, chosen]).astype(np.int64),
-                            np.concatenate([ids, pred[chosen]]).astype(np.int64))  # fmt: skip
+        new_given[other] = (
+            np.concatenate([rows, chosen]).astype(np.int64),
+            np.concatenate([ids, pred[chosen]]).astype(np.int64),
+        )
         record[f"{v}->{other}"] = {
             "candidates": int((pools[v] & (conf > cfg.threshold)).sum()),
             "chosen": len(chosen),
@@ -248,13 +260,20 @@ def _finish(cfg: CotrainConfig, out: Path, records: list, models: dict) -> dict 
     """dev.json (the final prediction's dev accuracy), then the stage's marker."""
     final, rank = None, rank_world()[0]
     if records and "dev_accuracy" in records[-1]:
-        final = {"metric": "accuracy", "predict_with": cfg.predict_with,
-                 "score": records[-1]["dev_accuracy"][cfg.predict_with]}  # fmt: skip
+        final = {
+            "metric": "accuracy",
+            "predict_with": cfg.predict_with,
+            "score": records[-1]["dev_accuracy"][cfg.predict_with],
+        }
         if rank == 0:
             atomic_write_text(out / "dev.json", json.dumps(final, indent=2) + "\n")
     if rank == 0:  # last: it marks the stage finished
-        summary = {"models": {v: str(p) for v, p in models.items()},
-                   "predict_with": cfg.predict_with, "iterations": cfg.iterations, "dev": final}  # fmt: skip
+        summary = {
+            "models": {v: str(p) for v, p in models.items()},
+            "predict_with": cfg.predict_with,
+            "iterations": cfg.iterations,
+            "dev": final,
+        }
         atomic_write_text(out / MARKER, json.dumps(summary, indent=2) + "\n")
     distributed.barrier()
     return final
@@ -277,8 +296,10 @@ def run_cotrain(
     size = max(1, round(cfg.subset_fraction * n))
     base = _records(source, np.arange(n), source.labels)
     # the state: each view's pool and the rows (and labels) it has been given
-    state = ({v: np.ones(m, dtype=bool) for v in VIEWS},
-             {v: (np.zeros(0, np.int64), np.zeros(0, np.int64)) for v in VIEWS})  # fmt: skip
+    state = (
+        {v: np.ones(m, dtype=bool) for v in VIEWS},
+        {v: (np.zeros(0, np.int64), np.zeros(0, np.int64)) for v in VIEWS},
+    )
     records: list[dict] = []
     models: dict[str, Path] = {}
     encoders = {"lm": cfg.model, "emb": cfg.embedding_model}
@@ -294,8 +315,10 @@ def run_cotrain(
         folder = out / f"iter-{it}"
         if (folder / "state.safetensors").is_file():
             st = load_numpy(folder / "state.safetensors")
-            state = ({v: st[f"{v}.pool"].astype(bool) for v in VIEWS},
-                     {v: (st[f"{v}.rows"], st[f"{v}.labels"]) for v in VIEWS})  # fmt: skip
+            state = (
+                {v: st[f"{v}.pool"].astype(bool) for v in VIEWS},
+                {v: (st[f"{v}.rows"], st[f"{v}.labels"]) for v in VIEWS},
+            )
             records.append(json.loads((folder / "exchange.json").read_text()))
             models = {v: folder / v / "model" for v in VIEWS}
             continue

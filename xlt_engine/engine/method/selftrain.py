@@ -418,9 +418,14 @@ class SelfTraining(RoundPasses):
         except ValueError as err:
             raise ValueError(f"{start}: {err}") from None
         data = SoftBatches(
-            self.tgt, probs, self.tok.pad_id, cfg.batch_size, cfg.max_tokens, self.seed,
+            self.tgt,
+            probs,
+            self.tok.pad_id,
+            cfg.batch_size,
+            cfg.max_tokens,
+            self.seed,
             cfg.pad_for(device),
-        )  # fmt: skip
+        )
 
         fit = soft_label_kl if cfg.soft_loss == "kl" else soft_label_mse
 

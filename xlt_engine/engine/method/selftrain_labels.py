@@ -164,9 +164,10 @@ class RoundPasses:
         teacher's entity rows, each class) and its score on each dev file; a ``check`` record
         (its presence marks the check done: a resumed run repeats only what it lacks)."""
         done = [
-            x for x in self.records
+            x
+            for x in self.records
             if x.get("step") == "check" and x.get("round") == r and x.get("of") == which
-        ]  # fmt: skip
+        ]
         if done:
             return done[-1]
         t0 = time.perf_counter()
@@ -217,14 +218,19 @@ class RoundPasses:
             # a rule that reads the target (class_quota) sets its thresholds from the target
             # rows (in ``filter``): here the paper's alpha and each class's source record at it
             th = thresholds_from(
-                agreed, conf, gold, len(self.labels),
+                agreed,
+                conf,
+                gold,
+                len(self.labels),
                 rule.paper() if rule.reads_target else rule,
-                background=self.background, names=self.labels,
-            )  # fmt: skip
+                background=self.background,
+                names=self.labels,
+            )
             if rule.reads_target:
                 th.rule = rule.name
-                th.notes.append(f"{rule.name}: the class thresholds come from the target rows "
-                                "(filter.json)")  # fmt: skip
+                th.notes.append(
+                    f"{rule.name}: the class thresholds come from the target rows (filter.json)"
+                )
             outputs = {"agreed": agreed, "confidence": conf, "predicted": mean.argmax(-1)}
             secs = time.perf_counter() - t0
             base = th.base
@@ -240,16 +246,7 @@ class RoundPasses:
                     "seconds": secs,
                 }
             )
-            self.say(
-                f"round {r}: alpha = {base.alpha} ({base.method}"
-                + (f"; {base.fallback}" if base.fallback else "")
-                + ")"
-                + (
-                    f"; {rule.describe()}: {class_alphas(self.labels, th.alpha)}"
-                    if rule.name != PseudoRule.name  # another rule than the paper's
-                    else ""
-                )
-            )
+            self.say(f"round {r}: {alpha_line(base, rule, self.labels, th.alpha)}")
             for note in th.notes:
                 self.say(f"round {r}: {note}")
             return th, {k: v.cpu().numpy() for k, v in outputs.items()}
@@ -353,6 +350,15 @@ class RoundPasses:
         return student
 
 
+def alpha_line(base, rule: PseudoRule, labels: list[str], alpha: list[float]) -> str:
+    """The threshold step's line: the paper's alpha and how it was chosen, and another rule's
+    class thresholds."""
+    line = f"alpha = {base.alpha} ({base.method}" + (f"; {base.fallback}" if base.fallback else "")
+    if rule.name != PseudoRule.name:  # another rule than the paper's
+        return f"{line}); {rule.describe()}: {class_alphas(labels, alpha)}"
+    return line + ")"
+
+
 class RoundFilter:
     """One round's filter file (``SelfTraining.filter``), written in passes over the target
     store: ``fill`` (the voters' agreement, confidence and argmax; the pseudo labels unless the
@@ -384,9 +390,10 @@ class RoundFilter:
         for row, logits in self.run.chunks(self.student, self.run.tgt, *arrays.values()):
             agreed, conf, mean = voter_filter(logits, 0.0)  # at any confidence
             labels = (
-                torch.full_like(agreed, -1) if self.quota
+                torch.full_like(agreed, -1)
+                if self.quota
                 else pseudo_label(logits, a.to(logits.device))[0]
-            )  # fmt: skip
+            )
             rows = slice(row, row + labels.shape[0])
             # one copy to the host per chunk: labels and confidence as float64 (exact for both)
             parts = (labels, agreed, mean.argmax(dim=-1), conf)
@@ -407,12 +414,18 @@ class RoundFilter:
         rows and sets the same ones)."""
         run, src = self.run, self.source_out
         th = thresholds_from(
-            torch.from_numpy(src["agreed"]), torch.from_numpy(src["confidence"]),
-            torch.from_numpy(run.gold), len(run.labels), self.rule, background=run.background,
+            torch.from_numpy(src["agreed"]),
+            torch.from_numpy(src["confidence"]),
+            torch.from_numpy(run.gold),
+            len(run.labels),
+            self.rule,
+            background=run.background,
             names=run.labels,
-            target=(torch.from_numpy(np.asarray(arrays["agreed"])),
-                    torch.from_numpy(np.asarray(arrays["confidence"]))),
-        )  # fmt: skip
+            target=(
+                torch.from_numpy(np.asarray(arrays["agreed"])),
+                torch.from_numpy(np.asarray(arrays["confidence"])),
+            ),
+        )
         self.alpha[:] = th.alpha
         self.classes[:] = th.classes
         run.say(f"round {self.r}: {self.rule.describe()}: {class_alphas(run.labels, th.alpha)}")
@@ -421,10 +434,13 @@ class RoundFilter:
         """D_keep after this round: the rows kept so far that pass the source filter."""
         run, src = self.run, self.source_out
         ok = source_ok(
-            torch.from_numpy(src["agreed"]), torch.from_numpy(src["confidence"]),
-            torch.from_numpy(src["predicted"]), torch.from_numpy(run.gold),
-            torch.from_numpy(self.alpha), run.cfg.source_filter,
-        ).numpy()  # fmt: skip
+            torch.from_numpy(src["agreed"]),
+            torch.from_numpy(src["confidence"]),
+            torch.from_numpy(src["predicted"]),
+            torch.from_numpy(run.gold),
+            torch.from_numpy(self.alpha),
+            run.cfg.source_filter,
+        ).numpy()
         unit_ok = ok if run.cfg.filter_unit == "word" else whole_units(ok, run.src_units)
         return self.source_keep & unit_ok
 
@@ -433,22 +449,30 @@ class RoundFilter:
         fidelity to its teacher, the class histograms and the collapse findings."""
         run, cfg, before = self.run, self.run.cfg, int(self.source_keep.sum())
         counts = {
-            "round": self.r, "filter_unit": cfg.filter_unit, "source_filter": cfg.source_filter,
-            "pseudo_rule": self.rule.name, "alpha": self.threshold["alpha"],
+            "round": self.r,
+            "filter_unit": cfg.filter_unit,
+            "source_filter": cfg.source_filter,
+            "pseudo_rule": self.rule.name,
+            "alpha": self.threshold["alpha"],
             "class_alpha": dict(zip(run.labels, self.alpha.tolist(), strict=True)),
-            "classes": self.classes, "source_rows": len(run.gold), "source_rows_before": before,
-            "source_rows_kept": int(keep.sum()), "source_rows_removed": before - int(keep.sum()),
+            "classes": self.classes,
+            "source_rows": len(run.gold),
+            "source_rows_before": before,
+            "source_rows_kept": int(keep.sum()),
+            "source_rows_removed": before - int(keep.sum()),
             "source_units_kept": int(np.unique(run.src_units[keep]).size),
             **target_counts(run.tgt, arrays["pseudo"], arrays["agreed"] >= 0, run.labels),
             **fidelity_counts(self.probs, arrays["student"], run.labels, run.background),
             "source_distribution": distribution(run.gold, run.labels),  # gold, all rows
             "source_kept_distribution": distribution(run.gold[keep], run.labels),
-        }  # fmt: skip
+        }
         counts["collapse"] = check_collapse(
-            counts["pseudo_distribution"], counts["student_distribution"],
-            counts["source_distribution"], counts["source_kept_distribution"],
+            counts["pseudo_distribution"],
+            counts["student_distribution"],
+            counts["source_distribution"],
+            counts["source_kept_distribution"],
             None if run.background is None else run.labels[run.background],
-        )  # fmt: skip
+        )
         counts["on_collapse"] = cfg.on_collapse
         return counts
 

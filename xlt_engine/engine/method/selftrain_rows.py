@@ -187,8 +187,9 @@ def remedies(cfg: SelftrainSettings) -> str:
     out = []
     rule = cfg.rule
     others = [n for n in rule_names() if n not in (rule.name, PseudoRule.name)]
-    out.append(" or ".join(f'selftrain.rule.name = "{r}"' for r in others) + " (thresholds "
-               "per class)")  # fmt: skip
+    out.append(
+        " or ".join(f'selftrain.rule.name = "{r}"' for r in others) + " (thresholds per class)"
+    )
     out += rule.remedies()
     if rule.grid != "even" and not rule.reads_target:
         out.append('selftrain.rule.grid = "even" (no 0.995 / 0.999 tail)')

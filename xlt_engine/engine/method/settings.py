@@ -320,10 +320,14 @@ class SelftrainSettings(BatchSettings):
     # the settings that moved into the [selftrain.rule] table: a config that still sets one is
     # told where it went
     MOVED: typing.ClassVar[dict[str, str]] = {
-        "pseudo_rule": "rule.name", "threshold": "rule.threshold", "alpha": "rule.alpha",
-        "grid": "rule.grid", "min_rows": "rule.min_rows", "class_precision": "rule.class_precision",
+        "pseudo_rule": "rule.name",
+        "threshold": "rule.threshold",
+        "alpha": "rule.alpha",
+        "grid": "rule.grid",
+        "min_rows": "rule.min_rows",
+        "class_precision": "rule.class_precision",
         "quota": "rule.quota",
-    }  # fmt: skip
+    }
 
     def __post_init__(self):
         super().__post_init__()

@@ -360,13 +360,33 @@ class Run:
             ckpts.check_fresh()
         if pure is not None:
             pure.to_bf16()
-        log = RunLog(run_dir, cfg.max_steps, main=rank == 0, echo=io.echo, progress=io.progress,
-                     board=cfg.tensorboard)  # fmt: skip
+        log = RunLog(
+            run_dir,
+            cfg.max_steps,
+            main=rank == 0,
+            echo=io.echo,
+            progress=io.progress,
+            board=cfg.tensorboard,
+        )
         log.start(pos.step, bool(resume))
-        autocast = dict(device_type=device.type, dtype=amp_dtype or torch.float32,
-                        enabled=amp_dtype is not None)  # fmt: skip
-        return cls(model, core, cfg, opt, scaler, ckpts, log, Meter(device, log.run_id), pos,
-                   autocast, pure, rank, world)  # fmt: skip
+        autocast = dict(
+            device_type=device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+        )
+        return cls(
+            model,
+            core,
+            cfg,
+            opt,
+            scaler,
+            ckpts,
+            log,
+            Meter(device, log.run_id),
+            pos,
+            autocast,
+            pure,
+            rank,
+            world,
+        )
 
     def record(self, evaluate) -> None:
         """A metric record of the steps since the last one (the sync point), with the last
@@ -402,9 +422,14 @@ class Run:
                 f"{last_good(self.ckpts.run_dir)}"
             )
         pos = self.pos
-        state = {"optimizer": self.opt.state_dict(), "scaler": self.scaler.state_dict(),
-                 "step": pos.step, "epoch": pos.epoch, "index": pos.index,
-                 "config": asdict(self.cfg)}  # fmt: skip
+        state = {
+            "optimizer": self.opt.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": pos.step,
+            "epoch": pos.epoch,
+            "index": pos.index,
+            "config": asdict(self.cfg),
+        }
         with self.pure.full_precision() if self.pure else contextlib.nullcontext():
             return self.ckpts.save(self.core, pos.step, state)  # fp32 weights
 

@@ -73,9 +73,12 @@ class RunLog:
             if run_dir.parent.name.startswith("round-"):
                 label = f"{run_dir.parent.parent.name} {run_dir.parent.name} {run_dir.name}"
             self.bar = click.progressbar(
-                length=max_steps, label=label, file=sys.stderr, show_eta=True,
+                length=max_steps,
+                label=label,
+                file=sys.stderr,
+                show_eta=True,
                 item_show_func=lambda s: s,
-            )  # fmt: skip
+            )
         if board and main:
             self.board = Board(run_dir / "tensorboard")
 

@@ -26,9 +26,13 @@ class EntityCurve(PseudoRule):
             in_group = np.isin(src.agreed, group)
             curve_conf = torch.from_numpy(np.where(in_group, src.conf, -1.0))
             choice = select_threshold(
-                curve_conf, torch.from_numpy(src.correct & in_group), C, self.threshold,
-                self.grid_points(), self.alpha,
-            )  # fmt: skip
+                curve_conf,
+                torch.from_numpy(src.correct & in_group),
+                C,
+                self.threshold,
+                self.grid_points(),
+                self.alpha,
+            )
             for c in group:
                 ctx.alpha[c] = choice.alpha
                 ctx.records[c] = {

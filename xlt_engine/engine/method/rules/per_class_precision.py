@@ -53,5 +53,7 @@ class PerClassPrecision(PseudoRule):
             ctx.records[c] = rec
 
     def remedies(self) -> list[str]:
-        return ["a lower selftrain.rule.class_precision or min_rows (classes that never qualify "
-                "get no pseudo label)"]  # fmt: skip
+        return [
+            "a lower selftrain.rule.class_precision or min_rows (classes that never qualify "
+            "get no pseudo label)"
+        ]

@@ -18,8 +18,8 @@ from xlt_engine.engine.experiment.config import (
     load_config,
     to_dict,
 )
-from xlt_engine.engine.experiment.from_toml import apply_overrides, parse_override
 from xlt_engine.engine.experiment.execute import build_stage
+from xlt_engine.engine.experiment.from_toml import apply_overrides, parse_override
 from xlt_engine.engine.experiment.runs import plan_stage, with_section
 from xlt_engine.engine.method.settings import FreezeSettings
 

@@ -57,7 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--variants",
         default="fp32/32,fp32/8,bf16/32,bf16/8",
-        help="precision/pad_multiple pairs, by commas",
+        help="precision/pad_multiple pairs, by commas; a third part 'compile' runs the step "
+        "under train.compile = 'compile' (inductor; its warm-up steps include the compile)",
     )
     p.add_argument("--no-hf", action="store_true", help="leave transformers out")
     p.add_argument(
@@ -131,7 +132,7 @@ class Fixed:
         return self.batches[index]
 
 
-def ours(args, enc, pad_id, probs, step: str, precision: str, pad: int, frozen) -> dict:
+def ours(args, enc, pad_id, probs, step: str, precision: str, pad: int, frozen, compile_="off"):
     """Seconds per step and real tokens per step of the engine's ``step`` through loop.train."""
     torch.manual_seed(0)
     encoder = load_encoder(args.model, dtype=torch.float32)
@@ -150,7 +151,8 @@ def ours(args, enc, pad_id, probs, step: str, precision: str, pad: int, frozen) 
         return VotersModule.loss(logits, batch["targets"])
 
     cfg = TrainConfig(max_steps=n, lr=1e-4, log_every=args.warmup, save_minutes=0,
-                      final_checkpoint=False, warmup_ratio=0.0, precision=precision)  # fmt: skip
+                      final_checkpoint=False, warmup_ratio=0.0, precision=precision,
+                      compile=compile_)  # fmt: skip
     model = prepare(model, cfg, torch.device("cpu"), frozen)
     with tempfile.TemporaryDirectory() as tmp, profiled(args, f"xlt-engine {step} {precision}"):
         history = train(model, loss_fn, data, cfg, tmp, RunIO(lambda m, f: None, echo=None))
@@ -233,17 +235,19 @@ def main(argv=None) -> list[dict]:
               f"fp32, {gemm['bfloat16']:.1f} bf16")  # fmt: skip
         rows_out = []
         for variant in args.variants.split(","):
-            precision, pad = variant.split("/")
+            precision, pad, *rest = variant.split("/")
+            comp = rest[0] if rest else "off"
             for step in ("finetune", "soft"):
-                r = ours(args, enc, tok.pad_id, probs, step, precision, int(pad), frozen)
+                r = ours(args, enc, tok.pad_id, probs, step, precision, int(pad), frozen, comp)
                 peak = gemm["bfloat16" if precision == "bf16" else "float32"]
-                r |= {"who": "xlt-engine", "step": step, "precision": precision,
+                who = "xlt-engine" if comp == "off" else f"xlt-engine {comp}"
+                r |= {"who": who, "step": step, "precision": precision,
                       "pad_multiple": int(pad), "threads": threads}  # fmt: skip
                 r["tokens_per_s"] = r["tokens_per_step"] / r["seconds_per_step"]
                 r["model_gflops"] = r["flops_per_step"] / r["seconds_per_step"] / 1e9
                 r["roofline_fraction"] = r["model_gflops"] / peak
                 rows_out.append(r)
-            if not args.no_hf:
+            if not args.no_hf and comp == "off":
                 r = transformers_step(args, enc, tok.pad_id, precision, int(pad))
                 r |= {"who": "transformers (sdpa)", "step": "finetune", "precision": precision,
                       "pad_multiple": int(pad), "threads": threads}  # fmt: skip

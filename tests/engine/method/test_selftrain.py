@@ -8,6 +8,7 @@ rounds, so every check below can fail. (A tiny model with the 119,547-token mBER
 real CoNLL slices predicts O for every word at any affordable step count, which satisfies most
 of these checks vacuously; the real-data run of the whole pipeline is in test_pipeline.py.)"""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -986,3 +987,31 @@ def test_student_init_teacher_starts_each_round_from_its_teachers_encoder(
     assert len(seen) == 2 and all(
         any(not torch.equal(v[k], theirs[k]) for k in theirs) for v in seen
     )  # fresh voters, not the teacher's
+
+
+def test_a_soft_student_that_lost_the_teachers_classes_is_named_with_what_may_avoid_it(
+    base, teacher, data, tmp_path, monkeypatch
+):
+    """The check after a soft step warns when the student predicts none of a class its teacher
+    gives (on e5-small the MSE soft step left only O and B-LOC: lab/results/gpu_h100_20261126),
+    naming the classes and the settings that may avoid it; the settings a run already has are
+    not offered again."""
+    from xlt_engine.engine.method import selftrain_labels
+    from xlt_engine.engine.method.selftrain_labels import soft_lost_message
+
+    monkeypatch.setattr(selftrain_labels, "lost_classes", lambda fidelity: ["B-PER", "I-PER"])
+    soft = TrainConfig(max_steps=2, lr=1e-3, log_every=1, seed=1)
+    cfg = st_config(base, teacher, data, tmp_path / "st", rounds=0.5, soft=soft)
+    with pytest.warns(
+        UserWarning, match=r"round 1: the soft student predicts none of B-PER, I-PER"
+    ) as got:
+        run_selftrain(cfg, echo=None)
+    msg = str(next(w.message for w in got if "soft student" in str(w.message)))
+    assert 'selftrain.soft_loss = "kl"' in msg and 'selftrain.student_init = "teacher"' in msg
+    assert "of its entity rows" in msg
+    # a run with the kl loss and a teacher-started student is offered neither again
+    other = dataclasses.replace(cfg, soft_loss="kl", student_init="teacher")
+    msg = soft_lost_message(other, ["B-PER"], {"entity_agreement": 0.2})
+    assert "soft_loss" not in msg and "student_init" not in msg
+    assert "predicts none of B-PER" in msg and "20.0% of its entity rows" in msg
+    assert "selftrain.soft.epochs" in msg

@@ -19,20 +19,33 @@
 # too, the loss is. Finished stages are reused, so the same command resumes:
 #
 #   PYTHONPATH=$PWD OMP_NUM_THREADS=1 bash lab/study_soft_recipe_e5small.sh --set model.path=<e5-small>
-#   python -m lab.steps runs/study-soft-recipe/{study,mse,paper} --name soft_recipe_e5small_esp_seed1_cpu
+#   python -m lab.steps runs/study-soft-recipe/shared/seed-1/eng-esp \
+#     runs/study-soft-recipe/esp-{study,mse,paper}/eng-esp --name soft_recipe_e5small_esp_seed1_cpu
+# (Spanish ran at b207fe1, whose arm folders were runs/study-soft-recipe/<arm>.)
+#
+# TARGET (esp; ned) and ARMS (the arms to run, by spaces; "" runs only the shared teacher) repeat
+# it elsewhere; the arms of one teacher may run as separate processes at once. Pre-registered
+# 2026-11-26 after the Spanish result and before its runs: Dutch, seed 1, arms study and paper
+# (TARGET=ned ARMS="study paper"), read the same way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py="${PYTHON:-python}"
+tgt="${TARGET:-esp}"
 out="${OUT_DIR:-runs/study-soft-recipe}"
-bash lab/study_init_conll_e5small.sh --seeds 1 --rows '- ST' --name soft_recipe_teacher_e5small_esp_seed1_cpu \
-  --out "$out/shared" --results "$out/shared" --set 'targets=["esp"]' --set data.max_unlabeled=2400 "$@"
-pair="$out/shared/seed-1/eng-esp"
+bash lab/study_init_conll_e5small.sh --seeds 1 --rows '- ST' --name "soft_recipe_teacher_e5small_${tgt}_seed1_cpu" \
+  --out "$out/shared" --results "$out/shared" --set "targets=[\"$tgt\"]" --set data.max_unlabeled=2400 "$@"
+pair="$out/shared/seed-1/eng-$tgt"
 arm() {  # NAME SETTINGS...
   local name="$1"; shift
-  "$py" -m xlt_engine.cli run --stage selftrain --config "$pair/finetune/config.json" --out "$out/$name" \
+  "$py" -m xlt_engine.cli run --stage selftrain --config "$pair/finetune/config.json" --out "$out/$tgt-$name" \
     --set selftrain.base="$pair/btf/base-model" --set selftrain.teacher="$pair/finetune/model" \
     --set selftrain.rounds=1 --set selftrain.soft.epochs=4 "$@" --resume
 }
-arm study --set selftrain.soft_loss=kl --set selftrain.soft.lr=1e-4 --set selftrain.soft.head_lr_scale=10
-arm mse --set selftrain.soft_loss=mse --set selftrain.soft.lr=1e-4 --set selftrain.soft.head_lr_scale=10
-arm paper --set selftrain.soft_loss=mse --set selftrain.soft.lr=3e-5 --set selftrain.soft.head_lr_scale=1
+for a in ${ARMS-study mse paper}; do
+  case "$a" in
+    study) arm study --set selftrain.soft_loss=kl --set selftrain.soft.lr=1e-4 --set selftrain.soft.head_lr_scale=10 ;;
+    mse) arm mse --set selftrain.soft_loss=mse --set selftrain.soft.lr=1e-4 --set selftrain.soft.head_lr_scale=10 ;;
+    paper) arm paper --set selftrain.soft_loss=mse --set selftrain.soft.lr=3e-5 --set selftrain.soft.head_lr_scale=1 ;;
+    *) echo "study_soft_recipe_e5small.sh: ARMS takes study, mse, paper; got '$a'" >&2; exit 2 ;;
+  esac
+done

@@ -22,6 +22,7 @@ tokens/s does not count, so pad_multiple shows in tokens/s, not in the fraction.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import tempfile
 import time
 from pathlib import Path
@@ -103,8 +104,6 @@ def gemm_rate(tokens: int, H: int, F: int, dtype: torch.dtype, reps: int = 10) -
 def profiled(args, title: str):
     """A context that, with ``--profile N``, prints the N ops of most self CPU time under
     ``title``; else does nothing."""
-    import contextlib
-
     if not args.profile:
         return contextlib.nullcontext()
 

@@ -30,7 +30,13 @@ import triton.language as tl
 
 from xlt_engine.kernels._dispatch import use_triton
 from xlt_engine.kernels._launch import launch
-from xlt_engine.kernels.soft_label_mse import row_launch, row_layout, soft_inputs
+from xlt_engine.kernels.soft_label_mse import (
+    row_block,
+    row_launch,
+    row_layout,
+    soft_inputs,
+    voter_exp,
+)
 
 _OP = "soft_label_kl"
 
@@ -52,15 +58,7 @@ def soft_label_kl_fwd_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_c = tl.arange(0, BLOCK_C)
-    r_ok = offs_r < R
-    if HAS_MASK:
-        r_ok = r_ok & (tl.load(mask_ptr + offs_r, mask=r_ok, other=0) != 0)
-    c_ok = offs_c < C
-    ok = r_ok[:, None] & c_ok[None, :]
-    idx = offs_r.to(tl.int64)[:, None] * C + offs_c[None, :]  # [BLOCK_R, BLOCK_C]
+    pid, r_ok, ok, idx, store_ok = row_block(mask_ptr, R, C, HAS_MASK, BLOCK_R, BLOCK_C)
     p = tl.load(p_ptr + idx, mask=ok, other=0.0).to(tl.float32)
     has_p = p > 0.0
     p_sum = tl.sum(p, axis=1)
@@ -69,11 +67,7 @@ def soft_label_kl_fwd_kernel(
     kl = tl.zeros([BLOCK_R], dtype=tl.float32)
     z_m, dz_m = z_ptr, dz_ptr  # voter m's rows: pointers move by stride_m, no int32 m*R*C
     for _ in range(M):
-        z = tl.load(z_m + idx, mask=ok, other=float("-inf")).to(tl.float32)
-        z_max = tl.max(z, axis=1)
-        z_max = tl.where(r_ok, z_max, 0.0)  # rows never loaded: avoid -inf - -inf
-        e = tl.exp(z - z_max[:, None])
-        denom = tl.where(r_ok, tl.sum(e, axis=1), 1.0)
+        z, z_max, e, denom = voter_exp(z_m, idx, ok, r_ok)
         log_s = z - (z_max + tl.log(denom))[:, None]
         cross = tl.sum(p * tl.where(has_p, log_s, 0.0), axis=1)  # p = 0: no term, even at -inf
         kl += tl.where(r_ok, p_log_p - cross, 0.0)
@@ -81,11 +75,7 @@ def soft_label_kl_fwd_kernel(
             s = e / denom[:, None]
             dz = tl.where(ok, scale * (s * p_sum[:, None] - p), 0.0)
             # rows outside the mask get an exact zero gradient
-            tl.store(
-                dz_m + idx,
-                dz.to(dz_ptr.dtype.element_ty),
-                mask=(offs_r < R)[:, None] & c_ok[None, :],
-            )
+            tl.store(dz_m + idx, dz.to(dz_ptr.dtype.element_ty), mask=store_ok)
         z_m += stride_m
         dz_m += stride_m
     tl.store(partial_ptr + pid, tl.sum(kl, axis=0))

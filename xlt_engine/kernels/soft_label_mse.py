@@ -38,6 +38,35 @@ from xlt_engine.kernels._launch import config, launch
 _OP = "soft_label_mse"
 
 
+@triton.jit
+def row_block(mask_ptr, R, C, HAS_MASK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's block of rows of an [R, C] layout (the soft losses' row kernels): the
+    valid rows (in range and, with ``HAS_MASK``, in the mask), the valid elements, their int64
+    offsets, and where a gradient is stored (every row in range: masked rows get a zero)."""
+    pid = tl.program_id(0)
+    offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_c = tl.arange(0, BLOCK_C)
+    r_ok = offs_r < R
+    if HAS_MASK:
+        r_ok = r_ok & (tl.load(mask_ptr + offs_r, mask=r_ok, other=0) != 0)
+    c_ok = offs_c < C
+    ok = r_ok[:, None] & c_ok[None, :]
+    idx = offs_r.to(tl.int64)[:, None] * C + offs_c[None, :]  # [BLOCK_R, BLOCK_C]
+    store_ok = (offs_r < R)[:, None] & c_ok[None, :]
+    return pid, r_ok, ok, idx, store_ok
+
+
+@triton.jit
+def voter_exp(z_ptr, idx, ok, r_ok):
+    """One voter's logits of the block in fp32, their row max and ``exp(z - max)`` with its row
+    sum (1 on rows never loaded, whose max is set to 0: no -inf - -inf)."""
+    z = tl.load(z_ptr + idx, mask=ok, other=float("-inf")).to(tl.float32)
+    z_max = tl.where(r_ok, tl.max(z, axis=1), 0.0)
+    e = tl.exp(z - z_max[:, None])
+    denom = tl.where(r_ok, tl.sum(e, axis=1), 1.0)
+    return z, z_max, e, denom
+
+
 @triton.jit(do_not_specialize=["R", "stride_m"])  # one compile for every row count
 def soft_label_mse_fwd_kernel(
     z_ptr,  # [M, R, C] student logits, contiguous
@@ -57,27 +86,15 @@ def soft_label_mse_fwd_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    offs_r = pid * BLOCK_R + tl.arange(0, BLOCK_R)
-    offs_c = tl.arange(0, BLOCK_C)
-    r_ok = offs_r < R
-    if HAS_MASK:
-        r_ok = r_ok & (tl.load(mask_ptr + offs_r, mask=r_ok, other=0) != 0)
-    c_ok = offs_c < C
-    ok = r_ok[:, None] & c_ok[None, :]
-    idx = offs_r.to(tl.int64)[:, None] * C + offs_c[None, :]  # [BLOCK_R, BLOCK_C]
+    pid, r_ok, ok, idx, store_ok = row_block(mask_ptr, R, C, HAS_MASK, BLOCK_R, BLOCK_C)
     p = tl.load(p_ptr + idx, mask=ok, other=0.0).to(tl.float32)
     scale = tl.load(scale_ptr)
     sq = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
     dp = tl.zeros([BLOCK_R, BLOCK_C], dtype=tl.float32)
     z_m, dz_m = z_ptr, dz_ptr  # voter m's rows: pointers move by stride_m, no int32 m*R*C
     for _ in range(M):
-        z = tl.load(z_m + idx, mask=ok, other=float("-inf")).to(tl.float32)
-        z_max = tl.max(z, axis=1)
-        z_max = tl.where(r_ok, z_max, 0.0)  # rows never loaded: avoid -inf - -inf
-        e = tl.exp(z - z_max[:, None])
-        denom = tl.sum(e, axis=1)
-        s = e / tl.where(r_ok, denom, 1.0)[:, None]
+        _z, _z_max, e, denom = voter_exp(z_m, idx, ok, r_ok)
+        s = e / denom[:, None]
         d = tl.where(ok, s - p, 0.0)
         sq += d * d
         if NEED_DZ or NEED_DP:
@@ -85,18 +102,14 @@ def soft_label_mse_fwd_kernel(
             if NEED_DZ:
                 dz = s * (g - tl.sum(g * s, axis=1)[:, None])
                 # rows outside the mask get an exact zero gradient
-                tl.store(
-                    dz_m + idx,
-                    dz.to(dz_ptr.dtype.element_ty),
-                    mask=(offs_r < R)[:, None] & c_ok[None, :],
-                )
+                tl.store(dz_m + idx, dz.to(dz_ptr.dtype.element_ty), mask=store_ok)
             if NEED_DP:
                 dp -= g
         z_m += stride_m
         dz_m += stride_m
     tl.store(partial_ptr + pid, tl.sum(tl.sum(sq, axis=1), axis=0))
     if NEED_DP:
-        tl.store(dp_ptr + idx, dp, mask=(offs_r < R)[:, None] & c_ok[None, :])
+        tl.store(dp_ptr + idx, dp, mask=store_ok)
 
 
 def row_launch(op: str, z: torch.Tensor, mask: torch.Tensor | None, per_row: int):

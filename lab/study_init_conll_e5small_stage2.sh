@@ -13,7 +13,7 @@
 #     --name conll_init_stage2_e5small_esp_seed1_cpu --set 'targets=["esp"]'
 set -euo pipefail
 cd "$(dirname "$0")/.."
-arm="${1:?give the best stage-1 arm's row name first}"
+arm="${1:?give the row name of the best stage-1 arm first}"
 shift
 exec bash lab/study_init_conll_e5small.sh --name conll_init_stage2_e5small_cpu \
   --out runs/study-init-stage2 \

@@ -8,7 +8,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = sorted(
-    [*ROOT.glob("lab/*.sh"), *ROOT.glob("benchmarks/*.sh"), *ROOT.glob("tools/*.sh"), ROOT / ".ci/run"]
+    [
+        *ROOT.glob("lab/*.sh"),
+        *ROOT.glob("benchmarks/*.sh"),
+        *ROOT.glob("tools/*.sh"),
+        ROOT / ".ci/run",
+    ]
 )
 
 
@@ -25,7 +30,9 @@ def test_script_parses(script):
 
 def test_stage2_names_its_missing_arm():
     res = subprocess.run(
-        ["bash", str(ROOT / "lab/study_init_conll_e5small_stage2.sh")], capture_output=True, text=True
+        ["bash", str(ROOT / "lab/study_init_conll_e5small_stage2.sh")],
+        capture_output=True,
+        text=True,
     )
     assert res.returncode != 0
     assert "give the row name of the best stage-1 arm first" in res.stderr

@@ -15,7 +15,9 @@
 #   run(carry=[".gpu_e5", ".gpu_data", ".whl"], timeout_s=590,
 #       command="bash lab/gpu_standing.sh")                                     # the device
 #   (STUDY_S, TOTAL_S: the study's and the whole call's seconds; STUDY_ARGS: more lab/study.py
-#   arguments, shell words, e.g. STUDY_ARGS="--rows 'Ours,- ST' --set selftrain.soft_loss=kl")
+#   arguments, shell words, e.g. STUDY_ARGS="--rows 'Ours,- ST' --set selftrain.soft_loss=kl";
+#   STUDY=stage2 [ARM=...]: issue 54's stage 2 in place of the paper-scale study, after
+#   TARGETS="esp ned" bash lab/study_rules_gpu.sh prepare here: see that script)
 #
 # Everything is written to a work folder and packed at the end into $OUT/standing.tgz (the device
 # tool returns at most 8 files, two folders down: on 2026-11-26 the loose files of one call were

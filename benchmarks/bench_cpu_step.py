@@ -77,7 +77,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         "profiled run carry the profiler's overhead",
     )
     p.add_argument("--no-save", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    unknown = sorted(set(args.hf_attn.split(",")) - {"sdpa", "eager"})
+    if unknown:
+        p.error(f"--hf-attn: unknown {unknown}; known: eager, sdpa")
+    return args
 
 
 def step_flops(cfg, batch: dict, trained_layers: int) -> float:

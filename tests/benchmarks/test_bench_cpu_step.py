@@ -42,3 +42,11 @@ def test_a_steps_matrix_products_are_counted_on_the_padded_batch():
     batch = {"input_ids": torch.zeros(2, 5, dtype=torch.long)}
     layer = 2 * 10 * (4 * 64 + 2 * 8 * 16) + 4 * 2 * 25 * 8
     assert step_flops(cfg, batch, trained_layers=2) == layer * 3 + 2 * layer * 2
+
+
+def test_an_unknown_transformers_attention_is_refused_before_any_run(capsys):
+    from benchmarks.bench_cpu_step import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--model", "m", "--data", "d", "--hf-attn", "sdpa,flash"])
+    assert "--hf-attn: unknown ['flash']" in capsys.readouterr().err

@@ -1,8 +1,10 @@
 """Run btf, finetune or selftrain from a JSON spec (argv[1]); launched by torchrun in
 test_ddp.py."""
 
+import datetime
 import json
 import sys
+import time
 
 import torch.distributed as dist
 
@@ -32,9 +34,30 @@ def report_wrap():
     distributed.wrap = recording
 
 
+def slow_rank(rank: int, seconds: float) -> None:
+    """Rank ``rank`` enters each step of a self-training round ``seconds`` late: whatever rank
+    0 writes there without waiting for it, it finds already written."""
+    from xlt_engine.engine.method.selftrain import SelfTraining
+
+    for name in ("teacher_probs", "soft_step", "hard_step", "check", "filter"):
+        step = getattr(SelfTraining, name)
+
+        def late(self, *args, _step=step, **kwargs):
+            if dist.get_rank() == rank:
+                time.sleep(seconds)
+            return _step(self, *args, **kwargs)
+
+        setattr(SelfTraining, name, late)
+
+
 def main(spec: dict) -> None:
     report_wrap()
     stage = spec.pop("stage")
+    if "timeout_s" in spec:  # a collective one rank never joins fails after this, not 30 min
+        timeout = datetime.timedelta(seconds=spec.pop("timeout_s"))
+        dist.init_process_group("gloo", timeout=timeout)
+    if "slow_rank" in spec:
+        slow_rank(*spec.pop("slow_rank"))
     if stage == "selftrain":
         for step in ("soft", "hard"):
             spec[step] = TrainConfig(**spec[step])

@@ -2,10 +2,13 @@
 weights (and selftrain's artefacts) of one process running the same global batch (grad_accum = 2
 over the same batches)."""
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +31,52 @@ def tiny_nodrop(tmp_path_factory, tiny):
     return make_tiny(tmp_path_factory.mktemp("nodrop") / "tiny", dropout=0.0)
 
 
+TORCHRUN_TIMEOUT_S = 300  # each call takes 10-25 s on the 2-core machine, idle or loaded
+
+
+def descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (Linux /proc; empty elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it ended while we looked
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        kids = children.get(todo.pop(), [])
+        found += kids
+        todo += kids
+    return found
+
+
 def torchrun(nproc: int, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """``python -m torch.distributed.run --standalone --nproc-per-node=N ARGS`` (gloo on CPU)."""
+    """``python -m torch.distributed.run --standalone --nproc-per-node=N ARGS`` (gloo on CPU).
+    A run past ``TORCHRUN_TIMEOUT_S`` fails with every process's Python stacks (faulthandler,
+    on SIGABRT) and its output, and leaves no process behind: a hang must say where it hung."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc-per-node={nproc}", *args]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    with subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    ) as popen:  # fmt: skip
+        try:
+            out, err = popen.communicate(timeout=TORCHRUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            for pid in [*descendants(popen.pid), popen.pid]:  # the workers first, then torchrun
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGABRT)
+            time.sleep(5)  # faulthandler writes each stack
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(popen.pid, signal.SIGKILL)
+            out, err = popen.communicate()
+            pytest.fail(
+                f"torchrun ran past {TORCHRUN_TIMEOUT_S} s: {' '.join(args)}\n--- stdout\n"
+                f"{out[-6000:]}\n--- stderr (the stacks)\n{err[-20000:]}"
+            )
+    proc = subprocess.CompletedProcess(cmd, popen.returncode, out, err)
     if check:
         assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
@@ -198,6 +241,42 @@ def test_selftrain_two_gloo_processes_equal_one_process(synth_nodrop, tmp_path):
     assert torch.equal(fa["source_keep"], fb["source_keep"])
     assert torch.equal(fa["pseudo"], fb["pseudo"]) and (fa["pseudo"] >= 0).any()
     assert_close_weights(ddp / "model", one / "model", ("model.safetensors", "voters.safetensors"))
+
+
+def test_selftrain_under_ddp_with_a_late_rank_takes_the_same_steps_on_every_rank(
+    synth_nodrop, tmp_path
+):
+    # rank 0 writes some files of a round and then waits for the others: round 2's teacher
+    # probabilities (linked from round 1's hard-student check) and a skipped hard step's model.
+    # A rank that came later and decided by its own look at the folder found them written,
+    # skipped that wait, and its next collective met another: the run hung (CI, 2026-11-26,
+    # test_run_all_under_torchrun; found with the stacks of this file's torchrun timeout). Rank 1
+    # here enters every step 1.5 s late; a mismatched collective fails after 60 s
+    root, teacher = synth_nodrop
+    spec = dict(
+        stage="selftrain",
+        base_model=str(root / "pretrained"),
+        teacher=str(teacher),
+        source_file=str(root / "data" / "src.train"),
+        unlabeled_file=str(root / "data" / "tgt.train"),
+        max_len=48,
+        batch_size=8,
+        rounds=1.5,
+        rule={"name": "paper", "threshold": "fixed", "alpha": 0.9999},
+        on_collapse="skip_hard",
+        device="cpu",
+        out=str(tmp_path / "ddp"),
+        soft=dict(max_steps=2, lr=1e-3, log_every=1, seed=1),
+        hard=dict(max_steps=2, lr=1e-4, log_every=1, seed=1),
+        slow_rank=[1, 1.5],
+        timeout_s=60,
+    )
+    launch(spec, nproc=2)
+    recs = [json.loads(x) for x in (tmp_path / "ddp" / "selftrain.jsonl").read_text().splitlines()]
+    steps = {(r["round"], r["step"]): r for r in recs}
+    assert "skipped" in steps[(1, "hard")]  # the paths under test were taken
+    assert "linked_from" in steps[(2, "teacher")]
+    assert (tmp_path / "ddp" / "model" / "model.safetensors").is_file()
 
 
 def test_grad_accum_under_ddp_all_reduces_once_per_step_and_equals_one_process(tmp_path):

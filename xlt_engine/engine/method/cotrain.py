@@ -210,7 +210,7 @@ def _fit_view(cfg: CotrainConfig, v: str, ft: FinetuneConfig, echo, progress) ->
     """View ``v``'s model of an iteration: found finished (trained by this run, or laid down
     from another: ``lay_down_iteration1``), resumed, or fine-tuned."""
     folder = Path(ft.out)
-    if not (folder / "model" / "task.json").is_file():  # the view's marker
+    if not distributed.rank0_view((folder / "model" / "task.json").is_file()):  # its marker
         again = latest_checkpoint(folder) is not None
         run_finetune(ft, resume=again, echo=echo, progress=progress)
     return folder / "model"
@@ -313,7 +313,7 @@ def run_cotrain(
         )
     for it in range(1, cfg.iterations + 1):
         folder = out / f"iter-{it}"
-        if (folder / "state.safetensors").is_file():
+        if distributed.rank0_view((folder / "state.safetensors").is_file()):
             st = load_numpy(folder / "state.safetensors")
             state = (
                 {v: st[f"{v}.pool"].astype(bool) for v in VIEWS},

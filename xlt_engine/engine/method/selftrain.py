@@ -398,7 +398,7 @@ class SelfTraining(RoundPasses):
         """S = the Base Model's encoder (``student_init = "base"``) or the first teacher's
         (``"teacher"``) + fresh voters, trained to fit ``probs`` (``soft_loss``)."""
         folder = self.out / f"round-{r}" / "soft"
-        if (folder / "model").is_dir():
+        if distributed.rank0_view((folder / "model").is_dir()):
             return load_task_model(folder / "model", device=self.device)
         cfg, device = self.cfg, self.device
         start = cfg.base_model if cfg.student_init == "base" else str(teachers[0])
@@ -462,7 +462,7 @@ class SelfTraining(RoundPasses):
     ) -> TaskModel:
         """S continues with cross-entropy on D_keep + P (``skip``: why it does not)."""
         folder = self.out / f"round-{r}" / "hard"
-        if (folder / "model").is_dir():
+        if distributed.rank0_view((folder / "model").is_dir()):  # skip_hard writes it at once
             return load_task_model(folder / "model", device=self.device)
         if skip is not None:
             return self.skip_hard(

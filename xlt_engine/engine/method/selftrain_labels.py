@@ -123,7 +123,7 @@ class RoundPasses:
         student was already read by that step's check: its pass is linked, not repeated."""
         path = self.out / f"round-{r}" / TEACHER_FILE
         teacher = teacher_names(teachers)
-        if not path.is_file():
+        if not distributed.rank0_view(path.is_file()):  # rank 0 links it before any wait
             t0 = time.perf_counter()
             last = self.out / f"round-{r - 1}" / "hard"  # T = the last round's student
             checked = last / STUDENT_FILE
@@ -173,7 +173,7 @@ class RoundPasses:
         t0 = time.perf_counter()
         folder = self.out / f"round-{r}" / which
         path = folder / STUDENT_FILE
-        if not path.is_file():
+        if not distributed.rank0_view(path.is_file()):
             self.probs_file(path, [folder / "model"], {"student": str(folder / "model")})
         fidelity = fidelity_counts(probs, self.open_probs(path), self.labels, self.background)
         dev = {}
@@ -295,7 +295,7 @@ class RoundPasses:
         closely the student follows them (``fidelity_counts``)."""
         rdir = self.out / f"round-{r}"
         path = rdir / FILTER_FILE
-        if not path.is_file():
+        if not distributed.rank0_view(path.is_file()):
             job = RoundFilter(self, r, student, threshold, source_out, source_keep, probs)
             passes = [job.fill, job.set_quota, job.relabel] if job.quota else [job.fill]
             self.rows_file(path, job.specs(), {}, passes, job.finish)

@@ -351,7 +351,7 @@ def shared(
     artefact of a round. When ``path`` exists (an earlier run got this far) it is only read;
     else every rank computes (inference is split over the ranks and gathered), rank 0 writes
     (``write`` marks the step done by writing ``path`` last), every rank waits and reads."""
-    if not path.is_file():
+    if not distributed.rank0_view(path.is_file()):
         value = compute()
         if rank_world()[0] == 0:
             write(value)

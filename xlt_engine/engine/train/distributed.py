@@ -92,6 +92,15 @@ def broadcast_object(obj):
     return box[0]
 
 
+def rank0_view(value):
+    """Rank 0's ``value`` on every rank (itself without a process group). For a look at the
+    file system that decides which collectives a rank enters next: rank 0 may write the file
+    between another rank's look and its own, and a rank that skips a collective the others
+    entered leaves them waiting (a late rank found a round's files already written, skipped a
+    barrier, and the run hung)."""
+    return broadcast_object(value)
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

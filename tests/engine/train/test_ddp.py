@@ -191,14 +191,9 @@ def synth_nodrop(tmp_path_factory):
     return root, teacher
 
 
-def test_selftrain_two_gloo_processes_equal_one_process(synth_nodrop, tmp_path):
-    # the inference passes are split over the ranks and gathered, the soft and hard steps run
-    # DDP: the artefacts and the student equal one process's (grad_accum = 2; each step stays
-    # inside one epoch, where the two consume the same batches). class_quota: its thresholds come
-    # from every rank's target rows (a pass after all ranks wrote theirs), then a second pass
-    # labels them
-    root, teacher = synth_nodrop
-    base = dict(
+def selftrain_spec(root: Path, teacher: Path, **settings) -> dict:
+    """A ddp_worker spec of self-training (N = 1.5) on ``synth_nodrop``'s task, plus ``settings``."""
+    return dict(
         stage="selftrain",
         base_model=str(root / "pretrained"),
         teacher=str(teacher),
@@ -207,9 +202,21 @@ def test_selftrain_two_gloo_processes_equal_one_process(synth_nodrop, tmp_path):
         max_len=48,
         batch_size=8,
         rounds=1.5,
+        device="cpu",
+        **settings,
+    )
+
+
+def test_selftrain_two_gloo_processes_equal_one_process(synth_nodrop, tmp_path):
+    # the inference passes are split over the ranks and gathered, the soft and hard steps run
+    # DDP: the artefacts and the student equal one process's (grad_accum = 2; each step stays
+    # inside one epoch, where the two consume the same batches). class_quota: its thresholds come
+    # from every rank's target rows (a pass after all ranks wrote theirs), then a second pass
+    # labels them
+    base = selftrain_spec(
+        *synth_nodrop,
         student_head={"voter_dropout": 0.0},  # the teacher's voters, without dropout
         rule={"name": "class_quota", "threshold": "fixed", "alpha": 0.3},
-        device="cpu",
     )
     soft = dict(max_steps=12, lr=1e-2, log_every=6, seed=1)
     hard = dict(max_steps=6, lr=1e-4, log_every=3, seed=1)
@@ -252,19 +259,10 @@ def test_selftrain_under_ddp_with_a_late_rank_takes_the_same_steps_on_every_rank
     # skipped that wait, and its next collective met another: the run hung (CI, 2026-11-26,
     # test_run_all_under_torchrun; found with the stacks of this file's torchrun timeout). Rank 1
     # here enters every step 1.5 s late; a mismatched collective fails after 60 s
-    root, teacher = synth_nodrop
-    spec = dict(
-        stage="selftrain",
-        base_model=str(root / "pretrained"),
-        teacher=str(teacher),
-        source_file=str(root / "data" / "src.train"),
-        unlabeled_file=str(root / "data" / "tgt.train"),
-        max_len=48,
-        batch_size=8,
-        rounds=1.5,
+    spec = selftrain_spec(
+        *synth_nodrop,
         rule={"name": "paper", "threshold": "fixed", "alpha": 0.9999},
         on_collapse="skip_hard",
-        device="cpu",
         out=str(tmp_path / "ddp"),
         soft=dict(max_steps=2, lr=1e-3, log_every=1, seed=1),
         hard=dict(max_steps=2, lr=1e-4, log_every=1, seed=1),

@@ -58,7 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--variants",
         default="fp32/32,fp32/8,bf16/32,bf16/8",
-        help="precision/pad_multiple pairs, by commas; a third part 'compile' runs the step "
+        help="precision/pad_multiple pairs, by commas (precision: fp32, bf16, bf16-pure; "
+        "transformers runs the fp32 and bf16 ones); a third part 'compile' runs the step "
         "under train.compile = 'compile' (inductor; its warm-up steps include the compile)",
     )
     p.add_argument("--no-hf", action="store_true", help="leave transformers out")
@@ -248,7 +249,7 @@ def main(argv=None) -> list[dict]:
             comp = rest[0] if rest else "off"
             for step in ("finetune", "soft"):
                 r = ours(args, enc, tok.pad_id, probs, step, precision, int(pad), frozen, comp)
-                peak = gemm["bfloat16" if precision == "bf16" else "float32"]
+                peak = gemm["bfloat16" if precision.startswith("bf16") else "float32"]
                 who = "xlt-engine" if comp == "off" else f"xlt-engine {comp}"
                 r |= {"who": who, "step": step, "precision": precision,
                       "pad_multiple": int(pad), "threads": threads}  # fmt: skip
@@ -256,7 +257,8 @@ def main(argv=None) -> list[dict]:
                 r["model_gflops"] = r["flops_per_step"] / r["seconds_per_step"] / 1e9
                 r["roofline_fraction"] = r["model_gflops"] / peak
                 rows_out.append(r)
-            for attn in [] if args.no_hf or comp != "off" else args.hf_attn.split(","):
+            same = comp == "off" and precision in ("bf16", "fp32")  # a variant transformers has
+            for attn in args.hf_attn.split(",") if same and not args.no_hf else []:
                 r = transformers_step(args, enc, tok.pad_id, precision, int(pad), attn)
                 r |= {"who": f"transformers ({attn})", "step": "finetune", "precision": precision,
                       "pad_multiple": int(pad), "threads": threads}  # fmt: skip

@@ -17,7 +17,7 @@ def test_the_benchmark_measures_both_steps_the_baseline_and_the_roofline(tmp_pat
     model = make_tiny(tmp_path / "tiny")
     args = ["--model", str(model), "--data", str(SHARED_DATA), "--threads", "1",
             "--freeze", "1", "--sentences", "60", "--warmup", "1", "--iters", "2",
-            "--variants", "fp32/8,bf16/32", "--hf-attn", "sdpa,eager", "--no-save"]  # fmt: skip
+            "--variants", "fp32/8,bf16/32,bf16-pure/8", "--hf-attn", "sdpa,eager", "--no-save"]  # fmt: skip
     (record,) = main(args)
     assert record["threads"] == 1 and record["gemm_gflops"]["float32"] > 0
     rows = {(r["who"], r["step"], r["precision"], r["pad_multiple"]): r for r in record["rows"]}
@@ -26,11 +26,14 @@ def test_the_benchmark_measures_both_steps_the_baseline_and_the_roofline(tmp_pat
         for p, pad in (("fp32", 8), ("bf16", 32))
         for who, step in (("xlt-engine", "finetune"), ("xlt-engine", "soft"),
                           ("transformers (sdpa)", "finetune"), ("transformers (eager)", "finetune"))
-    }  # fmt: skip
+    } | {("xlt-engine", step, "bf16-pure", 8) for step in ("finetune", "soft")}  # fmt: skip
     for r in rows.values():
         assert r["tokens_per_s"] > 0 and r["tokens_per_step"] > 0
     ours = rows[("xlt-engine", "finetune", "fp32", 8)]
     assert 0 < ours["roofline_fraction"] < 10  # measured against this machine's GEMM
+    pure = rows[("xlt-engine", "finetune", "bf16-pure", 8)]  # against the bf16 GEMM
+    gemm = pure["flops_per_step"] / pure["seconds_per_step"] / 1e9 / pure["roofline_fraction"]
+    assert gemm == pytest.approx(record["gemm_gflops"]["bfloat16"])
 
 
 def test_a_steps_matrix_products_are_counted_on_the_padded_batch():

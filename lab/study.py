@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from xlt_engine import provenance
-from xlt_engine.engine.experiment.ablations import fixed_threshold, without_btf
+from xlt_engine.engine.experiment.ablations import fixed_threshold, soft_only, without_btf
 from xlt_engine.engine.experiment.config import load_config
 from xlt_engine.engine.experiment.pipeline import pair_configs
 from xlt_engine.engine.experiment.runs import model_stage, stage_dir, with_linear_head, with_section
@@ -69,6 +69,7 @@ def row_stages(pc, fixed_alpha: float) -> dict[str, list[Path]]:
     fixed = fixed_threshold(pc, fixed_alpha)
     linear = with_linear_head(pc)
     nobtf = without_btf(pc)
+    soft = soft_only(pc)
     btf = stage_dir(pc, "btf")
     ours = method(pc)
     rows = {
@@ -78,6 +79,7 @@ def row_stages(pc, fixed_alpha: float) -> dict[str, list[Path]]:
         "- BTF": [*teachers(nobtf), stage_dir(nobtf, "selftrain"), ev(nobtf, "selftrain")],
         "- ST": ours["- ST"],
         "direct transfer": ours["direct transfer"],
+        "soft only": [btf, *teachers(soft), stage_dir(soft, "selftrain"), ev(soft, "selftrain")],
     }
     for row, changes in method_rows(pc).items():  # Ours with another rule or start
         other = with_changes(pc, changes)

@@ -27,7 +27,7 @@ PAPER = {
 }
 # overrides that say where and on what a study ran, not how it learned
 PLACE = ("targets=", "data.root=", "model.path=", "device=", "data.max_")
-ORDER = ("Ours", "- AT", "- VM", "- BTF", "- ST", "direct transfer")
+ORDER = ("Ours", "- AT", "- VM", "- BTF", "- ST", "direct transfer", "soft only")
 
 
 def learning_settings(report: dict) -> tuple:
@@ -74,7 +74,12 @@ def _row_of(folder: str, rows: dict) -> str | None:
     variant's folder carries its change: ``selftrain-alpha0.9``, ``-linear``, ``-direct``),
     among the report's rows."""
     stage = folder.split("/")[0]
-    kinds = {"selftrain": "Ours", "selftrain-linear": "- VM", "selftrain-direct": "- BTF"}
+    kinds = {
+        "selftrain": "Ours",
+        "selftrain-linear": "- VM",
+        "selftrain-direct": "- BTF",
+        "selftrain-softonly": "soft only",
+    }
     for row in rows:  # Ours with another start or rule (method_rows): "init = teacher; rule = x"
         parts = [p.split(" = ") for p in row.split("; ") if " = " in p]
         if parts and stage == "selftrain-" + "-".join(

@@ -68,7 +68,9 @@ def test_ablate_table_has_every_row_with_mean_and_std(tiny, tmp_path):
     )
     assert res.exit_code == 0, res.output
     result = json.loads((out / "ablation.json").read_text())
-    assert list(result["scores"]) == ["Ours", "- AT", "- VM", "- BTF", "- ST", "direct transfer"]
+    assert list(result["scores"]) == [
+        "Ours", "- AT", "- VM", "- BTF", "- ST", "direct transfer", "soft only"
+    ]  # fmt: skip
     assert all(len(v["tgt"]) == 2 for v in result["scores"].values())  # one score per seed
     table = (out / "ablation.md").read_text()
     assert table == ablation_table(result)
@@ -79,7 +81,13 @@ def test_ablate_table_has_every_row_with_mean_and_std(tiny, tmp_path):
         "selftrain-alpha0.9",
         "selftrain-direct",
         "selftrain-linear",
+        "selftrain-softonly",
     ]
+    # soft only trains no hard step: each round's result is its soft student
+    soft_only = [json.loads(x) for x in (pair / "selftrain-softonly" / "selftrain.jsonl").open()]
+    assert {r.get("skipped") for r in soft_only if r["step"] == "hard"} == {
+        "hard_steps = false (soft steps only)"
+    }
     # -VM's student and teacher have the plain linear head; the direct row's model too
     st = json.loads((pair / "selftrain-linear" / "model" / "task.json").read_text())
     assert (st["num_voters"], st["widths"]) == (1, [0])

@@ -1,6 +1,6 @@
 """The paper's ablations: ``run_ablate`` makes every row of tables 5 and 6 (Ours, -AT, -VM,
--BTF, -ST, direct transfer) and, on request, Ours under each other pseudo-label rule
-(``rule = <name>``) and student start (``init = teacher``, ``init = teacher; rule = <name>``),
+-BTF, -ST, direct transfer), soft only (no hard step: what the hard steps add) and, on
+request, Ours under each other pseudo-label rule (``rule = <name>``) and student start (``init = teacher``, ``init = teacher; rule = <name>``),
 for every seed, with a table of mean +- std over seeds per target and on
 average. With several sources also the method, -ST and direct transfer from each source alone
 (their runs in ``<s>-<target>`` beside the multi-source ``<s1>+<s2>-<target>``); ``rows`` makes
@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from xlt_engine.engine.experiment.ablations import fixed_threshold, linear_head
+from xlt_engine.engine.experiment.ablations import fixed_threshold, linear_head, soft_only
 from xlt_engine.engine.experiment.config import ExperimentConfig, check_files
 from xlt_engine.engine.experiment.pipeline import (
     Parts,
@@ -47,7 +47,7 @@ from xlt_engine.engine.train import distributed
 from xlt_engine.engine.train.distributed import rank_world
 from xlt_engine.studies.tables import ablation_table, check_seeds, study_table, with_earlier_rows
 
-ABLATION_ROWS = ("Ours", "- AT", "- VM", "- BTF", "- ST", "direct transfer")
+ABLATION_ROWS = ("Ours", "- AT", "- VM", "- BTF", "- ST", "direct transfer", "soft only")
 SINGLE_SOURCE_ROWS = ("Ours", "- ST", "direct transfer")  # per source, with several sources
 
 
@@ -108,12 +108,14 @@ def ablation_variants(cfg: ExperimentConfig, fixed_alpha: float, chosen: list[st
         "- BTF": ("nobtf", "selftrain"),
         "- ST": ("full", "btf"),
         "direct transfer": ("full", "direct"),
+        "soft only": ("softonly", "selftrain"),
     }
     variants = {  # variant: (config, run_all switches)
         "full": (cfg, {}),
         "fixed": (fixed_threshold(cfg, fixed_alpha), {"table_name": f"all-alpha{fixed_alpha:g}"}),
         "linear": (linear_head(cfg), {"table_name": "all-linear-head"}),
         "nobtf": (cfg, {"table_name": "all-no-btf"}),
+        "softonly": (soft_only(cfg), {"table_name": "all-soft-only"}),
     }
     for row, changes in method_rows(cfg).items():  # Ours with another rule or start
         name = "-".join(f"init_{v}" if k == "student_init" else v for k, v in changes.items())

@@ -121,20 +121,21 @@ def test_plain_text_unlabeled_data_is_a_setting_in_the_fingerprint_only_when_set
 
 
 def test_every_training_setting_is_in_the_fingerprint_at_its_default_too(tmp_path):
-    """``head_lr_scale`` and ``soft_loss`` are settings like any other: in the fingerprint
-    whatever their value (no setting is left out to keep an older folder valid)."""
+    """``head_lr_scale``, ``soft_loss`` and ``hard_steps`` are settings like any other: in the
+    fingerprint whatever their value (no setting is left out to keep an older folder valid)."""
     from tests.engine.experiment.test_config import MINIMAL, write
     from xlt_engine.engine.experiment.runs import plan_stage
 
     default = load_config(write(tmp_path, MINIMAL))
     assert plan_stage(default, "finetune").settings["finetune.train.head_lr_scale"] == 1.0
-    assert plan_stage(default, "selftrain").settings["selftrain.soft_loss"] == "mse"
+    assert plan_stage(default, "selftrain").settings["selftrain.soft_loss"] == "kl"
+    assert plan_stage(default, "selftrain").settings["selftrain.hard_steps"] is True
     scaled = load_config(write(tmp_path, MINIMAL), ["finetune.train.head_lr_scale=10"])
     settings = plan_stage(scaled, "finetune").settings
     assert settings["finetune.train.head_lr_scale"] == 10
     assert not any("finetune" in k for k in plan_stage(scaled, "btf").settings)
-    kl = load_config(write(tmp_path, MINIMAL), ["selftrain.soft_loss='kl'"])
-    assert plan_stage(kl, "selftrain").settings["selftrain.soft_loss"] == "kl"
+    mse = load_config(write(tmp_path, MINIMAL), ["selftrain.soft_loss='mse'"])
+    assert plan_stage(mse, "selftrain").settings["selftrain.soft_loss"] == "mse"
 
 
 def test_pseudo_rule_settings_name_the_folder_and_count_only_where_they_act(tmp_path):
@@ -197,3 +198,24 @@ def test_student_init_names_the_folder_counts_in_the_fingerprint_and_is_no_round
     assert _part(b, free) == _part(c, free)  # ... but of its own with another rule
     with pytest.raises(ConfigError, match="student_init"):
         load_config(write(tmp_path, MINIMAL), ["selftrain.student_init='finetune'"])
+
+
+def test_hard_steps_false_names_its_folder_and_is_a_round1_twin_of_the_papers(tmp_path):
+    """The soft-only row (``hard_steps = false``): a folder of its own, and a round-1 twin of
+    the paper's run (it acts after round 1's soft step, which it takes from a finished twin)."""
+    from tests.engine.experiment.test_config import MINIMAL, write
+    from xlt_engine.engine.experiment.ablations import soft_only
+    from xlt_engine.engine.experiment.runs import _part, plan_stage, stage_dir
+    from xlt_engine.engine.experiment.stages.selftrain import AFTER_ROUND1_SOFT
+
+    paper = load_config(write(tmp_path, MINIMAL))
+    soft = soft_only(paper)
+    assert soft == load_config(write(tmp_path, MINIMAL), ["selftrain.hard_steps=false"])
+    assert stage_dir(paper, "selftrain").name == "selftrain"
+    assert stage_dir(soft, "selftrain").name == "selftrain-softonly"
+    a, b = ({"settings": plan_stage(x, "selftrain").settings} for x in (paper, soft))
+    assert a["settings"]["selftrain.hard_steps"] is True
+    assert b["settings"]["selftrain.hard_steps"] is False
+    assert _part(a, AFTER_ROUND1_SOFT) == _part(b, AFTER_ROUND1_SOFT)
+    with pytest.raises(ConfigError, match="hard_steps"):
+        load_config(write(tmp_path, MINIMAL), ["selftrain.hard_steps=2"])

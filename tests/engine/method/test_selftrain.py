@@ -903,16 +903,18 @@ def test_the_entity_agreement_shows_a_lost_class_the_all_rows_agreement_hides():
     teacher[15:30, 3], teacher[15:30, 0] = 0.94, 0.02  # B-LOC on 15 rows
     student = teacher.argmax(-1).astype(np.int32)
     student[15:30] = 0  # B-LOC lost: called O
+    student[30:40] = 1  # and B-PER given to 10 rows the teacher calls O
     record = fidelity_counts(teacher, student, names, background=0, chunk=7)
-    assert record["teacher_agreement"] == pytest.approx(0.985)
+    assert record["teacher_agreement"] == pytest.approx(0.975)
+    # over the teacher's 30 entity rows (15 agree), not the 40 rows either calls an entity
     assert record["entity_agreement"] == pytest.approx(0.5)
-    assert record["class_agreement"] == {"O": 1.0, "B-PER": 1.0, "I-PER": None, "B-LOC": 0.0}
+    assert record["class_agreement"] == {"O": 960 / 970, "B-PER": 1.0, "I-PER": None, "B-LOC": 0.0}
     probs = np.eye(4, dtype=np.float16)[student]  # the same student as probabilities
     assert fidelity_counts(teacher, probs, names, background=0, chunk=300) == record
     assert fidelity_counts(teacher, student, names)["entity_agreement"] is None  # no background
     student[:15] = 2  # B-PER lost too (called I-PER): every entity row disagrees
     worse = fidelity_counts(teacher, student, names, background=0)
-    assert worse["entity_agreement"] == 0.0 and worse["teacher_agreement"] == pytest.approx(0.97)
+    assert worse["entity_agreement"] == 0.0 and worse["teacher_agreement"] == pytest.approx(0.96)
 
 
 def test_each_step_is_checked_against_its_teacher_and_on_the_dev_files(st_run, data):
@@ -950,11 +952,13 @@ def test_each_step_is_checked_against_its_teacher_and_on_the_dev_files(st_run, d
 
 
 def test_student_init_teacher_starts_each_round_from_its_teachers_encoder(
-    base, teacher, data, tmp_path
+    base, teacher, data, tmp_path, monkeypatch
 ):
     """``student_init = "teacher"``: round 1's student starts from the fine-tuned teacher's
     encoder (bit-exact at step 0: the digest taken before training), round 2's from round 1's
-    hard student, each with fresh voters; the base model's is never used."""
+    hard student, each with fresh voters; the base model's is never used. What is checked is
+    the model the soft step hands to the training loop, so a change made after the digest is
+    taken or after the fresh voters are made (the teacher's voters copied in) fails here."""
     short = dict(
         soft=TrainConfig(max_steps=6, lr=1e-3, log_every=3, seed=1),
         hard=TrainConfig(max_steps=4, lr=1e-4, log_every=2, seed=1),
@@ -969,6 +973,16 @@ def test_student_init_teacher_starts_each_round_from_its_teachers_encoder(
         seen.append({k: v.clone() for k, v in model.voters.state_dict().items()})
         return model
 
+    trained = []  # what each soft step's training starts from: its encoder's digest, voters
+    real_step = selftrain_module.SelfTraining.train_step
+
+    def step_spy(self, model, loss_fn, data, train_cfg, folder):
+        if folder.name == "soft":
+            voters = {k: v.clone() for k, v in model.voters.state_dict().items()}
+            trained.append((encoder_digest(model.encoder), voters))
+        return real_step(self, model, loss_fn, data, train_cfg, folder)
+
+    monkeypatch.setattr(selftrain_module.SelfTraining, "train_step", step_spy)
     try:
         selftrain_module.new_task_model = spy
         run_selftrain(cfg, echo=None)
@@ -987,6 +1001,12 @@ def test_student_init_teacher_starts_each_round_from_its_teachers_encoder(
     assert len(seen) == 2 and all(
         any(not torch.equal(v[k], theirs[k]) for k in theirs) for v in seen
     )  # fresh voters, not the teacher's
+    # the loop trains what the digest and the fresh voters say: nothing changed in between
+    assert [d for d, _ in trained] == [r["student_digest"] for r in softs]
+    assert len(trained) == 2 and all(
+        set(v) == set(fresh) and all(torch.equal(v[k], fresh[k]) for k in fresh)
+        for (_, v), fresh in zip(trained, seen, strict=True)
+    )
 
 
 def test_a_soft_student_that_lost_the_teachers_classes_is_named_with_what_may_avoid_it(
@@ -1015,3 +1035,30 @@ def test_a_soft_student_that_lost_the_teachers_classes_is_named_with_what_may_av
     assert "soft_loss" not in msg and "student_init" not in msg
     assert "predicts none of B-PER" in msg and "20.0% of its entity rows" in msg
     assert "selftrain.soft.epochs" in msg
+
+
+def test_hard_steps_false_trains_no_hard_step_and_each_round_keeps_its_soft_student(
+    base, teacher, data, tmp_path
+):
+    """The soft-only row: with ``hard_steps = False`` no round trains a hard step, whatever its
+    pseudo labels (alpha 0 admits target rows, which a hard step would train on); each
+    round's result is its soft student, which teaches the next round; the run says why."""
+    out = tmp_path / "soft-only"
+    soft = TrainConfig(max_steps=3, lr=1e-3, log_every=1, seed=1)
+    hard = TrainConfig(max_steps=3, lr=1e-4, log_every=1, seed=1)
+    kw = dict(rounds=1.5, soft=soft, hard=hard, threshold="fixed", alpha=0.0)
+    cfg = st_config(base, teacher, data, out, hard_steps=False, **kw)
+    with pytest.warns(UserWarning, match=r"round 1: hard step skipped: hard_steps = false"):
+        run_selftrain(cfg, echo=None)
+    recs = _records(out)
+    hard = [r for r in recs if r["step"] == "hard"]
+    assert [(r["round"], r["steps"], r["skipped"]) for r in hard] == [
+        (1, 0, "hard_steps = false (soft steps only)")
+    ]
+    assert json.loads((out / "round-1" / "filter.json").read_text())["pseudo_rows"] > 0
+    assert _same_weights(out / "round-1" / "soft" / "model", out / "round-1" / "hard" / "model")
+    teachers = [r["teacher"] for r in recs if r["step"] == "teacher"]
+    assert teachers[1] == str(out / "round-1" / "hard" / "model")  # the soft student, kept
+    assert _same_weights(out / "round-2" / "soft" / "model", out / "model")
+    with pytest.raises(ValueError, match="hard_steps must be true or false"):
+        st_config(base, teacher, data, tmp_path, hard_steps="no")

@@ -6,6 +6,7 @@ study and the lab's studies all apply these.
   round 1's teacher is the pretrained model fine-tuned (``finetune-direct``).
 - ``fixed_threshold`` (-AT): a fixed confidence threshold alpha instead of the automatic one.
 - ``linear_head`` (-VM, and the direct-transfer baseline): a plain linear head, no voters.
+- ``soft_only`` (soft only): no hard step in any round; each round's soft student is its result.
 - -ST is no overlay: ``run_all`` with ``Parts(selftrain=False)`` stops after fine-tuning.
 """
 
@@ -27,3 +28,7 @@ def fixed_threshold(cfg: ExperimentConfig, alpha: float) -> ExperimentConfig:
 
 def linear_head(cfg: ExperimentConfig) -> ExperimentConfig:
     return with_linear_head(cfg)
+
+
+def soft_only(cfg: ExperimentConfig) -> ExperimentConfig:
+    return with_section(cfg, "selftrain", hard_steps=False)

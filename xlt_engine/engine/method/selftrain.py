@@ -464,11 +464,13 @@ class SelfTraining(RoundPasses):
         folder = self.out / f"round-{r}" / "hard"
         if distributed.rank0_view((folder / "model").is_dir()):  # skip_hard writes it at once
             return load_task_model(folder / "model", device=self.device)
+        cfg, device = self.cfg, self.device
+        if not cfg.hard_steps:
+            return self.skip_hard(r, student, "hard_steps = false (soft steps only)")
         if skip is not None:
             return self.skip_hard(
                 r, student, "the pseudo labels collapsed (on_collapse = skip_hard)"
             )
-        cfg, device = self.cfg, self.device
         hard, n_src = self.hard_data(r, source_keep, pseudo)
         rows = np.asarray(hard.targets.offsets)
         src_y = np.asarray(hard.targets.flat[: rows[n_src]])

@@ -337,7 +337,7 @@ class RoundPasses:
             '"skip_hard" keeps the soft student as the round\'s result, "error" stops here'
         )
         self.collapsed.append({"round": r, "findings": findings, "action": cfg.on_collapse})
-        if cfg.on_collapse == "error":
+        if cfg.on_collapse == "error" and cfg.hard_steps:  # soft only: no hard step to stop
             raise CollapseError(f"{msg}\n(stopped before the hard step: resume with --resume)")
         self.warn(msg)
         return msg if cfg.on_collapse == "skip_hard" else None

@@ -3,8 +3,8 @@ the Voters Module (``method.selftrain``), from round 1's teacher (``selftrain.te
 source with ``multi_source = "teachers"``), each round's student restored from
 ``selftrain.base``. Folders: ``selftrain``, ``selftrain-direct`` (from the pretrained model),
 with ``-voters<M>`` / ``-linear``, ``-alpha<A>`` (a fixed threshold), ``-rounds<N>``,
-``-<rule name>``, ``-src<filter>`` and ``-init_<student_init>`` where they differ from the
-paper's. Folders that differ only in what acts after round 1's soft step share that step: a new
+``-<rule name>``, ``-src<filter>``, ``-init_<student_init>`` and ``-softonly`` (no hard
+steps) where they differ from the paper's. Folders that differ only in what acts after round 1's soft step share that step: a new
 one takes it from a finished twin (``Partial``)."""
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ AFTER_ROUND1_SOFT = (
     "selftrain.source_filter",
     "selftrain.on_collapse",
     "selftrain.hard.",
+    "selftrain.hard_steps",
 )
 
 
@@ -100,7 +101,8 @@ def folder(cfg: ExperimentConfig) -> str:
     rule = f"-{s.rule.name}" if s.rule.name != PAPER.rule.name else ""
     source = f"-src{s.source_filter}" if s.source_filter != PAPER.source_filter else ""
     init = f"-init_{s.student_init}" if s.student_init != PAPER.student_init else ""
-    return f"selftrain{direct}{variant(cfg)}{fixed}{rounds}{rule}{source}{init}"
+    soft = "-softonly" if not s.hard_steps else ""
+    return f"selftrain{direct}{variant(cfg)}{fixed}{rounds}{rule}{source}{init}{soft}"
 
 
 def build(cfg: ExperimentConfig) -> SelftrainConfig:

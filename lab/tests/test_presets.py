@@ -135,3 +135,32 @@ def test_the_check_catches_a_restated_and_a_learning_setting(tmp_path):
     assert restated(preset, ["selftrain.soft.lr=2e-4"]) == []
     assert is_learning("selftrain.soft.lr=2e-4") and not is_learning("data.max_train=10")
     assert not is_learning("btf.train.log_every=5")
+
+
+@pytest.mark.parametrize(("table", "preset", "targets"), [("conll", "conll", {"esp", "ned", "deu"}),
+                                                          ("cls", "cls", {"de", "fr", "jp"})])  # fmt: skip
+def test_the_gpu_tables_jobs_are_rows_the_ablation_knows_on_every_target_and_seed(
+    table, preset, targets
+):
+    """``lab/gpu_tables.sh list``: each job names rows ``ablate`` can make for its preset, and
+    Ours, - ST and soft only run on every target at seeds 1-3 (issue 64's table)."""
+    import os
+    import subprocess
+
+    from xlt_engine.studies.ablate import ablation_rows
+
+    out = subprocess.run(
+        ["bash", str(LAB / "gpu_tables.sh"), "list"], env={**os.environ, "TABLE": table},
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    jobs = [line.split("|") for line in out.splitlines() if line]
+    cfg = load_config(ROOT / f"configs/e5-small-{preset}.toml", [])
+    known = set(ablation_rows(cfg))
+    assert len({j[0] for j in jobs}) == len(jobs)  # one name a job: one runs folder a job
+    for name, settings, target, seed, rows in jobs:
+        assert settings == {"conll": "FULL", "cls": "CLS"}[table], name  # the preset as shipped
+        assert target in targets and seed in {"1", "2", "3"}, name
+        assert set(rows.split(",")) <= known, (name, rows)
+    for row in ("Ours", "- ST", "soft only"):
+        have = {(t, s) for _, _, t, s, rows in jobs if row in rows.split(",")}
+        assert have == {(t, s) for t in targets for s in "123"}, row

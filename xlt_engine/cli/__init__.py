@@ -405,6 +405,16 @@ def _numbers(option: str, text: str, kind):
 )
 @_out_option("folder for the seeds' runs and the table (default: runs/<config>)")
 @click.option("--resume", is_flag=True, help="continue stages a killed run left half-way")
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="--study ablation: run N seeds at once, each in its own process (one GPU each, or the "
+    "CPU cores divided among them), then write the table",
+)
+@click.option("--no-table", is_flag=True, hidden=True, help="one seed of --jobs: no table")
 @_progress_option
 def ablate(
     config_path,
@@ -417,6 +427,8 @@ def ablate(
     rows,
     out,
     resume,
+    jobs,
+    no_table,
     progress,
 ) -> None:
     """Run the ablation rows (Ours, -AT, -VM, -BTF, -ST, direct transfer) for every seed and
@@ -439,12 +451,17 @@ def ablate(
     if row_list is not None and study != "ablation":
         fail(ValueError(f"--rows chooses rows of --study ablation, not of --study {study}"))
     echo = click.echo if os.environ.get("RANK", "0") == "0" else None
+    if jobs > 1 and (study != "ablation" or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+        why = f"--study {study}" if study != "ablation" else "torchrun (it spreads one run)"
+        fail(ValueError(f"--jobs runs the seeds of --study ablation side by side, not with {why}"))
 
     def go():
         from xlt_engine.studies import ablate, sweeps
 
         cfg = _experiment(config_path, overrides, out)
         kw = {"resume": resume, "echo": echo, "progress": progress}
+        if jobs > 1 and len(seed_list) > 1:
+            _ablate_seeds_side_by_side(cfg, config_path, overrides, fixed_threshold, rows, out)
         if study == "threshold":
             sweeps.run_threshold_study(cfg, seed_list, alpha_list, **kw)
         elif study == "rounds":
@@ -452,7 +469,28 @@ def ablate(
         elif study == "cotrain":
             ablate.run_cotrain_ablation(cfg, seed_list, **kw)
         else:
-            ablate.run_ablate(cfg, seed_list, fixed_threshold, rows=row_list, **kw)
+            ablate.run_ablate(
+                cfg, seed_list, fixed_threshold, rows=row_list, table=not no_table, **kw
+            )
+
+    def _ablate_seeds_side_by_side(cfg, config_path, overrides, fixed_threshold, rows, out):
+        import torch
+
+        from xlt_engine.studies.jobs import run_seeds
+
+        args = ["ablate", "--config", str(config_path), "--no-progress"]
+        args += [a for o in overrides for a in ("--set", o)]
+        args += ["--fixed-threshold", repr(fixed_threshold)]
+        args += [*(["--rows", rows] if rows is not None else []), *(["--resume"] if resume else [])]
+        args += ["--out", str(out)] if out is not None else []
+        gpus = torch.cuda.device_count() if cfg.device != "cpu" and torch.cuda.is_available() else 0
+        status = run_seeds(args, seed_list, jobs, click.echo, gpus)
+        failed = {s: rc for s, rc in status.items() if rc != 0}
+        if failed:
+            said = ", ".join(f"seed {s} (exit {rc})" for s, rc in sorted(failed.items()))
+            fail(ValueError(f"--jobs {jobs}: {said} did not finish; the others did, and the same "
+                            "command continues (finished stages are reused)"))  # fmt: skip
+        click.echo(f"--jobs {jobs}: seeds {seed_list} finished; the table over them:")
 
     _run_guarded(go)
 

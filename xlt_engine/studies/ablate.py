@@ -145,11 +145,13 @@ def run_ablate(
     echo=print,
     progress=None,
     rows: list[str] | None = None,
+    table: bool = True,
 ) -> dict:
     """The paper's ablation rows (or only ``rows``, in the order of ``ablation_rows``, which
     may also name Ours under another pseudo-label rule, ``rule = <name>``; a variant runs only
     when a chosen row needs it) for every seed (each seed in ``<table_dir>/seed-<s>``),
-    then ``ablation.json`` and ``ablation.md`` (mean +- std over seeds) in ``table_dir(cfg)``."""
+    then ``ablation.json`` and ``ablation.md`` (mean +- std over seeds) in ``table_dir(cfg)``
+    (not with ``table=False``: one seed of ``ablate --jobs``, whose caller writes the table)."""
     if not seeds:
         raise ValueError("seeds: give at least one seed")
     every = ablation_rows(cfg)
@@ -160,7 +162,8 @@ def run_ablate(
     # by default the paper's rows; the other pseudo-label rules' rows only when asked for
     chosen = [r for r in every if (r in rows if rows is not None else r not in method_rows(cfg))]
     root = table_dir(cfg)
-    claim_table(cfg, "ablation")  # before any work: never a file of the user's
+    if table:
+        claim_table(cfg, "ablation")  # before any work: never a file of the user's
     scores: dict[str, dict[str, list[float]]] = {row: {} for row in chosen}
     variants, picks = ablation_variants(cfg, fixed_alpha, chosen)
     needed = {picks[r][0] for r in chosen}
@@ -190,9 +193,9 @@ def run_ablate(
         "split": cfg.evaluate.split,
         "scores": scores,
     }
-    if rank_world()[0] == 0:
-        table = with_earlier_rows(root / f"ablation{split_suffix(cfg)}", result, list(every))
-        write_table(cfg, "ablation", table, ablation_table(table), echo)
+    if table and rank_world()[0] == 0:
+        merged = with_earlier_rows(root / f"ablation{split_suffix(cfg)}", result, list(every))
+        write_table(cfg, "ablation", merged, ablation_table(merged), echo)
     return result
 
 

@@ -144,11 +144,14 @@ def classes(distribution: dict[str, int]) -> str:
 
 
 def seconds_of(folder: Path) -> float:
-    """The stage's wall time, plus what the steps it took from another folder (a round 1
+    """The stage's wall time (every run of it, a resumed one's earlier runs included, where
+    run.json records them), plus what the steps it took from another folder (a round 1
     shared between self-training rows) took there."""
     info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
     if "seconds" not in info:
         raise ValueError(f"{folder / 'run.json'}: no seconds (the stage never finished?)")
+    if info.get("seconds_all_runs") is not None and "shared_from" not in info:
+        info["seconds"] = info["seconds_all_runs"]
     log = folder / "selftrain.jsonl"
     shared = [r["seconds"] for r in read_jsonl(log) if "shared_from" in r] if log.is_file() else []
     return float(info["seconds"]) + sum(shared)

@@ -221,3 +221,27 @@ def test_steps_lists_the_teacher_then_each_step_with_its_round_collapse(tmp_path
     text = render([run], "partial", "python -m lab.steps ...")
     assert "| + BTF (the teacher) | – | – | 85.00 | 71.00 | – |" in text
     assert "| selftrain/round-1/soft | 96.00 | 62.00 | 39.00 | 40.00 | yes |" in text
+
+
+def test_a_stages_wall_time_counts_every_run_of_it(tmp_path):
+    """A resumed stage's wall time is all its runs (``seconds_all_runs``), a linked twin's the
+    twin's own, a stage from before the record its last run; a round 1 taken from another
+    folder adds the seconds it took there."""
+    from lab.study import seconds_of
+
+    def stage(name, info, log=()):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "run.json").write_text(json.dumps(info))
+        if log:
+            (folder / "selftrain.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+        return folder
+
+    assert seconds_of(stage("resumed", {"seconds": 40.0, "seconds_all_runs": 100.0})) == 100.0
+    assert seconds_of(stage("old", {"seconds": 40.0})) == 40.0
+    twin = {"seconds": 30.0, "seconds_all_runs": 5.0, "shared_from": "x"}
+    assert seconds_of(stage("twin", twin)) == 30.0
+    shared = [{"step": "soft", "seconds": 7.0, "shared_from": "y"}, {"step": "hard", "seconds": 1}]
+    assert seconds_of(stage("partial", {"seconds": 10.0, "seconds_all_runs": 12.0}, shared)) == 19.0
+    with pytest.raises(ValueError, match="never finished"):
+        seconds_of(stage("stopped", {"seconds_all_runs": 3.0}))

@@ -723,3 +723,42 @@ def test_report_escapes_every_value_a_run_writes(ner_all, tmp_path):
     page, _ = build_report([copy])
     assert "<script" not in page and "<img src=x" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # shown, as text
+
+
+def test_a_resumed_stage_counts_the_seconds_of_every_run(tiny, tmp_path, monkeypatch):
+    """run.json's ``seconds`` is the last run of a stage; ``seconds_all_runs`` adds the runs it
+    continues (an interrupted run records its time as it stops), which is what a study's wall
+    times read. A stage run again from nothing counts from nothing."""
+    import dataclasses
+    import time
+
+    from xlt_engine.engine.experiment import registry
+    from xlt_engine.engine.experiment.execute import run_stage
+    from xlt_engine.engine.experiment.runs import stage_dir
+    from xlt_engine.quickstart import Sizes, prepare
+
+    cfg_path = prepare(tmp_path / "qs", seed=3, sizes=Sizes(train=60, dev=20, test=40))
+    cfg = load_config(cfg_path, ["btf.train.max_steps=2", f"out={str(tmp_path / 'run')!r}"])
+    real, get = registry.get("btf"), registry.get
+    calls = []
+
+    def run(stage_cfg, resume, echo, progress):  # the first run is stopped after 0.3 s
+        calls.append(resume)
+        time.sleep(0.3)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        # (the stand-in stopped before any checkpoint: the real stage starts from its step 0)
+        return real.run(stage_cfg, resume=False, echo=echo, progress=progress)
+
+    patched = dataclasses.replace(real, run=run)
+    monkeypatch.setattr(registry, "get", lambda name: patched if name == "btf" else get(name))
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(cfg, "btf", echo=None)
+    folder = stage_dir(cfg, "btf")
+    first = json.loads((folder / "run.json").read_text())
+    assert "seconds" not in first and first["seconds_all_runs"] >= 0.3
+    run_stage(cfg, "btf", resume=True, echo=None)
+    info = json.loads((folder / "run.json").read_text())
+    assert calls == [False, True]
+    assert info["seconds_all_runs"] == pytest.approx(first["seconds_all_runs"] + info["seconds"])
+    assert info["seconds"] >= 0.3

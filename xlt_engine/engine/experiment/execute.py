@@ -5,7 +5,9 @@ resumes or runs it, and records what it took. It reads the stage from the regist
 
 Every stage folder gets ``fingerprint.json`` (``runs``), ``config.json`` (the resolved
 experiment and stage configs) and ``run.json`` (package version, git sha, torch / Python
-versions, command line, world size, and once the stage is done its wall time ``seconds``).
+versions, command line, world size, and once the stage is done its wall time ``seconds``: this
+run of it; ``seconds_all_runs`` adds the runs a resumed stage continues, interrupted ones
+included, whose time each interrupted run records there as it stops).
 """
 
 from __future__ import annotations
@@ -182,6 +184,7 @@ def _result(spec: registry.Stage, plan) -> object:
 def _run_locked(cfg, stage, stage_cfg, plan, main, resume, echo, progress):
     spec = registry.get(stage)
     start = time.perf_counter()
+    earlier = _all_runs(plan.folder) if main else 0.0  # before run.json is written anew
     if main:
         removed = remove_debris(plan.folder)  # what a kill left half-written
         if removed and echo:
@@ -189,16 +192,22 @@ def _run_locked(cfg, stage, stage_cfg, plan, main, resume, echo, progress):
         plan.begin()
         write_run_info(plan.folder, cfg, stage, stage_cfg)
     resume = _take_partial(cfg, spec, plan, main, echo) or resume
-    if spec.main_only:  # rank 0 alone, and no collective: the others go on at once
-        if not main:
-            return None
-        result = spec.run(stage_cfg, resume=resume, echo=echo, progress=progress)
-    else:
-        distributed.barrier()
-        result = spec.run(stage_cfg, resume=resume, echo=echo, progress=progress)
+    earlier = earlier if resume else 0.0  # a stage run from nothing counts from nothing
+    try:
+        if spec.main_only:  # rank 0 alone, and no collective: the others go on at once
+            if not main:
+                return None
+            result = spec.run(stage_cfg, resume=resume, echo=echo, progress=progress)
+        else:
+            distributed.barrier()
+            result = spec.run(stage_cfg, resume=resume, echo=echo, progress=progress)
+    except BaseException:  # interrupted or failed: what it took counts when it is resumed
+        if main and (plan.folder / "run.json").is_file():
+            _record(plan.folder, seconds_all_runs=round(earlier + time.perf_counter() - start, 3))
+        raise
     seconds = time.perf_counter() - start
     if main:
-        record_seconds(plan.folder, seconds)
+        record_seconds(plan.folder, seconds, seconds_all_runs=round(earlier + seconds, 3))
         freed = 0 if cfg.keep_loop_checkpoints else drop_checkpoints(plan.folder)
     if echo and main:
         dropped = f" (dropped its loop checkpoints: {freed / 2**30:.2f} GiB)" if freed else ""
@@ -227,10 +236,23 @@ def _take_partial(cfg, spec: registry.Stage, plan, main: bool, echo) -> bool:
 def record_seconds(folder: Path, seconds: float | None, **extra) -> None:
     """Add the stage's wall time (this run of it: a resumed stage counts from its resume; None
     where unknown) and ``extra`` keys to its ``run.json``."""
+    _record(folder, seconds=None if seconds is None else round(seconds, 3), **extra)
+
+
+def _record(folder: Path, **keys) -> None:
     path = folder / "run.json"
     info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    info |= {"seconds": None if seconds is None else round(seconds, 3), **extra}
-    atomic_write_text(path, json.dumps(info, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(info | keys, indent=2) + "\n")
+
+
+def _all_runs(folder: Path) -> float:
+    """The seconds the stage's earlier runs in ``folder`` took, all of them (0 when none
+    recorded it: a folder from before the record, or a stage never started)."""
+    try:
+        info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        return float(info.get("seconds_all_runs") or 0.0)
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0.0
 
 
 def format_seconds(seconds: float) -> str:

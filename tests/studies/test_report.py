@@ -99,3 +99,27 @@ def test_self_trainings_checks_are_a_table_and_a_plot_per_step(tmp_path):
     assert re.findall(r"<td>([^<]*)</td>", rows[1][1]) == ["98.0", "80.0", "99.0", "–", "80.0"]
     assert figs.count == (0 if figs.plt is None else 1)
     assert checks_section(tmp_path, figs) == ""  # no log: no section
+
+
+def test_where_a_self_trainings_time_went_is_a_table(tmp_path):
+    """summary.json's ``wall``: a row per part with its seconds and share of the whole; none
+    without the record (a run from before it), and a damaged value does not break the page."""
+    import json
+
+    from xlt_engine.studies.report import wall_section
+
+    folder = tmp_path / "selftrain"
+    folder.mkdir()
+    assert wall_section(folder) == ""  # no summary yet
+    wall = {"training steps": 60.0, "forward-only passes": 30.0, "threshold arithmetic": 5.0,
+            "forward": 20.0, "shared": 0.0, "other": 5.0}  # fmt: skip
+    (folder / "summary.json").write_text(json.dumps({"wall": wall}))
+    page = wall_section(folder)
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td></tr>", page)
+    assert rows == [("training steps", "60.0", "60%"), ("forward-only passes", "30.0", "30%"),
+                    ("threshold arithmetic", "5.0", "5%"), ("other", "5.0", "5%")]  # fmt: skip
+    assert "model forwards: 20.0 s" in page
+    (folder / "summary.json").write_text(json.dumps({"wall": {"training steps": "<x>"}}))
+    assert "<x>" not in wall_section(folder)
+    (folder / "summary.json").write_text(json.dumps({"rounds": 1}))
+    assert wall_section(folder) == ""

@@ -201,6 +201,7 @@ def stage_section(folder: Path, figs: Figures) -> str:
     out.append(figs.training(records, bounds, name))
     if name.startswith("selftrain"):
         out.append(checks_section(folder, figs))
+        out.append(wall_section(folder))
         out.append(rounds_section(folder, figs))
     return "\n".join(out)
 
@@ -234,6 +235,26 @@ def checks_section(folder: Path, figs: Figures) -> str:
         "(a diagnostic: nothing is chosen by it)</p>"
     )
     return caption + _table(head, rows) + figs.checks(checks, folder.name)
+
+
+def wall_section(folder: Path) -> str:
+    """Where a self-training run's time went (summary.json's ``wall``: training steps, the
+    forward-only passes, the threshold's arithmetic, what no record covers)."""
+    path = folder / "summary.json"
+    summary = _read_json(path) if path.is_file() else None
+    wall = summary.get("wall") if isinstance(summary, dict) else None
+    if not isinstance(wall, dict):
+        return ""
+    parts = [k for k in ("training steps", "forward-only passes", "threshold arithmetic", "other")
+             if isinstance(wall.get(k), int | float)]  # fmt: skip
+    whole = sum(wall[k] for k in parts) or 1.0
+    rows = [[k, _num(wall[k], ".1f"), f"{100 * wall[k] / whole:.0f}%"] for k in parts]
+    note = (
+        f"; the passes' model forwards: {_num(wall.get('forward'), '.1f')} s"
+        if isinstance(wall.get("forward"), int | float)
+        else ""
+    )
+    return f"<p>Where the time went (seconds{note})</p>" + _table(["part", "s", "share"], rows)
 
 
 def _round_order(path: Path) -> tuple[int, int]:

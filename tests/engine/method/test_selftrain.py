@@ -1069,3 +1069,48 @@ def test_hard_steps_false_trains_no_hard_step_and_each_round_keeps_its_soft_stud
     assert _same_weights(out / "round-2" / "soft" / "model", out / "model")
     with pytest.raises(ValueError, match="hard_steps must be true or false"):
         st_config(base, teacher, data, tmp_path, hard_steps="no")
+
+
+def test_the_summary_says_where_the_time_went(st_run):
+    """summary.json's ``wall``: the records' seconds per part (training steps, forward-only
+    passes, the threshold's arithmetic), the passes' forwards, and what no record covers."""
+    out, _ = st_run
+    summary = json.loads((out / "summary.json").read_text())
+    wall, recs = summary["wall"], _records(out)
+
+    def secs(*steps):
+        return sum(r["seconds"] for r in recs if r["step"] in steps)
+
+    assert wall["training steps"] == pytest.approx(secs("soft", "hard"), abs=1e-3)
+    assert wall["training steps"] > 0
+    assert wall["forward-only passes"] == pytest.approx(
+        secs("teacher", "check", "filter"), abs=1e-3
+    )
+    assert wall["threshold arithmetic"] == pytest.approx(secs("threshold"), abs=1e-3)
+    assert 0 < wall["forward"] <= wall["forward-only passes"] and wall["shared"] == 0
+    assert wall["other"] >= 0
+
+
+def test_wall_breakdown_counts_each_part_once_and_a_twins_steps_apart():
+    from xlt_engine.engine.method.selftrain_rows import describe_wall, wall_breakdown
+
+    recs = [
+        {"step": "teacher", "seconds": 2.0, "forward_seconds": 1.5, "shared_from": "x"},
+        {"step": "soft", "seconds": 10.0, "shared_from": "x"},
+        {"step": "check", "seconds": 1.0, "forward_seconds": 0.5},
+        {"step": "threshold", "seconds": 0.5},
+        {"step": "filter", "seconds": 1.0, "forward_seconds": 0.8},
+        {"step": "hard", "seconds": 4.0},
+        {"step": "hard", "items": 0, "steps": 0, "skipped": "why"},  # no seconds: counts 0
+    ]
+    wall = wall_breakdown(recs, total=10.0)
+    assert wall == {
+        "training steps": 14.0,
+        "forward-only passes": 4.0,
+        "threshold arithmetic": 0.5,
+        "forward": 2.8,
+        "shared": 12.0,
+        "other": 3.5,  # 10 s of this run's wall, 6.5 s of it in its own records
+    }
+    assert describe_wall(wall).startswith("training steps 14.0 s (64%), forward-only passes 4.0 s")
+    assert "other" not in wall_breakdown(recs)

@@ -118,11 +118,13 @@ from xlt_engine.engine.method.selftrain_rows import (
     CHUNK_ITEMS,
     SoftBatches,
     StoreBatches,
+    describe_wall,
     distribution_chunked,
     encoder_digest,
     in_place,
     row_units,
     teacher_names,
+    wall_breakdown,
 )
 from xlt_engine.engine.method.settings import (
     FreezeSettings,
@@ -519,6 +521,7 @@ def run_selftrain(
 ) -> SelftrainResult:
     """Run (or, with ``resume``, continue) self-training: the method in the module docstring,
     step by step."""
+    started = time.perf_counter()
     out = Path(cfg.out)
     device = distributed.init(cfg.device)
     main = rank_world()[0] == 0
@@ -552,13 +555,17 @@ def run_selftrain(
 
     final = out / "model"
     if main:
+        # (a resumed run's records hold earlier runs' steps: no "other" against this run's wall)
+        wall = wall_breakdown(run.records, None if resume else time.perf_counter() - started)
         summary = {
             "rounds": cfg.rounds,
             "steps": [f"{w}{r}" for r, w in cfg.steps],
             "model": str(final),
             "collapsed": run.collapsed,
+            "wall": wall,
             "log": run.records,
         }
+        run.say(f"selftrain: where the time went: {describe_wall(wall)}")
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
         last = out / f"round-{cfg.steps[-1][0]}" / cfg.steps[-1][1] / "model"
         with atomic_folder(final) as tmp:  # the last step's model, linked: no third copy

@@ -291,6 +291,49 @@ def fidelity_counts(
     }
 
 
+WALL_PARTS = {  # a record's step -> the part of the stage's wall it is
+    "soft": "training steps",
+    "hard": "training steps",
+    "teacher": "forward-only passes",
+    "check": "forward-only passes",
+    "filter": "forward-only passes",
+    "threshold": "threshold arithmetic",
+}
+
+
+def wall_breakdown(records: list[dict], total: float | None = None) -> dict:
+    """Where a self-training run's time went, from its records: seconds per part
+    (``WALL_PARTS``: the soft and hard steps' training, the passes that only run the model
+    forward, i.e. teacher probabilities, checks and the filter, and the threshold's arithmetic),
+    of which ``forward`` the passes' model forwards alone, ``shared`` what steps taken from a
+    twin folder took there (in their parts too), and with ``total`` (this process's wall)
+    ``other``: what no record covers (loading, writing, waiting)."""
+    parts = dict.fromkeys(dict.fromkeys(WALL_PARTS.values()), 0.0)
+    forward = shared = 0.0
+    for r in records:
+        part = WALL_PARTS.get(r.get("step"))
+        secs = r.get("seconds") or 0.0
+        if part is None:
+            continue
+        parts[part] += secs
+        forward += r.get("forward_seconds") or 0.0
+        if "shared_from" in r:
+            shared += secs
+    out = {k: round(v, 3) for k, v in parts.items()}
+    out |= {"forward": round(forward, 3), "shared": round(shared, 3)}
+    if total is not None:
+        out["other"] = round(max(0.0, total - (sum(parts.values()) - shared)), 3)
+    return out
+
+
+def describe_wall(wall: dict) -> str:
+    """``training steps 177.0 s (86%), forward-only passes 20.1 s (10%), ...``"""
+    parts = [k for k in WALL_PARTS.values() if k in wall]
+    parts = list(dict.fromkeys([*parts, *(["other"] if "other" in wall else [])]))
+    whole = sum(wall[k] for k in parts) or 1.0
+    return ", ".join(f"{k} {wall[k]:.1f} s ({100 * wall[k] / whole:.0f}%)" for k in parts)
+
+
 def lost_classes(fidelity: dict, share: float = 0.01) -> list[str]:
     """The classes the teacher's argmax gives at least ``share`` of the target rows and the soft
     student's none (``fidelity_counts``' record): a soft step that did not fit its teacher

@@ -431,8 +431,8 @@ def ablate(
     no_table,
     progress,
 ) -> None:
-    """Run the ablation rows (Ours, -AT, -VM, -BTF, -ST, direct transfer) for every seed and
-    write the table (ablation.md, ablation.json) like the paper's tables 5 and 6; or, with
+    """Run the ablation rows (Ours, -AT, -VM, -BTF, -ST, direct transfer, soft only) for every
+    seed and write the table (ablation.md, ablation.json) like the paper's tables 5 and 6; or, with
     --study, its threshold table (threshold-study.md, .json), rounds table (rounds-study.md,
     .json) or paper 003's rows (cotrain-ablation.md, .json). The seeds' runs share every stage
     they have in common."""
@@ -460,8 +460,17 @@ def ablate(
 
         cfg = _experiment(config_path, overrides, out)
         kw = {"resume": resume, "echo": echo, "progress": progress}
-        if jobs > 1 and len(seed_list) > 1:
-            _ablate_seeds_side_by_side(cfg, config_path, overrides, fixed_threshold, rows, out)
+        if jobs > 1 and len(seed_list) > 1:  # the seeds side by side; below, the table
+            from xlt_engine.studies.jobs import ablate_args, run_seeds
+
+            args = ablate_args(config_path, overrides, fixed_threshold, rows, out, resume)
+            failed = {s: rc for s, rc in run_seeds(args, seed_list, jobs, click.echo, cfg).items()
+                      if rc != 0}  # fmt: skip
+            if failed:
+                said = ", ".join(f"seed {s} (exit {rc})" for s, rc in sorted(failed.items()))
+                fail(ValueError(f"--jobs {jobs}: {said} did not finish; the others did, and the "
+                                "same command continues (finished stages are reused)"))  # fmt: skip
+            click.echo(f"--jobs {jobs}: seeds {seed_list} finished; the table over them:")
         if study == "threshold":
             sweeps.run_threshold_study(cfg, seed_list, alpha_list, **kw)
         elif study == "rounds":
@@ -472,25 +481,6 @@ def ablate(
             ablate.run_ablate(
                 cfg, seed_list, fixed_threshold, rows=row_list, table=not no_table, **kw
             )
-
-    def _ablate_seeds_side_by_side(cfg, config_path, overrides, fixed_threshold, rows, out):
-        import torch
-
-        from xlt_engine.studies.jobs import run_seeds
-
-        args = ["ablate", "--config", str(config_path), "--no-progress"]
-        args += [a for o in overrides for a in ("--set", o)]
-        args += ["--fixed-threshold", repr(fixed_threshold)]
-        args += [*(["--rows", rows] if rows is not None else []), *(["--resume"] if resume else [])]
-        args += ["--out", str(out)] if out is not None else []
-        gpus = torch.cuda.device_count() if cfg.device != "cpu" and torch.cuda.is_available() else 0
-        status = run_seeds(args, seed_list, jobs, click.echo, gpus)
-        failed = {s: rc for s, rc in status.items() if rc != 0}
-        if failed:
-            said = ", ".join(f"seed {s} (exit {rc})" for s, rc in sorted(failed.items()))
-            fail(ValueError(f"--jobs {jobs}: {said} did not finish; the others did, and the same "
-                            "command continues (finished stages are reused)"))  # fmt: skip
-        click.echo(f"--jobs {jobs}: seeds {seed_list} finished; the table over them:")
 
     _run_guarded(go)
 

@@ -1,8 +1,8 @@
 """The paper's ablations: ``run_ablate`` makes every row of tables 5 and 6 (Ours, -AT, -VM,
 -BTF, -ST, direct transfer), soft only (no hard step: what the hard steps add) and, on
-request, Ours under each other pseudo-label rule (``rule = <name>``) and student start (``init = teacher``, ``init = teacher; rule = <name>``),
-for every seed, with a table of mean +- std over seeds per target and on
-average. With several sources also the method, -ST and direct transfer from each source alone
+request, Ours under each other pseudo-label rule (``rule = <name>``) and student start
+(``init = teacher``, ``init = teacher; rule = <name>``), for every seed, with a table of
+mean +- std over seeds per target and on average. With several sources also the method, -ST and direct transfer from each source alone
 (their runs in ``<s>-<target>`` beside the multi-source ``<s1>+<s2>-<target>``); ``rows`` makes
 only some rows, running only the stages they read. Each row is a config switch over
 ``engine.experiment.pipeline.run_all``'s runs, so rows share their common stages.

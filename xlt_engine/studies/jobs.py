@@ -40,6 +40,24 @@ def seed_env(i: int, jobs: int, gpus: int, env: dict[str, str]) -> dict[str, str
     return env
 
 
+def ablate_args(config_path, overrides, fixed_threshold: float, rows, out, resume: bool) -> list:
+    """The ``xlt-engine ablate`` arguments of one seed's process (``run_seeds`` adds ``--seeds S
+    --no-table``): the caller's config, overrides, -AT alpha, rows, folder and ``--resume``."""
+    args = ["ablate", "--config", str(config_path), "--no-progress"]
+    args += [a for o in overrides for a in ("--set", o)]
+    args += ["--fixed-threshold", repr(fixed_threshold)]
+    args += ["--rows", rows] if rows is not None else []
+    args += ["--out", str(out)] if out is not None else []
+    return args + (["--resume"] if resume else [])
+
+
+def _gpus(cfg) -> int:
+    """The GPUs the seeds' processes are spread over: none for a config on the CPU."""
+    import torch
+
+    return torch.cuda.device_count() if cfg.device != "cpu" and torch.cuda.is_available() else 0
+
+
 def _forward(stream, prefix: str, echo: Callable[[str], None]) -> None:
     for line in stream:
         echo(f"{prefix}{line.rstrip()}")
@@ -47,12 +65,13 @@ def _forward(stream, prefix: str, echo: Callable[[str], None]) -> None:
 
 
 def run_seeds(
-    args: list[str], seeds: list[int], jobs: int, echo: Callable[[str], None], gpus: int = 0
+    args: list[str], seeds: list[int], jobs: int, echo: Callable[[str], None], cfg=None
 ) -> dict[int, int]:
-    """Run ``xlt-engine <args> --seeds S --no-table`` for every seed, ``jobs`` at a time;
-    returns each seed's exit status (0: finished)."""
+    """Run ``xlt-engine <args> --seeds S --no-table`` for every seed, ``jobs`` at a time, over
+    ``cfg``'s GPUs (none without a config); returns each seed's exit status (0: finished)."""
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    gpus = _gpus(cfg) if cfg is not None else 0
     pending = list(enumerate(seeds))
     running: list[tuple[int, subprocess.Popen, threading.Thread]] = []
     status: dict[int, int] = {}

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from xlt_engine.engine.experiment import registry
 from xlt_engine.engine.experiment.runs import FINGERPRINT
+from xlt_engine.engine.method.selftrain_rows import wall_shares
 from xlt_engine.fileio import atomic_write_text, claim_output, loads_json, read_jsonl, record_output
 from xlt_engine.studies.figures import NO_PLOTS, Figures
 from xlt_engine.studies.tables import mean_std
@@ -245,16 +246,12 @@ def wall_section(folder: Path) -> str:
     wall = summary.get("wall") if isinstance(summary, dict) else None
     if not isinstance(wall, dict):
         return ""
-    parts = [k for k in ("training steps", "forward-only passes", "threshold arithmetic", "other")
-             if isinstance(wall.get(k), int | float)]  # fmt: skip
-    whole = sum(wall[k] for k in parts) or 1.0
-    rows = [[k, _num(wall[k], ".1f"), f"{100 * wall[k] / whole:.0f}%"] for k in parts]
-    note = (
-        f"; the passes' model forwards: {_num(wall.get('forward'), '.1f')} s"
-        if isinstance(wall.get("forward"), int | float)
-        else ""
+    rows = [[k, _num(v, ".1f"), f"{100 * share:.0f}%"] for k, v, share in wall_shares(wall)]
+    forward = wall.get("forward")
+    note = f"; the passes' model forwards: {_num(forward, '.1f')} s" if forward is not None else ""
+    return f"<p>Where the time went (seconds{html.escape(note)})</p>" + _table(
+        ["part", "s", "share"], rows
     )
-    return f"<p>Where the time went (seconds{note})</p>" + _table(["part", "s", "share"], rows)
 
 
 def _round_order(path: Path) -> tuple[int, int]:

@@ -308,7 +308,7 @@ def wall_breakdown(records: list[dict], total: float | None = None) -> dict:
     of which ``forward`` the passes' model forwards alone, ``shared`` what steps taken from a
     twin folder took there (in their parts too), and with ``total`` (this process's wall)
     ``other``: what no record covers (loading, writing, waiting)."""
-    parts = dict.fromkeys(dict.fromkeys(WALL_PARTS.values()), 0.0)
+    parts = dict.fromkeys(WALL_PARTS.values(), 0.0)
     forward = shared = 0.0
     for r in records:
         part = WALL_PARTS.get(r.get("step"))
@@ -326,12 +326,18 @@ def wall_breakdown(records: list[dict], total: float | None = None) -> dict:
     return out
 
 
+def wall_shares(wall: dict) -> list[tuple[str, float, float]]:
+    """``wall_breakdown``'s parts (and ``other``) as (part, seconds, share of their sum); a part
+    that is missing or not a number (a damaged summary) is left out."""
+    names = [*dict.fromkeys(WALL_PARTS.values()), "other"]
+    parts = [(k, wall[k]) for k in names if type(wall.get(k)) in (int, float)]
+    whole = sum(v for _, v in parts) or 1.0
+    return [(k, v, v / whole) for k, v in parts]
+
+
 def describe_wall(wall: dict) -> str:
     """``training steps 177.0 s (86%), forward-only passes 20.1 s (10%), ...``"""
-    parts = [k for k in WALL_PARTS.values() if k in wall]
-    parts = list(dict.fromkeys([*parts, *(["other"] if "other" in wall else [])]))
-    whole = sum(wall[k] for k in parts) or 1.0
-    return ", ".join(f"{k} {wall[k]:.1f} s ({100 * wall[k] / whole:.0f}%)" for k in parts)
+    return ", ".join(f"{k} {v:.1f} s ({100 * share:.0f}%)" for k, v, share in wall_shares(wall))
 
 
 def lost_classes(fidelity: dict, share: float = 0.01) -> list[str]:

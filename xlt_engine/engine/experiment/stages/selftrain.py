@@ -4,8 +4,8 @@ source with ``multi_source = "teachers"``), each round's student restored from
 ``selftrain.base``. Folders: ``selftrain``, ``selftrain-direct`` (from the pretrained model),
 with ``-voters<M>`` / ``-linear``, ``-alpha<A>`` (a fixed threshold), ``-rounds<N>``,
 ``-<rule name>``, ``-src<filter>``, ``-init_<student_init>`` and ``-softonly`` (no hard
-steps) where they differ from the paper's. Folders that differ only in what acts after round 1's soft step share that step: a new
-one takes it from a finished twin (``Partial``)."""
+steps) where they differ from the paper's. Folders that differ only in what acts after round
+1's soft step share that step: a new one takes it from a finished twin (``Partial``)."""
 
 from __future__ import annotations
 

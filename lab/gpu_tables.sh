@@ -13,6 +13,10 @@
 #   run(carry=[".gpu_tables_cls", ".whl_min"], timeout_s=600, command="TABLE=cls WHEELS=.whl_min bash lab/gpu_tables.sh run")
 #   bash lab/gpu_tables.sh dry-run [JOB...]   # here: the jobs on CPU at tiny sizes, one at a time
 #   bash lab/gpu_tables.sh list               # the jobs (name | settings | target | seed | rows)
+#   TABLE=cls JOBS="cls_de_s1 cls_fr_s1" ROWS="Ours,- ST" bash lab/gpu_tables.sh cpu   # no GPU lent:
+#       the same jobs on this machine's CPU at full size, PARALLEL (default: the cores) at a time,
+#       one thread each, no budget; run it again to resume (finished stages are reused, a stopped
+#       step restarts from its checkpoint). Work folder: WORK_DIR (default runs/tables_cpu_TABLE).
 #
 # TABLE=conll (default): the CoNLL rows the 2026-11-26 H200 loan left open
 # (lab/results/gpu_h200_20261126: Ours, - ST and direct transfer at 3 seeds and Spanish seed 1's
@@ -57,7 +61,7 @@ FULL="--config configs/e5-small-conll.toml --set data.max_train=1000000 --set da
 CLS="--config configs/e5-small-cls.toml --set data.max_train=1000000 --set data.max_unlabeled=1000000"
 # one job a line: name | settings | target | seed | rows. The main rows on every target at seeds
 # 1-3 (seed-major, so that each seed's targets start together), then the ablation rows at seed 1
-jobs() {  # PREFIX SETTINGS "TARGETS" MAIN_ROWS "ABLATION TARGETS"
+job_lines() {  # PREFIX SETTINGS "TARGETS" MAIN_ROWS "ABLATION TARGETS"
   local s t r
   for s in 1 2 3; do for t in $3; do echo "$1_${t}_s$s|$2|$t|$s|$4"; done; done
   for t in $5; do for r in at vm btf; do
@@ -65,9 +69,9 @@ jobs() {  # PREFIX SETTINGS "TARGETS" MAIN_ROWS "ABLATION TARGETS"
   done; done
 }
 if [ "$table" = cls ]; then
-  JOB_LIST=$(jobs cls CLS "de fr jp" "Ours,- ST,direct transfer,soft only" "de")
+  JOB_LIST=$(job_lines cls CLS "de fr jp" "Ours,- ST,direct transfer,soft only" "de")
 else  # Ours and - ST again beside soft only: it takes round 1's soft step from Ours' folder
-  JOB_LIST=$(jobs conll FULL "esp ned deu" "Ours,- ST,soft only" "ned deu")
+  JOB_LIST=$(job_lines conll FULL "esp ned deu" "Ours,- ST,soft only" "ned deu")
 fi
 
 case "$mode" in
@@ -83,13 +87,15 @@ case "$mode" in
     ;;
   run) device=cuda work="${WORK_DIR:-/tmp/gpu_tables_$table}" model="models/e5-small-gpu-$table" budget="${BUDGET:-500}"
     sizes=() ;;
+  cpu) device=cpu work="${WORK_DIR:-runs/tables_cpu_$table}" model="models/e5-small-gpu-$table" budget=0
+    sizes=() ;;
   dry-run) device=cpu work="${DRY_DIR:-/tmp/gpu_tables_dry}" model="${DRY_DIR:-/tmp/gpu_tables_dry}/model"
     budget="${BUDGET:-900}" JOBS="${*:-${JOBS:-}}"
     sizes=(--set data.max_train=24 --set data.max_unlabeled=24 --set data.max_dev=8 --set data.max_test=16
       --set model.max_len=32 --set btf.epoch_size=32 --set btf.train.epochs=1 --set finetune.train.epochs=1
       --set selftrain.soft.epochs=1 --set btf.batch_size=8 --set finetune.batch_size=8 --set selftrain.batch_size=8)
     ;;
-  *) echo "usage: [TABLE=conll|cls] bash lab/gpu_tables.sh list | prepare | run | dry-run [JOB...]  (JOBS=\"name ...\", BUDGET=S)" >&2; exit 2 ;;
+  *) echo "usage: [TABLE=conll|cls] bash lab/gpu_tables.sh list | prepare | run | cpu | dry-run [JOB...]  (JOBS=\"name ...\", ROWS=\"a,b\", BUDGET=S, PARALLEL=N)" >&2; exit 2 ;;
 esac
 
 dest="${OUT:-$work/out}"
@@ -133,6 +139,7 @@ while IFS='|' read -r name settings target seed rows; do
   [ -n "$name" ] || continue
   if [ -n "${JOBS:-}" ] && [[ " $JOBS " != *" $name "* ]]; then continue; fi
   eval "set_args=(${!settings})"
+  rows="${ROWS:-$rows}"
   cmd=("$py" -m lab.study "${set_args[@]}" --name "gpu_tables_$name" --seeds "$seed" --rows "$rows"
     --out "$work/runs/$name" --results "$work/reports"
     --how "lab/gpu_tables.sh job $name ($settings): target $target, seed $seed, on $device"
@@ -141,6 +148,9 @@ while IFS='|' read -r name settings target seed rows; do
   if [ "$device" = cuda ]; then  # side by side
     timeout -s TERM --kill-after=30 "$budget" "${cmd[@]}" > "$work/logs/$name.log" 2>&1 &
     pids+=($!) names+=("$name") starts+=($SECONDS)
+  elif [ "$mode" = cpu ]; then  # side by side, PARALLEL at a time, no budget
+    while [ "$(jobs -rp | wc -l)" -ge "${PARALLEL:-$(nproc)}" ]; do wait -n; done
+    ( s=$SECONDS; "${cmd[@]}" >> "$work/logs/$name.log" 2>&1; log "$name" $? $((SECONDS - s)) ) &
   else  # the dry run: one at a time on the CPU
     s=$SECONDS
     timeout -s TERM --kill-after=30 "$budget" "${cmd[@]}" > "$work/logs/$name.log" 2>&1
@@ -151,6 +161,7 @@ for i in "${!pids[@]}"; do
   wait "${pids[$i]}"
   log "${names[$i]}" $? $((SECONDS - starts[i]))
 done
+wait  # the cpu mode's jobs
 [ -n "${smi:-}" ] && kill "$smi" 2>/dev/null
 grep -h "rc=" "$work/steps.txt" | awk '{print $2}' | sort | uniq -c
 echo "done at $((SECONDS - t0)) s"

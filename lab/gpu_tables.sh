@@ -149,8 +149,8 @@ while IFS='|' read -r name settings target seed rows; do
     timeout -s TERM --kill-after=30 "$budget" "${cmd[@]}" > "$work/logs/$name.log" 2>&1 &
     pids+=($!) names+=("$name") starts+=($SECONDS)
   elif [ "$mode" = cpu ]; then  # side by side, PARALLEL at a time, no budget
-    while [ "$(jobs -rp | wc -l)" -ge "${PARALLEL:-$(nproc)}" ]; do wait -n; done
-    ( s=$SECONDS; "${cmd[@]}" >> "$work/logs/$name.log" 2>&1; log "$name" $? $((SECONDS - s)) ) &
+    while [ "$(jobs -rp | wc -l)" -ge "${PARALLEL:-$(getconf _NPROCESSORS_ONLN)}" ]; do wait -n; done  # not nproc: it reads OMP_NUM_THREADS
+    ( s=$SECONDS; "${cmd[@]}" < /dev/null >> "$work/logs/$name.log" 2>&1; log "$name" $? $((SECONDS - s)) ) &
   else  # the dry run: one at a time on the CPU
     s=$SECONDS
     timeout -s TERM --kill-after=30 "$budget" "${cmd[@]}" > "$work/logs/$name.log" 2>&1

@@ -42,7 +42,8 @@ from xlt_engine.engine.experiment.runs import (
     stage_dir,
     with_section,
 )
-from xlt_engine.fileio import link_tree, read_jsonl
+from xlt_engine.fileio import link_tree
+from xlt_engine.inputs import read_jsonl
 from xlt_engine.studies.sweeps import run_rounds_study
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ from xlt_engine.engine.experiment.config import load_config
 from xlt_engine.engine.experiment.pipeline import pair_configs
 from xlt_engine.engine.experiment.runs import model_stage, stage_dir, with_linear_head, with_section
 from xlt_engine.engine.experiment.stages.selftrain import teacher_models
-from xlt_engine.fileio import read_jsonl
+from xlt_engine.inputs import read_jsonl
 from xlt_engine.studies.ablate import ABLATION_ROWS, method_rows, run_ablate, with_changes
 from xlt_engine.studies.tables import ablation_table
 

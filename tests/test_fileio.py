@@ -82,7 +82,8 @@ def test_a_torn_last_log_record_is_skipped_with_a_warning_and_a_bad_middle_one_i
     tmp_path,
 ):
     """A kill while selftrain.jsonl was appended made the resume crash with JSONDecodeError."""
-    from xlt_engine.fileio import append_jsonl, read_jsonl
+    from xlt_engine.fileio import append_jsonl
+    from xlt_engine.inputs import read_jsonl
 
     log = tmp_path / "selftrain.jsonl"
     append_jsonl(log, {"round": 1, "step": "soft"})

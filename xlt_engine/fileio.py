@@ -11,13 +11,14 @@ import os
 import re
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 import numpy as np
+
+from xlt_engine.inputs import read_json, read_safetensors_header
 
 
 def current_umask() -> int:
@@ -246,28 +247,6 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The records of an append-only JSON-lines log. A torn last line (a kill while it was
-    written) is skipped with a warning naming the file; a bad line before it is an error naming
-    file and line."""
-    path = Path(path)
-    lines = path.read_text(encoding="utf-8").split("\n")
-    records = []
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            records.append(loads_json(line, path, i + 1))
-        except json.JSONDecodeError as err:
-            if i == len(lines) - 1:  # no newline after it: the write was cut
-                warnings.warn(
-                    f"{path}:{i + 1}: a torn last record is skipped ({err})", stacklevel=2
-                )
-                break
-            raise ValueError(f"{path}:{i + 1}: not a JSON record ({err})") from None
-    return records
-
-
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     with atomic_file(path) as f:
         f.write(data)
@@ -324,12 +303,7 @@ def create_safetensors(
 def open_safetensors(path: str | Path, mode: str = "r") -> dict[str, np.ndarray]:
     """The tensors of a safetensors file as numpy memory maps (``mode`` ``r`` or ``r+``)."""
     path = Path(path)
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: not a safetensors file ({err})") from None
+    header, start = read_safetensors_header(path)
     out = {}
     for name, spec in header.items():
         if name == "__metadata__":
@@ -342,70 +316,8 @@ def open_safetensors(path: str | Path, mode: str = "r") -> dict[str, np.ndarray]
         if hi == lo:
             out[name] = np.zeros(shape, dtype=dtype)
         else:
-            out[name] = np.memmap(path, dtype=dtype, mode=mode, offset=8 + n + lo, shape=shape)
+            out[name] = np.memmap(path, dtype=dtype, mode=mode, offset=start + lo, shape=shape)
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# strict JSON: a duplicated key is an error naming the file and line, never "the last one wins"
-
-_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]]')
-
-
-def duplicate_json_key(text: str) -> tuple[int, str] | None:
-    """(line, key) of the first key that repeats within one JSON object of ``text`` (a
-    document the json module parses), or None. Strings are skipped whole, so braces and
-    quotes inside them do not count."""
-    stack: list[set | None] = []
-    for m in _JSON_TOKEN.finditer(text):
-        tok = m.group()
-        if tok in "{[":
-            stack.append(set() if tok == "{" else None)
-        elif tok in "}]":
-            if stack:
-                stack.pop()
-        elif stack and stack[-1] is not None:
-            rest = text[m.end() : m.end() + 64].lstrip()
-            if rest.startswith(":"):  # a key, not a value
-                key = json.loads(tok)
-                if key in stack[-1]:
-                    return text.count("\n", 0, m.start()) + 1, key
-                stack[-1].add(key)
-    return None
-
-
-def _refuse_duplicates(pairs: list[tuple[str, object]]) -> dict:
-    out = dict(pairs)
-    if len(out) != len(pairs):
-        raise _DuplicateKey
-    return out
-
-
-class _DuplicateKey(Exception):
-    pass
-
-
-class DuplicateKeyError(ValueError):
-    """A structured file names one key (field, element) twice: refused, never "the last one
-    wins"; the message names the file and line."""
-
-
-def loads_json(text: str | bytes, where: str | Path, line: int | None = None):
-    """``json.loads`` that refuses a key given twice in one object (``ValueError`` naming
-    ``where`` and the line: ``line``, for one line of a JSON-lines file, or the line in
-    ``text``); other JSON errors are ``json.JSONDecodeError`` as ever."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    try:
-        return json.loads(text, object_pairs_hook=_refuse_duplicates)
-    except _DuplicateKey:
-        found = duplicate_json_key(text)
-        at, key = found if found is not None else (1, "?")
-        shown = key if len(key) <= 80 else key[:77] + "..."
-        raise DuplicateKeyError(
-            f"{where}:{line or at}: the key {shown!r} is given twice in one object; "
-            "keep one (a reader would silently take the last)"
-        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,7 +328,7 @@ LEDGER = ".xlt-engine-outputs.json"  # in a folder: what the engine wrote there,
 
 def _ledger(folder: Path) -> dict:
     try:
-        doc = json.loads((folder / LEDGER).read_text(encoding="utf-8"))
+        doc = read_json(folder / LEDGER)
     except (OSError, ValueError):
         return {}
     return doc if isinstance(doc, dict) else {}

@@ -17,7 +17,7 @@ from xlt_engine.data.marc import read_marc
 from xlt_engine.data.parallel import read_parallel
 from xlt_engine.data.text import read_labeled
 from xlt_engine.data.tokenizer import load_tokenizer
-from xlt_engine.fileio import DuplicateKeyError, duplicate_json_key, loads_json, read_jsonl
+from xlt_engine.inputs import DuplicateKeyError, duplicate_json_key, loads_json, read_jsonl
 from xlt_engine.model import BertConfig
 
 # ---- the strict JSON reader, on random documents
@@ -181,7 +181,9 @@ def test_a_config_json_beyond_a_sane_size_is_refused_before_it_is_read(tmp_path,
     path = tmp_path / "config.json"
     path.write_text("{" + " " * 5000 + "not json")
     monkeypatch.setattr(model_config, "CONFIG_MAX_BYTES", 4096)
-    with pytest.raises(ValueError, match=r"5,009 bytes is far too large for a model config"):
+    with pytest.raises(
+        ValueError, match=r"config.json: 5,009 bytes, over the 4,096 this reader accepts"
+    ):
         BertConfig.from_json(path)  # the size, not the JSON error: never parsed
 
 

@@ -207,7 +207,7 @@ def test_bad_vocab_files(tmp_path):
     with pytest.raises(ValueError, match=r"special tokens missing.*\[CLS\]"):
         load_tokenizer(p)
     p.write_bytes(b"[PAD]\n\xff\xfe\n")
-    with pytest.raises(ValueError, match="line 2: not UTF-8"):
+    with pytest.raises(ValueError, match=r"vocab.txt:2: not UTF-8"):
         load_tokenizer(p)
     p.write_text("")
     with pytest.raises(ValueError, match="empty vocabulary"):

@@ -57,6 +57,7 @@ from xlt_engine.bench.cases import (
     voter_cases,
 )
 from xlt_engine.fileio import atomic_write_text
+from xlt_engine.inputs import read_json
 from xlt_engine.provenance import environment, result_file, version
 
 # --- timing ----------------------------------------------------------------------------------
@@ -311,7 +312,7 @@ def save(record: dict, out_dir: Path, device: torch.device) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = result_file(out_dir, "kernels", device)
     csv_path = json_path.with_suffix(".csv")
-    runs = json.loads(json_path.read_text()) if json_path.exists() else []
+    runs = read_json(json_path) if json_path.exists() else []
     runs.append(record)
     atomic_write_text(json_path, json.dumps(runs, indent=1, allow_nan=False) + "\n")
     fields = [

@@ -11,6 +11,7 @@ import click
 
 from xlt_engine.cli.options import fail, file_option, overwrite_option
 from xlt_engine.fileio import check_writable, claim_output, record_output
+from xlt_engine.inputs import read_json
 
 
 @click.command()
@@ -77,7 +78,6 @@ def export(model: Path, out: Path, overwrite: bool) -> None:
     folder (BertForTokenClassification, XLMRobertaForSequenceClassification, ...: id2label and
     label2id included), so AutoModelFor...Classification and pipeline("ner") load it. The
     Voters Module has no exact transformers equivalent and is refused, with the reason."""
-    import json
 
     from xlt_engine.model.export import export_hf
 
@@ -86,7 +86,7 @@ def export(model: Path, out: Path, overwrite: bool) -> None:
         folder = export_hf(model, out, overwrite=overwrite)
     except ValueError as err:
         fail(err)
-    arch = json.loads((folder / "config.json").read_text(encoding="utf-8"))["architectures"][0]
+    arch = read_json(folder / "config.json")["architectures"][0]
     click.echo(f"wrote {folder} ({arch}); load it with transformers' AutoModelFor... classes")
 
 

@@ -27,6 +27,7 @@ import numpy as np
 from xlt_engine.data.text import iter_text
 from xlt_engine.data.tokenizer import WordPieceTokenizer
 from xlt_engine.fileio import atomic_write_text, file_sha256, fsync_dir, temp_dir_beside
+from xlt_engine.inputs import read_json
 
 FORMAT = 1
 
@@ -91,7 +92,7 @@ class TokenCache:
         self.folder = Path(folder)
         meta_path = self.folder / "meta.json"
         try:
-            self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            self.meta = read_json(meta_path)
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"{meta_path}: not a token cache ({err})") from None
         if self.meta.get("format") != FORMAT:

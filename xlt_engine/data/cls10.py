@@ -21,7 +21,7 @@ from pathlib import Path
 from xml.parsers import expat
 
 from xlt_engine.data.examples import Example, TextDataset, parse_stars, read_bytes
-from xlt_engine.fileio import DuplicateKeyError
+from xlt_engine.inputs import DuplicateKeyError
 
 CLS_LABELS = ("negative", "positive")
 # XML's own whitespace (the S production of XML 1.0): what is stripped from a field's edges; any

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xlt_engine.inputs import check_regular
+
 
 @dataclass(frozen=True)
 class Example:
@@ -71,6 +73,7 @@ def read_bytes(path: Path, what: str, allow_empty: bool = False) -> bytes:
     """The whole file; a missing file, a folder or (unless ``allow_empty``) an empty file is an
     error naming it."""
     try:
+        check_regular(path, what)
         data = path.read_bytes()
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None
@@ -160,6 +163,7 @@ def iter_lines(
     and column. Lines end at the byte ``\n`` (as with UTF-8 and the single-byte encodings)."""
     path = Path(path)
     try:
+        check_regular(path)
         f = open(path, "rb")  # noqa: SIM115 (closed by the with below; open errors named here)
     except FileNotFoundError:
         raise ValueError(f"{path}: no such file") from None

@@ -21,7 +21,7 @@ from xlt_engine.data.examples import (
     parse_stars,
     read_bytes,
 )
-from xlt_engine.fileio import DuplicateKeyError
+from xlt_engine.inputs import DuplicateKeyError
 
 
 def stars_label(stars: int) -> str | None:

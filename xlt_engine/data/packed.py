@@ -54,6 +54,7 @@ from xlt_engine.data.task import (
 from xlt_engine.data.text import iter_text
 from xlt_engine.data.tokenizer import WordPieceTokenizer
 from xlt_engine.fileio import atomic_folder, atomic_write_text, file_sha256
+from xlt_engine.inputs import read_json
 
 STORE_FORMAT = 1
 TEXT = "text"  # plain text, one example per non-blank line (NER: words split on spaces / tabs)
@@ -343,7 +344,7 @@ def open_store(folder: str | Path) -> Encoded:
     ``aligned`` None)."""
     folder = Path(folder)
     try:
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        meta = read_json(folder / "meta.json")
     except (OSError, json.JSONDecodeError) as err:
         raise ValueError(f"{folder}: not a packed task store ({err})") from None
     if meta.get("store_format") != STORE_FORMAT:

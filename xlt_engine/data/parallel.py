@@ -22,7 +22,8 @@ import numpy as np
 
 from xlt_engine.data.examples import check_file, iter_lines, quoted
 from xlt_engine.data.xnli import read_xnli
-from xlt_engine.fileio import atomic_write_text, loads_json
+from xlt_engine.fileio import atomic_write_text
+from xlt_engine.inputs import loads_json
 
 _KEYS = ("id", "text", "label", "language", "translation")
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from xlt_engine.data.examples import BLANK, Example, TextDataset, check_file, iter_lines, quoted
-from xlt_engine.fileio import DuplicateKeyError, loads_json
+from xlt_engine.inputs import DuplicateKeyError, loads_json
 
 
 def read_labeled(path: str | Path, format: str | None = None) -> TextDataset:

@@ -37,7 +37,8 @@ from tokenizers import (
 )
 
 from xlt_engine.data.examples import quoted
-from xlt_engine.fileio import atomic_write_text, loads_json
+from xlt_engine.fileio import atomic_write_text
+from xlt_engine.inputs import read_json, read_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 ROLES = ("pad", "unk", "cls", "sep", "mask")  # the order of SPECIAL_TOKENS
@@ -218,10 +219,7 @@ class WordPieceTokenizer(SubwordTokenizer):
 def read_vocab(path: Path) -> list[str]:
     """One token per line; id = line number. Errors name the file and line."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        line = path.read_bytes()[: err.start].count(b"\n") + 1
-        raise ValueError(f"{path}: line {line}: not UTF-8") from None
+        text = read_text(path)
     except OSError as err:
         raise ValueError(f"{path}: cannot read vocabulary ({err.strerror or err})") from None
     tokens = text.split("\n")
@@ -281,7 +279,7 @@ def build_wordpiece(vocab: list[str], settings: TokenizerSettings) -> Tokenizer:
 
 def _read_json(path: Path) -> dict:
     try:
-        raw = loads_json(path.read_text(encoding="utf-8"), path)
+        raw = read_json(path)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
     if not isinstance(raw, dict):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xlt_engine.fileio import loads_json
+from xlt_engine.inputs import parse_json, read_text
 
 CONFIG_MAX_BYTES = 1 << 24  # 16 MiB: Hugging Face configs are a few KB (id2label included)
 
@@ -195,23 +195,16 @@ class BertConfig:
         file over ``CONFIG_MAX_BYTES`` is refused before it is read, a key given twice too."""
         path = Path(path)
         try:
-            size = path.stat().st_size
-            if size > CONFIG_MAX_BYTES:
-                raise ValueError(
-                    f"{path}: {size:,} bytes is far too large for a model config (at most "
-                    f"{CONFIG_MAX_BYTES:,}; Hugging Face's are a few KB): is it the right file?"
-                )
-            text = path.read_text(encoding="utf-8")
+            text = read_text(path, limit=CONFIG_MAX_BYTES)
         except OSError as err:
             raise ValueError(f"{path}: cannot read config ({err.strerror or err})") from None
         try:
-            raw = loads_json(text, path)
+            raw = parse_json(text, path)
         except json.JSONDecodeError as err:
             raise ValueError(
-                f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}"
+                f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: "
+                f"{getattr(err, 'reason', err.msg)}"
             ) from None
-        except RecursionError:
-            raise ValueError(f"{path}: invalid config: JSON nested too deeply") from None
         return cls.from_dict(raw, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from xlt_engine.fileio import atomic_folder, claim_output, record_output
+from xlt_engine.inputs import read_json
 from xlt_engine.model.checkpoint import NonFiniteWeights
 from xlt_engine.model.config import BertConfig
 from xlt_engine.model.heads import LINEAR
@@ -86,7 +87,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, overwrite: bool = Fals
     why = exportable(meta)
     if why is not None:
         raise ValueError(f"{model_dir}: cannot be exported as a transformers model: {why}")
-    cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    cfg = read_json(model_dir / "config.json")
     model_type = BertConfig.from_json(model_dir / "config.json").model_type
     cls, prefix = CLASSES[(model_type, meta["kind"])]
     stored = load_file(str(model_dir / "model.safetensors"))

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from xlt_engine.fileio import loads_json
+from xlt_engine.inputs import read_json
 from xlt_engine.model.bert import BertEncoder
 from xlt_engine.model.checkpoint import NonFiniteWeights, load_encoder, save_pretrained
 from xlt_engine.model.heads import VotersModule
@@ -171,7 +171,7 @@ def read_task_meta(path: str | Path) -> dict:
             "needs the finetune stage first)"
         )
     try:
-        meta = loads_json(meta_path.read_text(encoding="utf-8"), meta_path)
+        meta = read_json(meta_path)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{meta_path}: not valid JSON: {err}") from None
     for key in ("kind", "labels", "num_voters", "widths", "dropout"):

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from xlt_engine.fileio import loads_json
+from xlt_engine.inputs import read_json, read_safetensors_header
 
 # Hugging Face key (after the ``bert.`` prefix is stripped and gamma/beta renamed) <-> our name
 # in BertForMLM. ``{i}`` is a layer index, ``{p}`` is weight or bias; the table reads both ways.
@@ -52,15 +52,12 @@ class _SafetensorsSource(WeightSource):
 
     def __init__(self, path: Path):
         self.path = path
+        header, self._data_start = read_safetensors_header(path)  # first: names once, a file
         try:
             with safe_open(str(path), framework="pt", device="cpu") as f:
                 keys = list(f.keys())
-            with open(path, "rb") as fh:
-                n = int.from_bytes(fh.read(8), "little")
-                header = json.loads(fh.read(n))
         except (SafetensorError, OSError, ValueError) as err:
             raise ValueError(f"{path}: corrupt or truncated safetensors file ({err})") from None
-        self._data_start = 8 + n
         # key -> (dtype name, shape, begin, end); offsets relative to the data section
         self._meta = {
             k: (header[k]["dtype"], tuple(header[k]["shape"]), *header[k]["data_offsets"])
@@ -156,7 +153,7 @@ def open_weights(path: Path) -> WeightSource:
 def read_index(path: Path) -> list[Path]:
     """Shard files named by a ``*.index.json`` (in first-seen order)."""
     try:
-        raw = loads_json(path.read_text(encoding="utf-8"), path)
+        raw = read_json(path)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from None
     except OSError as err:

@@ -36,7 +36,8 @@ from pathlib import Path
 from xlt_engine.engine.experiment import registry
 from xlt_engine.engine.experiment.runs import FINGERPRINT
 from xlt_engine.engine.method.selftrain_rows import wall_shares
-from xlt_engine.fileio import atomic_write_text, claim_output, loads_json, read_jsonl, record_output
+from xlt_engine.fileio import atomic_write_text, claim_output, record_output
+from xlt_engine.inputs import read_json, read_jsonl, read_text
 from xlt_engine.studies.figures import NO_PLOTS, Figures
 from xlt_engine.studies.tables import mean_std
 
@@ -56,7 +57,7 @@ img { max-width: 100%; border: 1px solid #eee; }
 
 def _read_json(path: Path):
     try:
-        return loads_json(path.read_text(encoding="utf-8"), path)
+        return read_json(path)
     except (OSError, ValueError) as err:
         raise ValueError(f"{path}: cannot read: {err}") from None
 
@@ -383,7 +384,7 @@ def confusion_table(confusion: dict[str, dict[str, int]]) -> str:
 
 
 def _folded(title: str, path: Path) -> str:
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     return (
         f"<details><summary>{html.escape(title)}</summary><pre>{html.escape(text)}</pre></details>"
     )

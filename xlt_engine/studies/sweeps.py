@@ -7,8 +7,6 @@ same folder (``tables.with_earlier_rows``). Scored on the test files, or with
 
 from __future__ import annotations
 
-import json
-
 from xlt_engine.engine.experiment.ablations import fixed_threshold
 from xlt_engine.engine.experiment.config import ExperimentConfig
 from xlt_engine.engine.experiment.pipeline import (
@@ -24,6 +22,7 @@ from xlt_engine.engine.experiment.runs import stage_dir, with_section
 from xlt_engine.engine.experiment.stages.evaluate import split_suffix
 from xlt_engine.engine.method.threshold import check_alpha
 from xlt_engine.engine.train.distributed import rank_world
+from xlt_engine.inputs import read_json
 from xlt_engine.studies.tables import (
     STUDY_SAME,
     check_seeds,
@@ -76,7 +75,7 @@ def run_threshold_study(
         for pc in pair_configs(seed_config(cfg, seed)):
             summary = stage_dir(pc, "selftrain") / "summary.json"
             if summary.is_file():
-                log = json.loads(summary.read_text(encoding="utf-8"))["log"]
+                log = read_json(summary)["log"]
                 alphas_used = [x["alpha"] for x in log if x["step"] == "threshold"]
                 chosen.setdefault(pc.pair_target, []).append(alphas_used)
     result = {

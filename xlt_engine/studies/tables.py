@@ -5,11 +5,11 @@ merging of a new study's rows with those an earlier one left in the same folder
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 
 from xlt_engine.engine.experiment.pipeline import scored_on
+from xlt_engine.inputs import read_json
 
 
 def mean_std(vals: list[float]) -> str:
@@ -63,7 +63,7 @@ def with_earlier_rows(
     if not path.is_file():
         return result
     try:
-        old = json.loads(path.read_text(encoding="utf-8"))
+        old = read_json(path)
     except (OSError, ValueError):
         old = None
     if not isinstance(old, dict) or any(old.get(k) != result.get(k) for k in same):

@@ -40,7 +40,7 @@ from xlt_engine.engine.method.settings import (
     check_limit,
 )
 from xlt_engine.engine.train.config import TrainConfig
-from xlt_engine.fileio import loads_json
+from xlt_engine.inputs import InputError, parse_json, read_text
 from xlt_engine.model.checkpoint import plan_checkpoint
 from xlt_engine.model.config import BertConfig
 
@@ -340,28 +340,44 @@ def config_from_dict(table: dict, where: str, name: str = "") -> ExperimentConfi
     return dataclasses.replace(cfg, name=name)
 
 
+CONFIG_BYTES = 16 << 20  # a config of any size a person writes, or a stage's config.json
+
+
+def _problem(err: Exception, path: Path) -> str:
+    """A reader's message about ``path`` without its leading path ("line N: ..." where it had
+    one), for a ``ConfigError`` that names the file once."""
+    rest = str(err).removeprefix(str(path)).lstrip(": ")
+    return f"line {rest}" if rest[:1].isdigit() else rest
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """The config of a TOML file, or of a stage folder's ``config.json`` (its ``experiment``
     table: the resolved config, every key set, named as the run's config was), with
     ``overrides`` (``--set``) applied."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        text = read_text(path, limit=CONFIG_BYTES)
     except OSError as err:
         raise ConfigError(str(path), [f"cannot read: {err.strerror}"]) from None
+    except InputError as err:
+        raise ConfigError(str(path), [_problem(err, path)]) from None
     name = path.stem
     try:
         if path.suffix == ".json":
-            table, name = _resolved_table(loads_json(raw, path), str(path))
+            table, name = _resolved_table(parse_json(text, path), str(path))
         else:
-            table = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise ConfigError(str(path), [f"not UTF-8 at byte {err.start}"]) from None
+            table = tomllib.loads(text)
+    except InputError as err:
+        raise ConfigError(str(path), [_problem(err, path)]) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(str(path), [f"not valid TOML: {err}"]) from None
     except json.JSONDecodeError as err:
         raise ConfigError(
-            str(path), [f"not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})"]
+            str(path),
+            [
+                f"not valid JSON: {getattr(err, 'reason', err.msg)} (line {err.lineno}, "
+                f"column {err.colno})"
+            ],
         ) from None
     try:
         apply_overrides(table, list(overrides))

@@ -41,6 +41,7 @@ from xlt_engine.fileio import (
     link_tree,
     remove_debris,
 )
+from xlt_engine.inputs import read_json
 
 
 def write_run_info(folder: Path, cfg: ExperimentConfig, stage: str, stage_cfg) -> None:
@@ -163,7 +164,7 @@ def _take_twin(cfg, stage, stage_cfg, plan, twin: Path, main: bool, echo):
         else:
             link_tree(twin, plan.folder, lambda rel: rel.parts[0] != output.parts[0])
         theirs = twin / "run.json"
-        info = json.loads(theirs.read_text(encoding="utf-8")) if theirs.is_file() else {}
+        info = read_json(theirs) if theirs.is_file() else {}
         record_seconds(plan.folder, info.get("seconds"), shared_from=str(twin))
         if echo:
             echo(
@@ -241,7 +242,7 @@ def record_seconds(folder: Path, seconds: float | None, **extra) -> None:
 
 def _record(folder: Path, **keys) -> None:
     path = folder / "run.json"
-    info = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    info = read_json(path) if path.is_file() else {}
     atomic_write_text(path, json.dumps(info | keys, indent=2) + "\n")
 
 
@@ -249,7 +250,7 @@ def _all_runs(folder: Path) -> float:
     """The seconds the stage's earlier runs in ``folder`` took, all of them (0 when none
     recorded it: a folder from before the record, or a stage never started)."""
     try:
-        info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        info = read_json(folder / "run.json")
         return float(info.get("seconds_all_runs") or 0.0)
     except (OSError, ValueError, TypeError, AttributeError):
         return 0.0

@@ -54,6 +54,7 @@ from xlt_engine.engine.train.checkpoints import latest_checkpoint
 from xlt_engine.engine.train.distributed import rank_world
 from xlt_engine.engine.train.loop import RESUME_FREE
 from xlt_engine.fileio import atomic_write_text, file_sha256
+from xlt_engine.inputs import read_json
 
 FINGERPRINT = "fingerprint.json"
 # training settings that change neither a stage's results nor what it reads: those a resume may
@@ -270,7 +271,7 @@ class StagePlan:
         if not path.is_file():
             return None
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            return read_json(path)
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise StaleStageError(f"{path}: unreadable ({err}); move the folder away") from None
 
@@ -437,7 +438,7 @@ def recorded_fingerprint(folder: Path) -> dict | None:
     """The fingerprint a stage folder recorded, or None when it has none or it is unreadable
     (for a look at other folders; ``StagePlan.recorded`` stops on an unreadable one)."""
     try:
-        found = json.loads((folder / FINGERPRINT).read_text(encoding="utf-8"))
+        found = read_json(folder / FINGERPRINT)
     except (OSError, ValueError):
         return None
     return found if isinstance(found, dict) else None

@@ -59,6 +59,7 @@ from xlt_engine.engine.train.distributed import rank_world
 from xlt_engine.engine.train.inference import inference_dtype, predict_logits
 from xlt_engine.engine.train.metrics import accuracy, by_name, label_counts
 from xlt_engine.fileio import atomic_folder, atomic_write_bytes, atomic_write_text, link_or_copy
+from xlt_engine.inputs import read_json
 from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import load_task_model
 
@@ -319,7 +320,7 @@ def run_cotrain(
                 {v: st[f"{v}.pool"].astype(bool) for v in VIEWS},
                 {v: (st[f"{v}.rows"], st[f"{v}.labels"]) for v in VIEWS},
             )
-            records.append(json.loads((folder / "exchange.json").read_text()))
+            records.append(read_json(folder / "exchange.json"))
             models = {v: folder / v / "model" for v in VIEWS}
             continue
         for v in VIEWS:

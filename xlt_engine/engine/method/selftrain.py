@@ -154,8 +154,8 @@ from xlt_engine.fileio import (
     create_safetensors,
     fsync_dir,
     link_tree,
-    read_jsonl,
 )
+from xlt_engine.inputs import read_json, read_jsonl
 from xlt_engine.kernels import soft_label_kl, soft_label_mse
 from xlt_engine.model.checkpoint import load_encoder
 from xlt_engine.model.heads import LINEAR, VotersModule
@@ -296,7 +296,7 @@ class SelfTraining(RoundPasses):
         if self.main:
             folder = build_store(files, spec, self.cache, limit, self.seed)
         folder = distributed.broadcast_object(folder)
-        meta = json.loads((Path(folder) / "meta.json").read_text(encoding="utf-8"))
+        meta = read_json(Path(folder) / "meta.json")
         return open_store(folder), meta
 
     @property

@@ -56,6 +56,7 @@ from xlt_engine.fileio import (
     link_or_copy,
     open_safetensors,
 )
+from xlt_engine.inputs import read_json
 from xlt_engine.kernels import voter_filter
 from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import TaskModel, load_task_model, save_task_model
@@ -272,7 +273,7 @@ class RoundPasses:
             atomic_write_text(path, json.dumps(record, indent=2) + "\n")  # last: marks it done
 
         def read():
-            record = json.loads(path.read_text(encoding="utf-8"))
+            record = read_json(path)
             outputs = {k: v.numpy() for k, v in load_file(str(rdir / SOURCE_OK_FILE)).items()}
             return record, outputs
 
@@ -300,7 +301,7 @@ class RoundPasses:
             passes = [job.fill, job.set_quota, job.relabel] if job.quota else [job.fill]
             self.rows_file(path, job.specs(), {}, passes, job.finish)
         saved = open_safetensors(path)
-        findings = json.loads((rdir / "filter.json").read_text(encoding="utf-8"))["collapse"]
+        findings = read_json(rdir / "filter.json")["collapse"]
         return np.asarray(saved["source_keep"]) > 0, saved["pseudo"], findings
 
     def hard_data(self, r: int, source_keep: np.ndarray, pseudo: np.ndarray) -> tuple[Encoded, int]:
@@ -317,7 +318,7 @@ class RoundPasses:
                 meta = {"store_format": STORE_FORMAT, "source_items": n_src, "pairs": int(pairs)}
                 writer.close(meta)
         distributed.barrier()
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        meta = read_json(folder / "meta.json")
         return open_store(folder), int(meta["source_items"])
 
     def guard(self, r: int, findings: list[str], threshold: dict) -> str | None:

@@ -30,8 +30,8 @@ from xlt_engine.fileio import (
     atomic_write_bytes,
     link_or_copy,
     open_safetensors,
-    read_jsonl,
 )
+from xlt_engine.inputs import read_jsonl
 
 T = TypeVar("T")
 

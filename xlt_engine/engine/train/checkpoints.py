@@ -18,6 +18,7 @@ from torch import nn
 
 from xlt_engine.engine.train import distributed
 from xlt_engine.fileio import atomic_file, atomic_write_text, folder_bytes
+from xlt_engine.inputs import read_text
 
 
 def _rng_state() -> dict:
@@ -43,7 +44,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     pointer = run_dir / "latest"
     if not pointer.is_file():
         return None
-    folder = run_dir / pointer.read_text(encoding="utf-8").strip()
+    folder = run_dir / read_text(pointer, limit=4096).strip()
     if not (folder / "state.pt").is_file():
         raise ValueError(f"{pointer} names {folder.name}, which has no state.pt")
     return folder

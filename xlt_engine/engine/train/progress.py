@@ -14,7 +14,8 @@ from pathlib import Path
 
 import click
 
-from xlt_engine.fileio import append_jsonl, atomic_write_text, read_jsonl
+from xlt_engine.fileio import append_jsonl, atomic_write_text
+from xlt_engine.inputs import read_jsonl
 
 
 class Board:

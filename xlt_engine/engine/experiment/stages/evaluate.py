@@ -5,7 +5,6 @@ by it (``predict``, which has no run folder). Evaluate runs on rank 0 alone."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from xlt_engine.engine.method.evaluate import (
 )
 from xlt_engine.engine.method.settings import TEST_SPLIT, Split, check_choices
 from xlt_engine.engine.train.inference import EVAL_MAX_TOKENS
+from xlt_engine.inputs import read_json
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def plan_evaluate(cfg: ExperimentConfig, common: dict, head: dict, trained: dict
 
 
 def _results(output: Path) -> dict:
-    return json.loads(output.read_text(encoding="utf-8"))
+    return read_json(output)
 
 
 def predict_files(cfg: ExperimentConfig, need: Needs) -> None:

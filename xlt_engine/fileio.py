@@ -5,11 +5,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -197,8 +199,11 @@ def atomic_file(path: str | Path, mode: str = "wb", **open_kwargs) -> Iterator[I
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        named = _named(err, path)
+        if named is not err:
+            raise named from None
         raise
     fsync_dir(path.parent)
 
@@ -233,9 +238,26 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        named = _named(err, path)
+        if named is not err:
+            raise named from None
         raise
+
+
+def _named(err: BaseException, path: Path) -> BaseException:
+    """``err`` with the output it was writing named: a write's ``OSError`` (no space, quota)
+    carries no file name, and safetensors' and ``torch.save``'s wrappers of one are plain
+    exceptions; others as they are."""
+    if isinstance(err, OSError) and err.filename is None and err.errno is not None:
+        return OSError(err.errno, err.strerror, str(path))
+    text = str(err)
+    if not isinstance(err, OSError) and any(
+        s in text for s in ("No space left on device", "os error 28", "StorageFull")
+    ):
+        return OSError(errno.ENOSPC, "No space left on device", str(path))
+    return err
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
@@ -284,7 +306,9 @@ def create_safetensors(
 ) -> None:
     """A zero-filled safetensors file at ``path`` with tensors ``name: (dtype code, shape)``
     (``open_safetensors(path, "r+")`` fills them), the widest dtypes first so every tensor
-    starts aligned to its element size."""
+    starts aligned to its element size. Its blocks are allocated here (``posix_fallocate``),
+    not left sparse: a full disk is then an ``OSError`` (ENOSPC) naming the file, not a SIGBUS
+    at a page write through the memory map that fills it."""
     header: dict = {"__metadata__": metadata}
     start = 0
     order = sorted(specs, key=lambda k: -np.dtype(SAFETENSORS_DTYPES[specs[k][0]]).itemsize)
@@ -297,7 +321,11 @@ def create_safetensors(
     raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
     with open(path, "wb") as f:
         f.write(len(raw).to_bytes(8, "little") + raw)
-        f.truncate(8 + len(raw) + start)
+        f.flush()
+        try:
+            os.posix_fallocate(f.fileno(), 0, 8 + len(raw) + start)
+        except OSError as err:
+            raise OSError(err.errno, err.strerror, str(path)) from None
 
 
 def open_safetensors(path: str | Path, mode: str = "r") -> dict[str, np.ndarray]:
@@ -325,6 +353,36 @@ def open_safetensors(path: str | Path, mode: str = "r") -> dict[str, np.ndarray]
 
 LEDGER = ".xlt-engine-outputs.json"  # in a folder: what the engine wrote there, by which command
 
+# the commands that write for a user, each claiming its outputs through claim_output (``claim_output(by=...)``):
+# the hostile-output matrix (tests/test_writers.py) crosses each with every target; a writer
+# not registered here cannot claim a path
+BUILTIN_WRITERS = {
+    "predict": "file",  # run --stage predict
+    "run": "file",  # the tables of run --stage all and ablate
+    "report": "file",
+    "bench": "file",
+    "corpus": "file",
+    "xnli-parallel": "file",
+    "export": "folder",
+    "init": "folder",
+    "quickstart": "folder",
+}
+WRITERS = dict(BUILTIN_WRITERS)  # and the stages of one's own that claim files (registry)
+
+
+def register_writer(name: str, kind: str) -> None:
+    """Add a command (a stage of one's own with ``claims``) that writes a ``kind`` ("file" or
+    "folder") for a user through ``claim_output``."""
+    if kind not in ("file", "folder"):
+        raise ValueError(f"register_writer: kind must be 'file' or 'folder', got {kind!r}")
+    WRITERS.setdefault(name, kind)
+
+
+def unregister_writer(name: str) -> None:
+    """Remove a stage of one's own from the writers (never a built-in one)."""
+    if name not in BUILTIN_WRITERS:
+        WRITERS.pop(name, None)
+
 
 def _ledger(folder: Path) -> dict:
     try:
@@ -347,10 +405,45 @@ def _resolved(path: Path, what: str) -> Path:
         ) from None
 
 
+EDGE = 1 << 16  # a cheap digest hashes a file's first and last 64 KiB
+
+
+def cheap_digest(path: str | Path) -> str:
+    """What the ledger keeps of an output to know it is still what the engine wrote: for a
+    file, its size, mtime and a sha256 of its first and last 64 KiB (the whole of a smaller
+    file; any edit moves the mtime, and a multi-GB checkpoint costs two reads); for a folder,
+    a sha256 over every entry below it (relative name, kind, size, mtime; links not followed)."""
+    path = Path(path)
+    st = path.lstat()
+    if stat.S_ISDIR(st.st_mode):
+        h = hashlib.sha256()
+        for dirpath, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(
+                files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]
+            ):
+                p = os.path.join(dirpath, name)
+                s = os.lstat(p)
+                h.update(
+                    f"{os.path.relpath(p, path)}\0{s.st_mode}\0{s.st_size}\0{s.st_mtime_ns}\n".encode()
+                )
+        return "tree:" + h.hexdigest()
+    if not stat.S_ISREG(st.st_mode):
+        return f"other:{st.st_mode}"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(EDGE))
+        if st.st_size > EDGE:
+            f.seek(max(EDGE, st.st_size - EDGE))
+            h.update(f.read(EDGE))
+    return f"file:{st.st_size}:{st.st_mtime_ns}:{h.hexdigest()}"
+
+
 def engine_wrote(path: str | Path, by: str) -> bool:
-    """``path`` is a file that the command ``by`` wrote (its folder's ledger holds its name,
-    that command and the sha256 of the bytes it still holds), or a folder that ``by`` made
-    (its own ledger names the command and every entry the folder holds)."""
+    """``path`` is a file that the command ``by`` wrote and nobody changed since (its folder's
+    ledger holds its name, that command and its ``cheap_digest``), or a folder that ``by`` made
+    whose every entry is one it wrote and still holds what it wrote (the folder's own ledger: a
+    digest per entry)."""
     path = Path(path)
     if path.is_symlink():
         return False
@@ -358,12 +451,38 @@ def engine_wrote(path: str | Path, by: str) -> bool:
         mine = _ledger(path).get("folder")
         if not isinstance(mine, dict) or mine.get("by") != by:
             return False
-        names = {p.name for p in path.iterdir()} - {LEDGER}
-        return names <= set(mine.get("entries", []))
+        entries = mine.get("entries")
+        if not isinstance(entries, dict):  # a ledger of names alone (before digests): unknown
+            return False
+        for p in path.iterdir():
+            if p.name != LEDGER and entries.get(p.name) != cheap_digest(p):
+                return False
+        return True
     entry = _ledger(path.parent).get("files", {}).get(path.name)
     if not isinstance(entry, dict) or entry.get("by") != by or not path.is_file():
         return False
+    if "digest" in entry:
+        return entry["digest"] == cheap_digest(path)
     return entry.get("size") == path.stat().st_size and entry.get("sha256") == file_sha256(path)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """``a`` is a hard link to the file ``b`` or to a file below the folder ``b`` (searched
+    only when ``a`` has more than one name)."""
+    try:
+        st = a.stat()
+        if not a.is_file() or st.st_nlink < 2:
+            return False
+        if b.is_file():
+            return os.path.samefile(a, b)
+        for dirpath, _dirs, files in os.walk(b):
+            for name in files:
+                other = os.stat(os.path.join(dirpath, name))
+                if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                    return True
+    except OSError:
+        pass
+    return False
 
 
 def check_not_read(path: str | Path, what: str, reads, holds: bool = True) -> None:
@@ -374,8 +493,14 @@ def check_not_read(path: str | Path, what: str, reads, holds: bool = True) -> No
     for r in reads:
         r = Path(r)
         mine = _resolved(r, what)
-        if _inside(real, mine):
-            where = "is" if real == mine else "is inside"
+        if _inside(real, mine) or _same_file(real, mine):
+            where = (
+                "is"
+                if real == mine
+                else "is inside"
+                if _inside(real, mine)
+                else "is a hard link to"
+            )
             raise ValueError(
                 f"{what} {path}: {where} {r}, which this command reads; choose another path"
             )
@@ -402,9 +527,21 @@ def claim_output(
     file it may read, such as a model folder), nor a folder holding one. A ``ValueError``
     naming ``what`` (e.g. ``predict.output``), the path and what to do (``remedy``), otherwise."""
     path = Path(path)
+    if by not in WRITERS:  # a bug: every writer is registered (and so crossed by the matrix)
+        raise AssertionError(f"claim_output: {by!r} is not a registered writer (fileio.WRITERS)")
+    if path.name == LEDGER:
+        raise ValueError(
+            f"{what} {path}: the engine's own record of its outputs; choose another name"
+        )
     check_not_read(path, what, reads, folder)
     if not path.exists() and not path.is_symlink():
         return path
+    mode = path.lstat().st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+        raise ValueError(  # a FIFO, socket or device: never replaced, not even with --overwrite
+            f"{what} {path}: exists and is not a regular file or folder (a FIFO, socket or "
+            "device); choose another path"
+        )
     if path.is_symlink():
         kind = "a symbolic link"
     elif folder and not path.is_dir():
@@ -419,24 +556,43 @@ def claim_output(
         kind = "a folder of files" if folder else "a file"
     if overwrite:
         return path
+    if _recorded_by(path) == by:
+        raise ValueError(
+            f"{what} {path}: exists and was changed since xlt-engine {by} wrote it (an edit, "
+            f"or an entry added); refusing to replace it: {remedy}"
+        )
     raise ValueError(
         f"{what} {path}: exists and is {kind} that xlt-engine {by} did not write; "
         f"refusing to replace it: {remedy}"
     )
 
 
+def _recorded_by(path: Path) -> str | None:
+    """The command a ledger names as the writer of ``path`` (whatever it holds now), or None."""
+    if path.is_dir() and not path.is_symlink():
+        mine = _ledger(path).get("folder")
+        return mine.get("by") if isinstance(mine, dict) else None
+    entry = _ledger(path.parent).get("files", {}).get(path.name)
+    return entry.get("by") if isinstance(entry, dict) else None
+
+
 def record_output(path: str | Path, by: str, entries=None) -> None:
-    """Note that the command ``by`` wrote ``path``: a file in its folder's ledger (name, size,
-    sha256), or, with ``entries`` (the names it made there), a folder in its own ledger. Call it
-    after the output is in place; a folder's ledger can also be written into its temporary
-    folder before the swap (``path`` that folder)."""
+    """Note that the command ``by`` wrote ``path``: a file in its folder's ledger (name,
+    ``cheap_digest``), or, with ``entries`` (the names it made there), a folder in its own
+    ledger (a digest per entry; the files recorded there by other commands stay). Call it after
+    the output is in place; a folder's ledger can also be written into its temporary folder
+    before the swap (``path`` that folder: a rename keeps every digest)."""
     path = Path(path)
     if entries is not None:
-        doc = {"folder": {"by": by, "entries": sorted(entries)}}
-        atomic_write_text(path / LEDGER, json.dumps(doc, indent=2) + "\n")
+        ledger = _ledger(path)
+        ledger["folder"] = {
+            "by": by,
+            "entries": {n: cheap_digest(path / n) for n in sorted(entries) if n != LEDGER},
+        }
+        atomic_write_text(path / LEDGER, json.dumps(ledger, indent=2) + "\n")
         return
     ledger = _ledger(path.parent)
     files = ledger.get("files") if isinstance(ledger.get("files"), dict) else {}
-    files[path.name] = {"by": by, "size": path.stat().st_size, "sha256": file_sha256(path)}
+    files[path.name] = {"by": by, "digest": cheap_digest(path)}
     ledger["files"] = files
     atomic_write_text(path.parent / LEDGER, json.dumps(ledger, indent=2) + "\n")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 MAX_BYTES = 1 << 30  # 1 GiB: far above any config, tokenizer (XLM-R's is 17 MB) or record
 MAX_DEPTH = 100  # no file the engine reads nests deeper than 6
+MAX_LINE = 64 << 20  # a line of a streamed data file (a review, a sentence, a JSON example)
 
 BOM = "\ufeff"
 
@@ -128,8 +129,10 @@ def check_regular(path: str | Path, what: str = "") -> os.stat_result:
     return st
 
 
-def read_bytes(path: str | Path, what: str = "", limit: int = MAX_BYTES) -> bytes:
-    """The bytes of the regular file ``path``, refused unread when over ``limit``."""
+def read_bytes(path: str | Path, what: str = "", limit: int | None = None) -> bytes:
+    """The bytes of the regular file ``path``, refused unread when over ``limit`` (at most
+    ``MAX_BYTES``, read when called)."""
+    limit = MAX_BYTES if limit is None else min(limit, MAX_BYTES)
     st = check_regular(path, what)
     if st.st_size > limit:
         label = f"{what} " if what else ""
@@ -153,10 +156,14 @@ def decode_text(data: bytes, where: str | Path) -> str:
         raise InputError(
             f"{where}:{line}: not UTF-8 (byte {data[err.start]:#04x} at offset {err.start})"
         ) from None
+    nul = text.find("\x00")
+    if nul >= 0:
+        line = text.count("\n", 0, nul) + 1
+        raise InputError(f"{where}:{line}: a NUL character: not a text file")
     return text[1:] if text.startswith(BOM) else text
 
 
-def read_text(path: str | Path, what: str = "", limit: int = MAX_BYTES) -> str:
+def read_text(path: str | Path, what: str = "", limit: int | None = None) -> str:
     """The UTF-8 text of the regular file ``path`` (``read_bytes``, ``decode_text``)."""
     return decode_text(read_bytes(path, what, limit), path)
 
@@ -169,7 +176,7 @@ _LONE_SURROGATE = re.compile(
 )
 
 
-def _depth_over(text: str, limit: int) -> int | None:
+def depth_over(text: str, limit: int) -> int | None:
     """The line where ``text``'s brackets (outside strings) nest deeper than ``limit``, or None.
     A cheap pass first: a document with fewer brackets than ``limit`` cannot be that deep."""
     if text.count("[") + text.count("{") <= limit:
@@ -186,14 +193,15 @@ def _depth_over(text: str, limit: int) -> int | None:
     return None
 
 
-def parse_json(text: str | bytes, where: str | Path, line: int | None = None, depth=MAX_DEPTH):
+def parse_json(text: str | bytes, where: str | Path, line: int | None = None, depth=None):
     """A JSON document (``text``, from ``where``; ``line``: its line in a JSON-lines file) under
     the rules above. Syntax errors stay ``json.JSONDecodeError`` (a ``ValueError``), their
     message led by ``where``; every other refusal is an ``InputError``."""
     if isinstance(text, bytes):
         text = decode_text(text, where)
     at = f"{where}:{line}" if line else str(where)
-    deep = _depth_over(text, depth)
+    depth = MAX_DEPTH if depth is None else depth
+    deep = depth_over(text, depth)
     if deep is not None:
         raise InputError(f"{where}:{line or deep}: nested deeper than {depth} levels; refused")
     lone = _LONE_SURROGATE.search(text)
@@ -212,12 +220,12 @@ def parse_json(text: str | bytes, where: str | Path, line: int | None = None, de
         raise InputError(f"{at}: nested too deep to parse; refused") from None
 
 
-def read_json(path: str | Path, what: str = "", limit: int = MAX_BYTES):
+def read_json(path: str | Path, what: str = "", limit: int | None = None):
     """The JSON document in the regular file ``path`` under the rules above."""
     return parse_json(read_text(path, what, limit), path)
 
 
-def read_jsonl(path: str | Path, limit: int = MAX_BYTES) -> list[dict]:
+def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
     """The records (JSON objects, one a line) of an append-only JSON-lines log, under the rules
     above. A torn last line (a kill while it was written) is skipped with a warning naming the
     file; a bad line before it is an error naming file and line."""
@@ -256,9 +264,12 @@ def read_safetensors_header(path: str | Path, what: str = "") -> tuple[dict, int
     with open(path, "rb") as f:
         head = f.read(8)
         n = int.from_bytes(head, "little") if len(head) == 8 else -1
-        if n < 2 or n > min(size - 8, SAFETENSORS_HEADER_LIMIT):
+        if n < 2 or n > min(size - 8, SAFETENSORS_HEADER_LIMIT, MAX_BYTES):
+            over = n > MAX_BYTES and n <= size - 8
             raise InputError(
-                f"{path}: not a safetensors file (header length {n} in a {size:,}-byte file)"
+                f"{path}: header of {n:,} bytes, over the {MAX_BYTES:,} this reader accepts"
+                if over
+                else f"{path}: not a safetensors file (header length {n} in a {size:,}-byte file)"
             )
         raw = f.read(n)
     try:
@@ -268,3 +279,40 @@ def read_safetensors_header(path: str | Path, what: str = "") -> tuple[dict, int
     if not isinstance(header, dict):
         raise InputError(f"{path}: not a safetensors file (its header is not a JSON object)")
     return header, 8 + n
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry of the readers of a user's files: the hostile-input matrix (tests/test_inputs.py)
+# crosses each with every malformation of its kind, and fails for a reader with no sample
+
+READERS: dict[str, tuple[str, str, str]] = {
+    # name: (kind, "module:callable" reading it, what it is given: "file", "folder" (the
+    # file's), or "folders" (a list of the file's folder))
+    "config.toml": ("toml", "xlt_engine.engine.experiment.config:load_config", "file"),
+    "stage config.json": ("json", "xlt_engine.engine.experiment.config:load_config", "file"),
+    "model config.json": ("json", "xlt_engine.model.config:BertConfig.from_json", "file"),
+    "tokenizer.json": ("json", "xlt_engine.data.tokenizer:load_tokenizer", "file"),
+    "vocab.txt": ("text", "xlt_engine.data.tokenizer:read_vocab", "file"),
+    "task.json": ("json", "xlt_engine.model.task:read_task_meta", "folder"),
+    "report all.json": ("json", "xlt_engine.studies.report:build_report", "folders"),
+    "metrics.jsonl": ("jsonl", "xlt_engine.inputs:read_jsonl", "file"),
+    "examples.jsonl": ("jsonl", "xlt_engine.data.text:read_labeled", "file"),
+    "parallel.jsonl": ("jsonl", "xlt_engine.data.parallel:read_parallel", "file"),
+    "model.safetensors": ("safetensors", "xlt_engine.inputs:read_safetensors_header", "file"),
+}
+
+
+def reader(name: str):
+    """The callable that reads the registered input ``name`` from a file path."""
+    import importlib
+
+    _kind, target, given = READERS[name]
+    module, _, attr = target.partition(":")
+    fn = importlib.import_module(module)
+    for part in attr.split("."):
+        fn = getattr(fn, part)
+    if given == "folder":
+        return lambda path: fn(Path(path).parent)
+    if given == "folders":
+        return lambda path: fn([Path(path).parent])
+    return fn

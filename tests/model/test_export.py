@@ -128,7 +128,7 @@ def test_export_never_replaces_a_folder_it_did_not_write(tmp_path):
     out = export_hf(linear, tmp_path / "hf")
     export_hf(linear, out)  # its own earlier export: replaced
     (out / "notes.txt").write_text("added by hand")
-    with pytest.raises(ValueError, match="did not write"):
+    with pytest.raises(ValueError, match="changed since xlt-engine export wrote it"):
         export_hf(linear, out)  # no longer only what export wrote
     export_hf(linear, mine, overwrite=True)
     assert (mine / "model.safetensors").is_file() and not (mine / "labels.json").exists()

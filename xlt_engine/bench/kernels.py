@@ -56,7 +56,7 @@ from xlt_engine.bench.cases import (
     threshold_cases,
     voter_cases,
 )
-from xlt_engine.fileio import atomic_write_text
+from xlt_engine.fileio import atomic_write_text, claim_output, record_output
 from xlt_engine.inputs import read_json
 from xlt_engine.provenance import environment, result_file, version
 
@@ -205,9 +205,14 @@ def run(
     reps: int | None = None,
     out_dir: Path | None = None,
     echo: Callable[[str], None] = print,
+    overwrite: bool = False,
 ) -> dict:
-    """Run the benchmark; print a table; write JSON and CSV into ``out_dir`` (None: no files)."""
+    """Run the benchmark; print a table; append it to the JSON and CSV in ``out_dir`` (None: no
+    files): files that an earlier ``bench`` wrote and nobody changed since, or new ones
+    (``fileio.claim_output``, checked before the timing starts; ``overwrite``: any file)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if out_dir is not None:
+        claim_results(Path(out_dir), dev, overwrite)
     on_gpu = dev.type == "cuda"
     if providers is None:
         providers = PROVIDERS if on_gpu else ("torch", "compile")
@@ -258,7 +263,7 @@ def run(
     }
     echo(format_table(record))
     if out_dir is not None:
-        record["files"] = [str(p) for p in save(record, Path(out_dir), dev)]
+        record["files"] = [str(p) for p in save(record, Path(out_dir), dev, overwrite)]
         echo("wrote " + ", ".join(record["files"]))
     return record
 
@@ -306,13 +311,25 @@ def format_table(record: dict) -> str:
     return "\n".join(lines)
 
 
-def save(record: dict, out_dir: Path, device: torch.device) -> list[Path]:
-    """Append this run to ``kernels_<gpu>_<yyyymmdd>.json`` (a list of runs) and its rows to the
-    CSV beside it; both rewritten atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def claim_results(out_dir: Path, device: torch.device, overwrite: bool = False) -> list[Path]:
+    """The JSON and CSV a run on ``device`` appends to in ``out_dir``, each new or written by an
+    earlier ``bench`` and unchanged since (a CSV the user edited, or a file of the same name
+    that the engine did not write, is refused: ``overwrite`` says yes)."""
     json_path = result_file(out_dir, "kernels", device)
-    csv_path = json_path.with_suffix(".csv")
+    paths = [json_path, json_path.with_suffix(".csv")]
+    for path in paths:
+        claim_output(path, "--out", "bench", overwrite=overwrite)
+    return paths
+
+
+def save(record: dict, out_dir: Path, device: torch.device, overwrite: bool = False) -> list[Path]:
+    """Append this run to ``kernels_<gpu>_<yyyymmdd>.json`` (a list of runs) and its rows to the
+    CSV beside it; both rewritten atomically, each recorded in the folder's ledger."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = claim_results(out_dir, device, overwrite)
     runs = read_json(json_path) if json_path.exists() else []
+    if not isinstance(runs, list):
+        raise ValueError(f"{json_path}: not a list of benchmark runs; choose another --out")
     runs.append(record)
     atomic_write_text(json_path, json.dumps(runs, indent=1, allow_nan=False) + "\n")
     fields = [
@@ -343,4 +360,6 @@ def save(record: dict, out_dir: Path, device: torch.device) -> list[Path]:
         for row in run_record["rows"]:
             writer.writerow({**meta, **row})
     atomic_write_text(csv_path, buf.getvalue())
+    record_output(json_path, "bench")
+    record_output(csv_path, "bench")
     return [json_path, csv_path]

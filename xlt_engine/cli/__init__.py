@@ -17,11 +17,37 @@ from xlt_engine.fileio import check_not_read, check_writable, claim_output, reco
 
 
 class _Main(click.Group):
-    """The command group, keeping the arguments it was given (``again`` repeats them)."""
+    """The command group, keeping the arguments it was given (``again`` repeats them), and the
+    one error boundary of every command: an expected failure (``expected_failure``: bad input,
+    no space, no permission, a damaged file) is one line naming the path and what to do; any
+    other exception is a bug and keeps its traceback. ``--debug`` (or ``XLT_ENGINE_DEBUG=1``)
+    shows the traceback of every error."""
 
     def parse_args(self, ctx, args):
         ctx.meta["xlt_engine.argv"] = list(args)
         return super().parse_args(ctx, args)
+
+    def resolve_command(self, ctx, args):
+        name, cmd, rest = super().resolve_command(ctx, args)
+        ctx.meta["xlt_engine.command"] = cmd  # for the boundary, once its context has closed
+        return name, cmd, rest
+
+    def invoke(self, ctx):
+        import os
+        import warnings
+
+        debug = ctx.params.get("debug") or os.environ.get("XLT_ENGINE_DEBUG") == "1"
+        if not debug:  # a warning is one line on stderr, not the source line that raised it
+            warnings.formatwarning = lambda msg, cat, *_a, **_k: f"warning: {msg}\n"
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as err:
+            line = None if debug else expected_failure(err)
+            if line is None:
+                raise
+            raise click.ClickException(line) from None
 
 
 def again(resume: bool = True) -> str:
@@ -36,12 +62,18 @@ def again(resume: bool = True) -> str:
 
 def _resumable() -> bool:
     ctx = click.get_current_context(silent=True)
-    return ctx is not None and any(p.name == "resume" for p in ctx.command.params)
+    if ctx is None:
+        return False
+    command = ctx.meta.get("xlt_engine.command", ctx.command)
+    return any(p.name == "resume" for p in command.params)
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="xlt-engine")
-def main() -> None:
+@click.option(
+    "--debug", is_flag=True, help="show the traceback of every error (also XLT_ENGINE_DEBUG=1)"
+)
+def main(debug: bool) -> None:
     """xlt-engine: zero-shot cross-lingual transfer without parallel data."""
 
 
@@ -110,18 +142,62 @@ OUTSIDE_LOOP = (
 
 
 def os_problem(err: OSError) -> str:
-    """An operating-system error as one line: the file, what happened, what to do."""
+    """An operating-system error as one line: the file, what happened, and what to do with the
+    options the running command has (``--resume`` only where it has one)."""
     import errno
 
     where = f"{err.filename}: " if err.filename else ""
-    if err.errno == errno.ENOSPC:
-        return (
-            f"{where}no space left on device: free some (or choose another --out), then continue "
-            "with --resume: every finished step and the last checkpoint are kept"
-        )
-    if err.errno == errno.ELOOP:
-        return f"{where}too many levels of symbolic links (a link loop?): choose another path"
-    return f"{where}{err.strerror or err}"
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left on device" if err.errno == errno.ENOSPC else "disk quota exceeded"
+        if _resumable():
+            return (
+                f"{where}{what}: free some (or choose another --out), then continue with "
+                "--resume: every finished step and the last checkpoint are kept"
+            )
+        return f"{where}{what}: free some, or choose another output path, and run it again"
+    remedies = {
+        errno.ELOOP: "too many levels of symbolic links (a link loop?): choose another path",
+        errno.EROFS: "read-only file system: choose an output path on a writable one",
+        errno.EACCES: "permission denied: choose a path you may write (or read), or fix its mode",
+        errno.EPERM: "operation not permitted: choose another path",
+        errno.ENAMETOOLONG: "file name too long: choose a shorter path",
+        errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+        errno.EISDIR: "is a folder: name a file",
+        errno.ENOENT: "no such file or folder",
+        errno.EMFILE: "too many open files: raise the limit (ulimit -n) and run it again",
+    }
+    return f"{where}{remedies.get(err.errno, err.strerror or str(err))}"
+
+
+def _disk_full(err: BaseException) -> bool:
+    """A writer's own wrapper of ENOSPC (safetensors' Rust I/O, ``torch.save``'s zip writer)."""
+    text = str(err)
+    return any(s in text for s in ("No space left on device", "os error 28", "StorageFull"))
+
+
+def expected_failure(err: BaseException) -> str | None:
+    """The one line a command prints for ``err`` when it is an expected failure (bad input or a
+    setting: ``ValueError``; the file system: ``OSError``; a damaged file a library read), or
+    None for a bug, whose traceback stays."""
+    import errno
+    import pickle
+    import zipfile
+
+    from safetensors import SafetensorError
+
+    if isinstance(err, OSError):
+        return os_problem(err)
+    if _disk_full(err):
+        return os_problem(OSError(errno.ENOSPC, "No space left on device"))
+    if isinstance(err, ValueError):
+        return str(err)
+    if isinstance(err, RecursionError):
+        return f"an input nested too deeply to read ({err})"
+    if isinstance(err, SafetensorError):
+        return f"a damaged safetensors file: {err}"
+    if isinstance(err, EOFError | pickle.UnpicklingError | zipfile.BadZipFile):
+        return f"a truncated or damaged file: {err}"
+    return None
 
 
 def _run_guarded(fn, repeat_resumes: bool = False) -> None:
@@ -166,17 +242,14 @@ def _run_guarded(fn, repeat_resumes: bool = False) -> None:
     except CollapseError as err:
         continue_with()
         fail(err)
-    except (ValueError, NonFiniteLoss) as err:
+    except NonFiniteLoss as err:
         fail(err)
-    except OSError as err:  # a full disk, a link loop, a permission: one line, what to do
-        if err.errno == errno.ENOSPC:
+    except Exception as err:  # the group's boundary prints it; a full disk can be resumed
+        if (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or _disk_full(
+            err
+        ):
             continue_with()
-        fail(ValueError(os_problem(err)))
-    except Exception as err:  # the writers' own wrappers of a full disk (safetensors, torch.save)
-        if "No space left on device" not in str(err) and "os error 28" not in str(err):
-            raise
-        continue_with()
-        fail(ValueError(os_problem(OSError(errno.ENOSPC, "No space left on device"))))
+        raise
     else:
         if _resumable() and os.environ.get("RANK", "0") == "0":
             repeat = again(resume=repeat_resumes)
@@ -522,7 +595,7 @@ def quickstart(out, seed, resume, overwrite, progress) -> None:
         run_all(cfg, resume=resume, echo=click.echo, progress=progress)
         from xlt_engine.studies.report import write_report
 
-        page, images = write_report([out / "runs"], out / "report.html", overwrite=True)
+        page, images = write_report([out / "runs"], out / "report.html", overwrite=overwrite)
         record_output(out, "quickstart", entries=[p.name for p in out.iterdir()])
         click.echo(f"quickstart: {time.perf_counter() - start:.0f} s; tables in {out / 'runs'}")
         click.echo(f"report: {page} ({images} plots; open it in a browser)")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from xlt_engine.cli.options import fail, file_option, overwrite_option
+from xlt_engine.cli.options import file_option, overwrite_option
 from xlt_engine.fileio import check_writable, claim_output, record_output
 from xlt_engine.inputs import read_json
 
@@ -46,26 +46,23 @@ def init(
     from xlt_engine.data.tokenizer import default_tokenizer, load_tokenizer
     from xlt_engine.model import BertConfig, BertForMLM, save_pretrained
 
-    try:
-        check_writable(out, "OUT")
-        reads = [vocab] if vocab is not None else []
-        claim_output(out, "OUT", "init", folder=True, reads=reads, overwrite=overwrite)
-        tokenizer = load_tokenizer(vocab) if vocab is not None else default_tokenizer()
-        config = BertConfig(
-            vocab_size=tokenizer.vocab_size,
-            hidden_size=hidden,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            intermediate_size=intermediate,
-            max_position_embeddings=max_positions,
-        )
-        config.check_fits(4, "--layers/--hidden/--intermediate")  # before allocating
-        torch.manual_seed(seed)
-        model = BertForMLM(config)
-        save_pretrained(model, out, tokenizer, replace_any=True)  # claimed above
-        record_output(out, "init", entries=[p.name for p in out.iterdir()])
-    except ValueError as err:
-        fail(err)
+    check_writable(out, "OUT")
+    reads = [vocab] if vocab is not None else []
+    claim_output(out, "OUT", "init", folder=True, reads=reads, overwrite=overwrite)
+    tokenizer = load_tokenizer(vocab) if vocab is not None else default_tokenizer()
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=max_positions,
+    )
+    config.check_fits(4, "--layers/--hidden/--intermediate")  # before allocating
+    torch.manual_seed(seed)
+    model = BertForMLM(config)
+    save_pretrained(model, out, tokenizer, replace_any=True)  # claimed above
+    record_output(out, "init", entries=[p.name for p in out.iterdir()])
     click.echo(f"wrote {out} ({sum(p.numel() for p in model.parameters()):,} parameters)")
 
 
@@ -81,11 +78,8 @@ def export(model: Path, out: Path, overwrite: bool) -> None:
 
     from xlt_engine.model.export import export_hf
 
-    try:
-        check_writable(out, "OUT")
-        folder = export_hf(model, out, overwrite=overwrite)
-    except ValueError as err:
-        fail(err)
+    check_writable(out, "OUT")
+    folder = export_hf(model, out, overwrite=overwrite)
     arch = read_json(folder / "config.json")["architectures"][0]
     click.echo(f"wrote {folder} ({arch}); load it with transformers' AutoModelFor... classes")
 
@@ -99,10 +93,7 @@ def inspect(path: Path, encoder: bool) -> None:
     from xlt_engine.model import plan_checkpoint
     from xlt_engine.model.describe import describe
 
-    try:
-        plan = plan_checkpoint(path, "encoder" if encoder else "mlm")
-    except ValueError as err:
-        fail(err)
+    plan = plan_checkpoint(path, "encoder" if encoder else "mlm")
     for line in describe(path, plan):
         click.echo(line)
 
@@ -144,15 +135,13 @@ def bench() -> None:
     "without it the table is only printed",
 )
 @click.option("--no-save", is_flag=True, help="print the table only, even with --out")
-def bench_kernels(ops, providers, modes, device, reps, out, no_save) -> None:
+@overwrite_option("result file in --out")
+def bench_kernels(ops, providers, modes, device, reps, out, no_save, overwrite) -> None:
     """Time the fused kernels against torch, torch.compile, Hugging Face and Liger."""
     from xlt_engine.bench import kernels as bench_mod
 
     if out is not None and not no_save:
-        try:
-            check_writable(out, "--out")
-        except ValueError as err:
-            fail(err)
+        check_writable(out, "--out")
     bench_mod.run(
         ops=ops or bench_mod.OPS,
         providers=providers or None,
@@ -161,6 +150,7 @@ def bench_kernels(ops, providers, modes, device, reps, out, no_save) -> None:
         reps=reps,
         out_dir=None if no_save else out,  # None unless --out
         echo=click.echo,
+        overwrite=overwrite,
     )
 
 
@@ -184,12 +174,9 @@ def xnli_parallel(xnli_dir, source, languages, n, seed, out, overwrite) -> None:
     from xlt_engine.data.parallel import build_xnli_parallel
 
     langs = [x.strip() for x in languages.split(",") if x.strip()]
-    try:
-        claim_output(out, "--out", "xnli-parallel", reads=[xnli_dir], overwrite=overwrite)
-        rows = build_xnli_parallel(xnli_dir, source, langs, n, seed, out)
-        record_output(out, "xnli-parallel")
-    except ValueError as err:
-        fail(err)
+    claim_output(out, "--out", "xnli-parallel", reads=[xnli_dir], overwrite=overwrite)
+    rows = build_xnli_parallel(xnli_dir, source, langs, n, seed, out)
+    record_output(out, "xnli-parallel")
     click.echo(f"wrote {out}: {n} items x {len(langs)} languages = {rows} rows")
 
 
@@ -219,19 +206,16 @@ def corpus(sources, target_text, entity_map, out, max_per_entity, min_length, to
     from xlt_engine.data.conll import read_conll
     from xlt_engine.data.corpus import build_corpus, entity_names, read_entity_map
 
-    try:
-        check_writable(out.parent, "--out")
-        reads = [*sources, target_text, *([entity_map] if entity_map else [])]
-        claim_output(out, "--out", "corpus", reads=reads, overwrite=overwrite)
-        files = [read_conll(p) for p in sources]
-        mapping = read_entity_map(entity_map) if entity_map is not None else None
-        names = entity_names(files, mapping, min_length)
-        start = time.perf_counter()
-        stats = build_corpus(names, target_text, out, max_per_entity)
-        record_output(out, "corpus")
-        seconds = time.perf_counter() - start
-    except ValueError as err:
-        fail(err)
+    check_writable(out.parent, "--out")
+    reads = [*sources, target_text, *([entity_map] if entity_map else [])]
+    claim_output(out, "--out", "corpus", reads=reads, overwrite=overwrite)
+    files = [read_conll(p) for p in sources]
+    mapping = read_entity_map(entity_map) if entity_map is not None else None
+    names = entity_names(files, mapping, min_length)
+    start = time.perf_counter()
+    stats = build_corpus(names, target_text, out, max_per_entity)
+    record_output(out, "corpus")
+    seconds = time.perf_counter() - start
     click.echo(stats.summary(top))
     rate = stats.lines_read / seconds if seconds > 0 else float("inf")
     click.echo(f"wrote {out} in {seconds:.1f} s ({rate:,.0f} lines/s)")

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from xlt_engine import inputs
 from xlt_engine.inputs import check_regular
 
 
@@ -90,8 +91,9 @@ def check_file(path: Path, what: str) -> None:
     """A missing file, a folder or a zero-byte file is an error naming it (without reading it)."""
     if path.is_dir():
         raise ValueError(f"{path}: is a folder, not {what}")
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"{path}: no such file")
+    check_regular(path)  # a FIFO or device would block or never end
     if path.stat().st_size == 0:
         raise ValueError(f"{path}: the file is empty")
 
@@ -103,7 +105,7 @@ def decode_text(path: Path, data: bytes, encoding: str = "utf-8", hint: str = ""
     if encoding.lower().replace("_", "-") in ("utf-8", "utf8"):
         codec = "utf-8-sig"
     try:
-        return data.decode(codec)
+        text = data.decode(codec)
     except LookupError:
         raise ValueError(f"{path}: unknown encoding {encoding!r}") from None
     except UnicodeDecodeError as err:
@@ -112,6 +114,8 @@ def decode_text(path: Path, data: bytes, encoding: str = "utf-8", hint: str = ""
             f"{path}:{line}: byte 0x{data[err.start]:02x} is not valid {encoding} "
             f"({err.reason}){hint}"
         ) from None
+    _no_nul(path, text, 0)
+    return text
 
 
 COLUMN_SEPARATOR = re.compile(r"[ \t]+")
@@ -175,11 +179,37 @@ def iter_lines(
             data = rest + data
             cut = data.rfind(b"\n") + 1
             data, rest = data[:cut], data[cut:]
+            _check_line_lengths(path, data, rest, lineno)
             if data:
                 yield from _block_lines(path, data, lineno, encoding)
                 lineno += data.count(b"\n")
         if rest:
             yield from _block_lines(path, rest, lineno, encoding)
+
+
+def _check_line_lengths(path: Path, data: bytes, rest: bytes, lineno: int) -> None:
+    """No line of a streamed file is longer than ``inputs.MAX_LINE`` bytes (a file with no line
+    end would otherwise be read whole into memory)."""
+    limit = inputs.MAX_LINE
+    if len(rest) > limit:
+        at = lineno + data.count(b"\n") + 1
+        raise ValueError(
+            f"{path}:{at}: a line over the {limit:,} bytes a line may hold (is it a text file?)"
+        )
+    if len(data) > limit:
+        for i, line in enumerate(data.split(b"\n")):
+            if len(line) > limit:
+                raise ValueError(
+                    f"{path}:{lineno + i + 1}: a line over the {limit:,} bytes a line may hold"
+                )
+
+
+def _no_nul(path: Path, text: str, lineno: int) -> None:
+    at = text.find("\x00")
+    if at >= 0:
+        raise ValueError(
+            f"{path}:{lineno + text.count(chr(10), 0, at) + 1}: a NUL character: not a text file"
+        )
 
 
 def _block_lines(path: Path, data: bytes, lineno: int, encoding: str) -> Iterator[tuple[int, str]]:
@@ -196,6 +226,7 @@ def _block_lines(path: Path, data: bytes, lineno: int, encoding: str) -> Iterato
             f"0x{data[err.start]:02x} at column {err.start - start + 1} is not valid "
             f"{encoding} ({err.reason})"
         ) from None
+    _no_nul(path, text, lineno)
     lines = text.split("\n")
     if lineno == 0:
         check_cr_only(lines[0] + ("\n" if len(lines) > 1 else ""), path)

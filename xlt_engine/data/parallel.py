@@ -23,7 +23,7 @@ import numpy as np
 from xlt_engine.data.examples import check_file, iter_lines, quoted
 from xlt_engine.data.xnli import read_xnli
 from xlt_engine.fileio import atomic_write_text
-from xlt_engine.inputs import loads_json
+from xlt_engine.inputs import parse_json
 
 _KEYS = ("id", "text", "label", "language", "translation")
 
@@ -50,9 +50,9 @@ def read_parallel(path: str | Path) -> list[ParallelItem]:
             continue
         at = f"{path}:{lineno}"
         try:
-            row = loads_json(line, path, lineno)
+            row = parse_json(line, path, lineno)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{at}: invalid JSON ({err.msg}, column {err.colno})") from None
+            raise ValueError(f"{at}: invalid JSON ({err.reason}, column {err.colno})") from None
         if not isinstance(row, dict):
             raise ValueError(f"{at}: expected a JSON object, got {type(row).__name__}")
         missing = [k for k in _KEYS if k not in row]

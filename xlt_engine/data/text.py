@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from xlt_engine.data.examples import BLANK, Example, TextDataset, check_file, iter_lines, quoted
-from xlt_engine.inputs import DuplicateKeyError, loads_json
+from xlt_engine.inputs import DuplicateKeyError, parse_json
 
 
 def read_labeled(path: str | Path, format: str | None = None) -> TextDataset:
@@ -49,6 +49,10 @@ def read_labeled(path: str | Path, format: str | None = None) -> TextDataset:
         if not label:
             raise ValueError(f"{path}:{lineno}: empty label")
         pair = fields[1] if len(fields) == 3 else None
+        if not fields[0].strip(BLANK) or (pair is not None and not pair.strip(BLANK)):
+            raise ValueError(
+                f"{path}:{lineno}: empty {'text' if not fields[0].strip(BLANK) else 'text_pair'}"
+            )
         examples.append(Example(fields[0], label, lineno, pair))
     if not examples:
         raise ValueError(f"{path}: no examples")
@@ -57,11 +61,13 @@ def read_labeled(path: str | Path, format: str | None = None) -> TextDataset:
 
 def _jsonl_example(path: Path, lineno: int, line: str) -> Example:
     try:
-        obj = loads_json(line, path, lineno)
+        obj = parse_json(line, path, lineno)
     except DuplicateKeyError:
         raise
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg}, column {err.colno})") from None
+        raise ValueError(
+            f"{path}:{lineno}: invalid JSON ({err.reason}, column {err.colno})"
+        ) from None
     except RecursionError:
         raise ValueError(f"{path}:{lineno}: JSON nested too deeply to be an example") from None
     except ValueError as err:  # e.g. an integer of more than 4,300 digits
@@ -77,6 +83,10 @@ def _jsonl_example(path: Path, lineno: int, line: str) -> Example:
     if isinstance(label, bool) or not isinstance(label, (str, int)):
         raise ValueError(
             f"{path}:{lineno}: key 'label' must be a string or integer, got {quoted(label)}"
+        )
+    if not text.strip(BLANK) or (pair is not None and not pair.strip(BLANK)):
+        raise ValueError(
+            f"{path}:{lineno}: empty {'text' if not text.strip(BLANK) else 'text_pair'}"
         )
     return Example(text, str(label), lineno, pair)
 

@@ -353,6 +353,15 @@ def _special_tokens(path: Path, vocab: set[str]) -> dict[str, str]:
     return named
 
 
+def _backend(path: Path) -> Tokenizer:
+    """The ``tokenizers`` pipeline of a tokenizer.json, from the text the bounded reader gives
+    (a byte-order mark dropped, as everywhere)."""
+    try:
+        return Tokenizer.from_str(read_text(path))
+    except Exception as err:  # the Rust side raises a plain Exception
+        raise ValueError(f"{path}: cannot load tokenizer ({err})") from None
+
+
 def _from_any_tokenizer_json(path: Path, do_lower_case: bool | None) -> SubwordTokenizer:
     """A tokenizer.json that is not BERT's WordPiece pipeline, used as it is."""
     if do_lower_case is not None:
@@ -360,10 +369,7 @@ def _from_any_tokenizer_json(path: Path, do_lower_case: bool | None) -> SubwordT
             f"{path}: do_lower_case applies to BERT WordPiece tokenizers only; this file's own "
             "normaliser decides the casing"
         )
-    try:
-        backend = Tokenizer.from_file(str(path))
-    except Exception as err:  # the Rust side raises a plain Exception
-        raise ValueError(f"{path}: cannot load tokenizer ({err})") from None
+    backend = _backend(path)
     by_id = sorted(backend.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
     if [i for _, i in by_id] != list(range(len(by_id))):
         raise ValueError(f"{path}: token ids are not 0..{len(by_id) - 1}")
@@ -414,10 +420,7 @@ def _from_tokenizer_json(path: Path, do_lower_case: bool | None) -> SubwordToken
             "argument do_lower_case",
         )
         return WordPieceTokenizer(build_wordpiece(vocab, settings), settings, vocab)
-    try:
-        backend = Tokenizer.from_file(str(path))
-    except Exception as err:  # the Rust side raises a plain Exception
-        raise ValueError(f"{path}: cannot load tokenizer ({err})") from None
+    backend = _backend(path)
     return WordPieceTokenizer(backend, settings, vocab)
 
 

@@ -23,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from xlt_engine.inputs import read_json
+from xlt_engine.inputs import DuplicateKeyError, read_json
 from xlt_engine.model.bert import BertEncoder
 from xlt_engine.model.checkpoint import NonFiniteWeights, load_encoder, save_pretrained
 from xlt_engine.model.heads import VotersModule
@@ -179,6 +179,12 @@ def read_task_meta(path: str | Path) -> dict:
             raise ValueError(f"{meta_path}: missing key {key!r}")
     if meta["kind"] not in KINDS:
         raise ValueError(f"{meta_path}: kind {meta['kind']!r} is not one of {KINDS}")
+    labels = meta["labels"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise ValueError(f"{meta_path}: labels: expected a non-empty list of strings")
+    twice = sorted({x for x in labels if labels.count(x) > 1})
+    if twice:  # two output rows of one name: predictions would be mislabelled
+        raise DuplicateKeyError(f"{meta_path}: labels: {twice} given twice; each label once")
     meta.setdefault("representation", "cls")  # folders written before it was a setting
     if meta["representation"] not in REPRESENTATIONS:
         raise ValueError(

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import html
 import math
+import os
 import statistics
 from pathlib import Path
 
@@ -59,7 +60,9 @@ def _read_json(path: Path):
     try:
         return read_json(path)
     except (OSError, ValueError) as err:
-        raise ValueError(f"{path}: cannot read: {err}") from None
+        raise ValueError(
+            str(err) if str(path) in str(err) else f"{path}: cannot read: {err}"
+        ) from None
 
 
 def _pct(x) -> str:
@@ -527,12 +530,27 @@ def build_report(folders: list[Path]) -> tuple[str, int]:
     return page, figs.count
 
 
+READ_SUFFIXES = (".json", ".jsonl", ".md", ".txt", ".toml")  # what a report reads in a run
+
+
+def report_inputs(folders: list[Path]) -> list[Path]:
+    """Every file a report of ``folders`` may read (tables, records, logs, configs): ``--out``
+    is never one of them, not even with ``--overwrite``. A report written inside a run folder
+    under a new name is fine."""
+    found = []
+    for folder in folders:
+        for dirpath, _dirs, files in os.walk(folder):
+            found += [Path(dirpath, n) for n in files if n.endswith(READ_SUFFIXES)]
+    return found
+
+
 def write_report(folders: list[Path], out: Path, overwrite: bool = False) -> tuple[Path, int]:
     """The report of ``folders`` into ``out``: a new file or an earlier report
     (``fileio.claim_output``; ``overwrite``: any file but one the report reads)."""
-    claim_output(out, "--out", "report", overwrite=overwrite)
+    reads = report_inputs(folders)
+    claim_output(out, "--out", "report", reads=reads, overwrite=overwrite)
     page, images = build_report(folders)
-    claim_output(out, "--out", "report", overwrite=overwrite)  # nothing appeared meanwhile
+    claim_output(out, "--out", "report", reads=reads, overwrite=overwrite)  # nothing new since
     atomic_write_text(out, page)
     record_output(out, "report")
     return out, images

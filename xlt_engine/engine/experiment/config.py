@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -40,7 +41,7 @@ from xlt_engine.engine.method.settings import (
     check_limit,
 )
 from xlt_engine.engine.train.config import TrainConfig
-from xlt_engine.inputs import InputError, parse_json, read_text
+from xlt_engine.inputs import MAX_DEPTH, InputError, depth_over, parse_json, read_text
 from xlt_engine.model.checkpoint import plan_checkpoint
 from xlt_engine.model.config import BertConfig
 
@@ -138,6 +139,9 @@ ROLES = {
 }
 
 
+SEEDS = 2**32  # numpy's and torch's seeds are unsigned 32-bit integers
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     task: str
@@ -171,6 +175,12 @@ class ExperimentConfig:
         return registry.names()
 
     def __post_init__(self):
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not 0 <= self.seed < SEEDS
+        ):
+            raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         kind = "ner" if self.data.format == "conll" else "classification"
@@ -347,7 +357,7 @@ def _problem(err: Exception, path: Path) -> str:
     """A reader's message about ``path`` without its leading path ("line N: ..." where it had
     one), for a ``ConfigError`` that names the file once."""
     rest = str(err).removeprefix(str(path)).lstrip(": ")
-    return f"line {rest}" if rest[:1].isdigit() else rest
+    return f"line {rest}" if re.match(r"\d+:", rest) else rest
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
@@ -366,6 +376,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         if path.suffix == ".json":
             table, name = _resolved_table(parse_json(text, path), str(path))
         else:
+            deep = depth_over(text, MAX_DEPTH)  # tomllib recurses: a RecursionError otherwise
+            if deep is not None:
+                raise InputError(f"{path}:{deep}: nested deeper than {MAX_DEPTH} levels; refused")
             table = tomllib.loads(text)
     except InputError as err:
         raise ConfigError(str(path), [_problem(err, path)]) from None

@@ -10,6 +10,7 @@ import math
 import re
 import types
 import typing
+import warnings
 from typing import Literal
 
 import tomllib
@@ -123,8 +124,11 @@ def build_table(cls, table: dict, prefix: str, problems: list[str], base=None, g
                 kwargs[name] = default  # section's own values are still checked below
         else:
             n = len(problems)
-            kwargs[name] = _convert(hints[name], table[name], prefix + name, problems)
-            blocked |= len(problems) > n
+            value = _convert(hints[name], table[name], prefix + name, problems)
+            if len(problems) == n:
+                kwargs[name] = value
+            elif base is None and not _has_default(cls, name):
+                blocked = True  # else its default stands in, so that the others are checked
     if blocked:
         return None
     built = _construct(cls, base, kwargs, prefix, problems)
@@ -206,8 +210,18 @@ def parse_override(item: str) -> tuple[list[str], object]:
 
 
 def apply_overrides(table: dict, overrides: list[str]) -> dict:
+    """``overrides`` (``--set`` items, in order) set in ``table``. A key set twice keeps the
+    last value, as a shell script that adds its caller's ``--set`` after its own expects, with
+    a warning that names both."""
+    seen: dict[str, str] = {}
     for item in overrides:
         path, value = parse_override(item)
+        key = ".".join(path)
+        if key in seen:
+            warnings.warn(
+                f"--set {key} is given twice: {item!r} replaces {seen[key]!r}", stacklevel=2
+            )
+        seen[key] = item
         node = table
         for i, part in enumerate(path[:-1]):
             node = node.setdefault(part, {})

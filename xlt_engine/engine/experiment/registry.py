@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from xlt_engine import fileio
+
 
 @dataclass(frozen=True)
 class Partial:
@@ -121,12 +123,15 @@ def register(stage: Stage, replace: bool = False) -> Stage:
         if shared := sorted(set(other.models) & set(stage.models)):
             raise ValueError(f"stage {stage.name!r}: the model names {shared} are {other.name!r}'s")
     _STAGES[stage.name] = stage
+    if stage.claims is not None:  # it writes files outside the run folder: a writer
+        fileio.register_writer(stage.name, "file")
     return stage
 
 
 def unregister(name: str) -> None:
     """Remove a stage (a test's own, when it is done)."""
     _STAGES.pop(name, None)
+    fileio.unregister_writer(name)
 
 
 def names() -> tuple[str, ...]:

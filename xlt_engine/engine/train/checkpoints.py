@@ -18,7 +18,7 @@ from torch import nn
 
 from xlt_engine.engine.train import distributed
 from xlt_engine.fileio import atomic_file, atomic_write_text, folder_bytes
-from xlt_engine.inputs import read_text
+from xlt_engine.inputs import check_regular, read_text
 
 
 def _rng_state() -> dict:
@@ -134,7 +134,15 @@ class Checkpoints:
         ckpt = self.latest()
         if ckpt is None:
             raise ValueError(f"{self.run_dir}: nothing to resume (no checkpoint written yet)")
-        state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        try:
+            check_regular(ckpt / "state.pt")
+            state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated, empty, not a zip, not torch's: its own words
+            raise ValueError(
+                f"{ckpt / 'state.pt'}: a damaged checkpoint (truncated or corrupt: "
+                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                f"{self._instead(ckpt)}"
+            ) from None
         bad = non_finite_state({k: state.get(k) for k in ("optimizer", "scaler")})
         if bad:
             raise ValueError(
@@ -144,13 +152,37 @@ class Checkpoints:
             )
         try:
             self.load_model(model, ckpt / "model")
-        except ValueError as err:
-            raise ValueError(f"{ckpt}: a damaged checkpoint: {err}") from None
+        except (ValueError, OSError) as err:
+            raise ValueError(
+                f"{ckpt}: a damaged checkpoint: {err}; {self._instead(ckpt)}"
+            ) from None
         rng = state["rng"]
         if len(state.get("rng_ranks", ())) == self.world:
             rng = state["rng_ranks"][self.rank]  # each rank continues its own streams (dropout)
         _set_rng_state(rng)
         return state
+
+    def _instead(self, damaged: Path) -> str:
+        """What to do about the damaged latest checkpoint: resume from the newest complete
+        one before it (the command that points ``latest`` at it), or start over."""
+        earlier = sorted(
+            p
+            for p in self.run_dir.glob("ckpt-*")
+            if p.is_dir()
+            and p.name < damaged.name
+            and (p / "state.pt").is_file()
+            and (p / "state.pt").stat().st_size > 0
+            and (p / "model").is_dir()
+        )
+        if not earlier:
+            return (
+                f"no earlier checkpoint is kept: remove {damaged} and {self.run_dir / 'latest'} "
+                "to start the stage over"
+            )
+        return (
+            f"the previous complete one is {earlier[-1].name}: resume from it with "
+            f"`echo {earlier[-1].name} > {self.run_dir / 'latest'}`, then --resume again"
+        )
 
     def save(self, model: nn.Module, step: int, state: dict) -> Path | None:
         """Every rank's RNG states are gathered (a collective: call on every rank); rank 0

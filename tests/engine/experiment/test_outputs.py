@@ -125,7 +125,11 @@ def test_a_new_path_and_the_commands_own_output_are_written(made, tmp_path):
     assert pred.read_bytes() == first
     pred.write_text("edited by hand\n")  # no longer what predict wrote
     code, output = _predict(made, pred)
-    assert code != 0 and "changed since xlt-engine predict wrote it" in output and pred.read_text() == "edited by hand\n"
+    assert (
+        code != 0
+        and "changed since xlt-engine predict wrote it" in output
+        and pred.read_text() == "edited by hand\n"
+    )
     code, output = _predict(made, pred, "--overwrite")
     assert code == 0 and pred.read_bytes() == first
     page = tmp_path / "report.html"

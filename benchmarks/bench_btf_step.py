@@ -40,7 +40,8 @@ from benchmarks.record import append, environment
 from xlt_engine.data import load_tokenizer, read_conll
 from xlt_engine.data.masking import MlmMasker
 from xlt_engine.engine.method.btf import MlmObjective, pad_rows
-from xlt_engine.engine.train.loop import RunIO, TrainConfig, batch_generator, train
+from xlt_engine.engine.train.config import TrainConfig
+from xlt_engine.engine.train.loop import RunIO, batch_generator, train
 from xlt_engine.engine.train.optim import freeze, prepare
 from xlt_engine.model import BertConfig, BertForMLM, save_pretrained
 

@@ -44,7 +44,7 @@ from benchmarks.record import append, environment
 from xlt_engine.data import load_tokenizer, read_conll
 from xlt_engine.data.task import encode, read_task_file
 from xlt_engine.engine.method.selftrain import SelftrainConfig, run_selftrain
-from xlt_engine.engine.train.loop import TrainConfig
+from xlt_engine.engine.train.config import TrainConfig
 from xlt_engine.fileio import atomic_write_text, folder_bytes
 from xlt_engine.model import BertConfig, BertForMLM, save_pretrained
 from xlt_engine.model.checkpoint import load_encoder

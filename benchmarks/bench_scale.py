@@ -167,7 +167,7 @@ def worker(spec: dict) -> dict:
     import torch
 
     from xlt_engine.engine.method.selftrain import SelftrainConfig, run_selftrain
-    from xlt_engine.engine.train.loop import TrainConfig
+    from xlt_engine.engine.train.config import TrainConfig
 
     torch.set_num_threads(int(spec.get("threads", torch.get_num_threads())))
     steps = TrainConfig(max_steps=spec["steps"], lr=3e-5, log_every=10, seed=1, save_minutes=0)

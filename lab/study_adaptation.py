@@ -56,8 +56,8 @@ def main(argv=None) -> dict:
     from xlt_engine.data.task import read_task_file
     from xlt_engine.data.tokenizer import load_tokenizer
     from xlt_engine.engine.method.finetune import FinetuneConfig, run_finetune
+    from xlt_engine.engine.train.config import TrainConfig
     from xlt_engine.engine.train.inference import evaluate_model
-    from xlt_engine.engine.train.loop import TrainConfig
     from xlt_engine.model.task import load_task_model
 
     torch.set_num_threads(torch.get_num_threads())

@@ -131,6 +131,16 @@ def test_quickstart_runs_the_whole_pipeline(tmp_path):
     assert again.exit_code != 0 and "--resume" in again.output  # never overwrites a run
     resumed = CliRunner().invoke(main, ["quickstart", "--out", str(out), "--resume"])
     assert resumed.exit_code == 0 and resumed.output.count("not run again") == 4
+    # a report the user edited is not rewritten by --resume (it was, issue 66); --overwrite is
+    # the user's yes
+    page = out / "report.html"
+    page.write_text(page.read_text() + "<!-- my notes -->\n")
+    edited = page.read_bytes()
+    kept = CliRunner().invoke(main, ["quickstart", "--out", str(out), "--resume"])
+    assert kept.exit_code == 1 and "changed since xlt-engine report wrote it" in kept.output
+    assert page.read_bytes() == edited
+    args = ["quickstart", "--out", str(out), "--resume", "--overwrite"]
+    assert CliRunner().invoke(main, args).exit_code == 0 and page.read_bytes() != edited
 
 
 def _small_quickstart(out: Path) -> dict:

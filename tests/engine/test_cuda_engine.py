@@ -16,7 +16,7 @@ from xlt_engine.data import read_conll
 from xlt_engine.engine.method.btf import BtfConfig, run_btf
 from xlt_engine.engine.method.finetune import run_finetune
 from xlt_engine.engine.train.checkpoints import latest_checkpoint
-from xlt_engine.engine.train.loop import TrainConfig
+from xlt_engine.engine.train.config import TrainConfig
 
 pytestmark = [pytest.mark.cuda, requires_cuda]
 

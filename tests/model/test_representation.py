@@ -9,7 +9,7 @@ import torch
 
 from tests.model.hf_utils import TINY_CONFIGS, batch, hf_config, randomize_
 from xlt_engine.engine.method.btf import MlmObjective
-from xlt_engine.engine.train.loop import TrainConfig
+from xlt_engine.engine.train.config import TrainConfig
 from xlt_engine.engine.train.optim import prepare
 from xlt_engine.model import (
     REPRESENTATIONS,

@@ -36,7 +36,7 @@ from xlt_engine.engine.method.rules import make_rule, register_rule
 from xlt_engine.engine.method.selftrain import SelftrainConfig, run_selftrain
 from xlt_engine.engine.method.threshold import ThresholdChoice, select_threshold
 from xlt_engine.engine.train import metrics
-from xlt_engine.engine.train.loop import TrainConfig
+from xlt_engine.engine.train.config import TrainConfig
 
 __all__ = [
     "BtfConfig",

@@ -402,6 +402,30 @@ def is_pair_folder(folder: Path) -> bool:
     )
 
 
+def load_plugins(stage_folder: Path) -> list[str]:
+    """Import the plug-ins the run's saved config (``config.json`` of a stage folder) names,
+    as ``run`` did (``config.import_plugin``), so that their stages report like the built-in
+    ones; the modules that could not be imported (a warning names each)."""
+    import warnings
+
+    from xlt_engine.engine.experiment.config import import_plugin
+
+    saved = stage_folder / "config.json"
+    doc = _read_json(saved) if saved.is_file() else {}
+    experiment = doc.get("experiment") if isinstance(doc, dict) else None
+    plugins = experiment.get("plugins", []) if isinstance(experiment, dict) else []
+    folders = doc.get("plugin_folders", {}) if isinstance(doc, dict) else {}
+    missing = []
+    for module in plugins if isinstance(plugins, list) else []:
+        near = folders.get(module) if isinstance(folders, dict) else None
+        try:
+            import_plugin(str(module), near if isinstance(near, str) else None)
+        except Exception as err:  # whatever the module raises, named
+            warnings.warn(f"{saved}: plugin {module!r} cannot be imported ({err})", stacklevel=2)
+            missing.append(str(module))
+    return missing
+
+
 def stages_table(folder: Path) -> str:
     """Every stage folder of a pair's run folder, a row each: its stage, whether it finished,
     its wall time, and the columns its stage reports of it (``Stage.table``)."""
@@ -410,9 +434,11 @@ def stages_table(folder: Path) -> str:
         stage_folder = path.parent
         recorded = _read_json(path)
         name = recorded.get("stage") if isinstance(recorded, dict) else None
+        if name not in registry.names():  # a plug-in's: the run's saved config names it
+            load_plugins(stage_folder)
         try:
             spec = registry.get(name)
-        except ValueError:  # a stage this process has not registered (a plug-in's)
+        except ValueError:  # its plug-in cannot be imported here: a row without its columns
             spec = None
         done = spec is not None and (stage_folder / spec.output).exists()
         run = stage_folder / "run.json"

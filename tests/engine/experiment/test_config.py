@@ -385,7 +385,7 @@ def test_out_of_range_numbers_are_config_errors_naming_the_key(item, message):
 
 
 def test_library_train_configs_refuse_non_finite_numbers():
-    from xlt_engine.engine.train.loop import TrainConfig
+    from xlt_engine.engine.train.config import TrainConfig
 
     for kw in (dict(weight_decay=float("nan")), dict(clip=float("inf")), dict(epochs=1e308)):
         with pytest.raises(ValueError):

@@ -22,7 +22,8 @@ from xlt_engine.cli import main
 from xlt_engine.engine.experiment import registry
 from xlt_engine.engine.experiment.registry import Stage, register
 from xlt_engine.engine.experiment.runs import StagePlan, flat, stage_dir
-from xlt_engine.engine.train.loop import RunIO, TrainConfig, train
+from xlt_engine.engine.train.config import TrainConfig
+from xlt_engine.engine.train.loop import RunIO, train
 from xlt_engine.fileio import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -241,3 +242,99 @@ def test_a_stage_name_is_checked_and_taken_once():
         register(Stage(name="toy2", build=build, run=run_toy, models={"finetune": lambda c: c}))
     assert "toy2" not in registry.names() and registry.names()[:6] == (
         "btf", "finetune", "selftrain", "cotrain", "evaluate", "predict")  # fmt: skip
+
+
+LINES_PLUGIN = '''"""A stage of one's own in one file: counts the source file's lines."""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from xlt_engine.engine.experiment.registry import Stage, register
+from xlt_engine.engine.experiment.runs import StagePlan, flat, stage_dir
+from xlt_engine.fileio import atomic_write_text
+
+
+@dataclass(frozen=True)
+class LinesSection:
+    scale: int = 1
+
+
+@dataclass(frozen=True)
+class LinesConfig:
+    scale: int
+    source_file: str
+    out: str
+
+
+def build(cfg):
+    return LinesConfig(cfg.lines.scale, str(cfg.data_path(cfg.source, "train")),
+                       str(stage_dir(cfg, "lines")))
+
+
+def run(lc, resume=False, echo=print, progress=None):
+    n = len(Path(lc.source_file).read_text(encoding="utf-8").splitlines()) * lc.scale
+    out = Path(lc.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "result.json", json.dumps({"lines": n}) + "\\n")
+    return out / "result.json"
+
+
+def plan(cfg, common, head, trained):
+    p = StagePlan(cfg, "lines", {**common, **flat("lines", cfg.lines, {})}, {})
+    p.inputs[f"languages.{cfg.source}.train"] = cfg.data_path(cfg.source, "train")
+    return p
+
+
+def table(folder):
+    return {"lines counted": json.loads((folder / "result.json").read_text())["lines"]}
+
+
+register(Stage(name="lines", section=LinesSection, build=build, run=run, plan=plan,
+               files=lambda cfg, need: need("x", cfg.data_path(cfg.source, "train")),
+               output="result.json", table=table), replace=True)
+'''
+
+
+@pytest.mark.parametrize("where", ["the working directory", "the config's folder"])
+def test_a_plugin_file_outside_the_repository_runs_and_reports_through_the_installed_script(
+    tmp_path, where
+):
+    """The installed ``xlt-engine`` script has no working directory on its path (``python -m``
+    has): a plug-in beside the config or in the working directory failed to import, and
+    ``report`` in a fresh process showed its stage as "finished: no" without its columns. Each
+    command runs here in a process of its own, from a folder outside the repository."""
+    import shutil
+
+    script = shutil.which("xlt-engine") or str(Path(sys.executable).parent / "xlt-engine")
+    if not Path(script).exists():
+        pytest.skip("the xlt-engine console script is not installed")
+    project = tmp_path / "project"
+    (project / "myplugins").mkdir(parents=True)
+    (project / "myplugins" / "__init__.py").write_text("")
+    (project / "myplugins" / "lines.py").write_text(LINES_PLUGIN)
+    cfg = _config(project)
+    cfg.write_text(
+        cfg.read_text().replace(f'plugins = ["{__name__}"]', 'plugins = ["myplugins.lines"]')
+        .replace("[toy]\nwidth = 4\n", "[lines]\nscale = 3\n")
+    )  # fmt: skip
+    cwd = project if where == "the working directory" else tmp_path
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def xlt(*args, ok=True):
+        done = subprocess.run([script, *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+        assert (done.returncode == 0) == ok, done.stdout + done.stderr
+        return done.stdout + done.stderr
+
+    xlt("run", "--stage", "lines", "--config", cfg, "--no-progress")
+    result = json.loads((project / "runs" / "en-de" / "lines" / "result.json").read_text())
+    assert result == {"lines": 3 * 3}
+    xlt("report", project / "runs" / "en-de", "--out", tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert "<th>lines counted</th>" in page and "<td>9</td>" in page
+    assert "<td>lines</td><td>yes</td>" in page  # finished, as a built-in stage's row
+    # its code is in the fingerprint: an edit is named on the next run, never a stale reuse
+    plugin = project / "myplugins" / "lines.py"
+    plugin.write_text(plugin.read_text().replace("* lc.scale", "* lc.scale + 1"))
+    refused = xlt("run", "--stage", "lines", "--config", cfg, "--no-progress", "--resume", ok=False)
+    assert "was made with other settings" in refused and "code sha256:" in refused

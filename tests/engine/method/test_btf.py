@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from xlt_engine.engine.method.btf import BtfConfig, run_btf
 from xlt_engine.engine.train.checkpoints import latest_checkpoint
-from xlt_engine.engine.train.loop import TrainConfig
+from xlt_engine.engine.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[3]
 

@@ -16,7 +16,7 @@ from tests.engine.conftest import cls_slice
 from xlt_engine.cli import main
 from xlt_engine.engine.method import cotrain as cotrain_mod
 from xlt_engine.engine.method.cotrain import CotrainConfig, draw, run_cotrain
-from xlt_engine.engine.train.loop import TrainConfig
+from xlt_engine.engine.train.config import TrainConfig
 from xlt_engine.fileio import folder_lock
 
 N_SOURCE, N_POOL = 24, 40

@@ -24,8 +24,8 @@ from xlt_engine.engine.method.evaluate import (
 )
 from xlt_engine.engine.method.finetune import FinetuneConfig, run_finetune
 from xlt_engine.engine.train.checkpoints import latest_checkpoint
+from xlt_engine.engine.train.config import TrainConfig
 from xlt_engine.engine.train.inference import predict_logits
-from xlt_engine.engine.train.loop import TrainConfig
 from xlt_engine.model.task import load_task_model
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -13,7 +13,7 @@ from xlt_engine.data.task import TaskBatches, encode, read_task_file
 from xlt_engine.engine.experiment.config import ConfigError, load_config
 from xlt_engine.engine.method.finetune import FinetuneConfig, finetune_loss, run_finetune
 from xlt_engine.engine.method.settings import FinetuneSettings
-from xlt_engine.engine.train.loop import TrainConfig
+from xlt_engine.engine.train.config import TrainConfig
 from xlt_engine.kernels import supcon_loss_ref
 from xlt_engine.kernels.supcon_loss import SupConFunction
 from xlt_engine.model.checkpoint import load_encoder

@@ -51,8 +51,8 @@ from xlt_engine.engine.method.selftrain_rows import (
     write_with_targets,
 )
 from xlt_engine.engine.method.threshold import EVEN_GRID, select_threshold, threshold_grid
+from xlt_engine.engine.train.config import TrainConfig
 from xlt_engine.engine.train.inference import evaluate_model, predict_logits
-from xlt_engine.engine.train.loop import TrainConfig
 from xlt_engine.kernels import voter_filter
 from xlt_engine.model.checkpoint import load_encoder
 from xlt_engine.model.heads import VotersModule

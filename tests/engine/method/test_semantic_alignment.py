@@ -21,7 +21,7 @@ from xlt_engine.data.parallel import build_xnli_parallel, read_parallel
 from xlt_engine.engine.method.adaptation import SABatches, sa_encoded, semantic_alignment_loss
 from xlt_engine.engine.method.finetune import SA_FOLDER, FinetuneConfig, run_finetune
 from xlt_engine.engine.train.checkpoints import latest_checkpoint
-from xlt_engine.engine.train.loop import TrainConfig
+from xlt_engine.engine.train.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[3]
 XNLI = SHARED_DATA / "xnli"

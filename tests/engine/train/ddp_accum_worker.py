@@ -13,7 +13,8 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 from xlt_engine.engine.train import distributed
-from xlt_engine.engine.train.loop import RunIO, TrainConfig, train
+from xlt_engine.engine.train.config import TrainConfig
+from xlt_engine.engine.train.loop import RunIO, train
 
 
 class Batches:

@@ -14,7 +14,7 @@ from xlt_engine.engine.method.rules import make_rule
 from xlt_engine.engine.method.selftrain import SelftrainConfig, run_selftrain
 from xlt_engine.engine.method.settings import HeadSettings
 from xlt_engine.engine.train import distributed
-from xlt_engine.engine.train.loop import TrainConfig
+from xlt_engine.engine.train.config import TrainConfig
 
 
 def report_wrap():

@@ -18,8 +18,8 @@ from safetensors.torch import load_file
 
 from tests.engine.conftest import make_tiny
 from xlt_engine.engine.method.finetune import FinetuneConfig, run_finetune
+from xlt_engine.engine.train.config import TrainConfig
 from xlt_engine.engine.train.inference import shard_items
-from xlt_engine.engine.train.loop import TrainConfig
 from xlt_engine.quickstart import Sizes, prepare
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -7,7 +7,8 @@ import torch
 
 from benchmarks.host_sync import HostSyncs
 from tests.engine.conftest import gpu_step_syncs
-from xlt_engine.engine.train.loop import Position, RunIO, TrainConfig, stage, train
+from xlt_engine.engine.train.config import TrainConfig
+from xlt_engine.engine.train.loop import Position, RunIO, stage, train
 
 
 def f_item(t):

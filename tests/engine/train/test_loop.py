@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from xlt_engine.engine.train.checkpoints import latest_checkpoint
-from xlt_engine.engine.train.loop import NonFiniteLoss, RunIO, TrainConfig, train
+from xlt_engine.engine.train.config import TrainConfig
+from xlt_engine.engine.train.loop import NonFiniteLoss, RunIO, train
 
 
 class Data:

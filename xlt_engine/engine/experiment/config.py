@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.machinery
+import importlib.util
 import json
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -303,15 +306,41 @@ class ExperimentConfig:
 registry.reserve(f.name for f in dataclasses.fields(ExperimentConfig))  # no stage takes them
 
 
-def _import_plugins(table: dict, problems: list[str]) -> None:
+def import_plugin(module: str, near: str | Path | None = None):
+    """Import the plug-in ``module`` (it registers its stages or rules): from Python's path,
+    else from the current directory, else from ``near`` (the folder of the config naming it).
+    The same rule for ``python -m xlt_engine.cli`` (which has the current directory on its path)
+    and the installed ``xlt-engine`` script (which has not); ``sys.path`` is left as it is."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        top = module.split(".")[0]
+        if err.name != top:
+            raise
+        for folder in dict.fromkeys([Path.cwd(), *([Path(near)] if near else [])]):
+            spec = importlib.machinery.PathFinder.find_spec(top, [str(folder)])
+            if spec is None or spec.loader is None:
+                continue
+            package = importlib.util.module_from_spec(spec)
+            sys.modules[top] = package
+            try:
+                spec.loader.exec_module(package)
+            except BaseException:
+                sys.modules.pop(top, None)
+                raise
+            return importlib.import_module(module)
+        raise
+
+
+def _import_plugins(table: dict, problems: list[str], near: str | Path | None = None) -> None:
     """Import the modules ``plugins`` names (each registers its stages) before the stages'
-    tables are read."""
+    tables are read (``import_plugin``; ``near``: the config file's folder)."""
     plugins = table.get("plugins", [])
     if not isinstance(plugins, list | tuple) or not all(isinstance(p, str) for p in plugins):
         return  # reported as a wrong type by the build
     for module in plugins:
         try:
-            importlib.import_module(module)
+            import_plugin(module, near)
         except Exception as err:  # whatever the module raises, named
             problems.append(f"plugins: {module!r}: cannot import it ({type(err).__name__}: {err})")
 
@@ -339,7 +368,7 @@ def _sections(table: dict, problems: list[str]) -> dict[str, Any]:
 def config_from_dict(table: dict, where: str, name: str = "") -> ExperimentConfig:
     problems: list[str] = []
     table = dict(table)
-    _import_plugins(table, problems)
+    _import_plugins(table, problems, Path(where).parent if where else None)
     sections = _sections(table, problems)
     cfg = build_table(ExperimentConfig, table, "", problems, given={"sections": sections})
     if problems:

@@ -44,6 +44,19 @@ from xlt_engine.fileio import (
 from xlt_engine.inputs import read_json
 
 
+def plugin_folders(plugins) -> dict[str, str]:
+    """For each plug-in module, the folder its top package was imported from (what
+    ``config.import_plugin`` needs to import it again in another process, from anywhere)."""
+    out = {}
+    for module in plugins:
+        top = sys.modules.get(module.split(".")[0])
+        where = getattr(top, "__file__", None)
+        if where:
+            path = Path(where).resolve()
+            out[module] = str(path.parent.parent if path.name == "__init__.py" else path.parent)
+    return out
+
+
 def write_run_info(folder: Path, cfg: ExperimentConfig, stage: str, stage_cfg) -> None:
     if rank_world()[0] != 0:
         return
@@ -52,6 +65,7 @@ def write_run_info(folder: Path, cfg: ExperimentConfig, stage: str, stage_cfg) -
         "experiment": to_dict(cfg),
         "stage": stage,
         "stage_config": dataclasses.asdict(stage_cfg),
+        "plugin_folders": plugin_folders(cfg.plugins),  # where report imports them from
     }
     atomic_write_text(folder / "config.json", json.dumps(resolved, indent=2) + "\n")
     env = provenance.environment(resolve_device(cfg.device))

@@ -51,8 +51,8 @@ from xlt_engine.engine.experiment import registry
 from xlt_engine.engine.experiment.config import LIMITS, ConfigError, ExperimentConfig
 from xlt_engine.engine.method.settings import FreezeSettings
 from xlt_engine.engine.train.checkpoints import latest_checkpoint
+from xlt_engine.engine.train.config import RESUME_FREE
 from xlt_engine.engine.train.distributed import rank_world
-from xlt_engine.engine.train.loop import RESUME_FREE
 from xlt_engine.fileio import atomic_write_text, file_sha256
 from xlt_engine.inputs import read_json
 
@@ -262,6 +262,9 @@ class StagePlan:
                     k: u.fingerprint()["digest"] for k, u in sorted(self.upstream.items())
                 },
             }
+            code = stage_code(self.stage)
+            if code is not None:  # a plug-in's: its code counts (the built-ins': their version)
+                body["code"] = code
             canon = json.dumps(body, sort_keys=True, default=str).encode()
             self._fingerprint = {**body, "digest": hashlib.sha256(canon).hexdigest()}
         return self._fingerprint
@@ -311,6 +314,24 @@ class StagePlan:
             atomic_write_text(self.folder / FINGERPRINT, text)
 
 
+def stage_code(stage: str) -> dict | None:
+    """What identifies the code of a stage of one's own (a plug-in): its module and the sha256
+    of the module's file, so that an edit to it makes the next run name the change like a
+    settings change. None for the engine's own stages: a change of theirs that changes results
+    comes with a new engine version (run.json records it), and a fingerprint that held the
+    engine's source would make every edit recompute every stage."""
+    import sys
+
+    runner = registry.get(stage).run
+    module = sys.modules.get(getattr(runner, "__module__", "") or "")
+    if module is None or module.__name__.split(".")[0] == "xlt_engine":
+        return None
+    where = getattr(module, "__file__", None)
+    if not where or not Path(where).is_file():
+        return {"module": module.__name__}
+    return {"module": module.__name__, "sha256": file_sha256(where)}
+
+
 def _same_upstream(recorded: str, plan: StagePlan | None) -> bool:
     if plan is None:
         return False
@@ -320,7 +341,8 @@ def _same_upstream(recorded: str, plan: StagePlan | None) -> bool:
 
 def _diff(old: dict, new: dict, upstream: dict[str, StagePlan]) -> list[str]:
     out = []
-    for part, label in (("settings", ""), ("upstream", "upstream "), ("inputs", "input ")):
+    parts = (("settings", ""), ("code", "code "), ("upstream", "upstream "), ("inputs", "input "))
+    for part, label in parts:
         a, b = old.get(part, {}), new.get(part, {})
         for key in sorted(set(a) | set(b)):
             x, y = a.get(key, "(absent)"), b.get(key, "(absent)")
@@ -365,7 +387,7 @@ def check_plans(plans: list[StagePlan]) -> None:
             "\n".join(problems)
             + "\nIts results are kept as they are. To proceed: run into another "
             "folder (--out), or move that folder away to compute it again with the current "
-            "settings, or restore the settings it was made with."
+            "settings and code, or restore the settings (or a plug-in's code) it was made with."
         )
 
 

@@ -23,8 +23,8 @@ from xlt_engine.data.task import Format
 from xlt_engine.engine.method.pseudo_labels import SourceFilter
 from xlt_engine.engine.method.rules import PseudoRule
 from xlt_engine.engine.method.threshold import check_rounds
+from xlt_engine.engine.train.config import TrainConfig
 from xlt_engine.engine.train.inference import EVAL_MAX_TOKENS
-from xlt_engine.engine.train.loop import TrainConfig
 from xlt_engine.model.heads import LINEAR
 
 

@@ -22,6 +22,19 @@ MAX_HEAD_LR_SCALE = 1000.0  # a fresh head at lr x 1000 is past any recipe: most
 MAX_LR = 10.0  # AdamW on these models trains below 1e-2; lr 1e39 was a RuntimeError in AdamW
 
 
+# settings that do not change a run's result (how often it logs, saves, evaluates; what it keeps):
+# a resume may change them, and a stage's fingerprint leaves them out
+RESUME_FREE = (
+    "log_every",
+    "save_every",
+    "save_minutes",
+    "eval_every",
+    "keep_checkpoints",
+    "tensorboard",
+    "final_checkpoint",
+)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     max_steps: int = 0  # optimizer steps; 0: from ``epochs`` (``with_steps``)

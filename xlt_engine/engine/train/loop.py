@@ -52,7 +52,7 @@ from torch import nn
 
 from xlt_engine.engine.train import distributed, faults
 from xlt_engine.engine.train.checkpoints import Checkpoints, last_good, non_finite_parameters
-from xlt_engine.engine.train.config import TrainConfig
+from xlt_engine.engine.train.config import RESUME_FREE, TrainConfig
 from xlt_engine.engine.train.optim import (
     freeze,
     lr_at,
@@ -86,19 +86,6 @@ class TrainResult:
     last_loss: float
     checkpoint: Path | None
     history: list[dict] = field(default_factory=list)
-
-
-# settings that do not change a run's result (how often it logs, saves, evaluates; what it keeps):
-# a resume may change them, and a stage's fingerprint leaves them out
-RESUME_FREE = (
-    "log_every",
-    "save_every",
-    "save_minutes",
-    "eval_every",
-    "keep_checkpoints",
-    "tensorboard",
-    "final_checkpoint",
-)
 
 
 def config_changes(stored: dict | None, current: dict) -> list[str]:

@@ -338,3 +338,61 @@ def test_a_plugin_file_outside_the_repository_runs_and_reports_through_the_insta
     plugin.write_text(plugin.read_text().replace("* lc.scale", "* lc.scale + 1"))
     refused = xlt("run", "--stage", "lines", "--config", cfg, "--no-progress", "--resume", ok=False)
     assert "was made with other settings" in refused and "code sha256:" in refused
+
+
+def _manual_block(opening: str) -> str:
+    """The code block of docs/manual.md that starts with ``opening`` (its first line)."""
+    text = (ROOT / "docs" / "manual.md").read_text(encoding="utf-8")
+    start = text.index(opening)
+    start = text.index("\n", start) + 1
+    return text[start : text.index("\n```", start) + 1]
+
+
+def test_the_manuals_stage_example_runs_as_printed_and_reads_an_upstream_model(tmp_path):
+    """docs/manual.md's "A stage of your own": its module and its config table, taken from the
+    manual as they are printed, run through the installed script after btf (the model the
+    stage reads, an upstream stage in its fingerprint), and shown by report in a process of its
+    own."""
+    import shutil
+
+    script = shutil.which("xlt-engine") or str(Path(sys.executable).parent / "xlt-engine")
+    if not Path(script).exists():
+        pytest.skip("the xlt-engine console script is not installed")
+    (tmp_path / "mystages").mkdir()
+    (tmp_path / "mystages" / "__init__.py").write_text("")
+    (tmp_path / "mystages" / "size.py").write_text(_manual_block("```python\n# mystages/size.py"))
+    table = _manual_block('```toml\nplugins = ["mystages.size"]')
+    data = tmp_path / "data"
+    data.mkdir()
+    conll = "".join(f"Anna B-PER\nlives O\nin O\nParis B-LOC\n{w} O\n\n" for w in "abcdefgh")
+    (data / "en.conll").write_text(conll)
+    (data / "de.conll").write_text(conll.replace("lives", "wohnt"))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def xlt(*args):
+        done = subprocess.run([script, *map(str, args)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    xlt("init", tmp_path / "model", "--layers", "1", "--hidden", "16", "--heads", "2",
+        "--intermediate", "32", "--max-positions", "64")  # fmt: skip
+    cfg = tmp_path / "my.toml"
+    cfg.write_text(
+        f'task = "ner"\nsource = "en"\ntargets = ["de"]\nout = "{tmp_path / "runs"}"\n'
+        f'{table}\n[data]\nroot = "{data}"\n[model]\npath = "{tmp_path / "model"}"\n'
+        "max_len = 32\nfreeze_layers = 0\n"
+        '[languages.en]\ntrain = "en.conll"\n[languages.de]\nunlabeled = "de.conll"\n'
+        "[btf]\nbatch_size = 4\n[btf.train]\nmax_steps = 2\n"
+    )
+    xlt("run", "--stage", "btf", "--config", cfg, "--no-progress")
+    xlt("run", "--stage", "size", "--config", cfg, "--no-progress")
+    folder = tmp_path / "runs" / "en-de" / "size"
+    counted = json.loads((folder / "size.json").read_text())["parameters"]
+    assert counted > 1000
+    fingerprint = json.loads((folder / "fingerprint.json").read_text())
+    assert "size.model" in fingerprint["upstream"]  # btf's digest: a new btf recomputes it
+    assert fingerprint["code"]["module"] == "mystages.size"
+    xlt("report", tmp_path / "runs" / "en-de", "--out", tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert "<th>parameters</th>" in page and f"<td>{counted:g}</td>" in page

@@ -246,16 +246,22 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def disk_full(err: BaseException) -> bool:
+    """``err`` says the disk is full (or the quota spent): an ``OSError`` ENOSPC / EDQUOT, or
+    a writer's own wrapper of one (safetensors' Rust I/O, ``torch.save``'s zip writer)."""
+    if isinstance(err, OSError):
+        return err.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(err)
+    return any(s in text for s in ("No space left on device", "os error 28", "StorageFull"))
+
+
 def _named(err: BaseException, path: Path) -> BaseException:
     """``err`` with the output it was writing named: a write's ``OSError`` (no space, quota)
-    carries no file name, and safetensors' and ``torch.save``'s wrappers of one are plain
-    exceptions; others as they are."""
+    carries no file name, and a writer's wrapper of a full disk is a plain exception; others
+    as they are."""
     if isinstance(err, OSError) and err.filename is None and err.errno is not None:
         return OSError(err.errno, err.strerror, str(path))
-    text = str(err)
-    if not isinstance(err, OSError) and any(
-        s in text for s in ("No space left on device", "os error 28", "StorageFull")
-    ):
+    if not isinstance(err, OSError) and disk_full(err):
         return OSError(errno.ENOSPC, "No space left on device", str(path))
     return err
 
@@ -353,9 +359,9 @@ def open_safetensors(path: str | Path, mode: str = "r") -> dict[str, np.ndarray]
 
 LEDGER = ".xlt-engine-outputs.json"  # in a folder: what the engine wrote there, by which command
 
-# the commands that write for a user, each claiming its outputs through claim_output (``claim_output(by=...)``):
-# the hostile-output matrix (tests/test_writers.py) crosses each with every target; a writer
-# not registered here cannot claim a path
+# the commands that write for a user, each claiming its outputs (``claim_output(by=...)``): the
+# hostile-output matrix (tests/engine/experiment/test_writers.py) crosses each with every
+# target; a writer not registered here cannot claim a path
 BUILTIN_WRITERS = {
     "predict": "file",  # run --stage predict
     "run": "file",  # the tables of run --stage all and ablate

@@ -349,7 +349,7 @@ def test_jsonl_nested_too_deeply_is_an_error_naming_file_and_line(tmp_path):
     path = tmp_path / "d.jsonl"
     deep = "[" * 100_000 + "]" * 100_000
     path.write_text('{"text": "a", "label": "x"}\n' + deep + "\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=r"d\.jsonl:2: nested deeper than 100 levels"):
+    with pytest.raises(ValueError, match=r"d\.jsonl:2: JSON nested too deeply"):
         read_labeled(path, "jsonl")
 
 

@@ -13,7 +13,7 @@ import click
 
 from xlt_engine import __version__
 from xlt_engine.cli.options import fail, folder_option, overwrite_option
-from xlt_engine.fileio import check_not_read, check_writable, claim_output, record_output
+from xlt_engine.fileio import check_not_read, check_writable, claim_output, disk_full, record_output
 
 
 class _Main(click.Group):
@@ -169,12 +169,6 @@ def os_problem(err: OSError) -> str:
     return f"{where}{remedies.get(err.errno, err.strerror or str(err))}"
 
 
-def _disk_full(err: BaseException) -> bool:
-    """A writer's own wrapper of ENOSPC (safetensors' Rust I/O, ``torch.save``'s zip writer)."""
-    text = str(err)
-    return any(s in text for s in ("No space left on device", "os error 28", "StorageFull"))
-
-
 def expected_failure(err: BaseException) -> str | None:
     """The one line a command prints for ``err`` when it is an expected failure (bad input or a
     setting: ``ValueError``; the file system: ``OSError``; a damaged file a library read), or
@@ -187,7 +181,7 @@ def expected_failure(err: BaseException) -> str | None:
 
     if isinstance(err, OSError):
         return os_problem(err)
-    if _disk_full(err):
+    if disk_full(err):
         return os_problem(OSError(errno.ENOSPC, "No space left on device"))
     if isinstance(err, ValueError):
         return str(err)
@@ -209,7 +203,6 @@ def _run_guarded(fn, repeat_resumes: bool = False) -> None:
     command that refuses a folder it already filled); an interrupted one, or one the collapse
     guard stopped, the command that continues it. (A non-finite loss gets no such line: the
     same settings would diverge again.)"""
-    import errno
     import os
     import signal
     import sys
@@ -245,9 +238,7 @@ def _run_guarded(fn, repeat_resumes: bool = False) -> None:
     except NonFiniteLoss as err:
         fail(err)
     except Exception as err:  # the group's boundary prints it; a full disk can be resumed
-        if (isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)) or _disk_full(
-            err
-        ):
+        if disk_full(err):
             continue_with()
         raise
     else:

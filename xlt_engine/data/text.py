@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from xlt_engine.data.examples import BLANK, Example, TextDataset, check_file, iter_lines, quoted
-from xlt_engine.inputs import DuplicateKeyError, parse_json
+from xlt_engine.inputs import DuplicateKeyError, InputError, parse_json
 
 
 def read_labeled(path: str | Path, format: str | None = None) -> TextDataset:
@@ -62,14 +62,12 @@ def read_labeled(path: str | Path, format: str | None = None) -> TextDataset:
 def _jsonl_example(path: Path, lineno: int, line: str) -> Example:
     try:
         obj = parse_json(line, path, lineno)
-    except DuplicateKeyError:
+    except (DuplicateKeyError, InputError):  # each names file and line already
         raise
     except json.JSONDecodeError as err:
         raise ValueError(
             f"{path}:{lineno}: invalid JSON ({err.reason}, column {err.colno})"
         ) from None
-    except RecursionError:
-        raise ValueError(f"{path}:{lineno}: JSON nested too deeply to be an example") from None
     except ValueError as err:  # e.g. an integer of more than 4,300 digits
         raise ValueError(f"{path}:{lineno}: invalid JSON value ({err})") from None
     if not isinstance(obj, dict):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xlt_engine.inputs import parse_json, read_text
+from xlt_engine.inputs import InputError, parse_json, read_text
 
 CONFIG_MAX_BYTES = 1 << 24  # 16 MiB: Hugging Face configs are a few KB (id2label included)
 
@@ -200,6 +200,8 @@ class BertConfig:
             raise ValueError(f"{path}: cannot read config ({err.strerror or err})") from None
         try:
             raw = parse_json(text, path)
+        except InputError as err:  # nested too deeply, a lone surrogate: what is invalid
+            raise ValueError(f"{path}: invalid config: {str(err).split(': ', 1)[-1]}") from None
         except json.JSONDecodeError as err:
             raise ValueError(
                 f"{path}: invalid JSON at line {err.lineno}, column {err.colno}: "

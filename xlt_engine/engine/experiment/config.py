@@ -44,7 +44,7 @@ from xlt_engine.engine.method.settings import (
     check_limit,
 )
 from xlt_engine.engine.train.config import TrainConfig
-from xlt_engine.inputs import MAX_DEPTH, InputError, depth_over, parse_json, read_text
+from xlt_engine.inputs import InputError, parse_json, read_text
 from xlt_engine.model.checkpoint import plan_checkpoint
 from xlt_engine.model.config import BertConfig
 
@@ -405,14 +405,13 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         if path.suffix == ".json":
             table, name = _resolved_table(parse_json(text, path), str(path))
         else:
-            deep = depth_over(text, MAX_DEPTH)  # tomllib recurses: a RecursionError otherwise
-            if deep is not None:
-                raise InputError(f"{path}:{deep}: nested deeper than {MAX_DEPTH} levels; refused")
             table = tomllib.loads(text)
     except InputError as err:
         raise ConfigError(str(path), [_problem(err, path)]) from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(str(path), [f"not valid TOML: {err}"]) from None
+    except RecursionError:  # tomllib recurses per nested array or table
+        raise ConfigError(str(path), ["TOML nested too deeply to parse; refused"]) from None
     except json.JSONDecodeError as err:
         raise ConfigError(
             str(path),

@@ -18,10 +18,12 @@
 #       one thread each, no budget; run it again to resume (finished stages are reused, a stopped
 #       step restarts from its checkpoint). Work folder: WORK_DIR (default runs/tables_cpu_TABLE).
 #
-# TABLE=conll (default): the CoNLL rows the 2026-11-26 H200 loan left open
-# (lab/results/gpu_h200_20261126: Ours, - ST and direct transfer at 3 seeds and Spanish seed 1's
-# - AT / - VM / - BTF are done): the soft-only row beside Ours and - ST on every target and seed
-# (it takes round 1's soft step from Ours), and - AT / - VM / - BTF on Dutch and German seed 1.
+# TABLE=conll (default): the CoNLL rows the H200 loans left open (lab/results/gpu_h200_20261126:
+# Ours, - ST and direct transfer at 3 seeds, Spanish seed 1's - AT / - VM / - BTF;
+# lab/results/gpu_h200_20261127: soft only on Spanish and German at 3 seeds, German seed 1's and
+# Dutch seed 1's - AT / - VM, German - BTF): Dutch soft only beside Ours and - ST at seeds 1-3
+# (it takes round 1's soft step from Ours) and Dutch - BTF at seed 1 (4 jobs). The 2026-11-27
+# loan's 15 jobs are this script at commit dc036bd.
 # "full": configs/e5-small-conll.toml as shipped, with the whole files (eng.train 14,041
 # sentences; esp.train 8,323 / ned.train 15,806 as unlabeled text, tags unread; German:
 # deu.testa, its only text); full test files.
@@ -71,7 +73,7 @@ job_lines() {  # PREFIX SETTINGS "TARGETS" MAIN_ROWS "ABLATION TARGETS"
 if [ "$table" = cls ]; then
   JOB_LIST=$(job_lines cls CLS "de fr jp" "Ours,- ST,direct transfer,soft only" "de")
 else  # Ours and - ST again beside soft only: it takes round 1's soft step from Ours' folder
-  JOB_LIST=$(job_lines conll FULL "esp ned deu" "Ours,- ST,soft only" "ned deu")
+  JOB_LIST=$(job_lines conll FULL "ned" "Ours,- ST,soft only" ""; job_lines conll FULL "" "" "ned" | grep '_btf|')
 fi
 
 case "$mode" in
@@ -161,7 +163,7 @@ for i in "${!pids[@]}"; do
   wait "${pids[$i]}"
   log "${names[$i]}" $? $((SECONDS - starts[i]))
 done
+[ -n "${smi:-}" ] && kill "$smi" 2>/dev/null  # before the wait below, which would wait for it too
 wait  # the cpu mode's jobs
-[ -n "${smi:-}" ] && kill "$smi" 2>/dev/null
 grep -h "rc=" "$work/steps.txt" | awk '{print $2}' | sort | uniq -c
 echo "done at $((SECONDS - t0)) s"

@@ -589,16 +589,31 @@ def record_output(path: str | Path, by: str, entries=None) -> None:
     the output is in place; a folder's ledger can also be written into its temporary folder
     before the swap (``path`` that folder: a rename keeps every digest)."""
     path = Path(path)
-    if entries is not None:
-        ledger = _ledger(path)
-        ledger["folder"] = {
-            "by": by,
-            "entries": {n: cheap_digest(path / n) for n in sorted(entries) if n != LEDGER},
-        }
-        atomic_write_text(path / LEDGER, json.dumps(ledger, indent=2) + "\n")
-        return
-    ledger = _ledger(path.parent)
-    files = ledger.get("files") if isinstance(ledger.get("files"), dict) else {}
-    files[path.name] = {"by": by, "digest": cheap_digest(path)}
-    ledger["files"] = files
-    atomic_write_text(path.parent / LEDGER, json.dumps(ledger, indent=2) + "\n")
+    folder = path if entries is not None else path.parent
+    with _ledger_lock(folder):  # read, change, write: another process's entry is never lost
+        ledger = _ledger(folder)
+        if entries is not None:
+            ledger["folder"] = {
+                "by": by,
+                "entries": {n: cheap_digest(path / n) for n in sorted(entries) if n != LEDGER},
+            }
+        else:
+            files = ledger.get("files") if isinstance(ledger.get("files"), dict) else {}
+            files[path.name] = {"by": by, "digest": cheap_digest(path)}
+            ledger["files"] = files
+        atomic_write_text(folder / LEDGER, json.dumps(ledger, indent=2) + "\n")
+
+
+@contextmanager
+def _ledger_lock(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the folder itself while its ledger is read and rewritten: the
+    processes of ``ablate --jobs`` record their tables in one ``seed-<s>/`` folder at once (a
+    lock on the ledger file would not do: the atomic rewrite replaces that file)."""
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -1,60 +1,142 @@
-"""``ablate --jobs N``: the seeds run side by side in their own processes, and the table over
-them is the one a serial run writes, score for score."""
+"""``ablate --jobs N`` and ``--plan``: the rows and seeds run side by side in their own
+processes, each row after the one that makes the stages it reads, and the tables and models are
+the ones a serial run makes, bit for bit."""
 
+import hashlib
 import json
 import os
+import shlex
+import subprocess
+import sys
 
+import pytest
 from click.testing import CliRunner
 
 from xlt_engine.cli import main
-from xlt_engine.studies.jobs import run_seeds, seed_env
+from xlt_engine.studies.ablate import RowJob, row_jobs
+from xlt_engine.studies.jobs import job_env, run_jobs
 
 STEPS = ["btf.train.max_steps=4", "finetune.train.max_steps=8", "selftrain.soft.max_steps=4",
          "selftrain.hard.max_steps=4"]  # fmt: skip
 
 
-def test_seeds_side_by_side_give_the_serial_table(tiny, tmp_path):
+@pytest.fixture(scope="module")
+def qs(tmp_path_factory):
     from xlt_engine.quickstart import Sizes, prepare
 
-    cfg_path = prepare(tmp_path / "qs", seed=3, sizes=Sizes(train=60, dev=20, test=40))
-    common = ["ablate", "--config", str(cfg_path), "--seeds", "1,2", "--rows", "Ours,- ST"]
-    common += ["--no-progress", *(a for s in STEPS for a in ("--set", s))]
-    serial = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "serial")])
+    root = tmp_path_factory.mktemp("jobs")
+    return prepare(root / "qs", seed=3, sizes=Sizes(train=60, dev=20, test=40))
+
+
+def _common(cfg_path, rows: str, seeds: str = "1,2") -> list[str]:
+    common = ["ablate", "--config", str(cfg_path), "--seeds", seeds, "--rows", rows]
+    return [*common, "--no-progress", *(a for s in STEPS for a in ("--set", s))]
+
+
+def _made(root) -> dict[str, str]:
+    """sha256 of every model file, evaluation and per-seed table below ``root``, by relative
+    path (the run folder's own name, which results.json holds, read as ROOT)."""
+    keep = [p for p in root.rglob("*") if p.name in ("model.safetensors", "results.json")]
+    keep += list(root.glob("seed-*/all*.json"))
+    here = str(root).encode()
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes().replace(here, b"ROOT")).hexdigest()
+        for p in keep
+    }
+
+
+def test_rows_and_seeds_side_by_side_give_the_serial_tables_and_models(qs, tmp_path):
+    import torch
+
+    common = _common(qs, "Ours,- AT,- ST,soft only")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each job's process, on 2 cores and --jobs 2: the same sums
+    try:
+        serial = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "serial")])
+    finally:
+        torch.set_num_threads(threads)
     assert serial.exit_code == 0, serial.output
     side = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "jobs"), "--jobs", "2"])
     assert side.exit_code == 0, side.output
-    assert "[seed 1] " in side.output and "[seed 2] " in side.output  # each seed's own process
+    for seed in (1, 2):  # each row and seed in its own process
+        for row in ("Ours", "- AT", "- ST", "soft only"):
+            assert f"[seed {seed} {row}] " in side.output
     a = json.loads((tmp_path / "serial" / "ablation.json").read_text())
     b = json.loads((tmp_path / "jobs" / "ablation.json").read_text())
-    assert a["scores"] == b["scores"] and list(b["scores"]) == ["Ours", "- ST"]
+    assert a["scores"] == b["scores"] and list(b["scores"]) == ["Ours", "- AT", "- ST", "soft only"]
     assert all(len(v["tgt"]) == 2 for v in b["scores"].values())
     assert len(set(b["scores"]["Ours"]["tgt"])) == 2  # two seeds, two models: a real comparison
+    made_serial, made_jobs = _made(tmp_path / "serial"), _made(tmp_path / "jobs")
+    assert made_serial == made_jobs  # every model, evaluation and per-seed table, to the bit
+    assert sum(k.endswith("model.safetensors") for k in made_jobs) >= 2 * 4
     # the last pass found every stage finished: it trained nothing
-    last = side.output.split("the table over them:")[1]
+    last = side.output.split("the tables over them:")[1]
     assert "not run again" in last and "-> " not in last
 
 
-def test_a_seed_that_fails_is_named_and_jobs_is_for_the_ablation_only(tmp_path):
+def test_each_row_waits_for_the_job_that_makes_its_stages(qs):
+    from xlt_engine.engine.experiment.config import load_config
+
+    cfg = load_config(qs, [])
+    jobs = row_jobs(cfg, [1, 2])
+    assert len(jobs) == 14 and [j.seed for j in jobs] == [1] * 7 + [2] * 7
+    by = {(j.seed, j.row): (i, j) for i, j in enumerate(jobs)}
+    for seed in (1, 2):
+        st = by[seed, "- ST"][0]  # btf and the teacher's fine-tuning: made once, by - ST
+        for row in ("Ours", "- AT", "- VM", "soft only"):
+            i, job = by[seed, row]
+            assert job.after == (st,) and i > st
+        for row in ("- ST", "direct transfer", "- BTF"):  # start from nothing another job makes
+            assert by[seed, row][1].after == ()
+    assert not any(j.helper for j in jobs)
+    # - ST not asked for but read by two rows: its job runs first, as a helper
+    helped = row_jobs(cfg, [1], rows=["Ours", "- AT"])
+    assert helped == [RowJob(1, "- ST", (), True), RowJob(1, "Ours", (0,)), RowJob(1, "- AT", (0,))]
+    assert row_jobs(cfg, [1], rows=["Ours"]) == [RowJob(1, "Ours", ())]  # one row: no helper
+
+
+def test_the_plan_run_in_its_order_gives_the_serial_table(qs, tmp_path):
+    common = _common(qs, "Ours,- ST", seeds="1")
+    res = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "plan"), "--plan"])
+    assert res.exit_code == 0, res.output
+    lines = [ln.split("\t") for ln in res.output.splitlines() if not ln.startswith("#")]
+    assert [(i, after) for i, after, _ in lines] == [("1", "-"), ("2", "1"), ("table", "1,2")]
+    assert not (tmp_path / "plan").exists()  # a plan runs nothing
+    for _, _, cmd in lines:  # a shell loop over the plan, in its order
+        words = shlex.split(cmd)
+        assert words[0] == "xlt-engine"
+        subprocess.run([sys.executable, "-m", "xlt_engine.cli", *words[1:]], check=True)
+    serial = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "serial")])
+    assert serial.exit_code == 0, serial.output
+    a = json.loads((tmp_path / "serial" / "ablation.json").read_text())
+    b = json.loads((tmp_path / "plan" / "ablation.json").read_text())
+    assert a["scores"] == b["scores"] and _made(tmp_path / "serial") == _made(tmp_path / "plan")
+
+
+def test_a_job_that_fails_is_named_and_the_jobs_after_it_do_not_start(tmp_path):
     said = []
-    status = run_seeds(["ablate", "--config", str(tmp_path / "none.toml")], [1, 2], 2, said.append)
-    assert set(status) == {1, 2} and all(rc != 0 for rc in status.values())
-    assert any(line.startswith("[seed 1] ") for line in said)
+    jobs = [RowJob(1, "- ST", ()), RowJob(1, "Ours", (0,)), RowJob(2, "- ST", ())]
+    status = run_jobs(["ablate", "--config", str(tmp_path / "none.toml")], jobs, 2, said.append)
+    assert status[1] is None and status[0] != 0 and status[2] != 0
+    assert any(line.startswith("[seed 1 - ST] ") for line in said)
+    assert not any(line.startswith("[seed 1 Ours] ") for line in said)
     assert any("none.toml" in line for line in said)
-    res = CliRunner().invoke(
-        main, ["ablate", "--config", "x.toml", "--seeds", "1,2", "--study", "rounds", "--jobs", "2"]
-    )
-    assert res.exit_code != 0 and "--jobs runs the seeds of --study ablation" in res.output
+    for flag in (["--jobs", "2"], ["--plan"]):
+        res = CliRunner().invoke(
+            main, ["ablate", "--config", "x.toml", "--seeds", "1,2", "--study", "rounds", *flag]
+        )
+        assert res.exit_code != 0 and "of --study ablation, not --study rounds" in res.output
 
 
-def test_each_seed_gets_a_gpu_in_turn_or_a_share_of_the_cores(monkeypatch):
+def test_each_job_gets_a_gpu_in_turn_or_a_share_of_the_cores(monkeypatch):
     env = {"PATH": "/bin"}
-    assert [seed_env(i, 3, 2, env)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["0", "1", "0"]
+    assert [job_env(i, 3, 2, env)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["0", "1", "0"]
     visible = {**env, "CUDA_VISIBLE_DEVICES": "3,5"}
-    assert [seed_env(i, 2, 2, visible)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["3", "5", "3"]
+    assert [job_env(i, 2, 2, visible)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["3", "5", "3"]
     monkeypatch.setattr(os, "cpu_count", lambda: 16)
-    cpu = seed_env(0, 4, 0, env)
+    cpu = job_env(0, 4, 0, env)
     assert (
         cpu["OMP_NUM_THREADS"] == cpu["MKL_NUM_THREADS"] == "4"
         and "CUDA_VISIBLE_DEVICES" not in cpu
     )
-    assert seed_env(0, 32, 0, env)["OMP_NUM_THREADS"] == "1"
+    assert job_env(0, 32, 0, env)["OMP_NUM_THREADS"] == "1"

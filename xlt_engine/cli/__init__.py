@@ -475,10 +475,17 @@ def _numbers(option: str, text: str, kind):
     default=1,
     show_default=True,
     metavar="N",
-    help="--study ablation: run N seeds at once, each in its own process (one GPU each, or the "
-    "CPU cores divided among them), then write the table",
+    help="--study ablation: run N rows and seeds at once, each in its own process (one GPU "
+    "each, or the CPU cores divided among them), a row after the one that makes the stages it "
+    "reads; then write the table",
 )
-@click.option("--no-table", is_flag=True, hidden=True, help="one seed of --jobs: no table")
+@click.option(
+    "--plan",
+    is_flag=True,
+    help="--study ablation: print the jobs --jobs would run (one command per row and seed, with "
+    "the jobs each comes after, then the table's command) for a scheduler; run nothing",
+)
+@click.option("--no-table", is_flag=True, hidden=True, help="one job of --jobs: no table")
 @_progress_option
 def ablate(
     config_path,
@@ -492,6 +499,7 @@ def ablate(
     out,
     resume,
     jobs,
+    plan,
     no_table,
     progress,
 ) -> None:
@@ -515,26 +523,45 @@ def ablate(
     if row_list is not None and study != "ablation":
         fail(ValueError(f"--rows chooses rows of --study ablation, not of --study {study}"))
     echo = click.echo if os.environ.get("RANK", "0") == "0" else None
-    if jobs > 1 and (study != "ablation" or int(os.environ.get("WORLD_SIZE", "1")) > 1):
+    if (jobs > 1 or plan) and (study != "ablation" or int(os.environ.get("WORLD_SIZE", "1")) > 1):
         why = f"--study {study}" if study != "ablation" else "torchrun (it spreads one run)"
-        fail(ValueError(f"--jobs runs the seeds of --study ablation side by side, not with {why}"))
+        flag = "--plan" if plan else "--jobs"
+        fail(ValueError(f"{flag} spreads the rows and seeds of --study ablation, not {why}"))
+
+    def spread_out(cfg):  # the jobs of --jobs and --plan, and the arguments they share
+        from xlt_engine.studies import ablate
+        from xlt_engine.studies import jobs as spread
+
+        work = ablate.row_jobs(cfg, seed_list, fixed_threshold, row_list)
+        return work, spread.ablate_args(config_path, overrides, fixed_threshold, out, resume)
+
+    if plan:  # printed, nothing run (errors: the CLI boundary's one line)
+        from xlt_engine.studies.jobs import plan_lines
+
+        work, args = spread_out(_experiment(config_path, overrides, out))
+        for line in plan_lines(["xlt-engine"], args, work, seed_list, rows):
+            click.echo(line)
+        return
 
     def go():
         from xlt_engine.studies import ablate, sweeps
+        from xlt_engine.studies import jobs as spread
 
         cfg = _experiment(config_path, overrides, out)
         kw = {"resume": resume, "echo": echo, "progress": progress}
-        if jobs > 1 and len(seed_list) > 1:  # the seeds side by side; below, the table
-            from xlt_engine.studies.jobs import ablate_args, run_seeds
-
-            args = ablate_args(config_path, overrides, fixed_threshold, rows, out, resume)
-            failed = {s: rc for s, rc in run_seeds(args, seed_list, jobs, click.echo, cfg).items()
-                      if rc != 0}  # fmt: skip
+        work, args = spread_out(cfg) if jobs > 1 else ([], [])
+        if len(work) > 1:  # the rows and seeds side by side; below, the table
+            status = spread.run_jobs(args, work, jobs, click.echo, cfg)
+            failed = [(work[i], rc) for i, rc in status.items() if rc != 0]
             if failed:
-                said = ", ".join(f"seed {s} (exit {rc})" for s, rc in sorted(failed.items()))
-                fail(ValueError(f"--jobs {jobs}: {said} did not finish; the others did, and the "
-                                "same command continues (finished stages are reused)"))  # fmt: skip
-            click.echo(f"--jobs {jobs}: seeds {seed_list} finished; the table over them:")
+                said = "; ".join(
+                    f"{spread.job_name(j)}: "
+                    + ("not started (a job it comes after failed)" if rc is None else f"exit {rc}")
+                    for j, rc in failed
+                )
+                fail(ValueError(f"--jobs {jobs}: {said}; the others finished, and the same "
+                                "command continues (finished stages are reused)"))  # fmt: skip
+            click.echo(f"--jobs {jobs}: {len(work)} jobs finished; the tables over them:")
         if study == "threshold":
             sweeps.run_threshold_study(cfg, seed_list, alpha_list, **kw)
         elif study == "rounds":

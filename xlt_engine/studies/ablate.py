@@ -24,6 +24,7 @@ from xlt_engine.engine.experiment.pipeline import (
     claim_table,
     evaluate_row,
     pair_configs,
+    plan_all,
     run_all,
     run_step,
     seed_config,
@@ -137,6 +138,70 @@ def ablation_variants(cfg: ExperimentConfig, fixed_alpha: float, chosen: list[st
     return variants, picks
 
 
+def chosen_rows(cfg: ExperimentConfig, rows: list[str] | None) -> list[str]:
+    """The rows an ablation makes, in the order of ``ablation_rows``: ``rows`` (each checked),
+    or by default the paper's rows (the other pseudo-label rules' rows only when asked for)."""
+    every = ablation_rows(cfg)
+    unknown = [r for r in rows or () if r not in every]
+    if unknown or rows == []:
+        got = f"no row {unknown[0]!r} for this config" if unknown else "give at least one row"
+        raise ValueError(f"rows: {got}; the rows are {list(every)}")
+    return [r for r in every if (r in rows if rows is not None else r not in method_rows(cfg))]
+
+
+@dataclasses.dataclass(frozen=True)
+class RowJob:
+    """One process of ``ablate --jobs`` or one line of ``ablate --plan``: one row of one seed,
+    to start after the jobs (indices into the list) that make a stage folder it reads.
+    ``helper``: a row the user did not ask for, run only to make stages several rows read."""
+
+    seed: int
+    row: str
+    after: tuple[int, ...]
+    helper: bool = False
+
+
+HELPER_ROW = "- ST"  # btf and the teacher's fine-tuning: what most rows start from
+
+
+def row_jobs(
+    cfg: ExperimentConfig, seeds: list[int], fixed_alpha: float = 0.9, rows=None
+) -> list[RowJob]:
+    """``run_ablate``'s work as independent processes, one row of one seed each. A row's job
+    plans exactly the stages the serial run makes for it (``ablation_variants`` with that row
+    alone), so its models and scores are the serial run's. Two jobs never run one stage folder:
+    a folder that several rows plan belongs to the job of the row that plans the fewest stages
+    (``- ST`` owns btf and the teacher's fine-tuning; ties in ``ablation_rows``' order), and the
+    others come ``after`` it. When ``- ST`` is not chosen but two chosen rows start from its
+    stages, its job runs as a ``helper`` first, so that they do not wait for each other's
+    self-training. Seeds share no folder (``seed-<s>/``)."""
+    chosen = chosen_rows(cfg, rows)
+    root = table_dir(cfg)
+
+    def folders(row: str, seed: int) -> list:
+        variants, picks = ablation_variants(cfg, fixed_alpha, [row])
+        c, switches = variants[picks[row][0]]
+        seeded = dataclasses.replace(c, seed=seed, out=str(root / f"seed-{seed}"))
+        return [plan_stage(pc, st).folder for pc, st in plan_all(seeded, switches["parts"])]
+
+    jobs: list[RowJob] = []
+    for seed in seeds:
+        plans = {r: folders(r, seed) for r in chosen}
+        helper = HELPER_ROW not in chosen and HELPER_ROW in ablation_rows(cfg)
+        if helper:
+            shared = [f for f in folders(HELPER_ROW, seed) if f.name != "evaluate-finetune"]
+            helper = sum(set(shared) <= set(p) for p in plans.values()) >= 2
+            if helper:
+                plans = {HELPER_ROW: folders(HELPER_ROW, seed), **plans}
+        owner: dict = {}  # stage folder: the index of the job that makes it
+        for row in sorted(plans, key=lambda r: len(plans[r])):  # stable: ties keep the order
+            after = tuple(sorted({owner[f] for f in plans[row] if f in owner}))
+            for f in plans[row]:
+                owner.setdefault(f, len(jobs))
+            jobs.append(RowJob(seed, row, after, helper=helper and row == HELPER_ROW))
+    return jobs
+
+
 def run_ablate(
     cfg: ExperimentConfig,
     seeds: list[int],
@@ -155,12 +220,7 @@ def run_ablate(
     if not seeds:
         raise ValueError("seeds: give at least one seed")
     every = ablation_rows(cfg)
-    unknown = [r for r in rows or () if r not in every]
-    if unknown or rows == []:
-        got = f"no row {unknown[0]!r} for this config" if unknown else "give at least one row"
-        raise ValueError(f"rows: {got}; the rows are {list(every)}")
-    # by default the paper's rows; the other pseudo-label rules' rows only when asked for
-    chosen = [r for r in every if (r in rows if rows is not None else r not in method_rows(cfg))]
+    chosen = chosen_rows(cfg, rows)
     root = table_dir(cfg)
     if table:
         claim_table(cfg, "ablation")  # before any work: never a file of the user's

@@ -1,15 +1,20 @@
-"""``xlt-engine ablate --jobs N``: a study's seeds side by side, as separate processes.
+"""``xlt-engine ablate --jobs N`` and ``--plan``: a study's rows and seeds side by side, as
+separate processes.
 
-Two seeds of an ablation share no stage (each seed's runs are in ``<out>/seed-<s>``), so they can
-run at once. Each seed runs as ``xlt-engine ablate ... --seeds S --no-table`` in its own process
-(its stages, its per-seed tables, no table over the seeds), at most ``N`` at a time; on a CUDA
-machine each process sees one GPU (``CUDA_VISIBLE_DEVICES``, the GPUs taken in turn), on a CPU the
-cores are divided between them (``OMP_NUM_THREADS``: two one-thread processes did 1.44x the work
-of one two-thread process on our 2-core machines). Each line a process prints comes out prefixed
-with its seed. When every seed has finished, the caller runs the study once more in its own
-process: every stage is then found finished and reused, and the table over the seeds is written
-as a serial run writes it, with the same scores. A seed that fails is named with its exit status;
-the others run to the end, and the same command continues (finished stages are reused).
+The work is cut into one job per row and seed (``studies.ablate.row_jobs``): each job is
+``xlt-engine ablate ... --seeds S --rows ROW --no-table`` (its stages, the per-seed tables it
+reads, no table over the seeds), and a job starts when the jobs that make a stage folder it
+reads have finished (btf and the teacher's fine-tuning are made once, by the ``- ST`` job, and
+every self-training row waits for it). At most ``N`` run at a time; on a CUDA machine each
+process sees one GPU (``CUDA_VISIBLE_DEVICES``: its slot's), on a CPU the cores are divided
+between them (``OMP_NUM_THREADS``: two one-thread processes did 1.44x the work of one two-thread
+process on our 2-core machines). Each line a process prints comes out prefixed with its seed and
+row. When every job has finished, the caller runs the study once more in its own process: every
+stage is then found finished and reused, and the tables are written as a serial run writes them,
+with the same scores. A job that fails is named with its exit status, the jobs after it do not
+start, the others run to the end, and the same command continues (finished stages are reused).
+``--plan`` prints the same jobs as commands with their dependencies, for a scheduler one already
+runs.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ import time
 from collections.abc import Callable
 
 
-def seed_env(i: int, jobs: int, gpus: int, env: dict[str, str]) -> dict[str, str]:
-    """The environment of the ``i``-th seed's process: one GPU of ``gpus`` in turn, or on a CPU
-    the cores divided among ``jobs`` processes (at least one thread each)."""
+def job_env(slot: int, jobs: int, gpus: int, env: dict[str, str]) -> dict[str, str]:
+    """The environment of the process in ``slot`` (0 .. ``jobs`` - 1): one GPU of ``gpus`` in
+    turn, or on a CPU the cores divided among ``jobs`` processes (at least one thread each)."""
     env = dict(env)
     if gpus > 0:
         visible = env.get("CUDA_VISIBLE_DEVICES")
@@ -33,20 +38,19 @@ def seed_env(i: int, jobs: int, gpus: int, env: dict[str, str]) -> dict[str, str
             if visible
             else [str(g) for g in range(gpus)]
         )
-        env["CUDA_VISIBLE_DEVICES"] = ids[i % len(ids)]
+        env["CUDA_VISIBLE_DEVICES"] = ids[slot % len(ids)]
     else:
         threads = str(max(1, (os.cpu_count() or 1) // jobs))
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = threads
     return env
 
 
-def ablate_args(config_path, overrides, fixed_threshold: float, rows, out, resume: bool) -> list:
-    """The ``xlt-engine ablate`` arguments of one seed's process (``run_seeds`` adds ``--seeds S
-    --no-table``): the caller's config, overrides, -AT alpha, rows, folder and ``--resume``."""
+def ablate_args(config_path, overrides, fixed_threshold: float, out, resume: bool) -> list:
+    """The ``xlt-engine ablate`` arguments every job shares (``job_args`` adds its seed and
+    row): the caller's config, overrides, -AT alpha, folder and ``--resume``."""
     args = ["ablate", "--config", str(config_path), "--no-progress"]
     args += [a for o in overrides for a in ("--set", o)]
     args += ["--fixed-threshold", repr(fixed_threshold)]
-    args += ["--rows", rows] if rows is not None else []
     args += ["--out", str(out)] if out is not None else []
     return args + (["--resume"] if resume else [])
 
@@ -64,46 +68,84 @@ def _forward(stream, prefix: str, echo: Callable[[str], None]) -> None:
     stream.close()
 
 
-def run_seeds(
-    args: list[str], seeds: list[int], jobs: int, echo: Callable[[str], None], cfg=None
-) -> dict[int, int]:
-    """Run ``xlt-engine <args> --seeds S --no-table`` for every seed, ``jobs`` at a time, over
-    ``cfg``'s GPUs (none without a config); returns each seed's exit status (0: finished)."""
-    if jobs < 1:
-        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+def job_args(args: list[str], job) -> list[str]:
+    """The ``xlt-engine`` arguments of one job: the study's, then its seed and row."""
+    return [*args, "--seeds", str(job.seed), "--rows", job.row, "--no-table"]
+
+
+def job_name(job) -> str:
+    return f"seed {job.seed}, {job.row}" + (" (for the rows after it)" if job.helper else "")
+
+
+def run_jobs(
+    args: list[str], jobs: list, n: int, echo: Callable[[str], None], cfg=None
+) -> dict[int, int | None]:
+    """Run every job (``row_jobs``: ``xlt-engine <args> --seeds S --rows ROW --no-table``),
+    ``n`` at a time, each when the jobs it comes after have finished, over ``cfg``'s GPUs (none
+    without a config); returns each job's exit status by index (0: finished; None: not started,
+    because a job it comes after failed)."""
+    if n < 1:
+        raise ValueError(f"--jobs must be >= 1, got {n}")
     gpus = _gpus(cfg) if cfg is not None else 0
-    pending = list(enumerate(seeds))
-    running: list[tuple[int, subprocess.Popen, threading.Thread]] = []
-    status: dict[int, int] = {}
+    pending = list(range(len(jobs)))
+    running: dict[int, tuple[subprocess.Popen, threading.Thread, int]] = {}  # job: proc, slot
+    status: dict[int, int | None] = {}
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
-    def start(i: int, seed: int) -> None:
-        cmd = [sys.executable, "-m", "xlt_engine.cli", *args, "--seeds", str(seed), "--no-table"]
+    def start(i: int, slot: int) -> None:
+        cmd = [sys.executable, "-m", "xlt_engine.cli", *job_args(args, jobs[i])]
         proc = subprocess.Popen(
             cmd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=seed_env(i, jobs, gpus, env),
+            env=job_env(slot, n, gpus, env),
         )
-        reader = threading.Thread(target=_forward, args=(proc.stdout, f"[seed {seed}] ", echo))
+        prefix = f"[seed {jobs[i].seed} {jobs[i].row}] "
+        reader = threading.Thread(target=_forward, args=(proc.stdout, prefix, echo))
         reader.start()
-        running.append((seed, proc, reader))
+        running[i] = (proc, reader, slot)
 
     try:
         while pending or running:
-            while pending and len(running) < jobs:
-                start(*pending.pop(0))
-            done = [r for r in running if r[1].poll() is not None]
+            for i in list(pending):  # a job it comes after failed: it never starts
+                if any(a in status and status[a] != 0 for a in jobs[i].after):
+                    pending.remove(i)
+                    status[i] = None
+            ready = [i for i in pending if all(status.get(a) == 0 for a in jobs[i].after)]
+            free = [s for s in range(n) if s not in {r[2] for r in running.values()}]
+            for i, slot in zip(ready, free, strict=False):  # in the list's order: seed-major
+                pending.remove(i)
+                start(i, slot)
+            done = [i for i, r in running.items() if r[0].poll() is not None]
             if not done:
                 time.sleep(0.1)
-            for seed, proc, reader in done:  # a free slot goes to the next seed at once
-                running.remove((seed, proc, reader))
+            for i in done:  # a free slot goes to the next ready job at once
+                proc, reader, _ = running.pop(i)
                 reader.join()
-                status[seed] = proc.returncode
-    finally:  # an interrupt: the seeds' processes stop too (each checkpoints on SIGTERM)
-        for _, proc, reader in running:
+                status[i] = proc.returncode
+    finally:  # an interrupt: the jobs' processes stop too (each checkpoints on SIGTERM)
+        for proc, reader, _ in running.values():
             proc.terminate()
             proc.wait()
             reader.join()
     return status
+
+
+def plan_lines(
+    command: list[str], args: list[str], jobs: list, seeds: list[int], rows: str | None
+) -> list[str]:
+    """``ablate --plan``: one line per job, ``<id>\t<after: ids, or ->\t<command>`` (shell
+    words), then the table's line, after every job: the study once more, which reuses every
+    stage and writes the tables."""
+    import shlex
+
+    lines = ["# job\tafter\tcommand (run each after the jobs it names have finished)"]
+    for i, job in enumerate(jobs, 1):
+        after = ",".join(str(a + 1) for a in job.after) or "-"
+        lines.append(f"{i}\t{after}\t{shlex.join([*command, *job_args(args, job)])}")
+    every = ",".join(str(i) for i in range(1, len(jobs) + 1)) or "-"
+    table = [*command, *args, "--seeds", ",".join(map(str, seeds))]
+    table += ["--rows", rows] if rows is not None else []
+    lines.append(f"table\t{every}\t{shlex.join(table)}")
+    return lines

@@ -169,3 +169,28 @@ def test_claim_output_rules(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     assert claim_output(empty, "OUT", "export", folder=True) == empty
+
+
+def _record_many(folder: str, tag: str, n: int) -> None:  # one process of the test below
+    for i in range(n):
+        path = Path(folder) / f"{tag}-{i}.md"
+        path.write_text(tag)
+        record_output(path, "run")
+
+
+def test_processes_recording_in_one_folder_at_once_lose_no_entry(tmp_path):
+    """``ablate --jobs`` runs rows of one seed as processes that record their tables in one
+    ``seed-<s>/`` ledger at once: each read-change-write holds the folder's lock, so no
+    process's entry is written over by another's."""
+    import json
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_record_many, args=(str(tmp_path), t, 40)) for t in "abc"]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    files = json.loads((tmp_path / LEDGER).read_text())["files"]
+    assert len(files) == 120 and all(engine_wrote(tmp_path / n, "run") for n in files)

@@ -1,5 +1,7 @@
 """Entity F1 and accuracy against seqeval on the real CoNLL test files."""
 
+import json
+import os
 import random
 import warnings
 
@@ -148,3 +150,24 @@ def test_entity_confusion_counts_types_on_exact_spans():
         "a": {"a": 1},
         "b": {"a": 1, "b": 1},
     }
+
+
+def test_entity_confusion_has_one_order_whatever_the_hash_seed():
+    """Its rows come in the sentences' order, not a set's: the same evaluation in two processes
+    (``ablate --jobs``) writes the same results.json, byte for byte."""
+    import subprocess
+    import sys
+
+    code = (
+        "import json; from xlt_engine.engine.train.metrics import entity_confusion as c; "
+        "g = [['B-PER', 'O', 'B-LOC', 'B-ORG', 'I-ORG', 'B-MISC']] * 3; "
+        "print(json.dumps(c(g, [['O'] * 6] * 3)))"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": str(seed)},
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        for seed in range(6)
+    }
+    assert len(outs) == 1 and list(json.loads(outs.pop())) == ["PER", "LOC", "ORG", "MISC"]

@@ -90,6 +90,10 @@ def entities(tags: Sequence[str], mode: str = "default", where: str = "") -> set
 MISSED, SPURIOUS = "(missed)", "(spurious)"
 
 
+def _in_order(spans: set[tuple]) -> list[tuple]:
+    return sorted(spans, key=lambda s: (s[1], s[2], s[0]))
+
+
 def entity_confusion(
     gold: Sequence[Sequence[str]], pred: Sequence[Sequence[str]], mode: str = "default"
 ) -> dict[str, dict[str, int]]:
@@ -107,8 +111,12 @@ def entity_confusion(
         out[row][col] = out[row].get(col, 0) + 1
 
     for s, (g, p) in enumerate(zip(gold, pred, strict=True)):
-        gold_spans = {(b, e): t for t, b, e in entities(g, mode, f"gold sentence {s}, ")}
-        pred_spans = {(b, e): t for t, b, e in entities(p, mode, f"predicted sentence {s}, ")}
+        # in the sentence's order (a set's order follows the process's string hash seed: the
+        # same evaluation in two processes wrote its rows in two orders)
+        gold_spans = {(b, e): t for t, b, e in _in_order(entities(g, mode, f"gold sentence {s}, "))}
+        pred_spans = {
+            (b, e): t for t, b, e in _in_order(entities(p, mode, f"predicted sentence {s}, "))
+        }
         for span, typ in gold_spans.items():
             add(typ, pred_spans.get(span, MISSED))
         for span, typ in pred_spans.items():

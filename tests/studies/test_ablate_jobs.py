@@ -56,22 +56,29 @@ def test_rows_and_seeds_side_by_side_give_the_serial_tables_and_models(qs, tmp_p
     finally:
         torch.set_num_threads(threads)
     assert serial.exit_code == 0, serial.output
-    side = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "jobs"), "--jobs", "2"])
+    # more processes than seeds: a job per row and seed; as many: a job per seed
+    side = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "jobs"), "--jobs", "3"])
     assert side.exit_code == 0, side.output
     for seed in (1, 2):  # each row and seed in its own process
         for row in ("Ours", "- AT", "- ST", "soft only"):
             assert f"[seed {seed} {row}] " in side.output
+    seeds = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "seeds"), "--jobs", "2"])
+    assert seeds.exit_code == 0, seeds.output
+    assert "[seed 1] " in seeds.output and "[seed 2] " in seeds.output
+    assert "[seed 1 Ours] " not in seeds.output
     a = json.loads((tmp_path / "serial" / "ablation.json").read_text())
-    b = json.loads((tmp_path / "jobs" / "ablation.json").read_text())
-    assert a["scores"] == b["scores"] and list(b["scores"]) == ["Ours", "- AT", "- ST", "soft only"]
-    assert all(len(v["tgt"]) == 2 for v in b["scores"].values())
-    assert len(set(b["scores"]["Ours"]["tgt"])) == 2  # two seeds, two models: a real comparison
-    made_serial, made_jobs = _made(tmp_path / "serial"), _made(tmp_path / "jobs")
-    assert made_serial == made_jobs  # every model, evaluation and per-seed table, to the bit
-    assert sum(k.endswith("model.safetensors") for k in made_jobs) >= 2 * 4
-    # the last pass found every stage finished: it trained nothing
-    last = side.output.split("the tables over them:")[1]
-    assert "not run again" in last and "-> " not in last
+    assert list(a["scores"]) == ["Ours", "- AT", "- ST", "soft only"]
+    assert all(len(v["tgt"]) == 2 for v in a["scores"].values())
+    assert len(set(a["scores"]["Ours"]["tgt"])) == 2  # two seeds, two models: a real comparison
+    made = _made(tmp_path / "serial")
+    assert sum(k.endswith("model.safetensors") for k in made) >= 2 * 4
+    for folder, out in (("jobs", side.output), ("seeds", seeds.output)):
+        b = json.loads((tmp_path / folder / "ablation.json").read_text())
+        assert a["scores"] == b["scores"]
+        assert _made(tmp_path / folder) == made  # every model, evaluation, per-seed table
+        # the last pass found every stage finished: it trained nothing
+        last = out.split("the tables over them:")[1]
+        assert "not run again" in last and "-> " not in last
 
 
 def test_each_row_waits_for_the_job_that_makes_its_stages(qs):
@@ -80,7 +87,7 @@ def test_each_row_waits_for_the_job_that_makes_its_stages(qs):
     cfg = load_config(qs, [])
     jobs = row_jobs(cfg, [1, 2])
     assert len(jobs) == 14 and [j.seed for j in jobs] == [1] * 7 + [2] * 7
-    by = {(j.seed, j.row): (i, j) for i, j in enumerate(jobs)}
+    by = {(j.seed, j.rows[0]): (i, j) for i, j in enumerate(jobs)}
     for seed in (1, 2):
         st = by[seed, "- ST"][0]  # btf and the teacher's fine-tuning: made once, by - ST
         for row in ("Ours", "- AT", "- VM", "soft only"):
@@ -91,8 +98,11 @@ def test_each_row_waits_for_the_job_that_makes_its_stages(qs):
     assert not any(j.helper for j in jobs)
     # - ST not asked for but read by two rows: its job runs first, as a helper
     helped = row_jobs(cfg, [1], rows=["Ours", "- AT"])
-    assert helped == [RowJob(1, "- ST", (), True), RowJob(1, "Ours", (0,)), RowJob(1, "- AT", (0,))]
-    assert row_jobs(cfg, [1], rows=["Ours"]) == [RowJob(1, "Ours", ())]  # one row: no helper
+    st, ours, at = ("- ST",), ("Ours",), ("- AT",)
+    assert helped == [RowJob(1, st, (), True), RowJob(1, ours, (0,)), RowJob(1, at, (0,))]
+    assert row_jobs(cfg, [1], rows=["Ours"]) == [RowJob(1, ours)]  # one row: no helper
+    whole = row_jobs(cfg, [1, 2], rows=["- AT", "Ours"], whole_seeds=True)
+    assert whole == [RowJob(1, ("Ours", "- AT")), RowJob(2, ("Ours", "- AT"))]
 
 
 def test_the_plan_run_in_its_order_gives_the_serial_table(qs, tmp_path):
@@ -115,7 +125,7 @@ def test_the_plan_run_in_its_order_gives_the_serial_table(qs, tmp_path):
 
 def test_a_job_that_fails_is_named_and_the_jobs_after_it_do_not_start(tmp_path):
     said = []
-    jobs = [RowJob(1, "- ST", ()), RowJob(1, "Ours", (0,)), RowJob(2, "- ST", ())]
+    jobs = [RowJob(1, ("- ST",)), RowJob(1, ("Ours",), (0,)), RowJob(2, ("- ST",))]
     status = run_jobs(["ablate", "--config", str(tmp_path / "none.toml")], jobs, 2, said.append)
     assert status[1] is None and status[0] != 0 and status[2] != 0
     assert any(line.startswith("[seed 1 - ST] ") for line in said)

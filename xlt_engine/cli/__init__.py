@@ -528,11 +528,15 @@ def ablate(
         flag = "--plan" if plan else "--jobs"
         fail(ValueError(f"{flag} spreads the rows and seeds of --study ablation, not {why}"))
 
+    # at least as many seeds as processes: a job per seed (its rows share round 1's soft step);
+    # fewer: a job per row and seed; --plan: a job per row and seed, for the user's scheduler
+    whole = not plan and jobs <= len(seed_list)
+
     def spread_out(cfg):  # the jobs of --jobs and --plan, and the arguments they share
         from xlt_engine.studies import ablate
         from xlt_engine.studies import jobs as spread
 
-        work = ablate.row_jobs(cfg, seed_list, fixed_threshold, row_list)
+        work = ablate.row_jobs(cfg, seed_list, fixed_threshold, row_list, whole_seeds=whole)
         return work, spread.ablate_args(config_path, overrides, fixed_threshold, out, resume)
 
     if plan:  # printed, nothing run (errors: the CLI boundary's one line)
@@ -551,11 +555,11 @@ def ablate(
         kw = {"resume": resume, "echo": echo, "progress": progress}
         work, args = spread_out(cfg) if jobs > 1 else ([], [])
         if len(work) > 1:  # the rows and seeds side by side; below, the table
-            status = spread.run_jobs(args, work, jobs, click.echo, cfg)
+            status = spread.run_jobs(args, work, jobs, click.echo, cfg, whole)
             failed = [(work[i], rc) for i, rc in status.items() if rc != 0]
             if failed:
                 said = "; ".join(
-                    f"{spread.job_name(j)}: "
+                    f"{spread.job_name(j, whole)}: "
                     + ("not started (a job it comes after failed)" if rc is None else f"exit {rc}")
                     for j, rc in failed
                 )

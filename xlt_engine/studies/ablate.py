@@ -151,13 +151,14 @@ def chosen_rows(cfg: ExperimentConfig, rows: list[str] | None) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class RowJob:
-    """One process of ``ablate --jobs`` or one line of ``ablate --plan``: one row of one seed,
-    to start after the jobs (indices into the list) that make a stage folder it reads.
-    ``helper``: a row the user did not ask for, run only to make stages several rows read."""
+    """One process of ``ablate --jobs`` or one line of ``ablate --plan``: rows of one seed (one
+    row, or every chosen row of the seed), to start after the jobs (indices into the list) that
+    make a stage folder they read. ``helper``: a row the user did not ask for, run only to make
+    stages several rows read."""
 
     seed: int
-    row: str
-    after: tuple[int, ...]
+    rows: tuple[str, ...]
+    after: tuple[int, ...] = ()
     helper: bool = False
 
 
@@ -165,9 +166,16 @@ HELPER_ROW = "- ST"  # btf and the teacher's fine-tuning: what most rows start f
 
 
 def row_jobs(
-    cfg: ExperimentConfig, seeds: list[int], fixed_alpha: float = 0.9, rows=None
+    cfg: ExperimentConfig,
+    seeds: list[int],
+    fixed_alpha: float = 0.9,
+    rows=None,
+    whole_seeds: bool = False,
 ) -> list[RowJob]:
-    """``run_ablate``'s work as independent processes, one row of one seed each. A row's job
+    """``run_ablate``'s work as independent processes. ``whole_seeds``: one job per seed, with
+    every chosen row (its rows then share round 1's soft step as in a serial run: -AT and soft
+    only take Ours'; the right cut when there are at least as many seeds as processes).
+    Otherwise one job per row and seed. A row's job
     plans exactly the stages the serial run makes for it (``ablation_variants`` with that row
     alone), so its models and scores are the serial run's. Two jobs never run one stage folder:
     a folder that several rows plan belongs to the job of the row that plans the fewest stages
@@ -176,6 +184,8 @@ def row_jobs(
     stages, its job runs as a ``helper`` first, so that they do not wait for each other's
     self-training. Seeds share no folder (``seed-<s>/``)."""
     chosen = chosen_rows(cfg, rows)
+    if whole_seeds:
+        return [RowJob(seed, tuple(chosen)) for seed in seeds]
     root = table_dir(cfg)
 
     def folders(row: str, seed: int) -> list:
@@ -198,7 +208,7 @@ def row_jobs(
             after = tuple(sorted({owner[f] for f in plans[row] if f in owner}))
             for f in plans[row]:
                 owner.setdefault(f, len(jobs))
-            jobs.append(RowJob(seed, row, after, helper=helper and row == HELPER_ROW))
+            jobs.append(RowJob(seed, (row,), after, helper=helper and row == HELPER_ROW))
     return jobs
 
 

@@ -70,19 +70,22 @@ def _forward(stream, prefix: str, echo: Callable[[str], None]) -> None:
 
 def job_args(args: list[str], job) -> list[str]:
     """The ``xlt-engine`` arguments of one job: the study's, then its seed and row."""
-    return [*args, "--seeds", str(job.seed), "--rows", job.row, "--no-table"]
+    return [*args, "--seeds", str(job.seed), "--rows", ",".join(job.rows), "--no-table"]
 
 
-def job_name(job) -> str:
-    return f"seed {job.seed}, {job.row}" + (" (for the rows after it)" if job.helper else "")
+def job_name(job, whole: bool = False) -> str:
+    """``seed S`` (a whole seed's job) or ``seed S ROW``, as its lines' prefix says."""
+    name = f"seed {job.seed}" if whole else f"seed {job.seed} {', '.join(job.rows)}"
+    return name + (" (for the rows after it)" if job.helper else "")
 
 
 def run_jobs(
-    args: list[str], jobs: list, n: int, echo: Callable[[str], None], cfg=None
+    args: list[str], jobs: list, n: int, echo: Callable[[str], None], cfg=None, whole=False
 ) -> dict[int, int | None]:
     """Run every job (``row_jobs``: ``xlt-engine <args> --seeds S --rows ROW --no-table``),
     ``n`` at a time, each when the jobs it comes after have finished, over ``cfg``'s GPUs (none
-    without a config); returns each job's exit status by index (0: finished; None: not started,
+    without a config), their lines prefixed ``[seed S]`` (``whole``: each job a whole seed) or
+    ``[seed S ROW]``; returns each job's exit status by index (0: finished; None: not started,
     because a job it comes after failed)."""
     if n < 1:
         raise ValueError(f"--jobs must be >= 1, got {n}")
@@ -101,7 +104,7 @@ def run_jobs(
             text=True,
             env=job_env(slot, n, gpus, env),
         )
-        prefix = f"[seed {jobs[i].seed} {jobs[i].row}] "
+        prefix = f"[{job_name(jobs[i], whole)}] "
         reader = threading.Thread(target=_forward, args=(proc.stdout, prefix, echo))
         reader.start()
         running[i] = (proc, reader, slot)

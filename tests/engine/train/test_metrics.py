@@ -163,11 +163,10 @@ def test_entity_confusion_has_one_order_whatever_the_hash_seed():
         "g = [['B-PER', 'O', 'B-LOC', 'B-ORG', 'I-ORG', 'B-MISC']] * 3; "
         "print(json.dumps(c(g, [['O'] * 6] * 3)))"
     )
-    outs = {
-        subprocess.run(
-            [sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": str(seed)},
-            capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-        for seed in range(6)
-    }
+    def run(seed: int) -> str:
+        env = {**os.environ, "PYTHONHASHSEED": str(seed)}
+        cmd = [sys.executable, "-c", code]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+
+    outs = {run(seed) for seed in range(6)}
     assert len(outs) == 1 and list(json.loads(outs.pop())) == ["PER", "LOC", "ORG", "MISC"]

@@ -163,6 +163,7 @@ def test_entity_confusion_has_one_order_whatever_the_hash_seed():
         "g = [['B-PER', 'O', 'B-LOC', 'B-ORG', 'I-ORG', 'B-MISC']] * 3; "
         "print(json.dumps(c(g, [['O'] * 6] * 3)))"
     )
+
     def run(seed: int) -> str:
         env = {**os.environ, "PYTHONHASHSEED": str(seed)}
         cmd = [sys.executable, "-c", code]

@@ -76,3 +76,30 @@ def test_inference_runs_in_bf16_on_a_cpu_exactly_where_training_does(monkeypatch
     assert inference.inference_dtype(narrow, torch.device("cuda")) == torch.bfloat16
     monkeypatch.setattr(optim, "cpu_has_native_bf16", lambda: False)
     assert inference.inference_dtype(wide, cpu) is None
+
+
+def test_a_cpu_pass_batches_at_most_cpu_max_tokens_and_its_logits_do_not_change(monkeypatch):
+    """On a CPU the inference batches stop at ``CPU_MAX_TOKENS`` padded tokens (larger ones ran
+    slower), whatever ``max_tokens`` asks. Another batch size pads an item to another length:
+    its logits move by float rounding at most (on e5-small the same bits, 300 sentences at
+    1,024, 2,048 and 16,384 tokens a batch), and the voters' labels do not move."""
+    from xlt_engine.engine.train import inference
+
+    model, enc = tiny_task_model("cpu"), encoded(60)
+    cpu = torch.device("cpu")
+    seen = []
+    forward = inference.forward_batch
+    monkeypatch.setattr(
+        inference,
+        "forward_batch",
+        lambda m, b, d, **kw: seen.append(b["input_ids"].numel()) or forward(m, b, d, **kw),
+    )
+    monkeypatch.setattr(inference, "CPU_MAX_TOKENS", 64)
+    capped = predict_logits(model, enc, 0, cpu, max_tokens=16384)
+    assert len(seen) > 1 and max(seen) <= 64
+    monkeypatch.setattr(inference, "CPU_MAX_TOKENS", 1 << 30)  # one batch of everything
+    seen.clear()
+    whole = predict_logits(model, enc, 0, cpu, max_tokens=16384)
+    assert len(seen) == 1
+    torch.testing.assert_close(capped, whole, atol=1e-6, rtol=1e-5)
+    assert torch.equal(voter_filter(capped, 0.0)[0], voter_filter(whole, 0.0)[0])

@@ -217,7 +217,10 @@ class RoundPasses:
 
         def compute():
             t0 = time.perf_counter()
-            agreed, conf, mean = voter_filter(self.logits(student, self.src), 0.0)
+            logits = self.logits(student, self.src)  # the one forward pass of the step
+            forward = time.perf_counter() - t0
+            agreed, conf, mean = voter_filter(logits, 0.0)
+            del logits
             gold = torch.from_numpy(self.gold).to(agreed.device)
             # a rule that reads the target (class_quota) sets its thresholds from the target
             # rows (in ``filter``): here the paper's alpha and each class's source record at it
@@ -248,6 +251,7 @@ class RoundPasses:
                     "rule": rule.name,
                     "class_alpha": dict(zip(self.labels, th.alpha, strict=True)),
                     "seconds": secs,
+                    "forward_seconds": forward,  # the student on D_src; the rest: arithmetic
                 }
             )
             self.say(f"round {r}: {alpha_line(base, rule, self.labels, th.alpha)}")

@@ -304,7 +304,9 @@ WALL_PARTS = {  # a record's step -> the part of the stage's wall it is
 def wall_breakdown(records: list[dict], total: float | None = None) -> dict:
     """Where a self-training run's time went, from its records: seconds per part
     (``WALL_PARTS``: the soft and hard steps' training, the passes that only run the model
-    forward, i.e. teacher probabilities, checks and the filter, and the threshold's arithmetic),
+    forward, i.e. teacher probabilities, checks, the threshold step's pass over the source rows
+    and the filter, and the threshold's arithmetic: the rest of its step; a record from before
+    its pass was timed apart counts whole as arithmetic),
     of which ``forward`` the passes' model forwards alone, ``shared`` what steps taken from a
     twin folder took there (in their parts too), and with ``total`` (this process's wall)
     ``other``: what no record covers (loading, writing, waiting)."""
@@ -315,10 +317,14 @@ def wall_breakdown(records: list[dict], total: float | None = None) -> dict:
         secs = r.get("seconds") or 0.0
         if part is None:
             continue
+        ahead = r.get("forward_seconds") or 0.0
+        if r.get("step") == "threshold":  # its pass over D_src is a forward-only pass
+            parts["forward-only passes"] += ahead
+            secs -= ahead
         parts[part] += secs
-        forward += r.get("forward_seconds") or 0.0
+        forward += ahead
         if "shared_from" in r:
-            shared += secs
+            shared += secs + (ahead if r.get("step") == "threshold" else 0.0)
     out = {k: round(v, 3) for k, v in parts.items()}
     out |= {"forward": round(forward, 3), "shared": round(shared, 3)}
     if total is not None:

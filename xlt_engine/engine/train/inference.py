@@ -27,6 +27,10 @@ from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import TaskModel, read_task_meta
 
 EVAL_MAX_TOKENS = 16384  # padded tokens per inference batch, unless a config says otherwise
+# on a CPU, at most this many: larger batches leave the caches and run slower (e5-small, one
+# thread, 2026-11-27: 1,031 tokens/s at 1,024 padded tokens a batch, 980 at 4,096, 791 at
+# 16,384; benchmarks/bench_inference.py), and every row's logits are the same bits at any size
+CPU_MAX_TOKENS = 2048
 
 
 def check_task_model(path: str | Path, format: str) -> None:
@@ -69,14 +73,16 @@ def predict_logits(
 ) -> torch.Tensor:
     """Voter logits ``[M, rows, C]`` (on ``device``, ``out_dtype``) for every position of every
     item, rows in input order. Items are batched by length (at most ``max_tokens`` padded
-    tokens). ``split_ranks``: under torchrun each rank runs a share of the items and every rank
-    gets all rows back (``split_over_ranks``)."""
+    tokens; on a CPU at most ``CPU_MAX_TOKENS``). ``split_ranks``: under torchrun each rank runs
+    a share of the items and every rank gets all rows back (``split_over_ranks``)."""
     M, C = model.voters.num_voters, model.voters.num_labels
     if split_ranks and rank_world()[1] > 1:
         args = (pad_id, device, max_tokens, amp_dtype, out_dtype)
         return split_over_ranks(
             enc, lambda part: predict_logits(model, part, *args), (M, C), device
         )
+    if device.type == "cpu":
+        max_tokens = min(max_tokens, CPU_MAX_TOKENS)
     was_training = model.training
     model.eval()
     offsets = enc.row_offsets

@@ -208,6 +208,8 @@ def stage_section(folder: Path, figs: Figures) -> str:
         out.append(checks_section(folder, figs))
         out.append(wall_section(folder))
         out.append(rounds_section(folder, figs))
+    elif isinstance(info.get("wall"), dict):  # btf, finetune: the loop's parts and the rest
+        out.append(_wall_table(info["wall"], list(info["wall"]), ""))
     return "\n".join(out)
 
 
@@ -250,9 +252,17 @@ def wall_section(folder: Path) -> str:
     wall = summary.get("wall") if isinstance(summary, dict) else None
     if not isinstance(wall, dict):
         return ""
-    rows = [[k, _num(v, ".1f"), f"{100 * share:.0f}%"] for k, v, share in wall_shares(wall)]
     forward = wall.get("forward")
     note = f"; the passes' model forwards: {_num(forward, '.1f')} s" if forward is not None else ""
+    return _wall_table(wall, [k for k, _, _ in wall_shares(wall)], note)
+
+
+def _wall_table(wall: dict, names: list[str], note: str) -> str:
+    """A stage's ``wall`` parts ``names`` as (part, seconds, share of their sum); a part that is
+    not a number (a damaged record) is left out."""
+    parts = [(k, wall[k]) for k in names if type(wall.get(k)) in (int, float)]
+    whole = sum(v for _, v in parts) or 1.0
+    rows = [[k, _num(v, ".1f"), f"{100 * v / whole:.0f}%"] for k, v in parts]
     return f"<p>Where the time went (seconds{html.escape(note)})</p>" + _table(
         ["part", "s", "share"], rows
     )

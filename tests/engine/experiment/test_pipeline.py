@@ -628,6 +628,10 @@ def test_report_of_a_run_has_every_section_and_the_results_numbers(ner_all, tmp_
                     "precision, recall and F1 (%) per language and entity type",
                     "target rows whose voters agree"):  # fmt: skip
         assert section in text, section
+    # btf's and finetune's time, from run.json's wall, as selftrain's from summary.json
+    btf = text.split("<h4>btf</h4>", 1)[1].split("<h4>", 1)[0]
+    assert "Where the time went" in btf and "<td>training steps</td>" in btf
+    assert "<td>other</td>" in btf
     # every number of the results table is all.json's
     results = json.loads((out / "all.json").read_text())
     table = text.split("<h3>all.json: entity F1 (%)</h3>", 1)[1].split("</table>", 1)[0]
@@ -762,3 +766,8 @@ def test_a_resumed_stage_counts_the_seconds_of_every_run(tiny, tmp_path, monkeyp
     assert calls == [False, True]
     assert info["seconds_all_runs"] == pytest.approx(first["seconds_all_runs"] + info["seconds"])
     assert info["seconds"] >= 0.3
+    # where it went: the loop's parts (loop-wall.json) and the rest of every run's seconds
+    wall = info["wall"]
+    assert set(wall) == {"training steps", "dev evaluation", "checkpoints", "other"}
+    assert wall["training steps"] > 0 and wall["other"] >= 0.3 + 0.3  # the two sleeps
+    assert sum(wall.values()) == pytest.approx(info["seconds_all_runs"], abs=2e-3)

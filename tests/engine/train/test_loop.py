@@ -461,3 +461,37 @@ def test_the_loop_autocasts_a_wide_model_on_a_bf16_cpu(tmp_path, monkeypatch):
     cfg = TrainConfig(max_steps=2, lr=1e-3, log_every=1)
     train(Wide(), square_loss, Data(), cfg, tmp_path, RunIO(save_weights, None, echo=None))
     assert seen == [torch.bfloat16, torch.bfloat16]
+
+
+def test_the_loop_says_where_its_time_went_over_every_run(tmp_path):
+    """``loop-wall.json``: the seconds in dev evaluation and in checkpoints, the rest as training
+    steps; a resumed run adds its own to the earlier run's."""
+    import json
+    import time
+
+    from xlt_engine.engine.train.loop import LOOP_WALL
+
+    def evaluate(m):
+        time.sleep(0.05)
+        return {"dev": 1.0}
+
+    def slow_save(m, folder):
+        time.sleep(0.05)
+        save_weights(m, folder)
+
+    cfg = TrainConfig(max_steps=4, lr=1e-3, log_every=2, eval_every=2, save_every=2)
+    t0 = time.perf_counter()
+    train(torch.nn.Linear(3, 1), square_loss, Data(), cfg, tmp_path,
+          RunIO(slow_save, load_weights, echo=None), evaluate=evaluate)  # fmt: skip
+    took = time.perf_counter() - t0
+    first = json.loads((tmp_path / LOOP_WALL).read_text())
+    assert set(first) == {"training steps", "dev evaluation", "checkpoints"}
+    assert first["dev evaluation"] >= 0.1 and first["checkpoints"] >= 0.1  # 2 of each
+    assert 0 <= first["training steps"] and sum(first.values()) <= took + 1e-3
+    more = TrainConfig(max_steps=6, lr=1e-3, log_every=2, eval_every=2, save_every=2)
+    train(torch.nn.Linear(3, 1), square_loss, Data(), more, tmp_path,
+          RunIO(slow_save, load_weights, echo=None), resume="accept_changes",
+          evaluate=evaluate)  # fmt: skip
+    second = json.loads((tmp_path / LOOP_WALL).read_text())
+    assert second["dev evaluation"] >= first["dev evaluation"] + 0.04  # one more evaluation
+    assert all(second[k] >= first[k] for k in first)

@@ -32,6 +32,7 @@ from xlt_engine.engine.experiment.runs import (
 from xlt_engine.engine.train import distributed
 from xlt_engine.engine.train.checkpoints import drop_checkpoints
 from xlt_engine.engine.train.distributed import rank_world, resolve_device
+from xlt_engine.engine.train.loop import LOOP_WALL
 from xlt_engine.fileio import (
     DEBRIS,
     LOCK_FILE,
@@ -222,7 +223,10 @@ def _run_locked(cfg, stage, stage_cfg, plan, main, resume, echo, progress):
         raise
     seconds = time.perf_counter() - start
     if main:
-        record_seconds(plan.folder, seconds, seconds_all_runs=round(earlier + seconds, 3))
+        total = round(earlier + seconds, 3)
+        record_seconds(
+            plan.folder, seconds, seconds_all_runs=total, **stage_wall(plan.folder, total)
+        )
         freed = 0 if cfg.keep_loop_checkpoints else drop_checkpoints(plan.folder)
     if echo and main:
         dropped = f" (dropped its loop checkpoints: {freed / 2**30:.2f} GiB)" if freed else ""
@@ -246,6 +250,23 @@ def _take_partial(cfg, spec: registry.Stage, plan, main: bool, echo) -> bool:
             echo(f"{spec.name}: {said}")
     distributed.barrier()
     return plan.started()
+
+
+def stage_wall(folder: Path, total: float) -> dict:
+    """``{"wall": ...}`` for ``run.json`` when the stage's own training loop ran in ``folder``
+    (btf, finetune): the loop's parts over every run (``loop-wall.json``: training steps, dev
+    evaluation, checkpoints) and ``other``, the rest of the stage's ``total`` seconds (reading
+    and encoding the data, loading and saving the model); else ``{}`` (self-training keeps its
+    finer breakdown in ``summary.json``)."""
+    path = folder / LOOP_WALL
+    try:
+        loop = read_json(path) if path.is_file() else None
+    except ValueError:
+        return {}
+    if not isinstance(loop, dict):
+        return {}
+    parts = {k: float(v) for k, v in loop.items() if type(v) in (int, float)}
+    return {"wall": {**parts, "other": round(max(0.0, total - sum(parts.values())), 3)}}
 
 
 def record_seconds(folder: Path, seconds: float | None, **extra) -> None:

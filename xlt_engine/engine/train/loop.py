@@ -36,6 +36,7 @@ into the checkpoint; only rank 0 writes.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import signal
@@ -63,7 +64,11 @@ from xlt_engine.engine.train.optim import (
 )
 from xlt_engine.engine.train.precision import PureBf16, master_groups
 from xlt_engine.engine.train.progress import RunLog
+from xlt_engine.fileio import atomic_write_text
+from xlt_engine.inputs import read_json
 from xlt_engine.kernels._dispatch import free_checks
+
+LOOP_WALL = "loop-wall.json"  # in a loop's folder: where its time went (``Run.add_wall``)
 
 
 class Interrupted(Exception):
@@ -304,6 +309,8 @@ class Run:
     history: list = field(default_factory=list)
     last_loss: float = float("nan")
     grad_norm: torch.Tensor | None = None
+    eval_seconds: float = 0.0  # in ``evaluate`` at records (rank 0)
+    save_seconds: float = 0.0  # writing checkpoints
 
     @classmethod
     def start(cls, model: nn.Module, cfg: TrainConfig, run_dir: Path, io: RunIO, resume) -> Run:
@@ -392,9 +399,11 @@ class Run:
             record["grad_norm"] = norm if math.isfinite(norm) else None
         due_eval = cfg.eval_every and pos.step % cfg.eval_every == 0
         if evaluate is not None and due_eval and self.rank == 0:
+            t0 = time.perf_counter()
             with self.pure.full_precision() if self.pure else contextlib.nullcontext():
                 record.update(evaluate(self.core))  # on the fp32 weights
             self.model.train()
+            self.eval_seconds += time.perf_counter() - t0
         self.history.append(record)
         self.log.write(record)
 
@@ -408,7 +417,7 @@ class Run:
                 f"{', ...' if len(bad) > 3 else ''}): not saved as a checkpoint; "
                 f"{last_good(self.ckpts.run_dir)}"
             )
-        pos = self.pos
+        t0, pos = time.perf_counter(), self.pos
         state = {
             "optimizer": self.opt.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -418,7 +427,30 @@ class Run:
             "config": asdict(self.cfg),
         }
         with self.pure.full_precision() if self.pure else contextlib.nullcontext():
-            return self.ckpts.save(self.core, pos.step, state)  # fp32 weights
+            path = self.ckpts.save(self.core, pos.step, state)  # fp32 weights
+        self.save_seconds += time.perf_counter() - t0
+        return path
+
+    def add_wall(self, seconds: float) -> None:
+        """``loop-wall.json`` (rank 0): where this folder's loop spent its time, over every run
+        of it (a resumed run adds its own): ``training steps`` (the steps, their records and
+        reading ahead), ``dev evaluation`` (``evaluate`` at records), ``checkpoints``. The
+        stage adds what the loop does not cover to ``run.json``'s ``wall``."""
+        if self.rank != 0:
+            return
+        path = self.ckpts.run_dir / LOOP_WALL
+        try:
+            wall = read_json(path) if path.is_file() else {}
+        except ValueError:
+            wall = {}  # a damaged record: this run's own time, not another error
+        parts = {
+            "training steps": seconds - self.eval_seconds - self.save_seconds,
+            "dev evaluation": self.eval_seconds,
+            "checkpoints": self.save_seconds,
+        }
+        earlier = {k: v for k, v in wall.items() if type(v) in (int, float)}
+        wall = {k: round(earlier.get(k, 0.0) + v, 3) for k, v in parts.items()}
+        atomic_write_text(path, json.dumps(wall, indent=2) + "\n")
 
 
 def train(
@@ -444,6 +476,7 @@ def train(
     ddp = isinstance(model, nn.parallel.DistributedDataParallel)
     step_model = compiled(model, cfg.compile, device, io.echo if run.rank == 0 else None)
     kill, last_ckpt, saved_at = faults.die_after(run_dir), None, time.perf_counter()
+    started = saved_at
     with Signals() as signals:
         try:
             model.train()
@@ -498,4 +531,5 @@ def train(
             run.log.close()
             if run.pure is not None:
                 run.pure.to_fp32()  # the caller gets the fp32 masters
+            run.add_wall(time.perf_counter() - started)
     return TrainResult(pos.step, run.last_loss, last_ckpt, run.history)

@@ -221,8 +221,10 @@ def transformers_step(args, enc, pad_id, precision: str, pad: int, attn: str = "
     return {"seconds_per_step": secs, "tokens_per_step": tokens}
 
 
-def main(argv=None) -> list[dict]:
-    args = parse_args(argv)
+def step_inputs(args):
+    """What a step reads (``args``: model, data, sentences, max_len, freeze): the tokenizer,
+    the first eng.train sentences encoded, soft labels for their rows (random, fixed) and the
+    frozen parameters' patterns."""
     tok = load_tokenizer(args.model)
     data = read_task_file(
         args.data / "conll2003_en" / "eng.train", "conll", False, args.sentences, 1, None
@@ -232,6 +234,12 @@ def main(argv=None) -> list[dict]:
     rng = np.random.default_rng(0)
     probs = rng.dirichlet(np.ones(len(LABELS)), size=rows).astype(np.float16)
     frozen = (r"encoder\.embeddings\.", *(rf"encoder\.layers\.{i}\." for i in range(args.freeze)))
+    return tok, enc, probs, frozen
+
+
+def main(argv=None) -> list[dict]:
+    args = parse_args(argv)
+    tok, enc, probs, frozen = step_inputs(args)
     cfg = load_encoder(args.model, dtype=torch.float32).config
     records = []
     for threads in [int(t) for t in args.threads.split(",")]:

@@ -27,13 +27,10 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from benchmarks.bench_cpu_step import LABELS, ours
+from benchmarks.bench_cpu_step import LABELS, ours, step_inputs
 from benchmarks.record import append, environment
-from xlt_engine.data.task import encode, read_task_file
-from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine.method.pseudo_labels import thresholds_from
 from xlt_engine.engine.train import inference
 from xlt_engine.engine.train.inference import EVAL_MAX_TOKENS, predict_logits
@@ -119,15 +116,8 @@ def threshold_arithmetic(logits: torch.Tensor, gold: torch.Tensor, repeats: int)
 def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    tok = load_tokenizer(args.model)
-    data = read_task_file(
-        args.data / "conll2003_en" / "eng.train", "conll", False, args.sentences, 1, None
-    )
-    enc = encode(data, tok, LABELS, args.max_len)
+    tok, enc, probs, frozen = step_inputs(args)
     rows = int(enc.row_offsets[-1])
-    rng = np.random.default_rng(0)
-    probs = rng.dirichlet(np.ones(len(LABELS)), size=rows).astype(np.float16)
-    frozen = (r"encoder\.embeddings\.", *(rf"encoder\.layers\.{i}\." for i in range(args.freeze)))
     torch.manual_seed(0)
     model = new_task_model(load_encoder(args.model, dtype=torch.float32), "token", LABELS, 3)
     gold = torch.randint(0, len(LABELS), (rows,))  # the arithmetic's time does not read them

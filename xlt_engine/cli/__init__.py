@@ -543,8 +543,7 @@ def ablate(
         from xlt_engine.studies.jobs import plan_lines
 
         work, args = spread_out(_experiment(config_path, overrides, out))
-        for line in plan_lines(["xlt-engine"], args, work, seed_list, rows):
-            click.echo(line)
+        click.echo("\n".join(plan_lines(["xlt-engine"], args, work, seed_list, rows)))
         return
 
     def go():
@@ -555,17 +554,7 @@ def ablate(
         kw = {"resume": resume, "echo": echo, "progress": progress}
         work, args = spread_out(cfg) if jobs > 1 else ([], [])
         if len(work) > 1:  # the rows and seeds side by side; below, the table
-            status = spread.run_jobs(args, work, jobs, click.echo, cfg, whole)
-            failed = [(work[i], rc) for i, rc in status.items() if rc != 0]
-            if failed:
-                said = "; ".join(
-                    f"{spread.job_name(j, whole)}: "
-                    + ("not started (a job it comes after failed)" if rc is None else f"exit {rc}")
-                    for j, rc in failed
-                )
-                fail(ValueError(f"--jobs {jobs}: {said}; the others finished, and the same "
-                                "command continues (finished stages are reused)"))  # fmt: skip
-            click.echo(f"--jobs {jobs}: {len(work)} jobs finished; the tables over them:")
+            spread.run_or_say(args, work, jobs, click.echo, cfg, whole)
         if study == "threshold":
             sweeps.run_threshold_study(cfg, seed_list, alpha_list, **kw)
         elif study == "rounds":

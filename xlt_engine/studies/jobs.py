@@ -135,6 +135,24 @@ def run_jobs(
     return status
 
 
+def run_or_say(args: list[str], jobs: list, n: int, echo, cfg, whole: bool) -> None:
+    """``run_jobs``, then a line that the tables follow; a ``ValueError`` naming every job
+    that failed or never started (the CLI's one error line) when not all finished."""
+    status = run_jobs(args, jobs, n, echo, cfg, whole)
+    failed = [(jobs[i], rc) for i, rc in status.items() if rc != 0]
+    if failed:
+        said = "; ".join(
+            f"{job_name(j, whole)}: "
+            + ("not started (a job it comes after failed)" if rc is None else f"exit {rc}")
+            for j, rc in failed
+        )
+        raise ValueError(
+            f"--jobs {n}: {said}; the others finished, and the same command continues "
+            "(finished stages are reused)"
+        )
+    echo(f"--jobs {n}: {len(jobs)} jobs finished; the tables over them:")
+
+
 def plan_lines(
     command: list[str], args: list[str], jobs: list, seeds: list[int], rows: str | None
 ) -> list[str]:

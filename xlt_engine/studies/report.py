@@ -35,6 +35,7 @@ import statistics
 from pathlib import Path
 
 from xlt_engine.engine.experiment import registry
+from xlt_engine.engine.experiment.pipeline import COLUMNS, HEADINGS  # all.json's, as written
 from xlt_engine.engine.experiment.runs import FINGERPRINT
 from xlt_engine.engine.method.selftrain_rows import wall_shares
 from xlt_engine.fileio import atomic_write_text, claim_output, record_output
@@ -43,8 +44,6 @@ from xlt_engine.studies.figures import NO_PLOTS, Figures
 from xlt_engine.studies.tables import mean_std
 
 STUDIES = ("ablation", "threshold-study", "rounds-study", "cotrain-ablation")
-COLUMNS = ("direct", "btf", "selftrain")
-HEADINGS = {"direct": "direct transfer", "btf": "+ BTF", "selftrain": "+ self-training"}
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }

@@ -175,9 +175,9 @@ def row_jobs(
     """``run_ablate``'s work as independent processes. ``whole_seeds``: one job per seed, with
     every chosen row (its rows then share round 1's soft step as in a serial run: -AT and soft
     only take Ours'; the right cut when there are at least as many seeds as processes).
-    Otherwise one job per row and seed. A row's job
-    plans exactly the stages the serial run makes for it (``ablation_variants`` with that row
-    alone), so its models and scores are the serial run's. Two jobs never run one stage folder:
+    Otherwise one job per row and seed. A row's job plans exactly the stages the serial run
+    makes for it (``ablation_variants`` with that row alone), so its models and scores are the
+    serial run's. Two jobs never run one stage folder:
     a folder that several rows plan belongs to the job of the row that plans the fewest stages
     (``- ST`` owns btf and the teacher's fine-tuning; ties in ``ablation_rows``' order), and the
     others come ``after`` it. When ``- ST`` is not chosen but two chosen rows start from its
@@ -188,19 +188,20 @@ def row_jobs(
         return [RowJob(seed, tuple(chosen)) for seed in seeds]
     root = table_dir(cfg)
 
-    def folders(row: str, seed: int) -> list:
+    def folders(row: str, seed: int, evaluations: bool = True) -> list:
         variants, picks = ablation_variants(cfg, fixed_alpha, [row])
         c, switches = variants[picks[row][0]]
         seeded = dataclasses.replace(c, seed=seed, out=str(root / f"seed-{seed}"))
-        return [plan_stage(pc, st).folder for pc, st in plan_all(seeded, switches["parts"])]
+        steps = plan_all(seeded, switches["parts"])
+        return [plan_stage(pc, st).folder for pc, st in steps if evaluations or st != "evaluate"]
 
     jobs: list[RowJob] = []
     for seed in seeds:
         plans = {r: folders(r, seed) for r in chosen}
-        helper = HELPER_ROW not in chosen and HELPER_ROW in ablation_rows(cfg)
-        if helper:
-            shared = [f for f in folders(HELPER_ROW, seed) if f.name != "evaluate-finetune"]
-            helper = sum(set(shared) <= set(p) for p in plans.values()) >= 2
+        helper = HELPER_ROW not in chosen
+        if helper:  # its training stages, which two chosen rows would otherwise wait on
+            shared = set(folders(HELPER_ROW, seed, evaluations=False))
+            helper = sum(shared <= set(p) for p in plans.values()) >= 2
             if helper:
                 plans = {HELPER_ROW: folders(HELPER_ROW, seed), **plans}
         owner: dict = {}  # stage folder: the index of the job that makes it

@@ -56,7 +56,7 @@ def ablate_args(config_path, overrides, fixed_threshold: float, out, resume: boo
 
 
 def _gpus(cfg) -> int:
-    """The GPUs the seeds' processes are spread over: none for a config on the CPU."""
+    """The GPUs the jobs' processes are spread over: none for a config on the CPU."""
     import torch
 
     return torch.cuda.device_count() if cfg.device != "cpu" and torch.cuda.is_available() else 0

@@ -208,7 +208,7 @@ def stage_section(folder: Path, figs: Figures) -> str:
         out.append(wall_section(folder))
         out.append(rounds_section(folder, figs))
     elif isinstance(info.get("wall"), dict):  # btf, finetune: the loop's parts and the rest
-        out.append(_wall_table(info["wall"], list(info["wall"]), ""))
+        out.append(_wall_table(wall_shares(info["wall"], list(info["wall"])), ""))
     return "\n".join(out)
 
 
@@ -253,15 +253,12 @@ def wall_section(folder: Path) -> str:
         return ""
     forward = wall.get("forward")
     note = f"; the passes' model forwards: {_num(forward, '.1f')} s" if forward is not None else ""
-    return _wall_table(wall, [k for k, _, _ in wall_shares(wall)], note)
+    return _wall_table(wall_shares(wall), note)
 
 
-def _wall_table(wall: dict, names: list[str], note: str) -> str:
-    """A stage's ``wall`` parts ``names`` as (part, seconds, share of their sum); a part that is
-    not a number (a damaged record) is left out."""
-    parts = [(k, wall[k]) for k in names if type(wall.get(k)) in (int, float)]
-    whole = sum(v for _, v in parts) or 1.0
-    rows = [[k, _num(v, ".1f"), f"{100 * v / whole:.0f}%"] for k, v in parts]
+def _wall_table(shares: list[tuple[str, float, float]], note: str) -> str:
+    """A stage's time by part (``wall_shares``: part, seconds, share of their sum)."""
+    rows = [[k, _num(v, ".1f"), f"{100 * share:.0f}%"] for k, v, share in shares]
     return f"<p>Where the time went (seconds{html.escape(note)})</p>" + _table(
         ["part", "s", "share"], rows
     )

@@ -332,10 +332,11 @@ def wall_breakdown(records: list[dict], total: float | None = None) -> dict:
     return out
 
 
-def wall_shares(wall: dict) -> list[tuple[str, float, float]]:
-    """``wall_breakdown``'s parts (and ``other``) as (part, seconds, share of their sum); a part
-    that is missing or not a number (a damaged summary) is left out."""
-    names = [*dict.fromkeys(WALL_PARTS.values()), "other"]
+def wall_shares(wall: dict, names=None) -> list[tuple[str, float, float]]:
+    """``wall_breakdown``'s parts (and ``other``), or another stage's parts ``names``, as
+    (part, seconds, share of their sum); a part that is missing or not a number (a damaged
+    summary) is left out."""
+    names = [*dict.fromkeys(WALL_PARTS.values()), "other"] if names is None else names
     parts = [(k, wall[k]) for k in names if type(wall.get(k)) in (int, float)]
     whole = sum(v for _, v in parts) or 1.0
     return [(k, v, v / whole) for k, v in parts]

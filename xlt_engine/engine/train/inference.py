@@ -27,9 +27,11 @@ from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import TaskModel, read_task_meta
 
 EVAL_MAX_TOKENS = 16384  # padded tokens per inference batch, unless a config says otherwise
-# on a CPU, at most this many: larger batches leave the caches and run slower (e5-small, one
-# thread, 2026-11-27: 1,031 tokens/s at 1,024 padded tokens a batch, 980 at 4,096, 791 at
-# 16,384; benchmarks/bench_inference.py), and every row's logits are the same bits at any size
+# on a CPU, at most this many: larger batches leave the caches and run slower (e5-small, fp32,
+# one thread, 2026-11-27: 1,001 tokens/s at 1,024 padded tokens a batch, 1,010 at 4,096, 792 at
+# 16,384, 1,025 capped here; benchmarks/results/inference_cpu_20261127.json). Another size pads
+# an item to another length: e5-small's logits came out the same bits, a tiny model's within
+# float rounding (tests/engine/train/test_inference.py)
 CPU_MAX_TOKENS = 2048
 
 

@@ -531,5 +531,6 @@ def train(
             run.log.close()
             if run.pure is not None:
                 run.pure.to_fp32()  # the caller gets the fp32 masters
-            run.add_wall(time.perf_counter() - started)
+            with contextlib.suppress(OSError):  # a time record never hides why a run stopped
+                run.add_wall(time.perf_counter() - started)
     return TrainResult(pos.step, run.last_loss, last_ckpt, run.history)

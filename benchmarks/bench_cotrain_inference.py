@@ -12,7 +12,7 @@ in two ways, each in a fresh process (so peak memory is its own):
 - ``selftrain``: what ``run_selftrain``'s teacher step does: ``build_store`` (the packed,
   memory-mapped token store, built chunk by chunk), ``open_store``, then ``CHUNK_ITEMS`` items
   at a time ``predict_logits`` and the probabilities written into a memory-mapped fp16 array,
-  the store's pages dropped after each chunk (``SelfTraining.chunks``, mirrored here).
+  the store's pages dropped after each chunk (``SelftrainContext.chunks``, mirrored here).
 
 Reported per way: seconds to prepare the pool (read + encode / build the store), seconds of one
 inference pass, both per 1,000 rows, and the peak resident memory of the process (``VmHWM``).
@@ -84,7 +84,7 @@ def worker(args: argparse.Namespace) -> dict:
     from xlt_engine.data.task import encode, read_task_file
     from xlt_engine.data.tokenizer import load_tokenizer
     from xlt_engine.engine.method.cotrain import _view_probs
-    from xlt_engine.engine.method.selftrain_rows import CHUNK_ITEMS
+    from xlt_engine.engine.method.selftrain.store import CHUNK_ITEMS
     from xlt_engine.engine.train.inference import EVAL_MAX_TOKENS, items_of, predict_logits
     from xlt_engine.model.heads import VotersModule
     from xlt_engine.model.task import load_task_model
@@ -110,7 +110,7 @@ def worker(args: argparse.Namespace) -> dict:
         if args.worker == "cotrain":
             cfg = argparse.Namespace(eval_max_tokens=EVAL_MAX_TOKENS)
             probs = _view_probs(args.model, enc, tok.pad_id, cfg, device)
-        else:  # SelfTraining's teacher step: chunks of the store into an fp16 array
+        else:  # self-training's teacher step: chunks of the store into an fp16 array
             model = load_task_model(args.model, device=device)
             out = np.lib.format.open_memmap(
                 args.work / "probs.npy", mode="w+", dtype=np.float16, shape=(rows, len(labels))

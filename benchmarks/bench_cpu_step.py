@@ -33,11 +33,12 @@ import torch
 from benchmarks.record import append, environment
 from xlt_engine.data.task import TaskBatches, encode, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
-from xlt_engine.engine.method.selftrain import SoftBatches, soft_label_kl
+from xlt_engine.engine.method.selftrain.store import SoftBatches
 from xlt_engine.engine.train.config import TrainConfig
 from xlt_engine.engine.train.inference import forward_batch
 from xlt_engine.engine.train.loop import RunIO, train
 from xlt_engine.engine.train.optim import prepare
+from xlt_engine.kernels import soft_label_kl
 from xlt_engine.model.checkpoint import load_encoder
 from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import new_task_model

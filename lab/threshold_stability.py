@@ -28,7 +28,7 @@ import torch
 from xlt_engine import provenance
 from xlt_engine.engine.experiment.config import load_config
 from xlt_engine.engine.experiment.execute import build_stage
-from xlt_engine.engine.method.selftrain import SelfTraining
+from xlt_engine.engine.method.selftrain.context import SelftrainContext
 from xlt_engine.engine.method.threshold import (
     DEFAULT_GRID,
     choose,
@@ -55,7 +55,7 @@ def source_rule(folder: Path, r: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
     """(confidence, correct, unit of each row, classes) of the round's soft student on the
     source rows: the inputs of the pseudo-label rule's curve (``rule_curve_inputs``)."""
     cfg = load_config(folder / "config.json")  # the config the stage ran with
-    run = SelfTraining(build_stage(cfg, "selftrain"), torch.device("cpu"), None, False)
+    run = SelftrainContext(build_stage(cfg, "selftrain"), torch.device("cpu"), None, False)
     student = load_task_model(folder / f"round-{r}" / "soft" / "model")
     agreed, conf, _ = voter_filter(run.logits(student, run.src), 0.0)
     gold = torch.from_numpy(run.gold)

@@ -10,7 +10,8 @@ from click.testing import CliRunner
 from safetensors.torch import load_file, save_file
 
 from xlt_engine import __version__
-from xlt_engine.cli import _run_guarded, main
+from xlt_engine.cli import main
+from xlt_engine.cli.guard import run_guarded
 from xlt_engine.model import load_pretrained
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +154,7 @@ def test_a_signal_outside_a_training_loop_exits_130_with_the_resume_hint(sig, ca
     old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with pytest.raises(SystemExit) as stopped:
-            _run_guarded(work)
+            run_guarded(work)
     finally:
         signal.signal(signal.SIGINT, old_int)
     assert stopped.value.code == 130
@@ -168,7 +169,7 @@ def test_a_run_prints_the_exact_command_that_repeats_or_continues_it(tmp_path, m
     one, or one the collapse guard stopped, the command that continues it (the same arguments,
     quoted, plus --resume)."""
     from xlt_engine.engine.experiment import pipeline
-    from xlt_engine.engine.method.selftrain_rows import CollapseError
+    from xlt_engine.engine.method.selftrain.guard import CollapseError
     from xlt_engine.engine.train.loop import Interrupted
     from xlt_engine.quickstart import Sizes, prepare
 

@@ -59,7 +59,7 @@ def test_bench_round_counts_the_steps_host_syncs_and_shapes(shared_data, tmp_pat
 
 def test_bench_round_host_count_sees_a_sync_in_a_step(shared_data, tmp_path, monkeypatch):
     """The soft step's loss made to read its value on the host: one sync per soft step."""
-    from xlt_engine.engine.method import selftrain
+    from xlt_engine.engine.method.selftrain import training
 
     # compiled under a file name in xlt_engine: HostSyncs counts only syncs made by its frames
     src = "def loss(*a, **k):\n    out = fit(*a, **k)\n    out.item()\n    return out\n"
@@ -71,7 +71,7 @@ def test_bench_round_host_count_sees_a_sync_in_a_step(shared_data, tmp_path, mon
         return scope["loss"]
 
     for name in ("soft_label_mse", "soft_label_kl"):
-        monkeypatch.setattr(selftrain, name, syncing(getattr(selftrain, name)))
+        monkeypatch.setattr(training, name, syncing(getattr(training, name)))
     args = ["--data", str(shared_data), "--device", "cpu", "--tiny", "--limit", "16"]
     record = main([*args, "--batch", "8", "--no-save", "--host", "--work", str(tmp_path / "w")])
     soft = next(r for r in record["rows"] if r["part"] == "soft")

@@ -56,8 +56,9 @@ from xlt_engine.bench.cases import (
     threshold_cases,
     voter_cases,
 )
-from xlt_engine.fileio import atomic_write_text, claim_output, record_output
+from xlt_engine.fileio import atomic_write_text
 from xlt_engine.inputs import read_json
+from xlt_engine.outputs import claim_output, record_output
 from xlt_engine.provenance import environment, result_file, version
 
 # --- timing ----------------------------------------------------------------------------------
@@ -209,7 +210,7 @@ def run(
 ) -> dict:
     """Run the benchmark; print a table; append it to the JSON and CSV in ``out_dir`` (None: no
     files): files that an earlier ``bench`` wrote and nobody changed since, or new ones
-    (``fileio.claim_output``, checked before the timing starts; ``overwrite``: any file)."""
+    (``outputs.claim_output``, checked before the timing starts; ``overwrite``: any file)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if out_dir is not None:
         claim_results(Path(out_dir), dev, overwrite)

@@ -1,7 +1,7 @@
 """Command line: a thin click layer that turns options into library calls.
 
-Here the group and the experiment commands (``run``, ``report``, ``ablate``, ``quickstart``) with
-their error path; ``tools`` holds ``init``, ``export``, ``inspect``, ``bench``, ``xnli-parallel`` and
+Here the group and the experiment commands (``run``, ``report``, ``ablate``, ``quickstart``);
+``guard`` holds their error path; ``tools`` holds ``init``, ``export``, ``inspect``, ``bench``, ``xnli-parallel`` and
 ``corpus``; ``options`` the options they share.
 """
 
@@ -12,8 +12,10 @@ from pathlib import Path
 import click
 
 from xlt_engine import __version__
+from xlt_engine.cli.guard import expected_failure, run_guarded
 from xlt_engine.cli.options import fail, folder_option, overwrite_option
-from xlt_engine.fileio import check_not_read, check_writable, claim_output, disk_full, record_output
+from xlt_engine.fileio import check_writable
+from xlt_engine.outputs import check_not_read, claim_output, record_output
 
 
 class _Main(click.Group):
@@ -48,24 +50,6 @@ class _Main(click.Group):
             if line is None:
                 raise
             raise click.ClickException(line) from None
-
-
-def again(resume: bool = True) -> str:
-    """The exact command that repeats the one running (its arguments as given, quoted for a
-    shell), with ``--resume`` where it continues an interrupted run."""
-    import shlex
-
-    ctx = click.get_current_context()
-    argv = [a for a in ctx.find_root().meta.get("xlt_engine.argv", []) if a != "--resume"]
-    return shlex.join(["xlt-engine", *argv, *(["--resume"] if resume else [])])
-
-
-def _resumable() -> bool:
-    ctx = click.get_current_context(silent=True)
-    if ctx is None:
-        return False
-    command = ctx.meta.get("xlt_engine.command", ctx.command)
-    return any(p.name == "resume" for p in command.params)
 
 
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
@@ -132,123 +116,6 @@ def _experiment(
     if linear_head:
         cfg = ablations.linear_head(cfg)
     return cfg
-
-
-OUTSIDE_LOOP = (
-    "{name} received outside a training loop (evaluation, threshold, filters, reading data): "
-    "every finished step is kept and the one under way is redone; continue with the same "
-    "command plus --resume"
-)
-
-
-def os_problem(err: OSError) -> str:
-    """An operating-system error as one line: the file, what happened, and what to do with the
-    options the running command has (``--resume`` only where it has one)."""
-    import errno
-
-    where = f"{err.filename}: " if err.filename else ""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        what = "no space left on device" if err.errno == errno.ENOSPC else "disk quota exceeded"
-        if _resumable():
-            return (
-                f"{where}{what}: free some (or choose another --out), then continue with "
-                "--resume: every finished step and the last checkpoint are kept"
-            )
-        return f"{where}{what}: free some, or choose another output path, and run it again"
-    remedies = {
-        errno.ELOOP: "too many levels of symbolic links (a link loop?): choose another path",
-        errno.EROFS: "read-only file system: choose an output path on a writable one",
-        errno.EACCES: "permission denied: choose a path you may write (or read), or fix its mode",
-        errno.EPERM: "operation not permitted: choose another path",
-        errno.ENAMETOOLONG: "file name too long: choose a shorter path",
-        errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
-        errno.EISDIR: "is a folder: name a file",
-        errno.ENOENT: "no such file or folder",
-        errno.EMFILE: "too many open files: raise the limit (ulimit -n) and run it again",
-    }
-    return f"{where}{remedies.get(err.errno, err.strerror or str(err))}"
-
-
-def expected_failure(err: BaseException) -> str | None:
-    """The one line a command prints for ``err`` when it is an expected failure (bad input or a
-    setting: ``ValueError``; the file system: ``OSError``; a damaged file a library read), or
-    None for a bug, whose traceback stays."""
-    import errno
-    import pickle
-    import zipfile
-
-    from safetensors import SafetensorError
-
-    if isinstance(err, OSError):
-        return os_problem(err)
-    if disk_full(err):
-        return os_problem(OSError(errno.ENOSPC, "No space left on device"))
-    if isinstance(err, ValueError):
-        return str(err)
-    if isinstance(err, RecursionError):
-        return f"an input nested too deeply to read ({err})"
-    if isinstance(err, SafetensorError):
-        return f"a damaged safetensors file: {err}"
-    if isinstance(err, EOFError | pickle.UnpicklingError | zipfile.BadZipFile):
-        return f"a truncated or damaged file: {err}"
-    return None
-
-
-def _run_guarded(fn, repeat_resumes: bool = False) -> None:
-    """Run ``fn``; an interrupt exits 130 with the resume hint, a config or data problem is a
-    clean error; the process group is closed either way. Inside a training loop SIGINT/SIGTERM
-    write a checkpoint first (the loop's own handlers); outside one they stop at once with the
-    same hint, SIGTERM included (by default it ended the process with no word). A finished
-    run names the command that repeats it (with ``--resume`` where ``repeat_resumes``: a
-    command that refuses a folder it already filled); an interrupted one, or one the collapse
-    guard stopped, the command that continues it. (A non-finite loss gets no such line: the
-    same settings would diverge again.)"""
-    import os
-    import signal
-    import sys
-    import threading
-
-    from xlt_engine.engine.train import distributed
-    from xlt_engine.engine.train.loop import Interrupted, NonFiniteLoss
-
-    def on_term(signum, _frame):
-        raise Interrupted(OUTSIDE_LOOP.format(name=signal.Signals(signum).name))
-
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, on_term) if main_thread else None
-    from xlt_engine.engine.method.selftrain_rows import CollapseError
-
-    def continue_with() -> None:  # what picks the run up where it stopped
-        if _resumable():
-            click.echo(f"to continue: {again()}", err=True)
-
-    try:
-        fn()
-    except Interrupted as err:
-        click.echo(str(err), err=True)
-        continue_with()
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo(OUTSIDE_LOOP.format(name="SIGINT"), err=True)
-        continue_with()
-        sys.exit(130)
-    except CollapseError as err:
-        continue_with()
-        fail(err)
-    except NonFiniteLoss as err:
-        fail(err)
-    except Exception as err:  # the group's boundary prints it; a full disk can be resumed
-        if disk_full(err):
-            continue_with()
-        raise
-    else:
-        if _resumable() and os.environ.get("RANK", "0") == "0":
-            repeat = again(resume=repeat_resumes)
-            click.echo(f"to repeat it (finished stages are reused): {repeat}")
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
-        distributed.shutdown()
 
 
 _config_option = click.option(
@@ -374,7 +241,7 @@ def run(
             if spec.then is not None:
                 spec.then(cfg, resume=resume, echo=echo, progress=progress)
 
-    _run_guarded(go)
+    run_guarded(go)
 
 
 @main.command()
@@ -406,7 +273,7 @@ def report(folders, out, overwrite) -> None:
             if load_pyplot() is None:
                 click.echo(NO_PLOTS)
 
-    _run_guarded(go)
+    run_guarded(go)
 
 
 def _numbers(option: str, text: str, kind):
@@ -566,7 +433,7 @@ def ablate(
                 cfg, seed_list, fixed_threshold, rows=row_list, table=not no_table, **kw
             )
 
-    _run_guarded(go)
+    run_guarded(go)
 
 
 @main.command()
@@ -619,7 +486,7 @@ def quickstart(out, seed, resume, overwrite, progress) -> None:
             f"the runs in {out / 'runs'})"
         )
 
-    _run_guarded(go, repeat_resumes=True)  # a quickstart refuses its own folder without it
+    run_guarded(go, repeat_resumes=True)  # a quickstart refuses its own folder without it
 
 
 from xlt_engine.cli import tools  # noqa: E402  (its commands join the group defined above)

@@ -10,8 +10,9 @@ from pathlib import Path
 import click
 
 from xlt_engine.cli.options import file_option, overwrite_option
-from xlt_engine.fileio import check_writable, claim_output, record_output
+from xlt_engine.fileio import check_writable
 from xlt_engine.inputs import read_json
+from xlt_engine.outputs import claim_output, record_output
 
 
 @click.command()

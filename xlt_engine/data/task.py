@@ -384,6 +384,9 @@ class TaskBatches:
     (seed, epoch), sharded round-robin by rank; lengths padded to a multiple of
     ``pad_multiple`` (not past the longest item's, rounded to 8)."""
 
+    enc: Encoded  # the items (a subclass may drop a packed store's pages: ``packed.release``)
+    lengths: np.ndarray  # tokens per item
+
     def __init__(
         self,
         enc: Encoded,

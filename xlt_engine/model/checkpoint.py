@@ -532,7 +532,7 @@ def save_pretrained(
     the tokenizer files into ``out_dir``, atomically: everything goes to a temporary sibling
     folder that replaces ``out_dir`` only once complete. An existing ``out_dir`` is replaced only
     if it holds nothing but checkpoint files (``replace_any``: the caller claimed it, see
-    ``fileio.claim_output``). ``dtype`` converts on the way out. ``extra(folder)`` writes more
+    ``outputs.claim_output``). ``dtype`` converts on the way out. ``extra(folder)`` writes more
     files (``.json`` / ``.safetensors``: a task head) into the folder before the swap. A tensor
     holding NaN or inf (after ``dtype``) is refused, naming it: nothing is written.
     """

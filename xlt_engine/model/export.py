@@ -35,12 +35,13 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from xlt_engine.fileio import atomic_folder, claim_output, record_output
+from xlt_engine.fileio import atomic_folder
 from xlt_engine.inputs import read_json
 from xlt_engine.model.checkpoint import NonFiniteWeights
 from xlt_engine.model.config import BertConfig
 from xlt_engine.model.heads import LINEAR
 from xlt_engine.model.task import TASK_FILE, VOTERS_FILE, read_task_meta
+from xlt_engine.outputs import claim_output, record_output
 
 # (model_type, kind) -> (transformers class, the encoder's key prefix there)
 CLASSES = {
@@ -78,7 +79,7 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, overwrite: bool = Fals
     """Write ``model_dir`` (a task model folder) to ``out_dir`` as a transformers classification
     folder (``config.json`` with ``architectures``, ``id2label``, ``label2id``;
     ``model.safetensors``; the tokenizer files), atomically. ``out_dir`` is new, empty or an
-    earlier export (``fileio.claim_output``; ``overwrite``: any folder but the model's). Raises
+    earlier export (``outputs.claim_output``; ``overwrite``: any folder but the model's). Raises
     ``ValueError`` naming why a model cannot be exported exactly (see the module docstring), or
     the tensors holding NaN or inf (nothing is written)."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)

@@ -37,9 +37,11 @@ from pathlib import Path
 from xlt_engine.engine.experiment import registry
 from xlt_engine.engine.experiment.pipeline import COLUMNS, HEADINGS  # all.json's, as written
 from xlt_engine.engine.experiment.runs import FINGERPRINT
-from xlt_engine.engine.method.selftrain_rows import wall_shares
-from xlt_engine.fileio import atomic_write_text, claim_output, record_output
+from xlt_engine.engine.method.rules import PseudoRule
+from xlt_engine.engine.method.selftrain.wall import wall_shares
+from xlt_engine.fileio import atomic_write_text
 from xlt_engine.inputs import read_json, read_jsonl, read_text
+from xlt_engine.outputs import claim_output, record_output
 from xlt_engine.studies.figures import NO_PLOTS, Figures
 from xlt_engine.studies.tables import mean_std
 
@@ -295,7 +297,10 @@ def rounds_section(folder: Path, figs: Figures) -> str:
                     f"<p class='warn'><b>collapsed</b> (on_collapse = "
                     f"{html.escape(str(f.get('on_collapse')))}):</p><ul>{items}</ul>"
                 )
-            if f.get("classes") and f.get("pseudo_rule") not in (None, "paper"):
+            if f.get("classes") and f.get("pseudo_rule") not in (
+                None,
+                PseudoRule.name,
+            ):  # per class
                 out.append(_class_thresholds(f["classes"]))
             counts = [
                 ["source rows kept", f"{f['source_rows_kept']} / {f['source_rows']}"],
@@ -578,7 +583,7 @@ def report_inputs(folders: list[Path]) -> list[Path]:
 
 def write_report(folders: list[Path], out: Path, overwrite: bool = False) -> tuple[Path, int]:
     """The report of ``folders`` into ``out``: a new file or an earlier report
-    (``fileio.claim_output``; ``overwrite``: any file but one the report reads)."""
+    (``outputs.claim_output``; ``overwrite``: any file but one the report reads)."""
     reads = report_inputs(folders)
     claim_output(out, "--out", "report", reads=reads, overwrite=overwrite)
     page, images = build_report(folders)

@@ -1,4 +1,4 @@
-"""The write rule (``fileio.claim_output``): no command replaces a file or folder it did not
+"""The write rule (``outputs.claim_output``): no command replaces a file or folder it did not
 write. Every command that writes for a user (predict, report, export, init, quickstart, corpus,
 run's and ablate's tables) is pointed at a path it reads (the input, a model file, the config),
 at a user's file and at a folder of the user's files, and every byte of them is found intact;
@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from xlt_engine.cli import main
 from xlt_engine.engine.experiment.config import load_config
-from xlt_engine.fileio import LEDGER, claim_output, engine_wrote, record_output
+from xlt_engine.outputs import LEDGER, claim_output, engine_wrote, record_output
 
 
 def snapshot(*roots: Path) -> dict[str, str]:

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from tests.engine.experiment.test_outputs import made, snapshot  # noqa: F401 (a fixture)
 from xlt_engine.cli import main
-from xlt_engine.fileio import BUILTIN_WRITERS, record_output
+from xlt_engine.outputs import BUILTIN_WRITERS, record_output
 
 TARGETS = (
     "its input",

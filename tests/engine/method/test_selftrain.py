@@ -33,23 +33,23 @@ from xlt_engine.data.packed import (
 )
 from xlt_engine.data.task import Encoded, Ragged, encode, read_task_file
 from xlt_engine.data.tokenizer import load_tokenizer
-from xlt_engine.engine.method import selftrain as selftrain_module
-from xlt_engine.engine.method import selftrain_rows
 from xlt_engine.engine.method.finetune import FinetuneConfig, run_finetune
 from xlt_engine.engine.method.pseudo_labels import check_collapse
 from xlt_engine.engine.method.rules import make_rule
 from xlt_engine.engine.method.selftrain import SelftrainConfig, run_selftrain
-from xlt_engine.engine.method.selftrain_rows import (
-    FILTER_FILE,
-    SOURCE_OK_FILE,
-    encoder_digest,
-    fidelity_counts,
-    lost_classes,
+from xlt_engine.engine.method.selftrain import filter as selftrain_filter
+from xlt_engine.engine.method.selftrain import passes as selftrain_passes
+from xlt_engine.engine.method.selftrain import training as selftrain_training
+from xlt_engine.engine.method.selftrain.counts import fidelity_counts, lost_classes
+from xlt_engine.engine.method.selftrain.files import FILTER_FILE, SOURCE_OK_FILE
+from xlt_engine.engine.method.selftrain.guard import CollapseError
+from xlt_engine.engine.method.selftrain.store import (
     row_units,
     whole_units,
     with_targets,
     write_with_targets,
 )
+from xlt_engine.engine.method.selftrain.training import encoder_digest
 from xlt_engine.engine.method.threshold import EVEN_GRID, select_threshold, threshold_grid
 from xlt_engine.engine.train.config import TrainConfig
 from xlt_engine.engine.train.inference import evaluate_model, predict_logits
@@ -608,10 +608,10 @@ def test_the_progress_bar_names_the_stage_round_and_step(base, teacher, data, tm
 def test_source_and_target_are_memory_mapped_stores_sampled_before_encoding(
     base, teacher, data, tmp_path
 ):
-    from xlt_engine.engine.method.selftrain import SelfTraining
+    from xlt_engine.engine.method.selftrain.context import SelftrainContext
 
     cfg = st_config(base, teacher, data, tmp_path / "st", max_unlabeled=50, max_source=60)
-    run = SelfTraining(cfg, torch.device("cpu"), None, None)
+    run = SelftrainContext(cfg, torch.device("cpu"), None, None)
     tok = load_tokenizer(base)
     labels = load_task_model(teacher).labels
     tgt = encode(read_task_file(data["tgt"], "conll", True, 50, cfg.soft.seed), tok, labels, 48)
@@ -630,7 +630,7 @@ def test_source_and_target_are_memory_mapped_stores_sampled_before_encoding(
 def test_chunked_passes_equal_one_pass(base, teacher, data, tmp_path, monkeypatch):
     """Teacher probabilities and pseudo labels computed 7 items at a time (each chunk its own
     batches) are those of one pass over all items: no row lands in another's place."""
-    from xlt_engine.engine.method import selftrain as st
+    from xlt_engine.engine.method.selftrain import context
 
     kw = dict(
         rounds=1,
@@ -641,7 +641,7 @@ def test_chunked_passes_equal_one_pass(base, teacher, data, tmp_path, monkeypatc
         device="cpu",
     )
     run_selftrain(st_config(base, teacher, data, tmp_path / "one", **kw), echo=None)
-    monkeypatch.setattr(st, "CHUNK_ITEMS", 7)
+    monkeypatch.setattr(context, "CHUNK_ITEMS", 7)  # the chunks of every pass
     run_selftrain(st_config(base, teacher, data, tmp_path / "seven", **kw), echo=None)
     one, seven = (tmp_path / x / "round-1" for x in ("one", "seven"))
     p1 = load_file(str(one / "teacher-probs.safetensors"))["probs"].float()
@@ -654,7 +654,8 @@ def test_chunked_passes_equal_one_pass(base, teacher, data, tmp_path, monkeypatc
 
 
 def test_chunked_unit_filter_and_counts_equal_the_in_memory_rules():
-    from xlt_engine.engine.method.selftrain_rows import drop_failed_units, target_counts
+    from xlt_engine.engine.method.selftrain.counts import target_counts
+    from xlt_engine.engine.method.selftrain.store import drop_failed_units
 
     rng = np.random.default_rng(0)
     rows_per_item = rng.integers(1, 5, 300)
@@ -690,13 +691,13 @@ def test_chunked_unit_filter_and_counts_equal_the_in_memory_rules():
 
 
 def test_plain_text_target_reads_as_its_conll_form(base, teacher, data, tmp_path):
-    from xlt_engine.engine.method.selftrain import SelfTraining
+    from xlt_engine.engine.method.selftrain.context import SelftrainContext
 
     sentences = read_task_file(data["tgt"], "conll", True).inputs
     text = tmp_path / "tgt.txt"
     text.write_text("".join(" ".join(words) + "\n" for words in sentences), encoding="utf-8")
     runs = [
-        SelfTraining(
+        SelftrainContext(
             st_config(base, teacher, data, tmp_path / name, **kw), torch.device("cpu"), None, None
         )
         for name, kw in (
@@ -713,7 +714,7 @@ def test_plain_text_target_reads_as_its_conll_form(base, teacher, data, tmp_path
 
 
 def test_soft_label_kl_is_kl_of_teacher_to_student_with_gradient_q_minus_p():
-    from xlt_engine.engine.method.selftrain import soft_label_kl
+    from xlt_engine.kernels import soft_label_kl
 
     gen = torch.Generator().manual_seed(0)
     z = torch.randn(3, 7, 5, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -735,7 +736,6 @@ def test_soft_label_kl_is_kl_of_teacher_to_student_with_gradient_q_minus_p():
 def test_the_soft_step_trains_with_the_loss_soft_loss_names(
     base, teacher, data, tmp_path, monkeypatch, soft_loss
 ):
-    from xlt_engine.engine.method import selftrain as st
 
     calls = {"mse": 0, "kl": 0}
 
@@ -746,8 +746,12 @@ def test_the_soft_step_trains_with_the_loss_soft_loss_names(
 
         return fit
 
-    monkeypatch.setattr(st, "soft_label_mse", spy("mse", st.soft_label_mse))
-    monkeypatch.setattr(st, "soft_label_kl", spy("kl", st.soft_label_kl))
+    monkeypatch.setattr(
+        selftrain_training, "soft_label_mse", spy("mse", selftrain_training.soft_label_mse)
+    )
+    monkeypatch.setattr(
+        selftrain_training, "soft_label_kl", spy("kl", selftrain_training.soft_label_kl)
+    )
     soft = TrainConfig(max_steps=2, lr=1e-3, log_every=1, seed=1)
     cfg = st_config(base, teacher, data, tmp_path, rounds=0.5, soft=soft, soft_loss=soft_loss)
     run_selftrain(cfg, echo=None)
@@ -817,9 +821,7 @@ def test_the_collapse_guard_warns_stops_or_skips_the_hard_step(
     kw = dict(rounds=1, soft=soft, hard=hard, threshold="fixed", alpha=0.999)
     cfg = st_config(base, teacher, data, out, on_collapse=action, **kw)
     if action == "error":
-        with pytest.raises(
-            selftrain_rows.CollapseError, match="round 1: the pseudo labels collapsed"
-        ):
+        with pytest.raises(CollapseError, match="round 1: the pseudo labels collapsed"):
             run_selftrain(cfg, echo=None)
         assert (out / "round-1" / "filter.json").is_file()
         assert not (out / "round-1" / "hard").exists() and not (out / "model").exists()
@@ -973,7 +975,7 @@ def test_student_init_teacher_starts_each_round_from_its_teachers_encoder(
     out = tmp_path / "init-teacher"
     cfg = st_config(base, teacher, data, out, rounds=1.5, student_init="teacher", **short)
     seen = []
-    real = selftrain_module.new_task_model
+    real = selftrain_training.new_task_model
 
     def spy(encoder, *args):  # the voters each student gets, before any training
         model = real(encoder, *args)
@@ -981,20 +983,17 @@ def test_student_init_teacher_starts_each_round_from_its_teachers_encoder(
         return model
 
     trained = []  # what each soft step's training starts from: its encoder's digest, voters
-    real_step = selftrain_module.SelfTraining.train_step
+    real_step = selftrain_training.train_step
 
-    def step_spy(self, model, loss_fn, data, train_cfg, folder):
+    def step_spy(ctx, model, loss_fn, data, train_cfg, folder):
         if folder.name == "soft":
             voters = {k: v.clone() for k, v in model.voters.state_dict().items()}
             trained.append((encoder_digest(model.encoder), voters))
-        return real_step(self, model, loss_fn, data, train_cfg, folder)
+        return real_step(ctx, model, loss_fn, data, train_cfg, folder)
 
-    monkeypatch.setattr(selftrain_module.SelfTraining, "train_step", step_spy)
-    try:
-        selftrain_module.new_task_model = spy
-        run_selftrain(cfg, echo=None)
-    finally:
-        selftrain_module.new_task_model = real
+    monkeypatch.setattr(selftrain_training, "train_step", step_spy)
+    monkeypatch.setattr(selftrain_training, "new_task_model", spy)
+    run_selftrain(cfg, echo=None)
     softs = [r for r in _records(out) if r["step"] == "soft"]
     first = out / "round-1" / "hard" / "model"
     assert [r["student_init"] for r in softs] == ["teacher", "teacher"]
@@ -1023,10 +1022,10 @@ def test_a_soft_student_that_lost_the_teachers_classes_is_named_with_what_may_av
     gives (on e5-small the MSE soft step left only O and B-LOC: lab/results/gpu_h100_20261126),
     naming the classes and the settings that may avoid it; the settings a run already has are
     not offered again."""
-    from xlt_engine.engine.method import selftrain_labels
-    from xlt_engine.engine.method.selftrain_labels import soft_lost_message
+    from xlt_engine.engine.method.selftrain.guard import soft_lost_message
 
-    monkeypatch.setattr(selftrain_labels, "lost_classes", lambda fidelity: ["B-PER", "I-PER"])
+    for module in (selftrain_passes, selftrain_filter):
+        monkeypatch.setattr(module, "lost_classes", lambda fidelity: ["B-PER", "I-PER"])
     soft = TrainConfig(max_steps=2, lr=1e-3, log_every=1, seed=1)
     cfg = st_config(base, teacher, data, tmp_path / "st", rounds=0.5, soft=soft)
     with pytest.warns(
@@ -1096,7 +1095,7 @@ def test_the_summary_says_where_the_time_went(st_run):
 
 
 def test_wall_breakdown_counts_each_part_once_and_a_twins_steps_apart():
-    from xlt_engine.engine.method.selftrain_rows import describe_wall, wall_breakdown
+    from xlt_engine.engine.method.selftrain.wall import describe_wall, wall_breakdown
 
     recs = [
         {"step": "teacher", "seconds": 2.0, "forward_seconds": 1.5, "shared_from": "x"},

@@ -37,17 +37,17 @@ def report_wrap():
 def slow_rank(rank: int, seconds: float) -> None:
     """Rank ``rank`` enters each step of a self-training round ``seconds`` late: whatever rank
     0 writes there without waiting for it, it finds already written."""
-    from xlt_engine.engine.method.selftrain import SelfTraining
+    from xlt_engine.engine.method import selftrain
 
-    for name in ("teacher_probs", "soft_step", "hard_step", "check", "filter"):
-        step = getattr(SelfTraining, name)
+    for name in ("teacher_probs", "soft_step", "hard_step", "check", "filter_round"):
+        step = getattr(selftrain, name)
 
-        def late(self, *args, _step=step, **kwargs):
+        def late(*args, _step=step, **kwargs):
             if dist.get_rank() == rank:
                 time.sleep(seconds)
-            return _step(self, *args, **kwargs)
+            return _step(*args, **kwargs)
 
-        setattr(SelfTraining, name, late)
+        setattr(selftrain, name, late)
 
 
 def main(spec: dict) -> None:

@@ -47,7 +47,8 @@ from xlt_engine.engine.experiment.stages.selftrain import teacher_models
 from xlt_engine.engine.method.settings import TEST_SPLIT
 from xlt_engine.engine.train import distributed
 from xlt_engine.engine.train.distributed import rank_world
-from xlt_engine.fileio import claim_output, folder_bytes, record_output, write_results
+from xlt_engine.fileio import folder_bytes, write_results
+from xlt_engine.outputs import claim_output, record_output
 
 COLUMNS = ("direct", "btf", "selftrain")
 HEADINGS = {"direct": "direct transfer", "btf": "+ BTF", "selftrain": "+ self-training"}
@@ -223,7 +224,7 @@ def run_summary(timings, seconds: float, folder: Path, table_name: str) -> str:
 
 
 def claim_table(cfg: ExperimentConfig, name: str) -> list[Path]:
-    """The files of table ``name`` (``write_table``), claimed (``fileio.claim_output``): new,
+    """The files of table ``name`` (``write_table``), claimed (``outputs.claim_output``): new,
     or tables a run wrote, never a user's file that happens to sit in the out folder."""
     folder, name = table_dir(cfg), name + split_suffix(cfg)
     files = [folder / f"{name}{ext}" for ext in (".md", ".json")]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xlt_engine import fileio
+from xlt_engine import outputs
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ class Stage:
     # --stage <name>`` runs after it (finetune: each source's own teacher)
     claims: Callable[[Any], list[tuple[str, str, bool]]] | None = None  # cfg -> files outside
     # the run folder it writes, as (path, config key, overwrite): ``run`` claims each before
-    # any work (``fileio.claim_output``: never an input, nor a file it did not write)
+    # any work (``outputs.claim_output``: never an input, nor a file it did not write)
     table: Callable[[Path], dict] | None = None  # a finished folder -> its row in the report's
     # table of stages ({column: value})
 
@@ -124,14 +124,14 @@ def register(stage: Stage, replace: bool = False) -> Stage:
             raise ValueError(f"stage {stage.name!r}: the model names {shared} are {other.name!r}'s")
     _STAGES[stage.name] = stage
     if stage.claims is not None:  # it writes files outside the run folder: a writer
-        fileio.register_writer(stage.name, "file")
+        outputs.register_writer(stage.name, "file")
     return stage
 
 
 def unregister(name: str) -> None:
     """Remove a stage (a test's own, when it is done)."""
     _STAGES.pop(name, None)
-    fileio.unregister_writer(name)
+    outputs.unregister_writer(name)
 
 
 def names() -> tuple[str, ...]:

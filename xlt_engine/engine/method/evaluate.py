@@ -34,9 +34,10 @@ from xlt_engine.engine.train.inference import (
     predicted_labels,
     score,
 )
-from xlt_engine.fileio import atomic_write_text, claim_output, record_output, write_results
+from xlt_engine.fileio import atomic_write_text, write_results
 from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import load_task_model
+from xlt_engine.outputs import claim_output, record_output
 
 
 def check_ensemble(ensemble: tuple[str, ...], format: str) -> None:
@@ -164,7 +165,7 @@ def run_evaluate(cfg: EvaluateConfig, echo=print) -> dict:
 class PredictConfig(TaskSettings):
     model: str  # a task model folder
     input: str
-    output: str  # a new file, or one predict wrote (``fileio.claim_output``)
+    output: str  # a new file, or one predict wrote (``outputs.claim_output``)
     ensemble: tuple[str, ...] = ()  # as EvaluateConfig's: the mean of the models' probabilities
     reads: tuple[str, ...] = ()  # more files the caller reads (its config): never the output
     overwrite: bool = False  # replace an existing output that predict did not write
@@ -178,7 +179,7 @@ class PredictConfig(TaskSettings):
         check_ensemble(self.ensemble, self.format)
 
     def claim(self) -> None:
-        """The output may be written (``fileio.claim_output``): never the input, a model
+        """The output may be written (``outputs.claim_output``): never the input, a model
         folder or a file the caller reads."""
         reads = (self.input, self.model, *self.ensemble, *self.reads)
         claim_output(self.output, "output", "predict", reads=reads, overwrite=self.overwrite)

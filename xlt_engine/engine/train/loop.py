@@ -453,6 +453,23 @@ class Run:
         atomic_write_text(path, json.dumps(wall, indent=2) + "\n")
 
 
+def optimizer_step(run: Run, params: list[torch.Tensor], clip: float) -> None:
+    """One optimizer step on the accumulated gradients: to the fp32 masters (bf16-pure),
+    clipped to ``clip`` (0: not clipped; the norm kept in ``run.grad_norm``), through the
+    scaler, back to the model, gradients cleared."""
+    opt, scaler = run.opt, run.scaler
+    if run.pure is not None:
+        run.pure.grads_to_masters()
+    if clip > 0:
+        scaler.unscale_(opt)
+        run.grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    scaler.step(opt)
+    scaler.update()
+    if run.pure is not None:
+        run.pure.masters_to_model()
+    opt.zero_grad(set_to_none=True)
+
+
 def train(
     model: nn.Module,
     loss_fn: Callable[[nn.Module, dict, torch.Generator], torch.Tensor],
@@ -501,16 +518,7 @@ def train(
                         )
                 if pos.step + 1 < cfg.max_steps:  # the next step's batch, while this one runs
                     pos.read_ahead(data, device)
-                if run.pure is not None:
-                    run.pure.grads_to_masters()
-                if cfg.clip > 0:
-                    scaler.unscale_(opt)
-                    run.grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-                scaler.step(opt)
-                scaler.update()
-                if run.pure is not None:
-                    run.pure.masters_to_model()
-                opt.zero_grad(set_to_none=True)
+                optimizer_step(run, params, cfg.clip)
                 pos.step += 1
                 meter.steps += 1
                 kill(pos.step)  # fault injection (tests only)

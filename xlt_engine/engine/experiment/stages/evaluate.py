@@ -47,7 +47,7 @@ class EvaluateSection(InferenceSection):
 @dataclass(frozen=True)
 class PredictSection(InferenceSection):
     input: str | None = None
-    output: str | None = None  # a new file, or one predict wrote (``fileio.claim_output``)
+    output: str | None = None  # a new file, or one predict wrote (``outputs.claim_output``)
     overwrite: bool = False  # replace an existing output that predict did not write
 
 

@@ -27,7 +27,7 @@ from xlt_engine.engine.experiment.runs import (
 )
 from xlt_engine.engine.method.rules import switch_rule
 from xlt_engine.engine.method.selftrain import SelftrainConfig, run_selftrain
-from xlt_engine.engine.method.selftrain_rows import lay_down_round1
+from xlt_engine.engine.method.selftrain.files import lay_down_round1
 from xlt_engine.engine.method.settings import (
     FreezeSettings,
     HeadSettings,

@@ -1,0 +1,91 @@
+"""The package's structure stays within the limits issues 45, 57 and 67 set, measured by the
+tools in ``tools/`` (their printed figures, as a reader runs them): no file over 600 lines, no
+function over 80 lines or 8 parameters (Triton kernels and click commands apart), no import
+circle, a new stage or rule in one file, and no class reading attributes that neither it nor
+its bases set (the mixin that ``SelfTraining`` was) or state only a base in another module
+sets."""
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from tools.attribute_reads import check
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tool(name: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", f"tools.{name}"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def figure(text: str, label: str) -> int:
+    m = re.search(rf"{re.escape(label)}: (\d+)", text)
+    assert m, f"{label!r} not in:\n{text}"
+    return int(m.group(1))
+
+
+def test_package_within_the_structure_limits():
+    cost = tool("extension_cost")
+    assert figure(cost, "package files over 600 lines") == 0, cost
+    assert figure(cost, "import circles") == 0, cost
+    assert figure(cost, "sys.path edits") == 0, cost
+    assert "a new stage touches 1 package file(s)" in cost, cost
+    assert "a new rule with a parameter touches 1 package file(s)" in cost, cost
+    first = tool("structure").splitlines()[0]
+    assert re.search(r"; 0 over 80 lines, 0 over 8 parameters", first), first
+    reads = tool("attribute_reads")
+    assert figure(reads, "attributes read that the class and its bases never set") == 0, reads
+    assert figure(reads, "instance state read that only a base in another module sets") == 0
+
+
+def test_attribute_reads_finds_a_mixin_and_state_inherited_across_modules(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "base.py").write_text(
+        textwrap.dedent(
+            """
+            class Base:
+                size: int  # declared: an interface
+                def __init__(self):
+                    self.rows = []
+                def count(self):
+                    return len(self.rows)
+            """
+        )
+    )
+    (pkg / "user.py").write_text(
+        textwrap.dedent(
+            """
+            from pkg.base import Base
+            import torch.nn as nn
+
+            class Passes:  # a mixin: reads what its subclass sets
+                def teacher(self):
+                    return self.labels, self.count()
+
+            class Child(Base):
+                def first(self):
+                    return self.rows[0], self.size, self.count()
+
+            class Own(Base):
+                def __init__(self):
+                    super().__init__()
+                    self.rows = [1]
+                def first(self):
+                    return self.rows[0]
+
+            class Layer(nn.Module):  # a base outside the package defines what it likes
+                def forward(self, x):
+                    return x if self.training else -x
+            """
+        )
+    )
+    undeclared, inherited = check(pkg)
+    assert [u.split(" ")[-1] for u in undeclared] == ["Passes.count", "Passes.labels"]
+    assert len(inherited) == 1 and "Child.rows (set in" in inherited[0]

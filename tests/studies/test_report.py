@@ -111,13 +111,13 @@ def test_where_a_self_trainings_time_went_is_a_table(tmp_path):
     folder = tmp_path / "selftrain"
     folder.mkdir()
     assert wall_section(folder) == ""  # no summary yet
-    wall = {"training steps": 60.0, "forward-only passes": 30.0, "threshold arithmetic": 5.0,
+    wall = {"training steps": 60.0, "forward-only passes": 30.0, "threshold and filter arithmetic": 5.0,
             "forward": 20.0, "shared": 0.0, "other": 5.0}  # fmt: skip
     (folder / "summary.json").write_text(json.dumps({"wall": wall}))
     page = wall_section(folder)
     rows = re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td><td>([^<]*)</td></tr>", page)
     assert rows == [("training steps", "60.0", "60%"), ("forward-only passes", "30.0", "30%"),
-                    ("threshold arithmetic", "5.0", "5%"), ("other", "5.0", "5%")]  # fmt: skip
+                    ("threshold and filter arithmetic", "5.0", "5%"), ("other", "5.0", "5%")]  # fmt: skip
     assert "model forwards: 20.0 s" in page
     (folder / "summary.json").write_text(json.dumps({"wall": {"training steps": "<x>"}}))
     assert "<x>" not in wall_section(folder)

@@ -1082,14 +1082,16 @@ def test_the_summary_says_where_the_time_went(st_run):
 
     assert wall["training steps"] == pytest.approx(secs("soft", "hard"), abs=1e-3)
     assert wall["training steps"] > 0
-    # the threshold step's pass over the source rows is a forward-only pass, timed apart
+    # the threshold step's pass over the source rows is a forward-only pass, timed apart; the
+    # filter reads the soft check's pass (no forward of its own)
     th = next(r for r in recs if r["step"] == "threshold")
     ahead = sum(r["forward_seconds"] for r in recs if r["step"] == "threshold")
     assert 0 < th["forward_seconds"] < th["seconds"]
-    assert wall["forward-only passes"] == pytest.approx(
-        secs("teacher", "check", "filter") + ahead, abs=1e-3
+    assert all(r["forward_seconds"] == 0 for r in recs if r["step"] == "filter")
+    assert wall["forward-only passes"] == pytest.approx(secs("teacher", "check") + ahead, abs=1e-3)
+    assert wall["threshold and filter arithmetic"] == pytest.approx(
+        secs("threshold", "filter") - ahead, abs=1e-3
     )
-    assert wall["threshold arithmetic"] == pytest.approx(secs("threshold") - ahead, abs=1e-3)
     assert 0 < wall["forward"] <= wall["forward-only passes"] and wall["shared"] == 0
     assert wall["other"] >= 0
 
@@ -1110,11 +1112,69 @@ def test_wall_breakdown_counts_each_part_once_and_a_twins_steps_apart():
     wall = wall_breakdown(recs, total=12.5)
     assert wall == {
         "training steps": 14.0,
-        "forward-only passes": 6.0,
-        "threshold arithmetic": 1.0,
+        "forward-only passes": 5.8,  # the filter's 0.8 s of forwards among them
+        "threshold and filter arithmetic": 1.2,
         "forward": 4.8,
         "shared": 12.0,
         "other": 3.5,  # 12.5 s of this run's wall, 9 s of it in its own records
     }
-    assert describe_wall(wall).startswith("training steps 14.0 s (57%), forward-only passes 6.0 s")
+    assert describe_wall(wall).startswith("training steps 14.0 s (57%), forward-only passes 5.8 s")
     assert "other" not in wall_breakdown(recs)
+
+
+def test_labels_at_is_voter_filters_rule_without_the_logits():
+    """The filter's pseudo labels come from the voters' rows (agreed label, confidence) at the
+    class thresholds: equal to ``voter_filter`` on the logits, ties, NaN rows, a threshold
+    equal to a confidence and per-class thresholds included."""
+    from xlt_engine.engine.method.selftrain.filter import labels_at
+    from xlt_engine.kernels.voter_filter import voter_filter_ref
+
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(3, 500, 5, generator=gen) * 3
+    z[:, :40] = z[:1, :40]  # voters that agree
+    z[:, 40:45] = 0.0  # ties: the lowest index wins
+    z[:, 45:47] = float("nan")
+    agreed, conf, _ = voter_filter_ref(z, 0.0)
+    alphas = [torch.rand(5, generator=gen), torch.zeros(5), torch.full((5,), 0.999)]
+    alphas.append(conf[:5].clone())  # thresholds equal to some rows' confidence: not admitted
+    admitted = []
+    for alpha in alphas:
+        want = voter_filter_ref(z, alpha)[0].numpy()
+        got = labels_at(agreed.numpy(), conf.numpy(), alpha.double().numpy())
+        assert np.array_equal(got, want) and got.dtype == np.int64
+        admitted.append(int((want >= 0).sum()))
+    n = int((agreed >= 0).sum())
+    assert admitted[1] == n and admitted[2] < admitted[0] < n  # all, few, some of the agreed
+
+
+def test_filter_reads_the_soft_checks_pass_and_equals_a_pass_of_its_own(
+    base, teacher, data, tmp_path, monkeypatch
+):
+    """The round's filter makes no forward pass: it reads the soft student's voters from the
+    soft step's check (same model, same chunks). A check file without them (as another
+    version wrote) makes the filter run its own pass; both give the same filter file, bit for
+    bit, for the paper's rule and for class_quota's two passes."""
+    real = selftrain_passes.probs_file
+
+    def no_voters(ctx, path, models, meta, voters=False):
+        return real(ctx, path, models, meta)
+
+    soft = TrainConfig(max_steps=30, lr=1e-3, log_every=10, seed=1)
+    hard = TrainConfig(max_steps=2, lr=1e-4, log_every=1, seed=1)
+    for rule in ({"threshold": "fixed", "alpha": 0.3}, {"pseudo_rule": "class_quota"}):
+        outs = []
+        for own in (False, True):
+            out = tmp_path / f"{rule.get('pseudo_rule', 'paper')}-{own}"
+            with monkeypatch.context() as m:
+                if own:
+                    m.setattr(selftrain_passes, "probs_file", no_voters)
+                cfg = st_config(base, teacher, data, out, rounds=1, soft=soft, hard=hard, **rule)
+                run_selftrain(cfg, echo=None)
+            seen = load_file(str(out / "round-1" / "soft" / "student-probs.safetensors"))
+            assert ("agreed" in seen) is not own
+            forward = [r["forward_seconds"] for r in _records(out) if r["step"] == "filter"]
+            assert (forward[0] == 0) is not own
+            outs.append(load_file(str(out / "round-1" / FILTER_FILE)))
+        a, b = outs
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert (a["pseudo"] >= 0).any()

@@ -11,12 +11,8 @@ import time
 import numpy as np
 import torch
 
-from xlt_engine.engine.method.pseudo_labels import (
-    check_collapse,
-    pseudo_label,
-    source_ok,
-    thresholds_from,
-)
+from xlt_engine.data.packed import release
+from xlt_engine.engine.method.pseudo_labels import check_collapse, source_ok, thresholds_from
 from xlt_engine.engine.method.selftrain.context import SelftrainContext
 from xlt_engine.engine.method.selftrain.counts import (
     class_alphas,
@@ -25,12 +21,12 @@ from xlt_engine.engine.method.selftrain.counts import (
     lost_classes,
     target_counts,
 )
-from xlt_engine.engine.method.selftrain.files import FILTER_FILE
+from xlt_engine.engine.method.selftrain.files import FILTER_FILE, STUDENT_FILE
+from xlt_engine.engine.method.selftrain.passes import VOTER_ROWS, write_voter_rows
 from xlt_engine.engine.method.selftrain.store import drop_failed_units, whole_units
 from xlt_engine.engine.train import distributed
 from xlt_engine.fileio import atomic_write_text, open_safetensors
 from xlt_engine.inputs import read_json
-from xlt_engine.kernels import voter_filter
 from xlt_engine.model.task import TaskModel
 
 
@@ -60,11 +56,21 @@ def filter_round(
     return np.asarray(saved["source_keep"]) > 0, saved["pseudo"], findings
 
 
+def labels_at(agreed: np.ndarray, conf: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Pseudo labels [rows] int64 (-1: none) at the class thresholds ``alpha`` [C] from the
+    voters' common label (``agreed``, -1: none) and confidence per row: ``voter_filter``'s rule
+    (all voters agree and the smallest top probability exceeds the agreed class's threshold,
+    compared in fp32), without the logits."""
+    a = alpha.astype(np.float32)[np.clip(agreed, 0, None)]
+    return np.where((agreed >= 0) & (conf > a), agreed, -1).astype(np.int64)
+
+
 class RoundFilter:
-    """One round's filter file (``filter_round``), written in passes over the target
-    store: ``fill`` (the voters' agreement, confidence and argmax; the pseudo labels unless the
-    rule is ``class_quota``), for ``class_quota`` ``set_quota`` (the thresholds from the target's
-    voters) and ``relabel``, then ``finish`` (the source filter, filter.json, the warnings)."""
+    """One round's filter file (``filter_round``), written in passes over its rows: ``fill``
+    (the voters' agreement, confidence and argmax, from the soft step's check; the pseudo labels
+    unless the rule is ``class_quota``), for ``class_quota`` ``set_quota`` (the thresholds from
+    the target's voters) and ``relabel``, then ``finish`` (the source filter, filter.json, the
+    warnings)."""
 
     def __init__(
         self,
@@ -95,29 +101,41 @@ class RoundFilter:
         }
 
     def fill(self, arrays) -> None:
-        # quota: no label yet; the voters' outputs set the thresholds (``set_quota``)
-        a = torch.from_numpy(self.alpha).float()
-        for row, logits in self.ctx.chunks(self.student, self.ctx.tgt, *arrays.values()):
-            agreed, conf, mean = voter_filter(logits, 0.0)  # at any confidence
-            labels = (
-                torch.full_like(agreed, -1)
-                if self.quota
-                else pseudo_label(logits, a.to(logits.device))[0]
-            )
-            rows = slice(row, row + labels.shape[0])
-            # one copy to the host per chunk: labels and confidence as float64 (exact for both)
-            parts = (labels, agreed, mean.argmax(dim=-1), conf)
-            out = torch.stack([x.double() for x in parts]).cpu().numpy()
-            arrays["pseudo"][rows] = out[0]
-            arrays["agreed"][rows] = out[1]
-            arrays["student"][rows] = out[2]
-            arrays["confidence"][rows] = out[3]
+        """This rank's rows: the student's voters (``VOTER_ROWS``), read from the soft step's
+        check, which ran the same model over the same chunks (or, where that file lacks them,
+        from a pass of its own), then the pseudo labels at the class thresholds (quota: none
+        yet; the voters' outputs set the thresholds, ``set_quota``)."""
+        ctx = self.ctx
+        seen = open_safetensors(ctx.out / f"round-{self.r}" / "soft" / STUDENT_FILE)
+        if all(k in seen for k in VOTER_ROWS):
+            for rows in self.my_rows():
+                for k in VOTER_ROWS:
+                    arrays[k][rows] = seen[k][rows]
+                release(ctx.tgt, *arrays.values(), *seen.values())
+        else:
+            for row, logits in ctx.chunks(self.student, ctx.tgt, *arrays.values()):
+                write_voter_rows(arrays, slice(row, row + logits.shape[1]), logits)
+        self.relabel(arrays, none=self.quota)
 
-    def relabel(self, arrays) -> None:  # class_quota's second pass, at the thresholds it set
-        a = torch.from_numpy(self.alpha).float()
-        for row, logits in self.ctx.chunks(self.student, self.ctx.tgt, *arrays.values()):
-            labels = pseudo_label(logits, a.to(logits.device))[0]
-            arrays["pseudo"][row : row + labels.shape[0]] = labels.cpu().numpy()
+    def my_rows(self, chunk: int = 1 << 20):
+        """This rank's target rows (its items' share, ``ctx.share``), ``chunk`` at a time."""
+        lo, hi = self.ctx.share(self.ctx.tgt)
+        offsets = self.ctx.tgt.row_offsets
+        first, last = int(offsets[lo]), int(offsets[hi])
+        for a in range(first, last, chunk):
+            yield slice(a, min(a + chunk, last))
+
+    def relabel(self, arrays, none: bool = False) -> None:
+        """This rank's pseudo labels at the class thresholds, from the voters' rows (``none``:
+        -1 everywhere); class_quota's second pass, at the thresholds it set."""
+        for rows in self.my_rows():
+            if none:
+                arrays["pseudo"][rows] = -1
+            else:
+                agreed = np.asarray(arrays["agreed"][rows])
+                conf = np.asarray(arrays["confidence"][rows])
+                arrays["pseudo"][rows] = labels_at(agreed, conf, self.alpha)
+            release(self.ctx.tgt, *arrays.values())
 
     def set_quota(self, arrays) -> None:
         """class_quota: the thresholds from the target's voters (every rank reads every rank's

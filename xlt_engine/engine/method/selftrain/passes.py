@@ -48,11 +48,22 @@ from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import TaskModel, load_task_model
 
 
-def probs_file(ctx: SelftrainContext, path: Path, models: list[Path], meta: dict[str, str]) -> None:
+def probs_file(
+    ctx: SelftrainContext,
+    path: Path,
+    models: list[Path],
+    meta: dict[str, str],
+    voters: bool = False,
+) -> None:
     """The mean-of-voters probabilities on U_tgt [rows, C], fp16, of the task model in
     ``models`` (several: the mean of theirs, one per source language) into ``path``, each
-    rank its share of the rows, chunk by chunk (``rows_file``)."""
+    rank its share of the rows, chunk by chunk (``rows_file``). ``voters`` (one model): also
+    what the filter reads of it per row (``VOTER_ROWS``: the voters' common label at any
+    confidence or -1, the smallest of their top probabilities, the argmax of their mean), from
+    the same forward pass, so that the filter needs none of its own."""
     C = len(ctx.labels)
+    if voters and len(models) != 1:
+        raise ValueError("probs_file: voters=True reads one model")
     total = None
     if len(models) > 1:  # the sum over models, fp32, beside the file (debris if killed)
         total = path.parent / f".{path.name}.tmp-sum"
@@ -71,9 +82,12 @@ def probs_file(ctx: SelftrainContext, path: Path, models: list[Path], meta: dict
                     f"teacher's {ctx.labels} (same labels, same order)"
                 )
             held = (out,) if acc is None else (out, acc)
+            held += tuple(arrays[k] for k in VOTER_ROWS) if voters else ()
             for row, logits in ctx.chunks(model, ctx.tgt, *held):
                 p = VotersModule.probs(logits).float().cpu().numpy()
                 rows = slice(row, row + len(p))
+                if voters:
+                    write_voter_rows(arrays, rows, logits)
                 if acc is None:
                     out[rows] = p.astype(np.float16)
                 elif k + 1 < len(models):
@@ -84,9 +98,28 @@ def probs_file(ctx: SelftrainContext, path: Path, models: list[Path], meta: dict
         if acc is not None:
             acc.flush()
 
-    ctx.rows_file(path, {"probs": ("F16", (ctx.tgt_rows, C))}, meta, fill)
+    specs = {"probs": ("F16", (ctx.tgt_rows, C))}
+    if voters:
+        specs |= {k: (dtype, (ctx.tgt_rows,)) for k, dtype in VOTER_ROWS.items()}
+    ctx.rows_file(path, specs, meta, fill)
     if total is not None and ctx.main:
         total.unlink(missing_ok=True)
+
+
+VOTER_ROWS = {  # per target row, what the filter reads of a student's voters
+    "agreed": "I32",  # the voters' common label at any confidence, or -1
+    "confidence": "F32",  # the smallest of the voters' top probabilities
+    "student": "I32",  # argmax of the voters' mean probabilities
+}
+
+
+def write_voter_rows(arrays: dict, rows: slice, logits: torch.Tensor) -> None:
+    """``VOTER_ROWS`` of voter logits [M, rows, C] into ``arrays[...][rows]``: one copy to the
+    host, as float64 (exact for labels and fp32 confidences)."""
+    agreed, conf, mean = voter_filter(logits, 0.0)  # at any confidence
+    out = torch.stack([x.double() for x in (agreed, conf, mean.argmax(dim=-1))]).cpu().numpy()
+    for k, values in zip(VOTER_ROWS, out, strict=True):
+        arrays[k][rows] = values
 
 
 def open_probs(ctx: SelftrainContext, path: Path) -> np.ndarray:
@@ -158,7 +191,9 @@ def check(ctx: SelftrainContext, r: int, which: str, probs: np.ndarray) -> dict:
     folder = ctx.out / f"round-{r}" / which
     path = folder / STUDENT_FILE
     if not distributed.rank0_view(path.is_file()):
-        probs_file(ctx, path, [folder / "model"], {"student": str(folder / "model")})
+        meta = {"student": str(folder / "model")}
+        # the soft student's voters per row, which the round's filter reads (no pass of its own)
+        probs_file(ctx, path, [folder / "model"], meta, voters=which == "soft")
     fidelity = fidelity_counts(probs, open_probs(ctx, path), ctx.labels, ctx.background)
     dev = {}
     if ctx.main and ctx.dev:

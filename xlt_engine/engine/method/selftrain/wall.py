@@ -1,5 +1,6 @@
 """Where a self-training stage's time went, from its records: training steps, forward-only
-passes, threshold arithmetic and what no record covers; the report reads the same shares."""
+passes, the threshold's and the filter's arithmetic and what no record covers; the report reads
+the same shares."""
 
 from __future__ import annotations
 
@@ -8,17 +9,18 @@ WALL_PARTS = {  # a record's step -> the part of the stage's wall it is
     "hard": "training steps",
     "teacher": "forward-only passes",
     "check": "forward-only passes",
-    "filter": "forward-only passes",
-    "threshold": "threshold arithmetic",
+    "filter": "threshold and filter arithmetic",
+    "threshold": "threshold and filter arithmetic",
 }
+SPLIT = ("threshold", "filter")  # steps whose model forwards (if any) are forward-only passes
 
 
 def wall_breakdown(records: list[dict], total: float | None = None) -> dict:
     """Where a self-training run's time went, from its records: seconds per part
     (``WALL_PARTS``: the soft and hard steps' training, the passes that only run the model
-    forward, i.e. teacher probabilities, checks, the threshold step's pass over the source rows
-    and the filter, and the threshold's arithmetic: the rest of its step; a record from before
-    its pass was timed apart counts whole as arithmetic),
+    forward, i.e. teacher probabilities, checks and the threshold step's pass over the source
+    rows, and the arithmetic of the threshold and the filter: the rest of their steps; the
+    filter reads the soft check's pass and runs none of its own unless that file lacks it),
     of which ``forward`` the passes' model forwards alone, ``shared`` what steps taken from a
     twin folder took there (in their parts too), and with ``total`` (this process's wall)
     ``other``: what no record covers (loading, writing, waiting)."""
@@ -30,13 +32,14 @@ def wall_breakdown(records: list[dict], total: float | None = None) -> dict:
         if part is None:
             continue
         ahead = r.get("forward_seconds") or 0.0
-        if r.get("step") == "threshold":  # its pass over D_src is a forward-only pass
+        split = r.get("step") in SPLIT  # its model forwards are a forward-only pass
+        if split:
             parts["forward-only passes"] += ahead
             secs -= ahead
         parts[part] += secs
         forward += ahead
         if "shared_from" in r:
-            shared += secs + (ahead if r.get("step") == "threshold" else 0.0)
+            shared += secs + (ahead if split else 0.0)
     out = {k: round(v, 3) for k, v in parts.items()}
     out |= {"forward": round(forward, 3), "shared": round(shared, 3)}
     if total is not None:

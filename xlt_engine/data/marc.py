@@ -21,6 +21,7 @@ from xlt_engine.data.examples import (
     parse_stars,
     read_bytes,
 )
+from xlt_engine.data.formats import TaskFormat, register_format, sequence_data
 from xlt_engine.inputs import DuplicateKeyError
 
 
@@ -99,3 +100,14 @@ def read_marc(
     if not examples:
         raise ValueError(f"{path}: no reviews kept ({dropped} dropped by the label rule)")
     return TextDataset(path, examples, dropped)
+
+
+register_format(
+    TaskFormat(
+        "marc",
+        "sequence",
+        lambda path, unlabeled, _enc: sequence_data(
+            path, "marc", read_marc(path, unlabeled=unlabeled), unlabeled
+        ),
+    )
+)

@@ -41,16 +41,9 @@ import numpy as np
 
 from xlt_engine.data.align import IGNORE, WordPieces, align_flat, encode_texts
 from xlt_engine.data.cache import tokenizer_sha256
-from xlt_engine.data.conll import iter_conll
 from xlt_engine.data.examples import split_columns
-from xlt_engine.data.task import (
-    FORMATS,
-    Encoded,
-    Ragged,
-    _read_task_file,
-    sample_indices,
-    task_kind,
-)
+from xlt_engine.data.formats import format_names, get_format
+from xlt_engine.data.task import Encoded, Ragged, sample_indices
 from xlt_engine.data.text import iter_text
 from xlt_engine.data.tokenizer import WordPieceTokenizer
 from xlt_engine.fileio import atomic_folder, atomic_write_text, file_sha256
@@ -58,7 +51,13 @@ from xlt_engine.inputs import read_json
 
 STORE_FORMAT = 1
 TEXT = "text"  # plain text, one example per non-blank line (NER: words split on spaces / tabs)
-INPUT_FORMATS = (*FORMATS, TEXT)
+
+
+def input_formats() -> tuple[str, ...]:
+    """What a store reads: every registered task format, and plain text."""
+    return (*format_names(), TEXT)
+
+
 CHUNK = 8192  # examples encoded at a time
 TRIM_SLACK = 64 << 20  # bytes of heap growth that make trim_heap trim
 
@@ -73,9 +72,9 @@ class StoreFile:
     unlabeled: bool
 
     def __post_init__(self):
-        if self.format not in INPUT_FORMATS:
+        if self.format not in input_formats():
             raise ValueError(
-                f"{self.path}: format must be one of {INPUT_FORMATS}, got {self.format!r}"
+                f"{self.path}: format must be one of {input_formats()}, got {self.format!r}"
             )
         if self.format == TEXT and not self.unlabeled:
             raise ValueError(f"{self.path}: a plain-text file has no labels (use it as unlabeled)")
@@ -93,13 +92,13 @@ def iter_examples(
         for lineno, line in iter_text(path):
             yield lineno, (split_columns(line) if kind == "token" else line), None, None
         return
-    if task_kind(file.format) != kind:
+    fmt = get_format(file.format)
+    if fmt.kind != kind:
         raise ValueError(f"{path}: format {file.format!r} is not a {kind} classification format")
-    if file.format == "conll":
-        for s in iter_conll(path, encoding):
-            yield s.line, s.tokens, None, (None if file.unlabeled else s.tags)
+    if fmt.stream is not None:
+        yield from fmt.stream(path, file.unlabeled, encoding)
         return
-    data = _read_task_file(path, file.format, file.unlabeled, encoding)
+    data = fmt.read(path, file.unlabeled, encoding)
     for i in range(len(data)):
         pair = None if data.pairs is None else data.pairs[i]
         label = None if data.labels is None else data.labels[i]

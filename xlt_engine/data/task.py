@@ -13,16 +13,15 @@ NER: every word of every sentence, in order).
 from __future__ import annotations
 
 import operator
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, get_args
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from xlt_engine.data import cls10, conll, marc, text, xnli  # noqa: F401  (their formats register)
 from xlt_engine.data.align import IGNORE, AlignedWords, align_words, encode_texts
 from xlt_engine.data.batching import (
     PAD_MULTIPLE,
@@ -33,70 +32,15 @@ from xlt_engine.data.batching import (
     shard,
     spans,
 )
-from xlt_engine.data.cls10 import read_cls10
-from xlt_engine.data.conll import ConllFile, read_conll
-from xlt_engine.data.marc import read_marc
-from xlt_engine.data.text import read_labeled
+from xlt_engine.data.formats import Format, TaskData, format_names, get_format, label_set
 from xlt_engine.data.tokenizer import WordPieceTokenizer
-from xlt_engine.data.xnli import read_xnli
 
-Format = Literal["conll", "cls10", "marc", "xnli", "jsonl", "tsv"]
-FORMATS = get_args(Format)
+__all__ = ["Format", "TaskData", "format_names", "label_set"]  # defined in formats
 
 
 def task_kind(format: str) -> str:
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
-    return "token" if format == "conll" else "sequence"
-
-
-@dataclass
-class TaskData:
-    """The examples of one file. token: ``inputs`` are word lists and ``labels`` tag lists;
-    sequence: ``inputs`` are texts (``pairs`` the second texts) and ``labels`` strings.
-    ``labels`` is None for unlabeled data."""
-
-    path: Path
-    format: str
-    kind: str
-    inputs: list
-    pairs: list[str] | None
-    labels: list | None
-    lines: list[int]  # 1-based line of each example in its file
-    conll: ConllFile | None = None
-
-    def __len__(self) -> int:
-        return len(self.inputs)
-
-    def label_counts(self) -> dict[str, int]:
-        """How often each label occurs (per word for token tasks), most frequent first."""
-        if self.labels is None:
-            return {}
-        flat = [t for tags in self.labels for t in tags] if self.kind == "token" else self.labels
-        return dict(Counter(flat).most_common())
-
-    def label_set(self) -> list[str]:
-        return label_set([self])
-
-    def plain_lines(self) -> list[str]:
-        """Each example as one line of plain text (what btf reads of a task file): a sentence's
-        words joined by spaces, or a text and its pair on one line, whitespace collapsed."""
-        if self.kind == "token":
-            return [" ".join(words) for words in self.inputs]
-        pairs = self.pairs or [None] * len(self)
-        return [
-            " ".join((t + " " + (p or "")).split()) for t, p in zip(self.inputs, pairs, strict=True)
-        ]
-
-
-def label_set(parts: Sequence[TaskData]) -> list[str]:
-    """The labels of one or more files of one kind, in the models' order: for tokens O, then
-    B-X and I-X for every entity type X seen; for sequences sorted."""
-    seen = [x for d in parts if d.labels is not None for x in d.labels]
-    if parts and parts[0].kind == "token":
-        types = sorted({t[2:] for tags in seen for t in tags if t != "O"})
-        return ["O"] + [f"{p}-{t}" for t in types for p in "BI"] if seen else []
-    return sorted(set(seen))
+    """``token`` or ``sequence``: what the registered format ``format`` holds."""
+    return get_format(format).kind
 
 
 def concat_encoded(parts: Sequence[Encoded]) -> Encoded:
@@ -134,34 +78,7 @@ def read_task_file(
 
 
 def _read_task_file(path: Path, format: str, unlabeled: bool, encoding: str | None) -> TaskData:
-    kind = task_kind(format)
-    if format == "conll":
-        cf = read_conll(path, encoding)
-        tags = None if unlabeled else [s.tags for s in cf]
-        return TaskData(
-            path, format, kind, [s.tokens for s in cf], None, tags, [s.line for s in cf], cf
-        )
-    if format == "cls10":
-        ds = read_cls10(path, unlabeled=unlabeled)
-    elif format == "marc":
-        ds = read_marc(path, unlabeled=unlabeled)
-    elif format == "xnli":
-        ds = read_xnli(path, unlabeled=unlabeled)
-    else:
-        ds = read_labeled(path, format)
-    if not len(ds):
-        raise ValueError(f"{path}: no examples")
-    pairs = [e.text_pair for e in ds]
-    if all(p is None for p in pairs):
-        pairs = None
-    elif any(p is None for p in pairs):
-        line = next(e.line for e in ds if e.text_pair is None)
-        raise ValueError(f"{path}:{line}: a text without a pair in a file of pairs")
-    labels = None if unlabeled else ds.labels
-    if labels is not None and any(lab is None for lab in labels):
-        line = next(e.line for e in ds if e.label is None)
-        raise ValueError(f"{path}:{line}: example without a label")
-    return TaskData(path, format, kind, ds.texts, pairs, labels, [e.line for e in ds])
+    return get_format(format).read(path, unlabeled, encoding)
 
 
 def check_known_labels(data: TaskData, labels: Sequence[str]) -> None:

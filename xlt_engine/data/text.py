@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from xlt_engine.data.examples import BLANK, Example, TextDataset, check_file, iter_lines, quoted
+from xlt_engine.data.formats import TaskFormat, register_format, sequence_data
 from xlt_engine.inputs import DuplicateKeyError, InputError, parse_json
 
 
@@ -106,3 +107,15 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> TextDataset:
     if not examples:
         raise ValueError(f"{path}: no non-blank lines")
     return TextDataset(path, examples)
+
+
+for _name in ("jsonl", "tsv"):  # labeled text files: read whole, labels or not
+    register_format(
+        TaskFormat(
+            _name,
+            "sequence",
+            lambda path, unlabeled, _enc, _f=_name: sequence_data(
+                path, _f, read_labeled(path, _f), unlabeled
+            ),
+        )
+    )

@@ -15,6 +15,7 @@ from xlt_engine.data.examples import (
     read_bytes,
     split_lines,
 )
+from xlt_engine.data.formats import TaskFormat, register_format, sequence_data
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 _ALIASES = {"contradictory": "contradiction"}
@@ -51,3 +52,14 @@ def read_xnli(path: str | Path, unlabeled: bool = False) -> TextDataset:
     if not examples:
         raise ValueError(f"{path}: no examples (only blank lines)")
     return TextDataset(path, examples)
+
+
+register_format(
+    TaskFormat(
+        "xnli",
+        "sequence",
+        lambda path, unlabeled, _enc: sequence_data(
+            path, "xnli", read_xnli(path, unlabeled=unlabeled), unlabeled
+        ),
+    )
+)

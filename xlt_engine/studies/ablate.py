@@ -40,8 +40,10 @@ from xlt_engine.engine.experiment.runs import (
     with_linear_head,
     with_section,
 )
-from xlt_engine.engine.experiment.stages.evaluate import split_suffix
-from xlt_engine.engine.experiment.stages.selftrain import with_rule
+from xlt_engine.engine.experiment.stages.cotrain import CotrainSection
+from xlt_engine.engine.experiment.stages.evaluate import EvaluateSection, split_suffix
+from xlt_engine.engine.experiment.stages.finetune import FinetuneSection
+from xlt_engine.engine.experiment.stages.selftrain import SelftrainSection, with_rule
 from xlt_engine.engine.method.rules import rule_names
 from xlt_engine.engine.method.settings import StudentInit
 from xlt_engine.engine.train import distributed
@@ -57,7 +59,7 @@ def method_rows(cfg: ExperimentConfig) -> dict[str, dict[str, str]]:
     (``"rule = class_quota"``: ``{"rule": "class_quota"}``), with students that start
     from another encoder (``"init = teacher"``) and with both (``"init = teacher; rule =
     class_quota"``): the rows that compare the rules and the students' start."""
-    s = cfg.selftrain
+    s = cfg.section(SelftrainSection)
     rules = [None, *(r for r in rule_names() if r != s.rule.name)]
     inits = [None, *(i for i in typing.get_args(StudentInit) if i != s.student_init)]
     rows = {}
@@ -261,7 +263,7 @@ def run_ablate(
         "metric": next(iter(runs.values()))["metric"],
         "seeds": list(seeds),
         "fixed_alpha": fixed_alpha,
-        "split": cfg.evaluate.split,
+        "split": cfg.section(EvaluateSection).split,
         "scores": scores,
     }
     if table and rank_world()[0] == 0:
@@ -305,7 +307,7 @@ def cotrain_rows(cfg: ExperimentConfig) -> dict[str, tuple[ExperimentConfig, str
         "+ co-training (mean of views)": (cross, "cotrain-mean"),
         "+ LA": (with_section(plain, "finetune", label_alignment=True), "finetune-direct"),
     }
-    par = cfg.finetune.parallel_file
+    par = cfg.section(FinetuneSection).parallel_file
     if par:
         sa = dict(parallel_file=par, semantic_alignment=True)
         rows["+ SA"] = (with_section(plain, "finetune", **sa), "finetune-direct")
@@ -371,13 +373,13 @@ def run_cotrain_ablation(
                 )
                 if pc.pair_target == pair_configs(seeded)[0].pair_target:
                     source[row].append(res["languages"][pc.source]["score"])
-    left_out = [] if cfg.finetune.parallel_file else list(PARALLEL_ROWS)
+    left_out = [] if cfg.section(FinetuneSection).parallel_file else list(PARALLEL_ROWS)
     result = {
         "study": "cotrain",
         "metric": metric,
         "seeds": list(seeds),
-        "predict_with": cfg.cotrain.predict_with,
-        "split": cfg.evaluate.split,
+        "predict_with": cfg.section(CotrainSection).predict_with,
+        "split": cfg.section(EvaluateSection).split,
         "scores": scores,
         "source_scores": source,  # each row's score on the source language's test (dev) file
         "seconds": seconds,  # per stage folder (pair and name), per seed; None: reused

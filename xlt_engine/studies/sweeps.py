@@ -19,7 +19,8 @@ from xlt_engine.engine.experiment.pipeline import (
     write_table,
 )
 from xlt_engine.engine.experiment.runs import stage_dir, with_section
-from xlt_engine.engine.experiment.stages.evaluate import split_suffix
+from xlt_engine.engine.experiment.stages.evaluate import EvaluateSection, split_suffix
+from xlt_engine.engine.experiment.stages.selftrain import SelftrainSection
 from xlt_engine.engine.method.threshold import check_alpha
 from xlt_engine.engine.train.distributed import rank_world
 from xlt_engine.inputs import read_json
@@ -43,7 +44,7 @@ def run_threshold_study(
     progress=None,
 ) -> dict:
     """The paper's threshold table: self-training with alpha fixed at each of ``alphas`` (one
-    row each) and with the automatic threshold (``cfg.selftrain.rule.threshold``), for every seed;
+    row each) and with the automatic threshold (``cfg.section(SelftrainSection).rule.threshold``), for every seed;
     ``threshold-study.json`` and ``.md`` (mean +- std over seeds) in ``table_dir(cfg)``. The
     chosen alphas of the automatic rows are in the json, per target and seed."""
     check_seeds(seeds)
@@ -52,7 +53,7 @@ def run_threshold_study(
     for a in alphas:
         check_alpha(a, "alphas: give thresholds")
     claim_table(cfg, "threshold-study")  # before any work: never a file of the user's
-    auto = f"automatic ({cfg.selftrain.rule.threshold})"
+    auto = f"automatic ({cfg.section(SelftrainSection).rule.threshold})"
     rows = {f"alpha = {a:g}": a for a in alphas}
     scores: dict[str, dict[str, list[float]]] = {row: {} for row in (*rows, auto)}
     chosen: dict[str, list[list[float]]] = {}
@@ -83,14 +84,14 @@ def run_threshold_study(
         "metric": metric,
         "seeds": list(seeds),
         "alphas": list(alphas),
-        "split": cfg.evaluate.split,
+        "split": cfg.section(EvaluateSection).split,
         "scores": scores,
         "automatic_alphas": chosen,  # per target, per seed: alpha of each round
     }
     if rank_world()[0] == 0:
         caption = (
             f"self-training with a fixed threshold alpha, and the automatic one "
-            f"({cfg.selftrain.rule.threshold}; the alphas it chose are in threshold-study.json)"
+            f"({cfg.section(SelftrainSection).rule.threshold}; the alphas it chose are in threshold-study.json)"
         )
         stem = table_dir(cfg) / f"threshold-study{split_suffix(cfg)}"
         table = with_earlier_rows(stem, result, list(scores), STUDY_SAME, threshold_union)
@@ -113,7 +114,9 @@ def run_rounds_study(
     check_seeds(seeds)
     long = with_section(cfg, "selftrain", rounds=max_rounds)  # checks max_rounds
     claim_table(cfg, "rounds-study")
-    rows = ["N = 0 (teacher)"] + [f"N = {n:g}" for n in halves(long.selftrain.rounds)]
+    rows = ["N = 0 (teacher)"] + [
+        f"N = {n:g}" for n in halves(long.section(SelftrainSection).rounds)
+    ]
     scores: dict[str, dict[str, list[float]]] = {row: {} for row in rows}
     metric = None
     for seed in seeds:
@@ -133,7 +136,7 @@ def run_rounds_study(
             if res["targets"][t]["btf"] is not None:
                 scores[rows[0]].setdefault(t, []).append(res["targets"][t]["btf"])
             folder = stage_dir(pc, "selftrain")
-            *middle, last = zip(rows[1:], pc.selftrain.steps, strict=True)
+            *middle, last = zip(rows[1:], pc.section(SelftrainSection).steps, strict=True)
             for row, (r, which) in middle:
                 model = str(folder / f"round-{r}" / which / "model")
                 got = evaluate_row(pc, model, echo)
@@ -146,7 +149,7 @@ def run_rounds_study(
         "metric": metric,
         "seeds": list(seeds),
         "max_rounds": max_rounds,
-        "split": cfg.evaluate.split,
+        "split": cfg.section(EvaluateSection).split,
         "scores": scores,
     }
     if rank_world()[0] == 0:

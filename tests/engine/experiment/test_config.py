@@ -21,6 +21,8 @@ from xlt_engine.engine.experiment.config import (
 from xlt_engine.engine.experiment.execute import build_stage
 from xlt_engine.engine.experiment.from_toml import apply_overrides, parse_override
 from xlt_engine.engine.experiment.runs import plan_stage, with_section
+from xlt_engine.engine.experiment.stages.btf import BtfSection
+from xlt_engine.engine.experiment.stages.cotrain import CotrainSection
 from xlt_engine.engine.method.settings import FreezeSettings
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -56,18 +58,20 @@ def problems(tmp_path, text, *overrides):
 def test_minimal_config_defaults(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL))
     assert cfg.name == "exp" and cfg.pair_target == "esp" and cfg.seed == 42
-    assert cfg.btf.train.lr == 2e-5 and cfg.btf.train.epochs == 3
+    assert cfg.section(BtfSection).train.lr == 2e-5 and cfg.section(BtfSection).train.epochs == 3
     # the paper's freezing (embeddings and the bottom 3 layers) in every training stage
     assert cfg.model.freeze_layers == 3 and cfg.model.freeze_embeddings
     for stage in ("btf", "finetune", "selftrain"):
-        assert getattr(cfg, stage).freeze_layers is None
+        assert cfg.settings_of(stage).freeze_layers is None
         assert cfg.freeze(stage) == FreezeSettings(3, True)
     assert cfg.run_dir() == Path("runs/exp/eng-esp")
 
 
 def test_section_keeps_its_defaults_when_partly_given(tmp_path):
     cfg = load_config(write(tmp_path, MINIMAL + "[btf.train]\nlr = 1e-4\n"))
-    assert cfg.btf.train.lr == 1e-4 and cfg.btf.train.epochs == 3  # epochs: the section default
+    assert (
+        cfg.section(BtfSection).train.lr == 1e-4 and cfg.section(BtfSection).train.epochs == 3
+    )  # epochs: the section default
 
 
 def test_unknown_keys_and_wrong_types_are_all_named(tmp_path):
@@ -125,7 +129,7 @@ def test_set_overrides_parse_toml_values(tmp_path):
     with pytest.raises(ValueError, match="model.path is not a table"):
         apply_overrides({"model": {"path": "x"}}, ["model.path.deep=1"])
     cfg = load_config(write(tmp_path, MINIMAL), ["btf.train.max_steps=7", "seed=3"])
-    assert cfg.btf.train.max_steps == 7 and cfg.seed == 3
+    assert cfg.section(BtfSection).train.max_steps == 7 and cfg.seed == 3
 
 
 def test_shipped_presets_load_and_find_their_data(tiny):
@@ -138,7 +142,11 @@ def test_shipped_presets_load_and_find_their_data(tiny):
         for stage in ("btf", "finetune", "evaluate"):
             check_files(cfg, stage)
     conll = load_config(CONLL, [f"data.root={SHARED_DATA}", f"model.path={tiny}", TINY_FREEZE])
-    assert conll.model.max_len == 128 and conll.btf.train.lr == 2e-5 and conll.btf.batch_size == 32
+    assert (
+        conll.model.max_len == 128
+        and conll.section(BtfSection).train.lr == 2e-5
+        and conll.section(BtfSection).batch_size == 32
+    )
     assert load_config(CLS).model.max_len == 256
 
 
@@ -536,7 +544,9 @@ def test_freeze_layers_covering_the_whole_model_must_say_all(tmp_path, tiny):
         over = [*base, f"{stage}.freeze_layers=1"]
         check_files(load_config(CONLL, over), stage)  # the stage's own setting wins
     cfg = load_config(CONLL, [*base, "btf.freeze_layers=all"])
-    assert cfg.btf.freeze_layers == "all" and cfg.freeze("btf").freeze_layers == "all"
+    assert (
+        cfg.section(BtfSection).freeze_layers == "all" and cfg.freeze("btf").freeze_layers == "all"
+    )
     check_files(cfg, "btf")
     got = problems(tmp_path, MINIMAL, "btf.freeze_layers=some")
     assert got == ["btf: freeze_layers must be a number >= 0 or 'all', got 'some'"]
@@ -641,7 +651,7 @@ def test_cotrain_presets_find_their_data_for_every_target(tiny, name, targets):
     co-training (and finetune / evaluate); only the two model folders are for the user to give."""
     over = [f"data.root={SHARED_DATA}", f"model.path={tiny}", "model.freeze_layers=1"]
     cfg = load_config(ROOT / "configs" / f"{name}.toml", over)
-    assert len(cfg.targets) == targets and cfg.cotrain.predict_with == "lm"
+    assert len(cfg.targets) == targets and cfg.section(CotrainSection).predict_with == "lm"
     with pytest.raises(ConfigError) as info:
         check_files(cfg, "cotrain")
     assert info.value.problems == ["cotrain.embedding_model: LaBSE: no such folder"]

@@ -69,8 +69,8 @@ class ToyData:
 
 def build(cfg) -> ToyConfig:
     return ToyConfig(
-        width=cfg.toy.width,
-        train=cfg.seeded(cfg.toy.train),
+        width=cfg.section(ToySection).width,
+        train=cfg.seeded(cfg.section(ToySection).train),
         source_file=str(cfg.data_path(cfg.source, "train")),
         out=str(stage_dir(cfg, "toy")),
     )
@@ -102,7 +102,9 @@ def run_toy(tc: ToyConfig, resume: bool = False, echo=print, progress=None) -> P
 
 
 def plan(cfg, common: dict, head: dict, trained: dict) -> StagePlan:
-    plan = StagePlan(cfg, "toy", {**common, **flat("toy", cfg.toy, {}), **trained}, {})
+    plan = StagePlan(
+        cfg, "toy", {**common, **flat("toy", cfg.section(ToySection), {}), **trained}, {}
+    )
     plan.inputs[f"languages.{cfg.source}.train"] = cfg.data_path(cfg.source, "train")
     return plan
 
@@ -267,7 +269,7 @@ class LinesConfig:
 
 
 def build(cfg):
-    return LinesConfig(cfg.lines.scale, str(cfg.data_path(cfg.source, "train")),
+    return LinesConfig(cfg.section(LinesSection).scale, str(cfg.data_path(cfg.source, "train")),
                        str(stage_dir(cfg, "lines")))
 
 
@@ -280,7 +282,7 @@ def run(lc, resume=False, echo=print, progress=None):
 
 
 def plan(cfg, common, head, trained):
-    p = StagePlan(cfg, "lines", {**common, **flat("lines", cfg.lines, {})}, {})
+    p = StagePlan(cfg, "lines", {**common, **flat("lines", cfg.section(LinesSection), {})}, {})
     p.inputs[f"languages.{cfg.source}.train"] = cfg.data_path(cfg.source, "train")
     return p
 

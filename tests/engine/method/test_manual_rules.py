@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from xlt_engine.engine.experiment.stages.selftrain import SelftrainSection
+
 ROOT = Path(__file__).resolve().parents[3]
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 
@@ -58,5 +60,5 @@ def test_the_manuals_rule_table_loads(tmp_path):
     cfg.write_text(
         MINIMAL + "[selftrain]\n" + _block('```toml\n[selftrain.rule]\nname = "class_quota"')
     )
-    rule = load_config(cfg).selftrain.rule
+    rule = load_config(cfg).section(SelftrainSection).rule
     assert rule.name == "class_quota" and rule.quota == 0.4

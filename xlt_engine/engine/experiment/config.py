@@ -25,11 +25,11 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
 
 import tomllib
 
-from xlt_engine.data.task import Format
+from xlt_engine.data.task import Format, task_kind
 from xlt_engine.engine.experiment import registry
 from xlt_engine.engine.experiment.from_toml import apply_overrides, build_table
 from xlt_engine.engine.method.settings import (
@@ -49,6 +49,7 @@ from xlt_engine.model.checkpoint import plan_checkpoint
 from xlt_engine.model.config import BertConfig
 
 TASKS = ("ner", "classification")
+S = TypeVar("S")  # a stage's section class
 
 
 class ConfigError(ValueError):
@@ -93,6 +94,7 @@ class DataSection:
 
     def __post_init__(self):
         check_choices(self)
+        task_kind(self.format)  # a registered format (a plug-in's included)
         check_encoding(self.encoding)
         if self.unlabeled_format not in (None, "text"):
             raise ValueError(
@@ -186,7 +188,7 @@ class ExperimentConfig:
             raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        kind = "ner" if self.data.format == "conll" else "classification"
+        kind = "ner" if task_kind(self.data.format) == "token" else "classification"
         if kind != self.task:
             raise ValueError(
                 f"task {self.task!r} does not go with data.format {self.data.format!r}"
@@ -220,24 +222,34 @@ class ExperimentConfig:
             if train.seed != 0:
                 raise ValueError(f"{key}.seed: set the top-level seed (one for all stages)")
         check_device(self.device)
-        for stage in registry.stages():  # each stage's checks across sections
-            if stage.check is not None:
-                stage.check(self)
+        for stage in registry.stages():  # a stage's checks: on its section, in this experiment
+            if stage.check is not None and stage.name in self.sections:
+                stage.check(self.sections[stage.name], self)
 
-    def __getattr__(self, name: str):
-        """A stage's settings (``cfg.selftrain``): its section, else its defaults."""
-        if name.startswith("__"):
-            raise AttributeError(name)
-        sections = self.__dict__.get("sections")
-        if sections is not None and name in sections:
-            return sections[name]
-        try:
-            stage = registry.get(name)
-        except ValueError:
-            raise AttributeError(f"ExperimentConfig has no setting or stage {name!r}") from None
-        if stage.section is None:
-            raise AttributeError(f"stage {name!r} has no settings")
-        return stage.section()
+    def section(self, kind: type[S]) -> S:
+        """The settings of the stage whose section class is ``kind``, typed
+        (``cfg.section(SelftrainSection).rule``): its ``[<stage>]`` table, else its defaults."""
+        return self.settings_of(registry.by_section(kind).name)
+
+    def settings_of(self, stage: str) -> Any:
+        """Stage ``stage``'s settings by name, for code that walks the registered stages (its
+        table, else its defaults); code that knows the stage reads ``section``."""
+        if stage in self.sections:
+            return self.sections[stage]
+        kind = registry.get(stage).section
+        if kind is None:
+            raise ValueError(f"stage {stage!r} has no settings")
+        return kind()
+
+    def value_at(self, key: str) -> Any:
+        """The value a dotted key (``selftrain.soft.lr``, ``model.max_len``) holds, as the
+        stages read it (a stage's section without a table: its defaults)."""
+        head, *rest = key.split(".")
+        fields = {f.name for f in dataclasses.fields(self)}
+        value = getattr(self, head) if head in fields else self.settings_of(head)
+        for part in rest:
+            value = getattr(value, part)
+        return value
 
     def seeded(self, train: TrainConfig) -> TrainConfig:
         """A stage's training loop with the experiment's seed (one for every stage), and no
@@ -251,7 +263,7 @@ class ExperimentConfig:
         """Every training loop's settings, by key (``btf.train``, ``selftrain.soft``...: the
         registered stages' ``trains``)."""
         return {
-            f"{stage.name}.{name}": getattr(getattr(self, stage.name), name)
+            f"{stage.name}.{name}": getattr(self.settings_of(stage.name), name)
             for stage in registry.stages()
             for name in stage.trains
         }
@@ -269,11 +281,11 @@ class ExperimentConfig:
     def freeze(self, stage: str) -> FreezeSettings:
         """What ``stage`` (btf, finetune, selftrain) freezes: its section's setting, else
         ``[model]``'s."""
-        return getattr(self, stage).over(self.model)
+        return self.settings_of(stage).over(self.model)
 
     def freeze_key(self, stage: str) -> str:
         """The key that set ``stage``'s freeze_layers (for messages)."""
-        own = getattr(self, stage).freeze_layers is not None
+        own = self.settings_of(stage).freeze_layers is not None
         return f"{stage if own else 'model'}.freeze_layers"
 
     @property

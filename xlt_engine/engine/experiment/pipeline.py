@@ -42,7 +42,7 @@ from xlt_engine.engine.experiment.runs import (
     with_linear_head,
     with_section,
 )
-from xlt_engine.engine.experiment.stages.evaluate import split_suffix
+from xlt_engine.engine.experiment.stages.evaluate import EvaluateSection, split_suffix
 from xlt_engine.engine.experiment.stages.selftrain import teacher_models
 from xlt_engine.engine.method.settings import TEST_SPLIT
 from xlt_engine.engine.train import distributed
@@ -164,7 +164,7 @@ def run_all(
     results: dict = {
         "metric": None,
         "source": cfg.source,
-        "split": cfg.evaluate.split,
+        "split": cfg.section(EvaluateSection).split,
         "targets": {},
     }
     column = {"finetune-direct": "direct", "finetune": "btf", "selftrain": "selftrain"}
@@ -175,10 +175,12 @@ def run_all(
         )
         if stage == "evaluate":
             t0 = time.perf_counter()
-            res = evaluate_row(pc, pc.evaluate.model, echo)
-            timings.append((f"{where} evaluate {pc.evaluate.model}", time.perf_counter() - t0))
+            res = evaluate_row(pc, pc.section(EvaluateSection).model, echo)
+            timings.append(
+                (f"{where} evaluate {pc.section(EvaluateSection).model}", time.perf_counter() - t0)
+            )
             if res is not None:
-                col = column[pc.evaluate.model]
+                col = column[pc.section(EvaluateSection).model]
                 results["metric"] = res["metric"]
                 row[col] = res["languages"][pc.pair_target]["score"]
                 row["source"][col] = res["languages"][pc.source]["score"]

@@ -72,7 +72,8 @@ class Stage:
     result: Callable[[Path], Any] | None = None  # what a finished stage returns (default: its
     # output's path)
     main_only: bool = False  # rank 0 alone runs it, with no collective (evaluate)
-    check: Callable[[Any], None] | None = None  # checks across sections (ValueError)
+    check: Callable[[Any, Any], None] | None = None  # (its section, cfg): checks of its table
+    # against the experiment (ValueError); run when the config has its table
     then: Callable[..., Any] | None = None  # (cfg, resume, echo, progress): what ``run
     # --stage <name>`` runs after it (finetune: each source's own teacher)
     claims: Callable[[Any], list[tuple[str, str, bool]]] | None = None  # cfg -> files outside
@@ -148,6 +149,14 @@ def get(name: str) -> Stage:
 
 def stages() -> tuple[Stage, ...]:
     return tuple(_STAGES.values())
+
+
+def by_section(kind: type) -> Stage:
+    """The registered stage whose settings class is ``kind``."""
+    for stage in _STAGES.values():
+        if stage.section is kind:
+            return stage
+    raise ValueError(f"no registered stage has the settings {kind.__name__}")
 
 
 def model_maker(name: str) -> tuple[Stage, Callable[[Any], Any]] | None:

@@ -72,8 +72,10 @@ class StaleStageError(ValueError):
 def with_section(cfg: ExperimentConfig, section: str, **changes) -> ExperimentConfig:
     """``cfg`` with fields of one section replaced (e.g. ``finetune``, ``init="pretrained"``;
     a stage's section or ``model`` / ``data``)."""
-    new = dataclasses.replace(getattr(cfg, section), **changes)
-    if section in {f.name for f in dataclasses.fields(cfg)}:
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    old = getattr(cfg, section) if section in fields else cfg.settings_of(section)
+    new = dataclasses.replace(old, **changes)
+    if section in fields:
         return dataclasses.replace(cfg, **{section: new})
     return dataclasses.replace(cfg, sections={**cfg.sections, section: new})
 

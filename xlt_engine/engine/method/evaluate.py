@@ -204,10 +204,9 @@ def run_predict(cfg: PredictConfig, echo=print) -> Path:
     device = resolve_device(cfg.device)
     members = load_members(cfg)
     model, tok = members[0]
-    data = read_task_file(
-        cfg.input, cfg.format, unlabeled=cfg.format != "conll", encoding=cfg.encoding
-    )
-    if cfg.format == "conll":  # the tags of a CoNLL input are kept as the gold column only
+    token = task_kind(cfg.format) == "token"
+    data = read_task_file(cfg.input, cfg.format, unlabeled=not token, encoding=cfg.encoding)
+    if token:  # a token input's tags are kept as the gold column only (CoNLL)
         data.labels = None
     if len(members) > 1:  # sequence tasks: the mean of the members' probabilities
         probs = ensemble_probs(members, data, cfg.max_len, device, cfg.eval_max_tokens).numpy()
@@ -218,12 +217,19 @@ def run_predict(cfg: PredictConfig, echo=print) -> Path:
             model, enc, tok.pad_id, device, cfg.eval_max_tokens, inference_dtype(model, device)
         )
         preds = predicted_labels(enc, logits, model.labels)
-        probs = VotersModule.probs(logits).cpu().numpy() if cfg.format != "conll" else None
+        probs = VotersModule.probs(logits).cpu().numpy() if not token else None
     out = Path(cfg.output)
     cfg.claim()  # again: the file may have appeared while the models ran
     out.parent.mkdir(parents=True, exist_ok=True)
-    if cfg.format == "conll":
+    if token and data.conll is not None:  # the CoNLL file with a predictions column
         atomic_write_text(out, _conll_with_predictions(data, preds))
+        n = sum(len(p) for p in preds)
+    elif token:  # another token format: one JSON line per sentence, its words and tags
+        rows = [
+            json.dumps({"line": line, "words": words, "labels": tags}, ensure_ascii=False)
+            for line, words, tags in zip(data.lines, data.inputs, preds, strict=True)
+        ]
+        atomic_write_text(out, "\n".join(rows) + "\n")
         n = sum(len(p) for p in preds)
     else:
         rows = []

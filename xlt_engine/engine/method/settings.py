@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 
 from xlt_engine.data.batching import PAD_MULTIPLE
-from xlt_engine.data.task import Format
+from xlt_engine.data.formats import Format, get_format
 from xlt_engine.engine.method.pseudo_labels import SourceFilter
 from xlt_engine.engine.method.rules import PseudoRule
 from xlt_engine.engine.method.threshold import check_rounds
@@ -177,6 +177,7 @@ class TaskSettings(StageSettings):
     def __post_init__(self):
         super().__post_init__()
         check_choices(self)
+        get_format(self.format)  # a registered format (a plug-in's included)
         check_encoding(self.encoding)
         if self.eval_max_tokens < 8:
             raise ValueError(f"eval_max_tokens must be >= 8, got {self.eval_max_tokens}")

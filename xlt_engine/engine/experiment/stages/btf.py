@@ -73,7 +73,8 @@ def btf_texts(cfg: ExperimentConfig, folder: Path) -> tuple[str, ...]:
 def build(cfg: ExperimentConfig) -> BtfConfig:
     folder = stage_dir(cfg, "btf")
     return BtfConfig(
-        **settings_of(cfg.btf, BtfSettings) | {"train": cfg.seeded(cfg.btf.train)},
+        **settings_of(cfg.section(BtfSection), BtfSettings)
+        | {"train": cfg.seeded(cfg.section(BtfSection).train)},
         **settings_of(cfg.freeze("btf"), FreezeSettings),
         model=cfg.model.path,
         texts=btf_texts(cfg, folder),
@@ -84,7 +85,9 @@ def build(cfg: ExperimentConfig) -> BtfConfig:
 
 
 def plan(cfg: ExperimentConfig, common: dict, head: dict, trained: dict) -> StagePlan:
-    plan = StagePlan(cfg, "btf", {**common, **flat("btf", cfg.btf, {}), **trained}, {})
+    plan = StagePlan(
+        cfg, "btf", {**common, **flat("btf", cfg.section(BtfSection), {}), **trained}, {}
+    )
     plan.inputs["model.path"] = Path(cfg.model.path)
     for lang, role in text_roles(cfg).items():
         plan.inputs[f"languages.{lang}.{role}"] = cfg.data_path(lang, role)

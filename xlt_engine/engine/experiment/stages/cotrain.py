@@ -41,13 +41,13 @@ AFTER_ITER1_TRAINING = (
 
 def views(cfg: ExperimentConfig, name: str) -> tuple[str, ...]:
     """The views whose models make the prediction a co-training model name stands for."""
-    which = cfg.cotrain.predict_with if name == "cotrain" else name.split("-", 1)[1]
+    which = cfg.section(CotrainSection).predict_with if name == "cotrain" else name.split("-", 1)[1]
     return ("lm", "emb") if which == "mean" else (which,)
 
 
 def model_folders(cfg: ExperimentConfig, name: str) -> list[Path]:
     """The last iteration's model of each view ``name`` stands for (both: their mean)."""
-    last = stage_dir(cfg, "cotrain") / f"iter-{cfg.cotrain.iterations}"
+    last = stage_dir(cfg, "cotrain") / f"iter-{cfg.section(CotrainSection).iterations}"
     return [last / view / "model" for view in views(cfg, name)]
 
 
@@ -62,7 +62,7 @@ def files(cfg: ExperimentConfig, need: Needs) -> None:
     need(f"languages.{src}.train", cfg.data_path(src, "train"))
     need.unlabeled()
     need(f"languages.{tgt}.dev", cfg.data_path(tgt, "dev"), required=False)
-    emb = cfg.cotrain.embedding_model
+    emb = cfg.section(CotrainSection).embedding_model
     if not emb:
         need.problems.append("cotrain.embedding_model: missing (the embedding view's encoder)")
     else:
@@ -70,7 +70,7 @@ def files(cfg: ExperimentConfig, need: Needs) -> None:
 
 
 def build(cfg: ExperimentConfig) -> CotrainConfig:
-    c = cfg.cotrain
+    c = cfg.section(CotrainSection)
     tgt = cfg.pair_target
     dev = cfg.data_path(tgt, "dev")
     return CotrainConfig(
@@ -91,12 +91,12 @@ def build(cfg: ExperimentConfig) -> CotrainConfig:
 
 
 def plan(cfg: ExperimentConfig, common: dict, head: dict, trained: dict) -> StagePlan:
-    settings = flat("cotrain", cfg.cotrain, {})
+    settings = flat("cotrain", cfg.section(CotrainSection), {})
     settings.pop("cotrain.embedding_model")
     plan = StagePlan(cfg, "cotrain", {**common, **settings, **trained}, {})
     src, tgt, role = cfg.source, cfg.pair_target, unlabeled_role(cfg)
     plan.inputs["model.path"] = Path(cfg.model.path)
-    plan.inputs["cotrain.embedding_model"] = Path(cfg.cotrain.embedding_model)
+    plan.inputs["cotrain.embedding_model"] = Path(cfg.section(CotrainSection).embedding_model)
     plan.inputs[f"languages.{src}.train"] = cfg.data_path(src, "train")
     plan.inputs[f"languages.{tgt}.{role}"] = cfg.data_path(tgt, role)
     if cfg.languages[tgt].dev:
@@ -112,7 +112,9 @@ STAGE = register(
         run=run_cotrain,
         files=files,
         plan=plan,
-        folder=lambda cfg: "cotrain-self" if cfg.cotrain.exchange == "self" else "cotrain",
+        folder=lambda cfg: (
+            "cotrain-self" if cfg.section(CotrainSection).exchange == "self" else "cotrain"
+        ),
         output="cotrain.json",
         trains=("train",),
         models={name: (lambda cfg: cfg) for name in MODELS},

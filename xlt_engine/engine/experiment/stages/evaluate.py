@@ -54,7 +54,7 @@ class PredictSection(InferenceSection):
 def evaluated_languages(cfg: ExperimentConfig) -> list[str]:
     """The languages ``evaluate`` scores: the source, every other source with a file of the
     split (``evaluate.split``: test or dev), the targets."""
-    split = cfg.evaluate.split
+    split = cfg.section(EvaluateSection).split
     others = [
         x for x in cfg.source_languages if x != cfg.source and getattr(cfg.languages[x], split)
     ]
@@ -64,13 +64,17 @@ def evaluated_languages(cfg: ExperimentConfig) -> list[str]:
 def split_suffix(cfg: ExperimentConfig) -> str:
     """``-dev`` for an evaluation on the dev files (``evaluate.split``): in its folder's and
     its tables' names, so it never replaces the test scores."""
-    return "" if cfg.evaluate.split == TEST_SPLIT else f"-{cfg.evaluate.split}"
+    return (
+        ""
+        if cfg.section(EvaluateSection).split == TEST_SPLIT
+        else f"-{cfg.section(EvaluateSection).split}"
+    )
 
 
 def _scored(cfg: ExperimentConfig) -> str:
     """What an evaluation folder is named after: the model's stage folder (``selftrain``,
     ``cotrain-emb``...), its path inside the run folder, or ``model``."""
-    name, run = cfg.evaluate.model, cfg.run_dir()
+    name, run = cfg.section(EvaluateSection).model, cfg.run_dir()
     maker = model_maker(name)
     if maker is not None:
         stage, change = maker
@@ -88,7 +92,7 @@ def _scored(cfg: ExperimentConfig) -> str:
 
 
 def evaluate_files(cfg: ExperimentConfig, need: Needs) -> None:
-    split, src = cfg.evaluate.split, cfg.source
+    split, src = cfg.section(EvaluateSection).split, cfg.source
     for lang in (src, *cfg.targets):
         need(f"languages.{lang}.{split}", cfg.data_path(lang, split))
     for lang in (x for x in cfg.source_languages if x != src):  # other sources' files
@@ -96,8 +100,8 @@ def evaluate_files(cfg: ExperimentConfig, need: Needs) -> None:
 
 
 def build_evaluate(cfg: ExperimentConfig) -> EvaluateConfig:
-    model, *more = model_paths(cfg, cfg.evaluate.model, "evaluate.model")
-    split = cfg.evaluate.split
+    model, *more = model_paths(cfg, cfg.section(EvaluateSection).model, "evaluate.model")
+    split = cfg.section(EvaluateSection).split
     tests = {lang: str(cfg.data_path(lang, split)) for lang in evaluated_languages(cfg)}
     return EvaluateConfig(
         model=str(model),
@@ -108,7 +112,7 @@ def build_evaluate(cfg: ExperimentConfig) -> EvaluateConfig:
         encoding=cfg.data.encoding,
         source=cfg.source,
         max_len=cfg.model.max_len,
-        eval_max_tokens=cfg.evaluate.max_tokens,
+        eval_max_tokens=cfg.section(EvaluateSection).max_tokens,
         device=cfg.device,
         max_test=cfg.data.max_test if split == TEST_SPLIT else cfg.data.max_dev,
         sample_seed=cfg.seed,
@@ -118,13 +122,15 @@ def build_evaluate(cfg: ExperimentConfig) -> EvaluateConfig:
 
 def plan_evaluate(cfg: ExperimentConfig, common: dict, head: dict, trained: dict) -> StagePlan:
     settings = dict(common)
-    if cfg.evaluate.model in cotrain.MODELS:  # which views' probabilities make the prediction
-        settings["evaluate.views"] = list(cotrain.views(cfg, cfg.evaluate.model))
-    split = cfg.evaluate.split
+    if (
+        cfg.section(EvaluateSection).model in cotrain.MODELS
+    ):  # which views' probabilities make the prediction
+        settings["evaluate.views"] = list(cotrain.views(cfg, cfg.section(EvaluateSection).model))
+    split = cfg.section(EvaluateSection).split
     if split != TEST_SPLIT:  # a dev evaluation is another stage (its own folder)
         settings["evaluate.split"] = split
     plan = StagePlan(cfg, "evaluate", settings, {})
-    model_input(cfg, cfg.evaluate.model, "evaluate.model", plan)
+    model_input(cfg, cfg.section(EvaluateSection).model, "evaluate.model", plan)
     for lang in evaluated_languages(cfg):
         plan.inputs[f"languages.{lang}.{split}"] = cfg.data_path(lang, split)
     return plan
@@ -135,34 +141,34 @@ def _results(output: Path) -> dict:
 
 
 def predict_files(cfg: ExperimentConfig, need: Needs) -> None:
-    if cfg.predict.input is None:
+    if cfg.section(PredictSection).input is None:
         need.problems.append("predict.input: missing (the file to predict)")
     else:
-        need("predict.input", Path(cfg.predict.input))
-    if cfg.predict.output is None:
+        need("predict.input", Path(cfg.section(PredictSection).input))
+    if cfg.section(PredictSection).output is None:
         need.problems.append("predict.output: missing (where to write the predictions)")
 
 
 def build_predict(cfg: ExperimentConfig) -> PredictConfig:
-    model, *more = model_paths(cfg, cfg.predict.model, "predict.model")
+    model, *more = model_paths(cfg, cfg.section(PredictSection).model, "predict.model")
     return PredictConfig(
         model=str(model),
         ensemble=tuple(str(m) for m in more),
-        input=cfg.predict.input,
-        output=cfg.predict.output,
+        input=cfg.section(PredictSection).input,
+        output=cfg.section(PredictSection).output,
         format=cfg.data.format,
         encoding=cfg.data.encoding,
         max_len=cfg.model.max_len,
-        eval_max_tokens=cfg.predict.max_tokens,
+        eval_max_tokens=cfg.section(PredictSection).max_tokens,
         device=cfg.device,
-        overwrite=cfg.predict.overwrite,
+        overwrite=cfg.section(PredictSection).overwrite,
     )
 
 
 def predict_claims(cfg: ExperimentConfig) -> list[tuple[str, str, bool]]:
     """The predictions file, claimed before any work (``--overwrite``: one predict did not
     write may be replaced)."""
-    p = cfg.predict
+    p = cfg.section(PredictSection)
     return [] if p.output is None else [(p.output, "predict.output", p.overwrite)]
 
 

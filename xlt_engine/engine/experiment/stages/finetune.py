@@ -44,33 +44,35 @@ class FinetuneSection(FinetuneSettings, FreezeOverride):
 
 def languages(cfg: ExperimentConfig) -> tuple[str, ...]:
     """The source languages whose train files ``finetune`` reads."""
-    one = cfg.finetune.source
+    one = cfg.section(FinetuneSection).source
     return (one,) if one is not None else cfg.source_languages
 
 
-def check(cfg: ExperimentConfig) -> None:
-    cfg.finetune.check_kind("token" if cfg.task == "ner" else "sequence", "finetune.")
-    one = cfg.finetune.source
-    if one is not None and one not in cfg.source_languages:
+def check(section: FinetuneSection, cfg: ExperimentConfig) -> None:
+    """``[finetune]`` against the experiment: paper 003's options need a sequence task, and
+    ``source`` is one of its source languages."""
+    section.check_kind("token" if cfg.task == "ner" else "sequence", "finetune.")
+    if section.source is not None and section.source not in cfg.source_languages:
         raise ValueError(
-            f"finetune.source: {one!r} is not a source language ({list(cfg.source_languages)})"
+            f"finetune.source: {section.source!r} is not a source language "
+            f"({list(cfg.source_languages)})"
         )
 
 
 def files(cfg: ExperimentConfig, need: Needs) -> None:
     for lang in languages(cfg):
         need(f"languages.{lang}.train", cfg.data_path(lang, "train"))
-    dev = cfg.finetune.source or cfg.source
+    dev = cfg.section(FinetuneSection).source or cfg.source
     need(f"languages.{dev}.dev", cfg.data_path(dev, "dev"), required=False)
-    if cfg.finetune.parallel_file:
-        need("finetune.parallel_file", Path(cfg.finetune.parallel_file))
+    if cfg.section(FinetuneSection).parallel_file:
+        need("finetune.parallel_file", Path(cfg.section(FinetuneSection).parallel_file))
 
 
 def _adaptation(cfg: ExperimentConfig) -> str:
     """Paper 003's language adaptation in a finetune folder's name: ``-la`` (Label Alignment),
     ``-tt`` (translate-train: the parallel file's translations, no contrastive term), ``-sa``
     (Semantic Alignment, which trains on the translations too)."""
-    f = cfg.finetune
+    f = cfg.section(FinetuneSection)
     la = "-la" if f.label_alignment else ""
     if f.semantic_alignment:
         return la + "-sa"
@@ -78,14 +80,14 @@ def _adaptation(cfg: ExperimentConfig) -> str:
 
 
 def folder(cfg: ExperimentConfig) -> str:
-    direct = "-direct" if cfg.finetune.init == "pretrained" else ""
-    one = cfg.finetune.source
+    direct = "-direct" if cfg.section(FinetuneSection).init == "pretrained" else ""
+    one = cfg.section(FinetuneSection).source
     alone = f"-{one}" if one is not None and len(cfg.source_languages) > 1 else ""
     return f"finetune{direct}{variant(cfg)}{_adaptation(cfg)}{alone}"
 
 
 def build(cfg: ExperimentConfig) -> FinetuneConfig:
-    f = cfg.finetune
+    f = cfg.section(FinetuneSection)
     dev = cfg.data_path(f.source or cfg.source, "dev")
     train, *more = (str(cfg.data_path(lang, "train")) for lang in languages(cfg))
     return FinetuneConfig(
@@ -107,25 +109,25 @@ def build(cfg: ExperimentConfig) -> FinetuneConfig:
 
 
 def plan(cfg: ExperimentConfig, common: dict, head: dict, trained: dict) -> StagePlan:
-    settings = flat("finetune", cfg.finetune, {})
+    settings = flat("finetune", cfg.section(FinetuneSection), {})
     settings.pop("finetune.init")
-    if cfg.finetune.source is None:
+    if cfg.section(FinetuneSection).source is None:
         settings.pop("finetune.source")
     parallel = settings.pop("finetune.parallel_file")
     unused = []  # paper 003's options count only when on
-    if not cfg.finetune.label_alignment:
+    if not cfg.section(FinetuneSection).label_alignment:
         unused += ["label_alignment", "la_weight", "la_temperature"]
-    if not cfg.finetune.semantic_alignment:
+    if not cfg.section(FinetuneSection).semantic_alignment:
         unused += ["semantic_alignment", "sa_weight", "sa_temperature", "sa_lr_scale", "sa_epochs"]
     for key in unused:
         settings.pop(f"finetune.{key}")
     plan = StagePlan(cfg, "finetune", {**common, **head, **settings, **trained}, {})
     if parallel:  # its contents, not its name
         plan.inputs["finetune.parallel_file"] = Path(parallel)
-    model_input(cfg, cfg.finetune.init, "finetune.init", plan)
+    model_input(cfg, cfg.section(FinetuneSection).init, "finetune.init", plan)
     for lang in languages(cfg):
         plan.inputs[f"languages.{lang}.train"] = cfg.data_path(lang, "train")
-    dev = cfg.finetune.source or cfg.source
+    dev = cfg.section(FinetuneSection).source or cfg.source
     if cfg.languages[dev].dev:
         plan.inputs[f"languages.{dev}.dev"] = cfg.data_path(dev, "dev")
     return plan
@@ -145,7 +147,7 @@ def run_teachers(cfg: ExperimentConfig, resume: bool = False, echo=print, progre
 
 def then(cfg: ExperimentConfig, resume: bool, echo, progress) -> None:
     """After the union's model, each source's teacher (``multi_source = "teachers"``)."""
-    if cfg.teachers_per_source and cfg.finetune.source is None:
+    if cfg.teachers_per_source and cfg.section(FinetuneSection).source is None:
         run_teachers(cfg, resume=resume, echo=echo, progress=progress)
 
 

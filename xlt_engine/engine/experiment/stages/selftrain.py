@@ -68,7 +68,7 @@ def with_rule(cfg: ExperimentConfig, name: str | None = None, **changes) -> Expe
     """``cfg`` with another pseudo-label rule (``name``: its alpha settings carried over, its
     own parameters' defaults) and / or rule settings changed (``threshold="fixed", alpha=0.9``:
     the -AT ablation)."""
-    rule = cfg.selftrain.rule
+    rule = cfg.section(SelftrainSection).rule
     if name is not None and name != rule.name:
         rule = switch_rule(rule, name)
     return with_section(cfg, "selftrain", rule=dataclasses.replace(rule, **changes))
@@ -78,7 +78,7 @@ def teacher_models(cfg: ExperimentConfig) -> dict[str, tuple[ExperimentConfig, s
     """Round 1's teachers as ``{config key: (config, model name)}``: ``selftrain.teacher``, or
     with several sources and ``multi_source = "teachers"`` the same model fine-tuned on each
     source alone (``finetune.source``), one per source."""
-    name = cfg.selftrain.teacher
+    name = cfg.section(SelftrainSection).teacher
     if cfg.teachers_per_source and name in ("finetune", "finetune-direct"):
         return {
             f"selftrain.teacher[{lang}]": (with_section(cfg, "finetune", source=lang), name)
@@ -94,7 +94,7 @@ def files(cfg: ExperimentConfig, need: Needs) -> None:
 
 
 def folder(cfg: ExperimentConfig) -> str:
-    s = cfg.selftrain
+    s = cfg.section(SelftrainSection)
     direct = "-direct" if s.base == "pretrained" else ""
     fixed = f"-alpha{s.rule.alpha:g}" if s.rule.threshold == "fixed" else ""
     rounds = f"-rounds{s.rounds:g}" if s.rounds != PAPER.rounds else ""
@@ -106,7 +106,7 @@ def folder(cfg: ExperimentConfig) -> str:
 
 
 def build(cfg: ExperimentConfig) -> SelftrainConfig:
-    s = cfg.selftrain
+    s = cfg.section(SelftrainSection)
     tgt = cfg.pair_target
     role = unlabeled_role(cfg)
     settings = settings_of(s, SelftrainSettings)
@@ -144,13 +144,13 @@ def build(cfg: ExperimentConfig) -> SelftrainConfig:
 
 
 def plan(cfg: ExperimentConfig, common: dict, head: dict, trained: dict) -> StagePlan:
-    settings = flat("selftrain", cfg.selftrain, {})
+    settings = flat("selftrain", cfg.section(SelftrainSection), {})
     for key in ("selftrain.base", "selftrain.teacher"):
         settings.pop(key)
-    if cfg.selftrain.on_collapse != "skip_hard":  # warn and error change no result
+    if cfg.section(SelftrainSection).on_collapse != "skip_hard":  # warn and error change no result
         settings.pop("selftrain.on_collapse")
     plan = StagePlan(cfg, "selftrain", {**common, **head, **settings, **trained}, {})
-    model_input(cfg, cfg.selftrain.base, "selftrain.base", plan)
+    model_input(cfg, cfg.section(SelftrainSection).base, "selftrain.base", plan)
     for key, (c, name) in teacher_models(cfg).items():
         model_input(c, name, key, plan)
     for lang in cfg.source_languages:

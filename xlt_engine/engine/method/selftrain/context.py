@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from xlt_engine.data.packed import (
-    INPUT_FORMATS,
     StoreFile,
     StoreSpec,
     build_store,
+    input_formats,
     open_store,
     release,
 )
@@ -99,9 +99,10 @@ class SelftrainConfig(SelftrainSettings, FreezeSettings, TaskSettings):
             if not Path(path).is_file():
                 raise ValueError(f"dev_files.{lang}: {path}: no such file")
         if self.unlabeled_format is not None:
-            if self.unlabeled_format not in INPUT_FORMATS:
+            if self.unlabeled_format not in input_formats():
                 raise ValueError(
-                    f"unlabeled_format must be one of {INPUT_FORMATS}, got {self.unlabeled_format!r}"
+                    f"unlabeled_format must be one of {input_formats()}, "
+                    f"got {self.unlabeled_format!r}"
                 )
             if self.unlabeled_format != "text" and (
                 task_kind(self.unlabeled_format) != task_kind(self.format)

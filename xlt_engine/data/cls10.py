@@ -21,7 +21,7 @@ from pathlib import Path
 from xml.parsers import expat
 
 from xlt_engine.data.examples import Example, TextDataset, parse_stars, read_bytes
-from xlt_engine.data.formats import TaskFormat, register_format, sequence_data
+from xlt_engine.data.formats import sequence_format
 from xlt_engine.inputs import DuplicateKeyError
 
 CLS_LABELS = ("negative", "positive")
@@ -152,12 +152,4 @@ def read_cls10(
     return TextDataset(path, examples, dropped)
 
 
-register_format(
-    TaskFormat(
-        "cls10",
-        "sequence",
-        lambda path, unlabeled, _enc: sequence_data(
-            path, "cls10", read_cls10(path, unlabeled=unlabeled), unlabeled
-        ),
-    )
-)
+sequence_format("cls10", lambda path, unlabeled: read_cls10(path, unlabeled=unlabeled))

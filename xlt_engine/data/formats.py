@@ -136,3 +136,13 @@ def sequence_data(path: Path, name: str, ds, unlabeled: bool) -> TaskData:
         line = next(e.line for e in ds if e.label is None)
         raise ValueError(f"{path}:{line}: example without a label")
     return TaskData(path, name, "sequence", ds.texts, pairs, labels, [e.line for e in ds])
+
+
+def sequence_format(name: str, read_dataset: Callable[[Path, bool], Any]) -> TaskFormat:
+    """A sequence format whose reader gives a ``TextDataset`` (``read_dataset(path,
+    unlabeled)``), registered: the built-ins' CLS-10, MARC, XNLI, JSONL and TSV."""
+
+    def read(path: Path, unlabeled: bool, _encoding: str | None) -> TaskData:
+        return sequence_data(path, name, read_dataset(path, unlabeled), unlabeled)
+
+    return register_format(TaskFormat(name, "sequence", read))

@@ -21,7 +21,7 @@ from xlt_engine.data.examples import (
     parse_stars,
     read_bytes,
 )
-from xlt_engine.data.formats import TaskFormat, register_format, sequence_data
+from xlt_engine.data.formats import sequence_format
 from xlt_engine.inputs import DuplicateKeyError
 
 
@@ -102,12 +102,4 @@ def read_marc(
     return TextDataset(path, examples, dropped)
 
 
-register_format(
-    TaskFormat(
-        "marc",
-        "sequence",
-        lambda path, unlabeled, _enc: sequence_data(
-            path, "marc", read_marc(path, unlabeled=unlabeled), unlabeled
-        ),
-    )
-)
+sequence_format("marc", lambda path, unlabeled: read_marc(path, unlabeled=unlabeled))

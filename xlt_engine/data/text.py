@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from xlt_engine.data.examples import BLANK, Example, TextDataset, check_file, iter_lines, quoted
-from xlt_engine.data.formats import TaskFormat, register_format, sequence_data
+from xlt_engine.data.formats import sequence_format
 from xlt_engine.inputs import DuplicateKeyError, InputError, parse_json
 
 
@@ -110,12 +110,4 @@ def read_text(path: str | Path, encoding: str = "utf-8") -> TextDataset:
 
 
 for _name in ("jsonl", "tsv"):  # labeled text files: read whole, labels or not
-    register_format(
-        TaskFormat(
-            _name,
-            "sequence",
-            lambda path, unlabeled, _enc, _f=_name: sequence_data(
-                path, _f, read_labeled(path, _f), unlabeled
-            ),
-        )
-    )
+    sequence_format(_name, lambda path, _unlabeled, _f=_name: read_labeled(path, _f))

@@ -15,7 +15,7 @@ from xlt_engine.data.examples import (
     read_bytes,
     split_lines,
 )
-from xlt_engine.data.formats import TaskFormat, register_format, sequence_data
+from xlt_engine.data.formats import sequence_format
 
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 _ALIASES = {"contradictory": "contradiction"}
@@ -54,12 +54,4 @@ def read_xnli(path: str | Path, unlabeled: bool = False) -> TextDataset:
     return TextDataset(path, examples)
 
 
-register_format(
-    TaskFormat(
-        "xnli",
-        "sequence",
-        lambda path, unlabeled, _enc: sequence_data(
-            path, "xnli", read_xnli(path, unlabeled=unlabeled), unlabeled
-        ),
-    )
-)
+sequence_format("xnli", lambda path, unlabeled: read_xnli(path, unlabeled=unlabeled))

@@ -40,9 +40,10 @@ def filter_round(
     probs: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The permanent source filter (rows of D_keep that pass ``source_filter`` at the
-    classes' thresholds) and the pseudo labels (``voter_filter`` with the per-class
-    thresholds, -1 = none; ``class_quota`` first reads the target's voters to set them, then
-    labels in a second pass); returns (source_keep, pseudo, collapse findings).
+    classes' thresholds) and the pseudo labels (``labels_at``: voter_filter's rule at the
+    per-class thresholds on the soft student's voter rows, which the soft step's check wrote;
+    -1 = none; ``class_quota`` first reads the target's voters to set them, then labels in a
+    second pass); returns (source_keep, pseudo, collapse findings).
     ``probs``: the probabilities the soft step fitted, for filter.json's record of how
     closely the student follows them (``fidelity_counts``)."""
     rdir = ctx.out / f"round-{r}"

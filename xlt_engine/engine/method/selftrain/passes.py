@@ -82,7 +82,7 @@ def probs_file(
                     f"teacher's {ctx.labels} (same labels, same order)"
                 )
             held = (out,) if acc is None else (out, acc)
-            held += tuple(arrays[k] for k in VOTER_ROWS) if voters else ()
+            held += tuple(arrays[name] for name in VOTER_ROWS) if voters else ()
             for row, logits in ctx.chunks(model, ctx.tgt, *held):
                 p = VotersModule.probs(logits).float().cpu().numpy()
                 rows = slice(row, row + len(p))

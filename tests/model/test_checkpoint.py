@@ -573,3 +573,57 @@ def test_weights_holding_nan_are_never_written(saved, tmp_path):
     with pytest.raises(ValueError, match=r"voters.safetensors: 1 tensor\(s\) hold NaN or inf"):
         save_task_model(task, tmp_path / "task")
     assert not (tmp_path / "task").exists()
+
+
+@pytest.mark.parametrize(
+    ("values", "dtype", "bad"),
+    [
+        ([1.0, -2.0, 3.0], torch.float32, 0),
+        ([1.0, float("inf"), 3.0], torch.float32, 1),
+        ([float("inf"), float("-inf"), 1.0], torch.float32, 2),  # their sum is NaN
+        ([float("nan"), 1.0, float("nan")], torch.bfloat16, 2),
+        ([3e38, 3e38, -1.0], torch.float32, 0),  # finite values whose sum overflows
+        ([60000.0, 60000.0], torch.float16, 0),  # beyond fp16's range once summed
+        ([1e308, 1e308], torch.float64, 0),
+        ([1e308, float("nan")], torch.float64, 1),
+    ],
+)
+def test_non_finite_counts_are_exact_whatever_the_sum_does(values, dtype, bad):
+    """The count's fast path (a finite sum: nothing to count) never hides a NaN or inf, and a
+    sum that overflows on finite values falls back to counting them."""
+    t = torch.tensor(values, dtype=dtype)
+    assert ckpt.NonFiniteWeights.count(t) == bad
+    assert ckpt.NonFiniteWeights.count(torch.tensor([1, 2])) == 0  # integers hold no NaN
+
+
+def test_a_loader_parses_a_tokenizer_once_per_process_and_sees_its_edits(tmp_path, monkeypatch):
+    """Loading a model checks its tokenizer against vocab_size; e5's tokenizer.json took 1.8 s
+    to parse, once per model load (8 a self-training round). Copies of one tokenizer are parsed
+    once; an edited file is parsed again, and a broken one is refused every time."""
+    from xlt_engine.data import tokenizer as tk
+
+    tok = default_tokenizer()
+    model = BertForMLM(BertConfig(**{**CFG, "vocab_size": tok.vocab_size}))
+    first = save_pretrained(model, tmp_path / "a", tok)
+    second = save_pretrained(model, tmp_path / "b", tok)  # a copy, like each step's student
+    parsed = []
+    real = tk.load_tokenizer
+    monkeypatch.setattr(tk, "load_tokenizer", lambda *a, **k: parsed.append(a[0]) or real(*a, **k))
+    monkeypatch.setattr(tk, "_VOCAB_SIZES", {})
+    load_encoder(first)
+    load_encoder(second)
+    load_pretrained(first)
+    assert parsed == [first]
+    assert plan_checkpoint(second).tokenizer.vocab_size == tok.vocab_size  # describe's: loaded
+    vocab = (second / "vocab.txt").read_text().splitlines()
+    raw = json.loads((second / "tokenizer.json").read_text())
+    raw["model"]["vocab"]["extra-token"] = len(vocab)  # one token more than the embeddings
+    (second / "tokenizer.json").write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match=f"has {tok.vocab_size + 1} tokens but config vocab_size"):
+        load_encoder(second)
+    (second / "tokenizer.json").write_text("{not json")
+    for _ in range(2):
+        with pytest.raises(ValueError, match="tokenizer.json: invalid JSON"):
+            load_encoder(second)
+    load_encoder(first)
+    assert parsed.count(first) == 1

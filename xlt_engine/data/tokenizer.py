@@ -22,6 +22,7 @@ itself) and ``padding_disabled`` / ``truncation_disabled`` say so.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -450,6 +451,34 @@ def load_tokenizer(path: str | Path, do_lower_case: bool | None = None) -> Subwo
         config_path if config_path.is_file() else None, vocab, do_lower_case
     )
     return WordPieceTokenizer(build_wordpiece(vocab, settings), settings, vocab)
+
+
+# what ``load_tokenizer`` reads of a folder
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+_VOCAB_SIZES: dict[str, int] = {}  # digest of a folder's TOKENIZER_FILES -> tokens
+
+
+def tokenizer_vocab_size(folder: str | Path) -> int:
+    """The number of tokens of the tokenizer in ``folder`` (``load_tokenizer``'s rules and
+    errors), parsed once per process for the same file contents: a run loads many model folders
+    that hold copies of one tokenizer (e5's tokenizer.json: 17 MB, 1.8 s to parse, 0.02 s to
+    hash). Nothing is kept for a tokenizer that does not load."""
+    folder = Path(folder)
+    digest = hashlib.blake2b(digest_size=20)
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file():
+            data = (folder / name).read_bytes()
+            digest.update(f"{name}\0{len(data)}\0".encode())
+            digest.update(data)
+    key = digest.hexdigest()
+    if key not in _VOCAB_SIZES:
+        _VOCAB_SIZES[key] = load_tokenizer(folder).vocab_size
+    return _VOCAB_SIZES[key]
 
 
 def default_vocab() -> list[str]:

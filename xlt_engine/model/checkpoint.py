@@ -195,19 +195,24 @@ def _config_hint(ours: str, config: BertConfig) -> str:
     return ""
 
 
-def _check_tokenizer(plan: CheckpointPlan, folder: Path) -> list[str]:
-    """Load the tokenizer beside the weights, if any, into ``plan``; the problems: one that does
-    not load, or one with more tokens than the embedding table has rows."""
+def _check_tokenizer(plan: CheckpointPlan, folder: Path, keep: bool) -> list[str]:
+    """Check the tokenizer beside the weights, if any (``keep``: load it into ``plan``); the
+    problems: one that does not load, or one with more tokens than the embedding table has
+    rows."""
     if not ((folder / "tokenizer.json").is_file() or (folder / "vocab.txt").is_file()):
         return []
     plan.tokenizer_dir = folder
-    from xlt_engine.data.tokenizer import load_tokenizer
+    from xlt_engine.data.tokenizer import load_tokenizer, tokenizer_vocab_size
 
     try:
-        plan.tokenizer = load_tokenizer(folder)
+        if keep:
+            plan.tokenizer = load_tokenizer(folder)
+            n = plan.tokenizer.vocab_size
+        else:
+            n = tokenizer_vocab_size(folder)
     except ValueError as err:
         return [f"tokenizer: {err}"]
-    n, vocab = plan.tokenizer.vocab_size, plan.config.vocab_size
+    vocab = plan.config.vocab_size
     if n > vocab:
         return [
             f"tokenizer in {folder} has {n} tokens but config vocab_size is "
@@ -217,12 +222,17 @@ def _check_tokenizer(plan: CheckpointPlan, folder: Path) -> list[str]:
 
 
 def plan_checkpoint(
-    path: str | Path, target: str = "mlm", config: BertConfig | None = None
+    path: str | Path,
+    target: str = "mlm",
+    config: BertConfig | None = None,
+    keep_tokenizer: bool = True,
 ) -> CheckpointPlan:
     """Check a checkpoint from its headers and say what loading it would do.
 
     ``target`` is ``"mlm"`` (BertForMLM: encoder and MLM head) or ``"encoder"`` (BertEncoder:
     MLM head keys are then ignored). Raises one ``ValueError`` listing every problem.
+    ``keep_tokenizer``: the tokenizer beside the weights is loaded into ``plan.tokenizer``;
+    else only checked (``tokenizer_vocab_size``: parsed once per process for the same files).
     """
     if target not in ("mlm", "encoder"):
         raise ValueError(f"target must be 'mlm' or 'encoder', got {target!r}")
@@ -292,7 +302,7 @@ def plan_checkpoint(
     if unexpected:
         problems.append("unexpected keys: " + ", ".join(sorted(unexpected, key=_natural)))
 
-    problems += _check_tokenizer(plan, files[0].parent)
+    problems += _check_tokenizer(plan, files[0].parent, keep_tokenizer)
     if problems:
         raise ValueError(f"{path}: cannot load checkpoint:\n  - " + "\n  - ".join(problems))
     return plan
@@ -341,7 +351,14 @@ class NonFiniteWeights:
 
     @staticmethod
     def count(t: torch.Tensor) -> int:
-        return t.numel() - int(torch.isfinite(t).sum()) if t.is_floating_point() else 0
+        if not t.is_floating_point():
+            return 0
+        # a sum is inf or NaN whenever a value is: a finite one (nearly always) ends the check in
+        # one pass with no mask (e5-small's 118M weights: 0.3 s, against 1.1 s counting them)
+        wide = torch.float64 if t.dtype == torch.float64 else torch.float32
+        if bool(torch.isfinite(t.sum(dtype=wide))):
+            return 0
+        return t.numel() - int(torch.isfinite(t).sum())  # or finite values that overflowed
 
     def check(self, name: str, t: torch.Tensor, converted: torch.Tensor | None = None) -> None:
         """``t`` as stored, and ``converted``, what the model will hold (another dtype): a
@@ -456,8 +473,7 @@ def load_pretrained(
     its parameters). A tensor holding NaN or inf is refused, naming it (``allow_nonfinite``
     loads it anyway, for analysis).
     """
-    plan = plan_checkpoint(path, "mlm", config)
-    plan.tokenizer = None  # checked; not held while the weights load (250K pieces: ~0.3 GB)
+    plan = plan_checkpoint(path, "mlm", config, keep_tokenizer=False)  # checked, not held
     model = _materialise(plan, dtype, device, allow_nonfinite)
     return model.eval()
 
@@ -472,8 +488,7 @@ def load_encoder(
 ) -> BertEncoder:
     """Load only the encoder of a BERT checkpoint (an MLM head, if stored, is ignored); NaN or
     inf weights are refused as in ``load_pretrained``."""
-    plan = plan_checkpoint(path, "encoder", config)
-    plan.tokenizer = None  # checked; not held while the weights load (250K pieces: ~0.3 GB)
+    plan = plan_checkpoint(path, "encoder", config, keep_tokenizer=False)  # checked, not held
     model = _materialise(plan, dtype, device, allow_nonfinite)
     return model.eval()
 

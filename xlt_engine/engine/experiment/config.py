@@ -476,7 +476,7 @@ def has_pooler(folder: Path) -> bool | None:
     """Whether the checkpoint in ``folder`` holds ``pooler.dense`` (header reads only), or None
     when it cannot be planned (loading it reports why, naming the file)."""
     try:
-        return plan_checkpoint(folder, "encoder").pooler
+        return plan_checkpoint(folder, "encoder", keep_tokenizer=False).pooler
     except (ValueError, OSError):
         return None
 

@@ -144,7 +144,7 @@ def run_selftrain(
         if which == "soft":
             probs = teacher_probs(ctx, r, teachers)
             student = soft_step(ctx, r, probs, teachers)
-            check(ctx, r, "soft", probs)
+            check(ctx, r, "soft", probs, student)
             continue
         threshold, source_out = thresholds(ctx, r, student)
         source_keep, pseudo, collapse = filter_round(
@@ -152,7 +152,7 @@ def run_selftrain(
         )
         skip = guard(ctx, r, collapse, threshold)  # before every hard step
         student = hard_step(ctx, r, student, source_keep, pseudo, threshold["alpha"], skip)
-        check(ctx, r, "hard", probs)
+        check(ctx, r, "hard", probs, student)
         teachers = [out / f"round-{r}" / "hard" / "model"]  # T = S
 
     final = out / "model"

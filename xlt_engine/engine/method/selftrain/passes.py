@@ -51,12 +51,13 @@ from xlt_engine.model.task import TaskModel, load_task_model
 def probs_file(
     ctx: SelftrainContext,
     path: Path,
-    models: list[Path],
+    models: list[Path | TaskModel],
     meta: dict[str, str],
     voters: bool = False,
 ) -> None:
     """The mean-of-voters probabilities on U_tgt [rows, C], fp16, of the task model in
-    ``models`` (several: the mean of theirs, one per source language) into ``path``, each
+    ``models`` (a folder, or a model already loaded; several: the mean of theirs, one per
+    source language) into ``path``, each
     rank its share of the rows, chunk by chunk (``rows_file``). ``voters`` (one model): also
     what the filter reads of it per row (``VOTER_ROWS``: the voters' common label at any
     confidence or -1, the smallest of their top probabilities, the argmax of their mean), from
@@ -75,7 +76,11 @@ def probs_file(
         out = arrays["probs"]
         acc = open_safetensors(total, "r+")["sum"] if total is not None else None
         for k, folder in enumerate(models):
-            model = load_task_model(folder, device=ctx.device)
+            model = (
+                folder
+                if isinstance(folder, TaskModel)
+                else load_task_model(folder, device=ctx.device)
+            )
             if model.labels != ctx.labels:
                 raise ValueError(
                     f"{folder}: the teacher's labels {model.labels} are not the first "
@@ -175,10 +180,10 @@ def teacher_probs(ctx: SelftrainContext, r: int, teachers: list[Path]) -> np.nda
     return open_probs(ctx, path)
 
 
-def check(ctx: SelftrainContext, r: int, which: str, probs: np.ndarray) -> dict:
-    """After round ``r``'s ``which`` step: how its student (the step's saved model) follows
-    the round's teacher ``probs`` on the target rows (``fidelity_counts``: all rows, the
-    teacher's entity rows, each class) and its score on each dev file; a ``check`` record
+def check(ctx: SelftrainContext, r: int, which: str, probs: np.ndarray, student: TaskModel) -> dict:
+    """After round ``r``'s ``which`` step: how its ``student`` (the step's model, as saved)
+    follows the round's teacher ``probs`` on the target rows (``fidelity_counts``: all rows,
+    the teacher's entity rows, each class) and its score on each dev file; a ``check`` record
     (its presence marks the check done: a resumed run repeats only what it lacks)."""
     done = [
         x
@@ -193,18 +198,16 @@ def check(ctx: SelftrainContext, r: int, which: str, probs: np.ndarray) -> dict:
     if not distributed.rank0_view(path.is_file()):
         meta = {"student": str(folder / "model")}
         # the soft student's voters per row, which the round's filter reads (no pass of its own)
-        probs_file(ctx, path, [folder / "model"], meta, voters=which == "soft")
+        probs_file(ctx, path, [student], meta, voters=which == "soft")
     fidelity = fidelity_counts(probs, open_probs(ctx, path), ctx.labels, ctx.background)
     dev = {}
     if ctx.main and ctx.dev:
-        model = load_task_model(folder / "model", device=ctx.device)
         for lang, (data, enc) in ctx.dev.items():
             args = (ctx.tok, ctx.cfg.max_len, ctx.device, ctx.cfg.eval_max_tokens)
-            res = evaluate_model(model, data, *args, enc=enc)
+            res = evaluate_model(student, data, *args, enc=enc)
             dev[lang] = {"metric": res["metric"], "score": res["score"]}
             if "per_type" in res:
                 dev[lang]["per_type"] = res["per_type"]
-        del model
     distributed.barrier()
     forward = ctx.take_forward_seconds()
     record = {

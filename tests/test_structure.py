@@ -38,6 +38,7 @@ def test_package_within_the_structure_limits():
     assert "a new stage touches 1 package file(s)" in cost, cost
     assert "a new rule with a parameter touches 1 package file(s)" in cost, cost
     assert "a new task format touches 1 package file(s)" in cost, cost
+    assert "a new model family touches 1 package file(s)" in cost, cost
     first = tool("structure").splitlines()[0]
     assert re.search(r"; 0 over 80 lines, 0 over 8 parameters", first), first
     reads = tool("attribute_reads")

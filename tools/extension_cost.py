@@ -6,7 +6,8 @@
   knowledge a new stage would have to be added to;
 - the same for a new pseudo-label rule with a parameter (the rule names, and fields or keys
   named after a rule's parameters outside the rule's own module), and for a new task-file
-  format (the format names in tables or comparisons outside the reader modules);
+  format (the format names in tables or comparisons outside the reader modules), and for a
+  new model family (``model_type`` names in tables or comparisons outside ``model/families.py``);
 - import circles between package modules (function-level imports included);
 - package files over 600 lines; functions over 8 parameters (``tools/structure.py``'s count);
 - ``sys.path`` edits anywhere in the repository.
@@ -23,10 +24,12 @@ STAGE_NAMES = {"btf", "finetune", "selftrain", "cotrain", "evaluate", "predict"}
 RULE_NAMES = {"paper", "per_class_precision", "class_quota", "entity_curve"}
 RULE_PARAMS = {"min_rows", "class_precision", "quota"}
 FORMAT_NAMES = {"conll", "cls10", "marc", "xnli", "jsonl", "tsv"}  # the built-in task formats
+FAMILY_NAMES = {"bert", "roberta", "xlm-roberta"}  # the built-in model families (model_type)
 # where a stage / a rule is allowed to be named: its own modules and the registries that list
 # the built-ins (the line that registers one counts as the "registry line")
 STAGE_HOMES = ("xlt_engine/engine/experiment/stages/",)
 RULE_HOMES = ("xlt_engine/engine/method/rules/",)
+FAMILY_HOMES = ("xlt_engine/model/families.py",)
 FORMAT_HOMES = tuple(  # each reader registers its format(s) in its own module
     f"xlt_engine/data/{m}.py" for m in ("conll", "cls10", "marc", "xnli", "text", "formats")
 )
@@ -217,6 +220,12 @@ def main() -> None:
             fmt[rel(f)] = lines
     print(f"a new task format touches {1 + len(fmt)} package file(s): its reader's module"
           + "".join(f"\n  + {f} (lines {', '.join(map(str, v))})" for f, v in fmt.items()))  # fmt: skip
+    family = {}
+    for f, t in trees.items():
+        if outside(f, FAMILY_HOMES) and (lines := naming_sites(t, FAMILY_NAMES, "model_type")):
+            family[rel(f)] = lines
+    print(f"a new model family touches {1 + len(family)} package file(s): its module"
+          + "".join(f"\n  + {f} (lines {', '.join(map(str, v))})" for f, v in family.items()))  # fmt: skip
     found = circles(import_graph(pkg, root))
     print(f"import circles: {len(found)}" + "".join(f"\n  {' <-> '.join(c)}" for c in found))
     long = [

@@ -6,6 +6,7 @@ import torch
 
 from tests.model.hf_utils import batch, randomize_
 from xlt_engine.model import BertConfig, load_encoder, load_pretrained, save_pretrained
+from xlt_engine.model.families import get_family
 from xlt_engine.model.keys import ours_to_hf
 
 transformers = pytest.importorskip("transformers")
@@ -102,12 +103,12 @@ def test_round_trip_into_transformers(tmp_path, model_type, cfg):
 
 
 def test_key_names_follow_the_family():
-    assert ours_to_hf("encoder.layers.0.attn.q.weight", "roberta") == (
+    assert ours_to_hf("encoder.layers.0.attn.q.weight", get_family("roberta")) == (
         "roberta.encoder.layer.0.attention.self.query.weight"
     )
-    assert ours_to_hf("head.norm.weight", "roberta") == "lm_head.layer_norm.weight"
-    assert ours_to_hf("head.dense.bias", "roberta") == "lm_head.dense.bias"
-    assert ours_to_hf("head.bias", "roberta") == "lm_head.bias"
+    assert ours_to_hf("head.norm.weight", get_family("roberta")) == "lm_head.layer_norm.weight"
+    assert ours_to_hf("head.dense.bias", get_family("roberta")) == "lm_head.dense.bias"
+    assert ours_to_hf("head.bias", get_family("roberta")) == "lm_head.bias"
     assert ours_to_hf("head.bias") == "cls.predictions.bias"
 
 

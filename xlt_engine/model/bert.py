@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xlt_engine.model.config import ROBERTA_FAMILY, BertConfig
+from xlt_engine.model.config import BertConfig
+from xlt_engine.model.families import get_family
 
 
 class _NoOneDNN:
@@ -256,8 +257,8 @@ class BertMLMHead(nn.Module):
         super().__init__()
         H = config.hidden_size
         self.dense = nn.Linear(H, H)
-        # RoBERTa's head always uses the exact gelu, whatever the encoder's hidden_act
-        self.act = activation("gelu" if config.model_type in ROBERTA_FAMILY else config.hidden_act)
+        # a family's own head activation (RoBERTa's: the exact gelu, whatever hidden_act says)
+        self.act = activation(get_family(config.model_type).head_act or config.hidden_act)
         self.norm = nn.LayerNorm(H, eps=config.layer_norm_eps)
         self.bias = nn.Parameter(torch.zeros(config.vocab_size))
 

@@ -23,7 +23,7 @@ word embeddings and may be absent (if present it must equal them);
 The RoBERTa family (``model_type`` ``roberta`` / ``xlm-roberta``) reads and writes its own names
 through the same table: ``roberta.`` for ``bert.``, ``lm_head.dense`` / ``lm_head.layer_norm`` /
 ``lm_head.bias`` / ``lm_head.decoder`` for ``cls.predictions.transform.dense`` / ``.LayerNorm`` /
-``.bias`` / ``.decoder`` (``FAMILIES``).
+``.bias`` / ``.decoder`` (their ``families.ModelFamily``: any registered family the same way).
 
 Saving writes Hugging Face names (``bert.`` prefix, ``cls.predictions.*``, or the RoBERTa
 family's), ``config.json`` and the tokenizer files into a temporary folder that replaces the
@@ -46,15 +46,8 @@ from safetensors.torch import save_file
 from xlt_engine.fileio import atomic_folder
 from xlt_engine.model.bert import BertEncoder, BertForMLM, BertMLMHead, init_bert_weights
 from xlt_engine.model.config import BertConfig
-from xlt_engine.model.keys import (
-    ALIASES,
-    ARCHITECTURES,
-    FAMILIES,
-    IGNORED_KEYS,
-    family,
-    hf_to_ours,
-    ours_to_hf,
-)
+from xlt_engine.model.families import BERT, ModelFamily, get_family
+from xlt_engine.model.keys import ALIASES, IGNORED_KEYS, hf_to_ours, ours_to_hf
 from xlt_engine.model.weights import (
     FLOAT_DTYPES,
     WEIGHT_FILES,
@@ -126,10 +119,10 @@ def _resolve(path: Path, config: BertConfig | None) -> tuple[list[Path], BertCon
     return files, config, config_path
 
 
-def _normalise(key: str, kind: str = "bert") -> tuple[str, bool]:
+def _normalise(key: str, family: ModelFamily = BERT) -> tuple[str, bool]:
     """Strip the family's prefix (``bert.``, ``roberta.``) and read its head keys in BERT names;
     rename legacy ``LayerNorm.gamma/beta``. Returns (key, renamed by gamma/beta)."""
-    prefix, head = FAMILIES[kind]
+    prefix, head = family.prefix, family.head_keys
     if key.startswith(prefix):
         key = key[len(prefix) :]
     for theirs, bert in head:
@@ -238,7 +231,7 @@ def plan_checkpoint(
         raise ValueError(f"target must be 'mlm' or 'encoder', got {target!r}")
     files, config, config_path = _resolve(Path(path), config)
     plan = CheckpointPlan(config, config_path, files, target)
-    kind = family(config)
+    kind = get_family(config.model_type)
     sources = [open_weights(f) for f in files]
     stored = [_normalise(k, kind)[0] for src in sources for k in src.keys()]
     shapes = {_normalise(k, kind)[0]: (k, src.shape(k)) for src in sources for k in src.keys()}
@@ -312,7 +305,7 @@ def _natural(s: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
-def _hf_name(ours: str, kind: str = "bert") -> str:
+def _hf_name(ours: str, kind: ModelFamily = BERT) -> str:
     try:
         return ours_to_hf(ours, kind)
     except KeyError:
@@ -506,7 +499,7 @@ def hf_state_dict(model: BertForMLM | BertEncoder) -> dict[str, torch.Tensor]:
         named = model.state_dict()
     else:
         raise TypeError(f"save_pretrained takes a BertForMLM or BertEncoder, got {type(model)}")
-    kind = family(model.config)
+    kind = get_family(model.config.model_type)
     return {ours_to_hf(k, kind): v.detach().to("cpu").contiguous() for k, v in named.items()}
 
 
@@ -563,7 +556,7 @@ def save_pretrained(
         tensors = {k: v.to(dtype) for k, v in tensors.items()}
     dtypes = {v.dtype for v in tensors.values()}
     cfg = config.to_dict()
-    with_head, encoder_only = ARCHITECTURES[config.model_type]
+    with_head, encoder_only = get_family(config.model_type).architectures
     cfg["architectures"] = [with_head if isinstance(model, BertForMLM) else encoder_only]
     cfg["dtype"] = str(dtypes.pop()).removeprefix("torch.") if len(dtypes) == 1 else "float32"
     cfg["tie_word_embeddings"] = True

@@ -2,9 +2,9 @@
 
 Only the settings the from-scratch encoder implements are accepted: absolute position
 embeddings, a gelu / gelu_new / relu activation, and a hidden size divisible by the number of
-heads. ``model_type`` is ``bert`` or one of the RoBERTa family (``roberta``, ``xlm-roberta``: the
-same encoder, with positions counted from ``pad_token_id + 1`` over the non-pad tokens, as
-Hugging Face's RoBERTa does). Anything else raises a ``ValueError`` naming the key, so a checkpoint that would load but
+heads. ``model_type`` names a registered model family (``families``: ``bert``, and the RoBERTa
+family ``roberta`` / ``xlm-roberta``, the same encoder with positions counted from
+``pad_token_id + 1`` over the non-pad tokens, as Hugging Face's RoBERTa does). Anything else raises a ``ValueError`` naming the key, so a checkpoint that would load but
 compute something different is refused up front. Keys of ``config.json`` that do not change the
 computation (``architectures``, ``transformers_version``, ...) are ignored.
 """
@@ -19,12 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from xlt_engine.inputs import InputError, parse_json, read_text
+from xlt_engine.model.families import family_names, get_family
 
 CONFIG_MAX_BYTES = 1 << 24  # 16 MiB: Hugging Face configs are a few KB (id2label included)
 
 SUPPORTED_ACTIVATIONS = ("gelu", "gelu_new", "relu")
-MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
-ROBERTA_FAMILY = ("roberta", "xlm-roberta")
 
 # config.json keys that change the computation but have only one value we implement.
 # the largest size a config key may hold: tensor dimensions and embedding indices stay int32
@@ -97,10 +96,10 @@ class BertConfig:
                 f"BertConfig.position_embedding_type {self.position_embedding_type!r} is not "
                 "supported (only 'absolute')"
             )
-        if self.model_type not in MODEL_TYPES:
+        if self.model_type not in family_names():
             raise ValueError(
                 f"BertConfig.model_type {self.model_type!r} is not supported "
-                f"(supported: {', '.join(MODEL_TYPES)})"
+                f"(supported: {', '.join(family_names())})"
             )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
@@ -127,7 +126,7 @@ class BertConfig:
     @property
     def position_offset(self) -> int:
         """The first position id of a real token: 0 for BERT, ``pad_token_id + 1`` for RoBERTa."""
-        return self.pad_token_id + 1 if self.model_type in ROBERTA_FAMILY else 0
+        return self.pad_token_id + 1 if get_family(self.model_type).positions_after_pad else 0
 
     @property
     def max_tokens(self) -> int:
@@ -172,9 +171,10 @@ class BertConfig:
         if not isinstance(raw, dict):
             raise ValueError(f"{source}: expected a JSON object, got {type(raw).__name__}")
         model_type = raw.get("model_type", "bert")
-        if model_type not in MODEL_TYPES:
+        if model_type not in family_names():
             raise ValueError(
-                f"{source}: key 'model_type' is {model_type!r}; supported: {', '.join(MODEL_TYPES)}"
+                f"{source}: key 'model_type' is {model_type!r}; supported: "
+                f"{', '.join(family_names())}"
             )
         for key, wanted in _FIXED_KEYS.items():
             if key in raw and raw[key] != wanted:

@@ -39,19 +39,11 @@ from xlt_engine.fileio import atomic_folder
 from xlt_engine.inputs import read_json
 from xlt_engine.model.checkpoint import NonFiniteWeights
 from xlt_engine.model.config import BertConfig
+from xlt_engine.model.families import get_family
 from xlt_engine.model.heads import LINEAR
 from xlt_engine.model.task import TASK_FILE, VOTERS_FILE, read_task_meta
 from xlt_engine.outputs import claim_output, record_output
 
-# (model_type, kind) -> (transformers class, the encoder's key prefix there)
-CLASSES = {
-    ("bert", "token"): ("BertForTokenClassification", "bert."),
-    ("roberta", "token"): ("RobertaForTokenClassification", "roberta."),
-    ("xlm-roberta", "token"): ("XLMRobertaForTokenClassification", "roberta."),
-    ("bert", "sequence"): ("BertForSequenceClassification", "bert."),
-    ("roberta", "sequence"): ("RobertaForSequenceClassification", "roberta."),
-    ("xlm-roberta", "sequence"): ("XLMRobertaForSequenceClassification", "roberta."),
-}
 NOT_COPIED = ("model.safetensors", "config.json", VOTERS_FILE, TASK_FILE)
 
 
@@ -89,14 +81,15 @@ def export_hf(model_dir: str | Path, out_dir: str | Path, overwrite: bool = Fals
     if why is not None:
         raise ValueError(f"{model_dir}: cannot be exported as a transformers model: {why}")
     cfg = read_json(model_dir / "config.json")
-    model_type = BertConfig.from_json(model_dir / "config.json").model_type
-    cls, prefix = CLASSES[(model_type, meta["kind"])]
+    family = get_family(BertConfig.from_json(model_dir / "config.json").model_type)
+    cls = family.classifiers[meta["kind"] == "sequence"]
+    prefix = family.prefix
     stored = load_file(str(model_dir / "model.safetensors"))
     head = load_file(str(model_dir / VOTERS_FILE))
     weight, bias = head["voters.0.classifier.weight"], head["voters.0.classifier.bias"]
     tensors = {k: v for k, v in stored.items() if not k.split(".", 1)[-1].startswith("pooler.")}
     pooler = {k.split("pooler.", 1)[1]: v for k, v in stored.items() if ".pooler." in f".{k}"}
-    if meta["kind"] == "sequence" and model_type == "bert":
+    if meta["kind"] == "sequence" and family.sequence_head == "pooler":
         tensors |= {f"{prefix}pooler.{k}": v for k, v in pooler.items()}
         tensors |= {"classifier.weight": weight, "classifier.bias": bias}
     elif meta["kind"] == "sequence":  # RobertaClassificationHead: dense, tanh, out_proj

@@ -1,12 +1,12 @@
 """Hugging Face checkpoint key names and ours (``checkpoint``'s naming): the declarative
-table read both ways, the RoBERTa family's head names (``FAMILIES``), the architectures a saved
-``config.json`` names, legacy aliases and the keys dropped on load."""
+table read both ways, in any registered family's naming (``families``: its encoder prefix and
+MLM head names), legacy aliases and the keys dropped on load."""
 
 from __future__ import annotations
 
 import re
 
-from xlt_engine.model.config import BertConfig
+from xlt_engine.model.families import BERT, ModelFamily
 
 # Hugging Face key (after the ``bert.`` prefix is stripped and gamma/beta renamed) <-> our name
 # in BertForMLM. ``{i}`` is a layer index, ``{p}`` is weight or bias; the table reads both ways.
@@ -39,31 +39,6 @@ def _template_regex(template: str) -> re.Pattern:
 _HF_TO_OURS = [(_template_regex(hf), ours) for hf, ours in KEY_TABLE]
 _OURS_TO_HF = [(_template_regex(ours), hf) for hf, ours in KEY_TABLE]
 
-# Per model family (BertConfig.model_type): the encoder's key prefix, and how its MLM head's keys
-# read in the BERT names of KEY_TABLE (prefix -> prefix, both ways).
-FAMILIES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
-    "bert": ("bert.", ()),
-    "roberta": (
-        "roberta.",
-        (
-            ("lm_head.dense.", "cls.predictions.transform.dense."),
-            ("lm_head.layer_norm.", "cls.predictions.transform.LayerNorm."),
-            ("lm_head.decoder.", "cls.predictions.decoder."),
-            ("lm_head.bias", "cls.predictions.bias"),
-        ),
-    ),
-}
-ARCHITECTURES = {  # model_type -> (with the MLM head, encoder only)
-    "bert": ("BertForMaskedLM", "BertModel"),
-    "roberta": ("RobertaForMaskedLM", "RobertaModel"),
-    "xlm-roberta": ("XLMRobertaForMaskedLM", "XLMRobertaModel"),
-}
-
-
-def family(config: BertConfig) -> str:
-    return "bert" if config.model_type == "bert" else "roberta"
-
-
 # Keys that duplicate another tensor: checked for equality, never loaded.
 ALIASES = {
     "cls.predictions.decoder.weight": "encoder.embeddings.word.weight",
@@ -87,11 +62,10 @@ def hf_to_ours(key: str) -> str | None:
     return None
 
 
-def ours_to_hf(name: str, kind: str = "bert") -> str:
-    """Hugging Face key for our BertForMLM name, in the naming of model family ``kind``
-    (``bert``: ``bert.`` on encoder keys, ``cls.predictions.*``; ``roberta``: ``roberta.``,
-    ``lm_head.*``)."""
-    prefix, head = FAMILIES[kind]
+def ours_to_hf(name: str, family: ModelFamily = BERT) -> str:
+    """Hugging Face key for our BertForMLM name, in ``family``'s naming (BERT: ``bert.`` on
+    encoder keys, ``cls.predictions.*``; RoBERTa: ``roberta.``, ``lm_head.*``)."""
+    prefix, head = family.prefix, family.head_keys
     for rx, target in _OURS_TO_HF:
         m = rx.match(name)
         if m:

@@ -214,6 +214,52 @@ def _check_tokenizer(plan: CheckpointPlan, folder: Path, keep: bool) -> list[str
     return []
 
 
+def _place_keys(
+    plan: CheckpointPlan, sources: list, kind: ModelFamily, expected: dict[str, tuple[int, ...]]
+) -> tuple[list[str], list[str]]:
+    """Each stored key into ``plan`` (our tensor, an alias to check, or ignored, with why); the
+    problems found (duplicates, dtypes, shapes) and the unexpected keys."""
+    problems: list[str] = []
+    unexpected: list[str] = []
+    seen: dict[str, str] = {}  # normalised HF key -> stored key
+    for source in sources:
+        where = f" in {source.path.name}" if len(sources) > 1 else ""
+        for key in source.keys():
+            hf, renamed = _normalise(key, kind)
+            if hf in seen:
+                problems.append(
+                    f"{key!r} and {seen[hf]!r} are the same parameter ({hf}){where}: "
+                    "both present (e.g. LayerNorm.gamma and LayerNorm.weight)"
+                )
+                continue
+            seen[hf] = key
+            if renamed:
+                plan.renamed.append((key, hf))
+            entry = _Entry(source, key, source.shape(key), source.dtype_name(key))
+            reason = next((why for rx, why in IGNORED_KEYS if rx.match(hf)), None)
+            if reason is None and plan.target == "encoder" and hf.startswith("cls.predictions."):
+                reason = "MLM head (not part of an encoder)"
+            if reason is not None:
+                plan.ignored.append((key, reason))
+                continue
+            if hf in ALIASES:
+                plan.aliases.append((entry, ALIASES[hf]))
+                continue
+            ours = hf_to_ours(hf)
+            if ours is None or ours not in expected:
+                unexpected.append(key + where)
+                continue
+            if entry.dtype not in FLOAT_DTYPES:
+                problems.append(f"{key}: dtype {entry.dtype} is not a floating-point type")
+            if entry.shape != expected[ours]:
+                problems.append(
+                    f"{key}: shape {list(entry.shape)} in the checkpoint, "
+                    f"{list(expected[ours])} expected{_config_hint(ours, plan.config)}"
+                )
+            plan.tensors[ours] = entry
+    return problems, unexpected
+
+
 def plan_checkpoint(
     path: str | Path,
     target: str = "mlm",
@@ -245,45 +291,7 @@ def plan_checkpoint(
         plan.initialised = sorted(k for k in expected if k.startswith("head."))
         expected = {k: v for k, v in expected.items() if not k.startswith("head.")}
 
-    problems: list[str] = []
-    unexpected: list[str] = []
-    seen: dict[str, str] = {}  # normalised HF key -> stored key
-    for source in sources:
-        where = f" in {source.path.name}" if len(files) > 1 else ""
-        for key in source.keys():
-            hf, renamed = _normalise(key, kind)
-            if hf in seen:
-                problems.append(
-                    f"{key!r} and {seen[hf]!r} are the same parameter ({hf}){where}: "
-                    "both present (e.g. LayerNorm.gamma and LayerNorm.weight)"
-                )
-                continue
-            seen[hf] = key
-            if renamed:
-                plan.renamed.append((key, hf))
-            entry = _Entry(source, key, source.shape(key), source.dtype_name(key))
-            reason = next((why for rx, why in IGNORED_KEYS if rx.match(hf)), None)
-            if reason is None and target == "encoder" and hf.startswith("cls.predictions."):
-                reason = "MLM head (not part of an encoder)"
-            if reason is not None:
-                plan.ignored.append((key, reason))
-                continue
-            if hf in ALIASES:
-                plan.aliases.append((entry, ALIASES[hf]))
-                continue
-            ours = hf_to_ours(hf)
-            if ours is None or ours not in expected:
-                unexpected.append(key + where)
-                continue
-            if entry.dtype not in FLOAT_DTYPES:
-                problems.append(f"{key}: dtype {entry.dtype} is not a floating-point type")
-            if entry.shape != expected[ours]:
-                problems.append(
-                    f"{key}: shape {list(entry.shape)} in the checkpoint, "
-                    f"{list(expected[ours])} expected{_config_hint(ours, config)}"
-                )
-            plan.tensors[ours] = entry
-
+    problems, unexpected = _place_keys(plan, sources, kind, expected)
     for entry, ours in plan.aliases:
         if ours in expected and entry.shape != expected[ours]:
             problems.append(

@@ -7,7 +7,9 @@ A row's wall time is what it takes to make that row from nothing: the sum, over 
 target pairs, of the ``seconds`` in the ``run.json`` of every stage it needs (btf, the
 fine-tuned model, self-training, its evaluation), so stages shared between rows count in each,
 and so does a round 1 one self-training row took from another (``registry.Partial``: the shared round 1 is laid down in its folder).
-The whole study's wall time is measured around the call. ``--merge A.json B.json`` writes
+The whole study's wall time is measured around the call. ``--jobs N`` runs the rows and seeds
+side by side first, as ``xlt-engine ablate --jobs N`` does (one process a core, threads divided,
+or one a GPU); the tables are then the serial run's. ``--merge A.json B.json`` writes
 one study from studies of the same settings on other seeds or with other rows (a study
 extended by a later run).
 
@@ -165,6 +167,22 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def spread_out(cfg, args, seeds: list[int], chosen: list[str] | None) -> None:
+    """``xlt-engine ablate --jobs``'s processes for the study's rows and seeds (one job a seed
+    when there are at least as many seeds as jobs, else one a row and seed; each after the
+    jobs whose stages it reads): the serial ``run_ablate`` that follows finds every stage
+    finished and writes the tables, with the serial run's scores and models."""
+    from xlt_engine.studies import jobs as spread
+    from xlt_engine.studies.ablate import row_jobs
+
+    whole = args.jobs <= len(seeds)
+    work = row_jobs(cfg, seeds, args.fixed_threshold, chosen, whole_seeds=whole)
+    if len(work) > 1:
+        overrides = [*args.overrides, f"out={args.out!r}"]
+        shared = spread.ablate_args(args.config, overrides, args.fixed_threshold, args.out, True)
+        spread.run_or_say(shared, work, args.jobs, print, cfg, whole)
+
+
 def run_study(args, argv: list[str]) -> dict:
     """Run (or reuse) every row over the seeds; the report: per-seed scores, mean +- std, each
     row's wall time, the per-pair details."""
@@ -172,6 +190,8 @@ def run_study(args, argv: list[str]) -> dict:
     cfg = load_config(args.config, [*args.overrides, f"out={args.out!r}"])
     start = time.perf_counter()
     chosen = [r.strip() for r in args.rows.split(",")] if args.rows else None
+    if args.jobs > 1:  # the rows and seeds side by side (ablate --jobs); below, the tables
+        spread_out(cfg, args, seeds, chosen)
     result = run_ablate(cfg, seeds, args.fixed_threshold, resume=True, echo=print, rows=chosen)
     total = time.perf_counter() - start
 
@@ -467,6 +487,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[])
     p.add_argument("--rows", help="only these ablation rows, comma-separated (ablate --rows)")
     p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="run the rows and seeds as N processes side by side (ablate --jobs: one a core "
+        "with the threads divided, or one a GPU); the tables are the serial run's",
+    )
+    p.add_argument(
         "--how",
         default="",
         help="how the data was subsampled, for the table (with --merge: replaces the studies' own)",
@@ -488,6 +515,8 @@ def main(argv: list[str] | None = None) -> None:
     p = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = p.parse_args(argv)
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.merge:
         report = merge_studies(args.merge, args.name, how=args.how or None)
     elif args.config and args.out:

@@ -150,3 +150,37 @@ def test_each_job_gets_a_gpu_in_turn_or_a_share_of_the_cores(monkeypatch):
         and "CUDA_VISIBLE_DEVICES" not in cpu
     )
     assert job_env(0, 32, 0, env)["OMP_NUM_THREADS"] == "1"
+
+
+def test_a_lab_study_with_jobs_writes_the_serial_studys_scores(qs, tmp_path, capsys):
+    """``python -m lab.study --jobs N`` (the lab's study scripts) spreads the rows and seeds like
+    ``ablate --jobs`` and writes the serial study's scores and models."""
+    import torch
+
+    from lab.study import main as study
+
+    sets = [a for s in STEPS for a in ("--set", s)]
+    common = ["--config", str(qs), "--seeds", "1", "--rows", "Ours,- ST", *sets]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each job's process
+    try:
+        study([*common, "--name", "serial", "--out", str(tmp_path / "serial"),
+               "--results", str(tmp_path / "results")])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    capsys.readouterr()
+    study([*common, "--name", "side", "--out", str(tmp_path / "side"), "--jobs", "2",
+           "--results", str(tmp_path / "results")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "[seed 1 - ST] " in out and "[seed 1 Ours] " in out  # each row in its own process
+    assert "--jobs 2: 2 jobs finished" in out
+    reports = {p.stem.split("_")[1]: json.loads(p.read_text())
+               for p in (tmp_path / "results").glob("study_*.json")}  # fmt: skip
+    assert reports["side"]["rows"].keys() == {"Ours", "- ST"}
+    for row in ("Ours", "- ST"):
+        assert reports["side"]["rows"][row]["scores"] == reports["serial"]["rows"][row]["scores"]
+    made = _made(tmp_path / "serial")
+    assert sum(k.endswith("model.safetensors") for k in made) >= 4  # btf, finetune, 2 students
+    assert _made(tmp_path / "side") == made
+    with pytest.raises(SystemExit):
+        study([*common, "--name", "x", "--out", str(tmp_path / "x"), "--jobs", "0"])

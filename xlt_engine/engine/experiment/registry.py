@@ -12,19 +12,19 @@ same way from a module of its own (a config names it in ``plugins``, see docs/ma
 A stage's settings are the ``[<name>]`` table of the experiment config (``cfg.<name>``, an
 instance of ``section``; its default when the table is absent). ``build(cfg)`` makes the
 stage's own config dataclass (config problems raised there, before any work); ``run(stage_cfg,
-resume=, echo=, progress=)`` runs it. ``plan(cfg, parts)`` returns the ``runs.StagePlan``: the
-settings that count (the stage decides which), the input files and the earlier stages it reads;
-its fingerprint is what reuse and resume compare.
+resume=, echo=, progress=)`` runs it. ``plan(cfg, common, head, trained)`` returns the
+``runs.StagePlan``: the settings that count (the stage decides which), the input files and the
+earlier stages it reads; its fingerprint is what reuse and resume compare. Every hook's
+signature is a named type in ``hooks`` (``hooks.Build``, ``hooks.RunStage``, ``hooks.Plan``...).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from xlt_engine import outputs
+from xlt_engine.engine.experiment import hooks
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Partial:
 
     free: tuple[str, ...]  # settings (dotted keys; one ending in "." is a prefix) acting later
     done: str
-    lay_down: Callable[[Path, Path], str | None]  # returns what it did, for the log
+    lay_down: hooks.LayDown
 
 
 @dataclass(frozen=True)
@@ -45,42 +45,30 @@ class Stage:
     ``run`` are required; a stage without ``plan`` has no run folder (predict)."""
 
     name: str
-    build: Callable[[Any], Any]
-    run: Callable[..., Any]
+    build: hooks.Build
+    run: hooks.RunStage
     section: type | None = None  # the settings of its [<name>] table (a frozen dataclass)
-    files: Callable[[Any, Any], None] | None = None  # (cfg, need): the files it reads exist
-    plan: Callable[..., Any] | None = None  # (cfg, common, head, trained) -> runs.StagePlan:
-    # ``runs.plan_stage`` passes the settings every stage has (task, data caps, seed...), the
-    # model's head settings and, for a training stage, the world size and its freezing
-    folder: Callable[[Any], str] | None = None  # its folder's name in the run folder (default
-    # its name)
+    files: hooks.Files | None = None
+    plan: hooks.Plan | None = None
+    folder: hooks.FolderName | None = None
     output: str = "model"  # what a finished stage leaves (its marker), in its folder
     trains: tuple[str, ...] = ()  # the fields of its section that are training loops
     # (``TrainConfig``): ``--tensorboard`` and ``with_trains`` reach them
     freezes: str | None = None  # it trains the encoder with ``freeze_layers``: what alone
     # would train when every layer is frozen ("the task head"); None: it freezes nothing
     task_head: bool = False  # it builds a task head on ``model.path`` (the pooler is checked)
-    models: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)  # the model
-    # names it makes (``selftrain.base = "btf"``...) -> the config under which it makes them
-    model_folders: Callable[[Any, str], list[Path]] | None = None  # a name -> its folders
-    # (default: the stage's output; co-training: one view, or both for their mean)
-    label: Callable[[Any, str], str] | None = None  # an evaluation folder's name for a model
-    # of this stage (default: the stage folder's name)
-    started: Callable[[Path], bool] | None = None  # work of an earlier run is in the folder
-    # (default: a loop checkpoint)
+    models: Mapping[str, hooks.MakesModel] = field(default_factory=dict)  # the model names it
+    # makes (``selftrain.base = "btf"``...)
+    model_folders: hooks.ModelFolders | None = None
+    label: hooks.Label | None = None
+    started: hooks.FolderTest | None = None
     partial: Partial | None = None
-    result: Callable[[Path], Any] | None = None  # what a finished stage returns (default: its
-    # output's path)
+    result: hooks.Result | None = None
     main_only: bool = False  # rank 0 alone runs it, with no collective (evaluate)
-    check: Callable[[Any, Any], None] | None = None  # (its section, cfg): checks of its table
-    # against the experiment (ValueError); run when the config has its table
-    then: Callable[..., Any] | None = None  # (cfg, resume, echo, progress): what ``run
-    # --stage <name>`` runs after it (finetune: each source's own teacher)
-    claims: Callable[[Any], list[tuple[str, str, bool]]] | None = None  # cfg -> files outside
-    # the run folder it writes, as (path, config key, overwrite): ``run`` claims each before
-    # any work (``outputs.claim_output``: never an input, nor a file it did not write)
-    table: Callable[[Path], dict] | None = None  # a finished folder -> its row in the report's
-    # table of stages ({column: value})
+    check: hooks.Check | None = None
+    then: hooks.Then | None = None
+    claims: hooks.Claims | None = None
+    table: hooks.TableRow | None = None
 
     def __post_init__(self):
         if not self.name.isidentifier() or self.name.startswith("_"):
@@ -159,7 +147,7 @@ def by_section(kind: type) -> Stage:
     raise ValueError(f"no registered stage has the settings {kind.__name__}")
 
 
-def model_maker(name: str) -> tuple[Stage, Callable[[Any], Any]] | None:
+def model_maker(name: str) -> tuple[Stage, hooks.MakesModel] | None:
     """The stage that makes the model called ``name``, with the config change under which it
     makes it; None when no stage does (a folder, or "pretrained")."""
     for stage in stages():

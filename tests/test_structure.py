@@ -39,6 +39,8 @@ def test_package_within_the_structure_limits():
     assert "a new rule with a parameter touches 1 package file(s)" in cost, cost
     assert "a new task format touches 1 package file(s)" in cost, cost
     assert "a new model family touches 1 package file(s)" in cost, cost
+    assert figure(cost, "ExperimentConfig references below the experiment layer") == 0, cost
+    assert re.search(r"carrier-only files: [01]\b", cost), cost
     first = tool("structure").splitlines()[0]
     assert re.search(r"; 0 over 80 lines, 0 over 8 parameters", first), first
     reads = tool("attribute_reads")
@@ -91,3 +93,62 @@ def test_attribute_reads_finds_a_mixin_and_state_inherited_across_modules(tmp_pa
     undeclared, inherited = check(pkg)
     assert [u.split(" ")[-1] for u in undeclared] == ["Passes.count", "Passes.labels"]
     assert len(inherited) == 1 and "Child.rows (set in" in inherited[0]
+
+
+def test_import_circles_count_what_runs_not_what_a_type_checker_reads(tmp_path):
+    """A circle through function-level imports counts; one closed only by imports under
+    ``if TYPE_CHECKING:`` (never executed) does not."""
+    from tools.extension_cost import circles, import_graph
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("from pkg import b\n")
+    (pkg / "b.py").write_text("def f():\n    from pkg import a\n")  # a real circle
+    (pkg / "c.py").write_text("from pkg import d\n")
+    (pkg / "d.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.c import X\n"
+    )
+    assert circles(import_graph(pkg, tmp_path)) == [["pkg.a", "pkg.b"]]
+
+
+def test_setting_readers_find_each_way_a_setting_is_read_and_nothing_else():
+    """``tools/setting_readers``: an attribute of an inferred settings object (annotated, from
+    ``section(SelftrainSection)``, ``ctx.cfg``, ``.rule``, ``self.<x>`` set in ``__init__``,
+    tuple unpacking), ``getattr`` with a literal, keywords of ``replace`` / ``with_section``, the
+    dotted key in a message; not a docstring, not the same name on another object."""
+    import ast
+
+    from tools.setting_readers import Reader
+
+    source = textwrap.dedent(
+        '''
+        def f(cfg: ExperimentConfig, section: SelftrainSection, ctx: SelftrainContext, other):
+            """selftrain.hard_steps in a docstring is no read"""
+            s = cfg.section(SelftrainSection)
+            a = s.rounds + section.soft_loss
+            conf, dev = ctx.cfg, ctx.device
+            b = conf.filter_unit, getattr(ctx.cfg, "on_collapse"), other.student_init
+            rule = s.rule
+            c = rule.name, other.name
+            d = dataclasses.replace(rule, alpha=0.5)
+            e = with_section(cfg, "selftrain", source_filter="off")
+            raise ValueError(f"set selftrain.rule.grid or selftrain.max_unlabeled ({other})")
+
+        class Filter:
+            def __init__(self, ctx: SelftrainContext):
+                self.ctx = ctx
+
+            def go(self):
+                return self.ctx.cfg.batch_size
+        '''
+    )
+    sel = {"rounds", "soft_loss", "filter_unit", "on_collapse", "student_init", "source_filter",
+           "max_unlabeled", "batch_size", "hard_steps"}  # fmt: skip
+    reader = Reader(sel, {"name", "alpha", "grid"}, {"PseudoRule"})
+    reader.visit(ast.parse(source))
+    assert sorted(reader.reads) == sorted(
+        ["selftrain." + k for k in ("rounds", "soft_loss", "filter_unit", "on_collapse",
+                                    "source_filter", "max_unlabeled", "batch_size")]
+        + ["selftrain.rule.name", "selftrain.rule.alpha", "selftrain.rule.grid"]
+    )  # fmt: skip

@@ -8,11 +8,14 @@
   named after a rule's parameters outside the rule's own module), and for a new task-file
   format (the format names in tables or comparisons outside the reader modules), and for a
   new model family (``model_type`` names in tables or comparisons outside ``model/families.py``);
-- import circles between package modules (function-level imports included);
+- import circles between package modules (function-level imports included; imports under
+  ``if TYPE_CHECKING:`` are for type checkers, never run, and are not counted);
 - package files over 600 lines; functions over 8 parameters (``tools/structure.py``'s count);
-- ``sys.path`` edits anywhere in the repository.
+- ``sys.path`` edits anywhere in the repository;
+- per setting of ``[selftrain]`` and ``[selftrain.rule]``: its reader files, its declarations, the
+  generic movers and the carrier-only files (``tools/setting_readers.py``, which lists them).
 
-    python tools/extension_cost.py [--root .]
+    python -m tools.extension_cost [--root .]
 """
 
 import argparse
@@ -121,12 +124,28 @@ def _module(path: Path, root: Path) -> str:
     return ".".join(parts)
 
 
+def type_only(tree: ast.AST) -> set[int]:
+    """The ids of the nodes under ``if TYPE_CHECKING:`` (``typing.TYPE_CHECKING`` too)."""
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in (
+            "TYPE_CHECKING",
+            "typing.TYPE_CHECKING",
+        ):
+            ids |= {id(n) for child in node.body for n in ast.walk(child)}
+    return ids
+
+
 def import_graph(pkg: Path, root: Path) -> dict[str, set[str]]:
     modules = {_module(p, root): p for p in pkg.rglob("*.py")}
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for mod, path in modules.items():
         is_pkg = path.name == "__init__.py"
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        skip = type_only(tree)
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
             targets = []
             if isinstance(node, ast.Import):
                 targets = [a.name for a in node.names]
@@ -245,6 +264,15 @@ def main() -> None:
             if _is_sys_path(node):
                 edits.append(f"{rel(f)}:{node.lineno}")
     print(f"sys.path edits: {len(edits)}" + "".join(f"\n  {e}" for e in edits))
+    from tools.setting_readers import count  # per self-training setting (its own tool)
+
+    readers, declared, movers, carriers, below = count(root)
+    worst = sorted(readers, key=lambda k: -len(readers[k]))[:3]
+    print(f"readers per self-training setting: at most {len(readers[worst[0]])} ("
+          + ", ".join(f"{k} {len(readers[k])}" for k in worst) + "; python -m tools.setting_readers)")  # fmt: skip
+    print(f"declarations per setting: at most {max(len(declared.get(k, ())) for k in readers)}")
+    print(f"generic movers: {len(movers)}; carrier-only files: {len(carriers)}")
+    print(f"ExperimentConfig references below the experiment layer: {len(below)}")
 
 
 if __name__ == "__main__":

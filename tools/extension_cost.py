@@ -233,18 +233,16 @@ def main() -> None:
           + "".join(f"\n  {f} (lines {', '.join(map(str, v))})" for f, v in composed.items()))  # fmt: skip
     print(f"a new rule with a parameter touches {1 + len(rule)} package file(s): its module"
           + "".join(f"\n  + {f} (lines {', '.join(map(str, v))})" for f, v in rule.items()))  # fmt: skip
-    fmt = {}
-    for f, t in trees.items():
-        if outside(f, FORMAT_HOMES) and (lines := naming_sites(t, FORMAT_NAMES, "format")):
-            fmt[rel(f)] = lines
-    print(f"a new task format touches {1 + len(fmt)} package file(s): its reader's module"
-          + "".join(f"\n  + {f} (lines {', '.join(map(str, v))})" for f, v in fmt.items()))  # fmt: skip
-    family = {}
-    for f, t in trees.items():
-        if outside(f, FAMILY_HOMES) and (lines := naming_sites(t, FAMILY_NAMES, "model_type")):
-            family[rel(f)] = lines
-    print(f"a new model family touches {1 + len(family)} package file(s): its module"
-          + "".join(f"\n  + {f} (lines {', '.join(map(str, v))})" for f, v in family.items()))  # fmt: skip
+    for what, names, about, homes in (
+        ("a new task format", FORMAT_NAMES, "format", FORMAT_HOMES),
+        ("a new model family", FAMILY_NAMES, "model_type", FAMILY_HOMES),
+    ):
+        sites = {}
+        for f, t in trees.items():
+            if outside(f, homes) and (lines := naming_sites(t, names, about)):
+                sites[rel(f)] = lines
+        print(f"{what} touches {1 + len(sites)} package file(s): its module"
+              + "".join(f"\n  + {f} (lines {', '.join(map(str, v))})" for f, v in sites.items()))  # fmt: skip
     found = circles(import_graph(pkg, root))
     print(f"import circles: {len(found)}" + "".join(f"\n  {' <-> '.join(c)}" for c in found))
     long = [

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from xlt_engine.inputs import InputError, parse_json, read_text
-from xlt_engine.model.families import family_names, get_family
+from xlt_engine.model.families import PLUG_IN, family_names, get_family
 
 CONFIG_MAX_BYTES = 1 << 24  # 16 MiB: Hugging Face configs are a few KB (id2label included)
 
@@ -99,7 +99,7 @@ class BertConfig:
         if self.model_type not in family_names():
             raise ValueError(
                 f"BertConfig.model_type {self.model_type!r} is not supported "
-                f"(supported: {', '.join(family_names())})"
+                f"(supported: {', '.join(family_names())}; {PLUG_IN})"
             )
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
@@ -174,7 +174,7 @@ class BertConfig:
         if model_type not in family_names():
             raise ValueError(
                 f"{source}: key 'model_type' is {model_type!r}; supported: "
-                f"{', '.join(family_names())}"
+                f"{', '.join(family_names())} ({PLUG_IN})"
             )
         for key, wanted in _FIXED_KEYS.items():
             if key in raw and raw[key] != wanted:

@@ -43,6 +43,8 @@ class ModelFamily:
 
 
 _FAMILIES: dict[str, ModelFamily] = {}
+# how another family becomes known, said where an unknown model_type is refused
+PLUG_IN = "another family is one register_family call in a module the config's plugins name"
 
 
 def register_family(family: ModelFamily) -> ModelFamily:
@@ -65,7 +67,8 @@ def get_family(model_type: str) -> ModelFamily:
         return _FAMILIES[model_type]
     except (KeyError, TypeError):
         raise ValueError(
-            f"model_type {model_type!r} is not supported (supported: {', '.join(_FAMILIES)})"
+            f"model_type {model_type!r} is not supported (supported: {', '.join(_FAMILIES)}; "
+            f"{PLUG_IN})"
         ) from None
 
 

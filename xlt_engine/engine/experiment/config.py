@@ -167,8 +167,8 @@ class ExperimentConfig:
     # (ckpt-*/: a copy of the model and the optimizer state); False: dropped once its output
     # is written, as nothing reads them after that
     data: DataSection = field(default_factory=DataSection)
-    plugins: tuple[str, ...] = ()  # modules that register stages of one's own (imported
-    # before the stages' tables are read: ``registry.register``)
+    plugins: tuple[str, ...] = ()  # modules that register stages, pseudo-label rules, task
+    # formats or model families of one's own (imported before the stages' tables are read)
     sections: dict[str, Any] = field(default_factory=dict)  # each registered stage's settings,
     # its [<stage>] table (``cfg.<stage>``; a stage without a table here: its defaults)
     name: str = ""  # set from the file name

@@ -170,7 +170,7 @@ class ExperimentConfig:
     plugins: tuple[str, ...] = ()  # modules that register stages, pseudo-label rules, task
     # formats or model families of one's own (imported before the stages' tables are read)
     sections: dict[str, Any] = field(default_factory=dict)  # each registered stage's settings,
-    # its [<stage>] table (``cfg.<stage>``; a stage without a table here: its defaults)
+    # its [<stage>] table (``cfg.section(Kind)``, ``cfg.settings_of(name)``; no table: its defaults)
     name: str = ""  # set from the file name
     HIDDEN_KEYS: ClassVar[tuple[str, ...]] = ("name", "sections")  # never a key of the file
 

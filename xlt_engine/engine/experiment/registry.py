@@ -9,7 +9,7 @@ same way from a module of its own (a config names it in ``plugins``, see docs/ma
     register(Stage(name="distil", section=DistilSection, build=build, run=run_distil,
                    files=files, plan=plan))
 
-A stage's settings are the ``[<name>]`` table of the experiment config (``cfg.<name>``, an
+A stage's settings are the ``[<name>]`` table of the experiment config (``cfg.section(section)``, an
 instance of ``section``; its default when the table is absent). ``build(cfg)`` makes the
 stage's own config dataclass (config problems raised there, before any work); ``run(stage_cfg,
 resume=, echo=, progress=)`` runs it. ``plan(cfg, common, head, trained)`` returns the

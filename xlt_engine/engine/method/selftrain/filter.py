@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -66,6 +67,7 @@ def labels_at(agreed: np.ndarray, conf: np.ndarray, alpha: np.ndarray) -> np.nda
     return np.where((agreed >= 0) & (conf > a), agreed, -1).astype(np.int64)
 
 
+@dataclass(eq=False)
 class RoundFilter:
     """One round's filter file (``filter_round``), written in passes over its rows: ``fill``
     (the voters' agreement, confidence and argmax, from the soft step's check; the pseudo labels
@@ -73,22 +75,19 @@ class RoundFilter:
     the target's voters) and ``relabel``, then ``finish`` (the source filter, filter.json, the
     warnings)."""
 
-    def __init__(
-        self,
-        ctx: SelftrainContext,
-        r: int,
-        student: TaskModel,
-        threshold: dict,
-        source_out: dict[str, np.ndarray],
-        source_keep: np.ndarray,
-        probs: np.ndarray,
-    ):
-        self.ctx, self.r, self.student, self.threshold = ctx, r, student, threshold
-        self.source_out, self.source_keep, self.probs = source_out, source_keep, probs
-        self.rule = ctx.cfg.rule
+    ctx: SelftrainContext
+    r: int
+    student: TaskModel
+    threshold: dict  # threshold.json's record
+    source_out: dict[str, np.ndarray]  # S's outputs per source row (source-ok.safetensors)
+    source_keep: np.ndarray  # D_keep so far
+    probs: np.ndarray  # the probabilities the soft step fitted
+
+    def __post_init__(self):
+        self.rule = self.ctx.cfg.rule
         self.quota = self.rule.reads_target
-        self.alpha = np.asarray(threshold["class_alpha"], dtype=np.float64)  # as recorded
-        self.classes = threshold["classes"]
+        self.alpha = np.asarray(self.threshold["class_alpha"], dtype=np.float64)  # as recorded
+        self.classes = self.threshold["classes"]
         self.t0 = time.perf_counter()
 
     def specs(self) -> dict:

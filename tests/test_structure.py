@@ -114,9 +114,10 @@ def test_import_circles_count_what_runs_not_what_a_type_checker_reads(tmp_path):
 
 def test_setting_readers_find_each_way_a_setting_is_read_and_nothing_else():
     """``tools/setting_readers``: an attribute of an inferred settings object (annotated, from
-    ``section(SelftrainSection)``, ``ctx.cfg``, ``.rule``, ``self.<x>`` set in ``__init__``,
-    tuple unpacking), ``getattr`` with a literal, keywords of ``replace`` / ``with_section``, the
-    dotted key in a message; not a docstring, not the same name on another object."""
+    ``section(SelftrainSection)``, ``ctx.cfg``, ``.rule``, ``self.<x>`` set in ``__init__`` or
+    declared as a dataclass field, tuple unpacking), ``getattr`` with a literal, keywords of
+    ``replace`` / ``with_section``, the dotted key in a message; not a docstring, not the same
+    name on another object, not the method config's own ``teacher`` (a path made from it)."""
     import ast
 
     from tools.setting_readers import Reader
@@ -141,14 +142,23 @@ def test_setting_readers_find_each_way_a_setting_is_read_and_nothing_else():
 
             def go(self):
                 return self.ctx.cfg.batch_size
+
+        @dataclass
+        class Quota:
+            ctx: SelftrainContext
+
+            def go(self, method: SelftrainConfig):
+                return self.ctx.cfg.max_tokens, method.teacher, method.hard_steps
         '''
     )
     sel = {"rounds", "soft_loss", "filter_unit", "on_collapse", "student_init", "source_filter",
-           "max_unlabeled", "batch_size", "hard_steps"}  # fmt: skip
-    reader = Reader(sel, {"name", "alpha", "grid"}, {"PseudoRule"})
+           "max_unlabeled", "batch_size", "hard_steps", "max_tokens", "teacher"}  # fmt: skip
+    # SelftrainConfig.teacher is a path the stage makes from the table's model name: not a read
+    reader = Reader(sel, {"name", "alpha", "grid"}, {"PseudoRule"}, {"teacher"})
     reader.visit(ast.parse(source))
     assert sorted(reader.reads) == sorted(
         ["selftrain." + k for k in ("rounds", "soft_loss", "filter_unit", "on_collapse",
-                                    "source_filter", "max_unlabeled", "batch_size")]
+                                    "source_filter", "max_unlabeled", "batch_size", "max_tokens",
+                                    "hard_steps")]
         + ["selftrain.rule.name", "selftrain.rule.alpha", "selftrain.rule.grid"]
     )  # fmt: skip

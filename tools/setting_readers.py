@@ -13,10 +13,12 @@ A file reads a setting by name when it holds one of:
 
 What is a settings object is inferred within each function, without running anything: a
 parameter annotated with a self-training settings class (``SelftrainSection``,
-``SelftrainSettings``, ``SelftrainConfig``) or a rule class (``PseudoRule`` and the registered
+``SelftrainSettings``; ``SelftrainConfig``, the method's config, for the settings it inherits, not
+the paths a stage makes from ``base`` and ``teacher``) or a rule class (``PseudoRule`` and the registered
 rules), ``ctx.cfg`` of a ``SelftrainContext``, ``cfg.section(SelftrainSection)``, ``<one>.rule``,
 ``make_rule(...)``, ``self`` in those classes' own methods, and names (or ``self.<name>`` in a
-class's methods) assigned from any of these.
+class's methods, or a dataclass field) assigned from or annotated as any of these. A setting is
+declared by the table's classes (``SelftrainSection`` and its bases, the rule classes).
 A generic mover passes a settings object whole to a fixed list of functions that read no
 setting by name (``settings_of``, ``flat``, ``dataclasses.asdict`` / ``fields`` /
 ``replace`` without keywords); a carrier holds settings objects and neither reads nor moves
@@ -33,7 +35,10 @@ import dataclasses
 import re
 from pathlib import Path
 
-SETTINGS = {"SelftrainSection", "SelftrainSettings", "SelftrainConfig"}
+SETTINGS = {"SelftrainSection", "SelftrainSettings"}  # the [selftrain] table's classes
+METHOD = {"SelftrainConfig"}  # the method's config: the table's settings (inherited) and the
+# inputs a stage derives from them (``teacher``: a path, from the table's model name)
+KINDS = ("sel", "cfg", "rule")  # settings objects (not the context that holds one)
 SHARED = {"BatchSettings", "FreezeSettings", "FreezeOverride"}  # bases of the section: their
 # own methods read its fields (``self`` only: other stages' settings share these classes)
 CONTEXT = {"SelftrainContext"}  # its ``cfg`` is the run's SelftrainConfig
@@ -42,28 +47,41 @@ MOVERS = {"settings_of", "flat", "asdict", "fields", "replace", "astuple"}
 LOWER = ("xlt_engine/engine/method/", "xlt_engine/engine/train/")
 
 
-def setting_names() -> tuple[list[str], list[str], set[str], dict[str, str]]:
+def setting_names() -> tuple[list[str], list[str], set[str], set[str]]:
     """The ``[selftrain]`` settings, the ``[selftrain.rule]`` settings (every registered rule's
-    fields), the rule classes' names, and each setting's declaring class."""
+    fields), the rule classes' names, and the table's settings the method's config does not
+    inherit (``base``, ``teacher``: it holds paths made from them)."""
     from xlt_engine.engine.experiment.stages.selftrain import SelftrainSection
     from xlt_engine.engine.method.rules import rule_class, rule_names
+    from xlt_engine.engine.method.selftrain import SelftrainConfig
 
     tables = {"rule", "soft", "hard"}  # sub-tables ([selftrain.rule]...): their fields count
     sel = [f.name for f in dataclasses.fields(SelftrainSection) if f.name not in tables]
     rules = [rule_class(n) for n in rule_names()]
     rule = sorted({f.name for r in rules for f in dataclasses.fields(r)})
-    return sel, rule, {r.__name__ for r in rules} | {"PseudoRule"}, {}
+    inherited = {f.name for f in dataclasses.fields(SelftrainConfig)} & {
+        f.name for f in dataclasses.fields(SelftrainSection)
+    }
+    own = {n for n in sel if n not in inherited or n in ("base", "teacher")}
+    return sel, rule, {r.__name__ for r in rules} | {"PseudoRule"}, own
 
 
 class Reader(ast.NodeVisitor):
     """One file's reads (dotted keys), moves and settings-object sightings."""
 
-    def __init__(self, sel_fields: set[str], rule_fields: set[str], rule_classes: set[str]):
+    def __init__(
+        self,
+        sel_fields: set[str],
+        rule_fields: set[str],
+        rule_classes: set[str],
+        section_only: set[str] = frozenset(),
+    ):
         self.sel_fields, self.rule_fields, self.rule_classes = sel_fields, rule_fields, rule_classes
+        self.method_fields = sel_fields - section_only  # what SelftrainConfig inherits
         self.reads: dict[str, list[int]] = {}
         self.moves: list[int] = []
         self.holds = 0  # settings objects seen
-        self.scopes: list[dict[str, str]] = [{}]  # name -> "sel" | "rule" | "ctx"
+        self.scopes: list[dict[str, str]] = [{}]  # name -> "sel" | "cfg" | "rule" | "ctx"
         self.classes: list[str] = []
         self.members: dict[str, dict[str, str]] = {}  # class -> self.<attr> -> kind
 
@@ -75,6 +93,8 @@ class Reader(ast.NodeVisitor):
         words = set(re.findall(r"[A-Za-z_]\w*", text))
         if words & SETTINGS:
             return "sel"
+        if words & METHOD:
+            return "cfg"
         if words & self.rule_classes:
             return "rule"
         if words & CONTEXT:
@@ -93,8 +113,8 @@ class Reader(ast.NodeVisitor):
                 return mine[node.attr]  # self.ctx = ctx in __init__, read in another method
             base = self.kind(node.value)
             if base == "ctx" and node.attr == "cfg":
-                return "sel"
-            if base == "sel" and node.attr == "rule":
+                return "cfg"
+            if base in ("sel", "cfg") and node.attr == "rule":
                 return "rule"
             return None
         if isinstance(node, ast.Call):
@@ -106,6 +126,8 @@ class Reader(ast.NodeVisitor):
                 return "rule"
             if name in SETTINGS:
                 return "sel"
+            if name in METHOD:
+                return "cfg"
             if name in self.rule_classes:
                 return "rule"
         return None
@@ -130,6 +152,8 @@ class Reader(ast.NodeVisitor):
             own = self.classes[-1]
             if own in SETTINGS | SHARED:
                 scope["self"] = "sel"
+            elif own in METHOD:
+                scope["self"] = "cfg"
             elif own in self.rule_classes:
                 scope["self"] = "rule"
             elif own in CONTEXT:
@@ -177,15 +201,18 @@ class Reader(ast.NodeVisitor):
         if node.value is not None:
             self.visit(node.value)
         k = self.kind_of_annotation(node.annotation) or (node.value and self.kind(node.value))
-        if isinstance(node.target, ast.Name) and k and not self.classes_are_settings():
+        if not (isinstance(node.target, ast.Name) and k):
+            return
+        if self.classes and len(self.scopes) == 1:  # a class body's field (a dataclass's)
+            self.members.setdefault(self.classes[-1], {})[node.target.id] = k
+        else:
             self.scopes[-1][node.target.id] = k
-            self.holds += 1
-
-    def classes_are_settings(self) -> bool:
-        return bool(self.classes) and len(self.scopes) == 1  # a class body's field
+        self.holds += 1
 
     # --- reads -------------------------------------------------------------------------------
     def attr_key(self, base_kind: str | None, attr: str) -> str | None:
+        if base_kind == "cfg" and attr in self.method_fields:  # an inherited table setting
+            return f"selftrain.{attr}"
         if base_kind == "sel" and attr in self.sel_fields:
             return f"selftrain.{attr}"
         if base_kind == "rule" and attr in self.rule_fields:
@@ -219,7 +246,7 @@ class Reader(ast.NodeVisitor):
                 if kw.arg and kw.arg in self.rule_fields:
                     self.read(f"selftrain.rule.{kw.arg}", node.lineno)
         whole = not (name == "replace" and node.keywords)  # replace(x, a=1) names a
-        if name in MOVERS and whole and any(self.kind(a) in ("sel", "rule") for a in node.args):
+        if name in MOVERS and whole and any(self.kind(a) in KINDS for a in node.args):
             self.moves.append(node.lineno)
         self.generic_visit(node)
 
@@ -260,7 +287,7 @@ def declarations(trees: dict[str, ast.AST], sel: list[str], rule: list[str], cla
 def count(root: Path):
     """Per setting: the reader files and the declaring files; the movers, the carriers and the
     ``ExperimentConfig`` references below the experiment layer."""
-    sel, rule, classes, _ = setting_names()
+    sel, rule, classes, section_only = setting_names()
     pkg = root / "xlt_engine"
     trees = {
         str(p.relative_to(root)): ast.parse(p.read_text(encoding="utf-8"))
@@ -270,7 +297,7 @@ def count(root: Path):
     readers |= {f"selftrain.rule.{s}": set() for s in rule}
     movers, carriers, below = {}, [], []
     for f, tree in trees.items():
-        r = Reader(set(sel), set(rule), classes)
+        r = Reader(set(sel), set(rule), classes, section_only)
         r.visit(tree)
         for key in r.reads:
             readers.setdefault(key, set()).add(f)

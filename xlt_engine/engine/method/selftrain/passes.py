@@ -57,8 +57,8 @@ def probs_file(
 ) -> None:
     """The mean-of-voters probabilities on U_tgt [rows, C], fp16, of the task model in
     ``models`` (a folder, or a model already loaded; several: the mean of theirs, one per
-    source language) into ``path``, each
-    rank its share of the rows, chunk by chunk (``rows_file``). ``voters`` (one model): also
+    source language) into ``path``, each rank its share of the rows, chunk by chunk
+    (``rows_file``). ``voters`` (one model): also
     what the filter reads of it per row (``VOTER_ROWS``: the voters' common label at any
     confidence or -1, the smallest of their top probabilities, the argmax of their mean), from
     the same forward pass, so that the filter needs none of its own."""
@@ -75,15 +75,12 @@ def probs_file(
     def fill(arrays):
         out = arrays["probs"]
         acc = open_safetensors(total, "r+")["sum"] if total is not None else None
-        for k, folder in enumerate(models):
-            model = (
-                folder
-                if isinstance(folder, TaskModel)
-                else load_task_model(folder, device=ctx.device)
-            )
+        for k, given in enumerate(models):
+            loaded = isinstance(given, TaskModel)
+            model = given if loaded else load_task_model(given, device=ctx.device)
             if model.labels != ctx.labels:
                 raise ValueError(
-                    f"{folder}: the teacher's labels {model.labels} are not the first "
+                    f"{given}: the teacher's labels {model.labels} are not the first "
                     f"teacher's {ctx.labels} (same labels, same order)"
                 )
             held = (out,) if acc is None else (out, acc)

@@ -39,7 +39,7 @@ from tokenizers import (
 
 from xlt_engine.data.examples import quoted
 from xlt_engine.fileio import atomic_write_text
-from xlt_engine.inputs import read_json, read_text
+from xlt_engine.inputs import read_bytes, read_json, read_text
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 ROLES = ("pad", "unk", "cls", "sep", "mask")  # the order of SPECIAL_TOKENS
@@ -472,7 +472,7 @@ def tokenizer_vocab_size(folder: str | Path) -> int:
     digest = hashlib.blake2b(digest_size=20)
     for name in TOKENIZER_FILES:
         if (folder / name).is_file():
-            data = (folder / name).read_bytes()
+            data = read_bytes(folder / name, "a tokenizer file")  # bounded, as its parse
             digest.update(f"{name}\0{len(data)}\0".encode())
             digest.update(data)
     key = digest.hexdigest()

@@ -1219,3 +1219,31 @@ def test_a_round_loads_no_model_it_holds(base, teacher, data, tmp_path, monkeypa
     assert {k: v for k, v in again.items() if k not in drop} == {
         k: v for k, v in checks[-1].items() if k not in drop
     }
+
+
+def test_a_collapse_names_the_settings_that_may_avoid_it_and_not_those_in_use():
+    """The guard's remedies come from the rule (another rule, its grid, a fixed alpha, its own
+    parameters) and the run (the source filter); a setting already in use is not suggested."""
+    from xlt_engine.engine.method.selftrain.guard import remedies
+    from xlt_engine.engine.method.settings import SelftrainSettings
+
+    def said(**kw) -> str:
+        rule = {k: kw.pop(k) for k in RULE_KEYS if k in kw}
+        chosen = make_rule(rule.pop("pseudo_rule", "paper"), **rule)
+        return remedies(SelftrainSettings(rule=chosen, **kw))
+
+    paper = said()
+    assert (
+        'selftrain.rule.name = "per_class_precision" or selftrain.rule.name = "class_quota"'
+        in paper
+    )
+    assert 'selftrain.rule.grid = "even"' in paper and 'selftrain.rule.threshold = "fixed"' in paper
+    assert "source_filter" not in paper
+    fixed = said(threshold="fixed", alpha=0.9, grid="even", source_filter="confident")
+    assert "rule.grid" not in fixed and "rule.threshold" not in fixed
+    assert 'selftrain.source_filter = "correct"' in fixed
+    own = said(pseudo_rule="per_class_precision")
+    assert 'selftrain.rule.name = "per_class_precision"' not in own  # in use
+    assert own.endswith("a lower selftrain.rule.class_precision or min_rows (classes that never "
+                        "qualify get no pseudo label)")  # fmt: skip
+    assert "rule.grid" not in said(pseudo_rule="class_quota")  # it reads the target, not a grid

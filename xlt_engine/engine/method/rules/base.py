@@ -143,8 +143,18 @@ class PseudoRule:
         class starts at the paper's alpha, which the paper's rule keeps."""
 
     def remedies(self) -> list[str]:
-        """This rule's settings that may avoid a collapsed round (for the guard's message)."""
-        return []
+        """The rule settings that may avoid a collapsed round, other than the ones in use (for
+        the guard's message): another rule, the even grid, a fixed alpha; a rule with
+        parameters of its own adds theirs to ``super().remedies()``."""
+        others = [n for n in rule_names() if n not in (self.name, PseudoRule.name)]
+        out = [
+            " or ".join(f'selftrain.rule.name = "{r}"' for r in others) + " (thresholds per class)"
+        ]
+        if self.grid != "even" and not self.reads_target:
+            out.append('selftrain.rule.grid = "even" (no 0.995 / 0.999 tail)')
+        if self.threshold != "fixed":
+            out.append('a fixed alpha (selftrain.rule.threshold = "fixed")')
+        return out
 
     def describe(self) -> str:
         """``class_quota (quota 0.5)``: the rule and its own parameters, for the log."""

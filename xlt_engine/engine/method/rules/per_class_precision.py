@@ -54,6 +54,7 @@ class PerClassPrecision(PseudoRule):
 
     def remedies(self) -> list[str]:
         return [
+            *super().remedies(),
             "a lower selftrain.rule.class_precision or min_rows (classes that never qualify "
-            "get no pseudo label)"
+            "get no pseudo label)",
         ]

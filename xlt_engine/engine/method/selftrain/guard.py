@@ -4,7 +4,6 @@ the settings that may avoid a collapse or a soft student that lost classes."""
 
 from __future__ import annotations
 
-from xlt_engine.engine.method.rules import PseudoRule, rule_names
 from xlt_engine.engine.method.selftrain.context import SelftrainContext
 from xlt_engine.engine.method.settings import SelftrainSettings
 
@@ -38,17 +37,7 @@ def guard(ctx: SelftrainContext, r: int, findings: list[str], threshold: dict) -
 
 def remedies(cfg: SelftrainSettings) -> str:
     """The settings a collapsed round may be avoided with, other than the ones in use."""
-    out = []
-    rule = cfg.rule
-    others = [n for n in rule_names() if n not in (rule.name, PseudoRule.name)]
-    out.append(
-        " or ".join(f'selftrain.rule.name = "{r}"' for r in others) + " (thresholds per class)"
-    )
-    out += rule.remedies()
-    if rule.grid != "even" and not rule.reads_target:
-        out.append('selftrain.rule.grid = "even" (no 0.995 / 0.999 tail)')
-    if rule.threshold != "fixed":
-        out.append('a fixed alpha (selftrain.rule.threshold = "fixed")')
+    out = cfg.rule.remedies()  # the rule's own: another rule, its grid, its parameters
     if cfg.source_filter == "confident":
         out.append('selftrain.source_filter = "correct" (the paper\'s)')
     return "; ".join(out)

@@ -44,6 +44,11 @@ def _seed():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped without one)")
+    config.addinivalue_line(
+        "markers",
+        "device: runs on the default device (the GPU where there is one; "
+        "benchmarks/gpu_check.sh --only selftrain runs these there)",
+    )
 
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -130,8 +130,8 @@ def st_run(base, teacher, data, tmp_path_factory):
     # On CPU even where a GPU is present: the tests below recompute its teacher probabilities
     # and threshold curve in fp32 on the CPU and compare them to 1e-3 or exactly, and need a
     # run whose pseudo labels span two classes. On an H100 the bf16-autocast run differed by
-    # up to 6e-3 in probability and kept one class. Self-training on CUDA is covered by the
-    # kill/resume test, which runs on the default device.
+    # up to 6e-3 in probability and kept one class. Self-training on CUDA: the tests marked
+    # ``device`` run on the default device (benchmarks/gpu_check.sh --only selftrain).
     out = tmp_path_factory.mktemp("st") / "run"
     dev = {"src": str(data["src_dev"]), "tgt": str(data["src_dev"])}  # two entries, one file
     cfg = st_config(base, teacher, data, out, device="cpu", dev_files=dev)
@@ -1147,6 +1147,7 @@ def test_labels_at_is_voter_filters_rule_without_the_logits():
     assert admitted[1] == n and admitted[2] < admitted[0] < n  # all, few, some of the agreed
 
 
+@pytest.mark.device
 def test_filter_reads_the_soft_checks_pass_and_equals_a_pass_of_its_own(
     base, teacher, data, tmp_path, monkeypatch
 ):
@@ -1180,6 +1181,7 @@ def test_filter_reads_the_soft_checks_pass_and_equals_a_pass_of_its_own(
         assert (a["pseudo"] >= 0).any()
 
 
+@pytest.mark.device
 def test_a_round_loads_no_model_it_holds(base, teacher, data, tmp_path, monkeypatch):
     """A step's check scores the student the step returns (its pass over U_tgt and its dev
     scores) instead of loading the saved model once for each: a run reads round 1's teacher,

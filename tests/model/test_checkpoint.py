@@ -597,8 +597,8 @@ def test_non_finite_counts_are_exact_whatever_the_sum_does(values, dtype, bad):
 
 
 def test_a_loader_parses_a_tokenizer_once_per_process_and_sees_its_edits(tmp_path, monkeypatch):
-    """Loading a model checks its tokenizer against vocab_size; e5's tokenizer.json took 1.8 s
-    to parse, once per model load (8 a self-training round). Copies of one tokenizer are parsed
+    """Loading a model checks its tokenizer against vocab_size; e5's tokenizer.json took 3 s to
+    parse on a busy core, once per model load (8 a self-training round). Copies of one tokenizer are parsed
     once; an edited file is parsed again, and a broken one is refused every time."""
     from xlt_engine.data import tokenizer as tk
 

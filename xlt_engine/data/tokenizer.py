@@ -466,8 +466,9 @@ _VOCAB_SIZES: dict[str, int] = {}  # digest of a folder's TOKENIZER_FILES -> tok
 def tokenizer_vocab_size(folder: str | Path) -> int:
     """The number of tokens of the tokenizer in ``folder`` (``load_tokenizer``'s rules and
     errors), parsed once per process for the same file contents: a run loads many model folders
-    that hold copies of one tokenizer (e5's tokenizer.json: 17 MB, 1.8 s to parse, 0.02 s to
-    hash). Nothing is kept for a tokenizer that does not load."""
+    that hold copies of one tokenizer (e5's tokenizer.json: 17 MB, 3.2 s to parse on a busy core,
+    0.025 s to hash; benchmarks/results/load_cpu_20261127.txt). Nothing is kept for a tokenizer
+    that does not load."""
     folder = Path(folder)
     digest = hashlib.blake2b(digest_size=20)
     for name in TOKENIZER_FILES:

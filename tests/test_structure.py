@@ -134,6 +134,7 @@ def test_setting_readers_find_each_way_a_setting_is_read_and_nothing_else():
             c = rule.name, other.name
             d = dataclasses.replace(rule, alpha=0.5)
             e = with_section(cfg, "selftrain", source_filter="off")
+            g = rule.select(1, 2, 3)  # the rule's own method: a use, not a read
             raise ValueError(f"set selftrain.rule.grid or selftrain.max_unlabeled ({other})")
 
         class Filter:
@@ -162,3 +163,8 @@ def test_setting_readers_find_each_way_a_setting_is_read_and_nothing_else():
                                     "hard_steps")]
         + ["selftrain.rule.name", "selftrain.rule.alpha", "selftrain.rule.grid"]
     )  # fmt: skip
+    assert len(reader.uses) == 1  # rule.select(...)
+
+    carrier = Reader(sel, {"name"}, {"PseudoRule"})
+    carrier.visit(ast.parse("def f(rule: PseudoRule):\n    return g(rule)\n"))
+    assert carrier.holds and not carrier.reads and not carrier.uses and not carrier.moves

@@ -22,6 +22,8 @@ import argparse
 import ast
 from pathlib import Path
 
+from xlt_engine.engine.experiment.code import import_graph  # the one the fingerprints use
+
 # the built-in stages and the model names they make (a table keyed by these knows them)
 STAGE_NAMES = {"btf", "finetune", "selftrain", "cotrain", "evaluate", "predict"}
 RULE_NAMES = {"paper", "per_class_precision", "class_quota", "entity_curve"}
@@ -114,53 +116,6 @@ def _is_sys_path(node) -> bool:
             is_path(t) or (isinstance(t, ast.Subscript) and is_path(t.value)) for t in targets
         )
     return False
-
-
-def _module(path: Path, root: Path) -> str:
-    rel = path.relative_to(root).with_suffix("")
-    parts = list(rel.parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def type_only(tree: ast.AST) -> set[int]:
-    """The ids of the nodes under ``if TYPE_CHECKING:`` (``typing.TYPE_CHECKING`` too)."""
-    ids = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and ast.unparse(node.test) in (
-            "TYPE_CHECKING",
-            "typing.TYPE_CHECKING",
-        ):
-            ids |= {id(n) for child in node.body for n in ast.walk(child)}
-    return ids
-
-
-def import_graph(pkg: Path, root: Path) -> dict[str, set[str]]:
-    modules = {_module(p, root): p for p in pkg.rglob("*.py")}
-    graph: dict[str, set[str]] = {m: set() for m in modules}
-    for mod, path in modules.items():
-        is_pkg = path.name == "__init__.py"
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        skip = type_only(tree)
-        for node in ast.walk(tree):
-            if id(node) in skip:
-                continue
-            targets = []
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    here = mod.split(".") if is_pkg else mod.split(".")[:-1]
-                    here = here[: len(here) - node.level + 1]
-                    base = ".".join([*here, base] if base else here)
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base
-                           for a in node.names]  # fmt: skip
-            for t in targets:
-                if t in modules and t != mod:
-                    graph[mod].add(t)
-    return graph
 
 
 def circles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -264,12 +219,13 @@ def main() -> None:
     print(f"sys.path edits: {len(edits)}" + "".join(f"\n  {e}" for e in edits))
     from tools.setting_readers import count  # per self-training setting (its own tool)
 
-    readers, declared, movers, carriers, below = count(root)
+    readers, declared, movers, users, carriers, below = count(root)
     worst = sorted(readers, key=lambda k: -len(readers[k]))[:3]
     print(f"readers per self-training setting: at most {len(readers[worst[0]])} ("
           + ", ".join(f"{k} {len(readers[k])}" for k in worst) + "; python -m tools.setting_readers)")  # fmt: skip
     print(f"declarations per setting: at most {max(len(declared.get(k, ())) for k in readers)}")
-    print(f"generic movers: {len(movers)}; carrier-only files: {len(carriers)}")
+    print(f"generic movers: {len(movers)}; method users: {len(users)}; "
+          f"carrier-only files: {len(carriers)}")  # fmt: skip
     print(f"ExperimentConfig references below the experiment layer: {len(below)}")
 
 

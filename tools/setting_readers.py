@@ -21,8 +21,9 @@ class's methods, or a dataclass field) assigned from or annotated as any of thes
 declared by the table's classes (``SelftrainSection`` and its bases, the rule classes).
 A generic mover passes a settings object whole to a fixed list of functions that read no
 setting by name (``settings_of``, ``flat``, ``dataclasses.asdict`` / ``fields`` /
-``replace`` without keywords); a carrier holds settings objects and neither reads nor moves
-any. ``ExperimentConfig`` references in ``engine/method`` and ``engine/train`` are counted too.
+``replace`` without keywords); a file that calls a settings object's own method
+(``rule.select(...)``, ``rule.describe()``) uses it through its API, naming no setting; a
+carrier holds settings objects and neither reads, moves nor calls any. ``ExperimentConfig`` references in ``engine/method`` and ``engine/train`` are counted too.
 
     python -m tools.setting_readers [--root .] [--all]
 """
@@ -80,6 +81,7 @@ class Reader(ast.NodeVisitor):
         self.method_fields = sel_fields - section_only  # what SelftrainConfig inherits
         self.reads: dict[str, list[int]] = {}
         self.moves: list[int] = []
+        self.uses: list[int] = []  # calls of a settings object's own methods
         self.holds = 0  # settings objects seen
         self.scopes: list[dict[str, str]] = [{}]  # name -> "sel" | "cfg" | "rule" | "ctx"
         self.classes: list[str] = []
@@ -245,6 +247,9 @@ class Reader(ast.NodeVisitor):
             for kw in node.keywords:
                 if kw.arg and kw.arg in self.rule_fields:
                     self.read(f"selftrain.rule.{kw.arg}", node.lineno)
+        own = self.kind(f.value) if isinstance(f, ast.Attribute) else None
+        if own in KINDS and self.attr_key(own, f.attr) is None:  # rule.select(...): a use
+            self.uses.append(node.lineno)
         whole = not (name == "replace" and node.keywords)  # replace(x, a=1) names a
         if name in MOVERS and whole and any(self.kind(a) in KINDS for a in node.args):
             self.moves.append(node.lineno)
@@ -295,7 +300,7 @@ def count(root: Path):
     }
     readers: dict[str, set[str]] = {f"selftrain.{s}": set() for s in sel}
     readers |= {f"selftrain.rule.{s}": set() for s in rule}
-    movers, carriers, below = {}, [], []
+    movers, users, carriers, below = {}, {}, [], []
     for f, tree in trees.items():
         r = Reader(set(sel), set(rule), classes, section_only)
         r.visit(tree)
@@ -303,13 +308,15 @@ def count(root: Path):
             readers.setdefault(key, set()).add(f)
         if r.moves:
             movers[f] = r.moves
-        if r.holds and not r.reads and not r.moves:
+        if r.uses and not r.reads:
+            users[f] = r.uses
+        if r.holds and not r.reads and not r.moves and not r.uses:
             carriers.append(f)
         if f.startswith(LOWER):
             below += [f"{f}:{n.lineno}" for n in ast.walk(tree)
                       if isinstance(n, ast.Name) and n.id == "ExperimentConfig"]  # fmt: skip
     declared = declarations(trees, sel, rule, classes)
-    return readers, declared, movers, carriers, below
+    return readers, declared, movers, users, carriers, below
 
 
 def main() -> None:
@@ -317,7 +324,7 @@ def main() -> None:
     p.add_argument("--root", type=Path, default=Path("."))
     p.add_argument("--all", action="store_true", help="list every setting's readers")
     args = p.parse_args()
-    readers, declared, movers, carriers, below = count(args.root.resolve())
+    readers, declared, movers, users, carriers, below = count(args.root.resolve())
     most = max(len(v) for v in readers.values())
     print(f"self-training settings: {len(readers)}; readers per setting at most {most}")
     for key in sorted(readers, key=lambda k: (-len(readers[k]), k)):
@@ -330,6 +337,8 @@ def main() -> None:
           + "".join(f"\n  {k}: {', '.join(sorted(v))}" for k, v in declared.items() if len(v) > 1))  # fmt: skip
     print(f"generic movers: {len(movers)}"
           + "".join(f"\n  {f} (lines {', '.join(map(str, v))})" for f, v in movers.items()))  # fmt: skip
+    print(f"files that use settings only through their methods: {len(users)}"
+          + "".join(f"\n  {f} (lines {', '.join(map(str, v))})" for f, v in users.items()))  # fmt: skip
     print(f"carrier-only files: {len(carriers)}" + "".join(f"\n  {f}" for f in carriers))
     print(f"ExperimentConfig references in engine/method and engine/train: {len(below)}"
           + "".join(f"\n  {x}" for x in below))  # fmt: skip

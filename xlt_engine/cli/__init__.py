@@ -1,6 +1,7 @@
 """Command line: a thin click layer that turns options into library calls.
 
-Here the group and the experiment commands (``run``, ``report``, ``ablate``, ``quickstart``);
+Here the group and the experiment commands (``run``, ``report``, ``accept-code``, ``ablate``,
+``quickstart``);
 ``guard`` holds their error path; ``tools`` holds ``init``, ``export``, ``inspect``, ``bench``, ``xnli-parallel`` and
 ``corpus``; ``options`` the options they share.
 """
@@ -272,6 +273,29 @@ def report(folders, out, overwrite) -> None:
 
             if load_pyplot() is None:
                 click.echo(NO_PLOTS)
+
+    run_guarded(go)
+
+
+@main.command("accept-code")
+@click.argument(
+    "folders",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+@click.option("--dry-run", is_flag=True, help="say what would be accepted; write nothing")
+def accept_code(folders, dry_run) -> None:
+    """Keep the results of stage folders across a code change you judge harmless: their
+    fingerprints are rewritten as if the current code had made them (the code each records,
+    the upstream digests it holds), the old digest kept in their ``accepted`` list. Settings,
+    inputs and results are not touched; the next run still checks those."""
+
+    def go():
+        from xlt_engine.engine.experiment.accept import accept_code as accept
+
+        for folder in folders:
+            accept(folder, echo=click.echo, dry_run=dry_run)
 
     run_guarded(go)
 

@@ -44,8 +44,7 @@ from xlt_engine.engine.experiment.stages.cotrain import CotrainSection
 from xlt_engine.engine.experiment.stages.evaluate import EvaluateSection, split_suffix
 from xlt_engine.engine.experiment.stages.finetune import FinetuneSection
 from xlt_engine.engine.experiment.stages.selftrain import SelftrainSection, with_rule
-from xlt_engine.engine.method.rules import rule_names
-from xlt_engine.engine.method.settings import StudentInit
+from xlt_engine.engine.method.selftrain_settings import StudentInit
 from xlt_engine.engine.train import distributed
 from xlt_engine.engine.train.distributed import rank_world
 from xlt_engine.studies.tables import ablation_table, check_seeds, study_table, with_earlier_rows
@@ -60,7 +59,7 @@ def method_rows(cfg: ExperimentConfig) -> dict[str, dict[str, str]]:
     from another encoder (``"init = teacher"``) and with both (``"init = teacher; rule =
     class_quota"``): the rows that compare the rules and the students' start."""
     s = cfg.section(SelftrainSection)
-    rules = [None, *(r for r in rule_names() if r != s.rule.name)]
+    rules = [None, *s.rule.alternatives()]
     inits = [None, *(i for i in typing.get_args(StudentInit) if i != s.student_init)]
     rows = {}
     for init in inits:

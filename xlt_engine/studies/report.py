@@ -35,6 +35,7 @@ import statistics
 from pathlib import Path
 
 from xlt_engine.engine.experiment import registry
+from xlt_engine.engine.experiment.execute import load_plugins
 from xlt_engine.engine.experiment.pipeline import COLUMNS, HEADINGS  # all.json's, as written
 from xlt_engine.engine.experiment.runs import FINGERPRINT
 from xlt_engine.engine.method.rules import PseudoRule
@@ -411,30 +412,6 @@ def is_pair_folder(folder: Path) -> bool:
     return any(folder.glob(f"*/{FINGERPRINT}")) or any(
         p.is_dir() and p.name.split("-")[0] in stages for p in folder.iterdir()
     )
-
-
-def load_plugins(stage_folder: Path) -> list[str]:
-    """Import the plug-ins the run's saved config (``config.json`` of a stage folder) names,
-    as ``run`` did (``config.import_plugin``), so that their stages report like the built-in
-    ones; the modules that could not be imported (a warning names each)."""
-    import warnings
-
-    from xlt_engine.engine.experiment.config import import_plugin
-
-    saved = stage_folder / "config.json"
-    doc = _read_json(saved) if saved.is_file() else {}
-    experiment = doc.get("experiment") if isinstance(doc, dict) else None
-    plugins = experiment.get("plugins", []) if isinstance(experiment, dict) else []
-    folders = doc.get("plugin_folders", {}) if isinstance(doc, dict) else {}
-    missing = []
-    for module in plugins if isinstance(plugins, list) else []:
-        near = folders.get(module) if isinstance(folders, dict) else None
-        try:
-            import_plugin(str(module), near if isinstance(near, str) else None)
-        except Exception as err:  # whatever the module raises, named
-            warnings.warn(f"{saved}: plugin {module!r} cannot be imported ({err})", stacklevel=2)
-            missing.append(str(module))
-    return missing
 
 
 def stages_table(folder: Path) -> str:

@@ -345,7 +345,7 @@ def test_config_from_dict_reports_all_problems_at_once():
 def test_choices_are_checked_once_for_toml_and_library_callers(tmp_path):
     from xlt_engine.engine.experiment.stages.selftrain import SelftrainSection
     from xlt_engine.engine.method.rules import PseudoRule
-    from xlt_engine.engine.method.settings import SelftrainSettings
+    from xlt_engine.engine.method.selftrain_settings import SelftrainSettings
 
     with pytest.raises(
         ConfigError,

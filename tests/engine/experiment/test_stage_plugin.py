@@ -340,6 +340,13 @@ def test_a_plugin_file_outside_the_repository_runs_and_reports_through_the_insta
     plugin.write_text(plugin.read_text().replace("* lc.scale", "* lc.scale + 1"))
     refused = xlt("run", "--stage", "lines", "--config", cfg, "--no-progress", "--resume", ok=False)
     assert "was made with other settings" in refused and "code sha256:" in refused
+    # judged harmless, the edit is accepted explicitly (the plug-in found through the folder's
+    # saved config, in a process of its own); the result is then returned as it is
+    said = xlt("accept-code", project / "runs")
+    assert "lines: accepted: code sha256:" in said
+    reused = xlt("run", "--stage", "lines", "--config", cfg, "--no-progress", "--resume")
+    assert "not run again" in reused
+    assert json.loads((project / "runs" / "en-de" / "lines" / "result.json").read_text()) == result
 
 
 def _manual_block(opening: str) -> str:

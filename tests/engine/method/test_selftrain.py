@@ -758,7 +758,7 @@ def test_the_soft_step_trains_with_the_loss_soft_loss_names(
     assert calls[soft_loss] == 2 and sum(calls.values()) == 2, calls
     with pytest.raises(ValueError, match="soft_loss"):
         st_config(base, teacher, data, tmp_path, soft_loss="ce")
-    from xlt_engine.engine.method.settings import SelftrainSettings
+    from xlt_engine.engine.method.selftrain_settings import SelftrainSettings
 
     assert SelftrainSettings().soft_loss == "kl"  # the default: the measured best
 
@@ -1227,7 +1227,7 @@ def test_a_collapse_names_the_settings_that_may_avoid_it_and_not_those_in_use():
     """The guard's remedies come from the rule (another rule, its grid, a fixed alpha, its own
     parameters) and the run (the source filter); a setting already in use is not suggested."""
     from xlt_engine.engine.method.selftrain.guard import remedies
-    from xlt_engine.engine.method.settings import SelftrainSettings
+    from xlt_engine.engine.method.selftrain_settings import SelftrainSettings
 
     def said(**kw) -> str:
         rule = {k: kw.pop(k) for k in RULE_KEYS if k in kw}

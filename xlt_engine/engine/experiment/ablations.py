@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from xlt_engine.engine.experiment.config import ExperimentConfig
 from xlt_engine.engine.experiment.runs import with_linear_head, with_section
-from xlt_engine.engine.experiment.stages.selftrain import with_rule
+from xlt_engine.engine.experiment.stages.selftrain import SelftrainSection
 
 
 def without_btf(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -23,7 +23,7 @@ def without_btf(cfg: ExperimentConfig) -> ExperimentConfig:
 
 
 def fixed_threshold(cfg: ExperimentConfig, alpha: float) -> ExperimentConfig:
-    return with_rule(cfg, threshold="fixed", alpha=alpha)
+    return with_section(cfg, "selftrain", rule=cfg.section(SelftrainSection).rule.fixed(alpha))
 
 
 def linear_head(cfg: ExperimentConfig) -> ExperimentConfig:

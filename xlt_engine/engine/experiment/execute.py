@@ -21,7 +21,13 @@ from pathlib import Path
 
 from xlt_engine import provenance
 from xlt_engine.engine.experiment import registry
-from xlt_engine.engine.experiment.config import ConfigError, ExperimentConfig, check_files, to_dict
+from xlt_engine.engine.experiment.config import (
+    ConfigError,
+    ExperimentConfig,
+    check_files,
+    import_plugin,
+    to_dict,
+)
 from xlt_engine.engine.experiment.runs import (
     FINGERPRINT,
     check_plans,
@@ -56,6 +62,31 @@ def plugin_folders(plugins) -> dict[str, str]:
             path = Path(where).resolve()
             out[module] = str(path.parent.parent if path.name == "__init__.py" else path.parent)
     return out
+
+
+def load_plugins(stage_folder: Path) -> list[str]:
+    """Import the plug-ins the run's saved config (``config.json`` of a stage folder) names,
+    as ``run`` did (``config.import_plugin``), so that ``report`` and ``accept-code`` know their
+    stages; the modules that could not be imported (a warning names each)."""
+    import warnings
+
+    saved = stage_folder / "config.json"
+    try:
+        doc = read_json(saved) if saved.is_file() else {}
+    except (OSError, ValueError) as err:
+        raise ValueError(str(err) if str(saved) in str(err) else f"{saved}: {err}") from None
+    experiment = doc.get("experiment") if isinstance(doc, dict) else None
+    plugins = experiment.get("plugins", []) if isinstance(experiment, dict) else []
+    folders = doc.get("plugin_folders", {}) if isinstance(doc, dict) else {}
+    missing = []
+    for module in plugins if isinstance(plugins, list) else []:
+        near = folders.get(module) if isinstance(folders, dict) else None
+        try:
+            import_plugin(str(module), near if isinstance(near, str) else None)
+        except Exception as err:  # whatever the module raises, named
+            warnings.warn(f"{saved}: plugin {module!r} cannot be imported ({err})", stacklevel=2)
+            missing.append(str(module))
+    return missing
 
 
 def write_run_info(folder: Path, cfg: ExperimentConfig, stage: str, stage_cfg) -> None:

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xlt_engine.engine.experiment import registry
+from xlt_engine.engine.experiment.code import describe_change, stage_code
 from xlt_engine.engine.experiment.config import LIMITS, ConfigError, ExperimentConfig
 from xlt_engine.engine.method.settings import FreezeSettings
 from xlt_engine.engine.train.checkpoints import latest_checkpoint
@@ -63,6 +64,15 @@ VOLATILE = RESUME_FREE
 # the fingerprint's format: a folder recorded in another one is refused, naming it (its results
 # are kept; nothing of an older format is read in a compatible way)
 FORMAT = 2
+# what a fingerprint's digest is taken of (a record also holds the digest, and ``accepted``:
+# the digests it had before each ``xlt-engine accept-code``)
+BODY = ("format", "stage", "settings", "inputs", "upstream", "code")
+
+
+def body_digest(record: dict) -> str:
+    """The sha256 of a fingerprint's body (``BODY``), canonical JSON."""
+    body = {k: record[k] for k in BODY if k in record}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class StaleStageError(ValueError):
@@ -265,10 +275,9 @@ class StagePlan:
                 },
             }
             code = stage_code(self.stage)
-            if code is not None:  # a plug-in's: its code counts (the built-ins': their version)
+            if code is not None:  # the code the result comes from (code.py)
                 body["code"] = code
-            canon = json.dumps(body, sort_keys=True, default=str).encode()
-            self._fingerprint = {**body, "digest": hashlib.sha256(canon).hexdigest()}
+            self._fingerprint = {**body, "digest": body_digest(body)}
         return self._fingerprint
 
     def recorded(self) -> dict | None:
@@ -316,34 +325,26 @@ class StagePlan:
             atomic_write_text(self.folder / FINGERPRINT, text)
 
 
-def stage_code(stage: str) -> dict | None:
-    """What identifies the code of a stage of one's own (a plug-in): its module and the sha256
-    of the module's file, so that an edit to it makes the next run name the change like a
-    settings change. None for the engine's own stages: a change of theirs that changes results
-    comes with a new engine version (run.json records it), and a fingerprint that held the
-    engine's source would make every edit recompute every stage."""
-    import sys
-
-    runner = registry.get(stage).run
-    module = sys.modules.get(getattr(runner, "__module__", "") or "")
-    if module is None or module.__name__.split(".")[0] == "xlt_engine":
-        return None
-    where = getattr(module, "__file__", None)
-    if not where or not Path(where).is_file():
-        return {"module": module.__name__}
-    return {"module": module.__name__, "sha256": file_sha256(where)}
-
-
 def _same_upstream(recorded: str, plan: StagePlan | None) -> bool:
     if plan is None:
         return False
     theirs = plan.recorded()
-    return theirs is not None and theirs.get("digest") == recorded and not plan.differences()
+    if theirs is None:
+        return False
+    known = {theirs.get("digest"), *(a.get("digest") for a in accepted(theirs))}
+    return recorded in known and not plan.differences()
+
+
+def accepted(record: dict) -> list[dict]:
+    """The record's earlier digests and code, one entry per ``accept-code`` (oldest first)."""
+    history = record.get("accepted")
+    return [a for a in history if isinstance(a, dict)] if isinstance(history, list) else []
 
 
 def _diff(old: dict, new: dict, upstream: dict[str, StagePlan]) -> list[str]:
     out = []
-    parts = (("settings", ""), ("code", "code "), ("upstream", "upstream "), ("inputs", "input "))
+    parts = (("settings", ""), ("upstream", "upstream "), ("inputs", "input "))
+    out += describe_change(old.get("code") or {}, new.get("code") or {})
     for part, label in parts:
         a, b = old.get(part, {}), new.get(part, {})
         for key in sorted(set(a) | set(b)):
@@ -389,7 +390,8 @@ def check_plans(plans: list[StagePlan]) -> None:
             "\n".join(problems)
             + "\nIts results are kept as they are. To proceed: run into another "
             "folder (--out), or move that folder away to compute it again with the current "
-            "settings and code, or restore the settings (or a plug-in's code) it was made with."
+            "settings and code, or restore the settings (or the code) it was made with; a "
+            "code change you judge harmless: xlt-engine accept-code <folder>."
         )
 
 

@@ -120,7 +120,10 @@ def markdown_table(results: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
-def run_evaluate(cfg: EvaluateConfig, echo=print) -> dict:
+def run_evaluate(cfg: EvaluateConfig, resume: bool = False, echo=print, progress=None) -> dict:
+    """Score ``cfg``'s model(s) on each test file into ``results.json`` (the evaluate stage's
+    runner; ``resume`` and ``progress`` are in its signature for the registry, unused: an
+    evaluation keeps no checkpoint and prints no bar)."""
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
     members = load_members(cfg)
@@ -200,7 +203,9 @@ def _conll_with_predictions(data, tags: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_predict(cfg: PredictConfig, echo=print) -> Path:
+def run_predict(cfg: PredictConfig, resume: bool = False, echo=print, progress=None) -> Path:
+    """Label ``cfg.input`` with the model into ``cfg.output`` (the predict stage's runner;
+    ``resume`` and ``progress`` unused, as for ``run_evaluate``)."""
     device = resolve_device(cfg.device)
     members = load_members(cfg)
     model, tok = members[0]

@@ -39,12 +39,7 @@ from typing import Literal, get_args
 import torch
 
 from xlt_engine.engine.method.rules import PseudoRule, RuleContext, SourceRows
-from xlt_engine.engine.method.threshold import (
-    ThresholdChoice,
-    rule_curve_inputs,
-    select_threshold,
-    threshold_grid,
-)
+from xlt_engine.engine.method.threshold import ThresholdChoice, rule_curve_inputs, threshold_grid
 from xlt_engine.kernels import voter_filter
 
 SourceFilter = Literal["correct", "confident", "off"]
@@ -140,9 +135,8 @@ def thresholds_from(
         raise ValueError(f"{rule.name} chooses its thresholds from the target rows: give target")
     gold = gold.to(agreed.device)
     accepted, correct = rule_curve_inputs(agreed, conf, gold)  # the paper's curve: all rows
-    grid = rule.grid_points()
-    base = select_threshold(accepted, correct, C, rule.threshold, grid, rule.alpha)
-    ts = threshold_grid(C, grid)
+    base = rule.select(accepted, correct, C)
+    ts = threshold_grid(C, rule.grid_points())
     a = agreed.cpu().numpy()
     s = accepted.double().cpu().numpy()
     ok = correct.cpu().numpy()
@@ -159,6 +153,27 @@ def thresholds_from(
         classes[c].setdefault("source_correct", int(k[0]))
         classes[c].setdefault("source_precision", float(k[0] / n[0]) if n[0] else None)
     return Thresholds(rule.name, [float(x) for x in alpha], base, classes, ctx.notes)
+
+
+def source_thresholds(
+    agreed: torch.Tensor,
+    conf: torch.Tensor,
+    gold: torch.Tensor,
+    num_classes: int,
+    rule: PseudoRule,
+    background: int | None = None,
+    names: Sequence[str] | None = None,
+) -> Thresholds:
+    """The threshold step's thresholds from the source rows alone (``thresholds_from``). A rule
+    that reads the target (class_quota) sets its class thresholds from the target rows in the
+    filter: here the paper's alpha and each class's source record at it, under the rule's
+    name, with a note that says so."""
+    if not rule.reads_target:
+        return thresholds_from(agreed, conf, gold, num_classes, rule, background, names=names)
+    th = thresholds_from(agreed, conf, gold, num_classes, rule.paper(), background, names=names)
+    th.rule = rule.name
+    th.notes.append(f"{rule.name}: the class thresholds come from the target rows (filter.json)")
+    return th
 
 
 def pseudo_label(

@@ -1,5 +1,6 @@
 """The method's settings, each written once: one frozen dataclass per stage (``BtfSettings``,
-``FinetuneSettings``, ``SelftrainSettings``, ``CotrainSettings``) and the parts they share
+``FinetuneSettings``, ``CotrainSettings``; ``SelftrainSettings`` in ``selftrain_settings``, apart
+because it holds the pseudo-label rule) and the parts they share
 (``HeadSettings``, ``FreezeSettings``, ``InputSettings``, ``StageSettings``, ``TaskSettings``,
 ``BatchSettings``). A library caller's stage config (``BtfConfig``, ``FinetuneConfig``...) and
 the TOML sections of an experiment (``engine.experiment.config``) both derive from them, so a
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
-import math
 import typing
 from dataclasses import dataclass, field
 from typing import Literal
@@ -20,9 +20,6 @@ import torch
 
 from xlt_engine.data.batching import PAD_MULTIPLE
 from xlt_engine.data.formats import Format, get_format
-from xlt_engine.engine.method.pseudo_labels import SourceFilter
-from xlt_engine.engine.method.rules import PseudoRule
-from xlt_engine.engine.method.threshold import check_rounds
 from xlt_engine.engine.train.config import TrainConfig
 from xlt_engine.engine.train.inference import EVAL_MAX_TOKENS
 from xlt_engine.model.heads import LINEAR
@@ -286,73 +283,6 @@ class FinetuneSettings(BatchSettings):
                     f"{prefix}{key}: paper 003's language adaptation contrasts sentence "
                     "representations; token classification has none"
                 )
-
-
-FilterUnit = Literal["word", "sequence"]
-OnCollapse = Literal["warn", "error", "skip_hard"]
-SoftLoss = Literal["mse", "kl"]
-StudentInit = Literal["base", "teacher"]
-
-
-@dataclass(frozen=True)
-class SelftrainSettings(BatchSettings):
-    """The self-training method's settings: the ``[selftrain]`` section and the library's
-    ``SelftrainConfig`` both are these (defaults and checks written here only)."""
-
-    rounds: float = 1.5  # N; a trailing .5 ends with a soft step
-    soft: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=3e-5))
-    hard: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=10, lr=1e-6))
-    filter_unit: FilterUnit = "word"
-    source_filter: SourceFilter = "correct"  # which source rows the hard steps keep: correct
-    # (the voters' mean predicts the gold label: the paper), confident (the voters agree on the
-    # gold label above its class's threshold), off (all)
-    rule: PseudoRule = field(default_factory=PseudoRule)  # how the thresholds are chosen: the
-    # [selftrain.rule] table, its name (paper, per_class_precision, class_quota, entity_curve,
-    # or a rule of one's own: method.rules), the paper's alpha settings (threshold, alpha,
-    # grid) and the rule's own parameters
-    on_collapse: OnCollapse = "warn"  # a round whose pseudo labels collapsed: warn, error
-    # (stop before the hard step) or skip_hard (the soft student is the round's result)
-    max_unlabeled: int | None = None  # down-sample the unlabeled target data (CLS: 10000)
-    soft_loss: SoftLoss = "kl"  # the soft step's loss: kl (KL(teacher || student), the usual
-    # distillation loss: the measured best, lab/results/gpu_h200_20261126) or mse (the paper's
-    # eq. 1 on probabilities: configs/conll.toml, cls.toml and e5-small-conll-paper.toml set it)
-    student_init: StudentInit = "base"  # the encoder each round's student starts from: base
-    # (the Base Model, the paper) or teacher (the round's teacher's encoder); fresh voters both
-    hard_steps: bool = True  # false: no round trains a hard step, its soft student is the
-    # round's result (the ablation's "soft only" row: what the hard steps add)
-
-    # the settings that moved into the [selftrain.rule] table: a config that still sets one is
-    # told where it went
-    MOVED: typing.ClassVar[dict[str, str]] = {
-        "pseudo_rule": "rule.name",
-        "threshold": "rule.threshold",
-        "alpha": "rule.alpha",
-        "grid": "rule.grid",
-        "min_rows": "rule.min_rows",
-        "class_precision": "rule.class_precision",
-        "quota": "rule.quota",
-    }
-
-    def __post_init__(self):
-        super().__post_init__()
-        check_choices(self)
-        check_rounds(self.rounds)
-        if not isinstance(self.hard_steps, bool):
-            raise ValueError(f"hard_steps must be true or false, got {self.hard_steps!r}")
-        if not isinstance(self.rule, PseudoRule):
-            raise ValueError(f"rule must be a PseudoRule, got {self.rule!r}")
-        if self.max_unlabeled is not None and self.max_unlabeled < 1:
-            raise ValueError(f"max_unlabeled must be >= 1, got {self.max_unlabeled}")
-
-    @property
-    def steps(self) -> list[tuple[int, str]]:
-        """(round, "soft" | "hard") in order: N = 1.5 -> (1, soft), (1, hard), (2, soft)."""
-        out = []
-        for r in range(1, math.ceil(self.rounds) + 1):
-            out.append((r, "soft"))
-            if r <= self.rounds:
-                out.append((r, "hard"))
-        return out
 
 
 CotrainPredict = Literal["lm", "emb", "mean"]

@@ -172,20 +172,12 @@ def predict_claims(cfg: ExperimentConfig) -> list[tuple[str, str, bool]]:
     return [] if p.output is None else [(p.output, "predict.output", p.overwrite)]
 
 
-def _run_evaluate(stage_cfg: EvaluateConfig, resume: bool = False, echo=print, progress=None):
-    return run_evaluate(stage_cfg, echo=echo)
-
-
-def _run_predict(stage_cfg: PredictConfig, resume: bool = False, echo=print, progress=None):
-    return run_predict(stage_cfg, echo=echo)
-
-
 EVALUATE = register(
     Stage(
         name="evaluate",
         section=EvaluateSection,
         build=build_evaluate,
-        run=_run_evaluate,
+        run=run_evaluate,
         files=evaluate_files,
         plan=plan_evaluate,
         folder=lambda cfg: f"evaluate-{_scored(cfg)}{split_suffix(cfg)}",
@@ -199,7 +191,7 @@ PREDICT = register(
         name="predict",
         section=PredictSection,
         build=build_predict,
-        run=_run_predict,
+        run=run_predict,
         files=predict_files,
         main_only=True,
         claims=predict_claims,

@@ -28,12 +28,8 @@ from xlt_engine.engine.experiment.runs import (
 from xlt_engine.engine.method.rules import switch_rule
 from xlt_engine.engine.method.selftrain import SelftrainConfig, run_selftrain
 from xlt_engine.engine.method.selftrain.files import lay_down_round1
-from xlt_engine.engine.method.settings import (
-    FreezeSettings,
-    HeadSettings,
-    SelftrainSettings,
-    settings_of,
-)
+from xlt_engine.engine.method.selftrain_settings import SelftrainSettings
+from xlt_engine.engine.method.settings import FreezeSettings, HeadSettings, settings_of
 
 
 @dataclass(frozen=True)

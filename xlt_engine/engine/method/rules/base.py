@@ -22,11 +22,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from xlt_engine.engine.method.threshold import EVEN_GRID, METHODS, check_alpha
+from xlt_engine.engine.method.threshold import EVEN_GRID, METHODS, check_alpha, select_threshold
+
+if TYPE_CHECKING:
+    import torch
 
 WILSON_Z = 1.959964  # two-sided 95%
 
@@ -134,6 +137,21 @@ class PseudoRule:
             return EVEN_GRID
         return tuple(self.grid) if self.grid else None
 
+    def select(self, accepted: torch.Tensor, correct: torch.Tensor, num_classes: int):
+        """The alpha this rule's settings choose on a curve (``threshold.select_threshold`` with
+        its method, grid and fixed alpha): ``accepted`` [N] the rows' confidence (< 0: not on
+        the curve), ``correct`` [N] whether each is right."""
+        grid = self.grid_points()
+        return select_threshold(accepted, correct, num_classes, self.threshold, grid, self.alpha)
+
+    def fixed(self, alpha: float) -> PseudoRule:
+        """This rule with alpha fixed at ``alpha`` instead of chosen (the -AT ablation)."""
+        return dataclasses.replace(self, threshold="fixed", alpha=alpha)
+
+    def alternatives(self) -> list[str]:
+        """The registered rules other than this one, in registration order."""
+        return [n for n in rule_names() if n != self.name]
+
     def paper(self) -> PseudoRule:
         """The paper's rule with this rule's alpha settings (the curve every rule starts from)."""
         return PseudoRule(threshold=self.threshold, alpha=self.alpha, grid=self.grid)
@@ -146,7 +164,7 @@ class PseudoRule:
         """The rule settings that may avoid a collapsed round, other than the ones in use (for
         the guard's message): another rule, the even grid, a fixed alpha; a rule with
         parameters of its own adds theirs to ``super().remedies()``."""
-        others = [n for n in rule_names() if n not in (self.name, PseudoRule.name)]
+        others = [n for n in self.alternatives() if n != PseudoRule.name]
         out = [
             " or ".join(f'selftrain.rule.name = "{r}"' for r in others) + " (thresholds per class)"
         ]
@@ -155,6 +173,10 @@ class PseudoRule:
         if self.threshold != "fixed":
             out.append('a fixed alpha (selftrain.rule.threshold = "fixed")')
         return out
+
+    def name_setting(self) -> str:
+        """``selftrain.rule.name = 'paper'``: the setting that chose this rule, for a message."""
+        return f"selftrain.rule.name = {self.name!r}"
 
     def describe(self) -> str:
         """``class_quota (quota 0.5)``: the rule and its own parameters, for the log."""

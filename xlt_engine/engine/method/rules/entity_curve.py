@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from xlt_engine.engine.method.rules.base import PseudoRule, RuleContext, register_rule
-from xlt_engine.engine.method.threshold import select_threshold
 
 
 @register_rule
@@ -25,14 +24,7 @@ class EntityCurve(PseudoRule):
         for group in groups:
             in_group = np.isin(src.agreed, group)
             curve_conf = torch.from_numpy(np.where(in_group, src.conf, -1.0))
-            choice = select_threshold(
-                curve_conf,
-                torch.from_numpy(src.correct & in_group),
-                C,
-                self.threshold,
-                self.grid_points(),
-                self.alpha,
-            )
+            choice = self.select(curve_conf, torch.from_numpy(src.correct & in_group), C)
             for c in group:
                 ctx.alpha[c] = choice.alpha
                 ctx.records[c] = {

@@ -30,10 +30,10 @@ from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine.method.pseudo_labels import background_class
 from xlt_engine.engine.method.selftrain.files import in_place
 from xlt_engine.engine.method.selftrain.store import CHUNK_ITEMS, row_units
+from xlt_engine.engine.method.selftrain_settings import SelftrainSettings
 from xlt_engine.engine.method.settings import (
     FreezeSettings,
     HeadSettings,
-    SelftrainSettings,
     TaskSettings,
     check_limit,
 )

@@ -180,7 +180,7 @@ class RoundFilter:
             "round": self.r,
             "filter_unit": cfg.filter_unit,
             "source_filter": cfg.source_filter,
-            "pseudo_rule": self.rule.name,
+            "pseudo_rule": self.threshold["rule"],
             "alpha": self.threshold["alpha"],
             "class_alpha": dict(zip(ctx.labels, self.alpha.tolist(), strict=True)),
             "classes": self.classes,

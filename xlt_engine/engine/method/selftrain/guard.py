@@ -5,7 +5,7 @@ the settings that may avoid a collapse or a soft student that lost classes."""
 from __future__ import annotations
 
 from xlt_engine.engine.method.selftrain.context import SelftrainContext
-from xlt_engine.engine.method.settings import SelftrainSettings
+from xlt_engine.engine.method.selftrain_settings import SelftrainSettings
 
 
 class CollapseError(ValueError):
@@ -16,12 +16,14 @@ def guard(ctx: SelftrainContext, r: int, findings: list[str], threshold: dict) -
     """The collapse guard (``on_collapse``), before round ``r``'s hard step: ``findings``
     (``pseudo_labels.check_collapse``) are said in a clear block; ``warn`` goes on,
     ``error`` stops with the block (filter.json and all before it stay: the run resumes),
-    ``skip_hard`` returns why the hard step is skipped."""
-    if not findings:
-        return None
+    ``skip_hard`` skips the hard step. Returns why round ``r`` trains no hard step (soft steps
+    only, or a collapse under ``skip_hard``), or None."""
     cfg = ctx.cfg
+    soft_only = None if cfg.hard_steps else "hard_steps = false (soft steps only)"
+    if not findings:
+        return soft_only
     msg = (
-        f"round {r}: the pseudo labels collapsed (selftrain.rule.name = {cfg.rule.name!r}, alpha = "
+        f"round {r}: the pseudo labels collapsed ({cfg.rule.name_setting()}, alpha = "
         f"{threshold['alpha']:g}, source_filter = {cfg.source_filter!r}):\n  - "
         + "\n  - ".join(findings)
         + "\n  a hard step on these labels teaches the student (almost) only the classes they "
@@ -29,10 +31,12 @@ def guard(ctx: SelftrainContext, r: int, findings: list[str], threshold: dict) -
         '"skip_hard" keeps the soft student as the round\'s result, "error" stops here'
     )
     ctx.collapsed.append({"round": r, "findings": findings, "action": cfg.on_collapse})
-    if cfg.on_collapse == "error" and cfg.hard_steps:  # soft only: no hard step to stop
+    if cfg.on_collapse == "error" and not soft_only:  # soft only: no hard step to stop
         raise CollapseError(f"{msg}\n(stopped before the hard step: resume with --resume)")
     ctx.warn(msg)
-    return msg if cfg.on_collapse == "skip_hard" else None
+    if soft_only or cfg.on_collapse != "skip_hard":
+        return soft_only
+    return "the pseudo labels collapsed (on_collapse = skip_hard)"
 
 
 def remedies(cfg: SelftrainSettings) -> str:

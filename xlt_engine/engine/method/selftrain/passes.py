@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from xlt_engine.engine.method.pseudo_labels import rule_settings, thresholds_from
+from xlt_engine.engine.method.pseudo_labels import rule_settings, source_thresholds
 from xlt_engine.engine.method.rules import PseudoRule
 from xlt_engine.engine.method.selftrain.context import SelftrainContext
 from xlt_engine.engine.method.selftrain.counts import (
@@ -243,22 +243,9 @@ def thresholds(
         agreed, conf, mean = voter_filter(logits, 0.0)
         del logits
         gold = torch.from_numpy(ctx.gold).to(agreed.device)
-        # a rule that reads the target (class_quota) sets its thresholds from the target
-        # rows (in ``filter``): here the paper's alpha and each class's source record at it
-        th = thresholds_from(
-            agreed,
-            conf,
-            gold,
-            len(ctx.labels),
-            rule.paper() if rule.reads_target else rule,
-            background=ctx.background,
-            names=ctx.labels,
+        th = source_thresholds(
+            agreed, conf, gold, len(ctx.labels), rule, background=ctx.background, names=ctx.labels
         )
-        if rule.reads_target:
-            th.rule = rule.name
-            th.notes.append(
-                f"{rule.name}: the class thresholds come from the target rows (filter.json)"
-            )
         outputs = {"agreed": agreed, "confidence": conf, "predicted": mean.argmax(-1)}
         secs = time.perf_counter() - t0
         base = th.base
@@ -269,7 +256,7 @@ def thresholds(
                 "alpha": base.alpha,
                 "method": base.method,
                 "fallback": base.fallback,
-                "rule": rule.name,
+                "rule": th.rule,
                 "class_alpha": dict(zip(ctx.labels, th.alpha, strict=True)),
                 "seconds": secs,
                 "forward_seconds": forward,  # the student on D_src; the rest: arithmetic
@@ -309,6 +296,6 @@ def alpha_line(base, rule: PseudoRule, labels: list[str], alpha: list[float]) ->
     """The threshold step's line: the paper's alpha and how it was chosen, and another rule's
     class thresholds."""
     line = f"alpha = {base.alpha} ({base.method}" + (f"; {base.fallback}" if base.fallback else "")
-    if rule.name != PseudoRule.name:  # another rule than the paper's
+    if type(rule) is not PseudoRule:  # another rule than the paper's
         return f"{line}); {rule.describe()}: {class_alphas(labels, alpha)}"
     return line + ")"

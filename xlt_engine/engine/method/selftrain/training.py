@@ -153,15 +153,13 @@ def hard_step(
     alpha: float,
     skip: str | None = None,
 ) -> TaskModel:
-    """S continues with cross-entropy on D_keep + P (``skip``: why it does not)."""
+    """S continues with cross-entropy on D_keep + P (``skip``: why it does not, ``guard``'s)."""
     folder = ctx.out / f"round-{r}" / "hard"
     if distributed.rank0_view((folder / "model").is_dir()):  # skip_hard writes it at once
         return load_task_model(folder / "model", device=ctx.device)
     cfg, device = ctx.cfg, ctx.device
-    if not cfg.hard_steps:
-        return skip_hard(ctx, r, student, "hard_steps = false (soft steps only)")
     if skip is not None:
-        return skip_hard(ctx, r, student, "the pseudo labels collapsed (on_collapse = skip_hard)")
+        return skip_hard(ctx, r, student, skip)
     hard, n_src = hard_data(ctx, r, source_keep, pseudo)
     rows = np.asarray(hard.targets.offsets)
     src_y = np.asarray(hard.targets.flat[: rows[n_src]])

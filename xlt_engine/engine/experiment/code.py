@@ -1,0 +1,190 @@
+"""The code a stage's result comes from, as its fingerprint records it (issue 67).
+
+A plug-in stage: its runner's module and the sha256 of that module's file. An engine stage:
+the engine's version and a digest of each package module its result can depend on: the module
+its runner is defined in and what it imports, transitively (imports under ``if TYPE_CHECKING:``
+are never run and do not count; a package that loads its siblings by name, as
+``rules/__init__.py`` loads the built-in rules, counts all of them), and the module that plans
+it. The command line, the reports, the studies and the planning machinery are outside every
+stage's closure but evaluate's (whose runner lives beside its plan), so editing them keeps every
+result; editing the model, a kernel, the loop or a stage's method makes the next run name
+the files that changed, like a changed setting (``runs.StagePlan.differences``). ``xlt-engine
+accept-code`` takes a change one judges harmless (``accept``)."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+
+from xlt_engine.engine.experiment import registry
+from xlt_engine.fileio import file_sha256
+
+PACKAGE = "xlt_engine"
+
+
+def module_name(path: Path, root: Path) -> str:
+    """``root/a/b/c.py`` -> ``a.b.c`` (a package's ``__init__.py`` -> the package)."""
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def type_only(tree: ast.AST) -> set[int]:
+    """The ids of the nodes under ``if TYPE_CHECKING:`` (``typing.TYPE_CHECKING`` too)."""
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and ast.unparse(node.test) in (
+            "TYPE_CHECKING",
+            "typing.TYPE_CHECKING",
+        ):
+            ids |= {id(n) for child in node.body for n in ast.walk(child)}
+    return ids
+
+
+def _loads_siblings(node: ast.AST) -> bool:
+    """``importlib.import_module(f"{__name__}.{...}")``: a package loading its own modules."""
+    if not (isinstance(node, ast.Call) and ast.unparse(node.func).endswith("import_module")):
+        return False
+    arg = node.args[0] if node.args else None
+    return (
+        isinstance(arg, ast.JoinedStr)
+        and bool(arg.values)
+        and isinstance(arg.values[0], ast.FormattedValue)
+        and ast.unparse(arg.values[0].value) == "__name__"
+    )
+
+
+def _imports(mod: str, path: Path, modules: dict) -> list[tuple[str, str | None]]:
+    """The ``(module, name)`` pairs ``mod`` imports when run (``name`` None: the whole module,
+    as ``import m`` or a package loading its own modules), absolute, within ``modules``."""
+    is_pkg = path.name == "__init__.py"
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skip = type_only(tree)
+    out: list[tuple[str, str | None]] = []
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Import):
+            out += [(a.name, None) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                here = mod.split(".") if is_pkg else mod.split(".")[:-1]
+                here = here[: len(here) - node.level + 1]
+                base = ".".join([*here, base] if base else here)
+            for a in node.names:
+                sub = f"{base}.{a.name}"
+                out.append((sub, None) if sub in modules else (base, a.name))
+        elif is_pkg and _loads_siblings(node):
+            out += [(m, None) for m in modules if m.startswith(f"{mod}.")]
+    return [(m, n) for m, n in out if m in modules and m != mod]
+
+
+def import_graph(pkg: Path, root: Path, precise: bool = False) -> dict[str, set[str]]:
+    """For each module of the package folder ``pkg`` (named from ``root``), the package modules
+    it imports when run: module- and function-level imports, relative ones resolved, not those
+    under ``if TYPE_CHECKING:``; a package that loads its own modules by name imports them all.
+
+    ``precise``: what the code can call rather than what Python runs. ``from pkg import name``,
+    where ``pkg/__init__.py`` only passes ``name`` on from a module of its own, imports that
+    module, not the package (whose other modules the importer never calls: ``kernels`` holds
+    every kernel), unless the package loads its own modules by name (a registry: which rule runs
+    depends on all of them)."""
+    modules = {module_name(p, root): p for p in sorted(pkg.rglob("*.py"))}
+    imports = {mod: _imports(mod, path, modules) for mod, path in modules.items()}
+    passes_on = {  # package -> {name: the module of its own that defines it}
+        mod: {n: m for m, n in found if n is not None and m.startswith(f"{mod}.")}
+        for mod, found in imports.items()
+        if modules[mod].name == "__init__.py"
+    }
+    registry_like = {
+        mod
+        for mod, found in imports.items()
+        if mod in passes_on and any(n is None and m.startswith(f"{mod}.") for m, n in found)
+    }
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for mod, found in imports.items():
+        for target, name in found:
+            home = passes_on.get(target, {}).get(name) if precise and name else None
+            if home is None or target in registry_like:
+                graph[mod].add(target)
+            if home is not None:
+                graph[mod].add(home)
+    return graph
+
+
+def closure(graph: dict[str, set[str]], start: Iterable[str]) -> set[str]:
+    """The modules ``start`` imports, transitively, itself included."""
+    seen: set[str] = set()
+    todo = [m for m in start if m in graph]
+    while todo:
+        mod = todo.pop()
+        if mod not in seen:
+            seen.add(mod)
+            todo.extend(graph[mod] - seen)
+    return seen
+
+
+@functools.cache
+def _engine_graph() -> tuple[Path, dict[str, set[str]]]:
+    pkg = Path(sys.modules[PACKAGE].__file__).resolve().parent
+    return pkg.parent, import_graph(pkg, pkg.parent, precise=True)
+
+
+@functools.cache
+def engine_code(runner: str, also: str | None = None) -> dict:
+    """The engine's version and, for the module ``runner``, each package module it imports
+    (transitively) and the module ``also`` (not what ``also`` imports): the first 16 hex digits
+    of each file's sha256, keyed by its path inside the package."""
+    from xlt_engine import __version__
+
+    root, graph = _engine_graph()
+    files = {}
+    for mod in sorted(closure(graph, [runner]) | ({also} & set(graph) if also else set())):
+        parts = mod.split(".")
+        path = root.joinpath(*parts).with_suffix(".py")
+        if not path.is_file():
+            path = root.joinpath(*parts, "__init__.py")
+        files[path.relative_to(root).as_posix()] = file_sha256(path)[:16]
+    return {"engine": __version__, "files": files}
+
+
+def stage_code(stage: str) -> dict | None:
+    """What identifies the code of ``stage``'s result (module docstring): for a plug-in, its
+    runner's module and the sha256 of the module's file; for an engine stage, ``engine_code`` of
+    its runner's module, and of the module its plan is defined in (which turns the config into
+    the stage's settings; the planning machinery that module imports does not count). None when
+    the runner's module is not loaded (a callable made at run time)."""
+    spec = registry.get(stage)
+    runner = sys.modules.get(getattr(spec.run, "__module__", "") or "")
+    if runner is None:
+        return None
+    if runner.__name__.split(".")[0] == PACKAGE:
+        return engine_code(runner.__name__, getattr(spec.plan, "__module__", None))
+    where = getattr(runner, "__file__", None)
+    if not where or not Path(where).is_file():
+        return {"module": runner.__name__}
+    return {"module": runner.__name__, "sha256": file_sha256(where)}
+
+
+def describe_change(old: dict, new: dict) -> list[str]:
+    """A code change in words: each engine file changed, added or removed, else each key."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        x, y = old.get(key, "(absent)"), new.get(key, "(absent)")
+        if x == y:
+            continue
+        if key == "files" and isinstance(x, dict) and isinstance(y, dict):
+            for name in sorted(set(x) | set(y)):
+                if x.get(name) != y.get(name):
+                    how = "added" if name not in x else "removed" if name not in y else "changed"
+                    out.append(f"code {name}: {how}")
+        elif key == "files":
+            out.append(f"code files: {len(y) if isinstance(y, dict) else y} engine files")
+        else:
+            out.append(f"code {key}: {x!r} -> {y!r}")
+    return out

@@ -109,6 +109,11 @@ def unregister_format(name: str) -> None:
     _FORMATS.pop(name, None)
 
 
+def registered_modules() -> set[str]:
+    """The modules whose code the registered formats run (their readers'), for fingerprints."""
+    return {f.__module__ for fmt in _FORMATS.values() for f in (fmt.read, fmt.stream) if f}
+
+
 def format_names() -> tuple[str, ...]:
     return tuple(_FORMATS)
 

@@ -10,6 +10,7 @@ family of the same architecture is one ``register_family`` call, in a plug-in mo
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 SEQUENCE_HEADS = ("pooler", "dense")
@@ -43,6 +44,7 @@ class ModelFamily:
 
 
 _FAMILIES: dict[str, ModelFamily] = {}
+_HOMES: dict[str, str] = {}  # model_type -> the module that registered it
 # how another family becomes known, said where an unknown model_type is refused
 PLUG_IN = "another family is one register_family call in a module the config's plugins name"
 
@@ -54,7 +56,13 @@ def register_family(family: ModelFamily) -> ModelFamily:
     if taken is not None and taken != family:
         raise ValueError(f"model family {family.model_type!r} is already registered as {taken}")
     _FAMILIES[family.model_type] = family
+    _HOMES[family.model_type] = sys._getframe(1).f_globals.get("__name__", "")
     return family
+
+
+def registered_modules() -> set[str]:
+    """The modules that registered the known families (their specs), for fingerprints."""
+    return set(_HOMES.values())
 
 
 def family_names() -> tuple[str, ...]:

@@ -477,12 +477,26 @@ def cotrain_section(folder: Path) -> str:
     return f"<h3>{html.escape(folder.name)}</h3>" + _table(head, rows)
 
 
+def _plugin_stage(folder: Path) -> bool:
+    """The folder holds a stage of a plug-in (its fingerprint names a stage whose runner is
+    not the engine's; ``stages_table`` has imported the run's plug-ins)."""
+    path = folder / FINGERPRINT
+    recorded = _read_json(path) if path.is_file() else None
+    name = recorded.get("stage") if isinstance(recorded, dict) else None
+    if name not in registry.names():
+        return False
+    module = getattr(registry.get(name).run, "__module__", "") or ""
+    return module.split(".")[0] != "xlt_engine"
+
+
 def pair_section(folder: Path, figs: Figures) -> str:
     stages = [p for p in sorted(folder.iterdir()) if p.is_dir()]
     out = [f"<h2>{html.escape(folder.name)}</h2>", _of(folder, lambda: stages_table(folder))]
     trained = [p for p in stages if p.name.split("-")[0] in ("btf", "finetune", "selftrain")]
     order = {"btf": 0, "finetune": 1, "selftrain": 2}
-    for p in sorted(trained, key=lambda p: (order[p.name.split("-")[0]], p.name)):
+    trained = sorted(trained, key=lambda p: (order[p.name.split("-")[0]], p.name))
+    trained += [p for p in stages if _plugin_stage(p) and (p / "metrics.jsonl").is_file()]
+    for p in trained:  # a plug-in stage that trains with the loop: its curve, like btf's
         out.append(_of(p, lambda p=p: stage_section(p, figs)))
     out += [cotrain_section(p) for p in stages if p.name.split("-")[0] == "cotrain"]
     evals = [p for p in stages if p.name.startswith("evaluate-") and (p / "results.json").is_file()]

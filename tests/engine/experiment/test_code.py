@@ -114,13 +114,19 @@ def _plans(cfg, text):
     return btf, finetune
 
 
-def test_a_code_change_is_named_refused_and_accepted_explicitly(tmp_path):
+def _made(tmp_path):
+    """btf and finetune planned and begun (their fingerprints written) under ``tmp_path``."""
     cfg = load_config(CONLL, [f"out={str(tmp_path)!r}"])
     text = tmp_path / "text.txt"
     text.write_text("a\n")
     btf, finetune = _plans(cfg, text)
     btf.begin()
     finetune.begin()
+    return cfg, text, btf, finetune
+
+
+def test_a_code_change_is_named_refused_and_accepted_explicitly(tmp_path):
+    cfg, text, btf, finetune = _made(tmp_path)
     assert btf.fingerprint()["code"] == stage_code("btf")
     old = _edited(btf.folder, "xlt_engine/model/bert.py")  # both made by another bert.py
     _pointing(finetune.folder, "finetune.init", old)
@@ -149,12 +155,7 @@ def test_a_code_change_is_named_refused_and_accepted_explicitly(tmp_path):
 
 
 def test_accepting_both_ends_of_a_chain_repoints_the_downstream(tmp_path):
-    cfg = load_config(CONLL, [f"out={str(tmp_path)!r}"])
-    text = tmp_path / "text.txt"
-    text.write_text("a\n")
-    btf, finetune = _plans(cfg, text)
-    btf.begin()
-    finetune.begin()
+    cfg, text, btf, finetune = _made(tmp_path)
     _pointing(finetune.folder, "finetune.init", _edited(btf.folder, "xlt_engine/model/bert.py"))
     _edited(finetune.folder, "xlt_engine/engine/train/loop.py")  # old code of its own too
     path = finetune.folder / FINGERPRINT

@@ -771,3 +771,21 @@ def test_a_resumed_stage_counts_the_seconds_of_every_run(tiny, tmp_path, monkeyp
     assert set(wall) == {"training steps", "dev evaluation", "checkpoints", "other"}
     assert wall["training steps"] > 0 and wall["other"] >= 0.3 + 0.3  # the two sleeps
     assert sum(wall.values()) == pytest.approx(info["seconds_all_runs"], abs=2e-3)
+
+
+def test_all_plans_the_teacher_the_config_names():
+    """``selftrain.teacher = "finetune-direct"`` with btf on: the plan used to fine-tune only
+    from btf, and the run stopped at self-training ("no such folder") after btf and fine-tuning
+    had run. The teacher's own stage is planned before self-training; the default plan is as
+    it was."""
+    from tests.engine.experiment.test_config import CONLL
+    from xlt_engine.engine.experiment.pipeline import plan_all
+
+    def inits(sets):
+        steps = plan_all(load_config(CONLL, ["targets=['esp']", *sets]))
+        ft = [c.settings_of("finetune").init for c, s in steps if s == "finetune"]
+        return ft, [s for _, s in steps].index("selftrain")
+
+    assert inits([]) == (["pretrained", "btf"], 3)  # direct transfer's, the teacher's
+    ft, at = inits(['selftrain.teacher="finetune-direct"', 'selftrain.base="pretrained"'])
+    assert ft == ["pretrained", "btf", "pretrained"] and at == 4

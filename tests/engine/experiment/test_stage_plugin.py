@@ -6,6 +6,7 @@ table of stages."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -223,6 +224,9 @@ def test_a_stage_of_ones_own_runs_reuses_refuses_resumes_and_reports(tmp_path):
     page = report.read_text()
     assert "<th>toy loss</th>" in page
     assert f"<td>{round(result['loss'], 6):g}</td>" in page and "<td>toy</td>" in page
+    assert "<h4>toy</h4>" in page  # its training, as btf's: wall time, loss and the curves
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert '<img alt="training curves of toy"' in page
 
 
 def test_a_plugin_that_cannot_be_imported_is_named(tmp_path):

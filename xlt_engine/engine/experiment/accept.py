@@ -54,11 +54,10 @@ def _current_code(folder: Path, record: dict) -> tuple[dict | None, str | None]:
     stage = record.get("stage")
     if not isinstance(stage, str):
         return None, "no stage named in it"
-    if stage not in registry.names():
-        load_plugins(folder)  # a plug-in's stage: the run's saved config names the module
+    plugins, _ = load_plugins(folder)  # the run's: its stage, or rules and formats it reads
     if stage not in registry.names():
         return None, f"stage {stage!r} is not registered and its plug-in cannot be imported"
-    return stage_code(stage), None
+    return stage_code(stage, plugins), None
 
 
 def accept_code(root: str | Path, echo=print, dry_run: bool = False) -> list[Path]:

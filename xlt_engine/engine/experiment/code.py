@@ -5,10 +5,11 @@ the engine's version and a digest of each package module its result can depend o
 its runner is defined in and what it imports, transitively (imports under ``if TYPE_CHECKING:``
 are never run and do not count; a package that loads its siblings by name, as
 ``rules/__init__.py`` loads the built-in rules, counts all of them), and the module that plans
-it. The command line, the reports, the studies and the planning machinery are outside every
-stage's closure but evaluate's (whose runner lives beside its plan), so editing them keeps every
-result; editing the model, a kernel, the loop or a stage's method makes the next run name
-the files that changed, like a changed setting (``runs.StagePlan.differences``). ``xlt-engine
+it, and each module of the config's ``plugins`` that registered a rule, a task format or a model
+family into a registry that code reaches. The command line, the reports, the studies and the
+planning machinery are outside every stage's closure, so editing them keeps every result;
+editing the model, a kernel, the loop or a stage's method makes the next run name the files
+that changed, like a changed setting (``runs.StagePlan.differences``). ``xlt-engine
 accept-code`` takes a change one judges harmless (``accept``)."""
 
 from __future__ import annotations
@@ -135,6 +136,36 @@ def _engine_graph() -> tuple[Path, dict[str, set[str]]]:
     return pkg.parent, import_graph(pkg, pkg.parent, precise=True)
 
 
+# the registries of plug-in pieces other than stages: a stage whose code reaches a registry's
+# module depends on every piece registered there, the plug-ins' too
+REGISTRIES = (
+    "xlt_engine.engine.method.rules.base",  # pseudo-label rules
+    "xlt_engine.data.formats",  # task-file formats
+    "xlt_engine.model.families",  # model families
+)
+
+
+def plugin_code(files: dict, plugins: Iterable[str]) -> dict[str, str]:
+    """For each module of the config's ``plugins`` (or under one of them) that registered a
+    rule, format or family into a registry the engine ``files`` hold (``engine_code``), the
+    sha256 of its file (the module alone, not what it imports), keyed by module name; a module
+    without a file: ``"(no file)"``. Pieces other code registered in the process do not count:
+    a run's code is what its config names."""
+    named = tuple(plugins)
+    import importlib
+
+    out = {}
+    for registry_module in REGISTRIES:
+        if f"{registry_module.replace('.', '/')}.py" not in files:
+            continue
+        for mod in importlib.import_module(registry_module).registered_modules():
+            if mod in out or not any(mod == p or mod.startswith(f"{p}.") for p in named):
+                continue
+            where = getattr(sys.modules.get(mod), "__file__", None)
+            out[mod] = file_sha256(where) if where and Path(where).is_file() else "(no file)"
+    return dict(sorted(out.items()))
+
+
 @functools.cache
 def engine_code(runner: str, also: str | None = None) -> dict:
     """The engine's version and, for the module ``runner``, each package module it imports
@@ -153,18 +184,22 @@ def engine_code(runner: str, also: str | None = None) -> dict:
     return {"engine": __version__, "files": files}
 
 
-def stage_code(stage: str) -> dict | None:
+def stage_code(stage: str, plugins: Iterable[str] = ()) -> dict | None:
     """What identifies the code of ``stage``'s result (module docstring): for a plug-in, its
     runner's module and the sha256 of the module's file; for an engine stage, ``engine_code`` of
     its runner's module, and of the module its plan is defined in (which turns the config into
-    the stage's settings; the planning machinery that module imports does not count). None when
-    the runner's module is not loaded (a callable made at run time)."""
+    the stage's settings; the planning machinery that module imports does not count), with the
+    modules of the config's ``plugins`` that registered a rule, format or family that code can
+    reach (``plugin_code``). None when the runner's module is not loaded (a callable made at run
+    time)."""
     spec = registry.get(stage)
     runner = sys.modules.get(getattr(spec.run, "__module__", "") or "")
     if runner is None:
         return None
     if runner.__name__.split(".")[0] == PACKAGE:
-        return engine_code(runner.__name__, getattr(spec.plan, "__module__", None))
+        code = engine_code(runner.__name__, getattr(spec.plan, "__module__", None))
+        mine = plugin_code(code["files"], plugins)
+        return {**code, "plugins": mine} if mine else code
     where = getattr(runner, "__file__", None)
     if not where or not Path(where).is_file():
         return {"module": runner.__name__}
@@ -172,19 +207,23 @@ def stage_code(stage: str) -> dict | None:
 
 
 def describe_change(old: dict, new: dict) -> list[str]:
-    """A code change in words: each engine file changed, added or removed, else each key."""
+    """A code change in words: each engine file or plug-in module changed, added or removed
+    (all of them in one line when the other side records none), else each key's values."""
     out = []
     for key in sorted(set(old) | set(new)):
-        x, y = old.get(key, "(absent)"), new.get(key, "(absent)")
+        x, y = old.get(key), new.get(key)
         if x == y:
             continue
-        if key == "files" and isinstance(x, dict) and isinstance(y, dict):
+        if key in ("files", "plugins") and isinstance(x, dict) and isinstance(y, dict):
             for name in sorted(set(x) | set(y)):
                 if x.get(name) != y.get(name):
                     how = "added" if name not in x else "removed" if name not in y else "changed"
-                    out.append(f"code {name}: {how}")
-        elif key == "files":
-            out.append(f"code files: {len(y) if isinstance(y, dict) else y} engine files")
+                    out.append(f"code {'plug-in ' if key == 'plugins' else ''}{name}: {how}")
+        elif key in ("files", "plugins"):
+            what = "engine files" if key == "files" else "plug-in modules"
+            a, b = (f"{len(d)} {what}" if isinstance(d, dict) else "none" for d in (x, y))
+            out.append(f"code {key}: {a} -> {b}")
         else:
-            out.append(f"code {key}: {x!r} -> {y!r}")
+            out.append(f"code {key}: {x if x is not None else '(absent)'!r} -> "
+                       f"{y if y is not None else '(absent)'!r}")  # fmt: skip
     return out

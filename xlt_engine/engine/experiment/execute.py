@@ -64,10 +64,10 @@ def plugin_folders(plugins) -> dict[str, str]:
     return out
 
 
-def load_plugins(stage_folder: Path) -> list[str]:
+def load_plugins(stage_folder: Path) -> tuple[list[str], list[str]]:
     """Import the plug-ins the run's saved config (``config.json`` of a stage folder) names,
     as ``run`` did (``config.import_plugin``), so that ``report`` and ``accept-code`` know their
-    stages; the modules that could not be imported (a warning names each)."""
+    stages; the modules it names and those that could not be imported (a warning names each)."""
     import warnings
 
     saved = stage_folder / "config.json"
@@ -78,15 +78,16 @@ def load_plugins(stage_folder: Path) -> list[str]:
     experiment = doc.get("experiment") if isinstance(doc, dict) else None
     plugins = experiment.get("plugins", []) if isinstance(experiment, dict) else []
     folders = doc.get("plugin_folders", {}) if isinstance(doc, dict) else {}
+    plugins = [str(m) for m in plugins] if isinstance(plugins, list) else []
     missing = []
-    for module in plugins if isinstance(plugins, list) else []:
+    for module in plugins:
         near = folders.get(module) if isinstance(folders, dict) else None
         try:
             import_plugin(str(module), near if isinstance(near, str) else None)
         except Exception as err:  # whatever the module raises, named
             warnings.warn(f"{saved}: plugin {module!r} cannot be imported ({err})", stacklevel=2)
             missing.append(str(module))
-    return missing
+    return plugins, missing
 
 
 def write_run_info(folder: Path, cfg: ExperimentConfig, stage: str, stage_cfg) -> None:

@@ -122,10 +122,10 @@ def plan_all(
             steps.append((with_section(pc, "finetune", init="btf"), "finetune"))
         if btf and finetuned:
             models.append((pc, "finetune"))
-        if selftrain:  # several sources, one teacher each: each fine-tuned on its source
-            for key, (c, name) in teacher_models(pc).items():
-                if key != "selftrain.teacher":
-                    steps.append(model_stage(c, name))
+        if selftrain:  # its teacher(s): the one set (``selftrain.teacher``), or one a source
+            for _key, (c, name) in teacher_models(pc).items():
+                if (step := model_stage(c, name)) not in steps:
+                    steps.append(step)
             steps.append((pc, "selftrain"))
             models.append((pc, "selftrain"))
         steps += [(with_section(c, "evaluate", model=m), "evaluate") for c, m in models]

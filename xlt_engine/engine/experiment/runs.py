@@ -274,7 +274,7 @@ class StagePlan:
                     k: u.fingerprint()["digest"] for k, u in sorted(self.upstream.items())
                 },
             }
-            code = stage_code(self.stage)
+            code = stage_code(self.stage, self.cfg.plugins)
             if code is not None:  # the code the result comes from (code.py)
                 body["code"] = code
             self._fingerprint = {**body, "digest": body_digest(body)}

@@ -219,6 +219,11 @@ def rule_names() -> tuple[str, ...]:
     return tuple(_RULES)
 
 
+def registered_modules() -> set[str]:
+    """The modules the registered rules are defined in, for fingerprints."""
+    return {cls.__module__ for cls in _RULES.values()}
+
+
 def rule_class(name: str) -> type[PseudoRule]:
     if name not in _RULES:
         raise ValueError(f"rule must be one of {', '.join(_RULES)}, got {name!r}")

@@ -99,3 +99,41 @@ def test_a_family_name_is_taken_once_and_an_unknown_one_names_the_registered(cam
         with pytest.raises(ValueError, match=message):
             fam.ModelFamily("x", **({"prefix": "x.", "architectures": ("A", "B"),
                                      "classifiers": ("C", "D")} | bad))  # fmt: skip
+
+
+def test_export_finds_the_family_plugin_its_runs_config_names(tmp_path, camembert):
+    """``xlt-engine export`` of a model a stage made, through the installed script from another
+    folder: the family's plug-in is imported from the run's saved config (as ``run`` did), so a
+    family of one's own exports like a built-in one."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = shutil.which("xlt-engine") or str(Path(sys.executable).parent / "xlt-engine")
+    if not Path(script).exists():
+        pytest.skip("the xlt-engine console script is not installed")
+    (tmp_path / "plug").mkdir()
+    (tmp_path / "plug" / "camembert_family.py").write_text(PLUGIN)
+    stage = tmp_path / "run" / "src-tgt" / "finetune"
+    tagger = task_model(CFG | {"model_type": "camembert"}, "token", ["O", "B-PER", "I-PER"])
+    save_task_model(tagger, stage / "model")
+    (stage / "fingerprint.json").write_text(json.dumps({"stage": "finetune"}))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+    def export(out):
+        return subprocess.run([script, "export", str(stage / "model"), str(tmp_path / out)],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+
+    unknown = export("without")  # no saved config: the family is unknown, and said so
+    said = unknown.stdout + unknown.stderr
+    assert unknown.returncode != 0 and "key 'model_type' is 'camembert'; supported" in said
+    saved = {"experiment": {"plugins": ["camembert_family"]},
+             "plugin_folders": {"camembert_family": str(tmp_path / "plug")}}  # fmt: skip
+    (stage / "config.json").write_text(json.dumps(saved))
+    done = export("with")
+    assert done.returncode == 0, done.stdout + done.stderr
+    written = json.loads((tmp_path / "with" / "config.json").read_text())
+    assert written["architectures"] == ["CamembertForTokenClassification"]

@@ -67,6 +67,17 @@ def init(
     click.echo(f"wrote {out} ({sum(p.numel() for p in model.parameters()):,} parameters)")
 
 
+def run_plugins(model: Path) -> None:
+    """A model a stage made (``<stage folder>/model``): import the plug-ins its run's saved
+    config names (a model family of one's own), as ``run`` did."""
+    from xlt_engine.engine.experiment.execute import load_plugins
+
+    for folder in [model, *model.resolve().parents][:5]:  # <stage>/round-1/hard/model too
+        if (folder / "fingerprint.json").is_file() and (folder / "config.json").is_file():
+            load_plugins(folder)
+            return
+
+
 @click.command()
 @click.argument("model", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
@@ -80,6 +91,7 @@ def export(model: Path, out: Path, overwrite: bool) -> None:
     from xlt_engine.model.export import export_hf
 
     check_writable(out, "OUT")
+    run_plugins(model)
     folder = export_hf(model, out, overwrite=overwrite)
     arch = read_json(folder / "config.json")["architectures"][0]
     click.echo(f"wrote {folder} ({arch}); load it with transformers' AutoModelFor... classes")
@@ -94,6 +106,8 @@ def inspect(path: Path, encoder: bool) -> None:
     from xlt_engine.model import plan_checkpoint
     from xlt_engine.model.describe import describe
 
+    if path.is_dir():
+        run_plugins(path)
     plan = plan_checkpoint(path, "encoder" if encoder else "mlm")
     for line in describe(path, plan):
         click.echo(line)

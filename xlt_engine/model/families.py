@@ -62,7 +62,7 @@ def register_family(family: ModelFamily) -> ModelFamily:
 
 def registered_modules() -> set[str]:
     """The modules that registered the known families (their specs), for fingerprints."""
-    return set(_HOMES.values())
+    return {_HOMES[t] for t in _FAMILIES if t in _HOMES}
 
 
 def family_names() -> tuple[str, ...]:

@@ -15,7 +15,6 @@ table of mean +- std over seeds.
 from __future__ import annotations
 
 import dataclasses
-import typing
 
 from xlt_engine.engine.experiment.ablations import fixed_threshold, linear_head, soft_only
 from xlt_engine.engine.experiment.config import ExperimentConfig, check_files
@@ -44,7 +43,6 @@ from xlt_engine.engine.experiment.stages.cotrain import CotrainSection
 from xlt_engine.engine.experiment.stages.evaluate import EvaluateSection, split_suffix
 from xlt_engine.engine.experiment.stages.finetune import FinetuneSection
 from xlt_engine.engine.experiment.stages.selftrain import SelftrainSection, with_rule
-from xlt_engine.engine.method.selftrain_settings import StudentInit
 from xlt_engine.engine.train import distributed
 from xlt_engine.engine.train.distributed import rank_world
 from xlt_engine.studies.tables import ablation_table, check_seeds, study_table, with_earlier_rows
@@ -60,7 +58,7 @@ def method_rows(cfg: ExperimentConfig) -> dict[str, dict[str, str]]:
     class_quota"``): the rows that compare the rules and the students' start."""
     s = cfg.section(SelftrainSection)
     rules = [None, *s.rule.alternatives()]
-    inits = [None, *(i for i in typing.get_args(StudentInit) if i != s.student_init)]
+    inits = [None, *s.other_inits()]
     rows = {}
     for init in inits:
         for rule in rules:

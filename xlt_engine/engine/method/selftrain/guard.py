@@ -19,7 +19,7 @@ def guard(ctx: SelftrainContext, r: int, findings: list[str], threshold: dict) -
     ``skip_hard`` skips the hard step. Returns why round ``r`` trains no hard step (soft steps
     only, or a collapse under ``skip_hard``), or None."""
     cfg = ctx.cfg
-    soft_only = None if cfg.hard_steps else "hard_steps = false (soft steps only)"
+    soft_only = cfg.no_hard_step()
     if not findings:
         return soft_only
     msg = (
@@ -47,23 +47,13 @@ def remedies(cfg: SelftrainSettings) -> str:
     return "; ".join(out)
 
 
-def soft_lost_message(cfg, lost: list[str], record: dict) -> str:
+def soft_lost_message(cfg: SelftrainSettings, lost: list[str], record: dict) -> str:
     """What to say when a soft step's student lost classes its teacher predicts: a student that
     learned "an entity" but not which kind, whose pseudo labels cannot hold those classes; and
     the settings that change it, the measured one first."""
     share = record.get("entity_agreement")
     kept = f" (it follows the teacher on {100 * share:.1f}% of its entity rows)" if share else ""
-    fixes = []
-    if cfg.soft_loss == "mse":
-        fixes.append(
-            'selftrain.soft_loss = "kl" (the MSE of probabilities barely moves a class the '
-            "student gives near-zero probability; measured on multilingual-e5-small, 612-776 "
-            "soft steps from the Base Model: kl kept 91-93% of the teacher's entity rows, mse "
-            "21-24%, lab/README.md)"
-        )
-    if cfg.student_init == "base":
-        fixes.append('selftrain.student_init = "teacher" (the student starts from its teacher)')
-    fixes.append("more soft steps (selftrain.soft.epochs) or a higher selftrain.soft.head_lr_scale")
+    fixes = cfg.soft_remedies()
     return (
         f"the soft student predicts none of {', '.join(lost)}, which its teacher gives{kept}. "
         "Settings that may avoid it: " + "; ".join(fixes)

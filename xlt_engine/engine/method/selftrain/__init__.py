@@ -135,6 +135,7 @@ def run_selftrain(
     if main:
         out.mkdir(parents=True, exist_ok=True)
     ctx = SelftrainContext(cfg, device, echo, progress)
+    ctx.say(f"{ctx.opening}, N = {cfg.rounds}")
     source_keep = np.ones(len(ctx.gold), dtype=bool)  # D_keep = D_src
     teachers = [Path(t) for t in (cfg.teacher, *cfg.more_teachers)]
     student = None

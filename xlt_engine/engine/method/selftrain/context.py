@@ -165,10 +165,9 @@ class SelftrainContext:
         self.collapsed: list[dict] = []  # rounds whose pseudo labels collapsed (``guard``)
         if self.log_path.exists():
             self.records = read_jsonl(self.log_path)
-        self.say(
+        self.opening = (  # the run's first line (``run_selftrain`` adds N)
             f"selftrain: {n_src} source examples in {len(sources)} file(s) ({len(self.gold)} rows), "
-            f"{n_tgt} unlabeled target examples ({self.tgt_rows} rows), labels "
-            f"{self.labels}, N = {cfg.rounds}"
+            f"{n_tgt} unlabeled target examples ({self.tgt_rows} rows), labels {self.labels}"
         )
 
     def store(self, files: list[StoreFile], limit: int | None) -> tuple[Encoded, dict]:

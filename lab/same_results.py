@@ -5,7 +5,8 @@ sentences and the confident source filter; students from their teacher with the 
 N = 2.5 and skip_hard; soft only at a fixed alpha 0.6), each in a process of its own, from
 the checkout's folder (``python -m`` puts the working directory first on the path). Then every
 file of every self-training folder is compared: each tensor of a safetensors file by its
-bytes, a JSON / JSONL file by its values with the timings and the run folder's path left out.
+bytes, a JSON / JSONL file by its values with the timings and the run folder's path left out
+(run.json, loop-wall.json and fingerprint.json are provenance, not results: left out).
 
     python lab/same_results.py --before ../wt_before --after . --out /tmp/same
 
@@ -17,6 +18,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +43,10 @@ VARIANTS = {
         "selftrain.hard_steps=false",
     ],
 }
-TIMING = {"wall", "at", "time", "timestamp", "date", "run_id", "started"}  # and *seconds*, *_s
+TIMING = {"wall", "at", "time", "timestamp", "date", "run_id", "run", "started"}  # *seconds*, *_s
+# what a run records about itself, not what it computed: provenance and wall time (run.json,
+# loop-wall.json) and the fingerprint (paths, and the code: the change under test)
+SKIP = {"run.json", "loop-wall.json", "fingerprint.json"}
 
 
 def _cli(checkout: Path, *args: str) -> None:
@@ -91,9 +96,10 @@ def items(qs: Path) -> dict[str, str]:
     root = str(qs.resolve())
     out = {}
     for path in sorted(qs.glob("runs/*/selftrain*/**/*")):
-        if not path.is_file():
+        if not path.is_file() or path.name in SKIP:
             continue
-        rel = str(path.relative_to(qs))
+        # a packed store's folder is named by a hash of its spec, paths included
+        rel = re.sub(r"\.[0-9a-f]{16}(?=/)", ".<spec>", str(path.relative_to(qs)))
         if path.suffix == ".safetensors":
             with safe_open(str(path), "pt") as f:
                 for key in f.keys():

@@ -409,3 +409,86 @@ def test_the_manuals_stage_example_runs_as_printed_and_reads_an_upstream_model(t
     xlt("report", tmp_path / "runs" / "en-de", "--out", tmp_path / "r.html")
     page = (tmp_path / "r.html").read_text()
     assert "<th>parameters</th>" in page and f"<td>{counted:g}</td>" in page
+
+
+COPY_PLUGIN = '''"""A stage of one's own that makes a model: a copy of another (a stand-in for a stage that
+adapts the encoder), usable as any model name, e.g. selftrain.base = "copied"."""
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from xlt_engine.engine.experiment.registry import Stage, register
+from xlt_engine.engine.experiment.runs import StagePlan, flat, model_input, model_path, stage_dir
+
+
+@dataclass(frozen=True)
+class CopySection:
+    model: str = "pretrained"
+
+
+@dataclass(frozen=True)
+class CopyConfig:
+    model: str
+    out: str
+
+
+def build(cfg) -> CopyConfig:
+    model = model_path(cfg, cfg.section(CopySection).model, "copy.model")
+    return CopyConfig(str(model), str(stage_dir(cfg, "copy")))
+
+
+def run(cc: CopyConfig, resume: bool = False, echo=print, progress=None) -> Path:
+    out, tmp = Path(cc.out) / "model", Path(cc.out) / "model.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(cc.model, tmp)
+    tmp.rename(out)  # last: the finished model marks the stage done
+    return out
+
+
+def plan(cfg, common: dict, head: dict, trained: dict) -> StagePlan:
+    section = cfg.section(CopySection)
+    p = StagePlan(cfg, "copy", {**common, **flat("copy", section, {})}, {})
+    model_input(cfg, section.model, "copy.model", p)
+    return p
+
+
+register(Stage(name="copy", section=CopySection, build=build, run=run, plan=plan,
+               output="model", models={"copied": lambda cfg: cfg}))
+'''
+
+
+def test_a_stage_that_makes_a_model_runs_inside_ablate_through_the_installed_script(tmp_path):
+    """A stage of one's own whose model another stage reads (``selftrain.base = "copied"``):
+    ``ablate`` (and ``run --stage all``) plan it before the stage that reads it, run it once,
+    and the report shows its row; each command a process of its own, from outside the
+    repository."""
+    import shutil
+
+    from xlt_engine.quickstart import Sizes, prepare
+
+    script = shutil.which("xlt-engine") or str(Path(sys.executable).parent / "xlt-engine")
+    if not Path(script).exists():
+        pytest.skip("the xlt-engine console script is not installed")
+    cfg = prepare(tmp_path / "project", 1, Sizes(train=120, dev=20, test=30, vocab_size=400))
+    cfg.write_text('plugins = ["mycopy"]\n' + cfg.read_text(encoding="utf-8"))
+    (cfg.parent / "mycopy.py").write_text(COPY_PLUGIN)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    sets = ["btf.train.max_steps=10", "finetune.train.max_steps=20", "selftrain.rounds=1",
+            "selftrain.soft.max_steps=10", "selftrain.hard.max_steps=5",
+            'selftrain.base="copied"']  # fmt: skip
+    out = tmp_path / "ablation"
+    args = [script, "ablate", "--config", str(cfg), "--seeds", "1", "--rows", "Ours",
+            "--no-progress", "--out", str(out), *(x for s in sets for x in ("--set", s))]  # fmt: skip
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    pair = out / "seed-1" / "src-tgt"
+    assert (pair / "copy" / "model" / "model.safetensors").is_file()
+    selftrain = json.loads((next(pair.glob("selftrain*")) / "fingerprint.json").read_text())
+    copy = json.loads((pair / "copy" / "fingerprint.json").read_text())
+    assert selftrain["upstream"]["selftrain.base"] == copy["digest"]  # it read the copy
+    assert "Ours" in json.dumps(json.loads((out / "ablation.json").read_text()))
+    report = tmp_path / "r.html"
+    done = subprocess.run([script, "report", str(pair), "--out", str(report)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "<td>copy</td><td>yes</td>" in report.read_text()

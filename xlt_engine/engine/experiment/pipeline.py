@@ -101,7 +101,8 @@ def plan_all(
     cfg: ExperimentConfig, parts: Parts = EVERY_PART
 ) -> list[tuple[ExperimentConfig, str]]:
     """The (config, stage) steps ``run_all`` takes, in order: per pair btf, finetune-direct,
-    finetune, selftrain, then the evaluation of each model (``evaluate.model`` set)."""
+    finetune, selftrain, then the evaluation of each model (``evaluate.model`` set); any other
+    stage whose model a step reads comes before that step (``with_upstream``)."""
     btf, selftrain, direct, finetuned = parts.btf, parts.selftrain, parts.direct, parts.finetuned
     if not btf:
         cfg = without_btf(cfg)
@@ -129,7 +130,27 @@ def plan_all(
             steps.append((pc, "selftrain"))
             models.append((pc, "selftrain"))
         steps += [(with_section(c, "evaluate", model=m), "evaluate") for c, m in models]
-    return steps
+    return with_upstream(steps)
+
+
+def with_upstream(steps: list[tuple[ExperimentConfig, str]]) -> list[tuple[ExperimentConfig, str]]:
+    """``steps`` with each stage whose model a step reads (its plan's upstream: a stage of
+    one's own named as ``selftrain.base`` or ``finetune.init``...) planned before it, unless
+    a step already makes that folder."""
+    out, folders = [], set()
+
+    def add(c: ExperimentConfig, stage: str) -> None:
+        plan = plan_stage(c, stage)
+        if plan.folder in folders:
+            return
+        for up in plan.upstream.values():
+            add(up.cfg, up.stage)
+        folders.add(plan.folder)
+        out.append((c, stage))
+
+    for c, stage in steps:
+        add(c, stage)
+    return out
 
 
 def check_all(

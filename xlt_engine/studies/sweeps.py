@@ -114,9 +114,7 @@ def run_rounds_study(
     check_seeds(seeds)
     long = with_section(cfg, "selftrain", rounds=max_rounds)  # checks max_rounds
     claim_table(cfg, "rounds-study")
-    rows = ["N = 0 (teacher)"] + [
-        f"N = {n:g}" for n in halves(long.section(SelftrainSection).rounds)
-    ]
+    rows = ["N = 0 (teacher)"] + [f"N = {n:g}" for n in halves(max_rounds)]
     scores: dict[str, dict[str, list[float]]] = {row: {} for row in rows}
     metric = None
     for seed in seeds:

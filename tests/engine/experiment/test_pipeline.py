@@ -779,13 +779,19 @@ def test_all_plans_the_teacher_the_config_names():
     had run. The teacher's own stage is planned before self-training; the default plan is as
     it was."""
     from tests.engine.experiment.test_config import CONLL
-    from xlt_engine.engine.experiment.pipeline import plan_all
+    from xlt_engine.engine.experiment.pipeline import Parts, plan_all
 
-    def inits(sets):
-        steps = plan_all(load_config(CONLL, ["targets=['esp']", *sets]))
+    def inits(sets, parts=Parts()):
+        steps = plan_all(load_config(CONLL, ["targets=['esp']", *sets]), parts)
         ft = [c.settings_of("finetune").init for c, s in steps if s == "finetune"]
         return ft, [s for _, s in steps].index("selftrain")
 
     assert inits([]) == (["pretrained", "btf"], 3)  # direct transfer's, the teacher's
-    ft, at = inits(['selftrain.teacher="finetune-direct"', 'selftrain.base="pretrained"'])
+    assert inits([], Parts(finetuned=False)) == (["pretrained", "btf"], 3)  # the teacher
+    direct = ['selftrain.teacher="finetune-direct"', 'selftrain.base="pretrained"']
+    ft, at = inits(direct)
     assert ft == ["pretrained", "btf", "pretrained"] and at == 4
+    # without the + BTF column no step reads the model fine-tuned from btf: it is not made
+    assert inits(direct, Parts(finetuned=False)) == (["pretrained", "pretrained"], 3)
+    # - BTF: direct transfer's (a linear head) and the teacher (voters), both pretrained
+    assert inits([], Parts(btf=False)) == (["pretrained", "pretrained"], 2)

@@ -170,7 +170,10 @@ def plugin_code(files: dict, plugins: Iterable[str]) -> dict[str, str]:
 def engine_code(runner: str, also: str | None = None) -> dict:
     """The engine's version and, for the module ``runner``, each package module it imports
     (transitively) and the module ``also`` (not what ``also`` imports): the first 16 hex digits
-    of each file's sha256, keyed by its path inside the package."""
+    of each file's sha256, keyed by its path inside the package. Read once a process: the code
+    a process runs is the code it imported, and a file edited after that does not change it (a
+    process that re-imports edited modules, say with ``importlib.reload``, calls
+    ``engine_code.cache_clear()``)."""
     from xlt_engine import __version__
 
     root, graph = _engine_graph()

@@ -36,14 +36,12 @@ from xlt_engine.engine.experiment.config import ExperimentConfig, check_files
 from xlt_engine.engine.experiment.execute import format_seconds, run_stage
 from xlt_engine.engine.experiment.runs import (
     check_plans,
-    model_stage,
     plan_stage,
     stage_dir,
     with_linear_head,
     with_section,
 )
 from xlt_engine.engine.experiment.stages.evaluate import EvaluateSection, split_suffix
-from xlt_engine.engine.experiment.stages.selftrain import teacher_models
 from xlt_engine.engine.method.settings import TEST_SPLIT
 from xlt_engine.engine.train import distributed
 from xlt_engine.engine.train.distributed import rank_world
@@ -115,18 +113,10 @@ def plan_all(
             dc = with_linear_head(pc)
             steps.append((with_section(dc, "finetune", init="pretrained"), "finetune"))
             models.append((dc, "finetune-direct"))
-        if selftrain and not btf and not pc.teachers_per_source:  # the teacher, pretrained
-            step = (with_section(pc, "finetune", init="pretrained"), "finetune")
-            if step not in steps:
-                steps.append(step)
-        if btf and (finetuned or (selftrain and not pc.teachers_per_source)):
+        if btf and finetuned:  # the + BTF column
             steps.append((with_section(pc, "finetune", init="btf"), "finetune"))
-        if btf and finetuned:
             models.append((pc, "finetune"))
-        if selftrain:  # its teacher(s): the one set (``selftrain.teacher``), or one a source
-            for _key, (c, name) in teacher_models(pc).items():
-                if (step := model_stage(c, name)) not in steps:
-                    steps.append(step)
+        if selftrain:  # its teacher(s) and Base Model come before it through with_upstream
             steps.append((pc, "selftrain"))
             models.append((pc, "selftrain"))
         steps += [(with_section(c, "evaluate", model=m), "evaluate") for c, m in models]

@@ -779,9 +779,9 @@ def test_all_plans_the_teacher_the_config_names():
     had run. The teacher's own stage is planned before self-training; the default plan is as
     it was."""
     from tests.engine.experiment.test_config import CONLL
-    from xlt_engine.engine.experiment.pipeline import Parts, plan_all
+    from xlt_engine.engine.experiment.pipeline import EVERY_PART, Parts, plan_all
 
-    def inits(sets, parts=Parts()):
+    def inits(sets, parts=EVERY_PART):
         steps = plan_all(load_config(CONLL, ["targets=['esp']", *sets]), parts)
         ft = [c.settings_of("finetune").init for c, s in steps if s == "finetune"]
         return ft, [s for _, s in steps].index("selftrain")

@@ -123,3 +123,50 @@ def test_where_a_self_trainings_time_went_is_a_table(tmp_path):
     assert "<x>" not in wall_section(folder)
     (folder / "summary.json").write_text(json.dumps({"rounds": 1}))
     assert wall_section(folder) == ""
+
+
+def _height(img_tag: str) -> int:
+    data = base64.b64decode(re.search(r"base64,([^\"]+)", img_tag).group(1))
+    return int.from_bytes(data[20:24], "big")
+
+
+def test_a_rounds_threshold_shows_the_criterion_it_read_beside_the_papers_words(tmp_path):
+    """The curve the automatic threshold reads (issue 64, item 3): the criterion per grid
+    point as recorded, its largest points, the paper's description; for a fixed alpha (- AT)
+    what curvature would have chosen on the same curve; a damaged record gives no line."""
+    import json
+
+    from xlt_engine.engine.method.threshold import choose
+    from xlt_engine.studies.report import rounds_section, threshold_criterion
+
+    t = [round(0.5 + 0.05 * i, 2) for i in range(10)]  # 0.5 .. 0.95
+    acc = [0.8 if x <= 0.7 else 0.8 + 0.5 * (x - 0.7) for x in t]  # one bend, at 0.7
+    alpha, score, _ = choose(t, acc, "curvature")
+    assert alpha == 0.7
+    th = {"alpha": alpha, "method": "curvature", "thresholds": t, "accuracy": acc,
+          "recall": [1.0] * 10, "coverage": [1.0] * 10,
+          "score": [None if s != s else s for s in score], "rows": 100}  # fmt: skip
+    got = threshold_criterion(th)
+    assert got["top"][0] == {"threshold": 0.7, "score": pytest.approx(max(score[1:-1]))}
+    assert got["scores"][0] is None and got["scores"][-1] is None  # no interior point there
+    assert "section 3.2" in got["text"] and "over 10 grid points; largest at 0.7 (" in got["text"]
+    fixed = {**th, "alpha": 0.9, "method": "fixed", "score": [None] * 10}
+    other = threshold_criterion(fixed)
+    assert (
+        "fixed at 0.9 (- AT)" in other["text"] and "would choose 0.7 on this curve" in other["text"]
+    )
+    assert other["top"] == got["top"] and other["label"].endswith("not used")
+    second = threshold_criterion({**th, "method": "max_second_difference"})
+    assert second["label"] == "second derivative A''"
+    for damaged in ({**th, "accuracy": acc[:4]}, {**th, "thresholds": "x"}, {**th, "score": ["a"] * 10},
+                    {**th, "accuracy": [None] * 10, "method": "fixed"}, {"alpha": 0.5}):  # fmt: skip
+        assert threshold_criterion(damaged) is None
+    rdir = tmp_path / "selftrain" / "round-1"
+    rdir.mkdir(parents=True)
+    (rdir / "threshold.json").write_text(json.dumps(fixed))
+    page = rounds_section(tmp_path / "selftrain", Figures())
+    assert "would choose 0.7 on this curve" in page
+    pytest.importorskip("matplotlib")
+    figs = Figures()
+    plain, both = figs.threshold(th, "t"), figs.threshold(th, "t", got)
+    assert _height(both) > 1.5 * _height(plain) and figs.count == 2

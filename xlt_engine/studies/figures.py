@@ -112,21 +112,32 @@ class Figures:
             a.set_xticks(list(x), steps, fontsize=8)
         return self.img(fig, f"checks of {title}")
 
-    def threshold(self, th: dict, title: str) -> str:
+    def threshold(self, th: dict, title: str, criterion: dict | None = None) -> str:
+        """A round's threshold curve (accuracy, recall, coverage, alpha); with ``criterion``
+        (``report.threshold_criterion``) a second panel below: what the method maximised."""
         if self.plt is None:
             return ""
-        fig, ax = self.plt.subplots(figsize=(6, 3.4))
+        rows = 2 if criterion else 1
+        fig, axes = self.plt.subplots(rows, 1, figsize=(6, 3.4 * rows), sharex=True, squeeze=False)
+        ax = axes[0][0]
         t = th["thresholds"]
+        alpha = th.get("alpha") if isinstance(th.get("alpha"), (int, float)) else None
         for key in ("accuracy", "recall", "coverage"):
             ax.plot(t, [float("nan") if v is None else v for v in th[key]], label=key)
-        if isinstance(th.get("alpha"), (int, float)):
-            ax.axvline(
-                th["alpha"], color="crimson", linestyle="--", label=f"alpha = {th['alpha']:g}"
-            )
-        ax.set_xlabel("threshold")
+        for a in [row[0] for row in axes]:
+            if alpha is not None:
+                a.axvline(alpha, color="crimson", linestyle="--", label=f"alpha = {alpha:g}")
         ax.set_ylim(0, 1.02)
         ax.legend(fontsize=8)
         ax.set_title(title, fontsize=10)
+        if criterion:
+            low = axes[1][0]
+            scores = [float("nan") if v is None else v for v in criterion["scores"]]
+            low.plot(t, scores, marker=".", color="#555555", label=criterion["label"])
+            best = criterion["top"][0]
+            low.plot([best["threshold"]], [best["score"]], "o", color="black", label="largest")
+            low.legend(fontsize=8)
+        axes[-1][0].set_xlabel("threshold")
         return self.img(fig, f"threshold curve of {title}")
 
     def bars(self, result: dict, title: str) -> str:

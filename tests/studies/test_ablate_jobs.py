@@ -184,3 +184,97 @@ def test_a_lab_study_with_jobs_writes_the_serial_studys_scores(qs, tmp_path, cap
     assert _made(tmp_path / "side") == made
     with pytest.raises(SystemExit):
         study([*common, "--name", "x", "--out", str(tmp_path / "x"), "--jobs", "0"])
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie no one has reaped yet counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def _wait_gone(pids, seconds: float) -> bool:
+    import time
+
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if all(_gone(p) for p in pids):
+            return True
+        time.sleep(0.05)
+    return all(_gone(p) for p in pids)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_job_dies_with_the_process_that_started_it(tmp_path):
+    """SIGKILL to the starting process kills a silent job at once (before: it slept on as an
+    orphan, free to write into folders a --resume then used); a job whose parent died before
+    it could follow dies at once; without the variable the call does nothing."""
+    from xlt_engine.studies.jobs import PARENT
+
+    child = (
+        "import os, time; from xlt_engine.studies.jobs import follow_parent; follow_parent(); "
+        f"assert {PARENT!r} not in os.environ; print('following', flush=True); time.sleep(60)"
+    )
+    middle = (
+        "import os, subprocess, sys, time; "
+        f"env = {{**os.environ, {PARENT!r}: str(os.getpid())}}; "
+        f"p = subprocess.Popen([sys.executable, '-c', {child!r}], env=env); "
+        "print(p.pid, flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", middle], stdout=subprocess.PIPE, text=True)
+    job = int(proc.stdout.readline())
+    assert proc.stdout.readline().strip() == "following"  # the job's line, through the pipe
+    assert not _gone(job)
+    proc.kill()
+    proc.wait()
+    assert _wait_gone([job], 10), "the job outlived the process that started it"
+    env = {k: v for k, v in os.environ.items() if k != PARENT}
+    said = "from xlt_engine.studies.jobs import follow_parent; follow_parent(); print('alive')"
+    lost = subprocess.run(
+        [sys.executable, "-c", said], env={**env, PARENT: "1"}, capture_output=True, text=True
+    )
+    assert lost.returncode == -9 and "alive" not in lost.stdout  # its parent is not pid 1
+    plain = subprocess.run([sys.executable, "-c", said], env=env, capture_output=True, text=True)
+    assert plain.returncode == 0 and plain.stdout == "alive\n"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and PR_SET_PDEATHSIG")
+def test_a_kill_9_of_jobs_then_resume_gives_the_serial_tables_and_models(qs, tmp_path):
+    """kill -9 of ``ablate --jobs 2`` while its jobs train: no job outlives it, and the same
+    command with --resume ends with the serial run's table and every model, bit for bit."""
+    import signal
+
+    import torch
+
+    common = _common(qs, "Ours,- ST")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each job's process: the same sums
+    try:
+        serial = CliRunner().invoke(main, [*common, "--out", str(tmp_path / "serial")])
+    finally:
+        torch.set_num_threads(threads)
+    assert serial.exit_code == 0, serial.output
+    out = tmp_path / "jobs"
+    cmd = [sys.executable, "-m", "xlt_engine.cli", *common, "--out", str(out), "--jobs", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:  # both seeds' jobs started, one of them into a training stage
+        seen.append(line)
+        if sum(ln.startswith("[seed ") for ln in seen) and "finetune -> " in line:
+            break
+    kids = []
+    for task in os.listdir(f"/proc/{proc.pid}/task"):
+        with open(f"/proc/{proc.pid}/task/{task}/children") as f:
+            kids += [int(p) for p in f.read().split()]
+    assert kids, "".join(seen)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _wait_gone(kids, 15), "a job outlived ablate --jobs"
+    assert not (out / "ablation.json").exists()  # stopped before its table
+    again = CliRunner().invoke(main, [*common, "--out", str(out), "--jobs", "2", "--resume"])
+    assert again.exit_code == 0, again.output
+    a = json.loads((tmp_path / "serial" / "ablation.json").read_text())
+    b = json.loads((out / "ablation.json").read_text())
+    assert a["scores"] == b["scores"] and _made(tmp_path / "serial") == _made(out)

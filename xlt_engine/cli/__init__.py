@@ -8,6 +8,7 @@ Here the group and the experiment commands (``run``, ``report``, ``accept-code``
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
@@ -60,6 +61,10 @@ class _Main(click.Group):
 )
 def main(debug: bool) -> None:
     """xlt-engine: zero-shot cross-lingual transfer without parallel data."""
+    if "XLT_ENGINE_JOB_PARENT" in os.environ:  # a job of ablate --jobs: it dies with its parent
+        from xlt_engine.studies.jobs import follow_parent
+
+        follow_parent()
 
 
 SMOKE_EXAMPLES = {"max_train": 200, "max_dev": 100, "max_test": 100, "max_unlabeled": 200}

@@ -15,6 +15,11 @@ with the same scores. A job that fails is named with its exit status, the jobs a
 start, the others run to the end, and the same command continues (finished stages are reused).
 ``--plan`` prints the same jobs as commands with their dependencies, for a scheduler one already
 runs.
+
+The jobs die with the process that started them: SIGINT or SIGTERM to it terminates them (each
+writes a checkpoint first), and on Linux a SIGKILL to it (or an out-of-memory kill) kills them
+too (``follow_parent``), so no orphan keeps writing into the folders that ``--resume`` then
+continues. Elsewhere an orphan stops at its next line of output, whose pipe is closed.
 """
 
 from __future__ import annotations
@@ -25,6 +30,31 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+
+PARENT = "XLT_ENGINE_JOB_PARENT"  # a job's environment: the pid of the process that started it
+
+
+def follow_parent() -> None:
+    """In a job's process (``PARENT`` set; the CLI calls this first): on Linux, be killed
+    (SIGKILL) when the process that started it dies, and at once if it already has. A kill
+    -9 of ``ablate --jobs`` then leaves what a kill -9 of a serial run leaves: atomic files
+    and loop checkpoints, which ``--resume`` continues. ``PARENT`` is removed from the
+    environment, so the job's own subprocesses do not follow it. Elsewhere a no-op."""
+    parent = os.environ.pop(PARENT, None)
+    if parent is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0) != 0:
+            return  # best effort: the closed pipe still stops it at its next line
+    except (OSError, AttributeError):
+        return
+    if str(os.getppid()) != parent:  # it died before prctl: no signal will come
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def job_env(slot: int, jobs: int, gpus: int, env: dict[str, str]) -> dict[str, str]:
@@ -93,7 +123,7 @@ def run_jobs(
     pending = list(range(len(jobs)))
     running: dict[int, tuple[subprocess.Popen, threading.Thread, int]] = {}  # job: proc, slot
     status: dict[int, int | None] = {}
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT: str(os.getpid())}
 
     def start(i: int, slot: int) -> None:
         cmd = [sys.executable, "-m", "xlt_engine.cli", *job_args(args, jobs[i])]

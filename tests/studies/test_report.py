@@ -137,7 +137,8 @@ def test_a_rounds_threshold_shows_the_criterion_it_read_beside_the_papers_words(
     import json
 
     from xlt_engine.engine.method.threshold import choose
-    from xlt_engine.studies.report import rounds_section, threshold_criterion
+    from xlt_engine.studies.report import rounds_section
+    from xlt_engine.studies.threshold_view import threshold_criterion
 
     t = [round(0.5 + 0.05 * i, 2) for i in range(10)]  # 0.5 .. 0.95
     acc = [0.8 if x <= 0.7 else 0.8 + 0.5 * (x - 0.7) for x in t]  # one bend, at 0.7

@@ -40,12 +40,12 @@ from xlt_engine.engine.experiment.pipeline import COLUMNS, HEADINGS  # all.json'
 from xlt_engine.engine.experiment.runs import FINGERPRINT
 from xlt_engine.engine.method.rules import PseudoRule
 from xlt_engine.engine.method.selftrain.wall import wall_shares
-from xlt_engine.engine.method.threshold import choose
 from xlt_engine.fileio import atomic_write_text
 from xlt_engine.inputs import read_json, read_jsonl, read_text
 from xlt_engine.outputs import claim_output, record_output
 from xlt_engine.studies.figures import NO_PLOTS, Figures
 from xlt_engine.studies.tables import mean_std
+from xlt_engine.studies.threshold_view import threshold_criterion
 
 STUDIES = ("ablation", "threshold-study", "rounds-study", "cotrain-ablation")
 CSS = """
@@ -271,57 +271,6 @@ def _wall_table(shares: list[tuple[str, float, float]], note: str) -> str:
 def _round_order(path: Path) -> tuple[int, int]:
     r = int(path.parent.name.split("-")[1])
     return r, {"soft": 0, "hard": 1}.get(path.name, 2)
-
-
-CRITERIA = {  # the automatic threshold's methods (method/threshold.py), as the report names them
-    "curvature": "curvature |A''| / (1 + A'^2)^1.5",
-    "max_second_difference": "second derivative A''",
-}
-
-
-def threshold_criterion(th: dict) -> dict | None:
-    """What the automatic threshold read on a round's curve: the criterion per grid point
-    (recorded; for a fixed alpha, the default method's, computed here from the recorded
-    accuracy), the points where it is largest, and a sentence that sets it beside the paper's
-    description. None when the record holds no usable curve."""
-    t, acc = th.get("thresholds"), th.get("accuracy")
-    if not (isinstance(t, list) and isinstance(acc, list) and len(t) == len(acc) >= 3):
-        return None
-    if not all(_real(x) for x in t) or not all(x is None or _real(x) for x in acc):
-        return None
-    method, used = th.get("method"), True
-    scores = th.get("score")
-    if method not in CRITERIA:  # "fixed": what the automatic threshold would have read
-        method, used = "curvature", False
-        scores = choose(t, [math.nan if a is None else a for a in acc], method)[1]
-    if not (isinstance(scores, list) and len(scores) == len(t)):
-        return None
-    points = [(s, x) for x, s in zip(t, scores, strict=True) if _real(s) and math.isfinite(s)]
-    if not points:
-        return None
-    top = sorted(points, key=lambda p: (-p[0], p[1]))[:3]
-    largest = ", ".join(f"{x:g} ({s:.3g})" for s, x in top)
-    paper = (
-        "The paper (section 3.2): alpha is the grid point where the soft student's accuracy on "
-        "the source rows above it changes fastest, the accuracy curve's greatest curvature."
-    )
-    if used:
-        here = f"Here: {CRITERIA[method]} by finite differences over {len(t)} grid points"
-    else:
-        here = (
-            f"Here alpha is fixed at {_num(th.get('alpha'))} (- AT); the automatic threshold "
-            f"({CRITERIA[method]}) would choose {top[0][1]:g} on this curve"
-        )
-    return {
-        "label": CRITERIA[method] + ("" if used else ", not used"),
-        "scores": [s if _real(s) and math.isfinite(s) else None for s in scores],
-        "top": [{"threshold": x, "score": s} for s, x in top],
-        "text": f"{paper} {here}; largest at {largest}.",
-    }
-
-
-def _real(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def rounds_section(folder: Path, figs: Figures) -> str:

@@ -114,7 +114,7 @@ class Figures:
 
     def threshold(self, th: dict, title: str, criterion: dict | None = None) -> str:
         """A round's threshold curve (accuracy, recall, coverage, alpha); with ``criterion``
-        (``report.threshold_criterion``) a second panel below: what the method maximised."""
+        (``threshold_view.threshold_criterion``) a second panel below: what the method maximised."""
         if self.plt is None:
             return ""
         rows = 2 if criterion else 1

@@ -121,7 +121,8 @@ def test_a_rule_file_outside_the_repository_runs_and_its_edit_is_named(tmp_path)
     outside the repository, each command a process of its own: self-training runs with it; an
     edit of the file makes the next run name it (the selftrain stage's code holds the
     plug-in rules' modules) while fine-tuning, whose code reads no rule, is reused as it is;
-    ``accept-code`` takes the edit when judged harmless."""
+    ``accept-code`` takes the edit when judged harmless; ``ablate`` runs it as a row, and
+    ``report`` shows its rounds and that row."""
     import os
     import shutil
     import subprocess
@@ -168,3 +169,13 @@ def test_a_rule_file_outside_the_repository_runs_and_its_edit_is_named(tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     table = json.loads((tmp_path / "ablation" / "ablation.json").read_text())
     assert "rule = top_share" in json.dumps(table)
+
+    # the report, through the installed script too: the rule's rounds and its ablation row
+    page = tmp_path / "report.html"
+    args = [script, "report", str(cfg.parent / "runs"), str(tmp_path / "ablation"), "--out",
+            str(page)]  # fmt: skip
+    done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = page.read_text(encoding="utf-8")
+    assert "pseudo-label rule top_share" in text and "rule = top_share" in text

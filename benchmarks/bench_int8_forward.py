@@ -4,9 +4,9 @@ shape (12 layers, hidden 384, 12 heads, intermediate 1536; random weights: speed
 on them), one forward over ``--batch`` x ``--seq`` tokens under ``inference_mode``, fp32 against
 the same module with every ``nn.Linear`` swapped for PyTorch's dynamically quantized int8 one
 (``torch.ao.quantization.quantize_dynamic``: int8 weights, activations quantized per batch).
-Prints ms per forward, tokens/s, the speed-up and the largest absolute difference of the last
-hidden state; the engine does not use int8 (it would change the teacher's probabilities, so the
-accuracy rule of issue 55 would have to hold first).
+The two alternate, call by call. Prints the median ms per forward, tokens/s, the speed-up and
+the largest absolute difference of the last hidden state; the engine does not use int8 (it would
+change the teacher's probabilities, so the accuracy rule of issue 55 would have to hold first).
 
     OMP_NUM_THREADS=1 python -m benchmarks.bench_int8_forward --out benchmarks/results/int8_forward_cpu_<date>.json
 """
@@ -26,16 +26,19 @@ from xlt_engine.model import BertConfig
 from xlt_engine.model.bert import BertEncoder
 
 
-def timed(fn, warmup: int, iters: int) -> float:
-    """Median seconds of ``fn()`` over ``iters`` calls after ``warmup``."""
+def timed(fns: dict, warmup: int, iters: int) -> dict[str, float]:
+    """Median seconds of each of ``fns``' calls over ``iters`` rounds after ``warmup``; each
+    round calls every one once, in turn, so that a busy machine slows them alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -57,11 +60,14 @@ def main(argv: list[str] | None = None) -> dict:
     ids = torch.randint(1, cfg.vocab_size, (args.batch, args.seq))
     mask = torch.ones_like(ids)
     tokens = ids.numel()
-    rows = {}
+    models = {"fp32": fp32, "int8 dynamic": int8}
     with torch.inference_mode():
-        for name, model in (("fp32", fp32), ("int8 dynamic", int8)):
-            s = timed(lambda m=model: m(ids, mask), args.warmup, args.iters)
-            rows[name] = {"ms": round(1000 * s, 1), "tokens_per_s": round(tokens / s)}
+        fns = {name: (lambda m=m: m(ids, mask)) for name, m in models.items()}
+        secs = timed(fns, args.warmup, args.iters)
+        rows = {
+            n: {"ms": round(1000 * s, 1), "tokens_per_s": round(tokens / s)}
+            for n, s in secs.items()
+        }
         diff = (fp32(ids, mask) - int8(ids, mask)).abs().max().item()
     speedup = rows["fp32"]["ms"] / rows["int8 dynamic"]["ms"]
     for name, r in rows.items():

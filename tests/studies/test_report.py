@@ -171,3 +171,26 @@ def test_a_rounds_threshold_shows_the_criterion_it_read_beside_the_papers_words(
     figs = Figures()
     plain, both = figs.threshold(th, "t"), figs.threshold(th, "t", got)
     assert _height(both) > 1.5 * _height(plain) and figs.count == 2
+
+
+def test_an_evaluation_shows_where_its_time_went(tmp_path):
+    """run.json's ``wall`` of an evaluation (eval-wall.json's parts and the rest) is a table
+    under its scores; a damaged one leaves the section without it."""
+    import json
+
+    from xlt_engine.studies.report import evaluation_section
+
+    folder = tmp_path / "evaluate-finetune"
+    folder.mkdir()
+    res = {"model": "m", "metric": "accuracy", "languages": {"de": {"score": 0.9}},
+           "transfer_gap": {}}  # fmt: skip
+    (folder / "results.json").write_text(json.dumps(res))
+    assert "Where the time went" not in evaluation_section(folder)
+    wall = {"model load": 2.0, "reading": 1.0, "encoding": 3.0, "forward-only passes": 90.0,
+            "scoring": 1.0, "other": 3.0}  # fmt: skip
+    (folder / "run.json").write_text(json.dumps({"seconds": 100.0, "wall": wall}))
+    page = evaluation_section(folder)
+    assert "Where the time went" in page
+    assert "<td>forward-only passes</td><td>90.0</td><td>90%</td>" in page
+    (folder / "run.json").write_text(json.dumps({"wall": "x"}))
+    assert "Where the time went" not in evaluation_section(folder)

@@ -362,6 +362,9 @@ def evaluation_section(folder: Path) -> str:
         f"<h4>{html.escape(folder.name)}</h4><p>model {html.escape(res['model'])}</p>",
         _table(["language", f"{metric} (%)", "transfer gap"], rows),
     ]
+    info = _read_json(folder / "run.json") if (folder / "run.json").is_file() else {}
+    if isinstance(info, dict) and isinstance(info.get("wall"), dict):  # its parts and the rest
+        out.append(_wall_table(wall_shares(info["wall"], list(info["wall"])), ""))
     if types:
         per = [
             [lang, *(_pct(s.get("per_type", {}).get(t)) for t in sorted(types))]

@@ -87,6 +87,11 @@ def test_all_runs_every_stage_per_target_and_prints_the_table(ner_all):
     assert weights[0].stat().st_ino == weights[1].stat().st_ino  # one copy on disk
     for folder in ("btf", "finetune", "selftrain", "evaluate-finetune"):  # these read the target
         assert "shared_from" not in json.loads((ned / folder / "run.json").read_text())
+    # an evaluation's time by part (eval-wall.json) and the rest of its seconds, in run.json
+    info = json.loads((esp / "evaluate-finetune" / "run.json").read_text())
+    parts = ["model load", "reading", "encoding", "forward-only passes", "scoring", "other"]
+    assert list(info["wall"]) == parts and info["wall"]["forward-only passes"] > 0
+    assert sum(info["wall"].values()) == pytest.approx(info["seconds_all_runs"], abs=2e-3)
     # a finished stage drops its loop checkpoints (self-training steps' included)
     assert not list(out.rglob("ckpt-*")) and not list(out.rglob("latest"))
     assert "finetune: done in" in output and "(dropped its loop checkpoints: " in output

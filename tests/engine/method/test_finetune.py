@@ -121,6 +121,9 @@ def test_evaluate_writes_results_with_transfer_gap(ner_run, conll, tmp_path):
     )
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved == json.loads(json.dumps(res))
+    wall = json.loads((tmp_path / "eval-wall.json").read_text())  # where its time went
+    assert list(wall) == ["model load", "reading", "encoding", "forward-only passes", "scoring"]
+    assert all(v >= 0 for v in wall.values()) and wall["forward-only passes"] > 0
     for lang in tests:
         s = saved["languages"][lang]
         assert {"score", "strict_f1", "precision", "recall", "per_type"} <= s.keys()

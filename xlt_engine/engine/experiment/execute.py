@@ -35,6 +35,7 @@ from xlt_engine.engine.experiment.runs import (
     partial_twin,
     plan_stage,
 )
+from xlt_engine.engine.method.evaluate import EVAL_WALL
 from xlt_engine.engine.train import distributed
 from xlt_engine.engine.train.checkpoints import drop_checkpoints
 from xlt_engine.engine.train.distributed import rank_world, resolve_device
@@ -288,11 +289,12 @@ def stage_wall(folder: Path, total: float) -> dict:
     """``{"wall": ...}`` for ``run.json`` when the stage's own training loop ran in ``folder``
     (btf, finetune): the loop's parts over every run (``loop-wall.json``: training steps, dev
     evaluation, checkpoints) and ``other``, the rest of the stage's ``total`` seconds (reading
-    and encoding the data, loading and saving the model); else ``{}`` (self-training keeps its
-    finer breakdown in ``summary.json``)."""
-    path = folder / LOOP_WALL
+    and encoding the data, loading and saving the model); for an evaluation its parts
+    (``eval-wall.json``: model load, reading, encoding, forward-only passes, scoring) and
+    ``other``; else ``{}`` (self-training keeps its finer breakdown in ``summary.json``)."""
+    path = next((folder / n for n in (LOOP_WALL, EVAL_WALL) if (folder / n).is_file()), None)
     try:
-        loop = read_json(path) if path.is_file() else None
+        loop = read_json(path) if path is not None else None
     except ValueError:
         return {}
     if not isinstance(loop, dict):

@@ -4,7 +4,8 @@
 ensemble) on one test file per language (the source language too):
 accuracy, or entity-level micro F1 in seqeval's default mode and strict IOB2; the transfer gap
 of each target language (source score minus its score). Writes ``results.json`` and
-``results.md`` (a Markdown table) into ``out``.
+``results.md`` (a Markdown table) into ``out``, and ``eval-wall.json``: the seconds spent loading
+the model(s), reading and encoding the files, in the forward-only passes and scoring.
 
 ``predict``: predictions for one file. CoNLL input -> the same file with the predicted tag
 appended to every token line (so ``word ... gold predicted``, conlleval's layout); any other
@@ -26,6 +27,7 @@ from xlt_engine.data.tokenizer import load_tokenizer
 from xlt_engine.engine.method.settings import TEST_SPLIT, Split, TaskSettings, check_limit
 from xlt_engine.engine.train.distributed import resolve_device
 from xlt_engine.engine.train.inference import (
+    Parts,
     check_task_model,
     ensemble_probs,
     evaluate_model,
@@ -38,6 +40,8 @@ from xlt_engine.fileio import atomic_write_text, write_results
 from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import load_task_model
 from xlt_engine.outputs import claim_output, record_output
+
+EVAL_WALL = "eval-wall.json"  # in evaluate's folder: where its time went (seconds by part)
 
 
 def check_ensemble(ensemble: tuple[str, ...], format: str) -> None:
@@ -126,19 +130,26 @@ def run_evaluate(cfg: EvaluateConfig, resume: bool = False, echo=print, progress
     evaluation keeps no checkpoint and prints no bar)."""
     out = Path(cfg.out)
     device = resolve_device(cfg.device)
-    members = load_members(cfg)
+    wall: dict[str, float] = {}  # where the time went: EVAL_WALL
+    clock = Parts(wall)
+    with clock("model load"):
+        members = load_members(cfg)
     labels = members[0][0].labels
     scores = {}
     for lang, path in cfg.tests.items():
-        data = read_task_file(path, cfg.format, False, cfg.max_test, cfg.sample_seed, cfg.encoding)
+        with clock("reading"):
+            data = read_task_file(
+                path, cfg.format, False, cfg.max_test, cfg.sample_seed, cfg.encoding
+            )
         if len(members) == 1:
             model, tok = members[0]
             scores[lang] = evaluate_model(
-                model, data, tok, cfg.max_len, device, cfg.eval_max_tokens
+                model, data, tok, cfg.max_len, device, cfg.eval_max_tokens, wall=wall
             )
         else:
-            probs = ensemble_probs(members, data, cfg.max_len, device, cfg.eval_max_tokens)
-            scores[lang] = score(data, [labels[i] for i in probs.argmax(-1).tolist()])
+            probs = ensemble_probs(members, data, cfg.max_len, device, cfg.eval_max_tokens, wall)
+            with clock("scoring"):
+                scores[lang] = score(data, [labels[i] for i in probs.argmax(-1).tolist()])
         scores[lang]["file"] = str(path)
         if echo:
             echo(f"{lang}: {scores[lang]['metric']} {scores[lang]['score']:.4f} ({path})")
@@ -161,6 +172,8 @@ def run_evaluate(cfg: EvaluateConfig, resume: bool = False, echo=print, progress
         **cfg.extra,
     }
     write_results(out, "results", results, markdown_table(results), echo)
+    parts = {k: round(v, 3) for k, v in wall.items()}
+    atomic_write_text(out / EVAL_WALL, json.dumps(parts, indent=2) + "\n")
     return results
 
 

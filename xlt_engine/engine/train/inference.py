@@ -8,7 +8,9 @@ label name goes to the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -203,28 +205,67 @@ def inference_dtype(model: torch.nn.Module, device: torch.device) -> torch.dtype
 
 
 def evaluate_model(
-    model: TaskModel, data, tok, max_len: int, device, max_tokens: int, enc=None
+    model: TaskModel, data, tok, max_len: int, device, max_tokens: int, enc=None, wall=None
 ) -> dict:
     """Score ``model`` on labeled ``TaskData`` (finetune's dev set, evaluate's test sets);
-    ``enc``: ``data`` already encoded with the model's labels."""
+    ``enc``: ``data`` already encoded with the model's labels. ``wall``: a dict that gains
+    the seconds of ``encoding``, the ``forward-only passes`` and ``scoring``."""
+    clock = Parts(wall)
     if enc is None:
-        enc = encode(data, tok, model.labels, max_len)
+        with clock("encoding"):
+            enc = encode(data, tok, model.labels, max_len)
     amp = inference_dtype(model, device)
-    logits = predict_logits(model, enc, tok.pad_id, device, max_tokens, amp)
-    return score(data, predicted_labels(enc, logits, model.labels))
+    with clock("forward-only passes"):
+        logits = predict_logits(model, enc, tok.pad_id, device, max_tokens, amp)
+    with clock("scoring"):
+        return score(data, predicted_labels(enc, logits, model.labels))
+
+
+class Parts:
+    """Seconds added into ``wall[part]`` by ``with clock(part):`` (nothing when ``wall`` is
+    None); a CUDA device is synchronized at each end, so a part holds its kernels."""
+
+    def __init__(self, wall: dict | None):
+        self.wall = wall
+
+    @contextlib.contextmanager
+    def __call__(self, part: str):
+        if self.wall is None:
+            yield
+            return
+        _sync()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            _sync()
+            self.wall[part] = self.wall.get(part, 0.0) + time.perf_counter() - t0
+
+
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def ensemble_probs(
-    members: Sequence[tuple[TaskModel, object]], data, max_len: int, device, max_tokens: int
+    members: Sequence[tuple[TaskModel, object]],
+    data,
+    max_len: int,
+    device,
+    max_tokens: int,
+    wall: dict | None = None,
 ) -> torch.Tensor:
     """The mean of several task models' mean-of-voters probabilities ``[items, C]`` (fp32, on
     the CPU) on sequence ``TaskData``; ``members``: (model, its tokenizer) pairs with the same
-    labels, each reading the text with its own tokenizer."""
+    labels, each reading the text with its own tokenizer; ``wall`` as ``evaluate_model``'s."""
+    clock = Parts(wall)
     total = None
     for model, tok in members:
-        enc = encode(data, tok, model.labels, max_len)
+        with clock("encoding"):
+            enc = encode(data, tok, model.labels, max_len)
         amp = inference_dtype(model, device)
-        logits = predict_logits(model, enc, tok.pad_id, device, max_tokens, amp)
+        with clock("forward-only passes"):
+            logits = predict_logits(model, enc, tok.pad_id, device, max_tokens, amp)
         probs = VotersModule.probs(logits.float()).cpu()
         total = probs if total is None else total + probs
     return total / len(members)

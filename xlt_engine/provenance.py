@@ -5,6 +5,7 @@ provenance fields from here."""
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import platform
 import subprocess
@@ -46,6 +47,28 @@ def version(name: str) -> str | None:
         return None
 
 
+@functools.cache
+def cpu_info() -> dict:
+    """This machine's CPU: its model name and whether it multiplies bf16 natively
+    (``native_bf16``: AVX512-BF16 or AMX-BF16 among its flags), read once from
+    /proc/cpuinfo (Linux; elsewhere the platform's processor name and no native bf16).
+    ``precision = "auto"`` reads ``native_bf16`` (``optim.resolve_precision``), so a run's
+    record says which precision its CPU steps ran in."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return {"model": model, "native_bf16": bool(flags & {"avx512_bf16", "amx_bf16"})}
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -58,6 +81,7 @@ def environment(device: torch.device) -> dict:
         "date": datetime.date.today().isoformat(),
         "device": device_name(device),
         "threads": torch.get_num_threads(),
+        "cpu": cpu_info(),
         "xlt_engine": xlt_engine.__version__,
         "git_sha": git_sha(),
         "torch": torch.__version__,

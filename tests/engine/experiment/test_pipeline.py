@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
@@ -800,3 +801,74 @@ def test_all_plans_the_teacher_the_config_names():
     assert inits(direct, Parts(finetuned=False)) == (["pretrained", "pretrained"], 3)
     # - BTF: direct transfer's (a linear head) and the teacher (voters), both pretrained
     assert inits([], Parts(btf=False)) == (["pretrained", "pretrained"], 2)
+
+
+def test_a_stage_resumed_on_another_cpu_runs_in_the_precision_it_began_in(tmp_path, monkeypatch):
+    """precision = "auto" follows the CPU: bf16 where it multiplies bf16 natively, else fp32.
+    A self-training stage begun on such a CPU and resumed on one without finished its passes
+    and steps in fp32: neither the one machine's result nor the other's. Now run.json records
+    what the stage began with, a resumed stage decides "auto" as it did (and says so), and it
+    ends with the uninterrupted run's student bit for bit; its records name their precision."""
+    import shutil
+
+    from xlt_engine import provenance
+    from xlt_engine.engine.experiment.execute import run_stage
+    from xlt_engine.engine.experiment.runs import stage_dir
+    from xlt_engine.engine.method import selftrain
+    from xlt_engine.engine.train import optim
+    from xlt_engine.quickstart import Sizes, prepare
+
+    cfg_path = prepare(tmp_path / "qs", seed=4, sizes=Sizes(train=60, dev=20, test=40))
+    sets = ["btf.train.max_steps=2", "finetune.train.max_steps=12", "selftrain.rounds=1",
+            "selftrain.soft.max_steps=3", "selftrain.hard.max_steps=3",
+            "selftrain.rule.threshold=fixed", "selftrain.rule.alpha=0.2"]  # fmt: skip
+    monkeypatch.setattr(optim, "CPU_BF16_MIN_WIDTH", 1)  # the tiny model counts as wide
+
+    def machine(native: bool):
+        monkeypatch.setattr(provenance, "cpu_info", lambda: {"model": "t", "native_bf16": native})
+
+    def config(out: Path):
+        return load_config(cfg_path, [*sets, f"out={str(out)!r}"])
+
+    machine(True)
+    whole = config(tmp_path / "whole")
+    for stage in ("btf", "finetune", "selftrain"):
+        run_stage(whole, stage, echo=None)
+    cut = config(tmp_path / "cut")
+    shutil.copytree(tmp_path / "whole", tmp_path / "cut",
+                    ignore=lambda d, names: [n for n in names if n.startswith("selftrain")])  # fmt: skip
+    real_hard = selftrain.hard_step
+
+    def stopped(*args, **kw):  # stopped where round 1's hard step begins
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(selftrain, "hard_step", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(cut, "selftrain", echo=None)
+    folder = stage_dir(cut, "selftrain")
+    began = json.loads((folder / "run.json").read_text())
+    assert began["precision_basis"] == {"cpu_native_bf16": True}
+    monkeypatch.setattr(selftrain, "hard_step", real_hard)
+    machine(False)
+    said = []
+    run_stage(cut, "selftrain", resume=True, echo=said.append)
+    assert (
+        "selftrain: resumed as it began: precision 'auto' decides as on the CPU with native "
+        "bf16 it began on (this one is without)" in said
+    )
+    info = json.loads((folder / "run.json").read_text())
+    assert info["precision_basis"] == {"cpu_native_bf16": True}
+    assert info["cpu"] == {"model": "t", "native_bf16": False}  # the machine it ran on
+    whole_model = stage_dir(whole, "selftrain") / "model"
+    for name in ("model.safetensors", "voters.safetensors"):
+        a, b = load_file(str(whole_model / name)), load_file(str(folder / "model" / name))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    passes = [r for r in _records(folder) if "forward_seconds" in r]
+    assert passes and {r["precision"] for r in passes} == {"bf16"}
+    hard = folder / "round-1" / "hard" / "metrics.jsonl"
+    assert {json.loads(x)["precision"] for x in hard.read_text().splitlines()} == {"bf16"}
+    # a stage begun here, from nothing, decides by this machine
+    fresh = config(tmp_path / "fresh")
+    run_stage(fresh, "btf", echo=None)
+    basis = json.loads((stage_dir(fresh, "btf") / "run.json").read_text())["precision_basis"]
+    assert basis == {"cpu_native_bf16": False}

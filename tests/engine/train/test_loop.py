@@ -391,6 +391,64 @@ def test_bf16_pure_resumes_bit_exact(tmp_path):
         assert torch.equal(v, m_resumed.state_dict()[k]), k
 
 
+def test_auto_precision_resumes_in_the_precision_its_checkpoint_was_written_in(
+    tmp_path, monkeypatch
+):
+    """precision = "auto" is bf16 on a CPU with native bf16 and fp32 on one without. A run
+    begun on the first and resumed on the second continued in fp32 and ended nowhere near the
+    uninterrupted run; now the checkpoint names its precision, the resumed run continues in it
+    (and says so), and ends where the uninterrupted run ends, bit for bit. Every metric record
+    names the precision its steps ran in. Resumed in fp32 (the old behaviour), it differs."""
+    import json
+    import shutil
+
+    from xlt_engine.engine.method.btf import MlmObjective
+    from xlt_engine.engine.train import optim
+
+    monkeypatch.setattr(optim, "CPU_BF16_MIN_WIDTH", 1)  # the tiny model counts as wide
+    ids = 10 + (torch.arange(32) % 7 + torch.arange(8)[:, None] * 7) % 280
+    said = []
+
+    def run(folder, native, resume=False, precision="auto"):
+        model, data, loss_fn = _tiny_mlm(2, ids)
+
+        def save(m, f):
+            f.mkdir()
+            torch.save(m.model.state_dict(), f / "w.pt")
+
+        def load(m, f):
+            m.model.load_state_dict(torch.load(f / "w.pt"))
+
+        cfg = TrainConfig(max_steps=6, lr=3e-3, log_every=1, precision=precision, save_every=3,
+                          keep_checkpoints=2, warmup_ratio=0.0)  # fmt: skip
+        with optim.assume_native_bf16(native):
+            train(MlmObjective(model), loss_fn, data, cfg, folder,
+                  RunIO(save, load, echo=said.append), resume=resume)  # fmt: skip
+        return model.state_dict()
+
+    def cut(name):
+        shutil.copytree(tmp_path / "whole", tmp_path / name)
+        shutil.rmtree(tmp_path / name / "ckpt-00000006")
+        (tmp_path / name / "latest").write_text("ckpt-00000003\n")
+
+    whole = run(tmp_path / "whole", native=True)
+    cut("cut")
+    resumed = run(tmp_path / "cut", native=False, resume=True)
+    pinned = [x for x in said if x.startswith("resumed in")]
+    assert pinned == ["resumed in bf16, the precision this run began in (precision 'auto' picks "
+                      "fp32 on this machine)"]  # fmt: skip
+    for k, v in whole.items():
+        assert torch.equal(v, resumed[k]), k
+    records = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["precision"]) for r in records] == [(i, "bf16") for i in range(1, 7)]
+    state = torch.load(tmp_path / "cut" / "ckpt-00000006" / "state.pt", weights_only=True)
+    assert state["precision"] == "bf16"
+    # the same cut continued in fp32, as before the record: another model
+    cut("fp32")
+    other = run(tmp_path / "fp32", native=False, resume="accept_changes", precision="fp32")
+    assert not all(torch.equal(v, other[k]) for k, v in whole.items())
+
+
 def test_a_checkpoint_whose_optimizer_state_holds_nan_is_named_when_read_and_never_written(
     tmp_path,
 ):

@@ -40,6 +40,7 @@ from xlt_engine.engine.train import distributed
 from xlt_engine.engine.train.checkpoints import drop_checkpoints
 from xlt_engine.engine.train.distributed import rank_world, resolve_device
 from xlt_engine.engine.train.loop import LOOP_WALL
+from xlt_engine.engine.train.optim import assume_native_bf16
 from xlt_engine.fileio import (
     DEBRIS,
     LOCK_FILE,
@@ -234,6 +235,7 @@ def _run_locked(cfg, stage, stage_cfg, plan, main, resume, echo, progress):
     spec = registry.get(stage)
     start = time.perf_counter()
     earlier = _all_runs(plan.folder) if main else 0.0  # before run.json is written anew
+    began = _began_with(plan.folder) if main else None  # likewise
     if main:
         removed = remove_debris(plan.folder)  # what a kill left half-written
         if removed and echo:
@@ -242,14 +244,16 @@ def _run_locked(cfg, stage, stage_cfg, plan, main, resume, echo, progress):
         write_run_info(plan.folder, cfg, stage, stage_cfg)
     resume = _take_partial(cfg, spec, plan, main, echo) or resume
     earlier = earlier if resume else 0.0  # a stage run from nothing counts from nothing
+    native = _precision_basis(cfg, stage, plan.folder, began if resume else None, main, echo)
     try:
-        if spec.main_only:  # rank 0 alone, and no collective: the others go on at once
-            if not main:
-                return None
-            result = spec.run(stage_cfg, resume=resume, echo=echo, progress=progress)
-        else:
-            distributed.barrier()
-            result = spec.run(stage_cfg, resume=resume, echo=echo, progress=progress)
+        with assume_native_bf16(native):
+            if spec.main_only:  # rank 0 alone, and no collective: the others go on at once
+                if not main:
+                    return None
+                result = spec.run(stage_cfg, resume=resume, echo=echo, progress=progress)
+            else:
+                distributed.barrier()
+                result = spec.run(stage_cfg, resume=resume, echo=echo, progress=progress)
     except BaseException:  # interrupted or failed: what it took counts when it is resumed
         if main and (plan.folder / "run.json").is_file():
             _record(plan.folder, seconds_all_runs=round(earlier + time.perf_counter() - start, 3))
@@ -268,6 +272,37 @@ def _run_locked(cfg, stage, stage_cfg, plan, main, resume, echo, progress):
             f"{plan.output}{dropped}"
         )
     return result
+
+
+PRECISION_BASIS = "precision_basis"  # run.json: what precision "auto" decided by
+
+
+def _began_with(folder: Path) -> bool | None:
+    """Whether the CPU that began the stage in ``folder`` had native bf16, from its run.json
+    (None: no earlier run, or one from before the record)."""
+    try:
+        basis = read_json(folder / "run.json").get(PRECISION_BASIS)
+        value = basis.get("cpu_native_bf16") if isinstance(basis, dict) else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, bool) else None
+
+
+def _precision_basis(cfg, stage: str, folder: Path, began, main: bool, echo) -> bool:
+    """The native bf16 that precision "auto" assumes while the stage runs: the machine's that
+    began it (``began``, for a resumed stage), else this one's; in run.json (rank 0) and the
+    same on every rank (rank 0's answer). On a CPU, said when it is not this machine's."""
+    here = provenance.cpu_info()["native_bf16"]
+    native = distributed.broadcast_object(here if began is None else began)
+    if main:
+        _record(folder, **{PRECISION_BASIS: {"cpu_native_bf16": native}})
+        if echo and native != here and resolve_device(cfg.device).type == "cpu":
+            has = {True: "with", False: "without"}
+            echo(
+                f"{stage}: resumed as it began: precision 'auto' decides as on the CPU "
+                f"{has[native]} native bf16 it began on (this one is {has[here]})"
+            )
+    return native
 
 
 def _take_partial(cfg, spec: registry.Stage, plan, main: bool, echo) -> bool:

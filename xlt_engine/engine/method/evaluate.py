@@ -36,6 +36,7 @@ from xlt_engine.engine.train.inference import (
     predicted_labels,
     score,
 )
+from xlt_engine.engine.train.optim import precision_name
 from xlt_engine.fileio import atomic_write_text, write_results
 from xlt_engine.model.heads import VotersModule
 from xlt_engine.model.task import load_task_model
@@ -169,6 +170,7 @@ def run_evaluate(cfg: EvaluateConfig, resume: bool = False, echo=print, progress
         if targets
         else None,
         "mean_gap": (sum(gap.values()) / len(gap)) if gap else None,
+        "precision": precision_name("auto", inference_dtype(members[0][0], device)),
         **cfg.extra,
     }
     write_results(out, "results", results, markdown_table(results), echo)

@@ -58,7 +58,9 @@ from xlt_engine.engine.train.optim import (
     freeze,
     lr_at,
     param_groups,
+    precision_name,
     resolve_precision,
+    resumed_precision,
     unwrap,
     widest_layer,
 )
@@ -309,6 +311,7 @@ class Run:
     history: list = field(default_factory=list)
     last_loss: float = float("nan")
     grad_norm: torch.Tensor | None = None
+    precision: str = "fp32"  # what the steps run in (``precision_name``): records, checkpoints
     eval_seconds: float = 0.0  # in ``evaluate`` at records (rank 0)
     save_seconds: float = 0.0  # writing checkpoints
 
@@ -343,6 +346,8 @@ class Run:
                     f"{ckpts.latest()} was written with other settings: {'; '.join(changed)}; "
                     "resume with the same settings (or resume='accept_changes')"
                 )
+            say = io.echo if rank == 0 else None
+            amp_dtype = resumed_precision(cfg.precision, state.get("precision"), amp_dtype, say)
             opt.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             pos = Position(state["step"], state["epoch"], state["index"])
@@ -380,6 +385,7 @@ class Run:
             pure,
             rank,
             world,
+            precision=precision_name(cfg.precision, amp_dtype),
         )
 
     def record(self, evaluate) -> None:
@@ -394,6 +400,7 @@ class Run:
                 f"{last_good(self.ckpts.run_dir)}"
             ) from None
         self.last_loss = record["loss"]
+        record["precision"] = self.precision
         if self.grad_norm is not None:
             norm = float(self.grad_norm)
             record["grad_norm"] = norm if math.isfinite(norm) else None
@@ -425,6 +432,7 @@ class Run:
             "epoch": pos.epoch,
             "index": pos.index,
             "config": asdict(self.cfg),
+            "precision": self.precision,  # what a resume under "auto" continues in
         }
         with self.pure.full_precision() if self.pure else contextlib.nullcontext():
             path = self.ckpts.save(self.core, pos.step, state)  # fp32 weights

@@ -4,12 +4,13 @@ parameter groups (weight decay on matrices, the fresh head's learning-rate scale
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import re
 
 import torch
 from torch import nn
 
+from xlt_engine import provenance
 from xlt_engine.engine.train import distributed
 from xlt_engine.engine.train.config import TrainConfig
 
@@ -97,19 +98,29 @@ CPU_BF16_MIN_WIDTH = 1024  # the widest layer (in features) from which bf16 trai
 # (benchmarks/bench_cpu_step.py, 2026-11-26)
 
 
-@functools.cache
+_ASSUMED_NATIVE_BF16: bool | None = None  # set by assume_native_bf16
+
+
 def cpu_has_native_bf16() -> bool:
-    """The CPU multiplies bf16 natively (AVX512-BF16 or AMX-BF16 in its flags; Linux); read
-    once per process (every evaluation and training stage asks)."""
+    """The CPU multiplies bf16 natively (``provenance.cpu_info``), or what the stage being
+    resumed assumes: the answer of the machine it began on (``assume_native_bf16``)."""
+    if _ASSUMED_NATIVE_BF16 is not None:
+        return _ASSUMED_NATIVE_BF16
+    return provenance.cpu_info()["native_bf16"]
+
+
+@contextlib.contextmanager
+def assume_native_bf16(value: bool | None):
+    """Within the block, ``precision = "auto"`` decides as on a CPU whose native bf16 is
+    ``value`` (None: this machine's). A stage resumed on another machine runs in the precision
+    it began in: e5-small's steps are bf16 on a CPU with native bf16 and fp32 on one without,
+    and a run that changed between them part way would match neither."""
+    global _ASSUMED_NATIVE_BF16
+    before, _ASSUMED_NATIVE_BF16 = _ASSUMED_NATIVE_BF16, value
     try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+        yield
+    finally:
+        _ASSUMED_NATIVE_BF16 = before
 
 
 def widest_layer(model: nn.Module) -> int:
@@ -135,6 +146,35 @@ def resolve_precision(
     if device.type != "cuda" and precision == "fp16":
         raise ValueError("fp16 needs CUDA (use fp32 or bf16 on CPU)")
     return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def precision_name(precision: str, amp: torch.dtype | None) -> str:
+    """What a loop's steps run in: ``bf16-pure``, or the autocast dtype's name (fp32: none)."""
+    if precision == "bf16-pure":
+        return precision
+    return next(name for name, dtype in AMP_DTYPES.items() if dtype == amp)
+
+
+def resumed_precision(
+    precision: str, saved: str | None, amp: torch.dtype | None, echo
+) -> torch.dtype | None:
+    """The autocast dtype of a run resumed from a checkpoint written in ``saved`` (its
+    ``precision_name``; None: a checkpoint from before the record). Under ``auto`` the run
+    continues in ``saved`` where this machine would pick another (``amp``), and says so to
+    ``echo``; a precision asked for by name is the config's, which the resume check compares."""
+    if precision != "auto" or saved is None or saved == precision_name(precision, amp):
+        return amp
+    if saved not in AMP_DTYPES:
+        raise ValueError(f"the checkpoint's precision {saved!r} is none of {sorted(AMP_DTYPES)}")
+    if echo:
+        echo(
+            f"resumed in {saved}, the precision this run began in (precision 'auto' picks "
+            f"{precision_name(precision, amp)} on this machine)"
+        )
+    return AMP_DTYPES[saved]
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -46,6 +46,7 @@ from xlt_engine.engine.train.inference import (
     predict_logits,
     shard_items,
 )
+from xlt_engine.engine.train.optim import precision_name
 from xlt_engine.fileio import append_jsonl, create_safetensors, fsync_dir
 from xlt_engine.inputs import read_json, read_jsonl
 from xlt_engine.model.heads import LINEAR
@@ -141,6 +142,7 @@ class SelftrainContext:
         self.dropout = head.voter_dropout if head else first.voters.voters[0].dropout.p
         self.representation = head.representation if head else first.representation
         self.amp = inference_dtype(first, device)  # students and teachers alike are this wide
+        self.precision = precision_name("auto", self.amp)  # the passes' records say it
         del first
         self.seed = cfg.soft.seed
         # D_src and U_tgt as packed stores (built by rank 0, memory-mapped by every rank): a

@@ -213,7 +213,15 @@ class RoundFilter:
             drop_failed_units(ctx.tgt, arrays["pseudo"])
         counts = self.record(arrays, keep)
         secs = time.perf_counter() - self.t0
-        ctx.log({"step": "filter", **counts, "seconds": secs, "forward_seconds": forward})
+        ctx.log(
+            {
+                "step": "filter",
+                **counts,
+                "seconds": secs,
+                "forward_seconds": forward,
+                "precision": ctx.precision,
+            }
+        )
         ctx.say(
             f"round {r}: source rows kept {counts['source_rows_kept']}/{len(ctx.gold)} "
             f"(-{counts['source_rows_removed']}), pseudo-labeled target rows "

@@ -169,6 +169,7 @@ def teacher_probs(ctx: SelftrainContext, r: int, teachers: list[Path]) -> np.nda
                 **({"linked_from": str(checked)} if linked else {}),
                 "seconds": secs,
                 "forward_seconds": forward,  # of which the model's forward passes
+                "precision": ctx.precision,
                 "tokens_per_s": float(ctx.tgt.lengths.sum()) / max(secs, 1e-9),
             }
         )
@@ -215,6 +216,7 @@ def check(ctx: SelftrainContext, r: int, which: str, probs: np.ndarray, student:
         "dev": dev,
         "seconds": time.perf_counter() - t0,
         "forward_seconds": forward,
+        "precision": ctx.precision,
     }
     ctx.log(record)
     ctx.say(f"round {r}: {which} student: {describe_check(record)}")
@@ -260,6 +262,7 @@ def thresholds(
                 "class_alpha": dict(zip(ctx.labels, th.alpha, strict=True)),
                 "seconds": secs,
                 "forward_seconds": forward,  # the student on D_src; the rest: arithmetic
+                "precision": ctx.precision,
             }
         )
         ctx.say(f"round {r}: {alpha_line(base, rule, ctx.labels, th.alpha)}")

@@ -329,7 +329,7 @@ def test_a_compiled_step_follows_the_eager_loss_curve(tmp_path, capsys):
         TrainConfig(max_steps=1, compile="jit")
 
 
-def _mlm_run(tmp_path, precision, max_steps=6, resume=False, **kw):
+def _mlm_run(tmp_path, precision, max_steps=6, resume=False, echo=None, **kw):
     """A tiny dropout-free MLM model trained by the loop at ``precision``; (losses, model)."""
     from xlt_engine.engine.method.btf import MlmObjective
 
@@ -347,7 +347,7 @@ def _mlm_run(tmp_path, precision, max_steps=6, resume=False, **kw):
     train_cfg = TrainConfig(max_steps=max_steps, lr=3e-3, log_every=1, precision=precision,
                             freeze=(r"encoder\.layers\.0\.",), warmup_ratio=0.0, **kw)  # fmt: skip
     r = train(MlmObjective(model), loss_fn, data, train_cfg, tmp_path,
-              RunIO(save, load, echo=None), resume=resume)  # fmt: skip
+              RunIO(save, load, echo=echo), resume=resume)  # fmt: skip
     return [h["loss"] for h in r.history], model
 
 
@@ -402,28 +402,15 @@ def test_auto_precision_resumes_in_the_precision_its_checkpoint_was_written_in(
     import json
     import shutil
 
-    from xlt_engine.engine.method.btf import MlmObjective
     from xlt_engine.engine.train import optim
 
     monkeypatch.setattr(optim, "CPU_BF16_MIN_WIDTH", 1)  # the tiny model counts as wide
-    ids = 10 + (torch.arange(32) % 7 + torch.arange(8)[:, None] * 7) % 280
     said = []
 
     def run(folder, native, resume=False, precision="auto"):
-        model, data, loss_fn = _tiny_mlm(2, ids)
-
-        def save(m, f):
-            f.mkdir()
-            torch.save(m.model.state_dict(), f / "w.pt")
-
-        def load(m, f):
-            m.model.load_state_dict(torch.load(f / "w.pt"))
-
-        cfg = TrainConfig(max_steps=6, lr=3e-3, log_every=1, precision=precision, save_every=3,
-                          keep_checkpoints=2, warmup_ratio=0.0)  # fmt: skip
         with optim.assume_native_bf16(native):
-            train(MlmObjective(model), loss_fn, data, cfg, folder,
-                  RunIO(save, load, echo=said.append), resume=resume)  # fmt: skip
+            _, model = _mlm_run(folder, precision, resume=resume, echo=said.append, save_every=3,
+                                keep_checkpoints=2)  # fmt: skip
         return model.state_dict()
 
     def cut(name):

@@ -430,6 +430,11 @@ def test_auto_precision_resumes_in_the_precision_its_checkpoint_was_written_in(
     assert [(r["step"], r["precision"]) for r in records] == [(i, "bf16") for i in range(1, 7)]
     state = torch.load(tmp_path / "cut" / "ckpt-00000006" / "state.pt", weights_only=True)
     assert state["precision"] == "bf16"
+    state["precision"] = "fp8"  # a damaged record is named, with its checkpoint
+    torch.save(state, tmp_path / "cut" / "ckpt-00000006" / "state.pt")
+    with pytest.raises(ValueError, match=r"ckpt-00000006: the checkpoint's precision 'fp8' is "
+                       r"none of \['bf16', 'fp16', 'fp32'\]"):  # fmt: skip
+        run(tmp_path / "cut", native=False, resume=True)
     # the same cut continued in fp32, as before the record: another model
     cut("fp32")
     other = run(tmp_path / "fp32", native=False, resume="accept_changes", precision="fp32")

@@ -347,7 +347,10 @@ class Run:
                     "resume with the same settings (or resume='accept_changes')"
                 )
             say = io.echo if rank == 0 else None
-            amp_dtype = resumed_precision(cfg.precision, state.get("precision"), amp_dtype, say)
+            try:
+                amp_dtype = resumed_precision(cfg.precision, state.get("precision"), amp_dtype, say)
+            except ValueError as err:
+                raise ValueError(f"{ckpts.latest()}: {err}") from None
             opt.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             pos = Position(state["step"], state["epoch"], state["index"])

@@ -21,8 +21,10 @@
 #   --with, --only kernels as a call of its own)
 #   --only LIST   run only these steps (e.g. btf_step,round to measure again after a fix; the
 #                 steps: tests kernels encoder btf_step round, and on a GPU encoder_amp and
-#                 encoder_bf16 in place of encoder, and selftrain: the self-training tests
-#                 marked "device", which run on the default device, so here on the GPU)
+#                 encoder_bf16 in place of encoder, selftrain: the self-training tests
+#                 marked "device", which run on the default device, so here on the GPU, and
+#                 soft_rows: where the soft losses' time goes, and their row kernels' tiles
+#                 (benchmarks/tune_soft_rows.py, its log in logs/soft_rows.log))
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,7 +45,7 @@ for w in ${with//,/ }; do
   case "$w" in compile|liger|cce) ;; *) echo "gpu_check.sh: --with takes compile, liger and cce, got '$w'" >&2; exit 2 ;; esac
 done
 if [ $dry -eq 1 ]; then known="tests kernels encoder btf_step round"
-else known="tests kernels encoder_amp encoder_bf16 btf_step round selftrain"; fi
+else known="tests kernels encoder_amp encoder_bf16 btf_step round selftrain soft_rows"; fi
 for o in ${only//,/ }; do
   case " $known " in *" $o "*) ;; *) echo "gpu_check.sh: --only takes steps of: $known; got '$o'" >&2; exit 2 ;; esac
 done
@@ -115,6 +117,7 @@ else
   step btf_step 240 python3 -m benchmarks.bench_btf_step --data "$data"  # + bf16-pure, compile, graphs
   step round 75 python3 -m benchmarks.bench_round --data "$data"
   step selftrain 240 python3 -m pytest -q -m device tests/engine/method/test_selftrain.py -p no:cacheprovider
+  step soft_rows 200 python3 -m benchmarks.tune_soft_rows --quick
 fi
 
 python3 -m benchmarks.summarize "$out" | tee "$out/summary.txt"

@@ -19,18 +19,13 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.tuning import bench, print_fastest, time_configs
 from xlt_engine.kernels._launch import config
 from xlt_engine.kernels.mlm_loss import ROW_ALIGN, fused_mlm_loss_ref, mlm_rows_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 
 V, H = 119547, 768
-
-
-def bench(fn) -> float:
-    import triton.testing
-
-    return triton.testing.do_bench(fn, return_mode="median")
 
 
 def inputs(n: int, dtype=torch.bfloat16):
@@ -97,23 +92,14 @@ def sweep(n: int, quick: bool) -> None:
     blocks = (1024, 2048, 4096) if quick else (1024, 2048, 4096, 8192)
     warps = (4, 8) if quick else (4, 8, 16)
     stages = (1, 2) if quick else (1, 2, 3, 4)
-    rows = []
-    for bv, nw, ns in itertools.product(blocks, warps, stages):
-        cfg = dict(BLOCK_V=bv, num_warps=nw, num_stages=ns)
-        try:
-            ms = bench(rows_launcher(z, b, y, inv, loss, v_pad, **cfg))
-        except Exception as err:  # an impossible configuration (registers, shared memory)
-            print(f"  BLOCK_V={bv} warps={nw} stages={ns}: {type(err).__name__}")
-            continue
-        rows.append((ms, cfg))
+    configs = [
+        dict(BLOCK_V=bv, num_warps=nw, num_stages=ns)
+        for bv, nw, ns in itertools.product(blocks, warps, stages)
+    ]
+    rows = time_configs(configs, lambda cfg: rows_launcher(z, b, y, inv, loss, v_pad, **cfg))
     gbytes = 3 * n * v_pad * 2 / 1e9
     print(f"\nmlm_rows_kernel at N={n}: {gbytes:.3f} GB moved per call; fastest first")
-    for ms, cfg in sorted(rows, key=lambda r: r[0])[:10]:
-        mark = "  <- current" if cfg == current else ""
-        print(f"  {cfg}  {ms:.3f} ms  {gbytes / ms:.2f} TB/s{mark}")
-    cur = [ms for ms, cfg in rows if cfg == current]
-    if cur:
-        print(f"  current {current}: {cur[0]:.3f} ms")
+    print_fastest(rows, current, lambda ms: f"{gbytes / ms:.2f} TB/s")
 
 
 def main(argv=None) -> None:

@@ -24,6 +24,7 @@ import itertools
 import torch
 import triton
 
+from benchmarks.tuning import bench, print_fastest, time_configs
 from xlt_engine.kernels import _launch
 from xlt_engine.kernels.soft_label_kl import soft_label_kl, soft_label_kl_fwd
 from xlt_engine.kernels.soft_label_mse import soft_label_mse, soft_label_mse_fwd
@@ -34,12 +35,6 @@ OPS = {  # op -> (the autograd function, the forward launcher with dz)
 }
 SCALE_ARG, PARTIAL_ARG = 3, 4  # both row kernels take (z, p, mask, scale, partial, dz, ...)
 VOTERS = 3
-
-
-def bench(fn) -> float:
-    import triton.testing
-
-    return triton.testing.do_bench(fn, return_mode="median")
 
 
 def inputs(m: int, n: int, c: int, dtype=torch.bfloat16):
@@ -135,23 +130,14 @@ def sweep(op: str, n: int, c: int, rate: float, quick: bool) -> None:
     elems = (512, 2048) if quick else (256, 512, 1024, 2048, 4096)
     warps = (2, 4, 8) if quick else (1, 2, 4, 8)
     stages = (1, 3) if quick else (1, 2, 3, 4)
-    rows = []
-    for e, nw, ns in itertools.product(elems, warps, stages):
-        cfg = {**current, "BLOCK_R": max(16, e // block_c), "num_warps": nw, "num_stages": ns}
-        try:
-            ms = bench(launcher(kernel, args, cfg, n)[0])
-        except Exception as err:  # an impossible configuration (registers, shared memory)
-            print(f"  {cfg_str(cfg)}: {type(err).__name__}")
-            continue
-        rows.append((ms, cfg))
+    configs = [
+        {**current, "BLOCK_R": max(16, e // block_c), "num_warps": nw, "num_stages": ns}
+        for e, nw, ns in itertools.product(elems, warps, stages)
+    ]
+    rows = time_configs(configs, lambda cfg: launcher(kernel, args, cfg, n)[0], cfg_str)
     moved = kernel_bytes(VOTERS, n, c, z.element_size())
     print(f"\n{op} row kernel at M={VOTERS} N={n} C={c}: {moved / 1e9:.3f} GB; fastest first")
-    for ms, cfg in sorted(rows, key=lambda r: r[0])[:12]:
-        mark = "  <- current" if cfg == current else ""
-        print(f"  {cfg_str(cfg):<48}{ms:8.3f} ms {moved / rate / ms:6.0%} of copy{mark}")
-    now = [ms for ms, cfg in rows if cfg == current]
-    if now:
-        print(f"  current ({cfg_str(current)}): {now[0]:.3f} ms")
+    print_fastest(rows, current, lambda ms: f"{moved / rate / ms:6.0%} of copy", cfg_str, top=12)
 
 
 def main(argv=None) -> None:

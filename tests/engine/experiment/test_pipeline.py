@@ -803,6 +803,29 @@ def test_all_plans_the_teacher_the_config_names():
     assert inits([], Parts(btf=False)) == (["pretrained", "pretrained"], 2)
 
 
+def _two_cpus(tmp_path, monkeypatch, rounds: int):
+    """A quickstart config maker (``config(out)``, tiny steps, a fixed alpha) and ``machine(native)``,
+    which makes this CPU one with native bf16 or one without; the tiny model counts as wide, so
+    precision "auto" picks bf16 on the first and fp32 on the second."""
+    from xlt_engine import provenance
+    from xlt_engine.engine.train import optim
+    from xlt_engine.quickstart import Sizes, prepare
+
+    cfg_path = prepare(tmp_path / "qs", seed=4, sizes=Sizes(train=60, dev=20, test=40))
+    sets = ["btf.train.max_steps=2", "finetune.train.max_steps=12", f"selftrain.rounds={rounds}",
+            "selftrain.soft.max_steps=3", "selftrain.hard.max_steps=3",
+            "selftrain.rule.threshold=fixed", "selftrain.rule.alpha=0.2"]  # fmt: skip
+    monkeypatch.setattr(optim, "CPU_BF16_MIN_WIDTH", 1)
+
+    def machine(native: bool):
+        monkeypatch.setattr(provenance, "cpu_info", lambda: {"model": "t", "native_bf16": native})
+
+    def config(out: Path, *more: str):
+        return load_config(cfg_path, [*sets, *more, f"out={str(out)!r}"])
+
+    return config, machine
+
+
 def test_a_stage_resumed_on_another_cpu_runs_in_the_precision_it_began_in(tmp_path, monkeypatch):
     """precision = "auto" follows the CPU: bf16 where it multiplies bf16 natively, else fp32.
     A self-training stage begun on such a CPU and resumed on one without finished its passes
@@ -811,25 +834,11 @@ def test_a_stage_resumed_on_another_cpu_runs_in_the_precision_it_began_in(tmp_pa
     ends with the uninterrupted run's student bit for bit; its records name their precision."""
     import shutil
 
-    from xlt_engine import provenance
     from xlt_engine.engine.experiment.execute import run_stage
     from xlt_engine.engine.experiment.runs import stage_dir
     from xlt_engine.engine.method import selftrain
-    from xlt_engine.engine.train import optim
-    from xlt_engine.quickstart import Sizes, prepare
 
-    cfg_path = prepare(tmp_path / "qs", seed=4, sizes=Sizes(train=60, dev=20, test=40))
-    sets = ["btf.train.max_steps=2", "finetune.train.max_steps=12", "selftrain.rounds=1",
-            "selftrain.soft.max_steps=3", "selftrain.hard.max_steps=3",
-            "selftrain.rule.threshold=fixed", "selftrain.rule.alpha=0.2"]  # fmt: skip
-    monkeypatch.setattr(optim, "CPU_BF16_MIN_WIDTH", 1)  # the tiny model counts as wide
-
-    def machine(native: bool):
-        monkeypatch.setattr(provenance, "cpu_info", lambda: {"model": "t", "native_bf16": native})
-
-    def config(out: Path):
-        return load_config(cfg_path, [*sets, f"out={str(out)!r}"])
-
+    config, machine = _two_cpus(tmp_path, monkeypatch, rounds=1)
     machine(True)
     whole = config(tmp_path / "whole")
     for stage in ("btf", "finetune", "selftrain"):
@@ -872,3 +881,43 @@ def test_a_stage_resumed_on_another_cpu_runs_in_the_precision_it_began_in(tmp_pa
     run_stage(fresh, "btf", echo=None)
     basis = json.loads((stage_dir(fresh, "btf") / "run.json").read_text())["precision_basis"]
     assert basis == {"cpu_native_bf16": False}
+
+
+def test_a_row_that_takes_round_1_from_a_twin_made_on_another_cpu_goes_on_in_its_precision(
+    tmp_path, monkeypatch
+):
+    """Soft only takes round 1 (teacher probabilities, soft student) from Ours' folder. With
+    Ours made on a CPU with native bf16 and soft only run on one without, round 2 ran in fp32
+    on bf16 work: neither machine's row. It now goes on as the twin began, and ends with the
+    row made whole on the first machine bit for bit."""
+    import shutil
+
+    from xlt_engine.engine.experiment.execute import run_stage
+    from xlt_engine.engine.experiment.runs import stage_dir
+
+    config, machine = _two_cpus(tmp_path, monkeypatch, rounds=2)
+    machine(True)
+    whole = config(tmp_path / "whole", "selftrain.hard_steps=false")
+    for stage in ("btf", "finetune"):
+        run_stage(whole, stage, echo=None)
+    run_stage(config(tmp_path / "whole"), "selftrain", echo=None)  # Ours
+    shutil.copytree(tmp_path / "whole", tmp_path / "later")
+    run_stage(whole, "selftrain", echo=None)  # soft only, all on the first machine
+    machine(False)
+    later = config(tmp_path / "later", "selftrain.hard_steps=false")
+    said = []
+    run_stage(later, "selftrain", echo=said.append)
+    assert any("round 1" in x for x in said), said  # it did take the twin's round 1
+    folder = stage_dir(later, "selftrain")
+    info = json.loads((folder / "run.json").read_text())
+    assert info["precision_basis"] == {"cpu_native_bf16": True}
+    ours = json.loads((stage_dir(config(tmp_path / "later"), "selftrain") / "run.json").read_text())
+    assert ours["precision_basis"] == {"cpu_native_bf16": True}
+    made = [r for r in _records(folder) if r.get("round") == 2 and "precision" in r]
+    assert made and {r["precision"] for r in made} == {"bf16"}
+    soft2 = folder / "round-2" / "soft" / "metrics.jsonl"
+    assert {json.loads(x)["precision"] for x in soft2.read_text().splitlines()} == {"bf16"}
+    want = stage_dir(whole, "selftrain") / "model"
+    for name in ("model.safetensors", "voters.safetensors"):
+        a, b = load_file(str(want / name)), load_file(str(folder / "model" / name))
+        assert all(torch.equal(a[k], b[k]) for k in a), name

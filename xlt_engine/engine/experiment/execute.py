@@ -242,7 +242,9 @@ def _run_locked(cfg, stage, stage_cfg, plan, main, resume, echo, progress):
             echo(f"{stage}: removed {len(removed)} temporary file(s) a killed run left")
         plan.begin()
         write_run_info(plan.folder, cfg, stage, stage_cfg)
-    resume = _take_partial(cfg, spec, plan, main, echo) or resume
+    taken, twin_began = _take_partial(cfg, spec, plan, main, echo)
+    resume = taken or resume
+    began = twin_began if twin_began is not None else began  # its work begun by the twin
     earlier = earlier if resume else 0.0  # a stage run from nothing counts from nothing
     native = _precision_basis(cfg, stage, plan.folder, began if resume else None, main, echo)
     try:
@@ -305,19 +307,24 @@ def _precision_basis(cfg, stage: str, folder: Path, began, main: bool, echo) -> 
     return native
 
 
-def _take_partial(cfg, spec: registry.Stage, plan, main: bool, echo) -> bool:
+def _take_partial(cfg, spec: registry.Stage, plan, main: bool, echo) -> tuple[bool, bool | None]:
     """Lay down a twin's finished first part (``registry.Partial``) where this folder has not
-    made its own, rank 0 under the folder's lock; True when the folder then holds work a
-    resumed run reads (the stage is run with ``resume``)."""
+    made its own, rank 0 under the folder's lock. Returns whether the folder then holds work a
+    resumed run reads (the stage is run with ``resume``), and, when the twin's part was laid
+    down, the native bf16 of the CPU the twin began on (``_began_with``): the rest of the work
+    continues in the precision its first part was made in."""
     if spec.partial is None:
-        return False
+        return False, None
     twin = partial_twin(cfg, spec.name, plan) if main else None
+    began = None
     if twin is not None:
         said = spec.partial.lay_down(twin, plan.folder)
-        if said and echo:
-            echo(f"{spec.name}: {said}")
+        if said:
+            began = _began_with(twin)
+            if echo:
+                echo(f"{spec.name}: {said}")
     distributed.barrier()
-    return plan.started()
+    return plan.started(), began
 
 
 def stage_wall(folder: Path, total: float) -> dict:

@@ -441,6 +441,51 @@ def test_auto_precision_resumes_in_the_precision_its_checkpoint_was_written_in(
     assert not all(torch.equal(v, other[k]) for k, v in whole.items())
 
 
+def test_a_resume_with_another_cpu_thread_count_says_it_may_leave_the_bits(tmp_path):
+    """A CPU sum over a large tensor splits by thread count, so a run resumed with another
+    count than it began with may end off the uninterrupted run's bits. The checkpoint records
+    its count; such a resume says so (and how to match it); a resume with the same count, or
+    from a checkpoint from before the record, says nothing."""
+    import shutil
+
+    before = torch.get_num_threads()
+    said = []
+
+    def run(folder, threads, resume=False):
+        torch.set_num_threads(threads)
+        try:
+            _mlm_run(folder, "fp32", resume=resume, echo=said.append, save_every=3,
+                     keep_checkpoints=2)  # fmt: skip
+        finally:
+            torch.set_num_threads(before)
+
+    def cut(name):
+        shutil.copytree(tmp_path / "whole", tmp_path / name)
+        shutil.rmtree(tmp_path / name / "ckpt-00000006")
+        (tmp_path / name / "latest").write_text("ckpt-00000003\n")
+        return tmp_path / name
+
+    run(tmp_path / "whole", 1)
+    state = torch.load(tmp_path / "whole" / "ckpt-00000003" / "state.pt", weights_only=True)
+    assert state["threads"] == 1
+    said.clear()
+    run(cut("two"), 2, resume=True)
+    assert [x for x in said if "thread" in x] == [
+        "resumed with 2 CPU thread(s) where the checkpoint was written with 1: large sums (the "
+        "gradient norm) split by thread count, so this run may leave the bits of one that was "
+        "not stopped; OMP_NUM_THREADS=1 resumes as it ran"
+    ]
+    said.clear()
+    run(cut("one"), 1, resume=True)
+    old = cut("old")  # a checkpoint from before the record
+    path = old / "ckpt-00000003" / "state.pt"
+    state = torch.load(path, weights_only=True)
+    del state["threads"]
+    torch.save(state, path)
+    run(old, 2, resume=True)
+    assert not [x for x in said if "thread" in x]
+
+
 def test_a_checkpoint_whose_optimizer_state_holds_nan_is_named_when_read_and_never_written(
     tmp_path,
 ):

@@ -61,6 +61,7 @@ from xlt_engine.engine.train.optim import (
     precision_name,
     resolve_precision,
     resumed_precision,
+    resumed_threads,
     unwrap,
     widest_layer,
 )
@@ -351,6 +352,9 @@ class Run:
                 amp_dtype = resumed_precision(cfg.precision, state.get("precision"), amp_dtype, say)
             except ValueError as err:
                 raise ValueError(f"{ckpts.latest()}: {err}") from None
+            threads = resumed_threads(state.get("threads"), device)
+            if threads and say:
+                say(threads)
             opt.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             pos = Position(state["step"], state["epoch"], state["index"])
@@ -436,6 +440,7 @@ class Run:
             "index": pos.index,
             "config": asdict(self.cfg),
             "precision": self.precision,  # what a resume under "auto" continues in
+            "threads": torch.get_num_threads(),  # a resume with another count is told
         }
         with self.pure.full_precision() if self.pure else contextlib.nullcontext():
             path = self.ckpts.save(self.core, pos.step, state)  # fp32 weights

@@ -177,5 +177,21 @@ def resumed_precision(
     return AMP_DTYPES[saved]
 
 
+def resumed_threads(saved: int | None, device: torch.device) -> str | None:
+    """What a run resumed on a CPU must be told when it runs with another thread count than
+    its checkpoint was written with (``saved``; None: a checkpoint from before the record), else
+    None. A CPU reduction over a large tensor splits its sum by thread count (a sum of 4M
+    floats differs in its last bits between 1 and 2 threads here), so the gradient norm, and
+    through clipping the weights, may leave the uninterrupted run's bits."""
+    now = torch.get_num_threads()
+    if device.type != "cpu" or saved is None or saved == now:
+        return None
+    return (
+        f"resumed with {now} CPU thread(s) where the checkpoint was written with {saved}: "
+        "large sums (the gradient norm) split by thread count, so this run may leave the "
+        f"bits of one that was not stopped; OMP_NUM_THREADS={saved} resumes as it ran"
+    )
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model

@@ -5,7 +5,8 @@ mean +- std and each row's wall time to ``lab/results/study_<name>_<date>.md`` a
 
 A row's wall time is what it takes to make that row from nothing: the sum, over seeds and
 target pairs, of the ``seconds`` in the ``run.json`` of every stage it needs (btf, the
-fine-tuned model, self-training, its evaluation), so stages shared between rows count in each,
+fine-tuned model, self-training, its evaluation), a stage made once and linked into the other
+pairs counted once (``row_seconds``), so stages shared between rows count in each,
 and so does a round 1 one self-training row took from another (``registry.Partial``: the shared round 1 is laid down in its folder).
 The whole study's wall time is measured around the call. ``--jobs N`` runs the rows and seeds
 side by side first, as ``xlt-engine ablate --jobs N`` does (one process a core, threads divided,
@@ -159,6 +160,23 @@ def seconds_of(folder: Path) -> float:
     return float(info["seconds"]) + sum(shared)
 
 
+def made_in(folder: Path) -> Path:
+    """The folder whose run made the stage in ``folder``: its pair twin's (``shared_from`` in
+    run.json: another pair's folder, linked), else ``folder`` itself; resolved."""
+    info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    return Path(info.get("shared_from") or folder).resolve()
+
+
+def row_seconds(rows: dict[str, list[Path]]) -> dict[str, float]:
+    """Each row's wall time from the stage folders it needs (over seeds and pairs): a stage
+    made once and linked into the other pairs (direct transfer's fine-tuning, an evaluation of
+    every target) counts once, where summing per pair counted it once a target."""
+    return {
+        row: sum(seconds_of(f) for f in {made_in(f): f for f in folders}.values())
+        for row, folders in rows.items()
+    }
+
+
 def pct(x) -> str:
     return "–" if x is None else f"{100 * x:.2f}"
 
@@ -195,16 +213,16 @@ def run_study(args, argv: list[str]) -> dict:
     result = run_ablate(cfg, seeds, args.fixed_threshold, resume=True, echo=print, rows=chosen)
     total = time.perf_counter() - start
 
-    seconds: dict[str, float] = {}
+    needs: dict[str, list[Path]] = {}  # each row's stage folders, over seeds and pairs
     details = []  # per seed and pair: dev scores of the fine-tuned models, the rounds' filters
     for seed in seeds:
         seeded = dataclasses.replace(cfg, seed=seed, out=str(Path(args.out) / f"seed-{seed}"))
         for pc in pair_configs(seeded):
             for row, folders in row_stages(pc, args.fixed_threshold).items():
-                if row not in result["scores"]:
-                    continue
-                seconds[row] = seconds.get(row, 0.0) + sum(seconds_of(f) for f in folders)
+                if row in result["scores"]:
+                    needs.setdefault(row, []).extend(folders)
             details.append({"seed": seed, "pair": pc.run_dir().name, **pair_details(pc.run_dir())})
+    seconds = row_seconds(needs)
     rows = {
         row: {"scores": per_target, "seconds": round(seconds[row], 1)}
         for row, per_target in result["scores"].items()
@@ -405,8 +423,9 @@ def render(report: dict) -> str:
             lines += [f"| {k} | {100 * v:.2f} |" for k, v in d["dev"].items()]
         else:
             lines += ["", f"Seed {d['seed']}, {d['pair']} (no source dev file: no dev scores)"]
-        lines += ["", "| self-training round | alpha | source rows kept | pseudo-labeled rows | classes "
-                  "| collapsed |", "|---|---|---|---|---|---|"]  # fmt: skip
+        if d["rounds"]:  # rows without self-training (- ST, direct transfer) have none
+            lines += ["", "| self-training round | alpha | source rows kept | pseudo-labeled rows "
+                      "| classes | collapsed |", "|---|---|---|---|---|---|"]  # fmt: skip
         for k, c in d["rounds"].items():
             lines.append(
                 f"| {k} | {class_alphas(c)} | {c['source_rows_kept']:,} / {c['source_rows']:,} | "

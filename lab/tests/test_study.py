@@ -2,6 +2,7 @@
 self-training round's counts, with the soft student's fidelity where the run recorded it."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -245,3 +246,40 @@ def test_a_stages_wall_time_counts_every_run_of_it(tmp_path):
     assert seconds_of(stage("partial", {"seconds": 10.0, "seconds_all_runs": 12.0}, shared)) == 19.0
     with pytest.raises(ValueError, match="never finished"):
         seconds_of(stage("stopped", {"seconds_all_runs": 3.0}))
+
+
+def test_a_stage_made_once_and_linked_into_other_pairs_counts_once_in_its_row(tmp_path):
+    """With targets de, fr and jp, direct transfer's fine-tuning is made in en-de and linked into
+    en-fr and en-jp (run.json ``shared_from``), and one evaluation scores every target. The row's
+    wall time summed the three folders: 304.3 min for a study of 51.0 (CLS, seeds 2-3). Each
+    stage now counts once in a row; rows still count a stage they share each."""
+    from lab.study import row_seconds
+
+    def stage(path, seconds, shared_from=None):
+        path.mkdir(parents=True)
+        info = {"seconds": seconds, **({"shared_from": str(shared_from)} if shared_from else {})}
+        (path / "run.json").write_text(json.dumps(info))
+        return path
+
+    de = stage(tmp_path / "en-de" / "finetune", 2000.0)
+    ev = stage(tmp_path / "en-de" / "evaluate", 900.0)
+    linked = [stage(tmp_path / p / n, s, src) for p in ("en-fr", "en-jp")
+              for n, s, src in (("finetune", 2000.0, de), ("evaluate", 900.0, ev))]  # fmt: skip
+    other = stage(tmp_path / "en-fr" / "selftrain", 50.0)
+    rows = {"direct transfer": [de, ev, *linked], "Ours": [de, linked[0], other]}
+    assert row_seconds(rows) == {"direct transfer": 2900.0, "Ours": 2050.0}
+
+
+def test_the_report_shows_a_self_training_table_only_for_pairs_that_self_trained():
+    """A study of direct transfer alone printed an empty self-training table under each seed
+    and pair; a pair whose rows self-trained still gets its table with each round."""
+    from lab.study import render
+
+    folder = Path(__file__).resolve().parents[1] / "results" / "cls_cpu_full_20261127" / "reports"
+    direct = json.loads((folder / "study_cls_direct_s23_20261127.json").read_text())
+    assert "| self-training round | alpha" not in render(direct)
+    ours = json.loads((folder / "study_gpu_tables_cls_de_s1_20261127.json").read_text())
+    text = render(ours)
+    assert (
+        text.count("| self-training round | alpha") == 1 and "| selftrain-rounds2/round-2 |" in text
+    )

@@ -32,7 +32,7 @@
 # TABLE=cls: the paper's Table 5 (books) with configs/e5-small-cls.toml as shipped (pre-registered
 # there): all 2,000 English train reviews, each target's 2,000 train reviews as unlabeled text
 # (labels unread), the full test files; Ours, - ST, direct transfer and soft only at 3 seeds on
-# de, fr, jp, and German seed 1's - BTF, less what the CPU has reported (below). Its files and the pruned model travel in
+# de, fr, jp, German seed 1's - BTF and French seed 1's - VM, less what the CPU has reported (below). Its files and the pruned model travel in
 # .gpu_tables_cls; .whl_min holds only click, tokenizers and safetensors, so that both fit the
 # tool's 64 MiB (WHEELS=.whl_min; make it with `pip download` as fetch_wheels.sh does, or copy
 # those three wheels out of .whl).

@@ -162,9 +162,16 @@ def seconds_of(folder: Path) -> float:
 
 def made_in(folder: Path) -> Path:
     """The folder whose run made the stage in ``folder``: its pair twin's (``shared_from`` in
-    run.json: another pair's folder, linked), else ``folder`` itself; resolved."""
-    info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-    return Path(info.get("shared_from") or folder).resolve()
+    run.json: another pair's folder, linked; followed while the twin is itself linked), else
+    ``folder`` itself; resolved."""
+    seen = {folder.resolve()}
+    while True:
+        info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        twin = info.get("shared_from")
+        if not twin or Path(twin).resolve() in seen:
+            return folder.resolve()
+        folder = Path(twin)
+        seen.add(folder.resolve())
 
 
 def row_seconds(rows: dict[str, list[Path]]) -> dict[str, float]:

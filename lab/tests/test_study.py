@@ -265,8 +265,9 @@ def test_a_stage_made_once_and_linked_into_other_pairs_counts_once_in_its_row(tm
     ev = stage(tmp_path / "en-de" / "evaluate", 900.0)
     linked = [stage(tmp_path / p / n, s, src) for p in ("en-fr", "en-jp")
               for n, s, src in (("finetune", 2000.0, de), ("evaluate", 900.0, ev))]  # fmt: skip
+    chained = stage(tmp_path / "en-xx" / "finetune", 2000.0, linked[0])  # a twin of a twin
     other = stage(tmp_path / "en-fr" / "selftrain", 50.0)
-    rows = {"direct transfer": [de, ev, *linked], "Ours": [de, linked[0], other]}
+    rows = {"direct transfer": [de, ev, *linked, chained], "Ours": [de, linked[0], other]}
     assert row_seconds(rows) == {"direct transfer": 2900.0, "Ours": 2050.0}
 
 

@@ -1,10 +1,14 @@
-"""The paper's Table 6 (CoNLL) from lab/study.py reports that each hold some targets, seeds
-and rows (the per-job reports of lab/gpu_tables.sh: one process per target and seed), as one
-Markdown table: each row's mean +- std per target over the seeds it has, the average over
-targets, Ours minus - ST beside the paper's margin, and per row the self-training runs whose
-round-1 pseudo labels tripped the collapse guard. Reports of different settings must not be
-mixed: their ``config`` and learning overrides must match (data sizes, targets, paths and the
-device aside), else it fails naming the file.
+"""The paper's Table 6 (CoNLL) or Table 5 (CLS-10 books) from lab/study.py reports that each
+hold some targets, seeds and rows (the per-job reports of lab/gpu_tables.sh: one process per
+target and seed), as one Markdown table: each row's mean +- std per target over the seeds it
+has, the average over targets, Ours minus - ST beside the paper's margin, and per row the
+self-training runs whose round-1 pseudo labels tripped the collapse guard. Reports of different
+settings must not be mixed: their ``config`` and learning overrides must match (data sizes,
+targets, paths and the device aside), else it fails naming the file.
+
+A model the study made but did not evaluate (a stage stopped before the study's evaluation)
+and that was evaluated apart with ``xlt-engine run --stage evaluate`` joins the table with
+``--evaluated "ROW,TARGET,SEED=<folder>/results.json"``; the table names those cells under it.
 
     python -m lab.tables lab/results/gpu_h200_20261126/study_gpu_tables_full_*.json
 """
@@ -16,14 +20,22 @@ import json
 import statistics
 from pathlib import Path
 
-# Table 6 of the paper (mBERT, entity F1 %; "MBERT" is direct transfer), seed 001's text
+# The paper's Table 6 (CoNLL, entity F1 %: deu, esp, ned) and Table 5's books columns (CLS-10,
+# accuracy %: de, fr, and JA as the data's jp), mBERT, seed 001's text; "MBERT" is direct transfer
 PAPER = {
-    "Ours": {"deu": 76.88, "esp": 78.38, "ned": 82.08},
-    "- AT": {"deu": 76.23, "esp": 78.08, "ned": 81.54},
-    "- VM": {"deu": 76.76, "esp": 77.51, "ned": 81.39},
-    "- BTF": {"deu": 74.26, "esp": 78.12, "ned": 81.23},
-    "- ST": {"deu": 72.73, "esp": 76.62, "ned": 80.28},
-    "direct transfer": {"deu": 72.24, "esp": 74.96, "ned": 79.31},
+    "Ours": {"deu": 76.88, "esp": 78.38, "ned": 82.08, "de": 87.65, "fr": 86.80, "jp": 83.29},
+    "- AT": {"deu": 76.23, "esp": 78.08, "ned": 81.54, "de": 88.10, "fr": 85.65, "jp": 81.79},
+    "- VM": {"deu": 76.76, "esp": 77.51, "ned": 81.39, "de": 81.10, "fr": 85.15, "jp": 80.75},
+    "- BTF": {"deu": 74.26, "esp": 78.12, "ned": 81.23, "de": 81.65, "fr": 82.25, "jp": 81.45},
+    "- ST": {"deu": 72.73, "esp": 76.62, "ned": 80.28, "de": 87.65, "fr": 85.55, "jp": 82.69},
+    "direct transfer": {
+        "deu": 72.24,
+        "esp": 74.96,
+        "ned": 79.31,
+        "de": 76.35,
+        "fr": 81.05,
+        "jp": 72.44,
+    },
 }
 # overrides that say where and on what a study ran, not how it learned
 PLACE = ("targets=", "data.root=", "model.path=", "device=", "data.max_")
@@ -90,12 +102,19 @@ def _row_of(folder: str, rows: dict) -> str | None:
     return row if row in rows else None
 
 
+def paper_cell(row: str, target: str) -> str:
+    value = PAPER[row].get(target)
+    return "–" if value is None else f"{value:.2f}"
+
+
 def mean_std(values: list[float]) -> str:
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.fmean(values):.2f} ± {100 * sd:.2f} ({len(values)})"
+    """``mean ± std (n)`` in %; one seed has no spread to show: ``value (1)``."""
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f} (1)"
+    return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f} ({len(values)})"
 
 
-def table(scores: dict, collapsed: dict, seconds: dict) -> str:
+def table(scores: dict, collapsed: dict, seconds: dict, wall: bool = True) -> str:
     targets = sorted({t for per in scores.values() for t in per})
     rows = sorted(scores, key=lambda r: ORDER.index(r) if r in ORDER else len(ORDER))
     head = [
@@ -104,7 +123,7 @@ def table(scores: dict, collapsed: dict, seconds: dict) -> str:
         "average",
         "paper (mBERT) " + " / ".join(targets),
         "round-1 collapse flags",
-        "wall (min, all seeds)",
+        *(["wall (min, all seeds)"] if wall else []),
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
@@ -128,8 +147,8 @@ def table(scores: dict, collapsed: dict, seconds: dict) -> str:
             f"| {row} | "
             + " | ".join(cells)
             + f" | {f'{100 * avg:.2f}' if avg is not None else '–'} | "
-            f"{' / '.join(f'{PAPER[row][t]:.2f}' for t in targets) if row in PAPER else '–'} | "
-            f"{flags} | {seconds[row] / 60:.1f} |"
+            f"{' / '.join(paper_cell(row, t) for t in targets) if row in PAPER else '–'} | "
+            f"{flags} |" + (f" {seconds.get(row, 0.0) / 60:.1f} |" if wall else "")
         )
     if "Ours" in scores and "- ST" in scores:
         margin = []
@@ -141,15 +160,66 @@ def table(scores: dict, collapsed: dict, seconds: dict) -> str:
             )
             ours = f"{100 * statistics.fmean(diffs):+.2f}" if diffs else "–"
             margin.append(f"{ours} (paper {paper:+.2f})" if paper is not None else ours)
-        lines.append("| Ours − (− ST), same seeds | " + " | ".join(margin) + " | | | | |")
+        lines.append(
+            "| Ours − (− ST), same seeds | "
+            + " | ".join(margin)
+            + " |"
+            + " |" * (len(head) - 1 - len(targets))
+        )
     return "\n".join(lines)
+
+
+def evaluated_apart(spec: str) -> tuple[str, str, int, float]:
+    """``ROW,TARGET,SEED=<folder>/results.json`` (an ``xlt-engine run --stage evaluate`` record)
+    -> (row, target, seed, the target's score), failing with the spec and file named."""
+    head, sep, path = spec.partition("=")
+    parts = [p.strip() for p in head.split(",")]
+    if not sep or len(parts) != 3 or not parts[2].isdigit():
+        raise ValueError(f"--evaluated {spec!r}: expected ROW,TARGET,SEED=<folder>/results.json")
+    row, target, seed = parts[0], parts[1], int(parts[2])
+    record = json.loads(Path(path).read_text(encoding="utf-8"))
+    languages = record.get("languages", {})
+    if target not in languages:
+        raise ValueError(f"{path}: no score for {target!r} (it has {sorted(languages)})")
+    return row, target, seed, languages[target]["score"]
+
+
+def add_evaluated(scores: dict, specs: list[str]) -> list[str]:
+    """Join the cells of models evaluated apart to ``scores`` (a cell a report has already must
+    agree); returns their labels for the table's note."""
+    labels = []
+    for spec in specs:
+        row, target, seed, value = evaluated_apart(spec)
+        had = scores.setdefault(row, {}).setdefault(target, {}).get(seed)
+        if had is not None and abs(had - value) > 1e-9:
+            raise ValueError(f"--evaluated {spec!r}: {value}, a report has {had}")
+        scores[row][target][seed] = value
+        labels.append(f"{row} {target} seed {seed}")
+    return labels
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("reports", nargs="+", type=Path, help="lab/study.py .json reports")
+    p.add_argument(
+        "--evaluated",
+        action="append",
+        default=[],
+        metavar="ROW,TARGET,SEED=RESULTS",
+        help="a cell from a model evaluated apart (its results.json); repeatable",
+    )
+    p.add_argument(
+        "--no-wall",
+        action="store_true",
+        help="leave out the wall column (reports run on differently shared cores, or cells "
+        "evaluated apart, whose training time no report holds)",
+    )
     args = p.parse_args(argv)
-    print(table(*collect(args.reports)))
+    scores, collapsed, seconds = collect(args.reports)
+    apart = add_evaluated(scores, args.evaluated)
+    print(table(scores, collapsed, seconds, wall=not args.no_wall))
+    if apart:
+        print(f"\nEvaluated apart (not in a report): {'; '.join(apart)}.")
 
 
 if __name__ == "__main__":

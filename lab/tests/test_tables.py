@@ -1,0 +1,127 @@
+"""lab/tables.py: the paper's tables from study reports and from models evaluated apart, and the
+tables in lab/README.md printed from the committed records by the command written above them."""
+
+import glob
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from lab import tables
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _report(path: Path, seeds, rows: dict, *, overrides=(), seconds=60.0, details=()) -> Path:
+    path.write_text(
+        json.dumps(
+            {
+                "config": "configs/e5-small-cls.toml",
+                "overrides": ["device=cpu", *overrides],
+                "seeds": list(seeds),
+                "rows": {r: {"scores": s, "seconds": seconds} for r, s in rows.items()},
+                "details": list(details),
+            }
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+def _evaluation(path: Path, scores: dict) -> Path:
+    path.mkdir(parents=True)
+    record = {"metric": "accuracy", "languages": {k: {"score": v} for k, v in scores.items()}}
+    (path / "results.json").write_text(json.dumps(record), encoding="utf-8")
+    return path / "results.json"
+
+
+def test_cls_table_joins_reports_and_cells_evaluated_apart(tmp_path, capsys):
+    a = _report(
+        tmp_path / "a.json",
+        [2, 3],
+        {"- ST": {"de": [0.80, 0.90]}, "Ours": {"de": [0.83, 0.91]}},
+        details=[{"pair": "en-de", "seed": 2, "rounds": {"selftrain/round-1": {"collapse": 1}}}],
+    )
+    b = _report(tmp_path / "b.json", [1], {"direct transfer": {"de": [0.88], "fr": [0.87]}})
+    st1 = _evaluation(tmp_path / "st1", {"en": 0.9, "de": 0.86})
+    ours1 = _evaluation(tmp_path / "ours1", {"de": 0.87})
+    apart = ["--evaluated", f"- ST,de,1={st1}", "--evaluated", f"Ours,de,1={ours1}"]
+    tables.main([str(a), str(b), "--no-wall", *apart])
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == (
+        "| row | de | fr | average | paper (mBERT) de / fr | round-1 collapse flags |"
+    )
+    # Ours: 83, 91 and the apart 87 -> 87.00 ± 4.00 over three seeds; one collapse in three runs
+    assert "| Ours | 87.00 ± 4.00 (3) | – | – | 87.65 / 86.80 | 1 / 3 |" in lines
+    assert "| - ST | 85.33 ± 5.03 (3) | – | – | 87.65 / 85.55 | – |" in lines
+    # one seed has no spread; the average needs every target
+    assert "| direct transfer | 88.00 (1) | 87.00 (1) | 87.50 | 76.35 / 81.05 | – |" in lines
+    # Ours − (− ST) over the seeds both have: (+1, +3, +1) / 3; the paper's books margin
+    assert "| Ours − (− ST), same seeds | +1.67 (paper +0.00) | – (paper +1.25) | | | |" in lines
+    assert lines[-1] == "Evaluated apart (not in a report): - ST de seed 1; Ours de seed 1."
+
+
+def test_wall_column_sums_each_rows_report_seconds(tmp_path, capsys):
+    a = _report(tmp_path / "a.json", [1], {"Ours": {"esp": [0.7]}}, seconds=120.0)
+    b = _report(tmp_path / "b.json", [2], {"Ours": {"esp": [0.72]}}, seconds=240.0)
+    tables.main([str(a), str(b)])
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].endswith("| round-1 collapse flags | wall (min, all seeds) |")
+    assert rows[2] == "| Ours | 71.00 ± 1.41 (2) | 71.00 | 78.38 | 0 / 2 | 6.0 |"
+
+
+def test_bad_input_is_named(tmp_path):
+    a = _report(tmp_path / "a.json", [1], {"- ST": {"de": [0.80]}})
+    other = _report(tmp_path / "b.json", [2], {"- ST": {"de": [0.81]}}, overrides=["lr=1"])
+    with pytest.raises(ValueError, match="b.json: settings"):
+        tables.collect([a, other])
+    fr_only = _evaluation(tmp_path / "fr", {"fr": 0.8})
+    with pytest.raises(ValueError, match=r"results.json: no score for 'de' \(it has \['fr'\]\)"):
+        tables.evaluated_apart(f"- ST,de,1={fr_only}")
+    with pytest.raises(ValueError, match="expected ROW,TARGET,SEED="):
+        tables.evaluated_apart(f"- ST,de={fr_only}")
+    scores, _, _ = tables.collect([a])
+    clash = _evaluation(tmp_path / "clash", {"de": 0.79})
+    with pytest.raises(ValueError, match="a report has 0.8"):
+        tables.add_evaluated(scores, [f"- ST,de,1={clash}"])
+
+
+def _readme_tables(text: str):
+    """Each ``python -m lab.tables`` command in an indented block of lab/README.md (continued
+    with a trailing backslash) and what follows it: the table's lines, and the line naming the
+    cells evaluated apart after a blank line."""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if not line.startswith("    python -m lab.tables "):
+            continue
+        command, j = line.strip(), i
+        while command.endswith("\\"):
+            j += 1
+            command = command[:-1] + " " + lines[j].strip()
+        j += 1
+        while not lines[j].startswith("|"):
+            j += 1
+        printed = []
+        while j < len(lines) and lines[j].startswith("|"):
+            printed.append(lines[j])
+            j += 1
+        if lines[j + 1 : j + 2] and lines[j + 1].startswith("Evaluated apart"):
+            printed += ["", lines[j + 1]]
+        yield command, printed
+
+
+def test_lab_readme_tables_are_what_their_commands_print(capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    found = list(_readme_tables((ROOT / "lab" / "README.md").read_text(encoding="utf-8")))
+    assert found, "lab/README.md names no `python -m lab.tables` command"
+    for command, printed in found:
+        argv = []
+        for arg in shlex.split(command)[3:]:
+            matches = sorted(glob.glob(arg)) if re.search(r"[*?\[]", arg) else [arg]
+            assert matches, f"{arg}: no file"
+            argv += matches
+        tables.main(argv)
+        assert capsys.readouterr().out.rstrip("\n").splitlines() == printed, command

@@ -125,3 +125,19 @@ def test_lab_readme_tables_are_what_their_commands_print(capsys, monkeypatch):
             argv += matches
         tables.main(argv)
         assert capsys.readouterr().out.rstrip("\n").splitlines() == printed, command
+
+
+def test_readme_copies_lab_readme_tables_as_printed():
+    """A table of lab/README.md's that README.md shows too (found by its header line) is the
+    same table there, line for line."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    lab = (ROOT / "lab" / "README.md").read_text(encoding="utf-8")
+    copied = 0
+    for command, printed in _readme_tables(lab):
+        rows = [line for line in printed if line.startswith("|")]
+        if rows[0] in readme:
+            i = readme.index(rows[0])
+            shown = readme[i : i + len(rows)]
+            assert shown == rows, f"README.md's copy of the table {command} prints"
+            copied += 1
+    assert copied, "README.md shows none of lab/README.md's printed tables"

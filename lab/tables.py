@@ -114,6 +114,12 @@ def mean_std(values: list[float]) -> str:
     return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f} ({len(values)})"
 
 
+def wall_cell(seconds: float | None) -> str:
+    """Minutes of a row's reports; "–" for a row whose cells were all evaluated apart (no report
+    timed them)."""
+    return "–" if seconds is None else f"{seconds / 60:.1f}"
+
+
 def table(scores: dict, collapsed: dict, seconds: dict, wall: bool = True) -> str:
     targets = sorted({t for per in scores.values() for t in per})
     rows = sorted(scores, key=lambda r: ORDER.index(r) if r in ORDER else len(ORDER))
@@ -148,7 +154,7 @@ def table(scores: dict, collapsed: dict, seconds: dict, wall: bool = True) -> st
             + " | ".join(cells)
             + f" | {f'{100 * avg:.2f}' if avg is not None else '–'} | "
             f"{' / '.join(paper_cell(row, t) for t in targets) if row in PAPER else '–'} | "
-            f"{flags} |" + (f" {seconds.get(row, 0.0) / 60:.1f} |" if wall else "")
+            f"{flags} |" + (f" {wall_cell(seconds.get(row))} |" if wall else "")
         )
     if "Ours" in scores and "- ST" in scores:
         margin = []

@@ -73,6 +73,15 @@ def test_wall_column_sums_each_rows_report_seconds(tmp_path, capsys):
     assert rows[2] == "| Ours | 71.00 ± 1.41 (2) | 71.00 | 78.38 | 0 / 2 | 6.0 |"
 
 
+def test_wall_of_a_row_evaluated_apart_only_is_a_dash(tmp_path, capsys):
+    a = _report(tmp_path / "a.json", [1], {"Ours": {"de": [0.87]}}, seconds=120.0)
+    st = _evaluation(tmp_path / "st", {"de": 0.86})
+    tables.main([str(a), "--evaluated", f"- ST,de,1={st}"])
+    rows = capsys.readouterr().out.splitlines()
+    assert "| Ours | 87.00 (1) | 87.00 | 87.65 | 0 / 1 | 2.0 |" in rows
+    assert "| - ST | 86.00 (1) | 86.00 | 87.65 | – | – |" in rows
+
+
 def test_bad_input_is_named(tmp_path):
     a = _report(tmp_path / "a.json", [1], {"- ST": {"de": [0.80]}})
     other = _report(tmp_path / "b.json", [2], {"- ST": {"de": [0.81]}}, overrides=["lr=1"])

@@ -6,6 +6,10 @@ self-training runs whose round-1 pseudo labels tripped the collapse guard. Repor
 settings must not be mixed: their ``config`` and learning overrides must match (data sizes,
 targets, paths and the device aside), else it fails naming the file.
 
+``--models LABEL RESULTS...`` (repeatable, no reports) prints instead a table of models evaluated
+apart, one row per label over its ``results.json`` files (one per seed): each language's
+accuracy mean +- std, and each target's recall per class (its lean).
+
 A model the study made but did not evaluate (a stage stopped before the study's evaluation)
 and that was evaluated apart with ``xlt-engine run --stage evaluate`` joins the table with
 ``--evaluated "ROW,TARGET,SEED=<folder>/results.json"``; the table names those cells under it.
@@ -204,9 +208,82 @@ def add_evaluated(scores: dict, specs: list[str]) -> list[str]:
     return labels
 
 
+def model_table(groups: list[list[str]], only: list[str] | None = None) -> str:
+    """``--models``: per group ``[label, results.json, ...]`` (an evaluation per seed of the
+    same kind of model), the source's and each target's accuracy mean ± std over the files,
+    and each target's recall per class in % (the mean over the files), classes in order."""
+    rows = []
+    for label, *paths in groups:
+        if not paths:
+            raise ValueError(f"--models {label!r}: no results.json named")
+        records = []
+        for path in paths:
+            record = json.loads(Path(path).read_text(encoding="utf-8"))
+            if "languages" not in record or "source" not in record:
+                raise ValueError(f"{path}: not an evaluation's results.json (no 'languages')")
+            records.append((path, record))
+        rows.append((label, records))
+    first = rows[0][1][0][1]
+    source = first["source"]
+    targets = sorted({t for _, recs in rows for _, r in recs for t in r["languages"]} - {source})
+    if only:
+        unknown = sorted(set(only) - set(targets))
+        if unknown:
+            raise ValueError(f"--targets: {unknown} in none of the files (they have {targets})")
+        targets = [t for t in targets if t in only]
+    classes = {}
+    for t in targets:
+        found = {
+            c
+            for _, recs in rows
+            for _, r in recs
+            for c in r["languages"].get(t, {}).get("confusion", {})
+        }
+        classes[t] = sorted(found)
+    head = [
+        "model",
+        source,
+        *targets,
+        *(f"{t} recall % ({' / '.join(classes[t])})" for t in targets),
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, records in rows:
+        cells = []
+        for lang in (source, *targets):
+            have = [r["languages"][lang]["score"] for _, r in records if lang in r["languages"]]
+            if have and len(have) != len(records):
+                missing = [p for p, r in records if lang not in r["languages"]]
+                raise ValueError(
+                    f"{missing[0]}: no score for {lang!r}; the other files of {label!r} have one"
+                )
+            cells.append(mean_std(have) if have else "–")
+        for t in targets:
+            recall = []
+            for c in classes[t]:
+                per = []
+                for path, r in records:
+                    row = r["languages"].get(t, {}).get("confusion", {}).get(c)
+                    if row is None:
+                        raise ValueError(f"{path}: no confusion row for {t} class {c!r}")
+                    per.append(row.get(c, 0) / sum(row.values()))
+                recall.append(f"{100 * statistics.fmean(per):.1f}")
+            cells.append(" / ".join(recall))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("reports", nargs="+", type=Path, help="lab/study.py .json reports")
+    p.add_argument("reports", nargs="*", type=Path, help="lab/study.py .json reports")
+    p.add_argument(
+        "--models",
+        action="append",
+        nargs="+",
+        default=[],
+        metavar="LABEL RESULTS",
+        help="instead of reports: a row of models evaluated apart, its label then one "
+        "results.json per seed; repeatable",
+    )
     p.add_argument(
         "--evaluated",
         action="append",
@@ -220,7 +297,19 @@ def main(argv: list[str] | None = None) -> None:
         help="leave out the wall column (reports run on differently shared cores, or cells "
         "evaluated apart, whose training time no report holds)",
     )
+    p.add_argument(
+        "--targets",
+        metavar="T1,T2",
+        help="with --models: only these targets (an evaluation may hold others)",
+    )
     args = p.parse_args(argv)
+    if args.models:
+        if args.reports or args.evaluated:
+            p.error("--models takes no reports and no --evaluated")
+        print(model_table(args.models, args.targets.split(",") if args.targets else None))
+        return
+    if not args.reports:
+        p.error("name lab/study.py reports, or --models")
     scores, collapsed, seconds = collect(args.reports)
     apart = add_evaluated(scores, args.evaluated)
     print(table(scores, collapsed, seconds, wall=not args.no_wall))

@@ -98,6 +98,48 @@ def test_bad_input_is_named(tmp_path):
         tables.add_evaluated(scores, [f"- ST,de,1={clash}"])
 
 
+def _scored(path: Path, scores: dict) -> str:
+    """An evaluation's results.json with per-class counts: ``{lang: (neg right, neg as pos,
+    pos right, pos as neg)}`` of 100 + 100 reviews."""
+    path.mkdir(parents=True)
+    languages = {
+        lang: {
+            "score": (nn + pp) / 200,
+            "confusion": {
+                "negative": {"negative": nn, "positive": np_},
+                "positive": {"positive": pp, "negative": pn},
+            },
+        }
+        for lang, (nn, np_, pp, pn) in scores.items()
+    }
+    record = {"metric": "accuracy", "source": "en", "languages": languages}
+    (path / "results.json").write_text(json.dumps(record), encoding="utf-8")
+    return str(path / "results.json")
+
+
+def test_models_table_shows_accuracy_and_each_targets_lean(tmp_path, capsys):
+    a1 = _scored(tmp_path / "a1", {"en": (90, 10, 94, 6), "jp": (10, 90, 100, 0)})
+    a2 = _scored(
+        tmp_path / "a2", {"en": (92, 8, 92, 8), "jp": (30, 70, 98, 2), "fr": (1, 99, 99, 1)}
+    )
+    b1 = _scored(tmp_path / "b1", {"en": (90, 10, 90, 10), "jp": (70, 30, 90, 10)})
+    tables.main(["--targets", "jp", "--models", "BTF", a1, a2, "--models", "none", b1])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| model | en | jp | jp recall % (negative / positive) |"
+    # BTF: en 92.0 and 92.0; jp 55.0 and 64.0 -> 59.50 ± 6.36; recall (10+30)/2, (100+98)/2
+    assert lines[2] == "| BTF | 92.00 ± 0.00 (2) | 59.50 ± 6.36 (2) | 20.0 / 99.0 |"
+    assert lines[3] == "| none | 90.00 (1) | 80.00 (1) | 70.0 / 90.0 |"
+    with pytest.raises(ValueError, match="b1/results.json: no score for 'fr'"):
+        tables.main(["--models", "x", a2, b1])
+    with pytest.raises(ValueError, match="--targets: \\['de'\\]"):
+        tables.main(["--targets", "de", "--models", "x", a1])
+    (tmp_path / "bad.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(ValueError, match="bad.json: not an evaluation"):
+        tables.main(["--models", "x", str(tmp_path / "bad.json")])
+    with pytest.raises(SystemExit):  # a table of reports or of models, not both
+        tables.main([a1, "--models", "x", a1])
+
+
 def _readme_tables(text: str):
     """Each ``python -m lab.tables`` command in an indented block of lab/README.md (continued
     with a trailing backslash) and what follows it: the table's lines, and the line naming the

@@ -32,7 +32,7 @@
 # TABLE=cls: the paper's Table 5 (books) with configs/e5-small-cls.toml as shipped (pre-registered
 # there): all 2,000 English train reviews, each target's 2,000 train reviews as unlabeled text
 # (labels unread), the full test files; Ours, - ST, direct transfer and soft only at 3 seeds on
-# de, fr, jp, German seed 1's - BTF and French seed 1's - VM, less what the CPU has reported (below). Its files and the pruned model travel in
+# de, fr, jp, German seed 1's - BTF, French seed 1's - VM, Japanese seed 1's - VM and - BTF, less what the CPU has reported (below). Its files and the pruned model travel in
 # .gpu_tables_cls; .whl_min holds only click, tokenizers and safetensors, so that both fit the
 # tool's 64 MiB (WHEELS=.whl_min; make it with `pip download` as fetch_wheels.sh does, or copy
 # those three wheels out of .whl).
@@ -80,7 +80,10 @@ if [ "$table" = cls ]; then  # seed 1's Ours and soft only on de / fr and German
     echo "cls_jp_s1|CLS|jp|1|$main"
     for s in 2 3; do for t in de fr jp; do echo "cls_${t}_s$s|CLS|$t|$s|$main"; done; done
     job_lines cls CLS "" "" "de" | grep -v -E '_(at|vm)\|'
-    echo "cls_fr_s1_vm|CLS|fr|1|- VM")  # stopped on the CPU in round 2, its folder lost
+    echo "cls_fr_s1_vm|CLS|fr|1|- VM"  # stopped on the CPU in round 2, its folder lost
+    # Japanese: BTF, not the voters, turns its teachers' lean total (the CPU's teachers,
+    # lab/results/cls_cpu_full_20261127); what self-training makes of each of those teachers
+    echo "cls_jp_s1_vm|CLS|jp|1|- VM"; echo "cls_jp_s1_btf|CLS|jp|1|- BTF")
 else  # Ours and - ST again beside soft only: it takes round 1's soft step from Ours' folder
   JOB_LIST=$(job_lines conll FULL "ned" "Ours,- ST,soft only" ""; job_lines conll FULL "" "" "ned" | grep '_btf|'
     for s in 2 3; do for t in esp ned deu; do echo "conll_${t}_s${s}_at|FULL|$t|$s|- AT"; done; done)

@@ -32,8 +32,8 @@
 # TABLE=cls: the paper's Table 5 (books) with configs/e5-small-cls.toml as shipped (pre-registered
 # there): all 2,000 English train reviews, each target's 2,000 train reviews as unlabeled text
 # (labels unread), the full test files; Ours, - ST, direct transfer and soft only at 3 seeds on
-# de, fr, jp, German seed 1's - BTF, French seed 1's - VM, Japanese seed 1's - VM and - BTF, less what the CPU has reported (below). Its files and the pruned model travel in
-# .gpu_tables_cls; .whl_min holds only click, tokenizers and safetensors, so that both fit the
+# de, fr, jp, German seed 1's - BTF, French seed 1's - VM, Japanese seed 1's - VM and - BTF,
+# less what the CPU has reported (below). Its files and the pruned model travel in .gpu_tables_cls; .whl_min holds only click, tokenizers and safetensors, so that both fit the
 # tool's 64 MiB (WHEELS=.whl_min; make it with `pip download` as fetch_wheels.sh does, or copy
 # those three wheels out of .whl).
 # JOBS="name ..." picks some jobs of the table; the lists are below, in launch order.

@@ -221,6 +221,10 @@ def model_table(groups: list[list[str]], only: list[str] | None = None) -> str:
             record = json.loads(Path(path).read_text(encoding="utf-8"))
             if "languages" not in record or "source" not in record:
                 raise ValueError(f"{path}: not an evaluation's results.json (no 'languages')")
+            if records and record["source"] != records[0][1]["source"]:
+                raise ValueError(
+                    f"{path}: source {record['source']!r}, not {records[0][1]['source']!r}"
+                )
             records.append((path, record))
         rows.append((label, records))
     first = rows[0][1][0][1]
@@ -310,6 +314,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not args.reports:
         p.error("name lab/study.py reports, or --models")
+    if args.targets:
+        p.error("--targets goes with --models")
     scores, collapsed, seconds = collect(args.reports)
     apart = add_evaluated(scores, args.evaluated)
     print(table(scores, collapsed, seconds, wall=not args.no_wall))

@@ -138,6 +138,8 @@ def test_models_table_shows_accuracy_and_each_targets_lean(tmp_path, capsys):
         tables.main(["--models", "x", str(tmp_path / "bad.json")])
     with pytest.raises(SystemExit):  # a table of reports or of models, not both
         tables.main([a1, "--models", "x", a1])
+    with pytest.raises(SystemExit):  # --targets picks the targets of --models only
+        tables.main([a1, "--targets", "jp"])
 
 
 def _readme_tables(text: str):

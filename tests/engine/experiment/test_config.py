@@ -189,6 +189,14 @@ def test_finetune_needs_its_base_model_first(tmp_path, tiny):
     assert build_stage(cfg, "finetune").model == str(tiny)
 
 
+def test_btf_head_warmup_reaches_the_stage(tiny, tmp_path):
+    over = [f"data.root={SHARED_DATA}", f"model.path={tiny}", TINY_FREEZE, f"out={tmp_path}"]
+    assert build_stage(load_config(CONLL, over), "btf").head_warmup_epochs == 0  # off by default
+    warm = ["btf.head_warmup_epochs=0.5", "btf.head_warmup_lr=3e-3"]
+    btf = build_stage(load_config(CONLL, over + warm), "btf")
+    assert (btf.head_warmup_epochs, btf.head_warmup_lr) == (0.5, 3e-3)
+
+
 def test_cli_reports_config_errors_before_running(tmp_path):
     res = CliRunner().invoke(
         main,
@@ -384,6 +392,9 @@ def test_a_stage_reading_its_own_output_is_a_config_error():
         ("finetune.max_tokens=0", "finetune: max_tokens must be >= 8 (or left out), got 0"),
         ("selftrain.batch_size=0", "selftrain: batch_size must be >= 1, got 0"),
         ("btf.epoch_size=-5", "btf: epoch_size must be >= 1 (or left out), got -5"),
+        ("btf.head_warmup_epochs=nan", "btf.head_warmup_epochs: expected a finite number"),
+        ("btf.head_warmup_epochs=-1", "btf: head_warmup_epochs must be a number in [0, 1e+06]"),
+        ("btf.head_warmup_lr=0", "btf: head_warmup_lr must be in (0, 1], got 0"),
     ],
 )
 def test_out_of_range_numbers_are_config_errors_naming_the_key(item, message):

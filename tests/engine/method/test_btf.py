@@ -1,6 +1,7 @@
 """The training loop through the btf stage: loss goes down, kill/resume is bit-exact, SIGTERM
 writes a checkpoint, freezing holds, the Base Model loads in transformers."""
 
+import json
 import os
 import signal
 import subprocess
@@ -56,19 +57,20 @@ def setup(tmp_path_factory):
     return tmp, tuple(texts)
 
 
-def config(setup, out, **train_kw):
+def config(setup, out, btf=None, **train_kw):
+    """The tests' btf config: ``btf`` sets BtfConfig fields, the rest TrainConfig's."""
     tmp, texts = setup
     kw = dict(max_steps=20, lr=5e-3, log_every=5, save_every=5, seed=1)
     kw.update(train_kw)
+    fields = dict(model=str(tmp / "tiny"), freeze_layers=1) | (btf or {})
     return BtfConfig(
-        model=str(tmp / "tiny"),
         texts=texts,
         out=str(out),
         train=TrainConfig(**kw),
         batch_size=8,
         max_len=48,
-        freeze_layers=1,
         cache_dir=str(tmp / "cache"),
+        **fields,
     )
 
 
@@ -103,11 +105,11 @@ def test_base_model_loads_in_transformers(setup, tmp_path):
 
 
 KILL = """
-import sys
+import json, sys
 from tests.engine.method.test_btf import config
 from xlt_engine.engine.method.btf import run_btf
 setup = (__import__("pathlib").Path(sys.argv[1]), tuple(sys.argv[2:4]))
-run_btf(config(setup, sys.argv[4]), echo=None)
+run_btf(config(setup, sys.argv[4], json.loads(sys.argv[5])), echo=None)
 """
 
 
@@ -116,7 +118,7 @@ def test_sigkill_then_resume_is_bit_exact(setup, tmp_path, kill_at):
     tmp, texts = setup
     run_btf(config(setup, tmp_path / "full"), echo=None)
     proc = subprocess.run(
-        [sys.executable, "-c", KILL, str(tmp), *texts, str(tmp_path / "cut")],
+        [sys.executable, "-c", KILL, str(tmp), *texts, str(tmp_path / "cut"), "{}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -238,3 +240,58 @@ def test_pad_multiple_auto_fits_the_device():
         ValueError, match="pad_multiple must be an integer in \\[1, 512\\] or 'auto'"
     ):
         BatchSettings(pad_multiple="fast")
+
+
+WARM = {"head_warmup_epochs": 0.25, "head_warmup_lr": 1e-2}
+
+
+def test_head_warmup_is_a_head_only_btf_then_btf(setup, tmp_path):
+    """``head_warmup_epochs``: the MLM head alone at ``head_warmup_lr`` (as a btf run with
+    every layer frozen), then btf as set from that model: the same weights, bit for bit."""
+    one = run_btf(config(setup, tmp_path / "one", WARM), echo=None)
+    head = {"freeze_layers": "all"}
+    run_btf(config(setup, tmp_path / "head", head, max_steps=0, epochs=0.25, lr=1e-2), echo=None)
+    then = {"model": str(tmp_path / "head" / "base-model")}
+    run_btf(config(setup, tmp_path / "then", then), echo=None)
+    run_btf(config(setup, tmp_path / "cold"), echo=None)
+    warm, two = weights(tmp_path / "one" / "base-model"), weights(tmp_path / "then" / "base-model")
+    assert warm.keys() == two.keys()
+    assert all(torch.equal(warm[k], two[k]) for k in warm)
+    cold = weights(tmp_path / "cold" / "base-model")
+    assert not torch.equal(
+        warm["cls.predictions.transform.dense.weight"],
+        cold["cls.predictions.transform.dense.weight"],
+    )
+    assert one.step == 20  # the result is the main phase's
+    phase = (tmp_path / "one" / "head-warmup" / "metrics.jsonl").read_text().splitlines()
+    assert phase and all('"lr"' in line for line in phase)
+
+
+@pytest.mark.parametrize("kill_at", ["head-warmup:8", "one:7"])
+def test_head_warmup_sigkill_then_resume_is_bit_exact(setup, tmp_path, kill_at):
+    """Killed in the head phase or in the main one, ``resume=True`` ends where an
+    uninterrupted run does."""
+    tmp, texts = setup
+    run_btf(config(setup, tmp_path / "full", WARM), echo=None)
+    cut = tmp_path / "one"
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL, str(tmp), *texts, str(cut), json.dumps(WARM)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "XLT_KILL_AT": kill_at},
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert (latest_checkpoint(cut) is None) == kill_at.startswith("head-warmup")
+    run_btf(config(setup, cut, WARM), resume=True, echo=None)
+    full, again = weights(tmp_path / "full" / "base-model"), weights(cut / "base-model")
+    assert all(torch.equal(full[k], again[k]) for k in full)
+
+
+def test_head_warmup_settings_are_checked():
+    from xlt_engine.engine.method.settings import BtfSettings
+
+    with pytest.raises(ValueError, match="head_warmup_epochs must be a number in"):
+        BtfSettings(head_warmup_epochs=-1)
+    with pytest.raises(ValueError, match="head_warmup_lr must be in"):
+        BtfSettings(head_warmup_lr=0)

@@ -5,12 +5,15 @@ Each text file (one per language) is tokenised once into a ``TokenCache``, cut i
 them by length and shards the batches by rank. Masking (``MlmMasker``) returns only the masked
 positions; only those rows go through the MLM head transform and ``fused_mlm_loss``. The
 embeddings (and so the tied decoder weight) and the bottom ``freeze_layers`` encoder layers are
-frozen (``FreezeSettings``), as in fine-tuning and self-training. Output: the Base Model in Hugging Face layout (``out/base-model``), loadable by
-transformers' ``BertForMaskedLM``.
+frozen (``FreezeSettings``), as in fine-tuning and self-training. With ``head_warmup_epochs``
+a first phase trains the MLM head alone (every encoder parameter frozen, ``head_warmup_lr``; its
+checkpoints in ``out/head-warmup``): for a checkpoint with no MLM head. Output: the Base Model in
+Hugging Face layout (``out/base-model``), loadable by transformers' ``BertForMaskedLM``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +27,7 @@ from xlt_engine.data.masking import IGNORE, MlmMasker
 from xlt_engine.data.tokenizer import WordPieceTokenizer, load_tokenizer
 from xlt_engine.engine.method.settings import BtfSettings, FreezeSettings, StageSettings
 from xlt_engine.engine.train import distributed
+from xlt_engine.engine.train.checkpoints import latest_checkpoint
 from xlt_engine.engine.train.distributed import rank_world
 from xlt_engine.engine.train.loop import RunIO, TrainResult, batch_generator, train
 from xlt_engine.engine.train.optim import prepare
@@ -57,6 +61,8 @@ class BtfConfig(BtfSettings, FreezeSettings, StageSettings):
         if self.shares is not None and len(self.shares) != len(self.texts):
             raise ValueError(f"shares: {len(self.shares)} values for {len(self.texts)} texts")
 
+
+HEAD_WARMUP_FOLDER = "head-warmup"  # the head-only phase's checkpoints and metrics
 
 MLM_ROW_MULTIPLE = 64  # masked rows per batch padded to a multiple of this with ignored rows
 # (position 0, label -100): the loss is unchanged, and the MLM head's and fused loss's GEMMs see
@@ -191,14 +197,36 @@ def run_btf(cfg: BtfConfig, resume: bool = False, echo=print, progress=None) -> 
         state = load_pretrained(folder, dtype=torch.float32, device=device).state_dict()
         objective.model.load_state_dict(state)
 
+    objective = MlmObjective(model)
+    io = RunIO(save, load, echo=echo, progress=progress)
+    if cfg.head_warmup_epochs > 0:
+        warm = dataclasses.replace(
+            cfg.train,
+            epochs=cfg.head_warmup_epochs,
+            lr=cfg.head_warmup_lr,
+            max_steps=0,
+            final_checkpoint=True,  # a resume of the main phase passes through this one,
+            # which must find itself finished
+        )
+        train(
+            prepare(objective, warm, device, (r"encoder\.",)),
+            loss_fn,
+            data,
+            warm.with_steps(data.num_batches(0)),
+            out / HEAD_WARMUP_FOLDER,
+            io,
+            resume=resume,
+        )
+        # a run stopped in the head phase resumes there; the main phase then starts afresh
+        resume = resume and latest_checkpoint(out) is not None
     train_cfg = cfg.train.with_steps(data.num_batches(0))
     result = train(
-        prepare(MlmObjective(model), train_cfg, device, frozen_patterns),
+        prepare(objective, train_cfg, device, frozen_patterns),
         loss_fn,
         data,
         train_cfg,
         out,
-        RunIO(save, load, echo=echo, progress=progress),
+        io,
         resume=resume,
     )
     if rank == 0:

@@ -20,7 +20,7 @@ import torch
 
 from xlt_engine.data.batching import PAD_MULTIPLE
 from xlt_engine.data.formats import Format, get_format
-from xlt_engine.engine.train.config import TrainConfig
+from xlt_engine.engine.train.config import MAX_EPOCHS, TrainConfig
 from xlt_engine.engine.train.inference import EVAL_MAX_TOKENS
 from xlt_engine.model.heads import LINEAR
 
@@ -224,6 +224,10 @@ class BtfSettings(BatchSettings):
     mlm_probability: float = 0.15
     whole_word: bool = False
     epoch_size: int | None = None  # windows per epoch (None: the corpora's total)
+    head_warmup_epochs: float = 0.0  # > 0: first the MLM head alone (every encoder parameter
+    # frozen) for this many epochs at head_warmup_lr, then btf as set: for a checkpoint that
+    # ships no MLM head (e5), whose fresh head would otherwise steer the encoder from step 1
+    head_warmup_lr: float = 1e-3
 
     def __post_init__(self):
         super().__post_init__()
@@ -231,6 +235,16 @@ class BtfSettings(BatchSettings):
             raise ValueError(f"mlm_probability must be in (0, 1), got {self.mlm_probability}")
         if self.epoch_size is not None and self.epoch_size < 1:
             raise ValueError(f"epoch_size must be >= 1 (or left out), got {self.epoch_size}")
+        if not (
+            isinstance(self.head_warmup_epochs, int | float)
+            and 0 <= self.head_warmup_epochs <= MAX_EPOCHS
+        ):
+            raise ValueError(
+                f"head_warmup_epochs must be a number in [0, {MAX_EPOCHS:g}], "
+                f"got {self.head_warmup_epochs!r}"
+            )
+        if not (isinstance(self.head_warmup_lr, int | float) and 0 < self.head_warmup_lr <= 1):
+            raise ValueError(f"head_warmup_lr must be in (0, 1], got {self.head_warmup_lr!r}")
 
 
 LA_MAX_WEIGHT = 1000.0  # a contrastive weight beyond this is a typo, not a setting

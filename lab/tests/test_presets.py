@@ -124,6 +124,54 @@ def test_the_gpu_tables_jobs_run_the_presets_as_shipped():
         assert w[:2] == ["--config", f"configs/e5-small-{preset}.toml"], (var, w)
         sets = [w[i + 1] for i, x in enumerate(w) if x == "--set"]
         assert sets and not [s for s in sets if is_learning(s)], (var, sets)
+    # VARIANT=warm: the CLS preset plus the one pre-registered setting, nothing else
+    warm = re.search(r'^WARM="([^"]*)"', text, re.M).group(1)
+    assert shlex.split(warm) == ["$CLS", "--set", "btf.head_warmup_epochs=2"], warm
+
+
+def list_jobs(**env) -> list[list[str]]:
+    """``lab/gpu_tables.sh list`` under ``env``: one [name, settings, target, seed, rows] a job."""
+    import os
+    import subprocess
+
+    out = subprocess.run(
+        ["bash", str(LAB / "gpu_tables.sh"), "list"], env={**os.environ, **env},
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    return [line.split("|") for line in out.splitlines() if line]
+
+
+def as_shipped(report: dict) -> bool:
+    """A report of a preset as shipped: its ``--set``s say only where, how much and on what."""
+    return not [s for s in report["overrides"] if is_learning(s)]
+
+
+def test_the_warm_variant_runs_its_preregistered_rows():
+    """``VARIANT=warm``: Ours, - ST and soft only with the one setting on every CLS target at
+    seeds 1-3, in jobs of their own names (their own runs folders and reports); with another
+    table or value the script stops before running anything."""
+    import os
+    import subprocess
+
+    jobs = list_jobs(TABLE="cls", VARIANT="warm")
+    assert {(t, s) for _, _, t, s, _ in jobs} == {(t, s) for t in ("de", "fr", "jp") for s in "123"}
+    assert len(jobs) == 9
+    for name, settings, target, seed, rows in jobs:
+        assert name == f"cls_warm_{target}_s{seed}" and settings == "WARM", name
+        assert rows == "Ours,- ST,soft only", name
+    shipped = {j[0] for j in list_jobs(TABLE="cls")}
+    assert not shipped & {j[0] for j in jobs}
+    for env in ({"TABLE": "conll", "VARIANT": "warm"}, {"TABLE": "cls", "VARIANT": "hot"}):
+        bad = subprocess.run(
+            ["bash", str(LAB / "gpu_tables.sh"), "list"], env={**os.environ, **env},
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert bad.returncode == 2 and "VARIANT must be" in bad.stderr and not bad.stdout, env
+
+
+def test_a_report_with_a_learning_setting_is_not_the_preset_as_shipped():
+    assert as_shipped({"overrides": ["data.max_train=1000000", "device=cpu", 'targets=["de"]']})
+    assert not as_shipped({"overrides": ["data.max_train=1000000", "btf.head_warmup_epochs=2"]})
 
 
 def test_the_check_catches_a_restated_and_a_learning_setting(tmp_path):
@@ -146,17 +194,11 @@ def test_the_gpu_tables_jobs_are_rows_the_ablation_knows_on_every_target_and_see
     """``lab/gpu_tables.sh list``: each job names rows ``ablate`` can make for its preset, and
     Ours, - ST and soft only run on every target at seeds 1-3 (issue 64's table), in a job or in
     a committed report of the same preset at full size, from a GPU loan or this CPU (the list
-    holds what they left open)."""
-    import os
-    import subprocess
-
+    holds what they left open). A report with a learning setting of its own (``VARIANT=warm``'s)
+    is not the preset's row."""
     from xlt_engine.studies.ablate import ablation_rows
 
-    out = subprocess.run(
-        ["bash", str(LAB / "gpu_tables.sh"), "list"], env={**os.environ, "TABLE": table},
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    jobs = [line.split("|") for line in out.splitlines() if line]
+    jobs = list_jobs(TABLE=table)
     cfg = load_config(ROOT / f"configs/e5-small-{preset}.toml", [])
     known = set(ablation_rows(cfg))
     assert len({j[0] for j in jobs}) == len(jobs)  # one name a job: one runs folder a job
@@ -168,7 +210,7 @@ def test_the_gpu_tables_jobs_are_rows_the_ablation_knows_on_every_target_and_see
     for path in LAB.glob("results/*/**/study_gpu_tables_*.json"):  # a GPU loan's or the CPU's
         report = json.loads(path.read_text())
         full = "data.max_train=1000000" in report["command"]  # the preset at full size
-        if report["config"] == f"configs/e5-small-{preset}.toml" and full:
+        if report["config"] == f"configs/e5-small-{preset}.toml" and full and as_shipped(report):
             for row, cell in report["rows"].items():
                 for t, scores in cell["scores"].items():
                     done |= {(row, t, str(s)) for s, _ in zip(report["seeds"], scores, strict=True)}

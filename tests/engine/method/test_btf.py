@@ -295,3 +295,33 @@ def test_head_warmup_settings_are_checked():
         BtfSettings(head_warmup_epochs=-1)
     with pytest.raises(ValueError, match="head_warmup_lr must be in"):
         BtfSettings(head_warmup_lr=0)
+
+
+def test_a_checkpoint_with_no_mlm_head_gets_a_notice_unless_warmed(setup, tmp_path):
+    """A model that ships no MLM head (e5, LaBSE): btf says its head starts fresh and names the
+    warm-up; with the warm-up set, or with a head in the checkpoint, it says nothing of it."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from xlt_engine.engine.method.btf import fresh_head_notice
+
+    tmp, _ = setup
+    bare = tmp_path / "bare"
+    shutil.copytree(tmp / "tiny", bare)
+    kept = {k: v for k, v in weights(bare).items() if not k.startswith("cls.predictions.")}
+    assert len(kept) < len(weights(bare))
+    save_file(kept, str(bare / "model.safetensors"), metadata={"format": "pt"})
+    said = {}
+    for name, model, btf in (
+        ("bare", bare, {}),
+        ("warm", bare, WARM),
+        ("headed", tmp / "tiny", {}),
+    ):
+        lines = []
+        cfg = config(setup, tmp_path / name, {"model": str(model)} | btf, max_steps=2)
+        run_btf(cfg, echo=lines.append)
+        said[name] = [line for line in lines if "no MLM head" in line]
+    assert said["bare"] == [fresh_head_notice(str(bare))]
+    assert "btf.head_warmup_epochs" in said["bare"][0]
+    assert said["warm"] == [] and said["headed"] == []

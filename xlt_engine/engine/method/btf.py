@@ -32,7 +32,7 @@ from xlt_engine.engine.train.distributed import rank_world
 from xlt_engine.engine.train.loop import RunIO, TrainResult, batch_generator, train
 from xlt_engine.engine.train.optim import prepare
 from xlt_engine.kernels import fused_mlm_loss
-from xlt_engine.model import BertForMLM, load_pretrained, save_pretrained
+from xlt_engine.model import BertForMLM, load_pretrained, plan_checkpoint, save_pretrained
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,11 +165,25 @@ class MlmObjective(nn.Module):
         return fused_mlm_loss(h, m.decoder_weight, m.head.bias, labels)
 
 
+def fresh_head_notice(model: str | Path) -> str:
+    """What btf says when it starts from a checkpoint with no MLM head and no head warm-up."""
+    return (
+        f"btf: {model} has no MLM head: btf trains a fresh one from its first step, and that "
+        "head's first gradients move the encoder (on CLS books Japanese with e5-small they cost "
+        "the classifier its reading of the target). btf.head_warmup_epochs trains the head "
+        "alone first; lab/results/cls_btf_cause_20261128 has the runs."
+    )
+
+
 def run_btf(cfg: BtfConfig, resume: bool = False, echo=print, progress=None) -> TrainResult:
     out = Path(cfg.out)
     device = distributed.init(cfg.device)
     rank, _ = rank_world()
     tok = load_tokenizer(cfg.model)
+    if echo and rank == 0 and cfg.head_warmup_epochs == 0:
+        fresh = plan_checkpoint(cfg.model, keep_tokenizer=False).initialised
+        if fresh:
+            echo(fresh_head_notice(cfg.model))
     model = load_pretrained(cfg.model, dtype=torch.float32, device=device)
     frozen_patterns = cfg.frozen_patterns(len(model.encoder.layers))
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"

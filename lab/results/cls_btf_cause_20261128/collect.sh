@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Copy the records (no weights, no caches) of runs/btf_cause in the worktree into this folder.
+# collect.sh [SRC DST]: another run folder's records into DST (lab/results/cls_warm_st_20261128).
 set -u
-src=/work/wt_cls/runs/btf_cause
-dst=$(cd "$(dirname "$0")" && pwd)/runs
+src=${1:-/work/wt_cls/runs/btf_cause}
+dst=${2:-$(cd "$(dirname "$0")" && pwd)/runs}
 cd "$src" || exit 1
 find . \( -name metrics.jsonl -o -name run.json -o -name results.json -o -name results.md \
   -o -name summary.json -o -name dev.json -o -name config.json \) -not -path '*/model/*' \

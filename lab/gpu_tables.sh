@@ -12,6 +12,7 @@
 #   run(carry=[".gpu_tables", ".whl"], timeout_s=600, command="TABLE=conll bash lab/gpu_tables.sh run")
 #   run(carry=[".gpu_tables_cls", ".whl_min"], timeout_s=600, command="TABLE=cls WHEELS=.whl_min bash lab/gpu_tables.sh run")
 #   run(carry=[".gpu_tables_cls", ".whl_min"], timeout_s=600, command="TABLE=cls VARIANT=warm WHEELS=.whl_min bash lab/gpu_tables.sh run")
+#   run(carry=[".gpu_tables", ".whl"], timeout_s=600, command="TABLE=conll VARIANT=warm bash lab/gpu_tables.sh run")
 #   bash lab/gpu_tables.sh dry-run [JOB...]   # here: the jobs on CPU at tiny sizes, one at a time
 #   bash lab/gpu_tables.sh list               # the jobs (name | settings | target | seed | rows)
 #   TABLE=cls JOBS="cls_de_s1 cls_fr_s1" ROWS="Ours,- ST" bash lab/gpu_tables.sh cpu   # no GPU lent:
@@ -37,11 +38,12 @@
 # less what the CPU has reported (below). Its files and the pruned model travel in .gpu_tables_cls; .whl_min holds only click, tokenizers and safetensors, so that both fit the
 # tool's 64 MiB (WHEELS=.whl_min; make it with `pip download` as fetch_wheels.sh does, or copy
 # those three wheels out of .whl).
-# VARIANT=warm (TABLE=cls only): in place of the table's jobs, the pre-registered rows of
+# VARIANT=warm: in place of the table's jobs, the pre-registered rows of
 # lab/results/cls_btf_cause_20261128: Ours, - ST and soft only with the preset plus one setting,
 # btf.head_warmup_epochs=2 (e5 ships no MLM head; its fresh head's first gradients cost Japanese),
-# on de, fr, jp at seeds 1-3 (9 jobs, named cls_warm_*). The decision to adopt it is taken on
-# German and French, beside the table's rows of the preset as shipped.
+# at seeds 1-3: TABLE=cls on de, fr, jp (9 jobs, cls_warm_*; the CLS preset's decision is taken
+# on German and French), TABLE=conll on esp, ned, deu (9 jobs, conll_warm_*; the CoNLL preset's
+# decision is taken on these, not on CLS), each beside the table's rows of the preset as shipped.
 # JOBS="name ..." picks some jobs of the table; the lists are below, in launch order.
 #
 # Everything goes to a work folder packed into $OUT/tables.tgz (the tool returns few files):
@@ -70,6 +72,7 @@ e5="$carry/e5-small-$table.bin" data="$carry/data"
 FULL="--config configs/e5-small-conll.toml --set data.max_train=1000000 --set data.max_unlabeled=1000000"
 CLS="--config configs/e5-small-cls.toml --set data.max_train=1000000 --set data.max_unlabeled=1000000"
 WARM="$CLS --set btf.head_warmup_epochs=2"  # VARIANT=warm: the preset plus one setting
+WARM_CONLL="$FULL --set btf.head_warmup_epochs=2"
 # one job a line: name | settings | target | seed | rows. The main rows on every target at seeds
 # 1-3 (seed-major, so that each seed's targets start together), then the ablation rows at seed 1
 job_lines() {  # PREFIX SETTINGS "TARGETS" MAIN_ROWS "ABLATION TARGETS"
@@ -80,11 +83,13 @@ job_lines() {  # PREFIX SETTINGS "TARGETS" MAIN_ROWS "ABLATION TARGETS"
   done; done
 }
 case "$table:${VARIANT:-}" in
-  *: | cls:warm) ;;
-  *) echo "gpu_tables.sh: VARIANT must be empty or 'warm' (TABLE=cls), got '${VARIANT:-}' with TABLE=$table" >&2; exit 2 ;;
+  *: | *:warm) ;;
+  *) echo "gpu_tables.sh: VARIANT must be empty or 'warm', got '${VARIANT:-}'" >&2; exit 2 ;;
 esac
-if [ "${VARIANT:-}" = warm ]; then
+if [ "${VARIANT:-}" = warm ] && [ "$table" = cls ]; then
   JOB_LIST=$(for s in 1 2 3; do for t in de fr jp; do echo "cls_warm_${t}_s$s|WARM|$t|$s|Ours,- ST,soft only"; done; done)
+elif [ "${VARIANT:-}" = warm ]; then
+  JOB_LIST=$(for s in 1 2 3; do for t in esp ned deu; do echo "conll_warm_${t}_s$s|WARM_CONLL|$t|$s|Ours,- ST,soft only"; done; done)
 elif [ "$table" = cls ]; then  # seed 1's Ours and soft only on de / fr and German - AT / - VM: the CPU's
   # reports (lab/results/cls_cpu_full_20261127); seed 1's - ST and direct transfer there were
   # evaluated outside the study, so their jobs stay

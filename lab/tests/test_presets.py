@@ -124,9 +124,10 @@ def test_the_gpu_tables_jobs_run_the_presets_as_shipped():
         assert w[:2] == ["--config", f"configs/e5-small-{preset}.toml"], (var, w)
         sets = [w[i + 1] for i, x in enumerate(w) if x == "--set"]
         assert sets and not [s for s in sets if is_learning(s)], (var, sets)
-    # VARIANT=warm: the CLS preset plus the one pre-registered setting, nothing else
-    warm = re.search(r'^WARM="([^"]*)"', text, re.M).group(1)
-    assert shlex.split(warm) == ["$CLS", "--set", "btf.head_warmup_epochs=2"], warm
+    # VARIANT=warm: each preset plus the one pre-registered setting, nothing else
+    for var, base in (("WARM", "$CLS"), ("WARM_CONLL", "$FULL")):
+        warm = re.search(rf'^{var}="([^"]*)"', text, re.M).group(1)
+        assert shlex.split(warm) == [base, "--set", "btf.head_warmup_epochs=2"], (var, warm)
 
 
 def list_jobs(**env) -> list[list[str]]:
@@ -146,22 +147,26 @@ def as_shipped(report: dict) -> bool:
     return not [s for s in report["overrides"] if is_learning(s)]
 
 
-def test_the_warm_variant_runs_its_preregistered_rows():
-    """``VARIANT=warm``: Ours, - ST and soft only with the one setting on every CLS target at
-    seeds 1-3, in jobs of their own names (their own runs folders and reports); with another
-    table or value the script stops before running anything."""
+@pytest.mark.parametrize(
+    "table, settings, targets",
+    [("cls", "WARM", ("de", "fr", "jp")), ("conll", "WARM_CONLL", ("esp", "ned", "deu"))],
+)
+def test_the_warm_variant_runs_its_preregistered_rows(table, settings, targets):
+    """``VARIANT=warm``: Ours, - ST and soft only with the one setting on every target of the
+    table at seeds 1-3, in jobs of their own names (their own runs folders and reports); with
+    another value the script stops before running anything."""
     import os
     import subprocess
 
-    jobs = list_jobs(TABLE="cls", VARIANT="warm")
-    assert {(t, s) for _, _, t, s, _ in jobs} == {(t, s) for t in ("de", "fr", "jp") for s in "123"}
+    jobs = list_jobs(TABLE=table, VARIANT="warm")
+    assert {(t, s) for _, _, t, s, _ in jobs} == {(t, s) for t in targets for s in "123"}
     assert len(jobs) == 9
-    for name, settings, target, seed, rows in jobs:
-        assert name == f"cls_warm_{target}_s{seed}" and settings == "WARM", name
+    for name, got, target, seed, rows in jobs:
+        assert name == f"{table}_warm_{target}_s{seed}" and got == settings, name
         assert rows == "Ours,- ST,soft only", name
-    shipped = {j[0] for j in list_jobs(TABLE="cls")}
+    shipped = {j[0] for j in list_jobs(TABLE=table)}
     assert not shipped & {j[0] for j in jobs}
-    for env in ({"TABLE": "conll", "VARIANT": "warm"}, {"TABLE": "cls", "VARIANT": "hot"}):
+    for env in ({"TABLE": table, "VARIANT": "hot"}, {"TABLE": table, "VARIANT": "Warm"}):
         bad = subprocess.run(
             ["bash", str(LAB / "gpu_tables.sh"), "list"], env={**os.environ, **env},
             capture_output=True, text=True,

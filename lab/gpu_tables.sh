@@ -86,10 +86,11 @@ case "$table:${VARIANT:-}" in
   *: | *:warm) ;;
   *) echo "gpu_tables.sh: VARIANT must be empty or 'warm', got '${VARIANT:-}'" >&2; exit 2 ;;
 esac
-if [ "${VARIANT:-}" = warm ] && [ "$table" = cls ]; then
-  JOB_LIST=$(for s in 1 2 3; do for t in de fr jp; do echo "cls_warm_${t}_s$s|WARM|$t|$s|Ours,- ST,soft only"; done; done)
-elif [ "${VARIANT:-}" = warm ]; then
-  JOB_LIST=$(for s in 1 2 3; do for t in esp ned deu; do echo "conll_warm_${t}_s$s|WARM_CONLL|$t|$s|Ours,- ST,soft only"; done; done)
+if [ "${VARIANT:-}" = warm ]; then
+  warm_set=WARM warm_targets="de fr jp"
+  [ "$table" = conll ] && warm_set=WARM_CONLL warm_targets="esp ned deu"
+  JOB_LIST=$(for s in 1 2 3; do for t in $warm_targets; do
+    echo "${table}_warm_${t}_s$s|$warm_set|$t|$s|Ours,- ST,soft only"; done; done)
 elif [ "$table" = cls ]; then  # seed 1's Ours and soft only on de / fr and German - AT / - VM: the CPU's
   # reports (lab/results/cls_cpu_full_20261127); seed 1's - ST and direct transfer there were
   # evaluated outside the study, so their jobs stay

@@ -79,13 +79,13 @@ def collect(paths: list[Path]) -> tuple[dict, dict, dict]:
             target = d["pair"].split("-")[-1]
             for name, rnd in d["rounds"].items():
                 if rnd.get("collapse") and name.endswith("round-1"):
-                    row = _row_of(name, report["rows"])
+                    row = row_of(name, report["rows"])
                     if row:
                         collapsed.setdefault(row, set()).add((target, d["seed"]))
     return scores, collapsed, seconds
 
 
-def _row_of(folder: str, rows: dict) -> str | None:
+def row_of(folder: str, rows: dict) -> str | None:
     """The self-training row a round folder belongs to (``selftrain/`` is Ours; an ablation
     variant's folder carries its change: ``selftrain-alpha0.9``, ``-linear``, ``-direct``),
     among the report's rows."""

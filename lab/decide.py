@@ -1,0 +1,247 @@
+"""Apply a pre-registered preset decision to two arms of lab/study.py reports: the preset as
+shipped (``--base``) and the preset with one change (``--variant``). The rules are the ones
+written in lab/results/cls_btf_cause_20261128/README.md before their rows ran; this module only
+reads them off the records, so the verdict is the same whoever runs it.
+
+- ``cls``: Ours' test accuracy over (de, fr) x seeds 1-3. The variant is adopted when its mean
+  is at least 0.25 points above the base's; 0.25 or more below keeps the base; in between is a
+  tie, adopted only when the variant's - ST mean is higher and its Ours seed std not larger.
+- ``conll``: Ours' target dev entity F1 (the last self-training step's dev check in the report's
+  ``details``) over (esp, ned) x seeds 1-3, margin 0.5; a tie keeps the base.
+
+Prints each arm's cells and means, what the arms differ by, and the verdict. Exit status 0 when
+the rule decides, 3 when a cell it reads is missing (the missing cells are named), 2 on bad input.
+
+    python -m lab.decide cls --base lab/results/cls_cpu_full_20261127/reports/*.json \
+      --variant lab/results/cls_warm_st_20261128/reports/*.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab import tables
+
+
+@dataclass(frozen=True)
+class Rule:
+    targets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    margin: float  # points (%)
+    metric: str  # "test": the report's row score; "dev": the last self-training dev check
+    tie: str  # "st_and_std": - ST higher and Ours std not larger adopts; "keep": the base stays
+
+
+RULES = {
+    "cls": Rule(("de", "fr"), (1, 2, 3), 0.25, "test", "st_and_std"),
+    "conll": Rule(("esp", "ned"), (1, 2, 3), 0.5, "dev", "keep"),
+}
+UNDECIDED = 3
+
+
+def _step_order(folder: str) -> tuple[int, int]:
+    """``selftrain/round-2/soft`` -> (2, 0); the hard step after its round's soft step."""
+    m = re.fullmatch(r"[^/]+/round-(\d+)/(soft|hard)", folder)
+    if not m:
+        raise ValueError(f"unexpected self-training check folder {folder!r}")
+    return int(m.group(1)), 0 if m.group(2) == "soft" else 1
+
+
+def dev_scores(paths: list[Path], targets: tuple[str, ...], row: str = "Ours") -> dict:
+    """``{target: {seed: F1}}``: per (target, seed) of ``targets`` the target dev score of
+    ``row``'s last self-training step, from the reports' ``details`` (a pair given twice must
+    agree)."""
+    found: dict = {}
+    for path in paths:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        if row not in report["rows"]:
+            continue
+        for d in report["details"]:
+            target = d["pair"].split("-")[-1]
+            if target not in targets:
+                continue
+            steps = [
+                (name, check)
+                for name, check in d.get("checks", {}).items()
+                if tables.row_of(name, report["rows"]) == row
+            ]
+            if not steps:
+                continue
+            name, last = max(steps, key=lambda s: _step_order(s[0]))
+            dev = last.get("dev", {}).get(target)
+            if dev is None:
+                raise ValueError(
+                    f"{path}: seed {d['seed']} {d['pair']}: {name} has no {target} dev check "
+                    f"(it has {sorted(last.get('dev', {}))})"
+                )
+            had = found.setdefault(target, {}).get(d["seed"])
+            if had is not None and abs(had - dev["score"]) > 1e-9:
+                raise ValueError(
+                    f"{path}: {row} {target} seed {d['seed']} dev is {dev['score']}, before {had}"
+                )
+            found[target][d["seed"]] = dev["score"]
+    return found
+
+
+@dataclass
+class Arm:
+    label: str
+    settings: tuple
+    ours: dict  # {target: {seed: score}}
+    st: dict
+
+
+REPORT_KEYS = ("config", "overrides", "seeds", "rows", "details")
+
+
+def read_arm(label: str, paths: list[Path], evaluated: list[str], rule: Rule) -> Arm:
+    for path in paths:
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not JSON ({e})") from None
+        lacking = [k for k in REPORT_KEYS if k not in report]
+        if lacking:
+            raise ValueError(f"{path}: not a lab/study.py report (no {', '.join(lacking)})")
+    if rule.metric == "dev" and any(s.split(",")[0].strip() == "Ours" for s in evaluated):
+        raise ValueError("an Ours cell evaluated apart has a test score; this rule reads dev F1")
+    scores, _, _ = tables.collect(paths)
+    tables.add_evaluated(scores, evaluated)
+    settings = tables.learning_settings(json.loads(paths[0].read_text(encoding="utf-8")))
+    ours = dev_scores(paths, rule.targets) if rule.metric == "dev" else scores.get("Ours", {})
+    return Arm(label, settings, ours, scores.get("- ST", {}))
+
+
+def cells(values: dict, rule: Rule) -> tuple[list[float], list[str]]:
+    """The rule's cells that ``values`` has (in %), and the (target seed) it lacks."""
+    have, missing = [], []
+    for t in rule.targets:
+        for s in rule.seeds:
+            v = values.get(t, {}).get(s)
+            if v is None:
+                missing.append(f"{t} seed {s}")
+            else:
+                have.append(100 * v)
+    return have, missing
+
+
+def _summary(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.2f} (1)"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f} ({len(values)})"
+
+
+def decide(rule: Rule, base: Arm, variant: Arm) -> tuple[str, list[str]]:
+    """(verdict, its reasons); verdict is ``adopt``, ``keep`` or ``undecided``."""
+    b, b_missing = cells(base.ours, rule)
+    v, v_missing = cells(variant.ours, rule)
+    missing = [f"{base.label} Ours {m}" for m in b_missing]
+    missing += [f"{variant.label} Ours {m}" for m in v_missing]
+    if missing:
+        return "undecided", [f"missing: {', '.join(missing)}"]
+    diff = statistics.fmean(v) - statistics.fmean(b)
+    why = [f"Ours: {variant.label} − {base.label} = {diff:+.2f} (margin {rule.margin})"]
+    eps = 1e-9
+    if diff >= rule.margin - eps:
+        return "adopt", why
+    if diff <= -rule.margin + eps:
+        return "keep", why
+    why.append("within the margin: a tie")
+    if rule.tie == "keep":
+        return "keep", [*why, "a tie keeps the base"]
+    bs, bs_missing = cells(base.st, rule)
+    vs, vs_missing = cells(variant.st, rule)
+    st_missing = [f"{base.label} - ST {m}" for m in bs_missing]
+    st_missing += [f"{variant.label} - ST {m}" for m in vs_missing]
+    if st_missing:
+        return "undecided", [*why, f"the tie reads - ST; missing: {', '.join(st_missing)}"]
+    st_diff = statistics.fmean(vs) - statistics.fmean(bs)
+    std_b, std_v = statistics.stdev(b), statistics.stdev(v)
+    why.append(f"- ST: {variant.label} − {base.label} = {st_diff:+.2f}")
+    why.append(f"Ours seed std: {variant.label} {std_v:.2f}, {base.label} {std_b:.2f}")
+    if st_diff > eps and std_v <= std_b + eps:
+        return "adopt", why
+    return "keep", why
+
+
+def render(rule_name: str, rule: Rule, base: Arm, variant: Arm) -> tuple[str, str]:
+    extra = [o for o in variant.settings[1] if o not in base.settings[1]]
+    dropped = [o for o in base.settings[1] if o not in variant.settings[1]]
+    if base.settings[0] != variant.settings[0]:
+        raise ValueError(
+            f"the arms use different configs: {base.settings[0]} and {variant.settings[0]}"
+        )
+    if not extra and not dropped:
+        raise ValueError("the arms have the same learning settings: nothing to decide")
+    metric = "test accuracy" if rule.metric == "test" else "target dev F1, last self-training step"
+    lines = [
+        f"Rule {rule_name}: Ours' {metric} over {', '.join(rule.targets)} x seeds "
+        f"{', '.join(map(str, rule.seeds))}; config {base.settings[0]}",
+        f"The {variant.label} arm adds {extra or 'nothing'}"
+        + (f" and drops {dropped}" if dropped else ""),
+        "",
+        "| arm | row | "
+        + " | ".join(f"{t} s{s}" for t in rule.targets for s in rule.seeds)
+        + " | mean ± std (n) |",
+        "|" + "---|" * (3 + len(rule.targets) * len(rule.seeds)),
+    ]
+    rows = [("Ours", "ours")] + ([("- ST", "st")] if rule.tie == "st_and_std" else [])
+    for arm in (base, variant):
+        for row, attr in rows:
+            values = getattr(arm, attr)
+            cell = [
+                f"{100 * values[t][s]:.2f}" if s in values.get(t, {}) else "–"
+                for t in rule.targets
+                for s in rule.seeds
+            ]
+            have, _ = cells(values, rule)
+            lines.append(f"| {arm.label} | {row} | " + " | ".join(cell) + f" | {_summary(have)} |")
+    verdict, why = decide(rule, base, variant)
+    lines += ["", *(f"- {w}" for w in why), "", f"Verdict: {verdict}"]
+    return "\n".join(lines), verdict
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("rule", choices=sorted(RULES))
+    p.add_argument("--base", nargs="+", type=Path, required=True, help="the shipped arm's reports")
+    p.add_argument("--variant", nargs="+", type=Path, required=True, help="the changed arm's")
+    p.add_argument(
+        "--base-evaluated",
+        action="append",
+        default=[],
+        metavar="ROW,TARGET,SEED=R",
+        help="a base cell evaluated apart (lab.tables --evaluated); repeatable",
+    )
+    p.add_argument(
+        "--variant-evaluated",
+        action="append",
+        default=[],
+        metavar="ROW,TARGET,SEED=R",
+        help="a variant cell evaluated apart; repeatable",
+    )
+    p.add_argument("--base-label", default="shipped")
+    p.add_argument("--variant-label", default="variant")
+    args = p.parse_args(argv)
+    rule = RULES[args.rule]
+    try:
+        base = read_arm(args.base_label, args.base, args.base_evaluated, rule)
+        variant = read_arm(args.variant_label, args.variant, args.variant_evaluated, rule)
+        text, verdict = render(args.rule, rule, base, variant)
+    except (ValueError, OSError) as e:
+        print(f"lab.decide: {e}", file=sys.stderr)
+        return 2
+    print(text)
+    return UNDECIDED if verdict == "undecided" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

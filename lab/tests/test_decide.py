@@ -1,0 +1,246 @@
+"""lab/decide.py: the pre-registered preset decisions read off study reports (the rules of
+lab/results/cls_btf_cause_20261128/README.md), on made-up reports around each boundary and on
+the committed CLS records."""
+
+import glob
+import json
+from pathlib import Path
+
+import pytest
+
+from lab import decide
+
+ROOT = Path(__file__).resolve().parents[2]
+WARM = "btf.head_warmup_epochs=2"
+
+
+def _report(
+    path: Path, rows: dict, *, overrides=(), config="configs/e5-small-cls.toml", details=()
+) -> Path:
+    """A report of seeds 1-3 whose rows give ``{target: [score a seed]}``."""
+    path.write_text(
+        json.dumps(
+            {
+                "config": config,
+                "overrides": ["device=cpu", "data.max_train=1000000", *overrides],
+                "seeds": [1, 2, 3],
+                "rows": {r: {"scores": s, "seconds": 1.0} for r, s in rows.items()},
+                "details": list(details),
+            }
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+def _cls(tmp_path, base_ours, warm_ours, base_st=(0.85,) * 3, warm_st=(0.85,) * 3):
+    """Two CLS arms with the same scores on de and fr (so a mean is that of three seeds)."""
+    base = _report(
+        tmp_path / "base.json",
+        {
+            "Ours": {"de": list(base_ours), "fr": list(base_ours)},
+            "- ST": {"de": list(base_st), "fr": list(base_st)},
+        },
+    )
+    warm = _report(
+        tmp_path / "warm.json",
+        {
+            "Ours": {"de": list(warm_ours), "fr": list(warm_ours)},
+            "- ST": {"de": list(warm_st), "fr": list(warm_st)},
+        },
+        overrides=[WARM],
+    )
+    return ["cls", "--base", str(base), "--variant", str(warm)]
+
+
+@pytest.mark.parametrize(
+    ("warm_ours", "verdict", "rc"),
+    [
+        ((0.8725, 0.8725, 0.8725), "adopt", 0),  # +0.25 exactly: at least the margin adopts
+        ((0.8800, 0.8700, 0.8800), "adopt", 0),  # +0.33
+        ((0.8675, 0.8675, 0.8675), "keep", 0),  # -0.25 exactly keeps
+        ((0.8600, 0.8700, 0.8700), "keep", 0),  # -0.33
+    ],
+)
+def test_cls_outside_the_margin_reads_ours_only(tmp_path, capsys, warm_ours, verdict, rc):
+    # - ST favours the variant in every case: outside the margin it must not matter
+    args = _cls(tmp_path, (0.87,) * 3, warm_ours, base_st=(0.80,) * 3, warm_st=(0.90,) * 3)
+    assert decide.main(args) == rc
+    out = capsys.readouterr().out
+    assert out.rstrip().endswith(f"Verdict: {verdict}")
+    assert f"The variant arm adds ['{WARM}']" in out
+
+
+@pytest.mark.parametrize(
+    ("warm_ours", "warm_st", "verdict"),
+    [
+        ((0.870, 0.872, 0.874), (0.86,) * 3, "adopt"),  # +0.2; - ST higher; std equal
+        ((0.870, 0.872, 0.874), (0.85,) * 3, "keep"),  # - ST equal, not higher
+        ((0.868, 0.872, 0.876), (0.86,) * 3, "keep"),  # Ours std larger
+        ((0.8685, 0.8695, 0.8705), (0.86,) * 3, "adopt"),  # -0.05, a tie; std smaller
+    ],
+)
+def test_cls_tie_reads_st_and_spread(tmp_path, capsys, warm_ours, warm_st, verdict):
+    args = _cls(tmp_path, (0.868, 0.870, 0.872), warm_ours, warm_st=warm_st)
+    assert decide.main(args) == 0
+    out = capsys.readouterr().out
+    assert "within the margin: a tie" in out
+    assert out.rstrip().endswith(f"Verdict: {verdict}")
+
+
+def test_a_missing_cell_leaves_it_undecided_and_names_the_cell(tmp_path, capsys):
+    base = _report(tmp_path / "b.json", {"Ours": {"de": [0.8, 0.8, 0.8], "fr": [0.8] * 3}})
+    warm = tmp_path / "w.json"
+    warm.write_text(
+        json.dumps(
+            {
+                "config": "configs/e5-small-cls.toml",
+                "overrides": ["device=cpu", WARM],
+                "seeds": [3],
+                "rows": {"Ours": {"scores": {"de": [0.9], "fr": [0.9]}, "seconds": 1.0}},
+                "details": [],
+            }
+        ),
+        encoding="utf-8",
+    )
+    assert decide.main(["cls", "--base", str(base), "--variant", str(warm)]) == decide.UNDECIDED
+    out = capsys.readouterr().out
+    assert "variant Ours de seed 1, variant Ours de seed 2, variant Ours fr seed 1" in out
+    assert "| variant | Ours | – | – | 90.00 | – | – | 90.00 | 90.00 ± 0.00 (2) |" in out
+    assert out.rstrip().endswith("Verdict: undecided")
+
+
+def test_a_cls_tie_without_every_st_cell_is_undecided(tmp_path, capsys):
+    base = _report(tmp_path / "b.json", {"Ours": {"de": [0.87] * 3, "fr": [0.87] * 3}})
+    warm = _report(
+        tmp_path / "w.json",
+        {"Ours": {"de": [0.871] * 3, "fr": [0.871] * 3}, "- ST": {"de": [0.9] * 3}},
+        overrides=[WARM],
+    )
+    assert decide.main(["cls", "--base", str(base), "--variant", str(warm)]) == decide.UNDECIDED
+    out = capsys.readouterr().out
+    assert "the tie reads - ST; missing: shipped - ST de seed 1" in out
+    assert "variant - ST fr seed 3" in out
+
+
+def _checks(target: str, steps: dict) -> dict:
+    return {
+        name: {"dev": {"eng": {"score": 0.9}, target: {"score": v}}} for name, v in steps.items()
+    }
+
+
+def _conll(tmp_path, name, scores: dict, overrides=()) -> Path:
+    """A CoNLL report whose Ours and soft-only rows end with the given target dev F1 per seed;
+    each pair's earlier steps and the soft-only row score higher, to be ignored."""
+    details = []
+    for target, per_seed in scores.items():
+        for seed, last in enumerate(per_seed, start=1):
+            checks = _checks(
+                target,
+                {
+                    # insertion order is not step order: the round-2 soft step is Ours' last
+                    "selftrain/round-2/soft": last,
+                    "selftrain/round-1/soft": 0.99,
+                    "selftrain/round-1/hard": 0.98,
+                    "selftrain-softonly/round-2/soft": 0.97,
+                },
+            )
+            details.append({"pair": f"eng-{target}", "seed": seed, "rounds": {}, "checks": checks})
+    return _report(
+        tmp_path / name,
+        {"Ours": {t: [0.5] * 3 for t in scores}, "soft only": {t: [0.5] * 3 for t in scores}},
+        overrides=overrides,
+        config="configs/e5-small-conll.toml",
+        details=details,
+    )
+
+
+def test_conll_reads_the_last_self_training_step_and_a_tie_keeps(tmp_path, capsys):
+    base = _conll(tmp_path, "b.json", {"esp": [0.70, 0.70, 0.70], "ned": [0.78] * 3})
+    warm = _conll(tmp_path, "w.json", {"esp": [0.704] * 3, "ned": [0.78] * 3}, [WARM])
+    assert decide.main(["conll", "--base", str(base), "--variant", str(warm)]) == 0
+    out = capsys.readouterr().out
+    assert "| shipped | Ours | 70.00 | 70.00 | 70.00 | 78.00 | 78.00 | 78.00 |" in out
+    assert "Ours: variant − shipped = +0.20 (margin 0.5)" in out
+    assert out.rstrip().endswith("a tie keeps the base\n\nVerdict: keep")
+    warm = _conll(tmp_path, "w2.json", {"esp": [0.71] * 3, "ned": [0.78] * 3}, [WARM])
+    assert decide.main(["conll", "--base", str(base), "--variant", str(warm)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("Verdict: adopt")
+
+
+def test_conll_dev_rule_takes_no_ours_cell_evaluated_apart(tmp_path, capsys):
+    base = _conll(tmp_path, "b.json", {"esp": [0.7] * 3, "ned": [0.78] * 3})
+    warm = _conll(tmp_path, "w.json", {"esp": [0.7] * 3, "ned": [0.78] * 3}, [WARM])
+    args = ["conll", "--base", str(base), "--variant", str(warm)]
+    assert decide.main([*args, "--variant-evaluated", "Ours,esp,1=x.json"]) == 2
+    assert "this rule reads dev F1" in capsys.readouterr().err
+
+
+def test_a_step_without_target_dev_names_report_and_step(tmp_path, capsys):
+    base = _conll(tmp_path, "b.json", {"esp": [0.7] * 3, "ned": [0.78] * 3})
+    report = json.loads(base.read_text(encoding="utf-8"))
+    del report["details"][0]["checks"]["selftrain/round-2/soft"]["dev"]["esp"]
+    base.write_text(json.dumps(report), encoding="utf-8")
+    warm = _conll(tmp_path, "w.json", {"esp": [0.7] * 3, "ned": [0.78] * 3}, [WARM])
+    assert decide.main(["conll", "--base", str(base), "--variant", str(warm)]) == 2
+    err = capsys.readouterr().err
+    assert f"{base}: seed 1 eng-esp: selftrain/round-2/soft has no esp dev check" in err
+
+
+@pytest.mark.parametrize(
+    ("variant_kwargs", "message"),
+    [
+        ({}, "the arms have the same learning settings"),
+        ({"overrides": [WARM], "config": "configs/conll.toml"}, "the arms use different configs"),
+    ],
+)
+def test_arms_that_are_not_one_change_apart_are_refused(tmp_path, capsys, variant_kwargs, message):
+    base = _report(tmp_path / "b.json", {"Ours": {"de": [0.8] * 3}})
+    warm = _report(tmp_path / "w.json", {"Ours": {"de": [0.8] * 3}}, **variant_kwargs)
+    assert decide.main(["cls", "--base", str(base), "--variant", str(warm)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_file_that_is_not_a_report_is_named(tmp_path, capsys):
+    base = _report(tmp_path / "b.json", {"Ours": {"de": [0.8] * 3}})
+    bad = tmp_path / "results.json"
+    bad.write_text(json.dumps({"languages": {}}), encoding="utf-8")
+    assert decide.main(["cls", "--base", str(base), "--variant", str(bad)]) == 2
+    assert f"{bad}: not a lab/study.py report (no config, overrides" in capsys.readouterr().err
+    bad.write_text("{", encoding="utf-8")
+    assert decide.main(["cls", "--base", str(base), "--variant", str(bad)]) == 2
+    assert f"{bad}: not JSON" in capsys.readouterr().err
+
+
+def test_committed_cls_records(capsys):
+    """The committed CLS reports: the rule reads the warm - ST seeds 1-3 and says which Ours
+    cells it still needs (the shipped arm's - ST seed 1 cells were evaluated apart)."""
+    early = ROOT / "lab/results/cls_cpu_full_20261127/early"
+    rc = decide.main(
+        [
+            "cls",
+            "--base",
+            *sorted(glob.glob(str(ROOT / "lab/results/cls_cpu_full_20261127/reports/*.json"))),
+            "--variant",
+            *sorted(glob.glob(str(ROOT / "lab/results/cls_warm_*_2026112*/reports/*.json"))),
+            "--base-evaluated",
+            f"- ST,de,1={early}/finetune_de/results.json",
+            "--base-evaluated",
+            f"- ST,fr,1={early}/finetune_fr/results.json",
+            "--variant-label",
+            "warm",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert (
+        "| shipped | - ST | 87.65 | 73.35 | 87.75 | 85.20 | 84.10 | 87.95 | 84.33 ± 5.61 (6) |"
+        in out
+    )
+    assert (
+        "| warm | - ST | 87.50 | 85.00 | 87.60 | 87.45 | 86.50 | 87.80 | 86.98 ± 1.07 (6) |" in out
+    )
+    assert "| shipped | Ours | 87.70 | – | – | 85.00 | – | – |" in out
+    if rc == decide.UNDECIDED:
+        assert "missing: shipped Ours de seed 2" in out
+    else:  # every cell committed: the verdict is one of the rule's two
+        assert out.rstrip().endswith(("Verdict: adopt", "Verdict: keep"))

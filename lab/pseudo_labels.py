@@ -5,6 +5,12 @@ reads): per round, the rows given a pseudo label (of the pool), their classes, t
 right overall and per class (the precision of each class's pseudo labels), and the gold classes
 of the pool and of the rows given a label.
 
+``--alphas 0.5,0.7,0.9`` adds, per round, what other thresholds would have given from the same
+teacher: a row gets a label at alpha when its voters agree and their smallest top probability is
+above alpha (the engine's ``voter_filter``), read from the round's ``filter.safetensors``
+(``agreed``, ``confidence``); the run's own labels are rebuilt that way first, and a round whose
+labels do not come out the same fails, naming its file.
+
 The pool is the run's own target store (``<stage>/cache/<file>.<key>/``): its ``lines.npy`` names
 the file line of every unit (a text; a sentence, whose words are its rows in order), and the file
 is read again with its labels. A row whose gold label is unknown (a MARC 3-star review, which the
@@ -104,11 +110,83 @@ def rounds(stage: Path) -> list[dict]:
     return out
 
 
+def sweep(stage: Path, alphas: list[float]) -> list[dict]:
+    """Per finished round of ``stage`` and alpha: the rows the round's teacher would label at
+    that one threshold, how many are right, and each class's count and precision."""
+    labels, gold = gold_of(stage)
+    out = []
+    for folder in sorted(stage.glob("round-*"), key=lambda p: int(p.name.split("-")[1])):
+        path = folder / "filter.safetensors"
+        if not path.is_file():
+            continue
+        f = load_file(str(path))
+        if "agreed" not in f or "confidence" not in f:
+            raise ValueError(f"{path}: no 'agreed' / 'confidence' (it has {sorted(f)})")
+        agreed, conf, pseudo = f["agreed"].astype(np.int64), f["confidence"], f["pseudo"]
+        if len(agreed) != len(gold):
+            raise ValueError(f"{path}: {len(agreed)} rows, the pool {len(gold)}")
+        record = json.loads((folder / "filter.json").read_text(encoding="utf-8"))
+        per = record.get("class_alpha") or dict.fromkeys(labels, record["alpha"])
+        own = np.array([per[c] for c in labels], dtype=np.float32)
+        rebuilt = np.where((agreed >= 0) & (conf > own[agreed.clip(min=0)]), agreed, -1)
+        if (rebuilt != pseudo).any():
+            raise ValueError(
+                f"{path}: {(rebuilt != pseudo).sum()} rows' pseudo labels are not the voters' "
+                "agreed label above the round's thresholds; the sweep would not be this filter"
+            )
+        g = np.array([-2 if x is None else x for x in gold])
+        for alpha in alphas:
+            given = (agreed >= 0) & (conf > np.float32(alpha))
+            rated = given & (g >= 0)
+            by_class = {}
+            for c, name in enumerate(labels):
+                mine = rated & (agreed == c)
+                hits = int((mine & (g == c)).sum())
+                n = int(mine.sum())
+                by_class[name] = {"given": n, "right": hits, "precision": hits / n if n else None}
+            right = int((rated & (agreed == g)).sum())
+            out.append(
+                {
+                    "stage": str(stage),
+                    "round": int(folder.name.split("-")[1]),
+                    "alpha": alpha,
+                    "run_alpha": record["alpha"],
+                    "pool": len(gold),
+                    "given": int(given.sum()),
+                    "right_of_rated": right / int(rated.sum()) if rated.any() else None,
+                    "precision_by_class": by_class,
+                }
+            )
+    return out
+
+
+def _by_class(r: dict) -> str:
+    return ", ".join(
+        f"{k} {100 * v['precision']:.1f}% of {v['given']}"
+        for k, v in r["precision_by_class"].items()
+        if v["given"]
+    )
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("stages", nargs="+", type=Path, help="selftrain stage folders")
     p.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    p.add_argument(
+        "--alphas",
+        default=None,
+        metavar="A1,A2",
+        help="also what each of these thresholds would have labeled, per round",
+    )
     args = p.parse_args(argv)
+    alphas = []
+    if args.alphas:
+        try:
+            alphas = [float(a) for a in args.alphas.split(",")]
+        except ValueError:
+            p.error(f"--alphas {args.alphas!r}: expected numbers like 0.5,0.9")
+        if any(not 0.0 <= a < 1.0 for a in alphas):
+            p.error(f"--alphas {args.alphas!r}: each must be in [0, 1)")
     rows = [r for stage in args.stages for r in rounds(stage)]
     print(
         "| stage | round | alpha | given / pool | classes given | right | right by class "
@@ -119,11 +197,7 @@ def main(argv=None) -> None:
         right = "–" if r["right_of_rated"] is None else f"{100 * r['right_of_rated']:.1f}%"
         classes = ", ".join(f"{k} {v}" for k, v in r["classes"].items())
         gold = ", ".join(f"{k} {v}" for k, v in sorted(r["gold_of_given"].items()))
-        by_class = ", ".join(
-            f"{k} {100 * v['precision']:.1f}% of {v['given']}"
-            for k, v in r["precision_by_class"].items()
-            if v["given"]
-        )
+        by_class = _by_class(r)
         stage = "/".join(Path(r["stage"]).parts[-3:])
         alpha = r["alpha"]
         if isinstance(alpha, dict):
@@ -132,8 +206,21 @@ def main(argv=None) -> None:
             f"| {stage} | {r['round']} | {alpha} | {r['given']} / {r['pool']} | {classes} | "
             f"{right} | {by_class or '–'} | {gold} |"
         )
+    swept = [r for stage in args.stages for r in sweep(stage, alphas)] if alphas else []
+    if swept:
+        print("\n| stage | round | alpha (the run's) | given / pool | right | right by class |")
+        print("|---|---|---|---|---|---|")
+        for r in swept:
+            right = "–" if r["right_of_rated"] is None else f"{100 * r['right_of_rated']:.1f}%"
+            stage = "/".join(Path(r["stage"]).parts[-3:])
+            print(
+                f"| {stage} | {r['round']} | {r['alpha']:g} ({r['run_alpha']:g}) | "
+                f"{r['given']} / {r['pool']} | {right} | {_by_class(r) or '–'} |"
+            )
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
+        args.json.write_text(
+            json.dumps({"rounds": rows, "sweep": swept} if swept else rows, indent=1) + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -99,3 +99,48 @@ def test_a_token_tasks_words_are_scored_per_class(tmp_path, shared_data, mbert_v
     assert o["right"] == int(((pseudo == 0) & (gold == 0) & given).sum()) < o["given"]
     assert r["precision_by_class"]["B-PER"] == {"given": 0, "right": 0, "precision": None}
     assert r["precision_by_class"]["B-LOC"]["precision"] == 1.0
+
+
+def test_the_alpha_sweep_rebuilds_the_runs_labels_then_scores_other_thresholds(
+    tmp_path, shared_data, mbert_vocab, capsys
+):
+    """``--alphas``: at each alpha a row is labeled when its voters agree and their confidence is
+    above it (strictly, as ``voter_filter``); the run's own labels must come out of the same
+    rule at its own threshold, else the file is named."""
+    from lab.pseudo_labels import sweep
+
+    stage, gold, _ = a_stage(tmp_path, shared_data, mbert_vocab)
+    n = len(gold)
+    agreed = np.array([g if i % 4 else 1 - g for i, g in enumerate(gold)], dtype=np.int32)
+    agreed[::10] = -1  # the voters disagree on every 10th row
+    conf = np.array([0.55 + 0.4 * (i % 5) / 4 for i in range(n)], dtype=np.float32)  # .55-.95
+    run_alpha = 0.65
+    pseudo = np.where((agreed >= 0) & (conf > run_alpha), agreed, -1).astype(np.int64)
+    folder = stage / "round-1"
+    save_file({"pseudo": pseudo, "agreed": agreed, "confidence": conf},
+              str(folder / "filter.safetensors"))  # fmt: skip
+    (folder / "filter.json").write_text(json.dumps({"alpha": run_alpha}))
+    import shutil
+
+    shutil.rmtree(stage / "round-2")
+    rows = sweep(stage, [0.5, 0.75, 0.95])
+    assert [r["alpha"] for r in rows] == [0.5, 0.75, 0.95]
+    for r in rows:
+        given = (agreed >= 0) & (conf > np.float32(r["alpha"]))
+        assert r["given"] == int(given.sum())
+        right = sum(int(agreed[i]) == gold[i] for i in range(n) if given[i])
+        want = right / given.sum() if given.any() else None
+        assert r["right_of_rated"] == (want and pytest.approx(want))
+        neg = given & (agreed == 0)
+        assert r["precision_by_class"]["negative"]["given"] == int(neg.sum())
+    assert rows[0]["given"] > rows[1]["given"] > rows[2]["given"] == 0  # 0.95 is not above 0.95
+    main([str(stage), "--alphas", "0.5,0.75"])
+    out = capsys.readouterr().out
+    assert f"| 0.5 (0.65) | {rows[0]['given']} / {n} |" in out
+    pseudo[np.flatnonzero(pseudo >= 0)[0]] = -1  # one label the rule would have given, dropped
+    save_file({"pseudo": pseudo, "agreed": agreed, "confidence": conf},
+              str(folder / "filter.safetensors"))  # fmt: skip
+    with pytest.raises(ValueError, match=r"round-1/filter.safetensors: 1 rows' pseudo labels"):
+        sweep(stage, [0.5])
+    with pytest.raises(SystemExit):
+        main([str(stage), "--alphas", "0.5,1.5"])

@@ -244,3 +244,29 @@ def test_committed_cls_records(capsys):
         assert "missing: shipped Ours de seed 2" in out
     else:  # every cell committed: the verdict is one of the rule's two
         assert out.rstrip().endswith(("Verdict: adopt", "Verdict: keep"))
+
+
+def test_the_lab_readme_decide_command_runs_and_prints_the_cells_it_quotes(capsys, monkeypatch):
+    """lab/README.md's ``python -m lab.decide`` command, globbed as a shell would: its numbers
+    (the warm seed-3 Ours cells, the two - ST means) are what it prints."""
+    import re
+    import shlex
+
+    monkeypatch.chdir(ROOT)
+    lines = (ROOT / "lab" / "README.md").read_text(encoding="utf-8").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("    python -m lab.decide ")]
+    assert starts, "lab/README.md names no `python -m lab.decide` command"
+    command, j = lines[starts[0]].strip(), starts[0]
+    while command.endswith("\\"):
+        j += 1
+        command = command[:-1] + " " + lines[j].strip()
+    argv = []
+    for arg in shlex.split(command)[3:]:
+        matches = sorted(glob.glob(arg)) if re.search(r"[*?\[]", arg) else [arg]
+        assert matches, f"{arg}: no file"
+        argv += matches
+    rc = decide.main(argv)
+    out = capsys.readouterr().out
+    assert "| warm | Ours | – | – | 87.90 | – | – | 87.60 |" in out
+    assert "84.33 ± 5.61 (6)" in out and "86.98 ± 1.07 (6)" in out
+    assert rc in (0, decide.UNDECIDED)

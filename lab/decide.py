@@ -53,13 +53,14 @@ def _step_order(folder: str) -> tuple[int, int]:
     return int(m.group(1)), 0 if m.group(2) == "soft" else 1
 
 
-def dev_scores(paths: list[Path], targets: tuple[str, ...], row: str = "Ours") -> dict:
+def dev_scores(
+    reports: list[tuple[Path, dict]], targets: tuple[str, ...], row: str = "Ours"
+) -> dict:
     """``{target: {seed: F1}}``: per (target, seed) of ``targets`` the target dev score of
-    ``row``'s last self-training step, from the reports' ``details`` (a pair given twice must
-    agree)."""
+    ``row``'s last self-training step, from the ``(path, report)`` pairs' ``details`` (a pair
+    given twice must agree)."""
     found: dict = {}
-    for path in paths:
-        report = json.loads(path.read_text(encoding="utf-8"))
+    for path, report in reports:
         if row not in report["rows"]:
             continue
         for d in report["details"]:
@@ -101,6 +102,7 @@ REPORT_KEYS = ("config", "overrides", "seeds", "rows", "details")
 
 
 def read_arm(label: str, paths: list[Path], evaluated: list[str], rule: Rule) -> Arm:
+    reports = []
     for path in paths:
         try:
             report = json.loads(path.read_text(encoding="utf-8"))
@@ -109,12 +111,13 @@ def read_arm(label: str, paths: list[Path], evaluated: list[str], rule: Rule) ->
         lacking = [k for k in REPORT_KEYS if k not in report]
         if lacking:
             raise ValueError(f"{path}: not a lab/study.py report (no {', '.join(lacking)})")
+        reports.append((path, report))
     if rule.metric == "dev" and any(s.split(",")[0].strip() == "Ours" for s in evaluated):
         raise ValueError("an Ours cell evaluated apart has a test score; this rule reads dev F1")
-    scores, _, _ = tables.collect(paths)
+    scores, _, _ = tables.collect(paths)  # also checks that the reports share their settings
     tables.add_evaluated(scores, evaluated)
-    settings = tables.learning_settings(json.loads(paths[0].read_text(encoding="utf-8")))
-    ours = dev_scores(paths, rule.targets) if rule.metric == "dev" else scores.get("Ours", {})
+    settings = tables.learning_settings(reports[0][1])
+    ours = dev_scores(reports, rule.targets) if rule.metric == "dev" else scores.get("Ours", {})
     return Arm(label, settings, ours, scores.get("- ST", {}))
 
 

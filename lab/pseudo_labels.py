@@ -160,6 +160,10 @@ def sweep(stage: Path, alphas: list[float]) -> list[dict]:
     return out
 
 
+def _right(r: dict) -> str:
+    return "–" if r["right_of_rated"] is None else f"{100 * r['right_of_rated']:.1f}%"
+
+
 def _by_class(r: dict) -> str:
     return ", ".join(
         f"{k} {100 * v['precision']:.1f}% of {v['given']}"
@@ -194,7 +198,7 @@ def main(argv=None) -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        right = "–" if r["right_of_rated"] is None else f"{100 * r['right_of_rated']:.1f}%"
+        right = _right(r)
         classes = ", ".join(f"{k} {v}" for k, v in r["classes"].items())
         gold = ", ".join(f"{k} {v}" for k, v in sorted(r["gold_of_given"].items()))
         by_class = _by_class(r)
@@ -211,11 +215,10 @@ def main(argv=None) -> None:
         print("\n| stage | round | alpha (the run's) | given / pool | right | right by class |")
         print("|---|---|---|---|---|---|")
         for r in swept:
-            right = "–" if r["right_of_rated"] is None else f"{100 * r['right_of_rated']:.1f}%"
             stage = "/".join(Path(r["stage"]).parts[-3:])
             print(
                 f"| {stage} | {r['round']} | {r['alpha']:g} ({r['run_alpha']:g}) | "
-                f"{r['given']} / {r['pool']} | {right} | {_by_class(r) or '–'} |"
+                f"{r['given']} / {r['pool']} | {_right(r)} | {_by_class(r) or '–'} |"
             )
     if args.json:
         args.json.write_text(

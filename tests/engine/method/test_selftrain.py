@@ -1070,6 +1070,72 @@ def test_hard_steps_false_trains_no_hard_step_and_each_round_keeps_its_soft_stud
         st_config(base, teacher, data, tmp_path, hard_steps="no")
 
 
+def test_a_skipped_hard_step_links_its_soft_check_and_changes_no_result(
+    base, teacher, data, tmp_path, monkeypatch
+):
+    """A skipped hard step's model is its soft student: its check links the soft check's pass
+    (no forward pass, the same record) and everything after it equals a run that passes the
+    target again: round 2's teacher probabilities, its check and the final student, bit for
+    bit."""
+    soft = TrainConfig(max_steps=3, lr=1e-3, log_every=1, seed=1)
+    hard = TrainConfig(max_steps=3, lr=1e-4, log_every=1, seed=1)
+    kw = dict(rounds=2, soft=soft, hard=hard, threshold="fixed", alpha=0.0, hard_steps=False)
+    forwards = []
+    real = selftrain_passes.probs_file
+
+    def counted(ctx, path, *a, **k):
+        forwards.append(Path(path).relative_to(ctx.out).as_posix())
+        return real(ctx, path, *a, **k)
+
+    runs = {}
+    for name in ("linked", "passed"):
+        with monkeypatch.context() as m:
+            m.setattr(selftrain_passes, "probs_file", counted)
+            if name == "passed":  # as before the link: the hard check passes the target again
+                m.setattr(selftrain_passes, "soft_check_of_a_skipped_hard_step", lambda *a: None)
+            forwards.clear()
+            with pytest.warns(UserWarning, match="hard step skipped"):
+                run_selftrain(st_config(base, teacher, data, tmp_path / name, **kw), echo=None)
+        runs[name] = (tmp_path / name, list(forwards))
+    (mine, passes), (theirs, their_passes) = runs["linked"], runs["passed"]
+    t, s1, s2 = "teacher-probs", "soft/student-probs", "hard/student-probs"
+    # round 2's teacher is round 1's hard student: linked from its check in both runs
+    assert passes == [f"round-1/{t}.safetensors", f"round-1/{s1}.safetensors",
+                      f"round-2/{s1}.safetensors"]  # fmt: skip
+    assert their_passes == [f"round-1/{t}.safetensors", f"round-1/{s1}.safetensors",
+                            f"round-1/{s2}.safetensors", f"round-2/{s1}.safetensors",
+                            f"round-2/{s2}.safetensors"]  # fmt: skip
+    mine_recs, their_recs = _records(mine), _records(theirs)
+    for r in (1, 2):
+        checks = {x["of"]: x for x in mine_recs if x["step"] == "check" and x["round"] == r}
+        theirs_hard = next(
+            x for x in their_recs if x["step"] == "check" and x["round"] == r and x["of"] == "hard"
+        )
+        got = checks["hard"]
+        assert got["forward_seconds"] == 0.0
+        assert got["linked_from"] == str(mine / f"round-{r}" / "soft" / "student-probs.safetensors")
+        timing = {"seconds", "forward_seconds", "linked_from"}
+        assert {k: v for k, v in got.items() if k not in timing} == {
+            k: v for k, v in theirs_hard.items() if k not in timing
+        }
+        assert {k: v for k, v in got.items() if k not in timing | {"of"}} == {
+            k: v for k, v in checks["soft"].items() if k not in timing | {"of"}
+        }
+        a = load_file(str(mine / f"round-{r}" / "hard" / "student-probs.safetensors"))
+        b = load_file(str(theirs / f"round-{r}" / "hard" / "student-probs.safetensors"))
+        assert torch.equal(a["probs"], b["probs"]), r
+    for name in ("round-2/teacher-probs.safetensors",):
+        a, b = load_file(str(mine / name)), load_file(str(theirs / name))
+        assert torch.equal(a["probs"], b["probs"])
+    assert _same_weights(mine / "model", theirs / "model")
+    # a resumed run finds the linked check done and passes nothing again
+    forwards.clear()
+    with monkeypatch.context() as m:
+        m.setattr(selftrain_passes, "probs_file", counted)
+        run_selftrain(st_config(base, teacher, data, mine, **kw), resume=True, echo=None)
+    assert forwards == []
+
+
 def test_the_summary_says_where_the_time_went(st_run):
     """summary.json's ``wall``: the records' seconds per part (training steps, forward-only
     passes, the threshold's arithmetic), the passes' forwards, and what no record covers."""

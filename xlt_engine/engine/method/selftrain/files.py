@@ -19,6 +19,7 @@ from xlt_engine.fileio import (
     append_jsonl,
     atomic_folder,
     atomic_write_bytes,
+    fsync_dir,
     link_or_copy,
     open_safetensors,
 )
@@ -90,7 +91,7 @@ def lay_down_round1(src: Path, out: Path) -> str | None:
         return f"round 1: not taken from {src}: no {', '.join(missing)}"
     (mine / "soft").mkdir(parents=True, exist_ok=True)
     if not (mine / TEACHER_FILE).is_file():
-        _link_file(theirs / TEACHER_FILE, mine / TEACHER_FILE)
+        link_file(theirs / TEACHER_FILE, mine / TEACHER_FILE)
     if (1, "teacher") not in done:
         append_jsonl(log, {**records[(1, "teacher")], "shared_from": str(src)})
     if not (mine / "soft" / "model").is_dir():
@@ -99,14 +100,15 @@ def lay_down_round1(src: Path, out: Path) -> str | None:
                 link_or_copy(f, tmp / f.name)
     probs = theirs / "soft" / STUDENT_FILE  # the soft student's pass (the check's)
     if probs.is_file() and not (mine / "soft" / STUDENT_FILE).is_file():
-        _link_file(probs, mine / "soft" / STUDENT_FILE)
+        link_file(probs, mine / "soft" / STUDENT_FILE)
     append_jsonl(log, {**records[(1, "soft")], "shared_from": str(src)})
     return f"round 1: teacher probabilities and soft student taken from {src}"
 
 
-def _link_file(src: Path, dst: Path) -> None:
+def link_file(src: Path, dst: Path) -> None:
     """``src`` linked (or copied) to ``dst`` through a temporary name: never half there."""
     tmp = dst.parent / f".{dst.name}.tmp-link"
     tmp.unlink(missing_ok=True)
     link_or_copy(src, tmp)
     os.replace(tmp, dst)
+    fsync_dir(dst.parent)

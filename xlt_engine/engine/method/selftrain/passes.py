@@ -6,7 +6,6 @@ student's voters on D_src. Each is a function of the run's ``SelftrainContext`` 
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from xlt_engine.engine.method.selftrain.files import (
     SOURCE_OK_FILE,
     STUDENT_FILE,
     TEACHER_FILE,
+    link_file,
     shared,
     write_tensors,
 )
@@ -35,13 +35,7 @@ from xlt_engine.engine.method.selftrain.guard import soft_lost_message
 from xlt_engine.engine.train import distributed
 from xlt_engine.engine.train.distributed import rank_world
 from xlt_engine.engine.train.inference import evaluate_model
-from xlt_engine.fileio import (
-    atomic_write_text,
-    create_safetensors,
-    fsync_dir,
-    link_or_copy,
-    open_safetensors,
-)
+from xlt_engine.fileio import atomic_write_text, create_safetensors, open_safetensors
 from xlt_engine.inputs import read_json
 from xlt_engine.kernels import voter_filter
 from xlt_engine.model.heads import VotersModule
@@ -148,11 +142,7 @@ def teacher_probs(ctx: SelftrainContext, r: int, teachers: list[Path]) -> np.nda
         linked = teachers == [last / "model"] and checked.is_file()
         if linked:
             if ctx.main:
-                tmp = path.parent / f".{path.name}.tmp-link"
-                tmp.unlink(missing_ok=True)
-                link_or_copy(checked, tmp)
-                os.replace(tmp, path)
-                fsync_dir(path.parent)
+                link_file(checked, path)
             distributed.barrier()
         else:
             meta = {"teacher": teacher if isinstance(teacher, str) else json.dumps(teacher)}
@@ -193,6 +183,18 @@ def check(ctx: SelftrainContext, r: int, which: str, probs: np.ndarray, student:
     t0 = time.perf_counter()
     folder = ctx.out / f"round-{r}" / which
     path = folder / STUDENT_FILE
+    same = soft_check_of_a_skipped_hard_step(ctx, r, which)
+    if same is not None:  # the hard student is the soft one, as saved: its check, not a pass
+        if ctx.main and not path.is_file():
+            link_file(ctx.out / f"round-{r}" / "soft" / STUDENT_FILE, path)
+        distributed.barrier()
+        record = {k: v for k, v in same.items() if k != "shared_from"}
+        record |= {"of": which, "seconds": time.perf_counter() - t0, "forward_seconds": 0.0}
+        record["linked_from"] = str(ctx.out / f"round-{r}" / "soft" / STUDENT_FILE)
+        ctx.log(record)
+        ctx.say(f"round {r}: {which} student (the soft one, its check linked): "
+                f"{describe_check(record)}")  # fmt: skip
+        return record
     if not distributed.rank0_view(path.is_file()):
         meta = {"student": str(folder / "model")}
         # the soft student's voters per row, which the round's filter reads (no pass of its own)
@@ -224,6 +226,20 @@ def check(ctx: SelftrainContext, r: int, which: str, probs: np.ndarray, student:
     if lost:
         ctx.warn(f"round {r}: {soft_lost_message(ctx.cfg, lost, record)}")
     return record
+
+
+def soft_check_of_a_skipped_hard_step(ctx: SelftrainContext, r: int, which: str) -> dict | None:
+    """Round ``r``'s soft check where ``which`` is a hard step that was skipped (its model is
+    the soft student, saved as it was checked) and that check's pass is on disk; else None."""
+    if which != "hard":
+        return None
+    mine = [x for x in ctx.records if x.get("round") == r]
+    hard = [x for x in mine if x.get("step") == "hard"]
+    soft = [x for x in mine if x.get("step") == "check" and x.get("of") == "soft"]
+    passed = ctx.out / f"round-{r}" / "soft" / STUDENT_FILE
+    if not hard or "skipped" not in hard[-1] or not soft:
+        return None
+    return soft[-1] if distributed.rank0_view(passed.is_file()) else None
 
 
 def thresholds(

@@ -452,11 +452,11 @@ def render(report: dict) -> str:
                 )
         if d.get("checks"):
             langs = sorted({lang for c in d["checks"].values() for lang in c.get("dev") or {}})
+            head = ["step", "all rows", "entity rows", *(f"dev {lang}" for lang in langs)]
             lines += ["", "Each step's student: its agreement with the round's teacher on the "
-                      "target rows (all, the teacher's entity rows) and its dev score (%)", "",
-                      "| step | all rows | entity rows | "
-                      + " | ".join(f"dev {lang}" for lang in langs) + " |",
-                      "|---|---|---|" + "---|" * len(langs)]  # fmt: skip
+                      "target rows (all, the teacher's entity rows)"
+                      + (" and its dev score (%)" if langs else ", %"), "",
+                      "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
             for k, c in d["checks"].items():
                 dev = c.get("dev") or {}
                 cells = [pct(c.get("teacher_agreement")), pct(c.get("entity_agreement"))]

@@ -284,3 +284,27 @@ def test_the_report_shows_a_self_training_table_only_for_pairs_that_self_trained
     assert (
         text.count("| self-training round | alpha") == 1 and "| selftrain-rounds2/round-2 |" in text
     )
+
+
+@pytest.mark.parametrize("dev", [{}, {"esp": {"score": 0.6}}])
+def test_every_table_of_the_report_has_as_many_cells_as_its_header(dev):
+    """The checks table with and without dev scores (CLS has none): a header of four cells over
+    rows of three broke the table (study_cls_warm_de_s3_20261128.md)."""
+    report = _report([1], {"Ours": [0.6]}, 60, "aaa")
+    check = {"teacher_agreement": 0.98, "entity_agreement": None, "dev": dev}
+    report["details"][0]["checks"] = {"selftrain/round-1/soft": check}
+    md = render(report)
+    tables, rows = [], []
+    for line in [*md.splitlines(), ""]:
+        if line.startswith("|"):
+            rows.append(line.strip("|").split("|"))
+        elif rows:
+            tables.append(rows)
+            rows = []
+    widths = [{len(r) for r in t} for t in tables]
+    assert len(tables) >= 2 and all(len(w) == 1 for w in widths), widths
+    step = next(t for t in tables if t[0][0].strip() == "step")
+    assert [c.strip() for c in step[0]][-1] == ("dev esp" if dev else "entity rows")
+    assert [c.strip() for c in step[2]] == ["selftrain/round-1/soft", "98.00", "–"] + (
+        ["60.00"] if dev else []
+    )

@@ -240,6 +240,7 @@ def test_committed_cls_records(capsys):
         "| warm | - ST | 87.50 | 85.00 | 87.60 | 87.45 | 86.50 | 87.80 | 86.98 ± 1.07 (6) |" in out
     )
     assert "| shipped | Ours | 87.70 | – | – | 85.00 | – | – |" in out
+    assert "| warm | Ours | – | – | 87.90 | – | – | 87.60 |" in out  # the seed-3 job's reports
     if rc == decide.UNDECIDED:
         assert "missing: shipped Ours de seed 2" in out
     else:  # every cell committed: the verdict is one of the rule's two

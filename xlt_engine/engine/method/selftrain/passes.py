@@ -172,7 +172,8 @@ def check(ctx: SelftrainContext, r: int, which: str, probs: np.ndarray, student:
     """After round ``r``'s ``which`` step: how its ``student`` (the step's model, as saved)
     follows the round's teacher ``probs`` on the target rows (``fidelity_counts``: all rows,
     the teacher's entity rows, each class) and its score on each dev file; a ``check`` record
-    (its presence marks the check done: a resumed run repeats only what it lacks)."""
+    (its presence marks the check done: a resumed run repeats only what it lacks). A skipped
+    hard step's model is its soft student: its check links the soft check's pass and record."""
     done = [
         x
         for x in ctx.records

@@ -288,8 +288,9 @@ def _records(folder: Path) -> list[dict]:
 
 def test_rows_that_differ_after_the_soft_step_share_round_1(ner_cfg, ner_all, tmp_path):
     """-AT (a fixed alpha) takes Ours' round-1 teacher probabilities and soft student (linked,
-    with their records) and ends with the very weights it computes alone; a change that acts
-    on the soft step (its lr) shares nothing."""
+    with their records) and that student's pass over the source rows (its own thresholds from
+    it), and ends with the very weights it computes alone; a change that acts on the soft step
+    (its lr) shares nothing."""
     out, _ = ner_all
     keep = ("btf", "finetune", "selftrain")
     for name in keep:
@@ -297,7 +298,7 @@ def test_rows_that_differ_after_the_soft_step_share_round_1(ner_cfg, ner_all, tm
     for name in keep[:2]:
         shutil.copytree(out / "eng-esp" / name, tmp_path / "alone" / "eng-esp" / name)
     fixed = ["target=esp", "selftrain.rule.threshold=fixed", "selftrain.rule.alpha=0.15"]
-    res = run_all_cli(ner_cfg, tmp_path / "shared", *fixed, stage="selftrain")
+    res = res_at = run_all_cli(ner_cfg, tmp_path / "shared", *fixed, stage="selftrain")
     assert res.exit_code == 0, res.output
     ours = tmp_path / "shared" / "eng-esp" / "selftrain"
     at = tmp_path / "shared" / "eng-esp" / "selftrain-alpha0.15"
@@ -317,7 +318,16 @@ def test_rows_that_differ_after_the_soft_step_share_round_1(ner_cfg, ner_all, tm
     assert res.exit_code == 0, res.output
     alone = tmp_path / "alone" / "eng-esp" / "selftrain-alpha0.15"
     assert not any("shared_from" in r for r in _records(alone))
-    for f in ("filter.safetensors", "threshold.json"):
+    # round 1's threshold step reads Ours' pass of the same soft student over the source rows
+    # (no forward of its own) and applies its own rule: what it computes alone, byte for byte
+    ths = {n: next(r for r in _records(f) if r["step"] == "threshold") for n, f in (("at", at),
+           ("alone", alone), ("ours", ours))}  # fmt: skip
+    assert ths["at"]["source_pass_from"] == str(ours / "round-1" / "source-ok.safetensors")
+    assert ths["at"]["forward_seconds"] == 0.0 and ths["alone"]["forward_seconds"] > 0
+    assert "source_pass_from" not in ths["alone"] and "source_pass_from" not in ths["ours"]
+    assert ths["at"]["alpha"] == ths["alone"]["alpha"] == 0.15 != ths["ours"]["alpha"]
+    assert "voters on the source rows taken from" in res_at.output
+    for f in ("filter.safetensors", "threshold.json", "source-ok.safetensors"):
         assert (alone / "round-1" / f).read_bytes() == (at / "round-1" / f).read_bytes(), f
     for f in ("model.safetensors", "voters.safetensors"):
         assert (alone / "model" / f).read_bytes() == (at / "model" / f).read_bytes(), f

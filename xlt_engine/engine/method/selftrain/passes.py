@@ -243,6 +243,28 @@ def soft_check_of_a_skipped_hard_step(ctx: SelftrainContext, r: int, which: str)
     return soft[-1] if distributed.rank0_view(passed.is_file()) else None
 
 
+def twin_source_pass(ctx: SelftrainContext, r: int) -> Path | None:
+    """The voters' outputs on D_src (``SOURCE_OK_FILE``) of the twin whose round 1 this run
+    took (its soft record's ``shared_from``: the same soft student, the same source rows),
+    where ``r`` is 1 and the twin's threshold step has finished with as many rows; else None.
+    Only the pass is taken: the thresholds are this run's rule's."""
+    soft = [x for x in ctx.records if x.get("round") == 1 and x.get("step") == "soft"]
+    if r != 1 or not soft or "shared_from" not in soft[-1]:
+        return None
+    twin = Path(soft[-1]["shared_from"]) / "round-1"
+    path = twin / SOURCE_OK_FILE
+
+    def finished() -> bool:
+        if not (twin / "threshold.json").is_file() or not path.is_file():
+            return False
+        rows = read_json(twin / "threshold.json").get("rows")
+        return rows == len(ctx.gold) and all(
+            len(v) == rows for v in open_safetensors(path, "r").values()
+        )
+
+    return path if distributed.rank0_view(ctx.main and finished()) else None
+
+
 def thresholds(
     ctx: SelftrainContext, r: int, student: TaskModel
 ) -> tuple[dict, dict[str, np.ndarray]]:
@@ -257,15 +279,20 @@ def thresholds(
 
     def compute():
         t0 = time.perf_counter()
-        logits = ctx.logits(student, ctx.src)  # the one forward pass of the step
-        forward = time.perf_counter() - t0
-        agreed, conf, mean = voter_filter(logits, 0.0)
-        del logits
+        taken = twin_source_pass(ctx, r)
+        if taken is None:
+            logits = ctx.logits(student, ctx.src)  # the one forward pass of the step
+            agreed, conf, mean = voter_filter(logits, 0.0)
+            del logits
+            outputs = {"agreed": agreed, "confidence": conf, "predicted": mean.argmax(-1)}
+        else:  # the same student on the same rows: the twin's pass, not a second one
+            outputs = {k: v.to(ctx.device) for k, v in load_file(str(taken)).items()}
+            agreed, conf = outputs["agreed"], outputs["confidence"]
+        forward = time.perf_counter() - t0 if taken is None else 0.0
         gold = torch.from_numpy(ctx.gold).to(agreed.device)
         th = source_thresholds(
             agreed, conf, gold, len(ctx.labels), rule, background=ctx.background, names=ctx.labels
         )
-        outputs = {"agreed": agreed, "confidence": conf, "predicted": mean.argmax(-1)}
         secs = time.perf_counter() - t0
         base = th.base
         ctx.log(
@@ -277,11 +304,14 @@ def thresholds(
                 "fallback": base.fallback,
                 "rule": th.rule,
                 "class_alpha": dict(zip(ctx.labels, th.alpha, strict=True)),
+                **({"source_pass_from": str(taken)} if taken is not None else {}),
                 "seconds": secs,
                 "forward_seconds": forward,  # the student on D_src; the rest: arithmetic
                 "precision": ctx.precision,
             }
         )
+        if taken is not None:
+            ctx.say(f"round {r}: the soft student's voters on the source rows taken from {taken}")
         ctx.say(f"round {r}: {alpha_line(base, rule, ctx.labels, th.alpha)}")
         for note in th.notes:
             ctx.say(f"round {r}: {note}")

@@ -130,7 +130,25 @@ def pair_details(run: Path) -> dict:
                     k: c.get(k)
                     for k in ("teacher_agreement", "entity_agreement", "class_agreement", "dev")
                 }
-    return {"dev": dev, "rounds": rounds, "checks": checks}
+    return {"dev": dev, "rounds": rounds, "checks": checks, "precision": precisions(run)}
+
+
+def precisions(run: Path) -> dict[str, str]:
+    """``{stage folder: "bf16" | "fp32" | "bf16, fp32"}``: what each stage's steps and passes
+    ran in, as its records say (training logs, self-training's records, an evaluation's
+    results). precision "auto" follows the machine (bf16 on CUDA and on a CPU with native bf16),
+    so a study spread over machines says which of its cells ran in which."""
+    found: dict[str, set[str]] = {}
+    for stage in sorted(p for p in run.iterdir() if p.is_dir()):
+        logs = [*stage.rglob("metrics.jsonl"), *stage.glob("selftrain.jsonl")]
+        said = {r["precision"] for f in logs for r in read_jsonl(f) if r.get("precision")}
+        results = stage / "results.json"
+        if results.is_file():
+            said.add(json.loads(results.read_text(encoding="utf-8")).get("precision"))
+        said.discard(None)
+        if said:
+            found[stage.name] = ", ".join(sorted(said))
+    return found
 
 
 def class_alphas(c: dict) -> str:
@@ -251,6 +269,7 @@ def run_study(args, argv: list[str]) -> dict:
             "details": details,
             "study_seconds": round(total, 1),
             "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+            "cpu": provenance.cpu_info(),
             "environment": env,
         }
     )
@@ -358,9 +377,11 @@ def merge_studies(paths: list[Path], name: str, how: str | None = None) -> dict:
     details: dict[tuple[int, str], dict] = {}  # one per seed and pair, each study's folders
     for r in reports:
         for d in r["details"]:
-            into = details.setdefault((d["seed"], d["pair"]), {**d, "dev": {}, "rounds": {}})
-            into["dev"] = {**d["dev"], **into["dev"]}
-            into["rounds"] = {**d["rounds"], **into["rounds"]}
+            into = details.setdefault(
+                (d["seed"], d["pair"]), {**d, "dev": {}, "rounds": {}, "precision": {}}
+            )
+            for key in ("dev", "rounds", "precision"):
+                into[key] = {**d.get(key, {}), **into[key]}
     return with_statistics(
         {
             "name": name,
@@ -430,6 +451,9 @@ def render(report: dict) -> str:
             lines += [f"| {k} | {100 * v:.2f} |" for k, v in d["dev"].items()]
         else:
             lines += ["", f"Seed {d['seed']}, {d['pair']} (no source dev file: no dev scores)"]
+        if d.get("precision"):  # reports made since 2026-11-29
+            ran = ", ".join(f"{k} {v}" for k, v in d["precision"].items())
+            lines += ["", f"Precision (what each stage's records say): {ran}"]
         if d["rounds"]:  # rows without self-training (- ST, direct transfer) have none
             lines += ["", "| self-training round | alpha | source rows kept | pseudo-labeled rows "
                       "| classes | collapsed |", "|---|---|---|---|---|---|"]  # fmt: skip

@@ -62,6 +62,43 @@ def test_pair_details_reads_each_steps_check_in_order(tmp_path):
     assert checks["selftrain-init_teacher/round-1/soft"]["dev"] == {"esp": {"score": 0.6}}
 
 
+def test_pair_details_says_what_precision_each_stage_ran_in(tmp_path):
+    """precision "auto" follows the machine: each stage's precision comes from its records
+    (training logs at any depth, self-training's records, an evaluation's results), mixed ones
+    named both, a stage without records left out; the report prints it per pair."""
+    run = tmp_path / "en-fr"
+    logs = {
+        "btf/metrics.jsonl": [{"step": 10, "precision": "bf16"}],
+        "btf/head-warmup/metrics.jsonl": [{"step": 10, "precision": "fp32"}],
+        "finetune/metrics.jsonl": [{"step": 10, "precision": "bf16"}, {"step": 20}],
+        "selftrain/selftrain.jsonl": [{"step": "soft"}, {"step": "teacher", "precision": "bf16"}],
+        "selftrain/round-1/soft/metrics.jsonl": [{"step": 10, "precision": "bf16"}],
+    }
+    for name, records in logs.items():
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run / "evaluate-finetune").mkdir()
+    (run / "evaluate-finetune" / "results.json").write_text(json.dumps({"precision": "fp32"}))
+    (run / "finetune-direct").mkdir()  # begun, nothing recorded yet
+    got = pair_details(run)["precision"]
+    assert got == {"btf": "bf16, fp32", "evaluate-finetune": "fp32", "finetune": "bf16",
+                   "selftrain": "bf16"}  # fmt: skip
+    report = _report([1], {"Ours": [0.6]}, 60, "aaa")
+    report["details"][0]["precision"] = got
+    assert "Precision (what each stage's records say): btf bf16, fp32, evaluate-finetune fp32, " \
+        "finetune bf16, selftrain bf16" in render(report)  # fmt: skip
+    merged = merge_studies_of([report, _report([2], {"Ours": [0.5]}, 60, "aaa")], tmp_path)
+    assert [d.get("precision") for d in merged["details"]] == [got, {}]
+
+
+def merge_studies_of(reports: list[dict], folder: Path) -> dict:
+    paths = []
+    for i, r in enumerate(reports):
+        paths.append(folder / f"r{i}.json")
+        paths[-1].write_text(json.dumps(r))
+    return merge_studies(paths, "merged")
+
+
 def test_classes_lists_the_classes_with_rows():
     assert classes({"O": 32259, "B-LOC": 0, "B-ORG": 4925}) == "O 32,259, B-ORG 4,925"
     assert classes({"O": 0, "B-LOC": 0}) == "–"

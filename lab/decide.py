@@ -9,8 +9,9 @@ reads them off the records, so the verdict is the same whoever runs it.
 - ``conll``: Ours' target dev entity F1 (the last self-training step's dev check in the report's
   ``details``) over (esp, ned) x seeds 1-3, margin 0.5; a tie keeps the base.
 
-Prints each arm's cells and means, what the arms differ by, and the verdict. Exit status 0 when
-the rule decides, 3 when a cell it reads is missing (the missing cells are named), 2 on bad input.
+Prints each arm's cells and means (and, where the reports record it, the precision each Ours
+cell ran in), what the arms differ by, and the verdict. Exit status 0 when the rule decides, 3
+when a cell it reads is missing (the missing cells are named), 2 on bad input.
 
     python -m lab.decide cls --base lab/results/cls_cpu_full_20261127/reports/*.json \
       --variant lab/results/cls_warm_st_20261128/reports/*.json
@@ -96,6 +97,23 @@ class Arm:
     settings: tuple
     ours: dict  # {target: {seed: score}}
     st: dict
+    precision: dict  # {target: {seed: "bf16" | "fp32" | "bf16, fp32"}}: Ours' cells, as recorded
+
+
+def ours_precision(reports: list[tuple[Path, dict]], targets: tuple[str, ...]) -> dict:
+    """What each Ours cell's stages ran in (lab.study's ``details[].precision``, in reports
+    made since 2026-11-29; older ones say nothing and their cells are left out): precision
+    "auto" follows the machine, so the arms' cells may come from both."""
+    found: dict = {}
+    for _, report in reports:
+        if "Ours" not in report["rows"]:
+            continue
+        for d in report["details"]:
+            target = d["pair"].split("-")[-1]
+            ran = {p for v in (d.get("precision") or {}).values() for p in v.split(", ")}
+            if target in targets and ran:
+                found.setdefault(target, {})[d["seed"]] = ", ".join(sorted(ran))
+    return found
 
 
 REPORT_KEYS = ("config", "overrides", "seeds", "rows", "details")
@@ -118,7 +136,8 @@ def read_arm(label: str, paths: list[Path], evaluated: list[str], rule: Rule) ->
     tables.add_evaluated(scores, evaluated)
     settings = tables.learning_settings(reports[0][1])
     ours = dev_scores(reports, rule.targets) if rule.metric == "dev" else scores.get("Ours", {})
-    return Arm(label, settings, ours, scores.get("- ST", {}))
+    precision = ours_precision(reports, rule.targets)
+    return Arm(label, settings, ours, scores.get("- ST", {}), precision)
 
 
 def cells(values: dict, rule: Rule) -> tuple[list[float], list[str]]:
@@ -207,6 +226,10 @@ def render(rule_name: str, rule: Rule, base: Arm, variant: Arm) -> tuple[str, st
             ]
             have, _ = cells(values, rule)
             lines.append(f"| {arm.label} | {row} | " + " | ".join(cell) + f" | {_summary(have)} |")
+    if base.precision or variant.precision:  # said only where a report records it
+        for arm in (base, variant):
+            cell = [arm.precision.get(t, {}).get(s, "?") for t in rule.targets for s in rule.seeds]
+            lines.append(f"| {arm.label} | Ours ran in | " + " | ".join(cell) + " | |")
     verdict, why = decide(rule, base, variant)
     lines += ["", *(f"- {w}" for w in why), "", f"Verdict: {verdict}"]
     return "\n".join(lines), verdict

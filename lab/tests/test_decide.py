@@ -212,6 +212,32 @@ def test_a_file_that_is_not_a_report_is_named(tmp_path, capsys):
     assert f"{bad}: not JSON" in capsys.readouterr().err
 
 
+def test_the_precision_of_each_ours_cell_is_printed_where_recorded(tmp_path, capsys):
+    """A report from lab.study since 2026-11-29 records what each pair's stages ran in; the
+    verdict does not read it, the table shows it (``?`` for a cell whose report is older)."""
+
+    def pair(target, seed, ran):
+        ran = {"btf": ran, "selftrain": ran}
+        return {"seed": seed, "pair": f"en-{target}", "dev": {}, "rounds": {}, "precision": ran}
+
+    argv = _cls(tmp_path, (0.87,) * 3, (0.88,) * 3)
+    base = Path(argv[2])
+    report = json.loads(base.read_text(encoding="utf-8"))
+    report["details"] = [pair("de", 1, "bf16"), pair("de", 2, "fp32"), pair("fr", 3, "bf16, fp32"),
+                         pair("jp", 1, "bf16")]  # fmt: skip
+    base.write_text(json.dumps(report), encoding="utf-8")
+    assert decide.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| shipped | Ours ran in | bf16 | fp32 | ? | ? | ? | bf16, fp32 | |" in out
+    assert "| variant | Ours ran in | ? | ? | ? | ? | ? | ? | |" in out
+    assert out.rstrip().endswith("Verdict: adopt")
+    for name in ("base.json", "warm.json"):  # no report records it: no such row
+        r = json.loads((tmp_path / name).read_text(encoding="utf-8"))
+        (tmp_path / name).write_text(json.dumps({**r, "details": []}), encoding="utf-8")
+    assert decide.main(argv) == 0
+    assert "ran in" not in capsys.readouterr().out
+
+
 def test_committed_cls_records(capsys):
     """The committed CLS reports: the rule reads the warm - ST seeds 1-3 and says which Ours
     cells it still needs (the shipped arm's - ST seed 1 cells were evaluated apart)."""

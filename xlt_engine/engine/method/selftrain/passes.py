@@ -248,8 +248,10 @@ def twin_source_pass(ctx: SelftrainContext, r: int) -> Path | None:
     took (its soft record's ``shared_from``: the same soft student, the same source rows),
     where ``r`` is 1 and the twin's threshold step has finished with as many rows; else None.
     Only the pass is taken: the thresholds are this run's rule's."""
+    if r != 1:
+        return None
     soft = [x for x in ctx.records if x.get("round") == 1 and x.get("step") == "soft"]
-    if r != 1 or not soft or "shared_from" not in soft[-1]:
+    if not soft or "shared_from" not in soft[-1]:
         return None
     twin = Path(soft[-1]["shared_from"]) / "round-1"
     path = twin / SOURCE_OK_FILE
@@ -279,16 +281,16 @@ def thresholds(
 
     def compute():
         t0 = time.perf_counter()
-        taken = twin_source_pass(ctx, r)
+        taken, forward = twin_source_pass(ctx, r), 0.0
         if taken is None:
             logits = ctx.logits(student, ctx.src)  # the one forward pass of the step
+            forward = time.perf_counter() - t0
             agreed, conf, mean = voter_filter(logits, 0.0)
             del logits
             outputs = {"agreed": agreed, "confidence": conf, "predicted": mean.argmax(-1)}
         else:  # the same student on the same rows: the twin's pass, not a second one
             outputs = {k: v.to(ctx.device) for k, v in load_file(str(taken)).items()}
             agreed, conf = outputs["agreed"], outputs["confidence"]
-        forward = time.perf_counter() - t0 if taken is None else 0.0
         gold = torch.from_numpy(ctx.gold).to(agreed.device)
         th = source_thresholds(
             agreed, conf, gold, len(ctx.labels), rule, background=ctx.background, names=ctx.labels

@@ -11,12 +11,20 @@ above alpha (the engine's ``voter_filter``), read from the round's ``filter.safe
 (``agreed``, ``confidence``); the run's own labels are rebuilt that way first, and a round whose
 labels do not come out the same fails, naming its file.
 
+``--rules paper,per_class_precision,class_quota:quota=0.4`` adds, per round, what each
+pseudo-label rule would have labeled from the same soft student: the rule's thresholds chosen as
+the engine chooses them, from the voters' outputs the round kept on the source rows
+(``source-ok.safetensors``) and, for ``class_quota``, on the target rows (``filter``); the run's
+own rule is replayed first and must give its recorded thresholds and labels. No model runs.
+
 The pool is the run's own target store (``<stage>/cache/<file>.<key>/``): its ``lines.npy`` names
 the file line of every unit (a text; a sentence, whose words are its rows in order), and the file
 is read again with its labels. A row whose gold label is unknown (a MARC 3-star review, which the
 binary task leaves out and an unlabeled pool keeps) counts as unrated.
 
     python -m lab.pseudo_labels runs/study-cls/seed-*/en-de/selftrain*
+    python -m lab.pseudo_labels runs/study-cls/seed-1/en-de/selftrain-rounds2 \\
+        --rules per_class_precision,class_quota
 """
 
 from __future__ import annotations
@@ -27,9 +35,15 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import torch
 from safetensors.numpy import load_file
 
-from xlt_engine.data.packed import StoreFile, iter_examples
+from xlt_engine.data.packed import StoreFile, iter_examples, open_store
+from xlt_engine.engine.method.pseudo_labels import background_class, thresholds_from
+from xlt_engine.engine.method.rules import make_rule, rule_class, switch_rule
+from xlt_engine.engine.method.selftrain.filter import labels_at
+from xlt_engine.engine.method.selftrain.store import drop_failed_units
+from xlt_engine.inputs import read_json
 
 
 def target_store(stage: Path) -> tuple[Path, dict]:
@@ -134,30 +148,158 @@ def sweep(stage: Path, alphas: list[float]) -> list[dict]:
                 f"{path}: {(rebuilt != pseudo).sum()} rows' pseudo labels are not the voters' "
                 "agreed label above the round's thresholds; the sweep would not be this filter"
             )
-        g = np.array([-2 if x is None else x for x in gold])
+        g = gold_array(gold)
         for alpha in alphas:
-            given = (agreed >= 0) & (conf > np.float32(alpha))
-            rated = given & (g >= 0)
-            by_class = {}
-            for c, name in enumerate(labels):
-                mine = rated & (agreed == c)
-                hits = int((mine & (g == c)).sum())
-                n = int(mine.sum())
-                by_class[name] = {"given": n, "right": hits, "precision": hits / n if n else None}
-            right = int((rated & (agreed == g)).sum())
+            given = np.where((agreed >= 0) & (conf > np.float32(alpha)), agreed, -1)
             out.append(
                 {
                     "stage": str(stage),
                     "round": int(folder.name.split("-")[1]),
                     "alpha": alpha,
                     "run_alpha": record["alpha"],
-                    "pool": len(gold),
-                    "given": int(given.sum()),
-                    "right_of_rated": right / int(rated.sum()) if rated.any() else None,
-                    "precision_by_class": by_class,
+                    **score(given, g, labels),
                 }
             )
     return out
+
+
+def source_gold(stage: Path, rows: int) -> np.ndarray:
+    """The gold label of each source row the threshold step read: the targets of the stage's
+    one labeled store of ``rows`` rows under ``cache/``."""
+    found = []
+    for meta_path in sorted((stage / "cache").glob("*/meta.json")):
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        labeled = meta["files"] and not any(f["unlabeled"] for f in meta["files"])
+        if labeled and int(np.load(meta_path.parent / "rows.npy", mmap_mode="r")[-1]) == rows:
+            found.append(meta_path.parent)
+    if len(found) != 1:
+        raise ValueError(
+            f"{stage / 'cache'}: {len(found)} labeled stores of {rows} rows, expected 1"
+        )
+    return open_store(found[0]).flat_targets()
+
+
+def parse_rules(text: str) -> list[tuple[str, dict]]:
+    """``--rules``: comma-separated ``name`` or ``name:key=value:key=value`` (values read as
+    JSON where they parse, else as text)."""
+    out = []
+    for item in text.split(","):
+        name, *pairs = item.strip().split(":")
+        settings = {}
+        for pair in pairs:
+            key, eq, value = pair.partition("=")
+            if not (key and eq and value):
+                raise ValueError(f"--rules {item!r}: {pair!r} is not key=value")
+            try:
+                settings[key] = json.loads(value)
+            except json.JSONDecodeError:
+                settings[key] = value
+        rule_class(name)  # an unknown name fails here, naming the known ones
+        out.append((name, settings))
+    return out
+
+
+def rule_labels(rule, src: tuple, tgt: tuple, labels: list[str], background, units=None):
+    """``rule``'s class thresholds (``thresholds_from``) from the source rows' (agreed, confidence,
+    gold) ``src`` and the target rows' (agreed, confidence) ``tgt``, and the target rows' pseudo
+    labels at them (``labels_at``; with ``units``, the target store, ``filter_unit =
+    "sequence"``'s whole sentences). Returns (thresholds, labels)."""
+    s_agreed, s_conf, gold = (torch.from_numpy(np.asarray(x)) for x in src)
+    t_agreed, t_conf = tgt
+    target = (torch.from_numpy(t_agreed), torch.from_numpy(t_conf))
+    th = thresholds_from(s_agreed, s_conf, gold, len(labels), rule, background, target, labels)
+    given = labels_at(t_agreed, t_conf, np.asarray(th.alpha))
+    if units is not None:
+        drop_failed_units(units, given)
+    return th.alpha, given
+
+
+def replay(stage: Path, rules: list[tuple[str, dict]]) -> list[dict]:
+    """Per finished round of ``stage``: what each of ``rules`` would have labeled from that
+    round's soft student, whose voters' outputs on the source rows (``source-ok.safetensors``)
+    and the target rows (``filter.safetensors``) the run kept. Each rule takes the run's own
+    alpha settings (threshold method, grid) with its own parameters (``rules``' settings, else
+    its defaults), chooses its thresholds as the engine does (``thresholds_from``) and labels
+    the target rows (``labels_at``). The run's own rule is replayed first and must give the
+    recorded thresholds and pseudo labels, else the file is named. Round 1 compares rules on
+    the same student; a later round's student learned from the run's own earlier labels."""
+    labels, gold = gold_of(stage)
+    g = gold_array(gold)
+    background = background_class(labels)
+    out = []
+    for folder in sorted(stage.glob("round-*"), key=lambda p: int(p.name.split("-")[1])):
+        files = [folder / n for n in ("threshold.json", "source-ok.safetensors", "filter.json")]
+        if not all(f.is_file() for f in files) or not (folder / "filter.safetensors").is_file():
+            continue
+        settings = read_json(folder / "threshold.json")["rule_settings"]
+        if isinstance(settings.get("grid"), list):
+            settings["grid"] = tuple(settings["grid"])
+        run_rule = make_rule(**settings)
+        src = load_file(str(folder / "source-ok.safetensors"))
+        s_agreed, s_conf = src["agreed"].astype(np.int64), src["confidence"]
+        sg = source_gold(stage, len(s_agreed))
+        tgt = load_file(str(folder / "filter.safetensors"))
+        t_agreed, t_conf, pseudo = tgt["agreed"].astype(np.int64), tgt["confidence"], tgt["pseudo"]
+        if len(t_agreed) != len(g):
+            raise ValueError(
+                f"{folder / 'filter.safetensors'}: {len(t_agreed)} rows, the pool {len(g)}"
+            )
+        record = read_json(folder / "filter.json")
+        sequence = record.get("filter_unit") == "sequence"
+        units = open_store(target_store(stage)[0]) if sequence else None
+        outputs = ((s_agreed, s_conf, sg), (t_agreed, t_conf), labels, background, units)
+        alpha, given = rule_labels(run_rule, *outputs)
+        recorded = [record["class_alpha"][c] for c in labels]
+        if alpha != recorded:
+            raise ValueError(
+                f"{folder / 'filter.json'}: the run's rule ({run_rule.name}) gives thresholds "
+                f"{alpha} from the round's files, the run recorded {recorded}"
+            )
+        if (given != pseudo).any():
+            raise ValueError(
+                f"{folder / 'filter.safetensors'}: {(given != pseudo).sum()} rows' pseudo labels "
+                f"are not what the run's rule ({run_rule.name}) gives from the round's files"
+            )
+        for i, (name, own) in enumerate([(run_rule.name, {}), *rules]):
+            if i:
+                alpha, given = rule_labels(switch_rule(run_rule, name, **own), *outputs)
+            spec = ":".join([name, *(f"{k}={v}" for k, v in own.items())])
+            out.append(
+                {
+                    "stage": str(stage),
+                    "round": int(folder.name.split("-")[1]),
+                    "rule": spec + (" (the run's)" if i == 0 else ""),
+                    "thresholds": dict(zip(labels, alpha, strict=True)),
+                    **score(given, g, labels),
+                }
+            )
+    return out
+
+
+def gold_array(gold: list[int | None]) -> np.ndarray:
+    """``gold`` as int64, -2 where the gold label is unknown."""
+    return np.array([-2 if x is None else x for x in gold], dtype=np.int64)
+
+
+def score(pseudo: np.ndarray, g: np.ndarray, labels: list[str]) -> dict:
+    """Pseudo labels (-1: none) against gold (``gold_array``): the pool, the rows given a
+    label, the share right of those whose gold is known, and each class's count and
+    precision."""
+    given = pseudo >= 0
+    rated = given & (g >= 0)
+    by_class = {}
+    for c, name in enumerate(labels):
+        mine = rated & (pseudo == c)
+        hits = int((mine & (g == c)).sum())
+        n = int(mine.sum())
+        by_class[name] = {"given": n, "right": hits, "precision": hits / n if n else None}
+    right = int((rated & (pseudo == g)).sum())
+    return {
+        "pool": len(g),
+        "given": int(given.sum()),
+        "right_of_rated": right / int(rated.sum()) if rated.any() else None,
+        "precision_by_class": by_class,
+    }
 
 
 def _right(r: dict) -> str:
@@ -172,6 +314,22 @@ def _by_class(r: dict) -> str:
     )
 
 
+def _table(rows: list[dict], columns: list[str], cells) -> None:
+    """A table of scored rows (``score``'s keys): stage, round, ``columns`` (``cells(row)``),
+    given / pool, right, right by class; nothing when there are no rows."""
+    if not rows:
+        return
+    print("\n| " + " | ".join(["stage", "round", *columns, "given / pool", "right"]), end="")
+    print(" | right by class |\n" + "|---" * (len(columns) + 5) + "|")
+    for r in rows:
+        stage = "/".join(Path(r["stage"]).parts[-3:])
+        mid = " | ".join(cells(r))
+        print(
+            f"| {stage} | {r['round']} | {mid} | {r['given']} / {r['pool']} | {_right(r)} | "
+            f"{_by_class(r) or '–'} |"
+        )
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("stages", nargs="+", type=Path, help="selftrain stage folders")
@@ -182,7 +340,17 @@ def main(argv=None) -> None:
         metavar="A1,A2",
         help="also what each of these thresholds would have labeled, per round",
     )
+    p.add_argument(
+        "--rules",
+        default=None,
+        metavar="NAME[:K=V],...",
+        help="also what each of these pseudo-label rules would have labeled, per round",
+    )
     args = p.parse_args(argv)
+    try:
+        rules = parse_rules(args.rules) if args.rules else []
+    except ValueError as err:
+        p.error(str(err))
     alphas = []
     if args.alphas:
         try:
@@ -211,18 +379,18 @@ def main(argv=None) -> None:
             f"{right} | {by_class or '–'} | {gold} |"
         )
     swept = [r for stage in args.stages for r in sweep(stage, alphas)] if alphas else []
-    if swept:
-        print("\n| stage | round | alpha (the run's) | given / pool | right | right by class |")
-        print("|---|---|---|---|---|---|")
-        for r in swept:
-            stage = "/".join(Path(r["stage"]).parts[-3:])
-            print(
-                f"| {stage} | {r['round']} | {r['alpha']:g} ({r['run_alpha']:g}) | "
-                f"{r['given']} / {r['pool']} | {_right(r)} | {_by_class(r) or '–'} |"
-            )
+    _table(swept, ["alpha (the run's)"], lambda r: [f"{r['alpha']:g} ({r['run_alpha']:g})"])
+    replayed = [r for stage in args.stages for r in replay(stage, rules)] if rules else []
+    _table(
+        replayed,
+        ["rule", "thresholds"],
+        lambda r: [r["rule"], ", ".join(f"{k} {v:.4g}" for k, v in r["thresholds"].items())],
+    )
     if args.json:
+        extra = {"sweep": swept} if swept else {}
+        extra |= {"rules": replayed} if replayed else {}
         args.json.write_text(
-            json.dumps({"rounds": rows, "sweep": swept} if swept else rows, indent=1) + "\n"
+            json.dumps({"rounds": rows} | extra if extra else rows, indent=1) + "\n"
         )
 
 

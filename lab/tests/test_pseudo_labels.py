@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 import pytest
-from safetensors.numpy import save_file
+from safetensors.numpy import load_file, save_file
 
-from lab.pseudo_labels import main, rounds
+from lab.pseudo_labels import gold_of, main, rounds
 from xlt_engine.data import load_tokenizer
 from xlt_engine.data.packed import StoreFile, StoreSpec, build_store
 from xlt_engine.data.task import read_task_file
@@ -144,3 +144,116 @@ def test_the_alpha_sweep_rebuilds_the_runs_labels_then_scores_other_thresholds(
         sweep(stage, [0.5])
     with pytest.raises(SystemExit):
         main([str(stage), "--alphas", "0.5,1.5"])
+
+
+@pytest.fixture(scope="module")
+def rule_runs(tmp_path_factory):
+    """One round of self-training on the quickstart's synthetic NER pair (whose target file
+    carries tags) under the paper's rule, and the same round under each class-aware rule from
+    the same soft student (the engine's resume reuses round 1's soft step and teacher)."""
+    import shutil
+
+    from xlt_engine.engine.method.finetune import FinetuneConfig, run_finetune
+    from xlt_engine.engine.method.rules import make_rule
+    from xlt_engine.engine.method.selftrain import SelftrainConfig, run_selftrain
+    from xlt_engine.engine.train.config import TrainConfig
+    from xlt_engine.quickstart import Sizes, prepare
+
+    root = tmp_path_factory.mktemp("synth")
+    prepare(root, seed=1, sizes=Sizes(train=200, dev=20, test=20))
+    base, data = root / "pretrained", root / "data"
+    free = {"freeze_layers": 0, "freeze_embeddings": False}
+    teacher = run_finetune(
+        FinetuneConfig(
+            model=str(base),
+            train_file=str(data / "src.train"),
+            out=str(root / "ft"),
+            max_len=48,
+            batch_size=16,
+            train=TrainConfig(max_steps=200, lr=1e-3, log_every=100, seed=1),
+            **free,
+        ),
+        echo=None,
+    ).model
+
+    def run(out, rule):
+        cfg = SelftrainConfig(
+            base_model=str(base),
+            teacher=str(teacher),
+            source_file=str(data / "src.train"),
+            unlabeled_file=str(data / "tgt.train"),
+            out=str(out),
+            max_len=48,
+            batch_size=16,
+            rounds=1,
+            soft=TrainConfig(max_steps=100, lr=1e-3, log_every=100, seed=1),
+            hard=TrainConfig(max_steps=2, lr=1e-4, log_every=1, seed=1),
+            soft_loss="mse",
+            rule=make_rule(rule),
+            device="cpu",
+            **free,
+        )
+        run_selftrain(cfg, resume=True, echo=None)
+        return out
+
+    runs = {"paper": run(root / "paper", "paper")}
+    for rule in ("per_class_precision", "class_quota"):
+        out = root / rule
+        (out / "round-1").mkdir(parents=True)
+        shutil.copytree(runs["paper"] / "round-1/soft", out / "round-1/soft")
+        shutil.copy(runs["paper"] / "round-1/teacher-probs.safetensors", out / "round-1")
+        shutil.copy(runs["paper"] / "selftrain.jsonl", out)
+        runs[rule] = run(out, rule)
+    return runs
+
+
+def test_each_rule_replayed_on_a_round_gives_what_the_engine_gave_under_it(rule_runs, capsys):
+    """``--rules``: from the paper run's round 1 files alone, each class-aware rule's replay
+    has the thresholds and the pseudo labels (scored against the target file's tags) that the
+    engine wrote when it ran that round under the rule; each run's own rule replays to itself."""
+    from lab.pseudo_labels import gold_array, replay, score
+
+    rules = [("per_class_precision", {}), ("class_quota", {})]
+    own, *others = replay(rule_runs["paper"], rules)
+    assert own["rule"] == "paper (the run's)" and len(set(own["thresholds"].values())) == 1
+    labels, gold = gold_of(rule_runs["paper"])
+    for (name, _), row in zip(rules, others, strict=True):
+        ran = rule_runs[name] / "round-1"
+        record = json.loads((ran / "filter.json").read_text())
+        assert row["rule"] == name and row["thresholds"] == record["class_alpha"]
+        assert len(set(row["thresholds"].values())) > 1  # the classes' own thresholds
+        pseudo = load_file(str(ran / "filter.safetensors"))["pseudo"]
+        assert {k: row[k] for k in score(pseudo, gold_array(gold), labels)} == score(
+            pseudo, gold_array(gold), labels
+        )
+        assert replay(rule_runs[name], [])[0]["rule"] == f"{name} (the run's)"
+    assert others[0]["given"] != own["given"] or others[0]["thresholds"] != own["thresholds"]
+    main([str(rule_runs["paper"]), "--rules", "class_quota:quota=0.25"])
+    out = capsys.readouterr().out
+    assert "| paper (the run's) |" in out and "| class_quota:quota=0.25 | O " in out
+
+
+def test_a_round_whose_files_disagree_with_its_record_is_named(rule_runs, tmp_path):
+    import shutil
+
+    from lab.pseudo_labels import replay
+
+    stage = tmp_path / "paper"
+    shutil.copytree(rule_runs["paper"], stage)
+    record = json.loads((stage / "round-1/filter.json").read_text())
+    shifted = record | {"class_alpha": {k: v / 2 for k, v in record["class_alpha"].items()}}
+    (stage / "round-1/filter.json").write_text(json.dumps(shifted))
+    with pytest.raises(ValueError, match=r"round-1/filter.json: the run's rule \(paper\)"):
+        replay(stage, [])
+    (stage / "round-1/filter.json").write_text(json.dumps(record))
+    f = load_file(str(stage / "round-1/filter.safetensors"))
+    f["pseudo"][np.flatnonzero(f["pseudo"] >= 0)[0]] = -1
+    save_file(f, str(stage / "round-1/filter.safetensors"))
+    with pytest.raises(ValueError, match=r"round-1/filter.safetensors: 1 rows' pseudo labels"):
+        replay(stage, [])
+
+
+@pytest.mark.parametrize("spec", ["no_such_rule", "class_quota:quota", "class_quota:=1"])
+def test_bad_rules_are_refused(spec, tmp_path):
+    with pytest.raises(SystemExit):
+        main([str(tmp_path), "--rules", spec])

@@ -247,7 +247,7 @@ def test_committed_cls_records(capsys):
             "cls",
             "--base",
             *sorted(glob.glob(str(ROOT / "lab/results/cls_cpu_full_20261127/reports/*.json"))),
-            *sorted(glob.glob(str(ROOT / "lab/results/cls_shipped_ours_20261129/reports/*.json"))),
+            *sorted(glob.glob(str(ROOT / "lab/results/cls_shipped_ours_*/reports/*.json"))),
             "--variant",
             *sorted(glob.glob(str(ROOT / "lab/results/cls_warm_*_2026112*/reports/*.json"))),
             "--base-evaluated",

@@ -231,7 +231,9 @@ def replay(stage: Path, rules: list[tuple[str, dict]]) -> list[dict]:
         files = [folder / n for n in ("threshold.json", "source-ok.safetensors", "filter.json")]
         if not all(f.is_file() for f in files) or not (folder / "filter.safetensors").is_file():
             continue
-        settings = read_json(folder / "threshold.json")["rule_settings"]
+        settings = read_json(folder / "threshold.json").get("rule_settings")
+        if settings is None:
+            raise ValueError(f"{folder / 'threshold.json'}: no rule_settings (an older run)")
         if isinstance(settings.get("grid"), list):
             settings["grid"] = tuple(settings["grid"])
         run_rule = make_rule(**settings)

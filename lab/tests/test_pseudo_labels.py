@@ -251,6 +251,11 @@ def test_a_round_whose_files_disagree_with_its_record_is_named(rule_runs, tmp_pa
     save_file(f, str(stage / "round-1/filter.safetensors"))
     with pytest.raises(ValueError, match=r"round-1/filter.safetensors: 1 rows' pseudo labels"):
         replay(stage, [])
+    th = json.loads((stage / "round-1/threshold.json").read_text())
+    del th["rule_settings"]
+    (stage / "round-1/threshold.json").write_text(json.dumps(th))
+    with pytest.raises(ValueError, match=r"round-1/threshold.json: no rule_settings"):
+        replay(stage, [])
 
 
 @pytest.mark.parametrize("spec", ["no_such_rule", "class_quota:quota", "class_quota:=1"])

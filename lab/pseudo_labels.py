@@ -39,6 +39,7 @@ import torch
 from safetensors.numpy import load_file
 
 from xlt_engine.data.packed import StoreFile, iter_examples, open_store
+from xlt_engine.engine.experiment.from_toml import build_table
 from xlt_engine.engine.method.pseudo_labels import background_class, thresholds_from
 from xlt_engine.engine.method.rules import make_rule, rule_class, switch_rule
 from xlt_engine.engine.method.selftrain.filter import labels_at
@@ -124,6 +125,17 @@ def rounds(stage: Path) -> list[dict]:
     return out
 
 
+def voter_outputs(path: Path, pseudo: bool = False) -> tuple[np.ndarray, ...]:
+    """A round's kept voter outputs (``filter.safetensors``, ``source-ok.safetensors``): each
+    row's agreed class (or -1) and confidence, and with ``pseudo`` its pseudo label. A file
+    without them (a run older than these keys) is named."""
+    f = load_file(str(path))
+    keys = ["agreed", "confidence", *(["pseudo"] if pseudo else [])]
+    if missing := [k for k in keys if k not in f]:
+        raise ValueError(f"{path}: no {' / '.join(map(repr, missing))} (it has {sorted(f)})")
+    return (f["agreed"].astype(np.int64), *(f[k] for k in keys[1:]))
+
+
 def sweep(stage: Path, alphas: list[float]) -> list[dict]:
     """Per finished round of ``stage`` and alpha: the rows the round's teacher would label at
     that one threshold, how many are right, and each class's count and precision."""
@@ -133,10 +145,7 @@ def sweep(stage: Path, alphas: list[float]) -> list[dict]:
         path = folder / "filter.safetensors"
         if not path.is_file():
             continue
-        f = load_file(str(path))
-        if "agreed" not in f or "confidence" not in f:
-            raise ValueError(f"{path}: no 'agreed' / 'confidence' (it has {sorted(f)})")
-        agreed, conf, pseudo = f["agreed"].astype(np.int64), f["confidence"], f["pseudo"]
+        agreed, conf, pseudo = voter_outputs(path, pseudo=True)
         if len(agreed) != len(gold):
             raise ValueError(f"{path}: {len(agreed)} rows, the pool {len(gold)}")
         record = json.loads((folder / "filter.json").read_text(encoding="utf-8"))
@@ -181,7 +190,9 @@ def source_gold(stage: Path, rows: int) -> np.ndarray:
 
 def parse_rules(text: str) -> list[tuple[str, dict]]:
     """``--rules``: comma-separated ``name`` or ``name:key=value:key=value`` (values read as
-    JSON where they parse, else as text)."""
+    JSON where they parse, else as text). Each rule is built once here, its settings checked as
+    the config's ``[selftrain.rule]`` table is, so that a bad one fails before any round is
+    read."""
     out = []
     for item in text.split(","):
         name, *pairs = item.strip().split(":")
@@ -194,8 +205,14 @@ def parse_rules(text: str) -> list[tuple[str, dict]]:
                 settings[key] = json.loads(value)
             except json.JSONDecodeError:
                 settings[key] = value
-        rule_class(name)  # an unknown name fails here, naming the known ones
-        out.append((name, settings))
+        cls = rule_class(name)  # an unknown name fails here, naming the known ones
+        if "name" in settings:
+            raise ValueError(f"--rules {item!r}: the rule's name comes before the first ':'")
+        problems: list[str] = []
+        built = build_table(cls, settings, f"--rules {name}.", problems, make_rule(name))
+        if problems:
+            raise ValueError("; ".join(problems))
+        out.append((name, {k: getattr(built, k) for k in settings}))
     return out
 
 
@@ -237,11 +254,9 @@ def replay(stage: Path, rules: list[tuple[str, dict]]) -> list[dict]:
         if isinstance(settings.get("grid"), list):
             settings["grid"] = tuple(settings["grid"])
         run_rule = make_rule(**settings)
-        src = load_file(str(folder / "source-ok.safetensors"))
-        s_agreed, s_conf = src["agreed"].astype(np.int64), src["confidence"]
+        s_agreed, s_conf = voter_outputs(folder / "source-ok.safetensors")
         sg = source_gold(stage, len(s_agreed))
-        tgt = load_file(str(folder / "filter.safetensors"))
-        t_agreed, t_conf, pseudo = tgt["agreed"].astype(np.int64), tgt["confidence"], tgt["pseudo"]
+        t_agreed, t_conf, pseudo = voter_outputs(folder / "filter.safetensors", pseudo=True)
         if len(t_agreed) != len(g):
             raise ValueError(
                 f"{folder / 'filter.safetensors'}: {len(t_agreed)} rows, the pool {len(g)}"

@@ -252,13 +252,46 @@ def test_a_round_whose_files_disagree_with_its_record_is_named(rule_runs, tmp_pa
     with pytest.raises(ValueError, match=r"round-1/filter.safetensors: 1 rows' pseudo labels"):
         replay(stage, [])
     th = json.loads((stage / "round-1/threshold.json").read_text())
-    del th["rule_settings"]
+    settings = th.pop("rule_settings")
     (stage / "round-1/threshold.json").write_text(json.dumps(th))
     with pytest.raises(ValueError, match=r"round-1/threshold.json: no rule_settings"):
         replay(stage, [])
+    (stage / "round-1/threshold.json").write_text(json.dumps(th | {"rule_settings": settings}))
+    older = {"pseudo": f["pseudo"]}  # a run older than the voters' kept outputs
+    save_file(older, str(stage / "round-1/filter.safetensors"))
+    with pytest.raises(ValueError, match=r"round-1/filter.safetensors: no 'agreed' / 'confidence'"):
+        replay(stage, [])
 
 
-@pytest.mark.parametrize("spec", ["no_such_rule", "class_quota:quota", "class_quota:=1"])
-def test_bad_rules_are_refused(spec, tmp_path):
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        ("no_such_rule", "rule must be one of paper, "),
+        ("class_quota:quota", "'quota' is not key=value"),
+        ("class_quota:=1", "'=1' is not key=value"),
+        ("class_quota:foo=1", "--rules class_quota.foo: unknown key (known here: name, "),
+        ("class_quota:min_rows=3", "--rules class_quota.min_rows: unknown key"),
+        ("class_quota:quota=1.5", "--rules class_quota: quota must be in (0, 1], got 1.5"),
+        ("class_quota:quota=x", "--rules class_quota.quota: expected float, got 'x'"),
+        ("per_class_precision:class_precision=1", "class_precision must be in (0, 1)"),
+        ("paper:name=class_quota", "the rule's name comes before the first ':'"),
+    ],
+)
+def test_bad_rules_are_refused_before_any_round_is_read(spec, says, tmp_path, capsys):
+    """A bad rule name or setting is an argparse error naming it, checked as the config's
+    ``[selftrain.rule]`` table is, before any stage folder is read (``tmp_path`` holds none)."""
     with pytest.raises(SystemExit):
-        main([str(tmp_path), "--rules", spec])
+        main([str(tmp_path / "no_such_stage"), "--rules", spec])
+    assert says in capsys.readouterr().err
+
+
+def test_rules_settings_are_read_as_the_rules_fields():
+    from lab.pseudo_labels import parse_rules
+
+    got = parse_rules("class_quota:quota=1, paper:threshold=fixed:alpha=0.9,per_class_precision")
+    assert got == [
+        ("class_quota", {"quota": 1.0}),
+        ("paper", {"threshold": "fixed", "alpha": 0.9}),
+        ("per_class_precision", {}),
+    ]
+    assert isinstance(got[0][1]["quota"], float)

@@ -8,6 +8,12 @@ reads them off the records, so the verdict is the same whoever runs it.
   tie, adopted only when the variant's - ST mean is higher and its Ours seed std not larger.
 - ``conll``: Ours' target dev entity F1 (the last self-training step's dev check in the report's
   ``details``) over (esp, ned) x seeds 1-3, margin 0.5; a tie keeps the base.
+- ``cls_rule`` (lab/results/cls_rule_prereg_20261129.md): one arm's two rows, not two arms of
+  a preset. The row ``rule = class_quota`` against Ours (the paper's rule) of the same runs
+  (same settings; the two rows share round 1's soft student), test accuracy over (de, fr) x
+  seeds 1-3, margin 0.25; a tie keeps the paper's rule. Ours is read only from the reports
+  that hold the class_quota row (each cell beside its twin); ``--variant`` may be left out:
+  the base's reports are read for both rows.
 
 Prints each arm's cells and means (and, where the reports record it, the precision each Ours
 cell ran in), what the arms differ by, and the verdict. Exit status 0 when the rule decides, 3
@@ -37,11 +43,13 @@ class Rule:
     margin: float  # points (%)
     metric: str  # "test": the report's row score; "dev": the last self-training dev check
     tie: str  # "st_and_std": - ST higher and Ours std not larger adopts; "keep": the base stays
+    variant_row: str = "Ours"  # another row: the variant is that row of the base's own runs
 
 
 RULES = {
     "cls": Rule(("de", "fr"), (1, 2, 3), 0.25, "test", "st_and_std"),
     "conll": Rule(("esp", "ned"), (1, 2, 3), 0.5, "dev", "keep"),
+    "cls_rule": Rule(("de", "fr"), (1, 2, 3), 0.25, "test", "keep", "rule = class_quota"),
 }
 UNDECIDED = 3
 
@@ -95,18 +103,21 @@ def dev_scores(
 class Arm:
     label: str
     settings: tuple
-    ours: dict  # {target: {seed: score}}
+    ours: dict  # {target: {seed: score}}: the row the rule reads (``row``)
     st: dict
     precision: dict  # {target: {seed: "bf16" | "fp32" | "bf16, fp32"}}: Ours' cells, as recorded
+    row: str = "Ours"
 
 
-def ours_precision(reports: list[tuple[Path, dict]], targets: tuple[str, ...]) -> dict:
-    """What each Ours cell's stages ran in (lab.study's ``details[].precision``, in reports
+def ours_precision(
+    reports: list[tuple[Path, dict]], targets: tuple[str, ...], row: str = "Ours"
+) -> dict:
+    """What each ``row`` cell's stages ran in (lab.study's ``details[].precision``, in reports
     made since 2026-11-29; older ones say nothing and their cells are left out): precision
     "auto" follows the machine, so the arms' cells may come from both."""
     found: dict = {}
     for _, report in reports:
-        if "Ours" not in report["rows"]:
+        if row not in report["rows"]:
             continue
         for d in report["details"]:
             target = d["pair"].split("-")[-1]
@@ -119,7 +130,16 @@ def ours_precision(reports: list[tuple[Path, dict]], targets: tuple[str, ...]) -
 REPORT_KEYS = ("config", "overrides", "seeds", "rows", "details")
 
 
-def read_arm(label: str, paths: list[Path], evaluated: list[str], rule: Rule) -> Arm:
+def read_arm(
+    label: str,
+    paths: list[Path],
+    evaluated: list[str],
+    rule: Rule,
+    row: str = "Ours",
+    only_with: str | None = None,
+) -> Arm:
+    """An arm's ``row`` (and - ST) cells over the reports ``paths``; with ``only_with``, only
+    the reports that hold that row too are read (a paired rule: each cell beside its twin)."""
     reports = []
     for path in paths:
         try:
@@ -129,15 +149,19 @@ def read_arm(label: str, paths: list[Path], evaluated: list[str], rule: Rule) ->
         lacking = [k for k in REPORT_KEYS if k not in report]
         if lacking:
             raise ValueError(f"{path}: not a lab/study.py report (no {', '.join(lacking)})")
-        reports.append((path, report))
-    if rule.metric == "dev" and any(s.split(",")[0].strip() == "Ours" for s in evaluated):
-        raise ValueError("an Ours cell evaluated apart has a test score; this rule reads dev F1")
+        if only_with is None or only_with in report["rows"]:
+            reports.append((path, report))
+    if not reports:
+        raise ValueError(f"{label}: no report holds the row {only_with!r}")
+    paths = [path for path, _ in reports]
+    if rule.metric == "dev" and any(s.split(",")[0].strip() == row for s in evaluated):
+        raise ValueError(f"an {row} cell evaluated apart has a test score; this rule reads dev F1")
     scores, _, _ = tables.collect(paths)  # also checks that the reports share their settings
     tables.add_evaluated(scores, evaluated)
     settings = tables.learning_settings(reports[0][1])
-    ours = dev_scores(reports, rule.targets) if rule.metric == "dev" else scores.get("Ours", {})
-    precision = ours_precision(reports, rule.targets)
-    return Arm(label, settings, ours, scores.get("- ST", {}), precision)
+    ours = dev_scores(reports, rule.targets, row) if rule.metric == "dev" else scores.get(row, {})
+    precision = ours_precision(reports, rule.targets, row)
+    return Arm(label, settings, ours, scores.get("- ST", {}), precision, row)
 
 
 def cells(values: dict, rule: Rule) -> tuple[list[float], list[str]]:
@@ -165,12 +189,13 @@ def decide(rule: Rule, base: Arm, variant: Arm) -> tuple[str, list[str]]:
     """(verdict, its reasons); verdict is ``adopt``, ``keep`` or ``undecided``."""
     b, b_missing = cells(base.ours, rule)
     v, v_missing = cells(variant.ours, rule)
-    missing = [f"{base.label} Ours {m}" for m in b_missing]
-    missing += [f"{variant.label} Ours {m}" for m in v_missing]
+    missing = [f"{base.label} {base.row} {m}" for m in b_missing]
+    missing += [f"{variant.label} {variant.row} {m}" for m in v_missing]
     if missing:
         return "undecided", [f"missing: {', '.join(missing)}"]
     diff = statistics.fmean(v) - statistics.fmean(b)
-    why = [f"Ours: {variant.label} − {base.label} = {diff:+.2f} (margin {rule.margin})"]
+    rows = base.row if base.row == variant.row else f"{variant.row} − {base.row}"
+    why = [f"{rows}: {variant.label} − {base.label} = {diff:+.2f} (margin {rule.margin})"]
     eps = 1e-9
     if diff >= rule.margin - eps:
         return "adopt", why
@@ -201,23 +226,37 @@ def render(rule_name: str, rule: Rule, base: Arm, variant: Arm) -> tuple[str, st
         raise ValueError(
             f"the arms use different configs: {base.settings[0]} and {variant.settings[0]}"
         )
-    if not extra and not dropped:
+    paired = rule.variant_row != "Ours"  # two rows of the same runs
+    if paired and (extra or dropped):
+        raise ValueError(
+            f"rule {rule_name} compares two rows of the same runs, and the arms' settings differ "
+            f"(the {variant.label} arm adds {extra}, drops {dropped})"
+        )
+    if not paired and not extra and not dropped:
         raise ValueError("the arms have the same learning settings: nothing to decide")
     metric = "test accuracy" if rule.metric == "test" else "target dev F1, last self-training step"
+    if paired:
+        what = f"The {variant.label} arm is the row {rule.variant_row!r} of the same runs"
+    else:
+        what = f"The {variant.label} arm adds {extra or 'nothing'}" + (
+            f" and drops {dropped}" if dropped else ""
+        )
     lines = [
-        f"Rule {rule_name}: Ours' {metric} over {', '.join(rule.targets)} x seeds "
+        f"Rule {rule_name}: "
+        + (f"{variant.row!r} against {base.row}, " if paired else f"{base.row}' ")
+        + f"{metric} over {', '.join(rule.targets)} x seeds "
         f"{', '.join(map(str, rule.seeds))}; config {base.settings[0]}",
-        f"The {variant.label} arm adds {extra or 'nothing'}"
-        + (f" and drops {dropped}" if dropped else ""),
+        what,
         "",
         "| arm | row | "
         + " | ".join(f"{t} s{s}" for t in rule.targets for s in rule.seeds)
         + " | mean ± std (n) |",
         "|" + "---|" * (3 + len(rule.targets) * len(rule.seeds)),
     ]
-    rows = [("Ours", "ours")] + ([("- ST", "st")] if rule.tie == "st_and_std" else [])
+    rows = [(None, "ours")] + ([("- ST", "st")] if rule.tie == "st_and_std" else [])
     for arm in (base, variant):
         for row, attr in rows:
+            row = row or arm.row
             values = getattr(arm, attr)
             cell = [
                 f"{100 * values[t][s]:.2f}" if s in values.get(t, {}) else "–"
@@ -229,7 +268,7 @@ def render(rule_name: str, rule: Rule, base: Arm, variant: Arm) -> tuple[str, st
     if base.precision or variant.precision:  # said only where a report records it
         for arm in (base, variant):
             cell = [arm.precision.get(t, {}).get(s, "?") for t in rule.targets for s in rule.seeds]
-            lines.append(f"| {arm.label} | Ours ran in | " + " | ".join(cell) + " | |")
+            lines.append(f"| {arm.label} | {arm.row} ran in | " + " | ".join(cell) + " | |")
     verdict, why = decide(rule, base, variant)
     lines += ["", *(f"- {w}" for w in why), "", f"Verdict: {verdict}"]
     return "\n".join(lines), verdict
@@ -239,7 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("rule", choices=sorted(RULES))
     p.add_argument("--base", nargs="+", type=Path, required=True, help="the shipped arm's reports")
-    p.add_argument("--variant", nargs="+", type=Path, required=True, help="the changed arm's")
+    p.add_argument(
+        "--variant",
+        nargs="+",
+        type=Path,
+        help="the changed arm's (cls_rule: the base's when left out)",
+    )
     p.add_argument(
         "--base-evaluated",
         action="append",
@@ -258,9 +302,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--variant-label", default="variant")
     args = p.parse_args(argv)
     rule = RULES[args.rule]
+    if args.variant is None:
+        if rule.variant_row == "Ours":
+            p.error(f"rule {args.rule} compares two arms: --variant is required")
+        args.variant = args.base
+    paired = rule.variant_row != "Ours"
     try:
-        base = read_arm(args.base_label, args.base, args.base_evaluated, rule)
-        variant = read_arm(args.variant_label, args.variant, args.variant_evaluated, rule)
+        base = read_arm(
+            args.base_label,
+            args.base,
+            args.base_evaluated,
+            rule,
+            only_with=rule.variant_row if paired else None,
+        )
+        variant = read_arm(
+            args.variant_label,
+            args.variant,
+            args.variant_evaluated,
+            rule,
+            rule.variant_row,
+            only_with=rule.variant_row if paired else None,
+        )
         text, verdict = render(args.rule, rule, base, variant)
     except (ValueError, OSError) as e:
         print(f"lab.decide: {e}", file=sys.stderr)

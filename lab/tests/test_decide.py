@@ -123,6 +123,81 @@ def test_a_cls_tie_without_every_st_cell_is_undecided(tmp_path, capsys):
     assert "variant - ST fr seed 3" in out
 
 
+QUOTA = "rule = class_quota"
+
+
+def _paired(path: Path, ours, quota, **kwargs) -> Path:
+    """A report holding Ours and the class_quota row, the same scores on de and fr."""
+    rows = {"Ours": {t: list(ours) for t in ("de", "fr")}}
+    return _report(path, rows | {QUOTA: {t: list(quota) for t in ("de", "fr")}}, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("quota", "verdict", "why"),
+    [
+        ((0.8725,) * 3, "adopt", "+0.25 (margin 0.25)"),  # at least the margin adopts
+        ((0.8675,) * 3, "keep", "-0.25 (margin 0.25)"),
+        ((0.8720, 0.8750, 0.8650), "keep", "a tie keeps the base"),  # +0.03, smaller spread too
+    ],
+)
+def test_cls_rule_reads_two_rows_of_the_same_runs(tmp_path, capsys, quota, verdict, why):
+    """``cls_rule``: the class_quota row against Ours of the same reports (no --variant);
+    a tie keeps the paper's rule whatever - ST or the spread say."""
+    paired = _paired(tmp_path / "p.json", (0.87,) * 3, quota)
+    assert decide.main(["cls_rule", "--base", str(paired), "--variant-label", "quota"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Rule cls_rule: 'rule = class_quota' against Ours, test accuracy")
+    assert "The quota arm is the row 'rule = class_quota' of the same runs" in out
+    assert (
+        "| shipped | Ours | 87.00 | 87.00 | 87.00 | 87.00 | 87.00 | 87.00 | 87.00 ± 0.00 (6) |"
+        in out
+    )
+    assert f"| quota | {QUOTA} | {100 * quota[0]:.2f} |" in out
+    assert f"- {QUOTA} − Ours: quota − shipped = " in out and why in out
+    assert "- ST" not in out
+    assert out.rstrip().endswith(f"Verdict: {verdict}")
+
+
+def test_cls_rule_reads_ours_only_beside_its_twin(tmp_path, capsys):
+    """Ours cells of reports without the class_quota row (an older run of the same seed, in
+    another precision) are not read: each Ours cell is its twin's; a missing twin is named."""
+    older = _report(tmp_path / "old.json", {"Ours": {"de": [0.5] * 3, "fr": [0.5] * 3}})
+    paired = tmp_path / "p.json"
+    paired.write_text(
+        json.dumps(
+            {
+                "config": "configs/e5-small-cls.toml",
+                "overrides": ["device=cpu", "data.max_train=1000000"],
+                "seeds": [3],
+                "rows": {
+                    "Ours": {"scores": {"de": [0.9], "fr": [0.9]}, "seconds": 1.0},
+                    QUOTA: {"scores": {"de": [0.91], "fr": [0.92]}, "seconds": 1.0},
+                },
+                "details": [],
+            }
+        ),
+        encoding="utf-8",
+    )
+    argv = ["cls_rule", "--base", str(older), str(paired)]
+    assert decide.main(argv) == decide.UNDECIDED
+    out = capsys.readouterr().out
+    assert "| shipped | Ours | – | – | 90.00 | – | – | 90.00 | 90.00 ± 0.00 (2) |" in out
+    assert "missing: shipped Ours de seed 1" in out and f"variant {QUOTA} fr seed 2" in out
+    assert decide.main(["cls_rule", "--base", str(older)]) == 2
+    assert f"shipped: no report holds the row '{QUOTA}'" in capsys.readouterr().err
+
+
+def test_cls_rule_refuses_rows_of_other_settings(tmp_path, capsys):
+    base = _paired(tmp_path / "b.json", (0.87,) * 3, (0.88,) * 3)
+    warm = _paired(tmp_path / "w.json", (0.87,) * 3, (0.88,) * 3, overrides=[WARM])
+    assert decide.main(["cls_rule", "--base", str(base), "--variant", str(warm)]) == 2
+    err = capsys.readouterr().err
+    assert "compares two rows of the same runs, and the arms' settings differ" in err
+    with pytest.raises(SystemExit):  # a rule of two arms needs both
+        decide.main(["cls", "--base", str(base)])
+    assert "rule cls compares two arms: --variant is required" in capsys.readouterr().err
+
+
 def _checks(target: str, steps: dict) -> dict:
     return {
         name: {"dev": {"eng": {"score": 0.9}, target: {"score": v}}} for name, v in steps.items()

@@ -341,10 +341,10 @@ def test_committed_cls_records(capsys):
     assert (
         "| warm | - ST | 87.50 | 85.00 | 87.60 | 87.45 | 86.50 | 87.80 | 86.98 ± 1.07 (6) |" in out
     )
-    assert "| shipped | Ours | 87.70 | 84.00 | – | 85.00 | 87.05 | – |" in out  # s2: bf16
-    assert "| warm | Ours | 88.15 | – | 87.90 | 87.35 | – | 87.60 |" in out  # s1: bf16
+    assert "| shipped | Ours | 87.70 | 84.00 | 88.30 | 85.00 | 87.05 | – |" in out  # s2-3: bf16
+    assert "| warm | Ours | 88.15 | – | 87.90 | 87.35 | 88.25 | 87.60 |" in out  # s1-2: bf16
     if rc == decide.UNDECIDED:
-        assert "missing: shipped Ours de seed 3" in out
+        assert "missing: shipped Ours fr seed 3, warm Ours de seed 2" in out
     else:  # every cell committed: the verdict is one of the rule's two
         assert out.rstrip().endswith(("Verdict: adopt", "Verdict: keep"))
 
@@ -370,7 +370,7 @@ def test_the_lab_readme_decide_command_runs_and_prints_the_cells_it_quotes(capsy
         argv += matches
     rc = decide.main(argv)
     out = capsys.readouterr().out
-    assert "| warm | Ours | 88.15 | – | 87.90 | 87.35 | – | 87.60 |" in out
-    assert "85.94 ± 1.73 (4)" in out and "87.75 ± 0.35 (4)" in out
+    assert "| warm | Ours | 88.15 | – | 87.90 | 87.35 | 88.25 | 87.60 |" in out
+    assert "86.41 ± 1.83 (5)" in out and "87.85 ± 0.38 (5)" in out
     assert "84.33 ± 5.61 (6)" in out and "86.98 ± 1.07 (6)" in out
     assert rc in (0, decide.UNDECIDED)

@@ -45,6 +45,11 @@ class Rule:
     tie: str  # "st_and_std": - ST higher and Ours std not larger adopts; "keep": the base stays
     variant_row: str = "Ours"  # another row: the variant is that row of the base's own runs
 
+    @property
+    def paired(self) -> bool:
+        """The variant is another row of the base's own runs (each cell beside its twin)."""
+        return self.variant_row != "Ours"
+
 
 RULES = {
     "cls": Rule(("de", "fr"), (1, 2, 3), 0.25, "test", "st_and_std"),
@@ -226,16 +231,15 @@ def render(rule_name: str, rule: Rule, base: Arm, variant: Arm) -> tuple[str, st
         raise ValueError(
             f"the arms use different configs: {base.settings[0]} and {variant.settings[0]}"
         )
-    paired = rule.variant_row != "Ours"  # two rows of the same runs
-    if paired and (extra or dropped):
+    if rule.paired and (extra or dropped):
         raise ValueError(
             f"rule {rule_name} compares two rows of the same runs, and the arms' settings differ "
             f"(the {variant.label} arm adds {extra}, drops {dropped})"
         )
-    if not paired and not extra and not dropped:
+    if not rule.paired and not extra and not dropped:
         raise ValueError("the arms have the same learning settings: nothing to decide")
     metric = "test accuracy" if rule.metric == "test" else "target dev F1, last self-training step"
-    if paired:
+    if rule.paired:
         what = f"The {variant.label} arm is the row {rule.variant_row!r} of the same runs"
     else:
         what = f"The {variant.label} arm adds {extra or 'nothing'}" + (
@@ -243,7 +247,7 @@ def render(rule_name: str, rule: Rule, base: Arm, variant: Arm) -> tuple[str, st
         )
     lines = [
         f"Rule {rule_name}: "
-        + (f"{variant.row!r} against {base.row}, " if paired else f"{base.row}' ")
+        + (f"{variant.row!r} against {base.row}, " if rule.paired else f"{base.row}' ")
         + f"{metric} over {', '.join(rule.targets)} x seeds "
         f"{', '.join(map(str, rule.seeds))}; config {base.settings[0]}",
         what,
@@ -303,25 +307,19 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     rule = RULES[args.rule]
     if args.variant is None:
-        if rule.variant_row == "Ours":
+        if not rule.paired:
             p.error(f"rule {args.rule} compares two arms: --variant is required")
         args.variant = args.base
-    paired = rule.variant_row != "Ours"
+    only_with = rule.variant_row if rule.paired else None
     try:
-        base = read_arm(
-            args.base_label,
-            args.base,
-            args.base_evaluated,
-            rule,
-            only_with=rule.variant_row if paired else None,
-        )
+        base = read_arm(args.base_label, args.base, args.base_evaluated, rule, only_with=only_with)
         variant = read_arm(
             args.variant_label,
             args.variant,
             args.variant_evaluated,
             rule,
             rule.variant_row,
-            only_with=rule.variant_row if paired else None,
+            only_with=only_with,
         )
         text, verdict = render(args.rule, rule, base, variant)
     except (ValueError, OSError) as e:

@@ -231,6 +231,11 @@ def render(rule_name: str, rule: Rule, base: Arm, variant: Arm) -> tuple[str, st
         raise ValueError(
             f"the arms use different configs: {base.settings[0]} and {variant.settings[0]}"
         )
+    if base.settings[2] != variant.settings[2]:
+        raise ValueError(
+            f"the arms ran {base.settings[0]} as it said different settings (preset digests "
+            f"{base.settings[2]} and {variant.settings[2]}; None: not recorded)"
+        )
     if rule.paired and (extra or dropped):
         raise ValueError(
             f"rule {rule_name} compares two rows of the same runs, and the arms' settings differ "

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from lab.tables import preset_digest
 from xlt_engine import provenance
 from xlt_engine.engine.experiment.ablations import fixed_threshold, soft_only, without_btf
 from xlt_engine.engine.experiment.config import load_config
@@ -260,6 +261,7 @@ def run_study(args, argv: list[str]) -> dict:
             "command": shlex.join(["python", "-m", "lab.study", *argv]),
             "command_resolved": resolved_command(args),
             "config": args.config,
+            "preset": preset_digest(args.config),
             "overrides": args.overrides,
             "how": args.how,
             "metric": result["metric"],
@@ -291,7 +293,7 @@ def with_statistics(report: dict) -> dict:
     return report
 
 
-SAME_IN_MERGED = ("config", "overrides", "how", "metric", "fixed_alpha", "machine")
+SAME_IN_MERGED = ("config", "preset", "overrides", "how", "metric", "fixed_alpha", "machine")
 
 
 def _sources(path: Path, report: dict) -> list[dict]:

@@ -3,8 +3,10 @@ hold some targets, seeds and rows (the per-job reports of lab/gpu_tables.sh: one
 target and seed), as one Markdown table: each row's mean +- std per target over the seeds it
 has, the average over targets, Ours minus - ST beside the paper's margin, and per row the
 self-training runs whose round-1 pseudo labels tripped the collapse guard. Reports of different
-settings must not be mixed: their ``config`` and learning overrides must match (data sizes,
-targets, paths and the device aside), else it fails naming the file.
+settings must not be mixed: their ``config``, that preset's content as they read it (``preset``,
+recorded since 2026-11-29: a preset changed by a decision is not the preset its earlier reports
+ran) and learning overrides must match (data sizes, targets, paths and the device aside), else it
+fails naming the file.
 
 ``--models LABEL RESULTS...`` (repeatable, no reports) prints instead a table of models evaluated
 apart, one row per label over its ``results.json`` files (one per seed): each language's
@@ -20,9 +22,12 @@ and that was evaluated apart with ``xlt-engine run --stage evaluate`` joins the 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 from pathlib import Path
+
+import tomllib
 
 # The paper's Table 6 (CoNLL, entity F1 %: deu, esp, ned) and Table 5's books columns (CLS-10,
 # accuracy %: de, fr, and JA as the data's jp), mBERT, seed 001's text; "MBERT" is direct transfer
@@ -46,9 +51,34 @@ PLACE = ("targets=", "data.root=", "model.path=", "device=", "data.max_")
 ORDER = ("Ours", "- AT", "- VM", "- BTF", "- ST", "direct transfer", "soft only")
 
 
+def preset_digest(config: str | Path) -> str:
+    """What a preset says, comments and layout aside: the first 16 hex digits of the SHA-256 of
+    its parsed TOML as sorted JSON. A report records it (``preset``) so that reports of one
+    preset path before and after its settings changed are not taken for the same settings."""
+    with open(config, "rb") as f:
+        parsed = tomllib.load(f)
+    text = json.dumps(parsed, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
 def learning_settings(report: dict) -> tuple:
-    """The settings a report's scores depend on, the where (targets, paths, device, sizes) aside."""
-    return (report["config"], tuple(o for o in report["overrides"] if not o.startswith(PLACE)))
+    """The settings a report's scores depend on, the where (targets, paths, device, sizes) aside:
+    its config, its learning overrides, and its preset's digest (None in a report written before
+    reports recorded it)."""
+    learning = tuple(o for o in report["overrides"] if not o.startswith(PLACE))
+    return (report["config"], learning, report.get("preset"))
+
+
+def settings_differ(path: Path, settings: tuple, first: Path, had: tuple) -> str:
+    """Why the report ``path`` cannot join ``first``'s table."""
+    if settings[:2] == had[:2]:
+        what = {None: "not recorded: a report written before 2026-11-29"}
+        return (
+            f"{path}: {settings[0]} said other settings when it ran (preset digest "
+            f"{what.get(settings[2], settings[2])}) than when {first} ran "
+            f"({what.get(had[2], had[2])}): tabulate the preset's versions apart"
+        )
+    return f"{path}: settings {settings[:2]} differ from {first}'s {had[:2]}"
 
 
 def collect(paths: list[Path]) -> tuple[dict, dict, dict]:
@@ -64,7 +94,7 @@ def collect(paths: list[Path]) -> tuple[dict, dict, dict]:
         if first is None:
             first = (path, settings)
         elif settings != first[1]:
-            raise ValueError(f"{path}: settings {settings} differ from {first[0]}'s {first[1]}")
+            raise ValueError(settings_differ(path, settings, *first))
         for row, info in report["rows"].items():
             for target, values in info["scores"].items():
                 for seed, value in zip(report["seeds"], values, strict=True):

@@ -15,13 +15,20 @@ WARM = "btf.head_warmup_epochs=2"
 
 
 def _report(
-    path: Path, rows: dict, *, overrides=(), config="configs/e5-small-cls.toml", details=()
+    path: Path,
+    rows: dict,
+    *,
+    overrides=(),
+    config="configs/e5-small-cls.toml",
+    details=(),
+    preset=None,
 ) -> Path:
     """A report of seeds 1-3 whose rows give ``{target: [score a seed]}``."""
     path.write_text(
         json.dumps(
             {
                 "config": config,
+                **({"preset": preset} if preset else {}),
                 "overrides": ["device=cpu", "data.max_train=1000000", *overrides],
                 "seeds": [1, 2, 3],
                 "rows": {r: {"scores": s, "seconds": 1.0} for r, s in rows.items()},
@@ -267,6 +274,7 @@ def test_a_step_without_target_dev_names_report_and_step(tmp_path, capsys):
     [
         ({}, "the arms have the same learning settings"),
         ({"overrides": [WARM], "config": "configs/conll.toml"}, "the arms use different configs"),
+        ({"overrides": [WARM], "preset": "0123456789abcdef"}, "(preset digests None and 0123"),
     ],
 )
 def test_arms_that_are_not_one_change_apart_are_refused(tmp_path, capsys, variant_kwargs, message):

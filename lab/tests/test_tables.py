@@ -14,11 +14,14 @@ from lab import tables
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _report(path: Path, seeds, rows: dict, *, overrides=(), seconds=60.0, details=()) -> Path:
+def _report(
+    path: Path, seeds, rows: dict, *, overrides=(), seconds=60.0, details=(), preset=None
+) -> Path:
     path.write_text(
         json.dumps(
             {
                 "config": "configs/e5-small-cls.toml",
+                **({"preset": preset} if preset else {}),
                 "overrides": ["device=cpu", *overrides],
                 "seeds": list(seeds),
                 "rows": {r: {"scores": s, "seconds": seconds} for r, s in rows.items()},
@@ -96,6 +99,33 @@ def test_bad_input_is_named(tmp_path):
     clash = _evaluation(tmp_path / "clash", {"de": 0.79})
     with pytest.raises(ValueError, match="a report has 0.8"):
         tables.add_evaluated(scores, [f"- ST,de,1={clash}"])
+
+
+def test_a_preset_that_changed_between_reports_is_not_mixed(tmp_path):
+    """Reports of one preset path join only when the preset said the same when each ran: its
+    digest ignores comments and layout, changes with a setting, and a report that did not record
+    it (written before 2026-11-29) joins no report that did."""
+    preset = tmp_path / "p.toml"
+    preset.write_text("[btf]\nepoch_size = 1600\n", encoding="utf-8")
+    before = tables.preset_digest(preset)
+    preset.write_text("# a comment\n[btf]\nepoch_size   =   1600  # 1,600 windows\n", "utf-8")
+    assert tables.preset_digest(preset) == before
+    preset.write_text("[btf]\nepoch_size = 1600\nhead_warmup_epochs = 2\n", encoding="utf-8")
+    after = tables.preset_digest(preset)
+    assert after != before and len(after) == 16
+
+    old = _report(tmp_path / "old.json", [1], {"Ours": {"de": [0.80]}})
+    new = _report(tmp_path / "new.json", [2], {"Ours": {"de": [0.88]}}, preset=after)
+    same = _report(tmp_path / "same.json", [3], {"Ours": {"de": [0.87]}}, preset=after)
+    was = _report(tmp_path / "was.json", [3], {"Ours": {"de": [0.84]}}, preset=before)
+    scores, _, _ = tables.collect([new, same])
+    assert scores["Ours"]["de"] == {2: 0.88, 3: 0.87}
+    with pytest.raises(ValueError, match=r"old.json: .*e5-small-cls.toml said other settings") as e:
+        tables.collect([new, old])
+    assert "not recorded: a report written before 2026-11-29" in str(e.value)
+    assert after in str(e.value)
+    with pytest.raises(ValueError, match=f"was.json: .*digest {before}.*new.json ran .{after}"):
+        tables.collect([new, was])
 
 
 def _scored(path: Path, scores: dict) -> str:

@@ -30,7 +30,7 @@ import json
 import re
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab import tables
@@ -112,6 +112,7 @@ class Arm:
     st: dict
     precision: dict  # {target: {seed: "bf16" | "fp32" | "bf16, fp32"}}: Ours' cells, as recorded
     row: str = "Ours"
+    report: dict = field(default_factory=dict)  # the first report read (its settings stand for all)
 
 
 def ours_precision(
@@ -166,7 +167,7 @@ def read_arm(
     settings = tables.learning_settings(reports[0][1])
     ours = dev_scores(reports, rule.targets, row) if rule.metric == "dev" else scores.get(row, {})
     precision = ours_precision(reports, rule.targets, row)
-    return Arm(label, settings, ours, scores.get("- ST", {}), precision, row)
+    return Arm(label, settings, ours, scores.get("- ST", {}), precision, row, reports[0][1])
 
 
 def cells(values: dict, rule: Rule) -> tuple[list[float], list[str]]:
@@ -231,25 +232,23 @@ def render(rule_name: str, rule: Rule, base: Arm, variant: Arm) -> tuple[str, st
         raise ValueError(
             f"the arms use different configs: {base.settings[0]} and {variant.settings[0]}"
         )
-    if base.settings[2] != variant.settings[2]:
-        raise ValueError(
-            f"the arms ran {base.settings[0]} as it said different settings (preset digests "
-            f"{base.settings[2]} and {variant.settings[2]}; None: not recorded)"
-        )
-    if rule.paired and (extra or dropped):
+    differ = tables.settings_differ(base.report, variant.report)
+    if rule.paired and differ:
         raise ValueError(
             f"rule {rule_name} compares two rows of the same runs, and the arms' settings differ "
-            f"(the {variant.label} arm adds {extra}, drops {dropped})"
+            f"(the {variant.label} arm adds {extra}, drops {dropped}; {'; '.join(differ)})"
         )
-    if not rule.paired and not extra and not dropped:
+    if not rule.paired and not differ:
         raise ValueError("the arms have the same learning settings: nothing to decide")
     metric = "test accuracy" if rule.metric == "test" else "target dev F1, last self-training step"
     if rule.paired:
         what = f"The {variant.label} arm is the row {rule.variant_row!r} of the same runs"
-    else:
+    elif extra or dropped:
         what = f"The {variant.label} arm adds {extra or 'nothing'}" + (
             f" and drops {dropped}" if dropped else ""
         )
+    else:  # the same command, another version of the preset
+        what = f"The {variant.label} arm ran the preset with other settings: {'; '.join(differ)}"
     lines = [
         f"Rule {rule_name}: "
         + (f"{variant.row!r} against {base.row}, " if rule.paired else f"{base.row}' ")

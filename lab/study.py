@@ -33,10 +33,10 @@ from pathlib import Path
 
 import torch
 
-from lab.tables import preset_digest
+from lab.tables import learning_part
 from xlt_engine import provenance
 from xlt_engine.engine.experiment.ablations import fixed_threshold, soft_only, without_btf
-from xlt_engine.engine.experiment.config import load_config
+from xlt_engine.engine.experiment.config import load_config, to_dict
 from xlt_engine.engine.experiment.pipeline import pair_configs
 from xlt_engine.engine.experiment.runs import model_stage, stage_dir, with_linear_head, with_section
 from xlt_engine.engine.experiment.stages.selftrain import teacher_models
@@ -261,7 +261,7 @@ def run_study(args, argv: list[str]) -> dict:
             "command": shlex.join(["python", "-m", "lab.study", *argv]),
             "command_resolved": resolved_command(args),
             "config": args.config,
-            "preset": preset_digest(args.config),
+            "resolved": learning_part(to_dict(cfg)),
             "overrides": args.overrides,
             "how": args.how,
             "metric": result["metric"],
@@ -293,7 +293,7 @@ def with_statistics(report: dict) -> dict:
     return report
 
 
-SAME_IN_MERGED = ("config", "preset", "overrides", "how", "metric", "fixed_alpha", "machine")
+SAME_IN_MERGED = ("config", "resolved", "overrides", "how", "metric", "fixed_alpha", "machine")
 
 
 def _sources(path: Path, report: dict) -> list[dict]:

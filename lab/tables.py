@@ -3,10 +3,10 @@ hold some targets, seeds and rows (the per-job reports of lab/gpu_tables.sh: one
 target and seed), as one Markdown table: each row's mean +- std per target over the seeds it
 has, the average over targets, Ours minus - ST beside the paper's margin, and per row the
 self-training runs whose round-1 pseudo labels tripped the collapse guard. Reports of different
-settings must not be mixed: their ``config``, that preset's content as they read it (``preset``,
-recorded since 2026-11-29: a preset changed by a decision is not the preset its earlier reports
-ran) and learning overrides must match (data sizes, targets, paths and the device aside), else it
-fails naming the file.
+settings must not be mixed: their ``config`` and learning overrides must match (data sizes,
+targets, paths and the device aside), or, where a report records the settings it ran
+(``resolved``, since 2026-11-29), those settings must (``settings_differ``: a preset changed by a
+decision is not the preset its earlier reports ran), else it fails naming the file.
 
 ``--models LABEL RESULTS...`` (repeatable, no reports) prints instead a table of models evaluated
 apart, one row per label over its ``results.json`` files (one per seed): each language's
@@ -22,12 +22,14 @@ and that was evaluated apart with ``xlt-engine run --stage evaluate`` joins the 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
+import subprocess
+import tempfile
+import warnings
 from pathlib import Path
 
-import tomllib
+ROOT = Path(__file__).resolve().parents[1]
 
 # The paper's Table 6 (CoNLL, entity F1 %: deu, esp, ned) and Table 5's books columns (CLS-10,
 # accuracy %: de, fr, and JA as the data's jp), mBERT, seed 001's text; "MBERT" is direct transfer
@@ -51,34 +53,100 @@ PLACE = ("targets=", "data.root=", "model.path=", "device=", "data.max_")
 ORDER = ("Ours", "- AT", "- VM", "- BTF", "- ST", "direct transfer", "soft only")
 
 
-def preset_digest(config: str | Path) -> str:
-    """What a preset says, comments and layout aside: the first 16 hex digits of the SHA-256 of
-    its parsed TOML as sorted JSON. A report records it (``preset``) so that reports of one
-    preset path before and after its settings changed are not taken for the same settings."""
-    with open(config, "rb") as f:
-        parsed = tomllib.load(f)
-    text = json.dumps(parsed, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+def learning_part(resolved: dict) -> dict:
+    """A resolved config (``config.to_dict``) less the where: targets, device, out folder, seed
+    (a study sets each), language files, data root and sizes, model path, logging."""
+    out = {k: v for k, v in resolved.items() if k not in PLACE_KEYS}
+    if isinstance(out.get("data"), dict):
+        out["data"] = {k: v for k, v in out["data"].items() if k != "root" and "max_" not in k}
+    if isinstance(out.get("model"), dict):
+        out["model"] = {k: v for k, v in out["model"].items() if k != "path"}
+    return json.loads(json.dumps(_no_logging(out), default=str))  # plain JSON, as stored
+
+
+PLACE_KEYS = ("targets", "device", "out", "seed", "name", "languages")
+
+
+def _no_logging(value):
+    if isinstance(value, dict):
+        return {k: _no_logging(v) for k, v in value.items() if not k.endswith("log_every")}
+    return value
+
+
+def rebuilt(report: dict) -> dict | None:
+    """The learning part of the settings a report written before reports recorded them
+    (``resolved``, since 2026-11-29) ran: its preset as committed at the report's commit
+    (``environment.git_sha``, ``+dirty`` dropped) with its learning overrides, read by today's
+    engine (its defaults fill what the preset did not say). None when that commit or file is not
+    in this repository or today's engine refuses the preset (a renamed key)."""
+    from xlt_engine.engine.experiment.config import ConfigError, load_config, to_dict
+
+    env = report.get("environment") or (report.get("merged_from") or [{}])[0].get("environment")
+    sha = (env or {}).get("git_sha", "").split("+")[0] if isinstance(env, dict) else ""
+    if not sha:
+        return None
+    try:
+        shown = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{sha}:{report['config']}"],
+            capture_output=True,
+            text=True,
+        )
+    except OSError:  # no git here
+        return None
+    if shown.returncode != 0:
+        return None
+    learning = [o for o in report["overrides"] if not o.startswith(PLACE)]
+    with tempfile.TemporaryDirectory() as tmp:
+        preset = Path(tmp) / Path(report["config"]).name
+        preset.write_text(shown.stdout, encoding="utf-8")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return learning_part(to_dict(load_config(preset, learning)))
+        except ConfigError:
+            return None
 
 
 def learning_settings(report: dict) -> tuple:
-    """The settings a report's scores depend on, the where (targets, paths, device, sizes) aside:
-    its config, its learning overrides, and its preset's digest (None in a report written before
-    reports recorded it)."""
-    learning = tuple(o for o in report["overrides"] if not o.startswith(PLACE))
-    return (report["config"], learning, report.get("preset"))
+    """The settings a report's scores depend on as its command said them, the where (targets,
+    paths, device, sizes) aside: its config and its learning overrides."""
+    return (report["config"], tuple(o for o in report["overrides"] if not o.startswith(PLACE)))
 
 
-def settings_differ(path: Path, settings: tuple, first: Path, had: tuple) -> str:
-    """Why the report ``path`` cannot join ``first``'s table."""
-    if settings[:2] == had[:2]:
-        what = {None: "not recorded: a report written before 2026-11-29"}
-        return (
-            f"{path}: {settings[0]} said other settings when it ran (preset digest "
-            f"{what.get(settings[2], settings[2])}) than when {first} ran "
-            f"({what.get(had[2], had[2])}): tabulate the preset's versions apart"
-        )
-    return f"{path}: settings {settings[:2]} differ from {first}'s {had[:2]}"
+def _dotted(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            flat |= _dotted(v, f"{prefix}{k}.")
+        else:
+            flat[f"{prefix}{k}"] = v
+    return flat
+
+
+def settings_differ(a: dict, b: dict) -> list[str] | None:
+    """None when the reports ``a`` and ``b`` ran the same learning settings, else what differs.
+    Two reports that do not record what they ran (``resolved``, since 2026-11-29) are the same
+    when their configs and learning overrides are, as their commands say. Otherwise the
+    settings each ran are compared: recorded, or rebuilt from its commit (``rebuilt``), key by
+    key where both have the key (a setting added to the engine later is absent from earlier
+    records). A preset whose settings changed between the runs differs; the preset and a
+    ``--set`` it adopted later do not."""
+    if "resolved" not in a and "resolved" not in b:
+        la, lb = learning_settings(a), learning_settings(b)
+        if la == lb:
+            return None
+        if la[0] != lb[0]:
+            return [f"config {la[0]} / {lb[0]}"]
+        return [f"learning overrides {list(la[1])} / {list(lb[1])}"]
+    if a["config"] != b["config"]:
+        return [f"config {a['config']} / {b['config']}"]
+    ra, rb = (r.get("resolved") or rebuilt(r) for r in (a, b))
+    if ra is None or rb is None:
+        return ["the settings of a report written before 2026-11-29 could not be read back "
+                "(its commit or preset is not readable here)"]  # fmt: skip
+    fa, fb = _dotted(ra), _dotted(rb)
+    diff = [f"{k}: {fa[k]!r} / {fb[k]!r}" for k in sorted(fa.keys() & fb.keys()) if fa[k] != fb[k]]
+    return diff or None
 
 
 def collect(paths: list[Path]) -> tuple[dict, dict, dict]:
@@ -90,11 +158,10 @@ def collect(paths: list[Path]) -> tuple[dict, dict, dict]:
     first = None
     for path in paths:
         report = json.loads(path.read_text(encoding="utf-8"))
-        settings = learning_settings(report)
         if first is None:
-            first = (path, settings)
-        elif settings != first[1]:
-            raise ValueError(settings_differ(path, settings, *first))
+            first = (path, report)
+        elif diff := settings_differ(first[1], report):
+            raise ValueError(f"{path}: other settings than {first[0]}: {'; '.join(diff)}")
         for row, info in report["rows"].items():
             for target, values in info["scores"].items():
                 for seed, value in zip(report["seeds"], values, strict=True):

@@ -21,14 +21,14 @@ def _report(
     overrides=(),
     config="configs/e5-small-cls.toml",
     details=(),
-    preset=None,
+    resolved=None,
 ) -> Path:
     """A report of seeds 1-3 whose rows give ``{target: [score a seed]}``."""
     path.write_text(
         json.dumps(
             {
                 "config": config,
-                **({"preset": preset} if preset else {}),
+                **({"resolved": resolved} if resolved else {}),
                 "overrides": ["device=cpu", "data.max_train=1000000", *overrides],
                 "seeds": [1, 2, 3],
                 "rows": {r: {"scores": s, "seconds": 1.0} for r, s in rows.items()},
@@ -274,7 +274,6 @@ def test_a_step_without_target_dev_names_report_and_step(tmp_path, capsys):
     [
         ({}, "the arms have the same learning settings"),
         ({"overrides": [WARM], "config": "configs/conll.toml"}, "the arms use different configs"),
-        ({"overrides": [WARM], "preset": "0123456789abcdef"}, "(preset digests None and 0123"),
     ],
 )
 def test_arms_that_are_not_one_change_apart_are_refused(tmp_path, capsys, variant_kwargs, message):
@@ -282,6 +281,26 @@ def test_arms_that_are_not_one_change_apart_are_refused(tmp_path, capsys, varian
     warm = _report(tmp_path / "w.json", {"Ours": {"de": [0.8] * 3}}, **variant_kwargs)
     assert decide.main(["cls", "--base", str(base), "--variant", str(warm)]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_arms_said_alike_are_told_apart_by_what_they_ran(tmp_path, capsys):
+    """Where a report records what it ran (``resolved``), the arms are compared on that: the
+    same command over a preset whose settings changed is a decision; a preset that adopted the
+    variant's ``--set`` is the variant, not a second arm."""
+    from lab.tables import learning_part
+    from xlt_engine.engine.experiment.config import load_config, to_dict
+
+    cls = Path(__file__).resolve().parents[2] / "configs/e5-small-cls.toml"
+    shipped, warm = (learning_part(to_dict(load_config(cls, o))) for o in ([], [WARM]))
+    base = _report(tmp_path / "b.json", {"Ours": {"de": [0.8] * 3}}, resolved=shipped)
+    changed = _report(tmp_path / "c.json", {"Ours": {"de": [0.9] * 3}}, resolved=warm)
+    assert decide.main(["cls", "--base", str(base), "--variant", str(changed)]) == 3
+    out = capsys.readouterr().out
+    assert "ran the preset with other settings: btf.head_warmup_epochs: 0.0 / 2" in out
+    said = _report(tmp_path / "s.json", {"Ours": {"de": [0.9] * 3}}, overrides=[WARM],
+                   resolved=warm)  # fmt: skip
+    assert decide.main(["cls", "--base", str(changed), "--variant", str(said)]) == 2
+    assert "the arms have the same learning settings" in capsys.readouterr().err
 
 
 def test_a_file_that_is_not_a_report_is_named(tmp_path, capsys):

@@ -76,14 +76,15 @@ def _no_logging(value):
 def rebuilt(report: dict) -> dict | None:
     """The learning part of the settings a report written before reports recorded them
     (``resolved``, since 2026-11-29) ran: its preset as committed at the report's commit
-    (``environment.git_sha``, ``+dirty`` dropped) with its learning overrides, read by today's
-    engine (its defaults fill what the preset did not say). None when that commit or file is not
-    in this repository or today's engine refuses the preset (a renamed key)."""
+    (``environment.git_sha``) with its learning overrides, read by today's engine (its defaults
+    fill what the preset did not say). None when the commit was dirty (the tree that ran was not
+    that commit: a lent GPU's copy of the working tree reports a stale commit), when that commit
+    or file is not in this repository, or when today's engine refuses the preset (a renamed key)."""
     from xlt_engine.engine.experiment.config import ConfigError, load_config, to_dict
 
     env = report.get("environment") or (report.get("merged_from") or [{}])[0].get("environment")
-    sha = (env or {}).get("git_sha", "").split("+")[0] if isinstance(env, dict) else ""
-    if not sha:
+    sha = (env or {}).get("git_sha", "") if isinstance(env, dict) else ""
+    if not sha or not all(c in "0123456789abcdef" for c in sha):  # none, or "+dirty"
         return None
     try:
         shown = subprocess.run(

@@ -122,7 +122,7 @@ def test_reports_join_when_they_ran_the_same_settings_however_they_said_them(tmp
                           text=True)  # fmt: skip
     if head.returncode != 0:
         pytest.skip("not a git checkout: a report's commit cannot be read")
-    at_head = {"git_sha": head.stdout.strip() + "+dirty"}
+    at_head = {"git_sha": head.stdout.strip()}
 
     def report(name, seed, score, overrides=(), **extra):
         path = _report(tmp_path / name, [seed], {"Ours": {"de": [score]}}, overrides=overrides)
@@ -133,6 +133,7 @@ def test_reports_join_when_they_ran_the_same_settings_however_they_said_them(tmp
     old = report("old.json", 1, 0.80, environment=at_head)  # the preset as committed
     old_warm = report("old_warm.json", 2, 0.88, [WARM], environment=at_head)
     unreadable = report("gone.json", 3, 0.85, environment={"git_sha": "0" * 40})
+    dirty = report("dirty.json", 3, 0.85, environment={"git_sha": at_head["git_sha"] + "+dirty"})
     now = report("now.json", 3, 0.86, resolved=_resolved())
     adopted = report("adopted.json", 1, 0.87, resolved=_resolved(WARM))
 
@@ -143,8 +144,9 @@ def test_reports_join_when_they_ran_the_same_settings_however_they_said_them(tmp
     with pytest.raises(ValueError, match=r"old.json: other settings than .*adopted.json: "
                                          r"btf.head_warmup_epochs: 2.0 / 0.0"):  # fmt: skip
         tables.collect([adopted, old])
-    with pytest.raises(ValueError, match="gone.json: .*could not be read back"):
-        tables.collect([now, unreadable])
+    for path in (unreadable, dirty):  # no such commit; a tree that was not its commit
+        with pytest.raises(ValueError, match=f"{path.name}: .*could not be read back"):
+            tables.collect([now, path])
     with pytest.raises(ValueError, match=r"old_warm.json: .*learning overrides \[\] / \['btf"):
         tables.collect([old, old_warm])  # neither records its settings: their commands differ
 

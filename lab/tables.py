@@ -53,6 +53,10 @@ PLACE = ("targets=", "data.root=", "model.path=", "device=", "data.max_")
 ORDER = ("Ours", "- AT", "- VM", "- BTF", "- ST", "direct transfer", "soft only")
 
 
+# the same where in a resolved config's tree (lab.study records the rest: ``resolved``)
+PLACE_KEYS = ("targets", "device", "out", "seed", "name", "languages")
+
+
 def learning_part(resolved: dict) -> dict:
     """A resolved config (``config.to_dict``) less the where: targets, device, out folder, seed
     (a study sets each), language files, data root and sizes, model path, logging."""
@@ -62,9 +66,6 @@ def learning_part(resolved: dict) -> dict:
     if isinstance(out.get("model"), dict):
         out["model"] = {k: v for k, v in out["model"].items() if k != "path"}
     return json.loads(json.dumps(_no_logging(out), default=str))  # plain JSON, as stored
-
-
-PLACE_KEYS = ("targets", "device", "out", "seed", "name", "languages")
 
 
 def _no_logging(value):

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from lab.tables import learning_part
+from lab.tables import learning_part, settings_differ
 from xlt_engine import provenance
 from xlt_engine.engine.experiment.ablations import fixed_threshold, soft_only, without_btf
 from xlt_engine.engine.experiment.config import load_config, to_dict
@@ -293,7 +293,7 @@ def with_statistics(report: dict) -> dict:
     return report
 
 
-SAME_IN_MERGED = ("config", "resolved", "overrides", "how", "metric", "fixed_alpha", "machine")
+SAME_IN_MERGED = ("config", "overrides", "how", "metric", "fixed_alpha", "machine")
 
 
 def _sources(path: Path, report: dict) -> list[dict]:
@@ -334,6 +334,11 @@ def merge_studies(paths: list[Path], name: str, how: str | None = None) -> dict:
                     f"{path}: {key} is {r.get(key)!r}, {paths[0]} has {first.get(key)!r}: "
                     "only studies of the same settings merge"
                 )
+        if differ := settings_differ(first, r):  # the settings each ran, where recorded
+            raise ValueError(
+                f"{path}: other settings than {paths[0]} ({'; '.join(differ)}): only studies of "
+                "the same settings merge"
+            )
     cells: dict[tuple[str, int], tuple[dict, Path]] = {}  # (row, seed) -> scores per target
     seconds: dict[str, float] = {}
     for path, r in zip(paths, reports, strict=True):
@@ -389,6 +394,7 @@ def merge_studies(paths: list[Path], name: str, how: str | None = None) -> dict:
             "name": name,
             "date": date.today().isoformat(),
             **{key: first.get(key) for key in SAME_IN_MERGED},
+            **({"resolved": first["resolved"]} if first.get("resolved") else {}),
             **({"how": how} if how is not None else {}),
             "seeds": order,
             "rows": rows,

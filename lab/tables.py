@@ -133,7 +133,7 @@ def settings_differ(a: dict, b: dict) -> list[str] | None:
     key where both have the key (a setting added to the engine later is absent from earlier
     records). A preset whose settings changed between the runs differs; the preset and a
     ``--set`` it adopted later do not."""
-    if "resolved" not in a and "resolved" not in b:
+    if not a.get("resolved") and not b.get("resolved"):
         la, lb = learning_settings(a), learning_settings(b)
         if la == lb:
             return None

@@ -157,6 +157,22 @@ def test_merge_refuses_other_settings_and_a_seed_twice(tmp_path):
         merge_studies([a, c], "m")
 
 
+def test_merge_compares_the_settings_each_study_ran_and_keeps_them(tmp_path):
+    """Studies that record what they ran (``resolved``) merge only when it is the same, though
+    their commands match (a preset changed between them); the merge keeps it."""
+    ran = {"btf": {"epoch_size": 1600, "head_warmup_epochs": 0.0}}
+    changed = {"btf": {"epoch_size": 1600, "head_warmup_epochs": 2.0}}
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps(_report([1], {"Ours": [0.6]}, 60, "a") | {"resolved": ran}))
+    b.write_text(json.dumps(_report([2], {"Ours": [0.4]}, 60, "b") | {"resolved": ran}))
+    c.write_text(json.dumps(_report([3], {"Ours": [0.4]}, 60, "c") | {"resolved": changed}))
+    assert merge_studies([a, b], "m")["resolved"] == ran
+    with pytest.raises(ValueError, match=r"c.json: other settings than .*a.json "
+                                         r"\(btf.head_warmup_epochs: 0.0 / 2.0\)"):  # fmt: skip
+        merge_studies([a, c], "m")
+    assert "resolved" not in merge_studies_of([_report([1], {"Ours": [0.6]}, 60, "a")], tmp_path)
+
+
 def test_merge_adds_rows_run_later_on_the_same_seeds(tmp_path):
     """A later run with other rows on the same seeds: the rows in the ablation's order, a row
     in both kept once (and checked equal: the same models), its wall time counted once."""

@@ -108,7 +108,7 @@ def _resolved(*overrides: str) -> dict:
 
 
 CLS = "configs/e5-small-cls.toml"
-WARM = "btf.head_warmup_epochs=2"
+LR = "selftrain.soft.lr=2e-4"  # not the preset's value
 
 
 def test_reports_join_when_they_ran_the_same_settings_however_they_said_them(tmp_path):
@@ -131,24 +131,24 @@ def test_reports_join_when_they_ran_the_same_settings_however_they_said_them(tmp
         return path
 
     old = report("old.json", 1, 0.80, environment=at_head)  # the preset as committed
-    old_warm = report("old_warm.json", 2, 0.88, [WARM], environment=at_head)
+    old_lr = report("old_lr.json", 2, 0.88, [LR], environment=at_head)
     unreadable = report("gone.json", 3, 0.85, environment={"git_sha": "0" * 40})
     dirty = report("dirty.json", 3, 0.85, environment={"git_sha": at_head["git_sha"] + "+dirty"})
     now = report("now.json", 3, 0.86, resolved=_resolved())
-    adopted = report("adopted.json", 1, 0.87, resolved=_resolved(WARM))
+    adopted = report("adopted.json", 1, 0.87, resolved=_resolved(LR))
 
     scores, _, _ = tables.collect([now, old])  # the same commands, the same settings
     assert scores["Ours"]["de"] == {3: 0.86, 1: 0.80}
-    scores, _, _ = tables.collect([adopted, old_warm])  # said two ways, the same settings
+    scores, _, _ = tables.collect([adopted, old_lr])  # said two ways, the same settings
     assert scores["Ours"]["de"] == {1: 0.87, 2: 0.88}
     with pytest.raises(ValueError, match=r"old.json: other settings than .*adopted.json: "
-                                         r"btf.head_warmup_epochs: 2.0 / 0.0"):  # fmt: skip
+                                         r"selftrain.soft.lr: 0.0002 / 0.0001"):  # fmt: skip
         tables.collect([adopted, old])
     for path in (unreadable, dirty):  # no such commit; a tree that was not its commit
         with pytest.raises(ValueError, match=f"{path.name}: .*could not be read back"):
             tables.collect([now, path])
-    with pytest.raises(ValueError, match=r"old_warm.json: .*learning overrides \[\] / \['btf"):
-        tables.collect([old, old_warm])  # neither records its settings: their commands differ
+    with pytest.raises(ValueError, match=r"old_lr.json: .*learning overrides \[\] / \['selftr"):
+        tables.collect([old, old_lr])  # neither records its settings: their commands differ
 
     # the where is not a setting; a key one record lacks (added to the engine later) is skipped
     placed = _resolved("data.root=/x", "model.path=/m", 'targets=["fr"]', "device=cpu")

@@ -342,8 +342,8 @@ def test_the_precision_of_each_ours_cell_is_printed_where_recorded(tmp_path, cap
 
 
 def test_committed_cls_records(capsys):
-    """The committed CLS reports: the rule reads the warm - ST seeds 1-3 and says which Ours
-    cells it still needs (the shipped arm's - ST seed 1 cells were evaluated apart)."""
+    """The committed CLS reports: every cell of both arms (the shipped arm's - ST seed 1 cells
+    evaluated apart), and the rule's verdict of 2026-11-29: adopt."""
     early = ROOT / "lab/results/cls_cpu_full_20261127/early"
     rc = decide.main(
         [
@@ -369,12 +369,10 @@ def test_committed_cls_records(capsys):
     assert (
         "| warm | - ST | 87.50 | 85.00 | 87.60 | 87.45 | 86.50 | 87.80 | 86.98 ± 1.07 (6) |" in out
     )
-    assert "| shipped | Ours | 87.70 | 84.00 | 88.30 | 85.00 | 87.05 | – |" in out  # s2-3: bf16
-    assert "| warm | Ours | 88.15 | – | 87.90 | 87.35 | 88.25 | 87.60 |" in out  # s1-2: bf16
-    if rc == decide.UNDECIDED:
-        assert "missing: shipped Ours fr seed 3, warm Ours de seed 2" in out
-    else:  # every cell committed: the verdict is one of the rule's two
-        assert out.rstrip().endswith(("Verdict: adopt", "Verdict: keep"))
+    assert "| shipped | Ours | 87.70 | 84.00 | 88.30 | 85.00 | 87.05 | 87.10 |" in out  # s2-3: bf16
+    assert "| warm | Ours | 88.15 | 87.10 | 87.90 | 87.35 | 88.25 | 87.60 |" in out  # s1-2: bf16
+    assert "- Ours: warm − shipped = +1.20 (margin 0.25)" in out and "missing" not in out
+    assert rc == 0 and out.rstrip().endswith("Verdict: adopt")  # every cell committed
 
 
 def test_the_lab_readme_decide_command_runs_and_prints_the_cells_it_quotes(capsys, monkeypatch):
@@ -398,7 +396,7 @@ def test_the_lab_readme_decide_command_runs_and_prints_the_cells_it_quotes(capsy
         argv += matches
     rc = decide.main(argv)
     out = capsys.readouterr().out
-    assert "| warm | Ours | 88.15 | – | 87.90 | 87.35 | 88.25 | 87.60 |" in out
-    assert "86.41 ± 1.83 (5)" in out and "87.85 ± 0.38 (5)" in out
+    assert "| warm | Ours | 88.15 | 87.10 | 87.90 | 87.35 | 88.25 | 87.60 |" in out
+    assert "86.52 ± 1.66 (6)" in out and "87.73 ± 0.45 (6)" in out
     assert "84.33 ± 5.61 (6)" in out and "86.98 ± 1.07 (6)" in out
-    assert rc in (0, decide.UNDECIDED)
+    assert rc == 0 and out.rstrip().endswith("Verdict: adopt")

@@ -11,7 +11,6 @@
 #   bash benchmarks/fetch_wheels.sh && TABLE=conll bash lab/gpu_tables.sh prepare   # here, once
 #   run(carry=[".gpu_tables", ".whl"], timeout_s=600, command="TABLE=conll bash lab/gpu_tables.sh run")
 #   run(carry=[".gpu_tables_cls", ".whl_min"], timeout_s=600, command="TABLE=cls WHEELS=.whl_min bash lab/gpu_tables.sh run")
-#   run(carry=[".gpu_tables_cls", ".whl_min"], timeout_s=600, command="TABLE=cls VARIANT=warm WHEELS=.whl_min bash lab/gpu_tables.sh run")
 #   run(carry=[".gpu_tables", ".whl"], timeout_s=600, command="TABLE=conll VARIANT=warm bash lab/gpu_tables.sh run")
 #   bash lab/gpu_tables.sh dry-run [JOB...]   # here: the jobs on CPU at tiny sizes, one at a time
 #   bash lab/gpu_tables.sh list               # the jobs (name | settings | target | seed | rows)
@@ -31,19 +30,19 @@
 # "full": configs/e5-small-conll.toml as shipped, with the whole files (eng.train 14,041
 # sentences; esp.train 8,323 / ned.train 15,806 as unlabeled text, tags unread; German:
 # deu.testa, its only text); full test files.
-# TABLE=cls: the paper's Table 5 (books) with configs/e5-small-cls.toml as shipped (pre-registered
-# there): all 2,000 English train reviews, each target's 2,000 train reviews as unlabeled text
-# (labels unread), the full test files; Ours, - ST, direct transfer and soft only at 3 seeds on
-# de, fr, jp, German seed 1's - BTF, French seed 1's - VM, Japanese seed 1's - VM and - BTF,
-# less what the CPU has reported (below). Its files and the pruned model travel in .gpu_tables_cls; .whl_min holds only click, tokenizers and safetensors, so that both fit the
+# TABLE=cls: the paper's Table 5 (books) with configs/e5-small-cls.toml as shipped since
+# 2026-11-29 (btf.head_warmup_epochs = 2 adopted by lab.decide cls): all 2,000 English train
+# reviews, each target's 2,000 train reviews as unlabeled text (labels unread), the full test
+# files; Ours, - ST, direct transfer and soft only at 3 seeds on de, fr, jp, and - AT, - VM,
+# - BTF at seed 1, less what the CPU reported with the warm-up as a --set (below). Its files and the pruned model travel in .gpu_tables_cls; .whl_min holds only click, tokenizers and safetensors, so that both fit the
 # tool's 64 MiB (WHEELS=.whl_min; make it with `pip download` as fetch_wheels.sh does, or copy
 # those three wheels out of .whl).
-# VARIANT=warm: in place of the table's jobs, the pre-registered rows of
+# VARIANT=warm (TABLE=conll): in place of the table's jobs, the pre-registered rows of
 # lab/results/cls_btf_cause_20261128: Ours, - ST and soft only with the preset plus one setting,
 # btf.head_warmup_epochs=2 (e5 ships no MLM head; its fresh head's first gradients cost Japanese),
-# at seeds 1-3: TABLE=cls on de, fr, jp (9 jobs, cls_warm_*; the CLS preset's decision is taken
-# on German and French), TABLE=conll on esp, ned, deu (9 jobs, conll_warm_*; the CoNLL preset's
-# decision is taken on these, not on CLS), each beside the table's rows of the preset as shipped.
+# on esp, ned, deu at seeds 1-3 (9 jobs, conll_warm_*; the CoNLL preset's decision is taken on
+# these, not on CLS), beside the table's rows of the preset as shipped. The CLS preset has the
+# warm-up since 2026-11-29: TABLE=cls runs it, and TABLE=cls VARIANT=warm is refused.
 # JOBS="name ..." picks some jobs of the table; the lists are below, in launch order.
 #
 # Everything goes to a work folder packed into $OUT/tables.tgz (the tool returns few files):
@@ -71,8 +70,7 @@ e5="$carry/e5-small-$table.bin" data="$carry/data"
 
 FULL="--config configs/e5-small-conll.toml --set data.max_train=1000000 --set data.max_unlabeled=1000000"
 CLS="--config configs/e5-small-cls.toml --set data.max_train=1000000 --set data.max_unlabeled=1000000"
-WARM="$CLS --set btf.head_warmup_epochs=2"  # VARIANT=warm: the preset plus one setting
-WARM_CONLL="$FULL --set btf.head_warmup_epochs=2"
+WARM_CONLL="$FULL --set btf.head_warmup_epochs=2"  # VARIANT=warm: the preset plus one setting
 # one job a line: name | settings | target | seed | rows. The main rows on every target at seeds
 # 1-3 (seed-major, so that each seed's targets start together), then the ablation rows at seed 1
 job_lines() {  # PREFIX SETTINGS "TARGETS" MAIN_ROWS "ABLATION TARGETS"
@@ -83,26 +81,24 @@ job_lines() {  # PREFIX SETTINGS "TARGETS" MAIN_ROWS "ABLATION TARGETS"
   done; done
 }
 case "$table:${VARIANT:-}" in
-  *: | *:warm) ;;
+  *: | conll:warm) ;;
+  cls:warm) echo "gpu_tables.sh: configs/e5-small-cls.toml has btf.head_warmup_epochs = 2 since 2026-11-29 (lab.decide cls): TABLE=cls runs it" >&2; exit 2 ;;
   *) echo "gpu_tables.sh: VARIANT must be empty or 'warm', got '${VARIANT:-}'" >&2; exit 2 ;;
 esac
 if [ "${VARIANT:-}" = warm ]; then
-  warm_set=WARM warm_targets="de fr jp"
-  [ "$table" = conll ] && warm_set=WARM_CONLL warm_targets="esp ned deu"
-  JOB_LIST=$(for s in 1 2 3; do for t in $warm_targets; do
-    echo "${table}_warm_${t}_s$s|$warm_set|$t|$s|Ours,- ST,soft only"; done; done)
-elif [ "$table" = cls ]; then  # seed 1's Ours and soft only on de / fr and German - AT / - VM: the CPU's
-  # reports (lab/results/cls_cpu_full_20261127); seed 1's - ST and direct transfer there were
-  # evaluated outside the study, so their jobs stay
-  main="Ours,- ST,direct transfer,soft only"
-  JOB_LIST=$(for t in de fr; do echo "cls_${t}_s1|CLS|$t|1|- ST,direct transfer"; done
-    echo "cls_jp_s1|CLS|jp|1|$main"
-    for s in 2 3; do for t in de fr jp; do echo "cls_${t}_s$s|CLS|$t|$s|$main"; done; done
-    job_lines cls CLS "" "" "de" | grep -v -E '_(at|vm)\|'
-    echo "cls_fr_s1_vm|CLS|fr|1|- VM"  # stopped on the CPU in round 2, its folder lost
-    # Japanese: BTF, not the voters, turns its teachers' lean total (the CPU's teachers,
-    # lab/results/cls_cpu_full_20261127); what self-training makes of each of those teachers
-    echo "cls_jp_s1_vm|CLS|jp|1|- VM"; echo "cls_jp_s1_btf|CLS|jp|1|- BTF")
+  JOB_LIST=$(for s in 1 2 3; do for t in esp ned deu; do
+    echo "conll_warm_${t}_s$s|WARM_CONLL|$t|$s|Ours,- ST,soft only"; done; done)
+elif [ "$table" = cls ]; then  # the preset with the warm-up: Ours and - ST on de / fr at seeds 1-3
+  # and soft only on de / fr at seed 3 ran on the CPU as the earlier preset plus the --set
+  # (lab/results/cls_warm_*); direct transfer runs no btf, but its cells of the earlier preset
+  # are another version of the preset's settings, so its jobs stay. Named cls_warm_* (the warm
+  # rows' folders hold the same settings; the cls_* folders of the earlier preset do not)
+  JOB_LIST=$(for s in 1 2 3; do echo "cls_warm_jp_s$s|CLS|jp|$s|Ours,- ST,direct transfer,soft only"
+      for t in de fr; do
+        rows="direct transfer"; [ "$s" = 3 ] || rows="$rows,soft only"
+        echo "cls_warm_${t}_s$s|CLS|$t|$s|$rows"
+      done; done
+    job_lines cls_warm CLS "" "" "de fr jp")
 else  # Ours and - ST again beside soft only: it takes round 1's soft step from Ours' folder
   JOB_LIST=$(job_lines conll FULL "ned" "Ours,- ST,soft only" ""; job_lines conll FULL "" "" "ned" | grep '_btf|'
     for s in 2 3; do for t in esp ned deu; do echo "conll_${t}_s${s}_at|FULL|$t|$s|- AT"; done; done)

@@ -124,10 +124,13 @@ def test_the_gpu_tables_jobs_run_the_presets_as_shipped():
         assert w[:2] == ["--config", f"configs/e5-small-{preset}.toml"], (var, w)
         sets = [w[i + 1] for i, x in enumerate(w) if x == "--set"]
         assert sets and not [s for s in sets if is_learning(s)], (var, sets)
-    # VARIANT=warm: each preset plus the one pre-registered setting, nothing else
-    for var, base in (("WARM", "$CLS"), ("WARM_CONLL", "$FULL")):
-        warm = re.search(rf'^{var}="([^"]*)"', text, re.M).group(1)
-        assert shlex.split(warm) == [base, "--set", "btf.head_warmup_epochs=2"], (var, warm)
+    # VARIANT=warm: the CoNLL preset plus the one pre-registered setting, nothing else (the CLS
+    # preset says it since 2026-11-29)
+    warm = re.search(r'^WARM_CONLL="([^"]*)"', text, re.M).group(1)
+    assert shlex.split(warm) == ["$FULL", "--set", "btf.head_warmup_epochs=2"], warm
+    assert not re.search(r"^WARM=", text, re.M)
+    cls = load_config(ROOT / "configs/e5-small-cls.toml", [])
+    assert dict(cls.sections)["btf"].head_warmup_epochs == 2  # adopted: lab.decide cls
 
 
 def list_jobs(**env) -> list[list[str]]:
@@ -145,7 +148,9 @@ def list_jobs(**env) -> list[list[str]]:
 # the --sets a preset adopted by a decision, from then on said by the preset itself: a report
 # written before reports recorded their settings ran the preset as it stands now when its
 # learning --sets are exactly these (before the adoption the preset did not say them)
-ADOPTED: dict[str, list[str]] = {}
+ADOPTED: dict[str, list[str]] = {
+    "configs/e5-small-cls.toml": ["btf.head_warmup_epochs=2"]  # 2026-11-29, lab.decide cls
+}
 
 
 def as_shipped(report: dict) -> bool:
@@ -164,16 +169,15 @@ def as_shipped(report: dict) -> bool:
     return settings_differ(now, report) is None
 
 
-@pytest.mark.parametrize(
-    "table, settings, targets",
-    [("cls", "WARM", ("de", "fr", "jp")), ("conll", "WARM_CONLL", ("esp", "ned", "deu"))],
-)
-def test_the_warm_variant_runs_its_preregistered_rows(table, settings, targets):
-    """``VARIANT=warm``: Ours, - ST and soft only with the one setting on every target of the
-    table at seeds 1-3, in jobs of their own names (their own runs folders and reports); with
-    another value the script stops before running anything."""
+def test_the_warm_variant_runs_its_preregistered_rows():
+    """``VARIANT=warm``: Ours, - ST and soft only with the one setting on every CoNLL target at
+    seeds 1-3, in jobs of their own names (their own runs folders and reports); with another
+    value, or on CLS (whose preset has the setting since 2026-11-29), the script stops before
+    running anything."""
     import os
     import subprocess
+
+    table, settings, targets = "conll", "WARM_CONLL", ("esp", "ned", "deu")
 
     jobs = list_jobs(TABLE=table, VARIANT="warm")
     assert {(t, s) for _, _, t, s, _ in jobs} == {(t, s) for t in targets for s in "123"}
@@ -189,6 +193,11 @@ def test_the_warm_variant_runs_its_preregistered_rows(table, settings, targets):
             capture_output=True, text=True,
         )  # fmt: skip
         assert bad.returncode == 2 and "VARIANT must be" in bad.stderr and not bad.stdout, env
+    cls = subprocess.run(
+        ["bash", str(LAB / "gpu_tables.sh"), "list"],
+        env={**os.environ, "TABLE": "cls", "VARIANT": "warm"}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert cls.returncode == 2 and "has btf.head_warmup_epochs = 2" in cls.stderr and not cls.stdout
 
 
 def test_a_report_with_a_learning_setting_is_not_the_preset_as_shipped():
@@ -201,11 +210,15 @@ def test_a_report_with_a_learning_setting_is_not_the_preset_as_shipped():
         return {"config": cls, "overrides": list(overrides), "resolved": resolved}
 
     assert as_shipped(report("data.max_train=1000000", "device=cpu", 'targets=["de"]'))
-    warm = "btf.head_warmup_epochs=2"
-    assert not as_shipped(report("data.max_train=1000000", warm, ran=[warm]))
-    assert not as_shipped(report("data.max_train=1000000", ran=[warm]))  # the preset then said it
+    lr = "selftrain.soft.lr=2e-4"
+    assert not as_shipped(report("data.max_train=1000000", lr, ran=[lr]))
+    assert not as_shipped(report("data.max_train=1000000", ran=[lr]))  # the preset then said it
+    warm = "btf.head_warmup_epochs=2"  # adopted by the CLS preset: the same settings said twice
+    assert as_shipped(report("data.max_train=1000000", warm, ran=[warm]))
     before = {"config": "configs/e5-small-cls.toml", "overrides": ["data.max_train=1000000"]}
-    assert as_shipped(before) and not as_shipped(before | {"overrides": [warm]})
+    assert as_shipped(before | {"overrides": [warm]}) and not as_shipped(before)  # before 11-29
+    conll = {"config": "configs/e5-small-conll.toml", "overrides": ["data.max_train=1000000"]}
+    assert as_shipped(conll) and not as_shipped(conll | {"overrides": [warm]})
 
 
 def test_the_check_catches_a_restated_and_a_learning_setting(tmp_path):

@@ -152,6 +152,7 @@ def test_the_e5_preset_runs_btf_finetune_and_evaluate(converted, shared_data, tm
         "model.max_len": 64,
         "btf.batch_size": 4,
         "btf.train.max_steps": 2,
+        "btf.epoch_size": 8,  # the preset's head warm-up: 2 epochs of 8 windows, 4 steps
         "finetune.batch_size": 4,
         "finetune.train.max_steps": 3,
         **files,
@@ -165,6 +166,7 @@ def test_the_e5_preset_runs_btf_finetune_and_evaluate(converted, shared_data, tm
         assert res.exit_code == 0, (stage, res.output, res.exception)
     with safe_open(str(run / "btf" / "base-model" / "model.safetensors"), "pt") as f:
         assert "cls.predictions.transform.dense.weight" in f.keys()  # the fresh head, trained
+    assert (run / "btf" / "head-warmup").is_dir()  # the preset trains the head alone first
     meta = json.loads((run / "finetune" / "model" / "task.json").read_text())
     assert meta["representation"] == "mean"
     results = json.loads((run / "evaluate-finetune" / "results.json").read_text())

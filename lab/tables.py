@@ -25,7 +25,6 @@ import argparse
 import json
 import statistics
 import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -48,30 +47,45 @@ PAPER = {
         "jp": 72.44,
     },
 }
-# overrides that say where and on what a study ran, not how it learned
-PLACE = ("targets=", "data.root=", "model.path=", "device=", "data.max_")
+# The where of a run as dotted keys (a key, or a prefix where it ends in "." or "_"): which
+# languages and files, how much of them, the model's folder, the device, the run's folder, seed
+# and name. A study sets each; the rest is how it learned and what it scored. The one list, read
+# for a report's --sets and for the settings it records (``resolved``), and by lab/tests.
+WHERE = (
+    "targets",
+    "sources",
+    "languages.",
+    "data.root",
+    "data.max_",
+    "model.path",
+    "device",
+    "out",
+    "seed",
+    "name",
+)
 ORDER = ("Ours", "- AT", "- VM", "- BTF", "- ST", "direct transfer", "soft only")
 
 
-# the same where in a resolved config's tree (lab.study records the rest: ``resolved``)
-PLACE_KEYS = ("targets", "device", "out", "seed", "name", "languages")
+def is_learning(key: str) -> bool:
+    """Whether a dotted key, or a ``--set key=value``, says how a run learned or what it scored:
+    not where (``WHERE``), not how often it logs."""
+    key = key.split("=", 1)[0]
+    where = any(key == w or (w[-1] in "._" and key.startswith(w)) for w in WHERE)
+    return not (where or key.endswith("log_every"))
 
 
-def learning_part(resolved: dict) -> dict:
-    """A resolved config (``config.to_dict``) less the where: targets, device, out folder, seed
-    (a study sets each), language files, data root and sizes, model path, logging."""
-    out = {k: v for k, v in resolved.items() if k not in PLACE_KEYS}
-    if isinstance(out.get("data"), dict):
-        out["data"] = {k: v for k, v in out["data"].items() if k != "root" and "max_" not in k}
-    if isinstance(out.get("model"), dict):
-        out["model"] = {k: v for k, v in out["model"].items() if k != "path"}
-    return json.loads(json.dumps(_no_logging(out), default=str))  # plain JSON, as stored
-
-
-def _no_logging(value):
-    if isinstance(value, dict):
-        return {k: _no_logging(v) for k, v in value.items() if not k.endswith("log_every")}
-    return value
+def learning_part(resolved: dict, prefix: str = "") -> dict:
+    """A resolved config (``config.to_dict``) less the where (``WHERE``) and logging, as plain
+    JSON (as a report stores it)."""
+    out = {}
+    for k, v in resolved.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            if part := learning_part(v, f"{key}."):  # a table all where is left out
+                out[k] = part
+        elif is_learning(key):
+            out[k] = v
+    return json.loads(json.dumps(out, default=str)) if not prefix else out
 
 
 def rebuilt(report: dict) -> dict | None:
@@ -97,22 +111,21 @@ def rebuilt(report: dict) -> dict | None:
         return None
     if shown.returncode != 0:
         return None
-    learning = [o for o in report["overrides"] if not o.startswith(PLACE)]
-    with tempfile.TemporaryDirectory() as tmp:
-        preset = Path(tmp) / Path(report["config"]).name
-        preset.write_text(shown.stdout, encoding="utf-8")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return learning_part(to_dict(load_config(preset, learning)))
-        except ConfigError:
-            return None
+    learning = [o for o in report["overrides"] if is_learning(o)]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return learning_part(
+                to_dict(load_config(ROOT / report["config"], learning, shown.stdout))
+            )
+    except ConfigError:
+        return None
 
 
 def learning_settings(report: dict) -> tuple:
     """The settings a report's scores depend on as its command said them, the where (targets,
     paths, device, sizes) aside: its config and its learning overrides."""
-    return (report["config"], tuple(o for o in report["overrides"] if not o.startswith(PLACE)))
+    return (report["config"], tuple(o for o in report["overrides"] if is_learning(o)))
 
 
 def _dotted(tree: dict, prefix: str = "") -> dict:

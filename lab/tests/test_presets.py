@@ -18,21 +18,11 @@ from pathlib import Path
 
 import pytest
 
+from lab import tables
 from xlt_engine.engine.experiment.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = ROOT / "lab"
-# what a study may set beside its preset: where, how much, on what, what is scored, logs
-PLACE = (
-    "data.",
-    "targets=",
-    "device=",
-    "evaluate.split=",
-    "seed=",
-    "out=",
-    "model.path=",
-    "sources=",
-)
 PRESET_TABLE = (
     "study_init_conll_e5small_stage2.sh",
     "study_init_conll_e5small.sh",
@@ -70,8 +60,9 @@ def chain(script: Path) -> tuple[str | None, list[str]]:
 
 
 def is_learning(setting: str) -> bool:
-    key = setting.split("=", 1)[0]
-    return not (setting.startswith(PLACE) or key.endswith("log_every"))
+    """A --set that changes how a study learns: not where it ran (``lab.tables.is_learning``),
+    nor which split it scores (a decision reads dev)."""
+    return tables.is_learning(setting) and not setting.startswith("evaluate.split=")
 
 
 def literal(setting: str) -> bool:

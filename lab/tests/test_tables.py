@@ -153,6 +153,13 @@ def test_reports_join_when_they_ran_the_same_settings_however_they_said_them(tmp
     # the where is not a setting; a key one record lacks (added to the engine later) is skipped
     placed = _resolved("data.root=/x", "model.path=/m", 'targets=["fr"]', "device=cpu")
     assert placed == _resolved() and "languages" not in placed and "root" not in placed["data"]
+    # one list says the where, for a --set and for a recorded setting alike
+    where = ("data.max_train=5", "languages.de.unlabeled=x.review", "seed=4", "device=cpu")
+    assert not any(tables.is_learning(o) for o in where)
+    assert all(_resolved(o) == _resolved() for o in where)
+    for o in ("evaluate.split=dev", LR, "btf.train.log_every=5"):  # scored, learned; logging
+        assert tables.is_learning(o) is (not o.startswith("btf")), o
+        assert (_resolved(o) == _resolved()) is o.startswith("btf"), o
     later = _resolved() | {"new_section": {"knob": 1}}
     assert (
         tables.settings_differ({"config": CLS, "resolved": later}, json.loads(now.read_text()))

@@ -117,6 +117,18 @@ def test_missing_keys_and_broken_toml(tmp_path):
         load_config(tmp_path / "none.toml")
 
 
+def test_a_config_text_read_elsewhere_loads_under_its_path(tmp_path):
+    """``text``: a preset as it was at an earlier commit, named by its path (lab.tables)."""
+    path = write(tmp_path, MINIMAL)
+    then = MINIMAL + "[btf.train]\nepochs = 9\n"
+    cfg = load_config(path, ["seed=3"], text=then)
+    assert cfg.name == "exp" and cfg.seed == 3 and cfg.section(BtfSection).train.epochs == 9
+    assert load_config(path).section(BtfSection).train.epochs == 3  # the file as it is now
+    with pytest.raises(ConfigError, match="not valid TOML") as info:
+        load_config(tmp_path / "gone.toml", text="[btf\n")  # the path need not exist
+    assert str(tmp_path / "gone.toml") in str(info.value)
+
+
 def test_set_overrides_parse_toml_values(tmp_path):
     assert parse_override("btf.train.lr=1e-4") == (["btf", "train", "lr"], 1e-4)
     assert parse_override('targets=["a", "b"]') == (["targets"], ["a", "b"])

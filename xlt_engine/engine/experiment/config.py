@@ -401,13 +401,17 @@ def _problem(err: Exception, path: Path) -> str:
     return f"line {rest}" if re.match(r"\d+:", rest) else rest
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+def load_config(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), text: str | None = None
+) -> ExperimentConfig:
     """The config of a TOML file, or of a stage folder's ``config.json`` (its ``experiment``
     table: the resolved config, every key set, named as the run's config was), with
-    ``overrides`` (``--set``) applied."""
+    ``overrides`` (``--set``) applied. ``text``: the file's content as read elsewhere (the
+    preset at an earlier commit); ``path`` then names it and places its plugins."""
     path = Path(path)
     try:
-        text = read_text(path, limit=CONFIG_BYTES)
+        if text is None:
+            text = read_text(path, limit=CONFIG_BYTES)
     except OSError as err:
         raise ConfigError(str(path), [f"cannot read: {err.strerror}"]) from None
     except InputError as err:

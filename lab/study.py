@@ -38,7 +38,13 @@ from xlt_engine import provenance
 from xlt_engine.engine.experiment.ablations import fixed_threshold, soft_only, without_btf
 from xlt_engine.engine.experiment.config import load_config, to_dict
 from xlt_engine.engine.experiment.pipeline import pair_configs
-from xlt_engine.engine.experiment.runs import model_stage, stage_dir, with_linear_head, with_section
+from xlt_engine.engine.experiment.runs import (
+    FINGERPRINT,
+    model_stage,
+    stage_dir,
+    with_linear_head,
+    with_section,
+)
 from xlt_engine.engine.experiment.stages.selftrain import teacher_models
 from xlt_engine.inputs import read_jsonl
 from xlt_engine.studies.ablate import ABLATION_ROWS, method_rows, run_ablate, with_changes
@@ -179,6 +185,11 @@ def seconds_of(folder: Path) -> float:
     return float(info["seconds"]) + sum(shared)
 
 
+def stage_of(folder: Path) -> str:
+    """The engine stage that made ``folder`` (its fingerprint says)."""
+    return json.loads((folder / FINGERPRINT).read_text(encoding="utf-8"))["stage"]
+
+
 def made_in(folder: Path) -> Path:
     """The folder whose run made the stage in ``folder``: its pair twin's (``shared_from`` in
     run.json: another pair's folder, linked; followed while the twin is itself linked), else
@@ -250,7 +261,11 @@ def run_study(args, argv: list[str]) -> dict:
             details.append({"seed": seed, "pair": pc.run_dir().name, **pair_details(pc.run_dir())})
     seconds = row_seconds(needs)
     rows = {
-        row: {"scores": per_target, "seconds": round(seconds[row], 1)}
+        row: {
+            "scores": per_target,
+            "seconds": round(seconds[row], 1),
+            "stages": sorted({stage_of(f) for f in needs[row]}),  # what its scores read
+        }
         for row, per_target in result["scores"].items()
     }
     env = provenance.environment(torch.device("cpu"))
@@ -381,6 +396,9 @@ def merge_studies(paths: list[Path], name: str, how: str | None = None) -> dict:
             "scores": {t: [cells[row, s][0][t] for s in order] for t in targets},
             "seconds": round(seconds[row], 1),
         }
+        stages = {tuple(r["rows"][row].get("stages", ())) for r in reports if row in r["rows"]}
+        if len(stages) == 1 and () not in stages:  # every study says the same
+            rows[row]["stages"] = list(stages.pop())
     details: dict[tuple[int, str], dict] = {}  # one per seed and pair, each study's folders
     for r in reports:
         for d in r["details"]:

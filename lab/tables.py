@@ -6,7 +6,8 @@ self-training runs whose round-1 pseudo labels tripped the collapse guard. Repor
 settings must not be mixed: their ``config`` and learning overrides must match (data sizes,
 targets, paths and the device aside), or, where a report records the settings it ran
 (``resolved``, since 2026-11-29), those settings must (``settings_differ``: a preset changed by a
-decision is not the preset its earlier reports ran), else it fails naming the file.
+decision is not the preset its earlier reports ran), in the stages both rows ran where the
+reports say them (a row's ``stages``: direct transfer runs no btf), else it fails naming the file.
 
 ``--models LABEL RESULTS...`` (repeatable, no reports) prints instead a table of models evaluated
 apart, one row per label over its ``results.json`` files (one per seed): each language's
@@ -138,14 +139,19 @@ def _dotted(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def settings_differ(a: dict, b: dict) -> list[str] | None:
+def settings_differ(
+    a: dict, b: dict, stages: set[str] | None = None, memo: dict | None = None
+) -> list[str] | None:
     """None when the reports ``a`` and ``b`` ran the same learning settings, else what differs.
     Two reports that do not record what they ran (``resolved``, since 2026-11-29) are the same
     when their configs and learning overrides are, as their commands say. Otherwise the
     settings each ran are compared: recorded, or rebuilt from its commit (``rebuilt``), key by
     key where both have the key (a setting added to the engine later is absent from earlier
     records). A preset whose settings changed between the runs differs; the preset and a
-    ``--set`` it adopted later do not."""
+    ``--set`` it adopted later do not. ``stages``: the engine stages both rows compared ran (a
+    row's ``stages``); the sections of the others are not read (direct transfer runs no btf, so
+    a changed btf leaves it the same). ``memo``: rebuilt settings by report, for a caller that
+    compares many."""
     if not a.get("resolved") and not b.get("resolved"):
         la, lb = learning_settings(a), learning_settings(b)
         if la == lb:
@@ -155,28 +161,69 @@ def settings_differ(a: dict, b: dict) -> list[str] | None:
         return [f"learning overrides {list(la[1])} / {list(lb[1])}"]
     if a["config"] != b["config"]:
         return [f"config {a['config']} / {b['config']}"]
-    ra, rb = (r.get("resolved") or rebuilt(r) for r in (a, b))
+    ra, rb = (_ran(r, memo) for r in (a, b))
     if ra is None or rb is None:
         return ["the settings of a report written before 2026-11-29 could not be read back "
                 "(its commit or preset is not readable here)"]  # fmt: skip
+    unread = set() if stages is None else set(_stage_names()) - set(stages)
     fa, fb = _dotted(ra), _dotted(rb)
-    diff = [f"{k}: {fa[k]!r} / {fb[k]!r}" for k in sorted(fa.keys() & fb.keys()) if fa[k] != fb[k]]
+    diff = [
+        f"{k}: {fa[k]!r} / {fb[k]!r}"
+        for k in sorted(fa.keys() & fb.keys())
+        if fa[k] != fb[k] and k.split(".")[0] not in unread
+    ]
     return diff or None
+
+
+def _ran(report: dict, memo: dict | None) -> dict | None:
+    if report.get("resolved"):
+        return report["resolved"]
+    if memo is None:
+        return rebuilt(report)
+    if id(report) not in memo:
+        memo[id(report)] = rebuilt(report)
+    return memo[id(report)]
+
+
+def _stage_names() -> tuple[str, ...]:
+    from xlt_engine.engine.experiment import registry
+
+    return registry.names()
+
+
+def row_stages(report: dict, row: str) -> set[str] | None:
+    """The engine stages a report's row ran (lab.study records them since 2026-11-29), or
+    None: not recorded, so every setting counts."""
+    stages = report["rows"][row].get("stages")
+    return set(stages) if stages else None
 
 
 def collect(paths: list[Path]) -> tuple[dict, dict, dict]:
     """``scores[row][target][seed]``, ``collapsed[row]`` (a set of (target, seed)) and
-    ``seconds[row]`` over the reports; a (row, target, seed) given twice must agree."""
+    ``seconds[row]`` over the reports; a (row, target, seed) given twice must agree. Every row
+    must have run the settings of every other report's rows, in the stages both ran
+    (``settings_differ``)."""
     scores: dict = {}
     collapsed: dict = {}
     seconds: dict = {}
-    first = None
+    seen: list[tuple[Path, dict, str, set[str] | None]] = []
+    memo: dict = {}
+    reports = []  # held, so that the memo's ids stay theirs
     for path in paths:
         report = json.loads(path.read_text(encoding="utf-8"))
-        if first is None:
-            first = (path, report)
-        elif diff := settings_differ(first[1], report):
-            raise ValueError(f"{path}: other settings than {first[0]}: {'; '.join(diff)}")
+        reports.append(report)
+        for row in report["rows"]:
+            mine = row_stages(report, row)
+            for other, theirs, their_row, stages in seen:
+                if theirs is report:
+                    continue
+                both = None if mine is None or stages is None else mine & stages
+                if diff := settings_differ(theirs, report, both, memo):
+                    raise ValueError(
+                        f"{path}: other settings than {other}: {'; '.join(diff)} "
+                        f"(rows {their_row} / {row})"
+                    )
+            seen.append((path, report, row, mine))
         for row, info in report["rows"].items():
             for target, values in info["scores"].items():
                 for seed, value in zip(report["seeds"], values, strict=True):

@@ -171,6 +171,17 @@ def test_merge_compares_the_settings_each_study_ran_and_keeps_them(tmp_path):
                                          r"\(btf.head_warmup_epochs: 0.0 / 2.0\)"):  # fmt: skip
         merge_studies([a, c], "m")
     assert "resolved" not in merge_studies_of([_report([1], {"Ours": [0.6]}, 60, "a")], tmp_path)
+    # each row's stages (what lab.tables compares it on) kept where every study says the same
+    stages = ["btf", "evaluate", "finetune", "selftrain"]
+    for path, said in ((a, stages), (b, stages)):
+        r = json.loads(path.read_text())
+        r["rows"]["Ours"]["stages"] = said
+        path.write_text(json.dumps(r))
+    assert merge_studies([a, b], "m")["rows"]["Ours"]["stages"] == stages
+    r = json.loads(b.read_text())
+    del r["rows"]["Ours"]["stages"]
+    b.write_text(json.dumps(r))
+    assert "stages" not in merge_studies([a, b], "m")["rows"]["Ours"]  # one does not say
 
 
 def test_merge_adds_rows_run_later_on_the_same_seeds(tmp_path):

@@ -167,6 +167,47 @@ def test_reports_join_when_they_ran_the_same_settings_however_they_said_them(tmp
     )
 
 
+OURS = ["btf", "evaluate", "finetune", "selftrain"]  # the stages each row ran (lab.study)
+DIRECT = ["evaluate", "finetune"]
+NOBTF = ["evaluate", "finetune", "selftrain"]
+
+
+def test_a_row_joins_rows_that_ran_its_stages_alike(tmp_path):
+    """A row is compared with another on the settings of the stages both ran: a preset whose btf
+    changed keeps its Ours rows apart but not its direct-transfer rows (no btf), and - BTF joins
+    on btf but not on self-training. A row that does not say its stages compares on all."""
+    cold, lr = _resolved("btf.head_warmup_epochs=0"), _resolved(LR)
+
+    def report(name, seed, rows, resolved):
+        path = _report(tmp_path / name, [seed], {r: {"de": [v]} for r, (v, _) in rows.items()})
+        r = json.loads(path.read_text(encoding="utf-8")) | {"resolved": resolved}
+        for row, (_, stages) in rows.items():
+            if stages:
+                r["rows"][row]["stages"] = stages
+        path.write_text(json.dumps(r), encoding="utf-8")
+        return path
+
+    now = report("now.json", 1, {"Ours": (0.88, OURS), "direct transfer": (0.87, DIRECT)},
+                 _resolved())  # fmt: skip
+    direct = report("direct.json", 2, {"direct transfer": (0.86, DIRECT)}, cold)
+    nobtf = report("nobtf.json", 1, {"- BTF": (0.85, NOBTF)}, cold)
+    scores, _, _ = tables.collect([now, direct, nobtf])
+    assert scores["direct transfer"]["de"] == {1: 0.87, 2: 0.86} and scores["- BTF"]["de"][1]
+    ours = report("ours.json", 2, {"Ours": (0.84, OURS)}, cold)
+    with pytest.raises(ValueError, match=r"ours.json: other settings than .*now.json: btf.head_w"
+                                         r"armup_epochs: 2.0 / 0.0 \(rows Ours / Ours\)"):  # fmt: skip
+        tables.collect([now, ours])
+    assert tables.collect([ours, direct])[0]["Ours"]["de"] == {2: 0.84}  # one preset: all join
+    for late in ([direct, nobtf, now], [nobtf, direct, now]):  # in any order
+        assert tables.collect(late)[0]["direct transfer"]["de"] == {1: 0.87, 2: 0.86}
+    unsaid = report("unsaid.json", 2, {"direct transfer": (0.86, None)}, cold)
+    with pytest.raises(ValueError, match="unsaid.json: .*head_warmup_epochs"):
+        tables.collect([now, unsaid])
+    soft = report("soft.json", 2, {"- BTF": (0.85, NOBTF)}, lr)
+    with pytest.raises(ValueError, match=r"soft.json: .*selftrain.soft.lr: 0.0001 / 0.0002"):
+        tables.collect([now, soft])
+
+
 def _scored(path: Path, scores: dict) -> str:
     """An evaluation's results.json with per-class counts: ``{lang: (neg right, neg as pos,
     pos right, pos as neg)}`` of 100 + 100 reviews."""

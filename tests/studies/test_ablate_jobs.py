@@ -180,6 +180,9 @@ def test_a_lab_study_with_jobs_writes_the_serial_studys_scores(qs, tmp_path, cap
     resolved = reports["side"]["resolved"]  # what ran, the where aside (lab.tables compares it)
     assert resolved == reports["serial"]["resolved"] and resolved["selftrain"]["rounds"] >= 1
     assert not {"targets", "languages", "out", "device"} & resolved.keys()
+    stages = {row: reports["side"]["rows"][row]["stages"] for row in ("Ours", "- ST")}
+    assert stages == {"Ours": ["btf", "evaluate", "finetune", "selftrain"],
+                      "- ST": ["btf", "evaluate", "finetune"]}  # fmt: skip
     for row in ("Ours", "- ST"):
         assert reports["side"]["rows"][row]["scores"] == reports["serial"]["rows"][row]["scores"]
     made = _made(tmp_path / "serial")

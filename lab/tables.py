@@ -283,6 +283,37 @@ def wall_cell(seconds: float | None) -> str:
     return "–" if seconds is None else f"{seconds / 60:.1f}"
 
 
+# each component's share: Ours less the row without it, over the seeds both have (soft only
+# lacks the hard steps: Ours less it is the hard step's share; the paper has no such row)
+SHARES = ("- AT", "- VM", "- BTF", "- ST", "soft only")
+
+
+def share_line(scores: dict, row: str, targets: list[str], width: int) -> str:
+    """``| Ours − (− X), same seeds | +d (n; paper +p) | ... | average |``: per target the mean
+    of Ours' score less ``row``'s over the seeds both have (n of them), beside the paper's; the
+    average over the targets where every target has a seed."""
+    cells, means = [], []
+    for t in targets:
+        seeds = sorted(set(scores["Ours"].get(t, {})) & set(scores[row].get(t, {})))
+        diffs = [scores["Ours"][t][s] - scores[row][t][s] for s in seeds]
+        paper = PAPER["Ours"][t] - PAPER[row][t] if t in PAPER.get(row, {}) else None
+        said = [f"{len(diffs)}"] if diffs else []
+        said += [f"paper {paper:+.2f}"] if paper is not None else []
+        if diffs:
+            means.append(statistics.fmean(diffs))
+        mean = f"{100 * means[-1]:+.2f}" if diffs else "–"
+        cells.append(mean + (f" ({'; '.join(said)})" if said else ""))
+    average = f"{100 * statistics.fmean(means):+.2f}" if len(means) == len(targets) else "–"
+    label = "Ours − soft only (the hard step)" if row == "soft only" else f"Ours − ({row})"
+    label = label.replace("(- ", "(− ")
+    return (
+        f"| {label}, same seeds | "
+        + " | ".join([*cells, average])
+        + " |"
+        + " |" * (width - 2 - len(targets))
+    )
+
+
 def table(scores: dict, collapsed: dict, seconds: dict, wall: bool = True) -> str:
     targets = sorted({t for per in scores.values() for t in per})
     rows = sorted(scores, key=lambda r: ORDER.index(r) if r in ORDER else len(ORDER))
@@ -319,22 +350,9 @@ def table(scores: dict, collapsed: dict, seconds: dict, wall: bool = True) -> st
             f"{' / '.join(paper_cell(row, t) for t in targets) if row in PAPER else '–'} | "
             f"{flags} |" + (f" {wall_cell(seconds.get(row))} |" if wall else "")
         )
-    if "Ours" in scores and "- ST" in scores:
-        margin = []
-        for t in targets:
-            seeds = sorted(set(scores["Ours"].get(t, {})) & set(scores["- ST"].get(t, {})))
-            diffs = [scores["Ours"][t][s] - scores["- ST"][t][s] for s in seeds]
-            paper = (
-                PAPER["Ours"].get(t, 0) - PAPER["- ST"].get(t, 0) if t in PAPER["Ours"] else None
-            )
-            ours = f"{100 * statistics.fmean(diffs):+.2f}" if diffs else "–"
-            margin.append(f"{ours} (paper {paper:+.2f})" if paper is not None else ours)
-        lines.append(
-            "| Ours − (− ST), same seeds | "
-            + " | ".join(margin)
-            + " |"
-            + " |" * (len(head) - 1 - len(targets))
-        )
+    for row in SHARES:
+        if "Ours" in scores and row in scores:
+            lines.append(share_line(scores, row, targets, len(head)))
     return "\n".join(lines)
 
 

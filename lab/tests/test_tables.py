@@ -63,8 +63,36 @@ def test_cls_table_joins_reports_and_cells_evaluated_apart(tmp_path, capsys):
     # one seed has no spread; the average needs every target
     assert "| direct transfer | 88.00 (1) | 87.00 (1) | 87.50 | 76.35 / 81.05 | – |" in lines
     # Ours − (− ST) over the seeds both have: (+1, +3, +1) / 3; the paper's books margin
-    assert "| Ours − (− ST), same seeds | +1.67 (paper +0.00) | – (paper +1.25) | | | |" in lines
+    assert (
+        "| Ours − (− ST), same seeds | +1.67 (3; paper +0.00) | – (paper +1.25) | – | | |" in lines
+    )
     assert lines[-1] == "Evaluated apart (not in a report): - ST de seed 1; Ours de seed 1."
+
+
+def test_each_components_share_is_ours_less_its_row_over_the_seeds_both_have(tmp_path, capsys):
+    """A line per component (AT, VM, BTF, ST; the hard step as Ours less soft only), each
+    target's mean difference over the seeds both rows have, their count and the paper's."""
+    a = _report(
+        tmp_path / "a.json",
+        [1, 2],
+        {
+            "Ours": {"de": [0.88, 0.86], "fr": [0.87, 0.85]},
+            "- AT": {"de": [0.885, 0.80]},
+            "soft only": {"de": [0.87, 0.84], "fr": [0.86, 0.86]},
+        },
+    )
+    tables.main([str(a), "--no-wall"])
+    lines = capsys.readouterr().out.splitlines()
+    # - AT: +0.50 -> -0.50 and +6.00 over 2 seeds: +2.75; the paper: 87.65 - 88.10; no fr cell
+    assert (
+        "| Ours − (− AT), same seeds | +2.75 (2; paper -0.45) | – (paper +1.15) | – | | |" in lines
+    )
+    # the hard step: (+1, +2) / 2 on de, (+1, -1) / 2 on fr; no paper row; the average of both
+    assert (
+        "| Ours − soft only (the hard step), same seeds | +1.50 (2) | +0.00 (2) | +0.75 | | |"
+        in lines
+    )
+    assert not [x for x in lines if "− (− VM)" in x or "− (− ST)" in x]  # rows not run
 
 
 def test_wall_column_sums_each_rows_report_seconds(tmp_path, capsys):

@@ -6,13 +6,15 @@ mean +- std and each row's wall time to ``lab/results/study_<name>_<date>.md`` a
 A row's wall time is what it takes to make that row from nothing: the sum, over seeds and
 target pairs, of the ``seconds`` in the ``run.json`` of every stage it needs (btf, the
 fine-tuned model, self-training, its evaluation), a stage made once and linked into the other
-pairs counted once (``row_seconds``), so stages shared between rows count in each,
-and so does a round 1 one self-training row took from another (``registry.Partial``: the shared round 1 is laid down in its folder).
-The whole study's wall time is measured around the call. ``--jobs N`` runs the rows and seeds
-side by side first, as ``xlt-engine ablate --jobs N`` does (one process a core, threads divided,
-or one a GPU); the tables are then the serial run's. ``--merge A.json B.json`` writes
-one study from studies of the same settings on other seeds or with other rows (a study
-extended by a later run).
+pairs counted once (``row_seconds``), so stages shared between rows count in each, and so does
+a round 1 one self-training row took from another (``registry.Partial``: the shared round 1 is
+laid down in its folder). The whole study's wall time is measured around the call. The report
+also says what each row ran, so that ``lab.tables`` joins only like with like: the settings
+(``resolved``: the resolved config less the where) and per row the engine stages its folders
+belong to (``stages``). ``--jobs N`` runs the rows and seeds side by side first, as
+``xlt-engine ablate --jobs N`` does (one process a core, threads divided, or one a GPU); the
+tables are then the serial run's. ``--merge A.json B.json`` writes one study from studies of
+the same settings on other seeds or with other rows (a study extended by a later run).
 
     python -m lab.study --config configs/e5-small-conll.toml --name conll_e5small_cpu \\
         --seeds 1,2,3 --out runs/study-conll --set data.max_train=600 ...

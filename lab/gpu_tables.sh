@@ -34,9 +34,11 @@
 # 2026-11-29 (btf.head_warmup_epochs = 2 adopted by lab.decide cls): all 2,000 English train
 # reviews, each target's 2,000 train reviews as unlabeled text (labels unread), the full test
 # files; Ours, - ST, direct transfer and soft only at 3 seeds on de, fr, jp, and - AT, - VM,
-# - BTF at seed 1, less what the CPU reported with the warm-up as a --set (below). Its files and the pruned model travel in .gpu_tables_cls; .whl_min holds only click, tokenizers and safetensors, so that both fit the
-# tool's 64 MiB (WHEELS=.whl_min; make it with `pip download` as fetch_wheels.sh does, or copy
-# those three wheels out of .whl).
+# - BTF at seed 1, less what the CPU reported (below), with the class_quota rows of
+# lab/results/cls_rule_prereg_20261129.md beside Ours on de / fr. Its files and the pruned model
+# travel in .gpu_tables_cls; .whl_min holds only click, tokenizers and safetensors, so that both
+# fit the tool's 64 MiB (WHEELS=.whl_min; make it with `pip download` as fetch_wheels.sh does, or
+# copy those three wheels out of .whl).
 # VARIANT=warm (TABLE=conll): in place of the table's jobs, the pre-registered rows of
 # lab/results/cls_btf_cause_20261128: Ours, - ST and soft only with the preset plus one setting,
 # btf.head_warmup_epochs=2 (e5 ships no MLM head; its fresh head's first gradients cost Japanese),
@@ -88,16 +90,17 @@ esac
 if [ "${VARIANT:-}" = warm ]; then
   JOB_LIST=$(for s in 1 2 3; do for t in esp ned deu; do
     echo "conll_warm_${t}_s$s|WARM_CONLL|$t|$s|Ours,- ST,soft only"; done; done)
-elif [ "$table" = cls ]; then  # the preset with the warm-up: Ours and - ST on de / fr at seeds 1-3
-  # and soft only on de / fr at seed 3 ran on the CPU as the earlier preset plus the --set
-  # (lab/results/cls_warm_*); direct transfer runs no btf, but its cells of the earlier preset
-  # are another version of the preset's settings, so its jobs stay. Named cls_warm_* (the warm
-  # rows' folders hold the same settings; the cls_* folders of the earlier preset do not)
-  JOB_LIST=$(for s in 1 2 3; do echo "cls_warm_jp_s$s|CLS|jp|$s|Ours,- ST,direct transfer,soft only"
-      for t in de fr; do
-        rows="direct transfer"; [ "$s" = 3 ] || rows="$rows,soft only"
-        echo "cls_warm_${t}_s$s|CLS|$t|$s|$rows"
-      done; done
+elif [ "$table" = cls ]; then  # the preset with the warm-up. Done on the CPU
+  # (lab/results/cls_warm_*): Ours and - ST on de / fr at seeds 1-3, soft only on de / fr at
+  # seed 3, direct transfer on every target at seeds 1-3. Left: Japanese, soft only, and the
+  # class_quota rows of lab/results/cls_rule_prereg_20261129.md, read in pairs with Ours of the
+  # same run (its round 1), so Ours runs again beside them; then the seed-1 rows without AT, VM
+  # or BTF
+  JOB_LIST=$(for s in 1 2 3; do echo "cls_warm_jp_s$s|CLS|jp|$s|Ours,- ST,soft only"; done
+    for s in 1 2 3; do for t in de fr; do
+      rows="Ours,rule = class_quota"; [ "$s" = 3 ] || rows="$rows,soft only"
+      echo "cls_warm_${t}_s$s|CLS|$t|$s|$rows"
+    done; done
     job_lines cls_warm CLS "" "" "de fr jp")
 else  # Ours and - ST again beside soft only: it takes round 1's soft step from Ours' folder
   JOB_LIST=$(job_lines conll FULL "ned" "Ours,- ST,soft only" ""; job_lines conll FULL "" "" "ned" | grep '_btf|'

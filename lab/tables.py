@@ -191,7 +191,7 @@ def _stage_names() -> tuple[str, ...]:
     return registry.names()
 
 
-def row_stages(report: dict, row: str) -> set[str] | None:
+def stages_of(report: dict, row: str) -> set[str] | None:
     """The engine stages a report's row ran (lab.study records them since 2026-11-29), or
     None: not recorded, so every setting counts."""
     stages = report["rows"][row].get("stages")
@@ -213,7 +213,7 @@ def collect(paths: list[Path]) -> tuple[dict, dict, dict]:
         report = json.loads(path.read_text(encoding="utf-8"))
         reports.append(report)
         for row in report["rows"]:
-            mine = row_stages(report, row)
+            mine = stages_of(report, row)
             for other, theirs, their_row, stages in seen:
                 if theirs is report:
                     continue

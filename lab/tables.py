@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import warnings
@@ -247,8 +248,9 @@ def collect(paths: list[Path]) -> tuple[dict, dict, dict]:
 def row_of(folder: str, rows: dict) -> str | None:
     """The self-training row a round folder belongs to (``selftrain/`` is Ours; an ablation
     variant's folder carries its change: ``selftrain-alpha0.9``, ``-linear``, ``-direct``),
-    among the report's rows."""
-    stage = folder.split("/")[0]
+    among the report's rows. What every row of a preset shares in the name (``-rounds<N>``,
+    ``-src<filter>``: CLS's two rounds) names no row and is read past."""
+    stage = re.sub(r"-(rounds|src)[^-/]+", "", folder.split("/")[0])
     kinds = {
         "selftrain": "Ours",
         "selftrain-linear": "- VM",

@@ -335,3 +335,15 @@ def test_readme_copies_lab_readme_tables_as_printed():
     for b in copies:
         assert b in printed, f"README.md's table {b[0]} ... {b[-1]} is none lab/README.md prints"
     assert copies, "README.md shows none of lab/README.md's printed tables"
+
+
+def test_row_of_reads_past_the_settings_every_row_shares():
+    """CLS's preset runs two rounds: its folders are ``selftrain-rounds2...``, and a round-1
+    collapse there must still count for its row (it counted for none before)."""
+    rows = {"Ours": {}, "soft only": {}, "- AT": {}, "rule = class_quota": {}}
+    assert tables.row_of("selftrain-rounds2/round-1", rows) == "Ours"
+    assert tables.row_of("selftrain-rounds2-softonly/round-1", rows) == "soft only"
+    assert tables.row_of("selftrain-alpha0.9-rounds2/round-1", rows) == "- AT"
+    assert tables.row_of("selftrain-rounds2-class_quota/round-1", rows) == "rule = class_quota"
+    assert tables.row_of("selftrain-srcall/round-1", rows) == "Ours"
+    assert tables.row_of("selftrain-linear-rounds2/round-1", rows) is None  # - VM not a row here

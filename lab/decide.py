@@ -84,7 +84,7 @@ def dev_scores(
             steps = [
                 (name, check)
                 for name, check in d.get("checks", {}).items()
-                if tables.row_of(name, report["rows"]) == row
+                if row in tables.rows_of(name, d, report["rows"])
             ]
             if not steps:
                 continue

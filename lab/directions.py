@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 from datetime import date
 from pathlib import Path
 
+from lab import tables
 from lab.study import mean_std, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,13 +40,7 @@ DIRECTIONS = {
     "+ BTF over direct transfer": ("- ST", "direct transfer"),
 }
 ONE_CLASS = 0.99  # share of the pseudo labels in one class that counts as a collapse
-# the self-training folder of each row (``study.row_stages``), less a ``-rounds<N>`` suffix
-SELFTRAIN_FOLDER = {
-    "Ours": re.compile(r"selftrain"),
-    "- AT": re.compile(r"selftrain-alpha[0-9.]+"),
-    "- VM": re.compile(r"selftrain-linear"),
-    "- BTF": re.compile(r"selftrain-direct"),
-}
+SELFTRAIN_ROWS = ("Ours", "- AT", "- VM", "- BTF")  # the rows that self-train
 
 
 def verdict(diffs: list[float]) -> str:
@@ -68,7 +62,6 @@ def collapses(report: dict, row: str, pair: str) -> list[int | None]:
     """Per seed of ``report``, the first round whose pseudo labels of ``row``'s self-training
     on ``pair`` collapsed (``collapsed_round``); 0 where none did, None where the report holds
     no round of that row (a run without details)."""
-    pattern = SELFTRAIN_FOLDER[row]
     out = []
     for seed in report["seeds"]:
         rounds = {}
@@ -76,9 +69,8 @@ def collapses(report: dict, row: str, pair: str) -> list[int | None]:
             if d["seed"] != seed or d["pair"] != pair:
                 continue
             for key, c in d["rounds"].items():
-                folder, _, name = key.partition("/")
-                if pattern.fullmatch(re.sub(r"-rounds[0-9.]+$", "", folder)):
-                    rounds[int(name.removeprefix("round-"))] = c["pseudo_distribution"]
+                if row in tables.rows_of(key, d, report["rows"]):
+                    rounds[int(key.partition("/round-")[2])] = c["pseudo_distribution"]
         if not rounds:
             out.append(None)
             continue
@@ -117,7 +109,7 @@ def study_directions(label: str, path: Path) -> dict:
             }
         labels = {
             row: collapses(report, row, pairs[target])
-            for row in SELFTRAIN_FOLDER
+            for row in SELFTRAIN_ROWS
             if row in rows and target in pairs
         }
         versus = []  # each self-training run against + BTF on its seed, and whether it collapsed
@@ -180,13 +172,13 @@ def render(studies: list[dict], name: str) -> str:
         f"{100 * ONE_CLASS:g}% or more of one class, and the first such round per seed (a "
         f"direction between two rows that both collapsed compares two collapses).",
         "",
-        "| study | target | " + " | ".join(SELFTRAIN_FOLDER) + " |",
-        "|---|---|" + "---|" * len(SELFTRAIN_FOLDER),
+        "| study | target | " + " | ".join(SELFTRAIN_ROWS) + " |",
+        "|---|---|" + "---|" * len(SELFTRAIN_ROWS),
     ]
     for s in studies:
         for t in s["targets"]:
             cells = [_collapse_cell(t["collapses"][r]) if r in t["collapses"] else "not run"
-                     for r in SELFTRAIN_FOLDER]  # fmt: skip
+                     for r in SELFTRAIN_ROWS]  # fmt: skip
             lines.append(f"| {s['label']} | {t['target']} | " + " | ".join(cells) + " |")
     runs = [v for s in studies for t in s["targets"] for v in t["versus_st"]]
     if runs:

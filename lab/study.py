@@ -103,6 +103,15 @@ def row_stages(pc, fixed_alpha: float) -> dict[str, list[Path]]:
     return {row: list(dict.fromkeys(folders)) for row, folders in rows.items()}
 
 
+def row_folders(run: Path, stages: dict[str, list[Path]]) -> dict[str, list[str]]:
+    """``{row: [stage folder, ...]}``: the folders of the pair's run ``run`` each row's score
+    read, by name (``row_stages``'), so that a round's records map to their rows without
+    reading the row from the folder's name (``lab.tables.rows_of``)."""
+    return {
+        row: sorted(f.name for f in folders if f.parent == run) for row, folders in stages.items()
+    }
+
+
 def pair_details(run: Path) -> dict:
     """The source dev score of every fine-tuned model, and per self-training run and round:
     alpha, the source rows kept, the pseudo labels (count, classes) and, where the run recorded
@@ -257,10 +266,21 @@ def run_study(args, argv: list[str]) -> dict:
     for seed in seeds:
         seeded = dataclasses.replace(cfg, seed=seed, out=str(Path(args.out) / f"seed-{seed}"))
         for pc in pair_configs(seeded):
-            for row, folders in row_stages(pc, args.fixed_threshold).items():
-                if row in result["scores"]:
-                    needs.setdefault(row, []).extend(folders)
-            details.append({"seed": seed, "pair": pc.run_dir().name, **pair_details(pc.run_dir())})
+            made = {
+                row: folders
+                for row, folders in row_stages(pc, args.fixed_threshold).items()
+                if row in result["scores"]
+            }
+            for row, folders in made.items():
+                needs.setdefault(row, []).extend(folders)
+            details.append(
+                {
+                    "seed": seed,
+                    "pair": pc.run_dir().name,
+                    **pair_details(pc.run_dir()),
+                    "row_folders": row_folders(pc.run_dir(), made),
+                }
+            )
     seconds = row_seconds(needs)
     rows = {
         row: {
@@ -405,9 +425,10 @@ def merge_studies(paths: list[Path], name: str, how: str | None = None) -> dict:
     for r in reports:
         for d in r["details"]:
             into = details.setdefault(
-                (d["seed"], d["pair"]), {**d, "dev": {}, "rounds": {}, "precision": {}}
+                (d["seed"], d["pair"]),
+                {**d, "dev": {}, "rounds": {}, "precision": {}, "row_folders": {}},
             )
-            for key in ("dev", "rounds", "precision"):
+            for key in ("dev", "rounds", "precision", "row_folders"):
                 into[key] = {**d.get(key, {}), **into[key]}
     return with_statistics(
         {

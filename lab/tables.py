@@ -239,10 +239,20 @@ def collect(paths: list[Path]) -> tuple[dict, dict, dict]:
             target = d["pair"].split("-")[-1]
             for name, rnd in d["rounds"].items():
                 if rnd.get("collapse") and name.endswith("round-1"):
-                    row = row_of(name, report["rows"])
-                    if row:
+                    for row in rows_of(name, d, report["rows"]):
                         collapsed.setdefault(row, set()).add((target, d["seed"]))
     return scores, collapsed, seconds
+
+
+def rows_of(name: str, detail: dict, rows: dict) -> list[str]:
+    """The rows, among the report's ``rows``, whose scores read the stage folder of ``name``
+    (``<folder>/round-<k>...``, a key of a pair's ``rounds`` or ``checks``): for a row the pair's
+    ``detail`` records (``row_folders``, lab.study since 2026-11-29), its recorded folders; for
+    a row of a report written before, the folder's name (``row_of``)."""
+    folder = name.split("/")[0]
+    recorded = detail.get("row_folders", {})
+    by_name = row_of(folder, {r: rows[r] for r in rows if r not in recorded})
+    return [r for r in rows if folder in recorded.get(r, ()) or r == by_name]
 
 
 def row_of(folder: str, rows: dict) -> str | None:
@@ -257,11 +267,10 @@ def row_of(folder: str, rows: dict) -> str | None:
         "selftrain-direct": "- BTF",
         "selftrain-softonly": "soft only",
     }
+    changes = sorted(stage.split("-")[1:])  # the engine names a rule before a start
     for row in rows:  # Ours with another start or rule (method_rows): "init = teacher; rule = x"
         parts = [p.split(" = ") for p in row.split("; ") if " = " in p]
-        if parts and stage == "selftrain-" + "-".join(
-            f"init_{v}" if k == "init" else v for k, v in parts
-        ):
+        if parts and changes == sorted(f"init_{v}" if k == "init" else v for k, v in parts):
             return row
     row = "- AT" if stage.startswith("selftrain-alpha") else kinds.get(stage)
     return row if row in rows else None

@@ -96,6 +96,19 @@ def test_collapses_name_each_rows_first_collapsed_round_per_seed(tmp_path):
     assert "| collapsed | 3 | -23.33 ± 20.82 | 0 |" in text
 
 
+def test_collapses_read_the_folders_each_row_read_where_the_report_recorded_them(tmp_path):
+    """A report that records each row's folders (lab.study's ``row_folders``) maps a round to
+    its row whatever the folder is called (a source filter in the name, say)."""
+    mixed = _round(O=5, **{"B-PER": 5})  # in a folder no row of this report read
+    rounds = {1: {"selftrain-srcall/round-1": _round(O=10), "selftrain/round-1": mixed}}
+    study = _study({"Ours": [0.5], "- ST": [0.4]}, rounds, seeds=(1,))
+    study["details"][0]["row_folders"] = {"Ours": ["selftrain-srcall"], "- ST": ["finetune"]}
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(study))
+    (t,) = study_directions("x", path)["targets"]
+    assert t["collapses"] == {"Ours": [1]}
+
+
 def test_rows_with_other_seeds_are_refused(tmp_path):
     study = _study({"Ours": [0.5, 0.4, 0.3]}, {})
     study["rows"]["- ST"] = {"scores": {"esp": [0.5, 0.4]}}

@@ -197,6 +197,8 @@ def test_merge_adds_rows_run_later_on_the_same_seeds(tmp_path):
     later["how"] = "small, -AT alpha 0.9"
     later["details"][0]["dev"] = {"finetune": 0.8, "finetune-pretrained": 0.7}
     later["details"][0]["rounds"] = {"selftrain-fixed/round-1": {"alpha": 0.9, **counts}}
+    first["details"][0]["row_folders"] = {"Ours": ["selftrain"], "- ST": ["finetune"]}
+    later["details"][0]["row_folders"] = {"- AT": ["selftrain-fixed"], "- ST": ["finetune"]}
     a.write_text(json.dumps(first))
     b.write_text(json.dumps(later))
     with pytest.raises(ValueError, match="how is 'small, -AT alpha 0.9'"):
@@ -210,6 +212,8 @@ def test_merge_adds_rows_run_later_on_the_same_seeds(tmp_path):
     seed1 = merged["details"][0]
     assert seed1["dev"] == {"finetune": 0.8, "finetune-pretrained": 0.7}
     assert set(seed1["rounds"]) == {"selftrain/round-1", "selftrain-fixed/round-1"}
+    assert seed1["row_folders"] == {"Ours": ["selftrain"], "- ST": ["finetune"],
+                                    "- AT": ["selftrain-fixed"]}  # fmt: skip
     md = render(merged)
     assert "(seeds [1, 2], rows - AT, - BTF, - ST; xlt-engine bbb" in md
     assert "| - AT | 22.50 | 30.00 | 1.5 min |" in md  # esp and ned (half) averaged

@@ -347,3 +347,32 @@ def test_row_of_reads_past_the_settings_every_row_shares():
     assert tables.row_of("selftrain-rounds2-class_quota/round-1", rows) == "rule = class_quota"
     assert tables.row_of("selftrain-srcall/round-1", rows) == "Ours"
     assert tables.row_of("selftrain-linear-rounds2/round-1", rows) is None  # - VM not a row here
+    # a start and a rule: the engine names the rule first; the row names the start first
+    both = {**rows, "init = teacher; rule = class_quota": {}}
+    got = tables.row_of("selftrain-rounds2-class_quota-init_teacher/round-1", both)
+    assert got == "init = teacher; rule = class_quota"
+
+
+def test_rows_of_reads_the_folders_each_row_read_where_the_report_recorded_them(tmp_path):
+    """lab.study records each row's stage folders (``row_folders``): a round maps to the rows that
+    read its folder whatever the folder's name; reports without the record fall back to the
+    name."""
+    rows = {"Ours": {}, "- VM": {}, "soft only": {}}
+    detail = {"row_folders": {"Ours": ["btf", "finetune", "selftrain-x"],
+                              "- VM": ["finetune-linear", "selftrain-y"],
+                              "- AT": ["selftrain-alpha0.9"]}}  # fmt: skip
+    assert tables.rows_of("selftrain-x/round-1", detail, rows) == ["Ours"]
+    assert tables.rows_of("selftrain-y/round-1/soft", detail, rows) == ["- VM"]
+    assert tables.rows_of("selftrain-alpha0.9/round-1", detail, rows) == []  # - AT: not a row
+    assert tables.rows_of("selftrain-softonly/round-1", detail, rows) == ["soft only"]  # by name
+    assert tables.rows_of("selftrain-linear/round-1", {}, rows) == ["- VM"]
+    # the table counts a collapse for the row that read the folder
+    collapse = {"selftrain-y/round-1": {"collapse": 1}, "selftrain-x/round-1": {"collapse": 0}}
+    path = _report(
+        tmp_path / "r.json",
+        [1],
+        {"Ours": {"de": [0.8]}, "- VM": {"de": [0.7]}},
+        details=[{"pair": "en-de", "seed": 1, "rounds": collapse, **detail}],
+    )
+    _, collapsed, _ = tables.collect([path])
+    assert collapsed == {"- VM": {("de", 1)}}

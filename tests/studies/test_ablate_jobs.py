@@ -183,6 +183,9 @@ def test_a_lab_study_with_jobs_writes_the_serial_studys_scores(qs, tmp_path, cap
     stages = {row: reports["side"]["rows"][row]["stages"] for row in ("Ours", "- ST")}
     assert stages == {"Ours": ["btf", "evaluate", "finetune", "selftrain"],
                       "- ST": ["btf", "evaluate", "finetune"]}  # fmt: skip
+    for d in reports["side"]["details"]:  # the folders each row's score read, by name
+        assert d["row_folders"] == {"Ours": ["btf", "evaluate-selftrain", "finetune", "selftrain"],
+                                    "- ST": ["btf", "evaluate-finetune", "finetune"]}  # fmt: skip
     for row in ("Ours", "- ST"):
         assert reports["side"]["rows"][row]["scores"] == reports["serial"]["rows"][row]["scores"]
     made = _made(tmp_path / "serial")

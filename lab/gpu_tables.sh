@@ -18,6 +18,10 @@
 #       the same jobs on this machine's CPU at full size, PARALLEL (default: the cores) at a time,
 #       one thread each, no budget; run it again to resume (finished stages are reused, a stopped
 #       step restarts from its checkpoint). Work folder: WORK_DIR (default runs/tables_cpu_TABLE).
+#   TABLE=cls JOBS="cls_warm_de_s1" ROWS="Ours,soft only" PARALLEL=1 ROW_JOBS=2 bash lab/gpu_tables.sh cpu
+#       one job's rows side by side (lab.study --jobs ROW_JOBS: - ST's btf and teacher first, then
+#       a process a row, the serial run's scores), where the beside scripts of lab/results did
+#       it by hand.
 #
 # TABLE=conll (default): the CoNLL rows the H200 loans left open (lab/results/gpu_h200_20261126:
 # Ours, - ST and direct transfer at 3 seeds, Spanish seed 1's - AT / - VM / - BTF;
@@ -128,7 +132,7 @@ case "$mode" in
       --set model.max_len=32 --set btf.epoch_size=32 --set btf.train.epochs=1 --set finetune.train.epochs=1
       --set selftrain.soft.epochs=1 --set btf.batch_size=8 --set finetune.batch_size=8 --set selftrain.batch_size=8)
     ;;
-  *) echo "usage: [TABLE=conll|cls] [VARIANT=warm] bash lab/gpu_tables.sh list | prepare | run | cpu | dry-run [JOB...]  (JOBS=\"name ...\", ROWS=\"a,b\", BUDGET=S, PARALLEL=N)" >&2; exit 2 ;;
+  *) echo "usage: [TABLE=conll|cls] [VARIANT=warm] bash lab/gpu_tables.sh list | prepare | run | cpu | dry-run [JOB...]  (JOBS=\"name ...\", ROWS=\"a,b\", BUDGET=S, PARALLEL=N, ROW_JOBS=N)" >&2; exit 2 ;;
 esac
 
 dest="${OUT:-$work/out}"
@@ -174,7 +178,7 @@ while IFS='|' read -r name settings target seed rows; do
   eval "set_args=(${!settings})"
   rows="${ROWS:-$rows}"
   cmd=("$py" -m lab.study "${set_args[@]}" --name "gpu_tables_$name" --seeds "$seed" --rows "$rows"
-    --out "$work/runs/$name" --results "$work/reports"
+    --out "$work/runs/$name" --results "$work/reports" ${ROW_JOBS:+--jobs "$ROW_JOBS"}
     --how "lab/gpu_tables.sh job $name ($settings): target $target, seed $seed, on $device"
     --set "targets=[\"$target\"]" --set data.root="$data" --set model.path="$model" --set device="$device"
     "${sizes[@]}")

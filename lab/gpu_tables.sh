@@ -21,7 +21,8 @@
 #   TABLE=cls JOBS="cls_warm_de_s1" ROWS="Ours,soft only" PARALLEL=1 ROW_JOBS=2 bash lab/gpu_tables.sh cpu
 #       one job's rows side by side (lab.study --jobs ROW_JOBS: - ST's btf and teacher first, then
 #       a process a row, the serial run's scores), where the beside scripts of lab/results did
-#       it by hand.
+#       it by hand. ROWS="- AT,- VM" with ROW_JOBS=2 runs the two ablations of one btf side by
+#       side (- ST's btf and teacher first, as a helper: - VM reads its btf only).
 #
 # TABLE=conll (default): the CoNLL rows the H200 loans left open (lab/results/gpu_h200_20261126:
 # Ours, - ST and direct transfer at 3 seeds, Spanish seed 1's - AT / - VM / - BTF;

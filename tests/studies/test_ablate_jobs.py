@@ -101,6 +101,14 @@ def test_each_row_waits_for_the_job_that_makes_its_stages(qs):
     st, ours, at = ("- ST",), ("Ours",), ("- AT",)
     assert helped == [RowJob(1, st, (), True), RowJob(1, ours, (0,)), RowJob(1, at, (0,))]
     assert row_jobs(cfg, [1], rows=["Ours"]) == [RowJob(1, ours)]  # one row: no helper
+    # - VM reads - ST's btf but fine-tunes its own head: a helper still, so that - VM waits for
+    # btf and not for all of - AT's self-training
+    vm = ("- VM",)
+    both = row_jobs(cfg, [1], rows=["- AT", "- VM"])
+    assert both == [RowJob(1, st, (), True), RowJob(1, at, (0,)), RowJob(1, vm, (0,))]
+    # - BTF reads none of - ST's stages: nothing to wait for, no helper
+    btf = ("- BTF",)
+    assert row_jobs(cfg, [1], rows=["- AT", "- BTF"]) == [RowJob(1, btf), RowJob(1, at)]
     whole = row_jobs(cfg, [1, 2], rows=["- AT", "Ours"], whole_seeds=True)
     assert whole == [RowJob(1, ("Ours", "- AT")), RowJob(2, ("Ours", "- AT"))]
 

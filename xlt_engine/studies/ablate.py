@@ -179,9 +179,10 @@ def row_jobs(
     serial run's. Two jobs never run one stage folder:
     a folder that several rows plan belongs to the job of the row that plans the fewest stages
     (``- ST`` owns btf and the teacher's fine-tuning; ties in ``ablation_rows``' order), and the
-    others come ``after`` it. When ``- ST`` is not chosen but two chosen rows start from its
-    stages, its job runs as a ``helper`` first, so that they do not wait for each other's
-    self-training. Seeds share no folder (``seed-<s>/``)."""
+    others come ``after`` it. When ``- ST`` is not chosen but two chosen rows read one of its
+    stages (``- VM`` reads btf only, not the voters' fine-tuning), its job runs as a ``helper``
+    first, so that they do not wait for each other's self-training. Seeds share no folder
+    (``seed-<s>/``)."""
     chosen = chosen_rows(cfg, rows)
     if whole_seeds:
         return [RowJob(seed, tuple(chosen)) for seed in seeds]
@@ -200,7 +201,7 @@ def row_jobs(
         helper = HELPER_ROW not in chosen
         if helper:  # its training stages, which two chosen rows would otherwise wait on
             shared = set(folders(HELPER_ROW, seed, evaluations=False))
-            helper = sum(shared <= set(p) for p in plans.values()) >= 2
+            helper = sum(bool(shared & set(p)) for p in plans.values()) >= 2
             if helper:
                 plans = {HELPER_ROW: folders(HELPER_ROW, seed), **plans}
         owner: dict = {}  # stage folder: the index of the job that makes it

@@ -98,7 +98,8 @@ if [ "${VARIANT:-}" = warm ]; then
 elif [ "$table" = cls ]; then  # the preset with the warm-up. Done on the CPU
   # (lab/results/cls_warm_*): Ours and - ST on de / fr at seeds 1-3, soft only on de / fr at
   # seed 3, Japanese at seeds 1-3 (Ours, - ST; soft only at seeds 1-2), direct transfer on every
-  # target at seeds 1-3, - AT and - VM on Japanese at seed 1 (lab/results/cls_warm_abl_*).
+  # target at seeds 1-3, - AT and - VM on Japanese and - BTF on German and Japanese at seed 1
+  # (lab/results/cls_warm_abl_*).
   # Left: soft only, and the class_quota rows of lab/results/cls_rule_prereg_20261129.md, read in
   # pairs with Ours of the same run (its round 1), so Ours runs again beside them; then the seed-1
   # rows without AT, VM or BTF
@@ -107,7 +108,7 @@ elif [ "$table" = cls ]; then  # the preset with the warm-up. Done on the CPU
       rows="Ours,rule = class_quota"; [ "$s" = 3 ] || rows="$rows,soft only"
       echo "cls_warm_${t}_s$s|CLS|$t|$s|$rows"
     done; done
-    job_lines cls_warm CLS "" "" "de fr jp" | grep -v '^cls_warm_jp_s1_\(at\|vm\)|')
+    job_lines cls_warm CLS "" "" "de fr jp" | grep -v '^cls_warm_\(jp_s1_\(at\|vm\|btf\)\|de_s1_btf\)|')
 else  # Ours and - ST again beside soft only: it takes round 1's soft step from Ours' folder
   JOB_LIST=$(job_lines conll FULL "ned" "Ours,- ST,soft only" ""; job_lines conll FULL "" "" "ned" | grep '_btf|'
     for s in 2 3; do for t in esp ned deu; do echo "conll_${t}_s${s}_at|FULL|$t|$s|- AT"; done; done)

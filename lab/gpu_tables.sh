@@ -108,7 +108,8 @@ elif [ "$table" = cls ]; then  # the preset with the warm-up. Done on the CPU
       rows="Ours,rule = class_quota"; [ "$s" = 3 ] || rows="$rows,soft only"
       echo "cls_warm_${t}_s$s|CLS|$t|$s|$rows"
     done; done
-    job_lines cls_warm CLS "" "" "de fr jp" | grep -v '^cls_warm_\(jp_s1_\(at\|vm\|btf\)\|de_s1_btf\)|')
+    job_lines cls_warm CLS "" "" "de fr jp" | grep -v -e '^cls_warm_jp_s1_at|' \
+      -e '^cls_warm_jp_s1_vm|' -e '^cls_warm_jp_s1_btf|' -e '^cls_warm_de_s1_btf|')  # done (CPU)
 else  # Ours and - ST again beside soft only: it takes round 1's soft step from Ours' folder
   JOB_LIST=$(job_lines conll FULL "ned" "Ours,- ST,soft only" ""; job_lines conll FULL "" "" "ned" | grep '_btf|'
     for s in 2 3; do for t in esp ned deu; do echo "conll_${t}_s${s}_at|FULL|$t|$s|- AT"; done; done)

@@ -199,11 +199,12 @@ def stages_of(report: dict, row: str) -> set[str] | None:
     return set(stages) if stages else None
 
 
-def collect(paths: list[Path]) -> tuple[dict, dict, dict]:
+def collect(paths: list[Path], commits: dict | None = None) -> tuple[dict, dict, dict]:
     """``scores[row][target][seed]``, ``collapsed[row]`` (a set of (target, seed)) and
-    ``seconds[row]`` over the reports; a (row, target, seed) given twice must agree. Every row
-    must have run the settings of every other report's rows, in the stages both ran
-    (``settings_differ``)."""
+    ``seconds[row]`` over the reports; a (row, target, seed) given twice must agree, and its wall
+    counts once (the first report's). Every row must have run the settings of every other
+    report's rows, in the stages both ran (``settings_differ``). ``commits``: the commit the reports under a path (a file or a
+    folder) ran at, where their record is stale (``ran_at``)."""
     scores: dict = {}
     collapsed: dict = {}
     seconds: dict = {}
@@ -211,7 +212,7 @@ def collect(paths: list[Path]) -> tuple[dict, dict, dict]:
     memo: dict = {}
     reports = []  # held, so that the memo's ids stay theirs
     for path in paths:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        report = ran_at(json.loads(path.read_text(encoding="utf-8")), path, commits or {})
         reports.append(report)
         for row in report["rows"]:
             mine = stages_of(report, row)
@@ -226,6 +227,7 @@ def collect(paths: list[Path]) -> tuple[dict, dict, dict]:
                     )
             seen.append((path, report, row, mine))
         for row, info in report["rows"].items():
+            cells = new = 0
             for target, values in info["scores"].items():
                 for seed, value in zip(report["seeds"], values, strict=True):
                     had = scores.setdefault(row, {}).setdefault(target, {}).get(seed)
@@ -234,7 +236,9 @@ def collect(paths: list[Path]) -> tuple[dict, dict, dict]:
                             f"{path}: {row} {target} seed {seed} is {value}, before {had}"
                         )
                     scores[row][target][seed] = value
-            seconds[row] = seconds.get(row, 0.0) + info["seconds"]
+                    cells, new = cells + 1, new + (had is None)
+            # a cell run again (a later loan reran Ours beside soft only) is one cell's wall
+            seconds[row] = seconds.get(row, 0.0) + info["seconds"] * (new / cells if cells else 1)
         for d in report["details"]:
             target = d["pair"].split("-")[-1]
             for name, rnd in d["rounds"].items():
@@ -242,6 +246,21 @@ def collect(paths: list[Path]) -> tuple[dict, dict, dict]:
                     for row in rows_of(name, d, report["rows"]):
                         collapsed.setdefault(row, set()).add((target, d["seed"]))
     return scores, collapsed, seconds
+
+
+def ran_at(report: dict, path: Path, commits: dict) -> dict:
+    """``report`` with the commit of the first of ``commits`` (path -> sha) whose path is
+    ``path`` or a folder above it, in place of the one it records. Before 2026-11-27 a lent GPU's
+    copy of the working tree recorded a stale commit with "+dirty" (lab/results/gpu_h200_20261126
+    ran 467c949 and records fef5ddd+dirty), so its settings could not be rebuilt (``rebuilt``);
+    the commit that ran is in the folder's README."""
+    here = Path(path).resolve()
+    for where, sha in commits.items():
+        there = Path(where).resolve()
+        if here == there or there in here.parents:
+            env = dict(report.get("environment") or {}, git_sha=sha)
+            return dict(report, environment=env)
+    return report
 
 
 def rows_of(name: str, detail: dict, rows: dict) -> list[str]:
@@ -484,6 +503,14 @@ def main(argv: list[str] | None = None) -> None:
         help="a cell from a model evaluated apart (its results.json); repeatable",
     )
     p.add_argument(
+        "--commit",
+        action="append",
+        default=[],
+        metavar="PATH=SHA",
+        help="the reports under PATH (a file or folder) ran at commit SHA, where they record a "
+        "stale one (a lent GPU's copy of the working tree, before 2026-11-27); repeatable",
+    )
+    p.add_argument(
         "--no-wall",
         action="store_true",
         help="leave out the wall column (reports run on differently shared cores, or cells "
@@ -504,7 +531,13 @@ def main(argv: list[str] | None = None) -> None:
         p.error("name lab/study.py reports, or --models")
     if args.targets:
         p.error("--targets goes with --models")
-    scores, collapsed, seconds = collect(args.reports)
+    commits = {}
+    for given in args.commit:
+        where, eq, sha = given.partition("=")
+        if not eq or not where or not re.fullmatch(r"[0-9a-f]{7,40}", sha):
+            p.error(f"--commit {given!r}: expected PATH=SHA (7 to 40 hex digits)")
+        commits[where] = sha
+    scores, collapsed, seconds = collect(args.reports, commits)
     apart = add_evaluated(scores, args.evaluated)
     print(table(scores, collapsed, seconds, wall=not args.no_wall))
     if apart:

@@ -102,6 +102,12 @@ def test_wall_column_sums_each_rows_report_seconds(tmp_path, capsys):
     rows = capsys.readouterr().out.splitlines()
     assert rows[0].endswith("| round-1 collapse flags | wall (min, all seeds) |")
     assert rows[2] == "| Ours | 71.00 ± 1.41 (2) | 71.00 | 78.38 | 0 / 2 | 6.0 |"
+    # a cell run again (a later loan's Ours beside soft only) counts its wall once: here seed 1
+    # again and seed 3 new, in one report of 600 s, adds half of it
+    again = _report(tmp_path / "c.json", [1, 3], {"Ours": {"esp": [0.7, 0.74]}}, seconds=600.0)
+    tables.main([str(a), str(b), str(again)])
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[2] == "| Ours | 72.00 ± 2.00 (3) | 72.00 | 78.38 | 0 / 3 | 11.0 |"
 
 
 def test_wall_of_a_row_evaluated_apart_only_is_a_dash(tmp_path, capsys):
@@ -193,6 +199,46 @@ def test_reports_join_when_they_ran_the_same_settings_however_they_said_them(tmp
         tables.settings_differ({"config": CLS, "resolved": later}, json.loads(now.read_text()))
         is None
     )
+
+
+def test_a_stale_commit_is_read_as_the_one_given_for_its_folder(tmp_path, capsys):
+    """``--commit PATH=SHA``: the reports under PATH (a folder or the file) ran at SHA, where
+    they record a stale "+dirty" one (a lent GPU's copy of the working tree before 2026-11-27).
+    Their settings are then rebuilt at SHA and checked like any others; reports elsewhere keep
+    their own record."""
+    import subprocess
+
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                          text=True)  # fmt: skip
+    if head.returncode != 0:
+        pytest.skip("not a git checkout: a report's commit cannot be read")
+    sha = head.stdout.strip()
+    stale = {"git_sha": "f" * 40 + "+dirty"}
+    loan = tmp_path / "loan"
+    loan.mkdir()
+
+    def report(path, seed, score, overrides=(), **extra):
+        path = _report(path, [seed], {"Ours": {"de": [score]}}, overrides=overrides)
+        path.write_text(json.dumps(json.loads(path.read_text()) | extra), encoding="utf-8")
+        return path
+
+    old = report(loan / "old.json", 1, 0.80, environment=stale)
+    old_lr = report(loan / "old_lr.json", 2, 0.88, [LR], environment=stale)
+    now = report(tmp_path / "now.json", 3, 0.86, resolved=_resolved())
+    with pytest.raises(ValueError, match="old.json: .*could not be read back"):
+        tables.collect([now, old])
+    scores, _, _ = tables.collect([now, old], {str(loan): sha[:7]})
+    assert scores["Ours"]["de"] == {3: 0.86, 1: 0.80}
+    with pytest.raises(ValueError, match=r"old_lr.json: other settings .*selftrain.soft.lr"):
+        tables.collect([now, old_lr], {str(old_lr): sha})  # rebuilt, then compared
+    with pytest.raises(ValueError, match="could not be read back"):
+        tables.collect([now, old], {str(tmp_path / "elsewhere"): sha})  # not above it
+    tables.main(["--commit", f"{loan}={sha}", str(now), str(old)])
+    assert "| Ours | 83.00 ± 4.24 (2) |" in capsys.readouterr().out
+    for bad in (f"{loan}", f"{loan}=nothex", f"={sha}"):
+        with pytest.raises(SystemExit):
+            tables.main(["--commit", bad, str(now)])
+    assert "expected PATH=SHA" in capsys.readouterr().err
 
 
 OURS = ["btf", "evaluate", "finetune", "selftrain"]  # the stages each row ran (lab.study)

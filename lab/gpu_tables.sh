@@ -9,9 +9,12 @@
 # and a checkpoint of the step it was in, but writes no report.
 #
 #   bash benchmarks/fetch_wheels.sh && TABLE=conll bash lab/gpu_tables.sh prepare   # here, once
-#   run(carry=[".gpu_tables", ".whl"], timeout_s=600, command="TABLE=conll bash lab/gpu_tables.sh run")
+#   mkdir -p .whl_min && cp .whl/click-* .whl/tokenizers-* .whl/safetensors-* .whl_min/
+#   run(carry=[".gpu_tables", ".whl_min"], timeout_s=590, command="TABLE=conll VARIANT=warm WHEELS=.whl_min BUDGET=500 bash lab/gpu_tables.sh run")
 #   run(carry=[".gpu_tables_cls", ".whl_min"], timeout_s=600, command="TABLE=cls WHEELS=.whl_min bash lab/gpu_tables.sh run")
-#   run(carry=[".gpu_tables", ".whl"], timeout_s=600, command="TABLE=conll VARIANT=warm bash lab/gpu_tables.sh run")
+# (.whl is the whole of fetch_wheels.sh's wheels: with .gpu_tables it is over the tool's 64 MiB.
+# A second call on the still-warm machine, JOBS="the stopped ones" and a smaller BUDGET, resumes
+# what the first stopped: lab/results/gpu_h200_20261130/README.md.)
 #   bash lab/gpu_tables.sh dry-run [JOB...]   # here: the jobs on CPU at tiny sizes, one at a time
 #   bash lab/gpu_tables.sh list               # the jobs (name | settings | target | seed | rows)
 #   TABLE=cls JOBS="cls_de_s1 cls_fr_s1" ROWS="Ours,- ST" bash lab/gpu_tables.sh cpu   # no GPU lent:
@@ -24,14 +27,13 @@
 #       it by hand. ROWS="- AT,- VM" with ROW_JOBS=2 runs the two ablations of one btf side by
 #       side (- ST's btf and teacher first, as a helper: - VM reads its btf only).
 #
-# TABLE=conll (default): the CoNLL rows the H200 loans left open (lab/results/gpu_h200_20261126:
-# Ours, - ST and direct transfer at 3 seeds, Spanish seed 1's - AT / - VM / - BTF;
-# lab/results/gpu_h200_20261127: soft only on Spanish and German at 3 seeds, German seed 1's and
-# Dutch seed 1's - AT / - VM, German - BTF): Dutch soft only beside Ours and - ST at seeds 1-3
-# (it takes round 1's soft step from Ours), Dutch - BTF at seed 1, and - AT (the paper's fixed
-# alpha 0.9) at seeds 2 and 3 on every target: at seed 1 it beat curvature's 0.99+ on all three,
-# and three seeds say whether admitting more entity pseudo labels helps (10 jobs). The
-# 2026-11-27 loan's 15 jobs are this script at commit dc036bd.
+# TABLE=conll (default): no job left. The three H200 loans ran every row of Table 6 with the
+# preset as shipped (lab/results/gpu_h200_20261126: Ours, - ST and direct transfer at 3 seeds,
+# Spanish seed 1's - AT / - VM / - BTF; gpu_h200_20261127: soft only on Spanish and German,
+# German and Dutch seed 1's - AT / - VM, German - BTF; gpu_h200_20261130: Dutch soft only at
+# seeds 1-3, Dutch - BTF, - AT at seeds 2-3 on every target). The open CoNLL rows are
+# VARIANT=warm's (below): the next loan's first call. The loans' jobs are this script at commits
+# 467c949, dc036bd and 0417eb2.
 # "full": configs/e5-small-conll.toml as shipped, with the whole files (eng.train 14,041
 # sentences; esp.train 8,323 / ned.train 15,806 as unlabeled text, tags unread; German:
 # deu.testa, its only text); full test files.
@@ -110,13 +112,12 @@ elif [ "$table" = cls ]; then  # the preset with the warm-up. Done on the CPU
     done; done
     job_lines cls_warm CLS "" "" "de fr jp" | grep -v -e '^cls_warm_jp_s1_at|' \
       -e '^cls_warm_jp_s1_vm|' -e '^cls_warm_jp_s1_btf|' -e '^cls_warm_de_s1_btf|')  # done (CPU)
-else  # Ours and - ST again beside soft only: it takes round 1's soft step from Ours' folder
-  JOB_LIST=$(job_lines conll FULL "ned" "Ours,- ST,soft only" ""; job_lines conll FULL "" "" "ned" | grep '_btf|'
-    for s in 2 3; do for t in esp ned deu; do echo "conll_${t}_s${s}_at|FULL|$t|$s|- AT"; done; done)
+else  # TABLE=conll: every row of the preset as shipped is in lab/results/gpu_h200_202611*
+  JOB_LIST=""
 fi
 
 case "$mode" in
-  list) echo "$JOB_LIST"; exit 0 ;;
+  list) [ -z "$JOB_LIST" ] || echo "$JOB_LIST"; exit 0 ;;
   prepare)
     paths=""
     for f in $files; do
@@ -139,6 +140,7 @@ case "$mode" in
   *) echo "usage: [TABLE=conll|cls] [VARIANT=warm] bash lab/gpu_tables.sh list | prepare | run | cpu | dry-run [JOB...]  (JOBS=\"name ...\", ROWS=\"a,b\", BUDGET=S, PARALLEL=N, ROW_JOBS=N)" >&2; exit 2 ;;
 esac
 
+[ -n "$JOB_LIST" ] || { echo "gpu_tables.sh: TABLE=$table has no job left (every row is in lab/results); TABLE=conll VARIANT=warm holds the open CoNLL rows" >&2; exit 2; }
 dest="${OUT:-$work/out}"
 mkdir -p "$work/logs" "$work/reports" "$dest" || exit 1
 t0=$SECONDS
@@ -175,7 +177,7 @@ else
 fi
 
 export PYTHONPATH=. PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-pids=() names=() starts=()
+pids=()
 while IFS='|' read -r name settings target seed rows; do
   [ -n "$name" ] || continue
   if [ -n "${JOBS:-}" ] && [[ " $JOBS " != *" $name "* ]]; then continue; fi
@@ -186,9 +188,10 @@ while IFS='|' read -r name settings target seed rows; do
     --how "lab/gpu_tables.sh job $name ($settings): target $target, seed $seed, on $device"
     --set "targets=[\"$target\"]" --set data.root="$data" --set model.path="$model" --set device="$device"
     "${sizes[@]}")
-  if [ "$device" = cuda ]; then  # side by side
-    timeout -s TERM --kill-after=30 "$budget" "${cmd[@]}" > "$work/logs/$name.log" 2>&1 &
-    pids+=($!) names+=("$name") starts+=($SECONDS)
+  if [ "$device" = cuda ]; then  # side by side; each logs its own seconds when it ends
+    ( s=$SECONDS; timeout -s TERM --kill-after=30 "$budget" "${cmd[@]}" > "$work/logs/$name.log" 2>&1
+      log "$name" $? $((SECONDS - s)) ) &
+    pids+=($!)
   elif [ "$mode" = cpu ]; then  # side by side, PARALLEL at a time, no budget
     while [ "$(jobs -rp | wc -l)" -ge "${PARALLEL:-$(getconf _NPROCESSORS_ONLN)}" ]; do wait -n; done  # not nproc: it reads OMP_NUM_THREADS
     ( s=$SECONDS; "${cmd[@]}" < /dev/null >> "$work/logs/$name.log" 2>&1; log "$name" $? $((SECONDS - s)) ) &
@@ -198,10 +201,7 @@ while IFS='|' read -r name settings target seed rows; do
     log "$name" $? $((SECONDS - s))
   fi
 done <<< "$JOB_LIST"
-for i in "${!pids[@]}"; do
-  wait "${pids[$i]}"
-  log "${names[$i]}" $? $((SECONDS - starts[i]))
-done
+[ ${#pids[@]} -eq 0 ] || wait "${pids[@]}"
 [ -n "${smi:-}" ] && kill "$smi" 2>/dev/null  # before the wait below, which would wait for it too
 wait  # the cpu mode's jobs
 grep -h "rc=" "$work/steps.txt" | awk '{print $2}' | sort | uniq -c

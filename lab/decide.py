@@ -14,6 +14,10 @@ reads them off the records, so the verdict is the same whoever runs it.
   seeds 1-3, margin 0.25; a tie keeps the paper's rule. Ours is read only from the reports
   that hold the class_quota row (each cell beside its twin); ``--variant`` may be left out:
   the base's reports are read for both rows.
+- ``conll_rule`` (lab/results/conll_rule_prereg_20261130.md): the same pairing on CoNLL at full
+  size, read like ``conll``: the class_quota row's target dev entity F1 (its last self-training
+  step) against Ours' of the same runs over (esp, ned) x seeds 1-3, margin 0.5; a tie keeps the
+  paper's rule.
 
 Prints each arm's cells and means (and, where the reports record it, the precision each Ours
 cell ran in), what the arms differ by, and the verdict. Exit status 0 when the rule decides, 3
@@ -55,6 +59,7 @@ RULES = {
     "cls": Rule(("de", "fr"), (1, 2, 3), 0.25, "test", "st_and_std"),
     "conll": Rule(("esp", "ned"), (1, 2, 3), 0.5, "dev", "keep"),
     "cls_rule": Rule(("de", "fr"), (1, 2, 3), 0.25, "test", "keep", "rule = class_quota"),
+    "conll_rule": Rule(("esp", "ned"), (1, 2, 3), 0.5, "dev", "keep", "rule = class_quota"),
 }
 UNDECIDED = 3
 

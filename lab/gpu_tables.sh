@@ -11,6 +11,7 @@
 #   bash benchmarks/fetch_wheels.sh && TABLE=conll bash lab/gpu_tables.sh prepare   # here, once
 #   mkdir -p .whl_min && cp .whl/click-* .whl/tokenizers-* .whl/safetensors-* .whl_min/
 #   run(carry=[".gpu_tables", ".whl_min"], timeout_s=590, command="TABLE=conll VARIANT=warm WHEELS=.whl_min BUDGET=500 bash lab/gpu_tables.sh run")
+#   run(carry=[".gpu_tables", ".whl_min"], timeout_s=590, command="TABLE=conll VARIANT=rules WHEELS=.whl_min BUDGET=500 bash lab/gpu_tables.sh run")
 #   run(carry=[".gpu_tables_cls", ".whl_min"], timeout_s=600, command="TABLE=cls WHEELS=.whl_min bash lab/gpu_tables.sh run")
 # (.whl is the whole of fetch_wheels.sh's wheels: with .gpu_tables it is over the tool's 64 MiB.
 # A second call on the still-warm machine, JOBS="the stopped ones" and a smaller BUDGET, resumes
@@ -52,6 +53,10 @@
 # on esp, ned, deu at seeds 1-3 (9 jobs, conll_warm_*; the CoNLL preset's decision is taken on
 # these, not on CLS), beside the table's rows of the preset as shipped. The CLS preset has the
 # warm-up since 2026-11-29: TABLE=cls runs it, and TABLE=cls VARIANT=warm is refused.
+# VARIANT=rules (TABLE=conll): the pre-registered rows of lab/results/conll_rule_prereg_20261130.md:
+# Ours beside `rule = class_quota` (the two share round 1's soft step) with the preset as
+# shipped, on esp, ned, deu at seeds 1-3 (9 jobs, conll_rule_*; read by `lab.decide conll_rule`
+# on esp / ned target dev F1). Ours is run again beside it: the earlier loans' folders are gone.
 # JOBS="name ..." picks some jobs of the table; the lists are below, in launch order.
 #
 # Everything goes to a work folder packed into $OUT/tables.tgz (the tool returns few files):
@@ -90,11 +95,15 @@ job_lines() {  # PREFIX SETTINGS "TARGETS" MAIN_ROWS "ABLATION TARGETS"
   done; done
 }
 case "$table:${VARIANT:-}" in
-  *: | conll:warm) ;;
+  *: | conll:warm | conll:rules) ;;
   cls:warm) echo "gpu_tables.sh: configs/e5-small-cls.toml has btf.head_warmup_epochs = 2 since 2026-11-29 (lab.decide cls): TABLE=cls runs it" >&2; exit 2 ;;
-  *) echo "gpu_tables.sh: VARIANT must be empty or 'warm', got '${VARIANT:-}'" >&2; exit 2 ;;
+  cls:rules) echo "gpu_tables.sh: TABLE=cls runs its class_quota rows in its own list (lab/results/cls_rule_prereg_20261129.md); VARIANT=rules is CoNLL's" >&2; exit 2 ;;
+  *) echo "gpu_tables.sh: VARIANT must be empty, 'warm' or 'rules', got '${VARIANT:-}'" >&2; exit 2 ;;
 esac
-if [ "${VARIANT:-}" = warm ]; then
+if [ "${VARIANT:-}" = rules ]; then  # the preset as shipped, Ours beside the class_quota row
+  JOB_LIST=$(for s in 1 2 3; do for t in esp ned deu; do
+    echo "conll_rule_${t}_s$s|FULL|$t|$s|Ours,rule = class_quota"; done; done)
+elif [ "${VARIANT:-}" = warm ]; then
   JOB_LIST=$(for s in 1 2 3; do for t in esp ned deu; do
     echo "conll_warm_${t}_s$s|WARM_CONLL|$t|$s|Ours,- ST,soft only"; done; done)
 elif [ "$table" = cls ]; then  # the preset with the warm-up. Done on the CPU
@@ -137,7 +146,7 @@ case "$mode" in
       --set model.max_len=32 --set btf.epoch_size=32 --set btf.train.epochs=1 --set finetune.train.epochs=1
       --set selftrain.soft.epochs=1 --set btf.batch_size=8 --set finetune.batch_size=8 --set selftrain.batch_size=8)
     ;;
-  *) echo "usage: [TABLE=conll|cls] [VARIANT=warm] bash lab/gpu_tables.sh list | prepare | run | cpu | dry-run [JOB...]  (JOBS=\"name ...\", ROWS=\"a,b\", BUDGET=S, PARALLEL=N, ROW_JOBS=N)" >&2; exit 2 ;;
+  *) echo "usage: [TABLE=conll|cls] [VARIANT=warm|rules] bash lab/gpu_tables.sh list | prepare | run | cpu | dry-run [JOB...]  (JOBS=\"name ...\", ROWS=\"a,b\", BUDGET=S, PARALLEL=N, ROW_JOBS=N)" >&2; exit 2 ;;
 esac
 
 [ -n "$JOB_LIST" ] || { echo "gpu_tables.sh: TABLE=$table has no job left (every row is in lab/results); TABLE=conll VARIANT=warm holds the open CoNLL rows" >&2; exit 2; }

@@ -250,6 +250,64 @@ def test_conll_reads_the_last_self_training_step_and_a_tie_keeps(tmp_path, capsy
     assert capsys.readouterr().out.rstrip().endswith("Verdict: adopt")
 
 
+def _conll_paired(path: Path, ours: dict, quota: dict) -> Path:
+    """A CoNLL report of Ours and the class_quota row of the same runs, each row's folders
+    recorded (``row_folders``, as lab.study writes them): their target dev F1 at the last step
+    given per target and seed, round 1's soft step (shared, in Ours' folder) higher."""
+    folder = "selftrain-class_quota"
+    details = []
+    for target in ours:
+        for seed in (1, 2, 3):
+            checks = _checks(
+                target,
+                {
+                    "selftrain/round-1/soft": 0.99,  # shared: read for neither row's last step
+                    "selftrain/round-1/hard": 0.98,
+                    "selftrain/round-2/soft": ours[target][seed - 1],
+                    f"{folder}/round-1/hard": 0.97,
+                    f"{folder}/round-2/soft": quota[target][seed - 1],
+                },
+            )
+            # as lab.study records them: a row's own stage folders (the quota row reads round
+            # 1's soft step from Ours' folder, but lists only its own)
+            folders = {"Ours": ["btf", "finetune", "selftrain"], QUOTA: ["btf", "finetune", folder]}
+            details.append({"pair": f"eng-{target}", "seed": seed, "rounds": {},
+                            "checks": checks, "row_folders": folders})  # fmt: skip
+    return _report(
+        path,
+        {"Ours": {t: [0.5] * 3 for t in ours}, QUOTA: {t: [0.6] * 3 for t in ours}},
+        config="configs/e5-small-conll.toml",
+        details=details,
+    )
+
+
+@pytest.mark.parametrize(
+    ("quota_esp", "verdict", "why"),
+    [
+        ((0.71,) * 3, "adopt", "+0.50 (margin 0.5)"),  # esp +1.00, ned 0: +0.50 on the mean
+        ((0.69,) * 3, "keep", "-0.50 (margin 0.5)"),
+        ((0.72, 0.70, 0.688), "keep", "a tie keeps the base"),  # +0.13
+    ],
+)
+def test_conll_rule_reads_the_two_rows_last_dev_step(tmp_path, capsys, quota_esp, verdict, why):
+    """``conll_rule``: the class_quota row's target dev F1 at its own last step against Ours'
+    of the same runs (the test scores, 50 / 60, are not read); German is not a cell."""
+    ours = {"esp": [0.70] * 3, "ned": [0.78] * 3, "deu": [0.6] * 3}
+    quota = {"esp": list(quota_esp), "ned": [0.78] * 3, "deu": [0.9] * 3}
+    paired = _conll_paired(tmp_path / "p.json", ours, quota)
+    assert decide.main(["conll_rule", "--base", str(paired), "--variant-label", "quota"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        "Rule conll_rule: 'rule = class_quota' against Ours, target dev F1, last self-training "
+        "step over esp, ned x seeds 1, 2, 3; config configs/e5-small-conll.toml"
+    )
+    assert "| shipped | Ours | 70.00 | 70.00 | 70.00 | 78.00 | 78.00 | 78.00 |" in out
+    cells = " | ".join(f"{100 * v:.2f}" for v in quota_esp)
+    assert f"| quota | {QUOTA} | {cells} | 78.00 | 78.00 | 78.00 |" in out
+    assert f"- {QUOTA} − Ours: quota − shipped = " in out and why in out
+    assert out.rstrip().endswith(f"Verdict: {verdict}")
+
+
 def test_conll_dev_rule_takes_no_ours_cell_evaluated_apart(tmp_path, capsys):
     base = _conll(tmp_path, "b.json", {"esp": [0.7] * 3, "ned": [0.78] * 3})
     warm = _conll(tmp_path, "w.json", {"esp": [0.7] * 3, "ned": [0.78] * 3}, [WARM])

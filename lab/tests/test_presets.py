@@ -191,6 +191,39 @@ def test_the_warm_variant_runs_its_preregistered_rows():
     assert cls.returncode == 2 and "has btf.head_warmup_epochs = 2" in cls.stderr and not cls.stdout
 
 
+def test_the_rules_variant_runs_its_preregistered_rows():
+    """``VARIANT=rules``: Ours beside ``rule = class_quota`` with the CoNLL preset as shipped on
+    every target at seeds 1-3 (lab/results/conll_rule_prereg_20261130.md), rows ``ablate`` knows,
+    in jobs of their own names; ``lab.decide conll_rule`` reads the cells they make (esp and
+    ned at seeds 1-3: its rule's); on CLS the script stops before running anything."""
+    import os
+    import subprocess
+
+    from lab.decide import RULES
+    from xlt_engine.studies.ablate import ablation_rows
+
+    jobs = list_jobs(TABLE="conll", VARIANT="rules")
+    cfg = load_config(ROOT / "configs/e5-small-conll.toml", [])
+    rule = RULES["conll_rule"]
+    assert len(jobs) == 9 and len({j[0] for j in jobs}) == 9
+    for name, settings, target, seed, rows in jobs:
+        assert name == f"conll_rule_{target}_s{seed}" and settings == "FULL", name
+        assert rows.split(",") == ["Ours", rule.variant_row], name
+        assert set(rows.split(",")) <= set(ablation_rows(cfg)), name
+    made = {(t, int(s)) for _, _, t, s, _ in jobs}
+    assert {(t, s) for t in rule.targets for s in rule.seeds} <= made
+    assert {t for t, _ in made} == {"esp", "ned", "deu"}
+    others = {j[0] for j in list_jobs(TABLE="conll", VARIANT="warm") + list_jobs(TABLE="conll")}
+    assert not others & {j[0] for j in jobs}  # their own runs folders and reports
+    prereg = (LAB / "results" / "conll_rule_prereg_20261130.md").read_text(encoding="utf-8")
+    assert "lab.decide conll_rule" in prereg and "VARIANT=rules" in prereg
+    cls = subprocess.run(
+        ["bash", str(LAB / "gpu_tables.sh"), "list"],
+        env={**os.environ, "TABLE": "cls", "VARIANT": "rules"}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert cls.returncode == 2 and "VARIANT=rules is CoNLL's" in cls.stderr and not cls.stdout
+
+
 def test_a_report_with_a_learning_setting_is_not_the_preset_as_shipped():
     from lab.tables import learning_part
     from xlt_engine.engine.experiment.config import to_dict

@@ -33,8 +33,8 @@
 # Spanish seed 1's - AT / - VM / - BTF; gpu_h200_20261127: soft only on Spanish and German,
 # German and Dutch seed 1's - AT / - VM, German - BTF; gpu_h200_20261130: Dutch soft only at
 # seeds 1-3, Dutch - BTF, - AT at seeds 2-3 on every target). The open CoNLL rows are
-# VARIANT=warm's (below): the next loan's first call. The loans' jobs are this script at commits
-# 467c949, dc036bd and 0417eb2.
+# VARIANT=warm's and VARIANT=rules' (below): a loan's two calls each. The loans' jobs are this
+# script at commits 467c949, dc036bd and 0417eb2.
 # "full": configs/e5-small-conll.toml as shipped, with the whole files (eng.train 14,041
 # sentences; esp.train 8,323 / ned.train 15,806 as unlabeled text, tags unread; German:
 # deu.testa, its only text); full test files.
@@ -149,7 +149,7 @@ case "$mode" in
   *) echo "usage: [TABLE=conll|cls] [VARIANT=warm|rules] bash lab/gpu_tables.sh list | prepare | run | cpu | dry-run [JOB...]  (JOBS=\"name ...\", ROWS=\"a,b\", BUDGET=S, PARALLEL=N, ROW_JOBS=N)" >&2; exit 2 ;;
 esac
 
-[ -n "$JOB_LIST" ] || { echo "gpu_tables.sh: TABLE=$table has no job left (every row is in lab/results); TABLE=conll VARIANT=warm holds the open CoNLL rows" >&2; exit 2; }
+[ -n "$JOB_LIST" ] || { echo "gpu_tables.sh: TABLE=$table has no job left (every row is in lab/results); VARIANT=warm and VARIANT=rules hold the open CoNLL rows" >&2; exit 2; }
 dest="${OUT:-$work/out}"
 mkdir -p "$work/logs" "$work/reports" "$dest" || exit 1
 t0=$SECONDS

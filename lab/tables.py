@@ -203,8 +203,8 @@ def collect(paths: list[Path], commits: dict | None = None) -> tuple[dict, dict,
     """``scores[row][target][seed]``, ``collapsed[row]`` (a set of (target, seed)) and
     ``seconds[row]`` over the reports; a (row, target, seed) given twice must agree, and its wall
     counts once (the first report's). Every row must have run the settings of every other
-    report's rows, in the stages both ran (``settings_differ``). ``commits``: the commit the reports under a path (a file or a
-    folder) ran at, where their record is stale (``ran_at``)."""
+    report's rows, in the stages both ran (``settings_differ``). ``commits``: the commit the
+    reports under a path (a file or a folder) ran at, where their record is stale (``ran_at``)."""
     scores: dict = {}
     collapsed: dict = {}
     seconds: dict = {}
@@ -250,10 +250,10 @@ def collect(paths: list[Path], commits: dict | None = None) -> tuple[dict, dict,
 
 def ran_at(report: dict, path: Path, commits: dict) -> dict:
     """``report`` with the commit of the first of ``commits`` (path -> sha) whose path is
-    ``path`` or a folder above it, in place of the one it records. Before 2026-11-27 a lent GPU's
-    copy of the working tree recorded a stale commit with "+dirty" (lab/results/gpu_h200_20261126
-    ran 467c949 and records fef5ddd+dirty), so its settings could not be rebuilt (``rebuilt``);
-    the commit that ran is in the folder's README."""
+    ``path`` or a folder above it, in place of the one it records. On the H200 loans of
+    2026-11-26 and -27 a lent GPU's copy of the working tree recorded a "+dirty" commit
+    (lab/results/gpu_h200_20261126 ran 467c949 and records fef5ddd+dirty), so their settings
+    could not be rebuilt (``rebuilt``); the commit that ran is in each folder's README."""
     here = Path(path).resolve()
     for where, sha in commits.items():
         there = Path(where).resolve()
@@ -508,7 +508,8 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         metavar="PATH=SHA",
         help="the reports under PATH (a file or folder) ran at commit SHA, where they record a "
-        "stale one (a lent GPU's copy of the working tree, before 2026-11-27); repeatable",
+        "stale one (a lent GPU's copy of the working tree, the 2026-11-26 / -27 loans); "
+        "repeatable",
     )
     p.add_argument(
         "--no-wall",

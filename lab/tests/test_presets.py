@@ -124,16 +124,22 @@ def test_the_gpu_tables_jobs_run_the_presets_as_shipped():
     assert dict(cls.sections)["btf"].head_warmup_epochs == 2  # adopted: lab.decide cls
 
 
-def list_jobs(**env) -> list[list[str]]:
-    """``lab/gpu_tables.sh list`` under ``env``: one [name, settings, target, seed, rows] a job."""
+def run_list(**env):
+    """``lab/gpu_tables.sh list`` under ``env``, as run (its status, stdout and stderr)."""
     import os
     import subprocess
 
-    out = subprocess.run(
+    return subprocess.run(
         ["bash", str(LAB / "gpu_tables.sh"), "list"], env={**os.environ, **env},
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    return [line.split("|") for line in out.splitlines() if line]
+        capture_output=True, text=True,
+    )  # fmt: skip
+
+
+def list_jobs(**env) -> list[list[str]]:
+    """``lab/gpu_tables.sh list`` under ``env``: one [name, settings, target, seed, rows] a job."""
+    listed = run_list(**env)
+    listed.check_returncode()
+    return [line.split("|") for line in listed.stdout.splitlines() if line]
 
 
 # the --sets a preset adopted by a decision, from then on said by the preset itself: a report
@@ -165,9 +171,6 @@ def test_the_warm_variant_runs_its_preregistered_rows():
     seeds 1-3, in jobs of their own names (their own runs folders and reports); with another
     value, or on CLS (whose preset has the setting since 2026-11-29), the script stops before
     running anything."""
-    import os
-    import subprocess
-
     table, settings, targets = "conll", "WARM_CONLL", ("esp", "ned", "deu")
 
     jobs = list_jobs(TABLE=table, VARIANT="warm")
@@ -179,15 +182,9 @@ def test_the_warm_variant_runs_its_preregistered_rows():
     shipped = {j[0] for j in list_jobs(TABLE=table)}
     assert not shipped & {j[0] for j in jobs}
     for env in ({"TABLE": table, "VARIANT": "hot"}, {"TABLE": table, "VARIANT": "Warm"}):
-        bad = subprocess.run(
-            ["bash", str(LAB / "gpu_tables.sh"), "list"], env={**os.environ, **env},
-            capture_output=True, text=True,
-        )  # fmt: skip
+        bad = run_list(**env)
         assert bad.returncode == 2 and "VARIANT must be" in bad.stderr and not bad.stdout, env
-    cls = subprocess.run(
-        ["bash", str(LAB / "gpu_tables.sh"), "list"],
-        env={**os.environ, "TABLE": "cls", "VARIANT": "warm"}, capture_output=True, text=True,
-    )  # fmt: skip
+    cls = run_list(TABLE="cls", VARIANT="warm")
     assert cls.returncode == 2 and "has btf.head_warmup_epochs = 2" in cls.stderr and not cls.stdout
 
 
@@ -196,9 +193,6 @@ def test_the_rules_variant_runs_its_preregistered_rows():
     every target at seeds 1-3 (lab/results/conll_rule_prereg_20261130.md), rows ``ablate`` knows,
     in jobs of their own names; ``lab.decide conll_rule`` reads the cells they make (esp and
     ned at seeds 1-3: its rule's); on CLS the script stops before running anything."""
-    import os
-    import subprocess
-
     from lab.decide import RULES
     from xlt_engine.studies.ablate import ablation_rows
 
@@ -217,10 +211,7 @@ def test_the_rules_variant_runs_its_preregistered_rows():
     assert not others & {j[0] for j in jobs}  # their own runs folders and reports
     prereg = (LAB / "results" / "conll_rule_prereg_20261130.md").read_text(encoding="utf-8")
     assert "lab.decide conll_rule" in prereg and "VARIANT=rules" in prereg
-    cls = subprocess.run(
-        ["bash", str(LAB / "gpu_tables.sh"), "list"],
-        env={**os.environ, "TABLE": "cls", "VARIANT": "rules"}, capture_output=True, text=True,
-    )  # fmt: skip
+    cls = run_list(TABLE="cls", VARIANT="rules")
     assert cls.returncode == 2 and "VARIANT=rules is CoNLL's" in cls.stderr and not cls.stdout
 
 

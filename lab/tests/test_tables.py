@@ -203,7 +203,7 @@ def test_reports_join_when_they_ran_the_same_settings_however_they_said_them(tmp
 
 def test_a_stale_commit_is_read_as_the_one_given_for_its_folder(tmp_path, capsys):
     """``--commit PATH=SHA``: the reports under PATH (a folder or the file) ran at SHA, where
-    they record a stale "+dirty" one (a lent GPU's copy of the working tree before 2026-11-27).
+    they record a stale "+dirty" one (a lent GPU's copy of the working tree, 2026-11-26 / -27).
     Their settings are then rebuilt at SHA and checked like any others; reports elsewhere keep
     their own record."""
     import subprocess
